@@ -1,0 +1,276 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/imgmill/imgmill/internal/allinone"
+	"github.com/imgmill/imgmill/internal/bench"
+	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/database"
+	"github.com/imgmill/imgmill/internal/frontend"
+	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/kvservice"
+	"github.com/imgmill/imgmill/internal/master"
+	"github.com/imgmill/imgmill/internal/storage"
+	"github.com/imgmill/imgmill/internal/worker"
+)
+
+type command struct {
+	name, summary string
+	run           func(ctx context.Context, env *env, args []string) error
+}
+
+// env is what a subcommand gets from the outside world.
+type env struct {
+	getenv         func(string) string
+	stdout, stderr io.Writer
+}
+
+func commands() []command {
+	return []command{
+		{"serve", "run all six services in one process (embedded storage under --data)", runServe},
+		{"kv", "run the key-value store (config and discovery)", runKV},
+		{"database", "run the task database", runDatabase},
+		{"storage", "run the image storage", runStorage},
+		{"master", "run the master (API for clients and workers)", runMaster},
+		{"worker", "run worker loops that process images", runWorker},
+		{"frontend", "run the public web frontend", runFrontend},
+		{"bench", "measure the pipeline against the in-process floor", runBench},
+	}
+}
+
+// errUsage marks a command-line mistake (exit status 2).
+var errUsage = errors.New("usage")
+
+func exitCode(err error) int {
+	if errors.Is(err, errUsage) {
+		return 2
+	}
+	return 1
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	e := &env{getenv: getenv, stdout: stdout, stderr: stderr}
+	if len(args) < 2 || args[1] == "-h" || args[1] == "--help" || args[1] == "help" {
+		usage(stdout)
+		if len(args) < 2 {
+			return fmt.Errorf("%w: missing command", errUsage)
+		}
+		return nil
+	}
+	for _, c := range commands() {
+		if c.name == args[1] {
+			err := c.run(ctx, e, args[2:])
+			if errors.Is(err, flag.ErrHelp) {
+				return nil
+			}
+			return err
+		}
+	}
+	usage(stderr)
+	return fmt.Errorf("%w: unknown command %q", errUsage, args[1])
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "imgmill: asynchronous image processing, as six HTTP services.")
+	fmt.Fprintln(w, "\nUsage: imgmill COMMAND [flags]   (imgmill COMMAND --help for its flags)")
+	fmt.Fprintln(w, "\nCommands:")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
+	}
+}
+
+// flags is a subcommand's flag set; every flag can also be set by the environment variable IMGMILL_<NAME>
+// (upper case, dashes as underscores). A flag on the command line wins.
+type flags struct {
+	*flag.FlagSet
+	env      *env
+	logLevel slog.Level
+}
+
+func newFlags(e *env, name, summary string) *flags {
+	fs := flag.NewFlagSet("imgmill "+name, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	f := &flags{FlagSet: fs, env: e}
+	fs.Usage = func() {
+		fmt.Fprintf(e.stderr, "Usage: imgmill %s [flags]\n\n%s\n\nFlags (each also settable by the environment variable shown):\n", name, summary)
+		fs.VisitAll(func(fl *flag.Flag) {
+			fmt.Fprintf(e.stderr, "  --%s (%s)\n    \t%s", fl.Name, envName(fl.Name), fl.Usage)
+			if fl.DefValue != "" {
+				fmt.Fprintf(e.stderr, " (default %q)", fl.DefValue)
+			}
+			fmt.Fprintln(e.stderr)
+		})
+	}
+	fs.TextVar(&f.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
+	return f
+}
+
+func envName(flagName string) string {
+	return "IMGMILL_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func (f *flags) parse(args []string) error {
+	if err := f.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if f.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, f.Arg(0))
+	}
+	set := map[string]bool{}
+	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	var errs []error
+	f.VisitAll(func(fl *flag.Flag) {
+		if set[fl.Name] {
+			return
+		}
+		if v := f.env.getenv(envName(fl.Name)); v != "" {
+			if err := fl.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("%w: %s=%q: %v", errUsage, envName(fl.Name), v, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+func (f *flags) logger(service string) *slog.Logger {
+	l := slog.New(slog.NewTextHandler(f.env.stderr, &slog.HandlerOptions{Level: f.logLevel}))
+	if service != "" {
+		l = l.With("service", service)
+	}
+	return l
+}
+
+// Shared flag definitions.
+func (f *flags) addr(def string) *string {
+	return f.String("addr", def, "listen address (host:port)")
+}
+func (f *flags) kvAddr() *string {
+	return f.String("kv", allinone.DefaultKVAddr, "kv store address (host:port)")
+}
+func (f *flags) dataDir() *string {
+	return f.String("data", "./data", "data directory")
+}
+func (f *flags) advertise() *string {
+	return f.String("advertise", "", "address registered in the kv store for others to dial (default: the listen address, loopback for :port)")
+}
+
+func runServe(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "serve", "Runs all six services in one process on the default addresses, with embedded storage under --data.\nThen open http://localhost:8080.")
+	data := f.dataDir()
+	front := f.String("addr", allinone.DefaultFrontendAddr, "frontend listen address")
+	kvA := f.String("kv-addr", allinone.DefaultKVAddr, "kv store listen address")
+	dbA := f.String("database-addr", allinone.DefaultDatabaseAddr, "database listen address")
+	stA := f.String("storage-addr", allinone.DefaultStorageAddr, "storage listen address")
+	maA := f.String("master-addr", allinone.DefaultMasterAddr, "master listen address")
+	conc := f.Int("concurrency", runtime.NumCPU(), "worker loops")
+	lease := f.Duration("lease", database.DefaultLease, "how long a claimed task may stay in progress before it is handed out again")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	logger := f.logger("")
+	logger.Info("imgmill serve starting", "data", *data, "frontend", *front)
+	return allinone.Run(ctx, allinone.Config{DataDir: *data, KVAddr: *kvA, DatabaseAddr: *dbA, StorageAddr: *stA,
+		MasterAddr: *maA, Frontend: *front, Concurrency: *conc, Lease: *lease, Logger: logger})
+}
+
+func runKV(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "kv", "Runs the key-value store (reference API: /set, /get, /remove, /list).")
+	addr := f.addr(allinone.DefaultKVAddr)
+	data := f.dataDir()
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	return kvservice.Run(ctx, kvservice.Config{Addr: *addr, DataDir: *data, Logger: f.logger("kv")})
+}
+
+func runDatabase(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "database", "Runs the task database (reference API: /newTask, /getById, /getNewTask, /finishTask, /setById, /list).")
+	addr := f.addr(allinone.DefaultDatabaseAddr)
+	kvA, data, adv := f.kvAddr(), f.dataDir(), f.advertise()
+	lease := f.Duration("lease", database.DefaultLease, "how long a claimed task may stay in progress before it is handed out again")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	hc := httpapi.NewClient()
+	return database.Run(ctx, database.Config{Addr: *addr, Advertise: *adv, KV: client.NewKV(hc, *kvA),
+		DataDir: *data, Lease: *lease, Logger: f.logger("database")})
+}
+
+func runStorage(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "storage", "Runs the image storage (reference API: /sendImage, /getImage).")
+	addr := f.addr(allinone.DefaultStorageAddr)
+	kvA, data, adv := f.kvAddr(), f.dataDir(), f.advertise()
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	hc := httpapi.NewClient()
+	return storage.Run(ctx, storage.Config{Addr: *addr, Advertise: *adv, KV: client.NewKV(hc, *kvA),
+		DataDir: *data, Logger: f.logger("storage")})
+}
+
+func runMaster(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "master", "Runs the master (reference API: /new, /isReady, /get, /getNewTask, /registerTaskFinished).")
+	addr := f.addr(allinone.DefaultMasterAddr)
+	kvA, adv := f.kvAddr(), f.advertise()
+	maxUpload := f.Int64("max-upload", master.DefaultMaxUpload, "largest accepted upload in bytes")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	hc := httpapi.NewClient()
+	return master.Run(ctx, master.Config{Addr: *addr, Advertise: *adv, KV: client.NewKV(hc, *kvA), HTTP: hc,
+		MaxUpload: *maxUpload, Logger: f.logger("master")})
+}
+
+func runWorker(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "worker", "Runs worker loops: claim a task at the master, process its image, store the result.")
+	kvA := f.kvAddr()
+	conc := f.Int("concurrency", runtime.NumCPU(), "worker loops")
+	wait := f.Duration("wait", worker.DefaultWait, "how long one claim waits at the master for work (long poll)")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	hc := httpapi.NewClient()
+	m, st := worker.NewClients(hc, client.NewKV(hc, *kvA))
+	return worker.Run(ctx, worker.Config{Master: m, Storage: st, Concurrency: *conc, Wait: *wait, Logger: f.logger("worker")})
+}
+
+func runFrontend(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "frontend", "Runs the public web frontend (upload page, /submitTask, /isReady, /getImage).")
+	addr := f.addr(allinone.DefaultFrontendAddr)
+	kvA := f.kvAddr()
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	hc := httpapi.NewClient()
+	return frontend.Run(ctx, frontend.Config{Addr: *addr, KV: client.NewKV(hc, *kvA), HTTP: hc, Logger: f.logger("frontend")})
+}
+
+func runBench(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "bench", "Submits generated PNGs through the master API, waits for all, verifies every result pixel by pixel,\nand compares throughput with the in-process floor (decode+swap+encode on all cores) in the same run.")
+	masterURL := f.String("master", "", "target a running master (host:port or URL); default: start the pipeline in-process")
+	size := f.Int("size", 64, "image width and height in pixels")
+	n := f.Int("n", 500, "number of images")
+	clients := f.Int("clients", 16, "concurrent clients")
+	conc := f.Int("concurrency", runtime.NumCPU(), "worker loops of the in-process pipeline")
+	timeout := f.Duration("timeout", 30*time.Minute, "give up after this long")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	_, err := bench.Run(ctx, bench.Config{Master: *masterURL, Size: *size, N: *n, Clients: *clients,
+		Concurrency: *conc, Out: e.stdout, Logger: f.logger("bench")})
+	return err
+}

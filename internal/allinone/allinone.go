@@ -1,0 +1,133 @@
+// Package allinone runs all six services in one process, each on its own listener and still talking
+// HTTP through the kv store, so the all-in-one and the split deployment run the same code paths.
+package allinone
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/database"
+	"github.com/imgmill/imgmill/internal/frontend"
+	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/kvservice"
+	"github.com/imgmill/imgmill/internal/master"
+	"github.com/imgmill/imgmill/internal/storage"
+	"github.com/imgmill/imgmill/internal/worker"
+)
+
+// Default listen addresses (the reference ports; the frontend on 8080).
+const (
+	DefaultKVAddr       = "127.0.0.1:3000"
+	DefaultDatabaseAddr = "127.0.0.1:3001"
+	DefaultStorageAddr  = "127.0.0.1:3002"
+	DefaultMasterAddr   = "127.0.0.1:3003"
+	DefaultFrontendAddr = ":8080"
+)
+
+// Config configures Run. Empty addresses take the defaults.
+type Config struct {
+	DataDir                                                 string
+	KVAddr, DatabaseAddr, StorageAddr, MasterAddr, Frontend string
+	Concurrency                                             int
+	Lease                                                   time.Duration
+	Logger                                                  *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	for _, a := range []struct {
+		p   *string
+		def string
+	}{{&c.KVAddr, DefaultKVAddr}, {&c.DatabaseAddr, DefaultDatabaseAddr}, {&c.StorageAddr, DefaultStorageAddr},
+		{&c.MasterAddr, DefaultMasterAddr}, {&c.Frontend, DefaultFrontendAddr}} {
+		if *a.p == "" {
+			*a.p = a.def
+		}
+	}
+}
+
+// Run runs the six services until ctx ends or one fails.
+func Run(ctx context.Context, cfg Config) error {
+	cfg.setDefaults()
+	hc := httpapi.NewClient()
+	defer hc.CloseIdleConnections()
+	kv := client.NewKV(hc, cfg.KVAddr)
+	log := func(name string) *slog.Logger { return cfg.Logger.With("service", name) }
+	masterClient, storageClient := worker.NewClients(hc, kv)
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		return kvservice.Run(ctx, kvservice.Config{Addr: cfg.KVAddr, DataDir: cfg.DataDir, Logger: log("kv")})
+	})
+	g.Go(func() error {
+		return database.Run(ctx, database.Config{Addr: cfg.DatabaseAddr, KV: kv, DataDir: cfg.DataDir, Lease: cfg.Lease, Logger: log("database")})
+	})
+	g.Go(func() error {
+		return storage.Run(ctx, storage.Config{Addr: cfg.StorageAddr, KV: kv, DataDir: cfg.DataDir, Logger: log("storage")})
+	})
+	g.Go(func() error {
+		return master.Run(ctx, master.Config{Addr: cfg.MasterAddr, KV: kv, HTTP: hc, Logger: log("master")})
+	})
+	g.Go(func() error {
+		return worker.Run(ctx, worker.Config{Master: masterClient, Storage: storageClient, Concurrency: cfg.Concurrency, Logger: log("worker")})
+	})
+	g.Go(func() error {
+		return frontend.Run(ctx, frontend.Config{Addr: cfg.Frontend, KV: kv, HTTP: hc, Logger: log("frontend")})
+	})
+	if err := g.Wait(); err != nil {
+		return fmt.Errorf("imgmill serve: %w", err)
+	}
+	return nil
+}
+
+// WaitReady waits until the database, storage and master have registered in the kv store at kvAddr and
+// each answers its health check.
+func WaitReady(ctx context.Context, kvAddr string) error {
+	hc := httpapi.NewClient()
+	defer hc.CloseIdleConnections()
+	kv := client.NewKV(hc, kvAddr)
+	for {
+		err := checkReady(ctx, hc, kv)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("services not ready: %w (%w)", err, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func checkReady(ctx context.Context, hc *http.Client, kv *client.KV) error {
+	for _, key := range []string{client.DatabaseKey, client.StorageKey, client.MasterKey} {
+		addr, err := kv.Get(ctx, key)
+		if err != nil {
+			return fmt.Errorf("%s: %w", key, err)
+		}
+		if err := client.CheckHealth(ctx, hc, addr); err != nil {
+			return fmt.Errorf("%s at %s: %w", key, addr, err)
+		}
+	}
+	return nil
+}
+
+// FreeAddrs returns n distinct free loopback addresses (host:port). Another process could take one before
+// it is used; good enough for tests and benchmarks on one machine.
+func FreeAddrs(n int) ([]string, error) {
+	addrs := make([]string, 0, n)
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("find a free port: %w", err)
+		}
+		defer ln.Close()
+		addrs = append(addrs, ln.Addr().String())
+	}
+	return addrs, nil
+}

@@ -1,0 +1,317 @@
+// Package bench measures the pipeline end to end against the in-process floor: the same images decoded,
+// swapped and encoded on all cores with no services in between.
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"image"
+	"image/png"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/imgmill/imgmill/internal/allinone"
+	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/imageop"
+)
+
+// Config configures Run.
+type Config struct {
+	Master      string // host:port or URL of a running master; empty starts the pipeline in-process
+	Size        int    // image width and height
+	N           int    // images
+	Clients     int    // concurrent clients
+	Concurrency int    // worker loops of the in-process pipeline
+	Out         io.Writer
+	Logger      *slog.Logger
+}
+
+// Result is what one run measured.
+type Result struct {
+	Pipeline      Throughput
+	Floor         Throughput
+	Ratio         float64 // pipeline / floor throughput
+	P50, P95, Max time.Duration
+	Verified      int // results checked pixel by pixel
+}
+
+// Throughput is images over time.
+type Throughput struct {
+	Images  int
+	Elapsed time.Duration
+}
+
+// PerSecond is images per second.
+func (t Throughput) PerSecond() float64 { return float64(t.Images) / t.Elapsed.Seconds() }
+
+// Run runs the benchmark and prints its report to cfg.Out.
+func Run(ctx context.Context, cfg Config) (Result, error) {
+	if cfg.Size <= 0 || cfg.N <= 0 || cfg.Clients <= 0 {
+		return Result{}, errors.New("size, n and clients must be positive")
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = runtime.NumCPU()
+	}
+	originals, encoded, err := generate(cfg.Size, cfg.N)
+	if err != nil {
+		return Result{}, err
+	}
+	masterAddr := strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(cfg.Master, "http://"), "https://"), "/")
+	where := "running master at " + masterAddr
+	if masterAddr == "" {
+		stop, addr, err := startPipeline(ctx, cfg)
+		if err != nil {
+			return Result{}, err
+		}
+		defer stop()
+		masterAddr = addr
+		where = fmt.Sprintf("in-process pipeline, embedded storage, worker concurrency %d", cfg.Concurrency)
+	}
+	fmt.Fprintf(cfg.Out, "imgmill bench: %d PNGs of %dx%d px (%s avg), %d clients, %s, %d CPUs\n",
+		cfg.N, cfg.Size, cfg.Size, byteSize(avgLen(encoded)), cfg.Clients, where, runtime.NumCPU())
+
+	hc := httpapi.NewClient()
+	defer hc.CloseIdleConnections()
+	m := client.NewMaster(hc, client.Static(masterAddr))
+
+	ids, latencies, pipe, err := runPipeline(ctx, m, encoded, cfg.Clients)
+	if err != nil {
+		return Result{}, err
+	}
+	verified, err := verify(ctx, m, ids, originals, cfg.Clients)
+	if err != nil {
+		return Result{}, err
+	}
+	floor, err := runFloor(ctx, encoded)
+	if err != nil {
+		return Result{}, err
+	}
+	slices.Sort(latencies)
+	res := Result{Pipeline: pipe, Floor: floor, Ratio: pipe.PerSecond() / floor.PerSecond(),
+		P50: percentile(latencies, 0.50), P95: percentile(latencies, 0.95), Max: latencies[len(latencies)-1], Verified: verified}
+	fmt.Fprintf(cfg.Out, "pipeline: %d images in %s = %.1f img/s; latency p50 %s, p95 %s, max %s\n",
+		pipe.Images, pipe.Elapsed.Round(time.Millisecond), pipe.PerSecond(), round(res.P50), round(res.P95), round(res.Max))
+	fmt.Fprintf(cfg.Out, "floor:    %d images in %s = %.1f img/s (decode+swap+encode in-process on %d cores)\n",
+		floor.Images, floor.Elapsed.Round(time.Millisecond), floor.PerSecond(), runtime.NumCPU())
+	fmt.Fprintf(cfg.Out, "verified: %d/%d results pixel-correct\n", verified, cfg.N)
+	fmt.Fprintf(cfg.Out, "ratio pipeline/floor: %.2f\n", res.Ratio)
+	return res, nil
+}
+
+func generate(size, n int) ([]*image.NRGBA, [][]byte, error) {
+	originals := make([]*image.NRGBA, n)
+	encoded := make([][]byte, n)
+	var g errgroup.Group
+	g.SetLimit(runtime.NumCPU())
+	for i := range n {
+		g.Go(func() error {
+			originals[i] = imageop.TestPattern(size, int64(i))
+			b, err := imageop.EncodePNG(originals[i])
+			encoded[i] = b
+			return err
+		})
+	}
+	return originals, encoded, g.Wait()
+}
+
+// startPipeline runs all six services in-process on free loopback ports with a temporary data directory.
+func startPipeline(ctx context.Context, cfg Config) (stop func(), masterAddr string, err error) {
+	dir, err := os.MkdirTemp("", "imgmill-bench-")
+	if err != nil {
+		return nil, "", err
+	}
+	addrs, err := allinone.FreeAddrs(5)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, "", err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	quiet := slog.New(levelFilter{logger.Handler(), slog.LevelWarn})
+	go func() {
+		done <- allinone.Run(ctx, allinone.Config{DataDir: dir, KVAddr: addrs[0], DatabaseAddr: addrs[1], StorageAddr: addrs[2],
+			MasterAddr: addrs[3], Frontend: addrs[4], Concurrency: cfg.Concurrency, Logger: quiet})
+	}()
+	stop = func() {
+		cancel()
+		<-done
+		os.RemoveAll(dir)
+	}
+	readyCtx, readyCancel := context.WithTimeout(ctx, 30*time.Second)
+	defer readyCancel()
+	if err := allinone.WaitReady(readyCtx, addrs[0]); err != nil {
+		stop()
+		return nil, "", err
+	}
+	return stop, addrs[3], nil
+}
+
+// runPipeline submits every image with the given number of clients, each uploading one image and polling
+// until it is ready before taking the next, and returns ids, latencies and the overall throughput.
+func runPipeline(ctx context.Context, m *client.Master, encoded [][]byte, clients int) ([]int64, []time.Duration, Throughput, error) {
+	ids := make([]int64, len(encoded))
+	latencies := make([]time.Duration, len(encoded))
+	var next atomic.Int64
+	g, ctx := errgroup.WithContext(ctx)
+	start := time.Now()
+	for range clients {
+		g.Go(func() error {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(encoded) {
+					return nil
+				}
+				t0 := time.Now()
+				id, err := m.New(ctx, bytes.NewReader(encoded[i]), int64(len(encoded[i])))
+				if err != nil {
+					return fmt.Errorf("upload image %d: %w", i, err)
+				}
+				if err := waitReady(ctx, m, id); err != nil {
+					return err
+				}
+				ids[i], latencies[i] = id, time.Since(t0)
+			}
+		})
+	}
+	err := g.Wait()
+	return ids, latencies, Throughput{Images: len(encoded), Elapsed: time.Since(start)}, err
+}
+
+// waitReady polls isReady, quickly at first so a fast result is seen fast, then backing off.
+func waitReady(ctx context.Context, m *client.Master, id int64) error {
+	delay := 500 * time.Microsecond
+	for {
+		ready, err := m.IsReady(ctx, id)
+		if err != nil {
+			return fmt.Errorf("isReady %d: %w", id, err)
+		}
+		if ready {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("task %d not ready: %w", id, ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 20*time.Millisecond)
+	}
+}
+
+// verify downloads every result and checks it pixel by pixel against its original.
+func verify(ctx context.Context, m *client.Master, ids []int64, originals []*image.NRGBA, clients int) (int, error) {
+	var verified atomic.Int64
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(clients)
+	for i, id := range ids {
+		g.Go(func() error {
+			img, err := m.Get(ctx, id)
+			if err != nil {
+				return fmt.Errorf("download task %d: %w", id, err)
+			}
+			defer img.Close()
+			result, err := png.Decode(img)
+			if err != nil {
+				return fmt.Errorf("decode result of task %d: %w", id, err)
+			}
+			if err := imageop.CheckSwapped(originals[i], result); err != nil {
+				return fmt.Errorf("task %d: %w", id, err)
+			}
+			verified.Add(1)
+			return nil
+		})
+	}
+	err := g.Wait()
+	return int(verified.Load()), err
+}
+
+// runFloor processes the same images in-process on every core: the cost of the image work itself.
+func runFloor(ctx context.Context, encoded [][]byte) (Throughput, error) {
+	proc := imageop.NewProcessor()
+	var next atomic.Int64
+	var bufs sync.Pool
+	g, ctx := errgroup.WithContext(ctx)
+	start := time.Now()
+	for range runtime.NumCPU() {
+		g.Go(func() error {
+			for ctx.Err() == nil {
+				i := int(next.Add(1) - 1)
+				if i >= len(encoded) {
+					return nil
+				}
+				buf, _ := bufs.Get().(*bytes.Buffer)
+				if buf == nil {
+					buf = new(bytes.Buffer)
+				}
+				buf.Reset()
+				if err := proc.Process(buf, bytes.NewReader(encoded[i])); err != nil {
+					return fmt.Errorf("floor image %d: %w", i, err)
+				}
+				bufs.Put(buf)
+			}
+			return ctx.Err()
+		})
+	}
+	err := g.Wait()
+	return Throughput{Images: len(encoded), Elapsed: time.Since(start)}, err
+}
+
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	return sorted[min(len(sorted)-1, int(float64(len(sorted))*p))]
+}
+
+func round(d time.Duration) time.Duration {
+	if d < time.Millisecond {
+		return d.Round(time.Microsecond)
+	}
+	return d.Round(100 * time.Microsecond)
+}
+
+func avgLen(b [][]byte) int {
+	total := 0
+	for _, x := range b {
+		total += len(x)
+	}
+	return total / len(b)
+}
+
+func byteSize(n int) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// levelFilter keeps the benchmark's own services quiet unless something goes wrong.
+type levelFilter struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (f levelFilter) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= f.min && f.Handler.Enabled(ctx, l)
+}
+func (f levelFilter) WithAttrs(a []slog.Attr) slog.Handler {
+	return levelFilter{f.Handler.WithAttrs(a), f.min}
+}
+func (f levelFilter) WithGroup(n string) slog.Handler {
+	return levelFilter{f.Handler.WithGroup(n), f.min}
+}

@@ -1,0 +1,657 @@
+// Package blobstoretest is the contract suite every blobstore.Store implementation must pass, so that
+// fileblob today and S3 later behave the same to their callers.
+package blobstoretest
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"runtime/metrics"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/imgmill/imgmill/internal/blobstore"
+)
+
+// Run runs the contract suite. open must return a fresh, empty store for each call; Run closes it when
+// the subtest ends (and checks that Close succeeds), so open must not close it itself.
+func Run(t *testing.T, open func(t *testing.T) blobstore.Store) {
+	t.Helper()
+	fresh := func(t *testing.T) blobstore.Store {
+		t.Helper()
+		s := open(t)
+		t.Cleanup(func() {
+			if err := s.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+		})
+		return s
+	}
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, s blobstore.Store)
+	}{
+		{"RoundTrip", testRoundTrip},
+		{"EmptyBlob", testEmptyBlob},
+		{"OpenMissing", testOpenMissing},
+		{"Overwrite", testOverwrite},
+		{"UnknownSize", testUnknownSize},
+		{"FailingReader", testFailingReader},
+		{"CancelMidStream", testCancelMidStream},
+		{"CancelledContext", testCancelledContext},
+		{"InvalidKeys", testInvalidKeys},
+		{"ValidKeys", testValidKeys},
+		{"Delete", testDelete},
+		{"Seek", testSeek},
+		{"OpenBlobIsSnapshot", testOpenBlobIsSnapshot},
+		{"ConcurrentOverwrite", testConcurrentOverwrite},
+		{"ConcurrentNewKeys", testConcurrentNewKeys},
+		{"Large", testLarge},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) { tc.fn(t, fresh(t)) })
+	}
+}
+
+var errBoom = errors.New("blobstoretest: reader failed on purpose")
+
+// payload returns n deterministic pseudo-random bytes; seed makes payloads of the same length differ.
+func payload(seed uint64, n int) []byte {
+	b := make([]byte, n)
+	rng := rand.NewChaCha8(seedBytes(seed))
+	rng.Read(b)
+	return b
+}
+
+func seedBytes(seed uint64) [32]byte {
+	var s [32]byte
+	for i := range 8 {
+		s[i] = byte(seed >> (8 * i))
+	}
+	return s
+}
+
+func put(t *testing.T, s blobstore.Store, key string, data []byte) {
+	t.Helper()
+	n, err := s.Put(context.Background(), key, bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		t.Fatalf("Put(%q, %d bytes): %v", key, len(data), err)
+	}
+	if n != int64(len(data)) {
+		t.Fatalf("Put(%q) returned %d, want %d", key, n, len(data))
+	}
+}
+
+// read opens key and returns its whole content, checking that Size agrees with it.
+func read(t *testing.T, s blobstore.Store, key string) []byte {
+	t.Helper()
+	b, err := s.Open(context.Background(), key)
+	if err != nil {
+		t.Fatalf("Open(%q): %v", key, err)
+	}
+	defer b.Close()
+	data, err := io.ReadAll(b)
+	if err != nil {
+		t.Fatalf("read %q: %v", key, err)
+	}
+	if b.Size != int64(len(data)) {
+		t.Fatalf("Open(%q).Size = %d, but %d bytes were read", key, b.Size, len(data))
+	}
+	return data
+}
+
+func wantContent(t *testing.T, s blobstore.Store, key string, want []byte) {
+	t.Helper()
+	got := read(t, s, key)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("content of %q: got %d bytes (sha256 %x), want %d bytes (sha256 %x)",
+			key, len(got), sha256.Sum256(got), len(want), sha256.Sum256(want))
+	}
+}
+
+func wantNotFound(t *testing.T, s blobstore.Store, key string) {
+	t.Helper()
+	b, err := s.Open(context.Background(), key)
+	if err == nil {
+		b.Close()
+		t.Fatalf("Open(%q) succeeded (%d bytes), want ErrNotFound", key, b.Size)
+	}
+	if !errors.Is(err, blobstore.ErrNotFound) {
+		t.Fatalf("Open(%q) = %v, want ErrNotFound", key, err)
+	}
+}
+
+func testRoundTrip(t *testing.T, s blobstore.Store) {
+	data := payload(1, 100<<10+7) // not a multiple of any buffer size
+	before := time.Now()
+	put(t, s, "working/42", data)
+	after := time.Now()
+
+	b, err := s.Open(context.Background(), "working/42")
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer b.Close()
+	if b.Size != int64(len(data)) {
+		t.Errorf("Size = %d, want %d", b.Size, len(data))
+	}
+	// Stores may keep coarse timestamps (whole seconds), hence the slack.
+	if b.ModTime.Before(before.Add(-2*time.Second)) || b.ModTime.After(after.Add(2*time.Second)) {
+		t.Errorf("ModTime = %v, want between %v and %v", b.ModTime, before, after)
+	}
+	got, err := io.ReadAll(b)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes that differ from the %d put", len(got), len(data))
+	}
+	if err := b.Close(); err != nil {
+		t.Errorf("Blob.Close: %v", err)
+	}
+
+	// Single-segment and deep keys, and siblings that must not disturb each other.
+	other := payload(2, 1000)
+	put(t, s, "x", other)
+	put(t, s, "a/b/c/d/e", data[:500])
+	put(t, s, "working/43", other)
+	wantContent(t, s, "working/42", data)
+	wantContent(t, s, "x", other)
+	wantContent(t, s, "a/b/c/d/e", data[:500])
+	wantContent(t, s, "working/43", other)
+}
+
+func testEmptyBlob(t *testing.T, s blobstore.Store) {
+	put(t, s, "empty", nil)
+	if got := read(t, s, "empty"); len(got) != 0 {
+		t.Fatalf("empty blob read back %d bytes", len(got))
+	}
+	n, err := s.Put(context.Background(), "empty2", eofReader{}, -1)
+	if err != nil || n != 0 {
+		t.Fatalf("Put(empty, size -1) = %d, %v; want 0, nil", n, err)
+	}
+	if got := read(t, s, "empty2"); len(got) != 0 {
+		t.Fatalf("empty blob read back %d bytes", len(got))
+	}
+}
+
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
+
+func testOpenMissing(t *testing.T, s blobstore.Store) {
+	wantNotFound(t, s, "nope")
+	wantNotFound(t, s, "working/1")
+	// A prefix of an existing key is not a blob (a directory in a file store, nothing in S3).
+	put(t, s, "dir/sub/x", []byte("x"))
+	wantNotFound(t, s, "dir")
+	wantNotFound(t, s, "dir/sub")
+	wantNotFound(t, s, "dir/sub/y")
+	// Deeper than an existing blob: in a file store the blob is a file, not a directory.
+	wantNotFound(t, s, "dir/sub/x/deeper")
+}
+
+func testOverwrite(t *testing.T, s blobstore.Store) {
+	long := payload(1, 200<<10)
+	short := payload(2, 1234) // shorter, so a store that does not truncate leaves a tail of long
+	put(t, s, "k", long)
+	put(t, s, "k", short)
+	wantContent(t, s, "k", short)
+	longer := payload(3, 300<<10)
+	put(t, s, "k", longer)
+	wantContent(t, s, "k", longer)
+}
+
+// opaqueReader hides every method but Read so a store cannot learn the length from the reader's type.
+type opaqueReader struct{ r io.Reader }
+
+func (o opaqueReader) Read(p []byte) (int, error) { return o.r.Read(p) }
+
+func testUnknownSize(t *testing.T, s blobstore.Store) {
+	data := payload(4, 3<<20+11)
+	n, err := s.Put(context.Background(), "unknown", opaqueReader{bytes.NewReader(data)}, -1)
+	if err != nil {
+		t.Fatalf("Put(size -1): %v", err)
+	}
+	if n != int64(len(data)) {
+		t.Fatalf("Put(size -1) = %d, want %d", n, len(data))
+	}
+	wantContent(t, s, "unknown", data)
+}
+
+// failingReader serves data up to limit bytes, then fails with err.
+type failingReader struct {
+	data  []byte
+	limit int
+	err   error
+	off   int
+}
+
+func (f *failingReader) Read(p []byte) (int, error) {
+	if f.off >= f.limit {
+		return 0, f.err
+	}
+	n := copy(p, f.data[f.off:min(f.limit, len(f.data))])
+	f.off += n
+	return n, nil
+}
+
+func testFailingReader(t *testing.T, s blobstore.Store) {
+	old := payload(1, 50<<10)
+	put(t, s, "k", old)
+	newData := payload(2, 4<<20)
+	for _, size := range []int64{int64(len(newData)), -1} {
+		r := &failingReader{data: newData, limit: 1 << 20, err: errBoom}
+		if _, err := s.Put(context.Background(), "k", r, size); !errors.Is(err, errBoom) {
+			t.Fatalf("Put(size %d) with failing reader = %v, want an error wrapping the reader's", size, err)
+		}
+		wantContent(t, s, "k", old)
+
+		r = &failingReader{data: newData, limit: 1 << 20, err: errBoom}
+		if _, err := s.Put(context.Background(), "fresh/k", r, size); !errors.Is(err, errBoom) {
+			t.Fatalf("Put(size %d) of a new key with failing reader = %v, want an error wrapping the reader's", size, err)
+		}
+		wantNotFound(t, s, "fresh/k")
+	}
+}
+
+// cancellingReader serves data; once it has served after bytes it cancels the context and keeps serving,
+// so a store that ignores the context would store everything and succeed.
+type cancellingReader struct {
+	data   []byte
+	after  int
+	cancel context.CancelFunc
+	off    int
+}
+
+func (c *cancellingReader) Read(p []byte) (int, error) {
+	if c.off >= c.after {
+		c.cancel()
+	}
+	if c.off >= len(c.data) {
+		return 0, io.EOF
+	}
+	n := copy(p, c.data[c.off:])
+	c.off += n
+	return n, nil
+}
+
+func testCancelMidStream(t *testing.T, s blobstore.Store) {
+	old := payload(1, 50<<10)
+	put(t, s, "k", old)
+	newData := payload(2, 8<<20)
+	for _, size := range []int64{int64(len(newData)), -1} {
+		for _, key := range []string{"k", "fresh/k"} {
+			ctx, cancel := context.WithCancel(context.Background())
+			r := &cancellingReader{data: newData, after: 1 << 20, cancel: cancel}
+			_, err := s.Put(ctx, key, r, size)
+			cancel()
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("Put(%q, size %d) cancelled mid-stream = %v, want context.Canceled", key, size, err)
+			}
+		}
+		wantContent(t, s, "k", old)
+		wantNotFound(t, s, "fresh/k")
+	}
+}
+
+func testCancelledContext(t *testing.T, s blobstore.Store) {
+	old := []byte("old")
+	put(t, s, "k", old)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.Put(ctx, "k", strings.NewReader("new"), 3); err == nil {
+		t.Fatal("Put with a cancelled context succeeded")
+	}
+	if _, err := s.Put(ctx, "other", strings.NewReader("new"), 3); err == nil {
+		t.Fatal("Put of a new key with a cancelled context succeeded")
+	}
+	if err := s.Delete(ctx, "k"); err == nil {
+		t.Fatal("Delete with a cancelled context succeeded")
+	}
+	if b, err := s.Open(ctx, "k"); err == nil {
+		b.Close()
+		t.Fatal("Open with a cancelled context succeeded")
+	}
+	wantContent(t, s, "k", old)
+	wantNotFound(t, s, "other")
+}
+
+func testInvalidKeys(t *testing.T, s blobstore.Store) {
+	put(t, s, "a/b", []byte("keep"))
+	keys := []string{
+		"", "../x", "A/b", "a//b", "/a", "a/", "/", ".", "..", ".hidden", "a/.hidden", "a/../b", "a/./b",
+		"a b", `a\b`, "a\x00b", "a:b", "a.b", "é", "a/b/", strings.Repeat("a", 513),
+		".k.tmp-123", // what a file store's temporary file might be called
+	}
+	for _, key := range keys {
+		if _, err := s.Put(context.Background(), key, strings.NewReader("data"), 4); err == nil {
+			t.Errorf("Put(%q) succeeded, want an invalid key error", key)
+		}
+		if b, err := s.Open(context.Background(), key); err == nil {
+			b.Close()
+			t.Errorf("Open(%q) succeeded, want an invalid key error", key)
+		} else if errors.Is(err, blobstore.ErrNotFound) {
+			// A malformed key is the caller's bug (400), not a missing blob (404).
+			t.Errorf("Open(%q) = %v, want an invalid key error, not ErrNotFound", key, err)
+		}
+		if err := s.Delete(context.Background(), key); err == nil {
+			t.Errorf("Delete(%q) succeeded, want an invalid key error", key)
+		}
+	}
+	wantContent(t, s, "a/b", []byte("keep"))
+}
+
+func testValidKeys(t *testing.T, s blobstore.Store) {
+	keys := []string{
+		"a", "0", "-", "_", "a-b_c/0-9", "originals/000123", "p/q/r/s/t/u/v/w",
+		strings.Repeat("ab/", 170) + "ab", // 512 characters, the longest valid key
+	}
+	for i, key := range keys {
+		if err := blobstore.ValidateKey(key); err != nil {
+			t.Fatalf("suite bug: %q should be valid: %v", key, err)
+		}
+		put(t, s, key, []byte(fmt.Sprint(i)))
+	}
+	for i, key := range keys {
+		wantContent(t, s, key, []byte(fmt.Sprint(i)))
+	}
+}
+
+func testDelete(t *testing.T, s blobstore.Store) {
+	ctx := context.Background()
+	put(t, s, "working/1", []byte("one"))
+	put(t, s, "working/2", []byte("two"))
+	if err := s.Delete(ctx, "working/1"); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	wantNotFound(t, s, "working/1")
+	wantContent(t, s, "working/2", []byte("two"))
+	if err := s.Delete(ctx, "working/1"); err != nil {
+		t.Fatalf("second Delete = %v, want nil", err)
+	}
+	if err := s.Delete(ctx, "never/was"); err != nil {
+		t.Fatalf("Delete of a missing key = %v, want nil", err)
+	}
+	// A prefix of a key is no blob: deleting it is a no-op that must not touch the blobs below it.
+	if err := s.Delete(ctx, "working"); err != nil {
+		t.Fatalf("Delete of a key prefix = %v, want nil", err)
+	}
+	wantContent(t, s, "working/2", []byte("two"))
+	// The key can be used again after a delete.
+	put(t, s, "working/1", []byte("again"))
+	wantContent(t, s, "working/1", []byte("again"))
+}
+
+func testSeek(t *testing.T, s blobstore.Store) {
+	data := payload(5, 10000)
+	put(t, s, "k", data)
+	b, err := s.Open(context.Background(), "k")
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer b.Close()
+
+	seekRead := func(offset int64, whence int, wantPos int64, n int) {
+		t.Helper()
+		pos, err := b.Seek(offset, whence)
+		if err != nil {
+			t.Fatalf("Seek(%d, %d): %v", offset, whence, err)
+		}
+		if pos != wantPos {
+			t.Fatalf("Seek(%d, %d) = %d, want %d", offset, whence, pos, wantPos)
+		}
+		var got []byte
+		if n < 0 {
+			got, err = io.ReadAll(b)
+		} else {
+			got = make([]byte, n)
+			_, err = io.ReadFull(b, got)
+		}
+		if err != nil {
+			t.Fatalf("read after Seek(%d, %d): %v", offset, whence, err)
+		}
+		want := data[wantPos:]
+		if n >= 0 {
+			want = want[:n]
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("after Seek(%d, %d) read %d bytes that differ from data[%d:]", offset, whence, len(got), wantPos)
+		}
+	}
+	seekRead(4000, io.SeekStart, 4000, -1) // the rest from an offset
+	seekRead(-100, io.SeekEnd, 9900, -1)
+	seekRead(0, io.SeekStart, 0, 10) // back to the start after reading to the end
+	seekRead(990, io.SeekCurrent, 1000, 500)
+	seekRead(-1500, io.SeekCurrent, 0, -1)
+	if pos, err := b.Seek(0, io.SeekEnd); err != nil || pos != int64(len(data)) {
+		t.Fatalf("Seek(0, SeekEnd) = %d, %v; want %d", pos, err, len(data))
+	}
+	if n, err := b.Read(make([]byte, 10)); n != 0 || err != io.EOF {
+		t.Fatalf("Read at the end = %d, %v; want 0, EOF", n, err)
+	}
+}
+
+func testOpenBlobIsSnapshot(t *testing.T, s blobstore.Store) {
+	v1 := payload(1, 1<<20)
+	v2 := payload(2, 1<<20)
+	put(t, s, "k", v1)
+	b, err := s.Open(context.Background(), "k")
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer b.Close()
+	head := make([]byte, len(v1)/2)
+	if _, err := io.ReadFull(b, head); err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	put(t, s, "k", v2) // an overwrite while the blob is open must not leak into it
+	tail, err := io.ReadAll(b)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if !bytes.Equal(append(head, tail...), v1) {
+		t.Fatal("an open blob mixed the old and the new content after an overwrite")
+	}
+	if _, err := b.Seek(0, io.SeekStart); err != nil {
+		t.Fatalf("Seek: %v", err)
+	}
+	all, err := io.ReadAll(b)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if !bytes.Equal(all, v1) {
+		t.Fatal("an open blob re-read after an overwrite is not the content it was opened with")
+	}
+	wantContent(t, s, "k", v2)
+}
+
+func testConcurrentOverwrite(t *testing.T, s blobstore.Store) {
+	const writers, readers, rounds = 4, 4, 8
+	// Payloads of different lengths and content: a mix of two would match neither hash or size.
+	payloads := make([][]byte, writers)
+	valid := make(map[[sha256.Size]byte]int, writers)
+	for i := range payloads {
+		payloads[i] = payload(uint64(100+i), 256<<10+i*4099)
+		valid[sha256.Sum256(payloads[i])] = len(payloads[i])
+	}
+	put(t, s, "shared/k", payloads[0])
+
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	errs := make(chan error, writers+readers)
+	for i := range writers {
+		wg.Go(func() {
+			for range rounds {
+				p := payloads[i]
+				// Half the writers say the size, half do not.
+				size := int64(len(p))
+				if i%2 == 1 {
+					size = -1
+				}
+				if _, err := s.Put(ctx, "shared/k", opaqueReader{bytes.NewReader(p)}, size); err != nil {
+					errs <- fmt.Errorf("concurrent Put: %w", err)
+					return
+				}
+			}
+		})
+	}
+	var reads sync.WaitGroup
+	for range readers {
+		reads.Go(func() {
+			for n := 0; ; n++ {
+				select {
+				case <-done:
+					if n > 0 {
+						return
+					}
+				default:
+				}
+				b, err := s.Open(ctx, "shared/k")
+				if err != nil {
+					errs <- fmt.Errorf("concurrent Open: %w", err)
+					return
+				}
+				h := sha256.New()
+				m, err := io.Copy(h, b)
+				b.Close()
+				if err != nil {
+					errs <- fmt.Errorf("concurrent read: %w", err)
+					return
+				}
+				var sum [sha256.Size]byte
+				h.Sum(sum[:0])
+				if l, ok := valid[sum]; !ok || int64(l) != b.Size || m != b.Size {
+					errs <- fmt.Errorf("a reader saw %d bytes (Size %d) that are none of the payloads", m, b.Size)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(done)
+	reads.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	got := sha256.Sum256(read(t, s, "shared/k"))
+	if _, ok := valid[got]; !ok {
+		t.Error("final content is none of the payloads")
+	}
+}
+
+func testConcurrentNewKeys(t *testing.T, s blobstore.Store) {
+	// Many first Puts under the same new prefix at once (racing to create it in a file store).
+	const n = 16
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Go(func() {
+			key := fmt.Sprintf("new/prefix/k%d", i)
+			data := payload(uint64(i), 1000+i)
+			if _, err := s.Put(context.Background(), key, bytes.NewReader(data), int64(len(data))); err != nil {
+				errs <- fmt.Errorf("Put(%q): %w", key, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	for i := range n {
+		wantContent(t, s, fmt.Sprintf("new/prefix/k%d", i), payload(uint64(i), 1000+i))
+	}
+}
+
+// largeSize is big enough that a store buffering the whole blob shows in the heap.
+const largeSize = 64 << 20
+
+func testLarge(t *testing.T, s blobstore.Store) {
+	if testing.Short() {
+		t.Skip("large blob skipped in -short mode")
+	}
+	ctx := context.Background()
+	// The data is generated as it is read and hashed on the way: the test never holds it either.
+	want := sha256.New()
+	src := io.TeeReader(io.LimitReader(rand.NewChaCha8(seedBytes(64)), largeSize), want)
+
+	peak := watchHeap()
+	n, err := s.Put(ctx, "large", opaqueReader{src}, largeSize)
+	grew := peak()
+	if err != nil {
+		t.Fatalf("Put(64 MiB): %v", err)
+	}
+	if n != largeSize {
+		t.Fatalf("Put(64 MiB) = %d, want %d", n, largeSize)
+	}
+	t.Logf("the heap grew by %d KiB during the Put", grew>>10)
+	// A streaming store needs buffers, not the blob: half of it is a generous bound.
+	if grew > largeSize/2 {
+		t.Errorf("the heap grew by %d MiB while putting a %d MiB blob: Put does not stream", grew>>20, largeSize>>20)
+	}
+
+	b, err := s.Open(ctx, "large")
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer b.Close()
+	if b.Size != largeSize {
+		t.Errorf("Size = %d, want %d", b.Size, largeSize)
+	}
+	got := sha256.New()
+	if m, err := io.Copy(got, b); err != nil || m != largeSize {
+		t.Fatalf("read back %d bytes, %v; want %d", m, err, largeSize)
+	}
+	if !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
+		t.Fatal("the large blob read back differs from what was put")
+	}
+}
+
+// watchHeap samples the heap until the returned function is called, which reports how far the heap grew
+// above its starting size. Sampling can miss a short spike, but not a blob held for the whole Put.
+func watchHeap() func() uint64 {
+	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	heap := func() uint64 {
+		metrics.Read(sample)
+		if sample[0].Value.Kind() != metrics.KindUint64 {
+			return 0
+		}
+		return sample[0].Value.Uint64()
+	}
+	start := heap()
+	stop := make(chan struct{})
+	result := make(chan uint64)
+	go func() {
+		ticker := time.NewTicker(2 * time.Millisecond)
+		defer ticker.Stop()
+		var maxHeap uint64
+		for {
+			if h := heap(); h > maxHeap {
+				maxHeap = h
+			}
+			select {
+			case <-stop:
+				result <- maxHeap
+				return
+			case <-ticker.C:
+			}
+		}
+	}()
+	return func() uint64 {
+		close(stop)
+		maxHeap := <-result
+		if maxHeap < start {
+			return 0
+		}
+		return maxHeap - start
+	}
+}

@@ -1,0 +1,264 @@
+// Package fileblob is a blobstore.Store on the local file system: key "working/42" is the file
+// dir/working/42. Each Put goes through atomicfile, so a crash leaves the old blob or the complete new one.
+//
+// A directory must be used by one Store (one process) at a time: Open deletes the temporary files it finds,
+// which would break another process's writes in progress.
+package fileblob
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/imgmill/imgmill/internal/atomicfile"
+	"github.com/imgmill/imgmill/internal/blobstore"
+)
+
+// maxSegment bounds a key segment: a file name is at most 255 bytes on common file systems and
+// atomicfile's temporary name adds a dot, ".tmp-" and up to 20 digits to it.
+const maxSegment = 255 - 1 - len(".tmp-") - 20
+
+// tempPattern matches atomicfile's temporary files. Keys cannot start with '.', so no key maps to one.
+const tempPattern = ".*.tmp-*"
+
+// Store is a file system blob store. It is safe for concurrent use.
+type Store struct {
+	dir string
+	// mkdirMu serialises directory creation so that a Put that finds a directory existing knows it has
+	// already been fsynced into its parent by whoever created it.
+	mkdirMu sync.Mutex
+}
+
+var _ blobstore.Store = (*Store)(nil)
+
+// Open opens the store rooted at dir, creating dir if needed. It removes the temporary files left by writes
+// that a crash interrupted and fsyncs every directory, so that after Open an existing directory is durable.
+func Open(dir string) (*Store, error) {
+	if dir == "" {
+		return nil, errors.New("fileblob: empty directory")
+	}
+	dir = filepath.Clean(dir)
+	s := &Store{dir: dir}
+	if err := s.mkdirAll(dir); err != nil {
+		return nil, fmt.Errorf("fileblob: create %s: %w", dir, err)
+	}
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return atomicfile.SyncDir(path)
+		}
+		if ok, _ := filepath.Match(tempPattern, d.Name()); ok && d.Type().IsRegular() {
+			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("remove stale temporary file: %w", err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("fileblob: open %s: %w", dir, err)
+	}
+	// Removals need no fsync: a temporary file that reappears after a crash is removed by the next Open.
+	return s, nil
+}
+
+// path maps a key to its file. ok is false for a valid key that this store can never hold.
+func (s *Store) path(key string) (path string, ok bool, err error) {
+	if err := blobstore.ValidateKey(key); err != nil {
+		return "", false, fmt.Errorf("fileblob: %w", err)
+	}
+	for seg := range strings.SplitSeq(key, "/") {
+		if len(seg) > maxSegment {
+			return "", false, nil
+		}
+	}
+	return filepath.Join(s.dir, filepath.FromSlash(key)), true, nil
+}
+
+// Put implements blobstore.Store.
+func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64) (int64, error) {
+	path, ok, err := s.path(key)
+	if err != nil {
+		return 0, err
+	}
+	if !ok {
+		return 0, fmt.Errorf("fileblob: key %q has a segment longer than %d bytes", key, maxSegment)
+	}
+	if size < -1 {
+		return 0, fmt.Errorf("fileblob: put %s: invalid size %d", key, size)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("fileblob: put %s: %w", key, err)
+	}
+	if err := s.mkdirAll(filepath.Dir(path)); err != nil {
+		return 0, fmt.Errorf("fileblob: put %s: %w", key, err)
+	}
+	if size >= 0 {
+		// A stream shorter or longer than announced is a truncated or confused upload: fail inside the
+		// copy so that atomicfile discards it instead of publishing it.
+		r = &exactReader{r: r, remaining: size}
+	}
+	n, err := atomicfile.Write(ctx, path, r)
+	if err != nil {
+		if errors.Is(err, syscall.EISDIR) || errors.Is(err, syscall.EEXIST) || errors.Is(err, syscall.ENOTEMPTY) {
+			return n, fmt.Errorf("fileblob: put %s: the key is a prefix of other keys: %w", key, err)
+		}
+		return n, fmt.Errorf("fileblob: put %s: %w", key, err)
+	}
+	return n, nil
+}
+
+// Open implements blobstore.Store.
+func (s *Store) Open(ctx context.Context, key string) (*blobstore.Blob, error) {
+	path, ok, err := s.path(key)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("fileblob: open %s: %w", key, err)
+	}
+	if !ok {
+		return nil, fmt.Errorf("fileblob: open %s: %w", key, blobstore.ErrNotFound)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		if isMissing(err) {
+			return nil, fmt.Errorf("fileblob: open %s: %w", key, blobstore.ErrNotFound)
+		}
+		return nil, fmt.Errorf("fileblob: open %s: %w", key, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("fileblob: stat %s: %w", key, err)
+	}
+	if !fi.Mode().IsRegular() {
+		// A directory holds the blobs of longer keys; it is not a blob itself.
+		f.Close()
+		return nil, fmt.Errorf("fileblob: open %s: %w", key, blobstore.ErrNotFound)
+	}
+	// The open file keeps reading the inode it opened even if a Put renames a new file over the path,
+	// which is what makes an open Blob a consistent snapshot.
+	return &blobstore.Blob{ReadSeekCloser: f, Size: fi.Size(), ModTime: fi.ModTime()}, nil
+}
+
+// Delete implements blobstore.Store. Emptied directories are kept: removing them would race with a Put
+// creating a file in them.
+func (s *Store) Delete(ctx context.Context, key string) error {
+	path, ok, err := s.path(key)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("fileblob: delete %s: %w", key, err)
+	}
+	if !ok {
+		return nil
+	}
+	fi, err := os.Lstat(path)
+	if err != nil {
+		if isMissing(err) {
+			return nil
+		}
+		return fmt.Errorf("fileblob: delete %s: %w", key, err)
+	}
+	if fi.IsDir() {
+		return nil // a prefix of other keys, no blob
+	}
+	if err := os.Remove(path); err != nil {
+		if isMissing(err) {
+			return nil
+		}
+		return fmt.Errorf("fileblob: delete %s: %w", key, err)
+	}
+	// Make the removal durable, so a deleted blob does not come back after a crash.
+	if err := atomicfile.SyncDir(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("fileblob: delete %s: %w", key, err)
+	}
+	return nil
+}
+
+// Close implements blobstore.Store. The store holds no resources; open Blobs stay readable.
+func (s *Store) Close() error { return nil }
+
+// mkdirAll creates dir and its missing parents, fsyncing each new directory's parent so that the new
+// entry, and so the blob about to be written below it, survives a crash.
+func (s *Store) mkdirAll(dir string) error {
+	// Under the lock, a directory that exists was fsynced into its parent by whoever created it (or was
+	// there before Open, which fsynced it), so a Put never relies on an entry a concurrent Put has not
+	// made durable yet. The lock covers a few stats; only the first Put into a directory does more.
+	s.mkdirMu.Lock()
+	defer s.mkdirMu.Unlock()
+	return mkdirAllLocked(dir)
+}
+
+func mkdirAllLocked(dir string) error {
+	fi, err := os.Stat(dir)
+	if err == nil {
+		if !fi.IsDir() {
+			return fmt.Errorf("%s is a blob, so no key can extend it: %w", dir, syscall.ENOTDIR)
+		}
+		return nil
+	}
+	// ENOTDIR: a parent is a file; the recursion reaches it and says so.
+	if !isMissing(err) {
+		return err
+	}
+	parent := filepath.Dir(dir)
+	if parent != dir {
+		if err := mkdirAllLocked(parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return err
+	}
+	return atomicfile.SyncDir(parent)
+}
+
+// isMissing reports whether err means the path holds nothing: it does not exist, or one of its parents is a
+// file (a key extending an existing key's blob).
+func isMissing(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
+}
+
+// errSizeMismatch reports a stream whose length differs from the size given to Put.
+var errSizeMismatch = errors.New("stream length differs from the announced size")
+
+// exactReader fails when the stream ends before remaining bytes or goes on after them.
+type exactReader struct {
+	r         io.Reader
+	remaining int64
+}
+
+func (e *exactReader) Read(p []byte) (int, error) {
+	if e.remaining == 0 {
+		// Probe for excess data with a one-byte read rather than trusting the caller.
+		var one [1]byte
+		n, err := e.r.Read(one[:])
+		if n > 0 {
+			return 0, fmt.Errorf("%w: more than announced", errSizeMismatch)
+		}
+		if err == nil {
+			return 0, nil
+		}
+		return 0, err
+	}
+	if int64(len(p)) > e.remaining {
+		p = p[:e.remaining]
+	}
+	n, err := e.r.Read(p)
+	e.remaining -= int64(n)
+	if err == io.EOF && e.remaining > 0 {
+		return n, fmt.Errorf("%w: %d bytes short: %w", errSizeMismatch, e.remaining, io.ErrUnexpectedEOF)
+	}
+	return n, err
+}

@@ -1,0 +1,257 @@
+package fileblob
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/imgmill/imgmill/internal/blobstore"
+	"github.com/imgmill/imgmill/internal/blobstore/blobstoretest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func openStore(t *testing.T, dir string) *Store {
+	t.Helper()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatalf("Open(%s): %v", dir, err)
+	}
+	return s
+}
+
+func TestContract(t *testing.T) {
+	blobstoretest.Run(t, func(t *testing.T) blobstore.Store {
+		return openStore(t, t.TempDir())
+	})
+}
+
+// tempFiles lists the temporary files under dir.
+func tempFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	var found []string
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if ok, _ := filepath.Match(tempPattern, d.Name()); ok {
+			found = append(found, path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return found
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLayout(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	if _, err := s.Put(context.Background(), "working/42", strings.NewReader("pixels"), 6); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "working", "42"))
+	if err != nil {
+		t.Fatalf("the blob is not at dir/working/42: %v", err)
+	}
+	if string(got) != "pixels" {
+		t.Fatalf("dir/working/42 = %q", got)
+	}
+}
+
+func TestOpenRemovesStaleTempFiles(t *testing.T) {
+	dir := t.TempDir()
+	// What a crash during Puts leaves: atomicfile's temporary files next to complete blobs.
+	stale := []string{
+		filepath.Join(dir, ".42.tmp-123456"),
+		filepath.Join(dir, "working", ".42.tmp-987"),
+		filepath.Join(dir, "working", "deep", ".7.tmp-1"),
+	}
+	for _, p := range stale {
+		writeFile(t, p, "partial")
+	}
+	writeFile(t, filepath.Join(dir, "working", "42"), "complete")
+	writeFile(t, filepath.Join(dir, "working", "deep", "7"), "seven")
+	// Not atomicfile's: left alone.
+	writeFile(t, filepath.Join(dir, ".keep"), "mine")
+
+	s := openStore(t, dir)
+	for _, p := range stale {
+		if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("stale temporary file %s survived Open (%v)", p, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".keep")); err != nil {
+		t.Errorf("Open removed a file that is not a temporary file: %v", err)
+	}
+	for key, want := range map[string]string{"working/42": "complete", "working/deep/7": "seven"} {
+		b, err := s.Open(context.Background(), key)
+		if err != nil {
+			t.Fatalf("Open(%q): %v", key, err)
+		}
+		got, err := io.ReadAll(b)
+		b.Close()
+		if err != nil || string(got) != want {
+			t.Errorf("%s = %q, %v; want %q", key, got, err, want)
+		}
+	}
+}
+
+func TestOpenCreatesDirectory(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "a", "b")
+	s := openStore(t, dir)
+	if _, err := s.Put(context.Background(), "k", strings.NewReader("v"), 1); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		t.Fatalf("Open did not create %s: %v", dir, err)
+	}
+}
+
+func TestOpenRefusesFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "file")
+	writeFile(t, path, "x")
+	if _, err := Open(path); err == nil {
+		t.Fatal("Open of a regular file succeeded")
+	}
+}
+
+// failAfter serves n bytes of zeros, then fails.
+type failAfter struct{ n int }
+
+func (f *failAfter) Read(p []byte) (int, error) {
+	if f.n == 0 {
+		return 0, errors.New("boom")
+	}
+	k := min(len(p), f.n)
+	clear(p[:k])
+	f.n -= k
+	return k, nil
+}
+
+func TestFailedPutLeavesNoTempFile(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	if _, err := s.Put(context.Background(), "working/1", &failAfter{n: 100 << 10}, -1); err == nil {
+		t.Fatal("Put with a failing reader succeeded")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.Put(ctx, "working/2", strings.NewReader("data"), 4); err == nil {
+		t.Fatal("Put with a cancelled context succeeded")
+	}
+	if found := tempFiles(t, dir); len(found) != 0 {
+		t.Fatalf("failed Puts left temporary files: %v", found)
+	}
+}
+
+func TestPutSizeMismatch(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	ctx := context.Background()
+	if _, err := s.Put(ctx, "k", strings.NewReader("old"), 3); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		data string
+		size int64
+	}{
+		{"short", 10},      // a truncated upload
+		{"longer than", 4}, // more than announced
+		{"", 1},
+		{"x", 0},
+	} {
+		_, err := s.Put(ctx, "k", strings.NewReader(tc.data), tc.size)
+		if !errors.Is(err, errSizeMismatch) {
+			t.Errorf("Put(%d bytes, size %d) = %v, want a size mismatch", len(tc.data), tc.size, err)
+		}
+	}
+	if _, err := s.Put(ctx, "k", strings.NewReader("x"), -2); err == nil {
+		t.Error("Put with size -2 succeeded")
+	}
+	b, err := s.Open(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if got, _ := io.ReadAll(b); string(got) != "old" {
+		t.Fatalf("after rejected Puts the blob is %q, want %q", got, "old")
+	}
+}
+
+// A file store cannot hold both "a" and "a/b": the clash must be a clean error that changes nothing.
+func TestKeyPrefixClash(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	ctx := context.Background()
+	if _, err := s.Put(ctx, "a", strings.NewReader("blob a"), -1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(ctx, "a/b", strings.NewReader("blob a/b"), -1); err == nil {
+		t.Error(`Put("a/b") over the blob "a" succeeded`)
+	}
+	if _, err := s.Put(ctx, "c/d", strings.NewReader("blob c/d"), -1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(ctx, "c", strings.NewReader("blob c"), -1); err == nil {
+		t.Error(`Put("c") over the prefix of "c/d" succeeded`)
+	}
+	for key, want := range map[string]string{"a": "blob a", "c/d": "blob c/d"} {
+		b, err := s.Open(ctx, key)
+		if err != nil {
+			t.Fatalf("Open(%q): %v", key, err)
+		}
+		got, _ := io.ReadAll(b)
+		b.Close()
+		if string(got) != want {
+			t.Errorf("%s = %q, want %q", key, got, want)
+		}
+	}
+	if _, err := s.Open(ctx, "c"); !errors.Is(err, blobstore.ErrNotFound) {
+		t.Errorf(`Open("c") = %v, want ErrNotFound`, err)
+	}
+}
+
+// ValidateKey accepts segments longer than a file name may be: Put refuses them clearly, and since no
+// such blob can exist, Open reports it missing and Delete is a no-op.
+func TestLongSegment(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	ctx := context.Background()
+	key := "working/" + strings.Repeat("x", 300)
+	if err := blobstore.ValidateKey(key); err != nil {
+		t.Fatalf("test bug: %v", err)
+	}
+	if _, err := s.Put(ctx, key, bytes.NewReader([]byte("v")), 1); err == nil || !strings.Contains(err.Error(), "longer than") {
+		t.Errorf("Put with a 300-byte segment = %v, want a clear refusal", err)
+	}
+	if _, err := s.Open(ctx, key); !errors.Is(err, blobstore.ErrNotFound) {
+		t.Errorf("Open with a 300-byte segment = %v, want ErrNotFound", err)
+	}
+	if err := s.Delete(ctx, key); err != nil {
+		t.Errorf("Delete with a 300-byte segment = %v, want nil", err)
+	}
+	// The longest segment accepted still fits, temporary name included.
+	key = strings.Repeat("y", maxSegment)
+	if _, err := s.Put(ctx, key, bytes.NewReader([]byte("v")), 1); err != nil {
+		t.Errorf("Put with a %d-byte segment: %v", maxSegment, err)
+	}
+}

@@ -1,0 +1,18 @@
+package database
+
+import (
+	"net/http"
+
+	"github.com/imgmill/imgmill/internal/httpapi"
+)
+
+func addRoutes(mux *http.ServeMux, s *server) {
+	mux.Handle("POST /newTask", httpapi.HandlerFunc(s.handleNewTask))
+	mux.Handle("POST /activateTask", httpapi.HandlerFunc(s.handleActivateTask))
+	mux.Handle("GET /getById", httpapi.HandlerFunc(s.handleGetByID))
+	mux.Handle("POST /getNewTask", httpapi.HandlerFunc(s.handleGetNewTask))
+	mux.Handle("POST /finishTask", httpapi.HandlerFunc(s.handleFinishTask))
+	mux.Handle("POST /setById", httpapi.HandlerFunc(s.handleSetByID))
+	mux.Handle("GET /list", httpapi.HandlerFunc(s.handleList))
+	mux.Handle("GET /healthz", httpapi.Healthz())
+}

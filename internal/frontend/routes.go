@@ -1,0 +1,15 @@
+package frontend
+
+import (
+	"net/http"
+
+	"github.com/imgmill/imgmill/internal/httpapi"
+)
+
+func addRoutes(mux *http.ServeMux, s *server) {
+	mux.Handle("GET /{$}", s.handleIndex())
+	mux.Handle("POST /submitTask", httpapi.HandlerFunc(s.handleSubmitTask))
+	mux.Handle("GET /isReady", httpapi.HandlerFunc(s.handleIsReady))
+	mux.Handle("GET /getImage", httpapi.HandlerFunc(s.handleGetImage))
+	mux.Handle("GET /healthz", httpapi.Healthz())
+}

@@ -1,0 +1,137 @@
+// Package httpapi is the HTTP plumbing every imgmill service shares, written once: error replies in the
+// reference "Error: ..." form, request ids, access logs, panic recovery, servers and clients with timeouts.
+package httpapi
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Error is a failure with an HTTP status. Servers reply with it as "Error: <Msg>"; clients return it for a
+// peer's non-2xx answer, so a proxying handler passes a peer's status and message through unchanged.
+type Error struct {
+	Status int
+	Msg    string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("%d %s", e.Status, e.Msg) }
+
+// Errorf builds an *Error.
+func Errorf(status int, format string, args ...any) error {
+	return &Error{Status: status, Msg: fmt.Sprintf(format, args...)}
+}
+
+// StatusOf returns the HTTP status an error answers with: its own when it is (or wraps) an *Error, 500
+// otherwise.
+func StatusOf(err error) int {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Status
+	}
+	return http.StatusInternalServerError
+}
+
+// ErrorText is the body a reply carries for err. Internal errors are not spelled out to the caller; they
+// are logged with the request id instead.
+func ErrorText(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return "Error: " + e.Msg
+	}
+	return "Error: internal error"
+}
+
+// HandlerFunc is a handler that may fail; the failure becomes an "Error: ..." reply.
+type HandlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+func (f HandlerFunc) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if err := f(w, r); err != nil {
+		writeError(w, r, err)
+	}
+}
+
+func writeError(w http.ResponseWriter, r *http.Request, err error) {
+	status := StatusOf(err)
+	logger := LoggerFrom(r.Context())
+	if status >= 500 {
+		logger.ErrorContext(r.Context(), "request failed", "err", err)
+	} else {
+		logger.DebugContext(r.Context(), "request refused", "err", err)
+	}
+	if rec, ok := w.(*recorder); ok && rec.status != 0 {
+		// The reply was already under way (a stream broke mid-body); all we can do is log.
+		return
+	}
+	WriteText(w, status, ErrorText(err))
+}
+
+// WriteText replies with bare text, no trailing newline: reference clients compare and splice answers
+// verbatim.
+func WriteText(w http.ResponseWriter, status int, text string) {
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("Content-Length", strconv.Itoa(len(text)))
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write([]byte(text))
+}
+
+// Query parameter helpers: each returns a 400 *Error naming the parameter.
+
+// QueryID parses the decimal id parameter name.
+func QueryID(r *http.Request, name string) (int64, error) {
+	raw := r.URL.Query().Get(name)
+	if raw == "" {
+		return 0, Errorf(http.StatusBadRequest, "missing %s parameter", name)
+	}
+	id, err := strconv.ParseInt(raw, 10, 64)
+	if err != nil || id < 0 {
+		return 0, Errorf(http.StatusBadRequest, "%s must be a non-negative decimal integer, got %q", name, raw)
+	}
+	return id, nil
+}
+
+// QueryRequired returns the non-empty parameter name.
+func QueryRequired(r *http.Request, name string) (string, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return "", Errorf(http.StatusBadRequest, "missing %s parameter", name)
+	}
+	return v, nil
+}
+
+// ReadErrorBody turns a peer's non-2xx reply body into an *Error, keeping its status and message.
+func ReadErrorBody(status int, body []byte) *Error {
+	msg := strings.TrimSpace(string(body))
+	msg = strings.TrimPrefix(msg, "Error:")
+	msg = strings.TrimSpace(msg)
+	if msg == "" {
+		msg = http.StatusText(status)
+	}
+	return &Error{Status: status, Msg: msg}
+}
+
+// QueryDuration parses an optional duration parameter, a Go duration ("10s", "500ms") or whole seconds
+// ("10"), between 0 and max; absent is 0.
+func QueryDuration(r *http.Request, name string, max time.Duration) (time.Duration, error) {
+	raw := r.URL.Query().Get(name)
+	if raw == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(raw)
+	if err != nil {
+		secs, serr := strconv.Atoi(raw)
+		if serr != nil {
+			return 0, Errorf(http.StatusBadRequest, "%s must be a duration like 10s, got %q", name, raw)
+		}
+		d = time.Duration(secs) * time.Second
+	}
+	if d < 0 || d > max {
+		return 0, Errorf(http.StatusBadRequest, "%s must be between 0 and %s", name, max)
+	}
+	return d, nil
+}

@@ -1,0 +1,140 @@
+package imageop
+
+// Helpers for tests in this and other packages and for `imgmill bench`; they
+// live in a non-test file so the benchmark command can use them too.
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+	"math/rand/v2"
+)
+
+// TestPattern returns a deterministic size×size *image.NRGBA (Min at 0,0)
+// generated from a PCG seeded with seed. Colours are smooth gradients plus
+// mild noise, so it compresses roughly like a photo rather than like noise,
+// and R, G and B differ almost everywhere so a missed swap shows. Alpha varies
+// by horizontal band: opaque; a 0..255 ramp across the row; noisy mid values;
+// and 8×8 blocks alternating fully transparent and opaque. Any size of at
+// least 4 therefore has pixels with alpha 0, 255 and in between. A size <= 0
+// yields an empty image.
+func TestPattern(size int, seed int64) *image.NRGBA {
+	if size <= 0 {
+		return image.NewNRGBA(image.Rectangle{})
+	}
+	rng := rand.New(rand.NewPCG(uint64(seed), 0x696d676d696c6c)) // "imgmill"
+	m := image.NewNRGBA(image.Rect(0, 0, size, size))
+	span := max(size-1, 1)
+	for y := range size {
+		fy := y * 255 / span
+		band := 4 * y / size
+		row := m.Pix[y*m.Stride : y*m.Stride+4*size]
+		for x := range size {
+			fx := x * 255 / span
+			// One draw per pixel, split into 4-bit noise terms in [-7, 8].
+			n := rng.Uint64()
+			noise := func(k uint) int { return int(n>>(4*k)&15) - 7 }
+			var a int
+			switch band {
+			case 0:
+				a = 255
+			case 1:
+				a = fx // exact ramp: 0 at the left edge, 255 at the right
+			case 2:
+				a = 128 + 5*noise(3)
+			default:
+				if (x/8+y/8)%2 == 0 {
+					a = 0
+				} else {
+					a = 255
+				}
+			}
+			p := row[4*x : 4*x+4 : 4*x+4]
+			p[0] = clamp8(fx + noise(0))
+			p[1] = clamp8(fy + noise(1))
+			p[2] = clamp8(255 - (fx+fy)/2 + noise(2))
+			p[3] = uint8(a)
+		}
+	}
+	return m
+}
+
+func clamp8(v int) uint8 {
+	return uint8(min(max(v, 0), 255))
+}
+
+// EncodePNG encodes img as PNG with default compression.
+func EncodePNG(img image.Image) ([]byte, error) {
+	var buf bytes.Buffer
+	if err := newEncoder().Encode(&buf, img); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// CheckSwapped reports whether result is orig with red and green swapped,
+// comparing pixel by pixel in non-premultiplied 8-bit terms (both sides
+// converted with color.NRGBAModel): result.R == orig.G, result.G == orig.R,
+// B and A equal, and bounds equal. It returns an error naming the first
+// mismatching pixel, or nil.
+//
+// Where both pixels are fully transparent the colour is only compared if both
+// images store straight (NRGBA) colour: a premultiplied image cannot hold
+// colour under alpha 0, so there is nothing to compare. NRGBA PNGs, such as
+// an encoded TestPattern, round trip exactly, colour under alpha 0 included.
+func CheckSwapped(orig, result image.Image) error {
+	if orig == nil || result == nil {
+		return errors.New("imageop: CheckSwapped: nil image")
+	}
+	ob, rb := orig.Bounds(), result.Bounds()
+	if ob != rb {
+		return fmt.Errorf("imageop: bounds differ: orig %v, result %v", ob, rb)
+	}
+	// Fast path for the common case, which would otherwise allocate per pixel
+	// through At.
+	if o, ok := orig.(*image.NRGBA); ok {
+		if r, ok := result.(*image.NRGBA); ok {
+			return checkNRGBA(o, r)
+		}
+	}
+	straight := orig.ColorModel() == color.NRGBAModel && result.ColorModel() == color.NRGBAModel
+	for y := ob.Min.Y; y < ob.Max.Y; y++ {
+		for x := ob.Min.X; x < ob.Max.X; x++ {
+			o := color.NRGBAModel.Convert(orig.At(x, y)).(color.NRGBA)
+			r := color.NRGBAModel.Convert(result.At(x, y)).(color.NRGBA)
+			if o.A == 0 && r.A == 0 && !straight {
+				continue
+			}
+			if err := comparePixel(x, y, o, r); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func checkNRGBA(orig, result *image.NRGBA) error {
+	b := orig.Rect
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		oi, ri := orig.PixOffset(b.Min.X, y), result.PixOffset(b.Min.X, y)
+		for x := b.Min.X; x < b.Max.X; x, oi, ri = x+1, oi+4, ri+4 {
+			op, rp := orig.Pix[oi:oi+4:oi+4], result.Pix[ri:ri+4:ri+4]
+			if rp[0] != op[1] || rp[1] != op[0] || rp[2] != op[2] || rp[3] != op[3] {
+				return comparePixel(x, y,
+					color.NRGBA{R: op[0], G: op[1], B: op[2], A: op[3]},
+					color.NRGBA{R: rp[0], G: rp[1], B: rp[2], A: rp[3]})
+			}
+		}
+	}
+	return nil
+}
+
+func comparePixel(x, y int, o, r color.NRGBA) error {
+	want := color.NRGBA{R: o.G, G: o.R, B: o.B, A: o.A}
+	if r != want {
+		return fmt.Errorf("imageop: pixel (%d,%d) not swapped: got %v, want %v (orig %v)", x, y, r, want, o)
+	}
+	return nil
+}

@@ -1,0 +1,105 @@
+// Package kvservice is the key-value service: configuration and service discovery over the reference
+// wire API (/set, /get, /remove, /list).
+package kvservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/kvstore"
+	"github.com/imgmill/imgmill/internal/kvstore/filekv"
+	"github.com/imgmill/imgmill/internal/service"
+)
+
+// NewServer returns the kv service's handler over store.
+func NewServer(store kvstore.Store) http.Handler {
+	mux := httpapi.NewMux()
+	addRoutes(mux, &server{store: store})
+	return mux
+}
+
+type server struct{ store kvstore.Store }
+
+func (s *server) handleSet(w http.ResponseWriter, r *http.Request) error {
+	key, err := httpapi.QueryRequired(r, "key")
+	if err != nil {
+		return err
+	}
+	value, err := httpapi.QueryRequired(r, "value")
+	if err != nil {
+		return err
+	}
+	if err := s.store.Set(r.Context(), key, value); err != nil {
+		return fmt.Errorf("set %q: %w", key, err)
+	}
+	httpapi.WriteText(w, http.StatusOK, "success")
+	return nil
+}
+
+func (s *server) handleGet(w http.ResponseWriter, r *http.Request) error {
+	key, err := httpapi.QueryRequired(r, "key")
+	if err != nil {
+		return err
+	}
+	value, err := s.store.Get(r.Context(), key)
+	if errors.Is(err, kvstore.ErrNotFound) {
+		return httpapi.Errorf(http.StatusNotFound, "no value for key %q", key)
+	}
+	if err != nil {
+		return fmt.Errorf("get %q: %w", key, err)
+	}
+	httpapi.WriteText(w, http.StatusOK, value)
+	return nil
+}
+
+func (s *server) handleRemove(w http.ResponseWriter, r *http.Request) error {
+	key, err := httpapi.QueryRequired(r, "key")
+	if err != nil {
+		return err
+	}
+	if err := s.store.Delete(r.Context(), key); err != nil {
+		return fmt.Errorf("remove %q: %w", key, err)
+	}
+	httpapi.WriteText(w, http.StatusOK, "success")
+	return nil
+}
+
+func (s *server) handleList(w http.ResponseWriter, r *http.Request) error {
+	entries, err := s.store.List(r.Context())
+	if err != nil {
+		return fmt.Errorf("list: %w", err)
+	}
+	var b strings.Builder
+	for _, e := range entries {
+		fmt.Fprintf(&b, "%s : %s\n", e.Key, e.Value)
+	}
+	httpapi.WriteText(w, http.StatusOK, b.String())
+	return nil
+}
+
+// Config configures Run.
+type Config struct {
+	Addr    string
+	DataDir string
+	Logger  *slog.Logger
+}
+
+// Run serves the kv service with the embedded file store under DataDir until ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return fmt.Errorf("kv data dir: %w", err)
+	}
+	store, err := filekv.Open(filepath.Join(cfg.DataDir, "kv.json"))
+	if err != nil {
+		return fmt.Errorf("open kv store: %w", err)
+	}
+	defer store.Close()
+	return service.Run(ctx, service.Spec{Addr: cfg.Addr, Handler: NewServer(store), Logger: cfg.Logger})
+}

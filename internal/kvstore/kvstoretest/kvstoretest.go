@@ -1,0 +1,268 @@
+// Package kvstoretest is the contract suite every kvstore.Store implementation must pass, so that filekv
+// today and etcd later behave the same to the kv service.
+package kvstoretest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/imgmill/imgmill/internal/kvstore"
+)
+
+// Run runs the contract suite. open must return a fresh, empty store for each call; Run closes it when
+// the subtest ends (and checks that Close succeeds), so open must not close it itself.
+func Run(t *testing.T, open func(t *testing.T) kvstore.Store) {
+	t.Helper()
+	fresh := func(t *testing.T) kvstore.Store {
+		t.Helper()
+		s := open(t)
+		t.Cleanup(func() {
+			if err := s.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+		})
+		return s
+	}
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, s kvstore.Store)
+	}{
+		{"SetGet", testSetGet},
+		{"GetMissing", testGetMissing},
+		{"Overwrite", testOverwrite},
+		{"Delete", testDelete},
+		{"List", testList},
+		{"ListIsACopy", testListIsACopy},
+		{"Values", testValues},
+		{"CancelledContext", testCancelledContext},
+		{"ConcurrentSets", testConcurrentSets},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) { tc.fn(t, fresh(t)) })
+	}
+}
+
+func set(t *testing.T, s kvstore.Store, key, value string) {
+	t.Helper()
+	if err := s.Set(context.Background(), key, value); err != nil {
+		t.Fatalf("Set(%q, %q): %v", key, value, err)
+	}
+}
+
+func wantValue(t *testing.T, s kvstore.Store, key, want string) {
+	t.Helper()
+	got, err := s.Get(context.Background(), key)
+	if err != nil {
+		t.Fatalf("Get(%q): %v", key, err)
+	}
+	if got != want {
+		t.Fatalf("Get(%q) = %q, want %q", key, got, want)
+	}
+}
+
+func wantNotFound(t *testing.T, s kvstore.Store, key string) {
+	t.Helper()
+	got, err := s.Get(context.Background(), key)
+	if !errors.Is(err, kvstore.ErrNotFound) {
+		t.Fatalf("Get(%q) = %q, %v; want ErrNotFound", key, got, err)
+	}
+}
+
+func wantList(t *testing.T, s kvstore.Store, want []kvstore.Entry) {
+	t.Helper()
+	got, err := s.List(context.Background())
+	if err != nil {
+		t.Fatalf("List: %v", err)
+	}
+	if len(got) != len(want) || (len(want) > 0 && !slices.Equal(got, want)) {
+		t.Fatalf("List = %q, want %q", got, want)
+	}
+}
+
+func testSetGet(t *testing.T, s kvstore.Store) {
+	set(t, s, "services/worker/0", "10.0.0.5:8080")
+	set(t, s, "config/lease", "30s")
+	wantValue(t, s, "services/worker/0", "10.0.0.5:8080")
+	wantValue(t, s, "config/lease", "30s")
+	// The empty value is a value, not an absence.
+	set(t, s, "empty", "")
+	wantValue(t, s, "empty", "")
+}
+
+func testGetMissing(t *testing.T, s kvstore.Store) {
+	wantNotFound(t, s, "nope")
+	set(t, s, "services/a", "x")
+	wantNotFound(t, s, "services")    // a prefix of a key is not a key
+	wantNotFound(t, s, "services/a/") // nor is a longer one
+	wantNotFound(t, s, "Services/a")  // keys are case-sensitive
+}
+
+func testOverwrite(t *testing.T, s kvstore.Store) {
+	set(t, s, "k", "a much longer first value")
+	set(t, s, "k", "v2")
+	wantValue(t, s, "k", "v2")
+	set(t, s, "k", "")
+	wantValue(t, s, "k", "")
+	wantList(t, s, []kvstore.Entry{{Key: "k", Value: ""}})
+}
+
+func testDelete(t *testing.T, s kvstore.Store) {
+	ctx := context.Background()
+	set(t, s, "a", "1")
+	set(t, s, "b", "2")
+	if err := s.Delete(ctx, "a"); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	wantNotFound(t, s, "a")
+	wantValue(t, s, "b", "2")
+	if err := s.Delete(ctx, "a"); err != nil {
+		t.Fatalf("second Delete = %v, want nil", err)
+	}
+	if err := s.Delete(ctx, "never"); err != nil {
+		t.Fatalf("Delete of a missing key = %v, want nil", err)
+	}
+	wantList(t, s, []kvstore.Entry{{Key: "b", Value: "2"}})
+	set(t, s, "a", "again")
+	wantValue(t, s, "a", "again")
+}
+
+func testList(t *testing.T, s kvstore.Store) {
+	wantList(t, s, nil)
+	// Inserted out of order; sorted by byte order ("B" < "a", "a" < "a/b" < "ab").
+	for _, e := range []kvstore.Entry{
+		{Key: "services/worker/1", Value: "10.0.0.6:8080"},
+		{Key: "ab", Value: "3"},
+		{Key: "a", Value: "1"},
+		{Key: "B", Value: "upper"},
+		{Key: "a/b", Value: "2"},
+		{Key: "services/worker/0", Value: "10.0.0.5:8080"},
+		{Key: "gone", Value: "deleted below"},
+	} {
+		set(t, s, e.Key, e.Value)
+	}
+	set(t, s, "a", "1 overwritten")
+	if err := s.Delete(context.Background(), "gone"); err != nil {
+		t.Fatal(err)
+	}
+	wantList(t, s, []kvstore.Entry{
+		{Key: "B", Value: "upper"},
+		{Key: "a", Value: "1 overwritten"},
+		{Key: "a/b", Value: "2"},
+		{Key: "ab", Value: "3"},
+		{Key: "services/worker/0", Value: "10.0.0.5:8080"},
+		{Key: "services/worker/1", Value: "10.0.0.6:8080"},
+	})
+}
+
+func testListIsACopy(t *testing.T, s kvstore.Store) {
+	set(t, s, "a", "1")
+	got, err := s.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got[0].Value = "changed by the caller"
+	wantValue(t, s, "a", "1")
+	wantList(t, s, []kvstore.Entry{{Key: "a", Value: "1"}})
+}
+
+func testValues(t *testing.T, s kvstore.Store) {
+	values := []string{
+		"with spaces  and\ttabs",
+		"host:port:and:more::colons",
+		"line one\nline two\r\nline three\n",
+		"unicode: héllo wörld, 日本語, emoji 🖼️, rtl עברית",
+		`quotes " ' and backslashes \ \\ \n`,
+		`{"json": ["inside", 1]}`,
+		"=;,&?#%00 <html>",
+		" leading and trailing spaces ",
+		"\x00\x01\x1f control \x7f",
+		strings.Repeat("long value ", 10000),
+	}
+	for i, v := range values {
+		set(t, s, fmt.Sprintf("v/%d", i), v)
+	}
+	// Keys of the kind the kv service uses, with the same awkward characters.
+	keys := []string{"with space", "host:port", "unicode/日本語", "dots.and-dashes_and/slashes"}
+	for _, k := range keys {
+		set(t, s, k, "value of "+k)
+	}
+	for i, v := range values {
+		wantValue(t, s, fmt.Sprintf("v/%d", i), v)
+	}
+	for _, k := range keys {
+		wantValue(t, s, k, "value of "+k)
+	}
+	list, err := s.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, e := range list {
+		var i int
+		if _, err := fmt.Sscanf(e.Key, "v/%d", &i); err == nil {
+			seen++
+			if e.Value != values[i] {
+				t.Errorf("List entry %q = %q, want %q", e.Key, e.Value, values[i])
+			}
+		}
+	}
+	if seen != len(values) || len(list) != len(values)+len(keys) {
+		t.Errorf("List has %d entries (%d values), want %d (%d values)", len(list), seen, len(values)+len(keys), len(values))
+	}
+}
+
+func testCancelledContext(t *testing.T, s kvstore.Store) {
+	set(t, s, "k", "old")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.Set(ctx, "k", "new"); err == nil {
+		t.Error("Set with a cancelled context succeeded")
+	}
+	if err := s.Set(ctx, "other", "new"); err == nil {
+		t.Error("Set of a new key with a cancelled context succeeded")
+	}
+	if err := s.Delete(ctx, "k"); err == nil {
+		t.Error("Delete with a cancelled context succeeded")
+	}
+	wantValue(t, s, "k", "old")
+	wantNotFound(t, s, "other")
+}
+
+func testConcurrentSets(t *testing.T, s kvstore.Store) {
+	const goroutines, perGoroutine = 16, 8
+	var wg sync.WaitGroup
+	errs := make(chan error, goroutines*perGoroutine)
+	for g := range goroutines {
+		wg.Go(func() {
+			for i := range perGoroutine {
+				key := fmt.Sprintf("g%02d/k%02d", g, i)
+				if err := s.Set(context.Background(), key, "value "+key); err != nil {
+					errs <- fmt.Errorf("Set(%q): %w", key, err)
+				}
+				// Readers run alongside the writers.
+				if _, err := s.List(context.Background()); err != nil {
+					errs <- fmt.Errorf("List: %w", err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	var want []kvstore.Entry
+	for g := range goroutines {
+		for i := range perGoroutine {
+			key := fmt.Sprintf("g%02d/k%02d", g, i)
+			want = append(want, kvstore.Entry{Key: key, Value: "value " + key})
+			wantValue(t, s, key, "value "+key)
+		}
+	}
+	wantList(t, s, want)
+}

@@ -1,0 +1,13 @@
+package storage
+
+import (
+	"net/http"
+
+	"github.com/imgmill/imgmill/internal/httpapi"
+)
+
+func addRoutes(mux *http.ServeMux, s *server) {
+	mux.Handle("POST /sendImage", httpapi.HandlerFunc(s.handleSendImage))
+	mux.Handle("GET /getImage", httpapi.HandlerFunc(s.handleGetImage))
+	mux.Handle("GET /healthz", httpapi.Healthz())
+}

@@ -1,0 +1,112 @@
+// Package storage is the storage service: image bytes over the reference wire API (/sendImage,
+// /getImage), backed by a blobstore.Store.
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/imgmill/imgmill/internal/blobstore"
+	"github.com/imgmill/imgmill/internal/blobstore/fileblob"
+	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/service"
+)
+
+// NewServer returns the storage service's handler over blobs.
+func NewServer(blobs blobstore.Store) http.Handler {
+	mux := httpapi.NewMux()
+	addRoutes(mux, &server{blobs: blobs})
+	return mux
+}
+
+type server struct{ blobs blobstore.Store }
+
+func (s *server) handleSendImage(w http.ResponseWriter, r *http.Request) error {
+	key, err := imageKey(r)
+	if err != nil {
+		return err
+	}
+	if r.ContentLength == 0 {
+		return httpapi.Errorf(http.StatusBadRequest, "empty image body")
+	}
+	n, err := s.blobs.Put(r.Context(), key, r.Body, r.ContentLength)
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return httpapi.Errorf(http.StatusRequestEntityTooLarge, "image larger than %d bytes", tooBig.Limit)
+		}
+		return fmt.Errorf("store %s: %w", key, err)
+	}
+	if n == 0 {
+		// A chunked empty body was stored; remove it so an empty image never counts as stored.
+		_ = s.blobs.Delete(r.Context(), key)
+		return httpapi.Errorf(http.StatusBadRequest, "empty image body")
+	}
+	httpapi.WriteText(w, http.StatusOK, "success")
+	return nil
+}
+
+func (s *server) handleGetImage(w http.ResponseWriter, r *http.Request) error {
+	key, err := imageKey(r)
+	if err != nil {
+		return err
+	}
+	blob, err := s.blobs.Open(r.Context(), key)
+	if errors.Is(err, blobstore.ErrNotFound) {
+		return httpapi.Errorf(http.StatusNotFound, "no %s image for task %s", r.URL.Query().Get("state"), r.URL.Query().Get("id"))
+	}
+	if err != nil {
+		return fmt.Errorf("open %s: %w", key, err)
+	}
+	defer blob.Close()
+	// ServeContent streams from the blob, sniffs the Content-Type and answers range requests.
+	http.ServeContent(w, r, "", blob.ModTime, blob)
+	return nil
+}
+
+// imageKey validates the reference id and state parameters and names the blob.
+func imageKey(r *http.Request) (string, error) {
+	id, err := httpapi.QueryID(r, "id")
+	if err != nil {
+		return "", err
+	}
+	state := r.URL.Query().Get("state")
+	if state != client.Working && state != client.Finished {
+		return "", httpapi.Errorf(http.StatusBadRequest, "state must be %q or %q, got %q", client.Working, client.Finished, state)
+	}
+	return state + "/" + strconv.FormatInt(id, 10), nil
+}
+
+// Config configures Run.
+type Config struct {
+	Addr      string
+	Advertise string
+	KV        *client.KV
+	DataDir   string
+	Logger    *slog.Logger
+}
+
+// Run serves the storage service on files under DataDir/images until ctx ends, registered in the kv
+// store as storageAddress.
+func Run(ctx context.Context, cfg Config) error {
+	dir := filepath.Join(cfg.DataDir, "images")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("storage data dir: %w", err)
+	}
+	blobs, err := fileblob.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open blob store: %w", err)
+	}
+	defer blobs.Close()
+	return service.Run(ctx, service.Spec{
+		Addr: cfg.Addr, Handler: NewServer(blobs), Logger: cfg.Logger,
+		RegisterAs: client.StorageKey, KV: cfg.KV, Advertise: cfg.Advertise,
+	})
+}
