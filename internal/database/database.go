@@ -62,19 +62,6 @@ func (s *server) handleNewTask(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func (s *server) handleActivateTask(w http.ResponseWriter, r *http.Request) error {
-	id, err := httpapi.QueryID(r, "id")
-	if err != nil {
-		return err
-	}
-	if err := s.store.Activate(r.Context(), id); err != nil {
-		return storeError(id, err)
-	}
-	s.news.broadcast()
-	httpapi.WriteText(w, http.StatusOK, "success")
-	return nil
-}
-
 func (s *server) handleGetByID(w http.ResponseWriter, r *http.Request) error {
 	id, err := httpapi.QueryID(r, "id")
 	if err != nil {
@@ -119,18 +106,6 @@ func (s *server) handleGetNewTask(w http.ResponseWriter, r *http.Request) error 
 			return httpapi.Errorf(http.StatusBadRequest, client.NoTaskMessage)
 		}
 	}
-}
-
-func (s *server) handleFinishTask(w http.ResponseWriter, r *http.Request) error {
-	id, err := httpapi.QueryID(r, "id")
-	if err != nil {
-		return err
-	}
-	if err := s.store.Finish(r.Context(), id); err != nil {
-		return storeError(id, err)
-	}
-	httpapi.WriteText(w, http.StatusOK, "success")
-	return nil
 }
 
 func (s *server) handleSetByID(w http.ResponseWriter, r *http.Request) error {
@@ -187,6 +162,21 @@ func writeTask(w http.ResponseWriter, t taskstore.Task) error {
 func wireTask(t taskstore.Task) client.Task {
 	return client.Task{ID: t.ID, State: int(t.State), Attempts: t.Attempts,
 		CreatedAt: t.CreatedAt, StartedAt: t.StartedAt, FinishedAt: t.FinishedAt}
+}
+
+func (s *server) activateTask(ctx context.Context, id int64) error {
+	if err := s.store.Activate(ctx, id); err != nil {
+		return storeError(id, err)
+	}
+	s.news.broadcast()
+	return nil
+}
+
+func (s *server) finishTask(ctx context.Context, id int64) error {
+	if err := s.store.Finish(ctx, id); err != nil {
+		return storeError(id, err)
+	}
+	return nil
 }
 
 // storeError maps the store's errors to the reference's 400 answers.

@@ -8,10 +8,10 @@ import (
 
 func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("POST /newTask", httpapi.HandlerFunc(s.handleNewTask))
-	mux.Handle("POST /activateTask", httpapi.HandlerFunc(s.handleActivateTask))
+	mux.Handle("POST /activateTask", httpapi.IDCommand(s.activateTask))
 	mux.Handle("GET /getById", httpapi.HandlerFunc(s.handleGetByID))
 	mux.Handle("POST /getNewTask", httpapi.HandlerFunc(s.handleGetNewTask))
-	mux.Handle("POST /finishTask", httpapi.HandlerFunc(s.handleFinishTask))
+	mux.Handle("POST /finishTask", httpapi.IDCommand(s.finishTask))
 	mux.Handle("POST /setById", httpapi.HandlerFunc(s.handleSetByID))
 	mux.Handle("GET /list", httpapi.HandlerFunc(s.handleList))
 	mux.Handle("GET /healthz", httpapi.Healthz())

@@ -35,3 +35,11 @@ func (t requestIDTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	return t.next.RoundTrip(r)
 }
+
+// CloseIdleConnections lets http.Client.CloseIdleConnections reach the wrapped transport; without it the
+// call is a silent no-op and idle connections (and their goroutines) outlive the client's users.
+func (t requestIDTransport) CloseIdleConnections() {
+	if c, ok := t.next.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}

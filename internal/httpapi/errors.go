@@ -3,6 +3,7 @@
 package httpapi
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -80,6 +81,22 @@ func WriteText(w http.ResponseWriter, status int, text string) {
 	_, _ = w.Write([]byte(text))
 }
 
+// IDCommand is a handler for the reference commands that take an id parameter, act, and answer
+// "success".
+func IDCommand(act func(ctx context.Context, id int64) error) HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		id, err := QueryID(r, "id")
+		if err != nil {
+			return err
+		}
+		if err := act(r.Context(), id); err != nil {
+			return err
+		}
+		WriteText(w, http.StatusOK, "success")
+		return nil
+	}
+}
+
 // Query parameter helpers: each returns a 400 *Error naming the parameter.
 
 // QueryID parses the decimal id parameter name.
@@ -127,6 +144,10 @@ func QueryDuration(r *http.Request, name string, max time.Duration) (time.Durati
 		secs, serr := strconv.Atoi(raw)
 		if serr != nil {
 			return 0, Errorf(http.StatusBadRequest, "%s must be a duration like 10s, got %q", name, raw)
+		}
+		if secs < 0 || time.Duration(secs) > max/time.Second {
+			// Checked before multiplying: a huge count of seconds would overflow into range.
+			return 0, Errorf(http.StatusBadRequest, "%s must be between 0 and %s", name, max)
 		}
 		d = time.Duration(secs) * time.Second
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/kvstore"
@@ -35,6 +36,10 @@ func (s *server) handleSet(w http.ResponseWriter, r *http.Request) error {
 	value, err := httpapi.QueryRequired(r, "value")
 	if err != nil {
 		return err
+	}
+	if !utf8.ValidString(key) || !utf8.ValidString(value) {
+		// The store cannot hold invalid UTF-8; that is the caller's error, not a 500.
+		return httpapi.Errorf(http.StatusBadRequest, "key and value must be valid UTF-8")
 	}
 	if err := s.store.Set(r.Context(), key, value); err != nil {
 		return fmt.Errorf("set %q: %w", key, err)

@@ -139,18 +139,6 @@ func (s *server) handleGetNewTask(w http.ResponseWriter, r *http.Request) error 
 	return nil
 }
 
-func (s *server) handleRegisterTaskFinished(w http.ResponseWriter, r *http.Request) error {
-	id, err := httpapi.QueryID(r, "id")
-	if err != nil {
-		return err
-	}
-	if err := s.db.FinishTask(r.Context(), id); err != nil {
-		return err
-	}
-	httpapi.WriteText(w, http.StatusOK, "success")
-	return nil
-}
-
 // Config configures Run.
 type Config struct {
 	Addr      string

@@ -13,6 +13,6 @@ func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("GET /get", httpapi.HandlerFunc(s.handleGet))
 	// worker side
 	mux.Handle("POST /getNewTask", httpapi.HandlerFunc(s.handleGetNewTask))
-	mux.Handle("POST /registerTaskFinished", httpapi.HandlerFunc(s.handleRegisterTaskFinished))
+	mux.Handle("POST /registerTaskFinished", httpapi.IDCommand(s.db.FinishTask))
 	mux.Handle("GET /healthz", httpapi.Healthz())
 }

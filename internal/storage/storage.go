@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -36,18 +37,17 @@ func (s *server) handleSendImage(w http.ResponseWriter, r *http.Request) error {
 	if r.ContentLength == 0 {
 		return httpapi.Errorf(http.StatusBadRequest, "empty image body")
 	}
-	n, err := s.blobs.Put(r.Context(), key, r.Body, r.ContentLength)
+	_, err = s.blobs.Put(r.Context(), key, &nonEmptyReader{r: r.Body}, r.ContentLength)
+	if errors.Is(err, errEmptyBody) {
+		// The failed stream left any image already stored under key untouched.
+		return httpapi.Errorf(http.StatusBadRequest, "empty image body")
+	}
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			return httpapi.Errorf(http.StatusRequestEntityTooLarge, "image larger than %d bytes", tooBig.Limit)
 		}
 		return fmt.Errorf("store %s: %w", key, err)
-	}
-	if n == 0 {
-		// A chunked empty body was stored; remove it so an empty image never counts as stored.
-		_ = s.blobs.Delete(r.Context(), key)
-		return httpapi.Errorf(http.StatusBadRequest, "empty image body")
 	}
 	httpapi.WriteText(w, http.StatusOK, "success")
 	return nil
@@ -69,6 +69,27 @@ func (s *server) handleGetImage(w http.ResponseWriter, r *http.Request) error {
 	// ServeContent streams from the blob, sniffs the Content-Type and answers range requests.
 	http.ServeContent(w, r, "", blob.ModTime, blob)
 	return nil
+}
+
+// errEmptyBody fails an upload whose body (chunked, so of unknown length) turns out empty, so that Put
+// discards it instead of replacing a stored image with nothing.
+var errEmptyBody = errors.New("empty image body")
+
+// nonEmptyReader fails with errEmptyBody when its stream ends before the first byte.
+type nonEmptyReader struct {
+	r    io.Reader
+	seen bool
+}
+
+func (e *nonEmptyReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if n > 0 {
+		e.seen = true
+	}
+	if err == io.EOF && !e.seen {
+		return n, errEmptyBody
+	}
+	return n, err
 }
 
 // imageKey validates the reference id and state parameters and names the blob.

@@ -13,17 +13,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 
 	"github.com/imgmill/imgmill/internal/atomicfile"
 	"github.com/imgmill/imgmill/internal/blobstore"
 )
-
-// maxSegment bounds a key segment: a file name is at most 255 bytes on common file systems and
-// atomicfile's temporary name adds a dot, ".tmp-" and up to 20 digits to it.
-const maxSegment = 255 - 1 - len(".tmp-") - 20
 
 // tempPattern matches atomicfile's temporary files. Keys cannot start with '.', so no key maps to one.
 const tempPattern = ".*.tmp-*"
@@ -70,27 +65,20 @@ func Open(dir string) (*Store, error) {
 	return s, nil
 }
 
-// path maps a key to its file. ok is false for a valid key that this store can never hold.
-func (s *Store) path(key string) (path string, ok bool, err error) {
+// path maps a key to its file. ValidateKey caps segments at 200 bytes, so a segment plus atomicfile's
+// temporary suffix (a dot, ".tmp-" and up to 20 digits) still fits a 255-byte file name.
+func (s *Store) path(key string) (string, error) {
 	if err := blobstore.ValidateKey(key); err != nil {
-		return "", false, fmt.Errorf("fileblob: %w", err)
+		return "", fmt.Errorf("fileblob: %w", err)
 	}
-	for seg := range strings.SplitSeq(key, "/") {
-		if len(seg) > maxSegment {
-			return "", false, nil
-		}
-	}
-	return filepath.Join(s.dir, filepath.FromSlash(key)), true, nil
+	return filepath.Join(s.dir, filepath.FromSlash(key)), nil
 }
 
 // Put implements blobstore.Store.
 func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64) (int64, error) {
-	path, ok, err := s.path(key)
+	path, err := s.path(key)
 	if err != nil {
 		return 0, err
-	}
-	if !ok {
-		return 0, fmt.Errorf("fileblob: key %q has a segment longer than %d bytes", key, maxSegment)
 	}
 	if size < -1 {
 		return 0, fmt.Errorf("fileblob: put %s: invalid size %d", key, size)
@@ -118,15 +106,12 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64) (i
 
 // Open implements blobstore.Store.
 func (s *Store) Open(ctx context.Context, key string) (*blobstore.Blob, error) {
-	path, ok, err := s.path(key)
+	path, err := s.path(key)
 	if err != nil {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("fileblob: open %s: %w", key, err)
-	}
-	if !ok {
-		return nil, fmt.Errorf("fileblob: open %s: %w", key, blobstore.ErrNotFound)
 	}
 	f, err := os.Open(path)
 	if err != nil {
@@ -153,15 +138,12 @@ func (s *Store) Open(ctx context.Context, key string) (*blobstore.Blob, error) {
 // Delete implements blobstore.Store. Emptied directories are kept: removing them would race with a Put
 // creating a file in them.
 func (s *Store) Delete(ctx context.Context, key string) error {
-	path, ok, err := s.path(key)
+	path, err := s.path(key)
 	if err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("fileblob: delete %s: %w", key, err)
-	}
-	if !ok {
-		return nil
 	}
 	fi, err := os.Lstat(path)
 	if err != nil {

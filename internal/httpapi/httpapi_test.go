@@ -1,0 +1,693 @@
+package httpapi_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/imgmill/imgmill/internal/httpapi"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// newServer serves h the way production does: through httpapi.NewHTTPServer, so Wrap and the server
+// timeouts apply. The server and the client's idle connections are closed when the test ends.
+func newServer(t *testing.T, h http.Handler, logger *slog.Logger) (*httptest.Server, *http.Client) {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(nil)
+	srv.Config = httpapi.NewHTTPServer(h, logger)
+	srv.Start()
+	c := httpapi.NewClient()
+	t.Cleanup(func() {
+		c.CloseIdleConnections()
+		srv.Close()
+	})
+	return srv, c
+}
+
+type reply struct {
+	status int
+	body   string
+	header http.Header
+}
+
+func do(t *testing.T, c *http.Client, req *http.Request) reply {
+	t.Helper()
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: read body: %v", req.Method, req.URL, err)
+	}
+	return reply{status: resp.StatusCode, body: string(b), header: resp.Header}
+}
+
+func call(t *testing.T, c *http.Client, method, url string) reply {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return do(t, c, req)
+}
+
+func TestErrorHelpers(t *testing.T) {
+	notFound := httpapi.Errorf(http.StatusNotFound, "no value for key %q", "k")
+	var e *httpapi.Error
+	if !errors.As(notFound, &e) {
+		t.Fatalf("Errorf returned %T, want *httpapi.Error", notFound)
+	}
+	if e.Status != http.StatusNotFound || e.Msg != `no value for key "k"` {
+		t.Errorf("Errorf = %+v", *e)
+	}
+	if got, want := notFound.Error(), `404 no value for key "k"`; got != want {
+		t.Errorf("Error() = %q, want %q", got, want)
+	}
+
+	tests := []struct {
+		name   string
+		err    error
+		status int
+		text   string
+	}{
+		{"Error", &httpapi.Error{Status: http.StatusBadRequest, Msg: "bad id"}, 400, "Error: bad id"},
+		{"wrapped Error", fmt.Errorf("context: %w", httpapi.Errorf(http.StatusConflict, "busy")), 409, "Error: busy"},
+		{"joined Error", errors.Join(errors.New("x"), httpapi.Errorf(http.StatusTeapot, "tea")), 418, "Error: tea"},
+		{"plain error", errors.New("disk on fire at /secret/path"), 500, "Error: internal error"},
+		{"wrapped plain error", fmt.Errorf("store: %w", io.ErrUnexpectedEOF), 500, "Error: internal error"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := httpapi.StatusOf(tt.err); got != tt.status {
+				t.Errorf("StatusOf = %d, want %d", got, tt.status)
+			}
+			if got := httpapi.ErrorText(tt.err); got != tt.text {
+				t.Errorf("ErrorText = %q, want %q", got, tt.text)
+			}
+		})
+	}
+}
+
+func TestReadErrorBody(t *testing.T) {
+	tests := []struct {
+		status int
+		body   string
+		msg    string
+	}{
+		{400, "Error: No non-started task.", "No non-started task."},
+		{404, "Error:no value\n", "no value"},
+		{500, "plain text", "plain text"},
+		{502, "", "Bad Gateway"},
+		{503, "Error:   ", "Service Unavailable"},
+	}
+	for _, tt := range tests {
+		e := httpapi.ReadErrorBody(tt.status, []byte(tt.body))
+		if e.Status != tt.status || e.Msg != tt.msg {
+			t.Errorf("ReadErrorBody(%d, %q) = %+v, want status %d msg %q", tt.status, tt.body, *e, tt.status, tt.msg)
+		}
+	}
+}
+
+func TestWriteText(t *testing.T) {
+	rec := httptest.NewRecorder()
+	httpapi.WriteText(rec, http.StatusAccepted, "success")
+	if rec.Code != http.StatusAccepted {
+		t.Errorf("status = %d, want 202", rec.Code)
+	}
+	if got := rec.Body.String(); got != "success" {
+		t.Errorf("body = %q, want %q (no trailing newline)", got, "success")
+	}
+	for k, want := range map[string]string{
+		"Content-Type":           "text/plain; charset=utf-8",
+		"Content-Length":         "7",
+		"X-Content-Type-Options": "nosniff",
+	} {
+		if got := rec.Header().Get(k); got != want {
+			t.Errorf("%s = %q, want %q", k, got, want)
+		}
+	}
+}
+
+func TestHandlerFuncErrors(t *testing.T) {
+	mux := httpapi.NewMux()
+	mux.Handle("GET /plain", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		return fmt.Errorf("open /var/secret/db: %w", errors.New("permission denied"))
+	}))
+	mux.Handle("GET /typed", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		return fmt.Errorf("wrapped: %w", httpapi.Errorf(http.StatusNotFound, "no image for task %d", 7))
+	}))
+	mux.Handle("GET /ok", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		httpapi.WriteText(w, http.StatusOK, "fine")
+		return nil
+	}))
+	mux.Handle("GET /late", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		w.WriteHeader(http.StatusOK)
+		io.WriteString(w, "partial")
+		return errors.New("stream broke")
+	}))
+	srv, c := newServer(t, mux, discardLogger())
+
+	tests := []struct {
+		path   string
+		status int
+		body   string
+	}{
+		{"/plain", 500, "Error: internal error"},
+		{"/typed", 404, "Error: no image for task 7"},
+		{"/ok", 200, "fine"},
+		// Once the reply is under way the error can only be logged; no "Error:" is spliced into the body.
+		{"/late", 200, "partial"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.path, func(t *testing.T) {
+			r := call(t, c, http.MethodGet, srv.URL+tt.path)
+			if r.status != tt.status || r.body != tt.body {
+				t.Errorf("GET %s = %d %q, want %d %q", tt.path, r.status, r.body, tt.status, tt.body)
+			}
+			if strings.Contains(r.body, "secret") || strings.Contains(r.body, "permission") {
+				t.Errorf("body leaks the internal error: %q", r.body)
+			}
+			if r.header.Get(httpapi.RequestIDHeader) == "" {
+				t.Errorf("no %s header", httpapi.RequestIDHeader)
+			}
+		})
+	}
+}
+
+// syncBuffer is a log sink safe for the server's goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestInternalErrorIsLoggedWithRequestID(t *testing.T) {
+	var logs syncBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	h := httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		return errors.New("the real reason")
+	})
+	srv, c := newServer(t, h, logger)
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/x", nil)
+	req.Header.Set(httpapi.RequestIDHeader, "log-me-42")
+	r := do(t, c, req)
+	if r.status != 500 || r.body != "Error: internal error" {
+		t.Fatalf("got %d %q", r.status, r.body)
+	}
+	// The access log line is written after the reply went out: wait for it.
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(logs.String(), "msg=request ") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	out := logs.String()
+	for _, want := range []string{
+		`msg="request failed" request_id=log-me-42 err="the real reason"`,
+		`msg=request request_id=log-me-42 method=GET path=/x status=500`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestPanicRecovery(t *testing.T) {
+	mux := httpapi.NewMux()
+	mux.HandleFunc("GET /panic", func(w http.ResponseWriter, r *http.Request) { panic("boom: secret detail") })
+	mux.HandleFunc("GET /abort", func(w http.ResponseWriter, r *http.Request) { panic(http.ErrAbortHandler) })
+	srv, c := newServer(t, mux, discardLogger())
+
+	r := call(t, c, http.MethodGet, srv.URL+"/panic")
+	if r.status != http.StatusInternalServerError || r.body != "Error: internal error" {
+		t.Errorf("GET /panic = %d %q, want 500 %q", r.status, r.body, "Error: internal error")
+	}
+	if r.header.Get(httpapi.RequestIDHeader) == "" {
+		t.Errorf("panic reply has no %s", httpapi.RequestIDHeader)
+	}
+
+	// http.ErrAbortHandler is passed on so that the server aborts the connection.
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/abort", nil)
+	resp, err := c.Do(req)
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("GET /abort answered %d, want the connection aborted", resp.StatusCode)
+	}
+
+	// The server survives both.
+	if r := call(t, c, http.MethodGet, srv.URL+"/panic"); r.status != 500 {
+		t.Errorf("second GET /panic = %d", r.status)
+	}
+}
+
+var generatedID = regexp.MustCompile(`^[0-9a-f]{16}$`)
+
+func TestRequestIDGeneratedAndEchoed(t *testing.T) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		httpapi.WriteText(w, http.StatusOK, httpapi.RequestID(r.Context()))
+	})
+	srv, c := newServer(t, h, discardLogger())
+
+	get := func(id string) reply {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/", nil)
+		if id != "" {
+			req.Header.Set(httpapi.RequestIDHeader, id)
+		}
+		return do(t, c, req)
+	}
+
+	a, b := get(""), get("")
+	for _, r := range []reply{a, b} {
+		id := r.header.Get(httpapi.RequestIDHeader)
+		if !generatedID.MatchString(id) {
+			t.Errorf("generated id %q is not 16 hex digits", id)
+		}
+		if r.body != id {
+			t.Errorf("handler saw id %q, reply header says %q", r.body, id)
+		}
+	}
+	if a.body == b.body {
+		t.Errorf("two requests got the same generated id %q", a.body)
+	}
+
+	if r := get("caller-id-1"); r.header.Get(httpapi.RequestIDHeader) != "caller-id-1" || r.body != "caller-id-1" {
+		t.Errorf("caller's id not echoed: header %q, context %q", r.header.Get(httpapi.RequestIDHeader), r.body)
+	}
+	max := strings.Repeat("a", 128)
+	if r := get(max); r.header.Get(httpapi.RequestIDHeader) != max {
+		t.Errorf("128-character id was not kept")
+	}
+	if r := get(max + "a"); !generatedID.MatchString(r.header.Get(httpapi.RequestIDHeader)) || r.body != r.header.Get(httpapi.RequestIDHeader) {
+		t.Errorf("129-character id was not replaced: header %q, context %q", r.header.Get(httpapi.RequestIDHeader), r.body)
+	}
+}
+
+func TestRequestIDContext(t *testing.T) {
+	if got := httpapi.RequestID(context.Background()); got != "" {
+		t.Errorf("RequestID(Background) = %q, want empty", got)
+	}
+	if got := httpapi.RequestID(httpapi.WithRequestID(context.Background(), "abc")); got != "abc" {
+		t.Errorf("RequestID(WithRequestID(abc)) = %q", got)
+	}
+	if a, b := httpapi.NewRequestID(), httpapi.NewRequestID(); !generatedID.MatchString(a) || a == b {
+		t.Errorf("NewRequestID gave %q and %q", a, b)
+	}
+}
+
+func TestClientPropagatesRequestID(t *testing.T) {
+	// back reports the id it received.
+	back, _ := newServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		httpapi.WriteText(w, http.StatusOK, r.Header.Get(httpapi.RequestIDHeader))
+	}), discardLogger())
+
+	// front calls back with its request's context, as services call each other.
+	out := httpapi.NewClient()
+	t.Cleanup(out.CloseIdleConnections)
+	front, c := newServer(t, httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, back.URL+"/", nil)
+		if err != nil {
+			return err
+		}
+		if explicit := r.URL.Query().Get("explicit"); explicit != "" {
+			req.Header.Set(httpapi.RequestIDHeader, explicit)
+		}
+		resp, err := out.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		httpapi.WriteText(w, http.StatusOK, string(b))
+		return nil
+	}), discardLogger())
+
+	req, _ := http.NewRequest(http.MethodGet, front.URL+"/", nil)
+	req.Header.Set(httpapi.RequestIDHeader, "upload-77")
+	if r := do(t, c, req); r.status != 200 || r.body != "upload-77" {
+		t.Errorf("back saw %d %q, want the caller's id upload-77", r.status, r.body)
+	}
+
+	r := call(t, c, http.MethodGet, front.URL+"/")
+	if id := r.header.Get(httpapi.RequestIDHeader); r.status != 200 || r.body != id || !generatedID.MatchString(id) {
+		t.Errorf("back saw %d %q, front generated %q", r.status, r.body, id)
+	}
+
+	// An id set explicitly on the outgoing request wins over the context's.
+	req, _ = http.NewRequest(http.MethodGet, front.URL+"/?explicit=mine", nil)
+	req.Header.Set(httpapi.RequestIDHeader, "upload-78")
+	if r := do(t, c, req); r.body != "mine" {
+		t.Errorf("back saw %q, want the explicit id mine", r.body)
+	}
+
+	// A request without an id in its context goes out without the header.
+	req, _ = http.NewRequest(http.MethodGet, back.URL+"/", nil)
+	if r := do(t, out, req); r.body != "" {
+		t.Errorf("back saw id %q from a context without one", r.body)
+	}
+}
+
+func TestClientCloseIdleConnections(t *testing.T) {
+	closed := make(chan struct{}, 16)
+	srv := httptest.NewUnstartedServer(nil)
+	srv.Config = httpapi.NewHTTPServer(httpapi.Healthz(), discardLogger())
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateClosed {
+			closed <- struct{}{}
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+
+	c := httpapi.NewClient()
+	defer c.CloseIdleConnections()
+	if r := call(t, c, http.MethodGet, srv.URL+"/healthz"); r.status != 200 || r.body != "ok" {
+		t.Fatalf("GET /healthz = %d %q", r.status, r.body)
+	}
+	// The connection is now idle in the client's pool; closing idle connections must reach the transport
+	// inside the request-id wrapper and close it.
+	c.CloseIdleConnections()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("CloseIdleConnections did not close the client's idle connection")
+	}
+}
+
+func TestMuxFallback(t *testing.T) {
+	mux := httpapi.NewMux()
+	mux.Handle("POST /set", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		httpapi.WriteText(w, http.StatusOK, "success")
+		return nil
+	}))
+	mux.Handle("GET /get", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		httpapi.WriteText(w, http.StatusOK, "value")
+		return nil
+	}))
+	mux.Handle("DELETE /remove", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		httpapi.WriteText(w, http.StatusOK, "success")
+		return nil
+	}))
+	mux.Handle("GET /healthz", httpapi.Healthz())
+	srv, c := newServer(t, mux, discardLogger())
+
+	tests := []struct {
+		method, path string
+		status       int
+		body         string
+		allow        string
+	}{
+		{"POST", "/set", 200, "success", ""},
+		{"GET", "/get", 200, "value", ""},
+		{"GET", "/healthz", 200, "ok", ""},
+		{"GET", "/nope", 404, "Error: no endpoint /nope", ""},
+		{"POST", "/nope", 404, "Error: no endpoint /nope", ""},
+		{"GET", "/", 404, "Error: no endpoint /", ""},
+		{"GET", "/set/extra", 404, "Error: no endpoint /set/extra", ""},
+		{"GET", "/set", 405, "Error: method GET not allowed on /set", "POST"},
+		{"PUT", "/set", 405, "Error: method PUT not allowed on /set", "POST"},
+		{"POST", "/get", 405, "Error: method POST not allowed on /get", "GET, HEAD"},
+		{"GET", "/remove", 405, "Error: method GET not allowed on /remove", "DELETE"},
+		{"OPTIONS", "/remove", 405, "Error: method OPTIONS not allowed on /remove", "DELETE"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.method+tt.path, func(t *testing.T) {
+			r := call(t, c, tt.method, srv.URL+tt.path)
+			if r.status != tt.status || r.body != tt.body {
+				t.Errorf("%s %s = %d %q, want %d %q", tt.method, tt.path, r.status, r.body, tt.status, tt.body)
+			}
+			if got := r.header.Get("Allow"); got != tt.allow {
+				t.Errorf("Allow = %q, want %q", got, tt.allow)
+			}
+			if r.header.Get(httpapi.RequestIDHeader) == "" {
+				t.Errorf("no %s header", httpapi.RequestIDHeader)
+			}
+		})
+	}
+}
+
+func TestQueryID(t *testing.T) {
+	tests := []struct {
+		query string
+		id    int64
+		msg   string // "" when valid
+	}{
+		{"id=0", 0, ""},
+		{"id=42", 42, ""},
+		{"id=007", 7, ""},
+		{"id=9223372036854775807", 9223372036854775807, ""},
+		{"", 0, "missing id parameter"},
+		{"id=", 0, "missing id parameter"},
+		{"other=1", 0, "missing id parameter"},
+		{"id=-1", 0, `id must be a non-negative decimal integer, got "-1"`},
+		{"id=abc", 0, `id must be a non-negative decimal integer, got "abc"`},
+		{"id=1.5", 0, `id must be a non-negative decimal integer, got "1.5"`},
+		{"id=0x10", 0, `id must be a non-negative decimal integer, got "0x10"`},
+		{"id=%201", 0, `id must be a non-negative decimal integer, got " 1"`},
+		{"id=9223372036854775808", 0, `id must be a non-negative decimal integer, got "9223372036854775808"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.query, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodGet, "/x?"+tt.query, nil)
+			id, err := httpapi.QueryID(r, "id")
+			if tt.msg == "" {
+				if err != nil || id != tt.id {
+					t.Errorf("QueryID = %d, %v; want %d", id, err, tt.id)
+				}
+				return
+			}
+			var e *httpapi.Error
+			if !errors.As(err, &e) || e.Status != http.StatusBadRequest || e.Msg != tt.msg {
+				t.Errorf("QueryID = %d, %v; want 400 %q", id, err, tt.msg)
+			}
+		})
+	}
+}
+
+func TestQueryRequired(t *testing.T) {
+	r := httptest.NewRequest(http.MethodGet, "/x?key=a%26b&empty=", nil)
+	if v, err := httpapi.QueryRequired(r, "key"); err != nil || v != "a&b" {
+		t.Errorf("QueryRequired(key) = %q, %v", v, err)
+	}
+	for _, name := range []string{"empty", "absent"} {
+		_, err := httpapi.QueryRequired(r, name)
+		if httpapi.StatusOf(err) != 400 || httpapi.ErrorText(err) != "Error: missing "+name+" parameter" {
+			t.Errorf("QueryRequired(%s) = %v", name, err)
+		}
+	}
+}
+
+func TestQueryDuration(t *testing.T) {
+	const max = 60 * time.Second
+	tests := []struct {
+		raw  string
+		want time.Duration
+		msg  string // "" when valid
+	}{
+		{"", 0, ""},
+		{"0", 0, ""},
+		{"10s", 10 * time.Second, ""},
+		{"500ms", 500 * time.Millisecond, ""},
+		{"1m", time.Minute, ""},
+		{"10", 10 * time.Second, ""},
+		{"60", 60 * time.Second, ""},
+		{"1m0s", time.Minute, ""},
+		{"61s", 0, "wait must be between 0 and 1m0s"},
+		{"61", 0, "wait must be between 0 and 1m0s"},
+		{"-1s", 0, "wait must be between 0 and 1m0s"},
+		{"-1", 0, "wait must be between 0 and 1m0s"},
+		{"abc", 0, `wait must be a duration like 10s, got "abc"`},
+		{"1.5", 0, `wait must be a duration like 10s, got "1.5"`},
+		{"10 s", 0, `wait must be a duration like 10s, got "10 s"`},
+		// Whole seconds whose nanoseconds overflow int64 must be refused, not wrap around into range:
+		// 18446744074 s is 2^64 ns + 290448384 ns.
+		{"18446744074", 0, "wait must be between 0 and 1m0s"},
+		{"9223372037", 0, "wait must be between 0 and 1m0s"},
+		{"99999999999999999999", 0, `wait must be a duration like 10s, got "99999999999999999999"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.raw, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodGet, "/x", nil)
+			if tt.raw != "" {
+				q := r.URL.Query()
+				q.Set("wait", tt.raw)
+				r.URL.RawQuery = q.Encode()
+			}
+			d, err := httpapi.QueryDuration(r, "wait", max)
+			if tt.msg == "" {
+				if err != nil || d != tt.want {
+					t.Errorf("QueryDuration(%q) = %v, %v; want %v", tt.raw, d, err, tt.want)
+				}
+				return
+			}
+			var e *httpapi.Error
+			if !errors.As(err, &e) || e.Status != http.StatusBadRequest || e.Msg != tt.msg {
+				t.Errorf("QueryDuration(%q) = %v, %v; want 400 %q", tt.raw, d, err, tt.msg)
+			}
+		})
+	}
+}
+
+func TestServeDrainsAndShutsDownCleanly(t *testing.T) {
+	ln, err := httpapi.Listen(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	entered := make(chan struct{})
+	release := make(chan struct{})
+	mux := httpapi.NewMux()
+	mux.HandleFunc("GET /slow", func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		<-release
+		httpapi.WriteText(w, http.StatusOK, "done")
+	})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	served := make(chan error, 1)
+	go func() { served <- httpapi.Serve(ctx, ln, mux, discardLogger()) }()
+
+	c := httpapi.NewClient()
+	defer c.CloseIdleConnections()
+	type result struct {
+		r   reply
+		err error
+	}
+	inflight := make(chan result, 1)
+	go func() {
+		resp, err := c.Get("http://" + addr + "/slow")
+		if err != nil {
+			inflight <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		inflight <- result{reply{resp.StatusCode, string(b), resp.Header}, err}
+	}()
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request never reached the handler")
+	}
+
+	cancel()
+	// Serve stops accepting: new connections are refused once the listener is closed.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			break
+		}
+		conn.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("listener still accepts connections after the context ended")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// ...but waits for the request in flight.
+	select {
+	case err := <-served:
+		t.Fatalf("Serve returned %v with a request in flight", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+
+	close(release)
+	select {
+	case res := <-inflight:
+		if res.err != nil {
+			t.Fatalf("in-flight request failed: %v", res.err)
+		}
+		if res.r.status != 200 || res.r.body != "done" {
+			t.Errorf("in-flight request = %d %q, want 200 done", res.r.status, res.r.body)
+		}
+		if res.r.header.Get(httpapi.RequestIDHeader) == "" {
+			t.Errorf("Serve does not wrap the handler: no %s", httpapi.RequestIDHeader)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("in-flight request never completed")
+	}
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("Serve = %v, want nil after a clean shutdown", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return after the context ended")
+	}
+}
+
+func TestServeListenerFailure(t *testing.T) {
+	ln, err := httpapi.Listen(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Close()
+	done := make(chan error, 1)
+	go func() { done <- httpapi.Serve(context.Background(), ln, httpapi.Healthz(), discardLogger()) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.HasPrefix(err.Error(), "serve ") {
+			t.Errorf("Serve on a closed listener = %v, want a serve error", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve on a closed listener did not return")
+	}
+}
+
+func TestListenBadAddress(t *testing.T) {
+	if ln, err := httpapi.Listen(context.Background(), "127.0.0.1:notaport"); err == nil {
+		ln.Close()
+		t.Fatal("Listen on a bad address succeeded")
+	}
+}
+
+func TestAdvertiseAddr(t *testing.T) {
+	tests := []struct {
+		addr net.Addr
+		want string
+	}{
+		{&net.TCPAddr{Port: 3001}, "127.0.0.1:3001"},
+		{&net.TCPAddr{IP: net.IPv4zero, Port: 3001}, "127.0.0.1:3001"},
+		{&net.TCPAddr{IP: net.IPv6unspecified, Port: 80}, "127.0.0.1:80"},
+		{&net.TCPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 80}, "10.1.2.3:80"},
+		{&net.TCPAddr{IP: net.IPv6loopback, Port: 8080}, "[::1]:8080"},
+		{&net.UnixAddr{Name: "/tmp/s", Net: "unix"}, "/tmp/s"},
+	}
+	for _, tt := range tests {
+		if got := httpapi.AdvertiseAddr(tt.addr); got != tt.want {
+			t.Errorf("AdvertiseAddr(%v) = %q, want %q", tt.addr, got, tt.want)
+		}
+	}
+}
