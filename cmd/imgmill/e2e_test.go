@@ -23,6 +23,7 @@ import (
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
+	"github.com/imgmill/imgmill/internal/servicetest"
 )
 
 // proc is one imgmill service running as its own process.
@@ -370,12 +371,8 @@ func waitHealthy(t *testing.T, ctx context.Context, hc *http.Client, addr string
 // waitFor polls cond until it holds or ctx ends.
 func waitFor(t *testing.T, ctx context.Context, what string, cond func() bool) {
 	t.Helper()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out waiting for %s", what)
-		case <-time.After(20 * time.Millisecond):
-		}
+	if !servicetest.Poll(ctx, cond) {
+		t.Fatalf("timed out waiting for %s", what)
 	}
 }
 

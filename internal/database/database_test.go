@@ -6,9 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"path/filepath"
 	"slices"
@@ -20,9 +18,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/imgmill/imgmill/internal/database"
-	"github.com/imgmill/imgmill/internal/httpapi"
-	"github.com/imgmill/imgmill/internal/taskstore/sqlitestore"
+	"github.com/imgmill/imgmill/internal/servicetest"
 )
 
 func TestMain(m *testing.M) {
@@ -46,41 +42,17 @@ type dbServer struct {
 // channel is closed, then the server, client and store are closed when the test ends.
 func serve(t *testing.T, path string, lease time.Duration) *dbServer {
 	t.Helper()
-	store, err := sqlitestore.Open(context.Background(), path, sqlitestore.Options{})
-	if err != nil {
-		t.Fatalf("sqlitestore.Open: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := store.Close(); err != nil {
-			t.Errorf("close store: %v", err)
-		}
-	})
-	done := make(chan struct{})
-	closeDone := sync.OnceFunc(func() { close(done) })
-	srv := httptest.NewUnstartedServer(nil)
-	srv.Config = httpapi.NewHTTPServer(database.NewServer(store, lease, done), slog.New(slog.DiscardHandler))
-	srv.Start()
-	c := httpapi.NewClient()
-	t.Cleanup(func() {
-		closeDone()
-		c.CloseIdleConnections()
-		srv.Close()
-	})
-	return &dbServer{t: t, url: srv.URL, c: c, closeDone: closeDone}
+	url, closeDone := servicetest.ServeDatabase(t, path, lease)
+	return &dbServer{t: t, url: url, c: servicetest.NewHTTPClient(t), closeDone: closeDone}
 }
 
 func newDB(t *testing.T, lease time.Duration) *dbServer {
 	return serve(t, filepath.Join(t.TempDir(), "tasks.db"), lease)
 }
 
-type reply struct {
-	status int
-	body   string
-	header http.Header
-}
-
-// send makes one request; it is safe to use from any goroutine.
-func (s *dbServer) send(method, path string, query url.Values, body string) (reply, error) {
+// send makes one request and checks what every reply must carry (see servicetest.ConventionError); it is
+// safe to use from any goroutine.
+func (s *dbServer) send(method, path string, query url.Values, body string) (servicetest.Reply, error) {
 	u := s.url + path
 	if len(query) > 0 {
 		u += "?" + query.Encode()
@@ -89,30 +61,14 @@ func (s *dbServer) send(method, path string, query url.Values, body string) (rep
 	if body != "" {
 		rd = strings.NewReader(body)
 	}
-	req, err := http.NewRequest(method, u, rd)
+	r, err := servicetest.Send(context.Background(), s.c, method, u, rd)
 	if err != nil {
-		return reply{}, err
+		return r, err
 	}
-	resp, err := s.c.Do(req)
-	if err != nil {
-		return reply{}, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return reply{}, err
-	}
-	r := reply{resp.StatusCode, string(b), resp.Header}
-	if r.header.Get(httpapi.RequestIDHeader) == "" {
-		return r, fmt.Errorf("%s %s: no %s header", method, path, httpapi.RequestIDHeader)
-	}
-	if r.status/100 != 2 && !strings.HasPrefix(r.body, "Error:") {
-		return r, fmt.Errorf("%s %s: error reply %d %q does not start with Error:", method, path, r.status, r.body)
-	}
-	return r, nil
+	return r, servicetest.ConventionError(method, path, r)
 }
 
-func (s *dbServer) call(method, path string, query url.Values, body string) reply {
+func (s *dbServer) call(method, path string, query url.Values, body string) servicetest.Reply {
 	s.t.Helper()
 	r, err := s.send(method, path, query, body)
 	if err != nil {
@@ -124,8 +80,8 @@ func (s *dbServer) call(method, path string, query url.Values, body string) repl
 func (s *dbServer) expect(method, path string, query url.Values, body string, status int, want string) {
 	s.t.Helper()
 	r := s.call(method, path, query, body)
-	if r.status != status || r.body != want {
-		s.t.Errorf("%s %s?%s %s = %d %q, want %d %q", method, path, query.Encode(), body, r.status, r.body, status, want)
+	if r.Status != status || r.Body != want {
+		s.t.Errorf("%s %s?%s %s = %d %q, want %d %q", method, path, query.Encode(), body, r.Status, r.Body, status, want)
 	}
 }
 
@@ -138,12 +94,12 @@ func (s *dbServer) newTask(pending bool) int64 {
 		q = url.Values{"pending": {"true"}}
 	}
 	r := s.call("POST", "/newTask", q, "")
-	if r.status != 200 {
-		s.t.Fatalf("POST /newTask = %d %q", r.status, r.body)
+	if r.Status != 200 {
+		s.t.Fatalf("POST /newTask = %d %q", r.Status, r.Body)
 	}
-	id, err := strconv.ParseInt(r.body, 10, 64)
+	id, err := strconv.ParseInt(r.Body, 10, 64)
 	if err != nil {
-		s.t.Fatalf("POST /newTask answered %q, not an id", r.body)
+		s.t.Fatalf("POST /newTask answered %q, not an id", r.Body)
 	}
 	return id
 }
@@ -171,19 +127,19 @@ func parseTask(t *testing.T, body string) task {
 }
 
 // wantTask checks a task reply: 200, JSON starting with the reference fields in order.
-func wantTask(t *testing.T, r reply, id int64, state int) task {
+func wantTask(t *testing.T, r servicetest.Reply, id int64, state int) task {
 	t.Helper()
-	if r.status != 200 {
-		t.Fatalf("got %d %q, want task %d", r.status, r.body, id)
+	if r.Status != 200 {
+		t.Fatalf("got %d %q, want task %d", r.Status, r.Body, id)
 	}
-	if ct := r.header.Get("Content-Type"); ct != "application/json" {
+	if ct := r.Header.Get("Content-Type"); ct != "application/json" {
 		t.Errorf("Content-Type = %q, want application/json", ct)
 	}
 	prefix := fmt.Sprintf(`{"id":%d,"state":%d`, id, state)
-	if !strings.HasPrefix(r.body, prefix) {
-		t.Errorf("task JSON %q does not start with %s", r.body, prefix)
+	if !strings.HasPrefix(r.Body, prefix) {
+		t.Errorf("task JSON %q does not start with %s", r.Body, prefix)
 	}
-	return parseTask(t, r.body)
+	return parseTask(t, r.Body)
 }
 
 func (s *dbServer) getByID(id int64, state int) task {
@@ -213,7 +169,7 @@ func (s *dbServer) poll(wait string) <-chan pollResult {
 }
 
 type pollResult struct {
-	r       reply
+	r       servicetest.Reply
 	err     error
 	elapsed time.Duration
 }
@@ -237,7 +193,7 @@ func stillPending(t *testing.T, ch <-chan pollResult) {
 	t.Helper()
 	select {
 	case res := <-ch:
-		t.Fatalf("long poll answered early: %d %q (%v)", res.r.status, res.r.body, res.err)
+		t.Fatalf("long poll answered early: %d %q (%v)", res.r.Status, res.r.Body, res.err)
 	case <-time.After(200 * time.Millisecond):
 	}
 }
@@ -250,8 +206,8 @@ func TestIDsConsecutive(t *testing.T) {
 		}
 	}
 	r := db.call("POST", "/newTask", nil, "")
-	if r.status != 200 || r.body != "3" {
-		t.Fatalf("POST /newTask = %d %q, want 200 \"3\"", r.status, r.body)
+	if r.Status != 200 || r.Body != "3" {
+		t.Fatalf("POST /newTask = %d %q, want 200 \"3\"", r.Status, r.Body)
 	}
 
 	// Concurrent creations still get consecutive ids.
@@ -261,11 +217,11 @@ func TestIDsConsecutive(t *testing.T) {
 	for range n {
 		wg.Go(func() {
 			r, err := db.send("POST", "/newTask", nil, "")
-			if err != nil || r.status != 200 {
+			if err != nil || r.Status != 200 {
 				t.Errorf("POST /newTask = %+v, %v", r, err)
 				return
 			}
-			id, _ := strconv.ParseInt(r.body, 10, 64)
+			id, _ := strconv.ParseInt(r.Body, 10, 64)
 			ids <- id
 		})
 	}
@@ -431,13 +387,13 @@ func TestDoneEndsLongPoll(t *testing.T) {
 	stillPending(t, ch)
 	db.closeDone()
 	res := receive(t, ch, 5*time.Second)
-	if res.r.status != 400 || res.r.body != noTask {
-		t.Errorf("long poll at shutdown = %d %q, want 400 %q", res.r.status, res.r.body, noTask)
+	if res.r.Status != 400 || res.r.Body != noTask {
+		t.Errorf("long poll at shutdown = %d %q, want 400 %q", res.r.Status, res.r.Body, noTask)
 	}
 	// A new long poll does not hang on a server shutting down.
 	res = receive(t, db.poll("30s"), 5*time.Second)
-	if res.r.status != 400 || res.r.body != noTask {
-		t.Errorf("long poll after shutdown = %d %q, want 400 %q", res.r.status, res.r.body, noTask)
+	if res.r.Status != 400 || res.r.Body != noTask {
+		t.Errorf("long poll after shutdown = %d %q, want 400 %q", res.r.Status, res.r.Body, noTask)
 	}
 }
 
@@ -450,18 +406,14 @@ func TestLeaseExpiry(t *testing.T) {
 
 	// Once the lease lapses the task reads as not started...
 	time.Sleep(2 * shortLease)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		r := db.call("GET", "/getById", idQuery(id), "")
-		if tk := parseTask(t, r.body); *tk.State == 0 {
-			wantTask(t, r, id, 0)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("task still in progress long after its %v lease: %s", shortLease, r.body)
-		}
-		time.Sleep(10 * time.Millisecond)
+	var r servicetest.Reply
+	if !servicetest.PollFor(5*time.Second, func() bool {
+		r = db.call("GET", "/getById", idQuery(id), "")
+		return *parseTask(t, r.Body).State == 0
+	}) {
+		t.Fatalf("task still in progress long after its %v lease: %s", shortLease, r.Body)
 	}
+	wantTask(t, r, id, 0)
 	// ...the late worker may not finish it...
 	db.expect("POST", "/finishTask", idQuery(id), "", 400, fmt.Sprintf("Error: task %d is not in progress", id))
 	// ...and it is handed out again.
@@ -528,12 +480,12 @@ func TestSetByID(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := db.call("POST", "/setById", nil, tt.body)
-			ok := r.status == tt.status && r.body == tt.want
+			ok := r.Status == tt.status && r.Body == tt.want
 			if prefix, cut := strings.CutSuffix(tt.want, "..."); cut {
-				ok = r.status == tt.status && strings.HasPrefix(r.body, prefix) && len(r.body) > len(prefix)
+				ok = r.Status == tt.status && strings.HasPrefix(r.Body, prefix) && len(r.Body) > len(prefix)
 			}
 			if !ok {
-				t.Errorf("POST /setById %s = %d %q, want %d %q", tt.body, r.status, r.body, tt.status, tt.want)
+				t.Errorf("POST /setById %s = %d %q, want %d %q", tt.body, r.Status, r.Body, tt.status, tt.want)
 			}
 		})
 	}
@@ -560,17 +512,17 @@ func TestList(t *testing.T) {
 	db.expect("POST", "/finishTask", idQuery(0), "", 200, "success")
 
 	r := db.call("GET", "/list", nil, "")
-	if r.status != 200 {
-		t.Fatalf("GET /list = %d %q", r.status, r.body)
+	if r.Status != 200 {
+		t.Fatalf("GET /list = %d %q", r.Status, r.Body)
 	}
-	if ct := r.header.Get("Content-Type"); ct != "text/plain; charset=utf-8" {
+	if ct := r.Header.Get("Content-Type"); ct != "text/plain; charset=utf-8" {
 		t.Errorf("Content-Type = %q", ct)
 	}
-	if !strings.HasSuffix(r.body, "\n") {
-		t.Errorf("list %q does not end its last line", r.body)
+	if !strings.HasSuffix(r.Body, "\n") {
+		t.Errorf("list %q does not end its last line", r.Body)
 	}
 	wantStates := []int{2, 1, 0, 0, 0}
-	sc := bufio.NewScanner(strings.NewReader(r.body))
+	sc := bufio.NewScanner(strings.NewReader(r.Body))
 	var n int
 	for ; sc.Scan(); n++ {
 		line := sc.Text()
@@ -586,7 +538,7 @@ func TestList(t *testing.T) {
 		}
 	}
 	if n != len(wantStates) {
-		t.Errorf("list has %d lines, want %d:\n%s", n, len(wantStates), r.body)
+		t.Errorf("list has %d lines, want %d:\n%s", n, len(wantStates), r.Body)
 	}
 }
 
@@ -607,40 +559,15 @@ func TestTasksSurviveRestart(t *testing.T) {
 
 func TestPlumbing(t *testing.T) {
 	db := newDB(t, longLease)
-	db.expect("GET", "/healthz", nil, "", 200, "ok")
-	tests := []struct {
-		method, path string
-		status       int
-		body         string
-		allow        string
-	}{
-		{"GET", "/nope", 404, "Error: no endpoint /nope", ""},
-		{"GET", "/newTask", 405, "Error: method GET not allowed on /newTask", "POST"},
-		{"GET", "/getNewTask", 405, "Error: method GET not allowed on /getNewTask", "POST"},
-		{"GET", "/finishTask", 405, "Error: method GET not allowed on /finishTask", "POST"},
-		{"GET", "/setById", 405, "Error: method GET not allowed on /setById", "POST"},
-		{"GET", "/activateTask", 405, "Error: method GET not allowed on /activateTask", "POST"},
-		{"POST", "/getById", 405, "Error: method POST not allowed on /getById", "GET, HEAD"},
-		{"POST", "/list", 405, "Error: method POST not allowed on /list", "GET, HEAD"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.method+tt.path, func(t *testing.T) {
-			r := db.call(tt.method, tt.path, nil, "")
-			if r.status != tt.status || r.body != tt.body || r.header.Get("Allow") != tt.allow {
-				t.Errorf("%s %s = %d %q Allow %q, want %d %q Allow %q", tt.method, tt.path,
-					r.status, r.body, r.header.Get("Allow"), tt.status, tt.body, tt.allow)
-			}
-		})
-	}
-
-	req, _ := http.NewRequest("POST", db.url+"/newTask", nil)
-	req.Header.Set(httpapi.RequestIDHeader, "db-req-9")
-	resp, err := db.c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if got := resp.Header.Get(httpapi.RequestIDHeader); got != "db-req-9" {
-		t.Errorf("request id not echoed: %q", got)
-	}
+	servicetest.CheckPlumbing(t, db.c, db.url, []servicetest.Route{
+		{Method: "GET", Path: "/nope", Status: 404, Body: "Error: no endpoint /nope"},
+		{Method: "GET", Path: "/newTask", Status: 405, Body: "Error: method GET not allowed on /newTask", Allow: "POST"},
+		{Method: "GET", Path: "/getNewTask", Status: 405, Body: "Error: method GET not allowed on /getNewTask", Allow: "POST"},
+		{Method: "GET", Path: "/finishTask", Status: 405, Body: "Error: method GET not allowed on /finishTask", Allow: "POST"},
+		{Method: "GET", Path: "/setById", Status: 405, Body: "Error: method GET not allowed on /setById", Allow: "POST"},
+		{Method: "GET", Path: "/activateTask", Status: 405, Body: "Error: method GET not allowed on /activateTask", Allow: "POST"},
+		{Method: "POST", Path: "/getById", Status: 405, Body: "Error: method POST not allowed on /getById", Allow: "GET, HEAD"},
+		{Method: "POST", Path: "/list", Status: 405, Body: "Error: method POST not allowed on /list", Allow: "GET, HEAD"},
+	})
+	servicetest.CheckEchoesRequestID(t, db.c, "POST", db.url+"/newTask", "db-req-9")
 }

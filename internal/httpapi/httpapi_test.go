@@ -19,13 +19,12 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/servicetest"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
-
-func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 // newServer serves h the way production does: through httpapi.NewHTTPServer, so Wrap and the server
 // timeouts apply. The server and the client's idle connections are closed when the test ends.
@@ -34,41 +33,8 @@ func newServer(t *testing.T, h http.Handler, logger *slog.Logger) (*httptest.Ser
 	srv := httptest.NewUnstartedServer(nil)
 	srv.Config = httpapi.NewHTTPServer(h, logger)
 	srv.Start()
-	c := httpapi.NewClient()
-	t.Cleanup(func() {
-		c.CloseIdleConnections()
-		srv.Close()
-	})
-	return srv, c
-}
-
-type reply struct {
-	status int
-	body   string
-	header http.Header
-}
-
-func do(t *testing.T, c *http.Client, req *http.Request) reply {
-	t.Helper()
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("%s %s: read body: %v", req.Method, req.URL, err)
-	}
-	return reply{status: resp.StatusCode, body: string(b), header: resp.Header}
-}
-
-func call(t *testing.T, c *http.Client, method, url string) reply {
-	t.Helper()
-	req, err := http.NewRequest(method, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return do(t, c, req)
+	t.Cleanup(srv.Close)
+	return srv, servicetest.NewHTTPClient(t)
 }
 
 func TestErrorHelpers(t *testing.T) {
@@ -165,7 +131,7 @@ func TestHandlerFuncErrors(t *testing.T) {
 		io.WriteString(w, "partial")
 		return errors.New("stream broke")
 	}))
-	srv, c := newServer(t, mux, discardLogger())
+	srv, c := newServer(t, mux, servicetest.Discard)
 
 	tests := []struct {
 		path   string
@@ -180,14 +146,14 @@ func TestHandlerFuncErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.path, func(t *testing.T) {
-			r := call(t, c, http.MethodGet, srv.URL+tt.path)
-			if r.status != tt.status || r.body != tt.body {
-				t.Errorf("GET %s = %d %q, want %d %q", tt.path, r.status, r.body, tt.status, tt.body)
+			r := servicetest.Call(t, c, http.MethodGet, srv.URL+tt.path, nil)
+			if r.Status != tt.status || r.Body != tt.body {
+				t.Errorf("GET %s = %d %q, want %d %q", tt.path, r.Status, r.Body, tt.status, tt.body)
 			}
-			if strings.Contains(r.body, "secret") || strings.Contains(r.body, "permission") {
-				t.Errorf("body leaks the internal error: %q", r.body)
+			if strings.Contains(r.Body, "secret") || strings.Contains(r.Body, "permission") {
+				t.Errorf("body leaks the internal error: %q", r.Body)
 			}
-			if r.header.Get(httpapi.RequestIDHeader) == "" {
+			if r.Header.Get(httpapi.RequestIDHeader) == "" {
 				t.Errorf("no %s header", httpapi.RequestIDHeader)
 			}
 		})
@@ -221,15 +187,12 @@ func TestInternalErrorIsLoggedWithRequestID(t *testing.T) {
 	srv, c := newServer(t, h, logger)
 	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/x", nil)
 	req.Header.Set(httpapi.RequestIDHeader, "log-me-42")
-	r := do(t, c, req)
-	if r.status != 500 || r.body != "Error: internal error" {
-		t.Fatalf("got %d %q", r.status, r.body)
+	r := servicetest.MustDo(t, c, req)
+	if r.Status != 500 || r.Body != "Error: internal error" {
+		t.Fatalf("got %d %q", r.Status, r.Body)
 	}
 	// The access log line is written after the reply went out: wait for it.
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(logs.String(), "msg=request ") && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	servicetest.PollFor(5*time.Second, func() bool { return strings.Contains(logs.String(), "msg=request ") })
 	out := logs.String()
 	for _, want := range []string{
 		`msg="request failed" request_id=log-me-42 err="the real reason"`,
@@ -245,13 +208,13 @@ func TestPanicRecovery(t *testing.T) {
 	mux := httpapi.NewMux()
 	mux.HandleFunc("GET /panic", func(w http.ResponseWriter, r *http.Request) { panic("boom: secret detail") })
 	mux.HandleFunc("GET /abort", func(w http.ResponseWriter, r *http.Request) { panic(http.ErrAbortHandler) })
-	srv, c := newServer(t, mux, discardLogger())
+	srv, c := newServer(t, mux, servicetest.Discard)
 
-	r := call(t, c, http.MethodGet, srv.URL+"/panic")
-	if r.status != http.StatusInternalServerError || r.body != "Error: internal error" {
-		t.Errorf("GET /panic = %d %q, want 500 %q", r.status, r.body, "Error: internal error")
+	r := servicetest.Call(t, c, http.MethodGet, srv.URL+"/panic", nil)
+	if r.Status != http.StatusInternalServerError || r.Body != "Error: internal error" {
+		t.Errorf("GET /panic = %d %q, want 500 %q", r.Status, r.Body, "Error: internal error")
 	}
-	if r.header.Get(httpapi.RequestIDHeader) == "" {
+	if r.Header.Get(httpapi.RequestIDHeader) == "" {
 		t.Errorf("panic reply has no %s", httpapi.RequestIDHeader)
 	}
 
@@ -264,8 +227,8 @@ func TestPanicRecovery(t *testing.T) {
 	}
 
 	// The server survives both.
-	if r := call(t, c, http.MethodGet, srv.URL+"/panic"); r.status != 500 {
-		t.Errorf("second GET /panic = %d", r.status)
+	if r := servicetest.Call(t, c, http.MethodGet, srv.URL+"/panic", nil); r.Status != 500 {
+		t.Errorf("second GET /panic = %d", r.Status)
 	}
 }
 
@@ -275,39 +238,39 @@ func TestRequestIDGeneratedAndEchoed(t *testing.T) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteText(w, http.StatusOK, httpapi.RequestID(r.Context()))
 	})
-	srv, c := newServer(t, h, discardLogger())
+	srv, c := newServer(t, h, servicetest.Discard)
 
-	get := func(id string) reply {
+	get := func(id string) servicetest.Reply {
 		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/", nil)
 		if id != "" {
 			req.Header.Set(httpapi.RequestIDHeader, id)
 		}
-		return do(t, c, req)
+		return servicetest.MustDo(t, c, req)
 	}
 
 	a, b := get(""), get("")
-	for _, r := range []reply{a, b} {
-		id := r.header.Get(httpapi.RequestIDHeader)
+	for _, r := range []servicetest.Reply{a, b} {
+		id := r.Header.Get(httpapi.RequestIDHeader)
 		if !generatedID.MatchString(id) {
 			t.Errorf("generated id %q is not 16 hex digits", id)
 		}
-		if r.body != id {
-			t.Errorf("handler saw id %q, reply header says %q", r.body, id)
+		if r.Body != id {
+			t.Errorf("handler saw id %q, reply header says %q", r.Body, id)
 		}
 	}
-	if a.body == b.body {
-		t.Errorf("two requests got the same generated id %q", a.body)
+	if a.Body == b.Body {
+		t.Errorf("two requests got the same generated id %q", a.Body)
 	}
 
-	if r := get("caller-id-1"); r.header.Get(httpapi.RequestIDHeader) != "caller-id-1" || r.body != "caller-id-1" {
-		t.Errorf("caller's id not echoed: header %q, context %q", r.header.Get(httpapi.RequestIDHeader), r.body)
+	if r := get("caller-id-1"); r.Header.Get(httpapi.RequestIDHeader) != "caller-id-1" || r.Body != "caller-id-1" {
+		t.Errorf("caller's id not echoed: header %q, context %q", r.Header.Get(httpapi.RequestIDHeader), r.Body)
 	}
 	max := strings.Repeat("a", 128)
-	if r := get(max); r.header.Get(httpapi.RequestIDHeader) != max {
+	if r := get(max); r.Header.Get(httpapi.RequestIDHeader) != max {
 		t.Errorf("128-character id was not kept")
 	}
-	if r := get(max + "a"); !generatedID.MatchString(r.header.Get(httpapi.RequestIDHeader)) || r.body != r.header.Get(httpapi.RequestIDHeader) {
-		t.Errorf("129-character id was not replaced: header %q, context %q", r.header.Get(httpapi.RequestIDHeader), r.body)
+	if r := get(max + "a"); !generatedID.MatchString(r.Header.Get(httpapi.RequestIDHeader)) || r.Body != r.Header.Get(httpapi.RequestIDHeader) {
+		t.Errorf("129-character id was not replaced: header %q, context %q", r.Header.Get(httpapi.RequestIDHeader), r.Body)
 	}
 }
 
@@ -327,7 +290,7 @@ func TestClientPropagatesRequestID(t *testing.T) {
 	// back reports the id it received.
 	back, _ := newServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteText(w, http.StatusOK, r.Header.Get(httpapi.RequestIDHeader))
-	}), discardLogger())
+	}), servicetest.Discard)
 
 	// front calls back with its request's context, as services call each other.
 	out := httpapi.NewClient()
@@ -351,37 +314,37 @@ func TestClientPropagatesRequestID(t *testing.T) {
 		}
 		httpapi.WriteText(w, http.StatusOK, string(b))
 		return nil
-	}), discardLogger())
+	}), servicetest.Discard)
 
 	req, _ := http.NewRequest(http.MethodGet, front.URL+"/", nil)
 	req.Header.Set(httpapi.RequestIDHeader, "upload-77")
-	if r := do(t, c, req); r.status != 200 || r.body != "upload-77" {
-		t.Errorf("back saw %d %q, want the caller's id upload-77", r.status, r.body)
+	if r := servicetest.MustDo(t, c, req); r.Status != 200 || r.Body != "upload-77" {
+		t.Errorf("back saw %d %q, want the caller's id upload-77", r.Status, r.Body)
 	}
 
-	r := call(t, c, http.MethodGet, front.URL+"/")
-	if id := r.header.Get(httpapi.RequestIDHeader); r.status != 200 || r.body != id || !generatedID.MatchString(id) {
-		t.Errorf("back saw %d %q, front generated %q", r.status, r.body, id)
+	r := servicetest.Call(t, c, http.MethodGet, front.URL+"/", nil)
+	if id := r.Header.Get(httpapi.RequestIDHeader); r.Status != 200 || r.Body != id || !generatedID.MatchString(id) {
+		t.Errorf("back saw %d %q, front generated %q", r.Status, r.Body, id)
 	}
 
 	// An id set explicitly on the outgoing request wins over the context's.
 	req, _ = http.NewRequest(http.MethodGet, front.URL+"/?explicit=mine", nil)
 	req.Header.Set(httpapi.RequestIDHeader, "upload-78")
-	if r := do(t, c, req); r.body != "mine" {
-		t.Errorf("back saw %q, want the explicit id mine", r.body)
+	if r := servicetest.MustDo(t, c, req); r.Body != "mine" {
+		t.Errorf("back saw %q, want the explicit id mine", r.Body)
 	}
 
 	// A request without an id in its context goes out without the header.
 	req, _ = http.NewRequest(http.MethodGet, back.URL+"/", nil)
-	if r := do(t, out, req); r.body != "" {
-		t.Errorf("back saw id %q from a context without one", r.body)
+	if r := servicetest.MustDo(t, out, req); r.Body != "" {
+		t.Errorf("back saw id %q from a context without one", r.Body)
 	}
 }
 
 func TestClientCloseIdleConnections(t *testing.T) {
 	closed := make(chan struct{}, 16)
 	srv := httptest.NewUnstartedServer(nil)
-	srv.Config = httpapi.NewHTTPServer(httpapi.Healthz(), discardLogger())
+	srv.Config = httpapi.NewHTTPServer(httpapi.Healthz(), servicetest.Discard)
 	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
 		if s == http.StateClosed {
 			closed <- struct{}{}
@@ -392,8 +355,8 @@ func TestClientCloseIdleConnections(t *testing.T) {
 
 	c := httpapi.NewClient()
 	defer c.CloseIdleConnections()
-	if r := call(t, c, http.MethodGet, srv.URL+"/healthz"); r.status != 200 || r.body != "ok" {
-		t.Fatalf("GET /healthz = %d %q", r.status, r.body)
+	if r := servicetest.Call(t, c, http.MethodGet, srv.URL+"/healthz", nil); r.Status != 200 || r.Body != "ok" {
+		t.Fatalf("GET /healthz = %d %q", r.Status, r.Body)
 	}
 	// The connection is now idle in the client's pool; closing idle connections must reach the transport
 	// inside the request-id wrapper and close it.
@@ -420,41 +383,22 @@ func TestMuxFallback(t *testing.T) {
 		return nil
 	}))
 	mux.Handle("GET /healthz", httpapi.Healthz())
-	srv, c := newServer(t, mux, discardLogger())
+	srv, c := newServer(t, mux, servicetest.Discard)
 
-	tests := []struct {
-		method, path string
-		status       int
-		body         string
-		allow        string
-	}{
-		{"POST", "/set", 200, "success", ""},
-		{"GET", "/get", 200, "value", ""},
-		{"GET", "/healthz", 200, "ok", ""},
-		{"GET", "/nope", 404, "Error: no endpoint /nope", ""},
-		{"POST", "/nope", 404, "Error: no endpoint /nope", ""},
-		{"GET", "/", 404, "Error: no endpoint /", ""},
-		{"GET", "/set/extra", 404, "Error: no endpoint /set/extra", ""},
-		{"GET", "/set", 405, "Error: method GET not allowed on /set", "POST"},
-		{"PUT", "/set", 405, "Error: method PUT not allowed on /set", "POST"},
-		{"POST", "/get", 405, "Error: method POST not allowed on /get", "GET, HEAD"},
-		{"GET", "/remove", 405, "Error: method GET not allowed on /remove", "DELETE"},
-		{"OPTIONS", "/remove", 405, "Error: method OPTIONS not allowed on /remove", "DELETE"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.method+tt.path, func(t *testing.T) {
-			r := call(t, c, tt.method, srv.URL+tt.path)
-			if r.status != tt.status || r.body != tt.body {
-				t.Errorf("%s %s = %d %q, want %d %q", tt.method, tt.path, r.status, r.body, tt.status, tt.body)
-			}
-			if got := r.header.Get("Allow"); got != tt.allow {
-				t.Errorf("Allow = %q, want %q", got, tt.allow)
-			}
-			if r.header.Get(httpapi.RequestIDHeader) == "" {
-				t.Errorf("no %s header", httpapi.RequestIDHeader)
-			}
-		})
-	}
+	servicetest.CheckPlumbing(t, c, srv.URL, []servicetest.Route{
+		{Method: "POST", Path: "/set", Status: 200, Body: "success"},
+		{Method: "GET", Path: "/get", Status: 200, Body: "value"},
+		{Method: "GET", Path: "/healthz", Status: 200, Body: "ok"},
+		{Method: "GET", Path: "/nope", Status: 404, Body: "Error: no endpoint /nope"},
+		{Method: "POST", Path: "/nope", Status: 404, Body: "Error: no endpoint /nope"},
+		{Method: "GET", Path: "/", Status: 404, Body: "Error: no endpoint /"},
+		{Method: "GET", Path: "/set/extra", Status: 404, Body: "Error: no endpoint /set/extra"},
+		{Method: "GET", Path: "/set", Status: 405, Body: "Error: method GET not allowed on /set", Allow: "POST"},
+		{Method: "PUT", Path: "/set", Status: 405, Body: "Error: method PUT not allowed on /set", Allow: "POST"},
+		{Method: "POST", Path: "/get", Status: 405, Body: "Error: method POST not allowed on /get", Allow: "GET, HEAD"},
+		{Method: "GET", Path: "/remove", Status: 405, Body: "Error: method GET not allowed on /remove", Allow: "DELETE"},
+		{Method: "OPTIONS", Path: "/remove", Status: 405, Body: "Error: method OPTIONS not allowed on /remove", Allow: "DELETE"},
+	})
 }
 
 func TestQueryID(t *testing.T) {
@@ -577,24 +521,18 @@ func TestServeDrainsAndShutsDownCleanly(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	served := make(chan error, 1)
-	go func() { served <- httpapi.Serve(ctx, ln, mux, discardLogger()) }()
+	go func() { served <- httpapi.Serve(ctx, ln, mux, servicetest.Discard) }()
 
 	c := httpapi.NewClient()
 	defer c.CloseIdleConnections()
 	type result struct {
-		r   reply
+		r   servicetest.Reply
 		err error
 	}
 	inflight := make(chan result, 1)
 	go func() {
-		resp, err := c.Get("http://" + addr + "/slow")
-		if err != nil {
-			inflight <- result{err: err}
-			return
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		inflight <- result{reply{resp.StatusCode, string(b), resp.Header}, err}
+		r, err := servicetest.Send(context.Background(), c, http.MethodGet, "http://"+addr+"/slow", nil)
+		inflight <- result{r, err}
 	}()
 	select {
 	case <-entered:
@@ -604,17 +542,16 @@ func TestServeDrainsAndShutsDownCleanly(t *testing.T) {
 
 	cancel()
 	// Serve stops accepting: new connections are refused once the listener is closed.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	refused := servicetest.PollFor(5*time.Second, func() bool {
 		conn, err := net.DialTimeout("tcp", addr, time.Second)
 		if err != nil {
-			break
+			return true
 		}
 		conn.Close()
-		if time.Now().After(deadline) {
-			t.Fatal("listener still accepts connections after the context ended")
-		}
-		time.Sleep(10 * time.Millisecond)
+		return false
+	})
+	if !refused {
+		t.Fatal("listener still accepts connections after the context ended")
 	}
 	// ...but waits for the request in flight.
 	select {
@@ -629,10 +566,10 @@ func TestServeDrainsAndShutsDownCleanly(t *testing.T) {
 		if res.err != nil {
 			t.Fatalf("in-flight request failed: %v", res.err)
 		}
-		if res.r.status != 200 || res.r.body != "done" {
-			t.Errorf("in-flight request = %d %q, want 200 done", res.r.status, res.r.body)
+		if res.r.Status != 200 || res.r.Body != "done" {
+			t.Errorf("in-flight request = %d %q, want 200 done", res.r.Status, res.r.Body)
 		}
-		if res.r.header.Get(httpapi.RequestIDHeader) == "" {
+		if res.r.Header.Get(httpapi.RequestIDHeader) == "" {
 			t.Errorf("Serve does not wrap the handler: no %s", httpapi.RequestIDHeader)
 		}
 	case <-time.After(10 * time.Second):
@@ -655,7 +592,7 @@ func TestServeListenerFailure(t *testing.T) {
 	}
 	ln.Close()
 	done := make(chan error, 1)
-	go func() { done <- httpapi.Serve(context.Background(), ln, httpapi.Healthz(), discardLogger()) }()
+	go func() { done <- httpapi.Serve(context.Background(), ln, httpapi.Healthz(), servicetest.Discard) }()
 	select {
 	case err := <-done:
 		if err == nil || !strings.HasPrefix(err.Error(), "serve ") {

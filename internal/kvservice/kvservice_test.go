@@ -2,10 +2,7 @@ package kvservice_test
 
 import (
 	"fmt"
-	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -14,9 +11,9 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/kvservice"
 	"github.com/imgmill/imgmill/internal/kvstore/filekv"
+	"github.com/imgmill/imgmill/internal/servicetest"
 )
 
 func TestMain(m *testing.M) {
@@ -37,68 +34,34 @@ func serve(t *testing.T, path string) *kvServer {
 	if err != nil {
 		t.Fatalf("filekv.Open: %v", err)
 	}
-	srv := httptest.NewUnstartedServer(nil)
-	srv.Config = httpapi.NewHTTPServer(kvservice.NewServer(store), slog.New(slog.DiscardHandler))
-	srv.Start()
-	c := httpapi.NewClient()
-	t.Cleanup(func() {
-		c.CloseIdleConnections()
-		srv.Close()
-		if err := store.Close(); err != nil {
-			t.Errorf("close store: %v", err)
-		}
-	})
-	return &kvServer{t: t, url: srv.URL, c: c}
+	servicetest.CloseAtCleanup(t, "store", store)
+	srv := servicetest.Serve(t, kvservice.NewServer(store))
+	return &kvServer{t: t, url: srv.URL, c: servicetest.NewHTTPClient(t)}
 }
 
 func newKV(t *testing.T) *kvServer {
 	return serve(t, filepath.Join(t.TempDir(), "kv.json"))
 }
 
-type reply struct {
-	status int
-	body   string
-	header http.Header
-}
-
-// call sends a request and checks what every reply must carry: a request id, and "Error:" on failure.
-func (s *kvServer) call(method, path string, query url.Values, header http.Header) reply {
+// call sends a request and checks what every reply must carry (see servicetest.ConventionError).
+func (s *kvServer) call(method, path string, query url.Values) servicetest.Reply {
 	s.t.Helper()
 	u := s.url + path
 	if query != nil {
 		u += "?" + query.Encode()
 	}
-	req, err := http.NewRequest(method, u, nil)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	for k, v := range header {
-		req.Header[k] = v
-	}
-	resp, err := s.c.Do(req)
-	if err != nil {
-		s.t.Fatalf("%s %s: %v", method, u, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		s.t.Fatalf("%s %s: read: %v", method, u, err)
-	}
-	r := reply{resp.StatusCode, string(b), resp.Header}
-	if r.header.Get(httpapi.RequestIDHeader) == "" {
-		s.t.Errorf("%s %s: no %s header", method, path, httpapi.RequestIDHeader)
-	}
-	if r.status/100 != 2 && !strings.HasPrefix(r.body, "Error:") {
-		s.t.Errorf("%s %s: error reply %d %q does not start with Error:", method, path, r.status, r.body)
+	r := servicetest.Call(s.t, s.c, method, u, nil)
+	if err := servicetest.ConventionError(method, path, r); err != nil {
+		s.t.Error(err)
 	}
 	return r
 }
 
 func (s *kvServer) expect(method, path string, query url.Values, status int, body string) {
 	s.t.Helper()
-	r := s.call(method, path, query, nil)
-	if r.status != status || r.body != body {
-		s.t.Errorf("%s %s?%s = %d %q, want %d %q", method, path, query.Encode(), r.status, r.body, status, body)
+	r := s.call(method, path, query)
+	if r.Status != status || r.Body != body {
+		s.t.Errorf("%s %s?%s = %d %q, want %d %q", method, path, query.Encode(), r.Status, r.Body, status, body)
 	}
 }
 
@@ -112,8 +75,8 @@ func TestSetGet(t *testing.T) {
 	kv.set("storageAddress", "127.0.0.1:3002")
 	kv.expect("GET", "/get", url.Values{"key": {"storageAddress"}}, 200, "127.0.0.1:3002")
 
-	r := kv.call("GET", "/get", url.Values{"key": {"storageAddress"}}, nil)
-	if ct := r.header.Get("Content-Type"); ct != "text/plain; charset=utf-8" {
+	r := kv.call("GET", "/get", url.Values{"key": {"storageAddress"}})
+	if ct := r.Header.Get("Content-Type"); ct != "text/plain; charset=utf-8" {
 		t.Errorf("Content-Type = %q", ct)
 	}
 
@@ -227,35 +190,15 @@ func TestPersistsAcrossRestart(t *testing.T) {
 
 func TestPlumbing(t *testing.T) {
 	kv := newKV(t)
-	kv.expect("GET", "/healthz", nil, 200, "ok")
-
-	tests := []struct {
-		method, path string
-		status       int
-		body         string
-		allow        string
-	}{
-		{"GET", "/nope", 404, "Error: no endpoint /nope", ""},
-		{"GET", "/", 404, "Error: no endpoint /", ""},
-		{"GET", "/set", 405, "Error: method GET not allowed on /set", "POST"},
-		{"POST", "/get", 405, "Error: method POST not allowed on /get", "GET, HEAD"},
-		{"GET", "/remove", 405, "Error: method GET not allowed on /remove", "DELETE"},
-		{"POST", "/remove", 405, "Error: method POST not allowed on /remove", "DELETE"},
-		{"DELETE", "/list", 405, "Error: method DELETE not allowed on /list", "GET, HEAD"},
-		{"POST", "/healthz", 405, "Error: method POST not allowed on /healthz", "GET, HEAD"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.method+tt.path, func(t *testing.T) {
-			r := kv.call(tt.method, tt.path, nil, nil)
-			if r.status != tt.status || r.body != tt.body || r.header.Get("Allow") != tt.allow {
-				t.Errorf("%s %s = %d %q Allow %q, want %d %q Allow %q", tt.method, tt.path,
-					r.status, r.body, r.header.Get("Allow"), tt.status, tt.body, tt.allow)
-			}
-		})
-	}
-
-	r := kv.call("GET", "/get", url.Values{"key": {"x"}}, http.Header{httpapi.RequestIDHeader: {"kv-req-1"}})
-	if got := r.header.Get(httpapi.RequestIDHeader); got != "kv-req-1" {
-		t.Errorf("request id not echoed: %q", got)
-	}
+	servicetest.CheckPlumbing(t, kv.c, kv.url, []servicetest.Route{
+		{Method: "GET", Path: "/nope", Status: 404, Body: "Error: no endpoint /nope"},
+		{Method: "GET", Path: "/", Status: 404, Body: "Error: no endpoint /"},
+		{Method: "GET", Path: "/set", Status: 405, Body: "Error: method GET not allowed on /set", Allow: "POST"},
+		{Method: "POST", Path: "/get", Status: 405, Body: "Error: method POST not allowed on /get", Allow: "GET, HEAD"},
+		{Method: "GET", Path: "/remove", Status: 405, Body: "Error: method GET not allowed on /remove", Allow: "DELETE"},
+		{Method: "POST", Path: "/remove", Status: 405, Body: "Error: method POST not allowed on /remove", Allow: "DELETE"},
+		{Method: "DELETE", Path: "/list", Status: 405, Body: "Error: method DELETE not allowed on /list", Allow: "GET, HEAD"},
+		{Method: "POST", Path: "/healthz", Status: 405, Body: "Error: method POST not allowed on /healthz", Allow: "GET, HEAD"},
+	})
+	servicetest.CheckEchoesRequestID(t, kv.c, "GET", kv.url+"/get?"+url.Values{"key": {"x"}}.Encode(), "kv-req-1")
 }

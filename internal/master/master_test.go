@@ -9,11 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,206 +21,59 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/imgmill/imgmill/internal/blobstore/fileblob"
 	"github.com/imgmill/imgmill/internal/client"
-	"github.com/imgmill/imgmill/internal/database"
 	"github.com/imgmill/imgmill/internal/httpapi"
-	"github.com/imgmill/imgmill/internal/imageop"
-	"github.com/imgmill/imgmill/internal/master"
-	"github.com/imgmill/imgmill/internal/storage"
-	"github.com/imgmill/imgmill/internal/taskstore/sqlitestore"
+	"github.com/imgmill/imgmill/internal/servicetest"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-const noTaskReply = "Error: " + client.NoTaskMessage
+// stack is a servicetest.Stack with the master's own calls.
+type stack struct{ *servicetest.Stack }
 
-var discard = slog.New(slog.DiscardHandler)
-
-// newHTTPClient returns the services' own HTTP client, its idle connections closed at cleanup.
-func newHTTPClient(t *testing.T) *http.Client {
+func newStack(t *testing.T, opts servicetest.Options) stack {
 	t.Helper()
-	hc := httpapi.NewClient()
-	t.Cleanup(hc.CloseIdleConnections)
-	return hc
+	return stack{servicetest.NewStack(t, opts)}
 }
 
-// addrOf strips the scheme from an httptest URL, leaving host:port.
-func addrOf(srv *httptest.Server) string { return strings.TrimPrefix(srv.URL, "http://") }
-
-// stack is a real database and storage service (real stores under t.TempDir()) on httptest servers, a
-// master in front of them, and clients.
-type stack struct {
-	hc     *http.Client
-	dbSrv  *httptest.Server
-	stSrv  *httptest.Server
-	db     *client.Database
-	st     *client.Storage
-	master *httptest.Server
-}
-
-type stackOptions struct {
-	maxUpload int64
-	// storageHook, when set, wraps the storage service's handler.
-	storageHook func(http.Handler) http.Handler
-	// storageAddr, when set, is where the master looks for storage instead of the real one.
-	storageAddr string
-	// databaseAddr, when set, is where the master looks for the database instead of the real one.
-	databaseAddr string
-}
-
-func newStack(t *testing.T, opts stackOptions) *stack {
+func (s stack) call(t *testing.T, method, url string, body io.Reader) servicetest.Reply {
 	t.Helper()
-	dir := t.TempDir()
-	store, err := sqlitestore.Open(context.Background(), filepath.Join(dir, "tasks.db"), sqlitestore.Options{})
-	if err != nil {
-		t.Fatalf("sqlitestore.Open: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := store.Close(); err != nil {
-			t.Errorf("close task store: %v", err)
-		}
-	})
-	blobs, err := fileblob.Open(filepath.Join(dir, "images"))
-	if err != nil {
-		t.Fatalf("fileblob.Open: %v", err)
-	}
-	t.Cleanup(func() { blobs.Close() })
-
-	s := &stack{hc: newHTTPClient(t)}
-	done := make(chan struct{})
-	var stopOnce sync.Once
-	stop := func() { stopOnce.Do(func() { close(done) }) }
-
-	s.dbSrv = httptest.NewServer(httpapi.Wrap(database.NewServer(store, 2*time.Minute, done), discard))
-	t.Cleanup(s.dbSrv.Close)
-	var st http.Handler = storage.NewServer(blobs)
-	if opts.storageHook != nil {
-		st = opts.storageHook(st)
-	}
-	s.stSrv = httptest.NewServer(httpapi.Wrap(st, discard))
-	t.Cleanup(s.stSrv.Close)
-	t.Cleanup(stop) // end long polls before the servers wait for them
-
-	s.db = client.NewDatabase(s.hc, client.Static(addrOf(s.dbSrv)))
-	s.st = client.NewStorage(s.hc, client.Static(addrOf(s.stSrv)))
-
-	maxUpload := opts.maxUpload
-	if maxUpload == 0 {
-		maxUpload = master.DefaultMaxUpload
-	}
-	db, stg := s.db, s.st
-	if opts.storageAddr != "" {
-		stg = client.NewStorage(s.hc, client.Static(opts.storageAddr))
-	}
-	if opts.databaseAddr != "" {
-		db = client.NewDatabase(s.hc, client.Static(opts.databaseAddr))
-	}
-	s.master = httptest.NewServer(httpapi.Wrap(master.NewServer(db, stg, maxUpload), discard))
-	t.Cleanup(s.master.Close)
-	t.Cleanup(stop)
-	return s
-}
-
-type reply struct {
-	status int
-	body   string
-	header http.Header
-}
-
-// do makes one request and reads the whole answer.
-func do(ctx context.Context, hc *http.Client, method, url string, body io.Reader) (reply, error) {
-	req, err := http.NewRequestWithContext(ctx, method, url, body)
-	if err != nil {
-		return reply{}, err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return reply{}, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return reply{}, fmt.Errorf("%s %s: read body: %w", method, url, err)
-	}
-	return reply{status: resp.StatusCode, body: string(b), header: resp.Header}, nil
-}
-
-func (s *stack) call(t *testing.T, method, url string, body io.Reader) reply {
-	t.Helper()
-	r, err := do(t.Context(), s.hc, method, url, body)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	return r
+	return servicetest.Call(t, s.HTTP, method, url, body)
 }
 
 // upload POSTs body to the master's /new.
-func (s *stack) upload(t *testing.T, body []byte) reply {
+func (s stack) upload(t *testing.T, body []byte) servicetest.Reply {
 	t.Helper()
-	return s.call(t, http.MethodPost, s.master.URL+"/new", bytes.NewReader(body))
+	return s.call(t, http.MethodPost, s.MasterURL+"/new", bytes.NewReader(body))
 }
 
 // uploadOK uploads body and returns the id answered.
-func (s *stack) uploadOK(t *testing.T, body []byte) int64 {
+func (s stack) uploadOK(t *testing.T, body []byte) int64 {
 	t.Helper()
 	r := s.upload(t, body)
-	if r.status != http.StatusOK {
-		t.Fatalf("POST /new: %d %q, want 200", r.status, r.body)
+	if r.Status != http.StatusOK {
+		t.Fatalf("POST /new: %d %q, want 200", r.Status, r.Body)
 	}
-	return parseID(t, r.body)
+	return servicetest.ParseID(t, r.Body)
 }
 
-// parseID parses a bare decimal id: no whitespace, no trailing newline.
-func parseID(t *testing.T, body string) int64 {
+// postChunked POSTs body to the master's /new with no length (sent chunked).
+func (s stack) postChunked(t *testing.T, body []byte) servicetest.Reply {
 	t.Helper()
-	id, err := strconv.ParseInt(body, 10, 64)
-	if err != nil || id < 0 {
-		t.Fatalf("reply %q is not a bare decimal id", body)
-	}
-	return id
-}
-
-func expectError(t *testing.T, what string, r reply, status int) {
-	t.Helper()
-	if r.status != status || !strings.HasPrefix(r.body, "Error:") {
-		t.Errorf("%s: %d %q, want %d \"Error: ...\"", what, r.status, r.body, status)
-	}
-}
-
-// expectNoClaimable asks the database itself for a task and expects the reference refusal.
-func (s *stack) expectNoClaimable(t *testing.T) {
-	t.Helper()
-	r := s.call(t, http.MethodPost, s.dbSrv.URL+"/getNewTask", nil)
-	if r.status != http.StatusBadRequest || r.body != noTaskReply {
-		t.Errorf("database POST /getNewTask: %d %q, want 400 %q (a task was left claimable)", r.status, r.body, noTaskReply)
-	}
-}
-
-// storedBytes returns the image stored under id and state, or ok false when there is none.
-func (s *stack) storedBytes(t *testing.T, id int64, state string) ([]byte, bool) {
-	t.Helper()
-	img, err := s.st.GetImage(t.Context(), id, state)
-	if client.IsStatus(err, http.StatusNotFound) {
-		return nil, false
-	}
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, s.MasterURL+"/new", io.NopCloser(bytes.NewReader(body)))
 	if err != nil {
-		t.Fatalf("storage GetImage(%d, %s): %v", id, state, err)
+		t.Fatal(err)
 	}
-	defer img.Close()
-	b, err := io.ReadAll(img)
-	if err != nil {
-		t.Fatalf("read stored image %d/%s: %v", id, state, err)
-	}
-	return b, true
+	req.ContentLength = -1
+	return servicetest.MustDo(t, s.HTTP, req)
 }
 
 // listIDs returns the ids of every task the database holds.
-func (s *stack) listIDs(t *testing.T) []int64 {
+func (s stack) listIDs(t *testing.T) []int64 {
 	t.Helper()
-	list, err := s.db.List(t.Context())
+	list, err := s.Database.List(t.Context())
 	if err != nil {
 		t.Fatalf("database list: %v", err)
 	}
@@ -237,20 +88,11 @@ func (s *stack) listIDs(t *testing.T) []int64 {
 	return ids
 }
 
-func testPNG(t *testing.T, size int, seed int64) []byte {
-	t.Helper()
-	b, err := imageop.EncodePNG(imageop.TestPattern(size, seed))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 const pngMagic = "\x89PNG\r\n\x1a\n"
 
 func TestNewStoresImageAndActivatesTask(t *testing.T) {
 	// Whenever the image reaches storage, the task must exist but not be claimable yet.
-	hc := newHTTPClient(t)
+	hc := servicetest.NewHTTPClient(t)
 	var (
 		dbURL     string
 		mu        sync.Mutex
@@ -263,13 +105,13 @@ func TestNewStoresImageAndActivatesTask(t *testing.T) {
 				id := r.URL.Query().Get("id")
 				ctx := r.Context()
 				var faults []string
-				byID, err := do(ctx, hc, http.MethodGet, dbURL+"/getById?id="+id, nil)
-				if err != nil || byID.status != http.StatusOK {
+				byID, err := servicetest.Send(ctx, hc, http.MethodGet, dbURL+"/getById?id="+id, nil)
+				if err != nil || byID.Status != http.StatusOK {
 					faults = append(faults, fmt.Sprintf("task %s does not exist when its image is sent: %v %+v", id, err, byID))
 				}
-				claim, err := do(ctx, hc, http.MethodPost, dbURL+"/getNewTask", nil)
-				if err != nil || claim.status != http.StatusBadRequest || claim.body != noTaskReply {
-					faults = append(faults, fmt.Sprintf("task claimable before its image is stored: %v %d %q", err, claim.status, claim.body))
+				claim, err := servicetest.Send(ctx, hc, http.MethodPost, dbURL+"/getNewTask", nil)
+				if err != nil || claim.Status != http.StatusBadRequest || claim.Body != servicetest.NoTaskReply {
+					faults = append(faults, fmt.Sprintf("task claimable before its image is stored: %v %d %q", err, claim.Status, claim.Body))
 				}
 				mu.Lock()
 				sendSeen++
@@ -279,10 +121,10 @@ func TestNewStoresImageAndActivatesTask(t *testing.T) {
 			next.ServeHTTP(w, r)
 		})
 	}
-	s := newStack(t, stackOptions{storageHook: hook})
-	dbURL = s.dbSrv.URL
+	s := newStack(t, servicetest.Options{WrapStorage: hook})
+	dbURL = s.DatabaseURL
 
-	img := testPNG(t, 48, 1)
+	img := servicetest.PatternPNG(t, 48, 1)
 	id := s.uploadOK(t, img)
 
 	mu.Lock()
@@ -294,46 +136,46 @@ func TestNewStoresImageAndActivatesTask(t *testing.T) {
 	}
 	mu.Unlock()
 
-	task, err := s.db.GetByID(t.Context(), id)
+	task, err := s.Database.GetByID(t.Context(), id)
 	if err != nil {
 		t.Fatalf("database GetByID(%d): %v", id, err)
 	}
 	if task.ID != id || task.State != client.StateNotStarted {
 		t.Errorf("task after /new = %+v, want id %d state %d", task, id, client.StateNotStarted)
 	}
-	got, ok := s.storedBytes(t, id, client.Working)
+	got, ok := s.StoredImage(t, id, client.Working)
 	if !ok {
 		t.Fatalf("no working image stored for task %d", id)
 	}
 	if !bytes.Equal(got, img) {
 		t.Errorf("stored working image differs from the upload (%d bytes, want %d)", len(got), len(img))
 	}
-	if _, ok := s.storedBytes(t, id, client.Finished); ok {
+	if _, ok := s.StoredImage(t, id, client.Finished); ok {
 		t.Errorf("a finished image exists for task %d right after upload", id)
 	}
-	claimed, err := s.db.GetNewTask(t.Context(), 0)
+	claimed, err := s.Database.GetNewTask(t.Context(), 0)
 	if err != nil {
 		t.Fatalf("task %d is not claimable after /new: %v", id, err)
 	}
 	if claimed.ID != id || claimed.State != client.StateInProgress {
 		t.Errorf("claimed %+v, want task %d in progress", claimed, id)
 	}
-	s.expectNoClaimable(t)
+	s.ExpectNoClaimable(t)
 
 	// Ids are answered in creation order, one task per upload.
-	id2 := s.uploadOK(t, testPNG(t, 8, 2))
+	id2 := s.uploadOK(t, servicetest.PatternPNG(t, 8, 2))
 	if id2 == id {
 		t.Errorf("second upload got the same id %d", id)
 	}
 }
 
 func TestNewAcceptsEveryFormat(t *testing.T) {
-	s := newStack(t, stackOptions{})
+	s := newStack(t, servicetest.Options{})
 	for _, tc := range []struct {
 		name string
 		body []byte
 	}{
-		{"png", testPNG(t, 16, 3)},
+		{"png", servicetest.PatternPNG(t, 16, 3)},
 		{"jpeg", append([]byte("\xff\xd8\xff\xe0"), bytes.Repeat([]byte{7}, 100)...)},
 		{"gif87a", []byte("GIF87a and some more bytes")},
 		{"gif89a", []byte("GIF89a and some more bytes")},
@@ -341,7 +183,7 @@ func TestNewAcceptsEveryFormat(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			id := s.uploadOK(t, tc.body)
-			got, ok := s.storedBytes(t, id, client.Working)
+			got, ok := s.StoredImage(t, id, client.Working)
 			if !ok || !bytes.Equal(got, tc.body) {
 				t.Errorf("stored %q (found %v), want the upload %q", got, ok, tc.body)
 			}
@@ -351,7 +193,7 @@ func TestNewAcceptsEveryFormat(t *testing.T) {
 
 func TestNewRefusals(t *testing.T) {
 	const maxUpload = 64 << 10
-	s := newStack(t, stackOptions{maxUpload: maxUpload})
+	s := newStack(t, servicetest.Options{MaxUpload: maxUpload})
 	big := func(n int) []byte {
 		b := make([]byte, n)
 		copy(b, pngMagic)
@@ -377,24 +219,16 @@ func TestNewRefusals(t *testing.T) {
 		{"far too large chunked", big(4 * maxUpload), true, http.StatusRequestEntityTooLarge},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, s.master.URL+"/new", bytes.NewReader(tc.body))
-			if err != nil {
-				t.Fatal(err)
-			}
+			var r servicetest.Reply
 			if tc.chunked {
-				req.Body = io.NopCloser(bytes.NewReader(tc.body)) // hide the length
-				req.ContentLength = -1
+				r = s.postChunked(t, tc.body)
+			} else {
+				r = s.upload(t, tc.body)
 			}
-			resp, err := s.hc.Do(req)
-			if err != nil {
-				t.Fatalf("POST /new: %v", err)
-			}
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			expectError(t, "POST /new", reply{status: resp.StatusCode, body: string(b)}, tc.status)
-			s.expectNoClaimable(t)
+			servicetest.ExpectError(t, "POST /new", r, tc.status)
+			s.ExpectNoClaimable(t)
 			for _, id := range s.listIDs(t) {
-				if _, ok := s.storedBytes(t, id, client.Working); ok {
+				if _, ok := s.StoredImage(t, id, client.Working); ok {
 					t.Errorf("a refused upload left a working image for task %d", id)
 				}
 			}
@@ -405,23 +239,13 @@ func TestNewRefusals(t *testing.T) {
 	t.Run("exactly max", func(t *testing.T) {
 		body := big(maxUpload)
 		id := s.uploadOK(t, body)
-		req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, s.master.URL+"/new", io.NopCloser(bytes.NewReader(body)))
-		if err != nil {
-			t.Fatal(err)
+		r := s.postChunked(t, body)
+		if r.Status != http.StatusOK {
+			t.Fatalf("chunked upload of exactly max bytes: %d %q", r.Status, r.Body)
 		}
-		req.ContentLength = -1
-		resp, err := s.hc.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("chunked upload of exactly max bytes: %d %q", resp.StatusCode, b)
-		}
-		id2 := parseID(t, string(b))
+		id2 := servicetest.ParseID(t, r.Body)
 		for _, id := range []int64{id, id2} {
-			got, ok := s.storedBytes(t, id, client.Working)
+			got, ok := s.StoredImage(t, id, client.Working)
 			if !ok || !bytes.Equal(got, body) {
 				t.Errorf("task %d: stored %d bytes (found %v), want the %d uploaded", id, len(got), ok, len(body))
 			}
@@ -429,20 +253,24 @@ func TestNewRefusals(t *testing.T) {
 	})
 }
 
-func TestNewStorageDown(t *testing.T) {
+// deadAddr is the address of a server that has been shut down: nothing answers there.
+func deadAddr() string {
 	down := httptest.NewServer(http.NotFoundHandler())
-	downAddr := addrOf(down)
 	down.Close()
-	s := newStack(t, stackOptions{storageAddr: downAddr})
+	return servicetest.Addr(down.URL)
+}
 
-	r := s.upload(t, testPNG(t, 16, 4))
-	if r.status < 500 || !strings.HasPrefix(r.body, "Error:") {
-		t.Errorf("POST /new with storage down: %d %q, want 5xx \"Error: ...\"", r.status, r.body)
+func TestNewStorageDown(t *testing.T) {
+	s := newStack(t, servicetest.Options{MasterStorageAddr: deadAddr()})
+
+	r := s.upload(t, servicetest.PatternPNG(t, 16, 4))
+	if r.Status < 500 || !strings.HasPrefix(r.Body, "Error:") {
+		t.Errorf("POST /new with storage down: %d %q, want 5xx \"Error: ...\"", r.Status, r.Body)
 	}
-	s.expectNoClaimable(t)
+	s.ExpectNoClaimable(t)
 	// The answer is not a plausible id either.
-	if _, err := strconv.ParseInt(r.body, 10, 64); err == nil {
-		t.Errorf("failed upload answered an id %q", r.body)
+	if _, err := strconv.ParseInt(r.Body, 10, 64); err == nil {
+		t.Errorf("failed upload answered an id %q", r.Body)
 	}
 }
 
@@ -457,26 +285,23 @@ func TestNewStorageRefuses(t *testing.T) {
 			next.ServeHTTP(w, r)
 		})
 	}
-	s := newStack(t, stackOptions{storageHook: hook})
-	r := s.upload(t, testPNG(t, 16, 5))
-	if r.status < 400 || !strings.HasPrefix(r.body, "Error:") {
-		t.Errorf("POST /new with storage refusing: %d %q, want an \"Error: ...\" answer", r.status, r.body)
+	s := newStack(t, servicetest.Options{WrapStorage: hook})
+	r := s.upload(t, servicetest.PatternPNG(t, 16, 5))
+	if r.Status < 400 || !strings.HasPrefix(r.Body, "Error:") {
+		t.Errorf("POST /new with storage refusing: %d %q, want an \"Error: ...\" answer", r.Status, r.Body)
 	}
-	s.expectNoClaimable(t)
+	s.ExpectNoClaimable(t)
 }
 
 func TestNewDatabaseDown(t *testing.T) {
-	down := httptest.NewServer(http.NotFoundHandler())
-	downAddr := addrOf(down)
-	down.Close()
-	s := newStack(t, stackOptions{databaseAddr: downAddr})
-	r := s.upload(t, testPNG(t, 16, 6))
-	if r.status < 500 || !strings.HasPrefix(r.body, "Error:") {
-		t.Errorf("POST /new with the database down: %d %q, want 5xx \"Error: ...\"", r.status, r.body)
+	s := newStack(t, servicetest.Options{MasterDatabaseAddr: deadAddr()})
+	r := s.upload(t, servicetest.PatternPNG(t, 16, 6))
+	if r.Status < 500 || !strings.HasPrefix(r.Body, "Error:") {
+		t.Errorf("POST /new with the database down: %d %q, want 5xx \"Error: ...\"", r.Status, r.Body)
 	}
-	r = s.call(t, http.MethodGet, s.master.URL+"/isReady?id=0", nil)
-	if r.status < 500 || !strings.HasPrefix(r.body, "Error:") {
-		t.Errorf("GET /isReady with the database down: %d %q, want 5xx \"Error: ...\"", r.status, r.body)
+	r = s.call(t, http.MethodGet, s.MasterURL+"/isReady?id=0", nil)
+	if r.Status < 500 || !strings.HasPrefix(r.Body, "Error:") {
+		t.Errorf("GET /isReady with the database down: %d %q, want 5xx \"Error: ...\"", r.Status, r.Body)
 	}
 }
 
@@ -571,7 +396,7 @@ func TestNewStreamsLargeUpload(t *testing.T) {
 			next.ServeHTTP(w, r)
 		})
 	}
-	s := newStack(t, stackOptions{storageHook: hook})
+	s := newStack(t, servicetest.Options{WrapStorage: hook})
 
 	sent := sha256.New()
 	gen := newFiller(size, sent)
@@ -580,13 +405,9 @@ func TestNewStreamsLargeUpload(t *testing.T) {
 	var notStreamed atomic.Bool
 	gen.gateAt = size * 3 / 4
 	gen.gate = func() error {
-		deadline := time.Now().Add(60 * time.Second)
-		for atStorage.Load() < size/4 {
-			if time.Now().After(deadline) {
-				notStreamed.Store(true)
-				return errors.New("upload is not being streamed to storage")
-			}
-			time.Sleep(5 * time.Millisecond)
+		if !servicetest.PollFor(60*time.Second, func() bool { return atStorage.Load() >= size/4 }) {
+			notStreamed.Store(true)
+			return errors.New("upload is not being streamed to storage")
 		}
 		return nil
 	}
@@ -594,12 +415,12 @@ func TestNewStreamsLargeUpload(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	body := &notifyCloser{Reader: gen, closed: make(chan struct{})}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.master.URL+"/new", body)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.MasterURL+"/new", body)
 	if err != nil {
 		t.Fatal(err)
 	}
 	req.ContentLength = -1 // unknown length: sent chunked
-	resp, err := s.hc.Do(req)
+	r, err := servicetest.Do(s.HTTP, req)
 	// The transport closes the body when it is done with it; only then may gen be read here.
 	select {
 	case <-body.closed:
@@ -612,17 +433,15 @@ func TestNewStreamsLargeUpload(t *testing.T) {
 	if err != nil {
 		t.Fatalf("POST /new: %v", err)
 	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("POST /new of %d bytes: %d %q", size, resp.StatusCode, b)
+	if r.Status != http.StatusOK {
+		t.Fatalf("POST /new of %d bytes: %d %q", size, r.Status, r.Body)
 	}
 	if gen.off != size {
 		t.Fatalf("generator yielded %d bytes, want %d", gen.off, size)
 	}
-	id := parseID(t, string(b))
+	id := servicetest.ParseID(t, r.Body)
 
-	img, err := s.st.GetImage(ctx, id, client.Working)
+	img, err := s.Storage.GetImage(ctx, id, client.Working)
 	if err != nil {
 		t.Fatalf("storage GetImage: %v", err)
 	}
@@ -638,29 +457,29 @@ func TestNewStreamsLargeUpload(t *testing.T) {
 	if !bytes.Equal(stored.Sum(nil), sent.Sum(nil)) {
 		t.Errorf("stored image hash %x differs from the upload's %x", stored.Sum(nil), sent.Sum(nil))
 	}
-	if task, err := s.db.GetNewTask(ctx, 0); err != nil || task.ID != id {
+	if task, err := s.Database.GetNewTask(ctx, 0); err != nil || task.ID != id {
 		t.Errorf("claim after the large upload: %+v, %v; want task %d", task, err, id)
 	}
 }
 
 func TestNewConcurrentUploads(t *testing.T) {
-	s := newStack(t, stackOptions{})
+	s := newStack(t, servicetest.Options{})
 	const n = 8
 	bodies := make([][]byte, n)
 	for i := range bodies {
-		bodies[i] = testPNG(t, 8+4*i, int64(100+i))
+		bodies[i] = servicetest.PatternPNG(t, 8+4*i, int64(100+i))
 	}
 	ids := make([]int64, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			r, err := do(t.Context(), s.hc, http.MethodPost, s.master.URL+"/new", bytes.NewReader(bodies[i]))
-			if err == nil && r.status != http.StatusOK {
-				err = fmt.Errorf("%d %q", r.status, r.body)
+			r, err := servicetest.Send(t.Context(), s.HTTP, http.MethodPost, s.MasterURL+"/new", bytes.NewReader(bodies[i]))
+			if err == nil && r.Status != http.StatusOK {
+				err = fmt.Errorf("%d %q", r.Status, r.Body)
 			}
 			if err == nil {
-				ids[i], err = strconv.ParseInt(r.body, 10, 64)
+				ids[i], err = strconv.ParseInt(r.Body, 10, 64)
 			}
 			errs[i] = err
 		})
@@ -675,63 +494,58 @@ func TestNewConcurrentUploads(t *testing.T) {
 			t.Errorf("id %d answered twice", ids[i])
 		}
 		seen[ids[i]] = true
-		got, ok := s.storedBytes(t, ids[i], client.Working)
+		got, ok := s.StoredImage(t, ids[i], client.Working)
 		if !ok || !bytes.Equal(got, bodies[i]) {
 			t.Errorf("upload %d (task %d): stored image differs", i, ids[i])
 		}
 	}
 	for range n {
-		if _, err := s.db.GetNewTask(t.Context(), 0); err != nil {
+		if _, err := s.Database.GetNewTask(t.Context(), 0); err != nil {
 			t.Errorf("claim: %v", err)
 		}
 	}
-	s.expectNoClaimable(t)
+	s.ExpectNoClaimable(t)
 }
 
 func TestIsReadyAndGet(t *testing.T) {
-	s := newStack(t, stackOptions{})
+	s := newStack(t, servicetest.Options{})
 	ctx := t.Context()
-	img := testPNG(t, 24, 7)
+	img := servicetest.PatternPNG(t, 24, 7)
 	id := s.uploadOK(t, img)
-	isReady := func() reply { return s.call(t, http.MethodGet, fmt.Sprintf("%s/isReady?id=%d", s.master.URL, id), nil) }
-	get := func() reply { return s.call(t, http.MethodGet, fmt.Sprintf("%s/get?id=%d", s.master.URL, id), nil) }
-
-	if r := isReady(); r.status != http.StatusOK || r.body != "0" {
-		t.Errorf("isReady before processing: %d %q, want 200 \"0\"", r.status, r.body)
+	isReady := func() servicetest.Reply {
+		return s.call(t, http.MethodGet, fmt.Sprintf("%s/isReady?id=%d", s.MasterURL, id), nil)
 	}
-	expectError(t, "get before processing", get(), http.StatusNotFound)
+	get := func() servicetest.Reply {
+		return s.call(t, http.MethodGet, fmt.Sprintf("%s/get?id=%d", s.MasterURL, id), nil)
+	}
+
+	if r := isReady(); r.Status != http.StatusOK || r.Body != "0" {
+		t.Errorf("isReady before processing: %d %q, want 200 \"0\"", r.Status, r.Body)
+	}
+	servicetest.ExpectError(t, "get before processing", get(), http.StatusNotFound)
 
 	// Play the worker by hand: claim, store a result, finish.
-	task, err := s.db.GetNewTask(ctx, 0)
+	task, err := s.Database.GetNewTask(ctx, 0)
 	if err != nil || task.ID != id {
 		t.Fatalf("claim: %+v %v", task, err)
 	}
-	if r := isReady(); r.body != "0" {
-		t.Errorf("isReady while in progress: %q, want \"0\"", r.body)
+	if r := isReady(); r.Body != "0" {
+		t.Errorf("isReady while in progress: %q, want \"0\"", r.Body)
 	}
-	result := testPNG(t, 24, 8)
-	if err := s.st.SendImage(ctx, id, client.Finished, bytes.NewReader(result), int64(len(result))); err != nil {
+	result := servicetest.PatternPNG(t, 24, 8)
+	if err := s.Storage.SendImage(ctx, id, client.Finished, bytes.NewReader(result), int64(len(result))); err != nil {
 		t.Fatal(err)
 	}
-	if r := isReady(); r.body != "0" {
-		t.Errorf("isReady with the result stored but the task not finished: %q, want \"0\"", r.body)
+	if r := isReady(); r.Body != "0" {
+		t.Errorf("isReady with the result stored but the task not finished: %q, want \"0\"", r.Body)
 	}
-	if err := s.db.FinishTask(ctx, id); err != nil {
+	if err := s.Database.FinishTask(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	if r := isReady(); r.status != http.StatusOK || r.body != "1" {
-		t.Errorf("isReady after finishing: %d %q, want 200 \"1\"", r.status, r.body)
+	if r := isReady(); r.Status != http.StatusOK || r.Body != "1" {
+		t.Errorf("isReady after finishing: %d %q, want 200 \"1\"", r.Status, r.Body)
 	}
-	r := get()
-	if r.status != http.StatusOK || r.body != string(result) {
-		t.Fatalf("get: %d, %d bytes; want 200 and the %d stored bytes", r.status, len(r.body), len(result))
-	}
-	if ct := r.header.Get("Content-Type"); ct != "image/png" {
-		t.Errorf("get Content-Type %q, want image/png", ct)
-	}
-	if cl := r.header.Get("Content-Length"); cl != strconv.Itoa(len(result)) {
-		t.Errorf("get Content-Length %q, want %d", cl, len(result))
-	}
+	servicetest.ExpectPNGReply(t, "get", get(), result)
 
 	for _, tc := range []struct {
 		path   string
@@ -746,72 +560,72 @@ func TestIsReadyAndGet(t *testing.T) {
 		{"/get?id=x", http.StatusBadRequest},
 		{"/get?id=12345", http.StatusNotFound},
 	} {
-		expectError(t, "GET "+tc.path, s.call(t, http.MethodGet, s.master.URL+tc.path, nil), tc.status)
+		servicetest.ExpectError(t, "GET "+tc.path, s.call(t, http.MethodGet, s.MasterURL+tc.path, nil), tc.status)
 	}
 }
 
 func TestGetNewTaskPassesThrough(t *testing.T) {
-	s := newStack(t, stackOptions{})
+	s := newStack(t, servicetest.Options{})
 	ctx := t.Context()
 
 	// None to claim: the database's refusal, byte for byte.
-	direct := s.call(t, http.MethodPost, s.dbSrv.URL+"/getNewTask", nil)
-	via := s.call(t, http.MethodPost, s.master.URL+"/getNewTask", nil)
-	if direct.status != http.StatusBadRequest || direct.body != noTaskReply {
-		t.Fatalf("database refusal %d %q, want 400 %q", direct.status, direct.body, noTaskReply)
+	direct := s.call(t, http.MethodPost, s.DatabaseURL+"/getNewTask", nil)
+	via := s.call(t, http.MethodPost, s.MasterURL+"/getNewTask", nil)
+	if direct.Status != http.StatusBadRequest || direct.Body != servicetest.NoTaskReply {
+		t.Fatalf("database refusal %d %q, want 400 %q", direct.Status, direct.Body, servicetest.NoTaskReply)
 	}
-	if via.status != direct.status || via.body != direct.body {
-		t.Errorf("master /getNewTask with no task: %d %q, want the database's %d %q", via.status, via.body, direct.status, direct.body)
+	if via.Status != direct.Status || via.Body != direct.Body {
+		t.Errorf("master /getNewTask with no task: %d %q, want the database's %d %q", via.Status, via.Body, direct.Status, direct.Body)
 	}
 
 	// A task: the claim JSON, identical to the database's record of the claimed task.
-	id, err := s.db.NewTask(ctx, false)
+	id, err := s.Database.NewTask(ctx, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	via = s.call(t, http.MethodPost, s.master.URL+"/getNewTask", nil)
-	if via.status != http.StatusOK {
-		t.Fatalf("master /getNewTask: %d %q", via.status, via.body)
+	via = s.call(t, http.MethodPost, s.MasterURL+"/getNewTask", nil)
+	if via.Status != http.StatusOK {
+		t.Fatalf("master /getNewTask: %d %q", via.Status, via.Body)
 	}
-	if ct := via.header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+	if ct := via.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
 		t.Errorf("claim Content-Type %q, want application/json", ct)
 	}
 	var task client.Task
-	if err := json.Unmarshal([]byte(via.body), &task); err != nil {
-		t.Fatalf("claim %q: %v", via.body, err)
+	if err := json.Unmarshal([]byte(via.Body), &task); err != nil {
+		t.Fatalf("claim %q: %v", via.Body, err)
 	}
 	if task.ID != id || task.State != client.StateInProgress || task.Attempts != 1 {
 		t.Errorf("claimed %+v, want task %d in progress, attempt 1", task, id)
 	}
-	record := s.call(t, http.MethodGet, fmt.Sprintf("%s/getById?id=%d", s.dbSrv.URL, id), nil)
-	if record.body != via.body {
-		t.Errorf("master's claim %q differs from the database's record %q", via.body, record.body)
+	record := s.call(t, http.MethodGet, fmt.Sprintf("%s/getById?id=%d", s.DatabaseURL, id), nil)
+	if record.Body != via.Body {
+		t.Errorf("master's claim %q differs from the database's record %q", via.Body, record.Body)
 	}
-	s.expectNoClaimable(t)
+	s.ExpectNoClaimable(t)
 
 	// A short wait with nothing to claim is honoured, then refused.
 	start := time.Now()
-	via = s.call(t, http.MethodPost, s.master.URL+"/getNewTask?wait=300ms", nil)
+	via = s.call(t, http.MethodPost, s.MasterURL+"/getNewTask?wait=300ms", nil)
 	if el := time.Since(start); el < 250*time.Millisecond {
 		t.Errorf("wait=300ms answered after %v", el)
 	}
-	if via.status != http.StatusBadRequest || via.body != noTaskReply {
-		t.Errorf("wait=300ms with no task: %d %q, want 400 %q", via.status, via.body, noTaskReply)
+	if via.Status != http.StatusBadRequest || via.Body != servicetest.NoTaskReply {
+		t.Errorf("wait=300ms with no task: %d %q, want 400 %q", via.Status, via.Body, servicetest.NoTaskReply)
 	}
 
 	// A long poll is answered as soon as a task appears.
 	type result struct {
-		r   reply
+		r   servicetest.Reply
 		err error
 	}
 	got := make(chan result, 1)
 	start = time.Now()
 	go func() {
-		r, err := do(ctx, s.hc, http.MethodPost, s.master.URL+"/getNewTask?wait=20s", nil)
+		r, err := servicetest.Send(ctx, s.HTTP, http.MethodPost, s.MasterURL+"/getNewTask?wait=20s", nil)
 		got <- result{r, err}
 	}()
 	time.Sleep(150 * time.Millisecond)
-	id2 := s.uploadOK(t, testPNG(t, 8, 9))
+	id2 := s.uploadOK(t, servicetest.PatternPNG(t, 8, 9))
 	res := <-got
 	if res.err != nil {
 		t.Fatalf("long poll: %v", res.err)
@@ -819,70 +633,70 @@ func TestGetNewTaskPassesThrough(t *testing.T) {
 	if el := time.Since(start); el > 10*time.Second {
 		t.Errorf("long poll answered after %v, not when the task appeared", el)
 	}
-	if err := json.Unmarshal([]byte(res.r.body), &task); res.r.status != http.StatusOK || err != nil || task.ID != id2 {
-		t.Errorf("long poll: %d %q, want task %d", res.r.status, res.r.body, id2)
+	if err := json.Unmarshal([]byte(res.r.Body), &task); res.r.Status != http.StatusOK || err != nil || task.ID != id2 {
+		t.Errorf("long poll: %d %q, want task %d", res.r.Status, res.r.Body, id2)
 	}
 
 	for _, q := range []string{"?wait=forever", "?wait=-1s", "?wait=1h"} {
-		expectError(t, "getNewTask"+q, s.call(t, http.MethodPost, s.master.URL+"/getNewTask"+q, nil), http.StatusBadRequest)
+		servicetest.ExpectError(t, "getNewTask"+q, s.call(t, http.MethodPost, s.MasterURL+"/getNewTask"+q, nil), http.StatusBadRequest)
 	}
-	expectError(t, "GET /getNewTask", s.call(t, http.MethodGet, s.master.URL+"/getNewTask", nil), http.StatusMethodNotAllowed)
+	servicetest.ExpectError(t, "GET /getNewTask", s.call(t, http.MethodGet, s.MasterURL+"/getNewTask", nil), http.StatusMethodNotAllowed)
 }
 
 func TestRegisterTaskFinishedPassesThrough(t *testing.T) {
-	s := newStack(t, stackOptions{})
+	s := newStack(t, servicetest.Options{})
 	ctx := t.Context()
-	register := func(id string) reply {
-		return s.call(t, http.MethodPost, s.master.URL+"/registerTaskFinished?id="+id, nil)
+	register := func(id string) servicetest.Reply {
+		return s.call(t, http.MethodPost, s.MasterURL+"/registerTaskFinished?id="+id, nil)
 	}
 	// compare checks the master's answer for id against the database's own (a refusal changes nothing,
 	// so asking both is safe).
 	compare := func(what, id string) {
 		t.Helper()
 		via := register(id)
-		direct := s.call(t, http.MethodPost, s.dbSrv.URL+"/finishTask?id="+id, nil)
-		if direct.status != http.StatusBadRequest || !strings.HasPrefix(direct.body, "Error:") {
-			t.Fatalf("%s: database answered %d %q, want a 400 refusal", what, direct.status, direct.body)
+		direct := s.call(t, http.MethodPost, s.DatabaseURL+"/finishTask?id="+id, nil)
+		if direct.Status != http.StatusBadRequest || !strings.HasPrefix(direct.Body, "Error:") {
+			t.Fatalf("%s: database answered %d %q, want a 400 refusal", what, direct.Status, direct.Body)
 		}
-		if via.status != direct.status || via.body != direct.body {
-			t.Errorf("%s: master answered %d %q, want the database's %d %q", what, via.status, via.body, direct.status, direct.body)
+		if via.Status != direct.Status || via.Body != direct.Body {
+			t.Errorf("%s: master answered %d %q, want the database's %d %q", what, via.Status, via.Body, direct.Status, direct.Body)
 		}
 	}
 
 	compare("unknown task", "4242")
-	id, err := s.db.NewTask(ctx, false)
+	id, err := s.Database.NewTask(ctx, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ids := strconv.FormatInt(id, 10)
 	compare("task not started", ids)
 
-	if _, err := s.db.GetNewTask(ctx, 0); err != nil {
+	if _, err := s.Database.GetNewTask(ctx, 0); err != nil {
 		t.Fatal(err)
 	}
-	if r := register(ids); r.status != http.StatusOK || r.body != "success" {
-		t.Errorf("register an in-progress task: %d %q, want 200 \"success\"", r.status, r.body)
+	if r := register(ids); r.Status != http.StatusOK || r.Body != "success" {
+		t.Errorf("register an in-progress task: %d %q, want 200 \"success\"", r.Status, r.Body)
 	}
-	task, err := s.db.GetByID(ctx, id)
+	task, err := s.Database.GetByID(ctx, id)
 	if err != nil || task.State != client.StateFinished {
 		t.Errorf("task after register = %+v, %v; want finished", task, err)
 	}
 	compare("task already finished", ids)
 
 	for _, q := range []string{"", "x", "-3"} {
-		expectError(t, "registerTaskFinished?id="+q, register(q), http.StatusBadRequest)
+		servicetest.ExpectError(t, "registerTaskFinished?id="+q, register(q), http.StatusBadRequest)
 	}
 }
 
 func TestUnknownRoutes(t *testing.T) {
-	s := newStack(t, stackOptions{})
-	r := s.call(t, http.MethodGet, s.master.URL+"/new", nil)
-	expectError(t, "GET /new", r, http.StatusMethodNotAllowed)
-	if allow := r.header.Get("Allow"); !strings.Contains(allow, http.MethodPost) {
+	s := newStack(t, servicetest.Options{})
+	r := s.call(t, http.MethodGet, s.MasterURL+"/new", nil)
+	servicetest.ExpectError(t, "GET /new", r, http.StatusMethodNotAllowed)
+	if allow := r.Header.Get("Allow"); !strings.Contains(allow, http.MethodPost) {
 		t.Errorf("GET /new Allow %q, want POST in it", allow)
 	}
-	expectError(t, "GET /nothing", s.call(t, http.MethodGet, s.master.URL+"/nothing", nil), http.StatusNotFound)
-	if r := s.call(t, http.MethodGet, s.master.URL+"/healthz", nil); r.status != http.StatusOK || r.body != "ok" {
-		t.Errorf("healthz: %d %q", r.status, r.body)
+	servicetest.ExpectError(t, "GET /nothing", s.call(t, http.MethodGet, s.MasterURL+"/nothing", nil), http.StatusNotFound)
+	if r := s.call(t, http.MethodGet, s.MasterURL+"/healthz", nil); r.Status != http.StatusOK || r.Body != "ok" {
+		t.Errorf("healthz: %d %q", r.Status, r.Body)
 	}
 }

@@ -10,10 +10,8 @@ import (
 	"image/png"
 	"io"
 	"io/fs"
-	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"path/filepath"
 	"strconv"
@@ -23,9 +21,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/imgmill/imgmill/internal/blobstore/fileblob"
-	"github.com/imgmill/imgmill/internal/httpapi"
-	"github.com/imgmill/imgmill/internal/storage"
+	"github.com/imgmill/imgmill/internal/servicetest"
 )
 
 func TestMain(m *testing.M) {
@@ -46,63 +42,32 @@ type storageServer struct {
 // production wraps it. Everything is closed when the test ends.
 func newStorage(t *testing.T) *storageServer {
 	t.Helper()
-	dir := filepath.Join(t.TempDir(), "images")
-	blobs, err := fileblob.Open(dir)
-	if err != nil {
-		t.Fatalf("fileblob.Open: %v", err)
-	}
-	s := &storageServer{t: t, dir: dir, uploads: make(chan struct{}, 64)}
-	inner := storage.NewServer(blobs)
-	hooked := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		defer func() {
-			if r.URL.Path == "/sendImage" {
-				select {
-				case s.uploads <- struct{}{}:
-				default: // nobody is counting
+	s := &storageServer{t: t, dir: filepath.Join(t.TempDir(), "images"), uploads: make(chan struct{}, 64)}
+	s.url = servicetest.ServeStorage(t, s.dir, func(inner http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			defer func() {
+				if r.URL.Path == "/sendImage" {
+					select {
+					case s.uploads <- struct{}{}:
+					default: // nobody is counting
+					}
 				}
-			}
-		}()
-		inner.ServeHTTP(w, r)
+			}()
+			inner.ServeHTTP(w, r)
+		})
 	})
-	srv := httptest.NewUnstartedServer(nil)
-	srv.Config = httpapi.NewHTTPServer(hooked, slog.New(slog.DiscardHandler))
-	srv.Start()
-	s.url, s.c = srv.URL, httpapi.NewClient()
-	t.Cleanup(func() {
-		s.c.CloseIdleConnections()
-		srv.Close()
-		if err := blobs.Close(); err != nil {
-			t.Errorf("close blob store: %v", err)
-		}
-	})
+	s.c = servicetest.NewHTTPClient(t)
 	return s
 }
 
 func imageQuery(id, state string) url.Values { return url.Values{"id": {id}, "state": {state}} }
 
-type reply struct {
-	status int
-	body   []byte
-	header http.Header
-}
-
-func (s *storageServer) do(req *http.Request) reply {
+// do sends req and checks what every reply must carry (see servicetest.ConventionError).
+func (s *storageServer) do(req *http.Request) servicetest.Reply {
 	s.t.Helper()
-	resp, err := s.c.Do(req)
-	if err != nil {
-		s.t.Fatalf("%s %s: %v", req.Method, req.URL, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		s.t.Fatalf("%s %s: read: %v", req.Method, req.URL, err)
-	}
-	r := reply{resp.StatusCode, b, resp.Header}
-	if r.header.Get(httpapi.RequestIDHeader) == "" {
-		s.t.Errorf("%s %s: no %s header", req.Method, req.URL.Path, httpapi.RequestIDHeader)
-	}
-	if r.status/100 != 2 && !bytes.HasPrefix(r.body, []byte("Error:")) {
-		s.t.Errorf("%s %s: error reply %d %q does not start with Error:", req.Method, req.URL.Path, r.status, r.body)
+	r := servicetest.MustDo(s.t, s.c, req)
+	if err := servicetest.ConventionError(req.Method, req.URL.Path, r); err != nil {
+		s.t.Error(err)
 	}
 	return r
 }
@@ -123,28 +88,28 @@ func (s *storageServer) request(method, path string, query url.Values, body io.R
 	return req
 }
 
-func (s *storageServer) send(id, state string, body []byte) reply {
+func (s *storageServer) send(id, state string, body []byte) servicetest.Reply {
 	s.t.Helper()
 	return s.do(s.request("POST", "/sendImage", imageQuery(id, state), bytes.NewReader(body), int64(len(body))))
 }
 
-func (s *storageServer) get(id, state string) reply {
+func (s *storageServer) get(id, state string) servicetest.Reply {
 	s.t.Helper()
 	return s.do(s.request("GET", "/getImage", imageQuery(id, state), nil, 0))
 }
 
-func (s *storageServer) expectText(r reply, status int, body string) {
+func (s *storageServer) expectText(r servicetest.Reply, status int, body string) {
 	s.t.Helper()
-	if r.status != status || string(r.body) != body {
-		s.t.Errorf("got %d %q, want %d %q", r.status, r.body, status, body)
+	if r.Status != status || r.Body != body {
+		s.t.Errorf("got %d %q, want %d %q", r.Status, r.Body, status, body)
 	}
 }
 
 func (s *storageServer) expectImage(id, state string, want []byte) {
 	s.t.Helper()
 	r := s.get(id, state)
-	if r.status != 200 || !bytes.Equal(r.body, want) {
-		s.t.Errorf("GET %s/%s = %d, %d bytes %.40q; want 200 with %d bytes %.40q", state, id, r.status, len(r.body), r.body, len(want), want)
+	if r.Status != 200 || r.Body != string(want) {
+		s.t.Errorf("GET %s/%s = %d, %d bytes %.40q; want 200 with %d bytes %.40q", state, id, r.Status, len(r.Body), r.Body, len(want), want)
 	}
 }
 
@@ -204,16 +169,8 @@ func TestPNGRoundTrip(t *testing.T) {
 	s.expectText(s.send("1", "working", pic), 200, "success")
 
 	r := s.get("1", "working")
-	if r.status != 200 || !bytes.Equal(r.body, pic) {
-		t.Fatalf("GET = %d with %d bytes, want the %d bytes sent", r.status, len(r.body), len(pic))
-	}
-	if ct := r.header.Get("Content-Type"); ct != "image/png" {
-		t.Errorf("Content-Type = %q, want image/png", ct)
-	}
-	if cl := r.header.Get("Content-Length"); cl != strconv.Itoa(len(pic)) {
-		t.Errorf("Content-Length = %q, want %d", cl, len(pic))
-	}
-	if _, err := png.Decode(bytes.NewReader(r.body)); err != nil {
+	servicetest.ExpectPNGReply(t, "GET /getImage", r, pic)
+	if _, err := png.Decode(strings.NewReader(r.Body)); err != nil {
 		t.Errorf("returned image does not decode: %v", err)
 	}
 
@@ -224,7 +181,7 @@ func TestPNGRoundTrip(t *testing.T) {
 	s.expectText(s.send("1", "finished", other), 200, "success")
 	s.expectImage("1", "finished", other)
 	s.expectImage("1", "working", pic)
-	if ct := s.get("1", "finished").header.Get("Content-Type"); ct != "text/plain; charset=utf-8" {
+	if ct := s.get("1", "finished").Header.Get("Content-Type"); ct != "text/plain; charset=utf-8" {
 		t.Errorf("Content-Type of text = %q", ct)
 	}
 }
@@ -244,13 +201,13 @@ func TestRangeAndHead(t *testing.T) {
 	req := s.request("GET", "/getImage", imageQuery("4", "finished"), nil, 0)
 	req.Header.Set("Range", "bytes=0-7")
 	r := s.do(req)
-	if r.status != http.StatusPartialContent || !bytes.Equal(r.body, pic[:8]) {
-		t.Errorf("range GET = %d %q, want 206 %q", r.status, r.body, pic[:8])
+	if r.Status != http.StatusPartialContent || r.Body != string(pic[:8]) {
+		t.Errorf("range GET = %d %q, want 206 %q", r.Status, r.Body, pic[:8])
 	}
 
 	r = s.do(s.request("HEAD", "/getImage", imageQuery("4", "finished"), nil, 0))
-	if r.status != 200 || len(r.body) != 0 || r.header.Get("Content-Length") != strconv.Itoa(len(pic)) {
-		t.Errorf("HEAD = %d, %d bytes, Content-Length %q", r.status, len(r.body), r.header.Get("Content-Length"))
+	if r.Status != 200 || len(r.Body) != 0 || r.Header.Get("Content-Length") != strconv.Itoa(len(pic)) {
+		t.Errorf("HEAD = %d, %d bytes, Content-Length %q", r.Status, len(r.Body), r.Header.Get("Content-Length"))
 	}
 }
 
@@ -415,32 +372,13 @@ func TestAbortedUploadLeavesNoImage(t *testing.T) {
 
 func TestPlumbing(t *testing.T) {
 	s := newStorage(t)
-	s.expectText(s.do(s.request("GET", "/healthz", nil, nil, 0)), 200, "ok")
-	tests := []struct {
-		method, path string
-		status       int
-		body         string
-		allow        string
-	}{
-		{"GET", "/nope", 404, "Error: no endpoint /nope", ""},
-		{"GET", "/sendImage", 405, "Error: method GET not allowed on /sendImage", "POST"},
-		{"PUT", "/sendImage", 405, "Error: method PUT not allowed on /sendImage", "POST"},
-		{"POST", "/getImage", 405, "Error: method POST not allowed on /getImage", "GET, HEAD"},
-		{"DELETE", "/getImage", 405, "Error: method DELETE not allowed on /getImage", "GET, HEAD"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.method+tt.path, func(t *testing.T) {
-			r := s.do(s.request(tt.method, tt.path, imageQuery("1", "working"), nil, 0))
-			if r.status != tt.status || string(r.body) != tt.body || r.header.Get("Allow") != tt.allow {
-				t.Errorf("%s %s = %d %q Allow %q, want %d %q Allow %q", tt.method, tt.path,
-					r.status, r.body, r.header.Get("Allow"), tt.status, tt.body, tt.allow)
-			}
-		})
-	}
-
-	req := s.request("GET", "/getImage", imageQuery("1", "working"), nil, 0)
-	req.Header.Set(httpapi.RequestIDHeader, "storage-req-3")
-	if r := s.do(req); r.header.Get(httpapi.RequestIDHeader) != "storage-req-3" {
-		t.Errorf("request id not echoed: %q", r.header.Get(httpapi.RequestIDHeader))
-	}
+	anyImage := imageQuery("1", "working")
+	servicetest.CheckPlumbing(t, s.c, s.url, []servicetest.Route{
+		{Method: "GET", Path: "/nope", Query: anyImage, Status: 404, Body: "Error: no endpoint /nope"},
+		{Method: "GET", Path: "/sendImage", Query: anyImage, Status: 405, Body: "Error: method GET not allowed on /sendImage", Allow: "POST"},
+		{Method: "PUT", Path: "/sendImage", Query: anyImage, Status: 405, Body: "Error: method PUT not allowed on /sendImage", Allow: "POST"},
+		{Method: "POST", Path: "/getImage", Query: anyImage, Status: 405, Body: "Error: method POST not allowed on /getImage", Allow: "GET, HEAD"},
+		{Method: "DELETE", Path: "/getImage", Query: anyImage, Status: 405, Body: "Error: method DELETE not allowed on /getImage", Allow: "GET, HEAD"},
+	})
+	servicetest.CheckEchoesRequestID(t, s.c, "GET", s.url+"/getImage?"+anyImage.Encode(), "storage-req-3")
 }

@@ -10,11 +10,8 @@ import (
 	"image/jpeg"
 	_ "image/png" // decoder for results
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,77 +19,15 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/imgmill/imgmill/internal/blobstore/fileblob"
 	"github.com/imgmill/imgmill/internal/client"
-	"github.com/imgmill/imgmill/internal/database"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
-	"github.com/imgmill/imgmill/internal/master"
-	"github.com/imgmill/imgmill/internal/storage"
-	"github.com/imgmill/imgmill/internal/taskstore/sqlitestore"
+	"github.com/imgmill/imgmill/internal/servicetest"
 	"github.com/imgmill/imgmill/internal/worker"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
-}
-
-var discard = slog.New(slog.DiscardHandler)
-
-func addrOf(srv *httptest.Server) string { return strings.TrimPrefix(srv.URL, "http://") }
-
-// newHTTPClient returns the services' own HTTP client, its idle connections closed at cleanup.
-func newHTTPClient(t *testing.T) *http.Client {
-	t.Helper()
-	hc := httpapi.NewClient()
-	t.Cleanup(hc.CloseIdleConnections)
-	return hc
-}
-
-// stack is a real master over real database and storage services, and clients of all three.
-type stack struct {
-	hc        *http.Client
-	db        *client.Database
-	st        *client.Storage
-	master    *client.Master
-	masterURL string
-}
-
-func newStack(t *testing.T) *stack {
-	t.Helper()
-	dir := t.TempDir()
-	store, err := sqlitestore.Open(context.Background(), filepath.Join(dir, "tasks.db"), sqlitestore.Options{})
-	if err != nil {
-		t.Fatalf("sqlitestore.Open: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := store.Close(); err != nil {
-			t.Errorf("close task store: %v", err)
-		}
-	})
-	blobs, err := fileblob.Open(filepath.Join(dir, "images"))
-	if err != nil {
-		t.Fatalf("fileblob.Open: %v", err)
-	}
-	t.Cleanup(func() { blobs.Close() })
-
-	s := &stack{hc: newHTTPClient(t)}
-	done := make(chan struct{})
-	var once sync.Once
-	stop := func() { once.Do(func() { close(done) }) }
-	dbSrv := httptest.NewServer(httpapi.Wrap(database.NewServer(store, 2*time.Minute, done), discard))
-	t.Cleanup(dbSrv.Close)
-	stSrv := httptest.NewServer(httpapi.Wrap(storage.NewServer(blobs), discard))
-	t.Cleanup(stSrv.Close)
-	t.Cleanup(stop)
-	s.db = client.NewDatabase(s.hc, client.Static(addrOf(dbSrv)))
-	s.st = client.NewStorage(s.hc, client.Static(addrOf(stSrv)))
-	mSrv := httptest.NewServer(httpapi.Wrap(master.NewServer(s.db, s.st, master.DefaultMaxUpload), discard))
-	t.Cleanup(mSrv.Close)
-	t.Cleanup(stop)
-	s.masterURL = mSrv.URL
-	s.master = client.NewMaster(s.hc, client.Static(addrOf(mSrv)))
-	return s
 }
 
 // startWorker runs worker.Run until the test ends (or stop is called) and checks that it returns
@@ -129,15 +64,6 @@ type upload struct {
 	want image.Image
 }
 
-func encodePNG(t *testing.T, img image.Image) []byte {
-	t.Helper()
-	b, err := imageop.EncodePNG(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 func decode(t *testing.T, what string, b []byte) (image.Image, string) {
 	t.Helper()
 	img, format, err := image.Decode(bytes.NewReader(b))
@@ -149,7 +75,7 @@ func decode(t *testing.T, what string, b []byte) (image.Image, string) {
 
 func pngUpload(t *testing.T, name string, img image.Image) upload {
 	t.Helper()
-	data := encodePNG(t, img)
+	data := servicetest.EncodePNG(t, img)
 	orig, _ := decode(t, name, data)
 	return upload{name: name, data: data, orig: orig}
 }
@@ -222,51 +148,32 @@ func samePixels(want, got image.Image) error {
 }
 
 // waitFinished polls the database until task id is finished.
-func (s *stack) waitFinished(ctx context.Context, t *testing.T, id int64) {
+func waitFinished(ctx context.Context, t *testing.T, s *servicetest.Stack, id int64) {
 	t.Helper()
-	for {
-		task, err := s.db.GetByID(ctx, id)
+	var task client.Task
+	finished := servicetest.Poll(ctx, func() bool {
+		var err error
+		task, err = s.Database.GetByID(ctx, id)
 		if err != nil {
 			t.Fatalf("database GetByID(%d): %v", id, err)
 		}
-		if task.State == client.StateFinished {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("task %d not finished in time (state %d, attempts %d)", id, task.State, task.Attempts)
-		case <-time.After(20 * time.Millisecond):
-		}
+		return task.State == client.StateFinished
+	})
+	if !finished {
+		t.Fatalf("task %d not finished in time (state %d, attempts %d)", id, task.State, task.Attempts)
 	}
-}
-
-func (s *stack) finished(t *testing.T, id int64) ([]byte, bool) {
-	t.Helper()
-	img, err := s.st.GetImage(t.Context(), id, client.Finished)
-	if client.IsStatus(err, http.StatusNotFound) {
-		return nil, false
-	}
-	if err != nil {
-		t.Fatalf("storage GetImage(%d, finished): %v", id, err)
-	}
-	defer img.Close()
-	b, err := io.ReadAll(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b, true
 }
 
 func TestWorkerProcessesUploads(t *testing.T) {
-	s := newStack(t)
+	s := servicetest.NewStack(t, servicetest.Options{})
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 
-	stop := startWorker(t, worker.Config{Master: s.master, Storage: s.st, Concurrency: 2, Wait: 2 * time.Second, Logger: discard})
+	stop := startWorker(t, worker.Config{Master: s.Master, Storage: s.Storage, Concurrency: 2, Wait: 2 * time.Second, Logger: servicetest.Discard})
 
 	// An image that passes the master's sniffing but does not decode: the worker must survive it.
 	bad := []byte("\x89PNG\r\n\x1a\n this is not really a PNG")
-	badID, err := s.master.New(ctx, bytes.NewReader(bad), int64(len(bad)))
+	badID, err := s.Master.New(ctx, bytes.NewReader(bad), int64(len(bad)))
 	if err != nil {
 		t.Fatalf("upload bad image: %v", err)
 	}
@@ -283,9 +190,9 @@ func TestWorkerProcessesUploads(t *testing.T) {
 	ids := make([]int64, len(uploads))
 	for i, u := range uploads {
 		if i%2 == 0 {
-			ids[i], err = s.master.New(ctx, bytes.NewReader(u.data), int64(len(u.data)))
+			ids[i], err = s.Master.New(ctx, bytes.NewReader(u.data), int64(len(u.data)))
 		} else {
-			ids[i], err = s.master.New(ctx, io.MultiReader(bytes.NewReader(u.data)), -1) // unknown length
+			ids[i], err = s.Master.New(ctx, io.MultiReader(bytes.NewReader(u.data)), -1) // unknown length
 		}
 		if err != nil {
 			t.Fatalf("upload %s: %v", u.name, err)
@@ -295,8 +202,8 @@ func TestWorkerProcessesUploads(t *testing.T) {
 	for i, u := range uploads {
 		t.Run(u.name, func(t *testing.T) {
 			id := ids[i]
-			s.waitFinished(ctx, t, id)
-			out, ok := s.finished(t, id)
+			waitFinished(ctx, t, s, id)
+			out, ok := s.StoredImage(t, id, client.Finished)
 			if !ok {
 				t.Fatalf("task %d finished but storage has no finished image", id)
 			}
@@ -315,7 +222,7 @@ func TestWorkerProcessesUploads(t *testing.T) {
 				t.Errorf("result not swapped: %v", err)
 			}
 			// The input is kept as it was.
-			resp, err := s.st.GetImage(t.Context(), id, client.Working)
+			resp, err := s.Storage.GetImage(t.Context(), id, client.Working)
 			if err != nil {
 				t.Fatalf("working image: %v", err)
 			}
@@ -325,10 +232,10 @@ func TestWorkerProcessesUploads(t *testing.T) {
 				t.Errorf("working image changed")
 			}
 			// The master serves what storage holds.
-			if ready, err := s.master.IsReady(t.Context(), id); err != nil || !ready {
+			if ready, err := s.Master.IsReady(t.Context(), id); err != nil || !ready {
 				t.Errorf("master IsReady(%d) = %v, %v; want true", id, ready, err)
 			}
-			got, err := s.master.Get(t.Context(), id)
+			got, err := s.Master.Get(t.Context(), id)
 			if err != nil {
 				t.Fatalf("master Get(%d): %v", id, err)
 			}
@@ -342,14 +249,14 @@ func TestWorkerProcessesUploads(t *testing.T) {
 
 	// The undecodable image was claimed, failed and left in progress (its lease will hand it out again);
 	// it never gets a result.
-	task, err := s.db.GetByID(ctx, badID)
+	task, err := s.Database.GetByID(ctx, badID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if task.State != client.StateInProgress || task.Attempts != 1 {
 		t.Errorf("undecodable task = %+v, want in progress after 1 attempt", task)
 	}
-	if _, ok := s.finished(t, badID); ok {
+	if _, ok := s.StoredImage(t, badID, client.Finished); ok {
 		t.Errorf("undecodable task %d has a finished image", badID)
 	}
 
@@ -363,23 +270,23 @@ func TestWorkerProcessesUploads(t *testing.T) {
 
 func TestWorkerPicksUpTaskWhileIdle(t *testing.T) {
 	// Long polls are held at the database; a task appearing later is taken at once, not after the wait.
-	s := newStack(t)
+	s := servicetest.NewStack(t, servicetest.Options{})
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	startWorker(t, worker.Config{Master: s.master, Storage: s.st, Concurrency: 1, Wait: 30 * time.Second, Logger: discard})
+	startWorker(t, worker.Config{Master: s.Master, Storage: s.Storage, Concurrency: 1, Wait: 30 * time.Second, Logger: servicetest.Discard})
 	time.Sleep(300 * time.Millisecond) // let the loop settle into its long poll
 
 	img := imageop.TestPattern(20, 9)
 	start := time.Now()
-	id, err := s.master.New(ctx, bytes.NewReader(encodePNG(t, img)), -1)
+	id, err := s.Master.New(ctx, bytes.NewReader(servicetest.EncodePNG(t, img)), -1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.waitFinished(ctx, t, id)
+	waitFinished(ctx, t, s, id)
 	if el := time.Since(start); el > 15*time.Second {
 		t.Errorf("task finished after %v: the waiting worker was not woken", el)
 	}
-	out, ok := s.finished(t, id)
+	out, ok := s.StoredImage(t, id, client.Finished)
 	if !ok {
 		t.Fatal("no finished image")
 	}
@@ -413,18 +320,18 @@ func TestWorkerDoesNotSpin(t *testing.T) {
 		status int
 		body   string
 	}{
-		{"no task at once", http.StatusBadRequest, "Error: " + client.NoTaskMessage},
+		{"no task at once", http.StatusBadRequest, servicetest.NoTaskReply},
 		{"master failing", http.StatusInternalServerError, "Error: internal error"},
 		{"database unavailable", http.StatusBadGateway, "Error: database unavailable"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv, claims, others := fakeMaster(t, tc.status, tc.body)
-			hc := newHTTPClient(t)
-			ep := client.Static(addrOf(srv))
+			hc := servicetest.NewHTTPClient(t)
+			ep := client.Static(servicetest.Addr(srv.URL))
 			const loops = 2
 			stop := startWorker(t, worker.Config{
 				Master: client.NewMaster(hc, ep), Storage: client.NewStorage(hc, ep),
-				Concurrency: loops, Logger: discard, // default Wait: the fake ignores it
+				Concurrency: loops, Logger: servicetest.Discard, // default Wait: the fake ignores it
 			})
 			time.Sleep(time.Second)
 			stop()
@@ -451,23 +358,18 @@ func TestWorkerSendsWait(t *testing.T) {
 		mu.Lock()
 		waits = append(waits, r.URL.Query().Get("wait"))
 		mu.Unlock()
-		httpapi.WriteText(w, http.StatusBadRequest, "Error: "+client.NoTaskMessage)
+		httpapi.WriteText(w, http.StatusBadRequest, servicetest.NoTaskReply)
 	}))
 	t.Cleanup(srv.Close)
-	hc := newHTTPClient(t)
-	ep := client.Static(addrOf(srv))
+	hc := servicetest.NewHTTPClient(t)
+	ep := client.Static(servicetest.Addr(srv.URL))
 	stop := startWorker(t, worker.Config{Master: client.NewMaster(hc, ep), Storage: client.NewStorage(hc, ep),
-		Concurrency: 1, Wait: 7 * time.Second, Logger: discard})
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+		Concurrency: 1, Wait: 7 * time.Second, Logger: servicetest.Discard})
+	servicetest.PollFor(5*time.Second, func() bool {
 		mu.Lock()
-		n := len(waits)
-		mu.Unlock()
-		if n > 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		defer mu.Unlock()
+		return len(waits) > 0
+	})
 	stop()
 	mu.Lock()
 	defer mu.Unlock()

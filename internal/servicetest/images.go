@@ -1,0 +1,24 @@
+package servicetest
+
+import (
+	"image"
+	"testing"
+
+	"github.com/imgmill/imgmill/internal/imageop"
+)
+
+// EncodePNG encodes img as PNG.
+func EncodePNG(t testing.TB, img image.Image) []byte {
+	t.Helper()
+	b, err := imageop.EncodePNG(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// PatternPNG is imageop.TestPattern(size, seed) encoded as PNG.
+func PatternPNG(t testing.TB, size int, seed int64) []byte {
+	t.Helper()
+	return EncodePNG(t, imageop.TestPattern(size, seed))
+}
