@@ -9,13 +9,8 @@ import (
 	"io"
 	"mime/multipart"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -26,158 +21,11 @@ import (
 	"github.com/imgmill/imgmill/internal/servicetest"
 )
 
-// proc is one imgmill service running as its own process.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	log  *bytes.Buffer
-	done chan struct{}
-}
-
-// syncBuffer lets the process write its log while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.Buffer.Write(p)
-}
-
-// deployment is the split deployment: every service a separate process on loopback.
-type deployment struct {
-	t        *testing.T
-	dir      string
-	kvAddr   string
-	feAddr   string
-	mu       sync.Mutex
-	procs    map[string]*proc
-	hc       *http.Client
-	logs     map[string]*syncBuffer
-	children sync.WaitGroup
-}
-
-func newDeployment(t *testing.T) *deployment {
-	t.Helper()
-	addrs, err := allinone.FreeAddrs(2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &deployment{t: t, dir: t.TempDir(), kvAddr: addrs[0], feAddr: addrs[1],
-		procs: map[string]*proc{}, hc: httpapi.NewClient(), logs: map[string]*syncBuffer{}}
-	t.Cleanup(func() {
-		for name := range d.procs {
-			d.kill(name)
-		}
-		d.children.Wait()
-		d.hc.CloseIdleConnections()
-		if t.Failed() {
-			for name, log := range d.logs {
-				t.Logf("--- %s log ---\n%s", name, tail(log.String(), 4000))
-			}
-		}
-	})
-	return d
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return "..." + s[len(s)-n:]
-	}
-	return s
-}
-
-// start runs `imgmill <service> args...` as a child process.
-func (d *deployment) start(service string, args ...string) {
-	d.t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	cmd := exec.Command(exe, append([]string{service}, args...)...)
-	cmd.Env = append(os.Environ(), childEnv+"=1", "IMGMILL_LOG_LEVEL=warn")
-	log := d.logs[service]
-	if log == nil {
-		log = &syncBuffer{}
-		d.logs[service] = log
-	}
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		d.t.Fatalf("start %s: %v", service, err)
-	}
-	p := &proc{name: service, cmd: cmd, done: make(chan struct{})}
-	d.children.Add(1)
-	go func() {
-		defer d.children.Done()
-		cmd.Wait()
-		close(p.done)
-	}()
-	d.mu.Lock()
-	d.procs[service] = p
-	d.mu.Unlock()
-}
-
-// kill ends a service with SIGKILL, as a crash would, and waits for it to be gone.
-func (d *deployment) kill(service string) {
-	d.mu.Lock()
-	p := d.procs[service]
-	delete(d.procs, service)
-	d.mu.Unlock()
-	if p == nil {
-		return
-	}
-	p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
-}
-
-// stop ends a service with SIGTERM and checks it shuts down cleanly.
-func (d *deployment) stop(service string) {
-	d.t.Helper()
-	d.mu.Lock()
-	p := d.procs[service]
-	delete(d.procs, service)
-	d.mu.Unlock()
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(30 * time.Second):
-		d.t.Fatalf("%s did not stop within 30s of SIGTERM", service)
-	}
-	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
-		d.t.Errorf("%s exited with %d after SIGTERM", service, code)
-	}
-}
-
-func (d *deployment) startBackends() {
-	d.start("kv", "--addr", d.kvAddr, "--data", filepath.Join(d.dir, "kv"))
-	// Internal services take any free port and are found through the kv store.
-	d.start("database", "--addr", "127.0.0.1:0", "--kv", d.kvAddr, "--data", filepath.Join(d.dir, "db"))
-	d.start("storage", "--addr", "127.0.0.1:0", "--kv", d.kvAddr, "--data", filepath.Join(d.dir, "storage"))
-	d.start("master", "--addr", "127.0.0.1:0", "--kv", d.kvAddr)
-	d.waitReady()
-}
-
-func (d *deployment) waitReady() {
-	d.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := allinone.WaitReady(ctx, d.kvAddr); err != nil {
-		d.t.Fatal(err)
-	}
-}
-
-// master returns a client of the master as registered in the kv store.
-func (d *deployment) master() *client.Master {
-	return client.NewMaster(d.hc, client.NewResolver(client.NewKV(d.hc, d.kvAddr), client.MasterKey, time.Second))
-}
-
 func TestEndToEndSplitDeployment(t *testing.T) {
 	d := newDeployment(t)
 	d.startBackends()
-	d.start("worker", "--kv", d.kvAddr, "--concurrency", "2")
-	d.start("frontend", "--addr", d.feAddr, "--kv", d.kvAddr)
+	d.startWorker("worker")
+	d.startFrontend()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	waitHealthy(t, ctx, d.hc, d.feAddr)
@@ -277,7 +125,7 @@ func TestEndToEndKill9LosesNothing(t *testing.T) {
 		d.kill(s)
 	}
 	d.startBackends()
-	d.start("worker", "--kv", d.kvAddr, "--concurrency", "2")
+	d.startWorker("worker")
 	m = d.master()
 	for id, orig := range origs {
 		waitFor(t, ctx, fmt.Sprintf("task %d ready after restart", id), func() bool {

@@ -20,6 +20,7 @@ import (
 	"github.com/imgmill/imgmill/internal/kvservice"
 	"github.com/imgmill/imgmill/internal/master"
 	"github.com/imgmill/imgmill/internal/storage"
+	"github.com/imgmill/imgmill/internal/taskstore"
 	"github.com/imgmill/imgmill/internal/worker"
 )
 
@@ -166,6 +167,24 @@ func (f *flags) advertise() *string {
 	return f.String("advertise", "", "address registered in the kv store for others to dial (default: the listen address, loopback for :port)")
 }
 
+// policy defines the task lifecycle flags of the database.
+func (f *flags) policy() *database.Policy {
+	p := &database.Policy{}
+	f.DurationVar(&p.Lease, "lease", database.DefaultLease, "how long a claimed task stays claimed without a heartbeat before it is handed out again")
+	f.IntVar(&p.MaxAttempts, "max-attempts", taskstore.DefaultMaxAttempts, "claims a task gets before it fails")
+	return p
+}
+
+// workerConfig defines the worker's flags.
+func (f *flags) workerConfig() *worker.Config {
+	c := &worker.Config{}
+	f.IntVar(&c.Concurrency, "concurrency", runtime.NumCPU(), "worker loops")
+	f.DurationVar(&c.Wait, "wait", worker.DefaultWait, "how long one claim waits at the master for work (long poll)")
+	f.DurationVar(&c.Heartbeat, "heartbeat", worker.DefaultHeartbeat, "how often a worker renews its task's lease (at most a third of the lease)")
+	f.DurationVar(&c.Drain, "drain", worker.DefaultDrain, "on shutdown, how long the current task may take before it is handed back")
+	return c
+}
+
 func runServe(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "serve", "Runs all six services in one process on the default addresses, with embedded storage under --data.\nThen open http://localhost:8080.")
 	data := f.dataDir()
@@ -174,15 +193,15 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	dbA := f.String("database-addr", allinone.DefaultDatabaseAddr, "database listen address")
 	stA := f.String("storage-addr", allinone.DefaultStorageAddr, "storage listen address")
 	maA := f.String("master-addr", allinone.DefaultMasterAddr, "master listen address")
-	conc := f.Int("concurrency", runtime.NumCPU(), "worker loops")
-	lease := f.Duration("lease", database.DefaultLease, "how long a claimed task may stay in progress before it is handed out again")
+	wcfg := f.workerConfig()
+	policy := f.policy()
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	logger := f.logger("")
 	logger.Info("imgmill serve starting", "data", *data, "frontend", *front)
 	return allinone.Run(ctx, allinone.Config{DataDir: *data, KVAddr: *kvA, DatabaseAddr: *dbA, StorageAddr: *stA,
-		MasterAddr: *maA, Frontend: *front, Concurrency: *conc, Lease: *lease, Logger: logger})
+		MasterAddr: *maA, Frontend: *front, Worker: *wcfg, Policy: *policy, Logger: logger})
 }
 
 func runKV(ctx context.Context, e *env, args []string) error {
@@ -199,13 +218,14 @@ func runDatabase(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "database", "Runs the task database (reference API: /newTask, /getById, /getNewTask, /finishTask, /setById, /list).")
 	addr := f.addr(allinone.DefaultDatabaseAddr)
 	kvA, data, adv := f.kvAddr(), f.dataDir(), f.advertise()
-	lease := f.Duration("lease", database.DefaultLease, "how long a claimed task may stay in progress before it is handed out again")
+	policy := f.policy()
+	pendingTimeout := f.Duration("pending-timeout", database.DefaultPendingTimeout, "how long an upload may take before its unfinished task is given up")
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	hc := httpapi.NewClient()
 	return database.Run(ctx, database.Config{Addr: *addr, Advertise: *adv, KV: client.NewKV(hc, *kvA),
-		DataDir: *data, Lease: *lease, Logger: f.logger("database")})
+		DataDir: *data, Policy: *policy, PendingTimeout: *pendingTimeout, Logger: f.logger("database")})
 }
 
 func runStorage(ctx context.Context, e *env, args []string) error {
@@ -236,14 +256,14 @@ func runMaster(ctx context.Context, e *env, args []string) error {
 func runWorker(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "worker", "Runs worker loops: claim a task at the master, process its image, store the result.")
 	kvA := f.kvAddr()
-	conc := f.Int("concurrency", runtime.NumCPU(), "worker loops")
-	wait := f.Duration("wait", worker.DefaultWait, "how long one claim waits at the master for work (long poll)")
+	cfg := f.workerConfig()
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	hc := httpapi.NewClient()
-	m, st := worker.NewClients(hc, client.NewKV(hc, *kvA))
-	return worker.Run(ctx, worker.Config{Master: m, Storage: st, Concurrency: *conc, Wait: *wait, Logger: f.logger("worker")})
+	cfg.Master, cfg.Storage = worker.NewClients(hc, client.NewKV(hc, *kvA))
+	cfg.Logger = f.logger("worker")
+	return worker.Run(ctx, *cfg)
 }
 
 func runFrontend(ctx context.Context, e *env, args []string) error {

@@ -35,8 +35,8 @@ const (
 type Config struct {
 	DataDir                                                 string
 	KVAddr, DatabaseAddr, StorageAddr, MasterAddr, Frontend string
-	Concurrency                                             int
-	Lease                                                   time.Duration
+	Worker                                                  worker.Config // Master, Storage and Logger are filled in
+	Policy                                                  database.Policy
 	Logger                                                  *slog.Logger
 }
 
@@ -59,13 +59,15 @@ func Run(ctx context.Context, cfg Config) error {
 	defer hc.CloseIdleConnections()
 	kv := client.NewKV(hc, cfg.KVAddr)
 	log := func(name string) *slog.Logger { return cfg.Logger.With("service", name) }
-	masterClient, storageClient := worker.NewClients(hc, kv)
+	wcfg := cfg.Worker
+	wcfg.Master, wcfg.Storage = worker.NewClients(hc, kv)
+	wcfg.Logger = log("worker")
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return kvservice.Run(ctx, kvservice.Config{Addr: cfg.KVAddr, DataDir: cfg.DataDir, Logger: log("kv")})
 	})
 	g.Go(func() error {
-		return database.Run(ctx, database.Config{Addr: cfg.DatabaseAddr, KV: kv, DataDir: cfg.DataDir, Lease: cfg.Lease, Logger: log("database")})
+		return database.Run(ctx, database.Config{Addr: cfg.DatabaseAddr, KV: kv, DataDir: cfg.DataDir, Policy: cfg.Policy, Logger: log("database")})
 	})
 	g.Go(func() error {
 		return storage.Run(ctx, storage.Config{Addr: cfg.StorageAddr, KV: kv, DataDir: cfg.DataDir, Logger: log("storage")})
@@ -74,7 +76,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return master.Run(ctx, master.Config{Addr: cfg.MasterAddr, KV: kv, HTTP: hc, Logger: log("master")})
 	})
 	g.Go(func() error {
-		return worker.Run(ctx, worker.Config{Master: masterClient, Storage: storageClient, Concurrency: cfg.Concurrency, Logger: log("worker")})
+		return worker.Run(ctx, wcfg)
 	})
 	g.Go(func() error {
 		return frontend.Run(ctx, frontend.Config{Addr: cfg.Frontend, KV: kv, HTTP: hc, Logger: log("frontend")})

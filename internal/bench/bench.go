@@ -25,6 +25,7 @@ import (
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
+	"github.com/imgmill/imgmill/internal/worker"
 )
 
 // Config configures Run.
@@ -146,7 +147,7 @@ func startPipeline(ctx context.Context, cfg Config) (stop func(), masterAddr str
 	quiet := slog.New(levelFilter{logger.Handler(), slog.LevelWarn})
 	go func() {
 		done <- allinone.Run(ctx, allinone.Config{DataDir: dir, KVAddr: addrs[0], DatabaseAddr: addrs[1], StorageAddr: addrs[2],
-			MasterAddr: addrs[3], Frontend: addrs[4], Concurrency: cfg.Concurrency, Logger: quiet})
+			MasterAddr: addrs[3], Frontend: addrs[4], Worker: worker.Config{Concurrency: cfg.Concurrency}, Logger: quiet})
 	}()
 	stop = func() {
 		cancel()

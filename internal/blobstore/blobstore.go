@@ -16,6 +16,8 @@ var (
 	ErrNotFound = errors.New("blob not found")
 	// ErrInvalidKey is wrapped by every refusal of a malformed key.
 	ErrInvalidKey = errors.New("invalid blob key")
+	// ErrStaleFence is wrapped by Put's refusal to replace a blob written with a larger fence.
+	ErrStaleFence = errors.New("stale fence: the blob was written with a larger fence")
 )
 
 // Blob is an open blob. The caller must Close it.
@@ -23,15 +25,32 @@ type Blob struct {
 	io.ReadSeekCloser
 	Size    int64
 	ModTime time.Time
+	// Fence is the fence the blob was written with (see Store.Put); 0 for an unfenced write.
+	Fence int64
 }
 
 // Store stores blobs under keys such as "working/42". All methods are safe for concurrent use.
+//
+// Every blob carries the fence it was written with: a monotonic fencing token (a lease's claim counter),
+// so that a writer that lost its lease without knowing it cannot replace the result of a newer holder.
+// A Put with fence F is refused with ErrStaleFence when the blob under the key was written with a fence
+// greater than F; an equal fence is accepted (a retry), and fence 0 is unfenced: always accepted, and the
+// blob it writes carries fence 0. No blob means no fence: after Delete any fence is accepted.
+//
+// The check and the replacement are one atomic step with respect to other Puts and Deletes of the same
+// key in the store, and a crash never leaves a blob claiming a fence lower than the one it was written
+// with. fileblob locks the key and keeps the fence in the blob file's own metadata (see there); an S3
+// store will keep the fence in the object's user metadata and make the step a conditional write: read
+// the current object's ETag and fence (HEAD), refuse when the fence is larger, then PutObject with
+// If-Match on that ETag (If-None-Match: * when there was no object), starting over when S3 answers
+// 412 Precondition Failed because another writer got in between.
 type Store interface {
-	// Put stores all of r under key, streaming it (never holding it whole in memory). size is the length
-	// when known, -1 otherwise. Put is atomic: a reader sees the previous blob or the new one, never part of
-	// it, and when r fails or ctx ends nothing changes. It returns the number of bytes stored once they are
-	// durable.
-	Put(ctx context.Context, key string, r io.Reader, size int64) (int64, error)
+	// Put stores all of r under key, streaming it (never holding it whole in memory), written with fence
+	// (>= 0; see Store). size is the length when known, -1 otherwise. Put is atomic: a reader sees the
+	// previous blob or the new one, never part of it, and when r fails, ctx ends or the fence is refused
+	// (an error wrapping ErrStaleFence) nothing changes. It returns the number of bytes stored once they
+	// are durable.
+	Put(ctx context.Context, key string, r io.Reader, size int64, fence int64) (int64, error)
 	// Open opens the blob under key, or returns ErrNotFound.
 	Open(ctx context.Context, key string) (*Blob, error)
 	// Delete removes the blob under key; deleting a missing blob is not an error.

@@ -7,12 +7,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"sync"
 	"time"
 
+	"golang.org/x/sync/singleflight"
+
+	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/httpapi"
 )
 
@@ -36,11 +40,13 @@ func (s Static) Addr(context.Context) (string, error) { return string(s), nil }
 func (Static) Forget(string)                          {}
 
 // Resolver is an Endpoint looked up under a key in the kv store and cached for a short while, so a peer
-// that moved is found again without a lookup on every call.
+// that moved is found again without a lookup on every call. Concurrent lookups share one request to the
+// kv store.
 type Resolver struct {
-	kv  *KV
-	key string
-	ttl time.Duration
+	kv      *KV
+	key     string
+	ttl     time.Duration
+	lookups singleflight.Group
 
 	mu      sync.Mutex
 	addr    string
@@ -60,14 +66,28 @@ func (r *Resolver) Addr(ctx context.Context) (string, error) {
 		return addr, nil
 	}
 	r.mu.Unlock()
-	addr, err := r.kv.Get(ctx, r.key)
-	if err != nil {
-		return "", fmt.Errorf("look up %s: %w", r.key, err)
+	ch := r.lookups.DoChan(r.key, func() (any, error) {
+		// Not tied to one caller's context: the shared lookup serves every waiter.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), CallTimeout)
+		defer cancel()
+		addr, err := r.kv.Get(ctx, r.key)
+		if err != nil {
+			return "", err
+		}
+		r.mu.Lock()
+		r.addr, r.expires = addr, time.Now().Add(r.ttl)
+		r.mu.Unlock()
+		return addr, nil
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return "", fmt.Errorf("look up %s: %w", r.key, res.Err)
+		}
+		return res.Val.(string), nil
+	case <-ctx.Done():
+		return "", fmt.Errorf("look up %s: %w", r.key, ctx.Err())
 	}
-	r.mu.Lock()
-	r.addr, r.expires = addr, time.Now().Add(r.ttl)
-	r.mu.Unlock()
-	return addr, nil
 }
 
 func (r *Resolver) Forget(addr string) {
@@ -85,55 +105,133 @@ type peer struct {
 	ep   Endpoint
 }
 
-// do sends one request and returns the response of a 2xx answer, which the caller must close. A non-2xx
-// answer becomes an *httpapi.Error carrying the peer's status and message; an unreachable peer a 502 one.
-func (p peer) do(ctx context.Context, method, path string, query url.Values, body io.Reader, size int64) (*http.Response, error) {
+// call is one request to a peer.
+type call struct {
+	method, path string
+	query        url.Values
+	body         io.Reader
+	size         int64
+	// idempotent calls are retried after any transport failure or a 502/503/504; others only when the
+	// connection could not be made at all (the request never left).
+	idempotent bool
+}
+
+// Retry policy for calls to peers: a few quick attempts, spaced out with jittered exponential backoff,
+// looking the peer up again in the kv store after a failed connection.
+const (
+	retryAttempts = 4
+	retryMin      = 50 * time.Millisecond
+	retryMax      = time.Second
+)
+
+// send sends c and returns the response of a 2xx answer, which the caller must close. A non-2xx answer
+// becomes an *httpapi.Error carrying the peer's status and message; an unreachable peer a 502 one.
+// Transient failures are retried while the body can be replayed and ctx allows.
+func (p peer) send(ctx context.Context, c call) (*http.Response, error) {
+	wait := backoff.Backoff{Min: retryMin, Max: retryMax}
+	replay := replayer(c.body)
+	for attempt := 1; ; attempt++ {
+		a := c
+		if replay != nil {
+			a.body = replay()
+		}
+		resp, err, retry := p.once(ctx, a)
+		if !retry || attempt == retryAttempts || (c.body != nil && replay == nil) {
+			return resp, err
+		}
+		if !backoff.Sleep(ctx, wait.Next()) {
+			return nil, err
+		}
+	}
+}
+
+// replayer returns a function yielding a fresh reader of body's remaining bytes for each attempt, or nil
+// when body cannot be replayed. Attempts must not share one reader: after a peer answers early (a 503
+// before it read the body), the transport may still be reading the abandoned attempt's body while the
+// next attempt starts, so rewinding a shared reader races with it and corrupts the replay. A body that
+// can be read at an offset (bytes.Reader, strings.Reader, os.File) is read through its own section reader
+// by every attempt instead; body itself is left where it was.
+func replayer(body io.Reader) func() io.Reader {
+	rs, ok := body.(interface {
+		io.ReaderAt
+		io.Seeker
+	})
+	if !ok {
+		return nil
+	}
+	off, err := rs.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return nil
+	}
+	end, err := rs.Seek(0, io.SeekEnd)
+	if err != nil {
+		return nil
+	}
+	if _, err := rs.Seek(off, io.SeekStart); err != nil || end < off {
+		return nil
+	}
+	return func() io.Reader { return io.NewSectionReader(rs, off, end-off) }
+}
+
+// once makes one attempt and says whether a failure is worth retrying.
+func (p peer) once(ctx context.Context, c call) (_ *http.Response, _ error, retry bool) {
 	addr, err := p.ep.Addr(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", &httpapi.Error{Status: http.StatusBadGateway, Msg: p.name + " not found"}, err)
+		return nil, fmt.Errorf("%w: %w", &httpapi.Error{Status: http.StatusBadGateway, Msg: p.name + " not found"}, err), ctx.Err() == nil
 	}
-	u := "http://" + addr + path
-	if len(query) > 0 {
-		u += "?" + query.Encode()
+	u := "http://" + addr + c.path
+	if len(c.query) > 0 {
+		u += "?" + c.query.Encode()
 	}
-	req, err := http.NewRequestWithContext(ctx, method, u, body)
+	req, err := http.NewRequestWithContext(ctx, c.method, u, c.body)
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+		return nil, fmt.Errorf("%s %s: %w", c.method, c.path, err), false
 	}
-	if body != nil {
-		req.ContentLength = size
+	if c.body != nil {
+		req.ContentLength = c.size
+		if sr, ok := c.body.(*io.SectionReader); ok {
+			// Lets the transport resend the body itself on a stale keep-alive connection.
+			req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(io.NewSectionReader(sr.Outer())), nil }
+		}
 	}
 	resp, err := p.http.Do(req)
 	if err != nil {
-		if ctx.Err() == nil {
-			p.ep.Forget(addr)
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%s %s: %w", c.method, c.path, ctx.Err()), false
 		}
-		return nil, fmt.Errorf("%w: %w", &httpapi.Error{Status: http.StatusBadGateway, Msg: p.name + " unavailable"}, err)
+		p.ep.Forget(addr)
+		var op *net.OpError
+		notSent := errors.As(err, &op) && op.Op == "dial"
+		return nil, fmt.Errorf("%w: %w", &httpapi.Error{Status: http.StatusBadGateway, Msg: p.name + " unavailable"}, err), notSent || c.idempotent
 	}
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return nil, httpapi.ReadErrorBody(resp.StatusCode, b)
+		switch resp.StatusCode {
+		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			retry = c.idempotent
+		}
+		return nil, httpapi.ReadErrorBody(resp.StatusCode, b), retry
 	}
-	return resp, nil
+	return resp, nil, false
 }
 
 // text makes a small call and returns the reply body as text.
-func (p peer) text(ctx context.Context, method, path string, query url.Values, body io.Reader, size int64) (string, error) {
+func (p peer) sendText(ctx context.Context, c call) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
 	defer cancel()
-	return p.textNoTimeout(ctx, method, path, query, body, size)
+	return p.sendTextNoTimeout(ctx, c)
 }
 
-func (p peer) textNoTimeout(ctx context.Context, method, path string, query url.Values, body io.Reader, size int64) (string, error) {
-	resp, err := p.do(ctx, method, path, query, body, size)
+func (p peer) sendTextNoTimeout(ctx context.Context, c call) (string, error) {
+	resp, err := p.send(ctx, c)
 	if err != nil {
 		return "", err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxTextReply))
 	if err != nil {
-		return "", fmt.Errorf("read %s reply: %w", path, err)
+		return "", fmt.Errorf("read %s reply: %w", c.path, err)
 	}
 	return string(b), nil
 }
@@ -180,6 +278,6 @@ const MaxWait = 60 * time.Second
 // CheckHealth calls GET /healthz on the service at addr.
 func CheckHealth(ctx context.Context, hc *http.Client, addr string) error {
 	p := peer{name: addr, http: hc, ep: Static(addr)}
-	_, err := p.text(ctx, http.MethodGet, "/healthz", nil, nil, 0)
+	_, err := p.sendText(ctx, call{method: http.MethodGet, path: "/healthz", idempotent: true})
 	return err
 }

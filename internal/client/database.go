@@ -14,36 +14,50 @@ import (
 
 // Task is the task JSON of the wire API. id and state are the reference fields; the rest are additive.
 type Task struct {
-	ID         int64     `json:"id"`
-	State      int       `json:"state"`
-	Attempts   int       `json:"attempts,omitempty"`
-	CreatedAt  time.Time `json:"createdAt,omitzero"`
-	StartedAt  time.Time `json:"startedAt,omitzero"`
-	FinishedAt time.Time `json:"finishedAt,omitzero"`
+	ID          int64     `json:"id"`
+	State       int       `json:"state"`
+	Token       int64     `json:"token,omitempty"`
+	Attempts    int       `json:"attempts,omitempty"`
+	MaxAttempts int       `json:"maxAttempts,omitempty"`
+	Error       string    `json:"error,omitempty"`
+	CreatedAt   time.Time `json:"createdAt,omitzero"`
+	StartedAt   time.Time `json:"startedAt,omitzero"`
+	FinishedAt  time.Time `json:"finishedAt,omitzero"`
+	LeaseUntil  time.Time `json:"leaseUntil,omitzero"`
 }
 
-// Reference task states.
+// Task states: the reference's three and imgmill's additive failed state.
 const (
 	StateNotStarted = 0
 	StateInProgress = 1
 	StateFinished   = 2
+	StateFailed     = 3
 )
 
 // Database is a client of the database service.
-type Database struct{ p peer }
+type Database struct {
+	p peer
+	LeaseAPI
+}
 
 // NewDatabase returns a database client reaching the service through ep.
 func NewDatabase(hc *http.Client, ep Endpoint) *Database {
-	return &Database{peer{name: "database", http: hc, ep: ep}}
+	p := peer{name: "database", http: hc, ep: ep}
+	return &Database{p: p, LeaseAPI: LeaseAPI{p: p, finishPath: "/finishTask"}}
 }
 
-// NewTask creates a task and returns its id. A pending task is not claimable until ActivateTask.
-func (c *Database) NewTask(ctx context.Context, pending bool) (int64, error) {
-	var q url.Values
+// NewTask creates a task and returns its id. A pending task is not claimable until ActivateTask;
+// maxAttempts <= 0 takes the database's default.
+func (c *Database) NewTask(ctx context.Context, pending bool, maxAttempts int) (int64, error) {
+	q := url.Values{}
 	if pending {
-		q = url.Values{"pending": {"true"}}
+		q.Set("pending", "true")
 	}
-	reply, err := c.p.text(ctx, http.MethodPost, "/newTask", q, nil, 0)
+	if maxAttempts > 0 {
+		q.Set("maxAttempts", strconv.Itoa(maxAttempts))
+	}
+	// Not idempotent: a retry after a lost answer would create a second task.
+	reply, err := c.p.sendText(ctx, call{method: http.MethodPost, path: "/newTask", query: q})
 	if err != nil {
 		return 0, err
 	}
@@ -52,25 +66,11 @@ func (c *Database) NewTask(ctx context.Context, pending bool) (int64, error) {
 
 // ActivateTask makes a pending task claimable.
 func (c *Database) ActivateTask(ctx context.Context, id int64) error {
-	return expectSuccess(c.p.text(ctx, http.MethodPost, "/activateTask", idQuery(id), nil, 0))
+	return expectSuccess(c.p.sendText(ctx, call{method: http.MethodPost, path: "/activateTask", query: idQuery(id), idempotent: true}))
 }
 
 func (c *Database) GetByID(ctx context.Context, id int64) (Task, error) {
-	reply, err := c.p.text(ctx, http.MethodGet, "/getById", idQuery(id), nil, 0)
-	if err != nil {
-		return Task{}, err
-	}
-	return parseTask(reply)
-}
-
-// GetNewTask claims a task. With wait > 0 the database holds the request up to wait for a task to appear;
-// IsNoTask(err) tells that none did.
-func (c *Database) GetNewTask(ctx context.Context, wait time.Duration) (Task, error) {
-	return claim(ctx, c.p, wait)
-}
-
-func (c *Database) FinishTask(ctx context.Context, id int64) error {
-	return expectSuccess(c.p.text(ctx, http.MethodPost, "/finishTask", idQuery(id), nil, 0))
+	return taskReply(c.p.sendText(ctx, call{method: http.MethodGet, path: "/getById", query: idQuery(id), idempotent: true}))
 }
 
 func (c *Database) SetByID(ctx context.Context, t Task) error {
@@ -81,17 +81,26 @@ func (c *Database) SetByID(ctx context.Context, t Task) error {
 	if err != nil {
 		return err
 	}
-	return expectSuccess(c.p.text(ctx, http.MethodPost, "/setById", nil, bytes.NewReader(body), int64(len(body))))
+	return expectSuccess(c.p.sendText(ctx, call{method: http.MethodPost, path: "/setById",
+		body: bytes.NewReader(body), size: int64(len(body)), idempotent: true}))
 }
 
 // List returns the reference listing, one task per line.
 func (c *Database) List(ctx context.Context) (string, error) {
-	return c.p.text(ctx, http.MethodGet, "/list", nil, nil, 0)
+	return c.p.sendText(ctx, call{method: http.MethodGet, path: "/list", idempotent: true})
 }
 
-// claim is the long-pollable claim shared by the database and master clients (the master passes the
-// database's claim through).
-func claim(ctx context.Context, p peer, wait time.Duration) (Task, error) {
+// LeaseAPI is the worker side of the task lifecycle: the database serves it and the master passes it
+// through (finishing is /finishTask at the database, /registerTaskFinished at the master). Token is the
+// fencing token of the claim (0 for none).
+type LeaseAPI struct {
+	p          peer
+	finishPath string
+}
+
+// GetNewTask claims a task. With wait > 0 the request is held up to wait for a task to appear;
+// IsNoTask(err) tells that none did.
+func (a LeaseAPI) GetNewTask(ctx context.Context, wait time.Duration) (Task, error) {
 	var q url.Values
 	timeout := CallTimeout
 	if wait > 0 {
@@ -100,14 +109,45 @@ func claim(ctx context.Context, p peer, wait time.Duration) (Task, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	reply, err := p.textNoTimeout(ctx, http.MethodPost, "/getNewTask", q, nil, 0)
-	if err != nil {
-		return Task{}, err
+	// Not idempotent: a retried claim whose first answer was lost would hold a second task.
+	return taskReply(a.p.sendTextNoTimeout(ctx, call{method: http.MethodPost, path: "/getNewTask", query: q}))
+}
+
+// FinishTask marks the claimed task finished.
+func (a LeaseAPI) FinishTask(ctx context.Context, id, token int64) error {
+	return expectSuccess(a.p.sendText(ctx, call{method: http.MethodPost, path: a.finishPath, query: tokenQuery(id, token), idempotent: true}))
+}
+
+// ExtendLease renews the claim's lease (a heartbeat) and returns the task with its new lease.
+func (a LeaseAPI) ExtendLease(ctx context.Context, id, token int64) (Task, error) {
+	return taskReply(a.p.sendText(ctx, call{method: http.MethodPost, path: "/extendLease", query: tokenQuery(id, token), idempotent: true}))
+}
+
+// FailTask records a failed attempt; permanent failures (input that can never work) are not retried.
+// It returns the task afterwards.
+func (a LeaseAPI) FailTask(ctx context.Context, id, token int64, reason string, permanent bool) (Task, error) {
+	q := tokenQuery(id, token)
+	q.Set("reason", reason)
+	if permanent {
+		q.Set("permanent", "true")
 	}
-	return parseTask(reply)
+	return taskReply(a.p.sendText(ctx, call{method: http.MethodPost, path: "/failTask", query: q, idempotent: true}))
+}
+
+// ReleaseTask hands a claimed task back without counting the attempt.
+func (a LeaseAPI) ReleaseTask(ctx context.Context, id, token int64) error {
+	return expectSuccess(a.p.sendText(ctx, call{method: http.MethodPost, path: "/releaseTask", query: tokenQuery(id, token), idempotent: true}))
 }
 
 func idQuery(id int64) url.Values { return url.Values{"id": {strconv.FormatInt(id, 10)}} }
+
+func tokenQuery(id, token int64) url.Values {
+	q := idQuery(id)
+	if token != 0 {
+		q.Set("token", strconv.FormatInt(token, 10))
+	}
+	return q
+}
 
 func parseID(reply string) (int64, error) {
 	id, err := strconv.ParseInt(strings.TrimSpace(reply), 10, 64)
@@ -117,10 +157,19 @@ func parseID(reply string) (int64, error) {
 	return id, nil
 }
 
-func parseTask(reply string) (Task, error) {
+func taskReply(reply string, err error) (Task, error) {
+	if err != nil {
+		return Task{}, err
+	}
 	var t Task
 	if err := json.Unmarshal([]byte(reply), &t); err != nil {
 		return Task{}, fmt.Errorf("reply %q is not a task: %w", truncate(reply), err)
 	}
 	return t, nil
+}
+
+// Forward sends a worker-side call (POST path?query) through unchanged, for the master's pass-through
+// endpoints, and returns the database's answer; a refusal is an *httpapi.Error with its status and text.
+func (c *Database) Forward(ctx context.Context, path string, query url.Values) (string, error) {
+	return c.p.sendText(ctx, call{method: http.MethodPost, path: path, query: query, idempotent: true})
 }

@@ -2,23 +2,30 @@ package client
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"time"
 )
 
-// Master is a client of the master service, for users (New, IsReady, Get) and workers (GetNewTask,
-// RegisterTaskFinished).
-type Master struct{ p peer }
+// Master is a client of the master service, for users (New, IsReady, Get, Status) and workers (the
+// LeaseAPI: GetNewTask, FinishTask as /registerTaskFinished, ExtendLease, FailTask, ReleaseTask).
+type Master struct {
+	p peer
+	LeaseAPI
+}
 
 // NewMaster returns a master client reaching the service through ep.
 func NewMaster(hc *http.Client, ep Endpoint) *Master {
-	return &Master{peer{name: "master", http: hc, ep: ep}}
+	p := peer{name: "master", http: hc, ep: ep}
+	return &Master{p: p, LeaseAPI: LeaseAPI{p: p, finishPath: "/registerTaskFinished"}}
 }
 
-// New uploads an image (size bytes, or -1 when unknown) and returns the task id.
+// New uploads an image (size bytes, or -1 when unknown) and returns the task id. A body that can seek
+// (bytes.Reader) is retried when the master cannot be reached.
 func (c *Master) New(ctx context.Context, r io.Reader, size int64) (int64, error) {
-	reply, err := c.p.textNoTimeout(ctx, http.MethodPost, "/new", nil, r, size)
+	reply, err := c.p.sendTextNoTimeout(ctx, call{method: http.MethodPost, path: "/new", body: r, size: size})
 	if err != nil {
 		return 0, err
 	}
@@ -27,7 +34,7 @@ func (c *Master) New(ctx context.Context, r io.Reader, size int64) (int64, error
 
 // IsReady reports whether task id is finished.
 func (c *Master) IsReady(ctx context.Context, id int64) (bool, error) {
-	reply, err := c.p.text(ctx, http.MethodGet, "/isReady", idQuery(id), nil, 0)
+	reply, err := c.p.sendText(ctx, call{method: http.MethodGet, path: "/isReady", query: idQuery(id), idempotent: true})
 	if err != nil {
 		return false, err
 	}
@@ -39,12 +46,27 @@ func (c *Master) Get(ctx context.Context, id int64) (*Image, error) {
 	return openImage(ctx, c.p, "/get", idQuery(id))
 }
 
-// GetNewTask claims a task through the master; see Database.GetNewTask.
-func (c *Master) GetNewTask(ctx context.Context, wait time.Duration) (Task, error) {
-	return claim(ctx, c.p, wait)
+// Status is the master's /status answer.
+type Status struct {
+	ID          int64     `json:"id"`
+	State       string    `json:"state"` // queued, processing, finished or failed
+	Attempts    int       `json:"attempts"`
+	MaxAttempts int       `json:"maxAttempts"`
+	Error       string    `json:"error,omitempty"`
+	CreatedAt   time.Time `json:"createdAt,omitzero"`
+	StartedAt   time.Time `json:"startedAt,omitzero"`
+	FinishedAt  time.Time `json:"finishedAt,omitzero"`
 }
 
-// RegisterTaskFinished marks task id finished.
-func (c *Master) RegisterTaskFinished(ctx context.Context, id int64) error {
-	return expectSuccess(c.p.text(ctx, http.MethodPost, "/registerTaskFinished", idQuery(id), nil, 0))
+// Status returns the state of task id in words, with attempts, error and times.
+func (c *Master) Status(ctx context.Context, id int64) (Status, error) {
+	reply, err := c.p.sendText(ctx, call{method: http.MethodGet, path: "/status", query: idQuery(id), idempotent: true})
+	if err != nil {
+		return Status{}, err
+	}
+	var s Status
+	if err := json.Unmarshal([]byte(reply), &s); err != nil {
+		return Status{}, fmt.Errorf("status reply %q: %w", truncate(reply), err)
+	}
+	return s, nil
 }

@@ -2,10 +2,14 @@ package client
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strconv"
+
+	"github.com/imgmill/imgmill/internal/httpapi"
 )
 
 // Image states in storage (reference names).
@@ -13,6 +17,14 @@ const (
 	Working  = "working"
 	Finished = "finished"
 )
+
+// LeaseTokenHeader is the header of a storage GET /getImage reply that carries the lease token the image
+// was stored with; it is absent when that is 0 (uploads, results of workers that know no tokens).
+const LeaseTokenHeader = "X-Lease-Token"
+
+// ErrStaleToken is wrapped by SendResult's error when storage refused the result because it holds one
+// stored with a larger lease token: the task was claimed again since, and the newer result stays.
+var ErrStaleToken = errors.New("stale lease token")
 
 // Storage is a client of the storage service.
 type Storage struct{ p peer }
@@ -22,9 +34,36 @@ func NewStorage(hc *http.Client, ep Endpoint) *Storage {
 	return &Storage{peer{name: "storage", http: hc, ep: ep}}
 }
 
-// SendImage streams r (size bytes, or -1 when unknown) into storage under id and state.
+// SendImage streams r (size bytes, or -1 when unknown) into storage under id and state, unfenced (lease
+// token 0): the way uploads are stored. A worker stores its result with SendResult.
 func (c *Storage) SendImage(ctx context.Context, id int64, state string, r io.Reader, size int64) error {
-	return expectSuccess(c.p.textNoTimeout(ctx, http.MethodPost, "/sendImage", imageQuery(id, state), r, size))
+	return c.sendImage(ctx, imageQuery(id, state), r, size)
+}
+
+// SendResult streams r (size bytes, or -1 when unknown) into storage as the finished image of task id,
+// written under the lease token of the worker's claim. Storage refuses it, and SendResult returns an error
+// wrapping ErrStaleToken (and carrying status 409), when it holds a result stored with a larger token. Token
+// 0 (a worker that knows no tokens) is never refused.
+func (c *Storage) SendResult(ctx context.Context, id int64, token int64, r io.Reader, size int64) error {
+	if token < 0 {
+		return fmt.Errorf("send result of task %d: negative lease token %d", id, token)
+	}
+	q := imageQuery(id, Finished)
+	if token != 0 {
+		q.Set("token", strconv.FormatInt(token, 10))
+	}
+	err := c.sendImage(ctx, q, r, size)
+	if IsStatus(err, http.StatusConflict) {
+		return fmt.Errorf("%w: %w", ErrStaleToken, err)
+	}
+	return err
+}
+
+// sendImage posts an image. Storing the same bytes under the same key and token again changes nothing, so
+// the call may be retried (when the body can be replayed).
+func (c *Storage) sendImage(ctx context.Context, q url.Values, r io.Reader, size int64) error {
+	return expectSuccess(c.p.sendTextNoTimeout(ctx, call{method: http.MethodPost, path: "/sendImage", query: q,
+		body: r, size: size, idempotent: true}))
 }
 
 // Image is a streamed image reply; the caller must Close it.
@@ -32,6 +71,8 @@ type Image struct {
 	io.ReadCloser
 	Size        int64 // -1 when unknown
 	ContentType string
+	// Token is the lease token the image was stored with (LeaseTokenHeader); 0 when none.
+	Token int64
 }
 
 // GetImage opens the image stored under id and state.
@@ -44,9 +85,18 @@ func imageQuery(id int64, state string) url.Values {
 }
 
 func openImage(ctx context.Context, p peer, path string, q url.Values) (*Image, error) {
-	resp, err := p.do(ctx, http.MethodGet, path, q, nil, 0)
+	resp, err := p.send(ctx, call{method: http.MethodGet, path: path, query: q, idempotent: true})
 	if err != nil {
 		return nil, err
 	}
-	return &Image{ReadCloser: resp.Body, Size: resp.ContentLength, ContentType: resp.Header.Get("Content-Type")}, nil
+	var token int64
+	if raw := resp.Header.Get(LeaseTokenHeader); raw != "" {
+		token, err = strconv.ParseInt(raw, 10, 64)
+		if err != nil || token < 0 {
+			resp.Body.Close()
+			return nil, &httpapi.Error{Status: http.StatusBadGateway,
+				Msg: fmt.Sprintf("%s sent a malformed %s header %q", p.name, LeaseTokenHeader, raw)}
+		}
+	}
+	return &Image{ReadCloser: resp.Body, Size: resp.ContentLength, ContentType: resp.Header.Get("Content-Type"), Token: token}, nil
 }

@@ -14,9 +14,12 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
+	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/service"
@@ -32,18 +35,31 @@ const (
 	recheckEvery = time.Second
 )
 
+// Policy is the task lifecycle the database enforces.
+type Policy struct {
+	Lease       time.Duration // how long a claim lasts without a heartbeat; default DefaultLease
+	MaxAttempts int           // claims a task gets before it fails; default taskstore.DefaultMaxAttempts
+}
+
 // NewServer returns the database service's handler. done ends pending long polls (service shutdown).
-func NewServer(store taskstore.Store, lease time.Duration, done <-chan struct{}) http.Handler {
+func NewServer(store taskstore.Store, policy Policy, done <-chan struct{}) http.Handler {
+	if policy.Lease <= 0 {
+		policy.Lease = DefaultLease
+	}
+	if policy.MaxAttempts <= 0 {
+		policy.MaxAttempts = taskstore.DefaultMaxAttempts
+	}
 	mux := httpapi.NewMux()
-	addRoutes(mux, &server{store: store, lease: lease, done: done})
+	addRoutes(mux, &server{store: store, lease: policy.Lease, maxAttempts: policy.MaxAttempts, done: done})
 	return mux
 }
 
 type server struct {
-	store taskstore.Store
-	lease time.Duration
-	done  <-chan struct{}
-	news  signal
+	store       taskstore.Store
+	lease       time.Duration
+	maxAttempts int
+	done        <-chan struct{}
+	news        signal
 }
 
 func (s *server) handleNewTask(w http.ResponseWriter, r *http.Request) error {
@@ -51,7 +67,14 @@ func (s *server) handleNewTask(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	id, err := s.store.Create(r.Context(), pending)
+	maxAttempts := s.maxAttempts
+	if raw := r.URL.Query().Get("maxAttempts"); raw != "" {
+		maxAttempts, err = strconv.Atoi(raw)
+		if err != nil || maxAttempts < 1 || maxAttempts > 100 {
+			return httpapi.Errorf(http.StatusBadRequest, "maxAttempts must be a whole number from 1 to 100, got %q", raw)
+		}
+	}
+	id, err := s.store.Create(r.Context(), taskstore.CreateParams{Pending: pending, MaxAttempts: maxAttempts})
 	if err != nil {
 		return fmt.Errorf("create task: %w", err)
 	}
@@ -120,7 +143,7 @@ func (s *server) handleSetByID(w http.ResponseWriter, r *http.Request) error {
 		return httpapi.Errorf(http.StatusBadRequest, "task JSON needs a non-negative id")
 	}
 	if body.State == nil || !taskstore.State(*body.State).Valid() {
-		return httpapi.Errorf(http.StatusBadRequest, "task JSON needs a state of 0, 1 or 2")
+		return httpapi.Errorf(http.StatusBadRequest, "task JSON needs a state of 0, 1, 2 or 3")
 	}
 	if err := s.store.Set(r.Context(), *body.ID, taskstore.State(*body.State), s.lease); err != nil {
 		return storeError(*body.ID, err)
@@ -150,18 +173,12 @@ func (s *server) handleList(w http.ResponseWriter, r *http.Request) error {
 }
 
 func writeTask(w http.ResponseWriter, t taskstore.Task) error {
-	b, err := json.Marshal(wireTask(t))
-	if err != nil {
-		return err
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Write(b)
-	return nil
+	return httpapi.WriteJSON(w, http.StatusOK, wireTask(t))
 }
 
 func wireTask(t taskstore.Task) client.Task {
-	return client.Task{ID: t.ID, State: int(t.State), Attempts: t.Attempts,
-		CreatedAt: t.CreatedAt, StartedAt: t.StartedAt, FinishedAt: t.FinishedAt}
+	return client.Task{ID: t.ID, State: int(t.State), Token: t.Token, Attempts: t.Attempts, MaxAttempts: t.MaxAttempts,
+		Error: t.Error, CreatedAt: t.CreatedAt, StartedAt: t.StartedAt, FinishedAt: t.FinishedAt, LeaseUntil: t.LeaseUntil}
 }
 
 func (s *server) activateTask(ctx context.Context, id int64) error {
@@ -172,14 +189,88 @@ func (s *server) activateTask(ctx context.Context, id int64) error {
 	return nil
 }
 
-func (s *server) finishTask(ctx context.Context, id int64) error {
-	if err := s.store.Finish(ctx, id); err != nil {
+func (s *server) handleFinishTask(w http.ResponseWriter, r *http.Request) error {
+	id, token, err := idAndToken(r)
+	if err != nil {
+		return err
+	}
+	if err := s.store.Finish(r.Context(), id, token); err != nil {
 		return storeError(id, err)
 	}
+	httpapi.WriteText(w, http.StatusOK, "success")
 	return nil
 }
 
-// storeError maps the store's errors to the reference's 400 answers.
+func (s *server) handleExtendLease(w http.ResponseWriter, r *http.Request) error {
+	id, token, err := idAndToken(r)
+	if err != nil {
+		return err
+	}
+	t, err := s.store.Extend(r.Context(), id, token, s.lease)
+	if err != nil {
+		return storeError(id, err)
+	}
+	return writeTask(w, t)
+}
+
+func (s *server) handleFailTask(w http.ResponseWriter, r *http.Request) error {
+	id, token, err := idAndToken(r)
+	if err != nil {
+		return err
+	}
+	reason := strings.TrimSpace(r.URL.Query().Get("reason"))
+	if reason == "" {
+		return httpapi.Errorf(http.StatusBadRequest, "missing reason parameter")
+	}
+	if len(reason) > 1000 {
+		// Cut at a character boundary: half a character would be stored as invalid UTF-8.
+		cut := 1000
+		for cut > 0 && !utf8.RuneStart(reason[cut]) {
+			cut--
+		}
+		reason = reason[:cut]
+	}
+	permanent, err := queryBool(r, "permanent")
+	if err != nil {
+		return err
+	}
+	t, err := s.store.Fail(r.Context(), id, token, reason, permanent)
+	if err != nil {
+		return storeError(id, err)
+	}
+	if t.State == taskstore.NotStarted {
+		s.news.broadcast()
+	}
+	return writeTask(w, t)
+}
+
+func (s *server) handleReleaseTask(w http.ResponseWriter, r *http.Request) error {
+	id, token, err := idAndToken(r)
+	if err != nil {
+		return err
+	}
+	if err := s.store.Release(r.Context(), id, token); err != nil {
+		return storeError(id, err)
+	}
+	s.news.broadcast()
+	httpapi.WriteText(w, http.StatusOK, "success")
+	return nil
+}
+
+// idAndToken reads the id and the optional fencing token (absent: 0, a reference worker).
+func idAndToken(r *http.Request) (id, token int64, err error) {
+	if id, err = httpapi.QueryID(r, "id"); err != nil {
+		return 0, 0, err
+	}
+	if r.URL.Query().Has("token") {
+		if token, err = httpapi.QueryID(r, "token"); err != nil {
+			return 0, 0, err
+		}
+	}
+	return id, token, nil
+}
+
+// storeError maps the store's errors to the reference's 400 answers, and imgmill's fencing refusals to 409.
 func storeError(id int64, err error) error {
 	switch {
 	case errors.Is(err, taskstore.ErrNotFound):
@@ -188,6 +279,10 @@ func storeError(id int64, err error) error {
 		return httpapi.Errorf(http.StatusBadRequest, "task %d is not in progress", id)
 	case errors.Is(err, taskstore.ErrInvalidState):
 		return httpapi.Errorf(http.StatusBadRequest, "invalid state for task %d", id)
+	case errors.Is(err, taskstore.ErrStaleToken):
+		return httpapi.Errorf(http.StatusConflict, "stale lease token for task %d", id)
+	case errors.Is(err, taskstore.ErrNotPending):
+		return httpapi.Errorf(http.StatusConflict, "task %d is no longer pending: its upload expired", id)
 	}
 	return fmt.Errorf("task %d: %w", id, err)
 }
@@ -237,14 +332,18 @@ func isClosed(ch <-chan struct{}) bool {
 	}
 }
 
+// DefaultPendingTimeout is how long an upload may take before its pending task is given up.
+const DefaultPendingTimeout = 15 * time.Minute
+
 // Config configures Run.
 type Config struct {
-	Addr      string
-	Advertise string
-	KV        *client.KV
-	DataDir   string
-	Lease     time.Duration
-	Logger    *slog.Logger
+	Addr           string
+	Advertise      string
+	KV             *client.KV
+	DataDir        string
+	Policy         Policy
+	PendingTimeout time.Duration // default DefaultPendingTimeout
+	Logger         *slog.Logger
 }
 
 // Run serves the database service on the embedded SQLite store under DataDir until ctx ends, registered
@@ -258,12 +357,31 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("open task store: %w", err)
 	}
 	defer store.Close()
-	lease := cfg.Lease
-	if lease <= 0 {
-		lease = DefaultLease
+	pendingTimeout := cfg.PendingTimeout
+	if pendingTimeout <= 0 {
+		pendingTimeout = DefaultPendingTimeout
 	}
 	return service.Run(ctx, service.Spec{
-		Addr: cfg.Addr, Handler: NewServer(store, lease, ctx.Done()), Logger: cfg.Logger,
+		Addr: cfg.Addr, Handler: NewServer(store, cfg.Policy, ctx.Done()), Logger: cfg.Logger,
 		RegisterAs: client.DatabaseKey, KV: cfg.KV, Advertise: cfg.Advertise,
+		Background: []func(context.Context) error{func(ctx context.Context) error {
+			expirePending(ctx, store, pendingTimeout, cfg.Logger)
+			return nil
+		}},
 	})
+}
+
+// expirePending gives up uploads that never completed (a master that died mid-upload leaves its task
+// pending), so no task stays unfinished forever.
+func expirePending(ctx context.Context, store taskstore.Store, olderThan time.Duration, logger *slog.Logger) {
+	every := min(olderThan/4, time.Minute)
+	for backoff.Sleep(ctx, every) {
+		n, err := store.ExpirePending(ctx, olderThan)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			logger.WarnContext(ctx, "expiring pending tasks failed", "err", err)
+		case n > 0:
+			logger.InfoContext(ctx, "expired pending tasks", "count", n, "older_than", olderThan)
+		}
+	}
 }

@@ -18,7 +18,9 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/imgmill/imgmill/internal/database"
 	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/taskstore/sqlitestore"
 )
 
 func TestMain(m *testing.M) {
@@ -42,12 +44,21 @@ type dbServer struct {
 // channel is closed, then the server, client and store are closed when the test ends.
 func serve(t *testing.T, path string, lease time.Duration) *dbServer {
 	t.Helper()
-	url, closeDone := servicetest.ServeDatabase(t, path, lease)
+	return servePolicy(t, path, database.Policy{Lease: lease})
+}
+
+func servePolicy(t *testing.T, path string, policy database.Policy) *dbServer {
+	t.Helper()
+	url, closeDone := servicetest.ServeDatabase(t, path, policy)
 	return &dbServer{t: t, url: url, c: servicetest.NewHTTPClient(t), closeDone: closeDone}
 }
 
 func newDB(t *testing.T, lease time.Duration) *dbServer {
 	return serve(t, filepath.Join(t.TempDir(), "tasks.db"), lease)
+}
+
+func newDBPolicy(t *testing.T, policy database.Policy) *dbServer {
+	return servePolicy(t, filepath.Join(t.TempDir(), "tasks.db"), policy)
 }
 
 // send makes one request and checks what every reply must carry (see servicetest.ConventionError); it is
@@ -106,12 +117,16 @@ func (s *dbServer) newTask(pending bool) int64 {
 
 // task is the task JSON of the wire API.
 type task struct {
-	ID         *int64     `json:"id"`
-	State      *int       `json:"state"`
-	Attempts   int        `json:"attempts"`
-	CreatedAt  *time.Time `json:"createdAt"`
-	StartedAt  *time.Time `json:"startedAt"`
-	FinishedAt *time.Time `json:"finishedAt"`
+	ID          *int64     `json:"id"`
+	State       *int       `json:"state"`
+	Token       int64      `json:"token"`
+	Attempts    int        `json:"attempts"`
+	MaxAttempts int        `json:"maxAttempts"`
+	Error       string     `json:"error"`
+	CreatedAt   *time.Time `json:"createdAt"`
+	StartedAt   *time.Time `json:"startedAt"`
+	FinishedAt  *time.Time `json:"finishedAt"`
+	LeaseUntil  *time.Time `json:"leaseUntil"`
 }
 
 func parseTask(t *testing.T, body string) task {
@@ -451,6 +466,7 @@ func TestSetByID(t *testing.T) {
 	db := newDB(t, longLease)
 	db.newTask(false) // 0
 	db.newTask(false) // 1
+	db.newTask(false) // 2
 
 	tests := []struct {
 		name   string
@@ -471,9 +487,10 @@ func TestSetByID(t *testing.T) {
 		{"no id", `{"state":1}`, 400, "Error: task JSON needs a non-negative id"},
 		{"null id", `{"id":null,"state":1}`, 400, "Error: task JSON needs a non-negative id"},
 		{"negative id", `{"id":-1,"state":1}`, 400, "Error: task JSON needs a non-negative id"},
-		{"no state", `{"id":0}`, 400, "Error: task JSON needs a state of 0, 1 or 2"},
-		{"state 3", `{"id":0,"state":3}`, 400, "Error: task JSON needs a state of 0, 1 or 2"},
-		{"state -1", `{"id":0,"state":-1}`, 400, "Error: task JSON needs a state of 0, 1 or 2"},
+		{"failed", `{"id":2,"state":3}`, 200, "success"},
+		{"no state", `{"id":0}`, 400, "Error: task JSON needs a state of 0, 1, 2 or 3"},
+		{"state 4", `{"id":0,"state":4}`, 400, "Error: task JSON needs a state of 0, 1, 2 or 3"},
+		{"state -1", `{"id":0,"state":-1}`, 400, "Error: task JSON needs a state of 0, 1, 2 or 3"},
 		{"unknown id", `{"id":99,"state":1}`, 400, "Error: no task with id 99"},
 		{"empty object", `{}`, 400, "Error: task JSON needs a non-negative id"},
 	}
@@ -491,7 +508,12 @@ func TestSetByID(t *testing.T) {
 	}
 	// Only the accepted bodies changed anything.
 	db.getByID(0, 2)
-	db.getByID(1, 1)
+	if tk := db.getByID(1, 1); tk.Token != 1 || tk.Attempts != 1 || tk.LeaseUntil == nil {
+		t.Errorf("task set in progress = %+v, want a claim: token 1, attempt 1, a lease", tk)
+	}
+	if tk := db.getByID(2, 3); tk.Error != "set to failed" || tk.FinishedAt == nil {
+		t.Errorf("task set failed = %+v, want error \"set to failed\" and a finish time", tk)
+	}
 	db.expectNoTask()
 
 	// Back to not started: claimable again.
@@ -564,10 +586,488 @@ func TestPlumbing(t *testing.T) {
 		{Method: "GET", Path: "/newTask", Status: 405, Body: "Error: method GET not allowed on /newTask", Allow: "POST"},
 		{Method: "GET", Path: "/getNewTask", Status: 405, Body: "Error: method GET not allowed on /getNewTask", Allow: "POST"},
 		{Method: "GET", Path: "/finishTask", Status: 405, Body: "Error: method GET not allowed on /finishTask", Allow: "POST"},
+		{Method: "GET", Path: "/extendLease", Status: 405, Body: "Error: method GET not allowed on /extendLease", Allow: "POST"},
+		{Method: "GET", Path: "/failTask", Status: 405, Body: "Error: method GET not allowed on /failTask", Allow: "POST"},
+		{Method: "GET", Path: "/releaseTask", Status: 405, Body: "Error: method GET not allowed on /releaseTask", Allow: "POST"},
 		{Method: "GET", Path: "/setById", Status: 405, Body: "Error: method GET not allowed on /setById", Allow: "POST"},
 		{Method: "GET", Path: "/activateTask", Status: 405, Body: "Error: method GET not allowed on /activateTask", Allow: "POST"},
 		{Method: "POST", Path: "/getById", Status: 405, Body: "Error: method POST not allowed on /getById", Allow: "GET, HEAD"},
 		{Method: "POST", Path: "/list", Status: 405, Body: "Error: method POST not allowed on /list", Allow: "GET, HEAD"},
 	})
 	servicetest.CheckEchoesRequestID(t, db.c, "POST", db.url+"/newTask", "db-req-9")
+}
+
+// Lifecycle additions: fencing tokens, lease renewal, failures, releases, attempt limits.
+
+func tokenQuery(id, token int64) url.Values {
+	q := idQuery(id)
+	q.Set("token", strconv.FormatInt(token, 10))
+	return q
+}
+
+// failQuery is the query of a failTask call by the holder of tk.
+func failQuery(tk task, reason string, permanent bool) url.Values {
+	q := tokenQuery(*tk.ID, tk.Token)
+	q.Set("reason", reason)
+	if permanent {
+		q.Set("permanent", "true")
+	}
+	return q
+}
+
+func staleToken(id int64) string    { return fmt.Sprintf("Error: stale lease token for task %d", id) }
+func notInProgress(id int64) string { return fmt.Sprintf("Error: task %d is not in progress", id) }
+
+// newTaskQuery creates a task with the given /newTask query and returns its id.
+func (s *dbServer) newTaskQuery(q url.Values) int64 {
+	s.t.Helper()
+	r := s.call("POST", "/newTask", q, "")
+	if r.Status != 200 {
+		s.t.Fatalf("POST /newTask?%s = %d %q", q.Encode(), r.Status, r.Body)
+	}
+	return servicetest.ParseID(s.t, r.Body)
+}
+
+// claimWhenLapsed claims (without waiting) until task id is handed out again, as it is once its lease
+// lapses.
+func (s *dbServer) claimWhenLapsed(id int64) task {
+	s.t.Helper()
+	var r servicetest.Reply
+	if !servicetest.PollFor(10*time.Second, func() bool {
+		r = s.call("POST", "/getNewTask", nil, "")
+		return r.Status != 400 || r.Body != noTask
+	}) {
+		s.t.Fatalf("task %d not handed out again long after its lease", id)
+	}
+	return wantTask(s.t, r, id, 1)
+}
+
+// getByIDWhen polls GET /getById until the task reads in state, and returns it.
+func (s *dbServer) getByIDWhen(id int64, state int) task {
+	s.t.Helper()
+	var r servicetest.Reply
+	if !servicetest.PollFor(10*time.Second, func() bool {
+		r = s.call("GET", "/getById", idQuery(id), "")
+		return r.Status == 200 && *parseTask(s.t, r.Body).State == state
+	}) {
+		s.t.Fatalf("task %d never reached state %d: %d %q", id, state, r.Status, r.Body)
+	}
+	return wantTask(s.t, r, id, state)
+}
+
+// expectRecord checks that the database's record of task id is reply, byte for byte.
+func (s *dbServer) expectRecord(id int64, reply servicetest.Reply) {
+	s.t.Helper()
+	if rec := s.call("GET", "/getById", idQuery(id), ""); rec.Status != 200 || rec.Body != reply.Body {
+		s.t.Errorf("record of task %d = %d %q, want the reply %q", id, rec.Status, rec.Body, reply.Body)
+	}
+}
+
+func TestNewTaskMaxAttempts(t *testing.T) {
+	db := newDBPolicy(t, database.Policy{Lease: longLease, MaxAttempts: 5})
+	for _, bad := range []string{"0", "101", "-1", "x", "2.5", "1e2", " 3"} {
+		db.expect("POST", "/newTask", url.Values{"maxAttempts": {bad}}, "", 400,
+			fmt.Sprintf("Error: maxAttempts must be a whole number from 1 to 100, got %q", bad))
+	}
+	// The refusals created nothing: ids start at 0.
+	db.expect("POST", "/newTask", url.Values{"maxAttempts": {"1"}}, "", 200, "0")
+	db.expect("POST", "/newTask", url.Values{"maxAttempts": {"100"}}, "", 200, "1")
+	db.expect("POST", "/newTask", nil, "", 200, "2")
+	db.expect("POST", "/newTask", url.Values{"pending": {"true"}, "maxAttempts": {"7"}}, "", 200, "3")
+	for id, want := range []int{1, 100, 5, 7} {
+		if tk := db.getByID(int64(id), 0); tk.MaxAttempts != want || tk.Attempts != 0 || tk.Token != 0 {
+			t.Errorf("task %d = %+v, want maxAttempts %d, no attempts, no token", id, tk, want)
+		}
+	}
+	// Task 3 is pending; the others are claimable with their limit.
+	for id := range int64(3) {
+		db.claim(id)
+	}
+	db.expectNoTask()
+}
+
+func TestClaimIssuesToken(t *testing.T) {
+	db := newDB(t, longLease)
+	db.newTask(false)
+	db.newTask(false)
+	before := time.Now().Round(0)
+	r := db.call("POST", "/getNewTask", nil, "")
+	after := time.Now()
+	tk := wantTask(t, r, 0, 1)
+	if tk.Token != 1 || tk.Attempts != 1 || tk.MaxAttempts != 3 || tk.Error != "" || tk.FinishedAt != nil {
+		t.Errorf("claim = %s, want token 1, attempt 1 of 3, no error, no finish time", r.Body)
+	}
+	if tk.StartedAt == nil || tk.StartedAt.Before(before) || tk.StartedAt.After(after) {
+		t.Errorf("claim started at %v, want between %v and %v", tk.StartedAt, before, after)
+	}
+	if tk.LeaseUntil == nil || tk.StartedAt == nil || !tk.LeaseUntil.Equal(tk.StartedAt.Add(longLease)) {
+		t.Errorf("claim lease until %v, want its start %v plus the %v lease", tk.LeaseUntil, tk.StartedAt, longLease)
+	}
+	// The claim is the database's record, byte for byte.
+	db.expectRecord(0, r)
+	// Tokens count the claims of each task.
+	if tk := db.claim(1); tk.Token != 1 {
+		t.Errorf("first claim of task 1 has token %d, want 1", tk.Token)
+	}
+	db.expect("POST", "/setById", nil, `{"id":0,"state":0}`, 200, "success")
+	if tk := db.claim(0); tk.Token != 2 || tk.Attempts != 2 {
+		t.Errorf("second claim of task 0 = %+v, want token 2, attempt 2", tk)
+	}
+}
+
+func TestLapsedLeaseReclaimedWithLargerToken(t *testing.T) {
+	const lease = 150 * time.Millisecond
+	db := newDB(t, lease)
+	id := db.newTask(false)
+	prev := db.claim(id)
+	holders := []task{prev}
+	for attempt := 2; attempt <= 3; attempt++ {
+		tk := db.claimWhenLapsed(id)
+		if tk.Attempts != attempt || tk.MaxAttempts != 3 || tk.Token <= prev.Token {
+			t.Errorf("claim after a lapse = %+v, want attempt %d of 3 with a token above %d", tk, attempt, prev.Token)
+		}
+		if want := fmt.Sprintf("lease lapsed on attempt %d of 3", attempt-1); tk.Error != want {
+			t.Errorf("claim after a lapse has error %q, want %q", tk.Error, want)
+		}
+		if tk.StartedAt == nil || prev.LeaseUntil == nil || tk.StartedAt.Before(*prev.LeaseUntil) {
+			t.Errorf("task claimed again at %v, before the previous lease ended at %v", tk.StartedAt, prev.LeaseUntil)
+		}
+		prev = tk
+		holders = append(holders, tk)
+	}
+
+	// The last attempt lapses too: the task fails rather than being handed out a fourth time.
+	tk := db.getByIDWhen(id, 3)
+	if tk.Error != "lease lapsed on attempt 3 of 3" || tk.Attempts != 3 || tk.Token != prev.Token || tk.LeaseUntil != nil {
+		t.Errorf("task lapsed on its last attempt = %+v", tk)
+	}
+	if tk.FinishedAt == nil || !tk.FinishedAt.Equal(*prev.LeaseUntil) {
+		t.Errorf("failed at %v, want when the last lease ended, %v", tk.FinishedAt, prev.LeaseUntil)
+	}
+	db.expectNoTask()
+	db.getByID(id, 3)
+	// Earlier holders are fenced off.
+	for _, h := range holders[:2] {
+		db.expect("POST", "/finishTask", tokenQuery(id, h.Token), "", 409, staleToken(id))
+	}
+	db.getByID(id, 3)
+}
+
+func TestStaleHolderFenced(t *testing.T) {
+	const lease = 150 * time.Millisecond
+	db := newDB(t, lease)
+	id := db.newTask(false)
+	stale := db.claim(id)
+	current := db.claimWhenLapsed(id)
+	if current.Token <= stale.Token {
+		t.Fatalf("new claim has token %d, not above the lapsed claim's %d", current.Token, stale.Token)
+	}
+
+	old := tokenQuery(id, stale.Token)
+	db.expect("POST", "/finishTask", old, "", 409, staleToken(id))
+	db.expect("POST", "/extendLease", old, "", 409, staleToken(id))
+	db.expect("POST", "/releaseTask", old, "", 409, staleToken(id))
+	db.expect("POST", "/failTask", failQuery(stale, "late", false), "", 409, staleToken(id))
+	db.expect("POST", "/failTask", failQuery(stale, "late", true), "", 409, staleToken(id))
+	// A token nobody was issued is refused the same way.
+	db.expect("POST", "/finishTask", tokenQuery(id, current.Token+5), "", 409, staleToken(id))
+	// None of it touched the current claim (whose own short lease may have lapsed by now).
+	r := db.call("GET", "/getById", idQuery(id), "")
+	if tk := parseTask(t, r.Body); tk.Token != current.Token || tk.Attempts != 2 || *tk.State == 2 || *tk.State == 3 {
+		t.Fatalf("task after the stale calls = %s, want still claim %d, attempt 2", r.Body, current.Token)
+	}
+
+	// The current holder finishes; nobody claimed the task since, so even a lapsed lease allows it.
+	cur := tokenQuery(id, current.Token)
+	db.expect("POST", "/finishTask", cur, "", 200, "success")
+	tk := db.getByID(id, 2)
+	if tk.Error != "" || tk.FinishedAt == nil || tk.LeaseUntil != nil || tk.Token != current.Token {
+		t.Errorf("finished task = %+v, want no error, a finish time, no lease", tk)
+	}
+	// Finishing again with the same token is a retry that succeeds; the stale token stays refused, and a
+	// reference worker (no token) may not finish a finished task.
+	db.expect("POST", "/finishTask", cur, "", 200, "success")
+	db.expect("POST", "/finishTask", old, "", 409, staleToken(id))
+	db.expect("POST", "/finishTask", idQuery(id), "", 400, notInProgress(id))
+	db.getByID(id, 2)
+	db.expectNoTask()
+}
+
+func TestFinishWithTokenAfterLapse(t *testing.T) {
+	const lease = 150 * time.Millisecond
+	db := newDB(t, lease)
+	id := db.newTask(false)
+	claimed := db.claim(id)
+	db.getByIDWhen(id, 0) // lapsed, not claimed again
+	q := tokenQuery(id, claimed.Token)
+	// A lapsed lease cannot be renewed, nor finished by a worker without a token...
+	db.expect("POST", "/extendLease", q, "", 400, notInProgress(id))
+	db.expect("POST", "/finishTask", idQuery(id), "", 400, notInProgress(id))
+	// ...but its holder's result is still the newest.
+	db.expect("POST", "/finishTask", q, "", 200, "success")
+	db.getByID(id, 2)
+	db.expectNoTask()
+}
+
+func TestTokenParam(t *testing.T) {
+	db := newDB(t, longLease)
+	id := db.newTask(false)
+	db.claim(id)
+	for _, path := range []string{"/finishTask", "/extendLease", "/releaseTask", "/failTask"} {
+		for _, bad := range []string{"x", "-1", "1.0"} {
+			q := url.Values{"id": {"0"}, "token": {bad}, "reason": {"r"}}
+			db.expect("POST", path, q, "", 400, fmt.Sprintf("Error: token must be a non-negative decimal integer, got %q", bad))
+		}
+		db.expect("POST", path, url.Values{"token": {"1"}, "reason": {"r"}}, "", 400, "Error: missing id parameter")
+		db.expect("POST", path, url.Values{"id": {"42"}, "token": {"1"}, "reason": {"r"}}, "", 400, "Error: no task with id 42")
+	}
+	if tk := db.getByID(id, 1); tk.Attempts != 1 || tk.Token != 1 {
+		t.Errorf("task after refused calls = %+v, want still claim 1", tk)
+	}
+}
+
+func TestExtendLeaseKeepsClaim(t *testing.T) {
+	const lease = 400 * time.Millisecond
+	db := newDB(t, lease)
+	id := db.newTask(false)
+	claimed := db.claim(id)
+	q := tokenQuery(id, claimed.Token)
+	until := *claimed.LeaseUntil
+	start := time.Now()
+	// Renew every quarter lease for more than two lease lengths.
+	for n := 0; n < 3 || time.Since(start) < 2*lease; n++ {
+		time.Sleep(lease / 4)
+		before := time.Now().Round(0)
+		r := db.call("POST", "/extendLease", q, "")
+		after := time.Now()
+		tk := wantTask(t, r, id, 1)
+		if tk.Token != claimed.Token || tk.Attempts != 1 || tk.LeaseUntil == nil {
+			t.Fatalf("extendLease #%d = %s, want claim %d, attempt 1, with a lease", n, r.Body, claimed.Token)
+		}
+		if !tk.LeaseUntil.After(until) || tk.LeaseUntil.Before(before.Add(lease)) || tk.LeaseUntil.After(after.Add(lease)) {
+			t.Fatalf("extendLease #%d: lease until %v, want %v from the call (between %v and %v), after the previous %v",
+				n, tk.LeaseUntil, lease, before, after, until)
+		}
+		until = *tk.LeaseUntil
+		db.expectRecord(id, r)
+	}
+	if !time.Now().After(claimed.LeaseUntil.Add(lease)) {
+		t.Fatalf("the renewals ended before the original lease had long passed")
+	}
+	// Long past its original lease, the task is still held: nobody else may claim it.
+	db.expectNoTask()
+	db.getByID(id, 1)
+
+	// Only a live claim can be renewed.
+	db.expect("POST", "/finishTask", q, "", 200, "success")
+	db.expect("POST", "/extendLease", q, "", 400, notInProgress(id))
+	other := db.newTask(false)
+	db.expect("POST", "/extendLease", idQuery(other), "", 400, notInProgress(other))
+	db.getByID(id, 2)
+	db.getByID(other, 0)
+}
+
+func TestFailTaskRetried(t *testing.T) {
+	db := newDB(t, longLease)
+	id := db.newTask(false)
+	claimed := db.claim(id)
+	q := failQuery(claimed, "decoder crashed", false)
+	r := db.call("POST", "/failTask", q, "")
+	tk := wantTask(t, r, id, 0)
+	if tk.Error != "decoder crashed" || tk.Attempts != 1 || tk.Token != claimed.Token || tk.LeaseUntil != nil || tk.FinishedAt != nil {
+		t.Errorf("failTask with attempts left = %s, want not started, error kept, attempt 1, no lease, not finished", r.Body)
+	}
+	db.expectRecord(id, r)
+	// The attempt is over: the same report again finds the task not in progress.
+	db.expect("POST", "/failTask", q, "", 400, notInProgress(id))
+	// Claimable again at once, with the reason kept until it finishes.
+	again := db.claim(id)
+	if again.Attempts != 2 || again.Token <= claimed.Token || again.Error != "decoder crashed" {
+		t.Errorf("claim after a failure = %+v, want attempt 2, a larger token, error kept", again)
+	}
+	db.expect("POST", "/failTask", failQuery(claimed, "late", false), "", 409, staleToken(id))
+	db.expect("POST", "/finishTask", tokenQuery(id, again.Token), "", 200, "success")
+	if tk := db.getByID(id, 2); tk.Error != "" {
+		t.Errorf("finished task keeps error %q", tk.Error)
+	}
+
+	// A reference worker's failure (no token) counts the same.
+	id2 := db.newTask(false)
+	db.claim(id2)
+	r = db.call("POST", "/failTask", url.Values{"id": {strconv.FormatInt(id2, 10)}, "reason": {"oops"}}, "")
+	if tk := wantTask(t, r, id2, 0); tk.Error != "oops" || tk.Attempts != 1 {
+		t.Errorf("failTask without a token = %s", r.Body)
+	}
+}
+
+func TestFailTaskOutOfAttempts(t *testing.T) {
+	db := newDB(t, longLease)
+	id := db.newTaskQuery(url.Values{"maxAttempts": {"2"}})
+	first := db.claim(id)
+	if first.MaxAttempts != 2 {
+		t.Fatalf("claim = %+v, want maxAttempts 2", first)
+	}
+	if tk := wantTask(t, db.call("POST", "/failTask", failQuery(first, "first", false), ""), id, 0); tk.Attempts != 1 {
+		t.Errorf("first failure: attempts %d, want 1", tk.Attempts)
+	}
+	second := db.claim(id)
+	r := db.call("POST", "/failTask", failQuery(second, "second", false), "")
+	tk := wantTask(t, r, id, 3)
+	if tk.Error != "second" || tk.Attempts != 2 || tk.MaxAttempts != 2 || tk.FinishedAt == nil || tk.LeaseUntil != nil {
+		t.Errorf("failure on the last attempt = %s, want failed with error \"second\", attempt 2 of 2, a finish time", r.Body)
+	}
+	db.expectRecord(id, r)
+	db.expectNoTask()
+	// Failed is final: not even the last holder may finish it.
+	db.expect("POST", "/finishTask", tokenQuery(id, second.Token), "", 400, notInProgress(id))
+	db.getByID(id, 3)
+}
+
+func TestFailTaskPermanent(t *testing.T) {
+	db := newDB(t, longLease)
+	id := db.newTask(false)
+	claimed := db.claim(id)
+	r := db.call("POST", "/failTask", failQuery(claimed, "not an image", true), "")
+	tk := wantTask(t, r, id, 3)
+	if tk.Error != "not an image" || tk.Attempts != 1 || tk.MaxAttempts != 3 || tk.FinishedAt == nil || tk.LeaseUntil != nil {
+		t.Errorf("permanent failure = %s, want failed at once with error \"not an image\", attempt 1 of 3", r.Body)
+	}
+	db.expectRecord(id, r)
+	db.expectNoTask()
+}
+
+func TestFailTaskRefusals(t *testing.T) {
+	db := newDB(t, longLease)
+	id := db.newTask(false)
+	claimed := db.claim(id)
+	q := func(kv ...string) url.Values {
+		v := tokenQuery(id, claimed.Token)
+		for i := 0; i+1 < len(kv); i += 2 {
+			v.Set(kv[i], kv[i+1])
+		}
+		return v
+	}
+	db.expect("POST", "/failTask", q(), "", 400, "Error: missing reason parameter")
+	db.expect("POST", "/failTask", q("reason", ""), "", 400, "Error: missing reason parameter")
+	db.expect("POST", "/failTask", q("reason", " \t "), "", 400, "Error: missing reason parameter")
+	db.expect("POST", "/failTask", q("reason", "r", "permanent", "maybe"), "", 400, `Error: permanent must be true or false, got "maybe"`)
+	other := db.newTask(false)
+	db.expect("POST", "/failTask", url.Values{"id": {strconv.FormatInt(other, 10)}, "reason": {"r"}}, "", 400, notInProgress(other))
+	if tk := db.getByID(id, 1); tk.Attempts != 1 || tk.Error != "" {
+		t.Errorf("task after refused failures = %+v, want untouched", tk)
+	}
+	db.getByID(other, 0)
+
+	// A reason is trimmed and capped at 1000 bytes, without splitting a character.
+	long := "x" + strings.Repeat("é", 1000)
+	r := db.call("POST", "/failTask", q("reason", "  "+long+"  "), "")
+	if tk := wantTask(t, r, id, 0); tk.Error != "x"+strings.Repeat("é", 499) {
+		t.Errorf("long reason stored as %q (%d bytes), want its first 999 bytes", tk.Error, len(tk.Error))
+	}
+}
+
+func TestReleaseTask(t *testing.T) {
+	db := newDB(t, longLease)
+	id := db.newTaskQuery(url.Values{"maxAttempts": {"1"}})
+	claimed := db.claim(id)
+	q := tokenQuery(id, claimed.Token)
+	db.expect("POST", "/releaseTask", q, "", 200, "success")
+	tk := db.getByID(id, 0)
+	if tk.Attempts != 0 || tk.LeaseUntil != nil || tk.Token != claimed.Token || tk.Error != "" || tk.FinishedAt != nil {
+		t.Errorf("released task = %+v, want not started with its attempt given back, no lease", tk)
+	}
+	// The released claim is over.
+	db.expect("POST", "/releaseTask", q, "", 400, notInProgress(id))
+	db.expect("POST", "/extendLease", q, "", 400, notInProgress(id))
+	db.expect("POST", "/finishTask", q, "", 400, notInProgress(id))
+	// Claimable again at once; releases do not use up the single attempt.
+	prev := claimed
+	for range 3 {
+		again := db.claim(id)
+		if again.Attempts != 1 || again.Token <= prev.Token {
+			t.Fatalf("claim after a release = %+v, want attempt 1 and a token above %d", again, prev.Token)
+		}
+		db.expect("POST", "/releaseTask", tokenQuery(id, again.Token), "", 200, "success")
+		prev = again
+	}
+	last := db.claim(id)
+	db.expect("POST", "/releaseTask", q, "", 409, staleToken(id))
+	db.expect("POST", "/releaseTask", idQuery(id+1), "", 400, fmt.Sprintf("Error: no task with id %d", id+1))
+	db.expect("POST", "/finishTask", tokenQuery(id, last.Token), "", 200, "success")
+	db.getByID(id, 2)
+}
+
+// expectWoken runs act while the long poll ch, started about 200ms before, waits, and checks that the
+// poll hands out task id promptly. The poll rechecks the store every second by itself, so a poll that act
+// failed to wake would answer some 800ms later: "promptly" must be well under that to tell them apart.
+func expectWoken(t *testing.T, ch <-chan pollResult, id int64, act func()) task {
+	t.Helper()
+	act()
+	acted := time.Now()
+	res := receive(t, ch, 15*time.Second)
+	if late := time.Since(acted); late > 500*time.Millisecond {
+		t.Errorf("long poll answered %v after the task became claimable: not woken", late)
+	}
+	return wantTask(t, res.r, id, 1)
+}
+
+func TestLongPollWokenByFailAndRelease(t *testing.T) {
+	db := newDB(t, longLease)
+	for range 3 {
+		db.newTask(false)
+	}
+	a, b, c := db.claim(0), db.claim(1), db.claim(2)
+
+	// A permanent failure makes nothing claimable: the poll still ends empty-handed.
+	ch := db.poll("700ms")
+	stillPending(t, ch)
+	wantTask(t, db.call("POST", "/failTask", failQuery(a, "bad", true), ""), 0, 3)
+	if res := receive(t, ch, 10*time.Second); res.r.Status != 400 || res.r.Body != noTask {
+		t.Errorf("long poll after a permanent failure = %d %q, want 400 %q", res.r.Status, res.r.Body, noTask)
+	}
+
+	ch = db.poll("10s")
+	stillPending(t, ch)
+	tk := expectWoken(t, ch, 1, func() {
+		wantTask(t, db.call("POST", "/failTask", failQuery(b, "flaky", false), ""), 1, 0)
+	})
+	if tk.Attempts != 2 || tk.Token <= b.Token {
+		t.Errorf("claim after a failure = %+v, want attempt 2 with a new token", tk)
+	}
+
+	ch = db.poll("10s")
+	stillPending(t, ch)
+	tk = expectWoken(t, ch, 2, func() {
+		db.expect("POST", "/releaseTask", tokenQuery(2, c.Token), "", 200, "success")
+	})
+	if tk.Attempts != 1 || tk.Token <= c.Token {
+		t.Errorf("claim after a release = %+v, want attempt 1 with a new token", tk)
+	}
+}
+
+func TestActivateExpiredPending(t *testing.T) {
+	store, err := sqlitestore.Open(context.Background(), filepath.Join(t.TempDir(), "tasks.db"), sqlitestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	servicetest.CloseAtCleanup(t, "task store", store)
+	done := make(chan struct{})
+	srv := servicetest.Serve(t, database.NewServer(store, database.Policy{Lease: longLease}, done))
+	t.Cleanup(func() { close(done) })
+	db := &dbServer{t: t, url: srv.URL, c: servicetest.NewHTTPClient(t)}
+
+	expired := db.newTask(true)
+	// What Run does to uploads that never complete.
+	if n, err := store.ExpirePending(t.Context(), 0); err != nil || n != 1 {
+		t.Fatalf("ExpirePending = %d, %v; want 1", n, err)
+	}
+	fresh := db.newTask(true)
+	db.expect("POST", "/activateTask", idQuery(expired), "", 409,
+		fmt.Sprintf("Error: task %d is no longer pending: its upload expired", expired))
+	if tk := db.getByID(expired, 3); tk.Error != "upload never completed" || tk.FinishedAt == nil {
+		t.Errorf("expired task = %+v", tk)
+	}
+	db.expect("POST", "/activateTask", idQuery(fresh), "", 200, "success")
+	db.claim(fresh)
+	db.expectNoTask()
 }

@@ -90,6 +90,18 @@ func (s *server) handleIsReady(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) error {
+	id, err := httpapi.QueryID(r, "id")
+	if err != nil {
+		return err
+	}
+	st, err := s.master.Status(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, st)
+}
+
 func (s *server) handleGetImage(w http.ResponseWriter, r *http.Request) error {
 	id, err := httpapi.QueryID(r, "id")
 	if err != nil {

@@ -2,6 +2,7 @@ package frontend_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"mime/multipart"
@@ -177,7 +178,7 @@ func TestSubmitProcessAndGet(t *testing.T) {
 	if r := isReady(); r.Body != notReady {
 		t.Errorf("isReady before the task is finished: %q, want %q", r.Body, notReady)
 	}
-	if err := s.Database.FinishTask(ctx, id); err != nil {
+	if err := s.Database.FinishTask(ctx, id, task.Token); err != nil {
 		t.Fatal(err)
 	}
 	if r := isReady(); r.Status != http.StatusOK || r.Body != ready {
@@ -296,5 +297,87 @@ func TestSubmitStreamsMultipart(t *testing.T) {
 	}
 	if got := s.working(t, servicetest.ParseID(t, r.Body)); !bytes.Equal(got, img) {
 		t.Errorf("stored %d bytes, want the %d uploaded", len(got), len(img))
+	}
+}
+
+func TestStatus(t *testing.T) {
+	s := newStack(t)
+	ctx := t.Context()
+	r := s.submit(t, part{field: frontend.UploadField, filename: "s.png", data: servicetest.PatternPNG(t, 12, 17)})
+	if r.Status != http.StatusOK {
+		t.Fatalf("POST /submitTask: %d %q", r.Status, r.Body)
+	}
+	id := servicetest.ParseID(t, r.Body)
+	// expect checks that the frontend answers /status?id=id exactly as the master does, in state word.
+	expect := func(word string) {
+		t.Helper()
+		path := fmt.Sprintf("/status?id=%d", id)
+		got := s.call(t, http.MethodGet, path, "", nil)
+		want := servicetest.Call(t, s.HTTP, http.MethodGet, s.MasterURL+path, nil)
+		if want.Status != http.StatusOK || !strings.Contains(want.Body, fmt.Sprintf(`"state":%q`, word)) {
+			t.Fatalf("master GET %s = %d %q, want state %q", path, want.Status, want.Body, word)
+		}
+		if got.Status != want.Status || got.Body != want.Body {
+			t.Errorf("GET %s = %d %q, want the master's %d %q", path, got.Status, got.Body, want.Status, want.Body)
+		}
+		if ct := got.Header.Get("Content-Type"); ct != "application/json" {
+			t.Errorf("GET %s Content-Type %q, want application/json", path, ct)
+		}
+	}
+	expect("queued")
+	task, err := s.Database.GetNewTask(ctx, 0)
+	if err != nil || task.ID != id {
+		t.Fatalf("claim: %+v, %v; want task %d", task, err, id)
+	}
+	expect("processing")
+	if _, err := s.Master.FailTask(ctx, id, task.Token, "no such colour", true); err != nil {
+		t.Fatal(err)
+	}
+	expect("failed")
+	// The failure also explains why there is no image.
+	if r := s.call(t, http.MethodGet, fmt.Sprintf("/getImage?id=%d", id), "", nil); r.Status != http.StatusNotFound ||
+		r.Body != fmt.Sprintf("Error: task %d failed: no such colour", id) {
+		t.Errorf("getImage of a failed task: %d %q, want 404 with the reason", r.Status, r.Body)
+	}
+
+	for _, tc := range []struct {
+		query  string
+		status int
+		body   string
+	}{
+		{"", http.StatusBadRequest, "Error: missing id parameter"},
+		{"?id=x", http.StatusBadRequest, `Error: id must be a non-negative decimal integer, got "x"`},
+		{"?id=999", http.StatusBadRequest, "Error: no task with id 999"}, // the database's answer, through the master
+	} {
+		if r := s.call(t, http.MethodGet, "/status"+tc.query, "", nil); r.Status != tc.status || r.Body != tc.body {
+			t.Errorf("GET /status%s = %d %q, want %d %q", tc.query, r.Status, r.Body, tc.status, tc.body)
+		}
+	}
+	servicetest.ExpectError(t, "POST /status", s.call(t, http.MethodPost, "/status?id=0", "", nil), http.StatusMethodNotAllowed)
+}
+
+func TestStatusFinished(t *testing.T) {
+	s := newStack(t)
+	ctx := t.Context()
+	r := s.submit(t, part{field: frontend.UploadField, filename: "f.png", data: servicetest.PatternPNG(t, 12, 18)})
+	id := servicetest.ParseID(t, r.Body)
+	task, err := s.Database.GetNewTask(ctx, 0)
+	if err != nil || task.ID != id {
+		t.Fatalf("claim: %+v, %v; want task %d", task, err, id)
+	}
+	if err := s.Database.FinishTask(ctx, id, task.Token); err != nil {
+		t.Fatal(err)
+	}
+	got := s.call(t, http.MethodGet, fmt.Sprintf("/status?id=%d", id), "", nil)
+	want, err := s.Master.Status(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st client.Status
+	if err := json.Unmarshal([]byte(got.Body), &st); got.Status != http.StatusOK || err != nil {
+		t.Fatalf("GET /status: %d %q (%v)", got.Status, got.Body, err)
+	}
+	if st != want || st.State != "finished" || st.Attempts != 1 || st.FinishedAt.IsZero() {
+		t.Errorf("GET /status = %+v, want the master's %+v, finished on attempt 1", st, want)
 	}
 }

@@ -11,5 +11,6 @@ func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("POST /submitTask", httpapi.HandlerFunc(s.handleSubmitTask))
 	mux.Handle("GET /isReady", httpapi.HandlerFunc(s.handleIsReady))
 	mux.Handle("GET /getImage", httpapi.HandlerFunc(s.handleGetImage))
+	mux.Handle("GET /status", httpapi.HandlerFunc(s.handleStatus))
 	mux.Handle("GET /healthz", httpapi.Healthz())
 }

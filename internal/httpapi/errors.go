@@ -4,6 +4,7 @@ package httpapi
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -95,6 +96,18 @@ func IDCommand(act func(ctx context.Context, id int64) error) HandlerFunc {
 		WriteText(w, http.StatusOK, "success")
 		return nil
 	}
+}
+
+// WriteJSON replies with v as JSON.
+func WriteJSON(w http.ResponseWriter, status int, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode reply: %w", err)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, err = w.Write(b)
+	return err
 }
 
 // Query parameter helpers: each returns a 400 *Error naming the parameter.

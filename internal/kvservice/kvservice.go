@@ -1,5 +1,6 @@
 // Package kvservice is the key-value service: configuration and service discovery over the reference
-// wire API (/set, /get, /remove, /list).
+// wire API (/set, /get, /remove, /list), plus an optional TTL on /set (imgmill's extension) with which
+// services register their addresses, so that a dead instance drops out.
 package kvservice
 
 import (
@@ -11,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/imgmill/imgmill/internal/httpapi"
@@ -28,6 +30,13 @@ func NewServer(store kvstore.Store) http.Handler {
 
 type server struct{ store kvstore.Store }
 
+// MaxTTL caps the ttl parameter of /set. TTLs are for registrations renewed every few seconds; an entry
+// meant to last longer is set without one.
+const MaxTTL = 24 * time.Hour
+
+// handleSet is POST /set?key=K&value=V[&ttl=D]: with a ttl (a Go duration such as 30s, or whole seconds)
+// the entry expires unless set again within it; without one, or with 0, it is permanent, and a Set
+// without ttl makes an expiring entry permanent.
 func (s *server) handleSet(w http.ResponseWriter, r *http.Request) error {
 	key, err := httpapi.QueryRequired(r, "key")
 	if err != nil {
@@ -37,11 +46,15 @@ func (s *server) handleSet(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	ttl, err := httpapi.QueryDuration(r, "ttl", MaxTTL)
+	if err != nil {
+		return err
+	}
 	if !utf8.ValidString(key) || !utf8.ValidString(value) {
 		// The store cannot hold invalid UTF-8; that is the caller's error, not a 500.
 		return httpapi.Errorf(http.StatusBadRequest, "key and value must be valid UTF-8")
 	}
-	if err := s.store.Set(r.Context(), key, value); err != nil {
+	if err := s.store.Set(r.Context(), key, value, ttl); err != nil {
 		return fmt.Errorf("set %q: %w", key, err)
 	}
 	httpapi.WriteText(w, http.StatusOK, "success")
@@ -76,6 +89,7 @@ func (s *server) handleRemove(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// handleList is GET /list: the live entries, expired ones left out, one "key : value" line each.
 func (s *server) handleList(w http.ResponseWriter, r *http.Request) error {
 	entries, err := s.store.List(r.Context())
 	if err != nil {
@@ -101,7 +115,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return fmt.Errorf("kv data dir: %w", err)
 	}
-	store, err := filekv.Open(filepath.Join(cfg.DataDir, "kv.json"))
+	store, err := filekv.Open(filepath.Join(cfg.DataDir, "kv.json"), filekv.Options{})
 	if err != nil {
 		return fmt.Errorf("open kv store: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -30,7 +31,7 @@ type kvServer struct {
 // closed when the test ends.
 func serve(t *testing.T, path string) *kvServer {
 	t.Helper()
-	store, err := filekv.Open(path)
+	store, err := filekv.Open(path, filekv.Options{})
 	if err != nil {
 		t.Fatalf("filekv.Open: %v", err)
 	}
@@ -118,6 +119,14 @@ func TestSetValidation(t *testing.T) {
 		// The store cannot hold invalid UTF-8: the caller's mistake, not an internal error.
 		{"invalid UTF-8 key", url.Values{"key": {"\xff"}, "value": {"v"}}, "Error: key and value must be valid UTF-8"},
 		{"invalid UTF-8 value", url.Values{"key": {"k"}, "value": {"a\xfe"}}, "Error: key and value must be valid UTF-8"},
+		{"ttl not a duration", url.Values{"key": {"k"}, "value": {"v"}, "ttl": {"soon"}}, `Error: ttl must be a duration like 10s, got "soon"`},
+		{"ttl without unit", url.Values{"key": {"k"}, "value": {"v"}, "ttl": {"1.5"}}, `Error: ttl must be a duration like 10s, got "1.5"`},
+		{"ttl negative", url.Values{"key": {"k"}, "value": {"v"}, "ttl": {"-1s"}}, "Error: ttl must be between 0 and 24h0m0s"},
+		{"ttl negative seconds", url.Values{"key": {"k"}, "value": {"v"}, "ttl": {"-5"}}, "Error: ttl must be between 0 and 24h0m0s"},
+		{"ttl too long", url.Values{"key": {"k"}, "value": {"v"}, "ttl": {"25h"}}, "Error: ttl must be between 0 and 24h0m0s"},
+		{"ttl too many seconds", url.Values{"key": {"k"}, "value": {"v"}, "ttl": {"86401"}}, "Error: ttl must be between 0 and 24h0m0s"},
+		{"ttl overflowing", url.Values{"key": {"k"}, "value": {"v"}, "ttl": {"99999999999999999999"}}, `Error: ttl must be a duration like 10s, got "99999999999999999999"`},
+		{"ttl and no key", url.Values{"value": {"v"}, "ttl": {"10s"}}, "Error: missing key parameter"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -127,6 +136,39 @@ func TestSetValidation(t *testing.T) {
 	// Nothing was stored by the refused calls.
 	kv.expect("GET", "/list", nil, 200, "")
 	kv.expect("GET", "/get", url.Values{"key": {"k"}}, 404, `Error: no value for key "k"`)
+}
+
+// An entry set with a ttl disappears from /get and /list once the ttl lapses; one without a ttl, or with
+// 0, stays, and a /set without ttl makes an expiring entry permanent. Real time: the ttl is short and the
+// test polls rather than timing anything.
+func TestSetTTL(t *testing.T) {
+	kv := newKV(t)
+	setTTL := func(key, value, ttl string) {
+		t.Helper()
+		kv.expect("POST", "/set", url.Values{"key": {key}, "value": {value}, "ttl": {ttl}}, 200, "success")
+	}
+	setTTL("renewed", "r", "1s")
+	kv.set("renewed", "r") // permanent again, before any of the 1s entries below were set
+	kv.set("databaseAddress", "127.0.0.1:3001")
+	setTTL("zero", "z", "0")
+	setTTL("long", "l", "1h")
+	setTTL("seconds", "s", "1") // whole seconds
+	setTTL("masterAddress", "127.0.0.1:3003", "1s")
+
+	gone := func(key string) bool {
+		r := kv.call("GET", "/get", url.Values{"key": {key}})
+		return r.Status == http.StatusNotFound
+	}
+	if !servicetest.PollFor(10*time.Second, func() bool { return gone("masterAddress") && gone("seconds") }) {
+		t.Fatal("entries set with ttl=1s still there after 10s")
+	}
+	kv.expect("GET", "/get", url.Values{"key": {"masterAddress"}}, 404, `Error: no value for key "masterAddress"`)
+	kv.expect("GET", "/get", url.Values{"key": {"long"}}, 200, "l")
+	kv.expect("GET", "/list", nil, 200, "databaseAddress : 127.0.0.1:3001\nlong : l\nrenewed : r\nzero : z\n")
+
+	// Renewing an entry before it lapses keeps it; an expired key can be set again.
+	setTTL("masterAddress", "127.0.0.1:4003", "1h")
+	kv.expect("GET", "/get", url.Values{"key": {"masterAddress"}}, 200, "127.0.0.1:4003")
 }
 
 func TestGetUnknown(t *testing.T) {

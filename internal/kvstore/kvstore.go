@@ -6,9 +6,10 @@ package kvstore
 import (
 	"context"
 	"errors"
+	"time"
 )
 
-// ErrNotFound is returned by Get for an unknown key.
+// ErrNotFound is returned by Get for an unknown or expired key.
 var ErrNotFound = errors.New("key not found")
 
 // Entry is one key and its value.
@@ -17,15 +18,22 @@ type Entry struct {
 	Value string
 }
 
-// Store is a durable string-to-string map. All methods are safe for concurrent use.
+// Store is a durable string-to-string map whose entries may expire. All methods are safe for concurrent
+// use.
+//
+// An entry set with a ttl > 0 expires ttl after that Set: from then on it is gone as if deleted (Get
+// returns ErrNotFound, List omits it), and the store discards it eventually. Each Set replaces the expiry:
+// setting the key again with a ttl renews it, setting it with ttl <= 0 makes it permanent. Expiry times
+// are absolute and survive a restart of the store.
 type Store interface {
-	// Set stores value under key; once it returns the entry survives a crash.
-	Set(ctx context.Context, key, value string) error
-	// Get returns the value under key, or ErrNotFound.
+	// Set stores value under key, expiring ttl from now when ttl > 0 and never otherwise; once it returns
+	// the entry survives a crash.
+	Set(ctx context.Context, key, value string, ttl time.Duration) error
+	// Get returns the value under key, or ErrNotFound when there is none or it expired.
 	Get(ctx context.Context, key string) (string, error)
-	// Delete removes key; deleting a missing key is not an error.
+	// Delete removes key; deleting a missing or expired key is not an error.
 	Delete(ctx context.Context, key string) error
-	// List returns every entry sorted by key.
+	// List returns every live (unexpired) entry sorted by key.
 	List(ctx context.Context) ([]Entry, error)
 	// Close releases the store's resources.
 	Close() error

@@ -5,18 +5,19 @@ package master
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/service"
+	"github.com/imgmill/imgmill/internal/taskstore"
 )
 
 // DefaultMaxUpload is the largest upload accepted by default.
@@ -54,7 +55,7 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 		return httpapi.Errorf(http.StatusUnsupportedMediaType, "not a PNG, JPEG or GIF image")
 	}
 	ctx := r.Context()
-	id, err := s.db.NewTask(ctx, true)
+	id, err := s.db.NewTask(ctx, true, 0)
 	if err != nil {
 		return fmt.Errorf("create task: %w", err)
 	}
@@ -94,10 +95,26 @@ func (s *server) handleIsReady(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// handleGet serves the finished image, but only of a finished task: a stale worker's result stored for a
+// task that is still being redone (or that failed) is never served.
 func (s *server) handleGet(w http.ResponseWriter, r *http.Request) error {
 	id, err := httpapi.QueryID(r, "id")
 	if err != nil {
 		return err
+	}
+	t, err := s.db.GetByID(r.Context(), id)
+	if client.IsStatus(err, http.StatusBadRequest) {
+		return httpapi.Errorf(http.StatusNotFound, "no task with id %d", id)
+	}
+	if err != nil {
+		return err
+	}
+	switch t.State {
+	case client.StateFinished:
+	case client.StateFailed:
+		return httpapi.Errorf(http.StatusNotFound, "task %d failed: %s", id, t.Error)
+	default:
+		return httpapi.Errorf(http.StatusNotFound, "task %d is not finished", id)
 	}
 	img, err := s.storage.GetImage(r.Context(), id, client.Finished)
 	if err != nil {
@@ -105,6 +122,39 @@ func (s *server) handleGet(w http.ResponseWriter, r *http.Request) error {
 	}
 	defer img.Close()
 	return CopyImage(w, img)
+}
+
+func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) error {
+	id, err := httpapi.QueryID(r, "id")
+	if err != nil {
+		return err
+	}
+	t, err := s.db.GetByID(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, client.Status{ID: t.ID, State: taskstore.State(t.State).Word(),
+		Attempts: t.Attempts, MaxAttempts: t.MaxAttempts, Error: t.Error,
+		CreatedAt: t.CreatedAt, StartedAt: t.StartedAt, FinishedAt: t.FinishedAt})
+}
+
+// forward passes a worker-side call through to the database unchanged (finishing is /finishTask there).
+func (s *server) forward(databasePath string) httpapi.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		reply, err := s.db.Forward(r.Context(), databasePath, r.URL.Query())
+		if err != nil {
+			return err
+		}
+		if strings.HasPrefix(reply, "{") {
+			// Task JSON keeps the database's type (WriteText would label it text/plain).
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusOK)
+			_, err := io.WriteString(w, reply)
+			return err
+		}
+		httpapi.WriteText(w, http.StatusOK, reply)
+		return nil
+	}
 }
 
 // CopyImage streams a peer's image reply to w with its type and length.
@@ -130,13 +180,7 @@ func (s *server) handleGetNewTask(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
-	b, err := json.Marshal(t)
-	if err != nil {
-		return err
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Write(b)
-	return nil
+	return httpapi.WriteJSON(w, http.StatusOK, t)
 }
 
 // Config configures Run.

@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -539,7 +540,7 @@ func TestIsReadyAndGet(t *testing.T) {
 	if r := isReady(); r.Body != "0" {
 		t.Errorf("isReady with the result stored but the task not finished: %q, want \"0\"", r.Body)
 	}
-	if err := s.Database.FinishTask(ctx, id); err != nil {
+	if err := s.Database.FinishTask(ctx, id, task.Token); err != nil {
 		t.Fatal(err)
 	}
 	if r := isReady(); r.Status != http.StatusOK || r.Body != "1" {
@@ -579,7 +580,7 @@ func TestGetNewTaskPassesThrough(t *testing.T) {
 	}
 
 	// A task: the claim JSON, identical to the database's record of the claimed task.
-	id, err := s.Database.NewTask(ctx, false)
+	id, err := s.Database.NewTask(ctx, false, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -664,7 +665,7 @@ func TestRegisterTaskFinishedPassesThrough(t *testing.T) {
 	}
 
 	compare("unknown task", "4242")
-	id, err := s.Database.NewTask(ctx, false)
+	id, err := s.Database.NewTask(ctx, false, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -699,4 +700,366 @@ func TestUnknownRoutes(t *testing.T) {
 	if r := s.call(t, http.MethodGet, s.MasterURL+"/healthz", nil); r.Status != http.StatusOK || r.Body != "ok" {
 		t.Errorf("healthz: %d %q", r.Status, r.Body)
 	}
+}
+
+// Lifecycle additions: /status, /get of unfinished and failed tasks, and the worker calls passed through
+// to the database.
+
+func (s stack) post(t *testing.T, baseURL, path string, q url.Values) servicetest.Reply {
+	t.Helper()
+	u := baseURL + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	return s.call(t, http.MethodPost, u, nil)
+}
+
+// record is the database's own answer to GET /getById?id=id.
+func (s stack) record(t *testing.T, id int64) servicetest.Reply {
+	t.Helper()
+	r := s.call(t, http.MethodGet, fmt.Sprintf("%s/getById?id=%d", s.DatabaseURL, id), nil)
+	if r.Status != http.StatusOK {
+		t.Fatalf("database getById %d: %d %q", id, r.Status, r.Body)
+	}
+	return r
+}
+
+func (s stack) task(t *testing.T, id int64) client.Task {
+	t.Helper()
+	var task client.Task
+	if r := s.record(t, id); json.Unmarshal([]byte(r.Body), &task) != nil {
+		t.Fatalf("task JSON %q", r.Body)
+	}
+	return task
+}
+
+// claim claims with the database (no wait) and expects task id.
+func (s stack) claim(t *testing.T, id int64) client.Task {
+	t.Helper()
+	task, err := s.Database.GetNewTask(t.Context(), 0)
+	if err != nil || task.ID != id || task.State != client.StateInProgress {
+		t.Fatalf("claim: %+v, %v; want task %d in progress", task, err, id)
+	}
+	return task
+}
+
+// reclaim hands task id out again, as the database does once a lease lapses (the reference setById to
+// state 1 is a claim): the previous claim's token is stale afterwards. It returns the new claim.
+func (s stack) reclaim(t *testing.T, id int64, stale client.Task) client.Task {
+	t.Helper()
+	if err := s.Database.SetByID(t.Context(), client.Task{ID: id, State: client.StateInProgress}); err != nil {
+		t.Fatal(err)
+	}
+	task := s.task(t, id)
+	if task.State != client.StateInProgress || task.Token <= stale.Token {
+		t.Fatalf("task %d set in progress again: %+v, want a token above %d", id, task, stale.Token)
+	}
+	return task
+}
+
+func tokenQuery(id, token int64, kv ...string) url.Values {
+	q := url.Values{"id": {strconv.FormatInt(id, 10)}, "token": {strconv.FormatInt(token, 10)}}
+	for i := 0; i+1 < len(kv); i += 2 {
+		q.Set(kv[i], kv[i+1])
+	}
+	return q
+}
+
+// expectRefusalPassedThrough checks that the master answers POST masterPath?q exactly as the database
+// answers POST dbPath?q: a refusal with the given status, same body, same content type. A refusal
+// changes nothing, so asking both is safe.
+func (s stack) expectRefusalPassedThrough(t *testing.T, what, masterPath, dbPath string, q url.Values, status int, body string) {
+	t.Helper()
+	via := s.post(t, s.MasterURL, masterPath, q)
+	direct := s.post(t, s.DatabaseURL, dbPath, q)
+	if direct.Status != status || direct.Body != body {
+		t.Fatalf("%s: database answered %d %q, want %d %q", what, direct.Status, direct.Body, status, body)
+	}
+	if via.Status != direct.Status || via.Body != direct.Body {
+		t.Errorf("%s: master answered %d %q, want the database's %d %q", what, via.Status, via.Body, direct.Status, direct.Body)
+	}
+	if got, want := via.Header.Get("Content-Type"), direct.Header.Get("Content-Type"); got != want {
+		t.Errorf("%s: master Content-Type %q, want the database's %q", what, got, want)
+	}
+}
+
+// expectTaskReply checks that r, the master's answer about task id, is the database's task JSON of it
+// as it is now, byte for byte.
+func (s stack) expectTaskReply(t *testing.T, what string, r servicetest.Reply, id int64) client.Task {
+	t.Helper()
+	if r.Status != http.StatusOK {
+		t.Fatalf("%s: %d %q, want 200 and task %d", what, r.Status, r.Body, id)
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("%s: Content-Type %q, want the database's application/json", what, ct)
+	}
+	if rec := s.record(t, id); r.Body != rec.Body {
+		t.Errorf("%s: master answered %q, want the database's record %q", what, r.Body, rec.Body)
+	}
+	var task client.Task
+	if err := json.Unmarshal([]byte(r.Body), &task); err != nil {
+		t.Fatalf("%s: %q: %v", what, r.Body, err)
+	}
+	return task
+}
+
+// expectStatus checks GET /status?id=id: exactly {"id","state","attempts","maxAttempts"} then the error
+// and the times the database's record has, in that order, with the state in words.
+func (s stack) expectStatus(t *testing.T, id int64, word string) {
+	t.Helper()
+	r := s.call(t, http.MethodGet, fmt.Sprintf("%s/status?id=%d", s.MasterURL, id), nil)
+	if r.Status != http.StatusOK {
+		t.Fatalf("GET /status?id=%d: %d %q", id, r.Status, r.Body)
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("GET /status Content-Type %q, want application/json", ct)
+	}
+	var rec map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(s.record(t, id).Body), &rec); err != nil {
+		t.Fatal(err)
+	}
+	attempts := "0"
+	if a, ok := rec["attempts"]; ok {
+		attempts = string(a)
+	}
+	want := fmt.Sprintf(`{"id":%d,"state":%q,"attempts":%s,"maxAttempts":%s`, id, word, attempts, rec["maxAttempts"])
+	for _, k := range []string{"error", "createdAt", "startedAt", "finishedAt"} {
+		if v, ok := rec[k]; ok {
+			want += fmt.Sprintf(",%q:%s", k, v)
+		}
+	}
+	want += "}"
+	if r.Body != want {
+		t.Errorf("GET /status?id=%d = %s, want %s", id, r.Body, want)
+	}
+}
+
+func TestStatus(t *testing.T) {
+	s := newStack(t, servicetest.Options{})
+	ctx := t.Context()
+	id := s.uploadOK(t, servicetest.PatternPNG(t, 8, 20))
+	s.expectStatus(t, id, "queued")
+	task := s.claim(t, id)
+	s.expectStatus(t, id, "processing")
+	if err := s.Database.FinishTask(ctx, id, task.Token); err != nil {
+		t.Fatal(err)
+	}
+	s.expectStatus(t, id, "finished")
+
+	// A failure with attempts left is queued again, with its reason; a permanent one is failed.
+	id2 := s.uploadOK(t, servicetest.PatternPNG(t, 8, 21))
+	task = s.claim(t, id2)
+	if _, err := s.Master.FailTask(ctx, id2, task.Token, "worker ran out of memory", false); err != nil {
+		t.Fatal(err)
+	}
+	s.expectStatus(t, id2, "queued")
+	task = s.claim(t, id2)
+	if _, err := s.Master.FailTask(ctx, id2, task.Token, "not a decodable image", true); err != nil {
+		t.Fatal(err)
+	}
+	s.expectStatus(t, id2, "failed")
+	if st := s.task(t, id2); st.Error != "not a decodable image" || st.Attempts != 2 || st.State != client.StateFailed {
+		t.Errorf("failed task = %+v", st)
+	}
+
+	// Refusals: an unknown id is the database's own answer.
+	direct := s.call(t, http.MethodGet, s.DatabaseURL+"/getById?id=12345", nil)
+	if r := s.call(t, http.MethodGet, s.MasterURL+"/status?id=12345", nil); r.Status != http.StatusBadRequest ||
+		r.Body != "Error: no task with id 12345" || r.Body != direct.Body || r.Status != direct.Status {
+		t.Errorf("GET /status of an unknown id = %d %q, want the database's %d %q", r.Status, r.Body, direct.Status, direct.Body)
+	}
+	for _, tc := range []struct{ query, body string }{
+		{"", "Error: missing id parameter"},
+		{"?id=x", `Error: id must be a non-negative decimal integer, got "x"`},
+		{"?id=-4", `Error: id must be a non-negative decimal integer, got "-4"`},
+	} {
+		if r := s.call(t, http.MethodGet, s.MasterURL+"/status"+tc.query, nil); r.Status != http.StatusBadRequest || r.Body != tc.body {
+			t.Errorf("GET /status%s = %d %q, want 400 %q", tc.query, r.Status, r.Body, tc.body)
+		}
+	}
+	r := s.call(t, http.MethodPost, s.MasterURL+"/status?id=0", nil)
+	if r.Status != http.StatusMethodNotAllowed || r.Body != "Error: method POST not allowed on /status" || r.Header.Get("Allow") != "GET, HEAD" {
+		t.Errorf("POST /status = %d %q Allow %q", r.Status, r.Body, r.Header.Get("Allow"))
+	}
+}
+
+func TestGetOnlyFinishedTasks(t *testing.T) {
+	s := newStack(t, servicetest.Options{})
+	ctx := t.Context()
+	get := func(id int64) servicetest.Reply {
+		return s.call(t, http.MethodGet, fmt.Sprintf("%s/get?id=%d", s.MasterURL, id), nil)
+	}
+	expect := func(what string, id int64, body string) {
+		t.Helper()
+		if r := get(id); r.Status != http.StatusNotFound || r.Body != body {
+			t.Errorf("get %s: %d %.100q, want 404 %q", what, r.Status, r.Body, body)
+		}
+	}
+	id := s.uploadOK(t, servicetest.PatternPNG(t, 16, 22))
+	notFinished := fmt.Sprintf("Error: task %d is not finished", id)
+	expect("queued", id, notFinished)
+
+	// A result in storage is not served while the task is unfinished (a stale worker's, say).
+	task := s.claim(t, id)
+	result := servicetest.PatternPNG(t, 16, 23)
+	if err := s.Storage.SendImage(ctx, id, client.Finished, bytes.NewReader(result), int64(len(result))); err != nil {
+		t.Fatal(err)
+	}
+	expect("processing with a result stored", id, notFinished)
+	if _, err := s.Database.FailTask(ctx, id, task.Token, "timeout", false); err != nil {
+		t.Fatal(err)
+	}
+	expect("queued again with a result stored", id, notFinished)
+	task = s.claim(t, id)
+	if _, err := s.Database.FailTask(ctx, id, task.Token, "image is corrupt", true); err != nil {
+		t.Fatal(err)
+	}
+	expect("failed", id, fmt.Sprintf("Error: task %d failed: image is corrupt", id))
+	if r := s.call(t, http.MethodGet, fmt.Sprintf("%s/isReady?id=%d", s.MasterURL, id), nil); r.Status != http.StatusOK || r.Body != "0" {
+		t.Errorf("isReady of a failed task: %d %q, want 200 \"0\"", r.Status, r.Body)
+	}
+	expect("unknown", 12345, "Error: no task with id 12345")
+
+	// Finished: served.
+	id2 := s.uploadOK(t, servicetest.PatternPNG(t, 16, 24))
+	task = s.claim(t, id2)
+	if err := s.Storage.SendImage(ctx, id2, client.Finished, bytes.NewReader(result), int64(len(result))); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Database.FinishTask(ctx, id2, task.Token); err != nil {
+		t.Fatal(err)
+	}
+	servicetest.ExpectPNGReply(t, "get finished", get(id2), result)
+}
+
+func TestRegisterTaskFinishedFenced(t *testing.T) {
+	s := newStack(t, servicetest.Options{})
+	id, err := s.Database.NewTask(t.Context(), false, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := s.claim(t, id)
+	current := s.reclaim(t, id, stale)
+	staleMsg := fmt.Sprintf("Error: stale lease token for task %d", id)
+
+	s.expectRefusalPassedThrough(t, "stale token", "/registerTaskFinished", "/finishTask", tokenQuery(id, stale.Token), http.StatusConflict, staleMsg)
+	for range 2 { // the second time is a retry, which succeeds too
+		r := s.post(t, s.MasterURL, "/registerTaskFinished", tokenQuery(id, current.Token))
+		if r.Status != http.StatusOK || r.Body != "success" || r.Header.Get("Content-Type") != "text/plain; charset=utf-8" {
+			t.Errorf("register with the current token: %d %q (%s), want 200 \"success\"", r.Status, r.Body, r.Header.Get("Content-Type"))
+		}
+	}
+	if task := s.task(t, id); task.State != client.StateFinished {
+		t.Errorf("task after register = %+v, want finished", task)
+	}
+	s.expectRefusalPassedThrough(t, "stale token after finishing", "/registerTaskFinished", "/finishTask", tokenQuery(id, stale.Token), http.StatusConflict, staleMsg)
+	s.expectRefusalPassedThrough(t, "bad token", "/registerTaskFinished", "/finishTask", tokenQuery(id, 0, "token", "x"),
+		http.StatusBadRequest, `Error: token must be a non-negative decimal integer, got "x"`)
+}
+
+func TestExtendLeasePassesThrough(t *testing.T) {
+	s := newStack(t, servicetest.Options{})
+	ctx := t.Context()
+	id, err := s.Database.NewTask(ctx, false, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	claimed := s.claim(t, id)
+	time.Sleep(5 * time.Millisecond) // so the renewed lease ends later than the claim's
+	task := s.expectTaskReply(t, "extendLease", s.post(t, s.MasterURL, "/extendLease", tokenQuery(id, claimed.Token)), id)
+	if task.State != client.StateInProgress || task.Token != claimed.Token || !task.LeaseUntil.After(claimed.LeaseUntil) {
+		t.Errorf("extendLease = %+v, want the claim with a lease beyond %v", task, claimed.LeaseUntil)
+	}
+
+	notInProgress := fmt.Sprintf("Error: task %d is not in progress", id)
+	s.expectRefusalPassedThrough(t, "unknown task", "/extendLease", "/extendLease", tokenQuery(4242, 1), http.StatusBadRequest, "Error: no task with id 4242")
+	s.expectRefusalPassedThrough(t, "no id", "/extendLease", "/extendLease", url.Values{"token": {"1"}}, http.StatusBadRequest, "Error: missing id parameter")
+	current := s.reclaim(t, id, claimed)
+	s.expectRefusalPassedThrough(t, "stale token", "/extendLease", "/extendLease", tokenQuery(id, claimed.Token), http.StatusConflict,
+		fmt.Sprintf("Error: stale lease token for task %d", id))
+	if err := s.Master.FinishTask(ctx, id, current.Token); err != nil {
+		t.Fatal(err)
+	}
+	s.expectRefusalPassedThrough(t, "finished task", "/extendLease", "/extendLease", tokenQuery(id, current.Token), http.StatusBadRequest, notInProgress)
+}
+
+func TestFailTaskPassesThrough(t *testing.T) {
+	s := newStack(t, servicetest.Options{})
+	ctx := t.Context()
+	id, err := s.Database.NewTask(ctx, false, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := s.claim(t, id)
+	task := s.expectTaskReply(t, "failTask", s.post(t, s.MasterURL, "/failTask", tokenQuery(id, first.Token, "reason", "flaky disk")), id)
+	if task.State != client.StateNotStarted || task.Error != "flaky disk" || task.Attempts != 1 {
+		t.Errorf("failTask with attempts left = %+v, want not started with the reason", task)
+	}
+
+	notInProgress := fmt.Sprintf("Error: task %d is not in progress", id)
+	s.expectRefusalPassedThrough(t, "reported twice", "/failTask", "/failTask", tokenQuery(id, first.Token, "reason", "flaky disk"), http.StatusBadRequest, notInProgress)
+	second := s.claim(t, id)
+	s.expectRefusalPassedThrough(t, "no reason", "/failTask", "/failTask", tokenQuery(id, second.Token), http.StatusBadRequest, "Error: missing reason parameter")
+	s.expectRefusalPassedThrough(t, "bad permanent", "/failTask", "/failTask", tokenQuery(id, second.Token, "reason", "r", "permanent", "sure"),
+		http.StatusBadRequest, `Error: permanent must be true or false, got "sure"`)
+	s.expectRefusalPassedThrough(t, "stale token", "/failTask", "/failTask", tokenQuery(id, first.Token, "reason", "late"), http.StatusConflict,
+		fmt.Sprintf("Error: stale lease token for task %d", id))
+
+	task = s.expectTaskReply(t, "failTask on the last attempt", s.post(t, s.MasterURL, "/failTask", tokenQuery(id, second.Token, "reason", "flaky again")), id)
+	if task.State != client.StateFailed || task.Error != "flaky again" || task.Attempts != 2 {
+		t.Errorf("failTask on the last attempt = %+v, want failed with the reason", task)
+	}
+	s.ExpectNoClaimable(t)
+
+	// Permanent, at once.
+	id2, err := s.Database.NewTask(ctx, false, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	claimed := s.claim(t, id2)
+	task = s.expectTaskReply(t, "permanent failTask", s.post(t, s.MasterURL, "/failTask", tokenQuery(id2, claimed.Token, "reason", "corrupt", "permanent", "true")), id2)
+	if task.State != client.StateFailed || task.Error != "corrupt" || task.Attempts != 1 {
+		t.Errorf("permanent failTask = %+v, want failed on attempt 1", task)
+	}
+}
+
+func TestReleaseTaskPassesThrough(t *testing.T) {
+	s := newStack(t, servicetest.Options{})
+	ctx := t.Context()
+	var ids [2]int64
+	var claims [2]client.Task
+	for i := range ids {
+		id, err := s.Database.NewTask(ctx, false, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[i] = id
+		claims[i] = s.claim(t, id)
+	}
+	// Twin tasks, one released through the master, one at the database: the same answer.
+	via := s.post(t, s.MasterURL, "/releaseTask", tokenQuery(ids[0], claims[0].Token))
+	direct := s.post(t, s.DatabaseURL, "/releaseTask", tokenQuery(ids[1], claims[1].Token))
+	if direct.Status != http.StatusOK || direct.Body != "success" {
+		t.Fatalf("database releaseTask: %d %q", direct.Status, direct.Body)
+	}
+	if via.Status != direct.Status || via.Body != direct.Body || via.Header.Get("Content-Type") != direct.Header.Get("Content-Type") {
+		t.Errorf("master releaseTask: %d %q (%s), want the database's %d %q (%s)", via.Status, via.Body, via.Header.Get("Content-Type"),
+			direct.Status, direct.Body, direct.Header.Get("Content-Type"))
+	}
+	for i, id := range ids {
+		if task := s.task(t, id); task.State != client.StateNotStarted || task.Attempts != 0 || task.Token != claims[i].Token {
+			t.Errorf("released task %d = %+v, want not started, attempt given back", id, task)
+		}
+	}
+
+	id := ids[0]
+	s.expectRefusalPassedThrough(t, "released twice", "/releaseTask", "/releaseTask", tokenQuery(id, claims[0].Token), http.StatusBadRequest,
+		fmt.Sprintf("Error: task %d is not in progress", id))
+	again := s.claim(t, id) // at once, and lowest id first
+	if again.Attempts != 1 || again.Token <= claims[0].Token {
+		t.Errorf("claim after release = %+v, want attempt 1 with a new token", again)
+	}
+	s.expectRefusalPassedThrough(t, "stale token", "/releaseTask", "/releaseTask", tokenQuery(id, claims[0].Token), http.StatusConflict,
+		fmt.Sprintf("Error: stale lease token for task %d", id))
+	s.expectRefusalPassedThrough(t, "unknown task", "/releaseTask", "/releaseTask", tokenQuery(4242, 1), http.StatusBadRequest, "Error: no task with id 4242")
 }

@@ -11,8 +11,12 @@ func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("POST /new", httpapi.HandlerFunc(s.handleNew))
 	mux.Handle("GET /isReady", httpapi.HandlerFunc(s.handleIsReady))
 	mux.Handle("GET /get", httpapi.HandlerFunc(s.handleGet))
+	mux.Handle("GET /status", httpapi.HandlerFunc(s.handleStatus))
 	// worker side
 	mux.Handle("POST /getNewTask", httpapi.HandlerFunc(s.handleGetNewTask))
-	mux.Handle("POST /registerTaskFinished", httpapi.IDCommand(s.db.FinishTask))
+	mux.Handle("POST /registerTaskFinished", s.forward("/finishTask"))
+	mux.Handle("POST /extendLease", s.forward("/extendLease"))
+	mux.Handle("POST /failTask", s.forward("/failTask"))
+	mux.Handle("POST /releaseTask", s.forward("/releaseTask"))
 	mux.Handle("GET /healthz", httpapi.Healthz())
 }

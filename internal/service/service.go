@@ -6,9 +6,10 @@ package service
 import (
 	"context"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"time"
+
+	"github.com/imgmill/imgmill/internal/backoff"
 
 	"golang.org/x/sync/errgroup"
 
@@ -27,13 +28,26 @@ type Spec struct {
 	RegisterAs string
 	KV         *client.KV
 	Advertise  string
+	// RegistrationTTL is how long the registration lives in the kv store unless renewed; it is renewed
+	// every third of it. 0 means the RegistrationTTL constant; tests shorten it.
+	RegistrationTTL time.Duration
 
 	// Background loops run beside the server and stop with it.
 	Background []func(ctx context.Context) error
 }
 
-// ReregisterEvery is how often a registration is written again, so a kv store that lost its data heals.
-const ReregisterEvery = 30 * time.Second
+// RegistrationTTL is how long a service's registration lives in the kv store unless renewed. It is renewed
+// every RegistrationTTL/3, so an instance that died drops out of discovery within RegistrationTTL (until
+// then clients calling it fail over by looking the key up again), and a kv store that restarted empty, or
+// lost the key, has it back within RegistrationTTL/3.
+const RegistrationTTL = 15 * time.Second
+
+// Registration retry backoff bounds; the wait is also capped at the renewal period, so that a failed
+// renewal is retried before the entry expires.
+const (
+	registerRetryMin = 50 * time.Millisecond
+	registerRetryMax = 5 * time.Second
+)
 
 // Run serves spec until ctx ends or something fails.
 func Run(ctx context.Context, spec Spec) error {
@@ -48,8 +62,12 @@ func Run(ctx context.Context, spec Spec) error {
 		if addr == "" {
 			addr = httpapi.AdvertiseAddr(ln.Addr())
 		}
+		ttl := spec.RegistrationTTL
+		if ttl <= 0 {
+			ttl = RegistrationTTL
+		}
 		g.Go(func() error {
-			register(ctx, spec.KV, spec.RegisterAs, addr, spec.Logger)
+			register(ctx, spec.KV, spec.RegisterAs, addr, ttl, spec.Logger)
 			return nil
 		})
 	}
@@ -59,63 +77,35 @@ func Run(ctx context.Context, spec Spec) error {
 	return g.Wait()
 }
 
-// register stores key=addr in the kv store, retrying with capped, jittered backoff until it succeeds
-// (the kv store may start after us), then writes it again every ReregisterEvery until ctx ends.
-func register(ctx context.Context, kv *client.KV, key, addr string, logger *slog.Logger) {
-	backoff := Backoff{Min: 50 * time.Millisecond, Max: 5 * time.Second}
+// register stores key=addr in the kv store with a TTL of ttl and renews it every ttl/3 until ctx ends;
+// after that the entry expires by itself. A failed write (the kv store may start after us, or be
+// restarting) is retried with capped, jittered backoff.
+func register(ctx context.Context, kv *client.KV, key, addr string, ttl time.Duration, logger *slog.Logger) {
+	renew := max(ttl/3, time.Millisecond)
+	retry := backoff.Backoff{Min: min(registerRetryMin, renew), Max: min(registerRetryMax, renew)}
 	registered := false
 	for {
-		err := kv.Set(ctx, key, addr)
+		err := kv.SetTTL(ctx, key, addr, ttl)
 		var wait time.Duration
 		switch {
 		case err == nil:
 			if !registered {
-				logger.InfoContext(ctx, "registered", "key", key, "addr", addr)
+				logger.InfoContext(ctx, "registered", "key", key, "addr", addr, "ttl", ttl)
 			}
 			registered = true
-			backoff.Reset()
-			wait = ReregisterEvery
+			retry.Reset()
+			wait = renew
 		default:
 			if ctx.Err() != nil {
 				return
 			}
+			// Logged on every failure: the registration is about to lapse, or already has.
 			logger.WarnContext(ctx, "registration failed, retrying", "key", key, "err", err)
-			wait = backoff.Next()
+			registered = false
+			wait = retry.Next()
 		}
-		if !Sleep(ctx, wait) {
+		if !backoff.Sleep(ctx, wait) {
 			return
 		}
-	}
-}
-
-// Backoff yields exponentially growing waits with full jitter, so many clients of a failed peer do not
-// retry in lockstep.
-type Backoff struct {
-	Min, Max time.Duration
-	n        int
-}
-
-// Next returns the next wait.
-func (b *Backoff) Next() time.Duration {
-	d := b.Min << min(b.n, 20)
-	if d > b.Max || d <= 0 {
-		d = b.Max
-	}
-	b.n++
-	return d/2 + rand.N(d/2+1)
-}
-
-// Reset starts again from Min.
-func (b *Backoff) Reset() { b.n = 0 }
-
-// Sleep waits d or until ctx ends; it reports whether the full wait passed.
-func Sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }

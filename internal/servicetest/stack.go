@@ -23,7 +23,7 @@ const StackLease = 2 * time.Minute
 // ServeDatabase serves the database service over a SQLite task store at path (see Serve). stop closes
 // the done channel the service watches, ending its long polls; it may be called more than once, and is
 // called when the test ends before the server is closed. The store is closed last.
-func ServeDatabase(t testing.TB, path string, lease time.Duration) (url string, stop func()) {
+func ServeDatabase(t testing.TB, path string, policy database.Policy) (url string, stop func()) {
 	t.Helper()
 	store, err := sqlitestore.Open(context.Background(), path, sqlitestore.Options{})
 	if err != nil {
@@ -32,7 +32,7 @@ func ServeDatabase(t testing.TB, path string, lease time.Duration) (url string, 
 	CloseAtCleanup(t, "task store", store)
 	done := make(chan struct{})
 	stop = sync.OnceFunc(func() { close(done) })
-	srv := Serve(t, database.NewServer(store, lease, done))
+	srv := Serve(t, database.NewServer(store, policy, done))
 	t.Cleanup(stop) // end long polls before the server waits for them
 	return srv.URL, stop
 }
@@ -84,7 +84,7 @@ func NewStack(t testing.TB, opts Options) *Stack {
 	dir := t.TempDir()
 	s := &Stack{HTTP: NewHTTPClient(t)}
 	var stopDatabase func()
-	s.DatabaseURL, stopDatabase = ServeDatabase(t, filepath.Join(dir, "tasks.db"), StackLease)
+	s.DatabaseURL, stopDatabase = ServeDatabase(t, filepath.Join(dir, "tasks.db"), database.Policy{Lease: StackLease})
 	s.StorageURL = ServeStorage(t, filepath.Join(dir, "images"), opts.WrapStorage)
 	s.Database = client.NewDatabase(s.HTTP, client.Static(Addr(s.DatabaseURL)))
 	s.Storage = client.NewStorage(s.HTTP, client.Static(Addr(s.StorageURL)))

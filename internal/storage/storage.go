@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/imgmill/imgmill/internal/blobstore"
 	"github.com/imgmill/imgmill/internal/blobstore/fileblob"
@@ -29,18 +30,29 @@ func NewServer(blobs blobstore.Store) http.Handler {
 
 type server struct{ blobs blobstore.Store }
 
+// handleSendImage stores an image. The optional token parameter is the lease token of the worker sending
+// its result: the image is stored with it as its fence, and refused with 409 when the stored image has a
+// larger one (a newer claim of the task already stored its result). No token is token 0, never refused.
 func (s *server) handleSendImage(w http.ResponseWriter, r *http.Request) error {
-	key, err := imageKey(r)
+	id, key, err := imageKey(r)
+	if err != nil {
+		return err
+	}
+	token, err := leaseToken(r)
 	if err != nil {
 		return err
 	}
 	if r.ContentLength == 0 {
 		return httpapi.Errorf(http.StatusBadRequest, "empty image body")
 	}
-	_, err = s.blobs.Put(r.Context(), key, &nonEmptyReader{r: r.Body}, r.ContentLength)
+	_, err = s.blobs.Put(r.Context(), key, &nonEmptyReader{r: r.Body}, r.ContentLength, token)
 	if errors.Is(err, errEmptyBody) {
 		// The failed stream left any image already stored under key untouched.
 		return httpapi.Errorf(http.StatusBadRequest, "empty image body")
+	}
+	if errors.Is(err, blobstore.ErrStaleFence) {
+		// The stored image, a newer claim's result, stays.
+		return httpapi.Errorf(http.StatusConflict, "stale lease token for task %d", id)
 	}
 	if err != nil {
 		var tooBig *http.MaxBytesError
@@ -53,8 +65,9 @@ func (s *server) handleSendImage(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// handleGetImage serves an image, with the lease token it was stored with in LeaseTokenHeader (none for 0).
 func (s *server) handleGetImage(w http.ResponseWriter, r *http.Request) error {
-	key, err := imageKey(r)
+	_, key, err := imageKey(r)
 	if err != nil {
 		return err
 	}
@@ -66,6 +79,9 @@ func (s *server) handleGetImage(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("open %s: %w", key, err)
 	}
 	defer blob.Close()
+	if blob.Fence != 0 {
+		w.Header().Set(client.LeaseTokenHeader, strconv.FormatInt(blob.Fence, 10))
+	}
 	// ServeContent streams from the blob, sniffs the Content-Type and answers range requests.
 	http.ServeContent(w, r, "", blob.ModTime, blob)
 	return nil
@@ -93,16 +109,31 @@ func (e *nonEmptyReader) Read(p []byte) (int, error) {
 }
 
 // imageKey validates the reference id and state parameters and names the blob.
-func imageKey(r *http.Request) (string, error) {
-	id, err := httpapi.QueryID(r, "id")
+func imageKey(r *http.Request) (id int64, key string, err error) {
+	id, err = httpapi.QueryID(r, "id")
 	if err != nil {
-		return "", err
+		return 0, "", err
 	}
 	state := r.URL.Query().Get("state")
 	if state != client.Working && state != client.Finished {
-		return "", httpapi.Errorf(http.StatusBadRequest, "state must be %q or %q, got %q", client.Working, client.Finished, state)
+		return 0, "", httpapi.Errorf(http.StatusBadRequest, "state must be %q or %q, got %q", client.Working, client.Finished, state)
 	}
-	return state + "/" + strconv.FormatInt(id, 10), nil
+	return id, state + "/" + strconv.FormatInt(id, 10), nil
+}
+
+// leaseToken parses the optional token parameter, digits only; absent is 0.
+func leaseToken(r *http.Request) (int64, error) {
+	q := r.URL.Query()
+	if !q.Has("token") {
+		return 0, nil
+	}
+	raw := q.Get("token")
+	token, err := strconv.ParseInt(raw, 10, 64)
+	if err != nil || raw == "" || strings.Trim(raw, "0123456789") != "" {
+		// ParseInt alone would take "+7" and "-0".
+		return 0, httpapi.Errorf(http.StatusBadRequest, "token must be a non-negative decimal integer, got %q", raw)
+	}
+	return token, nil
 }
 
 // Config configures Run.

@@ -2,6 +2,7 @@ package storage_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -16,11 +17,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
+	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/servicetest"
 )
 
@@ -93,6 +96,16 @@ func (s *storageServer) send(id, state string, body []byte) servicetest.Reply {
 	return s.do(s.request("POST", "/sendImage", imageQuery(id, state), bytes.NewReader(body), int64(len(body))))
 }
 
+// sendResult sends a finished image with the lease token token ("" sends none).
+func (s *storageServer) sendResult(id, token string, body []byte) servicetest.Reply {
+	s.t.Helper()
+	q := imageQuery(id, "finished")
+	if token != "" {
+		q.Set("token", token)
+	}
+	return s.do(s.request("POST", "/sendImage", q, bytes.NewReader(body), int64(len(body))))
+}
+
 func (s *storageServer) get(id, state string) servicetest.Reply {
 	s.t.Helper()
 	return s.do(s.request("GET", "/getImage", imageQuery(id, state), nil, 0))
@@ -110,6 +123,22 @@ func (s *storageServer) expectImage(id, state string, want []byte) {
 	r := s.get(id, state)
 	if r.Status != 200 || r.Body != string(want) {
 		s.t.Errorf("GET %s/%s = %d, %d bytes %.40q; want 200 with %d bytes %.40q", state, id, r.Status, len(r.Body), r.Body, len(want), want)
+	}
+}
+
+// expectToken checks the image of id and state and the lease token it is served with ("" for none).
+func (s *storageServer) expectToken(id, state string, want []byte, token string) {
+	s.t.Helper()
+	r := s.get(id, state)
+	if r.Status != 200 || r.Body != string(want) {
+		s.t.Errorf("GET %s/%s = %d, %d bytes %.40q; want 200 with %d bytes %.40q", state, id, r.Status, len(r.Body), r.Body, len(want), want)
+	}
+	got, ok := r.Header[client.LeaseTokenHeader]
+	if token == "" && ok {
+		s.t.Errorf("GET %s/%s sent %s %q, want none", state, id, client.LeaseTokenHeader, got)
+	}
+	if token != "" && (len(got) != 1 || got[0] != token) {
+		s.t.Errorf("GET %s/%s sent %s %q, want %q", state, id, client.LeaseTokenHeader, got, token)
 	}
 }
 
@@ -170,6 +199,9 @@ func TestPNGRoundTrip(t *testing.T) {
 
 	r := s.get("1", "working")
 	servicetest.ExpectPNGReply(t, "GET /getImage", r, pic)
+	if v, ok := r.Header[client.LeaseTokenHeader]; ok {
+		t.Errorf("an upload without a token is served with %s %q", client.LeaseTokenHeader, v)
+	}
 	if _, err := png.Decode(strings.NewReader(r.Body)); err != nil {
 		t.Errorf("returned image does not decode: %v", err)
 	}
@@ -381,4 +413,212 @@ func TestPlumbing(t *testing.T) {
 		{Method: "DELETE", Path: "/getImage", Query: anyImage, Status: 405, Body: "Error: method DELETE not allowed on /getImage", Allow: "GET, HEAD"},
 	})
 	servicetest.CheckEchoesRequestID(t, s.c, "GET", s.url+"/getImage?"+anyImage.Encode(), "storage-req-3")
+}
+
+const staleReply = "Error: stale lease token for task 7"
+
+func TestLeaseTokenFencing(t *testing.T) {
+	s := newStorage(t)
+	s.expectText(s.sendResult("7", "5", []byte("by claim 5")), 200, "success")
+	s.expectToken("7", "finished", []byte("by claim 5"), "5")
+
+	// A worker whose lease lapsed (an older claim) cannot replace the newer result.
+	s.expectText(s.sendResult("7", "4", []byte("by claim 4")), 409, staleReply)
+	s.expectText(s.sendResult("7", "1", []byte("by claim 1")), 409, staleReply)
+	r := s.do(s.request("POST", "/sendImage", url.Values{"id": {"7"}, "state": {"finished"}, "token": {"3"}},
+		opaqueReader{strings.NewReader("chunked by claim 3")}, -1))
+	s.expectText(r, 409, staleReply)
+	s.expectToken("7", "finished", []byte("by claim 5"), "5")
+
+	// The same claim retrying is accepted; a newer claim too, after which 5 is stale.
+	s.expectText(s.sendResult("7", "5", []byte("claim 5 retried")), 200, "success")
+	s.expectToken("7", "finished", []byte("claim 5 retried"), "5")
+	s.expectText(s.sendResult("7", "6", []byte("by claim 6")), 200, "success")
+	s.expectToken("7", "finished", []byte("by claim 6"), "6")
+	s.expectText(s.sendResult("7", "5", []byte("claim 5 late")), 409, staleReply)
+	s.expectToken("7", "finished", []byte("by claim 6"), "6")
+
+	// Other tasks and the working image are separate.
+	s.expectText(s.sendResult("8", "1", []byte("task 8")), 200, "success")
+	s.expectToken("8", "finished", []byte("task 8"), "1")
+	s.expectText(s.send("7", "working", []byte("upload")), 200, "success")
+	s.expectToken("7", "working", []byte("upload"), "")
+
+	// The token is served on HEAD and range requests too.
+	r = s.do(s.request("HEAD", "/getImage", imageQuery("7", "finished"), nil, 0))
+	if r.Status != 200 || r.Header.Get(client.LeaseTokenHeader) != "6" {
+		t.Errorf("HEAD = %d %s %q, want 200 and 6", r.Status, client.LeaseTokenHeader, r.Header.Get(client.LeaseTokenHeader))
+	}
+	req := s.request("GET", "/getImage", imageQuery("7", "finished"), nil, 0)
+	req.Header.Set("Range", "bytes=0-1")
+	r = s.do(req)
+	if r.Status != http.StatusPartialContent || r.Body != "by" || r.Header.Get(client.LeaseTokenHeader) != "6" {
+		t.Errorf("range GET = %d %q %s %q, want 206 \"by\" and 6", r.Status, r.Body, client.LeaseTokenHeader, r.Header.Get(client.LeaseTokenHeader))
+	}
+	if files := s.files(); len(files) != 3 {
+		t.Errorf("files = %v, want the three images and nothing else", files)
+	}
+}
+
+// A worker that knows no tokens (the reference one) sends none, or 0: never refused, and what it stores
+// carries no token, so any claim may replace it.
+func TestUnfencedResult(t *testing.T) {
+	s := newStorage(t)
+	s.expectText(s.sendResult("7", "9", []byte("by claim 9")), 200, "success")
+	s.expectText(s.sendResult("7", "", []byte("reference worker")), 200, "success")
+	s.expectToken("7", "finished", []byte("reference worker"), "")
+	s.expectText(s.sendResult("7", "2", []byte("by claim 2")), 200, "success")
+	s.expectToken("7", "finished", []byte("by claim 2"), "2")
+	s.expectText(s.sendResult("7", "0", []byte("token 0")), 200, "success")
+	s.expectToken("7", "finished", []byte("token 0"), "")
+}
+
+func TestTokenValidation(t *testing.T) {
+	s := newStorage(t)
+	s.expectText(s.sendResult("7", "5", []byte("keep me")), 200, "success")
+	for _, token := range []string{"abc", "-1", "+5", "-0", "1.0", "0x10", " 5", "5 ", "", "1e3",
+		"9223372036854775808", "99999999999999999999"} {
+		want := fmt.Sprintf("Error: token must be a non-negative decimal integer, got %q", token)
+		for _, id := range []string{"7", "8"} {
+			q := imageQuery(id, "finished")
+			q.Set("token", token)
+			s.expectText(s.do(s.request("POST", "/sendImage", q, strings.NewReader("data"), 4)), 400, want)
+		}
+	}
+	// The largest token and leading zeros are fine.
+	s.expectText(s.sendResult("7", "0006", []byte("six")), 200, "success")
+	s.expectToken("7", "finished", []byte("six"), "6")
+	s.expectText(s.sendResult("9", "9223372036854775807", []byte("max")), 200, "success")
+	s.expectToken("9", "finished", []byte("max"), "9223372036854775807")
+	// The id and state are checked first; an empty body is refused before the token is looked at.
+	q := url.Values{"id": {"x"}, "state": {"finished"}, "token": {"bad"}}
+	s.expectText(s.do(s.request("POST", "/sendImage", q, strings.NewReader("data"), 4)), 400,
+		`Error: id must be a non-negative decimal integer, got "x"`)
+	s.expectText(s.sendResult("7", "1", nil), 400, "Error: empty image body")
+	s.expectToken("7", "finished", []byte("six"), "6")
+	if files := s.files(); len(files) != 2 {
+		t.Errorf("files = %v, want finished/7 and finished/9 only", files)
+	}
+}
+
+// Workers racing to store one task's result (one presumed dead, its successors) leave the result of the
+// newest claim; every other answer is success or the stale refusal.
+func TestConcurrentResults(t *testing.T) {
+	s := newStorage(t)
+	const writers = 8
+	for round := range 5 {
+		id := strconv.Itoa(100 + round)
+		var wg sync.WaitGroup
+		replies := make([]servicetest.Reply, writers+1)
+		errs := make([]error, writers+1)
+		for token := 1; token <= writers; token++ {
+			wg.Go(func() {
+				q := imageQuery(id, "finished")
+				q.Set("token", strconv.Itoa(token))
+				body := bytes.Repeat([]byte{byte('a' + token)}, 64<<10+token)
+				req := s.request("POST", "/sendImage", q, bytes.NewReader(body), int64(len(body)))
+				replies[token], errs[token] = servicetest.Do(s.c, req)
+			})
+		}
+		wg.Wait()
+		for token := 1; token <= writers; token++ {
+			if errs[token] != nil {
+				t.Fatalf("token %d: %v", token, errs[token])
+			}
+			r := replies[token]
+			if (r.Status != 200 || r.Body != "success") && (r.Status != 409 || r.Body != "Error: stale lease token for task "+id) {
+				t.Errorf("token %d: %d %q, want success or the stale refusal", token, r.Status, r.Body)
+			}
+		}
+		if r := replies[writers]; r.Status != 200 {
+			t.Errorf("the newest claim was refused: %d %q", r.Status, r.Body)
+		}
+		s.expectToken(id, "finished", bytes.Repeat([]byte{byte('a' + writers)}, 64<<10+writers), strconv.Itoa(writers))
+	}
+}
+
+// client.Storage speaks the same: SendResult sends the token, GetImage returns it, a refusal is
+// ErrStaleToken.
+func TestClientTokens(t *testing.T) {
+	s := newStorage(t)
+	c := client.NewStorage(s.c, client.Static(servicetest.Addr(s.url)))
+	ctx := t.Context()
+	get := func(id int64, state string) (string, int64) {
+		t.Helper()
+		img, err := c.GetImage(ctx, id, state)
+		if err != nil {
+			t.Fatalf("GetImage(%d, %s): %v", id, state, err)
+		}
+		defer img.Close()
+		b, err := io.ReadAll(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b), img.Token
+	}
+	send := func(id, token int64, body string) error {
+		return c.SendResult(ctx, id, token, strings.NewReader(body), int64(len(body)))
+	}
+
+	if err := c.SendImage(ctx, 1, client.Working, strings.NewReader("upload"), 6); err != nil {
+		t.Fatalf("SendImage: %v", err)
+	}
+	if body, token := get(1, client.Working); body != "upload" || token != 0 {
+		t.Errorf("working image = %q token %d, want %q token 0", body, token, "upload")
+	}
+	if err := send(1, 5, "by claim 5"); err != nil {
+		t.Fatalf("SendResult(token 5): %v", err)
+	}
+	if body, token := get(1, client.Finished); body != "by claim 5" || token != 5 {
+		t.Errorf("result = %q token %d, want %q token 5", body, token, "by claim 5")
+	}
+	err := send(1, 4, "by claim 4")
+	if !errors.Is(err, client.ErrStaleToken) || !client.IsStatus(err, http.StatusConflict) {
+		t.Errorf("SendResult(token 4) = %v, want ErrStaleToken with status 409", err)
+	}
+	if err := send(1, 5, "claim 5 retried"); err != nil {
+		t.Errorf("SendResult(token 5) again: %v", err)
+	}
+	if err := send(1, 0, "reference worker"); err != nil {
+		t.Errorf("SendResult(token 0): %v", err)
+	}
+	if body, token := get(1, client.Finished); body != "reference worker" || token != 0 {
+		t.Errorf("result = %q token %d, want %q token 0", body, token, "reference worker")
+	}
+	if err := send(1, -1, "negative"); err == nil || errors.Is(err, client.ErrStaleToken) {
+		t.Errorf("SendResult(token -1) = %v, want a refusal of the token", err)
+	}
+	if body, _ := get(1, client.Finished); body != "reference worker" {
+		t.Errorf("a refused SendResult changed the result to %q", body)
+	}
+	// SendImage with an unknown length, and a body that can be replayed, work as before.
+	if err := c.SendImage(ctx, 2, client.Finished, opaqueReader{strings.NewReader("chunked")}, -1); err != nil {
+		t.Errorf("SendImage(size -1): %v", err)
+	}
+	if err := c.SendResult(ctx, 3, 2, bytes.NewReader([]byte("bytes")), 5); err != nil {
+		t.Errorf("SendResult(bytes.Reader): %v", err)
+	}
+	if body, token := get(3, client.Finished); body != "bytes" || token != 2 {
+		t.Errorf("result = %q token %d, want %q token 2", body, token, "bytes")
+	}
+}
+
+// A malformed X-Lease-Token from a peer is a bad reply, not a token of 0.
+func TestClientMalformedTokenHeader(t *testing.T) {
+	for _, value := range []string{"x", "-1", "1.5"} {
+		srv := servicetest.Serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set(client.LeaseTokenHeader, value)
+			w.Write([]byte("image"))
+		}))
+		c := client.NewStorage(servicetest.NewHTTPClient(t), client.Static(servicetest.Addr(srv.URL)))
+		img, err := c.GetImage(context.Background(), 1, client.Finished)
+		if err == nil {
+			img.Close()
+			t.Errorf("%q: GetImage succeeded with token %d", value, img.Token)
+			continue
+		}
+		if !client.IsStatus(err, http.StatusBadGateway) || !strings.Contains(err.Error(), client.LeaseTokenHeader) {
+			t.Errorf("%q: GetImage = %v, want a 502 naming the header", value, err)
+		}
+	}
 }

@@ -10,42 +10,58 @@ import (
 	"time"
 )
 
-// State is a task's lifecycle state. The numbers are the reference wire values.
+// State is a task's lifecycle state. 0 to 2 are the reference wire values; Failed is additive.
 type State int
 
 const (
 	NotStarted State = 0
 	InProgress State = 1
 	Finished   State = 2
+	Failed     State = 3
 )
 
 // Valid reports whether s is one of the known states.
-func (s State) Valid() bool { return s >= NotStarted && s <= Finished }
+func (s State) Valid() bool { return s >= NotStarted && s <= Failed }
 
-func (s State) String() string {
+// Word is the state as the status API spells it.
+func (s State) Word() string {
 	switch s {
 	case NotStarted:
-		return "not started"
+		return "queued"
 	case InProgress:
-		return "in progress"
+		return "processing"
 	case Finished:
 		return "finished"
+	case Failed:
+		return "failed"
 	}
 	return "unknown"
 }
 
-// Task is one task record. An in-progress task whose lease has lapsed is reported as NotStarted:
-// the store, not a timer per task, decides expiry.
+func (s State) String() string { return s.Word() }
+
+// DefaultMaxAttempts is how many claims a task gets before it fails.
+const DefaultMaxAttempts = 3
+
+// Task is one task record.
+//
+// An in-progress task whose lease has lapsed is reported as NotStarted, or as Failed when it has used all
+// its attempts: the store, not a timer per task, decides expiry.
 type Task struct {
 	ID    int64
 	State State
 	// Pending tasks exist but cannot be claimed yet: the master creates a task pending, stores its image,
-	// then activates it, so no worker ever claims a task whose image is missing.
-	Pending    bool
-	Attempts   int // how many times the task was claimed
-	CreatedAt  time.Time
-	StartedAt  time.Time // last claim; zero when never claimed
-	FinishedAt time.Time // zero unless finished
+	// then activates it, so no worker ever claims a task whose image does not exist.
+	Pending     bool
+	Attempts    int // claims so far
+	MaxAttempts int
+	// Token is the fencing token of the latest claim: it grows with every claim, so a worker whose lease
+	// lapsed and was claimed again holds a smaller token than the current holder. 0 before any claim.
+	Token      int64
+	Error      string    // why the task failed, or why its last attempt failed
+	CreatedAt  time.Time //
+	StartedAt  time.Time // latest claim; zero when never claimed
+	FinishedAt time.Time // when it finished or failed; zero otherwise
 	LeaseUntil time.Time // when an in-progress task's lease lapses; zero otherwise
 }
 
@@ -54,25 +70,54 @@ var (
 	ErrNoTask        = errors.New("no non-started task")
 	ErrNotInProgress = errors.New("task is not in progress")
 	ErrInvalidState  = errors.New("invalid task state")
+	// ErrStaleToken refuses a worker whose claim was superseded by a newer one.
+	ErrStaleToken = errors.New("stale lease token")
+	// ErrNotPending refuses activating a pending task that expired (failed) before its upload completed.
+	ErrNotPending = errors.New("task is no longer pending")
 )
 
+// CreateParams describes a new task.
+type CreateParams struct {
+	Pending     bool
+	MaxAttempts int // <= 0 means DefaultMaxAttempts
+}
+
 // Store is the task store. All methods are safe for concurrent use.
+//
+// Methods that take a token fence the caller: token 0 is a reference worker that knows no tokens (no
+// fencing; the task must be in progress with a live lease), any other token must be the task's current
+// one or the call fails with ErrStaleToken.
 type Store interface {
 	// Create adds a not-started task and returns its id. Ids are consecutive from 0.
-	// A pending task is not claimable until Activate.
-	Create(ctx context.Context, pending bool) (int64, error)
-	// Activate makes a pending task claimable; activating an active task is a no-op.
+	Create(ctx context.Context, p CreateParams) (int64, error)
+	// Activate makes a pending task claimable; activating an active task is a no-op. ErrNotFound,
+	// ErrNotPending for a pending task that expired.
 	Activate(ctx context.Context, id int64) error
 	// Get returns one task, or ErrNotFound.
 	Get(ctx context.Context, id int64) (Task, error)
-	// Claim takes the oldest claimable task (not started, or in progress with a lapsed lease), marks it in
-	// progress with a lease of the given length, counts the attempt and returns it; ErrNoTask when none.
+	// Claim takes the oldest claimable task (not started, or in progress with a lapsed lease and attempts
+	// left), marks it in progress with a lease of the given length, counts the attempt, issues a new
+	// token and returns it; ErrNoTask when none. Lapsed tasks without attempts left become Failed.
 	Claim(ctx context.Context, lease time.Duration) (Task, error)
-	// Finish marks an in-progress task (lease not lapsed) finished; ErrNotFound or ErrNotInProgress else.
-	Finish(ctx context.Context, id int64) error
+	// Extend renews the lease of an in-progress task (a worker's heartbeat) and returns the task.
+	// ErrNotInProgress when it is not in progress or its lease already lapsed, ErrStaleToken as above.
+	Extend(ctx context.Context, id, token int64, lease time.Duration) (Task, error)
+	// Finish marks the task finished. With the current token it also succeeds when the lease lapsed but
+	// nobody claimed the task since (the result is still the newest), and finishing a task finished with
+	// the same token again is a no-op. With token 0 the task must be in progress with a live lease.
+	Finish(ctx context.Context, id, token int64) error
+	// Fail records a failed attempt with its reason and returns the task afterwards: Failed when
+	// permanent (the input can never work) or out of attempts, else NotStarted for a retry.
+	Fail(ctx context.Context, id, token int64, reason string, permanent bool) (Task, error)
+	// Release hands an in-progress task back without counting the attempt (a worker shutting down), so
+	// another worker can take it at once.
+	Release(ctx context.Context, id, token int64) error
 	// Set overwrites a task's state (the reference setById). Setting InProgress starts a lease of the given
-	// length; ErrNotFound for an unknown id, ErrInvalidState for an unknown state.
+	// length and issues a new token; ErrNotFound for an unknown id, ErrInvalidState for an unknown state.
 	Set(ctx context.Context, id int64, state State, lease time.Duration) error
+	// ExpirePending fails pending tasks created more than olderThan ago (uploads that never completed,
+	// say because the master died mid-upload) and returns how many.
+	ExpirePending(ctx context.Context, olderThan time.Duration) (int, error)
 	// List yields every task in id order.
 	List(ctx context.Context) iter.Seq2[Task, error]
 	// Close releases the store's resources.

@@ -1,5 +1,6 @@
 // Package worker runs the worker loops: claim a task from the master, fetch its working image from
-// storage, process it, store the result as finished, register the task finished.
+// storage, process it, store the result as finished, register the task finished. While it works it
+// renews the task's lease (heartbeat); every call about the task carries the claim's fencing token.
 package worker
 
 import (
@@ -13,13 +14,22 @@ import (
 	"sync"
 	"time"
 
+	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/imageop"
-	"github.com/imgmill/imgmill/internal/service"
 )
 
-// DefaultWait is how long a claim waits at the master for work to appear (long poll).
-const DefaultWait = 10 * time.Second
+const (
+	// DefaultWait is how long a claim waits at the master for work to appear (long poll).
+	DefaultWait = 10 * time.Second
+	// DefaultHeartbeat is how often a worker renews its lease; it never waits more than a third of the
+	// lease that is left.
+	DefaultHeartbeat = 10 * time.Second
+	// DefaultDrain is how long a stopping worker may finish its current task before it hands it back.
+	DefaultDrain = 30 * time.Second
+	// finalizeTimeout bounds the calls that report a task's outcome.
+	finalizeTimeout = 15 * time.Second
+)
 
 // Config configures Run.
 type Config struct {
@@ -27,10 +37,13 @@ type Config struct {
 	Storage     *client.Storage
 	Concurrency int           // loops; default the number of CPUs
 	Wait        time.Duration // long-poll wait per claim; default DefaultWait
+	Heartbeat   time.Duration // lease renewal interval; default DefaultHeartbeat
+	Drain       time.Duration // grace for the current task on shutdown; default DefaultDrain
 	Logger      *slog.Logger
 }
 
-// Run runs Concurrency worker loops until ctx ends.
+// Run runs Concurrency worker loops until ctx ends. A loop then claims nothing more and finishes its
+// current task within Drain, or releases it so another worker can take it at once.
 func Run(ctx context.Context, cfg Config) error {
 	n := cfg.Concurrency
 	if n <= 0 {
@@ -38,6 +51,12 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if cfg.Wait <= 0 {
 		cfg.Wait = DefaultWait
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = DefaultHeartbeat
+	}
+	if cfg.Drain <= 0 {
+		cfg.Drain = DefaultDrain
 	}
 	proc := imageop.NewProcessor()
 	cfg.Logger.InfoContext(ctx, "worker started", "concurrency", n)
@@ -56,68 +75,144 @@ type loop struct {
 	cfg    Config
 	proc   *imageop.Processor
 	logger *slog.Logger
-	out    bytes.Buffer // reused result buffer
 }
 
-func (l *loop) run(ctx context.Context) {
-	failures := service.Backoff{Min: 50 * time.Millisecond, Max: 5 * time.Second}
-	idle := service.Backoff{Min: 50 * time.Millisecond, Max: 2 * time.Second}
-	for ctx.Err() == nil {
+func (l *loop) run(stop context.Context) {
+	failures := backoff.Backoff{Min: 50 * time.Millisecond, Max: 5 * time.Second}
+	idle := backoff.Backoff{Min: 50 * time.Millisecond, Max: 2 * time.Second}
+	for stop.Err() == nil {
 		start := time.Now()
-		task, err := l.cfg.Master.GetNewTask(ctx, l.cfg.Wait)
+		task, err := l.cfg.Master.GetNewTask(stop, l.cfg.Wait)
 		switch {
 		case err == nil:
 			failures.Reset()
 			idle.Reset()
-			l.handle(ctx, task)
+			l.handle(stop, task)
 		case client.IsNoTask(err):
 			failures.Reset()
 			// A master that ignores the wait parameter (the reference one) answers at once: back off
 			// instead of spinning on it.
 			if time.Since(start) < l.cfg.Wait/2 {
-				service.Sleep(ctx, idle.Next())
+				backoff.Sleep(stop, idle.Next())
 			}
 		default:
-			if ctx.Err() != nil {
+			if stop.Err() != nil {
 				return
 			}
 			d := failures.Next()
-			l.logger.WarnContext(ctx, "claim failed", "err", err, "retry_in", d)
-			service.Sleep(ctx, d)
+			l.logger.WarnContext(stop, "claim failed", "err", err, "retry_in", d)
+			backoff.Sleep(stop, d)
 		}
 	}
 }
 
-func (l *loop) handle(ctx context.Context, task client.Task) {
+// Why a task's work was cut short.
+var (
+	errLeaseLost = errors.New("lease lost: the task was claimed again")
+	errDrained   = errors.New("worker stopping: task handed back")
+)
+
+// handle works on one claimed task and reports the outcome. The work is not cancelled by stop directly:
+// it gets Drain to finish first.
+func (l *loop) handle(stop context.Context, task client.Task) {
 	start := time.Now()
-	logger := l.logger.With("task", task.ID)
-	if err := l.process(ctx, task.ID); err != nil {
-		// The task stays in progress; its lease lapses and it is handed out again.
-		logger.ErrorContext(ctx, "task failed", "err", err)
-		return
+	logger := l.logger.With("task", task.ID, "token", task.Token, "attempt", task.Attempts)
+	work, cancel := context.WithCancelCause(context.WithoutCancel(stop))
+	defer cancel(nil)
+	var keeper sync.WaitGroup
+	keeper.Go(func() { l.keepLease(stop, work, cancel, task, logger) })
+	err := l.process(work, task)
+	cancel(nil)
+	keeper.Wait()
+
+	ctx, cancelFinal := context.WithTimeout(context.WithoutCancel(stop), finalizeTimeout)
+	defer cancelFinal()
+	cause := context.Cause(work)
+	switch {
+	case err == nil:
+		if err := l.cfg.Master.FinishTask(ctx, task.ID, task.Token); err != nil {
+			logger.WarnContext(ctx, "register finished failed", "err", err)
+			return
+		}
+		logger.InfoContext(ctx, "task finished", "duration", time.Since(start))
+	case errors.Is(cause, errLeaseLost) || client.IsStatus(err, http.StatusConflict):
+		logger.WarnContext(ctx, "gave up task: another worker holds it now", "err", err)
+	case errors.Is(cause, errDrained):
+		if err := l.cfg.Master.ReleaseTask(ctx, task.ID, task.Token); err != nil {
+			logger.WarnContext(ctx, "release failed; the lease will lapse", "err", err)
+			return
+		}
+		logger.InfoContext(ctx, "task released on shutdown")
+	default:
+		permanent := errors.Is(err, imageop.ErrDecode)
+		t, ferr := l.cfg.Master.FailTask(ctx, task.ID, task.Token, err.Error(), permanent)
+		if ferr != nil {
+			logger.WarnContext(ctx, "reporting failure failed; the lease will lapse", "err", err, "report_err", ferr)
+			return
+		}
+		logger.WarnContext(ctx, "task attempt failed", "err", err, "permanent", permanent, "state", t.State)
 	}
-	if err := l.cfg.Master.RegisterTaskFinished(ctx, task.ID); err != nil {
-		logger.WarnContext(ctx, "register finished failed", "err", err)
-		return
-	}
-	logger.InfoContext(ctx, "task finished", "duration", time.Since(start))
 }
 
-func (l *loop) process(ctx context.Context, id int64) error {
-	src, err := l.cfg.Storage.GetImage(ctx, id, client.Working)
+// keepLease renews the lease while work runs; it cuts the work short when the lease is lost, or when
+// the worker has been stopping for longer than Drain.
+func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseFunc, task client.Task, logger *slog.Logger) {
+	leaseUntil := task.LeaseUntil
+	beating := task.Token != 0 // a master that issues no tokens (the reference) has no heartbeat either
+	var drain <-chan time.Time
+	stopping := stop.Done()
+	for {
+		interval := l.cfg.Heartbeat
+		if !leaseUntil.IsZero() {
+			interval = min(interval, time.Until(leaseUntil)/3)
+		}
+		timer := time.NewTimer(max(interval, 10*time.Millisecond))
+		select {
+		case <-work.Done():
+			timer.Stop()
+			return
+		case <-stopping:
+			stopping = nil
+			drain = time.After(l.cfg.Drain)
+		case <-drain:
+			cancel(errDrained)
+		case <-timer.C:
+			if !beating {
+				continue
+			}
+			t, err := l.cfg.Master.ExtendLease(work, task.ID, task.Token)
+			switch {
+			case err == nil:
+				leaseUntil = t.LeaseUntil
+			case client.IsStatus(err, http.StatusConflict) || client.IsStatus(err, http.StatusBadRequest):
+				cancel(errLeaseLost)
+			case client.IsStatus(err, http.StatusNotFound) || client.IsStatus(err, http.StatusMethodNotAllowed):
+				beating = false // a master without heartbeats
+			case work.Err() == nil:
+				logger.WarnContext(work, "heartbeat failed, retrying", "err", err)
+			}
+		}
+		timer.Stop()
+	}
+}
+
+func (l *loop) process(ctx context.Context, task client.Task) error {
+	src, err := l.cfg.Storage.GetImage(ctx, task.ID, client.Working)
 	if err != nil {
 		return fmt.Errorf("fetch working image: %w", err)
 	}
-	l.out.Reset()
-	err = l.proc.Process(&l.out, src)
+	// A fresh buffer per result: the HTTP transport may still read a request body after the call
+	// returns, so reusing it for the next task could corrupt a retried upload.
+	var out bytes.Buffer
+	err = l.proc.Process(&out, src)
 	src.Close()
 	if err != nil {
-		if errors.Is(err, imageop.ErrDecode) {
-			return fmt.Errorf("bad input: %w", err)
-		}
-		return fmt.Errorf("process: %w", err)
+		return err
 	}
-	if err := l.cfg.Storage.SendImage(ctx, id, client.Finished, bytes.NewReader(l.out.Bytes()), int64(l.out.Len())); err != nil {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := l.cfg.Storage.SendResult(ctx, task.ID, task.Token, bytes.NewReader(out.Bytes()), int64(out.Len())); err != nil {
 		return fmt.Errorf("store finished image: %w", err)
 	}
 	return nil

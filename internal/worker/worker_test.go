@@ -10,8 +10,14 @@ import (
 	"image/jpeg"
 	_ "image/png" // decoder for results
 	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,8 +26,10 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/database"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
+	"github.com/imgmill/imgmill/internal/master"
 	"github.com/imgmill/imgmill/internal/servicetest"
 	"github.com/imgmill/imgmill/internal/worker"
 )
@@ -150,18 +158,28 @@ func samePixels(want, got image.Image) error {
 // waitFinished polls the database until task id is finished.
 func waitFinished(ctx context.Context, t *testing.T, s *servicetest.Stack, id int64) {
 	t.Helper()
+	waitTask(ctx, t, s.Database, id, "finished", func(t client.Task) bool { return t.State == client.StateFinished })
+}
+
+// waitTask polls the database until task id satisfies cond (described by what) and returns it.
+func waitTask(ctx context.Context, t *testing.T, db *client.Database, id int64, what string, cond func(client.Task) bool) client.Task {
+	t.Helper()
 	var task client.Task
-	finished := servicetest.Poll(ctx, func() bool {
-		var err error
-		task, err = s.Database.GetByID(ctx, id)
+	ok := servicetest.Poll(ctx, func() bool {
+		got, err := db.GetByID(ctx, id)
 		if err != nil {
+			if ctx.Err() != nil {
+				return false
+			}
 			t.Fatalf("database GetByID(%d): %v", id, err)
 		}
-		return task.State == client.StateFinished
+		task = got
+		return cond(task)
 	})
-	if !finished {
-		t.Fatalf("task %d not finished in time (state %d, attempts %d)", id, task.State, task.Attempts)
+	if !ok {
+		t.Fatalf("task %d not %s in time: %+v", id, what, task)
 	}
+	return task
 }
 
 func TestWorkerProcessesUploads(t *testing.T) {
@@ -247,14 +265,10 @@ func TestWorkerProcessesUploads(t *testing.T) {
 		})
 	}
 
-	// The undecodable image was claimed, failed and left in progress (its lease will hand it out again);
-	// it never gets a result.
-	task, err := s.Database.GetByID(ctx, badID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if task.State != client.StateInProgress || task.Attempts != 1 {
-		t.Errorf("undecodable task = %+v, want in progress after 1 attempt", task)
+	// The undecodable image fails at once, for good: no retry can decode it. It never gets a result.
+	task := waitTask(ctx, t, s.Database, badID, "failed", func(t client.Task) bool { return t.State != client.StateInProgress })
+	if task.State != client.StateFailed || task.Attempts != 1 || !strings.Contains(task.Error, "decode") {
+		t.Errorf("undecodable task = %+v, want failed after 1 attempt with an error about decoding", task)
 	}
 	if _, ok := s.StoredImage(t, badID, client.Finished); ok {
 		t.Errorf("undecodable task %d has a finished image", badID)
@@ -380,5 +394,465 @@ func TestWorkerSendsWait(t *testing.T) {
 		if d, err := time.ParseDuration(w); err != nil || d != 7*time.Second {
 			t.Errorf("claim wait=%q, want 7s", w)
 		}
+	}
+}
+
+// rig is a real database (with a lease of choice), storage and master, the master's requests counted.
+type rig struct {
+	hc        *http.Client
+	db        *client.Database // straight to the database
+	storage   *client.Storage
+	master    *client.Master
+	masterURL string
+	calls     *calls // requests the master received
+}
+
+type rigOptions struct {
+	lease       time.Duration // the database's lease; 0 means servicetest.StackLease
+	wrapStorage func(http.Handler) http.Handler
+	calls       *calls // records the master's requests; nil for a new one
+}
+
+func newRig(t *testing.T, opts rigOptions) *rig {
+	t.Helper()
+	dir := t.TempDir()
+	lease := opts.lease
+	if lease == 0 {
+		lease = servicetest.StackLease
+	}
+	r := &rig{hc: servicetest.NewHTTPClient(t), calls: opts.calls}
+	if r.calls == nil {
+		r.calls = &calls{}
+	}
+	dbURL, stopDatabase := servicetest.ServeDatabase(t, filepath.Join(dir, "tasks.db"), database.Policy{Lease: lease})
+	storageURL := servicetest.ServeStorage(t, filepath.Join(dir, "images"), opts.wrapStorage)
+	r.db = client.NewDatabase(r.hc, client.Static(servicetest.Addr(dbURL)))
+	r.storage = client.NewStorage(r.hc, client.Static(servicetest.Addr(storageURL)))
+	r.masterURL = servicetest.Serve(t, r.calls.wrap(master.NewServer(r.db, r.storage, master.DefaultMaxUpload))).URL
+	t.Cleanup(stopDatabase) // end long polls before the master's server waits for the requests holding them
+	r.master = client.NewMaster(r.hc, client.Static(servicetest.Addr(r.masterURL)))
+	return r
+}
+
+// upload sends img to the master and returns its task id.
+func (r *rig) upload(t *testing.T, img image.Image) int64 {
+	t.Helper()
+	data := servicetest.EncodePNG(t, img)
+	id, err := r.master.New(t.Context(), bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		t.Fatalf("upload: %v", err)
+	}
+	return id
+}
+
+// task returns task id as the database has it.
+func (r *rig) task(t *testing.T, id int64) client.Task {
+	t.Helper()
+	task, err := r.db.GetByID(t.Context(), id)
+	if err != nil {
+		t.Fatalf("database GetByID(%d): %v", id, err)
+	}
+	return task
+}
+
+// finishedImage returns the finished image storage holds for task id, with the lease token it was stored
+// under; ok is false when there is none.
+func finishedImage(t *testing.T, st *client.Storage, id int64) (b []byte, token int64, ok bool) {
+	t.Helper()
+	img, err := st.GetImage(t.Context(), id, client.Finished)
+	if client.IsStatus(err, http.StatusNotFound) {
+		return nil, 0, false
+	}
+	if err != nil {
+		t.Fatalf("storage GetImage(%d, finished): %v", id, err)
+	}
+	defer img.Close()
+	b, err = io.ReadAll(img)
+	if err != nil {
+		t.Fatalf("read finished image %d: %v", id, err)
+	}
+	return b, img.Token, true
+}
+
+// checkResult checks that the finished image of task id is orig with red and green swapped, stored under
+// the lease token wantToken.
+func checkResult(t *testing.T, st *client.Storage, id int64, orig image.Image, wantToken int64) {
+	t.Helper()
+	out, token, ok := finishedImage(t, st, id)
+	if !ok {
+		t.Fatalf("task %d has no finished image", id)
+	}
+	if token != wantToken {
+		t.Errorf("finished image of task %d stored under lease token %d, want %d", id, token, wantToken)
+	}
+	result, _ := decode(t, "result", out)
+	if err := imageop.CheckSwapped(orig, result); err != nil {
+		t.Errorf("task %d: %v", id, err)
+	}
+}
+
+// calls records the requests a handler receives.
+type calls struct {
+	mu   sync.Mutex
+	reqs []*url.URL
+}
+
+func (c *calls) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.record(r)
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (c *calls) record(r *http.Request) {
+	u := *r.URL
+	c.mu.Lock()
+	c.reqs = append(c.reqs, &u)
+	c.mu.Unlock()
+}
+
+// queries returns the query of each request to path, in order.
+func (c *calls) queries(path string) []url.Values {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var qs []url.Values
+	for _, u := range c.reqs {
+		if u.Path == path {
+			qs = append(qs, u.Query())
+		}
+	}
+	return qs
+}
+
+func (c *calls) count(path string) int { return len(c.queries(path)) }
+
+// workingHook sits in front of storage and slows down or refuses GETs of working images (a worker fetching
+// its input).
+type workingHook struct {
+	delay time.Duration // before answering each GET; the GET is abandoned if its caller goes away
+	// refuse, when set, is asked on each GET: true answers 503 at once.
+	refuse func() bool
+
+	gets, refused, abandoned atomic.Int64
+	arrived                  chan struct{} // gets a value as each GET arrives, if there is room
+}
+
+func newWorkingHook(delay time.Duration) *workingHook {
+	return &workingHook{delay: delay, arrived: make(chan struct{}, 100)}
+}
+
+func (h *workingHook) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || r.URL.Path != "/getImage" || r.URL.Query().Get("state") != client.Working {
+			next.ServeHTTP(w, r)
+			return
+		}
+		h.gets.Add(1)
+		select {
+		case h.arrived <- struct{}{}:
+		default:
+		}
+		if h.refuse != nil && h.refuse() {
+			h.refused.Add(1)
+			httpapi.WriteText(w, http.StatusServiceUnavailable, "Error: storage busy")
+			return
+		}
+		if h.delay > 0 {
+			timer := time.NewTimer(h.delay)
+			defer timer.Stop()
+			select {
+			case <-timer.C:
+			case <-r.Context().Done():
+				h.abandoned.Add(1)
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// waitArrived waits for a GET of a working image to reach storage.
+func (h *workingHook) waitArrived(t *testing.T) {
+	t.Helper()
+	select {
+	case <-h.arrived:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no worker fetched a working image within 30s")
+	}
+}
+
+// poll waits up to 30s for cond, failing the test with what when it never holds.
+func poll(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	if !servicetest.PollFor(30*time.Second, cond) {
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+func TestWorkerHeartbeatKeepsLease(t *testing.T) {
+	// The task takes several leases to process; the heartbeat renews its lease all along, so the second
+	// loop, waiting for work, never gets it.
+	const lease = 500 * time.Millisecond
+	hook := newWorkingHook(4 * lease)
+	r := newRig(t, rigOptions{lease: lease, wrapStorage: hook.wrap})
+	img := imageop.TestPattern(16, 11)
+	id := r.upload(t, img)
+	startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 2, Wait: time.Second,
+		Heartbeat: 50 * time.Millisecond, Logger: servicetest.Discard})
+
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	task := waitTask(ctx, t, r.db, id, "done", func(t client.Task) bool { return t.State >= client.StateFinished })
+	if task.State != client.StateFinished || task.Attempts != 1 || task.Error != "" {
+		t.Errorf("task = %+v, want finished on its first attempt with no error", task)
+	}
+	if n := hook.gets.Load(); n != 1 {
+		t.Errorf("working image fetched %d times, want once: the task was claimed again", n)
+	}
+	beats := r.calls.queries("/extendLease")
+	if len(beats) < 2 {
+		t.Errorf("%d heartbeats while the task took %v under a lease of %v", len(beats), hook.delay, lease)
+	}
+	for _, q := range beats {
+		if q.Get("id") != strconv.FormatInt(id, 10) || q.Get("token") != strconv.FormatInt(task.Token, 10) {
+			t.Errorf("heartbeat with %v, want id %d and the claim's token %d", q, id, task.Token)
+		}
+	}
+	if task.Token == 0 {
+		t.Fatal("claimed task has no lease token")
+	}
+	// Fencing: the result is stored under the claim's token, and finishing carried it too.
+	checkResult(t, r.storage, id, img, task.Token)
+	if fin := r.calls.queries("/registerTaskFinished"); len(fin) != 1 || fin[0].Get("token") != strconv.FormatInt(task.Token, 10) {
+		t.Errorf("register finished calls %v, want one with token %d", fin, task.Token)
+	}
+}
+
+// staleLeaseMaster passes every request through to the master at masterURL except /extendLease, which it
+// refuses the way the database refuses a superseded claim. It records what it receives.
+func staleLeaseMaster(t *testing.T, hc *http.Client, masterURL string) (*httptest.Server, *calls) {
+	t.Helper()
+	target, err := url.Parse(masterURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := &httputil.ReverseProxy{
+		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(target) },
+		Transport: hc.Transport,
+		ErrorLog:  log.New(io.Discard, "", 0),
+	}
+	seen := &calls{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.record(r)
+		if r.URL.Path == "/extendLease" {
+			httpapi.WriteText(w, http.StatusConflict, "Error: stale lease token for task "+r.URL.Query().Get("id"))
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv, seen
+}
+
+func TestWorkerStopsOnLostLease(t *testing.T) {
+	hook := newWorkingHook(time.Minute) // the task would take a minute
+	r := newRig(t, rigOptions{wrapStorage: hook.wrap})
+	id := r.upload(t, imageop.TestPattern(8, 12))
+	fake, seen := staleLeaseMaster(t, r.hc, r.masterURL)
+	stop := startWorker(t, worker.Config{
+		Master: client.NewMaster(r.hc, client.Static(servicetest.Addr(fake.URL))), Storage: r.storage,
+		Concurrency: 1, Wait: time.Second, Heartbeat: 50 * time.Millisecond, Logger: servicetest.Discard,
+	})
+
+	// The first claim took the task; a second claim means the loop is done with it.
+	poll(t, "the worker to give the task up and claim again", func() bool { return seen.count("/getNewTask") >= 2 })
+	poll(t, "the worker to abandon fetching the task's input", func() bool { return hook.abandoned.Load() == 1 })
+	stop()
+
+	if n := seen.count("/extendLease"); n != 1 {
+		t.Errorf("%d heartbeats, want 1: the first refusal ends the work", n)
+	}
+	for _, path := range []string{"/registerTaskFinished", "/failTask", "/releaseTask"} {
+		if n := seen.count(path); n != 0 {
+			t.Errorf("%d calls of %s for a task whose lease was lost, want none", n, path)
+		}
+	}
+	if _, _, ok := finishedImage(t, r.storage, id); ok {
+		t.Errorf("a result was stored for a task whose lease was lost")
+	}
+	if task := r.task(t, id); task.State != client.StateInProgress || task.Attempts != 1 {
+		t.Errorf("task = %+v, want left in progress (for its lease to lapse) after 1 attempt", task)
+	}
+}
+
+func TestWorkerRetriesTransientFailure(t *testing.T) {
+	// Storage refuses the worker's input until the worker has reported a failed attempt.
+	masterCalls := &calls{}
+	hook := newWorkingHook(0)
+	hook.refuse = func() bool { return masterCalls.count("/failTask") == 0 }
+	r := newRig(t, rigOptions{wrapStorage: hook.wrap, calls: masterCalls})
+	img := imageop.TestPattern(12, 13)
+	id := r.upload(t, img)
+	startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1, Wait: time.Second, Logger: servicetest.Discard})
+
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	task := waitTask(ctx, t, r.db, id, "done", func(t client.Task) bool { return t.State >= client.StateFinished })
+	if task.State != client.StateFinished || task.Attempts < 2 || task.Error != "" {
+		t.Errorf("task = %+v, want finished after a retry, with no error left", task)
+	}
+	fails := r.calls.queries("/failTask")
+	if len(fails) != 1 {
+		t.Fatalf("%d failures reported, want 1", len(fails))
+	}
+	if q := fails[0]; q.Get("permanent") == "true" || !strings.Contains(q.Get("reason"), "503") || q.Get("token") == "" {
+		t.Errorf("failure reported with %v, want a non-permanent one with the claim's token and the storage error", q)
+	}
+	if n := hook.refused.Load(); n < 1 {
+		t.Errorf("storage refused %d fetches", n)
+	}
+	checkResult(t, r.storage, id, img, task.Token)
+}
+
+func TestWorkerShutdown(t *testing.T) {
+	t.Run("drain finishes the task", func(t *testing.T) {
+		hook := newWorkingHook(time.Second)
+		r := newRig(t, rigOptions{wrapStorage: hook.wrap})
+		img := imageop.TestPattern(10, 14)
+		id := r.upload(t, img)
+		stop := startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1, Wait: time.Second,
+			Drain: time.Minute, Logger: servicetest.Discard})
+		hook.waitArrived(t)
+		stop() // returns once Run has (or fails the test after 10s)
+
+		task := r.task(t, id)
+		if task.State != client.StateFinished || task.Attempts != 1 {
+			t.Errorf("task = %+v, want finished during the drain on its first attempt", task)
+		}
+		checkResult(t, r.storage, id, img, task.Token)
+		if n := r.calls.count("/releaseTask"); n != 0 {
+			t.Errorf("%d releases of a task finished in time", n)
+		}
+		if n := r.calls.count("/getNewTask"); n != 1 {
+			t.Errorf("%d claims, want 1: a stopping worker claims nothing more", n)
+		}
+	})
+	t.Run("short drain releases the task", func(t *testing.T) {
+		hook := newWorkingHook(time.Minute)
+		r := newRig(t, rigOptions{wrapStorage: hook.wrap})
+		id := r.upload(t, imageop.TestPattern(10, 15))
+		stop := startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1, Wait: time.Second,
+			Drain: 100 * time.Millisecond, Logger: servicetest.Discard})
+		hook.waitArrived(t)
+		stop() // returns once Run has (or fails the test after 10s), well before the fetch would end
+
+		task := r.task(t, id)
+		if task.State != client.StateNotStarted || task.Attempts != 0 {
+			t.Errorf("task = %+v, want handed back: not started, the attempt not counted", task)
+		}
+		if n := r.calls.count("/releaseTask"); n != 1 {
+			t.Errorf("%d releases, want 1", n)
+		}
+		for _, path := range []string{"/registerTaskFinished", "/failTask"} {
+			if n := r.calls.count(path); n != 0 {
+				t.Errorf("%d calls of %s for a released task", n, path)
+			}
+		}
+		// Another worker can take it at once: no lease to wait out.
+		again, err := r.db.GetNewTask(t.Context(), 0)
+		if err != nil || again.ID != id || again.Attempts != 1 {
+			t.Errorf("claim after release = %+v, %v; want task %d on attempt 1", again, err, id)
+		}
+		poll(t, "the fetch to be abandoned", func() bool { return hook.abandoned.Load() == 1 })
+	})
+}
+
+// referenceMaster is a fake master of the reference design: a claim answers {"id":N,"state":1} (with token
+// when it is not 0, as an imgmill master without heartbeats would), /registerTaskFinished answers
+// "success", and there is no other worker-side endpoint.
+func referenceMaster(t *testing.T, ids []int64, token int64) (*httptest.Server, *calls) {
+	t.Helper()
+	var mu sync.Mutex
+	seen := &calls{}
+	mux := httpapi.NewMux()
+	mux.HandleFunc("POST /getNewTask", func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(ids) == 0 {
+			httpapi.WriteText(w, http.StatusBadRequest, servicetest.NoTaskReply)
+			return
+		}
+		reply := fmt.Sprintf(`{"id":%d,"state":1}`, ids[0])
+		if token != 0 {
+			reply = fmt.Sprintf(`{"id":%d,"state":1,"token":%d}`, ids[0], token)
+		}
+		ids = ids[1:]
+		httpapi.WriteText(w, http.StatusOK, reply)
+	})
+	mux.HandleFunc("POST /registerTaskFinished", func(w http.ResponseWriter, r *http.Request) {
+		httpapi.WriteText(w, http.StatusOK, "success")
+	})
+	srv := httptest.NewServer(seen.wrap(mux))
+	t.Cleanup(srv.Close)
+	return srv, seen
+}
+
+func TestWorkerWithReferenceMaster(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		token int64
+	}{
+		{"no tokens", 0},
+		{"tokens but no heartbeat endpoint", 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// Each fetch takes several heartbeat intervals.
+			hook := newWorkingHook(300 * time.Millisecond)
+			hc := servicetest.NewHTTPClient(t)
+			st := client.NewStorage(hc, client.Static(servicetest.Addr(servicetest.ServeStorage(t, t.TempDir(), hook.wrap))))
+			ids := []int64{0, 1}
+			imgs := make([]image.Image, len(ids))
+			for i, id := range ids {
+				imgs[i] = imageop.TestPattern(9, int64(20+i))
+				data := servicetest.EncodePNG(t, imgs[i])
+				if err := st.SendImage(t.Context(), id, client.Working, bytes.NewReader(data), int64(len(data))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			fake, seen := referenceMaster(t, ids, tc.token)
+			stop := startWorker(t, worker.Config{Master: client.NewMaster(hc, client.Static(servicetest.Addr(fake.URL))),
+				Storage: st, Concurrency: 1, Heartbeat: 20 * time.Millisecond, Logger: servicetest.Discard})
+			poll(t, "both tasks registered finished", func() bool { return seen.count("/registerTaskFinished") >= len(ids) })
+			stop()
+
+			fin := seen.queries("/registerTaskFinished")
+			if len(fin) != len(ids) {
+				t.Fatalf("%d tasks registered finished, want %d", len(fin), len(ids))
+			}
+			for i, q := range fin {
+				if q.Get("id") != strconv.Itoa(i) {
+					t.Errorf("register finished #%d for id %q, want %d", i, q.Get("id"), i)
+				}
+				if tc.token == 0 && q.Has("token") {
+					t.Errorf("register finished with token %q, but the master issued none", q.Get("token"))
+				}
+				if tc.token != 0 && q.Get("token") != strconv.FormatInt(tc.token, 10) {
+					t.Errorf("register finished with token %q, want the claim's %d", q.Get("token"), tc.token)
+				}
+			}
+			for i, id := range ids {
+				checkResult(t, st, id, imgs[i], tc.token)
+			}
+			beats := seen.count("/extendLease")
+			t.Logf("%d heartbeat attempts", beats)
+			if beats > len(ids) {
+				t.Errorf("%d heartbeats to a master without the endpoint, want at most one per task", beats)
+			}
+			for _, path := range []string{"/failTask", "/releaseTask"} {
+				if n := seen.count(path); n != 0 {
+					t.Errorf("%d calls of %s", n, path)
+				}
+			}
+		})
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"runtime/metrics"
 	"strings"
@@ -53,6 +54,14 @@ func Run(t *testing.T, open func(t *testing.T) blobstore.Store) {
 		{"ConcurrentOverwrite", testConcurrentOverwrite},
 		{"ConcurrentNewKeys", testConcurrentNewKeys},
 		{"Large", testLarge},
+		{"FenceStored", testFenceStored},
+		{"StaleFenceRefused", testStaleFenceRefused},
+		{"EqualFenceAccepted", testEqualFenceAccepted},
+		{"HigherFenceAccepted", testHigherFenceAccepted},
+		{"UnfencedAlwaysAccepted", testUnfencedAlwaysAccepted},
+		{"FailedFencedPut", testFailedFencedPut},
+		{"ConcurrentFences", testConcurrentFences},
+		{"DeleteClearsFence", testDeleteClearsFence},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, fresh(t)) })
@@ -77,14 +86,48 @@ func seedBytes(seed uint64) [32]byte {
 	return s
 }
 
+// put stores data under key unfenced (fence 0).
 func put(t *testing.T, s blobstore.Store, key string, data []byte) {
 	t.Helper()
-	n, err := s.Put(context.Background(), key, bytes.NewReader(data), int64(len(data)))
+	putFenced(t, s, key, data, 0)
+}
+
+func putFenced(t *testing.T, s blobstore.Store, key string, data []byte, fence int64) {
+	t.Helper()
+	n, err := s.Put(context.Background(), key, bytes.NewReader(data), int64(len(data)), fence)
 	if err != nil {
-		t.Fatalf("Put(%q, %d bytes): %v", key, len(data), err)
+		t.Fatalf("Put(%q, %d bytes, fence %d): %v", key, len(data), fence, err)
 	}
 	if n != int64(len(data)) {
 		t.Fatalf("Put(%q) returned %d, want %d", key, n, len(data))
+	}
+}
+
+// putStale expects a Put of data under key with fence to be refused as stale.
+func putStale(t *testing.T, s blobstore.Store, key string, data []byte, fence int64) {
+	t.Helper()
+	_, err := s.Put(context.Background(), key, bytes.NewReader(data), int64(len(data)), fence)
+	if !errors.Is(err, blobstore.ErrStaleFence) {
+		t.Fatalf("Put(%q, fence %d) = %v, want ErrStaleFence", key, fence, err)
+	}
+}
+
+// wantBlob checks the content and the fence of the blob under key.
+func wantBlob(t *testing.T, s blobstore.Store, key string, want []byte, fence int64) {
+	t.Helper()
+	wantContent(t, s, key, want)
+	wantFence(t, s, key, fence)
+}
+
+func wantFence(t *testing.T, s blobstore.Store, key string, fence int64) {
+	t.Helper()
+	b, err := s.Open(context.Background(), key)
+	if err != nil {
+		t.Fatalf("Open(%q): %v", key, err)
+	}
+	b.Close()
+	if b.Fence != fence {
+		t.Fatalf("Open(%q).Fence = %d, want %d", key, b.Fence, fence)
 	}
 }
 
@@ -172,7 +215,7 @@ func testEmptyBlob(t *testing.T, s blobstore.Store) {
 	if got := read(t, s, "empty"); len(got) != 0 {
 		t.Fatalf("empty blob read back %d bytes", len(got))
 	}
-	n, err := s.Put(context.Background(), "empty2", eofReader{}, -1)
+	n, err := s.Put(context.Background(), "empty2", eofReader{}, -1, 0)
 	if err != nil || n != 0 {
 		t.Fatalf("Put(empty, size -1) = %d, %v; want 0, nil", n, err)
 	}
@@ -215,7 +258,7 @@ func (o opaqueReader) Read(p []byte) (int, error) { return o.r.Read(p) }
 
 func testUnknownSize(t *testing.T, s blobstore.Store) {
 	data := payload(4, 3<<20+11)
-	n, err := s.Put(context.Background(), "unknown", opaqueReader{bytes.NewReader(data)}, -1)
+	n, err := s.Put(context.Background(), "unknown", opaqueReader{bytes.NewReader(data)}, -1, 0)
 	if err != nil {
 		t.Fatalf("Put(size -1): %v", err)
 	}
@@ -248,13 +291,13 @@ func testFailingReader(t *testing.T, s blobstore.Store) {
 	newData := payload(2, 4<<20)
 	for _, size := range []int64{int64(len(newData)), -1} {
 		r := &failingReader{data: newData, limit: 1 << 20, err: errBoom}
-		if _, err := s.Put(context.Background(), "k", r, size); !errors.Is(err, errBoom) {
+		if _, err := s.Put(context.Background(), "k", r, size, 0); !errors.Is(err, errBoom) {
 			t.Fatalf("Put(size %d) with failing reader = %v, want an error wrapping the reader's", size, err)
 		}
 		wantContent(t, s, "k", old)
 
 		r = &failingReader{data: newData, limit: 1 << 20, err: errBoom}
-		if _, err := s.Put(context.Background(), "fresh/k", r, size); !errors.Is(err, errBoom) {
+		if _, err := s.Put(context.Background(), "fresh/k", r, size, 0); !errors.Is(err, errBoom) {
 			t.Fatalf("Put(size %d) of a new key with failing reader = %v, want an error wrapping the reader's", size, err)
 		}
 		wantNotFound(t, s, "fresh/k")
@@ -290,7 +333,7 @@ func testCancelMidStream(t *testing.T, s blobstore.Store) {
 		for _, key := range []string{"k", "fresh/k"} {
 			ctx, cancel := context.WithCancel(context.Background())
 			r := &cancellingReader{data: newData, after: 1 << 20, cancel: cancel}
-			_, err := s.Put(ctx, key, r, size)
+			_, err := s.Put(ctx, key, r, size, 0)
 			cancel()
 			if !errors.Is(err, context.Canceled) {
 				t.Fatalf("Put(%q, size %d) cancelled mid-stream = %v, want context.Canceled", key, size, err)
@@ -306,10 +349,10 @@ func testCancelledContext(t *testing.T, s blobstore.Store) {
 	put(t, s, "k", old)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := s.Put(ctx, "k", strings.NewReader("new"), 3); err == nil {
+	if _, err := s.Put(ctx, "k", strings.NewReader("new"), 3, 0); err == nil {
 		t.Fatal("Put with a cancelled context succeeded")
 	}
-	if _, err := s.Put(ctx, "other", strings.NewReader("new"), 3); err == nil {
+	if _, err := s.Put(ctx, "other", strings.NewReader("new"), 3, 0); err == nil {
 		t.Fatal("Put of a new key with a cancelled context succeeded")
 	}
 	if err := s.Delete(ctx, "k"); err == nil {
@@ -331,7 +374,7 @@ func testInvalidKeys(t *testing.T, s blobstore.Store) {
 		".k.tmp-123", // what a file store's temporary file might be called
 	}
 	for _, key := range keys {
-		if _, err := s.Put(context.Background(), key, strings.NewReader("data"), 4); err == nil {
+		if _, err := s.Put(context.Background(), key, strings.NewReader("data"), 4, 0); err == nil {
 			t.Errorf("Put(%q) succeeded, want an invalid key error", key)
 		}
 		if b, err := s.Open(context.Background(), key); err == nil {
@@ -496,7 +539,7 @@ func testConcurrentOverwrite(t *testing.T, s blobstore.Store) {
 				if i%2 == 1 {
 					size = -1
 				}
-				if _, err := s.Put(ctx, "shared/k", opaqueReader{bytes.NewReader(p)}, size); err != nil {
+				if _, err := s.Put(ctx, "shared/k", opaqueReader{bytes.NewReader(p)}, size, 0); err != nil {
 					errs <- fmt.Errorf("concurrent Put: %w", err)
 					return
 				}
@@ -557,7 +600,7 @@ func testConcurrentNewKeys(t *testing.T, s blobstore.Store) {
 		wg.Go(func() {
 			key := fmt.Sprintf("new/prefix/k%d", i)
 			data := payload(uint64(i), 1000+i)
-			if _, err := s.Put(context.Background(), key, bytes.NewReader(data), int64(len(data))); err != nil {
+			if _, err := s.Put(context.Background(), key, bytes.NewReader(data), int64(len(data)), 0); err != nil {
 				errs <- fmt.Errorf("Put(%q): %w", key, err)
 			}
 		})
@@ -585,7 +628,7 @@ func testLarge(t *testing.T, s blobstore.Store) {
 	src := io.TeeReader(io.LimitReader(rand.NewChaCha8(seedBytes(64)), largeSize), want)
 
 	peak := watchHeap()
-	n, err := s.Put(ctx, "large", opaqueReader{src}, largeSize)
+	n, err := s.Put(ctx, "large", opaqueReader{src}, largeSize, 0)
 	grew := peak()
 	if err != nil {
 		t.Fatalf("Put(64 MiB): %v", err)
@@ -654,4 +697,277 @@ func watchHeap() func() uint64 {
 		}
 		return maxHeap - start
 	}
+}
+
+func testFenceStored(t *testing.T, s blobstore.Store) {
+	ctx := context.Background()
+	// Each blob reports the fence it was written with, 0 when unfenced.
+	put(t, s, "unfenced", []byte("u"))
+	wantBlob(t, s, "unfenced", []byte("u"), 0)
+	putFenced(t, s, "finished/1", []byte("one"), 7)
+	putFenced(t, s, "finished/2", []byte("two"), 1)
+	putFenced(t, s, "max", []byte("max"), math.MaxInt64)
+	putFenced(t, s, "empty", nil, 3)
+	wantBlob(t, s, "finished/1", []byte("one"), 7)
+	wantBlob(t, s, "finished/2", []byte("two"), 1)
+	wantBlob(t, s, "max", []byte("max"), math.MaxInt64)
+	wantBlob(t, s, "empty", nil, 3)
+	// Of unknown size too.
+	data := payload(6, 70<<10)
+	if _, err := s.Put(ctx, "unknown", opaqueReader{bytes.NewReader(data)}, -1, 12); err != nil {
+		t.Fatalf("Put(size -1, fence 12): %v", err)
+	}
+	wantBlob(t, s, "unknown", data, 12)
+
+	// An open blob keeps the fence it was opened with, as it keeps its content.
+	b, err := s.Open(ctx, "finished/1")
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer b.Close()
+	putFenced(t, s, "finished/1", []byte("newer"), 8)
+	if b.Fence != 7 {
+		t.Errorf("an open blob's Fence = %d after an overwrite, want 7", b.Fence)
+	}
+	wantBlob(t, s, "finished/1", []byte("newer"), 8)
+
+	// A negative fence is no fence: refused, changing nothing.
+	if _, err := s.Put(ctx, "finished/1", strings.NewReader("neg"), 3, -1); err == nil || errors.Is(err, blobstore.ErrStaleFence) {
+		t.Errorf("Put with fence -1 = %v, want an invalid fence error", err)
+	}
+	if _, err := s.Put(ctx, "fresh", strings.NewReader("neg"), 3, -5); err == nil {
+		t.Error("Put of a new key with fence -5 succeeded")
+	}
+	wantBlob(t, s, "finished/1", []byte("newer"), 8)
+	wantNotFound(t, s, "fresh")
+}
+
+func testStaleFenceRefused(t *testing.T, s blobstore.Store) {
+	ctx := context.Background()
+	stored := payload(1, 100<<10)
+	putFenced(t, s, "finished/9", stored, 5)
+	for _, fence := range []int64{4, 1} {
+		putStale(t, s, "finished/9", payload(2, 1000), fence)
+		wantBlob(t, s, "finished/9", stored, 5)
+	}
+	// Refused whatever the size and however the stream is sent: the stored blob stays whole.
+	for _, size := range []int64{4 << 20, -1} {
+		data := payload(3, 4<<20)
+		_, err := s.Put(ctx, "finished/9", opaqueReader{bytes.NewReader(data)}, size, 2)
+		if !errors.Is(err, blobstore.ErrStaleFence) {
+			t.Fatalf("Put(size %d, fence 2) = %v, want ErrStaleFence", size, err)
+		}
+		wantBlob(t, s, "finished/9", stored, 5)
+	}
+	// The refusal is about this key only.
+	putFenced(t, s, "finished/10", []byte("other"), 1)
+	wantBlob(t, s, "finished/10", []byte("other"), 1)
+	// The largest fence stays the bar: far above it is fine, and then 5 is stale too.
+	putFenced(t, s, "finished/9", []byte("latest"), math.MaxInt64)
+	putStale(t, s, "finished/9", []byte("late"), 5)
+	putStale(t, s, "finished/9", []byte("late"), math.MaxInt64-1)
+	wantBlob(t, s, "finished/9", []byte("latest"), math.MaxInt64)
+}
+
+func testEqualFenceAccepted(t *testing.T, s blobstore.Store) {
+	putFenced(t, s, "finished/3", []byte("first try"), 5)
+	// The same holder retrying (its reply was lost, say) replaces its own result.
+	putFenced(t, s, "finished/3", []byte("retry"), 5)
+	wantBlob(t, s, "finished/3", []byte("retry"), 5)
+	putFenced(t, s, "finished/3", []byte("retry again"), 5)
+	wantBlob(t, s, "finished/3", []byte("retry again"), 5)
+}
+
+func testHigherFenceAccepted(t *testing.T, s blobstore.Store) {
+	putFenced(t, s, "finished/4", []byte("by fence 5"), 5)
+	putFenced(t, s, "finished/4", []byte("by fence 6"), 6)
+	wantBlob(t, s, "finished/4", []byte("by fence 6"), 6)
+	putFenced(t, s, "finished/4", []byte("by fence 100"), 100)
+	wantBlob(t, s, "finished/4", []byte("by fence 100"), 100)
+	// The bar moved: the previous holders are stale now.
+	putStale(t, s, "finished/4", []byte("late 6"), 6)
+	putStale(t, s, "finished/4", []byte("late 99"), 99)
+	wantBlob(t, s, "finished/4", []byte("by fence 100"), 100)
+	// Over an unfenced blob any fence goes.
+	put(t, s, "finished/5", []byte("unfenced"))
+	putFenced(t, s, "finished/5", []byte("by fence 1"), 1)
+	wantBlob(t, s, "finished/5", []byte("by fence 1"), 1)
+}
+
+func testUnfencedAlwaysAccepted(t *testing.T, s blobstore.Store) {
+	// Fence 0 is a writer that knows no fences: it is never refused, and what it writes carries fence 0.
+	putFenced(t, s, "finished/6", []byte("by fence 9"), 9)
+	put(t, s, "finished/6", []byte("unfenced"))
+	wantBlob(t, s, "finished/6", []byte("unfenced"), 0)
+	put(t, s, "finished/6", []byte("unfenced again"))
+	wantBlob(t, s, "finished/6", []byte("unfenced again"), 0)
+	// So after it no fence is stale: the bar starts again from 0.
+	putFenced(t, s, "finished/6", []byte("by fence 2"), 2)
+	wantBlob(t, s, "finished/6", []byte("by fence 2"), 2)
+	putFenced(t, s, "finished/7", []byte("max"), math.MaxInt64)
+	put(t, s, "finished/7", []byte("unfenced over max"))
+	wantBlob(t, s, "finished/7", []byte("unfenced over max"), 0)
+}
+
+// A fenced Put that fails (reader, context) changes neither the blob nor its fence.
+func testFailedFencedPut(t *testing.T, s blobstore.Store) {
+	ctx := context.Background()
+	old := payload(1, 50<<10)
+	putFenced(t, s, "k", old, 5)
+	newData := payload(2, 2<<20)
+	r := &failingReader{data: newData, limit: 1 << 20, err: errBoom}
+	if _, err := s.Put(ctx, "k", r, -1, 6); !errors.Is(err, errBoom) {
+		t.Fatalf("fenced Put with failing reader = %v, want the reader's error", err)
+	}
+	wantBlob(t, s, "k", old, 5)
+	if _, err := s.Put(ctx, "k", bytes.NewReader(newData[:10]), 11, 6); err == nil {
+		t.Fatal("fenced Put of a stream shorter than its size succeeded")
+	}
+	wantBlob(t, s, "k", old, 5)
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := s.Put(cctx, "k", bytes.NewReader(newData), int64(len(newData)), 6); err == nil {
+		t.Fatal("fenced Put with a cancelled context succeeded")
+	}
+	wantBlob(t, s, "k", old, 5)
+	// A failed stale Put is still only a failure: nothing changed, and fence 5 still goes.
+	r = &failingReader{data: newData, limit: 1 << 10, err: errBoom}
+	if _, err := s.Put(ctx, "k", r, -1, 4); err == nil {
+		t.Fatal("stale Put with a failing reader succeeded")
+	}
+	wantBlob(t, s, "k", old, 5)
+	putFenced(t, s, "k", []byte("five again"), 5)
+	wantBlob(t, s, "k", []byte("five again"), 5)
+}
+
+// Writers racing on one key with different fences (a presumed-dead worker and its successors) end with
+// the largest fence's payload, whatever the order their streams finish in; every smaller one either
+// landed before it or was refused. Meanwhile a reader sees fences that never go down, each with the
+// payload written with it.
+func testConcurrentFences(t *testing.T, s blobstore.Store) {
+	const writers = 8
+	rounds := 40
+	if testing.Short() {
+		rounds = 10
+	}
+	payloads := make([][]byte, writers+1) // payloads[f] is written with fence f
+	for f := 1; f <= writers; f++ {
+		payloads[f] = payload(uint64(200+f), 32<<10+f*997)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	ctx := context.Background()
+	for round := range rounds {
+		key := fmt.Sprintf("race/%d", round)
+		if round%2 == 1 {
+			put(t, s, key, []byte("unfenced before the race"))
+		}
+		order := rng.Perm(writers)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		errs := make([]error, writers+1)
+		for _, i := range order {
+			fence := int64(i + 1)
+			wg.Go(func() {
+				<-start
+				// Odd fences announce the size, even ones do not.
+				size := int64(len(payloads[fence]))
+				if fence%2 == 0 {
+					size = -1
+				}
+				_, errs[fence] = s.Put(ctx, key, opaqueReader{bytes.NewReader(payloads[fence])}, size, fence)
+			})
+		}
+		unfenced := []byte("unfenced before the race")
+		readerErr := make(chan error, 1)
+		done := make(chan struct{})
+		go func() { readerErr <- watchFences(ctx, s, key, payloads, unfenced, done) }()
+		close(start)
+		wg.Wait()
+		close(done)
+		if err := <-readerErr; err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		for f := 1; f <= writers; f++ {
+			if errs[f] != nil && !errors.Is(errs[f], blobstore.ErrStaleFence) {
+				t.Fatalf("round %d: Put with fence %d: %v", round, f, errs[f])
+			}
+		}
+		if errs[writers] != nil {
+			t.Fatalf("round %d: the largest fence was refused: %v", round, errs[writers])
+		}
+		b, err := s.Open(ctx, key)
+		if err != nil {
+			t.Fatalf("round %d: Open: %v", round, err)
+		}
+		got, err := io.ReadAll(b)
+		b.Close()
+		if err != nil {
+			t.Fatalf("round %d: read: %v", round, err)
+		}
+		if b.Fence != writers || !bytes.Equal(got, payloads[writers]) {
+			t.Fatalf("round %d: stored %d bytes with fence %d, want the %d bytes of fence %d",
+				round, len(got), b.Fence, len(payloads[writers]), writers)
+		}
+	}
+}
+
+// watchFences opens key until done is closed (and at least once after), checking that each blob holds the
+// payload written with its fence (unfenced for fence 0) and that fences never go down.
+func watchFences(ctx context.Context, s blobstore.Store, key string, payloads [][]byte, unfenced []byte, done <-chan struct{}) error {
+	var last int64
+	for {
+		finished := false
+		select {
+		case <-done:
+			finished = true
+		default:
+		}
+		b, err := s.Open(ctx, key)
+		if errors.Is(err, blobstore.ErrNotFound) {
+			if last != 0 {
+				return fmt.Errorf("the blob of fence %d vanished", last)
+			}
+		} else if err != nil {
+			return fmt.Errorf("concurrent Open: %w", err)
+		} else {
+			got, err := io.ReadAll(b)
+			b.Close()
+			if err != nil {
+				return fmt.Errorf("concurrent read: %w", err)
+			}
+			want := unfenced
+			if b.Fence > 0 && b.Fence < int64(len(payloads)) {
+				want = payloads[b.Fence]
+			} else if b.Fence != 0 {
+				return fmt.Errorf("a reader saw fence %d, which no writer used", b.Fence)
+			}
+			if !bytes.Equal(got, want) {
+				return fmt.Errorf("a reader saw fence %d with %d bytes that are not its payload", b.Fence, len(got))
+			}
+			if b.Fence < last {
+				return fmt.Errorf("a reader saw fence %d after fence %d", b.Fence, last)
+			}
+			last = b.Fence
+		}
+		if finished {
+			return nil
+		}
+	}
+}
+
+func testDeleteClearsFence(t *testing.T, s blobstore.Store) {
+	ctx := context.Background()
+	putFenced(t, s, "finished/8", []byte("by fence 10"), 10)
+	if err := s.Delete(ctx, "finished/8"); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	wantNotFound(t, s, "finished/8")
+	// No blob, no fence: a low fence is accepted.
+	putFenced(t, s, "finished/8", []byte("by fence 2"), 2)
+	wantBlob(t, s, "finished/8", []byte("by fence 2"), 2)
+	putStale(t, s, "finished/8", []byte("by fence 1"), 1)
+	wantBlob(t, s, "finished/8", []byte("by fence 2"), 2)
+	// A key never written has no fence either.
+	putFenced(t, s, "finished/never", []byte("by fence 1"), 1)
+	wantBlob(t, s, "finished/never", []byte("by fence 1"), 1)
 }

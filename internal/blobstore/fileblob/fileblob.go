@@ -1,8 +1,29 @@
 // Package fileblob is a blobstore.Store on the local file system: key "working/42" is the file
-// dir/working/42. Each Put goes through atomicfile, so a crash leaves the old blob or the complete new one.
+// dir/working/42. Each Put writes a temporary file beside the target, fsyncs it, renames it over the target
+// and fsyncs the directory, so a crash leaves the old blob or the complete new one.
+//
+// # Fences
+//
+// A blob's fence (see blobstore.Store) is kept in the extended attribute user.imgmill.fence of the blob's
+// own file, as decimal text, set on the temporary file before it is fsynced and renamed. The fence is then
+// part of the inode that the rename publishes: one atomic rename replaces content and fence together, so a
+// crash at any point leaves the old blob with its old fence or the new blob with its new one, and an open
+// Blob reads the fence of the very inode it serves (no lock, no race with a concurrent Put). The
+// alternatives were worse: a header inside the file would change what Open serves (Size, Seek), and a
+// sidecar file ("42.fence") needs two renames per Put in a careful order, plus a lock around Open to pair
+// a blob with its sidecar, and after a crash between the renames it can claim a fence the blob was not
+// written with. An unfenced blob (fence 0) carries no attribute; so do blobs written before fences
+// existed, which therefore read as fence 0.
+//
+// The price: the file system must support user extended attributes (ext4, xfs, btrfs, zfs, tmpfs since
+// Linux 6.6, APFS). Open checks that it does and fails otherwise, rather than run without fencing. And the
+// fences are lost by copies that drop extended attributes: back the directory up or move it with
+// "cp -a --preserve=xattr", "rsync -X" or "tar --xattrs", never a plain cp. Only Linux and macOS are
+// supported.
 //
 // A directory must be used by one Store (one process) at a time: Open deletes the temporary files it finds,
-// which would break another process's writes in progress.
+// which would break another process's writes in progress; and the check of a Put's fence against the
+// stored one is atomic through a lock per key inside the Store.
 package fileblob
 
 import (
@@ -20,7 +41,8 @@ import (
 	"github.com/imgmill/imgmill/internal/blobstore"
 )
 
-// tempPattern matches atomicfile's temporary files. Keys cannot start with '.', so no key maps to one.
+// tempPattern matches the temporary files of Puts (and of Open's check for extended attributes). Keys
+// cannot start with '.', so no key maps to one.
 const tempPattern = ".*.tmp-*"
 
 // Store is a file system blob store. It is safe for concurrent use.
@@ -29,6 +51,8 @@ type Store struct {
 	// mkdirMu serialises directory creation so that a Put that finds a directory existing knows it has
 	// already been fsynced into its parent by whoever created it.
 	mkdirMu sync.Mutex
+	// keys serialises the check-and-replace of Puts and Deletes per key.
+	keys keyLocks
 }
 
 var _ blobstore.Store = (*Store)(nil)
@@ -62,11 +86,14 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("fileblob: open %s: %w", dir, err)
 	}
 	// Removals need no fsync: a temporary file that reappears after a crash is removed by the next Open.
+	if err := checkFenceSupport(dir); err != nil {
+		return nil, fmt.Errorf("fileblob: open %s: %w", dir, err)
+	}
 	return s, nil
 }
 
-// path maps a key to its file. ValidateKey caps segments at 200 bytes, so a segment plus atomicfile's
-// temporary suffix (a dot, ".tmp-" and up to 20 digits) still fits a 255-byte file name.
+// path maps a key to its file. ValidateKey caps segments at 200 bytes, so a segment plus the temporary
+// suffix (a dot, ".tmp-" and up to 20 digits) still fits a 255-byte file name.
 func (s *Store) path(key string) (string, error) {
 	if err := blobstore.ValidateKey(key); err != nil {
 		return "", fmt.Errorf("fileblob: %w", err)
@@ -74,14 +101,18 @@ func (s *Store) path(key string) (string, error) {
 	return filepath.Join(s.dir, filepath.FromSlash(key)), nil
 }
 
-// Put implements blobstore.Store.
-func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64) (int64, error) {
+// Put implements blobstore.Store. The stream goes to a temporary file first, without any lock; only the
+// fence check and the rename (and the directory fsync making it durable) hold the key's lock.
+func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, fence int64) (int64, error) {
 	path, err := s.path(key)
 	if err != nil {
 		return 0, err
 	}
 	if size < -1 {
 		return 0, fmt.Errorf("fileblob: put %s: invalid size %d", key, size)
+	}
+	if fence < 0 {
+		return 0, fmt.Errorf("fileblob: put %s: invalid fence %d", key, fence)
 	}
 	if err := ctx.Err(); err != nil {
 		return 0, fmt.Errorf("fileblob: put %s: %w", key, err)
@@ -91,17 +122,78 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64) (i
 	}
 	if size >= 0 {
 		// A stream shorter or longer than announced is a truncated or confused upload: fail inside the
-		// copy so that atomicfile discards it instead of publishing it.
+		// copy so that the temporary file is discarded instead of published.
 		r = &exactReader{r: r, remaining: size}
 	}
-	n, err := atomicfile.Write(ctx, path, r)
+	tmp, n, err := writeTemp(ctx, path, r, fence)
 	if err != nil {
+		return n, fmt.Errorf("fileblob: put %s: %w", key, err)
+	}
+	if err := s.replace(ctx, key, tmp, path, fence); err != nil {
+		os.Remove(tmp)
 		if errors.Is(err, syscall.EISDIR) || errors.Is(err, syscall.EEXIST) || errors.Is(err, syscall.ENOTEMPTY) {
 			return n, fmt.Errorf("fileblob: put %s: the key is a prefix of other keys: %w", key, err)
 		}
 		return n, fmt.Errorf("fileblob: put %s: %w", key, err)
 	}
 	return n, nil
+}
+
+// writeTemp streams r into a new temporary file beside path, records fence on it, and fsyncs and closes
+// it. It returns the file's name; on failure it leaves no file behind.
+func writeTemp(ctx context.Context, path string, r io.Reader, fence int64) (name string, n int64, err error) {
+	dir, base := filepath.Split(path)
+	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	if err != nil {
+		return "", 0, fmt.Errorf("create temporary file: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	n, err = io.Copy(f, contextReader{ctx, r})
+	if err != nil {
+		return "", n, fmt.Errorf("write: %w", err)
+	}
+	if fence != 0 {
+		if err = setFence(f, fence); err != nil {
+			return "", n, err
+		}
+	}
+	// One fsync makes the content and the fence attribute (inode metadata) durable.
+	if err = f.Sync(); err != nil {
+		return "", n, fmt.Errorf("sync: %w", err)
+	}
+	if err = f.Close(); err != nil {
+		return "", n, fmt.Errorf("close: %w", err)
+	}
+	return f.Name(), n, nil
+}
+
+// replace renames tmp, written with fence, over path unless the blob there has a larger fence, and makes
+// the rename durable. The key's lock makes the check and the rename one step for other Puts and Deletes.
+func (s *Store) replace(ctx context.Context, key, tmp, path string, fence int64) error {
+	unlock := s.keys.lock(key)
+	defer unlock()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if fence != 0 {
+		stored, err := pathFence(path)
+		if err != nil {
+			return err
+		}
+		if stored > fence {
+			return fmt.Errorf("%w (stored blob has fence %d, this write %d)", blobstore.ErrStaleFence, stored, fence)
+		}
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("rename: %w", err)
+	}
+	// Under the lock, so that a Put that saw this blob's fence saw a durable one.
+	return atomicfile.SyncDir(filepath.Dir(path))
 }
 
 // Open implements blobstore.Store.
@@ -131,12 +223,17 @@ func (s *Store) Open(ctx context.Context, key string) (*blobstore.Blob, error) {
 		return nil, fmt.Errorf("fileblob: open %s: %w", key, blobstore.ErrNotFound)
 	}
 	// The open file keeps reading the inode it opened even if a Put renames a new file over the path,
-	// which is what makes an open Blob a consistent snapshot.
-	return &blobstore.Blob{ReadSeekCloser: f, Size: fi.Size(), ModTime: fi.ModTime()}, nil
+	// which is what makes an open Blob a consistent snapshot, fence included.
+	fence, err := fileFence(f)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("fileblob: open %s: %w", key, err)
+	}
+	return &blobstore.Blob{ReadSeekCloser: f, Size: fi.Size(), ModTime: fi.ModTime(), Fence: fence}, nil
 }
 
-// Delete implements blobstore.Store. Emptied directories are kept: removing them would race with a Put
-// creating a file in them.
+// Delete implements blobstore.Store. The fence goes with the file. Emptied directories are kept: removing
+// them would race with a Put creating a file in them.
 func (s *Store) Delete(ctx context.Context, key string) error {
 	path, err := s.path(key)
 	if err != nil {
@@ -145,6 +242,8 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("fileblob: delete %s: %w", key, err)
 	}
+	unlock := s.keys.lock(key)
+	defer unlock()
 	fi, err := os.Lstat(path)
 	if err != nil {
 		if isMissing(err) {
@@ -210,6 +309,56 @@ func mkdirAllLocked(dir string) error {
 // file (a key extending an existing key's blob).
 func isMissing(err error) bool {
 	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
+}
+
+// keyLocks is a mutex per key, allocated while in use.
+type keyLocks struct {
+	mu sync.Mutex
+	m  map[string]*keyLock
+}
+
+type keyLock struct {
+	mu   sync.Mutex
+	refs int // holders and waiters; guarded by keyLocks.mu
+}
+
+// lock locks key and returns the function that unlocks it.
+func (k *keyLocks) lock(key string) (unlock func()) {
+	k.mu.Lock()
+	if k.m == nil {
+		k.m = make(map[string]*keyLock)
+	}
+	l := k.m[key]
+	if l == nil {
+		l = &keyLock{}
+		k.m[key] = l
+	}
+	l.refs++
+	k.mu.Unlock()
+
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		k.mu.Lock()
+		l.refs--
+		if l.refs == 0 {
+			delete(k.m, key)
+		}
+		k.mu.Unlock()
+	}
+}
+
+// contextReader stops a long copy when the context ends (a client that went away mid-upload).
+type contextReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c contextReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }
 
 // errSizeMismatch reports a stream whose length differs from the size given to Put.

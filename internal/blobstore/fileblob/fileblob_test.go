@@ -68,7 +68,7 @@ func writeFile(t *testing.T, path, content string) {
 func TestLayout(t *testing.T) {
 	dir := t.TempDir()
 	s := openStore(t, dir)
-	if _, err := s.Put(context.Background(), "working/42", strings.NewReader("pixels"), 6); err != nil {
+	if _, err := s.Put(context.Background(), "working/42", strings.NewReader("pixels"), 6, 0); err != nil {
 		t.Fatal(err)
 	}
 	got, err := os.ReadFile(filepath.Join(dir, "working", "42"))
@@ -87,6 +87,7 @@ func TestOpenRemovesStaleTempFiles(t *testing.T) {
 		filepath.Join(dir, ".42.tmp-123456"),
 		filepath.Join(dir, "working", ".42.tmp-987"),
 		filepath.Join(dir, "working", "deep", ".7.tmp-1"),
+		filepath.Join(dir, ".fence-check.tmp-42"), // Open's own check of extended attributes
 	}
 	for _, p := range stale {
 		writeFile(t, p, "partial")
@@ -121,7 +122,7 @@ func TestOpenRemovesStaleTempFiles(t *testing.T) {
 func TestOpenCreatesDirectory(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "a", "b")
 	s := openStore(t, dir)
-	if _, err := s.Put(context.Background(), "k", strings.NewReader("v"), 1); err != nil {
+	if _, err := s.Put(context.Background(), "k", strings.NewReader("v"), 1, 0); err != nil {
 		t.Fatal(err)
 	}
 	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
@@ -153,12 +154,12 @@ func (f *failAfter) Read(p []byte) (int, error) {
 func TestFailedPutLeavesNoTempFile(t *testing.T) {
 	dir := t.TempDir()
 	s := openStore(t, dir)
-	if _, err := s.Put(context.Background(), "working/1", &failAfter{n: 100 << 10}, -1); err == nil {
+	if _, err := s.Put(context.Background(), "working/1", &failAfter{n: 100 << 10}, -1, 0); err == nil {
 		t.Fatal("Put with a failing reader succeeded")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := s.Put(ctx, "working/2", strings.NewReader("data"), 4); err == nil {
+	if _, err := s.Put(ctx, "working/2", strings.NewReader("data"), 4, 0); err == nil {
 		t.Fatal("Put with a cancelled context succeeded")
 	}
 	if found := tempFiles(t, dir); len(found) != 0 {
@@ -169,7 +170,7 @@ func TestFailedPutLeavesNoTempFile(t *testing.T) {
 func TestPutSizeMismatch(t *testing.T) {
 	s := openStore(t, t.TempDir())
 	ctx := context.Background()
-	if _, err := s.Put(ctx, "k", strings.NewReader("old"), 3); err != nil {
+	if _, err := s.Put(ctx, "k", strings.NewReader("old"), 3, 0); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
@@ -181,12 +182,12 @@ func TestPutSizeMismatch(t *testing.T) {
 		{"", 1},
 		{"x", 0},
 	} {
-		_, err := s.Put(ctx, "k", strings.NewReader(tc.data), tc.size)
+		_, err := s.Put(ctx, "k", strings.NewReader(tc.data), tc.size, 0)
 		if !errors.Is(err, errSizeMismatch) {
 			t.Errorf("Put(%d bytes, size %d) = %v, want a size mismatch", len(tc.data), tc.size, err)
 		}
 	}
-	if _, err := s.Put(ctx, "k", strings.NewReader("x"), -2); err == nil {
+	if _, err := s.Put(ctx, "k", strings.NewReader("x"), -2, 0); err == nil {
 		t.Error("Put with size -2 succeeded")
 	}
 	b, err := s.Open(ctx, "k")
@@ -203,16 +204,16 @@ func TestPutSizeMismatch(t *testing.T) {
 func TestKeyPrefixClash(t *testing.T) {
 	s := openStore(t, t.TempDir())
 	ctx := context.Background()
-	if _, err := s.Put(ctx, "a", strings.NewReader("blob a"), -1); err != nil {
+	if _, err := s.Put(ctx, "a", strings.NewReader("blob a"), -1, 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Put(ctx, "a/b", strings.NewReader("blob a/b"), -1); err == nil {
+	if _, err := s.Put(ctx, "a/b", strings.NewReader("blob a/b"), -1, 0); err == nil {
 		t.Error(`Put("a/b") over the blob "a" succeeded`)
 	}
-	if _, err := s.Put(ctx, "c/d", strings.NewReader("blob c/d"), -1); err != nil {
+	if _, err := s.Put(ctx, "c/d", strings.NewReader("blob c/d"), -1, 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Put(ctx, "c", strings.NewReader("blob c"), -1); err == nil {
+	if _, err := s.Put(ctx, "c", strings.NewReader("blob c"), -1, 0); err == nil {
 		t.Error(`Put("c") over the prefix of "c/d" succeeded`)
 	}
 	for key, want := range map[string]string{"a": "blob a", "c/d": "blob c/d"} {
@@ -237,11 +238,11 @@ func TestLongSegment(t *testing.T) {
 	s := openStore(t, t.TempDir())
 	ctx := context.Background()
 	key := "working/" + strings.Repeat("y", 200)
-	if _, err := s.Put(ctx, key, bytes.NewReader([]byte("v")), 1); err != nil {
+	if _, err := s.Put(ctx, key, bytes.NewReader([]byte("v")), 1, 0); err != nil {
 		t.Errorf("Put with a 200-byte segment: %v", err)
 	}
 	key = "working/" + strings.Repeat("x", 201)
-	if _, err := s.Put(ctx, key, bytes.NewReader([]byte("v")), 1); !errors.Is(err, blobstore.ErrInvalidKey) {
+	if _, err := s.Put(ctx, key, bytes.NewReader([]byte("v")), 1, 0); !errors.Is(err, blobstore.ErrInvalidKey) {
 		t.Errorf("Put with a 201-byte segment = %v, want ErrInvalidKey", err)
 	}
 	if _, err := s.Open(ctx, key); !errors.Is(err, blobstore.ErrInvalidKey) {

@@ -3,6 +3,10 @@
 // small and rewriting it is cheaper than maintaining a log; atomicfile makes each Set durable before it
 // returns and a crash leave the previous snapshot or the new one.
 //
+// An entry with a TTL is stored with its absolute expiry time, so that it still expires on time after a
+// restart. Expired entries are hidden from reads at once and dropped from the snapshot by the next write
+// (the kv service's registrations are renewed every few seconds, so writes are frequent).
+//
 // A file must be used by one Store (one process) at a time.
 package filekv
 
@@ -20,6 +24,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 	"unicode/utf8"
 
 	"github.com/imgmill/imgmill/internal/atomicfile"
@@ -30,24 +35,56 @@ import (
 var ErrClosed = errors.New("filekv: store closed")
 
 // formatVersion is written in every snapshot so that a future format can tell old files apart.
-const formatVersion = 1
+// Version 1 (entries as a plain key-to-value object, no expiry) is still read; version 2 is written.
+const formatVersion = 2
 
-// snapshot is the file's content.
+// snapshot is the file's content: {"version":2,"entries":{"k":{"value":"v","expires":"<RFC 3339>"}}},
+// "expires" only for an entry with a TTL.
 type snapshot struct {
+	Version int                   `json:"version"`
+	Entries map[string]*diskEntry `json:"entries"`
+}
+
+type diskEntry struct {
+	Value   *string   `json:"value"` // a pointer so that a missing value is damage, not ""
+	Expires time.Time `json:"expires,omitzero"`
+}
+
+// snapshotV1 is the version 1 format: no expiry.
+type snapshotV1 struct {
 	Version int               `json:"version"`
 	Entries map[string]string `json:"entries"`
+}
+
+// item is an entry in memory; a zero expires means it never expires.
+type item struct {
+	value   string
+	expires time.Time
+}
+
+// expired reports whether it is gone at now: an entry expires at its expiry time, not after it.
+func (it item) expired(now time.Time) bool {
+	return !it.expires.IsZero() && !now.Before(it.expires)
+}
+
+// Options configures Open.
+type Options struct {
+	// Now is the clock that decides expiry; nil means time.Now. Tests pass a fake clock.
+	Now func() time.Time
 }
 
 // Store is a file-backed kvstore.Store. It is safe for concurrent use.
 type Store struct {
 	path string
+	now  func() time.Time
 	// writeSem (capacity 1) serialises mutations and their snapshot writes; a channel rather than a mutex
 	// so that a Set waiting behind a slow fsync gives up when its context ends.
 	writeSem chan struct{}
 	// mu guards m and closed. Readers never wait for an fsync: a mutation builds and persists a new map,
 	// then swaps it in under mu. m is never modified in place, so it always equals the file's content.
+	// It may hold expired entries, which readers skip and the next mutation drops.
 	mu     sync.RWMutex
-	m      map[string]string
+	m      map[string]item
 	closed bool
 }
 
@@ -56,7 +93,7 @@ var _ kvstore.Store = (*Store)(nil)
 // Open loads the store kept in path. A missing file is an empty store; its directory must exist. A file
 // that cannot be read as a snapshot is an error, never an empty store: starting empty would lose the
 // configuration at the next Set.
-func Open(path string) (*Store, error) {
+func Open(path string, opts Options) (*Store, error) {
 	if path == "" {
 		return nil, errors.New("filekv: empty path")
 	}
@@ -77,7 +114,11 @@ func Open(path string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("filekv: open %s: %w", path, err)
 	}
-	return &Store{path: path, writeSem: make(chan struct{}, 1), m: m}, nil
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &Store{path: path, now: now, writeSem: make(chan struct{}, 1), m: m}, nil
 }
 
 // removeStaleTemps removes the temporary files of snapshot writes that a crash interrupted.
@@ -97,31 +138,81 @@ func removeStaleTemps(dir, base string) error {
 	return nil
 }
 
-func load(path string) (map[string]string, error) {
+func load(path string) (map[string]item, error) {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return make(map[string]string), nil
+		return make(map[string]item), nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	var snap snapshot
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&snap); err != nil {
+	// The version first, then the whole file again, strictly, in that version's format.
+	var head struct {
+		Version int `json:"version"`
+	}
+	if err := json.Unmarshal(data, &head); err != nil {
 		return nil, fmt.Errorf("corrupt snapshot: %w", err)
 	}
+	switch head.Version {
+	case 1:
+		var snap snapshotV1
+		if err := decodeStrict(data, &snap); err != nil {
+			return nil, err
+		}
+		if snap.Entries == nil {
+			// We always write the entries, even when there are none: "null" or a missing field is damage.
+			return nil, errors.New("corrupt snapshot: no entries")
+		}
+		m := make(map[string]item, len(snap.Entries))
+		for k, v := range snap.Entries {
+			m[k] = item{value: v}
+		}
+		return m, nil
+	case formatVersion:
+		var snap snapshot
+		if err := decodeStrict(data, &snap); err != nil {
+			return nil, err
+		}
+		if snap.Entries == nil {
+			return nil, errors.New("corrupt snapshot: no entries")
+		}
+		m := make(map[string]item, len(snap.Entries))
+		for k, e := range snap.Entries {
+			if e == nil || e.Value == nil {
+				return nil, fmt.Errorf("corrupt snapshot: entry %q has no value", k)
+			}
+			m[k] = item{value: *e.Value, expires: e.Expires}
+		}
+		return m, nil
+	default:
+		return nil, fmt.Errorf("corrupt snapshot: unknown format version %d", head.Version)
+	}
+}
+
+// decodeStrict decodes data, which must be exactly one JSON value with no unknown field, into v.
+func decodeStrict(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("corrupt snapshot: %w", err)
+	}
 	if err := dec.Decode(new(json.RawMessage)); err != io.EOF {
-		return nil, errors.New("corrupt snapshot: data after the snapshot")
+		return errors.New("corrupt snapshot: data after the snapshot")
 	}
-	if snap.Version != formatVersion {
-		return nil, fmt.Errorf("corrupt snapshot: unknown format version %d", snap.Version)
+	return nil
+}
+
+// encode returns the version 2 snapshot of m.
+func encode(m map[string]item) ([]byte, error) {
+	snap := snapshot{Version: formatVersion, Entries: make(map[string]*diskEntry, len(m))}
+	for k, it := range m {
+		e := &diskEntry{Value: &it.value}
+		if !it.expires.IsZero() {
+			e.Expires = it.expires.UTC() // absolute wall time; UTC also drops the monotonic reading
+		}
+		snap.Entries[k] = e
 	}
-	if snap.Entries == nil {
-		// We always write the entries, even when there are none: "null" or a missing field is damage.
-		return nil, errors.New("corrupt snapshot: no entries")
-	}
-	return snap.Entries, nil
+	return json.Marshal(snap)
 }
 
 // checkEntry refuses what JSON cannot carry exactly: encoding/json replaces invalid UTF-8 with U+FFFD,
@@ -140,22 +231,26 @@ func checkEntry(key, value string) error {
 }
 
 // Set implements kvstore.Store.
-func (s *Store) Set(ctx context.Context, key, value string) error {
+func (s *Store) Set(ctx context.Context, key, value string, ttl time.Duration) error {
 	if err := checkEntry(key, value); err != nil {
 		return err
 	}
-	return s.mutate(ctx, "set "+key, func(m map[string]string) bool {
-		if old, ok := m[key]; ok && old == value {
+	return s.mutate(ctx, "set "+key, func(m map[string]item, now time.Time) bool {
+		next := item{value: value}
+		if ttl > 0 {
+			next.expires = now.Add(ttl)
+		}
+		if old, ok := m[key]; ok && old.value == value && old.expires.IsZero() && next.expires.IsZero() {
 			return false
 		}
-		m[key] = value
+		m[key] = next
 		return true
 	})
 }
 
 // Delete implements kvstore.Store.
 func (s *Store) Delete(ctx context.Context, key string) error {
-	return s.mutate(ctx, "delete "+key, func(m map[string]string) bool {
+	return s.mutate(ctx, "delete "+key, func(m map[string]item, _ time.Time) bool {
 		if _, ok := m[key]; !ok {
 			return false
 		}
@@ -164,10 +259,11 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	})
 }
 
-// mutate applies change to a copy of the map, persists the copy and only then publishes it, so that a
-// failed write leaves memory and file agreeing on the old content. change reports whether it changed
-// anything; when it did not, the current content is already durable and nothing is written.
-func (s *Store) mutate(ctx context.Context, op string, change func(map[string]string) bool) error {
+// mutate applies change to a copy of the map without its expired entries, persists the copy and only
+// then publishes it, so that a failed write leaves memory and file agreeing on the old content. change
+// reports whether it changed anything; when it did not and nothing expired, the current content is
+// already durable and nothing is written.
+func (s *Store) mutate(ctx context.Context, op string, change func(m map[string]item, now time.Time) bool) error {
 	select {
 	case s.writeSem <- struct{}{}:
 	case <-ctx.Done():
@@ -184,10 +280,18 @@ func (s *Store) mutate(ctx context.Context, op string, change func(map[string]st
 	if closed {
 		return ErrClosed
 	}
-	if !change(next) {
+	now := s.now()
+	purged := false
+	for k, it := range next {
+		if it.expired(now) {
+			delete(next, k)
+			purged = true
+		}
+	}
+	if !change(next, now) && !purged {
 		return nil
 	}
-	data, err := json.Marshal(snapshot{Version: formatVersion, Entries: next})
+	data, err := encode(next)
 	if err != nil {
 		return fmt.Errorf("filekv: %s: encode: %w", op, err)
 	}
@@ -210,11 +314,11 @@ func (s *Store) Get(ctx context.Context, key string) (string, error) {
 	if s.closed {
 		return "", ErrClosed
 	}
-	v, ok := s.m[key]
-	if !ok {
+	it, ok := s.m[key]
+	if !ok || it.expired(s.now()) {
 		return "", fmt.Errorf("filekv: get %s: %w", key, kvstore.ErrNotFound)
 	}
-	return v, nil
+	return it.value, nil
 }
 
 // List implements kvstore.Store.
@@ -227,9 +331,12 @@ func (s *Store) List(ctx context.Context) ([]kvstore.Entry, error) {
 		s.mu.RUnlock()
 		return nil, ErrClosed
 	}
+	now := s.now()
 	entries := make([]kvstore.Entry, 0, len(s.m))
-	for k, v := range s.m {
-		entries = append(entries, kvstore.Entry{Key: k, Value: v})
+	for k, it := range s.m {
+		if !it.expired(now) {
+			entries = append(entries, kvstore.Entry{Key: k, Value: it.value})
+		}
 	}
 	s.mu.RUnlock()
 	slices.SortFunc(entries, func(a, b kvstore.Entry) int { return strings.Compare(a.Key, b.Key) })

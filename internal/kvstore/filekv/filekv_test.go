@@ -2,12 +2,14 @@ package filekv
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -21,7 +23,13 @@ func TestMain(m *testing.M) {
 
 func openStore(t *testing.T, path string) *Store {
 	t.Helper()
-	s, err := Open(path)
+	return openStoreAt(t, path, nil)
+}
+
+// openStoreAt opens the store at path with the clock now (nil: the real time).
+func openStoreAt(t *testing.T, path string, now func() time.Time) *Store {
+	t.Helper()
+	s, err := Open(path, Options{Now: now})
 	if err != nil {
 		t.Fatalf("Open(%s): %v", path, err)
 	}
@@ -29,8 +37,8 @@ func openStore(t *testing.T, path string) *Store {
 }
 
 func TestContract(t *testing.T) {
-	kvstoretest.Run(t, func(t *testing.T) kvstore.Store {
-		return openStore(t, filepath.Join(t.TempDir(), "kv.json"))
+	kvstoretest.Run(t, func(t *testing.T, now func() time.Time) kvstore.Store {
+		return openStoreAt(t, filepath.Join(t.TempDir(), "kv.json"), now)
 	})
 }
 
@@ -46,11 +54,11 @@ func TestReopenKeepsEntries(t *testing.T) {
 		"empty":             "",
 	}
 	for k, v := range values {
-		if err := s.Set(ctx, k, v); err != nil {
+		if err := s.Set(ctx, k, v, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := s.Set(ctx, "overwritten", "new"); err != nil {
+	if err := s.Set(ctx, "overwritten", "new", 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Delete(ctx, "deleted"); err != nil {
@@ -106,20 +114,36 @@ func TestCorruptFileIsAnError(t *testing.T) {
 		"no entries":      `{"version":1}`,
 		"null entries":    `{"version":1,"entries":null}`,
 		"no version":      `{"entries":{"a":"b"}}`,
-		"future version":  `{"version":2,"entries":{}}`,
+		"future version":  `{"version":3,"entries":{}}`,
+		"version zero":    `{"version":0,"entries":{}}`,
+		"version string":  `{"version":"2","entries":{}}`,
 		"wrong type":      `{"version":1,"entries":{"a":1}}`,
 		"array":           `[]`,
 		"unknown field":   `{"version":1,"entries":{},"other":true}`,
 		"trailing data":   `{"version":1,"entries":{}}}`,
 		"two snapshots":   `{"version":1,"entries":{}} {"version":1,"entries":{}}`,
 		"plain text file": "a=b\n",
+		// Version 2: each entry an object with a value and, for an entry with a TTL, its expiry.
+		"v2 no entries":        `{"version":2}`,
+		"v2 null entries":      `{"version":2,"entries":null}`,
+		"v2 entries of v1":     `{"version":2,"entries":{"a":"b"}}`,
+		"v1 entries of v2":     `{"version":1,"entries":{"a":{"value":"b"}}}`,
+		"v2 null entry":        `{"version":2,"entries":{"a":null}}`,
+		"v2 no value":          `{"version":2,"entries":{"a":{}}}`,
+		"v2 null value":        `{"version":2,"entries":{"a":{"value":null}}}`,
+		"v2 wrong value type":  `{"version":2,"entries":{"a":{"value":1}}}`,
+		"v2 bad expiry":        `{"version":2,"entries":{"a":{"value":"b","expires":"tomorrow"}}}`,
+		"v2 numeric expiry":    `{"version":2,"entries":{"a":{"value":"b","expires":1700000000}}}`,
+		"v2 unknown entry key": `{"version":2,"entries":{"a":{"value":"b","ttl":"10s"}}}`,
+		"v2 unknown field":     `{"version":2,"entries":{},"other":true}`,
+		"v2 trailing data":     `{"version":2,"entries":{}}x`,
 	} {
 		t.Run(name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "kv.json")
 			if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			s, err := Open(path)
+			s, err := Open(path, Options{})
 			if err == nil {
 				s.Close()
 				t.Fatalf("Open of a corrupt file (%q) succeeded", content)
@@ -136,29 +160,171 @@ func TestCorruptFileIsAnError(t *testing.T) {
 }
 
 func TestValidSnapshotLoads(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "kv.json")
-	// Hand-written, with whitespace and escapes: what an operator restoring a backup might write.
-	content := "{\n  \"version\": 1,\n  \"entries\": {\"a\": \"x\\ny\", \"b\": \"\\u00e9\"}\n}\n"
-	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
-		t.Fatal(err)
+	for name, content := range map[string]string{
+		// Hand-written, with whitespace and escapes: what an operator restoring a backup might write.
+		"version 1": "{\n  \"version\": 1,\n  \"entries\": {\"a\": \"x\\ny\", \"b\": \"\\u00e9\"}\n}\n",
+		"version 2": "{\n  \"version\": 2,\n  \"entries\": {\"a\": {\"value\": \"x\\ny\"},\n" +
+			"  \"b\": {\"expires\": \"2999-01-02T03:04:05+01:00\", \"value\": \"\\u00e9\"}}\n}\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "kv.json")
+			if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			s := openStore(t, path)
+			defer s.Close()
+			list, err := s.List(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := []kvstore.Entry{{Key: "a", Value: "x\ny"}, {Key: "b", Value: "é"}}
+			if len(list) != 2 || list[0] != want[0] || list[1] != want[1] {
+				t.Fatalf("List = %q, want %q", list, want)
+			}
+		})
 	}
-	s := openStore(t, path)
-	defer s.Close()
-	list, err := s.List(context.Background())
+}
+
+// readSnapshot decodes the snapshot file at path as version 2.
+func readSnapshot(t *testing.T, path string) snapshot {
+	t.Helper()
+	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []kvstore.Entry{{Key: "a", Value: "x\ny"}, {Key: "b", Value: "é"}}
-	if len(list) != 2 || list[0] != want[0] || list[1] != want[1] {
-		t.Fatalf("List = %q, want %q", list, want)
+	var snap snapshot
+	if err := json.Unmarshal(data, &snap); err != nil {
+		t.Fatalf("snapshot %s: %v", data, err)
+	}
+	return snap
+}
+
+// A version 1 snapshot loads without expiry, and the next write rewrites it as version 2.
+func TestUpgradesVersion1(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "kv.json")
+	if err := os.WriteFile(path, []byte(`{"version":1,"entries":{"config":"x","databaseAddress":"127.0.0.1:3001"}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	clock := kvstoretest.NewClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	s := openStoreAt(t, path, clock.Now)
+	defer s.Close()
+	clock.Advance(100 * 365 * 24 * time.Hour) // version 1 entries never expire
+	if v, err := s.Get(ctx, "databaseAddress"); err != nil || v != "127.0.0.1:3001" {
+		t.Fatalf("Get = %q, %v", v, err)
+	}
+	if err := s.Set(ctx, "databaseAddress", "127.0.0.1:4001", 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	snap := readSnapshot(t, path)
+	if snap.Version != 2 || len(snap.Entries) != 2 {
+		t.Fatalf("rewritten snapshot: version %d, %d entries; want version 2, 2 entries", snap.Version, len(snap.Entries))
+	}
+	if e := snap.Entries["config"]; e == nil || e.Value == nil || *e.Value != "x" || !e.Expires.IsZero() {
+		t.Errorf("config entry rewritten as %+v", e)
+	}
+	want := clock.Now().Add(15 * time.Second)
+	if e := snap.Entries["databaseAddress"]; e == nil || e.Value == nil || *e.Value != "127.0.0.1:4001" || !e.Expires.Equal(want) {
+		t.Errorf("databaseAddress entry written as %+v, want expiry %v", e, want)
+	}
+}
+
+// Expiry times are absolute: a store reopened later expires an entry when it was due, not ttl after the
+// restart, and one reopened after the expiry does not bring the entry back.
+func TestExpirySurvivesRestart(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "kv.json")
+	clock := kvstoretest.NewClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.FixedZone("x", 3600)))
+	s := openStoreAt(t, path, clock.Now)
+	if err := s.Set(ctx, "storageAddress", "127.0.0.1:3002", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Set(ctx, "config", "permanent", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The file holds the absolute expiry.
+	snap := readSnapshot(t, path)
+	if e := snap.Entries["storageAddress"]; e == nil || !e.Expires.Equal(clock.Now().Add(10*time.Second)) {
+		t.Fatalf("storageAddress written as %+v", e)
+	}
+	if e := snap.Entries["config"]; e == nil || !e.Expires.IsZero() {
+		t.Fatalf("config written as %+v", e)
+	}
+
+	clock.Advance(9 * time.Second)
+	r := openStoreAt(t, path, clock.Now)
+	if v, err := r.Get(ctx, "storageAddress"); err != nil || v != "127.0.0.1:3002" {
+		t.Fatalf("after restart Get = %q, %v", v, err)
+	}
+	clock.Advance(time.Second)
+	if _, err := r.Get(ctx, "storageAddress"); !errors.Is(err, kvstore.ErrNotFound) {
+		t.Fatalf("entry outlived its expiry across a restart: %v", err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	r = openStoreAt(t, path, clock.Now)
+	defer r.Close()
+	list, err := r.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 1 || list[0] != (kvstore.Entry{Key: "config", Value: "permanent"}) {
+		t.Fatalf("List after expiry and restart = %q", list)
+	}
+}
+
+// Expired entries are dropped from the snapshot by the next write, so renewals of ever new keys do not
+// make it grow; a write that only drops expired entries (a Delete of one) is written too.
+func TestWritesPurgeExpired(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "kv.json")
+	clock := kvstoretest.NewClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	s := openStoreAt(t, path, clock.Now)
+	defer s.Close()
+	for _, k := range []string{"a", "b", "c"} {
+		if err := s.Set(ctx, k, "v", time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Set(ctx, "keep", "v", 0); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Second)
+	// Nothing was written since they expired: still in the file.
+	if n := len(readSnapshot(t, path).Entries); n != 4 {
+		t.Fatalf("%d entries in the file before a write, want 4", n)
+	}
+	if err := s.Delete(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	snap := readSnapshot(t, path)
+	if len(snap.Entries) != 1 || snap.Entries["keep"] == nil {
+		t.Fatalf("after a write the file holds %d entries, want only keep", len(snap.Entries))
+	}
+	// A Set that changes nothing, with nothing expired, writes nothing.
+	info, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Set(ctx, "keep", "v", 0); err != nil {
+		t.Fatal(err)
+	}
+	// A rewrite renames a new file over the snapshot.
+	if after, err := os.Stat(path); err != nil || !os.SameFile(info, after) {
+		t.Errorf("a Set that changed nothing rewrote the snapshot")
 	}
 }
 
 func TestOpenNeedsDirectory(t *testing.T) {
-	if _, err := Open(filepath.Join(t.TempDir(), "missing", "kv.json")); err == nil {
+	if _, err := Open(filepath.Join(t.TempDir(), "missing", "kv.json"), Options{}); err == nil {
 		t.Fatal("Open in a missing directory succeeded")
 	}
-	if _, err := Open(""); err == nil {
+	if _, err := Open("", Options{}); err == nil {
 		t.Fatal("Open of an empty path succeeded")
 	}
 }
@@ -193,7 +359,7 @@ func TestRefusesWhatJSONCannotCarry(t *testing.T) {
 		{"bad\xffkey", "v"},
 		{"k", "bad\xffvalue"},
 	} {
-		if err := s.Set(ctx, tc.key, tc.value); err == nil {
+		if err := s.Set(ctx, tc.key, tc.value, 0); err == nil {
 			t.Errorf("Set(%q, %q) succeeded", tc.key, tc.value)
 		}
 	}
@@ -208,7 +374,7 @@ func TestFailedWriteChangesNothing(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "kv.json")
 	s := openStore(t, path)
 	defer s.Close()
-	if err := s.Set(ctx, "k", "old"); err != nil {
+	if err := s.Set(ctx, "k", "old", 0); err != nil {
 		t.Fatal(err)
 	}
 	// A non-empty directory where the snapshot goes: the rename fails, even for root.
@@ -218,10 +384,13 @@ func TestFailedWriteChangesNothing(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(path, "blocker"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Set(ctx, "k", "new"); err == nil {
+	if err := s.Set(ctx, "k", "new", 0); err == nil {
 		t.Fatal("Set succeeded although the snapshot could not be written")
 	}
-	if err := s.Set(ctx, "other", "new"); err == nil {
+	if err := s.Set(ctx, "k", "old", time.Minute); err == nil {
+		t.Fatal("Set of a ttl succeeded although the snapshot could not be written")
+	}
+	if err := s.Set(ctx, "other", "new", 0); err == nil {
 		t.Fatal("Set of a new key succeeded although the snapshot could not be written")
 	}
 	if err := s.Delete(ctx, "k"); err == nil {
@@ -238,7 +407,7 @@ func TestFailedWriteChangesNothing(t *testing.T) {
 func TestClosed(t *testing.T) {
 	ctx := context.Background()
 	s := openStore(t, filepath.Join(t.TempDir(), "kv.json"))
-	if err := s.Set(ctx, "k", "v"); err != nil {
+	if err := s.Set(ctx, "k", "v", 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {
@@ -247,7 +416,7 @@ func TestClosed(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
-	if err := s.Set(ctx, "k", "w"); !errors.Is(err, ErrClosed) {
+	if err := s.Set(ctx, "k", "w", 0); !errors.Is(err, ErrClosed) {
 		t.Errorf("Set after Close = %v, want ErrClosed", err)
 	}
 	if _, err := s.Get(ctx, "k"); !errors.Is(err, ErrClosed) {

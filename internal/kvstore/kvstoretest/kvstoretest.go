@@ -10,23 +10,50 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/imgmill/imgmill/internal/kvstore"
 )
 
-// Run runs the contract suite. open must return a fresh, empty store for each call; Run closes it when
-// the subtest ends (and checks that Close succeeds), so open must not close it itself.
-func Run(t *testing.T, open func(t *testing.T) kvstore.Store) {
+// Clock is a fake clock for the TTL tests: it stands still until Advance. It is safe for concurrent use.
+type Clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+// NewClock returns a Clock set to start.
+func NewClock(start time.Time) *Clock { return &Clock{now: start} }
+
+// Now returns the clock's time; pass it where a store takes its clock.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+// Advance moves the clock forward by d.
+func (c *Clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// Run runs the contract suite. open must return a fresh, empty store for each call, whose expiry is
+// decided by now (the suite's fake clock) and never by the real time; Run closes it when the subtest ends
+// (and checks that Close succeeds), so open must not close it itself.
+func Run(t *testing.T, open func(t *testing.T, now func() time.Time) kvstore.Store) {
 	t.Helper()
-	fresh := func(t *testing.T) kvstore.Store {
+	fresh := func(t *testing.T) (kvstore.Store, *Clock) {
 		t.Helper()
-		s := open(t)
+		// An arbitrary start, far from the real time, so a store that reads the real clock fails.
+		clock := NewClock(time.Date(2031, time.March, 4, 5, 6, 7, 8, time.UTC))
+		s := open(t, clock.Now)
 		t.Cleanup(func() {
 			if err := s.Close(); err != nil {
 				t.Errorf("Close: %v", err)
 			}
 		})
-		return s
+		return s, clock
 	}
 	tests := []struct {
 		name string
@@ -43,14 +70,39 @@ func Run(t *testing.T, open func(t *testing.T) kvstore.Store) {
 		{"ConcurrentSets", testConcurrentSets},
 	}
 	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) { tc.fn(t, fresh(t)) })
+		t.Run(tc.name, func(t *testing.T) {
+			s, _ := fresh(t)
+			tc.fn(t, s)
+		})
+	}
+	ttlTests := []struct {
+		name string
+		fn   func(t *testing.T, s kvstore.Store, c *Clock)
+	}{
+		{"TTLExpiry", testTTLExpiry},
+		{"TTLRenewal", testTTLRenewal},
+		{"TTLCleared", testTTLCleared},
+		{"TTLListOmitsExpired", testTTLListOmitsExpired},
+		{"TTLDeleteExpired", testTTLDeleteExpired},
+		{"TTLCancelledContext", testTTLCancelledContext},
+	}
+	for _, tc := range ttlTests {
+		t.Run(tc.name, func(t *testing.T) {
+			s, c := fresh(t)
+			tc.fn(t, s, c)
+		})
 	}
 }
 
 func set(t *testing.T, s kvstore.Store, key, value string) {
 	t.Helper()
-	if err := s.Set(context.Background(), key, value); err != nil {
-		t.Fatalf("Set(%q, %q): %v", key, value, err)
+	setTTL(t, s, key, value, 0)
+}
+
+func setTTL(t *testing.T, s kvstore.Store, key, value string, ttl time.Duration) {
+	t.Helper()
+	if err := s.Set(context.Background(), key, value, ttl); err != nil {
+		t.Fatalf("Set(%q, %q, %v): %v", key, value, ttl, err)
 	}
 }
 
@@ -220,10 +272,10 @@ func testCancelledContext(t *testing.T, s kvstore.Store) {
 	set(t, s, "k", "old")
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := s.Set(ctx, "k", "new"); err == nil {
+	if err := s.Set(ctx, "k", "new", 0); err == nil {
 		t.Error("Set with a cancelled context succeeded")
 	}
-	if err := s.Set(ctx, "other", "new"); err == nil {
+	if err := s.Set(ctx, "other", "new", 0); err == nil {
 		t.Error("Set of a new key with a cancelled context succeeded")
 	}
 	if err := s.Delete(ctx, "k"); err == nil {
@@ -241,7 +293,7 @@ func testConcurrentSets(t *testing.T, s kvstore.Store) {
 		wg.Go(func() {
 			for i := range perGoroutine {
 				key := fmt.Sprintf("g%02d/k%02d", g, i)
-				if err := s.Set(context.Background(), key, "value "+key); err != nil {
+				if err := s.Set(context.Background(), key, "value "+key, 0); err != nil {
 					errs <- fmt.Errorf("Set(%q): %w", key, err)
 				}
 				// Readers run alongside the writers.
@@ -265,4 +317,110 @@ func testConcurrentSets(t *testing.T, s kvstore.Store) {
 		}
 	}
 	wantList(t, s, want)
+}
+
+// An entry set with a ttl is there until ttl has passed, and gone from that instant on.
+func testTTLExpiry(t *testing.T, s kvstore.Store, c *Clock) {
+	setTTL(t, s, "masterAddress", "127.0.0.1:3003", 10*time.Second)
+	set(t, s, "config", "permanent")
+	wantValue(t, s, "masterAddress", "127.0.0.1:3003")
+	c.Advance(10*time.Second - time.Nanosecond)
+	wantValue(t, s, "masterAddress", "127.0.0.1:3003")
+	wantList(t, s, []kvstore.Entry{{Key: "config", Value: "permanent"}, {Key: "masterAddress", Value: "127.0.0.1:3003"}})
+	c.Advance(time.Nanosecond)
+	wantNotFound(t, s, "masterAddress")
+	wantList(t, s, []kvstore.Entry{{Key: "config", Value: "permanent"}})
+	// Expiry is not undone by time passing or by writes to other keys.
+	c.Advance(time.Hour)
+	set(t, s, "other", "x")
+	wantNotFound(t, s, "masterAddress")
+	wantValue(t, s, "config", "permanent")
+}
+
+// Setting a key again with a ttl renews it from the time of that Set, also with the same value.
+func testTTLRenewal(t *testing.T, s kvstore.Store, c *Clock) {
+	setTTL(t, s, "k", "v", 10*time.Second)
+	c.Advance(8 * time.Second)
+	setTTL(t, s, "k", "v", 10*time.Second) // renewed: now expires at 18s
+	c.Advance(8 * time.Second)             // 16s: past the first expiry
+	wantValue(t, s, "k", "v")
+	setTTL(t, s, "k", "v2", 3*time.Second) // a shorter ttl replaces the longer one: expires at 19s
+	c.Advance(2 * time.Second)
+	wantValue(t, s, "k", "v2")
+	c.Advance(time.Second)
+	wantNotFound(t, s, "k")
+	// An expired key set again lives again.
+	setTTL(t, s, "k", "v3", time.Second)
+	wantValue(t, s, "k", "v3")
+	// A permanent key set with a ttl starts to expire.
+	set(t, s, "p", "x")
+	setTTL(t, s, "p", "x", time.Second)
+	c.Advance(time.Second)
+	wantNotFound(t, s, "p")
+	wantNotFound(t, s, "k")
+}
+
+// A Set without a ttl (zero or negative) makes the entry permanent again.
+func testTTLCleared(t *testing.T, s kvstore.Store, c *Clock) {
+	setTTL(t, s, "zero", "v", 10*time.Second)
+	set(t, s, "zero", "v") // same value, no ttl
+	setTTL(t, s, "negative", "v", 10*time.Second)
+	setTTL(t, s, "negative", "w", -time.Second)
+	setTTL(t, s, "never", "v", -time.Nanosecond)
+	c.Advance(24 * time.Hour)
+	wantValue(t, s, "zero", "v")
+	wantValue(t, s, "negative", "w")
+	wantValue(t, s, "never", "v")
+	wantList(t, s, []kvstore.Entry{{Key: "negative", Value: "w"}, {Key: "never", Value: "v"}, {Key: "zero", Value: "v"}})
+}
+
+func testTTLListOmitsExpired(t *testing.T, s kvstore.Store, c *Clock) {
+	setTTL(t, s, "a", "1", 3*time.Second)
+	setTTL(t, s, "b", "2", time.Second)
+	set(t, s, "c", "3")
+	setTTL(t, s, "d", "4", 2*time.Second)
+	wantList(t, s, []kvstore.Entry{{Key: "a", Value: "1"}, {Key: "b", Value: "2"}, {Key: "c", Value: "3"}, {Key: "d", Value: "4"}})
+	c.Advance(time.Second)
+	wantList(t, s, []kvstore.Entry{{Key: "a", Value: "1"}, {Key: "c", Value: "3"}, {Key: "d", Value: "4"}})
+	c.Advance(time.Second)
+	wantList(t, s, []kvstore.Entry{{Key: "a", Value: "1"}, {Key: "c", Value: "3"}})
+	c.Advance(time.Second)
+	wantList(t, s, []kvstore.Entry{{Key: "c", Value: "3"}})
+	if err := s.Delete(context.Background(), "c"); err != nil {
+		t.Fatal(err)
+	}
+	wantList(t, s, nil)
+}
+
+func testTTLDeleteExpired(t *testing.T, s kvstore.Store, c *Clock) {
+	ctx := context.Background()
+	setTTL(t, s, "k", "v", time.Second)
+	setTTL(t, s, "live", "v", time.Minute)
+	c.Advance(2 * time.Second)
+	if err := s.Delete(ctx, "k"); err != nil {
+		t.Fatalf("Delete of an expired key = %v, want nil", err)
+	}
+	wantNotFound(t, s, "k")
+	// Deleting a key with a ttl before it expires removes it at once.
+	if err := s.Delete(ctx, "live"); err != nil {
+		t.Fatal(err)
+	}
+	wantNotFound(t, s, "live")
+	set(t, s, "k", "again")
+	c.Advance(time.Hour)
+	wantValue(t, s, "k", "again")
+	wantList(t, s, []kvstore.Entry{{Key: "k", Value: "again"}})
+}
+
+func testTTLCancelledContext(t *testing.T, s kvstore.Store, c *Clock) {
+	setTTL(t, s, "k", "v", 10*time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	// A renewal that fails renews nothing.
+	c.Advance(5 * time.Second)
+	if err := s.Set(ctx, "k", "v", 10*time.Second); err == nil {
+		t.Error("Set with a cancelled context succeeded")
+	}
+	c.Advance(5 * time.Second)
+	wantNotFound(t, s, "k")
 }

@@ -5,6 +5,11 @@
 // limited to a single connection; callers queue on Go's connection pool instead of spinning on
 // SQLITE_BUSY. Reads (Get, List) use a second, query-only pool; in WAL mode readers work from a
 // snapshot and never wait for the writer.
+//
+// Fencing: each task carries its own token, raised by one with every claim (Claim or Set InProgress)
+// in the same UPDATE that claims it, so tokens only grow per task and cost no extra write. Guarded
+// writes (Extend, Finish, Fail, Release) are single UPDATEs on the primary key; only when one
+// matches nothing does a probe read explain why.
 package sqlitestore
 
 import (
@@ -36,8 +41,8 @@ type Store struct {
 
 	// Prepared statements for the hot paths. Those on w stay prepared on its one connection, so
 	// a transaction's tx.StmtContext reuses them rather than re-preparing.
-	create, activate, requeue, claim, finish, exists, set *sql.Stmt // on w
-	get                                                   *sql.Stmt // on r
+	create, activate, sweep, claim, extend, finish, fail, release, set, expire, probe *sql.Stmt // on w
+	get                                                                               *sql.Stmt // on r
 }
 
 var _ taskstore.Store = (*Store)(nil)
@@ -46,15 +51,17 @@ var _ taskstore.Store = (*Store)(nil)
 const (
 	claimableIndex = "tasks_claimable"
 	leaseIndex     = "tasks_lease"
+	pendingIndex   = "tasks_pending"
 )
 
 // migrations returns the schema steps; element i upgrades a database from user_version i to i+1.
-// A function rather than a package variable keeps the package free of mutable state.
+// A function rather than a package variable keeps the package free of mutable state. A step, once
+// released, never changes: databases out there were built by it.
 func migrations() []string {
 	return []string{
-		// Times are unix nanoseconds; NULL means "zero time". id is the rowid alias, so MAX(id) is a
-		// b-tree edge lookup. The partial indexes hold only the rows Claim looks for, so claiming
-		// stays O(log n) however many finished tasks accumulate.
+		// 1. Times are unix nanoseconds; NULL means "zero time". id is the rowid alias, so MAX(id)
+		// is a b-tree edge lookup. The partial indexes hold only the rows Claim looks for, so
+		// claiming stays O(log n) however many finished tasks accumulate.
 		`CREATE TABLE tasks (
 			id          INTEGER PRIMARY KEY,
 			state       INTEGER NOT NULL,
@@ -67,46 +74,126 @@ func migrations() []string {
 		) STRICT;
 		CREATE INDEX ` + claimableIndex + ` ON tasks (id) WHERE state = 0 AND pending = 0;
 		CREATE INDEX ` + leaseIndex + ` ON tasks (lease_until) WHERE state = 1;`,
+
+		// 2. Failed state (3), attempt limits, fencing tokens, error reasons, pending expiry.
+		// max_attempts' default is the value of taskstore.DefaultMaxAttempts when this step was
+		// written; Create always stores it explicitly. token is per task and grows by one with every
+		// claim; a task claimed under version 1 gets a token from its attempts so that "0" keeps
+		// meaning "never claimed". The pending index holds the few tasks ExpirePending looks at.
+		`ALTER TABLE tasks ADD COLUMN max_attempts INTEGER NOT NULL DEFAULT 3;
+		ALTER TABLE tasks ADD COLUMN token INTEGER NOT NULL DEFAULT 0;
+		ALTER TABLE tasks ADD COLUMN error TEXT NOT NULL DEFAULT '';
+		UPDATE tasks SET token = MAX(attempts, 1) WHERE started_at IS NOT NULL;
+		CREATE INDEX ` + pendingIndex + ` ON tasks (created_at) WHERE pending = 1 AND state < 2;`,
 	}
 }
 
+// Row invariants beyond the columns' meaning:
+//
+//   - lease_until is the end of the latest claim's lease while that claim is open. Finish, Fail,
+//     Release, Set and ExpirePending close it (NULL); a lapse does not, so a not-started or failed
+//     row with a lease_until is one whose holder's lease lapsed and who may still report (see
+//     heldBy). Readers report LeaseUntil only for in-progress rows.
+//   - A row in state 1 whose lease_until <= now has lapsed. Readers compute what Claim's sweep
+//     will make of it: state 0 with attempts left, else 3 with finished_at = lease_until, and in
+//     both cases error = lapsedError.
 const (
-	createSQL = `INSERT INTO tasks (id, state, pending, attempts, created_at)
-		SELECT IFNULL(MAX(id), -1) + 1, 0, :pending, 0, :now FROM tasks
+	// lapsedError is why an attempt whose lease lapsed failed.
+	lapsedError = `printf('lease lapsed on attempt %d of %d', attempts, max_attempts)`
+	// expiredError is why ExpirePending failed a task.
+	expiredError = "upload never completed"
+	// setFailedError is the reason Set(Failed) records when the task has none yet.
+	setFailedError = "set to failed"
+
+	// liveLease: in progress and not lapsed.
+	liveLease = `state = 1 AND lease_until > :now`
+	// liveHeldBy admits the holder of a live lease (Extend, Release); token 0 admits anyone.
+	liveHeldBy = liveLease + ` AND (:token = 0 OR token = :token)`
+	// heldBy admits whoever may report the outcome of the latest claim (Finish, Fail): with token 0
+	// the holder of a live lease; with a token, its holder as long as the claim is still open, lapsed
+	// or not, because nobody claimed the task since (that would have changed the token).
+	heldBy = `(CASE WHEN :token = 0 THEN ` + liveLease + `
+		ELSE token = :token AND state <> 2 AND lease_until IS NOT NULL END)`
+
+	// returnColumns are a row's fields as the scanner expects them, for RETURNING after a write
+	// that leaves the row consistent (no lapsed lease to compute).
+	returnColumns = `id, state, pending, attempts, max_attempts, token, error, created_at, started_at, finished_at,
+		CASE WHEN state = 1 THEN lease_until END`
+
+	// taskColumns computes a lapsed lease's outcome without writing, so readers stay on the
+	// read-only pool; the next Claim makes it so in the table, with the same values.
+	taskColumns = `id,
+		CASE WHEN state = 1 AND lease_until <= :now
+			THEN CASE WHEN attempts >= max_attempts THEN 3 ELSE 0 END
+			ELSE state END,
+		pending, attempts, max_attempts, token,
+		CASE WHEN state = 1 AND lease_until <= :now THEN ` + lapsedError + ` ELSE error END,
+		created_at, started_at,
+		CASE WHEN state = 1 AND lease_until <= :now AND attempts >= max_attempts THEN lease_until
+			ELSE finished_at END,
+		CASE WHEN state = 1 AND lease_until > :now THEN lease_until END`
+
+	createSQL = `INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at)
+		SELECT IFNULL(MAX(id), -1) + 1, 0, :pending, 0, :max_attempts, :now FROM tasks
 		RETURNING id`
 
-	activateSQL = `UPDATE tasks SET pending = 0 WHERE id = :id`
+	// activateSQL refuses a pending task that failed (expired) before its upload completed.
+	activateSQL = `UPDATE tasks SET pending = 0 WHERE id = :id AND (pending = 0 OR state <> 3)`
 
-	// requeueSQL returns lapsed leases to the queue so that claimSQL finds them through the
-	// claimable index, in id order with the never-started tasks.
-	requeueSQL = `UPDATE tasks SET state = 0, lease_until = NULL
+	// sweepSQL settles lapsed leases so that claimSQL finds the retries through the claimable
+	// index, in id order with the never-started tasks. It keeps lease_until: the claim stays open.
+	sweepSQL = `UPDATE tasks SET
+		state       = CASE WHEN attempts >= max_attempts THEN 3 ELSE 0 END,
+		finished_at = CASE WHEN attempts >= max_attempts THEN lease_until END,
+		error       = ` + lapsedError + `
 		WHERE state = 1 AND lease_until <= :now`
 
 	claimSQL = `UPDATE tasks
-		SET state = 1, attempts = attempts + 1, started_at = :now, lease_until = :until
+		SET state = 1, attempts = attempts + 1, token = token + 1, started_at = :now, lease_until = :until
 		WHERE id = (SELECT id FROM tasks WHERE state = 0 AND pending = 0 ORDER BY id LIMIT 1)
-		RETURNING id, pending, attempts, created_at`
+		RETURNING ` + returnColumns
 
-	// finishSQL accepts only a live lease: a lapsed one belongs to whoever claims the task next.
-	finishSQL = `UPDATE tasks SET state = 2, finished_at = :now, lease_until = NULL
-		WHERE id = :id AND state = 1 AND lease_until > :now
+	extendSQL = `UPDATE tasks SET lease_until = :until
+		WHERE id = :id AND ` + liveHeldBy + `
+		RETURNING ` + returnColumns
+
+	// finishSQL clears the last attempt's error: a finished task has none.
+	finishSQL = `UPDATE tasks SET state = 2, finished_at = :now, lease_until = NULL, error = ''
+		WHERE id = :id AND ` + heldBy + `
 		RETURNING id`
 
-	existsSQL = `SELECT 1 FROM tasks WHERE id = :id`
+	failSQL = `UPDATE tasks SET
+		state       = CASE WHEN :permanent OR attempts >= max_attempts THEN 3 ELSE 0 END,
+		finished_at = CASE WHEN :permanent OR attempts >= max_attempts THEN :now END,
+		lease_until = NULL,
+		error       = :reason
+		WHERE id = :id AND ` + heldBy + `
+		RETURNING ` + returnColumns
 
+	// releaseSQL takes back the attempt the claim counted; MAX guards a count an operator's Set
+	// may have left lower.
+	releaseSQL = `UPDATE tasks SET state = 0, attempts = MAX(attempts - 1, 0), lease_until = NULL
+		WHERE id = :id AND ` + liveHeldBy + `
+		RETURNING id`
+
+	// setSQL overwrites the state. InProgress is a claim: it counts an attempt and issues a token.
 	setSQL = `UPDATE tasks SET
 		state       = :state,
+		attempts    = attempts + (:state = 1),
+		token       = token + (:state = 1),
 		started_at  = CASE WHEN :state = 1 THEN :now ELSE started_at END,
 		lease_until = CASE WHEN :state = 1 THEN :until END,
-		finished_at = CASE WHEN :state = 2 THEN :now END
+		finished_at = CASE WHEN :state IN (2, 3) THEN :now END,
+		error       = CASE :state WHEN 2 THEN '' WHEN 3 THEN IIF(error = '', '` + setFailedError + `', error) ELSE error END
 		WHERE id = :id`
 
-	// taskColumns reports a lapsed lease as not started without writing, so readers stay on the
-	// read-only pool; the next Claim makes it so in the table.
-	taskColumns = `id,
-		CASE WHEN state = 1 AND lease_until <= :now THEN 0 ELSE state END,
-		pending, attempts, created_at, started_at, finished_at,
-		CASE WHEN state = 1 AND lease_until > :now THEN lease_until END`
+	// expireSQL fails pending tasks that are still waiting (not started, or set in progress by hand
+	// and lapsed); the partial index holds only those.
+	expireSQL = `UPDATE tasks SET state = 3, finished_at = :now, lease_until = NULL, error = '` + expiredError + `'
+		WHERE pending = 1 AND state < 2 AND created_at <= :cutoff AND (state = 0 OR lease_until <= :now)`
+
+	// probeSQL explains why a guarded update matched no row.
+	probeSQL = `SELECT state, token FROM tasks WHERE id = :id`
 
 	getSQL  = `SELECT ` + taskColumns + ` FROM tasks WHERE id = :id`
 	listSQL = `SELECT ` + taskColumns + ` FROM tasks ORDER BY id`
@@ -160,8 +247,11 @@ func (s *Store) init(ctx context.Context, path string) error {
 		return err
 	}
 
-	// The reader pool is opened after the writer put the file in WAL mode. It is not capped: a
-	// List consumer may call Get while iterating, which a full, capped pool would deadlock.
+	const readers = 8
+	// The reader pool is opened after the writer put the file in WAL mode. Its connections are kept
+	// rather than opened and closed with the load: each has its own page cache and prepared
+	// statements, and churning them grows the process's memory. The cap leaves room for a List
+	// consumer that calls Get while iterating.
 	var err error
 	s.r, err = sql.Open("sqlite", dsn(path,
 		"_pragma=busy_timeout(5000)",
@@ -169,7 +259,8 @@ func (s *Store) init(ctx context.Context, path string) error {
 	if err != nil {
 		return err
 	}
-	s.r.SetMaxIdleConns(4)
+	s.r.SetMaxOpenConns(readers)
+	s.r.SetMaxIdleConns(readers)
 	if err := s.r.PingContext(ctx); err != nil {
 		return fmt.Errorf("open reader: %w", err)
 	}
@@ -181,11 +272,15 @@ func (s *Store) init(ctx context.Context, path string) error {
 	}{
 		{s.w, &s.create, createSQL},
 		{s.w, &s.activate, activateSQL},
-		{s.w, &s.requeue, requeueSQL},
+		{s.w, &s.sweep, sweepSQL},
 		{s.w, &s.claim, claimSQL},
+		{s.w, &s.extend, extendSQL},
 		{s.w, &s.finish, finishSQL},
-		{s.w, &s.exists, existsSQL},
+		{s.w, &s.fail, failSQL},
+		{s.w, &s.release, releaseSQL},
 		{s.w, &s.set, setSQL},
+		{s.w, &s.expire, expireSQL},
+		{s.w, &s.probe, probeSQL},
 		{s.r, &s.get, getSQL},
 	} {
 		if *p.stmt, err = p.db.PrepareContext(ctx, p.query); err != nil {
@@ -248,10 +343,15 @@ func firstLine(s string) string {
 }
 
 // Create adds a not-started task and returns its id.
-func (s *Store) Create(ctx context.Context, pending bool) (int64, error) {
+func (s *Store) Create(ctx context.Context, p taskstore.CreateParams) (int64, error) {
+	maxAttempts := p.MaxAttempts
+	if maxAttempts <= 0 {
+		maxAttempts = taskstore.DefaultMaxAttempts
+	}
 	// One writer connection serializes inserts, so MAX(id)+1 yields consecutive ids.
 	var id int64
-	err := s.create.QueryRowContext(ctx, sql.Named("pending", pending), sql.Named("now", nanos(s.now()))).Scan(&id)
+	err := s.create.QueryRowContext(ctx, sql.Named("pending", p.Pending), sql.Named("max_attempts", maxAttempts),
+		sql.Named("now", nanos(s.now()))).Scan(&id)
 	if err != nil {
 		return 0, fmt.Errorf("sqlitestore: create: %w", err)
 	}
@@ -268,7 +368,12 @@ func (s *Store) Activate(ctx context.Context, id int64) error {
 	if n, err := res.RowsAffected(); err != nil {
 		return fmt.Errorf("sqlitestore: activate %d: %w", id, err)
 	} else if n == 0 {
-		return fmt.Errorf("sqlitestore: activate %d: %w", id, taskstore.ErrNotFound)
+		// Only an unknown id or a failed pending task match nothing; expiry is final, so the probe
+		// cannot misread a later change.
+		if _, _, err := s.probeRow(ctx, id); err != nil {
+			return fmt.Errorf("sqlitestore: activate %d: %w", id, err)
+		}
+		return fmt.Errorf("sqlitestore: activate %d: %w", id, taskstore.ErrNotPending)
 	}
 	return nil
 }
@@ -285,29 +390,26 @@ func (s *Store) Get(ctx context.Context, id int64) (taskstore.Task, error) {
 	return t, nil
 }
 
-// Claim takes the lowest-id claimable task and leases it for lease.
+// Claim settles lapsed leases, then takes the lowest-id claimable task and leases it for lease.
 func (s *Store) Claim(ctx context.Context, lease time.Duration) (t taskstore.Task, err error) {
 	if lease <= 0 {
 		// A non-positive lease would hand out a task that is already lapsed.
 		return taskstore.Task{}, fmt.Errorf("sqlitestore: claim: lease %v is not positive", lease)
 	}
 	now := s.now()
-	until := now.Add(lease)
 
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return taskstore.Task{}, fmt.Errorf("sqlitestore: claim: %w", err)
 	}
 	defer rollback(tx, &err)
-	if _, err := tx.StmtContext(ctx, s.requeue).ExecContext(ctx, sql.Named("now", nanos(now))); err != nil {
-		return taskstore.Task{}, fmt.Errorf("sqlitestore: claim: requeue lapsed leases: %w", err)
+	if _, err := tx.StmtContext(ctx, s.sweep).ExecContext(ctx, sql.Named("now", nanos(now))); err != nil {
+		return taskstore.Task{}, fmt.Errorf("sqlitestore: claim: settle lapsed leases: %w", err)
 	}
-	var created int64
-	err = tx.StmtContext(ctx, s.claim).QueryRowContext(ctx,
-		sql.Named("now", nanos(now)), sql.Named("until", nanos(until)),
-	).Scan(&t.ID, &t.Pending, &t.Attempts, &created)
+	t, err = scanTask(tx.StmtContext(ctx, s.claim).QueryRowContext(ctx,
+		sql.Named("now", nanos(now)), sql.Named("until", nanos(now.Add(lease)))))
 	if errors.Is(err, sql.ErrNoRows) {
-		// Commit anyway: the requeue is correct on its own and saves the next caller the work.
+		// Commit anyway: the sweep is correct on its own and saves the next caller the work.
 		if err := tx.Commit(); err != nil {
 			return taskstore.Task{}, fmt.Errorf("sqlitestore: claim: commit: %w", err)
 		}
@@ -319,37 +421,99 @@ func (s *Store) Claim(ctx context.Context, lease time.Duration) (t taskstore.Tas
 	if err := tx.Commit(); err != nil {
 		return taskstore.Task{}, fmt.Errorf("sqlitestore: claim: commit: %w", err)
 	}
-	t.State = taskstore.InProgress
-	t.CreatedAt = fromNanos(created)
-	t.StartedAt = fromNanos(nanos(now))
-	t.LeaseUntil = fromNanos(nanos(until))
 	return t, nil
 }
 
-// Finish marks an in-progress task with a live lease finished.
-func (s *Store) Finish(ctx context.Context, id int64) error {
-	var got int64
-	err := s.finish.QueryRowContext(ctx, sql.Named("id", id), sql.Named("now", nanos(s.now()))).Scan(&got)
-	if err == nil {
-		return nil
+// Extend renews the live lease of an in-progress task to lease from now.
+func (s *Store) Extend(ctx context.Context, id, token int64, lease time.Duration) (taskstore.Task, error) {
+	if lease <= 0 {
+		return taskstore.Task{}, fmt.Errorf("sqlitestore: extend %d: lease %v is not positive", id, lease)
 	}
-	if !errors.Is(err, sql.ErrNoRows) {
-		return fmt.Errorf("sqlitestore: finish %d: %w", id, err)
+	now := s.now()
+	t, err := scanTask(s.extend.QueryRowContext(ctx, sql.Named("id", id), sql.Named("token", token),
+		sql.Named("now", nanos(now)), sql.Named("until", nanos(now.Add(lease)))))
+	if errors.Is(err, sql.ErrNoRows) {
+		_, err = s.refusal(ctx, id, token)
 	}
-	// Tasks are never deleted, so checking existence after the failed update is race-free.
-	if err := s.checkExists(ctx, id); err != nil {
-		return fmt.Errorf("sqlitestore: finish %d: %w", id, err)
+	if err != nil {
+		return taskstore.Task{}, fmt.Errorf("sqlitestore: extend %d: %w", id, err)
 	}
-	return fmt.Errorf("sqlitestore: finish %d: %w", id, taskstore.ErrNotInProgress)
+	return t, nil
 }
 
-func (s *Store) checkExists(ctx context.Context, id int64) error {
-	var one int
-	err := s.exists.QueryRowContext(ctx, sql.Named("id", id)).Scan(&one)
+// Finish marks the task finished; see taskstore.Store for who may.
+func (s *Store) Finish(ctx context.Context, id, token int64) error {
+	var got int64
+	err := s.finish.QueryRowContext(ctx, sql.Named("id", id), sql.Named("token", token),
+		sql.Named("now", nanos(s.now()))).Scan(&got)
 	if errors.Is(err, sql.ErrNoRows) {
-		return taskstore.ErrNotFound
+		var state taskstore.State
+		if state, err = s.refusal(ctx, id, token); errors.Is(err, taskstore.ErrNotInProgress) &&
+			token != 0 && state == taskstore.Finished {
+			// The token is current (else ErrStaleToken) and the task finished under it: a retry.
+			return nil
+		}
 	}
-	return err
+	if err != nil {
+		return fmt.Errorf("sqlitestore: finish %d: %w", id, err)
+	}
+	return nil
+}
+
+// Fail records a failed attempt and returns the task afterwards.
+func (s *Store) Fail(ctx context.Context, id, token int64, reason string, permanent bool) (taskstore.Task, error) {
+	t, err := scanTask(s.fail.QueryRowContext(ctx, sql.Named("id", id), sql.Named("token", token),
+		sql.Named("now", nanos(s.now())), sql.Named("reason", reason), sql.Named("permanent", permanent)))
+	if errors.Is(err, sql.ErrNoRows) {
+		_, err = s.refusal(ctx, id, token)
+	}
+	if err != nil {
+		return taskstore.Task{}, fmt.Errorf("sqlitestore: fail %d: %w", id, err)
+	}
+	return t, nil
+}
+
+// Release hands an in-progress task back without counting the attempt.
+func (s *Store) Release(ctx context.Context, id, token int64) error {
+	var got int64
+	err := s.release.QueryRowContext(ctx, sql.Named("id", id), sql.Named("token", token),
+		sql.Named("now", nanos(s.now()))).Scan(&got)
+	if errors.Is(err, sql.ErrNoRows) {
+		_, err = s.refusal(ctx, id, token)
+	}
+	if err != nil {
+		return fmt.Errorf("sqlitestore: release %d: %w", id, err)
+	}
+	return nil
+}
+
+// refusal explains why a guarded update of task id on behalf of token matched no row:
+// ErrNotFound, ErrStaleToken or ErrNotInProgress (or the probe's own failure), with the task's
+// stored state.
+//
+// The probe runs after the update, but the answer is still exact: tokens only grow, so a token
+// that differs now differed then, and one that still matches means the task's state, not a newer
+// claim, refused the caller.
+func (s *Store) refusal(ctx context.Context, id, token int64) (taskstore.State, error) {
+	state, current, err := s.probeRow(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	if token != 0 && token != current {
+		return state, taskstore.ErrStaleToken
+	}
+	return state, taskstore.ErrNotInProgress
+}
+
+// probeRow reads a task's stored state and token; ErrNotFound for an unknown id. Tasks are never
+// deleted, so existence cannot change between a failed update and the probe.
+func (s *Store) probeRow(ctx context.Context, id int64) (taskstore.State, int64, error) {
+	var state, token int64
+	err := s.probe.QueryRowContext(ctx, sql.Named("id", id)).Scan(&state, &token)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, 0, taskstore.ErrNotFound
+	}
+	return taskstore.State(state), token, err
 }
 
 // Set overwrites a task's state; InProgress starts a lease of the given length.
@@ -377,6 +541,23 @@ func (s *Store) Set(ctx context.Context, id int64, state taskstore.State, lease 
 		return fmt.Errorf("sqlitestore: set %d: %w", id, taskstore.ErrNotFound)
 	}
 	return nil
+}
+
+// ExpirePending fails the pending tasks created olderThan or longer ago and returns how many.
+func (s *Store) ExpirePending(ctx context.Context, olderThan time.Duration) (int, error) {
+	if olderThan < 0 {
+		return 0, fmt.Errorf("sqlitestore: expire pending: age %v is negative", olderThan)
+	}
+	now := s.now()
+	res, err := s.expire.ExecContext(ctx, sql.Named("now", nanos(now)), sql.Named("cutoff", nanos(now.Add(-olderThan))))
+	if err != nil {
+		return 0, fmt.Errorf("sqlitestore: expire pending: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("sqlitestore: expire pending: %w", err)
+	}
+	return int(n), nil
 }
 
 // List yields every task in id order. It streams from one read snapshot; stopping early closes
@@ -408,7 +589,9 @@ func (s *Store) List(ctx context.Context) iter.Seq2[taskstore.Task, error] {
 // Close closes the statements and both pools.
 func (s *Store) Close() error {
 	var errs []error
-	for _, st := range []*sql.Stmt{s.create, s.activate, s.requeue, s.claim, s.finish, s.exists, s.set, s.get} {
+	for _, st := range []*sql.Stmt{
+		s.create, s.activate, s.sweep, s.claim, s.extend, s.finish, s.fail, s.release, s.set, s.expire, s.probe, s.get,
+	} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}
@@ -429,6 +612,7 @@ func (s *Store) Close() error {
 
 type scanner interface{ Scan(dest ...any) error }
 
+// scanTask reads the columns of taskColumns or returnColumns.
 func scanTask(sc scanner) (taskstore.Task, error) {
 	var (
 		t                          taskstore.Task
@@ -436,7 +620,8 @@ func scanTask(sc scanner) (taskstore.Task, error) {
 		created                    int64
 		started, finished, leaseTo sql.NullInt64
 	)
-	if err := sc.Scan(&t.ID, &state, &t.Pending, &t.Attempts, &created, &started, &finished, &leaseTo); err != nil {
+	if err := sc.Scan(&t.ID, &state, &t.Pending, &t.Attempts, &t.MaxAttempts, &t.Token, &t.Error,
+		&created, &started, &finished, &leaseTo); err != nil {
 		return taskstore.Task{}, err
 	}
 	t.State = taskstore.State(state)

@@ -48,20 +48,24 @@ func TestReopenKeepsTasks(t *testing.T) {
 	ctx := t.Context()
 	s, path := openTemp(t, nil)
 	for range 3 {
-		if _, err := s.Create(ctx, false); err != nil {
+		if _, err := s.Create(ctx, taskstore.CreateParams{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := s.Create(ctx, true); err != nil {
+	if _, err := s.Create(ctx, taskstore.CreateParams{Pending: true}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.Claim(ctx, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Finish(ctx, 0, c.Token); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Claim(ctx, time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Finish(ctx, 0); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Claim(ctx, time.Hour); err != nil {
+	if _, err := s.Fail(ctx, 1, 0, "flaky", false); err != nil {
 		t.Fatal(err)
 	}
 	before := map[int64]taskstore.Task{}
@@ -73,7 +77,7 @@ func TestReopenKeepsTasks(t *testing.T) {
 	}
 	closeStore(t, s)
 
-	s, err := Open(ctx, path, Options{})
+	s, err = Open(ctx, path, Options{})
 	if err != nil {
 		t.Fatalf("reopen: %v", err)
 	}
@@ -91,11 +95,11 @@ func TestReopenKeepsTasks(t *testing.T) {
 	if n != len(before) {
 		t.Fatalf("reopened store has %d tasks, want %d", n, len(before))
 	}
-	if id, err := s.Create(ctx, false); err != nil || id != 4 {
+	if id, err := s.Create(ctx, taskstore.CreateParams{}); err != nil || id != 4 {
 		t.Fatalf("Create after reopen = %d, %v; want 4", id, err)
 	}
-	if task, err := s.Claim(ctx, time.Hour); err != nil || task.ID != 2 {
-		t.Fatalf("Claim after reopen = %+v, %v; want task 2", task, err)
+	if task, err := s.Claim(ctx, time.Hour); err != nil || task.ID != 1 || task.Attempts != 2 || task.Error != "flaky" {
+		t.Fatalf("Claim after reopen = %+v, %v; want task 1 on its second attempt", task, err)
 	}
 }
 
@@ -177,7 +181,7 @@ func TestPathWithURICharacters(t *testing.T) {
 func TestNonPositiveLease(t *testing.T) {
 	s, _ := openTemp(t, nil)
 	defer closeStore(t, s)
-	if _, err := s.Create(t.Context(), false); err != nil {
+	if _, err := s.Create(t.Context(), taskstore.CreateParams{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Claim(t.Context(), 0); err == nil {
@@ -186,8 +190,22 @@ func TestNonPositiveLease(t *testing.T) {
 	if err := s.Set(t.Context(), 0, taskstore.InProgress, -time.Second); err == nil {
 		t.Error("Set InProgress with negative lease succeeded")
 	}
-	if task, err := s.Get(t.Context(), 0); err != nil || task.State != taskstore.NotStarted || task.Attempts != 0 {
+	if task, err := s.Get(t.Context(), 0); err != nil || task.State != taskstore.NotStarted || task.Attempts != 0 ||
+		task.Token != 0 {
 		t.Errorf("after rejected calls: %+v, %v", task, err)
+	}
+	c, err := s.Claim(t.Context(), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Extend(t.Context(), 0, c.Token, 0); err == nil {
+		t.Error("Extend with zero lease succeeded")
+	}
+	if task, err := s.Get(t.Context(), 0); err != nil || !task.LeaseUntil.Equal(c.LeaseUntil) {
+		t.Errorf("after rejected Extend: %+v, %v", task, err)
+	}
+	if _, err := s.ExpirePending(t.Context(), -time.Second); err == nil {
+		t.Error("ExpirePending with a negative age succeeded")
 	}
 }
 
@@ -197,7 +215,7 @@ func TestListReleasesConnection(t *testing.T) {
 	s, _ := openTemp(t, nil)
 	defer closeStore(t, s)
 	for range 3 {
-		if _, err := s.Create(t.Context(), false); err != nil {
+		if _, err := s.Create(t.Context(), taskstore.CreateParams{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -224,7 +242,7 @@ func TestErrorsWrapped(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	if _, err := s.Create(ctx, false); !errors.Is(err, context.Canceled) {
+	if _, err := s.Create(ctx, taskstore.CreateParams{}); !errors.Is(err, context.Canceled) {
 		t.Errorf("Create with canceled context: %v, want context.Canceled in the chain", err)
 	}
 	if _, err := s.Claim(ctx, time.Minute); !errors.Is(err, context.Canceled) {
@@ -260,13 +278,34 @@ func TestQueryPlansUseIndexes(t *testing.T) {
 	s, _ := openTemp(t, nil)
 	defer closeStore(t, s)
 	fill(t, s, 1000)
-	now := sql.Named("now", int64(0))
+	if _, err := s.w.ExecContext(t.Context(), `UPDATE tasks SET pending = 1 WHERE id % 100 = 0`); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		now       = sql.Named("now", int64(0))
+		until     = sql.Named("until", int64(1))
+		id        = sql.Named("id", int64(7))
+		token     = sql.Named("token", int64(1))
+		byRowid   = "INTEGER PRIMARY KEY"
+		failArgs  = []any{id, token, now, sql.Named("reason", "x"), sql.Named("permanent", false)}
+		setArgs   = []any{id, sql.Named("state", int64(1)), now, until}
+		tokenArgs = []any{id, token, now}
+	)
 	for _, tc := range []struct {
 		name, query, index string
 		args               []any
 	}{
-		{"claim", claimSQL, claimableIndex, []any{now, sql.Named("until", int64(1))}},
-		{"requeue", requeueSQL, leaseIndex, []any{now}},
+		{"claim", claimSQL, claimableIndex, []any{now, until}},
+		{"sweep", sweepSQL, leaseIndex, []any{now}},
+		{"expire", expireSQL, pendingIndex, []any{now, sql.Named("cutoff", int64(0))}},
+		{"extend", extendSQL, byRowid, append(tokenArgs, until)},
+		{"finish", finishSQL, byRowid, tokenArgs},
+		{"fail", failSQL, byRowid, failArgs},
+		{"release", releaseSQL, byRowid, tokenArgs},
+		{"set", setSQL, byRowid, setArgs},
+		{"activate", activateSQL, byRowid, []any{id}},
+		{"probe", probeSQL, byRowid, []any{id}},
+		{"get", getSQL, byRowid, []any{id, now}},
 	} {
 		plan := queryPlan(t, s, tc.query, tc.args...)
 		text := strings.Join(plan, "\n")
@@ -281,6 +320,208 @@ func TestQueryPlansUseIndexes(t *testing.T) {
 			}
 		}
 		t.Logf("%s plan:\n%s", tc.name, text)
+	}
+}
+
+// v1Schema is schema version 1 as released (git show 7205ebf:internal/taskstore/sqlitestore/sqlitestore.go),
+// copied rather than taken from migrations() so that the test keeps checking the upgrade of real
+// version-1 files whatever later steps do.
+const v1Schema = `CREATE TABLE tasks (
+		id          INTEGER PRIMARY KEY,
+		state       INTEGER NOT NULL,
+		pending     INTEGER NOT NULL,
+		attempts    INTEGER NOT NULL DEFAULT 0,
+		created_at  INTEGER NOT NULL,
+		started_at  INTEGER,
+		finished_at INTEGER,
+		lease_until INTEGER
+	) STRICT;
+	CREATE INDEX tasks_claimable ON tasks (id) WHERE state = 0 AND pending = 0;
+	CREATE INDEX tasks_lease ON tasks (lease_until) WHERE state = 1;
+	PRAGMA user_version = 1;`
+
+// createV1 writes a version-1 database file at path, runs extra (more DDL, if any) and inserts rows,
+// each (id, state, pending, attempts, created_at, started_at, finished_at, lease_until).
+func createV1(t *testing.T, path, extra string, rows [][8]any) {
+	t.Helper()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(t.Context(), `PRAGMA journal_mode = WAL;`+v1Schema+extra); err != nil {
+		t.Fatalf("create v1 schema: %v", err)
+	}
+	for _, r := range rows {
+		if _, err := db.ExecContext(t.Context(), `INSERT INTO tasks
+			(id, state, pending, attempts, created_at, started_at, finished_at, lease_until)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, r[:]...); err != nil {
+			t.Fatalf("insert v1 row %v: %v", r, err)
+		}
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func userVersion(t *testing.T, path string) int {
+	t.Helper()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var v int
+	if err := db.QueryRowContext(t.Context(), `PRAGMA user_version`).Scan(&v); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestMigrateFromV1(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "v1.db")
+	now := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) int64 { return now.Add(d).UnixNano() }
+	nul := sql.NullInt64{}
+	createV1(t, path, "", [][8]any{
+		{0, 0, 0, 0, at(-9 * time.Hour), nul, nul, nul},                               // queued
+		{1, 0, 1, 0, at(-8 * time.Hour), nul, nul, nul},                               // pending
+		{2, 1, 0, 2, at(-7 * time.Hour), at(-time.Minute), nul, at(time.Hour)},        // in progress, live, second attempt
+		{3, 1, 0, 1, at(-6 * time.Hour), at(-time.Hour), nul, at(-time.Minute)},       // in progress, lapsed
+		{4, 2, 0, 1, at(-5 * time.Hour), at(-5 * time.Hour), at(-4 * time.Hour), nul}, // finished
+		{5, 1, 0, 3, at(-4 * time.Hour), at(-2 * time.Hour), nul, at(-time.Hour)},     // lapsed on its third attempt
+		{6, 0, 0, 1, at(-3 * time.Hour), at(-3 * time.Hour), nul, nul},                // requeued after a lapse
+		{7, 1, 0, 0, at(-2 * time.Hour), at(-time.Minute), nul, at(time.Hour)},        // set in progress by hand
+	})
+	if v := userVersion(t, path); v != 1 {
+		t.Fatalf("hand-made v1 file has user_version %d", v)
+	}
+
+	clock := func() time.Time { return now }
+	s, err := Open(ctx, path, Options{Now: clock})
+	if err != nil {
+		t.Fatalf("Open of a v1 database: %v", err)
+	}
+	ts := func(d time.Duration) time.Time { return now.Add(d) }
+	want := []taskstore.Task{
+		{ID: 0, State: taskstore.NotStarted, MaxAttempts: 3, CreatedAt: ts(-9 * time.Hour)},
+		{ID: 1, State: taskstore.NotStarted, Pending: true, MaxAttempts: 3, CreatedAt: ts(-8 * time.Hour)},
+		{ID: 2, State: taskstore.InProgress, Attempts: 2, MaxAttempts: 3, Token: 2, CreatedAt: ts(-7 * time.Hour),
+			StartedAt: ts(-time.Minute), LeaseUntil: ts(time.Hour)},
+		{ID: 3, State: taskstore.NotStarted, Attempts: 1, MaxAttempts: 3, Token: 1, Error: "lease lapsed on attempt 1 of 3",
+			CreatedAt: ts(-6 * time.Hour), StartedAt: ts(-time.Hour)},
+		{ID: 4, State: taskstore.Finished, Attempts: 1, MaxAttempts: 3, Token: 1, CreatedAt: ts(-5 * time.Hour),
+			StartedAt: ts(-5 * time.Hour), FinishedAt: ts(-4 * time.Hour)},
+		{ID: 5, State: taskstore.Failed, Attempts: 3, MaxAttempts: 3, Token: 3, Error: "lease lapsed on attempt 3 of 3",
+			CreatedAt: ts(-4 * time.Hour), StartedAt: ts(-2 * time.Hour), FinishedAt: ts(-time.Hour)},
+		{ID: 6, State: taskstore.NotStarted, Attempts: 1, MaxAttempts: 3, Token: 1, CreatedAt: ts(-3 * time.Hour),
+			StartedAt: ts(-3 * time.Hour)},
+		{ID: 7, State: taskstore.InProgress, MaxAttempts: 3, Token: 1, CreatedAt: ts(-2 * time.Hour),
+			StartedAt: ts(-time.Minute), LeaseUntil: ts(time.Hour)},
+	}
+	check := func(when string) {
+		t.Helper()
+		n := 0
+		for task, err := range s.List(ctx) {
+			if err != nil {
+				t.Fatal(err)
+			}
+			if task.ID >= int64(len(want)) || task != want[task.ID] {
+				t.Fatalf("%s: task %d = %+v\nwant %+v", when, task.ID, task, want[min(task.ID, int64(len(want)-1))])
+			}
+			n++
+		}
+		if n != len(want) {
+			t.Fatalf("%s: %d tasks, want %d", when, n, len(want))
+		}
+	}
+	check("after migration")
+	var version int
+	if err := s.w.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&version); err != nil || version != 2 {
+		t.Fatalf("user_version after migration = %d, %v; want 2", version, err)
+	}
+	var indexes int
+	if err := s.w.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND name IN (?, ?, ?)`,
+		claimableIndex, leaseIndex, pendingIndex).Scan(&indexes); err != nil || indexes != 3 {
+		t.Fatalf("%d of the 3 indexes after migration, %v", indexes, err)
+	}
+	closeStore(t, s)
+
+	// Reopening runs no migration again and changes nothing.
+	s, err = Open(ctx, path, Options{Now: clock})
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	defer closeStore(t, s)
+	check("after reopen")
+
+	// The migrated store works on: a reference worker holding task 2 from before the upgrade finishes
+	// it without a token, and the token the migration gave it is current.
+	if err := s.Finish(ctx, 2, 0); err != nil {
+		t.Fatalf("Finish of a v1 claim without a token: %v", err)
+	}
+	if err := s.Finish(ctx, 2, 2); err != nil {
+		t.Fatalf("Finish of a v1 claim with its migrated token: %v", err)
+	}
+	if err := s.Finish(ctx, 2, 1); !errors.Is(err, taskstore.ErrStaleToken) {
+		t.Fatalf("Finish of a v1 claim with a lower token: %v, want ErrStaleToken", err)
+	}
+	for _, w := range []struct {
+		id, token int64
+		attempts  int
+	}{{0, 1, 1}, {3, 2, 2}, {6, 2, 2}} {
+		task, err := s.Claim(ctx, time.Minute)
+		if err != nil || task.ID != w.id || task.Token != w.token || task.Attempts != w.attempts {
+			t.Fatalf("Claim = %+v, %v; want task %d with token %d on attempt %d", task, err, w.id, w.token, w.attempts)
+		}
+	}
+	if task, err := s.Claim(ctx, time.Minute); !errors.Is(err, taskstore.ErrNoTask) {
+		t.Fatalf("Claim with nothing claimable = %+v, %v", task, err)
+	}
+	if id, err := s.Create(ctx, taskstore.CreateParams{MaxAttempts: 5}); err != nil || id != 8 {
+		t.Fatalf("Create after migration = %d, %v; want 8", id, err)
+	}
+	if task, err := s.Get(ctx, 8); err != nil || task.MaxAttempts != 5 {
+		t.Fatalf("Get(8) = %+v, %v", task, err)
+	}
+	if n, err := s.ExpirePending(ctx, time.Hour); err != nil || n != 1 {
+		t.Fatalf("ExpirePending of the v1 pending task = %d, %v; want 1", n, err)
+	}
+	if err := s.Activate(ctx, 1); !errors.Is(err, taskstore.ErrNotPending) {
+		t.Fatalf("Activate of the expired v1 pending task: %v, want ErrNotPending", err)
+	}
+}
+
+// TestMigrationIsAtomic: a step that fails halfway leaves the version-1 database as it was.
+func TestMigrationIsAtomic(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "v1.db")
+	// A column the v2 step will try to add again, after adding two others.
+	createV1(t, path, `ALTER TABLE tasks ADD COLUMN error TEXT;`, [][8]any{
+		{0, 0, 0, 0, time.Now().UnixNano(), sql.NullInt64{}, sql.NullInt64{}, sql.NullInt64{}},
+	})
+	if s, err := Open(t.Context(), path, Options{}); err == nil {
+		s.Close()
+		t.Fatal("Open succeeded although the migration cannot")
+	} else if !strings.Contains(err.Error(), "migrate to version 2") {
+		t.Fatalf("Open error = %v, want a failed migration to version 2", err)
+	}
+	if v := userVersion(t, path); v != 1 {
+		t.Fatalf("user_version after the failed migration = %d, want 1", v)
+	}
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var cols int
+	if err := db.QueryRowContext(t.Context(), `SELECT count(*) FROM pragma_table_info('tasks')
+		WHERE name IN ('max_attempts', 'token')`).Scan(&cols); err != nil || cols != 0 {
+		t.Fatalf("the failed migration left %d of its columns behind, %v", cols, err)
+	}
+	var n int
+	if err := db.QueryRowContext(t.Context(), `SELECT count(*) FROM tasks`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("%d tasks after the failed migration, %v; want 1", n, err)
 	}
 }
 
@@ -300,11 +541,11 @@ func fill(tb testing.TB, s *Store, n int) {
 func TestFill(t *testing.T) {
 	s, _ := openTemp(t, nil)
 	defer closeStore(t, s)
-	if _, err := s.Create(t.Context(), false); err != nil {
+	if _, err := s.Create(t.Context(), taskstore.CreateParams{}); err != nil {
 		t.Fatal(err)
 	}
 	fill(t, s, 10)
-	if id, err := s.Create(t.Context(), false); err != nil || id != 11 {
+	if id, err := s.Create(t.Context(), taskstore.CreateParams{}); err != nil || id != 11 {
 		t.Fatalf("Create after fill = %d, %v; want 11", id, err)
 	}
 	for want := range int64(12) {

@@ -1,9 +1,13 @@
 // Package taskstoretest is the contract suite every taskstore.Store implementation must pass, in the
 // style of River's riverdrivertest: an implementation's test calls Run with a function that opens a
 // fresh, empty store.
+//
+// Tokens are compared only with each other (0 before any claim, larger with every claim), never with
+// literals, so a store may number them per task or from one global counter.
 package taskstoretest
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -27,20 +31,32 @@ func Run(t *testing.T, open OpenFunc) {
 		fn   func(t *testing.T, h *harness)
 	}{
 		{"CreateIDsConsecutive", testCreateIDsConsecutive},
+		{"MaxAttempts", testMaxAttempts},
 		{"GetUnknown", testGetUnknown},
 		{"ClaimFIFO", testClaimFIFO},
 		{"ClaimEmpty", testClaimEmpty},
 		{"PendingAndActivate", testPendingAndActivate},
+		{"TokensGrow", testTokensGrow},
 		{"Finish", testFinish},
+		{"FinishTokens", testFinishTokens},
+		{"Extend", testExtend},
+		{"FailTransient", testFailTransient},
+		{"FailPermanent", testFailPermanent},
+		{"FailAfterLapse", testFailAfterLapse},
+		{"Release", testRelease},
 		{"LeaseExpiry", testLeaseExpiry},
+		{"LapseExhausted", testLapseExhausted},
 		{"LapsedLeaseInIDOrder", testLapsedLeaseInIDOrder},
+		{"ExpirePending", testExpirePending},
 		{"Set", testSet},
+		{"SetFailed", testSetFailed},
 		{"SetErrors", testSetErrors},
 		{"List", testList},
 		{"ListEarlyStop", testListEarlyStop},
 		{"ListCanceledContext", testListCanceledContext},
 		{"ConcurrentCreate", testConcurrentCreate},
 		{"ConcurrentClaim", testConcurrentClaim},
+		{"ConcurrentFinishVsReclaim", testConcurrentFinishVsReclaim},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := newFakeClock()
@@ -59,8 +75,20 @@ func Run(t *testing.T, open OpenFunc) {
 // precision (PostgreSQL's), so stores need not round-trip nanoseconds.
 const lease = time.Minute
 
+// past is how far to advance the clock to make a lease of length lease lapse.
+const past = lease + time.Second
+
+// defMax is the attempt limit of a task created without one.
+const defMax = taskstore.DefaultMaxAttempts
+
 // start is the fake clock's initial time: whole seconds, far from any zero value.
 var start = time.Date(2025, 3, 14, 15, 9, 26, 0, time.UTC)
+
+// lapsed is the Error of a task whose lease lapsed on attempt n of max.
+func lapsed(n, max int) string { return fmt.Sprintf("lease lapsed on attempt %d of %d", n, max) }
+
+// expired is the Error of a pending task that ExpirePending failed.
+const expired = "upload never completed"
 
 // fakeClock is a mutex-guarded time the suite advances by hand.
 type fakeClock struct {
@@ -91,9 +119,14 @@ type harness struct {
 
 func (h *harness) create(t *testing.T, pending bool) int64 {
 	t.Helper()
-	id, err := h.s.Create(h.ctx, pending)
+	return h.createWith(t, taskstore.CreateParams{Pending: pending})
+}
+
+func (h *harness) createWith(t *testing.T, p taskstore.CreateParams) int64 {
+	t.Helper()
+	id, err := h.s.Create(h.ctx, p)
 	if err != nil {
-		t.Fatalf("Create(pending=%v): %v", pending, err)
+		t.Fatalf("Create(%+v): %v", p, err)
 	}
 	return id
 }
@@ -127,13 +160,41 @@ func (h *harness) claim(t *testing.T) taskstore.Task {
 	return task
 }
 
-// claimID claims and checks the claimed task's id.
+// claimID claims, checks the claimed task's id, and checks that the claim result agrees with Get and
+// issued a token larger than the task had.
 func (h *harness) claimID(t *testing.T, want int64) taskstore.Task {
 	t.Helper()
+	before, err := h.s.Get(h.ctx, want)
+	if err != nil {
+		t.Fatalf("Get(%d) before Claim: %v", want, err)
+	}
 	task := h.claim(t)
 	if task.ID != want {
 		t.Fatalf("Claim got task %d, want %d", task.ID, want)
 	}
+	if task.Token <= before.Token {
+		t.Fatalf("Claim of task %d issued token %d, not above its previous %d", want, task.Token, before.Token)
+	}
+	checkTask(t, "Get after Claim", h.get(t, want), task)
+	return task
+}
+
+// noTask checks that nothing is claimable.
+func (h *harness) noTask(t *testing.T, what string) {
+	t.Helper()
+	task, err := h.s.Claim(h.ctx, lease)
+	if !errors.Is(err, taskstore.ErrNoTask) {
+		t.Fatalf("%s: Claim = %s, %v; want ErrNoTask", what, format(task), err)
+	}
+}
+
+func (h *harness) fail(t *testing.T, id, token int64, reason string, permanent bool) taskstore.Task {
+	t.Helper()
+	task, err := h.s.Fail(h.ctx, id, token, reason, permanent)
+	if err != nil {
+		t.Fatalf("Fail(%d, token %d, %q, permanent=%v): %v", id, token, reason, permanent, err)
+	}
+	checkTask(t, "Get after Fail vs Fail's result", h.get(t, id), task)
 	return task
 }
 
@@ -167,6 +228,7 @@ func noErr(t *testing.T, what string, err error) {
 func checkTask(t *testing.T, what string, got, want taskstore.Task) {
 	t.Helper()
 	if got.ID != want.ID || got.State != want.State || got.Pending != want.Pending || got.Attempts != want.Attempts ||
+		got.MaxAttempts != want.MaxAttempts || got.Token != want.Token || got.Error != want.Error ||
 		!got.CreatedAt.Equal(want.CreatedAt) || !got.StartedAt.Equal(want.StartedAt) ||
 		!got.FinishedAt.Equal(want.FinishedAt) || !got.LeaseUntil.Equal(want.LeaseUntil) {
 		t.Fatalf("%s:\n got  %s\n want %s", what, format(got), format(want))
@@ -180,8 +242,9 @@ func format(x taskstore.Task) string {
 		}
 		return tm.UTC().Format(time.RFC3339Nano)
 	}
-	return fmt.Sprintf("{ID:%d State:%v Pending:%v Attempts:%d Created:%s Started:%s Finished:%s LeaseUntil:%s}",
-		x.ID, x.State, x.Pending, x.Attempts, tf(x.CreatedAt), tf(x.StartedAt), tf(x.FinishedAt), tf(x.LeaseUntil))
+	return fmt.Sprintf("{ID:%d State:%v Pending:%v Attempts:%d/%d Token:%d Error:%q Created:%s Started:%s Finished:%s LeaseUntil:%s}",
+		x.ID, x.State, x.Pending, x.Attempts, x.MaxAttempts, x.Token, x.Error,
+		tf(x.CreatedAt), tf(x.StartedAt), tf(x.FinishedAt), tf(x.LeaseUntil))
 }
 
 func testCreateIDsConsecutive(t *testing.T, h *harness) {
@@ -193,11 +256,72 @@ func testCreateIDsConsecutive(t *testing.T, h *harness) {
 		if id != int64(i) {
 			t.Fatalf("Create #%d returned id %d, want %d", i, id, i)
 		}
-		want = append(want, taskstore.Task{ID: id, State: taskstore.NotStarted, Pending: pending, CreatedAt: now})
+		want = append(want, taskstore.Task{
+			ID: id, State: taskstore.NotStarted, Pending: pending, MaxAttempts: defMax, CreatedAt: now,
+		})
 	}
 	h.clk.Advance(time.Hour) // CreatedAt must be the creation time, not the read time
 	for _, w := range want {
 		checkTask(t, "Get after Create", h.get(t, w.ID), w)
+	}
+}
+
+// testMaxAttempts checks the attempt limit, defaulted and custom, and that a task fails exactly when
+// it has used it up.
+func testMaxAttempts(t *testing.T, h *harness) {
+	if defMax != 3 {
+		t.Fatalf("DefaultMaxAttempts = %d, want 3", defMax)
+	}
+	limits := []struct {
+		p    taskstore.CreateParams
+		want int
+	}{
+		{taskstore.CreateParams{}, defMax},
+		{taskstore.CreateParams{MaxAttempts: 5}, 5},
+		{taskstore.CreateParams{MaxAttempts: -2}, defMax},
+		{taskstore.CreateParams{MaxAttempts: 1}, 1},
+		{taskstore.CreateParams{Pending: true, MaxAttempts: 2}, 2},
+	}
+	for i, l := range limits {
+		id := h.createWith(t, l.p)
+		if id != int64(i) {
+			t.Fatalf("Create #%d returned id %d", i, id)
+		}
+		checkTask(t, fmt.Sprintf("Get after Create(%+v)", l.p), h.get(t, id), taskstore.Task{
+			ID: id, State: taskstore.NotStarted, Pending: l.p.Pending, MaxAttempts: l.want, CreatedAt: start,
+		})
+	}
+	for i, task := range h.list(t) {
+		if task.MaxAttempts != limits[i].want {
+			t.Fatalf("List[%d] = %s, want MaxAttempts %d", i, format(task), limits[i].want)
+		}
+	}
+
+	// Let every active task's lease lapse round after round; each fails after exactly its limit.
+	for round := 1; round <= 6; round++ {
+		for {
+			task, err := h.s.Claim(h.ctx, lease)
+			if errors.Is(err, taskstore.ErrNoTask) {
+				break
+			}
+			noErr(t, "Claim", err)
+			if task.Attempts != round || task.Attempts > limits[task.ID].want {
+				t.Fatalf("round %d claimed %s", round, format(task))
+			}
+		}
+		h.clk.Advance(past)
+	}
+	for i, task := range h.list(t) {
+		l := limits[i]
+		if l.p.Pending {
+			if task.State != taskstore.NotStarted || task.Attempts != 0 {
+				t.Fatalf("pending task %d: %s", i, format(task))
+			}
+			continue
+		}
+		if task.State != taskstore.Failed || task.Attempts != l.want || task.Error != lapsed(l.want, l.want) {
+			t.Fatalf("task %d with limit %d after 6 lapses: %s", i, l.want, format(task))
+		}
 	}
 }
 
@@ -213,19 +337,18 @@ func testGetUnknown(t *testing.T, h *harness) {
 
 func testClaimFIFO(t *testing.T, h *harness) {
 	h.createN(t, 3)
-	created := start
 	for i := range int64(3) {
 		now := h.clk.Advance(time.Second)
 		got := h.claimID(t, i)
-		want := taskstore.Task{
-			ID: i, State: taskstore.InProgress, Attempts: 1,
-			CreatedAt: created, StartedAt: now, LeaseUntil: now.Add(lease),
+		if got.Token <= 0 {
+			t.Fatalf("first claim issued token %d", got.Token)
 		}
-		checkTask(t, "Claim result", got, want)
-		checkTask(t, "Get after Claim", h.get(t, i), want)
+		checkTask(t, "Claim result", got, taskstore.Task{
+			ID: i, State: taskstore.InProgress, Attempts: 1, MaxAttempts: defMax, Token: got.Token,
+			CreatedAt: start, StartedAt: now, LeaseUntil: now.Add(lease),
+		})
 	}
-	_, err := h.s.Claim(h.ctx, lease)
-	wantErr(t, "Claim with everything in progress", err, taskstore.ErrNoTask)
+	h.noTask(t, "everything in progress")
 
 	// Tasks created after claims continue the queue.
 	h.createN(t, 2)
@@ -234,15 +357,13 @@ func testClaimFIFO(t *testing.T, h *harness) {
 }
 
 func testClaimEmpty(t *testing.T, h *harness) {
-	_, err := h.s.Claim(h.ctx, lease)
-	wantErr(t, "Claim on empty store", err, taskstore.ErrNoTask)
+	h.noTask(t, "empty store")
 
 	h.create(t, false)
-	h.claimID(t, 0)
-	noErr(t, "Finish(0)", h.s.Finish(h.ctx, 0))
+	c := h.claimID(t, 0)
+	noErr(t, "Finish(0)", h.s.Finish(h.ctx, 0, c.Token))
 	h.clk.Advance(10 * lease) // a finished task never comes back, lease or not
-	_, err = h.s.Claim(h.ctx, lease)
-	wantErr(t, "Claim with only finished tasks", err, taskstore.ErrNoTask)
+	h.noTask(t, "only finished tasks")
 }
 
 func testPendingAndActivate(t *testing.T, h *harness) {
@@ -253,8 +374,7 @@ func testPendingAndActivate(t *testing.T, h *harness) {
 	h.create(t, true)
 
 	h.claimID(t, 1) // 0 is older but pending
-	_, err := h.s.Claim(h.ctx, lease)
-	wantErr(t, "Claim with only pending tasks", err, taskstore.ErrNoTask)
+	h.noTask(t, "only pending tasks left")
 	if got := h.get(t, 0); !got.Pending || got.State != taskstore.NotStarted {
 		t.Fatalf("pending task reads %s", format(got))
 	}
@@ -270,8 +390,7 @@ func testPendingAndActivate(t *testing.T, h *harness) {
 		t.Fatalf("activated task reads %s", format(got))
 	}
 	h.claimID(t, 2)
-	_, err = h.s.Claim(h.ctx, lease)
-	wantErr(t, "Claim with task 0 still pending", err, taskstore.ErrNoTask)
+	h.noTask(t, "task 0 still pending")
 
 	noErr(t, "Activate(0)", h.s.Activate(h.ctx, 0))
 	got := h.claimID(t, 0)
@@ -280,36 +399,389 @@ func testPendingAndActivate(t *testing.T, h *harness) {
 	}
 }
 
+// testTokensGrow checks that every claim, by Claim or by Set(InProgress), issues a larger token, and
+// that nothing else changes it.
+func testTokensGrow(t *testing.T, h *harness) {
+	h.createN(t, 2)
+	if tok := h.get(t, 0).Token; tok != 0 {
+		t.Fatalf("never-claimed task has token %d, want 0", tok)
+	}
+	var tokens []int64
+	same := func(what string) {
+		t.Helper()
+		if got := h.get(t, 0).Token; got != tokens[len(tokens)-1] {
+			t.Fatalf("%s changed the token from %d to %d", what, tokens[len(tokens)-1], got)
+		}
+	}
+	grew := func(what string) {
+		t.Helper()
+		got := h.get(t, 0).Token
+		if len(tokens) > 0 && got <= tokens[len(tokens)-1] {
+			t.Fatalf("%s: token %d, not above the previous %d", what, got, tokens[len(tokens)-1])
+		}
+		tokens = append(tokens, got)
+	}
+
+	h.claimID(t, 0) // claimID checks the growth itself, and that Get agrees with Claim
+	grew("Claim")
+	h.fail(t, 0, tokens[len(tokens)-1], "transient", false)
+	same("Fail")
+	h.claimID(t, 0)
+	grew("Claim after Fail")
+	h.clk.Advance(past)
+	same("a lapse")
+	h.claimID(t, 0)
+	grew("Claim after a lapse")
+	noErr(t, "Release", h.s.Release(h.ctx, 0, tokens[len(tokens)-1]))
+	same("Release")
+	h.claimID(t, 0)
+	grew("Claim after Release")
+	noErr(t, "Set InProgress", h.s.Set(h.ctx, 0, taskstore.InProgress, lease))
+	grew("Set InProgress on an in-progress task")
+	noErr(t, "Set NotStarted", h.s.Set(h.ctx, 0, taskstore.NotStarted, 0))
+	same("Set NotStarted")
+	noErr(t, "Set InProgress", h.s.Set(h.ctx, 0, taskstore.InProgress, lease))
+	grew("Set InProgress on a not-started task")
+	noErr(t, "Finish", h.s.Finish(h.ctx, 0, tokens[len(tokens)-1]))
+	same("Finish")
+	noErr(t, "Set Failed", h.s.Set(h.ctx, 0, taskstore.Failed, 0))
+	same("Set Failed")
+	noErr(t, "Set InProgress", h.s.Set(h.ctx, 0, taskstore.InProgress, lease))
+	grew("Set InProgress on a failed task")
+
+	// Only the most recent token is current.
+	for _, old := range tokens[:len(tokens)-1] {
+		wantErr(t, fmt.Sprintf("Finish with old token %d", old), h.s.Finish(h.ctx, 0, old), taskstore.ErrStaleToken)
+	}
+	noErr(t, "Finish with the newest token", h.s.Finish(h.ctx, 0, tokens[len(tokens)-1]))
+
+	// Task 1 was never touched.
+	if got := h.get(t, 1); got.Token != 0 || got.Attempts != 0 {
+		t.Fatalf("claims of task 0 changed task 1: %s", format(got))
+	}
+}
+
 func testFinish(t *testing.T, h *harness) {
 	h.createN(t, 2)
-	wantErr(t, "Finish of not-started task", h.s.Finish(h.ctx, 0), taskstore.ErrNotInProgress)
-	wantErr(t, "Finish of unknown task", h.s.Finish(h.ctx, 42), taskstore.ErrNotFound)
-	wantErr(t, "Finish of negative id", h.s.Finish(h.ctx, -1), taskstore.ErrNotFound)
+	wantErr(t, "Finish of not-started task", h.s.Finish(h.ctx, 0, 0), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish of unknown task", h.s.Finish(h.ctx, 42, 0), taskstore.ErrNotFound)
+	wantErr(t, "Finish of unknown task with a token", h.s.Finish(h.ctx, 42, 1), taskstore.ErrNotFound)
+	wantErr(t, "Finish of negative id", h.s.Finish(h.ctx, -1, 0), taskstore.ErrNotFound)
 
 	claimedAt := h.clk.Advance(time.Second)
-	h.claimID(t, 0)
+	c := h.claimID(t, 0)
 	finishedAt := h.clk.Advance(lease / 2)
-	noErr(t, "Finish(0)", h.s.Finish(h.ctx, 0))
+	noErr(t, "Finish(0)", h.s.Finish(h.ctx, 0, c.Token))
 	checkTask(t, "Get after Finish", h.get(t, 0), taskstore.Task{
-		ID: 0, State: taskstore.Finished, Attempts: 1,
+		ID: 0, State: taskstore.Finished, Attempts: 1, MaxAttempts: defMax, Token: c.Token,
 		CreatedAt: start, StartedAt: claimedAt, FinishedAt: finishedAt,
 	})
-	wantErr(t, "Finish of finished task", h.s.Finish(h.ctx, 0), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish of finished task without a token", h.s.Finish(h.ctx, 0, 0), taskstore.ErrNotInProgress)
 
 	h.claimID(t, 1) // finished task 0 is not handed out again
-	_, err := h.s.Claim(h.ctx, lease)
-	wantErr(t, "Claim after all claimed", err, taskstore.ErrNoTask)
+	h.noTask(t, "all claimed")
 	h.clk.Advance(lease / 2)
-	noErr(t, "Finish(1)", h.s.Finish(h.ctx, 1))
+	noErr(t, "Finish(1) by a reference worker (token 0)", h.s.Finish(h.ctx, 1, 0))
+	if got := h.get(t, 1); got.State != taskstore.Finished {
+		t.Fatalf("Finish with token 0 did not finish: %s", format(got))
+	}
 	if got := h.get(t, 0); got.State != taskstore.Finished || !got.FinishedAt.Equal(finishedAt) {
 		t.Fatalf("finishing task 1 changed task 0: %s", format(got))
+	}
+}
+
+// testFinishTokens walks Finish's token rules.
+func testFinishTokens(t *testing.T, h *harness) {
+	// Task 0: the plain cases.
+	h.createN(t, 1)
+	wantErr(t, "Finish of a never-claimed task with a token", h.s.Finish(h.ctx, 0, 1), taskstore.ErrStaleToken)
+	c := h.claimID(t, 0)
+	wantErr(t, "Finish with a token that was never issued", h.s.Finish(h.ctx, 0, c.Token+1000), taskstore.ErrStaleToken)
+	if got := h.get(t, 0); got.State != taskstore.InProgress {
+		t.Fatalf("refused Finish changed the task: %s", format(got))
+	}
+	finishedAt := h.clk.Advance(time.Second)
+	noErr(t, "Finish with the current token", h.s.Finish(h.ctx, 0, c.Token))
+	want := taskstore.Task{
+		ID: 0, State: taskstore.Finished, Attempts: 1, MaxAttempts: defMax, Token: c.Token,
+		CreatedAt: start, StartedAt: c.StartedAt, FinishedAt: finishedAt,
+	}
+	checkTask(t, "after Finish", h.get(t, 0), want)
+	h.clk.Advance(time.Second)
+	noErr(t, "Finish again with the same token", h.s.Finish(h.ctx, 0, c.Token))
+	checkTask(t, "after a repeated Finish (FinishedAt must not move)", h.get(t, 0), want)
+	wantErr(t, "Finish of a finished task with token 0", h.s.Finish(h.ctx, 0, 0), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish of a finished task with another token", h.s.Finish(h.ctx, 0, c.Token+1000), taskstore.ErrStaleToken)
+
+	// Task 1: the lease lapsed, nobody claimed it since: the holder's result still counts.
+	created := h.clk.Now()
+	h.createN(t, 1)
+	c = h.claimID(t, 1)
+	h.clk.Advance(past)
+	if got := h.get(t, 1); got.State != taskstore.NotStarted {
+		t.Fatalf("lapsed task reads %s", format(got))
+	}
+	wantErr(t, "Finish of a lapsed task with token 0", h.s.Finish(h.ctx, 1, 0), taskstore.ErrNotInProgress)
+	finishedAt = h.clk.Advance(time.Second)
+	noErr(t, "Finish of a lapsed, unclaimed task with its token", h.s.Finish(h.ctx, 1, c.Token))
+	checkTask(t, "after Finish past the lease", h.get(t, 1), taskstore.Task{
+		ID: 1, State: taskstore.Finished, Attempts: 1, MaxAttempts: defMax, Token: c.Token,
+		CreatedAt: created, StartedAt: c.StartedAt, FinishedAt: finishedAt,
+	})
+	h.noTask(t, "the late-finished task must not be handed out")
+
+	// Task 3: lapsed and already moved back to the queue by another Claim's sweep (which took the
+	// older task 2, pending until then), then finished by the holder.
+	created = h.clk.Now()
+	h.create(t, true) // 2
+	h.createN(t, 1)   // 3
+	c = h.claimID(t, 3)
+	h.clk.Advance(past)
+	noErr(t, "Activate(2)", h.s.Activate(h.ctx, 2))
+	c2 := h.claimID(t, 2) // sweeps task 3 back to not started
+	if got := h.get(t, 3); got.State != taskstore.NotStarted || got.Token != c.Token {
+		t.Fatalf("swept task 3: %s", format(got))
+	}
+	finishedAt = h.clk.Advance(time.Second)
+	noErr(t, "Finish of a lapsed, swept, unclaimed task with its token", h.s.Finish(h.ctx, 3, c.Token))
+	checkTask(t, "after Finish of a swept task", h.get(t, 3), taskstore.Task{
+		ID: 3, State: taskstore.Finished, Attempts: 1, MaxAttempts: defMax, Token: c.Token,
+		CreatedAt: created, StartedAt: c.StartedAt, FinishedAt: finishedAt,
+	})
+	h.noTask(t, "the swept, finished task must not be handed out")
+	noErr(t, "Finish(2)", h.s.Finish(h.ctx, 2, c2.Token))
+
+	// Task 4: lapsed and claimed again: the first holder is stale, whatever happens next.
+	h.createN(t, 1)
+	c1 := h.claimID(t, 4)
+	h.clk.Advance(past)
+	c2 = h.claimID(t, 4)
+	wantErr(t, "Finish by the superseded holder", h.s.Finish(h.ctx, 4, c1.Token), taskstore.ErrStaleToken)
+	if got := h.get(t, 4); got.State != taskstore.InProgress || got.Token != c2.Token {
+		t.Fatalf("stale Finish changed the task: %s", format(got))
+	}
+	noErr(t, "Finish by the current holder", h.s.Finish(h.ctx, 4, c2.Token))
+	wantErr(t, "Finish by the superseded holder after the current one", h.s.Finish(h.ctx, 4, c1.Token), taskstore.ErrStaleToken)
+}
+
+func testExtend(t *testing.T, h *harness) {
+	h.createN(t, 2)
+	c := h.claimID(t, 0) // lease until start+lease
+
+	now := h.clk.Advance(lease - time.Second)
+	got, err := h.s.Extend(h.ctx, 0, c.Token, 2*lease)
+	noErr(t, "Extend", err)
+	want := c
+	want.LeaseUntil = now.Add(2 * lease)
+	checkTask(t, "Extend result", got, want)
+	checkTask(t, "Get after Extend", h.get(t, 0), want)
+
+	h.clk.Advance(lease) // past the original lease, within the extended one
+	checkTask(t, "Get past the original lease", h.get(t, 0), want)
+	h.claimID(t, 1) // and the sweep leaves task 0 alone
+	h.noTask(t, "extended lease is live")
+
+	now = h.clk.Now()
+	got, err = h.s.Extend(h.ctx, 0, 0, lease/2)
+	noErr(t, "Extend with token 0", err)
+	want.LeaseUntil = now.Add(lease / 2) // renewed from the clock, even though that is sooner
+	checkTask(t, "Extend with token 0", got, want)
+
+	_, err = h.s.Extend(h.ctx, 0, c.Token+1000, lease)
+	wantErr(t, "Extend with a wrong token", err, taskstore.ErrStaleToken)
+	checkTask(t, "after refused Extend", h.get(t, 0), want)
+	_, err = h.s.Extend(h.ctx, 9, 0, lease)
+	wantErr(t, "Extend of unknown id", err, taskstore.ErrNotFound)
+	_, err = h.s.Extend(h.ctx, 9, c.Token, lease)
+	wantErr(t, "Extend of unknown id with a token", err, taskstore.ErrNotFound)
+	h.createN(t, 1) // task 2, never claimed
+	_, err = h.s.Extend(h.ctx, 2, 0, lease)
+	wantErr(t, "Extend of a not-started task", err, taskstore.ErrNotInProgress)
+	_, err = h.s.Extend(h.ctx, 2, c.Token, lease)
+	wantErr(t, "Extend of a never-claimed task with a token", err, taskstore.ErrStaleToken)
+
+	// A lapsed lease cannot be revived.
+	h.clk.Advance(past)
+	_, err = h.s.Extend(h.ctx, 0, c.Token, lease)
+	wantErr(t, "Extend of a lapsed lease", err, taskstore.ErrNotInProgress)
+	_, err = h.s.Extend(h.ctx, 0, 0, lease)
+	wantErr(t, "Extend of a lapsed lease with token 0", err, taskstore.ErrNotInProgress)
+	if got := h.get(t, 0); got.State != taskstore.NotStarted || !got.LeaseUntil.IsZero() {
+		t.Fatalf("refused Extend revived the task: %s", format(got))
+	}
+
+	// After a new claim, the old holder is stale and the new one can extend.
+	c2 := h.claimID(t, 0)
+	_, err = h.s.Extend(h.ctx, 0, c.Token, lease)
+	wantErr(t, "Extend by the superseded holder", err, taskstore.ErrStaleToken)
+	now = h.clk.Advance(time.Second)
+	got, err = h.s.Extend(h.ctx, 0, c2.Token, lease)
+	noErr(t, "Extend by the new holder", err)
+	if !got.LeaseUntil.Equal(now.Add(lease)) || got.Token != c2.Token || got.Attempts != 2 {
+		t.Fatalf("Extend by the new holder: %s", format(got))
+	}
+	noErr(t, "Finish", h.s.Finish(h.ctx, 0, c2.Token))
+	_, err = h.s.Extend(h.ctx, 0, c2.Token, lease)
+	wantErr(t, "Extend of a finished task", err, taskstore.ErrNotInProgress)
+}
+
+func testFailTransient(t *testing.T, h *harness) {
+	h.createN(t, 1)
+	c1 := h.claimID(t, 0)
+	h.clk.Advance(time.Second)
+	got := h.fail(t, 0, c1.Token, "decode: unexpected EOF", false)
+	checkTask(t, "after a transient Fail", got, taskstore.Task{
+		ID: 0, State: taskstore.NotStarted, Attempts: 1, MaxAttempts: defMax, Token: c1.Token,
+		Error: "decode: unexpected EOF", CreatedAt: start, StartedAt: c1.StartedAt,
+	})
+	wantErr(t, "Finish after the holder failed the attempt", h.s.Finish(h.ctx, 0, c1.Token), taskstore.ErrNotInProgress)
+	_, err := h.s.Fail(h.ctx, 0, c1.Token, "again", false)
+	wantErr(t, "Fail twice", err, taskstore.ErrNotInProgress)
+
+	// The retry keeps the last error while it runs.
+	c2 := h.claimID(t, 0)
+	if c2.Attempts != 2 || c2.Error != "decode: unexpected EOF" {
+		t.Fatalf("retry claim: %s", format(c2))
+	}
+	_, err = h.s.Fail(h.ctx, 0, c1.Token, "late", true)
+	wantErr(t, "Fail by the superseded holder", err, taskstore.ErrStaleToken)
+	if got := h.get(t, 0); got.State != taskstore.InProgress || got.Error != "decode: unexpected EOF" {
+		t.Fatalf("stale Fail changed the task: %s", format(got))
+	}
+	if got := h.fail(t, 0, c2.Token, "second", false); got.State != taskstore.NotStarted || got.Attempts != 2 ||
+		got.Error != "second" {
+		t.Fatalf("second transient Fail: %s", format(got))
+	}
+
+	// Out of attempts: the third transient failure is final.
+	c3 := h.claimID(t, 0)
+	failedAt := h.clk.Advance(time.Second)
+	want := taskstore.Task{
+		ID: 0, State: taskstore.Failed, Attempts: 3, MaxAttempts: defMax, Token: c3.Token,
+		Error: "third", CreatedAt: start, StartedAt: c3.StartedAt, FinishedAt: failedAt,
+	}
+	checkTask(t, "after the last attempt failed", h.fail(t, 0, c3.Token, "third", false), want)
+	h.noTask(t, "the only task failed")
+	h.clk.Advance(10 * lease)
+	checkTask(t, "failed task later", h.get(t, 0), want)
+	wantErr(t, "Finish of a failed task", h.s.Finish(h.ctx, 0, c3.Token), taskstore.ErrNotInProgress)
+	_, err = h.s.Fail(h.ctx, 0, c3.Token, "fourth", false)
+	wantErr(t, "Fail of a failed task", err, taskstore.ErrNotInProgress)
+	checkTask(t, "after refused calls", h.get(t, 0), want)
+
+	_, err = h.s.Fail(h.ctx, 7, 0, "x", false)
+	wantErr(t, "Fail of unknown id", err, taskstore.ErrNotFound)
+	h.createN(t, 1)
+	_, err = h.s.Fail(h.ctx, 1, 0, "x", false)
+	wantErr(t, "Fail of a not-started task", err, taskstore.ErrNotInProgress)
+}
+
+func testFailPermanent(t *testing.T, h *harness) {
+	h.createN(t, 2)
+	c := h.claimID(t, 0)
+	failedAt := h.clk.Advance(time.Second)
+	checkTask(t, "after a permanent Fail", h.fail(t, 0, c.Token, "not an image", true), taskstore.Task{
+		ID: 0, State: taskstore.Failed, Attempts: 1, MaxAttempts: defMax, Token: c.Token,
+		Error: "not an image", CreatedAt: start, StartedAt: c.StartedAt, FinishedAt: failedAt,
+	})
+	h.claimID(t, 1) // task 0 is not handed out again
+	h.noTask(t, "task 0 failed for good")
+
+	// A reference worker (token 0) can fail a live lease too.
+	if got := h.fail(t, 1, 0, "flaky", false); got.State != taskstore.NotStarted || got.Attempts != 1 {
+		t.Fatalf("transient Fail with token 0: %s", format(got))
+	}
+	h.claimID(t, 1)
+	if got := h.fail(t, 1, 0, "broken", true); got.State != taskstore.Failed || got.Attempts != 2 || got.Error != "broken" {
+		t.Fatalf("permanent Fail with token 0: %s", format(got))
+	}
+	h.noTask(t, "both failed")
+}
+
+// testFailAfterLapse: like Finish, Fail with the current token reports the outcome of the latest claim
+// even after its lease lapsed, as long as nobody claimed the task since.
+func testFailAfterLapse(t *testing.T, h *harness) {
+	h.createN(t, 1)
+	c := h.claimID(t, 0)
+	h.clk.Advance(past)
+	_, err := h.s.Fail(h.ctx, 0, 0, "x", false)
+	wantErr(t, "Fail of a lapsed lease with token 0", err, taskstore.ErrNotInProgress)
+	got := h.fail(t, 0, c.Token, "upstream timeout", false)
+	checkTask(t, "transient Fail after the lease lapsed", got, taskstore.Task{
+		ID: 0, State: taskstore.NotStarted, Attempts: 1, MaxAttempts: defMax, Token: c.Token,
+		Error: "upstream timeout", CreatedAt: start, StartedAt: c.StartedAt,
+	})
+
+	c2 := h.claimID(t, 0)
+	h.clk.Advance(past)
+	failedAt := h.clk.Advance(time.Second)
+	checkTask(t, "permanent Fail after the lease lapsed", h.fail(t, 0, c2.Token, "corrupt", true), taskstore.Task{
+		ID: 0, State: taskstore.Failed, Attempts: 2, MaxAttempts: defMax, Token: c2.Token,
+		Error: "corrupt", CreatedAt: start, StartedAt: c2.StartedAt, FinishedAt: failedAt,
+	})
+	h.noTask(t, "failed for good")
+
+	// Claimed again after the lapse: the old holder is stale.
+	h.createN(t, 1)
+	c = h.claimID(t, 1)
+	h.clk.Advance(past)
+	c2 = h.claimID(t, 1)
+	_, err = h.s.Fail(h.ctx, 1, c.Token, "late", true)
+	wantErr(t, "Fail by the superseded holder", err, taskstore.ErrStaleToken)
+	if got := h.get(t, 1); got.State != taskstore.InProgress || got.Token != c2.Token || got.Error != lapsed(1, defMax) {
+		t.Fatalf("stale Fail changed the task: %s", format(got))
+	}
+}
+
+func testRelease(t *testing.T, h *harness) {
+	h.createWith(t, taskstore.CreateParams{MaxAttempts: 1}) // 0
+	h.createN(t, 1)                                         // 1
+
+	c := h.claimID(t, 0)
+	wantErr(t, "Release with a wrong token", h.s.Release(h.ctx, 0, c.Token+1000), taskstore.ErrStaleToken)
+	h.clk.Advance(time.Second)
+	noErr(t, "Release", h.s.Release(h.ctx, 0, c.Token))
+	checkTask(t, "after Release", h.get(t, 0), taskstore.Task{
+		ID: 0, State: taskstore.NotStarted, Attempts: 0, MaxAttempts: 1, Token: c.Token,
+		CreatedAt: start, StartedAt: c.StartedAt,
+	})
+	wantErr(t, "Release twice", h.s.Release(h.ctx, 0, c.Token), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish after Release", h.s.Finish(h.ctx, 0, c.Token), taskstore.ErrNotInProgress)
+
+	// Claimable at once, and the released attempt did not count: with a limit of 1 it is still the
+	// first attempt.
+	c2 := h.claimID(t, 0)
+	if c2.Attempts != 1 {
+		t.Fatalf("claim after Release: %s", format(c2))
+	}
+	wantErr(t, "Release by the superseded holder", h.s.Release(h.ctx, 0, c.Token), taskstore.ErrStaleToken)
+	noErr(t, "Release with token 0", h.s.Release(h.ctx, 0, 0))
+	c3 := h.claimID(t, 0)
+	if c3.Attempts != 1 {
+		t.Fatalf("claim after the second Release: %s", format(c3))
+	}
+
+	// A lapsed lease cannot be released; the lapse counts, so with a limit of 1 the task fails.
+	h.clk.Advance(past)
+	wantErr(t, "Release of a lapsed lease", h.s.Release(h.ctx, 0, c3.Token), taskstore.ErrNotInProgress)
+	if got := h.get(t, 0); got.State != taskstore.Failed || got.Attempts != 1 || got.Error != lapsed(1, 1) {
+		t.Fatalf("lapse after Releases: %s", format(got))
+	}
+
+	wantErr(t, "Release of unknown id", h.s.Release(h.ctx, 5, 0), taskstore.ErrNotFound)
+	wantErr(t, "Release of a not-started task", h.s.Release(h.ctx, 1, 0), taskstore.ErrNotInProgress)
+	c = h.claimID(t, 1)
+	noErr(t, "Finish(1)", h.s.Finish(h.ctx, 1, c.Token))
+	wantErr(t, "Release of a finished task", h.s.Release(h.ctx, 1, c.Token), taskstore.ErrNotInProgress)
+	if got := h.get(t, 1); got.State != taskstore.Finished || got.Attempts != 1 {
+		t.Fatalf("refused Release changed a finished task: %s", format(got))
 	}
 }
 
 func testLeaseExpiry(t *testing.T, h *harness) {
 	h.createN(t, 3)
 	t0 := h.clk.Now()
-	h.claimID(t, 0) // lease until t0+lease
+	c := h.claimID(t, 0) // lease until t0+lease
 	long, err := h.s.Claim(h.ctx, 10*lease)
 	noErr(t, "Claim with long lease", err)
 	if long.ID != 1 || !long.LeaseUntil.Equal(t0.Add(10*lease)) {
@@ -317,13 +789,12 @@ func testLeaseExpiry(t *testing.T, h *harness) {
 	}
 
 	h.clk.Advance(lease - time.Second)
-	if got := h.get(t, 0); got.State != taskstore.InProgress {
-		t.Fatalf("task 0 before its lease lapsed: %s", format(got))
-	}
+	checkTask(t, "task 0 before its lease lapsed", h.get(t, 0), c)
 
 	h.clk.Advance(2 * time.Second) // now past task 0's lease
 	checkTask(t, "Get of lapsed task", h.get(t, 0), taskstore.Task{
-		ID: 0, State: taskstore.NotStarted, Attempts: 1, CreatedAt: start, StartedAt: t0,
+		ID: 0, State: taskstore.NotStarted, Attempts: 1, MaxAttempts: defMax, Token: c.Token,
+		Error: lapsed(1, defMax), CreatedAt: start, StartedAt: t0,
 	})
 	if got := h.get(t, 1); got.State != taskstore.InProgress {
 		t.Fatalf("task 1 with a long lease: %s", format(got))
@@ -335,32 +806,71 @@ func testLeaseExpiry(t *testing.T, h *harness) {
 	if want := []taskstore.State{taskstore.NotStarted, taskstore.InProgress, taskstore.NotStarted}; !slices.Equal(states, want) {
 		t.Fatalf("List states after lapse = %v, want %v", states, want)
 	}
-	wantErr(t, "Finish of lapsed task", h.s.Finish(h.ctx, 0), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish of lapsed task with token 0", h.s.Finish(h.ctx, 0, 0), taskstore.ErrNotInProgress)
 
-	// The lapsed task is handed out again, before never-claimed task 2 because its id is lower.
+	// The lapsed task is handed out again, before never-claimed task 2 because its id is lower, and
+	// keeps the lapse as its last error while it runs.
 	now := h.clk.Advance(time.Second)
-	checkTask(t, "reclaim of lapsed task", h.claimID(t, 0), taskstore.Task{
-		ID: 0, State: taskstore.InProgress, Attempts: 2, CreatedAt: start, StartedAt: now, LeaseUntil: now.Add(lease),
-	})
-	checkTask(t, "Get after reclaim", h.get(t, 0), taskstore.Task{
-		ID: 0, State: taskstore.InProgress, Attempts: 2, CreatedAt: start, StartedAt: now, LeaseUntil: now.Add(lease),
+	c2 := h.claimID(t, 0)
+	checkTask(t, "reclaim of lapsed task", c2, taskstore.Task{
+		ID: 0, State: taskstore.InProgress, Attempts: 2, MaxAttempts: defMax, Token: c2.Token,
+		Error: lapsed(1, defMax), CreatedAt: start, StartedAt: now, LeaseUntil: now.Add(lease),
 	})
 	h.claimID(t, 2)
-	_, err = h.s.Claim(h.ctx, lease)
-	wantErr(t, "Claim with all leases live", err, taskstore.ErrNoTask)
+	h.noTask(t, "all leases live")
 
-	// The second holder can finish; the first one's lease is gone for good.
-	noErr(t, "Finish(0) by the second holder", h.s.Finish(h.ctx, 0))
+	// The second holder can finish; the first one's claim is gone for good.
+	wantErr(t, "Finish(0) by the first holder", h.s.Finish(h.ctx, 0, c.Token), taskstore.ErrStaleToken)
+	noErr(t, "Finish(0) by the second holder", h.s.Finish(h.ctx, 0, c2.Token))
+	if got := h.get(t, 0); got.State != taskstore.Finished || got.Error != "" {
+		t.Fatalf("Finish must clear the last error: %s", format(got))
+	}
 
 	// Both remaining leases lapse; they come back in id order, each on its second attempt.
 	h.clk.Advance(10 * lease)
 	for _, id := range []int64{1, 2} {
-		if got := h.claimID(t, id); got.Attempts != 2 {
-			t.Fatalf("reclaimed task %d has %d attempts, want 2", id, got.Attempts)
+		if got := h.claimID(t, id); got.Attempts != 2 || got.Error != lapsed(1, defMax) {
+			t.Fatalf("reclaimed task %d: %s", id, format(got))
 		}
 	}
-	_, err = h.s.Claim(h.ctx, lease)
-	wantErr(t, "Claim after reclaiming everything", err, taskstore.ErrNoTask)
+	h.noTask(t, "everything reclaimed")
+}
+
+// testLapseExhausted: a lapse on the last attempt fails the task, the same whether read through Get
+// or List before Claim's sweep or after it.
+func testLapseExhausted(t *testing.T, h *harness) {
+	h.createWith(t, taskstore.CreateParams{MaxAttempts: 2}) // 0
+	h.createN(t, 1)                                         // 1
+
+	c1 := h.claimID(t, 0)
+	h.clk.Advance(past)
+	if got := h.get(t, 0); got.State != taskstore.NotStarted || got.Error != lapsed(1, 2) || !got.FinishedAt.IsZero() {
+		t.Fatalf("first lapse of 2: %s", format(got))
+	}
+	c2 := h.claimID(t, 0)
+	h.clk.Advance(past)
+	want := taskstore.Task{
+		ID: 0, State: taskstore.Failed, Attempts: 2, MaxAttempts: 2, Token: c2.Token,
+		Error: lapsed(2, 2), CreatedAt: start, StartedAt: c2.StartedAt, FinishedAt: c2.LeaseUntil,
+	}
+	checkTask(t, "Get after the last lease lapsed", h.get(t, 0), want)
+	checkTask(t, "List after the last lease lapsed", h.list(t)[0], want)
+
+	h.claimID(t, 1) // Claim's sweep fails task 0 in the table, and does not hand it out
+	checkTask(t, "Get after Claim's sweep", h.get(t, 0), want)
+	checkTask(t, "List after Claim's sweep", h.list(t)[0], want)
+	h.noTask(t, "task 0 failed")
+	h.clk.Advance(10 * lease)
+	checkTask(t, "Get later", h.get(t, 0), want)
+
+	// The holder of the last claim delivers late: nobody claimed since, so the result counts.
+	wantErr(t, "Finish by the first holder", h.s.Finish(h.ctx, 0, c1.Token), taskstore.ErrStaleToken)
+	finishedAt := h.clk.Advance(time.Second)
+	noErr(t, "Finish by the last holder", h.s.Finish(h.ctx, 0, c2.Token))
+	checkTask(t, "after a late Finish", h.get(t, 0), taskstore.Task{
+		ID: 0, State: taskstore.Finished, Attempts: 2, MaxAttempts: 2, Token: c2.Token,
+		CreatedAt: start, StartedAt: c2.StartedAt, FinishedAt: finishedAt,
+	})
 }
 
 // testLapsedLeaseInIDOrder checks that a lapsed task with a higher id waits behind older
@@ -371,86 +881,222 @@ func testLapsedLeaseInIDOrder(t *testing.T, h *harness) {
 	h.claimID(t, 1)
 	h.createN(t, 2)                                                            // tasks 2, 3
 	noErr(t, "Set(0, NotStarted)", h.s.Set(h.ctx, 0, taskstore.NotStarted, 0)) // task 0 requeued by hand
-	h.clk.Advance(lease + time.Second)                                         // task 1 lapses
+	h.clk.Advance(past)                                                        // task 1 lapses
 	h.claimID(t, 0)
 	h.claimID(t, 1)
 	h.claimID(t, 2)
 	h.claimID(t, 3)
 }
 
+func testExpirePending(t *testing.T, h *harness) {
+	h.create(t, true) // 0, created at start
+	now := h.clk.Advance(10 * time.Minute)
+	h.create(t, false) // 1, active
+	h.create(t, true)  // 2, pending, created 10 minutes later
+	h.create(t, true)  // 3, activated below
+	noErr(t, "Activate(3)", h.s.Activate(h.ctx, 3))
+	h.create(t, true) // 4, pending, set in progress by hand below
+	noErr(t, "Set(4, InProgress)", h.s.Set(h.ctx, 4, taskstore.InProgress, 2*time.Hour))
+	before := h.list(t)
+
+	expiredAt := h.clk.Advance(15 * time.Minute) // task 0 is 25 minutes old, the others 15
+	n, err := h.s.ExpirePending(h.ctx, 20*time.Minute)
+	noErr(t, "ExpirePending", err)
+	if n != 1 {
+		t.Fatalf("ExpirePending expired %d tasks, want 1", n)
+	}
+	want0 := taskstore.Task{
+		ID: 0, State: taskstore.Failed, Pending: true, MaxAttempts: defMax,
+		Error: expired, CreatedAt: start, FinishedAt: expiredAt,
+	}
+	checkTask(t, "expired pending task", h.get(t, 0), want0)
+	for _, id := range []int64{1, 2, 3, 4} {
+		checkTask(t, "task not due for expiry", h.get(t, id), before[id])
+	}
+	wantErr(t, "Activate of an expired task", h.s.Activate(h.ctx, 0), taskstore.ErrNotPending)
+	checkTask(t, "after refused Activate", h.get(t, 0), want0)
+	if n, err := h.s.ExpirePending(h.ctx, 20*time.Minute); err != nil || n != 0 {
+		t.Fatalf("ExpirePending again = %d, %v; want 0", n, err)
+	}
+
+	h.claimID(t, 1)
+	h.claimID(t, 3)
+	h.noTask(t, "task 0 expired, task 2 pending")
+
+	// Much later: only the still-pending, still-waiting task 2 expires; active tasks, however old,
+	// and the pending task someone is working on stay as they are.
+	h.clk.Advance(time.Hour)
+	before = h.list(t)
+	expiredAt = h.clk.Advance(time.Second)
+	n, err = h.s.ExpirePending(h.ctx, 20*time.Minute)
+	noErr(t, "ExpirePending later", err)
+	if n != 1 {
+		t.Fatalf("later ExpirePending expired %d tasks, want 1", n)
+	}
+	checkTask(t, "expired pending task 2", h.get(t, 2), taskstore.Task{
+		ID: 2, State: taskstore.Failed, Pending: true, MaxAttempts: defMax,
+		Error: expired, CreatedAt: now, FinishedAt: expiredAt,
+	})
+	for _, id := range []int64{0, 1, 3, 4} {
+		checkTask(t, "after the later ExpirePending", h.get(t, id), before[id])
+	}
+	wantErr(t, "Activate(2) after expiry", h.s.Activate(h.ctx, 2), taskstore.ErrNotPending)
+
+	// A new pending task is safe until it is old enough, and can be activated in time.
+	h.create(t, true) // 5
+	h.clk.Advance(10 * time.Minute)
+	if n, err := h.s.ExpirePending(h.ctx, 20*time.Minute); err != nil || n != 0 {
+		t.Fatalf("ExpirePending of a young pending task = %d, %v; want 0", n, err)
+	}
+	noErr(t, "Activate(5)", h.s.Activate(h.ctx, 5))
+
+	// Once the lease on pending task 4 lapses, nobody works on it any more, and it expires too.
+	expiredAt = h.clk.Advance(time.Hour)
+	want4 := before[4]
+	n, err = h.s.ExpirePending(h.ctx, 20*time.Minute)
+	noErr(t, "ExpirePending after task 4 lapsed", err)
+	if n != 1 {
+		t.Fatalf("ExpirePending after task 4 lapsed expired %d tasks, want 1", n)
+	}
+	want4.State, want4.Error, want4.FinishedAt, want4.LeaseUntil = taskstore.Failed, expired, expiredAt, time.Time{}
+	checkTask(t, "expired lapsed pending task 4", h.get(t, 4), want4)
+	wantErr(t, "Finish of expired task 4 by its holder", h.s.Finish(h.ctx, 4, want4.Token), taskstore.ErrNotInProgress)
+	if got := h.get(t, 5); got.State != taskstore.NotStarted || got.Pending {
+		t.Fatalf("activated task after ExpirePending: %s", format(got))
+	}
+}
+
 func testSet(t *testing.T, h *harness) {
 	h.createN(t, 2)
 
-	// NotStarted -> InProgress starts a lease from the clock.
+	// NotStarted -> InProgress is a claim: a lease from the clock, an attempt, a token.
 	now := h.clk.Advance(time.Second)
 	noErr(t, "Set InProgress", h.s.Set(h.ctx, 0, taskstore.InProgress, 5*lease))
 	got := h.get(t, 0)
-	if got.State != taskstore.InProgress || !got.LeaseUntil.Equal(now.Add(5*lease)) || !got.FinishedAt.IsZero() {
-		t.Fatalf("after Set InProgress: %s", format(got))
+	if got.Token <= 0 {
+		t.Fatalf("Set InProgress issued token %d", got.Token)
 	}
+	want := taskstore.Task{
+		ID: 0, State: taskstore.InProgress, Attempts: 1, MaxAttempts: defMax, Token: got.Token,
+		CreatedAt: start, StartedAt: now, LeaseUntil: now.Add(5 * lease),
+	}
+	checkTask(t, "after Set InProgress", got, want)
 	h.claimID(t, 1) // task 0 is in progress, so not claimable
-	_, err := h.s.Claim(h.ctx, lease)
-	wantErr(t, "Claim with both in progress", err, taskstore.ErrNoTask)
-	noErr(t, "Finish after Set InProgress", h.s.Finish(h.ctx, 0))
+	h.noTask(t, "both in progress")
+	noErr(t, "Finish with the token Set issued", h.s.Finish(h.ctx, 0, want.Token))
 
-	// Finished -> NotStarted makes it claimable again and clears FinishedAt.
+	// Finished -> NotStarted makes it claimable again and clears FinishedAt; the holder's claim is
+	// over.
 	noErr(t, "Set NotStarted", h.s.Set(h.ctx, 0, taskstore.NotStarted, 0))
-	got = h.get(t, 0)
-	if got.State != taskstore.NotStarted || !got.FinishedAt.IsZero() || !got.LeaseUntil.IsZero() {
-		t.Fatalf("after Set NotStarted: %s", format(got))
-	}
-	h.claimID(t, 0)
+	want.State, want.LeaseUntil = taskstore.NotStarted, time.Time{}
+	checkTask(t, "after Set NotStarted", h.get(t, 0), want)
+	wantErr(t, "Finish after Set NotStarted", h.s.Finish(h.ctx, 0, want.Token), taskstore.ErrNotInProgress)
+	c := h.claimID(t, 0)
 
 	// InProgress -> Finished sets FinishedAt and ends the lease.
 	now = h.clk.Advance(time.Second)
 	noErr(t, "Set Finished", h.s.Set(h.ctx, 0, taskstore.Finished, 0))
-	got = h.get(t, 0)
-	if got.State != taskstore.Finished || !got.FinishedAt.Equal(now) || !got.LeaseUntil.IsZero() {
-		t.Fatalf("after Set Finished: %s", format(got))
-	}
+	want = c
+	want.State, want.FinishedAt, want.LeaseUntil = taskstore.Finished, now, time.Time{}
+	checkTask(t, "after Set Finished", h.get(t, 0), want)
 	h.clk.Advance(10 * lease)
-	if got := h.get(t, 0); got.State != taskstore.Finished {
-		t.Fatalf("finished task changed with time: %s", format(got))
-	}
-	wantErr(t, "Finish after Set Finished", h.s.Finish(h.ctx, 0), taskstore.ErrNotInProgress)
+	checkTask(t, "finished task later", h.get(t, 0), want)
+	wantErr(t, "Finish with token 0 after Set Finished", h.s.Finish(h.ctx, 0, 0), taskstore.ErrNotInProgress)
+	// Finished while the holder's token was current: its Finish is a repeat.
+	noErr(t, "Finish by the holder after Set Finished", h.s.Finish(h.ctx, 0, c.Token))
+	checkTask(t, "after the holder's Finish", h.get(t, 0), want)
 
 	// InProgress -> NotStarted releases the lease at once.
-	h.claimID(t, 1) // task 1's lease had lapsed
+	c = h.claimID(t, 1) // task 1's lease had lapsed
 	noErr(t, "Set NotStarted on in-progress", h.s.Set(h.ctx, 1, taskstore.NotStarted, 0))
-	if got := h.get(t, 1); got.State != taskstore.NotStarted || !got.LeaseUntil.IsZero() {
+	if got := h.get(t, 1); got.State != taskstore.NotStarted || !got.LeaseUntil.IsZero() || got.Attempts != 2 {
 		t.Fatalf("after Set NotStarted on in-progress: %s", format(got))
 	}
-	wantErr(t, "Finish after Set NotStarted", h.s.Finish(h.ctx, 1), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish with token 0 after Set NotStarted", h.s.Finish(h.ctx, 1, 0), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish by the holder after Set NotStarted", h.s.Finish(h.ctx, 1, c.Token), taskstore.ErrNotInProgress)
 
-	// A lease started by Set lapses like a claimed one.
+	// A lease started by Set lapses like a claimed one, and counted as the third attempt.
 	now = h.clk.Now()
 	noErr(t, "Set InProgress", h.s.Set(h.ctx, 1, taskstore.InProgress, lease))
-	if got := h.get(t, 1); got.State != taskstore.InProgress || !got.LeaseUntil.Equal(now.Add(lease)) {
+	got = h.get(t, 1)
+	if got.State != taskstore.InProgress || !got.LeaseUntil.Equal(now.Add(lease)) || got.Attempts != 3 {
 		t.Fatalf("after Set InProgress: %s", format(got))
 	}
-	h.clk.Advance(lease + time.Second)
-	if got := h.get(t, 1); got.State != taskstore.NotStarted {
-		t.Fatalf("Set lease did not lapse: %s", format(got))
+	h.clk.Advance(past)
+	if got := h.get(t, 1); got.State != taskstore.Failed || got.Error != lapsed(3, defMax) {
+		t.Fatalf("Set lease lapsed on the last attempt: %s", format(got))
+	}
+	h.noTask(t, "task 1 failed")
+	// Set NotStarted gives a failed task one more claim.
+	noErr(t, "Set NotStarted on failed", h.s.Set(h.ctx, 1, taskstore.NotStarted, 0))
+	if got := h.get(t, 1); got.State != taskstore.NotStarted || !got.FinishedAt.IsZero() {
+		t.Fatalf("after Set NotStarted on failed: %s", format(got))
 	}
 	h.claimID(t, 1)
 
 	// Setting the state it already has is fine.
 	noErr(t, "Set Finished", h.s.Set(h.ctx, 1, taskstore.Finished, 0))
 	noErr(t, "Set Finished again", h.s.Set(h.ctx, 1, taskstore.Finished, 0))
-	if got := h.get(t, 1); got.State != taskstore.Finished {
+	if got := h.get(t, 1); got.State != taskstore.Finished || got.Error != "" {
 		t.Fatalf("after Set Finished twice: %s", format(got))
+	}
+}
+
+func testSetFailed(t *testing.T, h *harness) {
+	h.createN(t, 3)
+
+	// In progress -> Failed: final, the claim is over, and the task says why.
+	c := h.claimID(t, 0)
+	failedAt := h.clk.Advance(time.Second)
+	noErr(t, "Set Failed", h.s.Set(h.ctx, 0, taskstore.Failed, 0))
+	got := h.get(t, 0)
+	if got.Error == "" {
+		t.Fatalf("Set Failed left no reason: %s", format(got))
+	}
+	want := c
+	want.State, want.FinishedAt, want.LeaseUntil, want.Error = taskstore.Failed, failedAt, time.Time{}, got.Error
+	checkTask(t, "after Set Failed", got, want)
+	h.claimID(t, 1) // task 0 is not claimable
+	wantErr(t, "Finish by the holder after Set Failed", h.s.Finish(h.ctx, 0, c.Token), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish with token 0 after Set Failed", h.s.Finish(h.ctx, 0, 0), taskstore.ErrNotInProgress)
+	h.clk.Advance(10 * lease)
+	checkTask(t, "failed task later", h.get(t, 0), want)
+
+	// A task that failed an attempt keeps that reason.
+	c = h.claimID(t, 1) // its lease lapsed, so it is claimable again
+	h.fail(t, 1, c.Token, "flaky", false)
+	noErr(t, "Set Failed after a failed attempt", h.s.Set(h.ctx, 1, taskstore.Failed, 0))
+	if got := h.get(t, 1); got.State != taskstore.Failed || got.Error != "flaky" {
+		t.Fatalf("Set Failed after a failed attempt: %s", format(got))
+	}
+
+	// A never-claimed task can be failed too.
+	failedAt = h.clk.Advance(time.Second)
+	noErr(t, "Set Failed on not started", h.s.Set(h.ctx, 2, taskstore.Failed, 0))
+	if got := h.get(t, 2); got.State != taskstore.Failed || got.Attempts != 0 || got.Token != 0 ||
+		!got.FinishedAt.Equal(failedAt) || got.Error == "" {
+		t.Fatalf("Set Failed on not started: %s", format(got))
+	}
+	h.noTask(t, "all failed")
+
+	// Failed -> NotStarted retries it, keeping the last error until the retry ends.
+	noErr(t, "Set NotStarted on failed", h.s.Set(h.ctx, 0, taskstore.NotStarted, 0))
+	want.State, want.FinishedAt = taskstore.NotStarted, time.Time{}
+	checkTask(t, "after Set NotStarted on failed", h.get(t, 0), want)
+	if c := h.claimID(t, 0); c.Attempts != 2 || c.Error != want.Error {
+		t.Fatalf("claim after Set NotStarted on failed: %s", format(c))
 	}
 }
 
 func testSetErrors(t *testing.T, h *harness) {
 	h.create(t, false)
-	for _, st := range []taskstore.State{-1, 3, 100} {
+	for _, st := range []taskstore.State{-1, 4, 100} {
 		wantErr(t, fmt.Sprintf("Set invalid state %d", int(st)), h.s.Set(h.ctx, 0, st, lease), taskstore.ErrInvalidState)
 	}
-	if got := h.get(t, 0); got.State != taskstore.NotStarted {
-		t.Fatalf("invalid Set changed the task: %s", format(got))
-	}
-	for _, st := range []taskstore.State{taskstore.NotStarted, taskstore.InProgress, taskstore.Finished} {
+	checkTask(t, "after invalid Sets", h.get(t, 0), taskstore.Task{
+		ID: 0, State: taskstore.NotStarted, MaxAttempts: defMax, CreatedAt: start,
+	})
+	for _, st := range []taskstore.State{taskstore.NotStarted, taskstore.InProgress, taskstore.Finished, taskstore.Failed} {
 		wantErr(t, "Set unknown id to "+st.String(), h.s.Set(h.ctx, 1, st, lease), taskstore.ErrNotFound)
 	}
 	if _, err := h.s.Get(h.ctx, 1); !errors.Is(err, taskstore.ErrNotFound) {
@@ -465,9 +1111,13 @@ func testList(t *testing.T, h *harness) {
 	h.createN(t, 3)
 	h.create(t, true)
 	h.create(t, false)
+	h.createWith(t, taskstore.CreateParams{MaxAttempts: 1})
 	h.claimID(t, 0)
-	h.claimID(t, 1)
-	noErr(t, "Finish(1)", h.s.Finish(h.ctx, 1))
+	c := h.claimID(t, 1)
+	noErr(t, "Finish(1)", h.s.Finish(h.ctx, 1, c.Token))
+	noErr(t, "Set(4, Failed)", h.s.Set(h.ctx, 4, taskstore.Failed, 0))
+	noErr(t, "Set(5, InProgress)", h.s.Set(h.ctx, 5, taskstore.InProgress, lease/2))
+	h.clk.Advance(lease/2 + time.Second) // task 5 lapses on its only attempt
 
 	got := h.list(t)
 	want := []struct {
@@ -478,7 +1128,8 @@ func testList(t *testing.T, h *harness) {
 		{taskstore.Finished, false},
 		{taskstore.NotStarted, false},
 		{taskstore.NotStarted, true},
-		{taskstore.NotStarted, false},
+		{taskstore.Failed, false},
+		{taskstore.Failed, false},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("List yielded %d tasks, want %d", len(got), len(want))
@@ -527,6 +1178,9 @@ func testListEarlyStop(t *testing.T, h *harness) {
 			noErr(t, "Set inside List", h.s.Set(h.ctx, task.ID, taskstore.Finished, 0))
 		}
 	}
+	if got := h.get(t, 5); got.State != taskstore.Finished {
+		t.Fatalf("Set inside List did not take: %s", format(got))
+	}
 }
 
 func testListCanceledContext(t *testing.T, h *harness) {
@@ -554,7 +1208,7 @@ func testConcurrentCreate(t *testing.T, h *harness) {
 	for range workers {
 		wg.Go(func() {
 			for range per {
-				id, err := h.s.Create(h.ctx, false)
+				id, err := h.s.Create(h.ctx, taskstore.CreateParams{})
 				if err != nil {
 					t.Errorf("Create: %v", err)
 					return
@@ -588,7 +1242,7 @@ func testConcurrentCreate(t *testing.T, h *harness) {
 func testConcurrentClaim(t *testing.T, h *harness) {
 	const workers, tasks = 8, 200
 	h.createN(t, tasks)
-	claimed := make([][]int64, workers)
+	claimed := make([][]taskstore.Task, workers)
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Go(func() {
@@ -601,10 +1255,10 @@ func testConcurrentClaim(t *testing.T, h *harness) {
 					t.Errorf("Claim: %v", err)
 					return
 				}
-				if task.Attempts != 1 || task.State != taskstore.InProgress {
+				if task.Attempts != 1 || task.State != taskstore.InProgress || task.Token <= 0 {
 					t.Errorf("claimed %s", format(task))
 				}
-				claimed[w] = append(claimed[w], task.ID)
+				claimed[w] = append(claimed[w], task)
 			}
 		})
 	}
@@ -613,16 +1267,18 @@ func testConcurrentClaim(t *testing.T, h *harness) {
 		t.FailNow()
 	}
 	seen := make([]int, tasks)
-	for w, ids := range claimed {
+	tokens := make([]int64, tasks)
+	for w, got := range claimed {
 		// Each worker sees ids increasing: the queue is FIFO even under contention.
-		if !slices.IsSorted(ids) {
-			t.Errorf("worker %d claimed ids out of order: %v", w, ids)
+		if !slices.IsSortedFunc(got, func(a, b taskstore.Task) int { return cmp.Compare(a.ID, b.ID) }) {
+			t.Errorf("worker %d claimed ids out of order", w)
 		}
-		for _, id := range ids {
-			if id < 0 || id >= tasks {
-				t.Fatalf("claimed unknown id %d", id)
+		for _, task := range got {
+			if task.ID < 0 || task.ID >= tasks {
+				t.Fatalf("claimed unknown id %d", task.ID)
 			}
-			seen[id]++
+			seen[task.ID]++
+			tokens[task.ID] = task.Token
 		}
 	}
 	for id, n := range seen {
@@ -631,8 +1287,78 @@ func testConcurrentClaim(t *testing.T, h *harness) {
 		}
 	}
 	for _, task := range h.list(t) {
-		if task.State != taskstore.InProgress || task.Attempts != 1 {
-			t.Fatalf("after concurrent claims: %s", format(task))
+		if task.State != taskstore.InProgress || task.Attempts != 1 || task.Token != tokens[task.ID] {
+			t.Fatalf("after concurrent claims: %s, claimed with token %d", format(task), tokens[task.ID])
 		}
 	}
+}
+
+// testConcurrentFinishVsReclaim races late Finishes by holders whose leases lapsed against workers
+// claiming those tasks again: for every task exactly one side must win.
+func testConcurrentFinishVsReclaim(t *testing.T, h *harness) {
+	const tasks, claimers = 60, 4
+	h.createN(t, tasks)
+	old := make([]int64, tasks)
+	for i := range int64(tasks) {
+		old[i] = h.claimID(t, i).Token
+	}
+	h.clk.Advance(past)
+
+	finishErr := make([]error, tasks)
+	reclaimed := make([][]taskstore.Task, claimers)
+	var wg sync.WaitGroup
+	for i := range tasks {
+		wg.Go(func() { finishErr[i] = h.s.Finish(h.ctx, int64(i), old[i]) })
+	}
+	for w := range claimers {
+		wg.Go(func() {
+			for {
+				task, err := h.s.Claim(h.ctx, lease)
+				if errors.Is(err, taskstore.ErrNoTask) {
+					return
+				}
+				if err != nil {
+					t.Errorf("Claim: %v", err)
+					return
+				}
+				reclaimed[w] = append(reclaimed[w], task)
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	byID := make(map[int64]taskstore.Task)
+	for _, got := range reclaimed {
+		for _, task := range got {
+			if _, dup := byID[task.ID]; dup {
+				t.Fatalf("task %d reclaimed twice", task.ID)
+			}
+			byID[task.ID] = task
+		}
+	}
+	finished := 0
+	for i := range int64(tasks) {
+		got := h.get(t, i)
+		if re, ok := byID[i]; ok {
+			if !errors.Is(finishErr[i], taskstore.ErrStaleToken) {
+				t.Fatalf("task %d was reclaimed, yet the old holder's Finish returned %v", i, finishErr[i])
+			}
+			if re.Token <= old[i] || re.Attempts != 2 {
+				t.Fatalf("reclaim of task %d: %s, old token %d", i, format(re), old[i])
+			}
+			checkTask(t, "reclaimed task", got, re)
+			continue
+		}
+		if finishErr[i] != nil {
+			t.Fatalf("task %d was not reclaimed, yet the old holder's Finish returned %v", i, finishErr[i])
+		}
+		if got.State != taskstore.Finished || got.Token != old[i] || got.Attempts != 1 {
+			t.Fatalf("task %d finished by its old holder: %s", i, format(got))
+		}
+		finished++
+	}
+	t.Logf("%d of %d tasks finished late, %d reclaimed", finished, tasks, tasks-finished)
 }

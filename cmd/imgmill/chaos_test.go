@@ -1,0 +1,198 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"image"
+	"image/png"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/imgmill/imgmill/internal/backoff"
+	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/imageop"
+)
+
+// TestChaos runs the split deployment as real processes, submits 500 images through the frontend and the
+// master while every service in turn is killed with SIGKILL and restarted, and then checks that every
+// upload that was answered with an id is finished and pixel-correct, that no task is stuck, and that
+// every stored result was written by the claim that finished the task (no stale worker overwrote it).
+func TestChaos(t *testing.T) {
+	if testing.Short() {
+		t.Skip("chaos test is not run with -short")
+	}
+	const images = 500
+	d := newDeployment(t)
+	// Short leases and pending timeouts so crashed claims and uploads are recovered within the test;
+	// attempts enough that a task survives several crashes of the worker holding it.
+	d.dbArgs = []string{"--lease", "3s", "--pending-timeout", "4s", "--max-attempts", "10"}
+	d.startBackends()
+	workerFlags := []string{"--heartbeat", "500ms", "--drain", "2s", "--wait", "2s"}
+	d.startWorker("worker-1", workerFlags...)
+	d.startWorker("worker-2", workerFlags...)
+	d.startFrontend()
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	waitHealthy(t, ctx, d.hc, d.feAddr)
+
+	originals := make([]*image.NRGBA, images)
+	encoded := make([][]byte, images)
+	for i := range images {
+		originals[i] = imageop.TestPattern(8+i%33, int64(i))
+		var err error
+		if encoded[i], err = imageop.EncodePNG(originals[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	var (
+		mu       sync.Mutex
+		answered = map[int64]int{} // id -> image index
+		refused  atomic.Int64
+		next     atomic.Int64
+		wg       sync.WaitGroup
+	)
+	m := d.master()
+	for c := range 8 {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= images {
+					return
+				}
+				retry := backoff.Backoff{Min: 50 * time.Millisecond, Max: 500 * time.Millisecond}
+				for {
+					var id int64
+					var err error
+					if (i+c)%2 == 0 {
+						id, err = submitViaFrontend(ctx, d.hc, d.feAddr, encoded[i])
+					} else {
+						id, err = m.New(ctx, bytes.NewReader(encoded[i]), int64(len(encoded[i])))
+					}
+					if err == nil {
+						mu.Lock()
+						if prev, dup := answered[id]; dup {
+							t.Errorf("id %d answered for images %d and %d", id, prev, i)
+						}
+						answered[id] = i
+						mu.Unlock()
+						break
+					}
+					refused.Add(1)
+					if ctx.Err() != nil {
+						t.Errorf("image %d never accepted: %v", i, err)
+						return
+					}
+					backoff.Sleep(ctx, retry.Next())
+				}
+			}
+		})
+	}
+	submitted := make(chan struct{})
+	go func() { wg.Wait(); close(submitted) }()
+
+	// Kill every service in turn, at least one full round and until every image was accepted.
+	victims := []string{"worker-1", "master", "database", "storage", "kv", "frontend", "worker-2"}
+	kills := 0
+	rng := rand.New(rand.NewPCG(1, 2))
+chaos:
+	for round := 0; ; round++ {
+		for _, name := range victims {
+			if round > 0 && isDone(submitted) {
+				break chaos
+			}
+			time.Sleep(time.Duration(200+rng.IntN(600)) * time.Millisecond)
+			d.kill(name)
+			kills++
+			time.Sleep(time.Duration(50+rng.IntN(250)) * time.Millisecond)
+			if err := d.restart(name); err != nil {
+				t.Fatalf("restart %s: %v", name, err)
+			}
+		}
+	}
+	<-submitted
+	t.Logf("chaos: %d images accepted, %d refused attempts retried, %d kills", len(answered), refused.Load(), kills)
+	if len(answered) != images {
+		t.Fatalf("%d of %d images accepted", len(answered), images)
+	}
+
+	db, st := d.database(), d.storage()
+	for id, i := range answered {
+		var task client.Task
+		waitFor(t, ctx, fmt.Sprintf("task %d finished", id), func() bool {
+			var err error
+			task, err = db.GetByID(ctx, id)
+			if err == nil && task.State == client.StateFailed {
+				t.Fatalf("acknowledged task %d failed: %s", id, task.Error)
+			}
+			return err == nil && task.State == client.StateFinished
+		})
+		img, err := st.GetImage(ctx, id, client.Finished)
+		if err != nil {
+			t.Fatalf("finished image of task %d: %v", id, err)
+		}
+		result, err := png.Decode(img)
+		img.Close()
+		if err != nil {
+			t.Fatalf("decode result of task %d: %v", id, err)
+		}
+		if err := imageop.CheckSwapped(originals[i], result); err != nil {
+			t.Errorf("task %d: %v", id, err)
+		}
+		if img.Token != task.Token {
+			t.Errorf("task %d finished by token %d but its stored result was written by token %d", id, task.Token, img.Token)
+		}
+	}
+
+	// Nothing stuck: every task ends finished, or failed when its upload was never acknowledged.
+	waitFor(t, ctx, "no queued or processing tasks", func() bool {
+		tasks, err := listTasks(ctx, db)
+		if err != nil {
+			return false
+		}
+		for _, task := range tasks {
+			switch task.State {
+			case client.StateNotStarted, client.StateInProgress:
+				return false
+			case client.StateFailed:
+				if _, ok := answered[task.ID]; ok {
+					t.Fatalf("acknowledged task %d failed: %s", task.ID, task.Error)
+				}
+			}
+		}
+		return true
+	})
+}
+
+func isDone(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+func listTasks(ctx context.Context, db *client.Database) ([]client.Task, error) {
+	list, err := db.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var tasks []client.Task
+	sc := bufio.NewScanner(strings.NewReader(list))
+	for sc.Scan() {
+		var task client.Task
+		if err := json.Unmarshal(sc.Bytes(), &task); err != nil {
+			return nil, fmt.Errorf("list line %q: %w", sc.Text(), err)
+		}
+		tasks = append(tasks, task)
+	}
+	return tasks, sc.Err()
+}

@@ -1,0 +1,193 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"image"
+	"image/png"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/imgmill/imgmill/internal/imageop"
+)
+
+// TestSoak pushes many images through the split deployment and watches every service's open file
+// descriptors and resident memory, which must stay flat after warm-up (the reference design runs out of
+// file descriptors after about ten thousand images). It is its own command, too slow for every CI run:
+//
+//	IMGMILL_SOAK_IMAGES=50000 go test -run TestSoak -v -timeout 3h ./cmd/imgmill
+func TestSoak(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("IMGMILL_SOAK_IMAGES"))
+	if n <= 0 {
+		t.Skip("set IMGMILL_SOAK_IMAGES (e.g. 50000) to run the soak test")
+	}
+	const clients = 16
+	every := max(n/25, 500)
+	d := newDeployment(t)
+	d.startBackends()
+	d.startWorker("worker")
+	d.startFrontend()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Hour)
+	defer cancel()
+	waitHealthy(t, ctx, d.hc, d.feAddr)
+
+	// A fixed set of images, reused: the soak is about the services, not the generator.
+	const distinct = 64
+	originals := make([]*image.NRGBA, distinct)
+	encoded := make([][]byte, distinct)
+	for i := range distinct {
+		originals[i] = imageop.TestPattern(24+i%16, int64(i))
+		encoded[i], _ = imageop.EncodePNG(originals[i])
+	}
+
+	services := []string{"kv", "database", "storage", "master", "worker", "frontend"}
+	var samples [][]procUsage // one row per sample, one column per service
+	sample := func(done int) {
+		row := make([]procUsage, len(services))
+		line := fmt.Sprintf("%7d images", done)
+		for j, name := range services {
+			u, err := readUsage(d.pid(name))
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			row[j] = u
+			line += fmt.Sprintf(" | %s %3d fd %6.1f MiB", name, u.fds, float64(u.rssKiB)/1024)
+		}
+		samples = append(samples, row)
+		t.Log(line)
+	}
+	sample(0)
+
+	var done, next atomic.Int64
+	var sampleMu sync.Mutex
+	var wg sync.WaitGroup
+	m := d.master()
+	start := time.Now()
+	for c := range clients {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				k := i % distinct
+				var id int64
+				var err error
+				if c%2 == 0 {
+					id, err = submitViaFrontend(ctx, d.hc, d.feAddr, encoded[k])
+				} else {
+					id, err = m.New(ctx, bytes.NewReader(encoded[k]), int64(len(encoded[k])))
+				}
+				if err != nil {
+					t.Errorf("upload %d: %v", i, err)
+					cancel()
+					return
+				}
+				if err := waitReadyQuick(ctx, func() (bool, error) { return m.IsReady(ctx, id) }); err != nil {
+					t.Errorf("task %d: %v", id, err)
+					cancel()
+					return
+				}
+				img, err := m.Get(ctx, id)
+				if err != nil {
+					t.Errorf("get %d: %v", id, err)
+					cancel()
+					return
+				}
+				result, err := png.Decode(img)
+				img.Close()
+				if err == nil {
+					err = imageop.CheckSwapped(originals[k], result)
+				}
+				if err != nil {
+					t.Errorf("task %d: %v", id, err)
+					cancel()
+					return
+				}
+				if total := done.Add(1); total%int64(every) == 0 {
+					sampleMu.Lock()
+					sample(int(total))
+					sampleMu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	elapsed := time.Since(start)
+	t.Logf("%d images in %s (%.1f img/s)", n, elapsed.Round(time.Second), float64(n)/elapsed.Seconds())
+
+	// Flat after warm-up: the last sample within 10 % of the first one after the first fifth of the run.
+	// File descriptors are small counts that move with the connections in flight, so they also get a
+	// slack of 4.
+	if len(samples) < 6 {
+		t.Fatalf("only %d samples: run more images", len(samples))
+	}
+	base, last := samples[len(samples)/5], samples[len(samples)-1]
+	for j, name := range services {
+		if limit := max(base[j].fds*11/10, base[j].fds+4); last[j].fds > limit {
+			t.Errorf("%s: open file descriptors grew from %d to %d (limit %d)", name, base[j].fds, last[j].fds, limit)
+		}
+		if limit := base[j].rssKiB * 11 / 10; last[j].rssKiB > limit {
+			t.Errorf("%s: RSS grew from %d KiB to %d KiB (limit %d KiB)", name, base[j].rssKiB, last[j].rssKiB, limit)
+		}
+	}
+}
+
+// procUsage is what the soak test watches of one process.
+type procUsage struct {
+	fds    int
+	rssKiB int
+}
+
+func readUsage(pid int) (procUsage, error) {
+	if pid == 0 {
+		return procUsage{}, fmt.Errorf("not running")
+	}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return procUsage{}, err
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return procUsage{}, err
+	}
+	for line := range strings.Lines(string(status)) {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kib, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
+			if err != nil {
+				return procUsage{}, fmt.Errorf("VmRSS line %q: %w", line, err)
+			}
+			return procUsage{fds: len(fds), rssKiB: kib}, nil
+		}
+	}
+	return procUsage{}, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+}
+
+// waitReadyQuick polls quickly at first, then backs off to 20 ms.
+func waitReadyQuick(ctx context.Context, ready func() (bool, error)) error {
+	delay := 500 * time.Microsecond
+	for {
+		ok, err := ready()
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 20*time.Millisecond)
+	}
+}

@@ -1,0 +1,500 @@
+package client_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/servicetest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// wantAttempts is how many times the clients try a call whose failure is worth retrying.
+const wantAttempts = 4
+
+// serve starts an httptest server for h, closed when the test ends.
+func serve(t *testing.T, h http.HandlerFunc) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// deadAddr returns a loopback host:port on which nothing listens.
+func deadAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	if err := ln.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return addr
+}
+
+// countingEndpoint is a fixed address that counts how often it is asked for and forgotten.
+type countingEndpoint struct {
+	addr           string
+	asked, forgets atomic.Int64
+}
+
+func (e *countingEndpoint) Addr(context.Context) (string, error) {
+	e.asked.Add(1)
+	return e.addr, nil
+}
+
+func (e *countingEndpoint) Forget(addr string) {
+	if addr == e.addr {
+		e.forgets.Add(1)
+	}
+}
+
+// wantStatus checks that err is (or wraps) an *httpapi.Error with the given status.
+func wantStatus(t *testing.T, what string, err error, status int) {
+	t.Helper()
+	var e *httpapi.Error
+	if !errors.As(err, &e) || e.Status != status {
+		t.Errorf("%s: err = %v, want an *httpapi.Error with status %d", what, err, status)
+	}
+}
+
+// fakeDatabase answers GET /getById with a finished task of the asked id and POST /newTask with 42,
+// counting the requests it serves.
+func fakeDatabase(t *testing.T) (*httptest.Server, *atomic.Int64) {
+	t.Helper()
+	var served atomic.Int64
+	srv := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		served.Add(1)
+		switch {
+		case r.Method == http.MethodGet && r.URL.Path == "/getById":
+			httpapi.WriteText(w, http.StatusOK, `{"id":`+r.URL.Query().Get("id")+`,"state":2}`)
+		case r.Method == http.MethodPost && r.URL.Path == "/newTask":
+			httpapi.WriteText(w, http.StatusOK, "42")
+		default:
+			httpapi.WriteText(w, http.StatusNotFound, "Error: no endpoint "+r.URL.Path)
+		}
+	})
+	return srv, &served
+}
+
+// fakeKV answers GET /get?key=<key> with whatever addr holds ("" answers 404), counting the lookups.
+type fakeKV struct {
+	key     string
+	addr    atomic.Value // string
+	lookups atomic.Int64
+	srv     *httptest.Server
+}
+
+func newFakeKV(t *testing.T, key string) *fakeKV {
+	t.Helper()
+	kv := &fakeKV{key: key}
+	kv.addr.Store("")
+	kv.srv = serve(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || r.URL.Path != "/get" || r.URL.Query().Get("key") != kv.key {
+			httpapi.WriteText(w, http.StatusBadRequest, "Error: unexpected "+r.Method+" "+r.URL.String())
+			return
+		}
+		kv.lookups.Add(1)
+		addr := kv.addr.Load().(string)
+		if addr == "" {
+			httpapi.WriteText(w, http.StatusNotFound, "Error: no key "+kv.key)
+			return
+		}
+		httpapi.WriteText(w, http.StatusOK, addr)
+	})
+	return kv
+}
+
+func TestResolverLooksMovedPeerUpAgain(t *testing.T) {
+	ctx := t.Context()
+	hc := servicetest.NewHTTPClient(t)
+	kv := newFakeKV(t, client.DatabaseKey)
+	first, firstServed := fakeDatabase(t)
+	kv.addr.Store(servicetest.Addr(first.URL))
+	db := client.NewDatabase(hc, client.NewResolver(client.NewKV(hc, servicetest.Addr(kv.srv.URL)), client.DatabaseKey, time.Hour))
+
+	for range 2 {
+		if task, err := db.GetByID(ctx, 7); err != nil || task.ID != 7 || task.State != client.StateFinished {
+			t.Fatalf("GetByID(7) = %+v, %v; want task 7 finished", task, err)
+		}
+	}
+	if n := kv.lookups.Load(); n != 1 {
+		t.Errorf("%d kv lookups for two calls, want 1 (the address is cached)", n)
+	}
+	if n := firstServed.Load(); n != 2 {
+		t.Errorf("first database served %d requests, want 2", n)
+	}
+
+	// The database moves: the cached address stops answering, the kv store has the new one.
+	first.Close()
+	second, secondServed := fakeDatabase(t)
+	kv.addr.Store(servicetest.Addr(second.URL))
+	if task, err := db.GetByID(ctx, 8); err != nil || task.ID != 8 {
+		t.Fatalf("GetByID(8) after the move = %+v, %v; want task 8 from the new address", task, err)
+	}
+	if n := kv.lookups.Load(); n != 2 {
+		t.Errorf("%d kv lookups after the move, want 2 (one more, after the failed connection)", n)
+	}
+	if n := secondServed.Load(); n != 1 {
+		t.Errorf("new database served %d requests, want 1", n)
+	}
+
+	// A call that must not be repeated is still retried when the connection could not even be made.
+	// (Not when a kept-alive connection breaks under it: the peer may have acted on the request. So the
+	// pooled connections to the old address go first.)
+	second.Close()
+	hc.CloseIdleConnections()
+	third, thirdServed := fakeDatabase(t)
+	kv.addr.Store(servicetest.Addr(third.URL))
+	if id, err := db.NewTask(ctx, false, 0); err != nil || id != 42 {
+		t.Fatalf("NewTask after a second move = %d, %v; want 42", id, err)
+	}
+	if n := thirdServed.Load(); n != 1 {
+		t.Errorf("third database served %d requests, want exactly 1 /newTask", n)
+	}
+}
+
+func TestResolverPeerNotRegistered(t *testing.T) {
+	hc := servicetest.NewHTTPClient(t)
+	kv := newFakeKV(t, client.StorageKey) // holds no address
+	st := client.NewStorage(hc, client.NewResolver(client.NewKV(hc, servicetest.Addr(kv.srv.URL)), client.StorageKey, time.Hour))
+	_, err := st.GetImage(t.Context(), 1, client.Working)
+	wantStatus(t, "GetImage with no storage registered", err, http.StatusBadGateway)
+	if n := kv.lookups.Load(); n != wantAttempts {
+		t.Errorf("%d kv lookups, want %d (one per attempt)", n, wantAttempts)
+	}
+}
+
+// flaky answers the first failures requests with status and the rest with ok, counting them all.
+func flaky(t *testing.T, failures int64, status int, ok func(w http.ResponseWriter, r *http.Request)) (*httptest.Server, *atomic.Int64) {
+	t.Helper()
+	var seen atomic.Int64
+	srv := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		if seen.Add(1) <= failures {
+			httpapi.WriteText(w, status, "Error: "+http.StatusText(status))
+			return
+		}
+		ok(w, r)
+	})
+	return srv, &seen
+}
+
+func TestIdempotentCallRetriedOnGatewayErrors(t *testing.T) {
+	for _, status := range []int{http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout} {
+		t.Run(strconv.Itoa(status), func(t *testing.T) {
+			srv, seen := flaky(t, 2, status, func(w http.ResponseWriter, r *http.Request) {
+				httpapi.WriteText(w, http.StatusOK, `{"id":3,"state":1,"token":9}`)
+			})
+			db := client.NewDatabase(servicetest.NewHTTPClient(t), client.Static(servicetest.Addr(srv.URL)))
+			task, err := db.GetByID(t.Context(), 3)
+			if err != nil || task.ID != 3 || task.Token != 9 {
+				t.Fatalf("GetByID = %+v, %v; want task 3 after two %d answers", task, err, status)
+			}
+			if n := seen.Load(); n != 3 {
+				t.Errorf("%d requests, want 3", n)
+			}
+		})
+	}
+}
+
+func TestRetriesAreBounded(t *testing.T) {
+	srv, seen := flaky(t, 1000, http.StatusServiceUnavailable, nil)
+	db := client.NewDatabase(servicetest.NewHTTPClient(t), client.Static(servicetest.Addr(srv.URL)))
+	_, err := db.GetByID(t.Context(), 3)
+	wantStatus(t, "GetByID from a database that is always unavailable", err, http.StatusServiceUnavailable)
+	if n := seen.Load(); n != wantAttempts {
+		t.Errorf("%d requests, want %d", n, wantAttempts)
+	}
+}
+
+func TestNotRetried(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		status int
+		call   func(ctx context.Context, db *client.Database) error
+	}{
+		{"NewTask 503", http.StatusServiceUnavailable, func(ctx context.Context, db *client.Database) error {
+			_, err := db.NewTask(ctx, true, 0)
+			return err
+		}},
+		{"GetNewTask 503", http.StatusServiceUnavailable, func(ctx context.Context, db *client.Database) error {
+			_, err := db.GetNewTask(ctx, 0)
+			return err
+		}},
+		{"GetByID 500", http.StatusInternalServerError, func(ctx context.Context, db *client.Database) error {
+			_, err := db.GetByID(ctx, 1)
+			return err
+		}},
+		{"FinishTask 409", http.StatusConflict, func(ctx context.Context, db *client.Database) error {
+			return db.FinishTask(ctx, 1, 2)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv, seen := flaky(t, 1000, tc.status, nil)
+			db := client.NewDatabase(servicetest.NewHTTPClient(t), client.Static(servicetest.Addr(srv.URL)))
+			wantStatus(t, tc.name, tc.call(t.Context(), db), tc.status)
+			if n := seen.Load(); n != 1 {
+				t.Errorf("%d requests, want exactly 1 (no retry)", n)
+			}
+		})
+	}
+}
+
+func TestUnreachablePeer(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		call func(ctx context.Context, db *client.Database) error
+	}{
+		{"GetByID", func(ctx context.Context, db *client.Database) error {
+			_, err := db.GetByID(ctx, 1)
+			return err
+		}},
+		// Not idempotent, but a connection that was never made sent nothing.
+		{"NewTask", func(ctx context.Context, db *client.Database) error {
+			_, err := db.NewTask(ctx, false, 0)
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ep := &countingEndpoint{addr: deadAddr(t)}
+			db := client.NewDatabase(servicetest.NewHTTPClient(t), ep)
+			err := tc.call(t.Context(), db)
+			wantStatus(t, tc.name+" of a peer not listening", err, http.StatusBadGateway)
+			if n := ep.asked.Load(); n != wantAttempts {
+				t.Errorf("%d attempts, want %d", n, wantAttempts)
+			}
+			if n := ep.forgets.Load(); n != wantAttempts {
+				t.Errorf("address forgotten %d times, want after each of the %d failed connections", n, wantAttempts)
+			}
+		})
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// randomBytes returns n bytes that no truncation or reordering leaves equal.
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.NewChaCha8([32]byte{1, 2, 3}).Read(b) // never fails
+	return b
+}
+
+// bodyServer fails the first request with fail, then stores each body it reads (with the request's token
+// parameter) and answers "success".
+type bodyServer struct {
+	mu     sync.Mutex
+	seen   int
+	bodies [][]byte
+	errs   []error
+	tokens []string
+	srv    *httptest.Server
+}
+
+func newBodyServer(t *testing.T, fail func(t *testing.T, w http.ResponseWriter, r *http.Request)) *bodyServer {
+	t.Helper()
+	s := &bodyServer{}
+	s.srv = serve(t, func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		s.seen++
+		first := s.seen == 1
+		s.mu.Unlock()
+		if first {
+			fail(t, w, r)
+			return
+		}
+		b, err := io.ReadAll(r.Body)
+		s.mu.Lock()
+		s.bodies, s.errs = append(s.bodies, b), append(s.errs, err)
+		s.tokens = append(s.tokens, r.URL.Query().Get("token"))
+		s.mu.Unlock()
+		httpapi.WriteText(w, http.StatusOK, "success")
+	})
+	return s
+}
+
+func TestBodyReplayedOnRetry(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		size int
+		fail func(t *testing.T, w http.ResponseWriter, r *http.Request)
+	}{
+		{"connection dropped", 256 << 10, func(t *testing.T, w http.ResponseWriter, r *http.Request) {
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				t.Errorf("hijack: %v", err)
+				return
+			}
+			conn.Close()
+		}},
+		// A peer may refuse before it reads the body, while the client is still sending it. The body must
+		// be big enough for the abandoned attempt to still be sending when the retry starts.
+		{"503 before reading", 8 << 20, func(t *testing.T, w http.ResponseWriter, r *http.Request) {
+			httpapi.WriteText(w, http.StatusServiceUnavailable, "Error: busy")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newBodyServer(t, tc.fail)
+			data := randomBytes(tc.size)
+			st := client.NewStorage(servicetest.NewHTTPClient(t), client.Static(servicetest.Addr(s.srv.URL)))
+			r := bytes.NewReader(data)
+			if err := st.SendImage(t.Context(), 5, client.Working, r, int64(len(data))); err != nil {
+				t.Fatalf("SendImage: %v", err)
+			}
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if s.seen != 2 || len(s.bodies) != 1 {
+				t.Fatalf("%d requests, %d bodies read; want 2 requests, the second read", s.seen, len(s.bodies))
+			}
+			if s.errs[0] != nil || !bytes.Equal(s.bodies[0], data) {
+				t.Errorf("retried body: %d bytes (read error %v), want the %d bytes sent", len(s.bodies[0]), s.errs[0], len(data))
+			}
+		})
+	}
+}
+
+func TestResultBodyReplayedOnRetry(t *testing.T) {
+	// SendResult starts from where the reader is, and its token goes with every attempt.
+	var firstToken atomic.Value
+	s := newBodyServer(t, func(t *testing.T, w http.ResponseWriter, r *http.Request) {
+		firstToken.Store(r.URL.Query().Get("token"))
+		httpapi.WriteText(w, http.StatusBadGateway, "Error: storage unavailable")
+	})
+	data := randomBytes(100 << 10)
+	r := bytes.NewReader(data)
+	if _, err := r.Seek(10, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	st := client.NewStorage(servicetest.NewHTTPClient(t), client.Static(servicetest.Addr(s.srv.URL)))
+	if err := st.SendResult(t.Context(), 5, 17, r, int64(len(data)-10)); err != nil {
+		t.Fatalf("SendResult: %v", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.bodies) != 1 {
+		t.Fatalf("%d bodies read, want 1 (the retry's)", len(s.bodies))
+	}
+	if !bytes.Equal(s.bodies[0], data[10:]) {
+		t.Errorf("retried result body differs from the bytes after the reader's position")
+	}
+	if tok, _ := firstToken.Load().(string); tok != "17" || s.tokens[0] != "17" {
+		t.Errorf("token parameters %q then %q, want 17 both times", tok, s.tokens[0])
+	}
+}
+
+func TestUnreplayableBodyNotRetried(t *testing.T) {
+	var seen atomic.Int64
+	srv := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		seen.Add(1)
+		httpapi.WriteText(w, http.StatusServiceUnavailable, "Error: busy")
+	})
+	st := client.NewStorage(servicetest.NewHTTPClient(t), client.Static(servicetest.Addr(srv.URL)))
+	body := io.MultiReader(bytes.NewReader([]byte("not seekable")))
+	err := st.SendImage(t.Context(), 1, client.Working, body, -1)
+	wantStatus(t, "SendImage of a stream", err, http.StatusServiceUnavailable)
+	if n := seen.Load(); n != 1 {
+		t.Errorf("%d requests, want 1: a stream cannot be sent again", n)
+	}
+}
+
+func TestCancelStopsRetrying(t *testing.T) {
+	t.Run("during backoff", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		// The peer answers 503, and the caller gives up just after the answer arrived.
+		var seen atomic.Int64
+		hc := &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			seen.Add(1)
+			cancel()
+			return &http.Response{StatusCode: http.StatusServiceUnavailable, Header: http.Header{},
+				Body: io.NopCloser(strings.NewReader("Error: busy")), Request: r}, nil
+		})}
+		ep := &countingEndpoint{addr: "127.0.0.1:1"}
+		db := client.NewDatabase(hc, ep)
+		if _, err := db.GetByID(ctx, 1); err == nil {
+			t.Fatal("GetByID succeeded with a cancelled context")
+		}
+		if n, m := seen.Load(), ep.asked.Load(); n != 1 || m != 1 {
+			t.Errorf("%d requests, %d attempts; want 1 of each: no retry after the context ended", n, m)
+		}
+	})
+	t.Run("during a request", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		var seen atomic.Int64
+		arrived := make(chan struct{}, 10)
+		srv := serve(t, func(w http.ResponseWriter, r *http.Request) {
+			seen.Add(1)
+			arrived <- struct{}{}
+			<-r.Context().Done() // hang until the caller goes away
+		})
+		ep := &countingEndpoint{addr: servicetest.Addr(srv.URL)}
+		db := client.NewDatabase(servicetest.NewHTTPClient(t), ep)
+		go func() {
+			select {
+			case <-arrived:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		start := time.Now()
+		_, err := db.GetByID(ctx, 1)
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("GetByID = %v, want context.Canceled", err)
+		}
+		if el := time.Since(start); el > 5*time.Second {
+			t.Errorf("GetByID took %v to give up after its context was cancelled", el)
+		}
+		if n := seen.Load(); n != 1 {
+			t.Errorf("%d requests, want 1", n)
+		}
+		if n := ep.forgets.Load(); n != 0 {
+			t.Errorf("address forgotten %d times: a cancelled call says nothing about the peer", n)
+		}
+	})
+}
+
+func TestCheckHealth(t *testing.T) {
+	hc := servicetest.NewHTTPClient(t)
+	healthy := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && r.URL.Path == "/healthz" {
+			httpapi.Healthz().ServeHTTP(w, r)
+			return
+		}
+		httpapi.WriteText(w, http.StatusNotFound, "Error: no endpoint "+r.URL.Path)
+	})
+	if err := client.CheckHealth(t.Context(), hc, servicetest.Addr(healthy.URL)); err != nil {
+		t.Errorf("CheckHealth of a healthy service: %v", err)
+	}
+	var seen atomic.Int64
+	sick := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		seen.Add(1)
+		httpapi.WriteText(w, http.StatusInternalServerError, "Error: internal error")
+	})
+	wantStatus(t, "CheckHealth of a failing service", client.CheckHealth(t.Context(), hc, servicetest.Addr(sick.URL)), http.StatusInternalServerError)
+	if n := seen.Load(); n != 1 {
+		t.Errorf("%d health probes of a service answering 500, want 1", n)
+	}
+	wantStatus(t, "CheckHealth of nothing", client.CheckHealth(t.Context(), hc, deadAddr(t)), http.StatusBadGateway)
+}
