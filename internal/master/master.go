@@ -78,12 +78,17 @@ func uploadError(err error) error {
 	return fmt.Errorf("store image: %w", err)
 }
 
-func (s *server) handleIsReady(w http.ResponseWriter, r *http.Request) error {
+// task reads the task named by the id parameter.
+func (s *server) task(r *http.Request) (client.Task, error) {
 	id, err := httpapi.QueryID(r, "id")
 	if err != nil {
-		return err
+		return client.Task{}, err
 	}
-	t, err := s.db.GetByID(r.Context(), id)
+	return s.db.GetByID(r.Context(), id)
+}
+
+func (s *server) handleIsReady(w http.ResponseWriter, r *http.Request) error {
+	t, err := s.task(r)
 	if err != nil {
 		return err
 	}
@@ -125,11 +130,7 @@ func (s *server) handleGet(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) error {
-	id, err := httpapi.QueryID(r, "id")
-	if err != nil {
-		return err
-	}
-	t, err := s.db.GetByID(r.Context(), id)
+	t, err := s.task(r)
 	if err != nil {
 		return err
 	}
