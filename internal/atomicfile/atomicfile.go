@@ -1,10 +1,16 @@
 // Package atomicfile writes files so that a crash at any moment leaves either the old file or the complete
 // new one: write to a temporary file in the same directory, fsync it, rename it over the target, fsync the
 // directory.
+//
+// Write does it in one call. Create, Fill, Sync and Commit do it in steps, for a caller that works on the
+// temporary file before publishing it (sets extended attributes on it) or checks something before the
+// rename; Abort discards it. The temporary file is named "." + the target's base name + ".tmp-" + random
+// digits, which a reader of the directory can use to remove what a crash left behind.
 package atomicfile
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -13,39 +19,116 @@ import (
 
 // Write streams r into path atomically and durably and returns the number of bytes written. The
 // directory must exist. When r fails or ctx ends, the target is left untouched.
-func Write(ctx context.Context, path string, r io.Reader) (n int64, err error) {
+func Write(ctx context.Context, path string, r io.Reader) (int64, error) {
+	t, err := Create(path)
+	if err != nil {
+		return 0, err
+	}
+	defer t.Abort()
+	n, err := t.Fill(ctx, r)
+	if err != nil {
+		return n, err
+	}
+	return n, t.Commit()
+}
+
+// errFinished is the error of using a Temp after Commit or Abort.
+var errFinished = errors.New("atomicfile: temporary file already committed or aborted")
+
+// Temp is a temporary file beside its target that Commit publishes at the target and Abort discards. Use
+// it from one goroutine at a time, and defer Abort right after Create: it removes the file on every path
+// where Commit was not reached or failed, and does nothing after a successful Commit.
+type Temp struct {
+	f        *os.File
+	path     string // the target
+	dir      string // its directory
+	closed   bool   // f is closed (by Sync or Abort)
+	synced   bool   // f was fsynced and closed without error
+	finished bool   // renamed over path, or removed: the temporary name is no longer ours
+}
+
+// Create creates an empty temporary file in path's directory, which must exist.
+func Create(path string) (*Temp, error) {
 	dir, base := filepath.Split(path)
 	if dir == "" {
 		dir = "."
 	}
-	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
 	if err != nil {
-		return 0, fmt.Errorf("create temp file: %w", err)
+		return nil, fmt.Errorf("create temporary file: %w", err)
 	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	n, err = io.Copy(tmp, contextReader{ctx, r})
+	return &Temp{f: f, path: path, dir: dir}, nil
+}
+
+// File returns the open temporary file, to set attributes on before Sync. Writes should go through Fill;
+// the file must not be closed or renamed by the caller.
+func (t *Temp) File() *os.File { return t.f }
+
+// Fill appends r to the temporary file until r ends, r fails or ctx ends, and returns the number of bytes
+// written.
+func (t *Temp) Fill(ctx context.Context, r io.Reader) (int64, error) {
+	if t.closed || t.finished {
+		return 0, errFinished
+	}
+	n, err := io.Copy(t.f, contextReader{ctx, r})
 	if err != nil {
-		return n, fmt.Errorf("write %s: %w", base, err)
-	}
-	if err = tmp.Sync(); err != nil {
-		return n, fmt.Errorf("sync %s: %w", base, err)
-	}
-	if err = tmp.Close(); err != nil {
-		return n, fmt.Errorf("close %s: %w", base, err)
-	}
-	if err = os.Rename(tmp.Name(), path); err != nil {
-		return n, fmt.Errorf("rename %s: %w", base, err)
-	}
-	if err = SyncDir(dir); err != nil {
-		return n, err
+		return n, fmt.Errorf("write %s: %w", t.base(), err)
 	}
 	return n, nil
 }
+
+// Sync fsyncs and closes the temporary file, making its content and attributes durable; after it, File
+// must not be used. Commit calls it when it has not been called; calling it first lets the fsync happen
+// before the caller takes whatever lock guards its Commit. It does nothing the second time.
+func (t *Temp) Sync() error {
+	if t.synced {
+		return nil
+	}
+	if t.closed || t.finished {
+		return errFinished
+	}
+	if err := t.f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", t.base(), err)
+	}
+	t.closed = true // whatever Close returns: a closed file cannot be closed again
+	if err := t.f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", t.base(), err)
+	}
+	t.synced = true
+	return nil
+}
+
+// Commit syncs the temporary file (unless Sync did), renames it over the target and fsyncs the directory.
+// When the rename fails, the temporary file is left for Abort to remove; once the rename has been done,
+// the error can only be the directory's fsync, and the new content is at the target.
+func (t *Temp) Commit() error {
+	if t.finished {
+		return errFinished
+	}
+	if err := t.Sync(); err != nil {
+		return err
+	}
+	if err := os.Rename(t.f.Name(), t.path); err != nil {
+		return fmt.Errorf("rename %s: %w", t.base(), err)
+	}
+	t.finished = true
+	return SyncDir(t.dir)
+}
+
+// Abort closes and removes the temporary file unless Commit renamed it. It is safe to call more than once
+// and after Commit.
+func (t *Temp) Abort() {
+	if !t.closed {
+		t.closed = true
+		t.f.Close()
+	}
+	if !t.finished {
+		t.finished = true
+		os.Remove(t.f.Name())
+	}
+}
+
+func (t *Temp) base() string { return filepath.Base(t.path) }
 
 // SyncDir fsyncs a directory so that a rename or a new entry in it is durable.
 func SyncDir(dir string) error {

@@ -41,8 +41,8 @@ import (
 	"github.com/imgmill/imgmill/internal/blobstore"
 )
 
-// tempPattern matches the temporary files of Puts (and of Open's check for extended attributes). Keys
-// cannot start with '.', so no key maps to one.
+// tempPattern matches the temporary files of Puts (atomicfile names them "."+base+".tmp-"+digits) and of
+// Open's check for extended attributes. Keys cannot start with '.', so no key maps to one.
 const tempPattern = ".*.tmp-*"
 
 // Store is a file system blob store. It is safe for concurrent use.
@@ -125,12 +125,27 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, fe
 		// copy so that the temporary file is discarded instead of published.
 		r = &exactReader{r: r, remaining: size}
 	}
-	tmp, n, err := writeTemp(ctx, path, r, fence)
+	tmp, err := atomicfile.Create(path)
+	if err != nil {
+		return 0, fmt.Errorf("fileblob: put %s: %w", key, err)
+	}
+	// Removes the temporary file on every failure; nothing once it has been renamed over the blob.
+	defer tmp.Abort()
+	n, err := tmp.Fill(ctx, r)
 	if err != nil {
 		return n, fmt.Errorf("fileblob: put %s: %w", key, err)
 	}
+	if fence != 0 {
+		if err := setFence(tmp.File(), fence); err != nil {
+			return n, fmt.Errorf("fileblob: put %s: %w", key, err)
+		}
+	}
+	// One fsync makes the content and the fence attribute (inode metadata) durable. It closes the file
+	// too, and happens here, before the key's lock is taken.
+	if err := tmp.Sync(); err != nil {
+		return n, fmt.Errorf("fileblob: put %s: %w", key, err)
+	}
 	if err := s.replace(ctx, key, tmp, path, fence); err != nil {
-		os.Remove(tmp)
 		if errors.Is(err, syscall.EISDIR) || errors.Is(err, syscall.EEXIST) || errors.Is(err, syscall.ENOTEMPTY) {
 			return n, fmt.Errorf("fileblob: put %s: the key is a prefix of other keys: %w", key, err)
 		}
@@ -139,42 +154,10 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, fe
 	return n, nil
 }
 
-// writeTemp streams r into a new temporary file beside path, records fence on it, and fsyncs and closes
-// it. It returns the file's name; on failure it leaves no file behind.
-func writeTemp(ctx context.Context, path string, r io.Reader, fence int64) (name string, n int64, err error) {
-	dir, base := filepath.Split(path)
-	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
-	if err != nil {
-		return "", 0, fmt.Errorf("create temporary file: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	n, err = io.Copy(f, contextReader{ctx, r})
-	if err != nil {
-		return "", n, fmt.Errorf("write: %w", err)
-	}
-	if fence != 0 {
-		if err = setFence(f, fence); err != nil {
-			return "", n, err
-		}
-	}
-	// One fsync makes the content and the fence attribute (inode metadata) durable.
-	if err = f.Sync(); err != nil {
-		return "", n, fmt.Errorf("sync: %w", err)
-	}
-	if err = f.Close(); err != nil {
-		return "", n, fmt.Errorf("close: %w", err)
-	}
-	return f.Name(), n, nil
-}
-
-// replace renames tmp, written with fence, over path unless the blob there has a larger fence, and makes
-// the rename durable. The key's lock makes the check and the rename one step for other Puts and Deletes.
-func (s *Store) replace(ctx context.Context, key, tmp, path string, fence int64) error {
+// replace renames tmp, written and synced with fence, over path unless the blob there has a larger fence,
+// and makes the rename durable. The key's lock makes the check and the rename one step for other Puts and
+// Deletes.
+func (s *Store) replace(ctx context.Context, key string, tmp *atomicfile.Temp, path string, fence int64) error {
 	unlock := s.keys.lock(key)
 	defer unlock()
 	if err := ctx.Err(); err != nil {
@@ -189,11 +172,9 @@ func (s *Store) replace(ctx context.Context, key, tmp, path string, fence int64)
 			return fmt.Errorf("%w (stored blob has fence %d, this write %d)", blobstore.ErrStaleFence, stored, fence)
 		}
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("rename: %w", err)
-	}
-	// Under the lock, so that a Put that saw this blob's fence saw a durable one.
-	return atomicfile.SyncDir(filepath.Dir(path))
+	// The rename and the directory fsync, under the lock so that a Put that saw this blob's fence saw a
+	// durable one.
+	return tmp.Commit()
 }
 
 // Open implements blobstore.Store.
@@ -346,19 +327,6 @@ func (k *keyLocks) lock(key string) (unlock func()) {
 		}
 		k.mu.Unlock()
 	}
-}
-
-// contextReader stops a long copy when the context ends (a client that went away mid-upload).
-type contextReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c contextReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // errSizeMismatch reports a stream whose length differs from the size given to Put.
