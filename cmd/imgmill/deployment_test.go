@@ -54,6 +54,9 @@ type deployment struct {
 	hc     *http.Client
 	// dbArgs are extra flags for the database (lease, attempts, ...).
 	dbArgs []string
+	// token, when set, is the shared secret every service gets through IMGMILL_TOKEN (and that hc must
+	// then send: see newTokenDeployment).
+	token string
 
 	mu       sync.Mutex
 	procs    map[string]*proc
@@ -106,6 +109,9 @@ func (d *deployment) start(name string, args ...string) error {
 	}
 	cmd := exec.Command(exe, args...)
 	cmd.Env = append(os.Environ(), childEnv+"=1", "IMGMILL_LOG_LEVEL=warn")
+	if d.token != "" {
+		cmd.Env = append(cmd.Env, "IMGMILL_TOKEN="+d.token)
+	}
 	d.mu.Lock()
 	log := d.logs[name]
 	if log == nil {
@@ -204,14 +210,15 @@ func (d *deployment) startWorker(name string, extra ...string) {
 
 func (d *deployment) startFrontend() {
 	d.t.Helper()
-	d.mustStart("frontend", "frontend", "--addr", d.feAddr, "--kv", d.kvAddr)
+	// No upload rate limit: the tests' many clients all upload from loopback.
+	d.mustStart("frontend", "frontend", "--addr", d.feAddr, "--kv", d.kvAddr, "--upload-rate", "0")
 }
 
 func (d *deployment) waitReady() {
 	d.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := allinone.WaitReady(ctx, d.kvAddr); err != nil {
+	if err := allinone.WaitReady(ctx, d.kvAddr, httpapi.WithToken(d.token)); err != nil {
 		d.t.Fatal(err)
 	}
 }

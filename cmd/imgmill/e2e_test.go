@@ -3,12 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"image"
 	"image/png"
 	"io"
 	"mime/multipart"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,8 +18,10 @@ import (
 
 	"github.com/imgmill/imgmill/internal/allinone"
 	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/frontend"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
+	"github.com/imgmill/imgmill/internal/publicid"
 	"github.com/imgmill/imgmill/internal/servicetest"
 )
 
@@ -31,10 +35,12 @@ func TestEndToEndSplitDeployment(t *testing.T) {
 	waitHealthy(t, ctx, d.hc, d.feAddr)
 
 	m := d.master()
+	// An upload through the master has an internal id (id); one through the frontend only the opaque
+	// public id the frontend answered (pub), which is all its user ever sees.
 	type upload struct {
 		id   int64
+		pub  string
 		orig *image.NRGBA
-		via  string
 	}
 	var uploads []upload
 	for i := range 12 {
@@ -43,43 +49,55 @@ func TestEndToEndSplitDeployment(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var id int64
-		via := "master"
+		u := upload{orig: orig}
 		if i%2 == 0 {
-			id, err = m.New(ctx, bytes.NewReader(data), int64(len(data)))
+			u.id, err = m.New(ctx, bytes.NewReader(data), int64(len(data)))
 		} else {
-			via = "frontend"
-			id, err = submitViaFrontend(ctx, d.hc, d.feAddr, data)
+			u.pub, err = submitViaFrontend(ctx, d.hc, d.feAddr, data)
 		}
 		if err != nil {
-			t.Fatalf("upload %d via %s: %v", i, via, err)
+			t.Fatalf("upload %d: %v", i, err)
 		}
-		uploads = append(uploads, upload{id, orig, via})
+		uploads = append(uploads, u)
 	}
-	seen := map[int64]bool{}
+	seen, seenPub := map[int64]bool{}, map[string]bool{}
 	for _, u := range uploads {
+		// Poll and download through the same entry point the image came in by, as a user would.
+		if u.pub != "" {
+			if seenPub[u.pub] {
+				t.Fatalf("public id %s answered twice", u.pub)
+			}
+			seenPub[u.pub] = true
+			waitFor(t, ctx, fmt.Sprintf("task %s ready at the frontend", u.pub), func() bool {
+				ready, _ := frontendReady(ctx, d.hc, d.feAddr, u.pub)
+				return ready
+			})
+			result := fetchPNG(t, ctx, d.hc, "http://"+d.feAddr+"/getImage?id="+u.pub)
+			if err := imageop.CheckSwapped(u.orig, result); err != nil {
+				t.Errorf("task %s, result from the frontend: %v", u.pub, err)
+			}
+			if st, err := frontendStatus(ctx, d.hc, d.feAddr, u.pub); err != nil || st.ID != u.pub || st.State != "finished" {
+				t.Errorf("frontend /status of %s: %+v, %v; want finished under the public id", u.pub, st, err)
+			}
+			continue
+		}
 		if seen[u.id] {
 			t.Fatalf("id %d answered twice", u.id)
 		}
 		seen[u.id] = true
-		// Poll through the same entry point the image came in by, as a user would.
-		if u.via == "frontend" {
-			waitFor(t, ctx, fmt.Sprintf("task %d ready at the frontend", u.id), func() bool {
-				body, _ := getText(ctx, d.hc, "http://"+d.feAddr+"/isReady?id="+strconv.FormatInt(u.id, 10))
-				return body == "Your image is ready."
-			})
-		} else {
-			waitFor(t, ctx, fmt.Sprintf("task %d ready at the master", u.id), func() bool {
-				ready, _ := m.IsReady(ctx, u.id)
-				return ready
-			})
-		}
-		result := fetchPNG(t, ctx, d.hc, "http://"+d.feAddr+"/getImage?id="+strconv.FormatInt(u.id, 10))
-		if err := imageop.CheckSwapped(u.orig, result); err != nil {
-			t.Errorf("task %d via %s, result from the frontend: %v", u.id, u.via, err)
-		}
+		waitFor(t, ctx, fmt.Sprintf("task %d ready at the master", u.id), func() bool {
+			ready, _ := m.IsReady(ctx, u.id)
+			return ready
+		})
 		if err := imageop.CheckSwapped(u.orig, fetchFromMaster(t, ctx, m, u.id)); err != nil {
 			t.Errorf("task %d from master /get: %v", u.id, err)
+		}
+		// The frontend does not know internal ids: counting gets nothing.
+		for _, path := range []string{"/isReady", "/getImage", "/status"} {
+			r, err := servicetest.Send(ctx, d.hc, http.MethodGet, "http://"+d.feAddr+path+"?id="+strconv.FormatInt(u.id, 10), nil)
+			if err != nil || r.Status != http.StatusNotFound || r.Body != "Error: no such task" {
+				t.Errorf("frontend %s?id=%d: %d %q (%v), want 404 \"Error: no such task\"", path, u.id, r.Status, r.Body, err)
+			}
 		}
 	}
 
@@ -138,30 +156,63 @@ func TestEndToEndKill9LosesNothing(t *testing.T) {
 	}
 }
 
-func submitViaFrontend(ctx context.Context, hc *http.Client, addr string, data []byte) (int64, error) {
+// submitViaFrontend uploads data through the frontend's /submitTask and returns the public id answered,
+// an opaque string.
+func submitViaFrontend(ctx context.Context, hc *http.Client, addr string, data []byte) (string, error) {
 	var body bytes.Buffer
 	mw := multipart.NewWriter(&body)
 	fw, err := mw.CreateFormFile("uploadfile", "image.png")
 	if err != nil {
-		return 0, err
+		return "", err
 	}
 	fw.Write(data)
 	mw.Close()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/submitTask", &body)
 	if err != nil {
-		return 0, err
+		return "", err
 	}
 	req.Header.Set("Content-Type", mw.FormDataContentType())
 	resp, err := hc.Do(req)
 	if err != nil {
-		return 0, err
+		return "", err
 	}
 	defer resp.Body.Close()
 	reply, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("submitTask: %d %s", resp.StatusCode, reply)
+		return "", fmt.Errorf("submitTask: %d %s", resp.StatusCode, reply)
 	}
-	return strconv.ParseInt(string(reply), 10, 64)
+	if !publicid.WellFormed(string(reply)) {
+		return "", fmt.Errorf("submitTask answered %q, not a public id", reply)
+	}
+	return string(reply), nil
+}
+
+// frontendReady asks the frontend whether the task with public id pub is ready.
+func frontendReady(ctx context.Context, hc *http.Client, addr, pub string) (bool, error) {
+	r, err := servicetest.Send(ctx, hc, http.MethodGet, "http://"+addr+"/isReady?id="+url.QueryEscape(pub), nil)
+	if err != nil {
+		return false, err
+	}
+	if r.Status != http.StatusOK {
+		return false, fmt.Errorf("frontend /isReady: %d %s", r.Status, r.Body)
+	}
+	return r.Body == "Your image is ready.", nil
+}
+
+// frontendStatus returns the frontend's /status of the task with public id pub.
+func frontendStatus(ctx context.Context, hc *http.Client, addr, pub string) (frontend.Status, error) {
+	r, err := servicetest.Send(ctx, hc, http.MethodGet, "http://"+addr+"/status?id="+url.QueryEscape(pub), nil)
+	if err != nil {
+		return frontend.Status{}, err
+	}
+	if r.Status != http.StatusOK {
+		return frontend.Status{}, fmt.Errorf("frontend /status: %d %s", r.Status, r.Body)
+	}
+	var st frontend.Status
+	if err := json.Unmarshal([]byte(r.Body), &st); err != nil {
+		return frontend.Status{}, fmt.Errorf("frontend /status %q: %w", r.Body, err)
+	}
+	return st, nil
 }
 
 func getText(ctx context.Context, hc *http.Client, url string) (string, error) {
@@ -180,21 +231,33 @@ func getText(ctx context.Context, hc *http.Client, url string) (string, error) {
 
 func fetchPNG(t *testing.T, ctx context.Context, hc *http.Client, url string) image.Image {
 	t.Helper()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	img, err := getPNG(ctx, hc, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// getPNG downloads and decodes the PNG image at url (safe from any goroutine).
+func getPNG(ctx context.Context, hc *http.Client, url string) (image.Image, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
+		return nil, fmt.Errorf("GET %s: %w", url, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "image/png" {
 		b, _ := io.ReadAll(resp.Body)
-		t.Fatalf("GET %s: %d %s %q", url, resp.StatusCode, resp.Header.Get("Content-Type"), b)
+		return nil, fmt.Errorf("GET %s: %d %s %q", url, resp.StatusCode, resp.Header.Get("Content-Type"), b)
 	}
 	img, err := png.Decode(resp.Body)
 	if err != nil {
-		t.Fatalf("decode %s: %v", url, err)
+		return nil, fmt.Errorf("decode %s: %w", url, err)
 	}
-	return img
+	return img, nil
 }
 
 func fetchFromMaster(t *testing.T, ctx context.Context, m *client.Master, id int64) image.Image {
@@ -249,15 +312,15 @@ func TestServeAllInOne(t *testing.T) {
 	waitHealthy(t, readyCtx, hc, addrs[0])
 	orig := imageop.TestPattern(40, 7)
 	data, _ := imageop.EncodePNG(orig)
-	id, err := submitViaFrontend(readyCtx, hc, addrs[0], data)
+	pub, err := submitViaFrontend(readyCtx, hc, addrs[0], data)
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, readyCtx, "ready", func() bool {
-		body, _ := getText(readyCtx, hc, "http://"+addrs[0]+"/isReady?id="+strconv.FormatInt(id, 10))
-		return body == "Your image is ready."
+		ready, _ := frontendReady(readyCtx, hc, addrs[0], pub)
+		return ready
 	})
-	if err := imageop.CheckSwapped(orig, fetchPNG(t, readyCtx, hc, "http://"+addrs[0]+"/getImage?id="+strconv.FormatInt(id, 10))); err != nil {
+	if err := imageop.CheckSwapped(orig, fetchPNG(t, readyCtx, hc, "http://"+addrs[0]+"/getImage?id="+pub)); err != nil {
 		t.Error(err)
 	}
 	page, err := getText(readyCtx, hc, "http://"+addrs[0]+"/")

@@ -17,8 +17,10 @@ import (
 	"github.com/imgmill/imgmill/internal/database"
 	"github.com/imgmill/imgmill/internal/frontend"
 	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/kvservice"
 	"github.com/imgmill/imgmill/internal/master"
+	"github.com/imgmill/imgmill/internal/publicid"
 	"github.com/imgmill/imgmill/internal/storage"
 	"github.com/imgmill/imgmill/internal/taskstore"
 	"github.com/imgmill/imgmill/internal/worker"
@@ -167,6 +169,106 @@ func (f *flags) advertise() *string {
 	return f.String("advertise", "", "address registered in the kv store for others to dial (default: the listen address, loopback for :port)")
 }
 
+// token defines --token, the shared secret of the internal services.
+func (f *flags) token() *string {
+	t := &tokenValue{}
+	f.Var(t, "token", "shared secret: kv, database, storage and master require it as \"Authorization: Bearer <token>\" and imgmill's own clients send it; "+
+		"set the same one on every service (prefer the variable: a command line is visible to other users)")
+	return &t.token
+}
+
+// insecure defines --insecure, which lets an internal service listen on a non-loopback address without
+// a token.
+func (f *flags) insecure() *bool {
+	return f.Bool("insecure", false, "listen on a non-loopback address without --token (only on a network you trust; logs a warning)")
+}
+
+// tokenValue is the --token flag: checked when set, and never printed.
+type tokenValue struct{ token string }
+
+func (t *tokenValue) String() string { return "" }
+
+func (t *tokenValue) Set(s string) error {
+	if err := httpapi.CheckToken(s); err != nil {
+		return err
+	}
+	t.token = s
+	return nil
+}
+
+// frontendFlags defines the public frontend's flags: the public id secret and the upload limits
+// (--max-upload is the frontend command's own).
+func (f *flags) frontendFlags() (*secretValue, *frontend.Options) {
+	secret, opts := &secretValue{}, &frontend.Options{}
+	f.Var(secret, "secret", "public id secret: base64 of at least 32 random bytes (openssl rand -base64 32), the same on every frontend; "+
+		"default: the one shared in the kv store under "+frontend.SecretKey+", created there if missing (prefer the variable: a command line is visible to other users)")
+	f.Float64Var(&opts.UploadRate, "upload-rate", frontend.DefaultUploadRate, "uploads per second allowed per client address, sustained (0: no limit)")
+	f.IntVar(&opts.UploadBurst, "upload-burst", frontend.DefaultUploadBurst, "uploads a client address may make at once")
+	f.BoolVar(&opts.TrustProxy, "trust-proxy", false, "take the client address from the last X-Forwarded-For entry (only behind a reverse proxy that sets it)")
+	return secret, opts
+}
+
+// checkFrontend checks the frontend's limits after parsing.
+func checkFrontend(opts *frontend.Options) error {
+	if opts.UploadRate < 0 || opts.UploadBurst < 1 || opts.MaxUpload < 0 {
+		return fmt.Errorf("%w: --upload-rate must be >= 0, --upload-burst >= 1 and --max-upload >= 0", errUsage)
+	}
+	return nil
+}
+
+// secretValue is the --secret flag: decoded when set, and never printed.
+type secretValue struct{ secret []byte }
+
+func (s *secretValue) String() string { return "" }
+
+func (s *secretValue) Set(text string) error {
+	b, err := publicid.ParseSecret(text)
+	if err != nil {
+		return err
+	}
+	s.secret = b
+	return nil
+}
+
+// limits defines the master's limit flags (0: no limit); check them with checkMasterLimits after parsing.
+func (f *flags) limits() *master.Limits {
+	l := &master.Limits{}
+	f.Int64Var(&l.MaxUpload, "max-upload", master.DefaultMaxUpload, "largest accepted upload in bytes (0: no limit)")
+	f.IntVar(&l.MaxDimension, "max-dimension", master.DefaultMaxDimension, "largest accepted image width or height in pixels, read from its header (0: no limit)")
+	f.maxPixels(&l.MaxPixels)
+	f.Int64Var(&l.MaxQueued, "max-queued", master.DefaultMaxQueued, "refuse uploads (503, Retry-After) while this many tasks are queued (0: no cap)")
+	return l
+}
+
+// maxPixels defines --max-pixels, the largest image (width × height) the master accepts and a worker
+// decodes.
+func (f *flags) maxPixels(p *int64) {
+	f.Int64Var(p, "max-pixels", imageop.DefaultMaxPixels, "largest image in pixels, width × height, read from its header before decoding (0: no limit)")
+}
+
+// checkLimits refuses negative limits and turns 0 ("no limit" on the command line) into master.NoLimit.
+func checkLimits(limits ...*int64) error {
+	for _, l := range limits {
+		switch {
+		case *l < 0:
+			return fmt.Errorf("%w: the --max-* limits must be >= 0 (0: no limit), got %d", errUsage, *l)
+		case *l == 0:
+			*l = master.NoLimit
+		}
+	}
+	return nil
+}
+
+// checkMasterLimits is checkLimits for all of l.
+func checkMasterLimits(l *master.Limits) error {
+	dim := int64(l.MaxDimension)
+	if err := checkLimits(&l.MaxUpload, &dim, &l.MaxPixels, &l.MaxQueued); err != nil {
+		return err
+	}
+	l.MaxDimension = int(dim)
+	return nil
+}
+
 // policy defines the task lifecycle flags of the database.
 func (f *flags) policy() *database.Policy {
 	p := &database.Policy{}
@@ -195,23 +297,36 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	maA := f.String("master-addr", allinone.DefaultMasterAddr, "master listen address")
 	wcfg := f.workerConfig()
 	policy := f.policy()
+	limits := f.limits() // --max-pixels is the worker's limit too
+	token, insecure := f.token(), f.insecure()
+	secret, feOpts := f.frontendFlags()
 	if err := f.parse(args); err != nil {
 		return err
 	}
+	if err := checkFrontend(feOpts); err != nil {
+		return err
+	}
+	if err := checkMasterLimits(limits); err != nil {
+		return err
+	}
+	wcfg.MaxPixels = limits.MaxPixels
+	feOpts.MaxUpload = limits.MaxUpload // the frontend refuses what the master would
 	logger := f.logger("")
 	logger.Info("imgmill serve starting", "data", *data, "frontend", *front)
 	return allinone.Run(ctx, allinone.Config{DataDir: *data, KVAddr: *kvA, DatabaseAddr: *dbA, StorageAddr: *stA,
-		MasterAddr: *maA, Frontend: *front, Worker: *wcfg, Policy: *policy, Logger: logger})
+		MasterAddr: *maA, Frontend: *front, Worker: *wcfg, Policy: *policy, Logger: logger, Token: *token, Insecure: *insecure,
+		FrontendSecret: secret.secret, FrontendOptions: *feOpts, Limits: *limits})
 }
 
 func runKV(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "kv", "Runs the key-value store (reference API: /set, /get, /remove, /list).")
 	addr := f.addr(allinone.DefaultKVAddr)
 	data := f.dataDir()
+	token, insecure := f.token(), f.insecure()
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	return kvservice.Run(ctx, kvservice.Config{Addr: *addr, DataDir: *data, Logger: f.logger("kv")})
+	return kvservice.Run(ctx, kvservice.Config{Addr: *addr, DataDir: *data, Logger: f.logger("kv"), Token: *token, Insecure: *insecure})
 }
 
 func runDatabase(ctx context.Context, e *env, args []string) error {
@@ -220,47 +335,59 @@ func runDatabase(ctx context.Context, e *env, args []string) error {
 	kvA, data, adv := f.kvAddr(), f.dataDir(), f.advertise()
 	policy := f.policy()
 	pendingTimeout := f.Duration("pending-timeout", database.DefaultPendingTimeout, "how long an upload may take before its unfinished task is given up")
+	token, insecure := f.token(), f.insecure()
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	hc := httpapi.NewClient()
+	hc := httpapi.NewClient(httpapi.WithToken(*token))
 	return database.Run(ctx, database.Config{Addr: *addr, Advertise: *adv, KV: client.NewKV(hc, *kvA),
-		DataDir: *data, Policy: *policy, PendingTimeout: *pendingTimeout, Logger: f.logger("database")})
+		DataDir: *data, Policy: *policy, PendingTimeout: *pendingTimeout, Logger: f.logger("database"),
+		Token: *token, Insecure: *insecure})
 }
 
 func runStorage(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "storage", "Runs the image storage (reference API: /sendImage, /getImage).")
 	addr := f.addr(allinone.DefaultStorageAddr)
 	kvA, data, adv := f.kvAddr(), f.dataDir(), f.advertise()
+	token, insecure := f.token(), f.insecure()
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	hc := httpapi.NewClient()
+	hc := httpapi.NewClient(httpapi.WithToken(*token))
 	return storage.Run(ctx, storage.Config{Addr: *addr, Advertise: *adv, KV: client.NewKV(hc, *kvA),
-		DataDir: *data, Logger: f.logger("storage")})
+		DataDir: *data, Logger: f.logger("storage"), Token: *token, Insecure: *insecure})
 }
 
 func runMaster(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "master", "Runs the master (reference API: /new, /isReady, /get, /getNewTask, /registerTaskFinished).")
 	addr := f.addr(allinone.DefaultMasterAddr)
 	kvA, adv := f.kvAddr(), f.advertise()
-	maxUpload := f.Int64("max-upload", master.DefaultMaxUpload, "largest accepted upload in bytes")
+	token, insecure := f.token(), f.insecure()
+	limits := f.limits()
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	hc := httpapi.NewClient()
+	if err := checkMasterLimits(limits); err != nil {
+		return err
+	}
+	hc := httpapi.NewClient(httpapi.WithToken(*token))
 	return master.Run(ctx, master.Config{Addr: *addr, Advertise: *adv, KV: client.NewKV(hc, *kvA), HTTP: hc,
-		MaxUpload: *maxUpload, Logger: f.logger("master")})
+		Limits: *limits, Logger: f.logger("master"), Token: *token, Insecure: *insecure})
 }
 
 func runWorker(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "worker", "Runs worker loops: claim a task at the master, process its image, store the result.")
 	kvA := f.kvAddr()
 	cfg := f.workerConfig()
+	f.maxPixels(&cfg.MaxPixels)
+	token := f.token()
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	hc := httpapi.NewClient()
+	if err := checkLimits(&cfg.MaxPixels); err != nil {
+		return err
+	}
+	hc := httpapi.NewClient(httpapi.WithToken(*token))
 	cfg.Master, cfg.Storage = worker.NewClients(hc, client.NewKV(hc, *kvA))
 	cfg.Logger = f.logger("worker")
 	return worker.Run(ctx, *cfg)
@@ -270,11 +397,21 @@ func runFrontend(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "frontend", "Runs the public web frontend (upload page, /submitTask, /isReady, /getImage).")
 	addr := f.addr(allinone.DefaultFrontendAddr)
 	kvA := f.kvAddr()
+	token := f.token() // sent to kv and master; the frontend itself is public
+	secret, opts := f.frontendFlags()
+	f.Int64Var(&opts.MaxUpload, "max-upload", frontend.DefaultMaxUpload, "largest accepted image in bytes, best the master's --max-upload (0: no limit at the frontend)")
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	hc := httpapi.NewClient()
-	return frontend.Run(ctx, frontend.Config{Addr: *addr, KV: client.NewKV(hc, *kvA), HTTP: hc, Logger: f.logger("frontend")})
+	if err := checkFrontend(opts); err != nil {
+		return err
+	}
+	if opts.MaxUpload == 0 {
+		opts.MaxUpload = master.NoLimit
+	}
+	hc := httpapi.NewClient(httpapi.WithToken(*token))
+	return frontend.Run(ctx, frontend.Config{Addr: *addr, KV: client.NewKV(hc, *kvA), HTTP: hc, Logger: f.logger("frontend"),
+		Secret: secret.secret, Options: *opts})
 }
 
 func runBench(ctx context.Context, e *env, args []string) error {
@@ -285,12 +422,13 @@ func runBench(ctx context.Context, e *env, args []string) error {
 	clients := f.Int("clients", 16, "concurrent clients")
 	conc := f.Int("concurrency", runtime.NumCPU(), "worker loops of the in-process pipeline")
 	timeout := f.Duration("timeout", 30*time.Minute, "give up after this long")
+	token := f.token()
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	_, err := bench.Run(ctx, bench.Config{Master: *masterURL, Size: *size, N: *n, Clients: *clients,
-		Concurrency: *conc, Out: e.stdout, Logger: f.logger("bench")})
+		Concurrency: *conc, Out: e.stdout, Logger: f.logger("bench"), Token: *token})
 	return err
 }

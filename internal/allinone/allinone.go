@@ -38,6 +38,16 @@ type Config struct {
 	Worker                                                  worker.Config // Master, Storage and Logger are filled in
 	Policy                                                  database.Policy
 	Logger                                                  *slog.Logger
+	// Limits are the master's (zero fields: the defaults); the worker's pixel limit is Worker.MaxPixels.
+	Limits master.Limits
+	// Token, when set, is the shared secret of kv, database, storage and master: they require it and every
+	// service sends it. Insecure lets them listen on non-loopback addresses without one (see service.Spec).
+	Token    string
+	Insecure bool
+	// FrontendSecret is the frontend's public id secret (nil: the one shared in the kv store), and
+	// FrontendOptions its limits on the public.
+	FrontendSecret  []byte
+	FrontendOptions frontend.Options
 }
 
 func (c *Config) setDefaults() {
@@ -55,7 +65,7 @@ func (c *Config) setDefaults() {
 // Run runs the six services until ctx ends or one fails.
 func Run(ctx context.Context, cfg Config) error {
 	cfg.setDefaults()
-	hc := httpapi.NewClient()
+	hc := httpapi.NewClient(httpapi.WithToken(cfg.Token))
 	defer hc.CloseIdleConnections()
 	kv := client.NewKV(hc, cfg.KVAddr)
 	log := func(name string) *slog.Logger { return cfg.Logger.With("service", name) }
@@ -64,22 +74,27 @@ func Run(ctx context.Context, cfg Config) error {
 	wcfg.Logger = log("worker")
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		return kvservice.Run(ctx, kvservice.Config{Addr: cfg.KVAddr, DataDir: cfg.DataDir, Logger: log("kv")})
+		return kvservice.Run(ctx, kvservice.Config{Addr: cfg.KVAddr, DataDir: cfg.DataDir, Logger: log("kv"),
+			Token: cfg.Token, Insecure: cfg.Insecure})
 	})
 	g.Go(func() error {
-		return database.Run(ctx, database.Config{Addr: cfg.DatabaseAddr, KV: kv, DataDir: cfg.DataDir, Policy: cfg.Policy, Logger: log("database")})
+		return database.Run(ctx, database.Config{Addr: cfg.DatabaseAddr, KV: kv, DataDir: cfg.DataDir, Policy: cfg.Policy, Logger: log("database"),
+			Token: cfg.Token, Insecure: cfg.Insecure})
 	})
 	g.Go(func() error {
-		return storage.Run(ctx, storage.Config{Addr: cfg.StorageAddr, KV: kv, DataDir: cfg.DataDir, Logger: log("storage")})
+		return storage.Run(ctx, storage.Config{Addr: cfg.StorageAddr, KV: kv, DataDir: cfg.DataDir, Logger: log("storage"),
+			Token: cfg.Token, Insecure: cfg.Insecure})
 	})
 	g.Go(func() error {
-		return master.Run(ctx, master.Config{Addr: cfg.MasterAddr, KV: kv, HTTP: hc, Logger: log("master")})
+		return master.Run(ctx, master.Config{Addr: cfg.MasterAddr, KV: kv, HTTP: hc, Logger: log("master"),
+			Token: cfg.Token, Insecure: cfg.Insecure, Limits: cfg.Limits})
 	})
 	g.Go(func() error {
 		return worker.Run(ctx, wcfg)
 	})
 	g.Go(func() error {
-		return frontend.Run(ctx, frontend.Config{Addr: cfg.Frontend, KV: kv, HTTP: hc, Logger: log("frontend")})
+		return frontend.Run(ctx, frontend.Config{Addr: cfg.Frontend, KV: kv, HTTP: hc, Logger: log("frontend"),
+			Secret: cfg.FrontendSecret, Options: cfg.FrontendOptions})
 	})
 	if err := g.Wait(); err != nil {
 		return fmt.Errorf("imgmill serve: %w", err)
@@ -88,9 +103,9 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 // WaitReady waits until the database, storage and master have registered in the kv store at kvAddr and
-// each answers its health check.
-func WaitReady(ctx context.Context, kvAddr string) error {
-	hc := httpapi.NewClient()
+// each answers its health check. opts configure its client (httpapi.WithToken when kv requires a token).
+func WaitReady(ctx context.Context, kvAddr string, opts ...httpapi.ClientOption) error {
+	hc := httpapi.NewClient(opts...)
 	defer hc.CloseIdleConnections()
 	kv := client.NewKV(hc, kvAddr)
 	for {

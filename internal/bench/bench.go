@@ -37,6 +37,7 @@ type Config struct {
 	Concurrency int    // worker loops of the in-process pipeline
 	Out         io.Writer
 	Logger      *slog.Logger
+	Token       string // the shared secret sent to the master, and required by the in-process pipeline
 }
 
 // Result is what one run measured.
@@ -83,7 +84,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	fmt.Fprintf(cfg.Out, "imgmill bench: %d PNGs of %dx%d px (%s avg), %d clients, %s, %d CPUs\n",
 		cfg.N, cfg.Size, cfg.Size, byteSize(avgLen(encoded)), cfg.Clients, where, runtime.NumCPU())
 
-	hc := httpapi.NewClient()
+	hc := httpapi.NewClient(httpapi.WithToken(cfg.Token))
 	defer hc.CloseIdleConnections()
 	m := client.NewMaster(hc, client.Static(masterAddr))
 
@@ -147,7 +148,8 @@ func startPipeline(ctx context.Context, cfg Config) (stop func(), masterAddr str
 	quiet := slog.New(levelFilter{logger.Handler(), slog.LevelWarn})
 	go func() {
 		done <- allinone.Run(ctx, allinone.Config{DataDir: dir, KVAddr: addrs[0], DatabaseAddr: addrs[1], StorageAddr: addrs[2],
-			MasterAddr: addrs[3], Frontend: addrs[4], Worker: worker.Config{Concurrency: cfg.Concurrency}, Logger: quiet})
+			MasterAddr: addrs[3], Frontend: addrs[4], Worker: worker.Config{Concurrency: cfg.Concurrency}, Logger: quiet,
+			Token: cfg.Token})
 	}()
 	stop = func() {
 		cancel()
@@ -156,7 +158,7 @@ func startPipeline(ctx context.Context, cfg Config) (stop func(), masterAddr str
 	}
 	readyCtx, readyCancel := context.WithTimeout(ctx, 30*time.Second)
 	defer readyCancel()
-	if err := allinone.WaitReady(readyCtx, addrs[0]); err != nil {
+	if err := allinone.WaitReady(readyCtx, addrs[0], httpapi.WithToken(cfg.Token)); err != nil {
 		stop()
 		return nil, "", err
 	}

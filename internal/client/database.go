@@ -85,6 +85,27 @@ func (c *Database) SetByID(ctx context.Context, t Task) error {
 		body: bytes.NewReader(body), size: int64(len(body)), idempotent: true}))
 }
 
+// Stats is the database's GET /stats answer: how many tasks are in each state.
+type Stats struct {
+	Queued     int64 `json:"queued"` // not started, uploads in progress included
+	Processing int64 `json:"processing"`
+	Finished   int64 `json:"finished"`
+	Failed     int64 `json:"failed"`
+}
+
+// Stats returns how many tasks are in each state.
+func (c *Database) Stats(ctx context.Context) (Stats, error) {
+	reply, err := c.p.sendText(ctx, call{method: http.MethodGet, path: "/stats", idempotent: true})
+	if err != nil {
+		return Stats{}, err
+	}
+	var s Stats
+	if err := json.Unmarshal([]byte(reply), &s); err != nil {
+		return Stats{}, fmt.Errorf("stats reply %q: %w", truncate(reply), err)
+	}
+	return s, nil
+}
+
 // List returns the reference listing, one task per line.
 func (c *Database) List(ctx context.Context) (string, error) {
 	return c.p.sendText(ctx, call{method: http.MethodGet, path: "/list", idempotent: true})

@@ -172,6 +172,16 @@ func (s *server) handleList(w http.ResponseWriter, r *http.Request) error {
 	return bw.Flush()
 }
 
+// handleStats answers how many tasks are in each state, as JSON with the states in words.
+func (s *server) handleStats(w http.ResponseWriter, r *http.Request) error {
+	c, err := s.store.Counts(r.Context())
+	if err != nil {
+		return fmt.Errorf("count tasks: %w", err)
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, client.Stats{Queued: c.Queued, Processing: c.Processing,
+		Finished: c.Finished, Failed: c.Failed})
+}
+
 func writeTask(w http.ResponseWriter, t taskstore.Task) error {
 	return httpapi.WriteJSON(w, http.StatusOK, wireTask(t))
 }
@@ -344,6 +354,10 @@ type Config struct {
 	Policy         Policy
 	PendingTimeout time.Duration // default DefaultPendingTimeout
 	Logger         *slog.Logger
+	// Token, when set, is the shared secret every request must carry (Authorization: Bearer); Insecure
+	// lets the service listen on a non-loopback address without one. See service.Spec.
+	Token    string
+	Insecure bool
 }
 
 // Run serves the database service on the embedded SQLite store under DataDir until ctx ends, registered
@@ -364,6 +378,7 @@ func Run(ctx context.Context, cfg Config) error {
 	return service.Run(ctx, service.Spec{
 		Addr: cfg.Addr, Handler: NewServer(store, cfg.Policy, ctx.Done()), Logger: cfg.Logger,
 		RegisterAs: client.DatabaseKey, KV: cfg.KV, Advertise: cfg.Advertise,
+		Token: cfg.Token, Internal: true, Insecure: cfg.Insecure,
 		Background: []func(context.Context) error{func(ctx context.Context) error {
 			expirePending(ctx, store, pendingTimeout, cfg.Logger)
 			return nil

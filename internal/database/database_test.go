@@ -593,6 +593,7 @@ func TestPlumbing(t *testing.T) {
 		{Method: "GET", Path: "/activateTask", Status: 405, Body: "Error: method GET not allowed on /activateTask", Allow: "POST"},
 		{Method: "POST", Path: "/getById", Status: 405, Body: "Error: method POST not allowed on /getById", Allow: "GET, HEAD"},
 		{Method: "POST", Path: "/list", Status: 405, Body: "Error: method POST not allowed on /list", Allow: "GET, HEAD"},
+		{Method: "POST", Path: "/stats", Status: 405, Body: "Error: method POST not allowed on /stats", Allow: "GET, HEAD"},
 	})
 	servicetest.CheckEchoesRequestID(t, db.c, "POST", db.url+"/newTask", "db-req-9")
 }
@@ -1070,4 +1071,41 @@ func TestActivateExpiredPending(t *testing.T) {
 	db.expect("POST", "/activateTask", idQuery(fresh), "", 200, "success")
 	db.claim(fresh)
 	db.expectNoTask()
+}
+
+// expectStats checks GET /stats: exactly the four counts, in this order, as JSON.
+func (s *dbServer) expectStats(what string, queued, processing, finished, failed int) {
+	s.t.Helper()
+	r := s.call("GET", "/stats", nil, "")
+	want := fmt.Sprintf(`{"queued":%d,"processing":%d,"finished":%d,"failed":%d}`, queued, processing, finished, failed)
+	if r.Status != 200 || r.Body != want {
+		s.t.Errorf("%s: GET /stats = %d %q, want 200 %s", what, r.Status, r.Body, want)
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "application/json" {
+		s.t.Errorf("%s: GET /stats Content-Type %q, want application/json", what, ct)
+	}
+}
+
+func TestStats(t *testing.T) {
+	db := newDBPolicy(t, database.Policy{Lease: shortLease, MaxAttempts: 1})
+	db.expectStats("empty", 0, 0, 0, 0)
+	for range 4 {
+		db.newTask(false) // 0 to 3
+	}
+	pending := db.newTask(true) // 4: an upload in progress counts as queued
+	db.expectStats("created", 5, 0, 0, 0)
+
+	tk := db.claim(0)
+	db.expect("POST", "/finishTask", tokenQuery(0, tk.Token), "", 200, "success")
+	tk = db.claim(1)
+	wantTask(t, db.call("POST", "/failTask", failQuery(tk, "cannot decode image", true), ""), 1, 3)
+	db.claim(2)
+	db.expectStats("claimed", 2, 1, 1, 1)
+	// Task 2's lease lapses on its only attempt: failed, though nothing has touched it since.
+	time.Sleep(2 * shortLease)
+	db.expectStats("lapsed", 2, 0, 1, 2)
+
+	db.expect("POST", "/activateTask", idQuery(pending), "", 200, "success")
+	db.expectStats("activated", 2, 0, 1, 2)
+	db.expect("GET", "/stats", url.Values{"ignored": {"x"}}, "", 200, `{"queued":2,"processing":0,"finished":1,"failed":2}`)
 }

@@ -17,5 +17,6 @@ func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("POST /releaseTask", httpapi.HandlerFunc(s.handleReleaseTask))
 	mux.Handle("POST /setById", httpapi.HandlerFunc(s.handleSetByID))
 	mux.Handle("GET /list", httpapi.HandlerFunc(s.handleList))
+	mux.Handle("GET /stats", httpapi.HandlerFunc(s.handleStats))
 	mux.Handle("GET /healthz", httpapi.Healthz())
 }

@@ -1,20 +1,33 @@
 // Package frontend is the public web frontend: the upload page and the reference paths (/submitTask,
-// /isReady, /getImage), in front of the master.
+// /isReady, /getImage, and /status), in front of the master.
+//
+// It is the only service meant to face the public, so it shows and accepts only opaque public ids
+// (package publicid), never the master's sequential ones: a number that can be counted would let anyone
+// read everybody's images. It also limits each client's upload rate and upload size, and sets strict
+// security headers on every reply.
 package frontend
 
 import (
 	"context"
+	"crypto/sha256"
 	_ "embed"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/master"
+	"github.com/imgmill/imgmill/internal/publicid"
 	"github.com/imgmill/imgmill/internal/service"
 )
 
@@ -24,35 +37,113 @@ var indexHTML []byte
 // UploadField is the reference multipart field that carries the file.
 const UploadField = "uploadfile"
 
-// NewServer returns the frontend's handler in front of m.
-func NewServer(m *client.Master) http.Handler {
-	mux := httpapi.NewMux()
-	addRoutes(mux, &server{master: m})
-	return mux
+// Defaults of Options (and of the frontend's flags).
+const (
+	DefaultUploadRate  = 5  // uploads per second per client, sustained
+	DefaultUploadBurst = 20 // uploads per client at once
+	DefaultMaxUpload   = master.DefaultMaxUpload
+)
+
+// formOverhead is what a multipart body may carry beyond the image itself (boundaries, part headers,
+// small extra fields) before the frontend refuses it as too large.
+const formOverhead = 64 << 10
+
+// Options are the frontend's limits on the public.
+type Options struct {
+	// UploadRate is the sustained rate of POST /submitTask allowed per client address, per second, and
+	// UploadBurst how many it may make at once (at least 1); UploadRate 0 turns the limit off.
+	UploadRate  float64
+	UploadBurst int
+	// MaxUpload is the largest image accepted, in bytes; 0 means DefaultMaxUpload, a negative value no
+	// limit (master.NoLimit). The master enforces its own limit as well.
+	MaxUpload int64
+	// TrustProxy takes the client address from the last X-Forwarded-For entry, the one added by a
+	// reverse proxy in front, instead of from the connection. Only for a frontend that is reachable
+	// through that proxy alone: otherwise anyone can pick their address.
+	TrustProxy bool
 }
 
-type server struct{ master *client.Master }
+// NewServer returns the frontend's handler in front of m, showing task ids as ids' public ids.
+func NewServer(m *client.Master, ids *publicid.Codec, opts Options) http.Handler {
+	if opts.MaxUpload == 0 {
+		opts.MaxUpload = DefaultMaxUpload
+	}
+	s := &server{master: m, ids: ids, opts: opts}
+	if opts.UploadRate > 0 {
+		s.limiter = newUploadLimiter(opts.UploadRate, opts.UploadBurst, maxBuckets, time.Now)
+	}
+	mux := httpapi.NewMux()
+	addRoutes(mux, s)
+	return securityHeaders(mux)
+}
+
+type server struct {
+	master  *client.Master
+	ids     *publicid.Codec
+	opts    Options
+	limiter *uploadLimiter // nil: no rate limit
+}
+
+// securityHeaders sets the headers every frontend reply carries: no content sniffing, no framing, no
+// referrer leaving the site (a public id in a URL is a capability).
+func securityHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("Referrer-Policy", "no-referrer")
+		next.ServeHTTP(w, r)
+	})
+}
+
+// indexCSP is the upload page's Content-Security-Policy: nothing but the page itself, no script at all,
+// its one inline style block allowed by its hash, forms posting only to this site, no framing.
+var indexCSP = func() string {
+	_, rest, _ := strings.Cut(string(indexHTML), "<style>")
+	style, _, _ := strings.Cut(rest, "</style>")
+	sum := sha256.Sum256([]byte(style))
+	return "default-src 'self'; script-src 'none'; style-src 'sha256-" + base64.StdEncoding.EncodeToString(sum[:]) +
+		"'; img-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+}()
 
 func (s *server) handleIndex() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
 		h.Set("Content-Type", "text/html; charset=utf-8")
-		h.Set("Content-Security-Policy", "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'none'; frame-ancestors 'none'")
-		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("Content-Security-Policy", indexCSP)
 		w.Write(indexHTML)
 	})
 }
 
 // handleSubmitTask streams the uploadfile part of a multipart form to the master, never holding the
-// whole file, and answers the id.
+// whole file, and answers the task's public id.
 func (s *server) handleSubmitTask(w http.ResponseWriter, r *http.Request) error {
+	if s.limiter != nil {
+		if wait, ok := s.limiter.allow(clientKey(r, s.opts.TrustProxy)); !ok {
+			secs := retryAfterSeconds(wait)
+			w.Header().Set("Retry-After", strconv.Itoa(secs))
+			return httpapi.Errorf(http.StatusTooManyRequests, "too many uploads, retry in %ds", secs)
+		}
+	}
+	limit := s.opts.MaxUpload // < 0: none
+	tooLarge := httpapi.Errorf(http.StatusRequestEntityTooLarge, "image larger than %d bytes", limit)
+	body := &cappedReader{r: r.Body, limit: -1}
+	if limit >= 0 {
+		if r.ContentLength > limit+formOverhead {
+			return tooLarge
+		}
+		body.r = http.MaxBytesReader(w, r.Body, limit+formOverhead)
+	}
+	r.Body = body
 	mr, err := r.MultipartReader()
 	if err != nil {
 		return httpapi.Errorf(http.StatusBadRequest, "expected a multipart/form-data upload with the file in field %q", UploadField)
 	}
 	for {
 		part, err := mr.NextPart()
+		if body.hit.Load() {
+			return tooLarge
+		}
 		if errors.Is(err, io.EOF) {
 			return httpapi.Errorf(http.StatusBadRequest, "no file in field %q", UploadField)
 		}
@@ -63,56 +154,199 @@ func (s *server) handleSubmitTask(w http.ResponseWriter, r *http.Request) error 
 			part.Close()
 			continue
 		}
-		id, err := s.master.New(r.Context(), part, -1)
-		part.Close()
+		file := &cappedReader{r: part, limit: limit}
+		lent := &lentReader{r: file}
+		id, err := s.master.New(r.Context(), lent, -1)
+		lent.takeBack()
+		if file.hit.Load() || body.hit.Load() {
+			// The upload was cut short here; the master gives up the unfinished task by itself.
+			return tooLarge
+		}
 		if err != nil {
 			return err
 		}
-		httpapi.WriteText(w, http.StatusOK, strconv.FormatInt(id, 10))
+		httpapi.WriteText(w, http.StatusOK, s.ids.Encode(id))
 		return nil
 	}
 }
 
+// retryAfterSeconds is wait in whole seconds, rounded up, at least 1.
+func retryAfterSeconds(wait time.Duration) int {
+	return max(1, int((wait+time.Second-1)/time.Second))
+}
+
+// cappedReader reads r and fails once more than limit bytes came through (limit < 0: no limit of its
+// own), remembering that it did, or that r failed with *http.MaxBytesError. The flag is atomic: the
+// transport reads an upload's body on its own goroutine.
+type cappedReader struct {
+	r     io.Reader
+	limit int64
+	n     int64
+	hit   atomic.Bool
+}
+
+func (c *cappedReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		c.hit.Store(true)
+	}
+	if c.limit >= 0 && c.n > c.limit {
+		c.hit.Store(true)
+		return n, &http.MaxBytesError{Limit: c.limit}
+	}
+	return n, err
+}
+
+func (c *cappedReader) Close() error {
+	if rc, ok := c.r.(io.Closer); ok {
+		return rc.Close()
+	}
+	return nil
+}
+
+// lentReader lends r to the HTTP transport sending an upload. The transport may still be reading a
+// request body after the call returned (when the master answered before it read everything: a refusal
+// by the image header), so the part must not be touched again, nor the request body under it, before
+// takeBack: it waits for a read under way to end, and every later read fails.
+type lentReader struct {
+	mu    sync.Mutex
+	r     io.Reader
+	taken bool
+}
+
+var errTakenBack = errors.New("upload body no longer available")
+
+func (l *lentReader) Read(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.taken {
+		return 0, errTakenBack
+	}
+	return l.r.Read(p)
+}
+
+func (l *lentReader) takeBack() {
+	l.mu.Lock()
+	l.taken = true
+	l.mu.Unlock()
+}
+
+// errNoSuchTask answers every id that names no task, whether it is malformed, forged, made with another
+// secret, or genuine but unknown to the master: they are not told apart.
+var errNoSuchTask = &httpapi.Error{Status: http.StatusNotFound, Msg: "no such task"}
+
+// task decodes the public id in the id parameter. Anything that is not a genuine public id is refused
+// here, by its form or its tag, without a call to the master.
+func (s *server) task(r *http.Request) (id int64, public string, err error) {
+	public = r.URL.Query().Get("id")
+	if public == "" {
+		return 0, "", httpapi.Errorf(http.StatusBadRequest, "missing id parameter")
+	}
+	id, err = s.ids.Decode(public)
+	if err != nil {
+		return 0, "", errNoSuchTask
+	}
+	return id, public, nil
+}
+
+// publicError rewrites the master's refusal about task id for the public: its messages name internal
+// ids (and storage's, passed on, may too), which the frontend never shows. Failures of the master
+// itself (5xx) pass unchanged: they name services, not tasks.
+func publicError(err error, id int64) error {
+	var e *httpapi.Error
+	if !errors.As(err, &e) || e.Status >= 500 {
+		return err
+	}
+	switch {
+	case strings.HasPrefix(e.Msg, "no task with id "):
+		return errNoSuchTask
+	case e.Msg == fmt.Sprintf("task %d is not finished", id):
+		return httpapi.Errorf(http.StatusNotFound, "task is not finished")
+	case strings.HasPrefix(e.Msg, fmt.Sprintf("task %d failed: ", id)):
+		return httpapi.Errorf(http.StatusNotFound, "task failed: %s", publicReason(strings.TrimPrefix(e.Msg, fmt.Sprintf("task %d failed: ", id))))
+	}
+	return &httpapi.Error{Status: e.Status, Msg: "the task's image is not available"}
+}
+
+// publicReasons are the failure reasons shown to the public as they are; any other reason (a worker's
+// error text may name internal ids, addresses, paths) is shown as "processing failed".
+var publicReasons = []string{imageop.ErrDecode.Error(), "upload never completed", "lease lapsed on attempt "}
+
+func publicReason(reason string) string {
+	for _, p := range publicReasons {
+		if strings.HasPrefix(reason, p) {
+			return reason
+		}
+	}
+	return "processing failed"
+}
+
 func (s *server) handleIsReady(w http.ResponseWriter, r *http.Request) error {
-	id, err := httpapi.QueryID(r, "id")
+	id, _, err := s.task(r)
 	if err != nil {
 		return err
 	}
 	ready, err := s.master.IsReady(r.Context(), id)
 	if err != nil {
-		return err
+		return publicError(err, id)
 	}
 	answer := "Your image is not ready yet."
 	if ready {
 		answer = "Your image is ready."
 	}
+	w.Header().Set("Cache-Control", "no-store")
 	httpapi.WriteText(w, http.StatusOK, answer)
 	return nil
 }
 
+// Status is the frontend's /status answer: the master's, with the public id and a public failure reason.
+type Status struct {
+	ID          string    `json:"id"`
+	State       string    `json:"state"` // queued, processing, finished or failed
+	Attempts    int       `json:"attempts"`
+	MaxAttempts int       `json:"maxAttempts"`
+	Error       string    `json:"error,omitempty"`
+	CreatedAt   time.Time `json:"createdAt,omitzero"`
+	StartedAt   time.Time `json:"startedAt,omitzero"`
+	FinishedAt  time.Time `json:"finishedAt,omitzero"`
+}
+
 func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) error {
-	id, err := httpapi.QueryID(r, "id")
+	id, public, err := s.task(r)
 	if err != nil {
 		return err
 	}
 	st, err := s.master.Status(r.Context(), id)
 	if err != nil {
-		return err
+		return publicError(err, id)
 	}
-	return httpapi.WriteJSON(w, http.StatusOK, st)
+	out := Status{ID: public, State: st.State, Attempts: st.Attempts, MaxAttempts: st.MaxAttempts,
+		CreatedAt: st.CreatedAt, StartedAt: st.StartedAt, FinishedAt: st.FinishedAt}
+	if st.Error != "" {
+		out.Error = publicReason(st.Error)
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	return httpapi.WriteJSON(w, http.StatusOK, out)
+}
+
+// DownloadName is the file name /getImage offers for the task with public id public.
+func DownloadName(public string) string {
+	return "imgmill-" + public[:min(len(public), 12)] + ".png"
 }
 
 func (s *server) handleGetImage(w http.ResponseWriter, r *http.Request) error {
-	id, err := httpapi.QueryID(r, "id")
+	id, public, err := s.task(r)
 	if err != nil {
 		return err
 	}
 	img, err := s.master.Get(r.Context(), id)
 	if err != nil {
-		return err
+		return publicError(err, id)
 	}
 	defer img.Close()
-	w.Header().Set("Content-Disposition", fmt.Sprintf("inline; filename=\"imgmill-%d.png\"", id))
+	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", DownloadName(public)))
 	return master.CopyImage(w, img)
 }
 
@@ -122,10 +356,25 @@ type Config struct {
 	KV     *client.KV
 	HTTP   *http.Client
 	Logger *slog.Logger
+	// Secret is the server secret public ids are made with (at least publicid.MinSecretLen bytes); nil
+	// means the one shared by all frontends through the kv store (ResolveSecret).
+	Secret []byte
+	Options
 }
 
 // Run serves the frontend until ctx ends; it finds the master through the kv store.
 func Run(ctx context.Context, cfg Config) error {
+	secret := cfg.Secret
+	if secret == nil {
+		var err error
+		if secret, err = ResolveSecret(ctx, cfg.KV, cfg.Logger); err != nil {
+			return err
+		}
+	}
+	ids, err := publicid.New(secret)
+	if err != nil {
+		return err
+	}
 	m := client.NewMaster(cfg.HTTP, client.NewResolver(cfg.KV, client.MasterKey, client.ResolveTTL))
-	return service.Run(ctx, service.Spec{Addr: cfg.Addr, Handler: NewServer(m), Logger: cfg.Logger})
+	return service.Run(ctx, service.Spec{Addr: cfg.Addr, Handler: NewServer(m, ids, cfg.Options), Logger: cfg.Logger})
 }

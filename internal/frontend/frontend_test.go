@@ -2,20 +2,32 @@ package frontend_test
 
 import (
 	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"mime/multipart"
 	"net/http"
+	"net/url"
+	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/frontend"
+	"github.com/imgmill/imgmill/internal/kvservice"
+	"github.com/imgmill/imgmill/internal/kvstore/filekv"
+	"github.com/imgmill/imgmill/internal/publicid"
 	"github.com/imgmill/imgmill/internal/servicetest"
 )
 
@@ -26,34 +38,86 @@ func TestMain(m *testing.M) {
 const (
 	notReady = "Your image is not ready yet."
 	ready    = "Your image is ready."
+	noSuch   = "Error: no such task"
 )
 
 // maxUpload is the master's upload limit in these tests.
 const maxUpload = 1 << 20
 
+// testSecret is the public id secret of the frontends under test.
+var testSecret = bytes.Repeat([]byte("imgmill test secret "), 2)
+
+// countingEndpoint is the master's address, counting the requests the frontend makes to it (the client
+// asks for the address once per attempt).
+type countingEndpoint struct {
+	client.Static
+	calls atomic.Int64
+}
+
+func (c *countingEndpoint) Addr(ctx context.Context) (string, error) {
+	c.calls.Add(1)
+	return c.Static.Addr(ctx)
+}
+
 // stack is the frontend in front of a servicetest.Stack.
 type stack struct {
 	*servicetest.Stack
 	frontendURL string
+	ids         *publicid.Codec
+	master      *countingEndpoint // the frontend's way to the master
 }
 
 func newStack(t *testing.T) *stack {
 	t.Helper()
-	s := &stack{Stack: servicetest.NewStack(t, servicetest.Options{MaxUpload: maxUpload})}
-	s.frontendURL = servicetest.Serve(t, frontend.NewServer(s.Master)).URL
+	return newStackWith(t, frontend.Options{})
+}
+
+func newStackWith(t *testing.T, opts frontend.Options) *stack {
+	t.Helper()
+	ids, err := publicid.New(testSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &stack{Stack: servicetest.NewStack(t, servicetest.Options{MaxUpload: maxUpload}), ids: ids}
+	s.master = &countingEndpoint{Static: client.Static(servicetest.Addr(s.MasterURL))}
+	s.frontendURL = servicetest.Serve(t, frontend.NewServer(client.NewMaster(s.HTTP, s.master), ids, opts)).URL
 	return s
 }
 
 func (s *stack) call(t *testing.T, method, path, contentType string, body io.Reader) servicetest.Reply {
 	t.Helper()
+	return s.callWith(t, method, path, contentType, body, nil)
+}
+
+func (s *stack) callWith(t *testing.T, method, path, contentType string, body io.Reader, header http.Header) servicetest.Reply {
+	t.Helper()
 	req, err := http.NewRequestWithContext(t.Context(), method, s.frontendURL+path, body)
 	if err != nil {
 		t.Fatal(err)
 	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
-	return servicetest.MustDo(t, s.HTTP, req)
+	r := servicetest.MustDo(t, s.HTTP, req)
+	expectFrontendHeaders(t, method+" "+path, r)
+	return r
+}
+
+// expectFrontendHeaders checks the headers every frontend reply carries.
+func expectFrontendHeaders(t testing.TB, what string, r servicetest.Reply) {
+	t.Helper()
+	if got := r.Header.Get("X-Content-Type-Options"); got != "nosniff" {
+		t.Errorf("%s: X-Content-Type-Options %q, want nosniff", what, got)
+	}
+	if got := r.Header.Get("X-Frame-Options"); got != "DENY" {
+		t.Errorf("%s: X-Frame-Options %q, want DENY", what, got)
+	}
+	if got := r.Header.Get("Referrer-Policy"); got != "no-referrer" {
+		t.Errorf("%s: Referrer-Policy %q, want no-referrer", what, got)
+	}
 }
 
 type part struct {
@@ -91,6 +155,62 @@ func (s *stack) submit(t *testing.T, parts ...part) servicetest.Reply {
 	return s.call(t, http.MethodPost, "/submitTask", ct, bytes.NewReader(body))
 }
 
+// submitImage uploads img and returns the public id answered.
+func (s *stack) submitImage(t *testing.T, img []byte) string {
+	t.Helper()
+	r := s.submit(t, part{field: frontend.UploadField, filename: "x.png", data: img})
+	if r.Status != http.StatusOK {
+		t.Fatalf("POST /submitTask: %d %q", r.Status, r.Body)
+	}
+	return s.parsePublicID(t, r.Body)
+}
+
+// parsePublicID checks that a reply is a bare public id (no newline) and returns it.
+func (s *stack) parsePublicID(t *testing.T, body string) string {
+	t.Helper()
+	if !regexp.MustCompile(`^[A-Za-z0-9_-]{43}$`).MatchString(body) {
+		t.Fatalf("reply %q is not a bare 43-character public id", body)
+	}
+	return body
+}
+
+// internal is the internal id behind public id pub (the test knows the secret).
+func (s *stack) internal(t *testing.T, pub string) int64 {
+	t.Helper()
+	id, err := s.ids.Decode(pub)
+	if err != nil {
+		t.Fatalf("public id %q: %v", pub, err)
+	}
+	return id
+}
+
+// finish plays the worker for the next task, which must be id: claim, store result, finish.
+func (s *stack) finish(t *testing.T, id int64, result []byte) {
+	t.Helper()
+	ctx := t.Context()
+	task, err := s.Database.GetNewTask(ctx, 0)
+	if err != nil || task.ID != id {
+		t.Fatalf("claim: %+v, %v; want task %d", task, err, id)
+	}
+	if err := s.Storage.SendImage(ctx, id, client.Finished, bytes.NewReader(result), int64(len(result))); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Database.FinishTask(ctx, id, task.Token); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// paddedPNG is size bytes: a small valid PNG followed by zeros, which passes the master's checks of the
+// image header.
+func paddedPNG(t *testing.T, size int) []byte {
+	t.Helper()
+	img := servicetest.PatternPNG(t, 8, 99)
+	if len(img) > size {
+		t.Fatalf("paddedPNG(%d): the PNG alone is %d bytes", size, len(img))
+	}
+	return append(img, make([]byte, size-len(img))...)
+}
+
 // working returns the working image storage holds for task id.
 func (s *stack) working(t *testing.T, id int64) []byte {
 	t.Helper()
@@ -112,9 +232,34 @@ func TestIndexPage(t *testing.T) {
 	}
 	// The upload form: posts multipart to /submitTask with a file input named uploadfile inside it.
 	formRE := regexp.MustCompile(`(?is)<form\b([^>]*)>(.*?)</form>`)
-	found := false
+	found, foundCheck := false, false
 	for _, m := range formRE.FindAllStringSubmatch(r.Body, -1) {
 		attrs, inner := m[1], m[2]
+		if strings.Contains(attrs, `action="/isReady"`) {
+			// The check form takes a public id: its pattern accepts one and nothing numeric.
+			foundCheck = true
+			pattern := regexp.MustCompile(`\bpattern="([^"]*)"`).FindStringSubmatch(inner)
+			if pattern == nil {
+				t.Errorf("check form has no id pattern: %s", inner)
+				continue
+			}
+			re, err := regexp.Compile("^(?:" + pattern[1] + ")$")
+			if err != nil {
+				t.Fatalf("id pattern %q: %v", pattern[1], err)
+			}
+			if pub := s.ids.Encode(12); !re.MatchString(pub) {
+				t.Errorf("id pattern %q refuses the public id %q", pattern[1], pub)
+			}
+			for _, bad := range []string{"0", "12", "task"} {
+				if re.MatchString(bad) {
+					t.Errorf("id pattern %q accepts %q", pattern[1], bad)
+				}
+			}
+			if strings.Contains(inner, `inputmode="numeric"`) {
+				t.Error("the id input still asks for a numeric keyboard")
+			}
+			continue
+		}
 		if !strings.Contains(attrs, `action="/submitTask"`) {
 			continue
 		}
@@ -135,6 +280,9 @@ func TestIndexPage(t *testing.T) {
 	if !found {
 		t.Errorf("GET / has no form posting to /submitTask:\n%s", r.Body)
 	}
+	if !foundCheck {
+		t.Errorf("GET / has no form checking a task at /isReady:\n%s", r.Body)
+	}
 	if frontend.UploadField != "uploadfile" {
 		t.Errorf("UploadField = %q, the reference field is uploadfile", frontend.UploadField)
 	}
@@ -142,9 +290,45 @@ func TestIndexPage(t *testing.T) {
 	servicetest.ExpectError(t, "POST /", s.call(t, http.MethodPost, "/", "", nil), http.StatusMethodNotAllowed)
 }
 
+// TestIndexPageCSP: the page's policy is strict (no script, no inline anything but its own style block,
+// allowed by hash; no framing), and the page needs nothing it forbids.
+func TestIndexPageCSP(t *testing.T) {
+	s := newStack(t)
+	r := s.call(t, http.MethodGet, "/", "", nil)
+	csp := r.Header.Get("Content-Security-Policy")
+	directives := map[string]string{}
+	for d := range strings.SplitSeq(csp, ";") {
+		name, value, _ := strings.Cut(strings.TrimSpace(d), " ")
+		directives[name] = value
+	}
+	for name, want := range map[string]string{"default-src": "'self'", "script-src": "'none'", "frame-ancestors": "'none'",
+		"object-src": "'none'", "base-uri": "'none'", "form-action": "'self'"} {
+		if got := directives[name]; got != want {
+			t.Errorf("CSP %s = %q, want %q (policy %q)", name, got, want, csp)
+		}
+	}
+	if strings.Contains(csp, "unsafe-") {
+		t.Errorf("CSP allows something unsafe: %q", csp)
+	}
+	// The one style block is allowed by its hash; there is no inline script or style attribute the
+	// policy would block.
+	styles := regexp.MustCompile(`(?s)<style>(.*?)</style>`).FindAllStringSubmatch(r.Body, -1)
+	if len(styles) != 1 {
+		t.Fatalf("page has %d style blocks, want 1", len(styles))
+	}
+	sum := sha256.Sum256([]byte(styles[0][1]))
+	if want := "'sha256-" + base64.StdEncoding.EncodeToString(sum[:]) + "'"; directives["style-src"] != want {
+		t.Errorf("CSP style-src %q, want the style block's hash %s", directives["style-src"], want)
+	}
+	for _, bad := range []string{"<script", " style=", " onclick=", " onsubmit=", "javascript:"} {
+		if strings.Contains(strings.ToLower(r.Body), bad) {
+			t.Errorf("page contains %q, which its policy blocks", bad)
+		}
+	}
+}
+
 func TestSubmitProcessAndGet(t *testing.T) {
 	s := newStack(t)
-	ctx := t.Context()
 	img := servicetest.PatternPNG(t, 40, 11)
 	// Other fields before and after the file are skipped.
 	r := s.submit(t, part{field: "note", data: []byte("hello")}, part{field: frontend.UploadField, filename: "x.png", data: img},
@@ -152,21 +336,23 @@ func TestSubmitProcessAndGet(t *testing.T) {
 	if r.Status != http.StatusOK {
 		t.Fatalf("POST /submitTask: %d %q", r.Status, r.Body)
 	}
-	id := servicetest.ParseID(t, r.Body)
+	pub := s.parsePublicID(t, r.Body)
+	id := s.internal(t, pub)
 	if got := s.working(t, id); !bytes.Equal(got, img) {
 		t.Errorf("storage holds %d bytes for task %d, want the %d uploaded", len(got), id, len(img))
 	}
-	isReady := func() servicetest.Reply { return s.call(t, http.MethodGet, fmt.Sprintf("/isReady?id=%d", id), "", nil) }
-	getImage := func() servicetest.Reply {
-		return s.call(t, http.MethodGet, fmt.Sprintf("/getImage?id=%d", id), "", nil)
-	}
+	isReady := func() servicetest.Reply { return s.call(t, http.MethodGet, "/isReady?id="+pub, "", nil) }
+	getImage := func() servicetest.Reply { return s.call(t, http.MethodGet, "/getImage?id="+pub, "", nil) }
 
 	if r := isReady(); r.Status != http.StatusOK || r.Body != notReady {
 		t.Errorf("isReady before processing: %d %q, want 200 %q", r.Status, r.Body, notReady)
 	}
-	servicetest.ExpectError(t, "getImage before processing", getImage(), http.StatusNotFound)
+	if r := getImage(); r.Status != http.StatusNotFound || r.Body != "Error: task is not finished" {
+		t.Errorf("getImage before processing: %d %q, want 404 \"Error: task is not finished\"", r.Status, r.Body)
+	}
 
 	// Play the worker: claim, store a result, finish.
+	ctx := t.Context()
 	task, err := s.Database.GetNewTask(ctx, 0)
 	if err != nil || task.ID != id {
 		t.Fatalf("claim: %+v, %v; want task %d", task, err, id)
@@ -186,19 +372,44 @@ func TestSubmitProcessAndGet(t *testing.T) {
 	}
 	r = getImage()
 	servicetest.ExpectPNGReply(t, "getImage", r, result)
-	if cd := r.Header.Get("Content-Disposition"); cd != "" && !strings.Contains(cd, ".png") {
-		t.Errorf("getImage Content-Disposition %q does not name a PNG", cd)
+	wantCD := `attachment; filename="imgmill-` + pub[:12] + `.png"`
+	if cd := r.Header.Get("Content-Disposition"); cd != wantCD {
+		t.Errorf("getImage Content-Disposition %q, want %q", cd, wantCD)
+	}
+	if name := frontend.DownloadName(pub); name != "imgmill-"+pub[:12]+".png" || strings.Contains(name, strconv.FormatInt(id, 10)+".") {
+		t.Errorf("DownloadName(%q) = %q", pub, name)
 	}
 
 	// A second upload gets a new id and is not ready.
-	r = s.submit(t, part{field: frontend.UploadField, filename: "y.png", data: servicetest.PatternPNG(t, 9, 13)})
-	if r.Status != http.StatusOK {
-		t.Fatalf("second submit: %d %q", r.Status, r.Body)
-	}
-	if id2 := servicetest.ParseID(t, r.Body); id2 == id {
-		t.Errorf("second upload got id %d again", id)
-	} else if r := s.call(t, http.MethodGet, fmt.Sprintf("/isReady?id=%d", id2), "", nil); r.Body != notReady {
+	pub2 := s.submitImage(t, servicetest.PatternPNG(t, 9, 13))
+	if pub2 == pub {
+		t.Errorf("second upload got id %s again", pub)
+	} else if r := s.call(t, http.MethodGet, "/isReady?id="+pub2, "", nil); r.Body != notReady {
 		t.Errorf("isReady of the second upload: %q, want %q", r.Body, notReady)
+	}
+}
+
+// TestGetImageContentType: the download is typed as the master types it, whatever the file name says.
+func TestGetImageContentType(t *testing.T) {
+	s := newStack(t)
+	pub := s.submitImage(t, servicetest.PatternPNG(t, 8, 30))
+	// A worker that stored a GIF (the storage sniffs the type, the master passes it on).
+	gif := []byte("GIF89a\x01\x00\x01\x00\x00\x00\x00;")
+	s.finish(t, s.internal(t, pub), gif)
+	r := s.call(t, http.MethodGet, "/getImage?id="+pub, "", nil)
+	if r.Status != http.StatusOK || r.Body != string(gif) {
+		t.Fatalf("getImage: %d %q", r.Status, r.Body)
+	}
+	want, err := s.Master.Get(t.Context(), s.internal(t, pub))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want.Close()
+	if ct := r.Header.Get("Content-Type"); ct != want.ContentType || ct != "image/gif" {
+		t.Errorf("getImage Content-Type %q, want the master's %q (image/gif)", ct, want.ContentType)
+	}
+	if cd := r.Header.Get("Content-Disposition"); !strings.HasPrefix(cd, "attachment;") {
+		t.Errorf("getImage Content-Disposition %q, want an attachment", cd)
 	}
 }
 
@@ -235,20 +446,18 @@ func TestSubmitRefusals(t *testing.T) {
 	})
 	t.Run("too large", func(t *testing.T) {
 		// The frontend streams the part with unknown length; the master's 413 passes through.
-		big := make([]byte, maxUpload+1)
-		copy(big, "\x89PNG\r\n\x1a\n")
+		big := paddedPNG(t, maxUpload+1)
 		servicetest.ExpectError(t, "submit oversized file", s.submit(t, part{field: frontend.UploadField, filename: "big.png", data: big}),
 			http.StatusRequestEntityTooLarge)
 		s.ExpectNoClaimable(t)
 	})
 	t.Run("exactly the limit", func(t *testing.T) {
-		body := make([]byte, maxUpload)
-		copy(body, "\x89PNG\r\n\x1a\n")
+		body := paddedPNG(t, maxUpload)
 		r := s.submit(t, part{field: frontend.UploadField, filename: "max.png", data: body})
 		if r.Status != http.StatusOK {
 			t.Fatalf("submit of exactly the limit: %d %q", r.Status, r.Body)
 		}
-		if got := s.working(t, servicetest.ParseID(t, r.Body)); !bytes.Equal(got, body) {
+		if got := s.working(t, s.internal(t, s.parsePublicID(t, r.Body))); !bytes.Equal(got, body) {
 			t.Errorf("stored %d bytes, want the %d uploaded", len(got), len(body))
 		}
 		if _, err := s.Database.GetNewTask(t.Context(), 0); err != nil { // leave nothing claimable for the next checks
@@ -261,12 +470,26 @@ func TestSubmitRefusals(t *testing.T) {
 			http.StatusUnsupportedMediaType)
 		s.ExpectNoClaimable(t)
 	})
-	for _, path := range []string{"/isReady", "/isReady?id=", "/isReady?id=x", "/isReady?id=-2", "/getImage", "/getImage?id=1.5"} {
-		servicetest.ExpectError(t, "GET "+path, s.call(t, http.MethodGet, path, "", nil), http.StatusBadRequest)
+	for _, path := range []string{"/isReady", "/isReady?id=", "/getImage", "/status", "/status?x=1"} {
+		if r := s.call(t, http.MethodGet, path, "", nil); r.Status != http.StatusBadRequest || r.Body != "Error: missing id parameter" {
+			t.Errorf("GET %s: %d %q, want 400 \"Error: missing id parameter\"", path, r.Status, r.Body)
+		}
 	}
-	servicetest.ExpectError(t, "getImage of an unknown task", s.call(t, http.MethodGet, "/getImage?id=999", "", nil), http.StatusNotFound)
-	if r := s.call(t, http.MethodGet, "/isReady?id=999", "", nil); r.Status == http.StatusOK || !strings.HasPrefix(r.Body, "Error:") {
-		t.Errorf("isReady of an unknown task: %d %q, want an \"Error: ...\" refusal", r.Status, r.Body)
+	for _, path := range []string{"/isReady?id=x", "/isReady?id=-2", "/getImage?id=1.5", "/getImage?id=999", "/isReady?id=999", "/status?id=0"} {
+		if r := s.call(t, http.MethodGet, path, "", nil); r.Status != http.StatusNotFound || r.Body != noSuch {
+			t.Errorf("GET %s: %d %q, want 404 %q", path, r.Status, r.Body, noSuch)
+		}
+	}
+	// A genuine public id of a task the master does not know (data lost, another deployment with the same
+	// secret) is no such task either, and names no internal id.
+	for _, path := range []string{"/isReady", "/getImage", "/status"} {
+		before := s.master.calls.Load()
+		if r := s.call(t, http.MethodGet, path+"?id="+s.ids.Encode(999), "", nil); r.Status != http.StatusNotFound || r.Body != noSuch {
+			t.Errorf("GET %s of an unknown task: %d %q, want 404 %q", path, r.Status, r.Body, noSuch)
+		}
+		if s.master.calls.Load() == before {
+			t.Errorf("GET %s of a genuine public id did not ask the master", path)
+		}
 	}
 	servicetest.ExpectError(t, "GET /submitTask", s.call(t, http.MethodGet, "/submitTask", "", nil), http.StatusMethodNotAllowed)
 }
@@ -275,12 +498,26 @@ func TestSubmitStreamsMultipart(t *testing.T) {
 	// A multipart body sent with unknown length, written while the request is under way.
 	s := newStack(t)
 	img := servicetest.PatternPNG(t, 128, 16)
+	ct, body := streamForm(t, img)
+	r := s.call(t, http.MethodPost, "/submitTask", ct, body)
+	if r.Status != http.StatusOK {
+		t.Fatalf("streamed submit: %d %q", r.Status, r.Body)
+	}
+	if got := s.working(t, s.internal(t, s.parsePublicID(t, r.Body))); !bytes.Equal(got, img) {
+		t.Errorf("stored %d bytes, want the %d uploaded", len(got), len(img))
+	}
+}
+
+// streamForm returns the content type and a body of unknown length carrying data as the upload file,
+// written in chunks while the request is under way.
+func streamForm(t *testing.T, data []byte) (string, io.Reader) {
+	t.Helper()
 	pr, pw := io.Pipe()
 	mw := multipart.NewWriter(pw)
 	go func() {
 		w, err := mw.CreateFormFile(frontend.UploadField, "big.png")
 		if err == nil {
-			for chunk := range slices.Chunk(img, 1000) {
+			for chunk := range slices.Chunk(data, 1000) {
 				if _, err = w.Write(chunk); err != nil {
 					break
 				}
@@ -291,38 +528,36 @@ func TestSubmitStreamsMultipart(t *testing.T) {
 		}
 		pw.CloseWithError(err)
 	}()
-	r := s.call(t, http.MethodPost, "/submitTask", mw.FormDataContentType(), pr)
-	if r.Status != http.StatusOK {
-		t.Fatalf("streamed submit: %d %q", r.Status, r.Body)
-	}
-	if got := s.working(t, servicetest.ParseID(t, r.Body)); !bytes.Equal(got, img) {
-		t.Errorf("stored %d bytes, want the %d uploaded", len(got), len(img))
-	}
+	t.Cleanup(func() { pr.Close() })
+	return mw.FormDataContentType(), pr
 }
 
 func TestStatus(t *testing.T) {
 	s := newStack(t)
 	ctx := t.Context()
-	r := s.submit(t, part{field: frontend.UploadField, filename: "s.png", data: servicetest.PatternPNG(t, 12, 17)})
-	if r.Status != http.StatusOK {
-		t.Fatalf("POST /submitTask: %d %q", r.Status, r.Body)
-	}
-	id := servicetest.ParseID(t, r.Body)
-	// expect checks that the frontend answers /status?id=id exactly as the master does, in state word.
-	expect := func(word string) {
+	pub := s.submitImage(t, servicetest.PatternPNG(t, 12, 17))
+	id := s.internal(t, pub)
+	// expect checks that the frontend answers /status?id=pub as the master does for the internal id, with
+	// the public id instead, and state word.
+	expect := func(word string) frontend.Status {
 		t.Helper()
-		path := fmt.Sprintf("/status?id=%d", id)
-		got := s.call(t, http.MethodGet, path, "", nil)
-		want := servicetest.Call(t, s.HTTP, http.MethodGet, s.MasterURL+path, nil)
+		got := s.call(t, http.MethodGet, "/status?id="+pub, "", nil)
+		want := servicetest.Call(t, s.HTTP, http.MethodGet, fmt.Sprintf("%s/status?id=%d", s.MasterURL, id), nil)
 		if want.Status != http.StatusOK || !strings.Contains(want.Body, fmt.Sprintf(`"state":%q`, word)) {
-			t.Fatalf("master GET %s = %d %q, want state %q", path, want.Status, want.Body, word)
+			t.Fatalf("master GET /status?id=%d = %d %q, want state %q", id, want.Status, want.Body, word)
 		}
-		if got.Status != want.Status || got.Body != want.Body {
-			t.Errorf("GET %s = %d %q, want the master's %d %q", path, got.Status, got.Body, want.Status, want.Body)
+		wantBody := strings.Replace(want.Body, fmt.Sprintf(`{"id":%d,`, id), fmt.Sprintf(`{"id":%q,`, pub), 1)
+		if got.Status != http.StatusOK || got.Body != wantBody {
+			t.Errorf("GET /status = %d %q, want %q", got.Status, got.Body, wantBody)
 		}
 		if ct := got.Header.Get("Content-Type"); ct != "application/json" {
-			t.Errorf("GET %s Content-Type %q, want application/json", path, ct)
+			t.Errorf("GET /status Content-Type %q, want application/json", ct)
 		}
+		var st frontend.Status
+		if err := json.Unmarshal([]byte(got.Body), &st); err != nil || st.ID != pub || st.State != word {
+			t.Errorf("GET /status = %+v (%v), want id %q state %q", st, err, pub, word)
+		}
+		return st
 	}
 	expect("queued")
 	task, err := s.Database.GetNewTask(ctx, 0)
@@ -330,54 +565,344 @@ func TestStatus(t *testing.T) {
 		t.Fatalf("claim: %+v, %v; want task %d", task, err, id)
 	}
 	expect("processing")
-	if _, err := s.Master.FailTask(ctx, id, task.Token, "no such colour", true); err != nil {
+	if _, err := s.Master.FailTask(ctx, id, task.Token, "cannot decode image: no such colour", true); err != nil {
 		t.Fatal(err)
 	}
-	expect("failed")
-	// The failure also explains why there is no image.
-	if r := s.call(t, http.MethodGet, fmt.Sprintf("/getImage?id=%d", id), "", nil); r.Status != http.StatusNotFound ||
-		r.Body != fmt.Sprintf("Error: task %d failed: no such colour", id) {
+	if st := expect("failed"); st.Error != "cannot decode image: no such colour" {
+		t.Errorf("status error %q, want the decoding failure", st.Error)
+	}
+	// The failure also explains why there is no image, without the internal id.
+	if r := s.call(t, http.MethodGet, "/getImage?id="+pub, "", nil); r.Status != http.StatusNotFound ||
+		r.Body != "Error: task failed: cannot decode image: no such colour" {
 		t.Errorf("getImage of a failed task: %d %q, want 404 with the reason", r.Status, r.Body)
 	}
+	servicetest.ExpectError(t, "POST /status", s.call(t, http.MethodPost, "/status?id="+pub, "", nil), http.StatusMethodNotAllowed)
+}
 
-	for _, tc := range []struct {
-		query  string
-		status int
-		body   string
-	}{
-		{"", http.StatusBadRequest, "Error: missing id parameter"},
-		{"?id=x", http.StatusBadRequest, `Error: id must be a non-negative decimal integer, got "x"`},
-		{"?id=999", http.StatusBadRequest, "Error: no task with id 999"}, // the database's answer, through the master
-	} {
-		if r := s.call(t, http.MethodGet, "/status"+tc.query, "", nil); r.Status != tc.status || r.Body != tc.body {
-			t.Errorf("GET /status%s = %d %q, want %d %q", tc.query, r.Status, r.Body, tc.status, tc.body)
-		}
+// TestFailureReasonsStayInternal: a worker's failure text may name internal ids or addresses; the public
+// sees only that processing failed.
+func TestFailureReasonsStayInternal(t *testing.T) {
+	s := newStack(t)
+	ctx := t.Context()
+	pub := s.submitImage(t, servicetest.PatternPNG(t, 12, 19))
+	id := s.internal(t, pub)
+	task, err := s.Database.GetNewTask(ctx, 0)
+	if err != nil || task.ID != id {
+		t.Fatalf("claim: %+v, %v", task, err)
 	}
-	servicetest.ExpectError(t, "POST /status", s.call(t, http.MethodPost, "/status?id=0", "", nil), http.StatusMethodNotAllowed)
+	reason := fmt.Sprintf("fetch working image: 404 no working image for task %d at 10.1.2.3:3002", id)
+	if _, err := s.Master.FailTask(ctx, id, task.Token, reason, true); err != nil {
+		t.Fatal(err)
+	}
+	r := s.call(t, http.MethodGet, "/status?id="+pub, "", nil)
+	var st frontend.Status
+	if err := json.Unmarshal([]byte(r.Body), &st); err != nil || st.State != "failed" || st.Error != "processing failed" {
+		t.Errorf("GET /status = %q (%v), want failed with error \"processing failed\"", r.Body, err)
+	}
+	if r := s.call(t, http.MethodGet, "/getImage?id="+pub, "", nil); r.Status != http.StatusNotFound || r.Body != "Error: task failed: processing failed" {
+		t.Errorf("getImage: %d %q, want 404 \"Error: task failed: processing failed\"", r.Status, r.Body)
+	}
 }
 
 func TestStatusFinished(t *testing.T) {
 	s := newStack(t)
 	ctx := t.Context()
-	r := s.submit(t, part{field: frontend.UploadField, filename: "f.png", data: servicetest.PatternPNG(t, 12, 18)})
-	id := servicetest.ParseID(t, r.Body)
-	task, err := s.Database.GetNewTask(ctx, 0)
-	if err != nil || task.ID != id {
-		t.Fatalf("claim: %+v, %v; want task %d", task, err, id)
-	}
-	if err := s.Database.FinishTask(ctx, id, task.Token); err != nil {
-		t.Fatal(err)
-	}
-	got := s.call(t, http.MethodGet, fmt.Sprintf("/status?id=%d", id), "", nil)
+	pub := s.submitImage(t, servicetest.PatternPNG(t, 12, 18))
+	id := s.internal(t, pub)
+	s.finish(t, id, servicetest.PatternPNG(t, 12, 20))
+	got := s.call(t, http.MethodGet, "/status?id="+pub, "", nil)
 	want, err := s.Master.Status(ctx, id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var st client.Status
+	var st frontend.Status
 	if err := json.Unmarshal([]byte(got.Body), &st); got.Status != http.StatusOK || err != nil {
 		t.Fatalf("GET /status: %d %q (%v)", got.Status, got.Body, err)
 	}
-	if st != want || st.State != "finished" || st.Attempts != 1 || st.FinishedAt.IsZero() {
-		t.Errorf("GET /status = %+v, want the master's %+v, finished on attempt 1", st, want)
+	wantSt := frontend.Status{ID: pub, State: want.State, Attempts: want.Attempts, MaxAttempts: want.MaxAttempts,
+		CreatedAt: want.CreatedAt, StartedAt: want.StartedAt, FinishedAt: want.FinishedAt}
+	if st != wantSt || st.State != "finished" || st.Attempts != 1 || st.FinishedAt.IsZero() {
+		t.Errorf("GET /status = %+v, want %+v, finished on attempt 1", st, wantSt)
+	}
+	if strings.Contains(got.Body, `"id":`+strconv.FormatInt(id, 10)) {
+		t.Errorf("GET /status shows the internal id: %s", got.Body)
+	}
+}
+
+// badIDs are ids that can be refused by their form alone, or by their tag.
+func badIDs(t *testing.T, genuine string) []string {
+	other, err := publicid.New(bytes.Repeat([]byte("another secret.."), 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := []string{"0", "1", "2", "-1", "x", "1.5", "0x1", strings.Repeat("0", 43), strings.Repeat("A", 43),
+		genuine[:42], genuine + "A", genuine + "=", genuine[:42] + ".", " " + genuine[1:], genuine[:20] + "+" + genuine[21:],
+		strings.ToUpper(genuine), strings.ToLower(genuine), other.Encode(0), other.Encode(1),
+		base64.RawURLEncoding.EncodeToString(make([]byte, 32))}
+	// Every character of the genuine id changed to a neighbour in the alphabet.
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	for i := range genuine {
+		j := strings.IndexByte(alphabet, genuine[i])
+		ids = append(ids, genuine[:i]+string(alphabet[(j+1)%64])+genuine[i+1:])
+	}
+	return slices.DeleteFunc(ids, func(s string) bool { return s == genuine })
+}
+
+// TestMalformedIDsCostNoMasterCall: an id that fails its form or tag is refused without asking the master.
+func TestMalformedIDsCostNoMasterCall(t *testing.T) {
+	s := newStack(t)
+	pub := s.submitImage(t, servicetest.PatternPNG(t, 8, 21))
+	before := s.master.calls.Load()
+	for _, path := range []string{"/isReady", "/getImage", "/status"} {
+		for _, id := range badIDs(t, pub) {
+			r := s.call(t, http.MethodGet, path+"?"+url.Values{"id": {id}}.Encode(), "", nil)
+			if r.Status != http.StatusNotFound || r.Body != noSuch {
+				t.Errorf("GET %s?id=%q: %d %q, want 404 %q", path, id, r.Status, r.Body, noSuch)
+			}
+		}
+	}
+	if n := s.master.calls.Load() - before; n != 0 {
+		t.Errorf("refusing malformed or forged ids made %d master calls, want 0", n)
+	}
+	// The genuine id does reach the master.
+	if r := s.call(t, http.MethodGet, "/isReady?id="+pub, "", nil); r.Body != notReady {
+		t.Errorf("isReady of the genuine id: %q", r.Body)
+	}
+	if s.master.calls.Load() == before {
+		t.Error("the genuine id did not reach the master")
+	}
+}
+
+// TestCountingReadsNothing: a second user cannot read a first user's task by counting, or by trying
+// ids near the one they were given.
+func TestCountingReadsNothing(t *testing.T) {
+	s := newStack(t)
+	first := s.submitImage(t, servicetest.PatternPNG(t, 16, 22))
+	second := s.submitImage(t, servicetest.PatternPNG(t, 16, 23))
+	resultFirst, resultSecond := servicetest.PatternPNG(t, 16, 24), servicetest.PatternPNG(t, 16, 25)
+	s.finish(t, s.internal(t, first), resultFirst)
+	s.finish(t, s.internal(t, second), resultSecond)
+	before := s.master.calls.Load()
+	tries := []string{"0", "1", "2", "00", "01", "+1"}
+	tries = append(tries, badIDs(t, first)...)
+	tries = append(tries, badIDs(t, second)...)
+	for _, id := range tries {
+		for _, path := range []string{"/getImage", "/isReady", "/status"} {
+			r := s.call(t, http.MethodGet, path+"?"+url.Values{"id": {id}}.Encode(), "", nil)
+			if r.Status != http.StatusNotFound || r.Body != noSuch {
+				t.Errorf("GET %s?id=%q: %d %q, want 404 %q", path, id, r.Status, r.Body, noSuch)
+			}
+			if strings.Contains(r.Body, "PNG") || r.Header.Get("Content-Type") == "image/png" {
+				t.Errorf("GET %s?id=%q answered image bytes", path, id)
+			}
+		}
+	}
+	if n := s.master.calls.Load() - before; n != 0 {
+		t.Errorf("guessing made %d master calls, want 0", n)
+	}
+	// Each owner still gets their own image.
+	servicetest.ExpectPNGReply(t, "first owner's getImage", s.call(t, http.MethodGet, "/getImage?id="+first, "", nil), resultFirst)
+	servicetest.ExpectPNGReply(t, "second owner's getImage", s.call(t, http.MethodGet, "/getImage?id="+second, "", nil), resultSecond)
+}
+
+// TestConsecutiveTasksHaveUnrelatedIDs: the ids of consecutive uploads share no visible pattern.
+func TestConsecutiveTasksHaveUnrelatedIDs(t *testing.T) {
+	s := newStack(t)
+	img := servicetest.PatternPNG(t, 8, 26)
+	var ids []string
+	for range 8 {
+		ids = append(ids, s.submitImage(t, img))
+	}
+	for i := 1; i < len(ids); i++ {
+		a, b := ids[i-1], ids[i]
+		same := 0
+		for k := range a {
+			if a[k] == b[k] {
+				same++
+			}
+		}
+		if same > 8 || a[:3] == b[:3] {
+			t.Errorf("consecutive ids %q and %q agree in %d positions", a, b, same)
+		}
+		if s.internal(t, b) != s.internal(t, a)+1 {
+			t.Errorf("ids %q %q are not consecutive tasks", a, b)
+		}
+	}
+}
+
+func TestUploadRateLimit(t *testing.T) {
+	s := newStackWith(t, frontend.Options{UploadRate: 2, UploadBurst: 2})
+	img := servicetest.PatternPNG(t, 8, 27)
+	ct, body := form(t, part{field: frontend.UploadField, filename: "r.png", data: img})
+	submit := func(header http.Header) servicetest.Reply {
+		return s.callWith(t, http.MethodPost, "/submitTask", ct, bytes.NewReader(body), header)
+	}
+	for i := range 2 {
+		if r := submit(nil); r.Status != http.StatusOK {
+			t.Fatalf("upload %d within the burst: %d %q", i, r.Status, r.Body)
+		}
+	}
+	before := s.master.calls.Load()
+	r := submit(nil)
+	if r.Status != http.StatusTooManyRequests || r.Body != "Error: too many uploads, retry in 1s" || r.Header.Get("Retry-After") != "1" {
+		t.Fatalf("upload over the limit: %d %q Retry-After %q, want 429 \"Error: too many uploads, retry in 1s\" Retry-After 1",
+			r.Status, r.Body, r.Header.Get("Retry-After"))
+	}
+	// X-Forwarded-For is not trusted by default: it does not make another client.
+	if r := submit(http.Header{"X-Forwarded-For": {"203.0.113.9"}}); r.Status != http.StatusTooManyRequests {
+		t.Errorf("upload with a made-up X-Forwarded-For: %d %q, want 429", r.Status, r.Body)
+	}
+	if n := s.master.calls.Load() - before; n != 0 {
+		t.Errorf("refused uploads made %d master calls", n)
+	}
+	// After Retry-After the client may upload again.
+	time.Sleep(time.Second)
+	if r := submit(nil); r.Status != http.StatusOK {
+		t.Errorf("upload after waiting: %d %q", r.Status, r.Body)
+	}
+}
+
+func TestUploadRateLimitPerClientBehindProxy(t *testing.T) {
+	s := newStackWith(t, frontend.Options{UploadRate: 0.1, UploadBurst: 1, TrustProxy: true})
+	img := servicetest.PatternPNG(t, 8, 28)
+	ct, body := form(t, part{field: frontend.UploadField, filename: "r.png", data: img})
+	submit := func(xff ...string) servicetest.Reply {
+		return s.callWith(t, http.MethodPost, "/submitTask", ct, bytes.NewReader(body), http.Header{"X-Forwarded-For": xff})
+	}
+	// The proxy appends the client it saw last; what the client sent before it is not trusted.
+	for _, c := range []struct {
+		xff    []string
+		status int
+	}{
+		{[]string{"198.51.100.1"}, http.StatusOK},
+		{[]string{"198.51.100.1"}, http.StatusTooManyRequests},
+		{[]string{"198.51.100.2, 198.51.100.1"}, http.StatusTooManyRequests}, // forged first entry
+		{[]string{"198.51.100.1", "198.51.100.3"}, http.StatusOK},            // last header counts
+		{[]string{"2001:db8:1:2::1"}, http.StatusOK},
+		{[]string{"2001:db8:1:2::ffff"}, http.StatusTooManyRequests}, // same /64
+		{[]string{"2001:db8:1:3::1"}, http.StatusOK},
+	} {
+		r := submit(c.xff...)
+		if r.Status != c.status {
+			t.Errorf("upload as %q: %d %q, want %d", c.xff, r.Status, r.Body, c.status)
+		}
+		if c.status == http.StatusTooManyRequests {
+			if ra, err := strconv.Atoi(r.Header.Get("Retry-After")); err != nil || ra < 1 || ra > 10 {
+				t.Errorf("Retry-After %q, want 1-10 seconds", r.Header.Get("Retry-After"))
+			}
+		}
+	}
+}
+
+func TestUploadTooLargeAtFrontend(t *testing.T) {
+	const limit = 4000
+	s := newStackWith(t, frontend.Options{MaxUpload: limit})
+	big := paddedPNG(t, 100_000)
+	before := s.master.calls.Load()
+	// Known length: refused before reading, without asking the master.
+	r := s.submit(t, part{field: frontend.UploadField, filename: "big.png", data: big})
+	if r.Status != http.StatusRequestEntityTooLarge || r.Body != fmt.Sprintf("Error: image larger than %d bytes", limit) {
+		t.Errorf("oversized upload: %d %q, want 413", r.Status, r.Body)
+	}
+	if n := s.master.calls.Load() - before; n != 0 {
+		t.Errorf("an oversized upload of known length made %d master calls", n)
+	}
+	// Known length within the form allowance, but the file itself too large.
+	r = s.submit(t, part{field: frontend.UploadField, filename: "big.png", data: big[:limit+1]})
+	servicetest.ExpectError(t, "upload one byte over", r, http.StatusRequestEntityTooLarge)
+	// Unknown length: cut off while streaming.
+	ct, body := streamForm(t, big)
+	r = s.call(t, http.MethodPost, "/submitTask", ct, body)
+	servicetest.ExpectError(t, "streamed oversized upload", r, http.StatusRequestEntityTooLarge)
+	s.ExpectNoClaimable(t)
+	// Exactly the limit passes.
+	r = s.submit(t, part{field: "note", data: []byte("hi")}, part{field: frontend.UploadField, filename: "max.png", data: big[:limit]})
+	if r.Status != http.StatusOK {
+		t.Fatalf("upload of exactly the limit: %d %q", r.Status, r.Body)
+	}
+	if got := s.working(t, s.internal(t, s.parsePublicID(t, r.Body))); !bytes.Equal(got, big[:limit]) {
+		t.Errorf("stored %d bytes, want %d", len(got), limit)
+	}
+
+	// No limit at the frontend (master.NoLimit): the master's own 413 still answers.
+	s = newStackWith(t, frontend.Options{MaxUpload: -1})
+	r = s.submit(t, part{field: frontend.UploadField, filename: "big.png", data: paddedPNG(t, maxUpload+1)})
+	if r.Status != http.StatusRequestEntityTooLarge || r.Body != fmt.Sprintf("Error: image larger than %d bytes", maxUpload) {
+		t.Errorf("upload over the master's limit, none at the frontend: %d %q, want the master's 413", r.Status, r.Body)
+	}
+}
+
+// TestHeadersOnEveryReply: call checks the shared headers on each of these; the download too.
+func TestHeadersOnEveryReply(t *testing.T) {
+	s := newStack(t)
+	pub := s.submitImage(t, servicetest.PatternPNG(t, 8, 29))
+	s.finish(t, s.internal(t, pub), servicetest.PatternPNG(t, 8, 31))
+	for _, path := range []string{"/", "/healthz", "/nothing", "/isReady?id=" + pub, "/isReady?id=x", "/status?id=" + pub, "/getImage?id=" + pub, "/getImage"} {
+		s.call(t, http.MethodGet, path, "", nil)
+	}
+	s.call(t, http.MethodPost, "/submitTask", "text/plain", strings.NewReader("x"))
+	s.call(t, http.MethodDelete, "/submitTask", "", nil)
+	r := s.call(t, http.MethodGet, "/getImage?id="+pub, "", nil)
+	if r.Header.Get("Content-Type") != "image/png" || !strings.HasPrefix(r.Header.Get("Content-Disposition"), "attachment; ") {
+		t.Errorf("download headers: %v", r.Header)
+	}
+	servicetest.CheckEchoesRequestID(t, s.HTTP, http.MethodGet, s.frontendURL+"/isReady?id="+pub, "frontend-req-1")
+}
+
+func TestResolveSecret(t *testing.T) {
+	ctx := t.Context()
+	store, err := filekv.Open(filepath.Join(t.TempDir(), "kv.json"), filekv.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	servicetest.CloseAtCleanup(t, "kv store", store)
+	hc := servicetest.NewHTTPClient(t)
+	kv := client.NewKV(hc, servicetest.Addr(servicetest.Serve(t, kvservice.NewServer(store)).URL))
+
+	// Frontends starting together on an empty kv store agree on one secret.
+	const n = 4
+	secrets := make([][]byte, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			var err error
+			if secrets[i], err = frontend.ResolveSecret(ctx, kv, servicetest.Discard); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	stored, err := kv.Get(ctx, frontend.SecretKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := publicid.ParseSecret(stored)
+	if err != nil || len(want) < publicid.MinSecretLen {
+		t.Fatalf("kv holds %q under %s: %v", stored, frontend.SecretKey, err)
+	}
+	for i, s := range secrets {
+		if !bytes.Equal(s, want) {
+			t.Errorf("frontend %d resolved %x, the kv store holds %x", i, s, want)
+		}
+	}
+	// A restart reads the same one.
+	if again, err := frontend.ResolveSecret(ctx, kv, servicetest.Discard); err != nil || !bytes.Equal(again, want) {
+		t.Errorf("second resolve: %x, %v; want %x", again, err, want)
+	}
+	// A stored value that is no secret is an error, and is left alone.
+	if err := kv.Set(ctx, frontend.SecretKey, "too short"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := frontend.ResolveSecret(ctx, kv, servicetest.Discard); err == nil {
+		t.Error("a malformed stored secret was accepted")
+	}
+	if v, _ := kv.Get(ctx, frontend.SecretKey); v != "too short" {
+		t.Errorf("the malformed stored secret was replaced by %q", v)
+	}
+	// No kv store: it waits until its context ends.
+	ctx2, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if _, err := frontend.ResolveSecret(ctx2, client.NewKV(hc, "127.0.0.1:1"), servicetest.Discard); err == nil {
+		t.Error("resolve without a kv store succeeded")
 	}
 }

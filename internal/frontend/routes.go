@@ -6,6 +6,7 @@ import (
 	"github.com/imgmill/imgmill/internal/httpapi"
 )
 
+// addRoutes registers the frontend's routes; every id they take or answer is a public id.
 func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("GET /{$}", s.handleIndex())
 	mux.Handle("POST /submitTask", httpapi.HandlerFunc(s.handleSubmitTask))

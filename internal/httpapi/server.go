@@ -21,14 +21,56 @@ const (
 	ShutdownGrace     = 20 * time.Second
 )
 
-// NewHTTPServer wraps h in the shared middleware and sets every server timeout.
-func NewHTTPServer(h http.Handler, logger *slog.Logger) *http.Server {
+// ServerTimeouts are a server's timeouts. A zero field takes its default (the constants above), so the
+// zero value is the production configuration; tests shorten them.
+type ServerTimeouts struct {
+	ReadHeader time.Duration // request line and headers; default ReadHeaderTimeout
+	Read       time.Duration // the whole request, body included; default ReadTimeout
+	Write      time.Duration // from the end of the headers to the end of the reply; default WriteTimeout
+	Idle       time.Duration // a keep-alive connection between requests; default IdleTimeout
+}
+
+// withDefaults fills every zero (or negative) field with its default.
+func (t ServerTimeouts) withDefaults() ServerTimeouts {
+	if t.ReadHeader <= 0 {
+		t.ReadHeader = ReadHeaderTimeout
+	}
+	if t.Read <= 0 {
+		t.Read = ReadTimeout
+	}
+	if t.Write <= 0 {
+		t.Write = WriteTimeout
+	}
+	if t.Idle <= 0 {
+		t.Idle = IdleTimeout
+	}
+	return t
+}
+
+// ServerOption changes how NewHTTPServer and Serve build a server.
+type ServerOption func(*serverOptions)
+
+type serverOptions struct{ timeouts ServerTimeouts }
+
+// WithTimeouts sets the server's timeouts; zero fields keep their defaults.
+func WithTimeouts(t ServerTimeouts) ServerOption {
+	return func(o *serverOptions) { o.timeouts = t }
+}
+
+// NewHTTPServer wraps h in the shared middleware and sets every server timeout (the defaults above unless
+// WithTimeouts says otherwise).
+func NewHTTPServer(h http.Handler, logger *slog.Logger, opts ...ServerOption) *http.Server {
+	var o serverOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	t := o.timeouts.withDefaults()
 	return &http.Server{
 		Handler:           Wrap(h, logger),
-		ReadHeaderTimeout: ReadHeaderTimeout,
-		ReadTimeout:       ReadTimeout,
-		WriteTimeout:      WriteTimeout,
-		IdleTimeout:       IdleTimeout,
+		ReadHeaderTimeout: t.ReadHeader,
+		ReadTimeout:       t.Read,
+		WriteTimeout:      t.Write,
+		IdleTimeout:       t.Idle,
 		MaxHeaderBytes:    MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
@@ -45,9 +87,9 @@ func Listen(ctx context.Context, addr string) (net.Listener, error) {
 }
 
 // Serve serves h on ln until ctx ends, then stops accepting and drains in-flight requests for up to
-// ShutdownGrace. It returns nil after a clean shutdown.
-func Serve(ctx context.Context, ln net.Listener, h http.Handler, logger *slog.Logger) error {
-	srv := NewHTTPServer(h, logger)
+// ShutdownGrace. It returns nil after a clean shutdown. opts are passed to NewHTTPServer.
+func Serve(ctx context.Context, ln net.Listener, h http.Handler, logger *slog.Logger, opts ...ServerOption) error {
+	srv := NewHTTPServer(h, logger, opts...)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	logger.InfoContext(ctx, "listening", "addr", ln.Addr().String())

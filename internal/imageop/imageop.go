@@ -154,6 +154,12 @@ func newEncoder() *png.Encoder {
 // concurrent use; one Processor is meant to be shared by all requests so they
 // share its encoder buffer pool. The zero value is usable too.
 type Processor struct {
+	// MaxPixels bounds the images Process decodes, in pixels (width × height),
+	// and with it the memory one Process takes: the size is read from the
+	// image's header before any pixel is decoded. 0 means DefaultMaxPixels,
+	// a negative value no limit. Set it before the first Process.
+	MaxPixels int64
+
 	enc *png.Encoder
 }
 
@@ -164,12 +170,30 @@ func NewProcessor() *Processor {
 
 // Process decodes a PNG, JPEG or GIF (first frame) from src, swaps its red
 // and green channels and writes the result to dst as PNG. If src is not a
-// decodable image the error wraps ErrDecode; a read error from src itself is
-// returned wrapped as is (not as ErrDecode), as are write errors on dst. On
-// error, dst may have received partial output.
+// decodable image the error wraps ErrDecode; if it has more pixels than
+// MaxPixels, ErrTooLarge, and nothing is decoded. A read error from src
+// itself is returned wrapped as is (not as ErrDecode), as are write errors on
+// dst. On error, dst may have received partial output.
 func (p *Processor) Process(dst io.Writer, src io.Reader) error {
 	er := &errReader{r: src}
-	img, _, err := image.Decode(er)
+	h, prefix, err := ReadHeader(er, MaxHeaderLen)
+	if err != nil {
+		if er.err != nil {
+			return fmt.Errorf("imageop: reading image: %w", er.err)
+		}
+		if errors.Is(err, ErrDecode) {
+			return err
+		}
+		return fmt.Errorf("imageop: reading image: %w", err)
+	}
+	maxPixels := p.MaxPixels
+	if maxPixels == 0 {
+		maxPixels = DefaultMaxPixels
+	}
+	if err := h.CheckSize(0, maxPixels); err != nil {
+		return err
+	}
+	img, _, err := image.Decode(io.MultiReader(bytes.NewReader(prefix), er))
 	if err != nil {
 		// Decoders report reader failures and malformed data the same way;
 		// errReader tells them apart. A clean io.EOF is not recorded: a

@@ -108,6 +108,10 @@ type Config struct {
 	Addr    string
 	DataDir string
 	Logger  *slog.Logger
+	// Token, when set, is the shared secret every request must carry (Authorization: Bearer); Insecure
+	// lets the service listen on a non-loopback address without one. See service.Spec.
+	Token    string
+	Insecure bool
 }
 
 // Run serves the kv service with the embedded file store under DataDir until ctx ends.
@@ -120,5 +124,6 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("open kv store: %w", err)
 	}
 	defer store.Close()
-	return service.Run(ctx, service.Spec{Addr: cfg.Addr, Handler: NewServer(store), Logger: cfg.Logger})
+	return service.Run(ctx, service.Spec{Addr: cfg.Addr, Handler: NewServer(store), Logger: cfg.Logger,
+		Token: cfg.Token, Internal: true, Insecure: cfg.Insecure})
 }

@@ -3,7 +3,7 @@
 package master
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -20,51 +20,65 @@ import (
 	"github.com/imgmill/imgmill/internal/taskstore"
 )
 
-// DefaultMaxUpload is the largest upload accepted by default.
-const DefaultMaxUpload = 256 << 20
-
-// NewServer returns the master's handler. maxUpload bounds an upload's size in bytes.
-func NewServer(db *client.Database, storage *client.Storage, maxUpload int64) http.Handler {
+// NewServer returns the master's handler; limits bound what it accepts (zero fields take the defaults).
+func NewServer(db *client.Database, storage *client.Storage, limits Limits) http.Handler {
 	mux := httpapi.NewMux()
-	addRoutes(mux, &server{db: db, storage: storage, maxUpload: maxUpload})
+	addRoutes(mux, &server{db: db, storage: storage, limits: limits.WithDefaults(),
+		queue: &queueGauge{db: db, ttl: queueCacheTTL}})
 	return mux
 }
 
 type server struct {
-	db        *client.Database
-	storage   *client.Storage
-	maxUpload int64
+	db      *client.Database
+	storage *client.Storage
+	limits  Limits
+	queue   *queueGauge
 }
 
 // handleNew stores an upload and answers its id. The task is created pending, the image streamed to
 // storage, and only then is the task made claimable, so no worker can claim a task whose image does not
 // exist yet; the id is answered only after both are durable.
+//
+// Before any of that, the upload must pass the limits: its length when it is declared, the queue (both
+// before a byte of the body is read), and then its type, width and height as its header says (the type
+// from the bytes, never from Content-Type). The header is read as the body streams in, the few bytes
+// it takes are kept and stored with the rest.
 func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
-	if r.ContentLength > s.maxUpload {
-		return httpapi.Errorf(http.StatusRequestEntityTooLarge, "image larger than %d bytes", s.maxUpload)
+	maxUpload := s.limits.MaxUpload
+	if maxUpload > 0 && r.ContentLength > maxUpload {
+		return httpapi.Errorf(http.StatusRequestEntityTooLarge, "image larger than %d bytes", maxUpload)
 	}
-	body := bufio.NewReaderSize(http.MaxBytesReader(w, r.Body, s.maxUpload), 32<<10)
-	head, err := body.Peek(imageop.SniffLen)
-	if len(head) == 0 {
-		if err != nil && !errors.Is(err, io.EOF) {
-			return uploadError(err)
-		}
+	if err := s.checkQueue(w, r); err != nil {
+		return err
+	}
+	var body io.Reader = r.Body
+	if maxUpload > 0 {
+		body = http.MaxBytesReader(w, r.Body, maxUpload)
+	}
+	header, head, err := imageop.ReadHeader(body, imageop.MaxHeaderLen)
+	switch {
+	case len(head) == 0 && (err == nil || errors.Is(err, imageop.ErrDecode)):
 		return httpapi.Errorf(http.StatusBadRequest, "empty image: send the image bytes as the request body")
+	case errors.Is(err, imageop.ErrDecode):
+		return httpapi.Errorf(http.StatusUnsupportedMediaType, "%v", err)
+	case err != nil:
+		return uploadError(err)
 	}
-	if _, ok := imageop.Sniff(head); !ok {
-		return httpapi.Errorf(http.StatusUnsupportedMediaType, "not a PNG, JPEG or GIF image")
+	if err := header.CheckSize(s.limits.MaxDimension, s.limits.MaxPixels); err != nil {
+		return httpapi.Errorf(http.StatusRequestEntityTooLarge, "%v", err)
 	}
 	ctx := r.Context()
 	id, err := s.db.NewTask(ctx, true, 0)
 	if err != nil {
 		return fmt.Errorf("create task: %w", err)
 	}
-	if err := s.storage.SendImage(ctx, id, client.Working, body, r.ContentLength); err != nil {
+	if err := s.storage.SendImage(ctx, id, client.Working, io.MultiReader(bytes.NewReader(head), body), r.ContentLength); err != nil {
 		return uploadError(err)
 	}
 	if err := s.db.ActivateTask(ctx, id); err != nil {
 		return fmt.Errorf("activate task %d: %w", id, err)
 	}
+	s.queue.add(1)
 	httpapi.WriteText(w, http.StatusOK, strconv.FormatInt(id, 10))
 	return nil
 }
@@ -190,21 +204,22 @@ type Config struct {
 	Advertise string
 	KV        *client.KV
 	HTTP      *http.Client
-	MaxUpload int64
+	Limits    Limits // zero fields take the defaults
 	Logger    *slog.Logger
+	// Token, when set, is the shared secret every request must carry (Authorization: Bearer); Insecure
+	// lets the master listen on a non-loopback address without one. See service.Spec.
+	Token    string
+	Insecure bool
 }
 
 // Run serves the master until ctx ends, registered in the kv store as masterAddress; it finds the
 // database and storage through the kv store.
 func Run(ctx context.Context, cfg Config) error {
-	maxUpload := cfg.MaxUpload
-	if maxUpload <= 0 {
-		maxUpload = DefaultMaxUpload
-	}
 	db := client.NewDatabase(cfg.HTTP, client.NewResolver(cfg.KV, client.DatabaseKey, client.ResolveTTL))
 	storage := client.NewStorage(cfg.HTTP, client.NewResolver(cfg.KV, client.StorageKey, client.ResolveTTL))
 	return service.Run(ctx, service.Spec{
-		Addr: cfg.Addr, Handler: NewServer(db, storage, maxUpload), Logger: cfg.Logger,
+		Addr: cfg.Addr, Handler: NewServer(db, storage, cfg.Limits), Logger: cfg.Logger,
 		RegisterAs: client.MasterKey, KV: cfg.KV, Advertise: cfg.Advertise,
+		Token: cfg.Token, Internal: true, Insecure: cfg.Insecure,
 	})
 }

@@ -8,6 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"image"
+	"image/gif"
+	"image/jpeg"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -24,6 +27,7 @@ import (
 
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/servicetest"
 )
 
@@ -172,15 +176,19 @@ func TestNewStoresImageAndActivatesTask(t *testing.T) {
 
 func TestNewAcceptsEveryFormat(t *testing.T) {
 	s := newStack(t, servicetest.Options{})
+	gif89a := encodeGIF(t, 9, 4)
+	gif87a := bytes.Replace(gif89a, []byte("GIF89a"), []byte("GIF87a"), 1) // a plain GIF is valid as either
 	for _, tc := range []struct {
 		name string
 		body []byte
 	}{
 		{"png", servicetest.PatternPNG(t, 16, 3)},
-		{"jpeg", append([]byte("\xff\xd8\xff\xe0"), bytes.Repeat([]byte{7}, 100)...)},
-		{"gif87a", []byte("GIF87a and some more bytes")},
-		{"gif89a", []byte("GIF89a and some more bytes")},
-		{"magic only", []byte(pngMagic)},
+		{"jpeg", encodeJPEG(t, 12, 5)},
+		{"gif87a", gif87a},
+		{"gif89a", gif89a},
+		// The master reads the header only: what follows is the workers' business.
+		{"png header and junk", servicetest.PaddedPNG(16, 16, 200)},
+		{"png header only", imageop.PNGHeader(3, 2)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			id := s.uploadOK(t, tc.body)
@@ -195,14 +203,7 @@ func TestNewAcceptsEveryFormat(t *testing.T) {
 func TestNewRefusals(t *testing.T) {
 	const maxUpload = 64 << 10
 	s := newStack(t, servicetest.Options{MaxUpload: maxUpload})
-	big := func(n int) []byte {
-		b := make([]byte, n)
-		copy(b, pngMagic)
-		for i := len(pngMagic); i < n; i++ {
-			b[i] = byte(i)
-		}
-		return b
-	}
+	big := func(n int) []byte { return servicetest.PaddedPNG(64, 64, n) }
 	for _, tc := range []struct {
 		name    string
 		body    []byte
@@ -214,6 +215,7 @@ func TestNewRefusals(t *testing.T) {
 		{"text", []byte("hello, this is not an image at all"), false, http.StatusUnsupportedMediaType},
 		{"text chunked", []byte("hello, this is not an image at all"), true, http.StatusUnsupportedMediaType},
 		{"short", []byte("\x89PN"), false, http.StatusUnsupportedMediaType},
+		{"png magic only", []byte(pngMagic), false, http.StatusUnsupportedMediaType},
 		{"bmp", append([]byte("BM"), make([]byte, 64)...), false, http.StatusUnsupportedMediaType},
 		{"too large", big(maxUpload + 1), false, http.StatusRequestEntityTooLarge},
 		{"too large chunked", big(maxUpload + 1), true, http.StatusRequestEntityTooLarge},
@@ -306,9 +308,9 @@ func TestNewDatabaseDown(t *testing.T) {
 	}
 }
 
-// filler is a generated upload: a PNG signature then size-8 bytes of 64 KiB pseudo-random blocks, each
-// stamped with its index so that lost, repeated or reordered blocks change the hash. It hashes what it
-// yields. Before yielding byte gateAt it calls gate, which may block or fail the upload.
+// filler is a generated upload of size bytes: 64 KiB pseudo-random blocks, each stamped with its index so
+// that lost, repeated or reordered blocks change the hash, the first starting with the header of a 64x64
+// PNG (what the master checks). It hashes what it yields. Before yielding byte gateAt it calls gate, which may block or fail the upload.
 type filler struct {
 	size, off int64
 	block     []byte
@@ -346,7 +348,7 @@ func (f *filler) Read(p []byte) (int, error) {
 		// Stamp the block index (in place is fine: every later block overwrites it).
 		binary.LittleEndian.PutUint64(f.block, uint64(n))
 		if n == 0 {
-			copy(f.block, pngMagic)
+			copy(f.block, imageop.PNGHeader(64, 64))
 		}
 	}
 	n := copy(p, f.cur)
@@ -1062,4 +1064,22 @@ func TestReleaseTaskPassesThrough(t *testing.T) {
 	s.expectRefusalPassedThrough(t, "stale token", "/releaseTask", "/releaseTask", tokenQuery(id, claims[0].Token), http.StatusConflict,
 		fmt.Sprintf("Error: stale lease token for task %d", id))
 	s.expectRefusalPassedThrough(t, "unknown task", "/releaseTask", "/releaseTask", tokenQuery(4242, 1), http.StatusBadRequest, "Error: no task with id 4242")
+}
+
+func encodeJPEG(t testing.TB, w, h int) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if err := jpeg.Encode(&b, imageop.TestPattern(max(w, h), 1).SubImage(image.Rect(0, 0, w, h)), nil); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+func encodeGIF(t testing.TB, w, h int) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if err := gif.Encode(&b, imageop.TestPattern(max(w, h), 2).SubImage(image.Rect(0, 0, w, h)), nil); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
 }

@@ -5,8 +5,12 @@ package service
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/imgmill/imgmill/internal/backoff"
@@ -34,6 +38,18 @@ type Spec struct {
 
 	// Background loops run beside the server and stop with it.
 	Background []func(ctx context.Context) error
+
+	// Token, when set, is the shared secret every request must carry as "Authorization: Bearer <token>"
+	// (httpapi.RequireToken; GET /healthz stays open).
+	Token string
+	// Internal marks a service only other imgmill services and trusted clients should reach (kv,
+	// database, storage, master). Without a Token it refuses to listen on anything but loopback, unless
+	// Insecure is set, which only logs a warning.
+	Internal bool
+	Insecure bool
+
+	// Timeouts are the server's timeouts; zero fields take the httpapi defaults.
+	Timeouts httpapi.ServerTimeouts
 }
 
 // RegistrationTTL is how long a service's registration lives in the kv store unless renewed. It is renewed
@@ -51,12 +67,18 @@ const (
 
 // Run serves spec until ctx ends or something fails.
 func Run(ctx context.Context, spec Spec) error {
+	if err := checkListenPolicy(ctx, spec); err != nil {
+		return err
+	}
 	ln, err := httpapi.Listen(ctx, spec.Addr)
 	if err != nil {
 		return err
 	}
+	handler := httpapi.RequireToken(spec.Token, spec.Handler)
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return httpapi.Serve(ctx, ln, spec.Handler, spec.Logger) })
+	g.Go(func() error {
+		return httpapi.Serve(ctx, ln, handler, spec.Logger, httpapi.WithTimeouts(spec.Timeouts))
+	})
 	if spec.RegisterAs != "" {
 		addr := spec.Advertise
 		if addr == "" {
@@ -108,4 +130,39 @@ func register(ctx context.Context, kv *client.KV, key, addr string, ttl time.Dur
 			return
 		}
 	}
+}
+
+// checkListenPolicy refuses an invalid token, and an internal service without a token on an address
+// others can reach, unless spec.Insecure accepts that (with a warning).
+func checkListenPolicy(ctx context.Context, spec Spec) error {
+	if err := httpapi.CheckToken(spec.Token); err != nil {
+		return err
+	}
+	if !spec.Internal || spec.Token != "" || LoopbackAddr(spec.Addr) {
+		return nil
+	}
+	if spec.Insecure {
+		spec.Logger.WarnContext(ctx, "listening on a non-loopback address without a token (--insecure): "+
+			"anyone who can reach it can read, change and delete tasks, images and configuration", "addr", spec.Addr)
+		return nil
+	}
+	return fmt.Errorf("refusing to listen on %s without a token: it is not a loopback address, so anyone "+
+		"who can reach it could read, change and delete tasks, images and configuration; set the same "+
+		"secret on every service with --token or IMGMILL_TOKEN, listen on 127.0.0.1, or pass --insecure "+
+		"(IMGMILL_INSECURE=true) if the network itself is trusted", spec.Addr)
+}
+
+// LoopbackAddr reports whether the listen address addr (host:port) is reachable only from this machine:
+// a host in 127.0.0.0/8, ::1 or "localhost". An empty host (":3001"), an unspecified one (0.0.0.0, ::),
+// any other address and any other name are not.
+func LoopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
 }

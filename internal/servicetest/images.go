@@ -22,3 +22,7 @@ func PatternPNG(t testing.TB, size int, seed int64) []byte {
 	t.Helper()
 	return EncodePNG(t, imageop.TestPattern(size, seed))
 }
+
+// PaddedPNG is imageop.PaddedPNG(width, height, size): size bytes that the master accepts as a
+// width×height PNG (its header is valid), but that do not decode.
+func PaddedPNG(width, height, size int) []byte { return imageop.PaddedPNG(width, height, size) }

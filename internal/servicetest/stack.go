@@ -55,8 +55,10 @@ func ServeStorage(t testing.TB, dir string, wrap func(http.Handler) http.Handler
 
 // Options adjust a Stack.
 type Options struct {
-	// MaxUpload is the master's upload limit; 0 means master.DefaultMaxUpload.
+	// MaxUpload is the master's upload limit; 0 means Limits.MaxUpload.
 	MaxUpload int64
+	// Limits are the master's limits (zero fields: the defaults).
+	Limits master.Limits
 	// WrapStorage, when set, wraps the storage service's handler (to watch or refuse its requests).
 	WrapStorage func(http.Handler) http.Handler
 	// MasterDatabaseAddr and MasterStorageAddr, when set, are where the master looks for the database
@@ -96,11 +98,11 @@ func NewStack(t testing.TB, opts Options) *Stack {
 	if opts.MasterStorageAddr != "" {
 		st = client.NewStorage(s.HTTP, client.Static(opts.MasterStorageAddr))
 	}
-	maxUpload := opts.MaxUpload
-	if maxUpload == 0 {
-		maxUpload = master.DefaultMaxUpload
+	limits := opts.Limits
+	if opts.MaxUpload != 0 {
+		limits.MaxUpload = opts.MaxUpload
 	}
-	s.MasterURL = Serve(t, master.NewServer(db, st, maxUpload)).URL
+	s.MasterURL = Serve(t, master.NewServer(db, st, limits)).URL
 	t.Cleanup(stopDatabase) // end long polls before the master's server waits for the requests holding them
 	s.Master = client.NewMaster(s.HTTP, client.Static(Addr(s.MasterURL)))
 	return s

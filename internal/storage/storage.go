@@ -143,6 +143,10 @@ type Config struct {
 	KV        *client.KV
 	DataDir   string
 	Logger    *slog.Logger
+	// Token, when set, is the shared secret every request must carry (Authorization: Bearer); Insecure
+	// lets the service listen on a non-loopback address without one. See service.Spec.
+	Token    string
+	Insecure bool
 }
 
 // Run serves the storage service on files under DataDir/images until ctx ends, registered in the kv
@@ -160,5 +164,6 @@ func Run(ctx context.Context, cfg Config) error {
 	return service.Run(ctx, service.Spec{
 		Addr: cfg.Addr, Handler: NewServer(blobs), Logger: cfg.Logger,
 		RegisterAs: client.StorageKey, KV: cfg.KV, Advertise: cfg.Advertise,
+		Token: cfg.Token, Internal: true, Insecure: cfg.Insecure,
 	})
 }

@@ -76,6 +76,34 @@ var (
 	ErrNotPending = errors.New("task is no longer pending")
 )
 
+// Counts is how many tasks are in each state, as Get and List report them: a task whose lease lapsed
+// counts as what the next Claim makes of it (queued again, or failed out of attempts), and pending tasks
+// (uploads not yet complete) count as queued.
+type Counts struct {
+	Queued     int64 // NotStarted, pending or not
+	Processing int64 // InProgress with a live lease
+	Finished   int64
+	Failed     int64
+}
+
+// Of returns the count of tasks in state s (0 for an unknown state).
+func (c Counts) Of(s State) int64 {
+	switch s {
+	case NotStarted:
+		return c.Queued
+	case InProgress:
+		return c.Processing
+	case Finished:
+		return c.Finished
+	case Failed:
+		return c.Failed
+	}
+	return 0
+}
+
+// Total is the number of tasks.
+func (c Counts) Total() int64 { return c.Queued + c.Processing + c.Finished + c.Failed }
+
 // CreateParams describes a new task.
 type CreateParams struct {
 	Pending     bool
@@ -120,6 +148,10 @@ type Store interface {
 	ExpirePending(ctx context.Context, olderThan time.Duration) (int, error)
 	// List yields every task in id order.
 	List(ctx context.Context) iter.Seq2[Task, error]
+	// Counts returns how many tasks are in each state, from one consistent view (it agrees with a List
+	// taken at the same moment). It is cheap enough to call every second: the master checks the queue
+	// length with it before accepting uploads.
+	Counts(ctx context.Context) (Counts, error)
 	// Close releases the store's resources.
 	Close() error
 }

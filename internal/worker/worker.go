@@ -39,7 +39,11 @@ type Config struct {
 	Wait        time.Duration // long-poll wait per claim; default DefaultWait
 	Heartbeat   time.Duration // lease renewal interval; default DefaultHeartbeat
 	Drain       time.Duration // grace for the current task on shutdown; default DefaultDrain
-	Logger      *slog.Logger
+	// MaxPixels is the largest image a worker decodes, in pixels (width × height), checked from the
+	// image's header before decoding it, so a worker's memory is bounded; a larger image fails its
+	// task at once. 0 means imageop.DefaultMaxPixels, negative no limit.
+	MaxPixels int64
+	Logger    *slog.Logger
 }
 
 // Run runs Concurrency worker loops until ctx ends. A loop then claims nothing more and finishes its
@@ -59,6 +63,7 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Drain = DefaultDrain
 	}
 	proc := imageop.NewProcessor()
+	proc.MaxPixels = cfg.MaxPixels
 	cfg.Logger.InfoContext(ctx, "worker started", "concurrency", n)
 	var wg sync.WaitGroup
 	for i := range n {
@@ -144,7 +149,8 @@ func (l *loop) handle(stop context.Context, task client.Task) {
 		}
 		logger.InfoContext(ctx, "task released on shutdown")
 	default:
-		permanent := errors.Is(err, imageop.ErrDecode)
+		// Input that can never work fails the task at once: it does not decode, or it is too large.
+		permanent := errors.Is(err, imageop.ErrDecode) || errors.Is(err, imageop.ErrTooLarge)
 		t, ferr := l.cfg.Master.FailTask(ctx, task.ID, task.Token, err.Error(), permanent)
 		if ferr != nil {
 			logger.WarnContext(ctx, "reporting failure failed; the lease will lapse", "err", err, "report_err", ferr)

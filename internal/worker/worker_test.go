@@ -16,6 +16,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -189,8 +190,8 @@ func TestWorkerProcessesUploads(t *testing.T) {
 
 	stop := startWorker(t, worker.Config{Master: s.Master, Storage: s.Storage, Concurrency: 2, Wait: 2 * time.Second, Logger: servicetest.Discard})
 
-	// An image that passes the master's sniffing but does not decode: the worker must survive it.
-	bad := []byte("\x89PNG\r\n\x1a\n this is not really a PNG")
+	// An image that passes the master's header checks but does not decode: the worker must survive it.
+	bad := servicetest.PaddedPNG(8, 8, 100)
 	badID, err := s.Master.New(ctx, bytes.NewReader(bad), int64(len(bad)))
 	if err != nil {
 		t.Fatalf("upload bad image: %v", err)
@@ -428,7 +429,7 @@ func newRig(t *testing.T, opts rigOptions) *rig {
 	storageURL := servicetest.ServeStorage(t, filepath.Join(dir, "images"), opts.wrapStorage)
 	r.db = client.NewDatabase(r.hc, client.Static(servicetest.Addr(dbURL)))
 	r.storage = client.NewStorage(r.hc, client.Static(servicetest.Addr(storageURL)))
-	r.masterURL = servicetest.Serve(t, r.calls.wrap(master.NewServer(r.db, r.storage, master.DefaultMaxUpload))).URL
+	r.masterURL = servicetest.Serve(t, r.calls.wrap(master.NewServer(r.db, r.storage, master.Limits{}))).URL
 	t.Cleanup(stopDatabase) // end long polls before the master's server waits for the requests holding them
 	r.master = client.NewMaster(r.hc, client.Static(servicetest.Addr(r.masterURL)))
 	return r
@@ -854,5 +855,69 @@ func TestWorkerWithReferenceMaster(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// queueDirectly stores data as task's working image and activates it, past the master and its limits,
+// as an upload from before the limits (or from another master) would be; it returns the task id.
+func queueDirectly(ctx context.Context, t *testing.T, s *servicetest.Stack, data []byte) int64 {
+	t.Helper()
+	id, err := s.Database.NewTask(ctx, true, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Storage.SendImage(ctx, id, client.Working, bytes.NewReader(data), int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Database.ActivateTask(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// TestWorkerFailsOversizedImage: an image over the worker's pixel limit fails its task at once and for
+// good, with the reason, before any pixel is decoded: 300 bytes that claim 100000x100000 pixels (40 GB
+// as RGBA) cost the worker nothing.
+func TestWorkerFailsOversizedImage(t *testing.T) {
+	s := servicetest.NewStack(t, servicetest.Options{})
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	huge := queueDirectly(ctx, t, s, servicetest.PaddedPNG(100_000, 100_000, 300))
+	// The worker's own limit, lower than the default: a real 20x20 image is over 300 pixels.
+	small := queueDirectly(ctx, t, s, servicetest.PatternPNG(t, 20, 3))
+	fine := queueDirectly(ctx, t, s, servicetest.PatternPNG(t, 17, 4))
+
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	stop := startWorker(t, worker.Config{Master: s.Master, Storage: s.Storage, Concurrency: 1, Wait: time.Second,
+		MaxPixels: 300, Logger: servicetest.Discard})
+	for _, tc := range []struct {
+		id     int64
+		reason string
+	}{
+		{huge, "image is 100000x100000 pixels, over the limit of 300 pixels in all"},
+		{small, "image is 20x20 pixels, over the limit of 300 pixels in all"},
+	} {
+		task := waitTask(ctx, t, s.Database, tc.id, "failed", func(t client.Task) bool { return t.State == client.StateFailed })
+		if task.Attempts != 1 || task.Error != tc.reason {
+			t.Errorf("oversized task = %+v, want failed on its first attempt with %q", task, tc.reason)
+		}
+		if _, ok := s.StoredImage(t, tc.id, client.Finished); ok {
+			t.Errorf("oversized task %d has a finished image", tc.id)
+		}
+	}
+	waitFinished(ctx, t, s, fine)
+	runtime.ReadMemStats(&after)
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 256<<20 {
+		t.Errorf("the worker allocated %d MB for three small files", alloc>>20)
+	}
+
+	// The default limit (50 MP) refuses the huge one too.
+	stop()
+	huge2 := queueDirectly(ctx, t, s, servicetest.PaddedPNG(100_000, 100_000, 300))
+	startWorker(t, worker.Config{Master: s.Master, Storage: s.Storage, Concurrency: 1, Wait: time.Second, Logger: servicetest.Discard})
+	task := waitTask(ctx, t, s.Database, huge2, "failed", func(t client.Task) bool { return t.State == client.StateFailed })
+	if want := "image is 100000x100000 pixels, over the limit of 50000000 pixels (50 MP) in all"; task.Attempts != 1 || task.Error != want {
+		t.Errorf("oversized task = %+v, want failed on its first attempt with %q", task, want)
 	}
 }

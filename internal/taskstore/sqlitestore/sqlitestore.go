@@ -42,7 +42,7 @@ type Store struct {
 	// Prepared statements for the hot paths. Those on w stay prepared on its one connection, so
 	// a transaction's tx.StmtContext reuses them rather than re-preparing.
 	create, activate, sweep, claim, extend, finish, fail, release, set, expire, probe *sql.Stmt // on w
-	get                                                                               *sql.Stmt // on r
+	get, counts                                                                       *sql.Stmt // on r
 }
 
 var _ taskstore.Store = (*Store)(nil)
@@ -52,6 +52,7 @@ const (
 	claimableIndex = "tasks_claimable"
 	leaseIndex     = "tasks_lease"
 	pendingIndex   = "tasks_pending"
+	failedIndex    = "tasks_failed"
 )
 
 // migrations returns the schema steps; element i upgrades a database from user_version i to i+1.
@@ -85,6 +86,10 @@ func migrations() []string {
 		ALTER TABLE tasks ADD COLUMN error TEXT NOT NULL DEFAULT '';
 		UPDATE tasks SET token = MAX(attempts, 1) WHERE started_at IS NOT NULL;
 		CREATE INDEX ` + pendingIndex + ` ON tasks (created_at) WHERE pending = 1 AND state < 2;`,
+
+		// 3. Counts: failed tasks are few (an upload that cannot be processed), so an index of them
+		// lets Counts tell failed from finished without reading the whole table.
+		`CREATE INDEX ` + failedIndex + ` ON tasks (id) WHERE state = 3;`,
 	}
 }
 
@@ -197,6 +202,19 @@ const (
 
 	getSQL  = `SELECT ` + taskColumns + ` FROM tasks WHERE id = :id`
 	listSQL = `SELECT ` + taskColumns + ` FROM tasks ORDER BY id`
+
+	// countsSQL reads, in one snapshot, the parts Counts adds up; each part walks a partial index (or
+	// the primary key's edge), never the table: the total is MAX(id)+1 because ids are consecutive
+	// from 0 and tasks are never deleted, and finished is what remains. Lapsed leases are split as
+	// taskColumns does: attempts left, queued again; none left, failed.
+	countsSQL = `SELECT
+		(SELECT IFNULL(MAX(id) + 1, 0) FROM tasks),
+		(SELECT COUNT(*) FROM tasks WHERE state = 0 AND pending = 0),
+		(SELECT COUNT(*) FROM tasks WHERE pending = 1 AND state < 2 AND state = 0),
+		(SELECT COUNT(*) FROM tasks WHERE state = 1),
+		(SELECT COUNT(*) FROM tasks WHERE state = 1 AND lease_until <= :now AND attempts < max_attempts),
+		(SELECT COUNT(*) FROM tasks WHERE state = 1 AND lease_until <= :now AND attempts >= max_attempts),
+		(SELECT COUNT(*) FROM tasks WHERE state = 3)`
 )
 
 // Open opens (creating if needed) the task database at path and migrates its schema.
@@ -255,7 +273,10 @@ func (s *Store) init(ctx context.Context, path string) error {
 	var err error
 	s.r, err = sql.Open("sqlite", dsn(path,
 		"_pragma=busy_timeout(5000)",
-		"_pragma=query_only(1)"))
+		"_pragma=query_only(1)",
+		// Readers touch the recent tail of the table; a small page cache each (the OS caches the
+		// file) bounds the pool's memory.
+		"_pragma=cache_size(-512)"))
 	if err != nil {
 		return err
 	}
@@ -282,6 +303,7 @@ func (s *Store) init(ctx context.Context, path string) error {
 		{s.w, &s.expire, expireSQL},
 		{s.w, &s.probe, probeSQL},
 		{s.r, &s.get, getSQL},
+		{s.r, &s.counts, countsSQL},
 	} {
 		if *p.stmt, err = p.db.PrepareContext(ctx, p.query); err != nil {
 			return fmt.Errorf("prepare %q: %w", firstLine(p.query), err)
@@ -586,11 +608,29 @@ func (s *Store) List(ctx context.Context) iter.Seq2[taskstore.Task, error] {
 	}
 }
 
+// Counts returns how many tasks are in each state, read from one snapshot through the partial indexes.
+func (s *Store) Counts(ctx context.Context) (taskstore.Counts, error) {
+	var total, claimable, pendingQueued, inProgress, lapsedRetry, lapsedFailed, failed int64
+	err := s.counts.QueryRowContext(ctx, sql.Named("now", nanos(s.now()))).Scan(
+		&total, &claimable, &pendingQueued, &inProgress, &lapsedRetry, &lapsedFailed, &failed)
+	if err != nil {
+		return taskstore.Counts{}, fmt.Errorf("sqlitestore: counts: %w", err)
+	}
+	c := taskstore.Counts{
+		Queued:     claimable + pendingQueued + lapsedRetry,
+		Processing: inProgress - lapsedRetry - lapsedFailed,
+		Failed:     failed + lapsedFailed,
+	}
+	c.Finished = total - c.Queued - c.Processing - c.Failed
+	return c, nil
+}
+
 // Close closes the statements and both pools.
 func (s *Store) Close() error {
 	var errs []error
 	for _, st := range []*sql.Stmt{
 		s.create, s.activate, s.sweep, s.claim, s.extend, s.finish, s.fail, s.release, s.set, s.expire, s.probe, s.get,
+		s.counts,
 	} {
 		if st != nil {
 			errs = append(errs, st.Close())

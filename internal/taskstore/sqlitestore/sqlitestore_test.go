@@ -321,6 +321,22 @@ func TestQueryPlansUseIndexes(t *testing.T) {
 		}
 		t.Logf("%s plan:\n%s", tc.name, text)
 	}
+
+	// Counts adds up several parts, each through its own partial index (the total through the
+	// primary key's edge): none reads the table.
+	plan := queryPlan(t, s, countsSQL, now)
+	text := strings.Join(plan, "\n")
+	for _, index := range []string{claimableIndex, pendingIndex, leaseIndex, failedIndex} {
+		if !strings.Contains(text, index) {
+			t.Errorf("counts plan does not use %s:\n%s", index, text)
+		}
+	}
+	for _, line := range plan {
+		if l := strings.TrimSpace(line); l == "SCAN tasks" || l == "SCAN tasks USING INTEGER PRIMARY KEY" {
+			t.Errorf("counts plan reads the whole table:\n%s", text)
+		}
+	}
+	t.Logf("counts plan:\n%s", text)
 }
 
 // v1Schema is schema version 1 as released (git show 7205ebf:internal/taskstore/sqlitestore/sqlitestore.go),
@@ -438,13 +454,18 @@ func TestMigrateFromV1(t *testing.T) {
 	}
 	check("after migration")
 	var version int
-	if err := s.w.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&version); err != nil || version != 2 {
-		t.Fatalf("user_version after migration = %d, %v; want 2", version, err)
+	if err := s.w.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&version); err != nil || version != len(migrations()) {
+		t.Fatalf("user_version after migration = %d, %v; want %d", version, err, len(migrations()))
 	}
 	var indexes int
-	if err := s.w.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND name IN (?, ?, ?)`,
-		claimableIndex, leaseIndex, pendingIndex).Scan(&indexes); err != nil || indexes != 3 {
-		t.Fatalf("%d of the 3 indexes after migration, %v", indexes, err)
+	if err := s.w.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND name IN (?, ?, ?, ?)`,
+		claimableIndex, leaseIndex, pendingIndex, failedIndex).Scan(&indexes); err != nil || indexes != 4 {
+		t.Fatalf("%d of the 4 indexes after migration, %v", indexes, err)
+	}
+	// The migrated tasks are counted as List reports them: 0, 1, 3 and 6 queued (1 pending, 3 lapsed
+	// with attempts left), 2 and 7 processing, 4 finished, 5 failed (lapsed on its last attempt).
+	if c, err := s.Counts(ctx); err != nil || c != (taskstore.Counts{Queued: 4, Processing: 2, Finished: 1, Failed: 1}) {
+		t.Fatalf("Counts after migration = %+v, %v", c, err)
 	}
 	closeStore(t, s)
 

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/imgmill/imgmill/internal/master"
+)
+
+func TestLimitFlagsInHelp(t *testing.T) {
+	for cmd, flags := range map[string][]string{
+		"master": {"max-upload", "max-dimension", "max-pixels", "max-queued"},
+		"serve":  {"max-upload", "max-dimension", "max-pixels", "max-queued"},
+		"worker": {"max-pixels"},
+	} {
+		_, errOut, err := runCLI(t, nil, cmd, "--help")
+		if err != nil {
+			t.Fatalf("%s --help: %v", cmd, err)
+		}
+		for _, f := range flags {
+			if !strings.Contains(errOut, "--"+f+" ("+envName(f)+")") {
+				t.Errorf("%s --help lacks --%s with its variable:\n%s", cmd, f, errOut)
+			}
+		}
+	}
+}
+
+// parseLimits defines and parses the master's limit flags as runMaster does.
+func parseLimits(t *testing.T, vars map[string]string, args ...string) (master.Limits, error) {
+	t.Helper()
+	e := &env{getenv: func(k string) string { return vars[k] }, stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}}
+	f := newFlags(e, "master", "")
+	l := f.limits()
+	if err := f.parse(args); err != nil {
+		return master.Limits{}, err
+	}
+	err := checkMasterLimits(l)
+	return *l, err
+}
+
+func TestLimitFlags(t *testing.T) {
+	l, err := parseLimits(t, nil)
+	if want := (master.Limits{}).WithDefaults(); err != nil || l != want {
+		t.Errorf("default limits = %+v, %v; want %+v", l, err, want)
+	}
+	if want := (master.Limits{MaxUpload: 256 << 20, MaxDimension: 16384, MaxPixels: 50_000_000, MaxQueued: 10000}); l != want {
+		t.Errorf("default limits = %+v, want %+v", l, want)
+	}
+
+	env := map[string]string{"IMGMILL_MAX_DIMENSION": "4096", "IMGMILL_MAX_PIXELS": "1000000", "IMGMILL_MAX_QUEUED": "50",
+		"IMGMILL_MAX_UPLOAD": "1048576"}
+	l, err = parseLimits(t, env)
+	if want := (master.Limits{MaxUpload: 1 << 20, MaxDimension: 4096, MaxPixels: 1_000_000, MaxQueued: 50}); err != nil || l != want {
+		t.Errorf("limits from the environment = %+v, %v; want %+v", l, err, want)
+	}
+	l, err = parseLimits(t, env, "--max-queued", "0", "--max-dimension", "100")
+	if want := (master.Limits{MaxUpload: 1 << 20, MaxDimension: 100, MaxPixels: 1_000_000, MaxQueued: master.NoLimit}); err != nil || l != want {
+		t.Errorf("limits from flags over the environment = %+v, %v; want %+v (0: no limit)", l, err, want)
+	}
+	for _, args := range [][]string{{"--max-queued", "-1"}, {"--max-pixels", "-5"}, {"--max-dimension", "many"}} {
+		if _, err := parseLimits(t, nil, args...); !errors.Is(err, errUsage) {
+			t.Errorf("%v: err %v, want a usage error", args, err)
+		}
+	}
+	if _, _, err := runCLI(t, nil, "worker", "--max-pixels", "-1"); !errors.Is(err, errUsage) {
+		t.Errorf("worker --max-pixels -1: err %v, want a usage error", err)
+	}
+	if _, _, err := runCLI(t, nil, "master", "--max-queued", "-2"); !errors.Is(err, errUsage) {
+		t.Errorf("master --max-queued -2: err %v, want a usage error", err)
+	}
+}

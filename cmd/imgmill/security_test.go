@@ -1,0 +1,279 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime/multipart"
+	"net"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/imageop"
+	"github.com/imgmill/imgmill/internal/servicetest"
+)
+
+const testToken = "imgmill-test-token-0123456789"
+
+// newTokenDeployment is a split deployment whose services all get token (through IMGMILL_TOKEN) and
+// whose client d.hc sends it.
+func newTokenDeployment(t testing.TB, token string) *deployment {
+	t.Helper()
+	d := newDeployment(t)
+	d.token = token
+	d.hc = httpapi.NewClient(httpapi.WithToken(token)) // the cleanup closes whichever d.hc is set
+	return d
+}
+
+func TestHelpListsSecurityFlags(t *testing.T) {
+	for cmd, flags := range map[string][]string{
+		"serve": {"token", "insecure"}, "kv": {"token", "insecure"}, "database": {"token", "insecure"},
+		"storage": {"token", "insecure"}, "master": {"token", "insecure"},
+		"worker": {"token"}, "frontend": {"token"}, "bench": {"token"},
+	} {
+		_, errOut, err := runCLI(t, nil, cmd, "--help")
+		if err != nil {
+			t.Fatalf("%s --help: %v", cmd, err)
+		}
+		for _, f := range flags {
+			if !strings.Contains(errOut, "--"+f+" ("+envName(f)+")") {
+				t.Errorf("%s --help lacks --%s with its variable:\n%s", cmd, f, errOut)
+			}
+		}
+	}
+	// The token is never printed, not even when it is set.
+	_, errOut, _ := runCLI(t, map[string]string{"IMGMILL_TOKEN": testToken}, "kv", "--help")
+	if strings.Contains(errOut, testToken) {
+		t.Errorf("kv --help prints the token:\n%s", errOut)
+	}
+}
+
+// A token that cannot go into a header is a usage error naming where it came from.
+func TestBadToken(t *testing.T) {
+	_, _, err := runCLI(t, map[string]string{"IMGMILL_TOKEN": "two words"}, "kv", "--addr", "127.0.0.1:0", "--data", t.TempDir())
+	if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "IMGMILL_TOKEN") {
+		t.Errorf("IMGMILL_TOKEN with a space: %v, want a usage error naming the variable", err)
+	}
+	_, _, err = runCLI(t, nil, "worker", "--token", "new\nline")
+	if !errors.Is(err, errUsage) {
+		t.Errorf("--token with a newline: %v, want a usage error", err)
+	}
+}
+
+// kv on a non-loopback address without a token refuses to start and says how to fix it.
+func TestKVRefusesNonLoopbackWithoutToken(t *testing.T) {
+	for _, addr := range []string{"0.0.0.0:0", ":0"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var stderr syncBuffer
+		err := run(ctx, []string{"imgmill", "kv", "--addr", addr, "--data", t.TempDir()}, func(string) string { return "" },
+			io.Discard, &stderr)
+		ranOut := ctx.Err() != nil
+		cancel()
+		if err == nil {
+			t.Fatalf("kv --addr %s without a token started", addr)
+		}
+		for _, want := range []string{"refusing to listen on " + addr + " without a token", "--token", "IMGMILL_TOKEN", "--insecure"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("kv --addr %s: %q does not say %q", addr, err, want)
+			}
+		}
+		if ranOut {
+			t.Errorf("kv --addr %s ran until the deadline instead of refusing", addr)
+		}
+	}
+}
+
+var listeningAddr = regexp.MustCompile(`msg=listening .*addr=(\S+)`)
+
+// runKVAnywhere runs `imgmill kv --addr 0.0.0.0:0` with env and returns the loopback address it listens on and
+// its log; it is stopped, and must exit cleanly, when the test ends.
+func runKVAnywhere(t *testing.T, env map[string]string) (addr string, log *syncBuffer) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	log = &syncBuffer{}
+	go func() {
+		done <- run(ctx, []string{"imgmill", "kv", "--addr", "0.0.0.0:0", "--data", t.TempDir()},
+			func(k string) string { return env[k] }, io.Discard, log)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("kv: %v", err)
+		}
+	})
+	var m []string
+	if !servicetest.PollFor(10*time.Second, func() bool {
+		select {
+		case err := <-done:
+			done <- err
+			return true
+		default:
+		}
+		m = listeningAddr.FindStringSubmatch(log.String())
+		return m != nil
+	}) || m == nil {
+		t.Fatalf("kv is not listening:\n%s", log.String())
+	}
+	_, port, err := net.SplitHostPort(m[1])
+	if err != nil {
+		t.Fatalf("listening on %q: %v", m[1], err)
+	}
+	return "127.0.0.1:" + port, log
+}
+
+// With IMGMILL_INSECURE kv starts anyway, warns, and asks for nothing; with IMGMILL_TOKEN it starts
+// quietly and requires the token.
+func TestKVInsecureOrToken(t *testing.T) {
+	plain := servicetest.NewHTTPClient(t)
+	authed := httpapi.NewClient(httpapi.WithToken(testToken))
+	t.Cleanup(authed.CloseIdleConnections)
+
+	addr, log := runKVAnywhere(t, map[string]string{"IMGMILL_INSECURE": "true"})
+	if !strings.Contains(log.String(), "level=WARN") || !strings.Contains(log.String(), "without a token") {
+		t.Errorf("--insecure logged no warning:\n%s", log.String())
+	}
+	if r := servicetest.Call(t, plain, http.MethodGet, "http://"+addr+"/list", nil); r.Status != 200 {
+		t.Errorf("insecure kv: GET /list = %d %q, want 200", r.Status, r.Body)
+	}
+
+	addr, log = runKVAnywhere(t, map[string]string{"IMGMILL_TOKEN": testToken})
+	if strings.Contains(log.String(), "level=WARN") {
+		t.Errorf("kv with a token warned:\n%s", log.String())
+	}
+	r := servicetest.Call(t, plain, http.MethodGet, "http://"+addr+"/list", nil)
+	if r.Status != http.StatusUnauthorized || r.Body != httpapi.UnauthorizedText {
+		t.Errorf("kv with a token, GET /list without it = %d %q, want 401", r.Status, r.Body)
+	}
+	if r := servicetest.Call(t, authed, http.MethodGet, "http://"+addr+"/list", nil); r.Status != 200 {
+		t.Errorf("kv with a token, GET /list with it = %d %q, want 200", r.Status, r.Body)
+	}
+}
+
+// The split deployment with a token: an image goes through the public frontend (no token needed there)
+// end to end, while kv, database, storage and master answer 401 to a caller without the token (except
+// /healthz) and work for one with it.
+func TestSecuritySplitDeploymentWithToken(t *testing.T) {
+	d := newTokenDeployment(t, testToken)
+	d.startBackends()
+	d.startWorker("worker")
+	d.startFrontend()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	public := servicetest.NewHTTPClient(t) // a browser: no token
+	waitHealthy(t, ctx, public, d.feAddr)
+
+	orig := imageop.TestPattern(48, 11)
+	data, err := imageop.EncodePNG(orig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := submitOpaque(ctx, public, d.feAddr, data)
+	if err != nil {
+		t.Fatalf("upload through the frontend: %v", err)
+	}
+	q := "?id=" + url.QueryEscape(id)
+	waitFor(t, ctx, "task "+id+" ready at the frontend", func() bool {
+		body, _ := getText(ctx, public, "http://"+d.feAddr+"/isReady"+q)
+		return body == "Your image is ready."
+	})
+	if err := imageop.CheckSwapped(orig, fetchPNG(t, ctx, public, "http://"+d.feAddr+"/getImage"+q)); err != nil {
+		t.Errorf("result from the frontend: %v", err)
+	}
+
+	// The internal services, found through kv with the token.
+	addrs := map[string]string{"kv": d.kvAddr}
+	for name, key := range map[string]string{"database": client.DatabaseKey, "storage": client.StorageKey, "master": client.MasterKey} {
+		r := servicetest.Call(t, d.hc, http.MethodGet, "http://"+d.kvAddr+"/get?key="+key, nil)
+		if r.Status != 200 {
+			t.Fatalf("kv /get?key=%s with the token = %d %q", key, r.Status, r.Body)
+		}
+		addrs[name] = r.Body
+	}
+	// The task's id inside the pipeline, from the database's list.
+	r := servicetest.Call(t, d.hc, http.MethodGet, "http://"+addrs["database"]+"/list", nil)
+	var task struct{ ID, State int64 }
+	if err := json.Unmarshal([]byte(strings.SplitN(r.Body, "\n", 2)[0]), &task); r.Status != 200 || err != nil || task.State != 2 {
+		t.Fatalf("database /list with the token = %d %q (%v), want the finished task", r.Status, r.Body, err)
+	}
+	n := strconv.FormatInt(task.ID, 10)
+
+	calls := []struct {
+		service, method, path string
+		body                  []byte
+		want                  func(servicetest.Reply) bool // the answer with the token
+	}{
+		{"kv", "GET", "/list", nil, func(r servicetest.Reply) bool { return strings.Contains(r.Body, client.MasterKey+" : ") }},
+		{"kv", "POST", "/set?key=evil&value=1.2.3.4:5", nil, func(r servicetest.Reply) bool { return r.Body == "success" }},
+		{"kv", "DELETE", "/remove?key=evil", nil, func(r servicetest.Reply) bool { return r.Body == "success" }},
+		{"database", "GET", "/getById?id=" + n, nil, func(r servicetest.Reply) bool { return strings.Contains(r.Body, `"state":2`) }},
+		{"database", "GET", "/list", nil, func(r servicetest.Reply) bool { return strings.Contains(r.Body, `"id":`+n) }},
+		{"database", "POST", "/getNewTask", nil, func(r servicetest.Reply) bool { return r.Status == 400 }}, // nothing to claim
+		{"storage", "GET", "/getImage?id=" + n + "&state=finished", nil, func(r servicetest.Reply) bool {
+			return r.Status == 200 && r.Header.Get("Content-Type") == "image/png"
+		}},
+		{"master", "GET", "/isReady?id=" + n, nil, func(r servicetest.Reply) bool { return r.Body == "1" }},
+		{"master", "GET", "/get?id=" + n, nil, func(r servicetest.Reply) bool { return r.Status == 200 }},
+		{"master", "POST", "/new", data, func(r servicetest.Reply) bool { _, err := strconv.ParseInt(r.Body, 10, 64); return err == nil }},
+	}
+	for _, c := range calls {
+		u := "http://" + addrs[c.service] + c.path
+		r := servicetest.Call(t, public, c.method, u, bytes.NewReader(c.body))
+		if r.Status != http.StatusUnauthorized || r.Body != httpapi.UnauthorizedText || r.Header.Get("WWW-Authenticate") != "Bearer" {
+			t.Errorf("%s %s %s without the token = %d %q, want 401 %q", c.service, c.method, c.path, r.Status, r.Body, httpapi.UnauthorizedText)
+		}
+		req, _ := http.NewRequest(c.method, u, bytes.NewReader(c.body))
+		req.Header.Set("Authorization", "Bearer wrong-"+testToken)
+		if r := servicetest.MustDo(t, public, req); r.Status != http.StatusUnauthorized {
+			t.Errorf("%s %s %s with a wrong token = %d %q, want 401", c.service, c.method, c.path, r.Status, r.Body)
+		}
+		if r := servicetest.Call(t, d.hc, c.method, u, bytes.NewReader(c.body)); !c.want(r) {
+			t.Errorf("%s %s %s with the token = %d %q", c.service, c.method, c.path, r.Status, tail(r.Body, 200))
+		}
+	}
+	for name, addr := range addrs {
+		if r := servicetest.Call(t, public, http.MethodGet, "http://"+addr+"/healthz", nil); r.Status != 200 || r.Body != "ok" {
+			t.Errorf("%s /healthz without the token = %d %q, want 200 ok", name, r.Status, r.Body)
+		}
+	}
+}
+
+// submitOpaque uploads data through the frontend's /submitTask and returns the id as the opaque string
+// it is.
+func submitOpaque(ctx context.Context, hc *http.Client, addr string, data []byte) (string, error) {
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	fw, err := mw.CreateFormFile("uploadfile", "image.png")
+	if err != nil {
+		return "", err
+	}
+	if _, err := fw.Write(data); err != nil {
+		return "", err
+	}
+	if err := mw.Close(); err != nil {
+		return "", err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/submitTask", &body)
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	r, err := servicetest.Do(hc, req)
+	if err != nil {
+		return "", err
+	}
+	if r.Status != http.StatusOK || r.Body == "" {
+		return "", fmt.Errorf("submitTask: %d %q", r.Status, r.Body)
+	}
+	return r.Body, nil
+}

@@ -1,0 +1,121 @@
+package frontend
+
+import (
+	"container/list"
+	"math"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// maxBuckets caps how many clients' upload buckets are kept at once (a few hundred bytes each).
+const maxBuckets = 1 << 16
+
+// uploadLimiter is a token bucket per client address. Memory stays bounded without a background
+// goroutine: the buckets are kept in a list by last use, and every call first drops the buckets idle for
+// longer than a full refill takes (such a bucket is full again, so a new one is the same), then, at the
+// cap, the least recently used one.
+type uploadLimiter struct {
+	limit rate.Limit
+	burst int
+	idle  time.Duration
+	cap   int
+	now   func() time.Time
+
+	mu    sync.Mutex
+	byKey map[string]*list.Element
+	lru   list.List // of *bucket, most recently used at the front
+}
+
+type bucket struct {
+	key  string
+	lim  *rate.Limiter
+	seen time.Time
+}
+
+func newUploadLimiter(perSecond float64, burst, capacity int, now func() time.Time) *uploadLimiter {
+	burst = max(burst, 1)
+	idle := time.Duration(math.Ceil(float64(burst) / perSecond * float64(time.Second)))
+	return &uploadLimiter{limit: rate.Limit(perSecond), burst: burst, idle: max(idle, time.Second), cap: max(capacity, 1),
+		now: now, byKey: map[string]*list.Element{}}
+}
+
+// allow takes a token from key's bucket; when there is none it says how long until there is one.
+func (l *uploadLimiter) allow(key string) (wait time.Duration, ok bool) {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for el := l.lru.Back(); el != nil && now.Sub(el.Value.(*bucket).seen) >= l.idle; el = l.lru.Back() {
+		l.drop(el)
+	}
+	el := l.byKey[key]
+	if el == nil {
+		for l.lru.Len() >= l.cap {
+			l.drop(l.lru.Back())
+		}
+		el = l.lru.PushFront(&bucket{key: key, lim: rate.NewLimiter(l.limit, l.burst)})
+		l.byKey[key] = el
+	} else {
+		l.lru.MoveToFront(el)
+	}
+	b := el.Value.(*bucket)
+	b.seen = now
+	if b.lim.AllowN(now, 1) {
+		return 0, true
+	}
+	missing := 1 - b.lim.TokensAt(now)
+	return time.Duration(math.Ceil(missing / float64(l.limit) * float64(time.Second))), false
+}
+
+func (l *uploadLimiter) drop(el *list.Element) {
+	l.lru.Remove(el)
+	delete(l.byKey, el.Value.(*bucket).key)
+}
+
+// buckets is how many buckets are kept.
+func (l *uploadLimiter) buckets() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lru.Len()
+}
+
+// clientKey names the client of r for the upload limit: its IPv4 address, or the /64 network of its
+// IPv6 address (one subscriber usually has a whole /64, so single addresses would be free to rotate).
+// The address is the connection's peer; with trustProxy, the last X-Forwarded-For entry, which the
+// proxy in front appended, when it is an address.
+func clientKey(r *http.Request, trustProxy bool) string {
+	if trustProxy {
+		if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {
+			last := xff[len(xff)-1]
+			if i := strings.LastIndexByte(last, ','); i >= 0 {
+				last = last[i+1:]
+			}
+			if a, err := netip.ParseAddr(strings.TrimSpace(last)); err == nil {
+				return addrKey(a)
+			}
+		}
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return host
+	}
+	return addrKey(a)
+}
+
+func addrKey(a netip.Addr) string {
+	a = a.Unmap().WithZone("")
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p.String()
+	}
+	return a.String()
+}

@@ -1,0 +1,174 @@
+package imageop
+
+import (
+	"errors"
+	"fmt"
+	"image"
+	"image/gif"
+	"image/jpeg"
+	"image/png"
+	"io"
+	"math"
+	"strconv"
+	"strings"
+)
+
+// MaxHeaderLen is how far into an image ReadHeader looks for its size. PNG's IHDR ends at byte 33
+// and GIF's logical screen at byte 13, but a JPEG's frame header (SOF) may follow metadata segments
+// (Exif, ICC profiles, thumbnails) of up to 64 KiB each.
+const MaxHeaderLen = 256 << 10
+
+// DefaultMaxPixels is the largest image, in pixels (width × height), Processor decodes by default:
+// 50 megapixels, 200 MB as 8-bit RGBA and 400 MB at 16 bits per channel.
+const DefaultMaxPixels = 50_000_000
+
+// ErrTooLarge is wrapped by the errors of CheckSize and Process for an image over a size limit.
+var ErrTooLarge = errors.New("image too large")
+
+// Header is what an image's first bytes say about it.
+type Header struct {
+	Format        string // "png", "jpeg" or "gif", as Sniff and image.Decode name them
+	Width, Height int
+}
+
+// Pixels is the image's pixel count, width × height.
+func (h Header) Pixels() int64 { return int64(h.Width) * int64(h.Height) }
+
+// CheckSize returns an error wrapping ErrTooLarge when the image is wider or taller than maxSide or
+// has more than maxPixels pixels; a limit <= 0 is not checked.
+func (h Header) CheckSize(maxSide int, maxPixels int64) error {
+	if maxSide > 0 && (h.Width > maxSide || h.Height > maxSide) {
+		return &imageError{kind: ErrTooLarge, msg: fmt.Sprintf("image is %dx%d pixels, over the limit of %d pixels per side",
+			h.Width, h.Height, maxSide)}
+	}
+	if maxPixels > 0 && h.Pixels() > maxPixels {
+		return &imageError{kind: ErrTooLarge, msg: fmt.Sprintf("image is %dx%d pixels, over the limit of %d pixels%s in all",
+			h.Width, h.Height, maxPixels, megapixels(maxPixels))}
+	}
+	return nil
+}
+
+// megapixels spells n pixels in megapixels for a message, " (50 MP)" or " (2.5 MP)"; nothing below
+// 0.1 MP.
+func megapixels(n int64) string {
+	if n < 100_000 {
+		return ""
+	}
+	return " (" + strconv.FormatFloat(math.Round(float64(n)/1e4)/100, 'f', -1, 64) + " MP)"
+}
+
+// imageError is an error about the image itself (not about reading it) that wraps kind: ErrDecode or
+// ErrTooLarge. Its text stands alone, without kind's.
+type imageError struct {
+	kind error
+	msg  string
+}
+
+func (e *imageError) Error() string { return e.msg }
+func (e *imageError) Unwrap() error { return e.kind }
+
+// NotImageMessage is the text of ReadHeader's error for bytes that are not a PNG, JPEG or GIF at all.
+const NotImageMessage = "not a PNG, JPEG or GIF image"
+
+// ReadHeader reads from r the first bytes of a PNG, JPEG or GIF, as many as it takes to learn the
+// image's format and size (at most limit; <= 0 means MaxHeaderLen), without decoding any pixels.
+// It returns the header and every byte it read: the image is prefix followed by the rest of r
+// (io.MultiReader(bytes.NewReader(prefix), r)), so nothing is lost for storing or decoding it.
+//
+// An image whose first bytes do not say its size returns an error wrapping ErrDecode: not a PNG,
+// JPEG or GIF (the text is NotImageMessage), a header that ends early (truncated), a malformed one,
+// or no size within limit bytes. A read error of r is returned as it is, not as ErrDecode. The
+// prefix is returned with errors too; it is empty only when r held nothing.
+func ReadHeader(r io.Reader, limit int) (h Header, prefix []byte, err error) {
+	if limit <= 0 {
+		limit = MaxHeaderLen
+	}
+	const first = 512 // every PNG and GIF header, and most JPEG ones without Exif
+	buf := make([]byte, 0, min(first, limit))
+	eof := false
+	for {
+		if !eof && len(buf) < limit {
+			if len(buf) == cap(buf) {
+				grown := make([]byte, len(buf), min(2*cap(buf), limit))
+				copy(grown, buf)
+				buf = grown
+			}
+			n, rerr := io.ReadFull(r, buf[len(buf):cap(buf)])
+			buf = buf[:len(buf)+n]
+			switch {
+			case errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF):
+				eof = true
+			case rerr != nil:
+				return Header{}, buf, rerr
+			}
+		}
+		if len(buf) == 0 {
+			return Header{}, buf, &imageError{kind: ErrDecode, msg: "empty image"}
+		}
+		format, ok := Sniff(buf)
+		if !ok {
+			if len(buf) < SniffLen && !eof {
+				continue
+			}
+			return Header{}, buf, &imageError{kind: ErrDecode, msg: NotImageMessage}
+		}
+		pr := &prefixReader{b: buf}
+		cfg, derr := decodeConfig(format, pr)
+		name := strings.ToUpper(format)
+		switch {
+		case derr == nil && (cfg.Width <= 0 || cfg.Height <= 0):
+			return Header{}, buf, &imageError{kind: ErrDecode, msg: fmt.Sprintf("%s image has no pixels (%dx%d)", name, cfg.Width, cfg.Height)}
+		case derr == nil:
+			return Header{Format: format, Width: cfg.Width, Height: cfg.Height}, buf, nil
+		case !pr.hitEnd:
+			return Header{}, buf, &imageError{kind: ErrDecode, msg: fmt.Sprintf("%s: malformed %s header (%v)", NotImageMessage, name, derr)}
+		case eof:
+			return Header{}, buf, &imageError{kind: ErrDecode, msg: fmt.Sprintf(
+				"truncated %s header: the image ends after %d bytes, before its size (%v)", name, len(buf), derr)}
+		case len(buf) >= limit:
+			return Header{}, buf, &imageError{kind: ErrDecode, msg: fmt.Sprintf(
+				"%s header too long: no image size within the first %d bytes", name, limit)}
+		}
+		// The decoder wants more than has been read so far: read on and try again.
+	}
+}
+
+func decodeConfig(format string, r io.Reader) (image.Config, error) {
+	switch format {
+	case "png":
+		return png.DecodeConfig(r)
+	case "jpeg":
+		return jpeg.DecodeConfig(r)
+	case "gif":
+		return gif.DecodeConfig(r)
+	}
+	return image.Config{}, fmt.Errorf("unknown format %q", format)
+}
+
+// prefixReader reads b and records whether a reader asked for more than b holds. It is an
+// io.ByteReader so that the GIF decoder reads it directly, without a read-ahead buffer that would ask
+// for bytes it does not need.
+type prefixReader struct {
+	b      []byte
+	off    int
+	hitEnd bool
+}
+
+func (p *prefixReader) Read(b []byte) (int, error) {
+	if p.off >= len(p.b) {
+		p.hitEnd = true
+		return 0, io.EOF
+	}
+	n := copy(b, p.b[p.off:])
+	p.off += n
+	return n, nil
+}
+
+func (p *prefixReader) ReadByte() (byte, error) {
+	if p.off >= len(p.b) {
+		p.hitEnd = true
+		return 0, io.EOF
+	}
+	p.off++
+	return p.b[p.off-1], nil
+}

@@ -1,0 +1,152 @@
+package master
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/imageop"
+)
+
+// Default limits.
+const (
+	// DefaultMaxUpload is the largest upload accepted by default, in bytes.
+	DefaultMaxUpload = 256 << 20
+	// DefaultMaxDimension is the largest width or height accepted by default, in pixels.
+	DefaultMaxDimension = 16384
+	// DefaultMaxPixels is the largest image accepted by default, in pixels (width × height): the
+	// workers' own limit (imageop.DefaultMaxPixels), 50 megapixels.
+	DefaultMaxPixels = imageop.DefaultMaxPixels
+	// DefaultMaxQueued is how many queued tasks make the master refuse uploads by default.
+	DefaultMaxQueued = 10000
+)
+
+// NoLimit, as a Limits field, turns that limit off.
+const NoLimit = -1
+
+// Limits bound what the master accepts, so that no upload can exhaust a worker's memory and no flood
+// of uploads can fill the disk. A zero field takes its default; a negative one (NoLimit) is no limit.
+type Limits struct {
+	// MaxUpload is the largest upload in bytes (413); default DefaultMaxUpload.
+	MaxUpload int64
+	// MaxDimension is the largest width or height in pixels (413), read from the image's header
+	// before anything is stored; default DefaultMaxDimension.
+	MaxDimension int
+	// MaxPixels is the largest width × height (413), read from the header too; default
+	// DefaultMaxPixels. Workers should use the same limit (worker.Config.MaxPixels).
+	MaxPixels int64
+	// MaxQueued is how many queued tasks make the master refuse uploads (503 with Retry-After) until
+	// workers catch up; default DefaultMaxQueued. The count is the database's, cached for a second
+	// (queueCacheTTL) and raised by the master's own uploads meanwhile, so with several masters, or
+	// many uploads at once, the queue can overshoot the cap by a little.
+	MaxQueued int64
+}
+
+// WithDefaults returns l with its zero fields set to the defaults.
+func (l Limits) WithDefaults() Limits {
+	if l.MaxUpload == 0 {
+		l.MaxUpload = DefaultMaxUpload
+	}
+	if l.MaxDimension == 0 {
+		l.MaxDimension = DefaultMaxDimension
+	}
+	if l.MaxPixels == 0 {
+		l.MaxPixels = DefaultMaxPixels
+	}
+	if l.MaxQueued == 0 {
+		l.MaxQueued = DefaultMaxQueued
+	}
+	return l
+}
+
+const (
+	// queueCacheTTL is how long the master trusts the database's count of queued tasks.
+	queueCacheTTL = time.Second
+	// statsTimeout bounds the call that counts queued tasks; uploads wait for it.
+	statsTimeout = 3 * time.Second
+	// queueRetryAfter is the Retry-After of a refusal for a full queue.
+	queueRetryAfter = 5 * time.Second
+)
+
+// checkQueue refuses an upload while MaxQueued or more tasks are queued. When the count cannot be had,
+// the upload goes ahead: creating its task will tell whether the database works.
+func (s *server) checkQueue(w http.ResponseWriter, r *http.Request) error {
+	if s.limits.MaxQueued < 0 {
+		return nil
+	}
+	n, err := s.queue.queued(r.Context())
+	if err != nil || n < s.limits.MaxQueued {
+		return nil
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(int(queueRetryAfter/time.Second)))
+	return httpapi.Errorf(http.StatusServiceUnavailable, "too many queued tasks (%d), retry later", n)
+}
+
+// queueGauge is the database's count of queued tasks, cached for ttl so that checking the cap costs one
+// database call per ttl however many uploads arrive; uploads that find it stale share one refresh.
+type queueGauge struct {
+	db  *client.Database
+	ttl time.Duration
+
+	mu      sync.Mutex
+	n       int64
+	err     error         // the last refresh's failure, cached like a count
+	at      time.Time     // when n (or err) was read; zero before the first refresh
+	refresh chan struct{} // closed when the refresh under way ends; nil when none is
+}
+
+// queued returns the number of queued tasks, at most ttl old, or the error of the last refresh.
+func (g *queueGauge) queued(ctx context.Context) (int64, error) {
+	for {
+		g.mu.Lock()
+		if !g.at.IsZero() && time.Since(g.at) < g.ttl {
+			n, err := g.n, g.err
+			g.mu.Unlock()
+			return n, err
+		}
+		if wait := g.refresh; wait != nil {
+			g.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			}
+		}
+		done := make(chan struct{})
+		g.refresh = done
+		g.mu.Unlock()
+		return g.update(ctx, done)
+	}
+}
+
+// update asks the database and caches its answer. The call is not cut short by the caller's request
+// ending: other uploads may be waiting for it.
+func (g *queueGauge) update(ctx context.Context, done chan struct{}) (int64, error) {
+	callCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), statsTimeout)
+	stats, err := g.db.Stats(callCtx)
+	cancel()
+	if err != nil {
+		httpapi.LoggerFrom(ctx).WarnContext(ctx, "cannot count queued tasks; uploads are not capped until it works again", "err", err)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.n, g.err, g.at = stats.Queued, err, time.Now()
+	g.refresh = nil
+	close(done)
+	return g.n, g.err
+}
+
+// add counts tasks this master queued since the last refresh, so that a burst of uploads within ttl
+// is capped too.
+func (g *queueGauge) add(n int64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.err == nil {
+		g.n += n
+	}
+}

@@ -1,0 +1,381 @@
+package master_test
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/imageop"
+	"github.com/imgmill/imgmill/internal/master"
+	"github.com/imgmill/imgmill/internal/servicetest"
+)
+
+// expectRefused makes an upload with send and checks that the answer is exactly status and body, and
+// that the upload left nothing behind: no task (so no stored image and nothing claimable either).
+func (s stack) expectRefused(t *testing.T, what string, send func(*testing.T, []byte) servicetest.Reply, upload []byte, status int, body string) {
+	t.Helper()
+	before := s.listIDs(t)
+	r := send(t, upload)
+	if r.Status != status || r.Body != body {
+		t.Errorf("%s: POST /new = %d %q, want %d %q", what, r.Status, r.Body, status, body)
+	}
+	if err := servicetest.ConventionError(http.MethodPost, "/new", r); err != nil {
+		t.Error(err)
+	}
+	if after := s.listIDs(t); len(after) != len(before) {
+		t.Errorf("%s: the refused upload created a task: %v before, %v after", what, before, after)
+	}
+}
+
+// expectStored checks that an upload was accepted and stored exactly as sent.
+func (s stack) expectStored(t *testing.T, what string, r servicetest.Reply, body []byte) int64 {
+	t.Helper()
+	if r.Status != http.StatusOK {
+		t.Fatalf("%s: POST /new = %d %q, want 200", what, r.Status, r.Body)
+	}
+	id := servicetest.ParseID(t, r.Body)
+	if got, ok := s.StoredImage(t, id, client.Working); !ok || !bytes.Equal(got, body) {
+		t.Errorf("%s: stored %d bytes (found %v), want the %d uploaded", what, len(got), ok, len(body))
+	}
+	return id
+}
+
+func TestNewRefusesHugeImageFromItsHeader(t *testing.T) {
+	s := newStack(t, servicetest.Options{})
+	// 300 bytes that claim 100000x100000 pixels: 40 GB as RGBA, were anyone to decode it.
+	huge := servicetest.PaddedPNG(100_000, 100_000, 300)
+	const want = "Error: image is 100000x100000 pixels, over the limit of 16384 pixels per side"
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	s.expectRefused(t, "100000x100000 PNG", s.upload, huge, http.StatusRequestEntityTooLarge, want)
+	s.expectRefused(t, "100000x100000 PNG, chunked", s.postChunked, huge, http.StatusRequestEntityTooLarge, want)
+	runtime.ReadMemStats(&after)
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 64<<20 {
+		t.Errorf("refusing two 300-byte uploads allocated %d MB", alloc>>20)
+	}
+	if ids := s.listIDs(t); len(ids) != 0 {
+		t.Errorf("refused uploads created tasks %v", ids)
+	}
+	s.ExpectNoClaimable(t)
+	if _, ok := s.StoredImage(t, 0, client.Working); ok {
+		t.Error("a refused upload was stored")
+	}
+	if st, err := s.Database.Stats(t.Context()); err != nil || st != (client.Stats{}) {
+		t.Errorf("database stats after refusals = %+v, %v; want all zero", st, err)
+	}
+
+	// Within both default limits, on the edge: accepted (the header is all the master reads).
+	for _, wh := range [][2]int{{16384, 3051}, {3051, 16384}} {
+		body := servicetest.PaddedPNG(wh[0], wh[1], 300)
+		s.expectStored(t, fmt.Sprintf("%dx%d PNG", wh[0], wh[1]), s.upload(t, body), body)
+	}
+	// Over the default pixel limit with both sides within theirs.
+	s.expectRefused(t, "10000x5001 PNG", s.upload, servicetest.PaddedPNG(10_000, 5001, 300), http.StatusRequestEntityTooLarge,
+		"Error: image is 10000x5001 pixels, over the limit of 50000000 pixels (50 MP) in all")
+}
+
+func TestNewMaxDimension(t *testing.T) {
+	s := newStack(t, servicetest.Options{Limits: master.Limits{MaxDimension: 100}})
+	for _, tc := range []struct {
+		name string
+		body []byte
+		want string // "" for accepted
+	}{
+		{"png 100x100", servicetest.PatternPNG(t, 100, 1), ""},
+		{"png 101x1", servicetest.PaddedPNG(101, 1, 200), "image is 101x1 pixels, over the limit of 100 pixels per side"},
+		{"png 1x101", servicetest.PaddedPNG(1, 101, 200), "image is 1x101 pixels, over the limit of 100 pixels per side"},
+		{"png 101x101", servicetest.PatternPNG(t, 101, 2), "image is 101x101 pixels, over the limit of 100 pixels per side"},
+		{"jpeg 100x7", encodeJPEG(t, 100, 7), ""},
+		{"jpeg 7x101", encodeJPEG(t, 7, 101), "image is 7x101 pixels, over the limit of 100 pixels per side"},
+		{"gif 100x3", encodeGIF(t, 100, 3), ""},
+		{"gif 101x3", encodeGIF(t, 101, 3), "image is 101x3 pixels, over the limit of 100 pixels per side"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.want == "" {
+				id := s.expectStored(t, tc.name, s.upload(t, tc.body), tc.body)
+				s.claim(t, id) // leave nothing claimable
+				return
+			}
+			s.expectRefused(t, tc.name, s.upload, tc.body, http.StatusRequestEntityTooLarge, "Error: "+tc.want)
+		})
+	}
+}
+
+func TestNewMaxPixels(t *testing.T) {
+	s := newStack(t, servicetest.Options{Limits: master.Limits{MaxDimension: 10_000, MaxPixels: 10_000}})
+	for _, tc := range []struct {
+		w, h int
+		ok   bool
+	}{{100, 100, true}, {10_000, 1, true}, {1, 10_000, true}, {101, 100, false}, {5000, 3, false}, {10_000, 2, false}} {
+		name := fmt.Sprintf("%dx%d", tc.w, tc.h)
+		body := servicetest.PaddedPNG(tc.w, tc.h, 100)
+		if tc.ok {
+			s.claim(t, s.expectStored(t, name, s.upload(t, body), body))
+			continue
+		}
+		s.expectRefused(t, name, s.upload, body, http.StatusRequestEntityTooLarge,
+			fmt.Sprintf("Error: image is %dx%d pixels, over the limit of 10000 pixels in all", tc.w, tc.h))
+	}
+}
+
+// TestNewMeasuresJPEGAfterMetadata: a JPEG's size is in its frame header, which can follow large
+// metadata segments (Exif, ICC profiles); the master reads on until it finds it, and stores every byte.
+func TestNewMeasuresJPEGAfterMetadata(t *testing.T) {
+	s := newStack(t, servicetest.Options{Limits: master.Limits{MaxDimension: 100}})
+	small := imageop.InsertJPEGMetadata(encodeJPEG(t, 80, 50), 200<<10)
+	big := imageop.InsertJPEGMetadata(encodeJPEG(t, 200, 50), 200<<10)
+	for _, chunked := range []bool{false, true} {
+		post := s.upload
+		if chunked {
+			post = s.postChunked
+		}
+		what := fmt.Sprintf("chunked %v", chunked)
+		s.claim(t, s.expectStored(t, "80x50 JPEG after 200 KiB of metadata, "+what, post(t, small), small))
+		s.expectRefused(t, "200x50 JPEG after 200 KiB of metadata, "+what, post, big, http.StatusRequestEntityTooLarge,
+			"Error: image is 200x50 pixels, over the limit of 100 pixels per side")
+	}
+	// The search has an end: no size within the first 256 KiB is refused.
+	lost := imageop.InsertJPEGMetadata(encodeJPEG(t, 8, 8), imageop.MaxHeaderLen)
+	s.expectRefused(t, "JPEG after 256 KiB of metadata", s.upload, lost, http.StatusUnsupportedMediaType,
+		"Error: JPEG header too long: no image size within the first 262144 bytes")
+}
+
+func TestNewRefusesBadHeaders(t *testing.T) {
+	s := newStack(t, servicetest.Options{})
+	png := servicetest.PatternPNG(t, 32, 5)
+	badCRC := bytes.Clone(png)
+	badCRC[imageop.PNGHeaderLen-1] ^= 0xff
+	jpg := encodeJPEG(t, 16, 16)
+	for _, tc := range []struct {
+		name, body, want string
+	}{
+		{"text", "hello, this is not an image at all", "Error: not a PNG, JPEG or GIF image"},
+		{"png magic only", pngMagic, "Error: truncated PNG header: the image ends after 8 bytes, before its size (unexpected EOF)"},
+		{"png cut in IHDR", string(png[:20]), "Error: truncated PNG header: the image ends after 20 bytes, before its size (unexpected EOF)"},
+		{"jpeg cut before its size", string(jpg[:100]), "Error: truncated JPEG header: the image ends after 100 bytes, before its size (unexpected EOF)"},
+		{"gif cut", "GIF89a\x10\x00\x10", "Error: truncated GIF header: the image ends after 9 bytes, before its size (gif: reading header: unexpected EOF)"},
+		{"png bad IHDR checksum", string(badCRC), "Error: not a PNG, JPEG or GIF image: malformed PNG header (png: invalid format: invalid checksum)"},
+		{"png zero width", string(servicetest.PaddedPNG(0, 9, 100)), "Error: not a PNG, JPEG or GIF image: malformed PNG header (png: invalid format: non-positive dimension)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s.expectRefused(t, tc.name, s.upload, []byte(tc.body), http.StatusUnsupportedMediaType, tc.want)
+			s.expectRefused(t, tc.name+", chunked", s.postChunked, []byte(tc.body), http.StatusUnsupportedMediaType, tc.want)
+		})
+	}
+}
+
+// TestNewTypeFromBytes: the type is the bytes', whatever Content-Type the client claims.
+func TestNewTypeFromBytes(t *testing.T) {
+	s := newStack(t, servicetest.Options{})
+	post := func(body []byte, contentType string) servicetest.Reply {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, s.MasterURL+"/new", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", contentType)
+		return servicetest.MustDo(t, s.HTTP, req)
+	}
+	labelled := func(contentType string) func(*testing.T, []byte) servicetest.Reply {
+		return func(_ *testing.T, body []byte) servicetest.Reply { return post(body, contentType) }
+	}
+	png := servicetest.PatternPNG(t, 8, 6)
+	id := s.expectStored(t, "PNG labelled text/html", post(png, "text/html"), png)
+	img, err := s.Storage.GetImage(t.Context(), id, client.Working)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img.Close()
+	if img.ContentType != "image/png" {
+		t.Errorf("stored upload served as %q, want image/png", img.ContentType)
+	}
+	s.claim(t, id)
+	s.expectRefused(t, "HTML labelled image/png", labelled("image/png"), []byte("<html><script>alert(1)</script></html>"),
+		http.StatusUnsupportedMediaType, "Error: not a PNG, JPEG or GIF image")
+	s.expectRefused(t, "HTML labelled image/jpeg", labelled("image/jpeg"), []byte("<html>hello</html>"),
+		http.StatusUnsupportedMediaType, "Error: not a PNG, JPEG or GIF image")
+}
+
+// statsCounter is a proxy in front of the database that counts GET /stats; with refuse set it answers
+// /stats with 404, as a database without it would.
+type statsCounter struct {
+	calls  atomic.Int64
+	refuse atomic.Bool
+	proxy  atomic.Pointer[httputil.ReverseProxy]
+}
+
+// newCountedStack is a stack whose master reaches the database through a statsCounter.
+func newCountedStack(t *testing.T, limits master.Limits) (stack, *statsCounter) {
+	t.Helper()
+	c := &statsCounter{}
+	transport := &http.Transport{}
+	t.Cleanup(transport.CloseIdleConnections)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/stats" {
+			c.calls.Add(1)
+			if c.refuse.Load() {
+				http.Error(w, "Error: no endpoint /stats", http.StatusNotFound)
+				return
+			}
+		}
+		c.proxy.Load().ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	s := newStack(t, servicetest.Options{Limits: limits, MasterDatabaseAddr: servicetest.Addr(srv.URL)})
+	target, err := url.Parse(s.DatabaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.Transport = transport
+	c.proxy.Store(proxy)
+	return s, c
+}
+
+// waitCache outlasts the master's cache of the queue count.
+func waitCache() { time.Sleep(1100 * time.Millisecond) }
+
+// TestNewQueueCap: with MaxQueued tasks queued the master refuses uploads, 503 with Retry-After, before
+// reading them; once workers take tasks (and the cached count expires) uploads are accepted again.
+func TestNewQueueCap(t *testing.T) {
+	s, stats := newCountedStack(t, master.Limits{MaxQueued: 3})
+	ctx := t.Context()
+	start := time.Now()
+	var ids []int64
+	for i := range 3 {
+		ids = append(ids, s.uploadOK(t, servicetest.PatternPNG(t, 8, int64(i))))
+	}
+	// The 4th is refused at once, although the count the master read from the database (before the
+	// first upload) is less than a second old: it counts its own uploads meanwhile.
+	const full = "Error: too many queued tasks (3), retry later"
+	for _, chunked := range []bool{false, true} {
+		var r servicetest.Reply
+		if chunked {
+			r = s.postChunked(t, servicetest.PatternPNG(t, 8, 9))
+		} else {
+			r = s.upload(t, servicetest.PatternPNG(t, 8, 9))
+		}
+		if r.Status != http.StatusServiceUnavailable || r.Body != full {
+			t.Fatalf("4th upload (chunked %v): %d %q, want 503 %q", chunked, r.Status, r.Body, full)
+		}
+		if ra := r.Header.Get("Retry-After"); ra != "5" {
+			t.Errorf("4th upload: Retry-After %q, want 5 (seconds)", ra)
+		}
+	}
+	if got := s.listIDs(t); len(got) != 3 {
+		t.Errorf("tasks after the refusals: %v, want the 3 accepted", got)
+	}
+	if n, max := stats.calls.Load(), 1+int64(time.Since(start)/time.Second); n < 1 || n > max {
+		t.Errorf("the master asked the database for stats %d times in %v, want 1 to %d", n, time.Since(start), max)
+	}
+	if st, err := s.Database.Stats(ctx); err != nil || st != (client.Stats{Queued: 3}) {
+		t.Errorf("database stats = %+v, %v; want 3 queued", st, err)
+	}
+
+	// Still full after the cache expires: the database says so.
+	waitCache()
+	servicetest.ExpectError(t, "upload with 3 queued", s.upload(t, servicetest.PatternPNG(t, 8, 10)), http.StatusServiceUnavailable)
+
+	// Workers take two; within a second uploads are accepted again, up to the cap.
+	first := s.claim(t, ids[0])
+	s.claim(t, ids[1])
+	if err := s.Database.FinishTask(ctx, ids[0], first.Token); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := s.Database.Stats(ctx); err != nil || st != (client.Stats{Queued: 1, Processing: 1, Finished: 1}) {
+		t.Errorf("database stats = %+v, %v; want 1 queued, 1 processing, 1 finished", st, err)
+	}
+	var r servicetest.Reply
+	if !servicetest.PollFor(5*time.Second, func() bool {
+		r = s.upload(t, servicetest.PatternPNG(t, 8, 11))
+		return r.Status != http.StatusServiceUnavailable
+	}) {
+		t.Fatalf("uploads still refused with 1 task queued: %d %q", r.Status, r.Body)
+	}
+	if r.Status != http.StatusOK {
+		t.Fatalf("upload after workers took tasks: %d %q", r.Status, r.Body)
+	}
+	s.uploadOK(t, servicetest.PatternPNG(t, 8, 12))
+	servicetest.ExpectError(t, "upload with 3 queued again", s.upload(t, servicetest.PatternPNG(t, 8, 13)), http.StatusServiceUnavailable)
+}
+
+// TestNewQueueCountShared: however many uploads arrive at once, the master asks the database for the
+// count once per second.
+func TestNewQueueCountShared(t *testing.T) {
+	s, stats := newCountedStack(t, master.Limits{})
+	const n = 12
+	body := servicetest.PatternPNG(t, 8, 1)
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() {
+			r, err := servicetest.Send(t.Context(), s.HTTP, http.MethodPost, s.MasterURL+"/new", bytes.NewReader(body))
+			if err == nil && r.Status != http.StatusOK {
+				err = fmt.Errorf("%d %q", r.Status, r.Body)
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("upload %d: %v", i, err)
+		}
+	}
+	if calls, max := stats.calls.Load(), 1+int64(elapsed/time.Second); calls < 1 || calls > max {
+		t.Errorf("%d concurrent uploads in %v made %d stats calls, want 1 to %d", n, elapsed, calls, max)
+	}
+}
+
+// TestNewQueueCapOff: with no cap the master never counts; when counting fails the uploads go ahead.
+func TestNewQueueCapOff(t *testing.T) {
+	s, stats := newCountedStack(t, master.Limits{MaxQueued: master.NoLimit})
+	for i := range 5 {
+		s.uploadOK(t, servicetest.PatternPNG(t, 8, int64(i)))
+	}
+	if n := stats.calls.Load(); n != 0 {
+		t.Errorf("the master asked for stats %d times with no queue cap", n)
+	}
+
+	s, stats = newCountedStack(t, master.Limits{MaxQueued: 1})
+	stats.refuse.Store(true)
+	start := time.Now()
+	for i := range 3 {
+		s.uploadOK(t, servicetest.PatternPNG(t, 8, int64(i)))
+	}
+	if n, max := stats.calls.Load(), 1+int64(time.Since(start)/time.Second); n < 1 || n > max {
+		t.Errorf("stats asked %d times in %v while failing, want 1 to %d (failures are cached too)", n, time.Since(start), max)
+	}
+	// Once counting works again, the cap holds.
+	stats.refuse.Store(false)
+	waitCache()
+	r := s.upload(t, servicetest.PatternPNG(t, 8, 4))
+	if r.Status != http.StatusServiceUnavailable || r.Body != "Error: too many queued tasks (3), retry later" {
+		t.Errorf("upload with 3 queued and a cap of 1: %d %q, want 503", r.Status, r.Body)
+	}
+}
+
+func TestLimitsWithDefaults(t *testing.T) {
+	got := master.Limits{}.WithDefaults()
+	want := master.Limits{MaxUpload: 256 << 20, MaxDimension: 16384, MaxPixels: 50_000_000, MaxQueued: 10000}
+	if got != want {
+		t.Errorf("Limits{}.WithDefaults() = %+v, want %+v", got, want)
+	}
+	off := master.Limits{MaxUpload: master.NoLimit, MaxDimension: master.NoLimit, MaxPixels: master.NoLimit, MaxQueued: master.NoLimit}
+	if got := off.WithDefaults(); got != off {
+		t.Errorf("NoLimit fields changed by WithDefaults: %+v", got)
+	}
+	if got := (master.Limits{MaxQueued: 7}).WithDefaults().MaxQueued; got != 7 {
+		t.Errorf("MaxQueued 7 became %d", got)
+	}
+}
