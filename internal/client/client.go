@@ -211,7 +211,7 @@ func (p peer) once(ctx context.Context, c call) (_ *http.Response, _ error, retr
 		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
 			retry = c.idempotent
 		}
-		return nil, httpapi.ReadErrorBody(resp.StatusCode, b), retry
+		return nil, httpapi.ReadErrorBody(resp.StatusCode, resp.Header, b), retry
 	}
 	return resp, nil, false
 }

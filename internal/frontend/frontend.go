@@ -17,7 +17,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -120,9 +119,8 @@ func (s *server) handleIndex() http.Handler {
 func (s *server) handleSubmitTask(w http.ResponseWriter, r *http.Request) error {
 	if s.limiter != nil {
 		if wait, ok := s.limiter.allow(clientKey(r, s.opts.TrustProxy)); !ok {
-			secs := retryAfterSeconds(wait)
-			w.Header().Set("Retry-After", strconv.Itoa(secs))
-			return httpapi.Errorf(http.StatusTooManyRequests, "too many uploads, retry in %ds", secs)
+			return &httpapi.Error{Status: http.StatusTooManyRequests, RetryAfter: wait,
+				Msg: fmt.Sprintf("too many uploads, retry in %ds", httpapi.RetryAfterSeconds(wait))}
 		}
 	}
 	limit := s.opts.MaxUpload // < 0: none
@@ -168,11 +166,6 @@ func (s *server) handleSubmitTask(w http.ResponseWriter, r *http.Request) error 
 		httpapi.WriteText(w, http.StatusOK, s.ids.Encode(id))
 		return nil
 	}
-}
-
-// retryAfterSeconds is wait in whole seconds, rounded up, at least 1.
-func retryAfterSeconds(wait time.Duration) int {
-	return max(1, int((wait+time.Second-1)/time.Second))
 }
 
 // cappedReader reads r and fails once more than limit bytes came through (limit < 0: no limit of its

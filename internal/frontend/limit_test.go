@@ -38,12 +38,12 @@ func TestUploadLimiterBucket(t *testing.T) {
 	if _, ok := l.allow("a"); ok {
 		t.Error("a second upload right after was allowed")
 	}
-	if got := retryAfterSeconds(wait); got != 1 {
-		t.Errorf("retryAfterSeconds(%s) = %d, want 1", wait, got)
+	if got := httpapi.RetryAfterSeconds(wait); got != 1 {
+		t.Errorf("httpapi.RetryAfterSeconds(%s) = %d, want 1", wait, got)
 	}
 	for d, want := range map[time.Duration]int{0: 1, time.Nanosecond: 1, time.Second: 1, time.Second + 1: 2, 10 * time.Second: 10} {
-		if got := retryAfterSeconds(d); got != want {
-			t.Errorf("retryAfterSeconds(%s) = %d, want %d", d, got, want)
+		if got := httpapi.RetryAfterSeconds(d); got != want {
+			t.Errorf("httpapi.RetryAfterSeconds(%s) = %d, want %d", d, got, want)
 		}
 	}
 }

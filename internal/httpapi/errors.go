@@ -18,6 +18,9 @@ import (
 type Error struct {
 	Status int
 	Msg    string
+	// RetryAfter, when set, is sent as the Retry-After header (whole seconds, at least 1): when a
+	// refusal for load (429, 503) is worth trying again.
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("%d %s", e.Status, e.Msg) }
@@ -59,14 +62,22 @@ func (f HandlerFunc) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	status := StatusOf(err)
 	logger := LoggerFrom(r.Context())
-	if status >= 500 {
+	switch {
+	case status == http.StatusServiceUnavailable:
+		// Refusing work under load is the service doing its job, not a fault.
+		logger.WarnContext(r.Context(), "request refused", "err", err)
+	case status >= 500:
 		logger.ErrorContext(r.Context(), "request failed", "err", err)
-	} else {
+	default:
 		logger.DebugContext(r.Context(), "request refused", "err", err)
 	}
 	if rec, ok := w.(*recorder); ok && rec.status != 0 {
 		// The reply was already under way (a stream broke mid-body); all we can do is log.
 		return
+	}
+	var e *Error
+	if errors.As(err, &e) && e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(RetryAfterSeconds(e.RetryAfter)))
 	}
 	WriteText(w, status, ErrorText(err))
 }
@@ -134,15 +145,25 @@ func QueryRequired(r *http.Request, name string) (string, error) {
 	return v, nil
 }
 
-// ReadErrorBody turns a peer's non-2xx reply body into an *Error, keeping its status and message.
-func ReadErrorBody(status int, body []byte) *Error {
+// ReadErrorBody turns a peer's non-2xx reply into an *Error, keeping its status, message and
+// Retry-After, so a proxying handler passes all three on.
+func ReadErrorBody(status int, header http.Header, body []byte) *Error {
 	msg := strings.TrimSpace(string(body))
 	msg = strings.TrimPrefix(msg, "Error:")
 	msg = strings.TrimSpace(msg)
 	if msg == "" {
 		msg = http.StatusText(status)
 	}
-	return &Error{Status: status, Msg: msg}
+	e := &Error{Status: status, Msg: msg}
+	if secs, err := strconv.Atoi(header.Get("Retry-After")); err == nil && secs > 0 {
+		e.RetryAfter = time.Duration(secs) * time.Second
+	}
+	return e
+}
+
+// RetryAfterSeconds rounds a wait up to whole seconds, at least 1, for a Retry-After header.
+func RetryAfterSeconds(d time.Duration) int {
+	return max(1, int((d+time.Second-1)/time.Second))
 }
 
 // QueryDuration parses an optional duration parameter, a Go duration ("10s", "500ms") or whole seconds

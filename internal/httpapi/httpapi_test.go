@@ -87,9 +87,12 @@ func TestReadErrorBody(t *testing.T) {
 		{503, "Error:   ", "Service Unavailable"},
 	}
 	for _, tt := range tests {
-		e := httpapi.ReadErrorBody(tt.status, []byte(tt.body))
+		e := httpapi.ReadErrorBody(tt.status, http.Header{}, []byte(tt.body))
 		if e.Status != tt.status || e.Msg != tt.msg {
 			t.Errorf("ReadErrorBody(%d, %q) = %+v, want status %d msg %q", tt.status, tt.body, *e, tt.status, tt.msg)
+		}
+		if e.RetryAfter != 0 {
+			t.Errorf("ReadErrorBody without Retry-After: RetryAfter %s", e.RetryAfter)
 		}
 	}
 }
@@ -625,6 +628,46 @@ func TestAdvertiseAddr(t *testing.T) {
 	for _, tt := range tests {
 		if got := httpapi.AdvertiseAddr(tt.addr); got != tt.want {
 			t.Errorf("AdvertiseAddr(%v) = %q, want %q", tt.addr, got, tt.want)
+		}
+	}
+}
+
+// A refusal's Retry-After travels: the server sends it, a client reads it back into the error, and a
+// proxying handler that returns that error sends it on.
+func TestRetryAfterPassesThrough(t *testing.T) {
+	upstream := httptest.NewServer(httpapi.Wrap(httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		return &httpapi.Error{Status: http.StatusServiceUnavailable, Msg: "busy", RetryAfter: 1500 * time.Millisecond}
+	}), slog.New(slog.DiscardHandler)))
+	defer upstream.Close()
+	resp, err := http.Get(upstream.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || string(body) != "Error: busy" || resp.Header.Get("Retry-After") != "2" {
+		t.Fatalf("upstream: %d %q Retry-After %q", resp.StatusCode, body, resp.Header.Get("Retry-After"))
+	}
+	e := httpapi.ReadErrorBody(resp.StatusCode, resp.Header, body)
+	if e.RetryAfter != 2*time.Second || e.Msg != "busy" {
+		t.Fatalf("read back: %+v", *e)
+	}
+	proxy := httptest.NewServer(httpapi.Wrap(httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		return fmt.Errorf("upstream refused: %w", e)
+	}), slog.New(slog.DiscardHandler)))
+	defer proxy.Close()
+	resp, err = http.Get(proxy.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || string(body) != "Error: busy" || resp.Header.Get("Retry-After") != "2" {
+		t.Errorf("proxy: %d %q Retry-After %q", resp.StatusCode, body, resp.Header.Get("Retry-After"))
+	}
+	for d, want := range map[time.Duration]int{0: 1, time.Nanosecond: 1, time.Second: 1, time.Second + 1: 2, 10 * time.Second: 10} {
+		if got := httpapi.RetryAfterSeconds(d); got != want {
+			t.Errorf("RetryAfterSeconds(%s) = %d, want %d", d, got, want)
 		}
 	}
 }

@@ -2,8 +2,8 @@ package master
 
 import (
 	"context"
+	"fmt"
 	"net/http"
-	"strconv"
 	"sync"
 	"time"
 
@@ -82,8 +82,8 @@ func (s *server) checkQueue(w http.ResponseWriter, r *http.Request) error {
 	if err != nil || n < s.limits.MaxQueued {
 		return nil
 	}
-	w.Header().Set("Retry-After", strconv.Itoa(int(queueRetryAfter/time.Second)))
-	return httpapi.Errorf(http.StatusServiceUnavailable, "too many queued tasks (%d), retry later", n)
+	return &httpapi.Error{Status: http.StatusServiceUnavailable, RetryAfter: queueRetryAfter,
+		Msg: fmt.Sprintf("too many queued tasks (%d), retry later", n)}
 }
 
 // queueGauge is the database's count of queued tasks, cached for ttl so that checking the cap costs one
