@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"errors"
-	"strings"
 	"testing"
 
 	"github.com/imgmill/imgmill/internal/master"
@@ -15,15 +14,7 @@ func TestLimitFlagsInHelp(t *testing.T) {
 		"serve":  {"max-upload", "max-dimension", "max-pixels", "max-queued"},
 		"worker": {"max-pixels"},
 	} {
-		_, errOut, err := runCLI(t, nil, cmd, "--help")
-		if err != nil {
-			t.Fatalf("%s --help: %v", cmd, err)
-		}
-		for _, f := range flags {
-			if !strings.Contains(errOut, "--"+f+" ("+envName(f)+")") {
-				t.Errorf("%s --help lacks --%s with its variable:\n%s", cmd, f, errOut)
-			}
-		}
+		checkHelpLists(t, cmd, flags...)
 	}
 }
 

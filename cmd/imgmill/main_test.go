@@ -58,14 +58,20 @@ func TestSubcommandHelpListsFlagsAndEnv(t *testing.T) {
 		"serve":    {"data"},
 		"bench":    {"master", "size", "n", "clients"},
 	} {
-		_, errOut, err := runCLI(t, nil, cmd, "--help")
-		if err != nil {
-			t.Fatalf("%s --help: %v", cmd, err)
-		}
-		for _, f := range flags {
-			if !strings.Contains(errOut, "--"+f+" ("+envName(f)+")") {
-				t.Errorf("%s --help lacks --%s with its variable:\n%s", cmd, f, errOut)
-			}
+		checkHelpLists(t, cmd, flags...)
+	}
+}
+
+// checkHelpLists checks that `imgmill cmd --help` lists each flag with its environment variable.
+func checkHelpLists(t *testing.T, cmd string, flags ...string) {
+	t.Helper()
+	_, errOut, err := runCLI(t, nil, cmd, "--help")
+	if err != nil {
+		t.Fatalf("%s --help: %v", cmd, err)
+	}
+	for _, f := range flags {
+		if !strings.Contains(errOut, "--"+f+" ("+envName(f)+")") {
+			t.Errorf("%s --help lacks --%s with its variable:\n%s", cmd, f, errOut)
 		}
 	}
 }

@@ -41,15 +41,7 @@ func TestHelpListsSecurityFlags(t *testing.T) {
 		"storage": {"token", "insecure"}, "master": {"token", "insecure"},
 		"worker": {"token"}, "frontend": {"token"}, "bench": {"token"},
 	} {
-		_, errOut, err := runCLI(t, nil, cmd, "--help")
-		if err != nil {
-			t.Fatalf("%s --help: %v", cmd, err)
-		}
-		for _, f := range flags {
-			if !strings.Contains(errOut, "--"+f+" ("+envName(f)+")") {
-				t.Errorf("%s --help lacks --%s with its variable:\n%s", cmd, f, errOut)
-			}
-		}
+		checkHelpLists(t, cmd, flags...)
 	}
 	// The token is never printed, not even when it is set.
 	_, errOut, _ := runCLI(t, map[string]string{"IMGMILL_TOKEN": testToken}, "kv", "--help")

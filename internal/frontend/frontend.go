@@ -294,16 +294,11 @@ func (s *server) handleIsReady(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// Status is the frontend's /status answer: the master's, with the public id and a public failure reason.
+// Status is the frontend's /status answer: the master's, with the public id in place of the internal
+// one (the outer field wins in JSON) and a public failure reason.
 type Status struct {
-	ID          string    `json:"id"`
-	State       string    `json:"state"` // queued, processing, finished or failed
-	Attempts    int       `json:"attempts"`
-	MaxAttempts int       `json:"maxAttempts"`
-	Error       string    `json:"error,omitempty"`
-	CreatedAt   time.Time `json:"createdAt,omitzero"`
-	StartedAt   time.Time `json:"startedAt,omitzero"`
-	FinishedAt  time.Time `json:"finishedAt,omitzero"`
+	ID string `json:"id"`
+	client.Status
 }
 
 func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) error {
@@ -315,8 +310,8 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return publicError(err, id)
 	}
-	out := Status{ID: public, State: st.State, Attempts: st.Attempts, MaxAttempts: st.MaxAttempts,
-		CreatedAt: st.CreatedAt, StartedAt: st.StartedAt, FinishedAt: st.FinishedAt}
+	st.ID = 0 // hidden by the public id anyway; never keep the internal one around
+	out := Status{ID: public, Status: st}
 	if st.Error != "" {
 		out.Error = publicReason(st.Error)
 	}
