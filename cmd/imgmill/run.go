@@ -47,6 +47,9 @@ func commands() []command {
 		{"worker", "run worker loops that process images", runWorker},
 		{"frontend", "run the public web frontend", runFrontend},
 		{"bench", "measure the pipeline against the in-process floor", runBench},
+		{"submit", "upload images to a running imgmill (--wait: and download the results)", runSubmit},
+		{"status", "print the status of a task", runStatus},
+		{"get", "download the result of a task", runGet},
 	}
 }
 

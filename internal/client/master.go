@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-// Master is a client of the master service, for users (New, IsReady, Get, Status) and workers (the
+// Master is a client of the master service, for users (New, IsReady, Get, Source, Status) and workers (the
 // LeaseAPI: GetNewTask, FinishTask as /registerTaskFinished, ExtendLease, FailTask, ReleaseTask).
 type Master struct {
 	p peer
@@ -44,6 +44,11 @@ func (c *Master) IsReady(ctx context.Context, id int64) (bool, error) {
 // Get opens the finished image of task id.
 func (c *Master) Get(ctx context.Context, id int64) (*Image, error) {
 	return openImage(ctx, c.p, "/get", idQuery(id))
+}
+
+// Source opens the uploaded image of task id, as stored.
+func (c *Master) Source(ctx context.Context, id int64) (*Image, error) {
+	return openImage(ctx, c.p, "/source", idQuery(id))
 }
 
 // Status is the master's /status answer.

@@ -9,9 +9,7 @@ package frontend
 
 import (
 	"context"
-	"crypto/sha256"
 	_ "embed"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -95,21 +93,18 @@ func securityHeaders(next http.Handler) http.Handler {
 	})
 }
 
-// indexCSP is the upload page's Content-Security-Policy: nothing but the page itself, no script at all,
-// its one inline style block allowed by its hash, forms posting only to this site, no framing.
-var indexCSP = func() string {
-	_, rest, _ := strings.Cut(string(indexHTML), "<style>")
-	style, _, _ := strings.Cut(rest, "</style>")
-	sum := sha256.Sum256([]byte(style))
-	return "default-src 'self'; script-src 'none'; style-src 'sha256-" + base64.StdEncoding.EncodeToString(sum[:]) +
-		"'; img-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-}()
+// indexCSP is the upload page's Content-Security-Policy: scripts, styles, images and requests from this
+// site only (the files under /assets/; nothing inline, no eval), forms posting only to this site, no
+// plugins, no framing.
+const indexCSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; " +
+	"object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 
 func (s *server) handleIndex() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
 		h.Set("Content-Type", "text/html; charset=utf-8")
 		h.Set("Content-Security-Policy", indexCSP)
+		h.Set("Cache-Control", "no-cache")
 		w.Write(indexHTML)
 	})
 }
@@ -117,55 +112,89 @@ func (s *server) handleIndex() http.Handler {
 // handleSubmitTask streams the uploadfile part of a multipart form to the master, never holding the
 // whole file, and answers the task's public id.
 func (s *server) handleSubmitTask(w http.ResponseWriter, r *http.Request) error {
-	if s.limiter != nil {
-		if wait, ok := s.limiter.allow(clientKey(r, s.opts.TrustProxy)); !ok {
-			return &httpapi.Error{Status: http.StatusTooManyRequests, RetryAfter: wait,
-				Msg: fmt.Sprintf("too many uploads, retry in %ds", httpapi.RetryAfterSeconds(wait))}
-		}
+	u, err := s.receive(w, r)
+	if err != nil {
+		return err
 	}
-	limit := s.opts.MaxUpload // < 0: none
-	tooLarge := httpapi.Errorf(http.StatusRequestEntityTooLarge, "image larger than %d bytes", limit)
-	body := &cappedReader{r: r.Body, limit: -1}
-	if limit >= 0 {
-		if r.ContentLength > limit+formOverhead {
-			return tooLarge
-		}
-		body.r = http.MaxBytesReader(w, r.Body, limit+formOverhead)
-	}
-	r.Body = body
 	mr, err := r.MultipartReader()
 	if err != nil {
 		return httpapi.Errorf(http.StatusBadRequest, "expected a multipart/form-data upload with the file in field %q", UploadField)
 	}
 	for {
 		part, err := mr.NextPart()
-		if body.hit.Load() {
-			return tooLarge
-		}
-		if errors.Is(err, io.EOF) {
-			return httpapi.Errorf(http.StatusBadRequest, "no file in field %q", UploadField)
-		}
-		if err != nil {
-			return httpapi.Errorf(http.StatusBadRequest, "malformed multipart body: %v", err)
+		if err := u.partError(err, UploadField); err != nil {
+			return err
 		}
 		if part.FormName() != UploadField {
 			part.Close()
 			continue
 		}
-		file := &cappedReader{r: part, limit: limit}
-		lent := &lentReader{r: file}
-		id, err := s.master.New(r.Context(), lent, -1)
-		lent.takeBack()
-		if file.hit.Load() || body.hit.Load() {
-			// The upload was cut short here; the master gives up the unfinished task by itself.
-			return tooLarge
-		}
+		id, err := u.send(r.Context(), part)
 		if err != nil {
 			return err
 		}
 		httpapi.WriteText(w, http.StatusOK, s.ids.Encode(id))
 		return nil
 	}
+}
+
+// upload is an upload admitted by receive, its body capped.
+type upload struct {
+	master   *client.Master
+	body     *cappedReader // the request body
+	limit    int64         // of the image; < 0: none
+	tooLarge error
+}
+
+// receive admits the upload in r, for every upload path alike: the client's rate limit first (429 with
+// Retry-After), then the size limit by the declared length (413); it caps the request body (r.Body is
+// replaced), leaving room for a multipart form's overhead.
+func (s *server) receive(w http.ResponseWriter, r *http.Request) (*upload, error) {
+	if s.limiter != nil {
+		if wait, ok := s.limiter.allow(clientKey(r, s.opts.TrustProxy)); !ok {
+			return nil, &httpapi.Error{Status: http.StatusTooManyRequests, RetryAfter: wait,
+				Msg: fmt.Sprintf("too many uploads, retry in %ds", httpapi.RetryAfterSeconds(wait))}
+		}
+	}
+	limit := s.opts.MaxUpload // < 0: none
+	u := &upload{master: s.master, body: &cappedReader{r: r.Body, limit: -1}, limit: limit,
+		tooLarge: httpapi.Errorf(http.StatusRequestEntityTooLarge, "image larger than %d bytes", limit)}
+	if limit >= 0 {
+		if r.ContentLength > limit+formOverhead {
+			return nil, u.tooLarge
+		}
+		u.body.r = http.MaxBytesReader(w, r.Body, limit+formOverhead)
+	}
+	r.Body = u.body
+	return u, nil
+}
+
+// partError turns the error of a multipart reader's NextPart into the answer: too large when the body
+// was cut off, 400 when the form ended without field or is malformed; nil for a part.
+func (u *upload) partError(err error, field string) error {
+	switch {
+	case u.body.hit.Load():
+		return u.tooLarge
+	case errors.Is(err, io.EOF):
+		return httpapi.Errorf(http.StatusBadRequest, "no file in field %q", field)
+	case err != nil:
+		return httpapi.Errorf(http.StatusBadRequest, "malformed multipart body: %v", err)
+	}
+	return nil
+}
+
+// send streams the image in src (a part of the body, or the body itself) to the master, never holding
+// it whole, and returns the new task's id.
+func (u *upload) send(ctx context.Context, src io.Reader) (int64, error) {
+	file := &cappedReader{r: src, limit: u.limit}
+	lent := &lentReader{r: file}
+	id, err := u.master.New(ctx, lent, -1)
+	lent.takeBack()
+	if file.hit.Load() || u.body.hit.Load() {
+		// The upload was cut short here; the master gives up the unfinished task by itself.
+		return 0, u.tooLarge
+	}
+	return id, err
 }
 
 // cappedReader reads r and fails once more than limit bytes came through (limit < 0: no limit of its
@@ -237,11 +266,17 @@ func (s *server) task(r *http.Request) (id int64, public string, err error) {
 	if public == "" {
 		return 0, "", httpapi.Errorf(http.StatusBadRequest, "missing id parameter")
 	}
-	id, err = s.ids.Decode(public)
+	id, err = s.decode(public)
+	return id, public, err
+}
+
+// decode decodes a public id; anything but a genuine one is errNoSuchTask.
+func (s *server) decode(public string) (int64, error) {
+	id, err := s.ids.Decode(public)
 	if err != nil {
-		return 0, "", errNoSuchTask
+		return 0, errNoSuchTask
 	}
-	return id, public, nil
+	return id, nil
 }
 
 // publicError rewrites the master's refusal about task id for the public: its messages name internal
@@ -295,10 +330,25 @@ func (s *server) handleIsReady(w http.ResponseWriter, r *http.Request) error {
 }
 
 // Status is the frontend's /status answer: the master's, with the public id in place of the internal
-// one (the outer field wins in JSON) and a public failure reason.
+// one (the outer field wins in JSON) and a public failure reason. The JSON API's adds the operation.
 type Status struct {
 	ID string `json:"id"`
+	Op string `json:"op,omitempty"`
 	client.Status
+}
+
+// status asks the master for the status of task id, for the public.
+func (s *server) status(ctx context.Context, id int64, public string) (Status, error) {
+	st, err := s.master.Status(ctx, id)
+	if err != nil {
+		return Status{}, publicError(err, id)
+	}
+	st.ID = 0 // hidden by the public id anyway; never keep the internal one around
+	out := Status{ID: public, Status: st}
+	if st.Error != "" {
+		out.Error = publicReason(st.Error)
+	}
+	return out, nil
 }
 
 func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) error {
@@ -306,17 +356,12 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	st, err := s.master.Status(r.Context(), id)
+	st, err := s.status(r.Context(), id, public)
 	if err != nil {
-		return publicError(err, id)
-	}
-	st.ID = 0 // hidden by the public id anyway; never keep the internal one around
-	out := Status{ID: public, Status: st}
-	if st.Error != "" {
-		out.Error = publicReason(st.Error)
+		return err
 	}
 	w.Header().Set("Cache-Control", "no-store")
-	return httpapi.WriteJSON(w, http.StatusOK, out)
+	return httpapi.WriteJSON(w, http.StatusOK, st)
 }
 
 // DownloadName is the file name /getImage offers for the task with public id public.
@@ -329,6 +374,11 @@ func (s *server) handleGetImage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	return s.serveResult(w, r, id, public)
+}
+
+// serveResult sends the finished image of task id as an attachment named for its public id.
+func (s *server) serveResult(w http.ResponseWriter, r *http.Request, id int64, public string) error {
 	img, err := s.master.Get(r.Context(), id)
 	if err != nil {
 		return publicError(err, id)

@@ -3,7 +3,6 @@ package frontend_test
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -290,8 +289,8 @@ func TestIndexPage(t *testing.T) {
 	servicetest.ExpectError(t, "POST /", s.call(t, http.MethodPost, "/", "", nil), http.StatusMethodNotAllowed)
 }
 
-// TestIndexPageCSP: the page's policy is strict (no script, no inline anything but its own style block,
-// allowed by hash; no framing), and the page needs nothing it forbids.
+// TestIndexPageCSP: the page's policy is strict (scripts and styles from the site only, nothing inline;
+// no framing), the page needs nothing it forbids, and the files it loads are served from /assets/.
 func TestIndexPageCSP(t *testing.T) {
 	s := newStack(t)
 	r := s.call(t, http.MethodGet, "/", "", nil)
@@ -301,8 +300,8 @@ func TestIndexPageCSP(t *testing.T) {
 		name, value, _ := strings.Cut(strings.TrimSpace(d), " ")
 		directives[name] = value
 	}
-	for name, want := range map[string]string{"default-src": "'self'", "script-src": "'none'", "frame-ancestors": "'none'",
-		"object-src": "'none'", "base-uri": "'none'", "form-action": "'self'"} {
+	for name, want := range map[string]string{"default-src": "'self'", "script-src": "'self'", "style-src": "'self'",
+		"frame-ancestors": "'none'", "object-src": "'none'", "base-uri": "'none'", "form-action": "'self'"} {
 		if got := directives[name]; got != want {
 			t.Errorf("CSP %s = %q, want %q (policy %q)", name, got, want, csp)
 		}
@@ -310,21 +309,34 @@ func TestIndexPageCSP(t *testing.T) {
 	if strings.Contains(csp, "unsafe-") {
 		t.Errorf("CSP allows something unsafe: %q", csp)
 	}
-	// The one style block is allowed by its hash; there is no inline script or style attribute the
-	// policy would block.
-	styles := regexp.MustCompile(`(?s)<style>(.*?)</style>`).FindAllStringSubmatch(r.Body, -1)
-	if len(styles) != 1 {
-		t.Fatalf("page has %d style blocks, want 1", len(styles))
-	}
-	sum := sha256.Sum256([]byte(styles[0][1]))
-	if want := "'sha256-" + base64.StdEncoding.EncodeToString(sum[:]) + "'"; directives["style-src"] != want {
-		t.Errorf("CSP style-src %q, want the style block's hash %s", directives["style-src"], want)
-	}
-	for _, bad := range []string{"<script", " style=", " onclick=", " onsubmit=", "javascript:"} {
-		if strings.Contains(strings.ToLower(r.Body), bad) {
+	body := strings.ToLower(r.Body)
+	for _, bad := range []string{"<style", " style=", " onclick=", " onsubmit=", " onload=", "javascript:"} {
+		if strings.Contains(body, bad) {
 			t.Errorf("page contains %q, which its policy blocks", bad)
 		}
 	}
+	if n := strings.Count(body, "<script"); n != strings.Count(body, "<script src=\"/assets/") {
+		t.Errorf("page has inline scripts, which its policy blocks")
+	}
+	// Every file the page loads is there, with its type, and revalidated by its ETag.
+	refs := regexp.MustCompile(`(?:src|href)="(/assets/[^"]+)"`).FindAllStringSubmatch(r.Body, -1)
+	if len(refs) < 2 {
+		t.Fatalf("page loads %d files from /assets/, want its script and style sheet at least", len(refs))
+	}
+	for _, ref := range refs {
+		a := s.call(t, http.MethodGet, ref[1], "", nil)
+		if a.Status != http.StatusOK || a.Header.Get("Cache-Control") != "no-cache" || a.Header.Get("ETag") == "" ||
+			a.Header.Get("Content-Type") == "" {
+			t.Errorf("GET %s = %d, headers %v", ref[1], a.Status, a.Header)
+			continue
+		}
+		again := s.callWith(t, http.MethodGet, ref[1], "", nil, http.Header{"If-None-Match": {a.Header.Get("ETag")}})
+		if again.Status != http.StatusNotModified {
+			t.Errorf("GET %s with its ETag = %d, want 304", ref[1], again.Status)
+		}
+	}
+	servicetest.ExpectError(t, "GET /assets/index.html", s.call(t, http.MethodGet, "/assets/index.html", "", nil), http.StatusNotFound)
+	servicetest.ExpectError(t, "GET /assets/nothing.js", s.call(t, http.MethodGet, "/assets/nothing.js", "", nil), http.StatusNotFound)
 }
 
 func TestSubmitProcessAndGet(t *testing.T) {

@@ -9,9 +9,18 @@ import (
 // addRoutes registers the frontend's routes; every id they take or answer is a public id.
 func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("GET /{$}", s.handleIndex())
+	mux.Handle("GET /assets/{name}", httpapi.HandlerFunc(s.handleAsset))
 	mux.Handle("POST /submitTask", httpapi.HandlerFunc(s.handleSubmitTask))
 	mux.Handle("GET /isReady", httpapi.HandlerFunc(s.handleIsReady))
 	mux.Handle("GET /getImage", httpapi.HandlerFunc(s.handleGetImage))
 	mux.Handle("GET /status", httpapi.HandlerFunc(s.handleStatus))
 	mux.Handle("GET /healthz", httpapi.Healthz())
+	// The JSON API (api.go): every answer JSON, every refusal {"error":"..."}, unknown paths included.
+	mux.Handle("POST /api/tasks", httpapi.JSONHandlerFunc(s.handleCreateTask))
+	mux.Handle("GET /api/tasks/{id}", httpapi.JSONHandlerFunc(s.handleTask))
+	mux.Handle("GET /api/tasks/{id}/result", httpapi.JSONHandlerFunc(s.handleTaskResult))
+	mux.Handle("GET /api/tasks/{id}/source", httpapi.JSONHandlerFunc(s.handleTaskSource))
+	mux.Handle("GET /api/tasks/{id}/events", httpapi.JSONHandlerFunc(s.handleTaskEvents))
+	mux.Handle("GET /api/operations", httpapi.JSONHandlerFunc(s.handleOperations))
+	mux.Handle("/api/", httpapi.JSONHandlerFunc(httpapi.Unmatched(mux, "/", "/api/")))
 }

@@ -43,11 +43,17 @@ func StatusOf(err error) int {
 // ErrorText is the body a reply carries for err. Internal errors are not spelled out to the caller; they
 // are logged with the request id instead.
 func ErrorText(err error) string {
+	return "Error: " + ErrorMessage(err)
+}
+
+// ErrorMessage is the message a reply carries for err, without the "Error: " prefix: an *Error's own, or
+// "internal error".
+func ErrorMessage(err error) string {
 	var e *Error
 	if errors.As(err, &e) {
-		return "Error: " + e.Msg
+		return e.Msg
 	}
-	return "Error: internal error"
+	return "internal error"
 }
 
 // HandlerFunc is a handler that may fail; the failure becomes an "Error: ..." reply.
@@ -55,11 +61,34 @@ type HandlerFunc func(w http.ResponseWriter, r *http.Request) error
 
 func (f HandlerFunc) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err := f(w, r); err != nil {
-		writeError(w, r, err)
+		writeError(w, r, err, writeTextError)
 	}
 }
 
-func writeError(w http.ResponseWriter, r *http.Request, err error) {
+// JSONHandlerFunc is a handler of a JSON API that may fail; the failure becomes a {"error":"..."} reply,
+// with the status, Retry-After header and logging of HandlerFunc's.
+type JSONHandlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+func (f JSONHandlerFunc) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if err := f(w, r); err != nil {
+		writeError(w, r, err, writeJSONError)
+	}
+}
+
+// JSONError is the body of a JSON API's error reply.
+type JSONError struct {
+	Error string `json:"error"`
+}
+
+func writeTextError(w http.ResponseWriter, status int, err error) {
+	WriteText(w, status, ErrorText(err))
+}
+
+func writeJSONError(w http.ResponseWriter, status int, err error) {
+	_ = WriteJSON(w, status, JSONError{Error: ErrorMessage(err)})
+}
+
+func writeError(w http.ResponseWriter, r *http.Request, err error, reply func(http.ResponseWriter, int, error)) {
 	status := StatusOf(err)
 	logger := LoggerFrom(r.Context())
 	switch {
@@ -79,7 +108,7 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.As(err, &e) && e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(RetryAfterSeconds(e.RetryAfter)))
 	}
-	WriteText(w, status, ErrorText(err))
+	reply(w, status, err)
 }
 
 // WriteText replies with bare text, no trailing newline: reference clients compare and splice answers

@@ -1,5 +1,5 @@
-// Package master is the master service: the API for clients (/new, /isReady, /get) and for workers
-// (/getNewTask, /registerTaskFinished), in front of the database and storage services.
+// Package master is the master service: the API for clients (/new, /isReady, /get, /status, /source) and
+// for workers (/getNewTask, /registerTaskFinished), in front of the database and storage services.
 package master
 
 import (
@@ -117,14 +117,7 @@ func (s *server) handleIsReady(w http.ResponseWriter, r *http.Request) error {
 // handleGet serves the finished image, but only of a finished task: a stale worker's result stored for a
 // task that is still being redone (or that failed) is never served.
 func (s *server) handleGet(w http.ResponseWriter, r *http.Request) error {
-	id, err := httpapi.QueryID(r, "id")
-	if err != nil {
-		return err
-	}
-	t, err := s.db.GetByID(r.Context(), id)
-	if client.IsStatus(err, http.StatusBadRequest) {
-		return httpapi.Errorf(http.StatusNotFound, "no task with id %d", id)
-	}
+	id, t, err := s.existing(r)
 	if err != nil {
 		return err
 	}
@@ -136,6 +129,34 @@ func (s *server) handleGet(w http.ResponseWriter, r *http.Request) error {
 		return httpapi.Errorf(http.StatusNotFound, "task %d is not finished", id)
 	}
 	img, err := s.storage.GetImage(r.Context(), id, client.Finished)
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	return CopyImage(w, img)
+}
+
+// existing reads the task named by the id parameter for a reply about its images: a task that does not
+// exist is 404, not the database's 400.
+func (s *server) existing(r *http.Request) (int64, client.Task, error) {
+	id, err := httpapi.QueryID(r, "id")
+	if err != nil {
+		return 0, client.Task{}, err
+	}
+	t, err := s.db.GetByID(r.Context(), id)
+	if client.IsStatus(err, http.StatusBadRequest) {
+		return id, t, httpapi.Errorf(http.StatusNotFound, "no task with id %d", id)
+	}
+	return id, t, err
+}
+
+// handleSource serves the uploaded image of a task as stored, whatever its state.
+func (s *server) handleSource(w http.ResponseWriter, r *http.Request) error {
+	id, _, err := s.existing(r)
+	if err != nil {
+		return err
+	}
+	img, err := s.storage.GetImage(r.Context(), id, client.Working)
 	if err != nil {
 		return err
 	}

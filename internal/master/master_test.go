@@ -1083,3 +1083,55 @@ func encodeGIF(t testing.TB, w, h int) []byte {
 	}
 	return b.Bytes()
 }
+
+func TestSource(t *testing.T) {
+	s := newStack(t, servicetest.Options{})
+	ctx := t.Context()
+	img := servicetest.PatternPNG(t, 16, 41)
+	id := s.uploadOK(t, img)
+	source := func() servicetest.Reply {
+		return s.call(t, http.MethodGet, fmt.Sprintf("%s/source?id=%d", s.MasterURL, id), nil)
+	}
+	servicetest.ExpectPNGReply(t, "source while queued", source(), img)
+	task := s.claim(t, id)
+	result := servicetest.PatternPNG(t, 16, 42)
+	if err := s.Storage.SendImage(ctx, id, client.Finished, bytes.NewReader(result), int64(len(result))); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Database.FinishTask(ctx, id, task.Token); err != nil {
+		t.Fatal(err)
+	}
+	servicetest.ExpectPNGReply(t, "source when finished", source(), img)
+	// The client.
+	rc, err := s.Master.Source(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(got, img) || rc.ContentType != "image/png" || rc.Size != int64(len(img)) {
+		t.Errorf("Master.Source: %d bytes (%v), type %q size %d; want the upload", len(got), err, rc.ContentType, rc.Size)
+	}
+	for _, tc := range []struct {
+		path   string
+		status int
+	}{
+		{"/source", http.StatusBadRequest},
+		{"/source?id=x", http.StatusBadRequest},
+		{"/source?id=-1", http.StatusBadRequest},
+		{"/source?id=12345", http.StatusNotFound},
+	} {
+		servicetest.ExpectError(t, "GET "+tc.path, s.call(t, http.MethodGet, s.MasterURL+tc.path, nil), tc.status)
+	}
+	if r := s.call(t, http.MethodGet, s.MasterURL+"/source?id=12345", nil); r.Body != "Error: no task with id 12345" {
+		t.Errorf("source of an unknown task: %q", r.Body)
+	}
+	// A task whose upload is not stored (created pending, never uploaded): 404 from storage.
+	pending, err := s.Database.NewTask(ctx, true, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	servicetest.ExpectError(t, "source without an upload",
+		s.call(t, http.MethodGet, fmt.Sprintf("%s/source?id=%d", s.MasterURL, pending), nil), http.StatusNotFound)
+	servicetest.ExpectError(t, "POST /source", s.call(t, http.MethodPost, s.MasterURL+"/source?id=0", nil), http.StatusMethodNotAllowed)
+}

@@ -12,6 +12,7 @@ func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("GET /isReady", httpapi.HandlerFunc(s.handleIsReady))
 	mux.Handle("GET /get", httpapi.HandlerFunc(s.handleGet))
 	mux.Handle("GET /status", httpapi.HandlerFunc(s.handleStatus))
+	mux.Handle("GET /source", httpapi.HandlerFunc(s.handleSource))
 	// worker side
 	mux.Handle("POST /getNewTask", httpapi.HandlerFunc(s.handleGetNewTask))
 	mux.Handle("POST /registerTaskFinished", s.forward("/finishTask"))

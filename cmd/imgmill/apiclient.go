@@ -1,0 +1,319 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/imgmill/imgmill/internal/atomicfile"
+	"github.com/imgmill/imgmill/internal/httpapi"
+)
+
+// The command-line client of the frontend's public JSON API (/api/...), used by submit, status and get.
+
+const (
+	defaultServer = "http://localhost:8080"
+	// callTimeout bounds a small API call (operations, status); uploads and downloads are bounded by
+	// httpapi.ClientTimeout and the caller's context.
+	callTimeout = 30 * time.Second
+	// maxBusyRetries bounds the retries of an upload refused with 429 or 503; maxBusyWait caps a single
+	// Retry-After.
+	maxBusyRetries = 8
+	maxBusyWait    = time.Minute
+	// pollMin and pollMax are the backoff bounds of waiting for a task; maxPollErrors is how many status
+	// calls in a row may fail (network, 5xx) before waiting gives up.
+	pollMin, pollMax = 100 * time.Millisecond, 2 * time.Second
+	maxPollErrors    = 5
+)
+
+// apiClient talks to one frontend's /api.
+type apiClient struct {
+	base string // scheme://host[:port], no trailing slash
+	hc   *http.Client
+}
+
+func newAPIClient(server string) (*apiClient, error) {
+	s := strings.TrimRight(strings.TrimSpace(server), "/")
+	if s == "" {
+		return nil, fmt.Errorf("%w: --server is empty", errUsage)
+	}
+	if !strings.Contains(s, "://") {
+		s = "http://" + s
+	}
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("%w: --server %q is not an http(s) URL", errUsage, server)
+	}
+	return &apiClient{base: s, hc: httpapi.NewClient()}, nil
+}
+
+func (c *apiClient) close() { c.hc.CloseIdleConnections() }
+
+// apiError is a non-2xx answer of the API.
+type apiError struct {
+	Status     int
+	Msg        string
+	RetryAfter time.Duration
+}
+
+func (e *apiError) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.Msg, e.Status) }
+
+// busy reports whether the server asked to come back later.
+func (e *apiError) busy() bool {
+	return e.Status == http.StatusTooManyRequests || e.Status == http.StatusServiceUnavailable
+}
+
+// statusOf returns the HTTP status of an *apiError in err's chain, or 0.
+func statusOf(err error) int {
+	var e *apiError
+	if errors.As(err, &e) {
+		return e.Status
+	}
+	return 0
+}
+
+// readAPIError turns a non-2xx reply into an *apiError: the {"error":...} message, or the text of a
+// reply that is not JSON (a proxy's page, the services' "Error: ..." form).
+func readAPIError(resp *http.Response) *apiError {
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	e := &apiError{Status: resp.StatusCode}
+	var j struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal(body, &j) == nil && j.Error != "" {
+		e.Msg = j.Error
+	} else {
+		e.Msg = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(string(body)), "Error:"))
+		if len(e.Msg) > 300 {
+			e.Msg = e.Msg[:300] + "..."
+		}
+	}
+	if e.Msg == "" {
+		e.Msg = http.StatusText(resp.StatusCode)
+	}
+	if ra := resp.Header.Get("Retry-After"); ra != "" {
+		if secs, err := strconv.Atoi(ra); err == nil && secs >= 0 {
+			e.RetryAfter = time.Duration(secs) * time.Second
+		} else if t, err := http.ParseTime(ra); err == nil {
+			e.RetryAfter = time.Until(t)
+		}
+	}
+	return e
+}
+
+// do sends req and returns the response when it is 2xx, else the *apiError (the body is closed then).
+func (c *apiClient) do(req *http.Request) (*http.Response, error) {
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), err)
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		return nil, readAPIError(resp)
+	}
+	return resp, nil
+}
+
+// getJSON GETs path and returns the raw JSON body, decoded into v.
+func (c *apiClient) getJSON(ctx context.Context, path string, v any) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", path, err)
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return nil, fmt.Errorf("GET %s: answer is not the expected JSON: %w", path, err)
+	}
+	return raw, nil
+}
+
+// operation is one entry of GET /api/operations.
+type operation struct {
+	Name        string `json:"name"`
+	Description string `json:"description"`
+}
+
+func (c *apiClient) operations(ctx context.Context) ([]operation, error) {
+	var ops struct {
+		Operations []operation `json:"operations"`
+	}
+	if _, err := c.getJSON(ctx, "/api/operations", &ops); err != nil {
+		return nil, fmt.Errorf("list operations at %s: %w", c.base, err)
+	}
+	return ops.Operations, nil
+}
+
+// taskStatus is GET /api/tasks/ID (the fields the client looks at).
+type taskStatus struct {
+	ID    string `json:"id"`
+	State string `json:"state"`
+	Op    string `json:"op"`
+	Error string `json:"error"`
+}
+
+func (s taskStatus) done() bool { return s.State == "finished" || s.State == "failed" }
+
+func taskPath(id string) string { return "/api/tasks/" + url.PathEscape(id) }
+
+// status returns the task's status, and the raw JSON the server answered.
+func (c *apiClient) status(ctx context.Context, id string) (taskStatus, []byte, error) {
+	var st taskStatus
+	raw, err := c.getJSON(ctx, taskPath(id), &st)
+	if statusOf(err) == http.StatusNotFound {
+		return st, nil, fmt.Errorf("no such task %s: %w", id, err)
+	}
+	return st, raw, err
+}
+
+// waitTask polls the task's status, backing off from pollMin to pollMax, until it is finished or failed.
+func (c *apiClient) waitTask(ctx context.Context, id string) (taskStatus, error) {
+	delay, errs := pollMin, 0
+	for {
+		st, _, err := c.status(ctx, id)
+		switch {
+		case err == nil && st.done():
+			return st, nil
+		case err == nil:
+			errs = 0
+		case ctx.Err() != nil:
+			return st, ctx.Err()
+		case statusOf(err) != 0 && statusOf(err) < 500:
+			return st, err // the server's answer will not change
+		default:
+			if errs++; errs >= maxPollErrors {
+				return st, fmt.Errorf("status of task %s: %w", id, err)
+			}
+		}
+		if err := sleep(ctx, delay); err != nil {
+			return st, err
+		}
+		delay = min(2*delay, pollMax)
+	}
+}
+
+// upload streams the file at path to POST /api/tasks?op=OP as the raw body and returns the task id.
+// A 429 or 503 is retried after its Retry-After (maxBusyRetries times at most; retrying is told to
+// onRetry). onBytes learns the bytes sent, negative when a retry starts over.
+func (c *apiClient) upload(ctx context.Context, path, op string, onBytes func(int64), onRetry func(wait time.Duration, err error)) (string, error) {
+	for retries := 0; ; retries++ {
+		var sent int64
+		id, err := c.uploadOnce(ctx, path, op, func(n int64) { sent += n; onBytes(n) })
+		var e *apiError
+		if err == nil || !errors.As(err, &e) || !e.busy() || retries >= maxBusyRetries {
+			return id, err
+		}
+		onBytes(-sent)
+		wait := min(max(e.RetryAfter, time.Second), maxBusyWait)
+		onRetry(wait, err)
+		if err := sleep(ctx, wait); err != nil {
+			return "", err
+		}
+	}
+}
+
+func (c *apiClient) uploadOnce(ctx context.Context, path, op string, onBytes func(int64)) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	if !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("%s is not a regular file", path)
+	}
+	var body io.Reader = http.NoBody
+	if fi.Size() > 0 {
+		body = &countingReader{r: f, add: onBytes}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+"/api/tasks?op="+url.QueryEscape(op), body)
+	if err != nil {
+		return "", err
+	}
+	req.ContentLength = fi.Size()
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var created struct {
+		ID string `json:"id"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&created); err != nil || created.ID == "" {
+		return "", fmt.Errorf("POST /api/tasks: answer has no task id (%v)", err)
+	}
+	return created.ID, nil
+}
+
+// download GETs the task's result. dest chooses where it goes from the result's Content-Type: a path,
+// written atomically, or "-" for w. It returns the path written.
+func (c *apiClient) download(ctx context.Context, id string, w io.Writer, dest func(contentType string) string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+taskPath(id)+"/result", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := c.do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	path := dest(resp.Header.Get("Content-Type"))
+	if path == "-" {
+		_, err = io.Copy(w, resp.Body)
+	} else {
+		_, err = atomicfile.Write(ctx, path, resp.Body)
+	}
+	if err != nil {
+		return "", fmt.Errorf("download result of task %s: %w", id, err)
+	}
+	return path, nil
+}
+
+// countingReader tells add how many bytes were read through it.
+type countingReader struct {
+	r   io.Reader
+	add func(int64)
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if n > 0 {
+		c.add(int64(n))
+	}
+	return n, err
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

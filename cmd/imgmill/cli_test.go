@@ -1,0 +1,343 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"image"
+	"image/png"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/imgmill/imgmill/internal/allinone"
+	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/imageop"
+)
+
+// startApp runs `imgmill serve` in-process on free ports, without the upload rate limit, and returns the
+// frontend's URL; the app stops when the test ends.
+func startApp(t *testing.T) string {
+	t.Helper()
+	addrs, err := allinone.FreeAddrs(5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := t.TempDir() // before the Cleanup below, so removed only after the app stopped
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var stderr syncBuffer
+	go func() {
+		done <- run(ctx, []string{"imgmill", "serve", "--data", data, "--addr", addrs[0], "--kv-addr", addrs[1],
+			"--database-addr", addrs[2], "--storage-addr", addrs[3], "--master-addr", addrs[4], "--concurrency", "2",
+			"--upload-rate", "0"}, func(string) string { return "" }, io.Discard, &stderr)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("serve: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("serve did not stop")
+		}
+	})
+	readyCtx, readyCancel := context.WithTimeout(ctx, time.Minute)
+	defer readyCancel()
+	if err := allinone.WaitReady(readyCtx, addrs[1]); err != nil {
+		t.Fatal(err)
+	}
+	hc := httpapi.NewClient()
+	defer hc.CloseIdleConnections()
+	waitHealthy(t, readyCtx, hc, addrs[0])
+	return "http://" + addrs[0]
+}
+
+// cli runs one imgmill command in-process, like the binary would, with a deadline.
+func cli(t *testing.T, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out, errOut bytes.Buffer
+	err = run(ctx, append([]string{"imgmill"}, args...), func(string) string { return "" }, &out, &errOut)
+	return out.String(), errOut.String(), err
+}
+
+// writePatterns writes n test-pattern PNGs into dir and returns their paths and images.
+func writePatterns(t *testing.T, dir string, n int) ([]string, []*image.NRGBA) {
+	t.Helper()
+	var paths []string
+	var imgs []*image.NRGBA
+	for i := range n {
+		img := imageop.TestPattern(20+i*7, int64(i+1))
+		data, err := imageop.EncodePNG(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, fmt.Sprintf("photo%d.png", i))
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		paths, imgs = append(paths, p), append(imgs, img)
+	}
+	return paths, imgs
+}
+
+func readPNG(t *testing.T, path string) image.Image {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatalf("result: %v", err)
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil {
+		t.Fatalf("result %s: %v", path, err)
+	}
+	return img
+}
+
+// submitOne submits file without --wait and returns its task id.
+func submitOne(t *testing.T, server, file string) string {
+	t.Helper()
+	out, errOut, err := cli(t, "submit", "--server", server, file)
+	if err != nil {
+		t.Fatalf("submit %s: %v\n%s", file, err, errOut)
+	}
+	f, id, ok := strings.Cut(strings.TrimSpace(out), "\t")
+	if !ok || f != file || id == "" {
+		t.Fatalf("submit printed %q, want %q<tab>ID", out, file)
+	}
+	return id
+}
+
+func TestCLIEndToEnd(t *testing.T) {
+	server := startApp(t)
+	in := t.TempDir()
+
+	t.Run("SubmitWait", func(t *testing.T) {
+		files, imgs := writePatterns(t, in, 5)
+		outDir := filepath.Join(t.TempDir(), "results") // created by submit
+		stdout, stderr, err := cli(t, append([]string{"submit", "--server", server, "--wait", "--out", outDir, "--concurrency", "2"}, files...)...)
+		if err != nil {
+			t.Fatalf("submit --wait: %v\nstderr:\n%s", err, stderr)
+		}
+		if !regexp.MustCompile(`^5 submitted, 5 finished, 0 failed in \d+\.\ds\n$`).MatchString(stdout) {
+			t.Errorf("summary %q", stdout)
+		}
+		for i, f := range files {
+			out := filepath.Join(outDir, strings.TrimSuffix(filepath.Base(f), ".png")+".imgmill.png")
+			if err := imageop.CheckSwapped(imgs[i], readPNG(t, out)); err != nil {
+				t.Errorf("%s: %v", out, err)
+			}
+		}
+	})
+
+	t.Run("SubmitBadFiles", func(t *testing.T) {
+		dir := t.TempDir()
+		files, imgs := writePatterns(t, dir, 2)
+		notImage := filepath.Join(dir, "notes.txt")
+		os.WriteFile(notImage, []byte("this is not an image"), 0o644)
+		undecodable := filepath.Join(dir, "broken.png") // passes the upload checks, fails processing
+		os.WriteFile(undecodable, imageop.PaddedPNG(8, 8, 200), 0o644)
+		outDir := t.TempDir()
+		args := []string{"submit", "--server", server, "--wait", "--out", outDir, files[0], notImage, undecodable, files[1]}
+		stdout, stderr, err := cli(t, args...)
+		if err == nil || exitCode(err) != 1 {
+			t.Fatalf("submit with bad files: err %v, want exit 1", err)
+		}
+		if !strings.Contains(stderr, notImage+": refused at upload: ") || !strings.Contains(stderr, "HTTP 415") {
+			t.Errorf("stderr does not say %s was refused (415):\n%s", notImage, stderr)
+		}
+		if !strings.Contains(stderr, undecodable+": task ") || !strings.Contains(stderr, "failed: ") {
+			t.Errorf("stderr does not say %s failed processing:\n%s", undecodable, stderr)
+		}
+		if !strings.HasPrefix(stdout, "4 submitted, 2 finished, 2 failed (1 refused at upload) in ") {
+			t.Errorf("summary %q", stdout)
+		}
+		for i, f := range files {
+			out := filepath.Join(outDir, strings.TrimSuffix(filepath.Base(f), ".png")+".imgmill.png")
+			if err := imageop.CheckSwapped(imgs[i], readPNG(t, out)); err != nil {
+				t.Errorf("%s: %v", out, err)
+			}
+		}
+		if entries, _ := os.ReadDir(outDir); len(entries) != 2 {
+			t.Errorf("out dir holds %d entries, want the 2 results", len(entries))
+		}
+	})
+
+	t.Run("SubmitNoWait", func(t *testing.T) {
+		files, _ := writePatterns(t, t.TempDir(), 3)
+		stdout, stderr, err := cli(t, append([]string{"submit", "--server", server}, files...)...)
+		if err != nil {
+			t.Fatalf("submit: %v\n%s", err, stderr)
+		}
+		lines := strings.Split(strings.TrimSpace(stdout), "\n")
+		if len(lines) != 3 {
+			t.Fatalf("stdout %q, want 3 lines", stdout)
+		}
+		for _, l := range lines {
+			if f, id, ok := strings.Cut(l, "\t"); !ok || id == "" || !strings.HasPrefix(f, filepath.Dir(files[0])) {
+				t.Errorf("line %q, want FILE<tab>ID", l)
+			}
+		}
+	})
+
+	t.Run("SubmitUnknownOp", func(t *testing.T) {
+		files, _ := writePatterns(t, t.TempDir(), 1)
+		_, _, err := cli(t, "submit", "--server", server, "--op", "frobnicate", files[0])
+		if exitCode(err) != 2 || !strings.Contains(fmt.Sprint(err), `unknown operation "frobnicate"`) || !strings.Contains(fmt.Sprint(err), "swap") {
+			t.Errorf("unknown op: %v (exit %d), want exit 2 listing swap", err, exitCode(err))
+		}
+	})
+
+	t.Run("SubmitUsage", func(t *testing.T) {
+		for _, args := range [][]string{{"submit"}, {"submit", "--concurrency", "0", "x.png"}, {"submit", "--out", "d", "x.png"},
+			{"submit", "--wait", "a/p.png", "b/p.jpg"}} {
+			if _, _, err := cli(t, args...); exitCode(err) != 2 {
+				t.Errorf("%q: %v, want exit 2", args, err)
+			}
+		}
+	})
+
+	files, imgs := writePatterns(t, t.TempDir(), 1)
+	id := submitOne(t, server, files[0])
+
+	t.Run("GetWait", func(t *testing.T) {
+		out := filepath.Join(t.TempDir(), "out.png")
+		if _, stderr, err := cli(t, "get", id, "-o", out, "--server", server, "--wait"); err != nil {
+			t.Fatalf("get --wait: %v\n%s", err, stderr)
+		}
+		if err := imageop.CheckSwapped(imgs[0], readPNG(t, out)); err != nil {
+			t.Error(err)
+		}
+		// Again, finished already, to standard output.
+		stdout, _, err := cli(t, "get", "--server", server, "-o", "-", id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if img, err := png.Decode(strings.NewReader(stdout)); err != nil || imageop.CheckSwapped(imgs[0], img) != nil {
+			t.Errorf("get -o -: %v", err)
+		}
+	})
+
+	t.Run("Status", func(t *testing.T) {
+		stdout, _, err := cli(t, "status", id, "--server", server)
+		if err != nil {
+			t.Fatalf("status: %v", err)
+		}
+		var st map[string]any
+		if err := json.Unmarshal([]byte(stdout), &st); err != nil || st["state"] != "finished" || st["id"] != id {
+			t.Errorf("status printed %q (%v), want the finished task", stdout, err)
+		}
+		if !strings.Contains(stdout, "\n  \"") {
+			t.Errorf("status JSON is not indented: %q", stdout)
+		}
+	})
+
+	t.Run("StatusAndGetOfFailedTask", func(t *testing.T) {
+		p := filepath.Join(t.TempDir(), "broken.png")
+		os.WriteFile(p, imageop.PaddedPNG(8, 8, 100), 0o644)
+		bad := submitOne(t, server, p)
+		out := filepath.Join(t.TempDir(), "out.png")
+		_, _, err := cli(t, "get", bad, "-o", out, "--server", server, "--wait")
+		if err == nil || !strings.Contains(err.Error(), "task "+bad+" failed: ") {
+			t.Errorf("get --wait of a failed task: %v", err)
+		}
+		if _, err := os.Stat(out); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("get of a failed task wrote %s", out)
+		}
+		stdout, _, err := cli(t, "status", bad, "--server", server)
+		if err == nil || exitCode(err) != 1 || !strings.Contains(stdout, `"state": "failed"`) {
+			t.Errorf("status of a failed task: %v, printed %q; want the JSON and exit 1", err, stdout)
+		}
+		if _, _, err := cli(t, "get", bad, "-o", out, "--server", server); err == nil || !strings.Contains(err.Error(), "failed") {
+			t.Errorf("get of a failed task: %v", err)
+		}
+	})
+
+	t.Run("StatusAndGetUnknown", func(t *testing.T) {
+		unknown := strings.Repeat("A", 43)
+		if _, _, err := cli(t, "status", "--server", server, unknown); err == nil || exitCode(err) != 1 || !strings.Contains(err.Error(), "no such task") {
+			t.Errorf("status of an unknown id: %v", err)
+		}
+		if _, _, err := cli(t, "get", "--server", server, unknown, "-o", filepath.Join(t.TempDir(), "x")); err == nil || exitCode(err) != 1 || !strings.Contains(err.Error(), "no such task") {
+			t.Errorf("get of an unknown id: %v", err)
+		}
+		for _, args := range [][]string{{"status"}, {"status", "a", "b"}, {"get", "a"}, {"get", "-o", "x"}} {
+			if _, _, err := cli(t, args...); exitCode(err) != 2 {
+				t.Errorf("%q: %v, want exit 2", args, err)
+			}
+		}
+	})
+}
+
+// fakeAPI serves the public API contract with canned behaviour, for what the real app does not do on
+// demand: refuse with 429 and Retry-After, keep a task queued.
+func fakeAPI(t *testing.T, busy int) (string, *atomic.Int32) {
+	var posts atomic.Int32
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/operations", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, `{"operations":[{"name":"swap","description":"swap red and green","params":[]}]}`)
+	})
+	mux.HandleFunc("POST /api/tasks", func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if n := posts.Add(1); int(n) <= busy {
+			w.Header().Set("Retry-After", "1")
+			w.WriteHeader(http.StatusTooManyRequests)
+			io.WriteString(w, `{"error":"too many uploads, retry in 1s"}`)
+			return
+		}
+		if r.ContentLength != int64(len(body)) || r.URL.Query().Get("op") != "swap" {
+			w.WriteHeader(http.StatusBadRequest)
+			fmt.Fprintf(w, `{"error":"content length %d, body %d, op %q"}`, r.ContentLength, len(body), r.URL.Query().Get("op"))
+			return
+		}
+		w.WriteHeader(http.StatusCreated)
+		io.WriteString(w, `{"id":"Q1","status":"queued"}`)
+	})
+	mux.HandleFunc("GET /api/tasks/{id}", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, `{"id":%q,"state":"queued","op":"swap","attempts":0,"maxAttempts":3}`, r.PathValue("id"))
+	})
+	mux.HandleFunc("GET /api/tasks/{id}/result", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusNotFound)
+		io.WriteString(w, `{"error":"task is not finished"}`)
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return srv.URL, &posts
+}
+
+func TestCLISubmitRetriesWhenBusy(t *testing.T) {
+	server, posts := fakeAPI(t, 2)
+	files, _ := writePatterns(t, t.TempDir(), 1)
+	stdout, stderr, err := cli(t, "submit", "--server", server, files[0])
+	if err != nil || stdout != files[0]+"\tQ1\n" {
+		t.Fatalf("submit: %v, stdout %q, stderr %q", err, stdout, stderr)
+	}
+	if posts.Load() != 3 || strings.Count(stderr, "retrying in 1s") != 2 {
+		t.Errorf("%d uploads, stderr %q; want 2 refused with Retry-After, then accepted", posts.Load(), stderr)
+	}
+}
+
+func TestCLIGetNotFinished(t *testing.T) {
+	server, _ := fakeAPI(t, 0)
+	out := filepath.Join(t.TempDir(), "x.png")
+	_, _, err := cli(t, "get", "Q1", "-o", out, "--server", server)
+	if err == nil || exitCode(err) != 1 || !strings.Contains(err.Error(), "not finished yet (queued)") {
+		t.Errorf("get of a queued task: %v", err)
+	}
+	if _, err := os.Stat(out); !errors.Is(err, os.ErrNotExist) {
+		t.Error("get of a queued task wrote the file")
+	}
+}

@@ -1,0 +1,450 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"mime"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"golang.org/x/term"
+)
+
+// The client commands: submit, status and get, against the frontend's public JSON API.
+
+// parseInterspersed parses flags that may come before, between or after the positional arguments
+// ("status ID --server URL"), applies the IMGMILL_* variables like parse, and returns the positionals.
+// Everything after "--" is positional.
+func (f *flags) parseInterspersed(args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := f.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w: %v", errUsage, err)
+		}
+		rest := f.Args()
+		if len(rest) == 0 {
+			break
+		}
+		if consumed := args[:len(args)-len(rest)]; len(consumed) > 0 && consumed[len(consumed)-1] == "--" {
+			pos = append(pos, rest...)
+			break
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+	return pos, f.parse(nil)
+}
+
+func (f *flags) server() *string {
+	return f.String("server", defaultServer, "the imgmill frontend's URL")
+}
+
+func runSubmit(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "submit", "Uploads images (FILE...) to the frontend's /api/tasks and prints \"FILE<tab>ID\" per file.\n"+
+		"With --wait, waits for every task and downloads each result into --out as NAME.imgmill.EXT.\n"+
+		"Usage: imgmill submit [flags] FILE...")
+	op := f.String("op", "swap", "the operation to apply (the server lists them at /api/operations)")
+	server := f.server()
+	wait := f.Bool("wait", false, "wait for every task and download the results")
+	out := f.String("out", ".", "with --wait: the directory the results are written to")
+	conc := f.Int("concurrency", 4, "uploads (and, with --wait, downloads) at a time")
+	files, err := f.parseInterspersed(args)
+	if err != nil {
+		return err
+	}
+	outSet := false
+	f.Visit(func(fl *flag.Flag) { outSet = outSet || fl.Name == "out" })
+	switch {
+	case len(files) == 0:
+		return fmt.Errorf("%w: no FILE to submit (imgmill submit [flags] FILE...)", errUsage)
+	case *conc < 1:
+		return fmt.Errorf("%w: --concurrency must be >= 1", errUsage)
+	case outSet && !*wait:
+		return fmt.Errorf("%w: --out needs --wait", errUsage)
+	}
+	if *wait {
+		if err := checkOutputNames(files, *out); err != nil {
+			return err
+		}
+	}
+	c, err := newAPIClient(*server)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	ops, err := c.operations(ctx)
+	if err != nil {
+		return err
+	}
+	if !hasOperation(ops, *op) {
+		return fmt.Errorf("%w: unknown operation %q; %s offers:\n%s", errUsage, *op, c.base, listOperations(ops))
+	}
+	if *wait {
+		if err := os.MkdirAll(*out, 0o755); err != nil {
+			return fmt.Errorf("--out: %w", err)
+		}
+	}
+	b := &batch{c: c, e: e, op: *op, wait: *wait, out: *out, conc: *conc, files: files}
+	return b.run(ctx)
+}
+
+func hasOperation(ops []operation, name string) bool {
+	for _, o := range ops {
+		if o.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+func listOperations(ops []operation) string {
+	if len(ops) == 0 {
+		return "  (no operations)"
+	}
+	var sb strings.Builder
+	for i, o := range ops {
+		if i > 0 {
+			sb.WriteByte('\n')
+		}
+		fmt.Fprintf(&sb, "  %-10s %s", o.Name, o.Description)
+	}
+	return sb.String()
+}
+
+// outputStem is the name of a result without its extension: photo.png -> photo.imgmill.
+func outputStem(file string) string {
+	base := filepath.Base(file)
+	return strings.TrimSuffix(base, filepath.Ext(base)) + ".imgmill"
+}
+
+// outputPath is where the result of file goes in dir: photo.png -> dir/photo.imgmill.png, with the
+// extension of the result's type (the input's when the type is unknown).
+func outputPath(dir, file, contentType string) string {
+	ext := filepath.Ext(file)
+	mt, _, _ := mime.ParseMediaType(contentType)
+	switch mt {
+	case "image/png":
+		ext = ".png"
+	case "image/jpeg":
+		ext = ".jpg"
+	case "image/gif":
+		ext = ".gif"
+	case "":
+	default:
+		if exts, _ := mime.ExtensionsByType(mt); len(exts) > 0 {
+			ext = exts[0]
+		}
+	}
+	return filepath.Join(dir, outputStem(file)+ext)
+}
+
+// checkOutputNames refuses a batch where two inputs would write the same result.
+func checkOutputNames(files []string, dir string) error {
+	seen := map[string]string{}
+	for _, file := range files {
+		stem := outputStem(file)
+		if other, ok := seen[stem]; ok {
+			return fmt.Errorf("%w: %s and %s would both be written to %s.*", errUsage, other, file, filepath.Join(dir, stem))
+		}
+		seen[stem] = file
+	}
+	return nil
+}
+
+// batch is one run of submit.
+type batch struct {
+	c     *apiClient
+	e     *env
+	op    string
+	wait  bool
+	out   string
+	conc  int
+	files []string
+
+	mu       sync.Mutex // guards what follows and the writes to stdout and stderr
+	bar      *progressbar.ProgressBar
+	terminal bool
+	tasksBar bool // bar counts tasks done
+	finished int  // tasks done (finished or failed), for the tasks bar
+}
+
+// item is what happened to one file.
+type item struct {
+	file    string
+	id      string
+	refused error  // not submitted: the server refused it, or it could not be read or sent
+	failed  string // submitted, but did not produce a result: the task's reason, or why waiting failed
+	result  string // the result's path
+}
+
+func (b *batch) run(ctx context.Context) error {
+	start := time.Now()
+	items := make([]item, len(b.files))
+	var total int64
+	for i, file := range b.files {
+		items[i].file = file
+		if fi, err := os.Stat(file); err == nil {
+			total += fi.Size()
+		}
+	}
+	b.terminal = isTerminal(b.e.stderr)
+	if b.terminal {
+		b.bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(b.e.stderr), progressbar.OptionShowBytes(true),
+			progressbar.OptionSetDescription("uploading"), progressbar.OptionSetWidth(30), progressbar.OptionThrottle(100*time.Millisecond),
+			progressbar.OptionShowCount(), progressbar.OptionClearOnFinish())
+	}
+
+	uploads := make(chan int)
+	waits := make(chan int, len(items))
+	var upWG, waitWG sync.WaitGroup
+	for range b.conc {
+		upWG.Go(func() {
+			for i := range uploads {
+				b.upload(ctx, &items[i])
+				if b.wait && items[i].refused == nil {
+					waits <- i
+				} else if b.wait {
+					b.taskDone()
+				}
+			}
+		})
+		if b.wait {
+			waitWG.Go(func() {
+				for i := range waits {
+					b.await(ctx, &items[i])
+					b.taskDone()
+				}
+			})
+		}
+	}
+	for i := range items {
+		uploads <- i
+	}
+	close(uploads)
+	upWG.Wait()
+	close(waits)
+	if b.wait {
+		b.startTasksBar(len(items))
+	}
+	waitWG.Wait()
+	b.finishBar()
+	return b.report(items, time.Since(start))
+}
+
+// upload submits one file.
+func (b *batch) upload(ctx context.Context, it *item) {
+	id, err := b.c.upload(ctx, it.file, b.op, b.addBytes, func(wait time.Duration, err error) {
+		b.plainf("%s: server busy (%v), retrying in %s\n", it.file, err, wait.Round(100*time.Millisecond))
+	})
+	if err != nil {
+		it.refused = err
+		return
+	}
+	it.id = id
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.wait {
+		fmt.Fprintf(b.e.stdout, "%s\t%s\n", it.file, id)
+	} else if !b.terminal {
+		fmt.Fprintf(b.e.stderr, "%s: submitted as task %s\n", it.file, id)
+	}
+}
+
+// await waits for one task and downloads its result.
+func (b *batch) await(ctx context.Context, it *item) {
+	st, err := b.c.waitTask(ctx, it.id)
+	switch {
+	case err != nil:
+		it.failed = err.Error()
+		return
+	case st.State == "failed":
+		it.failed = st.Error
+		if it.failed == "" {
+			it.failed = "failed without a reason"
+		}
+		return
+	}
+	path, err := b.c.download(ctx, it.id, nil, func(ct string) string { return outputPath(b.out, it.file, ct) })
+	if err != nil {
+		it.failed = err.Error()
+		return
+	}
+	it.result = path
+	b.plainf("%s: finished -> %s\n", it.file, path)
+}
+
+// report prints the summary and every failure, and returns an error when any file failed.
+func (b *batch) report(items []item, took time.Duration) error {
+	var failed, refused, finished int
+	var msgs []string
+	for _, it := range items {
+		switch {
+		case it.refused != nil:
+			refused++
+			msgs = append(msgs, fmt.Sprintf("%s: refused at upload: %v", it.file, it.refused))
+		case it.failed != "":
+			failed++
+			msgs = append(msgs, fmt.Sprintf("%s: task %s failed: %s", it.file, it.id, it.failed))
+		case it.result != "":
+			finished++
+		}
+	}
+	for _, m := range msgs {
+		fmt.Fprintln(b.e.stderr, m)
+	}
+	if b.wait {
+		line := fmt.Sprintf("%d submitted, %d finished, %d failed", len(items), finished, failed+refused)
+		if refused > 0 {
+			line += fmt.Sprintf(" (%d refused at upload)", refused)
+		}
+		fmt.Fprintf(b.e.stdout, "%s in %.1fs\n", line, took.Seconds())
+	}
+	if n := failed + refused; n > 0 {
+		return fmt.Errorf("%d of %d files failed", n, len(items))
+	}
+	return nil
+}
+
+// Progress: a bar on a terminal (bytes uploaded, then tasks done), plain lines otherwise.
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+func (b *batch) addBytes(n int64) {
+	if b.bar != nil {
+		b.bar.Add64(n) // the bar has its own lock
+	}
+}
+
+func (b *batch) taskDone() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.finished++
+	if b.tasksBar {
+		b.bar.Add(1)
+	}
+}
+
+// startTasksBar replaces the bytes bar, once every file is uploaded, by a bar of the tasks done.
+func (b *batch) startTasksBar(n int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.bar == nil {
+		return
+	}
+	b.bar.Finish()
+	b.bar = progressbar.NewOptions(n, progressbar.OptionSetWriter(b.e.stderr), progressbar.OptionSetDescription("processing"),
+		progressbar.OptionSetWidth(30), progressbar.OptionShowCount(), progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionClearOnFinish())
+	b.bar.Set(b.finished)
+	b.tasksBar = true
+}
+
+func (b *batch) finishBar() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.bar != nil {
+		b.bar.Finish()
+		fmt.Fprintln(b.e.stderr)
+	}
+}
+
+// plainf writes a progress line to stderr when there is no bar.
+func (b *batch) plainf(format string, args ...any) {
+	if b.terminal {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	fmt.Fprintf(b.e.stderr, format, args...)
+}
+
+func runStatus(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "status", "Prints the status of task ID as JSON; exits 1 when the task failed or is unknown.\nUsage: imgmill status [flags] ID")
+	server := f.server()
+	pos, err := f.parseInterspersed(args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return fmt.Errorf("%w: want exactly one task ID (imgmill status [flags] ID)", errUsage)
+	}
+	c, err := newAPIClient(*server)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	st, raw, err := c.status(ctx, pos[0])
+	if err != nil {
+		return err
+	}
+	var pretty bytes.Buffer
+	if err := json.Indent(&pretty, raw, "", "  "); err != nil {
+		return err
+	}
+	fmt.Fprintln(e.stdout, pretty.String())
+	if st.State == "failed" {
+		return fmt.Errorf("task %s failed: %s", pos[0], st.Error)
+	}
+	return nil
+}
+
+func runGet(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "get", "Downloads the result of task ID into FILE (\"-\": standard output).\nUsage: imgmill get [flags] ID -o FILE")
+	server := f.server()
+	out := f.String("o", "", "the file to write the result to (\"-\": standard output); required")
+	wait := f.Bool("wait", false, "wait for the task to finish first")
+	pos, err := f.parseInterspersed(args)
+	if err != nil {
+		return err
+	}
+	switch {
+	case len(pos) != 1:
+		return fmt.Errorf("%w: want exactly one task ID (imgmill get [flags] ID -o FILE)", errUsage)
+	case *out == "":
+		return fmt.Errorf("%w: -o FILE is required", errUsage)
+	}
+	id := pos[0]
+	c, err := newAPIClient(*server)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	if *wait {
+		st, err := c.waitTask(ctx, id)
+		if err != nil {
+			return err
+		}
+		if st.State == "failed" {
+			return fmt.Errorf("task %s failed: %s", id, st.Error)
+		}
+	}
+	_, err = c.download(ctx, id, e.stdout, func(string) string { return *out })
+	if statusOf(err) == 404 {
+		// Say why: unknown, failed, or not finished yet.
+		st, _, serr := c.status(ctx, id)
+		switch {
+		case serr != nil:
+			return serr
+		case st.State == "failed":
+			return fmt.Errorf("task %s failed: %s", id, st.Error)
+		case st.State != "finished":
+			return fmt.Errorf("task %s is not finished yet (%s); use --wait to wait for it", id, st.State)
+		}
+	}
+	return err
+}

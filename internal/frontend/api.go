@@ -1,0 +1,297 @@
+package frontend
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/imgmill/imgmill/internal/backoff"
+	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/master"
+)
+
+// The JSON API under /api/: the same tasks as the reference paths, by the same public ids, with JSON
+// answers and {"error":"..."} refusals (httpapi.JSONHandlerFunc).
+
+// FileField is the multipart field of POST /api/tasks that carries the image; OpField names the
+// operation (it must come before the file).
+const (
+	FileField = "file"
+	OpField   = "op"
+)
+
+// Param is a parameter an operation takes.
+type Param struct {
+	Name        string `json:"name"`
+	Type        string `json:"type"`
+	Description string `json:"description"`
+}
+
+// Operation is one thing the workers can do to an image.
+type Operation struct {
+	Name        string  `json:"name"`
+	Description string  `json:"description"`
+	Params      []Param `json:"params"`
+}
+
+// Operations are the operations a task may ask for, the first the default; GET /api/operations lists
+// them and POST /api/tasks accepts nothing else.
+var Operations = []Operation{
+	{Name: "swap", Description: "Swap the red and green channels", Params: []Param{}},
+}
+
+// operation returns the operation named name ("" is the default), or a 400 naming the available ones.
+func operation(name string) (Operation, error) {
+	if name == "" {
+		return Operations[0], nil
+	}
+	names := make([]string, len(Operations))
+	for i, op := range Operations {
+		if op.Name == name {
+			return op, nil
+		}
+		names[i] = op.Name
+	}
+	return Operation{}, httpapi.Errorf(http.StatusBadRequest, "unknown operation %q; available: %s", name, strings.Join(names, ", "))
+}
+
+func (s *server) handleOperations(w http.ResponseWriter, r *http.Request) error {
+	return httpapi.WriteJSON(w, http.StatusOK, struct {
+		Operations []Operation `json:"operations"`
+	}{Operations})
+}
+
+// TaskCreated is the answer to POST /api/tasks.
+type TaskCreated struct {
+	ID        string `json:"id"`
+	Status    string `json:"status"`
+	StatusURL string `json:"statusUrl"`
+	ResultURL string `json:"resultUrl"`
+	EventsURL string `json:"eventsUrl"`
+	SourceURL string `json:"sourceUrl"`
+}
+
+// maxOpField is the longest op field value read from a form.
+const maxOpField = 256
+
+// handleCreateTask takes the image as the multipart field "file" (an "op" field may come first) or, with
+// any other Content-Type, as the raw body, and streams it to the master under the same limits as
+// /submitTask.
+func (s *server) handleCreateTask(w http.ResponseWriter, r *http.Request) error {
+	op, err := operation(r.URL.Query().Get("op"))
+	if err != nil {
+		return err
+	}
+	u, err := s.receive(w, r)
+	if err != nil {
+		return err
+	}
+	var id int64
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "multipart/form-data" {
+		if id, err = u.send(r.Context(), u.body); err != nil {
+			return err
+		}
+	} else if id, err = s.createFromForm(r, u, &op); err != nil {
+		return err
+	}
+	// Every task is the default operation until the workers know more than one: op is only validated.
+	public := s.ids.Encode(id)
+	base := "/api/tasks/" + public
+	w.Header().Set("Location", base)
+	return httpapi.WriteJSON(w, http.StatusCreated, TaskCreated{ID: public, Status: "queued", StatusURL: base,
+		ResultURL: base + "/result", EventsURL: base + "/events", SourceURL: base + "/source"})
+}
+
+// createFromForm streams the file field of a multipart upload, taking an op field before it.
+func (s *server) createFromForm(r *http.Request, u *upload, op *Operation) (int64, error) {
+	mr, err := r.MultipartReader()
+	if err != nil {
+		return 0, httpapi.Errorf(http.StatusBadRequest, "malformed multipart body: %v", err)
+	}
+	for {
+		part, err := mr.NextPart()
+		if err := u.partError(err, FileField); err != nil {
+			return 0, err
+		}
+		switch part.FormName() {
+		case FileField:
+			return u.send(r.Context(), part)
+		case OpField:
+			b, err := io.ReadAll(io.LimitReader(part, maxOpField+1))
+			part.Close()
+			if err := u.partError(err, FileField); err != nil {
+				return 0, err
+			}
+			if len(b) > maxOpField {
+				return 0, httpapi.Errorf(http.StatusBadRequest, "op field longer than %d bytes", maxOpField)
+			}
+			if *op, err = operation(string(b)); err != nil {
+				return 0, err
+			}
+		default:
+			part.Close()
+		}
+	}
+}
+
+// apiTask decodes the public id in the path.
+func (s *server) apiTask(r *http.Request) (int64, string, error) {
+	public := r.PathValue("id")
+	id, err := s.decode(public)
+	return id, public, err
+}
+
+// apiStatus is the status of task id as the JSON API shows it.
+func (s *server) apiStatus(ctx context.Context, id int64, public string) (Status, error) {
+	st, err := s.status(ctx, id, public)
+	st.Op = Operations[0].Name
+	return st, err
+}
+
+func (s *server) handleTask(w http.ResponseWriter, r *http.Request) error {
+	id, public, err := s.apiTask(r)
+	if err != nil {
+		return err
+	}
+	st, err := s.apiStatus(r.Context(), id, public)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	return httpapi.WriteJSON(w, http.StatusOK, st)
+}
+
+func (s *server) handleTaskResult(w http.ResponseWriter, r *http.Request) error {
+	id, public, err := s.apiTask(r)
+	if err != nil {
+		return err
+	}
+	return s.serveResult(w, r, id, public)
+}
+
+// SourceName is the file name /api/tasks/{id}/source offers for the upload of the task with public id
+// public, of type contentType.
+func SourceName(public, contentType string) string {
+	ext := ""
+	if mt, _, err := mime.ParseMediaType(contentType); err == nil {
+		switch mt {
+		case "image/png":
+			ext = ".png"
+		case "image/jpeg":
+			ext = ".jpg"
+		case "image/gif":
+			ext = ".gif"
+		}
+	}
+	return "imgmill-" + public[:min(len(public), 12)] + "-source" + ext
+}
+
+func (s *server) handleTaskSource(w http.ResponseWriter, r *http.Request) error {
+	id, public, err := s.apiTask(r)
+	if err != nil {
+		return err
+	}
+	img, err := s.master.Source(r.Context(), id)
+	if err != nil {
+		return publicError(err, id)
+	}
+	defer img.Close()
+	h := w.Header()
+	h.Set("Content-Disposition", fmt.Sprintf("inline; filename=%q", SourceName(public, img.ContentType)))
+	h.Set("Content-Security-Policy", "default-src 'none'; sandbox")
+	return master.CopyImage(w, img)
+}
+
+// Event stream timing; variables so tests can shorten them.
+var (
+	// keepAliveEvery is how often an event stream without news sends a comment, so proxies keep it open.
+	keepAliveEvery = 15 * time.Second
+	// maxEventStream bounds an event stream's life (the server's write timeout is lifted for it).
+	maxEventStream = 30 * time.Minute
+	// eventPoll spaces the status polls of an event stream: fast at first and after every change.
+	eventPoll = backoff.Backoff{Min: 50 * time.Millisecond, Max: 500 * time.Millisecond}
+)
+
+// done reports whether a status is final.
+func done(st Status) bool { return st.State == "finished" || st.State == "failed" }
+
+// changed reports whether b is news after a.
+func changed(a, b Status) bool {
+	return a.State != b.State || a.Attempts != b.Attempts || a.MaxAttempts != b.MaxAttempts || a.Error != b.Error
+}
+
+// handleTaskEvents streams the task's status as Server-Sent Events: "status" at once and on every
+// change, until the task is finished or failed, the client goes away, or maxEventStream passes. A
+// refusal before the stream starts (no such task) is a JSON error; a failure to get the status later
+// ends the stream with an "error" event.
+func (s *server) handleTaskEvents(w http.ResponseWriter, r *http.Request) error {
+	id, public, err := s.apiTask(r)
+	if err != nil {
+		return err
+	}
+	st, err := s.apiStatus(r.Context(), id, public)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), maxEventStream)
+	defer cancel()
+	rc := http.NewResponseController(w)
+	// The server's read and write timeouts would cut the stream (the read one by ending the request's
+	// context); maxEventStream bounds it instead. Servers that cannot lift them just end it earlier.
+	_ = rc.SetWriteDeadline(time.Time{})
+	_ = rc.SetReadDeadline(time.Time{})
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+
+	send := func(event string, v any) bool {
+		b, err := json.Marshal(v) // one line: newlines in strings are escaped
+		if err == nil {
+			_, err = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b)
+		}
+		return err == nil && rc.Flush() == nil
+	}
+	if !send("status", st) {
+		return nil
+	}
+	poll := eventPoll
+	timer := time.NewTimer(poll.Next())
+	defer timer.Stop()
+	keepAlive := time.NewTicker(keepAliveEvery)
+	defer keepAlive.Stop()
+	for !done(st) {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-keepAlive.C:
+			if _, err := io.WriteString(w, ": keep-alive\n\n"); err != nil || rc.Flush() != nil {
+				return nil
+			}
+		case <-timer.C:
+			next, err := s.apiStatus(ctx, id, public)
+			if err != nil {
+				if ctx.Err() == nil {
+					httpapi.LoggerFrom(ctx).WarnContext(ctx, "event stream: status", "err", err)
+					send("error", httpapi.JSONError{Error: httpapi.ErrorMessage(err)})
+				}
+				return nil
+			}
+			if changed(st, next) {
+				if !send("status", next) {
+					return nil
+				}
+				poll.Reset()
+			}
+			st = next
+			timer.Reset(poll.Next())
+		}
+	}
+	return nil
+}

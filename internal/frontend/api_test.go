@@ -1,0 +1,463 @@
+package frontend_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/frontend"
+	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/servicetest"
+)
+
+// expectJSONError checks that r is status with exactly the JSON body {"error":msg}.
+func expectJSONError(t *testing.T, what string, r servicetest.Reply, status int, msg string) {
+	t.Helper()
+	want, _ := json.Marshal(httpapi.JSONError{Error: msg})
+	if r.Status != status || r.Body != string(want) || r.Header.Get("Content-Type") != "application/json" {
+		t.Errorf("%s: %d %q (%s), want %d %s", what, r.Status, r.Body, r.Header.Get("Content-Type"), status, want)
+	}
+}
+
+// created checks a 201 answer to POST /api/tasks and returns the public id.
+func (s *stack) created(t *testing.T, r servicetest.Reply) string {
+	t.Helper()
+	if r.Status != http.StatusCreated {
+		t.Fatalf("POST /api/tasks: %d %q, want 201", r.Status, r.Body)
+	}
+	var c struct{ ID string }
+	if err := json.Unmarshal([]byte(r.Body), &c); err != nil {
+		t.Fatalf("POST /api/tasks: %q: %v", r.Body, err)
+	}
+	pub := s.parsePublicID(t, c.ID)
+	base := "/api/tasks/" + pub
+	want := fmt.Sprintf(`{"id":%q,"status":"queued","statusUrl":%q,"resultUrl":%q,"eventsUrl":%q,"sourceUrl":%q}`,
+		pub, base, base+"/result", base+"/events", base+"/source")
+	if r.Body != want {
+		t.Errorf("POST /api/tasks body %s, want %s", r.Body, want)
+	}
+	if loc := r.Header.Get("Location"); loc != base {
+		t.Errorf("Location %q, want %q", loc, base)
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("Content-Type %q, want application/json", ct)
+	}
+	return pub
+}
+
+// createRaw posts img as the raw body of POST /api/tasks+query.
+func (s *stack) createRaw(t *testing.T, query string, img []byte) servicetest.Reply {
+	t.Helper()
+	return s.call(t, http.MethodPost, "/api/tasks"+query, "image/png", bytes.NewReader(img))
+}
+
+func (s *stack) createForm(t *testing.T, query string, parts ...part) servicetest.Reply {
+	t.Helper()
+	ct, body := form(t, parts...)
+	return s.call(t, http.MethodPost, "/api/tasks"+query, ct, bytes.NewReader(body))
+}
+
+func TestAPICreateTask(t *testing.T) {
+	s := newStack(t)
+	for _, c := range []struct {
+		what   string
+		create func(img []byte) servicetest.Reply
+	}{
+		{"raw", func(img []byte) servicetest.Reply { return s.createRaw(t, "", img) }},
+		{"raw, no Content-Type", func(img []byte) servicetest.Reply {
+			return s.call(t, http.MethodPost, "/api/tasks", "", bytes.NewReader(img))
+		}},
+		{"raw, op=swap", func(img []byte) servicetest.Reply { return s.createRaw(t, "?op=swap", img) }},
+		{"multipart", func(img []byte) servicetest.Reply {
+			return s.createForm(t, "", part{field: frontend.FileField, filename: "a.png", data: img})
+		}},
+		{"multipart with op and other fields", func(img []byte) servicetest.Reply {
+			return s.createForm(t, "", part{field: "note", data: []byte("hi")}, part{field: frontend.OpField, data: []byte("swap")},
+				part{field: frontend.FileField, filename: "a.png", data: img})
+		}},
+		{"multipart, op in the query", func(img []byte) servicetest.Reply {
+			return s.createForm(t, "?op=swap", part{field: frontend.FileField, filename: "a.png", data: img})
+		}},
+	} {
+		img := servicetest.PatternPNG(t, 10, int64(len(c.what)))
+		pub := s.created(t, c.create(img))
+		if got := s.working(t, s.internal(t, pub)); !bytes.Equal(got, img) {
+			t.Errorf("%s: stored %d bytes, want the %d uploaded", c.what, len(got), len(img))
+		}
+	}
+}
+
+func TestAPICreateTaskRefusals(t *testing.T) {
+	s := newStack(t)
+	img := servicetest.PatternPNG(t, 8, 3)
+	before := s.master.calls.Load()
+	expectJSONError(t, "unknown op in the query", s.createRaw(t, "?op=blur", img), http.StatusBadRequest,
+		`unknown operation "blur"; available: swap`)
+	expectJSONError(t, "unknown op in the form", s.createForm(t, "", part{field: frontend.OpField, data: []byte("x")},
+		part{field: frontend.FileField, filename: "a.png", data: img}), http.StatusBadRequest, `unknown operation "x"; available: swap`)
+	expectJSONError(t, "form without file", s.createForm(t, "", part{field: "uploadfile", filename: "a.png", data: img}),
+		http.StatusBadRequest, `no file in field "file"`)
+	if n := s.master.calls.Load() - before; n != 0 {
+		t.Errorf("refused uploads made %d master calls", n)
+	}
+	expectJSONError(t, "empty raw body", s.createRaw(t, "", nil), http.StatusBadRequest,
+		"empty image: send the image bytes as the request body")
+	r := s.createRaw(t, "", []byte("not an image at all"))
+	if r.Status != http.StatusUnsupportedMediaType || !strings.HasPrefix(r.Body, `{"error":`) {
+		t.Errorf("raw non-image: %d %q, want 415 JSON", r.Status, r.Body)
+	}
+	expectJSONError(t, "GET /api/tasks", s.call(t, http.MethodGet, "/api/tasks", "", nil), http.StatusMethodNotAllowed,
+		"method GET not allowed on /api/tasks")
+	expectJSONError(t, "DELETE /api/tasks/x", s.call(t, http.MethodDelete, "/api/tasks/x", "", nil), http.StatusMethodNotAllowed,
+		"method DELETE not allowed on /api/tasks/x")
+	expectJSONError(t, "GET /api/nothing", s.call(t, http.MethodGet, "/api/nothing", "", nil), http.StatusNotFound,
+		"no endpoint /api/nothing")
+	expectJSONError(t, "GET /api/tasks/x/nothing", s.call(t, http.MethodGet, "/api/tasks/x/nothing", "", nil), http.StatusNotFound,
+		"no endpoint /api/tasks/x/nothing")
+	// The reference paths keep their text answers.
+	servicetest.ExpectError(t, "GET /nothing", s.call(t, http.MethodGet, "/nothing", "", nil), http.StatusNotFound)
+	servicetest.ExpectError(t, "DELETE /submitTask", s.call(t, http.MethodDelete, "/submitTask", "", nil), http.StatusMethodNotAllowed)
+}
+
+func TestAPIRateLimit(t *testing.T) {
+	s := newStackWith(t, frontend.Options{UploadRate: 0.5, UploadBurst: 1})
+	img := servicetest.PatternPNG(t, 8, 4)
+	s.created(t, s.createRaw(t, "", img))
+	before := s.master.calls.Load()
+	r := s.createRaw(t, "", img)
+	expectJSONError(t, "API upload over the limit", r, http.StatusTooManyRequests, "too many uploads, retry in 2s")
+	if r.Header.Get("Retry-After") != "2" {
+		t.Errorf("Retry-After %q, want 2", r.Header.Get("Retry-After"))
+	}
+	// One bucket for both upload paths.
+	r = s.submit(t, part{field: frontend.UploadField, filename: "x.png", data: img})
+	if r.Status != http.StatusTooManyRequests || r.Body != "Error: too many uploads, retry in 2s" {
+		t.Errorf("/submitTask after the API used the bucket: %d %q, want 429", r.Status, r.Body)
+	}
+	if n := s.master.calls.Load() - before; n != 0 {
+		t.Errorf("refused uploads made %d master calls", n)
+	}
+}
+
+func TestAPIUploadTooLarge(t *testing.T) {
+	const limit = 4000
+	s := newStackWith(t, frontend.Options{MaxUpload: limit})
+	big := paddedPNG(t, 100_000)
+	msg := fmt.Sprintf("image larger than %d bytes", limit)
+	expectJSONError(t, "raw, known length", s.createRaw(t, "", big), http.StatusRequestEntityTooLarge, msg)
+	expectJSONError(t, "raw, one byte over", s.createRaw(t, "", big[:limit+1]), http.StatusRequestEntityTooLarge, msg)
+	expectJSONError(t, "multipart", s.createForm(t, "", part{field: frontend.FileField, filename: "b.png", data: big[:limit+1]}),
+		http.StatusRequestEntityTooLarge, msg)
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, s.frontendURL+"/api/tasks", io.NopCloser(bytes.NewReader(big)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.ContentLength = -1
+	expectJSONError(t, "raw, streamed", servicetest.MustDo(t, s.HTTP, req), http.StatusRequestEntityTooLarge, msg)
+	s.ExpectNoClaimable(t)
+	pub := s.created(t, s.createRaw(t, "", big[:limit]))
+	if got := s.working(t, s.internal(t, pub)); !bytes.Equal(got, big[:limit]) {
+		t.Errorf("stored %d bytes, want %d", len(got), limit)
+	}
+}
+
+func TestAPIOperations(t *testing.T) {
+	s := newStack(t)
+	r := s.call(t, http.MethodGet, "/api/operations", "", nil)
+	want := `{"operations":[{"name":"swap","description":"Swap the red and green channels","params":[]}]}`
+	if r.Status != http.StatusOK || r.Body != want || r.Header.Get("Content-Type") != "application/json" {
+		t.Errorf("GET /api/operations: %d %q, want 200 %s", r.Status, r.Body, want)
+	}
+	expectJSONError(t, "POST /api/operations", s.call(t, http.MethodPost, "/api/operations", "", nil), http.StatusMethodNotAllowed,
+		"method POST not allowed on /api/operations")
+}
+
+func TestAPIStatusAndResult(t *testing.T) {
+	s := newStack(t)
+	ctx := t.Context()
+	img := servicetest.PatternPNG(t, 12, 5)
+	pub := s.created(t, s.createRaw(t, "", img))
+	id := s.internal(t, pub)
+	expect := func(word string) {
+		t.Helper()
+		got := s.call(t, http.MethodGet, "/api/tasks/"+pub, "", nil)
+		want := servicetest.Call(t, s.HTTP, http.MethodGet, fmt.Sprintf("%s/status?id=%d", s.MasterURL, id), nil)
+		wantBody := strings.Replace(want.Body, fmt.Sprintf(`{"id":%d,`, id), fmt.Sprintf(`{"id":%q,"op":"swap",`, pub), 1)
+		if !strings.Contains(wantBody, fmt.Sprintf(`"state":%q`, word)) {
+			t.Fatalf("master status %q, want state %q", want.Body, word)
+		}
+		if got.Status != http.StatusOK || got.Body != wantBody || got.Header.Get("Content-Type") != "application/json" ||
+			got.Header.Get("Cache-Control") != "no-store" {
+			t.Errorf("GET /api/tasks/P = %d %q %v, want %q", got.Status, got.Body, got.Header, wantBody)
+		}
+	}
+	expect("queued")
+	expectJSONError(t, "result while queued", s.call(t, http.MethodGet, "/api/tasks/"+pub+"/result", "", nil),
+		http.StatusNotFound, "task is not finished")
+	task, err := s.Database.GetNewTask(ctx, 0)
+	if err != nil || task.ID != id {
+		t.Fatalf("claim: %+v %v", task, err)
+	}
+	expect("processing")
+	result := servicetest.PatternPNG(t, 12, 6)
+	if err := s.Storage.SendImage(ctx, id, client.Finished, bytes.NewReader(result), int64(len(result))); err != nil {
+		t.Fatal(err)
+	}
+	expectJSONError(t, "result while processing", s.call(t, http.MethodGet, "/api/tasks/"+pub+"/result", "", nil),
+		http.StatusNotFound, "task is not finished")
+	if err := s.Database.FinishTask(ctx, id, task.Token); err != nil {
+		t.Fatal(err)
+	}
+	expect("finished")
+	r := s.call(t, http.MethodGet, "/api/tasks/"+pub+"/result", "", nil)
+	servicetest.ExpectPNGReply(t, "GET /api/tasks/P/result", r, result)
+	if cd, want := r.Header.Get("Content-Disposition"), fmt.Sprintf("attachment; filename=%q", frontend.DownloadName(pub)); cd != want {
+		t.Errorf("Content-Disposition %q, want %q", cd, want)
+	}
+	// The source is still the upload.
+	r = s.call(t, http.MethodGet, "/api/tasks/"+pub+"/source", "", nil)
+	servicetest.ExpectPNGReply(t, "GET /api/tasks/P/source", r, img)
+	if cd, want := r.Header.Get("Content-Disposition"), fmt.Sprintf("inline; filename=%q", frontend.SourceName(pub, "image/png")); cd != want ||
+		!strings.HasSuffix(want, "-source.png\"") {
+		t.Errorf("Content-Disposition %q, want %q", cd, want)
+	}
+
+	// Ids that name no task, forged or genuine, on every path.
+	for _, bad := range append(badIDs(t, pub), s.ids.Encode(12345)) {
+		for _, suffix := range []string{"", "/result", "/source", "/events"} {
+			path := "/api/tasks/" + escapePath(bad) + suffix
+			expectJSONError(t, "GET "+path, s.call(t, http.MethodGet, path, "", nil), http.StatusNotFound, "no such task")
+		}
+	}
+}
+
+// escapePath escapes a bad id for a path segment.
+func escapePath(s string) string {
+	return strings.NewReplacer("%", "%25", "/", "%2F", " ", "%20", "+", "%2B", "=", "%3D").Replace(s)
+}
+
+func TestAPIFailedTask(t *testing.T) {
+	s := newStack(t)
+	ctx := t.Context()
+	pub := s.created(t, s.createRaw(t, "", servicetest.PatternPNG(t, 8, 7)))
+	id := s.internal(t, pub)
+	task, err := s.Database.GetNewTask(ctx, 0)
+	if err != nil || task.ID != id {
+		t.Fatalf("claim: %+v %v", task, err)
+	}
+	if _, err := s.Master.FailTask(ctx, id, task.Token, fmt.Sprintf("worker at 10.0.0.1 lost task %d", id), true); err != nil {
+		t.Fatal(err)
+	}
+	expectJSONError(t, "result of a failed task", s.call(t, http.MethodGet, "/api/tasks/"+pub+"/result", "", nil),
+		http.StatusNotFound, "task failed: processing failed")
+	var st frontend.Status
+	r := s.call(t, http.MethodGet, "/api/tasks/"+pub, "", nil)
+	if err := json.Unmarshal([]byte(r.Body), &st); err != nil || st.State != "failed" || st.Error != "processing failed" || st.Op != "swap" {
+		t.Errorf("status of a failed task: %q (%v)", r.Body, err)
+	}
+	// The event stream of a failed task says so and ends.
+	events := s.events(t, pub)
+	if ev := <-events; ev.name != "status" || !strings.Contains(ev.data, `"state":"failed"`) {
+		t.Errorf("first event %+v, want the failed status", ev)
+	}
+	if ev, ok := <-events; ok {
+		t.Errorf("event %+v after failed, want the end of the stream", ev)
+	}
+}
+
+type event struct{ name, data string }
+
+// events opens the event stream of task pub, checks its headers, and sends its events on the channel
+// returned, closed when the stream ends (a comment is an event named ":"). The stream is closed when the
+// test ends.
+func (s *stack) events(t *testing.T, pub string) <-chan event {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, s.frontendURL+"/api/tasks/"+pub+"/events", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return streamEvents(t, s.HTTP, req)
+}
+
+func streamEvents(t *testing.T, hc *http.Client, req *http.Request) <-chan event {
+	t.Helper()
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" ||
+		resp.Header.Get("Cache-Control") != "no-store" {
+		resp.Body.Close()
+		t.Fatalf("GET events: %d %v", resp.StatusCode, resp.Header)
+	}
+	ch := make(chan event, 100)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(ch)
+		sc := bufio.NewScanner(resp.Body)
+		var ev event
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case line == "":
+				if ev != (event{}) {
+					ch <- ev
+				}
+				ev = event{}
+			case strings.HasPrefix(line, ":"):
+				ev = event{name: ":", data: strings.TrimSpace(line[1:])}
+			case strings.HasPrefix(line, "event: "):
+				ev.name = line[len("event: "):]
+			case strings.HasPrefix(line, "data: "):
+				ev.data = line[len("data: "):]
+			default:
+				t.Errorf("unexpected event stream line %q", line)
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		resp.Body.Close()
+		<-done
+	})
+	return ch
+}
+
+// next is the next event on ch within a few seconds, ok false at the end of the stream.
+func next(t *testing.T, ch <-chan event) (event, bool) {
+	t.Helper()
+	select {
+	case ev, ok := <-ch:
+		return ev, ok
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event within 5s")
+		return event{}, false
+	}
+}
+
+// expectState expects the next event on ch to be a status with state word, and returns the status.
+func expectState(t *testing.T, ch <-chan event, pub, word string) frontend.Status {
+	t.Helper()
+	ev, ok := next(t, ch)
+	var st frontend.Status
+	if !ok || ev.name != "status" || json.Unmarshal([]byte(ev.data), &st) != nil || st.State != word || st.ID != pub || st.Op != "swap" {
+		t.Fatalf("event %+v (stream open: %v), want status %q of %s", ev, ok, word, pub)
+	}
+	return st
+}
+
+func TestAPIEvents(t *testing.T) {
+	s := newStack(t)
+	ctx := t.Context()
+	pub := s.created(t, s.createRaw(t, "", servicetest.PatternPNG(t, 8, 8)))
+	id := s.internal(t, pub)
+	events := s.events(t, pub)
+	first := expectState(t, events, pub, "queued")
+	// The first event is the status JSON itself.
+	r := s.call(t, http.MethodGet, "/api/tasks/"+pub, "", nil)
+	if b, _ := json.Marshal(first); r.Body != string(b) {
+		t.Errorf("first event %s, want the status %s", b, r.Body)
+	}
+	task, err := s.Database.GetNewTask(ctx, 0)
+	if err != nil || task.ID != id {
+		t.Fatalf("claim: %+v %v", task, err)
+	}
+	if st := expectState(t, events, pub, "processing"); st.Attempts != 1 {
+		t.Errorf("processing with %d attempts, want 1", st.Attempts)
+	}
+	result := servicetest.PatternPNG(t, 8, 9)
+	if err := s.Storage.SendImage(ctx, id, client.Finished, bytes.NewReader(result), int64(len(result))); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Database.FinishTask(ctx, id, task.Token); err != nil {
+		t.Fatal(err)
+	}
+	expectState(t, events, pub, "finished")
+	if ev, ok := next(t, events); ok {
+		t.Errorf("event %+v after finished, want the end of the stream", ev)
+	}
+	// A finished task's stream is its one status.
+	events = s.events(t, pub)
+	expectState(t, events, pub, "finished")
+	if ev, ok := next(t, events); ok {
+		t.Errorf("event %+v after finished, want the end of the stream", ev)
+	}
+}
+
+// TestAPIEventsRetry: a failed attempt that is retried is news too (attempts and error change).
+func TestAPIEventsRetry(t *testing.T) {
+	s := newStack(t)
+	ctx := t.Context()
+	pub := s.created(t, s.createRaw(t, "", servicetest.PatternPNG(t, 8, 10)))
+	id := s.internal(t, pub)
+	events := s.events(t, pub)
+	expectState(t, events, pub, "queued")
+	task, err := s.Database.GetNewTask(ctx, 0)
+	if err != nil || task.ID != id {
+		t.Fatalf("claim: %+v %v", task, err)
+	}
+	expectState(t, events, pub, "processing")
+	if _, err := s.Master.FailTask(ctx, id, task.Token, "upload never completed", false); err != nil {
+		t.Fatal(err)
+	}
+	if st := expectState(t, events, pub, "queued"); st.Attempts != 1 || st.Error != "upload never completed" {
+		t.Errorf("after a failed attempt: %+v", st)
+	}
+}
+
+// TestAPIEventsOutliveServerTimeouts: the stream lifts the server's read and write timeouts, and sends
+// keep-alive comments; a client going away ends it (goleak checks the handler is gone).
+func TestAPIEventsOutliveServerTimeouts(t *testing.T) {
+	defer frontend.SetKeepAliveEvery(100 * time.Millisecond)()
+	s := newStack(t)
+	pub := s.created(t, s.createRaw(t, "", servicetest.PatternPNG(t, 8, 11)))
+	srv := httptest.NewUnstartedServer(nil)
+	srv.Config = httpapi.NewHTTPServer(frontend.NewServer(client.NewMaster(s.HTTP, s.master), s.ids, frontend.Options{}), servicetest.Discard)
+	srv.Config.ReadTimeout = 300 * time.Millisecond
+	srv.Config.WriteTimeout = 300 * time.Millisecond
+	srv.Start()
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/api/tasks/"+pub+"/events", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := streamEvents(t, s.HTTP, req)
+	expectState(t, events, pub, "queued")
+	deadline := time.Now().Add(time.Second)
+	keepAlives := 0
+	for time.Now().Before(deadline) {
+		ev, ok := next(t, events)
+		if !ok {
+			t.Fatalf("stream ended after %d keep-alives, within the server's timeouts", keepAlives)
+		}
+		if ev.name != ":" || ev.data != "keep-alive" {
+			t.Fatalf("event %+v, want keep-alive comments only", ev)
+		}
+		keepAlives++
+	}
+	if _, err := s.Database.GetNewTask(t.Context(), 0); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		ev, ok := next(t, events)
+		if !ok {
+			t.Fatal("stream ended before the news")
+		}
+		if ev.name == "status" {
+			break
+		}
+	}
+	cancel() // the client goes away
+}
