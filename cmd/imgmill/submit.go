@@ -8,13 +8,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"mime"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 )
@@ -132,20 +132,9 @@ func outputStem(file string) string {
 // outputPath is where the result of file goes in dir: photo.png -> dir/photo.imgmill.png, with the
 // extension of the result's type (the input's when the type is unknown).
 func outputPath(dir, file, contentType string) string {
-	ext := filepath.Ext(file)
-	mt, _, _ := mime.ParseMediaType(contentType)
-	switch mt {
-	case "image/png":
-		ext = ".png"
-	case "image/jpeg":
-		ext = ".jpg"
-	case "image/gif":
-		ext = ".gif"
-	case "":
-	default:
-		if exts, _ := mime.ExtensionsByType(mt); len(exts) > 0 {
-			ext = exts[0]
-		}
+	ext := imageop.Extension(contentType)
+	if ext == "" {
+		ext = filepath.Ext(file)
 	}
 	return filepath.Join(dir, outputStem(file)+ext)
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/master"
 )
 
@@ -177,16 +178,9 @@ func (s *server) handleTaskResult(w http.ResponseWriter, r *http.Request) error 
 // SourceName is the file name /api/tasks/{id}/source offers for the upload of the task with public id
 // public, of type contentType.
 func SourceName(public, contentType string) string {
-	ext := ""
-	if mt, _, err := mime.ParseMediaType(contentType); err == nil {
-		switch mt {
-		case "image/png":
-			ext = ".png"
-		case "image/jpeg":
-			ext = ".jpg"
-		case "image/gif":
-			ext = ".gif"
-		}
+	ext := imageop.Extension(contentType)
+	if ext != ".png" && ext != ".jpg" && ext != ".gif" {
+		ext = ""
 	}
 	return "imgmill-" + public[:min(len(public), 12)] + "-source" + ext
 }

@@ -1,0 +1,19 @@
+package imageop
+
+import "testing"
+
+func TestExtension(t *testing.T) {
+	for ct, want := range map[string]string{
+		"image/png":                 ".png",
+		"image/jpeg":                ".jpg",
+		"image/gif":                 ".gif",
+		"image/png; charset=binary": ".png",
+		"":                          "",
+		"not a type;;":              "",
+		"application/x-unknown-xyz": "",
+	} {
+		if got := Extension(ct); got != want {
+			t.Errorf("Extension(%q) = %q, want %q", ct, got, want)
+		}
+	}
+}
