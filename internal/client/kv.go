@@ -49,3 +49,10 @@ func (c *KV) Remove(ctx context.Context, key string) error {
 func (c *KV) List(ctx context.Context) (string, error) {
 	return c.p.sendText(ctx, call{method: http.MethodGet, path: "/list", idempotent: true})
 }
+
+// SetIfAbsent stores value under key only when the key is absent and returns the value the key holds
+// afterwards, so concurrent callers agree on the first writer's value.
+func (c *KV) SetIfAbsent(ctx context.Context, key, value string) (string, error) {
+	q := url.Values{"key": {key}, "value": {value}, "ifAbsent": {"true"}}
+	return c.p.sendText(ctx, call{method: http.MethodPost, path: "/set", query: q, idempotent: true})
+}

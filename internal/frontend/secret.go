@@ -17,15 +17,10 @@ import (
 // text, when none is given to them.
 const SecretKey = "publicIdSecret"
 
-// settle is how long a frontend that created the shared secret waits before reading it back, so that
-// one created at about the same moment by another frontend (the kv store keeps the last write) is the one
-// both use. Only a frontend whose write is delayed by longer than settle could end up with a secret of its
-// own; --secret rules that out. It costs only the very first start of a deployment.
-const settle = 500 * time.Millisecond
-
 // ResolveSecret returns the public id secret shared through the kv store: the one stored under
-// SecretKey, or, when there is none yet, a new random one that it stores there (for good, no TTL) and
-// reads back, so several frontends and restarts agree. It waits for the kv store, retrying with backoff
+// SecretKey, or, when there is none yet, a new random one stored there for good with the kv store's
+// set-if-absent (the first writer wins and every caller gets its value), so several frontends and
+// restarts agree. It waits for the kv store, retrying with backoff
 // until ctx ends; a stored value that is not a valid secret is an error (it is never replaced: the ids
 // out there were made with it).
 func ResolveSecret(ctx context.Context, kv *client.KV, logger *slog.Logger) ([]byte, error) {
@@ -42,12 +37,14 @@ func ResolveSecret(ctx context.Context, kv *client.KV, logger *slog.Logger) ([]b
 		if client.IsStatus(err, http.StatusNotFound) {
 			secret := make([]byte, publicid.MinSecretLen)
 			rand.Read(secret)
-			if err = kv.Set(ctx, SecretKey, publicid.FormatSecret(secret)); err == nil {
-				logger.InfoContext(ctx, "created the public id secret in the kv store", "key", SecretKey)
-				if !backoff.Sleep(ctx, settle) {
-					return nil, fmt.Errorf("public id secret: %w", ctx.Err())
+			mine := publicid.FormatSecret(secret)
+			// Only the first writer's secret is stored; every frontend gets that one back.
+			var stored string
+			if stored, err = kv.SetIfAbsent(ctx, SecretKey, mine); err == nil {
+				if stored == mine {
+					logger.InfoContext(ctx, "created the public id secret in the kv store", "key", SecretKey)
 				}
-				continue // read back what is stored: another frontend may have written its own meanwhile
+				return publicid.ParseSecret(stored)
 			}
 		}
 		if ctx.Err() != nil {

@@ -54,6 +54,23 @@ func (s *server) handleSet(w http.ResponseWriter, r *http.Request) error {
 		// The store cannot hold invalid UTF-8; that is the caller's error, not a 500.
 		return httpapi.Errorf(http.StatusBadRequest, "key and value must be valid UTF-8")
 	}
+	switch r.URL.Query().Get("ifAbsent") {
+	case "":
+	case "true":
+		// Additive: store only into an absent key, and answer what the key holds afterwards, so
+		// concurrent writers (frontends creating a shared secret) agree on one value.
+		if ttl > 0 {
+			return httpapi.Errorf(http.StatusBadRequest, "ifAbsent entries do not expire: drop ttl")
+		}
+		current, err := s.store.SetIfAbsent(r.Context(), key, value)
+		if err != nil {
+			return fmt.Errorf("set %q if absent: %w", key, err)
+		}
+		httpapi.WriteText(w, http.StatusOK, current)
+		return nil
+	default:
+		return httpapi.Errorf(http.StatusBadRequest, "ifAbsent must be true when given")
+	}
 	if err := s.store.Set(r.Context(), key, value, ttl); err != nil {
 		return fmt.Errorf("set %q: %w", key, err)
 	}

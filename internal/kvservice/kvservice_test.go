@@ -244,3 +244,17 @@ func TestPlumbing(t *testing.T) {
 	})
 	servicetest.CheckEchoesRequestID(t, kv.c, "GET", kv.url+"/get?"+url.Values{"key": {"x"}}.Encode(), "kv-req-1")
 }
+
+// POST /set?ifAbsent=true stores only into an absent key and answers what the key holds afterwards.
+func TestSetIfAbsent(t *testing.T) {
+	kv := newKV(t)
+	ifAbsent := func(key, value string) url.Values {
+		return url.Values{"key": {key}, "value": {value}, "ifAbsent": {"true"}}
+	}
+	kv.expect("POST", "/set", ifAbsent("publicIdSecret", "first"), 200, "first")
+	kv.expect("POST", "/set", ifAbsent("publicIdSecret", "second"), 200, "first")
+	kv.expect("GET", "/get", url.Values{"key": {"publicIdSecret"}}, 200, "first")
+	kv.expect("POST", "/set", url.Values{"key": {"k"}, "value": {"v"}, "ifAbsent": {"yes"}}, 400, "Error: ifAbsent must be true when given")
+	kv.expect("POST", "/set", url.Values{"key": {"k"}, "value": {"v"}, "ifAbsent": {"true"}, "ttl": {"5s"}}, 400, "Error: ifAbsent entries do not expire: drop ttl")
+	kv.expect("GET", "/get", url.Values{"key": {"k"}}, 404, `Error: no value for key "k"`)
+}

@@ -29,6 +29,10 @@ type Store interface {
 	// Set stores value under key, expiring ttl from now when ttl > 0 and never otherwise; once it returns
 	// the entry survives a crash.
 	Set(ctx context.Context, key, value string, ttl time.Duration) error
+	// SetIfAbsent stores value under key, without expiry, only when the key holds no live entry, and
+	// returns the value the key holds afterwards: value when it was stored, the existing one when not.
+	// Concurrent callers all get the same answer (the first writer wins).
+	SetIfAbsent(ctx context.Context, key, value string) (string, error)
 	// Get returns the value under key, or ErrNotFound when there is none or it expired.
 	Get(ctx context.Context, key string) (string, error)
 	// Delete removes key; deleting a missing or expired key is not an error.

@@ -249,6 +249,26 @@ func (s *Store) Set(ctx context.Context, key, value string, ttl time.Duration) e
 }
 
 // Delete implements kvstore.Store.
+// SetIfAbsent implements kvstore.Store; writes are serialised, so the check and the write are atomic.
+func (s *Store) SetIfAbsent(ctx context.Context, key, value string) (string, error) {
+	if err := checkEntry(key, value); err != nil {
+		return "", err
+	}
+	current := value
+	err := s.mutate(ctx, "set-if-absent "+key, func(m map[string]item, now time.Time) bool {
+		if old, ok := m[key]; ok && !old.expired(now) {
+			current = old.value
+			return false
+		}
+		m[key] = item{value: value}
+		return true
+	})
+	if err != nil {
+		return "", err
+	}
+	return current, nil
+}
+
 func (s *Store) Delete(ctx context.Context, key string) error {
 	return s.mutate(ctx, "delete "+key, func(m map[string]item, _ time.Time) bool {
 		if _, ok := m[key]; !ok {

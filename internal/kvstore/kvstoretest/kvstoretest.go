@@ -68,6 +68,8 @@ func Run(t *testing.T, open func(t *testing.T, now func() time.Time) kvstore.Sto
 		{"Values", testValues},
 		{"CancelledContext", testCancelledContext},
 		{"ConcurrentSets", testConcurrentSets},
+		{"SetIfAbsent", testSetIfAbsent},
+		{"SetIfAbsentConcurrent", testSetIfAbsentConcurrent},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -80,6 +82,7 @@ func Run(t *testing.T, open func(t *testing.T, now func() time.Time) kvstore.Sto
 		fn   func(t *testing.T, s kvstore.Store, c *Clock)
 	}{
 		{"TTLExpiry", testTTLExpiry},
+		{"SetIfAbsentAfterExpiry", testSetIfAbsentAfterExpiry},
 		{"TTLRenewal", testTTLRenewal},
 		{"TTLCleared", testTTLCleared},
 		{"TTLListOmitsExpired", testTTLListOmitsExpired},
@@ -423,4 +426,63 @@ func testTTLCancelledContext(t *testing.T, s kvstore.Store, c *Clock) {
 	}
 	c.Advance(5 * time.Second)
 	wantNotFound(t, s, "k")
+}
+
+// SetIfAbsent stores only into an absent key and always answers what the key holds afterwards.
+func testSetIfAbsent(t *testing.T, s kvstore.Store) {
+	ctx := t.Context()
+	got, err := s.SetIfAbsent(ctx, "secret", "first")
+	if err != nil || got != "first" {
+		t.Fatalf("SetIfAbsent on an absent key = %q, %v; want \"first\"", got, err)
+	}
+	got, err = s.SetIfAbsent(ctx, "secret", "second")
+	if err != nil || got != "first" {
+		t.Fatalf("SetIfAbsent on a held key = %q, %v; want the stored \"first\"", got, err)
+	}
+	wantValue(t, s, "secret", "first")
+	set(t, s, "secret", "replaced")
+	if got, _ := s.SetIfAbsent(ctx, "secret", "third"); got != "replaced" {
+		t.Errorf("SetIfAbsent after Set = %q, want \"replaced\"", got)
+	}
+	if err := s.Delete(ctx, "secret"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.SetIfAbsent(ctx, "secret", "fourth"); got != "fourth" {
+		t.Errorf("SetIfAbsent after Delete = %q, want \"fourth\"", got)
+	}
+}
+
+// Many concurrent SetIfAbsent calls agree on one winner, and the store holds it.
+func testSetIfAbsentConcurrent(t *testing.T, s kvstore.Store) {
+	const n = 16
+	answers := make([]string, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { answers[i], errs[i] = s.SetIfAbsent(t.Context(), "k", fmt.Sprintf("v%d", i)) })
+	}
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("caller %d: %v", i, errs[i])
+		}
+		if answers[i] != answers[0] {
+			t.Fatalf("callers disagree: %q and %q", answers[0], answers[i])
+		}
+	}
+	wantValue(t, s, "k", answers[0])
+}
+
+// An expired entry counts as absent.
+func testSetIfAbsentAfterExpiry(t *testing.T, s kvstore.Store, c *Clock) {
+	setTTL(t, s, "k", "old", time.Second)
+	if got, _ := s.SetIfAbsent(t.Context(), "k", "new"); got != "old" {
+		t.Fatalf("SetIfAbsent on a live entry = %q, want \"old\"", got)
+	}
+	c.Advance(time.Second)
+	if got, _ := s.SetIfAbsent(t.Context(), "k", "new"); got != "new" {
+		t.Fatalf("SetIfAbsent on an expired entry = %q, want \"new\"", got)
+	}
+	c.Advance(time.Hour)
+	wantValue(t, s, "k", "new") // stored without expiry
 }
