@@ -96,14 +96,7 @@ type Stats struct {
 // Stats returns how many tasks are in each state.
 func (c *Database) Stats(ctx context.Context) (Stats, error) {
 	reply, err := c.p.sendText(ctx, call{method: http.MethodGet, path: "/stats", idempotent: true})
-	if err != nil {
-		return Stats{}, err
-	}
-	var s Stats
-	if err := json.Unmarshal([]byte(reply), &s); err != nil {
-		return Stats{}, fmt.Errorf("stats reply %q: %w", truncate(reply), err)
-	}
-	return s, nil
+	return jsonReply[Stats]("task counts", reply, err)
 }
 
 // List returns the reference listing, one task per line.
@@ -179,14 +172,19 @@ func parseID(reply string) (int64, error) {
 }
 
 func taskReply(reply string, err error) (Task, error) {
+	return jsonReply[Task]("a task", reply, err)
+}
+
+// jsonReply decodes a call's JSON reply (passing the call's error through), naming what it expected.
+func jsonReply[T any](what, reply string, err error) (T, error) {
+	var v T
 	if err != nil {
-		return Task{}, err
+		return v, err
 	}
-	var t Task
-	if err := json.Unmarshal([]byte(reply), &t); err != nil {
-		return Task{}, fmt.Errorf("reply %q is not a task: %w", truncate(reply), err)
+	if err := json.Unmarshal([]byte(reply), &v); err != nil {
+		return v, fmt.Errorf("reply %q is not %s: %w", truncate(reply), what, err)
 	}
-	return t, nil
+	return v, nil
 }
 
 // Forward sends a worker-side call (POST path?query) through unchanged, for the master's pass-through

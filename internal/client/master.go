@@ -2,8 +2,6 @@ package client
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"time"
@@ -66,12 +64,5 @@ type Status struct {
 // Status returns the state of task id in words, with attempts, error and times.
 func (c *Master) Status(ctx context.Context, id int64) (Status, error) {
 	reply, err := c.p.sendText(ctx, call{method: http.MethodGet, path: "/status", query: idQuery(id), idempotent: true})
-	if err != nil {
-		return Status{}, err
-	}
-	var s Status
-	if err := json.Unmarshal([]byte(reply), &s); err != nil {
-		return Status{}, fmt.Errorf("status reply %q: %w", truncate(reply), err)
-	}
-	return s, nil
+	return jsonReply[Status]("a task status", reply, err)
 }
