@@ -57,7 +57,10 @@ type Task struct {
 	MaxAttempts int
 	// Token is the fencing token of the latest claim: it grows with every claim, so a worker whose lease
 	// lapsed and was claimed again holds a smaller token than the current holder. 0 before any claim.
-	Token      int64
+	Token int64
+	// Op is the operation chain the worker applies to the image, as the client gave it ("" means the
+	// default operation, the reference's swap). The store keeps it verbatim; the master validates it.
+	Op         string
 	Error      string    // why the task failed, or why its last attempt failed
 	CreatedAt  time.Time //
 	StartedAt  time.Time // latest claim; zero when never claimed
@@ -107,7 +110,8 @@ func (c Counts) Total() int64 { return c.Queued + c.Processing + c.Finished + c.
 // CreateParams describes a new task.
 type CreateParams struct {
 	Pending     bool
-	MaxAttempts int // <= 0 means DefaultMaxAttempts
+	MaxAttempts int    // <= 0 means DefaultMaxAttempts
+	Op          string // see Task.Op
 }
 
 // Store is the task store. All methods are safe for concurrent use.

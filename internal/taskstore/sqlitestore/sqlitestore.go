@@ -90,6 +90,9 @@ func migrations() []string {
 		// 3. Counts: failed tasks are few (an upload that cannot be processed), so an index of them
 		// lets Counts tell failed from finished without reading the whole table.
 		`CREATE INDEX ` + failedIndex + ` ON tasks (id) WHERE state = 3;`,
+
+		// 4. The operation chain a worker applies to the task's image ('' means the default, swap).
+		`ALTER TABLE tasks ADD COLUMN op TEXT NOT NULL DEFAULT '';`,
 	}
 }
 
@@ -123,7 +126,7 @@ const (
 	// returnColumns are a row's fields as the scanner expects them, for RETURNING after a write
 	// that leaves the row consistent (no lapsed lease to compute).
 	returnColumns = `id, state, pending, attempts, max_attempts, token, error, created_at, started_at, finished_at,
-		CASE WHEN state = 1 THEN lease_until END`
+		CASE WHEN state = 1 THEN lease_until END, op`
 
 	// taskColumns computes a lapsed lease's outcome without writing, so readers stay on the
 	// read-only pool; the next Claim makes it so in the table, with the same values.
@@ -136,10 +139,11 @@ const (
 		created_at, started_at,
 		CASE WHEN state = 1 AND lease_until <= :now AND attempts >= max_attempts THEN lease_until
 			ELSE finished_at END,
-		CASE WHEN state = 1 AND lease_until > :now THEN lease_until END`
+		CASE WHEN state = 1 AND lease_until > :now THEN lease_until END,
+		op`
 
-	createSQL = `INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at)
-		SELECT IFNULL(MAX(id), -1) + 1, 0, :pending, 0, :max_attempts, :now FROM tasks
+	createSQL = `INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, op)
+		SELECT IFNULL(MAX(id), -1) + 1, 0, :pending, 0, :max_attempts, :now, :op FROM tasks
 		RETURNING id`
 
 	// activateSQL refuses a pending task that failed (expired) before its upload completed.
@@ -373,7 +377,7 @@ func (s *Store) Create(ctx context.Context, p taskstore.CreateParams) (int64, er
 	// One writer connection serializes inserts, so MAX(id)+1 yields consecutive ids.
 	var id int64
 	err := s.create.QueryRowContext(ctx, sql.Named("pending", p.Pending), sql.Named("max_attempts", maxAttempts),
-		sql.Named("now", nanos(s.now()))).Scan(&id)
+		sql.Named("now", nanos(s.now())), sql.Named("op", p.Op)).Scan(&id)
 	if err != nil {
 		return 0, fmt.Errorf("sqlitestore: create: %w", err)
 	}
@@ -661,7 +665,7 @@ func scanTask(sc scanner) (taskstore.Task, error) {
 		started, finished, leaseTo sql.NullInt64
 	)
 	if err := sc.Scan(&t.ID, &state, &t.Pending, &t.Attempts, &t.MaxAttempts, &t.Token, &t.Error,
-		&created, &started, &finished, &leaseTo); err != nil {
+		&created, &started, &finished, &leaseTo, &t.Op); err != nil {
 		return taskstore.Task{}, err
 	}
 	t.State = taskstore.State(state)

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -32,6 +33,7 @@ func Run(t *testing.T, open OpenFunc) {
 	}{
 		{"CreateIDsConsecutive", testCreateIDsConsecutive},
 		{"MaxAttempts", testMaxAttempts},
+		{"Op", testOp},
 		{"GetUnknown", testGetUnknown},
 		{"ClaimFIFO", testClaimFIFO},
 		{"ClaimEmpty", testClaimEmpty},
@@ -230,7 +232,7 @@ func noErr(t *testing.T, what string, err error) {
 func checkTask(t *testing.T, what string, got, want taskstore.Task) {
 	t.Helper()
 	if got.ID != want.ID || got.State != want.State || got.Pending != want.Pending || got.Attempts != want.Attempts ||
-		got.MaxAttempts != want.MaxAttempts || got.Token != want.Token || got.Error != want.Error ||
+		got.MaxAttempts != want.MaxAttempts || got.Token != want.Token || got.Error != want.Error || got.Op != want.Op ||
 		!got.CreatedAt.Equal(want.CreatedAt) || !got.StartedAt.Equal(want.StartedAt) ||
 		!got.FinishedAt.Equal(want.FinishedAt) || !got.LeaseUntil.Equal(want.LeaseUntil) {
 		t.Fatalf("%s:\n got  %s\n want %s", what, format(got), format(want))
@@ -244,8 +246,8 @@ func format(x taskstore.Task) string {
 		}
 		return tm.UTC().Format(time.RFC3339Nano)
 	}
-	return fmt.Sprintf("{ID:%d State:%v Pending:%v Attempts:%d/%d Token:%d Error:%q Created:%s Started:%s Finished:%s LeaseUntil:%s}",
-		x.ID, x.State, x.Pending, x.Attempts, x.MaxAttempts, x.Token, x.Error,
+	return fmt.Sprintf("{ID:%d State:%v Pending:%v Attempts:%d/%d Token:%d Op:%q Error:%q Created:%s Started:%s Finished:%s LeaseUntil:%s}",
+		x.ID, x.State, x.Pending, x.Attempts, x.MaxAttempts, x.Token, x.Op, x.Error,
 		tf(x.CreatedAt), tf(x.StartedAt), tf(x.FinishedAt), tf(x.LeaseUntil))
 }
 
@@ -265,6 +267,40 @@ func testCreateIDsConsecutive(t *testing.T, h *harness) {
 	h.clk.Advance(time.Hour) // CreatedAt must be the creation time, not the read time
 	for _, w := range want {
 		checkTask(t, "Get after Create", h.get(t, w.ID), w)
+	}
+}
+
+// testOp checks that a task's operation chain is kept verbatim through every read and write path.
+func testOp(t *testing.T, h *harness) {
+	ops := []string{"", "swap", "resize:800x600,grayscale,sharpen:1.5", strings.Repeat("x", 2000), "ünïcode,'quote\"--"}
+	for i, op := range ops {
+		id := h.createWith(t, taskstore.CreateParams{Op: op, Pending: i%2 == 1})
+		if got := h.get(t, id).Op; got != op {
+			t.Fatalf("Get(%d).Op = %q, want %q", id, got, op)
+		}
+		if i%2 == 1 {
+			noErr(t, "Activate", h.s.Activate(h.ctx, id))
+		}
+	}
+	for i := range ops {
+		task, err := h.s.Claim(h.ctx, lease)
+		noErr(t, "Claim", err)
+		if task.ID != int64(i) || task.Op != ops[i] {
+			t.Fatalf("Claim = %s, want id %d with op %q", format(task), i, ops[i])
+		}
+		if i == 0 {
+			task, err = h.s.Fail(h.ctx, task.ID, task.Token, "boom", true)
+			noErr(t, "Fail", err)
+			if task.Op != ops[0] {
+				t.Fatalf("Fail returned op %q, want %q", task.Op, ops[0])
+			}
+		}
+	}
+	for task, err := range h.s.List(h.ctx) {
+		noErr(t, "List", err)
+		if task.Op != ops[task.ID] {
+			t.Fatalf("List: task %d op %q, want %q", task.ID, task.Op, ops[task.ID])
+		}
 	}
 }
 
