@@ -9,6 +9,7 @@ import (
 	"image"
 	"image/png"
 	"math/rand/v2"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -42,72 +43,8 @@ func TestChaos(t *testing.T) {
 	defer cancel()
 	waitHealthy(t, ctx, d.hc, d.feAddr)
 
-	originals := make([]*image.NRGBA, images)
-	encoded := make([][]byte, images)
-	for i := range images {
-		originals[i] = imageop.TestPattern(8+i%33, int64(i))
-		var err error
-		if encoded[i], err = imageop.EncodePNG(originals[i]); err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	var (
-		mu       sync.Mutex
-		answered = map[int64]int{} // internal id (uploads through the master) -> image index
-		// Uploads through the frontend are answered with a public id; their internal id is never known.
-		answeredPublic = map[string]int{} // public id -> image index
-		refused        atomic.Int64
-		next           atomic.Int64
-		wg             sync.WaitGroup
-	)
-	m := d.master()
-	for c := range 8 {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= images {
-					return
-				}
-				retry := backoff.Backoff{Min: 50 * time.Millisecond, Max: 500 * time.Millisecond}
-				for {
-					var err error
-					if (i+c)%2 == 0 {
-						var pub string
-						if pub, err = submitViaFrontend(ctx, d.hc, d.feAddr, encoded[i]); err == nil {
-							mu.Lock()
-							if prev, dup := answeredPublic[pub]; dup {
-								t.Errorf("public id %s answered for images %d and %d", pub, prev, i)
-							}
-							answeredPublic[pub] = i
-							mu.Unlock()
-						}
-					} else {
-						var id int64
-						if id, err = m.New(ctx, bytes.NewReader(encoded[i]), int64(len(encoded[i]))); err == nil {
-							mu.Lock()
-							if prev, dup := answered[id]; dup {
-								t.Errorf("id %d answered for images %d and %d", id, prev, i)
-							}
-							answered[id] = i
-							mu.Unlock()
-						}
-					}
-					if err == nil {
-						break
-					}
-					refused.Add(1)
-					if ctx.Err() != nil {
-						t.Errorf("image %d never accepted: %v", i, err)
-						return
-					}
-					backoff.Sleep(ctx, retry.Next())
-				}
-			}
-		})
-	}
-	submitted := make(chan struct{})
-	go func() { wg.Wait(); close(submitted) }()
+	w := newWorkload(t, images)
+	submitted := w.submit(t, ctx, d.hc, []string{d.feAddr}, d.master(), 8)
 
 	// Kill every service in turn, at least one full round and until every image was accepted.
 	victims := []string{"worker-1", "master", "database", "storage", "kv", "frontend", "worker-2"}
@@ -130,34 +67,130 @@ chaos:
 	}
 	<-submitted
 	t.Logf("chaos: %d images accepted (%d through the frontend), %d refused attempts retried, %d kills",
-		len(answered)+len(answeredPublic), len(answeredPublic), refused.Load(), kills)
-	if len(answered)+len(answeredPublic) != images {
-		t.Fatalf("%d of %d images accepted", len(answered)+len(answeredPublic), images)
-	}
+		w.accepted(), len(w.answeredPublic), w.refused.Load(), kills)
+	w.verify(t, ctx, d.hc, d.feAddr, d.database(), d.storage())
+}
 
-	// Uploads through the frontend are checked through the frontend, by public id, as their users would:
-	// finished, and the result pixel-correct. Their internal id is unknown, so the comparison of the
-	// stored result's lease token with the finishing claim's (below) is skipped for them; the uploads
-	// through the master, half of all, are checked for it.
-	for pub, i := range answeredPublic {
+// workload is a set of test images submitted through frontends and masters, and what was answered.
+type workload struct {
+	originals []*image.NRGBA
+	encoded   [][]byte
+
+	mu       sync.Mutex
+	answered map[int64]int // internal id (uploads through the master) -> image index
+	// Uploads through a frontend are answered with a public id; their internal id is never known.
+	answeredPublic map[string]int // public id -> image index
+	refused        atomic.Int64
+}
+
+func newWorkload(t *testing.T, images int) *workload {
+	t.Helper()
+	w := &workload{originals: make([]*image.NRGBA, images), encoded: make([][]byte, images),
+		answered: map[int64]int{}, answeredPublic: map[string]int{}}
+	for i := range images {
+		w.originals[i] = imageop.TestPattern(8+i%33, int64(i))
+		var err error
+		if w.encoded[i], err = imageop.EncodePNG(w.originals[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return w
+}
+
+func (w *workload) accepted() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.answered) + len(w.answeredPublic)
+}
+
+// submit uploads every image from clients goroutines, half through the frontends at feAddrs (moving on
+// to the next one after a refusal) and half through m, retrying refusals until each is accepted or ctx
+// ends. The returned channel is closed when all are done.
+func (w *workload) submit(t *testing.T, ctx context.Context, hc *http.Client, feAddrs []string, m *client.Master, clients int) <-chan struct{} {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for c := range clients {
+		wg.Go(func() {
+			fe := c
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(w.encoded) {
+					return
+				}
+				retry := backoff.Backoff{Min: 50 * time.Millisecond, Max: 500 * time.Millisecond}
+				for {
+					var err error
+					if (i+c)%2 == 0 {
+						var pub string
+						if pub, err = submitViaFrontend(ctx, hc, feAddrs[fe%len(feAddrs)], w.encoded[i]); err == nil {
+							w.mu.Lock()
+							if prev, dup := w.answeredPublic[pub]; dup {
+								t.Errorf("public id %s answered for images %d and %d", pub, prev, i)
+							}
+							w.answeredPublic[pub] = i
+							w.mu.Unlock()
+						} else {
+							fe++
+						}
+					} else {
+						var id int64
+						if id, err = m.New(ctx, bytes.NewReader(w.encoded[i]), int64(len(w.encoded[i]))); err == nil {
+							w.mu.Lock()
+							if prev, dup := w.answered[id]; dup {
+								t.Errorf("id %d answered for images %d and %d", id, prev, i)
+							}
+							w.answered[id] = i
+							w.mu.Unlock()
+						}
+					}
+					if err == nil {
+						break
+					}
+					w.refused.Add(1)
+					if ctx.Err() != nil {
+						t.Errorf("image %d never accepted: %v", i, err)
+						return
+					}
+					backoff.Sleep(ctx, retry.Next())
+				}
+			}
+		})
+	}
+	submitted := make(chan struct{})
+	go func() { wg.Wait(); close(submitted) }()
+	return submitted
+}
+
+// verify checks that every image was accepted, and every accepted one finished with a pixel-correct
+// result; that every stored result was written by the claim that finished its task (no stale worker
+// overwrote it); and that no task is stuck.
+func (w *workload) verify(t *testing.T, ctx context.Context, hc *http.Client, feAddr string, db *client.Database, st *client.Storage) {
+	t.Helper()
+	if n := w.accepted(); n != len(w.encoded) {
+		t.Fatalf("%d of %d images accepted", n, len(w.encoded))
+	}
+	// Uploads through a frontend are checked through it, by public id, as their users would: finished,
+	// and the result pixel-correct. Their internal id is unknown, so the comparison of the stored
+	// result's lease token with the finishing claim's (below) is skipped for them; the uploads through
+	// the master, half of all, are checked for it.
+	for pub, i := range w.answeredPublic {
 		waitFor(t, ctx, fmt.Sprintf("task %s finished at the frontend", pub), func() bool {
-			st, err := frontendStatus(ctx, d.hc, d.feAddr, pub)
+			st, err := frontendStatus(ctx, hc, feAddr, pub)
 			if err == nil && st.State == "failed" {
 				t.Fatalf("acknowledged task %s failed: %s", pub, st.Error)
 			}
 			return err == nil && st.State == "finished"
 		})
-		result, err := getPNG(ctx, d.hc, "http://"+d.feAddr+"/getImage?id="+pub)
+		result, err := getPNG(ctx, hc, "http://"+feAddr+"/getImage?id="+pub)
 		if err != nil {
 			t.Fatalf("result of task %s: %v", pub, err)
 		}
-		if err := imageop.CheckSwapped(originals[i], result); err != nil {
+		if err := imageop.CheckSwapped(w.originals[i], result); err != nil {
 			t.Errorf("task %s: %v", pub, err)
 		}
 	}
 
-	db, st := d.database(), d.storage()
-	for id, i := range answered {
+	for id, i := range w.answered {
 		var task client.Task
 		waitFor(t, ctx, fmt.Sprintf("task %d finished", id), func() bool {
 			var err error
@@ -176,7 +209,7 @@ chaos:
 		if err != nil {
 			t.Fatalf("decode result of task %d: %v", id, err)
 		}
-		if err := imageop.CheckSwapped(originals[i], result); err != nil {
+		if err := imageop.CheckSwapped(w.originals[i], result); err != nil {
 			t.Errorf("task %d: %v", id, err)
 		}
 		if img.Token != task.Token {
@@ -196,7 +229,7 @@ chaos:
 			case client.StateNotStarted, client.StateInProgress:
 				return false
 			case client.StateFailed:
-				if _, ok := answered[task.ID]; ok {
+				if _, ok := w.answered[task.ID]; ok {
 					t.Fatalf("acknowledged task %d failed: %s", task.ID, task.Error)
 				}
 			}

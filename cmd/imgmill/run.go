@@ -163,7 +163,22 @@ func (f *flags) addr(def string) *string {
 	return f.String("addr", def, "listen address (host:port)")
 }
 func (f *flags) kvAddr() *string {
-	return f.String("kv", allinone.DefaultKVAddr, "kv store address (host:port)")
+	return f.String("kv", allinone.DefaultKVAddr, "kv service address (host:port), or several separated by commas (kv instances sharing one etcd)")
+}
+
+// Backend flags: where each kind of data lives; empty means the embedded default under --data.
+func (f *flags) tasksURL() *string {
+	return f.String("tasks", "", "task store: empty for embedded SQLite under --data, or postgres://USER@HOST:PORT/DB?sslmode=disable (shared by several database services)")
+}
+func (f *flags) blobsURL() *string {
+	return f.String("blobs", "", "blob store: empty for files under --data, or 's3://BUCKET?endpoint=http://HOST:PORT&access_key=K&secret_key=S' "+
+		"(keys also from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; the bucket is created when missing; shared by several storage services)")
+}
+func (f *flags) kvStoreURL(name string) *string {
+	return f.String(name, "", "kv store: empty for the embedded file under --data, or etcd://HOST:PORT[,HOST:PORT...] (shared by several kv services)")
+}
+func (f *flags) poolSize() *int {
+	return f.Int("pool", 0, "with a postgres:// --tasks: the largest number of connections to PostgreSQL (0: the larger of 4 and the CPUs)")
 }
 func (f *flags) dataDir() *string {
 	return f.String("data", "./data", "data directory")
@@ -298,6 +313,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	dbA := f.String("database-addr", allinone.DefaultDatabaseAddr, "database listen address")
 	stA := f.String("storage-addr", allinone.DefaultStorageAddr, "storage listen address")
 	maA := f.String("master-addr", allinone.DefaultMasterAddr, "master listen address")
+	tasks, pool, blobs, kvStore := f.tasksURL(), f.poolSize(), f.blobsURL(), f.kvStoreURL("kv-store")
 	wcfg := f.workerConfig()
 	policy := f.policy()
 	limits := f.limits() // --max-pixels is the worker's limit too
@@ -317,7 +333,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	logger := f.logger("")
 	logger.Info("imgmill serve starting", "data", *data, "frontend", *front)
 	return allinone.Run(ctx, allinone.Config{DataDir: *data, KVAddr: *kvA, DatabaseAddr: *dbA, StorageAddr: *stA,
-		MasterAddr: *maA, Frontend: *front, Worker: *wcfg, Policy: *policy, Logger: logger, Token: *token, Insecure: *insecure,
+		MasterAddr: *maA, Frontend: *front, Tasks: *tasks, PoolSize: *pool, Blobs: *blobs, KVStore: *kvStore, Getenv: e.getenv, Worker: *wcfg, Policy: *policy, Logger: logger, Token: *token, Insecure: *insecure,
 		FrontendSecret: secret.secret, FrontendOptions: *feOpts, Limits: *limits})
 }
 
@@ -325,17 +341,19 @@ func runKV(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "kv", "Runs the key-value store (reference API: /set, /get, /remove, /list).")
 	addr := f.addr(allinone.DefaultKVAddr)
 	data := f.dataDir()
+	store := f.kvStoreURL("kv")
 	token, insecure := f.token(), f.insecure()
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	return kvservice.Run(ctx, kvservice.Config{Addr: *addr, DataDir: *data, Logger: f.logger("kv"), Token: *token, Insecure: *insecure})
+	return kvservice.Run(ctx, kvservice.Config{Addr: *addr, DataDir: *data, Store: *store, Logger: f.logger("kv"), Token: *token, Insecure: *insecure})
 }
 
 func runDatabase(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "database", "Runs the task database (reference API: /newTask, /getById, /getNewTask, /finishTask, /setById, /list).")
 	addr := f.addr(allinone.DefaultDatabaseAddr)
 	kvA, data, adv := f.kvAddr(), f.dataDir(), f.advertise()
+	tasks, pool := f.tasksURL(), f.poolSize()
 	policy := f.policy()
 	pendingTimeout := f.Duration("pending-timeout", database.DefaultPendingTimeout, "how long an upload may take before its unfinished task is given up")
 	token, insecure := f.token(), f.insecure()
@@ -344,7 +362,7 @@ func runDatabase(ctx context.Context, e *env, args []string) error {
 	}
 	hc := httpapi.NewClient(httpapi.WithToken(*token))
 	return database.Run(ctx, database.Config{Addr: *addr, Advertise: *adv, KV: client.NewKV(hc, *kvA),
-		DataDir: *data, Policy: *policy, PendingTimeout: *pendingTimeout, Logger: f.logger("database"),
+		DataDir: *data, Tasks: *tasks, PoolSize: *pool, Policy: *policy, PendingTimeout: *pendingTimeout, Logger: f.logger("database"),
 		Token: *token, Insecure: *insecure})
 }
 
@@ -352,13 +370,14 @@ func runStorage(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "storage", "Runs the image storage (reference API: /sendImage, /getImage).")
 	addr := f.addr(allinone.DefaultStorageAddr)
 	kvA, data, adv := f.kvAddr(), f.dataDir(), f.advertise()
+	blobs := f.blobsURL()
 	token, insecure := f.token(), f.insecure()
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	hc := httpapi.NewClient(httpapi.WithToken(*token))
 	return storage.Run(ctx, storage.Config{Addr: *addr, Advertise: *adv, KV: client.NewKV(hc, *kvA),
-		DataDir: *data, Logger: f.logger("storage"), Token: *token, Insecure: *insecure})
+		DataDir: *data, Blobs: *blobs, Getenv: e.getenv, Logger: f.logger("storage"), Token: *token, Insecure: *insecure})
 }
 
 func runMaster(ctx context.Context, e *env, args []string) error {
@@ -426,12 +445,14 @@ func runBench(ctx context.Context, e *env, args []string) error {
 	conc := f.Int("concurrency", runtime.NumCPU(), "worker loops of the in-process pipeline")
 	timeout := f.Duration("timeout", 30*time.Minute, "give up after this long")
 	token := f.token()
+	tasks, blobs, kvStore := f.tasksURL(), f.blobsURL(), f.kvStoreURL("kv-store")
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	_, err := bench.Run(ctx, bench.Config{Master: *masterURL, Size: *size, N: *n, Clients: *clients,
-		Concurrency: *conc, Out: e.stdout, Logger: f.logger("bench"), Token: *token})
+		Concurrency: *conc, Out: e.stdout, Logger: f.logger("bench"), Token: *token,
+		Tasks: *tasks, Blobs: *blobs, KVStore: *kvStore, Getenv: e.getenv})
 	return err
 }

@@ -35,9 +35,14 @@ const (
 type Config struct {
 	DataDir                                                 string
 	KVAddr, DatabaseAddr, StorageAddr, MasterAddr, Frontend string
-	Worker                                                  worker.Config // Master, Storage and Logger are filled in
-	Policy                                                  database.Policy
-	Logger                                                  *slog.Logger
+	// Tasks, Blobs and KVStore name the backends (database.Config.Tasks, storage.Config.Blobs,
+	// kvservice.Config.Store): empty for the embedded ones under DataDir.
+	Tasks, Blobs, KVStore string
+	PoolSize              int
+	Getenv                func(string) string
+	Worker                worker.Config // Master, Storage and Logger are filled in
+	Policy                database.Policy
+	Logger                *slog.Logger
 	// Limits are the master's (zero fields: the defaults); the worker's pixel limit is Worker.MaxPixels.
 	Limits master.Limits
 	// Token, when set, is the shared secret of kv, database, storage and master: they require it and every
@@ -74,15 +79,15 @@ func Run(ctx context.Context, cfg Config) error {
 	wcfg.Logger = log("worker")
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		return kvservice.Run(ctx, kvservice.Config{Addr: cfg.KVAddr, DataDir: cfg.DataDir, Logger: log("kv"),
+		return kvservice.Run(ctx, kvservice.Config{Addr: cfg.KVAddr, DataDir: cfg.DataDir, Store: cfg.KVStore, Logger: log("kv"),
 			Token: cfg.Token, Insecure: cfg.Insecure})
 	})
 	g.Go(func() error {
-		return database.Run(ctx, database.Config{Addr: cfg.DatabaseAddr, KV: kv, DataDir: cfg.DataDir, Policy: cfg.Policy, Logger: log("database"),
+		return database.Run(ctx, database.Config{Addr: cfg.DatabaseAddr, KV: kv, DataDir: cfg.DataDir, Tasks: cfg.Tasks, PoolSize: cfg.PoolSize, Policy: cfg.Policy, Logger: log("database"),
 			Token: cfg.Token, Insecure: cfg.Insecure})
 	})
 	g.Go(func() error {
-		return storage.Run(ctx, storage.Config{Addr: cfg.StorageAddr, KV: kv, DataDir: cfg.DataDir, Logger: log("storage"),
+		return storage.Run(ctx, storage.Config{Addr: cfg.StorageAddr, KV: kv, DataDir: cfg.DataDir, Blobs: cfg.Blobs, Getenv: cfg.Getenv, Logger: log("storage"),
 			Token: cfg.Token, Insecure: cfg.Insecure})
 	})
 	g.Go(func() error {

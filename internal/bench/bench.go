@@ -38,6 +38,10 @@ type Config struct {
 	Out         io.Writer
 	Logger      *slog.Logger
 	Token       string // the shared secret sent to the master, and required by the in-process pipeline
+	// Tasks, Blobs and KVStore put the in-process pipeline on other backends (allinone.Config); empty
+	// for the embedded ones. Getenv supplies S3 keys from the environment.
+	Tasks, Blobs, KVStore string
+	Getenv                func(string) string
 }
 
 // Result is what one run measured.
@@ -149,7 +153,7 @@ func startPipeline(ctx context.Context, cfg Config) (stop func(), masterAddr str
 	go func() {
 		done <- allinone.Run(ctx, allinone.Config{DataDir: dir, KVAddr: addrs[0], DatabaseAddr: addrs[1], StorageAddr: addrs[2],
 			MasterAddr: addrs[3], Frontend: addrs[4], Worker: worker.Config{Concurrency: cfg.Concurrency}, Logger: quiet,
-			Token: cfg.Token})
+			Token: cfg.Token, Tasks: cfg.Tasks, Blobs: cfg.Blobs, KVStore: cfg.KVStore, Getenv: cfg.Getenv})
 	}()
 	stop = func() {
 		cancel()

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -39,63 +40,104 @@ type Static string
 func (s Static) Addr(context.Context) (string, error) { return string(s), nil }
 func (Static) Forget(string)                          {}
 
-// Resolver is an Endpoint looked up under a key in the kv store and cached for a short while, so a peer
-// that moved is found again without a lookup on every call. Concurrent lookups share one request to the
-// kv store.
-type Resolver struct {
-	kv      *KV
-	key     string
+// Resolver is an Endpoint for a service that may run as several instances. It looks up the instances
+// registered under InstancePrefix(key) in the kv store (falling back to key itself, the reference
+// registration, which names one of them), caches the list for ttl and spreads calls across it
+// round-robin. An instance that fails a connection is dropped from the list until the next lookup, so a
+// dead instance stops getting calls at once, and drops out of the kv store within its registration TTL.
+// Concurrent lookups share one request to the kv store.
+type Resolver struct{ b balancer }
+
+// NewResolver looks key's instances up in kv, caching the answer for ttl.
+func NewResolver(kv *KV, key string, ttl time.Duration) *Resolver {
+	return &Resolver{balancer{name: key, ttl: ttl, lookup: func(ctx context.Context) ([]string, error) {
+		return kv.Instances(ctx, key)
+	}}}
+}
+
+func (r *Resolver) Addr(ctx context.Context) (string, error) { return r.b.addr(ctx) }
+func (r *Resolver) Forget(addr string)                       { r.b.forget(addr) }
+
+// Addrs is an Endpoint over a fixed list of instances (the kv service's --kv list), spread across
+// round-robin; one that fails a connection is skipped for a while (ResolveTTL), or until all have
+// failed.
+type Addrs struct{ b balancer }
+
+// NewAddrs returns an Endpoint over addrs.
+func NewAddrs(addrs []string) *Addrs {
+	list := slices.Clone(addrs)
+	return &Addrs{balancer{name: strings.Join(list, ","), ttl: ResolveTTL, lookup: func(context.Context) ([]string, error) {
+		return list, nil
+	}}}
+}
+
+func (a *Addrs) Addr(ctx context.Context) (string, error) { return a.b.addr(ctx) }
+func (a *Addrs) Forget(addr string)                       { a.b.forget(addr) }
+
+// balancer hands out the addresses lookup yields round-robin, looking them up again after ttl or when
+// every one of them has been forgotten.
+type balancer struct {
+	name    string
 	ttl     time.Duration
+	lookup  func(ctx context.Context) ([]string, error)
 	lookups singleflight.Group
 
 	mu      sync.Mutex
-	addr    string
+	addrs   []string
+	next    int
 	expires time.Time
 }
 
-// NewResolver looks key up in kv, caching the answer for ttl.
-func NewResolver(kv *KV, key string, ttl time.Duration) *Resolver {
-	return &Resolver{kv: kv, key: key, ttl: ttl}
-}
-
-func (r *Resolver) Addr(ctx context.Context) (string, error) {
-	r.mu.Lock()
-	if r.addr != "" && time.Now().Before(r.expires) {
-		addr := r.addr
-		r.mu.Unlock()
+func (b *balancer) addr(ctx context.Context) (string, error) {
+	if addr, ok := b.pick(); ok {
 		return addr, nil
 	}
-	r.mu.Unlock()
-	ch := r.lookups.DoChan(r.key, func() (any, error) {
+	ch := b.lookups.DoChan("", func() (any, error) {
 		// Not tied to one caller's context: the shared lookup serves every waiter.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), CallTimeout)
 		defer cancel()
-		addr, err := r.kv.Get(ctx, r.key)
+		addrs, err := b.lookup(ctx)
 		if err != nil {
-			return "", err
+			return nil, err
 		}
-		r.mu.Lock()
-		r.addr, r.expires = addr, time.Now().Add(r.ttl)
-		r.mu.Unlock()
-		return addr, nil
+		if len(addrs) == 0 {
+			return nil, errors.New("no instance registered")
+		}
+		b.mu.Lock()
+		b.addrs, b.expires = addrs, time.Now().Add(b.ttl)
+		b.mu.Unlock()
+		return nil, nil
 	})
 	select {
 	case res := <-ch:
 		if res.Err != nil {
-			return "", fmt.Errorf("look up %s: %w", r.key, res.Err)
+			return "", fmt.Errorf("look up %s: %w", b.name, res.Err)
 		}
-		return res.Val.(string), nil
+		if addr, ok := b.pick(); ok {
+			return addr, nil
+		}
+		return "", fmt.Errorf("look up %s: every instance failed", b.name)
 	case <-ctx.Done():
-		return "", fmt.Errorf("look up %s: %w", r.key, ctx.Err())
+		return "", fmt.Errorf("look up %s: %w", b.name, ctx.Err())
 	}
 }
 
-func (r *Resolver) Forget(addr string) {
-	r.mu.Lock()
-	if r.addr == addr {
-		r.addr = ""
+// pick returns the next cached address, if the cache is fresh and not empty.
+func (b *balancer) pick() (string, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.addrs) == 0 || !time.Now().Before(b.expires) {
+		return "", false
 	}
-	r.mu.Unlock()
+	b.next = (b.next + 1) % len(b.addrs)
+	return b.addrs[b.next], true
+}
+
+func (b *balancer) forget(addr string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	// A copy, not in place: the slice may be the lookup's own (Addrs' fixed list).
+	b.addrs = slices.DeleteFunc(slices.Clone(b.addrs), func(a string) bool { return a == addr })
 }
 
 // peer is the shared call path of every typed client.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -97,19 +98,34 @@ func fakeDatabase(t *testing.T) (*httptest.Server, *atomic.Int64) {
 	return srv, &served
 }
 
-// fakeKV answers GET /get?key=<key> with whatever addr holds ("" answers 404), counting the lookups.
+// fakeKV answers GET /get?key=<key> with whatever addr holds ("" answers 404), counting the lookups,
+// and GET /list with the instances registered under key's instance prefix (none unless set).
 type fakeKV struct {
-	key     string
-	addr    atomic.Value // string
-	lookups atomic.Int64
-	srv     *httptest.Server
+	key       string
+	addr      atomic.Value // string
+	instances atomic.Value // []string
+	lookups   atomic.Int64
+	lists     atomic.Int64
+	srv       *httptest.Server
 }
 
 func newFakeKV(t *testing.T, key string) *fakeKV {
 	t.Helper()
 	kv := &fakeKV{key: key}
 	kv.addr.Store("")
+	kv.instances.Store([]string(nil))
 	kv.srv = serve(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && r.URL.Path == "/list" {
+			kv.lists.Add(1)
+			var b strings.Builder
+			// Listed with an unrelated key too, as a reference kv service that ignores prefix would.
+			b.WriteString("other : x\n")
+			for _, a := range kv.instances.Load().([]string) {
+				fmt.Fprintf(&b, "%s%s : %s\n", client.InstancePrefix(kv.key), a, a)
+			}
+			httpapi.WriteText(w, http.StatusOK, b.String())
+			return
+		}
 		if r.Method != http.MethodGet || r.URL.Path != "/get" || r.URL.Query().Get("key") != kv.key {
 			httpapi.WriteText(w, http.StatusBadRequest, "Error: unexpected "+r.Method+" "+r.URL.String())
 			return
@@ -171,6 +187,95 @@ func TestResolverLooksMovedPeerUpAgain(t *testing.T) {
 	}
 	if n := thirdServed.Load(); n != 1 {
 		t.Errorf("third database served %d requests, want exactly 1 /newTask", n)
+	}
+}
+
+// TestResolverSpreadsAcrossInstances: calls go round-robin to every registered instance; one that
+// stops answering is dropped at once and the rest carry on; a new lookup brings in new instances.
+func TestResolverSpreadsAcrossInstances(t *testing.T) {
+	ctx := t.Context()
+	hc := servicetest.NewHTTPClient(t)
+	kv := newFakeKV(t, client.DatabaseKey)
+	var dbs []*httptest.Server
+	var served []*atomic.Int64
+	var addrs []string
+	for range 3 {
+		srv, n := fakeDatabase(t)
+		dbs, served, addrs = append(dbs, srv), append(served, n), append(addrs, servicetest.Addr(srv.URL))
+	}
+	kv.instances.Store(addrs)
+	kv.addr.Store(addrs[0])
+	const ttl = 300 * time.Millisecond
+	db := client.NewDatabase(hc, client.NewResolver(client.NewKV(hc, servicetest.Addr(kv.srv.URL)), client.DatabaseKey, ttl))
+	for i := range 30 {
+		if task, err := db.GetByID(ctx, int64(i)); err != nil || task.ID != int64(i) {
+			t.Fatalf("GetByID(%d) = %+v, %v", i, task, err)
+		}
+	}
+	for i, n := range served {
+		if n.Load() != 10 {
+			t.Errorf("instance %d served %d of 30 calls, want 10 (round-robin)", i, n.Load())
+		}
+	}
+	if n := kv.lookups.Load(); n != 0 {
+		t.Errorf("%d lookups of the reference key, want 0 (instances were listed)", n)
+	}
+
+	// Instance 1 dies: every call still succeeds, and it gets none after the failed connection.
+	dbs[1].Close()
+	hc.CloseIdleConnections()
+	before := served[1].Load()
+	for i := range 20 {
+		if _, err := db.GetByID(ctx, int64(i)); err != nil {
+			t.Fatalf("GetByID with one instance dead: %v", err)
+		}
+	}
+	if n := served[1].Load(); n != before {
+		t.Errorf("dead instance served %d more calls", n-before)
+	}
+	if got := served[0].Load() + served[2].Load(); got != 20+20 {
+		t.Errorf("live instances served %d calls, want 40", got)
+	}
+
+	// After the cache's ttl the kv store is asked again: a fourth instance joins.
+	srv4, served4 := fakeDatabase(t)
+	kv.instances.Store([]string{addrs[0], addrs[2], servicetest.Addr(srv4.URL)})
+	time.Sleep(ttl + 50*time.Millisecond)
+	for i := range 9 {
+		if _, err := db.GetByID(ctx, int64(i)); err != nil {
+			t.Fatalf("GetByID after a new instance joined: %v", err)
+		}
+	}
+	if n := served4.Load(); n != 3 {
+		t.Errorf("new instance served %d of 9 calls, want 3", n)
+	}
+}
+
+// TestKVClientSpreadsAcrossKVInstances: NewKV with several addresses spreads calls and survives one
+// kv instance being down.
+func TestKVClientSpreadsAcrossKVInstances(t *testing.T) {
+	hc := servicetest.NewHTTPClient(t)
+	a, b := newFakeKV(t, "k"), newFakeKV(t, "k")
+	a.addr.Store("va")
+	b.addr.Store("vb")
+	kv := client.NewKV(hc, servicetest.Addr(a.srv.URL)+","+servicetest.Addr(b.srv.URL))
+	seen := map[string]int{}
+	for range 10 {
+		v, err := kv.Get(t.Context(), "k")
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[v]++
+	}
+	if seen["va"] != 5 || seen["vb"] != 5 {
+		t.Errorf("answers %v, want 5 from each kv instance", seen)
+	}
+	a.srv.Close()
+	hc.CloseIdleConnections()
+	for range 5 {
+		if v, err := kv.Get(t.Context(), "k"); err != nil || v != "vb" {
+			t.Fatalf("Get with one kv instance down = %q, %v; want vb", v, err)
+		}
 	}
 }
 

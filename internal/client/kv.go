@@ -4,7 +4,10 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
+
+	"github.com/imgmill/imgmill/internal/kvstore"
 )
 
 // Discovery keys under which services register their host:port (reference names).
@@ -14,12 +17,21 @@ const (
 	MasterKey   = "masterAddress"
 )
 
+// InstancePrefix is the prefix of the kv keys under which the instances of the service registered
+// under key (the reference name, such as databaseAddress) each register their own address.
+func InstancePrefix(key string) string { return key + "/" }
+
 // KV is a client of the kv service.
 type KV struct{ p peer }
 
-// NewKV returns a kv client for the kv service at addr (host:port).
-func NewKV(hc *http.Client, addr string) *KV {
-	return &KV{peer{name: "kv store", http: hc, ep: Static(addr)}}
+// NewKV returns a kv client for the kv service at addrs: one host:port, or several separated by commas
+// (instances of the kv service sharing one etcd), which the client spreads its calls across.
+func NewKV(hc *http.Client, addrs string) *KV {
+	var ep Endpoint = Static(addrs)
+	if list := strings.Split(addrs, ","); len(list) > 1 {
+		ep = NewAddrs(list)
+	}
+	return &KV{peer{name: "kv store", http: hc, ep: ep}}
 }
 
 // Set stores value under key for good (and makes an expiring entry permanent).
@@ -48,6 +60,45 @@ func (c *KV) Remove(ctx context.Context, key string) error {
 // List returns the reference listing, one "key : value" line per entry.
 func (c *KV) List(ctx context.Context) (string, error) {
 	return c.p.sendText(ctx, call{method: http.MethodGet, path: "/list", idempotent: true})
+}
+
+// ListPrefix returns the live entries whose keys start with prefix, sorted by key.
+func (c *KV) ListPrefix(ctx context.Context, prefix string) ([]kvstore.Entry, error) {
+	reply, err := c.p.sendText(ctx, call{method: http.MethodGet, path: "/list", query: url.Values{"prefix": {prefix}}, idempotent: true})
+	if err != nil {
+		return nil, err
+	}
+	var entries []kvstore.Entry
+	for line := range strings.Lines(reply) {
+		key, value, ok := strings.Cut(strings.TrimSuffix(line, "\n"), " : ")
+		// A kv service that ignores prefix (the reference one) lists everything: filter here too.
+		if ok && strings.HasPrefix(key, prefix) {
+			entries = append(entries, kvstore.Entry{Key: key, Value: value})
+		}
+	}
+	return entries, nil
+}
+
+// Instances returns the addresses of the live instances of the service registered under key: those
+// under InstancePrefix(key), or, when there are none (a service of the reference design registers only
+// the one key), the address under key itself.
+func (c *KV) Instances(ctx context.Context, key string) ([]string, error) {
+	entries, err := c.ListPrefix(ctx, InstancePrefix(key))
+	if err != nil {
+		return nil, err
+	}
+	addrs := make([]string, 0, len(entries))
+	for _, e := range entries {
+		addrs = append(addrs, e.Value)
+	}
+	if len(addrs) > 0 {
+		return addrs, nil
+	}
+	addr, err := c.Get(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	return []string{addr}, nil
 }
 
 // SetIfAbsent stores value under key only when the key is absent and returns the value the key holds

@@ -10,7 +10,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -24,6 +26,7 @@ import (
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/service"
 	"github.com/imgmill/imgmill/internal/taskstore"
+	"github.com/imgmill/imgmill/internal/taskstore/pgstore"
 	"github.com/imgmill/imgmill/internal/taskstore/sqlitestore"
 )
 
@@ -43,15 +46,19 @@ type Policy struct {
 
 // NewServer returns the database service's handler. done ends pending long polls (service shutdown).
 func NewServer(store taskstore.Store, policy Policy, done <-chan struct{}) http.Handler {
+	mux := httpapi.NewMux()
+	addRoutes(mux, newServer(store, policy, done))
+	return mux
+}
+
+func newServer(store taskstore.Store, policy Policy, done <-chan struct{}) *server {
 	if policy.Lease <= 0 {
 		policy.Lease = DefaultLease
 	}
 	if policy.MaxAttempts <= 0 {
 		policy.MaxAttempts = taskstore.DefaultMaxAttempts
 	}
-	mux := httpapi.NewMux()
-	addRoutes(mux, &server{store: store, lease: policy.Lease, maxAttempts: policy.MaxAttempts, done: done})
-	return mux
+	return &server{store: store, lease: policy.Lease, maxAttempts: policy.MaxAttempts, done: done}
 }
 
 type server struct {
@@ -347,10 +354,15 @@ const DefaultPendingTimeout = 15 * time.Minute
 
 // Config configures Run.
 type Config struct {
-	Addr           string
-	Advertise      string
-	KV             *client.KV
-	DataDir        string
+	Addr      string
+	Advertise string
+	KV        *client.KV
+	DataDir   string
+	// Tasks is the task store: "" for the embedded SQLite store under DataDir, or a PostgreSQL URL
+	// (postgres://USER@HOST:PORT/DB?sslmode=disable) that several database services may share.
+	Tasks string
+	// PoolSize caps the connections to PostgreSQL (0: pgx's default, the larger of 4 and the CPUs).
+	PoolSize       int
 	Policy         Policy
 	PendingTimeout time.Duration // default DefaultPendingTimeout
 	Logger         *slog.Logger
@@ -360,30 +372,76 @@ type Config struct {
 	Insecure bool
 }
 
-// Run serves the database service on the embedded SQLite store under DataDir until ctx ends, registered
-// in the kv store as databaseAddress.
+// Run serves the database service on its task store (see Config.Tasks) until ctx ends, registered in the
+// kv store as databaseAddress.
 func Run(ctx context.Context, cfg Config) error {
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
-		return fmt.Errorf("database data dir: %w", err)
-	}
-	store, err := sqlitestore.Open(ctx, filepath.Join(cfg.DataDir, "tasks.db"), sqlitestore.Options{})
+	store, err := OpenStore(ctx, cfg.Tasks, cfg.DataDir, cfg.PoolSize, cfg.Logger)
 	if err != nil {
-		return fmt.Errorf("open task store: %w", err)
+		return err
 	}
 	defer store.Close()
 	pendingTimeout := cfg.PendingTimeout
 	if pendingTimeout <= 0 {
 		pendingTimeout = DefaultPendingTimeout
 	}
+	srv := newServer(store, cfg.Policy, ctx.Done())
+	mux := httpapi.NewMux()
+	addRoutes(mux, srv)
+	background := []func(context.Context) error{func(ctx context.Context) error {
+		expirePending(ctx, store, pendingTimeout, cfg.Logger)
+		return nil
+	}}
+	if w, ok := store.(taskstore.Watcher); ok {
+		// Other database services share the store: wake our long polls for the work they make claimable.
+		background = append(background, func(ctx context.Context) error {
+			if err := w.Watch(ctx, srv.news.broadcast); err != nil && ctx.Err() == nil {
+				return fmt.Errorf("watch the task store: %w", err)
+			}
+			return nil
+		})
+	}
 	return service.Run(ctx, service.Spec{
-		Addr: cfg.Addr, Handler: NewServer(store, cfg.Policy, ctx.Done()), Logger: cfg.Logger,
+		Addr: cfg.Addr, Handler: mux, Logger: cfg.Logger,
 		RegisterAs: client.DatabaseKey, KV: cfg.KV, Advertise: cfg.Advertise,
 		Token: cfg.Token, Internal: true, Insecure: cfg.Insecure,
-		Background: []func(context.Context) error{func(ctx context.Context) error {
-			expirePending(ctx, store, pendingTimeout, cfg.Logger)
-			return nil
-		}},
+		Background: background,
 	})
+}
+
+// OpenStore opens the task store tasks names: "" for the embedded SQLite store under dataDir, or a
+// postgres:// URL. An unreachable or misconfigured store is an error here, at start.
+func OpenStore(ctx context.Context, tasks, dataDir string, poolSize int, logger *slog.Logger) (taskstore.Store, error) {
+	if tasks == "" {
+		if err := os.MkdirAll(dataDir, 0o755); err != nil {
+			return nil, fmt.Errorf("database data dir: %w", err)
+		}
+		store, err := sqlitestore.Open(ctx, filepath.Join(dataDir, "tasks.db"), sqlitestore.Options{})
+		if err != nil {
+			return nil, fmt.Errorf("open task store: %w", err)
+		}
+		return store, nil
+	}
+	u, err := url.Parse(tasks)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return nil, fmt.Errorf("--tasks must be a postgres://USER@HOST:PORT/DB URL (or empty for the embedded store), got %q", redactURL(tasks))
+	}
+	if poolSize < 0 || poolSize > math.MaxInt32 {
+		return nil, fmt.Errorf("the connection pool size must be between 0 and %d, got %d", math.MaxInt32, poolSize)
+	}
+	store, err := pgstore.Open(ctx, tasks, pgstore.Options{MaxConns: int32(poolSize), Logger: logger})
+	if err != nil {
+		return nil, fmt.Errorf("open task store at %s: %w", redactURL(tasks), err)
+	}
+	return store, nil
+}
+
+// redactURL hides a password in a URL for messages.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
 }
 
 // expirePending gives up uploads that never completed (a master that died mid-upload leaves its task

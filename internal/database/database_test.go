@@ -19,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/imgmill/imgmill/internal/database"
+	"github.com/imgmill/imgmill/internal/enginetest"
 	"github.com/imgmill/imgmill/internal/servicetest"
 	"github.com/imgmill/imgmill/internal/taskstore/sqlitestore"
 )
@@ -1108,4 +1109,23 @@ func TestStats(t *testing.T) {
 	db.expect("POST", "/activateTask", idQuery(pending), "", 200, "success")
 	db.expectStats("activated", 2, 0, 1, 2)
 	db.expect("GET", "/stats", url.Values{"ignored": {"x"}}, "", 200, `{"queued":2,"processing":0,"finished":1,"failed":2}`)
+}
+
+// TestOpenStoreErrors: a misconfigured or unreachable task store is a clear error at start.
+func TestOpenStoreErrors(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	for _, tc := range []struct{ url, want string }{
+		{"mysql://root@127.0.0.1/db", "--tasks must be a postgres://"},
+		{"127.0.0.1:5432", "--tasks must be a postgres://"},
+		{"postgres://u:hunter2@" + enginetest.FreeAddr(t) + "/db?sslmode=disable", "open task store at postgres://u:xxxxx@"},
+	} {
+		_, err := database.OpenStore(ctx, tc.url, t.TempDir(), 0, nil)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("OpenStore(%q) = %v, want an error containing %q", tc.url, err, tc.want)
+		}
+		if err != nil && strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("OpenStore(%q) error shows the password: %v", tc.url, err)
+		}
+	}
 }

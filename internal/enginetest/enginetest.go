@@ -152,6 +152,7 @@ func Start(t testing.TB, cmd *exec.Cmd, logFile string) *Process {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
 	cmd.SysProcAttr.Setpgid = true
+	setPdeathsig(cmd.SysProcAttr)
 	if err := cmd.Start(); err != nil {
 		out.Close()
 		t.Fatalf("start %s: %v", cmd.Path, err)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/kvstore"
+	"github.com/imgmill/imgmill/internal/kvstore/etcdkv"
 	"github.com/imgmill/imgmill/internal/kvstore/filekv"
 	"github.com/imgmill/imgmill/internal/service"
 )
@@ -106,9 +107,11 @@ func (s *server) handleRemove(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// handleList is GET /list: the live entries, expired ones left out, one "key : value" line each.
+// handleList is GET /list[?prefix=P]: the live entries, expired ones left out, one "key : value" line
+// each; with a prefix (additive) only the keys that start with it, as clients list a service's
+// instances.
 func (s *server) handleList(w http.ResponseWriter, r *http.Request) error {
-	entries, err := s.store.List(r.Context())
+	entries, err := s.store.List(r.Context(), r.URL.Query().Get("prefix"))
 	if err != nil {
 		return fmt.Errorf("list: %w", err)
 	}
@@ -124,23 +127,47 @@ func (s *server) handleList(w http.ResponseWriter, r *http.Request) error {
 type Config struct {
 	Addr    string
 	DataDir string
-	Logger  *slog.Logger
+	// Store is the kv store: "" for the embedded file store under DataDir, or etcd://HOST:PORT[,...],
+	// which several kv services may share.
+	Store  string
+	Logger *slog.Logger
 	// Token, when set, is the shared secret every request must carry (Authorization: Bearer); Insecure
 	// lets the service listen on a non-loopback address without one. See service.Spec.
 	Token    string
 	Insecure bool
 }
 
-// Run serves the kv service with the embedded file store under DataDir until ctx ends.
+// Run serves the kv service on its store (see Config.Store) until ctx ends.
 func Run(ctx context.Context, cfg Config) error {
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
-		return fmt.Errorf("kv data dir: %w", err)
-	}
-	store, err := filekv.Open(filepath.Join(cfg.DataDir, "kv.json"), filekv.Options{})
+	store, err := OpenStore(ctx, cfg.Store, cfg.DataDir, cfg.Logger)
 	if err != nil {
-		return fmt.Errorf("open kv store: %w", err)
+		return err
 	}
 	defer store.Close()
 	return service.Run(ctx, service.Spec{Addr: cfg.Addr, Handler: NewServer(store), Logger: cfg.Logger,
 		Token: cfg.Token, Internal: true, Insecure: cfg.Insecure})
+}
+
+// OpenStore opens the kv store named by kv: "" for the embedded file store under dataDir, or an
+// etcd:// URL. An unreachable etcd is an error here, at start.
+func OpenStore(ctx context.Context, kv, dataDir string, logger *slog.Logger) (kvstore.Store, error) {
+	if kv == "" {
+		if err := os.MkdirAll(dataDir, 0o755); err != nil {
+			return nil, fmt.Errorf("kv data dir: %w", err)
+		}
+		store, err := filekv.Open(filepath.Join(dataDir, "kv.json"), filekv.Options{})
+		if err != nil {
+			return nil, fmt.Errorf("open kv store: %w", err)
+		}
+		return store, nil
+	}
+	endpoints, err := etcdkv.ParseURL(kv)
+	if err != nil {
+		return nil, fmt.Errorf("--kv: %w", err)
+	}
+	store, err := etcdkv.Open(ctx, etcdkv.Options{Endpoints: endpoints, Logger: logger})
+	if err != nil {
+		return nil, fmt.Errorf("open kv store on etcd %s: %w", strings.Join(endpoints, ","), err)
+	}
+	return store, nil
 }

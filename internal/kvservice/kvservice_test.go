@@ -1,6 +1,7 @@
 package kvservice_test
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -12,7 +13,10 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/imgmill/imgmill/internal/enginetest"
 	"github.com/imgmill/imgmill/internal/kvservice"
+	"github.com/imgmill/imgmill/internal/kvstore"
+	"github.com/imgmill/imgmill/internal/kvstore/etcdkv"
 	"github.com/imgmill/imgmill/internal/kvstore/filekv"
 	"github.com/imgmill/imgmill/internal/servicetest"
 )
@@ -35,13 +39,19 @@ func serve(t *testing.T, path string) *kvServer {
 	if err != nil {
 		t.Fatalf("filekv.Open: %v", err)
 	}
-	servicetest.CloseAtCleanup(t, "store", store)
-	srv := servicetest.Serve(t, kvservice.NewServer(store))
-	return &kvServer{t: t, url: srv.URL, c: servicetest.NewHTTPClient(t)}
+	return serveStore(t, store)
 }
 
 func newKV(t *testing.T) *kvServer {
 	return serve(t, filepath.Join(t.TempDir(), "kv.json"))
+}
+
+// serveStore runs the kv service over store, which it closes when the test ends.
+func serveStore(t *testing.T, store kvstore.Store) *kvServer {
+	t.Helper()
+	servicetest.CloseAtCleanup(t, "store", store)
+	srv := servicetest.Serve(t, kvservice.NewServer(store))
+	return &kvServer{t: t, url: srv.URL, c: servicetest.NewHTTPClient(t)}
 }
 
 // call sends a request and checks what every reply must carry (see servicetest.ConventionError).
@@ -202,6 +212,19 @@ func TestList(t *testing.T) {
 		"databaseAddress : 127.0.0.1:3001\nmasterAddress : 127.0.0.1:3000\nstorageAddress : 127.0.0.1:3002\n")
 }
 
+func TestListPrefix(t *testing.T) {
+	kv := newKV(t)
+	kv.set("masterAddress", "127.0.0.1:3000")
+	kv.set("masterAddress/127.0.0.1:3000", "127.0.0.1:3000")
+	kv.set("masterAddress/127.0.0.1:3010", "127.0.0.1:3010")
+	kv.set("storageAddress/127.0.0.1:3002", "127.0.0.1:3002")
+	kv.expect("GET", "/list", url.Values{"prefix": {"masterAddress/"}}, 200,
+		"masterAddress/127.0.0.1:3000 : 127.0.0.1:3000\nmasterAddress/127.0.0.1:3010 : 127.0.0.1:3010\n")
+	kv.expect("GET", "/list", url.Values{"prefix": {"nothing/"}}, 200, "")
+	// An empty prefix is the whole list.
+	kv.expect("GET", "/list", url.Values{"prefix": {""}}, 200, kv.call("GET", "/list", nil).Body)
+}
+
 func TestConcurrentSets(t *testing.T) {
 	kv := newKV(t)
 	const n = 16
@@ -257,4 +280,63 @@ func TestSetIfAbsent(t *testing.T) {
 	kv.expect("POST", "/set", url.Values{"key": {"k"}, "value": {"v"}, "ifAbsent": {"yes"}}, 400, "Error: ifAbsent must be true when given")
 	kv.expect("POST", "/set", url.Values{"key": {"k"}, "value": {"v"}, "ifAbsent": {"true"}, "ttl": {"5s"}}, 400, "Error: ifAbsent entries do not expire: drop ttl")
 	kv.expect("GET", "/get", url.Values{"key": {"k"}}, 404, `Error: no value for key "k"`)
+}
+
+// exerciseReferenceAPI runs the reference endpoints through one life of an empty kv service: what a
+// client of the reference design does, and the additive ttl, prefix and ifAbsent parameters.
+func exerciseReferenceAPI(t *testing.T, kv *kvServer) {
+	kv.expect("GET", "/list", nil, 200, "")
+	kv.set("masterAddress", "127.0.0.1:3003")
+	kv.expect("GET", "/get", url.Values{"key": {"masterAddress"}}, 200, "127.0.0.1:3003")
+	kv.set("masterAddress", "127.0.0.1:4003")
+	kv.expect("GET", "/get", url.Values{"key": {"masterAddress"}}, 200, "127.0.0.1:4003")
+	kv.set("odd value", "a b&c=d?e ünï\nline2")
+	kv.expect("GET", "/get", url.Values{"key": {"odd value"}}, 200, "a b&c=d?e ünï\nline2")
+	kv.expect("DELETE", "/remove", url.Values{"key": {"odd value"}}, 200, "success")
+	kv.expect("GET", "/get", url.Values{"key": {"odd value"}}, 404, `Error: no value for key "odd value"`)
+	kv.expect("POST", "/set", url.Values{"key": {"masterAddress/127.0.0.1:4003"}, "value": {"127.0.0.1:4003"}, "ttl": {"1s"}}, 200, "success")
+	kv.expect("GET", "/list", url.Values{"prefix": {"masterAddress/"}}, 200, "masterAddress/127.0.0.1:4003 : 127.0.0.1:4003\n")
+	kv.expect("POST", "/set", url.Values{"key": {"secret"}, "value": {"first"}, "ifAbsent": {"true"}}, 200, "first")
+	kv.expect("POST", "/set", url.Values{"key": {"secret"}, "value": {"second"}, "ifAbsent": {"true"}}, 200, "first")
+	// The registration lapses (etcd rounds ttls up to its minimum lease, a second or two).
+	if !servicetest.PollFor(15*time.Second, func() bool {
+		return kv.call("GET", "/get", url.Values{"key": {"masterAddress/127.0.0.1:4003"}}).Status == http.StatusNotFound
+	}) {
+		t.Fatal("an entry set with ttl=1s still there after 15s")
+	}
+	kv.expect("GET", "/list", nil, 200, "masterAddress : 127.0.0.1:4003\nsecret : first\n")
+}
+
+func TestReferenceAPI(t *testing.T) {
+	exerciseReferenceAPI(t, newKV(t))
+}
+
+// TestReferenceAPIOnEtcd: the kv service's endpoints answer the same on etcd.
+func TestReferenceAPIOnEtcd(t *testing.T) {
+	cluster := enginetest.StartEtcd(t, 1)
+	endpoints, err := etcdkv.ParseURL(cluster.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := etcdkv.Open(t.Context(), etcdkv.Options{Endpoints: endpoints, Prefix: "kvservice-test/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exerciseReferenceAPI(t, serveStore(t, store))
+}
+
+// TestOpenStoreErrors: a misconfigured or unreachable backend is a clear error at start.
+func TestOpenStoreErrors(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	for _, tc := range []struct{ url, want string }{
+		{"redis://127.0.0.1:6379", "--kv"},
+		{"etcd://", "--kv"},
+		{"etcd://" + enginetest.FreeAddr(t), "open kv store on etcd"},
+	} {
+		_, err := kvservice.OpenStore(ctx, tc.url, t.TempDir(), nil)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("OpenStore(%q) = %v, want an error mentioning %q", tc.url, err, tc.want)
+		}
+	}
 }

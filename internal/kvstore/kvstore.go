@@ -1,6 +1,6 @@
 // Package kvstore defines the key-value store behind the kv service (configuration and service
-// discovery). Implementations live in sub-packages (filekv today, etcd later) and all must pass the
-// contract suite in kvstoretest.
+// discovery). Implementations live in sub-packages (filekv, embedded; etcdkv, shared by several kv
+// services) and all must pass the contract suite in kvstoretest.
 package kvstore
 
 import (
@@ -25,6 +25,10 @@ type Entry struct {
 // returns ErrNotFound, List omits it), and the store discards it eventually. Each Set replaces the expiry:
 // setting the key again with a ttl renews it, setting it with ttl <= 0 makes it permanent. Expiry times
 // are absolute and survive a restart of the store.
+//
+// A store whose expiry runs on a server's clock (etcdkv: leases) never drops an entry early, but may show
+// it a little after its expiry, until the server gets round to it, and rounds ttls up to what the server
+// supports; see kvstoretest.RunRealTime for the bounds.
 type Store interface {
 	// Set stores value under key, expiring ttl from now when ttl > 0 and never otherwise; once it returns
 	// the entry survives a crash.
@@ -37,8 +41,9 @@ type Store interface {
 	Get(ctx context.Context, key string) (string, error)
 	// Delete removes key; deleting a missing or expired key is not an error.
 	Delete(ctx context.Context, key string) error
-	// List returns every live (unexpired) entry sorted by key.
-	List(ctx context.Context) ([]Entry, error)
+	// List returns the live (unexpired) entries whose key starts with prefix ("" for all), sorted by key
+	// in byte order.
+	List(ctx context.Context, prefix string) ([]Entry, error)
 	// Close releases the store's resources.
 	Close() error
 }

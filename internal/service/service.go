@@ -63,6 +63,8 @@ const RegistrationTTL = 15 * time.Second
 const (
 	registerRetryMin = 50 * time.Millisecond
 	registerRetryMax = 5 * time.Second
+	// deregisterTimeout bounds the removal of an instance's key on shutdown.
+	deregisterTimeout = 2 * time.Second
 )
 
 // Run serves spec until ctx ends or something fails.
@@ -99,15 +101,28 @@ func Run(ctx context.Context, spec Spec) error {
 	return g.Wait()
 }
 
-// register stores key=addr in the kv store with a TTL of ttl and renews it every ttl/3 until ctx ends;
-// after that the entry expires by itself. A failed write (the kv store may start after us, or be
-// restarting) is retried with capped, jittered backoff.
+// register stores addr in the kv store under key (the reference registration: the last instance to
+// renew wins) and under its own instance key beside the other instances' (client.InstancePrefix), with
+// a TTL of ttl, and renews both every ttl/3 until ctx ends; then it removes the instance key, so peers
+// stop calling at once, and the rest expires by itself. A failed write (the kv store may start after
+// us, or be restarting) is retried with capped, jittered backoff.
 func register(ctx context.Context, kv *client.KV, key, addr string, ttl time.Duration, logger *slog.Logger) {
 	renew := max(ttl/3, time.Millisecond)
 	retry := backoff.Backoff{Min: min(registerRetryMin, renew), Max: min(registerRetryMax, renew)}
+	instanceKey := client.InstancePrefix(key) + addr
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deregisterTimeout)
+		defer cancel()
+		if err := kv.Remove(ctx, instanceKey); err != nil {
+			logger.WarnContext(ctx, "deregistration failed; the entry expires by itself", "key", instanceKey, "err", err)
+		}
+	}()
 	registered := false
 	for {
-		err := kv.SetTTL(ctx, key, addr, ttl)
+		err := kv.SetTTL(ctx, instanceKey, addr, ttl)
+		if err == nil {
+			err = kv.SetTTL(ctx, key, addr, ttl)
+		}
 		var wait time.Duration
 		switch {
 		case err == nil:

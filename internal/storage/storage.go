@@ -16,6 +16,7 @@ import (
 
 	"github.com/imgmill/imgmill/internal/blobstore"
 	"github.com/imgmill/imgmill/internal/blobstore/fileblob"
+	"github.com/imgmill/imgmill/internal/blobstore/s3blob"
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/service"
@@ -142,23 +143,24 @@ type Config struct {
 	Advertise string
 	KV        *client.KV
 	DataDir   string
-	Logger    *slog.Logger
+	// Blobs is the blob store: "" for files under DataDir/images, or an S3 URL
+	// (s3://BUCKET?endpoint=http://HOST:PORT&access_key=K&secret_key=S) that several storage services
+	// may share; Getenv supplies AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY when the URL has no keys.
+	Blobs  string
+	Getenv func(string) string
+	Logger *slog.Logger
 	// Token, when set, is the shared secret every request must carry (Authorization: Bearer); Insecure
 	// lets the service listen on a non-loopback address without one. See service.Spec.
 	Token    string
 	Insecure bool
 }
 
-// Run serves the storage service on files under DataDir/images until ctx ends, registered in the kv
-// store as storageAddress.
+// Run serves the storage service on its blob store (see Config.Blobs) until ctx ends, registered in the
+// kv store as storageAddress.
 func Run(ctx context.Context, cfg Config) error {
-	dir := filepath.Join(cfg.DataDir, "images")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("storage data dir: %w", err)
-	}
-	blobs, err := fileblob.Open(dir)
+	blobs, err := OpenStore(ctx, cfg.Blobs, cfg.DataDir, cfg.Getenv)
 	if err != nil {
-		return fmt.Errorf("open blob store: %w", err)
+		return err
 	}
 	defer blobs.Close()
 	return service.Run(ctx, service.Spec{
@@ -166,4 +168,32 @@ func Run(ctx context.Context, cfg Config) error {
 		RegisterAs: client.StorageKey, KV: cfg.KV, Advertise: cfg.Advertise,
 		Token: cfg.Token, Internal: true, Insecure: cfg.Insecure,
 	})
+}
+
+// OpenStore opens the blob store blobs names: "" for files under dataDir/images, or an s3:// URL (the
+// bucket is created when missing). An unreachable or misconfigured store is an error here, at start.
+func OpenStore(ctx context.Context, blobs, dataDir string, getenv func(string) string) (blobstore.Store, error) {
+	if blobs == "" {
+		dir := filepath.Join(dataDir, "images")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("storage data dir: %w", err)
+		}
+		store, err := fileblob.Open(dir)
+		if err != nil {
+			return nil, fmt.Errorf("open blob store: %w", err)
+		}
+		return store, nil
+	}
+	if getenv == nil {
+		getenv = func(string) string { return "" }
+	}
+	cfg, err := s3blob.ParseURL(blobs, getenv)
+	if err != nil {
+		return nil, fmt.Errorf("--blobs: %w", err)
+	}
+	store, err := s3blob.Open(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open blob store %s: %w", cfg, err)
+	}
+	return store, nil
 }

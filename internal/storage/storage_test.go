@@ -24,7 +24,9 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/enginetest"
 	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/storage"
 )
 
 func TestMain(m *testing.M) {
@@ -619,6 +621,27 @@ func TestClientMalformedTokenHeader(t *testing.T) {
 		}
 		if !client.IsStatus(err, http.StatusBadGateway) || !strings.Contains(err.Error(), client.LeaseTokenHeader) {
 			t.Errorf("%q: GetImage = %v, want a 502 naming the header", value, err)
+		}
+	}
+}
+
+// TestOpenStoreErrors: a misconfigured or unreachable blob store is a clear error at start, which
+// never shows the secret key.
+func TestOpenStoreErrors(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	noEnv := func(string) string { return "" }
+	for _, tc := range []struct{ url, want string }{
+		{"gs://bucket", "--blobs"},
+		{"s3://bucket?access_key=k&secret_key=hunter2", "--blobs"},
+		{"s3://bucket?endpoint=http://" + enginetest.FreeAddr(t) + "&access_key=k&secret_key=hunter2", "open blob store s3://bucket"},
+	} {
+		_, err := storage.OpenStore(ctx, tc.url, t.TempDir(), noEnv)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("OpenStore(%q) = %v, want an error containing %q", tc.url, err, tc.want)
+		}
+		if err != nil && strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("OpenStore(%q) error shows the secret key: %v", tc.url, err)
 		}
 	}
 }

@@ -159,3 +159,11 @@ type Store interface {
 	// Close releases the store's resources.
 	Close() error
 }
+
+// Watcher is implemented by stores that several database services share: Watch calls notify (from one
+// goroutine) whenever another instance may have made a task claimable, until ctx ends. It also calls
+// notify each time it starts listening, because work announced while it was not listening is not
+// repeated. It returns nil when ctx ends; an error means it cannot watch at all (say, the store is closed).
+type Watcher interface {
+	Watch(ctx context.Context, notify func()) error
+}

@@ -62,6 +62,7 @@ func Run(t *testing.T, open func(t *testing.T) blobstore.Store) {
 		{"FailedFencedPut", testFailedFencedPut},
 		{"ConcurrentFences", testConcurrentFences},
 		{"DeleteClearsFence", testDeleteClearsFence},
+		{"SizeMismatch", testSizeMismatch},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, fresh(t)) })
@@ -970,4 +971,37 @@ func testDeleteClearsFence(t *testing.T, s blobstore.Store) {
 	// A key never written has no fence either.
 	putFenced(t, s, "finished/never", []byte("by fence 1"), 1)
 	wantBlob(t, s, "finished/never", []byte("by fence 1"), 1)
+}
+
+// A stream shorter or longer than the size given to Put is a truncated or confused upload: refused,
+// changing nothing, whether the body is small or spans many buffers (or parts).
+func testSizeMismatch(t *testing.T, s blobstore.Store) {
+	ctx := context.Background()
+	old := payload(1, 1000)
+	putFenced(t, s, "k", old, 3)
+	big := payload(2, 6<<20)
+	for _, tc := range []struct {
+		data []byte
+		size int64
+	}{
+		{[]byte("short"), 10},
+		{[]byte("longer than said"), 4},
+		{nil, 1},
+		{[]byte("x"), 0},
+		{big, int64(len(big)) + 1},
+		{big, int64(len(big)) - 1},
+		{big[:5<<20], 5<<20 + 1}, // ends exactly where a 5 MiB part would
+		{big[:5<<20+1], 5 << 20},
+	} {
+		for _, fence := range []int64{0, 4} {
+			if _, err := s.Put(ctx, "k", opaqueReader{bytes.NewReader(tc.data)}, tc.size, fence); err == nil {
+				t.Fatalf("Put of %d bytes announced as %d (fence %d) succeeded", len(tc.data), tc.size, fence)
+			}
+			if _, err := s.Put(ctx, "fresh", opaqueReader{bytes.NewReader(tc.data)}, tc.size, fence); err == nil {
+				t.Fatalf("Put of a new key, %d bytes announced as %d (fence %d), succeeded", len(tc.data), tc.size, fence)
+			}
+		}
+	}
+	wantBlob(t, s, "k", old, 3)
+	wantNotFound(t, s, "fresh")
 }

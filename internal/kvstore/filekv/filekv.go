@@ -342,7 +342,7 @@ func (s *Store) Get(ctx context.Context, key string) (string, error) {
 }
 
 // List implements kvstore.Store.
-func (s *Store) List(ctx context.Context) ([]kvstore.Entry, error) {
+func (s *Store) List(ctx context.Context, prefix string) ([]kvstore.Entry, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("filekv: list: %w", err)
 	}
@@ -354,7 +354,7 @@ func (s *Store) List(ctx context.Context) ([]kvstore.Entry, error) {
 	now := s.now()
 	entries := make([]kvstore.Entry, 0, len(s.m))
 	for k, it := range s.m {
-		if !it.expired(now) {
+		if strings.HasPrefix(k, prefix) && !it.expired(now) {
 			entries = append(entries, kvstore.Entry{Key: k, Value: it.value})
 		}
 	}

@@ -42,6 +42,16 @@ func TestContract(t *testing.T) {
 	})
 }
 
+// The real-time suite too, on the real clock: it must hold for a store that expires entries exactly.
+func TestContractRealTime(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for real expiries")
+	}
+	kvstoretest.RunRealTime(t, func(t *testing.T) kvstore.Store {
+		return openStoreAt(t, filepath.Join(t.TempDir(), "kv.json"), nil)
+	})
+}
+
 func TestReopenKeepsEntries(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "kv.json")
@@ -65,13 +75,13 @@ func TestReopenKeepsEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 	// No Close: the entries must already be on disk when Set returns, as after a kill -9.
-	before, err := s.List(ctx)
+	before, err := s.List(ctx, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	r := openStore(t, path)
-	after, err := r.List(ctx)
+	after, err := r.List(ctx, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +109,7 @@ func TestReopenKeepsEntries(t *testing.T) {
 func TestMissingFileIsEmpty(t *testing.T) {
 	s := openStore(t, filepath.Join(t.TempDir(), "kv.json"))
 	defer s.Close()
-	list, err := s.List(context.Background())
+	list, err := s.List(context.Background(), "")
 	if err != nil || len(list) != 0 {
 		t.Fatalf("List = %v, %v; want empty", list, err)
 	}
@@ -173,7 +183,7 @@ func TestValidSnapshotLoads(t *testing.T) {
 			}
 			s := openStore(t, path)
 			defer s.Close()
-			list, err := s.List(context.Background())
+			list, err := s.List(context.Background(), "")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -269,7 +279,7 @@ func TestExpirySurvivesRestart(t *testing.T) {
 
 	r = openStoreAt(t, path, clock.Now)
 	defer r.Close()
-	list, err := r.List(ctx)
+	list, err := r.List(ctx, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -363,7 +373,7 @@ func TestRefusesWhatJSONCannotCarry(t *testing.T) {
 			t.Errorf("Set(%q, %q) succeeded", tc.key, tc.value)
 		}
 	}
-	if list, _ := s.List(ctx); len(list) != 0 {
+	if list, _ := s.List(ctx, ""); len(list) != 0 {
 		t.Errorf("refused entries were stored: %q", list)
 	}
 }
@@ -422,7 +432,7 @@ func TestClosed(t *testing.T) {
 	if _, err := s.Get(ctx, "k"); !errors.Is(err, ErrClosed) {
 		t.Errorf("Get after Close = %v, want ErrClosed", err)
 	}
-	if _, err := s.List(ctx); !errors.Is(err, ErrClosed) {
+	if _, err := s.List(ctx, ""); !errors.Is(err, ErrClosed) {
 		t.Errorf("List after Close = %v, want ErrClosed", err)
 	}
 	if err := s.Delete(ctx, "k"); !errors.Is(err, ErrClosed) {

@@ -1,5 +1,6 @@
 // Package kvstoretest is the contract suite every kvstore.Store implementation must pass, so that filekv
-// today and etcd later behave the same to the kv service.
+// and etcdkv behave the same to the kv service: Run for a store that takes a clock (its TTLs are checked
+// on a fake one), RunRealTime for one whose expiry follows the real time.
 package kvstoretest
 
 import (
@@ -38,16 +39,46 @@ func (c *Clock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// Run runs the contract suite. open must return a fresh, empty store for each call, whose expiry is
-// decided by now (the suite's fake clock) and never by the real time; Run closes it when the subtest ends
-// (and checks that Close succeeds), so open must not close it itself.
+// Run runs the contract suite against a store whose expiry is decided by a clock it is given. open must
+// return a fresh, empty store for each call, whose expiry is decided by now (the suite's fake clock) and
+// never by the real time; Run closes it when the subtest ends (and checks that Close succeeds), so open
+// must not close it itself. The TTL subtests check expiry to the nanosecond.
 func Run(t *testing.T, open func(t *testing.T, now func() time.Time) kvstore.Store) {
 	t.Helper()
-	fresh := func(t *testing.T) (kvstore.Store, *Clock) {
+	run(t, false, func(t *testing.T) (kvstore.Store, *Clock) {
 		t.Helper()
 		// An arbitrary start, far from the real time, so a store that reads the real clock fails.
 		clock := NewClock(time.Date(2031, time.March, 4, 5, 6, 7, 8, time.UTC))
-		s := open(t, clock.Now)
+		return open(t, clock.Now), clock
+	})
+}
+
+// RealTimeGrace is how long after its expiry RunRealTime lets an entry linger: a server expires entries
+// on its own schedule (etcd's leader looks for expired leases every 500ms and revokes them through raft),
+// and, like etcd, may round a ttl up to whole seconds and to its minimum TTL.
+const RealTimeGrace = 5 * time.Second
+
+// RunRealTime runs the contract suite against a store whose expiry follows the real clock and which
+// cannot be given another (etcd's leases). open must return a fresh store for each call, empty as far as
+// the store's methods can see, and must not close it (RunRealTime does).
+//
+// The TTL subtests check the same behaviours as Run's with real TTLs of 2 to 8 seconds: an entry must be
+// there until its ttl has passed since the Set began and gone within RealTimeGrace after that. They run
+// concurrently, which keeps the suite about ten seconds long.
+func RunRealTime(t *testing.T, open func(t *testing.T) kvstore.Store) {
+	t.Helper()
+	run(t, true, func(t *testing.T) (kvstore.Store, *Clock) {
+		t.Helper()
+		return open(t), nil
+	})
+}
+
+// run runs the suite on the stores of open, which returns a nil clock for a real-time store.
+func run(t *testing.T, realTime bool, open func(t *testing.T) (kvstore.Store, *Clock)) {
+	t.Helper()
+	fresh := func(t *testing.T) (kvstore.Store, *Clock) {
+		t.Helper()
+		s, clock := open(t)
 		t.Cleanup(func() {
 			if err := s.Close(); err != nil {
 				t.Errorf("Close: %v", err)
@@ -64,6 +95,7 @@ func Run(t *testing.T, open func(t *testing.T, now func() time.Time) kvstore.Sto
 		{"Overwrite", testOverwrite},
 		{"Delete", testDelete},
 		{"List", testList},
+		{"ListPrefix", testListPrefix},
 		{"ListIsACopy", testListIsACopy},
 		{"Values", testValues},
 		{"CancelledContext", testCancelledContext},
@@ -77,24 +109,43 @@ func Run(t *testing.T, open func(t *testing.T, now func() time.Time) kvstore.Sto
 			tc.fn(t, s)
 		})
 	}
+	// Each TTL behaviour is checked twice over: on the fake clock to the nanosecond, and on the real
+	// clock within RealTimeGrace.
 	ttlTests := []struct {
 		name string
-		fn   func(t *testing.T, s kvstore.Store, c *Clock)
+		fake func(t *testing.T, s kvstore.Store, c *Clock)
+		real func(t *testing.T, s kvstore.Store)
 	}{
-		{"TTLExpiry", testTTLExpiry},
-		{"SetIfAbsentAfterExpiry", testSetIfAbsentAfterExpiry},
-		{"TTLRenewal", testTTLRenewal},
-		{"TTLCleared", testTTLCleared},
-		{"TTLListOmitsExpired", testTTLListOmitsExpired},
-		{"TTLDeleteExpired", testTTLDeleteExpired},
-		{"TTLCancelledContext", testTTLCancelledContext},
+		{"TTLExpiry", testTTLExpiry, realTTLExpiry},
+		{"SetIfAbsentAfterExpiry", testSetIfAbsentAfterExpiry, realSetIfAbsentAfterExpiry},
+		{"TTLRenewal", testTTLRenewal, realTTLRenewal},
+		{"TTLReplaced", testTTLReplaced, realTTLReplaced},
+		{"TTLCleared", testTTLCleared, realTTLCleared},
+		{"TTLListOmitsExpired", testTTLListOmitsExpired, realTTLListOmitsExpired},
+		{"TTLDeleteExpired", testTTLDeleteExpired, realTTLDeleteExpired},
+		{"TTLCancelledContext", testTTLCancelledContext, realTTLCancelledContext},
 	}
+	if !realTime {
+		for _, tc := range ttlTests {
+			t.Run(tc.name, func(t *testing.T) {
+				s, c := fresh(t)
+				tc.fake(t, s, c)
+			})
+		}
+		return
+	}
+	// Concurrent t.Run calls rather than t.Parallel: the subtests mostly sleep, and -parallel (GOMAXPROCS
+	// by default) would run them a few at a time.
+	var wg sync.WaitGroup
 	for _, tc := range ttlTests {
-		t.Run(tc.name, func(t *testing.T) {
-			s, c := fresh(t)
-			tc.fn(t, s, c)
+		wg.Go(func() {
+			t.Run(tc.name, func(t *testing.T) {
+				s, _ := fresh(t)
+				tc.real(t, s)
+			})
 		})
 	}
+	wg.Wait()
 }
 
 func set(t *testing.T, s kvstore.Store, key, value string) {
@@ -130,12 +181,17 @@ func wantNotFound(t *testing.T, s kvstore.Store, key string) {
 
 func wantList(t *testing.T, s kvstore.Store, want []kvstore.Entry) {
 	t.Helper()
-	got, err := s.List(context.Background())
+	wantListPrefix(t, s, "", want)
+}
+
+func wantListPrefix(t *testing.T, s kvstore.Store, prefix string, want []kvstore.Entry) {
+	t.Helper()
+	got, err := s.List(context.Background(), prefix)
 	if err != nil {
-		t.Fatalf("List: %v", err)
+		t.Fatalf("List(%q): %v", prefix, err)
 	}
 	if len(got) != len(want) || (len(want) > 0 && !slices.Equal(got, want)) {
-		t.Fatalf("List = %q, want %q", got, want)
+		t.Fatalf("List(%q) = %q, want %q", prefix, got, want)
 	}
 }
 
@@ -214,9 +270,43 @@ func testList(t *testing.T, s kvstore.Store) {
 	})
 }
 
+// List with a prefix returns the entries whose key starts with it, byte for byte: not path segments.
+func testListPrefix(t *testing.T, s kvstore.Store) {
+	for _, k := range []string{
+		"services/worker/1", "services/worker/0", "services/workers", "services/master", "services",
+		"service", "servicesX", "Services/worker/2", "config/x", "unicode/日本語", "unicode/日", "unicode/月",
+	} {
+		set(t, s, k, "value of "+k)
+	}
+	e := func(keys ...string) []kvstore.Entry {
+		var entries []kvstore.Entry
+		for _, k := range keys {
+			entries = append(entries, kvstore.Entry{Key: k, Value: "value of " + k})
+		}
+		return entries
+	}
+	wantListPrefix(t, s, "services/", e("services/master", "services/worker/0", "services/worker/1", "services/workers"))
+	wantListPrefix(t, s, "services/worker", e("services/worker/0", "services/worker/1", "services/workers"))
+	wantListPrefix(t, s, "services/worker/", e("services/worker/0", "services/worker/1"))
+	wantListPrefix(t, s, "service", e("service", "services", "services/master", "services/worker/0",
+		"services/worker/1", "services/workers", "servicesX"))
+	wantListPrefix(t, s, "services/worker/0", e("services/worker/0")) // a key is a prefix of itself
+	wantListPrefix(t, s, "services/worker/0/", nil)
+	wantListPrefix(t, s, "S", e("Services/worker/2")) // case-sensitive
+	wantListPrefix(t, s, "unicode/日", e("unicode/日", "unicode/日本語"))
+	wantListPrefix(t, s, "nope", nil)
+	wantListPrefix(t, s, "", e("Services/worker/2", "config/x", "service", "services", "services/master",
+		"services/worker/0", "services/worker/1", "services/workers", "servicesX",
+		"unicode/日", "unicode/日本語", "unicode/月"))
+	if err := s.Delete(context.Background(), "services/worker/1"); err != nil {
+		t.Fatal(err)
+	}
+	wantListPrefix(t, s, "services/worker/", e("services/worker/0"))
+}
+
 func testListIsACopy(t *testing.T, s kvstore.Store) {
 	set(t, s, "a", "1")
-	got, err := s.List(context.Background())
+	got, err := s.List(context.Background(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,7 +342,7 @@ func testValues(t *testing.T, s kvstore.Store) {
 	for _, k := range keys {
 		wantValue(t, s, k, "value of "+k)
 	}
-	list, err := s.List(context.Background())
+	list, err := s.List(context.Background(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,9 +389,15 @@ func testConcurrentSets(t *testing.T, s kvstore.Store) {
 				if err := s.Set(context.Background(), key, "value "+key, 0); err != nil {
 					errs <- fmt.Errorf("Set(%q): %w", key, err)
 				}
-				// Readers run alongside the writers.
-				if _, err := s.List(context.Background()); err != nil {
+				// Readers run alongside the writers, and see their own writes.
+				if _, err := s.List(context.Background(), ""); err != nil {
 					errs <- fmt.Errorf("List: %w", err)
+				}
+				prefix := fmt.Sprintf("g%02d/", g)
+				if own, err := s.List(context.Background(), prefix); err != nil {
+					errs <- fmt.Errorf("List(%q): %w", prefix, err)
+				} else if len(own) != i+1 {
+					errs <- fmt.Errorf("List(%q) after %d Sets = %q", prefix, i+1, own)
 				}
 			}
 		})
@@ -363,6 +459,25 @@ func testTTLRenewal(t *testing.T, s kvstore.Store, c *Clock) {
 	wantNotFound(t, s, "k")
 }
 
+// Any change of ttl or value replaces the expiry: a shorter ttl, also with the same value, cuts the
+// entry's life short, and a longer one extends it.
+func testTTLReplaced(t *testing.T, s kvstore.Store, c *Clock) {
+	setTTL(t, s, "same", "v", time.Hour)
+	setTTL(t, s, "same", "v", 2*time.Second)
+	setTTL(t, s, "changed", "v", time.Hour)
+	setTTL(t, s, "changed", "v2", 2*time.Second)
+	setTTL(t, s, "longer", "v", 2*time.Second)
+	setTTL(t, s, "longer", "v", time.Hour)
+	c.Advance(2*time.Second - time.Nanosecond)
+	wantValue(t, s, "changed", "v2")
+	c.Advance(time.Nanosecond)
+	wantNotFound(t, s, "same")
+	wantNotFound(t, s, "changed")
+	wantValue(t, s, "longer", "v")
+	c.Advance(time.Hour - 2*time.Second)
+	wantNotFound(t, s, "longer")
+}
+
 // A Set without a ttl (zero or negative) makes the entry permanent again.
 func testTTLCleared(t *testing.T, s kvstore.Store, c *Clock) {
 	setTTL(t, s, "zero", "v", 10*time.Second)
@@ -383,8 +498,10 @@ func testTTLListOmitsExpired(t *testing.T, s kvstore.Store, c *Clock) {
 	set(t, s, "c", "3")
 	setTTL(t, s, "d", "4", 2*time.Second)
 	wantList(t, s, []kvstore.Entry{{Key: "a", Value: "1"}, {Key: "b", Value: "2"}, {Key: "c", Value: "3"}, {Key: "d", Value: "4"}})
+	wantListPrefix(t, s, "b", []kvstore.Entry{{Key: "b", Value: "2"}})
 	c.Advance(time.Second)
 	wantList(t, s, []kvstore.Entry{{Key: "a", Value: "1"}, {Key: "c", Value: "3"}, {Key: "d", Value: "4"}})
+	wantListPrefix(t, s, "b", nil)
 	c.Advance(time.Second)
 	wantList(t, s, []kvstore.Entry{{Key: "a", Value: "1"}, {Key: "c", Value: "3"}})
 	c.Advance(time.Second)
@@ -484,5 +601,182 @@ func testSetIfAbsentAfterExpiry(t *testing.T, s kvstore.Store, c *Clock) {
 		t.Fatalf("SetIfAbsent on an expired entry = %q, want \"new\"", got)
 	}
 	c.Advance(time.Hour)
+	wantValue(t, s, "k", "new") // stored without expiry
+}
+
+// setTTLAt is setTTL that returns when the Set began: the entry may not expire before that time + ttl.
+func setTTLAt(t *testing.T, s kvstore.Store, key, value string, ttl time.Duration) time.Time {
+	t.Helper()
+	began := time.Now()
+	setTTL(t, s, key, value, ttl)
+	return began
+}
+
+// waitExpired waits for key, set with ttl by a Set that began at since, to expire. It fails if the entry
+// went before since + ttl, or is still there RealTimeGrace after that.
+func waitExpired(t *testing.T, s kvstore.Store, key string, since time.Time, ttl time.Duration) {
+	t.Helper()
+	due := since.Add(ttl)
+	deadline := due.Add(RealTimeGrace)
+	time.Sleep(time.Until(due) - 100*time.Millisecond) // nothing to see before, bar an early expiry
+	for {
+		_, err := s.Get(context.Background(), key)
+		seen := time.Now()
+		if errors.Is(err, kvstore.ErrNotFound) {
+			if seen.Before(due) {
+				t.Fatalf("%q (ttl %v) expired %v after its Set began", key, ttl, seen.Sub(since))
+			}
+			return
+		}
+		if err != nil {
+			t.Fatalf("Get(%q): %v", key, err)
+		}
+		if seen.After(deadline) {
+			t.Fatalf("%q (ttl %v) still there %v after its Set began", key, ttl, seen.Sub(since))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// sleepUntil sleeps until the real time is at.
+func sleepUntil(at time.Time) { time.Sleep(time.Until(at)) }
+
+// waitAnExpiry sets a key with a short ttl and waits for it to expire: when it has, so would have any
+// entry that was given the same ttl before it.
+func waitAnExpiry(t *testing.T, s kvstore.Store) {
+	t.Helper()
+	const ttl = 2 * time.Second
+	since := setTTLAt(t, s, "clock", "tick", ttl)
+	waitExpired(t, s, "clock", since, ttl)
+	// The store expires entries due together one by one (etcd: a revoke each); give the others a moment.
+	time.Sleep(time.Second)
+}
+
+func realTTLExpiry(t *testing.T, s kvstore.Store) {
+	const ttl = 2 * time.Second
+	since := setTTLAt(t, s, "masterAddress", "127.0.0.1:3003", ttl)
+	set(t, s, "config", "permanent")
+	wantValue(t, s, "masterAddress", "127.0.0.1:3003")
+	wantList(t, s, []kvstore.Entry{{Key: "config", Value: "permanent"}, {Key: "masterAddress", Value: "127.0.0.1:3003"}})
+	waitExpired(t, s, "masterAddress", since, ttl)
+	wantList(t, s, []kvstore.Entry{{Key: "config", Value: "permanent"}})
+	set(t, s, "other", "x")
+	wantNotFound(t, s, "masterAddress")
+	wantValue(t, s, "config", "permanent")
+}
+
+// The same value with the same ttl again renews the entry from that Set.
+func realTTLRenewal(t *testing.T, s kvstore.Store) {
+	const ttl = 3 * time.Second
+	since := setTTLAt(t, s, "k", "v", ttl)
+	sleepUntil(since.Add(2 * time.Second))
+	renewed := setTTLAt(t, s, "k", "v", ttl)
+	// A second past the first expiry, a second before the renewed one.
+	sleepUntil(since.Add(ttl + time.Second))
+	wantValue(t, s, "k", "v")
+	// And the renewal lasts ttl, not longer.
+	waitExpired(t, s, "k", renewed, ttl)
+}
+
+func realTTLReplaced(t *testing.T, s kvstore.Store) {
+	const short, long = 2 * time.Second, time.Minute
+	setTTL(t, s, "same", "v", long)
+	setTTL(t, s, "changed", "v", long)
+	setTTL(t, s, "longer", "v", short)
+	set(t, s, "permanent", "x")
+	since := time.Now()
+	setTTL(t, s, "same", "v", short)      // same value, shorter ttl
+	setTTL(t, s, "changed", "v2", short)  // another value, shorter ttl
+	setTTL(t, s, "permanent", "x", short) // a permanent key starts to expire
+	setTTL(t, s, "longer", "v", long)     // same value, longer ttl
+	wantValue(t, s, "changed", "v2")
+	for _, k := range []string{"same", "changed", "permanent"} {
+		waitExpired(t, s, k, since, short)
+	}
+	wantValue(t, s, "longer", "v")
+	// An expired key set again lives again.
+	setTTL(t, s, "same", "v3", short)
+	wantValue(t, s, "same", "v3")
+}
+
+func realTTLCleared(t *testing.T, s kvstore.Store) {
+	const ttl = 2 * time.Second
+	setTTL(t, s, "zero", "v", ttl)
+	set(t, s, "zero", "v") // same value, no ttl
+	setTTL(t, s, "negative", "v", ttl)
+	setTTL(t, s, "negative", "w", -time.Second)
+	setTTL(t, s, "never", "v", -time.Nanosecond)
+	waitAnExpiry(t, s)
+	wantValue(t, s, "zero", "v")
+	wantValue(t, s, "negative", "w")
+	wantValue(t, s, "never", "v")
+	wantList(t, s, []kvstore.Entry{{Key: "negative", Value: "w"}, {Key: "never", Value: "v"}, {Key: "zero", Value: "v"}})
+}
+
+// Expiries three seconds apart, so that an entry lingering after its expiry does not reach the next.
+func realTTLListOmitsExpired(t *testing.T, s kvstore.Store) {
+	sinceA := setTTLAt(t, s, "a", "1", 8*time.Second)
+	sinceB := setTTLAt(t, s, "b", "2", 2*time.Second)
+	set(t, s, "c", "3")
+	sinceD := setTTLAt(t, s, "d", "4", 5*time.Second)
+	wantList(t, s, []kvstore.Entry{{Key: "a", Value: "1"}, {Key: "b", Value: "2"}, {Key: "c", Value: "3"}, {Key: "d", Value: "4"}})
+	wantListPrefix(t, s, "b", []kvstore.Entry{{Key: "b", Value: "2"}})
+	waitExpired(t, s, "b", sinceB, 2*time.Second)
+	wantList(t, s, []kvstore.Entry{{Key: "a", Value: "1"}, {Key: "c", Value: "3"}, {Key: "d", Value: "4"}})
+	wantListPrefix(t, s, "b", nil)
+	waitExpired(t, s, "d", sinceD, 5*time.Second)
+	wantList(t, s, []kvstore.Entry{{Key: "a", Value: "1"}, {Key: "c", Value: "3"}})
+	waitExpired(t, s, "a", sinceA, 8*time.Second)
+	wantList(t, s, []kvstore.Entry{{Key: "c", Value: "3"}})
+	if err := s.Delete(context.Background(), "c"); err != nil {
+		t.Fatal(err)
+	}
+	wantList(t, s, nil)
+}
+
+func realTTLDeleteExpired(t *testing.T, s kvstore.Store) {
+	ctx := context.Background()
+	const ttl = 2 * time.Second
+	since := setTTLAt(t, s, "k", "v", ttl)
+	setTTL(t, s, "live", "v", time.Minute)
+	waitExpired(t, s, "k", since, ttl)
+	if err := s.Delete(ctx, "k"); err != nil {
+		t.Fatalf("Delete of an expired key = %v, want nil", err)
+	}
+	wantNotFound(t, s, "k")
+	// Deleting a key with a ttl before it expires removes it at once.
+	if err := s.Delete(ctx, "live"); err != nil {
+		t.Fatal(err)
+	}
+	wantNotFound(t, s, "live")
+	set(t, s, "k", "again")
+	waitAnExpiry(t, s)
+	wantValue(t, s, "k", "again")
+	wantList(t, s, []kvstore.Entry{{Key: "k", Value: "again"}})
+}
+
+func realTTLCancelledContext(t *testing.T, s kvstore.Store) {
+	const ttl = 2 * time.Second
+	since := setTTLAt(t, s, "k", "v", ttl)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	// A renewal that fails renews nothing; had this one renewed, the entry would outlive waitExpired.
+	if err := s.Set(ctx, "k", "v", time.Minute); err == nil {
+		t.Error("Set with a cancelled context succeeded")
+	}
+	waitExpired(t, s, "k", since, ttl)
+}
+
+func realSetIfAbsentAfterExpiry(t *testing.T, s kvstore.Store) {
+	const ttl = 2 * time.Second
+	since := setTTLAt(t, s, "k", "old", ttl)
+	if got, _ := s.SetIfAbsent(t.Context(), "k", "new"); got != "old" {
+		t.Fatalf("SetIfAbsent on a live entry = %q, want \"old\"", got)
+	}
+	waitExpired(t, s, "k", since, ttl)
+	if got, _ := s.SetIfAbsent(t.Context(), "k", "new"); got != "new" {
+		t.Fatalf("SetIfAbsent on an expired entry = %q, want \"new\"", got)
+	}
+	waitAnExpiry(t, s)
 	wantValue(t, s, "k", "new") // stored without expiry
 }

@@ -1,0 +1,656 @@
+package s3blob
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"runtime"
+	"runtime/metrics"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"go.uber.org/goleak"
+
+	"github.com/imgmill/imgmill/internal/blobstore"
+	"github.com/imgmill/imgmill/internal/blobstore/blobstoretest"
+	"github.com/imgmill/imgmill/internal/enginetest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// TestS3 runs everything that needs a server against one MinIO per test binary, each subtest in its
+// own bucket.
+func TestS3(t *testing.T) {
+	m := enginetest.StartMinIO(t)
+	for _, tc := range []struct {
+		name string
+		fn   func(t *testing.T, m *enginetest.MinIO)
+	}{
+		{"Contract", testContract},
+		{"ContractMinParts", testContractMinParts},
+		{"ConditionalWrites", testConditionalWrites},
+		{"LostRaceRetried", testLostRaceRetried},
+		{"RacingStores", testRacingStores},
+		{"LargeUnknownSize", testLargeUnknownSize},
+		{"FailedMultipartKeepsOld", testFailedMultipartKeepsOld},
+		{"Layout", testLayout},
+		{"Prefix", testPrefix},
+		{"BucketCreated", testBucketCreated},
+		{"ConcurrentOpenCreatesBucket", testConcurrentOpen},
+		{"UnversionedBucket", testUnversionedBucket},
+		{"UnreachableEndpoint", testUnreachable},
+		{"WrongCredentials", testWrongCredentials},
+	} {
+		t.Run(tc.name, func(t *testing.T) { tc.fn(t, m) })
+	}
+}
+
+// config returns the configuration of a new bucket on m.
+func config(t *testing.T, m *enginetest.MinIO) Config {
+	t.Helper()
+	cfg, err := ParseURL(m.URL(m.NewBucket(t)), noEnv)
+	if err != nil {
+		t.Fatalf("ParseURL(%s): %v", m.URL("b"), err)
+	}
+	return cfg
+}
+
+func noEnv(string) string { return "" }
+
+// open opens cfg and closes the store when t ends.
+func open(t *testing.T, cfg Config) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("Open(%s): %v", cfg, err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func testContract(t *testing.T, m *enginetest.MinIO) {
+	blobstoretest.Run(t, func(t *testing.T) blobstore.Store {
+		s, err := Open(context.Background(), config(t, m))
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		return s
+	})
+}
+
+// testContractMinParts runs the contract with the smallest parts, so that its 8 MiB and larger bodies
+// take the multipart path, fenced commits included.
+func testContractMinParts(t *testing.T, m *enginetest.MinIO) {
+	if testing.Short() {
+		t.Skip("second contract run skipped in -short mode")
+	}
+	blobstoretest.Run(t, func(t *testing.T) blobstore.Store {
+		cfg := config(t, m)
+		cfg.PartSize = MinPartSize
+		s, err := Open(context.Background(), cfg)
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		return s
+	})
+}
+
+// payload returns n deterministic pseudo-random bytes.
+func payload(seed uint64, n int) []byte {
+	b := make([]byte, n)
+	var s [32]byte
+	s[0] = byte(seed)
+	s[1] = byte(seed >> 8)
+	rand.NewChaCha8(s).Read(b)
+	return b
+}
+
+func put(t *testing.T, s *Store, key string, data []byte, fence int64) {
+	t.Helper()
+	if _, err := s.Put(context.Background(), key, bytes.NewReader(data), int64(len(data)), fence); err != nil {
+		t.Fatalf("Put(%q, %d bytes, fence %d): %v", key, len(data), fence, err)
+	}
+}
+
+// wantBlob checks the content and fence under key.
+func wantBlob(t *testing.T, s *Store, key string, want []byte, fence int64) {
+	t.Helper()
+	b, err := s.Open(context.Background(), key)
+	if err != nil {
+		t.Fatalf("Open(%q): %v", key, err)
+	}
+	defer b.Close()
+	got, err := io.ReadAll(b)
+	if err != nil {
+		t.Fatalf("read %q: %v", key, err)
+	}
+	if !bytes.Equal(got, want) || b.Fence != fence {
+		t.Fatalf("%q holds %d bytes (sha256 %.8x) with fence %d; want %d bytes (sha256 %.8x) with fence %d",
+			key, len(got), sha256.Sum256(got), b.Fence, len(want), sha256.Sum256(want), fence)
+	}
+}
+
+// testConditionalWrites checks the server support the fencing relies on: PutObject and
+// CompleteMultipartUpload refuse with 412 when If-Match or If-None-Match fails, and a multipart upload
+// survives a refused completion, so that the commit can be retried.
+func testConditionalWrites(t *testing.T, m *enginetest.MinIO) {
+	s := open(t, config(t, m))
+	ctx := context.Background()
+	c := s.core
+	want412 := func(what string, err error) {
+		t.Helper()
+		var resp minio.ErrorResponse
+		if !errors.As(err, &resp) || resp.StatusCode != http.StatusPreconditionFailed {
+			t.Fatalf("%s = %v, want 412 Precondition Failed", what, err)
+		}
+		if !lostRace(err) {
+			t.Fatalf("lostRace(%v) = false", err)
+		}
+	}
+	putWith := func(cond condition, data string) error {
+		var opts minio.PutObjectOptions
+		cond.apply(&opts)
+		_, err := c.PutObject(ctx, s.bucket, "k", strings.NewReader(data), int64(len(data)), "", "", opts)
+		return err
+	}
+	if err := putWith(condition{ifNoneMatch: true}, "first"); err != nil {
+		t.Fatalf("If-None-Match: * on a missing object: %v", err)
+	}
+	want412("If-None-Match: * on an existing object", putWith(condition{ifNoneMatch: true}, "second"))
+	info, _, err := s.stat(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want412("If-Match on another ETag", putWith(condition{ifMatch: "0123456789abcdef0123456789abcdef"}, "second"))
+	if err := putWith(condition{ifMatch: info.ETag}, "second"); err != nil {
+		t.Fatalf("If-Match on the current ETag: %v", err)
+	}
+	// The old ETag no longer matches.
+	want412("If-Match on a replaced ETag", putWith(condition{ifMatch: info.ETag}, "third"))
+
+	// Multipart: the condition is checked at completion.
+	info, _, err = s.stat(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := c.NewMultipartUpload(ctx, s.bucket, "k", putOptions(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	part, err := c.PutObjectPart(ctx, s.bucket, "k", id, 1, strings.NewReader("multi"), 5, minio.PutObjectPartOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := []minio.CompletePart{{PartNumber: 1, ETag: part.ETag}}
+	complete := func(cond condition) error {
+		var opts minio.PutObjectOptions
+		cond.apply(&opts)
+		_, err := c.CompleteMultipartUpload(ctx, s.bucket, "k", id, parts, opts)
+		return err
+	}
+	want412("CompleteMultipartUpload with If-None-Match: * on an existing object", complete(condition{ifNoneMatch: true}))
+	want412("CompleteMultipartUpload with If-Match on another ETag", complete(condition{ifMatch: "0123456789abcdef0123456789abcdef"}))
+	wantBlob(t, s, "k", []byte("second"), 0)
+	if err := complete(condition{ifMatch: info.ETag}); err != nil {
+		t.Fatalf("CompleteMultipartUpload retried with the current ETag: %v", err)
+	}
+	wantBlob(t, s, "k", []byte("multi"), 3)
+}
+
+// testLostRaceRetried lets another store commit between a Put's HEAD and its conditional write, on the
+// single-PUT and the multipart path: the write gets 412 and the commit starts over, then refuses the
+// stale fence, or, for an equal fence, succeeds.
+func testLostRaceRetried(t *testing.T, m *enginetest.MinIO) {
+	cfg := config(t, m)
+	cfg.PartSize = MinPartSize
+	a, b := open(t, cfg), open(t, cfg)
+	ctx := context.Background()
+	for _, n := range []int{1000, MinPartSize + 1000} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			key := fmt.Sprintf("finished/%d", n)
+			put(t, a, key, []byte("before the race"), 1)
+			for _, tc := range []struct {
+				aFence, bFence int64
+				wantStale      bool
+			}{
+				{aFence: 5, bFence: 7, wantStale: true}, // b is newer: a is refused after the lost race
+				{aFence: 9, bFence: 9},                  // the same holder retrying: a goes through on the retry
+			} {
+				aData, bData := payload(uint64(tc.aFence), n), payload(uint64(tc.bFence)+100, n)
+				var attempts []int
+				a.beforeWrite = func(attempt int) {
+					attempts = append(attempts, attempt)
+					if attempt == 1 {
+						put(t, b, key, bData, tc.bFence)
+					}
+				}
+				_, err := a.Put(ctx, key, bytes.NewReader(aData), -1, tc.aFence)
+				a.beforeWrite = nil
+				if tc.wantStale {
+					if !errors.Is(err, blobstore.ErrStaleFence) {
+						t.Fatalf("Put with fence %d after fence %d got in = %v, want ErrStaleFence", tc.aFence, tc.bFence, err)
+					}
+					if len(attempts) != 1 {
+						t.Fatalf("writes attempted: %v, want [1] (the second HEAD refuses)", attempts)
+					}
+					wantBlob(t, a, key, bData, tc.bFence)
+				} else {
+					if err != nil {
+						t.Fatalf("Put with fence %d after an equal fence got in: %v", tc.aFence, err)
+					}
+					if len(attempts) != 2 {
+						t.Fatalf("writes attempted: %v, want [1 2] (412, then success)", attempts)
+					}
+					wantBlob(t, a, key, aData, tc.aFence)
+				}
+			}
+			// No multipart upload is left over, whichever way the commits went.
+			wantNoUploads(t, a)
+		})
+	}
+}
+
+// wantNoUploads checks that no multipart upload is in progress in s's bucket.
+func wantNoUploads(t *testing.T, s *Store) {
+	t.Helper()
+	res, err := s.core.ListMultipartUploads(context.Background(), s.bucket, "", "", "", "", 100)
+	if err != nil {
+		t.Fatalf("ListMultipartUploads: %v", err)
+	}
+	if len(res.Uploads) != 0 {
+		t.Fatalf("%d multipart uploads left over, e.g. %s", len(res.Uploads), res.Uploads[0].Key)
+	}
+}
+
+// testRacingStores has two stores (two storage service instances) on one bucket race Puts on the same
+// keys with different fences, small and multipart bodies: each key ends with the largest fence's
+// payload, and every smaller fence either landed before it or was refused.
+func testRacingStores(t *testing.T, m *enginetest.MinIO) {
+	cfg := config(t, m)
+	cfg.PartSize = MinPartSize
+	stores := []*Store{open(t, cfg), open(t, cfg)}
+	ctx := context.Background()
+	rounds := 12
+	if testing.Short() {
+		rounds = 4
+	}
+	const writers = 6
+	for round := range rounds {
+		size := 20 << 10
+		if round%3 == 2 {
+			size = MinPartSize + 1<<20 // two parts
+		}
+		key := fmt.Sprintf("race/%d", round)
+		payloads := make([][]byte, writers+1)
+		errs := make([]error, writers+1)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for f := 1; f <= writers; f++ {
+			payloads[f] = payload(uint64(round*100+f), size+f)
+			s := stores[(f+round)%2]
+			wg.Go(func() {
+				<-start
+				_, errs[f] = s.Put(ctx, key, opaqueReader{bytes.NewReader(payloads[f])}, -1, int64(f))
+			})
+		}
+		close(start)
+		wg.Wait()
+		for f := 1; f <= writers; f++ {
+			if errs[f] != nil && !errors.Is(errs[f], blobstore.ErrStaleFence) {
+				t.Fatalf("round %d: Put with fence %d: %v", round, f, errs[f])
+			}
+		}
+		if errs[writers] != nil {
+			t.Fatalf("round %d: the largest fence was refused: %v", round, errs[writers])
+		}
+		for _, s := range stores {
+			wantBlob(t, s, key, payloads[writers], writers)
+		}
+		// Late stale writers, through either store, are refused and change nothing.
+		for i, s := range stores {
+			if _, err := s.Put(ctx, key, strings.NewReader("late"), 4, int64(writers-1-i)); !errors.Is(err, blobstore.ErrStaleFence) {
+				t.Fatalf("round %d: a late stale Put = %v, want ErrStaleFence", round, err)
+			}
+		}
+		wantBlob(t, stores[0], key, payloads[writers], writers)
+	}
+	wantNoUploads(t, stores[0])
+}
+
+// opaqueReader hides every method but Read.
+type opaqueReader struct{ r io.Reader }
+
+func (o opaqueReader) Read(p []byte) (int, error) { return o.r.Read(p) }
+
+// testLargeUnknownSize streams 100 MB of unknown size, generated as it is read, and checks that the
+// heap grows by far less than that: Put holds one part at a time.
+func testLargeUnknownSize(t *testing.T, m *enginetest.MinIO) {
+	if testing.Short() {
+		t.Skip("100 MB upload skipped in -short mode")
+	}
+	const size = 100_000_000
+	const bound = 64 << 20
+	s := open(t, config(t, m))
+	ctx := context.Background()
+	want := sha256.New()
+	src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{7}), size), want)
+
+	runtime.GC()
+	peak := watchHeap()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	n, err := s.Put(ctx, "large", opaqueReader{src}, -1, 3)
+	runtime.ReadMemStats(&after)
+	grew := peak()
+	if err != nil {
+		t.Fatalf("Put(100 MB, size -1): %v", err)
+	}
+	if n != size {
+		t.Fatalf("Put = %d, want %d", n, size)
+	}
+	t.Logf("100 MB of unknown size: heap peak +%d MiB, %d MiB allocated in all", grew>>20, (after.TotalAlloc-before.TotalAlloc)>>20)
+	if grew > bound {
+		t.Errorf("the heap grew by %d MiB while putting 100 MB: Put does not stream", grew>>20)
+	}
+
+	b, err := s.Open(ctx, "large")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if b.Size != size || b.Fence != 3 {
+		t.Errorf("Size, Fence = %d, %d; want %d, 3", b.Size, b.Fence, size)
+	}
+	got := sha256.New()
+	if m, err := io.Copy(got, b); err != nil || m != size {
+		t.Fatalf("read back %d bytes, %v", m, err)
+	}
+	if !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
+		t.Fatal("the blob read back differs from what was put")
+	}
+}
+
+// watchHeap samples the live heap until the returned function is called, which reports how far it grew
+// above its starting size.
+func watchHeap() func() uint64 {
+	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	heap := func() uint64 {
+		metrics.Read(sample)
+		return sample[0].Value.Uint64()
+	}
+	start := heap()
+	stop := make(chan struct{})
+	result := make(chan uint64)
+	go func() {
+		ticker := time.NewTicker(2 * time.Millisecond)
+		defer ticker.Stop()
+		var peak uint64
+		for {
+			peak = max(peak, heap())
+			select {
+			case <-stop:
+				result <- peak
+				return
+			case <-ticker.C:
+			}
+		}
+	}()
+	return func() uint64 {
+		close(stop)
+		return max(<-result, start) - start
+	}
+}
+
+// failAfter serves n pseudo-random bytes, then fails.
+type failAfter struct {
+	n   int
+	err error
+}
+
+func (f *failAfter) Read(p []byte) (int, error) {
+	if f.n == 0 {
+		return 0, f.err
+	}
+	k := min(len(p), f.n)
+	for i := range p[:k] {
+		p[i] = byte(i)
+	}
+	f.n -= k
+	return k, nil
+}
+
+// testFailedMultipartKeepsOld fails and cancels Puts after some parts were uploaded: the old blob and its
+// fence stay, and the multipart uploads are aborted.
+func testFailedMultipartKeepsOld(t *testing.T, m *enginetest.MinIO) {
+	cfg := config(t, m)
+	cfg.PartSize = MinPartSize
+	s := open(t, cfg)
+	old := payload(1, 1000)
+	put(t, s, "k", old, 4)
+	boom := errors.New("boom")
+	for _, size := range []int64{-1, 3 * MinPartSize} {
+		_, err := s.Put(context.Background(), "k", &failAfter{n: 2*MinPartSize + 100, err: boom}, size, 5)
+		if !errors.Is(err, boom) {
+			t.Fatalf("Put(size %d) with a reader failing after two parts = %v, want boom", size, err)
+		}
+		wantBlob(t, s, "k", old, 4)
+
+		ctx, cancel := context.WithCancel(context.Background())
+		r := io.MultiReader(&failAfter{n: MinPartSize + 100, err: io.EOF}, readerFunc(func(p []byte) (int, error) {
+			cancel()
+			return len(p), nil
+		}))
+		_, err = s.Put(ctx, "k", r, size, 5)
+		cancel()
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Put(size %d) cancelled after a part = %v, want context.Canceled", size, err)
+		}
+		wantBlob(t, s, "k", old, 4)
+	}
+	wantNoUploads(t, s)
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
+
+// testLayout checks that keys are object names as they are, the fence in the metadata.
+func testLayout(t *testing.T, m *enginetest.MinIO) {
+	s := open(t, config(t, m))
+	put(t, s, "working/42", []byte("pixels"), 12)
+	info, err := s.core.StatObject(context.Background(), s.bucket, "working/42", minio.StatObjectOptions{})
+	if err != nil {
+		t.Fatalf("the blob is not the object working/42: %v", err)
+	}
+	if got := info.Metadata.Get("X-Amz-Meta-Imgmill-Fence"); got != "12" || info.Size != 6 {
+		t.Fatalf("object working/42: %d bytes, fence metadata %q; want 6 bytes, fence 12", info.Size, got)
+	}
+	put(t, s, "finished/42", []byte("done"), 0)
+	info, err = s.core.StatObject(context.Background(), s.bucket, "finished/42", minio.StatObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := info.Metadata.Get("X-Amz-Meta-Imgmill-Fence"); got != "" {
+		t.Fatalf("an unfenced blob carries fence metadata %q", got)
+	}
+}
+
+// testPrefix checks that a prefix keeps two stores in one bucket apart.
+func testPrefix(t *testing.T, m *enginetest.MinIO) {
+	plain := config(t, m)
+	prefixed := plain
+	prefixed.Prefix = "imgmill/a"
+	s, p := open(t, plain), open(t, prefixed)
+	put(t, p, "working/1", []byte("prefixed"), 0)
+	if _, err := s.Open(context.Background(), "working/1"); !errors.Is(err, blobstore.ErrNotFound) {
+		t.Fatalf("the store without prefix sees the prefixed blob: %v", err)
+	}
+	wantBlob(t, s, "imgmill/a/working/1", []byte("prefixed"), 0)
+	wantBlob(t, p, "working/1", []byte("prefixed"), 0)
+}
+
+// testBucketCreated checks that Open creates a missing bucket, versioned with the lifecycle rule, and
+// that opening it again is fine.
+func testBucketCreated(t *testing.T, m *enginetest.MinIO) {
+	cfg := config(t, m)
+	s := open(t, cfg)
+	ctx := context.Background()
+	if ok, err := s.core.BucketExists(ctx, cfg.Bucket); err != nil || !ok {
+		t.Fatalf("BucketExists = %v, %v after Open", ok, err)
+	}
+	v, err := s.core.GetBucketVersioning(ctx, cfg.Bucket)
+	if err != nil || !v.Enabled() {
+		t.Fatalf("versioning of the new bucket: %+v, %v", v, err)
+	}
+	lc, err := s.core.GetBucketLifecycle(ctx, cfg.Bucket)
+	if err != nil || len(lc.Rules) != 1 || lc.Rules[0].ID != lifecycleRuleID {
+		t.Fatalf("lifecycle of the new bucket: %+v, %v", lc, err)
+	}
+	put(t, s, "k", []byte("v"), 1)
+	again := open(t, cfg)
+	wantBlob(t, again, "k", []byte("v"), 1)
+}
+
+// testConcurrentOpen has several processes' worth of stores create the same bucket at once.
+func testConcurrentOpen(t *testing.T, m *enginetest.MinIO) {
+	cfg := config(t, m)
+	const n = 6
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() {
+			s, err := Open(context.Background(), cfg)
+			if err == nil {
+				s.Close()
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Errorf("concurrent Open: %v", err)
+		}
+	}
+}
+
+// testUnversionedBucket uses a bucket made by someone else, without versioning: everything works, but an
+// open blob re-read after an overwrite fails instead of serving the new content under the old fence.
+func testUnversionedBucket(t *testing.T, m *enginetest.MinIO) {
+	cfg := config(t, m)
+	setup := open(t, config(t, m)) // any store, for its client
+	if err := setup.core.MakeBucket(context.Background(), cfg.Bucket, minio.MakeBucketOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	s := open(t, cfg)
+	if v, err := s.core.GetBucketVersioning(context.Background(), cfg.Bucket); err != nil || v.Enabled() {
+		t.Fatalf("Open changed the versioning of an existing bucket: %+v, %v", v, err)
+	}
+	v1, v2 := payload(1, 1<<20), payload(2, 1<<20)
+	put(t, s, "k", v1, 1)
+	b, err := s.Open(context.Background(), "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	head := make([]byte, 1000)
+	if _, err := io.ReadFull(b, head); err != nil {
+		t.Fatal(err)
+	}
+	put(t, s, "k", v2, 2)
+	if _, err := b.Seek(0, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(b)
+	if err == nil {
+		t.Fatalf("re-reading a replaced blob succeeded (%d bytes; same as the old: %v)", len(got), bytes.Equal(got, v1))
+	}
+	t.Logf("re-read after overwrite: %v", err)
+	wantBlob(t, s, "k", v2, 2)
+	if err := s.Delete(context.Background(), "k"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Open(context.Background(), "k"); !errors.Is(err, blobstore.ErrNotFound) {
+		t.Fatalf("Open after Delete = %v", err)
+	}
+}
+
+func testUnreachable(t *testing.T, m *enginetest.MinIO) {
+	cfg := config(t, m)
+	cfg.Endpoint = "http://" + enginetest.FreeAddr(t) // nothing listens there
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := Open(ctx, cfg)
+	if err == nil || !strings.Contains(err.Error(), "cannot reach "+cfg.Endpoint) {
+		t.Fatalf("Open of an unreachable endpoint = %v, want an error saying it cannot be reached", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Open took %s to report an unreachable endpoint", d)
+	}
+	t.Log(err)
+
+	// A server that accepts connections but never answers: ctx bounds the wait.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns sync.WaitGroup
+	conns.Go(func() {
+		var held []net.Conn
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				for _, c := range held {
+					c.Close()
+				}
+				return
+			}
+			held = append(held, c)
+		}
+	})
+	defer conns.Wait()
+	defer ln.Close()
+	ctx, cancel = context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	cfg.Endpoint = "http://" + ln.Addr().String()
+	if _, err := Open(ctx, cfg); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Open of a silent endpoint bounded by ctx = %v, want DeadlineExceeded", err)
+	} else {
+		t.Log(err)
+	}
+}
+
+func testWrongCredentials(t *testing.T, m *enginetest.MinIO) {
+	for _, tc := range []struct {
+		name       string
+		key, secre string
+		want       string
+	}{
+		{"secret", m.AccessKey, "wrong-secret-key", "refused the credentials"},
+		{"access key", "nobody", m.SecretKey, "refused the credentials"},
+	} {
+		cfg := config(t, m)
+		cfg.AccessKey, cfg.SecretKey = tc.key, tc.secre
+		_, err := Open(context.Background(), cfg)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Open with a wrong %s = %v, want an error containing %q", tc.name, err, tc.want)
+			continue
+		}
+		if strings.Contains(err.Error(), tc.secre) {
+			t.Errorf("the error shows the secret key: %v", err)
+		}
+		t.Log(err)
+	}
+}
