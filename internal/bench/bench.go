@@ -44,6 +44,21 @@ type Config struct {
 	Getenv                func(string) string
 }
 
+// backends describes where the in-process pipeline keeps its data.
+func (cfg Config) backends() string {
+	if cfg.Tasks == "" && cfg.Blobs == "" && cfg.KVStore == "" {
+		return "embedded storage"
+	}
+	name := func(url, embedded string) string {
+		if url == "" {
+			return embedded
+		}
+		scheme, _, _ := strings.Cut(url, "://")
+		return map[string]string{"postgres": "PostgreSQL", "postgresql": "PostgreSQL", "s3": "S3", "etcd": "etcd"}[scheme]
+	}
+	return fmt.Sprintf("tasks in %s, images in %s, kv in %s", name(cfg.Tasks, "SQLite"), name(cfg.Blobs, "files"), name(cfg.KVStore, "a file"))
+}
+
 // Result is what one run measured.
 type Result struct {
 	Pipeline      Throughput
@@ -83,7 +98,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		}
 		defer stop()
 		masterAddr = addr
-		where = fmt.Sprintf("in-process pipeline, embedded storage, worker concurrency %d", cfg.Concurrency)
+		where = fmt.Sprintf("in-process pipeline on %s, worker concurrency %d", cfg.backends(), cfg.Concurrency)
 	}
 	fmt.Fprintf(cfg.Out, "imgmill bench: %d PNGs of %dx%d px (%s avg), %d clients, %s, %d CPUs\n",
 		cfg.N, cfg.Size, cfg.Size, byteSize(avgLen(encoded)), cfg.Clients, where, runtime.NumCPU())

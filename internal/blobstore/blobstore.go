@@ -1,5 +1,5 @@
 // Package blobstore defines the blob store that holds image bytes. Implementations live in sub-packages
-// (fileblob today, S3 later) and all must pass the contract suite in blobstoretest.
+// (fileblob, s3blob) and all must pass the contract suite in blobstoretest.
 package blobstore
 
 import (
@@ -39,9 +39,9 @@ type Blob struct {
 //
 // The check and the replacement are one atomic step with respect to other Puts and Deletes of the same
 // key in the store, and a crash never leaves a blob claiming a fence lower than the one it was written
-// with. fileblob locks the key and keeps the fence in the blob file's own metadata (see there); an S3
-// store will keep the fence in the object's user metadata and make the step a conditional write: read
-// the current object's ETag and fence (HEAD), refuse when the fence is larger, then PutObject with
+// with. fileblob locks the key and keeps the fence in the blob file's own metadata (see there); s3blob
+// keeps the fence in the object's user metadata and makes the step a conditional write: read the
+// current object's ETag and fence (HEAD), refuse when the fence is larger, then commit the write with
 // If-Match on that ETag (If-None-Match: * when there was no object), starting over when S3 answers
 // 412 Precondition Failed because another writer got in between.
 type Store interface {

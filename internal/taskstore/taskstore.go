@@ -1,5 +1,5 @@
 // Package taskstore defines the task store: the durable record of every task and its lifecycle.
-// Implementations live in sub-packages (sqlitestore today, PostgreSQL later) and all must pass the
+// Implementations live in sub-packages (sqlitestore, pgstore) and all must pass the
 // contract suite in taskstoretest.
 package taskstore
 
