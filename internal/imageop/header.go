@@ -1,6 +1,7 @@
 package imageop
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"image"
@@ -11,11 +12,16 @@ import (
 	"math"
 	"strconv"
 	"strings"
+
+	"golang.org/x/image/bmp"
+	"golang.org/x/image/tiff"
+	"golang.org/x/image/webp"
 )
 
-// MaxHeaderLen is how far into an image ReadHeader looks for its size. PNG's IHDR ends at byte 33
-// and GIF's logical screen at byte 13, but a JPEG's frame header (SOF) may follow metadata segments
-// (Exif, ICC profiles, thumbnails) of up to 64 KiB each.
+// MaxHeaderLen is how far into an image ReadHeader looks for its size. PNG's IHDR ends at byte 33,
+// GIF's logical screen at byte 13, BMP's and WebP's sizes come within the first 30 bytes, but a
+// JPEG's frame header (SOF) may follow metadata segments (Exif, ICC profiles, thumbnails) of up to
+// 64 KiB each, and a TIFF's image directory may be anywhere (writers often put it after the pixels).
 const MaxHeaderLen = 256 << 10
 
 // DefaultMaxPixels is the largest image, in pixels (width × height), Processor decodes by default:
@@ -27,7 +33,7 @@ var ErrTooLarge = errors.New("image too large")
 
 // Header is what an image's first bytes say about it.
 type Header struct {
-	Format        string // "png", "jpeg" or "gif", as Sniff and image.Decode name them
+	Format        string // "png", "jpeg", "gif", "webp", "bmp" or "tiff", as Sniff and image.Decode name them
 	Width, Height int
 }
 
@@ -57,28 +63,34 @@ func megapixels(n int64) string {
 	return " (" + strconv.FormatFloat(math.Round(float64(n)/1e4)/100, 'f', -1, 64) + " MP)"
 }
 
-// imageError is an error about the image itself (not about reading it) that wraps kind: ErrDecode or
-// ErrTooLarge. Its text stands alone, without kind's.
+// imageError is an error about the image itself (not about reading it) or about an operation that
+// wraps kind: ErrDecode, ErrTooLarge or ErrBadOp. Its text stands alone, without kind's.
 type imageError struct {
 	kind error
 	msg  string
+	// tooLong: the header's size is past the limit ReadHeader was given (Decode reads a TIFF whole
+	// then).
+	tooLong bool
 }
 
 func (e *imageError) Error() string { return e.msg }
 func (e *imageError) Unwrap() error { return e.kind }
 
-// NotImageMessage is the text of ReadHeader's error for bytes that are not a PNG, JPEG or GIF at all.
-const NotImageMessage = "not a PNG, JPEG or GIF image"
+// NotImageMessage is the text of ReadHeader's error for bytes that are not an image of a format
+// Decode reads at all.
+const NotImageMessage = "not a PNG, JPEG, GIF, WebP, BMP or TIFF image"
 
-// ReadHeader reads from r the first bytes of a PNG, JPEG or GIF, as many as it takes to learn the
-// image's format and size (at most limit; <= 0 means MaxHeaderLen), without decoding any pixels.
-// It returns the header and every byte it read: the image is prefix followed by the rest of r
-// (io.MultiReader(bytes.NewReader(prefix), r)), so nothing is lost for storing or decoding it.
+// ReadHeader reads from r the first bytes of a PNG, JPEG, GIF, WebP, BMP or TIFF, as many as it
+// takes to learn the image's format and size (at most limit; <= 0 means MaxHeaderLen), without
+// decoding any pixels. It returns the header and every byte it read: the image is prefix followed
+// by the rest of r (io.MultiReader(bytes.NewReader(prefix), r)), so nothing is lost for storing or
+// decoding it.
 //
-// An image whose first bytes do not say its size returns an error wrapping ErrDecode: not a PNG,
-// JPEG or GIF (the text is NotImageMessage), a header that ends early (truncated), a malformed one,
-// or no size within limit bytes. A read error of r is returned as it is, not as ErrDecode. The
-// prefix is returned with errors too; it is empty only when r held nothing.
+// An image whose first bytes do not say its size returns an error wrapping ErrDecode: not an image
+// (the text is NotImageMessage), a header that ends early (truncated), a malformed one, or no size
+// within limit bytes (a JPEG after that much metadata, a TIFF whose directory lies further in). A
+// read error of r is returned as it is, not as ErrDecode. The prefix is returned with errors too;
+// it is empty only when r held nothing.
 func ReadHeader(r io.Reader, limit int) (h Header, prefix []byte, err error) {
 	if limit <= 0 {
 		limit = MaxHeaderLen
@@ -112,9 +124,17 @@ func ReadHeader(r io.Reader, limit int) (h Header, prefix []byte, err error) {
 			}
 			return Header{}, buf, &imageError{kind: ErrDecode, msg: NotImageMessage}
 		}
+		name := formatName(format)
+		if format == "tiff" && len(buf) >= 8 {
+			// Bytes 4-8 say where the directory holding the size starts: do not read up to the
+			// limit for one that lies past it.
+			if at := tiffDirectory(buf); at+2 > int64(limit) {
+				return Header{}, buf, &imageError{kind: ErrDecode, tooLong: true, msg: fmt.Sprintf(
+					"TIFF header too long: its image directory starts at byte %d, past the first %d bytes", at, limit)}
+			}
+		}
 		pr := &prefixReader{b: buf}
 		cfg, derr := decodeConfig(format, pr)
-		name := strings.ToUpper(format)
 		switch {
 		case derr == nil && (cfg.Width <= 0 || cfg.Height <= 0):
 			return Header{}, buf, &imageError{kind: ErrDecode, msg: fmt.Sprintf("%s image has no pixels (%dx%d)", name, cfg.Width, cfg.Height)}
@@ -126,7 +146,7 @@ func ReadHeader(r io.Reader, limit int) (h Header, prefix []byte, err error) {
 			return Header{}, buf, &imageError{kind: ErrDecode, msg: fmt.Sprintf(
 				"truncated %s header: the image ends after %d bytes, before its size (%v)", name, len(buf), derr)}
 		case len(buf) >= limit:
-			return Header{}, buf, &imageError{kind: ErrDecode, msg: fmt.Sprintf(
+			return Header{}, buf, &imageError{kind: ErrDecode, tooLong: true, msg: fmt.Sprintf(
 				"%s header too long: no image size within the first %d bytes", name, limit)}
 		}
 		// The decoder wants more than has been read so far: read on and try again.
@@ -141,13 +161,36 @@ func decodeConfig(format string, r io.Reader) (image.Config, error) {
 		return jpeg.DecodeConfig(r)
 	case "gif":
 		return gif.DecodeConfig(r)
+	case "webp":
+		return webp.DecodeConfig(r)
+	case "bmp":
+		return bmp.DecodeConfig(r)
+	case "tiff":
+		return tiff.DecodeConfig(r)
 	}
 	return image.Config{}, fmt.Errorf("unknown format %q", format)
 }
 
+// formatName is how messages spell a format.
+func formatName(format string) string {
+	if format == "webp" {
+		return "WebP"
+	}
+	return strings.ToUpper(format)
+}
+
+// tiffDirectory is the offset of a TIFF's first image directory, from its 8-byte header.
+func tiffDirectory(h []byte) int64 {
+	if string(h[:2]) == "MM" {
+		return int64(binary.BigEndian.Uint32(h[4:8]))
+	}
+	return int64(binary.LittleEndian.Uint32(h[4:8]))
+}
+
 // prefixReader reads b and records whether a reader asked for more than b holds. It is an
 // io.ByteReader so that the GIF decoder reads it directly, without a read-ahead buffer that would ask
-// for bytes it does not need.
+// for bytes it does not need, and an io.ReaderAt so that the TIFF decoder does not copy it into a
+// buffer of its own (growing by 10 MB at a time towards whatever offset the file names).
 type prefixReader struct {
 	b      []byte
 	off    int
@@ -161,6 +204,19 @@ func (p *prefixReader) Read(b []byte) (int, error) {
 	}
 	n := copy(b, p.b[p.off:])
 	p.off += n
+	return n, nil
+}
+
+func (p *prefixReader) ReadAt(b []byte, off int64) (int, error) {
+	if off < 0 || off >= int64(len(p.b)) {
+		p.hitEnd = true
+		return 0, io.EOF
+	}
+	n := copy(b, p.b[off:])
+	if n < len(b) {
+		p.hitEnd = true
+		return n, io.EOF
+	}
 	return n, nil
 }
 

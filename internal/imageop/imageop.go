@@ -1,16 +1,15 @@
-// Package imageop implements imgmill's reference image operation: swapping
-// the red and green channels of an image while keeping blue and alpha.
+// Package imageop implements imgmill's image operations: decoding (PNG, JPEG,
+// GIF, WebP, BMP, TIFF), chains of operations (ParseChain; the reference one,
+// the default, swaps the red and green channels), and encoding (PNG, JPEG).
 package imageop
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
-	"fmt"
 	"image"
 	"image/color"
 	"image/draw"
-	_ "image/gif"  // registered so Process accepts GIF uploads
-	_ "image/jpeg" // registered so Process accepts JPEG uploads
 	"image/png"
 	"io"
 	"sync"
@@ -150,67 +149,42 @@ func newEncoder() *png.Encoder {
 	return &png.Encoder{CompressionLevel: png.DefaultCompression, BufferPool: &bufferPool{}}
 }
 
-// Processor runs the decode → swap → encode pipeline. It is safe for
+// Processor runs the decode → operations → encode pipeline. It is safe for
 // concurrent use; one Processor is meant to be shared by all requests so they
-// share its encoder buffer pool. The zero value is usable too.
+// share its encoder buffer pool. The zero value is usable too. Set the fields
+// before the first call.
 type Processor struct {
-	// MaxPixels bounds the images Process decodes, in pixels (width × height),
-	// and with it the memory one Process takes: the size is read from the
-	// image's header before any pixel is decoded. 0 means DefaultMaxPixels,
-	// a negative value no limit. Set it before the first Process.
+	// MaxPixels bounds the images Process and Apply decode and make, in pixels
+	// (width × height), and with it the memory one call takes: the size is read
+	// from the image's header before any pixel is decoded. 0 means
+	// DefaultMaxPixels, a negative value no limit.
 	MaxPixels int64
+	// PNGCompression is the PNG encoder's effort; the zero value is
+	// png.DefaultCompression.
+	PNGCompression png.CompressionLevel
+	// JPEGQuality is the quality (1..100) of JPEG output when the chain's
+	// convert does not give one; 0 means DefaultJPEGQuality.
+	JPEGQuality int
 
-	enc *png.Encoder
+	pool *bufferPool // nil for the zero Processor: no reuse
 }
 
 // NewProcessor returns a Processor with its own PNG encoder buffer pool.
 func NewProcessor() *Processor {
-	return &Processor{enc: newEncoder()}
+	return &Processor{pool: &bufferPool{}}
 }
 
-// Process decodes a PNG, JPEG or GIF (first frame) from src, swaps its red
-// and green channels and writes the result to dst as PNG. If src is not a
-// decodable image the error wraps ErrDecode; if it has more pixels than
-// MaxPixels, ErrTooLarge, and nothing is decoded. A read error from src
-// itself is returned wrapped as is (not as ErrDecode), as are write errors on
-// dst. On error, dst may have received partial output.
+// Process decodes an image from src (any format Decode reads: PNG, JPEG, GIF
+// (first frame), WebP, BMP, TIFF; a JPEG turned upright as its EXIF orientation
+// says), swaps its red and green channels and writes the result to dst as PNG,
+// whatever the input's format. If src is not a decodable image the error wraps
+// ErrDecode; if it has more pixels than MaxPixels, ErrTooLarge, and nothing is
+// decoded. A read error from src itself is returned wrapped as is (not as
+// ErrDecode), as are write errors on dst. On error, dst may have received
+// partial output.
 func (p *Processor) Process(dst io.Writer, src io.Reader) error {
-	er := &errReader{r: src}
-	h, prefix, err := ReadHeader(er, MaxHeaderLen)
-	if err != nil {
-		if er.err != nil {
-			return fmt.Errorf("imageop: reading image: %w", er.err)
-		}
-		if errors.Is(err, ErrDecode) {
-			return err
-		}
-		return fmt.Errorf("imageop: reading image: %w", err)
-	}
-	maxPixels := p.MaxPixels
-	if maxPixels == 0 {
-		maxPixels = DefaultMaxPixels
-	}
-	if err := h.CheckSize(0, maxPixels); err != nil {
-		return err
-	}
-	img, _, err := image.Decode(io.MultiReader(bytes.NewReader(prefix), er))
-	if err != nil {
-		// Decoders report reader failures and malformed data the same way;
-		// errReader tells them apart. A clean io.EOF is not recorded: a
-		// truncated image is bad input, not an I/O failure.
-		if er.err != nil {
-			return fmt.Errorf("imageop: reading image: %w", er.err)
-		}
-		return fmt.Errorf("%w: %v", ErrDecode, err)
-	}
-	enc := p.enc
-	if enc == nil {
-		enc = &png.Encoder{CompressionLevel: png.DefaultCompression}
-	}
-	if err := enc.Encode(dst, SwapRedGreen(img)); err != nil {
-		return fmt.Errorf("imageop: encoding png: %w", err)
-	}
-	return nil
+	_, err := p.apply(dst, src, Chain{}, "png")
+	return err
 }
 
 // errReader records the first non-EOF error returned by r.
@@ -229,9 +203,9 @@ func (e *errReader) Read(b []byte) (int, error) {
 
 // SniffLen is the number of leading bytes Sniff needs to recognise every
 // supported format (it accepts fewer, but may then fail to recognise one).
-const SniffLen = 16
+const SniffLen = 18
 
-// Magic numbers of the formats Process decodes. Format names match those
+// Magic numbers of the formats Decode reads. Format names match those
 // returned by image.Decode.
 var magics = []struct {
 	format string
@@ -241,16 +215,30 @@ var magics = []struct {
 	{"jpeg", "\xff\xd8\xff"}, // SOI marker followed by the next marker's 0xff
 	{"gif", "GIF87a"},
 	{"gif", "GIF89a"},
+	{"tiff", "II*\x00"}, // little-endian
+	{"tiff", "MM\x00*"}, // big-endian
 }
 
-// Sniff identifies a PNG, JPEG or GIF from the first bytes of a file (pass at
-// least SniffLen bytes when available), so uploads that are not images can be
-// refused before they are stored. It only checks magic numbers: ok means the
-// file claims to be that format, not that it decodes.
+// Sniff identifies a PNG, JPEG, GIF, WebP, BMP or TIFF from the first bytes of
+// a file (pass at least SniffLen bytes when available), so uploads that are not
+// images can be refused before they are stored. It only checks magic numbers:
+// ok means the file claims to be that format, not that it decodes.
 func Sniff(header []byte) (format string, ok bool) {
 	for _, m := range magics {
 		if bytes.HasPrefix(header, []byte(m.magic)) {
 			return m.format, true
+		}
+	}
+	// RIFF container, any size, of type WEBP.
+	if len(header) >= 12 && string(header[:4]) == "RIFF" && string(header[8:12]) == "WEBP" {
+		return "webp", true
+	}
+	// "BM" alone is too weak (text can start with it): the DIB header that follows the 14-byte
+	// file header must have one of the sizes its versions define.
+	if len(header) >= 18 && string(header[:2]) == "BM" {
+		switch binary.LittleEndian.Uint32(header[14:18]) {
+		case 12, 16, 40, 52, 56, 64, 108, 124:
+			return "bmp", true
 		}
 	}
 	return "", false

@@ -177,7 +177,7 @@ func snapshot(img image.Image) map[image.Point]color.RGBA64 {
 	return s
 }
 
-func toNRGBA(c color.Color) color.NRGBA { return color.NRGBAModel.Convert(c).(color.NRGBA) }
+func nrgbaOf(c color.Color) color.NRGBA { return color.NRGBAModel.Convert(c).(color.NRGBA) }
 
 func TestSwapRedGreenTypes(t *testing.T) {
 	for _, tc := range imageCases {
@@ -224,7 +224,7 @@ func TestSwapRedGreenTypes(t *testing.T) {
 							if wc := want.RGBA64At(x, y); gc != wc {
 								t.Fatalf("pixel (%d,%d) = %v, want %v", x, y, gc, wc)
 							}
-						} else if gc, wc := toNRGBA(got.At(x, y)), toNRGBA(want.At(x, y)); gc != wc {
+						} else if gc, wc := nrgbaOf(got.At(x, y)), nrgbaOf(want.At(x, y)); gc != wc {
 							t.Fatalf("pixel (%d,%d) = %v, want %v", x, y, gc, wc)
 						}
 					}
@@ -564,8 +564,8 @@ func TestSniff(t *testing.T) {
 		{"gif87a", pad("GIF87a"), "gif", true},
 		{"gif89a", pad("GIF89a"), "gif", true},
 		{"gif-bad-version", pad("GIF88a"), "", false},
-		{"webp", pad("RIFF\x00\x00\x00\x00WEBPVP8 "), "", false},
-		{"bmp", pad("BM"), "", false},
+		{"webp", pad("RIFF\x00\x00\x00\x00WEBPVP8 "), "webp", true},
+		{"bmp without a DIB header", pad("BM"), "", false},
 		{"text", pad("hello, world"), "", false},
 		{"html", pad("<!DOCTYPE html>"), "", false},
 		{"empty", nil, "", false},

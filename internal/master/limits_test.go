@@ -158,13 +158,13 @@ func TestNewRefusesBadHeaders(t *testing.T) {
 	for _, tc := range []struct {
 		name, body, want string
 	}{
-		{"text", "hello, this is not an image at all", "Error: not a PNG, JPEG or GIF image"},
+		{"text", "hello, this is not an image at all", "Error: not a PNG, JPEG, GIF, WebP, BMP or TIFF image"},
 		{"png magic only", pngMagic, "Error: truncated PNG header: the image ends after 8 bytes, before its size (unexpected EOF)"},
 		{"png cut in IHDR", string(png[:20]), "Error: truncated PNG header: the image ends after 20 bytes, before its size (unexpected EOF)"},
 		{"jpeg cut before its size", string(jpg[:100]), "Error: truncated JPEG header: the image ends after 100 bytes, before its size (unexpected EOF)"},
 		{"gif cut", "GIF89a\x10\x00\x10", "Error: truncated GIF header: the image ends after 9 bytes, before its size (gif: reading header: unexpected EOF)"},
-		{"png bad IHDR checksum", string(badCRC), "Error: not a PNG, JPEG or GIF image: malformed PNG header (png: invalid format: invalid checksum)"},
-		{"png zero width", string(servicetest.PaddedPNG(0, 9, 100)), "Error: not a PNG, JPEG or GIF image: malformed PNG header (png: invalid format: non-positive dimension)"},
+		{"png bad IHDR checksum", string(badCRC), "Error: not a PNG, JPEG, GIF, WebP, BMP or TIFF image: malformed PNG header (png: invalid format: invalid checksum)"},
+		{"png zero width", string(servicetest.PaddedPNG(0, 9, 100)), "Error: not a PNG, JPEG, GIF, WebP, BMP or TIFF image: malformed PNG header (png: invalid format: non-positive dimension)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s.expectRefused(t, tc.name, s.upload, []byte(tc.body), http.StatusUnsupportedMediaType, tc.want)
@@ -199,9 +199,9 @@ func TestNewTypeFromBytes(t *testing.T) {
 	}
 	s.claim(t, id)
 	s.expectRefused(t, "HTML labelled image/png", labelled("image/png"), []byte("<html><script>alert(1)</script></html>"),
-		http.StatusUnsupportedMediaType, "Error: not a PNG, JPEG or GIF image")
+		http.StatusUnsupportedMediaType, "Error: not a PNG, JPEG, GIF, WebP, BMP or TIFF image")
 	s.expectRefused(t, "HTML labelled image/jpeg", labelled("image/jpeg"), []byte("<html>hello</html>"),
-		http.StatusUnsupportedMediaType, "Error: not a PNG, JPEG or GIF image")
+		http.StatusUnsupportedMediaType, "Error: not a PNG, JPEG, GIF, WebP, BMP or TIFF image")
 }
 
 // statsCounter is a proxy in front of the database that counts GET /stats; with refuse set it answers

@@ -1,0 +1,275 @@
+package imageop
+
+import (
+	"fmt"
+	"image"
+	"image/jpeg"
+	"image/png"
+	"io"
+	"math"
+
+	"golang.org/x/image/draw"
+)
+
+// Apply decodes an image from src (any format Decode reads, turned upright), runs chain on it and
+// writes the result to dst in chain.OutputFormat of the input's format, returning the result's
+// Content-Type ("image/png" or "image/jpeg").
+//
+// MaxPixels bounds the input and every image the chain makes on the way: the sizes are worked out
+// from the header, so a chain that would exceed it (a resize to 16384x16384 of a small image) fails
+// with ErrTooLarge before anything is decoded. Errors are as Process's, and a crop that misses the
+// image wraps ErrBadOp. On error, dst may have received partial output.
+func (p *Processor) Apply(dst io.Writer, src io.Reader, chain Chain) (contentType string, err error) {
+	return p.apply(dst, src, chain, "")
+}
+
+func (p *Processor) apply(dst io.Writer, src io.Reader, chain Chain, format string) (string, error) {
+	maxPixels := pixelLimit(p.MaxPixels)
+	steps := chain.steps()
+	img, input, err := decode(src, maxPixels, func(w, h int) error {
+		_, _, err := planSizes(steps, w, h, maxPixels)
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	for _, o := range steps {
+		b := img.Bounds()
+		// Checked again on the decoded image, whose size may differ from its header's (a GIF's
+		// first frame may be smaller than the screen).
+		if _, _, err := planSizes([]op{o}, b.Dx(), b.Dy(), maxPixels); err != nil {
+			return "", err
+		}
+		if img, err = o.apply(img); err != nil {
+			return "", err
+		}
+	}
+	if format == "" {
+		format = chain.OutputFormat(input)
+	}
+	if err := p.encode(dst, img, format, chain.quality); err != nil {
+		return "", fmt.Errorf("imageop: encoding %s: %w", format, err)
+	}
+	return ContentType(format), nil
+}
+
+// planSizes follows a w×h image through steps and returns its final size, or an error wrapping
+// ErrTooLarge for the first step that would make an image of more than maxPixels pixels (0: no
+// limit), or ErrBadOp for one that cannot apply.
+func planSizes(steps []op, w, h int, maxPixels int64) (int, int, error) {
+	for _, o := range steps {
+		nw, nh, err := o.size(w, h)
+		if err != nil {
+			return 0, 0, err
+		}
+		if maxPixels > 0 && int64(nw)*int64(nh) > maxPixels {
+			return 0, 0, &imageError{kind: ErrTooLarge, msg: fmt.Sprintf(
+				"%s would make the %dx%d image %dx%d pixels, over the limit of %d pixels%s in all",
+				o, w, h, nw, nh, maxPixels, megapixels(maxPixels))}
+		}
+		w, h = nw, nh
+	}
+	return w, h, nil
+}
+
+// size is the size o makes of a w×h image.
+func (o op) size(w, h int) (int, int, error) {
+	switch o.kind {
+	case opResize:
+		dw, dh, _ := o.resizeGeometry(w, h)
+		return dw, dh, nil
+	case opThumbnail:
+		dw, dh := o.thumbnailSize(w, h)
+		return dw, dh, nil
+	case opCrop:
+		r, err := o.cropRect(w, h)
+		return r.Dx(), r.Dy(), err
+	case opRotate:
+		if o.w != 180 {
+			return h, w, nil
+		}
+	}
+	return w, h, nil
+}
+
+// apply runs o on img, in place where it can; img must not be used afterwards.
+func (o op) apply(img image.Image) (image.Image, error) {
+	b := img.Bounds()
+	w, h := b.Dx(), b.Dy()
+	if w == 0 || h == 0 {
+		return img, nil
+	}
+	switch o.kind {
+	case opSwap:
+		return SwapRedGreen(img), nil
+	case opGrayscale:
+		return grayscale(img), nil
+	case opInvert:
+		return applyLUT(img, invertLUT()), nil
+	case opBrightness:
+		return applyLUT(img, brightnessLUT(o.f)), nil
+	case opContrast:
+		return applyLUT(img, contrastLUT(o.f)), nil
+	case opGamma:
+		return applyLUT(img, gammaLUT(o.f)), nil
+	case opBlur:
+		return blur(img, o.f), nil
+	case opSharpen:
+		return sharpen(img, o.f, o.g), nil
+	case opResize:
+		dw, dh, r := o.resizeGeometry(w, h)
+		if dw == w && dh == h && r.Dx() == w && r.Dy() == h {
+			return img, nil
+		}
+		return resample(img, r, dw, dh, draw.CatmullRom), nil
+	case opThumbnail:
+		dw, dh := o.thumbnailSize(w, h)
+		if dw == w && dh == h {
+			return img, nil
+		}
+		return resample(img, image.Rect(0, 0, w, h), dw, dh, draw.BiLinear), nil
+	case opCrop:
+		r, err := o.cropRect(w, h)
+		if err != nil {
+			return nil, err
+		}
+		return cropTo(img, r), nil
+	case opRotate:
+		switch o.w {
+		case 90:
+			return orient(img, orientRotate90), nil
+		case 270:
+			return orient(img, orientRotate270), nil
+		}
+		return orient(img, orientRotate180), nil
+	case opFlip:
+		if o.vertical {
+			return orient(img, orientFlipV), nil
+		}
+		return orient(img, orientFlipH), nil
+	}
+	return nil, fmt.Errorf("imageop: operation %v not implemented", o) // a bug: ParseChain made it
+}
+
+// resizeGeometry is the size a resize makes of a w×h image and the part of the image it scales
+// (all of it, but for fill).
+func (o op) resizeGeometry(w, h int) (dw, dh int, src image.Rectangle) {
+	src = image.Rect(0, 0, w, h)
+	fw, fh := float64(w), float64(h)
+	switch o.mode {
+	case modeExact:
+		return o.w, o.h, src
+	case modeFill:
+		// Scale to cover the box, and take from the source only the part that lands in it.
+		s := max(float64(o.w)/fw, float64(o.h)/fh)
+		cw := min(w, max(1, int(math.Round(float64(o.w)/s))))
+		ch := min(h, max(1, int(math.Round(float64(o.h)/s))))
+		x0, y0 := (w-cw)/2, (h-ch)/2
+		return o.w, o.h, image.Rect(x0, y0, x0+cw, y0+ch)
+	}
+	// Fit; an open side (0) does not constrain, and neither side may pass MaxSide.
+	s := min(MaxSide/fw, MaxSide/fh)
+	if o.w > 0 {
+		s = min(s, float64(o.w)/fw)
+	}
+	if o.h > 0 {
+		s = min(s, float64(o.h)/fh)
+	}
+	return max(1, int(math.Round(fw*s))), max(1, int(math.Round(fh*s))), src
+}
+
+// thumbnailSize fits w×h inside the box, never enlarging.
+func (o op) thumbnailSize(w, h int) (int, int) {
+	s := min(float64(o.w)/float64(w), float64(o.h)/float64(h))
+	if s >= 1 {
+		return w, h
+	}
+	return max(1, int(math.Round(float64(w)*s))), max(1, int(math.Round(float64(h)*s)))
+}
+
+// cropRect is the part of a w×h image a crop keeps, clipped to the image.
+func (o op) cropRect(w, h int) (image.Rectangle, error) {
+	if o.centered {
+		cw, ch := min(o.w, w), min(o.h, h)
+		x0, y0 := (w-cw)/2, (h-ch)/2
+		return image.Rect(x0, y0, x0+cw, y0+ch), nil
+	}
+	r := image.Rect(o.x, o.y, o.x+o.w, o.y+o.h).Intersect(image.Rect(0, 0, w, h))
+	if r.Empty() {
+		return image.Rectangle{}, badOp("%s lies outside the %dx%d image", o, w, h)
+	}
+	return r, nil
+}
+
+// encode writes img to w as format, "png" or "jpeg"; quality 0 means the Processor's.
+func (p *Processor) encode(w io.Writer, img image.Image, format string, quality int) error {
+	if format == "jpeg" {
+		if quality == 0 {
+			quality = p.JPEGQuality
+		}
+		if quality <= 0 || quality > 100 {
+			quality = DefaultJPEGQuality
+		}
+		return jpeg.Encode(w, forJPEG(img), &jpeg.Options{Quality: quality})
+	}
+	enc := png.Encoder{CompressionLevel: p.PNGCompression}
+	if p.pool != nil { // a nil *bufferPool in the interface would be called, not skipped
+		enc.BufferPool = p.pool
+	}
+	return enc.Encode(w, forPNG(img))
+}
+
+// forPNG converts the types the PNG encoder reads only through At, pixel by pixel.
+func forPNG(img image.Image) image.Image {
+	switch img.(type) {
+	case *image.YCbCr, *image.NYCbCrA, *image.CMYK:
+		return toNRGBA(img)
+	}
+	return img
+}
+
+// forJPEG returns img in a form the JPEG encoder reads fast (YCbCr, Gray, RGBA), with transparent
+// pixels flattened onto white, since JPEG has no alpha (the encoder alone would make them black).
+// It works in place where it can; img must not be used afterwards.
+func forJPEG(img image.Image) image.Image {
+	switch m := img.(type) {
+	case *image.YCbCr, *image.Gray:
+		return img
+	case *image.RGBA:
+		rows(&image.NRGBA{Pix: m.Pix, Stride: m.Stride, Rect: m.Rect}, func(row []byte) {
+			for i := 0; i+4 <= len(row); i += 4 {
+				p := row[i : i+4 : i+4]
+				if a := p[3]; a != 255 { // premultiplied: over white adds 255-a to each channel
+					w := 255 - uint32(a)
+					p[0] = uint8(min(uint32(p[0])+w, 255))
+					p[1] = uint8(min(uint32(p[1])+w, 255))
+					p[2] = uint8(min(uint32(p[2])+w, 255))
+					p[3] = 255
+				}
+			}
+		})
+		return m
+	case *image.Paletted:
+		// The encoder reads paletted images per pixel, but they are small, usually.
+		return mapPalette(m, func(p *[4]byte) { flatten(p[:]) })
+	}
+	m := toNRGBA(img)
+	rows(m, func(row []byte) {
+		for i := 0; i+4 <= len(row); i += 4 {
+			flatten(row[i : i+4 : i+4])
+		}
+	})
+	return &image.RGBA{Pix: m.Pix, Stride: m.Stride, Rect: m.Rect} // opaque now, so the same bytes
+}
+
+// flatten composes a straight RGBA pixel onto white.
+func flatten(p []byte) {
+	a := uint32(p[3])
+	if a == 255 {
+		return
+	}
+	for c := range 3 {
+		p[c] = uint8((uint32(p[c])*a + 255*(255-a) + 127) / 255)
+	}
+	p[3] = 255
+}
