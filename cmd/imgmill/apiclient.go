@@ -146,10 +146,27 @@ func (c *apiClient) getJSON(ctx context.Context, path string, v any) ([]byte, er
 	return raw, nil
 }
 
-// operation is one entry of GET /api/operations.
+// operation is one entry of GET /api/operations (imageop.OperationInfo, as the client reads it).
 type operation struct {
-	Name        string `json:"name"`
-	Description string `json:"description"`
+	Name        string           `json:"name"`
+	Aliases     []string         `json:"aliases"`
+	Summary     string           `json:"summary"`
+	Description string           `json:"description"`
+	Syntax      string           `json:"syntax"`
+	Params      []operationParam `json:"params"`
+	Example     string           `json:"example"`
+}
+
+// operationParam is one parameter of an operation.
+type operationParam struct {
+	Name        string   `json:"name"`
+	Type        string   `json:"type"`
+	Description string   `json:"description"`
+	Min         *float64 `json:"min"`
+	Max         *float64 `json:"max"`
+	Allowed     []string `json:"allowed"`
+	Default     string   `json:"default"`
+	Required    bool     `json:"required"`
 }
 
 func (c *apiClient) operations(ctx context.Context) ([]operation, error) {
@@ -210,7 +227,8 @@ func (c *apiClient) waitTask(ctx context.Context, id string) (taskStatus, error)
 	}
 }
 
-// upload streams the file at path to POST /api/tasks?op=OP as the raw body and returns the task id.
+// upload streams the file at path to POST /api/tasks?op=OP (no op: the default) as the raw body and
+// returns the task id.
 // A 429 or 503 is retried after its Retry-After (maxBusyRetries times at most; retrying is told to
 // onRetry). onBytes learns the bytes sent, negative when a retry starts over.
 func (c *apiClient) upload(ctx context.Context, path, op string, onBytes func(int64), onRetry func(wait time.Duration, err error)) (string, error) {
@@ -247,7 +265,11 @@ func (c *apiClient) uploadOnce(ctx context.Context, path, op string, onBytes fun
 	if fi.Size() > 0 {
 		body = &countingReader{r: f, add: onBytes}
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+"/api/tasks?op="+url.QueryEscape(op), body)
+	target := c.base + "/api/tasks"
+	if op != "" {
+		target += "?op=" + url.QueryEscape(op)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, body)
 	if err != nil {
 		return "", err
 	}

@@ -1,11 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"image"
+	"image/color"
+	"image/jpeg"
+	"image/png"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +20,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 
 	"github.com/imgmill/imgmill/internal/allinone"
 	"github.com/imgmill/imgmill/internal/httpapi"
@@ -53,18 +59,22 @@ func artifactDir(t *testing.T) string {
 
 // pageTask is one task card of the upload page, as the browser shows it.
 type pageTask struct {
-	Name    string `json:"name"`
-	State   string `json:"state"`
-	Message string `json:"message"`
-	Result  string `json:"result"`
-	Source  string `json:"source"`
+	Name     string `json:"name"`
+	State    string `json:"state"`
+	Op       string `json:"op"`
+	Message  string `json:"message"`
+	Result   string `json:"result"`
+	Download string `json:"download"` // the download link's file name
+	Source   string `json:"source"`
 }
 
 const readTasksJS = `Array.from(document.querySelectorAll('#tasks > li')).map(li => ({
 	name: li.querySelector('.task-name').textContent,
 	state: li.dataset.state || '',
+	op: (li.querySelector('.task-meta code.op') || {}).textContent || '',
 	message: li.querySelector('.message').textContent,
 	result: (li.querySelector('a.download') || {}).href || '',
+	download: (li.querySelector('a.download') || { getAttribute: () => '' }).getAttribute('download') || '',
 	source: (li.querySelector('.compare figure:first-child img') || {}).src || '',
 }))`
 
@@ -73,10 +83,20 @@ const imagesLoadedJS = `Promise.all(Array.from(document.images).map(i => i.compl
 	new Promise(r => { i.addEventListener('load', r); i.addEventListener('error', r); })))
 	.then(() => Array.from(document.images).every(i => i.naturalWidth > 0))`
 
+// The chain the test builds in the picker: a crop, then a quarter turn clockwise.
+const (
+	chainCropW, chainCropH, chainCropX, chainCropY = 120, 60, 10, 20
+)
+
+var browserChain = fmt.Sprintf("crop:%dx%d+%d+%d,rotate:90", chainCropW, chainCropH, chainCropX, chainCropY)
+
 // TestBrowserUploadPage drives the upload page in headless Chromium against `imgmill serve`: it uploads
-// two generated images through the file input, waits for the page to show them finished, checks the
-// result the page links to, reopens a task from the page's history after a reload, and saves
-// screenshots (desktop and phone width) as artifacts.
+// an image with the default operation and checks the swap; builds a chain in the operation picker (adds
+// three steps with the generated parameter inputs, moves one, removes one) and uploads a PNG and a JPEG
+// with it, checking the results' format, download name, size and pixels; reopens a task from the page's
+// history after a reload; types a spec the server refuses and checks the page shows why; and saves
+// screenshots (desktop and phone width) as artifacts. Any console error (a CSP violation included)
+// fails the test.
 func TestBrowserUploadPage(t *testing.T) {
 	chromium := findChromium(t)
 	artifacts := artifactDir(t)
@@ -85,7 +105,7 @@ func TestBrowserUploadPage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	serveCtx, stopServe := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -111,24 +131,15 @@ func TestBrowserUploadPage(t *testing.T) {
 	waitHealthy(t, ctx, hc, addrs[0])
 	base := "http://" + addrs[0]
 
-	// Two images, written where the browser can read them.
+	// The images, written where the browser can read them: one for the default operation, a PNG and a
+	// JPEG for the chain (opaque, so that the pixels compare without alpha's rounding).
 	dir := t.TempDir()
-	origs := map[string]*image.NRGBA{}
-	var files []string
-	for i, size := range []int{256, 192} {
-		name := fmt.Sprintf("pattern-%d.png", i+1)
-		orig := imageop.TestPattern(size, int64(7+i))
-		data, err := imageop.EncodePNG(orig)
-		if err != nil {
-			t.Fatal(err)
-		}
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		origs[name] = orig
-		files = append(files, path)
-	}
+	swapOrig := imageop.TestPattern(96, 7)
+	swapFile := writeImageFile(t, dir, "pattern-1.png", swapOrig)
+	pngOrig := opaque(imageop.TestPattern(256, 8))
+	pngFile := writeImageFile(t, dir, "pattern-2.png", pngOrig)
+	jpegFile := writeImageFile(t, dir, "photo-3.jpg", opaque(imageop.TestPattern(192, 9)))
+	jpegOrig := readImageFile(t, jpegFile) // what the server decodes
 
 	allocCtx, cancelAlloc := chromedp.NewExecAllocator(ctx,
 		chromedp.ExecPath(chromium),
@@ -163,56 +174,148 @@ func TestBrowserUploadPage(t *testing.T) {
 			if err != nil {
 				return
 			}
-			if m.Type == chromedp.ConsoleError || m.IsException() {
+			// The upload with a spec the server refuses is answered 400, which the browser logs.
+			expected := m.Source == "network" && strings.Contains(m.URL, "/api/tasks?op=") && strings.Contains(m.Text, "status of 400")
+			if (m.Type == chromedp.ConsoleError || m.IsException()) && !expected {
 				consoleMu.Lock()
 				console = append(console, fmt.Sprintf("%s:%d %s", m.URL, m.Line+1, m.Text))
 				consoleMu.Unlock()
 			}
 		}
 	}()
+	defer func() {
+		consoleMu.Lock()
+		defer consoleMu.Unlock()
+		for _, m := range console {
+			t.Errorf("browser console: %s", m)
+		}
+	}()
 
+	// 1. The default operation: an empty chain is swap.
 	if err := chromedp.Do(bctx,
 		chromedp.Navigate(base+"/"),
 		chromedp.WaitVisible(chromedp.CSS("#drop")),
-		chromedp.SetUploadFiles(chromedp.CSS("#files"), files),
+		chromedp.WaitVisible(chromedp.CSS("#chain-empty")),
+		chromedp.SetUploadFiles(chromedp.CSS("#files"), []string{swapFile}),
 	); err != nil {
-		t.Fatalf("open the page and pick the files: %v", err)
+		t.Fatalf("open the page and pick a file: %v", err)
 	}
-	tasks := waitTasks(t, bctx, len(files))
+	tasks := waitTasks(t, bctx, 1)
+	if task := tasks[0]; task.State != "finished" || task.Op != "swap" || !strings.HasSuffix(task.Download, ".png") {
+		t.Fatalf("default task: %+v, want finished, op swap, a .png download", task)
+	} else if !strings.HasPrefix(task.Result, base+"/api/tasks/") || !strings.HasPrefix(task.Source, base+"/api/tasks/") {
+		t.Fatalf("task %s links to result %q, source %q", task.Name, task.Result, task.Source)
+	} else if img, ct := fetchImage(t, ctx, hc, task.Result); ct != "image/png" {
+		t.Errorf("default result is %s, want image/png", ct)
+	} else if err := imageop.CheckSwapped(swapOrig, img); err != nil {
+		t.Errorf("%s: result the page links to: %v", task.Name, err)
+	}
+
+	// 2. Build crop, rotate, grayscale in the picker; move grayscale up; remove it.
+	buildChain(t, bctx)
+	if err := chromedp.Do(bctx, chromedp.SetUploadFiles(chromedp.CSS("#files"), []string{pngFile, jpegFile})); err != nil {
+		t.Fatal(err)
+	}
+	tasks = waitTasks(t, bctx, 3)
+	checked := 0
 	for _, task := range tasks {
+		var orig image.Image
+		var wantType, wantExt string
+		switch task.Name {
+		case "pattern-1.png":
+			continue
+		case "pattern-2.png":
+			orig, wantType, wantExt = pngOrig, "image/png", ".png"
+		case "photo-3.jpg":
+			orig, wantType, wantExt = jpegOrig, "image/jpeg", ".jpg" // a JPEG stays a JPEG
+		default:
+			t.Fatalf("page shows a task for %q, which was not uploaded", task.Name)
+		}
+		checked++
 		if task.State != "finished" {
 			t.Fatalf("task %s: %s %q, want finished", task.Name, task.State, task.Message)
 		}
-		orig, ok := origs[task.Name]
-		if !ok {
-			t.Fatalf("page shows a task for %q, which was not uploaded", task.Name)
+		if task.Op != browserChain {
+			t.Errorf("task %s shows op %q, want %q", task.Name, task.Op, browserChain)
 		}
-		delete(origs, task.Name)
-		if !strings.HasPrefix(task.Result, base+"/api/tasks/") || !strings.HasPrefix(task.Source, base+"/api/tasks/") {
-			t.Fatalf("task %s links to result %q, source %q", task.Name, task.Result, task.Source)
+		if !strings.HasSuffix(task.Download, wantExt) {
+			t.Errorf("task %s downloads as %q, want the extension %s", task.Name, task.Download, wantExt)
 		}
-		if err := imageop.CheckSwapped(orig, fetchPNG(t, ctx, hc, task.Result)); err != nil {
-			t.Errorf("%s: result the page links to: %v", task.Name, err)
+		img, ct := fetchImage(t, ctx, hc, task.Result)
+		if ct != wantType {
+			t.Errorf("task %s: result is %s, want %s", task.Name, ct, wantType)
 		}
+		want := cropRotate90(orig, image.Rect(chainCropX, chainCropY, chainCropX+chainCropW, chainCropY+chainCropH))
+		if got := img.Bounds().Size(); got != want.Bounds().Size() {
+			t.Errorf("task %s: result is %v, want %v (the crop turned a quarter)", task.Name, got, want.Bounds().Size())
+			continue
+		}
+		tolerance := 0.0 // PNG: exact
+		if wantType == "image/jpeg" {
+			tolerance = 6 // mean difference per channel after a JPEG round trip
+		}
+		if diff := meanDiff(want, img); diff > tolerance {
+			t.Errorf("task %s: result differs from the crop turned a quarter by %.2f per channel on average, want <= %.0f", task.Name, diff, tolerance)
+		}
+	}
+	if checked != 2 {
+		t.Fatalf("page shows %d chain tasks, want 2: %+v", checked, tasks)
+	}
+	// The page shows each result's size and format, from the image and its Content-Type.
+	for name, format := range map[string]string{"pattern-2.png": "PNG", "photo-3.jpg": "JPEG"} {
+		want := fmt.Sprintf("Result · %d×%d · %s", chainCropH, chainCropW, format)
+		waitPage(t, bctx, "the result caption of "+name+" to say "+want, fmt.Sprintf(`Array.from(document.querySelectorAll('#tasks > li')).some(li =>
+			li.querySelector('.task-name').textContent === %q &&
+			(li.querySelector('.compare figure:last-child figcaption') || {}).textContent === %q)`, name, want))
 	}
 	if ok, err := chromedp.Run(bctx, chromedp.Evaluate[bool](imagesLoadedJS, chromedp.EvalAwaitPromise)); err != nil || !ok {
 		t.Errorf("page shows images that do not load (%v)", err)
 	}
 	screenshot(t, bctx, filepath.Join(artifacts, "screenshot.png"))
 
-	// After a reload the tasks are listed from localStorage, and one reopens, finished, with its images.
+	// 3. After a reload the tasks are listed from localStorage with their op, the chain is kept, and a
+	// task reopens, finished, with its images.
 	if err := chromedp.Do(bctx,
 		chromedp.Reload(),
 		chromedp.WaitVisible(chromedp.CSS("#history li button")),
-		chromedp.Click(chromedp.CSS("#history li button")),
 	); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	if spec := specValue(t, bctx); spec != browserChain {
+		t.Errorf("after a reload the spec is %q, want %q kept", spec, browserChain)
+	}
+	if hist, err := chromedp.Run(bctx, chromedp.TextContent(chromedp.CSS("#history"))); err != nil || !strings.Contains(hist, browserChain) {
+		t.Errorf("history %q (%v) does not show the op %q", hist, err, browserChain)
+	}
+	if err := chromedp.Do(bctx, chromedp.Click(chromedp.CSS("#history li button"))); err != nil {
 		t.Fatalf("reopen a task from the history: %v", err)
 	}
-	if reopened := waitTasks(t, bctx, 1); reopened[0].State != "finished" || reopened[0].Result == "" {
-		t.Errorf("reopened task: %+v, want finished with a result", reopened[0])
+	if reopened := waitTasks(t, bctx, 1); reopened[0].State != "finished" || reopened[0].Result == "" || reopened[0].Op == "" {
+		t.Errorf("reopened task: %+v, want finished with a result and its op", reopened[0])
 	}
 
-	// At phone width the page has no horizontal scrolling.
+	// 4. A spec the server refuses: the page says what the server said, by the spec field and on the card.
+	clearField(t, bctx, "#spec")
+	if err := chromedp.Do(bctx,
+		chromedp.SendKeys(chromedp.CSS("#spec"), "grayscale,rotate:45"),
+		chromedp.SetUploadFiles(chromedp.CSS("#files"), []string{swapFile}),
+		chromedp.WaitVisible(chromedp.CSS("#spec-error")),
+	); err != nil {
+		t.Fatalf("upload with a bad spec: %v", err)
+	}
+	refusedTasks := waitTasks(t, bctx, 2)
+	if task := refusedTasks[0]; task.State != "refused" || !strings.Contains(task.Message, `"45"`) {
+		t.Errorf("task with a bad spec: %+v, want refused with the server's reason", task)
+	}
+	if msg, err := chromedp.Run(bctx, chromedp.TextContent(chromedp.CSS("#spec-error"))); err != nil || !strings.Contains(msg, `rotate: angle "45"`) {
+		t.Errorf("spec error %q (%v), want the server's message", msg, err)
+	}
+	if steps, err := chromedp.Run(bctx, chromedp.Evaluate[int](`document.querySelectorAll('#chain > li').length`)); err != nil || steps != 2 {
+		t.Errorf("the typed spec shows %d steps (%v), want 2", steps, err)
+	}
+
+	// At phone width the page has no horizontal scrolling, with the picker showing parameters.
+	chooseOp(t, bctx, "crop")
 	if err := chromedp.Do(bctx, chromedp.EmulateViewport(390, 844)); err != nil {
 		t.Fatal(err)
 	}
@@ -220,11 +323,129 @@ func TestBrowserUploadPage(t *testing.T) {
 		t.Errorf("page scrolls sideways at phone width (%v)", err)
 	}
 	screenshot(t, bctx, filepath.Join(artifacts, "screenshot-phone.png"))
+}
 
-	consoleMu.Lock()
-	defer consoleMu.Unlock()
-	for _, m := range console {
-		t.Errorf("browser console: %s", m)
+// buildChain builds browserChain in the page's picker, by keyboard where it can: crop with its
+// geometry (Enter adds it), rotate 90 (its first allowed value), grayscale; then moves grayscale up
+// and removes it, checking the spec text after each step.
+func buildChain(t *testing.T, ctx context.Context) {
+	t.Helper()
+	crop := fmt.Sprintf("crop:%dx%d+%d+%d", chainCropW, chainCropH, chainCropX, chainCropY)
+	chooseOp(t, ctx, "crop")
+	if err := chromedp.Do(ctx,
+		chromedp.WaitVisible(chromedp.CSS(`#op-params [data-part=w]`)),
+		chromedp.SendKeys(chromedp.CSS(`#op-params [data-part=w]`), fmt.Sprint(chainCropW)),
+		chromedp.SendKeys(chromedp.CSS(`#op-params [data-part=h]`), fmt.Sprint(chainCropH)),
+		chromedp.SendKeys(chromedp.CSS(`#op-params [data-part=x]`), fmt.Sprint(chainCropX)),
+		chromedp.SendKeys(chromedp.CSS(`#op-params [data-part=y]`), fmt.Sprint(chainCropY)+kb.Enter),
+	); err != nil {
+		t.Fatalf("add crop: %v", err)
+	}
+	expectSpec(t, ctx, crop)
+
+	chooseOp(t, ctx, "rotate")
+	if sel, err := chromedp.Run(ctx, chromedp.Value(chromedp.CSS(`#op-params select`))); err != nil || sel != "90" {
+		t.Fatalf("rotate's degrees select holds %q (%v), want 90 first", sel, err)
+	}
+	if required, err := chromedp.Run(ctx, chromedp.TextContent(chromedp.CSS(`#op-params .param`))); err != nil || !strings.Contains(required, "required") {
+		t.Errorf("rotate's degrees are not marked required: %q (%v)", required, err)
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS("#op-add"))); err != nil {
+		t.Fatal(err)
+	}
+	expectSpec(t, ctx, crop+",rotate:90")
+
+	// A parameter out of its range is caught by the form, and nothing is added.
+	chooseOp(t, ctx, "blur")
+	if def, err := chromedp.Run(ctx, chromedp.Value(chromedp.CSS(`#op-params input`))); err != nil || def != "1" {
+		t.Errorf("blur's sigma input holds %q (%v), want its default 1", def, err)
+	}
+	clearField(t, ctx, "#op-params input")
+	if err := chromedp.Do(ctx,
+		chromedp.SendKeys(chromedp.CSS(`#op-params input`), "500"+kb.Enter),
+		chromedp.WaitVisible(chromedp.CSS("#step-error")),
+	); err != nil {
+		t.Fatalf("blur out of range: %v", err)
+	}
+	expectSpec(t, ctx, crop+",rotate:90")
+
+	chooseOp(t, ctx, "grayscale")
+	if err := chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS("#op-add")),
+		chromedp.WaitVisible(chromedp.CSS(`#chain > li:nth-child(3)`)),
+	); err != nil {
+		t.Fatal(err)
+	}
+	expectSpec(t, ctx, crop+",rotate:90,grayscale")
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#chain > li:nth-child(3) .step-up`))); err != nil {
+		t.Fatal(err)
+	}
+	expectSpec(t, ctx, crop+",grayscale,rotate:90")
+	if focused, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.activeElement.getAttribute('aria-label') || ''`)); err != nil ||
+		!strings.Contains(focused, "step 2, grayscale") {
+		t.Errorf("after moving a step the focus is on %q (%v), want its button", focused, err)
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#chain > li:nth-child(2) .step-remove`))); err != nil {
+		t.Fatal(err)
+	}
+	expectSpec(t, ctx, browserChain)
+}
+
+// waitPage waits until the JavaScript expression js is true on the page.
+func waitPage(t *testing.T, ctx context.Context, what, js string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	for {
+		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](js))
+		if err == nil && ok {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for %s (%v)", what, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// chooseOp picks name in the page's operation select, as a user would (the select's change event).
+func chooseOp(t *testing.T, ctx context.Context, name string) {
+	t.Helper()
+	js := fmt.Sprintf(`(() => { const s = document.querySelector('#op-pick'); s.value = %q;
+		s.dispatchEvent(new Event('change', { bubbles: true })); return s.value; })()`, name)
+	if got, err := chromedp.Run(ctx, chromedp.Evaluate[string](js)); err != nil || got != name {
+		t.Fatalf("choose operation %s: got %q (%v); is it in the picker?", name, got, err)
+	}
+}
+
+// clearField empties the input sel, as selecting its text and deleting it would.
+func clearField(t *testing.T, ctx context.Context, sel string) {
+	t.Helper()
+	js := fmt.Sprintf(`(() => { const e = document.querySelector(%q); e.value = '';
+		e.dispatchEvent(new Event('input', { bubbles: true })); return e.value === ''; })()`, sel)
+	if ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](js)); err != nil || !ok {
+		t.Fatalf("clear %s: %v", sel, err)
+	}
+}
+
+func specValue(t *testing.T, ctx context.Context) string {
+	t.Helper()
+	v, err := chromedp.Run(ctx, chromedp.Value(chromedp.CSS("#spec")))
+	if err != nil {
+		t.Fatalf("read the spec: %v", err)
+	}
+	return v
+}
+
+func expectSpec(t *testing.T, ctx context.Context, want string) {
+	t.Helper()
+	if got := specValue(t, ctx); got != want {
+		t.Fatalf("spec %q, want %q", got, want)
+	}
+	n, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('#chain > li').length`))
+	if err != nil || n != strings.Count(want, ",")+1 {
+		t.Fatalf("the chain lists %d steps (%v) for %q", n, err, want)
 	}
 }
 
@@ -274,4 +495,104 @@ func screenshot(t *testing.T, ctx context.Context, path string) {
 		return
 	}
 	t.Logf("screenshot: %s", path)
+}
+
+// Images for the chain tests.
+
+// opaque returns img with every pixel's alpha set to 255.
+func opaque(img *image.NRGBA) *image.NRGBA {
+	for i := 3; i < len(img.Pix); i += 4 {
+		img.Pix[i] = 255
+	}
+	return img
+}
+
+// writeImageFile writes img into dir as name, a PNG or (.jpg) a JPEG of quality 95, and returns the path.
+func writeImageFile(t *testing.T, dir, name string, img image.Image) string {
+	t.Helper()
+	var buf bytes.Buffer
+	var err error
+	if strings.HasSuffix(name, ".jpg") {
+		err = jpeg.Encode(&buf, img, &jpeg.Options{Quality: 95})
+	} else {
+		err = png.Encode(&buf, img)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// readImageFile decodes the PNG or JPEG at path.
+func readImageFile(t *testing.T, path string) image.Image {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, _, err := image.Decode(f)
+	if err != nil {
+		t.Fatalf("decode %s: %v", path, err)
+	}
+	return img
+}
+
+// fetchImage downloads the PNG or JPEG at url and returns it decoded, with its Content-Type.
+func fetchImage(t *testing.T, ctx context.Context, hc *http.Client, url string) (image.Image, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	ct := resp.Header.Get("Content-Type")
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("GET %s: %d %s %q", url, resp.StatusCode, ct, b)
+	}
+	img, _, err := image.Decode(resp.Body)
+	if err != nil {
+		t.Fatalf("decode %s (%s): %v", url, ct, err)
+	}
+	return img, ct
+}
+
+// cropRotate90 returns the r part of img turned a quarter clockwise.
+func cropRotate90(img image.Image, r image.Rectangle) *image.NRGBA {
+	r = r.Add(img.Bounds().Min)
+	out := image.NewNRGBA(image.Rect(0, 0, r.Dy(), r.Dx()))
+	for y := 0; y < r.Dy(); y++ {
+		for x := 0; x < r.Dx(); x++ {
+			// The source's row y becomes the column Dy-1-y, read top to bottom.
+			out.Set(r.Dy()-1-y, x, img.At(r.Min.X+x, r.Min.Y+y))
+		}
+	}
+	return out
+}
+
+// meanDiff is the mean absolute difference of the R, G and B channels (8-bit) of two images of the
+// same size.
+func meanDiff(a, b image.Image) float64 {
+	ab, bb := a.Bounds(), b.Bounds()
+	var sum, n float64
+	for y := 0; y < ab.Dy(); y++ {
+		for x := 0; x < ab.Dx(); x++ {
+			ca := color.NRGBAModel.Convert(a.At(ab.Min.X+x, ab.Min.Y+y)).(color.NRGBA)
+			cb := color.NRGBAModel.Convert(b.At(bb.Min.X+x, bb.Min.Y+y)).(color.NRGBA)
+			for _, d := range []int{int(ca.R) - int(cb.R), int(ca.G) - int(cb.G), int(ca.B) - int(cb.B)} {
+				sum += float64(max(d, -d))
+			}
+			n += 3
+		}
+	}
+	return sum / max(n, 1)
 }

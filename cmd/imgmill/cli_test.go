@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"image"
+	"image/color"
 	"image/png"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -199,6 +201,129 @@ func TestCLIEndToEnd(t *testing.T) {
 		if exitCode(err) != 2 || !strings.Contains(fmt.Sprint(err), `unknown operation "frobnicate"`) || !strings.Contains(fmt.Sprint(err), "swap") {
 			t.Errorf("unknown op: %v (exit %d), want exit 2 listing swap", err, exitCode(err))
 		}
+		// The catalogue comes with it: every operation with its syntax.
+		for _, o := range imageop.Operations() {
+			if !strings.Contains(fmt.Sprint(err), "\n  "+o.Name+" ") || !strings.Contains(fmt.Sprint(err), o.Syntax) {
+				t.Errorf("unknown op: the error does not list %s (%s):\n%v", o.Name, o.Syntax, err)
+			}
+		}
+	})
+
+	t.Run("SubmitChain", func(t *testing.T) {
+		// grayscale, then a quarter turn clockwise, on a 40x24 image: 24x40, R=G=B, the luma of the
+		// pixel turned there.
+		dir := t.TempDir()
+		orig := opaqueRect(40, 24, 3)
+		file := writeImageFile(t, dir, "wide.png", orig)
+		outDir := t.TempDir()
+		stdout, stderr, err := cli(t, "submit", "--server", server, "--op", "grayscale,rotate:90", "--wait", "--out", outDir, file)
+		if err != nil {
+			t.Fatalf("submit --op grayscale,rotate:90: %v\n%s", err, stderr)
+		}
+		if !strings.HasPrefix(stdout, "1 submitted, 1 finished, 0 failed in ") {
+			t.Errorf("summary %q", stdout)
+		}
+		got := readPNG(t, filepath.Join(outDir, "wide.imgmill.png"))
+		if size := got.Bounds().Size(); size != image.Pt(24, 40) {
+			t.Fatalf("result is %v, want 24x40 (40x24 turned a quarter)", size)
+		}
+		for y := range 40 {
+			for x := range 24 {
+				c := color.NRGBAModel.Convert(got.At(x, y)).(color.NRGBA)
+				o := orig.NRGBAAt(y, 23-x) // the pixel a clockwise quarter turn brings to (x, y)
+				luma := 0.299*float64(o.R) + 0.587*float64(o.G) + 0.114*float64(o.B)
+				if c.R != c.G || c.G != c.B || c.A != 255 || math.Abs(float64(c.R)-luma) > 1.5 {
+					t.Fatalf("result pixel (%d,%d) is %v, want grey %.1f (from %v)", x, y, c, luma, o)
+				}
+			}
+		}
+		// The task's status carries the chain.
+		m := regexp.MustCompile(`submitted as task (\S+)`).FindStringSubmatch(stderr)
+		if m == nil {
+			t.Fatalf("stderr does not name the task:\n%s", stderr)
+		}
+		status, _, err := cli(t, "status", "--server", server, m[1])
+		if err != nil || !strings.Contains(status, `"op": "grayscale,rotate:90"`) {
+			t.Errorf("status %q (%v), want the op grayscale,rotate:90", status, err)
+		}
+	})
+
+	t.Run("SubmitChainFormats", func(t *testing.T) {
+		// A JPEG stays a JPEG, the rest become PNG, and convert chooses; --wait names each result by
+		// its Content-Type.
+		dir := t.TempDir()
+		png1 := writeImageFile(t, dir, "a.png", opaqueRect(40, 30, 4))
+		jpg := writeImageFile(t, dir, "b.jpg", opaqueRect(40, 30, 5))
+		outDir := t.TempDir()
+		if _, stderr, err := cli(t, "submit", "--server", server, "--op", "resize:20x12:exact", "--wait", "--out", outDir, png1, jpg); err != nil {
+			t.Fatalf("submit --op resize:20x12:exact: %v\n%s", err, stderr)
+		}
+		png2 := writeImageFile(t, dir, "c.png", opaqueRect(40, 30, 6))
+		if _, stderr, err := cli(t, "submit", "--server", server, "--op", "crop:10x8+2+3,convert:jpeg:90", "--wait", "--out", outDir, png2); err != nil {
+			t.Fatalf("submit --op crop:10x8+2+3,convert:jpeg:90: %v\n%s", err, stderr)
+		}
+		for name, want := range map[string]struct {
+			format string
+			size   image.Point
+		}{
+			"a.imgmill.png": {"png", image.Pt(20, 12)},
+			"b.imgmill.jpg": {"jpeg", image.Pt(20, 12)},
+			"c.imgmill.jpg": {"jpeg", image.Pt(10, 8)},
+		} {
+			f, err := os.Open(filepath.Join(outDir, name))
+			if err != nil {
+				t.Errorf("result %s: %v", name, err)
+				continue
+			}
+			cfg, format, err := image.DecodeConfig(f)
+			f.Close()
+			if err != nil || format != want.format || image.Pt(cfg.Width, cfg.Height) != want.size {
+				t.Errorf("result %s: %s %dx%d (%v), want %s %v", name, format, cfg.Width, cfg.Height, err, want.format, want.size)
+			}
+		}
+		if entries, _ := os.ReadDir(outDir); len(entries) != 3 {
+			t.Errorf("out dir holds %d entries, want the 3 results", len(entries))
+		}
+	})
+
+	t.Run("SubmitBadOp", func(t *testing.T) {
+		files, _ := writePatterns(t, t.TempDir(), 3)
+		outDir := t.TempDir()
+		stdout, _, err := cli(t, append([]string{"submit", "--server", server, "--op", "grayscale,rotate:45", "--wait", "--out", outDir}, files...)...)
+		msg := fmt.Sprint(err)
+		if exitCode(err) != 2 || !strings.Contains(msg, `the server refused --op "grayscale,rotate:45": `) ||
+			!strings.Contains(msg, `rotate: angle "45"`) || !strings.Contains(msg, "HTTP 400") {
+			t.Errorf("bad op: %v (exit %d), want exit 2 with the server's reason", err, exitCode(err))
+		}
+		if stdout != "" {
+			t.Errorf("bad op: stdout %q, want nothing", stdout)
+		}
+		if entries, _ := os.ReadDir(outDir); len(entries) != 0 {
+			t.Errorf("bad op: out dir holds %d entries", len(entries))
+		}
+	})
+
+	t.Run("ListOps", func(t *testing.T) {
+		stdout, stderr, err := cli(t, "submit", "--list-ops", "--server", server)
+		if err != nil {
+			t.Fatalf("submit --list-ops: %v\n%s", err, stderr)
+		}
+		for _, o := range imageop.Operations() {
+			if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(o.Name) + ` - `).MatchString(stdout) {
+				t.Errorf("--list-ops does not list %s:\n%s", o.Name, stdout)
+			}
+			if !strings.Contains(stdout, "syntax:   "+o.Syntax+"\n") || !strings.Contains(stdout, "example:  "+o.Example+"\n") {
+				t.Errorf("--list-ops does not give the syntax and example of %s", o.Name)
+			}
+		}
+		for _, want := range []string{"percent   number -100..100, required", "size      WxH, sides 1..16384, required", "one of 90, 180, 270", "default 85"} {
+			if !strings.Contains(stdout, want) {
+				t.Errorf("--list-ops does not say %q", want)
+			}
+		}
+		if _, _, err := cli(t, "submit", "--list-ops", "--server", server, "x.png"); exitCode(err) != 2 {
+			t.Errorf("--list-ops with a FILE: %v, want exit 2", err)
+		}
 	})
 
 	t.Run("SubmitUsage", func(t *testing.T) {
@@ -298,7 +423,12 @@ func fakeAPI(t *testing.T, busy int) (string, *atomic.Int32) {
 			io.WriteString(w, `{"error":"too many uploads, retry in 1s"}`)
 			return
 		}
-		if r.ContentLength != int64(len(body)) || r.URL.Query().Get("op") != "swap" {
+		if op := r.URL.Query().Get("op"); op == "bad" {
+			w.WriteHeader(http.StatusBadRequest)
+			io.WriteString(w, `{"error":"unknown operation \"bad\""}`)
+			return
+		}
+		if _, sent := r.URL.Query()["op"]; r.ContentLength != int64(len(body)) || sent {
 			w.WriteHeader(http.StatusBadRequest)
 			fmt.Fprintf(w, `{"error":"content length %d, body %d, op %q"}`, r.ContentLength, len(body), r.URL.Query().Get("op"))
 			return
@@ -340,4 +470,30 @@ func TestCLIGetNotFinished(t *testing.T) {
 	if _, err := os.Stat(out); !errors.Is(err, os.ErrNotExist) {
 		t.Error("get of a queued task wrote the file")
 	}
+}
+
+func TestCLISubmitRefusedOpStops(t *testing.T) {
+	server, posts := fakeAPI(t, 0)
+	files, _ := writePatterns(t, t.TempDir(), 4)
+	stdout, stderr, err := cli(t, append([]string{"submit", "--server", server, "--op", "bad", "--concurrency", "1"}, files...)...)
+	if exitCode(err) != 2 || !strings.Contains(fmt.Sprint(err), `the server refused --op "bad": unknown operation "bad" (HTTP 400)`) {
+		t.Errorf("submit --op bad: %v (exit %d)", err, exitCode(err))
+	}
+	// The catalogue the fake server lists comes with an unknown operation.
+	if !strings.Contains(fmt.Sprint(err), "\n  swap ") {
+		t.Errorf("submit --op bad: the error does not list the operations: %v", err)
+	}
+	if posts.Load() != 1 || stdout != "" || stderr != "" {
+		t.Errorf("%d uploads, stdout %q, stderr %q; want one, refused, and the rest not sent", posts.Load(), stdout, stderr)
+	}
+}
+
+// opaqueRect returns a w×h opaque test image (the top of an opaque test pattern).
+func opaqueRect(w, h int, seed int64) *image.NRGBA {
+	p := opaque(imageop.TestPattern(max(w, h), seed))
+	out := image.NewNRGBA(image.Rect(0, 0, w, h))
+	for y := range h {
+		copy(out.Pix[y*out.Stride:y*out.Stride+4*w], p.Pix[y*p.Stride:])
+	}
+	return out
 }

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -20,7 +22,9 @@ import (
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/kvservice"
 	"github.com/imgmill/imgmill/internal/master"
+	"github.com/imgmill/imgmill/internal/metrics"
 	"github.com/imgmill/imgmill/internal/publicid"
+	"github.com/imgmill/imgmill/internal/service"
 	"github.com/imgmill/imgmill/internal/storage"
 	"github.com/imgmill/imgmill/internal/taskstore"
 	"github.com/imgmill/imgmill/internal/worker"
@@ -201,6 +205,11 @@ func (f *flags) insecure() *bool {
 	return f.Bool("insecure", false, "listen on a non-loopback address without --token (only on a network you trust; logs a warning)")
 }
 
+// profiling defines --pprof, which serves the Go profiler (net/http/pprof) under /debug/pprof/.
+func (f *flags) profiling() *bool {
+	return f.Bool("pprof", false, "serve the Go profiler under /debug/pprof/, behind --token like everything else (on the public frontend, only with --token)")
+}
+
 // tokenValue is the --token flag: checked when set, and never printed.
 type tokenValue struct{ token string }
 
@@ -318,6 +327,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	policy := f.policy()
 	limits := f.limits() // --max-pixels is the worker's limit too
 	token, insecure := f.token(), f.insecure()
+	withPprof := f.profiling()
 	secret, feOpts := f.frontendFlags()
 	if err := f.parse(args); err != nil {
 		return err
@@ -334,7 +344,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	logger.Info("imgmill serve starting", "data", *data, "frontend", *front)
 	return allinone.Run(ctx, allinone.Config{DataDir: *data, KVAddr: *kvA, DatabaseAddr: *dbA, StorageAddr: *stA,
 		MasterAddr: *maA, Frontend: *front, Tasks: *tasks, PoolSize: *pool, Blobs: *blobs, KVStore: *kvStore, Getenv: e.getenv, Worker: *wcfg, Policy: *policy, Logger: logger, Token: *token, Insecure: *insecure,
-		FrontendSecret: secret.secret, FrontendOptions: *feOpts, Limits: *limits})
+		FrontendSecret: secret.secret, FrontendOptions: *feOpts, Limits: *limits, Pprof: *withPprof})
 }
 
 func runKV(ctx context.Context, e *env, args []string) error {
@@ -342,11 +352,11 @@ func runKV(ctx context.Context, e *env, args []string) error {
 	addr := f.addr(allinone.DefaultKVAddr)
 	data := f.dataDir()
 	store := f.kvStoreURL("kv")
-	token, insecure := f.token(), f.insecure()
+	token, insecure, withPprof := f.token(), f.insecure(), f.profiling()
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	return kvservice.Run(ctx, kvservice.Config{Addr: *addr, DataDir: *data, Store: *store, Logger: f.logger("kv"), Token: *token, Insecure: *insecure})
+	return kvservice.Run(ctx, kvservice.Config{Addr: *addr, DataDir: *data, Store: *store, Logger: f.logger("kv"), Token: *token, Insecure: *insecure, Pprof: *withPprof})
 }
 
 func runDatabase(ctx context.Context, e *env, args []string) error {
@@ -356,14 +366,14 @@ func runDatabase(ctx context.Context, e *env, args []string) error {
 	tasks, pool := f.tasksURL(), f.poolSize()
 	policy := f.policy()
 	pendingTimeout := f.Duration("pending-timeout", database.DefaultPendingTimeout, "how long an upload may take before its unfinished task is given up")
-	token, insecure := f.token(), f.insecure()
+	token, insecure, withPprof := f.token(), f.insecure(), f.profiling()
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	hc := httpapi.NewClient(httpapi.WithToken(*token))
 	return database.Run(ctx, database.Config{Addr: *addr, Advertise: *adv, KV: client.NewKV(hc, *kvA),
 		DataDir: *data, Tasks: *tasks, PoolSize: *pool, Policy: *policy, PendingTimeout: *pendingTimeout, Logger: f.logger("database"),
-		Token: *token, Insecure: *insecure})
+		Token: *token, Insecure: *insecure, Pprof: *withPprof})
 }
 
 func runStorage(ctx context.Context, e *env, args []string) error {
@@ -371,20 +381,20 @@ func runStorage(ctx context.Context, e *env, args []string) error {
 	addr := f.addr(allinone.DefaultStorageAddr)
 	kvA, data, adv := f.kvAddr(), f.dataDir(), f.advertise()
 	blobs := f.blobsURL()
-	token, insecure := f.token(), f.insecure()
+	token, insecure, withPprof := f.token(), f.insecure(), f.profiling()
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	hc := httpapi.NewClient(httpapi.WithToken(*token))
 	return storage.Run(ctx, storage.Config{Addr: *addr, Advertise: *adv, KV: client.NewKV(hc, *kvA),
-		DataDir: *data, Blobs: *blobs, Getenv: e.getenv, Logger: f.logger("storage"), Token: *token, Insecure: *insecure})
+		DataDir: *data, Blobs: *blobs, Getenv: e.getenv, Logger: f.logger("storage"), Token: *token, Insecure: *insecure, Pprof: *withPprof})
 }
 
 func runMaster(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "master", "Runs the master (reference API: /new, /isReady, /get, /getNewTask, /registerTaskFinished).")
 	addr := f.addr(allinone.DefaultMasterAddr)
 	kvA, adv := f.kvAddr(), f.advertise()
-	token, insecure := f.token(), f.insecure()
+	token, insecure, withPprof := f.token(), f.insecure(), f.profiling()
 	limits := f.limits()
 	if err := f.parse(args); err != nil {
 		return err
@@ -394,7 +404,7 @@ func runMaster(ctx context.Context, e *env, args []string) error {
 	}
 	hc := httpapi.NewClient(httpapi.WithToken(*token))
 	return master.Run(ctx, master.Config{Addr: *addr, Advertise: *adv, KV: client.NewKV(hc, *kvA), HTTP: hc,
-		Limits: *limits, Logger: f.logger("master"), Token: *token, Insecure: *insecure})
+		Limits: *limits, Logger: f.logger("master"), Token: *token, Insecure: *insecure, Pprof: *withPprof})
 }
 
 func runWorker(ctx context.Context, e *env, args []string) error {
@@ -403,6 +413,8 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 	cfg := f.workerConfig()
 	f.maxPixels(&cfg.MaxPixels)
 	token := f.token()
+	metricsAddr := f.String("metrics-addr", "", "serve /metrics (and /debug/pprof/ with --pprof) on this address (host:port), behind --token; default: no listener")
+	withPprof, insecure := f.profiling(), f.insecure()
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -412,14 +424,23 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 	hc := httpapi.NewClient(httpapi.WithToken(*token))
 	cfg.Master, cfg.Storage = worker.NewClients(hc, client.NewKV(hc, *kvA))
 	cfg.Logger = f.logger("worker")
-	return worker.Run(ctx, *cfg)
+	if *metricsAddr == "" {
+		return worker.Run(ctx, *cfg)
+	}
+	reg := metrics.New("worker")
+	cfg.Metrics = metrics.NewWorker(reg)
+	// The worker has no API of its own: this listener answers /healthz, /metrics and /debug/pprof/.
+	return service.Run(ctx, service.Spec{Addr: *metricsAddr, Logger: cfg.Logger, Metrics: reg, Pprof: *withPprof,
+		Token: *token, Internal: true, Insecure: *insecure,
+		Background: []func(context.Context) error{func(ctx context.Context) error { return worker.Run(ctx, *cfg) }}})
 }
 
 func runFrontend(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "frontend", "Runs the public web frontend (upload page, /submitTask, /isReady, /getImage).")
 	addr := f.addr(allinone.DefaultFrontendAddr)
 	kvA := f.kvAddr()
-	token := f.token() // sent to kv and master; the frontend itself is public
+	token := f.token() // sent to kv and master, and required for /metrics here; the frontend itself is public
+	withPprof := f.profiling()
 	secret, opts := f.frontendFlags()
 	f.Int64Var(&opts.MaxUpload, "max-upload", frontend.DefaultMaxUpload, "largest accepted image in bytes, best the master's --max-upload (0: no limit at the frontend)")
 	if err := f.parse(args); err != nil {
@@ -433,7 +454,7 @@ func runFrontend(ctx context.Context, e *env, args []string) error {
 	}
 	hc := httpapi.NewClient(httpapi.WithToken(*token))
 	return frontend.Run(ctx, frontend.Config{Addr: *addr, KV: client.NewKV(hc, *kvA), HTTP: hc, Logger: f.logger("frontend"),
-		Secret: secret.secret, Options: *opts})
+		Secret: secret.secret, Options: *opts, Token: *token, Pprof: *withPprof})
 }
 
 func runBench(ctx context.Context, e *env, args []string) error {
@@ -446,13 +467,37 @@ func runBench(ctx context.Context, e *env, args []string) error {
 	timeout := f.Duration("timeout", 30*time.Minute, "give up after this long")
 	token := f.token()
 	tasks, blobs, kvStore := f.tasksURL(), f.blobsURL(), f.kvStoreURL("kv-store")
+	cpuProfile := f.String("cpuprofile", "", "write a CPU profile of the whole run to this file (the in-process pipeline's services included; go tool pprof reads it)")
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
+	if *cpuProfile != "" {
+		stop, err := startCPUProfile(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	_, err := bench.Run(ctx, bench.Config{Master: *masterURL, Size: *size, N: *n, Clients: *clients,
 		Concurrency: *conc, Out: e.stdout, Logger: f.logger("bench"), Token: *token,
 		Tasks: *tasks, Blobs: *blobs, KVStore: *kvStore, Getenv: e.getenv})
 	return err
+}
+
+// startCPUProfile profiles the process into path until stop is called.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }

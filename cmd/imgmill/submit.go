@@ -8,8 +8,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -53,9 +55,12 @@ func (f *flags) server() *string {
 
 func runSubmit(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "submit", "Uploads images (FILE...) to the frontend's /api/tasks and prints \"FILE<tab>ID\" per file.\n"+
+		"--op applies a chain of operations, comma-separated, in order (e.g. resize:800x600,grayscale,sharpen:1.5);\n"+
+		"the server checks it, and a chain it refuses exits 2 with its reason. --list-ops prints the operations.\n"+
 		"With --wait, waits for every task and downloads each result into --out as NAME.imgmill.EXT.\n"+
-		"Usage: imgmill submit [flags] FILE...")
-	op := f.String("op", "swap", "the operation to apply (the server lists them at /api/operations)")
+		"Usage: imgmill submit [flags] FILE...\n       imgmill submit --list-ops")
+	op := f.String("op", "", "the operations to apply, comma-separated, in order, e.g. resize:800x600,grayscale (empty: the default, swap)")
+	listOps := f.Bool("list-ops", false, "print the operations the server offers, with their parameters and examples, and exit")
 	server := f.server()
 	wait := f.Bool("wait", false, "wait for every task and download the results")
 	out := f.String("out", ".", "with --wait: the directory the results are written to")
@@ -66,6 +71,22 @@ func runSubmit(ctx context.Context, e *env, args []string) error {
 	}
 	outSet := false
 	f.Visit(func(fl *flag.Flag) { outSet = outSet || fl.Name == "out" })
+	if *listOps {
+		if len(files) > 0 {
+			return fmt.Errorf("%w: --list-ops takes no FILE", errUsage)
+		}
+		c, err := newAPIClient(*server)
+		if err != nil {
+			return err
+		}
+		defer c.close()
+		ops, err := c.operations(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprint(e.stdout, describeOperations(c.base, ops))
+		return nil
+	}
 	switch {
 	case len(files) == 0:
 		return fmt.Errorf("%w: no FILE to submit (imgmill submit [flags] FILE...)", errUsage)
@@ -84,13 +105,7 @@ func runSubmit(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer c.close()
-	ops, err := c.operations(ctx)
-	if err != nil {
-		return err
-	}
-	if !hasOperation(ops, *op) {
-		return fmt.Errorf("%w: unknown operation %q; %s offers:\n%s", errUsage, *op, c.base, listOperations(ops))
-	}
+	// The chain goes to the server as it is: the server parses it, and its 400 says what is wrong.
 	if *wait {
 		if err := os.MkdirAll(*out, 0o755); err != nil {
 			return fmt.Errorf("--out: %w", err)
@@ -100,25 +115,148 @@ func runSubmit(ctx context.Context, e *env, args []string) error {
 	return b.run(ctx)
 }
 
-func hasOperation(ops []operation, name string) bool {
-	for _, o := range ops {
-		if o.Name == name {
-			return true
-		}
-	}
-	return false
+// opRefusedError is the server's refusal (400) of the --op chain: a usage mistake (exit 2), with the
+// server's reason, and the catalogue when the server did not know a name.
+type opRefusedError struct {
+	op, server string
+	err        *apiError
+	catalogue  string // the operations, or "" when they do not help (or could not be listed)
 }
 
-func listOperations(ops []operation) string {
-	if len(ops) == 0 {
-		return "  (no operations)"
+func (e *opRefusedError) Error() string {
+	op := e.op
+	if op == "" {
+		op = "(default)"
 	}
+	s := fmt.Sprintf("the server refused --op %q: %s (HTTP %d)", op, e.err.Msg, e.err.Status)
+	if e.catalogue != "" {
+		return s + "\n" + e.catalogue
+	}
+	return s + fmt.Sprintf("\n(imgmill submit --list-ops --server %s lists the operations and their parameters)", e.server)
+}
+
+func (e *opRefusedError) Unwrap() []error { return []error{errUsage, e.err} }
+
+// listOperations is the short catalogue: a line per operation with its syntax and summary.
+func listOperations(server string, ops []operation) string {
 	var sb strings.Builder
-	for i, o := range ops {
-		if i > 0 {
-			sb.WriteByte('\n')
+	fmt.Fprintf(&sb, "operations at %s (imgmill submit --list-ops for their parameters):", server)
+	if len(ops) == 0 {
+		sb.WriteString("\n  (none)")
+	}
+	for _, o := range ops {
+		syntax := o.Syntax
+		if syntax == "" {
+			syntax = o.Name
 		}
-		fmt.Fprintf(&sb, "  %-10s %s", o.Name, o.Description)
+		fmt.Fprintf(&sb, "\n  %-11s %-37s %s", o.Name, syntax, o.summary())
+	}
+	return sb.String()
+}
+
+// summary is the operation's one-line description (a server without summaries has a description).
+func (o operation) summary() string {
+	if o.Summary != "" {
+		return o.Summary
+	}
+	return o.Description
+}
+
+// describeOperations is the catalogue --list-ops prints: per operation its name and summary, what it does,
+// its syntax, aliases, parameters with their ranges, allowed values and defaults, and an example.
+func describeOperations(server string, ops []operation) string {
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "Operations at %s. Chain them with commas; they apply in order:\n", server)
+	sb.WriteString("  imgmill submit --op resize:800x600,grayscale,sharpen:1.5 FILE...\n")
+	sb.WriteString("With no --op, an image gets the default, swap. Without convert a JPEG stays JPEG and the rest become PNG.\n")
+	for _, o := range ops {
+		fmt.Fprintf(&sb, "\n%s", o.Name)
+		if s := o.summary(); s != "" {
+			fmt.Fprintf(&sb, " - %s", s)
+		}
+		sb.WriteByte('\n')
+		if o.Summary != "" && o.Description != "" {
+			sb.WriteString(wrapText(o.Description, "    ", 100))
+		}
+		if o.Syntax != "" {
+			fmt.Fprintf(&sb, "    syntax:   %s\n", o.Syntax)
+		}
+		if len(o.Aliases) > 0 {
+			fmt.Fprintf(&sb, "    aliases:  %s\n", strings.Join(o.Aliases, ", "))
+		}
+		for i, p := range o.Params {
+			label := "params:"
+			if i > 0 {
+				label = ""
+			}
+			fmt.Fprintf(&sb, "    %-9s %s\n", label, describeParam(p))
+		}
+		if o.Example != "" {
+			fmt.Fprintf(&sb, "    example:  %s\n", o.Example)
+		}
+	}
+	return sb.String()
+}
+
+// describeParam is one parameter on one line: name, type and range, default or required, description.
+func describeParam(p operationParam) string {
+	num := func(f *float64) string { return strconv.FormatFloat(*f, 'f', -1, 64) }
+	rng := ""
+	if p.Min != nil && p.Max != nil {
+		rng = num(p.Min) + ".." + num(p.Max)
+	}
+	var what string
+	switch p.Type {
+	case "enum":
+		what = "one of " + strings.Join(p.Allowed, ", ")
+	case "size":
+		what = "WxH"
+		if rng != "" {
+			what += ", sides " + rng
+		}
+	case "geometry":
+		what = "WxH or WxH+X+Y"
+		if rng != "" {
+			what += ", sides " + rng
+		}
+	default:
+		what = p.Type
+		if rng != "" {
+			what += " " + rng
+		}
+	}
+	switch {
+	case p.Required:
+		what += ", required"
+	case p.Default != "":
+		what += ", default " + p.Default
+	default:
+		what += ", optional"
+	}
+	s := fmt.Sprintf("%-9s %s", p.Name, what)
+	if p.Description != "" {
+		s += ": " + p.Description
+	}
+	return s
+}
+
+// wrapText breaks text into lines of at most width columns (longer words stay whole), each starting with
+// indent.
+func wrapText(text, indent string, width int) string {
+	var sb strings.Builder
+	line := indent
+	for _, w := range strings.Fields(text) {
+		if len(line) > len(indent) && len(line)+1+len(w) > width {
+			sb.WriteString(line + "\n")
+			line = indent
+		}
+		if len(line) > len(indent) {
+			line += " "
+		}
+		line += w
+	}
+	if len(line) > len(indent) {
+		sb.WriteString(line + "\n")
 	}
 	return sb.String()
 }
@@ -163,6 +301,7 @@ type batch struct {
 	files []string
 
 	mu       sync.Mutex // guards what follows and the writes to stdout and stderr
+	opErr    *apiError  // the server refused the op (400): the batch stops
 	bar      *progressbar.ProgressBar
 	terminal bool
 	tasksBar bool // bar counts tasks done
@@ -173,7 +312,7 @@ type batch struct {
 type item struct {
 	file    string
 	id      string
-	refused error  // not submitted: the server refused it, or it could not be read or sent
+	refused error  // not submitted: the server refused it, or it could not be read or sent (errNotSent: skipped)
 	failed  string // submitted, but did not produce a result: the task's reason, or why waiting failed
 	result  string // the result's path
 }
@@ -229,16 +368,35 @@ func (b *batch) run(ctx context.Context) error {
 	}
 	waitWG.Wait()
 	b.finishBar()
-	return b.report(items, time.Since(start))
+	return b.report(ctx, items, time.Since(start))
 }
 
-// upload submits one file.
+// errNotSent marks a file not uploaded because the server had refused the op.
+var errNotSent = errors.New("not sent: the server refused the op")
+
+// upload submits one file. A 400 is the server refusing the op, which it would for every file: the
+// batch stops uploading.
 func (b *batch) upload(ctx context.Context, it *item) {
+	b.mu.Lock()
+	stopped := b.opErr != nil
+	b.mu.Unlock()
+	if stopped {
+		it.refused = errNotSent
+		return
+	}
 	id, err := b.c.upload(ctx, it.file, b.op, b.addBytes, func(wait time.Duration, err error) {
 		b.plainf("%s: server busy (%v), retrying in %s\n", it.file, err, wait.Round(100*time.Millisecond))
 	})
 	if err != nil {
 		it.refused = err
+		var ae *apiError
+		if errors.As(err, &ae) && ae.Status == http.StatusBadRequest {
+			b.mu.Lock()
+			if b.opErr == nil {
+				b.opErr = ae
+			}
+			b.mu.Unlock()
+		}
 		return
 	}
 	it.id = id
@@ -274,8 +432,23 @@ func (b *batch) await(ctx context.Context, it *item) {
 	b.plainf("%s: finished -> %s\n", it.file, path)
 }
 
-// report prints the summary and every failure, and returns an error when any file failed.
-func (b *batch) report(items []item, took time.Duration) error {
+// report prints the summary and every failure, and returns an error when any file failed: an
+// *opRefusedError (exit 2) when the server refused the op.
+func (b *batch) report(ctx context.Context, items []item, took time.Duration) error {
+	if b.opErr != nil {
+		for _, it := range items {
+			if it.refused != nil && !errors.Is(it.refused, errNotSent) && statusOf(it.refused) != http.StatusBadRequest {
+				fmt.Fprintf(b.e.stderr, "%s: refused at upload: %v\n", it.file, it.refused)
+			}
+		}
+		e := &opRefusedError{op: b.op, server: b.c.base, err: b.opErr}
+		if strings.Contains(b.opErr.Msg, "unknown operation") {
+			if ops, err := b.c.operations(ctx); err == nil {
+				e.catalogue = listOperations(b.c.base, ops)
+			}
+		}
+		return e
+	}
 	var failed, refused, finished int
 	var msgs []string
 	for _, it := range items {

@@ -53,6 +53,8 @@ type Config struct {
 	// FrontendOptions its limits on the public.
 	FrontendSecret  []byte
 	FrontendOptions frontend.Options
+	// Pprof serves the net/http/pprof handlers under /debug/pprof/ on every service (see service.Spec).
+	Pprof bool
 }
 
 func (c *Config) setDefaults() {
@@ -80,26 +82,26 @@ func Run(ctx context.Context, cfg Config) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return kvservice.Run(ctx, kvservice.Config{Addr: cfg.KVAddr, DataDir: cfg.DataDir, Store: cfg.KVStore, Logger: log("kv"),
-			Token: cfg.Token, Insecure: cfg.Insecure})
+			Token: cfg.Token, Insecure: cfg.Insecure, Pprof: cfg.Pprof})
 	})
 	g.Go(func() error {
 		return database.Run(ctx, database.Config{Addr: cfg.DatabaseAddr, KV: kv, DataDir: cfg.DataDir, Tasks: cfg.Tasks, PoolSize: cfg.PoolSize, Policy: cfg.Policy, Logger: log("database"),
-			Token: cfg.Token, Insecure: cfg.Insecure})
+			Token: cfg.Token, Insecure: cfg.Insecure, Pprof: cfg.Pprof})
 	})
 	g.Go(func() error {
 		return storage.Run(ctx, storage.Config{Addr: cfg.StorageAddr, KV: kv, DataDir: cfg.DataDir, Blobs: cfg.Blobs, Getenv: cfg.Getenv, Logger: log("storage"),
-			Token: cfg.Token, Insecure: cfg.Insecure})
+			Token: cfg.Token, Insecure: cfg.Insecure, Pprof: cfg.Pprof})
 	})
 	g.Go(func() error {
 		return master.Run(ctx, master.Config{Addr: cfg.MasterAddr, KV: kv, HTTP: hc, Logger: log("master"),
-			Token: cfg.Token, Insecure: cfg.Insecure, Limits: cfg.Limits})
+			Token: cfg.Token, Insecure: cfg.Insecure, Limits: cfg.Limits, Pprof: cfg.Pprof})
 	})
 	g.Go(func() error {
 		return worker.Run(ctx, wcfg)
 	})
 	g.Go(func() error {
 		return frontend.Run(ctx, frontend.Config{Addr: cfg.Frontend, KV: kv, HTTP: hc, Logger: log("frontend"),
-			Secret: cfg.FrontendSecret, Options: cfg.FrontendOptions})
+			Secret: cfg.FrontendSecret, Options: cfg.FrontendOptions, Token: cfg.Token, Pprof: cfg.Pprof})
 	})
 	if err := g.Wait(); err != nil {
 		return fmt.Errorf("imgmill serve: %w", err)

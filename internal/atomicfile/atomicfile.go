@@ -115,6 +115,29 @@ func (t *Temp) Commit() error {
 	return SyncDir(t.dir)
 }
 
+// CommitFlush is Commit with the durability left to flush: it closes the temporary file without an
+// fsync, renames it over the target, then calls flush, which must make the content, attributes and
+// rename durable (a syncfs of the file system, which concurrent writers share: see groupsync). Until
+// flush returns, a crash may leave the target renamed but its content incomplete, so a caller may only
+// acknowledge the write, and rely on the target, after CommitFlush returned nil.
+func (t *Temp) CommitFlush(flush func() error) error {
+	if t.closed || t.finished {
+		return errFinished
+	}
+	t.closed = true
+	if err := t.f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", t.base(), err)
+	}
+	if err := os.Rename(t.f.Name(), t.path); err != nil {
+		return fmt.Errorf("rename %s: %w", t.base(), err)
+	}
+	t.finished = true
+	if err := flush(); err != nil {
+		return fmt.Errorf("flush %s: %w", t.base(), err)
+	}
+	return nil
+}
+
 // Abort closes and removes the temporary file unless Commit renamed it. It is safe to call more than once
 // and after Commit.
 func (t *Temp) Abort() {

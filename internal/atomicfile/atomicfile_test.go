@@ -314,3 +314,38 @@ func TestNoLeftovers(t *testing.T) {
 	wantContent(t, path, strings.Repeat("x", 19))
 	wantOnly(t, dir, "snapshot")
 }
+
+// CommitFlush publishes the file and then calls flush (when the rename is done), passing on its error.
+func TestCommitFlush(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "target")
+	for _, flushErr := range []error{nil, errors.New("disk gone")} {
+		tmp, err := Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tmp.Fill(t.Context(), strings.NewReader("new content")); err != nil {
+			t.Fatal(err)
+		}
+		var sawTarget bool
+		err = tmp.CommitFlush(func() error {
+			b, _ := os.ReadFile(path)
+			sawTarget = string(b) == "new content"
+			return flushErr
+		})
+		tmp.Abort()
+		if !sawTarget {
+			t.Error("flush ran before the rename")
+		}
+		if !errors.Is(err, flushErr) || (flushErr == nil) != (err == nil) {
+			t.Errorf("CommitFlush = %v, want %v", err, flushErr)
+		}
+		if err := tmp.CommitFlush(func() error { return nil }); err == nil {
+			t.Error("a second CommitFlush succeeded")
+		}
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Errorf("directory holds %d entries, want only the target", len(entries))
+	}
+}

@@ -38,8 +38,8 @@ type Blob struct {
 // blob it writes carries fence 0. No blob means no fence: after Delete any fence is accepted.
 //
 // The check and the replacement are one atomic step with respect to other Puts and Deletes of the same
-// key in the store, and a crash never leaves a blob claiming a fence lower than the one it was written
-// with. fileblob locks the key and keeps the fence in the blob file's own metadata (see there); s3blob
+// key in the store, and once Put has returned a crash never leaves a blob claiming a fence lower than
+// the one it was written with. fileblob locks the key and keeps the fence in the blob file's own metadata (see there); s3blob
 // keeps the fence in the object's user metadata and makes the step a conditional write: read the
 // current object's ETag and fence (HEAD), refuse when the fence is larger, then commit the write with
 // If-Match on that ETag (If-None-Match: * when there was no object), starting over when S3 answers

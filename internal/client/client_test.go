@@ -182,7 +182,7 @@ func TestResolverLooksMovedPeerUpAgain(t *testing.T) {
 	hc.CloseIdleConnections()
 	third, thirdServed := fakeDatabase(t)
 	kv.addr.Store(servicetest.Addr(third.URL))
-	if id, err := db.NewTask(ctx, false, 0); err != nil || id != 42 {
+	if id, err := db.NewTask(ctx, client.NewTaskParams{}); err != nil || id != 42 {
 		t.Fatalf("NewTask after a second move = %d, %v; want 42", id, err)
 	}
 	if n := thirdServed.Load(); n != 1 {
@@ -339,7 +339,7 @@ func TestNotRetried(t *testing.T) {
 		call   func(ctx context.Context, db *client.Database) error
 	}{
 		{"NewTask 503", http.StatusServiceUnavailable, func(ctx context.Context, db *client.Database) error {
-			_, err := db.NewTask(ctx, true, 0)
+			_, err := db.NewTask(ctx, client.NewTaskParams{Pending: true})
 			return err
 		}},
 		{"GetNewTask 503", http.StatusServiceUnavailable, func(ctx context.Context, db *client.Database) error {
@@ -376,7 +376,7 @@ func TestUnreachablePeer(t *testing.T) {
 		}},
 		// Not idempotent, but a connection that was never made sent nothing.
 		{"NewTask", func(ctx context.Context, db *client.Database) error {
-			_, err := db.NewTask(ctx, false, 0)
+			_, err := db.NewTask(ctx, client.NewTaskParams{})
 			return err
 		}},
 	} {

@@ -24,6 +24,16 @@ type Task struct {
 	StartedAt   time.Time `json:"startedAt,omitzero"`
 	FinishedAt  time.Time `json:"finishedAt,omitzero"`
 	LeaseUntil  time.Time `json:"leaseUntil,omitzero"`
+	// Op is the operation chain the worker applies (additive; absent for the default, swap).
+	Op string `json:"op,omitempty"`
+}
+
+// NewTaskParams are the options of a new task; the zero value is the reference's plain /newTask.
+type NewTaskParams struct {
+	// Pending tasks are not claimable until activated (the master's upload protocol).
+	Pending     bool
+	MaxAttempts int    // 0: the database's default
+	Op          string // the operation chain, as imageop.ParseChain accepts it; "": the default
 }
 
 // Task states: the reference's three and imgmill's additive failed state.
@@ -48,13 +58,16 @@ func NewDatabase(hc *http.Client, ep Endpoint) *Database {
 
 // NewTask creates a task and returns its id. A pending task is not claimable until ActivateTask;
 // maxAttempts <= 0 takes the database's default.
-func (c *Database) NewTask(ctx context.Context, pending bool, maxAttempts int) (int64, error) {
+func (c *Database) NewTask(ctx context.Context, p NewTaskParams) (int64, error) {
 	q := url.Values{}
-	if pending {
+	if p.Pending {
 		q.Set("pending", "true")
 	}
-	if maxAttempts > 0 {
-		q.Set("maxAttempts", strconv.Itoa(maxAttempts))
+	if p.MaxAttempts > 0 {
+		q.Set("maxAttempts", strconv.Itoa(p.MaxAttempts))
+	}
+	if p.Op != "" {
+		q.Set("op", p.Op)
 	}
 	// Not idempotent: a retry after a lost answer would create a second task.
 	reply, err := c.p.sendText(ctx, call{method: http.MethodPost, path: "/newTask", query: q})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"net/url"
 	"time"
 )
 
@@ -23,7 +24,17 @@ func NewMaster(hc *http.Client, ep Endpoint) *Master {
 // New uploads an image (size bytes, or -1 when unknown) and returns the task id. A body that can seek
 // (bytes.Reader) is retried when the master cannot be reached.
 func (c *Master) New(ctx context.Context, r io.Reader, size int64) (int64, error) {
-	reply, err := c.p.sendTextNoTimeout(ctx, call{method: http.MethodPost, path: "/new", body: r, size: size})
+	return c.NewOp(ctx, r, size, "")
+}
+
+// NewOp is New with an operation chain for the worker to apply ("": the default, swap); the master
+// refuses a bad one with 400 before reading the image.
+func (c *Master) NewOp(ctx context.Context, r io.Reader, size int64, op string) (int64, error) {
+	var q url.Values
+	if op != "" {
+		q = url.Values{"op": {op}}
+	}
+	reply, err := c.p.sendTextNoTimeout(ctx, call{method: http.MethodPost, path: "/new", query: q, body: r, size: size})
 	if err != nil {
 		return 0, err
 	}
@@ -52,7 +63,8 @@ func (c *Master) Source(ctx context.Context, id int64) (*Image, error) {
 // Status is the master's /status answer.
 type Status struct {
 	ID          int64     `json:"id"`
-	State       string    `json:"state"` // queued, processing, finished or failed
+	State       string    `json:"state"`        // queued, processing, finished or failed
+	Op          string    `json:"op,omitempty"` // the operation chain, canonical (additive)
 	Attempts    int       `json:"attempts"`
 	MaxAttempts int       `json:"maxAttempts"`
 	Error       string    `json:"error,omitempty"`

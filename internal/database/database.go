@@ -21,9 +21,13 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/imageop"
+	"github.com/imgmill/imgmill/internal/metrics"
 	"github.com/imgmill/imgmill/internal/service"
 	"github.com/imgmill/imgmill/internal/taskstore"
 	"github.com/imgmill/imgmill/internal/taskstore/pgstore"
@@ -45,20 +49,24 @@ type Policy struct {
 }
 
 // NewServer returns the database service's handler. done ends pending long polls (service shutdown).
-func NewServer(store taskstore.Store, policy Policy, done <-chan struct{}) http.Handler {
+func NewServer(store taskstore.Store, policy Policy, done <-chan struct{}, opts ...Option) http.Handler {
 	mux := httpapi.NewMux()
-	addRoutes(mux, newServer(store, policy, done))
+	addRoutes(mux, newServer(store, policy, done, opts...))
 	return mux
 }
 
-func newServer(store taskstore.Store, policy Policy, done <-chan struct{}) *server {
+func newServer(store taskstore.Store, policy Policy, done <-chan struct{}, opts ...Option) *server {
 	if policy.Lease <= 0 {
 		policy.Lease = DefaultLease
 	}
 	if policy.MaxAttempts <= 0 {
 		policy.MaxAttempts = taskstore.DefaultMaxAttempts
 	}
-	return &server{store: store, lease: policy.Lease, maxAttempts: policy.MaxAttempts, done: done}
+	s := &server{store: store, lease: policy.Lease, maxAttempts: policy.MaxAttempts, done: done}
+	for _, opt := range opts {
+		opt(s)
+	}
+	return s
 }
 
 type server struct {
@@ -67,6 +75,7 @@ type server struct {
 	maxAttempts int
 	done        <-chan struct{}
 	news        signal
+	latency     prometheus.Histogram // nil: no metrics (see WithMetrics)
 }
 
 func (s *server) handleNewTask(w http.ResponseWriter, r *http.Request) error {
@@ -81,7 +90,17 @@ func (s *server) handleNewTask(w http.ResponseWriter, r *http.Request) error {
 			return httpapi.Errorf(http.StatusBadRequest, "maxAttempts must be a whole number from 1 to 100, got %q", raw)
 		}
 	}
-	id, err := s.store.Create(r.Context(), taskstore.CreateParams{Pending: pending, MaxAttempts: maxAttempts})
+	// Additive: the operation chain, kept in its canonical form; refused here too, so that no worker
+	// ever claims a task it cannot do.
+	var op string
+	if raw := r.URL.Query().Get("op"); raw != "" {
+		chain, err := imageop.ParseChain(raw)
+		if err != nil {
+			return httpapi.Errorf(http.StatusBadRequest, "op: %v", err)
+		}
+		op = chain.String()
+	}
+	id, err := s.store.Create(r.Context(), taskstore.CreateParams{Pending: pending, MaxAttempts: maxAttempts, Op: op})
 	if err != nil {
 		return fmt.Errorf("create task: %w", err)
 	}
@@ -195,7 +214,8 @@ func writeTask(w http.ResponseWriter, t taskstore.Task) error {
 
 func wireTask(t taskstore.Task) client.Task {
 	return client.Task{ID: t.ID, State: int(t.State), Token: t.Token, Attempts: t.Attempts, MaxAttempts: t.MaxAttempts,
-		Error: t.Error, CreatedAt: t.CreatedAt, StartedAt: t.StartedAt, FinishedAt: t.FinishedAt, LeaseUntil: t.LeaseUntil}
+		Error: t.Error, CreatedAt: t.CreatedAt, StartedAt: t.StartedAt, FinishedAt: t.FinishedAt, LeaseUntil: t.LeaseUntil,
+		Op: t.Op}
 }
 
 func (s *server) activateTask(ctx context.Context, id int64) error {
@@ -211,9 +231,11 @@ func (s *server) handleFinishTask(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
+	start := time.Now()
 	if err := s.store.Finish(r.Context(), id, token); err != nil {
 		return storeError(id, err)
 	}
+	s.observeFinished(r.Context(), id, start)
 	httpapi.WriteText(w, http.StatusOK, "success")
 	return nil
 }
@@ -370,6 +392,8 @@ type Config struct {
 	// lets the service listen on a non-loopback address without one. See service.Spec.
 	Token    string
 	Insecure bool
+	// Pprof serves the net/http/pprof handlers under /debug/pprof/ (see service.Spec).
+	Pprof bool
 }
 
 // Run serves the database service on its task store (see Config.Tasks) until ctx ends, registered in the
@@ -384,7 +408,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if pendingTimeout <= 0 {
 		pendingTimeout = DefaultPendingTimeout
 	}
-	srv := newServer(store, cfg.Policy, ctx.Done())
+	reg := metrics.New("database")
+	srv := newServer(store, cfg.Policy, ctx.Done(), WithMetrics(reg))
 	mux := httpapi.NewMux()
 	addRoutes(mux, srv)
 	background := []func(context.Context) error{func(ctx context.Context) error {
@@ -405,6 +430,7 @@ func Run(ctx context.Context, cfg Config) error {
 		RegisterAs: client.DatabaseKey, KV: cfg.KV, Advertise: cfg.Advertise,
 		Token: cfg.Token, Internal: true, Insecure: cfg.Insecure,
 		Background: background,
+		Metrics:    reg, Pprof: cfg.Pprof,
 	})
 }
 

@@ -26,45 +26,12 @@ const (
 	OpField   = "op"
 )
 
-// Param is a parameter an operation takes.
-type Param struct {
-	Name        string `json:"name"`
-	Type        string `json:"type"`
-	Description string `json:"description"`
-}
-
-// Operation is one thing the workers can do to an image.
-type Operation struct {
-	Name        string  `json:"name"`
-	Description string  `json:"description"`
-	Params      []Param `json:"params"`
-}
-
-// Operations are the operations a task may ask for, the first the default; GET /api/operations lists
-// them and POST /api/tasks accepts nothing else.
-var Operations = []Operation{
-	{Name: "swap", Description: "Swap the red and green channels", Params: []Param{}},
-}
-
-// operation returns the operation named name ("" is the default), or a 400 naming the available ones.
-func operation(name string) (Operation, error) {
-	if name == "" {
-		return Operations[0], nil
-	}
-	names := make([]string, len(Operations))
-	for i, op := range Operations {
-		if op.Name == name {
-			return op, nil
-		}
-		names[i] = op.Name
-	}
-	return Operation{}, httpapi.Errorf(http.StatusBadRequest, "unknown operation %q; available: %s", name, strings.Join(names, ", "))
-}
-
+// handleOperations lists every operation with its parameters: the page's picker and imgmill submit
+// build chains from it.
 func (s *server) handleOperations(w http.ResponseWriter, r *http.Request) error {
 	return httpapi.WriteJSON(w, http.StatusOK, struct {
-		Operations []Operation `json:"operations"`
-	}{Operations})
+		Operations []imageop.OperationInfo `json:"operations"`
+	}{imageop.Operations()})
 }
 
 // TaskCreated is the answer to POST /api/tasks.
@@ -77,19 +44,15 @@ type TaskCreated struct {
 	SourceURL string `json:"sourceUrl"`
 }
 
-// maxOpField is the longest op field value read from a form.
-const maxOpField = 256
-
 // handleCreateTask takes the image as the multipart field "file" (an "op" field may come first) or, with
 // any other Content-Type, as the raw body, and streams it to the master under the same limits as
 // /submitTask.
 func (s *server) handleCreateTask(w http.ResponseWriter, r *http.Request) error {
-	op, err := operation(r.URL.Query().Get("op"))
+	u, err := s.receive(w, r)
 	if err != nil {
 		return err
 	}
-	u, err := s.receive(w, r)
-	if err != nil {
+	if err := u.setOp(r.URL.Query().Get(OpField)); err != nil {
 		return err
 	}
 	var id int64
@@ -97,10 +60,9 @@ func (s *server) handleCreateTask(w http.ResponseWriter, r *http.Request) error 
 		if id, err = u.send(r.Context(), u.body); err != nil {
 			return err
 		}
-	} else if id, err = s.createFromForm(r, u, &op); err != nil {
+	} else if id, err = s.createFromForm(r, u); err != nil {
 		return err
 	}
-	// Every task is the default operation until the workers know more than one: op is only validated.
 	public := s.ids.Encode(id)
 	base := "/api/tasks/" + public
 	w.Header().Set("Location", base)
@@ -109,7 +71,7 @@ func (s *server) handleCreateTask(w http.ResponseWriter, r *http.Request) error 
 }
 
 // createFromForm streams the file field of a multipart upload, taking an op field before it.
-func (s *server) createFromForm(r *http.Request, u *upload, op *Operation) (int64, error) {
+func (s *server) createFromForm(r *http.Request, u *upload) (int64, error) {
 	mr, err := r.MultipartReader()
 	if err != nil {
 		return 0, httpapi.Errorf(http.StatusBadRequest, "malformed multipart body: %v", err)
@@ -123,15 +85,7 @@ func (s *server) createFromForm(r *http.Request, u *upload, op *Operation) (int6
 		case FileField:
 			return u.send(r.Context(), part)
 		case OpField:
-			b, err := io.ReadAll(io.LimitReader(part, maxOpField+1))
-			part.Close()
-			if err := u.partError(err, FileField); err != nil {
-				return 0, err
-			}
-			if len(b) > maxOpField {
-				return 0, httpapi.Errorf(http.StatusBadRequest, "op field longer than %d bytes", maxOpField)
-			}
-			if *op, err = operation(string(b)); err != nil {
+			if err := u.readOp(part); err != nil {
 				return 0, err
 			}
 		default:
@@ -149,9 +103,7 @@ func (s *server) apiTask(r *http.Request) (int64, string, error) {
 
 // apiStatus is the status of task id as the JSON API shows it.
 func (s *server) apiStatus(ctx context.Context, id int64, public string) (Status, error) {
-	st, err := s.status(ctx, id, public)
-	st.Op = Operations[0].Name
-	return st, err
+	return s.status(ctx, id, public)
 }
 
 func (s *server) handleTask(w http.ResponseWriter, r *http.Request) error {
@@ -178,9 +130,9 @@ func (s *server) handleTaskResult(w http.ResponseWriter, r *http.Request) error 
 // SourceName is the file name /api/tasks/{id}/source offers for the upload of the task with public id
 // public, of type contentType.
 func SourceName(public, contentType string) string {
-	ext := imageop.Extension(contentType)
-	if ext != ".png" && ext != ".jpg" && ext != ".gif" {
-		ext = ""
+	ext := ""
+	if strings.HasPrefix(contentType, "image/") { // never offer a page or a script by its name
+		ext = imageop.Extension(contentType)
 	}
 	return "imgmill-" + public[:min(len(public), 12)] + "-source" + ext
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 
 	"strings"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/frontend"
 	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/servicetest"
 )
 
@@ -101,10 +103,15 @@ func TestAPICreateTaskRefusals(t *testing.T) {
 	s := newStack(t)
 	img := servicetest.PatternPNG(t, 8, 3)
 	before := s.master.calls.Load()
-	expectJSONError(t, "unknown op in the query", s.createRaw(t, "?op=blur", img), http.StatusBadRequest,
-		`unknown operation "blur"; available: swap`)
+	expectJSONError(t, "unknown op in the query", s.createRaw(t, "?op=blurr", img), http.StatusBadRequest,
+		`op: unknown operation "blurr" (did you mean "blur"?); known: swap, grayscale, invert, brightness, contrast, gamma, blur, sharpen, resize, thumbnail, crop, rotate, flip, convert`)
+	expectJSONError(t, "bad parameter in the query", s.createRaw(t, "?op=resize:800y600", img), http.StatusBadRequest,
+		`op: resize: "800y600" is not WxH (e.g. 800x600, 800x or x600)`)
 	expectJSONError(t, "unknown op in the form", s.createForm(t, "", part{field: frontend.OpField, data: []byte("x")},
-		part{field: frontend.FileField, filename: "a.png", data: img}), http.StatusBadRequest, `unknown operation "x"; available: swap`)
+		part{field: frontend.FileField, filename: "a.png", data: img}), http.StatusBadRequest,
+		`op: unknown operation "x"; known: swap, grayscale, invert, brightness, contrast, gamma, blur, sharpen, resize, thumbnail, crop, rotate, flip, convert`)
+	expectJSONError(t, "op too long in the form", s.createForm(t, "", part{field: frontend.OpField, data: []byte(strings.Repeat("gray,", 300))},
+		part{field: frontend.FileField, filename: "a.png", data: img}), http.StatusBadRequest, `op: longer than 1024 bytes`)
 	expectJSONError(t, "form without file", s.createForm(t, "", part{field: "uploadfile", filename: "a.png", data: img}),
 		http.StatusBadRequest, `no file in field "file"`)
 	if n := s.master.calls.Load() - before; n != 0 {
@@ -174,9 +181,26 @@ func TestAPIUploadTooLarge(t *testing.T) {
 func TestAPIOperations(t *testing.T) {
 	s := newStack(t)
 	r := s.call(t, http.MethodGet, "/api/operations", "", nil)
-	want := `{"operations":[{"name":"swap","description":"Swap the red and green channels","params":[]}]}`
-	if r.Status != http.StatusOK || r.Body != want || r.Header.Get("Content-Type") != "application/json" {
+	want, err := json.Marshal(struct {
+		Operations []imageop.OperationInfo `json:"operations"`
+	}{imageop.Operations()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Status != http.StatusOK || r.Body != string(want) || r.Header.Get("Content-Type") != "application/json" {
 		t.Errorf("GET /api/operations: %d %q, want 200 %s", r.Status, r.Body, want)
+	}
+	// Every operation the parser knows is listed, the default first, each with an example that parses.
+	var got struct {
+		Operations []struct{ Name, Example string }
+	}
+	if err := json.Unmarshal([]byte(r.Body), &got); err != nil || len(got.Operations) < 14 || got.Operations[0].Name != "swap" {
+		t.Fatalf("operations %+v (%v), want at least 14 with swap first", got.Operations, err)
+	}
+	for _, op := range got.Operations {
+		if _, err := imageop.ParseChain(op.Example); err != nil || !strings.HasPrefix(op.Example, op.Name) {
+			t.Errorf("operation %s: example %q does not parse as itself: %v", op.Name, op.Example, err)
+		}
 	}
 	expectJSONError(t, "POST /api/operations", s.call(t, http.MethodPost, "/api/operations", "", nil), http.StatusMethodNotAllowed,
 		"method POST not allowed on /api/operations")
@@ -192,7 +216,7 @@ func TestAPIStatusAndResult(t *testing.T) {
 		t.Helper()
 		got := s.call(t, http.MethodGet, "/api/tasks/"+pub, "", nil)
 		want := servicetest.Call(t, s.HTTP, http.MethodGet, fmt.Sprintf("%s/status?id=%d", s.MasterURL, id), nil)
-		wantBody := strings.Replace(want.Body, fmt.Sprintf(`{"id":%d,`, id), fmt.Sprintf(`{"id":%q,"op":"swap",`, pub), 1)
+		wantBody := strings.Replace(want.Body, fmt.Sprintf(`{"id":%d,`, id), fmt.Sprintf(`{"id":%q,`, pub), 1)
 		if !strings.Contains(wantBody, fmt.Sprintf(`"state":%q`, word)) {
 			t.Fatalf("master status %q, want state %q", want.Body, word)
 		}
@@ -221,7 +245,7 @@ func TestAPIStatusAndResult(t *testing.T) {
 	expect("finished")
 	r := s.call(t, http.MethodGet, "/api/tasks/"+pub+"/result", "", nil)
 	servicetest.ExpectPNGReply(t, "GET /api/tasks/P/result", r, result)
-	if cd, want := r.Header.Get("Content-Disposition"), fmt.Sprintf("attachment; filename=%q", frontend.DownloadName(pub)); cd != want {
+	if cd, want := r.Header.Get("Content-Disposition"), fmt.Sprintf("attachment; filename=%q", frontend.DownloadName(pub, "image/png")); cd != want {
 		t.Errorf("Content-Disposition %q, want %q", cd, want)
 	}
 	// The source is still the upload.
@@ -460,4 +484,40 @@ func TestAPIEventsOutliveServerTimeouts(t *testing.T) {
 		}
 	}
 	cancel() // the client goes away
+}
+
+// TestOpTravelsWithTheTask: the chain given to the JSON API (query or form field) or to the reference
+// form (an op field before the file) reaches the task, in canonical form.
+func TestOpTravelsWithTheTask(t *testing.T) {
+	s := newStack(t)
+	img := servicetest.PatternPNG(t, 8, 3)
+	opOf := func(pub string) string {
+		t.Helper()
+		r := s.call(t, http.MethodGet, "/api/tasks/"+pub, "", nil)
+		var st struct{ Op string }
+		if err := json.Unmarshal([]byte(r.Body), &st); err != nil {
+			t.Fatalf("status %q: %v", r.Body, err)
+		}
+		return st.Op
+	}
+	for _, tc := range []struct {
+		what string
+		pub  string
+		want string
+	}{
+		{"query", s.created(t, s.createRaw(t, "?op="+url.QueryEscape(" Gray , rotate:90"), img)), "grayscale,rotate:90"},
+		{"form field", s.created(t, s.createForm(t, "", part{field: frontend.OpField, data: []byte("thumbnail:4,convert:jpg")},
+			part{field: frontend.FileField, filename: "a.png", data: img})), "thumbnail:4,convert:jpeg"},
+		{"reference form", s.submit(t, part{field: frontend.OpField, data: []byte("invert")},
+			part{field: frontend.UploadField, filename: "a.png", data: img}).Body, "invert"},
+		{"no op", s.created(t, s.createRaw(t, "", img)), "swap"},
+	} {
+		if got := opOf(tc.pub); got != tc.want {
+			t.Errorf("%s: task op %q, want %q", tc.what, got, tc.want)
+		}
+	}
+	r := s.submit(t, part{field: frontend.OpField, data: []byte("rotate:45")}, part{field: frontend.UploadField, filename: "a.png", data: img})
+	if r.Status != http.StatusBadRequest || !strings.HasPrefix(r.Body, "Error: op: rotate:") {
+		t.Errorf("reference form with rotate:45 = %d %q, want 400 Error: op: ...", r.Status, r.Body)
+	}
 }

@@ -8,6 +8,7 @@
 package frontend
 
 import (
+	"cmp"
 	"context"
 	_ "embed"
 	"errors"
@@ -24,6 +25,7 @@ import (
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/master"
+	"github.com/imgmill/imgmill/internal/metrics"
 	"github.com/imgmill/imgmill/internal/publicid"
 	"github.com/imgmill/imgmill/internal/service"
 )
@@ -116,6 +118,9 @@ func (s *server) handleSubmitTask(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
+	if err := u.setOp(r.URL.Query().Get(OpField)); err != nil {
+		return err
+	}
 	mr, err := r.MultipartReader()
 	if err != nil {
 		return httpapi.Errorf(http.StatusBadRequest, "expected a multipart/form-data upload with the file in field %q", UploadField)
@@ -125,7 +130,14 @@ func (s *server) handleSubmitTask(w http.ResponseWriter, r *http.Request) error 
 		if err := u.partError(err, UploadField); err != nil {
 			return err
 		}
-		if part.FormName() != UploadField {
+		switch part.FormName() {
+		case OpField: // additive: the operation chain, before the file
+			if err := u.readOp(part); err != nil {
+				return err
+			}
+			continue
+		case UploadField:
+		default:
 			part.Close()
 			continue
 		}
@@ -144,6 +156,34 @@ type upload struct {
 	body     *cappedReader // the request body
 	limit    int64         // of the image; < 0: none
 	tooLarge error
+	op       string // the operation chain, canonical; "" for the default
+}
+
+// setOp validates an operation chain for the upload ("" keeps the default), so that a bad one is
+// refused with 400 before any of the image is sent.
+func (u *upload) setOp(spec string) error {
+	if spec == "" {
+		return nil
+	}
+	chain, err := imageop.ParseChain(spec)
+	if err != nil {
+		return httpapi.Errorf(http.StatusBadRequest, "op: %v", err)
+	}
+	u.op = chain.String()
+	return nil
+}
+
+// readOp reads the op field of a multipart form into the upload.
+func (u *upload) readOp(part io.ReadCloser) error {
+	b, err := io.ReadAll(io.LimitReader(part, imageop.MaxChainLen+1))
+	part.Close()
+	if err := u.partError(err, OpField); err != nil {
+		return err
+	}
+	if len(b) > imageop.MaxChainLen {
+		return httpapi.Errorf(http.StatusBadRequest, "op: longer than %d bytes", imageop.MaxChainLen)
+	}
+	return u.setOp(string(b))
 }
 
 // receive admits the upload in r, for every upload path alike: the client's rate limit first (429 with
@@ -188,7 +228,7 @@ func (u *upload) partError(err error, field string) error {
 func (u *upload) send(ctx context.Context, src io.Reader) (int64, error) {
 	file := &cappedReader{r: src, limit: u.limit}
 	lent := &lentReader{r: file}
-	id, err := u.master.New(ctx, lent, -1)
+	id, err := u.master.NewOp(ctx, lent, -1, u.op)
 	lent.takeBack()
 	if file.hit.Load() || u.body.hit.Load() {
 		// The upload was cut short here; the master gives up the unfinished task by itself.
@@ -330,10 +370,9 @@ func (s *server) handleIsReady(w http.ResponseWriter, r *http.Request) error {
 }
 
 // Status is the frontend's /status answer: the master's, with the public id in place of the internal
-// one (the outer field wins in JSON) and a public failure reason. The JSON API's adds the operation.
+// one (the outer field wins in JSON) and a public failure reason.
 type Status struct {
 	ID string `json:"id"`
-	Op string `json:"op,omitempty"`
 	client.Status
 }
 
@@ -364,9 +403,10 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) error {
 	return httpapi.WriteJSON(w, http.StatusOK, st)
 }
 
-// DownloadName is the file name /getImage offers for the task with public id public.
-func DownloadName(public string) string {
-	return "imgmill-" + public[:min(len(public), 12)] + ".png"
+// DownloadName is the file name /getImage offers for the result, of type contentType, of the task with
+// public id public: .png or .jpg as the result is (a chain may convert it).
+func DownloadName(public, contentType string) string {
+	return "imgmill-" + public[:min(len(public), 12)] + cmp.Or(imageop.Extension(contentType), ".png")
 }
 
 func (s *server) handleGetImage(w http.ResponseWriter, r *http.Request) error {
@@ -384,7 +424,7 @@ func (s *server) serveResult(w http.ResponseWriter, r *http.Request, id int64, p
 		return publicError(err, id)
 	}
 	defer img.Close()
-	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", DownloadName(public)))
+	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", DownloadName(public, img.ContentType)))
 	return master.CopyImage(w, img)
 }
 
@@ -398,6 +438,11 @@ type Config struct {
 	// means the one shared by all frontends through the kv store (ResolveSecret).
 	Secret []byte
 	Options
+	// Token, when set, is the bearer token /metrics and /debug/pprof/ require here; without one they are
+	// not served, since the frontend is public (see service.Spec.OpsToken). Pprof serves the
+	// net/http/pprof handlers under /debug/pprof/.
+	Token string
+	Pprof bool
 }
 
 // Run serves the frontend until ctx ends; it finds the master through the kv store.
@@ -414,5 +459,6 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	m := client.NewMaster(cfg.HTTP, client.NewResolver(cfg.KV, client.MasterKey, client.ResolveTTL))
-	return service.Run(ctx, service.Spec{Addr: cfg.Addr, Handler: NewServer(m, ids, cfg.Options), Logger: cfg.Logger})
+	return service.Run(ctx, service.Spec{Addr: cfg.Addr, Handler: NewServer(m, ids, cfg.Options), Logger: cfg.Logger,
+		Metrics: metrics.New("frontend"), Pprof: cfg.Pprof, OpsToken: cfg.Token})
 }

@@ -388,7 +388,7 @@ func TestSubmitProcessAndGet(t *testing.T) {
 	if cd := r.Header.Get("Content-Disposition"); cd != wantCD {
 		t.Errorf("getImage Content-Disposition %q, want %q", cd, wantCD)
 	}
-	if name := frontend.DownloadName(pub); name != "imgmill-"+pub[:12]+".png" || strings.Contains(name, strconv.FormatInt(id, 10)+".") {
+	if name := frontend.DownloadName(pub, "image/png"); name != "imgmill-"+pub[:12]+".png" || strings.Contains(name, strconv.FormatInt(id, 10)+".") {
 		t.Errorf("DownloadName(%q) = %q", pub, name)
 	}
 

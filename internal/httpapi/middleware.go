@@ -18,7 +18,39 @@ type ctxKey int
 const (
 	requestIDKey ctxKey = iota
 	loggerKey
+	routeKey
 )
+
+// UnmatchedRoute is the route a RequestObserver is told for a request no route of the service matched
+// (answered 404 or 405, or refused before routing, say 401 without the token).
+const UnmatchedRoute = "unmatched"
+
+// RequestObserver is told about every request a server answered, once the reply is done (see
+// WithObserver): the metrics of a service.
+type RequestObserver interface {
+	// ObserveRequest gets the route, which is the ServeMux pattern that matched the request (r.Pattern,
+	// such as "POST /new"), never its raw path, so that ids in paths cannot make one series per
+	// request; UnmatchedRoute when no route matched. status is the reply's (500 after a panic).
+	ObserveRequest(route, method string, status int, elapsed time.Duration)
+}
+
+// routeNote is where a fallback handler notes, for the observer, that no real route matched.
+type routeNote struct{ unmatched bool }
+
+// markUnmatched notes that r reached a fallback handler (see Unmatched), not a route.
+func markUnmatched(r *http.Request) {
+	if n, ok := r.Context().Value(routeKey).(*routeNote); ok {
+		n.unmatched = true
+	}
+}
+
+// routeOf is the route label of r once it was served.
+func routeOf(r *http.Request, note *routeNote) string {
+	if note.unmatched || r.Pattern == "" {
+		return UnmatchedRoute
+	}
+	return r.Pattern
+}
 
 // RequestID returns the request id carried by ctx, or "".
 func RequestID(ctx context.Context) string {
@@ -50,6 +82,11 @@ func NewRequestID() string {
 // one upload can be followed through every service, or made here), a request-scoped logger, panic
 // recovery and an access log line.
 func Wrap(h http.Handler, logger *slog.Logger) http.Handler {
+	return wrap(h, logger, nil)
+}
+
+// wrap is Wrap, also telling observer (when not nil) about every request.
+func wrap(h http.Handler, logger *slog.Logger, observer RequestObserver) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		id := r.Header.Get(RequestIDHeader)
@@ -59,6 +96,9 @@ func Wrap(h http.Handler, logger *slog.Logger) http.Handler {
 		w.Header().Set(RequestIDHeader, id)
 		reqLogger := logger.With("request_id", id)
 		ctx := context.WithValue(WithRequestID(r.Context(), id), loggerKey, reqLogger)
+		note := &routeNote{}
+		ctx = context.WithValue(ctx, routeKey, note)
+		// The ServeMux below sets r.Pattern on this very request, which the observer reads afterwards.
 		r = r.WithContext(ctx)
 		rec := &recorder{ResponseWriter: w}
 		defer func() {
@@ -75,15 +115,20 @@ func Wrap(h http.Handler, logger *slog.Logger) http.Handler {
 			if status == 0 {
 				status = http.StatusOK
 			}
+			elapsed := time.Since(start)
 			level := slog.LevelInfo
 			switch {
-			case r.URL.Path == "/healthz":
+			case r.URL.Path == "/healthz" || r.URL.Path == "/metrics":
+				// Probes and scrapes come every few seconds and say nothing about the work.
 				level = slog.LevelDebug
 			case status >= 500:
 				level = slog.LevelError
 			}
 			reqLogger.Log(ctx, level, "request", "method", r.Method, "path", r.URL.Path,
-				"status", status, "bytes", rec.bytes, "duration", time.Since(start))
+				"status", status, "bytes", rec.bytes, "duration", elapsed)
+			if observer != nil {
+				observer.ObserveRequest(routeOf(r, note), r.Method, status, elapsed)
+			}
 		}()
 		h.ServeHTTP(rec, r)
 	})

@@ -22,6 +22,8 @@ var probeMethods = []string{http.MethodGet, http.MethodHead, http.MethodPost, ht
 // 404 otherwise. Served as a HandlerFunc it answers "Error: ...", as a JSONHandlerFunc {"error":"..."}.
 func Unmatched(mux *http.ServeMux, catchAlls ...string) func(w http.ResponseWriter, r *http.Request) error {
 	return func(w http.ResponseWriter, r *http.Request) error {
+		// A catch-all pattern is no route: counted under one label, not per pattern.
+		markUnmatched(r)
 		var allowed []string
 		for _, m := range probeMethods {
 			if m == r.Method {

@@ -50,11 +50,20 @@ func (t ServerTimeouts) withDefaults() ServerTimeouts {
 // ServerOption changes how NewHTTPServer and Serve build a server.
 type ServerOption func(*serverOptions)
 
-type serverOptions struct{ timeouts ServerTimeouts }
+type serverOptions struct {
+	timeouts ServerTimeouts
+	observer RequestObserver
+}
 
 // WithTimeouts sets the server's timeouts; zero fields keep their defaults.
 func WithTimeouts(t ServerTimeouts) ServerOption {
 	return func(o *serverOptions) { o.timeouts = t }
+}
+
+// WithObserver has the server tell o about every request it answered (a service's metrics); nil
+// observes nothing.
+func WithObserver(o RequestObserver) ServerOption {
+	return func(opts *serverOptions) { opts.observer = o }
 }
 
 // NewHTTPServer wraps h in the shared middleware and sets every server timeout (the defaults above unless
@@ -66,7 +75,7 @@ func NewHTTPServer(h http.Handler, logger *slog.Logger, opts ...ServerOption) *h
 	}
 	t := o.timeouts.withDefaults()
 	return &http.Server{
-		Handler:           Wrap(h, logger),
+		Handler:           wrap(h, logger, o.observer),
 		ReadHeaderTimeout: t.ReadHeader,
 		ReadTimeout:       t.Read,
 		WriteTimeout:      t.Write,

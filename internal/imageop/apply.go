@@ -273,3 +273,12 @@ func flatten(p []byte) {
 	}
 	p[3] = 255
 }
+
+// CheckSize follows a w×h image (as its header says) through the chain and refuses, before anything is
+// decoded or stored, a chain that would make an image of more than maxPixels pixels (ErrTooLarge; 0: no
+// limit) or that cannot apply to an image of that size (ErrBadOp, e.g. a crop outside it). A JPEG's
+// EXIF orientation may swap w and h; pixel counts, and so this check, do not change with it.
+func (c Chain) CheckSize(w, h int, maxPixels int64) error {
+	_, _, err := planSizes(c.steps(), w, h, maxPixels)
+	return err
+}

@@ -19,6 +19,7 @@ import (
 	"github.com/imgmill/imgmill/internal/kvstore"
 	"github.com/imgmill/imgmill/internal/kvstore/etcdkv"
 	"github.com/imgmill/imgmill/internal/kvstore/filekv"
+	"github.com/imgmill/imgmill/internal/metrics"
 	"github.com/imgmill/imgmill/internal/service"
 )
 
@@ -135,6 +136,8 @@ type Config struct {
 	// lets the service listen on a non-loopback address without one. See service.Spec.
 	Token    string
 	Insecure bool
+	// Pprof serves the net/http/pprof handlers under /debug/pprof/ (see service.Spec).
+	Pprof bool
 }
 
 // Run serves the kv service on its store (see Config.Store) until ctx ends.
@@ -145,7 +148,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer store.Close()
 	return service.Run(ctx, service.Spec{Addr: cfg.Addr, Handler: NewServer(store), Logger: cfg.Logger,
-		Token: cfg.Token, Internal: true, Insecure: cfg.Insecure})
+		Token: cfg.Token, Internal: true, Insecure: cfg.Insecure, Metrics: metrics.New("kv"), Pprof: cfg.Pprof})
 }
 
 // OpenStore opens the kv store named by kv: "" for the embedded file store under dataDir, or an

@@ -4,6 +4,7 @@ package master
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
+	"github.com/imgmill/imgmill/internal/metrics"
 	"github.com/imgmill/imgmill/internal/service"
 	"github.com/imgmill/imgmill/internal/taskstore"
 )
@@ -44,6 +46,12 @@ type server struct {
 // from the bytes, never from Content-Type). The header is read as the body streams in, the few bytes
 // it takes are kept and stored with the rest.
 func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
+	// The operation chain is refused before any of the image is read: an unknown operation or a bad
+	// parameter is the client's mistake, never a worker's surprise.
+	chain, err := imageop.ParseChain(r.URL.Query().Get("op"))
+	if err != nil {
+		return httpapi.Errorf(http.StatusBadRequest, "op: %v", err)
+	}
 	maxUpload := s.limits.MaxUpload
 	if maxUpload > 0 && r.ContentLength > maxUpload {
 		return httpapi.Errorf(http.StatusRequestEntityTooLarge, "image larger than %d bytes", maxUpload)
@@ -67,8 +75,14 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 	if err := header.CheckSize(s.limits.MaxDimension, s.limits.MaxPixels); err != nil {
 		return httpapi.Errorf(http.StatusRequestEntityTooLarge, "%v", err)
 	}
+	if err := chain.CheckSize(header.Width, header.Height, s.limits.MaxPixels); err != nil {
+		if errors.Is(err, imageop.ErrBadOp) {
+			return httpapi.Errorf(http.StatusBadRequest, "op: %v", err)
+		}
+		return httpapi.Errorf(http.StatusRequestEntityTooLarge, "op: %v", err)
+	}
 	ctx := r.Context()
-	id, err := s.db.NewTask(ctx, true, 0)
+	id, err := s.db.NewTask(ctx, client.NewTaskParams{Pending: true, Op: chain.String()})
 	if err != nil {
 		return fmt.Errorf("create task: %w", err)
 	}
@@ -170,7 +184,7 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return httpapi.WriteJSON(w, http.StatusOK, client.Status{ID: t.ID, State: taskstore.State(t.State).Word(),
-		Attempts: t.Attempts, MaxAttempts: t.MaxAttempts, Error: t.Error,
+		Op: cmp.Or(t.Op, imageop.Chain{}.String()), Attempts: t.Attempts, MaxAttempts: t.MaxAttempts, Error: t.Error,
 		CreatedAt: t.CreatedAt, StartedAt: t.StartedAt, FinishedAt: t.FinishedAt})
 }
 
@@ -231,6 +245,8 @@ type Config struct {
 	// lets the master listen on a non-loopback address without one. See service.Spec.
 	Token    string
 	Insecure bool
+	// Pprof serves the net/http/pprof handlers under /debug/pprof/ (see service.Spec).
+	Pprof bool
 }
 
 // Run serves the master until ctx ends, registered in the kv store as masterAddress; it finds the
@@ -242,5 +258,6 @@ func Run(ctx context.Context, cfg Config) error {
 		Addr: cfg.Addr, Handler: NewServer(db, storage, cfg.Limits), Logger: cfg.Logger,
 		RegisterAs: client.MasterKey, KV: cfg.KV, Advertise: cfg.Advertise,
 		Token: cfg.Token, Internal: true, Insecure: cfg.Insecure,
+		Metrics: metrics.New("master"), Pprof: cfg.Pprof,
 	})
 }

@@ -582,7 +582,7 @@ func TestGetNewTaskPassesThrough(t *testing.T) {
 	}
 
 	// A task: the claim JSON, identical to the database's record of the claimed task.
-	id, err := s.Database.NewTask(ctx, false, 0)
+	id, err := s.Database.NewTask(ctx, client.NewTaskParams{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -667,7 +667,7 @@ func TestRegisterTaskFinishedPassesThrough(t *testing.T) {
 	}
 
 	compare("unknown task", "4242")
-	id, err := s.Database.NewTask(ctx, false, 0)
+	id, err := s.Database.NewTask(ctx, client.NewTaskParams{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -805,7 +805,7 @@ func (s stack) expectTaskReply(t *testing.T, what string, r servicetest.Reply, i
 	return task
 }
 
-// expectStatus checks GET /status?id=id: exactly {"id","state","attempts","maxAttempts"} then the error
+// expectStatus checks GET /status?id=id: exactly {"id","state","op","attempts","maxAttempts"} then the error
 // and the times the database's record has, in that order, with the state in words.
 func (s stack) expectStatus(t *testing.T, id int64, word string) {
 	t.Helper()
@@ -824,7 +824,11 @@ func (s stack) expectStatus(t *testing.T, id int64, word string) {
 	if a, ok := rec["attempts"]; ok {
 		attempts = string(a)
 	}
-	want := fmt.Sprintf(`{"id":%d,"state":%q,"attempts":%s,"maxAttempts":%s`, id, word, attempts, rec["maxAttempts"])
+	op := `"swap"` // the default chain, for tasks whose record has none
+	if o, ok := rec["op"]; ok {
+		op = string(o)
+	}
+	want := fmt.Sprintf(`{"id":%d,"state":%q,"op":%s,"attempts":%s,"maxAttempts":%s`, id, word, op, attempts, rec["maxAttempts"])
 	for _, k := range []string{"error", "createdAt", "startedAt", "finishedAt"} {
 		if v, ok := rec[k]; ok {
 			want += fmt.Sprintf(",%q:%s", k, v)
@@ -936,7 +940,7 @@ func TestGetOnlyFinishedTasks(t *testing.T) {
 
 func TestRegisterTaskFinishedFenced(t *testing.T) {
 	s := newStack(t, servicetest.Options{})
-	id, err := s.Database.NewTask(t.Context(), false, 0)
+	id, err := s.Database.NewTask(t.Context(), client.NewTaskParams{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -962,7 +966,7 @@ func TestRegisterTaskFinishedFenced(t *testing.T) {
 func TestExtendLeasePassesThrough(t *testing.T) {
 	s := newStack(t, servicetest.Options{})
 	ctx := t.Context()
-	id, err := s.Database.NewTask(ctx, false, 0)
+	id, err := s.Database.NewTask(ctx, client.NewTaskParams{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -988,7 +992,7 @@ func TestExtendLeasePassesThrough(t *testing.T) {
 func TestFailTaskPassesThrough(t *testing.T) {
 	s := newStack(t, servicetest.Options{})
 	ctx := t.Context()
-	id, err := s.Database.NewTask(ctx, false, 2)
+	id, err := s.Database.NewTask(ctx, client.NewTaskParams{Pending: false, MaxAttempts: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1014,7 +1018,7 @@ func TestFailTaskPassesThrough(t *testing.T) {
 	s.ExpectNoClaimable(t)
 
 	// Permanent, at once.
-	id2, err := s.Database.NewTask(ctx, false, 0)
+	id2, err := s.Database.NewTask(ctx, client.NewTaskParams{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1031,7 +1035,7 @@ func TestReleaseTaskPassesThrough(t *testing.T) {
 	var ids [2]int64
 	var claims [2]client.Task
 	for i := range ids {
-		id, err := s.Database.NewTask(ctx, false, 0)
+		id, err := s.Database.NewTask(ctx, client.NewTaskParams{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1127,7 +1131,7 @@ func TestSource(t *testing.T) {
 		t.Errorf("source of an unknown task: %q", r.Body)
 	}
 	// A task whose upload is not stored (created pending, never uploaded): 404 from storage.
-	pending, err := s.Database.NewTask(ctx, true, 0)
+	pending, err := s.Database.NewTask(ctx, client.NewTaskParams{Pending: true})
 	if err != nil {
 		t.Fatal(err)
 	}

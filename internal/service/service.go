@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"strings"
 	"time"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/metrics"
 )
 
 // Spec describes a service to run.
@@ -50,6 +52,18 @@ type Spec struct {
 
 	// Timeouts are the server's timeouts; zero fields take the httpapi defaults.
 	Timeouts httpapi.ServerTimeouts
+
+	// Metrics, when set, is the service's registry: every request is counted in it (route, method,
+	// status, duration) and GET /metrics serves it.
+	Metrics *metrics.Registry
+	// Pprof mounts the net/http/pprof handlers under /debug/pprof/ (CPU and heap profiles, goroutine
+	// dumps, traces); off, those paths are 404.
+	Pprof bool
+	// OpsToken is the bearer token /metrics and /debug/pprof/ require on a public service (neither
+	// Internal nor with a Token), whose other routes are open to anyone: without one they are not
+	// served there at all, so they are never open to the world. Elsewhere they are guarded like the
+	// rest of the service: by Token when there is one.
+	OpsToken string
 }
 
 // RegistrationTTL is how long a service's registration lives in the kv store unless renewed. It is renewed
@@ -76,10 +90,15 @@ func Run(ctx context.Context, spec Spec) error {
 	if err != nil {
 		return err
 	}
-	handler := httpapi.RequireToken(spec.Token, spec.Handler)
+	handler := httpapi.RequireToken(spec.Token, withOps(ctx, spec))
+	opts := []httpapi.ServerOption{httpapi.WithTimeouts(spec.Timeouts)}
+	if spec.Metrics != nil {
+		// Not a nil *Registry in the interface: the server would call it.
+		opts = append(opts, httpapi.WithObserver(spec.Metrics))
+	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		return httpapi.Serve(ctx, ln, handler, spec.Logger, httpapi.WithTimeouts(spec.Timeouts))
+		return httpapi.Serve(ctx, ln, handler, spec.Logger, opts...)
 	})
 	if spec.RegisterAs != "" {
 		addr := spec.Advertise
@@ -101,6 +120,54 @@ func Run(ctx context.Context, spec Spec) error {
 	return g.Wait()
 }
 
+// withOps returns spec's handler with the operational endpoints beside its routes: GET /metrics when
+// spec.Metrics is set, and /debug/pprof/ when spec.Pprof is. A nil spec.Handler is a service without an
+// API of its own (a worker's metrics listener): it answers /healthz only.
+func withOps(ctx context.Context, spec Spec) http.Handler {
+	h := spec.Handler
+	if h == nil {
+		mux := httpapi.NewMux()
+		mux.Handle("GET /healthz", httpapi.Healthz())
+		h = mux
+	}
+	if spec.Metrics == nil && !spec.Pprof {
+		return h
+	}
+	// Token already guards everything, and an internal service without one is as open as the rest of
+	// it (loopback, or --insecure); a public service's ops endpoints need their own token.
+	guard := ""
+	if spec.Token == "" && !spec.Internal {
+		if spec.OpsToken == "" {
+			level := slog.LevelInfo
+			if spec.Pprof {
+				level = slog.LevelWarn // asked for, and not served
+			}
+			spec.Logger.Log(ctx, level, "/metrics and /debug/pprof/ are not served: a public service serves them only with a token (--token)")
+			return h
+		}
+		guard = spec.OpsToken
+	}
+	mux := http.NewServeMux()
+	if spec.Metrics != nil {
+		mux.Handle("GET /metrics", httpapi.RequireToken(guard, spec.Metrics.Handler(spec.Logger)))
+	}
+	if spec.Pprof {
+		// The routes net/http/pprof registers on http.DefaultServeMux (which nothing here serves), on
+		// this service's mux instead.
+		for pattern, handler := range map[string]http.HandlerFunc{
+			"/debug/pprof/":        pprof.Index, // and every named profile: /debug/pprof/heap, ...
+			"/debug/pprof/cmdline": pprof.Cmdline,
+			"/debug/pprof/profile": pprof.Profile,
+			"/debug/pprof/symbol":  pprof.Symbol,
+			"/debug/pprof/trace":   pprof.Trace,
+		} {
+			mux.Handle(pattern, httpapi.RequireToken(guard, handler))
+		}
+	}
+	mux.Handle("/", h)
+	return mux
+}
+
 // register stores addr in the kv store under key (the reference registration: the last instance to
 // renew wins) and under its own instance key beside the other instances' (client.InstancePrefix), with
 // a TTL of ttl, and renews both every ttl/3 until ctx ends; then it removes the instance key, so peers
@@ -114,7 +181,7 @@ func register(ctx context.Context, kv *client.KV, key, addr string, ttl time.Dur
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deregisterTimeout)
 		defer cancel()
 		if err := kv.Remove(ctx, instanceKey); err != nil {
-			logger.WarnContext(ctx, "deregistration failed; the entry expires by itself", "key", instanceKey, "err", err)
+			logger.InfoContext(ctx, "deregistration failed; the entry expires by itself", "key", instanceKey, "err", err)
 		}
 	}()
 	registered := false

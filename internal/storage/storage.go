@@ -19,17 +19,25 @@ import (
 	"github.com/imgmill/imgmill/internal/blobstore/s3blob"
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/metrics"
 	"github.com/imgmill/imgmill/internal/service"
 )
 
 // NewServer returns the storage service's handler over blobs.
-func NewServer(blobs blobstore.Store) http.Handler {
+func NewServer(blobs blobstore.Store, opts ...Option) http.Handler {
+	s := &server{blobs: blobs}
+	for _, opt := range opts {
+		opt(s)
+	}
 	mux := httpapi.NewMux()
-	addRoutes(mux, &server{blobs: blobs})
+	addRoutes(mux, s)
 	return mux
 }
 
-type server struct{ blobs blobstore.Store }
+type server struct {
+	blobs   blobstore.Store
+	metrics *storageMetrics // nil: none (see WithMetrics)
+}
 
 // handleSendImage stores an image. The optional token parameter is the lease token of the worker sending
 // its result: the image is stored with it as its fence, and refused with 409 when the stored image has a
@@ -46,7 +54,7 @@ func (s *server) handleSendImage(w http.ResponseWriter, r *http.Request) error {
 	if r.ContentLength == 0 {
 		return httpapi.Errorf(http.StatusBadRequest, "empty image body")
 	}
-	_, err = s.blobs.Put(r.Context(), key, &nonEmptyReader{r: r.Body}, r.ContentLength, token)
+	n, err := s.blobs.Put(r.Context(), key, &nonEmptyReader{r: r.Body}, r.ContentLength, token)
 	if errors.Is(err, errEmptyBody) {
 		// The failed stream left any image already stored under key untouched.
 		return httpapi.Errorf(http.StatusBadRequest, "empty image body")
@@ -62,6 +70,7 @@ func (s *server) handleSendImage(w http.ResponseWriter, r *http.Request) error {
 		}
 		return fmt.Errorf("store %s: %w", key, err)
 	}
+	s.metrics.stored(r.URL.Query().Get("state"), n)
 	httpapi.WriteText(w, http.StatusOK, "success")
 	return nil
 }
@@ -84,7 +93,7 @@ func (s *server) handleGetImage(w http.ResponseWriter, r *http.Request) error {
 		w.Header().Set(client.LeaseTokenHeader, strconv.FormatInt(blob.Fence, 10))
 	}
 	// ServeContent streams from the blob, sniffs the Content-Type and answers range requests.
-	http.ServeContent(w, r, "", blob.ModTime, blob)
+	http.ServeContent(s.metrics.serving(w, r.URL.Query().Get("state")), r, "", blob.ModTime, blob)
 	return nil
 }
 
@@ -153,6 +162,8 @@ type Config struct {
 	// lets the service listen on a non-loopback address without one. See service.Spec.
 	Token    string
 	Insecure bool
+	// Pprof serves the net/http/pprof handlers under /debug/pprof/ (see service.Spec).
+	Pprof bool
 }
 
 // Run serves the storage service on its blob store (see Config.Blobs) until ctx ends, registered in the
@@ -163,10 +174,12 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer blobs.Close()
+	reg := metrics.New("storage")
 	return service.Run(ctx, service.Spec{
-		Addr: cfg.Addr, Handler: NewServer(blobs), Logger: cfg.Logger,
+		Addr: cfg.Addr, Handler: NewServer(blobs, WithMetrics(reg)), Logger: cfg.Logger,
 		RegisterAs: client.StorageKey, KV: cfg.KV, Advertise: cfg.Advertise,
 		Token: cfg.Token, Internal: true, Insecure: cfg.Insecure,
+		Metrics: reg, Pprof: cfg.Pprof,
 	})
 }
 

@@ -4,7 +4,6 @@
 package worker
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +16,7 @@ import (
 	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/imageop"
+	"github.com/imgmill/imgmill/internal/metrics"
 )
 
 const (
@@ -44,6 +44,8 @@ type Config struct {
 	// task at once. 0 means imageop.DefaultMaxPixels, negative no limit.
 	MaxPixels int64
 	Logger    *slog.Logger
+	// Metrics records the loops' busy/idle state and each task's processing; nil records nothing.
+	Metrics *metrics.Worker
 }
 
 // Run runs Concurrency worker loops until ctx ends. A loop then claims nothing more and finishes its
@@ -83,6 +85,8 @@ type loop struct {
 }
 
 func (l *loop) run(stop context.Context) {
+	ended := l.cfg.Metrics.Loop() // idle, but for the tasks it handles
+	defer ended()
 	failures := backoff.Backoff{Min: 50 * time.Millisecond, Max: 5 * time.Second}
 	idle := backoff.Backoff{Min: 50 * time.Millisecond, Max: 2 * time.Second}
 	for stop.Err() == nil {
@@ -121,12 +125,15 @@ var (
 // it gets Drain to finish first.
 func (l *loop) handle(stop context.Context, task client.Task) {
 	start := time.Now()
+	idle := l.cfg.Metrics.Busy() // until the outcome is reported
+	defer idle()
 	logger := l.logger.With("task", task.ID, "token", task.Token, "attempt", task.Attempts)
 	work, cancel := context.WithCancelCause(context.WithoutCancel(stop))
 	defer cancel(nil)
 	var keeper sync.WaitGroup
 	keeper.Go(func() { l.keepLease(stop, work, cancel, task, logger) })
 	err := l.process(work, task)
+	l.cfg.Metrics.Processed(time.Since(start), err)
 	cancel(nil)
 	keeper.Wait()
 
@@ -149,8 +156,9 @@ func (l *loop) handle(stop context.Context, task client.Task) {
 		}
 		logger.InfoContext(ctx, "task released on shutdown")
 	default:
-		// Input that can never work fails the task at once: it does not decode, or it is too large.
-		permanent := errors.Is(err, imageop.ErrDecode) || errors.Is(err, imageop.ErrTooLarge)
+		// Input that can never work fails the task at once: it does not decode, it is too large, or the
+		// operation cannot apply to it.
+		permanent := errors.Is(err, imageop.ErrDecode) || errors.Is(err, imageop.ErrTooLarge) || errors.Is(err, imageop.ErrBadOp)
 		t, ferr := l.cfg.Master.FailTask(ctx, task.ID, task.Token, err.Error(), permanent)
 		if ferr != nil {
 			logger.WarnContext(ctx, "reporting failure failed; the lease will lapse", "err", err, "report_err", ferr)
@@ -207,10 +215,18 @@ func (l *loop) process(ctx context.Context, task client.Task) error {
 	if err != nil {
 		return fmt.Errorf("fetch working image: %w", err)
 	}
+	// The master and the database refuse bad chains, so a bad one here comes from elsewhere (a task
+	// created by hand): it fails permanently, as ErrBadOp says in run.
+	chain, err := imageop.ParseChain(task.Op)
+	if err != nil {
+		src.Close()
+		return err
+	}
 	// A fresh buffer per result: the HTTP transport may still read a request body after the call
 	// returns, so reusing it for the next task could corrupt a retried upload.
-	var out bytes.Buffer
-	err = l.proc.Process(&out, src)
+	var out resultBuffer
+	defer out.Close()
+	_, err = l.proc.Apply(&out, src, chain)
 	src.Close()
 	if err != nil {
 		return err
@@ -218,7 +234,7 @@ func (l *loop) process(ctx context.Context, task client.Task) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := l.cfg.Storage.SendResult(ctx, task.ID, task.Token, bytes.NewReader(out.Bytes()), int64(out.Len())); err != nil {
+	if err := l.cfg.Storage.SendResult(ctx, task.ID, task.Token, out.reader(), out.size); err != nil {
 		return fmt.Errorf("store finished image: %w", err)
 	}
 	return nil

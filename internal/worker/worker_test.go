@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"image"
@@ -71,6 +72,10 @@ type upload struct {
 	// want is the expected output image; nil means check with imageop.CheckSwapped against orig.
 	orig image.Image
 	want image.Image
+	// format is the result's format ("" means png: every input but JPEG becomes PNG by default); a
+	// JPEG result is compared with want within tolerance (lossy re-encoding).
+	format    string
+	tolerance int
 }
 
 func decode(t *testing.T, what string, b []byte) (image.Image, string) {
@@ -125,7 +130,8 @@ func jpegUpload(t *testing.T, size int, seed int64) upload {
 	if format != "jpeg" {
 		t.Fatalf("encoded JPEG decodes as %s", format)
 	}
-	return upload{name: "jpeg", data: buf.Bytes(), want: imageop.SwapRedGreen(decoded)}
+	// The default chain keeps a JPEG a JPEG: re-encoding at quality 85 moves a channel by a few levels.
+	return upload{name: "jpeg", data: buf.Bytes(), want: imageop.SwapRedGreen(decoded), format: "jpeg", tolerance: 24}
 }
 
 func gifUpload(t *testing.T) upload {
@@ -139,17 +145,22 @@ func gifUpload(t *testing.T) upload {
 }
 
 // samePixels compares two images pixel by pixel in non-premultiplied 8-bit terms.
-func samePixels(want, got image.Image) error {
+func samePixels(want, got image.Image) error { return nearPixels(want, got, 0) }
+
+// nearPixels compares two images channel by channel, allowing each channel to differ by tolerance.
+func nearPixels(want, got image.Image, tolerance int) error {
 	if want.Bounds() != got.Bounds() {
 		return fmt.Errorf("bounds %v, want %v", got.Bounds(), want.Bounds())
 	}
 	b := want.Bounds()
 	for y := b.Min.Y; y < b.Max.Y; y++ {
 		for x := b.Min.X; x < b.Max.X; x++ {
-			w := color.NRGBAModel.Convert(want.At(x, y))
-			g := color.NRGBAModel.Convert(got.At(x, y))
-			if w != g {
-				return fmt.Errorf("pixel (%d,%d) = %v, want %v", x, y, g, w)
+			w := color.NRGBAModel.Convert(want.At(x, y)).(color.NRGBA)
+			g := color.NRGBAModel.Convert(got.At(x, y)).(color.NRGBA)
+			for _, d := range []int{int(w.R) - int(g.R), int(w.G) - int(g.G), int(w.B) - int(g.B), int(w.A) - int(g.A)} {
+				if d > tolerance || -d > tolerance {
+					return fmt.Errorf("pixel (%d,%d) = %v, want %v (tolerance %d)", x, y, g, w, tolerance)
+				}
 			}
 		}
 	}
@@ -226,15 +237,16 @@ func TestWorkerProcessesUploads(t *testing.T) {
 			if !ok {
 				t.Fatalf("task %d finished but storage has no finished image", id)
 			}
-			if format, ok := imageop.Sniff(out); !ok || format != "png" {
-				t.Fatalf("finished image starts %q, want a PNG", out[:min(len(out), 16)])
+			wantFormat := cmp.Or(u.format, "png")
+			if format, ok := imageop.Sniff(out); !ok || format != wantFormat {
+				t.Fatalf("finished image starts %q, want %s", out[:min(len(out), 16)], wantFormat)
 			}
 			result, format := decode(t, "result", out)
-			if format != "png" {
-				t.Fatalf("finished image decodes as %s, want png", format)
+			if format != wantFormat {
+				t.Fatalf("finished image decodes as %s, want %s", format, wantFormat)
 			}
 			if u.want != nil {
-				if err := samePixels(u.want, result); err != nil {
+				if err := nearPixels(u.want, result, u.tolerance); err != nil {
 					t.Errorf("result is not the swapped decoded input: %v", err)
 				}
 			} else if err := imageop.CheckSwapped(u.orig, result); err != nil {
@@ -862,7 +874,7 @@ func TestWorkerWithReferenceMaster(t *testing.T) {
 // as an upload from before the limits (or from another master) would be; it returns the task id.
 func queueDirectly(ctx context.Context, t *testing.T, s *servicetest.Stack, data []byte) int64 {
 	t.Helper()
-	id, err := s.Database.NewTask(ctx, true, 0)
+	id, err := s.Database.NewTask(ctx, client.NewTaskParams{Pending: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -919,5 +931,60 @@ func TestWorkerFailsOversizedImage(t *testing.T) {
 	task := waitTask(ctx, t, s.Database, huge2, "failed", func(t client.Task) bool { return t.State == client.StateFailed })
 	if want := "image is 100000x100000 pixels, over the limit of 50000000 pixels (50 MP) in all"; task.Attempts != 1 || task.Error != want {
 		t.Errorf("oversized task = %+v, want failed on its first attempt with %q", task, want)
+	}
+}
+
+// TestWorkerAppliesTheTasksChain: the operation chain travels with the task (uploaded through the
+// master with ?op=) and the worker applies it in order, in the output format it names.
+func TestWorkerAppliesTheTasksChain(t *testing.T) {
+	s := servicetest.NewStack(t, servicetest.Options{})
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	startWorker(t, worker.Config{Master: s.Master, Storage: s.Storage, Concurrency: 1, Wait: time.Second, Logger: servicetest.Discard})
+	src := imageop.TestPattern(40, 7)
+	src = src.SubImage(image.Rect(0, 0, 40, 24)).(*image.NRGBA) // 40x24: a rotation shows
+	data, err := imageop.EncodePNG(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := s.Master.NewOp(ctx, bytes.NewReader(data), int64(len(data)), " Rotate:90 , grayscale,convert:jpeg:95")
+	if err != nil {
+		t.Fatal(err)
+	}
+	task := waitTask(ctx, t, s.Database, id, "finished", func(t client.Task) bool { return t.State == client.StateFinished })
+	if task.Op != "rotate:90,grayscale,convert:jpeg:95" {
+		t.Errorf("task op = %q, want the canonical chain", task.Op)
+	}
+	out, ok := s.StoredImage(t, id, client.Finished)
+	if !ok {
+		t.Fatal("no finished image")
+	}
+	result, format := decode(t, "result", out)
+	if format != "jpeg" || result.Bounds().Dx() != 24 || result.Bounds().Dy() != 40 {
+		t.Fatalf("result is a %s of %v, want a 24x40 jpeg (rotated)", format, result.Bounds())
+	}
+	// Rotated clockwise: the result's top-right pixel is the source's top-left, in gray.
+	r, g, b, _ := result.At(23, 0).RGBA()
+	if d := int(r>>8) - int(g>>8); d > 2 || d < -2 || int(g>>8)-int(b>>8) > 2 || int(b>>8)-int(g>>8) > 2 {
+		t.Errorf("result pixel (23,0) = %d,%d,%d, want gray", r>>8, g>>8, b>>8)
+	}
+	sr, sg, sb, _ := src.At(0, 0).RGBA()
+	want := (299*int(sr>>8) + 587*int(sg>>8) + 114*int(sb>>8)) / 1000
+	if d := int(g>>8) - want; d > 12 || d < -12 {
+		t.Errorf("result pixel (23,0) gray %d, want about %d (the luma of the source's (0,0))", g>>8, want)
+	}
+
+	// A chain the master refuses never becomes a task.
+	if _, err := s.Master.NewOp(ctx, bytes.NewReader(data), int64(len(data)), "blurr:2"); !client.IsStatus(err, http.StatusBadRequest) ||
+		!strings.Contains(err.Error(), `unknown operation "blurr"`) {
+		t.Errorf("upload with op blurr:2 = %v, want 400 naming the unknown operation", err)
+	}
+	// One that cannot apply to this image (a crop outside it) is refused from the header too.
+	if _, err := s.Master.NewOp(ctx, bytes.NewReader(data), int64(len(data)), "crop:10x10+500+500"); !client.IsStatus(err, http.StatusBadRequest) {
+		t.Errorf("upload with a crop outside the image = %v, want 400", err)
+	}
+	// And one whose result would be over the pixel limit is refused with 413.
+	if _, err := s.Master.NewOp(ctx, bytes.NewReader(data), int64(len(data)), "resize:16384x16384:exact"); !client.IsStatus(err, http.StatusRequestEntityTooLarge) {
+		t.Errorf("upload resizing to 16384x16384 = %v, want 413", err)
 	}
 }

@@ -39,6 +39,7 @@ import (
 
 	"github.com/imgmill/imgmill/internal/atomicfile"
 	"github.com/imgmill/imgmill/internal/blobstore"
+	"github.com/imgmill/imgmill/internal/groupsync"
 )
 
 // tempPattern matches the temporary files of Puts (atomicfile names them "."+base+".tmp-"+digits) and of
@@ -53,6 +54,11 @@ type Store struct {
 	mkdirMu sync.Mutex
 	// keys serialises the check-and-replace of Puts and Deletes per key.
 	keys keyLocks
+	// flush, where the system has one (Linux: syncfs), makes every write to the store's file system
+	// durable at once and is shared by concurrent Puts (group commit); nil: each Put fsyncs its file
+	// and directory.
+	flush *groupsync.Syncer
+	root  io.Closer // what flush holds open
 }
 
 var _ blobstore.Store = (*Store)(nil)
@@ -87,6 +93,9 @@ func Open(dir string) (*Store, error) {
 	}
 	// Removals need no fsync: a temporary file that reappears after a crash is removed by the next Open.
 	if err := checkFenceSupport(dir); err != nil {
+		return nil, fmt.Errorf("fileblob: open %s: %w", dir, err)
+	}
+	if s.flush, s.root, err = fileSystemFlush(dir); err != nil {
 		return nil, fmt.Errorf("fileblob: open %s: %w", dir, err)
 	}
 	return s, nil
@@ -140,10 +149,12 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, fe
 			return n, fmt.Errorf("fileblob: put %s: %w", key, err)
 		}
 	}
-	// One fsync makes the content and the fence attribute (inode metadata) durable. It closes the file
-	// too, and happens here, before the key's lock is taken.
-	if err := tmp.Sync(); err != nil {
-		return n, fmt.Errorf("fileblob: put %s: %w", key, err)
+	// Without a shared flush, one fsync makes the content and the fence attribute (inode metadata)
+	// durable. It closes the file too, and happens here, before the key's lock is taken.
+	if s.flush == nil {
+		if err := tmp.Sync(); err != nil {
+			return n, fmt.Errorf("fileblob: put %s: %w", key, err)
+		}
 	}
 	if err := s.replace(ctx, key, tmp, path, fence); err != nil {
 		if errors.Is(err, syscall.EISDIR) || errors.Is(err, syscall.EEXIST) || errors.Is(err, syscall.ENOTEMPTY) {
@@ -172,8 +183,11 @@ func (s *Store) replace(ctx context.Context, key string, tmp *atomicfile.Temp, p
 			return fmt.Errorf("%w (stored blob has fence %d, this write %d)", blobstore.ErrStaleFence, stored, fence)
 		}
 	}
-	// The rename and the directory fsync, under the lock so that a Put that saw this blob's fence saw a
-	// durable one.
+	// The rename and its flush, under the lock so that a Put that saw this blob's fence saw a durable
+	// one. The shared flush covers the content, the fence and the rename of every Put in flight.
+	if s.flush != nil {
+		return tmp.CommitFlush(s.flush.Sync)
+	}
 	return tmp.Commit()
 }
 
@@ -248,8 +262,16 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
-// Close implements blobstore.Store. The store holds no resources; open Blobs stay readable.
-func (s *Store) Close() error { return nil }
+// Close implements blobstore.Store. Open Blobs stay readable.
+func (s *Store) Close() error {
+	if s.root == nil {
+		return nil
+	}
+	if err := s.root.Close(); err != nil {
+		return fmt.Errorf("fileblob: close: %w", err)
+	}
+	return nil
+}
 
 // mkdirAll creates dir and its missing parents, fsyncing each new directory's parent so that the new
 // entry, and so the blob about to be written below it, survives a crash.

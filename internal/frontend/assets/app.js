@@ -12,8 +12,18 @@
   const isTerminal = (state) => state === 'finished' || state === 'failed';
 
   const els = {
-    op: $('#op'),
+    opPick: $('#op-pick'),
     opDesc: $('#op-desc'),
+    params: $('#op-params'),
+    stepForm: $('#step-form'),
+    stepError: $('#step-error'),
+    chain: $('#chain'),
+    chainEmpty: $('#chain-empty'),
+    chainClear: $('#chain-clear'),
+    spec: $('#spec'),
+    specNote: $('#spec-note'),
+    specError: $('#spec-error'),
+    opList: $('#op-list'),
     drop: $('#drop'),
     files: $('#files'),
     tasks: $('#tasks'),
@@ -107,7 +117,8 @@
       const name = t.name || 'image';
       const text = el('div', { class: 'h-text' },
         el('div', { class: 'h-name', text: name }),
-        el('div', { class: 'h-meta', text: [t.op, stateWords[t.state] || t.state, fmtTime(t.created)].filter(Boolean).join(' · ') }));
+        el('div', { class: 'h-meta' }, el('code', { class: 'op', text: t.op || 'swap' }),
+          ' · ' + [stateWords[t.state] || t.state, fmtTime(t.created)].filter(Boolean).join(' · ')));
       const open = el('button', { type: 'button', class: 'secondary small', text: 'Show', 'aria-label': 'Show ' + name });
       open.addEventListener('click', () => {
         const v = reopen(t);
@@ -118,13 +129,304 @@
     els.historySection.hidden = list.length === 0;
   }
 
-  // ---- operations ----------------------------------------------------------------------------------
+  // ---- operations: the chain builder ---------------------------------------------------------------
+  //
+  // The spec text field (#spec) is what is sent with each upload: operations separated by commas,
+  // applied in order (resize:800x600,grayscale). The list of steps (#chain) is a view of it: the
+  // builder (#step-form) and the step buttons rewrite the text, and typing in the text redraws the
+  // list. The server validates the spec; the page only points out names it does not know.
 
-  let operations = [{ name: 'swap', description: 'Swap the red and green channels.' }];
+  const SPEC_KEY = 'imgmill.spec.v1';
+  let operations = [{
+    name: 'swap', aliases: [], summary: 'Swap the red and green channels',
+    description: 'Swaps the red and green channels, keeping blue and alpha. The default when no operation is given.',
+    syntax: 'swap', params: [], example: 'swap',
+  }];
+  let steps = []; // the spec's items, trimmed, as written
 
-  function describeOp() {
-    const op = operations.find((o) => o.name === els.op.value);
-    els.opDesc.textContent = (op && op.description) || '';
+  function findOp(name) {
+    const n = String(name || '').trim().toLowerCase();
+    return operations.find((o) => o.name === n || (o.aliases || []).includes(n));
+  }
+
+  const itemName = (item) => item.split(':')[0].trim();
+
+  function currentSpec() {
+    return els.spec.value.trim();
+  }
+
+  // splitSpec returns the non-empty items of a spec, and what the page can tell is wrong with it.
+  function splitSpec(text) {
+    const items = [];
+    const problems = [];
+    if (!text.trim()) return { items, problems };
+    text.split(',').forEach((raw, i) => {
+      const item = raw.trim();
+      if (!item) {
+        problems.push('step ' + (i + 1) + ' is empty (two commas in a row, or one at an end)');
+        return;
+      }
+      items.push(item);
+      if (!findOp(itemName(item))) problems.push('“' + itemName(item) + '” is not an operation the server lists');
+    });
+    return { items, problems };
+  }
+
+  function saveSpec() {
+    try { localStorage.setItem(SPEC_KEY, els.spec.value); } catch { /* works without */ }
+  }
+
+  // setSteps replaces the chain by items and writes the spec text from it.
+  function setSteps(items) {
+    steps = items.slice();
+    els.spec.value = steps.join(',');
+    saveSpec();
+    clearSpecError();
+    showSpecNote([]);
+    renderChain();
+  }
+
+  // specEdited follows the text field: the list shows what was typed.
+  function specEdited(final) {
+    const { items, problems } = splitSpec(els.spec.value);
+    steps = items;
+    saveSpec();
+    clearSpecError();
+    if (final) showSpecNote(problems);
+    else if (!problems.length) showSpecNote([]);
+    renderChain();
+  }
+
+  function showSpecNote(problems) {
+    els.specNote.hidden = !problems.length;
+    els.specNote.textContent = problems.length
+      ? 'Check the list: ' + problems.join('; ') + '. The server will say what it refuses.' : '';
+  }
+
+  function showSpecError(spec, msg) {
+    if (currentSpec() !== spec && !(spec === 'swap' && currentSpec() === '')) return;
+    els.specError.textContent = 'The server refused “' + spec + '”: ' + msg;
+    els.specError.hidden = false;
+    els.spec.setAttribute('aria-invalid', 'true');
+  }
+
+  function clearSpecError() {
+    els.specError.hidden = true;
+    els.specError.textContent = '';
+    els.spec.removeAttribute('aria-invalid');
+  }
+
+  function renderChain() {
+    els.chainClear.disabled = steps.length === 0;
+    els.chainEmpty.hidden = steps.length > 0;
+    els.chain.hidden = steps.length === 0;
+    els.chain.replaceChildren(...steps.map((item, i) => {
+      const op = findOp(itemName(item));
+      const label = 'step ' + (i + 1) + ', ' + item;
+      const button = (act, text, title, disabled) => el('button', {
+        type: 'button', class: 'secondary small step-' + act, 'data-act': act, 'data-index': String(i),
+        title, 'aria-label': title + ': ' + label, disabled, text,
+      });
+      return el('li', { class: 'step' + (op ? '' : ' unknown') },
+        el('div', { class: 'step-text' },
+          el('code', { text: item }),
+          el('span', { class: 'step-summary', text: op ? op.summary || op.description || '' : 'unknown operation' })),
+        el('div', { class: 'step-buttons' },
+          button('up', '↑', 'Move up', i === 0),
+          button('down', '↓', 'Move down', i === steps.length - 1),
+          button('remove', '✕', 'Remove', false)));
+    }));
+  }
+
+  function chainClicked(e) {
+    const btn = e.target.closest('button[data-act]');
+    if (!btn || btn.disabled) return;
+    const i = Number(btn.dataset.index);
+    const act = btn.dataset.act;
+    const item = steps[i];
+    const next = steps.slice();
+    let focusIndex = i;
+    if (act === 'up' && i > 0) {
+      [next[i - 1], next[i]] = [next[i], next[i - 1]];
+      focusIndex = i - 1;
+      announce('Moved ' + item + ' to step ' + i);
+    } else if (act === 'down' && i < next.length - 1) {
+      [next[i + 1], next[i]] = [next[i], next[i + 1]];
+      focusIndex = i + 1;
+      announce('Moved ' + item + ' to step ' + (i + 2));
+    } else if (act === 'remove') {
+      next.splice(i, 1);
+      focusIndex = Math.min(i, next.length - 1);
+      announce('Removed ' + item + (next.length ? '' : '; no steps left, the default is swap'));
+    } else {
+      return;
+    }
+    setSteps(next);
+    // Keep the keyboard where it was: the same button of the moved step, else another one of it.
+    const li = els.chain.children[focusIndex];
+    const target = li && (li.querySelector('.step-' + act + ':not([disabled])') || li.querySelector('.step-remove'));
+    (target || els.opPick).focus();
+  }
+
+  // ---- the step form: inputs from the catalogue's params
+
+  const fmtNum = (v) => (v === undefined || v === null ? undefined : String(v));
+
+  function rangeText(p) {
+    const hasRange = p.min !== undefined && p.max !== undefined;
+    switch (p.type) {
+      case 'size': return hasRange ? 'sides ' + fmtNum(p.min) + '–' + fmtNum(p.max) : '';
+      case 'geometry': return hasRange ? 'sides ' + fmtNum(p.min) + '–' + fmtNum(p.max) + ', offsets from 0' : '';
+      case 'enum': return '';
+      default: return hasRange ? fmtNum(p.min) + ' to ' + fmtNum(p.max) : '';
+    }
+  }
+
+  function numberInput(id, p, attrs = {}) {
+    return el('input', {
+      id, type: 'number', inputmode: p.type === 'number' ? 'decimal' : 'numeric',
+      step: p.type === 'number' ? 'any' : '1', min: fmtNum(p.min), max: fmtNum(p.max), ...attrs,
+    });
+  }
+
+  function renderParams() {
+    const op = operations.find((o) => o.name === els.opPick.value) || operations[0];
+    els.opDesc.replaceChildren(
+      (op.description || op.summary || '') + ' ',
+      el('span', { class: 'syntax' }, 'Syntax: ', el('code', { text: op.syntax || op.name })));
+    els.stepError.hidden = true;
+    const params = Array.isArray(op.params) ? op.params : [];
+    els.params.hidden = params.length === 0;
+    els.params.replaceChildren(...params.map((p, i) => {
+      const id = 'param-' + i;
+      const hintId = id + '-hint';
+      const title = [el('span', { text: p.name }),
+        p.required ? el('span', { class: 'req', text: ' (required)' }) : el('span', { class: 'opt', text: ' (optional)' })];
+      const hint = el('p', {
+        class: 'hint', id: hintId,
+        text: [p.description, rangeText(p), p.default ? 'default ' + p.default : ''].filter(Boolean).join('; '),
+      });
+      const box = (label, inputs) => el('div', { class: 'param', 'data-param': String(i), 'data-type': p.type }, label, inputs, hint);
+      if (p.type === 'enum' && Array.isArray(p.allowed)) {
+        const sel = el('select', { id, 'aria-describedby': hintId, required: p.required },
+          ...p.allowed.map((a) => el('option', { value: a, text: a })));
+        sel.value = p.default && p.allowed.includes(p.default) ? p.default : p.allowed[0];
+        return box(el('label', { for: id }, ...title), sel);
+      }
+      if (p.type === 'size' || p.type === 'geometry') {
+        const side = (suffix, what, extra = {}) => numberInput(id + '-' + suffix, p, {
+          'aria-label': p.name + ' ' + what, 'aria-describedby': hintId, 'data-part': suffix, ...extra,
+        });
+        const geometry = p.type === 'geometry';
+        const parts = [side('w', 'width', { placeholder: 'W', required: geometry && p.required }), el('span', { text: '×', 'aria-hidden': 'true' }),
+          side('h', 'height', { placeholder: 'H', required: geometry && p.required })];
+        if (geometry) {
+          const off = { type: 'integer', min: 0, max: p.max };
+          parts.push(el('span', { text: '+', 'aria-hidden': 'true' }),
+            numberInput(id + '-x', off, { 'aria-label': p.name + ' x offset (optional)', 'aria-describedby': hintId, 'data-part': 'x', placeholder: 'X' }),
+            el('span', { text: '+', 'aria-hidden': 'true' }),
+            numberInput(id + '-y', off, { 'aria-label': p.name + ' y offset (optional)', 'aria-describedby': hintId, 'data-part': 'y', placeholder: 'Y' }));
+        }
+        return el('fieldset', { class: 'param', 'data-param': String(i), 'data-type': p.type },
+          el('legend', {}, ...title), el('div', { class: 'size-inputs' }, ...parts), hint);
+      }
+      const input = p.type === 'number' || p.type === 'integer'
+        ? numberInput(id, p, { 'aria-describedby': hintId, required: p.required })
+        : el('input', { id, type: 'text', 'aria-describedby': hintId, required: p.required, autocomplete: 'off', spellcheck: 'false' });
+      input.value = p.default || '';
+      return box(el('label', { for: id }, ...title), input);
+    }));
+    if (op.name === 'convert') {
+      // A PNG has no quality: the quality input only counts for jpeg.
+      const fmt = els.params.querySelector('select');
+      const quality = els.params.querySelector('input');
+      const sync = () => { if (fmt && quality) quality.disabled = fmt.value === 'png'; };
+      if (fmt) fmt.addEventListener('change', sync);
+      sync();
+    }
+  }
+
+  class StepError extends Error {
+    constructor(msg, input) { super(msg); this.input = input; }
+  }
+
+  function checkInput(input, what) {
+    if (input && !input.disabled && !input.checkValidity()) throw new StepError(what + ': ' + input.validationMessage, input);
+  }
+
+  // stepFromForm returns the spec item the form describes, or throws a StepError.
+  function stepFromForm() {
+    const op = operations.find((o) => o.name === els.opPick.value) || operations[0];
+    const params = Array.isArray(op.params) ? op.params : [];
+    const args = params.map((p, i) => {
+      const box = els.params.querySelector('[data-param="' + i + '"]');
+      if (!box) return '';
+      if (p.type === 'size' || p.type === 'geometry') {
+        const part = (k) => box.querySelector('[data-part="' + k + '"]');
+        for (const k of ['w', 'h', 'x', 'y']) checkInput(part(k), p.name);
+        const w = part('w').value.trim();
+        const h = part('h').value.trim();
+        if (!w && !h) {
+          if (p.required) throw new StepError(p.name + ': enter a width or a height', part('w'));
+          return '';
+        }
+        if (p.type === 'geometry') {
+          if (!w || !h) throw new StepError(p.name + ': enter both the width and the height', part(w ? 'h' : 'w'));
+          const x = part('x').value.trim();
+          const y = part('y').value.trim();
+          return w + 'x' + h + (x || y ? '+' + (x || '0') + '+' + (y || '0') : '');
+        }
+        // thumbnail:N is a square box: one side given is N.
+        if ((!w || !h) && /:N\b/.test(op.syntax || '')) return w || h;
+        return w + 'x' + h;
+      }
+      const input = box.querySelector('input, select');
+      checkInput(input, p.name);
+      if (input.disabled) return '';
+      const v = input.value.trim();
+      if (!v && p.required) throw new StepError(p.name + ' is required', input);
+      return v;
+    });
+    // Parameters are positional: an empty one before a given one takes its default, and optional ones
+    // at the end that are empty or at their default are left out.
+    while (args.length && !params[args.length - 1].required &&
+      (args[args.length - 1] === '' || args[args.length - 1] === params[args.length - 1].default)) args.pop();
+    args.forEach((a, i) => { if (a === '') args[i] = params[i].default || ''; });
+    return [op.name, ...args].join(':');
+  }
+
+  function addStep(e) {
+    e.preventDefault();
+    let item;
+    try {
+      item = stepFromForm();
+    } catch (err) {
+      if (!(err instanceof StepError)) throw err;
+      els.stepError.textContent = err.message;
+      els.stepError.hidden = false;
+      if (err.input) err.input.focus();
+      return;
+    }
+    els.stepError.hidden = true;
+    const next = steps.slice();
+    const existing = next.findIndex((s) => itemName(s).toLowerCase() === 'convert');
+    if (itemName(item) === 'convert' && existing >= 0) {
+      next[existing] = item; // one output format per chain
+      announce('Replaced the output format: ' + item);
+    } else {
+      next.push(item);
+      announce('Added step ' + next.length + ': ' + item);
+    }
+    setSteps(next);
+  }
+
+  function renderReference() {
+    els.opList.replaceChildren(...operations.flatMap((o) => [
+      el('dt', {}, el('code', { text: o.syntax || o.name }),
+        (o.aliases && o.aliases.length) ? el('span', { class: 'hint', text: ' also ' + o.aliases.join(', ') }) : null),
+      el('dd', {}, (o.description || o.summary || '') + (o.example ? ' Example: ' : ''),
+        o.example ? el('code', { text: o.example }) : null),
+    ]));
   }
 
   async function loadOperations() {
@@ -136,10 +438,14 @@
     } catch {
       // Keep the default operation.
     }
-    const current = els.op.value;
-    els.op.replaceChildren(...operations.map((o) => el('option', { value: o.name, text: o.name })));
-    if (operations.some((o) => o.name === current)) els.op.value = current;
-    describeOp();
+    const current = els.opPick.value;
+    els.opPick.replaceChildren(...operations.map((o) => el('option', {
+      value: o.name, text: o.name + (o.summary ? ' — ' + o.summary : ''),
+    })));
+    if (operations.some((o) => o.name === current)) els.opPick.value = current;
+    renderParams();
+    renderReference();
+    specEdited(true); // names are known now
   }
 
   // ---- task views ----------------------------------------------------------------------------------
@@ -147,13 +453,16 @@
   const views = new Map(); // task id, or a local key while uploading -> view
   let localSeq = 0;
 
-  function newView(name, op, meta) {
+  // newView adds a task card: name is the file's, op the spec it was sent with, extra more of the
+  // meta line (size, or when it was made).
+  function newView(name, op, extra) {
     const key = 'local-' + ++localSeq;
     const titleId = 'task-title-' + localSeq;
-    const v = { key, name, op, id: null, urls: null, state: null, stopWatch: null };
+    const v = { key, name, op, extra, id: null, urls: null, state: null, stopWatch: null, inputType: '' };
     v.badge = el('span', { class: 'badge' });
     v.title = el('h3', { class: 'task-name', id: titleId, text: name, tabindex: '-1' });
-    v.meta = el('p', { class: 'task-meta', text: meta });
+    v.meta = el('p', { class: 'task-meta' });
+    renderMeta(v);
     v.progress = el('progress', { class: 'progress', max: '100', 'aria-label': 'Upload progress of ' + name });
     v.message = el('p', { class: 'message', hidden: true });
     v.body = el('div', { class: 'task-body' });
@@ -166,6 +475,10 @@
     els.tasksSection.hidden = false;
     els.tasksEmpty.hidden = true;
     return v;
+  }
+
+  function renderMeta(v) {
+    v.meta.replaceChildren(el('code', { class: 'op', title: 'Operations', text: v.op }), v.extra ? ' · ' + v.extra : '');
   }
 
   function setState(v, state, detail) {
@@ -194,7 +507,8 @@
   function reopen(t) {
     const existing = views.get(t.id);
     if (existing) return existing;
-    const v = newView(t.name || 'image', t.op, [t.op, fmtTime(t.created)].filter(Boolean).join(' · '));
+    const v = newView(t.name || 'image', t.op || 'swap', fmtTime(t.created));
+    v.inputType = t.type || typeFromName(t.name || '');
     bindId(v, t.id, urlsOf(t));
     setState(v, t.state && !isTerminal(t.state) ? t.state : 'queued');
     v.progress.removeAttribute('value');
@@ -217,6 +531,12 @@
   // applyStatus shows one status answer of the API.
   function applyStatus(v, st) {
     if (!st || !st.state) return;
+    if (typeof st.op === 'string' && st.op && st.op !== v.op) {
+      // The server's canonical form of the spec (names in full, defaults left out).
+      v.op = st.op;
+      renderMeta(v);
+      if (v.id) updateRemembered(v.id, { op: st.op });
+    }
     const before = v.state;
     setState(v, st.state);
     const attempts = st.maxAttempts > 1 && st.attempts > 0 ? 'attempt ' + st.attempts + ' of ' + st.maxAttempts : '';
@@ -243,20 +563,75 @@
     }
   }
 
+  const extOfType = {
+    'image/png': '.png', 'image/jpeg': '.jpg', 'image/gif': '.gif', 'image/webp': '.webp',
+    'image/bmp': '.bmp', 'image/tiff': '.tiff',
+  };
+  const formatOfExt = { '.png': 'PNG', '.jpg': 'JPEG', '.gif': 'GIF', '.webp': 'WebP', '.bmp': 'BMP', '.tiff': 'TIFF' };
+
+  function typeFromName(name) {
+    const m = /\.([A-Za-z0-9]+)$/.exec(name);
+    const ext = m ? m[1].toLowerCase() : '';
+    return { png: 'image/png', jpg: 'image/jpeg', jpeg: 'image/jpeg', gif: 'image/gif', webp: 'image/webp',
+      bmp: 'image/bmp', tif: 'image/tiff', tiff: 'image/tiff' }[ext] || '';
+  }
+
+  // guessExt is the result's extension before the server says: convert's format, else a JPEG stays
+  // JPEG and everything else becomes PNG.
+  function guessExt(op, inputType) {
+    const m = /(?:^|,)\s*convert\s*:\s*(png|jpe?g)\b/i.exec(op || '');
+    if (m) return m[1].toLowerCase() === 'png' ? '.png' : '.jpg';
+    return inputType === 'image/jpeg' ? '.jpg' : '.png';
+  }
+
+  // fileSlug turns a spec into something fit for a file name: resize:800x600,grayscale ->
+  // resize-800x600_grayscale.
+  function fileSlug(op) {
+    return String(op || 'swap').replace(/\s+/g, '').replace(/,/g, '_').replace(/:/g, '-')
+      .replace(/[^A-Za-z0-9._+-]+/g, '').slice(0, 80) || 'swap';
+  }
+
   function showResult(v) {
     if (v.shown) return;
     v.shown = true;
     const base = v.name.replace(/\.[A-Za-z0-9]+$/, '') || 'image';
-    const fig = (caption, src, alt) => el('figure', {},
-      el('figcaption', { text: caption }),
-      el('img', { src, alt, loading: 'lazy', decoding: 'async' }));
+    const download = el('a', { class: 'button download', href: v.urls.resultUrl, text: 'Download result' });
+    const setExt = (ext) => { download.setAttribute('download', base + '-' + fileSlug(v.op) + ext); };
+    setExt(guessExt(v.op, v.inputType));
+    const fig = (caption, src, alt) => {
+      const cap = el('figcaption', { text: caption });
+      const img = el('img', { src, alt, decoding: 'async' });
+      const f = el('figure', {}, cap, img);
+      f.dataset.caption = caption;
+      img.addEventListener('load', () => {
+        f.dataset.width = String(img.naturalWidth);
+        f.dataset.height = String(img.naturalHeight);
+        f.dataset.size = img.naturalWidth + '×' + img.naturalHeight;
+        cap.textContent = [caption, f.dataset.size, f.dataset.format].filter(Boolean).join(' · ');
+      });
+      img.addEventListener('error', () => {
+        // A TIFF original, say: not every browser shows every format the server reads.
+        img.replaceWith(el('p', { class: 'no-preview hint', text: 'No preview of this image in this browser.' }));
+      });
+      return f;
+    };
+    const original = fig('Original', v.urls.sourceUrl, 'Original: ' + v.name);
+    const result = fig('Result', v.urls.resultUrl, 'Result of ' + v.op + ': ' + v.name);
     v.body.replaceChildren(
-      el('div', { class: 'compare' },
-        fig('Original', v.urls.sourceUrl, 'Original: ' + v.name),
-        fig('Result', v.urls.resultUrl, 'Result of ' + v.op + ': ' + v.name)),
-      el('div', { class: 'actions' },
-        el('a', { class: 'button download', href: v.urls.resultUrl, download: base + '-' + v.op + '.png', text: 'Download result' }),
+      el('div', { class: 'compare' }, original, result),
+      el('div', { class: 'actions' }, download,
         el('a', { class: 'button secondary', href: v.urls.resultUrl, target: '_blank', rel: 'noopener', text: 'Open in new tab' })));
+    // The result's Content-Type says its format (and so the download's extension) for sure.
+    fetch(v.urls.resultUrl, { method: 'HEAD', cache: 'no-store' }).then((r) => {
+      const type = (r.ok && (r.headers.get('Content-Type') || '').split(';')[0].trim().toLowerCase()) || '';
+      const ext = extOfType[type];
+      if (!ext) return;
+      setExt(ext);
+      download.dataset.type = type;
+      result.dataset.format = formatOfExt[ext];
+      const cap = result.querySelector('figcaption');
+      cap.textContent = [result.dataset.caption, result.dataset.size, result.dataset.format].filter(Boolean).join(' · ');
+    }).catch(() => { /* keep the guess */ });
   }
 
   // ---- status: EventSource, polling as the fallback ------------------------------------------------
@@ -323,10 +698,11 @@
   function addFiles(fileList) {
     const files = Array.from(fileList || []);
     if (!files.length) return;
-    const op = els.op.value || 'swap';
+    const op = currentSpec() || 'swap';
     for (const file of files) {
-      const v = newView(file.name || 'image', op, op + ' · ' + fmtSize(file.size));
+      const v = newView(file.name || 'image', op, fmtSize(file.size));
       v.file = file;
+      v.inputType = file.type || typeFromName(file.name || '');
       setState(v, 'uploading');
       v.progress.value = 0;
       queue.push(v);
@@ -349,8 +725,7 @@
       v.progress.hidden = false;
       v.progress.value = 0;
       const form = new FormData();
-      form.append('op', v.op);
-      form.append('file', v.file, v.file.name);
+      form.append('file', v.file, v.file.name); // the spec goes in the query
       const xhr = new XMLHttpRequest();
       xhr.open('POST', '/api/tasks?op=' + encodeURIComponent(v.op));
       xhr.setRequestHeader('Accept', 'application/json');
@@ -384,7 +759,7 @@
     v.progress.setAttribute('aria-label', 'Progress of ' + v.name);
     bindId(v, body.id, urlsOf(body));
     v.file = null;
-    remember({ id: body.id, name: v.name, op: v.op, created: Date.now(), state: 'queued', ...v.urls });
+    remember({ id: body.id, name: v.name, op: v.op, type: v.inputType, created: Date.now(), state: 'queued', ...v.urls });
     applyStatus(v, { state: body.status || 'queued' });
     watch(v);
   }
@@ -394,11 +769,16 @@
     let text;
     let retryIn = 0;
     switch (status) {
+      case 400:
+        // The spec, most likely: the server names what it refuses.
+        text = 'Refused: ' + (msg || 'bad request') + '.';
+        showSpecError(v.op, msg || 'bad request');
+        break;
       case 413:
         text = 'Too big: ' + v.name + ' is ' + fmtSize(v.file.size) + ', more than the server accepts' + (msg ? ' (' + msg + ')' : '') + '.';
         break;
       case 415:
-        text = 'Not an image the server can read: use PNG, JPEG or GIF' + (msg ? ' (' + msg + ')' : '') + '.';
+        text = 'Not an image the server can read: use PNG, JPEG, GIF, WebP, BMP or TIFF' + (msg ? ' (' + msg + ')' : '') + '.';
         break;
       case 429: {
         retryIn = Math.max(1, parseInt(retryAfter, 10) || 1);
@@ -453,7 +833,19 @@
     for (const e of document.querySelectorAll('.origin')) e.textContent = location.origin;
     els.tasksSection.hidden = true;
 
-    els.op.addEventListener('change', describeOp);
+    els.opPick.addEventListener('change', renderParams);
+    els.stepForm.addEventListener('submit', addStep);
+    els.chain.addEventListener('click', chainClicked);
+    els.chainClear.addEventListener('click', () => {
+      setSteps([]);
+      announce('Steps cleared: the default is swap');
+      els.opPick.focus();
+    });
+    els.spec.addEventListener('input', () => specEdited(false));
+    els.spec.addEventListener('change', () => specEdited(true));
+    try { els.spec.value = localStorage.getItem(SPEC_KEY) || ''; } catch { /* none saved */ }
+    specEdited(false);
+    renderParams();
     els.files.addEventListener('change', () => {
       addFiles(els.files.files);
       els.files.value = '';

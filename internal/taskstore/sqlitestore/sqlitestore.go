@@ -39,7 +39,7 @@ type Store struct {
 	r   *sql.DB // query-only readers
 	now func() time.Time
 	// durable fsyncs the WAL for the commits that must survive power loss.
-	durable *groupSync
+	durable *walSync
 
 	// Prepared statements for the hot paths. Those on w stay prepared on its one connection, so
 	// a transaction's tx.StmtContext reuses them rather than re-preparing.
@@ -237,10 +237,10 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	// Pragmas go in the DSN so that every connection the pools (re)open gets them.
 	// synchronous(NORMAL) writes the WAL on every commit without an fsync: every commit survives
 	// kill -9 of the process; the commits that must also survive power loss (an id answered to a
-	// client: Create of an active task, Activate, Set) then fsync the WAL through groupSync, which
+	// client: Create of an active task, Activate, Set) then fsync the WAL through walSync, which
 	// shares one fsync among concurrent callers. _txlock=immediate takes the write lock at BEGIN, so
 	// a transaction never fails to upgrade a read lock (another process might hold the file too).
-	s.durable = newGroupSync(path + "-wal")
+	s.durable = newWALSync(path + "-wal")
 	var err error
 	s.w, err = sql.Open("sqlite", dsn(path,
 		"_pragma=busy_timeout(5000)",

@@ -1,0 +1,28 @@
+package fileblob
+
+import (
+	"fmt"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/imgmill/imgmill/internal/groupsync"
+)
+
+// fileSystemFlush returns a shared flush of the file system holding dir: one syncfs(2) writes back every
+// dirty file and directory on it and waits for the disk, so the Puts in flight (content, fence attribute
+// and rename) become durable together, where fsyncs of each file and directory would cost a disk flush
+// each.
+func fileSystemFlush(dir string) (*groupsync.Syncer, io.Closer, error) {
+	root, err := os.Open(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	return groupsync.New(func() error {
+		if err := unix.Syncfs(int(root.Fd())); err != nil {
+			return fmt.Errorf("syncfs: %w", err)
+		}
+		return nil
+	}), root, nil
+}

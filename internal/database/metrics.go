@@ -1,0 +1,79 @@
+package database
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/metrics"
+	"github.com/imgmill/imgmill/internal/taskstore"
+)
+
+// Option adjusts the server NewServer builds.
+type Option func(*server)
+
+// WithMetrics records the database's metrics in reg: the tasks in each state, counted by the store at
+// every scrape, and the latency of every task a worker finishes, from upload to finished.
+func WithMetrics(reg *metrics.Registry) Option {
+	return func(s *server) {
+		s.latency = prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: metrics.Namespace, Name: "task_latency_seconds",
+			Help:    "Time from a task's creation (its upload) to its finish, observed when a worker finishes it.",
+			Buckets: metrics.TaskBuckets,
+		})
+		reg.MustRegister(s.latency, &taskCounts{store: s.store, desc: prometheus.NewDesc(
+			prometheus.BuildFQName(metrics.Namespace, "", "tasks"),
+			"Tasks by state, as the task store counts them at the scrape (pending uploads count as queued).",
+			[]string{"state"}, nil)})
+	}
+}
+
+// countsTimeout bounds the store's count at a scrape. Counts is cheap by contract: a store that takes
+// longer is in trouble, and the rest of the scrape should not wait for it.
+const countsTimeout = 2 * time.Second
+
+// taskCounts reports the task store's counts by state, read when scraped: the store is the only place
+// that knows them (several database services may share it), and Counts is cheap.
+type taskCounts struct {
+	store taskstore.Store
+	desc  *prometheus.Desc
+}
+
+func (c *taskCounts) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *taskCounts) Collect(ch chan<- prometheus.Metric) {
+	// A Collector gets no context: the timeout is its own.
+	ctx, cancel := context.WithTimeout(context.Background(), countsTimeout)
+	defer cancel()
+	counts, err := c.store.Counts(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.desc, fmt.Errorf("count tasks: %w", err))
+		return
+	}
+	for _, s := range []taskstore.State{taskstore.NotStarted, taskstore.InProgress, taskstore.Finished, taskstore.Failed} {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(counts.Of(s)), s.Word())
+	}
+}
+
+// observeFinished observes the latency of task id, which this request (begun at start) just finished.
+// The store's Finish does not return the task, so it is read back: one lookup by primary key. A retried
+// finish of a task that had finished before the request began is not observed a second time.
+func (s *server) observeFinished(ctx context.Context, id int64, start time.Time) {
+	if s.latency == nil {
+		return
+	}
+	t, err := s.store.Get(ctx, id)
+	if err != nil {
+		httpapi.LoggerFrom(ctx).WarnContext(ctx, "task latency not observed: cannot read the finished task", "task", id, "err", err)
+		return
+	}
+	// A store may keep microseconds only, so a finish during this request can read back as a little
+	// before its start: only an older one is a retry.
+	if t.State != taskstore.Finished || t.CreatedAt.IsZero() || t.FinishedAt.Before(start.Add(-time.Millisecond)) {
+		return
+	}
+	s.latency.Observe(t.FinishedAt.Sub(t.CreatedAt).Seconds())
+}

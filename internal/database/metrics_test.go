@@ -1,0 +1,105 @@
+package database_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http/httptest"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/database"
+	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/metrics"
+	"github.com/imgmill/imgmill/internal/metrics/metricstest"
+	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/taskstore/sqlitestore"
+)
+
+// newMeteredDB serves the database with its metrics in reg, its requests observed as service.Run
+// observes them.
+func newMeteredDB(t *testing.T, reg *metrics.Registry) *dbServer {
+	t.Helper()
+	store, err := sqlitestore.Open(context.Background(), filepath.Join(t.TempDir(), "tasks.db"), sqlitestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	servicetest.CloseAtCleanup(t, "task store", store)
+	done := make(chan struct{})
+	stop := sync.OnceFunc(func() { close(done) })
+	srv := httptest.NewUnstartedServer(nil)
+	srv.Config = httpapi.NewHTTPServer(database.NewServer(store, database.Policy{Lease: longLease}, done, database.WithMetrics(reg)),
+		servicetest.Discard, httpapi.WithObserver(reg))
+	srv.Start()
+	t.Cleanup(srv.Close)
+	t.Cleanup(stop) // end long polls before the server waits for them
+	return &dbServer{t: t, url: srv.URL, c: servicetest.NewHTTPClient(t), closeDone: stop}
+}
+
+// The tasks gauges are the store's counts at every scrape, the latency histogram counts each finished
+// task once, and requests are counted by route.
+func TestDatabaseMetrics(t *testing.T) {
+	reg := metrics.New("database")
+	s := newMeteredDB(t, reg)
+	gather := func() metricstest.Families { return metricstest.Gather(t, reg.Gatherer()) }
+	checkTasks := func(what string) {
+		t.Helper()
+		var stats client.Stats
+		if err := json.Unmarshal([]byte(s.call("GET", "/stats", nil, "").Body), &stats); err != nil {
+			t.Fatal(err)
+		}
+		f := gather()
+		for state, want := range map[string]int64{"queued": stats.Queued, "processing": stats.Processing,
+			"finished": stats.Finished, "failed": stats.Failed} {
+			if got := f.Value("imgmill_tasks", "service", "database", "state", state); got != float64(want) {
+				t.Errorf("%s: imgmill_tasks{state=%q} = %v, the store counts %d", what, state, got, want)
+			}
+		}
+	}
+	latency := func() float64 { return gather().Value("imgmill_task_latency_seconds") }
+
+	checkTasks("empty")
+	first := s.newTask(false)
+	for range 2 {
+		s.newTask(false)
+	}
+	s.newTask(true) // pending: queued
+	checkTasks("created")
+	if got := gather().Value("imgmill_http_requests_total", "route", "POST /newTask", "method", "POST", "code", "200"); got != 4 {
+		t.Errorf("POST /newTask counted %v times, want 4", got)
+	}
+	claimed := s.claim(first)
+	second := s.claim(first + 1)
+	checkTasks("claimed")
+	if latency() != 0 {
+		t.Fatalf("latency observed before any finish")
+	}
+
+	time.Sleep(10 * time.Millisecond) // a latency the histogram's sum can see
+	s.expect("POST", "/finishTask", tokenQuery(first, claimed.Token), "", 200, "success")
+	checkTasks("finished")
+	if got := latency(); got != 1 {
+		t.Errorf("latency observations after a finish: %v, want 1", got)
+	}
+	if sum := gather().Sum("imgmill_task_latency_seconds"); sum < 0.01 || sum > 60 {
+		t.Errorf("latency sum %vs, want the task's age (at least 10ms)", sum)
+	}
+	// A worker retrying its finish (a lost reply) is not a second finished task.
+	time.Sleep(5 * time.Millisecond)
+	s.expect("POST", "/finishTask", tokenQuery(first, claimed.Token), "", 200, "success")
+	if got := latency(); got != 1 {
+		t.Errorf("latency observations after a retried finish: %v, want 1", got)
+	}
+	// Refused finishes observe nothing.
+	s.expect("POST", "/finishTask", tokenQuery(first+2, 0), "", 400, notInProgress(first+2))
+	if got := latency(); got != 1 {
+		t.Errorf("latency observations after a refused finish: %v, want 1", got)
+	}
+	s.call("POST", "/failTask", failQuery(second, "bad input", true), "")
+	checkTasks("failed")
+	if got := latency(); got != 1 {
+		t.Errorf("latency observations after a failure: %v, want 1", got)
+	}
+}
