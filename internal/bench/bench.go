@@ -217,14 +217,21 @@ func runPipeline(ctx context.Context, m *client.Master, encoded [][]byte, client
 
 // waitReady polls isReady, quickly at first so a fast result is seen fast, then backing off.
 func waitReady(ctx context.Context, m *client.Master, id int64) error {
+	// Long polls (additive isReady?wait=); against a master that answers at once instead (the
+	// reference), the answers come back quickly and the loop backs off as a polling client would.
+	const wait = 5 * time.Second
 	delay := 500 * time.Microsecond
 	for {
-		ready, err := m.IsReady(ctx, id)
+		start := time.Now()
+		ready, err := m.WaitReady(ctx, id, wait)
 		if err != nil {
 			return fmt.Errorf("isReady %d: %w", id, err)
 		}
 		if ready {
 			return nil
+		}
+		if time.Since(start) >= wait/2 {
+			continue // the master held the poll: ask again at once
 		}
 		select {
 		case <-ctx.Done():

@@ -50,6 +50,20 @@ func (c *Master) IsReady(ctx context.Context, id int64) (bool, error) {
 	return reply == "1", nil
 }
 
+// WaitReady is IsReady held by the master until the task finishes or wait (at most 10s) ends: one
+// request where polling takes many. A master that ignores wait (the reference one) answers at once.
+func (c *Master) WaitReady(ctx context.Context, id int64, wait time.Duration) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, wait+CallTimeout)
+	defer cancel()
+	q := idQuery(id)
+	q.Set("wait", wait.String())
+	reply, err := c.p.sendTextNoTimeout(ctx, call{method: http.MethodGet, path: "/isReady", query: q, idempotent: true})
+	if err != nil {
+		return false, err
+	}
+	return reply == "1", nil
+}
+
 // Get opens the finished image of task id.
 func (c *Master) Get(ctx context.Context, id int64) (*Image, error) {
 	return openImage(ctx, c.p, "/get", idQuery(id))

@@ -88,10 +88,20 @@ func writeJSONError(w http.ResponseWriter, status int, err error) {
 	_ = WriteJSON(w, status, JSONError{Error: ErrorMessage(err)})
 }
 
+// StatusClientClosedRequest is the status logged for a request whose caller went away before the answer.
+const StatusClientClosedRequest = 499
+
 func writeError(w http.ResponseWriter, r *http.Request, err error, reply func(http.ResponseWriter, int, error)) {
 	status := StatusOf(err)
 	logger := LoggerFrom(r.Context())
+	if r.Context().Err() != nil && errors.Is(err, context.Canceled) {
+		// The caller hung up (a worker shutting down, a client that gave up): nothing failed here, and
+		// nobody reads the answer. 499 is the usual mark for it in access logs.
+		status = StatusClientClosedRequest
+	}
 	switch {
+	case status == StatusClientClosedRequest:
+		logger.DebugContext(r.Context(), "request abandoned by the caller", "err", err)
 	case status == http.StatusServiceUnavailable:
 		// Refusing work under load is the service doing its job, not a fault.
 		logger.WarnContext(r.Context(), "request refused", "err", err)

@@ -671,3 +671,24 @@ func TestRetryAfterPassesThrough(t *testing.T) {
 		}
 	}
 }
+
+// A handler that fails because its caller hung up is not a server error: logged at debug, as 499.
+func TestCallerGoneIsNotAnError(t *testing.T) {
+	var logs bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	h := httpapi.Wrap(httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		<-r.Context().Done()
+		return fmt.Errorf("forward: %w", r.Context().Err())
+	}), logger)
+	ctx, cancel := context.WithCancel(t.Context())
+	req := httptest.NewRequestWithContext(ctx, http.MethodGet, "/x", nil)
+	rec := httptest.NewRecorder()
+	cancel()
+	h.ServeHTTP(rec, req)
+	if rec.Code != httpapi.StatusClientClosedRequest {
+		t.Errorf("status %d, want 499", rec.Code)
+	}
+	if strings.Contains(logs.String(), "level=ERROR") {
+		t.Errorf("logged as an error:\n%s", logs.String())
+	}
+}

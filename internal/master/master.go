@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/httpapi"
@@ -31,10 +32,11 @@ func NewServer(db *client.Database, storage *client.Storage, limits Limits) http
 }
 
 type server struct {
-	db      *client.Database
-	storage *client.Storage
-	limits  Limits
-	queue   *queueGauge
+	db       *client.Database
+	storage  *client.Storage
+	limits   Limits
+	queue    *queueGauge
+	finishes finishWaiters
 }
 
 // handleNew stores an upload and answers its id. The task is created pending, the image streamed to
@@ -115,17 +117,56 @@ func (s *server) task(r *http.Request) (client.Task, error) {
 	return s.db.GetByID(r.Context(), id)
 }
 
+// MaxReadyWait caps the additive wait parameter of GET /isReady: short enough that a master shutting
+// down (which lets requests run for httpapi.ShutdownGrace) is not held up by idle polls.
+const MaxReadyWait = 10 * time.Second
+
+// readyRecheck is how often a waiting /isReady looks at the database again, for a task that finished
+// through another master (which wakes only its own waiters).
+const readyRecheck = time.Second
+
+// handleIsReady answers 1 for a finished task, else 0. With wait (additive, at most MaxReadyWait) it
+// holds the answer until the task finishes or the wait ends, so a client needs one request where it
+// would poll many times.
 func (s *server) handleIsReady(w http.ResponseWriter, r *http.Request) error {
-	t, err := s.task(r)
+	id, err := httpapi.QueryID(r, "id")
 	if err != nil {
 		return err
 	}
-	answer := "0"
-	if t.State == client.StateFinished {
-		answer = "1"
+	wait, err := httpapi.QueryDuration(r, "wait", MaxReadyWait)
+	if err != nil {
+		return err
 	}
-	httpapi.WriteText(w, http.StatusOK, answer)
-	return nil
+	deadline := time.Now().Add(wait)
+	for {
+		// Register before looking, so a finish between the look and the wait is not missed.
+		woken, withdraw := s.finishes.wait(id)
+		t, err := s.db.GetByID(r.Context(), id)
+		remaining := time.Until(deadline)
+		if err != nil || t.State == client.StateFinished || remaining <= 0 {
+			withdraw()
+			if err != nil {
+				return err
+			}
+			answer := "0"
+			if t.State == client.StateFinished {
+				answer = "1"
+			}
+			httpapi.WriteText(w, http.StatusOK, answer)
+			return nil
+		}
+		timer := time.NewTimer(min(remaining, readyRecheck))
+		select {
+		case <-woken:
+		case <-timer.C:
+		case <-r.Context().Done():
+		}
+		timer.Stop()
+		withdraw()
+		if r.Context().Err() != nil {
+			return r.Context().Err()
+		}
+	}
 }
 
 // handleGet serves the finished image, but only of a finished task: a stale worker's result stored for a
@@ -203,6 +244,21 @@ func (s *server) forward(databasePath string) httpapi.HandlerFunc {
 			return err
 		}
 		httpapi.WriteText(w, http.StatusOK, reply)
+		return nil
+	}
+}
+
+// handleRegisterTaskFinished passes a worker's finish through to the database and then wakes the
+// /isReady polls waiting for that task.
+func (s *server) handleRegisterTaskFinished() httpapi.HandlerFunc {
+	forward := s.forward("/finishTask")
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if err := forward(w, r); err != nil {
+			return err
+		}
+		if id, err := strconv.ParseInt(r.URL.Query().Get("id"), 10, 64); err == nil {
+			s.finishes.finished(id)
+		}
 		return nil
 	}
 }

@@ -1139,3 +1139,55 @@ func TestSource(t *testing.T) {
 		s.call(t, http.MethodGet, fmt.Sprintf("%s/source?id=%d", s.MasterURL, pending), nil), http.StatusNotFound)
 	servicetest.ExpectError(t, "POST /source", s.call(t, http.MethodPost, s.MasterURL+"/source?id=0", nil), http.StatusMethodNotAllowed)
 }
+
+// GET /isReady?wait= (additive) holds the answer until the task finishes or the wait ends.
+func TestIsReadyWait(t *testing.T) {
+	s := newStack(t, servicetest.Options{})
+	ctx := t.Context()
+	id := s.uploadOK(t, servicetest.PatternPNG(t, 8, 21))
+	isReady := func(wait string) servicetest.Reply {
+		return s.call(t, http.MethodGet, fmt.Sprintf("%s/isReady?id=%d&wait=%s", s.MasterURL, id, wait), nil)
+	}
+
+	// Not finished: "0", and not before the wait is over.
+	start := time.Now()
+	if r := isReady("300ms"); r.Status != http.StatusOK || r.Body != "0" {
+		t.Fatalf("isReady wait=300ms on a queued task = %d %q, want 200 0", r.Status, r.Body)
+	}
+	if elapsed := time.Since(start); elapsed < 300*time.Millisecond {
+		t.Errorf("isReady with wait=300ms answered after %s", elapsed)
+	}
+
+	// Finished through this master while a poll waits: the poll answers "1".
+	task := s.claim(t, id)
+	answer := make(chan servicetest.Reply, 1)
+	go func() { answer <- isReady("9s") }()
+	time.Sleep(50 * time.Millisecond) // let the poll start waiting
+	r := s.call(t, http.MethodPost, fmt.Sprintf("%s/registerTaskFinished?id=%d&token=%d", s.MasterURL, id, task.Token), nil)
+	if r.Status != http.StatusOK || r.Body != "success" {
+		t.Fatalf("registerTaskFinished = %d %q", r.Status, r.Body)
+	}
+	if r := <-answer; r.Status != http.StatusOK || r.Body != "1" {
+		t.Errorf("waiting isReady after the finish = %d %q, want 200 1", r.Status, r.Body)
+	}
+
+	// Finished elsewhere (straight at the database, as through another master): found by the recheck.
+	id2 := s.uploadOK(t, servicetest.PatternPNG(t, 8, 22))
+	task2 := s.claim(t, id2)
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		if err := s.Database.FinishTask(ctx, id2, task2.Token); err != nil {
+			t.Error(err)
+		}
+	}()
+	r = s.call(t, http.MethodGet, fmt.Sprintf("%s/isReady?id=%d&wait=9s", s.MasterURL, id2), nil)
+	if r.Status != http.StatusOK || r.Body != "1" {
+		t.Errorf("isReady after a finish through the database = %d %q, want 200 1", r.Status, r.Body)
+	}
+
+	for _, bad := range []string{"11s", "-1s", "soon"} {
+		if r := isReady(bad); r.Status != http.StatusBadRequest || !strings.HasPrefix(r.Body, "Error: wait") {
+			t.Errorf("isReady wait=%s = %d %q, want 400 Error: wait ...", bad, r.Status, r.Body)
+		}
+	}
+}

@@ -15,7 +15,7 @@ func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("GET /source", httpapi.HandlerFunc(s.handleSource))
 	// worker side
 	mux.Handle("POST /getNewTask", httpapi.HandlerFunc(s.handleGetNewTask))
-	mux.Handle("POST /registerTaskFinished", s.forward("/finishTask"))
+	mux.Handle("POST /registerTaskFinished", s.handleRegisterTaskFinished())
 	mux.Handle("POST /extendLease", s.forward("/extendLease"))
 	mux.Handle("POST /failTask", s.forward("/failTask"))
 	mux.Handle("POST /releaseTask", s.forward("/releaseTask"))
