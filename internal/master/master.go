@@ -158,6 +158,10 @@ func (s *server) handleIsReady(w http.ResponseWriter, r *http.Request) error {
 		timer := time.NewTimer(min(remaining, readyRecheck))
 		select {
 		case <-woken:
+			// The database just answered this master's forwarded finish: no need to ask it again.
+			timer.Stop()
+			httpapi.WriteText(w, http.StatusOK, "1")
+			return nil
 		case <-timer.C:
 		case <-r.Context().Done():
 		}
