@@ -311,6 +311,11 @@ func (f *flags) workerConfig() *worker.Config {
 	f.DurationVar(&c.Wait, "wait", worker.DefaultWait, "how long one claim waits at the master for work (long poll)")
 	f.DurationVar(&c.Heartbeat, "heartbeat", worker.DefaultHeartbeat, "how often a worker renews its task's lease (at most a third of the lease)")
 	f.DurationVar(&c.Drain, "drain", worker.DefaultDrain, "on shutdown, how long the current task may take before it is handed back")
+	f.Func("png-compression", "PNG encoder effort for PNG results: default, speed (faster, larger files), best or none", func(v string) error {
+		level, err := imageop.ParsePNGCompression(v)
+		c.PNGCompression = level
+		return err
+	})
 	return c
 }
 
@@ -467,12 +472,17 @@ func runBench(ctx context.Context, e *env, args []string) error {
 	timeout := f.Duration("timeout", 30*time.Minute, "give up after this long")
 	token := f.token()
 	tasks, blobs, kvStore := f.tasksURL(), f.blobsURL(), f.kvStoreURL("kv-store")
+	pngLevel := f.String("png-compression", "default", "PNG encoder effort of the in-process worker and of the floor: default, speed, best or none")
 	cpuProfile := f.String("cpuprofile", "", "write a CPU profile of the whole run to this file (the in-process pipeline's services included; go tool pprof reads it)")
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
+	level, err := imageop.ParsePNGCompression(*pngLevel)
+	if err != nil {
+		return fmt.Errorf("%w: --png-compression: %v", errUsage, err)
+	}
 	if *cpuProfile != "" {
 		stop, err := startCPUProfile(*cpuProfile)
 		if err != nil {
@@ -480,9 +490,9 @@ func runBench(ctx context.Context, e *env, args []string) error {
 		}
 		defer stop()
 	}
-	_, err := bench.Run(ctx, bench.Config{Master: *masterURL, Size: *size, N: *n, Clients: *clients,
+	_, err = bench.Run(ctx, bench.Config{Master: *masterURL, Size: *size, N: *n, Clients: *clients,
 		Concurrency: *conc, Out: e.stdout, Logger: f.logger("bench"), Token: *token,
-		Tasks: *tasks, Blobs: *blobs, KVStore: *kvStore, Getenv: e.getenv})
+		Tasks: *tasks, Blobs: *blobs, KVStore: *kvStore, Getenv: e.getenv, PNGCompression: level})
 	return err
 }
 

@@ -42,6 +42,8 @@ type Config struct {
 	// for the embedded ones. Getenv supplies S3 keys from the environment.
 	Tasks, Blobs, KVStore string
 	Getenv                func(string) string
+	// PNGCompression is the PNG encoder's effort in the in-process pipeline's worker and in the floor.
+	PNGCompression png.CompressionLevel
 }
 
 // backends describes where the in-process pipeline keeps its data.
@@ -115,7 +117,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	floor, err := runFloor(ctx, encoded)
+	floor, err := runFloor(ctx, encoded, cfg.PNGCompression)
 	if err != nil {
 		return Result{}, err
 	}
@@ -167,7 +169,7 @@ func startPipeline(ctx context.Context, cfg Config) (stop func(), masterAddr str
 	quiet := slog.New(levelFilter{logger.Handler(), slog.LevelWarn})
 	go func() {
 		done <- allinone.Run(ctx, allinone.Config{DataDir: dir, KVAddr: addrs[0], DatabaseAddr: addrs[1], StorageAddr: addrs[2],
-			MasterAddr: addrs[3], Frontend: addrs[4], Worker: worker.Config{Concurrency: cfg.Concurrency}, Logger: quiet,
+			MasterAddr: addrs[3], Frontend: addrs[4], Worker: worker.Config{Concurrency: cfg.Concurrency, PNGCompression: cfg.PNGCompression}, Logger: quiet,
 			Token: cfg.Token, Tasks: cfg.Tasks, Blobs: cfg.Blobs, KVStore: cfg.KVStore, Getenv: cfg.Getenv})
 	}()
 	stop = func() {
@@ -270,8 +272,9 @@ func verify(ctx context.Context, m *client.Master, ids []int64, originals []*ima
 }
 
 // runFloor processes the same images in-process on every core: the cost of the image work itself.
-func runFloor(ctx context.Context, encoded [][]byte) (Throughput, error) {
+func runFloor(ctx context.Context, encoded [][]byte, level png.CompressionLevel) (Throughput, error) {
 	proc := imageop.NewProcessor()
+	proc.PNGCompression = level
 	var next atomic.Int64
 	var bufs sync.Pool
 	g, ctx := errgroup.WithContext(ctx)

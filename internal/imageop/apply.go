@@ -282,3 +282,18 @@ func (c Chain) CheckSize(w, h int, maxPixels int64) error {
 	_, _, err := planSizes(c.steps(), w, h, maxPixels)
 	return err
 }
+
+// ParsePNGCompression reads a PNG compression level by name: default, speed, best or none.
+func ParsePNGCompression(name string) (png.CompressionLevel, error) {
+	switch name {
+	case "", "default":
+		return png.DefaultCompression, nil
+	case "speed":
+		return png.BestSpeed, nil
+	case "best":
+		return png.BestCompression, nil
+	case "none":
+		return png.NoCompression, nil
+	}
+	return 0, fmt.Errorf("PNG compression %q: want default, speed, best or none", name)
+}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"image/png"
 	"log/slog"
 	"net/http"
 	"runtime"
@@ -43,7 +44,9 @@ type Config struct {
 	// image's header before decoding it, so a worker's memory is bounded; a larger image fails its
 	// task at once. 0 means imageop.DefaultMaxPixels, negative no limit.
 	MaxPixels int64
-	Logger    *slog.Logger
+	// PNGCompression is the effort of the PNG encoder for PNG results (the zero value: the default).
+	PNGCompression png.CompressionLevel
+	Logger         *slog.Logger
 	// Metrics records the loops' busy/idle state and each task's processing; nil records nothing.
 	Metrics *metrics.Worker
 }
@@ -66,6 +69,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	proc := imageop.NewProcessor()
 	proc.MaxPixels = cfg.MaxPixels
+	proc.PNGCompression = cfg.PNGCompression
 	cfg.Logger.InfoContext(ctx, "worker started", "concurrency", n)
 	var wg sync.WaitGroup
 	for i := range n {

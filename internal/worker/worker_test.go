@@ -9,6 +9,7 @@ import (
 	"image/color"
 	"image/gif"
 	"image/jpeg"
+	"image/png"
 	_ "image/png" // decoder for results
 	"io"
 	"log"
@@ -986,5 +987,29 @@ func TestWorkerAppliesTheTasksChain(t *testing.T) {
 	// And one whose result would be over the pixel limit is refused with 413.
 	if _, err := s.Master.NewOp(ctx, bytes.NewReader(data), int64(len(data)), "resize:16384x16384:exact"); !client.IsStatus(err, http.StatusRequestEntityTooLarge) {
 		t.Errorf("upload resizing to 16384x16384 = %v, want 413", err)
+	}
+}
+
+// The worker's PNG compression setting reaches the encoder: stored (level none), a PNG result is at
+// least as large as its pixels.
+func TestWorkerPNGCompression(t *testing.T) {
+	s := servicetest.NewStack(t, servicetest.Options{})
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	startWorker(t, worker.Config{Master: s.Master, Storage: s.Storage, Concurrency: 1, Wait: time.Second,
+		PNGCompression: png.NoCompression, Logger: servicetest.Discard})
+	src := imageop.TestPattern(64, 9)
+	id := queueDirectly(ctx, t, s, servicetest.PatternPNG(t, 64, 9))
+	waitFinished(ctx, t, s, id)
+	out, ok := s.StoredImage(t, id, client.Finished)
+	if !ok {
+		t.Fatal("no finished image")
+	}
+	if len(out) < len(src.Pix) {
+		t.Errorf("result of %d bytes for %d bytes of pixels: not stored uncompressed", len(out), len(src.Pix))
+	}
+	result, _ := decode(t, "result", out)
+	if err := imageop.CheckSwapped(src, result); err != nil {
+		t.Error(err)
 	}
 }
