@@ -79,6 +79,23 @@ var (
 	ErrNotPending = errors.New("task is no longer pending")
 )
 
+// Refusal is why a guarded update (Extend, Finish, Fail, Release) on behalf of token matched no row of a
+// task whose current token is current: ErrStaleToken when the caller's claim was superseded, else
+// ErrNotInProgress. Stores probe the row after the update and still answer exactly: tokens only grow,
+// so a token that differs now differed then.
+func Refusal(token, current int64) error {
+	if token != 0 && token != current {
+		return ErrStaleToken
+	}
+	return ErrNotInProgress
+}
+
+// IsFinishRetry reports whether a Finish on behalf of token, refused with err (from Refusal) by a task
+// in state, repeats the finish that finished the task under that same token: a no-op success.
+func IsFinishRetry(token int64, state State, err error) bool {
+	return token != 0 && state == Finished && errors.Is(err, ErrNotInProgress)
+}
+
 // Counts is how many tasks are in each state, as Get and List report them: a task whose lease lapsed
 // counts as what the next Claim makes of it (queued again, or failed out of attempts), and pending tasks
 // (uploads not yet complete) count as queued.

@@ -132,7 +132,7 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, fe
 	if size >= 0 {
 		// A stream shorter or longer than announced is a truncated or confused upload: fail inside the
 		// copy so that the temporary file is discarded instead of published.
-		r = &exactReader{r: r, remaining: size}
+		r = blobstore.ExactSize(r, size)
 	}
 	tmp, err := atomicfile.Create(path)
 	if err != nil {
@@ -349,37 +349,4 @@ func (k *keyLocks) lock(key string) (unlock func()) {
 		}
 		k.mu.Unlock()
 	}
-}
-
-// errSizeMismatch reports a stream whose length differs from the size given to Put.
-var errSizeMismatch = errors.New("stream length differs from the announced size")
-
-// exactReader fails when the stream ends before remaining bytes or goes on after them.
-type exactReader struct {
-	r         io.Reader
-	remaining int64
-}
-
-func (e *exactReader) Read(p []byte) (int, error) {
-	if e.remaining == 0 {
-		// Probe for excess data with a one-byte read rather than trusting the caller.
-		var one [1]byte
-		n, err := e.r.Read(one[:])
-		if n > 0 {
-			return 0, fmt.Errorf("%w: more than announced", errSizeMismatch)
-		}
-		if err == nil {
-			return 0, nil
-		}
-		return 0, err
-	}
-	if int64(len(p)) > e.remaining {
-		p = p[:e.remaining]
-	}
-	n, err := e.r.Read(p)
-	e.remaining -= int64(n)
-	if err == io.EOF && e.remaining > 0 {
-		return n, fmt.Errorf("%w: %d bytes short: %w", errSizeMismatch, e.remaining, io.ErrUnexpectedEOF)
-	}
-	return n, err
 }

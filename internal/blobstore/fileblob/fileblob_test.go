@@ -183,7 +183,7 @@ func TestPutSizeMismatch(t *testing.T) {
 		{"x", 0},
 	} {
 		_, err := s.Put(ctx, "k", strings.NewReader(tc.data), tc.size, 0)
-		if !errors.Is(err, errSizeMismatch) {
+		if !errors.Is(err, blobstore.ErrSizeMismatch) {
 			t.Errorf("Put(%d bytes, size %d) = %v, want a size mismatch", len(tc.data), tc.size, err)
 		}
 	}

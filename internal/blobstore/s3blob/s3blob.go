@@ -236,7 +236,7 @@ func (s *Store) put(ctx context.Context, name string, r io.Reader, size int64, f
 	if size >= 0 {
 		// A stream shorter or longer than announced is a truncated or confused upload: fail before the
 		// commit so that nothing is stored.
-		src = &exactReader{r: src, remaining: size}
+		src = blobstore.ExactSize(src, size)
 	}
 	// The bufio.Reader only peeks one byte past a full part to learn whether it was the last; reads
 	// into parts go around its buffer.
@@ -566,34 +566,4 @@ func (c ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
-}
-
-// errSizeMismatch reports a stream whose length differs from the size given to Put.
-var errSizeMismatch = errors.New("stream length differs from the announced size")
-
-// exactReader fails when the stream ends before remaining bytes or goes on after them.
-type exactReader struct {
-	r         io.Reader
-	remaining int64
-}
-
-func (e *exactReader) Read(p []byte) (int, error) {
-	if e.remaining == 0 {
-		// Probe for excess data with a one-byte read rather than trusting the caller.
-		var one [1]byte
-		n, err := e.r.Read(one[:])
-		if n > 0 {
-			return 0, fmt.Errorf("%w: more than announced", errSizeMismatch)
-		}
-		return 0, err
-	}
-	if int64(len(p)) > e.remaining {
-		p = p[:e.remaining]
-	}
-	n, err := e.r.Read(p)
-	e.remaining -= int64(n)
-	if err == io.EOF && e.remaining > 0 {
-		return n, fmt.Errorf("%w: %d bytes short: %w", errSizeMismatch, e.remaining, io.ErrUnexpectedEOF)
-	}
-	return n, err
 }

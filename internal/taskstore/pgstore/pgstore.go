@@ -493,9 +493,7 @@ func (s *Store) Finish(ctx context.Context, id, token int64) error {
 	tag, err := s.pool.Exec(ctx, finishSQL, pgx.NamedArgs{"id": id, "token": token, "now": s.now()})
 	if err == nil && tag.RowsAffected() == 0 {
 		var state taskstore.State
-		if state, err = s.refusal(ctx, id, token); errors.Is(err, taskstore.ErrNotInProgress) &&
-			token != 0 && state == taskstore.Finished {
-			// The token is current (else ErrStaleToken) and the task finished under it: a retry.
+		if state, err = s.refusal(ctx, id, token); taskstore.IsFinishRetry(token, state, err) {
 			return nil
 		}
 	}
@@ -533,22 +531,14 @@ func (s *Store) Release(ctx context.Context, id, token int64) error {
 	return nil
 }
 
-// refusal explains why a guarded update of task id on behalf of token matched no row:
-// ErrNotFound, ErrStaleToken or ErrNotInProgress (or the probe's own failure), with the task's
-// stored state.
-//
-// The probe runs after the update, but the answer is still exact: tokens only grow, so a token
-// that differs now differed then, and one that still matches means the task's state, not a newer
-// claim, refused the caller.
+// refusal explains why a guarded update of task id on behalf of token matched no row: ErrNotFound, or
+// taskstore.Refusal's answer (or the probe's own failure), with the task's stored state.
 func (s *Store) refusal(ctx context.Context, id, token int64) (taskstore.State, error) {
 	state, current, _, err := s.probeRow(ctx, id)
 	if err != nil {
 		return 0, err
 	}
-	if token != 0 && token != current {
-		return state, taskstore.ErrStaleToken
-	}
-	return state, taskstore.ErrNotInProgress
+	return state, taskstore.Refusal(token, current)
 }
 
 // probeRow reads a task's stored state, token and pending flag; ErrNotFound for an unknown id. Tasks
