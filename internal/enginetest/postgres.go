@@ -314,7 +314,18 @@ func (p *Postgres) Restart(t testing.TB) {
 	default:
 		t.Fatalf("restart postgres: it is still running")
 	}
-	if err := p.start(t); err != nil {
-		t.Fatalf("restart postgres: %v", err)
+	// After a kill the backends outlive the postmaster for a moment (they run in sessions of their own,
+	// so the signal to its group misses them, and exit when they notice it is gone); until the last
+	// one has, the new server refuses to start on their shared memory. Retry that case for a while.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		err := p.start(t)
+		if err == nil {
+			return
+		}
+		if !strings.Contains(err.Error(), "pre-existing shared memory block") || time.Now().After(deadline) {
+			t.Fatalf("restart postgres: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
