@@ -101,17 +101,12 @@ func (s *server) apiTask(r *http.Request) (int64, string, error) {
 	return id, public, err
 }
 
-// apiStatus is the status of task id as the JSON API shows it.
-func (s *server) apiStatus(ctx context.Context, id int64, public string) (Status, error) {
-	return s.status(ctx, id, public)
-}
-
 func (s *server) handleTask(w http.ResponseWriter, r *http.Request) error {
 	id, public, err := s.apiTask(r)
 	if err != nil {
 		return err
 	}
-	st, err := s.apiStatus(r.Context(), id, public)
+	st, err := s.status(r.Context(), id, public)
 	if err != nil {
 		return err
 	}
@@ -180,7 +175,7 @@ func (s *server) handleTaskEvents(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
-	st, err := s.apiStatus(r.Context(), id, public)
+	st, err := s.status(r.Context(), id, public)
 	if err != nil {
 		return err
 	}
@@ -221,7 +216,7 @@ func (s *server) handleTaskEvents(w http.ResponseWriter, r *http.Request) error 
 				return nil
 			}
 		case <-timer.C:
-			next, err := s.apiStatus(ctx, id, public)
+			next, err := s.status(ctx, id, public)
 			if err != nil {
 				if ctx.Err() == nil {
 					httpapi.LoggerFrom(ctx).WarnContext(ctx, "event stream: status", "err", err)

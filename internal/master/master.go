@@ -139,8 +139,13 @@ func (s *server) handleIsReady(w http.ResponseWriter, r *http.Request) error {
 	}
 	deadline := time.Now().Add(wait)
 	for {
-		// Register before looking, so a finish between the look and the wait is not missed.
-		woken, withdraw := s.finishes.wait(id)
+		// Register before looking, so a finish between the look and the wait is not missed; a plain
+		// poll (no wait) registers nothing.
+		var woken <-chan struct{}
+		withdraw := func() {}
+		if wait > 0 {
+			woken, withdraw = s.finishes.wait(id)
+		}
 		t, err := s.db.GetByID(r.Context(), id)
 		remaining := time.Until(deadline)
 		if err != nil || t.State == client.StateFinished || remaining <= 0 {

@@ -220,7 +220,7 @@ func (l *loop) process(ctx context.Context, task client.Task) error {
 		return fmt.Errorf("fetch working image: %w", err)
 	}
 	// The master and the database refuse bad chains, so a bad one here comes from elsewhere (a task
-	// created by hand): it fails permanently, as ErrBadOp says in run.
+	// created by hand): it fails permanently, as ErrBadOp says in handle.
 	chain, err := imageop.ParseChain(task.Op)
 	if err != nil {
 		src.Close()
