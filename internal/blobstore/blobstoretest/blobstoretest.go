@@ -628,7 +628,7 @@ func testLarge(t *testing.T, s blobstore.Store) {
 	want := sha256.New()
 	src := io.TeeReader(io.LimitReader(rand.NewChaCha8(seedBytes(64)), largeSize), want)
 
-	peak := watchHeap()
+	peak := WatchHeap()
 	n, err := s.Put(ctx, "large", opaqueReader{src}, largeSize, 0)
 	grew := peak()
 	if err != nil {
@@ -660,9 +660,10 @@ func testLarge(t *testing.T, s blobstore.Store) {
 	}
 }
 
-// watchHeap samples the heap until the returned function is called, which reports how far the heap grew
+// WatchHeap samples the heap until the returned function is called, which reports how far the heap grew
 // above its starting size. Sampling can miss a short spike, but not a blob held for the whole Put.
-func watchHeap() func() uint64 {
+// Stores' own streaming tests use it too.
+func WatchHeap() func() uint64 {
 	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
 	heap := func() uint64 {
 		metrics.Read(sample)

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"runtime"
-	"runtime/metrics"
 	"strings"
 	"sync"
 	"testing"
@@ -347,7 +346,7 @@ func testLargeUnknownSize(t *testing.T, m *enginetest.MinIO) {
 	src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{7}), size), want)
 
 	runtime.GC()
-	peak := watchHeap()
+	peak := blobstoretest.WatchHeap()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	n, err := s.Put(ctx, "large", opaqueReader{src}, -1, 3)
@@ -378,37 +377,6 @@ func testLargeUnknownSize(t *testing.T, m *enginetest.MinIO) {
 	}
 	if !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
 		t.Fatal("the blob read back differs from what was put")
-	}
-}
-
-// watchHeap samples the live heap until the returned function is called, which reports how far it grew
-// above its starting size.
-func watchHeap() func() uint64 {
-	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
-	heap := func() uint64 {
-		metrics.Read(sample)
-		return sample[0].Value.Uint64()
-	}
-	start := heap()
-	stop := make(chan struct{})
-	result := make(chan uint64)
-	go func() {
-		ticker := time.NewTicker(2 * time.Millisecond)
-		defer ticker.Stop()
-		var peak uint64
-		for {
-			peak = max(peak, heap())
-			select {
-			case <-stop:
-				result <- peak
-				return
-			case <-ticker.C:
-			}
-		}
-	}()
-	return func() uint64 {
-		close(stop)
-		return max(<-result, start) - start
 	}
 }
 
