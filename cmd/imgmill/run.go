@@ -307,7 +307,8 @@ func (f *flags) policy() *database.Policy {
 // workerConfig defines the worker's flags.
 func (f *flags) workerConfig() *worker.Config {
 	c := &worker.Config{}
-	f.IntVar(&c.Concurrency, "concurrency", runtime.NumCPU(), "worker loops")
+	f.IntVar(&c.Concurrency, "concurrency", runtime.NumCPU(), "images processed at once")
+	f.IntVar(&c.Prefetch, "prefetch", 0, "tasks held beyond --concurrency, claimed ahead or being stored and reported while others use the CPUs (0: as many as --concurrency; -1: none)")
 	f.DurationVar(&c.Wait, "wait", worker.DefaultWait, "how long one claim waits at the master for work (long poll)")
 	f.DurationVar(&c.Heartbeat, "heartbeat", worker.DefaultHeartbeat, "how often a worker renews its task's lease (at most a third of the lease)")
 	f.DurationVar(&c.Drain, "drain", worker.DefaultDrain, "on shutdown, how long the current task may take before it is handed back")

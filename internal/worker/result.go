@@ -20,6 +20,17 @@ type resultBuffer struct {
 	size int64
 }
 
+// expect makes room for a result of about size bytes (a hint; 0 or less: unknown), so that a result of the
+// input's size (most operations keep it close) is written without growing the buffer, and so copying it,
+// several times over. A result that will spill anyway gets no room in memory.
+func (b *resultBuffer) expect(size int64) {
+	if size > 0 && b.file == nil && b.mem.Len() == 0 {
+		if room := size + size/8; room <= spillAt {
+			b.mem.Grow(int(room))
+		}
+	}
+}
+
 func (b *resultBuffer) Write(p []byte) (int, error) {
 	if b.file == nil && b.mem.Len()+len(p) > spillAt {
 		f, err := os.CreateTemp("", "imgmill-result-*")

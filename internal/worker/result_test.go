@@ -39,3 +39,31 @@ func TestResultBufferSpillsLargeResults(t *testing.T) {
 		}
 	}
 }
+
+// TestResultBufferExpect: a result of about the expected size is written without growing the buffer, and
+// an expected size past the spill point reserves nothing.
+func TestResultBufferExpect(t *testing.T) {
+	var b resultBuffer
+	b.expect(100_000)
+	before := b.mem.Cap()
+	if before < 100_000 {
+		t.Fatalf("expect(100000) made room for %d bytes", before)
+	}
+	data := bytes.Repeat([]byte{7}, 105_000)
+	for i := 0; i < len(data); i += 4096 {
+		if _, err := b.Write(data[i:min(i+4096, len(data))]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b.mem.Cap() != before {
+		t.Errorf("a result 5%% over the expected size grew the buffer from %d to %d bytes", before, b.mem.Cap())
+	}
+	if got, _ := io.ReadAll(b.reader()); !bytes.Equal(got, data) {
+		t.Error("read back differs")
+	}
+	var big resultBuffer
+	big.expect(spillAt)
+	if c := big.mem.Cap(); c != 0 {
+		t.Errorf("expect(spillAt) reserved %d bytes for a result that will spill", c)
+	}
+}

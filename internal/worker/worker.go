@@ -1,6 +1,10 @@
 // Package worker runs the worker loops: claim a task from the master, fetch its working image from
 // storage, process it, store the result as finished, register the task finished. While it works it
 // renews the task's lease (heartbeat); every call about the task carries the claim's fencing token.
+//
+// Concurrency is the number of images processed at once (one per CPU by default); Prefetch more loops
+// claim, fetch, store and report around them, so that the CPUs do not wait for the network, the storage's
+// disk flush or the database's commit between two images.
 package worker
 
 import (
@@ -36,10 +40,14 @@ const (
 type Config struct {
 	Master      *client.Master
 	Storage     *client.Storage
-	Concurrency int           // loops; default the number of CPUs
-	Wait        time.Duration // long-poll wait per claim; default DefaultWait
-	Heartbeat   time.Duration // lease renewal interval; default DefaultHeartbeat
-	Drain       time.Duration // grace for the current task on shutdown; default DefaultDrain
+	Concurrency int // images processed at once; default the number of CPUs
+	// Prefetch is how many tasks a worker holds beyond Concurrency: claimed and waiting for a CPU, or
+	// processed and being stored and reported. 0 means Concurrency; negative none (every loop then
+	// processes as soon as it has claimed, the worker idles while it stores and reports).
+	Prefetch  int
+	Wait      time.Duration // long-poll wait per claim; default DefaultWait
+	Heartbeat time.Duration // lease renewal interval; default DefaultHeartbeat
+	Drain     time.Duration // grace for the current task on shutdown; default DefaultDrain
 	// MaxPixels is the largest image a worker decodes, in pixels (width × height), checked from the
 	// image's header before decoding it, so a worker's memory is bounded; a larger image fails its
 	// task at once. 0 means imageop.DefaultMaxPixels, negative no limit.
@@ -58,6 +66,13 @@ func Run(ctx context.Context, cfg Config) error {
 	if n <= 0 {
 		n = runtime.NumCPU()
 	}
+	extra := cfg.Prefetch
+	switch {
+	case extra == 0:
+		extra = n
+	case extra < 0:
+		extra = 0
+	}
 	if cfg.Wait <= 0 {
 		cfg.Wait = DefaultWait
 	}
@@ -70,11 +85,12 @@ func Run(ctx context.Context, cfg Config) error {
 	proc := imageop.NewProcessor()
 	proc.MaxPixels = cfg.MaxPixels
 	proc.PNGCompression = cfg.PNGCompression
-	cfg.Logger.InfoContext(ctx, "worker started", "concurrency", n)
+	cfg.Logger.InfoContext(ctx, "worker started", "concurrency", n, "prefetch", extra)
+	cpus := make(chan struct{}, n)
 	var wg sync.WaitGroup
-	for i := range n {
+	for i := range n + extra {
 		wg.Go(func() {
-			l := &loop{cfg: cfg, proc: proc, logger: cfg.Logger.With("loop", i)}
+			l := &loop{cfg: cfg, proc: proc, cpus: cpus, logger: cfg.Logger.With("loop", i)}
 			l.run(ctx)
 		})
 	}
@@ -83,8 +99,10 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 type loop struct {
-	cfg    Config
-	proc   *imageop.Processor
+	cfg  Config
+	proc *imageop.Processor
+	// cpus holds a token per image being processed: the loops share Concurrency of them.
+	cpus   chan struct{}
 	logger *slog.Logger
 }
 
@@ -230,7 +248,11 @@ func (l *loop) process(ctx context.Context, task client.Task) error {
 	// returns, so reusing it for the next task could corrupt a retried upload.
 	var out resultBuffer
 	defer out.Close()
-	_, err = l.proc.Apply(&out, src, chain)
+	out.expect(src.Size)
+	err = l.processing(ctx, func() error {
+		_, err := l.proc.Apply(&out, src, chain)
+		return err
+	})
 	src.Close()
 	if err != nil {
 		return err
@@ -242,6 +264,17 @@ func (l *loop) process(ctx context.Context, task client.Task) error {
 		return fmt.Errorf("store finished image: %w", err)
 	}
 	return nil
+}
+
+// processing runs the image work once one of the worker's Concurrency slots is free.
+func (l *loop) processing(ctx context.Context, work func() error) error {
+	select {
+	case l.cpus <- struct{}{}:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	defer func() { <-l.cpus }()
+	return work()
 }
 
 // NewClients returns the master and storage clients a worker uses, found through the kv store.

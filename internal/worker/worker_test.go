@@ -734,8 +734,8 @@ func TestWorkerShutdown(t *testing.T) {
 		r := newRig(t, rigOptions{wrapStorage: hook.wrap})
 		img := imageop.TestPattern(10, 14)
 		id := r.upload(t, img)
-		stop := startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1, Wait: time.Second,
-			Drain: time.Minute, Logger: servicetest.Discard})
+		stop := startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1, Prefetch: -1,
+			Wait: time.Second, Drain: time.Minute, Logger: servicetest.Discard})
 		hook.waitArrived(t)
 		stop() // returns once Run has (or fails the test after 10s)
 
@@ -755,8 +755,8 @@ func TestWorkerShutdown(t *testing.T) {
 		hook := newWorkingHook(time.Minute)
 		r := newRig(t, rigOptions{wrapStorage: hook.wrap})
 		id := r.upload(t, imageop.TestPattern(10, 15))
-		stop := startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1, Wait: time.Second,
-			Drain: 100 * time.Millisecond, Logger: servicetest.Discard})
+		stop := startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1, Prefetch: -1,
+			Wait: time.Second, Drain: 100 * time.Millisecond, Logger: servicetest.Discard})
 		hook.waitArrived(t)
 		stop() // returns once Run has (or fails the test after 10s), well before the fetch would end
 
@@ -779,6 +779,72 @@ func TestWorkerShutdown(t *testing.T) {
 		}
 		poll(t, "the fetch to be abandoned", func() bool { return hook.abandoned.Load() == 1 })
 	})
+}
+
+// resultHook sits in front of storage and holds every upload of a finished image (a worker storing its
+// result) until released, counting them.
+type resultHook struct {
+	held    atomic.Int64
+	release chan struct{}
+}
+
+func (h *resultHook) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.URL.Path == "/sendImage" && r.URL.Query().Get("state") == client.Finished {
+			h.held.Add(1)
+			select {
+			case <-h.release:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// TestWorkerPrefetch: while one task's result is being stored (a slow disk flush, here held by the hook),
+// the worker's CPU goes to the next task, which it has claimed ahead; and it holds no more than
+// Concurrency + Prefetch tasks. Without prefetch it does one thing at a time.
+func TestWorkerPrefetch(t *testing.T) {
+	for _, tc := range []struct {
+		prefetch int
+		held     int64 // results being stored at once while the hook holds them
+	}{
+		{prefetch: 1, held: 2},
+		{prefetch: -1, held: 1},
+	} {
+		t.Run(fmt.Sprintf("prefetch %d", tc.prefetch), func(t *testing.T) {
+			hook := &resultHook{release: make(chan struct{})}
+			r := newRig(t, rigOptions{wrapStorage: hook.wrap})
+			imgs := make([]image.Image, 3)
+			ids := make([]int64, len(imgs))
+			for i := range imgs {
+				imgs[i] = imageop.TestPattern(12, int64(40+i))
+				ids[i] = r.upload(t, imgs[i])
+			}
+			stop := startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1, Prefetch: tc.prefetch,
+				Wait: time.Second, Logger: servicetest.Discard})
+			poll(t, fmt.Sprintf("%d results being stored", tc.held), func() bool { return hook.held.Load() == tc.held })
+			// Give the worker time to do more than it may: nothing more may arrive, and no third task be
+			// claimed while its loops are all holding one.
+			time.Sleep(200 * time.Millisecond)
+			if n := hook.held.Load(); n != tc.held {
+				t.Errorf("%d results being stored at once, want %d", n, tc.held)
+			}
+			if n := r.calls.count("/getNewTask"); n != int(tc.held) {
+				t.Errorf("%d claims while every loop holds a task, want %d", n, tc.held)
+			}
+			close(hook.release)
+			for _, id := range ids {
+				waitTask(t.Context(), t, r.db, id, "finished", func(task client.Task) bool { return task.State == client.StateFinished })
+			}
+			stop()
+			for i, id := range ids {
+				task := r.task(t, id)
+				checkResult(t, r.storage, id, imgs[i], task.Token)
+			}
+		})
+	}
 }
 
 // referenceMaster is a fake master of the reference design: a claim answers {"id":N,"state":1} (with token
@@ -835,7 +901,7 @@ func TestWorkerWithReferenceMaster(t *testing.T) {
 			}
 			fake, seen := referenceMaster(t, ids, tc.token)
 			stop := startWorker(t, worker.Config{Master: client.NewMaster(hc, client.Static(servicetest.Addr(fake.URL))),
-				Storage: st, Concurrency: 1, Heartbeat: 20 * time.Millisecond, Logger: servicetest.Discard})
+				Storage: st, Concurrency: 1, Prefetch: -1, Heartbeat: 20 * time.Millisecond, Logger: servicetest.Discard})
 			poll(t, "both tasks registered finished", func() bool { return seen.count("/registerTaskFinished") >= len(ids) })
 			stop()
 
