@@ -212,14 +212,11 @@ func (p *Processor) encode(w io.Writer, img image.Image, format string, quality 
 		}
 		return jpeg.Encode(w, forJPEG(img), &jpeg.Options{Quality: quality})
 	}
-	enc := png.Encoder{CompressionLevel: p.PNGCompression}
-	if p.pool != nil { // a nil *bufferPool in the interface would be called, not skipped
-		enc.BufferPool = p.pool
-	}
-	return enc.Encode(w, forPNG(img))
+	return p.pngEnc.get(p.PNGCompression).Encode(w, forPNG(img))
 }
 
-// forPNG converts the types the PNG encoder reads only through At, pixel by pixel.
+// forPNG converts the types the PNG encoder hands to image/png, which reads them only through At,
+// pixel by pixel.
 func forPNG(img image.Image) image.Image {
 	switch img.(type) {
 	case *image.YCbCr, *image.NYCbCrA, *image.CMYK:

@@ -13,6 +13,8 @@ import (
 	"image/png"
 	"io"
 	"sync"
+
+	"github.com/imgmill/imgmill/internal/pngenc"
 )
 
 // ErrDecode is wrapped by Process when the input is not a decodable image, so
@@ -151,8 +153,8 @@ func newEncoder() *png.Encoder {
 
 // Processor runs the decode → operations → encode pipeline. It is safe for
 // concurrent use; one Processor is meant to be shared by all requests so they
-// share its encoder buffer pool. The zero value is usable too. Set the fields
-// before the first call.
+// share its PNG encoders' buffer pools. The zero value is usable too. Set the
+// fields before the first call.
 type Processor struct {
 	// MaxPixels bounds the images Process and Apply decode and make, in pixels
 	// (width × height), and with it the memory one call takes: the size is read
@@ -166,12 +168,30 @@ type Processor struct {
 	// convert does not give one; 0 means DefaultJPEGQuality.
 	JPEGQuality int
 
-	pool *bufferPool // nil for the zero Processor: no reuse
+	pngEnc *pngEncoders // nil for the zero Processor: no reuse
 }
 
-// NewProcessor returns a Processor with its own PNG encoder buffer pool.
+// NewProcessor returns a Processor with its own PNG encoders and their buffer pools.
 func NewProcessor() *Processor {
-	return &Processor{pool: &bufferPool{}}
+	e := new(pngEncoders)
+	for i := range e {
+		e[i].CompressionLevel = png.CompressionLevel(-i)
+	}
+	return &Processor{pngEnc: e}
+}
+
+// pngEncoders holds a PNG encoder, with its pools, for each png.CompressionLevel, at index -level
+// (DefaultCompression 0 to BestCompression -3), so that PNGCompression may be set after
+// NewProcessor.
+type pngEncoders [4]pngenc.Encoder
+
+// get returns the encoder for level: a new one, with nothing to reuse, if e is nil or level is
+// not one of the four.
+func (e *pngEncoders) get(level png.CompressionLevel) *pngenc.Encoder {
+	if i := -int(level); e != nil && i >= 0 && i < len(e) {
+		return &e[i]
+	}
+	return &pngenc.Encoder{CompressionLevel: level}
 }
 
 // Process decodes an image from src (any format Decode reads: PNG, JPEG, GIF
