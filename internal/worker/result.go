@@ -20,30 +20,41 @@ type resultBuffer struct {
 	size int64
 }
 
-// expect makes room for a result of about size bytes (a hint; 0 or less: unknown), so that a result of the
-// input's size (most operations keep it close) is written without growing the buffer, and so copying it,
-// several times over. A result that will spill anyway gets no room in memory.
-func (b *resultBuffer) expect(size int64) {
-	if size > 0 && b.file == nil && b.mem.Len() == 0 {
-		if room := size + size/8; room <= spillAt {
-			b.mem.Grow(int(room))
-		}
+// expect prepares for a result of about size bytes (a hint; 0 or less: unknown), as most operations keep
+// the input's size: a result that fits in memory gets its room at once, so it is written without growing
+// the buffer (and so copying it, several times over); one past the spill point goes to the file at once.
+func (b *resultBuffer) expect(size int64) error {
+	if size <= 0 || b.file != nil || b.mem.Len() > 0 {
+		return nil
 	}
+	if size > spillAt {
+		return b.spill()
+	}
+	b.mem.Grow(int(min(size+size/8, spillAt)))
+	return nil
+}
+
+// spill moves the result to an unlinked temporary file, where the rest of it goes too.
+func (b *resultBuffer) spill() error {
+	f, err := os.CreateTemp("", "imgmill-result-*")
+	if err != nil {
+		return fmt.Errorf("spill result to a temporary file: %w", err)
+	}
+	// Unlinked at once: the open file is all we need, and nothing is left behind on a crash.
+	os.Remove(f.Name())
+	b.file = f
+	if _, err := f.Write(b.mem.Bytes()); err != nil {
+		return fmt.Errorf("spill result to a temporary file: %w", err)
+	}
+	b.mem = bytes.Buffer{}
+	return nil
 }
 
 func (b *resultBuffer) Write(p []byte) (int, error) {
 	if b.file == nil && b.mem.Len()+len(p) > spillAt {
-		f, err := os.CreateTemp("", "imgmill-result-*")
-		if err != nil {
-			return 0, fmt.Errorf("spill result to a temporary file: %w", err)
+		if err := b.spill(); err != nil {
+			return 0, err
 		}
-		// Unlinked at once: the open file is all we need, and nothing is left behind on a crash.
-		os.Remove(f.Name())
-		b.file = f
-		if _, err := f.Write(b.mem.Bytes()); err != nil {
-			return 0, fmt.Errorf("spill result to a temporary file: %w", err)
-		}
-		b.mem = bytes.Buffer{}
 	}
 	var n int
 	var err error

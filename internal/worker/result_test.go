@@ -41,10 +41,12 @@ func TestResultBufferSpillsLargeResults(t *testing.T) {
 }
 
 // TestResultBufferExpect: a result of about the expected size is written without growing the buffer, and
-// an expected size past the spill point reserves nothing.
+// one expected past the spill point goes straight to the file.
 func TestResultBufferExpect(t *testing.T) {
 	var b resultBuffer
-	b.expect(100_000)
+	if err := b.expect(100_000); err != nil {
+		t.Fatal(err)
+	}
 	before := b.mem.Cap()
 	if before < 100_000 {
 		t.Fatalf("expect(100000) made room for %d bytes", before)
@@ -61,9 +63,19 @@ func TestResultBufferExpect(t *testing.T) {
 	if got, _ := io.ReadAll(b.reader()); !bytes.Equal(got, data) {
 		t.Error("read back differs")
 	}
+	// A result expected past the spill point goes to the file from its first byte.
 	var big resultBuffer
-	big.expect(spillAt)
-	if c := big.mem.Cap(); c != 0 {
-		t.Errorf("expect(spillAt) reserved %d bytes for a result that will spill", c)
+	defer big.Close()
+	if err := big.expect(spillAt + 1); err != nil {
+		t.Fatal(err)
+	}
+	if big.file == nil || big.mem.Cap() != 0 {
+		t.Fatalf("expect(spillAt+1): file %v, %d bytes reserved in memory; want the file and none", big.file != nil, big.mem.Cap())
+	}
+	if _, err := big.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := io.ReadAll(big.reader()); !bytes.Equal(got, data) || big.mem.Len() != 0 {
+		t.Errorf("read back %d bytes, %d in memory; want %d, all in the file", len(got), big.mem.Len(), len(data))
 	}
 }

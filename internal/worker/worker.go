@@ -248,7 +248,10 @@ func (l *loop) process(ctx context.Context, task client.Task) error {
 	// returns, so reusing it for the next task could corrupt a retried upload.
 	var out resultBuffer
 	defer out.Close()
-	out.expect(src.Size)
+	if err := out.expect(src.Size); err != nil {
+		src.Close()
+		return err
+	}
 	err = l.processing(ctx, func() error {
 		_, err := l.proc.Apply(&out, src, chain)
 		return err
