@@ -188,11 +188,11 @@ func TestMetricsAndRequestIDAcrossServices(t *testing.T) {
 		want{"imgmill_storage_objects_written_total", []string{"state", "working"}, 1},
 		want{"imgmill_storage_objects_written_total", []string{"state", "finished"}, 1},
 		want{"imgmill_storage_bytes_served_total", []string{"state", "working"}, float64(len(data))})
-	// The worker's loops (--concurrency 1 and as many prefetching: two) are idle once the master
-	// acknowledged the finish, a moment after the task reads as finished.
+	// The worker's loop is idle once the master acknowledged the finish, a moment after the task reads as
+	// finished.
 	waitFor(t, readyCtx, "the worker idle", func() bool {
 		f := scrape("worker")
-		return f.Value("imgmill_worker_loops", "state", "busy") == 0 && f.Value("imgmill_worker_loops", "state", "idle") == 2
+		return f.Value("imgmill_worker_loops", "state", "busy") == 0 && f.Value("imgmill_worker_loops", "state", "idle") == 1
 	})
 	expect("worker", scrape("worker"),
 		want{"imgmill_worker_tasks_total", []string{"result", "processed"}, 1},

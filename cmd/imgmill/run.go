@@ -308,7 +308,7 @@ func (f *flags) policy() *database.Policy {
 func (f *flags) workerConfig() *worker.Config {
 	c := &worker.Config{}
 	f.IntVar(&c.Concurrency, "concurrency", runtime.NumCPU(), "images processed at once")
-	f.IntVar(&c.Prefetch, "prefetch", 0, "tasks held beyond --concurrency, claimed ahead or being stored and reported while others use the CPUs (0: as many as --concurrency; -1: none)")
+	f.IntVar(&c.Prefetch, "prefetch", 0, "tasks held beyond --concurrency: claimed ahead, or being stored and reported, while others use the CPUs; for a worker whose calls to master and storage are slow against the image work")
 	f.DurationVar(&c.Wait, "wait", worker.DefaultWait, "how long one claim waits at the master for work (long poll)")
 	f.DurationVar(&c.Heartbeat, "heartbeat", worker.DefaultHeartbeat, "how often a worker renews its task's lease (at most a third of the lease)")
 	f.DurationVar(&c.Drain, "drain", worker.DefaultDrain, "on shutdown, how long the current task may take before it is handed back")
@@ -469,7 +469,8 @@ func runBench(ctx context.Context, e *env, args []string) error {
 	size := f.Int("size", 64, "image width and height in pixels")
 	n := f.Int("n", 500, "number of images")
 	clients := f.Int("clients", 16, "concurrent clients")
-	conc := f.Int("concurrency", runtime.NumCPU(), "worker loops of the in-process pipeline")
+	conc := f.Int("concurrency", runtime.NumCPU(), "images the in-process pipeline's worker processes at once")
+	prefetch := f.Int("prefetch", 0, "the in-process worker's --prefetch")
 	timeout := f.Duration("timeout", 30*time.Minute, "give up after this long")
 	token := f.token()
 	tasks, blobs, kvStore := f.tasksURL(), f.blobsURL(), f.kvStoreURL("kv-store")
@@ -492,7 +493,7 @@ func runBench(ctx context.Context, e *env, args []string) error {
 		defer stop()
 	}
 	_, err = bench.Run(ctx, bench.Config{Master: *masterURL, Size: *size, N: *n, Clients: *clients,
-		Concurrency: *conc, Out: e.stdout, Logger: f.logger("bench"), Token: *token,
+		Concurrency: *conc, Prefetch: *prefetch, Out: e.stdout, Logger: f.logger("bench"), Token: *token,
 		Tasks: *tasks, Blobs: *blobs, KVStore: *kvStore, Getenv: e.getenv, PNGCompression: level})
 	return err
 }

@@ -34,7 +34,8 @@ type Config struct {
 	Size        int    // image width and height
 	N           int    // images
 	Clients     int    // concurrent clients
-	Concurrency int    // worker loops of the in-process pipeline
+	Concurrency int    // images the in-process pipeline's worker processes at once
+	Prefetch    int    // its worker's prefetch (worker.Config.Prefetch)
 	Out         io.Writer
 	Logger      *slog.Logger
 	Token       string // the shared secret sent to the master, and required by the in-process pipeline
@@ -169,7 +170,7 @@ func startPipeline(ctx context.Context, cfg Config) (stop func(), masterAddr str
 	quiet := slog.New(levelFilter{logger.Handler(), slog.LevelWarn})
 	go func() {
 		done <- allinone.Run(ctx, allinone.Config{DataDir: dir, KVAddr: addrs[0], DatabaseAddr: addrs[1], StorageAddr: addrs[2],
-			MasterAddr: addrs[3], Frontend: addrs[4], Worker: worker.Config{Concurrency: cfg.Concurrency, PNGCompression: cfg.PNGCompression}, Logger: quiet,
+			MasterAddr: addrs[3], Frontend: addrs[4], Worker: worker.Config{Concurrency: cfg.Concurrency, Prefetch: cfg.Prefetch, PNGCompression: cfg.PNGCompression}, Logger: quiet,
 			Token: cfg.Token, Tasks: cfg.Tasks, Blobs: cfg.Blobs, KVStore: cfg.KVStore, Getenv: cfg.Getenv})
 	}()
 	stop = func() {

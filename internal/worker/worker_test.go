@@ -734,7 +734,7 @@ func TestWorkerShutdown(t *testing.T) {
 		r := newRig(t, rigOptions{wrapStorage: hook.wrap})
 		img := imageop.TestPattern(10, 14)
 		id := r.upload(t, img)
-		stop := startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1, Prefetch: -1,
+		stop := startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1,
 			Wait: time.Second, Drain: time.Minute, Logger: servicetest.Discard})
 		hook.waitArrived(t)
 		stop() // returns once Run has (or fails the test after 10s)
@@ -755,7 +755,7 @@ func TestWorkerShutdown(t *testing.T) {
 		hook := newWorkingHook(time.Minute)
 		r := newRig(t, rigOptions{wrapStorage: hook.wrap})
 		id := r.upload(t, imageop.TestPattern(10, 15))
-		stop := startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1, Prefetch: -1,
+		stop := startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1,
 			Wait: time.Second, Drain: 100 * time.Millisecond, Logger: servicetest.Discard})
 		hook.waitArrived(t)
 		stop() // returns once Run has (or fails the test after 10s), well before the fetch would end
@@ -811,7 +811,7 @@ func TestWorkerPrefetch(t *testing.T) {
 		held     int64 // results being stored at once while the hook holds them
 	}{
 		{prefetch: 1, held: 2},
-		{prefetch: -1, held: 1},
+		{prefetch: 0, held: 1},
 	} {
 		t.Run(fmt.Sprintf("prefetch %d", tc.prefetch), func(t *testing.T) {
 			hook := &resultHook{release: make(chan struct{})}
@@ -901,7 +901,7 @@ func TestWorkerWithReferenceMaster(t *testing.T) {
 			}
 			fake, seen := referenceMaster(t, ids, tc.token)
 			stop := startWorker(t, worker.Config{Master: client.NewMaster(hc, client.Static(servicetest.Addr(fake.URL))),
-				Storage: st, Concurrency: 1, Prefetch: -1, Heartbeat: 20 * time.Millisecond, Logger: servicetest.Discard})
+				Storage: st, Concurrency: 1, Heartbeat: 20 * time.Millisecond, Logger: servicetest.Discard})
 			poll(t, "both tasks registered finished", func() bool { return seen.count("/registerTaskFinished") >= len(ids) })
 			stop()
 
