@@ -12,7 +12,6 @@ import (
 	"image/draw"
 	"image/png"
 	"io"
-	"sync"
 
 	"github.com/imgmill/imgmill/internal/pngenc"
 )
@@ -133,22 +132,6 @@ func swapPalette(p color.Palette) color.Palette {
 		}
 	}
 	return out
-}
-
-// bufferPool is a png.EncoderBufferPool backed by sync.Pool, so concurrent
-// encodes reuse the encoder's large zlib/filter buffers instead of
-// allocating them per image.
-type bufferPool struct{ p sync.Pool }
-
-func (bp *bufferPool) Get() *png.EncoderBuffer {
-	b, _ := bp.p.Get().(*png.EncoderBuffer)
-	return b // nil tells png.Encoder to allocate a fresh buffer
-}
-
-func (bp *bufferPool) Put(b *png.EncoderBuffer) { bp.p.Put(b) }
-
-func newEncoder() *png.Encoder {
-	return &png.Encoder{CompressionLevel: png.DefaultCompression, BufferPool: &bufferPool{}}
 }
 
 // Processor runs the decode → operations → encode pipeline. It is safe for
