@@ -25,6 +25,7 @@ import (
 	"github.com/imgmill/imgmill/internal/allinone"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
+	"github.com/imgmill/imgmill/internal/testimage"
 )
 
 // findChromium returns the path of a Chromium binary, or "" when there is none. Without one the browser
@@ -134,11 +135,11 @@ func TestBrowserUploadPage(t *testing.T) {
 	// The images, written where the browser can read them: one for the default operation, a PNG and a
 	// JPEG for the chain (opaque, so that the pixels compare without alpha's rounding).
 	dir := t.TempDir()
-	swapOrig := imageop.TestPattern(96, 7)
+	swapOrig := testimage.Pattern(96, 7)
 	swapFile := writeImageFile(t, dir, "pattern-1.png", swapOrig)
-	pngOrig := opaque(imageop.TestPattern(256, 8))
+	pngOrig := opaque(testimage.Pattern(256, 8))
 	pngFile := writeImageFile(t, dir, "pattern-2.png", pngOrig)
-	jpegFile := writeImageFile(t, dir, "photo-3.jpg", opaque(imageop.TestPattern(192, 9)))
+	jpegFile := writeImageFile(t, dir, "photo-3.jpg", opaque(testimage.Pattern(192, 9)))
 	jpegOrig := readImageFile(t, jpegFile) // what the server decodes
 
 	allocCtx, cancelAlloc := chromedp.NewExecAllocator(ctx,

@@ -19,6 +19,7 @@ import (
 	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/imageop"
+	"github.com/imgmill/imgmill/internal/testimage"
 )
 
 // TestChaos runs the split deployment as real processes, submits 500 images through the frontend and the
@@ -88,7 +89,7 @@ func newWorkload(t *testing.T, images int) *workload {
 	w := &workload{originals: make([]*image.NRGBA, images), encoded: make([][]byte, images),
 		answered: map[int64]int{}, answeredPublic: map[string]int{}}
 	for i := range images {
-		w.originals[i] = imageop.TestPattern(8+i%33, int64(i))
+		w.originals[i] = testimage.Pattern(8+i%33, int64(i))
 		var err error
 		if w.encoded[i], err = imageop.EncodePNG(w.originals[i]); err != nil {
 			t.Fatal(err)

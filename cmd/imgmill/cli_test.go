@@ -24,6 +24,7 @@ import (
 	"github.com/imgmill/imgmill/internal/allinone"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
+	"github.com/imgmill/imgmill/internal/testimage"
 )
 
 // startApp runs `imgmill serve` in-process on free ports, without the upload rate limit, and returns the
@@ -81,7 +82,7 @@ func writePatterns(t *testing.T, dir string, n int) ([]string, []*image.NRGBA) {
 	var paths []string
 	var imgs []*image.NRGBA
 	for i := range n {
-		img := imageop.TestPattern(20+i*7, int64(i+1))
+		img := testimage.Pattern(20+i*7, int64(i+1))
 		data, err := imageop.EncodePNG(img)
 		if err != nil {
 			t.Fatal(err)
@@ -490,7 +491,7 @@ func TestCLISubmitRefusedOpStops(t *testing.T) {
 
 // opaqueRect returns a w×h opaque test image (the top of an opaque test pattern).
 func opaqueRect(w, h int, seed int64) *image.NRGBA {
-	p := opaque(imageop.TestPattern(max(w, h), seed))
+	p := opaque(testimage.Pattern(max(w, h), seed))
 	out := image.NewNRGBA(image.Rect(0, 0, w, h))
 	for y := range h {
 		copy(out.Pix[y*out.Stride:y*out.Stride+4*w], p.Pix[y*p.Stride:])

@@ -23,6 +23,7 @@ import (
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/publicid"
 	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/testimage"
 )
 
 func TestEndToEndSplitDeployment(t *testing.T) {
@@ -44,7 +45,7 @@ func TestEndToEndSplitDeployment(t *testing.T) {
 	}
 	var uploads []upload
 	for i := range 12 {
-		orig := imageop.TestPattern(16+i*9, int64(i))
+		orig := testimage.Pattern(16+i*9, int64(i))
 		data, err := imageop.EncodePNG(orig)
 		if err != nil {
 			t.Fatal(err)
@@ -130,7 +131,7 @@ func TestEndToEndKill9LosesNothing(t *testing.T) {
 	m := d.master()
 	origs := map[int64]*image.NRGBA{}
 	for i := range 8 {
-		orig := imageop.TestPattern(24, int64(100+i))
+		orig := testimage.Pattern(24, int64(100+i))
 		data, _ := imageop.EncodePNG(orig)
 		id, err := m.New(ctx, bytes.NewReader(data), int64(len(data)))
 		if err != nil {
@@ -310,7 +311,7 @@ func TestServeAllInOne(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitHealthy(t, readyCtx, hc, addrs[0])
-	orig := imageop.TestPattern(40, 7)
+	orig := testimage.Pattern(40, 7)
 	data, _ := imageop.EncodePNG(orig)
 	pub, err := submitViaFrontend(readyCtx, hc, addrs[0], data)
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/metrics/metricstest"
 	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/testimage"
 )
 
 // inProcess is the split deployment with every service run in this process by run(), each with its own
@@ -95,7 +96,7 @@ func TestMetricsAndRequestIDAcrossServices(t *testing.T) {
 
 	// One upload, under a request id of ours.
 	const requestID = "trace-one-upload-7"
-	data, err := imageop.EncodePNG(imageop.TestPattern(24, 3))
+	data, err := imageop.EncodePNG(testimage.Pattern(24, 3))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/testimage"
 )
 
 const testToken = "imgmill-test-token-0123456789"
@@ -165,7 +166,7 @@ func TestSecuritySplitDeploymentWithToken(t *testing.T) {
 	public := servicetest.NewHTTPClient(t) // a browser: no token
 	waitHealthy(t, ctx, public, d.feAddr)
 
-	orig := imageop.TestPattern(48, 11)
+	orig := testimage.Pattern(48, 11)
 	data, err := imageop.EncodePNG(orig)
 	if err != nil {
 		t.Fatal(err)

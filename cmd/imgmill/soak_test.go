@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/imgmill/imgmill/internal/imageop"
+	"github.com/imgmill/imgmill/internal/testimage"
 )
 
 // TestSoak pushes many images through the split deployment and watches every service's open file
@@ -43,7 +44,7 @@ func TestSoak(t *testing.T) {
 	originals := make([]*image.NRGBA, distinct)
 	encoded := make([][]byte, distinct)
 	for i := range distinct {
-		originals[i] = imageop.TestPattern(24+i%16, int64(i))
+		originals[i] = testimage.Pattern(24+i%16, int64(i))
 		encoded[i], _ = imageop.EncodePNG(originals[i])
 	}
 

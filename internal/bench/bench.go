@@ -25,6 +25,7 @@ import (
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
+	"github.com/imgmill/imgmill/internal/testimage"
 	"github.com/imgmill/imgmill/internal/worker"
 )
 
@@ -141,7 +142,7 @@ func generate(size, n int) ([]*image.NRGBA, [][]byte, error) {
 	g.SetLimit(runtime.NumCPU())
 	for i := range n {
 		g.Go(func() error {
-			originals[i] = imageop.TestPattern(size, int64(i))
+			originals[i] = testimage.Pattern(size, int64(i))
 			b, err := imageop.EncodePNG(originals[i])
 			encoded[i] = b
 			return err

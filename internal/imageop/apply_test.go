@@ -12,6 +12,8 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+
+	"github.com/imgmill/imgmill/internal/testimage"
 )
 
 func mustChain(t testing.TB, spec string) Chain {
@@ -97,7 +99,7 @@ func TestApplyMaxPixels(t *testing.T) {
 		}
 	}
 	// A real image: the refused resize allocates nothing like its size.
-	in := mustEncode(t, TestPattern(64, 1))
+	in := mustEncode(t, testimage.Pattern(64, 1))
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	_, err := NewProcessor().Apply(io.Discard, bytes.NewReader(in), mustChain(t, "resize:16384x16384:exact"))
@@ -176,7 +178,7 @@ func TestApplyJPEGFlattens(t *testing.T) {
 
 func TestApplyErrors(t *testing.T) {
 	p := NewProcessor()
-	valid := mustEncode(t, TestPattern(64, 1))
+	valid := mustEncode(t, testimage.Pattern(64, 1))
 	readErr := errors.New("connection reset")
 	_, err := p.Apply(io.Discard, &failingReader{bytes.NewReader(valid[:len(valid)/2]), readErr}, mustChain(t, "blur"))
 	if !errors.Is(err, readErr) || errors.Is(err, ErrDecode) {

@@ -6,6 +6,8 @@ import (
 	"io"
 	"strings"
 	"testing"
+
+	"github.com/imgmill/imgmill/internal/testimage"
 )
 
 // benchSpecs are the operations benchmarked on a 1024x1024 image; MB/s counts the input's pixels
@@ -18,7 +20,7 @@ var benchSpecs = []string{
 
 func BenchmarkOps(b *testing.B) {
 	const size = 1024
-	nrgba := TestPattern(size, 1)
+	nrgba := testimage.Pattern(size, 1)
 	ycc := image.NewYCbCr(nrgba.Rect, image.YCbCrSubsampleRatio420)
 	jpg := decodeAny(b, mustJPEG(b, opaqueNRGBA(size, 1), 85)).(*image.YCbCr)
 	for _, input := range []string{"NRGBA", "YCbCr"} {
@@ -56,7 +58,7 @@ func BenchmarkOps(b *testing.B) {
 // BenchmarkApply measures whole tasks: decode, a typical chain, encode.
 func BenchmarkApply(b *testing.B) {
 	const size = 1024
-	pngIn := mustEncode(b, TestPattern(size, 1))
+	pngIn := mustEncode(b, testimage.Pattern(size, 1))
 	jpgIn := mustJPEG(b, opaqueNRGBA(size, 1), 85)
 	p := NewProcessor()
 	for _, tc := range []struct{ name, spec string }{
@@ -91,7 +93,7 @@ func BenchmarkDecode(b *testing.B) {
 		name string
 		data []byte
 	}{
-		{"png", mustEncode(b, TestPattern(size, 1))},
+		{"png", mustEncode(b, testimage.Pattern(size, 1))},
 		{"jpeg", mustJPEG(b, opaqueNRGBA(size, 1), 85)},
 	} {
 		b.Run(tc.name, func(b *testing.B) {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"testing/iotest"
 
+	"github.com/imgmill/imgmill/internal/testimage"
 	"golang.org/x/image/tiff"
 )
 
@@ -46,7 +47,7 @@ func TestDecodeFormats(t *testing.T) {
 // first, so the directory that holds the size is past size×size×4 bytes.
 func tiffWithLateDirectory(t testing.TB, size int) []byte {
 	var b bytes.Buffer
-	if err := tiff.Encode(&b, TestPattern(size, 3), nil); err != nil {
+	if err := tiff.Encode(&b, testimage.Pattern(size, 3), nil); err != nil {
 		t.Fatal(err)
 	}
 	return b.Bytes()
@@ -68,7 +69,7 @@ func TestDecodeTIFFDirectoryPastHeader(t *testing.T) {
 	if err != nil || format != "tiff" {
 		t.Fatalf("Decode: %q, %v", format, err)
 	}
-	compareImages(t, img, TestPattern(300, 3), exact)
+	compareImages(t, img, testimage.Pattern(300, 3), exact)
 	if _, _, err := Decode(bytes.NewReader(data), 300*300-1); !errors.Is(err, ErrTooLarge) {
 		t.Errorf("Decode over the limit: %v", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"image/jpeg"
 	"testing"
 
+	"github.com/imgmill/imgmill/internal/testimage"
 	"golang.org/x/image/bmp"
 	"golang.org/x/image/tiff"
 )
@@ -17,11 +18,11 @@ import (
 // Fixtures: small images in every input format, generated here deterministically and committed
 // under testdata/in (go test -run TestGolden -update rewrites them and the expected outputs).
 
-// fixturePattern is the 32×24 input of the golden tests: TestPattern's rows 4..28, so it has every
+// fixturePattern is the 32×24 input of the golden tests: testimage.Pattern's rows 4..28, so it has every
 // kind of alpha (opaque, a ramp, mid values, and blocks fully transparent), R ≠ G almost
 // everywhere, and it is not square, so a rotation or flip gone wrong shows.
 func fixturePattern() *image.NRGBA {
-	src := TestPattern(32, 8)
+	src := testimage.Pattern(32, 8)
 	m := image.NewNRGBA(image.Rect(0, 0, 32, 24))
 	draw.Draw(m, m.Rect, src, image.Pt(0, 4), draw.Src)
 	return m

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
+
+	"github.com/imgmill/imgmill/internal/testimage"
 )
 
 func encodeJPEG(t testing.TB, w, h int) []byte {
@@ -25,7 +27,7 @@ func encodeJPEG(t testing.TB, w, h int) []byte {
 func encodeGIF(t testing.TB, w, h int) []byte {
 	t.Helper()
 	var b bytes.Buffer
-	if err := gif.Encode(&b, TestPattern(max(w, h), 1).SubImage(image.Rect(0, 0, w, h)), nil); err != nil {
+	if err := gif.Encode(&b, testimage.Pattern(max(w, h), 1).SubImage(image.Rect(0, 0, w, h)), nil); err != nil {
 		t.Fatal(err)
 	}
 	return b.Bytes()
@@ -62,7 +64,7 @@ func TestReadHeader(t *testing.T) {
 		width, height int
 		maxPrefix     int
 	}{
-		{"png", mustEncode(t, TestPattern(37, 1)), "png", 37, 37, 512},
+		{"png", mustEncode(t, testimage.Pattern(37, 1)), "png", 37, 37, 512},
 		{"png header only", PNGHeader(3, 5), "png", 3, 5, PNGHeaderLen},
 		{"png huge", PaddedPNG(100_000, 100_000, 300), "png", 100_000, 100_000, 300},
 		{"png widest", PNGHeader(1<<31-1, 1), "png", 1<<31 - 1, 1, PNGHeaderLen},
@@ -94,7 +96,7 @@ func TestReadHeader(t *testing.T) {
 }
 
 func TestReadHeaderRefusals(t *testing.T) {
-	valid := mustEncode(t, TestPattern(16, 2))
+	valid := mustEncode(t, testimage.Pattern(16, 2))
 	badCRC := PNGHeader(16, 16)
 	badCRC[len(badCRC)-1] ^= 1
 	jpg := encodeJPEG(t, 8, 8)
@@ -180,7 +182,7 @@ func TestCheckSize(t *testing.T) {
 // TestProcessMaxPixels checks the pixel limit: over it, Process fails with ErrTooLarge before it
 // decodes anything, however large the image claims to be.
 func TestProcessMaxPixels(t *testing.T) {
-	in := mustEncode(t, TestPattern(64, 4))
+	in := mustEncode(t, testimage.Pattern(64, 4))
 	for _, tc := range []struct {
 		max int64
 		ok  bool

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/imgmill/imgmill/internal/testimage"
 )
 
 // parentRect has a non-zero (negative X) Min; subRect lies strictly inside it
@@ -296,14 +298,14 @@ func TestSwapEmpty(t *testing.T) {
 
 func TestPatternProperties(t *testing.T) {
 	const size = 256
-	m := TestPattern(size, 42)
+	m := testimage.Pattern(size, 42)
 	if m.Bounds() != image.Rect(0, 0, size, size) {
 		t.Fatalf("bounds %v", m.Bounds())
 	}
-	if !bytes.Equal(m.Pix, TestPattern(size, 42).Pix) {
+	if !bytes.Equal(m.Pix, testimage.Pattern(size, 42).Pix) {
 		t.Fatal("same seed gave different images")
 	}
-	if bytes.Equal(m.Pix, TestPattern(size, 43).Pix) {
+	if bytes.Equal(m.Pix, testimage.Pattern(size, 43).Pix) {
 		t.Fatal("different seeds gave the same image")
 	}
 	var alpha0, alpha255, alphaMid, rEqG int
@@ -327,7 +329,7 @@ func TestPatternProperties(t *testing.T) {
 	if rEqG > n/10 {
 		t.Fatalf("R == G in %d of %d pixels; a missed swap would go unnoticed", rEqG, n)
 	}
-	if got := TestPattern(4, 1); !hasAlphaKinds(got) {
+	if got := testimage.Pattern(4, 1); !hasAlphaKinds(got) {
 		t.Fatal("size 4 lacks alpha 0, 255 or in-between")
 	}
 	data, err := EncodePNG(m)
@@ -340,7 +342,7 @@ func TestPatternProperties(t *testing.T) {
 	if ratio < 0.15 || ratio > 0.9 {
 		t.Fatalf("compression ratio %.2f, want photo-like (0.15..0.9)", ratio)
 	}
-	if got := TestPattern(0, 1).Bounds(); !got.Empty() {
+	if got := testimage.Pattern(0, 1).Bounds(); !got.Empty() {
 		t.Fatalf("size 0 gave bounds %v", got)
 	}
 }
@@ -383,14 +385,14 @@ func process(t testing.TB, p *Processor, in []byte) image.Image {
 func TestProcessRoundTrip(t *testing.T) {
 	p := NewProcessor()
 	for _, size := range []int{1, 37, 128} {
-		orig := TestPattern(size, int64(size))
+		orig := testimage.Pattern(size, int64(size))
 		got := process(t, p, mustEncode(t, orig))
 		if err := CheckSwapped(orig, got); err != nil {
 			t.Fatalf("size %d: %v", size, err)
 		}
 	}
 	// The zero value works as well.
-	orig := TestPattern(16, 5)
+	orig := testimage.Pattern(16, 5)
 	if err := CheckSwapped(orig, process(t, &Processor{}, mustEncode(t, orig))); err != nil {
 		t.Fatalf("zero Processor: %v", err)
 	}
@@ -399,7 +401,7 @@ func TestProcessRoundTrip(t *testing.T) {
 // TestProcessFormats feeds each registered format and other PNG flavours
 // through Process and checks the output against the decoded input.
 func TestProcessFormats(t *testing.T) {
-	pattern := TestPattern(48, 9)
+	pattern := testimage.Pattern(48, 9)
 	opaque := image.NewRGBA(pattern.Bounds())
 	draw.Draw(opaque, opaque.Bounds(), image.NewUniform(color.White), image.Point{}, draw.Src)
 	draw.Draw(opaque, opaque.Bounds(), pattern, image.Point{}, draw.Over)
@@ -438,7 +440,7 @@ func TestProcessFormats(t *testing.T) {
 }
 
 func TestCheckSwapped(t *testing.T) {
-	orig := TestPattern(32, 3)
+	orig := testimage.Pattern(32, 3)
 	good := image.NewNRGBA(orig.Rect)
 	copy(good.Pix, orig.Pix)
 	SwapRedGreen(good)
@@ -486,7 +488,7 @@ func TestCheckSwapped(t *testing.T) {
 }
 
 func TestProcessDecodeErrors(t *testing.T) {
-	valid := mustEncode(t, TestPattern(64, 1))
+	valid := mustEncode(t, testimage.Pattern(64, 1))
 	corrupt := slices.Clone(valid)
 	corrupt[len(corrupt)/2] ^= 0xff // breaks a chunk CRC or the zlib stream
 	cases := map[string][]byte{
@@ -530,7 +532,7 @@ func (f failingWriter) Write([]byte) (int, error) { return 0, f.err }
 
 // TestProcessIOErrors checks that I/O failures are not reported as ErrDecode.
 func TestProcessIOErrors(t *testing.T) {
-	valid := mustEncode(t, TestPattern(64, 1))
+	valid := mustEncode(t, testimage.Pattern(64, 1))
 	p := NewProcessor()
 
 	readErr := errors.New("connection reset")
@@ -578,7 +580,7 @@ func TestSniff(t *testing.T) {
 	}
 
 	// Real encoder output: Sniff must agree with the name image.Decode uses.
-	m := TestPattern(8, 1)
+	m := testimage.Pattern(8, 1)
 	var j, g bytes.Buffer
 	if err := jpeg.Encode(&j, m, nil); err != nil {
 		t.Fatal(err)
@@ -605,7 +607,7 @@ func TestProcessConcurrent(t *testing.T) {
 	inputs := make([][]byte, workers)
 	origs := make([]*image.NRGBA, workers)
 	for i := range inputs {
-		origs[i] = TestPattern(24+8*i, int64(i))
+		origs[i] = testimage.Pattern(24+8*i, int64(i))
 		inputs[i] = mustEncode(t, origs[i])
 	}
 	var wg sync.WaitGroup
@@ -641,7 +643,7 @@ var benchSizes = []int{64, 256, 2048}
 func BenchmarkSwap(b *testing.B) {
 	for _, size := range benchSizes {
 		b.Run(fmt.Sprint(size), func(b *testing.B) {
-			m := TestPattern(size, 1)
+			m := testimage.Pattern(size, 1)
 			b.SetBytes(int64(len(m.Pix)))
 			b.ReportAllocs()
 			for b.Loop() {
@@ -657,7 +659,7 @@ func BenchmarkProcess(b *testing.B) {
 	p := NewProcessor()
 	for _, size := range benchSizes {
 		b.Run(fmt.Sprint(size), func(b *testing.B) {
-			in := mustEncode(b, TestPattern(size, 1))
+			in := mustEncode(b, testimage.Pattern(size, 1))
 			b.SetBytes(int64(4 * size * size))
 			b.ReportAllocs()
 			for b.Loop() {
@@ -684,7 +686,7 @@ func TestParsePNGCompression(t *testing.T) {
 // BenchmarkProcessCompression is the floor's work (decode, swap, encode a 256 px PNG) at each PNG
 // compression level: go test -bench ProcessCompression -count 6 | benchstat -col /level
 func BenchmarkProcessCompression(b *testing.B) {
-	src, err := EncodePNG(TestPattern(256, 1))
+	src, err := EncodePNG(testimage.Pattern(256, 1))
 	if err != nil {
 		b.Fatal(err)
 	}

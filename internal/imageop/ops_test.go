@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/imgmill/imgmill/internal/testimage"
 	"golang.org/x/image/draw"
 )
 
@@ -228,9 +229,9 @@ func TestGeometryOps(t *testing.T) {
 	}
 }
 
-// opaqueNRGBA is TestPattern with every alpha 255.
+// opaqueNRGBA is testimage.Pattern with every alpha 255.
 func opaqueNRGBA(size int, seed int64) *image.NRGBA {
-	m := TestPattern(size, seed)
+	m := testimage.Pattern(size, seed)
 	for i := 3; i < len(m.Pix); i += 4 {
 		m.Pix[i] = 255
 	}
@@ -241,7 +242,7 @@ func opaqueNRGBA(size int, seed int64) *image.NRGBA {
 // kernel is exact and only rounding differs; beyond, blur shrinks, blurs and enlarges, which is an
 // approximation.
 func TestBlurReference(t *testing.T) {
-	src := TestPattern(96, 3)
+	src := testimage.Pattern(96, 3)
 	for _, sigma := range []float64{0.1, 0.5, 1, 2.5, 6, 6.5, 10, 20, 50, 100} {
 		tol := tolerance{max: 2, mean: 0.3}
 		if sigma > maxExactSigma {

@@ -29,6 +29,7 @@ import (
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/testimage"
 )
 
 func TestMain(m *testing.M) {
@@ -1073,7 +1074,7 @@ func TestReleaseTaskPassesThrough(t *testing.T) {
 func encodeJPEG(t testing.TB, w, h int) []byte {
 	t.Helper()
 	var b bytes.Buffer
-	if err := jpeg.Encode(&b, imageop.TestPattern(max(w, h), 1).SubImage(image.Rect(0, 0, w, h)), nil); err != nil {
+	if err := jpeg.Encode(&b, testimage.Pattern(max(w, h), 1).SubImage(image.Rect(0, 0, w, h)), nil); err != nil {
 		t.Fatal(err)
 	}
 	return b.Bytes()
@@ -1082,7 +1083,7 @@ func encodeJPEG(t testing.TB, w, h int) []byte {
 func encodeGIF(t testing.TB, w, h int) []byte {
 	t.Helper()
 	var b bytes.Buffer
-	if err := gif.Encode(&b, imageop.TestPattern(max(w, h), 2).SubImage(image.Rect(0, 0, w, h)), nil); err != nil {
+	if err := gif.Encode(&b, testimage.Pattern(max(w, h), 2).SubImage(image.Rect(0, 0, w, h)), nil); err != nil {
 		t.Fatal(err)
 	}
 	return b.Bytes()

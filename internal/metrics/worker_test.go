@@ -12,6 +12,7 @@ import (
 	"github.com/imgmill/imgmill/internal/metrics"
 	"github.com/imgmill/imgmill/internal/metrics/metricstest"
 	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/testimage"
 	"github.com/imgmill/imgmill/internal/worker"
 )
 
@@ -56,7 +57,7 @@ func TestWorkerBusyWhileProcessing(t *testing.T) {
 	t.Cleanup(unblock)
 	waitLoops("started", 0, 2)
 
-	data, err := imageop.EncodePNG(imageop.TestPattern(16, 1))
+	data, err := imageop.EncodePNG(testimage.Pattern(16, 1))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,58 +7,17 @@ import (
 	_ "image/jpeg" // for PNGENC_CORPUS
 	"image/png"
 	"io"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/imgmill/imgmill/internal/testimage"
 )
 
-// testPattern is imageop.TestPattern, copied here because imageop imports
-// this package: a deterministic size×size photo-like NRGBA (gradients plus
-// mild noise) whose alpha varies by horizontal band: opaque, a 0..255 ramp,
-// noisy mid values, 8×8 blocks of transparent and opaque.
-func testPattern(size int, seed int64) *image.NRGBA {
-	rng := rand.New(rand.NewPCG(uint64(seed), 0x696d676d696c6c)) // "imgmill"
-	m := image.NewNRGBA(image.Rect(0, 0, size, size))
-	span := max(size-1, 1)
-	clamp8 := func(v int) uint8 { return uint8(min(max(v, 0), 255)) }
-	for y := range size {
-		fy := y * 255 / span
-		band := 4 * y / size
-		row := m.Pix[y*m.Stride : y*m.Stride+4*size]
-		for x := range size {
-			fx := x * 255 / span
-			n := rng.Uint64()
-			noise := func(k uint) int { return int(n>>(4*k)&15) - 7 }
-			var a int
-			switch band {
-			case 0:
-				a = 255
-			case 1:
-				a = fx
-			case 2:
-				a = 128 + 5*noise(3)
-			default:
-				if (x/8+y/8)%2 == 0 {
-					a = 0
-				} else {
-					a = 255
-				}
-			}
-			p := row[4*x : 4*x+4 : 4*x+4]
-			p[0] = clamp8(fx + noise(0))
-			p[1] = clamp8(fy + noise(1))
-			p[2] = clamp8(255 - (fx+fy)/2 + noise(2))
-			p[3] = uint8(a)
-		}
-	}
-	return m
-}
-
-// opaquePattern is testPattern with every alpha 255, so it encodes as RGB.
+// opaquePattern is testimage.Pattern with every alpha 255, so it encodes as RGB.
 func opaquePattern(size int, seed int64) *image.NRGBA {
-	m := testPattern(size, seed)
+	m := testimage.Pattern(size, seed)
 	for i := 3; i < len(m.Pix); i += 4 {
 		m.Pix[i] = 255
 	}
@@ -68,10 +27,10 @@ func opaquePattern(size int, seed int64) *image.NRGBA {
 var benchSizes = []int{64, 256, 2048}
 
 // BenchmarkEncode compares image/png and pngenc at default compression on
-// testPattern (RGBA with alpha); MB/s counts the input's pixels at 4 bytes.
+// testimage.Pattern (RGBA with alpha); MB/s counts the input's pixels at 4 bytes.
 func BenchmarkEncode(b *testing.B) {
 	for _, size := range benchSizes {
-		img := testPattern(size, 1)
+		img := testimage.Pattern(size, 1)
 		for _, name := range []string{"stdlib", "pngenc"} {
 			b.Run(fmt.Sprintf("%s/%d", name, size), func(b *testing.B) {
 				benchEncode(b, newBenchEncoder(name, png.DefaultCompression), img)
@@ -81,14 +40,14 @@ func BenchmarkEncode(b *testing.B) {
 }
 
 // BenchmarkEncodeLevels compares image/png and pngenc at every level, on a
-// 256 px testPattern, with alpha and without (RGB output).
+// 256 px testimage.Pattern, with alpha and without (RGB output).
 func BenchmarkEncodeLevels(b *testing.B) {
 	named := []struct {
 		name  string
 		level png.CompressionLevel
 	}{{"default", png.DefaultCompression}, {"speed", png.BestSpeed}, {"best", png.BestCompression}, {"none", png.NoCompression}}
 	for _, kind := range []string{"rgba", "rgb"} {
-		img := testPattern(256, 1)
+		img := testimage.Pattern(256, 1)
 		if kind == "rgb" {
 			img = opaquePattern(256, 1)
 		}
@@ -129,10 +88,10 @@ func benchEncode(b *testing.B, enc encoder, img image.Image) {
 }
 
 // BenchmarkParams is how levelParams was chosen: klauspost levels -2
-// (Huffman only) to 9, with adaptive and fixed row filters, on testPattern
+// (Huffman only) to 9, with adaptive and fixed row filters, on testimage.Pattern
 // with alpha and without, and on the PNG and JPEG files PNGENC_CORPUS names
 // (space-separated globs; photos and screenshots or logos, say); image/png's
-// levels are the yardstick. testPattern is noise over gradients, harder on
+// levels are the yardstick. testimage.Pattern is noise over gradients, harder on
 // LZ matching than most pictures: the files tell more.
 //
 //	PNGENC_CORPUS='/photos/*.jpg /shots/*.png' go test -run XXX -bench Params -benchtime 10x
@@ -141,7 +100,7 @@ func BenchmarkParams(b *testing.B) {
 		name string
 		img  image.Image
 	}
-	inputs := []input{{"pattern-rgba", testPattern(256, 1)}, {"pattern-rgb", opaquePattern(256, 1)}}
+	inputs := []input{{"pattern-rgba", testimage.Pattern(256, 1)}, {"pattern-rgb", opaquePattern(256, 1)}}
 	for _, glob := range strings.Fields(os.Getenv("PNGENC_CORPUS")) {
 		names, err := filepath.Glob(glob)
 		if err != nil {

@@ -14,6 +14,8 @@ import (
 	"math/rand/v2"
 	"sync"
 	"testing"
+
+	"github.com/imgmill/imgmill/internal/testimage"
 )
 
 var levels = []png.CompressionLevel{png.DefaultCompression, png.BestSpeed, png.BestCompression, png.NoCompression}
@@ -343,10 +345,10 @@ func TestLarge(t *testing.T) {
 	for _, level := range levels {
 		enc := &Encoder{CompressionLevel: level}
 		t.Run(fmt.Sprint(level), func(t *testing.T) {
-			checkEncode(t, enc, testPattern(300, 2), 0)
+			checkEncode(t, enc, testimage.Pattern(300, 2), 0)
 			checkEncode(t, enc, opaquePattern(300, 3), 0)
 			var w countingWriter
-			if err := enc.Encode(&w, testPattern(300, 2)); err != nil {
+			if err := enc.Encode(&w, testimage.Pattern(300, 2)); err != nil {
 				t.Fatal(err)
 			}
 			// Every write but the last has at least a chunk's worth.
@@ -354,7 +356,7 @@ func TestLarge(t *testing.T) {
 				t.Errorf("%d bytes in %d writes", w.n, w.writes)
 			}
 			w = countingWriter{}
-			if err := enc.Encode(&w, testPattern(64, 2)); err != nil {
+			if err := enc.Encode(&w, testimage.Pattern(64, 2)); err != nil {
 				t.Fatal(err)
 			}
 			if w.writes != 1 {
@@ -427,7 +429,7 @@ func (w *failWriter) Write(b []byte) (int, error) {
 }
 
 func TestWriteError(t *testing.T) {
-	imgs := []image.Image{testPattern(8, 1), testPattern(400, 1), image.NewYCbCr(image.Rect(0, 0, 8, 8), image.YCbCrSubsampleRatio444)}
+	imgs := []image.Image{testimage.Pattern(8, 1), testimage.Pattern(400, 1), image.NewYCbCr(image.Rect(0, 0, 8, 8), image.YCbCrSubsampleRatio444)}
 	for _, level := range levels {
 		enc := &Encoder{CompressionLevel: level}
 		for _, img := range imgs {
@@ -450,14 +452,14 @@ func TestWriteError(t *testing.T) {
 		}
 	}
 	// The encoder still works after errors.
-	checkEncode(t, &Encoder{}, testPattern(40, 1), 0)
+	checkEncode(t, &Encoder{}, testimage.Pattern(40, 1), 0)
 }
 
 // TestConcurrent shares one Encoder among goroutines encoding different
 // images (run with -race).
 func TestConcurrent(t *testing.T) {
 	enc := &Encoder{}
-	imgs := []image.Image{testPattern(50, 1), opaquePattern(130, 2), testPattern(7, 3), image.NewGray(image.Rect(0, 0, 90, 3))}
+	imgs := []image.Image{testimage.Pattern(50, 1), opaquePattern(130, 2), testimage.Pattern(7, 3), image.NewGray(image.Rect(0, 0, 90, 3))}
 	want := make([][]byte, len(imgs))
 	for i, img := range imgs {
 		want[i] = encode(t, enc, img)
@@ -664,7 +666,7 @@ func TestUnpremultiply8(t *testing.T) {
 
 // TestLevels: no compression is the largest, best compression the smallest.
 func TestLevels(t *testing.T) {
-	img := testPattern(128, 1)
+	img := testimage.Pattern(128, 1)
 	size := func(l png.CompressionLevel) int { return len(encode(t, &Encoder{CompressionLevel: l}, img)) }
 	none, speed, def, best := size(png.NoCompression), size(png.BestSpeed), size(png.DefaultCompression), size(png.BestCompression)
 	if none < len(img.Pix) || none <= speed || none <= def || best > speed || best > def {

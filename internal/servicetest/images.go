@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/imgmill/imgmill/internal/imageop"
+	"github.com/imgmill/imgmill/internal/testimage"
 )
 
 // EncodePNG encodes img as PNG.
@@ -17,10 +18,10 @@ func EncodePNG(t testing.TB, img image.Image) []byte {
 	return b
 }
 
-// PatternPNG is imageop.TestPattern(size, seed) encoded as PNG.
+// PatternPNG is testimage.Pattern(size, seed) encoded as PNG.
 func PatternPNG(t testing.TB, size int, seed int64) []byte {
 	t.Helper()
-	return EncodePNG(t, imageop.TestPattern(size, seed))
+	return EncodePNG(t, testimage.Pattern(size, seed))
 }
 
 // PaddedPNG is imageop.PaddedPNG(width, height, size): size bytes that the master accepts as a

@@ -34,6 +34,7 @@ import (
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/master"
 	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/testimage"
 	"github.com/imgmill/imgmill/internal/worker"
 )
 
@@ -119,7 +120,7 @@ func palettedImage(size int) *image.Paletted {
 // with red and green swapped.
 func jpegUpload(t *testing.T, size int, seed int64) upload {
 	t.Helper()
-	src := imageop.TestPattern(size, seed)
+	src := testimage.Pattern(size, seed)
 	for i := 3; i < len(src.Pix); i += 4 {
 		src.Pix[i] = 255
 	}
@@ -210,10 +211,10 @@ func TestWorkerProcessesUploads(t *testing.T) {
 	}
 
 	uploads := []upload{
-		pngUpload(t, "pattern 1", imageop.TestPattern(1, 1)),
-		pngUpload(t, "pattern 5", imageop.TestPattern(5, 2)),
-		pngUpload(t, "pattern 64", imageop.TestPattern(64, 3)),
-		pngUpload(t, "pattern 257", imageop.TestPattern(257, 4)),
+		pngUpload(t, "pattern 1", testimage.Pattern(1, 1)),
+		pngUpload(t, "pattern 5", testimage.Pattern(5, 2)),
+		pngUpload(t, "pattern 64", testimage.Pattern(64, 3)),
+		pngUpload(t, "pattern 257", testimage.Pattern(257, 4)),
 		pngUpload(t, "paletted", palettedImage(37)),
 		jpegUpload(t, 50, 5),
 		gifUpload(t),
@@ -304,7 +305,7 @@ func TestWorkerPicksUpTaskWhileIdle(t *testing.T) {
 	startWorker(t, worker.Config{Master: s.Master, Storage: s.Storage, Concurrency: 1, Wait: 30 * time.Second, Logger: servicetest.Discard})
 	time.Sleep(300 * time.Millisecond) // let the loop settle into its long poll
 
-	img := imageop.TestPattern(20, 9)
+	img := testimage.Pattern(20, 9)
 	start := time.Now()
 	id, err := s.Master.New(ctx, bytes.NewReader(servicetest.EncodePNG(t, img)), -1)
 	if err != nil {
@@ -609,7 +610,7 @@ func TestWorkerHeartbeatKeepsLease(t *testing.T) {
 	const lease = 500 * time.Millisecond
 	hook := newWorkingHook(4 * lease)
 	r := newRig(t, rigOptions{lease: lease, wrapStorage: hook.wrap})
-	img := imageop.TestPattern(16, 11)
+	img := testimage.Pattern(16, 11)
 	id := r.upload(t, img)
 	startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 2, Wait: time.Second,
 		Heartbeat: 50 * time.Millisecond, Logger: servicetest.Discard})
@@ -671,7 +672,7 @@ func staleLeaseMaster(t *testing.T, hc *http.Client, masterURL string) (*httptes
 func TestWorkerStopsOnLostLease(t *testing.T) {
 	hook := newWorkingHook(time.Minute) // the task would take a minute
 	r := newRig(t, rigOptions{wrapStorage: hook.wrap})
-	id := r.upload(t, imageop.TestPattern(8, 12))
+	id := r.upload(t, testimage.Pattern(8, 12))
 	fake, seen := staleLeaseMaster(t, r.hc, r.masterURL)
 	stop := startWorker(t, worker.Config{
 		Master: client.NewMaster(r.hc, client.Static(servicetest.Addr(fake.URL))), Storage: r.storage,
@@ -705,7 +706,7 @@ func TestWorkerRetriesTransientFailure(t *testing.T) {
 	hook := newWorkingHook(0)
 	hook.refuse = func() bool { return masterCalls.count("/failTask") == 0 }
 	r := newRig(t, rigOptions{wrapStorage: hook.wrap, calls: masterCalls})
-	img := imageop.TestPattern(12, 13)
+	img := testimage.Pattern(12, 13)
 	id := r.upload(t, img)
 	startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1, Wait: time.Second, Logger: servicetest.Discard})
 
@@ -732,7 +733,7 @@ func TestWorkerShutdown(t *testing.T) {
 	t.Run("drain finishes the task", func(t *testing.T) {
 		hook := newWorkingHook(time.Second)
 		r := newRig(t, rigOptions{wrapStorage: hook.wrap})
-		img := imageop.TestPattern(10, 14)
+		img := testimage.Pattern(10, 14)
 		id := r.upload(t, img)
 		stop := startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1,
 			Wait: time.Second, Drain: time.Minute, Logger: servicetest.Discard})
@@ -754,7 +755,7 @@ func TestWorkerShutdown(t *testing.T) {
 	t.Run("short drain releases the task", func(t *testing.T) {
 		hook := newWorkingHook(time.Minute)
 		r := newRig(t, rigOptions{wrapStorage: hook.wrap})
-		id := r.upload(t, imageop.TestPattern(10, 15))
+		id := r.upload(t, testimage.Pattern(10, 15))
 		stop := startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1,
 			Wait: time.Second, Drain: 100 * time.Millisecond, Logger: servicetest.Discard})
 		hook.waitArrived(t)
@@ -819,7 +820,7 @@ func TestWorkerPrefetch(t *testing.T) {
 			imgs := make([]image.Image, 3)
 			ids := make([]int64, len(imgs))
 			for i := range imgs {
-				imgs[i] = imageop.TestPattern(12, int64(40+i))
+				imgs[i] = testimage.Pattern(12, int64(40+i))
 				ids[i] = r.upload(t, imgs[i])
 			}
 			stop := startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1, Prefetch: tc.prefetch,
@@ -893,7 +894,7 @@ func TestWorkerWithReferenceMaster(t *testing.T) {
 			ids := []int64{0, 1}
 			imgs := make([]image.Image, len(ids))
 			for i, id := range ids {
-				imgs[i] = imageop.TestPattern(9, int64(20+i))
+				imgs[i] = testimage.Pattern(9, int64(20+i))
 				data := servicetest.EncodePNG(t, imgs[i])
 				if err := st.SendImage(t.Context(), id, client.Working, bytes.NewReader(data), int64(len(data))); err != nil {
 					t.Fatal(err)
@@ -1008,7 +1009,7 @@ func TestWorkerAppliesTheTasksChain(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	startWorker(t, worker.Config{Master: s.Master, Storage: s.Storage, Concurrency: 1, Wait: time.Second, Logger: servicetest.Discard})
-	src := imageop.TestPattern(40, 7)
+	src := testimage.Pattern(40, 7)
 	src = src.SubImage(image.Rect(0, 0, 40, 24)).(*image.NRGBA) // 40x24: a rotation shows
 	data, err := imageop.EncodePNG(src)
 	if err != nil {
@@ -1064,7 +1065,7 @@ func TestWorkerPNGCompression(t *testing.T) {
 	defer cancel()
 	startWorker(t, worker.Config{Master: s.Master, Storage: s.Storage, Concurrency: 1, Wait: time.Second,
 		PNGCompression: png.NoCompression, Logger: servicetest.Discard})
-	src := imageop.TestPattern(64, 9)
+	src := testimage.Pattern(64, 9)
 	id := queueDirectly(ctx, t, s, servicetest.PatternPNG(t, 64, 9))
 	waitFinished(ctx, t, s, id)
 	out, ok := s.StoredImage(t, id, client.Finished)
