@@ -1,16 +1,16 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"image"
 	"image/color"
-	"image/jpeg"
-	"image/png"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,7 +22,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 
-	"github.com/imgmill/imgmill/internal/allinone"
+	"github.com/imgmill/imgmill/internal/deploytest"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/testimage"
@@ -101,96 +101,27 @@ var browserChain = fmt.Sprintf("crop:%dx%d+%d+%d,rotate:90", chainCropW, chainCr
 func TestBrowserUploadPage(t *testing.T) {
 	chromium := findChromium(t)
 	artifacts := artifactDir(t)
-
-	addrs, err := allinone.FreeAddrs(5)
-	if err != nil {
-		t.Fatal(err)
-	}
+	addrs := deploytest.ServeApp(t, nil, "--concurrency", "2")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	serveCtx, stopServe := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	var stderr syncBuffer
-	go func() {
-		done <- run(serveCtx, []string{"imgmill", "serve", "--data", t.TempDir(), "--addr", addrs[0], "--kv-addr", addrs[1],
-			"--database-addr", addrs[2], "--storage-addr", addrs[3], "--master-addr", addrs[4], "--concurrency", "2"},
-			func(string) string { return "" }, io.Discard, &stderr)
-	}()
-	defer func() {
-		stopServe()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Error("serve did not stop")
-		}
-	}()
 	hc := httpapi.NewClient()
 	defer hc.CloseIdleConnections()
-	if err := allinone.WaitReady(ctx, addrs[1]); err != nil {
-		t.Fatal(err)
-	}
-	waitHealthy(t, ctx, hc, addrs[0])
 	base := "http://" + addrs[0]
 
 	// The images, written where the browser can read them: one for the default operation, a PNG and a
 	// JPEG for the chain (opaque, so that the pixels compare without alpha's rounding).
 	dir := t.TempDir()
 	swapOrig := testimage.Pattern(96, 7)
-	swapFile := writeImageFile(t, dir, "pattern-1.png", swapOrig)
-	pngOrig := opaque(testimage.Pattern(256, 8))
-	pngFile := writeImageFile(t, dir, "pattern-2.png", pngOrig)
-	jpegFile := writeImageFile(t, dir, "photo-3.jpg", opaque(testimage.Pattern(192, 9)))
-	jpegOrig := readImageFile(t, jpegFile) // what the server decodes
+	swapFile := testimage.WriteFile(t, dir, "pattern-1.png", swapOrig)
+	pngOrig := testimage.Opaque(testimage.Pattern(256, 8))
+	pngFile := testimage.WriteFile(t, dir, "pattern-2.png", pngOrig)
+	jpegFile := testimage.WriteFile(t, dir, "photo-3.jpg", testimage.Opaque(testimage.Pattern(192, 9)))
+	jpegOrig := testimage.ReadFile(t, jpegFile) // what the server decodes
 
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(ctx,
-		chromedp.ExecPath(chromium),
-		chromedp.Flag("headless", true),
-		chromedp.Flag("no-sandbox", true),
-		chromedp.Flag("disable-gpu", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("no-first-run", true),
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("hide-scrollbars", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1100, 900),
-	)
-	defer cancelAlloc()
-	bctx, cancelBrowser := chromedp.NewContext(allocCtx)
-	defer cancelBrowser()
-
-	// Everything the page writes to the console, its uncaught exceptions and the browser's log (where
-	// a Content-Security-Policy violation shows) is collected, and an error among them fails the test.
-	if err := chromedp.Do(bctx); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
-	var (
-		consoleMu sync.Mutex
-		console   []string
-	)
-	messages := chromedp.Console(bctx)
-	go func() {
-		for m, err := range messages {
-			if err != nil {
-				return
-			}
-			// The upload with a spec the server refuses is answered 400, which the browser logs.
-			expected := m.Source == "network" && strings.Contains(m.URL, "/api/tasks?op=") && strings.Contains(m.Text, "status of 400")
-			if (m.Type == chromedp.ConsoleError || m.IsException()) && !expected {
-				consoleMu.Lock()
-				console = append(console, fmt.Sprintf("%s:%d %s", m.URL, m.Line+1, m.Text))
-				consoleMu.Unlock()
-			}
-		}
-	}()
-	defer func() {
-		consoleMu.Lock()
-		defer consoleMu.Unlock()
-		for _, m := range console {
-			t.Errorf("browser console: %s", m)
-		}
-	}()
+	// The upload with a spec the server refuses is answered 400, which the browser logs.
+	bctx := startBrowser(t, ctx, chromium, func(m chromedp.ConsoleMessage) bool {
+		return m.Source == "network" && strings.Contains(m.URL, "/api/tasks?op=") && strings.Contains(m.Text, "status of 400")
+	})
 
 	// 1. The default operation: an empty chain is swap.
 	if err := chromedp.Do(bctx,
@@ -324,6 +255,123 @@ func TestBrowserUploadPage(t *testing.T) {
 		t.Errorf("page scrolls sideways at phone width (%v)", err)
 	}
 	screenshot(t, bctx, filepath.Join(artifacts, "screenshot-phone.png"))
+}
+
+// startBrowser starts headless Chromium for the test and returns its context. Everything the page
+// writes to the console, its uncaught exceptions and the browser's log (where a Content-Security-Policy
+// violation shows) is collected, and an error among them fails the test when it ends, unless expected
+// says it was expected.
+func startBrowser(t *testing.T, ctx context.Context, chromium string, expected func(chromedp.ConsoleMessage) bool) context.Context {
+	t.Helper()
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(ctx,
+		chromedp.ExecPath(chromium),
+		chromedp.Flag("headless", true),
+		chromedp.Flag("no-sandbox", true),
+		chromedp.Flag("disable-gpu", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("no-first-run", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("hide-scrollbars", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1100, 900),
+	)
+	t.Cleanup(cancelAlloc)
+	bctx, cancelBrowser := chromedp.NewContext(allocCtx)
+	t.Cleanup(cancelBrowser)
+	if err := chromedp.Do(bctx); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	var (
+		consoleMu sync.Mutex
+		console   []string
+	)
+	messages := chromedp.Console(bctx)
+	go func() {
+		for m, err := range messages {
+			if err != nil {
+				return
+			}
+			if (m.Type == chromedp.ConsoleError || m.IsException()) && !expected(m) {
+				consoleMu.Lock()
+				console = append(console, fmt.Sprintf("%s:%d %s", m.URL, m.Line+1, m.Text))
+				consoleMu.Unlock()
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		consoleMu.Lock()
+		defer consoleMu.Unlock()
+		for _, m := range console {
+			t.Errorf("browser console: %s", m)
+		}
+	})
+	return bctx
+}
+
+// TestBrowserRetriesWhenUnavailable: the page's upload meets a service that is unavailable (503 with
+// Retry-After, as while storage or the database is away): the page says so, waits as asked and sends the
+// upload again by itself, with the same Idempotency-Key, until it is accepted and processed.
+func TestBrowserRetriesWhenUnavailable(t *testing.T) {
+	chromium := findChromium(t)
+	addrs := deploytest.ServeApp(t, nil, "--concurrency", "1")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	hc := httpapi.NewClient()
+	defer hc.CloseIdleConnections()
+
+	// In front of the frontend: the first two uploads are refused as a service away would be.
+	target, _ := url.Parse("http://" + addrs[0])
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var mu sync.Mutex
+	var keys []string
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.URL.Path == "/api/tasks" {
+			mu.Lock()
+			keys = append(keys, r.Header.Get("Idempotency-Key"))
+			n := len(keys)
+			mu.Unlock()
+			if n <= 2 {
+				io.Copy(io.Discard, r.Body)
+				w.Header().Set("Retry-After", "1")
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusServiceUnavailable)
+				io.WriteString(w, `{"error":"image storage is temporarily unavailable, retry later"}`)
+				return
+			}
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	defer front.Close()
+
+	orig := testimage.Pattern(48, 21)
+	file := testimage.WriteFile(t, t.TempDir(), "retried.png", orig)
+	bctx := startBrowser(t, ctx, chromium, func(m chromedp.ConsoleMessage) bool {
+		return m.Source == "network" && strings.Contains(m.URL, "/api/tasks") && strings.Contains(m.Text, "status of 503")
+	})
+	if err := chromedp.Do(bctx,
+		chromedp.Navigate(front.URL+"/"),
+		chromedp.WaitVisible(chromedp.CSS("#drop")),
+		chromedp.SetUploadFiles(chromedp.CSS("#files"), []string{file}),
+	); err != nil {
+		t.Fatalf("open the page and pick a file: %v", err)
+	}
+	waitPage(t, bctx, "the page to say it retries by itself", `Array.from(document.querySelectorAll('#tasks > li')).some(li =>
+		li.textContent.includes('temporarily unavailable') && li.textContent.includes('Retrying by itself'))`)
+	screenshot(t, bctx, filepath.Join(artifactDir(t), "screenshot-retrying.png"))
+	waitPage(t, bctx, "the retried upload to finish", `Array.from(document.querySelectorAll('#tasks > li')).some(li =>
+		li.dataset.state === 'finished')`)
+	tasks := waitTasks(t, bctx, 1)
+	img, _ := fetchImage(t, ctx, hc, strings.Replace(tasks[0].Result, front.URL, "http://"+addrs[0], 1))
+	if err := imageop.CheckSwapped(orig, img); err != nil {
+		t.Errorf("the retried upload's result: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(keys) != 3 || keys[0] == "" || keys[0] != keys[1] || keys[1] != keys[2] {
+		t.Errorf("uploads with keys %q; want three tries of one upload, all with the same Idempotency-Key", keys)
+	}
 }
 
 // buildChain builds browserChain in the page's picker, by keyboard where it can: crop with its
@@ -499,49 +547,6 @@ func screenshot(t *testing.T, ctx context.Context, path string) {
 }
 
 // Images for the chain tests.
-
-// opaque returns img with every pixel's alpha set to 255.
-func opaque(img *image.NRGBA) *image.NRGBA {
-	for i := 3; i < len(img.Pix); i += 4 {
-		img.Pix[i] = 255
-	}
-	return img
-}
-
-// writeImageFile writes img into dir as name, a PNG or (.jpg) a JPEG of quality 95, and returns the path.
-func writeImageFile(t *testing.T, dir, name string, img image.Image) string {
-	t.Helper()
-	var buf bytes.Buffer
-	var err error
-	if strings.HasSuffix(name, ".jpg") {
-		err = jpeg.Encode(&buf, img, &jpeg.Options{Quality: 95})
-	} else {
-		err = png.Encode(&buf, img)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, name)
-	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-// readImageFile decodes the PNG or JPEG at path.
-func readImageFile(t *testing.T, path string) image.Image {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	img, _, err := image.Decode(f)
-	if err != nil {
-		t.Fatalf("decode %s: %v", path, err)
-	}
-	return img
-}
 
 // fetchImage downloads the PNG or JPEG at url and returns it decoded, with its Content-Type.
 func fetchImage(t *testing.T, ctx context.Context, hc *http.Client, url string) (image.Image, string) {

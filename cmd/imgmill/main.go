@@ -1,5 +1,5 @@
 // Command imgmill is the whole app in one binary: a subcommand per service, `serve` for all of them in one
-// process, and `bench`.
+// process, `bench`, and the client commands (see internal/cli).
 package main
 
 import (
@@ -8,14 +8,16 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/imgmill/imgmill/internal/cli"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args, os.Getenv, os.Stdout, os.Stderr)
+	err := cli.Run(ctx, os.Args, os.Getenv, os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "imgmill: %v\n", err)
-		os.Exit(exitCode(err))
+		os.Exit(cli.ExitCode(err))
 	}
 }

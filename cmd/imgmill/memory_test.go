@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/deploytest"
 	"github.com/imgmill/imgmill/internal/frontend"
 	"github.com/imgmill/imgmill/internal/publicid"
 )
@@ -259,11 +260,11 @@ type rssWatch struct {
 const rssInterval = 20 * time.Millisecond
 
 // watchRSS starts following the named services of d.
-func watchRSS(t *testing.T, d *deployment, names ...string) *rssWatch {
+func watchRSS(t *testing.T, d *deploytest.Deployment, names ...string) *rssWatch {
 	t.Helper()
 	w := &rssWatch{names: names, hwm: true, stop: make(chan struct{}), done: make(chan struct{})}
 	for _, name := range names {
-		pid := d.pid(name)
+		pid := d.PID(name)
 		rss, err := procStatusKiB(pid, "VmRSS")
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -359,35 +360,35 @@ func TestUploadMemory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := newDeployment(t)
+	d := deploytest.New(t)
 	// The default limits accept the image below (5120x5120 pixels, 26 MP, 200 MiB); they are set
 	// higher anyway so that the test measures the upload path, not today's defaults.
 	limit := "300000000"
-	d.mustStart("kv", "kv", "--addr", d.kvAddr, "--data", filepath.Join(d.dir, "kv"))
-	d.mustStart("database", "database", "--addr", "127.0.0.1:0", "--kv", d.kvAddr, "--data", filepath.Join(d.dir, "db"))
-	d.mustStart("storage", "storage", "--addr", "127.0.0.1:0", "--kv", d.kvAddr, "--data", filepath.Join(d.dir, "storage"))
-	d.mustStart("master", "master", "--addr", "127.0.0.1:0", "--kv", d.kvAddr,
+	d.MustStart("kv", "kv", "--addr", d.KVAddr, "--data", filepath.Join(d.Dir, "kv"))
+	d.MustStart("database", "database", "--addr", "127.0.0.1:0", "--kv", d.KVAddr, "--data", filepath.Join(d.Dir, "db"))
+	d.MustStart("storage", "storage", "--addr", "127.0.0.1:0", "--kv", d.KVAddr, "--data", filepath.Join(d.Dir, "storage"))
+	d.MustStart("master", "master", "--addr", "127.0.0.1:0", "--kv", d.KVAddr,
 		"--max-upload", limit, "--max-pixels", "100000000", "--max-dimension", "20000")
-	d.waitReady()
-	d.mustStart("frontend", "frontend", "--addr", d.feAddr, "--kv", d.kvAddr, "--upload-rate", "0",
+	d.WaitReady()
+	d.MustStart("frontend", "frontend", "--addr", d.FEAddr, "--kv", d.KVAddr, "--upload-rate", "0",
 		"--max-upload", limit, "--secret", publicid.FormatSecret(secret))
 
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
-	if err := memWaitHTTP(ctx, d.hc, "http://"+d.feAddr+"/healthz"); err != nil {
+	if err := memWaitHTTP(ctx, d.HC, "http://"+d.FEAddr+"/healthz"); err != nil {
 		t.Fatal(err)
 	}
-	fe := "http://" + d.feAddr
+	fe := "http://" + d.FEAddr
 	paths := []uploadPath{
 		{"frontend POST /submitTask", []string{"frontend", "master", "storage"}, func(ctx context.Context, body io.Reader) (int64, error) {
-			reply, err := memPostMultipart(ctx, d.hc, fe+"/submitTask", frontend.UploadField, body)
+			reply, err := memPostMultipart(ctx, d.HC, fe+"/submitTask", frontend.UploadField, body)
 			if err != nil {
 				return 0, err
 			}
 			return ids.Decode(reply)
 		}},
 		{"frontend POST /api/tasks", []string{"frontend", "master", "storage"}, func(ctx context.Context, body io.Reader) (int64, error) {
-			reply, err := memPost(ctx, d.hc, fe+"/api/tasks", "image/png", body, http.StatusCreated)
+			reply, err := memPost(ctx, d.HC, fe+"/api/tasks", "image/png", body, http.StatusCreated)
 			if err != nil {
 				return 0, err
 			}
@@ -398,7 +399,7 @@ func TestUploadMemory(t *testing.T) {
 			return ids.Decode(created.ID)
 		}},
 		{"master POST /new", []string{"master", "storage"}, func(ctx context.Context, body io.Reader) (int64, error) {
-			return d.master().New(ctx, body, -1)
+			return d.Master().New(ctx, body, -1)
 		}},
 	}
 	big := streamPNG{width: 5120, height: 5120, depth: 16, seed: 7}
@@ -425,7 +426,7 @@ func TestUploadMemory(t *testing.T) {
 
 // uploadAndCheck uploads s by p, checks that storage holds exactly the bytes sent, and returns their
 // number.
-func uploadAndCheck(ctx context.Context, t *testing.T, d *deployment, p uploadPath, s streamPNG) int64 {
+func uploadAndCheck(ctx context.Context, t *testing.T, d *deploytest.Deployment, p uploadPath, s streamPNG) int64 {
 	t.Helper()
 	src := s.open()
 	defer src.Close()
@@ -438,7 +439,7 @@ func uploadAndCheck(ctx context.Context, t *testing.T, d *deployment, p uploadPa
 	if id < 0 {
 		t.Fatalf("upload answered id %d", id)
 	}
-	img, err := d.storage().GetImage(ctx, id, client.Working)
+	img, err := d.Storage().GetImage(ctx, id, client.Working)
 	if err != nil {
 		t.Fatalf("storage GET /getImage?id=%d&state=working: %v", id, err)
 	}
@@ -545,9 +546,9 @@ func TestWorkerMemory(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("reads /proc")
 	}
-	d := newDeployment(t)
-	d.startBackends()
-	m := d.master()
+	d := deploytest.New(t)
+	d.StartBackends()
+	m := d.Master()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
 	big := streamPNG{width: 4000, height: 4000, depth: 8, seed: 11}
@@ -570,8 +571,8 @@ func TestWorkerMemory(t *testing.T) {
 	}
 
 	t.Run("over --max-pixels", func(t *testing.T) {
-		d.startWorker("worker-limited", "--concurrency", "1", "--max-pixels", "10000000")
-		defer d.kill("worker-limited")
+		d.StartWorker("worker-limited", "--concurrency", "1", "--max-pixels", "10000000")
+		defer d.Kill("worker-limited")
 		small(1)
 		watch := watchRSS(t, d, "worker-limited")
 		st := memWaitSettled(ctx, t, m, upload(big))
@@ -591,8 +592,8 @@ func TestWorkerMemory(t *testing.T) {
 			// grows by about 20 times the image under it), and decoding takes a minute.
 			t.Skip("a worker's memory is not measured under the race detector")
 		}
-		d.startWorker("worker", "--concurrency", "1")
-		defer d.kill("worker")
+		d.StartWorker("worker", "--concurrency", "1")
+		defer d.Kill("worker")
 		small(2)
 		watch := watchRSS(t, d, "worker")
 		id := upload(big)

@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/imgmill/imgmill/internal/allinone"
+	"github.com/imgmill/imgmill/internal/cli"
 	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/deploytest"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/metrics/metricstest"
@@ -18,19 +20,19 @@ import (
 	"github.com/imgmill/imgmill/internal/testimage"
 )
 
-// inProcess is the split deployment with every service run in this process by run(), each with its own
+// inProcess is the split deployment with every service run in this process by cli.Run, each with its own
 // flags and its own log.
 type inProcess struct {
-	logs map[string]*syncBuffer
+	logs map[string]*deploytest.SyncBuffer
 	done map[string]chan error
 }
 
 func (p *inProcess) start(ctx context.Context, name string, args ...string) {
-	log := &syncBuffer{}
+	log := &deploytest.SyncBuffer{}
 	done := make(chan error, 1)
 	p.logs[name], p.done[name] = log, done
 	go func() {
-		done <- run(ctx, append([]string{"imgmill", name}, args...), func(string) string { return "" }, io.Discard, log)
+		done <- cli.Run(ctx, append([]string{"imgmill", name}, args...), func(string) string { return "" }, io.Discard, log)
 	}()
 }
 
@@ -46,7 +48,7 @@ func TestMetricsAndRequestIDAcrossServices(t *testing.T) {
 	kvAddr, feAddr, workerAddr := addrs[0], addrs[1], addrs[2]
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &inProcess{logs: map[string]*syncBuffer{}, done: map[string]chan error{}}
+	p := &inProcess{logs: map[string]*deploytest.SyncBuffer{}, done: map[string]chan error{}}
 	t.Cleanup(func() {
 		cancel()
 		for name, done := range p.done {
@@ -61,7 +63,7 @@ func TestMetricsAndRequestIDAcrossServices(t *testing.T) {
 		}
 		if t.Failed() {
 			for name, log := range p.logs {
-				t.Logf("--- %s log ---\n%s", name, tail(log.String(), 4000))
+				t.Logf("--- %s log ---\n%s", name, deploytest.Tail(log.String(), 4000))
 			}
 		}
 	})
@@ -72,7 +74,8 @@ func TestMetricsAndRequestIDAcrossServices(t *testing.T) {
 	}
 	p.start(ctx, "master", append([]string{"--addr", "127.0.0.1:0", "--kv", kvAddr}, common...)...)
 	p.start(ctx, "worker", append([]string{"--kv", kvAddr, "--concurrency", "1", "--metrics-addr", workerAddr}, common...)...)
-	p.start(ctx, "frontend", append([]string{"--addr", feAddr, "--kv", kvAddr, "--upload-rate", "0"}, common...)...)
+	p.start(ctx, "frontend", append([]string{"--addr", feAddr, "--kv", kvAddr, "--upload-rate", "0",
+		"--data", filepath.Join(dir, "frontend")}, common...)...)
 
 	readyCtx, readyCancel := context.WithTimeout(ctx, time.Minute)
 	defer readyCancel()
@@ -82,8 +85,8 @@ func TestMetricsAndRequestIDAcrossServices(t *testing.T) {
 	authed := httpapi.NewClient(httpapi.WithToken(token))
 	t.Cleanup(authed.CloseIdleConnections)
 	plain := servicetest.NewHTTPClient(t)
-	waitHealthy(t, readyCtx, plain, feAddr)
-	waitHealthy(t, readyCtx, plain, workerAddr)
+	deploytest.WaitHealthy(t, readyCtx, plain, feAddr)
+	deploytest.WaitHealthy(t, readyCtx, plain, workerAddr)
 	kv := client.NewKV(authed, kvAddr)
 	urls := map[string]string{"kv": "http://" + kvAddr, "frontend": "http://" + feAddr, "worker": "http://" + workerAddr}
 	for name, key := range map[string]string{"database": client.DatabaseKey, "storage": client.StorageKey, "master": client.MasterKey} {
@@ -100,12 +103,12 @@ func TestMetricsAndRequestIDAcrossServices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub, err := submitViaFrontend(httpapi.WithRequestID(readyCtx, requestID), plain, feAddr, data)
+	pub, err := deploytest.SubmitViaFrontend(httpapi.WithRequestID(readyCtx, requestID), plain, feAddr, data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, readyCtx, "the task finished", func() bool {
-		ready, _ := frontendReady(readyCtx, plain, feAddr, pub)
+	deploytest.WaitFor(t, readyCtx, "the task finished", func() bool {
+		ready, _ := deploytest.FrontendReady(readyCtx, plain, feAddr, pub)
 		return ready
 	})
 	for _, name := range []string{"frontend", "master", "database", "storage"} {
@@ -191,7 +194,7 @@ func TestMetricsAndRequestIDAcrossServices(t *testing.T) {
 		want{"imgmill_storage_bytes_served_total", []string{"state", "working"}, float64(len(data))})
 	// The worker's loop is idle once the master acknowledged the finish, a moment after the task reads as
 	// finished.
-	waitFor(t, readyCtx, "the worker idle", func() bool {
+	deploytest.WaitFor(t, readyCtx, "the worker idle", func() bool {
 		f := scrape("worker")
 		return f.Value("imgmill_worker_loops", "state", "busy") == 0 && f.Value("imgmill_worker_loops", "state", "idle") == 1
 	})
@@ -215,16 +218,4 @@ func linesWith(log, s string) []string {
 		}
 	}
 	return out
-}
-
-// --pprof and --metrics-addr are listed with their variables.
-func TestOpsFlagsInHelp(t *testing.T) {
-	for _, cmd := range []string{"serve", "kv", "database", "storage", "master", "frontend", "worker"} {
-		checkHelpLists(t, cmd, "pprof")
-	}
-	checkHelpLists(t, "worker", "metrics-addr", "insecure")
-	if _, _, err := runCLI(t, nil, "worker", "--metrics-addr", "0.0.0.0:0", "--kv", "127.0.0.1:1"); err == nil ||
-		!strings.Contains(err.Error(), "without a token") {
-		t.Errorf("worker metrics on all addresses without a token: %v, want a refusal", err)
-	}
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"mime/multipart"
@@ -17,7 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgmill/imgmill/internal/cli"
 	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/deploytest"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/servicetest"
@@ -27,48 +28,21 @@ import (
 const testToken = "imgmill-test-token-0123456789"
 
 // newTokenDeployment is a split deployment whose services all get token (through IMGMILL_TOKEN) and
-// whose client d.hc sends it.
-func newTokenDeployment(t testing.TB, token string) *deployment {
+// whose client d.HC sends it.
+func newTokenDeployment(t testing.TB, token string) *deploytest.Deployment {
 	t.Helper()
-	d := newDeployment(t)
-	d.token = token
-	d.hc = httpapi.NewClient(httpapi.WithToken(token)) // the cleanup closes whichever d.hc is set
+	d := deploytest.New(t)
+	d.Token = token
+	d.HC = httpapi.NewClient(httpapi.WithToken(token)) // the cleanup closes whichever d.HC is set
 	return d
-}
-
-func TestHelpListsSecurityFlags(t *testing.T) {
-	for cmd, flags := range map[string][]string{
-		"serve": {"token", "insecure"}, "kv": {"token", "insecure"}, "database": {"token", "insecure"},
-		"storage": {"token", "insecure"}, "master": {"token", "insecure"},
-		"worker": {"token"}, "frontend": {"token"}, "bench": {"token"},
-	} {
-		checkHelpLists(t, cmd, flags...)
-	}
-	// The token is never printed, not even when it is set.
-	_, errOut, _ := runCLI(t, map[string]string{"IMGMILL_TOKEN": testToken}, "kv", "--help")
-	if strings.Contains(errOut, testToken) {
-		t.Errorf("kv --help prints the token:\n%s", errOut)
-	}
-}
-
-// A token that cannot go into a header is a usage error naming where it came from.
-func TestBadToken(t *testing.T) {
-	_, _, err := runCLI(t, map[string]string{"IMGMILL_TOKEN": "two words"}, "kv", "--addr", "127.0.0.1:0", "--data", t.TempDir())
-	if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "IMGMILL_TOKEN") {
-		t.Errorf("IMGMILL_TOKEN with a space: %v, want a usage error naming the variable", err)
-	}
-	_, _, err = runCLI(t, nil, "worker", "--token", "new\nline")
-	if !errors.Is(err, errUsage) {
-		t.Errorf("--token with a newline: %v, want a usage error", err)
-	}
 }
 
 // kv on a non-loopback address without a token refuses to start and says how to fix it.
 func TestKVRefusesNonLoopbackWithoutToken(t *testing.T) {
 	for _, addr := range []string{"0.0.0.0:0", ":0"} {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		var stderr syncBuffer
-		err := run(ctx, []string{"imgmill", "kv", "--addr", addr, "--data", t.TempDir()}, func(string) string { return "" },
+		var stderr deploytest.SyncBuffer
+		err := cli.Run(ctx, []string{"imgmill", "kv", "--addr", addr, "--data", t.TempDir()}, func(string) string { return "" },
 			io.Discard, &stderr)
 		ranOut := ctx.Err() != nil
 		cancel()
@@ -90,13 +64,13 @@ var listeningAddr = regexp.MustCompile(`msg=listening .*addr=(\S+)`)
 
 // runKVAnywhere runs `imgmill kv --addr 0.0.0.0:0` with env and returns the loopback address it listens on and
 // its log; it is stopped, and must exit cleanly, when the test ends.
-func runKVAnywhere(t *testing.T, env map[string]string) (addr string, log *syncBuffer) {
+func runKVAnywhere(t *testing.T, env map[string]string) (addr string, log *deploytest.SyncBuffer) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	log = &syncBuffer{}
+	log = &deploytest.SyncBuffer{}
 	go func() {
-		done <- run(ctx, []string{"imgmill", "kv", "--addr", "0.0.0.0:0", "--data", t.TempDir()},
+		done <- cli.Run(ctx, []string{"imgmill", "kv", "--addr", "0.0.0.0:0", "--data", t.TempDir()},
 			func(k string) string { return env[k] }, io.Discard, log)
 	}()
 	t.Cleanup(func() {
@@ -158,43 +132,43 @@ func TestKVInsecureOrToken(t *testing.T) {
 // /healthz) and work for one with it.
 func TestSecuritySplitDeploymentWithToken(t *testing.T) {
 	d := newTokenDeployment(t, testToken)
-	d.startBackends()
-	d.startWorker("worker")
-	d.startFrontend()
+	d.StartBackends()
+	d.StartWorker("worker")
+	d.StartFrontend()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	public := servicetest.NewHTTPClient(t) // a browser: no token
-	waitHealthy(t, ctx, public, d.feAddr)
+	deploytest.WaitHealthy(t, ctx, public, d.FEAddr)
 
 	orig := testimage.Pattern(48, 11)
 	data, err := imageop.EncodePNG(orig)
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, err := submitOpaque(ctx, public, d.feAddr, data)
+	id, err := submitOpaque(ctx, public, d.FEAddr, data)
 	if err != nil {
 		t.Fatalf("upload through the frontend: %v", err)
 	}
 	q := "?id=" + url.QueryEscape(id)
-	waitFor(t, ctx, "task "+id+" ready at the frontend", func() bool {
-		body, _ := getText(ctx, public, "http://"+d.feAddr+"/isReady"+q)
+	deploytest.WaitFor(t, ctx, "task "+id+" ready at the frontend", func() bool {
+		body, _ := deploytest.GetText(ctx, public, "http://"+d.FEAddr+"/isReady"+q)
 		return body == "Your image is ready."
 	})
-	if err := imageop.CheckSwapped(orig, fetchPNG(t, ctx, public, "http://"+d.feAddr+"/getImage"+q)); err != nil {
+	if err := imageop.CheckSwapped(orig, deploytest.FetchPNG(t, ctx, public, "http://"+d.FEAddr+"/getImage"+q)); err != nil {
 		t.Errorf("result from the frontend: %v", err)
 	}
 
 	// The internal services, found through kv with the token.
-	addrs := map[string]string{"kv": d.kvAddr}
+	addrs := map[string]string{"kv": d.KVAddr}
 	for name, key := range map[string]string{"database": client.DatabaseKey, "storage": client.StorageKey, "master": client.MasterKey} {
-		r := servicetest.Call(t, d.hc, http.MethodGet, "http://"+d.kvAddr+"/get?key="+key, nil)
+		r := servicetest.Call(t, d.HC, http.MethodGet, "http://"+d.KVAddr+"/get?key="+key, nil)
 		if r.Status != 200 {
 			t.Fatalf("kv /get?key=%s with the token = %d %q", key, r.Status, r.Body)
 		}
 		addrs[name] = r.Body
 	}
 	// The task's id inside the pipeline, from the database's list.
-	r := servicetest.Call(t, d.hc, http.MethodGet, "http://"+addrs["database"]+"/list", nil)
+	r := servicetest.Call(t, d.HC, http.MethodGet, "http://"+addrs["database"]+"/list", nil)
 	var task struct{ ID, State int64 }
 	if err := json.Unmarshal([]byte(strings.SplitN(r.Body, "\n", 2)[0]), &task); r.Status != 200 || err != nil || task.State != 2 {
 		t.Fatalf("database /list with the token = %d %q (%v), want the finished task", r.Status, r.Body, err)
@@ -230,8 +204,8 @@ func TestSecuritySplitDeploymentWithToken(t *testing.T) {
 		if r := servicetest.MustDo(t, public, req); r.Status != http.StatusUnauthorized {
 			t.Errorf("%s %s %s with a wrong token = %d %q, want 401", c.service, c.method, c.path, r.Status, r.Body)
 		}
-		if r := servicetest.Call(t, d.hc, c.method, u, bytes.NewReader(c.body)); !c.want(r) {
-			t.Errorf("%s %s %s with the token = %d %q", c.service, c.method, c.path, r.Status, tail(r.Body, 200))
+		if r := servicetest.Call(t, d.HC, c.method, u, bytes.NewReader(c.body)); !c.want(r) {
+			t.Errorf("%s %s %s with the token = %d %q", c.service, c.method, c.path, r.Status, deploytest.Tail(r.Body, 200))
 		}
 	}
 	for name, addr := range addrs {

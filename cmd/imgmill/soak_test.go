@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgmill/imgmill/internal/deploytest"
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/testimage"
 )
@@ -31,13 +32,13 @@ func TestSoak(t *testing.T) {
 	}
 	const clients = 16
 	every := max(n/25, 500)
-	d := newDeployment(t)
-	d.startBackends()
-	d.startWorker("worker")
-	d.startFrontend()
+	d := deploytest.New(t)
+	d.StartBackends()
+	d.StartWorker("worker")
+	d.StartFrontend()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Hour)
 	defer cancel()
-	waitHealthy(t, ctx, d.hc, d.feAddr)
+	deploytest.WaitHealthy(t, ctx, d.HC, d.FEAddr)
 
 	// A fixed set of images, reused: the soak is about the services, not the generator.
 	const distinct = 64
@@ -54,7 +55,7 @@ func TestSoak(t *testing.T) {
 		row := make([]procUsage, len(services))
 		line := fmt.Sprintf("%7d images", done)
 		for j, name := range services {
-			u, err := readUsage(d.pid(name))
+			u, err := readUsage(d.PID(name))
 			if err != nil {
 				t.Fatalf("%s: %v", name, err)
 			}
@@ -69,7 +70,7 @@ func TestSoak(t *testing.T) {
 	var done, next atomic.Int64
 	var sampleMu sync.Mutex
 	var wg sync.WaitGroup
-	m := d.master()
+	m := d.Master()
 	start := time.Now()
 	for c := range clients {
 		wg.Go(func() {
@@ -87,15 +88,17 @@ func TestSoak(t *testing.T) {
 					result func() (image.Image, error)
 				)
 				if c%2 == 0 {
-					pub, err := submitViaFrontend(ctx, d.hc, d.feAddr, encoded[k])
+					pub, err := deploytest.SubmitViaFrontend(ctx, d.HC, d.FEAddr, encoded[k])
 					if err != nil {
 						t.Errorf("upload %d: %v", i, err)
 						cancel()
 						return
 					}
 					task = pub
-					ready = func() (bool, error) { return frontendReady(ctx, d.hc, d.feAddr, pub) }
-					result = func() (image.Image, error) { return getPNG(ctx, d.hc, "http://"+d.feAddr+"/getImage?id="+pub) }
+					ready = func() (bool, error) { return deploytest.FrontendReady(ctx, d.HC, d.FEAddr, pub) }
+					result = func() (image.Image, error) {
+						return deploytest.GetPNG(ctx, d.HC, "http://"+d.FEAddr+"/getImage?id="+pub)
+					}
 				} else {
 					id, err := m.New(ctx, bytes.NewReader(encoded[k]), int64(len(encoded[k])))
 					if err != nil {

@@ -4,10 +4,14 @@ package allinone
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -72,6 +76,9 @@ func (c *Config) setDefaults() {
 // Run runs the six services until ctx ends or one fails.
 func Run(ctx context.Context, cfg Config) error {
 	cfg.setDefaults()
+	if err := newSecretForNewData(ctx, cfg); err != nil {
+		return fmt.Errorf("imgmill serve: %w", err)
+	}
 	hc := httpapi.NewClient(httpapi.WithToken(cfg.Token))
 	defer hc.CloseIdleConnections()
 	kv := client.NewKV(hc, cfg.KVAddr)
@@ -101,12 +108,28 @@ func Run(ctx context.Context, cfg Config) error {
 	})
 	g.Go(func() error {
 		return frontend.Run(ctx, frontend.Config{Addr: cfg.Frontend, KV: kv, HTTP: hc, Logger: log("frontend"),
-			Secret: cfg.FrontendSecret, Options: cfg.FrontendOptions, Token: cfg.Token, Pprof: cfg.Pprof})
+			Secret: cfg.FrontendSecret, DataDir: cfg.DataDir, Options: cfg.FrontendOptions, Token: cfg.Token, Pprof: cfg.Pprof})
 	})
 	if err := g.Wait(); err != nil {
 		return fmt.Errorf("imgmill serve: %w", err)
 	}
 	return nil
+}
+
+// newSecretForNewData makes the frontend's public id secret at once in a brand-new data directory (all
+// embedded stores, none of them created yet): no task can exist, so the secret is made before any
+// could, rather than by the frontend racing the first uploads through the master (see
+// frontend.ResolveSecret, which refuses to make one once tasks exist).
+func newSecretForNewData(ctx context.Context, cfg Config) error {
+	if cfg.FrontendSecret != nil || cfg.Tasks != "" || cfg.KVStore != "" {
+		return nil
+	}
+	for _, name := range []string{database.TasksFile, kvservice.KVFile} {
+		if _, err := os.Stat(filepath.Join(cfg.DataDir, name)); !errors.Is(err, fs.ErrNotExist) {
+			return nil // not new (or unreadable: the services will say so)
+		}
+	}
+	return frontend.CreateSecretFile(ctx, cfg.DataDir)
 }
 
 // WaitReady waits until the database, storage and master have registered in the kv store at kvAddr and

@@ -5,6 +5,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"image"
@@ -185,8 +186,34 @@ func startPipeline(ctx context.Context, cfg Config) (stop func(), masterAddr str
 		stop()
 		return nil, "", err
 	}
+	// And the frontend: on new data it makes the public id secret, which it does only while no task
+	// exists (see frontend.ResolveSecret); the bench's uploads must not come first.
+	if err := waitHealthy(readyCtx, addrs[4]); err != nil {
+		stop()
+		return nil, "", err
+	}
 	return stop, addrs[3], nil
 }
+
+// waitHealthy waits until the service at addr says it is ready (GET /healthz).
+func waitHealthy(ctx context.Context, addr string) error {
+	hc := httpapi.NewClient()
+	defer hc.CloseIdleConnections()
+	for {
+		err := client.CheckHealth(ctx, hc, addr)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s not ready: %w (%w)", addr, err, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// outageRetryFor is how long the bench's calls retry while the pipeline is unavailable.
+const outageRetryFor = 2 * time.Minute
 
 // runPipeline submits every image with the given number of clients, each uploading one image and polling
 // until it is ready before taking the next, and returns ids, latencies and the overall throughput.
@@ -195,6 +222,11 @@ func runPipeline(ctx context.Context, m *client.Master, encoded [][]byte, client
 	latencies := make([]time.Duration, len(encoded))
 	var next atomic.Int64
 	g, ctx := errgroup.WithContext(ctx)
+	// Like any client of imgmill, the bench rides out an outage: transient refusals are retried
+	// (honouring Retry-After), and every upload carries an idempotency key, so a retry whose first
+	// answer was lost creates nothing.
+	ctx = client.RetryFor(ctx, outageRetryFor)
+	run := rand.Text()
 	start := time.Now()
 	for range clients {
 		g.Go(func() error {
@@ -204,7 +236,8 @@ func runPipeline(ctx context.Context, m *client.Master, encoded [][]byte, client
 					return nil
 				}
 				t0 := time.Now()
-				id, err := m.New(ctx, bytes.NewReader(encoded[i]), int64(len(encoded[i])))
+				id, err := m.Upload(ctx, bytes.NewReader(encoded[i]), int64(len(encoded[i])),
+					client.UploadParams{IdempotencyKey: fmt.Sprintf("bench-%s-%d", run, i)})
 				if err != nil {
 					return fmt.Errorf("upload image %d: %w", i, err)
 				}
@@ -249,7 +282,7 @@ func waitReady(ctx context.Context, m *client.Master, id int64) error {
 // verify downloads every result and checks it pixel by pixel against its original.
 func verify(ctx context.Context, m *client.Master, ids []int64, originals []*image.NRGBA, clients int) (int, error) {
 	var verified atomic.Int64
-	g, ctx := errgroup.WithContext(ctx)
+	g, ctx := errgroup.WithContext(client.RetryFor(ctx, outageRetryFor))
 	g.SetLimit(clients)
 	for i, id := range ids {
 		g.Go(func() error {

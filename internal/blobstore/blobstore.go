@@ -55,9 +55,18 @@ type Store interface {
 	Open(ctx context.Context, key string) (*Blob, error)
 	// Delete removes the blob under key; deleting a missing blob is not an error.
 	Delete(ctx context.Context, key string) error
+	// Ping reports whether the store's engine answers now: nil, or the transient error (fault) that its
+	// methods would meet. Health checks call it; it is cheap.
+	Ping(ctx context.Context) error
 	// Close releases the store's resources.
 	Close() error
 }
+
+// Errors of the engine behind a store (it cannot be reached, timed out, or is out of space) are
+// transient and wrapped by the fault package (fault.Unavailable, fault.NoSpace), so that callers wait
+// and retry instead of failing work; every other error is permanent. A store whose engine does not
+// answer when it is opened still opens (unless its configuration is wrong), and its methods return
+// transient errors until the engine answers.
 
 // keyPattern: slash-separated segments of 1 to 200 characters of [a-z0-9_-] (a file name holds 255).
 var keyPattern = regexp.MustCompile(`^[a-z0-9_-]{1,200}(/[a-z0-9_-]{1,200})*$`)

@@ -7,138 +7,59 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
-	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
-
-	"golang.org/x/sync/singleflight"
 
 	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/httpapi"
 )
 
-// CallTimeout bounds a small request (no image body, no long poll).
+// CallTimeout bounds one attempt of a small request (no image body, no long poll).
 const CallTimeout = 10 * time.Second
+
+// DefaultRetryFor is how long a call goes on retrying a transient failure (a peer or its engine
+// unavailable) unless its context ends sooner or says otherwise (RetryFor): long enough to ride out a
+// restart or a failover, short enough that the caller's own client hears 503 soon. Callers that must
+// get through a longer outage (a worker reporting a finished task) ask for more with RetryFor.
+const DefaultRetryFor = 5 * time.Second
+
+// retryForKey carries a retry budget in a context (see RetryFor).
+type retryForKey struct{}
+
+// RetryFor returns ctx, with which calls retry transient failures for d from their start instead of
+// DefaultRetryFor (never past ctx's own deadline): for a caller that outlasts outages in place, such as
+// a worker fetching the image of the task it holds, whose stream must not end with the retries.
+func RetryFor(ctx context.Context, d time.Duration) context.Context {
+	return context.WithValue(ctx, retryForKey{}, d)
+}
+
+// retryDeadline is when a call started now stops retrying: ctx's deadline, or its retry budget
+// (RetryFor, else DefaultRetryFor) from now, whichever comes first.
+func retryDeadline(ctx context.Context) time.Time {
+	budget, ok := ctx.Value(retryForKey{}).(time.Duration)
+	if !ok {
+		budget = DefaultRetryFor
+	}
+	deadline := time.Now().Add(budget)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		return d
+	}
+	return deadline
+}
+
+// imageHeaderTimeout bounds how long an image download waits for its answer to begin: a peer that
+// accepted the connection but does not answer (a stopped process) is then tried again, elsewhere if
+// there is another instance. The body itself may take as long as the caller allows.
+const imageHeaderTimeout = 30 * time.Second
 
 // maxTextReply caps how much of a text or JSON reply is read.
 const maxTextReply = 1 << 20
-
-// Endpoint yields the host:port of a peer.
-type Endpoint interface {
-	Addr(ctx context.Context) (string, error)
-	// Forget tells the endpoint addr did not answer, so the next call looks the peer up again.
-	Forget(addr string)
-}
-
-// Static is an Endpoint with a fixed host:port.
-type Static string
-
-func (s Static) Addr(context.Context) (string, error) { return string(s), nil }
-func (Static) Forget(string)                          {}
-
-// Resolver is an Endpoint for a service that may run as several instances. It looks up the instances
-// registered under InstancePrefix(key) in the kv store (falling back to key itself, the reference
-// registration, which names one of them), caches the list for ttl and spreads calls across it
-// round-robin. An instance that fails a connection is dropped from the list until the next lookup, so a
-// dead instance stops getting calls at once, and drops out of the kv store within its registration TTL.
-// Concurrent lookups share one request to the kv store.
-type Resolver struct{ b balancer }
-
-// NewResolver looks key's instances up in kv, caching the answer for ttl.
-func NewResolver(kv *KV, key string, ttl time.Duration) *Resolver {
-	return &Resolver{balancer{name: key, ttl: ttl, lookup: func(ctx context.Context) ([]string, error) {
-		return kv.Instances(ctx, key)
-	}}}
-}
-
-func (r *Resolver) Addr(ctx context.Context) (string, error) { return r.b.addr(ctx) }
-func (r *Resolver) Forget(addr string)                       { r.b.forget(addr) }
-
-// Addrs is an Endpoint over a fixed list of instances (the kv service's --kv list), spread across
-// round-robin; one that fails a connection is skipped for a while (ResolveTTL), or until all have
-// failed.
-type Addrs struct{ b balancer }
-
-// NewAddrs returns an Endpoint over addrs.
-func NewAddrs(addrs []string) *Addrs {
-	list := slices.Clone(addrs)
-	return &Addrs{balancer{name: strings.Join(list, ","), ttl: ResolveTTL, lookup: func(context.Context) ([]string, error) {
-		return list, nil
-	}}}
-}
-
-func (a *Addrs) Addr(ctx context.Context) (string, error) { return a.b.addr(ctx) }
-func (a *Addrs) Forget(addr string)                       { a.b.forget(addr) }
-
-// balancer hands out the addresses lookup yields round-robin, looking them up again after ttl or when
-// every one of them has been forgotten.
-type balancer struct {
-	name    string
-	ttl     time.Duration
-	lookup  func(ctx context.Context) ([]string, error)
-	lookups singleflight.Group
-
-	mu      sync.Mutex
-	addrs   []string
-	next    int
-	expires time.Time
-}
-
-func (b *balancer) addr(ctx context.Context) (string, error) {
-	if addr, ok := b.pick(); ok {
-		return addr, nil
-	}
-	ch := b.lookups.DoChan("", func() (any, error) {
-		// Not tied to one caller's context: the shared lookup serves every waiter.
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), CallTimeout)
-		defer cancel()
-		addrs, err := b.lookup(ctx)
-		if err != nil {
-			return nil, err
-		}
-		if len(addrs) == 0 {
-			return nil, errors.New("no instance registered")
-		}
-		b.mu.Lock()
-		b.addrs, b.expires = addrs, time.Now().Add(b.ttl)
-		b.mu.Unlock()
-		return nil, nil
-	})
-	select {
-	case res := <-ch:
-		if res.Err != nil {
-			return "", fmt.Errorf("look up %s: %w", b.name, res.Err)
-		}
-		if addr, ok := b.pick(); ok {
-			return addr, nil
-		}
-		return "", fmt.Errorf("look up %s: every instance failed", b.name)
-	case <-ctx.Done():
-		return "", fmt.Errorf("look up %s: %w", b.name, ctx.Err())
-	}
-}
-
-// pick returns the next cached address, if the cache is fresh and not empty.
-func (b *balancer) pick() (string, bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if len(b.addrs) == 0 || !time.Now().Before(b.expires) {
-		return "", false
-	}
-	b.next = (b.next + 1) % len(b.addrs)
-	return b.addrs[b.next], true
-}
-
-func (b *balancer) forget(addr string) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	// A copy, not in place: the slice may be the lookup's own (Addrs' fixed list).
-	b.addrs = slices.DeleteFunc(slices.Clone(b.addrs), func(a string) bool { return a == addr })
-}
 
 // peer is the shared call path of every typed client.
 type peer struct {
@@ -151,25 +72,40 @@ type peer struct {
 type call struct {
 	method, path string
 	query        url.Values
+	header       http.Header
 	body         io.Reader
 	size         int64
-	// idempotent calls are retried after any transport failure or a 502/503/504; others only when the
-	// connection could not be made at all (the request never left).
+	// idempotent calls are retried after any transport failure or a transient answer (502, 503, 504,
+	// 507); others only when the connection could not be made at all (the request never left).
 	idempotent bool
+	// small calls are read whole within the attempt, each attempt bounded by CallTimeout; the others
+	// (image streams, long polls) hand their body to the caller, and headerTimeout bounds how long an
+	// attempt waits for the answer to begin (0: as long as ctx allows).
+	small         bool
+	headerTimeout time.Duration
 }
 
-// Retry policy for calls to peers: a few quick attempts, spaced out with jittered exponential backoff,
-// looking the peer up again in the kv store after a failed connection.
+// reply is a peer's 2xx answer. For a small call body holds the reply text and stream is nil; otherwise
+// stream is the response, which the caller must close.
+type reply struct {
+	body   string
+	header http.Header
+	stream *http.Response
+}
+
+// Retry policy for calls to peers: jittered exponential backoff between attempts, at least as long as a
+// peer's Retry-After, until the call's deadline (its context's, or DefaultRetryFor).
 const (
-	retryAttempts = 4
-	retryMin      = 50 * time.Millisecond
-	retryMax      = time.Second
+	retryMin = 50 * time.Millisecond
+	retryMax = 2 * time.Second
 )
 
-// send sends c and returns the response of a 2xx answer, which the caller must close. A non-2xx answer
-// becomes an *httpapi.Error carrying the peer's status and message; an unreachable peer a 502 one.
-// Transient failures are retried while the body can be replayed and ctx allows.
-func (p peer) send(ctx context.Context, c call) (*http.Response, error) {
+// send sends c and returns its 2xx reply. A non-2xx answer becomes an *httpapi.Error carrying the peer's
+// status, message and Retry-After; an unreachable peer a 503 one. Transient failures are retried while
+// the body can be sent again and the deadline allows: a body that cannot be replayed only when the
+// connection was never made (nothing of it was read).
+func (p peer) send(ctx context.Context, c call) (reply, error) {
+	deadline := retryDeadline(ctx)
 	wait := backoff.Backoff{Min: retryMin, Max: retryMax}
 	replay := replayer(c.body)
 	for attempt := 1; ; attempt++ {
@@ -177,14 +113,60 @@ func (p peer) send(ctx context.Context, c call) (*http.Response, error) {
 		if replay != nil {
 			a.body = replay()
 		}
-		resp, err, retry := p.once(ctx, a)
-		if !retry || attempt == retryAttempts || (c.body != nil && replay == nil) {
-			return resp, err
+		r, err, adv := p.once(ctx, a)
+		if err == nil {
+			return r, nil
 		}
-		if !backoff.Sleep(ctx, wait.Next()) {
-			return nil, err
+		if !adv.retry || (c.body != nil && replay == nil && !adv.notSent) {
+			// A body that cannot be read again goes out once, unless it never left.
+			return reply{}, err
+		}
+		d := max(wait.Next(), adv.after)
+		if adv.notSent && attempt == 1 {
+			d = 0 // another instance may take it at once
+		}
+		if time.Now().Add(d).After(deadline) || !backoff.Sleep(ctx, d) {
+			return reply{}, err
 		}
 	}
+}
+
+// sourceReader is the body of an attempt. It remembers a failure of its own source (the stream the
+// caller passes on broke off: its client went away), so that the failed attempt is blamed on the body,
+// not on the peer.
+type sourceReader struct {
+	r   io.Reader
+	mu  sync.Mutex
+	err error
+}
+
+func (s *sourceReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil && err != io.EOF {
+		s.mu.Lock()
+		s.err = err
+		s.mu.Unlock()
+	}
+	return n, err
+}
+
+func (s *sourceReader) failure() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// bodyError is a call that failed because its own request body could not be read.
+type bodyError struct{ err error }
+
+func (e *bodyError) Error() string { return "read the request body: " + e.err.Error() }
+func (e *bodyError) Unwrap() error { return e.err }
+
+// IsBodyError reports whether err is a call that failed because reading its own request body failed
+// (the stream being passed on broke off), rather than because of the peer.
+func IsBodyError(err error) bool {
+	var b *bodyError
+	return errors.As(err, &b)
 }
 
 // replayer returns a function yielding a fresh reader of body's remaining bytes for each attempt, or nil
@@ -215,21 +197,52 @@ func replayer(body io.Reader) func() io.Reader {
 	return func() io.Reader { return io.NewSectionReader(rs, off, end-off) }
 }
 
+// advice is what an attempt's failure says about trying again.
+type advice struct {
+	retry   bool
+	notSent bool          // the request never reached a peer
+	after   time.Duration // the peer's Retry-After
+}
+
+// unavailable is the error of a peer that could not be reached (or did not answer in time).
+func (p peer) unavailable(msg string, err error) error {
+	return fmt.Errorf("%w: %w", &httpapi.Error{Status: http.StatusServiceUnavailable, Msg: msg,
+		RetryAfter: httpapi.UnavailableRetryAfter}, err)
+}
+
 // once makes one attempt and says whether a failure is worth retrying.
-func (p peer) once(ctx context.Context, c call) (_ *http.Response, _ error, retry bool) {
+func (p peer) once(ctx context.Context, c call) (reply, error, advice) {
 	addr, err := p.ep.Addr(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", &httpapi.Error{Status: http.StatusBadGateway, Msg: p.name + " not found"}, err), ctx.Err() == nil
+		// Registrations come back within seconds of a kv store restart: worth waiting for.
+		return reply{}, p.unavailable(p.name+" not found", err), advice{retry: ctx.Err() == nil, notSent: true}
 	}
 	u := "http://" + addr + c.path
 	if len(c.query) > 0 {
 		u += "?" + c.query.Encode()
 	}
-	req, err := http.NewRequestWithContext(ctx, c.method, u, c.body)
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", c.method, c.path, err), false
+	attempt, cancel := context.WithCancel(ctx)
+	limit := c.headerTimeout
+	if c.small {
+		limit = CallTimeout
 	}
+	var timedOut atomic.Bool
+	stopTimer := func() {}
+	if limit > 0 {
+		timer := time.AfterFunc(limit, func() { timedOut.Store(true); cancel() })
+		stopTimer = func() { timer.Stop() }
+	}
+	defer stopTimer()
+	req, err := http.NewRequestWithContext(attempt, c.method, u, c.body)
+	if err != nil {
+		cancel()
+		return reply{}, fmt.Errorf("%s %s: %w", c.method, c.path, err), advice{}
+	}
+	maps.Copy(req.Header, c.header)
+	var source *sourceReader
 	if c.body != nil {
+		source = &sourceReader{r: c.body}
+		req.Body = io.NopCloser(source)
 		req.ContentLength = c.size
 		if sr, ok := c.body.(*io.SectionReader); ok {
 			// Lets the transport resend the body itself on a stale keep-alive connection.
@@ -237,45 +250,112 @@ func (p peer) once(ctx context.Context, c call) (_ *http.Response, _ error, retr
 		}
 	}
 	resp, err := p.http.Do(req)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("%s %s: %w", c.method, c.path, ctx.Err()), false
+	if err != nil && source != nil && source.failure() != nil {
+		cancel()
+		return reply{}, &bodyError{err: source.failure()}, advice{}
+	}
+	if err == nil && c.small {
+		var r reply
+		if r, err = p.read(resp, c); err == nil || resp.StatusCode/100 != 2 {
+			cancel()
+			return p.outcome(addr, resp, r, err, c)
 		}
-		p.ep.Forget(addr)
+	}
+	if err == nil && !c.small {
+		stopTimer()
+		if timedOut.Load() {
+			// The limit struck just as the answer began: its stream is cancelled already.
+			resp.Body.Close()
+			err = context.DeadlineExceeded
+		}
+	}
+	if err != nil {
+		cancel()
+		if ctx.Err() != nil {
+			return reply{}, fmt.Errorf("%s %s: %w", c.method, c.path, ctx.Err()), advice{}
+		}
+		p.ep.Failed(addr)
 		var op *net.OpError
 		notSent := errors.As(err, &op) && op.Op == "dial"
-		return nil, fmt.Errorf("%w: %w", &httpapi.Error{Status: http.StatusBadGateway, Msg: p.name + " unavailable"}, err), notSent || c.idempotent
+		msg := p.name + " unavailable"
+		if timedOut.Load() {
+			msg = p.name + " did not answer in time"
+		}
+		return reply{}, p.unavailable(msg, err), advice{retry: notSent || c.idempotent, notSent: notSent}
 	}
 	if resp.StatusCode/100 != 2 {
+		defer cancel()
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		switch resp.StatusCode {
-		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-			retry = c.idempotent
-		}
-		return nil, httpapi.ReadErrorBody(resp.StatusCode, resp.Header, b), retry
+		return p.outcome(addr, resp, reply{body: string(b)}, nil, c)
 	}
-	return resp, nil, false
+	// The stream outlives this function: the attempt's context ends when its body is closed.
+	p.ep.Answered(addr)
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	return reply{header: resp.Header, stream: resp}, nil, advice{}
 }
 
-// text makes a small call and returns the reply body as text.
-func (p peer) sendText(ctx context.Context, c call) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
-	defer cancel()
-	return p.sendTextNoTimeout(ctx, c)
-}
-
-func (p peer) sendTextNoTimeout(ctx context.Context, c call) (string, error) {
-	resp, err := p.send(ctx, c)
-	if err != nil {
-		return "", err
-	}
+// read reads a small call's whole reply.
+func (p peer) read(resp *http.Response, c call) (reply, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxTextReply))
 	if err != nil {
-		return "", fmt.Errorf("read %s reply: %w", c.path, err)
+		return reply{}, fmt.Errorf("read %s reply: %w", c.path, err)
 	}
-	return string(b), nil
+	return reply{body: string(b), header: resp.Header}, nil
+}
+
+// outcome turns an answer read whole into the attempt's outcome: a 2xx reply, or the peer's refusal as
+// an *httpapi.Error, retried when it is transient and the call idempotent.
+func (p peer) outcome(addr string, resp *http.Response, r reply, err error, c call) (reply, error, advice) {
+	p.ep.Answered(addr)
+	if err != nil {
+		return reply{}, err, advice{retry: c.idempotent}
+	}
+	if resp.StatusCode/100 == 2 {
+		return r, nil, advice{}
+	}
+	e := httpapi.ReadErrorBody(resp.StatusCode, resp.Header, []byte(r.body))
+	return reply{}, e, advice{retry: c.idempotent && e.Transient(), after: e.RetryAfter}
+}
+
+// cancelOnClose ends an attempt's context when its streamed body is closed.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (c *cancelOnClose) Close() error {
+	err := c.ReadCloser.Close()
+	c.cancel()
+	return err
+}
+
+// sendText makes a small call and returns the reply body as text.
+func (p peer) sendText(ctx context.Context, c call) (string, error) {
+	r, err := p.sendSmall(ctx, c)
+	return r.body, err
+}
+
+// sendSmall makes a small call and returns the reply with its headers.
+func (p peer) sendSmall(ctx context.Context, c call) (reply, error) {
+	c.small = true
+	return p.send(ctx, c)
+}
+
+// sendLong makes a call whose answer is text but may take long to begin (an upload, a long poll: see
+// call.headerTimeout) and returns the reply with its headers.
+func (p peer) sendLong(ctx context.Context, c call) (reply, error) {
+	r, err := p.send(ctx, c)
+	if err != nil {
+		return r, err
+	}
+	defer r.stream.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(r.stream.Body, maxTextReply))
+	if err != nil {
+		return reply{}, fmt.Errorf("read %s reply: %w", c.path, err)
+	}
+	return reply{body: string(b), header: r.header}, nil
 }
 
 // expectSuccess checks a reference "success" answer.
@@ -317,9 +397,9 @@ const ResolveTTL = 5 * time.Second
 // MaxWait caps a long poll on /getNewTask.
 const MaxWait = 60 * time.Second
 
-// CheckHealth calls GET /healthz on the service at addr.
+// CheckHealth calls GET /healthz on the service at addr, once: nil when it answers that it is ready.
 func CheckHealth(ctx context.Context, hc *http.Client, addr string) error {
 	p := peer{name: addr, http: hc, ep: Static(addr)}
-	_, err := p.sendText(ctx, call{method: http.MethodGet, path: "/healthz", idempotent: true})
+	_, err := p.sendText(ctx, call{method: http.MethodGet, path: "/healthz"})
 	return err
 }

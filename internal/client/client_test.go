@@ -15,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -27,9 +28,6 @@ import (
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
-
-// wantAttempts is how many times the clients try a call whose failure is worth retrying.
-const wantAttempts = 4
 
 // serve starts an httptest server for h, closed when the test ends.
 func serve(t *testing.T, h http.HandlerFunc) *httptest.Server {
@@ -53,10 +51,11 @@ func deadAddr(t *testing.T) string {
 	return addr
 }
 
-// countingEndpoint is a fixed address that counts how often it is asked for and forgotten.
+// countingEndpoint is a fixed address that counts how often it is asked for, and how often it is told
+// that it failed or answered.
 type countingEndpoint struct {
-	addr           string
-	asked, forgets atomic.Int64
+	addr                    string
+	asked, failed, answered atomic.Int64
 }
 
 func (e *countingEndpoint) Addr(context.Context) (string, error) {
@@ -64,10 +63,33 @@ func (e *countingEndpoint) Addr(context.Context) (string, error) {
 	return e.addr, nil
 }
 
-func (e *countingEndpoint) Forget(addr string) {
+func (e *countingEndpoint) Failed(addr string) {
 	if addr == e.addr {
-		e.forgets.Add(1)
+		e.failed.Add(1)
 	}
+}
+
+func (e *countingEndpoint) Answered(addr string) {
+	if addr == e.addr {
+		e.answered.Add(1)
+	}
+}
+
+// waitUntil polls cond until it holds, failing the test after 10s.
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// shortRetries is ctx with a retry budget short enough for a test of a peer that never recovers.
+func shortRetries(ctx context.Context) context.Context {
+	return client.RetryFor(ctx, 400*time.Millisecond)
 }
 
 // wantStatus checks that err is (or wraps) an *httpapi.Error with the given status.
@@ -237,10 +259,17 @@ func TestResolverSpreadsAcrossInstances(t *testing.T) {
 		t.Errorf("live instances served %d calls, want 40", got)
 	}
 
-	// After the cache's ttl the kv store is asked again: a fourth instance joins.
+	// After the cache's ttl the kv store is asked again, in the background while the known instances
+	// keep answering: a fourth instance joins.
 	srv4, served4 := fakeDatabase(t)
 	kv.instances.Store([]string{addrs[0], addrs[2], servicetest.Addr(srv4.URL)})
 	time.Sleep(ttl + 50*time.Millisecond)
+	lists := kv.lists.Load()
+	if _, err := db.GetByID(ctx, 1); err != nil {
+		t.Fatalf("GetByID with a stale list: %v", err)
+	}
+	waitUntil(t, func() bool { return kv.lists.Load() > lists })
+	time.Sleep(50 * time.Millisecond) // the lookup's answer is stored just after it is served
 	for i := range 9 {
 		if _, err := db.GetByID(ctx, int64(i)); err != nil {
 			t.Fatalf("GetByID after a new instance joined: %v", err)
@@ -279,14 +308,88 @@ func TestKVClientSpreadsAcrossKVInstances(t *testing.T) {
 	}
 }
 
+// TestResolverPeerNotRegistered: a peer nobody registered is a transient failure (registrations come
+// back within seconds of a kv store restart): 503, looked up again on every retry until the deadline.
 func TestResolverPeerNotRegistered(t *testing.T) {
 	hc := servicetest.NewHTTPClient(t)
 	kv := newFakeKV(t, client.StorageKey) // holds no address
 	st := client.NewStorage(hc, client.NewResolver(client.NewKV(hc, servicetest.Addr(kv.srv.URL)), client.StorageKey, time.Hour))
-	_, err := st.GetImage(t.Context(), 1, client.Working)
-	wantStatus(t, "GetImage with no storage registered", err, http.StatusBadGateway)
-	if n := kv.lookups.Load(); n != wantAttempts {
-		t.Errorf("%d kv lookups, want %d (one per attempt)", n, wantAttempts)
+	_, err := st.GetImage(shortRetries(t.Context()), 1, client.Working)
+	wantStatus(t, "GetImage with no storage registered", err, http.StatusServiceUnavailable)
+	if n := kv.lookups.Load(); n < 2 {
+		t.Errorf("%d kv lookups, want one per attempt, at least 2", n)
+	}
+
+	// Registered later: the next call finds it.
+	srv, _ := fakeDatabase(t)
+	kv.addr.Store(servicetest.Addr(srv.URL))
+	if _, err := st.GetImage(t.Context(), 1, client.Working); !client.IsStatus(err, http.StatusNotFound) {
+		t.Errorf("GetImage once registered: %v, want the peer's own 404", err)
+	}
+}
+
+// TestResolverKeepsKnownInstancesWhileKVIsAway: discovery is not in the data path. With the kv store
+// gone, or answering that nothing is registered (it restarted empty), calls go on to the instances
+// already known, well past the list's ttl.
+func TestResolverKeepsKnownInstancesWhileKVIsAway(t *testing.T) {
+	for _, how := range []string{"kv store down", "kv store lost the registrations"} {
+		t.Run(how, func(t *testing.T) {
+			ctx := t.Context()
+			hc := servicetest.NewHTTPClient(t)
+			kv := newFakeKV(t, client.DatabaseKey)
+			srv, served := fakeDatabase(t)
+			kv.instances.Store([]string{servicetest.Addr(srv.URL)})
+			const ttl = 50 * time.Millisecond
+			db := client.NewDatabase(hc, client.NewResolver(client.NewKV(hc, servicetest.Addr(kv.srv.URL)), client.DatabaseKey, ttl))
+			if _, err := db.GetByID(ctx, 1); err != nil {
+				t.Fatal(err)
+			}
+			if how == "kv store down" {
+				kv.srv.Close()
+			} else {
+				kv.instances.Store([]string(nil))
+			}
+			for i := range 10 {
+				time.Sleep(ttl)
+				if task, err := db.GetByID(ctx, int64(i)); err != nil || task.ID != int64(i) {
+					t.Fatalf("GetByID(%d) %s after the list's ttl: %+v, %v", i, how, task, err)
+				}
+			}
+			if n := served.Load(); n != 11 {
+				t.Errorf("the known instance served %d calls, want 11", n)
+			}
+		})
+	}
+}
+
+// TestBreakerAvoidsAFailedInstance: an instance that fails a connection gets no calls for a while even
+// though the kv store still lists it (its registration has not lapsed yet); every call succeeds on the
+// others, the calls that met the failure included.
+func TestBreakerAvoidsAFailedInstance(t *testing.T) {
+	ctx := t.Context()
+	hc := servicetest.NewHTTPClient(t)
+	kv := newFakeKV(t, client.DatabaseKey)
+	var broken atomic.Int64
+	dead := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		broken.Add(1)
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err == nil {
+			conn.Close() // the connection breaks: as a process dying under the request
+		}
+	})
+	live, served := fakeDatabase(t)
+	kv.instances.Store([]string{servicetest.Addr(dead.URL), servicetest.Addr(live.URL)})
+	db := client.NewDatabase(hc, client.NewResolver(client.NewKV(hc, servicetest.Addr(kv.srv.URL)), client.DatabaseKey, 10*time.Millisecond))
+	for i := range 40 {
+		if task, err := db.GetByID(ctx, int64(i)); err != nil || task.ID != int64(i) {
+			t.Fatalf("GetByID(%d) with one instance broken: %+v, %v", i, task, err)
+		}
+	}
+	if n := broken.Load(); n != 1 {
+		t.Errorf("the broken instance got %d calls, want 1: avoided after its first failure", n)
+	}
+	if n := served.Load(); n != 40 {
+		t.Errorf("the live instance served %d calls, want 40", n)
 	}
 }
 
@@ -305,7 +408,7 @@ func flaky(t *testing.T, failures int64, status int, ok func(w http.ResponseWrit
 }
 
 func TestIdempotentCallRetriedOnGatewayErrors(t *testing.T) {
-	for _, status := range []int{http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout} {
+	for _, status := range []int{http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout, http.StatusInsufficientStorage} {
 		t.Run(strconv.Itoa(status), func(t *testing.T) {
 			srv, seen := flaky(t, 2, status, func(w http.ResponseWriter, r *http.Request) {
 				httpapi.WriteText(w, http.StatusOK, `{"id":3,"state":1,"token":9}`)
@@ -322,13 +425,71 @@ func TestIdempotentCallRetriedOnGatewayErrors(t *testing.T) {
 	}
 }
 
-func TestRetriesAreBounded(t *testing.T) {
+// TestRetriesEndAtTheDeadline: a peer that stays unavailable is retried, with backoff, until the call's
+// retry budget ends, and then its 503 is returned.
+func TestRetriesEndAtTheDeadline(t *testing.T) {
 	srv, seen := flaky(t, 1000, http.StatusServiceUnavailable, nil)
 	db := client.NewDatabase(servicetest.NewHTTPClient(t), client.Static(servicetest.Addr(srv.URL)))
-	_, err := db.GetByID(t.Context(), 3)
+	start := time.Now()
+	_, err := db.GetByID(shortRetries(t.Context()), 3)
 	wantStatus(t, "GetByID from a database that is always unavailable", err, http.StatusServiceUnavailable)
-	if n := seen.Load(); n != wantAttempts {
-		t.Errorf("%d requests, want %d", n, wantAttempts)
+	if n := seen.Load(); n < 2 || n > 20 {
+		t.Errorf("%d requests within a 400ms budget, want a few (backoff from 50ms)", n)
+	}
+	if el := time.Since(start); el > 10*time.Second {
+		t.Errorf("gave up after %v, long past its 400ms budget", el)
+	}
+
+	// A context deadline bounds the retries as well.
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := db.GetByID(ctx, 3); !client.IsStatus(err, http.StatusServiceUnavailable) {
+		t.Errorf("GetByID with a deadline: %v, want the last 503", err)
+	}
+}
+
+// TestRetryAfterIsHonoured: a peer's Retry-After sets the wait before the next attempt; one longer than
+// what is left of the call's budget ends the call at once with that answer, for the caller to pass on.
+func TestRetryAfterIsHonoured(t *testing.T) {
+	var times []time.Time
+	var mu sync.Mutex
+	srv := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		times = append(times, time.Now())
+		n := len(times)
+		mu.Unlock()
+		if n == 1 {
+			w.Header().Set("Retry-After", "1")
+			httpapi.WriteText(w, http.StatusServiceUnavailable, "Error: busy")
+			return
+		}
+		httpapi.WriteText(w, http.StatusOK, `{"id":3,"state":2}`)
+	})
+	db := client.NewDatabase(servicetest.NewHTTPClient(t), client.Static(servicetest.Addr(srv.URL)))
+	if _, err := db.GetByID(client.RetryFor(t.Context(), 10*time.Second), 3); err != nil {
+		t.Fatalf("GetByID: %v", err)
+	}
+	mu.Lock()
+	if len(times) != 2 || times[1].Sub(times[0]) < 900*time.Millisecond {
+		t.Errorf("%d requests, the second %v after the first; want 2, at least Retry-After (1s) apart", len(times), times[len(times)-1].Sub(times[0]))
+	}
+	mu.Unlock()
+
+	var seen atomic.Int64
+	asks := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		seen.Add(1)
+		w.Header().Set("Retry-After", "30")
+		httpapi.WriteText(w, http.StatusServiceUnavailable, "Error: busy")
+	})
+	longDB := client.NewDatabase(servicetest.NewHTTPClient(t), client.Static(servicetest.Addr(asks.URL)))
+	start := time.Now()
+	_, err := longDB.GetByID(t.Context(), 3)
+	var e *httpapi.Error
+	if !errors.As(err, &e) || e.Status != 503 || e.RetryAfter != 30*time.Second {
+		t.Errorf("GetByID = %v, want the peer's 503 with its Retry-After of 30s", err)
+	}
+	if el := time.Since(start); el > 5*time.Second || seen.Load() != 1 {
+		t.Errorf("%d requests in %v: a Retry-After past the budget ends the call at once", seen.Load(), el)
 	}
 }
 
@@ -383,13 +544,18 @@ func TestUnreachablePeer(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ep := &countingEndpoint{addr: deadAddr(t)}
 			db := client.NewDatabase(servicetest.NewHTTPClient(t), ep)
-			err := tc.call(t.Context(), db)
-			wantStatus(t, tc.name+" of a peer not listening", err, http.StatusBadGateway)
-			if n := ep.asked.Load(); n != wantAttempts {
-				t.Errorf("%d attempts, want %d", n, wantAttempts)
+			err := tc.call(shortRetries(t.Context()), db)
+			wantStatus(t, tc.name+" of a peer not listening", err, http.StatusServiceUnavailable)
+			var e *httpapi.Error
+			if errors.As(err, &e) && e.RetryAfter <= 0 {
+				t.Errorf("%v carries no Retry-After", err)
 			}
-			if n := ep.forgets.Load(); n != wantAttempts {
-				t.Errorf("address forgotten %d times, want after each of the %d failed connections", n, wantAttempts)
+			n := ep.asked.Load()
+			if n < 2 {
+				t.Errorf("%d attempts, want a retry at least", n)
+			}
+			if f := ep.failed.Load(); f != n {
+				t.Errorf("told of %d failures, want one per failed connection (%d)", f, n)
 			}
 		})
 	}
@@ -574,8 +740,8 @@ func TestCancelStopsRetrying(t *testing.T) {
 		if n := seen.Load(); n != 1 {
 			t.Errorf("%d requests, want 1", n)
 		}
-		if n := ep.forgets.Load(); n != 0 {
-			t.Errorf("address forgotten %d times: a cancelled call says nothing about the peer", n)
+		if n := ep.failed.Load(); n != 0 {
+			t.Errorf("told of %d failures: a cancelled call says nothing about the peer", n)
 		}
 	})
 }
@@ -584,7 +750,7 @@ func TestCheckHealth(t *testing.T) {
 	hc := servicetest.NewHTTPClient(t)
 	healthy := serve(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet && r.URL.Path == "/healthz" {
-			httpapi.Healthz().ServeHTTP(w, r)
+			httpapi.Livez().ServeHTTP(w, r)
 			return
 		}
 		httpapi.WriteText(w, http.StatusNotFound, "Error: no endpoint "+r.URL.Path)
@@ -601,5 +767,55 @@ func TestCheckHealth(t *testing.T) {
 	if n := seen.Load(); n != 1 {
 		t.Errorf("%d health probes of a service answering 500, want 1", n)
 	}
-	wantStatus(t, "CheckHealth of nothing", client.CheckHealth(t.Context(), hc, deadAddr(t)), http.StatusBadGateway)
+	wantStatus(t, "CheckHealth of nothing", client.CheckHealth(t.Context(), hc, deadAddr(t)), http.StatusServiceUnavailable)
+}
+
+// TestStreamRetriedElsewhereWhenNothingWasSent: a body that cannot be read twice (an upload streamed on)
+// still goes to another instance when the connection to the first could not be made: nothing of it was
+// read. Once sent, it is never sent again (TestUnreplayableBodyNotRetried).
+func TestStreamRetriedElsewhereWhenNothingWasSent(t *testing.T) {
+	// newBodyServer's first request is never a real one here: the dead address takes each first try.
+	s := newBodyServer(t, func(t *testing.T, w http.ResponseWriter, r *http.Request) {
+		t.Errorf("the live instance failed its first request on purpose, but it should get only good ones")
+	})
+	s.seen = 1 // every request it gets is to be read
+	data := randomBytes(64 << 10)
+	st := client.NewStorage(servicetest.NewHTTPClient(t), client.NewAddrs([]string{deadAddr(t), servicetest.Addr(s.srv.URL)}))
+	for i := range 4 {
+		body := io.MultiReader(bytes.NewReader(data)) // not seekable
+		if err := st.SendImage(t.Context(), int64(i), client.Working, body, -1); err != nil {
+			t.Fatalf("upload %d with one instance down: %v", i, err)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, b := range s.bodies {
+		if !bytes.Equal(b, data) {
+			t.Errorf("body %d: %d bytes, want the %d sent", i, len(b), len(data))
+		}
+	}
+}
+
+// TestBrokenSourceIsNotThePeersFault: when the stream being passed on breaks (the uploading client went
+// away), the call fails with IsBodyError, is not retried, and the peer is not marked as failed.
+func TestBrokenSourceIsNotThePeersFault(t *testing.T) {
+	var seen atomic.Int64
+	srv := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		seen.Add(1)
+		io.Copy(io.Discard, r.Body)
+		httpapi.WriteText(w, http.StatusBadRequest, "Error: truncated")
+	})
+	ep := &countingEndpoint{addr: servicetest.Addr(srv.URL)}
+	st := client.NewStorage(servicetest.NewHTTPClient(t), ep)
+	broken := io.MultiReader(bytes.NewReader(randomBytes(1<<20)), iotest.ErrReader(io.ErrUnexpectedEOF))
+	err := st.SendImage(t.Context(), 1, client.Working, broken, -1)
+	if !client.IsBodyError(err) || !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("SendImage with a broken source: %v, want a body error wrapping the source's", err)
+	}
+	if n := ep.failed.Load(); n != 0 {
+		t.Errorf("the peer was marked failed %d times for its caller's broken stream", n)
+	}
+	if n := seen.Load(); n > 1 {
+		t.Errorf("%d requests, want at most 1", n)
+	}
 }

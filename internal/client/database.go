@@ -26,6 +26,12 @@ type Task struct {
 	LeaseUntil  time.Time `json:"leaseUntil,omitzero"`
 	// Op is the operation chain the worker applies (additive; absent for the default, swap).
 	Op string `json:"op,omitempty"`
+	// RetryAt is when a task handed back after a transient failure may be claimed again, and Retries
+	// how many such failures it had (additive; see Database.RetryTask).
+	RetryAt time.Time `json:"retryAt,omitzero"`
+	Retries int       `json:"retries,omitempty"`
+	// Pending marks a task whose upload is not complete yet (additive).
+	Pending bool `json:"pending,omitempty"`
 }
 
 // NewTaskParams are the options of a new task; the zero value is the reference's plain /newTask.
@@ -34,6 +40,47 @@ type NewTaskParams struct {
 	Pending     bool
 	MaxAttempts int    // 0: the database's default
 	Op          string // the operation chain, as imageop.ParseChain accepts it; "": the default
+	// IdempotencyKey, when set, makes the creation idempotent: a retry with the same key answers the
+	// task the first call created (see IdempotencyKeyHeader).
+	IdempotencyKey string
+}
+
+// NewTaskResult is the database's answer to a new task.
+type NewTaskResult struct {
+	ID int64
+	// Replayed: the idempotency key named a task created before, and nothing was created.
+	Replayed bool
+	// Pending: the task is still pending (said only of a replayed task; a new one is as asked).
+	Pending bool
+}
+
+// Idempotent requests: a client names a request with IdempotencyKeyHeader, and a replay of it (the same
+// key again) is answered with what the first one did, with ReplayedHeader set to "true". The database
+// also says whether the replayed task is still pending (PendingHeader), so that the master finishes an
+// upload that broke off.
+const (
+	IdempotencyKeyHeader = "Idempotency-Key"
+	ReplayedHeader       = "Idempotent-Replayed"
+	PendingHeader        = "X-Imgmill-Pending"
+	// MaxIdempotencyKeyLen caps a key's length.
+	MaxIdempotencyKeyLen = 255
+	// IdempotencyWindow is how long a key is remembered: a request with a key first seen longer ago
+	// creates a new task.
+	IdempotencyWindow = 24 * time.Hour
+)
+
+// CheckIdempotencyKey refuses a key that is empty, longer than MaxIdempotencyKeyLen or not printable
+// ASCII (keys are usually UUIDs or random tokens).
+func CheckIdempotencyKey(key string) error {
+	if key == "" || len(key) > MaxIdempotencyKeyLen {
+		return fmt.Errorf("%s must be 1 to %d characters", IdempotencyKeyHeader, MaxIdempotencyKeyLen)
+	}
+	for i := range len(key) {
+		if key[i] < 0x20 || key[i] > 0x7e {
+			return fmt.Errorf("%s must be printable ASCII", IdempotencyKeyHeader)
+		}
+	}
+	return nil
 }
 
 // Task states: the reference's three and imgmill's additive failed state.
@@ -59,6 +106,12 @@ func NewDatabase(hc *http.Client, ep Endpoint) *Database {
 // NewTask creates a task and returns its id. A pending task is not claimable until ActivateTask;
 // maxAttempts <= 0 takes the database's default.
 func (c *Database) NewTask(ctx context.Context, p NewTaskParams) (int64, error) {
+	r, err := c.CreateTask(ctx, p)
+	return r.ID, err
+}
+
+// CreateTask creates a task, or with an idempotency key finds the one a call with the same key created.
+func (c *Database) CreateTask(ctx context.Context, p NewTaskParams) (NewTaskResult, error) {
 	q := url.Values{}
 	if p.Pending {
 		q.Set("pending", "true")
@@ -69,12 +122,27 @@ func (c *Database) NewTask(ctx context.Context, p NewTaskParams) (int64, error) 
 	if p.Op != "" {
 		q.Set("op", p.Op)
 	}
-	// Not idempotent: a retry after a lost answer would create a second task.
-	reply, err := c.p.sendText(ctx, call{method: http.MethodPost, path: "/newTask", query: q})
-	if err != nil {
-		return 0, err
+	cl := call{method: http.MethodPost, path: "/newTask", query: q}
+	if p.IdempotencyKey != "" {
+		// With a key a retry after a lost answer finds the same task; without one it would create a
+		// second, so it is not retried.
+		cl.header = http.Header{IdempotencyKeyHeader: {p.IdempotencyKey}}
+		cl.idempotent = true
 	}
-	return parseID(reply)
+	r, err := c.p.sendSmall(ctx, cl)
+	if err != nil {
+		return NewTaskResult{}, err
+	}
+	id, err := parseID(r.body)
+	return NewTaskResult{ID: id, Replayed: r.header.Get(ReplayedHeader) == "true", Pending: r.header.Get(PendingHeader) == "true"}, err
+}
+
+// AbandonTask fails a pending task at once because its upload was refused or broke off, so that it
+// neither waits for the pending timeout nor counts as queued. reason is kept as the task's error.
+func (c *Database) AbandonTask(ctx context.Context, id int64, reason string) error {
+	q := idQuery(id)
+	q.Set("reason", reason)
+	return expectSuccess(c.p.sendText(ctx, call{method: http.MethodPost, path: "/abandonTask", query: q, idempotent: true}))
 }
 
 // ActivateTask makes a pending task claimable.
@@ -100,7 +168,8 @@ func (c *Database) SetByID(ctx context.Context, t Task) error {
 
 // Stats is the database's GET /stats answer: how many tasks are in each state.
 type Stats struct {
-	Queued     int64 `json:"queued"` // not started, uploads in progress included
+	Queued     int64 `json:"queued"`  // not started and claimable (now, or after a transient failure's wait)
+	Pending    int64 `json:"pending"` // not started: uploads in progress (additive)
 	Processing int64 `json:"processing"`
 	Finished   int64 `json:"finished"`
 	Failed     int64 `json:"failed"`
@@ -134,10 +203,9 @@ func (a LeaseAPI) GetNewTask(ctx context.Context, wait time.Duration) (Task, err
 		q = url.Values{"wait": {wait.String()}}
 		timeout += wait
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
 	// Not idempotent: a retried claim whose first answer was lost would hold a second task.
-	return taskReply(a.p.sendTextNoTimeout(ctx, call{method: http.MethodPost, path: "/getNewTask", query: q}))
+	r, err := a.p.sendLong(ctx, call{method: http.MethodPost, path: "/getNewTask", query: q, headerTimeout: timeout})
+	return taskReply(r.body, err)
 }
 
 // FinishTask marks the claimed task finished.
@@ -158,6 +226,16 @@ func (a LeaseAPI) FailTask(ctx context.Context, id, token int64, reason string, 
 	if permanent {
 		q.Set("permanent", "true")
 	}
+	return taskReply(a.p.sendText(ctx, call{method: http.MethodPost, path: "/failTask", query: q, idempotent: true}))
+}
+
+// RetryTask hands a claimed task back after a transient failure (something the work needed was
+// unavailable or full), without counting the attempt: it is claimable again after a wait that grows with
+// every such failure. It returns the task afterwards, with its RetryAt.
+func (a LeaseAPI) RetryTask(ctx context.Context, id, token int64, reason string) (Task, error) {
+	q := tokenQuery(id, token)
+	q.Set("reason", reason)
+	q.Set("transient", "true")
 	return taskReply(a.p.sendText(ctx, call{method: http.MethodPost, path: "/failTask", query: q, idempotent: true}))
 }
 

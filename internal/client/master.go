@@ -21,24 +21,39 @@ func NewMaster(hc *http.Client, ep Endpoint) *Master {
 	return &Master{p: p, LeaseAPI: LeaseAPI{p: p, finishPath: "/registerTaskFinished"}}
 }
 
-// New uploads an image (size bytes, or -1 when unknown) and returns the task id. A body that can seek
-// (bytes.Reader) is retried when the master cannot be reached.
+// New uploads an image (size bytes, or -1 when unknown) and returns the task id. It is retried when the
+// master could not be reached (nothing was sent).
 func (c *Master) New(ctx context.Context, r io.Reader, size int64) (int64, error) {
-	return c.NewOp(ctx, r, size, "")
+	return c.Upload(ctx, r, size, UploadParams{})
 }
 
-// NewOp is New with an operation chain for the worker to apply ("": the default, swap); the master
-// refuses a bad one with 400 before reading the image.
-func (c *Master) NewOp(ctx context.Context, r io.Reader, size int64, op string) (int64, error) {
+// UploadParams are the additive options of an upload.
+type UploadParams struct {
+	// Op is the operation chain for the worker to apply ("": the default, swap); the master refuses a
+	// bad one with 400 before reading the image.
+	Op string
+	// IdempotencyKey, when set, makes the upload safe to retry: a retry with the same key answers the
+	// first upload's id and creates nothing. With one, an upload whose body can be read again (a
+	// bytes.Reader, a file) is also retried after a transient failure.
+	IdempotencyKey string
+}
+
+// Upload is New with options.
+func (c *Master) Upload(ctx context.Context, r io.Reader, size int64, p UploadParams) (int64, error) {
 	var q url.Values
-	if op != "" {
-		q = url.Values{"op": {op}}
+	if p.Op != "" {
+		q = url.Values{"op": {p.Op}}
 	}
-	reply, err := c.p.sendTextNoTimeout(ctx, call{method: http.MethodPost, path: "/new", query: q, body: r, size: size})
+	cl := call{method: http.MethodPost, path: "/new", query: q, body: r, size: size}
+	if p.IdempotencyKey != "" {
+		cl.header = http.Header{IdempotencyKeyHeader: {p.IdempotencyKey}}
+		cl.idempotent = true
+	}
+	reply, err := c.p.sendLong(ctx, cl)
 	if err != nil {
 		return 0, err
 	}
-	return parseID(reply)
+	return parseID(reply.body)
 }
 
 // IsReady reports whether task id is finished.
@@ -53,15 +68,14 @@ func (c *Master) IsReady(ctx context.Context, id int64) (bool, error) {
 // WaitReady is IsReady held by the master until the task finishes or wait (at most 10s) ends: one
 // request where polling takes many. A master that ignores wait (the reference one) answers at once.
 func (c *Master) WaitReady(ctx context.Context, id int64, wait time.Duration) (bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, wait+CallTimeout)
-	defer cancel()
 	q := idQuery(id)
 	q.Set("wait", wait.String())
-	reply, err := c.p.sendTextNoTimeout(ctx, call{method: http.MethodGet, path: "/isReady", query: q, idempotent: true})
+	reply, err := c.p.sendLong(ctx, call{method: http.MethodGet, path: "/isReady", query: q, idempotent: true,
+		headerTimeout: wait + CallTimeout})
 	if err != nil {
 		return false, err
 	}
-	return reply == "1", nil
+	return reply.body == "1", nil
 }
 
 // Get opens the finished image of task id.
@@ -85,6 +99,15 @@ type Status struct {
 	CreatedAt   time.Time `json:"createdAt,omitzero"`
 	StartedAt   time.Time `json:"startedAt,omitzero"`
 	FinishedAt  time.Time `json:"finishedAt,omitzero"`
+	// RetryAt is set while a queued task waits after a transient failure (Error says which) before it
+	// can be claimed again (additive).
+	RetryAt time.Time `json:"retryAt,omitzero"`
+}
+
+// Stats returns how many tasks are in each state (the database's count, passed through).
+func (c *Master) Stats(ctx context.Context) (Stats, error) {
+	reply, err := c.p.sendText(ctx, call{method: http.MethodGet, path: "/stats", idempotent: true})
+	return jsonReply[Stats]("task counts", reply, err)
 }
 
 // Status returns the state of task id in words, with attempts, error and times.

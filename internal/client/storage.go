@@ -62,8 +62,9 @@ func (c *Storage) SendResult(ctx context.Context, id int64, token int64, r io.Re
 // sendImage posts an image. Storing the same bytes under the same key and token again changes nothing, so
 // the call may be retried (when the body can be replayed).
 func (c *Storage) sendImage(ctx context.Context, q url.Values, r io.Reader, size int64) error {
-	return expectSuccess(c.p.sendTextNoTimeout(ctx, call{method: http.MethodPost, path: "/sendImage", query: q,
-		body: r, size: size, idempotent: true}))
+	reply, err := c.p.sendLong(ctx, call{method: http.MethodPost, path: "/sendImage", query: q,
+		body: r, size: size, idempotent: true})
+	return expectSuccess(reply.body, err)
 }
 
 // Image is a streamed image reply; the caller must Close it.
@@ -85,10 +86,11 @@ func imageQuery(id int64, state string) url.Values {
 }
 
 func openImage(ctx context.Context, p peer, path string, q url.Values) (*Image, error) {
-	resp, err := p.send(ctx, call{method: http.MethodGet, path: path, query: q, idempotent: true})
+	r, err := p.send(ctx, call{method: http.MethodGet, path: path, query: q, idempotent: true, headerTimeout: imageHeaderTimeout})
 	if err != nil {
 		return nil, err
 	}
+	resp := r.stream
 	var token int64
 	if raw := resp.Header.Get(LeaseTokenHeader); raw != "" {
 		token, err = strconv.ParseInt(raw, 10, 64)

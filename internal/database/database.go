@@ -46,6 +46,9 @@ const (
 type Policy struct {
 	Lease       time.Duration // how long a claim lasts without a heartbeat; default DefaultLease
 	MaxAttempts int           // claims a task gets before it fails; default taskstore.DefaultMaxAttempts
+	// Retry is the wait before a task handed back after a transient failure is claimed again; zero
+	// fields take taskstore.DefaultRetryMin and DefaultRetryMax.
+	Retry taskstore.RetryBackoff
 }
 
 // NewServer returns the database service's handler. done ends pending long polls (service shutdown).
@@ -62,7 +65,13 @@ func newServer(store taskstore.Store, policy Policy, done <-chan struct{}, opts 
 	if policy.MaxAttempts <= 0 {
 		policy.MaxAttempts = taskstore.DefaultMaxAttempts
 	}
-	s := &server{store: store, lease: policy.Lease, maxAttempts: policy.MaxAttempts, done: done}
+	if policy.Retry.Min <= 0 {
+		policy.Retry.Min = taskstore.DefaultRetryMin
+	}
+	if policy.Retry.Max <= 0 {
+		policy.Retry.Max = taskstore.DefaultRetryMax
+	}
+	s := &server{store: store, lease: policy.Lease, maxAttempts: policy.MaxAttempts, retry: policy.Retry, done: done}
 	for _, opt := range opts {
 		opt(s)
 	}
@@ -73,6 +82,7 @@ type server struct {
 	store       taskstore.Store
 	lease       time.Duration
 	maxAttempts int
+	retry       taskstore.RetryBackoff
 	done        <-chan struct{}
 	news        signal
 	latency     prometheus.Histogram // nil: no metrics (see WithMetrics)
@@ -100,7 +110,11 @@ func (s *server) handleNewTask(w http.ResponseWriter, r *http.Request) error {
 		}
 		op = chain.String()
 	}
-	id, err := s.store.Create(r.Context(), taskstore.CreateParams{Pending: pending, MaxAttempts: maxAttempts, Op: op})
+	p := taskstore.CreateParams{Pending: pending, MaxAttempts: maxAttempts, Op: op}
+	if key := r.Header.Get(client.IdempotencyKeyHeader); key != "" {
+		return s.createOnce(w, r, p, key)
+	}
+	id, err := s.store.Create(r.Context(), p)
 	if err != nil {
 		return fmt.Errorf("create task: %w", err)
 	}
@@ -108,6 +122,28 @@ func (s *server) handleNewTask(w http.ResponseWriter, r *http.Request) error {
 		s.news.broadcast()
 	}
 	httpapi.WriteText(w, http.StatusOK, strconv.FormatInt(id, 10))
+	return nil
+}
+
+// createOnce creates the task of a request that carries an idempotency key (additive), or answers the
+// task a request with the same key created within client.IdempotencyWindow: a client whose answer was
+// lost retries without creating a second task. A replay says so (client.ReplayedHeader), and whether
+// the task is still pending (client.PendingHeader), so that the master can finish a broken-off upload.
+func (s *server) createOnce(w http.ResponseWriter, r *http.Request, p taskstore.CreateParams, key string) error {
+	if err := client.CheckIdempotencyKey(key); err != nil {
+		return httpapi.Errorf(http.StatusBadRequest, "%v", err)
+	}
+	t, replayed, err := s.store.CreateOnce(r.Context(), p, key, client.IdempotencyWindow)
+	if err != nil {
+		return fmt.Errorf("create task: %w", err)
+	}
+	if replayed {
+		w.Header().Set(client.ReplayedHeader, "true")
+		w.Header().Set(client.PendingHeader, strconv.FormatBool(t.Pending && t.State == taskstore.NotStarted))
+	} else if !p.Pending {
+		s.news.broadcast()
+	}
+	httpapi.WriteText(w, http.StatusOK, strconv.FormatInt(t.ID, 10))
 	return nil
 }
 
@@ -204,7 +240,7 @@ func (s *server) handleStats(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return fmt.Errorf("count tasks: %w", err)
 	}
-	return httpapi.WriteJSON(w, http.StatusOK, client.Stats{Queued: c.Queued, Processing: c.Processing,
+	return httpapi.WriteJSON(w, http.StatusOK, client.Stats{Queued: c.Queued, Pending: c.Pending, Processing: c.Processing,
 		Finished: c.Finished, Failed: c.Failed})
 }
 
@@ -215,7 +251,7 @@ func writeTask(w http.ResponseWriter, t taskstore.Task) error {
 func wireTask(t taskstore.Task) client.Task {
 	return client.Task{ID: t.ID, State: int(t.State), Token: t.Token, Attempts: t.Attempts, MaxAttempts: t.MaxAttempts,
 		Error: t.Error, CreatedAt: t.CreatedAt, StartedAt: t.StartedAt, FinishedAt: t.FinishedAt, LeaseUntil: t.LeaseUntil,
-		Op: t.Op}
+		Op: t.Op, RetryAt: t.RetryAt, Retries: t.Retries, Pending: t.Pending && t.State == taskstore.NotStarted}
 }
 
 func (s *server) activateTask(ctx context.Context, id int64) error {
@@ -257,9 +293,43 @@ func (s *server) handleFailTask(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	reason, err := queryReason(r)
+	if err != nil {
+		return err
+	}
+	permanent, err := queryBool(r, "permanent")
+	if err != nil {
+		return err
+	}
+	// Additive: a transient failure (something the work needed was away) hands the task back for a
+	// later claim without counting the attempt.
+	transient, err := queryBool(r, "transient")
+	if err != nil {
+		return err
+	}
+	var t taskstore.Task
+	switch {
+	case permanent && transient:
+		return httpapi.Errorf(http.StatusBadRequest, "a failure cannot be both permanent and transient")
+	case transient:
+		t, err = s.store.Retry(r.Context(), id, token, reason, s.retry)
+	default:
+		t, err = s.store.Fail(r.Context(), id, token, reason, permanent)
+	}
+	if err != nil {
+		return storeError(id, err)
+	}
+	if t.State == taskstore.NotStarted {
+		s.news.broadcast()
+	}
+	return writeTask(w, t)
+}
+
+// queryReason reads the required reason parameter, cut to 1000 bytes.
+func queryReason(r *http.Request) (string, error) {
 	reason := strings.TrimSpace(r.URL.Query().Get("reason"))
 	if reason == "" {
-		return httpapi.Errorf(http.StatusBadRequest, "missing reason parameter")
+		return "", httpapi.Errorf(http.StatusBadRequest, "missing reason parameter")
 	}
 	if len(reason) > 1000 {
 		// Cut at a character boundary: half a character would be stored as invalid UTF-8.
@@ -269,18 +339,30 @@ func (s *server) handleFailTask(w http.ResponseWriter, r *http.Request) error {
 		}
 		reason = reason[:cut]
 	}
-	permanent, err := queryBool(r, "permanent")
+	return reason, nil
+}
+
+// handleAbandonTask fails a pending task whose upload was refused or broke off (additive; the master
+// calls it), so that it neither waits for the pending timeout nor counts as queued.
+func (s *server) handleAbandonTask(w http.ResponseWriter, r *http.Request) error {
+	id, err := httpapi.QueryID(r, "id")
 	if err != nil {
 		return err
 	}
-	t, err := s.store.Fail(r.Context(), id, token, reason, permanent)
-	if err != nil {
+	reason := taskstore.AbandonedError
+	if r.URL.Query().Has("reason") {
+		if reason, err = queryReason(r); err != nil {
+			return err
+		}
+	}
+	if err := s.store.Abandon(r.Context(), id, reason); err != nil {
+		if errors.Is(err, taskstore.ErrNotPending) {
+			return httpapi.Errorf(http.StatusConflict, "task %d is not pending: its upload completed", id)
+		}
 		return storeError(id, err)
 	}
-	if t.State == taskstore.NotStarted {
-		s.news.broadcast()
-	}
-	return writeTask(w, t)
+	httpapi.WriteText(w, http.StatusOK, "success")
+	return nil
 }
 
 func (s *server) handleReleaseTask(w http.ResponseWriter, r *http.Request) error {
@@ -371,6 +453,9 @@ func isClosed(ch <-chan struct{}) bool {
 	}
 }
 
+// TasksFile is the embedded task store's file in the data directory.
+const TasksFile = "tasks.db"
+
 // DefaultPendingTimeout is how long an upload may take before its pending task is given up.
 const DefaultPendingTimeout = 15 * time.Minute
 
@@ -426,7 +511,7 @@ func Run(ctx context.Context, cfg Config) error {
 		})
 	}
 	return service.Run(ctx, service.Spec{
-		Addr: cfg.Addr, Handler: mux, Logger: cfg.Logger,
+		Addr: cfg.Addr, Handler: mux, Logger: cfg.Logger, Ready: store.Ping,
 		RegisterAs: client.DatabaseKey, KV: cfg.KV, Advertise: cfg.Advertise,
 		Token: cfg.Token, Internal: true, Insecure: cfg.Insecure,
 		Background: background,
@@ -435,13 +520,14 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 // OpenStore opens the task store tasks names: "" for the embedded SQLite store under dataDir, or a
-// postgres:// URL. An unreachable or misconfigured store is an error here, at start.
+// postgres:// URL. A misconfigured store is an error here, at start; an unreachable one is not: the
+// service starts, answers 503 and waits for it.
 func OpenStore(ctx context.Context, tasks, dataDir string, poolSize int, logger *slog.Logger) (taskstore.Store, error) {
 	if tasks == "" {
 		if err := os.MkdirAll(dataDir, 0o755); err != nil {
 			return nil, fmt.Errorf("database data dir: %w", err)
 		}
-		store, err := sqlitestore.Open(ctx, filepath.Join(dataDir, "tasks.db"), sqlitestore.Options{})
+		store, err := sqlitestore.Open(ctx, filepath.Join(dataDir, TasksFile), sqlitestore.Options{})
 		if err != nil {
 			return nil, fmt.Errorf("open task store: %w", err)
 		}

@@ -20,7 +20,9 @@ import (
 
 	"github.com/imgmill/imgmill/internal/database"
 	"github.com/imgmill/imgmill/internal/enginetest"
+	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/taskstore"
 	"github.com/imgmill/imgmill/internal/taskstore/sqlitestore"
 )
 
@@ -128,6 +130,9 @@ type task struct {
 	StartedAt   *time.Time `json:"startedAt"`
 	FinishedAt  *time.Time `json:"finishedAt"`
 	LeaseUntil  *time.Time `json:"leaseUntil"`
+	RetryAt     *time.Time `json:"retryAt"`
+	Retries     int        `json:"retries"`
+	Pending     bool       `json:"pending"`
 }
 
 func parseTask(t *testing.T, body string) task {
@@ -1074,11 +1079,11 @@ func TestActivateExpiredPending(t *testing.T) {
 	db.expectNoTask()
 }
 
-// expectStats checks GET /stats: exactly the four counts, in this order, as JSON.
-func (s *dbServer) expectStats(what string, queued, processing, finished, failed int) {
+// expectStats checks GET /stats: exactly the five counts, in this order, as JSON.
+func (s *dbServer) expectStats(what string, queued, pending, processing, finished, failed int) {
 	s.t.Helper()
 	r := s.call("GET", "/stats", nil, "")
-	want := fmt.Sprintf(`{"queued":%d,"processing":%d,"finished":%d,"failed":%d}`, queued, processing, finished, failed)
+	want := fmt.Sprintf(`{"queued":%d,"pending":%d,"processing":%d,"finished":%d,"failed":%d}`, queued, pending, processing, finished, failed)
 	if r.Status != 200 || r.Body != want {
 		s.t.Errorf("%s: GET /stats = %d %q, want 200 %s", what, r.Status, r.Body, want)
 	}
@@ -1089,43 +1094,177 @@ func (s *dbServer) expectStats(what string, queued, processing, finished, failed
 
 func TestStats(t *testing.T) {
 	db := newDBPolicy(t, database.Policy{Lease: shortLease, MaxAttempts: 1})
-	db.expectStats("empty", 0, 0, 0, 0)
+	db.expectStats("empty", 0, 0, 0, 0, 0)
 	for range 4 {
 		db.newTask(false) // 0 to 3
 	}
-	pending := db.newTask(true) // 4: an upload in progress counts as queued
-	db.expectStats("created", 5, 0, 0, 0)
+	pending := db.newTask(true) // 4: an upload in progress is pending, not work for the workers yet
+	db.expectStats("created", 4, 1, 0, 0, 0)
 
 	tk := db.claim(0)
 	db.expect("POST", "/finishTask", tokenQuery(0, tk.Token), "", 200, "success")
 	tk = db.claim(1)
 	wantTask(t, db.call("POST", "/failTask", failQuery(tk, "cannot decode image", true), ""), 1, 3)
 	db.claim(2)
-	db.expectStats("claimed", 2, 1, 1, 1)
+	db.expectStats("claimed", 1, 1, 1, 1, 1)
 	// Task 2's lease lapses on its only attempt: failed, though nothing has touched it since.
 	time.Sleep(2 * shortLease)
-	db.expectStats("lapsed", 2, 0, 1, 2)
+	db.expectStats("lapsed", 1, 1, 0, 1, 2)
 
 	db.expect("POST", "/activateTask", idQuery(pending), "", 200, "success")
-	db.expectStats("activated", 2, 0, 1, 2)
-	db.expect("GET", "/stats", url.Values{"ignored": {"x"}}, "", 200, `{"queued":2,"processing":0,"finished":1,"failed":2}`)
+	db.expectStats("activated", 2, 0, 0, 1, 2)
+	db.expect("GET", "/stats", url.Values{"ignored": {"x"}}, "", 200, `{"queued":2,"pending":0,"processing":0,"finished":1,"failed":2}`)
 }
 
-// TestOpenStoreErrors: a misconfigured or unreachable task store is a clear error at start.
+// keyed creates a task with an Idempotency-Key and returns the reply.
+func (s *dbServer) keyed(key string, pending bool) servicetest.Reply {
+	s.t.Helper()
+	u := s.url + "/newTask"
+	if pending {
+		u += "?pending=true"
+	}
+	req, err := http.NewRequest(http.MethodPost, u, nil)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	req.Header.Set("Idempotency-Key", key)
+	r, err := servicetest.Do(s.c, req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return r
+}
+
+// TestNewTaskIdempotencyKey: a /newTask that carries an Idempotency-Key creates its task once; a replay
+// answers the same id, says it is a replay and whether the task is still pending, and creates nothing.
+func TestNewTaskIdempotencyKey(t *testing.T) {
+	db := newDB(t, longLease)
+	replayed := func(r servicetest.Reply) string { return r.Header.Get("Idempotent-Replayed") }
+	first := db.keyed("upload-1", true)
+	if first.Status != 200 || first.Body != "0" || replayed(first) != "" {
+		t.Fatalf("first keyed /newTask = %d %q replayed %q, want 200 \"0\", not a replay", first.Status, first.Body, replayed(first))
+	}
+	again := db.keyed("upload-1", true)
+	if again.Status != 200 || again.Body != "0" || replayed(again) != "true" || again.Header.Get("X-Imgmill-Pending") != "true" {
+		t.Errorf("replay = %d %q replayed %q pending %q, want task 0 again, a pending replay", again.Status, again.Body,
+			replayed(again), again.Header.Get("X-Imgmill-Pending"))
+	}
+	db.expect("POST", "/activateTask", idQuery(0), "", 200, "success")
+	if r := db.keyed("upload-1", true); r.Body != "0" || replayed(r) != "true" || r.Header.Get("X-Imgmill-Pending") != "false" {
+		t.Errorf("replay once activated = %q replayed %q pending %q, want task 0, no longer pending", r.Body, replayed(r), r.Header.Get("X-Imgmill-Pending"))
+	}
+	if r := db.keyed("upload-2", false); r.Body != "1" || replayed(r) != "" {
+		t.Errorf("another key = %q replayed %q, want a new task 1", r.Body, replayed(r))
+	}
+	db.expectStats("two keyed tasks", 2, 0, 0, 0, 0)
+
+	// An upload that was given up is never acknowledged: its key makes a new task.
+	if r := db.keyed("upload-3", true); r.Body != "2" {
+		t.Fatalf("upload-3 = %q, want task 2", r.Body)
+	}
+	db.expect("POST", "/abandonTask", idQuery(2), "", 200, "success")
+	if r := db.keyed("upload-3", true); r.Body != "3" || replayed(r) != "" {
+		t.Errorf("key of an abandoned upload = %q replayed %q, want a new task 3", r.Body, replayed(r))
+	}
+
+	for _, bad := range []string{strings.Repeat("k", 256), "caf\u00e9", "tab\there"} {
+		if r := db.keyed(bad, true); r.Status != 400 || !strings.HasPrefix(r.Body, "Error: Idempotency-Key must be") {
+			t.Errorf("key %q: %d %q, want 400", bad, r.Status, r.Body)
+		}
+	}
+	db.expectStats("refused keys created nothing", 2, 1, 0, 0, 1)
+}
+
+// TestFailTaskTransient: a transient failure hands the task back without counting the attempt, and it
+// is not claimed again before its retryAt, which backs off with every such failure.
+func TestFailTaskTransient(t *testing.T) {
+	db := newDBPolicy(t, database.Policy{Lease: longLease, MaxAttempts: 1,
+		Retry: taskstore.RetryBackoff{Min: 400 * time.Millisecond, Max: 10 * time.Second}})
+	db.newTask(false)
+	for n := 1; n <= 3; n++ {
+		tk := db.claimWhenLapsed(0) // claimable once its retryAt passed
+		q := failQuery(tk, "fetch working image: image storage is temporarily unavailable", false)
+		q.Set("transient", "true")
+		before := time.Now()
+		r := db.call("POST", "/failTask", q, "")
+		back := wantTask(t, r, 0, 0)
+		if back.Attempts != 0 || back.Retries != n || back.Error == "" || back.RetryAt == nil {
+			t.Fatalf("after transient failure %d: %s, want attempts 0, retries %d, the reason and a retryAt", n, r.Body, n)
+		}
+		// n-th failure: a random wait in [d/2, d], d = 400ms << (n-1).
+		d := 400 * time.Millisecond << (n - 1)
+		if wait := back.RetryAt.Sub(before); wait < d/2-50*time.Millisecond || wait > d+time.Second {
+			t.Errorf("failure %d: retryAt %v after, want within [%v, %v]", n, wait, d/2, d)
+		}
+		if time.Until(*back.RetryAt) > 100*time.Millisecond {
+			db.expectNoTask() // not before its time
+		}
+	}
+	// With one attempt allowed, the task was never failed: transient failures are not attempts.
+	tk := db.claimWhenLapsed(0)
+	db.expect("POST", "/finishTask", tokenQuery(0, tk.Token), "", 200, "success")
+
+	db.newTask(false)
+	tk = db.claim(1)
+	q := failQuery(tk, "x", true)
+	q.Set("transient", "true")
+	db.expect("POST", "/failTask", q, "", 400, "Error: a failure cannot be both permanent and transient")
+	q = failQuery(tk, "x", false)
+	q.Set("transient", "maybe")
+	db.expect("POST", "/failTask", q, "", 400, `Error: transient must be true or false, got "maybe"`)
+}
+
+// TestAbandonTask: the upload of a pending task failed: the task fails at once with the reason, and no
+// longer counts as pending; an activated task is not abandoned.
+func TestAbandonTask(t *testing.T) {
+	db := newDB(t, longLease)
+	pending := db.newTask(true)
+	q := idQuery(pending)
+	q.Set("reason", "upload never completed: image storage is out of space, retry later")
+	db.expect("POST", "/abandonTask", q, "", 200, "success")
+	if tk := db.getByID(pending, 3); tk.Error != q.Get("reason") {
+		t.Errorf("abandoned task's error %q, want %q", tk.Error, q.Get("reason"))
+	}
+	db.expect("POST", "/abandonTask", q, "", 200, "success") // again: a no-op
+	db.expectStats("abandoned", 0, 0, 0, 0, 1)
+
+	other := db.newTask(true)
+	db.expect("POST", "/abandonTask", idQuery(other), "", 200, "success")
+	if tk := db.getByID(other, 3); tk.Error != "upload never completed" {
+		t.Errorf("default reason %q", tk.Error)
+	}
+	active := db.newTask(false)
+	db.expect("POST", "/abandonTask", idQuery(active), "", 409, fmt.Sprintf("Error: task %d is not pending: its upload completed", active))
+	db.expect("POST", "/abandonTask", idQuery(99), "", 400, "Error: no task with id 99")
+	db.expect("POST", "/abandonTask", nil, "", 400, "Error: missing id parameter")
+	db.claim(active)
+}
+
+// TestOpenStoreErrors: a misconfigured task store is a clear error at start; an unreachable one is not
+// (the service waits for it): it opens, and says it is unavailable, without showing the password.
 func TestOpenStoreErrors(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	for _, tc := range []struct{ url, want string }{
 		{"mysql://root@127.0.0.1/db", "--tasks must be a postgres://"},
 		{"127.0.0.1:5432", "--tasks must be a postgres://"},
-		{"postgres://u:hunter2@" + enginetest.FreeAddr(t) + "/db?sslmode=disable", "open task store at postgres://u:xxxxx@"},
 	} {
 		_, err := database.OpenStore(ctx, tc.url, t.TempDir(), 0, nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("OpenStore(%q) = %v, want an error containing %q", tc.url, err, tc.want)
 		}
-		if err != nil && strings.Contains(err.Error(), "hunter2") {
-			t.Errorf("OpenStore(%q) error shows the password: %v", tc.url, err)
-		}
+	}
+	unreachable := "postgres://u:hunter2@" + enginetest.FreeAddr(t) + "/db?sslmode=disable"
+	store, err := database.OpenStore(ctx, unreachable, t.TempDir(), 0, nil)
+	if err != nil {
+		t.Fatalf("OpenStore of an unreachable PostgreSQL: %v, want a store that waits for it", err)
+	}
+	defer store.Close()
+	err = store.Ping(ctx)
+	if !fault.IsTransient(err) {
+		t.Errorf("Ping of an unreachable PostgreSQL = %v, want a transient error", err)
+	}
+	if err != nil && strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("the error shows the password: %v", err)
 	}
 }

@@ -26,7 +26,7 @@ func WithMetrics(reg *metrics.Registry) Option {
 		})
 		reg.MustRegister(s.latency, &taskCounts{store: s.store, desc: prometheus.NewDesc(
 			prometheus.BuildFQName(metrics.Namespace, "", "tasks"),
-			"Tasks by state, as the task store counts them at the scrape (pending uploads count as queued).",
+			"Tasks by state, as the task store counts them at the scrape: queued (claimable now or after a transient failure's wait), pending (uploads not complete), processing, finished, failed.",
 			[]string{"state"}, nil)})
 	}
 }
@@ -53,8 +53,9 @@ func (c *taskCounts) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.NewInvalidMetric(c.desc, fmt.Errorf("count tasks: %w", err))
 		return
 	}
-	for _, s := range []taskstore.State{taskstore.NotStarted, taskstore.InProgress, taskstore.Finished, taskstore.Failed} {
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(counts.Of(s)), s.Word())
+	for state, n := range map[string]int64{"queued": counts.Queued, "pending": counts.Pending,
+		"processing": counts.Processing, "finished": counts.Finished, "failed": counts.Failed} {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), state)
 	}
 }
 

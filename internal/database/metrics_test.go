@@ -51,7 +51,7 @@ func TestDatabaseMetrics(t *testing.T) {
 			t.Fatal(err)
 		}
 		f := gather()
-		for state, want := range map[string]int64{"queued": stats.Queued, "processing": stats.Processing,
+		for state, want := range map[string]int64{"queued": stats.Queued, "pending": stats.Pending, "processing": stats.Processing,
 			"finished": stats.Finished, "failed": stats.Failed} {
 			if got := f.Value("imgmill_tasks", "service", "database", "state", state); got != float64(want) {
 				t.Errorf("%s: imgmill_tasks{state=%q} = %v, the store counts %d", what, state, got, want)
@@ -65,8 +65,11 @@ func TestDatabaseMetrics(t *testing.T) {
 	for range 2 {
 		s.newTask(false)
 	}
-	s.newTask(true) // pending: queued
+	s.newTask(true) // pending: an upload not complete yet
 	checkTasks("created")
+	if got := gather().Value("imgmill_tasks", "service", "database", "state", "pending"); got != 1 {
+		t.Errorf("imgmill_tasks{state=pending} = %v, want 1", got)
+	}
 	if got := gather().Value("imgmill_http_requests_total", "route", "POST /newTask", "method", "POST", "code", "200"); got != 4 {
 		t.Errorf("POST /newTask counted %v times, want 4", got)
 	}

@@ -15,8 +15,10 @@ func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("POST /extendLease", httpapi.HandlerFunc(s.handleExtendLease))
 	mux.Handle("POST /failTask", httpapi.HandlerFunc(s.handleFailTask))
 	mux.Handle("POST /releaseTask", httpapi.HandlerFunc(s.handleReleaseTask))
+	mux.Handle("POST /abandonTask", httpapi.HandlerFunc(s.handleAbandonTask))
 	mux.Handle("POST /setById", httpapi.HandlerFunc(s.handleSetByID))
 	mux.Handle("GET /list", httpapi.HandlerFunc(s.handleList))
 	mux.Handle("GET /stats", httpapi.HandlerFunc(s.handleStats))
-	mux.Handle("GET /healthz", httpapi.Healthz())
+	mux.Handle("GET /healthz", httpapi.Healthz(s.store.Ping))
+	mux.Handle("GET /livez", httpapi.Livez())
 }

@@ -174,9 +174,11 @@ func Start(t testing.TB, cmd *exec.Cmd, logFile string) *Process {
 	return p
 }
 
-// Stop ends the process gracefully (SIGTERM to its group, SIGKILL after 10s) and waits for it.
+// Stop ends the process gracefully (SIGTERM to its group, SIGKILL after 10s) and waits for it. A paused
+// process is continued after the SIGTERM, so that it handles it.
 func (p *Process) Stop() {
 	p.signal(syscall.SIGTERM)
+	p.signal(syscall.SIGCONT)
 	select {
 	case <-p.done:
 	case <-time.After(10 * time.Second):
@@ -189,6 +191,15 @@ func (p *Process) Kill() {
 	p.signal(syscall.SIGKILL)
 	<-p.done
 }
+
+// Pause stops the process and its group with SIGSTOP, as a hung engine or one stalled by its disk: it
+// keeps its ports and connections, so the kernel still accepts connections and takes requests, but
+// nothing answers them. Clients time out rather than being refused. Resume continues it; Stop and Kill
+// end it paused or not.
+func (p *Process) Pause() { p.signal(syscall.SIGSTOP) }
+
+// Resume continues a process that Pause stopped (SIGCONT).
+func (p *Process) Resume() { p.signal(syscall.SIGCONT) }
 
 // Exited is closed when the process has exited.
 func (p *Process) Exited() <-chan struct{} { return p.done }

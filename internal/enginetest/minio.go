@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,17 +24,23 @@ import (
 // minioModule is what go install builds when no minio program is found.
 const minioModule = "github.com/minio/minio@latest"
 
-// MinIO is a throwaway MinIO server started by StartMinIO.
+// MinIO is a throwaway MinIO server started by StartMinIO. Its methods are safe for concurrent use.
 type MinIO struct {
 	// AccessKey and SecretKey are the root credentials, generated for this server.
 	AccessKey, SecretKey string
 	// Dir holds the server's data.
 	Dir string
 
-	proc     *Process
 	endpoint string
 	buckets  atomic.Int64
 	suffix   string
+	// cmd is what starts the server (bin, args, env), again on Restart; logDir gets the logs.
+	bin, logDir string
+	args, env   []string
+
+	mu     sync.Mutex
+	proc   *Process
+	starts int // for the log file names: a restart keeps the earlier logs
 }
 
 // StartMinIO starts a MinIO server on free loopback ports with its data in a temporary directory, and
@@ -53,21 +60,39 @@ func StartMinIO(t testing.TB) *MinIO {
 		SecretKey: minioRandomHex(t, 16),
 		Dir:       filepath.Join(dir, "data"),
 		suffix:    minioRandomHex(t, 4),
+		bin:       bin,
+		logDir:    dir,
 	}
 	addr := FreeAddr(t)
 	m.endpoint = "http://" + addr
-	cmd := exec.Command(bin, "server", m.Dir,
+	m.args = []string{"server", m.Dir,
 		"--address", addr,
 		"--console-address", FreeAddr(t),
 		// Not ~/.minio: the test leaves nothing behind.
 		"--certs-dir", filepath.Join(dir, "certs"),
-		"--quiet")
-	cmd.Env = append(os.Environ(),
+		"--quiet"}
+	m.env = append(os.Environ(),
 		"MINIO_ROOT_USER="+m.AccessKey,
 		"MINIO_ROOT_PASSWORD="+m.SecretKey,
 		"MINIO_UPDATE=off",
 	)
-	m.proc = Start(t, cmd, filepath.Join(dir, "minio.log"))
+	m.start(t)
+	return m
+}
+
+// start starts the server process and waits until it serves S3 requests.
+func (m *MinIO) start(t testing.TB) {
+	t.Helper()
+	cmd := exec.Command(m.bin, m.args...)
+	cmd.Env = m.env
+	m.mu.Lock()
+	m.starts++
+	log := "minio.log"
+	if m.starts > 1 {
+		log = fmt.Sprintf("minio.%d.log", m.starts)
+	}
+	m.proc = Start(t, cmd, filepath.Join(m.logDir, log))
+	m.mu.Unlock()
 	deadline := time.Now().Add(60 * time.Second)
 	if err := m.waitLive(deadline); err != nil {
 		t.Fatalf("MinIO: %v", err)
@@ -75,7 +100,6 @@ func StartMinIO(t testing.TB) *MinIO {
 	if err := m.waitS3(deadline); err != nil {
 		t.Fatalf("MinIO: %v", err)
 	}
-	return m
 }
 
 // minioProgram finds the minio program, installing it with go install when it is missing.
@@ -136,6 +160,7 @@ func minioBinDir() (string, error) {
 
 // waitLive waits until the server's liveness probe says it serves, the server exits, or deadline passes.
 func (m *MinIO) waitLive(deadline time.Time) error {
+	proc := m.Process()
 	client := &http.Client{Timeout: time.Second}
 	// Without keep-alives no idle connection outlives the wait.
 	client.Transport = &http.Transport{DisableKeepAlives: true}
@@ -154,8 +179,8 @@ func (m *MinIO) waitLive(deadline time.Time) error {
 		}
 		last = err
 		select {
-		case <-m.proc.Exited():
-			return fmt.Errorf("minio exited before it was live (see %s)", m.proc.Log)
+		case <-proc.Exited():
+			return fmt.Errorf("minio exited before it was live (see %s)", proc.Log)
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
@@ -167,6 +192,7 @@ func (m *MinIO) waitLive(deadline time.Time) error {
 // waitS3 waits until the server answers a signed S3 request. Being live is not enough: for a while
 // after, MinIO still answers 503 XMinioServerNotInitialized while it sets up IAM and its configuration.
 func (m *MinIO) waitS3(deadline time.Time) error {
+	proc := m.Process()
 	tr := &http.Transport{DisableKeepAlives: true}
 	client, err := minio.New(strings.TrimPrefix(m.endpoint, "http://"), &minio.Options{
 		Creds:      credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""),
@@ -184,8 +210,8 @@ func (m *MinIO) waitS3(deadline time.Time) error {
 			return nil
 		}
 		select {
-		case <-m.proc.Exited():
-			return fmt.Errorf("minio exited before it served S3 requests (see %s)", m.proc.Log)
+		case <-proc.Exited():
+			return fmt.Errorf("minio exited before it served S3 requests (see %s)", proc.Log)
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
@@ -214,13 +240,33 @@ func (m *MinIO) NewBucket(t testing.TB) string {
 }
 
 // Stop ends the server gracefully and waits for it.
-func (m *MinIO) Stop() { m.proc.Stop() }
+func (m *MinIO) Stop() { m.Process().Stop() }
 
 // Kill ends the server at once (a crash) and waits for it.
-func (m *MinIO) Kill() { m.proc.Kill() }
+func (m *MinIO) Kill() { m.Process().Kill() }
 
-// Process returns the server's process.
-func (m *MinIO) Process() *Process { return m.proc }
+// Pause freezes the server (SIGSTOP): it keeps its port, so clients connect but get no answer and time
+// out, as with a hung server. Resume continues it.
+func (m *MinIO) Pause() { m.Process().Pause() }
+
+// Resume continues a server that Pause froze.
+func (m *MinIO) Resume() { m.Process().Resume() }
+
+// Restart stops the server if it still runs (gracefully) and starts it again with the same endpoint,
+// credentials and data, and waits until it serves S3 requests, as a server coming back after an outage.
+// The new process is stopped when t ends.
+func (m *MinIO) Restart(t testing.TB) {
+	t.Helper()
+	m.Stop()
+	m.start(t)
+}
+
+// Process returns the server's current process (a new one after Restart).
+func (m *MinIO) Process() *Process {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.proc
+}
 
 func minioRandomHex(t testing.TB, n int) string {
 	t.Helper()

@@ -3,6 +3,7 @@ package frontend
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"mime"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/imgmill/imgmill/internal/backoff"
+	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/master"
@@ -63,7 +65,7 @@ func (s *server) handleCreateTask(w http.ResponseWriter, r *http.Request) error 
 	} else if id, err = s.createFromForm(r, u); err != nil {
 		return err
 	}
-	public := s.ids.Encode(id)
+	public := u.ids.Encode(id)
 	base := "/api/tasks/" + public
 	w.Header().Set("Location", base)
 	return httpapi.WriteJSON(w, http.StatusCreated, TaskCreated{ID: public, Status: "queued", StatusURL: base,
@@ -158,6 +160,15 @@ var (
 	eventPoll = backoff.Backoff{Min: 50 * time.Millisecond, Max: 500 * time.Millisecond}
 )
 
+// retryAfterOf is the wait a transient refusal asked for (Retry-After), or 0.
+func retryAfterOf(err error) time.Duration {
+	var e *httpapi.Error
+	if errors.As(err, &e) {
+		return e.RetryAfter
+	}
+	return 0
+}
+
 // done reports whether a status is final.
 func done(st Status) bool { return st.State == "finished" || st.State == "failed" }
 
@@ -203,6 +214,7 @@ func (s *server) handleTaskEvents(w http.ResponseWriter, r *http.Request) error 
 		return nil
 	}
 	poll := eventPoll
+	outage := backoff.Backoff{Min: time.Second, Max: 10 * time.Second}
 	timer := time.NewTimer(poll.Next())
 	defer timer.Stop()
 	keepAlive := time.NewTicker(keepAliveEvery)
@@ -217,6 +229,12 @@ func (s *server) handleTaskEvents(w http.ResponseWriter, r *http.Request) error 
 			}
 		case <-timer.C:
 			next, err := s.status(ctx, id, public)
+			if err != nil && fault.IsTransient(err) {
+				// The master or what is behind it is away for now: the stream waits it out (the
+				// keep-alives go on) rather than make every page reconnect.
+				timer.Reset(max(outage.Next(), retryAfterOf(err)))
+				continue
+			}
 			if err != nil {
 				if ctx.Err() == nil {
 					httpapi.LoggerFrom(ctx).WarnContext(ctx, "event stream: status", "err", err)
@@ -224,6 +242,7 @@ func (s *server) handleTaskEvents(w http.ResponseWriter, r *http.Request) error 
 				}
 				return nil
 			}
+			outage.Reset()
 			if changed(st, next) {
 				if !send("status", next) {
 					return nil

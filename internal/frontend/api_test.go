@@ -9,9 +9,10 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
 	"net/url"
-
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/imgmill/imgmill/internal/frontend"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
+	"github.com/imgmill/imgmill/internal/publicid"
 	"github.com/imgmill/imgmill/internal/servicetest"
 )
 
@@ -519,5 +521,124 @@ func TestOpTravelsWithTheTask(t *testing.T) {
 	r := s.submit(t, part{field: frontend.OpField, data: []byte("rotate:45")}, part{field: frontend.UploadField, filename: "a.png", data: img})
 	if r.Status != http.StatusBadRequest || !strings.HasPrefix(r.Body, "Error: op: rotate:") {
 		t.Errorf("reference form with rotate:45 = %d %q, want 400 Error: op: ...", r.Status, r.Body)
+	}
+}
+
+// TestAPIIdempotencyKey: an upload retried with the same Idempotency-Key from the same client answers
+// the same public id and creates nothing (on either upload path); the same key from another client
+// names another task, so nobody learns someone else's id by replaying a key.
+func TestAPIIdempotencyKey(t *testing.T) {
+	s := newStackWith(t, frontend.Options{TrustProxy: true})
+	img := servicetest.PatternPNG(t, 8, 40)
+	upload := func(key, from string) servicetest.Reply {
+		t.Helper()
+		h := http.Header{"Idempotency-Key": {key}, "X-Forwarded-For": {from}}
+		return s.callWith(t, http.MethodPost, "/api/tasks", "image/png", bytes.NewReader(img), h)
+	}
+	first := s.created(t, upload("photo-1", "192.0.2.1"))
+	if again := s.created(t, upload("photo-1", "192.0.2.1")); again != first {
+		t.Errorf("retry with the same key answered %s, want %s", again, first)
+	}
+	ct, body := form(t, part{field: frontend.UploadField, filename: "a.png", data: img})
+	r := s.callWith(t, http.MethodPost, "/submitTask", ct, bytes.NewReader(body),
+		http.Header{"Idempotency-Key": {"photo-1"}, "X-Forwarded-For": {"192.0.2.1"}})
+	if r.Status != http.StatusOK || r.Body != first {
+		t.Errorf("/submitTask with the same key: %d %q, want %s", r.Status, r.Body, first)
+	}
+	if other := s.created(t, upload("photo-1", "198.51.100.7")); other == first {
+		t.Errorf("another client's upload with the same key answered the first client's id %s", first)
+	}
+	if stats, err := s.Database.Stats(t.Context()); err != nil || stats.Queued != 2 {
+		t.Errorf("%+v (%v) tasks, want 2 queued: one per client", stats, err)
+	}
+	r = upload(strings.Repeat("k", 256), "192.0.2.1")
+	expectJSONError(t, "an overlong key", r, http.StatusBadRequest, "Idempotency-Key must be 1 to 255 characters")
+}
+
+// TestStatusWhileWaitingToRetry: a task handed back after a transient failure is queued with its retryAt,
+// and the public hears what that means, not the worker's error (which names services and addresses).
+func TestStatusWhileWaitingToRetry(t *testing.T) {
+	s := newStack(t)
+	ctx := t.Context()
+	pub := s.created(t, s.createRaw(t, "", servicetest.PatternPNG(t, 8, 41)))
+	id := s.internal(t, pub)
+	task, err := s.Database.GetNewTask(ctx, 0)
+	if err != nil || task.ID != id {
+		t.Fatalf("claim: %+v %v", task, err)
+	}
+	if _, err := s.Master.RetryTask(ctx, id, task.Token, "fetch working image: 503 storage unavailable: dial tcp 10.1.2.3:3002"); err != nil {
+		t.Fatal(err)
+	}
+	r := s.call(t, http.MethodGet, "/api/tasks/"+pub, "", nil)
+	var st frontend.Status
+	if err := json.Unmarshal([]byte(r.Body), &st); err != nil || r.Status != 200 {
+		t.Fatalf("status: %d %q", r.Status, r.Body)
+	}
+	if st.State != "queued" || st.RetryAt.IsZero() || st.Error != "a service it needs was unavailable: it will be retried" || st.Attempts != 0 {
+		t.Errorf("status %+v, want queued, a retryAt, the public reason and no attempt used", st)
+	}
+	if strings.Contains(r.Body, "10.1.2.3") {
+		t.Errorf("the status shows an internal address: %s", r.Body)
+	}
+}
+
+// TestAPIEventsSurviveMasterOutage: while the master cannot answer (503), an open event stream waits,
+// sending keep-alives, instead of ending with an error; it carries on when the master is back.
+func TestAPIEventsSurviveMasterOutage(t *testing.T) {
+	defer frontend.SetKeepAliveEvery(100 * time.Millisecond)()
+	ids, err := publicid.New(testSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := servicetest.NewStack(t, servicetest.Options{})
+	target, _ := url.Parse(st.MasterURL)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var down atomic.Bool
+	front := servicetest.Serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() && r.URL.Path == "/status" {
+			w.Header().Set("Retry-After", "1")
+			httpapi.WriteText(w, http.StatusServiceUnavailable, "Error: database unavailable")
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	s := &stack{Stack: st, ids: ids, master: &countingEndpoint{Static: client.Static(servicetest.Addr(front.URL))}}
+	s.frontendURL = servicetest.Serve(t, frontend.NewServer(client.NewMaster(s.HTTP, s.master), ids, frontend.Options{})).URL
+	ctx := t.Context()
+	pub := s.created(t, s.createRaw(t, "", servicetest.PatternPNG(t, 8, 42)))
+	id := s.internal(t, pub)
+	events := s.events(t, pub)
+	expectState(t, events, pub, "queued")
+	down.Store(true)
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		if ev, ok := next(t, events); !ok || ev.name != ":" {
+			t.Fatalf("during the outage: event %+v (stream open: %v), want keep-alives only", ev, ok)
+		}
+	}
+	task, err := s.Database.GetNewTask(ctx, 0)
+	if err != nil || task.ID != id {
+		t.Fatalf("claim: %+v %v", task, err)
+	}
+	result := servicetest.PatternPNG(t, 8, 43)
+	if err := s.Storage.SendImage(ctx, id, client.Finished, bytes.NewReader(result), int64(len(result))); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Database.FinishTask(ctx, id, task.Token); err != nil {
+		t.Fatal(err)
+	}
+	down.Store(false)
+	for {
+		ev, ok := next(t, events)
+		if !ok {
+			t.Fatal("the stream ended without the finished status")
+		}
+		if ev.name == "status" {
+			var got frontend.Status
+			if err := json.Unmarshal([]byte(ev.data), &got); err != nil || got.State != "finished" {
+				t.Fatalf("status after the outage: %q, want finished", ev.data)
+			}
+			return
+		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -64,23 +65,53 @@ type Options struct {
 
 // NewServer returns the frontend's handler in front of m, showing task ids as ids' public ids.
 func NewServer(m *client.Master, ids *publicid.Codec, opts Options) http.Handler {
+	s := newServer(m, opts)
+	s.codec.Store(ids)
+	return s.handler()
+}
+
+func newServer(m *client.Master, opts Options) *server {
 	if opts.MaxUpload == 0 {
 		opts.MaxUpload = DefaultMaxUpload
 	}
-	s := &server{master: m, ids: ids, opts: opts}
+	s := &server{master: m, opts: opts}
 	if opts.UploadRate > 0 {
 		s.limiter = newUploadLimiter(opts.UploadRate, opts.UploadBurst, maxBuckets, time.Now)
 	}
+	return s
+}
+
+func (s *server) handler() http.Handler {
 	mux := httpapi.NewMux()
 	addRoutes(mux, s)
 	return securityHeaders(mux)
 }
 
 type server struct {
-	master  *client.Master
-	ids     *publicid.Codec
+	master *client.Master
+	// codec makes and reads public ids; nil until the public id secret is resolved (see Run), and
+	// until then every route that takes or answers an id answers 503.
+	codec   atomic.Pointer[publicid.Codec]
 	opts    Options
 	limiter *uploadLimiter // nil: no rate limit
+}
+
+// errNoSecretYet answers what needs public ids while the secret is being resolved.
+var errNoSecretYet = &httpapi.Error{Status: http.StatusServiceUnavailable, RetryAfter: httpapi.UnavailableRetryAfter,
+	Msg: "the frontend is starting: its public id secret is not resolved yet, retry later"}
+
+// ids returns the public id codec, or errNoSecretYet.
+func (s *server) ids() (*publicid.Codec, error) {
+	if c := s.codec.Load(); c != nil {
+		return c, nil
+	}
+	return nil, errNoSecretYet
+}
+
+// ready is the frontend's readiness: it can make and read public ids.
+func (s *server) ready(context.Context) error {
+	_, err := s.ids()
+	return err
 }
 
 // securityHeaders sets the headers every frontend reply carries: no content sniffing, no framing, no
@@ -145,7 +176,7 @@ func (s *server) handleSubmitTask(w http.ResponseWriter, r *http.Request) error 
 		if err != nil {
 			return err
 		}
-		httpapi.WriteText(w, http.StatusOK, s.ids.Encode(id))
+		httpapi.WriteText(w, http.StatusOK, u.ids.Encode(id))
 		return nil
 	}
 }
@@ -153,10 +184,14 @@ func (s *server) handleSubmitTask(w http.ResponseWriter, r *http.Request) error 
 // upload is an upload admitted by receive, its body capped.
 type upload struct {
 	master   *client.Master
+	ids      *publicid.Codec
 	body     *cappedReader // the request body
 	limit    int64         // of the image; < 0: none
 	tooLarge error
 	op       string // the operation chain, canonical; "" for the default
+	// key is the idempotency key sent to the master: the client's, scoped to the client's address
+	// (see scopedKey); "" for none.
+	key string
 }
 
 // setOp validates an operation chain for the upload ("" keeps the default), so that a bad one is
@@ -190,14 +225,26 @@ func (u *upload) readOp(part io.ReadCloser) error {
 // Retry-After), then the size limit by the declared length (413); it caps the request body (r.Body is
 // replaced), leaving room for a multipart form's overhead.
 func (s *server) receive(w http.ResponseWriter, r *http.Request) (*upload, error) {
+	ids, err := s.ids()
+	if err != nil {
+		return nil, err
+	}
+	from := clientKey(r, s.opts.TrustProxy)
+	var key string
+	if raw := r.Header.Get(client.IdempotencyKeyHeader); raw != "" {
+		if err := client.CheckIdempotencyKey(raw); err != nil {
+			return nil, httpapi.Errorf(http.StatusBadRequest, "%v", err)
+		}
+		key = scopedKey(ids, from, raw)
+	}
 	if s.limiter != nil {
-		if wait, ok := s.limiter.allow(clientKey(r, s.opts.TrustProxy)); !ok {
+		if wait, ok := s.limiter.allow(from); !ok {
 			return nil, &httpapi.Error{Status: http.StatusTooManyRequests, RetryAfter: wait,
 				Msg: fmt.Sprintf("too many uploads, retry in %ds", httpapi.RetryAfterSeconds(wait))}
 		}
 	}
 	limit := s.opts.MaxUpload // < 0: none
-	u := &upload{master: s.master, body: &cappedReader{r: r.Body, limit: -1}, limit: limit,
+	u := &upload{master: s.master, ids: ids, key: key, body: &cappedReader{r: r.Body, limit: -1}, limit: limit,
 		tooLarge: httpapi.Errorf(http.StatusRequestEntityTooLarge, "image larger than %d bytes", limit)}
 	if limit >= 0 {
 		if r.ContentLength > limit+formOverhead {
@@ -207,6 +254,15 @@ func (s *server) receive(w http.ResponseWriter, r *http.Request) (*upload, error
 	}
 	r.Body = u.body
 	return u, nil
+}
+
+// scopedKey is the idempotency key the frontend sends the master for a client's key: a digest of it
+// and the client's address (its IPv4 address or IPv6 /64, as the rate limit keys clients). Scoped, a
+// key that another client guessed or reused names a different task, so that nobody learns the public
+// id of someone else's upload by replaying their key; a client that retries from another network gets
+// a new task instead of its first one.
+func scopedKey(ids *publicid.Codec, from, key string) string {
+	return "fe-" + ids.Digest("idempotency key", from, key)
 }
 
 // partError turns the error of a multipart reader's NextPart into the answer: too large when the body
@@ -228,11 +284,15 @@ func (u *upload) partError(err error, field string) error {
 func (u *upload) send(ctx context.Context, src io.Reader) (int64, error) {
 	file := &cappedReader{r: src, limit: u.limit}
 	lent := &lentReader{r: file}
-	id, err := u.master.NewOp(ctx, lent, -1, u.op)
+	id, err := u.master.Upload(ctx, lent, -1, client.UploadParams{Op: u.op, IdempotencyKey: u.key})
 	lent.takeBack()
-	if file.hit.Load() || u.body.hit.Load() {
-		// The upload was cut short here; the master gives up the unfinished task by itself.
+	switch {
+	case file.hit.Load() || u.body.hit.Load():
+		// The upload was cut short here; the master gives up the unfinished task.
 		return 0, u.tooLarge
+	case client.IsBodyError(err):
+		// The client's own upload broke off (it went away); the master gives up the unfinished task.
+		return 0, fmt.Errorf("%w: %w", httpapi.Errorf(http.StatusBadRequest, "the upload broke off before its end"), err)
 	}
 	return id, err
 }
@@ -312,7 +372,11 @@ func (s *server) task(r *http.Request) (id int64, public string, err error) {
 
 // decode decodes a public id; anything but a genuine one is errNoSuchTask.
 func (s *server) decode(public string) (int64, error) {
-	id, err := s.ids.Decode(public)
+	ids, err := s.ids()
+	if err != nil {
+		return 0, err
+	}
+	id, err := ids.Decode(public)
 	if err != nil {
 		return 0, errNoSuchTask
 	}
@@ -337,6 +401,9 @@ func publicError(err error, id int64) error {
 	}
 	return &httpapi.Error{Status: e.Status, Msg: "the task's image is not available"}
 }
+
+// waitingReason is the public error of a queued task waiting to be retried after a transient failure.
+const waitingReason = "a service it needs was unavailable: it will be retried"
 
 // publicReasons are the failure reasons shown to the public as they are; any other reason (a worker's
 // error text may name internal ids, addresses, paths) is shown as "processing failed".
@@ -384,7 +451,11 @@ func (s *server) status(ctx context.Context, id int64, public string) (Status, e
 	}
 	st.ID = 0 // hidden by the public id anyway; never keep the internal one around
 	out := Status{ID: public, Status: st}
-	if st.Error != "" {
+	switch {
+	case !st.RetryAt.IsZero():
+		// The worker's reason names services and addresses; the public hears what it means.
+		out.Error = waitingReason
+	case st.Error != "":
 		out.Error = publicReason(st.Error)
 	}
 	return out, nil
@@ -435,8 +506,10 @@ type Config struct {
 	HTTP   *http.Client
 	Logger *slog.Logger
 	// Secret is the server secret public ids are made with (at least publicid.MinSecretLen bytes); nil
-	// means the one shared by all frontends through the kv store (ResolveSecret).
+	// means the one shared by all frontends, kept in DataDir and in the kv store (see SecretFile).
 	Secret []byte
+	// DataDir is where the frontend keeps the shared public id secret (SecretFile).
+	DataDir string
 	Options
 	// Token, when set, is the bearer token /metrics and /debug/pprof/ require here; without one they are
 	// not served, since the frontend is public (see service.Spec.OpsToken). Pprof serves the
@@ -445,20 +518,39 @@ type Config struct {
 	Pprof bool
 }
 
-// Run serves the frontend until ctx ends; it finds the master through the kv store.
+// Run serves the frontend until ctx ends; it finds the master through the kv store. It listens at once:
+// until the public id secret is resolved (which may wait for the kv store and the master), the page
+// loads and everything that takes or answers a public id answers 503 with Retry-After, and /healthz
+// says it is not ready.
 func Run(ctx context.Context, cfg Config) error {
-	secret := cfg.Secret
-	if secret == nil {
-		var err error
-		if secret, err = ResolveSecret(ctx, cfg.KV, cfg.Logger); err != nil {
+	m := client.NewMaster(cfg.HTTP, client.NewResolver(cfg.KV, client.MasterKey, client.ResolveTTL))
+	s := newServer(m, cfg.Options)
+	useSecret := func(secret []byte) error {
+		ids, err := publicid.New(secret)
+		if err != nil {
 			return err
 		}
+		s.codec.Store(ids)
+		return nil
 	}
-	ids, err := publicid.New(secret)
-	if err != nil {
-		return err
+	var background []func(context.Context) error
+	if cfg.Secret != nil {
+		if err := useSecret(cfg.Secret); err != nil {
+			return err
+		}
+	} else {
+		file := filepath.Join(cfg.DataDir, SecretFile)
+		background = append(background, func(ctx context.Context) error {
+			secret, err := ResolveSecret(ctx, file, cfg.KV, m, cfg.Logger)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+			return useSecret(secret)
+		})
 	}
-	m := client.NewMaster(cfg.HTTP, client.NewResolver(cfg.KV, client.MasterKey, client.ResolveTTL))
-	return service.Run(ctx, service.Spec{Addr: cfg.Addr, Handler: NewServer(m, ids, cfg.Options), Logger: cfg.Logger,
-		Metrics: metrics.New("frontend"), Pprof: cfg.Pprof, OpsToken: cfg.Token})
+	return service.Run(ctx, service.Spec{Addr: cfg.Addr, Handler: s.handler(), Logger: cfg.Logger, Ready: s.ready,
+		Background: background, Metrics: metrics.New("frontend"), Pprof: cfg.Pprof, OpsToken: cfg.Token})
 }

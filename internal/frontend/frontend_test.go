@@ -10,6 +10,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/frontend"
+	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/kvservice"
 	"github.com/imgmill/imgmill/internal/kvstore/filekv"
 	"github.com/imgmill/imgmill/internal/publicid"
@@ -861,24 +863,46 @@ func TestHeadersOnEveryReply(t *testing.T) {
 	servicetest.CheckEchoesRequestID(t, s.HTTP, http.MethodGet, s.frontendURL+"/isReady?id="+pub, "frontend-req-1")
 }
 
-func TestResolveSecret(t *testing.T) {
-	ctx := t.Context()
+// fakeMasterStats answers GET /stats with the counts tasks holds, as the master does.
+func fakeMasterStats(t *testing.T, tasks *atomic.Int64) *client.Master {
+	t.Helper()
+	srv := servicetest.Serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		httpapi.WriteJSON(w, http.StatusOK, client.Stats{Finished: tasks.Load()})
+	}))
+	return client.NewMaster(servicetest.NewHTTPClient(t), client.Static(servicetest.Addr(srv.URL)))
+}
+
+// newKVService serves a kv service over a fresh file store and returns its client.
+func newKVService(t *testing.T) *client.KV {
+	t.Helper()
 	store, err := filekv.Open(filepath.Join(t.TempDir(), "kv.json"), filekv.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	servicetest.CloseAtCleanup(t, "kv store", store)
-	hc := servicetest.NewHTTPClient(t)
-	kv := client.NewKV(hc, servicetest.Addr(servicetest.Serve(t, kvservice.NewServer(store)).URL))
+	return client.NewKV(servicetest.NewHTTPClient(t), servicetest.Addr(servicetest.Serve(t, kvservice.NewServer(store)).URL))
+}
 
-	// Frontends starting together on an empty kv store agree on one secret.
+func TestResolveSecret(t *testing.T) {
+	ctx := t.Context()
+	kv := newKVService(t)
+	var tasks atomic.Int64
+	m := fakeMasterStats(t, &tasks)
+	resolve := func(file string, kv *client.KV) ([]byte, error) {
+		return frontend.ResolveSecret(ctx, file, kv, m, servicetest.Discard)
+	}
+	fileOf := func() string { return filepath.Join(t.TempDir(), frontend.SecretFile) }
+
+	// Frontends starting together, each with its own data directory, on an empty kv store and with no
+	// task yet, agree on one secret, and each keeps it in its file, readable by its owner only.
 	const n = 4
-	secrets := make([][]byte, n)
+	secrets, files := make([][]byte, n), make([]string, n)
 	var wg sync.WaitGroup
 	for i := range n {
+		files[i] = fileOf()
 		wg.Go(func() {
 			var err error
-			if secrets[i], err = frontend.ResolveSecret(ctx, kv, servicetest.Discard); err != nil {
+			if secrets[i], err = resolve(files[i], kv); err != nil {
 				t.Error(err)
 			}
 		})
@@ -896,25 +920,65 @@ func TestResolveSecret(t *testing.T) {
 		if !bytes.Equal(s, want) {
 			t.Errorf("frontend %d resolved %x, the kv store holds %x", i, s, want)
 		}
+		fi, err := os.Stat(files[i])
+		b, _ := os.ReadFile(files[i])
+		if err != nil || fi.Mode().Perm() != 0o600 || strings.TrimSpace(string(b)) != stored {
+			t.Errorf("frontend %d's file: %v, mode %v, %q; want the secret, mode 0600", i, err, fi.Mode().Perm(), b)
+		}
 	}
 	// A restart reads the same one.
-	if again, err := frontend.ResolveSecret(ctx, kv, servicetest.Discard); err != nil || !bytes.Equal(again, want) {
+	if again, err := resolve(files[0], kv); err != nil || !bytes.Equal(again, want) {
 		t.Errorf("second resolve: %x, %v; want %x", again, err, want)
 	}
-	// A stored value that is no secret is an error, and is left alone.
-	if err := kv.Set(ctx, frontend.SecretKey, "too short"); err != nil {
+	tasks.Store(3) // tasks were made with it
+
+	// The kv store lost its data: a frontend with the file puts the secret back; one without the file
+	// (a new machine) then gets it from the kv store.
+	wiped := newKVService(t)
+	if again, err := resolve(files[1], wiped); err != nil || !bytes.Equal(again, want) {
+		t.Errorf("resolve with the file, kv store wiped: %x, %v; want %x", again, err, want)
+	}
+	if v, _ := wiped.Get(ctx, frontend.SecretKey); v != stored {
+		t.Errorf("the wiped kv store holds %q, want the file's secret back", v)
+	}
+	newMachine := fileOf()
+	if got, err := resolve(newMachine, wiped); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("resolve on a new machine: %x, %v; want %x", got, err, want)
+	}
+
+	// Neither the file nor the kv store has one, but tasks exist: no new secret is made, and the error
+	// says what to do.
+	empty := newKVService(t)
+	_, err = resolve(fileOf(), empty)
+	if err == nil || !strings.Contains(err.Error(), "tasks exist but no public id secret") || !strings.Contains(err.Error(), "--secret") {
+		t.Errorf("resolve with tasks but no secret anywhere: %v, want a refusal naming --secret", err)
+	}
+	if _, err := empty.Get(ctx, frontend.SecretKey); !client.IsStatus(err, http.StatusNotFound) {
+		t.Errorf("a secret was stored in the kv store all the same: %v", err)
+	}
+
+	// The file and the kv store disagree: refused, nothing replaced.
+	other := newKVService(t)
+	if err := other.Set(ctx, frontend.SecretKey, publicid.FormatSecret(bytes.Repeat([]byte{7}, 32))); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := frontend.ResolveSecret(ctx, kv, servicetest.Discard); err == nil {
+	if _, err := resolve(files[2], other); err == nil || !strings.Contains(err.Error(), "differs from the one in the kv store") {
+		t.Errorf("resolve with two different secrets: %v, want a refusal", err)
+	}
+	// A stored value that is no secret is an error, and is left alone.
+	if err := other.Set(ctx, frontend.SecretKey, "too short"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := resolve(fileOf(), other); err == nil {
 		t.Error("a malformed stored secret was accepted")
 	}
-	if v, _ := kv.Get(ctx, frontend.SecretKey); v != "too short" {
+	if v, _ := other.Get(ctx, frontend.SecretKey); v != "too short" {
 		t.Errorf("the malformed stored secret was replaced by %q", v)
 	}
 	// No kv store: it waits until its context ends.
 	ctx2, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
-	if _, err := frontend.ResolveSecret(ctx2, client.NewKV(hc, "127.0.0.1:1"), servicetest.Discard); err == nil {
+	if _, err := frontend.ResolveSecret(ctx2, fileOf(), client.NewKV(servicetest.NewHTTPClient(t), "127.0.0.1:1"), m, servicetest.Discard); err == nil {
 		t.Error("resolve without a kv store succeeded")
 	}
 }

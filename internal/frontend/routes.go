@@ -14,7 +14,8 @@ func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("GET /isReady", httpapi.HandlerFunc(s.handleIsReady))
 	mux.Handle("GET /getImage", httpapi.HandlerFunc(s.handleGetImage))
 	mux.Handle("GET /status", httpapi.HandlerFunc(s.handleStatus))
-	mux.Handle("GET /healthz", httpapi.Healthz())
+	mux.Handle("GET /healthz", httpapi.Healthz(s.ready))
+	mux.Handle("GET /livez", httpapi.Livez())
 	// The JSON API (api.go): every answer JSON, every refusal {"error":"..."}, unknown paths included.
 	mux.Handle("POST /api/tasks", httpapi.JSONHandlerFunc(s.handleCreateTask))
 	mux.Handle("GET /api/tasks/{id}", httpapi.JSONHandlerFunc(s.handleTask))

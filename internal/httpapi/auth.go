@@ -19,7 +19,7 @@ var constantTimeCompare = subtle.ConstantTimeCompare
 
 // RequireToken lets through only requests that carry "Authorization: Bearer <token>" (the scheme is
 // case-insensitive), and answers every other one 401 with UnauthorizedText and "WWW-Authenticate: Bearer".
-// GET (and HEAD) /healthz stays open for liveness probes: it reveals nothing. The tokens are compared in
+// GET (and HEAD) /healthz and /livez stay open for probes: they reveal nothing. The tokens are compared in
 // constant time, as SHA-256 digests so that not even the length of the expected token leaks. An empty
 // token turns the check off and returns next itself.
 func RequireToken(token string, next http.Handler) http.Handler {
@@ -28,7 +28,7 @@ func RequireToken(token string, next http.Handler) http.Handler {
 	}
 	want := sha256.Sum256([]byte(token))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		if (r.URL.Path == "/healthz" || r.URL.Path == "/livez") && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 			next.ServeHTTP(w, r)
 			return
 		}

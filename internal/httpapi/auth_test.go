@@ -18,7 +18,8 @@ const testToken = "s3cret-Token_0123456789"
 func guarded(t *testing.T) string {
 	t.Helper()
 	mux := httpapi.NewMux()
-	mux.Handle("GET /healthz", httpapi.Healthz())
+	mux.Handle("GET /healthz", httpapi.Healthz(nil))
+	mux.Handle("GET /livez", httpapi.Livez())
 	mux.HandleFunc("POST /secret", func(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteText(w, http.StatusOK, "the secret")
 	})
@@ -50,6 +51,7 @@ func TestRequireToken(t *testing.T) {
 		{"healthz without token", "GET", "/healthz", "", 200, "ok"},
 		{"healthz with a wrong token", "GET", "/healthz", "Bearer wrong", 200, "ok"},
 		{"POST healthz is not open", "POST", "/healthz", "", 401, httpapi.UnauthorizedText},
+		{"livez without token", "GET", "/livez", "", 200, "ok"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/imgmill/imgmill/internal/fault"
 )
 
 // Error is a failure with an HTTP status. Servers reply with it as "Error: <Msg>"; clients return it for a
@@ -25,16 +27,52 @@ type Error struct {
 
 func (e *Error) Error() string { return fmt.Sprintf("%d %s", e.Status, e.Msg) }
 
+// Transient reports whether the answer says to come back later rather than that the request is wrong:
+// a peer or an engine behind it is unavailable (502, 503, 504) or out of space (507). fault.IsTransient
+// asks it.
+func (e *Error) Transient() bool {
+	switch e.Status {
+	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout, http.StatusInsufficientStorage:
+		return true
+	}
+	return false
+}
+
+// Retry-After of the replies to transient failures (fault.Error) that name no wait of their own: an
+// engine or peer that is away usually returns within seconds; a full disk needs an operator or the
+// retention sweeper, so its clients are told to wait longer.
+const (
+	UnavailableRetryAfter = 2 * time.Second
+	NoSpaceRetryAfter     = 10 * time.Second
+)
+
+// asError returns the *Error err answers with: its own when it is (or wraps) one; for a transient
+// failure (fault.Error) 503 or 507 with Retry-After and the failure's message without its cause; nil
+// otherwise (an internal error: 500).
+func asError(err error) *Error {
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	var f *fault.Error
+	if errors.As(err, &f) {
+		if f.Kind == fault.ErrNoSpace {
+			return &Error{Status: http.StatusInsufficientStorage, Msg: f.Message() + ", retry later", RetryAfter: NoSpaceRetryAfter}
+		}
+		return &Error{Status: http.StatusServiceUnavailable, Msg: f.Message() + ", retry later", RetryAfter: UnavailableRetryAfter}
+	}
+	return nil
+}
+
 // Errorf builds an *Error.
 func Errorf(status int, format string, args ...any) error {
 	return &Error{Status: status, Msg: fmt.Sprintf(format, args...)}
 }
 
-// StatusOf returns the HTTP status an error answers with: its own when it is (or wraps) an *Error, 500
-// otherwise.
+// StatusOf returns the HTTP status an error answers with: its own when it is (or wraps) an *Error, 503 or
+// 507 for a transient failure (fault.Error), 500 otherwise.
 func StatusOf(err error) int {
-	var e *Error
-	if errors.As(err, &e) {
+	if e := asError(err); e != nil {
 		return e.Status
 	}
 	return http.StatusInternalServerError
@@ -46,11 +84,10 @@ func ErrorText(err error) string {
 	return "Error: " + ErrorMessage(err)
 }
 
-// ErrorMessage is the message a reply carries for err, without the "Error: " prefix: an *Error's own, or
-// "internal error".
+// ErrorMessage is the message a reply carries for err, without the "Error: " prefix: an *Error's own, a
+// transient failure's (what is unavailable, without the cause), or "internal error".
 func ErrorMessage(err error) string {
-	var e *Error
-	if errors.As(err, &e) {
+	if e := asError(err); e != nil {
 		return e.Msg
 	}
 	return "internal error"
@@ -102,8 +139,9 @@ func writeError(w http.ResponseWriter, r *http.Request, err error, reply func(ht
 	switch {
 	case status == StatusClientClosedRequest:
 		logger.DebugContext(r.Context(), "request abandoned by the caller", "err", err)
-	case status == http.StatusServiceUnavailable:
-		// Refusing work under load is the service doing its job, not a fault.
+	case status == http.StatusServiceUnavailable || status == http.StatusInsufficientStorage:
+		// Refusing work under load, or while a dependency is away or full, is the service doing its
+		// job, not a fault of its own.
 		logger.WarnContext(r.Context(), "request refused", "err", err)
 	case status >= 500:
 		logger.ErrorContext(r.Context(), "request failed", "err", err)
@@ -114,8 +152,7 @@ func writeError(w http.ResponseWriter, r *http.Request, err error, reply func(ht
 		// The reply was already under way (a stream broke mid-body); all we can do is log.
 		return
 	}
-	var e *Error
-	if errors.As(err, &e) && e.RetryAfter > 0 {
+	if e := asError(err); e != nil && e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(RetryAfterSeconds(e.RetryAfter)))
 	}
 	reply(w, status, err)

@@ -13,11 +13,13 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
+	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/servicetest"
 )
@@ -60,6 +62,11 @@ func TestErrorHelpers(t *testing.T) {
 		{"wrapped Error", fmt.Errorf("context: %w", httpapi.Errorf(http.StatusConflict, "busy")), 409, "Error: busy"},
 		{"joined Error", errors.Join(errors.New("x"), httpapi.Errorf(http.StatusTeapot, "tea")), 418, "Error: tea"},
 		{"plain error", errors.New("disk on fire at /secret/path"), 500, "Error: internal error"},
+		// Transient failures say what is away, never the cause (an address, a path).
+		{"unavailable", fmt.Errorf("get task 3: %w", fault.Unavailable("the task database", errors.New("dial tcp 10.0.0.1:5432: refused"))),
+			503, "Error: the task database is temporarily unavailable, retry later"},
+		{"no space", fmt.Errorf("store: %w", fault.NoSpace("image storage", errors.New("write /data/images/x: no space left"))),
+			507, "Error: image storage is out of space, retry later"},
 		{"wrapped plain error", fmt.Errorf("store: %w", io.ErrUnexpectedEOF), 500, "Error: internal error"},
 	}
 	for _, tt := range tests {
@@ -347,7 +354,7 @@ func TestClientPropagatesRequestID(t *testing.T) {
 func TestClientCloseIdleConnections(t *testing.T) {
 	closed := make(chan struct{}, 16)
 	srv := httptest.NewUnstartedServer(nil)
-	srv.Config = httpapi.NewHTTPServer(httpapi.Healthz(), servicetest.Discard)
+	srv.Config = httpapi.NewHTTPServer(httpapi.Livez(), servicetest.Discard)
 	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
 		if s == http.StateClosed {
 			closed <- struct{}{}
@@ -385,7 +392,7 @@ func TestMuxFallback(t *testing.T) {
 		httpapi.WriteText(w, http.StatusOK, "success")
 		return nil
 	}))
-	mux.Handle("GET /healthz", httpapi.Healthz())
+	mux.Handle("GET /healthz", httpapi.Livez())
 	srv, c := newServer(t, mux, servicetest.Discard)
 
 	servicetest.CheckPlumbing(t, c, srv.URL, []servicetest.Route{
@@ -595,7 +602,7 @@ func TestServeListenerFailure(t *testing.T) {
 	}
 	ln.Close()
 	done := make(chan error, 1)
-	go func() { done <- httpapi.Serve(context.Background(), ln, httpapi.Healthz(), servicetest.Discard) }()
+	go func() { done <- httpapi.Serve(context.Background(), ln, httpapi.Livez(), servicetest.Discard) }()
 	select {
 	case err := <-done:
 		if err == nil || !strings.HasPrefix(err.Error(), "serve ") {
@@ -669,6 +676,114 @@ func TestRetryAfterPassesThrough(t *testing.T) {
 		if got := httpapi.RetryAfterSeconds(d); got != want {
 			t.Errorf("RetryAfterSeconds(%s) = %d, want %d", d, got, want)
 		}
+	}
+}
+
+// TestTransientFailuresAnswerRetryAfter: a handler failing with a transient fault answers 503 or 507 with
+// Retry-After, in both reply forms, and logs it as a warning, not an error.
+func TestTransientFailuresAnswerRetryAfter(t *testing.T) {
+	for _, c := range []struct {
+		name        string
+		err         error
+		status      int
+		retryAfter  string
+		text, jsonB string
+	}{
+		{"unavailable", fault.Unavailable("etcd", errors.New("no leader")), 503, "2",
+			"Error: etcd is temporarily unavailable, retry later", `{"error":"etcd is temporarily unavailable, retry later"}`},
+		{"no space", fault.NoSpace("image storage", errors.New("ENOSPC")), 507, "10",
+			"Error: image storage is out of space, retry later", `{"error":"image storage is out of space, retry later"}`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+			fail := func(w http.ResponseWriter, r *http.Request) error { return fmt.Errorf("handler: %w", c.err) }
+			for _, h := range []struct {
+				handler http.Handler
+				body    string
+			}{{httpapi.HandlerFunc(fail), c.text}, {httpapi.JSONHandlerFunc(fail), c.jsonB}} {
+				rec := httptest.NewRecorder()
+				httpapi.Wrap(h.handler, logger).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/x", nil))
+				if rec.Code != c.status || rec.Header().Get("Retry-After") != c.retryAfter || rec.Body.String() != h.body {
+					t.Errorf("%d Retry-After %q %q, want %d Retry-After %q %q", rec.Code, rec.Header().Get("Retry-After"),
+						rec.Body.String(), c.status, c.retryAfter, h.body)
+				}
+			}
+			if strings.Contains(logs.String(), "level=ERROR") || !strings.Contains(logs.String(), "level=WARN") {
+				t.Errorf("want a warning, not an error:\n%s", logs.String())
+			}
+		})
+	}
+	for status, want := range map[int]bool{502: true, 503: true, 504: true, 507: true, 500: false, 400: false, 409: false, 429: false} {
+		if got := (&httpapi.Error{Status: status}).Transient(); got != want {
+			t.Errorf("Error{%d}.Transient() = %v, want %v", status, got, want)
+		}
+		if got := fault.IsTransient(fmt.Errorf("call: %w", &httpapi.Error{Status: status})); got != want {
+			t.Errorf("fault.IsTransient(a peer's %d) = %v, want %v", status, got, want)
+		}
+	}
+}
+
+// TestHealthz: the readiness probe answers from its check, 503 with Retry-After while it fails (what is
+// not ready, without the cause), and asks the check at most once a second however often it is probed;
+// the liveness probe always answers ok.
+func TestHealthz(t *testing.T) {
+	var calls atomic.Int64
+	var down atomic.Bool
+	check := func(ctx context.Context) error {
+		calls.Add(1)
+		if down.Load() {
+			return fault.Unavailable("the task database", errors.New("dial tcp 10.0.0.1:5432: connection refused"))
+		}
+		return nil
+	}
+	mux := httpapi.NewMux()
+	mux.Handle("GET /healthz", httpapi.Healthz(check))
+	mux.Handle("GET /livez", httpapi.Livez())
+	srv, hc := newServer(t, mux, slog.New(slog.DiscardHandler))
+	probe := func(path string) servicetest.Reply {
+		t.Helper()
+		return servicetest.Call(t, hc, http.MethodGet, srv.URL+path, nil)
+	}
+	if r := probe("/healthz"); r.Status != 200 || r.Body != "ok" {
+		t.Fatalf("healthy: %d %q", r.Status, r.Body)
+	}
+	for range 20 {
+		probe("/healthz")
+	}
+	if n := calls.Load(); n > 2 {
+		t.Errorf("21 probes within a second asked the check %d times, want at most 2 (cached)", n)
+	}
+	down.Store(true)
+	var r servicetest.Reply
+	waitUntil(t, 5*time.Second, func() bool { r = probe("/healthz"); return r.Status != 200 })
+	if r.Status != 503 || r.Body != "Error: the task database is temporarily unavailable, retry later" || r.Header.Get("Retry-After") == "" {
+		t.Errorf("unhealthy: %d %q Retry-After %q", r.Status, r.Body, r.Header.Get("Retry-After"))
+	}
+	if r := probe("/livez"); r.Status != 200 || r.Body != "ok" {
+		t.Errorf("/livez while not ready: %d %q, want 200 ok", r.Status, r.Body)
+	}
+	down.Store(false)
+	waitUntil(t, 5*time.Second, func() bool { return probe("/healthz").Status == 200 })
+
+	// A check that fails with an error of no known kind still answers 503, saying only "not ready".
+	mux2 := httpapi.NewMux()
+	mux2.Handle("GET /healthz", httpapi.Healthz(func(context.Context) error { return errors.New("secret detail") }))
+	srv2, _ := newServer(t, mux2, slog.New(slog.DiscardHandler))
+	if r := servicetest.Call(t, hc, http.MethodGet, srv2.URL+"/healthz", nil); r.Status != 503 || r.Body != "Error: not ready" {
+		t.Errorf("unknown failure: %d %q, want 503 \"Error: not ready\"", r.Status, r.Body)
+	}
+}
+
+// waitUntil polls cond every 20ms until it holds, failing the test after timeout.
+func waitUntil(t *testing.T, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s", timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

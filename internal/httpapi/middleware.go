@@ -118,9 +118,12 @@ func wrap(h http.Handler, logger *slog.Logger, observer RequestObserver) http.Ha
 			elapsed := time.Since(start)
 			level := slog.LevelInfo
 			switch {
-			case r.URL.Path == "/healthz" || r.URL.Path == "/metrics":
+			case r.URL.Path == "/healthz" || r.URL.Path == "/livez" || r.URL.Path == "/metrics":
 				// Probes and scrapes come every few seconds and say nothing about the work.
 				level = slog.LevelDebug
+			case status == http.StatusServiceUnavailable || status == http.StatusInsufficientStorage:
+				// Refused while something it depends on is away or full: the service is working.
+				level = slog.LevelWarn
 			case status >= 500:
 				level = slog.LevelError
 			}

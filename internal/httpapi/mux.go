@@ -1,9 +1,12 @@
 package httpapi
 
 import (
+	"context"
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
+	"time"
 )
 
 // NewMux returns a ServeMux whose unmatched requests are answered in the "Error: ..." form: 405 with an
@@ -43,7 +46,43 @@ func Unmatched(mux *http.ServeMux, catchAlls ...string) func(w http.ResponseWrit
 	}
 }
 
-// Healthz answers a liveness probe.
-func Healthz() http.Handler {
+// Livez answers GET /livez, the liveness probe: "ok" as long as the process serves requests at all, even
+// while what it depends on is away (restarting it would not bring that back).
+func Livez() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { WriteText(w, http.StatusOK, "ok") })
+}
+
+// healthCacheTTL is how long a readiness check's answer is reused, so that probes (GET /healthz is open
+// to anyone who reaches the service) cannot load the engine behind it.
+const healthCacheTTL = time.Second
+
+// Healthz answers GET /healthz, the readiness probe: "ok" when check passes (a nil check always does),
+// else 503 with what is not ready (without the cause's details) and Retry-After: the service runs, but
+// its engine cannot be reached now, so it should get no traffic until it can.
+func Healthz(check func(ctx context.Context) error) http.Handler {
+	if check == nil {
+		return Livez()
+	}
+	var (
+		mu   sync.Mutex
+		last error
+		at   time.Time
+	)
+	return HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if at.IsZero() || time.Since(at) >= healthCacheTTL {
+			ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+			last, at = check(ctx), time.Now()
+			cancel()
+		}
+		if last != nil {
+			if asError(last) == nil {
+				return &Error{Status: http.StatusServiceUnavailable, Msg: "not ready", RetryAfter: UnavailableRetryAfter}
+			}
+			return last
+		}
+		WriteText(w, http.StatusOK, "ok")
+		return nil
+	})
 }

@@ -47,7 +47,7 @@ func (o *recordingObserver) take() []observation {
 // path, and one fixed route for whatever matched no route.
 func TestObserverSeesRoutePatterns(t *testing.T) {
 	mux := httpapi.NewMux()
-	mux.Handle("GET /healthz", httpapi.Healthz())
+	mux.Handle("GET /healthz", httpapi.Livez())
 	mux.Handle("GET /items/{id}", httpapi.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 		httpapi.WriteText(w, http.StatusOK, r.PathValue("id"))
 		return nil
@@ -60,7 +60,7 @@ func TestObserverSeesRoutePatterns(t *testing.T) {
 	mux.Handle("/api/", httpapi.JSONHandlerFunc(httpapi.Unmatched(mux, "/", "/api/")))
 	// Wrapped the way service.Run wraps it: a token in front, a plain mux around.
 	outer := http.NewServeMux()
-	outer.Handle("GET /outer", httpapi.Healthz())
+	outer.Handle("GET /outer", httpapi.Livez())
 	outer.Handle("/", mux)
 	obs := &recordingObserver{}
 	srv := httptest.NewUnstartedServer(nil)
@@ -113,8 +113,8 @@ func TestMetricsScrapesLoggedAtDebug(t *testing.T) {
 	var mu sync.Mutex
 	logger := slog.New(slog.NewTextHandler(&lockedWriter{mu: &mu, w: &log}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	mux := httpapi.NewMux()
-	mux.Handle("GET /metrics", httpapi.Healthz())
-	mux.Handle("GET /work", httpapi.Healthz())
+	mux.Handle("GET /metrics", httpapi.Livez())
+	mux.Handle("GET /work", httpapi.Livez())
 	srv, hc := newServer(t, mux, logger)
 	servicetest.Call(t, hc, http.MethodGet, srv.URL+"/metrics", nil)
 	servicetest.Call(t, hc, http.MethodGet, srv.URL+"/work", nil)

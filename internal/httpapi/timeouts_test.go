@@ -19,7 +19,7 @@ import (
 )
 
 func TestServerTimeouts(t *testing.T) {
-	srv := httpapi.NewHTTPServer(httpapi.Healthz(), servicetest.Discard)
+	srv := httpapi.NewHTTPServer(httpapi.Livez(), servicetest.Discard)
 	if srv.ReadHeaderTimeout != httpapi.ReadHeaderTimeout || srv.ReadTimeout != httpapi.ReadTimeout ||
 		srv.WriteTimeout != httpapi.WriteTimeout || srv.IdleTimeout != httpapi.IdleTimeout || srv.MaxHeaderBytes != httpapi.MaxHeaderBytes {
 		t.Errorf("defaults: header %v read %v write %v idle %v max header %d", srv.ReadHeaderTimeout, srv.ReadTimeout,
@@ -30,7 +30,7 @@ func TestServerTimeouts(t *testing.T) {
 		httpapi.WriteTimeout != 10*time.Minute || httpapi.IdleTimeout != 2*time.Minute {
 		t.Errorf("default timeouts changed: %v %v %v %v", httpapi.ReadHeaderTimeout, httpapi.ReadTimeout, httpapi.WriteTimeout, httpapi.IdleTimeout)
 	}
-	srv = httpapi.NewHTTPServer(httpapi.Healthz(), servicetest.Discard,
+	srv = httpapi.NewHTTPServer(httpapi.Livez(), servicetest.Discard,
 		httpapi.WithTimeouts(httpapi.ServerTimeouts{ReadHeader: time.Second, Write: 3 * time.Second}))
 	if srv.ReadHeaderTimeout != time.Second || srv.ReadTimeout != httpapi.ReadTimeout ||
 		srv.WriteTimeout != 3*time.Second || srv.IdleTimeout != httpapi.IdleTimeout {

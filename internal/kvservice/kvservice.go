@@ -124,6 +124,9 @@ func (s *server) handleList(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// KVFile is the embedded kv store's file in the data directory.
+const KVFile = "kv.json"
+
 // Config configures Run.
 type Config struct {
 	Addr    string
@@ -147,18 +150,19 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer store.Close()
-	return service.Run(ctx, service.Spec{Addr: cfg.Addr, Handler: NewServer(store), Logger: cfg.Logger,
+	return service.Run(ctx, service.Spec{Addr: cfg.Addr, Handler: NewServer(store), Logger: cfg.Logger, Ready: store.Ping,
 		Token: cfg.Token, Internal: true, Insecure: cfg.Insecure, Metrics: metrics.New("kv"), Pprof: cfg.Pprof})
 }
 
 // OpenStore opens the kv store named by kv: "" for the embedded file store under dataDir, or an
-// etcd:// URL. An unreachable etcd is an error here, at start.
+// etcd:// URL. A malformed URL is an error here, at start; an unreachable etcd is not: the service
+// starts, answers 503 and waits for it.
 func OpenStore(ctx context.Context, kv, dataDir string, logger *slog.Logger) (kvstore.Store, error) {
 	if kv == "" {
 		if err := os.MkdirAll(dataDir, 0o755); err != nil {
 			return nil, fmt.Errorf("kv data dir: %w", err)
 		}
-		store, err := filekv.Open(filepath.Join(dataDir, "kv.json"), filekv.Options{})
+		store, err := filekv.Open(filepath.Join(dataDir, KVFile), filekv.Options{})
 		if err != nil {
 			return nil, fmt.Errorf("open kv store: %w", err)
 		}

@@ -44,6 +44,14 @@ type Store interface {
 	// List returns the live (unexpired) entries whose key starts with prefix ("" for all), sorted by key
 	// in byte order.
 	List(ctx context.Context, prefix string) ([]Entry, error)
+	// Ping reports whether the store's engine answers now: nil, or the transient error (fault) that its
+	// methods would meet. Health checks call it; it is cheap.
+	Ping(ctx context.Context) error
 	// Close releases the store's resources.
 	Close() error
 }
+
+// Errors of the engine behind a store (it cannot be reached, has no quorum, timed out, or is out of
+// space) are transient and wrapped by the fault package (fault.Unavailable, fault.NoSpace), so that
+// callers wait and retry; every other error is permanent. A store whose engine does not answer when it
+// is opened still opens, and its methods return transient errors until the engine answers.

@@ -307,6 +307,24 @@ func TestNewQueueCap(t *testing.T) {
 	servicetest.ExpectError(t, "upload with 3 queued again", s.upload(t, servicetest.PatternPNG(t, 8, 13)), http.StatusServiceUnavailable)
 }
 
+// TestNewQueueCapCountsNoPending: uploads not complete yet (pending tasks: an upload under way, or one
+// that broke off and was never given up) are no work for the workers and do not fill the queue.
+func TestNewQueueCapCountsNoPending(t *testing.T) {
+	s, _ := newCountedStack(t, master.Limits{MaxQueued: 2})
+	for range 5 {
+		if _, err := s.Database.NewTask(t.Context(), client.NewTaskParams{Pending: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitCache()
+	s.uploadOK(t, servicetest.PatternPNG(t, 8, 20))
+	s.uploadOK(t, servicetest.PatternPNG(t, 8, 21))
+	servicetest.ExpectError(t, "upload with 2 queued and 5 pending", s.upload(t, servicetest.PatternPNG(t, 8, 22)), http.StatusServiceUnavailable)
+	if st, err := s.Database.Stats(t.Context()); err != nil || st != (client.Stats{Queued: 2, Pending: 5}) {
+		t.Errorf("database stats = %+v, %v; want 2 queued, 5 pending", st, err)
+	}
+}
+
 // TestNewQueueCountShared: however many uploads arrive at once, the master asks the database for the
 // count once per second.
 func TestNewQueueCountShared(t *testing.T) {

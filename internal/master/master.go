@@ -41,18 +41,29 @@ type server struct {
 
 // handleNew stores an upload and answers its id. The task is created pending, the image streamed to
 // storage, and only then is the task made claimable, so no worker can claim a task whose image does not
-// exist yet; the id is answered only after both are durable.
+// exist yet; the id is answered only after both are durable. An upload that fails on the way (refused,
+// broken off, or storage unavailable) gives its pending task up at once.
 //
 // Before any of that, the upload must pass the limits: its length when it is declared, the queue (both
 // before a byte of the body is read), and then its type, width and height as its header says (the type
 // from the bytes, never from Content-Type). The header is read as the body streams in, the few bytes
 // it takes are kept and stored with the rest.
+//
+// With an Idempotency-Key (additive), a retry of an upload whose answer was lost answers the same id and
+// creates nothing: the task the key names is answered as it is, or, when its upload never completed,
+// completed with this request's image.
 func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 	// The operation chain is refused before any of the image is read: an unknown operation or a bad
 	// parameter is the client's mistake, never a worker's surprise.
 	chain, err := imageop.ParseChain(r.URL.Query().Get("op"))
 	if err != nil {
 		return httpapi.Errorf(http.StatusBadRequest, "op: %v", err)
+	}
+	key := r.Header.Get(client.IdempotencyKeyHeader)
+	if key != "" {
+		if err := client.CheckIdempotencyKey(key); err != nil {
+			return httpapi.Errorf(http.StatusBadRequest, "%v", err)
+		}
 	}
 	maxUpload := s.limits.MaxUpload
 	if maxUpload > 0 && r.ContentLength > maxUpload {
@@ -84,14 +95,33 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 		return httpapi.Errorf(http.StatusRequestEntityTooLarge, "op: %v", err)
 	}
 	ctx := r.Context()
-	id, err := s.db.NewTask(ctx, client.NewTaskParams{Pending: true, Op: chain.String()})
+	created, err := s.db.CreateTask(ctx, client.NewTaskParams{Pending: true, Op: chain.String(), IdempotencyKey: key})
 	if err != nil {
 		return fmt.Errorf("create task: %w", err)
 	}
+	id := created.ID
+	if created.Replayed {
+		w.Header().Set(client.ReplayedHeader, "true")
+		if !created.Pending {
+			// The first request stored the image and was answered (or its answer was lost): done.
+			httpapi.WriteText(w, http.StatusOK, strconv.FormatInt(id, 10))
+			return nil
+		}
+	}
 	if err := s.storage.SendImage(ctx, id, client.Working, io.MultiReader(bytes.NewReader(head), body), r.ContentLength); err != nil {
-		return uploadError(err)
+		err = uploadError(err)
+		s.abandon(ctx, id, err)
+		return err
 	}
 	if err := s.db.ActivateTask(ctx, id); err != nil {
+		if client.IsStatus(err, http.StatusConflict) {
+			// Given up meanwhile: another request with the same key failed and abandoned it. A retry
+			// with the key makes a new task.
+			return &httpapi.Error{Status: http.StatusServiceUnavailable, RetryAfter: httpapi.UnavailableRetryAfter,
+				Msg: "the upload was given up meanwhile, retry it"}
+		}
+		// The image is stored; a retry with the same key activates the task. Without a key the pending
+		// task expires by itself (--pending-timeout) and counts as nothing meanwhile.
 		return fmt.Errorf("activate task %d: %w", id, err)
 	}
 	s.queue.add(1)
@@ -99,11 +129,29 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// uploadError reports a failed upload: too large is the client's fault, the rest is ours.
+// abandonTimeout bounds giving up the pending task of a failed upload.
+const abandonTimeout = 5 * time.Second
+
+// abandon gives up the pending task of an upload that failed with err, so that it does not wait for the
+// pending timeout. When the database cannot be reached either, the task expires by itself later.
+func (s *server) abandon(ctx context.Context, id int64, err error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abandonTimeout)
+	defer cancel()
+	reason := taskstore.AbandonedError + ": " + httpapi.ErrorMessage(err)
+	if aerr := s.db.AbandonTask(ctx, id, reason); aerr != nil {
+		httpapi.LoggerFrom(ctx).WarnContext(ctx, "cannot give up the pending task of a failed upload; it expires by itself", "task", id, "err", aerr)
+	}
+}
+
+// uploadError reports a failed upload: too large or broken off is the client's doing (413, 400), storage
+// refusing it is passed on (503 or 507 with Retry-After when it is away or full), the rest is ours.
 func uploadError(err error) error {
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
 		return httpapi.Errorf(http.StatusRequestEntityTooLarge, "image larger than %d bytes", tooBig.Limit)
+	}
+	if client.IsBodyError(err) {
+		return fmt.Errorf("%w: %w", httpapi.Errorf(http.StatusBadRequest, "the upload broke off before its end"), err)
 	}
 	return fmt.Errorf("store image: %w", err)
 }
@@ -235,7 +283,17 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) error {
 	}
 	return httpapi.WriteJSON(w, http.StatusOK, client.Status{ID: t.ID, State: taskstore.State(t.State).Word(),
 		Op: cmp.Or(t.Op, imageop.Chain{}.String()), Attempts: t.Attempts, MaxAttempts: t.MaxAttempts, Error: t.Error,
-		CreatedAt: t.CreatedAt, StartedAt: t.StartedAt, FinishedAt: t.FinishedAt})
+		CreatedAt: t.CreatedAt, StartedAt: t.StartedAt, FinishedAt: t.FinishedAt, RetryAt: t.RetryAt})
+}
+
+// handleStats passes the database's count of tasks by state through (additive): the frontend asks it
+// whether any task exists before it would make a new public id secret.
+func (s *server) handleStats(w http.ResponseWriter, r *http.Request) error {
+	stats, err := s.db.Stats(r.Context())
+	if err != nil {
+		return err
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, stats)
 }
 
 // forward passes a worker-side call through to the database unchanged (finishing is /finishTask there).

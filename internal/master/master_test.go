@@ -21,6 +21,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -264,18 +265,163 @@ func deadAddr() string {
 	return servicetest.Addr(down.URL)
 }
 
+// TestNewStorageDown: storage unreachable is a transient failure: 503 with Retry-After, after the
+// master's client tried for a while; the pending task is given up at once, not left to expire.
 func TestNewStorageDown(t *testing.T) {
 	s := newStack(t, servicetest.Options{MasterStorageAddr: deadAddr()})
 
 	r := s.upload(t, servicetest.PatternPNG(t, 16, 4))
-	if r.Status < 500 || !strings.HasPrefix(r.Body, "Error:") {
-		t.Errorf("POST /new with storage down: %d %q, want 5xx \"Error: ...\"", r.Status, r.Body)
+	if r.Status != http.StatusServiceUnavailable || r.Body != "Error: storage unavailable" || r.Header.Get("Retry-After") == "" {
+		t.Errorf("POST /new with storage down: %d %q Retry-After %q, want 503 \"Error: storage unavailable\" with Retry-After",
+			r.Status, r.Body, r.Header.Get("Retry-After"))
 	}
 	s.ExpectNoClaimable(t)
-	// The answer is not a plausible id either.
-	if _, err := strconv.ParseInt(r.Body, 10, 64); err == nil {
-		t.Errorf("failed upload answered an id %q", r.Body)
+	s.expectAbandoned(t, 0)
+}
+
+// expectAbandoned checks that task id, the pending task of a failed upload, was failed at once.
+func (s stack) expectAbandoned(t *testing.T, id int64) {
+	t.Helper()
+	task := s.task(t, id)
+	if task.State != client.StateFailed || !strings.HasPrefix(task.Error, "upload never completed") {
+		t.Errorf("task %d of the failed upload = %+v, want failed at once, \"upload never completed: ...\"", id, task)
 	}
+	stats, err := s.Database.Stats(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stats.Pending != 0 {
+		t.Errorf("%d pending tasks left behind", stats.Pending)
+	}
+}
+
+// TestNewStorageFull: storage out of space answers 507 with Retry-After; the master passes both on and
+// gives the pending task up. Once storage has room again, the retry with the same Idempotency-Key is
+// accepted.
+func TestNewStorageFull(t *testing.T) {
+	var full atomic.Bool
+	full.Store(true)
+	hook := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/sendImage" && full.Load() {
+				w.Header().Set("Retry-After", "10")
+				httpapi.WriteText(w, http.StatusInsufficientStorage, "Error: image storage is out of space, retry later")
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+	s := newStack(t, servicetest.Options{WrapStorage: hook})
+	img := servicetest.PatternPNG(t, 16, 7)
+	r := s.uploadKey(t, img, "photo-1")
+	if r.Status != http.StatusInsufficientStorage || r.Header.Get("Retry-After") != "10" ||
+		r.Body != "Error: image storage is out of space, retry later" {
+		t.Errorf("POST /new with storage full: %d %q Retry-After %q, want 507 with storage's message and Retry-After 10",
+			r.Status, r.Body, r.Header.Get("Retry-After"))
+	}
+	s.expectAbandoned(t, 0)
+	full.Store(false)
+	r = s.uploadKey(t, img, "photo-1")
+	if r.Status != http.StatusOK || r.Body != "1" {
+		t.Fatalf("retry once storage has room: %d %q, want 200 \"1\" (the given-up task is never answered)", r.Status, r.Body)
+	}
+	if got, ok := s.StoredImage(t, 1, client.Working); !ok || !bytes.Equal(got, img) {
+		t.Errorf("stored upload of task 1 differs from the image sent")
+	}
+}
+
+// uploadKey POSTs body to the master's /new with an Idempotency-Key.
+func (s stack) uploadKey(t *testing.T, body []byte, key string) servicetest.Reply {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, s.MasterURL+"/new", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Idempotency-Key", key)
+	return servicetest.MustDo(t, s.HTTP, req)
+}
+
+// TestNewIdempotencyKey: a retried upload with the same key answers the same id and stores nothing new;
+// a retry of one whose activation failed finishes it under its first id.
+func TestNewIdempotencyKey(t *testing.T) {
+	var stores atomic.Int64
+	var failActivate atomic.Bool
+	s := newStack(t, servicetest.Options{
+		WrapStorage: func(next http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/sendImage" {
+					stores.Add(1)
+				}
+				next.ServeHTTP(w, r)
+			})
+		},
+		WrapDatabase: func(next http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/activateTask" && failActivate.Load() {
+					httpapi.WriteText(w, http.StatusInternalServerError, "Error: internal error")
+					return
+				}
+				next.ServeHTTP(w, r)
+			})
+		},
+	})
+	img := servicetest.PatternPNG(t, 16, 8)
+	first := s.uploadKey(t, img, "k-1")
+	again := s.uploadKey(t, img, "k-1")
+	if first.Status != 200 || first.Body != "0" || again.Status != 200 || again.Body != "0" || again.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("upload then retry: %d %q, %d %q replayed %q; want task 0 twice, the second a replay",
+			first.Status, first.Body, again.Status, again.Body, again.Header.Get("Idempotent-Replayed"))
+	}
+	if n := stores.Load(); n != 1 {
+		t.Errorf("image stored %d times, want once", n)
+	}
+	if ids := s.listIDs(t); len(ids) != 1 {
+		t.Errorf("tasks %v, want one", ids)
+	}
+
+	// The image is stored but the activation fails: the client hears an error; its retry activates the
+	// same task, which a worker then claims.
+	failActivate.Store(true)
+	if r := s.uploadKey(t, img, "k-2"); r.Status != http.StatusInternalServerError {
+		t.Fatalf("upload with activation failing: %d %q, want 500", r.Status, r.Body)
+	}
+	failActivate.Store(false)
+	s.claim(t, 0)
+	s.ExpectNoClaimable(t) // task 1 is still pending
+	if r := s.uploadKey(t, img, "k-2"); r.Status != 200 || r.Body != "1" || r.Header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("retry after the failed activation: %d %q replayed %q, want task 1, replayed", r.Status, r.Body, r.Header.Get("Idempotent-Replayed"))
+	}
+	s.claim(t, 1)
+	if r := s.uploadKey(t, img, strings.Repeat("x", 300)); r.Status != 400 || !strings.HasPrefix(r.Body, "Error: Idempotency-Key must be") {
+		t.Errorf("overlong key: %d %q, want 400", r.Status, r.Body)
+	}
+}
+
+// TestNewClientGoneAbandonsTask: an upload whose client goes away mid-body gives its pending task up at
+// once instead of leaving it to the pending timeout.
+func TestNewClientGoneAbandonsTask(t *testing.T) {
+	s := newStack(t, servicetest.Options{})
+	img := servicetest.PatternPNG(t, 64, 9)
+	if len(img) < 4096 {
+		t.Fatalf("the test image is %d bytes, want one well past the header the master reads first", len(img))
+	}
+	// The body breaks off well after the header: the transport aborts the request.
+	body := io.MultiReader(bytes.NewReader(img[:len(img)/2]), iotest.ErrReader(errors.New("client went away")))
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, s.MasterURL+"/new", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.ContentLength = -1
+	if _, err := s.HTTP.Do(req); err == nil {
+		t.Fatal("the broken upload succeeded")
+	}
+	if !servicetest.PollFor(10*time.Second, func() bool {
+		task, err := s.Database.GetByID(t.Context(), 0)
+		return err == nil && task.State == client.StateFailed
+	}) {
+		t.Fatalf("the pending task of the broken upload was not given up: %+v", s.task(t, 0))
+	}
+	s.expectAbandoned(t, 0)
 }
 
 func TestNewStorageRefuses(t *testing.T) {
@@ -299,13 +445,29 @@ func TestNewStorageRefuses(t *testing.T) {
 
 func TestNewDatabaseDown(t *testing.T) {
 	s := newStack(t, servicetest.Options{MasterDatabaseAddr: deadAddr()})
-	r := s.upload(t, servicetest.PatternPNG(t, 16, 6))
-	if r.Status < 500 || !strings.HasPrefix(r.Body, "Error:") {
-		t.Errorf("POST /new with the database down: %d %q, want 5xx \"Error: ...\"", r.Status, r.Body)
+	for _, c := range []struct {
+		what, method, path string
+		body               []byte
+	}{
+		{"POST /new", http.MethodPost, "/new", servicetest.PatternPNG(t, 16, 6)},
+		{"GET /isReady", http.MethodGet, "/isReady?id=0", nil},
+		{"GET /stats", http.MethodGet, "/stats", nil},
+	} {
+		r := s.call(t, c.method, s.MasterURL+c.path, bytes.NewReader(c.body))
+		if r.Status != http.StatusServiceUnavailable || r.Body != "Error: database unavailable" || r.Header.Get("Retry-After") == "" {
+			t.Errorf("%s with the database down: %d %q Retry-After %q, want 503 \"Error: database unavailable\" with Retry-After",
+				c.what, r.Status, r.Body, r.Header.Get("Retry-After"))
+		}
 	}
-	r = s.call(t, http.MethodGet, s.MasterURL+"/isReady?id=0", nil)
-	if r.Status < 500 || !strings.HasPrefix(r.Body, "Error:") {
-		t.Errorf("GET /isReady with the database down: %d %q, want 5xx \"Error: ...\"", r.Status, r.Body)
+}
+
+func TestStatsPassesThrough(t *testing.T) {
+	s := newStack(t, servicetest.Options{})
+	s.uploadOK(t, servicetest.PatternPNG(t, 8, 30))
+	direct := s.call(t, http.MethodGet, s.DatabaseURL+"/stats", nil)
+	if r := s.call(t, http.MethodGet, s.MasterURL+"/stats", nil); r.Status != 200 || r.Body != direct.Body ||
+		r.Body != `{"queued":1,"pending":0,"processing":0,"finished":0,"failed":0}` {
+		t.Errorf("GET /stats = %d %q, want the database's %q", r.Status, r.Body, direct.Body)
 	}
 }
 
@@ -830,7 +992,7 @@ func (s stack) expectStatus(t *testing.T, id int64, word string) {
 		op = string(o)
 	}
 	want := fmt.Sprintf(`{"id":%d,"state":%q,"op":%s,"attempts":%s,"maxAttempts":%s`, id, word, op, attempts, rec["maxAttempts"])
-	for _, k := range []string{"error", "createdAt", "startedAt", "finishedAt"} {
+	for _, k := range []string{"error", "createdAt", "startedAt", "finishedAt", "retryAt"} {
 		if v, ok := rec[k]; ok {
 			want += fmt.Sprintf(",%q:%s", k, v)
 		}

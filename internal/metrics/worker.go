@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/imgmill/imgmill/internal/fault"
 )
 
 // Worker states and task results, as label values.
@@ -12,6 +14,7 @@ const (
 	StateIdle       = "idle"
 	ResultProcessed = "processed"
 	ResultFailed    = "failed"
+	ResultTransient = "transient"
 )
 
 // Worker is a worker process's metrics: how many of its loops are busy with a task or idle (waiting
@@ -32,7 +35,7 @@ func NewWorker(r *Registry) *Worker {
 		}, []string{"state"}),
 		tasks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Subsystem: "worker", Name: "tasks_total",
-			Help: "Tasks a worker worked on, by result: processed (result stored) or failed (bad input, a peer's error, or cut short by a lost lease or shutdown).",
+			Help: "Tasks a worker worked on, by result: processed (result stored), transient (storage or another peer away or full for longer than the worker waits: handed back for later), or failed (bad input, a peer's error, or cut short by a lost lease or shutdown).",
 		}, []string{"result"}),
 		processing: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Subsystem: "worker", Name: "processing_seconds",
@@ -44,7 +47,7 @@ func NewWorker(r *Registry) *Worker {
 	for _, s := range []string{StateBusy, StateIdle} {
 		w.loops.WithLabelValues(s)
 	}
-	for _, res := range []string{ResultProcessed, ResultFailed} {
+	for _, res := range []string{ResultProcessed, ResultTransient, ResultFailed} {
 		w.tasks.WithLabelValues(res)
 		w.processing.WithLabelValues(res)
 	}
@@ -77,13 +80,17 @@ func (w *Worker) Busy() (done func()) {
 	}
 }
 
-// Processed records one task's processing: how long it took, and whether it failed (err != nil).
+// Processed records one task's processing: how long it took, and whether it failed (err != nil), for
+// a transient reason or not.
 func (w *Worker) Processed(elapsed time.Duration, err error) {
 	if w == nil {
 		return
 	}
 	result := ResultProcessed
-	if err != nil {
+	switch {
+	case fault.IsTransient(err):
+		result = ResultTransient
+	case err != nil:
 		result = ResultFailed
 	}
 	w.tasks.WithLabelValues(result).Inc()

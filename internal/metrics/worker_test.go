@@ -3,11 +3,14 @@ package metrics_test
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"net/http"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/metrics"
 	"github.com/imgmill/imgmill/internal/metrics/metricstest"
@@ -88,5 +91,22 @@ func TestWorkerBusyWhileProcessing(t *testing.T) {
 	}
 	if got := f.Value("imgmill_worker_tasks_total", "result", "failed"); got != 0 {
 		t.Errorf("failed = %v, want 0", got)
+	}
+}
+
+// TestWorkerResults: a task's outcome is counted as processed, transient (something it needed was away,
+// the task was handed back) or failed.
+func TestWorkerResults(t *testing.T) {
+	reg := metrics.New("worker")
+	w := metrics.NewWorker(reg)
+	w.Processed(time.Millisecond, nil)
+	w.Processed(time.Millisecond, fmt.Errorf("fetch working image: %w", fault.Unavailable("image storage", errors.New("refused"))))
+	w.Processed(time.Millisecond, fmt.Errorf("store finished image: %w", fault.NoSpace("image storage", errors.New("full"))))
+	w.Processed(time.Millisecond, errors.New("cannot decode image"))
+	f := metricstest.Gather(t, reg.Gatherer())
+	for result, want := range map[string]float64{"processed": 1, "transient": 2, "failed": 1} {
+		if got := f.Value("imgmill_worker_tasks_total", "result", result); got != want {
+			t.Errorf("tasks_total{result=%q} = %v, want %v", result, got, want)
+		}
 	}
 }

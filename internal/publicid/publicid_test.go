@@ -200,3 +200,36 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+// TestDigest: a digest is stable for one secret, differs with the secret, the purpose and the parts
+// (including where one part ends and the next begins), and does not show the parts.
+func TestDigest(t *testing.T) {
+	a, err := publicid.New(bytes.Repeat([]byte{1}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := publicid.New(bytes.Repeat([]byte{2}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := a.Digest("idempotency key", "192.0.2.1", "photo-1")
+	if again := a.Digest("idempotency key", "192.0.2.1", "photo-1"); again != d {
+		t.Errorf("digest not stable: %s then %s", d, again)
+	}
+	seen := map[string]string{d: "first"}
+	for name, other := range map[string]string{
+		"another secret":  b.Digest("idempotency key", "192.0.2.1", "photo-1"),
+		"another purpose": a.Digest("other", "192.0.2.1", "photo-1"),
+		"another client":  a.Digest("idempotency key", "192.0.2.2", "photo-1"),
+		"moved boundary":  a.Digest("idempotency key", "192.0.2.1p", "hoto-1"),
+		"joined parts":    a.Digest("idempotency key", "192.0.2.1photo-1"),
+	} {
+		if prev, dup := seen[other]; dup {
+			t.Errorf("%s gives the same digest as %s", name, prev)
+		}
+		seen[other] = name
+	}
+	if strings.Contains(d, "192") || strings.Contains(d, "photo") || len(d) != 43 {
+		t.Errorf("digest %q: want 43 characters showing nothing of its parts", d)
+	}
+}

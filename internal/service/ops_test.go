@@ -151,8 +151,10 @@ func TestRunWithoutHandler(t *testing.T) {
 		}
 	})
 	url := "http://" + ks.waitRegistered(t)
-	if r := servicetest.Call(t, hc, http.MethodGet, url+"/healthz", nil); r.Status != 200 || r.Body != "ok" {
-		t.Errorf("GET /healthz = %d %q", r.Status, r.Body)
+	for _, probe := range []string{"/healthz", "/livez"} {
+		if r := servicetest.Call(t, hc, http.MethodGet, url+probe, nil); r.Status != 200 || r.Body != "ok" {
+			t.Errorf("GET %s = %d %q", probe, r.Status, r.Body)
+		}
 	}
 	if r := servicetest.Call(t, hc, http.MethodGet, url+"/", nil); r.Status != http.StatusNotFound {
 		t.Errorf("GET / = %d, want 404", r.Status)

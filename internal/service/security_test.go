@@ -68,7 +68,7 @@ func startSpec(t *testing.T, spec service.Spec) string {
 	spec.RegisterAs, spec.KV, spec.RegistrationTTL = testKey, ks.kv, testTTL
 	if spec.Handler == nil {
 		mux := httpapi.NewMux()
-		mux.Handle("GET /healthz", httpapi.Healthz())
+		mux.Handle("GET /healthz", httpapi.Livez())
 		mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 			httpapi.WriteText(w, http.StatusOK, greeting)
 		})
@@ -113,7 +113,7 @@ func startSpec(t *testing.T, spec service.Spec) string {
 func TestRunRefusesNonLoopbackWithoutToken(t *testing.T) {
 	for _, addr := range []string{"0.0.0.0:0", ":0", "[::]:0"} {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err := service.Run(ctx, service.Spec{Addr: addr, Internal: true, Handler: httpapi.Healthz(), Logger: discard})
+		err := service.Run(ctx, service.Spec{Addr: addr, Internal: true, Handler: httpapi.Livez(), Logger: discard})
 		cancel()
 		if err == nil {
 			t.Fatalf("Run on %s without a token = nil, want a refusal", addr)
@@ -129,7 +129,7 @@ func TestRunRefusesNonLoopbackWithoutToken(t *testing.T) {
 	}
 	// A token that cannot go into a header is refused too.
 	err := service.Run(context.Background(), service.Spec{Addr: "127.0.0.1:0", Internal: true, Token: "two words",
-		Handler: httpapi.Healthz(), Logger: discard})
+		Handler: httpapi.Livez(), Logger: discard})
 	if err == nil || !strings.Contains(err.Error(), "token") {
 		t.Errorf("Run with token %q = %v, want a refusal", "two words", err)
 	}

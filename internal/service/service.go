@@ -14,10 +14,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/imgmill/imgmill/internal/backoff"
-
 	"golang.org/x/sync/errgroup"
 
+	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/metrics"
@@ -37,6 +36,12 @@ type Spec struct {
 	// RegistrationTTL is how long the registration lives in the kv store unless renewed; it is renewed
 	// every third of it. 0 means the RegistrationTTL constant; tests shorten it.
 	RegistrationTTL time.Duration
+
+	// Ready, when set, tells whether the service can do its work now (its engine answers): the
+	// registration in the kv store is made and renewed only while it passes, so that an instance whose
+	// engine is away drops out of discovery, and comes back when the engine does. The service's
+	// GET /healthz should answer from the same check (httpapi.Healthz).
+	Ready func(ctx context.Context) error
 
 	// Background loops run beside the server and stop with it.
 	Background []func(ctx context.Context) error
@@ -110,7 +115,13 @@ func Run(ctx context.Context, spec Spec) error {
 			ttl = RegistrationTTL
 		}
 		g.Go(func() error {
-			register(ctx, spec.KV, spec.RegisterAs, addr, ttl, spec.Logger)
+			register(ctx, registration{kv: spec.KV, key: spec.RegisterAs, addr: addr, ttl: ttl, ready: spec.Ready}, spec.Logger)
+			return nil
+		})
+	}
+	if spec.Ready != nil {
+		g.Go(func() error {
+			watchReady(ctx, spec.Ready, spec.Logger)
 			return nil
 		})
 	}
@@ -120,6 +131,39 @@ func Run(ctx context.Context, spec Spec) error {
 	return g.Wait()
 }
 
+// Readiness watch timing: how often a service that is not ready checks again and says what it waits
+// for, and how often one that is ready checks that it still is.
+const (
+	notReadyEvery = 5 * time.Second
+	readyEvery    = 5 * time.Second
+)
+
+// watchReady logs what a service waits for while it is not ready (its engine does not answer: at start,
+// or after the engine went away), every notReadyEvery, and when it is ready again, until ctx ends.
+func watchReady(ctx context.Context, ready func(context.Context) error, logger *slog.Logger) {
+	wasReady := true // a service that is ready at once says nothing
+	for {
+		checkCtx, cancel := context.WithTimeout(ctx, notReadyEvery)
+		err := ready(checkCtx)
+		cancel()
+		wait := readyEvery
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			logger.WarnContext(ctx, "not ready: waiting for what it depends on; GET /healthz answers 503 meanwhile", "err", err)
+			wasReady = false
+			wait = notReadyEvery
+		case !wasReady:
+			logger.InfoContext(ctx, "ready")
+			wasReady = true
+		}
+		if !backoff.Sleep(ctx, wait) {
+			return
+		}
+	}
+}
+
 // withOps returns spec's handler with the operational endpoints beside its routes: GET /metrics when
 // spec.Metrics is set, and /debug/pprof/ when spec.Pprof is. A nil spec.Handler is a service without an
 // API of its own (a worker's metrics listener): it answers /healthz only.
@@ -127,7 +171,8 @@ func withOps(ctx context.Context, spec Spec) http.Handler {
 	h := spec.Handler
 	if h == nil {
 		mux := httpapi.NewMux()
-		mux.Handle("GET /healthz", httpapi.Healthz())
+		mux.Handle("GET /healthz", httpapi.Healthz(spec.Ready))
+		mux.Handle("GET /livez", httpapi.Livez())
 		h = mux
 	}
 	if spec.Metrics == nil && !spec.Pprof {
@@ -168,43 +213,66 @@ func withOps(ctx context.Context, spec Spec) http.Handler {
 	return mux
 }
 
+// registration is a service's entry in the kv store.
+type registration struct {
+	kv        *client.KV
+	key, addr string
+	ttl       time.Duration
+	ready     func(ctx context.Context) error // nil: always ready
+}
+
 // register stores addr in the kv store under key (the reference registration: the last instance to
 // renew wins) and under its own instance key beside the other instances' (client.InstancePrefix), with
-// a TTL of ttl, and renews both every ttl/3 until ctx ends; then it removes the instance key, so peers
-// stop calling at once, and the rest expires by itself. A failed write (the kv store may start after
-// us, or be restarting) is retried with capped, jittered backoff.
-func register(ctx context.Context, kv *client.KV, key, addr string, ttl time.Duration, logger *slog.Logger) {
-	renew := max(ttl/3, time.Millisecond)
+// a TTL, and renews both every ttl/3 until ctx ends; then it removes the instance key, so peers stop
+// calling at once, and the rest expires by itself. A failed write (the kv store may start after us, or
+// be restarting) is retried with capped, jittered backoff. While the service is not ready (its engine
+// is away) it does not renew, so the entry lapses and clients go to other instances; it registers again
+// as soon as it is ready.
+func register(ctx context.Context, reg registration, logger *slog.Logger) {
+	renew := max(reg.ttl/3, time.Millisecond)
 	retry := backoff.Backoff{Min: min(registerRetryMin, renew), Max: min(registerRetryMax, renew)}
-	instanceKey := client.InstancePrefix(key) + addr
+	instanceKey := client.InstancePrefix(reg.key) + reg.addr
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deregisterTimeout)
 		defer cancel()
-		if err := kv.Remove(ctx, instanceKey); err != nil {
+		if err := reg.kv.Remove(ctx, instanceKey); err != nil {
 			logger.InfoContext(ctx, "deregistration failed; the entry expires by itself", "key", instanceKey, "err", err)
 		}
 	}()
 	registered := false
 	for {
-		err := kv.SetTTL(ctx, instanceKey, addr, ttl)
-		if err == nil {
-			err = kv.SetTTL(ctx, key, addr, ttl)
+		var err error
+		ready := reg.ready == nil
+		if !ready {
+			checkCtx, cancel := context.WithTimeout(ctx, renew)
+			err = reg.ready(checkCtx)
+			cancel()
+			ready = err == nil
+		}
+		if ready {
+			err = reg.kv.SetTTL(ctx, instanceKey, reg.addr, reg.ttl)
+			if err == nil {
+				err = reg.kv.SetTTL(ctx, reg.key, reg.addr, reg.ttl)
+			}
 		}
 		var wait time.Duration
 		switch {
+		case ctx.Err() != nil:
+			return
 		case err == nil:
 			if !registered {
-				logger.InfoContext(ctx, "registered", "key", key, "addr", addr, "ttl", ttl)
+				logger.InfoContext(ctx, "registered", "key", reg.key, "addr", reg.addr, "ttl", reg.ttl)
 			}
 			registered = true
 			retry.Reset()
 			wait = renew
+		case !ready:
+			// watchReady says why; the entry lapses meanwhile.
+			registered = false
+			wait = retry.Next()
 		default:
-			if ctx.Err() != nil {
-				return
-			}
 			// Logged on every failure: the registration is about to lapse, or already has.
-			logger.WarnContext(ctx, "registration failed, retrying", "key", key, "err", err)
+			logger.WarnContext(ctx, "registration failed, retrying", "key", reg.key, "err", err)
 			registered = false
 			wait = retry.Next()
 		}

@@ -132,6 +132,12 @@ func (ks *kvServer) waitRegistered(t *testing.T) string {
 // Run's error; it is also called when the test ends.
 func runService(t *testing.T, ks *kvServer, advertise string) (stop func() error) {
 	t.Helper()
+	return runServiceReady(t, ks, advertise, nil)
+}
+
+// runServiceReady is runService with a readiness check (nil: always ready).
+func runServiceReady(t *testing.T, ks *kvServer, advertise string, ready func(context.Context) error) (stop func() error) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -145,6 +151,7 @@ func runService(t *testing.T, ks *kvServer, advertise string) (stop func() error
 			KV:              ks.kv,
 			Advertise:       advertise,
 			RegistrationTTL: testTTL,
+			Ready:           ready,
 		})
 	}()
 	var once sync.Once
@@ -240,9 +247,95 @@ func TestRegistrationExpiresAfterStop(t *testing.T) {
 	ks.waitFor(t, "", 0)
 }
 
+// A service that is not ready (its engine is away) is not registered, drops out of discovery when it
+// stops being ready, and comes back as soon as it is ready again.
+func TestRegisteredOnlyWhileReady(t *testing.T) {
+	const addr = "10.9.8.7:6546"
+	ks := startKV(t)
+	var ready atomic.Bool
+	runServiceReady(t, ks, addr, func(context.Context) error {
+		if ready.Load() {
+			return nil
+		}
+		return errors.New("engine unreachable")
+	})
+	time.Sleep(3 * testRenew)
+	ks.waitFor(t, "", 0) // never registered while not ready
+	ready.Store(true)
+	ks.waitFor(t, addr, heal)
+	ready.Store(false)
+	took := ks.waitFor(t, "", testTTL+heal)
+	t.Logf("dropped out %v after it stopped being ready (TTL %v)", took, testTTL)
+	ready.Store(true)
+	ks.waitFor(t, addr, heal)
+}
+
 func TestRegistrationTTLConstant(t *testing.T) {
 	// The TTL must fit under the kv service's cap, and its renew period be long enough not to load kv.
 	if service.RegistrationTTL > kvservice.MaxTTL || service.RegistrationTTL/3 < time.Second {
 		t.Fatalf("RegistrationTTL %v: want at most %v and a renew period of at least 1s", service.RegistrationTTL, kvservice.MaxTTL)
+	}
+}
+
+// A service that is not ready says what it waits for, again every few seconds, and says when it is
+// ready; its liveness probe answers all along, its readiness probe only once it is ready.
+func TestNotReadySaysWhatItWaitsFor(t *testing.T) {
+	var logs logBuffer
+	var ready atomic.Bool
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	check := func(context.Context) error {
+		if ready.Load() {
+			return nil
+		}
+		return errors.New("waiting for PostgreSQL at db:5432: connection refused")
+	}
+	ks := startKV(t)
+	go func() {
+		done <- service.Run(ctx, service.Spec{Addr: addr, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+			Ready: check, RegisterAs: testKey, KV: ks.kv, RegistrationTTL: testTTL})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	probe := func(path string) int {
+		t.Helper()
+		resp, err := ks.hc.Get("http://" + addr + path)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	waitLog := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for !strings.Contains(logs.String(), what) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the log never said %q:\n%s", what, logs.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitLog(`msg="not ready: waiting for what it depends on`)
+	waitLog("connection refused")
+	if live, healthy := probe("/livez"), probe("/healthz"); live != http.StatusOK || healthy != http.StatusServiceUnavailable {
+		t.Errorf("while not ready: /livez %d, /healthz %d; want 200 and 503", live, healthy)
+	}
+	ks.waitFor(t, "", 0) // not registered meanwhile
+	ready.Store(true)
+	waitLog("msg=ready")
+	ks.waitFor(t, addr, heal)
+	if healthy := probe("/healthz"); healthy != http.StatusOK {
+		t.Errorf("once ready: /healthz %d, want 200", healthy)
 	}
 }

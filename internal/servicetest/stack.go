@@ -20,10 +20,11 @@ import (
 // StackLease is the database's claim lease in a Stack.
 const StackLease = 2 * time.Minute
 
-// ServeDatabase serves the database service over a SQLite task store at path (see Serve). stop closes
-// the done channel the service watches, ending its long polls; it may be called more than once, and is
-// called when the test ends before the server is closed. The store is closed last.
-func ServeDatabase(t testing.TB, path string, policy database.Policy) (url string, stop func()) {
+// ServeDatabase serves the database service over a SQLite task store at path (see Serve); wrap, when
+// given, wraps the service's handler. stop closes the done channel the service watches, ending its long
+// polls; it may be called more than once, and is called when the test ends before the server is closed.
+// The store is closed last.
+func ServeDatabase(t testing.TB, path string, policy database.Policy, wrap ...func(http.Handler) http.Handler) (url string, stop func()) {
 	t.Helper()
 	store, err := sqlitestore.Open(context.Background(), path, sqlitestore.Options{})
 	if err != nil {
@@ -32,7 +33,11 @@ func ServeDatabase(t testing.TB, path string, policy database.Policy) (url strin
 	CloseAtCleanup(t, "task store", store)
 	done := make(chan struct{})
 	stop = sync.OnceFunc(func() { close(done) })
-	srv := Serve(t, database.NewServer(store, policy, done))
+	h := database.NewServer(store, policy, done)
+	for _, w := range wrap {
+		h = w(h)
+	}
+	srv := Serve(t, h)
 	t.Cleanup(stop) // end long polls before the server waits for them
 	return srv.URL, stop
 }
@@ -59,8 +64,9 @@ type Options struct {
 	MaxUpload int64
 	// Limits are the master's limits (zero fields: the defaults).
 	Limits master.Limits
-	// WrapStorage, when set, wraps the storage service's handler (to watch or refuse its requests).
-	WrapStorage func(http.Handler) http.Handler
+	// WrapStorage and WrapDatabase, when set, wrap the storage or database service's handler (to watch
+	// or refuse its requests).
+	WrapStorage, WrapDatabase func(http.Handler) http.Handler
 	// MasterDatabaseAddr and MasterStorageAddr, when set, are where the master looks for the database
 	// and storage instead of the stack's own (the Stack's clients still reach the real ones).
 	MasterDatabaseAddr, MasterStorageAddr string
@@ -86,7 +92,11 @@ func NewStack(t testing.TB, opts Options) *Stack {
 	dir := t.TempDir()
 	s := &Stack{HTTP: NewHTTPClient(t)}
 	var stopDatabase func()
-	s.DatabaseURL, stopDatabase = ServeDatabase(t, filepath.Join(dir, "tasks.db"), database.Policy{Lease: StackLease})
+	var wrapDatabase []func(http.Handler) http.Handler
+	if opts.WrapDatabase != nil {
+		wrapDatabase = append(wrapDatabase, opts.WrapDatabase)
+	}
+	s.DatabaseURL, stopDatabase = ServeDatabase(t, filepath.Join(dir, "tasks.db"), database.Policy{Lease: StackLease}, wrapDatabase...)
 	s.StorageURL = ServeStorage(t, filepath.Join(dir, "images"), opts.WrapStorage)
 	s.Database = client.NewDatabase(s.HTTP, client.Static(Addr(s.DatabaseURL)))
 	s.Storage = client.NewStorage(s.HTTP, client.Static(Addr(s.StorageURL)))

@@ -9,5 +9,6 @@ import (
 func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("POST /sendImage", httpapi.HandlerFunc(s.handleSendImage))
 	mux.Handle("GET /getImage", httpapi.HandlerFunc(s.handleGetImage))
-	mux.Handle("GET /healthz", httpapi.Healthz())
+	mux.Handle("GET /healthz", httpapi.Healthz(s.blobs.Ping))
+	mux.Handle("GET /livez", httpapi.Livez())
 }

@@ -169,14 +169,14 @@ type Config struct {
 // Run serves the storage service on its blob store (see Config.Blobs) until ctx ends, registered in the
 // kv store as storageAddress.
 func Run(ctx context.Context, cfg Config) error {
-	blobs, err := OpenStore(ctx, cfg.Blobs, cfg.DataDir, cfg.Getenv)
+	blobs, err := OpenStore(ctx, cfg.Blobs, cfg.DataDir, cfg.Getenv, cfg.Logger)
 	if err != nil {
 		return err
 	}
 	defer blobs.Close()
 	reg := metrics.New("storage")
 	return service.Run(ctx, service.Spec{
-		Addr: cfg.Addr, Handler: NewServer(blobs, WithMetrics(reg)), Logger: cfg.Logger,
+		Addr: cfg.Addr, Handler: NewServer(blobs, WithMetrics(reg)), Logger: cfg.Logger, Ready: blobs.Ping,
 		RegisterAs: client.StorageKey, KV: cfg.KV, Advertise: cfg.Advertise,
 		Token: cfg.Token, Internal: true, Insecure: cfg.Insecure,
 		Metrics: reg, Pprof: cfg.Pprof,
@@ -184,8 +184,9 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 // OpenStore opens the blob store blobs names: "" for files under dataDir/images, or an s3:// URL (the
-// bucket is created when missing). An unreachable or misconfigured store is an error here, at start.
-func OpenStore(ctx context.Context, blobs, dataDir string, getenv func(string) string) (blobstore.Store, error) {
+// bucket is created when missing). A misconfigured store is an error here, at start; an unreachable one
+// is not: the service starts, answers 503 and waits for it.
+func OpenStore(ctx context.Context, blobs, dataDir string, getenv func(string) string, logger *slog.Logger) (blobstore.Store, error) {
 	if blobs == "" {
 		dir := filepath.Join(dataDir, "images")
 		if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -204,6 +205,7 @@ func OpenStore(ctx context.Context, blobs, dataDir string, getenv func(string) s
 	if err != nil {
 		return nil, fmt.Errorf("--blobs: %w", err)
 	}
+	cfg.Logger = logger // it says so while it waits for S3
 	store, err := s3blob.Open(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open blob store %s: %w", cfg, err)

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"iter"
+	"math/rand/v2"
 	"time"
 )
 
@@ -66,6 +67,12 @@ type Task struct {
 	StartedAt  time.Time // latest claim; zero when never claimed
 	FinishedAt time.Time // when it finished or failed; zero otherwise
 	LeaseUntil time.Time // when an in-progress task's lease lapses; zero otherwise
+	// RetryAt is when a task handed back after a transient failure (Retry) may be claimed again; the
+	// task is NotStarted until then, with the failure as its Error. Zero otherwise, and once it passed.
+	RetryAt time.Time
+	// Retries counts the transient failures the task was handed back for (Retry); it sets the wait
+	// before the next claim. They are not attempts.
+	Retries int
 }
 
 var (
@@ -75,9 +82,47 @@ var (
 	ErrInvalidState  = errors.New("invalid task state")
 	// ErrStaleToken refuses a worker whose claim was superseded by a newer one.
 	ErrStaleToken = errors.New("stale lease token")
-	// ErrNotPending refuses activating a pending task that expired (failed) before its upload completed.
+	// ErrNotPending refuses activating a pending task that expired (failed) before its upload completed,
+	// and abandoning the upload of a task that was activated.
 	ErrNotPending = errors.New("task is no longer pending")
 )
+
+// Transient failures (see Retry) wait before the task can be claimed again: the n-th (n from 1) a
+// random time in [d/2, d] with d = min(Max, Min << (n-1)).
+const (
+	DefaultRetryMin = time.Second
+	DefaultRetryMax = 5 * time.Minute
+)
+
+// RetryBackoff bounds the wait before a task handed back after a transient failure may be claimed again.
+type RetryBackoff struct{ Min, Max time.Duration }
+
+// Delay is the longest wait of the n-th transient failure (n from 1); Retry waits a random time in
+// [Delay(n)/2, Delay(n)].
+func (b RetryBackoff) Delay(n int) time.Duration {
+	d := b.Min << min(max(n-1, 0), 30)
+	if d > b.Max || d <= 0 {
+		d = b.Max
+	}
+	return d
+}
+
+// Waits draws the wait after the n-th transient failure (at index n-1), for n from 1 until Delay grows
+// no more: a random time in [d/2, d] with d = Delay(n), none when d is not positive. Drawing them all
+// lets a store pick the one for a task's new count in the very statement that raises it, without
+// reading the task first.
+func (b RetryBackoff) Waits() []time.Duration {
+	waits := make([]time.Duration, 31) // Delay(n) = Delay(31) for every n > 31
+	for i := range waits {
+		if d := b.Delay(i + 1); d > 0 {
+			waits[i] = d - rand.N(d/2+1)
+		}
+	}
+	return waits
+}
+
+// AbandonedError is the reason Abandon records by default: the upload was refused or broke off.
+const AbandonedError = "upload never completed"
 
 // Refusal is why a guarded update (Extend, Finish, Fail, Release) on behalf of token matched no row of a
 // task whose current token is current: ErrStaleToken when the caller's claim was superseded, else
@@ -97,20 +142,23 @@ func IsFinishRetry(token int64, state State, err error) bool {
 }
 
 // Counts is how many tasks are in each state, as Get and List report them: a task whose lease lapsed
-// counts as what the next Claim makes of it (queued again, or failed out of attempts), and pending tasks
-// (uploads not yet complete) count as queued.
+// counts as what the next Claim makes of it (queued again, or failed out of attempts). NotStarted tasks
+// are split: those a worker may claim (now, or after their RetryAt) are Queued, uploads not yet complete
+// are Pending; only the first are work waiting for workers.
 type Counts struct {
-	Queued     int64 // NotStarted, pending or not
+	Queued     int64 // NotStarted and active: claimable now or after RetryAt
+	Pending    int64 // NotStarted and pending: the upload is not complete
 	Processing int64 // InProgress with a live lease
 	Finished   int64
 	Failed     int64
 }
 
-// Of returns the count of tasks in state s (0 for an unknown state).
+// Of returns the count of tasks in state s (0 for an unknown state); NotStarted counts Queued and
+// Pending together.
 func (c Counts) Of(s State) int64 {
 	switch s {
 	case NotStarted:
-		return c.Queued
+		return c.Queued + c.Pending
 	case InProgress:
 		return c.Processing
 	case Finished:
@@ -122,13 +170,21 @@ func (c Counts) Of(s State) int64 {
 }
 
 // Total is the number of tasks.
-func (c Counts) Total() int64 { return c.Queued + c.Processing + c.Finished + c.Failed }
+func (c Counts) Total() int64 { return c.Queued + c.Pending + c.Processing + c.Finished + c.Failed }
 
 // CreateParams describes a new task.
 type CreateParams struct {
 	Pending     bool
 	MaxAttempts int    // <= 0 means DefaultMaxAttempts
 	Op          string // see Task.Op
+}
+
+// Attempts is how many attempts a task created with p gets.
+func (p CreateParams) Attempts() int {
+	if p.MaxAttempts <= 0 {
+		return DefaultMaxAttempts
+	}
+	return p.MaxAttempts
 }
 
 // Store is the task store. All methods are safe for concurrent use.
@@ -139,14 +195,21 @@ type CreateParams struct {
 type Store interface {
 	// Create adds a not-started task and returns its id. Ids are consecutive from 0.
 	Create(ctx context.Context, p CreateParams) (int64, error)
+	// CreateOnce is Create for a request that carries an idempotency key (non-empty): when a task
+	// created with the same key less than window ago exists, and is not a pending task that failed (an
+	// upload that was never acknowledged), it creates nothing and returns that task with replayed true.
+	// Otherwise it creates a task as Create does, keeping the key with it, and returns it. Concurrent
+	// calls with one key create one task.
+	CreateOnce(ctx context.Context, p CreateParams, key string, window time.Duration) (t Task, replayed bool, err error)
 	// Activate makes a pending task claimable; activating an active task is a no-op. ErrNotFound,
 	// ErrNotPending for a pending task that expired.
 	Activate(ctx context.Context, id int64) error
 	// Get returns one task, or ErrNotFound.
 	Get(ctx context.Context, id int64) (Task, error)
-	// Claim takes the oldest claimable task (not started, or in progress with a lapsed lease and attempts
-	// left), marks it in progress with a lease of the given length, counts the attempt, issues a new
-	// token and returns it; ErrNoTask when none. Lapsed tasks without attempts left become Failed.
+	// Claim takes the oldest claimable task (not started and not pending, with no RetryAt in the future;
+	// or in progress with a lapsed lease and attempts left), marks it in progress with a lease of the
+	// given length, counts the attempt, issues a new token, clears RetryAt and returns it; ErrNoTask when
+	// none. Lapsed tasks without attempts left become Failed.
 	Claim(ctx context.Context, lease time.Duration) (Task, error)
 	// Extend renews the lease of an in-progress task (a worker's heartbeat) and returns the task.
 	// ErrNotInProgress when it is not in progress or its lease already lapsed, ErrStaleToken as above.
@@ -161,8 +224,18 @@ type Store interface {
 	// Release hands an in-progress task back without counting the attempt (a worker shutting down), so
 	// another worker can take it at once.
 	Release(ctx context.Context, id, token int64) error
+	// Retry hands an in-progress task back after a transient failure (something the work needed was
+	// unavailable or full: not the task's fault) and returns it: NotStarted with reason as its Error, the
+	// attempt not counted (as Release), Retries raised by one, and not claimable before RetryAt, a random
+	// time in [d/2, d] from now with d = b.Delay(Retries). Who may: as Fail.
+	Retry(ctx context.Context, id, token int64, reason string, b RetryBackoff) (Task, error)
+	// Abandon fails a pending task at once, with reason, when its upload was refused or broke off, so
+	// that it does not wait for ExpirePending. Abandoning a pending task that already failed is a no-op;
+	// ErrNotPending when the task was activated, ErrNotFound for an unknown id.
+	Abandon(ctx context.Context, id int64, reason string) error
 	// Set overwrites a task's state (the reference setById). Setting InProgress starts a lease of the given
-	// length and issues a new token; ErrNotFound for an unknown id, ErrInvalidState for an unknown state.
+	// length and issues a new token; any state clears RetryAt (NotStarted is claimable at once).
+	// ErrNotFound for an unknown id, ErrInvalidState for an unknown state.
 	Set(ctx context.Context, id int64, state State, lease time.Duration) error
 	// ExpirePending fails pending tasks created more than olderThan ago (uploads that never completed,
 	// say because the master died mid-upload) and returns how many.
@@ -173,9 +246,18 @@ type Store interface {
 	// taken at the same moment). It is cheap enough to call every second: the master checks the queue
 	// length with it before accepting uploads.
 	Counts(ctx context.Context) (Counts, error)
+	// Ping reports whether the store's engine answers now: nil, or the transient error (fault) that its
+	// methods would meet. Health checks call it; it is cheap.
+	Ping(ctx context.Context) error
 	// Close releases the store's resources.
 	Close() error
 }
+
+// Errors of the engine behind a store (it cannot be reached, timed out, or is out of space) are
+// transient and wrapped by the fault package (fault.Unavailable, fault.NoSpace), so that callers wait
+// and retry instead of failing work; every other error is permanent. A store whose engine does not
+// answer when it is opened still opens (unless its configuration is wrong), and its methods return
+// transient errors until the engine answers.
 
 // Watcher is implemented by stores that several database services share: Watch calls notify (from one
 // goroutine) whenever another instance may have made a task claimable, until ctx ends. It also calls

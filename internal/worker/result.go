@@ -5,12 +5,17 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/imgmill/imgmill/internal/fault"
 )
 
 // spillAt is the size beyond which a result is kept in a temporary file rather than in memory: small
 // results (most) cost no disk I/O, and a large one costs no more memory than its decoded image, where a
 // growing buffer would hold up to twice the result on top of it while it doubles.
 const spillAt = 8 << 20
+
+// tempDir names the worker's temporary directory in errors.
+const tempDir = "the worker's temporary directory"
 
 // resultBuffer holds an encoded result until it is sent, in a form every retry of the upload can read
 // again from the start (io.ReaderAt and io.Seeker, as the client's retries need).
@@ -38,13 +43,13 @@ func (b *resultBuffer) expect(size int64) error {
 func (b *resultBuffer) spill() error {
 	f, err := os.CreateTemp("", "imgmill-result-*")
 	if err != nil {
-		return fmt.Errorf("spill result to a temporary file: %w", err)
+		return fmt.Errorf("spill result to a temporary file: %w", fault.Disk(tempDir, err))
 	}
 	// Unlinked at once: the open file is all we need, and nothing is left behind on a crash.
 	os.Remove(f.Name())
 	b.file = f
 	if _, err := f.Write(b.mem.Bytes()); err != nil {
-		return fmt.Errorf("spill result to a temporary file: %w", err)
+		return fmt.Errorf("spill result to a temporary file: %w", fault.Disk(tempDir, err))
 	}
 	b.mem = bytes.Buffer{}
 	return nil
@@ -60,6 +65,7 @@ func (b *resultBuffer) Write(p []byte) (int, error) {
 	var err error
 	if b.file != nil {
 		n, err = b.file.Write(p)
+		err = fault.Disk(tempDir, err) // a full disk is waited out, not the task's fault
 	} else {
 		n, err = b.mem.Write(p)
 	}

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"image/png"
+	"io"
 	"log/slog"
 	"net/http"
 	"runtime"
@@ -20,6 +21,8 @@ import (
 
 	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/fault"
+	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/metrics"
 )
@@ -32,8 +35,13 @@ const (
 	DefaultHeartbeat = 10 * time.Second
 	// DefaultDrain is how long a stopping worker may finish its current task before it hands it back.
 	DefaultDrain = 30 * time.Second
-	// finalizeTimeout bounds the calls that report a task's outcome.
-	finalizeTimeout = 15 * time.Second
+	// DefaultOutageWait is how long a worker retries, in place, fetching or storing the image of the
+	// task it holds while storage is unavailable, before it hands the task back to be claimed later.
+	DefaultOutageWait = time.Minute
+	// reportRetryFor is how long a worker retries reporting a task's outcome (finished, failed, handed
+	// back) while the master or the database is unavailable: the work is done, and losing the report
+	// would cost the task a lease and an attempt. A stopping worker gives up after Drain.
+	reportRetryFor = 5 * time.Minute
 )
 
 // Config configures Run.
@@ -50,6 +58,10 @@ type Config struct {
 	Wait      time.Duration // long-poll wait per claim; default DefaultWait
 	Heartbeat time.Duration // lease renewal interval; default DefaultHeartbeat
 	Drain     time.Duration // grace for the current task on shutdown; default DefaultDrain
+	// OutageWait is how long fetching or storing a task's image is retried in place while storage is
+	// unavailable or full; then the task is handed back (not counted as an attempt) to be claimed again
+	// after a backoff. Default DefaultOutageWait.
+	OutageWait time.Duration
 	// MaxPixels is the largest image a worker decodes, in pixels (width × height), checked from the
 	// image's header before decoding it, so a worker's memory is bounded; a larger image fails its
 	// task at once. 0 means imageop.DefaultMaxPixels, negative no limit.
@@ -77,6 +89,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if cfg.Drain <= 0 {
 		cfg.Drain = DefaultDrain
+	}
+	if cfg.OutageWait <= 0 {
+		cfg.OutageWait = DefaultOutageWait
 	}
 	proc := imageop.NewProcessor()
 	proc.MaxPixels = cfg.MaxPixels
@@ -107,6 +122,7 @@ func (l *loop) run(stop context.Context) {
 	defer ended()
 	failures := backoff.Backoff{Min: 50 * time.Millisecond, Max: 5 * time.Second}
 	idle := backoff.Backoff{Min: 50 * time.Millisecond, Max: 2 * time.Second}
+	failed := 0 // claims in a row that failed
 	for stop.Err() == nil {
 		start := time.Now()
 		task, err := l.cfg.Master.GetNewTask(stop, l.cfg.Wait)
@@ -126,11 +142,29 @@ func (l *loop) run(stop context.Context) {
 			if stop.Err() != nil {
 				return
 			}
-			d := failures.Next()
-			l.logger.WarnContext(stop, "claim failed", "err", err, "retry_in", d)
+			// At least as long as the master asks (Retry-After): it, or the database behind it, is
+			// unavailable. Logged at the first failure and then now and again, not at every retry.
+			d := max(failures.Next(), retryAfter(err))
+			if failed++; failed == 1 || failed%10 == 0 {
+				l.logger.WarnContext(stop, "claim failed", "err", err, "retry_in", d, "failures", failed)
+			}
 			backoff.Sleep(stop, d)
+			continue
+		}
+		if failed > 0 {
+			l.logger.InfoContext(stop, "claims work again", "after_failures", failed)
+			failed = 0
 		}
 	}
+}
+
+// retryAfter is the wait a peer's answer asked for (Retry-After), or 0.
+func retryAfter(err error) time.Duration {
+	var e *httpapi.Error
+	if errors.As(err, &e) {
+		return e.RetryAfter
+	}
+	return 0
 }
 
 // Why a task's work was cut short.
@@ -155,8 +189,8 @@ func (l *loop) handle(stop context.Context, task client.Task) {
 	cancel(nil)
 	keeper.Wait()
 
-	ctx, cancelFinal := context.WithTimeout(context.WithoutCancel(stop), finalizeTimeout)
-	defer cancelFinal()
+	ctx, cancelReport := l.reportContext(stop)
+	defer cancelReport()
 	cause := context.Cause(work)
 	switch {
 	case err == nil:
@@ -173,6 +207,15 @@ func (l *loop) handle(stop context.Context, task client.Task) {
 			return
 		}
 		logger.InfoContext(ctx, "task released on shutdown")
+	case fault.IsTransient(err):
+		// Something the work needed was away or full for longer than OutageWait: not the task's
+		// fault. It goes back to the queue without using an attempt, to be claimed after a backoff.
+		t, rerr := l.cfg.Master.RetryTask(ctx, task.ID, task.Token, err.Error())
+		if rerr != nil {
+			logger.WarnContext(ctx, "handing the task back failed; the lease will lapse", "err", err, "report_err", rerr)
+			return
+		}
+		logger.WarnContext(ctx, "task handed back after a transient failure", "err", err, "retry_at", t.RetryAt)
 	default:
 		// Input that can never work fails the task at once: it does not decode, it is too large, or the
 		// operation cannot apply to it.
@@ -183,6 +226,25 @@ func (l *loop) handle(stop context.Context, task client.Task) {
 			return
 		}
 		logger.WarnContext(ctx, "task attempt failed", "err", err, "permanent", permanent, "state", t.State)
+	}
+}
+
+// reportContext is the context of the calls that report a task's outcome: they retry while the master
+// or the database is unavailable, for reportRetryFor, or for Drain once the worker is stopping.
+func (l *loop) reportContext(stop context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(client.RetryFor(context.WithoutCancel(stop), reportRetryFor), reportRetryFor)
+	stopWatch := context.AfterFunc(stop, func() {
+		t := time.NewTimer(l.cfg.Drain)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancel()
+		case <-ctx.Done():
+		}
+	})
+	return ctx, func() {
+		cancel() // also ends a drain timer under way
+		stopWatch()
 	}
 }
 
@@ -229,10 +291,14 @@ func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseF
 }
 
 func (l *loop) process(ctx context.Context, task client.Task) error {
-	src, err := l.cfg.Storage.GetImage(ctx, task.ID, client.Working)
+	// Storage away or full is waited out in place for OutageWait, by the client's retries; the stream
+	// itself is not bounded by that.
+	calls := client.RetryFor(ctx, l.cfg.OutageWait)
+	img, err := l.cfg.Storage.GetImage(calls, task.ID, client.Working)
 	if err != nil {
 		return fmt.Errorf("fetch working image: %w", err)
 	}
+	src := &storageStream{Image: img}
 	// The master and the database refuse bad chains, so a bad one here comes from elsewhere (a task
 	// created by hand): it fails permanently, as ErrBadOp says in handle.
 	chain, err := imageop.ParseChain(task.Op)
@@ -259,10 +325,22 @@ func (l *loop) process(ctx context.Context, task client.Task) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := l.cfg.Storage.SendResult(ctx, task.ID, task.Token, out.reader(), out.size); err != nil {
+	if err := l.cfg.Storage.SendResult(calls, task.ID, task.Token, out.reader(), out.size); err != nil {
 		return fmt.Errorf("store finished image: %w", err)
 	}
 	return nil
+}
+
+// storageStream is a working image being read from storage: a read that fails (storage went away in the
+// middle) is a transient failure, not the image's.
+type storageStream struct{ *client.Image }
+
+func (s *storageStream) Read(p []byte) (int, error) {
+	n, err := s.Image.Read(p)
+	if err != nil && err != io.EOF {
+		err = fault.Unavailable("image storage", err)
+	}
+	return n, err
 }
 
 // processing runs the image work once one of the worker's Concurrency slots is free.

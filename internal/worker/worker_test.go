@@ -34,6 +34,7 @@ import (
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/master"
 	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/taskstore"
 	"github.com/imgmill/imgmill/internal/testimage"
 	"github.com/imgmill/imgmill/internal/worker"
 )
@@ -194,6 +195,14 @@ func waitTask(ctx context.Context, t *testing.T, db *client.Database, id int64, 
 		t.Fatalf("task %d not %s in time: %+v", id, what, task)
 	}
 	return task
+}
+
+// waitSettled waits up to a minute for task id to be finished or failed, and returns it.
+func (r *rig) waitSettled(t *testing.T, id int64) client.Task {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	return waitTask(ctx, t, r.db, id, "finished or failed", func(t client.Task) bool { return t.State >= client.StateFinished })
 }
 
 func TestWorkerProcessesUploads(t *testing.T) {
@@ -424,8 +433,10 @@ type rig struct {
 
 type rigOptions struct {
 	lease       time.Duration // the database's lease; 0 means servicetest.StackLease
+	retryMin    time.Duration // the database's first wait after a transient failure; 0: the default
 	wrapStorage func(http.Handler) http.Handler
-	calls       *calls // records the master's requests; nil for a new one
+	wrapMaster  func(http.Handler) http.Handler // inside the master's request recording
+	calls       *calls                          // records the master's requests; nil for a new one
 }
 
 func newRig(t *testing.T, opts rigOptions) *rig {
@@ -439,11 +450,16 @@ func newRig(t *testing.T, opts rigOptions) *rig {
 	if r.calls == nil {
 		r.calls = &calls{}
 	}
-	dbURL, stopDatabase := servicetest.ServeDatabase(t, filepath.Join(dir, "tasks.db"), database.Policy{Lease: lease})
+	dbURL, stopDatabase := servicetest.ServeDatabase(t, filepath.Join(dir, "tasks.db"),
+		database.Policy{Lease: lease, Retry: taskstore.RetryBackoff{Min: opts.retryMin}})
 	storageURL := servicetest.ServeStorage(t, filepath.Join(dir, "images"), opts.wrapStorage)
 	r.db = client.NewDatabase(r.hc, client.Static(servicetest.Addr(dbURL)))
 	r.storage = client.NewStorage(r.hc, client.Static(servicetest.Addr(storageURL)))
-	r.masterURL = servicetest.Serve(t, r.calls.wrap(master.NewServer(r.db, r.storage, master.Limits{}))).URL
+	m := master.NewServer(r.db, r.storage, master.Limits{})
+	if opts.wrapMaster != nil {
+		m = opts.wrapMaster(m)
+	}
+	r.masterURL = servicetest.Serve(t, r.calls.wrap(m)).URL
 	t.Cleanup(stopDatabase) // end long polls before the master's server waits for the requests holding them
 	r.master = client.NewMaster(r.hc, client.Static(servicetest.Addr(r.masterURL)))
 	return r
@@ -615,9 +631,7 @@ func TestWorkerHeartbeatKeepsLease(t *testing.T) {
 	startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 2, Wait: time.Second,
 		Heartbeat: 50 * time.Millisecond, Logger: servicetest.Discard})
 
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	task := waitTask(ctx, t, r.db, id, "done", func(t client.Task) bool { return t.State >= client.StateFinished })
+	task := r.waitSettled(t, id)
 	if task.State != client.StateFinished || task.Attempts != 1 || task.Error != "" {
 		t.Errorf("task = %+v, want finished on its first attempt with no error", task)
 	}
@@ -700,31 +714,115 @@ func TestWorkerStopsOnLostLease(t *testing.T) {
 	}
 }
 
-func TestWorkerRetriesTransientFailure(t *testing.T) {
-	// Storage refuses the worker's input until the worker has reported a failed attempt.
-	masterCalls := &calls{}
+// TestWorkerWaitsOutStorageOutage: storage unavailable for a moment (shorter than OutageWait) is waited
+// out in place: the task finishes on its first attempt and no failure is reported.
+func TestWorkerWaitsOutStorageOutage(t *testing.T) {
 	hook := newWorkingHook(0)
-	hook.refuse = func() bool { return masterCalls.count("/failTask") == 0 }
-	r := newRig(t, rigOptions{wrapStorage: hook.wrap, calls: masterCalls})
+	start := time.Now()
+	hook.refuse = func() bool { return time.Since(start) < 1500*time.Millisecond }
+	r := newRig(t, rigOptions{wrapStorage: hook.wrap})
 	img := testimage.Pattern(12, 13)
 	id := r.upload(t, img)
-	startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1, Wait: time.Second, Logger: servicetest.Discard})
+	startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1, Wait: time.Second,
+		OutageWait: time.Minute, Logger: servicetest.Discard})
 
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	task := waitTask(ctx, t, r.db, id, "done", func(t client.Task) bool { return t.State >= client.StateFinished })
-	if task.State != client.StateFinished || task.Attempts < 2 || task.Error != "" {
-		t.Errorf("task = %+v, want finished after a retry, with no error left", task)
+	task := r.waitSettled(t, id)
+	if task.State != client.StateFinished || task.Attempts != 1 || task.Retries != 0 || task.Error != "" {
+		t.Errorf("task = %+v, want finished on its first attempt, nothing handed back", task)
 	}
-	fails := r.calls.queries("/failTask")
-	if len(fails) != 1 {
-		t.Fatalf("%d failures reported, want 1", len(fails))
+	if n := r.calls.count("/failTask"); n != 0 {
+		t.Errorf("%d failures reported for a storage outage shorter than OutageWait", n)
 	}
-	if q := fails[0]; q.Get("permanent") == "true" || !strings.Contains(q.Get("reason"), "503") || q.Get("token") == "" {
-		t.Errorf("failure reported with %v, want a non-permanent one with the claim's token and the storage error", q)
+	if n := hook.refused.Load(); n < 2 {
+		t.Errorf("storage refused %d fetches, want several (the outage was waited out by retrying)", n)
 	}
-	if n := hook.refused.Load(); n < 1 {
-		t.Errorf("storage refused %d fetches", n)
+	checkResult(t, r.storage, id, img, task.Token)
+}
+
+// TestWorkerHandsBackAfterOutageWait: storage unavailable for longer than OutageWait: the task is handed
+// back as a transient failure (no attempt used, a retryAt set), claimed again after the backoff, and
+// finishes once storage is back, with attempts left untouched however long storage stayed away.
+func TestWorkerHandsBackAfterOutageWait(t *testing.T) {
+	masterCalls := &calls{}
+	hook := newWorkingHook(0)
+	// Storage refuses until the worker has handed the task back twice.
+	hook.refuse = func() bool { return masterCalls.count("/failTask") < 2 }
+	r := newRig(t, rigOptions{wrapStorage: hook.wrap, calls: masterCalls, retryMin: 100 * time.Millisecond})
+	img := testimage.Pattern(12, 14)
+	id := r.upload(t, img)
+	startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1, Wait: time.Second,
+		OutageWait: 300 * time.Millisecond, Logger: servicetest.Discard})
+
+	task := r.waitSettled(t, id)
+	if task.State != client.StateFinished || task.Attempts != 1 || task.Retries != 2 {
+		t.Errorf("task = %+v, want finished, attempts 1 (transient failures are not attempts), retries 2", task)
+	}
+	for i, q := range r.calls.queries("/failTask") {
+		if q.Get("transient") != "true" || q.Get("permanent") == "true" || !strings.Contains(q.Get("reason"), "503") || q.Get("token") == "" {
+			t.Errorf("hand-back %d reported with %v, want transient=true, the claim's token and the storage error", i, q)
+		}
+	}
+	checkResult(t, r.storage, id, img, task.Token)
+}
+
+// TestWorkerStoresResultThroughOutage: storage out of space (507) when the result is stored is waited
+// out in place; the image work is not redone.
+func TestWorkerStoresResultThroughOutage(t *testing.T) {
+	var refused atomic.Int64
+	start := time.Now()
+	full := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/sendImage" && r.URL.Query().Get("state") == client.Finished && time.Since(start) < 1500*time.Millisecond {
+				refused.Add(1)
+				w.Header().Set("Retry-After", "1")
+				httpapi.WriteText(w, http.StatusInsufficientStorage, "Error: image storage is out of space, retry later")
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+	hook := newWorkingHook(0)
+	r := newRig(t, rigOptions{wrapStorage: func(h http.Handler) http.Handler { return full(hook.wrap(h)) }})
+	img := testimage.Pattern(12, 15)
+	id := r.upload(t, img)
+	startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1, Wait: time.Second,
+		OutageWait: time.Minute, Logger: servicetest.Discard})
+	task := r.waitSettled(t, id)
+	if task.State != client.StateFinished || task.Attempts != 1 || r.calls.count("/failTask") != 0 {
+		t.Errorf("task = %+v after %d failure reports, want finished on its first attempt, none reported", task, r.calls.count("/failTask"))
+	}
+	if n, fetched := refused.Load(), hook.gets.Load(); n < 1 || fetched != 1 {
+		t.Errorf("storage refused %d results and served the input %d times; want the result retried, the input fetched once", n, fetched)
+	}
+	checkResult(t, r.storage, id, img, task.Token)
+}
+
+// TestWorkerFinishSurvivesMasterOutage: the master (or the database behind it) is unavailable when the
+// worker reports the task finished: the report is retried until it gets through, so the task is not
+// redone after its lease.
+func TestWorkerFinishSurvivesMasterOutage(t *testing.T) {
+	var refused atomic.Int64
+	var down atomic.Bool
+	down.Store(true)
+	r := newRig(t, rigOptions{wrapMaster: func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/registerTaskFinished" && down.Load() {
+				refused.Add(1)
+				w.Header().Set("Retry-After", "1")
+				httpapi.WriteText(w, http.StatusServiceUnavailable, "Error: the task database is temporarily unavailable, retry later")
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}})
+	img := testimage.Pattern(12, 16)
+	id := r.upload(t, img)
+	startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1, Wait: time.Second, Logger: servicetest.Discard})
+	poll(t, "a refused finish report", func() bool { return refused.Load() >= 2 })
+	down.Store(false)
+	task := r.waitSettled(t, id)
+	if task.State != client.StateFinished || task.Attempts != 1 {
+		t.Errorf("task = %+v, want finished by its first claim's retried report", task)
 	}
 	checkResult(t, r.storage, id, img, task.Token)
 }
@@ -1015,7 +1113,7 @@ func TestWorkerAppliesTheTasksChain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, err := s.Master.NewOp(ctx, bytes.NewReader(data), int64(len(data)), " Rotate:90 , grayscale,convert:jpeg:95")
+	id, err := s.Master.Upload(ctx, bytes.NewReader(data), int64(len(data)), client.UploadParams{Op: " Rotate:90 , grayscale,convert:jpeg:95"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1043,16 +1141,16 @@ func TestWorkerAppliesTheTasksChain(t *testing.T) {
 	}
 
 	// A chain the master refuses never becomes a task.
-	if _, err := s.Master.NewOp(ctx, bytes.NewReader(data), int64(len(data)), "blurr:2"); !client.IsStatus(err, http.StatusBadRequest) ||
+	if _, err := s.Master.Upload(ctx, bytes.NewReader(data), int64(len(data)), client.UploadParams{Op: "blurr:2"}); !client.IsStatus(err, http.StatusBadRequest) ||
 		!strings.Contains(err.Error(), `unknown operation "blurr"`) {
 		t.Errorf("upload with op blurr:2 = %v, want 400 naming the unknown operation", err)
 	}
 	// One that cannot apply to this image (a crop outside it) is refused from the header too.
-	if _, err := s.Master.NewOp(ctx, bytes.NewReader(data), int64(len(data)), "crop:10x10+500+500"); !client.IsStatus(err, http.StatusBadRequest) {
+	if _, err := s.Master.Upload(ctx, bytes.NewReader(data), int64(len(data)), client.UploadParams{Op: "crop:10x10+500+500"}); !client.IsStatus(err, http.StatusBadRequest) {
 		t.Errorf("upload with a crop outside the image = %v, want 400", err)
 	}
 	// And one whose result would be over the pixel limit is refused with 413.
-	if _, err := s.Master.NewOp(ctx, bytes.NewReader(data), int64(len(data)), "resize:16384x16384:exact"); !client.IsStatus(err, http.StatusRequestEntityTooLarge) {
+	if _, err := s.Master.Upload(ctx, bytes.NewReader(data), int64(len(data)), client.UploadParams{Op: "resize:16384x16384:exact"}); !client.IsStatus(err, http.StatusRequestEntityTooLarge) {
 		t.Errorf("upload resizing to 16384x16384 = %v, want 413", err)
 	}
 }

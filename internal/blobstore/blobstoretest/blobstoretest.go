@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/imgmill/imgmill/internal/blobstore"
+	"github.com/imgmill/imgmill/internal/enginetest"
 )
 
 // Run runs the contract suite. open must return a fresh, empty store for each call; Run closes it when
@@ -46,6 +47,7 @@ func Run(t *testing.T, open func(t *testing.T) blobstore.Store) {
 		{"FailingReader", testFailingReader},
 		{"CancelMidStream", testCancelMidStream},
 		{"CancelledContext", testCancelledContext},
+		{"Ping", testPing},
 		{"InvalidKeys", testInvalidKeys},
 		{"ValidKeys", testValidKeys},
 		{"Delete", testDelete},
@@ -344,6 +346,9 @@ func testCancelMidStream(t *testing.T, s blobstore.Store) {
 		wantNotFound(t, s, "fresh/k")
 	}
 }
+
+// testPing: Ping answers while the engine is up, and a cancelled call is not an outage.
+func testPing(t *testing.T, s blobstore.Store) { enginetest.CheckPing(t, s.Ping) }
 
 func testCancelledContext(t *testing.T, s blobstore.Store) {
 	old := []byte("old")

@@ -21,6 +21,11 @@
 // "cp -a --preserve=xattr", "rsync -X" or "tar --xattrs", never a plain cp. Only Linux and macOS are
 // supported.
 //
+// # Errors
+//
+// A full disk (ENOSPC, EDQUOT) makes Puts fail with fault.NoSpace errors and a read-only one with
+// fault.Unavailable ones, which callers wait out; reads go on working, and Ping reports either.
+//
 // A directory must be used by one Store (one process) at a time: Open deletes the temporary files it finds,
 // which would break another process's writes in progress; and the check of a Put's fence against the
 // stored one is atomic through a lock per key inside the Store.
@@ -39,8 +44,12 @@ import (
 
 	"github.com/imgmill/imgmill/internal/atomicfile"
 	"github.com/imgmill/imgmill/internal/blobstore"
+	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/groupsync"
 )
+
+// what names the store in transient errors (fault).
+const what = "image storage"
 
 // tempPattern matches the temporary files of Puts (atomicfile names them "."+base+".tmp-"+digits) and of
 // Open's check for extended attributes. Keys cannot start with '.', so no key maps to one.
@@ -65,6 +74,7 @@ var _ blobstore.Store = (*Store)(nil)
 
 // Open opens the store rooted at dir, creating dir if needed. It removes the temporary files left by writes
 // that a crash interrupted and fsyncs every directory, so that after Open an existing directory is durable.
+// A full disk does not keep it from opening; Puts then fail with fault.NoSpace errors until there is room.
 func Open(dir string) (*Store, error) {
 	if dir == "" {
 		return nil, errors.New("fileblob: empty directory")
@@ -92,7 +102,9 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("fileblob: open %s: %w", dir, err)
 	}
 	// Removals need no fsync: a temporary file that reappears after a crash is removed by the next Open.
-	if err := checkFenceSupport(dir); err != nil {
+	// A disk too full for the check's file opens all the same, to serve reads: the check is about the
+	// file system's kind, and Puts fail clearly without extended attributes anyway.
+	if err := checkFenceSupport(dir); err != nil && !fault.IsTransient(fault.Disk(what, err)) {
 		return nil, fmt.Errorf("fileblob: open %s: %w", dir, err)
 	}
 	if s.flush, s.root, err = fileSystemFlush(dir); err != nil {
@@ -127,7 +139,7 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, fe
 		return 0, fmt.Errorf("fileblob: put %s: %w", key, err)
 	}
 	if err := s.mkdirAll(filepath.Dir(path)); err != nil {
-		return 0, fmt.Errorf("fileblob: put %s: %w", key, err)
+		return 0, putError(key, err)
 	}
 	if size >= 0 {
 		// A stream shorter or longer than announced is a truncated or confused upload: fail inside the
@@ -136,33 +148,41 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, fe
 	}
 	tmp, err := atomicfile.Create(path)
 	if err != nil {
-		return 0, fmt.Errorf("fileblob: put %s: %w", key, err)
+		return 0, putError(key, err)
 	}
 	// Removes the temporary file on every failure; nothing once it has been renamed over the blob.
 	defer tmp.Abort()
 	n, err := tmp.Fill(ctx, r)
 	if err != nil {
-		return n, fmt.Errorf("fileblob: put %s: %w", key, err)
+		return n, putError(key, err)
 	}
 	if fence != 0 {
 		if err := setFence(tmp.File(), fence); err != nil {
-			return n, fmt.Errorf("fileblob: put %s: %w", key, err)
+			return n, putError(key, err)
 		}
 	}
 	// Without a shared flush, one fsync makes the content and the fence attribute (inode metadata)
 	// durable. It closes the file too, and happens here, before the key's lock is taken.
 	if s.flush == nil {
 		if err := tmp.Sync(); err != nil {
-			return n, fmt.Errorf("fileblob: put %s: %w", key, err)
+			return n, putError(key, err)
 		}
 	}
 	if err := s.replace(ctx, key, tmp, path, fence); err != nil {
 		if errors.Is(err, syscall.EISDIR) || errors.Is(err, syscall.EEXIST) || errors.Is(err, syscall.ENOTEMPTY) {
 			return n, fmt.Errorf("fileblob: put %s: the key is a prefix of other keys: %w", key, err)
 		}
-		return n, fmt.Errorf("fileblob: put %s: %w", key, err)
+		return n, putError(key, err)
 	}
 	return n, nil
+}
+
+// putError is the error of a Put of key that failed with err. A full disk (ENOSPC, EDQUOT) or a
+// read-only one is transient (fault.Disk): the same Put succeeds once space is freed or the disk is
+// writable again. Errors that are not the file system's (the reader's, ctx's, a stale fence) are not
+// changed by fault.Disk.
+func putError(key string, err error) error {
+	return fmt.Errorf("fileblob: put %s: %w", key, fault.Disk(what, err))
 }
 
 // replace renames tmp, written and synced with fence, over path unless the blob there has a larger fence,
@@ -253,11 +273,35 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 		if isMissing(err) {
 			return nil
 		}
-		return fmt.Errorf("fileblob: delete %s: %w", key, err)
+		return fmt.Errorf("fileblob: delete %s: %w", key, fault.Disk(what, err))
 	}
 	// Make the removal durable, so a deleted blob does not come back after a crash.
 	if err := atomicfile.SyncDir(filepath.Dir(path)); err != nil {
-		return fmt.Errorf("fileblob: delete %s: %w", key, err)
+		return fmt.Errorf("fileblob: delete %s: %w", key, fault.Disk(what, err))
+	}
+	return nil
+}
+
+// Ping implements blobstore.Store: the store's directory is there and its file system takes writes and
+// has room for data (a stat, an access and a statfs). A full file system is a fault.NoSpace error and a
+// read-only one a fault.Unavailable one, the errors Puts meet; so is a directory that cannot be reached
+// (removed, or its disk gone).
+func (s *Store) Ping(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("fileblob: ping: %w", err)
+	}
+	fi, err := os.Stat(s.dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrPermission) {
+			return fmt.Errorf("fileblob: ping: %w", err)
+		}
+		return fault.Unavailable(what, fmt.Errorf("fileblob: ping: %w", err))
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("fileblob: ping: %s is not a directory", s.dir)
+	}
+	if err := fault.Writable(what, s.dir); err != nil {
+		return fmt.Errorf("fileblob: ping: %w", err)
 	}
 	return nil
 }

@@ -15,6 +15,8 @@ import (
 
 	"github.com/imgmill/imgmill/internal/blobstore"
 	"github.com/imgmill/imgmill/internal/blobstore/blobstoretest"
+	"github.com/imgmill/imgmill/internal/enginetest"
+	"github.com/imgmill/imgmill/internal/fault"
 )
 
 func TestMain(m *testing.M) {
@@ -247,5 +249,66 @@ func TestLongSegment(t *testing.T) {
 	}
 	if _, err := s.Open(ctx, key); !errors.Is(err, blobstore.ErrInvalidKey) {
 		t.Errorf("Open with a 201-byte segment = %v, want ErrInvalidKey", err)
+	}
+}
+
+// smallDiskSize is the size of the tmpfs of the outage tests: a few of the suite's blobs fit.
+const smallDiskSize = 16 << 20
+
+// TestOutage runs the outage part of the contract on a disk that fills up, and on one remounted
+// read-only: writes fail as out of space, or unavailable, until it is fixed; reads go on working, and a
+// store opens on such a disk.
+func TestOutage(t *testing.T) {
+	for name, o := range enginetest.DiskOutages(smallDiskSize, func(t *testing.T, dir string) blobstore.Store { return openStore(t, dir) }) {
+		t.Run(name, func(t *testing.T) { blobstoretest.RunOutage(t, o) })
+	}
+}
+
+// A Put that fails on a full disk leaves the blob it would have replaced, with its fence, and no
+// temporary file; Ping says the disk is full, and once there is room again the same Put goes through.
+func TestFullDisk(t *testing.T) {
+	ctx := t.Context()
+	disk := enginetest.SmallDisk(t, smallDiskSize)
+	s := openStore(t, disk.Dir())
+	defer s.Close()
+	if _, err := s.Put(ctx, "finished/1", strings.NewReader("old"), 3, 5); err != nil {
+		t.Fatal(err)
+	}
+	disk.Fill(t)
+	data := bytes.Repeat([]byte("x"), 100<<10)
+	for _, size := range []int64{int64(len(data)), -1} {
+		if _, err := s.Put(ctx, "finished/1", bytes.NewReader(data), size, 6); !fault.IsNoSpace(err) {
+			t.Fatalf("Put (size %d) on a full disk = %v, want an out-of-space error", size, err)
+		}
+	}
+	if err := s.Ping(ctx); !fault.IsNoSpace(err) {
+		t.Errorf("Ping of a full disk = %v, want an out-of-space error", err)
+	}
+	if got, fence := openBlob(t, s, "finished/1"); string(got) != "old" || fence != 5 {
+		t.Errorf("after failed Puts the blob is %q with fence %d, want %q with fence 5", got, fence, "old")
+	}
+	if found := tempFiles(t, disk.Dir()); len(found) != 0 {
+		t.Errorf("failed Puts left temporary files: %v", found)
+	}
+	disk.Free(t)
+	if err := s.Ping(ctx); err != nil {
+		t.Errorf("Ping once there is room: %v", err)
+	}
+	if _, err := s.Put(ctx, "finished/1", bytes.NewReader(data), int64(len(data)), 6); err != nil {
+		t.Fatalf("Put once there is room: %v", err)
+	}
+}
+
+// Ping of a store whose directory is gone (its disk unmounted, say) reports the store unavailable; the
+// contract suite checks Ping otherwise.
+func TestPingWithoutDirectory(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, filepath.Join(dir, "blobs"))
+	defer s.Close()
+	if err := os.RemoveAll(filepath.Join(dir, "blobs")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ping(t.Context()); !fault.IsTransient(err) || fault.IsNoSpace(err) {
+		t.Errorf("Ping of a removed directory = %v, want an unavailable error", err)
 	}
 }

@@ -3,9 +3,11 @@ package s3blob
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/minio/minio-go/v7/pkg/s3utils"
 )
@@ -26,6 +28,14 @@ type Config struct {
 	// PartSize is the size of the parts of a multipart upload, and so the memory one Put holds at most;
 	// 0 means DefaultPartSize. S3 wants at least MinPartSize.
 	PartSize int64
+	// StallTimeout is how long a request may wait for the service without any progress (a byte of its
+	// body taken, an answer, a byte of the answer's body) before it fails as unavailable, so that a
+	// service that accepts connections but answers nothing (hung, frozen, stalled by its disks) fails
+	// calls instead of holding them. 0 means DefaultStallTimeout.
+	StallTimeout time.Duration
+	// Logger gets what the store reports outside of its calls' errors: that it waits for a service that
+	// did not answer at Open, and that it answers. nil discards it.
+	Logger *slog.Logger
 }
 
 // The parameters an s3:// URL may carry.
@@ -132,6 +142,9 @@ func (c Config) validate() error {
 				return fmt.Errorf("s3blob: prefix %q: no . or .. segments", c.Prefix)
 			}
 		}
+	}
+	if c.StallTimeout < 0 {
+		return fmt.Errorf("s3blob: negative stall timeout %v", c.StallTimeout)
 	}
 	if c.PartSize != 0 && (c.PartSize < MinPartSize || c.PartSize > maxPartSize) {
 		return fmt.Errorf("s3blob: part size %d: want %d to %d bytes", c.PartSize, MinPartSize, maxPartSize)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 func env(vars map[string]string) func(string) string {
@@ -157,6 +158,7 @@ func TestConfigValidate(t *testing.T) {
 		{"no secret", func(c *Config) { c.SecretKey = "" }},
 		{"part size too small", func(c *Config) { c.PartSize = MinPartSize - 1 }},
 		{"part size too large", func(c *Config) { c.PartSize = maxPartSize + 1 }},
+		{"negative stall timeout", func(c *Config) { c.StallTimeout = -time.Second }},
 	} {
 		c := base
 		tc.change(&c)

@@ -40,6 +40,15 @@
 // versioning, reading an open Blob after its object was replaced fails (If-Match on the ETag) rather
 // than mixing two contents. Reads use the context given to Open.
 //
+// # Outages
+//
+// Errors of the service (it cannot be reached, does not answer, answers 5xx, or is out of space) are
+// transient (fault.Unavailable, fault.NoSpace; see classify), so that callers wait and retry. minio-go
+// retries a failed request only a few times, so that an outage reaches the caller within seconds; and a
+// request fails once the service has made no progress for Config.StallTimeout (see watchdog), so that a
+// service that hangs does not hold its callers. A store opened while the service is away opens all the
+// same and becomes usable once it answers (see Open).
+//
 // A failed Put aborts its multipart upload; when even that fails (the process dies), the parts stay
 // until the bucket's lifecycle rule (for buckets Open created) or the server (MinIO drops stale
 // uploads after 24 hours) removes them.
@@ -52,8 +61,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -62,6 +74,7 @@ import (
 
 	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/blobstore"
+	"github.com/imgmill/imgmill/internal/fault"
 )
 
 const (
@@ -72,14 +85,25 @@ const (
 	maxPartSize = 5 << 30
 	// maxParts is the most parts S3 accepts in one upload.
 	maxParts = 10000
+	// DefaultStallTimeout is Config.StallTimeout when it is 0.
+	DefaultStallTimeout = 15 * time.Second
 	// fenceMeta is the user metadata key of the fence; S3 sends it as X-Amz-Meta-Imgmill-Fence.
 	fenceMeta   = "Imgmill-Fence"
 	fenceHeader = "X-Amz-Meta-" + fenceMeta
 	// maxCommits bounds the conditional commits one Put tries: each lost one means another writer
 	// committed, so running out takes a storm of writers on one key.
 	maxCommits = 100
+	// maxRetries is how many times minio-go sends a request that failed in a way it deems transient (a
+	// refused connection, a 503): a few, so that an outage reaches the caller within a second or two
+	// rather than after ten attempts; callers wait out transient errors themselves, with longer pauses.
+	maxRetries = 3
 	// abortTimeout bounds the abort of a failed multipart upload, which runs after ctx may have ended.
 	abortTimeout = 30 * time.Second
+	// maxPingTimeout bounds Ping's request: a health check wants an answer soon.
+	maxPingTimeout = 5 * time.Second
+	// waitLogEvery spaces out the log lines of a store waiting for a service that did not answer at
+	// Open, and bounds the pause between its checks.
+	waitLogEvery = 5 * time.Second
 	// lifecycleRuleID names the rule Open sets on buckets it creates.
 	lifecycleRuleID = "imgmill-s3blob-expire-old-versions"
 )
@@ -87,11 +111,30 @@ const (
 // Store is an S3 blob store. It is safe for concurrent use, and several Stores (processes) may share a
 // bucket.
 type Store struct {
-	core      *minio.Core
-	transport *http.Transport
-	bucket    string
-	prefix    string
-	partSize  int64
+	core *minio.Core // retries maxRetries times
+	// probe tries each request once: the bucket check, which Open's wait repeats on its own, and Ping.
+	probe        *minio.Client
+	transport    *http.Transport
+	cfg          Config
+	bucket       string
+	prefix       string
+	partSize     int64
+	stallTimeout time.Duration
+	logger       *slog.Logger
+
+	// ready is set once the bucket check succeeded, at Open or later by waitReady; until then pending is
+	// why not, and every call fails with it.
+	ready   atomic.Bool
+	mu      sync.Mutex
+	pending error
+	// setUp is set while the bucket is ours to set up (we created it) and its set-up has not succeeded:
+	// a check that finds it existing must finish the set-up. Only the check in progress uses it.
+	setUp bool
+	// stopWait ends waitReady (nil when there is none), which closes waitDone when it returns.
+	stopWait  context.CancelFunc
+	waitDone  chan struct{}
+	closeOnce sync.Once
+
 	// beforeWrite, when set (by tests), runs between a commit's HEAD and its conditional write, to let
 	// another writer in deterministically.
 	beforeWrite func(attempt int)
@@ -101,63 +144,163 @@ var _ blobstore.Store = (*Store)(nil)
 
 // Open connects to cfg's endpoint and checks that it answers and takes the credentials, creating the
 // bucket (versioned, see the package comment) when it is missing; another process creating it at the
-// same time is fine. ctx bounds these checks, and a failure is a clear error at start rather than at
-// the first Put.
+// same time is fine. ctx bounds the check: it fails Open when it ends first. An answer that the
+// configuration is wrong (credentials refused, access denied) fails Open too, so that it shows at start
+// rather than at the first Put.
+//
+// A service that cannot be reached, does not answer within the stall timeout or answers that it cannot
+// serve yet (503) does not fail Open: the store is returned at once and repeats the check in the
+// background, with backoff, logging through cfg.Logger at most every few seconds why it waits. Until
+// the check succeeds every call, Ping included, fails with a fault.Unavailable error. Close ends the
+// wait.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	s, err := newStore(cfg)
+	if err != nil {
+		return nil, err
+	}
+	err = s.ensureBucket(ctx)
+	if err == nil {
+		s.ready.Store(true)
+		return s, nil
+	}
+	if ctx.Err() != nil || !fault.IsTransient(err) {
+		s.transport.CloseIdleConnections()
+		return nil, err
+	}
+	s.pending = err
+	s.logger.Warn("s3blob: waiting for S3 at "+cfg.Endpoint, "bucket", s.bucket, "err", err)
+	wctx, stop := context.WithCancel(context.Background())
+	s.stopWait, s.waitDone = stop, make(chan struct{})
+	go s.waitReady(wctx)
+	return s, nil
+}
+
+// newStore makes the store's clients; it sends nothing.
+func newStore(cfg Config) (*Store, error) {
 	host, secure, _ := cfg.endpoint() // validate checked it
 	tr, err := minio.DefaultTransport(secure)
 	if err != nil {
 		return nil, fmt.Errorf("s3blob: %w", err)
 	}
-	newCore := func(maxRetries int) (*minio.Core, error) {
-		return minio.NewCore(host, &minio.Options{
-			Creds:      credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""),
-			Secure:     secure,
-			Region:     cfg.Region,
-			Transport:  tr,
-			MaxRetries: maxRetries,
+	newCore := func(retries int) (*minio.Core, error) {
+		core, err := minio.NewCore(host, &minio.Options{
+			Creds:  credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""),
+			Secure: secure,
+			Region: cfg.Region,
+			// Tells the watchdog of a request (see do) how it progresses.
+			Transport:  progressTransport{tr},
+			MaxRetries: retries,
 		})
+		if err != nil {
+			return nil, fmt.Errorf("s3blob: %w", err)
+		}
+		return core, nil
 	}
-	core, err := newCore(0) // minio-go's default retries of transient failures
+	core, err := newCore(maxRetries)
 	if err != nil {
-		return nil, fmt.Errorf("s3blob: %w", err)
+		return nil, err
 	}
-	// The check at start does not retry: an endpoint that refuses connections or credentials should
-	// fail at once, not after minio-go's ten attempts.
 	probe, err := newCore(1)
 	if err != nil {
-		return nil, fmt.Errorf("s3blob: %w", err)
+		return nil, err
 	}
-	s := &Store{core: core, transport: tr, bucket: cfg.Bucket, prefix: cfg.keyPrefix(), partSize: cfg.PartSize}
+	s := &Store{core: core, probe: probe.Client, transport: tr, cfg: cfg, bucket: cfg.Bucket,
+		prefix: cfg.keyPrefix(), partSize: cfg.PartSize, stallTimeout: cfg.StallTimeout, logger: cfg.Logger}
 	if s.partSize == 0 {
 		s.partSize = DefaultPartSize
 	}
-	if err := s.ensureBucket(ctx, probe.Client, cfg); err != nil {
-		tr.CloseIdleConnections()
-		return nil, err
+	if s.stallTimeout == 0 {
+		s.stallTimeout = DefaultStallTimeout
+	}
+	if s.logger == nil {
+		s.logger = slog.New(slog.DiscardHandler)
 	}
 	return s, nil
 }
 
-// ensureBucket checks that the endpoint answers and takes the credentials, and creates the bucket if
-// it is missing.
-func (s *Store) ensureBucket(ctx context.Context, probe *minio.Client, cfg Config) error {
-	exists, err := probe.BucketExists(ctx, s.bucket)
-	if err != nil {
-		return describeStartError(ctx, cfg, err)
+// waitReady repeats the bucket check, with backoff, until it succeeds or ctx ends (Close), and logs
+// why the store waits at most every waitLogEvery: at warning level while the service is unreachable,
+// at error level once it answers but refuses (a configuration to fix; the check goes on, as the fix may
+// be made on the service's side).
+func (s *Store) waitReady(ctx context.Context) {
+	defer close(s.waitDone)
+	wait := backoff.Backoff{Min: 250 * time.Millisecond, Max: waitLogEvery}
+	logged := time.Now()
+	for backoff.Sleep(ctx, wait.Next()) {
+		err := s.ensureBucket(ctx)
+		if err == nil {
+			s.ready.Store(true)
+			s.mu.Lock()
+			s.pending = nil
+			s.mu.Unlock()
+			s.logger.Info("s3blob: S3 at "+s.cfg.Endpoint+" answers; the store is ready", "bucket", s.bucket)
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		s.mu.Lock()
+		s.pending = err
+		s.mu.Unlock()
+		if time.Since(logged) >= waitLogEvery {
+			level := slog.LevelWarn
+			if !fault.IsTransient(err) {
+				level = slog.LevelError
+			}
+			s.logger.Log(ctx, level, "s3blob: waiting for S3 at "+s.cfg.Endpoint, "bucket", s.bucket, "err", err)
+			logged = time.Now()
+		}
 	}
-	if exists {
+}
+
+// notReady returns the error of every call until the bucket check has succeeded, nil after: transient,
+// whatever the check met, since the store may yet become ready.
+func (s *Store) notReady() error {
+	if s.ready.Load() {
 		return nil
 	}
-	err = s.core.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{Region: cfg.Region})
-	if err != nil && s3Code(err) != "BucketAlreadyOwnedByYou" {
-		return fmt.Errorf("s3blob: create bucket %s at %s: %w", s.bucket, cfg.Endpoint, withCtx(ctx, err))
+	s.mu.Lock()
+	pending := s.pending
+	s.mu.Unlock()
+	if pending == nil {
+		return nil // became ready meanwhile
+	}
+	err := fmt.Errorf("s3blob: not ready: %w", pending)
+	if fault.IsTransient(err) {
+		return err
+	}
+	return fault.Unavailable(what, err)
+}
+
+// ensureBucket checks that the endpoint answers and takes the credentials, and creates the bucket if
+// it is missing.
+func (s *Store) ensureBucket(ctx context.Context) error {
+	var exists bool
+	err := s.do(ctx, func(ctx context.Context) (err error) {
+		exists, err = s.probe.BucketExists(ctx, s.bucket)
+		return err
+	})
+	if err != nil {
+		return s.describeStartError(ctx, err)
+	}
+	if exists && !s.setUp {
+		return nil
+	}
+	if !exists {
+		err = s.do(ctx, func(ctx context.Context) error {
+			return s.core.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{Region: s.cfg.Region})
+		})
+		if err != nil && s3Code(err) != "BucketAlreadyOwnedByYou" {
+			return fmt.Errorf("s3blob: create bucket %s at %s: %w", s.bucket, s.cfg.Endpoint, withCtx(ctx, err))
+		}
 	}
 	// Whoever created it, the bucket is new and ours to set up: both creators set the same settings.
-	if err := s.core.EnableVersioning(ctx, s.bucket); err != nil {
+	// Should a step fail, the next check finds the bucket existing and must not take it as set up.
+	s.setUp = true
+	if err := s.do(ctx, func(ctx context.Context) error { return s.core.EnableVersioning(ctx, s.bucket) }); err != nil {
 		return fmt.Errorf("s3blob: enable versioning of new bucket %s: %w", s.bucket, withCtx(ctx, err))
 	}
 	rule := lifecycle.Rule{
@@ -168,20 +311,28 @@ func (s *Store) ensureBucket(ctx context.Context, probe *minio.Client, cfg Confi
 		// A Delete leaves a delete marker; once the versions below it are gone, so can it go.
 		Expiration: lifecycle.Expiration{DeleteMarker: true},
 	}
-	if err := s.core.SetBucketLifecycle(ctx, s.bucket, &lifecycle.Configuration{Rules: []lifecycle.Rule{rule}}); err != nil {
+	err = s.do(ctx, func(ctx context.Context) error {
+		return s.core.SetBucketLifecycle(ctx, s.bucket, &lifecycle.Configuration{Rules: []lifecycle.Rule{rule}})
+	})
+	if err != nil {
 		return fmt.Errorf("s3blob: set the lifecycle of new bucket %s: %w", s.bucket, withCtx(ctx, err))
 	}
+	s.setUp = false
 	return nil
 }
 
-// describeStartError turns the failure of the first request into an error that says what to fix.
-func describeStartError(ctx context.Context, cfg Config, err error) error {
+// describeStartError turns the failure of the first request into an error that says what to fix. A
+// transient failure stays transient.
+func (s *Store) describeStartError(ctx context.Context, err error) error {
+	cfg := s.cfg
 	var resp minio.ErrorResponse
-	if !errors.As(err, &resp) {
-		if ctx.Err() != nil {
-			return fmt.Errorf("s3blob: %s did not answer in time: %w", cfg.Endpoint, withCtx(ctx, err))
-		}
+	switch {
+	case ctx.Err() != nil:
+		return fmt.Errorf("s3blob: %s did not answer in time: %w", cfg.Endpoint, withCtx(ctx, err))
+	case !errors.As(err, &resp):
 		return fmt.Errorf("s3blob: cannot reach %s: %w", cfg.Endpoint, err)
+	case fault.IsTransient(err):
+		return fmt.Errorf("s3blob: %s cannot serve yet (%s, HTTP %d): %w", cfg.Endpoint, resp.Code, resp.StatusCode, err)
 	}
 	switch resp.Code {
 	case "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken":
@@ -191,6 +342,30 @@ func describeStartError(ctx context.Context, cfg Config, err error) error {
 			cfg.Endpoint, cfg.AccessKey, cfg.Bucket, err)
 	}
 	return fmt.Errorf("s3blob: check bucket %s at %s: %s (HTTP %d): %w", cfg.Bucket, cfg.Endpoint, resp.Code, resp.StatusCode, err)
+}
+
+// do runs one S3 request, fn, with a context that ends when the service makes no progress for the
+// stall timeout (see watchdog), and returns its error classified (see classify).
+func (s *Store) do(ctx context.Context, fn func(ctx context.Context) error) error {
+	return s.doWithin(ctx, s.stallTimeout, fn)
+}
+
+// doWithin is do with another stall timeout.
+func (s *Store) doWithin(ctx context.Context, timeout time.Duration, fn func(ctx context.Context) error) error {
+	rctx, w := newWatchdog(ctx, timeout)
+	w.arm()
+	err := fn(rctx)
+	w.release()
+	if err != nil && ctx.Err() == nil && stalledBy(rctx, err) {
+		return s.stallError(timeout)
+	}
+	return classify(ctx, err)
+}
+
+// stallError is the error of a request that the watchdog ended. It does not wrap the request's own
+// error, a context.Canceled that would pass for the caller's cancellation.
+func (s *Store) stallError(timeout time.Duration) error {
+	return fault.Unavailable(what, fmt.Errorf("%s: %w for %v", s.cfg.Endpoint, errStalled, timeout))
 }
 
 // name maps a key to its object name.
@@ -214,6 +389,9 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, fe
 		return 0, fmt.Errorf("s3blob: put %s: invalid fence %d", key, fence)
 	}
 	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("s3blob: put %s: %w", key, err)
+	}
+	if err := s.notReady(); err != nil {
 		return 0, fmt.Errorf("s3blob: put %s: %w", key, err)
 	}
 	n, err := s.put(ctx, name, r, size, fence)
@@ -268,8 +446,10 @@ func (s *Store) putSingle(ctx context.Context, name string, body []byte, fence i
 	err := s.commit(ctx, name, fence, func(cond condition) error {
 		opts := putOptions(fence)
 		cond.apply(&opts)
-		_, err := s.core.PutObject(ctx, s.bucket, name, bytes.NewReader(body), int64(len(body)), "", "", opts)
-		return err
+		return s.do(ctx, func(ctx context.Context) error {
+			_, err := s.core.PutObject(ctx, s.bucket, name, bytes.NewReader(body), int64(len(body)), "", "", opts)
+			return err
+		})
 	})
 	if err != nil {
 		return 0, err
@@ -280,7 +460,11 @@ func (s *Store) putSingle(ctx context.Context, name string, body []byte, fence i
 // putMultipart uploads first and the rest of br as the parts of a multipart upload, reusing one buffer,
 // and commits the upload. Any failure aborts it: nothing becomes visible.
 func (s *Store) putMultipart(ctx context.Context, name string, br *bufio.Reader, first []byte, limit func(done int64) int, fence int64) (n int64, err error) {
-	uploadID, err := s.core.NewMultipartUpload(ctx, s.bucket, name, putOptions(fence))
+	var uploadID string
+	err = s.do(ctx, func(ctx context.Context) (err error) {
+		uploadID, err = s.core.NewMultipartUpload(ctx, s.bucket, name, putOptions(fence))
+		return err
+	})
 	if err != nil {
 		return 0, fmt.Errorf("start multipart upload: %w", err)
 	}
@@ -289,7 +473,9 @@ func (s *Store) putMultipart(ctx context.Context, name string, br *bufio.Reader,
 			// Detached from ctx: a cancelled Put must still release its parts.
 			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
 			defer cancel()
-			_ = s.core.AbortMultipartUpload(actx, s.bucket, name, uploadID) // best effort; see the package comment
+			// Best effort (see the package comment); the watchdog keeps a service that hangs from holding
+			// the failed Put for all of abortTimeout.
+			_ = s.do(actx, func(ctx context.Context) error { return s.core.AbortMultipartUpload(ctx, s.bucket, name, uploadID) })
 		}
 	}()
 	var parts []minio.CompletePart
@@ -298,7 +484,11 @@ func (s *Store) putMultipart(ctx context.Context, name string, br *bufio.Reader,
 		if number > maxParts {
 			return 0, fmt.Errorf("the body exceeds %d parts of %d bytes", maxParts, len(first))
 		}
-		p, err := s.core.PutObjectPart(ctx, s.bucket, name, uploadID, number, bytes.NewReader(buf), int64(len(buf)), minio.PutObjectPartOptions{})
+		var p minio.ObjectPart
+		err := s.do(ctx, func(ctx context.Context) (err error) {
+			p, err = s.core.PutObjectPart(ctx, s.bucket, name, uploadID, number, bytes.NewReader(buf), int64(len(buf)), minio.PutObjectPartOptions{})
+			return err
+		})
 		if err != nil {
 			return 0, fmt.Errorf("upload part %d: %w", number, err)
 		}
@@ -317,8 +507,12 @@ func (s *Store) putMultipart(ctx context.Context, name string, br *bufio.Reader,
 	err = s.commit(ctx, name, fence, func(cond condition) error {
 		var opts minio.PutObjectOptions
 		cond.apply(&opts)
-		_, err := s.core.CompleteMultipartUpload(ctx, s.bucket, name, uploadID, parts, opts)
-		return err
+		// The service answers at once and keeps the connection alive with whitespace while it assembles
+		// the parts: the watchdog sees progress.
+		return s.do(ctx, func(ctx context.Context) error {
+			_, err := s.core.CompleteMultipartUpload(ctx, s.bucket, name, uploadID, parts, opts)
+			return err
+		})
 	})
 	if err != nil {
 		return 0, err
@@ -411,7 +605,10 @@ func lostRace(err error) bool {
 
 // stat returns the object's information, or found false when there is none (or a delete marker).
 func (s *Store) stat(ctx context.Context, name string) (info minio.ObjectInfo, found bool, err error) {
-	info, err = s.core.StatObject(ctx, s.bucket, name, minio.StatObjectOptions{})
+	err = s.do(ctx, func(ctx context.Context) (err error) {
+		info, err = s.core.StatObject(ctx, s.bucket, name, minio.StatObjectOptions{})
+		return err
+	})
 	if err != nil {
 		var resp minio.ErrorResponse
 		if errors.As(err, &resp) && (resp.StatusCode == http.StatusNotFound || resp.Code == "NoSuchKey") {
@@ -448,6 +645,9 @@ func (s *Store) Open(ctx context.Context, key string) (*blobstore.Blob, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("s3blob: open %s: %w", key, err)
 	}
+	if err := s.notReady(); err != nil {
+		return nil, fmt.Errorf("s3blob: open %s: %w", key, err)
+	}
 	info, found, err := s.stat(ctx, name)
 	if err != nil {
 		return nil, fmt.Errorf("s3blob: open %s: %w", key, withCtx(ctx, err))
@@ -466,11 +666,56 @@ func (s *Store) Open(ctx context.Context, key string) (*blobstore.Blob, error) {
 		return nil, fmt.Errorf("s3blob: open %s: %w", key, err)
 	}
 	// The Object requests nothing until the first Read or Seek, and ranges after a Seek.
-	obj, err := s.core.Client.GetObject(ctx, s.bucket, name, opts)
+	rctx, w := newWatchdog(ctx, s.stallTimeout)
+	obj, err := s.core.Client.GetObject(rctx, s.bucket, name, opts)
 	if err != nil {
+		w.release()
 		return nil, fmt.Errorf("s3blob: open %s: %w", key, err)
 	}
-	return &blobstore.Blob{ReadSeekCloser: obj, Size: info.Size, ModTime: info.LastModified, Fence: fence}, nil
+	r := &objectReader{s: s, obj: obj, ctx: ctx, rctx: rctx, w: w}
+	return &blobstore.Blob{ReadSeekCloser: r, Size: info.Size, ModTime: info.LastModified, Fence: fence}, nil
+}
+
+// objectReader reads an object for a Blob. Its watchdog is armed only while a Read or Seek waits for the
+// service: between them, the caller's pace is nobody's failure.
+type objectReader struct {
+	s    *Store
+	obj  *minio.Object
+	ctx  context.Context // the caller's, which the reads use
+	rctx context.Context // ctx with the watchdog
+	w    *watchdog
+}
+
+func (r *objectReader) Read(p []byte) (int, error) {
+	r.w.arm()
+	n, err := r.obj.Read(p)
+	r.w.disarm()
+	return n, r.fail(err)
+}
+
+func (r *objectReader) Seek(offset int64, whence int) (int64, error) {
+	r.w.arm()
+	n, err := r.obj.Seek(offset, whence)
+	r.w.disarm()
+	return n, r.fail(err)
+}
+
+// Close ends the object's requests and its watchdog.
+func (r *objectReader) Close() error {
+	err := r.obj.Close()
+	r.w.release()
+	return err
+}
+
+// fail classifies the error of a read; io.EOF stays as it is.
+func (r *objectReader) fail(err error) error {
+	switch {
+	case err == nil || err == io.EOF:
+		return err
+	case r.ctx.Err() == nil && stalledBy(r.rctx, err):
+		return r.s.stallError(r.s.stallTimeout)
+	}
+	return classify(r.ctx, err)
 }
 
 // Delete implements blobstore.Store. S3 deletes are idempotent: a missing key is no error. In a
@@ -483,14 +728,51 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("s3blob: delete %s: %w", key, err)
 	}
-	if err := s.core.RemoveObject(ctx, s.bucket, name, minio.RemoveObjectOptions{}); err != nil {
+	if err := s.notReady(); err != nil {
+		return fmt.Errorf("s3blob: delete %s: %w", key, err)
+	}
+	err = s.do(ctx, func(ctx context.Context) error {
+		return s.core.RemoveObject(ctx, s.bucket, name, minio.RemoveObjectOptions{})
+	})
+	if err != nil {
 		return fmt.Errorf("s3blob: delete %s: %w", key, withCtx(ctx, err))
 	}
 	return nil
 }
 
-// Close implements blobstore.Store: it closes idle connections. Open Blobs stay readable.
+// Ping implements blobstore.Store: one HEAD of the bucket, not retried, which fails as unavailable when
+// the service makes no progress for the stall timeout or 5s, whichever is shorter. Until the check at
+// Open has succeeded, it fails with why the store waits.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("s3blob: ping: %w", err)
+	}
+	if err := s.notReady(); err != nil {
+		return fmt.Errorf("s3blob: ping: %w", err)
+	}
+	var exists bool
+	err := s.doWithin(ctx, min(s.stallTimeout, maxPingTimeout), func(ctx context.Context) (err error) {
+		exists, err = s.probe.BucketExists(ctx, s.bucket)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("s3blob: ping %s: %w", s.cfg.Endpoint, withCtx(ctx, err))
+	}
+	if !exists {
+		return fmt.Errorf("s3blob: ping: bucket %s at %s does not exist", s.bucket, s.cfg.Endpoint)
+	}
+	return nil
+}
+
+// Close implements blobstore.Store: it ends the wait for a service that did not answer at Open and
+// closes idle connections. Open Blobs stay readable.
 func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		if s.stopWait != nil {
+			s.stopWait()
+			<-s.waitDone
+		}
+	})
 	s.transport.CloseIdleConnections()
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -22,6 +23,7 @@ import (
 	"github.com/imgmill/imgmill/internal/blobstore"
 	"github.com/imgmill/imgmill/internal/blobstore/blobstoretest"
 	"github.com/imgmill/imgmill/internal/enginetest"
+	"github.com/imgmill/imgmill/internal/fault"
 )
 
 func TestMain(m *testing.M) {
@@ -50,6 +52,8 @@ func TestS3(t *testing.T) {
 		{"UnversionedBucket", testUnversionedBucket},
 		{"UnreachableEndpoint", testUnreachable},
 		{"WrongCredentials", testWrongCredentials},
+		{"PingRemovedBucket", testPingRemovedBucket},
+		{"SlowCaller", testSlowCaller},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, m) })
 	}
@@ -554,22 +558,70 @@ func testUnversionedBucket(t *testing.T, m *enginetest.MinIO) {
 	}
 }
 
+// logBuffer is a slog handler's output, safe for concurrent use.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// wantUnavailable checks that err is a transient failure that is not out of space.
+func wantUnavailable(t *testing.T, what string, err error) {
+	t.Helper()
+	if !fault.IsTransient(err) || fault.IsNoSpace(err) {
+		t.Errorf("%s = %v, want a transient (unavailable) error", what, err)
+	}
+}
+
+// An endpoint where nothing listens is no reason to fail Open: the store opens, fails every call as
+// unavailable, saying why, and logs that it waits; Close ends the wait (goleak would see it otherwise).
 func testUnreachable(t *testing.T, m *enginetest.MinIO) {
 	cfg := config(t, m)
 	cfg.Endpoint = "http://" + enginetest.FreeAddr(t) // nothing listens there
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	var log logBuffer
+	cfg.Logger = slog.New(slog.NewTextHandler(&log, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	start := time.Now()
-	_, err := Open(ctx, cfg)
-	if err == nil || !strings.Contains(err.Error(), "cannot reach "+cfg.Endpoint) {
-		t.Fatalf("Open of an unreachable endpoint = %v, want an error saying it cannot be reached", err)
+	s, err := Open(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Open of an unreachable endpoint = %v, want a store that waits for it", err)
 	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Errorf("Open took %s to report an unreachable endpoint", d)
+	defer s.Close()
+	err = s.Ping(ctx)
+	wantUnavailable(t, "Ping", err)
+	if err == nil || !strings.Contains(err.Error(), "cannot reach "+cfg.Endpoint) {
+		t.Errorf("Ping = %v, want it to say that %s cannot be reached", err, cfg.Endpoint)
 	}
 	t.Log(err)
+	_, err = s.Put(ctx, "k", strings.NewReader("v"), 1, 1)
+	wantUnavailable(t, "Put", err)
+	_, err = s.Open(ctx, "k")
+	wantUnavailable(t, "Open", err)
+	wantUnavailable(t, "Delete", s.Delete(ctx, "k"))
+	// Invalid keys are still the caller's fault.
+	if _, err := s.Open(ctx, "Bad Key"); !errors.Is(err, blobstore.ErrInvalidKey) || fault.IsTransient(err) {
+		t.Errorf("Open of an invalid key = %v, want ErrInvalidKey", err)
+	}
+	if got := log.String(); !strings.Contains(got, "waiting for S3 at "+cfg.Endpoint) {
+		t.Errorf("the log does not say that the store waits for %s:\n%s", cfg.Endpoint, got)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
 
-	// A server that accepts connections but never answers: ctx bounds the wait.
+	// A server that accepts connections but never answers: ctx bounds Open's wait, and Open fails when
+	// the caller gives up first; with time to spare, the store opens and waits.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -590,14 +642,26 @@ func testUnreachable(t *testing.T, m *enginetest.MinIO) {
 	})
 	defer conns.Wait()
 	defer ln.Close()
-	ctx, cancel = context.WithTimeout(context.Background(), 300*time.Millisecond)
-	defer cancel()
 	cfg.Endpoint = "http://" + ln.Addr().String()
-	if _, err := Open(ctx, cfg); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Open of a silent endpoint bounded by ctx = %v, want DeadlineExceeded", err)
+	cfg.StallTimeout = 500 * time.Millisecond
+	short, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := Open(short, cfg); !errors.Is(err, context.DeadlineExceeded) || fault.IsTransient(err) {
+		t.Fatalf("Open of a silent endpoint bounded by ctx = %v, want the caller's DeadlineExceeded", err)
 	} else {
 		t.Log(err)
 	}
+	s, err = Open(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Open of a silent endpoint = %v, want a store that waits for it", err)
+	}
+	defer s.Close()
+	err = s.Ping(ctx)
+	wantUnavailable(t, "Ping of a silent endpoint", err)
+	if !errors.Is(err, errStalled) || errors.Is(err, context.Canceled) {
+		t.Errorf("Ping of a silent endpoint = %v, want it to say that the server made no progress", err)
+	}
+	t.Log(err)
 }
 
 func testWrongCredentials(t *testing.T, m *enginetest.MinIO) {
@@ -620,5 +684,97 @@ func testWrongCredentials(t *testing.T, m *enginetest.MinIO) {
 			t.Errorf("the error shows the secret key: %v", err)
 		}
 		t.Log(err)
+	}
+}
+
+// testPingRemovedBucket: a removed bucket is reachable but not usable: a permanent error, no outage.
+func testPingRemovedBucket(t *testing.T, m *enginetest.MinIO) {
+	s := open(t, config(t, m))
+	// The bucket removed under the store: reachable, but not usable; no outage.
+	if err := s.core.RemoveBucketWithOptions(t.Context(), s.bucket, minio.RemoveBucketOptions{ForceDelete: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ping(t.Context()); err == nil || fault.IsTransient(err) {
+		t.Errorf("Ping of a removed bucket = %v, want a permanent error", err)
+	}
+}
+
+// slowReader serves r, pausing before each read of a new chunk.
+type slowReader struct {
+	r     io.Reader
+	pause time.Duration
+}
+
+func (s slowReader) Read(p []byte) (int, error) {
+	time.Sleep(s.pause)
+	return s.r.Read(p[:min(len(p), 1<<20)])
+}
+
+// A caller that takes its time, to send a body or read a blob, is not a server that hangs: the watchdog
+// waits for the server only while a request waits for it.
+func testSlowCaller(t *testing.T, m *enginetest.MinIO) {
+	cfg := config(t, m)
+	cfg.PartSize = MinPartSize
+	cfg.StallTimeout = 2 * time.Second
+	s := open(t, cfg)
+	ctx := t.Context()
+	data := payload(9, MinPartSize+100) // two parts
+	// Half a second's pause per read of at most 1 MiB: filling a part (9 reads, as the buffer grows)
+	// takes more than twice the stall timeout.
+	if _, err := s.Put(ctx, "slow", slowReader{bytes.NewReader(data), 500 * time.Millisecond}, -1, 1); err != nil {
+		t.Fatalf("Put of a slow body: %v", err)
+	}
+	b, err := s.Open(ctx, "slow")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	head := make([]byte, 1000)
+	if _, err := io.ReadFull(b, head); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * cfg.StallTimeout) // the caller is busy elsewhere
+	rest, err := io.ReadAll(b)
+	if err != nil {
+		t.Fatalf("reading on after a pause: %v", err)
+	}
+	if !bytes.Equal(append(head, rest...), data) {
+		t.Fatal("the blob read back differs from what was put")
+	}
+}
+
+// TestOutage runs the outage part of the contract with MinIO stopped, and frozen (SIGSTOP: it keeps its
+// port, so requests time out rather than being refused), each subtest on a MinIO of its own.
+func TestOutage(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		down, up func(m *enginetest.MinIO, t testing.TB)
+	}{
+		{"Stopped", func(m *enginetest.MinIO, _ testing.TB) { m.Stop() }, (*enginetest.MinIO).Restart},
+		{"Paused", func(m *enginetest.MinIO, _ testing.TB) { m.Pause() }, func(m *enginetest.MinIO, _ testing.TB) { m.Resume() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			blobstoretest.RunOutage(t, blobstoretest.Outage{
+				Engine: func(t *testing.T) blobstoretest.Engine {
+					m := enginetest.StartMinIO(t)
+					cfg := config(t, m)
+					// Short, to keep the frozen server's calls short; long enough for a busy machine.
+					cfg.StallTimeout = 5 * time.Second
+					cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), nil))
+					return blobstoretest.Engine{
+						Open: func(t *testing.T) blobstore.Store {
+							s, err := Open(t.Context(), cfg)
+							if err != nil {
+								t.Fatalf("Open: %v", err)
+							}
+							return s
+						},
+						Down: func(t testing.TB) { tc.down(m, t) },
+						Up:   func(t testing.TB) { tc.up(m, t) },
+					}
+				},
+				OpenWhileDown: true,
+			})
+		})
 	}
 }

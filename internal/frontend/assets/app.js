@@ -72,7 +72,7 @@
 
   const stateWords = {
     uploading: 'Uploading', queued: 'Queued', processing: 'Processing',
-    finished: 'Finished', failed: 'Failed', refused: 'Refused', error: 'Error',
+    finished: 'Finished', failed: 'Failed', refused: 'Refused', error: 'Error', waiting: 'Waiting to retry',
   };
 
   // ---- history (localStorage) ----------------------------------------------------------------------
@@ -702,6 +702,9 @@
     for (const file of files) {
       const v = newView(file.name || 'image', op, fmtSize(file.size));
       v.file = file;
+      // One key for every attempt of this upload: a retry whose first answer was lost creates nothing.
+      v.key = randomKey();
+      v.retries = 0;
       v.inputType = file.type || typeFromName(file.name || '');
       setState(v, 'uploading');
       v.progress.value = 0;
@@ -729,6 +732,7 @@
       const xhr = new XMLHttpRequest();
       xhr.open('POST', '/api/tasks?op=' + encodeURIComponent(v.op));
       xhr.setRequestHeader('Accept', 'application/json');
+      xhr.setRequestHeader('Idempotency-Key', v.key);
       xhr.upload.addEventListener('progress', (e) => {
         if (e.lengthComputable) v.progress.value = Math.round((e.loaded / e.total) * 100);
       });
@@ -747,6 +751,7 @@
         resolve();
       });
       xhr.addEventListener('abort', () => {
+        v.aborted = true;
         refused(v, 0, 'the upload was cancelled');
         resolve();
       });
@@ -763,6 +768,18 @@
     applyStatus(v, { state: body.status || 'queued' });
     watch(v);
   }
+
+  // randomKey is 128 random bits in hex, an upload's Idempotency-Key.
+  function randomKey() {
+    const b = new Uint8Array(16);
+    crypto.getRandomValues(b);
+    return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+  }
+
+  // Answers that mean "come back later": the page retries them by itself, as the server's
+  // Retry-After says (at least an exponential backoff), up to AUTO_RETRIES times.
+  const AUTO_RETRIES = 10;
+  const transientStatus = (status) => status === 0 || status === 429 || status === 502 || status === 503 || status === 504 || status === 507;
 
   function refused(v, status, msg, retryAfter) {
     v.progress.hidden = true;
@@ -785,9 +802,15 @@
         text = 'Too many uploads right now: wait ' + retryIn + ' s, then retry.';
         break;
       }
+      case 502:
       case 503:
+      case 504:
         retryIn = parseInt(retryAfter, 10) || 0;
-        text = 'The service is busy or unavailable' + (msg ? ' (' + msg + ')' : '') + '. Please try again' + (retryIn ? ' in ' + retryIn + ' s' : ' shortly') + '.';
+        text = 'The service is busy or unavailable' + (msg ? ' (' + msg + ')' : '') + '.';
+        break;
+      case 507:
+        retryIn = parseInt(retryAfter, 10) || 0;
+        text = 'The server is out of space for now' + (msg ? ' (' + msg + ')' : '') + '.';
         break;
       case 0:
         text = 'Upload failed: ' + msg + '.';
@@ -795,34 +818,56 @@
       default:
         text = 'Refused (' + status + '): ' + (msg || 'unknown error') + '.';
     }
-    setState(v, 'refused', { text, kind: status === 429 || status === 503 || status === 0 ? 'warn' : 'error' });
+    const transient = transientStatus(status);
+    if (transient && status !== 429 && !v.aborted && v.retries < AUTO_RETRIES) {
+      // Wait as the server asked, and at least 1, 2, 4 ... 30 s, then send it again by itself.
+      v.retries++;
+      const wait = Math.min(60, Math.max(retryIn, Math.min(30, 2 ** (v.retries - 1))));
+      setState(v, 'waiting', { text: text + ' Retrying by itself in ' + wait + ' s (attempt ' + (v.retries + 1) + ').', kind: 'warn' });
+      announce(v.name + ': ' + text + ' Retrying in ' + wait + ' s.');
+      offerRetry(v, wait, true);
+      return;
+    }
+    if (transient && status !== 429) text += ' Please try again' + (retryIn ? ' in ' + retryIn + ' s' : ' shortly') + '.';
+    setState(v, 'refused', { text, kind: transient ? 'warn' : 'error' });
     announce(v.name + ': ' + text);
-    if (status === 429 || status === 503 || status === 0) offerRetry(v, retryIn);
+    if (transient) offerRetry(v, retryIn, false);
   }
 
-  // offerRetry adds a Retry button, disabled (with a countdown) while the server asked us to wait.
-  function offerRetry(v, wait) {
+  // offerRetry adds a Retry button. Without auto, it is disabled (with a countdown) while the server
+  // asked us to wait; with auto, it says "Retry now" and the upload is sent again by itself when the
+  // countdown ends.
+  function offerRetry(v, wait, auto) {
     const btn = el('button', { type: 'button', class: 'secondary small' });
-    const label = 'Retry';
     let left = wait;
-    const tick = () => {
-      if (left > 0) {
-        btn.disabled = true;
-        btn.textContent = label + ' in ' + left + ' s';
-        left--;
-        setTimeout(tick, 1000);
-      } else {
-        btn.disabled = false;
-        btn.textContent = label;
-      }
-    };
-    tick();
-    btn.addEventListener('click', () => {
+    let sent = false;
+    const send = () => {
+      if (sent) return;
+      sent = true;
       queue.push(v);
       v.body.replaceChildren();
       setState(v, 'uploading', { text: 'Waiting to upload…' });
       pump();
-    });
+    };
+    const tick = () => {
+      if (sent) return;
+      if (auto) {
+        btn.textContent = 'Retry now';
+        if (left <= 0) { send(); return; }
+        left--;
+        setTimeout(tick, 1000);
+      } else if (left > 0) {
+        btn.disabled = true;
+        btn.textContent = 'Retry in ' + left + ' s';
+        left--;
+        setTimeout(tick, 1000);
+      } else {
+        btn.disabled = false;
+        btn.textContent = 'Retry';
+      }
+    };
+    tick();
+    btn.addEventListener('click', send);
     v.body.replaceChildren(el('div', { class: 'actions' }, btn));
   }
 

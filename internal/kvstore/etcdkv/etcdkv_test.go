@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/imgmill/imgmill/internal/enginetest"
+	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/kvstore"
 	"github.com/imgmill/imgmill/internal/kvstore/kvstoretest"
 )
@@ -290,31 +291,86 @@ func TestFailover(t *testing.T) {
 	t.Logf("working again %v after a second member was killed", took.Round(time.Millisecond))
 }
 
-// A cluster that does not answer is an error at Open, within the dial timeout or the context.
+// A cluster that cannot be reached is no reason to fail Open: the store opens and fails its calls as
+// unavailable, each within the dial timeout. The end of the caller's context still fails Open.
 func TestUnreachable(t *testing.T) {
 	dead := enginetest.FreeAddr(t) // nothing listens there
-	start := time.Now()
-	_, err := Open(t.Context(), Options{Endpoints: []string{dead}, DialTimeout: time.Second})
-	if err == nil || !strings.Contains(err.Error(), dead) || !strings.Contains(err.Error(), "does not answer") {
-		t.Errorf("Open of a dead endpoint = %v, want an error naming it", err)
+	s, err := Open(t.Context(), Options{Endpoints: []string{dead}, DialTimeout: time.Second,
+		Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+	if err != nil {
+		t.Fatalf("Open of a dead endpoint = %v, want a store that waits for it", err)
 	}
-	if d := time.Since(start); d > 3*time.Second {
-		t.Errorf("Open of a dead endpoint took %v, want about the 1s dial timeout", d)
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	for name, call := range map[string]func() error{
+		"Ping":        func() error { return s.Ping(ctx) },
+		"Set":         func() error { return s.Set(ctx, "k", "v", 0) },
+		"Set a ttl":   func() error { return s.Set(ctx, "k", "v", time.Minute) },
+		"SetIfAbsent": func() error { _, err := s.SetIfAbsent(ctx, "k", "v"); return err },
+		"Get":         func() error { _, err := s.Get(ctx, "k"); return err },
+		"List":        func() error { _, err := s.List(ctx, ""); return err },
+		"Delete":      func() error { return s.Delete(ctx, "k") },
+	} {
+		if err := call(); !fault.IsTransient(err) || fault.IsNoSpace(err) {
+			t.Errorf("%s on a dead endpoint = %v, want a transient (unavailable) error", name, err)
+		} else if name == "Ping" {
+			t.Log(err)
+		}
 	}
 
-	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	short, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
 	defer cancel()
-	start = time.Now()
-	_, err = Open(ctx, Options{Endpoints: []string{dead, enginetest.FreeAddr(t)}, DialTimeout: time.Minute})
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("Open with an expiring context = %v, want context.DeadlineExceeded", err)
-	}
-	if d := time.Since(start); d > 2*time.Second {
-		t.Errorf("Open with a 300ms context took %v", d)
+	_, err = Open(short, Options{Endpoints: []string{dead, enginetest.FreeAddr(t)}, DialTimeout: time.Minute})
+	if !errors.Is(err, context.DeadlineExceeded) || fault.IsTransient(err) {
+		t.Errorf("Open with an expiring context = %v, want the caller's context.DeadlineExceeded", err)
 	}
 
 	if _, err := Open(t.Context(), Options{}); err == nil {
 		t.Error("Open without endpoints succeeded")
+	}
+}
+
+// TestOutage runs the outage part of the contract on a cluster of three that loses its quorum (two
+// members killed: the third answers, without a leader), and on one whose only member is killed; each
+// subtest on a cluster of its own.
+func TestOutage(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		members int
+		killed  []int
+	}{
+		{"QuorumLost", 3, []int{1, 2}},
+		{"AllDown", 1, []int{0}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kvstoretest.RunOutage(t, kvstoretest.Outage{
+				Engine: func(t *testing.T) kvstoretest.Engine {
+					cluster := enginetest.StartEtcd(t, tc.members)
+					return kvstoretest.Engine{
+						Open: func(t *testing.T) kvstore.Store {
+							s, err := Open(t.Context(), Options{Endpoints: cluster.Endpoints(), Prefix: "outage/",
+								DialTimeout: 2 * time.Second, Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+							if err != nil {
+								t.Fatalf("Open: %v", err)
+							}
+							return s
+						},
+						Down: func(testing.TB) {
+							for _, i := range tc.killed {
+								cluster.Member(i).Kill()
+							}
+						},
+						Up: func(t testing.TB) {
+							for _, i := range tc.killed {
+								cluster.Member(i).Restart(t)
+							}
+						},
+					}
+				},
+				OpenWhileDown: true,
+			})
+		})
 	}
 }
 
@@ -327,6 +383,9 @@ func TestClosed(t *testing.T) {
 	}
 	if err := s.Set(ctx, "k", "v", 0); err != nil {
 		t.Fatal(err)
+	}
+	if err := s.Ping(ctx); err != nil {
+		t.Fatalf("Ping: %v", err)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -348,6 +407,9 @@ func TestClosed(t *testing.T) {
 	}
 	if err := s.Delete(ctx, "k"); !errors.Is(err, ErrClosed) {
 		t.Errorf("Delete after Close = %v, want ErrClosed", err)
+	}
+	if err := s.Ping(ctx); !errors.Is(err, ErrClosed) || fault.IsTransient(err) {
+		t.Errorf("Ping after Close = %v, want ErrClosed, not transient", err)
 	}
 	// The default namespace: the entry is in etcd under imgmill/.
 	r := openStore(t, cluster.Endpoints(), "")

@@ -7,6 +7,9 @@
 // restart. Expired entries are hidden from reads at once and dropped from the snapshot by the next write
 // (the kv service's registrations are renewed every few seconds, so writes are frequent).
 //
+// A full disk (ENOSPC, EDQUOT) makes writes fail with fault.NoSpace errors, a read-only one with
+// fault.Unavailable ones, changing nothing; reads go on working from memory.
+//
 // A file must be used by one Store (one process) at a time.
 package filekv
 
@@ -28,11 +31,15 @@ import (
 	"unicode/utf8"
 
 	"github.com/imgmill/imgmill/internal/atomicfile"
+	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/kvstore"
 )
 
 // ErrClosed is returned by every method of a closed Store.
 var ErrClosed = errors.New("filekv: store closed")
+
+// what names the store in transient errors (fault).
+const what = "the key-value store"
 
 // formatVersion is written in every snapshot so that a future format can tell old files apart.
 // Version 1 (entries as a plain key-to-value object, no expiry) is still read; version 2 is written.
@@ -316,7 +323,8 @@ func (s *Store) mutate(ctx context.Context, op string, change func(m map[string]
 		return fmt.Errorf("filekv: %s: encode: %w", op, err)
 	}
 	if _, err := atomicfile.Write(ctx, s.path, bytes.NewReader(data)); err != nil {
-		return fmt.Errorf("filekv: %s: %w", op, err)
+		// A full or read-only disk is transient: the same write succeeds once it has room again.
+		return fmt.Errorf("filekv: %s: %w", op, fault.Disk(what, err))
 	}
 	s.mu.Lock()
 	s.m = next
@@ -361,6 +369,25 @@ func (s *Store) List(ctx context.Context, prefix string) ([]kvstore.Entry, error
 	s.mu.RUnlock()
 	slices.SortFunc(entries, func(a, b kvstore.Entry) int { return strings.Compare(a.Key, b.Key) })
 	return entries, nil
+}
+
+// Ping implements kvstore.Store: the store is open and the file system of its snapshot takes writes and
+// has room for data (an access and a statfs): a full one is a fault.NoSpace error, a read-only one a
+// fault.Unavailable one, the errors writes meet. Reads work either way: they are served from memory.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("filekv: ping: %w", err)
+	}
+	s.mu.RLock()
+	closed := s.closed
+	s.mu.RUnlock()
+	if closed {
+		return ErrClosed
+	}
+	if err := fault.Writable(what, filepath.Dir(s.path)); err != nil {
+		return fmt.Errorf("filekv: ping: %w", err)
+	}
+	return nil
 }
 
 // Close implements kvstore.Store. It waits for a mutation in progress, so that its snapshot is complete

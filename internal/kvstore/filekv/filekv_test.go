@@ -13,6 +13,8 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/imgmill/imgmill/internal/enginetest"
+	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/kvstore"
 	"github.com/imgmill/imgmill/internal/kvstore/kvstoretest"
 )
@@ -437,5 +439,59 @@ func TestClosed(t *testing.T) {
 	}
 	if err := s.Delete(ctx, "k"); !errors.Is(err, ErrClosed) {
 		t.Errorf("Delete after Close = %v, want ErrClosed", err)
+	}
+}
+
+// TestOutage runs the outage part of the contract on a disk that fills up, and on one remounted
+// read-only: writes fail as out of space, or unavailable, until it is fixed, and reads, served from
+// memory, go on working.
+func TestOutage(t *testing.T) {
+	for name, o := range enginetest.DiskOutages(1<<20, func(t *testing.T, dir string) kvstore.Store {
+		return openStore(t, filepath.Join(dir, "kv.json"))
+	}) {
+		t.Run(name, func(t *testing.T) { kvstoretest.RunOutage(t, o) })
+	}
+}
+
+// A write that fails on a full disk changes nothing, in memory or on disk: a restart finds what was
+// there before it.
+func TestFullDiskChangesNothing(t *testing.T) {
+	ctx := t.Context()
+	disk := enginetest.SmallDisk(t, 1<<20)
+	path := filepath.Join(disk.Dir(), "kv.json")
+	s := openStore(t, path)
+	defer s.Close()
+	if err := s.Set(ctx, "k", "old", 0); err != nil {
+		t.Fatal(err)
+	}
+	disk.Fill(t)
+	if err := s.Set(ctx, "k", "new", 0); !fault.IsNoSpace(err) {
+		t.Fatalf("Set on a full disk = %v, want an out-of-space error", err)
+	}
+	if err := s.Set(ctx, "k", "old", 0); err != nil {
+		t.Errorf("a Set that changes nothing writes nothing, so a full disk does not fail it: %v", err)
+	}
+	if v, err := s.Get(ctx, "k"); err != nil || v != "old" {
+		t.Errorf("Get after the failed Set = %q, %v; want %q", v, err, "old")
+	}
+	if found, _ := filepath.Glob(filepath.Join(disk.Dir(), ".kv.json.tmp-*")); len(found) != 0 {
+		t.Errorf("the failed write left temporary files: %v", found)
+	}
+	r := openStore(t, path) // a restart, with the disk still full: reads work
+	defer r.Close()
+	if v, err := r.Get(ctx, "k"); err != nil || v != "old" {
+		t.Errorf("after a restart Get = %q, %v; want %q", v, err, "old")
+	}
+}
+
+// Ping of a closed store is ErrClosed, a mistake of the caller, not an outage; the contract suite checks
+// Ping otherwise.
+func TestPingAfterClose(t *testing.T) {
+	s := openStore(t, filepath.Join(t.TempDir(), "kv.json"))
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ping(t.Context()); !errors.Is(err, ErrClosed) || fault.IsTransient(err) {
+		t.Errorf("Ping after Close = %v, want ErrClosed, not transient", err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgmill/imgmill/internal/enginetest"
 	"github.com/imgmill/imgmill/internal/kvstore"
 )
 
@@ -99,6 +100,7 @@ func run(t *testing.T, realTime bool, open func(t *testing.T) (kvstore.Store, *C
 		{"ListIsACopy", testListIsACopy},
 		{"Values", testValues},
 		{"CancelledContext", testCancelledContext},
+		{"Ping", testPing},
 		{"ConcurrentSets", testConcurrentSets},
 		{"SetIfAbsent", testSetIfAbsent},
 		{"SetIfAbsentConcurrent", testSetIfAbsentConcurrent},
@@ -360,6 +362,9 @@ func testValues(t *testing.T, s kvstore.Store) {
 		t.Errorf("List has %d entries (%d values), want %d (%d values)", len(list), seen, len(values)+len(keys), len(values))
 	}
 }
+
+// testPing: Ping answers while the engine is up, and a cancelled call is not an outage.
+func testPing(t *testing.T, s kvstore.Store) { enginetest.CheckPing(t, s.Ping) }
 
 func testCancelledContext(t *testing.T, s kvstore.Store) {
 	set(t, s, "k", "old")

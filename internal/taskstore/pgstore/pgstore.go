@@ -1,13 +1,14 @@
 // Package pgstore is the task store on PostgreSQL, which several database services can share: the
 // same semantics as sqlitestore (the embedded store), with claims that are safe across instances.
 //
-// Concurrency design: every write is one statement in its own transaction, except Claim's two (settle
-// lapsed leases, then claim), which go together in one batch: one round trip. Claim picks the
-// lowest claimable id through a partial index with FOR UPDATE SKIP LOCKED, so concurrent claimers, in
-// one process or many, each take a different task without waiting for each other; the settling of
-// lapsed leases skips locked rows the same way, so claims never wait on locks at all. Guarded writes
-// (Extend, Finish, Fail, Release) are single UPDATEs on the primary key; when one matches nothing a
-// probe read explains why. Everything relies on READ COMMITTED, where an UPDATE re-checks its
+// Concurrency design: every write is one statement in its own transaction, except Claim's three
+// (settle lapsed leases, settle due retries, then claim) and CreateOnce's two (take the key from a
+// stale task, create), which go together in one batch: one round trip. Claim picks the lowest
+// claimable id through a partial index with FOR UPDATE SKIP LOCKED, so concurrent claimers, in one
+// process or many, each take a different task without waiting for each other; the settling skips
+// locked rows the same way, so claims never wait on locks at all. Guarded writes (Extend, Finish,
+// Fail, Release, Retry) are single UPDATEs on the primary key; when one matches nothing a probe read
+// explains why. Everything relies on READ COMMITTED, where an UPDATE re-checks its
 // condition on a row that changed under it, so the pool's sessions are pinned to it.
 //
 // Fencing: each task carries its own token, raised by one with every claim (Claim or Set InProgress)
@@ -19,6 +20,11 @@
 //
 // Times come from Options.Now, never from PostgreSQL's clock.
 //
+// Outages: errors of a server that cannot be reached, is shutting down, overloaded or out of space
+// come back marked transient (fault), so callers wait and retry; the pool replaces broken connections
+// by itself once the server is back. A server that cannot be reached when Open is called does not fail
+// it: the Store keeps connecting in the background.
+//
 // Wake-ups: statements that make a task claimable NOTIFY the other Stores (see Watch), so database
 // services sharing the database hear of work another one accepted.
 package pgstore
@@ -29,19 +35,26 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"iter"
 	"log/slog"
+	"net"
 	"path"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/imgmill/imgmill/internal/backoff"
+	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/taskstore"
 )
 
@@ -59,7 +72,8 @@ type Options struct {
 	// Now returns the current time; nil means time.Now. Tests inject a fake clock so lease expiry can
 	// be checked without sleeping.
 	Now func() time.Time
-	// Logger receives migrations and Watch's reconnects; nil discards them.
+	// Logger receives migrations, the waits for a server that could not be reached when the store
+	// was opened, and Watch's reconnects; nil discards them.
 	Logger *slog.Logger
 }
 
@@ -73,9 +87,16 @@ type Store struct {
 	// origin tags this Store's notifications, so that its own Watch skips them: the database service
 	// wakes its own waiters in-process.
 	origin string
-	// done ends when Close is called, and with it any Watch.
+	// done ends when Close is called, and with it any Watch and the background connecting.
 	done context.Context
 	shut context.CancelFunc
+	// where names the server and database, host:port/database, for errors and logs.
+	where string
+	// waiting holds why the store is not usable yet, until it has connected and migrated the schema
+	// (see keepConnecting); nil from then on.
+	waiting atomic.Pointer[error]
+	// connecting runs keepConnecting, which Close waits for.
+	connecting sync.WaitGroup
 }
 
 var (
@@ -94,6 +115,16 @@ const (
 	defaultConnectTimeout = 10 * time.Second
 	// listPage is how many tasks List reads per query.
 	listPage = 500
+	// pingTimeout bounds Ping, and each try to reach the server while opening: a server that does not
+	// answer in that time is unavailable for now.
+	pingTimeout = 5 * time.Second
+	// waitLogEvery spaces out the log lines of a store waiting for its server.
+	waitLogEvery = 5 * time.Second
+	// createOnceTries bounds CreateOnce's tries: each one after the first follows a concurrent call
+	// with the same key that created a task, so they end quickly unless the callers are many.
+	createOnceTries = 100
+	// what names the task database in transient errors (fault).
+	what = "the task database"
 )
 
 // Index names, referenced by the query-plan test.
@@ -102,18 +133,22 @@ const (
 	leaseIndex     = "tasks_lease"
 	pendingIndex   = "tasks_pending"
 	failedIndex    = "tasks_failed"
+	retryIndex     = "tasks_retry"
+	keyIndex       = "tasks_idem"
 	primaryKey     = "tasks_pkey"
 )
 
 // Row invariants, as in sqlitestore:
 //
 //   - lease_until is the end of the latest claim's lease while that claim is open. Finish, Fail,
-//     Release, Set and ExpirePending close it (NULL); a lapse does not, so a not-started or failed
-//     row with a lease_until is one whose holder's lease lapsed and who may still report (see
-//     heldBy). Readers report LeaseUntil only for in-progress rows.
+//     Release, Retry, Set, ExpirePending and Abandon close it (NULL); a lapse does not, so a
+//     not-started or failed row with a lease_until is one whose holder's lease lapsed and who may
+//     still report (see heldBy). Readers report LeaseUntil only for in-progress rows.
 //   - A row in state 1 whose lease_until <= now has lapsed. Readers compute what Claim's sweep
 //     will make of it: state 0 with attempts left, else 3 with finished_at = lease_until, and in
 //     both cases error = lapsedError.
+//   - retry_at is set only by Retry, on a row it leaves in state 0; every other write clears it,
+//     and so does Claim's sweep once it is due. Readers report it only while it is in the future.
 //
 // Parameters carry explicit casts: PostgreSQL infers a parameter's type from its first use, and a
 // parameter used in a CASE or compared with a literal would otherwise come out as text or int4.
@@ -129,16 +164,21 @@ const (
 	liveLease = `state = 1 AND lease_until > @now::timestamptz`
 	// liveHeldBy admits the holder of a live lease (Extend, Release); token 0 admits anyone.
 	liveHeldBy = liveLease + ` AND (@token::bigint = 0 OR token = @token::bigint)`
-	// heldBy admits whoever may report the outcome of the latest claim (Finish, Fail): with token 0
-	// the holder of a live lease; with a token, its holder as long as the claim is still open, lapsed
-	// or not, because nobody claimed the task since (that would have changed the token).
+	// heldBy admits whoever may report the outcome of the latest claim (Finish, Fail, Retry): with
+	// token 0 the holder of a live lease; with a token, its holder as long as the claim is still open,
+	// lapsed or not, because nobody claimed the task since (that would have changed the token).
 	heldBy = `(CASE WHEN @token::bigint = 0 THEN ` + liveLease + `
 		ELSE token = @token::bigint AND state <> 2 AND lease_until IS NOT NULL END)`
+	// lapsedOut: in progress, lapsed, and out of attempts; readers report it failed.
+	lapsedOut = `state = 1 AND lease_until <= @now::timestamptz AND attempts >= max_attempts`
+
+	// retryAt is retry_at as readers report it: only while it is in the future.
+	retryAt = `CASE WHEN retry_at > @now::timestamptz THEN retry_at END`
 
 	// returnColumns are a row's fields as scanTask expects them, for RETURNING after a write that
 	// leaves the row consistent (no lapsed lease to compute).
 	returnColumns = `id, state, pending, attempts, max_attempts, token, error, created_at, started_at, finished_at,
-		CASE WHEN state = 1 THEN lease_until END, op`
+		CASE WHEN state = 1 THEN lease_until END, op, ` + retryAt + `, retries`
 
 	// taskColumns computes a lapsed lease's outcome without writing, so reads stay reads; the next
 	// Claim makes it so in the table, with the same values.
@@ -149,26 +189,46 @@ const (
 		pending, attempts, max_attempts, token,
 		CASE WHEN state = 1 AND lease_until <= @now::timestamptz THEN ` + lapsedError + ` ELSE error END,
 		created_at, started_at,
-		CASE WHEN state = 1 AND lease_until <= @now::timestamptz AND attempts >= max_attempts THEN lease_until
-			ELSE finished_at END,
+		CASE WHEN ` + lapsedOut + ` THEN lease_until ELSE finished_at END,
 		CASE WHEN state = 1 AND lease_until > @now::timestamptz THEN lease_until END,
-		op`
+		op, ` + retryAt + `, retries`
 
-	// createSQL takes the next id from the counter row, whose lock queues concurrent Creates until
-	// each commits, so ids are consecutive and a failed Create leaves no gap.
-	createSQL = `WITH next AS (UPDATE task_ids SET next_id = next_id + 1 RETURNING next_id - 1 AS id)
+	// nextID takes the next id from the counter row, whose lock queues concurrent Creates until each
+	// commits, so ids are consecutive and a failed Create leaves no gap.
+	nextID = `WITH next AS (UPDATE task_ids SET next_id = next_id + 1 RETURNING next_id - 1 AS id)`
+
+	createSQL = nextID + `
 		INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, op)
 		SELECT id, 0, @pending::boolean, 0, @max_attempts::integer, @now::timestamptz, @op::text FROM next
 		RETURNING id, ` + wakeIfClaimable
 
+	// createKeyedSQL is createSQL keeping the idempotency key with the task. A concurrent create with
+	// the same key that committed first makes it fail on the unique index, and roll back with its id.
+	createKeyedSQL = nextID + `
+		INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, op, idem_key)
+		SELECT id, 0, @pending::boolean, 0, @max_attempts::integer, @now::timestamptz, @op::text, @key::text FROM next
+		RETURNING ` + returnColumns + `, ` + wakeIfClaimable
+
+	// findKeySQL reads the task created with an idempotency key, through the unique index.
+	findKeySQL = `SELECT ` + taskColumns + ` FROM tasks WHERE idem_key = @key::text`
+
+	// clearKeySQL takes the key from a task that no longer answers for it, so that a new one can; it
+	// leaves a task that a concurrent call gave the key since.
+	clearKeySQL = `UPDATE tasks SET idem_key = NULL WHERE id = @stale::bigint AND idem_key = @key::text`
+
 	// wakeIfClaimable, in RETURNING, announces to the other instances' Watch that the written row is
 	// claimable, if it is; the notification goes out at commit.
-	wakeIfClaimable = `tasks_wake(state = 0 AND NOT pending, '` + channel + `', @origin::text)`
+	wakeIfClaimable = `tasks_wake(state = 0 AND NOT pending AND retry_at IS NULL, '` + channel + `', @origin::text)`
 
 	// activateSQL writes only a pending task that did not fail (expire) before its upload completed;
 	// activating an active task is a no-op, told apart by the probe.
 	activateSQL = `UPDATE tasks SET pending = false WHERE id = @id::bigint AND pending AND state <> 3
 		RETURNING ` + wakeIfClaimable
+
+	// abandonSQL fails a pending task that has not failed yet, as readers see it.
+	abandonSQL = `UPDATE tasks SET state = 3, finished_at = @now::timestamptz, lease_until = NULL, retry_at = NULL,
+		error = @reason::text
+		WHERE id = @id::bigint AND pending AND state <> 3 AND NOT (` + lapsedOut + `)`
 
 	// sweepSQL settles lapsed leases so that claimSQL finds the retries through the claimable index,
 	// in id order with the never-started tasks. It keeps lease_until: the claim stays open. It skips
@@ -180,11 +240,18 @@ const (
 		WHERE id IN (SELECT id FROM tasks WHERE state = 1 AND lease_until <= @now::timestamptz
 			FOR UPDATE SKIP LOCKED)`
 
-	// claimSQL locks the lowest claimable id that nobody else is claiming, and claims it.
+	// settleSQL clears the retry_at that came due, which puts those tasks in the claimable index.
+	// Like the sweep, it skips rows another transaction holds.
+	settleSQL = `UPDATE tasks SET retry_at = NULL
+		WHERE id IN (SELECT id FROM tasks WHERE retry_at <= @now::timestamptz FOR UPDATE SKIP LOCKED)`
+
+	// claimSQL locks the lowest claimable id that nobody else is claiming, and claims it. It needs not
+	// clear retry_at: the claimable index holds only rows without one.
 	claimSQL = `UPDATE tasks
 		SET state = 1, attempts = attempts + 1, token = token + 1,
 			started_at = @now::timestamptz, lease_until = @until::timestamptz
-		WHERE id = (SELECT id FROM tasks WHERE state = 0 AND NOT pending ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+		WHERE id = (SELECT id FROM tasks WHERE state = 0 AND NOT pending AND retry_at IS NULL
+			ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
 		RETURNING ` + returnColumns
 
 	extendSQL = `UPDATE tasks SET lease_until = @until::timestamptz
@@ -192,22 +259,38 @@ const (
 		RETURNING ` + returnColumns
 
 	// finishSQL clears the last attempt's error: a finished task has none.
-	finishSQL = `UPDATE tasks SET state = 2, finished_at = @now::timestamptz, lease_until = NULL, error = ''
+	finishSQL = `UPDATE tasks SET state = 2, finished_at = @now::timestamptz, lease_until = NULL, retry_at = NULL,
+		error = ''
 		WHERE id = @id::bigint AND ` + heldBy
 
 	failSQL = `UPDATE tasks SET
 		state       = CASE WHEN @permanent::boolean OR attempts >= max_attempts THEN 3 ELSE 0 END,
 		finished_at = CASE WHEN @permanent::boolean OR attempts >= max_attempts THEN @now::timestamptz END,
 		lease_until = NULL,
+		retry_at    = NULL,
 		error       = @reason::text
 		WHERE id = @id::bigint AND ` + heldBy + `
 		RETURNING ` + returnColumns + `, ` + wakeIfClaimable
 
 	// releaseSQL takes back the attempt the claim counted; GREATEST guards a count an operator's Set
 	// may have left lower.
-	releaseSQL = `UPDATE tasks SET state = 0, attempts = GREATEST(attempts - 1, 0), lease_until = NULL
+	releaseSQL = `UPDATE tasks SET state = 0, attempts = GREATEST(attempts - 1, 0), lease_until = NULL, retry_at = NULL
 		WHERE id = @id::bigint AND ` + liveHeldBy + `
 		RETURNING ` + wakeIfClaimable
+
+	// retrySQL is releaseSQL for a transient failure, reported as Fail reports one; the task waits the
+	// element of @waits (see taskstore.RetryBackoff.Waits) for its new retry count, or the last one past the array's end.
+	// Nobody is woken: the task is not claimable before then.
+	retrySQL = `UPDATE tasks SET
+		state       = 0,
+		attempts    = GREATEST(attempts - 1, 0),
+		lease_until = NULL,
+		error       = @reason::text,
+		retries     = retries + 1,
+		retry_at    = @now::timestamptz +
+			(@waits::interval[])[LEAST(retries + 1, cardinality(@waits::interval[]))]
+		WHERE id = @id::bigint AND ` + heldBy + `
+		RETURNING ` + returnColumns
 
 	// setSQL overwrites the state. InProgress is a claim: it counts an attempt and issues a token.
 	setSQL = `UPDATE tasks SET
@@ -217,6 +300,7 @@ const (
 		started_at  = CASE WHEN @state::smallint = 1 THEN @now::timestamptz ELSE started_at END,
 		lease_until = CASE WHEN @state::smallint = 1 THEN @until::timestamptz END,
 		finished_at = CASE WHEN @state::smallint IN (2, 3) THEN @now::timestamptz END,
+		retry_at    = NULL,
 		error       = CASE @state::smallint WHEN 2 THEN ''
 			WHEN 3 THEN CASE WHEN error = '' THEN '` + setFailedError + `' ELSE error END
 			ELSE error END
@@ -226,7 +310,8 @@ const (
 	// expireSQL fails pending tasks that are still waiting (not started, or set in progress by hand
 	// and lapsed); the partial index holds only those. Rows another transaction holds are left for the
 	// next call, so two instances expiring at once never wait on each other.
-	expireSQL = `UPDATE tasks SET state = 3, finished_at = @now::timestamptz, lease_until = NULL, error = '` + expiredError + `'
+	expireSQL = `UPDATE tasks SET state = 3, finished_at = @now::timestamptz, lease_until = NULL, retry_at = NULL,
+		error = '` + expiredError + `'
 		WHERE id IN (SELECT id FROM tasks WHERE pending AND state < 2 AND created_at <= @cutoff::timestamptz
 			AND (state = 0 OR lease_until <= @now::timestamptz) FOR UPDATE SKIP LOCKED)`
 
@@ -240,20 +325,33 @@ const (
 	// countsSQL reads, in one snapshot (one statement), the parts Counts adds up; each part walks a
 	// partial index, never the table: the total is the id counter because ids are consecutive from 0
 	// and tasks are never deleted, and finished is what remains. Lapsed leases are split as taskColumns
-	// does: attempts left, queued again; none left, failed.
+	// does: attempts left, queued (or pending) again; none left, failed.
 	countsSQL = `SELECT
 		(SELECT next_id FROM task_ids),
-		(SELECT count(*) FROM tasks WHERE state = 0 AND NOT pending),
+		(SELECT count(*) FROM tasks WHERE state = 0 AND NOT pending AND retry_at IS NULL),
+		(SELECT count(*) FROM tasks WHERE retry_at IS NOT NULL AND state = 0 AND NOT pending),
 		(SELECT count(*) FROM tasks WHERE pending AND state < 2 AND state = 0),
 		(SELECT count(*) FROM tasks WHERE state = 1),
-		(SELECT count(*) FROM tasks WHERE state = 1 AND lease_until <= @now::timestamptz AND attempts < max_attempts),
-		(SELECT count(*) FROM tasks WHERE state = 1 AND lease_until <= @now::timestamptz AND attempts >= max_attempts),
+		(SELECT count(*) FROM tasks WHERE state = 1 AND lease_until <= @now::timestamptz AND attempts < max_attempts
+			AND NOT pending),
+		(SELECT count(*) FROM tasks WHERE state = 1 AND lease_until <= @now::timestamptz AND attempts < max_attempts
+			AND pending),
+		(SELECT count(*) FROM tasks WHERE ` + lapsedOut + `),
 		(SELECT count(*) FROM tasks WHERE state = 3)`
 )
 
 // Open connects to the PostgreSQL database at dsn (a postgres:// URL or key=value string, as pgx
-// takes it), checks that it answers, and migrates its schema.
+// takes it) and migrates its schema. A malformed dsn, and permanent answers of the server (failed
+// authentication, a database that does not exist, a migration that fails), fail Open. A server that
+// cannot be reached yet (down, starting up, not answering in time) does not: Open returns the Store and
+// keeps trying in the background, logging the wait through Options.Logger, and until it has connected
+// and migrated the schema every method returns a transient error (fault.Unavailable).
 func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
+	return open(ctx, dsn, opts, migrationFiles)
+}
+
+// open is Open with the schema steps in fsys (see readMigrations), so tests can build older schemas.
+func open(ctx context.Context, dsn string, opts Options, fsys fs.FS) (*Store, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		// pgx's parse errors redact the password.
@@ -276,9 +374,9 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	// The claim and fencing statements rely on READ COMMITTED (see the package comment), whatever the
 	// database's default.
 	cc.RuntimeParams["default_transaction_isolation"] = "read committed"
-	where := fmt.Sprintf("%s:%d/%s", cc.Host, cc.Port, cc.Database)
 
-	s := &Store{listen: cc.Copy(), now: opts.Now, log: opts.Logger, origin: rand.Text()}
+	s := &Store{listen: cc.Copy(), now: opts.Now, log: opts.Logger, origin: rand.Text(),
+		where: fmt.Sprintf("%s:%d/%s", cc.Host, cc.Port, cc.Database)}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -289,18 +387,75 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	s.pool, err = pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		s.shut()
-		return nil, fmt.Errorf("pgstore: open %s: %w", where, err)
+		return nil, fmt.Errorf("pgstore: open %s: %w", s.where, err)
 	}
-	// The pool connects lazily; a ping makes a bad address or credentials fail here, not at the first task.
-	if err := s.pool.Ping(ctx); err != nil {
+	// The pool connects lazily; connecting now makes bad credentials fail here, not at the first task.
+	err = s.connect(ctx, fsys)
+	if err == nil {
+		return s, nil
+	}
+	if !fault.IsTransient(classify(ctx, err)) {
 		s.Close()
-		return nil, fmt.Errorf("pgstore: open %s: connect: %w", where, err)
+		return nil, fmt.Errorf("pgstore: open %s: %w", s.where, err)
 	}
-	if err := s.migrate(ctx, migrationFiles); err != nil {
-		s.Close()
-		return nil, fmt.Errorf("pgstore: open %s: %w", where, err)
-	}
+	s.setWaiting(err)
+	s.connecting.Go(func() { s.keepConnecting(fsys, err) })
 	return s, nil
+}
+
+// connect checks that the server answers, within pingTimeout, and migrates the schema.
+func (s *Store) connect(ctx context.Context, fsys fs.FS) error {
+	pctx, cancel := context.WithTimeout(ctx, pingTimeout)
+	err := s.pool.Ping(pctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	return s.migrate(ctx, fsys)
+}
+
+// keepConnecting retries connect, with backoff, until it succeeds (then the store is usable) or the
+// store is closed; err is why the last try failed. A permanent answer (say, the database does not
+// exist yet) is retried too, since Open already returned: an operator may fix it, and it is logged as
+// an error.
+func (s *Store) keepConnecting(fsys fs.FS, err error) {
+	b := backoff.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
+	var logged time.Time
+	for {
+		if time.Since(logged) >= waitLogEvery {
+			level := slog.LevelWarn
+			if !fault.IsTransient(classify(s.done, err)) {
+				level = slog.LevelError
+			}
+			s.log.Log(s.done, level, "pgstore: waiting for PostgreSQL", "where", s.where, "err", err)
+			logged = time.Now()
+		}
+		if !backoff.Sleep(s.done, b.Next()) {
+			return
+		}
+		if err = s.connect(s.done, fsys); err == nil {
+			s.waiting.Store(nil)
+			s.log.Info("pgstore: connected to PostgreSQL", "where", s.where)
+			return
+		}
+		if s.done.Err() != nil {
+			return
+		}
+		s.setWaiting(err)
+	}
+}
+
+// setWaiting records why the store is not usable yet; a variable of its own keeps the record
+// unchanged by later tries.
+func (s *Store) setWaiting(why error) { s.waiting.Store(&why) }
+
+// usable returns nil once the store has connected and migrated the schema, and until then the
+// transient error that every method returns.
+func (s *Store) usable() error {
+	if why := s.waiting.Load(); why != nil {
+		return fault.Unavailable(what, fmt.Errorf("waiting for PostgreSQL at %s: %w", s.where, *why))
+	}
+	return nil
 }
 
 // migration is one schema step.
@@ -388,22 +543,102 @@ func (s *Store) migrate(ctx context.Context, fsys fs.FS) error {
 
 // Create adds a not-started task and returns its id.
 func (s *Store) Create(ctx context.Context, p taskstore.CreateParams) (int64, error) {
-	maxAttempts := p.MaxAttempts
-	if maxAttempts <= 0 {
-		maxAttempts = taskstore.DefaultMaxAttempts
+	if err := s.usable(); err != nil {
+		return 0, fmt.Errorf("pgstore: create: %w", err)
 	}
 	var id int64
 	var woke bool
-	err := s.pool.QueryRow(ctx, createSQL, pgx.NamedArgs{"pending": p.Pending, "max_attempts": maxAttempts,
+	err := s.pool.QueryRow(ctx, createSQL, pgx.NamedArgs{"pending": p.Pending, "max_attempts": p.Attempts(),
 		"now": s.now(), "op": p.Op, "origin": s.origin}).Scan(&id, &woke)
 	if err != nil {
-		return 0, fmt.Errorf("pgstore: create: %w", err)
+		return 0, fmt.Errorf("pgstore: create: %w", classify(ctx, err))
 	}
 	return id, nil
 }
 
+// CreateOnce creates a task unless one created with key less than window ago answers for it.
+func (s *Store) CreateOnce(ctx context.Context, p taskstore.CreateParams, key string, window time.Duration) (
+	taskstore.Task, bool, error,
+) {
+	if key == "" {
+		return taskstore.Task{}, false, errors.New("pgstore: create once: empty idempotency key")
+	}
+	if err := s.usable(); err != nil {
+		return taskstore.Task{}, false, fmt.Errorf("pgstore: create once: %w", err)
+	}
+	// A call that loses the race for a key to a concurrent one fails on the unique index, and rolls
+	// back with the id it took; looking again finds the winner's task.
+	for range createOnceTries {
+		t, replayed, err := s.createOnce(ctx, p, key, window)
+		if keyTaken(err) {
+			continue
+		}
+		if err != nil {
+			return taskstore.Task{}, false, fmt.Errorf("pgstore: create once: %w", classify(ctx, err))
+		}
+		return t, replayed, nil
+	}
+	return taskstore.Task{}, false, fmt.Errorf("pgstore: create once: concurrent calls with the key took it %d times",
+		createOnceTries)
+}
+
+// createOnce looks the key up and, unless the task found answers for it, creates a task with it; the
+// creation is one batch, so one implicit transaction: the key moves from the stale task to the new one
+// at once, and a failure rolls both back.
+func (s *Store) createOnce(ctx context.Context, p taskstore.CreateParams, key string, window time.Duration) (
+	taskstore.Task, bool, error,
+) {
+	now := s.now()
+	old, err := scanTask(s.pool.QueryRow(ctx, findKeySQL, pgx.NamedArgs{"key": key, "now": now}))
+	found := err == nil
+	switch {
+	case found && replays(old, now, window):
+		return old, true, nil
+	case !found && !errors.Is(err, pgx.ErrNoRows):
+		return taskstore.Task{}, false, err
+	}
+	args := pgx.NamedArgs{"pending": p.Pending, "max_attempts": p.Attempts(), "now": now, "op": p.Op,
+		"key": key, "origin": s.origin, "stale": old.ID}
+	b := &pgx.Batch{}
+	if found {
+		b.Queue(clearKeySQL, args)
+	}
+	b.Queue(createKeyedSQL, args)
+	br := s.pool.SendBatch(ctx, b)
+	if found {
+		if _, err := br.Exec(); err != nil {
+			br.Close() // reports the same failure
+			return taskstore.Task{}, false, err
+		}
+	}
+	var woke bool
+	t, err := scanTask(br.QueryRow(), &woke)
+	// The batch commits when its results are closed.
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return t, false, err
+}
+
+// replays reports whether CreateOnce answers with old, the task created with the same key: it was
+// created less than window before now, and it is not a pending task that failed (an upload that was
+// never acknowledged, so the client's retry must upload again).
+func replays(old taskstore.Task, now time.Time, window time.Duration) bool {
+	return old.CreatedAt.After(now.Add(-window)) && !(old.Pending && old.State == taskstore.Failed)
+}
+
+// keyTaken reports whether err is the unique index refusing an idempotency key that a concurrent call
+// gave its task first.
+func keyTaken(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == keyIndex
+}
+
 // Activate makes a pending task claimable.
 func (s *Store) Activate(ctx context.Context, id int64) error {
+	if err := s.usable(); err != nil {
+		return fmt.Errorf("pgstore: activate %d: %w", id, err)
+	}
 	// The update matches only a pending, not failed task. The probe tells the other cases apart; it
 	// runs after the update, so an operator's Set in between can make it see a pending task that the
 	// update would now match: then update again.
@@ -414,12 +649,12 @@ func (s *Store) Activate(ctx context.Context, id int64) error {
 			return nil
 		}
 		if !errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("pgstore: activate %d: %w", id, err)
+			return fmt.Errorf("pgstore: activate %d: %w", id, classify(ctx, err))
 		}
 		state, _, pending, err := s.probeRow(ctx, id)
 		switch {
 		case err != nil:
-			return fmt.Errorf("pgstore: activate %d: %w", id, err)
+			return fmt.Errorf("pgstore: activate %d: %w", id, classify(ctx, err))
 		case !pending:
 			return nil // already active
 		case state == taskstore.Failed:
@@ -429,44 +664,96 @@ func (s *Store) Activate(ctx context.Context, id int64) error {
 	return fmt.Errorf("pgstore: activate %d: the task kept changing under the update", id)
 }
 
+// Abandon fails a pending task whose upload will never complete.
+func (s *Store) Abandon(ctx context.Context, id int64, reason string) error {
+	if err := s.usable(); err != nil {
+		return fmt.Errorf("pgstore: abandon %d: %w", id, err)
+	}
+	if reason == "" {
+		reason = taskstore.AbandonedError
+	}
+	// The update matches only a pending task that has not failed; a read tells the other cases apart.
+	// It runs after the update, so an operator's Set in between can make it see a task that the
+	// update would now match: then update again.
+	for range 3 {
+		done, err := s.abandonOnce(ctx, id, reason)
+		if err != nil {
+			return fmt.Errorf("pgstore: abandon %d: %w", id, classify(ctx, err))
+		}
+		if done {
+			return nil
+		}
+	}
+	return fmt.Errorf("pgstore: abandon %d: the task kept changing under the update", id)
+}
+
+// abandonOnce tries Abandon's update once, and reports whether the call is settled: the task failed
+// now or before, or it cannot be abandoned (the error says why).
+func (s *Store) abandonOnce(ctx context.Context, id int64, reason string) (bool, error) {
+	now := s.now()
+	tag, err := s.pool.Exec(ctx, abandonSQL, pgx.NamedArgs{"id": id, "now": now, "reason": reason})
+	if err != nil || tag.RowsAffected() > 0 {
+		return err == nil, err
+	}
+	t, err := scanTask(s.pool.QueryRow(ctx, getSQL, pgx.NamedArgs{"id": id, "now": now}))
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return false, taskstore.ErrNotFound
+	case err != nil:
+		return false, err
+	case !t.Pending:
+		return false, taskstore.ErrNotPending
+	}
+	return t.State == taskstore.Failed, nil
+}
+
 // Get returns one task.
 func (s *Store) Get(ctx context.Context, id int64) (taskstore.Task, error) {
+	if err := s.usable(); err != nil {
+		return taskstore.Task{}, fmt.Errorf("pgstore: get %d: %w", id, err)
+	}
 	t, err := scanTask(s.pool.QueryRow(ctx, getSQL, pgx.NamedArgs{"id": id, "now": s.now()}))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return taskstore.Task{}, fmt.Errorf("pgstore: get %d: %w", id, taskstore.ErrNotFound)
 	}
 	if err != nil {
-		return taskstore.Task{}, fmt.Errorf("pgstore: get %d: %w", id, err)
+		return taskstore.Task{}, fmt.Errorf("pgstore: get %d: %w", id, classify(ctx, err))
 	}
 	return t, nil
 }
 
-// Claim settles lapsed leases, then takes the lowest-id claimable task and leases it for lease. Both
-// statements go in one batch: one round trip, one implicit transaction.
+// Claim settles lapsed leases and due retries, then takes the lowest-id claimable task and leases it
+// for lease. The statements go in one batch: one round trip, one implicit transaction.
 func (s *Store) Claim(ctx context.Context, lease time.Duration) (taskstore.Task, error) {
 	if lease <= 0 {
 		// A non-positive lease would hand out a task that is already lapsed.
 		return taskstore.Task{}, fmt.Errorf("pgstore: claim: lease %v is not positive", lease)
 	}
+	if err := s.usable(); err != nil {
+		return taskstore.Task{}, fmt.Errorf("pgstore: claim: %w", err)
+	}
 	now := s.now()
 	b := &pgx.Batch{}
 	b.Queue(sweepSQL, pgx.NamedArgs{"now": now})
+	b.Queue(settleSQL, pgx.NamedArgs{"now": now})
 	b.Queue(claimSQL, pgx.NamedArgs{"now": now, "until": now.Add(lease)})
 	br := s.pool.SendBatch(ctx, b)
-	if _, err := br.Exec(); err != nil {
-		br.Close() // reports the same failure
-		return taskstore.Task{}, fmt.Errorf("pgstore: claim: settle lapsed leases: %w", err)
+	for _, step := range []string{"settle lapsed leases", "settle due retries"} {
+		if _, err := br.Exec(); err != nil {
+			br.Close() // reports the same failure
+			return taskstore.Task{}, fmt.Errorf("pgstore: claim: %s: %w", step, classify(ctx, err))
+		}
 	}
 	t, err := scanTask(br.QueryRow())
 	// The batch commits when its results are closed: only then is the claim (or the sweep) made.
 	if cerr := br.Close(); cerr != nil && (err == nil || errors.Is(err, pgx.ErrNoRows)) {
-		return taskstore.Task{}, fmt.Errorf("pgstore: claim: commit: %w", cerr)
+		return taskstore.Task{}, fmt.Errorf("pgstore: claim: commit: %w", classify(ctx, cerr))
 	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		return taskstore.Task{}, taskstore.ErrNoTask
 	}
 	if err != nil {
-		return taskstore.Task{}, fmt.Errorf("pgstore: claim: %w", err)
+		return taskstore.Task{}, fmt.Errorf("pgstore: claim: %w", classify(ctx, err))
 	}
 	return t, nil
 }
@@ -476,6 +763,9 @@ func (s *Store) Extend(ctx context.Context, id, token int64, lease time.Duration
 	if lease <= 0 {
 		return taskstore.Task{}, fmt.Errorf("pgstore: extend %d: lease %v is not positive", id, lease)
 	}
+	if err := s.usable(); err != nil {
+		return taskstore.Task{}, fmt.Errorf("pgstore: extend %d: %w", id, err)
+	}
 	now := s.now()
 	t, err := scanTask(s.pool.QueryRow(ctx, extendSQL, pgx.NamedArgs{"id": id, "token": token, "now": now,
 		"until": now.Add(lease)}))
@@ -483,13 +773,16 @@ func (s *Store) Extend(ctx context.Context, id, token int64, lease time.Duration
 		_, err = s.refusal(ctx, id, token)
 	}
 	if err != nil {
-		return taskstore.Task{}, fmt.Errorf("pgstore: extend %d: %w", id, err)
+		return taskstore.Task{}, fmt.Errorf("pgstore: extend %d: %w", id, classify(ctx, err))
 	}
 	return t, nil
 }
 
 // Finish marks the task finished; see taskstore.Store for who may.
 func (s *Store) Finish(ctx context.Context, id, token int64) error {
+	if err := s.usable(); err != nil {
+		return fmt.Errorf("pgstore: finish %d: %w", id, err)
+	}
 	tag, err := s.pool.Exec(ctx, finishSQL, pgx.NamedArgs{"id": id, "token": token, "now": s.now()})
 	if err == nil && tag.RowsAffected() == 0 {
 		var state taskstore.State
@@ -498,13 +791,16 @@ func (s *Store) Finish(ctx context.Context, id, token int64) error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("pgstore: finish %d: %w", id, err)
+		return fmt.Errorf("pgstore: finish %d: %w", id, classify(ctx, err))
 	}
 	return nil
 }
 
 // Fail records a failed attempt and returns the task afterwards.
 func (s *Store) Fail(ctx context.Context, id, token int64, reason string, permanent bool) (taskstore.Task, error) {
+	if err := s.usable(); err != nil {
+		return taskstore.Task{}, fmt.Errorf("pgstore: fail %d: %w", id, err)
+	}
 	var woke bool
 	t, err := scanTask(s.pool.QueryRow(ctx, failSQL, pgx.NamedArgs{"id": id, "token": token, "now": s.now(),
 		"reason": reason, "permanent": permanent, "origin": s.origin}), &woke)
@@ -512,13 +808,16 @@ func (s *Store) Fail(ctx context.Context, id, token int64, reason string, perman
 		_, err = s.refusal(ctx, id, token)
 	}
 	if err != nil {
-		return taskstore.Task{}, fmt.Errorf("pgstore: fail %d: %w", id, err)
+		return taskstore.Task{}, fmt.Errorf("pgstore: fail %d: %w", id, classify(ctx, err))
 	}
 	return t, nil
 }
 
 // Release hands an in-progress task back without counting the attempt.
 func (s *Store) Release(ctx context.Context, id, token int64) error {
+	if err := s.usable(); err != nil {
+		return fmt.Errorf("pgstore: release %d: %w", id, err)
+	}
 	var woke bool
 	err := s.pool.QueryRow(ctx, releaseSQL, pgx.NamedArgs{"id": id, "token": token, "now": s.now(),
 		"origin": s.origin}).Scan(&woke)
@@ -526,9 +825,25 @@ func (s *Store) Release(ctx context.Context, id, token int64) error {
 		_, err = s.refusal(ctx, id, token)
 	}
 	if err != nil {
-		return fmt.Errorf("pgstore: release %d: %w", id, err)
+		return fmt.Errorf("pgstore: release %d: %w", id, classify(ctx, err))
 	}
 	return nil
+}
+
+// Retry hands an in-progress task back after a transient failure, to be claimed again after a wait.
+func (s *Store) Retry(ctx context.Context, id, token int64, reason string, b taskstore.RetryBackoff) (taskstore.Task, error) {
+	if err := s.usable(); err != nil {
+		return taskstore.Task{}, fmt.Errorf("pgstore: retry %d: %w", id, err)
+	}
+	t, err := scanTask(s.pool.QueryRow(ctx, retrySQL, pgx.NamedArgs{"id": id, "token": token, "now": s.now(),
+		"reason": reason, "waits": b.Waits()}))
+	if errors.Is(err, pgx.ErrNoRows) {
+		_, err = s.refusal(ctx, id, token)
+	}
+	if err != nil {
+		return taskstore.Task{}, fmt.Errorf("pgstore: retry %d: %w", id, classify(ctx, err))
+	}
+	return t, nil
 }
 
 // refusal explains why a guarded update of task id on behalf of token matched no row: ErrNotFound, or
@@ -570,6 +885,9 @@ func (s *Store) Set(ctx context.Context, id int64, state taskstore.State, lease 
 		u := now.Add(lease)
 		until = &u
 	}
+	if err := s.usable(); err != nil {
+		return fmt.Errorf("pgstore: set %d: %w", id, err)
+	}
 	var woke bool
 	err := s.pool.QueryRow(ctx, setSQL, pgx.NamedArgs{"id": id, "state": int16(state), "now": now, "until": until,
 		"origin": s.origin}).Scan(&woke)
@@ -577,7 +895,7 @@ func (s *Store) Set(ctx context.Context, id int64, state taskstore.State, lease 
 		return fmt.Errorf("pgstore: set %d: %w", id, taskstore.ErrNotFound)
 	}
 	if err != nil {
-		return fmt.Errorf("pgstore: set %d: %w", id, err)
+		return fmt.Errorf("pgstore: set %d: %w", id, classify(ctx, err))
 	}
 	return nil
 }
@@ -587,10 +905,13 @@ func (s *Store) ExpirePending(ctx context.Context, olderThan time.Duration) (int
 	if olderThan < 0 {
 		return 0, fmt.Errorf("pgstore: expire pending: age %v is negative", olderThan)
 	}
+	if err := s.usable(); err != nil {
+		return 0, fmt.Errorf("pgstore: expire pending: %w", err)
+	}
 	now := s.now()
 	tag, err := s.pool.Exec(ctx, expireSQL, pgx.NamedArgs{"now": now, "cutoff": now.Add(-olderThan)})
 	if err != nil {
-		return 0, fmt.Errorf("pgstore: expire pending: %w", err)
+		return 0, fmt.Errorf("pgstore: expire pending: %w", classify(ctx, err))
 	}
 	return int(tag.RowsAffected()), nil
 }
@@ -601,11 +922,15 @@ func (s *Store) ExpirePending(ctx context.Context, olderThan time.Duration) (int
 // reused, so every task is yielded exactly once.
 func (s *Store) List(ctx context.Context) iter.Seq2[taskstore.Task, error] {
 	return func(yield func(taskstore.Task, error) bool) {
+		if err := s.usable(); err != nil {
+			yield(taskstore.Task{}, fmt.Errorf("pgstore: list: %w", err))
+			return
+		}
 		from := int64(0)
 		for {
 			page, err := s.listPage(ctx, from)
 			if err != nil {
-				yield(taskstore.Task{}, fmt.Errorf("pgstore: list: %w", err))
+				yield(taskstore.Task{}, fmt.Errorf("pgstore: list: %w", classify(ctx, err)))
 				return
 			}
 			for _, t := range page {
@@ -640,19 +965,78 @@ func (s *Store) listPage(ctx context.Context, from int64) ([]taskstore.Task, err
 
 // Counts returns how many tasks are in each state, read from one snapshot through the partial indexes.
 func (s *Store) Counts(ctx context.Context) (taskstore.Counts, error) {
-	var total, claimable, pendingQueued, inProgress, lapsedRetry, lapsedFailed, failed int64
-	err := s.pool.QueryRow(ctx, countsSQL, pgx.NamedArgs{"now": s.now()}).Scan(
-		&total, &claimable, &pendingQueued, &inProgress, &lapsedRetry, &lapsedFailed, &failed)
-	if err != nil {
+	if err := s.usable(); err != nil {
 		return taskstore.Counts{}, fmt.Errorf("pgstore: counts: %w", err)
 	}
+	var total, claimable, delayed, pending, inProgress, lapsedQueued, lapsedPending, lapsedFailed, failed int64
+	err := s.pool.QueryRow(ctx, countsSQL, pgx.NamedArgs{"now": s.now()}).Scan(
+		&total, &claimable, &delayed, &pending, &inProgress, &lapsedQueued, &lapsedPending, &lapsedFailed, &failed)
+	if err != nil {
+		return taskstore.Counts{}, fmt.Errorf("pgstore: counts: %w", classify(ctx, err))
+	}
 	c := taskstore.Counts{
-		Queued:     claimable + pendingQueued + lapsedRetry,
-		Processing: inProgress - lapsedRetry - lapsedFailed,
+		Queued:     claimable + delayed + lapsedQueued,
+		Pending:    pending + lapsedPending,
+		Processing: inProgress - lapsedQueued - lapsedPending - lapsedFailed,
 		Failed:     failed + lapsedFailed,
 	}
-	c.Finished = total - c.Queued - c.Processing - c.Failed
+	c.Finished = total - c.Queued - c.Pending - c.Processing - c.Failed
 	return c, nil
+}
+
+// Ping checks that the server answers within pingTimeout (and that the store has connected).
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.usable(); err != nil {
+		return fmt.Errorf("pgstore: ping: %w", err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, pingTimeout)
+	defer cancel()
+	if err := s.pool.Ping(pctx); err != nil {
+		return fmt.Errorf("pgstore: ping: %w", classify(ctx, err))
+	}
+	return nil
+}
+
+// classify marks the failures of the engine rather than of the request as transient (fault): the
+// server cannot be reached or its answer not heard (a refused, broken or timed-out connection), it is
+// shutting down or starting up, out of resources (out of disk space: NoSpace), or the transaction lost
+// a serialization race. Every other error (the server's answer to the request, the store's sentinels)
+// is returned unchanged, and so is every error once ctx ended: the caller's own cancellation or
+// deadline is not the database's failure.
+func classify(ctx context.Context, err error) error {
+	var classified *fault.Error
+	if err == nil || ctx.Err() != nil || errors.As(err, &classified) {
+		return err
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch code := pgErr.Code; {
+		case code == "53100": // disk_full
+			return fault.NoSpace(what, err)
+		case strings.HasPrefix(code, "08"), // connection exception
+			strings.HasPrefix(code, "53"),                     // insufficient resources: memory, connections
+			code == "57P01", code == "57P02", code == "57P03", // shutdown, crash shutdown, cannot connect now
+			code == "40001", code == "40P01": // serialization failure, deadlock
+			return fault.Unavailable(what, err)
+		}
+		return err
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fault.Timeout(ctx, what, err) // a deadline of our own: a connect timeout, pingTimeout
+	}
+	if unreachable(err) {
+		return fault.Unavailable(what, err)
+	}
+	return err
+}
+
+// unreachable reports whether err is a failure to reach the server or to hear its answer rather than
+// an answer: a refused, reset or closed connection, a dial or read that timed out.
+func unreachable(err error) bool {
+	var netErr net.Error
+	return errors.As(err, &netErr) || pgconn.Timeout(err) || errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, pgconn.ErrConnClosed) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // Watch calls notify whenever another Store (another database service) may have made a task
@@ -709,9 +1093,10 @@ func (s *Store) watchOnce(ctx context.Context, notify func(), b *backoff.Backoff
 	}
 }
 
-// Close closes the pool and ends any Watch. Calling it again does nothing.
+// Close closes the pool and ends any Watch and the background connecting. Calling it again does nothing.
 func (s *Store) Close() error {
 	s.shut()
+	s.connecting.Wait()
 	s.pool.Close()
 	return nil
 }
@@ -719,12 +1104,12 @@ func (s *Store) Close() error {
 // scanTask reads the columns of taskColumns or returnColumns, then extra.
 func scanTask(row pgx.Row, extra ...any) (taskstore.Task, error) {
 	var (
-		t                                   taskstore.Task
-		state                               int64
-		created, started, finished, leaseTo pgtype.Timestamptz
+		t                                            taskstore.Task
+		state                                        int64
+		created, started, finished, leaseTo, retryAt pgtype.Timestamptz
 	)
 	dest := append([]any{&t.ID, &state, &t.Pending, &t.Attempts, &t.MaxAttempts, &t.Token, &t.Error,
-		&created, &started, &finished, &leaseTo, &t.Op}, extra...)
+		&created, &started, &finished, &leaseTo, &t.Op, &retryAt, &t.Retries}, extra...)
 	if err := row.Scan(dest...); err != nil {
 		return taskstore.Task{}, err
 	}
@@ -733,6 +1118,7 @@ func scanTask(row pgx.Row, extra ...any) (taskstore.Task, error) {
 	t.StartedAt = fromTimestamptz(started)
 	t.FinishedAt = fromTimestamptz(finished)
 	t.LeaseUntil = fromTimestamptz(leaseTo)
+	t.RetryAt = fromTimestamptz(retryAt)
 	return t, nil
 }
 

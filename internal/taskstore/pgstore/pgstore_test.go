@@ -4,17 +4,23 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"testing/fstest"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/goleak"
 
 	"github.com/imgmill/imgmill/internal/enginetest"
+	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/taskstore"
 	"github.com/imgmill/imgmill/internal/taskstore/taskstoretest"
 )
@@ -67,6 +73,8 @@ func TestStore(t *testing.T) {
 		{"ConcurrentOpen", testConcurrentOpen},
 		{"NewerSchema", testNewerSchema},
 		{"FailedMigrationIsAtomic", testFailedMigrationIsAtomic},
+		{"MigrateFromV1", testMigrateFromV1},
+		{"OpenPermanentErrors", testOpenPermanentErrors},
 		{"MaxConns", testMaxConns},
 		{"QueryPlansUseIndexes", testQueryPlansUseIndexes},
 		{"NonPositiveLease", testNonPositiveLease},
@@ -515,16 +523,20 @@ func testNewerSchema(t *testing.T, pg *enginetest.Postgres) {
 // it was.
 func testFailedMigrationIsAtomic(t *testing.T, pg *enginetest.Postgres) {
 	s := openStore(t, pg.NewDatabase(t), Options{})
-	first, err := migrationFiles.ReadFile("migrations/0001_tasks.sql")
+	// The released steps, and a broken one after them.
+	steps, err := readMigrations(migrationFiles)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fsys := fstest.MapFS{
-		"migrations/0001_tasks.sql":  {Data: first},
-		"migrations/0002_broken.sql": {Data: []byte(`ALTER TABLE tasks ADD COLUMN extra text; SELECT 1/0;`)},
+	fsys := fstest.MapFS{}
+	for _, m := range steps {
+		fsys["migrations/"+m.name] = &fstest.MapFile{Data: []byte(m.sql)}
 	}
-	if err := s.migrate(t.Context(), fsys); err == nil || !strings.Contains(err.Error(), "version 2") {
-		t.Fatalf("migrate with a broken step: %v, want a failure of version 2", err)
+	next := len(steps) + 1
+	fsys[fmt.Sprintf("migrations/%04d_broken.sql", next)] = &fstest.MapFile{
+		Data: []byte(`ALTER TABLE tasks ADD COLUMN extra text; SELECT 1/0;`)}
+	if err := s.migrate(t.Context(), fsys); err == nil || !strings.Contains(err.Error(), fmt.Sprint("version ", next)) {
+		t.Fatalf("migrate with a broken step: %v, want a failure of version %d", err, next)
 	}
 	var cols int
 	if err := s.pool.QueryRow(t.Context(), `SELECT count(*) FROM information_schema.columns
@@ -553,17 +565,25 @@ func TestReadMigrations(t *testing.T) {
 }
 
 func TestOpenErrors(t *testing.T) {
-	// Nothing listens on a port just freed.
+	// Nothing listens on a port just freed: Open still succeeds, at once, and the store says why it
+	// cannot work yet. Close ends its connecting (goleak checks).
 	addr := enginetest.FreeAddr(t)
 	start := time.Now()
-	_, err := Open(t.Context(), "postgres://postgres@"+addr+"/tasks?sslmode=disable", Options{})
-	if err == nil || !strings.Contains(err.Error(), addr+"/tasks") || !strings.Contains(err.Error(), "connect") {
-		t.Errorf("Open of an unreachable server: %v, want a connect error naming %s/tasks", err, addr)
+	s, err := Open(t.Context(), "postgres://postgres@"+addr+"/tasks?sslmode=disable", Options{})
+	if err != nil {
+		t.Fatalf("Open of an unreachable server: %v; want the store, waiting", err)
 	}
-	if d := time.Since(start); d > 5*time.Second {
+	if d := time.Since(start); d > 30*time.Second {
 		t.Errorf("Open of an unreachable server took %v", d)
 	}
+	err = s.Ping(t.Context())
+	if !fault.IsTransient(err) || !strings.Contains(err.Error(), addr+"/tasks") || !strings.Contains(err.Error(), "connect") {
+		t.Errorf("Ping of an unreachable server: %v; want a transient connect error naming %s/tasks", err, addr)
+	}
 	t.Logf("unreachable: %v", err)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
 
 	for _, dsn := range []string{"postgres://postgres@127.0.0.1:notaport/db", "postgres://postgres@127.0.0.1/db?sslmode=bogus",
 		"host=127.0.0.1 port=x", "mysql://x@y/z", "not a dsn"} {
@@ -582,12 +602,252 @@ func TestOpenErrors(t *testing.T) {
 	if _, err := Open(t.Context(), "postgres://postgres@"+addr+"/db", Options{MaxConns: -1}); err == nil {
 		t.Error("Open with negative MaxConns succeeded")
 	}
-	// A context that ends bounds the connection attempt.
+	// A context that ends bounds the connection attempt, and is the caller's: Open fails.
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	if _, err := Open(ctx, "postgres://postgres@"+addr+"/db", Options{}); !errors.Is(err, context.Canceled) {
+	if _, err := Open(ctx, "postgres://postgres@"+addr+"/db", Options{}); !errors.Is(err, context.Canceled) ||
+		fault.IsTransient(err) {
 		t.Errorf("Open with a canceled context: %v, want context.Canceled in the chain", err)
 	}
+}
+
+// testOpenPermanentErrors: a server that answers, but refuses the store for good, fails Open at once.
+func testOpenPermanentErrors(t *testing.T, pg *enginetest.Postgres) {
+	for name, dsn := range map[string]string{
+		"a database that does not exist": pg.DSN("no_such_database"),
+		"a role that does not exist":     strings.Replace(pg.DSN("postgres"), "postgres@", "no_such_role@", 1),
+	} {
+		s, err := Open(t.Context(), dsn, Options{})
+		if err == nil {
+			s.Close()
+			t.Errorf("Open of %s succeeded", name)
+			continue
+		}
+		if fault.IsTransient(err) {
+			t.Errorf("Open of %s: %v; want a permanent error", name, err)
+		}
+		t.Logf("%s: %v", name, err)
+	}
+}
+
+// TestOutage runs the outage contract on a server of its own, which stops and starts again.
+func TestOutage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("server restart skipped with -short")
+	}
+	pg := enginetest.StartPostgres(t)
+	taskstoretest.RunOutage(t, taskstoretest.Outage{
+		Open: func(t *testing.T, clock func() time.Time) taskstore.Store {
+			s, err := Open(t.Context(), pg.NewDatabase(t), Options{Now: clock})
+			if err != nil {
+				t.Fatalf("Open: %v", err)
+			}
+			return s
+		},
+		Break: func(*testing.T) { pg.Stop() },
+		Mend:  func(t *testing.T) { pg.Restart(t) },
+	})
+}
+
+// logRecorder is a slog.Handler that keeps the messages it is given.
+type logRecorder struct {
+	mu       sync.Mutex
+	messages []string
+	attrs    []map[string]string
+}
+
+func (r *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (r *logRecorder) WithAttrs([]slog.Attr) slog.Handler       { return r }
+func (r *logRecorder) WithGroup(string) slog.Handler            { return r }
+
+func (r *logRecorder) Handle(_ context.Context, rec slog.Record) error {
+	attrs := map[string]string{}
+	rec.Attrs(func(a slog.Attr) bool {
+		attrs[a.Key] = a.Value.String()
+		return true
+	})
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.messages = append(r.messages, rec.Message)
+	r.attrs = append(r.attrs, attrs)
+	return nil
+}
+
+// find returns the attributes of each record with message msg.
+func (r *logRecorder) find(msg string) []map[string]string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var found []map[string]string
+	for i, m := range r.messages {
+		if m == msg {
+			found = append(found, r.attrs[i])
+		}
+	}
+	return found
+}
+
+// awaitPing waits until s answers, at most a minute; the failures meanwhile must be transient.
+func awaitPing(t *testing.T, s *Store) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		err := s.Ping(t.Context())
+		switch {
+		case err == nil:
+			return
+		case !fault.IsTransient(err):
+			t.Fatalf("Ping: %v; want success or a transient error", err)
+		case time.Now().After(deadline):
+			t.Fatalf("the store did not become usable within a minute: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestOpenWhileDown: a store opened while its server is down opens anyway, says that it waits (in its
+// errors and, not too often, in its log), and becomes usable by itself once the server is up.
+func TestOpenWhileDown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("server restart skipped with -short")
+	}
+	pg := enginetest.StartPostgres(t)
+	dsn := pg.NewDatabase(t)
+	pg.Stop()
+
+	logs := &logRecorder{}
+	opened := time.Now()
+	s := openStore(t, dsn, Options{Logger: slog.New(logs)})
+	ctx := t.Context()
+	_, createErr := s.Create(ctx, taskstore.CreateParams{})
+	_, countsErr := s.Counts(ctx)
+	for name, err := range map[string]error{"Ping": s.Ping(ctx), "Create": createErr, "Counts": countsErr} {
+		if !fault.IsTransient(err) || !strings.Contains(err.Error(), "waiting for PostgreSQL") {
+			t.Errorf("%s before the server is up: %v; want a transient error saying the store waits", name, err)
+		}
+	}
+	// The backoff tries many times in a few seconds; the log says so once per waitLogEvery.
+	time.Sleep(3 * time.Second)
+	waits := logs.find("pgstore: waiting for PostgreSQL")
+	if len(waits) == 0 || waits[0]["where"] != s.where || waits[0]["err"] == "" {
+		t.Fatalf("log while waiting: %v; want where %s and the error", waits, s.where)
+	}
+	if limit := 1 + int(time.Since(opened)/waitLogEvery); len(waits) > limit {
+		t.Errorf("%d waiting messages in %v, want at most %d", len(waits), time.Since(opened), limit)
+	}
+
+	pg.Restart(t)
+	awaitPing(t, s)
+	if got, want := schemaVersions(t, s), wantVersions(t); !slices.Equal(got, want) {
+		t.Fatalf("schema_migrations = %v, want %v", got, want)
+	}
+	if id, err := s.Create(ctx, taskstore.CreateParams{}); err != nil || id != 0 {
+		t.Fatalf("Create once the server is up = %d, %v; want 0", id, err)
+	}
+	if task, err := s.Claim(ctx, time.Minute); err != nil || task.ID != 0 {
+		t.Fatalf("Claim once the server is up = %+v, %v", task, err)
+	}
+	if len(logs.find("pgstore: connected to PostgreSQL")) != 1 {
+		t.Errorf("no log of the connection once the server was up")
+	}
+}
+
+// TestClassify: the errors of an engine that cannot answer now are transient, out of space among them;
+// the answers of the server to the request, and whatever follows the end of the caller's context, are
+// returned as they are.
+func TestClassify(t *testing.T) {
+	live := context.Background()
+	canceled, cancel := context.WithCancel(live)
+	cancel()
+	server := func(code string) error { return fmt.Errorf("query: %w", &pgconn.PgError{Code: code, Message: "m"}) }
+	for _, tc := range []struct {
+		name               string
+		ctx                context.Context
+		err                error
+		transient, noSpace bool
+	}{
+		{"disk full", live, server("53100"), true, true},
+		{"out of memory", live, server("53200"), true, false},
+		{"too many connections", live, server("53300"), true, false},
+		{"connection failure", live, server("08006"), true, false},
+		{"admin shutdown", live, server("57P01"), true, false},
+		{"crash shutdown", live, server("57P02"), true, false},
+		{"starting up", live, server("57P03"), true, false},
+		{"serialization failure", live, server("40001"), true, false},
+		{"deadlock", live, server("40P01"), true, false},
+		{"unique violation", live, server("23505"), false, false},
+		{"authentication failed", live, server("28P01"), false, false},
+		{"no such database", live, server("3D000"), false, false},
+		{"query canceled", live, server("57014"), false, false},
+		{"connection refused", live, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, true, false},
+		{"connection reset", live, fmt.Errorf("receive: %w", syscall.ECONNRESET), true, false},
+		{"unexpected EOF", live, fmt.Errorf("receive: %w", io.ErrUnexpectedEOF), true, false},
+		{"connection closed", live, fmt.Errorf("query: %w", pgconn.ErrConnClosed), true, false},
+		{"a deadline of our own", live, fmt.Errorf("ping: %w", context.DeadlineExceeded), true, false},
+		{"the caller's cancellation", canceled, fmt.Errorf("query: %w", context.Canceled), false, false},
+		{"after the caller's cancellation", canceled, server("57P01"), false, false},
+		{"no rows", live, pgx.ErrNoRows, false, false},
+		{"a sentinel", live, taskstore.ErrNotFound, false, false},
+		{"a local error", live, errors.New("cannot encode"), false, false},
+	} {
+		got := classify(tc.ctx, tc.err)
+		if fault.IsTransient(got) != tc.transient || fault.IsNoSpace(got) != tc.noSpace || !errors.Is(got, tc.err) {
+			t.Errorf("%s: classify(%v) = %v; want transient %v, out of space %v, wrapping the cause",
+				tc.name, tc.err, got, tc.transient, tc.noSpace)
+		}
+		if !tc.transient && got != tc.err {
+			t.Errorf("%s: classify changed a permanent error: %v", tc.name, got)
+		}
+	}
+	if classify(live, nil) != nil {
+		t.Error("classify(nil) is not nil")
+	}
+}
+
+// testMigrateFromV1: a database of schema version 1 (before retries and idempotency keys) upgrades when
+// a newer program opens it, keeps its tasks as they were, and works on with the new features.
+func testMigrateFromV1(t *testing.T, pg *enginetest.Postgres) {
+	ctx := t.Context()
+	dsn := pg.NewDatabase(t)
+	first, err := migrationFiles.ReadFile("migrations/0001_tasks.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := open(ctx, dsn, Options{}, fstest.MapFS{"migrations/0001_tasks.sql": {Data: first}})
+	if err != nil {
+		t.Fatalf("open at version 1: %v", err)
+	}
+	now := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
+	ts := func(d time.Duration) time.Time { return now.Add(d) }
+	// The rows as version 1's statements left them: queued, pending, in progress, lapsed, finished,
+	// failed, and queued again after a failed attempt.
+	if _, err := old.pool.Exec(ctx, `
+		INSERT INTO tasks (id, state, pending, attempts, max_attempts, token, error, created_at, started_at,
+			finished_at, lease_until, op) VALUES
+		(0, 0, false, 0, 3, 0, '', $1, NULL, NULL, NULL, 'swap'),
+		(1, 0, true, 0, 3, 0, '', $2, NULL, NULL, NULL, ''),
+		(2, 1, false, 1, 3, 1, '', $3, $4, NULL, $5, 'grayscale'),
+		(3, 1, false, 1, 3, 1, '', $6, $7, NULL, $8, ''),
+		(4, 2, false, 1, 3, 1, '', $9, $9, $10, NULL, ''),
+		(5, 3, false, 1, 1, 1, 'broken', $10, $10, $11, NULL, ''),
+		(6, 0, false, 1, 3, 1, 'flaky', $11, $11, NULL, NULL, '')`,
+		ts(-9*time.Hour), ts(-8*time.Hour), ts(-7*time.Hour), ts(-time.Minute), ts(time.Hour), ts(-6*time.Hour),
+		ts(-time.Hour), ts(-time.Minute), ts(-5*time.Hour), ts(-4*time.Hour), ts(-3*time.Hour)); err != nil {
+		t.Fatalf("insert version-1 rows: %v", err)
+	}
+	if _, err := old.pool.Exec(ctx, `UPDATE task_ids SET next_id = 7`); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	clock := func() time.Time { return now }
+	s := openStore(t, dsn, Options{Now: clock})
+	if got, want := schemaVersions(t, s), wantVersions(t); !slices.Equal(got, want) {
+		t.Fatalf("schema_migrations after the upgrade = %v, want %v", got, want)
+	}
+	taskstoretest.CheckUpgradedTasks(t, s, now)
+	taskstoretest.CheckUpgradedWorks(t, s, now)
 }
 
 // testMaxConns: the pool never opens more sessions than MaxConns, however many callers wait, and 0
@@ -682,6 +942,9 @@ func TestDurableAcrossKill(t *testing.T) {
 		if counts, err = s.Counts(ctx); err == nil || try == 20 {
 			break
 		}
+		if !fault.IsTransient(err) {
+			t.Fatalf("Counts after the restart: %v; want success or a transient error", err)
+		}
 	}
 	if err != nil || counts != (taskstore.Counts{Queued: n - 1, Finished: 1}) {
 		t.Fatalf("Counts after the restart = %+v, %v", counts, err)
@@ -761,7 +1024,8 @@ func testQueryPlansUseIndexes(t *testing.T, pg *enginetest.Postgres) {
 	now := time.Now()
 	var (
 		id = pgx.NamedArgs{"id": int64(99100), "token": int64(1), "now": now, "until": now, "origin": "x",
-			"reason": "x", "permanent": false, "state": int16(1)}
+			"reason": "x", "permanent": false, "state": int16(1), "waits": []time.Duration{time.Second},
+			"key": "k", "stale": int64(99100)}
 		timed = pgx.NamedArgs{"now": now, "until": now, "cutoff": now}
 	)
 	for _, tc := range []struct {
@@ -771,6 +1035,11 @@ func testQueryPlansUseIndexes(t *testing.T, pg *enginetest.Postgres) {
 	}{
 		{"claim", claimSQL, claimableIndex, timed},
 		{"sweep", sweepSQL, leaseIndex, timed},
+		{"settle", settleSQL, retryIndex, timed},
+		{"find key", findKeySQL, keyIndex, id},
+		{"clear key", clearKeySQL, primaryKey + "|" + keyIndex, id},
+		{"retry", retrySQL, primaryKey, id},
+		{"abandon", abandonSQL, primaryKey, id},
 		{"expire", expireSQL, pendingIndex, timed},
 		// The lease index holds only in-progress tasks, as few as the workers: with few of them the
 		// planner may walk it rather than the primary key, and either is cheap.
@@ -798,7 +1067,7 @@ func testQueryPlansUseIndexes(t *testing.T, pg *enginetest.Postgres) {
 
 	// Counts adds up several parts, each through its own partial index: none reads the table.
 	plan := explain(t, s, countsSQL, timed)
-	for _, index := range []string{claimableIndex, pendingIndex, leaseIndex, failedIndex} {
+	for _, index := range []string{claimableIndex, retryIndex, pendingIndex, leaseIndex, failedIndex} {
 		if !strings.Contains(plan, " using "+index+" on tasks") {
 			t.Errorf("counts plan does not use %s:\n%s", index, plan)
 		}

@@ -8,8 +8,12 @@
 //
 // Fencing: each task carries its own token, raised by one with every claim (Claim or Set InProgress)
 // in the same UPDATE that claims it, so tokens only grow per task and cost no extra write. Guarded
-// writes (Extend, Finish, Fail, Release) are single UPDATEs on the primary key; only when one
+// writes (Extend, Finish, Fail, Release, Retry) are single UPDATEs on the primary key; only when one
 // matches nothing does a probe read explain why.
+//
+// Failures: a full disk fails writes with a transient out-of-space error (fault.NoSpace) while reads
+// go on, and a database that another process keeps locked past the busy timeout is unavailable for now
+// (fault.Unavailable); both clear by themselves once the cause does (see classify).
 package sqlitestore
 
 import (
@@ -18,12 +22,16 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
-	"github.com/imgmill/imgmill/internal/taskstore"
+	"modernc.org/sqlite" // also registers the "sqlite" database/sql driver
+	sqlite3 "modernc.org/sqlite/lib"
 
-	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+	"github.com/imgmill/imgmill/internal/fault"
+	"github.com/imgmill/imgmill/internal/taskstore"
 )
 
 // Options configures a Store.
@@ -37,14 +45,16 @@ type Options struct {
 type Store struct {
 	w   *sql.DB // the single writer connection
 	r   *sql.DB // query-only readers
+	dir string  // the database's directory, whose free space tells a full disk (see classify)
 	now func() time.Time
 	// durable fsyncs the WAL for the commits that must survive power loss.
 	durable *walSync
 
 	// Prepared statements for the hot paths. Those on w stay prepared on its one connection, so
 	// a transaction's tx.StmtContext reuses them rather than re-preparing.
-	create, activate, sweep, claim, extend, finish, fail, release, set, expire, probe *sql.Stmt // on w
-	get, counts                                                                       *sql.Stmt // on r
+	create, activate, sweep, settle, claim, extend, finish, fail, release, retry, set, expire, probe *sql.Stmt // on w
+	findKey, clearKey, createKeyed, abandon                                                          *sql.Stmt // on w
+	get, counts, ping                                                                                *sql.Stmt // on r
 }
 
 var _ taskstore.Store = (*Store)(nil)
@@ -55,7 +65,15 @@ const (
 	leaseIndex     = "tasks_lease"
 	pendingIndex   = "tasks_pending"
 	failedIndex    = "tasks_failed"
+	retryIndex     = "tasks_retry"
+	keyIndex       = "tasks_idem"
 )
+
+// what names the task database in transient errors (fault).
+const what = "the task database"
+
+// maxPageSize is SQLite's largest page size.
+const maxPageSize = 64 << 10
 
 // migrations returns the schema steps; element i upgrades a database from user_version i to i+1.
 // A function rather than a package variable keeps the package free of mutable state. A step, once
@@ -95,18 +113,33 @@ func migrations() []string {
 
 		// 4. The operation chain a worker applies to the task's image ('' means the default, swap).
 		`ALTER TABLE tasks ADD COLUMN op TEXT NOT NULL DEFAULT '';`,
+
+		// 5. Transient failures (Retry) and idempotent creates (CreateOnce). A task handed back after
+		// a transient failure waits until retry_at: the claimable index leaves it out until Claim's
+		// sweep clears a due retry_at, so claims still walk one index in id order; the retry index
+		// holds the few waiting tasks that sweep and Counts look for. idem_key is the idempotency key
+		// a task was created with; the unique index lets concurrent creates with one key make one task.
+		`ALTER TABLE tasks ADD COLUMN retry_at INTEGER;
+		ALTER TABLE tasks ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
+		ALTER TABLE tasks ADD COLUMN idem_key TEXT;
+		DROP INDEX ` + claimableIndex + `;
+		CREATE INDEX ` + claimableIndex + ` ON tasks (id) WHERE state = 0 AND pending = 0 AND retry_at IS NULL;
+		CREATE INDEX ` + retryIndex + ` ON tasks (retry_at) WHERE retry_at IS NOT NULL;
+		CREATE UNIQUE INDEX ` + keyIndex + ` ON tasks (idem_key) WHERE idem_key IS NOT NULL;`,
 	}
 }
 
 // Row invariants beyond the columns' meaning:
 //
 //   - lease_until is the end of the latest claim's lease while that claim is open. Finish, Fail,
-//     Release, Set and ExpirePending close it (NULL); a lapse does not, so a not-started or failed
-//     row with a lease_until is one whose holder's lease lapsed and who may still report (see
-//     heldBy). Readers report LeaseUntil only for in-progress rows.
+//     Release, Retry, Set, ExpirePending and Abandon close it (NULL); a lapse does not, so a
+//     not-started or failed row with a lease_until is one whose holder's lease lapsed and who may
+//     still report (see heldBy). Readers report LeaseUntil only for in-progress rows.
 //   - A row in state 1 whose lease_until <= now has lapsed. Readers compute what Claim's sweep
 //     will make of it: state 0 with attempts left, else 3 with finished_at = lease_until, and in
 //     both cases error = lapsedError.
+//   - retry_at is set only by Retry, on a row it leaves in state 0; every other write clears it,
+//     and so does Claim's sweep once it is due. Readers report it only while it is in the future.
 const (
 	// lapsedError is why an attempt whose lease lapsed failed.
 	lapsedError = `printf('lease lapsed on attempt %d of %d', attempts, max_attempts)`
@@ -119,16 +152,21 @@ const (
 	liveLease = `state = 1 AND lease_until > :now`
 	// liveHeldBy admits the holder of a live lease (Extend, Release); token 0 admits anyone.
 	liveHeldBy = liveLease + ` AND (:token = 0 OR token = :token)`
-	// heldBy admits whoever may report the outcome of the latest claim (Finish, Fail): with token 0
-	// the holder of a live lease; with a token, its holder as long as the claim is still open, lapsed
-	// or not, because nobody claimed the task since (that would have changed the token).
+	// heldBy admits whoever may report the outcome of the latest claim (Finish, Fail, Retry): with
+	// token 0 the holder of a live lease; with a token, its holder as long as the claim is still open,
+	// lapsed or not, because nobody claimed the task since (that would have changed the token).
 	heldBy = `(CASE WHEN :token = 0 THEN ` + liveLease + `
 		ELSE token = :token AND state <> 2 AND lease_until IS NOT NULL END)`
+	// lapsedOut: in progress, lapsed, and out of attempts; readers report it failed.
+	lapsedOut = `state = 1 AND lease_until <= :now AND attempts >= max_attempts`
+
+	// retryAt is retry_at as readers report it: only while it is in the future.
+	retryAt = `CASE WHEN retry_at > :now THEN retry_at END`
 
 	// returnColumns are a row's fields as the scanner expects them, for RETURNING after a write
 	// that leaves the row consistent (no lapsed lease to compute).
 	returnColumns = `id, state, pending, attempts, max_attempts, token, error, created_at, started_at, finished_at,
-		CASE WHEN state = 1 THEN lease_until END, op`
+		CASE WHEN state = 1 THEN lease_until END, op, ` + retryAt + `, retries`
 
 	// taskColumns computes a lapsed lease's outcome without writing, so readers stay on the
 	// read-only pool; the next Claim makes it so in the table, with the same values.
@@ -139,17 +177,31 @@ const (
 		pending, attempts, max_attempts, token,
 		CASE WHEN state = 1 AND lease_until <= :now THEN ` + lapsedError + ` ELSE error END,
 		created_at, started_at,
-		CASE WHEN state = 1 AND lease_until <= :now AND attempts >= max_attempts THEN lease_until
-			ELSE finished_at END,
+		CASE WHEN ` + lapsedOut + ` THEN lease_until ELSE finished_at END,
 		CASE WHEN state = 1 AND lease_until > :now THEN lease_until END,
-		op`
+		op, ` + retryAt + `, retries`
 
 	createSQL = `INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, op)
 		SELECT IFNULL(MAX(id), -1) + 1, 0, :pending, 0, :max_attempts, :now, :op FROM tasks
 		RETURNING id`
 
+	// createKeyedSQL is createSQL keeping the idempotency key with the task.
+	createKeyedSQL = `INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, op, idem_key)
+		SELECT IFNULL(MAX(id), -1) + 1, 0, :pending, 0, :max_attempts, :now, :op, :key FROM tasks
+		RETURNING ` + returnColumns
+
+	// findKeySQL reads the task created with an idempotency key, through the unique index.
+	findKeySQL = `SELECT ` + taskColumns + ` FROM tasks WHERE idem_key = :key`
+
+	// clearKeySQL takes the key from a task that no longer answers for it, so that a new one can.
+	clearKeySQL = `UPDATE tasks SET idem_key = NULL WHERE id = :id`
+
 	// activateSQL refuses a pending task that failed (expired) before its upload completed.
 	activateSQL = `UPDATE tasks SET pending = 0 WHERE id = :id AND (pending = 0 OR state <> 3)`
+
+	// abandonSQL fails a pending task that has not failed yet, as readers see it.
+	abandonSQL = `UPDATE tasks SET state = 3, finished_at = :now, lease_until = NULL, retry_at = NULL, error = :reason
+		WHERE id = :id AND pending = 1 AND state <> 3 AND NOT (` + lapsedOut + `)`
 
 	// sweepSQL settles lapsed leases so that claimSQL finds the retries through the claimable
 	// index, in id order with the never-started tasks. It keeps lease_until: the claim stays open.
@@ -159,9 +211,13 @@ const (
 		error       = ` + lapsedError + `
 		WHERE state = 1 AND lease_until <= :now`
 
+	// settleSQL clears the retry_at that came due, which puts those tasks in the claimable index.
+	settleSQL = `UPDATE tasks SET retry_at = NULL WHERE retry_at <= :now`
+
+	// claimSQL needs not clear retry_at: the claimable index holds only rows without one.
 	claimSQL = `UPDATE tasks
 		SET state = 1, attempts = attempts + 1, token = token + 1, started_at = :now, lease_until = :until
-		WHERE id = (SELECT id FROM tasks WHERE state = 0 AND pending = 0 ORDER BY id LIMIT 1)
+		WHERE id = (SELECT id FROM tasks WHERE state = 0 AND pending = 0 AND retry_at IS NULL ORDER BY id LIMIT 1)
 		RETURNING ` + returnColumns
 
 	extendSQL = `UPDATE tasks SET lease_until = :until
@@ -169,7 +225,7 @@ const (
 		RETURNING ` + returnColumns
 
 	// finishSQL clears the last attempt's error: a finished task has none.
-	finishSQL = `UPDATE tasks SET state = 2, finished_at = :now, lease_until = NULL, error = ''
+	finishSQL = `UPDATE tasks SET state = 2, finished_at = :now, lease_until = NULL, retry_at = NULL, error = ''
 		WHERE id = :id AND ` + heldBy + `
 		RETURNING id`
 
@@ -177,15 +233,29 @@ const (
 		state       = CASE WHEN :permanent OR attempts >= max_attempts THEN 3 ELSE 0 END,
 		finished_at = CASE WHEN :permanent OR attempts >= max_attempts THEN :now END,
 		lease_until = NULL,
+		retry_at    = NULL,
 		error       = :reason
 		WHERE id = :id AND ` + heldBy + `
 		RETURNING ` + returnColumns
 
 	// releaseSQL takes back the attempt the claim counted; MAX guards a count an operator's Set
 	// may have left lower.
-	releaseSQL = `UPDATE tasks SET state = 0, attempts = MAX(attempts - 1, 0), lease_until = NULL
+	releaseSQL = `UPDATE tasks SET state = 0, attempts = MAX(attempts - 1, 0), lease_until = NULL, retry_at = NULL
 		WHERE id = :id AND ` + liveHeldBy + `
 		RETURNING id`
+
+	// retrySQL is releaseSQL for a transient failure, reported as Fail reports one; the task waits
+	// the element of :waits (a JSON array of nanoseconds, see taskstore.RetryBackoff.Waits) for its new retry count,
+	// or the last one past the array's end.
+	retrySQL = `UPDATE tasks SET
+		state       = 0,
+		attempts    = MAX(attempts - 1, 0),
+		lease_until = NULL,
+		error       = :reason,
+		retries     = retries + 1,
+		retry_at    = :now + json_extract(:waits, '$[' || MIN(retries, json_array_length(:waits) - 1) || ']')
+		WHERE id = :id AND ` + heldBy + `
+		RETURNING ` + returnColumns
 
 	// setSQL overwrites the state. InProgress is a claim: it counts an attempt and issues a token.
 	setSQL = `UPDATE tasks SET
@@ -195,12 +265,14 @@ const (
 		started_at  = CASE WHEN :state = 1 THEN :now ELSE started_at END,
 		lease_until = CASE WHEN :state = 1 THEN :until END,
 		finished_at = CASE WHEN :state IN (2, 3) THEN :now END,
+		retry_at    = NULL,
 		error       = CASE :state WHEN 2 THEN '' WHEN 3 THEN IIF(error = '', '` + setFailedError + `', error) ELSE error END
 		WHERE id = :id`
 
 	// expireSQL fails pending tasks that are still waiting (not started, or set in progress by hand
 	// and lapsed); the partial index holds only those.
-	expireSQL = `UPDATE tasks SET state = 3, finished_at = :now, lease_until = NULL, error = '` + expiredError + `'
+	expireSQL = `UPDATE tasks SET state = 3, finished_at = :now, lease_until = NULL, retry_at = NULL,
+		error = '` + expiredError + `'
 		WHERE pending = 1 AND state < 2 AND created_at <= :cutoff AND (state = 0 OR lease_until <= :now)`
 
 	// probeSQL explains why a guarded update matched no row.
@@ -209,17 +281,22 @@ const (
 	getSQL  = `SELECT ` + taskColumns + ` FROM tasks WHERE id = :id`
 	listSQL = `SELECT ` + taskColumns + ` FROM tasks ORDER BY id`
 
+	// pingSQL reads the primary key's edge: a read of the file, as cheap as one gets.
+	pingSQL = `SELECT IFNULL(MAX(id), -1) FROM tasks`
+
 	// countsSQL reads, in one snapshot, the parts Counts adds up; each part walks a partial index (or
 	// the primary key's edge), never the table: the total is MAX(id)+1 because ids are consecutive
 	// from 0 and tasks are never deleted, and finished is what remains. Lapsed leases are split as
-	// taskColumns does: attempts left, queued again; none left, failed.
+	// taskColumns does: attempts left, queued (or pending) again; none left, failed.
 	countsSQL = `SELECT
 		(SELECT IFNULL(MAX(id) + 1, 0) FROM tasks),
-		(SELECT COUNT(*) FROM tasks WHERE state = 0 AND pending = 0),
+		(SELECT COUNT(*) FROM tasks WHERE state = 0 AND pending = 0 AND retry_at IS NULL),
+		(SELECT COUNT(*) FROM tasks WHERE retry_at IS NOT NULL AND state = 0 AND pending = 0),
 		(SELECT COUNT(*) FROM tasks WHERE pending = 1 AND state < 2 AND state = 0),
 		(SELECT COUNT(*) FROM tasks WHERE state = 1),
-		(SELECT COUNT(*) FROM tasks WHERE state = 1 AND lease_until <= :now AND attempts < max_attempts),
-		(SELECT COUNT(*) FROM tasks WHERE state = 1 AND lease_until <= :now AND attempts >= max_attempts),
+		(SELECT COUNT(*) FROM tasks WHERE state = 1 AND lease_until <= :now AND attempts < max_attempts AND pending = 0),
+		(SELECT COUNT(*) FROM tasks WHERE state = 1 AND lease_until <= :now AND attempts < max_attempts AND pending = 1),
+		(SELECT COUNT(*) FROM tasks WHERE ` + lapsedOut + `),
 		(SELECT COUNT(*) FROM tasks WHERE state = 3)`
 )
 
@@ -229,7 +306,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		// Two pools must reach the same database, so it has to be a plain file path.
 		return nil, fmt.Errorf("sqlitestore: open %q: need a file path", path)
 	}
-	s := &Store{now: opts.Now}
+	s := &Store{dir: filepath.Dir(path), now: opts.Now}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -255,7 +332,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	s.w.SetConnMaxIdleTime(0) // keep the one connection, and the statements prepared on it
 
 	if err := s.init(ctx, path); err != nil {
-		return nil, errors.Join(fmt.Errorf("sqlitestore: open %q: %w", path, err), s.Close())
+		return nil, errors.Join(fmt.Errorf("sqlitestore: open %q: %w", path, s.classify(err)), s.Close())
 	}
 	return s, nil
 }
@@ -303,16 +380,23 @@ func (s *Store) init(ctx context.Context, path string) error {
 		{s.w, &s.create, createSQL},
 		{s.w, &s.activate, activateSQL},
 		{s.w, &s.sweep, sweepSQL},
+		{s.w, &s.settle, settleSQL},
 		{s.w, &s.claim, claimSQL},
 		{s.w, &s.extend, extendSQL},
 		{s.w, &s.finish, finishSQL},
 		{s.w, &s.fail, failSQL},
 		{s.w, &s.release, releaseSQL},
+		{s.w, &s.retry, retrySQL},
 		{s.w, &s.set, setSQL},
 		{s.w, &s.expire, expireSQL},
 		{s.w, &s.probe, probeSQL},
+		{s.w, &s.findKey, findKeySQL},
+		{s.w, &s.clearKey, clearKeySQL},
+		{s.w, &s.createKeyed, createKeyedSQL},
+		{s.w, &s.abandon, abandonSQL},
 		{s.r, &s.get, getSQL},
 		{s.r, &s.counts, countsSQL},
+		{s.r, &s.ping, pingSQL},
 	} {
 		if *p.stmt, err = p.db.PrepareContext(ctx, p.query); err != nil {
 			return fmt.Errorf("prepare %q: %w", firstLine(p.query), err)
@@ -375,47 +459,147 @@ func firstLine(s string) string {
 
 // Create adds a not-started task and returns its id.
 func (s *Store) Create(ctx context.Context, p taskstore.CreateParams) (int64, error) {
-	maxAttempts := p.MaxAttempts
-	if maxAttempts <= 0 {
-		maxAttempts = taskstore.DefaultMaxAttempts
-	}
 	// One writer connection serializes inserts, so MAX(id)+1 yields consecutive ids.
 	var id int64
-	err := s.create.QueryRowContext(ctx, sql.Named("pending", p.Pending), sql.Named("max_attempts", maxAttempts),
+	err := s.create.QueryRowContext(ctx, sql.Named("pending", p.Pending), sql.Named("max_attempts", p.Attempts()),
 		sql.Named("now", nanos(s.now())), sql.Named("op", p.Op)).Scan(&id)
 	if err != nil {
-		return 0, fmt.Errorf("sqlitestore: create: %w", err)
+		return 0, fmt.Errorf("sqlitestore: create: %w", s.classify(err))
 	}
 	// A pending task is answered to nobody until Activate, whose fsync covers this commit too.
 	if !p.Pending {
 		if err := s.durable.sync(); err != nil {
-			return 0, fmt.Errorf("sqlitestore: create: %w", err)
+			return 0, fmt.Errorf("sqlitestore: create: %w", s.classify(err))
 		}
 	}
 	return id, nil
+}
+
+// CreateOnce creates a task unless one created with key less than window ago answers for it.
+func (s *Store) CreateOnce(ctx context.Context, p taskstore.CreateParams, key string, window time.Duration) (
+	taskstore.Task, bool, error,
+) {
+	if key == "" {
+		return taskstore.Task{}, false, errors.New("sqlitestore: create once: empty idempotency key")
+	}
+	t, replayed, err := s.createOnce(ctx, p, key, window)
+	if err != nil {
+		return taskstore.Task{}, false, fmt.Errorf("sqlitestore: create once: %w", s.classify(err))
+	}
+	// As in Create: a pending task's commit is made durable by its Activate.
+	if !replayed && !p.Pending {
+		if err := s.durable.sync(); err != nil {
+			return taskstore.Task{}, false, fmt.Errorf("sqlitestore: create once: %w", s.classify(err))
+		}
+	}
+	return t, replayed, nil
+}
+
+// createOnce looks the key up and creates the task in one transaction on the single writer, so that
+// calls with one key take turns: the second finds what the first created.
+func (s *Store) createOnce(ctx context.Context, p taskstore.CreateParams, key string, window time.Duration) (
+	t taskstore.Task, replayed bool, err error,
+) {
+	now := s.now()
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return taskstore.Task{}, false, err
+	}
+	defer rollback(tx, &err)
+	old, err := scanTask(tx.StmtContext(ctx, s.findKey).QueryRowContext(ctx,
+		sql.Named("key", key), sql.Named("now", nanos(now))))
+	switch {
+	case err == nil && replays(old, now, window):
+		return old, true, tx.Commit() // a read: the commit writes nothing
+	case err == nil:
+		// The key moves to the new task: the unique index keeps one task per key.
+		if _, err := tx.StmtContext(ctx, s.clearKey).ExecContext(ctx, sql.Named("id", old.ID)); err != nil {
+			return taskstore.Task{}, false, err
+		}
+	case !errors.Is(err, sql.ErrNoRows):
+		return taskstore.Task{}, false, err
+	}
+	t, err = scanTask(tx.StmtContext(ctx, s.createKeyed).QueryRowContext(ctx, sql.Named("pending", p.Pending),
+		sql.Named("max_attempts", p.Attempts()), sql.Named("now", nanos(now)), sql.Named("op", p.Op),
+		sql.Named("key", key)))
+	if err != nil {
+		return taskstore.Task{}, false, err
+	}
+	return t, false, tx.Commit()
+}
+
+// replays reports whether CreateOnce answers with old, the task created with the same key: it was
+// created less than window before now, and it is not a pending task that failed (an upload that was
+// never acknowledged, so the client's retry must upload again).
+func replays(old taskstore.Task, now time.Time, window time.Duration) bool {
+	return old.CreatedAt.After(now.Add(-window)) && !(old.Pending && old.State == taskstore.Failed)
 }
 
 // Activate makes a pending task claimable.
 func (s *Store) Activate(ctx context.Context, id int64) error {
 	res, err := s.activate.ExecContext(ctx, sql.Named("id", id))
 	if err != nil {
-		return fmt.Errorf("sqlitestore: activate %d: %w", id, err)
+		return fmt.Errorf("sqlitestore: activate %d: %w", id, s.classify(err))
 	}
 	// SQLite counts matched rows, so an already active task still reports 1.
 	if n, err := res.RowsAffected(); err != nil {
-		return fmt.Errorf("sqlitestore: activate %d: %w", id, err)
+		return fmt.Errorf("sqlitestore: activate %d: %w", id, s.classify(err))
 	} else if n == 0 {
 		// Only an unknown id or a failed pending task match nothing; expiry is final, so the probe
 		// cannot misread a later change.
 		if _, _, err := s.probeRow(ctx, id); err != nil {
-			return fmt.Errorf("sqlitestore: activate %d: %w", id, err)
+			return fmt.Errorf("sqlitestore: activate %d: %w", id, s.classify(err))
 		}
 		return fmt.Errorf("sqlitestore: activate %d: %w", id, taskstore.ErrNotPending)
 	}
 	if err := s.durable.sync(); err != nil {
-		return fmt.Errorf("sqlitestore: activate %d: %w", id, err)
+		return fmt.Errorf("sqlitestore: activate %d: %w", id, s.classify(err))
 	}
 	return nil
+}
+
+// Abandon fails a pending task whose upload will never complete.
+func (s *Store) Abandon(ctx context.Context, id int64, reason string) error {
+	if reason == "" {
+		reason = taskstore.AbandonedError
+	}
+	// No fsync: an abandon lost to a power cut leaves a pending task, which ExpirePending fails later.
+	// The update matches only a pending task that has not failed; a read tells the other cases apart.
+	// It runs after the update, so an operator's Set in between can make it see a task that the
+	// update would now match: then update again.
+	for range 3 {
+		done, err := s.abandonOnce(ctx, id, reason)
+		if err != nil {
+			return fmt.Errorf("sqlitestore: abandon %d: %w", id, s.classify(err))
+		}
+		if done {
+			return nil
+		}
+	}
+	return fmt.Errorf("sqlitestore: abandon %d: the task kept changing under the update", id)
+}
+
+// abandonOnce tries Abandon's update once, and reports whether the call is settled: the task failed
+// now or before, or it cannot be abandoned (the error says why).
+func (s *Store) abandonOnce(ctx context.Context, id int64, reason string) (bool, error) {
+	now := s.now()
+	res, err := s.abandon.ExecContext(ctx, sql.Named("id", id), sql.Named("now", nanos(now)), sql.Named("reason", reason))
+	if err != nil {
+		return false, err
+	}
+	if n, err := res.RowsAffected(); err != nil || n > 0 {
+		return err == nil, err
+	}
+	t, err := scanTask(s.get.QueryRowContext(ctx, sql.Named("id", id), sql.Named("now", nanos(now))))
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return false, taskstore.ErrNotFound
+	case err != nil:
+		return false, err
+	case !t.Pending:
+		return false, taskstore.ErrNotPending
+	}
+	return t.State == taskstore.Failed, nil
 }
 
 // Get returns one task.
@@ -425,41 +609,54 @@ func (s *Store) Get(ctx context.Context, id int64) (taskstore.Task, error) {
 		return taskstore.Task{}, fmt.Errorf("sqlitestore: get %d: %w", id, taskstore.ErrNotFound)
 	}
 	if err != nil {
-		return taskstore.Task{}, fmt.Errorf("sqlitestore: get %d: %w", id, err)
+		return taskstore.Task{}, fmt.Errorf("sqlitestore: get %d: %w", id, s.classify(err))
 	}
 	return t, nil
 }
 
-// Claim settles lapsed leases, then takes the lowest-id claimable task and leases it for lease.
-func (s *Store) Claim(ctx context.Context, lease time.Duration) (t taskstore.Task, err error) {
+// Claim settles lapsed leases and due retries, then takes the lowest-id claimable task and leases it
+// for lease.
+func (s *Store) Claim(ctx context.Context, lease time.Duration) (taskstore.Task, error) {
 	if lease <= 0 {
 		// A non-positive lease would hand out a task that is already lapsed.
 		return taskstore.Task{}, fmt.Errorf("sqlitestore: claim: lease %v is not positive", lease)
 	}
-	now := s.now()
+	t, err := s.claimTx(ctx, s.now(), lease)
+	if errors.Is(err, taskstore.ErrNoTask) {
+		return taskstore.Task{}, taskstore.ErrNoTask
+	}
+	if err != nil {
+		return taskstore.Task{}, fmt.Errorf("sqlitestore: claim: %w", s.classify(err))
+	}
+	return t, nil
+}
 
+func (s *Store) claimTx(ctx context.Context, now time.Time, lease time.Duration) (t taskstore.Task, err error) {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return taskstore.Task{}, fmt.Errorf("sqlitestore: claim: %w", err)
+		return taskstore.Task{}, err
 	}
 	defer rollback(tx, &err)
 	if _, err := tx.StmtContext(ctx, s.sweep).ExecContext(ctx, sql.Named("now", nanos(now))); err != nil {
-		return taskstore.Task{}, fmt.Errorf("sqlitestore: claim: settle lapsed leases: %w", err)
+		return taskstore.Task{}, fmt.Errorf("settle lapsed leases: %w", err)
+	}
+	if _, err := tx.StmtContext(ctx, s.settle).ExecContext(ctx, sql.Named("now", nanos(now))); err != nil {
+		return taskstore.Task{}, fmt.Errorf("settle due retries: %w", err)
 	}
 	t, err = scanTask(tx.StmtContext(ctx, s.claim).QueryRowContext(ctx,
 		sql.Named("now", nanos(now)), sql.Named("until", nanos(now.Add(lease)))))
 	if errors.Is(err, sql.ErrNoRows) {
 		// Commit anyway: the sweep is correct on its own and saves the next caller the work.
 		if err := tx.Commit(); err != nil {
-			return taskstore.Task{}, fmt.Errorf("sqlitestore: claim: commit: %w", err)
+			return taskstore.Task{}, fmt.Errorf("commit: %w", err)
 		}
 		return taskstore.Task{}, taskstore.ErrNoTask
 	}
 	if err != nil {
-		return taskstore.Task{}, fmt.Errorf("sqlitestore: claim: %w", err)
+		return taskstore.Task{}, err
 	}
 	if err := tx.Commit(); err != nil {
-		return taskstore.Task{}, fmt.Errorf("sqlitestore: claim: commit: %w", err)
+		return taskstore.Task{}, fmt.Errorf("commit: %w", err)
 	}
 	return t, nil
 }
@@ -476,7 +673,7 @@ func (s *Store) Extend(ctx context.Context, id, token int64, lease time.Duration
 		_, err = s.refusal(ctx, id, token)
 	}
 	if err != nil {
-		return taskstore.Task{}, fmt.Errorf("sqlitestore: extend %d: %w", id, err)
+		return taskstore.Task{}, fmt.Errorf("sqlitestore: extend %d: %w", id, s.classify(err))
 	}
 	return t, nil
 }
@@ -493,7 +690,7 @@ func (s *Store) Finish(ctx context.Context, id, token int64) error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("sqlitestore: finish %d: %w", id, err)
+		return fmt.Errorf("sqlitestore: finish %d: %w", id, s.classify(err))
 	}
 	return nil
 }
@@ -506,7 +703,7 @@ func (s *Store) Fail(ctx context.Context, id, token int64, reason string, perman
 		_, err = s.refusal(ctx, id, token)
 	}
 	if err != nil {
-		return taskstore.Task{}, fmt.Errorf("sqlitestore: fail %d: %w", id, err)
+		return taskstore.Task{}, fmt.Errorf("sqlitestore: fail %d: %w", id, s.classify(err))
 	}
 	return t, nil
 }
@@ -520,9 +717,31 @@ func (s *Store) Release(ctx context.Context, id, token int64) error {
 		_, err = s.refusal(ctx, id, token)
 	}
 	if err != nil {
-		return fmt.Errorf("sqlitestore: release %d: %w", id, err)
+		return fmt.Errorf("sqlitestore: release %d: %w", id, s.classify(err))
 	}
 	return nil
+}
+
+// Retry hands an in-progress task back after a transient failure, to be claimed again after a wait.
+func (s *Store) Retry(ctx context.Context, id, token int64, reason string, b taskstore.RetryBackoff) (taskstore.Task, error) {
+	t, err := scanTask(s.retry.QueryRowContext(ctx, sql.Named("id", id), sql.Named("token", token),
+		sql.Named("now", nanos(s.now())), sql.Named("reason", reason), sql.Named("waits", retryWaitsJSON(b))))
+	if errors.Is(err, sql.ErrNoRows) {
+		_, err = s.refusal(ctx, id, token)
+	}
+	if err != nil {
+		return taskstore.Task{}, fmt.Errorf("sqlitestore: retry %d: %w", id, s.classify(err))
+	}
+	return t, nil
+}
+
+// retryWaitsJSON is b.Waits() in nanoseconds as a JSON array, for retrySQL.
+func retryWaitsJSON(b taskstore.RetryBackoff) string {
+	var ns []string
+	for _, w := range b.Waits() {
+		ns = append(ns, strconv.FormatInt(int64(w), 10))
+	}
+	return "[" + strings.Join(ns, ",") + "]"
 }
 
 // refusal explains why a guarded update of task id on behalf of token matched no row: ErrNotFound, or
@@ -563,15 +782,15 @@ func (s *Store) Set(ctx context.Context, id int64, state taskstore.State, lease 
 		sql.Named("id", id), sql.Named("state", int64(state)),
 		sql.Named("now", nanos(now)), sql.Named("until", until))
 	if err != nil {
-		return fmt.Errorf("sqlitestore: set %d: %w", id, err)
+		return fmt.Errorf("sqlitestore: set %d: %w", id, s.classify(err))
 	}
 	if n, err := res.RowsAffected(); err != nil {
-		return fmt.Errorf("sqlitestore: set %d: %w", id, err)
+		return fmt.Errorf("sqlitestore: set %d: %w", id, s.classify(err))
 	} else if n == 0 {
 		return fmt.Errorf("sqlitestore: set %d: %w", id, taskstore.ErrNotFound)
 	}
 	if err := s.durable.sync(); err != nil {
-		return fmt.Errorf("sqlitestore: set %d: %w", id, err)
+		return fmt.Errorf("sqlitestore: set %d: %w", id, s.classify(err))
 	}
 	return nil
 }
@@ -584,11 +803,11 @@ func (s *Store) ExpirePending(ctx context.Context, olderThan time.Duration) (int
 	now := s.now()
 	res, err := s.expire.ExecContext(ctx, sql.Named("now", nanos(now)), sql.Named("cutoff", nanos(now.Add(-olderThan))))
 	if err != nil {
-		return 0, fmt.Errorf("sqlitestore: expire pending: %w", err)
+		return 0, fmt.Errorf("sqlitestore: expire pending: %w", s.classify(err))
 	}
 	n, err := res.RowsAffected()
 	if err != nil {
-		return 0, fmt.Errorf("sqlitestore: expire pending: %w", err)
+		return 0, fmt.Errorf("sqlitestore: expire pending: %w", s.classify(err))
 	}
 	return int(n), nil
 }
@@ -599,14 +818,14 @@ func (s *Store) List(ctx context.Context) iter.Seq2[taskstore.Task, error] {
 	return func(yield func(taskstore.Task, error) bool) {
 		rows, err := s.r.QueryContext(ctx, listSQL, sql.Named("now", nanos(s.now())))
 		if err != nil {
-			yield(taskstore.Task{}, fmt.Errorf("sqlitestore: list: %w", err))
+			yield(taskstore.Task{}, fmt.Errorf("sqlitestore: list: %w", s.classify(err)))
 			return
 		}
 		defer rows.Close()
 		for rows.Next() {
 			t, err := scanTask(rows)
 			if err != nil {
-				yield(taskstore.Task{}, fmt.Errorf("sqlitestore: list: %w", err))
+				yield(taskstore.Task{}, fmt.Errorf("sqlitestore: list: %w", s.classify(err)))
 				return
 			}
 			if !yield(t, nil) {
@@ -614,34 +833,73 @@ func (s *Store) List(ctx context.Context) iter.Seq2[taskstore.Task, error] {
 			}
 		}
 		if err := rows.Err(); err != nil {
-			yield(taskstore.Task{}, fmt.Errorf("sqlitestore: list: %w", err))
+			yield(taskstore.Task{}, fmt.Errorf("sqlitestore: list: %w", s.classify(err)))
 		}
 	}
 }
 
 // Counts returns how many tasks are in each state, read from one snapshot through the partial indexes.
 func (s *Store) Counts(ctx context.Context) (taskstore.Counts, error) {
-	var total, claimable, pendingQueued, inProgress, lapsedRetry, lapsedFailed, failed int64
+	var total, claimable, delayed, pending, inProgress, lapsedQueued, lapsedPending, lapsedFailed, failed int64
 	err := s.counts.QueryRowContext(ctx, sql.Named("now", nanos(s.now()))).Scan(
-		&total, &claimable, &pendingQueued, &inProgress, &lapsedRetry, &lapsedFailed, &failed)
+		&total, &claimable, &delayed, &pending, &inProgress, &lapsedQueued, &lapsedPending, &lapsedFailed, &failed)
 	if err != nil {
-		return taskstore.Counts{}, fmt.Errorf("sqlitestore: counts: %w", err)
+		return taskstore.Counts{}, fmt.Errorf("sqlitestore: counts: %w", s.classify(err))
 	}
 	c := taskstore.Counts{
-		Queued:     claimable + pendingQueued + lapsedRetry,
-		Processing: inProgress - lapsedRetry - lapsedFailed,
+		Queued:     claimable + delayed + lapsedQueued,
+		Pending:    pending + lapsedPending,
+		Processing: inProgress - lapsedQueued - lapsedPending - lapsedFailed,
 		Failed:     failed + lapsedFailed,
 	}
-	c.Finished = total - c.Queued - c.Processing - c.Failed
+	c.Finished = total - c.Queued - c.Pending - c.Processing - c.Failed
 	return c, nil
+}
+
+// Ping reads from the database file. A full disk does not fail it: reads still work then.
+func (s *Store) Ping(ctx context.Context) error {
+	var last int64
+	if err := s.ping.QueryRowContext(ctx).Scan(&last); err != nil {
+		return fmt.Errorf("sqlitestore: ping: %w", s.classify(err))
+	}
+	return nil
+}
+
+// classify marks the engine's transient failures (fault): a full disk (SQLITE_FULL, or an I/O error on
+// a file system without free space, which is how SQLite reports some failed writes, such as growing
+// its shared-memory index), and a database that another process kept locked past the busy timeout.
+// Every other error, the store's sentinels and the caller's own cancellation included, is returned
+// unchanged.
+func (s *Store) classify(err error) error {
+	var classified *fault.Error
+	if err == nil || errors.As(err, &classified) {
+		return err
+	}
+	var se *sqlite.Error
+	if !errors.As(err, &se) {
+		return fault.Disk(what, err) // the WAL's own fsync, say
+	}
+	switch se.Code() & 0xff { // the primary code of an extended one
+	case sqlite3.SQLITE_FULL:
+		return fault.NoSpace(what, err)
+	case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
+		return fault.Unavailable(what, err)
+	case sqlite3.SQLITE_IOERR:
+		// SQLite's codes do not carry the errno: a file system without room for another page (and a
+		// WAL frame's header) is the likely cause.
+		if room, ok := fault.Room(s.dir); ok && room < maxPageSize {
+			return fault.NoSpace(what, err)
+		}
+	}
+	return err
 }
 
 // Close closes the statements and both pools.
 func (s *Store) Close() error {
 	var errs []error
 	for _, st := range []*sql.Stmt{
-		s.create, s.activate, s.sweep, s.claim, s.extend, s.finish, s.fail, s.release, s.set, s.expire, s.probe, s.get,
-		s.counts,
+		s.create, s.activate, s.sweep, s.settle, s.claim, s.extend, s.finish, s.fail, s.release, s.retry, s.set,
+		s.expire, s.probe, s.findKey, s.clearKey, s.createKeyed, s.abandon, s.get, s.counts, s.ping,
 	} {
 		if st != nil {
 			errs = append(errs, st.Close())
@@ -659,7 +917,7 @@ func (s *Store) Close() error {
 		errs = append(errs, s.durable.close())
 	}
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("sqlitestore: close: %w", err)
+		return fmt.Errorf("sqlitestore: close: %w", s.classify(err))
 	}
 	return nil
 }
@@ -669,13 +927,13 @@ type scanner interface{ Scan(dest ...any) error }
 // scanTask reads the columns of taskColumns or returnColumns.
 func scanTask(sc scanner) (taskstore.Task, error) {
 	var (
-		t                          taskstore.Task
-		state                      int64
-		created                    int64
-		started, finished, leaseTo sql.NullInt64
+		t                                   taskstore.Task
+		state                               int64
+		created                             int64
+		started, finished, leaseTo, retryAt sql.NullInt64
 	)
 	if err := sc.Scan(&t.ID, &state, &t.Pending, &t.Attempts, &t.MaxAttempts, &t.Token, &t.Error,
-		&created, &started, &finished, &leaseTo, &t.Op); err != nil {
+		&created, &started, &finished, &leaseTo, &t.Op, &retryAt, &t.Retries); err != nil {
 		return taskstore.Task{}, err
 	}
 	t.State = taskstore.State(state)
@@ -683,6 +941,7 @@ func scanTask(sc scanner) (taskstore.Task, error) {
 	t.StartedAt = fromNullNanos(started)
 	t.FinishedAt = fromNullNanos(finished)
 	t.LeaseUntil = fromNullNanos(leaseTo)
+	t.RetryAt = fromNullNanos(retryAt)
 	return t, nil
 }
 

@@ -12,6 +12,8 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/imgmill/imgmill/internal/enginetest"
+	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/taskstore"
 	"github.com/imgmill/imgmill/internal/taskstore/taskstoretest"
 )
@@ -35,6 +37,80 @@ func TestContract(t *testing.T) {
 		s, _ := openTemp(t, clock)
 		return s
 	})
+}
+
+// TestDiskFull runs the outage contract on a disk that fills up: writes fail as out of space, reads go
+// on, and once space is freed everything works again with nothing acknowledged lost.
+func TestDiskFull(t *testing.T) {
+	// Room for the database, its WAL and shared memory, with plenty to spare: the filler takes the rest.
+	disk := enginetest.SmallDisk(t, 16<<20)
+	taskstoretest.RunOutage(t, taskstoretest.Outage{
+		Open: func(t *testing.T, clock func() time.Time) taskstore.Store {
+			s, err := Open(t.Context(), filepath.Join(disk.Dir(), "tasks.db"), Options{Now: clock})
+			if err != nil {
+				t.Fatalf("Open: %v", err)
+			}
+			return s
+		},
+		Break:   func(t *testing.T) { disk.Fill(t) },
+		Mend:    func(t *testing.T) { disk.Free(t) },
+		NoSpace: true,
+	})
+}
+
+// TestOpenOnFullDisk: opening a new database on a full disk fails as out of space, which passes once
+// space is freed.
+func TestOpenOnFullDisk(t *testing.T) {
+	disk := enginetest.SmallDisk(t, 1<<20)
+	path := filepath.Join(disk.Dir(), "tasks.db")
+	disk.Fill(t)
+	if s, err := Open(t.Context(), path, Options{}); !fault.IsNoSpace(err) {
+		if err == nil {
+			s.Close()
+		}
+		t.Fatalf("Open on a full disk: %v; want an out-of-space error", err)
+	}
+	disk.Free(t)
+	s, err := Open(t.Context(), path, Options{})
+	if err != nil {
+		t.Fatalf("Open once space is freed: %v", err)
+	}
+	defer closeStore(t, s)
+	if id, err := s.Create(t.Context(), taskstore.CreateParams{}); err != nil || id != 0 {
+		t.Fatalf("Create = %d, %v; want 0", id, err)
+	}
+}
+
+// TestBusyIsUnavailable: a database another process keeps locked past the busy timeout is unavailable
+// for now, not broken.
+func TestBusyIsUnavailable(t *testing.T) {
+	s, path := openTemp(t, nil)
+	defer closeStore(t, s)
+	other, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	conn, err := other.Conn(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(t.Context(), `BEGIN IMMEDIATE`); err != nil {
+		t.Fatal(err)
+	}
+	// The writer waits out its busy timeout (5s), then gives up.
+	_, err = s.Create(t.Context(), taskstore.CreateParams{})
+	if !fault.IsTransient(err) || fault.IsNoSpace(err) {
+		t.Fatalf("Create while another process holds the write lock: %v; want unavailable (fault)", err)
+	}
+	t.Logf("locked: %v", err)
+	if _, err := conn.ExecContext(t.Context(), `ROLLBACK`); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := s.Create(t.Context(), taskstore.CreateParams{}); err != nil || id != 0 {
+		t.Fatalf("Create once the lock is gone = %d, %v; want 0", id, err)
+	}
 }
 
 func closeStore(tb testing.TB, s *Store) {
@@ -288,6 +364,7 @@ func TestQueryPlansUseIndexes(t *testing.T) {
 		token     = sql.Named("token", int64(1))
 		byRowid   = "INTEGER PRIMARY KEY"
 		failArgs  = []any{id, token, now, sql.Named("reason", "x"), sql.Named("permanent", false)}
+		retryArgs = []any{id, token, now, sql.Named("reason", "x"), sql.Named("waits", "[1]")}
 		setArgs   = []any{id, sql.Named("state", int64(1)), now, until}
 		tokenArgs = []any{id, token, now}
 	)
@@ -297,6 +374,11 @@ func TestQueryPlansUseIndexes(t *testing.T) {
 	}{
 		{"claim", claimSQL, claimableIndex, []any{now, until}},
 		{"sweep", sweepSQL, leaseIndex, []any{now}},
+		{"settle", settleSQL, retryIndex, []any{now}},
+		{"find key", findKeySQL, keyIndex, []any{sql.Named("key", "k"), now}},
+		{"clear key", clearKeySQL, byRowid, []any{id}},
+		{"retry", retrySQL, byRowid, retryArgs},
+		{"abandon", abandonSQL, byRowid, []any{id, now, sql.Named("reason", "x")}},
 		{"expire", expireSQL, pendingIndex, []any{now, sql.Named("cutoff", int64(0))}},
 		{"extend", extendSQL, byRowid, append(tokenArgs, until)},
 		{"finish", finishSQL, byRowid, tokenArgs},
@@ -326,7 +408,7 @@ func TestQueryPlansUseIndexes(t *testing.T) {
 	// primary key's edge): none reads the table.
 	plan := queryPlan(t, s, countsSQL, now)
 	text := strings.Join(plan, "\n")
-	for _, index := range []string{claimableIndex, pendingIndex, leaseIndex, failedIndex} {
+	for _, index := range []string{claimableIndex, retryIndex, pendingIndex, leaseIndex, failedIndex} {
 		if !strings.Contains(text, index) {
 			t.Errorf("counts plan does not use %s:\n%s", index, text)
 		}
@@ -457,14 +539,11 @@ func TestMigrateFromV1(t *testing.T) {
 	if err := s.w.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&version); err != nil || version != len(migrations()) {
 		t.Fatalf("user_version after migration = %d, %v; want %d", version, err, len(migrations()))
 	}
-	var indexes int
-	if err := s.w.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND name IN (?, ?, ?, ?)`,
-		claimableIndex, leaseIndex, pendingIndex, failedIndex).Scan(&indexes); err != nil || indexes != 4 {
-		t.Fatalf("%d of the 4 indexes after migration, %v", indexes, err)
-	}
-	// The migrated tasks are counted as List reports them: 0, 1, 3 and 6 queued (1 pending, 3 lapsed
-	// with attempts left), 2 and 7 processing, 4 finished, 5 failed (lapsed on its last attempt).
-	if c, err := s.Counts(ctx); err != nil || c != (taskstore.Counts{Queued: 4, Processing: 2, Finished: 1, Failed: 1}) {
+	checkIndexes(t, s)
+	// The migrated tasks are counted as List reports them: 0, 3 and 6 queued (3 lapsed with attempts
+	// left), 1 pending, 2 and 7 processing, 4 finished, 5 failed (lapsed on its last attempt).
+	if c, err := s.Counts(ctx); err != nil ||
+		c != (taskstore.Counts{Queued: 3, Pending: 1, Processing: 2, Finished: 1, Failed: 1}) {
 		t.Fatalf("Counts after migration = %+v, %v", c, err)
 	}
 	closeStore(t, s)
@@ -544,6 +623,99 @@ func TestMigrationIsAtomic(t *testing.T) {
 	if err := db.QueryRowContext(t.Context(), `SELECT count(*) FROM tasks`).Scan(&n); err != nil || n != 1 {
 		t.Fatalf("%d tasks after the failed migration, %v; want 1", n, err)
 	}
+}
+
+// checkIndexes checks that the database has every index of the current schema, the claimable one in
+// its latest form.
+func checkIndexes(t *testing.T, s *Store) {
+	t.Helper()
+	for _, index := range []string{claimableIndex, leaseIndex, pendingIndex, failedIndex, retryIndex, keyIndex} {
+		var def string
+		if err := s.w.QueryRowContext(t.Context(), `SELECT sql FROM sqlite_schema WHERE type = 'index' AND name = ?`,
+			index).Scan(&def); err != nil {
+			t.Fatalf("index %s: %v", index, err)
+		}
+		if index == claimableIndex && !strings.Contains(def, "retry_at IS NULL") {
+			t.Fatalf("claimable index: %s; want it to leave out tasks waiting to be retried", def)
+		}
+	}
+}
+
+// createV4 writes a database file of schema version 4 at path, as the program that released it did
+// (released steps never change), and inserts rows, each (id, state, pending, attempts, max_attempts,
+// token, error, created_at, started_at, finished_at, lease_until, op).
+func createV4(t *testing.T, path string, rows [][12]any) {
+	t.Helper()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(t.Context(), `PRAGMA journal_mode = WAL`); err != nil {
+		t.Fatal(err)
+	}
+	for v, step := range migrations()[:4] {
+		if _, err := db.ExecContext(t.Context(), step); err != nil {
+			t.Fatalf("schema step %d: %v", v+1, err)
+		}
+	}
+	if _, err := db.ExecContext(t.Context(), `PRAGMA user_version = 4`); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rows {
+		if _, err := db.ExecContext(t.Context(), `INSERT INTO tasks (id, state, pending, attempts, max_attempts,
+			token, error, created_at, started_at, finished_at, lease_until, op) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			r[:]...); err != nil {
+			t.Fatalf("insert v4 row %v: %v", r, err)
+		}
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestMigrateFromV4: a database of schema version 4 (before retries and idempotency keys) upgrades in
+// place, keeps its tasks as they were, and works on with the new features.
+func TestMigrateFromV4(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "v4.db")
+	now := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) int64 { return now.Add(d).UnixNano() }
+	nul := sql.NullInt64{}
+	createV4(t, path, [][12]any{
+		{0, 0, 0, 0, 3, 0, "", at(-9 * time.Hour), nul, nul, nul, "swap"},                                 // queued
+		{1, 0, 1, 0, 3, 0, "", at(-8 * time.Hour), nul, nul, nul, ""},                                     // pending
+		{2, 1, 0, 1, 3, 1, "", at(-7 * time.Hour), at(-time.Minute), nul, at(time.Hour), "grayscale"},     // in progress
+		{3, 1, 0, 1, 3, 1, "", at(-6 * time.Hour), at(-time.Hour), nul, at(-time.Minute), ""},             // lapsed
+		{4, 2, 0, 1, 3, 1, "", at(-5 * time.Hour), at(-5 * time.Hour), at(-4 * time.Hour), nul, ""},       // finished
+		{5, 3, 0, 1, 1, 1, "broken", at(-4 * time.Hour), at(-4 * time.Hour), at(-3 * time.Hour), nul, ""}, // failed
+		{6, 0, 0, 1, 3, 1, "flaky", at(-3 * time.Hour), at(-3 * time.Hour), nul, nul, ""},                 // queued again
+	})
+	if v := userVersion(t, path); v != 4 {
+		t.Fatalf("hand-made v4 file has user_version %d", v)
+	}
+	clock := func() time.Time { return now }
+	for _, reopen := range []bool{false, true} {
+		s, err := Open(ctx, path, Options{Now: clock})
+		if err != nil {
+			t.Fatalf("Open of a v4 database (reopen %v): %v", reopen, err)
+		}
+		taskstoretest.CheckUpgradedTasks(t, s, now)
+		checkIndexes(t, s)
+		closeStore(t, s)
+	}
+	if v := userVersion(t, path); v != len(migrations()) {
+		t.Fatalf("user_version after migration = %d, want %d", v, len(migrations()))
+	}
+
+	// The new features work on the migrated tasks: the claim from before the upgrade reports a
+	// transient failure, and the task waits while the others are claimed in id order.
+	s, err := Open(ctx, path, Options{Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeStore(t, s)
+	taskstoretest.CheckUpgradedWorks(t, s, now)
 }
 
 // fill appends n claimable tasks in one statement; Create per task would take minutes for 1M.

@@ -61,6 +61,16 @@ func Run(t *testing.T, open OpenFunc) {
 		{"ConcurrentCreate", testConcurrentCreate},
 		{"ConcurrentClaim", testConcurrentClaim},
 		{"ConcurrentFinishVsReclaim", testConcurrentFinishVsReclaim},
+		{"Retry", testRetry},
+		{"RetryWho", testRetryWho},
+		{"RetryBackoff", testRetryBackoff},
+		{"RetryCleared", testRetryCleared},
+		{"CountsRetryAndPending", testCountsRetryAndPending},
+		{"CreateOnce", testCreateOnce},
+		{"CreateOncePending", testCreateOncePending},
+		{"ConcurrentCreateOnce", testConcurrentCreateOnce},
+		{"Abandon", testAbandon},
+		{"CanceledContext", testCanceledContext},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := newFakeClock()
@@ -231,11 +241,27 @@ func noErr(t *testing.T, what string, err error) {
 // checkTask compares every field; times with Equal, so location and monotonic readings don't matter.
 func checkTask(t *testing.T, what string, got, want taskstore.Task) {
 	t.Helper()
-	if got.ID != want.ID || got.State != want.State || got.Pending != want.Pending || got.Attempts != want.Attempts ||
-		got.MaxAttempts != want.MaxAttempts || got.Token != want.Token || got.Error != want.Error || got.Op != want.Op ||
-		!got.CreatedAt.Equal(want.CreatedAt) || !got.StartedAt.Equal(want.StartedAt) ||
-		!got.FinishedAt.Equal(want.FinishedAt) || !got.LeaseUntil.Equal(want.LeaseUntil) {
+	if !sameTask(got, want) {
 		t.Fatalf("%s:\n got  %s\n want %s", what, format(got), format(want))
+	}
+}
+
+func sameTask(got, want taskstore.Task) bool {
+	return got.ID == want.ID && got.State == want.State && got.Pending == want.Pending &&
+		got.Attempts == want.Attempts && got.MaxAttempts == want.MaxAttempts && got.Token == want.Token &&
+		got.Error == want.Error && got.Op == want.Op && got.CreatedAt.Equal(want.CreatedAt) &&
+		got.StartedAt.Equal(want.StartedAt) && got.FinishedAt.Equal(want.FinishedAt) &&
+		got.LeaseUntil.Equal(want.LeaseUntil) && got.RetryAt.Equal(want.RetryAt) && got.Retries == want.Retries
+}
+
+// checkTasks compares two task lists with checkTask.
+func checkTasks(t *testing.T, what string, got, want []taskstore.Task) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d tasks, want %d", what, len(got), len(want))
+	}
+	for i := range want {
+		checkTask(t, fmt.Sprintf("%s: task %d", what, i), got[i], want[i])
 	}
 }
 
@@ -246,9 +272,9 @@ func format(x taskstore.Task) string {
 		}
 		return tm.UTC().Format(time.RFC3339Nano)
 	}
-	return fmt.Sprintf("{ID:%d State:%v Pending:%v Attempts:%d/%d Token:%d Op:%q Error:%q Created:%s Started:%s Finished:%s LeaseUntil:%s}",
+	return fmt.Sprintf("{ID:%d State:%v Pending:%v Attempts:%d/%d Token:%d Op:%q Error:%q Created:%s Started:%s Finished:%s LeaseUntil:%s RetryAt:%s Retries:%d}",
 		x.ID, x.State, x.Pending, x.Attempts, x.MaxAttempts, x.Token, x.Op, x.Error,
-		tf(x.CreatedAt), tf(x.StartedAt), tf(x.FinishedAt), tf(x.LeaseUntil))
+		tf(x.CreatedAt), tf(x.StartedAt), tf(x.FinishedAt), tf(x.LeaseUntil), tf(x.RetryAt), x.Retries)
 }
 
 func testCreateIDsConsecutive(t *testing.T, h *harness) {
@@ -1407,7 +1433,11 @@ func countsOf(tasks []taskstore.Task) taskstore.Counts {
 	for _, task := range tasks {
 		switch task.State {
 		case taskstore.NotStarted:
-			c.Queued++
+			if task.Pending {
+				c.Pending++
+			} else {
+				c.Queued++
+			}
 		case taskstore.InProgress:
 			c.Processing++
 		case taskstore.Finished:
@@ -1430,7 +1460,10 @@ func (h *harness) checkCounts(t *testing.T, what string, want taskstore.Counts) 
 	if listed := countsOf(h.list(t)); got != listed {
 		t.Fatalf("%s: Counts = %+v, but List holds %+v", what, got, listed)
 	}
-	for s, n := range map[taskstore.State]int64{taskstore.NotStarted: got.Queued, taskstore.InProgress: got.Processing,
+	if got.Total() != int64(len(h.list(t))) {
+		t.Fatalf("%s: Counts.Total() = %d, but List holds %d tasks", what, got.Total(), len(h.list(t)))
+	}
+	for s, n := range map[taskstore.State]int64{taskstore.NotStarted: got.Queued + got.Pending, taskstore.InProgress: got.Processing,
 		taskstore.Finished: got.Finished, taskstore.Failed: got.Failed, taskstore.State(9): 0} {
 		if got.Of(s) != n {
 			t.Fatalf("%s: Counts.Of(%v) = %d, want %d", what, s, got.Of(s), n)
@@ -1439,7 +1472,8 @@ func (h *harness) checkCounts(t *testing.T, what string, want taskstore.Counts) 
 }
 
 // testCounts checks Counts through every way a task changes state, lapsed leases (not yet settled by a
-// Claim) included: they count as what the next Claim makes of them, as Get and List report them.
+// Claim) included: they count as what the next Claim makes of them, as Get and List report them. Pending
+// tasks count apart from the queue until activated.
 func testCounts(t *testing.T, h *harness) {
 	h.checkCounts(t, "empty store", taskstore.Counts{})
 
@@ -1449,7 +1483,7 @@ func testCounts(t *testing.T, h *harness) {
 	h.create(t, true)                                       // 4: pending
 	h.create(t, false)                                      // 5: processing
 	h.create(t, false)                                      // 6: never claimed
-	h.checkCounts(t, "created", taskstore.Counts{Queued: 7})
+	h.checkCounts(t, "created", taskstore.Counts{Queued: 6, Pending: 1})
 
 	h.claimID(t, 0)
 	h.claimID(t, 1)
@@ -1457,18 +1491,18 @@ func testCounts(t *testing.T, h *harness) {
 	c2 := h.claimID(t, 2)
 	c3 := h.claimID(t, 3)
 	h.claimID(t, 5) // 4 is pending
-	h.checkCounts(t, "claimed", taskstore.Counts{Queued: 2, Processing: 5})
+	h.checkCounts(t, "claimed", taskstore.Counts{Queued: 1, Pending: 1, Processing: 5})
 	noErr(t, "Finish(2)", h.s.Finish(h.ctx, 2, c2.Token))
 	h.fail(t, 3, c3.Token, "cannot decode", true)
-	h.checkCounts(t, "finished and failed", taskstore.Counts{Queued: 2, Processing: 3, Finished: 1, Failed: 1})
+	h.checkCounts(t, "finished and failed", taskstore.Counts{Queued: 1, Pending: 1, Processing: 3, Finished: 1, Failed: 1})
 
 	// Tasks 0 and 1 lapse; nothing has settled them in the store yet.
 	h.clk.Advance(lease/2 + time.Second)
-	h.checkCounts(t, "lapsed", taskstore.Counts{Queued: 3, Processing: 1, Finished: 1, Failed: 2})
+	h.checkCounts(t, "lapsed", taskstore.Counts{Queued: 2, Pending: 1, Processing: 1, Finished: 1, Failed: 2})
 
 	// A claim settles them and takes task 1 again: the same tasks, one more processing.
 	h.claimID(t, 1)
-	h.checkCounts(t, "after a claim", taskstore.Counts{Queued: 2, Processing: 2, Finished: 1, Failed: 2})
+	h.checkCounts(t, "after a claim", taskstore.Counts{Queued: 1, Pending: 1, Processing: 2, Finished: 1, Failed: 2})
 
 	noErr(t, "Activate(4)", h.s.Activate(h.ctx, 4))
 	h.checkCounts(t, "activated", taskstore.Counts{Queued: 2, Processing: 2, Finished: 1, Failed: 2})
@@ -1489,13 +1523,15 @@ func testCountsPendingSetByHand(t *testing.T, h *harness) {
 		h.create(t, true)
 	}
 	h.create(t, false)
-	h.checkCounts(t, "created", taskstore.Counts{Queued: 6})
+	h.checkCounts(t, "created", taskstore.Counts{Queued: 1, Pending: 5})
 	noErr(t, "Set(0, InProgress)", h.s.Set(h.ctx, 0, taskstore.InProgress, lease))
 	noErr(t, "Set(1, Finished)", h.s.Set(h.ctx, 1, taskstore.Finished, 0))
 	noErr(t, "Set(2, Failed)", h.s.Set(h.ctx, 2, taskstore.Failed, 0))
 	noErr(t, "Set(5, Finished)", h.s.Set(h.ctx, 5, taskstore.Finished, 0))
-	h.checkCounts(t, "set by hand", taskstore.Counts{Queued: 2, Processing: 1, Finished: 2, Failed: 1})
+	h.checkCounts(t, "set by hand", taskstore.Counts{Pending: 2, Processing: 1, Finished: 2, Failed: 1})
 	h.clk.Advance(time.Hour)
+	// Task 0's lease lapsed with attempts left: it waits again, pending as before.
+	h.checkCounts(t, "lapsed pending", taskstore.Counts{Pending: 3, Finished: 2, Failed: 1})
 	n, err := h.s.ExpirePending(h.ctx, time.Minute)
 	noErr(t, "ExpirePending", err)
 	if n != 3 { // 3 and 4 waiting, 0 set in progress and lapsed

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -385,7 +385,7 @@ func (b *batch) upload(ctx context.Context, it *item) {
 		return
 	}
 	id, err := b.c.upload(ctx, it.file, b.op, b.addBytes, func(wait time.Duration, err error) {
-		b.plainf("%s: server busy (%v), retrying in %s\n", it.file, err, wait.Round(100*time.Millisecond))
+		b.plainf("%s: server busy or unavailable (%v), retrying in %s\n", it.file, err, wait.Round(100*time.Millisecond))
 	})
 	if err != nil {
 		it.refused = err
@@ -550,6 +550,7 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer c.close()
+	c.onOutage = tellRetry(e)
 	st, raw, err := c.status(ctx, pos[0])
 	if err != nil {
 		return err
@@ -563,6 +564,13 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 		return fmt.Errorf("task %s failed: %s", pos[0], st.Error)
 	}
 	return nil
+}
+
+// tellRetry tells the user of a one-shot command that it waits for the server.
+func tellRetry(e *env) func(time.Duration, error) {
+	return func(wait time.Duration, err error) {
+		fmt.Fprintf(e.stderr, "imgmill: server unavailable (%v), retrying in %s\n", err, wait.Round(100*time.Millisecond))
+	}
 }
 
 func runGet(ctx context.Context, e *env, args []string) error {
@@ -586,6 +594,7 @@ func runGet(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer c.close()
+	c.onOutage = tellRetry(e)
 	if *wait {
 		st, err := c.waitTask(ctx, id)
 		if err != nil {

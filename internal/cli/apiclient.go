@@ -1,7 +1,8 @@
-package main
+package cli
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/imgmill/imgmill/internal/atomicfile"
+	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/httpapi"
 )
 
@@ -24,12 +26,12 @@ const (
 	// callTimeout bounds a small API call (operations, status); uploads and downloads are bounded by
 	// httpapi.ClientTimeout and the caller's context.
 	callTimeout = 30 * time.Second
-	// maxBusyRetries bounds the retries of an upload refused with 429 or 503; maxBusyWait caps a single
-	// Retry-After.
-	maxBusyRetries = 8
-	maxBusyWait    = time.Minute
+	// maxOutage is how long a call goes on retrying while the server is busy or unavailable (429, 503,
+	// 507, or no connection): each wait honours the server's Retry-After, capped by maxBusyWait.
+	maxOutage   = 10 * time.Minute
+	maxBusyWait = time.Minute
 	// pollMin and pollMax are the backoff bounds of waiting for a task; maxPollErrors is how many status
-	// calls in a row may fail (network, 5xx) before waiting gives up.
+	// calls in a row may fail with an error that is not an outage (a 500) before waiting gives up.
 	pollMin, pollMax = 100 * time.Millisecond, 2 * time.Second
 	maxPollErrors    = 5
 )
@@ -38,6 +40,9 @@ const (
 type apiClient struct {
 	base string // scheme://host[:port], no trailing slash
 	hc   *http.Client
+	// onOutage, when set, hears of every retry of a status call or a download while the server is
+	// unavailable (a one-shot command tells its user why it waits).
+	onOutage func(wait time.Duration, err error)
 }
 
 func newAPIClient(server string) (*apiClient, error) {
@@ -66,9 +71,63 @@ type apiError struct {
 
 func (e *apiError) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.Msg, e.Status) }
 
-// busy reports whether the server asked to come back later.
+// busy reports whether the server asked to come back later: too many uploads (429), unavailable (502,
+// 503, 504: it, or what it depends on, is away) or out of space (507).
 func (e *apiError) busy() bool {
-	return e.Status == http.StatusTooManyRequests || e.Status == http.StatusServiceUnavailable
+	switch e.Status {
+	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout,
+		http.StatusInsufficientStorage:
+		return true
+	}
+	return false
+}
+
+// connError is a request that got no answer: the server could not be reached, or the connection broke.
+type connError struct{ err error }
+
+func (e *connError) Error() string { return e.err.Error() }
+func (e *connError) Unwrap() error { return e.err }
+
+// comeBackLater reports whether err says to try again later: the server asked for it, or did not
+// answer.
+func comeBackLater(err error) bool {
+	var e *apiError
+	var c *connError
+	return errors.As(err, &c) || errors.As(err, &e) && e.busy()
+}
+
+// retryWait is how long to wait before retrying after err: what the server asked for (Retry-After,
+// capped by maxBusyWait), or, when it said nothing (or could not be reached), the caller's backoff step.
+func retryWait(err error, step time.Duration) time.Duration {
+	var e *apiError
+	if errors.As(err, &e) && e.RetryAfter > 0 {
+		return min(e.RetryAfter, maxBusyWait)
+	}
+	return step
+}
+
+// retrying calls try until it succeeds, fails for good, or an outage (see comeBackLater) has lasted
+// maxOutage, waiting between attempts as retryWait says (a backoff from 1 s to 30 s where the server
+// names no wait); onRetry hears of each retry.
+func retrying[T any](ctx context.Context, try func() (T, error), onRetry func(wait time.Duration, err error)) (T, error) {
+	step := backoff.Backoff{Min: time.Second, Max: 30 * time.Second}
+	start := time.Now()
+	for {
+		v, err := try()
+		if err == nil || !comeBackLater(err) || ctx.Err() != nil {
+			return v, err
+		}
+		wait := retryWait(err, step.Next())
+		if time.Since(start)+wait > maxOutage {
+			return v, err
+		}
+		if onRetry != nil {
+			onRetry(wait, err)
+		}
+		if serr := sleep(ctx, wait); serr != nil {
+			return v, err
+		}
+	}
 }
 
 // statusOf returns the HTTP status of an *apiError in err's chain, or 0.
@@ -109,11 +168,15 @@ func readAPIError(resp *http.Response) *apiError {
 	return e
 }
 
-// do sends req and returns the response when it is 2xx, else the *apiError (the body is closed then).
+// do sends req and returns the response when it is 2xx, else the *apiError (the body is closed then),
+// or a *connError when no answer came.
 func (c *apiClient) do(req *http.Request) (*http.Response, error) {
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), err)
+		if req.Context().Err() != nil {
+			return nil, fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), err)
+		}
+		return nil, &connError{fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), err)}
 	}
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()
@@ -191,17 +254,26 @@ func (s taskStatus) done() bool { return s.State == "finished" || s.State == "fa
 
 func taskPath(id string) string { return "/api/tasks/" + url.PathEscape(id) }
 
-// status returns the task's status, and the raw JSON the server answered.
+// status returns the task's status, and the raw JSON the server answered; it waits out an outage.
 func (c *apiClient) status(ctx context.Context, id string) (taskStatus, []byte, error) {
-	var st taskStatus
-	raw, err := c.getJSON(ctx, taskPath(id), &st)
-	if statusOf(err) == http.StatusNotFound {
-		return st, nil, fmt.Errorf("no such task %s: %w", id, err)
+	type answer struct {
+		st  taskStatus
+		raw []byte
 	}
-	return st, raw, err
+	a, err := retrying(ctx, func() (answer, error) {
+		var a answer
+		var err error
+		a.raw, err = c.getJSON(ctx, taskPath(id), &a.st)
+		return a, err
+	}, c.onOutage)
+	if statusOf(err) == http.StatusNotFound {
+		return a.st, nil, fmt.Errorf("no such task %s: %w", id, err)
+	}
+	return a.st, a.raw, err
 }
 
 // waitTask polls the task's status, backing off from pollMin to pollMax, until it is finished or failed.
+// An outage is waited out (status does); other failures may repeat maxPollErrors times.
 func (c *apiClient) waitTask(ctx context.Context, id string) (taskStatus, error) {
 	delay, errs := pollMin, 0
 	for {
@@ -228,27 +300,22 @@ func (c *apiClient) waitTask(ctx context.Context, id string) (taskStatus, error)
 }
 
 // upload streams the file at path to POST /api/tasks?op=OP (no op: the default) as the raw body and
-// returns the task id.
-// A 429 or 503 is retried after its Retry-After (maxBusyRetries times at most; retrying is told to
-// onRetry). onBytes learns the bytes sent, negative when a retry starts over.
+// returns the task id. Every attempt carries the same random Idempotency-Key, so an upload whose answer
+// was lost (the connection broke) is retried without creating a second task. A busy or unavailable
+// server (429, 502-504, 507) or no answer at all is retried after the server's Retry-After, for up to
+// maxOutage (each retry is told to onRetry). onBytes learns the bytes sent, negative when a retry starts
+// over.
 func (c *apiClient) upload(ctx context.Context, path, op string, onBytes func(int64), onRetry func(wait time.Duration, err error)) (string, error) {
-	for retries := 0; ; retries++ {
-		var sent int64
-		id, err := c.uploadOnce(ctx, path, op, func(n int64) { sent += n; onBytes(n) })
-		var e *apiError
-		if err == nil || !errors.As(err, &e) || !e.busy() || retries >= maxBusyRetries {
-			return id, err
-		}
+	key := rand.Text() // 26 characters of base32: 130 random bits
+	var sent int64
+	return retrying(ctx, func() (string, error) {
 		onBytes(-sent)
-		wait := min(max(e.RetryAfter, time.Second), maxBusyWait)
-		onRetry(wait, err)
-		if err := sleep(ctx, wait); err != nil {
-			return "", err
-		}
-	}
+		sent = 0
+		return c.uploadOnce(ctx, path, op, key, func(n int64) { sent += n; onBytes(n) })
+	}, onRetry)
 }
 
-func (c *apiClient) uploadOnce(ctx context.Context, path, op string, onBytes func(int64)) (string, error) {
+func (c *apiClient) uploadOnce(ctx context.Context, path, op, key string, onBytes func(int64)) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err
@@ -276,6 +343,7 @@ func (c *apiClient) uploadOnce(ctx context.Context, path, op string, onBytes fun
 	req.ContentLength = fi.Size()
 	req.Header.Set("Content-Type", "application/octet-stream")
 	req.Header.Set("Accept", "application/json")
+	req.Header.Set("Idempotency-Key", key)
 	resp, err := c.do(req)
 	if err != nil {
 		return "", err
@@ -290,14 +358,17 @@ func (c *apiClient) uploadOnce(ctx context.Context, path, op string, onBytes fun
 	return created.ID, nil
 }
 
-// download GETs the task's result. dest chooses where it goes from the result's Content-Type: a path,
-// written atomically, or "-" for w. It returns the path written.
+// download GETs the task's result, waiting out an outage before the answer begins. dest chooses where
+// it goes from the result's Content-Type: a path, written atomically, or "-" for w. It returns the path
+// written.
 func (c *apiClient) download(ctx context.Context, id string, w io.Writer, dest func(contentType string) string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+taskPath(id)+"/result", nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := c.do(req)
+	resp, err := retrying(ctx, func() (*http.Response, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+taskPath(id)+"/result", nil)
+		if err != nil {
+			return nil, err
+		}
+		return c.do(req)
+	}, c.onOutage)
 	if err != nil {
 		return "", err
 	}

@@ -1,4 +1,4 @@
-package main
+package cli_test
 
 import (
 	"bytes"
@@ -11,18 +11,23 @@ import (
 	"image/png"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/imgmill/imgmill/internal/allinone"
-	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/cli"
+	"github.com/imgmill/imgmill/internal/deploytest"
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/testimage"
 )
@@ -31,48 +36,16 @@ import (
 // frontend's URL; the app stops when the test ends.
 func startApp(t *testing.T) string {
 	t.Helper()
-	addrs, err := allinone.FreeAddrs(5)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data := t.TempDir() // before the Cleanup below, so removed only after the app stopped
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	var stderr syncBuffer
-	go func() {
-		done <- run(ctx, []string{"imgmill", "serve", "--data", data, "--addr", addrs[0], "--kv-addr", addrs[1],
-			"--database-addr", addrs[2], "--storage-addr", addrs[3], "--master-addr", addrs[4], "--concurrency", "2",
-			"--upload-rate", "0"}, func(string) string { return "" }, io.Discard, &stderr)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("serve: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("serve did not stop")
-		}
-	})
-	readyCtx, readyCancel := context.WithTimeout(ctx, time.Minute)
-	defer readyCancel()
-	if err := allinone.WaitReady(readyCtx, addrs[1]); err != nil {
-		t.Fatal(err)
-	}
-	hc := httpapi.NewClient()
-	defer hc.CloseIdleConnections()
-	waitHealthy(t, readyCtx, hc, addrs[0])
-	return "http://" + addrs[0]
+	return "http://" + deploytest.ServeApp(t, nil, "--concurrency", "2", "--upload-rate", "0")[0]
 }
 
-// cli runs one imgmill command in-process, like the binary would, with a deadline.
-func cli(t *testing.T, args ...string) (stdout, stderr string, err error) {
+// imgmill runs one imgmill command in-process, like the binary would, with a deadline.
+func imgmill(t *testing.T, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out, errOut bytes.Buffer
-	err = run(ctx, append([]string{"imgmill"}, args...), func(string) string { return "" }, &out, &errOut)
+	err = cli.Run(ctx, append([]string{"imgmill"}, args...), func(string) string { return "" }, &out, &errOut)
 	return out.String(), errOut.String(), err
 }
 
@@ -113,7 +86,7 @@ func readPNG(t *testing.T, path string) image.Image {
 // submitOne submits file without --wait and returns its task id.
 func submitOne(t *testing.T, server, file string) string {
 	t.Helper()
-	out, errOut, err := cli(t, "submit", "--server", server, file)
+	out, errOut, err := imgmill(t, "submit", "--server", server, file)
 	if err != nil {
 		t.Fatalf("submit %s: %v\n%s", file, err, errOut)
 	}
@@ -131,7 +104,7 @@ func TestCLIEndToEnd(t *testing.T) {
 	t.Run("SubmitWait", func(t *testing.T) {
 		files, imgs := writePatterns(t, in, 5)
 		outDir := filepath.Join(t.TempDir(), "results") // created by submit
-		stdout, stderr, err := cli(t, append([]string{"submit", "--server", server, "--wait", "--out", outDir, "--concurrency", "2"}, files...)...)
+		stdout, stderr, err := imgmill(t, append([]string{"submit", "--server", server, "--wait", "--out", outDir, "--concurrency", "2"}, files...)...)
 		if err != nil {
 			t.Fatalf("submit --wait: %v\nstderr:\n%s", err, stderr)
 		}
@@ -155,8 +128,8 @@ func TestCLIEndToEnd(t *testing.T) {
 		os.WriteFile(undecodable, imageop.PaddedPNG(8, 8, 200), 0o644)
 		outDir := t.TempDir()
 		args := []string{"submit", "--server", server, "--wait", "--out", outDir, files[0], notImage, undecodable, files[1]}
-		stdout, stderr, err := cli(t, args...)
-		if err == nil || exitCode(err) != 1 {
+		stdout, stderr, err := imgmill(t, args...)
+		if err == nil || cli.ExitCode(err) != 1 {
 			t.Fatalf("submit with bad files: err %v, want exit 1", err)
 		}
 		if !strings.Contains(stderr, notImage+": refused at upload: ") || !strings.Contains(stderr, "HTTP 415") {
@@ -181,7 +154,7 @@ func TestCLIEndToEnd(t *testing.T) {
 
 	t.Run("SubmitNoWait", func(t *testing.T) {
 		files, _ := writePatterns(t, t.TempDir(), 3)
-		stdout, stderr, err := cli(t, append([]string{"submit", "--server", server}, files...)...)
+		stdout, stderr, err := imgmill(t, append([]string{"submit", "--server", server}, files...)...)
 		if err != nil {
 			t.Fatalf("submit: %v\n%s", err, stderr)
 		}
@@ -198,9 +171,9 @@ func TestCLIEndToEnd(t *testing.T) {
 
 	t.Run("SubmitUnknownOp", func(t *testing.T) {
 		files, _ := writePatterns(t, t.TempDir(), 1)
-		_, _, err := cli(t, "submit", "--server", server, "--op", "frobnicate", files[0])
-		if exitCode(err) != 2 || !strings.Contains(fmt.Sprint(err), `unknown operation "frobnicate"`) || !strings.Contains(fmt.Sprint(err), "swap") {
-			t.Errorf("unknown op: %v (exit %d), want exit 2 listing swap", err, exitCode(err))
+		_, _, err := imgmill(t, "submit", "--server", server, "--op", "frobnicate", files[0])
+		if cli.ExitCode(err) != 2 || !strings.Contains(fmt.Sprint(err), `unknown operation "frobnicate"`) || !strings.Contains(fmt.Sprint(err), "swap") {
+			t.Errorf("unknown op: %v (exit %d), want exit 2 listing swap", err, cli.ExitCode(err))
 		}
 		// The catalogue comes with it: every operation with its syntax.
 		for _, o := range imageop.Operations() {
@@ -215,9 +188,9 @@ func TestCLIEndToEnd(t *testing.T) {
 		// pixel turned there.
 		dir := t.TempDir()
 		orig := opaqueRect(40, 24, 3)
-		file := writeImageFile(t, dir, "wide.png", orig)
+		file := testimage.WriteFile(t, dir, "wide.png", orig)
 		outDir := t.TempDir()
-		stdout, stderr, err := cli(t, "submit", "--server", server, "--op", "grayscale,rotate:90", "--wait", "--out", outDir, file)
+		stdout, stderr, err := imgmill(t, "submit", "--server", server, "--op", "grayscale,rotate:90", "--wait", "--out", outDir, file)
 		if err != nil {
 			t.Fatalf("submit --op grayscale,rotate:90: %v\n%s", err, stderr)
 		}
@@ -243,7 +216,7 @@ func TestCLIEndToEnd(t *testing.T) {
 		if m == nil {
 			t.Fatalf("stderr does not name the task:\n%s", stderr)
 		}
-		status, _, err := cli(t, "status", "--server", server, m[1])
+		status, _, err := imgmill(t, "status", "--server", server, m[1])
 		if err != nil || !strings.Contains(status, `"op": "grayscale,rotate:90"`) {
 			t.Errorf("status %q (%v), want the op grayscale,rotate:90", status, err)
 		}
@@ -253,14 +226,14 @@ func TestCLIEndToEnd(t *testing.T) {
 		// A JPEG stays a JPEG, the rest become PNG, and convert chooses; --wait names each result by
 		// its Content-Type.
 		dir := t.TempDir()
-		png1 := writeImageFile(t, dir, "a.png", opaqueRect(40, 30, 4))
-		jpg := writeImageFile(t, dir, "b.jpg", opaqueRect(40, 30, 5))
+		png1 := testimage.WriteFile(t, dir, "a.png", opaqueRect(40, 30, 4))
+		jpg := testimage.WriteFile(t, dir, "b.jpg", opaqueRect(40, 30, 5))
 		outDir := t.TempDir()
-		if _, stderr, err := cli(t, "submit", "--server", server, "--op", "resize:20x12:exact", "--wait", "--out", outDir, png1, jpg); err != nil {
+		if _, stderr, err := imgmill(t, "submit", "--server", server, "--op", "resize:20x12:exact", "--wait", "--out", outDir, png1, jpg); err != nil {
 			t.Fatalf("submit --op resize:20x12:exact: %v\n%s", err, stderr)
 		}
-		png2 := writeImageFile(t, dir, "c.png", opaqueRect(40, 30, 6))
-		if _, stderr, err := cli(t, "submit", "--server", server, "--op", "crop:10x8+2+3,convert:jpeg:90", "--wait", "--out", outDir, png2); err != nil {
+		png2 := testimage.WriteFile(t, dir, "c.png", opaqueRect(40, 30, 6))
+		if _, stderr, err := imgmill(t, "submit", "--server", server, "--op", "crop:10x8+2+3,convert:jpeg:90", "--wait", "--out", outDir, png2); err != nil {
 			t.Fatalf("submit --op crop:10x8+2+3,convert:jpeg:90: %v\n%s", err, stderr)
 		}
 		for name, want := range map[string]struct {
@@ -290,11 +263,11 @@ func TestCLIEndToEnd(t *testing.T) {
 	t.Run("SubmitBadOp", func(t *testing.T) {
 		files, _ := writePatterns(t, t.TempDir(), 3)
 		outDir := t.TempDir()
-		stdout, _, err := cli(t, append([]string{"submit", "--server", server, "--op", "grayscale,rotate:45", "--wait", "--out", outDir}, files...)...)
+		stdout, _, err := imgmill(t, append([]string{"submit", "--server", server, "--op", "grayscale,rotate:45", "--wait", "--out", outDir}, files...)...)
 		msg := fmt.Sprint(err)
-		if exitCode(err) != 2 || !strings.Contains(msg, `the server refused --op "grayscale,rotate:45": `) ||
+		if cli.ExitCode(err) != 2 || !strings.Contains(msg, `the server refused --op "grayscale,rotate:45": `) ||
 			!strings.Contains(msg, `rotate: angle "45"`) || !strings.Contains(msg, "HTTP 400") {
-			t.Errorf("bad op: %v (exit %d), want exit 2 with the server's reason", err, exitCode(err))
+			t.Errorf("bad op: %v (exit %d), want exit 2 with the server's reason", err, cli.ExitCode(err))
 		}
 		if stdout != "" {
 			t.Errorf("bad op: stdout %q, want nothing", stdout)
@@ -305,7 +278,7 @@ func TestCLIEndToEnd(t *testing.T) {
 	})
 
 	t.Run("ListOps", func(t *testing.T) {
-		stdout, stderr, err := cli(t, "submit", "--list-ops", "--server", server)
+		stdout, stderr, err := imgmill(t, "submit", "--list-ops", "--server", server)
 		if err != nil {
 			t.Fatalf("submit --list-ops: %v\n%s", err, stderr)
 		}
@@ -322,7 +295,7 @@ func TestCLIEndToEnd(t *testing.T) {
 				t.Errorf("--list-ops does not say %q", want)
 			}
 		}
-		if _, _, err := cli(t, "submit", "--list-ops", "--server", server, "x.png"); exitCode(err) != 2 {
+		if _, _, err := imgmill(t, "submit", "--list-ops", "--server", server, "x.png"); cli.ExitCode(err) != 2 {
 			t.Errorf("--list-ops with a FILE: %v, want exit 2", err)
 		}
 	})
@@ -330,7 +303,7 @@ func TestCLIEndToEnd(t *testing.T) {
 	t.Run("SubmitUsage", func(t *testing.T) {
 		for _, args := range [][]string{{"submit"}, {"submit", "--concurrency", "0", "x.png"}, {"submit", "--out", "d", "x.png"},
 			{"submit", "--wait", "a/p.png", "b/p.jpg"}} {
-			if _, _, err := cli(t, args...); exitCode(err) != 2 {
+			if _, _, err := imgmill(t, args...); cli.ExitCode(err) != 2 {
 				t.Errorf("%q: %v, want exit 2", args, err)
 			}
 		}
@@ -341,14 +314,14 @@ func TestCLIEndToEnd(t *testing.T) {
 
 	t.Run("GetWait", func(t *testing.T) {
 		out := filepath.Join(t.TempDir(), "out.png")
-		if _, stderr, err := cli(t, "get", id, "-o", out, "--server", server, "--wait"); err != nil {
+		if _, stderr, err := imgmill(t, "get", id, "-o", out, "--server", server, "--wait"); err != nil {
 			t.Fatalf("get --wait: %v\n%s", err, stderr)
 		}
 		if err := imageop.CheckSwapped(imgs[0], readPNG(t, out)); err != nil {
 			t.Error(err)
 		}
 		// Again, finished already, to standard output.
-		stdout, _, err := cli(t, "get", "--server", server, "-o", "-", id)
+		stdout, _, err := imgmill(t, "get", "--server", server, "-o", "-", id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -358,7 +331,7 @@ func TestCLIEndToEnd(t *testing.T) {
 	})
 
 	t.Run("Status", func(t *testing.T) {
-		stdout, _, err := cli(t, "status", id, "--server", server)
+		stdout, _, err := imgmill(t, "status", id, "--server", server)
 		if err != nil {
 			t.Fatalf("status: %v", err)
 		}
@@ -376,32 +349,32 @@ func TestCLIEndToEnd(t *testing.T) {
 		os.WriteFile(p, imageop.PaddedPNG(8, 8, 100), 0o644)
 		bad := submitOne(t, server, p)
 		out := filepath.Join(t.TempDir(), "out.png")
-		_, _, err := cli(t, "get", bad, "-o", out, "--server", server, "--wait")
+		_, _, err := imgmill(t, "get", bad, "-o", out, "--server", server, "--wait")
 		if err == nil || !strings.Contains(err.Error(), "task "+bad+" failed: ") {
 			t.Errorf("get --wait of a failed task: %v", err)
 		}
 		if _, err := os.Stat(out); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("get of a failed task wrote %s", out)
 		}
-		stdout, _, err := cli(t, "status", bad, "--server", server)
-		if err == nil || exitCode(err) != 1 || !strings.Contains(stdout, `"state": "failed"`) {
+		stdout, _, err := imgmill(t, "status", bad, "--server", server)
+		if err == nil || cli.ExitCode(err) != 1 || !strings.Contains(stdout, `"state": "failed"`) {
 			t.Errorf("status of a failed task: %v, printed %q; want the JSON and exit 1", err, stdout)
 		}
-		if _, _, err := cli(t, "get", bad, "-o", out, "--server", server); err == nil || !strings.Contains(err.Error(), "failed") {
+		if _, _, err := imgmill(t, "get", bad, "-o", out, "--server", server); err == nil || !strings.Contains(err.Error(), "failed") {
 			t.Errorf("get of a failed task: %v", err)
 		}
 	})
 
 	t.Run("StatusAndGetUnknown", func(t *testing.T) {
 		unknown := strings.Repeat("A", 43)
-		if _, _, err := cli(t, "status", "--server", server, unknown); err == nil || exitCode(err) != 1 || !strings.Contains(err.Error(), "no such task") {
+		if _, _, err := imgmill(t, "status", "--server", server, unknown); err == nil || cli.ExitCode(err) != 1 || !strings.Contains(err.Error(), "no such task") {
 			t.Errorf("status of an unknown id: %v", err)
 		}
-		if _, _, err := cli(t, "get", "--server", server, unknown, "-o", filepath.Join(t.TempDir(), "x")); err == nil || exitCode(err) != 1 || !strings.Contains(err.Error(), "no such task") {
+		if _, _, err := imgmill(t, "get", "--server", server, unknown, "-o", filepath.Join(t.TempDir(), "x")); err == nil || cli.ExitCode(err) != 1 || !strings.Contains(err.Error(), "no such task") {
 			t.Errorf("get of an unknown id: %v", err)
 		}
 		for _, args := range [][]string{{"status"}, {"status", "a", "b"}, {"get", "a"}, {"get", "-o", "x"}} {
-			if _, _, err := cli(t, args...); exitCode(err) != 2 {
+			if _, _, err := imgmill(t, args...); cli.ExitCode(err) != 2 {
 				t.Errorf("%q: %v, want exit 2", args, err)
 			}
 		}
@@ -411,13 +384,24 @@ func TestCLIEndToEnd(t *testing.T) {
 // fakeAPI serves the public API contract with canned behaviour, for what the real app does not do on
 // demand: refuse with 429 and Retry-After, keep a task queued.
 func fakeAPI(t *testing.T, busy int) (string, *atomic.Int32) {
+	url, posts, _ := fakeAPIKeys(t, busy)
+	return url, posts
+}
+
+// fakeAPIKeys is fakeAPI that also returns the Idempotency-Key of every upload, in order.
+func fakeAPIKeys(t *testing.T, busy int) (string, *atomic.Int32, func() []string) {
 	var posts atomic.Int32
+	var mu sync.Mutex
+	var keys []string
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/operations", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, `{"operations":[{"name":"swap","description":"swap red and green","params":[]}]}`)
 	})
 	mux.HandleFunc("POST /api/tasks", func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		keys = append(keys, r.Header.Get("Idempotency-Key"))
+		mu.Unlock()
 		if n := posts.Add(1); int(n) <= busy {
 			w.Header().Set("Retry-After", "1")
 			w.WriteHeader(http.StatusTooManyRequests)
@@ -446,26 +430,72 @@ func fakeAPI(t *testing.T, busy int) (string, *atomic.Int32) {
 	})
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
-	return srv.URL, &posts
+	return srv.URL, &posts, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(keys)
+	}
 }
 
+// TestCLISubmitRetriesWhenBusy: a refused upload is retried after the server's Retry-After, with the
+// same Idempotency-Key, so that a retry whose answer is lost cannot make a second task.
 func TestCLISubmitRetriesWhenBusy(t *testing.T) {
-	server, posts := fakeAPI(t, 2)
+	server, posts, keys := fakeAPIKeys(t, 2)
+	files, _ := writePatterns(t, t.TempDir(), 2)
+	stdout, stderr, err := imgmill(t, "submit", "--server", server, "--concurrency", "1", files[0], files[1])
+	if err != nil || stdout != files[0]+"\tQ1\n"+files[1]+"\tQ1\n" {
+		t.Fatalf("submit: %v, stdout %q, stderr %q", err, stdout, stderr)
+	}
+	if posts.Load() != 4 || strings.Count(stderr, "retrying in 1s") != 2 {
+		t.Errorf("%d uploads, stderr %q; want 2 refused with Retry-After, then both accepted", posts.Load(), stderr)
+	}
+	k := keys()
+	if len(k) != 4 || k[0] == "" || k[0] != k[1] || k[1] != k[2] || k[3] == k[0] || k[3] == "" {
+		t.Errorf("idempotency keys %q: want one key for the three tries of the first file, another for the second", k)
+	}
+}
+
+// TestCLISubmitWaitsForAServerThatIsDown: with no server listening yet, an upload waits (telling the
+// user) and goes through once the server is up.
+func TestCLISubmitWaitsForAServerThatIsDown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there for now
 	files, _ := writePatterns(t, t.TempDir(), 1)
-	stdout, stderr, err := cli(t, "submit", "--server", server, files[0])
+	started := make(chan struct{})
+	go func() {
+		defer close(started)
+		time.Sleep(1500 * time.Millisecond)
+		server, _ := fakeAPI(t, 0)
+		// The fake API on the address the CLI was given: a reverse proxy there.
+		target, _ := url.Parse(server)
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Errorf("listen again on %s: %v", addr, err)
+			return
+		}
+		srv := &http.Server{Handler: httputil.NewSingleHostReverseProxy(target)}
+		go srv.Serve(ln)
+		t.Cleanup(func() { srv.Close() })
+	}()
+	stdout, stderr, err := imgmill(t, "submit", "--server", "http://"+addr, files[0])
+	<-started
 	if err != nil || stdout != files[0]+"\tQ1\n" {
 		t.Fatalf("submit: %v, stdout %q, stderr %q", err, stdout, stderr)
 	}
-	if posts.Load() != 3 || strings.Count(stderr, "retrying in 1s") != 2 {
-		t.Errorf("%d uploads, stderr %q; want 2 refused with Retry-After, then accepted", posts.Load(), stderr)
+	if !strings.Contains(stderr, "server busy or unavailable") {
+		t.Errorf("stderr %q does not say it waited for the server", stderr)
 	}
 }
 
 func TestCLIGetNotFinished(t *testing.T) {
 	server, _ := fakeAPI(t, 0)
 	out := filepath.Join(t.TempDir(), "x.png")
-	_, _, err := cli(t, "get", "Q1", "-o", out, "--server", server)
-	if err == nil || exitCode(err) != 1 || !strings.Contains(err.Error(), "not finished yet (queued)") {
+	_, _, err := imgmill(t, "get", "Q1", "-o", out, "--server", server)
+	if err == nil || cli.ExitCode(err) != 1 || !strings.Contains(err.Error(), "not finished yet (queued)") {
 		t.Errorf("get of a queued task: %v", err)
 	}
 	if _, err := os.Stat(out); !errors.Is(err, os.ErrNotExist) {
@@ -476,9 +506,9 @@ func TestCLIGetNotFinished(t *testing.T) {
 func TestCLISubmitRefusedOpStops(t *testing.T) {
 	server, posts := fakeAPI(t, 0)
 	files, _ := writePatterns(t, t.TempDir(), 4)
-	stdout, stderr, err := cli(t, append([]string{"submit", "--server", server, "--op", "bad", "--concurrency", "1"}, files...)...)
-	if exitCode(err) != 2 || !strings.Contains(fmt.Sprint(err), `the server refused --op "bad": unknown operation "bad" (HTTP 400)`) {
-		t.Errorf("submit --op bad: %v (exit %d)", err, exitCode(err))
+	stdout, stderr, err := imgmill(t, append([]string{"submit", "--server", server, "--op", "bad", "--concurrency", "1"}, files...)...)
+	if cli.ExitCode(err) != 2 || !strings.Contains(fmt.Sprint(err), `the server refused --op "bad": unknown operation "bad" (HTTP 400)`) {
+		t.Errorf("submit --op bad: %v (exit %d)", err, cli.ExitCode(err))
 	}
 	// The catalogue the fake server lists comes with an unknown operation.
 	if !strings.Contains(fmt.Sprint(err), "\n  swap ") {
@@ -491,7 +521,7 @@ func TestCLISubmitRefusedOpStops(t *testing.T) {
 
 // opaqueRect returns a w×h opaque test image (the top of an opaque test pattern).
 func opaqueRect(w, h int, seed int64) *image.NRGBA {
-	p := opaque(testimage.Pattern(max(w, h), seed))
+	p := testimage.Opaque(testimage.Pattern(max(w, h), seed))
 	out := image.NewNRGBA(image.Rect(0, 0, w, h))
 	for y := range h {
 		copy(out.Pix[y*out.Stride:y*out.Stride+4*w], p.Pix[y*p.Stride:])

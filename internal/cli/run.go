@@ -1,4 +1,6 @@
-package main
+// Package cli is imgmill's command line: a subcommand per service, serve (all of them in one process),
+// bench, and the client commands submit, status and get.
+package cli
 
 import (
 	"context"
@@ -60,14 +62,17 @@ func commands() []command {
 // errUsage marks a command-line mistake (exit status 2).
 var errUsage = errors.New("usage")
 
-func exitCode(err error) int {
+// ExitCode is the process exit status for an error Run returned: 2 for a command-line mistake, 1 otherwise.
+func ExitCode(err error) int {
 	if errors.Is(err, errUsage) {
 		return 2
 	}
 	return 1
 }
 
-func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+// Run runs the imgmill command line args (args[0] is the program name) until ctx ends or the command
+// is done; main only calls it.
+func Run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	e := &env{getenv: getenv, stdout: stdout, stderr: stderr}
 	if len(args) < 2 || args[1] == "-h" || args[1] == "--help" || args[1] == "help" {
 		usage(stdout)
@@ -228,7 +233,7 @@ func (t *tokenValue) Set(s string) error {
 func (f *flags) frontendFlags() (*secretValue, *frontend.Options) {
 	secret, opts := &secretValue{}, &frontend.Options{}
 	f.Var(secret, "secret", "public id secret: base64 of at least 32 random bytes (openssl rand -base64 32), the same on every frontend; "+
-		"default: the one shared in the kv store under "+frontend.SecretKey+", created there if missing (prefer the variable: a command line is visible to other users)")
+		"default: the one kept in --data ("+frontend.SecretFile+") and shared in the kv store under "+frontend.SecretKey+", made by the first frontend when no task exists yet (prefer the variable: a command line is visible to other users)")
 	f.Float64Var(&opts.UploadRate, "upload-rate", frontend.DefaultUploadRate, "uploads per second allowed per client address, sustained (0: no limit)")
 	f.IntVar(&opts.UploadBurst, "upload-burst", frontend.DefaultUploadBurst, "uploads a client address may make at once")
 	f.BoolVar(&opts.TrustProxy, "trust-proxy", false, "take the client address from the last X-Forwarded-For entry (only behind a reverse proxy that sets it)")
@@ -300,7 +305,9 @@ func checkMasterLimits(l *master.Limits) error {
 func (f *flags) policy() *database.Policy {
 	p := &database.Policy{}
 	f.DurationVar(&p.Lease, "lease", database.DefaultLease, "how long a claimed task stays claimed without a heartbeat before it is handed out again")
-	f.IntVar(&p.MaxAttempts, "max-attempts", taskstore.DefaultMaxAttempts, "claims a task gets before it fails")
+	f.IntVar(&p.MaxAttempts, "max-attempts", taskstore.DefaultMaxAttempts, "claims a task gets before it fails (transient failures, such as storage being unavailable, do not count)")
+	f.DurationVar(&p.Retry.Min, "retry-min", taskstore.DefaultRetryMin, "after a task's first transient failure, it waits about this long before it is claimed again; the wait doubles with each one")
+	f.DurationVar(&p.Retry.Max, "retry-max", taskstore.DefaultRetryMax, "the longest wait before a task is claimed again after a transient failure")
 	return p
 }
 
@@ -312,6 +319,7 @@ func (f *flags) workerConfig() *worker.Config {
 	f.DurationVar(&c.Wait, "wait", worker.DefaultWait, "how long one claim waits at the master for work (long poll)")
 	f.DurationVar(&c.Heartbeat, "heartbeat", worker.DefaultHeartbeat, "how often a worker renews its task's lease (at most a third of the lease)")
 	f.DurationVar(&c.Drain, "drain", worker.DefaultDrain, "on shutdown, how long the current task may take before it is handed back")
+	f.DurationVar(&c.OutageWait, "outage-wait", worker.DefaultOutageWait, "how long fetching or storing a task's image is retried while storage is unavailable or full, before the task is handed back to wait and be claimed again")
 	f.Func("png-compression", "PNG encoder effort for PNG results: default, speed (faster, larger files), best or none", func(v string) error {
 		level, err := imageop.ParsePNGCompression(v)
 		c.PNGCompression = level
@@ -444,7 +452,7 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 func runFrontend(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "frontend", "Runs the public web frontend (upload page, /submitTask, /isReady, /getImage).")
 	addr := f.addr(allinone.DefaultFrontendAddr)
-	kvA := f.kvAddr()
+	kvA, data := f.kvAddr(), f.String("data", "./data", "data directory: where the public id secret is kept ("+frontend.SecretFile+"; back it up)")
 	token := f.token() // sent to kv and master, and required for /metrics here; the frontend itself is public
 	withPprof := f.profiling()
 	secret, opts := f.frontendFlags()
@@ -460,7 +468,7 @@ func runFrontend(ctx context.Context, e *env, args []string) error {
 	}
 	hc := httpapi.NewClient(httpapi.WithToken(*token))
 	return frontend.Run(ctx, frontend.Config{Addr: *addr, KV: client.NewKV(hc, *kvA), HTTP: hc, Logger: f.logger("frontend"),
-		Secret: secret.secret, Options: *opts, Token: *token, Pprof: *withPprof})
+		Secret: secret.secret, DataDir: *data, Options: *opts, Token: *token, Pprof: *withPprof})
 }
 
 func runBench(ctx context.Context, e *env, args []string) error {

@@ -1,0 +1,49 @@
+package cli
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+// The token of the tests here; never printed.
+const testToken = "imgmill-test-token-0123456789"
+
+func TestHelpListsSecurityFlags(t *testing.T) {
+	for cmd, flags := range map[string][]string{
+		"serve": {"token", "insecure"}, "kv": {"token", "insecure"}, "database": {"token", "insecure"},
+		"storage": {"token", "insecure"}, "master": {"token", "insecure"},
+		"worker": {"token"}, "frontend": {"token"}, "bench": {"token"},
+	} {
+		checkHelpLists(t, cmd, flags...)
+	}
+	// The token is never printed, not even when it is set.
+	_, errOut, _ := runCLI(t, map[string]string{"IMGMILL_TOKEN": testToken}, "kv", "--help")
+	if strings.Contains(errOut, testToken) {
+		t.Errorf("kv --help prints the token:\n%s", errOut)
+	}
+}
+
+// A token that cannot go into a header is a usage error naming where it came from.
+func TestBadToken(t *testing.T) {
+	_, _, err := runCLI(t, map[string]string{"IMGMILL_TOKEN": "two words"}, "kv", "--addr", "127.0.0.1:0", "--data", t.TempDir())
+	if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "IMGMILL_TOKEN") {
+		t.Errorf("IMGMILL_TOKEN with a space: %v, want a usage error naming the variable", err)
+	}
+	_, _, err = runCLI(t, nil, "worker", "--token", "new\nline")
+	if !errors.Is(err, errUsage) {
+		t.Errorf("--token with a newline: %v, want a usage error", err)
+	}
+}
+
+// --pprof and --metrics-addr are listed with their variables.
+func TestOpsFlagsInHelp(t *testing.T) {
+	for _, cmd := range []string{"serve", "kv", "database", "storage", "master", "frontend", "worker"} {
+		checkHelpLists(t, cmd, "pprof")
+	}
+	checkHelpLists(t, "worker", "metrics-addr", "insecure")
+	if _, _, err := runCLI(t, nil, "worker", "--metrics-addr", "0.0.0.0:0", "--kv", "127.0.0.1:1"); err == nil ||
+		!strings.Contains(err.Error(), "without a token") {
+		t.Errorf("worker metrics on all addresses without a token: %v, want a refusal", err)
+	}
+}
