@@ -534,6 +534,11 @@ func waitTasks(t *testing.T, ctx context.Context, n int) []pageTask {
 // screenshot saves a full-page PNG screenshot at path.
 func screenshot(t *testing.T, ctx context.Context, path string) {
 	t.Helper()
+	// Two animation frames: what the last step changed (a viewport, a message) is painted before the
+	// capture, or the capture can show a stale, blank region.
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[int](`new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(0))))`, chromedp.EvalAwaitPromise)); err != nil {
+		t.Errorf("screenshot: waiting for a paint: %v", err)
+	}
 	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		t.Errorf("screenshot: %v", err)

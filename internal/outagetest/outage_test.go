@@ -2,6 +2,7 @@ package outagetest
 
 import (
 	"context"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -9,8 +10,10 @@ import (
 	"time"
 
 	"github.com/imgmill/imgmill/internal/allinone"
+	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/deploytest"
 	"github.com/imgmill/imgmill/internal/enginetest"
+	"github.com/imgmill/imgmill/internal/frontend"
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/testimage"
 )
@@ -70,7 +73,7 @@ func TestPublicIDsSurviveKVWipe(t *testing.T) {
 	d.Kill("frontend")
 	d.StartFrontend()
 	deploytest.WaitHealthy(t, ctx, d.HC, d.FEAddr)
-	if st, err := deploytest.FrontendStatus(ctx, d.HC, d.FEAddr, pub); err != nil || st.ID != pub {
+	if st, err := statusOnceServing(ctx, d.HC, d.FEAddr, pub); err != nil || st.ID != pub {
 		t.Fatalf("status of %s after the kv store was wiped and the frontend restarted: %+v, %v", pub, st, err)
 	}
 
@@ -81,7 +84,7 @@ func TestPublicIDsSurviveKVWipe(t *testing.T) {
 	}
 	d.MustStart("frontend-2", "frontend", "--addr", addrs[0], "--kv", d.KVAddr, "--data", filepath.Join(d.Dir, "frontend-2"))
 	deploytest.WaitHealthy(t, ctx, d.HC, addrs[0])
-	if st, err := deploytest.FrontendStatus(ctx, d.HC, addrs[0], pub); err != nil || st.ID != pub {
+	if st, err := statusOnceServing(ctx, d.HC, addrs[0], pub); err != nil || st.ID != pub {
 		t.Errorf("status of %s at a second frontend: %+v, %v", pub, st, err)
 	}
 
@@ -93,5 +96,16 @@ func TestPublicIDsSurviveKVWipe(t *testing.T) {
 	deploytest.WaitFor(t, ctx, "the frontend without a secret to refuse to start", func() bool { return d.Exited("frontend-3") })
 	if log := d.Log("frontend-3"); !strings.Contains(log, "tasks exist but no public id secret") {
 		t.Errorf("the refusal does not say why:\n%s", deploytest.Tail(log, 2000))
+	}
+}
+
+// statusOnceServing is the frontend's /status of pub, asked again while the frontend answers 503 (as
+// after a kv wipe, until the master has registered again), as a client honouring Retry-After does.
+func statusOnceServing(ctx context.Context, hc *http.Client, addr, pub string) (frontend.Status, error) {
+	for {
+		st, err := deploytest.FrontendStatus(ctx, hc, addr, pub)
+		if err == nil || !strings.Contains(err.Error(), "/status: 503 ") || !backoff.Sleep(ctx, time.Second) {
+			return st, err
+		}
 	}
 }
