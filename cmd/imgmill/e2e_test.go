@@ -153,9 +153,16 @@ func TestEndToEndKill9LosesNothing(t *testing.T) {
 }
 
 // TestServeAllInOne runs `imgmill serve` in-process, sends one image through the frontend, and checks
-// that serve registered every service and (when the test ends, see ServeApp) stops cleanly.
+// that serve registered every service and (when the test ends, see ServeApp) stops cleanly, kv last.
 func TestServeAllInOne(t *testing.T) {
 	var log deploytest.SyncBuffer
+	// Registered before ServeApp's, so run after the app stopped: the services deregistered through kv,
+	// which stops last.
+	t.Cleanup(func() {
+		if strings.Contains(log.String(), "deregistration failed") {
+			t.Errorf("serve stopped kv before the services deregistered:\n%s", deploytest.Tail(log.String(), 2000))
+		}
+	})
 	addrs := deploytest.ServeApp(t, &log, "--concurrency", "1")
 	hc := httpapi.NewClient()
 	defer hc.CloseIdleConnections()

@@ -3,6 +3,7 @@
 package allinone
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -86,10 +87,24 @@ func Run(ctx context.Context, cfg Config) error {
 	wcfg := cfg.Worker
 	wcfg.Master, wcfg.Storage = worker.NewClients(hc, kv)
 	wcfg.Logger = log("worker")
+	// kv stops last, once the others have deregistered through it.
+	kvCtx, stopKV := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopKV()
+	kvDone := make(chan struct{})
+	var kvErr error
+	go func() {
+		defer close(kvDone)
+		kvErr = kvservice.Run(kvCtx, kvservice.Config{Addr: cfg.KVAddr, DataDir: cfg.DataDir, Store: cfg.KVStore, Logger: log("kv"),
+			Token: cfg.Token, Insecure: cfg.Insecure, Pprof: cfg.Pprof})
+	}()
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		return kvservice.Run(ctx, kvservice.Config{Addr: cfg.KVAddr, DataDir: cfg.DataDir, Store: cfg.KVStore, Logger: log("kv"),
-			Token: cfg.Token, Insecure: cfg.Insecure, Pprof: cfg.Pprof})
+		select {
+		case <-kvDone: // kv ended first: it failed; the others stop too
+			return fmt.Errorf("kv: %w", cmp.Or(kvErr, errors.New("stopped")))
+		case <-ctx.Done():
+			return nil
+		}
 	})
 	g.Go(func() error {
 		return database.Run(ctx, database.Config{Addr: cfg.DatabaseAddr, KV: kv, DataDir: cfg.DataDir, Tasks: cfg.Tasks, PoolSize: cfg.PoolSize, Policy: cfg.Policy, Logger: log("database"),
@@ -110,8 +125,14 @@ func Run(ctx context.Context, cfg Config) error {
 		return frontend.Run(ctx, frontend.Config{Addr: cfg.Frontend, KV: kv, HTTP: hc, Logger: log("frontend"),
 			Secret: cfg.FrontendSecret, DataDir: cfg.DataDir, Options: cfg.FrontendOptions, Token: cfg.Token, Pprof: cfg.Pprof})
 	})
-	if err := g.Wait(); err != nil {
+	err := g.Wait()
+	stopKV()
+	<-kvDone
+	if err != nil {
 		return fmt.Errorf("imgmill serve: %w", err)
+	}
+	if kvErr != nil {
+		return fmt.Errorf("imgmill serve: kv: %w", kvErr)
 	}
 	return nil
 }

@@ -236,15 +236,15 @@ func runPipeline(ctx context.Context, m *client.Master, encoded [][]byte, client
 					return nil
 				}
 				t0 := time.Now()
-				id, err := m.Upload(ctx, bytes.NewReader(encoded[i]), int64(len(encoded[i])),
+				up, err := m.Upload(ctx, bytes.NewReader(encoded[i]), int64(len(encoded[i])),
 					client.UploadParams{IdempotencyKey: fmt.Sprintf("bench-%s-%d", run, i)})
 				if err != nil {
 					return fmt.Errorf("upload image %d: %w", i, err)
 				}
-				if err := waitReady(ctx, m, id); err != nil {
+				if err := waitReady(ctx, m, up.ID); err != nil {
 					return err
 				}
-				ids[i], latencies[i] = id, time.Since(t0)
+				ids[i], latencies[i] = up.ID, time.Since(t0)
 			}
 		})
 	}

@@ -24,7 +24,8 @@ func NewMaster(hc *http.Client, ep Endpoint) *Master {
 // New uploads an image (size bytes, or -1 when unknown) and returns the task id. It is retried when the
 // master could not be reached (nothing was sent).
 func (c *Master) New(ctx context.Context, r io.Reader, size int64) (int64, error) {
-	return c.Upload(ctx, r, size, UploadParams{})
+	up, err := c.Upload(ctx, r, size, UploadParams{})
+	return up.ID, err
 }
 
 // UploadParams are the additive options of an upload.
@@ -38,8 +39,16 @@ type UploadParams struct {
 	IdempotencyKey string
 }
 
+// Uploaded is what the master answered an upload.
+type Uploaded struct {
+	ID int64
+	// Replayed says the upload's IdempotencyKey was used before: ID is that upload's task, and nothing
+	// was created.
+	Replayed bool
+}
+
 // Upload is New with options.
-func (c *Master) Upload(ctx context.Context, r io.Reader, size int64, p UploadParams) (int64, error) {
+func (c *Master) Upload(ctx context.Context, r io.Reader, size int64, p UploadParams) (Uploaded, error) {
 	var q url.Values
 	if p.Op != "" {
 		q = url.Values{"op": {p.Op}}
@@ -51,9 +60,10 @@ func (c *Master) Upload(ctx context.Context, r io.Reader, size int64, p UploadPa
 	}
 	reply, err := c.p.sendLong(ctx, cl)
 	if err != nil {
-		return 0, err
+		return Uploaded{}, err
 	}
-	return parseID(reply.body)
+	id, err := parseID(reply.body)
+	return Uploaded{ID: id, Replayed: reply.header.Get(ReplayedHeader) == "true"}, err
 }
 
 // IsReady reports whether task id is finished.

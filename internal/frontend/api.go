@@ -59,10 +59,10 @@ func (s *server) handleCreateTask(w http.ResponseWriter, r *http.Request) error 
 	}
 	var id int64
 	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "multipart/form-data" {
-		if id, err = u.send(r.Context(), u.body); err != nil {
+		if id, err = u.send(r.Context(), w, u.body); err != nil {
 			return err
 		}
-	} else if id, err = s.createFromForm(r, u); err != nil {
+	} else if id, err = s.createFromForm(w, r, u); err != nil {
 		return err
 	}
 	public := u.ids.Encode(id)
@@ -73,7 +73,7 @@ func (s *server) handleCreateTask(w http.ResponseWriter, r *http.Request) error 
 }
 
 // createFromForm streams the file field of a multipart upload, taking an op field before it.
-func (s *server) createFromForm(r *http.Request, u *upload) (int64, error) {
+func (s *server) createFromForm(w http.ResponseWriter, r *http.Request, u *upload) (int64, error) {
 	mr, err := r.MultipartReader()
 	if err != nil {
 		return 0, httpapi.Errorf(http.StatusBadRequest, "malformed multipart body: %v", err)
@@ -85,7 +85,7 @@ func (s *server) createFromForm(r *http.Request, u *upload) (int64, error) {
 		}
 		switch part.FormName() {
 		case FileField:
-			return u.send(r.Context(), part)
+			return u.send(r.Context(), w, part)
 		case OpField:
 			if err := u.readOp(part); err != nil {
 				return 0, err

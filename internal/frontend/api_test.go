@@ -525,8 +525,8 @@ func TestOpTravelsWithTheTask(t *testing.T) {
 }
 
 // TestAPIIdempotencyKey: an upload retried with the same Idempotency-Key from the same client answers
-// the same public id and creates nothing (on either upload path); the same key from another client
-// names another task, so nobody learns someone else's id by replaying a key.
+// the same public id, says it is a replay, and creates nothing (on either upload path); the same key
+// from another client names another task, so nobody learns someone else's id by replaying a key.
 func TestAPIIdempotencyKey(t *testing.T) {
 	s := newStackWith(t, frontend.Options{TrustProxy: true})
 	img := servicetest.PatternPNG(t, 8, 40)
@@ -535,18 +535,27 @@ func TestAPIIdempotencyKey(t *testing.T) {
 		h := http.Header{"Idempotency-Key": {key}, "X-Forwarded-For": {from}}
 		return s.callWith(t, http.MethodPost, "/api/tasks", "image/png", bytes.NewReader(img), h)
 	}
-	first := s.created(t, upload("photo-1", "192.0.2.1"))
-	if again := s.created(t, upload("photo-1", "192.0.2.1")); again != first {
-		t.Errorf("retry with the same key answered %s, want %s", again, first)
+	r := upload("photo-1", "192.0.2.1")
+	first := s.created(t, r)
+	if got := r.Header.Get("Idempotent-Replayed"); got != "" {
+		t.Errorf("the first upload with a key says Idempotent-Replayed: %q", got)
+	}
+	r = upload("photo-1", "192.0.2.1")
+	if again := s.created(t, r); again != first || r.Header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("retry with the same key answered %s (Idempotent-Replayed: %q), want %s, replayed",
+			again, r.Header.Get("Idempotent-Replayed"), first)
 	}
 	ct, body := form(t, part{field: frontend.UploadField, filename: "a.png", data: img})
-	r := s.callWith(t, http.MethodPost, "/submitTask", ct, bytes.NewReader(body),
+	r = s.callWith(t, http.MethodPost, "/submitTask", ct, bytes.NewReader(body),
 		http.Header{"Idempotency-Key": {"photo-1"}, "X-Forwarded-For": {"192.0.2.1"}})
-	if r.Status != http.StatusOK || r.Body != first {
-		t.Errorf("/submitTask with the same key: %d %q, want %s", r.Status, r.Body, first)
+	if r.Status != http.StatusOK || r.Body != first || r.Header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("/submitTask with the same key: %d %q (Idempotent-Replayed: %q), want %s, replayed",
+			r.Status, r.Body, r.Header.Get("Idempotent-Replayed"), first)
 	}
-	if other := s.created(t, upload("photo-1", "198.51.100.7")); other == first {
-		t.Errorf("another client's upload with the same key answered the first client's id %s", first)
+	r = upload("photo-1", "198.51.100.7")
+	if other := s.created(t, r); other == first || r.Header.Get("Idempotent-Replayed") != "" {
+		t.Errorf("another client's upload with the same key answered %s (Idempotent-Replayed: %q); the first client's id is %s",
+			other, r.Header.Get("Idempotent-Replayed"), first)
 	}
 	if stats, err := s.Database.Stats(t.Context()); err != nil || stats.Queued != 2 {
 		t.Errorf("%+v (%v) tasks, want 2 queued: one per client", stats, err)

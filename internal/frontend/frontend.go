@@ -172,7 +172,7 @@ func (s *server) handleSubmitTask(w http.ResponseWriter, r *http.Request) error 
 			part.Close()
 			continue
 		}
-		id, err := u.send(r.Context(), part)
+		id, err := u.send(r.Context(), w, part)
 		if err != nil {
 			return err
 		}
@@ -280,11 +280,12 @@ func (u *upload) partError(err error, field string) error {
 }
 
 // send streams the image in src (a part of the body, or the body itself) to the master, never holding
-// it whole, and returns the new task's id.
-func (u *upload) send(ctx context.Context, src io.Reader) (int64, error) {
+// it whole, and returns the new task's id; a replay of an earlier upload (same idempotency key) is said
+// so in w's headers, as the master says it.
+func (u *upload) send(ctx context.Context, w http.ResponseWriter, src io.Reader) (int64, error) {
 	file := &cappedReader{r: src, limit: u.limit}
 	lent := &lentReader{r: file}
-	id, err := u.master.Upload(ctx, lent, -1, client.UploadParams{Op: u.op, IdempotencyKey: u.key})
+	up, err := u.master.Upload(ctx, lent, -1, client.UploadParams{Op: u.op, IdempotencyKey: u.key})
 	lent.takeBack()
 	switch {
 	case file.hit.Load() || u.body.hit.Load():
@@ -293,8 +294,10 @@ func (u *upload) send(ctx context.Context, src io.Reader) (int64, error) {
 	case client.IsBodyError(err):
 		// The client's own upload broke off (it went away); the master gives up the unfinished task.
 		return 0, fmt.Errorf("%w: %w", httpapi.Errorf(http.StatusBadRequest, "the upload broke off before its end"), err)
+	case err == nil && up.Replayed:
+		w.Header().Set(client.ReplayedHeader, "true")
 	}
-	return id, err
+	return up.ID, err
 }
 
 // cappedReader reads r and fails once more than limit bytes came through (limit < 0: no limit of its

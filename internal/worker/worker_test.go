@@ -1113,7 +1113,8 @@ func TestWorkerAppliesTheTasksChain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, err := s.Master.Upload(ctx, bytes.NewReader(data), int64(len(data)), client.UploadParams{Op: " Rotate:90 , grayscale,convert:jpeg:95"})
+	up, err := s.Master.Upload(ctx, bytes.NewReader(data), int64(len(data)), client.UploadParams{Op: " Rotate:90 , grayscale,convert:jpeg:95"})
+	id := up.ID
 	if err != nil {
 		t.Fatal(err)
 	}

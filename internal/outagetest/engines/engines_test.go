@@ -108,7 +108,8 @@ func TestServicesStartBeforeTheirEngines(t *testing.T) {
 	orig := testimage.Pattern(24, 60)
 	data, _ := imageop.EncodePNG(orig)
 	m := d.Master()
-	id, err := m.Upload(ctx, bytes.NewReader(data), int64(len(data)), client.UploadParams{IdempotencyKey: "start-order"})
+	up, err := m.Upload(ctx, bytes.NewReader(data), int64(len(data)), client.UploadParams{IdempotencyKey: "start-order"})
+	id := up.ID
 	if err != nil {
 		t.Fatalf("upload once the engines are up: %v", err)
 	}
