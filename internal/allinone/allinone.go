@@ -7,86 +7,94 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
-	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/imgmill/imgmill/internal/blobstore"
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/database"
+	"github.com/imgmill/imgmill/internal/engines"
 	"github.com/imgmill/imgmill/internal/frontend"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/kvservice"
+	"github.com/imgmill/imgmill/internal/kvstore"
 	"github.com/imgmill/imgmill/internal/master"
+	"github.com/imgmill/imgmill/internal/service"
 	"github.com/imgmill/imgmill/internal/storage"
+	"github.com/imgmill/imgmill/internal/taskstore"
+	"github.com/imgmill/imgmill/internal/wire"
 	"github.com/imgmill/imgmill/internal/worker"
 )
 
-// Default listen addresses (the reference ports; the frontend on 8080).
-const (
-	DefaultKVAddr       = "127.0.0.1:3000"
-	DefaultDatabaseAddr = "127.0.0.1:3001"
-	DefaultStorageAddr  = "127.0.0.1:3002"
-	DefaultMasterAddr   = "127.0.0.1:3003"
-	DefaultFrontendAddr = ":8080"
-)
-
-// Config configures Run. Empty addresses take the defaults.
+// Config configures Run: each service's own settings in its Config (an empty Addr takes the service's
+// DefaultAddr); what they share, and what Run wires between them, is filled in.
 type Config struct {
-	DataDir                                                 string
-	KVAddr, DatabaseAddr, StorageAddr, MasterAddr, Frontend string
-	// Tasks, Blobs and KVStore name the backends (database.Config.Tasks, storage.Config.Blobs,
-	// kvservice.Config.Store): empty for the embedded ones under DataDir.
-	Tasks, Blobs, KVStore string
-	PoolSize              int
-	Getenv                func(string) string
-	Worker                worker.Config // Master, Storage and Logger are filled in
-	Policy                database.Policy
-	Logger                *slog.Logger
-	// Limits are the master's (zero fields: the defaults); the worker's pixel limit is Worker.MaxPixels.
-	Limits master.Limits
-	// Token, when set, is the shared secret of kv, database, storage and master: they require it and every
-	// service sends it. Insecure lets them listen on non-loopback addresses without one (see service.Spec).
-	Token    string
-	Insecure bool
-	// FrontendSecret is the frontend's public id secret (nil: the one shared in the kv store), and
-	// FrontendOptions its limits on the public.
-	FrontendSecret  []byte
-	FrontendOptions frontend.Options
-	// Pprof serves the net/http/pprof handlers under /debug/pprof/ on every service (see service.Spec).
-	Pprof bool
+	DataDir string
+	// Shared are the settings of all six: Token, Insecure, Pprof and Logger (Addr and Advertise are
+	// each service's).
+	Shared service.Options
+	// Where the data lives: URLs (empty: the embedded stores under DataDir) and their options; Run
+	// opens them and closes them when the services have stopped.
+	Tasks   engines.Tasks
+	Blobs   engines.Blobs
+	KVStore engines.KV
+
+	KV       kvservice.Config // Addr
+	Database database.Config  // Addr, Policy, PendingTimeout
+	Storage  storage.Config   // Addr
+	Master   master.Config    // Addr, Limits
+	Worker   worker.Config    // everything but Master, Storage and Logger
+	Frontend frontend.Config  // Addr, Secret, Limits
 }
 
-func (c *Config) setDefaults() {
-	for _, a := range []struct {
-		p   *string
-		def string
-	}{{&c.KVAddr, DefaultKVAddr}, {&c.DatabaseAddr, DefaultDatabaseAddr}, {&c.StorageAddr, DefaultStorageAddr},
-		{&c.MasterAddr, DefaultMasterAddr}, {&c.Frontend, DefaultFrontendAddr}} {
-		if *a.p == "" {
-			*a.p = a.def
-		}
-	}
+// options is shared with addr (or def, when addr is empty) and a logger naming the service.
+func (c Config) options(addr, def, name string) service.Options {
+	o := c.Shared
+	o.Addr = cmp.Or(addr, def)
+	o.Advertise = ""
+	o.Logger = c.Shared.Logger.With("service", name)
+	return o
 }
 
 // Run runs the six services until ctx ends or one fails.
 func Run(ctx context.Context, cfg Config) error {
-	cfg.setDefaults()
+	if cfg.Shared.Logger == nil {
+		cfg.Shared.Logger = slog.New(slog.DiscardHandler)
+	}
 	if err := newSecretForNewData(ctx, cfg); err != nil {
 		return fmt.Errorf("imgmill serve: %w", err)
 	}
-	hc := httpapi.NewClient(httpapi.WithToken(cfg.Token))
+	stores, err := openStores(ctx, &cfg)
+	if err != nil {
+		return fmt.Errorf("imgmill serve: %w", err)
+	}
+	defer stores.close()
+	hc := httpapi.NewClient(httpapi.WithToken(cfg.Shared.Token))
 	defer hc.CloseIdleConnections()
-	kv := client.NewKV(hc, cfg.KVAddr)
-	log := func(name string) *slog.Logger { return cfg.Logger.With("service", name) }
-	wcfg := cfg.Worker
-	wcfg.Master, wcfg.Storage = worker.NewClients(hc, kv)
-	wcfg.Logger = log("worker")
+	kv := client.NewKV(hc, cmp.Or(cfg.KV.Addr, kvservice.DefaultAddr))
+
+	kvCfg := cfg.KV
+	kvCfg.Options = cfg.options(cfg.KV.Addr, kvservice.DefaultAddr, "kv")
+	kvCfg.Store = stores.kv
+	dbCfg := cfg.Database
+	dbCfg.Options = cfg.options(cfg.Database.Addr, database.DefaultAddr, "database")
+	dbCfg.KV, dbCfg.Store = kv, stores.tasks
+	stCfg := cfg.Storage
+	stCfg.Options = cfg.options(cfg.Storage.Addr, storage.DefaultAddr, "storage")
+	stCfg.KV, stCfg.Blobs = kv, stores.blobs
+	maCfg := cfg.Master
+	maCfg.Options = cfg.options(cfg.Master.Addr, master.DefaultAddr, "master")
+	maCfg.KV, maCfg.HTTP = kv, hc
+	feCfg := cfg.Frontend
+	feCfg.Options = cfg.options(cfg.Frontend.Addr, frontend.DefaultAddr, "frontend")
+	feCfg.KV, feCfg.HTTP, feCfg.DataDir = kv, hc, cfg.DataDir
+	wCfg := cfg.Worker
+	wCfg.Master, wCfg.Storage = worker.NewClients(hc, kv)
+	wCfg.Logger = cfg.Shared.Logger.With("service", "worker")
+
 	// kv stops last, once the others have deregistered through it.
 	kvCtx, stopKV := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopKV()
@@ -94,8 +102,7 @@ func Run(ctx context.Context, cfg Config) error {
 	var kvErr error
 	go func() {
 		defer close(kvDone)
-		kvErr = kvservice.Run(kvCtx, kvservice.Config{Addr: cfg.KVAddr, DataDir: cfg.DataDir, Store: cfg.KVStore, Logger: log("kv"),
-			Token: cfg.Token, Insecure: cfg.Insecure, Pprof: cfg.Pprof})
+		kvErr = kvservice.Run(kvCtx, kvCfg)
 	}()
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -106,26 +113,12 @@ func Run(ctx context.Context, cfg Config) error {
 			return nil
 		}
 	})
-	g.Go(func() error {
-		return database.Run(ctx, database.Config{Addr: cfg.DatabaseAddr, KV: kv, DataDir: cfg.DataDir, Tasks: cfg.Tasks, PoolSize: cfg.PoolSize, Policy: cfg.Policy, Logger: log("database"),
-			Token: cfg.Token, Insecure: cfg.Insecure, Pprof: cfg.Pprof})
-	})
-	g.Go(func() error {
-		return storage.Run(ctx, storage.Config{Addr: cfg.StorageAddr, KV: kv, DataDir: cfg.DataDir, Blobs: cfg.Blobs, Getenv: cfg.Getenv, Logger: log("storage"),
-			Token: cfg.Token, Insecure: cfg.Insecure, Pprof: cfg.Pprof})
-	})
-	g.Go(func() error {
-		return master.Run(ctx, master.Config{Addr: cfg.MasterAddr, KV: kv, HTTP: hc, Logger: log("master"),
-			Token: cfg.Token, Insecure: cfg.Insecure, Limits: cfg.Limits, Pprof: cfg.Pprof})
-	})
-	g.Go(func() error {
-		return worker.Run(ctx, wcfg)
-	})
-	g.Go(func() error {
-		return frontend.Run(ctx, frontend.Config{Addr: cfg.Frontend, KV: kv, HTTP: hc, Logger: log("frontend"),
-			Secret: cfg.FrontendSecret, DataDir: cfg.DataDir, Options: cfg.FrontendOptions, Token: cfg.Token, Pprof: cfg.Pprof})
-	})
-	err := g.Wait()
+	g.Go(func() error { return database.Run(ctx, dbCfg) })
+	g.Go(func() error { return storage.Run(ctx, stCfg) })
+	g.Go(func() error { return master.Run(ctx, maCfg) })
+	g.Go(func() error { return worker.Run(ctx, wCfg) })
+	g.Go(func() error { return frontend.Run(ctx, feCfg) })
+	err = g.Wait()
 	stopKV()
 	<-kvDone
 	if err != nil {
@@ -137,18 +130,53 @@ func Run(ctx context.Context, cfg Config) error {
 	return nil
 }
 
+// stores are the three stores Run opened.
+type stores struct {
+	tasks taskstore.Store
+	blobs blobstore.Store
+	kv    kvstore.Store
+}
+
+func (s stores) close() {
+	if s.tasks != nil {
+		s.tasks.Close()
+	}
+	if s.blobs != nil {
+		s.blobs.Close()
+	}
+	if s.kv != nil {
+		s.kv.Close()
+	}
+}
+
+// openStores opens the three stores cfg names, under cfg.DataDir when embedded.
+func openStores(ctx context.Context, cfg *Config) (s stores, err error) {
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	cfg.Tasks.DataDir, cfg.Blobs.DataDir, cfg.KVStore.DataDir = cfg.DataDir, cfg.DataDir, cfg.DataDir
+	cfg.Tasks.Logger, cfg.Blobs.Logger, cfg.KVStore.Logger = cfg.Shared.Logger, cfg.Shared.Logger, cfg.Shared.Logger
+	if s.tasks, err = cfg.Tasks.Open(ctx); err != nil {
+		return s, fmt.Errorf("tasks: %w", err)
+	}
+	if s.blobs, err = cfg.Blobs.Open(ctx); err != nil {
+		return s, fmt.Errorf("blobs: %w", err)
+	}
+	if s.kv, err = cfg.KVStore.Open(ctx); err != nil {
+		return s, fmt.Errorf("kv store: %w", err)
+	}
+	return s, nil
+}
+
 // newSecretForNewData makes the frontend's public id secret at once in a brand-new data directory (all
 // embedded stores, none of them created yet): no task can exist, so the secret is made before any
 // could, rather than by the frontend racing the first uploads through the master (see
 // frontend.ResolveSecret, which refuses to make one once tasks exist).
 func newSecretForNewData(ctx context.Context, cfg Config) error {
-	if cfg.FrontendSecret != nil || cfg.Tasks != "" || cfg.KVStore != "" {
+	if cfg.Frontend.Secret != nil || !engines.Embedded(cfg.DataDir, cfg.Tasks.URL, cfg.KVStore.URL) {
 		return nil
-	}
-	for _, name := range []string{database.TasksFile, kvservice.KVFile} {
-		if _, err := os.Stat(filepath.Join(cfg.DataDir, name)); !errors.Is(err, fs.ErrNotExist) {
-			return nil // not new (or unreadable: the services will say so)
-		}
 	}
 	return frontend.CreateSecretFile(ctx, cfg.DataDir)
 }
@@ -173,7 +201,7 @@ func WaitReady(ctx context.Context, kvAddr string, opts ...httpapi.ClientOption)
 }
 
 func checkReady(ctx context.Context, hc *http.Client, kv *client.KV) error {
-	for _, key := range []string{client.DatabaseKey, client.StorageKey, client.MasterKey} {
+	for _, key := range []string{wire.DatabaseKey, wire.StorageKey, wire.MasterKey} {
 		addr, err := kv.Get(ctx, key)
 		if err != nil {
 			return fmt.Errorf("%s: %w", key, err)
@@ -183,19 +211,4 @@ func checkReady(ctx context.Context, hc *http.Client, kv *client.KV) error {
 		}
 	}
 	return nil
-}
-
-// FreeAddrs returns n distinct free loopback addresses (host:port). Another process could take one before
-// it is used; good enough for tests and benchmarks on one machine.
-func FreeAddrs(n int) ([]string, error) {
-	addrs := make([]string, 0, n)
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("find a free port: %w", err)
-		}
-		defer ln.Close()
-		addrs = append(addrs, ln.Addr().String())
-	}
-	return addrs, nil
 }

@@ -12,6 +12,7 @@ import (
 	"image/png"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"runtime"
 	"slices"
@@ -24,34 +25,36 @@ import (
 
 	"github.com/imgmill/imgmill/internal/allinone"
 	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/engines"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
+	"github.com/imgmill/imgmill/internal/service"
 	"github.com/imgmill/imgmill/internal/testimage"
 	"github.com/imgmill/imgmill/internal/worker"
 )
 
 // Config configures Run.
 type Config struct {
-	Master      string // host:port or URL of a running master; empty starts the pipeline in-process
-	Size        int    // image width and height
-	N           int    // images
-	Clients     int    // concurrent clients
-	Concurrency int    // images the in-process pipeline's worker processes at once
-	Prefetch    int    // its worker's prefetch (worker.Config.Prefetch)
-	Out         io.Writer
-	Logger      *slog.Logger
-	Token       string // the shared secret sent to the master, and required by the in-process pipeline
-	// Tasks, Blobs and KVStore put the in-process pipeline on other backends (allinone.Config); empty
-	// for the embedded ones. Getenv supplies S3 keys from the environment.
-	Tasks, Blobs, KVStore string
-	Getenv                func(string) string
-	// PNGCompression is the PNG encoder's effort in the in-process pipeline's worker and in the floor.
-	PNGCompression png.CompressionLevel
+	Master  string // host:port or URL of a running master; empty starts the pipeline in-process
+	Size    int    // image width and height
+	N       int    // images
+	Clients int    // concurrent clients
+	Out     io.Writer
+	Logger  *slog.Logger
+	Token   string // the shared secret sent to the master, and required by the in-process pipeline
+	// Worker configures the in-process pipeline's worker (its clients are filled in); its
+	// PNGCompression is the floor's too.
+	Worker worker.Config
+	// Tasks, Blobs and KVStore put the in-process pipeline on other backends; empty URLs for the
+	// embedded ones.
+	Tasks   engines.Tasks
+	Blobs   engines.Blobs
+	KVStore engines.KV
 }
 
 // backends describes where the in-process pipeline keeps its data.
 func (cfg Config) backends() string {
-	if cfg.Tasks == "" && cfg.Blobs == "" && cfg.KVStore == "" {
+	if cfg.Tasks.URL == "" && cfg.Blobs.URL == "" && cfg.KVStore.URL == "" {
 		return "embedded storage"
 	}
 	name := func(url, embedded string) string {
@@ -61,7 +64,7 @@ func (cfg Config) backends() string {
 		scheme, _, _ := strings.Cut(url, "://")
 		return map[string]string{"postgres": "PostgreSQL", "postgresql": "PostgreSQL", "s3": "S3", "etcd": "etcd"}[scheme]
 	}
-	return fmt.Sprintf("tasks in %s, images in %s, kv in %s", name(cfg.Tasks, "SQLite"), name(cfg.Blobs, "files"), name(cfg.KVStore, "a file"))
+	return fmt.Sprintf("tasks in %s, images in %s, kv in %s", name(cfg.Tasks.URL, "SQLite"), name(cfg.Blobs.URL, "files"), name(cfg.KVStore.URL, "a file"))
 }
 
 // Result is what one run measured.
@@ -87,9 +90,6 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if cfg.Size <= 0 || cfg.N <= 0 || cfg.Clients <= 0 {
 		return Result{}, errors.New("size, n and clients must be positive")
 	}
-	if cfg.Concurrency <= 0 {
-		cfg.Concurrency = runtime.NumCPU()
-	}
 	originals, encoded, err := generate(cfg.Size, cfg.N)
 	if err != nil {
 		return Result{}, err
@@ -103,7 +103,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		}
 		defer stop()
 		masterAddr = addr
-		where = fmt.Sprintf("in-process pipeline on %s, worker concurrency %d", cfg.backends(), cfg.Concurrency)
+		where = fmt.Sprintf("in-process pipeline on %s, worker concurrency %d", cfg.backends(), cfg.Worker.Slots())
 	}
 	fmt.Fprintf(cfg.Out, "imgmill bench: %d PNGs of %dx%d px (%s avg), %d clients, %s, %d CPUs\n",
 		cfg.N, cfg.Size, cfg.Size, byteSize(avgLen(encoded)), cfg.Clients, where, runtime.NumCPU())
@@ -120,7 +120,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	floor, err := runFloor(ctx, encoded, cfg.PNGCompression)
+	floor, err := runFloor(ctx, encoded, cfg.Worker.PNGCompression)
 	if err != nil {
 		return Result{}, err
 	}
@@ -144,7 +144,7 @@ func generate(size, n int) ([]*image.NRGBA, [][]byte, error) {
 	for i := range n {
 		g.Go(func() error {
 			originals[i] = testimage.Pattern(size, int64(i))
-			b, err := imageop.EncodePNG(originals[i])
+			b, err := testimage.EncodePNG(originals[i])
 			encoded[i] = b
 			return err
 		})
@@ -158,7 +158,7 @@ func startPipeline(ctx context.Context, cfg Config) (stop func(), masterAddr str
 	if err != nil {
 		return nil, "", err
 	}
-	addrs, err := allinone.FreeAddrs(5)
+	addrs, err := freeAddrs(5)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, "", err
@@ -170,11 +170,10 @@ func startPipeline(ctx context.Context, cfg Config) (stop func(), masterAddr str
 		logger = slog.New(slog.DiscardHandler)
 	}
 	quiet := slog.New(levelFilter{logger.Handler(), slog.LevelWarn})
-	go func() {
-		done <- allinone.Run(ctx, allinone.Config{DataDir: dir, KVAddr: addrs[0], DatabaseAddr: addrs[1], StorageAddr: addrs[2],
-			MasterAddr: addrs[3], Frontend: addrs[4], Worker: worker.Config{Concurrency: cfg.Concurrency, Prefetch: cfg.Prefetch, PNGCompression: cfg.PNGCompression}, Logger: quiet,
-			Token: cfg.Token, Tasks: cfg.Tasks, Blobs: cfg.Blobs, KVStore: cfg.KVStore, Getenv: cfg.Getenv})
-	}()
+	app := allinone.Config{DataDir: dir, Shared: service.Options{Token: cfg.Token, Logger: quiet},
+		Tasks: cfg.Tasks, Blobs: cfg.Blobs, KVStore: cfg.KVStore, Worker: cfg.Worker}
+	app.KV.Addr, app.Database.Addr, app.Storage.Addr, app.Master.Addr, app.Frontend.Addr = addrs[0], addrs[1], addrs[2], addrs[3], addrs[4]
+	go func() { done <- allinone.Run(ctx, app) }()
 	stop = func() {
 		cancel()
 		<-done
@@ -295,7 +294,7 @@ func verify(ctx context.Context, m *client.Master, ids []int64, originals []*ima
 			if err != nil {
 				return fmt.Errorf("decode result of task %d: %w", id, err)
 			}
-			if err := imageop.CheckSwapped(originals[i], result); err != nil {
+			if err := testimage.CheckSwapped(originals[i], result); err != nil {
 				return fmt.Errorf("task %d: %w", id, err)
 			}
 			verified.Add(1)
@@ -381,4 +380,19 @@ func (f levelFilter) WithAttrs(a []slog.Attr) slog.Handler {
 }
 func (f levelFilter) WithGroup(n string) slog.Handler {
 	return levelFilter{f.Handler.WithGroup(n), f.min}
+}
+
+// freeAddrs returns n distinct free loopback addresses (host:port) for the in-process pipeline. Another
+// process could take one before it is used; good enough for a benchmark on one machine.
+func freeAddrs(n int) ([]string, error) {
+	addrs := make([]string, 0, n)
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("find a free port: %w", err)
+		}
+		defer ln.Close()
+		addrs = append(addrs, ln.Addr().String())
+	}
+	return addrs, nil
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgmill/imgmill/internal/worker"
 	"go.uber.org/goleak"
 )
 
@@ -16,7 +17,7 @@ func TestRunInProcess(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out bytes.Buffer
-	res, err := Run(ctx, Config{Size: 32, N: 24, Clients: 4, Concurrency: 2, Out: &out})
+	res, err := Run(ctx, Config{Size: 32, N: 24, Clients: 4, Worker: worker.Config{Concurrency: 2}, Out: &out})
 	if err != nil {
 		t.Fatalf("bench: %v\n%s", err, out.String())
 	}

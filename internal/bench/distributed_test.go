@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgmill/imgmill/internal/engines"
 	"github.com/imgmill/imgmill/internal/enginetest"
 )
 
@@ -22,11 +23,11 @@ func TestRunOnDistributedBackends(t *testing.T) {
 	}
 	pg, minio, etcd := enginetest.StartPostgres(t), enginetest.StartMinIO(t), enginetest.StartEtcd(t, 1)
 	distributed := func(t *testing.T) Config {
-		return Config{Tasks: pg.NewDatabase(t), Blobs: minio.URL(minio.NewBucket(t)), KVStore: etcd.URL()}
+		return Config{Tasks: engines.Tasks{URL: pg.NewDatabase(t)}, Blobs: engines.Blobs{URL: minio.URL(minio.NewBucket(t))}, KVStore: engines.KV{URL: etcd.URL()}}
 	}
 	if v, _ := strconv.ParseBool(os.Getenv("IMGMILL_BENCH_DISTRIBUTED")); !v {
 		cfg := distributed(t)
-		cfg.Size, cfg.N, cfg.Clients, cfg.Concurrency = 32, 24, 4, 2
+		cfg.Size, cfg.N, cfg.Clients, cfg.Worker.Concurrency = 32, 24, 4, 2
 		var out bytes.Buffer
 		cfg.Out = &out
 		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)

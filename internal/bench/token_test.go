@@ -5,6 +5,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/imgmill/imgmill/internal/worker"
 )
 
 // The in-process pipeline with a token (allinone.Config.Token): every service requires it and every
@@ -13,7 +15,7 @@ func TestRunInProcessWithToken(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out bytes.Buffer
-	res, err := Run(ctx, Config{Size: 16, N: 6, Clients: 2, Concurrency: 1, Out: &out, Token: "bench-token"})
+	res, err := Run(ctx, Config{Size: 16, N: 6, Clients: 2, Worker: worker.Config{Concurrency: 1}, Out: &out, Token: "bench-token"})
 	if err != nil {
 		t.Fatalf("bench with a token: %v\n%s", err, out.String())
 	}

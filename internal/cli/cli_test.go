@@ -56,7 +56,7 @@ func writePatterns(t *testing.T, dir string, n int) ([]string, []*image.NRGBA) {
 	var imgs []*image.NRGBA
 	for i := range n {
 		img := testimage.Pattern(20+i*7, int64(i+1))
-		data, err := imageop.EncodePNG(img)
+		data, err := testimage.EncodePNG(img)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -104,7 +104,7 @@ func TestCLIEndToEnd(t *testing.T) {
 	t.Run("SubmitWait", func(t *testing.T) {
 		files, imgs := writePatterns(t, in, 5)
 		outDir := filepath.Join(t.TempDir(), "results") // created by submit
-		stdout, stderr, err := imgmill(t, append([]string{"submit", "--server", server, "--wait", "--out", outDir, "--concurrency", "2"}, files...)...)
+		stdout, stderr, err := imgmill(t, append([]string{"submit", "--server", server, "--wait", "--out", outDir, "--parallel", "2"}, files...)...)
 		if err != nil {
 			t.Fatalf("submit --wait: %v\nstderr:\n%s", err, stderr)
 		}
@@ -113,7 +113,7 @@ func TestCLIEndToEnd(t *testing.T) {
 		}
 		for i, f := range files {
 			out := filepath.Join(outDir, strings.TrimSuffix(filepath.Base(f), ".png")+".imgmill.png")
-			if err := imageop.CheckSwapped(imgs[i], readPNG(t, out)); err != nil {
+			if err := testimage.CheckSwapped(imgs[i], readPNG(t, out)); err != nil {
 				t.Errorf("%s: %v", out, err)
 			}
 		}
@@ -125,7 +125,7 @@ func TestCLIEndToEnd(t *testing.T) {
 		notImage := filepath.Join(dir, "notes.txt")
 		os.WriteFile(notImage, []byte("this is not an image"), 0o644)
 		undecodable := filepath.Join(dir, "broken.png") // passes the upload checks, fails processing
-		os.WriteFile(undecodable, imageop.PaddedPNG(8, 8, 200), 0o644)
+		os.WriteFile(undecodable, testimage.PaddedPNG(8, 8, 200), 0o644)
 		outDir := t.TempDir()
 		args := []string{"submit", "--server", server, "--wait", "--out", outDir, files[0], notImage, undecodable, files[1]}
 		stdout, stderr, err := imgmill(t, args...)
@@ -143,7 +143,7 @@ func TestCLIEndToEnd(t *testing.T) {
 		}
 		for i, f := range files {
 			out := filepath.Join(outDir, strings.TrimSuffix(filepath.Base(f), ".png")+".imgmill.png")
-			if err := imageop.CheckSwapped(imgs[i], readPNG(t, out)); err != nil {
+			if err := testimage.CheckSwapped(imgs[i], readPNG(t, out)); err != nil {
 				t.Errorf("%s: %v", out, err)
 			}
 		}
@@ -301,7 +301,7 @@ func TestCLIEndToEnd(t *testing.T) {
 	})
 
 	t.Run("SubmitUsage", func(t *testing.T) {
-		for _, args := range [][]string{{"submit"}, {"submit", "--concurrency", "0", "x.png"}, {"submit", "--out", "d", "x.png"},
+		for _, args := range [][]string{{"submit"}, {"submit", "--parallel", "0", "x.png"}, {"submit", "--out", "d", "x.png"},
 			{"submit", "--wait", "a/p.png", "b/p.jpg"}} {
 			if _, _, err := imgmill(t, args...); cli.ExitCode(err) != 2 {
 				t.Errorf("%q: %v, want exit 2", args, err)
@@ -317,7 +317,7 @@ func TestCLIEndToEnd(t *testing.T) {
 		if _, stderr, err := imgmill(t, "get", id, "-o", out, "--server", server, "--wait"); err != nil {
 			t.Fatalf("get --wait: %v\n%s", err, stderr)
 		}
-		if err := imageop.CheckSwapped(imgs[0], readPNG(t, out)); err != nil {
+		if err := testimage.CheckSwapped(imgs[0], readPNG(t, out)); err != nil {
 			t.Error(err)
 		}
 		// Again, finished already, to standard output.
@@ -325,7 +325,7 @@ func TestCLIEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if img, err := png.Decode(strings.NewReader(stdout)); err != nil || imageop.CheckSwapped(imgs[0], img) != nil {
+		if img, err := png.Decode(strings.NewReader(stdout)); err != nil || testimage.CheckSwapped(imgs[0], img) != nil {
 			t.Errorf("get -o -: %v", err)
 		}
 	})
@@ -346,7 +346,7 @@ func TestCLIEndToEnd(t *testing.T) {
 
 	t.Run("StatusAndGetOfFailedTask", func(t *testing.T) {
 		p := filepath.Join(t.TempDir(), "broken.png")
-		os.WriteFile(p, imageop.PaddedPNG(8, 8, 100), 0o644)
+		os.WriteFile(p, testimage.PaddedPNG(8, 8, 100), 0o644)
 		bad := submitOne(t, server, p)
 		out := filepath.Join(t.TempDir(), "out.png")
 		_, _, err := imgmill(t, "get", bad, "-o", out, "--server", server, "--wait")
@@ -442,7 +442,7 @@ func fakeAPIKeys(t *testing.T, busy int) (string, *atomic.Int32, func() []string
 func TestCLISubmitRetriesWhenBusy(t *testing.T) {
 	server, posts, keys := fakeAPIKeys(t, 2)
 	files, _ := writePatterns(t, t.TempDir(), 2)
-	stdout, stderr, err := imgmill(t, "submit", "--server", server, "--concurrency", "1", files[0], files[1])
+	stdout, stderr, err := imgmill(t, "submit", "--server", server, "--parallel", "1", files[0], files[1])
 	if err != nil || stdout != files[0]+"\tQ1\n"+files[1]+"\tQ1\n" {
 		t.Fatalf("submit: %v, stdout %q, stderr %q", err, stdout, stderr)
 	}
@@ -506,7 +506,7 @@ func TestCLIGetNotFinished(t *testing.T) {
 func TestCLISubmitRefusedOpStops(t *testing.T) {
 	server, posts := fakeAPI(t, 0)
 	files, _ := writePatterns(t, t.TempDir(), 4)
-	stdout, stderr, err := imgmill(t, append([]string{"submit", "--server", server, "--op", "bad", "--concurrency", "1"}, files...)...)
+	stdout, stderr, err := imgmill(t, append([]string{"submit", "--server", server, "--op", "bad", "--parallel", "1"}, files...)...)
 	if cli.ExitCode(err) != 2 || !strings.Contains(fmt.Sprint(err), `the server refused --op "bad": unknown operation "bad" (HTTP 400)`) {
 		t.Errorf("submit --op bad: %v (exit %d)", err, cli.ExitCode(err))
 	}

@@ -18,17 +18,17 @@ func TestLimitFlagsInHelp(t *testing.T) {
 	}
 }
 
-// parseLimits defines and parses the master's limit flags as runMaster does.
+// parseLimits defines and parses the master's limit flags as the master command does.
 func parseLimits(t *testing.T, vars map[string]string, args ...string) (master.Limits, error) {
 	t.Helper()
 	e := &env{getenv: func(k string) string { return vars[k] }, stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}}
-	f := newFlags(e, "master", "")
-	l := f.limits()
-	if err := f.parse(args); err != nil {
-		return master.Limits{}, err
-	}
-	err := checkMasterLimits(l)
-	return *l, err
+	f := newFlags(e, command{name: "master"})
+	var l master.Limits
+	f.maxUpload(&l.MaxUpload, master.DefaultMaxUpload)
+	f.maxPixels(&l.MaxPixels)
+	f.masterLimits(&l)
+	err := f.parse(args)
+	return l, err
 }
 
 func TestLimitFlags(t *testing.T) {

@@ -67,10 +67,11 @@ func TestFlagsFromEnvironment(t *testing.T) {
 	e := &env{getenv: func(k string) string {
 		return map[string]string{"IMGMILL_ADDR": "127.0.0.1:9", "IMGMILL_LEASE": "5s", "IMGMILL_LOG_LEVEL": "debug"}[k]
 	}, stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}}
-	f := newFlags(e, "test", "")
-	addr := f.addr("127.0.0.1:1")
+	f := newFlags(e, command{name: "test"})
+	addr, data := new(string), new(string)
+	f.addr(addr, "", "127.0.0.1:1")
 	lease := f.Duration("lease", 0, "")
-	data := f.dataDir()
+	f.dataDir(data)
 	if err := f.parse(nil); err != nil {
 		t.Fatal(err)
 	}
@@ -78,8 +79,8 @@ func TestFlagsFromEnvironment(t *testing.T) {
 		t.Errorf("from env: addr %q lease %s data %q level %s", *addr, lease, *data, f.logLevel)
 	}
 	// The command line wins over the environment.
-	f = newFlags(e, "test", "")
-	addr = f.addr("127.0.0.1:1")
+	f = newFlags(e, command{name: "test"})
+	f.addr(addr, "", "127.0.0.1:1")
 	if err := f.parse([]string{"--addr", "127.0.0.1:7"}); err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +94,7 @@ func TestFlagsFromEnvironment(t *testing.T) {
 		}
 		return ""
 	}, stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}}
-	f = newFlags(bad, "test", "")
+	f = newFlags(bad, command{name: "test"})
 	f.Duration("lease", 0, "")
 	if err := f.parse(nil); !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "IMGMILL_LEASE") {
 		t.Errorf("bad env value: %v", err)

@@ -16,110 +16,106 @@ import (
 	"sync"
 	"time"
 
+	"github.com/imgmill/imgmill/internal/apiclient"
 	"github.com/imgmill/imgmill/internal/imageop"
+	"github.com/imgmill/imgmill/internal/wire"
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 )
 
 // The client commands: submit, status and get, against the frontend's public JSON API.
 
-// parseInterspersed parses flags that may come before, between or after the positional arguments
-// ("status ID --server URL"), applies the IMGMILL_* variables like parse, and returns the positionals.
-// Everything after "--" is positional.
-func (f *flags) parseInterspersed(args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := f.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, err
-			}
-			return nil, fmt.Errorf("%w: %v", errUsage, err)
-		}
-		rest := f.Args()
-		if len(rest) == 0 {
-			break
-		}
-		if consumed := args[:len(args)-len(rest)]; len(consumed) > 0 && consumed[len(consumed)-1] == "--" {
-			pos = append(pos, rest...)
-			break
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
-	}
-	return pos, f.parse(nil)
+// wait defines --wait, the client commands' wait for their tasks.
+func (f *flags) wait() *bool {
+	return f.Bool("wait", false, "wait until the task is finished or failed (submit: every task), and download the result")
 }
 
 func (f *flags) server() *string {
-	return f.String("server", defaultServer, "the imgmill frontend's URL")
+	return f.String("server", apiclient.DefaultServer, "the imgmill frontend's URL")
 }
 
-func runSubmit(ctx context.Context, e *env, args []string) error {
-	f := newFlags(e, "submit", "Uploads images (FILE...) to the frontend's /api/tasks and prints \"FILE<tab>ID\" per file.\n"+
-		"--op applies a chain of operations, comma-separated, in order (e.g. resize:800x600,grayscale,sharpen:1.5);\n"+
-		"the server checks it, and a chain it refuses exits 2 with its reason. --list-ops prints the operations.\n"+
-		"With --wait, waits for every task and downloads each result into --out as NAME.imgmill.EXT.\n"+
-		"Usage: imgmill submit [flags] FILE...\n       imgmill submit --list-ops")
+// newAPIClient is a client of the frontend at --server.
+func newAPIClient(server string) (*apiclient.Client, error) {
+	c, err := apiclient.New(server)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --server: %v", errUsage, err)
+	}
+	return c, nil
+}
+
+func submitCommand() command {
+	return command{name: "submit", summary: "upload images to a running imgmill (--wait: and download the results)", positional: true,
+		about: "Uploads images (FILE...) to the frontend's /api/tasks and prints \"FILE<tab>ID\" per file.\n" +
+			"--op applies a chain of operations, comma-separated, in order (e.g. resize:800x600,grayscale,sharpen:1.5);\n" +
+			"the server checks it, and a chain it refuses exits 2 with its reason. --list-ops prints the operations.\n" +
+			"With --wait, waits for every task and downloads each result into --out as NAME.imgmill.EXT.\n" +
+			"Usage: imgmill submit [flags] FILE...\n       imgmill submit --list-ops",
+		define: defineSubmit}
+}
+
+func defineSubmit(f *flags) runner {
+	e := f.env
 	op := f.String("op", "", "the operations to apply, comma-separated, in order, e.g. resize:800x600,grayscale (empty: the default, swap)")
 	listOps := f.Bool("list-ops", false, "print the operations the server offers, with their parameters and examples, and exit")
 	server := f.server()
-	wait := f.Bool("wait", false, "wait for every task and download the results")
+	wait := f.wait()
 	out := f.String("out", ".", "with --wait: the directory the results are written to")
-	conc := f.Int("concurrency", 4, "uploads (and, with --wait, downloads) at a time")
-	files, err := f.parseInterspersed(args)
-	if err != nil {
-		return err
-	}
-	outSet := false
-	f.Visit(func(fl *flag.Flag) { outSet = outSet || fl.Name == "out" })
-	if *listOps {
-		if len(files) > 0 {
-			return fmt.Errorf("%w: --list-ops takes no FILE", errUsage)
+	conc := f.Int("parallel", 4, "uploads (and, with --wait, downloads) at a time")
+	f.alias("concurrency", "parallel")
+	return func(ctx context.Context, files []string) error {
+		outSet := false
+		f.Visit(func(fl *flag.Flag) { outSet = outSet || fl.Name == "out" })
+		if *listOps {
+			if len(files) > 0 {
+				return fmt.Errorf("%w: --list-ops takes no FILE", errUsage)
+			}
+			c, err := newAPIClient(*server)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ops, err := c.Operations(ctx)
+			if err != nil {
+				return err
+			}
+			fmt.Fprint(e.stdout, describeOperations(c.Base(), ops))
+			return nil
+		}
+		switch {
+		case len(files) == 0:
+			return fmt.Errorf("%w: no FILE to submit (imgmill submit [flags] FILE...)", errUsage)
+		case *conc < 1:
+			return fmt.Errorf("%w: --parallel must be >= 1", errUsage)
+		case outSet && !*wait:
+			return fmt.Errorf("%w: --out needs --wait", errUsage)
+		}
+		if *wait {
+			if err := checkOutputNames(files, *out); err != nil {
+				return err
+			}
 		}
 		c, err := newAPIClient(*server)
 		if err != nil {
 			return err
 		}
-		defer c.close()
-		ops, err := c.operations(ctx)
-		if err != nil {
-			return err
+		defer c.Close()
+		// The chain goes to the server as it is: the server parses it, and its 400 says what is wrong.
+		if *wait {
+			if err := os.MkdirAll(*out, 0o755); err != nil {
+				return fmt.Errorf("--out: %w", err)
+			}
 		}
-		fmt.Fprint(e.stdout, describeOperations(c.base, ops))
-		return nil
+		b := &batch{c: c, e: e, op: *op, wait: *wait, out: *out, conc: *conc, files: files}
+		return b.run(ctx)
+
 	}
-	switch {
-	case len(files) == 0:
-		return fmt.Errorf("%w: no FILE to submit (imgmill submit [flags] FILE...)", errUsage)
-	case *conc < 1:
-		return fmt.Errorf("%w: --concurrency must be >= 1", errUsage)
-	case outSet && !*wait:
-		return fmt.Errorf("%w: --out needs --wait", errUsage)
-	}
-	if *wait {
-		if err := checkOutputNames(files, *out); err != nil {
-			return err
-		}
-	}
-	c, err := newAPIClient(*server)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	// The chain goes to the server as it is: the server parses it, and its 400 says what is wrong.
-	if *wait {
-		if err := os.MkdirAll(*out, 0o755); err != nil {
-			return fmt.Errorf("--out: %w", err)
-		}
-	}
-	b := &batch{c: c, e: e, op: *op, wait: *wait, out: *out, conc: *conc, files: files}
-	return b.run(ctx)
 }
 
 // opRefusedError is the server's refusal (400) of the --op chain: a usage mistake (exit 2), with the
 // server's reason, and the catalogue when the server did not know a name.
 type opRefusedError struct {
 	op, server string
-	err        *apiError
+	err        *apiclient.Error
 	catalogue  string // the operations, or "" when they do not help (or could not be listed)
 }
 
@@ -138,7 +134,7 @@ func (e *opRefusedError) Error() string {
 func (e *opRefusedError) Unwrap() []error { return []error{errUsage, e.err} }
 
 // listOperations is the short catalogue: a line per operation with its syntax and summary.
-func listOperations(server string, ops []operation) string {
+func listOperations(server string, ops []wire.OperationInfo) string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "operations at %s (imgmill submit --list-ops for their parameters):", server)
 	if len(ops) == 0 {
@@ -149,13 +145,13 @@ func listOperations(server string, ops []operation) string {
 		if syntax == "" {
 			syntax = o.Name
 		}
-		fmt.Fprintf(&sb, "\n  %-11s %-37s %s", o.Name, syntax, o.summary())
+		fmt.Fprintf(&sb, "\n  %-11s %-37s %s", o.Name, syntax, summaryOf(o))
 	}
 	return sb.String()
 }
 
 // summary is the operation's one-line description (a server without summaries has a description).
-func (o operation) summary() string {
+func summaryOf(o wire.OperationInfo) string {
 	if o.Summary != "" {
 		return o.Summary
 	}
@@ -164,14 +160,14 @@ func (o operation) summary() string {
 
 // describeOperations is the catalogue --list-ops prints: per operation its name and summary, what it does,
 // its syntax, aliases, parameters with their ranges, allowed values and defaults, and an example.
-func describeOperations(server string, ops []operation) string {
+func describeOperations(server string, ops []wire.OperationInfo) string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "Operations at %s. Chain them with commas; they apply in order:\n", server)
 	sb.WriteString("  imgmill submit --op resize:800x600,grayscale,sharpen:1.5 FILE...\n")
 	sb.WriteString("With no --op, an image gets the default, swap. Without convert a JPEG stays JPEG and the rest become PNG.\n")
 	for _, o := range ops {
 		fmt.Fprintf(&sb, "\n%s", o.Name)
-		if s := o.summary(); s != "" {
+		if s := summaryOf(o); s != "" {
 			fmt.Fprintf(&sb, " - %s", s)
 		}
 		sb.WriteByte('\n')
@@ -199,7 +195,7 @@ func describeOperations(server string, ops []operation) string {
 }
 
 // describeParam is one parameter on one line: name, type and range, default or required, description.
-func describeParam(p operationParam) string {
+func describeParam(p wire.ParamInfo) string {
 	num := func(f *float64) string { return strconv.FormatFloat(*f, 'f', -1, 64) }
 	rng := ""
 	if p.Min != nil && p.Max != nil {
@@ -292,7 +288,7 @@ func checkOutputNames(files []string, dir string) error {
 
 // batch is one run of submit.
 type batch struct {
-	c     *apiClient
+	c     *apiclient.Client
 	e     *env
 	op    string
 	wait  bool
@@ -300,8 +296,8 @@ type batch struct {
 	conc  int
 	files []string
 
-	mu       sync.Mutex // guards what follows and the writes to stdout and stderr
-	opErr    *apiError  // the server refused the op (400): the batch stops
+	mu       sync.Mutex       // guards what follows and the writes to stdout and stderr
+	opErr    *apiclient.Error // the server refused the op (400): the batch stops
 	bar      *progressbar.ProgressBar
 	terminal bool
 	tasksBar bool // bar counts tasks done
@@ -384,12 +380,12 @@ func (b *batch) upload(ctx context.Context, it *item) {
 		it.refused = errNotSent
 		return
 	}
-	id, err := b.c.upload(ctx, it.file, b.op, b.addBytes, func(wait time.Duration, err error) {
+	id, err := b.c.Upload(ctx, it.file, b.op, b.addBytes, func(wait time.Duration, err error) {
 		b.plainf("%s: server busy or unavailable (%v), retrying in %s\n", it.file, err, wait.Round(100*time.Millisecond))
 	})
 	if err != nil {
 		it.refused = err
-		var ae *apiError
+		var ae *apiclient.Error
 		if errors.As(err, &ae) && ae.Status == http.StatusBadRequest {
 			b.mu.Lock()
 			if b.opErr == nil {
@@ -411,19 +407,19 @@ func (b *batch) upload(ctx context.Context, it *item) {
 
 // await waits for one task and downloads its result.
 func (b *batch) await(ctx context.Context, it *item) {
-	st, err := b.c.waitTask(ctx, it.id)
+	st, err := b.c.WaitTask(ctx, it.id)
 	switch {
 	case err != nil:
 		it.failed = err.Error()
 		return
-	case st.State == "failed":
+	case st.State == wire.FailedWord:
 		it.failed = st.Error
 		if it.failed == "" {
 			it.failed = "failed without a reason"
 		}
 		return
 	}
-	path, err := b.c.download(ctx, it.id, nil, func(ct string) string { return outputPath(b.out, it.file, ct) })
+	path, err := b.c.Download(ctx, it.id, nil, func(ct string) string { return outputPath(b.out, it.file, ct) })
 	if err != nil {
 		it.failed = err.Error()
 		return
@@ -437,14 +433,14 @@ func (b *batch) await(ctx context.Context, it *item) {
 func (b *batch) report(ctx context.Context, items []item, took time.Duration) error {
 	if b.opErr != nil {
 		for _, it := range items {
-			if it.refused != nil && !errors.Is(it.refused, errNotSent) && statusOf(it.refused) != http.StatusBadRequest {
+			if it.refused != nil && !errors.Is(it.refused, errNotSent) && apiclient.StatusOf(it.refused) != http.StatusBadRequest {
 				fmt.Fprintf(b.e.stderr, "%s: refused at upload: %v\n", it.file, it.refused)
 			}
 		}
-		e := &opRefusedError{op: b.op, server: b.c.base, err: b.opErr}
+		e := &opRefusedError{op: b.op, server: b.c.Base(), err: b.opErr}
 		if strings.Contains(b.opErr.Msg, "unknown operation") {
-			if ops, err := b.c.operations(ctx); err == nil {
-				e.catalogue = listOperations(b.c.base, ops)
+			if ops, err := b.c.Operations(ctx); err == nil {
+				e.catalogue = listOperations(b.c.Base(), ops)
 			}
 		}
 		return e
@@ -535,35 +531,40 @@ func (b *batch) plainf(format string, args ...any) {
 	fmt.Fprintf(b.e.stderr, format, args...)
 }
 
-func runStatus(ctx context.Context, e *env, args []string) error {
-	f := newFlags(e, "status", "Prints the status of task ID as JSON; exits 1 when the task failed or is unknown.\nUsage: imgmill status [flags] ID")
+func statusCommand() command {
+	return command{name: "status", summary: "print the status of a task", positional: true,
+		about:  "Prints the status of task ID as JSON; exits 1 when the task failed or is unknown.\nUsage: imgmill status [flags] ID",
+		define: defineStatus}
+}
+
+func defineStatus(f *flags) runner {
+	e := f.env
 	server := f.server()
-	pos, err := f.parseInterspersed(args)
-	if err != nil {
-		return err
+	return func(ctx context.Context, pos []string) error {
+		if len(pos) != 1 {
+			return fmt.Errorf("%w: want exactly one task ID (imgmill status [flags] ID)", errUsage)
+		}
+		c, err := newAPIClient(*server)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.OnOutage = tellRetry(e)
+		st, raw, err := c.Status(ctx, pos[0])
+		if err != nil {
+			return err
+		}
+		var pretty bytes.Buffer
+		if err := json.Indent(&pretty, raw, "", "  "); err != nil {
+			return err
+		}
+		fmt.Fprintln(e.stdout, pretty.String())
+		if st.State == wire.FailedWord {
+			return fmt.Errorf("task %s failed: %s", pos[0], st.Error)
+		}
+		return nil
+
 	}
-	if len(pos) != 1 {
-		return fmt.Errorf("%w: want exactly one task ID (imgmill status [flags] ID)", errUsage)
-	}
-	c, err := newAPIClient(*server)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	c.onOutage = tellRetry(e)
-	st, raw, err := c.status(ctx, pos[0])
-	if err != nil {
-		return err
-	}
-	var pretty bytes.Buffer
-	if err := json.Indent(&pretty, raw, "", "  "); err != nil {
-		return err
-	}
-	fmt.Fprintln(e.stdout, pretty.String())
-	if st.State == "failed" {
-		return fmt.Errorf("task %s failed: %s", pos[0], st.Error)
-	}
-	return nil
 }
 
 // tellRetry tells the user of a one-shot command that it waits for the server.
@@ -573,49 +574,54 @@ func tellRetry(e *env) func(time.Duration, error) {
 	}
 }
 
-func runGet(ctx context.Context, e *env, args []string) error {
-	f := newFlags(e, "get", "Downloads the result of task ID into FILE (\"-\": standard output).\nUsage: imgmill get [flags] ID -o FILE")
+func getCommand() command {
+	return command{name: "get", summary: "download the result of a task", positional: true,
+		about:  "Downloads the result of task ID into FILE (\"-\": standard output).\nUsage: imgmill get [flags] ID -o FILE",
+		define: defineGet}
+}
+
+func defineGet(f *flags) runner {
+	e := f.env
 	server := f.server()
 	out := f.String("o", "", "the file to write the result to (\"-\": standard output); required")
-	wait := f.Bool("wait", false, "wait for the task to finish first")
-	pos, err := f.parseInterspersed(args)
-	if err != nil {
-		return err
-	}
-	switch {
-	case len(pos) != 1:
-		return fmt.Errorf("%w: want exactly one task ID (imgmill get [flags] ID -o FILE)", errUsage)
-	case *out == "":
-		return fmt.Errorf("%w: -o FILE is required", errUsage)
-	}
-	id := pos[0]
-	c, err := newAPIClient(*server)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	c.onOutage = tellRetry(e)
-	if *wait {
-		st, err := c.waitTask(ctx, id)
+	wait := f.wait()
+	return func(ctx context.Context, pos []string) error {
+		switch {
+		case len(pos) != 1:
+			return fmt.Errorf("%w: want exactly one task ID (imgmill get [flags] ID -o FILE)", errUsage)
+		case *out == "":
+			return fmt.Errorf("%w: -o FILE is required", errUsage)
+		}
+		id := pos[0]
+		c, err := newAPIClient(*server)
 		if err != nil {
 			return err
 		}
-		if st.State == "failed" {
-			return fmt.Errorf("task %s failed: %s", id, st.Error)
+		defer c.Close()
+		c.OnOutage = tellRetry(e)
+		if *wait {
+			st, err := c.WaitTask(ctx, id)
+			if err != nil {
+				return err
+			}
+			if st.State == wire.FailedWord {
+				return fmt.Errorf("task %s failed: %s", id, st.Error)
+			}
 		}
-	}
-	_, err = c.download(ctx, id, e.stdout, func(string) string { return *out })
-	if statusOf(err) == 404 {
-		// Say why: unknown, failed, or not finished yet.
-		st, _, serr := c.status(ctx, id)
-		switch {
-		case serr != nil:
-			return serr
-		case st.State == "failed":
-			return fmt.Errorf("task %s failed: %s", id, st.Error)
-		case st.State != "finished":
-			return fmt.Errorf("task %s is not finished yet (%s); use --wait to wait for it", id, st.State)
+		_, err = c.Download(ctx, id, e.stdout, func(string) string { return *out })
+		if apiclient.StatusOf(err) == 404 {
+			// Say why: unknown, failed, or not finished yet.
+			st, _, serr := c.Status(ctx, id)
+			switch {
+			case serr != nil:
+				return serr
+			case st.State == wire.FailedWord:
+				return fmt.Errorf("task %s failed: %s", id, st.Error)
+			case st.State != wire.FinishedWord:
+				return fmt.Errorf("task %s is not finished yet (%s); use --wait to wait for it", id, st.State)
+			}
 		}
+		return err
+
 	}
-	return err
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // CallTimeout bounds one attempt of a small request (no image body, no long poll).
@@ -113,7 +114,7 @@ func (p peer) send(ctx context.Context, c call) (reply, error) {
 		if replay != nil {
 			a.body = replay()
 		}
-		r, err, adv := p.once(ctx, a)
+		r, adv, err := p.once(ctx, a)
 		if err == nil {
 			return r, nil
 		}
@@ -211,11 +212,11 @@ func (p peer) unavailable(msg string, err error) error {
 }
 
 // once makes one attempt and says whether a failure is worth retrying.
-func (p peer) once(ctx context.Context, c call) (reply, error, advice) {
+func (p peer) once(ctx context.Context, c call) (reply, advice, error) {
 	addr, err := p.ep.Addr(ctx)
 	if err != nil {
 		// Registrations come back within seconds of a kv store restart: worth waiting for.
-		return reply{}, p.unavailable(p.name+" not found", err), advice{retry: ctx.Err() == nil, notSent: true}
+		return reply{}, advice{retry: ctx.Err() == nil, notSent: true}, p.unavailable(p.name+" not found", err)
 	}
 	u := "http://" + addr + c.path
 	if len(c.query) > 0 {
@@ -236,7 +237,7 @@ func (p peer) once(ctx context.Context, c call) (reply, error, advice) {
 	req, err := http.NewRequestWithContext(attempt, c.method, u, c.body)
 	if err != nil {
 		cancel()
-		return reply{}, fmt.Errorf("%s %s: %w", c.method, c.path, err), advice{}
+		return reply{}, advice{}, fmt.Errorf("%s %s: %w", c.method, c.path, err)
 	}
 	maps.Copy(req.Header, c.header)
 	var source *sourceReader
@@ -252,7 +253,7 @@ func (p peer) once(ctx context.Context, c call) (reply, error, advice) {
 	resp, err := p.http.Do(req)
 	if err != nil && source != nil && source.failure() != nil {
 		cancel()
-		return reply{}, &bodyError{err: source.failure()}, advice{}
+		return reply{}, advice{}, &bodyError{err: source.failure()}
 	}
 	if err == nil && c.small {
 		var r reply
@@ -272,7 +273,7 @@ func (p peer) once(ctx context.Context, c call) (reply, error, advice) {
 	if err != nil {
 		cancel()
 		if ctx.Err() != nil {
-			return reply{}, fmt.Errorf("%s %s: %w", c.method, c.path, ctx.Err()), advice{}
+			return reply{}, advice{}, fmt.Errorf("%s %s: %w", c.method, c.path, ctx.Err())
 		}
 		p.ep.Failed(addr)
 		var op *net.OpError
@@ -281,7 +282,7 @@ func (p peer) once(ctx context.Context, c call) (reply, error, advice) {
 		if timedOut.Load() {
 			msg = p.name + " did not answer in time"
 		}
-		return reply{}, p.unavailable(msg, err), advice{retry: notSent || c.idempotent, notSent: notSent}
+		return reply{}, advice{retry: notSent || c.idempotent, notSent: notSent}, p.unavailable(msg, err)
 	}
 	if resp.StatusCode/100 != 2 {
 		defer cancel()
@@ -292,7 +293,7 @@ func (p peer) once(ctx context.Context, c call) (reply, error, advice) {
 	// The stream outlives this function: the attempt's context ends when its body is closed.
 	p.ep.Answered(addr)
 	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
-	return reply{header: resp.Header, stream: resp}, nil, advice{}
+	return reply{header: resp.Header, stream: resp}, advice{}, nil
 }
 
 // read reads a small call's whole reply.
@@ -307,16 +308,16 @@ func (p peer) read(resp *http.Response, c call) (reply, error) {
 
 // outcome turns an answer read whole into the attempt's outcome: a 2xx reply, or the peer's refusal as
 // an *httpapi.Error, retried when it is transient and the call idempotent.
-func (p peer) outcome(addr string, resp *http.Response, r reply, err error, c call) (reply, error, advice) {
+func (p peer) outcome(addr string, resp *http.Response, r reply, err error, c call) (reply, advice, error) {
 	p.ep.Answered(addr)
 	if err != nil {
-		return reply{}, err, advice{retry: c.idempotent}
+		return reply{}, advice{retry: c.idempotent}, err
 	}
 	if resp.StatusCode/100 == 2 {
-		return r, nil, advice{}
+		return r, advice{}, nil
 	}
 	e := httpapi.ReadErrorBody(resp.StatusCode, resp.Header, []byte(r.body))
-	return reply{}, e, advice{retry: c.idempotent && e.Transient(), after: e.RetryAfter}
+	return reply{}, advice{retry: c.idempotent && e.Transient(), after: e.RetryAfter}, e
 }
 
 // cancelOnClose ends an attempt's context when its streamed body is closed.
@@ -382,20 +383,14 @@ func IsStatus(err error, status int) bool {
 	return errors.As(err, &e) && e.Status == status
 }
 
-// NoTaskMessage is the reference reply when no task can be claimed.
-const NoTaskMessage = "No non-started task."
-
 // IsNoTask reports whether err is the reference "no task to claim" answer.
 func IsNoTask(err error) bool {
 	var e *httpapi.Error
-	return errors.As(err, &e) && e.Status == http.StatusBadRequest && strings.TrimSpace(e.Msg) == NoTaskMessage
+	return errors.As(err, &e) && e.Status == http.StatusBadRequest && strings.TrimSpace(e.Msg) == wire.NoTaskMessage
 }
 
 // ResolveTTL is how long a peer's address looked up in the kv store is reused.
 const ResolveTTL = 5 * time.Second
-
-// MaxWait caps a long poll on /getNewTask.
-const MaxWait = 60 * time.Second
 
 // CheckHealth calls GET /healthz on the service at addr, once: nil when it answers that it is ready.
 func CheckHealth(ctx context.Context, hc *http.Client, addr string) error {

@@ -23,6 +23,7 @@ import (
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 func TestMain(m *testing.M) {
@@ -143,7 +144,7 @@ func newFakeKV(t *testing.T, key string) *fakeKV {
 			// Listed with an unrelated key too, as a reference kv service that ignores prefix would.
 			b.WriteString("other : x\n")
 			for _, a := range kv.instances.Load().([]string) {
-				fmt.Fprintf(&b, "%s%s : %s\n", client.InstancePrefix(kv.key), a, a)
+				fmt.Fprintf(&b, "%s%s : %s\n", wire.InstancePrefix(kv.key), a, a)
 			}
 			httpapi.WriteText(w, http.StatusOK, b.String())
 			return
@@ -166,13 +167,13 @@ func newFakeKV(t *testing.T, key string) *fakeKV {
 func TestResolverLooksMovedPeerUpAgain(t *testing.T) {
 	ctx := t.Context()
 	hc := servicetest.NewHTTPClient(t)
-	kv := newFakeKV(t, client.DatabaseKey)
+	kv := newFakeKV(t, wire.DatabaseKey)
 	first, firstServed := fakeDatabase(t)
 	kv.addr.Store(servicetest.Addr(first.URL))
-	db := client.NewDatabase(hc, client.NewResolver(client.NewKV(hc, servicetest.Addr(kv.srv.URL)), client.DatabaseKey, time.Hour))
+	db := client.NewDatabase(hc, client.NewResolver(client.NewKV(hc, servicetest.Addr(kv.srv.URL)), wire.DatabaseKey, time.Hour))
 
 	for range 2 {
-		if task, err := db.GetByID(ctx, 7); err != nil || task.ID != 7 || task.State != client.StateFinished {
+		if task, err := db.GetByID(ctx, 7); err != nil || task.ID != 7 || task.State != wire.Finished {
 			t.Fatalf("GetByID(7) = %+v, %v; want task 7 finished", task, err)
 		}
 	}
@@ -217,7 +218,7 @@ func TestResolverLooksMovedPeerUpAgain(t *testing.T) {
 func TestResolverSpreadsAcrossInstances(t *testing.T) {
 	ctx := t.Context()
 	hc := servicetest.NewHTTPClient(t)
-	kv := newFakeKV(t, client.DatabaseKey)
+	kv := newFakeKV(t, wire.DatabaseKey)
 	var dbs []*httptest.Server
 	var served []*atomic.Int64
 	var addrs []string
@@ -228,7 +229,7 @@ func TestResolverSpreadsAcrossInstances(t *testing.T) {
 	kv.instances.Store(addrs)
 	kv.addr.Store(addrs[0])
 	const ttl = 300 * time.Millisecond
-	db := client.NewDatabase(hc, client.NewResolver(client.NewKV(hc, servicetest.Addr(kv.srv.URL)), client.DatabaseKey, ttl))
+	db := client.NewDatabase(hc, client.NewResolver(client.NewKV(hc, servicetest.Addr(kv.srv.URL)), wire.DatabaseKey, ttl))
 	for i := range 30 {
 		if task, err := db.GetByID(ctx, int64(i)); err != nil || task.ID != int64(i) {
 			t.Fatalf("GetByID(%d) = %+v, %v", i, task, err)
@@ -312,9 +313,9 @@ func TestKVClientSpreadsAcrossKVInstances(t *testing.T) {
 // back within seconds of a kv store restart): 503, looked up again on every retry until the deadline.
 func TestResolverPeerNotRegistered(t *testing.T) {
 	hc := servicetest.NewHTTPClient(t)
-	kv := newFakeKV(t, client.StorageKey) // holds no address
-	st := client.NewStorage(hc, client.NewResolver(client.NewKV(hc, servicetest.Addr(kv.srv.URL)), client.StorageKey, time.Hour))
-	_, err := st.GetImage(shortRetries(t.Context()), 1, client.Working)
+	kv := newFakeKV(t, wire.StorageKey) // holds no address
+	st := client.NewStorage(hc, client.NewResolver(client.NewKV(hc, servicetest.Addr(kv.srv.URL)), wire.StorageKey, time.Hour))
+	_, err := st.GetImage(shortRetries(t.Context()), 1, wire.WorkingImage)
 	wantStatus(t, "GetImage with no storage registered", err, http.StatusServiceUnavailable)
 	if n := kv.lookups.Load(); n < 2 {
 		t.Errorf("%d kv lookups, want one per attempt, at least 2", n)
@@ -323,7 +324,7 @@ func TestResolverPeerNotRegistered(t *testing.T) {
 	// Registered later: the next call finds it.
 	srv, _ := fakeDatabase(t)
 	kv.addr.Store(servicetest.Addr(srv.URL))
-	if _, err := st.GetImage(t.Context(), 1, client.Working); !client.IsStatus(err, http.StatusNotFound) {
+	if _, err := st.GetImage(t.Context(), 1, wire.WorkingImage); !client.IsStatus(err, http.StatusNotFound) {
 		t.Errorf("GetImage once registered: %v, want the peer's own 404", err)
 	}
 }
@@ -336,11 +337,11 @@ func TestResolverKeepsKnownInstancesWhileKVIsAway(t *testing.T) {
 		t.Run(how, func(t *testing.T) {
 			ctx := t.Context()
 			hc := servicetest.NewHTTPClient(t)
-			kv := newFakeKV(t, client.DatabaseKey)
+			kv := newFakeKV(t, wire.DatabaseKey)
 			srv, served := fakeDatabase(t)
 			kv.instances.Store([]string{servicetest.Addr(srv.URL)})
 			const ttl = 50 * time.Millisecond
-			db := client.NewDatabase(hc, client.NewResolver(client.NewKV(hc, servicetest.Addr(kv.srv.URL)), client.DatabaseKey, ttl))
+			db := client.NewDatabase(hc, client.NewResolver(client.NewKV(hc, servicetest.Addr(kv.srv.URL)), wire.DatabaseKey, ttl))
 			if _, err := db.GetByID(ctx, 1); err != nil {
 				t.Fatal(err)
 			}
@@ -368,7 +369,7 @@ func TestResolverKeepsKnownInstancesWhileKVIsAway(t *testing.T) {
 func TestBreakerAvoidsAFailedInstance(t *testing.T) {
 	ctx := t.Context()
 	hc := servicetest.NewHTTPClient(t)
-	kv := newFakeKV(t, client.DatabaseKey)
+	kv := newFakeKV(t, wire.DatabaseKey)
 	var broken atomic.Int64
 	dead := serve(t, func(w http.ResponseWriter, r *http.Request) {
 		broken.Add(1)
@@ -379,7 +380,7 @@ func TestBreakerAvoidsAFailedInstance(t *testing.T) {
 	})
 	live, served := fakeDatabase(t)
 	kv.instances.Store([]string{servicetest.Addr(dead.URL), servicetest.Addr(live.URL)})
-	db := client.NewDatabase(hc, client.NewResolver(client.NewKV(hc, servicetest.Addr(kv.srv.URL)), client.DatabaseKey, 10*time.Millisecond))
+	db := client.NewDatabase(hc, client.NewResolver(client.NewKV(hc, servicetest.Addr(kv.srv.URL)), wire.DatabaseKey, 10*time.Millisecond))
 	for i := range 40 {
 		if task, err := db.GetByID(ctx, int64(i)); err != nil || task.ID != int64(i) {
 			t.Fatalf("GetByID(%d) with one instance broken: %+v, %v", i, task, err)
@@ -630,7 +631,7 @@ func TestBodyReplayedOnRetry(t *testing.T) {
 			data := randomBytes(tc.size)
 			st := client.NewStorage(servicetest.NewHTTPClient(t), client.Static(servicetest.Addr(s.srv.URL)))
 			r := bytes.NewReader(data)
-			if err := st.SendImage(t.Context(), 5, client.Working, r, int64(len(data))); err != nil {
+			if err := st.SendImage(t.Context(), 5, wire.WorkingImage, r, int64(len(data))); err != nil {
 				t.Fatalf("SendImage: %v", err)
 			}
 			s.mu.Lock()
@@ -682,7 +683,7 @@ func TestUnreplayableBodyNotRetried(t *testing.T) {
 	})
 	st := client.NewStorage(servicetest.NewHTTPClient(t), client.Static(servicetest.Addr(srv.URL)))
 	body := io.MultiReader(bytes.NewReader([]byte("not seekable")))
-	err := st.SendImage(t.Context(), 1, client.Working, body, -1)
+	err := st.SendImage(t.Context(), 1, wire.WorkingImage, body, -1)
 	wantStatus(t, "SendImage of a stream", err, http.StatusServiceUnavailable)
 	if n := seen.Load(); n != 1 {
 		t.Errorf("%d requests, want 1: a stream cannot be sent again", n)
@@ -783,7 +784,7 @@ func TestStreamRetriedElsewhereWhenNothingWasSent(t *testing.T) {
 	st := client.NewStorage(servicetest.NewHTTPClient(t), client.NewAddrs([]string{deadAddr(t), servicetest.Addr(s.srv.URL)}))
 	for i := range 4 {
 		body := io.MultiReader(bytes.NewReader(data)) // not seekable
-		if err := st.SendImage(t.Context(), int64(i), client.Working, body, -1); err != nil {
+		if err := st.SendImage(t.Context(), int64(i), wire.WorkingImage, body, -1); err != nil {
 			t.Fatalf("upload %d with one instance down: %v", i, err)
 		}
 	}
@@ -808,7 +809,7 @@ func TestBrokenSourceIsNotThePeersFault(t *testing.T) {
 	ep := &countingEndpoint{addr: servicetest.Addr(srv.URL)}
 	st := client.NewStorage(servicetest.NewHTTPClient(t), ep)
 	broken := io.MultiReader(bytes.NewReader(randomBytes(1<<20)), iotest.ErrReader(io.ErrUnexpectedEOF))
-	err := st.SendImage(t.Context(), 1, client.Working, broken, -1)
+	err := st.SendImage(t.Context(), 1, wire.WorkingImage, broken, -1)
 	if !client.IsBodyError(err) || !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Errorf("SendImage with a broken source: %v, want a body error wrapping the source's", err)
 	}

@@ -10,29 +10,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
-)
 
-// Task is the task JSON of the wire API. id and state are the reference fields; the rest are additive.
-type Task struct {
-	ID          int64     `json:"id"`
-	State       int       `json:"state"`
-	Token       int64     `json:"token,omitempty"`
-	Attempts    int       `json:"attempts,omitempty"`
-	MaxAttempts int       `json:"maxAttempts,omitempty"`
-	Error       string    `json:"error,omitempty"`
-	CreatedAt   time.Time `json:"createdAt,omitzero"`
-	StartedAt   time.Time `json:"startedAt,omitzero"`
-	FinishedAt  time.Time `json:"finishedAt,omitzero"`
-	LeaseUntil  time.Time `json:"leaseUntil,omitzero"`
-	// Op is the operation chain the worker applies (additive; absent for the default, swap).
-	Op string `json:"op,omitempty"`
-	// RetryAt is when a task handed back after a transient failure may be claimed again, and Retries
-	// how many such failures it had (additive; see Database.RetryTask).
-	RetryAt time.Time `json:"retryAt,omitzero"`
-	Retries int       `json:"retries,omitempty"`
-	// Pending marks a task whose upload is not complete yet (additive).
-	Pending bool `json:"pending,omitempty"`
-}
+	"github.com/imgmill/imgmill/internal/wire"
+)
 
 // NewTaskParams are the options of a new task; the zero value is the reference's plain /newTask.
 type NewTaskParams struct {
@@ -41,7 +21,7 @@ type NewTaskParams struct {
 	MaxAttempts int    // 0: the database's default
 	Op          string // the operation chain, as imageop.ParseChain accepts it; "": the default
 	// IdempotencyKey, when set, makes the creation idempotent: a retry with the same key answers the
-	// task the first call created (see IdempotencyKeyHeader).
+	// task the first call created (see wire.IdempotencyKeyHeader).
 	IdempotencyKey string
 }
 
@@ -53,43 +33,6 @@ type NewTaskResult struct {
 	// Pending: the task is still pending (said only of a replayed task; a new one is as asked).
 	Pending bool
 }
-
-// Idempotent requests: a client names a request with IdempotencyKeyHeader, and a replay of it (the same
-// key again) is answered with what the first one did, with ReplayedHeader set to "true". The database
-// also says whether the replayed task is still pending (PendingHeader), so that the master finishes an
-// upload that broke off.
-const (
-	IdempotencyKeyHeader = "Idempotency-Key"
-	ReplayedHeader       = "Idempotent-Replayed"
-	PendingHeader        = "X-Imgmill-Pending"
-	// MaxIdempotencyKeyLen caps a key's length.
-	MaxIdempotencyKeyLen = 255
-	// IdempotencyWindow is how long a key is remembered: a request with a key first seen longer ago
-	// creates a new task.
-	IdempotencyWindow = 24 * time.Hour
-)
-
-// CheckIdempotencyKey refuses a key that is empty, longer than MaxIdempotencyKeyLen or not printable
-// ASCII (keys are usually UUIDs or random tokens).
-func CheckIdempotencyKey(key string) error {
-	if key == "" || len(key) > MaxIdempotencyKeyLen {
-		return fmt.Errorf("%s must be 1 to %d characters", IdempotencyKeyHeader, MaxIdempotencyKeyLen)
-	}
-	for i := range len(key) {
-		if key[i] < 0x20 || key[i] > 0x7e {
-			return fmt.Errorf("%s must be printable ASCII", IdempotencyKeyHeader)
-		}
-	}
-	return nil
-}
-
-// Task states: the reference's three and imgmill's additive failed state.
-const (
-	StateNotStarted = 0
-	StateInProgress = 1
-	StateFinished   = 2
-	StateFailed     = 3
-)
 
 // Database is a client of the database service.
 type Database struct {
@@ -126,7 +69,7 @@ func (c *Database) CreateTask(ctx context.Context, p NewTaskParams) (NewTaskResu
 	if p.IdempotencyKey != "" {
 		// With a key a retry after a lost answer finds the same task; without one it would create a
 		// second, so it is not retried.
-		cl.header = http.Header{IdempotencyKeyHeader: {p.IdempotencyKey}}
+		cl.header = http.Header{wire.IdempotencyKeyHeader: {p.IdempotencyKey}}
 		cl.idempotent = true
 	}
 	r, err := c.p.sendSmall(ctx, cl)
@@ -134,7 +77,7 @@ func (c *Database) CreateTask(ctx context.Context, p NewTaskParams) (NewTaskResu
 		return NewTaskResult{}, err
 	}
 	id, err := parseID(r.body)
-	return NewTaskResult{ID: id, Replayed: r.header.Get(ReplayedHeader) == "true", Pending: r.header.Get(PendingHeader) == "true"}, err
+	return NewTaskResult{ID: id, Replayed: r.header.Get(wire.ReplayedHeader) == "true", Pending: r.header.Get(wire.PendingHeader) == "true"}, err
 }
 
 // AbandonTask fails a pending task at once because its upload was refused or broke off, so that it
@@ -150,14 +93,14 @@ func (c *Database) ActivateTask(ctx context.Context, id int64) error {
 	return expectSuccess(c.p.sendText(ctx, call{method: http.MethodPost, path: "/activateTask", query: idQuery(id), idempotent: true}))
 }
 
-func (c *Database) GetByID(ctx context.Context, id int64) (Task, error) {
+func (c *Database) GetByID(ctx context.Context, id int64) (wire.Task, error) {
 	return taskReply(c.p.sendText(ctx, call{method: http.MethodGet, path: "/getById", query: idQuery(id), idempotent: true}))
 }
 
-func (c *Database) SetByID(ctx context.Context, t Task) error {
+func (c *Database) SetByID(ctx context.Context, t wire.Task) error {
 	body, err := json.Marshal(struct {
-		ID    int64 `json:"id"`
-		State int   `json:"state"`
+		ID    int64      `json:"id"`
+		State wire.State `json:"state"`
 	}{t.ID, t.State})
 	if err != nil {
 		return err
@@ -166,19 +109,10 @@ func (c *Database) SetByID(ctx context.Context, t Task) error {
 		body: bytes.NewReader(body), size: int64(len(body)), idempotent: true}))
 }
 
-// Stats is the database's GET /stats answer: how many tasks are in each state.
-type Stats struct {
-	Queued     int64 `json:"queued"`  // not started and claimable (now, or after a transient failure's wait)
-	Pending    int64 `json:"pending"` // not started: uploads in progress (additive)
-	Processing int64 `json:"processing"`
-	Finished   int64 `json:"finished"`
-	Failed     int64 `json:"failed"`
-}
-
 // Stats returns how many tasks are in each state.
-func (c *Database) Stats(ctx context.Context) (Stats, error) {
+func (c *Database) Stats(ctx context.Context) (wire.Stats, error) {
 	reply, err := c.p.sendText(ctx, call{method: http.MethodGet, path: "/stats", idempotent: true})
-	return jsonReply[Stats]("task counts", reply, err)
+	return jsonReply[wire.Stats]("task counts", reply, err)
 }
 
 // List returns the reference listing, one task per line.
@@ -196,7 +130,7 @@ type LeaseAPI struct {
 
 // GetNewTask claims a task. With wait > 0 the request is held up to wait for a task to appear;
 // IsNoTask(err) tells that none did.
-func (a LeaseAPI) GetNewTask(ctx context.Context, wait time.Duration) (Task, error) {
+func (a LeaseAPI) GetNewTask(ctx context.Context, wait time.Duration) (wire.Task, error) {
 	var q url.Values
 	timeout := CallTimeout
 	if wait > 0 {
@@ -214,13 +148,13 @@ func (a LeaseAPI) FinishTask(ctx context.Context, id, token int64) error {
 }
 
 // ExtendLease renews the claim's lease (a heartbeat) and returns the task with its new lease.
-func (a LeaseAPI) ExtendLease(ctx context.Context, id, token int64) (Task, error) {
+func (a LeaseAPI) ExtendLease(ctx context.Context, id, token int64) (wire.Task, error) {
 	return taskReply(a.p.sendText(ctx, call{method: http.MethodPost, path: "/extendLease", query: tokenQuery(id, token), idempotent: true}))
 }
 
 // FailTask records a failed attempt; permanent failures (input that can never work) are not retried.
 // It returns the task afterwards.
-func (a LeaseAPI) FailTask(ctx context.Context, id, token int64, reason string, permanent bool) (Task, error) {
+func (a LeaseAPI) FailTask(ctx context.Context, id, token int64, reason string, permanent bool) (wire.Task, error) {
 	q := tokenQuery(id, token)
 	q.Set("reason", reason)
 	if permanent {
@@ -232,7 +166,7 @@ func (a LeaseAPI) FailTask(ctx context.Context, id, token int64, reason string, 
 // RetryTask hands a claimed task back after a transient failure (something the work needed was
 // unavailable or full), without counting the attempt: it is claimable again after a wait that grows with
 // every such failure. It returns the task afterwards, with its RetryAt.
-func (a LeaseAPI) RetryTask(ctx context.Context, id, token int64, reason string) (Task, error) {
+func (a LeaseAPI) RetryTask(ctx context.Context, id, token int64, reason string) (wire.Task, error) {
 	q := tokenQuery(id, token)
 	q.Set("reason", reason)
 	q.Set("transient", "true")
@@ -262,8 +196,8 @@ func parseID(reply string) (int64, error) {
 	return id, nil
 }
 
-func taskReply(reply string, err error) (Task, error) {
-	return jsonReply[Task]("a task", reply, err)
+func taskReply(reply string, err error) (wire.Task, error) {
+	return jsonReply[wire.Task]("a task", reply, err)
 }
 
 // jsonReply decodes a call's JSON reply (passing the call's error through), naming what it expected.

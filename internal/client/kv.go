@@ -8,18 +8,8 @@ import (
 	"time"
 
 	"github.com/imgmill/imgmill/internal/kvstore"
+	"github.com/imgmill/imgmill/internal/wire"
 )
-
-// Discovery keys under which services register their host:port (reference names).
-const (
-	DatabaseKey = "databaseAddress"
-	StorageKey  = "storageAddress"
-	MasterKey   = "masterAddress"
-)
-
-// InstancePrefix is the prefix of the kv keys under which the instances of the service registered
-// under key (the reference name, such as databaseAddress) each register their own address.
-func InstancePrefix(key string) string { return key + "/" }
 
 // KV is a client of the kv service.
 type KV struct{ p peer }
@@ -80,10 +70,10 @@ func (c *KV) ListPrefix(ctx context.Context, prefix string) ([]kvstore.Entry, er
 }
 
 // Instances returns the addresses of the live instances of the service registered under key: those
-// under InstancePrefix(key), or, when there are none (a service of the reference design registers only
+// under wire.InstancePrefix(key), or, when there are none (a service of the reference design registers only
 // the one key), the address under key itself.
 func (c *KV) Instances(ctx context.Context, key string) ([]string, error) {
-	entries, err := c.ListPrefix(ctx, InstancePrefix(key))
+	entries, err := c.ListPrefix(ctx, wire.InstancePrefix(key))
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // Master is a client of the master service, for users (New, IsReady, Get, Source, Status) and workers (the
@@ -55,7 +57,7 @@ func (c *Master) Upload(ctx context.Context, r io.Reader, size int64, p UploadPa
 	}
 	cl := call{method: http.MethodPost, path: "/new", query: q, body: r, size: size}
 	if p.IdempotencyKey != "" {
-		cl.header = http.Header{IdempotencyKeyHeader: {p.IdempotencyKey}}
+		cl.header = http.Header{wire.IdempotencyKeyHeader: {p.IdempotencyKey}}
 		cl.idempotent = true
 	}
 	reply, err := c.p.sendLong(ctx, cl)
@@ -63,7 +65,7 @@ func (c *Master) Upload(ctx context.Context, r io.Reader, size int64, p UploadPa
 		return Uploaded{}, err
 	}
 	id, err := parseID(reply.body)
-	return Uploaded{ID: id, Replayed: reply.header.Get(ReplayedHeader) == "true"}, err
+	return Uploaded{ID: id, Replayed: reply.header.Get(wire.ReplayedHeader) == "true"}, err
 }
 
 // IsReady reports whether task id is finished.
@@ -98,30 +100,14 @@ func (c *Master) Source(ctx context.Context, id int64) (*Image, error) {
 	return openImage(ctx, c.p, "/source", idQuery(id))
 }
 
-// Status is the master's /status answer.
-type Status struct {
-	ID          int64     `json:"id"`
-	State       string    `json:"state"`        // queued, processing, finished or failed
-	Op          string    `json:"op,omitempty"` // the operation chain, canonical (additive)
-	Attempts    int       `json:"attempts"`
-	MaxAttempts int       `json:"maxAttempts"`
-	Error       string    `json:"error,omitempty"`
-	CreatedAt   time.Time `json:"createdAt,omitzero"`
-	StartedAt   time.Time `json:"startedAt,omitzero"`
-	FinishedAt  time.Time `json:"finishedAt,omitzero"`
-	// RetryAt is set while a queued task waits after a transient failure (Error says which) before it
-	// can be claimed again (additive).
-	RetryAt time.Time `json:"retryAt,omitzero"`
-}
-
 // Stats returns how many tasks are in each state (the database's count, passed through).
-func (c *Master) Stats(ctx context.Context) (Stats, error) {
+func (c *Master) Stats(ctx context.Context) (wire.Stats, error) {
 	reply, err := c.p.sendText(ctx, call{method: http.MethodGet, path: "/stats", idempotent: true})
-	return jsonReply[Stats]("task counts", reply, err)
+	return jsonReply[wire.Stats]("task counts", reply, err)
 }
 
 // Status returns the state of task id in words, with attempts, error and times.
-func (c *Master) Status(ctx context.Context, id int64) (Status, error) {
+func (c *Master) Status(ctx context.Context, id int64) (wire.Status, error) {
 	reply, err := c.p.sendText(ctx, call{method: http.MethodGet, path: "/status", query: idQuery(id), idempotent: true})
-	return jsonReply[Status]("a task status", reply, err)
+	return jsonReply[wire.Status]("a task status", reply, err)
 }

@@ -10,17 +10,8 @@ import (
 	"strconv"
 
 	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/wire"
 )
-
-// Image states in storage (reference names).
-const (
-	Working  = "working"
-	Finished = "finished"
-)
-
-// LeaseTokenHeader is the header of a storage GET /getImage reply that carries the lease token the image
-// was stored with; it is absent when that is 0 (uploads, results of workers that know no tokens).
-const LeaseTokenHeader = "X-Lease-Token"
 
 // ErrStaleToken is wrapped by SendResult's error when storage refused the result because it holds one
 // stored with a larger lease token: the task was claimed again since, and the newer result stays.
@@ -48,7 +39,7 @@ func (c *Storage) SendResult(ctx context.Context, id int64, token int64, r io.Re
 	if token < 0 {
 		return fmt.Errorf("send result of task %d: negative lease token %d", id, token)
 	}
-	q := imageQuery(id, Finished)
+	q := imageQuery(id, wire.FinishedImage)
 	if token != 0 {
 		q.Set("token", strconv.FormatInt(token, 10))
 	}
@@ -72,7 +63,7 @@ type Image struct {
 	io.ReadCloser
 	Size        int64 // -1 when unknown
 	ContentType string
-	// Token is the lease token the image was stored with (LeaseTokenHeader); 0 when none.
+	// Token is the lease token the image was stored with (wire.LeaseTokenHeader); 0 when none.
 	Token int64
 }
 
@@ -92,12 +83,12 @@ func openImage(ctx context.Context, p peer, path string, q url.Values) (*Image, 
 	}
 	resp := r.stream
 	var token int64
-	if raw := resp.Header.Get(LeaseTokenHeader); raw != "" {
+	if raw := resp.Header.Get(wire.LeaseTokenHeader); raw != "" {
 		token, err = strconv.ParseInt(raw, 10, 64)
 		if err != nil || token < 0 {
 			resp.Body.Close()
 			return nil, &httpapi.Error{Status: http.StatusBadGateway,
-				Msg: fmt.Sprintf("%s sent a malformed %s header %q", p.name, LeaseTokenHeader, raw)}
+				Msg: fmt.Sprintf("%s sent a malformed %s header %q", p.name, wire.LeaseTokenHeader, raw)}
 		}
 	}
 	return &Image{ReadCloser: resp.Body, Size: resp.ContentLength, ContentType: resp.Header.Get("Content-Type"), Token: token}, nil

@@ -10,11 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"net/http"
-	"net/url"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,12 +22,10 @@ import (
 	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/httpapi"
-	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/metrics"
 	"github.com/imgmill/imgmill/internal/service"
 	"github.com/imgmill/imgmill/internal/taskstore"
-	"github.com/imgmill/imgmill/internal/taskstore/pgstore"
-	"github.com/imgmill/imgmill/internal/taskstore/sqlitestore"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 const (
@@ -100,18 +94,15 @@ func (s *server) handleNewTask(w http.ResponseWriter, r *http.Request) error {
 			return httpapi.Errorf(http.StatusBadRequest, "maxAttempts must be a whole number from 1 to 100, got %q", raw)
 		}
 	}
-	// Additive: the operation chain, kept in its canonical form; refused here too, so that no worker
-	// ever claims a task it cannot do.
-	var op string
-	if raw := r.URL.Query().Get("op"); raw != "" {
-		chain, err := imageop.ParseChain(raw)
-		if err != nil {
-			return httpapi.Errorf(http.StatusBadRequest, "op: %v", err)
-		}
-		op = chain.String()
+	// Additive: the operation chain, kept as given. The master checks it before it gets here and the
+	// worker before it processes, so a new operation needs new masters and workers, not a new database;
+	// here it is only bounded.
+	op := r.URL.Query().Get("op")
+	if err := wire.CheckOp(op); err != nil {
+		return httpapi.Errorf(http.StatusBadRequest, "op: %v", err)
 	}
 	p := taskstore.CreateParams{Pending: pending, MaxAttempts: maxAttempts, Op: op}
-	if key := r.Header.Get(client.IdempotencyKeyHeader); key != "" {
+	if key := r.Header.Get(wire.IdempotencyKeyHeader); key != "" {
 		return s.createOnce(w, r, p, key)
 	}
 	id, err := s.store.Create(r.Context(), p)
@@ -126,20 +117,20 @@ func (s *server) handleNewTask(w http.ResponseWriter, r *http.Request) error {
 }
 
 // createOnce creates the task of a request that carries an idempotency key (additive), or answers the
-// task a request with the same key created within client.IdempotencyWindow: a client whose answer was
-// lost retries without creating a second task. A replay says so (client.ReplayedHeader), and whether
-// the task is still pending (client.PendingHeader), so that the master can finish a broken-off upload.
+// task a request with the same key created within wire.IdempotencyWindow: a client whose answer was
+// lost retries without creating a second task. A replay says so (wire.ReplayedHeader), and whether
+// the task is still pending (wire.PendingHeader), so that the master can finish a broken-off upload.
 func (s *server) createOnce(w http.ResponseWriter, r *http.Request, p taskstore.CreateParams, key string) error {
-	if err := client.CheckIdempotencyKey(key); err != nil {
+	if err := wire.CheckIdempotencyKey(key); err != nil {
 		return httpapi.Errorf(http.StatusBadRequest, "%v", err)
 	}
-	t, replayed, err := s.store.CreateOnce(r.Context(), p, key, client.IdempotencyWindow)
+	t, replayed, err := s.store.CreateOnce(r.Context(), p, key, wire.IdempotencyWindow)
 	if err != nil {
 		return fmt.Errorf("create task: %w", err)
 	}
 	if replayed {
-		w.Header().Set(client.ReplayedHeader, "true")
-		w.Header().Set(client.PendingHeader, strconv.FormatBool(t.Pending && t.State == taskstore.NotStarted))
+		w.Header().Set(wire.ReplayedHeader, "true")
+		w.Header().Set(wire.PendingHeader, strconv.FormatBool(t.Pending && t.State == wire.NotStarted))
 	} else if !p.Pending {
 		s.news.broadcast()
 	}
@@ -160,7 +151,7 @@ func (s *server) handleGetByID(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *server) handleGetNewTask(w http.ResponseWriter, r *http.Request) error {
-	wait, err := httpapi.QueryDuration(r, "wait", client.MaxWait)
+	wait, err := httpapi.QueryDuration(r, "wait", wire.MaxWait)
 	if err != nil {
 		return err
 	}
@@ -177,7 +168,7 @@ func (s *server) handleGetNewTask(w http.ResponseWriter, r *http.Request) error 
 		}
 		remaining := time.Until(deadline)
 		if remaining <= 0 {
-			return httpapi.Errorf(http.StatusBadRequest, client.NoTaskMessage)
+			return httpapi.Errorf(http.StatusBadRequest, wire.NoTaskMessage)
 		}
 		timer := time.NewTimer(min(remaining, recheckEvery))
 		select {
@@ -188,7 +179,7 @@ func (s *server) handleGetNewTask(w http.ResponseWriter, r *http.Request) error 
 		}
 		timer.Stop()
 		if r.Context().Err() != nil || isClosed(s.done) {
-			return httpapi.Errorf(http.StatusBadRequest, client.NoTaskMessage)
+			return httpapi.Errorf(http.StatusBadRequest, wire.NoTaskMessage)
 		}
 	}
 }
@@ -204,13 +195,13 @@ func (s *server) handleSetByID(w http.ResponseWriter, r *http.Request) error {
 	if body.ID == nil || *body.ID < 0 {
 		return httpapi.Errorf(http.StatusBadRequest, "task JSON needs a non-negative id")
 	}
-	if body.State == nil || !taskstore.State(*body.State).Valid() {
+	if body.State == nil || !wire.State(*body.State).Valid() {
 		return httpapi.Errorf(http.StatusBadRequest, "task JSON needs a state of 0, 1, 2 or 3")
 	}
-	if err := s.store.Set(r.Context(), *body.ID, taskstore.State(*body.State), s.lease); err != nil {
+	if err := s.store.Set(r.Context(), *body.ID, wire.State(*body.State), s.lease); err != nil {
 		return storeError(*body.ID, err)
 	}
-	if *body.State == int(taskstore.NotStarted) {
+	if *body.State == int(wire.NotStarted) {
 		s.news.broadcast()
 	}
 	httpapi.WriteText(w, http.StatusOK, "success")
@@ -240,7 +231,7 @@ func (s *server) handleStats(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return fmt.Errorf("count tasks: %w", err)
 	}
-	return httpapi.WriteJSON(w, http.StatusOK, client.Stats{Queued: c.Queued, Pending: c.Pending, Processing: c.Processing,
+	return httpapi.WriteJSON(w, http.StatusOK, wire.Stats{Queued: c.Queued, Pending: c.Pending, Processing: c.Processing,
 		Finished: c.Finished, Failed: c.Failed})
 }
 
@@ -248,10 +239,10 @@ func writeTask(w http.ResponseWriter, t taskstore.Task) error {
 	return httpapi.WriteJSON(w, http.StatusOK, wireTask(t))
 }
 
-func wireTask(t taskstore.Task) client.Task {
-	return client.Task{ID: t.ID, State: int(t.State), Token: t.Token, Attempts: t.Attempts, MaxAttempts: t.MaxAttempts,
+func wireTask(t taskstore.Task) wire.Task {
+	return wire.Task{ID: t.ID, State: t.State, Token: t.Token, Attempts: t.Attempts, MaxAttempts: t.MaxAttempts,
 		Error: t.Error, CreatedAt: t.CreatedAt, StartedAt: t.StartedAt, FinishedAt: t.FinishedAt, LeaseUntil: t.LeaseUntil,
-		Op: t.Op, RetryAt: t.RetryAt, Retries: t.Retries, Pending: t.Pending && t.State == taskstore.NotStarted}
+		Op: t.Op, RetryAt: t.RetryAt, Retries: t.Retries, Pending: t.Pending && t.State == wire.NotStarted}
 }
 
 func (s *server) activateTask(ctx context.Context, id int64) error {
@@ -319,7 +310,7 @@ func (s *server) handleFailTask(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return storeError(id, err)
 	}
-	if t.State == taskstore.NotStarted {
+	if t.State == wire.NotStarted {
 		s.news.broadcast()
 	}
 	return writeTask(w, t)
@@ -349,7 +340,7 @@ func (s *server) handleAbandonTask(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return err
 	}
-	reason := taskstore.AbandonedError
+	reason := wire.AbandonedError
 	if r.URL.Query().Has("reason") {
 		if reason, err = queryReason(r); err != nil {
 			return err
@@ -453,42 +444,26 @@ func isClosed(ch <-chan struct{}) bool {
 	}
 }
 
-// TasksFile is the embedded task store's file in the data directory.
-const TasksFile = "tasks.db"
+// DefaultAddr is the database service's listen address unless told otherwise (the reference's port).
+const DefaultAddr = "127.0.0.1:3001"
 
 // DefaultPendingTimeout is how long an upload may take before its pending task is given up.
 const DefaultPendingTimeout = 15 * time.Minute
 
 // Config configures Run.
 type Config struct {
-	Addr      string
-	Advertise string
-	KV        *client.KV
-	DataDir   string
-	// Tasks is the task store: "" for the embedded SQLite store under DataDir, or a PostgreSQL URL
-	// (postgres://USER@HOST:PORT/DB?sslmode=disable) that several database services may share.
-	Tasks string
-	// PoolSize caps the connections to PostgreSQL (0: pgx's default, the larger of 4 and the CPUs).
-	PoolSize       int
+	service.Options
+	KV *client.KV // where the service registers
+	// Store is the task store, opened by the caller (see package engines), who closes it after Run.
+	Store          taskstore.Store
 	Policy         Policy
 	PendingTimeout time.Duration // default DefaultPendingTimeout
-	Logger         *slog.Logger
-	// Token, when set, is the shared secret every request must carry (Authorization: Bearer); Insecure
-	// lets the service listen on a non-loopback address without one. See service.Spec.
-	Token    string
-	Insecure bool
-	// Pprof serves the net/http/pprof handlers under /debug/pprof/ (see service.Spec).
-	Pprof bool
 }
 
-// Run serves the database service on its task store (see Config.Tasks) until ctx ends, registered in the
-// kv store as databaseAddress.
+// Run serves the database service on cfg.Store until ctx ends, registered in the kv store as
+// databaseAddress.
 func Run(ctx context.Context, cfg Config) error {
-	store, err := OpenStore(ctx, cfg.Tasks, cfg.DataDir, cfg.PoolSize, cfg.Logger)
-	if err != nil {
-		return err
-	}
-	defer store.Close()
+	store := cfg.Store
 	pendingTimeout := cfg.PendingTimeout
 	if pendingTimeout <= 0 {
 		pendingTimeout = DefaultPendingTimeout
@@ -510,50 +485,10 @@ func Run(ctx context.Context, cfg Config) error {
 			return nil
 		})
 	}
-	return service.Run(ctx, service.Spec{
-		Addr: cfg.Addr, Handler: mux, Logger: cfg.Logger, Ready: store.Ping,
-		RegisterAs: client.DatabaseKey, KV: cfg.KV, Advertise: cfg.Advertise,
-		Token: cfg.Token, Internal: true, Insecure: cfg.Insecure,
-		Background: background,
-		Metrics:    reg, Pprof: cfg.Pprof,
-	})
-}
-
-// OpenStore opens the task store tasks names: "" for the embedded SQLite store under dataDir, or a
-// postgres:// URL. A misconfigured store is an error here, at start; an unreachable one is not: the
-// service starts, answers 503 and waits for it.
-func OpenStore(ctx context.Context, tasks, dataDir string, poolSize int, logger *slog.Logger) (taskstore.Store, error) {
-	if tasks == "" {
-		if err := os.MkdirAll(dataDir, 0o755); err != nil {
-			return nil, fmt.Errorf("database data dir: %w", err)
-		}
-		store, err := sqlitestore.Open(ctx, filepath.Join(dataDir, TasksFile), sqlitestore.Options{})
-		if err != nil {
-			return nil, fmt.Errorf("open task store: %w", err)
-		}
-		return store, nil
-	}
-	u, err := url.Parse(tasks)
-	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
-		return nil, fmt.Errorf("--tasks must be a postgres://USER@HOST:PORT/DB URL (or empty for the embedded store), got %q", redactURL(tasks))
-	}
-	if poolSize < 0 || poolSize > math.MaxInt32 {
-		return nil, fmt.Errorf("the connection pool size must be between 0 and %d, got %d", math.MaxInt32, poolSize)
-	}
-	store, err := pgstore.Open(ctx, tasks, pgstore.Options{MaxConns: int32(poolSize), Logger: logger})
-	if err != nil {
-		return nil, fmt.Errorf("open task store at %s: %w", redactURL(tasks), err)
-	}
-	return store, nil
-}
-
-// redactURL hides a password in a URL for messages.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return u.Redacted()
+	return service.Run(ctx, cfg.Spec(service.Spec{
+		Handler: mux, Ready: store.Ping, RegisterAs: wire.DatabaseKey, KV: cfg.KV, Internal: true,
+		Background: background, Metrics: reg,
+	}))
 }
 
 // expirePending gives up uploads that never completed (a master that died mid-upload leaves its task

@@ -19,8 +19,6 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/imgmill/imgmill/internal/database"
-	"github.com/imgmill/imgmill/internal/enginetest"
-	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/servicetest"
 	"github.com/imgmill/imgmill/internal/taskstore"
 	"github.com/imgmill/imgmill/internal/taskstore/sqlitestore"
@@ -1240,31 +1238,22 @@ func TestAbandonTask(t *testing.T) {
 	db.claim(active)
 }
 
-// TestOpenStoreErrors: a misconfigured task store is a clear error at start; an unreachable one is not
-// (the service waits for it): it opens, and says it is unavailable, without showing the password.
-func TestOpenStoreErrors(t *testing.T) {
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	for _, tc := range []struct{ url, want string }{
-		{"mysql://root@127.0.0.1/db", "--tasks must be a postgres://"},
-		{"127.0.0.1:5432", "--tasks must be a postgres://"},
-	} {
-		_, err := database.OpenStore(ctx, tc.url, t.TempDir(), 0, nil)
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("OpenStore(%q) = %v, want an error containing %q", tc.url, err, tc.want)
-		}
+// The database keeps an operation chain as given, even one no operation of this build knows: the
+// master and the worker judge chains, so a new operation needs no new database. It only bounds them.
+func TestNewTaskKeepsOpAsGiven(t *testing.T) {
+	db := newDB(t, longLease)
+	const future = "sepia:0.8,vignette:2"
+	db.expect("POST", "/newTask", url.Values{"op": {future}}, "", 200, "0")
+	r := db.call("GET", "/getById", idQuery(0), "")
+	var got struct {
+		Op string `json:"op"`
 	}
-	unreachable := "postgres://u:hunter2@" + enginetest.FreeAddr(t) + "/db?sslmode=disable"
-	store, err := database.OpenStore(ctx, unreachable, t.TempDir(), 0, nil)
-	if err != nil {
-		t.Fatalf("OpenStore of an unreachable PostgreSQL: %v, want a store that waits for it", err)
+	if err := json.Unmarshal([]byte(r.Body), &got); err != nil || got.Op != future {
+		t.Fatalf("GET /getById = %q (%v), want op %q", r.Body, err, future)
 	}
-	defer store.Close()
-	err = store.Ping(ctx)
-	if !fault.IsTransient(err) {
-		t.Errorf("Ping of an unreachable PostgreSQL = %v, want a transient error", err)
-	}
-	if err != nil && strings.Contains(err.Error(), "hunter2") {
-		t.Errorf("the error shows the password: %v", err)
-	}
+	db.expect("POST", "/newTask", url.Values{"op": {strings.Repeat("a", 1025)}}, "", 400,
+		"Error: op: operation list too long: 1025 bytes, at most 1024")
+	db.expect("POST", "/newTask", url.Values{"op": {"blur:1\n"}}, "", 400,
+		"Error: op: operation list has a byte that is not printable ASCII at 6")
+	db.expect("POST", "/newTask", nil, "", 200, "1") // the refusals created nothing
 }

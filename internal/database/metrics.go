@@ -10,6 +10,7 @@ import (
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/metrics"
 	"github.com/imgmill/imgmill/internal/taskstore"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // Option adjusts the server NewServer builds.
@@ -53,8 +54,8 @@ func (c *taskCounts) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.NewInvalidMetric(c.desc, fmt.Errorf("count tasks: %w", err))
 		return
 	}
-	for state, n := range map[string]int64{"queued": counts.Queued, "pending": counts.Pending,
-		"processing": counts.Processing, "finished": counts.Finished, "failed": counts.Failed} {
+	for state, n := range map[string]int64{string(wire.QueuedWord): counts.Queued, "pending": counts.Pending,
+		string(wire.ProcessingWord): counts.Processing, string(wire.FinishedWord): counts.Finished, string(wire.FailedWord): counts.Failed} {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), state)
 	}
 }
@@ -73,7 +74,7 @@ func (s *server) observeFinished(ctx context.Context, id int64, start time.Time)
 	}
 	// A store may keep microseconds only, so a finish during this request can read back as a little
 	// before its start: only an older one is a retry.
-	if t.State != taskstore.Finished || t.CreatedAt.IsZero() || t.FinishedAt.Before(start.Add(-time.Millisecond)) {
+	if t.State != wire.Finished || t.CreatedAt.IsZero() || t.FinishedAt.Before(start.Add(-time.Millisecond)) {
 		return
 	}
 	s.latency.Observe(t.FinishedAt.Sub(t.CreatedAt).Seconds())

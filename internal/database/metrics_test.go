@@ -9,13 +9,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/database"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/metrics"
 	"github.com/imgmill/imgmill/internal/metrics/metricstest"
 	"github.com/imgmill/imgmill/internal/servicetest"
 	"github.com/imgmill/imgmill/internal/taskstore/sqlitestore"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // newMeteredDB serves the database with its metrics in reg, its requests observed as service.Run
@@ -46,7 +46,7 @@ func TestDatabaseMetrics(t *testing.T) {
 	gather := func() metricstest.Families { return metricstest.Gather(t, reg.Gatherer()) }
 	checkTasks := func(what string) {
 		t.Helper()
-		var stats client.Stats
+		var stats wire.Stats
 		if err := json.Unmarshal([]byte(s.call("GET", "/stats", nil, "").Body), &stats); err != nil {
 			t.Fatal(err)
 		}

@@ -18,13 +18,15 @@ import (
 
 	"github.com/imgmill/imgmill/internal/allinone"
 	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/enginetest"
 	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // proc is one imgmill service running as its own process.
 type proc struct {
 	cmd  *exec.Cmd
-	done chan struct{}
+	done <-chan struct{} // closed once it has exited
 }
 
 // SyncBuffer lets a process write its log while the test reads it.
@@ -64,34 +66,29 @@ type Deployment struct {
 	// then send).
 	Token string
 
-	mu       sync.Mutex
-	procs    map[string]*proc
-	args     map[string][]string
-	logs     map[string]*SyncBuffer
-	children sync.WaitGroup
+	mu    sync.Mutex
+	procs map[string]*proc // the running process of each name
+	all   []*proc          // every process started, replaced ones included
+	args  map[string][]string
+	logs  map[string]*SyncBuffer
 }
 
 // New makes an empty deployment with free addresses for the kv service and the frontend; every process
-// it starts is killed when the test ends, and their logs are shown if it failed.
+// it starts is killed when the test ends, or with the test binary if that dies first (see
+// enginetest.TieToTest), and their logs are shown if the test failed.
 func New(t testing.TB) *Deployment {
 	t.Helper()
-	addrs, err := allinone.FreeAddrs(2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	addrs := enginetest.FreeAddrs(t, 2)
 	d := &Deployment{t: t, Dir: t.TempDir(), KVAddr: addrs[0], FEAddr: addrs[1], HC: httpapi.NewClient(),
 		procs: map[string]*proc{}, args: map[string][]string{}, logs: map[string]*SyncBuffer{}}
 	t.Cleanup(func() {
 		d.mu.Lock()
-		names := make([]string, 0, len(d.procs))
-		for name := range d.procs {
-			names = append(names, name)
-		}
+		all := d.all
+		d.procs = map[string]*proc{}
 		d.mu.Unlock()
-		for _, name := range names {
-			d.Kill(name)
+		for _, p := range all {
+			p.kill()
 		}
-		d.children.Wait()
 		d.HC.CloseIdleConnections()
 		if t.Failed() {
 			for name, log := range d.logs {
@@ -130,18 +127,14 @@ func (d *Deployment) Start(name string, args ...string) error {
 	d.mu.Unlock()
 	fmt.Fprintf(log, "=== start %v\n", args)
 	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
+	exited, err := enginetest.StartTied(cmd)
+	if err != nil {
 		return fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &proc{cmd: cmd, done: make(chan struct{})}
-	d.children.Add(1)
-	go func() {
-		defer d.children.Done()
-		cmd.Wait()
-		close(p.done)
-	}()
+	p := &proc{cmd: cmd, done: exited}
 	d.mu.Lock()
 	d.procs[name] = p
+	d.all = append(d.all, p)
 	d.args[name] = args
 	d.mu.Unlock()
 	return nil
@@ -204,9 +197,19 @@ func (d *Deployment) Signal(name string, sig syscall.Signal) {
 // Kill ends a service with SIGKILL, as a crash would, and waits for it to be gone.
 func (d *Deployment) Kill(name string) {
 	if p := d.take(name); p != nil {
-		p.cmd.Process.Signal(syscall.SIGKILL)
-		<-p.done
+		p.kill()
 	}
+}
+
+// kill ends p with SIGKILL, unless it has exited already, and waits for it to be gone.
+func (p *proc) kill() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
 }
 
 // Stop ends a service with SIGTERM and checks it shuts down cleanly.
@@ -224,9 +227,23 @@ func (d *Deployment) Stop(name string) {
 	}
 }
 
+// StartKV starts the kv service and waits until it answers; it returns how long that took: how long a
+// service takes to (re)start on this machine, as busy as it is now.
+func (d *Deployment) StartKV() time.Duration {
+	d.t.Helper()
+	start := time.Now()
+	d.MustStart("kv", "kv", "--addr", d.KVAddr, "--data", filepath.Join(d.Dir, "kv"))
+	d.WaitServing(d.KVAddr)
+	return time.Since(start)
+}
+
+// StartBackends starts kv (unless StartKV did), the database (with DBArgs), storage and master, and
+// waits until they are ready.
 func (d *Deployment) StartBackends() {
 	d.t.Helper()
-	d.MustStart("kv", "kv", "--addr", d.KVAddr, "--data", filepath.Join(d.Dir, "kv"))
+	if d.PID("kv") == 0 {
+		d.MustStart("kv", "kv", "--addr", d.KVAddr, "--data", filepath.Join(d.Dir, "kv"))
+	}
 	d.MustStart("database", append([]string{"database", "--addr", "127.0.0.1:0", "--kv", d.KVAddr, "--data", filepath.Join(d.Dir, "db")}, d.DBArgs...)...)
 	d.MustStart("storage", "storage", "--addr", "127.0.0.1:0", "--kv", d.KVAddr, "--data", filepath.Join(d.Dir, "storage"))
 	d.MustStart("master", "master", "--addr", "127.0.0.1:0", "--kv", d.KVAddr)
@@ -256,17 +273,47 @@ func (d *Deployment) WaitReady() {
 
 // Master returns a client of the master as registered in the kv store.
 func (d *Deployment) Master() *client.Master {
-	return client.NewMaster(d.HC, client.NewResolver(client.NewKV(d.HC, d.KVAddr), client.MasterKey, time.Second))
+	return client.NewMaster(d.HC, client.NewResolver(client.NewKV(d.HC, d.KVAddr), wire.MasterKey, time.Second))
 }
 
 // Database returns a client of the database as registered in the kv store.
 func (d *Deployment) Database() *client.Database {
-	return client.NewDatabase(d.HC, client.NewResolver(client.NewKV(d.HC, d.KVAddr), client.DatabaseKey, time.Second))
+	return client.NewDatabase(d.HC, client.NewResolver(client.NewKV(d.HC, d.KVAddr), wire.DatabaseKey, time.Second))
 }
 
 // Storage returns a client of the storage as registered in the kv store.
 func (d *Deployment) Storage() *client.Storage {
-	return client.NewStorage(d.HC, client.NewResolver(client.NewKV(d.HC, d.KVAddr), client.StorageKey, time.Second))
+	return client.NewStorage(d.HC, client.NewResolver(client.NewKV(d.HC, d.KVAddr), wire.StorageKey, time.Second))
+}
+
+// WaitServing waits until the services at addrs answer /healthz with 200, for as long as the test has
+// (see Within), and fails the test at once should a process of the deployment end meanwhile.
+func (d *Deployment) WaitServing(addrs ...string) {
+	d.t.Helper()
+	ctx, cancel := Within(d.t, time.Hour)
+	defer cancel()
+	for _, addr := range addrs {
+		WaitFor(d.t, ctx, addr+" healthy", func() bool {
+			if name, state := d.anyExited(); name != "" {
+				d.t.Fatalf("%s exited (%s) while waiting for %s to serve", name, state, addr)
+			}
+			return client.CheckHealth(ctx, d.HC, addr) == nil
+		})
+	}
+}
+
+// anyExited names a process of the deployment that has ended by itself and says how, or returns "".
+func (d *Deployment) anyExited() (name, state string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for name, p := range d.procs {
+		select {
+		case <-p.done:
+			return name, p.cmd.ProcessState.String()
+		default:
+		}
+	}
+	return "", ""
 }
 
 // Exited reports whether the process called name has ended by itself (one that was never started or was
@@ -289,7 +336,7 @@ func (d *Deployment) Exited(name string) bool {
 // RegisteredMaster returns the address the master registered in the kv store.
 func (d *Deployment) RegisteredMaster() string {
 	d.t.Helper()
-	addr, err := client.NewKV(d.HC, d.KVAddr).Get(d.t.Context(), client.MasterKey)
+	addr, err := client.NewKV(d.HC, d.KVAddr).Get(d.t.Context(), wire.MasterKey)
 	if err != nil {
 		d.t.Fatalf("master address: %v", err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/imgmill/imgmill/internal/allinone"
 	"github.com/imgmill/imgmill/internal/cli"
+	"github.com/imgmill/imgmill/internal/enginetest"
 	"github.com/imgmill/imgmill/internal/httpapi"
 )
 
@@ -41,10 +42,7 @@ func Main(m *testing.M) {
 // goes to log (nil: discarded).
 func ServeApp(t *testing.T, log io.Writer, args ...string) []string {
 	t.Helper()
-	addrs, err := allinone.FreeAddrs(5)
-	if err != nil {
-		t.Fatal(err)
-	}
+	addrs := enginetest.FreeAddrs(t, 5)
 	if log == nil {
 		log = io.Discard
 	}
@@ -52,7 +50,7 @@ func ServeApp(t *testing.T, log io.Writer, args ...string) []string {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- cli.Run(ctx, append([]string{"imgmill", "serve", "--data", data, "--addr", addrs[0], "--kv-addr", addrs[1],
+		done <- cli.Run(ctx, append([]string{"imgmill", "serve", "--data", data, "--frontend-addr", addrs[0], "--kv-addr", addrs[1],
 			"--database-addr", addrs[2], "--storage-addr", addrs[3], "--master-addr", addrs[4]}, args...),
 			func(string) string { return "" }, io.Discard, log)
 	}()

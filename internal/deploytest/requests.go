@@ -16,9 +16,9 @@ import (
 	"testing"
 
 	"github.com/imgmill/imgmill/internal/client"
-	"github.com/imgmill/imgmill/internal/frontend"
 	"github.com/imgmill/imgmill/internal/publicid"
 	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // SubmitViaFrontend uploads data through the frontend's /submitTask and returns the public id answered,
@@ -65,17 +65,17 @@ func FrontendReady(ctx context.Context, hc *http.Client, addr, pub string) (bool
 }
 
 // FrontendStatus returns the frontend's /status of the task with public id pub.
-func FrontendStatus(ctx context.Context, hc *http.Client, addr, pub string) (frontend.Status, error) {
+func FrontendStatus(ctx context.Context, hc *http.Client, addr, pub string) (wire.PublicStatus, error) {
 	r, err := servicetest.Send(ctx, hc, http.MethodGet, "http://"+addr+"/status?id="+url.QueryEscape(pub), nil)
 	if err != nil {
-		return frontend.Status{}, err
+		return wire.PublicStatus{}, err
 	}
 	if r.Status != http.StatusOK {
-		return frontend.Status{}, fmt.Errorf("frontend /status: %d %s", r.Status, r.Body)
+		return wire.PublicStatus{}, fmt.Errorf("frontend /status: %d %s", r.Status, r.Body)
 	}
-	var st frontend.Status
+	var st wire.PublicStatus
 	if err := json.Unmarshal([]byte(r.Body), &st); err != nil {
-		return frontend.Status{}, fmt.Errorf("frontend /status %q: %w", r.Body, err)
+		return wire.PublicStatus{}, fmt.Errorf("frontend /status %q: %w", r.Body, err)
 	}
 	return st, nil
 }
@@ -181,15 +181,15 @@ func IsDone(ch <-chan struct{}) bool {
 }
 
 // ListTasks returns every task the database holds.
-func ListTasks(ctx context.Context, db *client.Database) ([]client.Task, error) {
+func ListTasks(ctx context.Context, db *client.Database) ([]wire.Task, error) {
 	list, err := db.List(ctx)
 	if err != nil {
 		return nil, err
 	}
-	var tasks []client.Task
+	var tasks []wire.Task
 	sc := bufio.NewScanner(strings.NewReader(list))
 	for sc.Scan() {
-		var task client.Task
+		var task wire.Task
 		if err := json.Unmarshal(sc.Bytes(), &task); err != nil {
 			return nil, fmt.Errorf("list line %q: %w", sc.Text(), err)
 		}

@@ -14,8 +14,8 @@ import (
 
 	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/client"
-	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/testimage"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // Workload is a set of test images submitted through frontends and masters, and what was answered.
@@ -38,7 +38,7 @@ func NewWorkload(t testing.TB, images int) *Workload {
 	for i := range images {
 		w.originals[i] = testimage.Pattern(8+i%33, int64(i))
 		var err error
-		if w.encoded[i], err = imageop.EncodePNG(w.originals[i]); err != nil {
+		if w.encoded[i], err = testimage.EncodePNG(w.originals[i]); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -125,31 +125,31 @@ func (w *Workload) VerifyAnswered(t testing.TB, ctx context.Context, hc *http.Cl
 	for pub, i := range w.answeredPublic {
 		WaitFor(t, ctx, fmt.Sprintf("task %s finished at the frontend", pub), func() bool {
 			st, err := FrontendStatus(ctx, hc, feAddr, pub)
-			if err == nil && st.State == "failed" {
+			if err == nil && st.State == wire.FailedWord {
 				t.Fatalf("acknowledged task %s failed: %s", pub, st.Error)
 			}
-			return err == nil && st.State == "finished"
+			return err == nil && st.State == wire.FinishedWord
 		})
 		result, err := GetPNG(ctx, hc, "http://"+feAddr+"/getImage?id="+pub)
 		if err != nil {
 			t.Fatalf("result of task %s: %v", pub, err)
 		}
-		if err := imageop.CheckSwapped(w.originals[i], result); err != nil {
+		if err := testimage.CheckSwapped(w.originals[i], result); err != nil {
 			t.Errorf("task %s: %v", pub, err)
 		}
 	}
 
 	for id, i := range w.answered {
-		var task client.Task
+		var task wire.Task
 		WaitFor(t, ctx, fmt.Sprintf("task %d finished", id), func() bool {
 			var err error
 			task, err = db.GetByID(ctx, id)
-			if err == nil && task.State == client.StateFailed {
+			if err == nil && task.State == wire.Failed {
 				t.Fatalf("acknowledged task %d failed: %s", id, task.Error)
 			}
-			return err == nil && task.State == client.StateFinished
+			return err == nil && task.State == wire.Finished
 		})
-		img, err := st.GetImage(ctx, id, client.Finished)
+		img, err := st.GetImage(ctx, id, wire.FinishedImage)
 		if err != nil {
 			t.Fatalf("finished image of task %d: %v", id, err)
 		}
@@ -158,7 +158,7 @@ func (w *Workload) VerifyAnswered(t testing.TB, ctx context.Context, hc *http.Cl
 		if err != nil {
 			t.Fatalf("decode result of task %d: %v", id, err)
 		}
-		if err := imageop.CheckSwapped(w.originals[i], result); err != nil {
+		if err := testimage.CheckSwapped(w.originals[i], result); err != nil {
 			t.Errorf("task %d: %v", id, err)
 		}
 		if img.Token != task.Token {
@@ -175,9 +175,9 @@ func (w *Workload) VerifyAnswered(t testing.TB, ctx context.Context, hc *http.Cl
 		}
 		for _, task := range tasks {
 			switch task.State {
-			case client.StateNotStarted, client.StateInProgress:
+			case wire.NotStarted, wire.InProgress:
 				return false
-			case client.StateFailed:
+			case wire.Failed:
 				if _, ok := w.answered[task.ID]; ok {
 					t.Fatalf("acknowledged task %d failed: %s", task.ID, task.Error)
 				}

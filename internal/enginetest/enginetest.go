@@ -4,7 +4,11 @@
 // directory, and stops it when the test ends.
 //
 // When an engine cannot be provisioned the test is skipped with the reason, except under CI=true, where
-// it fails: CI must run every suite.
+// it fails: CI must run every suite. With -short, the quick check, no engine is started and the tests
+// that need one are skipped.
+//
+// Every process the tests start here, and through StartTied in other packages, dies with the test
+// binary even when that is killed before its cleanups run (see TieToTest).
 package enginetest
 
 import (
@@ -35,6 +39,15 @@ func Unavailable(t testing.TB, engine string, err error) {
 	t.Skipf("SKIPPED: %s cannot be provisioned on this machine (%v); install it or run as root to run this suite", engine, err)
 }
 
+// skipShort skips t under -short, the quick check: a real engine takes seconds to start, and the tests
+// on one are among the slowest.
+func skipShort(t testing.TB, engine string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skipf("SKIPPED: %s is not started with -short", engine)
+	}
+}
+
 // FreeAddr returns a free loopback host:port. Another process could take it before it is used; good
 // enough for tests on one machine.
 func FreeAddr(t testing.TB) string {
@@ -45,6 +58,22 @@ func FreeAddr(t testing.TB) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// FreeAddrs returns n distinct free loopback addresses (host:port). Another process could take one
+// before it is used; good enough for tests on one machine.
+func FreeAddrs(t testing.TB, n int) []string {
+	t.Helper()
+	addrs := make([]string, 0, n)
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("find a free port: %v", err)
+		}
+		defer ln.Close() // held until all are found, so they differ
+		addrs = append(addrs, ln.Addr().String())
+	}
+	return addrs
 }
 
 // withInstallLock runs fn holding a machine-wide lock, so parallel test binaries don't run apt-get or
@@ -94,6 +123,8 @@ func DebianProgram(ctx context.Context, pkg string, patterns ...string) (string,
 		if _, ok := firstExisting(patterns...); ok {
 			return nil // another test binary installed it while we waited
 		}
+		// Not tied to the test binary (see TieToTest): apt-get killed halfway would leave dpkg's
+		// database for an administrator to repair, so it finishes even if the test binary dies.
 		env := append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 		install := func() ([]byte, error) {
 			cmd := exec.CommandContext(ctx, "apt-get", "install", "-y", "-qq", pkg)
@@ -135,12 +166,12 @@ type Process struct {
 	Cmd *exec.Cmd
 	Log string // the file its output goes to
 	// done is closed when the process has exited.
-	done chan struct{}
+	done <-chan struct{}
 }
 
-// Start starts cmd with its output in logFile (in its own process group so a stop takes its children
-// too) and stops it when t ends: SIGTERM, then SIGKILL after 10s. A test that fails prints the log's
-// tail.
+// Start starts cmd with its output in logFile, tied to the test binary (StartTied: in its own process
+// group, so a stop takes its children too, and killed with the test binary), and stops it when t ends:
+// SIGTERM, then SIGKILL after 10s. A test that fails prints the log's tail.
 func Start(t testing.TB, cmd *exec.Cmd, logFile string) *Process {
 	t.Helper()
 	out, err := os.Create(logFile)
@@ -148,21 +179,12 @@ func Start(t testing.TB, cmd *exec.Cmd, logFile string) *Process {
 		t.Fatalf("create %s: %v", logFile, err)
 	}
 	cmd.Stdout, cmd.Stderr = out, out
-	if cmd.SysProcAttr == nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	exited, err := StartTied(cmd)
+	out.Close() // the process has its own descriptor of the file
+	if err != nil {
+		t.Fatal(err)
 	}
-	cmd.SysProcAttr.Setpgid = true
-	setPdeathsig(cmd.SysProcAttr)
-	if err := cmd.Start(); err != nil {
-		out.Close()
-		t.Fatalf("start %s: %v", cmd.Path, err)
-	}
-	p := &Process{Cmd: cmd, Log: logFile, done: make(chan struct{})}
-	go func() {
-		cmd.Wait()
-		out.Close()
-		close(p.done)
-	}()
+	p := &Process{Cmd: cmd, Log: logFile, done: exited}
 	t.Cleanup(func() {
 		if t.Failed() {
 			if b, err := os.ReadFile(logFile); err == nil {

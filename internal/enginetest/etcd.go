@@ -46,6 +46,7 @@ func StartEtcd(t testing.TB, members int) *EtcdCluster {
 	if members < 1 {
 		t.Fatalf("StartEtcd: %d members", members)
 	}
+	skipShort(t, "etcd")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute) // apt-get may be slow
 	defer cancel()
 	bin, err := DebianProgram(ctx, "etcd-server", "etcd", "/usr/bin/etcd")

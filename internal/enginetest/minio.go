@@ -49,6 +49,7 @@ type MinIO struct {
 // Unavailable).
 func StartMinIO(t testing.TB) *MinIO {
 	t.Helper()
+	skipShort(t, "MinIO")
 	bin, err := minioProgram(t)
 	if err != nil {
 		Unavailable(t, "MinIO", err)
@@ -122,7 +123,7 @@ func minioProgram(t testing.TB) (string, error) {
 		t.Logf("MinIO not found: building it with go install %s into %s; this takes 3-4 minutes", minioModule, binDir)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 		defer cancel()
-		out, err := exec.CommandContext(ctx, "go", "install", minioModule).CombinedOutput()
+		out, err := combinedOutputTied(exec.CommandContext(ctx, "go", "install", minioModule))
 		if err != nil {
 			return fmt.Errorf("go install %s: %w: %s", minioModule, err, tail(out))
 		}

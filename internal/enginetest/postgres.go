@@ -57,6 +57,7 @@ func StartPostgres(t testing.TB) *Postgres {
 // removes the directory when t ends. When PostgreSQL cannot be provisioned it ends t via Unavailable.
 func StartPostgresWith(t testing.TB, opts StartPostgresOptions) *Postgres {
 	t.Helper()
+	skipShort(t, "PostgreSQL")
 	// Installing the package may take minutes; the rest takes seconds.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -100,7 +101,7 @@ func StartPostgresWith(t testing.TB, opts StartPostgresOptions) *Postgres {
 		"-E", "UTF8", "--locale=C", "--no-sync")
 	initdb.Dir = p.Dir // the postgres user may not be allowed into our working directory
 	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: p.cred}
-	if out, err := initdb.CombinedOutput(); err != nil {
+	if out, err := combinedOutputTied(initdb); err != nil {
 		Unavailable(t, "PostgreSQL", fmt.Errorf("initdb: %w: %s", err, tail(out)))
 	}
 

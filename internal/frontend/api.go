@@ -16,6 +16,7 @@ import (
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/master"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // The JSON API under /api/: the same tasks as the reference paths, by the same public ids, with JSON
@@ -31,19 +32,7 @@ const (
 // handleOperations lists every operation with its parameters: the page's picker and imgmill submit
 // build chains from it.
 func (s *server) handleOperations(w http.ResponseWriter, r *http.Request) error {
-	return httpapi.WriteJSON(w, http.StatusOK, struct {
-		Operations []imageop.OperationInfo `json:"operations"`
-	}{imageop.Operations()})
-}
-
-// TaskCreated is the answer to POST /api/tasks.
-type TaskCreated struct {
-	ID        string `json:"id"`
-	Status    string `json:"status"`
-	StatusURL string `json:"statusUrl"`
-	ResultURL string `json:"resultUrl"`
-	EventsURL string `json:"eventsUrl"`
-	SourceURL string `json:"sourceUrl"`
+	return httpapi.WriteJSON(w, http.StatusOK, wire.Operations{Operations: imageop.Operations()})
 }
 
 // handleCreateTask takes the image as the multipart field "file" (an "op" field may come first) or, with
@@ -68,7 +57,7 @@ func (s *server) handleCreateTask(w http.ResponseWriter, r *http.Request) error 
 	public := u.ids.Encode(id)
 	base := "/api/tasks/" + public
 	w.Header().Set("Location", base)
-	return httpapi.WriteJSON(w, http.StatusCreated, TaskCreated{ID: public, Status: "queued", StatusURL: base,
+	return httpapi.WriteJSON(w, http.StatusCreated, wire.TaskCreated{ID: public, Status: wire.QueuedWord, StatusURL: base,
 		ResultURL: base + "/result", EventsURL: base + "/events", SourceURL: base + "/source"})
 }
 
@@ -169,11 +158,8 @@ func retryAfterOf(err error) time.Duration {
 	return 0
 }
 
-// done reports whether a status is final.
-func done(st Status) bool { return st.State == "finished" || st.State == "failed" }
-
 // changed reports whether b is news after a.
-func changed(a, b Status) bool {
+func changed(a, b wire.PublicStatus) bool {
 	return a.State != b.State || a.Attempts != b.Attempts || a.MaxAttempts != b.MaxAttempts || a.Error != b.Error
 }
 
@@ -219,7 +205,7 @@ func (s *server) handleTaskEvents(w http.ResponseWriter, r *http.Request) error 
 	defer timer.Stop()
 	keepAlive := time.NewTicker(keepAliveEvery)
 	defer keepAlive.Stop()
-	for !done(st) {
+	for !st.State.Settled() {
 		select {
 		case <-ctx.Done():
 			return nil

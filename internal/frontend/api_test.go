@@ -22,6 +22,7 @@ import (
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/publicid"
 	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // expectJSONError checks that r is status with exactly the JSON body {"error":msg}.
@@ -139,7 +140,7 @@ func TestAPICreateTaskRefusals(t *testing.T) {
 }
 
 func TestAPIRateLimit(t *testing.T) {
-	s := newStackWith(t, frontend.Options{UploadRate: 0.5, UploadBurst: 1})
+	s := newStackWith(t, frontend.Limits{UploadRate: 0.5, UploadBurst: 1})
 	img := servicetest.PatternPNG(t, 8, 4)
 	s.created(t, s.createRaw(t, "", img))
 	before := s.master.calls.Load()
@@ -160,7 +161,7 @@ func TestAPIRateLimit(t *testing.T) {
 
 func TestAPIUploadTooLarge(t *testing.T) {
 	const limit = 4000
-	s := newStackWith(t, frontend.Options{MaxUpload: limit})
+	s := newStackWith(t, frontend.Limits{MaxUpload: limit})
 	big := paddedPNG(t, 100_000)
 	msg := fmt.Sprintf("image larger than %d bytes", limit)
 	expectJSONError(t, "raw, known length", s.createRaw(t, "", big), http.StatusRequestEntityTooLarge, msg)
@@ -184,7 +185,7 @@ func TestAPIOperations(t *testing.T) {
 	s := newStack(t)
 	r := s.call(t, http.MethodGet, "/api/operations", "", nil)
 	want, err := json.Marshal(struct {
-		Operations []imageop.OperationInfo `json:"operations"`
+		Operations []wire.OperationInfo `json:"operations"`
 	}{imageop.Operations()})
 	if err != nil {
 		t.Fatal(err)
@@ -236,7 +237,7 @@ func TestAPIStatusAndResult(t *testing.T) {
 	}
 	expect("processing")
 	result := servicetest.PatternPNG(t, 12, 6)
-	if err := s.Storage.SendImage(ctx, id, client.Finished, bytes.NewReader(result), int64(len(result))); err != nil {
+	if err := s.Storage.SendImage(ctx, id, wire.FinishedImage, bytes.NewReader(result), int64(len(result))); err != nil {
 		t.Fatal(err)
 	}
 	expectJSONError(t, "result while processing", s.call(t, http.MethodGet, "/api/tasks/"+pub+"/result", "", nil),
@@ -286,7 +287,7 @@ func TestAPIFailedTask(t *testing.T) {
 	}
 	expectJSONError(t, "result of a failed task", s.call(t, http.MethodGet, "/api/tasks/"+pub+"/result", "", nil),
 		http.StatusNotFound, "task failed: processing failed")
-	var st frontend.Status
+	var st wire.PublicStatus
 	r := s.call(t, http.MethodGet, "/api/tasks/"+pub, "", nil)
 	if err := json.Unmarshal([]byte(r.Body), &st); err != nil || st.State != "failed" || st.Error != "processing failed" || st.Op != "swap" {
 		t.Errorf("status of a failed task: %q (%v)", r.Body, err)
@@ -372,10 +373,10 @@ func next(t *testing.T, ch <-chan event) (event, bool) {
 }
 
 // expectState expects the next event on ch to be a status with state word, and returns the status.
-func expectState(t *testing.T, ch <-chan event, pub, word string) frontend.Status {
+func expectState(t *testing.T, ch <-chan event, pub string, word wire.Word) wire.PublicStatus {
 	t.Helper()
 	ev, ok := next(t, ch)
-	var st frontend.Status
+	var st wire.PublicStatus
 	if !ok || ev.name != "status" || json.Unmarshal([]byte(ev.data), &st) != nil || st.State != word || st.ID != pub || st.Op != "swap" {
 		t.Fatalf("event %+v (stream open: %v), want status %q of %s", ev, ok, word, pub)
 	}
@@ -402,7 +403,7 @@ func TestAPIEvents(t *testing.T) {
 		t.Errorf("processing with %d attempts, want 1", st.Attempts)
 	}
 	result := servicetest.PatternPNG(t, 8, 9)
-	if err := s.Storage.SendImage(ctx, id, client.Finished, bytes.NewReader(result), int64(len(result))); err != nil {
+	if err := s.Storage.SendImage(ctx, id, wire.FinishedImage, bytes.NewReader(result), int64(len(result))); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Database.FinishTask(ctx, id, task.Token); err != nil {
@@ -448,7 +449,7 @@ func TestAPIEventsOutliveServerTimeouts(t *testing.T) {
 	s := newStack(t)
 	pub := s.created(t, s.createRaw(t, "", servicetest.PatternPNG(t, 8, 11)))
 	srv := httptest.NewUnstartedServer(nil)
-	srv.Config = httpapi.NewHTTPServer(frontend.NewServer(client.NewMaster(s.HTTP, s.master), s.ids, frontend.Options{}), servicetest.Discard)
+	srv.Config = httpapi.NewHTTPServer(frontend.NewServer(client.NewMaster(s.HTTP, s.master), s.ids, frontend.Limits{}), servicetest.Discard)
 	srv.Config.ReadTimeout = 300 * time.Millisecond
 	srv.Config.WriteTimeout = 300 * time.Millisecond
 	srv.Start()
@@ -528,7 +529,7 @@ func TestOpTravelsWithTheTask(t *testing.T) {
 // the same public id, says it is a replay, and creates nothing (on either upload path); the same key
 // from another client names another task, so nobody learns someone else's id by replaying a key.
 func TestAPIIdempotencyKey(t *testing.T) {
-	s := newStackWith(t, frontend.Options{TrustProxy: true})
+	s := newStackWith(t, frontend.Limits{TrustProxy: true})
 	img := servicetest.PatternPNG(t, 8, 40)
 	upload := func(key, from string) servicetest.Reply {
 		t.Helper()
@@ -579,7 +580,7 @@ func TestStatusWhileWaitingToRetry(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := s.call(t, http.MethodGet, "/api/tasks/"+pub, "", nil)
-	var st frontend.Status
+	var st wire.PublicStatus
 	if err := json.Unmarshal([]byte(r.Body), &st); err != nil || r.Status != 200 {
 		t.Fatalf("status: %d %q", r.Status, r.Body)
 	}
@@ -612,7 +613,7 @@ func TestAPIEventsSurviveMasterOutage(t *testing.T) {
 		proxy.ServeHTTP(w, r)
 	}))
 	s := &stack{Stack: st, ids: ids, master: &countingEndpoint{Static: client.Static(servicetest.Addr(front.URL))}}
-	s.frontendURL = servicetest.Serve(t, frontend.NewServer(client.NewMaster(s.HTTP, s.master), ids, frontend.Options{})).URL
+	s.frontendURL = servicetest.Serve(t, frontend.NewServer(client.NewMaster(s.HTTP, s.master), ids, frontend.Limits{})).URL
 	ctx := t.Context()
 	pub := s.created(t, s.createRaw(t, "", servicetest.PatternPNG(t, 8, 42)))
 	id := s.internal(t, pub)
@@ -630,7 +631,7 @@ func TestAPIEventsSurviveMasterOutage(t *testing.T) {
 		t.Fatalf("claim: %+v %v", task, err)
 	}
 	result := servicetest.PatternPNG(t, 8, 43)
-	if err := s.Storage.SendImage(ctx, id, client.Finished, bytes.NewReader(result), int64(len(result))); err != nil {
+	if err := s.Storage.SendImage(ctx, id, wire.FinishedImage, bytes.NewReader(result), int64(len(result))); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Database.FinishTask(ctx, id, task.Token); err != nil {
@@ -643,7 +644,7 @@ func TestAPIEventsSurviveMasterOutage(t *testing.T) {
 			t.Fatal("the stream ended without the finished status")
 		}
 		if ev.name == "status" {
-			var got frontend.Status
+			var got wire.PublicStatus
 			if err := json.Unmarshal([]byte(ev.data), &got); err != nil || got.State != "finished" {
 				t.Fatalf("status after the outage: %q, want finished", ev.data)
 			}

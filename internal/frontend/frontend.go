@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -29,6 +28,7 @@ import (
 	"github.com/imgmill/imgmill/internal/metrics"
 	"github.com/imgmill/imgmill/internal/publicid"
 	"github.com/imgmill/imgmill/internal/service"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 //go:embed assets/index.html
@@ -37,7 +37,7 @@ var indexHTML []byte
 // UploadField is the reference multipart field that carries the file.
 const UploadField = "uploadfile"
 
-// Defaults of Options (and of the frontend's flags).
+// Defaults of Limits (and of the frontend's flags).
 const (
 	DefaultUploadRate  = 5  // uploads per second per client, sustained
 	DefaultUploadBurst = 20 // uploads per client at once
@@ -48,8 +48,8 @@ const (
 // small extra fields) before the frontend refuses it as too large.
 const formOverhead = 64 << 10
 
-// Options are the frontend's limits on the public.
-type Options struct {
+// Limits are the frontend's limits on the public.
+type Limits struct {
 	// UploadRate is the sustained rate of POST /submitTask allowed per client address, per second, and
 	// UploadBurst how many it may make at once (at least 1); UploadRate 0 turns the limit off.
 	UploadRate  float64
@@ -64,13 +64,13 @@ type Options struct {
 }
 
 // NewServer returns the frontend's handler in front of m, showing task ids as ids' public ids.
-func NewServer(m *client.Master, ids *publicid.Codec, opts Options) http.Handler {
+func NewServer(m *client.Master, ids *publicid.Codec, opts Limits) http.Handler {
 	s := newServer(m, opts)
 	s.codec.Store(ids)
 	return s.handler()
 }
 
-func newServer(m *client.Master, opts Options) *server {
+func newServer(m *client.Master, opts Limits) *server {
 	if opts.MaxUpload == 0 {
 		opts.MaxUpload = DefaultMaxUpload
 	}
@@ -92,7 +92,7 @@ type server struct {
 	// codec makes and reads public ids; nil until the public id secret is resolved (see Run), and
 	// until then every route that takes or answers an id answers 503.
 	codec   atomic.Pointer[publicid.Codec]
-	opts    Options
+	opts    Limits
 	limiter *uploadLimiter // nil: no rate limit
 }
 
@@ -231,8 +231,8 @@ func (s *server) receive(w http.ResponseWriter, r *http.Request) (*upload, error
 	}
 	from := clientKey(r, s.opts.TrustProxy)
 	var key string
-	if raw := r.Header.Get(client.IdempotencyKeyHeader); raw != "" {
-		if err := client.CheckIdempotencyKey(raw); err != nil {
+	if raw := r.Header.Get(wire.IdempotencyKeyHeader); raw != "" {
+		if err := wire.CheckIdempotencyKey(raw); err != nil {
 			return nil, httpapi.Errorf(http.StatusBadRequest, "%v", err)
 		}
 		key = scopedKey(ids, from, raw)
@@ -295,7 +295,7 @@ func (u *upload) send(ctx context.Context, w http.ResponseWriter, src io.Reader)
 		// The client's own upload broke off (it went away); the master gives up the unfinished task.
 		return 0, fmt.Errorf("%w: %w", httpapi.Errorf(http.StatusBadRequest, "the upload broke off before its end"), err)
 	case err == nil && up.Replayed:
-		w.Header().Set(client.ReplayedHeader, "true")
+		w.Header().Set(wire.ReplayedHeader, "true")
 	}
 	return up.ID, err
 }
@@ -439,21 +439,14 @@ func (s *server) handleIsReady(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// Status is the frontend's /status answer: the master's, with the public id in place of the internal
-// one (the outer field wins in JSON) and a public failure reason.
-type Status struct {
-	ID string `json:"id"`
-	client.Status
-}
-
 // status asks the master for the status of task id, for the public.
-func (s *server) status(ctx context.Context, id int64, public string) (Status, error) {
+func (s *server) status(ctx context.Context, id int64, public string) (wire.PublicStatus, error) {
 	st, err := s.master.Status(ctx, id)
 	if err != nil {
-		return Status{}, publicError(err, id)
+		return wire.PublicStatus{}, publicError(err, id)
 	}
 	st.ID = 0 // hidden by the public id anyway; never keep the internal one around
-	out := Status{ID: public, Status: st}
+	out := wire.PublicStatus{ID: public, Status: st}
 	switch {
 	case !st.RetryAt.IsZero():
 		// The worker's reason names services and addresses; the public hears what it means.
@@ -502,23 +495,24 @@ func (s *server) serveResult(w http.ResponseWriter, r *http.Request, id int64, p
 	return master.CopyImage(w, img)
 }
 
+// DefaultAddr is the frontend's listen address unless told otherwise: every interface, since it is
+// the public service.
+const DefaultAddr = ":8080"
+
 // Config configures Run.
 type Config struct {
-	Addr   string
-	KV     *client.KV
-	HTTP   *http.Client
-	Logger *slog.Logger
+	// Options.Token, when set, is what the frontend sends to kv and master, and the bearer token
+	// /metrics and /debug/pprof/ require here; without one they are not served, since the frontend is
+	// public (see service.Spec.OpsToken). Advertise and Insecure do not apply.
+	service.Options
+	KV   *client.KV
+	HTTP *http.Client
 	// Secret is the server secret public ids are made with (at least publicid.MinSecretLen bytes); nil
 	// means the one shared by all frontends, kept in DataDir and in the kv store (see SecretFile).
 	Secret []byte
 	// DataDir is where the frontend keeps the shared public id secret (SecretFile).
 	DataDir string
-	Options
-	// Token, when set, is the bearer token /metrics and /debug/pprof/ require here; without one they are
-	// not served, since the frontend is public (see service.Spec.OpsToken). Pprof serves the
-	// net/http/pprof handlers under /debug/pprof/.
-	Token string
-	Pprof bool
+	Limits  Limits
 }
 
 // Run serves the frontend until ctx ends; it finds the master through the kv store. It listens at once:
@@ -526,8 +520,8 @@ type Config struct {
 // loads and everything that takes or answers a public id answers 503 with Retry-After, and /healthz
 // says it is not ready.
 func Run(ctx context.Context, cfg Config) error {
-	m := client.NewMaster(cfg.HTTP, client.NewResolver(cfg.KV, client.MasterKey, client.ResolveTTL))
-	s := newServer(m, cfg.Options)
+	m := client.NewMaster(cfg.HTTP, client.NewResolver(cfg.KV, wire.MasterKey, client.ResolveTTL))
+	s := newServer(m, cfg.Limits)
 	useSecret := func(secret []byte) error {
 		ids, err := publicid.New(secret)
 		if err != nil {
@@ -554,6 +548,8 @@ func Run(ctx context.Context, cfg Config) error {
 			return useSecret(secret)
 		})
 	}
-	return service.Run(ctx, service.Spec{Addr: cfg.Addr, Handler: s.handler(), Logger: cfg.Logger, Ready: s.ready,
-		Background: background, Metrics: metrics.New("frontend"), Pprof: cfg.Pprof, OpsToken: cfg.Token})
+	spec := cfg.Spec(service.Spec{Handler: s.handler(), Ready: s.ready, Background: background,
+		Metrics: metrics.New("frontend"), OpsToken: cfg.Token})
+	spec.Token, spec.Insecure, spec.Advertise = "", false, "" // a public service: its routes are open to all
+	return service.Run(ctx, spec)
 }

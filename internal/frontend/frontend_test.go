@@ -30,6 +30,7 @@ import (
 	"github.com/imgmill/imgmill/internal/kvstore/filekv"
 	"github.com/imgmill/imgmill/internal/publicid"
 	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 func TestMain(m *testing.M) {
@@ -70,10 +71,10 @@ type stack struct {
 
 func newStack(t *testing.T) *stack {
 	t.Helper()
-	return newStackWith(t, frontend.Options{})
+	return newStackWith(t, frontend.Limits{})
 }
 
-func newStackWith(t *testing.T, opts frontend.Options) *stack {
+func newStackWith(t *testing.T, opts frontend.Limits) *stack {
 	t.Helper()
 	ids, err := publicid.New(testSecret)
 	if err != nil {
@@ -193,7 +194,7 @@ func (s *stack) finish(t *testing.T, id int64, result []byte) {
 	if err != nil || task.ID != id {
 		t.Fatalf("claim: %+v, %v; want task %d", task, err, id)
 	}
-	if err := s.Storage.SendImage(ctx, id, client.Finished, bytes.NewReader(result), int64(len(result))); err != nil {
+	if err := s.Storage.SendImage(ctx, id, wire.FinishedImage, bytes.NewReader(result), int64(len(result))); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Database.FinishTask(ctx, id, task.Token); err != nil {
@@ -215,7 +216,7 @@ func paddedPNG(t *testing.T, size int) []byte {
 // working returns the working image storage holds for task id.
 func (s *stack) working(t *testing.T, id int64) []byte {
 	t.Helper()
-	b, ok := s.StoredImage(t, id, client.Working)
+	b, ok := s.StoredImage(t, id, wire.WorkingImage)
 	if !ok {
 		t.Fatalf("storage holds no working image for task %d", id)
 	}
@@ -372,7 +373,7 @@ func TestSubmitProcessAndGet(t *testing.T) {
 		t.Fatalf("claim: %+v, %v; want task %d", task, err, id)
 	}
 	result := servicetest.PatternPNG(t, 40, 12)
-	if err := s.Storage.SendImage(ctx, id, client.Finished, bytes.NewReader(result), int64(len(result))); err != nil {
+	if err := s.Storage.SendImage(ctx, id, wire.FinishedImage, bytes.NewReader(result), int64(len(result))); err != nil {
 		t.Fatal(err)
 	}
 	if r := isReady(); r.Body != notReady {
@@ -553,7 +554,7 @@ func TestStatus(t *testing.T) {
 	id := s.internal(t, pub)
 	// expect checks that the frontend answers /status?id=pub as the master does for the internal id, with
 	// the public id instead, and state word.
-	expect := func(word string) frontend.Status {
+	expect := func(word wire.Word) wire.PublicStatus {
 		t.Helper()
 		got := s.call(t, http.MethodGet, "/status?id="+pub, "", nil)
 		want := servicetest.Call(t, s.HTTP, http.MethodGet, fmt.Sprintf("%s/status?id=%d", s.MasterURL, id), nil)
@@ -567,7 +568,7 @@ func TestStatus(t *testing.T) {
 		if ct := got.Header.Get("Content-Type"); ct != "application/json" {
 			t.Errorf("GET /status Content-Type %q, want application/json", ct)
 		}
-		var st frontend.Status
+		var st wire.PublicStatus
 		if err := json.Unmarshal([]byte(got.Body), &st); err != nil || st.ID != pub || st.State != word {
 			t.Errorf("GET /status = %+v (%v), want id %q state %q", st, err, pub, word)
 		}
@@ -609,7 +610,7 @@ func TestFailureReasonsStayInternal(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := s.call(t, http.MethodGet, "/status?id="+pub, "", nil)
-	var st frontend.Status
+	var st wire.PublicStatus
 	if err := json.Unmarshal([]byte(r.Body), &st); err != nil || st.State != "failed" || st.Error != "processing failed" {
 		t.Errorf("GET /status = %q (%v), want failed with error \"processing failed\"", r.Body, err)
 	}
@@ -629,12 +630,12 @@ func TestStatusFinished(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var st frontend.Status
+	var st wire.PublicStatus
 	if err := json.Unmarshal([]byte(got.Body), &st); got.Status != http.StatusOK || err != nil {
 		t.Fatalf("GET /status: %d %q (%v)", got.Status, got.Body, err)
 	}
 	want.ID = 0 // the internal id is never sent
-	wantSt := frontend.Status{ID: pub, Status: want}
+	wantSt := wire.PublicStatus{ID: pub, Status: want}
 	if st != wantSt || st.State != "finished" || st.Attempts != 1 || st.FinishedAt.IsZero() {
 		t.Errorf("GET /status = %+v, want %+v, finished on attempt 1", st, wantSt)
 	}
@@ -745,7 +746,7 @@ func TestConsecutiveTasksHaveUnrelatedIDs(t *testing.T) {
 }
 
 func TestUploadRateLimit(t *testing.T) {
-	s := newStackWith(t, frontend.Options{UploadRate: 2, UploadBurst: 2})
+	s := newStackWith(t, frontend.Limits{UploadRate: 2, UploadBurst: 2})
 	img := servicetest.PatternPNG(t, 8, 27)
 	ct, body := form(t, part{field: frontend.UploadField, filename: "r.png", data: img})
 	submit := func(header http.Header) servicetest.Reply {
@@ -777,7 +778,7 @@ func TestUploadRateLimit(t *testing.T) {
 }
 
 func TestUploadRateLimitPerClientBehindProxy(t *testing.T) {
-	s := newStackWith(t, frontend.Options{UploadRate: 0.1, UploadBurst: 1, TrustProxy: true})
+	s := newStackWith(t, frontend.Limits{UploadRate: 0.1, UploadBurst: 1, TrustProxy: true})
 	img := servicetest.PatternPNG(t, 8, 28)
 	ct, body := form(t, part{field: frontend.UploadField, filename: "r.png", data: img})
 	submit := func(xff ...string) servicetest.Reply {
@@ -810,7 +811,7 @@ func TestUploadRateLimitPerClientBehindProxy(t *testing.T) {
 
 func TestUploadTooLargeAtFrontend(t *testing.T) {
 	const limit = 4000
-	s := newStackWith(t, frontend.Options{MaxUpload: limit})
+	s := newStackWith(t, frontend.Limits{MaxUpload: limit})
 	big := paddedPNG(t, 100_000)
 	before := s.master.calls.Load()
 	// Known length: refused before reading, without asking the master.
@@ -839,7 +840,7 @@ func TestUploadTooLargeAtFrontend(t *testing.T) {
 	}
 
 	// No limit at the frontend (master.NoLimit): the master's own 413 still answers.
-	s = newStackWith(t, frontend.Options{MaxUpload: -1})
+	s = newStackWith(t, frontend.Limits{MaxUpload: -1})
 	r = s.submit(t, part{field: frontend.UploadField, filename: "big.png", data: paddedPNG(t, maxUpload+1)})
 	if r.Status != http.StatusRequestEntityTooLarge || r.Body != fmt.Sprintf("Error: image larger than %d bytes", maxUpload) {
 		t.Errorf("upload over the master's limit, none at the frontend: %d %q, want the master's 413", r.Status, r.Body)
@@ -867,7 +868,7 @@ func TestHeadersOnEveryReply(t *testing.T) {
 func fakeMasterStats(t *testing.T, tasks *atomic.Int64) *client.Master {
 	t.Helper()
 	srv := servicetest.Serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		httpapi.WriteJSON(w, http.StatusOK, client.Stats{Finished: tasks.Load()})
+		httpapi.WriteJSON(w, http.StatusOK, wire.Stats{Finished: tasks.Load()})
 	}))
 	return client.NewMaster(servicetest.NewHTTPClient(t), client.Static(servicetest.Addr(srv.URL)))
 }

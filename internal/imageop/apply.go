@@ -294,3 +294,16 @@ func ParsePNGCompression(name string) (png.CompressionLevel, error) {
 	}
 	return 0, fmt.Errorf("PNG compression %q: want default, speed, best or none", name)
 }
+
+// PNGCompressionName is the name ParsePNGCompression takes for level.
+func PNGCompressionName(level png.CompressionLevel) string {
+	switch level {
+	case png.BestSpeed:
+		return "speed"
+	case png.BestCompression:
+		return "best"
+	case png.NoCompression:
+		return "none"
+	}
+	return "default"
+}

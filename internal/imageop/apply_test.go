@@ -63,7 +63,7 @@ func TestProcessKeepsPNG(t *testing.T) {
 		t.Fatalf("Process of a JPEG wrote %q", f)
 	}
 	orig, _ := jpeg.Decode(bytes.NewReader(data))
-	if err := CheckSwapped(orig, decodeAny(t, out.Bytes())); err != nil {
+	if err := testimage.CheckSwapped(orig, decodeAny(t, out.Bytes())); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -71,7 +71,7 @@ func TestProcessKeepsPNG(t *testing.T) {
 func TestApplyMaxPixels(t *testing.T) {
 	// The header claims 100x100, and junk follows: an error wrapping ErrTooLarge and not ErrDecode
 	// shows the chain was refused from the header, before decoding.
-	junk := PaddedPNG(100, 100, 300)
+	junk := testimage.PaddedPNG(100, 100, 300)
 	for _, tc := range []struct {
 		spec string
 		max  int64

@@ -3,49 +3,24 @@ package imageop
 import (
 	"slices"
 	"strings"
+
+	"github.com/imgmill/imgmill/internal/wire"
 )
-
-// OperationInfo describes one operation for clients (GET /api/operations): enough to build a
-// picker and to write a spec by hand.
-type OperationInfo struct {
-	Name        string      `json:"name"`
-	Aliases     []string    `json:"aliases,omitempty"` // other names ParseChain accepts
-	Summary     string      `json:"summary"`           // one line
-	Description string      `json:"description"`       // what it does exactly, with units
-	Syntax      string      `json:"syntax"`            // e.g. "resize:WxH[:fit|fill|exact]"
-	Params      []ParamInfo `json:"params"`            // in the order they are written; empty, never null
-	Example     string      `json:"example"`           // a valid spec
-}
-
-// ParamInfo describes one parameter of an operation.
-type ParamInfo struct {
-	Name string `json:"name"`
-	// Type is "number" (a decimal such as -20 or 2.5), "integer", "size" (WxH, each side an
-	// integer in Min..Max), "geometry" (WxH or WxH+X+Y: size in Min..Max, offsets from 0) or "enum"
-	// (one of Allowed).
-	Type        string   `json:"type"`
-	Description string   `json:"description"`
-	Min         *float64 `json:"min,omitempty"`
-	Max         *float64 `json:"max,omitempty"`
-	Allowed     []string `json:"allowed,omitempty"`
-	Default     string   `json:"default,omitempty"` // as written in a spec; for optional parameters
-	Required    bool     `json:"required"`
-}
 
 // opSpec is an operation's description and parser; opSpecs builds them afresh on each call, so
 // nothing here is shared mutable state.
 type opSpec struct {
 	kind      opKind
-	info      OperationInfo
+	info      wire.OperationInfo
 	aliasArgs map[string][]string // parameters an alias implies: fliph is flip:h
 	implied   []string            // set by findSpec for the alias found
 	parse     func(item string, args []string) (op, error)
 }
 
 // Operations lists every operation ParseChain accepts, the default (swap) first and convert last.
-func Operations() []OperationInfo {
+func Operations() []wire.OperationInfo {
 	specs := opSpecs()
-	out := make([]OperationInfo, 0, len(specs)+1)
+	out := make([]wire.OperationInfo, 0, len(specs)+1)
 	for _, s := range specs {
 		out = append(out, s.info)
 	}
@@ -54,23 +29,23 @@ func Operations() []OperationInfo {
 
 func rng(lo, hi float64) (*float64, *float64) { return &lo, &hi }
 
-func numberParam(name, desc string, lo, hi float64, def string) ParamInfo {
-	p := ParamInfo{Name: name, Type: "number", Description: desc, Default: def, Required: def == ""}
+func numberParam(name, desc string, lo, hi float64, def string) wire.ParamInfo {
+	p := wire.ParamInfo{Name: name, Type: "number", Description: desc, Default: def, Required: def == ""}
 	p.Min, p.Max = rng(lo, hi)
 	return p
 }
 
-func convertInfo() OperationInfo {
-	q := ParamInfo{Name: "quality", Type: "integer", Description: "JPEG quality, higher is better and larger",
+func convertInfo() wire.OperationInfo {
+	q := wire.ParamInfo{Name: "quality", Type: "integer", Description: "JPEG quality, higher is better and larger",
 		Default: "85", Required: false}
 	q.Min, q.Max = rng(1, 100)
-	return OperationInfo{
+	return wire.OperationInfo{
 		Name:    "convert",
 		Summary: "Choose the output format",
 		Description: "Writes the result as PNG or JPEG (with a quality), wherever convert stands in the list. " +
 			"Without it a JPEG stays JPEG and every other input becomes PNG. Transparent pixels are flattened onto white in a JPEG.",
 		Syntax: "convert:png | convert:jpeg[:QUALITY]",
-		Params: []ParamInfo{
+		Params: []wire.ParamInfo{
 			{Name: "format", Type: "enum", Description: "output format (jpg is jpeg too)", Allowed: []string{"png", "jpeg"}, Required: true},
 			q,
 		},
@@ -88,92 +63,92 @@ func opSpecs() []*opSpec {
 		}
 	}
 	specs := []*opSpec{
-		{kind: opSwap, info: OperationInfo{
+		{kind: opSwap, info: wire.OperationInfo{
 			Name: "swap", Summary: "Swap the red and green channels",
 			Description: "Swaps the red and green channels, keeping blue and alpha. The default when no operation is given.",
 			Syntax:      "swap", Example: "swap",
 		}, parse: noParams(opSwap)},
-		{kind: opGrayscale, info: OperationInfo{
+		{kind: opGrayscale, info: wire.OperationInfo{
 			Name: "grayscale", Aliases: []string{"greyscale", "gray", "grey"}, Summary: "Convert to shades of grey",
 			Description: "Replaces each colour by its luma (Rec. 601: 0.299 R + 0.587 G + 0.114 B), keeping alpha.",
 			Syntax:      "grayscale", Example: "grayscale",
 		}, parse: noParams(opGrayscale)},
-		{kind: opInvert, info: OperationInfo{
+		{kind: opInvert, info: wire.OperationInfo{
 			Name: "invert", Aliases: []string{"negate"}, Summary: "Invert the colours (negative)",
 			Description: "Replaces each channel value v by 255-v, keeping alpha.",
 			Syntax:      "invert", Example: "invert",
 		}, parse: noParams(opInvert)},
-		{kind: opBrightness, info: OperationInfo{
+		{kind: opBrightness, info: wire.OperationInfo{
 			Name: "brightness", Summary: "Lighten or darken",
 			Description: "Adds PERCENT of full scale to every channel: -100 is black, 100 white.",
 			Syntax:      "brightness:PERCENT", Example: "brightness:-20",
-			Params: []ParamInfo{numberParam("percent", "change in percent of full scale", -100, 100, "")},
+			Params: []wire.ParamInfo{numberParam("percent", "change in percent of full scale", -100, 100, "")},
 		}},
-		{kind: opContrast, info: OperationInfo{
+		{kind: opContrast, info: wire.OperationInfo{
 			Name: "contrast", Summary: "Raise or lower the contrast",
 			Description: "Scales each channel's distance from mid-grey by 1+PERCENT/100: -100 is flat grey, 100 doubles the contrast.",
 			Syntax:      "contrast:PERCENT", Example: "contrast:30",
-			Params: []ParamInfo{numberParam("percent", "change in percent", -100, 100, "")},
+			Params: []wire.ParamInfo{numberParam("percent", "change in percent", -100, 100, "")},
 		}},
-		{kind: opGamma, info: OperationInfo{
+		{kind: opGamma, info: wire.OperationInfo{
 			Name: "gamma", Summary: "Gamma correction",
 			Description: "Maps each channel v (0..1) to v^(1/GAMMA): above 1 lightens the mid-tones, below 1 darkens them.",
 			Syntax:      "gamma:GAMMA", Example: "gamma:2.2",
-			Params: []ParamInfo{numberParam("gamma", "gamma", 0.1, 10, "")},
+			Params: []wire.ParamInfo{numberParam("gamma", "gamma", 0.1, 10, "")},
 		}},
-		{kind: opBlur, info: OperationInfo{
+		{kind: opBlur, info: wire.OperationInfo{
 			Name: "blur", Summary: "Gaussian blur",
 			Description: "Blurs with a Gaussian of standard deviation SIGMA pixels.",
 			Syntax:      "blur[:SIGMA]", Example: "blur:2.5",
-			Params: []ParamInfo{numberParam("sigma", "standard deviation in pixels", 0.1, 100, "1")},
+			Params: []wire.ParamInfo{numberParam("sigma", "standard deviation in pixels", 0.1, 100, "1")},
 		}},
-		{kind: opSharpen, info: OperationInfo{
+		{kind: opSharpen, info: wire.OperationInfo{
 			Name: "sharpen", Summary: "Sharpen (unsharp mask)",
 			Description: "Moves each colour away from its Gaussian blur (of SIGMA pixels) by AMOUNT times the difference.",
 			Syntax:      "sharpen[:SIGMA[:AMOUNT]]", Example: "sharpen:1.5",
-			Params: []ParamInfo{
+			Params: []wire.ParamInfo{
 				numberParam("sigma", "radius of the blur compared against, in pixels", 0.1, 10, "1"),
 				numberParam("amount", "strength", 0.1, 10, "1"),
 			},
 		}},
-		{kind: opResize, info: OperationInfo{
+		{kind: opResize, info: wire.OperationInfo{
 			Name: "resize", Summary: "Scale to a size",
 			Description: "fit (the default) scales to fit inside WxH keeping the aspect ratio, one side may be left open (800x, x600); " +
 				"fill scales to cover WxH and crops the overflow evenly; exact scales to WxH. Catmull-Rom resampling.",
 			Syntax: "resize:WxH[:fit|fill|exact]", Example: "resize:800x600",
-			Params: []ParamInfo{
+			Params: []wire.ParamInfo{
 				sizeParam("size", "size", "the box in pixels", MaxSide),
 				{Name: "mode", Type: "enum", Description: "how the image meets the box", Allowed: modeNames(), Default: "fit"},
 			},
 		}},
-		{kind: opThumbnail, info: OperationInfo{
+		{kind: opThumbnail, info: wire.OperationInfo{
 			Name: "thumbnail", Summary: "Shrink to fit a box, fast",
 			Description: "Shrinks to fit inside NxN (or WxH) keeping the aspect ratio, never enlarging; bilinear resampling, faster than resize.",
 			Syntax:      "thumbnail:N | thumbnail:WxH", Example: "thumbnail:128",
-			Params: []ParamInfo{sizeParam("size", "size", "N for a square box, or WxH, in pixels", MaxSide)},
+			Params: []wire.ParamInfo{sizeParam("size", "size", "N for a square box, or WxH, in pixels", MaxSide)},
 		}},
-		{kind: opCrop, info: OperationInfo{
+		{kind: opCrop, info: wire.OperationInfo{
 			Name: "crop", Summary: "Cut out a rectangle",
 			Description: "Keeps the WxH rectangle at X,Y from the top-left corner (clipped to the image), or the centred WxH rectangle when no offset is given.",
 			Syntax:      "crop:WxH[+X+Y]", Example: "crop:100x80+10+20",
-			Params: []ParamInfo{sizeParam("rect", "geometry", "WxH, centred, or WxH+X+Y, in pixels", maxCropSide)},
+			Params: []wire.ParamInfo{sizeParam("rect", "geometry", "WxH, centred, or WxH+X+Y, in pixels", maxCropSide)},
 		}},
-		{kind: opRotate, info: OperationInfo{
+		{kind: opRotate, info: wire.OperationInfo{
 			Name: "rotate", Summary: "Rotate by quarter turns",
 			Description: "Rotates clockwise by 90, 180 or 270 degrees.",
 			Syntax:      "rotate:DEGREES", Example: "rotate:90",
-			Params: []ParamInfo{{Name: "degrees", Type: "enum", Description: "clockwise angle", Allowed: []string{"90", "180", "270"}, Required: true}},
+			Params: []wire.ParamInfo{{Name: "degrees", Type: "enum", Description: "clockwise angle", Allowed: []string{"90", "180", "270"}, Required: true}},
 		}},
-		{kind: opFlip, info: OperationInfo{
+		{kind: opFlip, info: wire.OperationInfo{
 			Name: "flip", Aliases: []string{"fliph", "flipv"}, Summary: "Mirror",
 			Description: "h mirrors left and right, v top and bottom; fliph and flipv are short for flip:h and flip:v.",
 			Syntax:      "flip:h|v", Example: "flip:h",
-			Params: []ParamInfo{{Name: "direction", Type: "enum", Description: "h: horizontally, v: vertically", Allowed: []string{"h", "v"}, Required: true}},
+			Params: []wire.ParamInfo{{Name: "direction", Type: "enum", Description: "h: horizontally, v: vertically", Allowed: []string{"h", "v"}, Required: true}},
 		}, aliasArgs: map[string][]string{"fliph": {"h"}, "flipv": {"v"}}},
 	}
 	for _, s := range specs {
 		if s.info.Params == nil {
-			s.info.Params = []ParamInfo{}
+			s.info.Params = []wire.ParamInfo{}
 		}
 		if s.parse == nil {
 			s.parse = parserFor(s)
@@ -182,8 +157,8 @@ func opSpecs() []*opSpec {
 	return specs
 }
 
-func sizeParam(name, typ, desc string, hi float64) ParamInfo {
-	p := ParamInfo{Name: name, Type: typ, Description: desc, Required: true}
+func sizeParam(name, typ, desc string, hi float64) wire.ParamInfo {
+	p := wire.ParamInfo{Name: name, Type: typ, Description: desc, Required: true}
 	p.Min, p.Max = rng(1, hi)
 	return p
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // ErrBadOp is wrapped by the errors of ParseChain, and by Apply's for an operation that cannot apply
@@ -13,9 +15,9 @@ var ErrBadOp = errors.New("invalid operation")
 
 // Limits of an operation chain.
 const (
-	MaxChainOps = 16    // operations in one chain
-	MaxChainLen = 1024  // bytes of a spec
-	MaxSide     = 16384 // largest width or height resize and thumbnail make
+	MaxChainOps = 16            // operations in one chain
+	MaxChainLen = wire.MaxOpLen // bytes of a spec
+	MaxSide     = 16384         // largest width or height resize and thumbnail make
 	maxCropSide = 1 << 20
 )
 

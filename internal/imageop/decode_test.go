@@ -103,7 +103,7 @@ func TestJPEGOrientation(t *testing.T) {
 		{"little-endian", withExif(jpg, 6, false), 6},
 		{"big-endian", withExif(jpg, 8, true), 8},
 		{"after XMP", xmp(withExif(jpg, 3, true)), 3},
-		{"after 200 KiB of other metadata", InsertJPEGMetadata(withExif(jpg, 5, false), 200<<10), 5},
+		{"after 200 KiB of other metadata", testimage.InsertJPEGMetadata(withExif(jpg, 5, false), 200<<10), 5},
 		{"out of range", withExif(jpg, 9, false), 1},
 		{"zero", withExif(jpg, 0, false), 1},
 		{"fill bytes", append([]byte{0xff, 0xd8, 0xff, 0xff}, withExif(jpg, 7, false)[3:]...), 7},

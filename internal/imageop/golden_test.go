@@ -109,6 +109,7 @@ func TestGolden(t *testing.T) {
 	p := NewProcessor()
 	for _, c := range goldenCases() {
 		t.Run(c.input+"/"+c.spec, func(t *testing.T) {
+			t.Parallel() // a Processor is safe for concurrent use; each case has a golden file of its own
 			chain, err := ParseChain(c.spec)
 			if err != nil {
 				t.Fatal(err)
@@ -147,6 +148,7 @@ func TestGoldenDecode(t *testing.T) {
 		"pattern.jpg":  {opaquePattern(), tolerance{max: 48, mean: 5}}, // quality 90 of a noisy pattern
 	} {
 		t.Run(name, func(t *testing.T) {
+			t.Parallel()
 			img, _, err := Decode(bytes.NewReader(readFile(t, filepath.Join("testdata", "in", name))), 0)
 			if err != nil {
 				t.Fatal(err)
@@ -162,6 +164,7 @@ func TestGoldenOrientation(t *testing.T) {
 	want := uprightPattern()
 	for o := 1; o <= 8; o++ {
 		t.Run(fmt.Sprint(o), func(t *testing.T) {
+			t.Parallel() // want is only read
 			data := readFile(t, filepath.Join("testdata", "in", fmt.Sprintf("orient-%d.jpg", o)))
 			if got := jpegOrientation(data); got != o {
 				t.Fatalf("orientation read as %d", got)

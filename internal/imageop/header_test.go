@@ -65,11 +65,11 @@ func TestReadHeader(t *testing.T) {
 		maxPrefix     int
 	}{
 		{"png", mustEncode(t, testimage.Pattern(37, 1)), "png", 37, 37, 512},
-		{"png header only", PNGHeader(3, 5), "png", 3, 5, PNGHeaderLen},
-		{"png huge", PaddedPNG(100_000, 100_000, 300), "png", 100_000, 100_000, 300},
-		{"png widest", PNGHeader(1<<31-1, 1), "png", 1<<31 - 1, 1, PNGHeaderLen},
+		{"png header only", testimage.PNGHeader(3, 5), "png", 3, 5, testimage.PNGHeaderLen},
+		{"png huge", testimage.PaddedPNG(100_000, 100_000, 300), "png", 100_000, 100_000, 300},
+		{"png widest", testimage.PNGHeader(1<<31-1, 1), "png", 1<<31 - 1, 1, testimage.PNGHeaderLen},
 		{"jpeg", encodeJPEG(t, 17, 9), "jpeg", 17, 9, 1024},
-		{"jpeg after 200 KiB of metadata", InsertJPEGMetadata(big, 200<<10), "jpeg", 40, 30, MaxHeaderLen},
+		{"jpeg after 200 KiB of metadata", testimage.InsertJPEGMetadata(big, 200<<10), "jpeg", 40, 30, MaxHeaderLen},
 		{"gif", encodeGIF(t, 12, 7), "gif", 12, 7, 1024}, // a global colour table of 768 bytes follows the size
 	} {
 		for _, slow := range []bool{false, true} {
@@ -97,7 +97,7 @@ func TestReadHeader(t *testing.T) {
 
 func TestReadHeaderRefusals(t *testing.T) {
 	valid := mustEncode(t, testimage.Pattern(16, 2))
-	badCRC := PNGHeader(16, 16)
+	badCRC := testimage.PNGHeader(16, 16)
 	badCRC[len(badCRC)-1] ^= 1
 	jpg := encodeJPEG(t, 8, 8)
 	for _, tc := range []struct {
@@ -113,14 +113,14 @@ func TestReadHeaderRefusals(t *testing.T) {
 		{"png magic only", valid[:8], 0, "truncated PNG header: the image ends after 8 bytes, before its size (unexpected EOF)"},
 		{"png cut in IHDR", valid[:20], 0, "truncated PNG header: the image ends after 20 bytes, before its size (unexpected EOF)"},
 		{"png bad IHDR CRC", append(badCRC, valid[33:]...), 0, NotImageMessage + ": malformed PNG header (png: invalid format: invalid checksum)"},
-		{"png zero width", PaddedPNG(0, 5, 100), 0, NotImageMessage + ": malformed PNG header (png: invalid format: non-positive dimension)"},
+		{"png zero width", testimage.PaddedPNG(0, 5, 100), 0, NotImageMessage + ": malformed PNG header (png: invalid format: non-positive dimension)"},
 		{"png no IHDR", append([]byte(pngMagicForTest), make([]byte, 40)...), 0, NotImageMessage + ": malformed PNG header ..."},
 		{"jpeg cut before SOF", jpg[:40], 0, "truncated JPEG header: the image ends after 40 bytes, before its size ..."},
 		{"jpeg magic only", jpg[:3], 0, "truncated JPEG header: the image ends after 3 bytes, before its size ..."},
 		{"gif cut", []byte("GIF89a\x10\x00"), 0, "truncated GIF header: the image ends after 8 bytes, before its size ..."},
-		{"jpeg metadata past the limit", InsertJPEGMetadata(jpg, 70_000), 64 << 10,
+		{"jpeg metadata past the limit", testimage.InsertJPEGMetadata(jpg, 70_000), 64 << 10,
 			"JPEG header too long: no image size within the first 65536 bytes"},
-		{"jpeg metadata past MaxHeaderLen", InsertJPEGMetadata(jpg, MaxHeaderLen), 0,
+		{"jpeg metadata past MaxHeaderLen", testimage.InsertJPEGMetadata(jpg, MaxHeaderLen), 0,
 			"JPEG header too long: no image size within the first 262144 bytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -142,7 +142,7 @@ const pngMagicForTest = "\x89PNG\r\n\x1a\n"
 
 func TestReadHeaderReadError(t *testing.T) {
 	readErr := errors.New("connection reset")
-	in := InsertJPEGMetadata(encodeJPEG(t, 8, 8), 100_000)
+	in := testimage.InsertJPEGMetadata(encodeJPEG(t, 8, 8), 100_000)
 	for _, n := range []int{0, 5, 20, 600, 70_000} {
 		_, prefix, err := ReadHeader(io.MultiReader(bytes.NewReader(in[:n]), iotest.ErrReader(readErr)), 0)
 		if !errors.Is(err, readErr) || errors.Is(err, ErrDecode) {
@@ -201,7 +201,7 @@ func TestProcessMaxPixels(t *testing.T) {
 
 	// A few hundred bytes that claim 10¹⁰ pixels (40 GB as RGBA) are refused without allocating them,
 	// by the zero Processor too (DefaultMaxPixels).
-	huge := PaddedPNG(100_000, 100_000, 300)
+	huge := testimage.PaddedPNG(100_000, 100_000, 300)
 	for _, p := range []*Processor{NewProcessor(), {}} {
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
@@ -217,7 +217,7 @@ func TestProcessMaxPixels(t *testing.T) {
 
 	// At the limit exactly, the image is decoded.
 	p := &Processor{MaxPixels: DefaultMaxPixels}
-	if err := p.Process(io.Discard, bytes.NewReader(PaddedPNG(10_000, 5_000, 300))); !errors.Is(err, ErrDecode) {
+	if err := p.Process(io.Discard, bytes.NewReader(testimage.PaddedPNG(10_000, 5_000, 300))); !errors.Is(err, ErrDecode) {
 		t.Errorf("Process of a 50 MP PNG header with junk after it: %v, want ErrDecode (decoding was tried)", err)
 	}
 }

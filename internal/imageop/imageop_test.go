@@ -13,7 +13,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 
@@ -332,7 +331,7 @@ func TestPatternProperties(t *testing.T) {
 	if got := testimage.Pattern(4, 1); !hasAlphaKinds(got) {
 		t.Fatal("size 4 lacks alpha 0, 255 or in-between")
 	}
-	data, err := EncodePNG(m)
+	data, err := testimage.EncodePNG(m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,7 +358,7 @@ func hasAlphaKinds(m *image.NRGBA) bool {
 
 func mustEncode(t testing.TB, img image.Image) []byte {
 	t.Helper()
-	data, err := EncodePNG(img)
+	data, err := testimage.EncodePNG(img)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -387,13 +386,13 @@ func TestProcessRoundTrip(t *testing.T) {
 	for _, size := range []int{1, 37, 128} {
 		orig := testimage.Pattern(size, int64(size))
 		got := process(t, p, mustEncode(t, orig))
-		if err := CheckSwapped(orig, got); err != nil {
+		if err := testimage.CheckSwapped(orig, got); err != nil {
 			t.Fatalf("size %d: %v", size, err)
 		}
 	}
 	// The zero value works as well.
 	orig := testimage.Pattern(16, 5)
-	if err := CheckSwapped(orig, process(t, &Processor{}, mustEncode(t, orig))); err != nil {
+	if err := testimage.CheckSwapped(orig, process(t, &Processor{}, mustEncode(t, orig))); err != nil {
 		t.Fatalf("zero Processor: %v", err)
 	}
 }
@@ -432,58 +431,10 @@ func TestProcessFormats(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := CheckSwapped(orig, process(t, p, in)); err != nil {
+			if err := testimage.CheckSwapped(orig, process(t, p, in)); err != nil {
 				t.Fatalf("%T input: %v", orig, err)
 			}
 		})
-	}
-}
-
-func TestCheckSwapped(t *testing.T) {
-	orig := testimage.Pattern(32, 3)
-	good := image.NewNRGBA(orig.Rect)
-	copy(good.Pix, orig.Pix)
-	SwapRedGreen(good)
-	if err := CheckSwapped(orig, good); err != nil {
-		t.Fatalf("correct swap rejected: %v", err)
-	}
-
-	// A deliberately broken pixel is reported by position, on both the
-	// NRGBA fast path and the generic At path.
-	broken := image.NewNRGBA(orig.Rect)
-	copy(broken.Pix, good.Pix)
-	i := broken.PixOffset(5, 7)
-	broken.Pix[i+2] ^= 1 // blue off by one
-	broken.Pix[i+3] = 255
-	err := CheckSwapped(orig, broken)
-	if err == nil || !strings.Contains(err.Error(), "(5,7)") {
-		t.Fatalf("broken pixel: err = %v, want one naming (5,7)", err)
-	}
-	generic := image.NewNRGBA64(broken.Rect)
-	draw.Draw(generic, generic.Rect, broken, image.Point{}, draw.Src)
-	err = CheckSwapped(orig, generic)
-	if err == nil || !strings.Contains(err.Error(), "(5,7)") {
-		t.Fatalf("broken pixel, generic path: err = %v, want one naming (5,7)", err)
-	}
-
-	if CheckSwapped(orig, orig) == nil {
-		t.Fatal("unswapped image accepted")
-	}
-	if CheckSwapped(orig, good.SubImage(image.Rect(0, 0, 31, 32))) == nil {
-		t.Fatal("different bounds accepted")
-	}
-
-	// Colour under alpha 0: compared between straight-alpha images, ignored
-	// when the result is premultiplied (it cannot hold that colour).
-	o := image.NewNRGBA(image.Rect(0, 0, 1, 1))
-	o.Pix = []byte{10, 20, 30, 0}
-	r := image.NewNRGBA(o.Rect)
-	r.Pix = []byte{10, 20, 30, 0} // not swapped
-	if CheckSwapped(o, r) == nil {
-		t.Fatal("unswapped colour under alpha 0 accepted between NRGBA images")
-	}
-	if err := CheckSwapped(o, image.NewRGBA(o.Rect)); err != nil {
-		t.Fatalf("premultiplied transparent pixel rejected: %v", err)
 	}
 }
 
@@ -623,7 +574,7 @@ func TestProcessConcurrent(t *testing.T) {
 				}
 				got, err := png.Decode(&out)
 				if err == nil {
-					err = CheckSwapped(origs[k], got)
+					err = testimage.CheckSwapped(origs[k], got)
 				}
 				if err != nil {
 					errs <- fmt.Errorf("worker %d input %d: %w", w, k, err)
@@ -686,7 +637,7 @@ func TestParsePNGCompression(t *testing.T) {
 // BenchmarkProcessCompression is the floor's work (decode, swap, encode a 256 px PNG) at each PNG
 // compression level: go test -bench ProcessCompression -count 6 | benchstat -col /level
 func BenchmarkProcessCompression(b *testing.B) {
-	src, err := EncodePNG(testimage.Pattern(256, 1))
+	src, err := testimage.EncodePNG(testimage.Pattern(256, 1))
 	if err != nil {
 		b.Fatal(err)
 	}

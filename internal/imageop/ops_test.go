@@ -138,6 +138,7 @@ func TestToneOps(t *testing.T) {
 	for _, spec := range []string{"swap", "grayscale", "invert", "brightness:-37.5", "brightness:60", "contrast:45",
 		"contrast:-80", "gamma:2.2", "gamma:0.45"} {
 		t.Run(spec, func(t *testing.T) {
+			t.Parallel() // every image is made afresh
 			eachImage(t, func(t *testing.T, img image.Image) {
 				in := cloneNRGBA(img)
 				got := cloneNRGBA(applySpec(t, spec, img))
@@ -212,6 +213,7 @@ func TestGeometryOps(t *testing.T) {
 	for _, spec := range []string{"rotate:90", "rotate:180", "rotate:270", "flip:h", "flip:v", "transpose", "transverse",
 		"crop:4x3+2+5", "crop:7x5"} {
 		t.Run(spec, func(t *testing.T) {
+			t.Parallel() // every image is made afresh
 			eachImage(t, func(t *testing.T, img image.Image) {
 				want := refGeometry(spec, cloneNRGBA(img))
 				var got image.Image
@@ -250,6 +252,7 @@ func TestBlurReference(t *testing.T) {
 		}
 		for _, typ := range []string{"NRGBA sub-image", "YCbCr", "Paletted"} {
 			t.Run(fmt.Sprintf("%v/%s", sigma, typ), func(t *testing.T) {
+				t.Parallel() // src is only read: blur and the reference work on copies
 				var img image.Image = src.SubImage(image.Rect(5, 3, 90, 80))
 				switch typ {
 				case "YCbCr":
@@ -286,6 +289,7 @@ func TestSharpenReference(t *testing.T) {
 	src := opaqueNRGBA(64, 5)
 	for _, p := range [][2]float64{{1, 1}, {1.5, 2}, {0.5, 0.5}, {8, 1}} {
 		t.Run(fmt.Sprint(p), func(t *testing.T) {
+			t.Parallel() // src is only read: sharpen works on a copy
 			blurred := refGauss(src, p[0])
 			got := sharpen(cloneImage(src), p[0], p[1])
 			tol := int(math.Ceil(2*p[1])) + 1 // blur's rounding, amplified

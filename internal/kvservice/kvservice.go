@@ -7,18 +7,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 	"unicode/utf8"
 
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/kvstore"
-	"github.com/imgmill/imgmill/internal/kvstore/etcdkv"
-	"github.com/imgmill/imgmill/internal/kvstore/filekv"
 	"github.com/imgmill/imgmill/internal/metrics"
 	"github.com/imgmill/imgmill/internal/service"
 )
@@ -124,57 +119,18 @@ func (s *server) handleList(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// KVFile is the embedded kv store's file in the data directory.
-const KVFile = "kv.json"
+// DefaultAddr is the kv service's listen address unless told otherwise (the reference's port).
+const DefaultAddr = "127.0.0.1:3000"
 
 // Config configures Run.
 type Config struct {
-	Addr    string
-	DataDir string
-	// Store is the kv store: "" for the embedded file store under DataDir, or etcd://HOST:PORT[,...],
-	// which several kv services may share.
-	Store  string
-	Logger *slog.Logger
-	// Token, when set, is the shared secret every request must carry (Authorization: Bearer); Insecure
-	// lets the service listen on a non-loopback address without one. See service.Spec.
-	Token    string
-	Insecure bool
-	// Pprof serves the net/http/pprof handlers under /debug/pprof/ (see service.Spec).
-	Pprof bool
+	service.Options
+	// Store is the kv store, opened by the caller (see package engines), who closes it after Run.
+	Store kvstore.Store
 }
 
-// Run serves the kv service on its store (see Config.Store) until ctx ends.
+// Run serves the kv service on cfg.Store until ctx ends.
 func Run(ctx context.Context, cfg Config) error {
-	store, err := OpenStore(ctx, cfg.Store, cfg.DataDir, cfg.Logger)
-	if err != nil {
-		return err
-	}
-	defer store.Close()
-	return service.Run(ctx, service.Spec{Addr: cfg.Addr, Handler: NewServer(store), Logger: cfg.Logger, Ready: store.Ping,
-		Token: cfg.Token, Internal: true, Insecure: cfg.Insecure, Metrics: metrics.New("kv"), Pprof: cfg.Pprof})
-}
-
-// OpenStore opens the kv store named by kv: "" for the embedded file store under dataDir, or an
-// etcd:// URL. A malformed URL is an error here, at start; an unreachable etcd is not: the service
-// starts, answers 503 and waits for it.
-func OpenStore(ctx context.Context, kv, dataDir string, logger *slog.Logger) (kvstore.Store, error) {
-	if kv == "" {
-		if err := os.MkdirAll(dataDir, 0o755); err != nil {
-			return nil, fmt.Errorf("kv data dir: %w", err)
-		}
-		store, err := filekv.Open(filepath.Join(dataDir, KVFile), filekv.Options{})
-		if err != nil {
-			return nil, fmt.Errorf("open kv store: %w", err)
-		}
-		return store, nil
-	}
-	endpoints, err := etcdkv.ParseURL(kv)
-	if err != nil {
-		return nil, fmt.Errorf("--kv: %w", err)
-	}
-	store, err := etcdkv.Open(ctx, etcdkv.Options{Endpoints: endpoints, Logger: logger})
-	if err != nil {
-		return nil, fmt.Errorf("open kv store on etcd %s: %w", strings.Join(endpoints, ","), err)
-	}
-	return store, nil
+	return service.Run(ctx, cfg.Spec(service.Spec{Handler: NewServer(cfg.Store), Ready: cfg.Store.Ping,
+		Internal: true, Metrics: metrics.New("kv")}))
 }

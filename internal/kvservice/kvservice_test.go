@@ -1,9 +1,7 @@
 package kvservice_test
 
 import (
-	"context"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"path/filepath"
@@ -15,7 +13,6 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/imgmill/imgmill/internal/enginetest"
-	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/kvservice"
 	"github.com/imgmill/imgmill/internal/kvstore"
 	"github.com/imgmill/imgmill/internal/kvstore/etcdkv"
@@ -325,28 +322,4 @@ func TestReferenceAPIOnEtcd(t *testing.T) {
 		t.Fatal(err)
 	}
 	exerciseReferenceAPI(t, serveStore(t, store))
-}
-
-// TestOpenStoreErrors: a misconfigured backend is a clear error at start; an unreachable etcd is not
-// (the service waits for it): the store opens and says it is unavailable.
-func TestOpenStoreErrors(t *testing.T) {
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	for _, tc := range []struct{ url, want string }{
-		{"redis://127.0.0.1:6379", "--kv"},
-		{"etcd://", "--kv"},
-	} {
-		_, err := kvservice.OpenStore(ctx, tc.url, t.TempDir(), nil)
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("OpenStore(%q) = %v, want an error mentioning %q", tc.url, err, tc.want)
-		}
-	}
-	store, err := kvservice.OpenStore(ctx, "etcd://"+enginetest.FreeAddr(t), t.TempDir(), slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatalf("OpenStore of an unreachable etcd: %v, want a store that waits for it", err)
-	}
-	defer store.Close()
-	if err := store.Ping(ctx); !fault.IsTransient(err) {
-		t.Errorf("Ping of an unreachable etcd = %v, want a transient error", err)
-	}
 }

@@ -17,6 +17,8 @@ import (
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/master"
 	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/testimage"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // expectRefused makes an upload with send and checks that the answer is exactly status and body, and
@@ -43,7 +45,7 @@ func (s stack) expectStored(t *testing.T, what string, r servicetest.Reply, body
 		t.Fatalf("%s: POST /new = %d %q, want 200", what, r.Status, r.Body)
 	}
 	id := servicetest.ParseID(t, r.Body)
-	if got, ok := s.StoredImage(t, id, client.Working); !ok || !bytes.Equal(got, body) {
+	if got, ok := s.StoredImage(t, id, wire.WorkingImage); !ok || !bytes.Equal(got, body) {
 		t.Errorf("%s: stored %d bytes (found %v), want the %d uploaded", what, len(got), ok, len(body))
 	}
 	return id
@@ -66,10 +68,10 @@ func TestNewRefusesHugeImageFromItsHeader(t *testing.T) {
 		t.Errorf("refused uploads created tasks %v", ids)
 	}
 	s.ExpectNoClaimable(t)
-	if _, ok := s.StoredImage(t, 0, client.Working); ok {
+	if _, ok := s.StoredImage(t, 0, wire.WorkingImage); ok {
 		t.Error("a refused upload was stored")
 	}
-	if st, err := s.Database.Stats(t.Context()); err != nil || st != (client.Stats{}) {
+	if st, err := s.Database.Stats(t.Context()); err != nil || st != (wire.Stats{}) {
 		t.Errorf("database stats after refusals = %+v, %v; want all zero", st, err)
 	}
 
@@ -131,8 +133,8 @@ func TestNewMaxPixels(t *testing.T) {
 // metadata segments (Exif, ICC profiles); the master reads on until it finds it, and stores every byte.
 func TestNewMeasuresJPEGAfterMetadata(t *testing.T) {
 	s := newStack(t, servicetest.Options{Limits: master.Limits{MaxDimension: 100}})
-	small := imageop.InsertJPEGMetadata(encodeJPEG(t, 80, 50), 200<<10)
-	big := imageop.InsertJPEGMetadata(encodeJPEG(t, 200, 50), 200<<10)
+	small := testimage.InsertJPEGMetadata(encodeJPEG(t, 80, 50), 200<<10)
+	big := testimage.InsertJPEGMetadata(encodeJPEG(t, 200, 50), 200<<10)
 	for _, chunked := range []bool{false, true} {
 		post := s.upload
 		if chunked {
@@ -144,7 +146,7 @@ func TestNewMeasuresJPEGAfterMetadata(t *testing.T) {
 			"Error: image is 200x50 pixels, over the limit of 100 pixels per side")
 	}
 	// The search has an end: no size within the first 256 KiB is refused.
-	lost := imageop.InsertJPEGMetadata(encodeJPEG(t, 8, 8), imageop.MaxHeaderLen)
+	lost := testimage.InsertJPEGMetadata(encodeJPEG(t, 8, 8), imageop.MaxHeaderLen)
 	s.expectRefused(t, "JPEG after 256 KiB of metadata", s.upload, lost, http.StatusUnsupportedMediaType,
 		"Error: JPEG header too long: no image size within the first 262144 bytes")
 }
@@ -153,7 +155,7 @@ func TestNewRefusesBadHeaders(t *testing.T) {
 	s := newStack(t, servicetest.Options{})
 	png := servicetest.PatternPNG(t, 32, 5)
 	badCRC := bytes.Clone(png)
-	badCRC[imageop.PNGHeaderLen-1] ^= 0xff
+	badCRC[testimage.PNGHeaderLen-1] ^= 0xff
 	jpg := encodeJPEG(t, 16, 16)
 	for _, tc := range []struct {
 		name, body, want string
@@ -189,7 +191,7 @@ func TestNewTypeFromBytes(t *testing.T) {
 	}
 	png := servicetest.PatternPNG(t, 8, 6)
 	id := s.expectStored(t, "PNG labelled text/html", post(png, "text/html"), png)
-	img, err := s.Storage.GetImage(t.Context(), id, client.Working)
+	img, err := s.Storage.GetImage(t.Context(), id, wire.WorkingImage)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +278,7 @@ func TestNewQueueCap(t *testing.T) {
 	if n, max := stats.calls.Load(), 1+int64(time.Since(start)/time.Second); n < 1 || n > max {
 		t.Errorf("the master asked the database for stats %d times in %v, want 1 to %d", n, time.Since(start), max)
 	}
-	if st, err := s.Database.Stats(ctx); err != nil || st != (client.Stats{Queued: 3}) {
+	if st, err := s.Database.Stats(ctx); err != nil || st != (wire.Stats{Queued: 3}) {
 		t.Errorf("database stats = %+v, %v; want 3 queued", st, err)
 	}
 
@@ -290,7 +292,7 @@ func TestNewQueueCap(t *testing.T) {
 	if err := s.Database.FinishTask(ctx, ids[0], first.Token); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := s.Database.Stats(ctx); err != nil || st != (client.Stats{Queued: 1, Processing: 1, Finished: 1}) {
+	if st, err := s.Database.Stats(ctx); err != nil || st != (wire.Stats{Queued: 1, Processing: 1, Finished: 1}) {
 		t.Errorf("database stats = %+v, %v; want 1 queued, 1 processing, 1 finished", st, err)
 	}
 	var r servicetest.Reply
@@ -320,7 +322,7 @@ func TestNewQueueCapCountsNoPending(t *testing.T) {
 	s.uploadOK(t, servicetest.PatternPNG(t, 8, 20))
 	s.uploadOK(t, servicetest.PatternPNG(t, 8, 21))
 	servicetest.ExpectError(t, "upload with 2 queued and 5 pending", s.upload(t, servicetest.PatternPNG(t, 8, 22)), http.StatusServiceUnavailable)
-	if st, err := s.Database.Stats(t.Context()); err != nil || st != (client.Stats{Queued: 2, Pending: 5}) {
+	if st, err := s.Database.Stats(t.Context()); err != nil || st != (wire.Stats{Queued: 2, Pending: 5}) {
 		t.Errorf("database stats = %+v, %v; want 2 queued, 5 pending", st, err)
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -20,7 +19,7 @@ import (
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/metrics"
 	"github.com/imgmill/imgmill/internal/service"
-	"github.com/imgmill/imgmill/internal/taskstore"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // NewServer returns the master's handler; limits bound what it accepts (zero fields take the defaults).
@@ -59,9 +58,9 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return httpapi.Errorf(http.StatusBadRequest, "op: %v", err)
 	}
-	key := r.Header.Get(client.IdempotencyKeyHeader)
+	key := r.Header.Get(wire.IdempotencyKeyHeader)
 	if key != "" {
-		if err := client.CheckIdempotencyKey(key); err != nil {
+		if err := wire.CheckIdempotencyKey(key); err != nil {
 			return httpapi.Errorf(http.StatusBadRequest, "%v", err)
 		}
 	}
@@ -101,14 +100,14 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 	}
 	id := created.ID
 	if created.Replayed {
-		w.Header().Set(client.ReplayedHeader, "true")
+		w.Header().Set(wire.ReplayedHeader, "true")
 		if !created.Pending {
 			// The first request stored the image and was answered (or its answer was lost): done.
 			httpapi.WriteText(w, http.StatusOK, strconv.FormatInt(id, 10))
 			return nil
 		}
 	}
-	if err := s.storage.SendImage(ctx, id, client.Working, io.MultiReader(bytes.NewReader(head), body), r.ContentLength); err != nil {
+	if err := s.storage.SendImage(ctx, id, wire.WorkingImage, io.MultiReader(bytes.NewReader(head), body), r.ContentLength); err != nil {
 		err = uploadError(err)
 		s.abandon(ctx, id, err)
 		return err
@@ -137,7 +136,7 @@ const abandonTimeout = 5 * time.Second
 func (s *server) abandon(ctx context.Context, id int64, err error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abandonTimeout)
 	defer cancel()
-	reason := taskstore.AbandonedError + ": " + httpapi.ErrorMessage(err)
+	reason := wire.AbandonedError + ": " + httpapi.ErrorMessage(err)
 	if aerr := s.db.AbandonTask(ctx, id, reason); aerr != nil {
 		httpapi.LoggerFrom(ctx).WarnContext(ctx, "cannot give up the pending task of a failed upload; it expires by itself", "task", id, "err", aerr)
 	}
@@ -157,10 +156,10 @@ func uploadError(err error) error {
 }
 
 // task reads the task named by the id parameter.
-func (s *server) task(r *http.Request) (client.Task, error) {
+func (s *server) task(r *http.Request) (wire.Task, error) {
 	id, err := httpapi.QueryID(r, "id")
 	if err != nil {
-		return client.Task{}, err
+		return wire.Task{}, err
 	}
 	return s.db.GetByID(r.Context(), id)
 }
@@ -196,13 +195,13 @@ func (s *server) handleIsReady(w http.ResponseWriter, r *http.Request) error {
 		}
 		t, err := s.db.GetByID(r.Context(), id)
 		remaining := time.Until(deadline)
-		if err != nil || t.State == client.StateFinished || remaining <= 0 {
+		if err != nil || t.State == wire.Finished || remaining <= 0 {
 			withdraw()
 			if err != nil {
 				return err
 			}
 			answer := "0"
-			if t.State == client.StateFinished {
+			if t.State == wire.Finished {
 				answer = "1"
 			}
 			httpapi.WriteText(w, http.StatusOK, answer)
@@ -234,13 +233,13 @@ func (s *server) handleGet(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	switch t.State {
-	case client.StateFinished:
-	case client.StateFailed:
+	case wire.Finished:
+	case wire.Failed:
 		return httpapi.Errorf(http.StatusNotFound, "task %d failed: %s", id, t.Error)
 	default:
 		return httpapi.Errorf(http.StatusNotFound, "task %d is not finished", id)
 	}
-	img, err := s.storage.GetImage(r.Context(), id, client.Finished)
+	img, err := s.storage.GetImage(r.Context(), id, wire.FinishedImage)
 	if err != nil {
 		return err
 	}
@@ -250,10 +249,10 @@ func (s *server) handleGet(w http.ResponseWriter, r *http.Request) error {
 
 // existing reads the task named by the id parameter for a reply about its images: a task that does not
 // exist is 404, not the database's 400.
-func (s *server) existing(r *http.Request) (int64, client.Task, error) {
+func (s *server) existing(r *http.Request) (int64, wire.Task, error) {
 	id, err := httpapi.QueryID(r, "id")
 	if err != nil {
-		return 0, client.Task{}, err
+		return 0, wire.Task{}, err
 	}
 	t, err := s.db.GetByID(r.Context(), id)
 	if client.IsStatus(err, http.StatusBadRequest) {
@@ -268,7 +267,7 @@ func (s *server) handleSource(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	img, err := s.storage.GetImage(r.Context(), id, client.Working)
+	img, err := s.storage.GetImage(r.Context(), id, wire.WorkingImage)
 	if err != nil {
 		return err
 	}
@@ -281,7 +280,7 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return httpapi.WriteJSON(w, http.StatusOK, client.Status{ID: t.ID, State: taskstore.State(t.State).Word(),
+	return httpapi.WriteJSON(w, http.StatusOK, wire.Status{ID: t.ID, State: t.State.Word(),
 		Op: cmp.Or(t.Op, imageop.Chain{}.String()), Attempts: t.Attempts, MaxAttempts: t.MaxAttempts, Error: t.Error,
 		CreatedAt: t.CreatedAt, StartedAt: t.StartedAt, FinishedAt: t.FinishedAt, RetryAt: t.RetryAt})
 }
@@ -345,7 +344,7 @@ func CopyImage(w http.ResponseWriter, img *client.Image) error {
 }
 
 func (s *server) handleGetNewTask(w http.ResponseWriter, r *http.Request) error {
-	wait, err := httpapi.QueryDuration(r, "wait", client.MaxWait)
+	wait, err := httpapi.QueryDuration(r, "wait", wire.MaxWait)
 	if err != nil {
 		return err
 	}
@@ -356,31 +355,21 @@ func (s *server) handleGetNewTask(w http.ResponseWriter, r *http.Request) error 
 	return httpapi.WriteJSON(w, http.StatusOK, t)
 }
 
+// DefaultAddr is the master's listen address unless told otherwise (the reference's port).
+const DefaultAddr = "127.0.0.1:3003"
+
 // Config configures Run.
 type Config struct {
-	Addr      string
-	Advertise string
-	KV        *client.KV
-	HTTP      *http.Client
-	Limits    Limits // zero fields take the defaults
-	Logger    *slog.Logger
-	// Token, when set, is the shared secret every request must carry (Authorization: Bearer); Insecure
-	// lets the master listen on a non-loopback address without one. See service.Spec.
-	Token    string
-	Insecure bool
-	// Pprof serves the net/http/pprof handlers under /debug/pprof/ (see service.Spec).
-	Pprof bool
+	service.Options
+	KV     *client.KV // where the service registers and finds database and storage
+	HTTP   *http.Client
+	Limits Limits // zero fields take the defaults
 }
 
-// Run serves the master until ctx ends, registered in the kv store as masterAddress; it finds the
-// database and storage through the kv store.
+// Run serves the master until ctx ends, registered in the kv store as masterAddress.
 func Run(ctx context.Context, cfg Config) error {
-	db := client.NewDatabase(cfg.HTTP, client.NewResolver(cfg.KV, client.DatabaseKey, client.ResolveTTL))
-	storage := client.NewStorage(cfg.HTTP, client.NewResolver(cfg.KV, client.StorageKey, client.ResolveTTL))
-	return service.Run(ctx, service.Spec{
-		Addr: cfg.Addr, Handler: NewServer(db, storage, cfg.Limits), Logger: cfg.Logger,
-		RegisterAs: client.MasterKey, KV: cfg.KV, Advertise: cfg.Advertise,
-		Token: cfg.Token, Internal: true, Insecure: cfg.Insecure,
-		Metrics: metrics.New("master"), Pprof: cfg.Pprof,
-	})
+	db := client.NewDatabase(cfg.HTTP, client.NewResolver(cfg.KV, wire.DatabaseKey, client.ResolveTTL))
+	storage := client.NewStorage(cfg.HTTP, client.NewResolver(cfg.KV, wire.StorageKey, client.ResolveTTL))
+	return service.Run(ctx, cfg.Spec(service.Spec{Handler: NewServer(db, storage, cfg.Limits),
+		RegisterAs: wire.MasterKey, KV: cfg.KV, Internal: true, Metrics: metrics.New("master")}))
 }

@@ -28,9 +28,9 @@ import (
 
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/httpapi"
-	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/servicetest"
 	"github.com/imgmill/imgmill/internal/testimage"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 func TestMain(m *testing.M) {
@@ -86,7 +86,7 @@ func (s stack) listIDs(t *testing.T) []int64 {
 	}
 	var ids []int64
 	for line := range strings.Lines(list) {
-		var task client.Task
+		var task wire.Task
 		if err := json.Unmarshal([]byte(line), &task); err != nil {
 			t.Fatalf("list line %q: %v", line, err)
 		}
@@ -108,7 +108,7 @@ func TestNewStoresImageAndActivatesTask(t *testing.T) {
 	)
 	hook := func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.Path == "/sendImage" && r.URL.Query().Get("state") == client.Working {
+			if r.URL.Path == "/sendImage" && r.URL.Query().Get("state") == wire.WorkingImage {
 				id := r.URL.Query().Get("id")
 				ctx := r.Context()
 				var faults []string
@@ -147,24 +147,24 @@ func TestNewStoresImageAndActivatesTask(t *testing.T) {
 	if err != nil {
 		t.Fatalf("database GetByID(%d): %v", id, err)
 	}
-	if task.ID != id || task.State != client.StateNotStarted {
-		t.Errorf("task after /new = %+v, want id %d state %d", task, id, client.StateNotStarted)
+	if task.ID != id || task.State != wire.NotStarted {
+		t.Errorf("task after /new = %+v, want id %d state %d", task, id, wire.NotStarted)
 	}
-	got, ok := s.StoredImage(t, id, client.Working)
+	got, ok := s.StoredImage(t, id, wire.WorkingImage)
 	if !ok {
 		t.Fatalf("no working image stored for task %d", id)
 	}
 	if !bytes.Equal(got, img) {
 		t.Errorf("stored working image differs from the upload (%d bytes, want %d)", len(got), len(img))
 	}
-	if _, ok := s.StoredImage(t, id, client.Finished); ok {
+	if _, ok := s.StoredImage(t, id, wire.FinishedImage); ok {
 		t.Errorf("a finished image exists for task %d right after upload", id)
 	}
 	claimed, err := s.Database.GetNewTask(t.Context(), 0)
 	if err != nil {
 		t.Fatalf("task %d is not claimable after /new: %v", id, err)
 	}
-	if claimed.ID != id || claimed.State != client.StateInProgress {
+	if claimed.ID != id || claimed.State != wire.InProgress {
 		t.Errorf("claimed %+v, want task %d in progress", claimed, id)
 	}
 	s.ExpectNoClaimable(t)
@@ -190,11 +190,11 @@ func TestNewAcceptsEveryFormat(t *testing.T) {
 		{"gif89a", gif89a},
 		// The master reads the header only: what follows is the workers' business.
 		{"png header and junk", servicetest.PaddedPNG(16, 16, 200)},
-		{"png header only", imageop.PNGHeader(3, 2)},
+		{"png header only", testimage.PNGHeader(3, 2)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			id := s.uploadOK(t, tc.body)
-			got, ok := s.StoredImage(t, id, client.Working)
+			got, ok := s.StoredImage(t, id, wire.WorkingImage)
 			if !ok || !bytes.Equal(got, tc.body) {
 				t.Errorf("stored %q (found %v), want the upload %q", got, ok, tc.body)
 			}
@@ -233,7 +233,7 @@ func TestNewRefusals(t *testing.T) {
 			servicetest.ExpectError(t, "POST /new", r, tc.status)
 			s.ExpectNoClaimable(t)
 			for _, id := range s.listIDs(t) {
-				if _, ok := s.StoredImage(t, id, client.Working); ok {
+				if _, ok := s.StoredImage(t, id, wire.WorkingImage); ok {
 					t.Errorf("a refused upload left a working image for task %d", id)
 				}
 			}
@@ -250,7 +250,7 @@ func TestNewRefusals(t *testing.T) {
 		}
 		id2 := servicetest.ParseID(t, r.Body)
 		for _, id := range []int64{id, id2} {
-			got, ok := s.StoredImage(t, id, client.Working)
+			got, ok := s.StoredImage(t, id, wire.WorkingImage)
 			if !ok || !bytes.Equal(got, body) {
 				t.Errorf("task %d: stored %d bytes (found %v), want the %d uploaded", id, len(got), ok, len(body))
 			}
@@ -283,7 +283,7 @@ func TestNewStorageDown(t *testing.T) {
 func (s stack) expectAbandoned(t *testing.T, id int64) {
 	t.Helper()
 	task := s.task(t, id)
-	if task.State != client.StateFailed || !strings.HasPrefix(task.Error, "upload never completed") {
+	if task.State != wire.Failed || !strings.HasPrefix(task.Error, "upload never completed") {
 		t.Errorf("task %d of the failed upload = %+v, want failed at once, \"upload never completed: ...\"", id, task)
 	}
 	stats, err := s.Database.Stats(t.Context())
@@ -325,7 +325,7 @@ func TestNewStorageFull(t *testing.T) {
 	if r.Status != http.StatusOK || r.Body != "1" {
 		t.Fatalf("retry once storage has room: %d %q, want 200 \"1\" (the given-up task is never answered)", r.Status, r.Body)
 	}
-	if got, ok := s.StoredImage(t, 1, client.Working); !ok || !bytes.Equal(got, img) {
+	if got, ok := s.StoredImage(t, 1, wire.WorkingImage); !ok || !bytes.Equal(got, img) {
 		t.Errorf("stored upload of task 1 differs from the image sent")
 	}
 }
@@ -417,7 +417,7 @@ func TestNewClientGoneAbandonsTask(t *testing.T) {
 	}
 	if !servicetest.PollFor(10*time.Second, func() bool {
 		task, err := s.Database.GetByID(t.Context(), 0)
-		return err == nil && task.State == client.StateFailed
+		return err == nil && task.State == wire.Failed
 	}) {
 		t.Fatalf("the pending task of the broken upload was not given up: %+v", s.task(t, 0))
 	}
@@ -511,7 +511,7 @@ func (f *filler) Read(p []byte) (int, error) {
 		// Stamp the block index (in place is fine: every later block overwrites it).
 		binary.LittleEndian.PutUint64(f.block, uint64(n))
 		if n == 0 {
-			copy(f.block, imageop.PNGHeader(64, 64))
+			copy(f.block, testimage.PNGHeader(64, 64))
 		}
 	}
 	n := copy(p, f.cur)
@@ -607,7 +607,7 @@ func TestNewStreamsLargeUpload(t *testing.T) {
 	}
 	id := servicetest.ParseID(t, r.Body)
 
-	img, err := s.Storage.GetImage(ctx, id, client.Working)
+	img, err := s.Storage.GetImage(ctx, id, wire.WorkingImage)
 	if err != nil {
 		t.Fatalf("storage GetImage: %v", err)
 	}
@@ -660,7 +660,7 @@ func TestNewConcurrentUploads(t *testing.T) {
 			t.Errorf("id %d answered twice", ids[i])
 		}
 		seen[ids[i]] = true
-		got, ok := s.StoredImage(t, ids[i], client.Working)
+		got, ok := s.StoredImage(t, ids[i], wire.WorkingImage)
 		if !ok || !bytes.Equal(got, bodies[i]) {
 			t.Errorf("upload %d (task %d): stored image differs", i, ids[i])
 		}
@@ -699,7 +699,7 @@ func TestIsReadyAndGet(t *testing.T) {
 		t.Errorf("isReady while in progress: %q, want \"0\"", r.Body)
 	}
 	result := servicetest.PatternPNG(t, 24, 8)
-	if err := s.Storage.SendImage(ctx, id, client.Finished, bytes.NewReader(result), int64(len(result))); err != nil {
+	if err := s.Storage.SendImage(ctx, id, wire.FinishedImage, bytes.NewReader(result), int64(len(result))); err != nil {
 		t.Fatal(err)
 	}
 	if r := isReady(); r.Body != "0" {
@@ -756,11 +756,11 @@ func TestGetNewTaskPassesThrough(t *testing.T) {
 	if ct := via.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
 		t.Errorf("claim Content-Type %q, want application/json", ct)
 	}
-	var task client.Task
+	var task wire.Task
 	if err := json.Unmarshal([]byte(via.Body), &task); err != nil {
 		t.Fatalf("claim %q: %v", via.Body, err)
 	}
-	if task.ID != id || task.State != client.StateInProgress || task.Attempts != 1 {
+	if task.ID != id || task.State != wire.InProgress || task.Attempts != 1 {
 		t.Errorf("claimed %+v, want task %d in progress, attempt 1", task, id)
 	}
 	record := s.call(t, http.MethodGet, fmt.Sprintf("%s/getById?id=%d", s.DatabaseURL, id), nil)
@@ -844,7 +844,7 @@ func TestRegisterTaskFinishedPassesThrough(t *testing.T) {
 		t.Errorf("register an in-progress task: %d %q, want 200 \"success\"", r.Status, r.Body)
 	}
 	task, err := s.Database.GetByID(ctx, id)
-	if err != nil || task.State != client.StateFinished {
+	if err != nil || task.State != wire.Finished {
 		t.Errorf("task after register = %+v, %v; want finished", task, err)
 	}
 	compare("task already finished", ids)
@@ -889,9 +889,9 @@ func (s stack) record(t *testing.T, id int64) servicetest.Reply {
 	return r
 }
 
-func (s stack) task(t *testing.T, id int64) client.Task {
+func (s stack) task(t *testing.T, id int64) wire.Task {
 	t.Helper()
-	var task client.Task
+	var task wire.Task
 	if r := s.record(t, id); json.Unmarshal([]byte(r.Body), &task) != nil {
 		t.Fatalf("task JSON %q", r.Body)
 	}
@@ -899,10 +899,10 @@ func (s stack) task(t *testing.T, id int64) client.Task {
 }
 
 // claim claims with the database (no wait) and expects task id.
-func (s stack) claim(t *testing.T, id int64) client.Task {
+func (s stack) claim(t *testing.T, id int64) wire.Task {
 	t.Helper()
 	task, err := s.Database.GetNewTask(t.Context(), 0)
-	if err != nil || task.ID != id || task.State != client.StateInProgress {
+	if err != nil || task.ID != id || task.State != wire.InProgress {
 		t.Fatalf("claim: %+v, %v; want task %d in progress", task, err, id)
 	}
 	return task
@@ -910,13 +910,13 @@ func (s stack) claim(t *testing.T, id int64) client.Task {
 
 // reclaim hands task id out again, as the database does once a lease lapses (the reference setById to
 // state 1 is a claim): the previous claim's token is stale afterwards. It returns the new claim.
-func (s stack) reclaim(t *testing.T, id int64, stale client.Task) client.Task {
+func (s stack) reclaim(t *testing.T, id int64, stale wire.Task) wire.Task {
 	t.Helper()
-	if err := s.Database.SetByID(t.Context(), client.Task{ID: id, State: client.StateInProgress}); err != nil {
+	if err := s.Database.SetByID(t.Context(), wire.Task{ID: id, State: wire.InProgress}); err != nil {
 		t.Fatal(err)
 	}
 	task := s.task(t, id)
-	if task.State != client.StateInProgress || task.Token <= stale.Token {
+	if task.State != wire.InProgress || task.Token <= stale.Token {
 		t.Fatalf("task %d set in progress again: %+v, want a token above %d", id, task, stale.Token)
 	}
 	return task
@@ -950,7 +950,7 @@ func (s stack) expectRefusalPassedThrough(t *testing.T, what, masterPath, dbPath
 
 // expectTaskReply checks that r, the master's answer about task id, is the database's task JSON of it
 // as it is now, byte for byte.
-func (s stack) expectTaskReply(t *testing.T, what string, r servicetest.Reply, id int64) client.Task {
+func (s stack) expectTaskReply(t *testing.T, what string, r servicetest.Reply, id int64) wire.Task {
 	t.Helper()
 	if r.Status != http.StatusOK {
 		t.Fatalf("%s: %d %q, want 200 and task %d", what, r.Status, r.Body, id)
@@ -961,7 +961,7 @@ func (s stack) expectTaskReply(t *testing.T, what string, r servicetest.Reply, i
 	if rec := s.record(t, id); r.Body != rec.Body {
 		t.Errorf("%s: master answered %q, want the database's record %q", what, r.Body, rec.Body)
 	}
-	var task client.Task
+	var task wire.Task
 	if err := json.Unmarshal([]byte(r.Body), &task); err != nil {
 		t.Fatalf("%s: %q: %v", what, r.Body, err)
 	}
@@ -1027,7 +1027,7 @@ func TestStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.expectStatus(t, id2, "failed")
-	if st := s.task(t, id2); st.Error != "not a decodable image" || st.Attempts != 2 || st.State != client.StateFailed {
+	if st := s.task(t, id2); st.Error != "not a decodable image" || st.Attempts != 2 || st.State != wire.Failed {
 		t.Errorf("failed task = %+v", st)
 	}
 
@@ -1071,7 +1071,7 @@ func TestGetOnlyFinishedTasks(t *testing.T) {
 	// A result in storage is not served while the task is unfinished (a stale worker's, say).
 	task := s.claim(t, id)
 	result := servicetest.PatternPNG(t, 16, 23)
-	if err := s.Storage.SendImage(ctx, id, client.Finished, bytes.NewReader(result), int64(len(result))); err != nil {
+	if err := s.Storage.SendImage(ctx, id, wire.FinishedImage, bytes.NewReader(result), int64(len(result))); err != nil {
 		t.Fatal(err)
 	}
 	expect("processing with a result stored", id, notFinished)
@@ -1092,7 +1092,7 @@ func TestGetOnlyFinishedTasks(t *testing.T) {
 	// Finished: served.
 	id2 := s.uploadOK(t, servicetest.PatternPNG(t, 16, 24))
 	task = s.claim(t, id2)
-	if err := s.Storage.SendImage(ctx, id2, client.Finished, bytes.NewReader(result), int64(len(result))); err != nil {
+	if err := s.Storage.SendImage(ctx, id2, wire.FinishedImage, bytes.NewReader(result), int64(len(result))); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Database.FinishTask(ctx, id2, task.Token); err != nil {
@@ -1118,7 +1118,7 @@ func TestRegisterTaskFinishedFenced(t *testing.T) {
 			t.Errorf("register with the current token: %d %q (%s), want 200 \"success\"", r.Status, r.Body, r.Header.Get("Content-Type"))
 		}
 	}
-	if task := s.task(t, id); task.State != client.StateFinished {
+	if task := s.task(t, id); task.State != wire.Finished {
 		t.Errorf("task after register = %+v, want finished", task)
 	}
 	s.expectRefusalPassedThrough(t, "stale token after finishing", "/registerTaskFinished", "/finishTask", tokenQuery(id, stale.Token), http.StatusConflict, staleMsg)
@@ -1136,7 +1136,7 @@ func TestExtendLeasePassesThrough(t *testing.T) {
 	claimed := s.claim(t, id)
 	time.Sleep(5 * time.Millisecond) // so the renewed lease ends later than the claim's
 	task := s.expectTaskReply(t, "extendLease", s.post(t, s.MasterURL, "/extendLease", tokenQuery(id, claimed.Token)), id)
-	if task.State != client.StateInProgress || task.Token != claimed.Token || !task.LeaseUntil.After(claimed.LeaseUntil) {
+	if task.State != wire.InProgress || task.Token != claimed.Token || !task.LeaseUntil.After(claimed.LeaseUntil) {
 		t.Errorf("extendLease = %+v, want the claim with a lease beyond %v", task, claimed.LeaseUntil)
 	}
 
@@ -1161,7 +1161,7 @@ func TestFailTaskPassesThrough(t *testing.T) {
 	}
 	first := s.claim(t, id)
 	task := s.expectTaskReply(t, "failTask", s.post(t, s.MasterURL, "/failTask", tokenQuery(id, first.Token, "reason", "flaky disk")), id)
-	if task.State != client.StateNotStarted || task.Error != "flaky disk" || task.Attempts != 1 {
+	if task.State != wire.NotStarted || task.Error != "flaky disk" || task.Attempts != 1 {
 		t.Errorf("failTask with attempts left = %+v, want not started with the reason", task)
 	}
 
@@ -1175,7 +1175,7 @@ func TestFailTaskPassesThrough(t *testing.T) {
 		fmt.Sprintf("Error: stale lease token for task %d", id))
 
 	task = s.expectTaskReply(t, "failTask on the last attempt", s.post(t, s.MasterURL, "/failTask", tokenQuery(id, second.Token, "reason", "flaky again")), id)
-	if task.State != client.StateFailed || task.Error != "flaky again" || task.Attempts != 2 {
+	if task.State != wire.Failed || task.Error != "flaky again" || task.Attempts != 2 {
 		t.Errorf("failTask on the last attempt = %+v, want failed with the reason", task)
 	}
 	s.ExpectNoClaimable(t)
@@ -1187,7 +1187,7 @@ func TestFailTaskPassesThrough(t *testing.T) {
 	}
 	claimed := s.claim(t, id2)
 	task = s.expectTaskReply(t, "permanent failTask", s.post(t, s.MasterURL, "/failTask", tokenQuery(id2, claimed.Token, "reason", "corrupt", "permanent", "true")), id2)
-	if task.State != client.StateFailed || task.Error != "corrupt" || task.Attempts != 1 {
+	if task.State != wire.Failed || task.Error != "corrupt" || task.Attempts != 1 {
 		t.Errorf("permanent failTask = %+v, want failed on attempt 1", task)
 	}
 }
@@ -1196,7 +1196,7 @@ func TestReleaseTaskPassesThrough(t *testing.T) {
 	s := newStack(t, servicetest.Options{})
 	ctx := t.Context()
 	var ids [2]int64
-	var claims [2]client.Task
+	var claims [2]wire.Task
 	for i := range ids {
 		id, err := s.Database.NewTask(ctx, client.NewTaskParams{})
 		if err != nil {
@@ -1216,7 +1216,7 @@ func TestReleaseTaskPassesThrough(t *testing.T) {
 			direct.Status, direct.Body, direct.Header.Get("Content-Type"))
 	}
 	for i, id := range ids {
-		if task := s.task(t, id); task.State != client.StateNotStarted || task.Attempts != 0 || task.Token != claims[i].Token {
+		if task := s.task(t, id); task.State != wire.NotStarted || task.Attempts != 0 || task.Token != claims[i].Token {
 			t.Errorf("released task %d = %+v, want not started, attempt given back", id, task)
 		}
 	}
@@ -1262,7 +1262,7 @@ func TestSource(t *testing.T) {
 	servicetest.ExpectPNGReply(t, "source while queued", source(), img)
 	task := s.claim(t, id)
 	result := servicetest.PatternPNG(t, 16, 42)
-	if err := s.Storage.SendImage(ctx, id, client.Finished, bytes.NewReader(result), int64(len(result))); err != nil {
+	if err := s.Storage.SendImage(ctx, id, wire.FinishedImage, bytes.NewReader(result), int64(len(result))); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Database.FinishTask(ctx, id, task.Token); err != nil {

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/imgmill/imgmill/internal/fault"
-	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/metrics"
 	"github.com/imgmill/imgmill/internal/metrics/metricstest"
 	"github.com/imgmill/imgmill/internal/servicetest"
@@ -60,7 +59,7 @@ func TestWorkerBusyWhileProcessing(t *testing.T) {
 	t.Cleanup(unblock)
 	waitLoops("started", 0, 2)
 
-	data, err := imageop.EncodePNG(testimage.Pattern(16, 1))
+	data, err := testimage.EncodePNG(testimage.Pattern(16, 1))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,13 +9,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imgmill/imgmill/internal/allinone"
 	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/deploytest"
 	"github.com/imgmill/imgmill/internal/enginetest"
-	"github.com/imgmill/imgmill/internal/frontend"
-	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/testimage"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 func TestMain(m *testing.M) { deploytest.Main(m) }
@@ -60,10 +58,13 @@ func TestOutageKVStallsNothing(t *testing.T) {
 // its data directory and puts it back in the kv store; a frontend on another machine then gets it from
 // there. A frontend that finds neither while tasks exist refuses to start, saying why.
 func TestPublicIDsSurviveKVWipe(t *testing.T) {
+	if testing.Short() {
+		t.Skip("wiping kv and restarting services is not done with -short")
+	}
 	d, _ := StartEmbedded(t, "")
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	data, _ := imageop.EncodePNG(testimage.Pattern(16, 50))
+	data, _ := testimage.EncodePNG(testimage.Pattern(16, 50))
 	pub, err := deploytest.SubmitViaFrontend(ctx, d.HC, d.FEAddr, data)
 	if err != nil {
 		t.Fatal(err)
@@ -78,10 +79,7 @@ func TestPublicIDsSurviveKVWipe(t *testing.T) {
 	}
 
 	// Another frontend, with a data directory of its own, takes the secret from the kv store.
-	addrs, err := allinone.FreeAddrs(2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	addrs := enginetest.FreeAddrs(t, 2)
 	d.MustStart("frontend-2", "frontend", "--addr", addrs[0], "--kv", d.KVAddr, "--data", filepath.Join(d.Dir, "frontend-2"))
 	deploytest.WaitHealthy(t, ctx, d.HC, addrs[0])
 	if st, err := statusOnceServing(ctx, d.HC, addrs[0], pub); err != nil || st.ID != pub {
@@ -101,7 +99,7 @@ func TestPublicIDsSurviveKVWipe(t *testing.T) {
 
 // statusOnceServing is the frontend's /status of pub, asked again while the frontend answers 503 (as
 // after a kv wipe, until the master has registered again), as a client honouring Retry-After does.
-func statusOnceServing(ctx context.Context, hc *http.Client, addr, pub string) (frontend.Status, error) {
+func statusOnceServing(ctx context.Context, hc *http.Client, addr, pub string) (wire.PublicStatus, error) {
 	for {
 		st, err := deploytest.FrontendStatus(ctx, hc, addr, pub)
 		if err == nil || !strings.Contains(err.Error(), "/status: 503 ") || !backoff.Sleep(ctx, time.Second) {

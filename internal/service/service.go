@@ -20,7 +20,31 @@ import (
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/metrics"
+	"github.com/imgmill/imgmill/internal/wire"
 )
+
+// Options are the settings every service takes the same way; each service's Config embeds them, and
+// Spec takes them from there.
+type Options struct {
+	Addr string // listen address (host:port)
+	// Advertise is the address registered in the kv store for others to dial (default: the bound
+	// address, loopback for ":port"); for services that register.
+	Advertise string
+	// Token, when set, is the shared secret of the internal services: every request must carry it
+	// (Authorization: Bearer), and imgmill's own clients send it. Insecure lets an internal service
+	// listen on a non-loopback address without one (it logs a warning).
+	Token    string
+	Insecure bool
+	// Pprof serves the net/http/pprof handlers under /debug/pprof/, guarded like /metrics.
+	Pprof  bool
+	Logger *slog.Logger
+}
+
+// Spec returns s with o's settings.
+func (o Options) Spec(s Spec) Spec {
+	s.Addr, s.Advertise, s.Token, s.Insecure, s.Pprof, s.Logger = o.Addr, o.Advertise, o.Token, o.Insecure, o.Pprof, o.Logger
+	return s
+}
 
 // Spec describes a service to run.
 type Spec struct {
@@ -222,7 +246,7 @@ type registration struct {
 }
 
 // register stores addr in the kv store under key (the reference registration: the last instance to
-// renew wins) and under its own instance key beside the other instances' (client.InstancePrefix), with
+// renew wins) and under its own instance key beside the other instances' (wire.InstancePrefix), with
 // a TTL, and renews both every ttl/3 until ctx ends; then it removes the instance key, so peers stop
 // calling at once, and the rest expires by itself. A failed write (the kv store may start after us, or
 // be restarting) is retried with capped, jittered backoff. While the service is not ready (its engine
@@ -231,7 +255,7 @@ type registration struct {
 func register(ctx context.Context, reg registration, logger *slog.Logger) {
 	renew := max(reg.ttl/3, time.Millisecond)
 	retry := backoff.Backoff{Min: min(registerRetryMin, renew), Max: min(registerRetryMax, renew)}
-	instanceKey := client.InstancePrefix(reg.key) + reg.addr
+	instanceKey := wire.InstancePrefix(reg.key) + reg.addr
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deregisterTimeout)
 		defer cancel()

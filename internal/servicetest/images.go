@@ -4,14 +4,13 @@ import (
 	"image"
 	"testing"
 
-	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/testimage"
 )
 
 // EncodePNG encodes img as PNG.
 func EncodePNG(t testing.TB, img image.Image) []byte {
 	t.Helper()
-	b, err := imageop.EncodePNG(img)
+	b, err := testimage.EncodePNG(img)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -24,6 +23,6 @@ func PatternPNG(t testing.TB, size int, seed int64) []byte {
 	return EncodePNG(t, testimage.Pattern(size, seed))
 }
 
-// PaddedPNG is imageop.PaddedPNG(width, height, size): size bytes that the master accepts as a
+// PaddedPNG is testimage.PaddedPNG(width, height, size): size bytes that the master accepts as a
 // width×height PNG (its header is valid), but that do not decode.
-func PaddedPNG(width, height, size int) []byte { return imageop.PaddedPNG(width, height, size) }
+func PaddedPNG(width, height, size int) []byte { return testimage.PaddedPNG(width, height, size) }

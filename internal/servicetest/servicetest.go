@@ -16,15 +16,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // Discard is a logger that drops every record.
 var Discard = slog.New(slog.DiscardHandler)
 
 // NoTaskReply is the reference answer to a claim when no task can be claimed.
-const NoTaskReply = "Error: " + client.NoTaskMessage
+const NoTaskReply = "Error: " + wire.NoTaskMessage
 
 // Serve serves h on an httptest server the way production does: through httpapi.NewHTTPServer, so
 // httpapi.Wrap and the server timeouts apply. The server is closed when the test ends.
@@ -118,7 +118,7 @@ func ConventionError(method, path string, r Reply) error {
 		errs = append(errs, fmt.Errorf("%s %s: no %s header", method, path, httpapi.RequestIDHeader))
 	}
 	if r.Status/100 != 2 && !strings.HasPrefix(r.Body, "Error:") {
-		errs = append(errs, fmt.Errorf("%s %s: error reply %d %q does not start with Error:", method, path, r.Status, r.Body))
+		errs = append(errs, fmt.Errorf("%s %s: error reply %d %q, want one starting with %q", method, path, r.Status, r.Body, "Error:"))
 	}
 	return errors.Join(errs...)
 }

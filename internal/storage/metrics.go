@@ -5,8 +5,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/metrics"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // Option adjusts the server NewServer builds.
@@ -31,7 +31,7 @@ func WithMetrics(reg *metrics.Registry) Option {
 			}, []string{"state"}),
 		}
 		// Both states exist from the start, so that rates have a zero to start from.
-		for _, state := range []string{client.Working, client.Finished} {
+		for _, state := range []string{wire.WorkingImage, wire.FinishedImage} {
 			m.bytesWritten.WithLabelValues(state)
 			m.objectsWritten.WithLabelValues(state)
 			m.bytesServed.WithLabelValues(state)

@@ -7,20 +7,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/imgmill/imgmill/internal/blobstore"
-	"github.com/imgmill/imgmill/internal/blobstore/fileblob"
-	"github.com/imgmill/imgmill/internal/blobstore/s3blob"
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/metrics"
 	"github.com/imgmill/imgmill/internal/service"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // NewServer returns the storage service's handler over blobs.
@@ -90,7 +86,7 @@ func (s *server) handleGetImage(w http.ResponseWriter, r *http.Request) error {
 	}
 	defer blob.Close()
 	if blob.Fence != 0 {
-		w.Header().Set(client.LeaseTokenHeader, strconv.FormatInt(blob.Fence, 10))
+		w.Header().Set(wire.LeaseTokenHeader, strconv.FormatInt(blob.Fence, 10))
 	}
 	// ServeContent streams from the blob, sniffs the Content-Type and answers range requests.
 	http.ServeContent(s.metrics.serving(w, r.URL.Query().Get("state")), r, "", blob.ModTime, blob)
@@ -125,8 +121,8 @@ func imageKey(r *http.Request) (id int64, key string, err error) {
 		return 0, "", err
 	}
 	state := r.URL.Query().Get("state")
-	if state != client.Working && state != client.Finished {
-		return 0, "", httpapi.Errorf(http.StatusBadRequest, "state must be %q or %q, got %q", client.Working, client.Finished, state)
+	if state != wire.WorkingImage && state != wire.FinishedImage {
+		return 0, "", httpapi.Errorf(http.StatusBadRequest, "state must be %q or %q, got %q", wire.WorkingImage, wire.FinishedImage, state)
 	}
 	return id, state + "/" + strconv.FormatInt(id, 10), nil
 }
@@ -146,69 +142,23 @@ func leaseToken(r *http.Request) (int64, error) {
 	return token, nil
 }
 
+// DefaultAddr is the storage service's listen address unless told otherwise (the reference's port).
+const DefaultAddr = "127.0.0.1:3002"
+
 // Config configures Run.
 type Config struct {
-	Addr      string
-	Advertise string
-	KV        *client.KV
-	DataDir   string
-	// Blobs is the blob store: "" for files under DataDir/images, or an S3 URL
-	// (s3://BUCKET?endpoint=http://HOST:PORT&access_key=K&secret_key=S) that several storage services
-	// may share; Getenv supplies AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY when the URL has no keys.
-	Blobs  string
-	Getenv func(string) string
-	Logger *slog.Logger
-	// Token, when set, is the shared secret every request must carry (Authorization: Bearer); Insecure
-	// lets the service listen on a non-loopback address without one. See service.Spec.
-	Token    string
-	Insecure bool
-	// Pprof serves the net/http/pprof handlers under /debug/pprof/ (see service.Spec).
-	Pprof bool
+	service.Options
+	KV *client.KV // where the service registers
+	// Blobs is the blob store, opened by the caller (see package engines), who closes it after Run.
+	Blobs blobstore.Store
 }
 
-// Run serves the storage service on its blob store (see Config.Blobs) until ctx ends, registered in the
-// kv store as storageAddress.
+// Run serves the storage service on cfg.Blobs until ctx ends, registered in the kv store as
+// storageAddress.
 func Run(ctx context.Context, cfg Config) error {
-	blobs, err := OpenStore(ctx, cfg.Blobs, cfg.DataDir, cfg.Getenv, cfg.Logger)
-	if err != nil {
-		return err
-	}
-	defer blobs.Close()
 	reg := metrics.New("storage")
-	return service.Run(ctx, service.Spec{
-		Addr: cfg.Addr, Handler: NewServer(blobs, WithMetrics(reg)), Logger: cfg.Logger, Ready: blobs.Ping,
-		RegisterAs: client.StorageKey, KV: cfg.KV, Advertise: cfg.Advertise,
-		Token: cfg.Token, Internal: true, Insecure: cfg.Insecure,
-		Metrics: reg, Pprof: cfg.Pprof,
-	})
-}
-
-// OpenStore opens the blob store blobs names: "" for files under dataDir/images, or an s3:// URL (the
-// bucket is created when missing). A misconfigured store is an error here, at start; an unreachable one
-// is not: the service starts, answers 503 and waits for it.
-func OpenStore(ctx context.Context, blobs, dataDir string, getenv func(string) string, logger *slog.Logger) (blobstore.Store, error) {
-	if blobs == "" {
-		dir := filepath.Join(dataDir, "images")
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return nil, fmt.Errorf("storage data dir: %w", err)
-		}
-		store, err := fileblob.Open(dir)
-		if err != nil {
-			return nil, fmt.Errorf("open blob store: %w", err)
-		}
-		return store, nil
-	}
-	if getenv == nil {
-		getenv = func(string) string { return "" }
-	}
-	cfg, err := s3blob.ParseURL(blobs, getenv)
-	if err != nil {
-		return nil, fmt.Errorf("--blobs: %w", err)
-	}
-	cfg.Logger = logger // it says so while it waits for S3
-	store, err := s3blob.Open(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("open blob store %s: %w", cfg, err)
-	}
-	return store, nil
+	return service.Run(ctx, cfg.Spec(service.Spec{
+		Handler: NewServer(cfg.Blobs, WithMetrics(reg)), Ready: cfg.Blobs.Ping,
+		RegisterAs: wire.StorageKey, KV: cfg.KV, Internal: true, Metrics: reg,
+	}))
 }

@@ -11,7 +11,6 @@ import (
 	"image/png"
 	"io"
 	"io/fs"
-	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -25,10 +24,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/imgmill/imgmill/internal/client"
-	"github.com/imgmill/imgmill/internal/enginetest"
-	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/servicetest"
-	"github.com/imgmill/imgmill/internal/storage"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 func TestMain(m *testing.M) {
@@ -137,12 +134,12 @@ func (s *storageServer) expectToken(id, state string, want []byte, token string)
 	if r.Status != 200 || r.Body != string(want) {
 		s.t.Errorf("GET %s/%s = %d, %d bytes %.40q; want 200 with %d bytes %.40q", state, id, r.Status, len(r.Body), r.Body, len(want), want)
 	}
-	got, ok := r.Header[client.LeaseTokenHeader]
+	got, ok := r.Header[wire.LeaseTokenHeader]
 	if token == "" && ok {
-		s.t.Errorf("GET %s/%s sent %s %q, want none", state, id, client.LeaseTokenHeader, got)
+		s.t.Errorf("GET %s/%s sent %s %q, want none", state, id, wire.LeaseTokenHeader, got)
 	}
 	if token != "" && (len(got) != 1 || got[0] != token) {
-		s.t.Errorf("GET %s/%s sent %s %q, want %q", state, id, client.LeaseTokenHeader, got, token)
+		s.t.Errorf("GET %s/%s sent %s %q, want %q", state, id, wire.LeaseTokenHeader, got, token)
 	}
 }
 
@@ -203,8 +200,8 @@ func TestPNGRoundTrip(t *testing.T) {
 
 	r := s.get("1", "working")
 	servicetest.ExpectPNGReply(t, "GET /getImage", r, pic)
-	if v, ok := r.Header[client.LeaseTokenHeader]; ok {
-		t.Errorf("an upload without a token is served with %s %q", client.LeaseTokenHeader, v)
+	if v, ok := r.Header[wire.LeaseTokenHeader]; ok {
+		t.Errorf("an upload without a token is served with %s %q", wire.LeaseTokenHeader, v)
 	}
 	if _, err := png.Decode(strings.NewReader(r.Body)); err != nil {
 		t.Errorf("returned image does not decode: %v", err)
@@ -450,14 +447,14 @@ func TestLeaseTokenFencing(t *testing.T) {
 
 	// The token is served on HEAD and range requests too.
 	r = s.do(s.request("HEAD", "/getImage", imageQuery("7", "finished"), nil, 0))
-	if r.Status != 200 || r.Header.Get(client.LeaseTokenHeader) != "6" {
-		t.Errorf("HEAD = %d %s %q, want 200 and 6", r.Status, client.LeaseTokenHeader, r.Header.Get(client.LeaseTokenHeader))
+	if r.Status != 200 || r.Header.Get(wire.LeaseTokenHeader) != "6" {
+		t.Errorf("HEAD = %d %s %q, want 200 and 6", r.Status, wire.LeaseTokenHeader, r.Header.Get(wire.LeaseTokenHeader))
 	}
 	req := s.request("GET", "/getImage", imageQuery("7", "finished"), nil, 0)
 	req.Header.Set("Range", "bytes=0-1")
 	r = s.do(req)
-	if r.Status != http.StatusPartialContent || r.Body != "by" || r.Header.Get(client.LeaseTokenHeader) != "6" {
-		t.Errorf("range GET = %d %q %s %q, want 206 \"by\" and 6", r.Status, r.Body, client.LeaseTokenHeader, r.Header.Get(client.LeaseTokenHeader))
+	if r.Status != http.StatusPartialContent || r.Body != "by" || r.Header.Get(wire.LeaseTokenHeader) != "6" {
+		t.Errorf("range GET = %d %q %s %q, want 206 \"by\" and 6", r.Status, r.Body, wire.LeaseTokenHeader, r.Header.Get(wire.LeaseTokenHeader))
 	}
 	if files := s.files(); len(files) != 3 {
 		t.Errorf("files = %v, want the three images and nothing else", files)
@@ -564,16 +561,16 @@ func TestClientTokens(t *testing.T) {
 		return c.SendResult(ctx, id, token, strings.NewReader(body), int64(len(body)))
 	}
 
-	if err := c.SendImage(ctx, 1, client.Working, strings.NewReader("upload"), 6); err != nil {
+	if err := c.SendImage(ctx, 1, wire.WorkingImage, strings.NewReader("upload"), 6); err != nil {
 		t.Fatalf("SendImage: %v", err)
 	}
-	if body, token := get(1, client.Working); body != "upload" || token != 0 {
+	if body, token := get(1, wire.WorkingImage); body != "upload" || token != 0 {
 		t.Errorf("working image = %q token %d, want %q token 0", body, token, "upload")
 	}
 	if err := send(1, 5, "by claim 5"); err != nil {
 		t.Fatalf("SendResult(token 5): %v", err)
 	}
-	if body, token := get(1, client.Finished); body != "by claim 5" || token != 5 {
+	if body, token := get(1, wire.FinishedImage); body != "by claim 5" || token != 5 {
 		t.Errorf("result = %q token %d, want %q token 5", body, token, "by claim 5")
 	}
 	err := send(1, 4, "by claim 4")
@@ -586,23 +583,23 @@ func TestClientTokens(t *testing.T) {
 	if err := send(1, 0, "reference worker"); err != nil {
 		t.Errorf("SendResult(token 0): %v", err)
 	}
-	if body, token := get(1, client.Finished); body != "reference worker" || token != 0 {
+	if body, token := get(1, wire.FinishedImage); body != "reference worker" || token != 0 {
 		t.Errorf("result = %q token %d, want %q token 0", body, token, "reference worker")
 	}
 	if err := send(1, -1, "negative"); err == nil || errors.Is(err, client.ErrStaleToken) {
 		t.Errorf("SendResult(token -1) = %v, want a refusal of the token", err)
 	}
-	if body, _ := get(1, client.Finished); body != "reference worker" {
+	if body, _ := get(1, wire.FinishedImage); body != "reference worker" {
 		t.Errorf("a refused SendResult changed the result to %q", body)
 	}
 	// SendImage with an unknown length, and a body that can be replayed, work as before.
-	if err := c.SendImage(ctx, 2, client.Finished, opaqueReader{strings.NewReader("chunked")}, -1); err != nil {
+	if err := c.SendImage(ctx, 2, wire.FinishedImage, opaqueReader{strings.NewReader("chunked")}, -1); err != nil {
 		t.Errorf("SendImage(size -1): %v", err)
 	}
 	if err := c.SendResult(ctx, 3, 2, bytes.NewReader([]byte("bytes")), 5); err != nil {
 		t.Errorf("SendResult(bytes.Reader): %v", err)
 	}
-	if body, token := get(3, client.Finished); body != "bytes" || token != 2 {
+	if body, token := get(3, wire.FinishedImage); body != "bytes" || token != 2 {
 		t.Errorf("result = %q token %d, want %q token 2", body, token, "bytes")
 	}
 }
@@ -611,73 +608,18 @@ func TestClientTokens(t *testing.T) {
 func TestClientMalformedTokenHeader(t *testing.T) {
 	for _, value := range []string{"x", "-1", "1.5"} {
 		srv := servicetest.Serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set(client.LeaseTokenHeader, value)
+			w.Header().Set(wire.LeaseTokenHeader, value)
 			w.Write([]byte("image"))
 		}))
 		c := client.NewStorage(servicetest.NewHTTPClient(t), client.Static(servicetest.Addr(srv.URL)))
-		img, err := c.GetImage(context.Background(), 1, client.Finished)
+		img, err := c.GetImage(context.Background(), 1, wire.FinishedImage)
 		if err == nil {
 			img.Close()
 			t.Errorf("%q: GetImage succeeded with token %d", value, img.Token)
 			continue
 		}
-		if !client.IsStatus(err, http.StatusBadGateway) || !strings.Contains(err.Error(), client.LeaseTokenHeader) {
+		if !client.IsStatus(err, http.StatusBadGateway) || !strings.Contains(err.Error(), wire.LeaseTokenHeader) {
 			t.Errorf("%q: GetImage = %v, want a 502 naming the header", value, err)
 		}
 	}
-}
-
-// TestOpenStoreErrors: a misconfigured blob store is a clear error at start, which never shows the
-// secret key; an unreachable one is not (the service waits for it): it opens, says it is unavailable,
-// and logs what it waits for, without the secret key.
-func TestOpenStoreErrors(t *testing.T) {
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	noEnv := func(string) string { return "" }
-	for _, tc := range []struct{ url, want string }{
-		{"gs://bucket", "--blobs"},
-		{"s3://bucket?access_key=k&secret_key=hunter2", "--blobs"},
-	} {
-		_, err := storage.OpenStore(ctx, tc.url, t.TempDir(), noEnv, servicetest.Discard)
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("OpenStore(%q) = %v, want an error containing %q", tc.url, err, tc.want)
-		}
-		if err != nil && strings.Contains(err.Error(), "hunter2") {
-			t.Errorf("OpenStore(%q) error shows the secret key: %v", tc.url, err)
-		}
-	}
-	var logs syncLog
-	unreachable := "s3://bucket?endpoint=http://" + enginetest.FreeAddr(t) + "&access_key=k&secret_key=hunter2"
-	store, err := storage.OpenStore(ctx, unreachable, t.TempDir(), noEnv, slog.New(slog.NewTextHandler(&logs, nil)))
-	if err != nil {
-		t.Fatalf("OpenStore of an unreachable S3: %v, want a store that waits for it", err)
-	}
-	defer store.Close()
-	if err := store.Ping(ctx); !fault.IsTransient(err) || strings.Contains(err.Error(), "hunter2") {
-		t.Errorf("Ping of an unreachable S3 = %v, want a transient error without the secret key", err)
-	}
-	if !servicetest.PollFor(20*time.Second, func() bool { return strings.Contains(logs.String(), "waiting for S3") }) {
-		t.Errorf("no log line says what the store waits for: %q", logs.String())
-	}
-	if strings.Contains(logs.String(), "hunter2") {
-		t.Errorf("the log shows the secret key: %s", logs.String())
-	}
-}
-
-// syncLog is a log destination safe for concurrent writes and reads.
-type syncLog struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
 }

@@ -9,37 +9,9 @@ import (
 	"iter"
 	"math/rand/v2"
 	"time"
+
+	"github.com/imgmill/imgmill/internal/wire"
 )
-
-// State is a task's lifecycle state. 0 to 2 are the reference wire values; Failed is additive.
-type State int
-
-const (
-	NotStarted State = 0
-	InProgress State = 1
-	Finished   State = 2
-	Failed     State = 3
-)
-
-// Valid reports whether s is one of the known states.
-func (s State) Valid() bool { return s >= NotStarted && s <= Failed }
-
-// Word is the state as the status API spells it.
-func (s State) Word() string {
-	switch s {
-	case NotStarted:
-		return "queued"
-	case InProgress:
-		return "processing"
-	case Finished:
-		return "finished"
-	case Failed:
-		return "failed"
-	}
-	return "unknown"
-}
-
-func (s State) String() string { return s.Word() }
 
 // DefaultMaxAttempts is how many claims a task gets before it fails.
 const DefaultMaxAttempts = 3
@@ -50,7 +22,7 @@ const DefaultMaxAttempts = 3
 // its attempts: the store, not a timer per task, decides expiry.
 type Task struct {
 	ID    int64
-	State State
+	State wire.State
 	// Pending tasks exist but cannot be claimed yet: the master creates a task pending, stores its image,
 	// then activates it, so no worker ever claims a task whose image does not exist.
 	Pending     bool
@@ -121,9 +93,6 @@ func (b RetryBackoff) Waits() []time.Duration {
 	return waits
 }
 
-// AbandonedError is the reason Abandon records by default: the upload was refused or broke off.
-const AbandonedError = "upload never completed"
-
 // Refusal is why a guarded update (Extend, Finish, Fail, Release) on behalf of token matched no row of a
 // task whose current token is current: ErrStaleToken when the caller's claim was superseded, else
 // ErrNotInProgress. Stores probe the row after the update and still answer exactly: tokens only grow,
@@ -137,8 +106,8 @@ func Refusal(token, current int64) error {
 
 // IsFinishRetry reports whether a Finish on behalf of token, refused with err (from Refusal) by a task
 // in state, repeats the finish that finished the task under that same token: a no-op success.
-func IsFinishRetry(token int64, state State, err error) bool {
-	return token != 0 && state == Finished && errors.Is(err, ErrNotInProgress)
+func IsFinishRetry(token int64, state wire.State, err error) bool {
+	return token != 0 && state == wire.Finished && errors.Is(err, ErrNotInProgress)
 }
 
 // Counts is how many tasks are in each state, as Get and List report them: a task whose lease lapsed
@@ -155,15 +124,15 @@ type Counts struct {
 
 // Of returns the count of tasks in state s (0 for an unknown state); NotStarted counts Queued and
 // Pending together.
-func (c Counts) Of(s State) int64 {
+func (c Counts) Of(s wire.State) int64 {
 	switch s {
-	case NotStarted:
+	case wire.NotStarted:
 		return c.Queued + c.Pending
-	case InProgress:
+	case wire.InProgress:
 		return c.Processing
-	case Finished:
+	case wire.Finished:
 		return c.Finished
-	case Failed:
+	case wire.Failed:
 		return c.Failed
 	}
 	return 0
@@ -236,7 +205,7 @@ type Store interface {
 	// Set overwrites a task's state (the reference setById). Setting InProgress starts a lease of the given
 	// length and issues a new token; any state clears RetryAt (NotStarted is claimable at once).
 	// ErrNotFound for an unknown id, ErrInvalidState for an unknown state.
-	Set(ctx context.Context, id int64, state State, lease time.Duration) error
+	Set(ctx context.Context, id int64, state wire.State, lease time.Duration) error
 	// ExpirePending fails pending tasks created more than olderThan ago (uploads that never completed,
 	// say because the master died mid-upload) and returns how many.
 	ExpirePending(ctx context.Context, olderThan time.Duration) (int, error)

@@ -1,6 +1,8 @@
 // Package testimage makes the images that tests and benchmarks feed the pipeline (and that imgmill
-// bench uploads): deterministic, photo-like, with every kind of alpha. It imports nothing of imgmill, so
-// that every package's tests can use it, the image packages below imageop included.
+// bench uploads): deterministic, photo-like, with every kind of alpha; crafted headers that claim any
+// size; and the check that a result is its original with red and green swapped. It imports nothing of
+// imgmill, so that every package's tests can use it, imageop's and the image packages below it
+// included.
 package testimage
 
 import (

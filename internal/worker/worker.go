@@ -25,6 +25,7 @@ import (
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/metrics"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 const (
@@ -73,13 +74,18 @@ type Config struct {
 	Metrics *metrics.Worker
 }
 
+// Slots is how many images the worker processes at once: Concurrency, or one per CPU when it is 0.
+func (c Config) Slots() int {
+	if c.Concurrency <= 0 {
+		return runtime.NumCPU()
+	}
+	return c.Concurrency
+}
+
 // Run runs Concurrency worker loops until ctx ends. A loop then claims nothing more and finishes its
 // current task within Drain, or releases it so another worker can take it at once.
 func Run(ctx context.Context, cfg Config) error {
-	n := cfg.Concurrency
-	if n <= 0 {
-		n = runtime.NumCPU()
-	}
+	n := cfg.Slots()
 	extra := max(cfg.Prefetch, 0)
 	if cfg.Wait <= 0 {
 		cfg.Wait = DefaultWait
@@ -175,7 +181,7 @@ var (
 
 // handle works on one claimed task and reports the outcome. The work is not cancelled by stop directly:
 // it gets Drain to finish first.
-func (l *loop) handle(stop context.Context, task client.Task) {
+func (l *loop) handle(stop context.Context, task wire.Task) {
 	start := time.Now()
 	idle := l.cfg.Metrics.Busy() // until the outcome is reported
 	defer idle()
@@ -250,7 +256,7 @@ func (l *loop) reportContext(stop context.Context) (context.Context, context.Can
 
 // keepLease renews the lease while work runs; it cuts the work short when the lease is lost, or when
 // the worker has been stopping for longer than Drain.
-func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseFunc, task client.Task, logger *slog.Logger) {
+func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseFunc, task wire.Task, logger *slog.Logger) {
 	leaseUntil := task.LeaseUntil
 	beating := task.Token != 0 // a master that issues no tokens (the reference) has no heartbeat either
 	var drain <-chan time.Time
@@ -290,11 +296,11 @@ func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseF
 	}
 }
 
-func (l *loop) process(ctx context.Context, task client.Task) error {
+func (l *loop) process(ctx context.Context, task wire.Task) error {
 	// Storage away or full is waited out in place for OutageWait, by the client's retries; the stream
 	// itself is not bounded by that.
 	calls := client.RetryFor(ctx, l.cfg.OutageWait)
-	img, err := l.cfg.Storage.GetImage(calls, task.ID, client.Working)
+	img, err := l.cfg.Storage.GetImage(calls, task.ID, wire.WorkingImage)
 	if err != nil {
 		return fmt.Errorf("fetch working image: %w", err)
 	}
@@ -356,6 +362,6 @@ func (l *loop) processing(ctx context.Context, work func() error) error {
 
 // NewClients returns the master and storage clients a worker uses, found through the kv store.
 func NewClients(hc *http.Client, kv *client.KV) (*client.Master, *client.Storage) {
-	return client.NewMaster(hc, client.NewResolver(kv, client.MasterKey, client.ResolveTTL)),
-		client.NewStorage(hc, client.NewResolver(kv, client.StorageKey, client.ResolveTTL))
+	return client.NewMaster(hc, client.NewResolver(kv, wire.MasterKey, client.ResolveTTL)),
+		client.NewStorage(hc, client.NewResolver(kv, wire.StorageKey, client.ResolveTTL))
 }

@@ -36,6 +36,7 @@ import (
 	"github.com/imgmill/imgmill/internal/servicetest"
 	"github.com/imgmill/imgmill/internal/taskstore"
 	"github.com/imgmill/imgmill/internal/testimage"
+	"github.com/imgmill/imgmill/internal/wire"
 	"github.com/imgmill/imgmill/internal/worker"
 )
 
@@ -72,7 +73,7 @@ func startWorker(t *testing.T, cfg worker.Config) (stop func()) {
 type upload struct {
 	name string
 	data []byte
-	// want is the expected output image; nil means check with imageop.CheckSwapped against orig.
+	// want is the expected output image; nil means check with testimage.CheckSwapped against orig.
 	orig image.Image
 	want image.Image
 	// format is the result's format ("" means png: every input but JPEG becomes PNG by default); a
@@ -147,9 +148,6 @@ func gifUpload(t *testing.T) upload {
 	return upload{name: "gif", data: buf.Bytes(), orig: orig}
 }
 
-// samePixels compares two images pixel by pixel in non-premultiplied 8-bit terms.
-func samePixels(want, got image.Image) error { return nearPixels(want, got, 0) }
-
 // nearPixels compares two images channel by channel, allowing each channel to differ by tolerance.
 func nearPixels(want, got image.Image, tolerance int) error {
 	if want.Bounds() != got.Bounds() {
@@ -173,13 +171,13 @@ func nearPixels(want, got image.Image, tolerance int) error {
 // waitFinished polls the database until task id is finished.
 func waitFinished(ctx context.Context, t *testing.T, s *servicetest.Stack, id int64) {
 	t.Helper()
-	waitTask(ctx, t, s.Database, id, "finished", func(t client.Task) bool { return t.State == client.StateFinished })
+	waitTask(ctx, t, s.Database, id, "finished", func(t wire.Task) bool { return t.State == wire.Finished })
 }
 
 // waitTask polls the database until task id satisfies cond (described by what) and returns it.
-func waitTask(ctx context.Context, t *testing.T, db *client.Database, id int64, what string, cond func(client.Task) bool) client.Task {
+func waitTask(ctx context.Context, t *testing.T, db *client.Database, id int64, what string, cond func(wire.Task) bool) wire.Task {
 	t.Helper()
-	var task client.Task
+	var task wire.Task
 	ok := servicetest.Poll(ctx, func() bool {
 		got, err := db.GetByID(ctx, id)
 		if err != nil {
@@ -198,11 +196,11 @@ func waitTask(ctx context.Context, t *testing.T, db *client.Database, id int64, 
 }
 
 // waitSettled waits up to a minute for task id to be finished or failed, and returns it.
-func (r *rig) waitSettled(t *testing.T, id int64) client.Task {
+func (r *rig) waitSettled(t *testing.T, id int64) wire.Task {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	return waitTask(ctx, t, r.db, id, "finished or failed", func(t client.Task) bool { return t.State >= client.StateFinished })
+	return waitTask(ctx, t, r.db, id, "finished or failed", func(t wire.Task) bool { return t.State >= wire.Finished })
 }
 
 func TestWorkerProcessesUploads(t *testing.T) {
@@ -244,7 +242,7 @@ func TestWorkerProcessesUploads(t *testing.T) {
 		t.Run(u.name, func(t *testing.T) {
 			id := ids[i]
 			waitFinished(ctx, t, s, id)
-			out, ok := s.StoredImage(t, id, client.Finished)
+			out, ok := s.StoredImage(t, id, wire.FinishedImage)
 			if !ok {
 				t.Fatalf("task %d finished but storage has no finished image", id)
 			}
@@ -260,11 +258,11 @@ func TestWorkerProcessesUploads(t *testing.T) {
 				if err := nearPixels(u.want, result, u.tolerance); err != nil {
 					t.Errorf("result is not the swapped decoded input: %v", err)
 				}
-			} else if err := imageop.CheckSwapped(u.orig, result); err != nil {
+			} else if err := testimage.CheckSwapped(u.orig, result); err != nil {
 				t.Errorf("result not swapped: %v", err)
 			}
 			// The input is kept as it was.
-			resp, err := s.Storage.GetImage(t.Context(), id, client.Working)
+			resp, err := s.Storage.GetImage(t.Context(), id, wire.WorkingImage)
 			if err != nil {
 				t.Fatalf("working image: %v", err)
 			}
@@ -290,11 +288,11 @@ func TestWorkerProcessesUploads(t *testing.T) {
 	}
 
 	// The undecodable image fails at once, for good: no retry can decode it. It never gets a result.
-	task := waitTask(ctx, t, s.Database, badID, "failed", func(t client.Task) bool { return t.State != client.StateInProgress })
-	if task.State != client.StateFailed || task.Attempts != 1 || !strings.Contains(task.Error, "decode") {
+	task := waitTask(ctx, t, s.Database, badID, "failed", func(t wire.Task) bool { return t.State != wire.InProgress })
+	if task.State != wire.Failed || task.Attempts != 1 || !strings.Contains(task.Error, "decode") {
 		t.Errorf("undecodable task = %+v, want failed after 1 attempt with an error about decoding", task)
 	}
-	if _, ok := s.StoredImage(t, badID, client.Finished); ok {
+	if _, ok := s.StoredImage(t, badID, wire.FinishedImage); ok {
 		t.Errorf("undecodable task %d has a finished image", badID)
 	}
 
@@ -324,12 +322,12 @@ func TestWorkerPicksUpTaskWhileIdle(t *testing.T) {
 	if el := time.Since(start); el > 15*time.Second {
 		t.Errorf("task finished after %v: the waiting worker was not woken", el)
 	}
-	out, ok := s.StoredImage(t, id, client.Finished)
+	out, ok := s.StoredImage(t, id, wire.FinishedImage)
 	if !ok {
 		t.Fatal("no finished image")
 	}
 	result, _ := decode(t, "result", out)
-	if err := imageop.CheckSwapped(img, result); err != nil {
+	if err := testimage.CheckSwapped(img, result); err != nil {
 		t.Error(err)
 	}
 }
@@ -477,7 +475,7 @@ func (r *rig) upload(t *testing.T, img image.Image) int64 {
 }
 
 // task returns task id as the database has it.
-func (r *rig) task(t *testing.T, id int64) client.Task {
+func (r *rig) task(t *testing.T, id int64) wire.Task {
 	t.Helper()
 	task, err := r.db.GetByID(t.Context(), id)
 	if err != nil {
@@ -490,7 +488,7 @@ func (r *rig) task(t *testing.T, id int64) client.Task {
 // under; ok is false when there is none.
 func finishedImage(t *testing.T, st *client.Storage, id int64) (b []byte, token int64, ok bool) {
 	t.Helper()
-	img, err := st.GetImage(t.Context(), id, client.Finished)
+	img, err := st.GetImage(t.Context(), id, wire.FinishedImage)
 	if client.IsStatus(err, http.StatusNotFound) {
 		return nil, 0, false
 	}
@@ -517,7 +515,7 @@ func checkResult(t *testing.T, st *client.Storage, id int64, orig image.Image, w
 		t.Errorf("finished image of task %d stored under lease token %d, want %d", id, token, wantToken)
 	}
 	result, _ := decode(t, "result", out)
-	if err := imageop.CheckSwapped(orig, result); err != nil {
+	if err := testimage.CheckSwapped(orig, result); err != nil {
 		t.Errorf("task %d: %v", id, err)
 	}
 }
@@ -574,7 +572,7 @@ func newWorkingHook(delay time.Duration) *workingHook {
 
 func (h *workingHook) wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet || r.URL.Path != "/getImage" || r.URL.Query().Get("state") != client.Working {
+		if r.Method != http.MethodGet || r.URL.Path != "/getImage" || r.URL.Query().Get("state") != wire.WorkingImage {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -632,7 +630,7 @@ func TestWorkerHeartbeatKeepsLease(t *testing.T) {
 		Heartbeat: 50 * time.Millisecond, Logger: servicetest.Discard})
 
 	task := r.waitSettled(t, id)
-	if task.State != client.StateFinished || task.Attempts != 1 || task.Error != "" {
+	if task.State != wire.Finished || task.Attempts != 1 || task.Error != "" {
 		t.Errorf("task = %+v, want finished on its first attempt with no error", task)
 	}
 	if n := hook.gets.Load(); n != 1 {
@@ -709,7 +707,7 @@ func TestWorkerStopsOnLostLease(t *testing.T) {
 	if _, _, ok := finishedImage(t, r.storage, id); ok {
 		t.Errorf("a result was stored for a task whose lease was lost")
 	}
-	if task := r.task(t, id); task.State != client.StateInProgress || task.Attempts != 1 {
+	if task := r.task(t, id); task.State != wire.InProgress || task.Attempts != 1 {
 		t.Errorf("task = %+v, want left in progress (for its lease to lapse) after 1 attempt", task)
 	}
 }
@@ -727,7 +725,7 @@ func TestWorkerWaitsOutStorageOutage(t *testing.T) {
 		OutageWait: time.Minute, Logger: servicetest.Discard})
 
 	task := r.waitSettled(t, id)
-	if task.State != client.StateFinished || task.Attempts != 1 || task.Retries != 0 || task.Error != "" {
+	if task.State != wire.Finished || task.Attempts != 1 || task.Retries != 0 || task.Error != "" {
 		t.Errorf("task = %+v, want finished on its first attempt, nothing handed back", task)
 	}
 	if n := r.calls.count("/failTask"); n != 0 {
@@ -754,7 +752,7 @@ func TestWorkerHandsBackAfterOutageWait(t *testing.T) {
 		OutageWait: 300 * time.Millisecond, Logger: servicetest.Discard})
 
 	task := r.waitSettled(t, id)
-	if task.State != client.StateFinished || task.Attempts != 1 || task.Retries != 2 {
+	if task.State != wire.Finished || task.Attempts != 1 || task.Retries != 2 {
 		t.Errorf("task = %+v, want finished, attempts 1 (transient failures are not attempts), retries 2", task)
 	}
 	for i, q := range r.calls.queries("/failTask") {
@@ -772,7 +770,7 @@ func TestWorkerStoresResultThroughOutage(t *testing.T) {
 	start := time.Now()
 	full := func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.Path == "/sendImage" && r.URL.Query().Get("state") == client.Finished && time.Since(start) < 1500*time.Millisecond {
+			if r.URL.Path == "/sendImage" && r.URL.Query().Get("state") == wire.FinishedImage && time.Since(start) < 1500*time.Millisecond {
 				refused.Add(1)
 				w.Header().Set("Retry-After", "1")
 				httpapi.WriteText(w, http.StatusInsufficientStorage, "Error: image storage is out of space, retry later")
@@ -788,7 +786,7 @@ func TestWorkerStoresResultThroughOutage(t *testing.T) {
 	startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1, Wait: time.Second,
 		OutageWait: time.Minute, Logger: servicetest.Discard})
 	task := r.waitSettled(t, id)
-	if task.State != client.StateFinished || task.Attempts != 1 || r.calls.count("/failTask") != 0 {
+	if task.State != wire.Finished || task.Attempts != 1 || r.calls.count("/failTask") != 0 {
 		t.Errorf("task = %+v after %d failure reports, want finished on its first attempt, none reported", task, r.calls.count("/failTask"))
 	}
 	if n, fetched := refused.Load(), hook.gets.Load(); n < 1 || fetched != 1 {
@@ -821,7 +819,7 @@ func TestWorkerFinishSurvivesMasterOutage(t *testing.T) {
 	poll(t, "a refused finish report", func() bool { return refused.Load() >= 2 })
 	down.Store(false)
 	task := r.waitSettled(t, id)
-	if task.State != client.StateFinished || task.Attempts != 1 {
+	if task.State != wire.Finished || task.Attempts != 1 {
 		t.Errorf("task = %+v, want finished by its first claim's retried report", task)
 	}
 	checkResult(t, r.storage, id, img, task.Token)
@@ -839,7 +837,7 @@ func TestWorkerShutdown(t *testing.T) {
 		stop() // returns once Run has (or fails the test after 10s)
 
 		task := r.task(t, id)
-		if task.State != client.StateFinished || task.Attempts != 1 {
+		if task.State != wire.Finished || task.Attempts != 1 {
 			t.Errorf("task = %+v, want finished during the drain on its first attempt", task)
 		}
 		checkResult(t, r.storage, id, img, task.Token)
@@ -860,7 +858,7 @@ func TestWorkerShutdown(t *testing.T) {
 		stop() // returns once Run has (or fails the test after 10s), well before the fetch would end
 
 		task := r.task(t, id)
-		if task.State != client.StateNotStarted || task.Attempts != 0 {
+		if task.State != wire.NotStarted || task.Attempts != 0 {
 			t.Errorf("task = %+v, want handed back: not started, the attempt not counted", task)
 		}
 		if n := r.calls.count("/releaseTask"); n != 1 {
@@ -889,7 +887,7 @@ type resultHook struct {
 
 func (h *resultHook) wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPost && r.URL.Path == "/sendImage" && r.URL.Query().Get("state") == client.Finished {
+		if r.Method == http.MethodPost && r.URL.Path == "/sendImage" && r.URL.Query().Get("state") == wire.FinishedImage {
 			h.held.Add(1)
 			select {
 			case <-h.release:
@@ -935,7 +933,7 @@ func TestWorkerPrefetch(t *testing.T) {
 			}
 			close(hook.release)
 			for _, id := range ids {
-				waitTask(t.Context(), t, r.db, id, "finished", func(task client.Task) bool { return task.State == client.StateFinished })
+				waitTask(t.Context(), t, r.db, id, "finished", func(task wire.Task) bool { return task.State == wire.Finished })
 			}
 			stop()
 			for i, id := range ids {
@@ -994,7 +992,7 @@ func TestWorkerWithReferenceMaster(t *testing.T) {
 			for i, id := range ids {
 				imgs[i] = testimage.Pattern(9, int64(20+i))
 				data := servicetest.EncodePNG(t, imgs[i])
-				if err := st.SendImage(t.Context(), id, client.Working, bytes.NewReader(data), int64(len(data))); err != nil {
+				if err := st.SendImage(t.Context(), id, wire.WorkingImage, bytes.NewReader(data), int64(len(data))); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -1040,11 +1038,17 @@ func TestWorkerWithReferenceMaster(t *testing.T) {
 // as an upload from before the limits (or from another master) would be; it returns the task id.
 func queueDirectly(ctx context.Context, t *testing.T, s *servicetest.Stack, data []byte) int64 {
 	t.Helper()
-	id, err := s.Database.NewTask(ctx, client.NewTaskParams{Pending: true})
+	return queueDirectlyWithOp(ctx, t, s, data, "")
+}
+
+// queueDirectlyWithOp is queueDirectly for a task with the operation chain op, unchecked.
+func queueDirectlyWithOp(ctx context.Context, t *testing.T, s *servicetest.Stack, data []byte, op string) int64 {
+	t.Helper()
+	id, err := s.Database.NewTask(ctx, client.NewTaskParams{Pending: true, Op: op})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Storage.SendImage(ctx, id, client.Working, bytes.NewReader(data), int64(len(data))); err != nil {
+	if err := s.Storage.SendImage(ctx, id, wire.WorkingImage, bytes.NewReader(data), int64(len(data))); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Database.ActivateTask(ctx, id); err != nil {
@@ -1076,11 +1080,11 @@ func TestWorkerFailsOversizedImage(t *testing.T) {
 		{huge, "image is 100000x100000 pixels, over the limit of 300 pixels in all"},
 		{small, "image is 20x20 pixels, over the limit of 300 pixels in all"},
 	} {
-		task := waitTask(ctx, t, s.Database, tc.id, "failed", func(t client.Task) bool { return t.State == client.StateFailed })
+		task := waitTask(ctx, t, s.Database, tc.id, "failed", func(t wire.Task) bool { return t.State == wire.Failed })
 		if task.Attempts != 1 || task.Error != tc.reason {
 			t.Errorf("oversized task = %+v, want failed on its first attempt with %q", task, tc.reason)
 		}
-		if _, ok := s.StoredImage(t, tc.id, client.Finished); ok {
+		if _, ok := s.StoredImage(t, tc.id, wire.FinishedImage); ok {
 			t.Errorf("oversized task %d has a finished image", tc.id)
 		}
 	}
@@ -1094,7 +1098,7 @@ func TestWorkerFailsOversizedImage(t *testing.T) {
 	stop()
 	huge2 := queueDirectly(ctx, t, s, servicetest.PaddedPNG(100_000, 100_000, 300))
 	startWorker(t, worker.Config{Master: s.Master, Storage: s.Storage, Concurrency: 1, Wait: time.Second, Logger: servicetest.Discard})
-	task := waitTask(ctx, t, s.Database, huge2, "failed", func(t client.Task) bool { return t.State == client.StateFailed })
+	task := waitTask(ctx, t, s.Database, huge2, "failed", func(t wire.Task) bool { return t.State == wire.Failed })
 	if want := "image is 100000x100000 pixels, over the limit of 50000000 pixels (50 MP) in all"; task.Attempts != 1 || task.Error != want {
 		t.Errorf("oversized task = %+v, want failed on its first attempt with %q", task, want)
 	}
@@ -1109,7 +1113,7 @@ func TestWorkerAppliesTheTasksChain(t *testing.T) {
 	startWorker(t, worker.Config{Master: s.Master, Storage: s.Storage, Concurrency: 1, Wait: time.Second, Logger: servicetest.Discard})
 	src := testimage.Pattern(40, 7)
 	src = src.SubImage(image.Rect(0, 0, 40, 24)).(*image.NRGBA) // 40x24: a rotation shows
-	data, err := imageop.EncodePNG(src)
+	data, err := testimage.EncodePNG(src)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1118,11 +1122,11 @@ func TestWorkerAppliesTheTasksChain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	task := waitTask(ctx, t, s.Database, id, "finished", func(t client.Task) bool { return t.State == client.StateFinished })
+	task := waitTask(ctx, t, s.Database, id, "finished", func(t wire.Task) bool { return t.State == wire.Finished })
 	if task.Op != "rotate:90,grayscale,convert:jpeg:95" {
 		t.Errorf("task op = %q, want the canonical chain", task.Op)
 	}
-	out, ok := s.StoredImage(t, id, client.Finished)
+	out, ok := s.StoredImage(t, id, wire.FinishedImage)
 	if !ok {
 		t.Fatal("no finished image")
 	}
@@ -1167,7 +1171,7 @@ func TestWorkerPNGCompression(t *testing.T) {
 	src := testimage.Pattern(64, 9)
 	id := queueDirectly(ctx, t, s, servicetest.PatternPNG(t, 64, 9))
 	waitFinished(ctx, t, s, id)
-	out, ok := s.StoredImage(t, id, client.Finished)
+	out, ok := s.StoredImage(t, id, wire.FinishedImage)
 	if !ok {
 		t.Fatal("no finished image")
 	}
@@ -1175,7 +1179,23 @@ func TestWorkerPNGCompression(t *testing.T) {
 		t.Errorf("result of %d bytes for %d bytes of pixels: not stored uncompressed", len(out), len(src.Pix))
 	}
 	result, _ := decode(t, "result", out)
-	if err := imageop.CheckSwapped(src, result); err != nil {
+	if err := testimage.CheckSwapped(src, result); err != nil {
 		t.Error(err)
 	}
+}
+
+// The database keeps a chain as given (a newer master's operation, say); a worker that does not know
+// an operation fails the task at once and for good, saying which, and goes on with the next.
+func TestWorkerFailsUnknownOperation(t *testing.T) {
+	s := servicetest.NewStack(t, servicetest.Options{})
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	unknown := queueDirectlyWithOp(ctx, t, s, servicetest.PatternPNG(t, 16, 1), "grayscale,sepia:0.8")
+	fine := queueDirectly(ctx, t, s, servicetest.PatternPNG(t, 16, 2))
+	startWorker(t, worker.Config{Master: s.Master, Storage: s.Storage, Concurrency: 1, Wait: time.Second, Logger: servicetest.Discard})
+	task := waitTask(ctx, t, s.Database, unknown, "failed", func(t wire.Task) bool { return t.State == wire.Failed })
+	if task.Attempts != 1 || !strings.Contains(task.Error, `unknown operation "sepia"`) {
+		t.Errorf("task with an unknown operation = %+v, want failed on its first attempt naming sepia", task)
+	}
+	waitFinished(ctx, t, s, fine)
 }

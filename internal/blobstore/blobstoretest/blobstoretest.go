@@ -22,7 +22,9 @@ import (
 )
 
 // Run runs the contract suite. open must return a fresh, empty store for each call; Run closes it when
-// the subtest ends (and checks that Close succeeds), so open must not close it itself.
+// the subtest ends (and checks that Close succeeds), so open must not close it itself. The subtests run
+// in parallel, so open must be safe for concurrent use; but the one that measures the heap runs alone,
+// so the test calling Run must not run in parallel with others.
 func Run(t *testing.T, open func(t *testing.T) blobstore.Store) {
 	t.Helper()
 	fresh := func(t *testing.T) blobstore.Store {
@@ -66,8 +68,16 @@ func Run(t *testing.T, open func(t *testing.T) blobstore.Store) {
 		{"DeleteClearsFence", testDeleteClearsFence},
 		{"SizeMismatch", testSizeMismatch},
 	}
+	// Large measures the process's heap, which the buffers of parallel subtests would inflate: it runs
+	// alone, as parallel subtests wait until the test that called Run returns.
+	alone := map[string]bool{"Large": true}
 	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) { tc.fn(t, fresh(t)) })
+		t.Run(tc.name, func(t *testing.T) {
+			if !alone[tc.name] {
+				t.Parallel()
+			}
+			tc.fn(t, fresh(t))
+		})
 	}
 }
 

@@ -36,10 +36,10 @@ func waitRecovered(t *testing.T, s blobstore.Store) {
 	data := payload(99, 10<<10)
 	enginetest.AwaitRecovery(t, func(ctx context.Context) error {
 		if err := s.Ping(ctx); err != nil {
-			return fmt.Errorf("Ping: %w", err)
+			return fmt.Errorf("ping: %w", err)
 		}
 		if _, err := s.Put(ctx, "recovery/probe", bytes.NewReader(data), int64(len(data)), 0); err != nil {
-			return fmt.Errorf("Put: %w", err)
+			return fmt.Errorf("put: %w", err)
 		}
 		return nil
 	})

@@ -41,8 +41,10 @@ func openStore(t *testing.T, endpoints []string, prefix string) *Store {
 }
 
 // TestContract runs the contract suite on one single-member cluster, each subtest in a namespace of its
-// own so that it sees an empty store.
+// own so that it sees an empty store. Its TTL subtests mostly sleep: it runs in parallel with
+// TestUnreachable, which mostly waits too.
 func TestContract(t *testing.T) {
+	t.Parallel()
 	cluster := enginetest.StartEtcd(t, 1)
 	kvstoretest.RunRealTime(t, func(t *testing.T) kvstore.Store {
 		s, err := Open(t.Context(), Options{Endpoints: cluster.Endpoints(), Prefix: "contract/" + t.Name() + "/",
@@ -292,8 +294,10 @@ func TestFailover(t *testing.T) {
 }
 
 // A cluster that cannot be reached is no reason to fail Open: the store opens and fails its calls as
-// unavailable, each within the dial timeout. The end of the caller's context still fails Open.
+// unavailable, each within the dial timeout. The end of the caller's context still fails Open. It
+// shares nothing with TestContract, so they run in parallel.
 func TestUnreachable(t *testing.T) {
+	t.Parallel()
 	dead := enginetest.FreeAddr(t) // nothing listens there
 	s, err := Open(t.Context(), Options{Endpoints: []string{dead}, DialTimeout: time.Second,
 		Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})

@@ -43,7 +43,8 @@ func (c *Clock) Advance(d time.Duration) {
 // Run runs the contract suite against a store whose expiry is decided by a clock it is given. open must
 // return a fresh, empty store for each call, whose expiry is decided by now (the suite's fake clock) and
 // never by the real time; Run closes it when the subtest ends (and checks that Close succeeds), so open
-// must not close it itself. The TTL subtests check expiry to the nanosecond.
+// must not close it itself. The TTL subtests check expiry to the nanosecond. The subtests run in parallel,
+// so open must be safe for concurrent use.
 func Run(t *testing.T, open func(t *testing.T, now func() time.Time) kvstore.Store) {
 	t.Helper()
 	run(t, false, func(t *testing.T) (kvstore.Store, *Clock) {
@@ -61,7 +62,8 @@ const RealTimeGrace = 5 * time.Second
 
 // RunRealTime runs the contract suite against a store whose expiry follows the real clock and which
 // cannot be given another (etcd's leases). open must return a fresh store for each call, empty as far as
-// the store's methods can see, and must not close it (RunRealTime does).
+// the store's methods can see, and must not close it (RunRealTime does); it is called from concurrent
+// subtests, so it must be safe for concurrent use.
 //
 // The TTL subtests check the same behaviours as Run's with real TTLs of 2 to 8 seconds: an entry must be
 // there until its ttl has passed since the Set began and gone within RealTimeGrace after that. They run
@@ -105,8 +107,10 @@ func run(t *testing.T, realTime bool, open func(t *testing.T) (kvstore.Store, *C
 		{"SetIfAbsent", testSetIfAbsent},
 		{"SetIfAbsentConcurrent", testSetIfAbsentConcurrent},
 	}
+	// Every subtest has a store (and a clock) of its own, so they run in parallel.
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			s, _ := fresh(t)
 			tc.fn(t, s)
 		})
@@ -130,6 +134,7 @@ func run(t *testing.T, realTime bool, open func(t *testing.T) (kvstore.Store, *C
 	if !realTime {
 		for _, tc := range ttlTests {
 			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
 				s, c := fresh(t)
 				tc.fake(t, s, c)
 			})
@@ -396,7 +401,7 @@ func testConcurrentSets(t *testing.T, s kvstore.Store) {
 				}
 				// Readers run alongside the writers, and see their own writes.
 				if _, err := s.List(context.Background(), ""); err != nil {
-					errs <- fmt.Errorf("List: %w", err)
+					errs <- fmt.Errorf("list: %w", err)
 				}
 				prefix := fmt.Sprintf("g%02d/", g)
 				if own, err := s.List(context.Background(), prefix); err != nil {

@@ -34,10 +34,10 @@ func waitRecovered(t *testing.T, s kvstore.Store) {
 	t.Helper()
 	enginetest.AwaitRecovery(t, func(ctx context.Context) error {
 		if err := s.Ping(ctx); err != nil {
-			return fmt.Errorf("Ping: %w", err)
+			return fmt.Errorf("ping: %w", err)
 		}
 		if err := s.Set(ctx, "recovery/probe", "back", 0); err != nil {
-			return fmt.Errorf("Set: %w", err)
+			return fmt.Errorf("set: %w", err)
 		}
 		return nil
 	})

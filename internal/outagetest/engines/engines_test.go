@@ -8,11 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imgmill/imgmill/internal/allinone"
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/deploytest"
 	"github.com/imgmill/imgmill/internal/enginetest"
-	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/outagetest"
 	"github.com/imgmill/imgmill/internal/testimage"
 )
@@ -27,10 +25,8 @@ func TestOutagesOfEngines(t *testing.T) {
 		t.Skip("outage tests are not run with -short")
 	}
 	dd := deploytest.StartDistributed(t, deploytest.Options{KVs: 1, Databases: 1, Storages: 2, Masters: 2, Frontends: 1, Workers: 2})
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	deploytest.WaitHealthy(t, ctx, dd.HC, dd.FEAddrs[0])
-	view := outagetest.View{HC: dd.HC, FEAddr: dd.FEAddrs[0], DB: dd.Database, ST: dd.Storage,
+	dd.WaitServing(dd.FEAddrs[0])
+	view := outagetest.View{HC: dd.HC, FEAddr: dd.FEAddrs[0], DB: dd.Database, ST: dd.Storage, Master: dd.Master,
 		Targets: []outagetest.Target{{Frontend: true, Addr: dd.FEAddrs[0]}, {Addr: dd.MasterAddrs[0]}, {Addr: dd.MasterAddrs[1]}}}
 	outer := t // the engines restart for the whole test, not for one subtest
 	t.Run("MinIO", func(t *testing.T) {
@@ -65,12 +61,9 @@ func TestServicesStartBeforeTheirEngines(t *testing.T) {
 	etcd.Member(0).Kill()
 
 	d := deploytest.New(t)
-	addrs, err := allinone.FreeAddrs(4)
-	if err != nil {
-		t.Fatal(err)
-	}
+	addrs := enginetest.FreeAddrs(t, 4)
 	d.KVAddr = addrs[0]
-	d.MustStart("kv", "kv", "--addr", addrs[0], "--kv", etcd.URL())
+	d.MustStart("kv", "kv", "--addr", addrs[0], "--kv-store", etcd.URL())
 	d.MustStart("database", "database", "--addr", addrs[1], "--kv", d.KVAddr, "--tasks", tasks)
 	d.MustStart("storage", "storage", "--addr", addrs[2], "--kv", d.KVAddr, "--blobs", blobs)
 	d.MustStart("master", "master", "--addr", addrs[3], "--kv", d.KVAddr)
@@ -106,7 +99,7 @@ func TestServicesStartBeforeTheirEngines(t *testing.T) {
 	}
 	d.WaitReady()
 	orig := testimage.Pattern(24, 60)
-	data, _ := imageop.EncodePNG(orig)
+	data, _ := testimage.EncodePNG(orig)
 	m := d.Master()
 	up, err := m.Upload(ctx, bytes.NewReader(data), int64(len(data)), client.UploadParams{IdempotencyKey: "start-order"})
 	id := up.ID
@@ -117,7 +110,7 @@ func TestServicesStartBeforeTheirEngines(t *testing.T) {
 		ready, _ := m.IsReady(ctx, id)
 		return ready
 	})
-	if err := imageop.CheckSwapped(orig, deploytest.FetchFromMaster(t, ctx, m, id)); err != nil {
+	if err := testimage.CheckSwapped(orig, deploytest.FetchFromMaster(t, ctx, m, id)); err != nil {
 		t.Error(err)
 	}
 }

@@ -1,7 +1,6 @@
 package instances
 
 import (
-	"context"
 	"net/http"
 	"strings"
 	"testing"
@@ -18,19 +17,20 @@ func TestMain(m *testing.M) { deploytest.Main(m) }
 // cluster, with two instances each of kv, database, storage, master and frontend and four workers,
 // submits 1,000 images through both frontends and the masters, kills one instance of every kind and
 // one etcd member with SIGKILL midway, and checks that every acknowledged upload finished and is
-// pixel-correct, with its result written by the claim that finished it.
+// pixel-correct, with its result written by the claim that finished it. Its deadline is scaled from the
+// deployment's pace, measured first.
 func TestDistributedDeployment(t *testing.T) {
 	if testing.Short() {
 		t.Skip("distributed deployment test is not run with -short")
 	}
 	const images = 1000
 	dd := deploytest.StartDistributed(t, deploytest.Options{KVs: 2, Databases: 2, Storages: 2, Masters: 2, Frontends: 2, Workers: 4,
-		DBArgs: deploytest.KillingDBArgs, WorkerArgs: deploytest.KillingWorkerArgs})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		Killing: true})
+	// The frontends first: they refuse to start where tasks exist that they made no secret for.
+	dd.WaitServing(dd.FEAddrs...)
+	pace := deploytest.MeasurePace(t, dd.Master())
+	ctx, cancel := deploytest.Within(t, pace.Allow(10*images, 10*time.Minute))
 	defer cancel()
-	for _, a := range dd.FEAddrs {
-		deploytest.WaitHealthy(t, ctx, dd.HC, a)
-	}
 
 	w := deploytest.NewWorkload(t, images)
 	submitted := w.Submit(t, ctx, dd.HC, dd.FEAddrs, dd.Master(), 8)
@@ -51,15 +51,16 @@ func TestDistributedDeployment(t *testing.T) {
 // instances of storage and master; storage-1 and master-1 are killed (SIGKILL) under a load sent to the
 // surviving master and to the frontend: an upload begun after the kills must never be refused, whichever
 // instance it first meets (a connection that could not be made is retried on another instance, and the
-// dead ones are avoided at once).
+// dead ones are avoided at once). Its deadline is scaled from the deployment's pace, measured first.
 func TestInstancesKilled(t *testing.T) {
 	if testing.Short() {
 		t.Skip("outage tests are not run with -short")
 	}
 	dd := deploytest.StartDistributed(t, deploytest.Options{KVs: 1, Databases: 1, Storages: 2, Masters: 2, Frontends: 1, Workers: 2})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	dd.WaitServing(dd.FEAddrs...)
+	pace := deploytest.MeasurePace(t, dd.Master())
+	ctx, cancel := deploytest.Within(t, pace.Allow(2000, 5*time.Minute))
 	defer cancel()
-	deploytest.WaitHealthy(t, ctx, dd.HC, dd.FEAddrs[0])
 	l := outagetest.NewLoad(t, dd.HC, []outagetest.Target{{Frontend: true, Addr: dd.FEAddrs[0]}, {Addr: dd.MasterAddrs[1]}}, 4000, 200*time.Millisecond)
 	stop := make(chan struct{})
 	done := l.Start(ctx, 4, stop)

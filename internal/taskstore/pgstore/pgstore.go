@@ -56,6 +56,7 @@ import (
 	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/taskstore"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // migrationFiles are the schema steps, NNNN_name.sql from 0001 up without gaps. A step, once released,
@@ -624,7 +625,7 @@ func (s *Store) createOnce(ctx context.Context, p taskstore.CreateParams, key st
 // created less than window before now, and it is not a pending task that failed (an upload that was
 // never acknowledged, so the client's retry must upload again).
 func replays(old taskstore.Task, now time.Time, window time.Duration) bool {
-	return old.CreatedAt.After(now.Add(-window)) && !(old.Pending && old.State == taskstore.Failed)
+	return old.CreatedAt.After(now.Add(-window)) && !(old.Pending && old.State == wire.Failed)
 }
 
 // keyTaken reports whether err is the unique index refusing an idempotency key that a concurrent call
@@ -657,7 +658,7 @@ func (s *Store) Activate(ctx context.Context, id int64) error {
 			return fmt.Errorf("pgstore: activate %d: %w", id, classify(ctx, err))
 		case !pending:
 			return nil // already active
-		case state == taskstore.Failed:
+		case state == wire.Failed:
 			return fmt.Errorf("pgstore: activate %d: %w", id, taskstore.ErrNotPending)
 		}
 	}
@@ -670,7 +671,7 @@ func (s *Store) Abandon(ctx context.Context, id int64, reason string) error {
 		return fmt.Errorf("pgstore: abandon %d: %w", id, err)
 	}
 	if reason == "" {
-		reason = taskstore.AbandonedError
+		reason = wire.AbandonedError
 	}
 	// The update matches only a pending task that has not failed; a read tells the other cases apart.
 	// It runs after the update, so an operator's Set in between can make it see a task that the
@@ -704,7 +705,7 @@ func (s *Store) abandonOnce(ctx context.Context, id int64, reason string) (bool,
 	case !t.Pending:
 		return false, taskstore.ErrNotPending
 	}
-	return t.State == taskstore.Failed, nil
+	return t.State == wire.Failed, nil
 }
 
 // Get returns one task.
@@ -785,7 +786,7 @@ func (s *Store) Finish(ctx context.Context, id, token int64) error {
 	}
 	tag, err := s.pool.Exec(ctx, finishSQL, pgx.NamedArgs{"id": id, "token": token, "now": s.now()})
 	if err == nil && tag.RowsAffected() == 0 {
-		var state taskstore.State
+		var state wire.State
 		if state, err = s.refusal(ctx, id, token); taskstore.IsFinishRetry(token, state, err) {
 			return nil
 		}
@@ -848,7 +849,7 @@ func (s *Store) Retry(ctx context.Context, id, token int64, reason string, b tas
 
 // refusal explains why a guarded update of task id on behalf of token matched no row: ErrNotFound, or
 // taskstore.Refusal's answer (or the probe's own failure), with the task's stored state.
-func (s *Store) refusal(ctx context.Context, id, token int64) (taskstore.State, error) {
+func (s *Store) refusal(ctx context.Context, id, token int64) (wire.State, error) {
 	state, current, _, err := s.probeRow(ctx, id)
 	if err != nil {
 		return 0, err
@@ -858,7 +859,7 @@ func (s *Store) refusal(ctx context.Context, id, token int64) (taskstore.State, 
 
 // probeRow reads a task's stored state, token and pending flag; ErrNotFound for an unknown id. Tasks
 // are never deleted, so existence cannot change between a failed update and the probe.
-func (s *Store) probeRow(ctx context.Context, id int64) (taskstore.State, int64, bool, error) {
+func (s *Store) probeRow(ctx context.Context, id int64) (wire.State, int64, bool, error) {
 	var (
 		state   int16
 		token   int64
@@ -868,17 +869,17 @@ func (s *Store) probeRow(ctx context.Context, id int64) (taskstore.State, int64,
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, 0, false, taskstore.ErrNotFound
 	}
-	return taskstore.State(state), token, pending, err
+	return wire.State(state), token, pending, err
 }
 
 // Set overwrites a task's state; InProgress starts a lease of the given length.
-func (s *Store) Set(ctx context.Context, id int64, state taskstore.State, lease time.Duration) error {
+func (s *Store) Set(ctx context.Context, id int64, state wire.State, lease time.Duration) error {
 	if !state.Valid() {
 		return fmt.Errorf("pgstore: set %d to %d: %w", id, int(state), taskstore.ErrInvalidState)
 	}
 	now := s.now()
 	var until *time.Time // NULL unless in progress
-	if state == taskstore.InProgress {
+	if state == wire.InProgress {
 		if lease <= 0 {
 			return fmt.Errorf("pgstore: set %d in progress: lease %v is not positive", id, lease)
 		}
@@ -1113,7 +1114,7 @@ func scanTask(row pgx.Row, extra ...any) (taskstore.Task, error) {
 	if err := row.Scan(dest...); err != nil {
 		return taskstore.Task{}, err
 	}
-	t.State = taskstore.State(state)
+	t.State = wire.State(state)
 	t.CreatedAt = fromTimestamptz(created)
 	t.StartedAt = fromTimestamptz(started)
 	t.FinishedAt = fromTimestamptz(finished)

@@ -23,6 +23,7 @@ import (
 	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/taskstore"
 	"github.com/imgmill/imgmill/internal/taskstore/taskstoretest"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 func TestMain(m *testing.M) {
@@ -44,7 +45,8 @@ func openStore(tb testing.TB, dsn string, opts Options) *Store {
 	return s
 }
 
-// TestContract runs the shared suite on one server, each subtest in a fresh database.
+// TestContract runs the shared suite on one server, each subtest in a fresh database. The subtests run in
+// parallel: NewDatabase is safe for concurrent use (an atomic sequence names the databases).
 func TestContract(t *testing.T) {
 	pg := enginetest.StartPostgres(t)
 	taskstoretest.Run(t, func(t *testing.T, clock func() time.Time) taskstore.Store {
@@ -56,7 +58,8 @@ func TestContract(t *testing.T) {
 	})
 }
 
-// TestStore runs the PostgreSQL-specific tests on one server; each subtest has its own database.
+// TestStore runs the PostgreSQL-specific tests on one server; each subtest has its own database (and
+// every check it makes on the server is confined to that database), so they run in parallel.
 func TestStore(t *testing.T) {
 	pg := enginetest.StartPostgres(t)
 	for _, tc := range []struct {
@@ -82,7 +85,10 @@ func TestStore(t *testing.T) {
 		{"ListPages", testListPages},
 		{"Fill", testFill},
 	} {
-		t.Run(tc.name, func(t *testing.T) { tc.fn(t, pg) })
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tc.fn(t, pg)
+		})
 	}
 }
 
@@ -344,9 +350,9 @@ func testWatch(t *testing.T, pg *enginetest.Postgres) {
 	_, err = b.Fail(ctx, c.ID, c.Token, "broken", true)
 	must(err)
 	w.quiet(t, "permanent Fail")
-	must(b.Set(ctx, 0, taskstore.NotStarted, 0))
+	must(b.Set(ctx, 0, wire.NotStarted, 0))
 	w.expect(t, "Set NotStarted")
-	must(b.Set(ctx, 0, taskstore.Finished, 0))
+	must(b.Set(ctx, 0, wire.Finished, 0))
 	w.quiet(t, "Set Finished")
 
 	// Kill the listening session: Watch reconnects, says so, and hears the next Create.
@@ -1087,10 +1093,10 @@ func testNonPositiveLease(t *testing.T, pg *enginetest.Postgres) {
 	if _, err := s.Claim(ctx, 0); err == nil {
 		t.Error("Claim with zero lease succeeded")
 	}
-	if err := s.Set(ctx, 0, taskstore.InProgress, -time.Second); err == nil {
+	if err := s.Set(ctx, 0, wire.InProgress, -time.Second); err == nil {
 		t.Error("Set InProgress with negative lease succeeded")
 	}
-	if task, err := s.Get(ctx, 0); err != nil || task.State != taskstore.NotStarted || task.Attempts != 0 ||
+	if task, err := s.Get(ctx, 0); err != nil || task.State != wire.NotStarted || task.Attempts != 0 ||
 		task.Token != 0 {
 		t.Errorf("after rejected calls: %+v, %v", task, err)
 	}
@@ -1148,7 +1154,7 @@ func testListPages(t *testing.T, pg *enginetest.Postgres) {
 			t.Fatalf("during List %d connections acquired, want 0", got)
 		}
 		if task.ID%listPage == 0 {
-			if err := s.Set(ctx, task.ID, taskstore.Finished, 0); err != nil {
+			if err := s.Set(ctx, task.ID, wire.Finished, 0); err != nil {
 				t.Fatalf("Set inside List: %v", err)
 			}
 		}

@@ -32,6 +32,7 @@ import (
 
 	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/taskstore"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // Options configures a Store.
@@ -532,7 +533,7 @@ func (s *Store) createOnce(ctx context.Context, p taskstore.CreateParams, key st
 // created less than window before now, and it is not a pending task that failed (an upload that was
 // never acknowledged, so the client's retry must upload again).
 func replays(old taskstore.Task, now time.Time, window time.Duration) bool {
-	return old.CreatedAt.After(now.Add(-window)) && !(old.Pending && old.State == taskstore.Failed)
+	return old.CreatedAt.After(now.Add(-window)) && !(old.Pending && old.State == wire.Failed)
 }
 
 // Activate makes a pending task claimable.
@@ -561,7 +562,7 @@ func (s *Store) Activate(ctx context.Context, id int64) error {
 // Abandon fails a pending task whose upload will never complete.
 func (s *Store) Abandon(ctx context.Context, id int64, reason string) error {
 	if reason == "" {
-		reason = taskstore.AbandonedError
+		reason = wire.AbandonedError
 	}
 	// No fsync: an abandon lost to a power cut leaves a pending task, which ExpirePending fails later.
 	// The update matches only a pending task that has not failed; a read tells the other cases apart.
@@ -599,7 +600,7 @@ func (s *Store) abandonOnce(ctx context.Context, id int64, reason string) (bool,
 	case !t.Pending:
 		return false, taskstore.ErrNotPending
 	}
-	return t.State == taskstore.Failed, nil
+	return t.State == wire.Failed, nil
 }
 
 // Get returns one task.
@@ -684,7 +685,7 @@ func (s *Store) Finish(ctx context.Context, id, token int64) error {
 	err := s.finish.QueryRowContext(ctx, sql.Named("id", id), sql.Named("token", token),
 		sql.Named("now", nanos(s.now()))).Scan(&got)
 	if errors.Is(err, sql.ErrNoRows) {
-		var state taskstore.State
+		var state wire.State
 		if state, err = s.refusal(ctx, id, token); taskstore.IsFinishRetry(token, state, err) {
 			return nil
 		}
@@ -746,7 +747,7 @@ func retryWaitsJSON(b taskstore.RetryBackoff) string {
 
 // refusal explains why a guarded update of task id on behalf of token matched no row: ErrNotFound, or
 // taskstore.Refusal's answer (or the probe's own failure), with the task's stored state.
-func (s *Store) refusal(ctx context.Context, id, token int64) (taskstore.State, error) {
+func (s *Store) refusal(ctx context.Context, id, token int64) (wire.State, error) {
 	state, current, err := s.probeRow(ctx, id)
 	if err != nil {
 		return 0, err
@@ -756,23 +757,23 @@ func (s *Store) refusal(ctx context.Context, id, token int64) (taskstore.State, 
 
 // probeRow reads a task's stored state and token; ErrNotFound for an unknown id. Tasks are never
 // deleted, so existence cannot change between a failed update and the probe.
-func (s *Store) probeRow(ctx context.Context, id int64) (taskstore.State, int64, error) {
+func (s *Store) probeRow(ctx context.Context, id int64) (wire.State, int64, error) {
 	var state, token int64
 	err := s.probe.QueryRowContext(ctx, sql.Named("id", id)).Scan(&state, &token)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, 0, taskstore.ErrNotFound
 	}
-	return taskstore.State(state), token, err
+	return wire.State(state), token, err
 }
 
 // Set overwrites a task's state; InProgress starts a lease of the given length.
-func (s *Store) Set(ctx context.Context, id int64, state taskstore.State, lease time.Duration) error {
+func (s *Store) Set(ctx context.Context, id int64, state wire.State, lease time.Duration) error {
 	if !state.Valid() {
 		return fmt.Errorf("sqlitestore: set %d to %d: %w", id, int(state), taskstore.ErrInvalidState)
 	}
 	now := s.now()
 	var until any // NULL unless in progress
-	if state == taskstore.InProgress {
+	if state == wire.InProgress {
 		if lease <= 0 {
 			return fmt.Errorf("sqlitestore: set %d in progress: lease %v is not positive", id, lease)
 		}
@@ -936,7 +937,7 @@ func scanTask(sc scanner) (taskstore.Task, error) {
 		&created, &started, &finished, &leaseTo, &t.Op, &retryAt, &t.Retries); err != nil {
 		return taskstore.Task{}, err
 	}
-	t.State = taskstore.State(state)
+	t.State = wire.State(state)
 	t.CreatedAt = fromNanos(created)
 	t.StartedAt = fromNullNanos(started)
 	t.FinishedAt = fromNullNanos(finished)

@@ -16,6 +16,7 @@ import (
 	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/taskstore"
 	"github.com/imgmill/imgmill/internal/taskstore/taskstoretest"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 func TestMain(m *testing.M) {
@@ -32,7 +33,10 @@ func openTemp(tb testing.TB, now func() time.Time) (*Store, string) {
 	return s, path
 }
 
+// TestContract runs the shared suite, each subtest on a database file of its own. It runs in parallel
+// with TestBusyIsUnavailable, which mostly waits.
 func TestContract(t *testing.T) {
+	t.Parallel()
 	taskstoretest.Run(t, func(t *testing.T, clock func() time.Time) taskstore.Store {
 		s, _ := openTemp(t, clock)
 		return s
@@ -82,8 +86,9 @@ func TestOpenOnFullDisk(t *testing.T) {
 }
 
 // TestBusyIsUnavailable: a database another process keeps locked past the busy timeout is unavailable
-// for now, not broken.
+// for now, not broken. It waits out the timeout on a database of its own, in parallel with TestContract.
 func TestBusyIsUnavailable(t *testing.T) {
+	t.Parallel()
 	s, path := openTemp(t, nil)
 	defer closeStore(t, s)
 	other, err := sql.Open("sqlite", path)
@@ -263,10 +268,10 @@ func TestNonPositiveLease(t *testing.T) {
 	if _, err := s.Claim(t.Context(), 0); err == nil {
 		t.Error("Claim with zero lease succeeded")
 	}
-	if err := s.Set(t.Context(), 0, taskstore.InProgress, -time.Second); err == nil {
+	if err := s.Set(t.Context(), 0, wire.InProgress, -time.Second); err == nil {
 		t.Error("Set InProgress with negative lease succeeded")
 	}
-	if task, err := s.Get(t.Context(), 0); err != nil || task.State != taskstore.NotStarted || task.Attempts != 0 ||
+	if task, err := s.Get(t.Context(), 0); err != nil || task.State != wire.NotStarted || task.Attempts != 0 ||
 		task.Token != 0 {
 		t.Errorf("after rejected calls: %+v, %v", task, err)
 	}
@@ -503,19 +508,19 @@ func TestMigrateFromV1(t *testing.T) {
 	}
 	ts := func(d time.Duration) time.Time { return now.Add(d) }
 	want := []taskstore.Task{
-		{ID: 0, State: taskstore.NotStarted, MaxAttempts: 3, CreatedAt: ts(-9 * time.Hour)},
-		{ID: 1, State: taskstore.NotStarted, Pending: true, MaxAttempts: 3, CreatedAt: ts(-8 * time.Hour)},
-		{ID: 2, State: taskstore.InProgress, Attempts: 2, MaxAttempts: 3, Token: 2, CreatedAt: ts(-7 * time.Hour),
+		{ID: 0, State: wire.NotStarted, MaxAttempts: 3, CreatedAt: ts(-9 * time.Hour)},
+		{ID: 1, State: wire.NotStarted, Pending: true, MaxAttempts: 3, CreatedAt: ts(-8 * time.Hour)},
+		{ID: 2, State: wire.InProgress, Attempts: 2, MaxAttempts: 3, Token: 2, CreatedAt: ts(-7 * time.Hour),
 			StartedAt: ts(-time.Minute), LeaseUntil: ts(time.Hour)},
-		{ID: 3, State: taskstore.NotStarted, Attempts: 1, MaxAttempts: 3, Token: 1, Error: "lease lapsed on attempt 1 of 3",
+		{ID: 3, State: wire.NotStarted, Attempts: 1, MaxAttempts: 3, Token: 1, Error: "lease lapsed on attempt 1 of 3",
 			CreatedAt: ts(-6 * time.Hour), StartedAt: ts(-time.Hour)},
-		{ID: 4, State: taskstore.Finished, Attempts: 1, MaxAttempts: 3, Token: 1, CreatedAt: ts(-5 * time.Hour),
+		{ID: 4, State: wire.Finished, Attempts: 1, MaxAttempts: 3, Token: 1, CreatedAt: ts(-5 * time.Hour),
 			StartedAt: ts(-5 * time.Hour), FinishedAt: ts(-4 * time.Hour)},
-		{ID: 5, State: taskstore.Failed, Attempts: 3, MaxAttempts: 3, Token: 3, Error: "lease lapsed on attempt 3 of 3",
+		{ID: 5, State: wire.Failed, Attempts: 3, MaxAttempts: 3, Token: 3, Error: "lease lapsed on attempt 3 of 3",
 			CreatedAt: ts(-4 * time.Hour), StartedAt: ts(-2 * time.Hour), FinishedAt: ts(-time.Hour)},
-		{ID: 6, State: taskstore.NotStarted, Attempts: 1, MaxAttempts: 3, Token: 1, CreatedAt: ts(-3 * time.Hour),
+		{ID: 6, State: wire.NotStarted, Attempts: 1, MaxAttempts: 3, Token: 1, CreatedAt: ts(-3 * time.Hour),
 			StartedAt: ts(-3 * time.Hour)},
-		{ID: 7, State: taskstore.InProgress, MaxAttempts: 3, Token: 1, CreatedAt: ts(-2 * time.Hour),
+		{ID: 7, State: wire.InProgress, MaxAttempts: 3, Token: 1, CreatedAt: ts(-2 * time.Hour),
 			StartedAt: ts(-time.Minute), LeaseUntil: ts(time.Hour)},
 	}
 	check := func(when string) {

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/imgmill/imgmill/internal/taskstore"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // testAbandon: a pending upload that broke off fails at once; abandoning it again, or after it expired,
@@ -20,7 +21,7 @@ func testAbandon(t *testing.T, h *harness) {
 	abandonedAt := h.clk.Advance(time.Second)
 	noErr(t, "Abandon(0)", h.s.Abandon(h.ctx, 0, "upload refused: too large"))
 	want := taskstore.Task{
-		ID: 0, State: taskstore.Failed, Pending: true, MaxAttempts: defMax, Error: "upload refused: too large",
+		ID: 0, State: wire.Failed, Pending: true, MaxAttempts: defMax, Error: "upload refused: too large",
 		CreatedAt: start, FinishedAt: abandonedAt,
 	}
 	checkTask(t, "after Abandon", h.get(t, 0), want)
@@ -35,18 +36,18 @@ func testAbandon(t *testing.T, h *harness) {
 	noErr(t, "Activate(2)", h.s.Activate(h.ctx, 2))
 	wantErr(t, "Abandon of an activated task", h.s.Abandon(h.ctx, 2, "x"), taskstore.ErrNotPending)
 	for _, id := range []int64{1, 2} {
-		if got := h.get(t, id); got.State != taskstore.NotStarted || got.Pending || got.Error != "" {
+		if got := h.get(t, id); got.State != wire.NotStarted || got.Pending || got.Error != "" {
 			t.Fatalf("refused Abandon changed task %d: %s", id, format(got))
 		}
 	}
 
 	// A pending task that someone works on fails too, without a reason given: the claim is over.
-	noErr(t, "Set(3, InProgress)", h.s.Set(h.ctx, 3, taskstore.InProgress, lease))
+	noErr(t, "Set(3, InProgress)", h.s.Set(h.ctx, 3, wire.InProgress, lease))
 	holder := h.get(t, 3)
 	abandonedAt = h.clk.Advance(time.Second)
 	noErr(t, "Abandon(3)", h.s.Abandon(h.ctx, 3, ""))
 	want3 := holder
-	want3.State, want3.Error, want3.FinishedAt, want3.LeaseUntil = taskstore.Failed, taskstore.AbandonedError,
+	want3.State, want3.Error, want3.FinishedAt, want3.LeaseUntil = wire.Failed, wire.AbandonedError,
 		abandonedAt, time.Time{}
 	checkTask(t, "after Abandon of a task in progress", h.get(t, 3), want3)
 	wantErr(t, "Finish by the holder of an abandoned task", h.s.Finish(h.ctx, 3, holder.Token), taskstore.ErrNotInProgress)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/imgmill/imgmill/internal/taskstore"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // createOnce calls CreateOnce, checks whether it replayed, and checks that Get agrees with its result.
@@ -40,7 +41,7 @@ func testCreateOnce(t *testing.T, h *harness) {
 	p := taskstore.CreateParams{Op: "resize:10x10", MaxAttempts: 5}
 	first := h.createOnce(t, p, "upload-a", window, false)
 	checkTask(t, "created once", first, taskstore.Task{
-		ID: 0, State: taskstore.NotStarted, MaxAttempts: 5, Op: "resize:10x10", CreatedAt: start,
+		ID: 0, State: wire.NotStarted, MaxAttempts: 5, Op: "resize:10x10", CreatedAt: start,
 	})
 	h.createN(t, 1) // 1
 
@@ -58,13 +59,13 @@ func testCreateOnce(t *testing.T, h *harness) {
 	// A replay reports the task as it is now: finished, or failed for good (it was no pending upload).
 	c := h.claimID(t, 0)
 	noErr(t, "Finish(0)", h.s.Finish(h.ctx, 0, c.Token))
-	if got := h.createOnce(t, p, "upload-a", window, true); got.ID != 0 || got.State != taskstore.Finished {
+	if got := h.createOnce(t, p, "upload-a", window, true); got.ID != 0 || got.State != wire.Finished {
 		t.Fatalf("replay of a finished task: %s", format(got))
 	}
 	h.claimID(t, 1)
 	c = h.claimID(t, 2)
 	h.fail(t, 2, c.Token, "not an image", true)
-	if got := h.createOnce(t, p, "upload-b", window, true); got.ID != 2 || got.State != taskstore.Failed {
+	if got := h.createOnce(t, p, "upload-b", window, true); got.ID != 2 || got.State != wire.Failed {
 		t.Fatalf("replay of a failed task: %s", format(got))
 	}
 
@@ -73,10 +74,10 @@ func testCreateOnce(t *testing.T, h *harness) {
 	now := h.clk.Advance(window / 2)
 	third := h.createOnce(t, p, "upload-a", window, false)
 	checkTask(t, "created again after the window", third, taskstore.Task{
-		ID: 3, State: taskstore.NotStarted, MaxAttempts: 5, Op: "resize:10x10", CreatedAt: now,
+		ID: 3, State: wire.NotStarted, MaxAttempts: 5, Op: "resize:10x10", CreatedAt: now,
 	})
 	h.createOnce(t, p, "upload-a", window, true)
-	if got := h.get(t, 0); got.State != taskstore.Finished {
+	if got := h.get(t, 0); got.State != wire.Finished {
 		t.Fatalf("the old task of the key changed: %s", format(got))
 	}
 	// The window is the caller's: a shorter one creates again, a zero one always does.
@@ -108,7 +109,7 @@ func testCreateOncePending(t *testing.T, h *harness) {
 	const window = time.Hour
 	p := taskstore.CreateParams{Pending: true}
 	a := h.createOnce(t, p, "a", window, false) // 0
-	if !a.Pending || a.State != taskstore.NotStarted {
+	if !a.Pending || a.State != wire.NotStarted {
 		t.Fatalf("pending CreateOnce: %s", format(a))
 	}
 	h.createOnce(t, p, "a", window, true)

@@ -10,6 +10,7 @@ import (
 	"github.com/imgmill/imgmill/internal/enginetest"
 	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/taskstore"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // Outage describes, for RunOutage, how the engine behind a store fails and comes back.
@@ -98,7 +99,7 @@ func everyCall(s taskstore.Store, f fixture) []call {
 			_, err := s.Retry(ctx, held.ID, held.Token, "x", b)
 			return err
 		}},
-		{"Set", false, func(ctx context.Context) error { return s.Set(ctx, f.queued, taskstore.Finished, 0) }},
+		{"Set", false, func(ctx context.Context) error { return s.Set(ctx, f.queued, wire.Finished, 0) }},
 		{"ExpirePending", false, func(ctx context.Context) error {
 			_, err := s.ExpirePending(ctx, 0)
 			return err

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/imgmill/imgmill/internal/taskstore"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // retry reports a transient failure of the claim with token, and checks that Get agrees with the result.
@@ -43,7 +44,7 @@ func testRetry(t *testing.T, h *harness) {
 	got := h.retry(t, 0, c.Token, "storage: unavailable", b)
 	wait := checkWait(t, got, now, b, 1)
 	want := taskstore.Task{
-		ID: 0, State: taskstore.NotStarted, MaxAttempts: defMax, Token: c.Token, Error: "storage: unavailable",
+		ID: 0, State: wire.NotStarted, MaxAttempts: defMax, Token: c.Token, Error: "storage: unavailable",
 		CreatedAt: start, StartedAt: c.StartedAt, RetryAt: now.Add(wait), Retries: 1,
 	}
 	checkTask(t, "after Retry", got, want)
@@ -64,7 +65,7 @@ func testRetry(t *testing.T, h *harness) {
 	h.checkCounts(t, "retry due", taskstore.Counts{Queued: 2, Processing: 2})
 	c2 := h.claimID(t, 0)
 	checkTask(t, "Claim of the retried task", c2, taskstore.Task{
-		ID: 0, State: taskstore.InProgress, Attempts: 1, MaxAttempts: defMax, Token: c2.Token,
+		ID: 0, State: wire.InProgress, Attempts: 1, MaxAttempts: defMax, Token: c2.Token,
 		Error: "storage: unavailable", CreatedAt: start, StartedAt: now, LeaseUntil: now.Add(lease), Retries: 1,
 	})
 	h.claimID(t, 3)
@@ -92,7 +93,7 @@ func testRetryWho(t *testing.T, h *harness) {
 	_, err = h.s.Retry(h.ctx, 0, c.Token+1000, "x", b)
 	wantErr(t, "Retry with a wrong token", err, taskstore.ErrStaleToken)
 	checkTask(t, "after a refused Retry", h.get(t, 0), c)
-	if got := h.retry(t, 0, 0, "unavailable", b); got.State != taskstore.NotStarted || got.Attempts != 0 ||
+	if got := h.retry(t, 0, 0, "unavailable", b); got.State != wire.NotStarted || got.Attempts != 0 ||
 		got.Retries != 1 || got.Error != "unavailable" {
 		t.Fatalf("Retry with token 0: %s", format(got))
 	}
@@ -114,7 +115,7 @@ func testRetryWho(t *testing.T, h *harness) {
 	got := h.retry(t, 1, c.Token, "late", b)
 	checkWait(t, got, now, b, 1)
 	checkTask(t, "Retry after the lease lapsed", got, taskstore.Task{
-		ID: 1, State: taskstore.NotStarted, MaxAttempts: defMax, Token: c.Token, Error: "late",
+		ID: 1, State: wire.NotStarted, MaxAttempts: defMax, Token: c.Token, Error: "late",
 		CreatedAt: start, StartedAt: c.StartedAt, RetryAt: got.RetryAt, Retries: 1,
 	})
 
@@ -124,7 +125,7 @@ func testRetryWho(t *testing.T, h *harness) {
 	h.clk.Advance(past)
 	noErr(t, "Activate(2)", h.s.Activate(h.ctx, 2))
 	h.claimID(t, 2)
-	if got := h.get(t, 3); got.State != taskstore.NotStarted || got.Token != c.Token {
+	if got := h.get(t, 3); got.State != wire.NotStarted || got.Token != c.Token {
 		t.Fatalf("swept task 3: %s", format(got))
 	}
 	if got := h.retry(t, 3, c.Token, "late", b); got.Attempts != 0 || got.Retries != 1 || got.RetryAt.IsZero() {
@@ -145,7 +146,7 @@ func testRetryWho(t *testing.T, h *harness) {
 	noErr(t, "Finish(5)", h.s.Finish(h.ctx, 5, c.Token))
 	_, err = h.s.Retry(h.ctx, 5, c.Token, "x", b)
 	wantErr(t, "Retry of a finished task", err, taskstore.ErrNotInProgress)
-	if got := h.get(t, 5); got.State != taskstore.Finished || got.Retries != 0 {
+	if got := h.get(t, 5); got.State != wire.Finished || got.Retries != 0 {
 		t.Fatalf("refused Retry changed a finished task: %s", format(got))
 	}
 }
@@ -170,7 +171,7 @@ func testRetryBackoff(t *testing.T, h *harness) {
 		}
 		now := h.clk.Advance(time.Second)
 		got := h.retry(t, 0, c.Token, fmt.Sprint("outage ", n), b)
-		if got.State != taskstore.NotStarted || got.Attempts != 0 {
+		if got.State != wire.NotStarted || got.Attempts != 0 {
 			t.Fatalf("transient failure %d of a task with one attempt: %s", n, format(got))
 		}
 		wait := checkWait(t, got, now, b, n)
@@ -206,19 +207,19 @@ func testRetryCleared(t *testing.T, h *harness) {
 	}
 
 	// Set NotStarted makes the task claimable at once, ahead of never-claimed task 5.
-	noErr(t, "Set NotStarted", h.s.Set(h.ctx, 0, taskstore.NotStarted, 0))
+	noErr(t, "Set NotStarted", h.s.Set(h.ctx, 0, wire.NotStarted, 0))
 	noWait("after Set NotStarted", 0)
 	c := h.claimID(t, 0)
 	noErr(t, "Finish(0)", h.s.Finish(h.ctx, 0, c.Token))
 
-	for id, state := range map[int64]taskstore.State{1: taskstore.Finished, 2: taskstore.Failed} {
+	for id, state := range map[int64]wire.State{1: wire.Finished, 2: wire.Failed} {
 		noErr(t, "Set "+state.String(), h.s.Set(h.ctx, id, state, 0))
 		if got := noWait("after Set "+state.String(), id); got.State != state {
 			t.Fatalf("after Set %s: %s", state, format(got))
 		}
 	}
 	// Set InProgress, then hand the task back: it is claimable at once, and finishes for good.
-	noErr(t, "Set InProgress", h.s.Set(h.ctx, 3, taskstore.InProgress, lease))
+	noErr(t, "Set InProgress", h.s.Set(h.ctx, 3, wire.InProgress, lease))
 	tok := noWait("after Set InProgress", 3).Token
 	noErr(t, "Release", h.s.Release(h.ctx, 3, tok))
 	c = h.claimID(t, 3)
@@ -228,11 +229,11 @@ func testRetryCleared(t *testing.T, h *harness) {
 	noWait("after Finish", 3)
 
 	// A zero backoff: handed back and claimable at once, before task 5.
-	noErr(t, "Set InProgress", h.s.Set(h.ctx, 4, taskstore.InProgress, lease))
+	noErr(t, "Set InProgress", h.s.Set(h.ctx, 4, wire.InProgress, lease))
 	tok = noWait("after Set InProgress", 4).Token
 	now := h.clk.Now()
 	got := h.retry(t, 4, tok, "blip", taskstore.RetryBackoff{})
-	if !got.RetryAt.IsZero() || got.Retries != 2 || got.State != taskstore.NotStarted {
+	if !got.RetryAt.IsZero() || got.Retries != 2 || got.State != wire.NotStarted {
 		t.Fatalf("Retry with a zero backoff at %s: %s", now.Format(time.RFC3339), format(got))
 	}
 	h.claimID(t, 4)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/imgmill/imgmill/internal/taskstore"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // UpgradedTasks are the tasks a store must list, at now, after it upgraded a database of an older schema
@@ -16,17 +17,17 @@ import (
 func UpgradedTasks(now time.Time) []taskstore.Task {
 	ts := func(d time.Duration) time.Time { return now.Add(d) }
 	return []taskstore.Task{
-		{ID: 0, State: taskstore.NotStarted, MaxAttempts: 3, CreatedAt: ts(-9 * time.Hour), Op: "swap"},
-		{ID: 1, State: taskstore.NotStarted, Pending: true, MaxAttempts: 3, CreatedAt: ts(-8 * time.Hour)},
-		{ID: 2, State: taskstore.InProgress, Attempts: 1, MaxAttempts: 3, Token: 1, CreatedAt: ts(-7 * time.Hour),
+		{ID: 0, State: wire.NotStarted, MaxAttempts: 3, CreatedAt: ts(-9 * time.Hour), Op: "swap"},
+		{ID: 1, State: wire.NotStarted, Pending: true, MaxAttempts: 3, CreatedAt: ts(-8 * time.Hour)},
+		{ID: 2, State: wire.InProgress, Attempts: 1, MaxAttempts: 3, Token: 1, CreatedAt: ts(-7 * time.Hour),
 			StartedAt: ts(-time.Minute), LeaseUntil: ts(time.Hour), Op: "grayscale"},
-		{ID: 3, State: taskstore.NotStarted, Attempts: 1, MaxAttempts: 3, Token: 1, Error: "lease lapsed on attempt 1 of 3",
+		{ID: 3, State: wire.NotStarted, Attempts: 1, MaxAttempts: 3, Token: 1, Error: "lease lapsed on attempt 1 of 3",
 			CreatedAt: ts(-6 * time.Hour), StartedAt: ts(-time.Hour)},
-		{ID: 4, State: taskstore.Finished, Attempts: 1, MaxAttempts: 3, Token: 1, CreatedAt: ts(-5 * time.Hour),
+		{ID: 4, State: wire.Finished, Attempts: 1, MaxAttempts: 3, Token: 1, CreatedAt: ts(-5 * time.Hour),
 			StartedAt: ts(-5 * time.Hour), FinishedAt: ts(-4 * time.Hour)},
-		{ID: 5, State: taskstore.Failed, Attempts: 1, MaxAttempts: 1, Token: 1, Error: "broken",
+		{ID: 5, State: wire.Failed, Attempts: 1, MaxAttempts: 1, Token: 1, Error: "broken",
 			CreatedAt: ts(-4 * time.Hour), StartedAt: ts(-4 * time.Hour), FinishedAt: ts(-3 * time.Hour)},
-		{ID: 6, State: taskstore.NotStarted, Attempts: 1, MaxAttempts: 3, Token: 1, Error: "flaky",
+		{ID: 6, State: wire.NotStarted, Attempts: 1, MaxAttempts: 3, Token: 1, Error: "flaky",
 			CreatedAt: ts(-3 * time.Hour), StartedAt: ts(-3 * time.Hour)},
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package browser
 
 import (
 	"context"
@@ -23,15 +23,19 @@ import (
 	"github.com/chromedp/chromedp/kb"
 
 	"github.com/imgmill/imgmill/internal/deploytest"
+	"github.com/imgmill/imgmill/internal/enginetest"
 	"github.com/imgmill/imgmill/internal/httpapi"
-	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/testimage"
 )
 
 // findChromium returns the path of a Chromium binary, or "" when there is none. Without one the browser
-// test is skipped, except on CI (CI=true), where .ci/run installs it and the test must run.
+// test is skipped, except on CI (CI=true), where .ci/run installs it and the test must run. With -short
+// it is skipped.
 func findChromium(t *testing.T) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("the browser tests are not run with -short")
+	}
 	for _, name := range []string{"chromium", "chromium-browser"} {
 		if p, err := exec.LookPath(name); err == nil {
 			return p
@@ -139,7 +143,7 @@ func TestBrowserUploadPage(t *testing.T) {
 		t.Fatalf("task %s links to result %q, source %q", task.Name, task.Result, task.Source)
 	} else if img, ct := fetchImage(t, ctx, hc, task.Result); ct != "image/png" {
 		t.Errorf("default result is %s, want image/png", ct)
-	} else if err := imageop.CheckSwapped(swapOrig, img); err != nil {
+	} else if err := testimage.CheckSwapped(swapOrig, img); err != nil {
 		t.Errorf("%s: result the page links to: %v", task.Name, err)
 	}
 
@@ -265,6 +269,8 @@ func startBrowser(t *testing.T, ctx context.Context, chromium string, expected f
 	t.Helper()
 	allocCtx, cancelAlloc := chromedp.NewExecAllocator(ctx,
 		chromedp.ExecPath(chromium),
+		// Chromium dies with the test binary; chromedp starts it from a goroutine locked to its thread.
+		chromedp.ModifyCmdFunc(enginetest.TieToTest),
 		chromedp.Flag("headless", true),
 		chromedp.Flag("no-sandbox", true),
 		chromedp.Flag("disable-gpu", true),
@@ -364,7 +370,7 @@ func TestBrowserRetriesWhenUnavailable(t *testing.T) {
 		li.dataset.state === 'finished')`)
 	tasks := waitTasks(t, bctx, 1)
 	img, _ := fetchImage(t, ctx, hc, strings.Replace(tasks[0].Result, front.URL, "http://"+addrs[0], 1))
-	if err := imageop.CheckSwapped(orig, img); err != nil {
+	if err := testimage.CheckSwapped(orig, img); err != nil {
 		t.Errorf("the retried upload's result: %v", err)
 	}
 	mu.Lock()

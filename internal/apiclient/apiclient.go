@@ -1,4 +1,6 @@
-package cli
+// Package apiclient is a client of the frontend's public JSON API (/api/...): upload, status, wait,
+// download, and the operation catalogue, with the waits a client owes a busy or unavailable server.
+package apiclient
 
 import (
 	"context"
@@ -17,12 +19,12 @@ import (
 	"github.com/imgmill/imgmill/internal/atomicfile"
 	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
-// The command-line client of the frontend's public JSON API (/api/...), used by submit, status and get.
-
 const (
-	defaultServer = "http://localhost:8080"
+	// DefaultServer is where a frontend started by imgmill serve answers.
+	DefaultServer = "http://localhost:8080"
 	// callTimeout bounds a small API call (operations, status); uploads and downloads are bounded by
 	// httpapi.ClientTimeout and the caller's context.
 	callTimeout = 30 * time.Second
@@ -36,44 +38,49 @@ const (
 	maxPollErrors    = 5
 )
 
-// apiClient talks to one frontend's /api.
-type apiClient struct {
+// Client talks to one frontend's /api.
+type Client struct {
 	base string // scheme://host[:port], no trailing slash
 	hc   *http.Client
-	// onOutage, when set, hears of every retry of a status call or a download while the server is
+	// OnOutage, when set, hears of every retry of a status call or a download while the server is
 	// unavailable (a one-shot command tells its user why it waits).
-	onOutage func(wait time.Duration, err error)
+	OnOutage func(wait time.Duration, err error)
 }
 
-func newAPIClient(server string) (*apiClient, error) {
+// New returns a client of the frontend at server (a URL, or host:port for http).
+func New(server string) (*Client, error) {
 	s := strings.TrimRight(strings.TrimSpace(server), "/")
 	if s == "" {
-		return nil, fmt.Errorf("%w: --server is empty", errUsage)
+		return nil, errors.New("the server's URL is empty")
 	}
 	if !strings.Contains(s, "://") {
 		s = "http://" + s
 	}
 	u, err := url.Parse(s)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("%w: --server %q is not an http(s) URL", errUsage, server)
+		return nil, fmt.Errorf("%q is not an http(s) URL", server)
 	}
-	return &apiClient{base: s, hc: httpapi.NewClient()}, nil
+	return &Client{base: s, hc: httpapi.NewClient()}, nil
 }
 
-func (c *apiClient) close() { c.hc.CloseIdleConnections() }
+// Base is the server's URL (scheme://host[:port]).
+func (c *Client) Base() string { return c.base }
 
-// apiError is a non-2xx answer of the API.
-type apiError struct {
+// Close closes the client's idle connections.
+func (c *Client) Close() { c.hc.CloseIdleConnections() }
+
+// Error is a non-2xx answer of the API.
+type Error struct {
 	Status     int
 	Msg        string
 	RetryAfter time.Duration
 }
 
-func (e *apiError) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.Msg, e.Status) }
+func (e *Error) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.Msg, e.Status) }
 
-// busy reports whether the server asked to come back later: too many uploads (429), unavailable (502,
+// Busy reports whether the server asked to come back later: too many uploads (429), unavailable (502,
 // 503, 504: it, or what it depends on, is away) or out of space (507).
-func (e *apiError) busy() bool {
+func (e *Error) Busy() bool {
 	switch e.Status {
 	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout,
 		http.StatusInsufficientStorage:
@@ -82,31 +89,31 @@ func (e *apiError) busy() bool {
 	return false
 }
 
-// connError is a request that got no answer: the server could not be reached, or the connection broke.
-type connError struct{ err error }
+// ConnError is a request that got no answer: the server could not be reached, or the connection broke.
+type ConnError struct{ err error }
 
-func (e *connError) Error() string { return e.err.Error() }
-func (e *connError) Unwrap() error { return e.err }
+func (e *ConnError) Error() string { return e.err.Error() }
+func (e *ConnError) Unwrap() error { return e.err }
 
-// comeBackLater reports whether err says to try again later: the server asked for it, or did not
+// ComeBackLater reports whether err says to try again later: the server asked for it, or did not
 // answer.
-func comeBackLater(err error) bool {
-	var e *apiError
-	var c *connError
-	return errors.As(err, &c) || errors.As(err, &e) && e.busy()
+func ComeBackLater(err error) bool {
+	var e *Error
+	var c *ConnError
+	return errors.As(err, &c) || errors.As(err, &e) && e.Busy()
 }
 
 // retryWait is how long to wait before retrying after err: what the server asked for (Retry-After,
 // capped by maxBusyWait), or, when it said nothing (or could not be reached), the caller's backoff step.
 func retryWait(err error, step time.Duration) time.Duration {
-	var e *apiError
+	var e *Error
 	if errors.As(err, &e) && e.RetryAfter > 0 {
 		return min(e.RetryAfter, maxBusyWait)
 	}
 	return step
 }
 
-// retrying calls try until it succeeds, fails for good, or an outage (see comeBackLater) has lasted
+// retrying calls try until it succeeds, fails for good, or an outage (see ComeBackLater) has lasted
 // maxOutage, waiting between attempts as retryWait says (a backoff from 1 s to 30 s where the server
 // names no wait); onRetry hears of each retry.
 func retrying[T any](ctx context.Context, try func() (T, error), onRetry func(wait time.Duration, err error)) (T, error) {
@@ -114,7 +121,7 @@ func retrying[T any](ctx context.Context, try func() (T, error), onRetry func(wa
 	start := time.Now()
 	for {
 		v, err := try()
-		if err == nil || !comeBackLater(err) || ctx.Err() != nil {
+		if err == nil || !ComeBackLater(err) || ctx.Err() != nil {
 			return v, err
 		}
 		wait := retryWait(err, step.Next())
@@ -130,20 +137,20 @@ func retrying[T any](ctx context.Context, try func() (T, error), onRetry func(wa
 	}
 }
 
-// statusOf returns the HTTP status of an *apiError in err's chain, or 0.
-func statusOf(err error) int {
-	var e *apiError
+// StatusOf returns the HTTP status of an *Error in err's chain, or 0.
+func StatusOf(err error) int {
+	var e *Error
 	if errors.As(err, &e) {
 		return e.Status
 	}
 	return 0
 }
 
-// readAPIError turns a non-2xx reply into an *apiError: the {"error":...} message, or the text of a
+// readAPIError turns a non-2xx reply into an *Error: the {"error":...} message, or the text of a
 // reply that is not JSON (a proxy's page, the services' "Error: ..." form).
-func readAPIError(resp *http.Response) *apiError {
+func readAPIError(resp *http.Response) *Error {
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	e := &apiError{Status: resp.StatusCode}
+	e := &Error{Status: resp.StatusCode}
 	var j struct {
 		Error string `json:"error"`
 	}
@@ -168,15 +175,15 @@ func readAPIError(resp *http.Response) *apiError {
 	return e
 }
 
-// do sends req and returns the response when it is 2xx, else the *apiError (the body is closed then),
-// or a *connError when no answer came.
-func (c *apiClient) do(req *http.Request) (*http.Response, error) {
+// do sends req and returns the response when it is 2xx, else the *Error (the body is closed then),
+// or a *ConnError when no answer came.
+func (c *Client) do(req *http.Request) (*http.Response, error) {
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		if req.Context().Err() != nil {
 			return nil, fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), err)
 		}
-		return nil, &connError{fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), err)}
+		return nil, &ConnError{fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), err)}
 	}
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()
@@ -186,7 +193,7 @@ func (c *apiClient) do(req *http.Request) (*http.Response, error) {
 }
 
 // getJSON GETs path and returns the raw JSON body, decoded into v.
-func (c *apiClient) getJSON(ctx context.Context, path string, v any) ([]byte, error) {
+func (c *Client) getJSON(ctx context.Context, path string, v any) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
@@ -209,55 +216,21 @@ func (c *apiClient) getJSON(ctx context.Context, path string, v any) ([]byte, er
 	return raw, nil
 }
 
-// operation is one entry of GET /api/operations (imageop.OperationInfo, as the client reads it).
-type operation struct {
-	Name        string           `json:"name"`
-	Aliases     []string         `json:"aliases"`
-	Summary     string           `json:"summary"`
-	Description string           `json:"description"`
-	Syntax      string           `json:"syntax"`
-	Params      []operationParam `json:"params"`
-	Example     string           `json:"example"`
-}
-
-// operationParam is one parameter of an operation.
-type operationParam struct {
-	Name        string   `json:"name"`
-	Type        string   `json:"type"`
-	Description string   `json:"description"`
-	Min         *float64 `json:"min"`
-	Max         *float64 `json:"max"`
-	Allowed     []string `json:"allowed"`
-	Default     string   `json:"default"`
-	Required    bool     `json:"required"`
-}
-
-func (c *apiClient) operations(ctx context.Context) ([]operation, error) {
-	var ops struct {
-		Operations []operation `json:"operations"`
-	}
+// Operations returns the catalogue of operations the server offers.
+func (c *Client) Operations(ctx context.Context) ([]wire.OperationInfo, error) {
+	var ops wire.Operations
 	if _, err := c.getJSON(ctx, "/api/operations", &ops); err != nil {
 		return nil, fmt.Errorf("list operations at %s: %w", c.base, err)
 	}
 	return ops.Operations, nil
 }
 
-// taskStatus is GET /api/tasks/ID (the fields the client looks at).
-type taskStatus struct {
-	ID    string `json:"id"`
-	State string `json:"state"`
-	Op    string `json:"op"`
-	Error string `json:"error"`
-}
-
-func (s taskStatus) done() bool { return s.State == "finished" || s.State == "failed" }
-
 func taskPath(id string) string { return "/api/tasks/" + url.PathEscape(id) }
 
-// status returns the task's status, and the raw JSON the server answered; it waits out an outage.
-func (c *apiClient) status(ctx context.Context, id string) (taskStatus, []byte, error) {
+// Status returns the task's status, and the raw JSON the server answered; it waits out an outage.
+func (c *Client) Status(ctx context.Context, id string) (wire.PublicStatus, []byte, error) {
 	type answer struct {
-		st  taskStatus
+		st  wire.PublicStatus
 		raw []byte
 	}
 	a, err := retrying(ctx, func() (answer, error) {
@@ -265,27 +238,27 @@ func (c *apiClient) status(ctx context.Context, id string) (taskStatus, []byte, 
 		var err error
 		a.raw, err = c.getJSON(ctx, taskPath(id), &a.st)
 		return a, err
-	}, c.onOutage)
-	if statusOf(err) == http.StatusNotFound {
+	}, c.OnOutage)
+	if StatusOf(err) == http.StatusNotFound {
 		return a.st, nil, fmt.Errorf("no such task %s: %w", id, err)
 	}
 	return a.st, a.raw, err
 }
 
-// waitTask polls the task's status, backing off from pollMin to pollMax, until it is finished or failed.
+// WaitTask polls the task's status, backing off from pollMin to pollMax, until it is finished or failed.
 // An outage is waited out (status does); other failures may repeat maxPollErrors times.
-func (c *apiClient) waitTask(ctx context.Context, id string) (taskStatus, error) {
+func (c *Client) WaitTask(ctx context.Context, id string) (wire.PublicStatus, error) {
 	delay, errs := pollMin, 0
 	for {
-		st, _, err := c.status(ctx, id)
+		st, _, err := c.Status(ctx, id)
 		switch {
-		case err == nil && st.done():
+		case err == nil && st.State.Settled():
 			return st, nil
 		case err == nil:
 			errs = 0
 		case ctx.Err() != nil:
 			return st, ctx.Err()
-		case statusOf(err) != 0 && statusOf(err) < 500:
+		case StatusOf(err) != 0 && StatusOf(err) < 500:
 			return st, err // the server's answer will not change
 		default:
 			if errs++; errs >= maxPollErrors {
@@ -299,13 +272,13 @@ func (c *apiClient) waitTask(ctx context.Context, id string) (taskStatus, error)
 	}
 }
 
-// upload streams the file at path to POST /api/tasks?op=OP (no op: the default) as the raw body and
+// Upload streams the file at path to POST /api/tasks?op=OP (no op: the default) as the raw body and
 // returns the task id. Every attempt carries the same random Idempotency-Key, so an upload whose answer
 // was lost (the connection broke) is retried without creating a second task. A busy or unavailable
 // server (429, 502-504, 507) or no answer at all is retried after the server's Retry-After, for up to
 // maxOutage (each retry is told to onRetry). onBytes learns the bytes sent, negative when a retry starts
 // over.
-func (c *apiClient) upload(ctx context.Context, path, op string, onBytes func(int64), onRetry func(wait time.Duration, err error)) (string, error) {
+func (c *Client) Upload(ctx context.Context, path, op string, onBytes func(int64), onRetry func(wait time.Duration, err error)) (string, error) {
 	key := rand.Text() // 26 characters of base32: 130 random bits
 	var sent int64
 	return retrying(ctx, func() (string, error) {
@@ -315,7 +288,7 @@ func (c *apiClient) upload(ctx context.Context, path, op string, onBytes func(in
 	}, onRetry)
 }
 
-func (c *apiClient) uploadOnce(ctx context.Context, path, op, key string, onBytes func(int64)) (string, error) {
+func (c *Client) uploadOnce(ctx context.Context, path, op, key string, onBytes func(int64)) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err
@@ -343,32 +316,30 @@ func (c *apiClient) uploadOnce(ctx context.Context, path, op, key string, onByte
 	req.ContentLength = fi.Size()
 	req.Header.Set("Content-Type", "application/octet-stream")
 	req.Header.Set("Accept", "application/json")
-	req.Header.Set("Idempotency-Key", key)
+	req.Header.Set(wire.IdempotencyKeyHeader, key)
 	resp, err := c.do(req)
 	if err != nil {
 		return "", err
 	}
 	defer resp.Body.Close()
-	var created struct {
-		ID string `json:"id"`
-	}
+	var created wire.TaskCreated
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&created); err != nil || created.ID == "" {
 		return "", fmt.Errorf("POST /api/tasks: answer has no task id (%v)", err)
 	}
 	return created.ID, nil
 }
 
-// download GETs the task's result, waiting out an outage before the answer begins. dest chooses where
+// Download GETs the task's result, waiting out an outage before the answer begins. dest chooses where
 // it goes from the result's Content-Type: a path, written atomically, or "-" for w. It returns the path
 // written.
-func (c *apiClient) download(ctx context.Context, id string, w io.Writer, dest func(contentType string) string) (string, error) {
+func (c *Client) Download(ctx context.Context, id string, w io.Writer, dest func(contentType string) string) (string, error) {
 	resp, err := retrying(ctx, func() (*http.Response, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+taskPath(id)+"/result", nil)
 		if err != nil {
 			return nil, err
 		}
 		return c.do(req)
-	}, c.onOutage)
+	}, c.OnOutage)
 	if err != nil {
 		return "", err
 	}

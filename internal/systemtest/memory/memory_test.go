@@ -1,4 +1,4 @@
-package main
+package memory
 
 import (
 	"bytes"
@@ -22,7 +22,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -32,9 +31,10 @@ import (
 	"github.com/imgmill/imgmill/internal/deploytest"
 	"github.com/imgmill/imgmill/internal/frontend"
 	"github.com/imgmill/imgmill/internal/publicid"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
-// The memory tests of the upload path and the worker (issue 7): they run the split deployment and read
+// The memory tests of the upload path and the worker: they run the split deployment and read
 // each service's resident set from /proc while a large image goes through it. The images are made on
 // the fly by streamPNG, so the test process never holds one whole either.
 
@@ -223,23 +223,6 @@ func TestStreamPNG(t *testing.T) {
 	}
 }
 
-// procStatusKiB reads a "kB" field (VmRSS, VmHWM) of /proc/PID/status.
-func procStatusKiB(pid int, field string) (int64, error) {
-	if pid == 0 {
-		return 0, errors.New("not running")
-	}
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for line := range strings.Lines(string(status)) {
-		if rest, ok := strings.CutPrefix(line, field+":"); ok {
-			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-		}
-	}
-	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
-}
-
 // rssWatch follows the resident set of some processes: their size at the start, and their peak since,
 // sampled every rssInterval and, where the kernel lets us reset it, read from VmHWM (the kernel's own
 // high-water mark, which misses no spike between samples).
@@ -265,7 +248,7 @@ func watchRSS(t *testing.T, d *deploytest.Deployment, names ...string) *rssWatch
 	w := &rssWatch{names: names, hwm: true, stop: make(chan struct{}), done: make(chan struct{})}
 	for _, name := range names {
 		pid := d.PID(name)
-		rss, err := procStatusKiB(pid, "VmRSS")
+		rss, err := deploytest.ProcStatusKiB(pid, "VmRSS")
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -303,7 +286,7 @@ func (w *rssWatch) sample() {
 			fields = append(fields, "VmHWM")
 		}
 		for _, f := range fields {
-			kib, err := procStatusKiB(pid, f)
+			kib, err := deploytest.ProcStatusKiB(pid, f)
 			if err != nil {
 				if w.err == nil {
 					w.err = fmt.Errorf("%s: %w", w.names[i], err)
@@ -392,7 +375,7 @@ func TestUploadMemory(t *testing.T) {
 			if err != nil {
 				return 0, err
 			}
-			var created frontend.TaskCreated
+			var created wire.TaskCreated
 			if err := json.Unmarshal([]byte(reply), &created); err != nil {
 				return 0, fmt.Errorf("answer %q: %w", reply, err)
 			}
@@ -439,7 +422,7 @@ func uploadAndCheck(ctx context.Context, t *testing.T, d *deploytest.Deployment,
 	if id < 0 {
 		t.Fatalf("upload answered id %d", id)
 	}
-	img, err := d.Storage().GetImage(ctx, id, client.Working)
+	img, err := d.Storage().GetImage(ctx, id, wire.WorkingImage)
 	if err != nil {
 		t.Fatalf("storage GET /getImage?id=%d&state=working: %v", id, err)
 	}
@@ -520,7 +503,7 @@ func memWaitHTTP(ctx context.Context, hc *http.Client, url string) error {
 }
 
 // memWaitSettled polls the master until task id is finished or failed and returns its status.
-func memWaitSettled(ctx context.Context, t *testing.T, m *client.Master, id int64) client.Status {
+func memWaitSettled(ctx context.Context, t *testing.T, m *client.Master, id int64) wire.Status {
 	t.Helper()
 	for {
 		st, err := m.Status(ctx, id)

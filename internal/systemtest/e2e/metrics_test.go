@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -13,11 +13,12 @@ import (
 	"github.com/imgmill/imgmill/internal/cli"
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/deploytest"
+	"github.com/imgmill/imgmill/internal/enginetest"
 	"github.com/imgmill/imgmill/internal/httpapi"
-	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/metrics/metricstest"
 	"github.com/imgmill/imgmill/internal/servicetest"
 	"github.com/imgmill/imgmill/internal/testimage"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // inProcess is the split deployment with every service run in this process by cli.Run, each with its own
@@ -41,10 +42,7 @@ func (p *inProcess) start(ctx context.Context, name string, args ...string) {
 // --pprof; the counters move by what was done.
 func TestMetricsAndRequestIDAcrossServices(t *testing.T) {
 	const token = "metrics-test-t0ken"
-	addrs, err := allinone.FreeAddrs(3)
-	if err != nil {
-		t.Fatal(err)
-	}
+	addrs := enginetest.FreeAddrs(t, 3)
 	kvAddr, feAddr, workerAddr := addrs[0], addrs[1], addrs[2]
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -89,7 +87,7 @@ func TestMetricsAndRequestIDAcrossServices(t *testing.T) {
 	deploytest.WaitHealthy(t, readyCtx, plain, workerAddr)
 	kv := client.NewKV(authed, kvAddr)
 	urls := map[string]string{"kv": "http://" + kvAddr, "frontend": "http://" + feAddr, "worker": "http://" + workerAddr}
-	for name, key := range map[string]string{"database": client.DatabaseKey, "storage": client.StorageKey, "master": client.MasterKey} {
+	for name, key := range map[string]string{"database": wire.DatabaseKey, "storage": wire.StorageKey, "master": wire.MasterKey} {
 		addr, err := kv.Get(readyCtx, key)
 		if err != nil {
 			t.Fatal(err)
@@ -99,7 +97,7 @@ func TestMetricsAndRequestIDAcrossServices(t *testing.T) {
 
 	// One upload, under a request id of ours.
 	const requestID = "trace-one-upload-7"
-	data, err := imageop.EncodePNG(testimage.Pattern(24, 3))
+	data, err := testimage.EncodePNG(testimage.Pattern(24, 3))
 	if err != nil {
 		t.Fatal(err)
 	}

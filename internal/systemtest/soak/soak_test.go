@@ -1,4 +1,4 @@
-package main
+package soak
 
 import (
 	"bytes"
@@ -9,14 +9,12 @@ import (
 	"os"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/imgmill/imgmill/internal/deploytest"
-	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/testimage"
 )
 
@@ -24,8 +22,11 @@ import (
 // descriptors and resident memory, which must stay flat after warm-up (the reference design runs out of
 // file descriptors after about ten thousand images). It is its own command, too slow for every CI run:
 //
-//	IMGMILL_SOAK_IMAGES=50000 go test -run TestSoak -v -timeout 3h ./cmd/imgmill
+//	IMGMILL_SOAK_IMAGES=50000 go test -run TestSoak -v -timeout 3h ./internal/systemtest/soak
 func TestSoak(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the soak test is not run with -short")
+	}
 	n, _ := strconv.Atoi(os.Getenv("IMGMILL_SOAK_IMAGES"))
 	if n <= 0 {
 		t.Skip("set IMGMILL_SOAK_IMAGES (e.g. 50000) to run the soak test")
@@ -36,9 +37,10 @@ func TestSoak(t *testing.T) {
 	d.StartBackends()
 	d.StartWorker("worker")
 	d.StartFrontend()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Hour)
+	d.WaitServing(d.FEAddr)
+	// As long as the run takes, within the -timeout it was given: it judges memory and descriptors.
+	ctx, cancel := deploytest.Within(t, 24*time.Hour)
 	defer cancel()
-	deploytest.WaitHealthy(t, ctx, d.HC, d.FEAddr)
 
 	// A fixed set of images, reused: the soak is about the services, not the generator.
 	const distinct = 64
@@ -46,7 +48,7 @@ func TestSoak(t *testing.T) {
 	encoded := make([][]byte, distinct)
 	for i := range distinct {
 		originals[i] = testimage.Pattern(24+i%16, int64(i))
-		encoded[i], _ = imageop.EncodePNG(originals[i])
+		encoded[i], _ = testimage.EncodePNG(originals[i])
 	}
 
 	services := []string{"kv", "database", "storage", "master", "worker", "frontend"}
@@ -124,7 +126,7 @@ func TestSoak(t *testing.T) {
 				}
 				img, err := result()
 				if err == nil {
-					err = imageop.CheckSwapped(originals[k], img)
+					err = testimage.CheckSwapped(originals[k], img)
 				}
 				if err != nil {
 					t.Errorf("task %s: %v", task, err)
@@ -179,27 +181,15 @@ type procUsage struct {
 }
 
 func readUsage(pid int) (procUsage, error) {
-	if pid == 0 {
-		return procUsage{}, fmt.Errorf("not running")
-	}
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	fds, err := deploytest.OpenFiles(pid)
 	if err != nil {
 		return procUsage{}, err
 	}
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	rss, err := deploytest.ProcStatusKiB(pid, "VmRSS")
 	if err != nil {
 		return procUsage{}, err
 	}
-	for line := range strings.Lines(string(status)) {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kib, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
-			if err != nil {
-				return procUsage{}, fmt.Errorf("VmRSS line %q: %w", line, err)
-			}
-			return procUsage{fds: len(fds), rssKiB: kib}, nil
-		}
-	}
-	return procUsage{}, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+	return procUsage{fds: fds, rssKiB: int(rss)}, nil
 }
 
 // waitReadyQuick polls quickly at first, then backs off to 20 ms.

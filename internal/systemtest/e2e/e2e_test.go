@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bytes"
@@ -13,12 +13,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/deploytest"
 	"github.com/imgmill/imgmill/internal/httpapi"
-	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/servicetest"
 	"github.com/imgmill/imgmill/internal/testimage"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 func TestEndToEndSplitDeployment(t *testing.T) {
@@ -41,7 +40,7 @@ func TestEndToEndSplitDeployment(t *testing.T) {
 	var uploads []upload
 	for i := range 12 {
 		orig := testimage.Pattern(16+i*9, int64(i))
-		data, err := imageop.EncodePNG(orig)
+		data, err := testimage.EncodePNG(orig)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -69,7 +68,7 @@ func TestEndToEndSplitDeployment(t *testing.T) {
 				return ready
 			})
 			result := deploytest.FetchPNG(t, ctx, d.HC, "http://"+d.FEAddr+"/getImage?id="+u.pub)
-			if err := imageop.CheckSwapped(u.orig, result); err != nil {
+			if err := testimage.CheckSwapped(u.orig, result); err != nil {
 				t.Errorf("task %s, result from the frontend: %v", u.pub, err)
 			}
 			if st, err := deploytest.FrontendStatus(ctx, d.HC, d.FEAddr, u.pub); err != nil || st.ID != u.pub || st.State != "finished" {
@@ -85,7 +84,7 @@ func TestEndToEndSplitDeployment(t *testing.T) {
 			ready, _ := m.IsReady(ctx, u.id)
 			return ready
 		})
-		if err := imageop.CheckSwapped(u.orig, deploytest.FetchFromMaster(t, ctx, m, u.id)); err != nil {
+		if err := testimage.CheckSwapped(u.orig, deploytest.FetchFromMaster(t, ctx, m, u.id)); err != nil {
 			t.Errorf("task %d from master /get: %v", u.id, err)
 		}
 		// The frontend does not know internal ids: counting gets nothing.
@@ -118,6 +117,9 @@ func TestEndToEndSplitDeployment(t *testing.T) {
 // TestEndToEndKill9LosesNothing: every id answered before the services are killed with SIGKILL is
 // processed after they restart (on new ports, found again through the kv store).
 func TestEndToEndKill9LosesNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("killing and restarting every service is not done with -short")
+	}
 	d := deploytest.New(t)
 	d.StartBackends()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -127,7 +129,7 @@ func TestEndToEndKill9LosesNothing(t *testing.T) {
 	origs := map[int64]*image.NRGBA{}
 	for i := range 8 {
 		orig := testimage.Pattern(24, int64(100+i))
-		data, _ := imageop.EncodePNG(orig)
+		data, _ := testimage.EncodePNG(orig)
 		id, err := m.New(ctx, bytes.NewReader(data), int64(len(data)))
 		if err != nil {
 			t.Fatal(err)
@@ -146,7 +148,7 @@ func TestEndToEndKill9LosesNothing(t *testing.T) {
 			ready, _ := m.IsReady(ctx, id)
 			return ready
 		})
-		if err := imageop.CheckSwapped(orig, deploytest.FetchFromMaster(t, ctx, m, id)); err != nil {
+		if err := testimage.CheckSwapped(orig, deploytest.FetchFromMaster(t, ctx, m, id)); err != nil {
 			t.Errorf("task %d: %v", id, err)
 		}
 	}
@@ -169,7 +171,7 @@ func TestServeAllInOne(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	orig := testimage.Pattern(40, 7)
-	data, _ := imageop.EncodePNG(orig)
+	data, _ := testimage.EncodePNG(orig)
 	pub, err := deploytest.SubmitViaFrontend(ctx, hc, addrs[0], data)
 	if err != nil {
 		t.Fatal(err)
@@ -178,14 +180,14 @@ func TestServeAllInOne(t *testing.T) {
 		ready, _ := deploytest.FrontendReady(ctx, hc, addrs[0], pub)
 		return ready
 	})
-	if err := imageop.CheckSwapped(orig, deploytest.FetchPNG(t, ctx, hc, "http://"+addrs[0]+"/getImage?id="+pub)); err != nil {
+	if err := testimage.CheckSwapped(orig, deploytest.FetchPNG(t, ctx, hc, "http://"+addrs[0]+"/getImage?id="+pub)); err != nil {
 		t.Error(err)
 	}
 	page, err := deploytest.GetText(ctx, hc, "http://"+addrs[0]+"/")
 	if err != nil || !strings.Contains(page, `name="uploadfile"`) {
 		t.Errorf("upload page: %v %q", err, deploytest.Tail(page, 200))
 	}
-	for _, key := range []string{client.DatabaseKey, client.StorageKey, client.MasterKey} {
+	for _, key := range []string{wire.DatabaseKey, wire.StorageKey, wire.MasterKey} {
 		if !regexp.MustCompile(`msg=registered .*key=` + regexp.QuoteMeta(key) + ` `).MatchString(log.String()) {
 			t.Errorf("serve log lacks the registration of %s:\n%s", key, deploytest.Tail(log.String(), 2000))
 		}

@@ -1,7 +1,6 @@
-package main
+package chaos
 
 import (
-	"context"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -13,22 +12,37 @@ import (
 // master while every service in turn is killed with SIGKILL and restarted, and then checks that every
 // upload that was answered with an id is finished and pixel-correct, that no task is stuck, and that
 // every stored result was written by the claim that finished the task (no stale worker overwrote it).
+//
+// It judges what was lost, not how fast, so that a busy machine makes it slower but not failing: a
+// service is killed each time a few more images were accepted (as many kills for the images on a busy
+// machine as on an idle one), the lease is scaled from how long a service took to start, and the
+// deadline from the deployment's pace, both measured first.
 func TestChaos(t *testing.T) {
 	if testing.Short() {
 		t.Skip("chaos test is not run with -short")
 	}
-	const images = 500
+	const (
+		images = 500
+		// acceptedPerKill makes two full rounds of kills while the images are accepted.
+		acceptedPerKill = 35
+	)
 	d := deploytest.New(t)
-	// Short leases and pending timeouts so crashed claims and uploads are recovered within the test; the
-	// default three attempts, which only crashes of the worker holding a task use.
-	d.DBArgs = deploytest.KillingDBArgs
+	restart := d.StartKV()
+	// Short leases and pending timeouts so crashed claims and uploads are recovered within the test,
+	// long enough that restarts of the services a heartbeat passes through cost no attempt; the default
+	// three attempts, which only crashes of the worker holding a task use.
+	lease := deploytest.KillingLease(restart)
+	d.DBArgs = deploytest.KillingDBArgs(lease)
 	d.StartBackends()
-	d.StartWorker("worker-1", deploytest.KillingWorkerArgs...)
-	d.StartWorker("worker-2", deploytest.KillingWorkerArgs...)
+	d.StartWorker("worker-1", deploytest.KillingWorkerArgs()...)
+	d.StartWorker("worker-2", deploytest.KillingWorkerArgs()...)
 	d.StartFrontend()
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	// The frontend first: it refuses to start where tasks exist that it made no secret for.
+	d.WaitServing(d.FEAddr)
+	pace := deploytest.MeasurePace(t, d.Master())
+	ctx, cancel := deploytest.Within(t, pace.Allow(20*images, 8*time.Minute))
 	defer cancel()
-	deploytest.WaitHealthy(t, ctx, d.HC, d.FEAddr)
+	t.Logf("kv started in %v: lease %v", restart.Round(time.Millisecond), lease)
 
 	w := deploytest.NewWorkload(t, images)
 	submitted := w.Submit(t, ctx, d.HC, []string{d.FEAddr}, d.Master(), 8)
@@ -42,6 +56,9 @@ chaos:
 		for _, name := range victims {
 			if round > 0 && deploytest.IsDone(submitted) {
 				break chaos
+			}
+			for w.Accepted() < (kills+1)*acceptedPerKill && !deploytest.IsDone(submitted) {
+				time.Sleep(20 * time.Millisecond)
 			}
 			time.Sleep(time.Duration(200+rng.IntN(600)) * time.Millisecond)
 			d.Kill(name)

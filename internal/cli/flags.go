@@ -1,0 +1,235 @@
+package cli
+
+import (
+	"fmt"
+	"image/png"
+	"strconv"
+
+	"github.com/imgmill/imgmill/internal/database"
+	"github.com/imgmill/imgmill/internal/engines"
+	"github.com/imgmill/imgmill/internal/frontend"
+	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/imageop"
+	"github.com/imgmill/imgmill/internal/kvservice"
+	"github.com/imgmill/imgmill/internal/master"
+	"github.com/imgmill/imgmill/internal/publicid"
+	"github.com/imgmill/imgmill/internal/service"
+	"github.com/imgmill/imgmill/internal/taskstore"
+	"github.com/imgmill/imgmill/internal/worker"
+)
+
+// Every flag is defined here, once, whichever commands use it: one name has one meaning and one type
+// everywhere (TestFlagNamesHaveOneMeaning checks it). A number flag's 0 means what the Go config's 0
+// means (the default, or "none" where that is the default); a limit's "no limit" is 0 on the command
+// line and NoLimit in the config, translated by limitValue alone.
+
+// addr defines a service's listen address: --addr on its own command, --NAME-addr in serve.
+func (f *flags) addr(p *string, name, def string) {
+	if name == "" {
+		f.StringVar(p, "addr", def, "listen address (host:port)")
+		return
+	}
+	f.StringVar(p, name+"-addr", def, "the "+name+" service's listen address (host:port)")
+}
+
+// kvAddrs defines --kv, where a service finds the kv service.
+func (f *flags) kvAddrs() *string {
+	return f.String("kv", kvservice.DefaultAddr, "the kv service's address (host:port), or several separated by commas (kv instances sharing one etcd)")
+}
+
+func (f *flags) dataDir(p *string) {
+	f.StringVar(p, "data", "./data", "data directory: the embedded stores, and the frontend's public id secret ("+frontend.SecretFile+"; back it up)")
+}
+
+func (f *flags) advertise(o *service.Options) {
+	f.StringVar(&o.Advertise, "advertise", "", "address registered in the kv store for others to dial (default: the listen address, loopback for :port)")
+}
+
+// sharedOptions defines --token, --insecure and --pprof into o.
+func (f *flags) sharedOptions(o *service.Options) {
+	f.token(&o.Token)
+	f.insecure(&o.Insecure)
+	f.pprof(&o.Pprof)
+}
+
+func (f *flags) token(p *string) {
+	f.Var(&tokenValue{p}, "token", "shared secret: kv, database, storage and master require it as \"Authorization: Bearer <token>\" and imgmill's own clients send it; "+
+		"set the same one on every service (prefer the variable: a command line is visible to other users)")
+}
+
+func (f *flags) insecure(p *bool) {
+	f.BoolVar(p, "insecure", false, "let kv, database, storage and master listen on a non-loopback address without --token (only on a network you trust; logs a warning)")
+}
+
+func (f *flags) pprof(p *bool) {
+	f.BoolVar(p, "pprof", false, "serve the Go profiler under /debug/pprof/, behind --token like /metrics (on the public frontend, only with --token)")
+}
+
+// Where the data lives: empty is the embedded default under --data.
+func (f *flags) tasks(t *engines.Tasks) {
+	f.StringVar(&t.URL, "tasks", "", "task store: empty for embedded SQLite under --data, or postgres://USER@HOST:PORT/DB?sslmode=disable (shared by several database services)")
+	f.IntVar(&t.PoolSize, "pool", 0, "with a postgres:// --tasks: the largest number of connections to PostgreSQL (0: the larger of 4 and the CPUs)")
+}
+
+func (f *flags) blobs(b *engines.Blobs) {
+	f.StringVar(&b.URL, "blobs", "", "blob store: empty for files under --data, or 's3://BUCKET?endpoint=http://HOST:PORT&access_key=K&secret_key=S' "+
+		"(keys also from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; the bucket is created when missing; shared by several storage services)")
+}
+
+func (f *flags) kvStore(k *engines.KV) {
+	f.StringVar(&k.URL, "kv-store", "", "kv store: empty for the embedded file under --data, or etcd://HOST:PORT[,HOST:PORT...] (shared by several kv services)")
+}
+
+// policy defines the database's task lifecycle flags.
+func (f *flags) policy(c *database.Config) {
+	f.DurationVar(&c.Policy.Lease, "lease", database.DefaultLease, "how long a claimed task stays claimed without a heartbeat before it is handed out again")
+	f.IntVar(&c.Policy.MaxAttempts, "max-attempts", taskstore.DefaultMaxAttempts, "claims a task gets before it fails (transient failures, such as storage being unavailable, do not count)")
+	f.DurationVar(&c.Policy.Retry.Min, "retry-min", taskstore.DefaultRetryMin, "after a task's first transient failure, it waits about this long before it is claimed again; the wait doubles with each one")
+	f.DurationVar(&c.Policy.Retry.Max, "retry-max", taskstore.DefaultRetryMax, "the longest wait before a task is claimed again after a transient failure")
+	f.DurationVar(&c.PendingTimeout, "pending-timeout", database.DefaultPendingTimeout, "how long an upload may take before its unfinished task is given up")
+}
+
+// checkPolicy refuses lifecycle settings the database cannot keep.
+func checkPolicy(c *database.Config) error {
+	p := c.Policy
+	if p.Lease <= 0 || p.MaxAttempts < 1 || p.Retry.Min <= 0 || p.Retry.Max < p.Retry.Min || c.PendingTimeout <= 0 {
+		return fmt.Errorf("%w: --lease, --retry-min and --pending-timeout must be > 0, --max-attempts >= 1 and --retry-max >= --retry-min", errUsage)
+	}
+	return nil
+}
+
+// maxUpload defines --max-upload (the master's, and the frontend's: set both the same).
+func (f *flags) maxUpload(p *int64, def int64) {
+	*p = def
+	f.Var(limitValue[int64]{p}, "max-upload", "largest accepted upload in bytes (0: no limit)")
+}
+
+// maxPixels defines --max-pixels, the largest image (width × height) the master accepts and a worker
+// decodes.
+func (f *flags) maxPixels(p *int64) {
+	*p = imageop.DefaultMaxPixels
+	f.Var(limitValue[int64]{p}, "max-pixels", "largest image in pixels, width × height, read from its header before decoding (0: no limit)")
+}
+
+// masterLimits defines the master's limits but --max-pixels and --max-upload, which serve shares with
+// the worker and the frontend.
+func (f *flags) masterLimits(l *master.Limits) {
+	l.MaxDimension, l.MaxQueued = master.DefaultMaxDimension, master.DefaultMaxQueued
+	f.Var(limitValue[int]{&l.MaxDimension}, "max-dimension", "largest accepted image width or height in pixels, read from its header (0: no limit)")
+	f.Var(limitValue[int64]{&l.MaxQueued}, "max-queued", "refuse uploads (503, Retry-After) while this many tasks are queued (0: no cap)")
+}
+
+// worker defines the worker's flags but --max-pixels.
+func (f *flags) worker(c *worker.Config) {
+	f.IntVar(&c.Concurrency, "concurrency", 0, "images a worker processes at once (0: one per CPU)")
+	f.IntVar(&c.Prefetch, "prefetch", 0, "tasks a worker holds beyond --concurrency: claimed ahead, or being stored and reported, while others use the CPUs; for a worker whose calls to master and storage are slow against the image work")
+	f.DurationVar(&c.Wait, "claim-wait", worker.DefaultWait, "how long one claim waits at the master for work (long poll)")
+	f.alias("wait", "claim-wait")
+	f.DurationVar(&c.Heartbeat, "heartbeat", worker.DefaultHeartbeat, "how often a worker renews its task's lease (at most a third of the lease)")
+	f.DurationVar(&c.Drain, "drain", worker.DefaultDrain, "on shutdown, how long the current task may take before it is handed back")
+	f.DurationVar(&c.OutageWait, "outage-wait", worker.DefaultOutageWait, "how long fetching or storing a task's image is retried while storage is unavailable or full, before the task is handed back to wait and be claimed again")
+	f.pngCompression(&c.PNGCompression)
+}
+
+func (f *flags) pngCompression(p *png.CompressionLevel) {
+	f.Var(pngLevelValue{p}, "png-compression", "PNG encoder effort for PNG results: default, speed (faster, larger files), best or none")
+}
+
+// checkWorker refuses worker settings that cannot work.
+func checkWorker(c *worker.Config) error {
+	if c.Concurrency < 0 || c.Prefetch < 0 || c.Wait <= 0 || c.Heartbeat <= 0 || c.Drain <= 0 || c.OutageWait <= 0 {
+		return fmt.Errorf("%w: --concurrency and --prefetch must be >= 0, --claim-wait, --heartbeat, --drain and --outage-wait > 0", errUsage)
+	}
+	return nil
+}
+
+// frontend defines the public frontend's flags but --max-upload.
+func (f *flags) frontend(c *frontend.Config) {
+	f.Var(&secretValue{&c.Secret}, "secret", "public id secret: base64 of at least 32 random bytes (openssl rand -base64 32), the same on every frontend; "+
+		"default: the one kept in --data ("+frontend.SecretFile+") and shared in the kv store under "+frontend.SecretKey+", made by the first frontend when no task exists yet (prefer the variable: a command line is visible to other users)")
+	f.Float64Var(&c.Limits.UploadRate, "upload-rate", frontend.DefaultUploadRate, "uploads per second allowed per client address, sustained (0: no limit)")
+	f.IntVar(&c.Limits.UploadBurst, "upload-burst", frontend.DefaultUploadBurst, "uploads a client address may make at once")
+	f.BoolVar(&c.Limits.TrustProxy, "trust-proxy", false, "take the client address from the last X-Forwarded-For entry (only behind a reverse proxy that sets it)")
+}
+
+// checkFrontend checks the frontend's limits after parsing.
+func checkFrontend(l *frontend.Limits) error {
+	if l.UploadRate < 0 || l.UploadBurst < 1 {
+		return fmt.Errorf("%w: --upload-rate must be >= 0 and --upload-burst >= 1", errUsage)
+	}
+	return nil
+}
+
+// tokenValue is the --token flag: checked when set, and never printed.
+type tokenValue struct{ p *string }
+
+func (t *tokenValue) String() string { return "" }
+
+func (t *tokenValue) Set(s string) error {
+	if err := httpapi.CheckToken(s); err != nil {
+		return err
+	}
+	*t.p = s
+	return nil
+}
+
+// secretValue is the --secret flag: decoded when set, and never printed.
+type secretValue struct{ p *[]byte }
+
+func (s *secretValue) String() string { return "" }
+
+func (s *secretValue) Set(text string) error {
+	b, err := publicid.ParseSecret(text)
+	if err != nil {
+		return err
+	}
+	*s.p = b
+	return nil
+}
+
+// limitValue is a limit flag: a number >= 0, where 0 is no limit (master.NoLimit in the config).
+type limitValue[T int | int64] struct{ p *T }
+
+func (l limitValue[T]) String() string {
+	if l.p == nil || *l.p == master.NoLimit {
+		return "0"
+	}
+	return strconv.FormatInt(int64(*l.p), 10)
+}
+
+func (l limitValue[T]) Set(s string) error {
+	n, err := strconv.ParseInt(s, 0, 64)
+	switch {
+	case err != nil:
+		return fmt.Errorf("not a whole number: %q", s)
+	case n < 0:
+		return fmt.Errorf("must be >= 0 (0: no limit), got %d", n)
+	case n == 0:
+		*l.p = master.NoLimit
+	default:
+		*l.p = T(n)
+		if int64(*l.p) != n {
+			return fmt.Errorf("%d is too large", n)
+		}
+	}
+	return nil
+}
+
+// pngLevelValue is --png-compression.
+type pngLevelValue struct{ p *png.CompressionLevel }
+
+func (v pngLevelValue) String() string {
+	if v.p == nil {
+		return "default"
+	}
+	return imageop.PNGCompressionName(*v.p)
+}
+
+func (v pngLevelValue) Set(s string) error {
+	level, err := imageop.ParsePNGCompression(s)
+	if err != nil {
+		return err
+	}
+	*v.p = level
+	return nil
+}

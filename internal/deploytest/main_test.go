@@ -1,0 +1,5 @@
+package deploytest
+
+import "testing"
+
+func TestMain(m *testing.M) { Main(m) }

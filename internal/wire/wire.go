@@ -1,0 +1,227 @@
+// Package wire holds what imgmill's services and their clients say to each other: the task JSON, the
+// status answers, the task states and their words, the discovery keys, the protocol's headers and
+// constants. Servers and clients both import it, so neither imports the other for a type.
+package wire
+
+import (
+	"fmt"
+	"time"
+)
+
+// State is a task's lifecycle state, a number on the reference wire (the task JSON's "state"). 0 to 2
+// are the reference's values; Failed is additive.
+type State int
+
+// Task states.
+const (
+	NotStarted State = 0
+	InProgress State = 1
+	Finished   State = 2
+	Failed     State = 3
+)
+
+// Valid reports whether s is one of the four states.
+func (s State) Valid() bool { return s >= NotStarted && s <= Failed }
+
+// Word is the state as the status API spells it.
+func (s State) Word() Word {
+	switch s {
+	case NotStarted:
+		return QueuedWord
+	case InProgress:
+		return ProcessingWord
+	case Finished:
+		return FinishedWord
+	case Failed:
+		return FailedWord
+	}
+	return "unknown"
+}
+
+func (s State) String() string { return string(s.Word()) }
+
+// Word is a task's state as the status answers (/status, the JSON API, the page) spell it.
+type Word string
+
+// The state words.
+const (
+	QueuedWord     Word = "queued"
+	ProcessingWord Word = "processing"
+	FinishedWord   Word = "finished"
+	FailedWord     Word = "failed"
+)
+
+// Settled reports whether a task in this state will not change any more (finished or failed).
+func (w Word) Settled() bool { return w == FinishedWord || w == FailedWord }
+
+// Task is the task JSON of the wire API. id and state are the reference fields; the rest are additive.
+type Task struct {
+	ID          int64     `json:"id"`
+	State       State     `json:"state"`
+	Token       int64     `json:"token,omitempty"`
+	Attempts    int       `json:"attempts,omitempty"`
+	MaxAttempts int       `json:"maxAttempts,omitempty"`
+	Error       string    `json:"error,omitempty"`
+	CreatedAt   time.Time `json:"createdAt,omitzero"`
+	StartedAt   time.Time `json:"startedAt,omitzero"`
+	FinishedAt  time.Time `json:"finishedAt,omitzero"`
+	LeaseUntil  time.Time `json:"leaseUntil,omitzero"`
+	// Op is the operation chain the worker applies (additive; absent for the default, swap).
+	Op string `json:"op,omitempty"`
+	// RetryAt is when a task handed back after a transient failure may be claimed again, and Retries
+	// how many such failures it had (additive).
+	RetryAt time.Time `json:"retryAt,omitzero"`
+	Retries int       `json:"retries,omitempty"`
+	// Pending marks a task whose upload is not complete yet (additive).
+	Pending bool `json:"pending,omitempty"`
+}
+
+// Stats is the database's (and the master's) GET /stats answer: how many tasks are in each state.
+type Stats struct {
+	Queued     int64 `json:"queued"`  // not started and claimable (now, or after a transient failure's wait)
+	Pending    int64 `json:"pending"` // not started: uploads in progress (additive)
+	Processing int64 `json:"processing"`
+	Finished   int64 `json:"finished"`
+	Failed     int64 `json:"failed"`
+}
+
+// Status is the master's /status answer.
+type Status struct {
+	ID          int64     `json:"id"`
+	State       Word      `json:"state"`
+	Op          string    `json:"op,omitempty"` // the operation chain, canonical (additive)
+	Attempts    int       `json:"attempts"`
+	MaxAttempts int       `json:"maxAttempts"`
+	Error       string    `json:"error,omitempty"`
+	CreatedAt   time.Time `json:"createdAt,omitzero"`
+	StartedAt   time.Time `json:"startedAt,omitzero"`
+	FinishedAt  time.Time `json:"finishedAt,omitzero"`
+	// RetryAt is set while a queued task waits after a transient failure (Error says which) before it
+	// can be claimed again (additive).
+	RetryAt time.Time `json:"retryAt,omitzero"`
+}
+
+// PublicStatus is the frontend's /status answer (and the JSON API's): the master's, with the public id
+// in place of the internal one (the outer field wins in JSON) and a public failure reason.
+type PublicStatus struct {
+	ID string `json:"id"`
+	Status
+}
+
+// TaskCreated is the JSON API's answer to an upload (POST /api/tasks).
+type TaskCreated struct {
+	ID        string `json:"id"`
+	Status    Word   `json:"status"`
+	StatusURL string `json:"statusUrl"`
+	ResultURL string `json:"resultUrl"`
+	EventsURL string `json:"eventsUrl"`
+	SourceURL string `json:"sourceUrl"`
+}
+
+// Operations is the JSON API's GET /api/operations answer.
+type Operations struct {
+	Operations []OperationInfo `json:"operations"`
+}
+
+// OperationInfo describes one image operation for clients (GET /api/operations): enough to build a
+// picker and to write a spec by hand.
+type OperationInfo struct {
+	Name        string      `json:"name"`
+	Aliases     []string    `json:"aliases,omitempty"` // other names a chain may use
+	Summary     string      `json:"summary"`           // one line
+	Description string      `json:"description"`       // what it does exactly, with units
+	Syntax      string      `json:"syntax"`            // e.g. "resize:WxH[:fit|fill|exact]"
+	Params      []ParamInfo `json:"params"`            // in the order they are written; empty, never null
+	Example     string      `json:"example"`           // a valid spec
+}
+
+// ParamInfo describes one parameter of an operation.
+type ParamInfo struct {
+	Name string `json:"name"`
+	// Type is "number" (a decimal such as -20 or 2.5), "integer", "size" (WxH, each side an
+	// integer in Min..Max), "geometry" (WxH or WxH+X+Y: size in Min..Max, offsets from 0) or "enum"
+	// (one of Allowed).
+	Type        string   `json:"type"`
+	Description string   `json:"description"`
+	Min         *float64 `json:"min,omitempty"`
+	Max         *float64 `json:"max,omitempty"`
+	Allowed     []string `json:"allowed,omitempty"`
+	Default     string   `json:"default,omitempty"` // as written in a spec; for optional parameters
+	Required    bool     `json:"required"`
+}
+
+// MaxOpLen caps an operation chain's spec (the op parameter), in bytes.
+const MaxOpLen = 1024
+
+// CheckOp refuses an operation chain no service should store: longer than MaxOpLen or not printable
+// ASCII. Whether its operations exist is for the master and the worker to say.
+func CheckOp(op string) error {
+	if len(op) > MaxOpLen {
+		return fmt.Errorf("operation list too long: %d bytes, at most %d", len(op), MaxOpLen)
+	}
+	for i := range len(op) {
+		if op[i] < 0x20 || op[i] > 0x7e {
+			return fmt.Errorf("operation list has a byte that is not printable ASCII at %d", i)
+		}
+	}
+	return nil
+}
+
+// Discovery keys under which services register their host:port in the kv store (reference names).
+const (
+	DatabaseKey = "databaseAddress"
+	StorageKey  = "storageAddress"
+	MasterKey   = "masterAddress"
+)
+
+// InstancePrefix is the prefix of the kv keys under which the instances of the service registered
+// under key (the reference name, such as databaseAddress) each register their own address.
+func InstancePrefix(key string) string { return key + "/" }
+
+// AbandonedError is the failure reason of a task whose upload was refused or broke off.
+const AbandonedError = "upload never completed"
+
+// Image kinds in storage (the reference's state parameter of /sendImage and /getImage).
+const (
+	WorkingImage  = "working"
+	FinishedImage = "finished"
+)
+
+// LeaseTokenHeader is the header of a storage GET /getImage reply that carries the lease token the image
+// was stored with; it is absent when that is 0 (uploads, results of workers that know no tokens).
+const LeaseTokenHeader = "X-Lease-Token"
+
+// NoTaskMessage is the reference reply when no task can be claimed.
+const NoTaskMessage = "No non-started task."
+
+// MaxWait caps a long poll on /getNewTask.
+const MaxWait = 60 * time.Second
+
+// Idempotent requests: a client names a request with IdempotencyKeyHeader, and a replay of it (the same
+// key again) is answered with what the first one did, with ReplayedHeader set to "true". The database
+// also says whether the replayed task is still pending (PendingHeader), so that the master finishes an
+// upload that broke off.
+const (
+	IdempotencyKeyHeader = "Idempotency-Key"
+	ReplayedHeader       = "Idempotent-Replayed"
+	PendingHeader        = "X-Imgmill-Pending"
+	// MaxIdempotencyKeyLen caps a key's length.
+	MaxIdempotencyKeyLen = 255
+	// IdempotencyWindow is how long a key is remembered: a request with a key first seen longer ago
+	// creates a new task.
+	IdempotencyWindow = 24 * time.Hour
+)
+
+// CheckIdempotencyKey refuses a key that is empty, longer than MaxIdempotencyKeyLen or not printable
+// ASCII (keys are usually UUIDs or random tokens).
+func CheckIdempotencyKey(key string) error {
+	if key == "" || len(key) > MaxIdempotencyKeyLen {
+		return fmt.Errorf("%s must be 1 to %d characters", IdempotencyKeyHeader, MaxIdempotencyKeyLen)
+	}
+	for i := range len(key) {
+		if key[i] < 0x20 || key[i] > 0x7e {
+			return fmt.Errorf("%s must be printable ASCII", IdempotencyKeyHeader)
+		}
+	}
+	return nil
+}
