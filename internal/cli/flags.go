@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"image/png"
 	"strconv"
+	"strings"
 
 	"github.com/imgmill/imgmill/internal/database"
 	"github.com/imgmill/imgmill/internal/engines"
@@ -150,6 +151,32 @@ func (f *flags) frontend(c *frontend.Config) {
 	f.Float64Var(&c.Limits.UploadRate, "upload-rate", frontend.DefaultUploadRate, "uploads per second allowed per client address, sustained (0: no limit)")
 	f.IntVar(&c.Limits.UploadBurst, "upload-burst", frontend.DefaultUploadBurst, "uploads a client address may make at once")
 	f.BoolVar(&c.Limits.TrustProxy, "trust-proxy", false, "take the client address from the last X-Forwarded-For entry (only behind a reverse proxy that sets it)")
+	f.Var(originsValue{&c.Limits.AllowedOrigins}, "allowed-origins", "other sites whose pages may upload here from a browser, comma-separated scheme://host[:port]; "+
+		"uploads from any other site's page are refused (403), those from clients that are not browsers are not")
+}
+
+// originsValue is --allowed-origins: a comma-separated list of origins, each checked.
+type originsValue struct{ p *[]string }
+
+func (v originsValue) String() string {
+	if v.p == nil {
+		return ""
+	}
+	return strings.Join(*v.p, ",")
+}
+
+func (v originsValue) Set(s string) error {
+	var origins []string
+	for o := range strings.SplitSeq(s, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			origins = append(origins, o)
+		}
+	}
+	if err := frontend.CheckOrigins(origins); err != nil {
+		return err
+	}
+	*v.p = origins
+	return nil
 }
 
 // checkFrontend checks the frontend's limits after parsing.

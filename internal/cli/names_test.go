@@ -172,3 +172,20 @@ func TestLimitFlagZeroIsNoLimit(t *testing.T) {
 		}
 	}
 }
+
+// --allowed-origins takes a list, checked when given.
+func TestAllowedOriginsFlag(t *testing.T) {
+	e, _ := quietEnv(map[string]string{"IMGMILL_ALLOWED_ORIGINS": "https://a.example, http://b.example:8080"})
+	c := commandNamed(t, "frontend")
+	f := newFlags(e, c)
+	c.define(f)
+	if err := f.parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.Lookup("allowed-origins").Value.String(); got != "https://a.example,http://b.example:8080" {
+		t.Errorf("--allowed-origins from the environment = %q", got)
+	}
+	if _, _, err := runCLI(t, nil, "frontend", "--allowed-origins", "a.example/path"); !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "allowed-origins") {
+		t.Errorf("a bad origin: %v, want a usage error naming the flag", err)
+	}
+}

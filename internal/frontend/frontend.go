@@ -61,6 +61,15 @@ type Limits struct {
 	// reverse proxy in front, instead of from the connection. Only for a frontend that is reachable
 	// through that proxy alone: otherwise anyone can pick their address.
 	TrustProxy bool
+	// AllowedOrigins are the other sites (scheme://host[:port]) whose pages may upload here from a
+	// browser; uploads from any other site's page are refused (see sameSite), those without the
+	// browser's headers (curl, scripts) are not.
+	AllowedOrigins []string
+}
+
+// CheckOrigins refuses an allowed origin that is not scheme://host[:port].
+func CheckOrigins(origins []string) error {
+	return newCrossSite(origins).err
 }
 
 // NewServer returns the frontend's handler in front of m, showing task ids as ids' public ids.
@@ -74,7 +83,7 @@ func newServer(m *client.Master, opts Limits) *server {
 	if opts.MaxUpload == 0 {
 		opts.MaxUpload = DefaultMaxUpload
 	}
-	s := &server{master: m, opts: opts}
+	s := &server{master: m, opts: opts, crossSite: newCrossSite(opts.AllowedOrigins)}
 	if opts.UploadRate > 0 {
 		s.limiter = newUploadLimiter(opts.UploadRate, opts.UploadBurst, maxBuckets, time.Now)
 	}
@@ -84,16 +93,17 @@ func newServer(m *client.Master, opts Limits) *server {
 func (s *server) handler() http.Handler {
 	mux := httpapi.NewMux()
 	addRoutes(mux, s)
-	return securityHeaders(mux)
+	return securityHeaders(s.crossSite.refuse(mux))
 }
 
 type server struct {
 	master *client.Master
 	// codec makes and reads public ids; nil until the public id secret is resolved (see Run), and
 	// until then every route that takes or answers an id answers 503.
-	codec   atomic.Pointer[publicid.Codec]
-	opts    Limits
-	limiter *uploadLimiter // nil: no rate limit
+	codec     atomic.Pointer[publicid.Codec]
+	opts      Limits
+	limiter   *uploadLimiter // nil: no rate limit
+	crossSite crossSite
 }
 
 // errNoSecretYet answers what needs public ids while the secret is being resolved.
@@ -522,6 +532,9 @@ type Config struct {
 func Run(ctx context.Context, cfg Config) error {
 	m := client.NewMaster(cfg.HTTP, client.NewResolver(cfg.KV, wire.MasterKey, client.ResolveTTL))
 	s := newServer(m, cfg.Limits)
+	if s.crossSite.err != nil {
+		return s.crossSite.err
+	}
 	useSecret := func(secret []byte) error {
 		ids, err := publicid.New(secret)
 		if err != nil {
