@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -185,12 +184,15 @@ func (s *server) handleGetNewTask(w http.ResponseWriter, r *http.Request) error 
 }
 
 func (s *server) handleSetByID(w http.ResponseWriter, r *http.Request) error {
+	// The task JSON's other fields may come along (a client sending back the task it read) and are
+	// ignored; a field the task JSON does not have, or a key given twice, is refused.
 	var body struct {
+		wire.Task
 		ID    *int64 `json:"id"`
 		State *int   `json:"state"`
 	}
-	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&body); err != nil {
-		return httpapi.Errorf(http.StatusBadRequest, "body must be task JSON like {\"id\":0,\"state\":1}: %v", err)
+	if err := httpapi.DecodeStrict(r.Body, 64<<10, &body); err != nil {
+		return httpapi.Errorf(httpapi.StatusOf(err), "body must be task JSON like {\"id\":0,\"state\":1}: %s", httpapi.ErrorMessage(err))
 	}
 	if body.ID == nil || *body.ID < 0 {
 		return httpapi.Errorf(http.StatusBadRequest, "task JSON needs a non-negative id")

@@ -480,7 +480,13 @@ func TestSetByID(t *testing.T) {
 	}{
 		{"finished", `{"id":0,"state":2}`, 200, "success"},
 		{"in progress", `{"id":1,"state":1}`, 200, "success"},
-		{"extra fields", `{"id":0,"state":2,"attempts":9,"whatever":"x"}`, 200, "success"},
+		// The task JSON's own fields may come along (a task sent back as read), and are ignored.
+		{"the task's other fields", `{"id":0,"state":2,"attempts":9,"op":"swap","createdAt":"2026-01-02T03:04:05Z"}`, 200, "success"},
+		// A field the task JSON does not have is a mistake, and a key given twice a trick: with the last
+		// one winning, {"id":0,...,"id":2} would set task 2 past a check that reads the first.
+		{"unknown field", `{"id":0,"state":2,"whatever":"x"}`, 400, `Error: body must be task JSON like {"id":0,"state":1}: json: unknown field "whatever"`},
+		{"duplicate id", `{"id":0,"state":3,"id":2}`, 400, `Error: body must be task JSON like {"id":0,"state":1}: the key "id" is given twice`},
+		{"trailing data", `{"id":0,"state":2} {"id":2,"state":3}`, 400, `Error: body must be task JSON like {"id":0,"state":1}: unexpected data after the JSON object`},
 		{"empty body", ``, 400, `Error: body must be task JSON like {"id":0,"state":1}: ...`},
 		{"not JSON", `id=0&state=1`, 400, `Error: body must be task JSON like {"id":0,"state":1}: ...`},
 		{"truncated", `{"id":0,"sta`, 400, `Error: body must be task JSON like {"id":0,"state":1}: ...`},

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/imgmill/imgmill/internal/httpapi"
@@ -50,6 +51,10 @@ func (s *server) handleSet(w http.ResponseWriter, r *http.Request) error {
 	if !utf8.ValidString(key) || !utf8.ValidString(value) {
 		// The store cannot hold invalid UTF-8; that is the caller's error, not a 500.
 		return httpapi.Errorf(http.StatusBadRequest, "key and value must be valid UTF-8")
+	}
+	if hasControl(key) || hasControl(value) {
+		// A newline would forge lines of /list ("key : value" per line).
+		return httpapi.Errorf(http.StatusBadRequest, "key and value must not contain control characters (newlines, tabs, ...)")
 	}
 	switch r.URL.Query().Get("ifAbsent") {
 	case "":
@@ -133,4 +138,9 @@ type Config struct {
 func Run(ctx context.Context, cfg Config) error {
 	return service.Run(ctx, cfg.Spec(service.Spec{Handler: NewServer(cfg.Store), Ready: cfg.Store.Ping,
 		Internal: true, Metrics: metrics.New("kv")}))
+}
+
+// hasControl reports whether s holds a control character.
+func hasControl(s string) bool {
+	return strings.ContainsFunc(s, unicode.IsControl)
 }
