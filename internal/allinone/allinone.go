@@ -74,11 +74,11 @@ func Run(ctx context.Context, cfg Config) error {
 	defer stores.close()
 	hc := httpapi.NewClient(httpapi.WithToken(cfg.Shared.Token))
 	defer hc.CloseIdleConnections()
-	kv := client.NewKV(hc, cmp.Or(cfg.KV.Addr, kvservice.DefaultAddr))
 
 	kvCfg := cfg.KV
 	kvCfg.Options = cfg.options(cfg.KV.Addr, kvservice.DefaultAddr, "kv")
 	kvCfg.Store = stores.kv
+	kv := client.NewKV(hc, kvCfg.Addr)
 	dbCfg := cfg.Database
 	dbCfg.Options = cfg.options(cfg.Database.Addr, database.DefaultAddr, "database")
 	dbCfg.KV, dbCfg.Store = kv, stores.tasks

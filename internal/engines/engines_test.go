@@ -6,13 +6,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/imgmill/imgmill/internal/deploytest"
 	"github.com/imgmill/imgmill/internal/engines"
 	"github.com/imgmill/imgmill/internal/enginetest"
 	"github.com/imgmill/imgmill/internal/fault"
+	"github.com/imgmill/imgmill/internal/servicetest"
 )
 
 // A misconfigured store is a clear error at open, in words a library says (the command line adds its
@@ -101,7 +102,7 @@ func TestOpenEmbedded(t *testing.T) {
 func TestOpenUnreachable(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	var logs syncLog
+	var logs deploytest.SyncBuffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
 	for _, tc := range []struct {
 		name string
@@ -128,11 +129,7 @@ func TestOpenUnreachable(t *testing.T) {
 		}
 		store.Close()
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(logs.String(), "waiting for S3") && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if !strings.Contains(logs.String(), "waiting for S3") {
+	if !servicetest.PollFor(20*time.Second, func() bool { return strings.Contains(logs.String(), "waiting for S3") }) {
 		t.Errorf("no log line says what the S3 store waits for: %q", logs.String())
 	}
 	if strings.Contains(logs.String(), "hunter2") {
@@ -144,22 +141,4 @@ func TestOpenUnreachable(t *testing.T) {
 type engine interface {
 	Ping(context.Context) error
 	Close() error
-}
-
-// syncLog is a log destination safe for concurrent writes and reads.
-type syncLog struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
 }

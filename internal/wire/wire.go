@@ -5,6 +5,7 @@ package wire
 
 import (
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -159,12 +160,15 @@ func CheckOp(op string) error {
 	if len(op) > MaxOpLen {
 		return fmt.Errorf("operation list too long: %d bytes, at most %d", len(op), MaxOpLen)
 	}
-	for i := range len(op) {
-		if op[i] < 0x20 || op[i] > 0x7e {
-			return fmt.Errorf("operation list has a byte that is not printable ASCII at %d", i)
-		}
+	if i := notPrintable(op); i >= 0 {
+		return fmt.Errorf("operation list has a byte that is not printable ASCII at %d", i)
 	}
 	return nil
+}
+
+// notPrintable is the index of the first byte of s that is not printable ASCII, or -1.
+func notPrintable(s string) int {
+	return strings.IndexFunc(s, func(r rune) bool { return r < 0x20 || r > 0x7e })
 }
 
 // Discovery keys under which services register their host:port in the kv store (reference names).
@@ -218,10 +222,8 @@ func CheckIdempotencyKey(key string) error {
 	if key == "" || len(key) > MaxIdempotencyKeyLen {
 		return fmt.Errorf("%s must be 1 to %d characters", IdempotencyKeyHeader, MaxIdempotencyKeyLen)
 	}
-	for i := range len(key) {
-		if key[i] < 0x20 || key[i] > 0x7e {
-			return fmt.Errorf("%s must be printable ASCII", IdempotencyKeyHeader)
-		}
+	if notPrintable(key) >= 0 {
+		return fmt.Errorf("%s must be printable ASCII", IdempotencyKeyHeader)
 	}
 	return nil
 }
