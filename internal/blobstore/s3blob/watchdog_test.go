@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -15,7 +17,19 @@ import (
 // context's end (nil when it did not end) and the request's error, the response read whole.
 func watched(t *testing.T, method, url string, body io.Reader, timeout time.Duration) (stalledCtx bool, err error) {
 	t.Helper()
-	tr := &http.Transport{}
+	// Small socket buffers: the watchdog sees progress when the transport takes the body, so bytes parked
+	// in the kernel (megabytes on loopback by default) would count as sent long before the server reads
+	// them, and a steady slow server would look silent once the last of the body was parked.
+	dialer := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, smallSocketBuffer)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	tr := &http.Transport{DialContext: dialer.DialContext}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: progressTransport{tr}}
 	ctx, w := newWatchdog(t.Context(), timeout)
@@ -31,6 +45,34 @@ func watched(t *testing.T, method, url string, body io.Reader, timeout time.Dura
 		resp.Body.Close()
 	}
 	return stalledBy(ctx, err), err
+}
+
+// smallSocketBuffer is the kernel's send and receive buffer of the tests' connections.
+const smallSocketBuffer = 64 << 10
+
+// newSmallBufferServer starts h on a loopback listener whose connections have small receive buffers
+// (see watched).
+func newSmallBufferServer(t *testing.T, h http.Handler) *httptest.Server {
+	t.Helper()
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			// Set on the listener, the size is inherited by accepted connections.
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, smallSocketBuffer)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	ln, err := lc.Listen(t.Context(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(h)
+	srv.Listener.Close()
+	srv.Listener = ln
+	srv.Start()
+	return srv
 }
 
 // A server that answers slowly but steadily is making progress: the request takes several times the
@@ -54,7 +96,7 @@ func TestWatchdogSlowAnswer(t *testing.T) {
 
 // A server that takes a large body slowly but steadily is making progress too.
 func TestWatchdogSlowUpload(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := newSmallBufferServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		buf := make([]byte, 1<<20)
 		for {
 			if _, err := io.ReadFull(r.Body, buf); err != nil {
