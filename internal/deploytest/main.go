@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -67,11 +68,24 @@ func ServeApp(t *testing.T, log io.Writer, args ...string) []string {
 	})
 	readyCtx, readyCancel := context.WithTimeout(ctx, time.Minute)
 	defer readyCancel()
-	if err := allinone.WaitReady(readyCtx, addrs[1]); err != nil {
+	if err := allinone.WaitReady(readyCtx, addrs[1], httpapi.WithToken(flagValue(args, "--token"))); err != nil {
 		t.Fatal(err)
 	}
 	hc := httpapi.NewClient()
 	defer hc.CloseIdleConnections()
 	WaitHealthy(t, readyCtx, hc, addrs[0])
 	return addrs
+}
+
+// flagValue is the value args give the flag name ("--name value" or "--name=value"), or "".
+func flagValue(args []string, name string) string {
+	for i, a := range args {
+		if v, ok := strings.CutPrefix(a, name+"="); ok {
+			return v
+		}
+		if a == name && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return ""
 }

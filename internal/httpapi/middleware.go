@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
@@ -133,8 +134,24 @@ func wrap(h http.Handler, logger *slog.Logger, observer RequestObserver) http.Ha
 				observer.ObserveRequest(routeOf(r, note), r.Method, status, elapsed)
 			}
 		}()
+		if n := headerBytes(r); n > MaxHeaderBytes {
+			WriteText(rec, http.StatusRequestHeaderFieldsTooLarge,
+				fmt.Sprintf("Error: the request's line and headers are %d bytes, over the limit of %d", n, MaxHeaderBytes))
+			return
+		}
 		h.ServeHTTP(rec, r)
 	})
+}
+
+// headerBytes is about how many bytes the request's line and headers took on the wire.
+func headerBytes(r *http.Request) int {
+	n := len(r.Method) + len(r.RequestURI) + len(r.Proto) + 4
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
 }
 
 // recorder remembers the status and size of a reply for the access log.

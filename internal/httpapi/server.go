@@ -17,8 +17,12 @@ const (
 	ReadTimeout       = 10 * time.Minute
 	WriteTimeout      = 10 * time.Minute
 	IdleTimeout       = 2 * time.Minute
-	MaxHeaderBytes    = 64 << 10
-	ShutdownGrace     = 20 * time.Second
+	// MaxHeaderBytes bounds a request's line and headers: beyond it the middleware answers 431 with an
+	// Error: text. The server itself reads up to maxHeaderRead, past which it can only answer net/http's
+	// own plain 431.
+	MaxHeaderBytes = 64 << 10
+	maxHeaderRead  = 1 << 20
+	ShutdownGrace  = 20 * time.Second
 )
 
 // ServerTimeouts are a server's timeouts. A zero field takes its default (the constants above), so the
@@ -80,7 +84,7 @@ func NewHTTPServer(h http.Handler, logger *slog.Logger, opts ...ServerOption) *h
 		ReadTimeout:       t.Read,
 		WriteTimeout:      t.Write,
 		IdleTimeout:       t.Idle,
-		MaxHeaderBytes:    MaxHeaderBytes,
+		MaxHeaderBytes:    maxHeaderRead,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 }
