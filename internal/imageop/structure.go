@@ -84,15 +84,15 @@ type jpegWalker struct {
 type jpegState uint8
 
 const (
-	jpegStart   jpegState = iota // before the first byte
-	jpegSOI                      // after 0xFF, expecting SOI
-	jpegSearch                   // looking for the next marker's 0xFF
-	jpegFF                       // after 0xFF: a marker code, fill, stuffing or RSTn follows
-	jpegLenHi                    // a segment's length, first byte
-	jpegLenLo                    // a segment's length, second byte
-	jpegSkip                     // inside a segment's payload
-	jpegSOF                      // inside a SOF segment's payload
-	jpegDone                     // after EOI, or where the structure stopped making sense
+	jpegStart  jpegState = iota // before the first byte
+	jpegSOI                     // after 0xFF, expecting SOI
+	jpegSearch                  // looking for the next marker's 0xFF
+	jpegFF                      // after 0xFF: a marker code, fill, stuffing or RSTn follows
+	jpegLenHi                   // a segment's length, first byte
+	jpegLenLo                   // a segment's length, second byte
+	jpegSkip                    // inside a segment's payload
+	jpegSOF                     // inside a SOF segment's payload
+	jpegDone                    // after EOI, or where the structure stopped making sense
 )
 
 // walk takes the next bytes of the stream and returns how many of them it accepted: len(b), or the
