@@ -190,3 +190,15 @@ func (j *jpegWalker) scan() error {
 	}
 	return nil
 }
+
+// TooComplexReason returns the text of the ErrTooComplex refusal in err's chain (a sentence for the
+// client, without what wraps it), and whether there is one.
+func TooComplexReason(err error) (string, bool) {
+	var ie *imageError
+	for e := err; errors.As(e, &ie); e = errors.Unwrap(ie) {
+		if ie.kind == ErrTooComplex {
+			return ie.msg, true
+		}
+	}
+	return "", false
+}
