@@ -1,6 +1,7 @@
 package imageop
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -114,9 +115,14 @@ func (j *jpegWalker) walk(b []byte) (int, error) {
 		case jpegSearch:
 			// A segment is followed straight by the next marker, a scan's header by its
 			// entropy-coded data: image/jpeg skips whatever is not a marker either way.
-			if c == 0xFF {
-				j.state = jpegFF
+			if c != 0xFF {
+				k := bytes.IndexByte(b[i:], 0xFF)
+				if k < 0 {
+					return len(b), nil
+				}
+				i += k
 			}
+			j.state = jpegFF
 		case jpegFF:
 			switch {
 			case c == 0xFF: // fill byte before a marker
