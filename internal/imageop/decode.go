@@ -86,12 +86,17 @@ func decode(src io.Reader, maxPixels int64, check func(w, h int) error) (image.I
 			return nil, "", err
 		}
 	}
-	img, err := decodeFormat(h.Format, io.MultiReader(bytes.NewReader(prefix), er))
+	// The structure's budget is checked again here for tasks whose upload did not check it.
+	sr := CheckStructure(h.Format, io.MultiReader(bytes.NewReader(prefix), er))
+	img, err := decodeFormat(h.Format, sr)
 	if err != nil {
 		// Decoders report reader failures and malformed data the same way; errReader tells them
 		// apart. A clean io.EOF is not recorded: a truncated image is bad input, not an I/O failure.
 		if er.err != nil {
 			return nil, "", fmt.Errorf("imageop: reading image: %w", er.err)
+		}
+		if serr := sr.Err(); serr != nil {
+			return nil, "", fmt.Errorf("%w: %w", ErrDecode, serr)
 		}
 		return nil, "", fmt.Errorf("%w: %v", ErrDecode, err)
 	}

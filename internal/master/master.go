@@ -46,7 +46,8 @@ type server struct {
 // Before any of that, the upload must pass the limits: its length when it is declared, the queue (both
 // before a byte of the body is read), and then its type, width and height as its header says (the type
 // from the bytes, never from Content-Type). The header is read as the body streams in, the few bytes
-// it takes are kept and stored with the rest.
+// it takes are kept and stored with the rest; the rest is checked against the format's decoding budget
+// (imageop.CheckStructure) on its way to storage.
 //
 // With an Idempotency-Key (additive), a retry of an upload whose answer was lost answers the same id and
 // creates nothing: the task the key names is answered as it is, or, when its upload never completed,
@@ -107,7 +108,10 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 			return nil
 		}
 	}
-	if err := s.storage.SendImage(ctx, id, wire.WorkingImage, io.MultiReader(bytes.NewReader(head), body), r.ContentLength); err != nil {
+	// The image's structure is checked as it streams to storage: an image over a decoding budget (a
+	// progressive JPEG of too many scans) fails the upload before storage keeps anything.
+	image := imageop.CheckStructure(header.Format, io.MultiReader(bytes.NewReader(head), body))
+	if err := s.storage.SendImage(ctx, id, wire.WorkingImage, image, r.ContentLength); err != nil {
 		err = uploadError(err)
 		s.abandon(ctx, id, err)
 		return err
@@ -142,9 +146,14 @@ func (s *server) abandon(ctx context.Context, id int64, err error) {
 	}
 }
 
-// uploadError reports a failed upload: too large or broken off is the client's doing (413, 400), storage
-// refusing it is passed on (503 or 507 with Retry-After when it is away or full), the rest is ours.
+// uploadError reports a failed upload: too large, over a decoding budget or broken off is the client's
+// doing (413, 422, 400), storage refusing it is passed on (503 or 507 with Retry-After when it is away
+// or full), the rest is ours. An image over a decoding budget is 422, not 413: it is small in bytes and
+// in pixels, but its content is refused.
 func uploadError(err error) error {
+	if reason, ok := imageop.TooComplexReason(err); ok {
+		return httpapi.Errorf(http.StatusUnprocessableEntity, "%s", reason)
+	}
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
 		return httpapi.Errorf(http.StatusRequestEntityTooLarge, "image larger than %d bytes", tooBig.Limit)

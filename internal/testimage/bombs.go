@@ -14,10 +14,10 @@ func PNGHeaderDepth(width, height, depth int) []byte {
 	return b
 }
 
-// ScanBomb is a valid progressive greyscale JPEG of width×height pixels with scans AC scans, each a few
+// JPEGScanBomb is a valid progressive greyscale JPEG of width×height pixels with scans AC scans, each a few
 // dozen bytes of end-of-block runs that cover every block: a small file whose decoding walks all the
 // image's blocks once per scan.
-func ScanBomb(width, height, scans int) []byte {
+func JPEGScanBomb(width, height, scans int) []byte {
 	b := []byte{0xff, 0xd8}
 	// One quantisation table, all ones.
 	b = append(b, 0xff, 0xdb, 0, 67, 0)

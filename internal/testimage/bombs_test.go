@@ -8,9 +8,9 @@ import (
 )
 
 // A scan bomb is a JPEG image/jpeg decodes, of the size asked, with the scans asked.
-func TestScanBomb(t *testing.T) {
+func TestJPEGScanBomb(t *testing.T) {
 	for _, size := range [][2]int{{64, 64}, {1000, 999}, {8, 2000}} {
-		b := ScanBomb(size[0], size[1], 7)
+		b := JPEGScanBomb(size[0], size[1], 7)
 		img, err := jpeg.Decode(bytes.NewReader(b))
 		if err != nil {
 			t.Fatalf("%dx%d: %v", size[0], size[1], err)

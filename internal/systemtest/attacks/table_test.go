@@ -25,7 +25,6 @@ func attackTable(small []byte) []attack {
 	bigPNG := testimage.PNGHeader(20000, 100)        // over 16384 a side
 	manyPixels := testimage.PNGHeader(10000, 10000)  // 100 MP, over 50 MP
 	deep := testimage.PNGHeaderDepth(7071, 7071, 16) // 50 MP at 16 bits a channel
-	photo := testimage.PNGHeaderDepth(6000, 4000, 8) // 24 MP
 	jpegMeta := testimage.InsertJPEGMetadata(jpegOf(), 300<<10)
 	tiffFar := []byte("II*\x00\x00\x00\x00\x80") // its directory 2 GiB in
 	gifHuge := []byte("GIF89a\xff\xff\xff\xff\x00\x00\x00")
@@ -161,4 +160,4 @@ func webpHeader(width, height int) []byte {
 }
 
 // scanBomb is a 75 KB progressive JPEG of 7000x7000 with 1,000 scans.
-func scanBomb() []byte { return testimage.ScanBomb(7000, 7000, 1000) }
+func scanBomb() []byte { return testimage.JPEGScanBomb(7000, 7000, 1000) }
