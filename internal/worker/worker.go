@@ -65,6 +65,11 @@ const (
 	// the image work to notice the deadline (within about a second) and for the failure to be reported.
 	// Past it, work that did not stop lets its lease lapse.
 	deadlineGrace = 2 * time.Second
+
+	// BaseMemory is what a worker process holds beside its image work: the Go runtime, connections,
+	// result buffers (up to 8 MB each before they spill to disk) and the collector's slack. A worker
+	// process's memory budget less this is its MaxMemory. Measured: an idle worker holds about 20 MB.
+	BaseMemory = 64 << 20
 )
 
 // Config configures Run.
