@@ -66,7 +66,11 @@ func serveCommand() command {
 				cfg.Worker.MaxPixels = cfg.Master.Limits.MaxPixels
 				cfg.Shared.Logger = f.logger("")
 				// --max-memory is the whole process's: allinone gives the worker what the rest leaves.
-				cfg.MaxMemory, cfg.Worker.MaxMemory = processMemory(cfg.Worker.MaxMemory, cfg.Shared.Logger), 0
+				budget, err := processMemory(cfg.Worker.MaxMemory, allinone.ServicesMemory+worker.BaseMemory, cfg.Shared.Logger)
+				if err != nil {
+					return err
+				}
+				cfg.MaxMemory, cfg.Worker.MaxMemory = budget, 0
 				cfg.Blobs.Getenv = f.env.getenv
 				cfg.Shared.Logger.Info("imgmill serve starting", "data", cfg.DataDir, "frontend", cfg.Frontend.Addr)
 				return allinone.Run(ctx, cfg)
@@ -187,12 +191,11 @@ func workerCommand() command {
 				hc := httpapi.NewClient(httpapi.WithToken(opts.Token))
 				cfg.Master, cfg.Storage = worker.NewClients(hc, client.NewKV(hc, *kv))
 				cfg.Logger = f.logger("worker")
-				if budget := processMemory(cfg.MaxMemory, cfg.Logger); budget > 0 {
-					if budget <= worker.BaseMemory {
-						return fmt.Errorf("%w: --max-memory %d leaves nothing for images: a worker process takes about %d beside them", errUsage, budget, worker.BaseMemory)
-					}
-					cfg.MaxMemory = budget - worker.BaseMemory
+				budget, err := processMemory(cfg.MaxMemory, worker.BaseMemory, cfg.Logger)
+				if err != nil {
+					return err
 				}
+				cfg.MaxMemory = max(budget-worker.BaseMemory, 0)
 				if opts.Addr == "" {
 					return worker.Run(ctx, cfg)
 				}
@@ -307,18 +310,22 @@ func startCPUProfile(path string) (stop func(), err error) {
 
 // processMemory resolves --max-memory, the process's memory budget: the flag's value, or half of
 // what this process may use (its cgroup's limit, or the machine's memory); 0 (no budget) when that
-// cannot be told. It sets the Go runtime's soft memory limit to it as well, so that the collector
-// works harder as the process nears it rather than let garbage take it over.
-func processMemory(flag int64, logger *slog.Logger) int64 {
+// cannot be told. A budget no larger than base, what the process holds beside its image work, is a
+// usage error. It sets the Go runtime's soft memory limit to the budget, so that the collector works
+// harder as the process nears it rather than let garbage take it over.
+func processMemory(flag, base int64, logger *slog.Logger) (int64, error) {
 	budget := flag
 	if budget <= 0 {
 		avail, err := memlimit.Available("/")
 		if err != nil {
 			logger.Warn("no memory budget: cannot tell how much memory this process may use; set --max-memory", "err", err)
-			return 0
+			return 0, nil
 		}
 		budget = avail / 2
 	}
+	if budget <= base {
+		return 0, fmt.Errorf("%w: --max-memory %d leaves nothing for images: the process takes about %d beside them", errUsage, budget, base)
+	}
 	debug.SetMemoryLimit(budget)
-	return budget
+	return budget, nil
 }

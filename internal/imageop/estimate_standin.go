@@ -25,7 +25,7 @@ type StepEstimate struct {
 
 // Estimate returns the rough cost of running c on an image with header h.
 func (c Chain) Estimate(h Header) Estimate {
-	const bytesPerPixel = 8 // 16-bit RGBA, the worst case
+	const bytesPerPixel = 8  // 16-bit RGBA, the worst case
 	const nsPerPixelOp = 100 // a blur of a 16-bit image costs about that
 	w, hh := h.Width, h.Height
 	largest := int64(w) * int64(hh)

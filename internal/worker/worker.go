@@ -457,9 +457,12 @@ func (l *loop) process(ctx context.Context, task wire.Task, deadline *atomic.Int
 		work, cancel := context.WithTimeoutCause(ctx, timeout, &overtimeError{limit: timeout})
 		defer cancel()
 		deadline.Store(time.Now().Add(timeout + deadlineGrace).UnixNano())
+		l.logger.DebugContext(ctx, "image work started", "task", task.ID, "estimated_cpu", cost.CPU,
+			"estimated_memory", cost.Memory, "deadline", timeout)
 		defer deadline.Store(0)
 		defer context.AfterFunc(work, endStream)()
 		_, err := l.cfg.apply(work, &out, io.MultiReader(bytes.NewReader(prefix), src), chain)
+		l.logger.DebugContext(ctx, "image work ended", "task", task.ID, "err", err)
 		if cause := context.Cause(work); errors.Is(cause, errOvertime) {
 			return cause
 		}

@@ -55,7 +55,7 @@ func TestWorkerMemoryBudget(t *testing.T) {
 	d := deploytest.New(t)
 	d.StartBackends()
 	m := d.Master()
-	d.StartWorker("worker", "--concurrency", "2", "--max-memory", strconv.FormatInt(budget, 10))
+	d.StartWorker("worker", "--concurrency", "2", "--max-memory", strconv.FormatInt(budget, 10), "--log-level", "debug")
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
 	warm := streamPNG{width: 64, height: 64, depth: 8, seed: 3}
@@ -89,6 +89,23 @@ func TestWorkerMemoryBudget(t *testing.T) {
 	t.Logf("two attack tasks took %v; worker peak RSS %s, budget %s", time.Since(start).Round(time.Second), memMiB(peak), memMiB(budget))
 	if peak >= budget {
 		t.Errorf("the worker's resident set reached %s, over its --max-memory of %s", memMiB(peak), memMiB(budget))
+	}
+	// The Go soft memory limit alone could keep the peak down by collecting hard; the budget's own
+	// effect is that the two never ran at once: one's image work ended before the other's started.
+	var events []string
+	for line := range strings.Lines(d.Log("worker")) {
+		for _, id := range ids {
+			task := " task=" + strconv.FormatInt(id, 10) + " "
+			switch {
+			case strings.Contains(line, `msg="image work started"`) && strings.Contains(line, task):
+				events = append(events, "start")
+			case strings.Contains(line, `msg="image work ended"`) && strings.Contains(line, task):
+				events = append(events, "end")
+			}
+		}
+	}
+	if got := strings.Join(events, ","); got != "start,end,start,end" {
+		t.Errorf("the worker's log shows the two tasks' image work as %s, want start,end,start,end: they overlapped", got)
 	}
 }
 
