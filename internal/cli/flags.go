@@ -129,6 +129,11 @@ func (f *flags) worker(c *worker.Config) {
 	f.DurationVar(&c.Heartbeat, "heartbeat", worker.DefaultHeartbeat, "how often a worker renews its task's lease (at most a third of the lease)")
 	f.DurationVar(&c.Drain, "drain", worker.DefaultDrain, "on shutdown, how long the current task may take before it is handed back")
 	f.DurationVar(&c.OutageWait, "outage-wait", worker.DefaultOutageWait, "how long fetching or storing a task's image is retried while storage is unavailable or full, before the task is handed back to wait and be claimed again")
+	f.DurationVar(&c.TaskTimeout, "task-timeout", worker.DefaultTaskTimeout, fmt.Sprintf(
+		"the longest one task's image work may take: each task gets %d times its estimated CPU time, at least %v (or this, when lower) and at most this; a task past it fails for good",
+		worker.TaskTimeoutFactor, worker.MinTaskTimeout))
+	f.Var(bytesValue{&c.MaxMemory}, "max-memory", "memory budget of the process, in bytes (or with kB, MB, GB, KiB, MiB, GiB): a worker starts a task only when the task's estimated peak fits beside those running, and serve's worker gets what its other services leave; "+
+		"0: half of what this process may use (its cgroup's memory limit, or the machine's memory)")
 	f.pngCompression(&c.PNGCompression)
 }
 
@@ -138,8 +143,8 @@ func (f *flags) pngCompression(p *png.CompressionLevel) {
 
 // checkWorker refuses worker settings that cannot work.
 func checkWorker(c *worker.Config) error {
-	if c.Concurrency < 0 || c.Prefetch < 0 || c.Wait <= 0 || c.Heartbeat <= 0 || c.Drain <= 0 || c.OutageWait <= 0 {
-		return fmt.Errorf("%w: --concurrency and --prefetch must be >= 0, --claim-wait, --heartbeat, --drain and --outage-wait > 0", errUsage)
+	if c.Concurrency < 0 || c.Prefetch < 0 || c.Wait <= 0 || c.Heartbeat <= 0 || c.Drain <= 0 || c.OutageWait <= 0 || c.TaskTimeout <= 0 {
+		return fmt.Errorf("%w: --concurrency and --prefetch must be >= 0, --claim-wait, --heartbeat, --drain, --outage-wait and --task-timeout > 0", errUsage)
 	}
 	return nil
 }
@@ -258,5 +263,36 @@ func (v pngLevelValue) Set(s string) error {
 		return err
 	}
 	*v.p = level
+	return nil
+}
+
+// bytesValue is a size in bytes: a whole number, or one with a decimal (kB, MB, GB) or binary (KiB,
+// MiB, GiB) unit, "1.5GB" or "512 MiB".
+type bytesValue struct{ p *int64 }
+
+func (v bytesValue) String() string {
+	if v.p == nil {
+		return "0"
+	}
+	return strconv.FormatInt(*v.p, 10)
+}
+
+func (v bytesValue) Set(s string) error {
+	num := strings.TrimSpace(s)
+	unit := 1.0
+	for _, u := range []struct {
+		suffix string
+		size   float64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"kB", 1e3}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}} {
+		if rest, ok := strings.CutSuffix(num, u.suffix); ok {
+			num, unit = strings.TrimSpace(rest), u.size
+			break
+		}
+	}
+	f, err := strconv.ParseFloat(num, 64)
+	if err != nil || f < 0 || f*unit >= 1<<62 {
+		return fmt.Errorf("not a size in bytes (1500000000, 1.5GB, 512MiB): %q", s)
+	}
+	*v.p = int64(f * unit)
 	return nil
 }

@@ -47,3 +47,36 @@ func TestOpsFlagsInHelp(t *testing.T) {
 		t.Errorf("worker metrics on all addresses without a token: %v, want a refusal", err)
 	}
 }
+
+func TestBytesValue(t *testing.T) {
+	for in, want := range map[string]int64{
+		"0": 0, "1500000000": 1_500_000_000, "1.5GB": 1_500_000_000, "512MiB": 512 << 20, "512 MiB": 512 << 20,
+		"2GiB": 2 << 30, "300MB": 300_000_000, "64kB": 64_000, "64KiB": 64 << 10, "100B": 100,
+	} {
+		var n int64
+		if err := (bytesValue{&n}).Set(in); err != nil || n != want {
+			t.Errorf("Set(%q) = %d, %v; want %d", in, n, err, want)
+		}
+	}
+	for _, in := range []string{"", "lots", "-1", "1.5TB", "GB", "1e30"} {
+		var n int64
+		if err := (bytesValue{&n}).Set(in); err == nil {
+			t.Errorf("Set(%q) = %d, want an error", in, n)
+		}
+	}
+}
+
+// --max-memory and --task-timeout are on worker and serve, and a worker budget smaller than what the
+// process itself takes is a usage error.
+func TestMemoryFlags(t *testing.T) {
+	for _, cmd := range []string{"serve", "worker"} {
+		checkHelpLists(t, cmd, "max-memory", "task-timeout")
+	}
+	if _, _, err := runCLI(t, nil, "worker", "--max-memory", "10MB", "--kv", "127.0.0.1:1"); !errors.Is(err, errUsage) ||
+		!strings.Contains(err.Error(), "--max-memory") {
+		t.Errorf("worker --max-memory 10MB: %v, want a usage error", err)
+	}
+	if _, _, err := runCLI(t, nil, "worker", "--task-timeout", "0s", "--kv", "127.0.0.1:1"); !errors.Is(err, errUsage) {
+		t.Errorf("worker --task-timeout 0s: %v, want a usage error", err)
+	}
+}

@@ -3,7 +3,9 @@ package cli
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
+	"runtime/debug"
 	"runtime/pprof"
 	"time"
 
@@ -18,6 +20,7 @@ import (
 	"github.com/imgmill/imgmill/internal/kvservice"
 	"github.com/imgmill/imgmill/internal/kvstore"
 	"github.com/imgmill/imgmill/internal/master"
+	"github.com/imgmill/imgmill/internal/memlimit"
 	"github.com/imgmill/imgmill/internal/metrics"
 	"github.com/imgmill/imgmill/internal/service"
 	"github.com/imgmill/imgmill/internal/storage"
@@ -61,8 +64,14 @@ func serveCommand() command {
 				// would, and the worker decodes what the master accepted.
 				cfg.Frontend.Limits.MaxUpload = cfg.Master.Limits.MaxUpload
 				cfg.Worker.MaxPixels = cfg.Master.Limits.MaxPixels
-				cfg.Blobs.Getenv = f.env.getenv
 				cfg.Shared.Logger = f.logger("")
+				// --max-memory is the whole process's: allinone gives the worker what the rest leaves.
+				budget, err := processMemory(cfg.Worker.MaxMemory, allinone.ServicesMemory+worker.BaseMemory, cfg.Shared.Logger)
+				if err != nil {
+					return err
+				}
+				cfg.MaxMemory, cfg.Worker.MaxMemory = budget, 0
+				cfg.Blobs.Getenv = f.env.getenv
 				cfg.Shared.Logger.Info("imgmill serve starting", "data", cfg.DataDir, "frontend", cfg.Frontend.Addr)
 				return allinone.Run(ctx, cfg)
 			}
@@ -182,6 +191,11 @@ func workerCommand() command {
 				hc := httpapi.NewClient(httpapi.WithToken(opts.Token))
 				cfg.Master, cfg.Storage = worker.NewClients(hc, client.NewKV(hc, *kv))
 				cfg.Logger = f.logger("worker")
+				budget, err := processMemory(cfg.MaxMemory, worker.BaseMemory, cfg.Logger)
+				if err != nil {
+					return err
+				}
+				cfg.MaxMemory = max(budget-worker.BaseMemory, 0)
 				if opts.Addr == "" {
 					return worker.Run(ctx, cfg)
 				}
@@ -292,4 +306,26 @@ func startCPUProfile(path string) (stop func(), err error) {
 		pprof.StopCPUProfile()
 		f.Close()
 	}, nil
+}
+
+// processMemory resolves --max-memory, the process's memory budget: the flag's value, or half of
+// what this process may use (its cgroup's limit, or the machine's memory); 0 (no budget) when that
+// cannot be told. A budget no larger than base, what the process holds beside its image work, is a
+// usage error. It sets the Go runtime's soft memory limit to the budget, so that the collector works
+// harder as the process nears it rather than let garbage take it over.
+func processMemory(flag, base int64, logger *slog.Logger) (int64, error) {
+	budget := flag
+	if budget <= 0 {
+		avail, err := memlimit.Available("/")
+		if err != nil {
+			logger.Warn("no memory budget: cannot tell how much memory this process may use; set --max-memory", "err", err)
+			return 0, nil
+		}
+		budget = avail / 2
+	}
+	if budget <= base {
+		return 0, fmt.Errorf("%w: --max-memory %d leaves nothing for images: the process takes about %d beside them", errUsage, budget, base)
+	}
+	debug.SetMemoryLimit(budget)
+	return budget, nil
 }

@@ -8,16 +8,22 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"image/png"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"runtime"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/semaphore"
 
 	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/client"
@@ -43,6 +49,27 @@ const (
 	// back) while the master or the database is unavailable: the work is done, and losing the report
 	// would cost the task a lease and an attempt. A stopping worker gives up after Drain.
 	reportRetryFor = 5 * time.Minute
+
+	// DefaultTaskTimeout is the longest a task's image work may take, whatever its estimate.
+	DefaultTaskTimeout = 5 * time.Minute
+	// MinTaskTimeout is the shortest deadline a task gets, however cheap its estimate: small tasks on a
+	// busy machine must never hit it. A TaskTimeout below it is the deadline of every task.
+	MinTaskTimeout = 30 * time.Second
+	// TaskTimeoutFactor scales a task's estimated CPU time into its deadline. The estimate is the time
+	// on one idle core; a worker shares its cores between Concurrency tasks and whatever else runs on
+	// the machine (2-3 times slower on a busy one), and a race-detector build is several times slower
+	// again; 10 covers both with room to spare, while still stopping a chain whose real cost runs far
+	// past its estimate.
+	TaskTimeoutFactor = 10
+	// deadlineGrace is how long past a task's deadline the heartbeat still renews its lease: time for
+	// the image work to notice the deadline (within about a second) and for the failure to be reported.
+	// Past it, work that did not stop lets its lease lapse.
+	deadlineGrace = 2 * time.Second
+
+	// BaseMemory is what a worker process holds beside its image work: the Go runtime, connections,
+	// result buffers (up to 8 MB each before they spill to disk) and the collector's slack. A worker
+	// process's memory budget less this is its MaxMemory. Measured: an idle worker holds about 20 MB.
+	BaseMemory = 64 << 20
 )
 
 // Config configures Run.
@@ -69,9 +96,21 @@ type Config struct {
 	MaxPixels int64
 	// PNGCompression is the effort of the PNG encoder for PNG results (the zero value: the default).
 	PNGCompression png.CompressionLevel
-	Logger         *slog.Logger
+	// TaskTimeout is the most a task's image work (decode, operations, encode) may take; a task gets
+	// TaskTimeoutFactor times its estimated CPU time, at least MinTaskTimeout (or TaskTimeout, when
+	// lower) and at most TaskTimeout. A task past its deadline fails for good. 0 means
+	// DefaultTaskTimeout.
+	TaskTimeout time.Duration
+	// MaxMemory is the memory, in bytes, the worker's image work may hold at once: a task starts only
+	// when its estimated peak fits beside the tasks running, and one whose estimate alone exceeds it
+	// fails for good. 0 (or negative) means no budget.
+	MaxMemory int64
+	Logger    *slog.Logger
 	// Metrics records the loops' busy/idle state and each task's processing; nil records nothing.
 	Metrics *metrics.Worker
+
+	// apply runs the image work; nil means the Processor's ApplyContext. Tests set it (export_test.go).
+	apply func(ctx context.Context, dst io.Writer, src io.Reader, chain imageop.Chain) (string, error)
 }
 
 // Slots is how many images the worker processes at once: Concurrency, or one per CPU when it is 0.
@@ -80,6 +119,20 @@ func (c Config) Slots() int {
 		return runtime.NumCPU()
 	}
 	return c.Concurrency
+}
+
+// TaskTimeoutFor is the deadline of a task whose image work is estimated as e: TaskTimeoutFactor times
+// its CPU time, within [min(MinTaskTimeout, TaskTimeout), TaskTimeout].
+func (c Config) TaskTimeoutFor(e imageop.Estimate) time.Duration {
+	ceiling := c.TaskTimeout
+	if ceiling <= 0 {
+		ceiling = DefaultTaskTimeout
+	}
+	floor := min(MinTaskTimeout, ceiling)
+	if e.CPU >= ceiling/TaskTimeoutFactor { // also keeps the product from overflowing
+		return ceiling
+	}
+	return max(floor, TaskTimeoutFactor*e.CPU)
 }
 
 // Run runs Concurrency worker loops until ctx ends. A loop then claims nothing more and finishes its
@@ -102,12 +155,20 @@ func Run(ctx context.Context, cfg Config) error {
 	proc := imageop.NewProcessor()
 	proc.MaxPixels = cfg.MaxPixels
 	proc.PNGCompression = cfg.PNGCompression
-	cfg.Logger.InfoContext(ctx, "worker started", "concurrency", n, "prefetch", extra)
+	if cfg.apply == nil {
+		cfg.apply = proc.ApplyContext
+	}
+	var mem *semaphore.Weighted
+	if cfg.MaxMemory > 0 {
+		mem = semaphore.NewWeighted(cfg.MaxMemory)
+	}
+	cfg.Logger.InfoContext(ctx, "worker started", "concurrency", n, "prefetch", extra,
+		"task_timeout", cfg.TaskTimeoutFor(imageop.Estimate{CPU: math.MaxInt64}), "max_memory", cfg.MaxMemory)
 	cpus := make(chan struct{}, n)
 	var wg sync.WaitGroup
 	for i := range n + extra {
 		wg.Go(func() {
-			l := &loop{cfg: cfg, proc: proc, cpus: cpus, logger: cfg.Logger.With("loop", i)}
+			l := &loop{cfg: cfg, proc: proc, cpus: cpus, mem: mem, logger: cfg.Logger.With("loop", i)}
 			l.run(ctx)
 		})
 	}
@@ -119,7 +180,10 @@ type loop struct {
 	cfg  Config
 	proc *imageop.Processor
 	// cpus holds a token per image being processed: the loops share Concurrency of them.
-	cpus   chan struct{}
+	cpus chan struct{}
+	// mem holds the bytes of MaxMemory that the tasks being processed are estimated to need; nil
+	// without a budget. It is first come, first served: a large task waiting is not overtaken.
+	mem    *semaphore.Weighted
 	logger *slog.Logger
 }
 
@@ -177,7 +241,44 @@ func retryAfter(err error) time.Duration {
 var (
 	errLeaseLost = errors.New("lease lost: the task was claimed again")
 	errDrained   = errors.New("worker stopping: task handed back")
+	// errOvertime is wrapped by overtimeError.
+	errOvertime = errors.New("task deadline passed")
+	// errOverBudget is wrapped by overBudgetError.
+	errOverBudget = errors.New("over the worker's memory budget")
 )
+
+// overtimeError is the failure of a task whose image work went past its deadline.
+type overtimeError struct{ limit time.Duration }
+
+func (e *overtimeError) Error() string {
+	return fmt.Sprintf("took longer than %s s (the limit for this image and chain)", seconds(e.limit))
+}
+func (e *overtimeError) Unwrap() error { return errOvertime }
+
+// overBudgetError is the failure of a task whose estimated memory exceeds the whole budget.
+type overBudgetError struct{ need, budget int64 }
+
+func (e *overBudgetError) Error() string {
+	return fmt.Sprintf("needs about %s of memory for this image and chain, more than the worker's budget of %s",
+		megabytes(e.need), megabytes(e.budget))
+}
+func (e *overBudgetError) Unwrap() error { return errOverBudget }
+
+// seconds spells d in seconds for a message: whole seconds from 10 s, tenths below.
+func seconds(d time.Duration) string {
+	if d >= 10*time.Second {
+		return strconv.FormatInt(int64(d.Round(time.Second)/time.Second), 10)
+	}
+	return strconv.FormatFloat(float64(d.Round(100*time.Millisecond))/float64(time.Second), 'f', -1, 64)
+}
+
+// megabytes spells n bytes for a message, in MB or GB (decimal), e.g. "1.2 GB".
+func megabytes(n int64) string {
+	if n >= 1e9 {
+		return strconv.FormatFloat(float64(n)/1e9, 'f', 1, 64) + " GB"
+	}
+	return strconv.FormatFloat(float64(n)/1e6, 'f', 0, 64) + " MB"
+}
 
 // handle works on one claimed task and reports the outcome. The work is not cancelled by stop directly:
 // it gets Drain to finish first.
@@ -188,9 +289,10 @@ func (l *loop) handle(stop context.Context, task wire.Task) {
 	logger := l.logger.With("task", task.ID, "token", task.Token, "attempt", task.Attempts)
 	work, cancel := context.WithCancelCause(context.WithoutCancel(stop))
 	defer cancel(nil)
+	var deadline atomic.Int64 // the image work's deadline plus deadlineGrace, in Unix nanoseconds; 0: none
 	var keeper sync.WaitGroup
-	keeper.Go(func() { l.keepLease(stop, work, cancel, task, logger) })
-	err := l.process(work, task)
+	keeper.Go(func() { l.keepLease(stop, work, cancel, task, &deadline, logger) })
+	err := l.process(work, task, &deadline)
 	l.cfg.Metrics.Processed(time.Since(start), err)
 	cancel(nil)
 	keeper.Wait()
@@ -225,7 +327,9 @@ func (l *loop) handle(stop context.Context, task wire.Task) {
 	default:
 		// Input that can never work fails the task at once: it does not decode, it is too large, or the
 		// operation cannot apply to it.
-		permanent := errors.Is(err, imageop.ErrDecode) || errors.Is(err, imageop.ErrTooLarge) || errors.Is(err, imageop.ErrBadOp)
+		// A task past its deadline, or whose estimate exceeds the memory budget, would do the same again.
+		permanent := errors.Is(err, imageop.ErrDecode) || errors.Is(err, imageop.ErrTooLarge) || errors.Is(err, imageop.ErrBadOp) ||
+			errors.Is(err, errOvertime) || errors.Is(err, errOverBudget)
 		t, ferr := l.cfg.Master.FailTask(ctx, task.ID, task.Token, err.Error(), permanent)
 		if ferr != nil {
 			logger.WarnContext(ctx, "reporting failure failed; the lease will lapse", "err", err, "report_err", ferr)
@@ -255,8 +359,10 @@ func (l *loop) reportContext(stop context.Context) (context.Context, context.Can
 }
 
 // keepLease renews the lease while work runs; it cuts the work short when the lease is lost, or when
-// the worker has been stopping for longer than Drain.
-func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseFunc, task wire.Task, logger *slog.Logger) {
+// the worker has been stopping for longer than Drain. Once the image work's deadline (plus
+// deadlineGrace) has passed it renews no more, so that work stuck past its deadline lets the lease
+// lapse rather than hold the task for ever.
+func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseFunc, task wire.Task, deadline *atomic.Int64, logger *slog.Logger) {
 	leaseUntil := task.LeaseUntil
 	beating := task.Token != 0 // a master that issues no tokens (the reference) has no heartbeat either
 	var drain <-chan time.Time
@@ -277,6 +383,13 @@ func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseF
 		case <-drain:
 			cancel(errDrained)
 		case <-timer.C:
+			if d := deadline.Load(); d != 0 && time.Now().UnixNano() > d {
+				if beating {
+					logger.WarnContext(work, "image work past its deadline: the lease is no longer renewed")
+				}
+				beating = false
+				cancel(errOvertime)
+			}
 			if !beating {
 				continue
 			}
@@ -296,38 +409,69 @@ func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseF
 	}
 }
 
-func (l *loop) process(ctx context.Context, task wire.Task) error {
-	// Storage away or full is waited out in place for OutageWait, by the client's retries; the stream
-	// itself is not bounded by that.
-	calls := client.RetryFor(ctx, l.cfg.OutageWait)
-	img, err := l.cfg.Storage.GetImage(calls, task.ID, wire.WorkingImage)
-	if err != nil {
-		return fmt.Errorf("fetch working image: %w", err)
-	}
-	src := &storageStream{Image: img}
+func (l *loop) process(ctx context.Context, task wire.Task, deadline *atomic.Int64) error {
 	// The master and the database refuse bad chains, so a bad one here comes from elsewhere (a task
 	// created by hand): it fails permanently, as ErrBadOp says in handle.
 	chain, err := imageop.ParseChain(task.Op)
 	if err != nil {
-		src.Close()
 		return err
 	}
+	// Storage away or full is waited out in place for OutageWait, by the client's retries; the stream
+	// itself is not bounded by that. It ends with the image work's deadline, so a stalled read does not
+	// outlast it.
+	calls := client.RetryFor(ctx, l.cfg.OutageWait)
+	streaming, endStream := context.WithCancel(ctx)
+	defer endStream()
+	img, err := l.cfg.Storage.GetImage(client.RetryFor(streaming, l.cfg.OutageWait), task.ID, wire.WorkingImage)
+	if err != nil {
+		return fmt.Errorf("fetch working image: %w", err)
+	}
+	src := &storageStream{Image: img}
+	defer src.Close()
+	// The header says what the work will cost before any pixel is decoded: its deadline and the memory
+	// it waits for.
+	h, prefix, err := imageop.ReadHeader(src, 0)
+	if err != nil {
+		return err
+	}
+	maxPixels := l.cfg.MaxPixels
+	if maxPixels == 0 {
+		maxPixels = imageop.DefaultMaxPixels
+	}
+	if err := h.CheckSize(0, maxPixels); err != nil {
+		return err
+	}
+	if err := chain.CheckSize(h.Width, h.Height, maxPixels); err != nil {
+		return err
+	}
+	cost := chain.Estimate(h)
+	timeout := l.cfg.TaskTimeoutFor(cost)
 	// A fresh buffer per result: the HTTP transport may still read a request body after the call
 	// returns, so reusing it for the next task could corrupt a retried upload.
 	var out resultBuffer
 	defer out.Close()
 	if err := out.expect(src.Size); err != nil {
-		src.Close()
 		return err
 	}
-	err = l.processing(ctx, func() error {
-		_, err := l.proc.Apply(&out, src, chain)
+	err = l.processing(ctx, cost.Memory, func() error {
+		work, cancel := context.WithTimeoutCause(ctx, timeout, &overtimeError{limit: timeout})
+		defer cancel()
+		deadline.Store(time.Now().Add(timeout + deadlineGrace).UnixNano())
+		l.logger.DebugContext(ctx, "image work started", "task", task.ID, "estimated_cpu", cost.CPU,
+			"estimated_memory", cost.Memory, "deadline", timeout)
+		defer deadline.Store(0)
+		defer context.AfterFunc(work, endStream)()
+		_, err := l.cfg.apply(work, &out, io.MultiReader(bytes.NewReader(prefix), src), chain)
+		l.logger.DebugContext(ctx, "image work ended", "task", task.ID, "err", err)
+		if cause := context.Cause(work); errors.Is(cause, errOvertime) {
+			return cause
+		}
 		return err
 	})
-	src.Close()
 	if err != nil {
 		return err
 	}
+	src.Close()
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -349,8 +493,19 @@ func (s *storageStream) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// processing runs the image work once one of the worker's Concurrency slots is free.
-func (l *loop) processing(ctx context.Context, work func() error) error {
+// processing runs the image work once its estimated memory fits in the budget beside the tasks
+// running, and then one of the worker's Concurrency slots is free (always in that order, so that two
+// loops never each hold what the other waits for).
+func (l *loop) processing(ctx context.Context, memory int64, work func() error) error {
+	if l.mem != nil {
+		if memory > l.cfg.MaxMemory {
+			return &overBudgetError{need: memory, budget: l.cfg.MaxMemory}
+		}
+		if err := l.mem.Acquire(ctx, memory); err != nil {
+			return context.Cause(ctx)
+		}
+		defer l.mem.Release(memory)
+	}
 	select {
 	case l.cpus <- struct{}{}:
 	case <-ctx.Done():

@@ -53,6 +53,9 @@ const (
 type streamPNG struct {
 	width, height, depth int
 	seed                 uint64
+	// flat makes every pixel of a row alike (row y's pixels are all y) and deflates the image data
+	// for real: a file of a few hundred KB that decodes to the full image.
+	flat bool
 }
 
 // rowBytes is the length of one row of pixels (without its filter byte).
@@ -63,6 +66,12 @@ func (s streamPNG) decodedBytes() int64 { return int64(s.height) * int64(s.rowBy
 
 // fillRow writes the pixels of row y into row (rowBytes long); any row can be made again on its own.
 func (s streamPNG) fillRow(y int, row []byte) {
+	if s.flat {
+		for i := range row {
+			row[i] = byte(y >> (8 * (i % 2)))
+		}
+		return
+	}
 	rng := mathrand.NewPCG(s.seed, uint64(y))
 	var w [8]byte
 	for i := 0; i < len(row); i += 8 {
@@ -84,7 +93,11 @@ func (s streamPNG) writeTo(w io.Writer) error {
 		return err
 	}
 	idat := &idatWriter{w: w, buf: make([]byte, 0, 64<<10)}
-	zw, err := zlib.NewWriterLevel(idat, zlib.NoCompression)
+	level := zlib.NoCompression
+	if s.flat {
+		level = zlib.BestSpeed
+	}
+	zw, err := zlib.NewWriterLevel(idat, level)
 	if err != nil {
 		return err
 	}
@@ -188,12 +201,15 @@ func (h *hashingReader) result() (int64, string) {
 // TestStreamPNG checks the generator the memory tests rely on: its images decode to the pixels fillRow
 // makes.
 func TestStreamPNG(t *testing.T) {
-	for _, s := range []streamPNG{{width: 37, height: 29, depth: 8, seed: 1}, {width: 300, height: 250, depth: 16, seed: 2}} {
+	for _, s := range []streamPNG{{width: 37, height: 29, depth: 8, seed: 1}, {width: 300, height: 250, depth: 16, seed: 2},
+		{width: 300, height: 250, depth: 16, flat: true}} {
 		var buf bytes.Buffer
 		if err := s.writeTo(&buf); err != nil {
 			t.Fatal(err)
 		}
-		if raw := s.decodedBytes(); int64(buf.Len()) < raw {
+		if raw := s.decodedBytes(); s.flat && int64(buf.Len()) > raw/20 {
+			t.Errorf("flat %dx%d depth %d: %d bytes, more than a twentieth of its %d bytes of pixels", s.width, s.height, s.depth, buf.Len(), raw)
+		} else if raw := s.decodedBytes(); !s.flat && int64(buf.Len()) < raw {
 			t.Errorf("%dx%d depth %d: %d bytes, less than its %d bytes of pixels", s.width, s.height, s.depth, buf.Len(), raw)
 		}
 		img, err := png.Decode(&buf)
