@@ -232,6 +232,11 @@ func TestNewRefusals(t *testing.T) {
 			}
 			servicetest.ExpectError(t, "POST /new", r, tc.status)
 			s.ExpectNoClaimable(t)
+			// A refusal after the task was created (a chunked body found too large on the way) gives
+			// it up at once: it is failed, not left pending.
+			if st, err := s.Database.Stats(t.Context()); err != nil || st.Pending != 0 {
+				t.Errorf("stats %+v, %v: want no task left pending", st, err)
+			}
 			for _, id := range s.listIDs(t) {
 				if _, ok := s.StoredImage(t, id, wire.WorkingImage); ok {
 					t.Errorf("a refused upload left a working image for task %d", id)
