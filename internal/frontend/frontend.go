@@ -85,7 +85,7 @@ func newServer(m *client.Master, opts Limits) *server {
 	}
 	s := &server{master: m, opts: opts, crossSite: newCrossSite(opts.AllowedOrigins)}
 	if opts.UploadRate > 0 {
-		s.limiter = newUploadLimiter(opts.UploadRate, opts.UploadBurst, maxBuckets, time.Now)
+		s.limiter = httpapi.NewKeyedLimiter(opts.UploadRate, opts.UploadBurst, httpapi.MaxLimiterKeys, time.Now)
 	}
 	return s
 }
@@ -102,7 +102,7 @@ type server struct {
 	// until then every route that takes or answers an id answers 503.
 	codec     atomic.Pointer[publicid.Codec]
 	opts      Limits
-	limiter   *uploadLimiter // nil: no rate limit
+	limiter   *httpapi.KeyedLimiter // uploads per client; nil: no rate limit
 	crossSite crossSite
 }
 
@@ -239,7 +239,7 @@ func (s *server) receive(w http.ResponseWriter, r *http.Request) (*upload, error
 	if err != nil {
 		return nil, err
 	}
-	from := clientKey(r, s.opts.TrustProxy)
+	from := httpapi.ClientKey(r, s.opts.TrustProxy)
 	var key string
 	if raw := r.Header.Get(wire.IdempotencyKeyHeader); raw != "" {
 		if err := wire.CheckIdempotencyKey(raw); err != nil {
@@ -248,7 +248,7 @@ func (s *server) receive(w http.ResponseWriter, r *http.Request) (*upload, error
 		key = scopedKey(ids, from, raw)
 	}
 	if s.limiter != nil {
-		if wait, ok := s.limiter.allow(from); !ok {
+		if wait, ok := s.limiter.Allow(from); !ok {
 			return nil, &httpapi.Error{Status: http.StatusTooManyRequests, RetryAfter: wait,
 				Msg: fmt.Sprintf("too many uploads, retry in %ds", httpapi.RetryAfterSeconds(wait))}
 		}
