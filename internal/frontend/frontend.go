@@ -42,6 +42,11 @@ const (
 	DefaultUploadRate  = 5  // uploads per second per client, sustained
 	DefaultUploadBurst = 20 // uploads per client at once
 	DefaultMaxUpload   = master.DefaultMaxUpload
+	// DefaultMaxStreams is how many event streams a frontend keeps open at once, and
+	// DefaultMaxStreamsPerClient how many of them one client address may hold: enough for a page
+	// that follows many tasks.
+	DefaultMaxStreams          = 1000
+	DefaultMaxStreamsPerClient = 32
 )
 
 // formOverhead is what a multipart body may carry beyond the image itself (boundaries, part headers,
@@ -65,6 +70,12 @@ type Limits struct {
 	// browser; uploads from any other site's page are refused (see sameSite), those without the
 	// browser's headers (curl, scripts) are not.
 	AllowedOrigins []string
+	// MaxStreams caps the open event streams (GET /api/tasks/{id}/events; 503 with Retry-After beyond)
+	// and MaxStreamsPerClient those of one client address (429); 0 means the default, a negative
+	// value no cap (master.NoLimit). However many streams are open, the frontend watches at most
+	// wire.MaxStatusIDs tasks at once.
+	MaxStreams          int
+	MaxStreamsPerClient int
 }
 
 // CheckOrigins refuses an allowed origin that is not scheme://host[:port].
@@ -83,7 +94,14 @@ func newServer(m *client.Master, opts Limits) *server {
 	if opts.MaxUpload == 0 {
 		opts.MaxUpload = DefaultMaxUpload
 	}
-	s := &server{master: m, opts: opts, crossSite: newCrossSite(opts.AllowedOrigins)}
+	if opts.MaxStreams == 0 {
+		opts.MaxStreams = DefaultMaxStreams
+	}
+	if opts.MaxStreamsPerClient == 0 {
+		opts.MaxStreamsPerClient = DefaultMaxStreamsPerClient
+	}
+	s := &server{master: m, opts: opts, crossSite: newCrossSite(opts.AllowedOrigins),
+		streams: newStreamGate(opts.MaxStreams, opts.MaxStreamsPerClient), watcher: newWatcher(m)}
 	if opts.UploadRate > 0 {
 		s.limiter = httpapi.NewKeyedLimiter(opts.UploadRate, opts.UploadBurst, httpapi.MaxLimiterKeys, time.Now)
 	}
@@ -104,6 +122,8 @@ type server struct {
 	opts      Limits
 	limiter   *httpapi.KeyedLimiter // uploads per client; nil: no rate limit
 	crossSite crossSite
+	streams   *streamGate // open event streams
+	watcher   *watcher    // the tasks of the open event streams
 }
 
 // errNoSecretYet answers what needs public ids while the secret is being resolved.
@@ -455,6 +475,11 @@ func (s *server) status(ctx context.Context, id int64, public string) (wire.Publ
 	if err != nil {
 		return wire.PublicStatus{}, publicError(err, id)
 	}
+	return publicStatus(st, public), nil
+}
+
+// publicStatus is the master's status of the task with public id public, for the public.
+func publicStatus(st wire.Status, public string) wire.PublicStatus {
 	st.ID = 0 // hidden by the public id anyway; never keep the internal one around
 	out := wire.PublicStatus{ID: public, Status: st}
 	switch {
@@ -464,7 +489,7 @@ func (s *server) status(ctx context.Context, id int64, public string) (wire.Publ
 	case st.Error != "":
 		out.Error = publicReason(st.Error)
 	}
-	return out, nil
+	return out
 }
 
 func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) error {
