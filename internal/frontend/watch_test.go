@@ -4,14 +4,19 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/frontend"
+	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/master"
+	"github.com/imgmill/imgmill/internal/publicid"
 	"github.com/imgmill/imgmill/internal/servicetest"
 )
 
@@ -138,5 +143,45 @@ func TestStreamCaps(t *testing.T) {
 		return again.Status == http.StatusOK
 	}) {
 		t.Errorf("after a stream closed: %d %q, want a free place", again.Status, again.Body)
+	}
+}
+
+// TestStreamsAgainstMasterWithoutStatuses: against a master that lacks POST /statuses (404), the
+// streams still see every change, by a poll of /status per task.
+func TestStreamsAgainstMasterWithoutStatuses(t *testing.T) {
+	ids, err := publicid.New(testSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := servicetest.NewStack(t, servicetest.Options{})
+	target, _ := url.Parse(st.MasterURL)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var refused atomic.Int64
+	front := servicetest.Serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/statuses" {
+			refused.Add(1)
+			httpapi.WriteText(w, http.StatusNotFound, "Error: no endpoint /statuses")
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	s := &stack{Stack: st, ids: ids, master: &countingEndpoint{Static: client.Static(servicetest.Addr(front.URL))}}
+	s.frontendURL = servicetest.Serve(t, frontend.NewServer(client.NewMaster(s.HTTP, s.master), ids, frontend.Limits{})).URL
+	pub := s.created(t, s.createRaw(t, "", servicetest.PatternPNG(t, 8, 44)))
+	events := s.events(t, pub)
+	expectState(t, events, pub, "queued")
+	task, err := s.Database.GetNewTask(t.Context(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectState(t, events, pub, "processing")
+	if _, err := s.Master.FailTask(t.Context(), task.ID, task.Token, "cannot decode image: bad", true); err != nil {
+		t.Fatal(err)
+	}
+	if got := expectState(t, events, pub, "failed"); got.Error != "cannot decode image: bad" {
+		t.Errorf("failed with %q", got.Error)
+	}
+	if refused.Load() == 0 {
+		t.Error("the frontend never asked for POST /statuses")
 	}
 }
