@@ -136,9 +136,12 @@ func (w *watcher) run(logger *slog.Logger) {
 
 		var got wire.Statuses
 		var err error
-		if legacy {
+		switch {
+		case len(known) == 0:
+			// Only streams about to end with their error are left: nothing to ask.
+		case legacy:
 			got, err = w.poll(ctx, known)
-		} else {
+		default:
 			got, err = w.master.Statuses(ctx, known, statusesWait)
 		}
 		restarted := ctx.Err() != nil

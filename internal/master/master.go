@@ -239,7 +239,8 @@ func (s *server) handleStatuses(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	var q wire.StatusesQuery
-	if err := httpapi.DecodeStrict(r.Body, int64(wire.MaxStatusIDs)*512+64, &q); err != nil {
+	// Room for every status with a long worker error: an internal caller, behind the token.
+	if err := httpapi.DecodeStrict(r.Body, int64(wire.MaxStatusIDs)*4096, &q); err != nil {
 		return err
 	}
 	if len(q.Known) > wire.MaxStatusIDs {
