@@ -16,7 +16,7 @@ import (
 	"github.com/imgmill/imgmill/internal/servicetest"
 )
 
-const testToken = "imgmill-test-token-0123456789"
+const testToken = "imgmill-test-token-0123456789-abcdefgh"
 
 // kv on a non-loopback address without a token refuses to start and says how to fix it.
 func TestKVRefusesNonLoopbackWithoutToken(t *testing.T) {

@@ -15,7 +15,7 @@ func TestRunInProcessWithToken(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out bytes.Buffer
-	res, err := Run(ctx, Config{Size: 16, N: 6, Clients: 2, Worker: worker.Config{Concurrency: 1}, Out: &out, Token: "bench-token"})
+	res, err := Run(ctx, Config{Size: 16, N: 6, Clients: 2, Worker: worker.Config{Concurrency: 1}, Out: &out, Token: "bench-token-0123456789-abcdefghijklm"})
 	if err != nil {
 		t.Fatalf("bench with a token: %v\n%s", err, out.String())
 	}

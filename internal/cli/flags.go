@@ -158,6 +158,9 @@ func (f *flags) frontend(c *frontend.Config) {
 	f.BoolVar(&c.Limits.TrustProxy, "trust-proxy", false, "take the client address from the last X-Forwarded-For entry (only behind a reverse proxy that sets it)")
 	f.Var(originsValue{&c.Limits.AllowedOrigins}, "allowed-origins", "other sites whose pages may upload here from a browser, comma-separated scheme://host[:port]; "+
 		"uploads from any other site's page are refused (403), those from clients that are not browsers are not")
+	c.Limits.MaxStreams, c.Limits.MaxStreamsPerClient = frontend.DefaultMaxStreams, frontend.DefaultMaxStreamsPerClient
+	f.Var(limitValue[int]{&c.Limits.MaxStreams}, "max-streams", "open event streams (/api/tasks/{id}/events) a frontend serves at once; more are refused (503, Retry-After) (0: no cap)")
+	f.Var(limitValue[int]{&c.Limits.MaxStreamsPerClient}, "max-streams-per-client", "open event streams one client address may hold; more are refused (429, Retry-After) (0: no cap)")
 }
 
 // originsValue is --allowed-origins: a comma-separated list of origins, each checked.

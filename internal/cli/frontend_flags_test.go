@@ -13,7 +13,7 @@ func TestFrontendFlags(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s --help: %v", cmd, err)
 		}
-		flags := []string{"secret", "upload-rate", "upload-burst", "trust-proxy"}
+		flags := []string{"secret", "upload-rate", "upload-burst", "trust-proxy", "max-streams", "max-streams-per-client"}
 		if cmd == "frontend" {
 			flags = append(flags, "max-upload")
 		}

@@ -97,6 +97,18 @@ func (c *Database) GetByID(ctx context.Context, id int64) (wire.Task, error) {
 	return taskReply(c.p.sendText(ctx, call{method: http.MethodGet, path: "/getById", query: idQuery(id), idempotent: true}))
 }
 
+// GetByIDs returns the tasks with the given ids in one call (at most wire.MaxStatusIDs), and the ids
+// that name no task.
+func (c *Database) GetByIDs(ctx context.Context, ids []int64) (wire.Tasks, error) {
+	body, err := json.Marshal(wire.TaskIDs{IDs: ids})
+	if err != nil {
+		return wire.Tasks{}, err
+	}
+	reply, err := c.p.sendText(ctx, call{method: http.MethodPost, path: "/getByIds",
+		body: bytes.NewReader(body), size: int64(len(body)), idempotent: true})
+	return jsonReply[wire.Tasks]("tasks", reply, err)
+}
+
 func (c *Database) SetByID(ctx context.Context, t wire.Task) error {
 	body, err := json.Marshal(struct {
 		ID    int64      `json:"id"`

@@ -1,7 +1,9 @@
 package client
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/url"
@@ -88,6 +90,26 @@ func (c *Master) WaitReady(ctx context.Context, id int64, wait time.Duration) (b
 		return false, err
 	}
 	return reply.body == "1", nil
+}
+
+// Statuses returns the statuses of the tasks in known that differ from the ones given, and the ids of
+// those that do not exist (at most wire.MaxStatusIDs tasks). With wait (at most 10s) the master holds
+// the answer until there is news or the wait ends: one request watches all the tasks.
+func (c *Master) Statuses(ctx context.Context, known []wire.Status, wait time.Duration) (wire.Statuses, error) {
+	body, err := json.Marshal(wire.StatusesQuery{Known: known})
+	if err != nil {
+		return wire.Statuses{}, err
+	}
+	q := url.Values{}
+	if wait > 0 {
+		q.Set("wait", wait.String())
+	}
+	reply, err := c.p.sendLong(ctx, call{method: http.MethodPost, path: "/statuses", query: q, idempotent: true,
+		body: bytes.NewReader(body), size: int64(len(body)), headerTimeout: wait + CallTimeout})
+	if err != nil {
+		return wire.Statuses{}, err
+	}
+	return jsonReply[wire.Statuses]("task statuses", reply.body, nil)
 }
 
 // Get opens the finished image of task id.

@@ -149,6 +149,31 @@ func (s *server) handleGetByID(w http.ResponseWriter, r *http.Request) error {
 	return writeTask(w, t)
 }
 
+// handleGetByIDs answers many tasks in one call (additive): the master's POST /statuses asks for every
+// task the frontends' event streams watch, once a second, in one request rather than one per task.
+func (s *server) handleGetByIDs(w http.ResponseWriter, r *http.Request) error {
+	var q wire.TaskIDs
+	if err := httpapi.DecodeStrict(r.Body, int64(wire.MaxStatusIDs)*21+64, &q); err != nil {
+		return err
+	}
+	if len(q.IDs) > wire.MaxStatusIDs {
+		return httpapi.Errorf(http.StatusBadRequest, "at most %d ids at once, got %d", wire.MaxStatusIDs, len(q.IDs))
+	}
+	out := wire.Tasks{Tasks: make([]wire.Task, 0, len(q.IDs))}
+	for _, id := range q.IDs {
+		t, err := s.store.Get(r.Context(), id)
+		switch {
+		case errors.Is(err, taskstore.ErrNotFound):
+			out.Missing = append(out.Missing, id)
+		case err != nil:
+			return storeError(id, err)
+		default:
+			out.Tasks = append(out.Tasks, wireTask(t))
+		}
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, out)
+}
+
 func (s *server) handleGetNewTask(w http.ResponseWriter, r *http.Request) error {
 	wait, err := httpapi.QueryDuration(r, "wait", wire.MaxWait)
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 	"github.com/imgmill/imgmill/internal/servicetest"
 	"github.com/imgmill/imgmill/internal/taskstore"
 	"github.com/imgmill/imgmill/internal/taskstore/sqlitestore"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 func TestMain(m *testing.M) {
@@ -1262,4 +1263,28 @@ func TestNewTaskKeepsOpAsGiven(t *testing.T) {
 	db.expect("POST", "/newTask", url.Values{"op": {"blur:1\n"}}, "", 400,
 		"Error: op: operation list has a byte that is not printable ASCII at 6")
 	db.expect("POST", "/newTask", nil, "", 200, "1") // the refusals created nothing
+}
+
+// TestGetByIDs: POST /getByIds (additive) answers many tasks in one call, as /getById does each, and
+// names the ids that are no task.
+func TestGetByIDs(t *testing.T) {
+	db := newDB(t, longLease)
+	a, b := db.newTask(false), db.newTask(true)
+	r := db.call("POST", "/getByIds", nil, fmt.Sprintf(`{"ids":[%d,99,%d]}`, b, a))
+	var got wire.Tasks
+	if r.Status != 200 || json.Unmarshal([]byte(r.Body), &got) != nil {
+		t.Fatalf("POST /getByIds = %d %q", r.Status, r.Body)
+	}
+	if len(got.Tasks) != 2 || got.Tasks[0].ID != b || got.Tasks[1].ID != a || !got.Tasks[0].Pending || len(got.Missing) != 1 || got.Missing[0] != 99 {
+		t.Errorf("POST /getByIds = %+v, want tasks %d (pending) and %d, and 99 missing", got, b, a)
+	}
+	for _, tk := range got.Tasks {
+		if one := db.getByID(tk.ID, 0); !one.CreatedAt.Equal(tk.CreatedAt) || one.Attempts != tk.Attempts || one.MaxAttempts != tk.MaxAttempts {
+			t.Errorf("task %d: /getByIds %+v, /getById %+v", tk.ID, tk, one)
+		}
+	}
+	db.expect("POST", "/getByIds", nil, `{"ids":[]}`, 200, `{"tasks":[]}`)
+	db.expect("POST", "/getByIds", nil, `{"ids":[1],"more":2}`, 400, `Error: json: unknown field "more"`)
+	many := strings.Repeat("1,", wire.MaxStatusIDs) + "1"
+	db.expect("POST", "/getByIds", nil, `{"ids":[`+many+`]}`, 400, fmt.Sprintf("Error: at most %d ids at once, got %d", wire.MaxStatusIDs, wire.MaxStatusIDs+1))
 }

@@ -10,6 +10,7 @@ func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("POST /newTask", httpapi.HandlerFunc(s.handleNewTask))
 	mux.Handle("POST /activateTask", httpapi.IDCommand(s.activateTask))
 	mux.Handle("GET /getById", httpapi.HandlerFunc(s.handleGetByID))
+	mux.Handle("POST /getByIds", httpapi.HandlerFunc(s.handleGetByIDs))
 	mux.Handle("POST /getNewTask", httpapi.HandlerFunc(s.handleGetNewTask))
 	mux.Handle("POST /finishTask", httpapi.HandlerFunc(s.handleFinishTask))
 	mux.Handle("POST /extendLease", httpapi.HandlerFunc(s.handleExtendLease))

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/imgmill/imgmill/internal/backoff"
-	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/master"
@@ -145,8 +143,6 @@ var (
 	keepAliveEvery = 15 * time.Second
 	// maxEventStream bounds an event stream's life (the server's write timeout is lifted for it).
 	maxEventStream = 30 * time.Minute
-	// eventPoll spaces the status polls of an event stream: fast at first and after every change.
-	eventPoll = backoff.Backoff{Min: 50 * time.Millisecond, Max: 500 * time.Millisecond}
 )
 
 // retryAfterOf is the wait a transient refusal asked for (Retry-After), or 0.
@@ -165,16 +161,32 @@ func changed(a, b wire.PublicStatus) bool {
 
 // handleTaskEvents streams the task's status as Server-Sent Events: "status" at once and on every
 // change, until the task is finished or failed, the client goes away, or maxEventStream passes. A
-// refusal before the stream starts (no such task) is a JSON error; a failure to get the status later
-// ends the stream with an "error" event.
+// refusal before the stream starts (no such task, too many streams) is a JSON error; a failure to get
+// the status later ends the stream with an "error" event. The stream does not poll: the frontend's one
+// watcher (watch.go) wakes it when its task changes.
 func (s *server) handleTaskEvents(w http.ResponseWriter, r *http.Request) error {
 	id, public, err := s.apiTask(r)
 	if err != nil {
 		return err
 	}
-	st, err := s.status(r.Context(), id, public)
+	release, err := s.streams.acquire(httpapi.ClientKey(r, s.opts.TrustProxy))
 	if err != nil {
 		return err
+	}
+	defer release()
+	raw, err := s.master.Status(r.Context(), id)
+	if err != nil {
+		return publicError(err, id)
+	}
+	st := publicStatus(raw, public)
+	var wake <-chan struct{}
+	current := func() (wire.Status, error) { return raw, nil }
+	if !st.State.Settled() {
+		var stop func()
+		if wake, current, stop, err = s.watcher.watch(r.Context(), id, raw); err != nil {
+			return err
+		}
+		defer stop()
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), maxEventStream)
 	defer cancel()
@@ -199,10 +211,6 @@ func (s *server) handleTaskEvents(w http.ResponseWriter, r *http.Request) error 
 	if !send("status", st) {
 		return nil
 	}
-	poll := eventPoll
-	outage := backoff.Backoff{Min: time.Second, Max: 10 * time.Second}
-	timer := time.NewTimer(poll.Next())
-	defer timer.Stop()
 	keepAlive := time.NewTicker(keepAliveEvery)
 	defer keepAlive.Stop()
 	for !st.State.Settled() {
@@ -213,30 +221,22 @@ func (s *server) handleTaskEvents(w http.ResponseWriter, r *http.Request) error 
 			if _, err := io.WriteString(w, ": keep-alive\n\n"); err != nil || rc.Flush() != nil {
 				return nil
 			}
-		case <-timer.C:
-			next, err := s.status(ctx, id, public)
-			if err != nil && fault.IsTransient(err) {
-				// The master or what is behind it is away for now: the stream waits it out (the
-				// keep-alives go on) rather than make every page reconnect.
-				timer.Reset(max(outage.Next(), retryAfterOf(err)))
-				continue
-			}
+		case <-wake:
+			raw, err := current()
 			if err != nil {
-				if ctx.Err() == nil {
-					httpapi.LoggerFrom(ctx).WarnContext(ctx, "event stream: status", "err", err)
-					send("error", httpapi.JSONError{Error: httpapi.ErrorMessage(err)})
+				httpapi.LoggerFrom(ctx).WarnContext(ctx, "event stream: status", "err", err)
+				if !errors.Is(err, errNoSuchTask) {
+					err = publicError(err, id)
 				}
+				send("error", httpapi.JSONError{Error: httpapi.ErrorMessage(err)})
 				return nil
 			}
-			outage.Reset()
-			if changed(st, next) {
+			if next := publicStatus(raw, public); changed(st, next) {
 				if !send("status", next) {
 					return nil
 				}
-				poll.Reset()
+				st = next
 			}
-			st = next
-			timer.Reset(poll.Next())
 		}
 	}
 	return nil

@@ -42,6 +42,11 @@ const (
 	DefaultUploadRate  = 5  // uploads per second per client, sustained
 	DefaultUploadBurst = 20 // uploads per client at once
 	DefaultMaxUpload   = master.DefaultMaxUpload
+	// DefaultMaxStreams is how many event streams a frontend keeps open at once, and
+	// DefaultMaxStreamsPerClient how many of them one client address may hold: enough for a page
+	// that follows many tasks.
+	DefaultMaxStreams          = 1000
+	DefaultMaxStreamsPerClient = 32
 )
 
 // formOverhead is what a multipart body may carry beyond the image itself (boundaries, part headers,
@@ -65,6 +70,12 @@ type Limits struct {
 	// browser; uploads from any other site's page are refused (see sameSite), those without the
 	// browser's headers (curl, scripts) are not.
 	AllowedOrigins []string
+	// MaxStreams caps the open event streams (GET /api/tasks/{id}/events; 503 with Retry-After beyond)
+	// and MaxStreamsPerClient those of one client address (429); 0 means the default, a negative
+	// value no cap (master.NoLimit). However many streams are open, the frontend watches at most
+	// wire.MaxStatusIDs tasks at once.
+	MaxStreams          int
+	MaxStreamsPerClient int
 }
 
 // CheckOrigins refuses an allowed origin that is not scheme://host[:port].
@@ -83,9 +94,16 @@ func newServer(m *client.Master, opts Limits) *server {
 	if opts.MaxUpload == 0 {
 		opts.MaxUpload = DefaultMaxUpload
 	}
-	s := &server{master: m, opts: opts, crossSite: newCrossSite(opts.AllowedOrigins)}
+	if opts.MaxStreams == 0 {
+		opts.MaxStreams = DefaultMaxStreams
+	}
+	if opts.MaxStreamsPerClient == 0 {
+		opts.MaxStreamsPerClient = DefaultMaxStreamsPerClient
+	}
+	s := &server{master: m, opts: opts, crossSite: newCrossSite(opts.AllowedOrigins),
+		streams: newStreamGate(opts.MaxStreams, opts.MaxStreamsPerClient), watcher: newWatcher(m)}
 	if opts.UploadRate > 0 {
-		s.limiter = newUploadLimiter(opts.UploadRate, opts.UploadBurst, maxBuckets, time.Now)
+		s.limiter = httpapi.NewKeyedLimiter(opts.UploadRate, opts.UploadBurst, httpapi.MaxLimiterKeys, time.Now)
 	}
 	return s
 }
@@ -102,8 +120,10 @@ type server struct {
 	// until then every route that takes or answers an id answers 503.
 	codec     atomic.Pointer[publicid.Codec]
 	opts      Limits
-	limiter   *uploadLimiter // nil: no rate limit
+	limiter   *httpapi.KeyedLimiter // uploads per client; nil: no rate limit
 	crossSite crossSite
+	streams   *streamGate // open event streams
+	watcher   *watcher    // the tasks of the open event streams
 }
 
 // errNoSecretYet answers what needs public ids while the secret is being resolved.
@@ -239,7 +259,7 @@ func (s *server) receive(w http.ResponseWriter, r *http.Request) (*upload, error
 	if err != nil {
 		return nil, err
 	}
-	from := clientKey(r, s.opts.TrustProxy)
+	from := httpapi.ClientKey(r, s.opts.TrustProxy)
 	var key string
 	if raw := r.Header.Get(wire.IdempotencyKeyHeader); raw != "" {
 		if err := wire.CheckIdempotencyKey(raw); err != nil {
@@ -248,7 +268,7 @@ func (s *server) receive(w http.ResponseWriter, r *http.Request) (*upload, error
 		key = scopedKey(ids, from, raw)
 	}
 	if s.limiter != nil {
-		if wait, ok := s.limiter.allow(from); !ok {
+		if wait, ok := s.limiter.Allow(from); !ok {
 			return nil, &httpapi.Error{Status: http.StatusTooManyRequests, RetryAfter: wait,
 				Msg: fmt.Sprintf("too many uploads, retry in %ds", httpapi.RetryAfterSeconds(wait))}
 		}
@@ -455,6 +475,11 @@ func (s *server) status(ctx context.Context, id int64, public string) (wire.Publ
 	if err != nil {
 		return wire.PublicStatus{}, publicError(err, id)
 	}
+	return publicStatus(st, public), nil
+}
+
+// publicStatus is the master's status of the task with public id public, for the public.
+func publicStatus(st wire.Status, public string) wire.PublicStatus {
 	st.ID = 0 // hidden by the public id anyway; never keep the internal one around
 	out := wire.PublicStatus{ID: public, Status: st}
 	switch {
@@ -464,7 +489,7 @@ func (s *server) status(ctx context.Context, id int64, public string) (wire.Publ
 	case st.Error != "":
 		out.Error = publicReason(st.Error)
 	}
-	return out, nil
+	return out
 }
 
 func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) error {

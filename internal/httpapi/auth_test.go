@@ -2,7 +2,9 @@ package httpapi_test
 
 import (
 	"crypto/subtle"
+	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -11,7 +13,7 @@ import (
 	"github.com/imgmill/imgmill/internal/servicetest"
 )
 
-const testToken = "s3cret-Token_0123456789"
+const testToken = "s3cret-Token_0123456789-abcdefghijk"
 
 // guarded serves a mux with /healthz and /secret behind RequireToken(testToken), the way service.Run
 // puts it together.
@@ -160,14 +162,62 @@ func TestClientSendsToken(t *testing.T) {
 }
 
 func TestCheckToken(t *testing.T) {
-	for _, ok := range []string{"", "abc", testToken, "a+b/c=", strings.Repeat("f", 64)} {
+	long := strings.Repeat("x", 32)
+	for _, ok := range []string{"", testToken, long, "kq3V+0hZ3f8pX9yQ2mW7bT4nR1sL6cA0eJ5uG8dF/Hk=", strings.Repeat("f", 64)} {
 		if err := httpapi.CheckToken(ok); err != nil {
 			t.Errorf("CheckToken(%q) = %v, want nil", ok, err)
 		}
 	}
-	for _, bad := range []string{"a b", "tab\there", "new\nline", "ünïcode", "\x00"} {
+	for _, bad := range []string{long + "a b", long + "tab\there", long + "new\nline", long + "ünïcode", long + "\x00"} {
 		if err := httpapi.CheckToken(bad); err == nil {
 			t.Errorf("CheckToken(%q) = nil, want an error", bad)
+		}
+	}
+	for _, short := range []string{"x", "abc", "a+b/c=", long[:31]} {
+		want := fmt.Sprintf("the token is %d characters; use at least 32, e.g. from `openssl rand -base64 32`", len(short))
+		if err := httpapi.CheckToken(short); err == nil || err.Error() != want {
+			t.Errorf("CheckToken(%q) = %v, want %q", short, err, want)
+		}
+	}
+}
+
+// TestRequireTokenThrottlesFailures: after a burst of wrong tokens from one address, the next wrong one
+// answers 429 with Retry-After; the right token from that same address still passes at once.
+func TestRequireTokenThrottlesFailures(t *testing.T) {
+	url := guarded(t)
+	hc := servicetest.NewHTTPClient(t)
+	post := func(auth string) servicetest.Reply {
+		req, err := http.NewRequest(http.MethodPost, url+"/secret", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		return servicetest.MustDo(t, hc, req)
+	}
+	for i := range 10 {
+		if r := post("Bearer wrong-" + strconv.Itoa(i)); r.Status != http.StatusUnauthorized {
+			t.Fatalf("wrong token %d: %d %q, want 401 within the burst", i+1, r.Status, r.Body)
+		}
+	}
+	var throttled servicetest.Reply
+	for range 3 { // a refill of one a second may let one more through on a slow machine
+		if throttled = post("Bearer wrong-again"); throttled.Status == http.StatusTooManyRequests {
+			break
+		}
+	}
+	if throttled.Status != http.StatusTooManyRequests || throttled.Header.Get("Retry-After") == "" ||
+		!strings.HasPrefix(throttled.Body, "Error: too many failed attempts with a wrong token, retry in ") {
+		t.Fatalf("wrong tokens past the burst: %d %q Retry-After %q, want 429 with Retry-After",
+			throttled.Status, throttled.Body, throttled.Header.Get("Retry-After"))
+	}
+	if r := post(""); r.Status != http.StatusTooManyRequests {
+		t.Errorf("no token past the burst: %d %q, want 429", r.Status, r.Body)
+	}
+	for i := range 20 {
+		if r := post("Bearer " + testToken); r.Status != http.StatusOK || r.Body != "the secret" {
+			t.Fatalf("right token %d from the throttled address: %d %q, want 200", i+1, r.Status, r.Body)
 		}
 	}
 }

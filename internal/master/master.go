@@ -36,6 +36,9 @@ type server struct {
 	limits   Limits
 	queue    *queueGauge
 	finishes finishWaiters
+	// changes wakes the long polls of POST /statuses: every change of a task's state that passes
+	// through this master (a claim, finish, failure or release).
+	changes finishWaiters
 }
 
 // handleNew stores an upload and answers its id. The task is created pending, the image streamed to
@@ -234,6 +237,79 @@ func (s *server) handleIsReady(w http.ResponseWriter, r *http.Request) error {
 	}
 }
 
+// handleStatuses answers the statuses of many tasks at once (additive), only those that differ from
+// what the caller knows: the frontend watches every task its event streams show with one such request.
+// With wait (at most MaxReadyWait) the answer is held until there is news, woken by the changes that
+// pass through this master and by a look at the database every readyRecheck (for changes made through
+// other masters, or by the database itself: an expired lease).
+func (s *server) handleStatuses(w http.ResponseWriter, r *http.Request) error {
+	wait, err := httpapi.QueryDuration(r, "wait", MaxReadyWait)
+	if err != nil {
+		return err
+	}
+	var q wire.StatusesQuery
+	// Room for every status with a long worker error: an internal caller, behind the token.
+	if err := httpapi.DecodeStrict(r.Body, int64(wire.MaxStatusIDs)*4096, &q); err != nil {
+		return err
+	}
+	if len(q.Known) > wire.MaxStatusIDs {
+		return httpapi.Errorf(http.StatusBadRequest, "at most %d tasks at once, got %d", wire.MaxStatusIDs, len(q.Known))
+	}
+	ids := make([]int64, len(q.Known))
+	known := make(map[int64]wire.Status, len(q.Known))
+	for i, k := range q.Known {
+		ids[i] = k.ID
+		known[k.ID] = k
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		woken, withdraw := s.watchChanges(ids, wait > 0)
+		tasks, err := s.db.GetByIDs(r.Context(), ids)
+		if err != nil {
+			withdraw()
+			return err
+		}
+		out := wire.Statuses{Statuses: []wire.Status{}, Missing: tasks.Missing}
+		for _, t := range tasks.Tasks {
+			if st := statusOf(t); st.Differs(known[t.ID]) {
+				out.Statuses = append(out.Statuses, st)
+			}
+		}
+		remaining := time.Until(deadline)
+		if len(out.Statuses) > 0 || len(out.Missing) > 0 || remaining <= 0 {
+			withdraw()
+			return httpapi.WriteJSON(w, http.StatusOK, out)
+		}
+		timer := time.NewTimer(min(remaining, readyRecheck))
+		select {
+		case <-woken:
+		case <-timer.C:
+		case <-r.Context().Done():
+		}
+		timer.Stop()
+		withdraw()
+		if r.Context().Err() != nil {
+			return r.Context().Err()
+		}
+	}
+}
+
+// watchChanges returns a channel closed when any of the tasks ids changes through this master, and a
+// function that withdraws it; when !wait it registers nothing.
+func (s *server) watchChanges(ids []int64, wait bool) (<-chan struct{}, func()) {
+	if !wait {
+		return nil, func() {}
+	}
+	return s.changes.waitAny(ids)
+}
+
+// statusOf is a task's status as /status answers it.
+func statusOf(t wire.Task) wire.Status {
+	return wire.Status{ID: t.ID, State: t.State.Word(), Op: cmp.Or(t.Op, imageop.Chain{}.String()), Attempts: t.Attempts,
+		MaxAttempts: t.MaxAttempts, Error: t.Error, CreatedAt: t.CreatedAt, StartedAt: t.StartedAt, FinishedAt: t.FinishedAt,
+		RetryAt: t.RetryAt}
+}
+
 // handleGet serves the finished image, but only of a finished task: a stale worker's result stored for a
 // task that is still being redone (or that failed) is never served.
 func (s *server) handleGet(w http.ResponseWriter, r *http.Request) error {
@@ -289,9 +365,7 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return httpapi.WriteJSON(w, http.StatusOK, wire.Status{ID: t.ID, State: t.State.Word(),
-		Op: cmp.Or(t.Op, imageop.Chain{}.String()), Attempts: t.Attempts, MaxAttempts: t.MaxAttempts, Error: t.Error,
-		CreatedAt: t.CreatedAt, StartedAt: t.StartedAt, FinishedAt: t.FinishedAt, RetryAt: t.RetryAt})
+	return httpapi.WriteJSON(w, http.StatusOK, statusOf(t))
 }
 
 // handleStats passes the database's count of tasks by state through (additive): the frontend asks it
@@ -333,6 +407,22 @@ func (s *server) handleRegisterTaskFinished() httpapi.HandlerFunc {
 		}
 		if id, err := strconv.ParseInt(r.URL.Query().Get("id"), 10, 64); err == nil {
 			s.finishes.finished(id)
+			s.changes.finished(id)
+		}
+		return nil
+	}
+}
+
+// forwardChange is forward for a worker-side call that changes the task's state (a failure, a
+// release): it wakes the POST /statuses polls watching that task.
+func (s *server) forwardChange(databasePath string) httpapi.HandlerFunc {
+	forward := s.forward(databasePath)
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if err := forward(w, r); err != nil {
+			return err
+		}
+		if id, err := strconv.ParseInt(r.URL.Query().Get("id"), 10, 64); err == nil {
+			s.changes.finished(id)
 		}
 		return nil
 	}
@@ -361,7 +451,13 @@ func (s *server) handleGetNewTask(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
-	return httpapi.WriteJSON(w, http.StatusOK, t)
+	if err := httpapi.WriteJSON(w, http.StatusOK, t); err != nil {
+		return err
+	}
+	if t.State == wire.InProgress {
+		s.changes.finished(t.ID) // claimed: processing now
+	}
+	return nil
 }
 
 // DefaultAddr is the master's listen address unless told otherwise (the reference's port).

@@ -232,6 +232,11 @@ func TestNewRefusals(t *testing.T) {
 			}
 			servicetest.ExpectError(t, "POST /new", r, tc.status)
 			s.ExpectNoClaimable(t)
+			// A refusal after the task was created (a chunked body found too large on the way) gives
+			// it up at once: it is failed, not left pending.
+			if st, err := s.Database.Stats(t.Context()); err != nil || st.Pending != 0 {
+				t.Errorf("stats %+v, %v: want no task left pending", st, err)
+			}
 			for _, id := range s.listIDs(t) {
 				if _, ok := s.StoredImage(t, id, wire.WorkingImage); ok {
 					t.Errorf("a refused upload left a working image for task %d", id)
@@ -1351,6 +1356,88 @@ func TestIsReadyWait(t *testing.T) {
 	for _, bad := range []string{"11s", "-1s", "soon"} {
 		if r := isReady(bad); r.Status != http.StatusBadRequest || !strings.HasPrefix(r.Body, "Error: wait") {
 			t.Errorf("isReady wait=%s = %d %q, want 400 Error: wait ...", bad, r.Status, r.Body)
+		}
+	}
+}
+
+// POST /statuses (additive) answers, for many tasks at once, only the statuses that differ from what
+// the caller knows, and the ids that name no task; with wait it holds the answer until there is news,
+// woken by changes through this master and by its recheck of the database.
+func TestStatuses(t *testing.T) {
+	s := newStack(t, servicetest.Options{})
+	ctx := t.Context()
+	a := s.uploadOK(t, servicetest.PatternPNG(t, 8, 31))
+	b := s.uploadOK(t, servicetest.PatternPNG(t, 8, 32))
+	const missing = 99
+
+	got, err := s.Master.Statuses(ctx, []wire.Status{{ID: a}, {ID: b}, {ID: missing}}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Statuses) != 2 || got.Statuses[0].ID != a || got.Statuses[1].ID != b || got.Statuses[0].State != wire.QueuedWord ||
+		len(got.Missing) != 1 || got.Missing[0] != missing {
+		t.Fatalf("statuses of two new tasks and a missing one = %+v, want both queued and %d missing", got, missing)
+	}
+	for _, st := range got.Statuses {
+		one, err := s.Master.Status(ctx, st.ID)
+		if err != nil || one.Differs(st) || one.Op != st.Op || !one.CreatedAt.Equal(st.CreatedAt) {
+			t.Errorf("task %d: /statuses says %+v, /status %+v (%v)", st.ID, st, one, err)
+		}
+	}
+	known := got.Statuses
+
+	// Nothing new: an empty answer, at once without wait, at the end of the wait with one.
+	if got, err := s.Master.Statuses(ctx, known, 0); err != nil || len(got.Statuses) != 0 || len(got.Missing) != 0 {
+		t.Errorf("statuses with nothing new = %+v, %v; want none", got, err)
+	}
+	start := time.Now()
+	if got, err := s.Master.Statuses(ctx, known, 300*time.Millisecond); err != nil || len(got.Statuses) != 0 {
+		t.Errorf("statuses wait=300ms with nothing new = %+v, %v; want none", got, err)
+	}
+	if elapsed := time.Since(start); elapsed < 300*time.Millisecond {
+		t.Errorf("statuses with wait=300ms and nothing new answered after %s", elapsed)
+	}
+
+	// A claim through this master wakes a waiting poll, which answers that task alone.
+	answer := make(chan wire.Statuses, 1)
+	go func() {
+		got, err := s.Master.Statuses(ctx, known, 9*time.Second)
+		if err != nil {
+			t.Error(err)
+		}
+		answer <- got
+	}()
+	claimed, err := s.Master.GetNewTask(ctx, 0)
+	if err != nil || claimed.ID != a {
+		t.Fatalf("claim: %+v %v, want task %d", claimed, err, a)
+	}
+	got = <-answer
+	if len(got.Statuses) != 1 || got.Statuses[0].ID != a || got.Statuses[0].State != wire.ProcessingWord || got.Statuses[0].Attempts != 1 {
+		t.Fatalf("statuses after the claim = %+v, want task %d processing", got, a)
+	}
+	known[0] = got.Statuses[0]
+
+	// A finish straight at the database (as through another master) is found by the recheck.
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		if err := s.Database.FinishTask(ctx, a, claimed.Token); err != nil {
+			t.Error(err)
+		}
+	}()
+	got, err = s.Master.Statuses(ctx, known, 9*time.Second)
+	if err != nil || len(got.Statuses) != 1 || got.Statuses[0].State != wire.FinishedWord {
+		t.Errorf("statuses after a finish at the database = %+v, %v; want task %d finished", got, err, a)
+	}
+
+	for _, bad := range []struct{ query, body string }{
+		{"?wait=11s", `{"known":[]}`},
+		{"", `{"known":[{"id":1}],"other":1}`},
+		{"", `not json`},
+		{"", `{"known":[` + strings.Repeat(`{"id":1},`, wire.MaxStatusIDs) + `{"id":1}]}`},
+	} {
+		r := s.call(t, http.MethodPost, s.MasterURL+"/statuses"+bad.query, strings.NewReader(bad.body))
+		if r.Status != http.StatusBadRequest || !strings.HasPrefix(r.Body, "Error: ") {
+			t.Errorf("POST /statuses%s %.40q = %d %q, want 400", bad.query, bad.body, r.Status, r.Body)
 		}
 	}
 }

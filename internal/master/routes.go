@@ -14,12 +14,13 @@ func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("GET /status", httpapi.HandlerFunc(s.handleStatus))
 	mux.Handle("GET /source", httpapi.HandlerFunc(s.handleSource))
 	mux.Handle("GET /stats", httpapi.HandlerFunc(s.handleStats))
+	mux.Handle("POST /statuses", httpapi.HandlerFunc(s.handleStatuses))
 	// worker side
 	mux.Handle("POST /getNewTask", httpapi.HandlerFunc(s.handleGetNewTask))
 	mux.Handle("POST /registerTaskFinished", s.handleRegisterTaskFinished())
 	mux.Handle("POST /extendLease", s.forward("/extendLease"))
-	mux.Handle("POST /failTask", s.forward("/failTask"))
-	mux.Handle("POST /releaseTask", s.forward("/releaseTask"))
+	mux.Handle("POST /failTask", s.forwardChange("/failTask"))
+	mux.Handle("POST /releaseTask", s.forwardChange("/releaseTask"))
 	mux.Handle("GET /healthz", httpapi.Healthz(nil))
 	mux.Handle("GET /livez", httpapi.Livez())
 }

@@ -13,7 +13,7 @@ import (
 	"github.com/imgmill/imgmill/internal/servicetest"
 )
 
-const opsToken = "ops-t0ken-for-the-test"
+const opsToken = "ops-t0ken-for-the-test-0123456789abc"
 
 // tokenClient returns a client that sends token.
 func tokenClient(t *testing.T, token string) *http.Client {
@@ -89,7 +89,7 @@ func TestPprofSwitch(t *testing.T) {
 
 // With a token, /metrics and /debug/pprof/ need it like everything else.
 func TestOpsBehindToken(t *testing.T) {
-	const token = "t0ken-for-the-ops-test"
+	const token = "t0ken-for-the-ops-test-0123456789abc"
 	url := "http://" + startSpec(t, service.Spec{Addr: "127.0.0.1:0", Internal: true, Token: token,
 		Metrics: metrics.New("test"), Pprof: true})
 	for _, path := range []string{"/metrics", "/debug/pprof/", "/debug/pprof/cmdline"} {

@@ -133,6 +133,14 @@ func TestRunRefusesNonLoopbackWithoutToken(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "token") {
 		t.Errorf("Run with token %q = %v, want a refusal", "two words", err)
 	}
+	// So is a short one, whether it guards everything or only /metrics, before anything listens.
+	for _, spec := range []service.Spec{{Token: "x"}, {OpsToken: "short-ops-token"}} {
+		spec.Addr, spec.Handler, spec.Logger = "127.0.0.1:0", httpapi.Livez(), discard
+		err := service.Run(context.Background(), spec)
+		if err == nil || !strings.Contains(err.Error(), "use at least 32, e.g. from `openssl rand -base64 32`") {
+			t.Errorf("Run with a short token (%+v) = %v, want a refusal naming the length", spec, err)
+		}
+	}
 }
 
 // --insecure lets it listen anyway, with a warning, and without auth.
@@ -172,7 +180,7 @@ func TestRunWithoutTokenWhereAllowed(t *testing.T) {
 
 // With a token an internal service listens anywhere and requires the token on everything but /healthz.
 func TestRunWithToken(t *testing.T) {
-	const token = "t0ken-for-the-test"
+	const token = "t0ken-for-the-test-0123456789abcdefg"
 	addr := startSpec(t, service.Spec{Addr: "0.0.0.0:0", Internal: true, Token: token})
 	url := "http://" + addr
 	plain := servicetest.NewHTTPClient(t)

@@ -306,11 +306,14 @@ func register(ctx context.Context, reg registration, logger *slog.Logger) {
 	}
 }
 
-// checkListenPolicy refuses an invalid token, and an internal service without a token on an address
-// others can reach, unless spec.Insecure accepts that (with a warning).
+// checkListenPolicy refuses an invalid or short token (every entry point, the CLI or a library caller,
+// meets the same rule), and an internal service without a token on an address others can reach,
+// unless spec.Insecure accepts that (with a warning).
 func checkListenPolicy(ctx context.Context, spec Spec) error {
-	if err := httpapi.CheckToken(spec.Token); err != nil {
-		return err
+	for _, token := range []string{spec.Token, spec.OpsToken} {
+		if err := httpapi.CheckToken(token); err != nil {
+			return err
+		}
 	}
 	if !spec.Internal || spec.Token != "" || LoopbackAddr(spec.Addr) {
 		return nil

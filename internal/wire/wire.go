@@ -102,6 +102,40 @@ type Status struct {
 	RetryAt time.Time `json:"retryAt,omitzero"`
 }
 
+// MaxStatusIDs caps how many tasks one POST /statuses (master) or POST /getByIds (database) asks about.
+const MaxStatusIDs = 2000
+
+// StatusesQuery is the body of the master's POST /statuses (additive): the tasks asked about, each as
+// the caller last saw it (only ID for one it has not seen), so that the answer carries only news and a
+// long poll (wait) answers as soon as there is some.
+type StatusesQuery struct {
+	Known []Status `json:"known"`
+}
+
+// Statuses is the answer to POST /statuses: the status of every task asked about that differs from
+// the one given (by state, attempts, error or retry time), and the ids of the tasks that do not exist.
+type Statuses struct {
+	Statuses []Status `json:"statuses"`
+	Missing  []int64  `json:"missing,omitempty"`
+}
+
+// Differs reports whether s is news to a caller who saw known: what a status stream shows changed.
+func (s Status) Differs(known Status) bool {
+	return s.State != known.State || s.Attempts != known.Attempts || s.MaxAttempts != known.MaxAttempts ||
+		s.Error != known.Error || !s.RetryAt.Equal(known.RetryAt)
+}
+
+// TaskIDs is the body of the database's POST /getByIds (additive).
+type TaskIDs struct {
+	IDs []int64 `json:"ids"`
+}
+
+// Tasks is the answer to POST /getByIds: the tasks that exist, and the ids of those that do not.
+type Tasks struct {
+	Tasks   []Task  `json:"tasks"`
+	Missing []int64 `json:"missing,omitempty"`
+}
+
 // PublicStatus is the frontend's /status answer (and the JSON API's): the master's, with the public id
 // in place of the internal one (the outer field wins in JSON) and a public failure reason.
 type PublicStatus struct {

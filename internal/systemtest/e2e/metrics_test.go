@@ -41,7 +41,7 @@ func (p *inProcess) start(ctx context.Context, name string, args ...string) {
 // database and the storage; every service serves /metrics behind the token, and /debug/pprof/ with
 // --pprof; the counters move by what was done.
 func TestMetricsAndRequestIDAcrossServices(t *testing.T) {
-	const token = "metrics-test-t0ken"
+	const token = "metrics-test-t0ken-0123456789abcdefg"
 	addrs := enginetest.FreeAddrs(t, 3)
 	kvAddr, feAddr, workerAddr := addrs[0], addrs[1], addrs[2]
 	dir := t.TempDir()

@@ -20,7 +20,7 @@ import (
 	"github.com/imgmill/imgmill/internal/wire"
 )
 
-const testToken = "imgmill-test-token-0123456789"
+const testToken = "imgmill-test-token-0123456789-abcdefgh"
 
 // newTokenDeployment is a split deployment whose services all get token (through IMGMILL_TOKEN) and
 // whose client d.HC sends it.

@@ -1,4 +1,4 @@
-package frontend
+package httpapi
 
 import (
 	"container/list"
@@ -13,14 +13,15 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// maxBuckets caps how many clients' upload buckets are kept at once (a few hundred bytes each).
-const maxBuckets = 1 << 16
+// MaxLimiterKeys caps how many clients' buckets a KeyedLimiter keeps at once by default (a few hundred
+// bytes each).
+const MaxLimiterKeys = 1 << 16
 
-// uploadLimiter is a token bucket per client address. Memory stays bounded without a background
+// KeyedLimiter is a token bucket per key (a client address, see ClientKey). Memory stays bounded without a background
 // goroutine: the buckets are kept in a list by last use, and every call first drops the buckets idle for
 // longer than a full refill takes (such a bucket is full again, so a new one is the same), then, at the
 // cap, the least recently used one.
-type uploadLimiter struct {
+type KeyedLimiter struct {
 	limit rate.Limit
 	burst int
 	idle  time.Duration
@@ -38,15 +39,17 @@ type bucket struct {
 	seen time.Time
 }
 
-func newUploadLimiter(perSecond float64, burst, capacity int, now func() time.Time) *uploadLimiter {
+// NewKeyedLimiter returns a limiter that allows each key burst events at once and perSecond after that,
+// keeping at most capacity keys' buckets; now is the clock (time.Now).
+func NewKeyedLimiter(perSecond float64, burst, capacity int, now func() time.Time) *KeyedLimiter {
 	burst = max(burst, 1)
 	idle := time.Duration(math.Ceil(float64(burst) / perSecond * float64(time.Second)))
-	return &uploadLimiter{limit: rate.Limit(perSecond), burst: burst, idle: max(idle, time.Second), cap: max(capacity, 1),
+	return &KeyedLimiter{limit: rate.Limit(perSecond), burst: burst, idle: max(idle, time.Second), cap: max(capacity, 1),
 		now: now, byKey: map[string]*list.Element{}}
 }
 
-// allow takes a token from key's bucket; when there is none it says how long until there is one.
-func (l *uploadLimiter) allow(key string) (wait time.Duration, ok bool) {
+// Allow takes a token from key's bucket; when there is none it says how long until there is one.
+func (l *KeyedLimiter) Allow(key string) (wait time.Duration, ok bool) {
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -72,23 +75,23 @@ func (l *uploadLimiter) allow(key string) (wait time.Duration, ok bool) {
 	return time.Duration(math.Ceil(missing / float64(l.limit) * float64(time.Second))), false
 }
 
-func (l *uploadLimiter) drop(el *list.Element) {
+func (l *KeyedLimiter) drop(el *list.Element) {
 	l.lru.Remove(el)
 	delete(l.byKey, el.Value.(*bucket).key)
 }
 
-// buckets is how many buckets are kept.
-func (l *uploadLimiter) buckets() int {
+// Len is how many buckets are kept.
+func (l *KeyedLimiter) Len() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.lru.Len()
 }
 
-// clientKey names the client of r for the upload limit: its IPv4 address, or the /64 network of its
+// ClientKey names the client of r for per-client limits: its IPv4 address, or the /64 network of its
 // IPv6 address (one subscriber usually has a whole /64, so single addresses would be free to rotate).
 // The address is the connection's peer; with trustProxy, the last X-Forwarded-For entry, which the
 // proxy in front appended, when it is an address.
-func clientKey(r *http.Request, trustProxy bool) string {
+func ClientKey(r *http.Request, trustProxy bool) string {
 	if trustProxy {
 		if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {
 			last := xff[len(xff)-1]
