@@ -52,6 +52,8 @@ type attack struct {
 	// unused); with cut the connection is half-closed after it, a client that goes away mid-request.
 	raw string
 	cut bool
+	// repeat sends the request that many times (at least once); the last answer is judged.
+	repeat int
 	// want is the status the attack must get; says, a piece of the answer's body.
 	want int
 	says string
@@ -70,6 +72,9 @@ func TestAttacks(t *testing.T) {
 	}
 	for i, a := range attacks {
 		status, body, err := app.send(a)
+		for range a.repeat - 1 {
+			status, body, err = app.send(a)
+		}
 		switch {
 		case err != nil:
 			t.Errorf("%s: %v", a.name, err)

@@ -65,7 +65,7 @@ func attackTable(small []byte) []attack {
 		{name: "api: GIF of 65535x65535", service: frontend, method: post, target: "/api/tasks", body: gifHuge, want: 413, says: "65535x65535"},
 		{name: "api: BMP of 100000x100000", service: frontend, method: post, target: "/api/tasks", body: bmpHuge, want: 413, says: "100000x100000"},
 		{name: "api: WebP of 16383x16383", service: frontend, method: post, target: "/api/tasks", body: webpHuge, want: 413, says: "16383x16383"},
-		{name: "api: progressive JPEG of 1,000 scans", service: frontend, method: post, target: "/api/tasks", body: scanBomb(), want: 413, says: "scans"},
+		{name: "api: progressive JPEG of 1,000 scans", service: frontend, method: post, target: "/api/tasks", body: scanBomb(), want: 422, says: "scans"},
 		{name: "api: unknown task", service: frontend, target: "/api/tasks/AAAAAAAAAAAA", want: 404, says: "no such task"},
 		{name: "api: malformed task id", service: frontend, target: "/api/tasks/%2e%2e%2fetc", want: 404, says: "task"},
 		{name: "api: events of an unknown task", service: frontend, target: "/api/tasks/AAAAAAAAAAAA/events", want: 404, says: "no such task"},
@@ -125,6 +125,7 @@ func attackTable(small []byte) []attack {
 		{name: "kv: a NUL in a value", service: kv, authorized: true, method: post, target: "/set?key=attack&value=a%00b", want: 400, says: "control"},
 		{name: "kv: a ttl of 1000 hours", service: kv, authorized: true, method: post, target: "/set?key=attack&value=x&ttl=1000h", want: 400, says: "ttl"},
 		{name: "kv: a ttl that is no duration", service: kv, authorized: true, method: post, target: "/set?key=attack&value=x&ttl=soon", want: 400, says: "ttl"},
+		{name: "kv: 20 wrong tokens in a row", service: kv, target: "/get?key=master", header: map[string]string{"Authorization": "Bearer guess-guess-guess-guess-guess-guess-00"}, repeat: 20, want: 429, says: "too many failed attempts"},
 		{name: "kv: GET /remove", service: kv, authorized: true, target: "/remove?key=master", want: 405, says: "method"},
 	}
 }
