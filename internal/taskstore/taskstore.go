@@ -185,8 +185,8 @@ type Store interface {
 	// progress with a lapsed lease and attempts left), marks it in progress with a lease of the given
 	// length, counts the attempt, issues a new token, clears RetryAt and returns it; ErrNoTask when
 	// none. Lapsed tasks without attempts left become Failed. Owners take turns: the task is the oldest
-	// claimable one of the owner with claimable tasks that was served least recently (an owner never
-	// served first), so with one owner claims go in id order.
+	// claimable one of the owner with claimable tasks that was served least recently (an owner seen
+	// for the first time counts as just served), so with one owner claims go in id order.
 	Claim(ctx context.Context, lease time.Duration) (Task, error)
 	// Extend renews the lease of an in-progress task (a worker's heartbeat) and returns the task.
 	// ErrNotInProgress when it is not in progress or its lease already lapsed, ErrStaleToken as above.

@@ -208,6 +208,9 @@ const MaxWait = 60 * time.Second
 // only from a caller that presented its token. Claims serve owners in turn.
 const OwnerHeader = "X-Imgmill-Owner"
 
+// APIKeyHeader carries a client's API key on the frontend, as "Authorization: Bearer KEY" does.
+const APIKeyHeader = "X-API-Key"
+
 // MaxOwnerLen caps an owner's length.
 const MaxOwnerLen = 128
 

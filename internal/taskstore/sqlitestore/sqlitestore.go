@@ -135,7 +135,8 @@ func migrations() []string {
 		// statement it is. Claim picks the first owner of the turn index (least recently served
 		// among those with work), then that owner's lowest id in the claimable index, now keyed by
 		// (owner, id): two index descents, however many tasks and owners wait. The served index
-		// gives the next sequence number. Tasks created before this step belong to owner ''.
+		// gives the next sequence number; an owner seen for the first time joins the turn last.
+		// Tasks created before this step belong to owner ''.
 		`ALTER TABLE tasks ADD COLUMN owner TEXT NOT NULL DEFAULT '';
 		CREATE TABLE owners (
 			owner  TEXT PRIMARY KEY,
@@ -151,13 +152,13 @@ func migrations() []string {
 		CREATE TRIGGER tasks_owner_insert AFTER INSERT ON tasks
 		WHEN NEW.state = 0 AND NEW.pending = 0 AND NEW.retry_at IS NULL
 		BEGIN
-			INSERT OR IGNORE INTO owners (owner, queued, served) VALUES (NEW.owner, 0, 0);
+			INSERT OR IGNORE INTO owners (owner, queued, served) VALUES (NEW.owner, 0, (SELECT IFNULL(MAX(served), 0) + 1 FROM owners));
 			UPDATE owners SET queued = queued + 1 WHERE owner = NEW.owner;
 		END;
 		CREATE TRIGGER tasks_owner_update AFTER UPDATE OF state, pending, retry_at ON tasks
 		WHEN (OLD.state = 0 AND OLD.pending = 0 AND OLD.retry_at IS NULL) <> (NEW.state = 0 AND NEW.pending = 0 AND NEW.retry_at IS NULL)
 		BEGIN
-			INSERT OR IGNORE INTO owners (owner, queued, served) VALUES (NEW.owner, 0, 0);
+			INSERT OR IGNORE INTO owners (owner, queued, served) VALUES (NEW.owner, 0, (SELECT IFNULL(MAX(served), 0) + 1 FROM owners));
 			UPDATE owners SET
 				queued = queued + IIF(NEW.state = 0 AND NEW.pending = 0 AND NEW.retry_at IS NULL, 1, -1),
 				served = IIF(NEW.state = 1, (SELECT MAX(served) FROM owners) + 1, served)
