@@ -156,11 +156,27 @@ func (f *flags) frontend(c *frontend.Config) {
 	f.Float64Var(&c.Limits.UploadRate, "upload-rate", frontend.DefaultUploadRate, "uploads per second allowed per client address, sustained (0: no limit)")
 	f.IntVar(&c.Limits.UploadBurst, "upload-burst", frontend.DefaultUploadBurst, "uploads a client address may make at once")
 	f.BoolVar(&c.Limits.TrustProxy, "trust-proxy", false, "take the client address from the last X-Forwarded-For entry (only behind a reverse proxy that sets it)")
+	f.Var(apiKeysValue{&c.Limits.APIKeys}, "api-keys", "file of API keys, lines \"NAME KEY\" (keys of at least 32 characters, # comments): an upload with "+
+		"\"Authorization: Bearer KEY\" or \"X-API-Key: KEY\" is owned and rate-limited as key:NAME, one with an unknown key refused (401); default: clients are told apart by address only")
 	f.Var(originsValue{&c.Limits.AllowedOrigins}, "allowed-origins", "other sites whose pages may upload here from a browser, comma-separated scheme://host[:port]; "+
 		"uploads from any other site's page are refused (403), those from clients that are not browsers are not")
 	c.Limits.MaxStreams, c.Limits.MaxStreamsPerClient = frontend.DefaultMaxStreams, frontend.DefaultMaxStreamsPerClient
 	f.Var(limitValue[int]{&c.Limits.MaxStreams}, "max-streams", "open event streams (/api/tasks/{id}/events) a frontend serves at once; more are refused (503, Retry-After) (0: no cap)")
 	f.Var(limitValue[int]{&c.Limits.MaxStreamsPerClient}, "max-streams-per-client", "open event streams one client address may hold; more are refused (429, Retry-After) (0: no cap)")
+}
+
+// apiKeysValue is --api-keys: the file is read when the flag is parsed, so a bad one stops the start.
+type apiKeysValue struct{ p **frontend.APIKeys }
+
+func (v apiKeysValue) String() string { return "" }
+
+func (v apiKeysValue) Set(path string) error {
+	k, err := frontend.LoadAPIKeys(path)
+	if err != nil {
+		return err
+	}
+	*v.p = k
+	return nil
 }
 
 // originsValue is --allowed-origins: a comma-separated list of origins, each checked.

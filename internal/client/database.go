@@ -23,6 +23,8 @@ type NewTaskParams struct {
 	// IdempotencyKey, when set, makes the creation idempotent: a retry with the same key answers the
 	// task the first call created (see wire.IdempotencyKeyHeader).
 	IdempotencyKey string
+	// Owner is who queues the task, whom claims serve in turn (see wire.OwnerHeader); "": none.
+	Owner string
 }
 
 // NewTaskResult is the database's answer to a new task.
@@ -65,12 +67,15 @@ func (c *Database) CreateTask(ctx context.Context, p NewTaskParams) (NewTaskResu
 	if p.Op != "" {
 		q.Set("op", p.Op)
 	}
-	cl := call{method: http.MethodPost, path: "/newTask", query: q}
+	cl := call{method: http.MethodPost, path: "/newTask", query: q, header: http.Header{}}
 	if p.IdempotencyKey != "" {
 		// With a key a retry after a lost answer finds the same task; without one it would create a
 		// second, so it is not retried.
-		cl.header = http.Header{wire.IdempotencyKeyHeader: {p.IdempotencyKey}}
+		cl.header.Set(wire.IdempotencyKeyHeader, p.IdempotencyKey)
 		cl.idempotent = true
+	}
+	if p.Owner != "" {
+		cl.header.Set(wire.OwnerHeader, p.Owner)
 	}
 	r, err := c.p.sendSmall(ctx, cl)
 	if err != nil {

@@ -41,6 +41,10 @@ type UploadParams struct {
 	// first upload's id and creates nothing. With one, an upload whose body can be read again (a
 	// bytes.Reader, a file) is also retried after a transient failure.
 	IdempotencyKey string
+	// Owner names who queues the task, whom claims serve in turn (wire.OwnerHeader): the frontend
+	// sets it to an API key's name or the client's address. The master believes it only when it
+	// requires its token; otherwise the owner is the caller's address.
+	Owner string
 }
 
 // Uploaded is what the master answered an upload.
@@ -57,10 +61,13 @@ func (c *Master) Upload(ctx context.Context, r io.Reader, size int64, p UploadPa
 	if p.Op != "" {
 		q = url.Values{"op": {p.Op}}
 	}
-	cl := call{method: http.MethodPost, path: "/new", query: q, body: r, size: size}
+	cl := call{method: http.MethodPost, path: "/new", query: q, body: r, size: size, header: http.Header{}}
 	if p.IdempotencyKey != "" {
-		cl.header = http.Header{wire.IdempotencyKeyHeader: {p.IdempotencyKey}}
+		cl.header.Set(wire.IdempotencyKeyHeader, p.IdempotencyKey)
 		cl.idempotent = true
+	}
+	if p.Owner != "" {
+		cl.header.Set(wire.OwnerHeader, p.Owner)
 	}
 	reply, err := c.p.sendLong(ctx, cl)
 	if err != nil {

@@ -100,7 +100,12 @@ func (s *server) handleNewTask(w http.ResponseWriter, r *http.Request) error {
 	if err := wire.CheckOp(op); err != nil {
 		return httpapi.Errorf(http.StatusBadRequest, "op: %v", err)
 	}
-	p := taskstore.CreateParams{Pending: pending, MaxAttempts: maxAttempts, Op: op}
+	// Additive: who queues the task, whom claims serve in turn. The master sets it; "" when absent.
+	owner := r.Header.Get(wire.OwnerHeader)
+	if err := wire.CheckOwner(owner); err != nil {
+		return httpapi.Errorf(http.StatusBadRequest, "%v", err)
+	}
+	p := taskstore.CreateParams{Pending: pending, MaxAttempts: maxAttempts, Op: op, Owner: owner}
 	if key := r.Header.Get(wire.IdempotencyKeyHeader); key != "" {
 		return s.createOnce(w, r, p, key)
 	}
@@ -269,7 +274,7 @@ func writeTask(w http.ResponseWriter, t taskstore.Task) error {
 func wireTask(t taskstore.Task) wire.Task {
 	return wire.Task{ID: t.ID, State: t.State, Token: t.Token, Attempts: t.Attempts, MaxAttempts: t.MaxAttempts,
 		Error: t.Error, CreatedAt: t.CreatedAt, StartedAt: t.StartedAt, FinishedAt: t.FinishedAt, LeaseUntil: t.LeaseUntil,
-		Op: t.Op, RetryAt: t.RetryAt, Retries: t.Retries, Pending: t.Pending && t.State == wire.NotStarted}
+		Op: t.Op, RetryAt: t.RetryAt, Retries: t.Retries, Pending: t.Pending && t.State == wire.NotStarted, Owner: t.Owner}
 }
 
 func (s *server) activateTask(ctx context.Context, id int64) error {

@@ -169,7 +169,7 @@ func (s *server) handleTaskEvents(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
-	release, err := s.streams.acquire(httpapi.ClientKey(r, s.opts.TrustProxy))
+	release, err := s.streams.acquire(httpapi.ClientAddr(r, s.opts.TrustProxy))
 	if err != nil {
 		return err
 	}

@@ -66,6 +66,9 @@ type Limits struct {
 	// reverse proxy in front, instead of from the connection. Only for a frontend that is reachable
 	// through that proxy alone: otherwise anyone can pick their address.
 	TrustProxy bool
+	// APIKeys, when set, name clients by the key they present (see APIKeys); nil: every client is
+	// named by its address, and keys are ignored.
+	APIKeys *APIKeys
 	// AllowedOrigins are the other sites (scheme://host[:port]) whose pages may upload here from a
 	// browser; uploads from any other site's page are refused (see sameSite), those without the
 	// browser's headers (curl, scripts) are not.
@@ -222,6 +225,8 @@ type upload struct {
 	// key is the idempotency key sent to the master: the client's, scoped to the client's address
 	// (see scopedKey); "" for none.
 	key string
+	// owner is who makes the upload: "key:NAME" for a client with an API key, else its address.
+	owner string
 }
 
 // setOp validates an operation chain for the upload ("" keeps the default), so that a bad one is
@@ -259,7 +264,13 @@ func (s *server) receive(w http.ResponseWriter, r *http.Request) (*upload, error
 	if err != nil {
 		return nil, err
 	}
-	from := httpapi.ClientKey(r, s.opts.TrustProxy)
+	// The owner (an API key's name, else the address) is whom claims serve in turn, whom the rate
+	// limit counts, and whose idempotency keys are kept apart from others'.
+	from, err := s.opts.APIKeys.owner(r, s.opts.TrustProxy)
+	if err != nil {
+		w.Header().Set("WWW-Authenticate", "Bearer")
+		return nil, err
+	}
 	var key string
 	if raw := r.Header.Get(wire.IdempotencyKeyHeader); raw != "" {
 		if err := wire.CheckIdempotencyKey(raw); err != nil {
@@ -274,7 +285,7 @@ func (s *server) receive(w http.ResponseWriter, r *http.Request) (*upload, error
 		}
 	}
 	limit := s.opts.MaxUpload // < 0: none
-	u := &upload{master: s.master, ids: ids, key: key, body: &cappedReader{r: r.Body, limit: -1}, limit: limit,
+	u := &upload{master: s.master, ids: ids, key: key, owner: from, body: &cappedReader{r: r.Body, limit: -1}, limit: limit,
 		tooLarge: httpapi.Errorf(http.StatusRequestEntityTooLarge, "image larger than %d bytes", limit)}
 	if limit >= 0 {
 		if r.ContentLength > limit+formOverhead {
@@ -315,7 +326,7 @@ func (u *upload) partError(err error, field string) error {
 func (u *upload) send(ctx context.Context, w http.ResponseWriter, src io.Reader) (int64, error) {
 	file := &cappedReader{r: src, limit: u.limit}
 	lent := &lentReader{r: file}
-	up, err := u.master.Upload(ctx, lent, -1, client.UploadParams{Op: u.op, IdempotencyKey: u.key})
+	up, err := u.master.Upload(ctx, lent, -1, client.UploadParams{Op: u.op, IdempotencyKey: u.key, Owner: u.owner})
 	lent.takeBack()
 	switch {
 	case file.hit.Load() || u.body.hit.Load():

@@ -153,8 +153,13 @@ func form(t *testing.T, parts ...part) (contentType string, body []byte) {
 
 func (s *stack) submit(t *testing.T, parts ...part) servicetest.Reply {
 	t.Helper()
+	return s.submitWith(t, nil, parts...)
+}
+
+func (s *stack) submitWith(t *testing.T, header http.Header, parts ...part) servicetest.Reply {
+	t.Helper()
 	ct, body := form(t, parts...)
-	return s.call(t, http.MethodPost, "/submitTask", ct, bytes.NewReader(body))
+	return s.callWith(t, http.MethodPost, "/submitTask", ct, bytes.NewReader(body), header)
 }
 
 // submitImage uploads img and returns the public id answered.

@@ -20,7 +20,7 @@ const bearerScheme = "Bearer"
 // (hex, base64), out of reach of guessing even at many attempts a second.
 const MinTokenLen = 32
 
-// Failed attempts allowed per client address (ClientKey of the connection's peer): a burst, then one
+// Failed attempts allowed per client address (ClientAddr of the connection's peer): a burst, then one
 // a second. A client that presents the right token is never limited.
 const (
 	failedAuthBurst = 10
@@ -55,7 +55,7 @@ func RequireToken(token string, next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		if wait, ok := failures.Allow(ClientKey(r, false)); !ok {
+		if wait, ok := failures.Allow(ClientAddr(r, false)); !ok {
 			secs := RetryAfterSeconds(wait)
 			w.Header().Set("Retry-After", strconv.Itoa(secs))
 			WriteText(w, http.StatusTooManyRequests, fmt.Sprintf("Error: too many failed attempts with a wrong token, retry in %ds", secs))

@@ -3,10 +3,6 @@ package httpapi
 import (
 	"container/list"
 	"math"
-	"net"
-	"net/http"
-	"net/netip"
-	"strings"
 	"sync"
 	"time"
 
@@ -17,7 +13,7 @@ import (
 // bytes each).
 const MaxLimiterKeys = 1 << 16
 
-// KeyedLimiter is a token bucket per key (a client address, see ClientKey). Memory stays bounded without a background
+// KeyedLimiter is a token bucket per key (a client address, see ClientAddr). Memory stays bounded without a background
 // goroutine: the buckets are kept in a list by last use, and every call first drops the buckets idle for
 // longer than a full refill takes (such a bucket is full again, so a new one is the same), then, at the
 // cap, the least recently used one.
@@ -85,40 +81,4 @@ func (l *KeyedLimiter) Len() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.lru.Len()
-}
-
-// ClientKey names the client of r for per-client limits: its IPv4 address, or the /64 network of its
-// IPv6 address (one subscriber usually has a whole /64, so single addresses would be free to rotate).
-// The address is the connection's peer; with trustProxy, the last X-Forwarded-For entry, which the
-// proxy in front appended, when it is an address.
-func ClientKey(r *http.Request, trustProxy bool) string {
-	if trustProxy {
-		if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {
-			last := xff[len(xff)-1]
-			if i := strings.LastIndexByte(last, ','); i >= 0 {
-				last = last[i+1:]
-			}
-			if a, err := netip.ParseAddr(strings.TrimSpace(last)); err == nil {
-				return addrKey(a)
-			}
-		}
-	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
-	a, err := netip.ParseAddr(host)
-	if err != nil {
-		return host
-	}
-	return addrKey(a)
-}
-
-func addrKey(a netip.Addr) string {
-	a = a.Unmap().WithZone("")
-	if a.Is6() {
-		p, _ := a.Prefix(64)
-		return p.String()
-	}
-	return a.String()
 }

@@ -44,6 +44,10 @@ type Limits struct {
 	// (queueCacheTTL) and raised by the master's own uploads meanwhile, so with several masters, or
 	// many uploads at once, the queue can overshoot the cap by a little.
 	MaxQueued int64
+	// TrustOwner takes the owner of an upload's task (whom claims serve in turn) from wire.OwnerHeader
+	// when a request carries it, rather than from the client's address. Run sets it when the master
+	// requires its token: then every request comes from a holder of the token (the frontend).
+	TrustOwner bool
 }
 
 // WithDefaults returns l with its zero fields set to the defaults.

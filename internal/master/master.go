@@ -41,6 +41,19 @@ type server struct {
 	changes finishWaiters
 }
 
+// owner names who queues the task of upload r, whom claims serve in turn: the frontend's word for it
+// (wire.OwnerHeader) when the master trusts it (Limits.TrustOwner), else the client's address (an
+// IPv6 client's /64).
+func (s *server) owner(r *http.Request) (string, error) {
+	if v := r.Header.Get(wire.OwnerHeader); v != "" && s.limits.TrustOwner {
+		if err := wire.CheckOwner(v); err != nil {
+			return "", httpapi.Errorf(http.StatusBadRequest, "%v", err)
+		}
+		return v, nil
+	}
+	return httpapi.ClientAddr(r, false), nil
+}
+
 // handleNew stores an upload and answers its id. The task is created pending, the image streamed to
 // storage, and only then is the task made claimable, so no worker can claim a task whose image does not
 // exist yet; the id is answered only after both are durable. An upload that fails on the way (refused,
@@ -67,6 +80,10 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 		if err := wire.CheckIdempotencyKey(key); err != nil {
 			return httpapi.Errorf(http.StatusBadRequest, "%v", err)
 		}
+	}
+	owner, err := s.owner(r)
+	if err != nil {
+		return err
 	}
 	maxUpload := s.limits.MaxUpload
 	if maxUpload > 0 && r.ContentLength > maxUpload {
@@ -98,7 +115,7 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 		return httpapi.Errorf(http.StatusRequestEntityTooLarge, "op: %v", err)
 	}
 	ctx := r.Context()
-	created, err := s.db.CreateTask(ctx, client.NewTaskParams{Pending: true, Op: chain.String(), IdempotencyKey: key})
+	created, err := s.db.CreateTask(ctx, client.NewTaskParams{Pending: true, Op: chain.String(), IdempotencyKey: key, Owner: owner})
 	if err != nil {
 		return fmt.Errorf("create task: %w", err)
 	}
@@ -475,6 +492,8 @@ type Config struct {
 func Run(ctx context.Context, cfg Config) error {
 	db := client.NewDatabase(cfg.HTTP, client.NewResolver(cfg.KV, wire.DatabaseKey, client.ResolveTTL))
 	storage := client.NewStorage(cfg.HTTP, client.NewResolver(cfg.KV, wire.StorageKey, client.ResolveTTL))
-	return service.Run(ctx, cfg.Spec(service.Spec{Handler: NewServer(db, storage, cfg.Limits),
+	limits := cfg.Limits
+	limits.TrustOwner = cfg.Token != ""
+	return service.Run(ctx, cfg.Spec(service.Spec{Handler: NewServer(db, storage, limits),
 		RegisterAs: wire.MasterKey, KV: cfg.KV, Internal: true, Metrics: metrics.New("master")}))
 }

@@ -45,6 +45,8 @@ type Task struct {
 	// Retries counts the transient failures the task was handed back for (Retry); it sets the wait
 	// before the next claim. They are not attempts.
 	Retries int
+	// Owner is who queued the task (see CreateParams.Owner).
+	Owner string
 }
 
 var (
@@ -146,6 +148,10 @@ type CreateParams struct {
 	Pending     bool
 	MaxAttempts int    // <= 0 means DefaultMaxAttempts
 	Op          string // see Task.Op
+	// Owner is who queues the task (an API key's name or a client's address, see wire.CheckOwner):
+	// Claim serves owners in turn, so that one owner's backlog does not starve the others. "" is an
+	// owner like any other (tasks of clients that name none).
+	Owner string
 }
 
 // Attempts is how many attempts a task created with p gets.
@@ -175,10 +181,12 @@ type Store interface {
 	Activate(ctx context.Context, id int64) error
 	// Get returns one task, or ErrNotFound.
 	Get(ctx context.Context, id int64) (Task, error)
-	// Claim takes the oldest claimable task (not started and not pending, with no RetryAt in the future;
-	// or in progress with a lapsed lease and attempts left), marks it in progress with a lease of the
-	// given length, counts the attempt, issues a new token, clears RetryAt and returns it; ErrNoTask when
-	// none. Lapsed tasks without attempts left become Failed.
+	// Claim takes a claimable task (not started and not pending, with no RetryAt in the future; or in
+	// progress with a lapsed lease and attempts left), marks it in progress with a lease of the given
+	// length, counts the attempt, issues a new token, clears RetryAt and returns it; ErrNoTask when
+	// none. Lapsed tasks without attempts left become Failed. Owners take turns: the task is the oldest
+	// claimable one of the owner with claimable tasks that was served least recently (an owner seen
+	// for the first time counts as just served), so with one owner claims go in id order.
 	Claim(ctx context.Context, lease time.Duration) (Task, error)
 	// Extend renews the lease of an in-progress task (a worker's heartbeat) and returns the task.
 	// ErrNotInProgress when it is not in progress or its lease already lapsed, ErrStaleToken as above.

@@ -75,6 +75,8 @@ type Task struct {
 	Retries int       `json:"retries,omitempty"`
 	// Pending marks a task whose upload is not complete yet (additive).
 	Pending bool `json:"pending,omitempty"`
+	// Owner is who queued the task (additive; internal services only, never shown to other clients).
+	Owner string `json:"owner,omitempty"`
 }
 
 // Stats is the database's (and the master's) GET /stats answer: how many tasks are in each state.
@@ -234,6 +236,28 @@ const NoTaskMessage = "No non-started task."
 
 // MaxWait caps a long poll on /getNewTask.
 const MaxWait = 60 * time.Second
+
+// OwnerHeader names who queues a task, on the master's POST /new and the database's /newTask: the
+// frontend sets it to an API key's name ("key:NAME") or the client's address; the master believes it
+// only from a caller that presented its token. Claims serve owners in turn.
+const OwnerHeader = "X-Imgmill-Owner"
+
+// APIKeyHeader carries a client's API key on the frontend, as "Authorization: Bearer KEY" does.
+const APIKeyHeader = "X-API-Key"
+
+// MaxOwnerLen caps an owner's length.
+const MaxOwnerLen = 128
+
+// CheckOwner refuses an owner longer than MaxOwnerLen or not printable ASCII; "" is allowed (no owner).
+func CheckOwner(owner string) error {
+	if len(owner) > MaxOwnerLen {
+		return fmt.Errorf("%s must be at most %d characters", OwnerHeader, MaxOwnerLen)
+	}
+	if notPrintable(owner) >= 0 {
+		return fmt.Errorf("%s must be printable ASCII", OwnerHeader)
+	}
+	return nil
+}
 
 // Idempotent requests: a client names a request with IdempotencyKeyHeader, and a replay of it (the same
 // key again) is answered with what the first one did, with ReplayedHeader set to "true". The database

@@ -137,6 +137,7 @@ const (
 	retryIndex     = "tasks_retry"
 	keyIndex       = "tasks_idem"
 	primaryKey     = "tasks_pkey"
+	turnIndex      = "owners_turn"
 )
 
 // Row invariants, as in sqlitestore:
@@ -179,7 +180,7 @@ const (
 	// returnColumns are a row's fields as scanTask expects them, for RETURNING after a write that
 	// leaves the row consistent (no lapsed lease to compute).
 	returnColumns = `id, state, pending, attempts, max_attempts, token, error, created_at, started_at, finished_at,
-		CASE WHEN state = 1 THEN lease_until END, op, ` + retryAt + `, retries`
+		CASE WHEN state = 1 THEN lease_until END, op, ` + retryAt + `, retries, owner`
 
 	// taskColumns computes a lapsed lease's outcome without writing, so reads stay reads; the next
 	// Claim makes it so in the table, with the same values.
@@ -192,22 +193,23 @@ const (
 		created_at, started_at,
 		CASE WHEN ` + lapsedOut + ` THEN lease_until ELSE finished_at END,
 		CASE WHEN state = 1 AND lease_until > @now::timestamptz THEN lease_until END,
-		op, ` + retryAt + `, retries`
+		op, ` + retryAt + `, retries, owner`
 
 	// nextID takes the next id from the counter row, whose lock queues concurrent Creates until each
 	// commits, so ids are consecutive and a failed Create leaves no gap.
 	nextID = `WITH next AS (UPDATE task_ids SET next_id = next_id + 1 RETURNING next_id - 1 AS id)`
 
 	createSQL = nextID + `
-		INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, op)
-		SELECT id, 0, @pending::boolean, 0, @max_attempts::integer, @now::timestamptz, @op::text FROM next
+		INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, op, owner)
+		SELECT id, 0, @pending::boolean, 0, @max_attempts::integer, @now::timestamptz, @op::text, @owner::text FROM next
 		RETURNING id, ` + wakeIfClaimable
 
 	// createKeyedSQL is createSQL keeping the idempotency key with the task. A concurrent create with
 	// the same key that committed first makes it fail on the unique index, and roll back with its id.
 	createKeyedSQL = nextID + `
-		INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, op, idem_key)
-		SELECT id, 0, @pending::boolean, 0, @max_attempts::integer, @now::timestamptz, @op::text, @key::text FROM next
+		INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, op, idem_key, owner)
+		SELECT id, 0, @pending::boolean, 0, @max_attempts::integer, @now::timestamptz, @op::text, @key::text,
+			@owner::text FROM next
 		RETURNING ` + returnColumns + `, ` + wakeIfClaimable
 
 	// findKeySQL reads the task created with an idempotency key, through the unique index.
@@ -246,13 +248,19 @@ const (
 	settleSQL = `UPDATE tasks SET retry_at = NULL
 		WHERE id IN (SELECT id FROM tasks WHERE retry_at <= @now::timestamptz FOR UPDATE SKIP LOCKED)`
 
-	// claimSQL locks the lowest claimable id that nobody else is claiming, and claims it. It needs not
-	// clear retry_at: the claimable index holds only rows without one.
+	// claimSQL takes the owners in turn (least recently served first, among those with claimable
+	// tasks), locks the lowest claimable id of the first one that has a task nobody else is claiming,
+	// and claims it; the trigger marks the owner served. It needs not clear retry_at: the claimable
+	// index holds only rows without one.
 	claimSQL = `UPDATE tasks
 		SET state = 1, attempts = attempts + 1, token = token + 1,
 			started_at = @now::timestamptz, lease_until = @until::timestamptz
-		WHERE id = (SELECT id FROM tasks WHERE state = 0 AND NOT pending AND retry_at IS NULL
-			ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+		WHERE id = (SELECT c.id
+			FROM (SELECT owner FROM owners WHERE queued > 0 ORDER BY served, owner) AS turn
+			CROSS JOIN LATERAL (SELECT id FROM tasks
+				WHERE owner = turn.owner AND state = 0 AND NOT pending AND retry_at IS NULL
+				ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) AS c
+			LIMIT 1)
 		RETURNING ` + returnColumns
 
 	extendSQL = `UPDATE tasks SET lease_until = @until::timestamptz
@@ -550,7 +558,7 @@ func (s *Store) Create(ctx context.Context, p taskstore.CreateParams) (int64, er
 	var id int64
 	var woke bool
 	err := s.pool.QueryRow(ctx, createSQL, pgx.NamedArgs{"pending": p.Pending, "max_attempts": p.Attempts(),
-		"now": s.now(), "op": p.Op, "origin": s.origin}).Scan(&id, &woke)
+		"now": s.now(), "op": p.Op, "owner": p.Owner, "origin": s.origin}).Scan(&id, &woke)
 	if err != nil {
 		return 0, fmt.Errorf("pgstore: create: %w", classify(ctx, err))
 	}
@@ -598,7 +606,7 @@ func (s *Store) createOnce(ctx context.Context, p taskstore.CreateParams, key st
 	case !found && !errors.Is(err, pgx.ErrNoRows):
 		return taskstore.Task{}, false, err
 	}
-	args := pgx.NamedArgs{"pending": p.Pending, "max_attempts": p.Attempts(), "now": now, "op": p.Op,
+	args := pgx.NamedArgs{"pending": p.Pending, "max_attempts": p.Attempts(), "now": now, "op": p.Op, "owner": p.Owner,
 		"key": key, "origin": s.origin, "stale": old.ID}
 	b := &pgx.Batch{}
 	if found {
@@ -1110,7 +1118,7 @@ func scanTask(row pgx.Row, extra ...any) (taskstore.Task, error) {
 		created, started, finished, leaseTo, retryAt pgtype.Timestamptz
 	)
 	dest := append([]any{&t.ID, &state, &t.Pending, &t.Attempts, &t.MaxAttempts, &t.Token, &t.Error,
-		&created, &started, &finished, &leaseTo, &t.Op, &retryAt, &t.Retries}, extra...)
+		&created, &started, &finished, &leaseTo, &t.Op, &retryAt, &t.Retries, &t.Owner}, extra...)
 	if err := row.Scan(dest...); err != nil {
 		return taskstore.Task{}, err
 	}

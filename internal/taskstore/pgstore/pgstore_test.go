@@ -965,13 +965,18 @@ func TestDurableAcrossKill(t *testing.T) {
 
 // fill appends n claimable tasks in one statement, taking their ids from the counter as Create does;
 // Create per task would take minutes for 1M.
-func fill(tb testing.TB, s *Store, n int) {
+func fill(tb testing.TB, s *Store, n int) { fillOwned(tb, s, n, 0) }
+
+// fillOwned is fill with the tasks dealt round to owners "o0", "o1", ... (owner "" when owners is 0).
+func fillOwned(tb testing.TB, s *Store, n, owners int) {
 	tb.Helper()
 	_, err := s.pool.Exec(context.Background(), `
 		WITH next AS (UPDATE task_ids SET next_id = next_id + $1::bigint RETURNING next_id - $1::bigint AS first)
-		INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at)
-		SELECT first + g, 0, false, 0, 3, $2 FROM next, generate_series(0::bigint, $1::bigint - 1) g`,
-		n, time.Now())
+		INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, owner)
+		SELECT first + g, 0, false, 0, 3, $2,
+			CASE WHEN $3::int = 0 THEN '' ELSE 'o' || (g % greatest($3::int, 1)) END
+		FROM next, generate_series(0::bigint, $1::bigint - 1) g`,
+		n, time.Now(), owners)
 	if err != nil {
 		tb.Fatalf("fill %d: %v", n, err)
 	}
@@ -1013,7 +1018,7 @@ func explain(t *testing.T, s *Store, query string, args pgx.NamedArgs) string {
 func testQueryPlansUseIndexes(t *testing.T, pg *enginetest.Postgres) {
 	s := openStore(t, pg.NewDatabase(t), Options{})
 	ctx := t.Context()
-	fill(t, s, 100_000)
+	fillOwned(t, s, 100_000, 1000) // a claim must find the owner whose turn it is through an index
 	for _, q := range []string{
 		`UPDATE tasks SET state = 2, finished_at = created_at WHERE id < 99000`,
 		// Live leases, as most are: a lease index that looked empty would be a cheap plan for Extend.
@@ -1022,6 +1027,7 @@ func testQueryPlansUseIndexes(t *testing.T, pg *enginetest.Postgres) {
 		`UPDATE tasks SET pending = true WHERE id % 100 = 2 AND id >= 99000`,
 		`UPDATE tasks SET state = 3 WHERE id % 1000 = 3`,
 		`VACUUM ANALYZE tasks`,
+		`VACUUM ANALYZE owners`,
 	} {
 		if _, err := s.pool.Exec(ctx, q); err != nil {
 			t.Fatalf("%s: %v", q, err)
@@ -1040,6 +1046,7 @@ func testQueryPlansUseIndexes(t *testing.T, pg *enginetest.Postgres) {
 		args        pgx.NamedArgs
 	}{
 		{"claim", claimSQL, claimableIndex, timed},
+		{"claim's turn", claimSQL, turnIndex, timed},
 		{"sweep", sweepSQL, leaseIndex, timed},
 		{"settle", settleSQL, retryIndex, timed},
 		{"find key", findKeySQL, keyIndex, id},
@@ -1061,7 +1068,7 @@ func testQueryPlansUseIndexes(t *testing.T, pg *enginetest.Postgres) {
 	} {
 		plan := explain(t, s, tc.query, tc.args)
 		if !slices.ContainsFunc(strings.Split(tc.index, "|"), func(index string) bool {
-			return strings.Contains(plan, " using "+index+" on tasks")
+			return strings.Contains(plan, " using "+index+" on ")
 		}) {
 			t.Errorf("%s plan does not use %s:\n%s", tc.name, tc.index, plan)
 		}
@@ -1175,22 +1182,32 @@ func testListPages(t *testing.T, pg *enginetest.Postgres) {
 }
 
 // BenchmarkClaim measures one Claim (settle lapsed leases and claim, one round trip) plus the Finish
-// of the claimed task, with a short and a long queue; with index-driven claims the two should cost
-// about the same. The server runs with fsync off, so this is the statements' cost, not the disk's.
+// of the claimed task, with a short and a long queue, of one owner and of 10,000 owners taking turns;
+// with index-driven claims all should cost about the same. The server runs with fsync off, so this is
+// the statements' cost, not the disk's.
 func BenchmarkClaim(b *testing.B) {
 	pg := enginetest.StartPostgres(b)
-	for _, queued := range []int{1_000, 1_000_000} {
-		b.Run(fmt.Sprintf("queued=%d", queued), func(b *testing.B) {
-			if queued > 1_000 && testing.Short() {
+	for _, tc := range []struct {
+		name           string
+		queued, owners int
+	}{
+		{"queued=1000", 1_000, 0},
+		{"queued=1000000", 1_000_000, 0},
+		{"queued=1000000/owners=10000", 1_000_000, 10_000},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			if tc.queued > 1_000 && testing.Short() {
 				b.Skip("1M-task queue skipped with -short")
 			}
 			s := openStore(b, pg.NewDatabase(b), Options{})
-			fill(b, s, queued)
+			fillOwned(b, s, tc.queued, tc.owners)
 			ctx := context.Background()
-			if _, err := s.pool.Exec(ctx, `VACUUM ANALYZE tasks`); err != nil {
-				b.Fatal(err)
+			for _, q := range []string{`VACUUM ANALYZE tasks`, `VACUUM ANALYZE owners`} {
+				if _, err := s.pool.Exec(ctx, q); err != nil {
+					b.Fatal(err)
+				}
 			}
-			left := queued
+			left, owner := tc.queued, ""
 			for b.Loop() {
 				if left == 0 {
 					// Requeue everything so the queue depth stays what the name says.
@@ -1198,17 +1215,21 @@ func BenchmarkClaim(b *testing.B) {
 					if _, err := s.pool.Exec(ctx, `UPDATE tasks SET state = 0, lease_until = NULL, finished_at = NULL`); err != nil {
 						b.Fatal(err)
 					}
-					left = queued
+					left = tc.queued
 					b.StartTimer()
 				}
 				task, err := s.Claim(ctx, time.Hour)
 				if err != nil {
 					b.Fatal(err)
 				}
+				if tc.owners > 1 && task.Owner == owner {
+					b.Fatalf("claimed two tasks of %s in a row: owners must take turns", owner)
+				}
 				if err := s.Finish(ctx, task.ID, task.Token); err != nil {
 					b.Fatal(err)
 				}
 				left--
+				owner = task.Owner
 			}
 		})
 	}

@@ -2,7 +2,6 @@ package sqlitestore
 
 import (
 	"context"
-	"fmt"
 	"testing"
 	"time"
 
@@ -44,20 +43,28 @@ func (m *cpuMeter) report(b *testing.B) {
 
 // BenchmarkClaimFinish measures what a worker's task costs the embedded store: one Claim (settle
 // lapsed leases and claim, one transaction) plus the Finish of the claimed task, with a short and a
-// long queue. Claims walk the claimable partial index from its lowest id, so the two should cost
-// about the same (issue 7: within 2x). It mirrors pgstore's BenchmarkClaim.
+// long queue, of one owner and of 10,000 owners taking turns. A claim descends the owners' turn index
+// and the claimable index, so all should cost about the same (issue 7: within 2x). It mirrors
+// pgstore's BenchmarkClaim.
 func BenchmarkClaimFinish(b *testing.B) {
-	for _, queued := range []int{1_000, 1_000_000} {
-		b.Run(fmt.Sprintf("queued=%d", queued), func(b *testing.B) {
-			if queued > 1_000 && testing.Short() {
+	for _, tc := range []struct {
+		name           string
+		queued, owners int
+	}{
+		{"queued=1000", 1_000, 0},
+		{"queued=1000000", 1_000_000, 0},
+		{"queued=1000000/owners=10000", 1_000_000, 10_000},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			if tc.queued > 1_000 && testing.Short() {
 				b.Skip("1M-task queue skipped with -short")
 			}
 			s, _ := openTemp(b, nil)
 			defer closeStore(b, s)
-			fill(b, s, queued)
+			fillOwned(b, s, tc.queued, tc.owners)
 			settle(b, s)
 			ctx := context.Background()
-			left, want := queued, int64(0)
+			left, want, owner := tc.queued, int64(0), ""
 			var cpu cpuMeter
 			cpu.resume()
 			for b.Loop() {
@@ -68,7 +75,7 @@ func BenchmarkClaimFinish(b *testing.B) {
 					if _, err := s.w.ExecContext(ctx, `UPDATE tasks SET state = 0, attempts = 0, lease_until = NULL, finished_at = NULL`); err != nil {
 						b.Fatal(err)
 					}
-					left, want = queued, 0
+					left, want = tc.queued, 0
 					cpu.resume()
 					b.StartTimer()
 				}
@@ -76,14 +83,18 @@ func BenchmarkClaimFinish(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if task.ID != want {
-					b.Fatalf("claimed task %d, want %d: claims must go in id order", task.ID, want)
+				if tc.owners == 0 && task.ID != want {
+					b.Fatalf("claimed task %d, want %d: one owner's claims go in id order", task.ID, want)
+				}
+				if tc.owners > 1 && task.Owner == owner {
+					b.Fatalf("claimed two tasks of %s in a row: owners must take turns", owner)
 				}
 				if err := s.Finish(ctx, task.ID, task.Token); err != nil {
 					b.Fatal(err)
 				}
 				left--
 				want++
+				owner = task.Owner
 			}
 			cpu.report(b)
 		})

@@ -68,6 +68,7 @@ const (
 	failedIndex    = "tasks_failed"
 	retryIndex     = "tasks_retry"
 	keyIndex       = "tasks_idem"
+	turnIndex      = "owners_turn"
 )
 
 // what names the task database in transient errors (fault).
@@ -127,6 +128,42 @@ func migrations() []string {
 		CREATE INDEX ` + claimableIndex + ` ON tasks (id) WHERE state = 0 AND pending = 0 AND retry_at IS NULL;
 		CREATE INDEX ` + retryIndex + ` ON tasks (retry_at) WHERE retry_at IS NOT NULL;
 		CREATE UNIQUE INDEX ` + keyIndex + ` ON tasks (idem_key) WHERE idem_key IS NOT NULL;`,
+
+		// 6. Owners take turns (fair claims). owners holds, per owner, how many of its tasks are
+		// claimable (queued: the rows of the claimable index) and the claim sequence number of its
+		// latest claim (served); triggers keep both in the statement that changes a task, whichever
+		// statement it is. Claim picks the first owner of the turn index (least recently served
+		// among those with work), then that owner's lowest id in the claimable index, now keyed by
+		// (owner, id): two index descents, however many tasks and owners wait. The served index
+		// gives the next sequence number; an owner seen for the first time joins the turn last.
+		// Tasks created before this step belong to owner ''.
+		`ALTER TABLE tasks ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+		CREATE TABLE owners (
+			owner  TEXT PRIMARY KEY,
+			queued INTEGER NOT NULL,
+			served INTEGER NOT NULL
+		) STRICT, WITHOUT ROWID;
+		CREATE INDEX ` + turnIndex + ` ON owners (served, owner) WHERE queued > 0;
+		CREATE INDEX owners_served ON owners (served);
+		DROP INDEX ` + claimableIndex + `;
+		CREATE INDEX ` + claimableIndex + ` ON tasks (owner, id) WHERE state = 0 AND pending = 0 AND retry_at IS NULL;
+		INSERT INTO owners (owner, queued, served)
+			SELECT '', COUNT(*), 0 FROM tasks WHERE state = 0 AND pending = 0 AND retry_at IS NULL;
+		CREATE TRIGGER tasks_owner_insert AFTER INSERT ON tasks
+		WHEN NEW.state = 0 AND NEW.pending = 0 AND NEW.retry_at IS NULL
+		BEGIN
+			INSERT OR IGNORE INTO owners (owner, queued, served) VALUES (NEW.owner, 0, (SELECT IFNULL(MAX(served), 0) + 1 FROM owners));
+			UPDATE owners SET queued = queued + 1 WHERE owner = NEW.owner;
+		END;
+		CREATE TRIGGER tasks_owner_update AFTER UPDATE OF state, pending, retry_at ON tasks
+		WHEN (OLD.state = 0 AND OLD.pending = 0 AND OLD.retry_at IS NULL) <> (NEW.state = 0 AND NEW.pending = 0 AND NEW.retry_at IS NULL)
+		BEGIN
+			INSERT OR IGNORE INTO owners (owner, queued, served) VALUES (NEW.owner, 0, (SELECT IFNULL(MAX(served), 0) + 1 FROM owners));
+			UPDATE owners SET
+				queued = queued + IIF(NEW.state = 0 AND NEW.pending = 0 AND NEW.retry_at IS NULL, 1, -1),
+				served = IIF(NEW.state = 1, (SELECT MAX(served) FROM owners) + 1, served)
+				WHERE owner = NEW.owner;
+		END;`,
 	}
 }
 
@@ -167,7 +204,7 @@ const (
 	// returnColumns are a row's fields as the scanner expects them, for RETURNING after a write
 	// that leaves the row consistent (no lapsed lease to compute).
 	returnColumns = `id, state, pending, attempts, max_attempts, token, error, created_at, started_at, finished_at,
-		CASE WHEN state = 1 THEN lease_until END, op, ` + retryAt + `, retries`
+		CASE WHEN state = 1 THEN lease_until END, op, ` + retryAt + `, retries, owner`
 
 	// taskColumns computes a lapsed lease's outcome without writing, so readers stay on the
 	// read-only pool; the next Claim makes it so in the table, with the same values.
@@ -180,15 +217,15 @@ const (
 		created_at, started_at,
 		CASE WHEN ` + lapsedOut + ` THEN lease_until ELSE finished_at END,
 		CASE WHEN state = 1 AND lease_until > :now THEN lease_until END,
-		op, ` + retryAt + `, retries`
+		op, ` + retryAt + `, retries, owner`
 
-	createSQL = `INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, op)
-		SELECT IFNULL(MAX(id), -1) + 1, 0, :pending, 0, :max_attempts, :now, :op FROM tasks
+	createSQL = `INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, op, owner)
+		SELECT IFNULL(MAX(id), -1) + 1, 0, :pending, 0, :max_attempts, :now, :op, :owner FROM tasks
 		RETURNING id`
 
 	// createKeyedSQL is createSQL keeping the idempotency key with the task.
-	createKeyedSQL = `INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, op, idem_key)
-		SELECT IFNULL(MAX(id), -1) + 1, 0, :pending, 0, :max_attempts, :now, :op, :key FROM tasks
+	createKeyedSQL = `INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, op, idem_key, owner)
+		SELECT IFNULL(MAX(id), -1) + 1, 0, :pending, 0, :max_attempts, :now, :op, :key, :owner FROM tasks
 		RETURNING ` + returnColumns
 
 	// findKeySQL reads the task created with an idempotency key, through the unique index.
@@ -215,10 +252,15 @@ const (
 	// settleSQL clears the retry_at that came due, which puts those tasks in the claimable index.
 	settleSQL = `UPDATE tasks SET retry_at = NULL WHERE retry_at <= :now`
 
-	// claimSQL needs not clear retry_at: the claimable index holds only rows without one.
+	// claimSQL takes the lowest claimable id of the owner whose turn it is: the least recently served
+	// one with claimable tasks (the trigger marks it served). It needs not clear retry_at: the
+	// claimable index holds only rows without one.
 	claimSQL = `UPDATE tasks
 		SET state = 1, attempts = attempts + 1, token = token + 1, started_at = :now, lease_until = :until
-		WHERE id = (SELECT id FROM tasks WHERE state = 0 AND pending = 0 AND retry_at IS NULL ORDER BY id LIMIT 1)
+		WHERE id = (SELECT id FROM tasks
+			WHERE owner = (SELECT owner FROM owners WHERE queued > 0 ORDER BY served, owner LIMIT 1)
+				AND state = 0 AND pending = 0 AND retry_at IS NULL
+			ORDER BY owner, id LIMIT 1)
 		RETURNING ` + returnColumns
 
 	extendSQL = `UPDATE tasks SET lease_until = :until
@@ -463,7 +505,7 @@ func (s *Store) Create(ctx context.Context, p taskstore.CreateParams) (int64, er
 	// One writer connection serializes inserts, so MAX(id)+1 yields consecutive ids.
 	var id int64
 	err := s.create.QueryRowContext(ctx, sql.Named("pending", p.Pending), sql.Named("max_attempts", p.Attempts()),
-		sql.Named("now", nanos(s.now())), sql.Named("op", p.Op)).Scan(&id)
+		sql.Named("now", nanos(s.now())), sql.Named("op", p.Op), sql.Named("owner", p.Owner)).Scan(&id)
 	if err != nil {
 		return 0, fmt.Errorf("sqlitestore: create: %w", s.classify(err))
 	}
@@ -521,7 +563,7 @@ func (s *Store) createOnce(ctx context.Context, p taskstore.CreateParams, key st
 		return taskstore.Task{}, false, err
 	}
 	t, err = scanTask(tx.StmtContext(ctx, s.createKeyed).QueryRowContext(ctx, sql.Named("pending", p.Pending),
-		sql.Named("max_attempts", p.Attempts()), sql.Named("now", nanos(now)), sql.Named("op", p.Op),
+		sql.Named("max_attempts", p.Attempts()), sql.Named("now", nanos(now)), sql.Named("op", p.Op), sql.Named("owner", p.Owner),
 		sql.Named("key", key)))
 	if err != nil {
 		return taskstore.Task{}, false, err
@@ -934,7 +976,7 @@ func scanTask(sc scanner) (taskstore.Task, error) {
 		started, finished, leaseTo, retryAt sql.NullInt64
 	)
 	if err := sc.Scan(&t.ID, &state, &t.Pending, &t.Attempts, &t.MaxAttempts, &t.Token, &t.Error,
-		&created, &started, &finished, &leaseTo, &t.Op, &retryAt, &t.Retries); err != nil {
+		&created, &started, &finished, &leaseTo, &t.Op, &retryAt, &t.Retries, &t.Owner); err != nil {
 		return taskstore.Task{}, err
 	}
 	t.State = wire.State(state)

@@ -378,6 +378,7 @@ func TestQueryPlansUseIndexes(t *testing.T) {
 		args               []any
 	}{
 		{"claim", claimSQL, claimableIndex, []any{now, until}},
+		{"claim's turn", claimSQL, turnIndex, []any{now, until}},
 		{"sweep", sweepSQL, leaseIndex, []any{now}},
 		{"settle", settleSQL, retryIndex, []any{now}},
 		{"find key", findKeySQL, keyIndex, []any{sql.Named("key", "k"), now}},
@@ -402,7 +403,7 @@ func TestQueryPlansUseIndexes(t *testing.T) {
 		for _, line := range plan {
 			// "SCAN tasks USING COVERING INDEX x" walks the partial index and stops at LIMIT 1;
 			// a bare "SCAN tasks" reads the whole table.
-			if strings.TrimSpace(line) == "SCAN tasks" {
+			if l := strings.TrimSpace(line); l == "SCAN tasks" || l == "SCAN owners" {
 				t.Errorf("%s plan has a full table scan:\n%s", tc.name, text)
 			}
 		}
@@ -724,13 +725,17 @@ func TestMigrateFromV4(t *testing.T) {
 }
 
 // fill appends n claimable tasks in one statement; Create per task would take minutes for 1M.
-func fill(tb testing.TB, s *Store, n int) {
+func fill(tb testing.TB, s *Store, n int) { fillOwned(tb, s, n, 0) }
+
+// fillOwned is fill with the tasks dealt round to owners "o0", "o1", ... (owner "" when owners is 0).
+func fillOwned(tb testing.TB, s *Store, n, owners int) {
 	tb.Helper()
 	_, err := s.w.ExecContext(context.Background(), `
 		WITH RECURSIVE seq(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM seq WHERE x + 1 < :n)
-		INSERT INTO tasks (id, state, pending, attempts, created_at)
-		SELECT (SELECT IFNULL(MAX(id), -1) + 1 FROM tasks) + x, 0, 0, 0, :now FROM seq`,
-		sql.Named("n", n), sql.Named("now", time.Now().UnixNano()))
+		INSERT INTO tasks (id, state, pending, attempts, created_at, owner)
+		SELECT (SELECT IFNULL(MAX(id), -1) + 1 FROM tasks) + x, 0, 0, 0, :now,
+			IIF(:owners = 0, '', 'o' || (x % MAX(:owners, 1))) FROM seq`,
+		sql.Named("n", n), sql.Named("now", time.Now().UnixNano()), sql.Named("owners", owners))
 	if err != nil {
 		tb.Fatalf("fill %d: %v", n, err)
 	}

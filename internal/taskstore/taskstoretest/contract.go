@@ -68,6 +68,12 @@ func Run(t *testing.T, open OpenFunc) {
 		{"ConcurrentCreateOnce", testConcurrentCreateOnce},
 		{"Abandon", testAbandon},
 		{"CanceledContext", testCanceledContext},
+		{"OwnerKept", testOwnerKept},
+		{"FairBurst", testFairBurst},
+		{"FairInterleave", testFairInterleave},
+		{"FairNoOwner", testFairNoOwner},
+		{"FairRequeued", testFairRequeued},
+		{"FairConcurrent", testFairConcurrent},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

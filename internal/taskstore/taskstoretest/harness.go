@@ -137,7 +137,8 @@ func sameTask(got, want taskstore.Task) bool {
 		got.Attempts == want.Attempts && got.MaxAttempts == want.MaxAttempts && got.Token == want.Token &&
 		got.Error == want.Error && got.Op == want.Op && got.CreatedAt.Equal(want.CreatedAt) &&
 		got.StartedAt.Equal(want.StartedAt) && got.FinishedAt.Equal(want.FinishedAt) &&
-		got.LeaseUntil.Equal(want.LeaseUntil) && got.RetryAt.Equal(want.RetryAt) && got.Retries == want.Retries
+		got.LeaseUntil.Equal(want.LeaseUntil) && got.RetryAt.Equal(want.RetryAt) && got.Retries == want.Retries &&
+		got.Owner == want.Owner
 }
 
 // checkTasks compares two task lists with checkTask.
@@ -158,7 +159,7 @@ func format(x taskstore.Task) string {
 		}
 		return tm.UTC().Format(time.RFC3339Nano)
 	}
-	return fmt.Sprintf("{ID:%d State:%v Pending:%v Attempts:%d/%d Token:%d Op:%q Error:%q Created:%s Started:%s Finished:%s LeaseUntil:%s RetryAt:%s Retries:%d}",
+	return fmt.Sprintf("{ID:%d State:%v Pending:%v Attempts:%d/%d Token:%d Op:%q Error:%q Created:%s Started:%s Finished:%s LeaseUntil:%s RetryAt:%s Retries:%d Owner:%q}",
 		x.ID, x.State, x.Pending, x.Attempts, x.MaxAttempts, x.Token, x.Op, x.Error,
-		tf(x.CreatedAt), tf(x.StartedAt), tf(x.FinishedAt), tf(x.LeaseUntil), tf(x.RetryAt), x.Retries)
+		tf(x.CreatedAt), tf(x.StartedAt), tf(x.FinishedAt), tf(x.LeaseUntil), tf(x.RetryAt), x.Retries, x.Owner)
 }
