@@ -114,7 +114,7 @@ func TestAPIKeysRateLimit(t *testing.T) {
 	s.created(t, upload(nil)) // the address's own bucket
 }
 
-// TestOwnerHeaderIgnoredUntrusted: a master that does not require its token takes the owner from the
+// TestOwnerHeaderIgnoredUntrusted: a master that does not trust its callers (--insecure, no token) takes the owner from the
 // connection, whatever the caller claims.
 func TestOwnerHeaderIgnoredUntrusted(t *testing.T) {
 	s := newStackWith(t, frontend.Limits{APIKeys: testAPIKeys(t)})

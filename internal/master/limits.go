@@ -46,7 +46,8 @@ type Limits struct {
 	MaxQueued int64
 	// TrustOwner takes the owner of an upload's task (whom claims serve in turn) from wire.OwnerHeader
 	// when a request carries it, rather than from the client's address. Run sets it when the master
-	// requires its token: then every request comes from a holder of the token (the frontend).
+	// requires its token (every request comes from a holder of it, such as the frontend) or listens on
+	// loopback only without one (every caller is a process of the machine); not with --insecure.
 	TrustOwner bool
 }
 

@@ -493,7 +493,9 @@ func Run(ctx context.Context, cfg Config) error {
 	db := client.NewDatabase(cfg.HTTP, client.NewResolver(cfg.KV, wire.DatabaseKey, client.ResolveTTL))
 	storage := client.NewStorage(cfg.HTTP, client.NewResolver(cfg.KV, wire.StorageKey, client.ResolveTTL))
 	limits := cfg.Limits
-	limits.TrustOwner = cfg.Token != ""
+	// Without a token the master listens on loopback only (service.Run refuses otherwise), so every caller
+	// is a process of this machine, as trusted as the frontend; --insecure opens it to anyone.
+	limits.TrustOwner = cfg.Token != "" || !cfg.Insecure
 	return service.Run(ctx, cfg.Spec(service.Spec{Handler: NewServer(db, storage, limits),
 		RegisterAs: wire.MasterKey, KV: cfg.KV, Internal: true, Metrics: metrics.New("master")}))
 }
