@@ -145,7 +145,7 @@ func decodeWholeTIFF(ctx context.Context, r io.Reader, er *errReader, maxPixels 
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: %v", ErrDecode, err)
 	}
-	h := Header{Format: "tiff", Width: cfg.Width, Height: cfg.Height}
+	h := Header{Format: "tiff", Width: cfg.Width, Height: cfg.Height, Depth: depth(cfg.ColorModel)}
 	if err := h.CheckSize(0, maxPixels); err != nil {
 		return nil, "", err
 	}
