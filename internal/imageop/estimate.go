@@ -85,6 +85,7 @@ const (
 	nsSharpen      = 3.0  // per pixel of the unsharp mask's own arithmetic
 	nsTranspose    = 3.0  // per pixel of a quarter turn of 4-byte pixels
 	nsMirror       = 1.0  // per 4 bytes of a flip or half turn
+	nsFlipH        = 1.6  // per pixel of a horizontal flip of 4-byte pixels
 	nsMirror16     = 3.5  // per pixel of a horizontal flip or half turn of 8-byte pixels
 	decoderScratch = 32 << 10
 	pngEncScratch  = 1 << 20 // zlib's window and hash chains, rows, the batch and chunk buffers
@@ -314,8 +315,11 @@ func (o op) model(m modelImage) (float64, int64, modelImage) {
 			ns, mem, out = toRGBA8(m)
 		}
 		mirror := nsMirror * out.kind.bytesPerPixel() / 4
-		if out.kind == kindRGBA16 && !(o.kind == opFlip && o.vertical) {
+		switch {
+		case out.kind == kindRGBA16 && !(o.kind == opFlip && o.vertical):
 			mirror = nsMirror16 // reversing a row of 8-byte pixels goes a byte at a time
+		case o.kind == opFlip && !o.vertical:
+			mirror = nsFlipH // reverses each row in place, half of it read twice
 		}
 		return ns + mirror*px, mem, out
 	}
