@@ -235,9 +235,9 @@ func (p *Processor) encode(ctx context.Context, w io.Writer, img image.Image, fo
 		if quality <= 0 || quality > 100 {
 			quality = DefaultJPEGQuality
 		}
-		m, err := forJPEG(ctx, img)
-		if err != nil {
-			return err
+		m, ferr := forJPEG(ctx, img)
+		if ferr != nil {
+			return ferr
 		}
 		defer func() {
 			if r := recover(); r != nil {
