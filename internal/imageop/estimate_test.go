@@ -228,11 +228,20 @@ func measureCase(t testing.TB, inputs *inputCache, c estimateCase, size, runs in
 // of the measured ones. CPU time is the thread's own (user and system), the least of three runs, so
 // that other processes on a busy machine do not count; memory is what the part allocates on top of
 // its input (see measured). Under the race detector the code runs several times slower, so only
-// memory is compared there.
+// memory is compared there, at two sizes.
 func TestEstimateMatchesMeasured(t *testing.T) {
 	sizes := []int{256, 1024, 2048}
-	if testing.Short() || raceEnabled {
+	switch {
+	case raceEnabled:
+		sizes = []int{256, 512} // memory only: enough to tell pixels from fixed buffers
+	case testing.Short():
 		sizes = []int{256, 512, 1024}
+	}
+	// Under the race detector sync.Pool drops what it is given at random, so buffers that are pooled
+	// (the PNG encoder's, zlib's) are allocated afresh and the measure overstates the memory held.
+	minMemRatio := 0.5
+	if raceEnabled {
+		minMemRatio = 0.25
 	}
 	_, cpuOK := threadCPU()
 	checkCPU := cpuOK && !raceEnabled
@@ -270,7 +279,7 @@ func TestEstimateMatchesMeasured(t *testing.T) {
 				if checkCPU && est.CPU > 0 && (cpuRatio < 0.5 || cpuRatio > 2) {
 					t.Errorf("%s: estimated %.2f ms of CPU, measured %.2f ms: %.2f times", est.Name, ms(est.CPU), ms(got.cpu), cpuRatio)
 				}
-				if memRatio < 0.5 || memRatio > 2 {
+				if memRatio < minMemRatio || memRatio > 2 {
 					t.Errorf("%s: estimated %.1f MB held, measured %.1f MB: %.2f times", est.Name, mb(est.Memory), mb(got.memory), memRatio)
 				}
 			}

@@ -138,9 +138,9 @@ func TestStopsSoonAfterContextEnds(t *testing.T) {
 // fails with an error that is context.DeadlineExceeded, well before the task would have ended, and
 // leaves no goroutine behind.
 func TestApplyContextDeadline(t *testing.T) {
-	size := 2048
+	size := 1024
 	if testing.Short() || raceEnabled {
-		size = 1024
+		size = 512
 	}
 	var inputs inputCache
 	data := inputs.get(t, "png", size)
