@@ -144,13 +144,16 @@ func TestApplyContextDeadline(t *testing.T) {
 	}
 	var inputs inputCache
 	data := inputs.get(t, "png", size)
-	chain := mustChain(t, "blur:6,sharpen:10,rotate:90,convert:jpeg")
+	chain := mustChain(t, "blur:6,blur:6,blur:6,sharpen:10,rotate:90,convert:jpeg")
 	p := NewProcessor()
-	start := time.Now()
-	if _, err := p.ApplyContext(context.Background(), io.Discard, bytes.NewReader(data), chain); err != nil {
-		t.Fatal(err)
+	var whole time.Duration // the longer of two runs: the bounds below are wide for a busy machine
+	for range 2 {
+		start := time.Now()
+		if _, err := p.ApplyContext(context.Background(), io.Discard, bytes.NewReader(data), chain); err != nil {
+			t.Fatal(err)
+		}
+		whole = max(whole, time.Since(start))
 	}
-	whole := time.Since(start)
 	goroutines := runtime.NumGoroutine()
 	for _, at := range []time.Duration{0, whole / 10, whole / 3} {
 		ctx, cancel := context.WithTimeout(context.Background(), at)
@@ -162,7 +165,7 @@ func TestApplyContextDeadline(t *testing.T) {
 			t.Fatalf("deadline after %v: got %v, want context.DeadlineExceeded", at, err)
 		}
 		// Wall time, so with a wide margin: a busy machine may stall the run for a while.
-		if bound := at + (whole-at)/2; took > bound {
+		if bound := at + (whole-at)*2/3; took > bound {
 			t.Errorf("deadline after %v of a %v task: returned after %v, over %v", at, whole, took, bound)
 		}
 	}
