@@ -72,7 +72,8 @@ const (
 	nsEncodeJPEG   = 22.0 // per pixel, from YCbCr or RGBA
 	nsEncodePNG8   = 60.0 // per pixel at the default compression
 	nsEncodePNG16  = 290.0
-	nsSwap8        = 0.8 // per pixel, in place
+	nsEncodePNG1   = 40.0 // paletted or gray, a byte a pixel
+	nsSwap8        = 0.8  // per pixel, in place
 	nsSwap16       = 0.55
 	nsLUT          = 2.0  // per pixel: invert, brightness, contrast, gamma, grayscale
 	nsFromYCbCr    = 2.5  // per pixel converted to RGBA
@@ -86,6 +87,7 @@ const (
 	nsTranspose    = 3.0  // per pixel of a quarter turn of 4-byte pixels
 	nsMirror       = 1.0  // per 4 bytes of a flip or half turn
 	nsFlipH        = 1.6  // per pixel of a horizontal flip of 4-byte pixels
+	nsMirror1      = 0.5  // per pixel of a flip or half turn of 1-byte pixels
 	nsMirror16     = 3.5  // per pixel of a horizontal flip or half turn of 8-byte pixels
 	decoderScratch = 32 << 10
 	pngEncScratch  = 1 << 20 // zlib's window and hash chains, rows, the batch and chunk buffers
@@ -111,10 +113,11 @@ func pngLevelFactor(level int) float64 {
 type pixKind uint8
 
 const (
-	kindRGBA8  pixKind = iota // NRGBA, RGBA, and what converts to them alike (paletted, gray)
-	kindRGBA16                // NRGBA64, RGBA64 (16-bit PNG and TIFF)
-	kindYCbCr                 // a JPEG's or a lossy WebP's planes
-	kindGray                  // a JPEG made grayscale keeps its Y plane
+	kindRGBA8    pixKind = iota // NRGBA, RGBA, and what converts to them alike (paletted, gray)
+	kindRGBA16                  // NRGBA64, RGBA64 (16-bit PNG and TIFF)
+	kindYCbCr                   // a JPEG's or a lossy WebP's planes
+	kindGray                    // a JPEG made grayscale keeps its Y plane
+	kindPaletted                // a GIF: tone operations and swap change only its palette
 )
 
 // bytesPerPixel of each kind, as the estimate counts them (a JPEG's planes between 4:2:0's 1.5 and
@@ -125,7 +128,7 @@ func (k pixKind) bytesPerPixel() float64 {
 		return 8
 	case kindYCbCr:
 		return 1.75
-	case kindGray:
+	case kindGray, kindPaletted:
 		return 1
 	}
 	return 4
@@ -148,7 +151,7 @@ func (c Chain) Estimate(h Header) Estimate {
 	return c.estimate(h, 0)
 }
 
-// EstimateFor is Estimate for p's PNG compression level.
+// Estimate is Chain.Estimate for p's PNG compression level.
 func (p *Processor) Estimate(c Chain, h Header) Estimate {
 	return c.estimate(h, int(p.PNGCompression))
 }
@@ -185,11 +188,11 @@ func decodeModel(h Header) modelImage {
 	case h.Format == "jpeg":
 		k = kindYCbCr
 	}
+	if h.Format == "gif" {
+		k = kindPaletted
+	}
 	m := modelImage{w: h.Width, h: h.Height, kind: k}
 	m.held = bytesOf(k, m.w, m.h)
-	if h.Format == "gif" { // paletted: a byte a pixel, converted when an operation needs RGBA
-		m.held = int64(m.px())
-	}
 	return m
 }
 
@@ -251,7 +254,7 @@ func (o op) model(m modelImage) (float64, int64, modelImage) {
 		switch m.kind {
 		case kindRGBA16:
 			return nsSwap16 * px, m.held, m
-		case kindGray:
+		case kindGray, kindPaletted:
 			return 0, m.held, m
 		}
 		ns, mem, out := toRGBA8(m)
@@ -260,14 +263,17 @@ func (o op) model(m modelImage) (float64, int64, modelImage) {
 		switch m.kind {
 		case kindYCbCr: // keeps the Y plane
 			return 0, m.held, modelImage{w: m.w, h: m.h, kind: kindGray, held: m.held}
-		case kindGray:
+		case kindGray, kindPaletted:
 			return 0, m.held, m
 		}
 		ns, mem, out := toRGBA8(m)
 		return ns + nsLUT*px, mem, out
 	case opInvert, opBrightness, opContrast, opGamma:
-		if m.kind == kindGray {
+		switch m.kind {
+		case kindGray:
 			return nsLUT / 4 * px, m.held, m
+		case kindPaletted:
+			return 0, m.held, m
 		}
 		ns, mem, out := toRGBA8(m)
 		return ns + nsLUT*px, mem, out
@@ -305,8 +311,11 @@ func (o op) model(m modelImage) (float64, int64, modelImage) {
 				k, ns = kindRGBA8, ns+nsFromYCbCr*px
 			}
 			out := modelImage{w: m.h, h: m.w, kind: k, held: bytesOf(k, m.h, m.w)}
-			if k == kindRGBA16 {
+			switch k {
+			case kindRGBA16:
 				ns *= 2.5
+			case kindPaletted, kindGray:
+				ns *= 0.45
 			}
 			return ns, m.held + out.held, out
 		}
@@ -315,10 +324,13 @@ func (o op) model(m modelImage) (float64, int64, modelImage) {
 			ns, mem, out = toRGBA8(m)
 		}
 		mirror := nsMirror * out.kind.bytesPerPixel() / 4
+		horizontal := !(o.kind == opFlip && o.vertical) // reverses rows
 		switch {
-		case out.kind == kindRGBA16 && !(o.kind == opFlip && o.vertical):
+		case out.kind.bytesPerPixel() == 1:
+			mirror = nsMirror1
+		case out.kind == kindRGBA16 && horizontal:
 			mirror = nsMirror16 // reversing a row of 8-byte pixels goes a byte at a time
-		case o.kind == opFlip && !o.vertical:
+		case o.kind == opFlip && horizontal:
 			mirror = nsFlipH // reverses each row in place, half of it read twice
 		}
 		return ns + mirror*px, mem, out
@@ -396,8 +408,11 @@ func encodeModel(m modelImage, format string, pngLevel int) (float64, int64) {
 	px := m.px()
 	if format == "jpeg" {
 		ns, mem := 0.0, m.held
-		if m.kind == kindRGBA16 {
+		switch m.kind {
+		case kindRGBA16:
 			ns, mem, _ = toRGBA8(m)
+		case kindPaletted:
+			ns = nsEncodeJPEG / 2 * px // image/jpeg reads paletted pixels one interface call at a time
 		}
 		return ns + nsEncodeJPEG*px, mem + decoderScratch
 	}
@@ -406,8 +421,11 @@ func encodeModel(m modelImage, format string, pngLevel int) (float64, int64) {
 		ns, mem, _ = toRGBA8(m)
 	}
 	perPixel, bpp := nsEncodePNG8, int64(4)
-	if m.kind == kindRGBA16 {
+	switch m.kind {
+	case kindRGBA16:
 		perPixel, bpp = nsEncodePNG16, 8
+	case kindPaletted, kindGray:
+		perPixel, bpp = nsEncodePNG1, 1
 	}
 	return ns + perPixel*pngLevelFactor(pngLevel)*px, mem + pngEncScratch + 3*bpp*int64(m.w)
 }

@@ -51,6 +51,10 @@ func estimateCases() []estimateCase {
 	for _, spec := range []string{"swap", "invert", "blur:2", "resize:%hx%h", "rotate:90", "rotate:180", "flip:v"} {
 		cs = append(cs, estimateCase{"png16", "op", spec})
 	}
+	for _, spec := range []string{"swap", "blur:2", "rotate:90", "flip:h"} {
+		cs = append(cs, estimateCase{"gif", "op", spec})
+	}
+	cs = append(cs, estimateCase{"gif", "encode", "convert:png"}, estimateCase{"gif", "encode", "convert:jpeg"})
 	return cs
 }
 
