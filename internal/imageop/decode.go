@@ -75,10 +75,7 @@ func decode(ctx context.Context, src io.Reader, maxPixels int64, check func(w, h
 	if err := h.CheckSize(0, maxPixels); err != nil {
 		return nil, "", err
 	}
-	o := orientNormal
-	if h.Format == "jpeg" {
-		o = jpegOrientation(prefix)
-	}
+	o := max(h.Orientation, orientNormal)
 	if check != nil {
 		w, ht := h.Width, h.Height
 		if o >= orientTranspose {

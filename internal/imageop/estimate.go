@@ -13,7 +13,7 @@ import (
 type Estimate struct {
 	CPU    time.Duration  // CPU time on one core of decode + every step + encode
 	Memory int64          // peak bytes held at once (input, output and scratch buffers of the costliest moment, decoder included)
-	Steps  []StepEstimate // "decode <format> WxH", each operation as its canonical spec "on WxH", "encode <format> WxH"
+	Steps  []StepEstimate // "decode <format> WxH", "turn upright ..." for a JPEG's EXIF orientation, each operation as its canonical spec "on WxH", "encode <format> WxH"
 }
 
 // StepEstimate is one step's part of an Estimate: its CPU time, and the bytes held while it runs
@@ -166,6 +166,19 @@ func (c Chain) estimate(h Header, pngLevel int) Estimate {
 	}
 	img := decodeModel(h)
 	add(fmt.Sprintf("decode %s %dx%d", h.Format, h.Width, h.Height), decodeNS(h)*img.px(), decodeHeld(h, img))
+	if h.Orientation > orientNormal && h.Orientation <= orientRotate270 {
+		// Decode turns the image upright: into a new NRGBA, as the planes have no pixel buffer.
+		name := fmt.Sprintf("turn upright (EXIF orientation %d) %dx%d", h.Orientation, img.w, img.h)
+		ns, mem, out := toRGBA8(img)
+		if h.Orientation >= orientTranspose {
+			ns += nsTranspose * img.px()
+			out.w, out.h = img.h, img.w
+		} else {
+			ns += nsFlipH * img.px()
+		}
+		img = out
+		add(name, ns, mem)
+	}
 	for _, o := range c.steps() {
 		name := fmt.Sprintf("%s on %dx%d", o, img.w, img.h)
 		var ns float64

@@ -55,6 +55,7 @@ func estimateCases() []estimateCase {
 		cs = append(cs, estimateCase{"gif", "op", spec})
 	}
 	cs = append(cs, estimateCase{"gif", "encode", "convert:png"}, estimateCase{"gif", "encode", "convert:jpeg"})
+	cs = append(cs, estimateCase{"jpeg-exif6", "decode", "convert:png"}, estimateCase{"jpeg-exif3", "decode", "convert:png"})
 	return cs
 }
 
@@ -79,6 +80,9 @@ func encodeInput(t testing.TB, input string, size int) []byte {
 		err = (&Processor{}).encode(context.Background(), &b, m16, "png", 0)
 	case "jpeg":
 		err = jpeg.Encode(&b, m, &jpeg.Options{Quality: 85})
+	case "jpeg-exif3", "jpeg-exif6":
+		err = jpeg.Encode(&b, m, &jpeg.Options{Quality: 85})
+		b = *bytes.NewBuffer(withExif(b.Bytes(), int(input[len(input)-1]-'0'), false))
 	case "gif":
 		err = gif.Encode(&b, m, nil)
 	case "bmp":
@@ -178,6 +182,18 @@ func measure(t testing.TB, runs int, prepare func() (run func(), held int64)) me
 	return m
 }
 
+// decodeSteps is the decode step of est, with the turn upright that follows it for a JPEG's EXIF
+// orientation, which Decode does too.
+func decodeSteps(est Estimate) StepEstimate {
+	s := est.Steps[0]
+	if t := est.Steps[1]; strings.HasPrefix(t.Name, "turn upright") {
+		s.Name += ", " + t.Name
+		s.CPU += t.CPU
+		s.Memory = max(s.Memory, t.Memory)
+	}
+	return s
+}
+
 // measureCase measures the part of c on a size×size input and returns it with the estimate's step.
 func measureCase(t testing.TB, inputs *inputCache, c estimateCase, size, runs int) (measured, StepEstimate) {
 	data := inputs.get(t, c.input, size)
@@ -201,7 +217,7 @@ func measureCase(t testing.TB, inputs *inputCache, c estimateCase, size, runs in
 					t.Fatal(err)
 				}
 			}, 0
-		}), est.Steps[0]
+		}), decodeSteps(est)
 	case "encode":
 		img := decodeAny(t, data)
 		p := &Processor{}

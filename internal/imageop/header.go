@@ -39,6 +39,9 @@ type Header struct {
 	// Depth is the bits per channel, 8 or 16: 16 where the format says so (PNG's IHDR bit depth,
 	// TIFF's BitsPerSample), 8 otherwise. A 16-bit image decodes to 8 bytes a pixel.
 	Depth int
+	// Orientation is a JPEG's EXIF orientation when it is not upright (2-8: Decode turns the
+	// image, so Width and Height are as stored, swapped from 5 on), 0 otherwise.
+	Orientation int
 }
 
 // Pixels is the image's pixel count, width × height.
@@ -143,7 +146,13 @@ func ReadHeader(r io.Reader, limit int) (h Header, prefix []byte, err error) {
 		case derr == nil && (cfg.Width <= 0 || cfg.Height <= 0):
 			return Header{}, buf, &imageError{kind: ErrDecode, msg: fmt.Sprintf("%s image has no pixels (%dx%d)", name, cfg.Width, cfg.Height)}
 		case derr == nil:
-			return Header{Format: format, Width: cfg.Width, Height: cfg.Height, Depth: depth(cfg.ColorModel)}, buf, nil
+			h := Header{Format: format, Width: cfg.Width, Height: cfg.Height, Depth: depth(cfg.ColorModel)}
+			if format == "jpeg" {
+				if o := jpegOrientation(buf); o != orientNormal {
+					h.Orientation = o
+				}
+			}
+			return h, buf, nil
 		case !pr.hitEnd:
 			return Header{}, buf, &imageError{kind: ErrDecode, msg: fmt.Sprintf("%s: malformed %s header (%v)", NotImageMessage, name, derr)}
 		case eof:

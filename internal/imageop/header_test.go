@@ -90,7 +90,7 @@ func TestReadHeader(t *testing.T) {
 				if err != nil {
 					t.Fatalf("ReadHeader: %v", err)
 				}
-				if want := (Header{tc.format, tc.width, tc.height, tc.depth}); h != want {
+				if want := (Header{Format: tc.format, Width: tc.width, Height: tc.height, Depth: tc.depth}); h != want {
 					t.Errorf("header %+v, want %+v", h, want)
 				}
 				if len(prefix) > tc.maxPrefix {
@@ -168,15 +168,15 @@ func TestCheckSize(t *testing.T) {
 		msg      string
 		tooLarge bool
 	}{
-		{Header{"png", 100_000, 100_000, 8}, 16384, 50_000_000, "image is 100000x100000 pixels, over the limit of 16384 pixels per side", true},
-		{Header{"png", 16384, 1, 8}, 16384, 50_000_000, "", false},
-		{Header{"png", 16385, 1, 8}, 16384, 50_000_000, "image is 16385x1 pixels, over the limit of 16384 pixels per side", true},
-		{Header{"jpeg", 1, 16385, 8}, 16384, 0, "image is 1x16385 pixels, over the limit of 16384 pixels per side", true},
-		{Header{"gif", 8000, 7000, 8}, 16384, 50_000_000, "image is 8000x7000 pixels, over the limit of 50000000 pixels (50 MP) in all", true},
-		{Header{"gif", 5000, 10_000, 8}, 16384, 50_000_000, "", false},
-		{Header{"png", 2000, 1251, 8}, 0, 2_500_000, "image is 2000x1251 pixels, over the limit of 2500000 pixels (2.5 MP) in all", true},
-		{Header{"png", 1 << 30, 1 << 30, 8}, 0, 0, "", false},
-		{Header{"png", 1 << 30, 1 << 30, 8}, -1, -1, "", false},
+		{Header{Format: "png", Width: 100_000, Height: 100_000, Depth: 8}, 16384, 50_000_000, "image is 100000x100000 pixels, over the limit of 16384 pixels per side", true},
+		{Header{Format: "png", Width: 16384, Height: 1, Depth: 8}, 16384, 50_000_000, "", false},
+		{Header{Format: "png", Width: 16385, Height: 1, Depth: 8}, 16384, 50_000_000, "image is 16385x1 pixels, over the limit of 16384 pixels per side", true},
+		{Header{Format: "jpeg", Width: 1, Height: 16385, Depth: 8}, 16384, 0, "image is 1x16385 pixels, over the limit of 16384 pixels per side", true},
+		{Header{Format: "gif", Width: 8000, Height: 7000, Depth: 8}, 16384, 50_000_000, "image is 8000x7000 pixels, over the limit of 50000000 pixels (50 MP) in all", true},
+		{Header{Format: "gif", Width: 5000, Height: 10_000, Depth: 8}, 16384, 50_000_000, "", false},
+		{Header{Format: "png", Width: 2000, Height: 1251, Depth: 8}, 0, 2_500_000, "image is 2000x1251 pixels, over the limit of 2500000 pixels (2.5 MP) in all", true},
+		{Header{Format: "png", Width: 1 << 30, Height: 1 << 30, Depth: 8}, 0, 0, "", false},
+		{Header{Format: "png", Width: 1 << 30, Height: 1 << 30, Depth: 8}, -1, -1, "", false},
 	} {
 		err := tc.h.CheckSize(tc.side, tc.pixels)
 		if tc.tooLarge != errors.Is(err, ErrTooLarge) || errors.Is(err, ErrDecode) || err != nil && err.Error() != tc.msg {
@@ -235,4 +235,17 @@ func mustTIFF(t testing.TB, m image.Image) []byte {
 		t.Fatal(err)
 	}
 	return b.Bytes()
+}
+
+func TestReadHeaderOrientation(t *testing.T) {
+	jpg := encodeJPEG(t, 17, 9)
+	for _, tc := range []struct {
+		in   []byte
+		want int
+	}{{jpg, 0}, {withExif(jpg, 1, false), 0}, {withExif(jpg, 6, false), 6}, {withExif(jpg, 3, true), 3}, {mustEncode(t, testimage.Pattern(5, 1)), 0}} {
+		h, _, err := ReadHeader(bytes.NewReader(tc.in), 0)
+		if err != nil || h.Orientation != tc.want || h.Width != 17 && h.Format == "jpeg" {
+			t.Errorf("ReadHeader = %+v, %v; want orientation %d, the stored 17x9", h, err, tc.want)
+		}
+	}
 }
