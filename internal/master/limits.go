@@ -127,10 +127,13 @@ func roughly(v float64) string {
 	return strconv.FormatFloat(v, 'g', 2, 64)
 }
 
-// timesOver spells how many times a limit a value over it is: "1.9 times", rounded up so that it
-// never says 1.0 of a value over the limit.
+// timesOver spells how many times a limit a value over it is, "1.9 times", or "just over" where that
+// rounds to 1.0.
 func timesOver(ratio float64) string {
-	return strconv.FormatFloat(math.Ceil(ratio*10)/10, 'f', 1, 64) + " times"
+	if s := strconv.FormatFloat(ratio, 'f', 1, 64); s != "1.0" {
+		return s + " times"
+	}
+	return "just over"
 }
 
 const (
