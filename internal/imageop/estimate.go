@@ -73,8 +73,8 @@ const (
 	nsEncodePNG8   = 60.0 // per pixel at the default compression
 	nsEncodePNG16  = 290.0
 	nsEncodePNG1   = 40.0 // paletted or gray, a byte a pixel
-	nsSwap8        = 0.8  // per pixel, in place
-	nsSwap16       = 0.55
+	nsSwap8        = 0.6  // per pixel, in place
+	nsSwap16       = 0.45
 	nsLUT          = 2.0  // per pixel: invert, brightness, contrast, gamma, grayscale
 	nsFromYCbCr    = 2.5  // per pixel converted to RGBA
 	nsFrom16       = 1.5  // per pixel converted from 16-bit to NRGBA

@@ -285,6 +285,12 @@ func TestEstimateMatchesMeasured(t *testing.T) {
 					runs = 1
 				}
 				got, est := measureCase(t, &inputs, c, size, runs)
+				// Other processes sharing the core's caches and memory bandwidth slow the thread
+				// down too: measure again, up to twice, when it took much longer than estimated.
+				for retry := 0; checkCPU && retry < 2 && float64(est.CPU) < 0.5*float64(got.cpu); retry++ {
+					again, _ := measureCase(t, &inputs, c, size, runs)
+					got.cpu = min(got.cpu, again.cpu)
+				}
 				cpuRatio := float64(est.CPU) / float64(got.cpu)
 				memRatio := float64(est.Memory) / float64(got.memory)
 				if verbose {
