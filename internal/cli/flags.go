@@ -5,6 +5,7 @@ import (
 	"image/png"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/imgmill/imgmill/internal/database"
 	"github.com/imgmill/imgmill/internal/engines"
@@ -116,8 +117,13 @@ func (f *flags) maxPixels(p *int64) {
 // the worker and the frontend.
 func (f *flags) masterLimits(l *master.Limits) {
 	l.MaxDimension, l.MaxQueued = master.DefaultMaxDimension, master.DefaultMaxQueued
+	l.MaxTaskCost, l.MaxTaskMemory = master.DefaultMaxTaskCost, master.DefaultMaxTaskMemory
 	f.Var(limitValue[int]{&l.MaxDimension}, "max-dimension", "largest accepted image width or height in pixels, read from its header (0: no limit)")
 	f.Var(limitValue[int64]{&l.MaxQueued}, "max-queued", "refuse uploads (503, Retry-After) while this many tasks are queued (0: no cap)")
+	f.Var(durationLimitValue{&l.MaxTaskCost}, "max-task-cost", "refuse uploads (413) whose operations, decode and encode included, are estimated from the image's header "+
+		"to take more CPU time than this on one core (0: no limit)")
+	f.Var(limitValue[int64]{&l.MaxTaskMemory}, "max-task-memory", "refuse uploads (413) whose task is estimated from the image's header and operations "+
+		"to hold more bytes of memory than this at once (0: no limit)")
 }
 
 // worker defines the worker's flags but --max-pixels.
@@ -262,6 +268,32 @@ func (l limitValue[T]) Set(s string) error {
 		if int64(*l.p) != n {
 			return fmt.Errorf("%d is too large", n)
 		}
+	}
+	return nil
+}
+
+// durationLimitValue is a limit flag that is a duration >= 0, where 0 is no limit (master.NoLimit in
+// the config).
+type durationLimitValue struct{ p *time.Duration }
+
+func (l durationLimitValue) String() string {
+	if l.p == nil || *l.p == master.NoLimit {
+		return "0s"
+	}
+	return l.p.String()
+}
+
+func (l durationLimitValue) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	switch {
+	case err != nil:
+		return fmt.Errorf("not a duration (such as 30s or 1m): %q", s)
+	case d < 0:
+		return fmt.Errorf("must be >= 0 (0: no limit), got %v", d)
+	case d == 0:
+		*l.p = master.NoLimit
+	default:
+		*l.p = d
 	}
 	return nil
 }

@@ -4,14 +4,15 @@ import (
 	"bytes"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/imgmill/imgmill/internal/master"
 )
 
 func TestLimitFlagsInHelp(t *testing.T) {
 	for cmd, flags := range map[string][]string{
-		"master": {"max-upload", "max-dimension", "max-pixels", "max-queued"},
-		"serve":  {"max-upload", "max-dimension", "max-pixels", "max-queued"},
+		"master": {"max-upload", "max-dimension", "max-pixels", "max-queued", "max-task-cost", "max-task-memory"},
+		"serve":  {"max-upload", "max-dimension", "max-pixels", "max-queued", "max-task-cost", "max-task-memory"},
 		"worker": {"max-pixels"},
 	} {
 		checkHelpLists(t, cmd, flags...)
@@ -36,21 +37,25 @@ func TestLimitFlags(t *testing.T) {
 	if want := (master.Limits{}).WithDefaults(); err != nil || l != want {
 		t.Errorf("default limits = %+v, %v; want %+v", l, err, want)
 	}
-	if want := (master.Limits{MaxUpload: 256 << 20, MaxDimension: 16384, MaxPixels: 50_000_000, MaxQueued: 10000}); l != want {
+	if want := (master.Limits{MaxUpload: 256 << 20, MaxDimension: 16384, MaxPixels: 50_000_000, MaxQueued: 10000,
+		MaxTaskCost: 30 * time.Second, MaxTaskMemory: 512 << 20}); l != want {
 		t.Errorf("default limits = %+v, want %+v", l, want)
 	}
 
 	env := map[string]string{"IMGMILL_MAX_DIMENSION": "4096", "IMGMILL_MAX_PIXELS": "1000000", "IMGMILL_MAX_QUEUED": "50",
-		"IMGMILL_MAX_UPLOAD": "1048576"}
+		"IMGMILL_MAX_UPLOAD": "1048576", "IMGMILL_MAX_TASK_COST": "1m30s", "IMGMILL_MAX_TASK_MEMORY": "1073741824"}
 	l, err = parseLimits(t, env)
-	if want := (master.Limits{MaxUpload: 1 << 20, MaxDimension: 4096, MaxPixels: 1_000_000, MaxQueued: 50}); err != nil || l != want {
+	if want := (master.Limits{MaxUpload: 1 << 20, MaxDimension: 4096, MaxPixels: 1_000_000, MaxQueued: 50,
+		MaxTaskCost: 90 * time.Second, MaxTaskMemory: 1 << 30}); err != nil || l != want {
 		t.Errorf("limits from the environment = %+v, %v; want %+v", l, err, want)
 	}
-	l, err = parseLimits(t, env, "--max-queued", "0", "--max-dimension", "100")
-	if want := (master.Limits{MaxUpload: 1 << 20, MaxDimension: 100, MaxPixels: 1_000_000, MaxQueued: master.NoLimit}); err != nil || l != want {
+	l, err = parseLimits(t, env, "--max-queued", "0", "--max-dimension", "100", "--max-task-cost", "0", "--max-task-memory", "0")
+	if want := (master.Limits{MaxUpload: 1 << 20, MaxDimension: 100, MaxPixels: 1_000_000, MaxQueued: master.NoLimit,
+		MaxTaskCost: master.NoLimit, MaxTaskMemory: master.NoLimit}); err != nil || l != want {
 		t.Errorf("limits from flags over the environment = %+v, %v; want %+v (0: no limit)", l, err, want)
 	}
-	for _, args := range [][]string{{"--max-queued", "-1"}, {"--max-pixels", "-5"}, {"--max-dimension", "many"}} {
+	for _, args := range [][]string{{"--max-queued", "-1"}, {"--max-pixels", "-5"}, {"--max-dimension", "many"},
+		{"--max-task-cost", "-1s"}, {"--max-task-cost", "30"}, {"--max-task-memory", "-1"}, {"--max-task-memory", "1GB"}} {
 		if _, err := parseLimits(t, nil, args...); !errors.Is(err, errUsage) {
 			t.Errorf("%v: err %v, want a usage error", args, err)
 		}

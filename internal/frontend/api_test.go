@@ -23,6 +23,7 @@ import (
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/publicid"
 	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/testimage"
 	"github.com/imgmill/imgmill/internal/wire"
 )
 
@@ -725,5 +726,19 @@ func sendAndClose(t *testing.T, baseURL, path, contentType string, body []byte, 
 	fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n", path, contentType, len(body))
 	if _, err := conn.Write(body[:n]); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestAPIPassesOnCostRefusal: the master's 413 for a chain over its cost limits reaches the client
+// as it said it, in JSON.
+func TestAPIPassesOnCostRefusal(t *testing.T) {
+	s := newStack(t)
+	tiny := append(testimage.PNGHeader(1, 1), make([]byte, 100)...)
+	op := "resize:7071x7071:exact" + strings.Repeat(",blur:6", 15)
+	r := s.createRaw(t, "?op="+url.QueryEscape(op), tiny)
+	var body httpapi.JSONError
+	if err := json.Unmarshal([]byte(r.Body), &body); err != nil || r.Status != http.StatusRequestEntityTooLarge ||
+		!strings.HasPrefix(body.Error, "op: the chain would take about ") || !strings.HasSuffix(body.Error, "times the limit of 30 s (--max-task-cost)") {
+		t.Errorf("a 1x1 PNG made 7071x7071 and blurred 15 times: %d %q, want 413 with the master's message", r.Status, r.Body)
 	}
 }

@@ -1,6 +1,7 @@
 package imageop
 
 import (
+	"context"
 	"fmt"
 	"image"
 	"image/jpeg"
@@ -20,13 +21,32 @@ import (
 // with ErrTooLarge before anything is decoded. Errors are as Process's, and a crop that misses the
 // image wraps ErrBadOp. On error, dst may have received partial output.
 func (p *Processor) Apply(dst io.Writer, src io.Reader, chain Chain) (contentType string, err error) {
-	return p.apply(dst, src, chain, "")
+	return p.apply(context.Background(), dst, src, chain, "")
 }
 
-func (p *Processor) apply(dst io.Writer, src io.Reader, chain Chain, format string) (string, error) {
+// ApplyContext is Apply that stops soon after ctx ends (within milliseconds for every operation, and
+// for decoding and encoding but where a decoder works without reading: see docs/ARCHITECTURE.md),
+// returning an error that wraps context.Cause(ctx)'s and ctx.Err(), so errors.Is(err,
+// context.DeadlineExceeded) holds for a deadline.
+func (p *Processor) ApplyContext(ctx context.Context, dst io.Writer, src io.Reader, chain Chain) (contentType string, err error) {
+	return p.apply(ctx, dst, src, chain, "")
+}
+
+func (p *Processor) apply(ctx context.Context, dst io.Writer, src io.Reader, chain Chain, format string) (string, error) {
+	ct, err := p.run(ctx, dst, src, chain, format)
+	if err != nil {
+		// Whatever failed once ctx ended (a read, a write, a loop) failed because it ended.
+		if serr := stopped(ctx); serr != nil {
+			return "", serr
+		}
+	}
+	return ct, err
+}
+
+func (p *Processor) run(ctx context.Context, dst io.Writer, src io.Reader, chain Chain, format string) (string, error) {
 	maxPixels := pixelLimit(p.MaxPixels)
 	steps := chain.steps()
-	img, input, err := decode(src, maxPixels, func(w, h int) error {
+	img, input, err := decode(ctx, src, maxPixels, func(w, h int) error {
 		_, _, err := planSizes(steps, w, h, maxPixels)
 		return err
 	})
@@ -40,14 +60,17 @@ func (p *Processor) apply(dst io.Writer, src io.Reader, chain Chain, format stri
 		if _, _, err := planSizes([]op{o}, b.Dx(), b.Dy(), maxPixels); err != nil {
 			return "", err
 		}
-		if img, err = o.apply(img); err != nil {
+		if err := stopped(ctx); err != nil {
+			return "", err
+		}
+		if img, err = o.apply(ctx, img); err != nil {
 			return "", err
 		}
 	}
 	if format == "" {
 		format = chain.OutputFormat(input)
 	}
-	if err := p.encode(dst, img, format, chain.quality); err != nil {
+	if err := p.encode(ctx, dst, img, format, chain.quality); err != nil {
 		return "", fmt.Errorf("imageop: encoding %s: %w", format, err)
 	}
 	return ContentType(format), nil
@@ -92,8 +115,9 @@ func (o op) size(w, h int) (int, int, error) {
 	return w, h, nil
 }
 
-// apply runs o on img, in place where it can; img must not be used afterwards.
-func (o op) apply(img image.Image) (image.Image, error) {
+// apply runs o on img, in place where it can; img must not be used afterwards. Once ctx ends it
+// stops with an error from stopped, leaving img partly changed.
+func (o op) apply(ctx context.Context, img image.Image) (image.Image, error) {
 	b := img.Bounds()
 	w, h := b.Dx(), b.Dy()
 	if w == 0 || h == 0 {
@@ -101,52 +125,52 @@ func (o op) apply(img image.Image) (image.Image, error) {
 	}
 	switch o.kind {
 	case opSwap:
-		return SwapRedGreen(img), nil
+		return swapRedGreen(ctx, img)
 	case opGrayscale:
-		return grayscale(img), nil
+		return grayscale(ctx, img)
 	case opInvert:
-		return applyLUT(img, invertLUT()), nil
+		return applyLUT(ctx, img, invertLUT())
 	case opBrightness:
-		return applyLUT(img, brightnessLUT(o.f)), nil
+		return applyLUT(ctx, img, brightnessLUT(o.f))
 	case opContrast:
-		return applyLUT(img, contrastLUT(o.f)), nil
+		return applyLUT(ctx, img, contrastLUT(o.f))
 	case opGamma:
-		return applyLUT(img, gammaLUT(o.f)), nil
+		return applyLUT(ctx, img, gammaLUT(o.f))
 	case opBlur:
-		return blur(img, o.f), nil
+		return blur(ctx, img, o.f)
 	case opSharpen:
-		return sharpen(img, o.f, o.g), nil
+		return sharpen(ctx, img, o.f, o.g)
 	case opResize:
 		dw, dh, r := o.resizeGeometry(w, h)
 		if dw == w && dh == h && r.Dx() == w && r.Dy() == h {
 			return img, nil
 		}
-		return resample(img, r, dw, dh, draw.CatmullRom), nil
+		return resample(ctx, img, r, dw, dh, draw.CatmullRom)
 	case opThumbnail:
 		dw, dh := o.thumbnailSize(w, h)
 		if dw == w && dh == h {
 			return img, nil
 		}
-		return resample(img, image.Rect(0, 0, w, h), dw, dh, draw.BiLinear), nil
+		return resample(ctx, img, image.Rect(0, 0, w, h), dw, dh, draw.BiLinear)
 	case opCrop:
 		r, err := o.cropRect(w, h)
 		if err != nil {
 			return nil, err
 		}
-		return cropTo(img, r), nil
+		return cropTo(ctx, img, r)
 	case opRotate:
 		switch o.w {
 		case 90:
-			return orient(img, orientRotate90), nil
+			return orient(ctx, img, orientRotate90)
 		case 270:
-			return orient(img, orientRotate270), nil
+			return orient(ctx, img, orientRotate270)
 		}
-		return orient(img, orientRotate180), nil
+		return orient(ctx, img, orientRotate180)
 	case opFlip:
 		if o.vertical {
-			return orient(img, orientFlipV), nil
+			return orient(ctx, img, orientFlipV)
 		}
-		return orient(img, orientFlipH), nil
+		return orient(ctx, img, orientFlipH)
 	}
 	return nil, fmt.Errorf("imageop: operation %v not implemented", o) // a bug: ParseChain made it
 }
@@ -201,8 +225,9 @@ func (o op) cropRect(w, h int) (image.Rectangle, error) {
 	return r, nil
 }
 
-// encode writes img to w as format, "png" or "jpeg"; quality 0 means the Processor's.
-func (p *Processor) encode(w io.Writer, img image.Image, format string, quality int) error {
+// encode writes img to w as format, "png" or "jpeg"; quality 0 means the Processor's. It stops
+// once ctx ends.
+func (p *Processor) encode(ctx context.Context, w io.Writer, img image.Image, format string, quality int) (err error) {
 	if format == "jpeg" {
 		if quality == 0 {
 			quality = p.JPEGQuality
@@ -210,30 +235,47 @@ func (p *Processor) encode(w io.Writer, img image.Image, format string, quality 
 		if quality <= 0 || quality > 100 {
 			quality = DefaultJPEGQuality
 		}
-		return jpeg.Encode(w, forJPEG(img), &jpeg.Options{Quality: quality})
+		m, ferr := forJPEG(ctx, img)
+		if ferr != nil {
+			return ferr
+		}
+		defer func() {
+			if r := recover(); r != nil {
+				a, ok := r.(abortEncode)
+				if !ok {
+					panic(r)
+				}
+				err = a.err
+			}
+		}()
+		return jpeg.Encode(&jpegWriter{ctxWriter{ctx, w}}, m, &jpeg.Options{Quality: quality})
 	}
-	return p.pngEnc.get(p.PNGCompression).Encode(w, forPNG(img))
+	m, err := forPNG(ctx, img)
+	if err != nil {
+		return err
+	}
+	return p.pngEnc.get(p.PNGCompression).EncodeContext(ctx, &ctxWriter{ctx, w}, m)
 }
 
 // forPNG converts the types the PNG encoder hands to image/png, which reads them only through At,
 // pixel by pixel.
-func forPNG(img image.Image) image.Image {
+func forPNG(ctx context.Context, img image.Image) (image.Image, error) {
 	switch img.(type) {
 	case *image.YCbCr, *image.NYCbCrA, *image.CMYK:
-		return toNRGBA(img)
+		return toNRGBA(ctx, img)
 	}
-	return img
+	return img, nil
 }
 
 // forJPEG returns img in a form the JPEG encoder reads fast (YCbCr, Gray, RGBA), with transparent
 // pixels flattened onto white, since JPEG has no alpha (the encoder alone would make them black).
 // It works in place where it can; img must not be used afterwards.
-func forJPEG(img image.Image) image.Image {
+func forJPEG(ctx context.Context, img image.Image) (image.Image, error) {
 	switch m := img.(type) {
 	case *image.YCbCr, *image.Gray:
-		return img
+		return img, nil
 	case *image.RGBA:
-		rows(&image.NRGBA{Pix: m.Pix, Stride: m.Stride, Rect: m.Rect}, func(row []byte) {
+		return m, rows(ctx, &image.NRGBA{Pix: m.Pix, Stride: m.Stride, Rect: m.Rect}, func(row []byte) {
 			for i := 0; i+4 <= len(row); i += 4 {
 				p := row[i : i+4 : i+4]
 				if a := p[3]; a != 255 { // premultiplied: over white adds 255-a to each channel
@@ -245,18 +287,20 @@ func forJPEG(img image.Image) image.Image {
 				}
 			}
 		})
-		return m
 	case *image.Paletted:
 		// The encoder reads paletted images per pixel, but they are small, usually.
-		return mapPalette(m, func(p *[4]byte) { flatten(p[:]) })
+		return mapPalette(m, func(p *[4]byte) { flatten(p[:]) }), nil
 	}
-	m := toNRGBA(img)
-	rows(m, func(row []byte) {
+	m, err := toNRGBA(ctx, img)
+	if err != nil {
+		return nil, err
+	}
+	err = rows(ctx, m, func(row []byte) {
 		for i := 0; i+4 <= len(row); i += 4 {
 			flatten(row[i : i+4 : i+4])
 		}
 	})
-	return &image.RGBA{Pix: m.Pix, Stride: m.Stride, Rect: m.Rect} // opaque now, so the same bytes
+	return &image.RGBA{Pix: m.Pix, Stride: m.Stride, Rect: m.Rect}, err // opaque now, so the same bytes
 }
 
 // flatten composes a straight RGBA pixel onto white.

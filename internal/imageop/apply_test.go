@@ -2,6 +2,7 @@ package imageop
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"image"
@@ -164,7 +165,7 @@ func TestApplyJPEGFlattens(t *testing.T) {
 	copy(pal.Pix[16*8:], bytes.Repeat([]byte{1}, 16*8))
 	for _, img := range []image.Image{cloneImage(m), premul(m), pal} {
 		var out bytes.Buffer
-		if err := NewProcessor().encode(&out, img, "jpeg", 95); err != nil {
+		if err := NewProcessor().encode(context.Background(), &out, img, "jpeg", 95); err != nil {
 			t.Fatal(err)
 		}
 		got := decodeAny(t, out.Bytes())

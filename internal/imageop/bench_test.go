@@ -2,6 +2,7 @@ package imageop
 
 import (
 	"bytes"
+	"context"
 	"image"
 	"io"
 	"strings"
@@ -46,7 +47,7 @@ func BenchmarkOps(b *testing.B) {
 						copy(ycc.Cb, jpg.Cb)
 						copy(ycc.Cr, jpg.Cr)
 					}
-					if _, err := o.apply(src); err != nil {
+					if _, err := o.apply(context.Background(), src); err != nil {
 						b.Fatal(err)
 					}
 				}

@@ -1,6 +1,7 @@
 package imageop
 
 import (
+	"context"
 	"image"
 	"math"
 
@@ -13,18 +14,23 @@ import (
 const maxExactSigma = 6
 
 // blur applies a Gaussian blur of standard deviation sigma pixels, in place where img is NRGBA.
-func blur(img image.Image, sigma float64) *image.NRGBA {
-	m := toNRGBA(img)
-	blurInto(m, sigma, nil)
-	return m
+func blur(ctx context.Context, img image.Image, sigma float64) (*image.NRGBA, error) {
+	m, err := toNRGBA(ctx, img)
+	if err != nil {
+		return nil, err
+	}
+	return m, blurInto(ctx, m, sigma, nil)
 }
 
 // sharpen applies an unsharp mask: each colour moves away from its blurred value by amount times
 // the difference. Alpha is kept.
-func sharpen(img image.Image, sigma, amount float64) *image.NRGBA {
-	m := toNRGBA(img)
+func sharpen(ctx context.Context, img image.Image, sigma, amount float64) (*image.NRGBA, error) {
+	m, err := toNRGBA(ctx, img)
+	if err != nil {
+		return nil, err
+	}
 	amt := int32(math.Round(amount * 256))
-	blurInto(m, sigma, func(blurred, row []byte) {
+	return m, blurInto(ctx, m, sigma, func(blurred, row []byte) {
 		for i := 0; i+4 <= len(row); i += 4 {
 			o, b := row[i:i+3:i+3], blurred[i:i+3:i+3]
 			for c := range 3 {
@@ -33,14 +39,13 @@ func sharpen(img image.Image, sigma, amount float64) *image.NRGBA {
 			}
 		}
 	})
-	return m
 }
 
 // blurInto blurs m in place; finish, if not nil, writes each blurred row instead (see separable).
-func blurInto(m *image.NRGBA, sigma float64, finish func(out, dstRow []byte)) {
+func blurInto(ctx context.Context, m *image.NRGBA, sigma float64, finish func(out, dstRow []byte)) error {
 	w, h := m.Rect.Dx(), m.Rect.Dy()
 	if w == 0 || h == 0 {
-		return
+		return nil
 	}
 	// Beyond maxExactSigma each axis is shrunk by f (to about sigma/3, but keeping at least 16
 	// pixels: an axis that would keep fewer is short enough to blur exactly). Shrinking with a tent
@@ -52,12 +57,13 @@ func blurInto(m *image.NRGBA, sigma float64, finish func(out, dstRow []byte)) {
 	}
 	if sw == w && sh == h {
 		ht, vt := gaussTaps(w, sigma), gaussTaps(h, sigma)
-		separable(m, m, &ht, &vt, finish)
-		return
+		return separable(ctx, m, m, &ht, &vt, finish)
 	}
 	small := image.NewNRGBA(image.Rect(0, 0, sw, sh))
 	dx, dy := resampleTaps(sw, w, draw.BiLinear), resampleTaps(sh, h, draw.BiLinear)
-	separable(m, small, &dx, &dy, nil)
+	if err := separable(ctx, m, small, &dx, &dy, nil); err != nil {
+		return err
+	}
 	rest := func(n, sn int) float64 {
 		if n == sn {
 			return sigma // not shrunk: nothing added
@@ -66,9 +72,11 @@ func blurInto(m *image.NRGBA, sigma float64, finish func(out, dstRow []byte)) {
 		return math.Sqrt(max(sigma*sigma/(f*f)-1.0/3, 0.25))
 	}
 	gx, gy := gaussTaps(sw, rest(w, sw)), gaussTaps(sh, rest(h, sh))
-	separable(small, small, &gx, &gy, nil)
+	if err := separable(ctx, small, small, &gx, &gy, nil); err != nil {
+		return err
+	}
 	ux, uy := resampleTaps(w, sw, draw.BiLinear), resampleTaps(h, sh, draw.BiLinear)
-	separable(small, m, &ux, &uy, finish)
+	return separable(ctx, small, m, &ux, &uy, finish)
 }
 
 // shrunk is the length an axis of n pixels is shrunk to for a blur of sigma: n itself when the
@@ -83,10 +91,12 @@ func shrunk(n int, sigma float64) int {
 
 // resample returns the part r of img (relative to its top-left corner) scaled to dw×dh with kernel
 // k, as a new NRGBA image. The caller has checked dw×dh against the pixel limit.
-func resample(img image.Image, r image.Rectangle, dw, dh int, k *draw.Kernel) *image.NRGBA {
-	src := cropTo(img, r)
+func resample(ctx context.Context, img image.Image, r image.Rectangle, dw, dh int, k *draw.Kernel) (*image.NRGBA, error) {
+	src, err := cropTo(ctx, img, r)
+	if err != nil {
+		return nil, err
+	}
 	dst := image.NewNRGBA(image.Rect(0, 0, dw, dh))
 	ht, vt := resampleTaps(dw, r.Dx(), k), resampleTaps(dh, r.Dy(), k)
-	separable(src, dst, &ht, &vt, nil)
-	return dst
+	return dst, separable(ctx, src, dst, &ht, &vt, nil)
 }

@@ -2,6 +2,7 @@ package imageop
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"image"
@@ -48,14 +49,15 @@ func pixelLimit(maxPixels int64) int64 {
 // Input that is not a decodable image gives an error wrapping ErrDecode; a read error of r is
 // returned wrapped as it is, not as ErrDecode.
 func Decode(r io.Reader, maxPixels int64) (image.Image, string, error) {
-	return decode(r, pixelLimit(maxPixels), nil)
+	return decode(context.Background(), r, pixelLimit(maxPixels), nil)
 }
 
 // decode is Decode with the limit already resolved (0: none). check, if not nil, is called with the
 // upright width and height once they are known and before the pixels are decoded; its error is
-// returned as is.
-func decode(src io.Reader, maxPixels int64, check func(w, h int) error) (image.Image, string, error) {
-	er := &errReader{r: src}
+// returned as is. Once ctx ends, reading src fails, and so decoding stops (an error wrapping
+// stopped's).
+func decode(ctx context.Context, src io.Reader, maxPixels int64, check func(w, h int) error) (image.Image, string, error) {
+	er := &errReader{r: &ctxReader{ctx, src}}
 	h, prefix, err := ReadHeader(er, MaxHeaderLen)
 	if err != nil {
 		if er.err != nil {
@@ -63,7 +65,7 @@ func decode(src io.Reader, maxPixels int64, check func(w, h int) error) (image.I
 		}
 		var ie *imageError
 		if format, _ := Sniff(prefix); format == "tiff" && errors.As(err, &ie) && ie.tooLong {
-			return decodeWholeTIFF(io.MultiReader(bytes.NewReader(prefix), er), er, maxPixels, check)
+			return decodeWholeTIFF(ctx, io.MultiReader(bytes.NewReader(prefix), er), er, maxPixels, check)
 		}
 		if errors.Is(err, ErrDecode) {
 			return nil, "", err
@@ -73,10 +75,7 @@ func decode(src io.Reader, maxPixels int64, check func(w, h int) error) (image.I
 	if err := h.CheckSize(0, maxPixels); err != nil {
 		return nil, "", err
 	}
-	o := orientNormal
-	if h.Format == "jpeg" {
-		o = jpegOrientation(prefix)
-	}
+	o := max(h.Orientation, orientNormal)
 	if check != nil {
 		w, ht := h.Width, h.Height
 		if o >= orientTranspose {
@@ -100,7 +99,10 @@ func decode(src io.Reader, maxPixels int64, check func(w, h int) error) (image.I
 		}
 		return nil, "", fmt.Errorf("%w: %v", ErrDecode, err)
 	}
-	return orient(img, o), h.Format, nil
+	if img, err = orient(ctx, img, o); err != nil {
+		return nil, "", err
+	}
+	return img, h.Format, nil
 }
 
 func decodeFormat(format string, r io.Reader) (image.Image, error) {
@@ -124,7 +126,7 @@ func decodeFormat(format string, r io.Reader) (image.Image, error) {
 // decodeWholeTIFF decodes a TIFF whose size is stored past what ReadHeader reads: the TIFF decoder
 // holds the whole file in memory anyway, so it is read first and its size checked from there. A
 // file larger than the largest allowed image could take, at 16 bytes a pixel, is refused unread.
-func decodeWholeTIFF(r io.Reader, er *errReader, maxPixels int64, check func(w, h int) error) (image.Image, string, error) {
+func decodeWholeTIFF(ctx context.Context, r io.Reader, er *errReader, maxPixels int64, check func(w, h int) error) (image.Image, string, error) {
 	limit := int64(-1)
 	if maxPixels > 0 && maxPixels < (1<<62)/16 {
 		limit = 16*maxPixels + MaxHeaderLen
@@ -145,7 +147,7 @@ func decodeWholeTIFF(r io.Reader, er *errReader, maxPixels int64, check func(w, 
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: %v", ErrDecode, err)
 	}
-	h := Header{Format: "tiff", Width: cfg.Width, Height: cfg.Height}
+	h := Header{Format: "tiff", Width: cfg.Width, Height: cfg.Height, Depth: depth(cfg.ColorModel)}
 	if err := h.CheckSize(0, maxPixels); err != nil {
 		return nil, "", err
 	}
@@ -154,8 +156,13 @@ func decodeWholeTIFF(r io.Reader, er *errReader, maxPixels int64, check func(w, 
 			return nil, "", err
 		}
 	}
-	img, err := tiff.Decode(bytes.NewReader(data))
+	// The decoder reads the strips or tiles one at a time, through one that fails once ctx ends.
+	br := bytes.NewReader(data)
+	img, err := tiff.Decode(&ctxReaderAt{ctxReader{ctx, br}, br})
 	if err != nil {
+		if serr := stopped(ctx); serr != nil {
+			return nil, "", fmt.Errorf("imageop: reading image: %w", serr)
+		}
 		return nil, "", fmt.Errorf("%w: %v", ErrDecode, err)
 	}
 	return img, "tiff", nil

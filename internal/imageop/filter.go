@@ -1,6 +1,7 @@
 package imageop
 
 import (
+	"context"
 	"fmt"
 	"image"
 	"math"
@@ -135,11 +136,14 @@ func gaussTaps(n int, sigma float64) taps {
 //
 // finish, if not nil, writes each output row: it gets the filtered row (straight RGBA) and the
 // destination row, which still holds the source's row when filtering in place.
-func separable(src image.Image, dst *image.NRGBA, h, v *taps, finish func(out, dstRow []byte)) {
+//
+// It checks ctx once per output row (pulling) or source row (pushing), and returns an error from stopped once it
+// has ended, leaving dst partly written.
+func separable(ctx context.Context, src image.Image, dst *image.NRGBA, h, v *taps, finish func(out, dstRow []byte)) error {
 	sw, sh := src.Bounds().Dx(), src.Bounds().Dy()
 	dw, dh := h.len(), v.len()
 	if dw == 0 || dh == 0 || sw == 0 || sh == 0 {
-		return
+		return nil
 	}
 	ld := newRowLoader(src)
 	srow := make([]byte, 4*sw)
@@ -224,6 +228,9 @@ func separable(src image.Image, dst *image.NRGBA, h, v *taps, finish func(out, d
 		srcs := make([][]int32, 0, pull)
 		next := 0
 		for y := range dh {
+			if err := stopped(ctx); err != nil {
+				return err
+			}
 			lo := int(v.lo[y])
 			for ; next <= v.hi(y); next++ {
 				if next >= lo {
@@ -238,7 +245,7 @@ func separable(src image.Image, dst *image.NRGBA, h, v *taps, finish func(out, d
 			macRows(acc, srcs, v.weights(y))
 			emit(y, acc)
 		}
-		return
+		return nil
 	}
 	ring := make([][]int32, push)
 	for i := range ring {
@@ -247,6 +254,9 @@ func separable(src image.Image, dst *image.NRGBA, h, v *taps, finish func(out, d
 	hrow := make([]int32, 4*dw)
 	first, next := 0, 0 // output rows [first, next) are being summed
 	for r := range sh {
+		if err := stopped(ctx); err != nil {
+			return err
+		}
 		for next < dh && int(v.lo[next]) <= r {
 			clear(ring[next%push])
 			next++
@@ -265,6 +275,7 @@ func separable(src image.Image, dst *image.NRGBA, h, v *taps, finish func(out, d
 			first++
 		}
 	}
+	return nil
 }
 
 // maxOverlap is the largest number of output rows of v that one of the n source rows contributes to.

@@ -2,6 +2,7 @@ package imageop
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"image"
 	"image/color"
@@ -31,11 +32,11 @@ func fixturePattern() *image.NRGBA {
 // opaquePattern is fixturePattern flattened onto white, for the formats without alpha.
 func opaquePattern() *image.NRGBA {
 	m := fixturePattern()
-	rows(m, func(row []byte) {
+	must(m, rows(context.Background(), m, func(row []byte) {
 		for i := 0; i+4 <= len(row); i += 4 {
 			flatten(row[i : i+4])
 		}
-	})
+	}))
 	return m
 }
 
@@ -60,7 +61,7 @@ func inverseOrient(m *image.NRGBA, o int) *image.NRGBA {
 	inv := map[int]int{1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}[o]
 	c := image.NewNRGBA(m.Rect)
 	copy(c.Pix, m.Pix)
-	return toNRGBA(orient(c, inv))
+	return must(toNRGBA(context.Background(), must(orient(context.Background(), c, inv))))
 }
 
 func mustJPEG(t testing.TB, m image.Image, quality int) []byte {
@@ -215,4 +216,13 @@ func inputFixtures(t testing.TB) map[string][]byte {
 			return tiff.Encode(b, m, &tiff.Options{Compression: tiff.Deflate})
 		}),
 	}
+}
+
+// must returns v, and panics with err if there is one: for calls that fail only once a context
+// ends, made with one that never does.
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }

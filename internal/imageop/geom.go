@@ -1,6 +1,7 @@
 package imageop
 
 import (
+	"context"
 	"encoding/binary"
 	"image"
 )
@@ -75,30 +76,34 @@ func bufferOf(img image.Image) (pixBuffer, bool) {
 
 // orient returns img turned by orientation o (orientNormal..orientRotate270). Mirrors and the half
 // turn work in place; the others make a new image with width and height swapped, of the same type
-// where it has a pixel buffer and NRGBA otherwise.
-func orient(img image.Image, o int) image.Image {
+// where it has a pixel buffer and NRGBA otherwise. It fails only once ctx ends.
+func orient(ctx context.Context, img image.Image, o int) (image.Image, error) {
 	if o <= orientNormal || o > orientRotate270 {
-		return img
+		return img, nil
 	}
 	b := img.Bounds()
 	if b.Empty() {
-		return img
+		return img, nil
 	}
 	buf, ok := bufferOf(img)
 	if o <= orientFlipV {
 		if !ok {
-			m := toNRGBA(img)
+			m, err := toNRGBA(ctx, img)
+			if err != nil {
+				return nil, err
+			}
 			img, buf = m, pixBuffer{pix: m.Pix, stride: m.Stride, bpp: 4}
 		}
+		var err error
 		switch o {
 		case orientFlipH:
-			flipH(buf, b.Dx(), b.Dy())
+			err = flipH(ctx, buf, b.Dx(), b.Dy())
 		case orientFlipV:
-			flipV(buf, b.Dx(), b.Dy())
+			err = flipV(ctx, buf, b.Dx(), b.Dy())
 		case orientRotate180:
-			rotate180(buf, b.Dx(), b.Dy())
+			err = rotate180(ctx, buf, b.Dx(), b.Dy())
 		}
-		return img
+		return img, err
 	}
 	r := image.Rect(0, 0, b.Dy(), b.Dx())
 	var out image.Image
@@ -121,8 +126,7 @@ func orient(img image.Image, o int) image.Image {
 			return bufs[k]
 		}
 	}
-	transpose(dst, b.Dx(), b.Dy(), o, load)
-	return out
+	return out, transpose(ctx, dst, b.Dx(), b.Dy(), o, load)
 }
 
 // transposeBlock is how many source rows transpose takes at a time.
@@ -133,10 +137,13 @@ const transposeBlock = 16
 // that swap width and height. Source row sy becomes destination column dx, so rows are taken in
 // blocks: the block's pixels for one source column land side by side in one destination row,
 // instead of each in a cache line of its own.
-func transpose(dst pixBuffer, w, h, o int, load func(k, y int) []byte) {
+func transpose(ctx context.Context, dst pixBuffer, w, h, o int, load func(k, y int) []byte) error {
 	bpp := dst.bpp
 	var src [transposeBlock][]byte
 	for y0 := 0; y0 < h; y0 += transposeBlock {
+		if err := stopped(ctx); err != nil {
+			return err
+		}
 		n := min(transposeBlock, h-y0)
 		for k := range n {
 			src[k] = load(k, y0+k)
@@ -163,29 +170,41 @@ func transpose(dst pixBuffer, w, h, o int, load func(k, y int) []byte) {
 			}
 		}
 	}
+	return nil
 }
 
-func flipV(b pixBuffer, w, h int) {
+func flipV(ctx context.Context, b pixBuffer, w, h int) error {
 	n := w * b.bpp
 	for y := range h / 2 {
+		if err := stopped(ctx); err != nil {
+			return err
+		}
 		top := b.pix[y*b.stride : y*b.stride+n]
 		bot := b.pix[(h-1-y)*b.stride : (h-1-y)*b.stride+n]
 		for i := range top {
 			top[i], bot[i] = bot[i], top[i]
 		}
 	}
+	return nil
 }
 
-func flipH(b pixBuffer, w, h int) {
+func flipH(ctx context.Context, b pixBuffer, w, h int) error {
 	for y := range h {
+		if err := stopped(ctx); err != nil {
+			return err
+		}
 		row := b.pix[y*b.stride : y*b.stride+w*b.bpp]
 		reverseRow(row, row, b.bpp)
 	}
+	return nil
 }
 
-func rotate180(b pixBuffer, w, h int) {
+func rotate180(ctx context.Context, b pixBuffer, w, h int) error {
 	n := w * b.bpp
 	for y := range h / 2 {
+		if err := stopped(ctx); err != nil {
+			return err
+		}
 		top := b.pix[y*b.stride : y*b.stride+n]
 		bot := b.pix[(h-1-y)*b.stride : (h-1-y)*b.stride+n]
 		reverseRow(top, bot, b.bpp)
@@ -194,6 +213,7 @@ func rotate180(b pixBuffer, w, h int) {
 		mid := b.pix[(h/2)*b.stride : (h/2)*b.stride+n]
 		reverseRow(mid, mid, b.bpp)
 	}
+	return nil
 }
 
 // reverseRow swaps pixel i of a with pixel n-1-i of b, for rows a and b of n pixels of bpp bytes;
@@ -224,16 +244,20 @@ func reverseRow(a, b []byte, bpp int) {
 
 // cropTo returns the part of img inside r, in coordinates relative to img's top-left corner, which
 // must lie within img. The standard types share img's pixels; others are converted to NRGBA first.
-func cropTo(img image.Image, r image.Rectangle) image.Image {
+func cropTo(ctx context.Context, img image.Image, r image.Rectangle) (image.Image, error) {
 	b := img.Bounds()
 	r = r.Add(b.Min)
 	if r == b {
-		return img
+		return img, nil
 	}
 	if s, ok := img.(interface {
 		SubImage(image.Rectangle) image.Image
 	}); ok {
-		return s.SubImage(r)
+		return s.SubImage(r), nil
 	}
-	return toNRGBA(img).SubImage(r)
+	m, err := toNRGBA(ctx, img)
+	if err != nil {
+		return nil, err
+	}
+	return m.SubImage(r), nil
 }

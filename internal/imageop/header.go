@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"image"
+	"image/color"
 	"image/gif"
 	"image/jpeg"
 	"image/png"
@@ -35,6 +36,12 @@ var ErrTooLarge = errors.New("image too large")
 type Header struct {
 	Format        string // "png", "jpeg", "gif", "webp", "bmp" or "tiff", as Sniff and image.Decode name them
 	Width, Height int
+	// Depth is the bits per channel, 8 or 16: 16 where the format says so (PNG's IHDR bit depth,
+	// TIFF's BitsPerSample), 8 otherwise. A 16-bit image decodes to 8 bytes a pixel.
+	Depth int
+	// Orientation is a JPEG's EXIF orientation when it is not upright (2-8: Decode turns the
+	// image, so Width and Height are as stored, swapped from 5 on), 0 otherwise.
+	Orientation int
 }
 
 // Pixels is the image's pixel count, width × height.
@@ -139,7 +146,13 @@ func ReadHeader(r io.Reader, limit int) (h Header, prefix []byte, err error) {
 		case derr == nil && (cfg.Width <= 0 || cfg.Height <= 0):
 			return Header{}, buf, &imageError{kind: ErrDecode, msg: fmt.Sprintf("%s image has no pixels (%dx%d)", name, cfg.Width, cfg.Height)}
 		case derr == nil:
-			return Header{Format: format, Width: cfg.Width, Height: cfg.Height}, buf, nil
+			h := Header{Format: format, Width: cfg.Width, Height: cfg.Height, Depth: depth(cfg.ColorModel)}
+			if format == "jpeg" {
+				if o := jpegOrientation(buf); o != orientNormal {
+					h.Orientation = o
+				}
+			}
+			return h, buf, nil
 		case !pr.hitEnd:
 			return Header{}, buf, &imageError{kind: ErrDecode, msg: fmt.Sprintf("%s: malformed %s header (%v)", NotImageMessage, name, derr)}
 		case eof:
@@ -151,6 +164,16 @@ func ReadHeader(r io.Reader, limit int) (h Header, prefix []byte, err error) {
 		}
 		// The decoder wants more than has been read so far: read on and try again.
 	}
+}
+
+// depth is the bits per channel of an image whose decoder reports colour model m: 16 for the
+// 16-bit models the PNG and TIFF decoders report, 8 otherwise.
+func depth(m color.Model) int {
+	switch m {
+	case color.RGBA64Model, color.NRGBA64Model, color.Gray16Model, color.Alpha16Model:
+		return 16
+	}
+	return 8
 }
 
 func decodeConfig(format string, r io.Reader) (image.Config, error) {

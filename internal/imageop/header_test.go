@@ -13,6 +13,7 @@ import (
 	"testing/iotest"
 
 	"github.com/imgmill/imgmill/internal/testimage"
+	"golang.org/x/image/tiff"
 )
 
 func encodeJPEG(t testing.TB, w, h int) []byte {
@@ -63,14 +64,19 @@ func TestReadHeader(t *testing.T) {
 		format        string
 		width, height int
 		maxPrefix     int
+		depth         int
 	}{
-		{"png", mustEncode(t, testimage.Pattern(37, 1)), "png", 37, 37, 512},
-		{"png header only", testimage.PNGHeader(3, 5), "png", 3, 5, testimage.PNGHeaderLen},
-		{"png huge", testimage.PaddedPNG(100_000, 100_000, 300), "png", 100_000, 100_000, 300},
-		{"png widest", testimage.PNGHeader(1<<31-1, 1), "png", 1<<31 - 1, 1, testimage.PNGHeaderLen},
-		{"jpeg", encodeJPEG(t, 17, 9), "jpeg", 17, 9, 1024},
-		{"jpeg after 200 KiB of metadata", testimage.InsertJPEGMetadata(big, 200<<10), "jpeg", 40, 30, MaxHeaderLen},
-		{"gif", encodeGIF(t, 12, 7), "gif", 12, 7, 1024}, // a global colour table of 768 bytes follows the size
+		{"png", mustEncode(t, testimage.Pattern(37, 1)), "png", 37, 37, 512, 8},
+		{"png header only", testimage.PNGHeader(3, 5), "png", 3, 5, testimage.PNGHeaderLen, 8},
+		{"png huge", testimage.PaddedPNG(100_000, 100_000, 300), "png", 100_000, 100_000, 300, 8},
+		{"png widest", testimage.PNGHeader(1<<31-1, 1), "png", 1<<31 - 1, 1, testimage.PNGHeaderLen, 8},
+		{"jpeg", encodeJPEG(t, 17, 9), "jpeg", 17, 9, 1024, 8},
+		{"jpeg after 200 KiB of metadata", testimage.InsertJPEGMetadata(big, 200<<10), "jpeg", 40, 30, MaxHeaderLen, 8},
+		{"gif", encodeGIF(t, 12, 7), "gif", 12, 7, 1024, 8}, // a global colour table of 768 bytes follows the size
+		{"png 16-bit", mustEncode(t, image.NewNRGBA64(image.Rect(0, 0, 5, 4))), "png", 5, 4, 512, 16},
+		{"png 16-bit gray", mustEncode(t, image.NewGray16(image.Rect(0, 0, 5, 4))), "png", 5, 4, 512, 16},
+		{"tiff 16-bit", mustTIFF(t, image.NewRGBA64(image.Rect(0, 0, 6, 3))), "tiff", 6, 3, 1024, 16},
+		{"tiff", mustTIFF(t, image.NewNRGBA(image.Rect(0, 0, 6, 3))), "tiff", 6, 3, 1024, 8},
 	} {
 		for _, slow := range []bool{false, true} {
 			name := tc.name
@@ -84,7 +90,7 @@ func TestReadHeader(t *testing.T) {
 				if err != nil {
 					t.Fatalf("ReadHeader: %v", err)
 				}
-				if want := (Header{tc.format, tc.width, tc.height}); h != want {
+				if want := (Header{Format: tc.format, Width: tc.width, Height: tc.height, Depth: tc.depth}); h != want {
 					t.Errorf("header %+v, want %+v", h, want)
 				}
 				if len(prefix) > tc.maxPrefix {
@@ -162,15 +168,15 @@ func TestCheckSize(t *testing.T) {
 		msg      string
 		tooLarge bool
 	}{
-		{Header{"png", 100_000, 100_000}, 16384, 50_000_000, "image is 100000x100000 pixels, over the limit of 16384 pixels per side", true},
-		{Header{"png", 16384, 1}, 16384, 50_000_000, "", false},
-		{Header{"png", 16385, 1}, 16384, 50_000_000, "image is 16385x1 pixels, over the limit of 16384 pixels per side", true},
-		{Header{"jpeg", 1, 16385}, 16384, 0, "image is 1x16385 pixels, over the limit of 16384 pixels per side", true},
-		{Header{"gif", 8000, 7000}, 16384, 50_000_000, "image is 8000x7000 pixels, over the limit of 50000000 pixels (50 MP) in all", true},
-		{Header{"gif", 5000, 10_000}, 16384, 50_000_000, "", false},
-		{Header{"png", 2000, 1251}, 0, 2_500_000, "image is 2000x1251 pixels, over the limit of 2500000 pixels (2.5 MP) in all", true},
-		{Header{"png", 1 << 30, 1 << 30}, 0, 0, "", false},
-		{Header{"png", 1 << 30, 1 << 30}, -1, -1, "", false},
+		{Header{Format: "png", Width: 100_000, Height: 100_000, Depth: 8}, 16384, 50_000_000, "image is 100000x100000 pixels, over the limit of 16384 pixels per side", true},
+		{Header{Format: "png", Width: 16384, Height: 1, Depth: 8}, 16384, 50_000_000, "", false},
+		{Header{Format: "png", Width: 16385, Height: 1, Depth: 8}, 16384, 50_000_000, "image is 16385x1 pixels, over the limit of 16384 pixels per side", true},
+		{Header{Format: "jpeg", Width: 1, Height: 16385, Depth: 8}, 16384, 0, "image is 1x16385 pixels, over the limit of 16384 pixels per side", true},
+		{Header{Format: "gif", Width: 8000, Height: 7000, Depth: 8}, 16384, 50_000_000, "image is 8000x7000 pixels, over the limit of 50000000 pixels (50 MP) in all", true},
+		{Header{Format: "gif", Width: 5000, Height: 10_000, Depth: 8}, 16384, 50_000_000, "", false},
+		{Header{Format: "png", Width: 2000, Height: 1251, Depth: 8}, 0, 2_500_000, "image is 2000x1251 pixels, over the limit of 2500000 pixels (2.5 MP) in all", true},
+		{Header{Format: "png", Width: 1 << 30, Height: 1 << 30, Depth: 8}, 0, 0, "", false},
+		{Header{Format: "png", Width: 1 << 30, Height: 1 << 30, Depth: 8}, -1, -1, "", false},
 	} {
 		err := tc.h.CheckSize(tc.side, tc.pixels)
 		if tc.tooLarge != errors.Is(err, ErrTooLarge) || errors.Is(err, ErrDecode) || err != nil && err.Error() != tc.msg {
@@ -219,5 +225,27 @@ func TestProcessMaxPixels(t *testing.T) {
 	p := &Processor{MaxPixels: DefaultMaxPixels}
 	if err := p.Process(io.Discard, bytes.NewReader(testimage.PaddedPNG(10_000, 5_000, 300))); !errors.Is(err, ErrDecode) {
 		t.Errorf("Process of a 50 MP PNG header with junk after it: %v, want ErrDecode (decoding was tried)", err)
+	}
+}
+
+func mustTIFF(t testing.TB, m image.Image) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if err := tiff.Encode(&b, m, nil); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+func TestReadHeaderOrientation(t *testing.T) {
+	jpg := encodeJPEG(t, 17, 9)
+	for _, tc := range []struct {
+		in   []byte
+		want int
+	}{{jpg, 0}, {withExif(jpg, 1, false), 0}, {withExif(jpg, 6, false), 6}, {withExif(jpg, 3, true), 3}, {mustEncode(t, testimage.Pattern(5, 1)), 0}} {
+		h, _, err := ReadHeader(bytes.NewReader(tc.in), 0)
+		if err != nil || h.Orientation != tc.want || h.Width != 17 && h.Format == "jpeg" {
+			t.Errorf("ReadHeader = %+v, %v; want orientation %d, the stored 17x9", h, err, tc.want)
+		}
 	}
 }

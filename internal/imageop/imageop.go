@@ -5,6 +5,7 @@ package imageop
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"image"
@@ -36,38 +37,46 @@ var ErrDecode = errors.New("cannot decode image")
 // the same bounds, which is swapped and returned; img is left untouched.
 // Only the pixels inside img.Bounds() are touched, so sub-images are safe.
 func SwapRedGreen(img image.Image) image.Image {
+	out, _ := swapRedGreen(context.Background(), img) // fails only once its context ends
+	return out
+}
+
+// swapRedGreen is SwapRedGreen that stops, with an error from stopped, once ctx ends.
+func swapRedGreen(ctx context.Context, img image.Image) (image.Image, error) {
 	switch m := img.(type) {
 	case *image.NRGBA:
-		swap8(m.Pix, m.Stride, m.Rect)
-		return m
+		return m, swap8(ctx, m.Pix, m.Stride, m.Rect)
 	case *image.RGBA:
-		swap8(m.Pix, m.Stride, m.Rect)
-		return m
+		return m, swap8(ctx, m.Pix, m.Stride, m.Rect)
 	case *image.NRGBA64:
-		swap16(m.Pix, m.Stride, m.Rect)
-		return m
+		return m, swap16(ctx, m.Pix, m.Stride, m.Rect)
 	case *image.RGBA64:
-		swap16(m.Pix, m.Stride, m.Rect)
-		return m
+		return m, swap16(ctx, m.Pix, m.Stride, m.Rect)
 	case *image.Paletted:
 		m.Palette = swapPalette(m.Palette)
-		return m
+		return m, nil
 	case *image.Gray, *image.Gray16:
-		return img
+		return img, nil
 	case *image.YCbCr:
 		// draw has a fast path for YCbCr into RGBA but only a per-pixel one
 		// into NRGBA. YCbCr is always opaque, and for opaque pixels RGBA and
 		// NRGBA share the same bytes, so the RGBA buffer is reused as NRGBA.
-		b := m.Bounds()
-		rgba := image.NewRGBA(b)
-		draw.Draw(rgba, b, m, b.Min, draw.Src)
-		out := &image.NRGBA{Pix: rgba.Pix, Stride: rgba.Stride, Rect: rgba.Rect}
-		return SwapRedGreen(out)
+		rgba, err := ycbcrToRGBA(ctx, m)
+		if err != nil {
+			return nil, err
+		}
+		return swapRedGreen(ctx, &image.NRGBA{Pix: rgba.Pix, Stride: rgba.Stride, Rect: rgba.Rect})
 	default:
 		b := img.Bounds()
 		out := image.NewNRGBA(b)
-		draw.Draw(out, b, img, b.Min, draw.Src)
-		return SwapRedGreen(out)
+		for y := b.Min.Y; y < b.Max.Y; y += ycbcrBand {
+			if err := stopped(ctx); err != nil {
+				return nil, err
+			}
+			band := image.Rect(b.Min.X, y, b.Max.X, min(y+ycbcrBand, b.Max.Y))
+			draw.Draw(out, band, img, band.Min, draw.Src)
+		}
+		return swapRedGreen(ctx, out)
 	}
 }
 
@@ -77,34 +86,42 @@ func SwapRedGreen(img image.Image) image.Image {
 // rows belong to pixels outside r, so they are skipped. Indexing through a
 // 4-byte capped sub-slice measured faster than a re-slicing byte loop and
 // 32/64-bit word tricks; the swap is memory-bound either way.
-func swap8(pix []byte, stride int, r image.Rectangle) {
+func swap8(ctx context.Context, pix []byte, stride int, r image.Rectangle) error {
 	if r.Empty() {
-		return
+		return nil
 	}
 	w := 4 * r.Dx()
 	for y, off := r.Min.Y, 0; y < r.Max.Y; y, off = y+1, off+stride {
+		if err := stopped(ctx); err != nil {
+			return err
+		}
 		row := pix[off : off+w : off+w]
 		for j := 0; j+4 <= len(row); j += 4 {
 			p := row[j : j+4 : j+4]
 			p[0], p[1] = p[1], p[0]
 		}
 	}
+	return nil
 }
 
 // swap16 is swap8 for 8-byte pixels with 2-byte (big-endian) channels: the
 // R and G byte pairs trade places.
-func swap16(pix []byte, stride int, r image.Rectangle) {
+func swap16(ctx context.Context, pix []byte, stride int, r image.Rectangle) error {
 	if r.Empty() {
-		return
+		return nil
 	}
 	w := 8 * r.Dx()
 	for y, off := r.Min.Y, 0; y < r.Max.Y; y, off = y+1, off+stride {
+		if err := stopped(ctx); err != nil {
+			return err
+		}
 		row := pix[off : off+w : off+w]
 		for j := 0; j+8 <= len(row); j += 8 {
 			p := row[j : j+8 : j+8]
 			p[0], p[1], p[2], p[3] = p[2], p[3], p[0], p[1]
 		}
 	}
+	return nil
 }
 
 // swapPalette returns a swapped copy of p, keeping each entry's concrete
@@ -186,7 +203,7 @@ func (e *pngEncoders) get(level png.CompressionLevel) *pngenc.Encoder {
 // ErrDecode), as are write errors on dst. On error, dst may have received
 // partial output.
 func (p *Processor) Process(dst io.Writer, src io.Reader) error {
-	_, err := p.apply(dst, src, Chain{}, "png")
+	_, err := p.apply(context.Background(), dst, src, Chain{}, "png")
 	return err
 }
 

@@ -1,6 +1,7 @@
 package imageop
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"image"
@@ -127,7 +128,7 @@ func applySpec(t testing.TB, spec string, img image.Image) image.Image {
 	if len(steps) != 1 {
 		t.Fatalf("%q: %d steps", spec, len(steps))
 	}
-	out, err := steps[0].apply(img)
+	out, err := steps[0].apply(context.Background(), img)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,9 +220,9 @@ func TestGeometryOps(t *testing.T) {
 				var got image.Image
 				switch spec {
 				case "transpose":
-					got = orient(img, orientTranspose)
+					got = must(orient(context.Background(), img, orientTranspose))
 				case "transverse":
-					got = orient(img, orientTransverse)
+					got = must(orient(context.Background(), img, orientTransverse))
 				default:
 					got = applySpec(t, spec, img)
 				}
@@ -265,7 +266,7 @@ func TestBlurReference(t *testing.T) {
 					img = imageCases[4].make(rand.New(rand.NewPCG(1, 5)))
 				}
 				want := refGauss(cloneNRGBA(img), sigma)
-				got := blur(cloneImage(img), sigma)
+				got := must(blur(context.Background(), cloneImage(img), sigma))
 				if md, mean := diffStats(premul(got), want); md > tol.max || mean > tol.mean {
 					t.Errorf("differs from the reference by up to %d, %.3f on average; tolerance %d, %.2f", md, mean, tol.max, tol.mean)
 				}
@@ -291,7 +292,7 @@ func TestSharpenReference(t *testing.T) {
 		t.Run(fmt.Sprint(p), func(t *testing.T) {
 			t.Parallel() // src is only read: sharpen works on a copy
 			blurred := refGauss(src, p[0])
-			got := sharpen(cloneImage(src), p[0], p[1])
+			got := must(sharpen(context.Background(), cloneImage(src), p[0], p[1]))
 			tol := int(math.Ceil(2*p[1])) + 1 // blur's rounding, amplified
 			if p[0] > maxExactSigma {
 				tol = int(math.Ceil(8*p[1])) + 1
@@ -326,7 +327,7 @@ func TestResizeReference(t *testing.T) {
 	for _, in := range []image.Image{src, src.SubImage(image.Rect(3, 7, 90, 60)), pal, ycc} {
 		for _, sz := range [][2]int{{40, 30}, {200, 150}, {97, 10}, {13, 200}, {1, 1}, {5, 97}, {300, 1}, {1, 300}} {
 			for _, k := range []*draw.Kernel{draw.CatmullRom, draw.BiLinear} {
-				got := resample(in, image.Rect(0, 0, in.Bounds().Dx(), in.Bounds().Dy()), sz[0], sz[1], k)
+				got := must(resample(context.Background(), in, image.Rect(0, 0, in.Bounds().Dx(), in.Bounds().Dy()), sz[0], sz[1], k))
 				want := image.NewRGBA(image.Rect(0, 0, sz[0], sz[1]))
 				k.Scale(want, want.Rect, in, in.Bounds(), draw.Src, nil)
 				if md, mean := diffStats(premul(got), want); md > 1 || mean > 0.3 {
@@ -350,8 +351,8 @@ func TestResizeTransparency(t *testing.T) {
 		}
 	}
 	for _, img := range []image.Image{
-		resample(m, m.Rect, 13, 13, draw.CatmullRom), resample(m, m.Rect, 97, 97, draw.CatmullRom),
-		blur(cloneImage(m), 3), blur(cloneImage(m), 20), sharpen(cloneImage(m), 2, 2),
+		must(resample(context.Background(), m, m.Rect, 13, 13, draw.CatmullRom)), must(resample(context.Background(), m, m.Rect, 97, 97, draw.CatmullRom)),
+		must(blur(context.Background(), cloneImage(m), 3)), must(blur(context.Background(), cloneImage(m), 20)), must(sharpen(context.Background(), cloneImage(m), 2, 2)),
 	} {
 		n := img.(*image.NRGBA)
 		for y := range n.Rect.Dy() {

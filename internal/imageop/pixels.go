@@ -1,6 +1,7 @@
 package imageop
 
 import (
+	"context"
 	"image"
 	"image/color"
 	"image/draw"
@@ -138,37 +139,65 @@ func unpremultiplyRow(dst, src []byte) {
 
 // toNRGBA returns img as an *image.NRGBA with the same bounds: img itself when it is one, its own
 // pixels reinterpreted after unpremultiplying them in place for an *image.RGBA (img must not be
-// used afterwards), and a converted copy otherwise.
-func toNRGBA(img image.Image) *image.NRGBA {
+// used afterwards), and a converted copy otherwise. It fails only once ctx ends.
+func toNRGBA(ctx context.Context, img image.Image) (*image.NRGBA, error) {
 	switch m := img.(type) {
 	case *image.NRGBA:
-		return m
+		return m, nil
 	case *image.RGBA:
 		w := 4 * m.Rect.Dx()
 		for y := range m.Rect.Dy() {
+			if err := stopped(ctx); err != nil {
+				return nil, err
+			}
 			row := m.Pix[y*m.Stride : y*m.Stride+w]
 			unpremultiplyRow(row, row)
 		}
-		return &image.NRGBA{Pix: m.Pix, Stride: m.Stride, Rect: m.Rect}
+		return &image.NRGBA{Pix: m.Pix, Stride: m.Stride, Rect: m.Rect}, nil
 	case *image.YCbCr:
-		// One draw call for the whole image rather than one per row (see SwapRedGreen).
-		out := image.NewRGBA(m.Rect)
-		draw.Draw(out, m.Rect, m, m.Rect.Min, draw.Src)
-		return &image.NRGBA{Pix: out.Pix, Stride: out.Stride, Rect: out.Rect}
+		out, err := ycbcrToRGBA(ctx, m)
+		if err != nil {
+			return nil, err
+		}
+		return &image.NRGBA{Pix: out.Pix, Stride: out.Stride, Rect: out.Rect}, nil
 	}
 	b := img.Bounds()
 	out := image.NewNRGBA(b)
 	l := newRowLoader(img)
 	for y := range b.Dy() {
+		if err := stopped(ctx); err != nil {
+			return nil, err
+		}
 		l.load(y, out.Pix[y*out.Stride:])
 	}
-	return out
+	return out, nil
 }
 
-// rows calls f with each row of m's pixels, 4 bytes per pixel, in order.
-func rows(m *image.NRGBA, f func(row []byte)) {
+// ycbcrBand is how many rows a conversion with image/draw converts per call: few calls (each has a fixed
+// cost), yet a check of the context every few milliseconds at the widest.
+const ycbcrBand = 64
+
+// ycbcrToRGBA converts m with image/draw's fast path from YCbCr to RGBA, a band of rows at a time.
+func ycbcrToRGBA(ctx context.Context, m *image.YCbCr) (*image.RGBA, error) {
+	out := image.NewRGBA(m.Rect)
+	for y := m.Rect.Min.Y; y < m.Rect.Max.Y; y += ycbcrBand {
+		if err := stopped(ctx); err != nil {
+			return nil, err
+		}
+		band := image.Rect(m.Rect.Min.X, y, m.Rect.Max.X, min(y+ycbcrBand, m.Rect.Max.Y))
+		draw.Draw(out, band, m, band.Min, draw.Src)
+	}
+	return out, nil
+}
+
+// rows calls f with each row of m's pixels, 4 bytes per pixel, in order, until ctx ends.
+func rows(ctx context.Context, m *image.NRGBA, f func(row []byte)) error {
 	w := 4 * m.Rect.Dx()
 	for y := range m.Rect.Dy() {
+		if err := stopped(ctx); err != nil {
+			return err
+		}
 		f(m.Pix[y*m.Stride : y*m.Stride+w : y*m.Stride+w])
 	}
+	return nil
 }

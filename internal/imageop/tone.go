@@ -1,6 +1,7 @@
 package imageop
 
 import (
+	"context"
 	"image"
 	"image/color"
 	"math"
@@ -42,28 +43,33 @@ func gammaLUT(g float64) *lut {
 }
 
 // applyLUT maps R, G and B of every pixel of img through t.
-func applyLUT(img image.Image, t *lut) image.Image {
+func applyLUT(ctx context.Context, img image.Image, t *lut) (image.Image, error) {
 	switch m := img.(type) {
 	case *image.Gray:
 		w := m.Rect.Dx()
 		for y := range m.Rect.Dy() {
+			if err := stopped(ctx); err != nil {
+				return nil, err
+			}
 			row := m.Pix[y*m.Stride : y*m.Stride+w]
 			for i, v := range row {
 				row[i] = t[v]
 			}
 		}
-		return m
+		return m, nil
 	case *image.Paletted:
-		return mapPalette(m, func(p *[4]byte) { p[0], p[1], p[2] = t[p[0]], t[p[1]], t[p[2]] })
+		return mapPalette(m, func(p *[4]byte) { p[0], p[1], p[2] = t[p[0]], t[p[1]], t[p[2]] }), nil
 	}
-	m := toNRGBA(img)
-	rows(m, func(row []byte) {
+	m, err := toNRGBA(ctx, img)
+	if err != nil {
+		return nil, err
+	}
+	return m, rows(ctx, m, func(row []byte) {
 		for i := 0; i+4 <= len(row); i += 4 {
 			p := row[i : i+3 : i+3]
 			p[0], p[1], p[2] = t[p[0]], t[p[1]], t[p[2]]
 		}
 	})
-	return m
 }
 
 // luma is the Rec. 601 luma of 8-bit R, G and B, with color.GrayModel's weights.
@@ -72,29 +78,31 @@ func luma(r, g, b uint8) uint8 {
 }
 
 // grayscale replaces each pixel's colour by its luma, keeping alpha.
-func grayscale(img image.Image) image.Image {
+func grayscale(ctx context.Context, img image.Image) (image.Image, error) {
 	switch m := img.(type) {
 	case *image.Gray, *image.Gray16:
-		return img
+		return img, nil
 	case *image.YCbCr:
 		// A JPEG's Y plane is already the luma (with the same Rec. 601 weights), and its pixels
 		// start at the image's Min like a Gray's: keep it and drop the chroma, without a copy.
-		return &image.Gray{Pix: m.Y, Stride: m.YStride, Rect: m.Rect}
+		return &image.Gray{Pix: m.Y, Stride: m.YStride, Rect: m.Rect}, nil
 	case *image.Paletted:
 		return mapPalette(m, func(p *[4]byte) {
 			y := luma(p[0], p[1], p[2])
 			p[0], p[1], p[2] = y, y, y
-		})
+		}), nil
 	}
-	m := toNRGBA(img)
-	rows(m, func(row []byte) {
+	m, err := toNRGBA(ctx, img)
+	if err != nil {
+		return nil, err
+	}
+	return m, rows(ctx, m, func(row []byte) {
 		for i := 0; i+4 <= len(row); i += 4 {
 			p := row[i : i+3 : i+3]
 			y := luma(p[0], p[1], p[2])
 			p[0], p[1], p[2] = y, y, y
 		}
 	})
-	return m
 }
 
 // mapPalette gives m a mapped copy of its palette, as straight NRGBA colours: the pixels are

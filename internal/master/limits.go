@@ -3,7 +3,9 @@ package master
 import (
 	"context"
 	"fmt"
+	"math"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -23,6 +25,15 @@ const (
 	DefaultMaxPixels = imageop.DefaultMaxPixels
 	// DefaultMaxQueued is how many queued tasks make the master refuse uploads by default.
 	DefaultMaxQueued = 10000
+	// DefaultMaxTaskCost is the most CPU time one task may be estimated to take by default: ordinary
+	// photo work (a 24 MP photo resized, sharpened and made a JPEG: about 2 s; a 50 MP one's red and
+	// green swapped: 2 to 5 s, 19 s for a 16-bit PNG) passes with room to spare, a chain that
+	// blows a tiny image up to 50 MP and blurs it 15 times (about 57 s) does not.
+	DefaultMaxTaskCost = 30 * time.Second
+	// DefaultMaxTaskMemory is the most memory one task may be estimated to hold at once by default:
+	// a 50 MP photo turned a quarter (400 MB as 8-bit RGBA, its copy included) passes, a 50 MP 16-bit
+	// PNG turned a quarter (800 MB) does not.
+	DefaultMaxTaskMemory = 512 << 20
 )
 
 // NoLimit, as a Limits field, turns that limit off.
@@ -49,6 +60,13 @@ type Limits struct {
 	// requires its token (every request comes from a holder of it, such as the frontend) or listens on
 	// loopback only without one (every caller is a process of the machine); not with --insecure.
 	TrustOwner bool
+	// MaxTaskCost is the most CPU time (on one core) a task's decode, operations and encode may be
+	// estimated to take (imageop.Chain.Estimate, from the header and the chain), refused with 413
+	// before anything is stored; default DefaultMaxTaskCost.
+	MaxTaskCost time.Duration
+	// MaxTaskMemory is the most bytes a task may be estimated to hold at once (413); default
+	// DefaultMaxTaskMemory.
+	MaxTaskMemory int64
 }
 
 // WithDefaults returns l with its zero fields set to the defaults.
@@ -65,7 +83,62 @@ func (l Limits) WithDefaults() Limits {
 	if l.MaxQueued == 0 {
 		l.MaxQueued = DefaultMaxQueued
 	}
+	if l.MaxTaskCost == 0 {
+		l.MaxTaskCost = DefaultMaxTaskCost
+	}
+	if l.MaxTaskMemory == 0 {
+		l.MaxTaskMemory = DefaultMaxTaskMemory
+	}
 	return l
+}
+
+// checkCost refuses a chain whose estimated CPU time or memory on the image of header h is over
+// MaxTaskCost or MaxTaskMemory, with a message naming the costliest step and by how much the task is
+// over the limit.
+func (l Limits) checkCost(chain imageop.Chain, h imageop.Header) error {
+	if l.MaxTaskCost < 0 && l.MaxTaskMemory < 0 {
+		return nil
+	}
+	e := chain.Estimate(h)
+	if l.MaxTaskCost > 0 && e.CPU > l.MaxTaskCost {
+		name, each, times := e.Costliest()
+		step := name + ": " + seconds(each)
+		if times > 1 {
+			step += fmt.Sprintf(" each, %d times", times)
+		}
+		return httpapi.Errorf(http.StatusRequestEntityTooLarge,
+			"op: the chain would take about %s of CPU (%s), %s the limit of %s (--max-task-cost)",
+			seconds(e.CPU), step, timesOver(float64(e.CPU)/float64(l.MaxTaskCost)), seconds(l.MaxTaskCost))
+	}
+	if l.MaxTaskMemory > 0 && e.Memory > l.MaxTaskMemory {
+		return httpapi.Errorf(http.StatusRequestEntityTooLarge,
+			"op: the chain would hold about %s at once (during %s), %s the limit of %d bytes (--max-task-memory)",
+			megabytes(e.Memory), e.Peak().Name, timesOver(float64(e.Memory)/float64(l.MaxTaskMemory)), l.MaxTaskMemory)
+	}
+	return nil
+}
+
+// seconds spells a duration for a message: "93 s", "3.6 s", "0.25 s".
+func seconds(d time.Duration) string { return roughly(d.Seconds()) + " s" }
+
+// megabytes spells n bytes in megabytes (10⁶) for a message: "800 MB", "1.2 MB".
+func megabytes(n int64) string { return roughly(float64(n)/1e6) + " MB" }
+
+// roughly spells v to two significant digits, or as a whole number from 10 on.
+func roughly(v float64) string {
+	if v >= 10 {
+		return strconv.FormatFloat(math.Round(v), 'f', 0, 64)
+	}
+	return strconv.FormatFloat(v, 'g', 2, 64)
+}
+
+// timesOver spells how many times a limit a value over it is, "1.9 times", or "just over" where that
+// rounds to 1.0.
+func timesOver(ratio float64) string {
+	if s := strconv.FormatFloat(ratio, 'f', 1, 64); s != "1.0" {
+		return s + " times"
+	}
+	return "just over"
 }
 
 const (

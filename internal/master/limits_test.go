@@ -387,11 +387,13 @@ func TestNewQueueCapOff(t *testing.T) {
 
 func TestLimitsWithDefaults(t *testing.T) {
 	got := master.Limits{}.WithDefaults()
-	want := master.Limits{MaxUpload: 256 << 20, MaxDimension: 16384, MaxPixels: 50_000_000, MaxQueued: 10000}
+	want := master.Limits{MaxUpload: 256 << 20, MaxDimension: 16384, MaxPixels: 50_000_000, MaxQueued: 10000,
+		MaxTaskCost: 30 * time.Second, MaxTaskMemory: 512 << 20}
 	if got != want {
 		t.Errorf("Limits{}.WithDefaults() = %+v, want %+v", got, want)
 	}
-	off := master.Limits{MaxUpload: master.NoLimit, MaxDimension: master.NoLimit, MaxPixels: master.NoLimit, MaxQueued: master.NoLimit}
+	off := master.Limits{MaxUpload: master.NoLimit, MaxDimension: master.NoLimit, MaxPixels: master.NoLimit, MaxQueued: master.NoLimit,
+		MaxTaskCost: master.NoLimit, MaxTaskMemory: master.NoLimit}
 	if got := off.WithDefaults(); got != off {
 		t.Errorf("NoLimit fields changed by WithDefaults: %+v", got)
 	}

@@ -114,6 +114,9 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 		}
 		return httpapi.Errorf(http.StatusRequestEntityTooLarge, "op: %v", err)
 	}
+	if err := s.limits.checkCost(chain, header); err != nil {
+		return err
+	}
 	ctx := r.Context()
 	created, err := s.db.CreateTask(ctx, client.NewTaskParams{Pending: true, Op: chain.String(), IdempotencyKey: key, Owner: owner})
 	if err != nil {

@@ -1,6 +1,7 @@
 package pngenc
 
 import (
+	"context"
 	"fmt"
 	"image"
 	"image/draw"
@@ -136,7 +137,7 @@ func BenchmarkParams(b *testing.B) {
 					b.SetBytes(int64(4 * src.w * src.h))
 					for b.Loop() {
 						out = countingWriter{}
-						if err := s.encode(&out, &src, p); err != nil {
+						if err := s.encode(context.Background(), &out, &src, p); err != nil {
 							b.Fatal(err)
 						}
 					}

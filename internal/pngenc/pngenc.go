@@ -11,6 +11,7 @@
 package pngenc
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
@@ -41,6 +42,14 @@ type Encoder struct {
 // and images image/png refuses (empty, too large, bad palette), are encoded by
 // image/png, at the same compression level. Errors, w's included, are wrapped.
 func (e *Encoder) Encode(w io.Writer, img image.Image) error {
+	return e.EncodeContext(context.Background(), w, img)
+}
+
+// EncodeContext is Encode that stops, with an error wrapping ctx.Err(), once ctx ends: it checks
+// ctx between batches of rows (every batchSize filtered bytes), since a well compressed image may
+// give w nothing to write for most of its rows. Images handed to image/png stop only when a write
+// to w fails.
+func (e *Encoder) EncodeContext(ctx context.Context, w io.Writer, img image.Image) error {
 	src, ok := newSource(img)
 	if !ok {
 		enc := png.Encoder{CompressionLevel: e.CompressionLevel, BufferPool: &e.std}
@@ -53,7 +62,7 @@ func (e *Encoder) Encode(w io.Writer, img image.Image) error {
 	if s == nil {
 		s = new(state)
 	}
-	err := s.encode(w, &src, levelParams(e.CompressionLevel))
+	err := s.encode(ctx, w, &src, levelParams(e.CompressionLevel))
 	s.release()
 	e.states.Put(s)
 	if err != nil {
@@ -121,7 +130,7 @@ type state struct {
 	fbuf []byte    // filtered rows waiting for zlib
 }
 
-func (s *state) encode(w io.Writer, src *source, p params) error {
+func (s *state) encode(ctx context.Context, w io.Writer, src *source, p params) error {
 	s.w, s.err = w, nil
 	s.out = append(s.out[:0], "\x89PNG\r\n\x1a\n"...)
 	s.writeIHDR(src)
@@ -139,7 +148,7 @@ func (s *state) encode(w io.Writer, src *source, p params) error {
 	} else {
 		s.zw.Reset(s)
 	}
-	if err := s.writeRows(src, p.filter); err != nil {
+	if err := s.writeRows(ctx, src, p.filter); err != nil {
 		return err
 	}
 	if err := s.zw.Close(); err != nil {
@@ -161,7 +170,7 @@ func (s *state) release() {
 }
 
 // writeRows filters src's rows and writes them to the zlib writer.
-func (s *state) writeRows(src *source, filter int) error {
+func (s *state) writeRows(ctx context.Context, src *source, filter int) error {
 	n := src.rowLen
 	for i := range s.rows {
 		s.rows[i] = grow(s.rows[i], n)
@@ -190,6 +199,9 @@ func (s *state) writeRows(src *source, filter int) error {
 		}
 		fbuf[start] = byte(ft)
 		if len(fbuf) >= batchSize {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 			if _, err := s.zw.Write(fbuf); err != nil {
 				return err
 			}

@@ -1,18 +1,8 @@
 package testimage
 
 import (
-	"encoding/binary"
-	"hash/crc32"
 	"math/bits"
 )
-
-// PNGHeaderDepth is PNGHeader with depth bits per channel (8 or 16).
-func PNGHeaderDepth(width, height, depth int) []byte {
-	b := PNGHeader(width, height)
-	b[24] = byte(depth)
-	binary.BigEndian.PutUint32(b[29:], crc32.ChecksumIEEE(b[12:29]))
-	return b
-}
 
 // JPEGScanBomb is a valid progressive greyscale JPEG of width×height pixels with scans AC scans, each a few
 // dozen bytes of end-of-block runs that cover every block: a small file whose decoding walks all the

@@ -12,7 +12,10 @@ const PNGHeaderLen = 33
 // PNGHeader returns the first 33 bytes of an 8-bit RGBA, non-interlaced PNG of width×height pixels: the
 // signature and the IHDR chunk, with its CRC. Whatever follows, a reader of image headers takes the
 // image's size from it, so a few bytes can claim to be an image of any size (up to 2³¹-1 pixels a side).
-func PNGHeader(width, height int) []byte {
+func PNGHeader(width, height int) []byte { return PNGHeaderDepth(width, height, 8) }
+
+// PNGHeaderDepth is PNGHeader for an RGBA PNG of depth bits per channel, 8 or 16.
+func PNGHeaderDepth(width, height, depth int) []byte {
 	b := make([]byte, 0, PNGHeaderLen)
 	b = append(b, "\x89PNG\r\n\x1a\n"...)
 	b = binary.BigEndian.AppendUint32(b, 13) // IHDR data length
@@ -20,7 +23,7 @@ func PNGHeader(width, height int) []byte {
 	b = append(b, "IHDR"...)
 	b = binary.BigEndian.AppendUint32(b, uint32(width))
 	b = binary.BigEndian.AppendUint32(b, uint32(height))
-	b = append(b, 8, 6, 0, 0, 0) // bit depth 8, colour type RGBA, deflate, adaptive filtering, no interlace
+	b = append(b, byte(depth), 6, 0, 0, 0) // bit depth, colour type RGBA, deflate, adaptive filtering, no interlace
 	return binary.BigEndian.AppendUint32(b, crc32.ChecksumIEEE(b[chunk:]))
 }
 

@@ -444,7 +444,7 @@ func (l *loop) process(ctx context.Context, task wire.Task, deadline *atomic.Int
 	if err := chain.CheckSize(h.Width, h.Height, maxPixels); err != nil {
 		return err
 	}
-	cost := chain.Estimate(h)
+	cost := l.proc.Estimate(chain, h)
 	timeout := l.cfg.TaskTimeoutFor(cost)
 	// A fresh buffer per result: the HTTP transport may still read a request body after the call
 	// returns, so reusing it for the next task could corrupt a retried upload.

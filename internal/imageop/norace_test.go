@@ -1,0 +1,5 @@
+//go:build !race
+
+package imageop
+
+const raceEnabled = false
