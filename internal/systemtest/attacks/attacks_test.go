@@ -87,6 +87,8 @@ func TestAttacks(t *testing.T) {
 		}
 		app.checkUnharmed(i)
 	}
+	t.Logf("%d attacks, each followed by a health check of the 5 services, a normal upload and a re-read of the earlier results (%d at the end)",
+		len(attacks), len(app.results))
 }
 
 // isErrorBody reports whether an answer's body is an error as imgmill writes them.

@@ -105,10 +105,10 @@ func attackTable(small []byte) []attack {
 		{name: "database: without the token", service: database, target: "/list", want: 401, says: "token"},
 		{name: "database: wrong token", service: database, target: "/list", header: map[string]string{"Authorization": "Bearer wrong-token-wrong-token-wrong-token"}, want: 401, says: "token"},
 		{name: "database: setById with a key twice", service: database, authorized: true, method: post, target: "/setById", body: []byte(`{"id":0,"state":2,"id":1}`), want: 400, says: "twice"},
-		{name: "database: setById with an unknown field", service: database, authorized: true, method: post, target: "/setById", body: []byte(`{"id":1,"owner":"me"}`), want: 400, says: "owner"},
+		{name: "database: setById with an unknown field", service: database, authorized: true, method: post, target: "/setById", body: []byte(`{"id":1,"state":0,"colour":"red"}`), want: 400, says: "colour"},
 		{name: "database: setById with trailing data", service: database, authorized: true, method: post, target: "/setById", body: []byte(`{"id":1}{"id":2}`), want: 400, says: "after"},
-		{name: "database: setById of 2 MB", service: database, authorized: true, method: post, target: "/setById", body: []byte(`{"id":1,"error":"` + strings.Repeat("x", 2<<20) + `"}`), want: 413, says: "larger"},
-		{name: "database: newTask with an unknown op", service: database, authorized: true, method: post, target: "/newTask?op=boom", want: 400, says: "boom"},
+		{name: "database: setById of 2 MB", service: database, authorized: true, method: post, target: "/setById", body: []byte(`{"id":1,"error":"` + strings.Repeat("x", 2<<20) + `"}`), want: 413, says: "over 65536 bytes"},
+		{name: "database: newTask with a newline in the op", service: database, authorized: true, method: post, target: "/newTask?op=swap%0Aswap", want: 400, says: "op"},
 		{name: "database: newTask with -5 attempts", service: database, authorized: true, method: post, target: "/newTask?maxAttempts=-5", want: 400, says: "maxAttempts"},
 		{name: "database: getById of id x", service: database, authorized: true, target: "/getById?id=x", want: 400, says: "id"},
 
