@@ -194,11 +194,13 @@ func TestWorkerStopsRenewingPastDeadline(t *testing.T) {
 // can never run there: it fails on its first attempt and for good, saying so, and the next runs.
 func TestWorkerFailsTaskOverMemoryBudget(t *testing.T) {
 	r := newRig(t, rigOptions{})
-	bigImg, smallImg := testimage.Pattern(64, 4), testimage.Pattern(8, 5)
+	// The estimates hold a fixed part (the encoder's buffers) besides the pixels: the big image must be
+	// large enough that its pixels dominate.
+	bigImg, smallImg := testimage.Pattern(1024, 4), testimage.Pattern(8, 5)
 	need := estimate(t, servicetest.EncodePNG(t, bigImg), "").Memory
 	budget := need / 2
 	if small := estimate(t, servicetest.EncodePNG(t, smallImg), "").Memory; small > budget {
-		t.Fatalf("estimates: %d bytes for 64x64, %d for 8x8: the small one does not fit in half the large one's", need, small)
+		t.Fatalf("estimates: %d bytes for 1024x1024, %d for 8x8: the small one does not fit in half the large one's", need, small)
 	}
 	big := r.upload(t, bigImg)
 	small := r.upload(t, smallImg)
