@@ -37,12 +37,12 @@ func TestBadToken(t *testing.T) {
 	// A short token is refused at start, with the way to make a good one.
 	for _, args := range [][]string{{"serve", "--token", "x"}, {"worker", "--token", "imgmill-test-token"}} {
 		_, _, err = runCLI(t, nil, args...)
-		if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "use at least 32, e.g. from `openssl rand -base64 32`") {
+		if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "of at least 32 characters): use a long random one, e.g. from `openssl rand -base64 32`") {
 			t.Errorf("%v: %v, want a usage error asking for 32 characters", args, err)
 		}
 	}
 	_, _, err = runCLI(t, map[string]string{"IMGMILL_TOKEN": "x"}, "kv", "--addr", "127.0.0.1:0", "--data", t.TempDir())
-	if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "IMGMILL_TOKEN") || !strings.Contains(err.Error(), "the token is 1 characters") {
+	if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "IMGMILL_TOKEN") || !strings.Contains(err.Error(), "the token is too short (1 of at least 32 characters)") {
 		t.Errorf("IMGMILL_TOKEN=x: %v, want a usage error naming the variable and the length", err)
 	}
 }

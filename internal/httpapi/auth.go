@@ -81,7 +81,7 @@ func bearerMatches(header string, want [sha256.Size]byte) bool {
 // The empty token (no token) is fine.
 func CheckToken(token string) error {
 	if token != "" && len(token) < MinTokenLen {
-		return fmt.Errorf("the token is %d characters; use at least %d, e.g. from `openssl rand -base64 32`", len(token), MinTokenLen)
+		return fmt.Errorf("the token is too short (%d of at least %d characters): use a long random one, e.g. from `openssl rand -base64 32`", len(token), MinTokenLen)
 	}
 	for i := 0; i < len(token); i++ {
 		if c := token[i]; c <= ' ' || c > '~' {

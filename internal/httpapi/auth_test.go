@@ -174,7 +174,7 @@ func TestCheckToken(t *testing.T) {
 		}
 	}
 	for _, short := range []string{"x", "abc", "a+b/c=", long[:31]} {
-		want := fmt.Sprintf("the token is %d characters; use at least 32, e.g. from `openssl rand -base64 32`", len(short))
+		want := fmt.Sprintf("the token is too short (%d of at least 32 characters): use a long random one, e.g. from `openssl rand -base64 32`", len(short))
 		if err := httpapi.CheckToken(short); err == nil || err.Error() != want {
 			t.Errorf("CheckToken(%q) = %v, want %q", short, err, want)
 		}

@@ -137,7 +137,7 @@ func TestRunRefusesNonLoopbackWithoutToken(t *testing.T) {
 	for _, spec := range []service.Spec{{Token: "x"}, {OpsToken: "short-ops-token"}} {
 		spec.Addr, spec.Handler, spec.Logger = "127.0.0.1:0", httpapi.Livez(), discard
 		err := service.Run(context.Background(), spec)
-		if err == nil || !strings.Contains(err.Error(), "use at least 32, e.g. from `openssl rand -base64 32`") {
+		if err == nil || !strings.Contains(err.Error(), "of at least 32 characters): use a long random one, e.g. from `openssl rand -base64 32`") {
 			t.Errorf("Run with a short token (%+v) = %v, want a refusal naming the length", spec, err)
 		}
 	}
