@@ -80,3 +80,29 @@ func ValidateKey(key string) error {
 	}
 	return nil
 }
+
+// Optional interfaces: a store implements what its engine can answer cheaply; callers check with a type
+// assertion and do without where a store does not.
+
+// FreeSpacer is implemented by stores whose blobs fill a local file system (fileblob), so that storage
+// can refuse uploads before the disk is full. An object store (s3blob) has no free space to ask about.
+type FreeSpacer interface {
+	// FreeSpace returns the bytes this process may still write on the store's file system and that file
+	// system's size, with one system call.
+	FreeSpace(ctx context.Context) (free, size uint64, err error)
+}
+
+// Usage is what a store holds under one prefix.
+type Usage struct {
+	Objects int64 // blobs
+	Bytes   int64 // their content, without the file system's or engine's overhead
+}
+
+// Inventory is implemented by stores that keep count of what they hold (fileblob: one walk of its
+// directory at Open, then every Put and Delete), for metrics. An object store would have to list the
+// whole bucket to know, so s3blob does not implement it.
+type Inventory interface {
+	// Usage returns what the store holds under prefix, the first segment of keys ("working" for
+	// "working/42").
+	Usage(prefix string) Usage
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/imgmill/imgmill/internal/master"
 	"github.com/imgmill/imgmill/internal/publicid"
 	"github.com/imgmill/imgmill/internal/service"
+	"github.com/imgmill/imgmill/internal/storage"
 	"github.com/imgmill/imgmill/internal/taskstore"
 	"github.com/imgmill/imgmill/internal/worker"
 )
@@ -76,6 +77,37 @@ func (f *flags) tasks(t *engines.Tasks) {
 func (f *flags) blobs(b *engines.Blobs) {
 	f.StringVar(&b.URL, "blobs", "", "blob store: empty for files under --data, or 's3://BUCKET?endpoint=http://HOST:PORT&access_key=K&secret_key=S' "+
 		"(keys also from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; the bucket is created when missing; shared by several storage services)")
+}
+
+// minFree defines --min-free, storage's floor of free space (serve's too: its database shares the disk).
+func (f *flags) minFree(p *storage.MinFree) {
+	*p = storage.DefaultMinFree
+	f.Var(minFreeValue{p}, "min-free", "free space kept on the file store's file system: uploads that would leave less are refused (507, Retry-After), "+
+		"results of tasks under half of it, so that writes in flight and a database on the same disk never find it full; a size (2GiB), "+
+		"a percentage of the file system (10%), or both (the smaller counts); 0: no floor; not checked with an s3:// --blobs")
+}
+
+// minFreeValue is --min-free.
+type minFreeValue struct{ p *storage.MinFree }
+
+func (v minFreeValue) String() string {
+	if v.p == nil {
+		return "0"
+	}
+	return v.p.String()
+}
+
+func (v minFreeValue) Set(s string) error {
+	m, err := storage.ParseMinFree(s, func(size string) (int64, error) {
+		var n int64
+		err := bytesValue{&n}.Set(size)
+		return n, err
+	})
+	if err != nil {
+		return err
+	}
+	*v.p = m
+	return nil
 }
 
 func (f *flags) kvStore(k *engines.KV) {

@@ -48,6 +48,7 @@ func serveCommand() command {
 			f.addr(&cfg.Master.Addr, "master", master.DefaultAddr)
 			f.tasks(&cfg.Tasks)
 			f.blobs(&cfg.Blobs)
+			f.minFree(&cfg.Storage.MinFree)
 			f.kvStore(&cfg.KVStore)
 			f.sharedOptions(&cfg.Shared)
 			f.policy(&cfg.Database)
@@ -139,6 +140,7 @@ func storageCommand() command {
 			kv := f.kvAddrs()
 			f.dataDir(&blobs.DataDir)
 			f.blobs(&blobs)
+			f.minFree(&cfg.MinFree)
 			f.sharedOptions(&cfg.Options)
 			return func(ctx context.Context, _ []string) error {
 				cfg.Logger = f.logger("storage")

@@ -31,11 +31,18 @@ func Writable(what, dir string) error {
 // Room returns how many bytes this process may still write on the file system holding dir, and false
 // when it cannot tell.
 func Room(dir string) (uint64, bool) {
+	free, _, err := Space(dir)
+	return free, err == nil
+}
+
+// Space returns how many bytes this process may still write on the file system holding dir (as Room)
+// and the file system's size in bytes, with one statfs(2).
+func Space(dir string) (free, size uint64, err error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {
-		return 0, false
+		return 0, 0, fmt.Errorf("statfs %s: %w", dir, err)
 	}
-	return room(st) * uint64(st.Bsize), true
+	return room(st) * uint64(st.Bsize), st.Blocks * uint64(st.Bsize), nil
 }
 
 // room is the number of free blocks this process may use: root may use the ones reserved for it.

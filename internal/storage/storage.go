@@ -25,6 +25,7 @@ func NewServer(blobs blobstore.Store, opts ...Option) http.Handler {
 	for _, opt := range opts {
 		opt(s)
 	}
+	s.metrics.watch(blobs, s.space)
 	mux := httpapi.NewMux()
 	addRoutes(mux, s)
 	return mux
@@ -33,6 +34,7 @@ func NewServer(blobs blobstore.Store, opts ...Option) http.Handler {
 type server struct {
 	blobs   blobstore.Store
 	metrics *storageMetrics // nil: none (see WithMetrics)
+	space   *spaceGuard     // nil: no floor of free space (see WithMinFree)
 }
 
 // handleSendImage stores an image. The optional token parameter is the lease token of the worker sending
@@ -50,7 +52,14 @@ func (s *server) handleSendImage(w http.ResponseWriter, r *http.Request) error {
 	if r.ContentLength == 0 {
 		return httpapi.Errorf(http.StatusBadRequest, "empty image body")
 	}
-	n, err := s.blobs.Put(r.Context(), key, &nonEmptyReader{r: r.Body}, r.ContentLength, token)
+	state := r.URL.Query().Get("state")
+	up, err := s.space.admit(r.Context(), state, r.ContentLength)
+	if err != nil {
+		s.metrics.refusedForSpace(state)
+		return err
+	}
+	defer up.done()
+	n, err := s.blobs.Put(r.Context(), key, up.body(&nonEmptyReader{r: r.Body}), r.ContentLength, token)
 	if errors.Is(err, errEmptyBody) {
 		// The failed stream left any image already stored under key untouched.
 		return httpapi.Errorf(http.StatusBadRequest, "empty image body")
@@ -66,7 +75,7 @@ func (s *server) handleSendImage(w http.ResponseWriter, r *http.Request) error {
 		}
 		return fmt.Errorf("store %s: %w", key, err)
 	}
-	s.metrics.stored(r.URL.Query().Get("state"), n)
+	s.metrics.stored(state, n)
 	httpapi.WriteText(w, http.StatusOK, "success")
 	return nil
 }
@@ -151,14 +160,20 @@ type Config struct {
 	KV *client.KV // where the service registers
 	// Blobs is the blob store, opened by the caller (see package engines), who closes it after Run.
 	Blobs blobstore.Store
+	// MinFree is the free space kept on Blobs' file system (see MinFree; zero: none). An object store
+	// has no free space to keep: the check is off there.
+	MinFree MinFree
 }
 
 // Run serves the storage service on cfg.Blobs until ctx ends, registered in the kv store as
 // storageAddress.
 func Run(ctx context.Context, cfg Config) error {
 	reg := metrics.New("storage")
+	if _, ok := cfg.Blobs.(blobstore.FreeSpacer); !ok && cfg.MinFree != (MinFree{}) && cfg.Logger != nil {
+		cfg.Logger.Info("--min-free is not checked: the blob store has no file system of its own", "min_free", cfg.MinFree.String())
+	}
 	return service.Run(ctx, cfg.Spec(service.Spec{
-		Handler: NewServer(cfg.Blobs, WithMetrics(reg)), Ready: cfg.Blobs.Ping,
+		Handler: NewServer(cfg.Blobs, WithMetrics(reg), WithMinFree(cfg.MinFree)), Ready: cfg.Blobs.Ping,
 		RegisterAs: wire.StorageKey, KV: cfg.KV, Internal: true, Metrics: reg,
 	}))
 }

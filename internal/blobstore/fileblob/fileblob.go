@@ -39,6 +39,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -68,9 +69,15 @@ type Store struct {
 	// and directory.
 	flush *groupsync.Syncer
 	root  io.Closer // what flush holds open
+	// usage counts the blobs under each prefix: walked at Open, then kept by every Put and Delete.
+	usage usageCounts
 }
 
-var _ blobstore.Store = (*Store)(nil)
+var (
+	_ blobstore.Store      = (*Store)(nil)
+	_ blobstore.FreeSpacer = (*Store)(nil)
+	_ blobstore.Inventory  = (*Store)(nil)
+)
 
 // Open opens the store rooted at dir, creating dir if needed. It removes the temporary files left by writes
 // that a crash interrupted and fsyncs every directory, so that after Open an existing directory is durable.
@@ -95,6 +102,18 @@ func Open(dir string) (*Store, error) {
 			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("remove stale temporary file: %w", err)
 			}
+			return nil
+		}
+		if d.Type().IsRegular() {
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			rel, err := filepath.Rel(dir, path)
+			if err != nil {
+				return err
+			}
+			s.usage.add(filepath.ToSlash(rel), 1, fi.Size())
 		}
 		return nil
 	})
@@ -168,7 +187,7 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, fe
 			return n, putError(key, err)
 		}
 	}
-	if err := s.replace(ctx, key, tmp, path, fence); err != nil {
+	if err := s.replace(ctx, key, tmp, path, fence, n); err != nil {
 		if errors.Is(err, syscall.EISDIR) || errors.Is(err, syscall.EEXIST) || errors.Is(err, syscall.ENOTEMPTY) {
 			return n, fmt.Errorf("fileblob: put %s: the key is a prefix of other keys: %w", key, err)
 		}
@@ -185,10 +204,10 @@ func putError(key string, err error) error {
 	return fmt.Errorf("fileblob: put %s: %w", key, fault.Disk(what, err))
 }
 
-// replace renames tmp, written and synced with fence, over path unless the blob there has a larger fence,
-// and makes the rename durable. The key's lock makes the check and the rename one step for other Puts and
-// Deletes.
-func (s *Store) replace(ctx context.Context, key string, tmp *atomicfile.Temp, path string, fence int64) error {
+// replace renames tmp, written and synced with fence and holding n bytes, over path unless the blob there
+// has a larger fence, and makes the rename durable. The key's lock makes the check and the rename one step
+// for other Puts and Deletes, and keeps the usage counts exact.
+func (s *Store) replace(ctx context.Context, key string, tmp *atomicfile.Temp, path string, fence, n int64) error {
 	unlock := s.keys.lock(key)
 	defer unlock()
 	if err := ctx.Err(); err != nil {
@@ -203,12 +222,22 @@ func (s *Store) replace(ctx context.Context, key string, tmp *atomicfile.Temp, p
 			return fmt.Errorf("%w (stored blob has fence %d, this write %d)", blobstore.ErrStaleFence, stored, fence)
 		}
 	}
+	// What the rename replaces, for the usage counts: nothing (a new blob) or a blob of old bytes.
+	var objects, old int64 = 1, 0
+	if fi, err := os.Lstat(path); err == nil && fi.Mode().IsRegular() {
+		objects, old = 0, fi.Size()
+	}
 	// The rename and its flush, under the lock so that a Put that saw this blob's fence saw a durable
 	// one. The shared flush covers the content, the fence and the rename of every Put in flight.
+	commit := tmp.Commit
 	if s.flush != nil {
-		return tmp.CommitFlush(s.flush.Sync)
+		commit = func() error { return tmp.CommitFlush(s.flush.Sync) }
 	}
-	return tmp.Commit()
+	if err := commit(); err != nil {
+		return err
+	}
+	s.usage.add(key, objects, n-old)
+	return nil
 }
 
 // Open implements blobstore.Store.
@@ -275,6 +304,7 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 		}
 		return fmt.Errorf("fileblob: delete %s: %w", key, fault.Disk(what, err))
 	}
+	s.usage.add(key, -1, -fi.Size())
 	// Make the removal durable, so a deleted blob does not come back after a crash.
 	if err := atomicfile.SyncDir(filepath.Dir(path)); err != nil {
 		return fmt.Errorf("fileblob: delete %s: %w", key, fault.Disk(what, err))
@@ -305,6 +335,21 @@ func (s *Store) Ping(ctx context.Context) error {
 	}
 	return nil
 }
+
+// FreeSpace implements blobstore.FreeSpacer: one statfs of the store's directory.
+func (s *Store) FreeSpace(ctx context.Context) (free, size uint64, err error) {
+	if err := ctx.Err(); err != nil {
+		return 0, 0, fmt.Errorf("fileblob: free space: %w", err)
+	}
+	free, size, err = fault.Space(s.dir)
+	if err != nil {
+		return 0, 0, fmt.Errorf("fileblob: free space: %w", err)
+	}
+	return free, size, nil
+}
+
+// Usage implements blobstore.Inventory from the counts kept since Open.
+func (s *Store) Usage(prefix string) blobstore.Usage { return s.usage.get(prefix) }
 
 // Close implements blobstore.Store. Open Blobs stay readable.
 func (s *Store) Close() error {
@@ -393,4 +438,30 @@ func (k *keyLocks) lock(key string) (unlock func()) {
 		}
 		k.mu.Unlock()
 	}
+}
+
+// usageCounts is what the store holds under each prefix (a key's first segment).
+type usageCounts struct {
+	mu sync.Mutex
+	m  map[string]blobstore.Usage
+}
+
+// add counts objects blobs more (or fewer) and bytes more (or fewer) under key's prefix.
+func (u *usageCounts) add(key string, objects, bytes int64) {
+	prefix, _, _ := strings.Cut(key, "/")
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.m == nil {
+		u.m = make(map[string]blobstore.Usage)
+	}
+	c := u.m[prefix]
+	c.Objects += objects
+	c.Bytes += bytes
+	u.m[prefix] = c
+}
+
+func (u *usageCounts) get(prefix string) blobstore.Usage {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.m[prefix]
 }

@@ -312,3 +312,69 @@ func TestPingWithoutDirectory(t *testing.T) {
 		t.Errorf("Ping of a removed directory = %v, want an unavailable error", err)
 	}
 }
+
+// Usage counts what Open finds (not the temporary files of interrupted writes) and follows every Put,
+// replacement and Delete; refused and failed writes change nothing.
+func TestUsage(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "working", "1"), "12345")
+	writeFile(t, filepath.Join(dir, "working", "2"), "123")
+	writeFile(t, filepath.Join(dir, "working", ".3.tmp-99"), "interrupted")
+	writeFile(t, filepath.Join(dir, "finished", "1"), "1")
+	s := openStore(t, dir)
+	defer s.Close()
+	check := func(what, prefix string, objects, bytes int64) {
+		t.Helper()
+		if got, want := s.Usage(prefix), (blobstore.Usage{Objects: objects, Bytes: bytes}); got != want {
+			t.Errorf("%s: Usage(%q) = %+v, want %+v", what, prefix, got, want)
+		}
+	}
+	check("at Open", "working", 2, 8)
+	check("at Open", "finished", 1, 1)
+	check("at Open", "other", 0, 0)
+
+	put := func(key, content string, fence int64) error {
+		_, err := s.Put(ctx, key, strings.NewReader(content), int64(len(content)), fence)
+		return err
+	}
+	if err := put("working/4", "1234567", 0); err != nil {
+		t.Fatal(err)
+	}
+	check("a new blob", "working", 3, 15)
+	if err := put("working/1", "12", 0); err != nil {
+		t.Fatal(err)
+	}
+	check("a replaced blob", "working", 3, 12)
+	if err := put("finished/1", "123456", 9); err != nil {
+		t.Fatal(err)
+	}
+	if err := put("finished/1", "123456789", 8); !errors.Is(err, blobstore.ErrStaleFence) {
+		t.Fatalf("stale fence: %v", err)
+	}
+	if _, err := s.Put(ctx, "finished/2", &failAfter{n: 3}, -1, 0); err == nil {
+		t.Fatal("a failing stream was stored")
+	}
+	check("refused and failed writes", "finished", 1, 6)
+	for _, key := range []string{"working/2", "working/2", "working/9"} {
+		if err := s.Delete(ctx, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("deleted (twice) and a missing one", "working", 2, 9)
+}
+
+// FreeSpace sees the file system's size and what is left of it.
+func TestFreeSpace(t *testing.T) {
+	disk := enginetest.SmallDisk(t, smallDiskSize)
+	s := openStore(t, disk.Dir())
+	defer s.Close()
+	free, size, err := s.FreeSpace(t.Context())
+	if err != nil || size < smallDiskSize || free > size || free < smallDiskSize/2 {
+		t.Fatalf("FreeSpace of an empty disk of %d bytes = %d, %d, %v", smallDiskSize, free, size, err)
+	}
+	disk.Fill(t)
+	if free, _, err := s.FreeSpace(t.Context()); err != nil || free != 0 {
+		t.Errorf("FreeSpace of a full disk = %d, %v; want 0", free, err)
+	}
+}

@@ -1,0 +1,107 @@
+package storage_test
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"testing"
+
+	"github.com/imgmill/imgmill/internal/blobstore/fileblob"
+	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/metrics"
+	"github.com/imgmill/imgmill/internal/metrics/metricstest"
+	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/storage"
+)
+
+// smallDisk is a file store on a pretend file system of capacity bytes: its free space is the capacity
+// less what the store holds, whenever it is asked.
+type smallDisk struct {
+	*fileblob.Store
+	capacity int64
+}
+
+func (d *smallDisk) FreeSpace(ctx context.Context) (free, size uint64, err error) {
+	used := d.Usage("working").Bytes + d.Usage("finished").Bytes
+	return uint64(max(d.capacity-used, 0)), 1 << 30, nil
+}
+
+// newSmallStorage serves the storage over a smallDisk of capacity bytes, with minFree and metrics in reg.
+func newSmallStorage(t *testing.T, capacity int64, minFree storage.MinFree, reg *metrics.Registry) *storageServer {
+	t.Helper()
+	blobs, err := fileblob.Open(filepath.Join(t.TempDir(), "images"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	servicetest.CloseAtCleanup(t, "blob store", blobs)
+	srv := httptest.NewUnstartedServer(nil)
+	srv.Config = httpapi.NewHTTPServer(storage.NewServer(&smallDisk{Store: blobs, capacity: capacity},
+		storage.WithMetrics(reg), storage.WithMinFree(minFree)), servicetest.Discard, httpapi.WithObserver(reg))
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return &storageServer{t: t, url: srv.URL, c: servicetest.NewHTTPClient(t)}
+}
+
+// Uploads are refused with 507 and Retry-After once they would leave less than --min-free; results
+// still go in down to half of it; the metrics count what is held, the free space, the floor and the
+// refusals.
+func TestMinFree(t *testing.T) {
+	reg := metrics.New("storage")
+	s := newSmallStorage(t, 10000, storage.MinFree{Bytes: 4000}, reg)
+	value := func(name string, labels ...string) float64 {
+		return metricstest.Gather(t, reg.Gatherer()).Value(name, append([]string{"service", "storage"}, labels...)...)
+	}
+	check := func(name string, want float64, labels ...string) {
+		t.Helper()
+		if got := value(name, labels...); got != want {
+			t.Errorf("%s%v = %v, want %v", name, labels, got, want)
+		}
+	}
+	refused := func(r servicetest.Reply, body string) {
+		t.Helper()
+		s.expectText(r, http.StatusInsufficientStorage, body)
+		if got := r.Header.Get("Retry-After"); got != "10" {
+			t.Errorf("Retry-After %q, want 10", got)
+		}
+	}
+	check("imgmill_storage_free_bytes", 10000)
+	check("imgmill_storage_min_free_bytes", 4000)
+
+	s.expectText(s.send("1", "working", bytes.Repeat([]byte("a"), 6000)), 200, "success") // leaves 4000: the floor
+	refused(s.send("2", "working", []byte("b")),
+		"Error: storage has 3.9 KiB free, and this image of 1 B would take it below --min-free 3.9 KiB; retry later")
+	s.expectMissing("2", "working")
+	s.expectText(s.sendResult("1", "1", bytes.Repeat([]byte("r"), 1500)), 200, "success") // leaves 2500
+	refused(s.send("3", "working", []byte("c")), "Error: storage has 2.4 KiB free, below --min-free 3.9 KiB; retry later")
+	refused(s.sendResult("3", "1", bytes.Repeat([]byte("r"), 501)),
+		"Error: storage has 2.4 KiB free, and this image of 501 B would take it below half of --min-free 3.9 KiB, the floor for results; retry later")
+	s.expectText(s.sendResult("3", "1", bytes.Repeat([]byte("r"), 500)), 200, "success") // leaves 2000: the results' floor
+	s.expectImage("3", "finished", bytes.Repeat([]byte("r"), 500))
+
+	check("imgmill_storage_space_refusals_total", 2, "state", "working")
+	check("imgmill_storage_space_refusals_total", 1, "state", "finished")
+	check("imgmill_storage_stored_bytes", 6000, "state", "working")
+	check("imgmill_storage_stored_objects", 1, "state", "working")
+	check("imgmill_storage_stored_bytes", 2000, "state", "finished")
+	check("imgmill_storage_stored_objects", 2, "state", "finished")
+	check("imgmill_storage_free_bytes", 2000)
+	if got := value("imgmill_http_requests_total", "route", "POST /sendImage", "code", "507"); got != 3 {
+		t.Errorf("POST /sendImage 507 counted %v times, want 3", got)
+	}
+}
+
+// Without a floor nothing is refused, and the free space is not reported (nothing checks it).
+func TestNoMinFree(t *testing.T) {
+	reg := metrics.New("storage")
+	s := newSmallStorage(t, 100, storage.MinFree{}, reg)
+	s.expectText(s.send("1", "working", bytes.Repeat([]byte("a"), 1000)), 200, "success")
+	fams := metricstest.Gather(t, reg.Gatherer())
+	if fams.Has("imgmill_storage_free_bytes") || fams.Has("imgmill_storage_min_free_bytes") {
+		t.Error("free space gauges without --min-free")
+	}
+	if got := fams.Value("imgmill_storage_stored_bytes", "state", "working"); got != 1000 {
+		t.Errorf("stored bytes %v, want 1000", got)
+	}
+}
