@@ -127,9 +127,9 @@ func TestMinFreeFloor(t *testing.T) {
 		size uint64
 		want uint64
 	}{
-		{DefaultMinFree, 64 << 20, 64 << 20 / 20},  // a small tmpfs: 5 %
-		{DefaultMinFree, 1000 * gib, gib},          // a large disk: 1 GiB
-		{DefaultMinFree, 20 * gib, gib},            // where both meet
+		{DefaultMinFree, 64 << 20, 64 << 20 / 20}, // a small tmpfs: 5 %
+		{DefaultMinFree, 1000 * gib, gib},         // a large disk: 1 GiB
+		{DefaultMinFree, 20 * gib, gib},           // where both meet
 		{MinFree{Bytes: 2 * gib}, 10 * gib, 2 * gib},
 		{MinFree{Percent: 10}, 10 * gib, gib},
 		{MinFree{}, 10 * gib, 0},
