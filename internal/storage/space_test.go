@@ -5,10 +5,16 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/imgmill/imgmill/internal/blobstore/fileblob"
+	"github.com/imgmill/imgmill/internal/enginetest"
+	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/metrics"
 	"github.com/imgmill/imgmill/internal/metrics/metricstest"
@@ -104,4 +110,64 @@ func TestNoMinFree(t *testing.T) {
 	if got := fams.Value("imgmill_storage_stored_bytes", "state", "working"); got != 1000 {
 		t.Errorf("stored bytes %v, want 1000", got)
 	}
+}
+
+// On a real small disk (a tmpfs): uploads are refused with 507 before the disk is full, while a result
+// and a database file beside the store still fit; once space is freed, uploads are accepted again.
+func TestMinFreeOnASmallDisk(t *testing.T) {
+	const mib = 1 << 20
+	disk := enginetest.SmallDisk(t, 16*mib)
+	blobs, err := fileblob.Open(disk.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	servicetest.CloseAtCleanup(t, "blob store", blobs)
+	s := &storageServer{t: t, c: servicetest.NewHTTPClient(t),
+		url: servicetest.Serve(t, storage.NewServer(blobs, storage.WithMinFree(storage.MinFree{Percent: 25}))).URL}
+	image := bytes.Repeat([]byte("i"), mib)
+
+	accepted := 0
+	var refusal servicetest.Reply
+	for i := range 16 {
+		r := s.send(strconv.Itoa(i), "working", image)
+		if r.Status != http.StatusOK {
+			refusal = r
+			break
+		}
+		accepted++
+	}
+	if refusal.Status != http.StatusInsufficientStorage || !strings.HasPrefix(refusal.Body, "Error: storage has ") ||
+		!strings.HasSuffix(refusal.Body, "below --min-free 4.0 MiB; retry later") || refusal.Header.Get("Retry-After") == "" {
+		t.Fatalf("after %d uploads of 1 MiB on a 16 MiB disk: %d %q (Retry-After %q), want 507 below --min-free 4.0 MiB",
+			accepted, refusal.Status, refusal.Body, refusal.Header.Get("Retry-After"))
+	}
+	if accepted < 8 {
+		t.Errorf("only %d uploads of 1 MiB accepted on a 16 MiB disk with 4 MiB kept free", accepted)
+	}
+	room, ok := fault.Room(disk.Dir())
+	t.Logf("%d uploads of 1 MiB accepted, then %q; %d bytes left on the disk", accepted, refusal.Body, room)
+	if !ok || room < 3*mib {
+		t.Errorf("%d bytes left on the disk when uploads are refused, want about 4 MiB", room)
+	}
+	// What the floor keeps: results of work already done, and a database on the same disk.
+	s.expectText(s.sendResult("0", "1", image), 200, "success")
+	db := filepath.Join(filepath.Dir(disk.Dir()), "tasks.db")
+	if err := os.WriteFile(db, image, 0o600); err != nil {
+		t.Fatalf("a database file of 1 MiB beside the refused uploads: %v", err)
+	}
+
+	for i := range accepted {
+		if err := blobs.Delete(t.Context(), "working/"+strconv.Itoa(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Within a second (the free space is measured at most once a second), uploads are accepted again.
+	deadline := time.Now().Add(30 * time.Second)
+	for r := s.send("100", "working", image); r.Status != http.StatusOK; r = s.send("100", "working", image) {
+		if r.Status != http.StatusInsufficientStorage || time.Now().After(deadline) {
+			t.Fatalf("an upload once space was freed: %d %q", r.Status, r.Body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.expectImage("100", "working", image)
 }
