@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/imgmill/imgmill/internal/fault"
 )
 
 // Disk is a small file system of its own (a tmpfs) for the tests of what a store does when its disk is
@@ -89,6 +91,29 @@ func (d *Disk) Fill(t testing.TB) {
 		default:
 			t.Fatalf("fill the small disk: %v", err)
 		}
+	}
+}
+
+// FillTo writes to the filler file until about leave bytes of data are free (within a page), so that
+// the disk is nearly full but not quite. Free gives the space back.
+func (d *Disk) FillTo(t testing.TB, leave int64) {
+	t.Helper()
+	room, ok := fault.Room(d.mount)
+	if !ok {
+		t.Fatal("fill the small disk: statfs failed")
+	}
+	f, err := os.OpenFile(d.filler, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatalf("fill the small disk: %v", err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for n := int64(room) - leave; n > 0; {
+		k, err := f.Write(buf[:min(n, int64(len(buf)))])
+		if err != nil {
+			t.Fatalf("fill the small disk to %d bytes free: %v", leave, err)
+		}
+		n -= int64(k)
 	}
 }
 

@@ -1,7 +1,11 @@
 package outagetest
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"image"
+	"math/rand/v2"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -10,8 +14,11 @@ import (
 	"time"
 
 	"github.com/imgmill/imgmill/internal/backoff"
+	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/deploytest"
 	"github.com/imgmill/imgmill/internal/enginetest"
+	"github.com/imgmill/imgmill/internal/fault"
+	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/testimage"
 	"github.com/imgmill/imgmill/internal/wire"
 )
@@ -106,4 +113,78 @@ func statusOnceServing(ctx context.Context, hc *http.Client, addr, pub string) (
 			return st, err
 		}
 	}
+}
+
+// TestMinFreeKeepsTheDiskUsable: the embedded deployment on a 256 MiB disk (storage's default --min-free
+// is then 5 %, 12.8 MiB), filled until 6 MiB above that are free: uploads of 1 MiB are refused with 507
+// by storage's floor, before the disk is full, while the task database on the same disk still takes
+// writes; once space is freed, uploads are accepted and processed again.
+func TestMinFreeKeepsTheDiskUsable(t *testing.T) {
+	if testing.Short() {
+		t.Skip("outage tests are not run with -short")
+	}
+	const mib = 1 << 20
+	disk := enginetest.SmallDisk(t, 256*mib)
+	d, _ := StartEmbedded(t, disk.Dir())
+	ctx, cancel := deploytest.Within(t, 3*time.Minute)
+	defer cancel()
+	m := d.Master()
+	// Noise does not compress: a PNG of about 1 MiB.
+	noise := image.NewNRGBA(image.Rect(0, 0, 512, 512))
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range noise.Pix {
+		noise.Pix[i] = byte(rng.Uint32())
+	}
+	data, err := testimage.EncodePNG(noise)
+	if err != nil {
+		t.Fatal(err)
+	}
+	upload := func() (int64, error) { return m.New(ctx, bytes.NewReader(data), int64(len(data))) }
+	process := func(id int64) {
+		t.Helper()
+		deploytest.WaitFor(t, ctx, "the task processed", func() bool {
+			ready, err := m.WaitReady(ctx, id, 5*time.Second)
+			return err == nil && ready
+		})
+		deploytest.FetchFromMaster(t, ctx, m, id)
+	}
+
+	disk.FillTo(t, 256*mib/20+6*mib)
+	// Storage measures the free space at most once a second: let the measure see the filler.
+	time.Sleep(1500 * time.Millisecond)
+	accepted := 0
+	var refusal *httpapi.Error
+	for refusal == nil && accepted < 30 {
+		id, err := upload()
+		switch {
+		case errors.As(err, &refusal):
+		case err != nil:
+			t.Fatalf("upload %d: %v", accepted, err)
+		default:
+			accepted++
+			process(id)
+		}
+	}
+	room, _ := fault.Room(disk.Dir())
+	t.Logf("%d uploads of %d bytes accepted, then %v; %d bytes free", accepted, len(data), refusal, room)
+	if refusal == nil || refusal.Status != http.StatusInsufficientStorage || !strings.HasPrefix(refusal.Msg, "storage has ") ||
+		!strings.Contains(refusal.Msg, "below --min-free ") || !strings.HasSuffix(refusal.Msg, "; retry later") || refusal.RetryAfter <= 0 {
+		t.Fatalf("after %d uploads: %v, want 507 from storage's --min-free", accepted, refusal)
+	}
+	if accepted < 2 || room < 12*mib {
+		t.Errorf("%d uploads accepted, %d bytes free at the refusal; want a few, and the floor free", accepted, room)
+	}
+	// The master created (and gave up) the refused upload's task in the database on the same disk; the
+	// database takes another task too.
+	if _, err := d.Database().CreateTask(ctx, client.NewTaskParams{Pending: true}); err != nil {
+		t.Errorf("the task database at the floor: %v", err)
+	}
+
+	disk.Free(t)
+	var id int64
+	deploytest.WaitFor(t, ctx, "an upload accepted once space was freed", func() bool {
+		id, err = upload()
+		return err == nil
+	})
+	process(id)
 }

@@ -188,14 +188,19 @@ func (g *spaceGuard) admit(ctx context.Context, state string, n int64) (*upload,
 		return &upload{g: g, pending: n}, nil
 	}
 	g.pending.Add(-n)
-	below := "--min-free " + FormatBytes(uint64(floor))
-	if state == wire.FinishedImage {
-		below = fmt.Sprintf("half of --min-free %s, the floor for results", FormatBytes(g.minFree.Floor(size)))
+	format := FormatBytes
+	if FormatBytes(uint64(free)) == FormatBytes(uint64(floor)) {
+		// Rounded alike, "12.8 MiB free, below 12.8 MiB" would read as a bug: say the bytes.
+		format = func(n uint64) string { return strconv.FormatUint(n, 10) + " B" }
 	}
-	msg := fmt.Sprintf("storage has %s free, below %s; retry later", FormatBytes(uint64(free)), below)
+	below := "--min-free " + format(uint64(floor))
+	if state == wire.FinishedImage {
+		below = fmt.Sprintf("half of --min-free %s, the floor for results", format(g.minFree.Floor(size)))
+	}
+	msg := fmt.Sprintf("storage has %s free, below %s; retry later", format(uint64(free)), below)
 	if free >= floor {
 		msg = fmt.Sprintf("storage has %s free, and this image of %s would take it below %s; retry later",
-			FormatBytes(uint64(free)), FormatBytes(uint64(n)), below)
+			format(uint64(free)), FormatBytes(uint64(n)), below)
 	}
 	return nil, &httpapi.Error{Status: http.StatusInsufficientStorage, Msg: msg, RetryAfter: httpapi.NoSpaceRetryAfter}
 }

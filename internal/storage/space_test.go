@@ -77,7 +77,7 @@ func TestMinFree(t *testing.T) {
 
 	s.expectText(s.send("1", "working", bytes.Repeat([]byte("a"), 6000)), 200, "success") // leaves 4000: the floor
 	refused(s.send("2", "working", []byte("b")),
-		"Error: storage has 3.9 KiB free, and this image of 1 B would take it below --min-free 3.9 KiB; retry later")
+		"Error: storage has 4000 B free, and this image of 1 B would take it below --min-free 4000 B; retry later")
 	s.expectMissing("2", "working")
 	s.expectText(s.sendResult("1", "1", bytes.Repeat([]byte("r"), 1500)), 200, "success") // leaves 2500
 	refused(s.send("3", "working", []byte("c")), "Error: storage has 2.4 KiB free, below --min-free 3.9 KiB; retry later")
@@ -137,8 +137,8 @@ func TestMinFreeOnASmallDisk(t *testing.T) {
 		accepted++
 	}
 	if refusal.Status != http.StatusInsufficientStorage || !strings.HasPrefix(refusal.Body, "Error: storage has ") ||
-		!strings.HasSuffix(refusal.Body, "below --min-free 4.0 MiB; retry later") || refusal.Header.Get("Retry-After") == "" {
-		t.Fatalf("after %d uploads of 1 MiB on a 16 MiB disk: %d %q (Retry-After %q), want 507 below --min-free 4.0 MiB",
+		!strings.HasSuffix(refusal.Body, "below --min-free 4194304 B; retry later") || refusal.Header.Get("Retry-After") == "" {
+		t.Fatalf("after %d uploads of 1 MiB on a 16 MiB disk: %d %q (Retry-After %q), want 507 below --min-free 4 MiB",
 			accepted, refusal.Status, refusal.Body, refusal.Header.Get("Retry-After"))
 	}
 	if accepted < 8 {
