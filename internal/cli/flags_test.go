@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/imgmill/imgmill/internal/storage"
 )
 
 // The token of the tests here; never printed.
@@ -89,5 +91,28 @@ func TestMemoryFlags(t *testing.T) {
 	}
 	if _, _, err := runCLI(t, nil, "worker", "--task-timeout", "0s", "--kv", "127.0.0.1:1"); !errors.Is(err, errUsage) {
 		t.Errorf("worker --task-timeout 0s: %v, want a usage error", err)
+	}
+}
+
+// --min-free is on storage and serve; it reads a size, a percentage or both, the way it writes them.
+func TestMinFreeFlag(t *testing.T) {
+	for _, cmd := range []string{"serve", "storage"} {
+		checkHelpLists(t, cmd, "min-free")
+	}
+	for in, want := range map[string]storage.MinFree{
+		"1GiB,5%": storage.DefaultMinFree, "0": {}, "10%": {Percent: 10}, "1.5GB": {Bytes: 1_500_000_000},
+		"512 MiB, 2.5%": {Bytes: 512 << 20, Percent: 2.5},
+	} {
+		var m storage.MinFree
+		if err := (minFreeValue{&m}).Set(in); err != nil || m != want {
+			t.Errorf("Set(%q) = %+v, %v; want %+v", in, m, err, want)
+		}
+	}
+	def := storage.DefaultMinFree
+	if got := (minFreeValue{&def}).String(); got != "1GiB,5%" {
+		t.Errorf("the default reads %q", got)
+	}
+	if _, _, err := runCLI(t, nil, "storage", "--min-free", "lots", "--kv", "127.0.0.1:1"); err == nil || !strings.Contains(err.Error(), "min-free") {
+		t.Errorf("storage --min-free lots: %v, want a refusal", err)
 	}
 }
