@@ -66,9 +66,8 @@ func TestAPIDelete(t *testing.T) {
 	other := s.created(t, s.createRaw(t, "", servicetest.PatternPNG(t, 12, 45)))
 	r := s.callWith(t, http.MethodDelete, "/api/tasks/"+other, "", nil,
 		http.Header{"Sec-Fetch-Site": {"cross-site"}, "Origin": {"https://evil.example"}})
-	if r.Status != http.StatusForbidden {
-		t.Errorf("cross-site DELETE: %d %q, want 403", r.Status, r.Body)
-	}
+	expectJSONError(t, "cross-site DELETE", r, http.StatusForbidden, "requests to cancel or delete a task from a page of "+
+		"https://evil.example are not accepted here; use this site's own page, or no browser")
 	if _, ok := s.StoredImage(t, s.internal(t, other), wire.WorkingImage); !ok {
 		t.Error("a refused cross-site delete removed the upload")
 	}
