@@ -245,6 +245,60 @@ func (c *Client) Status(ctx context.Context, id string) (wire.PublicStatus, []by
 	return a.st, a.raw, err
 }
 
+// Delete removes the task with public id id (its upload, its result and its record): DELETE
+// /api/tasks/{id}. Deleting a deleted task succeeds again; an outage is waited out as Status waits.
+func (c *Client) Delete(ctx context.Context, id string) error {
+	_, err := retrying(ctx, func() (struct{}, error) {
+		_, err := c.send(ctx, http.MethodDelete, taskPath(id))
+		return struct{}{}, err
+	}, c.OnOutage)
+	if StatusOf(err) == http.StatusNotFound {
+		return fmt.Errorf("no such task %s: %w", id, err)
+	}
+	return err
+}
+
+// Cancel cancels the task with public id id if it has not finished, and returns its status: POST
+// /api/tasks/{id}/cancel. Cancelling a cancelled task succeeds again; a finished or failed one is an
+// *Error with status 409.
+func (c *Client) Cancel(ctx context.Context, id string) (wire.PublicStatus, error) {
+	st, err := retrying(ctx, func() (wire.PublicStatus, error) {
+		var st wire.PublicStatus
+		raw, err := c.send(ctx, http.MethodPost, taskPath(id)+"/cancel")
+		if err == nil {
+			if err = json.Unmarshal(raw, &st); err != nil {
+				err = fmt.Errorf("cancel %s: answer is not a task status: %w", id, err)
+			}
+		}
+		return st, err
+	}, c.OnOutage)
+	if StatusOf(err) == http.StatusNotFound {
+		return st, fmt.Errorf("no such task %s: %w", id, err)
+	}
+	return st, err
+}
+
+// send makes a bodiless request of path and returns its answer's body (at most 1 MiB).
+func (c *Client) send(ctx context.Context, method, path string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	return raw, nil
+}
+
 // WaitTask polls the task's status, backing off from pollMin to pollMax, until it is finished or failed.
 // An outage is waited out (status does); other failures may repeat maxPollErrors times.
 func (c *Client) WaitTask(ctx context.Context, id string) (wire.PublicStatus, error) {

@@ -365,6 +365,33 @@ func TestCLIEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("DeleteAndCancel", func(t *testing.T) {
+		files, _ := writePatterns(t, t.TempDir(), 1)
+		done := submitOne(t, server, files[0])
+		if _, stderr, err := imgmill(t, "get", done, "-o", filepath.Join(t.TempDir(), "out.png"), "--server", server, "--wait"); err != nil {
+			t.Fatalf("get --wait: %v\n%s", err, stderr)
+		}
+		if _, _, err := imgmill(t, "cancel", "--server", server, done); err == nil || cli.ExitCode(err) != 1 {
+			t.Errorf("cancel of a finished task: %v, want exit 1", err)
+		}
+		unknown := strings.Repeat("A", 43)
+		for range 2 { // deleting a deleted task succeeds again
+			stdout, stderr, err := imgmill(t, "delete", "--server", server, done, unknown)
+			if err == nil || cli.ExitCode(err) != 1 || stdout != done+"\tdeleted\n" || !strings.Contains(stderr, "no such task") {
+				t.Errorf("delete of a task and an unknown id: %v, printed %q and %q; want the task deleted, the unknown refused, exit 1",
+					err, stdout, stderr)
+			}
+		}
+		if _, _, err := imgmill(t, "status", "--server", server, done); err == nil || !strings.Contains(err.Error(), "no such task") {
+			t.Errorf("status of a deleted task: %v, want no such task", err)
+		}
+		for _, args := range [][]string{{"delete"}, {"cancel"}} {
+			if _, _, err := imgmill(t, args...); cli.ExitCode(err) != 2 {
+				t.Errorf("%q: %v, want exit 2", args, err)
+			}
+		}
+	})
+
 	t.Run("StatusAndGetUnknown", func(t *testing.T) {
 		unknown := strings.Repeat("A", 43)
 		if _, _, err := imgmill(t, "status", "--server", server, unknown); err == nil || cli.ExitCode(err) != 1 || !strings.Contains(err.Error(), "no such task") {

@@ -46,6 +46,8 @@ func commands() []command {
 		submitCommand(),
 		statusCommand(),
 		getCommand(),
+		deleteCommand(),
+		cancelCommand(),
 	}
 }
 

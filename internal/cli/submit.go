@@ -567,6 +567,81 @@ func defineStatus(f *flags) runner {
 	}
 }
 
+func deleteCommand() command {
+	return command{name: "delete", summary: "delete tasks: their images and their records", positional: true,
+		about: "Deletes each task ID (a task being processed is cancelled first): its upload, its result and its\n" +
+			"record are gone when it answers. Deleting a deleted task again succeeds. Prints \"ID<tab>deleted\" per\n" +
+			"task; exits 1 when any ID could not be deleted.\nUsage: imgmill delete [flags] ID...",
+		define: defineDelete}
+}
+
+func defineDelete(f *flags) runner {
+	e := f.env
+	server := f.server()
+	return func(ctx context.Context, pos []string) error {
+		return eachTask(ctx, e, *server, pos, "imgmill delete [flags] ID...", func(c *apiclient.Client, id string) error {
+			if err := c.Delete(ctx, id); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "%s\tdeleted\n", id)
+			return nil
+		})
+	}
+}
+
+func cancelCommand() command {
+	return command{name: "cancel", summary: "cancel tasks that have not finished", positional: true,
+		about: "Cancels each task ID: a queued task never starts, a processing one stops. Cancelling a cancelled\n" +
+			"task again succeeds; a finished or failed one is an error. Prints \"ID<tab>STATE\" per task; exits 1\n" +
+			"when any ID could not be cancelled.\nUsage: imgmill cancel [flags] ID...",
+		define: defineCancel}
+}
+
+func defineCancel(f *flags) runner {
+	e := f.env
+	server := f.server()
+	return func(ctx context.Context, pos []string) error {
+		return eachTask(ctx, e, *server, pos, "imgmill cancel [flags] ID...", func(c *apiclient.Client, id string) error {
+			st, err := c.Cancel(ctx, id)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "%s\t%s\n", id, st.State)
+			return nil
+		})
+	}
+}
+
+// eachTask runs do for every task id in ids, in order, telling each failure on stderr and going on with
+// the others; it fails when any failed.
+func eachTask(ctx context.Context, e *env, server string, ids []string, usage string,
+	do func(c *apiclient.Client, id string) error,
+) error {
+	if len(ids) == 0 {
+		return fmt.Errorf("%w: want at least one task ID (%s)", errUsage, usage)
+	}
+	c, err := newAPIClient(server)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.OnOutage = tellRetry(e)
+	failed := 0
+	for _, id := range ids {
+		if err := do(c, id); err != nil {
+			if ctx.Err() != nil {
+				return err
+			}
+			fmt.Fprintf(e.stderr, "imgmill: %s: %v\n", id, err)
+			failed++
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d tasks failed", failed, len(ids))
+	}
+	return nil
+}
+
 // tellRetry tells the user of a one-shot command that it waits for the server.
 func tellRetry(e *env) func(time.Duration, error) {
 	return func(wait time.Duration, err error) {
@@ -604,8 +679,11 @@ func defineGet(f *flags) runner {
 			if err != nil {
 				return err
 			}
-			if st.State == wire.FailedWord {
+			switch st.State {
+			case wire.FailedWord:
 				return fmt.Errorf("task %s failed: %s", id, st.Error)
+			case wire.CancelledWord:
+				return fmt.Errorf("task %s was cancelled", id)
 			}
 		}
 		_, err = c.Download(ctx, id, e.stdout, func(string) string { return *out })
@@ -617,6 +695,8 @@ func defineGet(f *flags) runner {
 				return serr
 			case st.State == wire.FailedWord:
 				return fmt.Errorf("task %s failed: %s", id, st.Error)
+			case st.State == wire.CancelledWord:
+				return fmt.Errorf("task %s was cancelled", id)
 			case st.State != wire.FinishedWord:
 				return fmt.Errorf("task %s is not finished yet (%s); use --wait to wait for it", id, st.State)
 			}

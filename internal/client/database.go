@@ -98,6 +98,20 @@ func (c *Database) ActivateTask(ctx context.Context, id int64) error {
 	return expectSuccess(c.p.sendText(ctx, call{method: http.MethodPost, path: "/activateTask", query: idQuery(id), idempotent: true}))
 }
 
+// CancelTask cancels a task that has not finished and returns it (state Cancelled); cancelling a
+// cancelled task is a no-op. A finished or failed task is refused with status 409, an unknown or deleted
+// one with 400.
+func (c *Database) CancelTask(ctx context.Context, id int64) (wire.Task, error) {
+	return taskReply(c.p.sendText(ctx, call{method: http.MethodPost, path: "/cancelTask", query: idQuery(id), idempotent: true}))
+}
+
+// DeleteTask removes a task's record; deleting a deleted task again succeeds, an id that never named a
+// task is refused with status 404.
+func (c *Database) DeleteTask(ctx context.Context, id int64) error {
+	_, err := c.p.sendText(ctx, call{method: http.MethodDelete, path: "/task", query: idQuery(id), idempotent: true})
+	return err
+}
+
 func (c *Database) GetByID(ctx context.Context, id int64) (wire.Task, error) {
 	return taskReply(c.p.sendText(ctx, call{method: http.MethodGet, path: "/getById", query: idQuery(id), idempotent: true}))
 }

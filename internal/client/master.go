@@ -140,3 +140,17 @@ func (c *Master) Status(ctx context.Context, id int64) (wire.Status, error) {
 	reply, err := c.p.sendText(ctx, call{method: http.MethodGet, path: "/status", query: idQuery(id), idempotent: true})
 	return jsonReply[wire.Status]("a task status", reply, err)
 }
+
+// Cancel cancels task id if it has not finished and returns its status (state "cancelled"); cancelling a
+// cancelled task answers it again. A finished or failed task is refused with 409, an unknown one with 404.
+func (c *Master) Cancel(ctx context.Context, id int64) (wire.Status, error) {
+	reply, err := c.p.sendText(ctx, call{method: http.MethodPost, path: "/cancel", query: idQuery(id), idempotent: true})
+	return jsonReply[wire.Status]("a task status", reply, err)
+}
+
+// Delete removes task id, its images and its record; deleting a deleted task again succeeds, an id that
+// never named a task is refused with 404.
+func (c *Master) Delete(ctx context.Context, id int64) error {
+	_, err := c.p.sendText(ctx, call{method: http.MethodDelete, path: "/task", query: idQuery(id), idempotent: true})
+	return err
+}

@@ -58,6 +58,20 @@ func (c *Storage) sendImage(ctx context.Context, q url.Values, r io.Reader, size
 	return expectSuccess(reply.body, err)
 }
 
+// DeleteImages removes both images of task id, its upload and its result; images that are not there are
+// no error.
+func (c *Storage) DeleteImages(ctx context.Context, id int64) error {
+	_, err := c.p.sendText(ctx, call{method: http.MethodDelete, path: "/images", query: idQuery(id), idempotent: true})
+	return err
+}
+
+// DeleteResult removes the result of task id, if any.
+func (c *Storage) DeleteResult(ctx context.Context, id int64) error {
+	_, err := c.p.sendText(ctx, call{method: http.MethodDelete, path: "/images",
+		query: imageQuery(id, wire.FinishedImage), idempotent: true})
+	return err
+}
+
 // Image is a streamed image reply; the caller must Close it.
 type Image struct {
 	io.ReadCloser

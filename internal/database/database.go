@@ -264,7 +264,7 @@ func (s *server) handleStats(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("count tasks: %w", err)
 	}
 	return httpapi.WriteJSON(w, http.StatusOK, wire.Stats{Queued: c.Queued, Pending: c.Pending, Processing: c.Processing,
-		Finished: c.Finished, Failed: c.Failed})
+		Finished: c.Finished, Failed: c.Failed, Cancelled: c.Cancelled})
 }
 
 func writeTask(w http.ResponseWriter, t taskstore.Task) error {
@@ -348,6 +348,39 @@ func (s *server) handleFailTask(w http.ResponseWriter, r *http.Request) error {
 	return writeTask(w, t)
 }
 
+// handleCancelTask cancels a task that has not finished (additive) and answers it, state Cancelled: a
+// queued task is never claimed, a processing one's worker is refused (410) at its next heartbeat or
+// report. Cancelling a cancelled task answers it again; a finished or failed one is 409.
+func (s *server) handleCancelTask(w http.ResponseWriter, r *http.Request) error {
+	id, err := httpapi.QueryID(r, "id")
+	if err != nil {
+		return err
+	}
+	t, err := s.store.Cancel(r.Context(), id)
+	if err != nil {
+		return storeError(id, err)
+	}
+	return writeTask(w, t)
+}
+
+// handleDeleteTask removes a task's record (additive), leaving a tombstone, and answers 204, again for
+// a task deleted before; 404 for an id that never named a task. A worker that holds it is refused (410).
+// The master removes the task's images first.
+func (s *server) handleDeleteTask(w http.ResponseWriter, r *http.Request) error {
+	id, err := httpapi.QueryID(r, "id")
+	if err != nil {
+		return err
+	}
+	if err := s.store.Delete(r.Context(), id); err != nil {
+		if errors.Is(err, taskstore.ErrNotFound) {
+			return httpapi.Errorf(http.StatusNotFound, "no task with id %d", id)
+		}
+		return storeError(id, err)
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
 // queryReason reads the required reason parameter, cut to 1000 bytes.
 func queryReason(r *http.Request) (string, error) {
 	reason := strings.TrimSpace(r.URL.Query().Get("reason"))
@@ -427,6 +460,12 @@ func storeError(id int64, err error) error {
 		return httpapi.Errorf(http.StatusConflict, "stale lease token for task %d", id)
 	case errors.Is(err, taskstore.ErrNotPending):
 		return httpapi.Errorf(http.StatusConflict, "task %d is no longer pending: its upload expired", id)
+	case errors.Is(err, taskstore.ErrCancelled):
+		// Gone, not Conflict: the holder must stop and report nothing, and whoever passes a finish on
+		// (the master) knows the result it stored is not wanted either.
+		return httpapi.Errorf(http.StatusGone, "task %d was cancelled", id)
+	case errors.Is(err, taskstore.ErrSettled):
+		return httpapi.Errorf(http.StatusConflict, "task %d already finished", id)
 	}
 	return fmt.Errorf("task %d: %w", id, err)
 }

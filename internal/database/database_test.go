@@ -1088,7 +1088,7 @@ func TestActivateExpiredPending(t *testing.T) {
 func (s *dbServer) expectStats(what string, queued, pending, processing, finished, failed int) {
 	s.t.Helper()
 	r := s.call("GET", "/stats", nil, "")
-	want := fmt.Sprintf(`{"queued":%d,"pending":%d,"processing":%d,"finished":%d,"failed":%d}`, queued, pending, processing, finished, failed)
+	want := fmt.Sprintf(`{"queued":%d,"pending":%d,"processing":%d,"finished":%d,"failed":%d,"cancelled":0}`, queued, pending, processing, finished, failed)
 	if r.Status != 200 || r.Body != want {
 		s.t.Errorf("%s: GET /stats = %d %q, want 200 %s", what, r.Status, r.Body, want)
 	}
@@ -1118,7 +1118,7 @@ func TestStats(t *testing.T) {
 
 	db.expect("POST", "/activateTask", idQuery(pending), "", 200, "success")
 	db.expectStats("activated", 2, 0, 0, 1, 2)
-	db.expect("GET", "/stats", url.Values{"ignored": {"x"}}, "", 200, `{"queued":2,"pending":0,"processing":0,"finished":1,"failed":2}`)
+	db.expect("GET", "/stats", url.Values{"ignored": {"x"}}, "", 200, `{"queued":2,"pending":0,"processing":0,"finished":1,"failed":2,"cancelled":0}`)
 }
 
 // keyed creates a task with an Idempotency-Key and returns the reply.

@@ -27,7 +27,7 @@ func WithMetrics(reg *metrics.Registry) Option {
 		})
 		reg.MustRegister(s.latency, &taskCounts{store: s.store, desc: prometheus.NewDesc(
 			prometheus.BuildFQName(metrics.Namespace, "", "tasks"),
-			"Tasks by state, as the task store counts them at the scrape: queued (claimable now or after a transient failure's wait), pending (uploads not complete), processing, finished, failed.",
+			"Tasks by state, as the task store counts them at the scrape: queued (claimable now or after a transient failure's wait), pending (uploads not complete), processing, finished, failed, cancelled.",
 			[]string{"state"}, nil)})
 	}
 }
@@ -55,7 +55,8 @@ func (c *taskCounts) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	for state, n := range map[string]int64{string(wire.QueuedWord): counts.Queued, "pending": counts.Pending,
-		string(wire.ProcessingWord): counts.Processing, string(wire.FinishedWord): counts.Finished, string(wire.FailedWord): counts.Failed} {
+		string(wire.ProcessingWord): counts.Processing, string(wire.FinishedWord): counts.Finished, string(wire.FailedWord): counts.Failed,
+		string(wire.CancelledWord): counts.Cancelled} {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), state)
 	}
 }

@@ -52,7 +52,7 @@ func TestDatabaseMetrics(t *testing.T) {
 		}
 		f := gather()
 		for state, want := range map[string]int64{"queued": stats.Queued, "pending": stats.Pending, "processing": stats.Processing,
-			"finished": stats.Finished, "failed": stats.Failed} {
+			"finished": stats.Finished, "failed": stats.Failed, "cancelled": stats.Cancelled} {
 			if got := f.Value("imgmill_tasks", "service", "database", "state", state); got != float64(want) {
 				t.Errorf("%s: imgmill_tasks{state=%q} = %v, the store counts %d", what, state, got, want)
 			}

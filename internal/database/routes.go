@@ -18,6 +18,8 @@ func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("POST /releaseTask", httpapi.HandlerFunc(s.handleReleaseTask))
 	mux.Handle("POST /abandonTask", httpapi.HandlerFunc(s.handleAbandonTask))
 	mux.Handle("POST /setById", httpapi.HandlerFunc(s.handleSetByID))
+	mux.Handle("POST /cancelTask", httpapi.HandlerFunc(s.handleCancelTask))
+	mux.Handle("DELETE /task", httpapi.HandlerFunc(s.handleDeleteTask))
 	mux.Handle("GET /list", httpapi.HandlerFunc(s.handleList))
 	mux.Handle("GET /stats", httpapi.HandlerFunc(s.handleStats))
 	mux.Handle("GET /healthz", httpapi.Healthz(s.store.Ping))

@@ -111,6 +111,35 @@ func (s *server) handleTaskResult(w http.ResponseWriter, r *http.Request) error 
 	return s.serveResult(w, r, id, public)
 }
 
+// handleDeleteTask removes the task, its upload, its result and its record, and answers 204 (again for
+// a task deleted before). Knowing the public id is the capability, as it is for reading the task.
+func (s *server) handleDeleteTask(w http.ResponseWriter, r *http.Request) error {
+	id, _, err := s.apiTask(r)
+	if err != nil {
+		return err
+	}
+	if err := s.master.Delete(r.Context(), id); err != nil {
+		return publicError(err, id)
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// handleCancelTask cancels a task that has not finished and answers its status, "cancelled" (again for
+// a task cancelled before); a finished or failed task is 409.
+func (s *server) handleCancelTask(w http.ResponseWriter, r *http.Request) error {
+	id, public, err := s.apiTask(r)
+	if err != nil {
+		return err
+	}
+	st, err := s.master.Cancel(r.Context(), id)
+	if err != nil {
+		return publicError(err, id)
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	return httpapi.WriteJSON(w, http.StatusOK, publicStatus(st, public))
+}
+
 // SourceName is the file name /api/tasks/{id}/source offers for the upload of the task with public id
 // public, of type contentType.
 func SourceName(public, contentType string) string {

@@ -130,8 +130,8 @@ func TestAPICreateTaskRefusals(t *testing.T) {
 	}
 	expectJSONError(t, "GET /api/tasks", s.call(t, http.MethodGet, "/api/tasks", "", nil), http.StatusMethodNotAllowed,
 		"method GET not allowed on /api/tasks")
-	expectJSONError(t, "DELETE /api/tasks/x", s.call(t, http.MethodDelete, "/api/tasks/x", "", nil), http.StatusMethodNotAllowed,
-		"method DELETE not allowed on /api/tasks/x")
+	expectJSONError(t, "PUT /api/tasks/x", s.call(t, http.MethodPut, "/api/tasks/x", "", nil), http.StatusMethodNotAllowed,
+		"method PUT not allowed on /api/tasks/x")
 	expectJSONError(t, "GET /api/nothing", s.call(t, http.MethodGet, "/api/nothing", "", nil), http.StatusNotFound,
 		"no endpoint /api/nothing")
 	expectJSONError(t, "GET /api/tasks/x/nothing", s.call(t, http.MethodGet, "/api/tasks/x/nothing", "", nil), http.StatusNotFound,

@@ -8,9 +8,10 @@ import (
 	"github.com/imgmill/imgmill/internal/httpapi"
 )
 
-// crossSite refuses the requests that change something (uploads: every method but GET, HEAD and
-// OPTIONS) when a browser sends them for a page of another site: without it any web page could make
-// its visitors upload here, each from their own address, past the per-address limit. Browsers say
+// crossSite refuses the requests that change something (uploads, cancels and deletes: every method but
+// GET, HEAD and OPTIONS) when a browser sends them for a page of another site: without it any web page
+// could make its visitors upload here, each from their own address, past the per-address limit, or
+// delete the tasks whose links they opened. Browsers say
 // where a request comes from (Sec-Fetch-Site, Origin); the check is the standard library's
 // (http.CrossOriginProtection). Requests without those headers (curl, scripts, the reference's
 // clients) are not a browser acting for another site, and pass.
@@ -40,6 +41,10 @@ func (c crossSite) refuse(next http.Handler) http.Handler {
 				from = "another site"
 			}
 			refusal := func(http.ResponseWriter, *http.Request) error {
+				if r.Method == http.MethodDelete || strings.HasSuffix(r.URL.Path, "/cancel") {
+					return httpapi.Errorf(http.StatusForbidden, "requests to cancel or delete a task from a page of %s "+
+						"are not accepted here; use this site's own page, or no browser", from)
+				}
 				return httpapi.Errorf(http.StatusForbidden, "uploads from a page of %s are not accepted here; "+
 					"upload from this site's own page, or without a browser", from)
 			}

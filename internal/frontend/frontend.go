@@ -440,6 +440,10 @@ func publicError(err error, id int64) error {
 		return errNoSuchTask
 	case e.Msg == fmt.Sprintf("task %d is not finished", id):
 		return httpapi.Errorf(http.StatusNotFound, "task is not finished")
+	case e.Msg == fmt.Sprintf("task %d was cancelled", id):
+		return httpapi.Errorf(http.StatusNotFound, "task was cancelled")
+	case e.Msg == fmt.Sprintf("task %d already finished", id):
+		return httpapi.Errorf(http.StatusConflict, "task already finished")
 	case strings.HasPrefix(e.Msg, fmt.Sprintf("task %d failed: ", id)):
 		return httpapi.Errorf(http.StatusNotFound, "task failed: %s", publicReason(strings.TrimPrefix(e.Msg, fmt.Sprintf("task %d failed: ", id))))
 	}

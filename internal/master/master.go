@@ -205,7 +205,7 @@ const MaxReadyWait = 10 * time.Second
 const readyRecheck = time.Second
 
 // handleIsReady answers 1 for a finished task, else 0. With wait (additive, at most MaxReadyWait) it
-// holds the answer until the task finishes or the wait ends, so a client needs one request where it
+// holds the answer until the task finishes (or fails, or is cancelled) or the wait ends, so a client needs one request where it
 // would poll many times.
 func (s *server) handleIsReady(w http.ResponseWriter, r *http.Request) error {
 	id, err := httpapi.QueryID(r, "id")
@@ -227,7 +227,7 @@ func (s *server) handleIsReady(w http.ResponseWriter, r *http.Request) error {
 		}
 		t, err := s.db.GetByID(r.Context(), id)
 		remaining := time.Until(deadline)
-		if err != nil || t.State == wire.Finished || remaining <= 0 {
+		if err != nil || t.State.Word().Settled() || remaining <= 0 {
 			withdraw()
 			if err != nil {
 				return err
@@ -341,6 +341,8 @@ func (s *server) handleGet(w http.ResponseWriter, r *http.Request) error {
 	case wire.Finished:
 	case wire.Failed:
 		return httpapi.Errorf(http.StatusNotFound, "task %d failed: %s", id, t.Error)
+	case wire.Cancelled:
+		return httpapi.Errorf(http.StatusNotFound, "task %d was cancelled", id)
 	default:
 		return httpapi.Errorf(http.StatusNotFound, "task %d is not finished", id)
 	}
@@ -364,6 +366,52 @@ func (s *server) existing(r *http.Request) (int64, wire.Task, error) {
 		return id, t, httpapi.Errorf(http.StatusNotFound, "no task with id %d", id)
 	}
 	return id, t, err
+}
+
+// handleCancel cancels a task that has not finished (additive) and answers its status, state
+// "cancelled": a queued task never starts, a processing one's worker is refused at its next heartbeat and
+// stops. Cancelling a cancelled task answers its status again; a finished or failed one is 409.
+func (s *server) handleCancel(w http.ResponseWriter, r *http.Request) error {
+	id, err := httpapi.QueryID(r, "id")
+	if err != nil {
+		return err
+	}
+	t, err := s.db.CancelTask(r.Context(), id)
+	if client.IsStatus(err, http.StatusBadRequest) {
+		return httpapi.Errorf(http.StatusNotFound, "no task with id %d", id)
+	}
+	if err != nil {
+		return err
+	}
+	s.changes.finished(id)
+	return httpapi.WriteJSON(w, http.StatusOK, statusOf(t))
+}
+
+// handleDelete removes a task (additive): it cancels it, so that a worker holding it stops and its result
+// is refused, removes both its images from storage, and then its record, leaving a tombstone. It answers
+// 204 once all of that is durable, again for a task deleted before, and 404 for an id that never named a
+// task. Each step may be repeated, so when storage or the database is away (503) a retry completes the
+// delete; until then the task stays, cancelled, with whatever images it had.
+func (s *server) handleDelete(w http.ResponseWriter, r *http.Request) error {
+	id, err := httpapi.QueryID(r, "id")
+	if err != nil {
+		return err
+	}
+	// A finished or failed task (409) needs no cancel; an unknown or deleted one (400) is told apart by
+	// the database's delete below.
+	if _, err := s.db.CancelTask(r.Context(), id); err != nil &&
+		!client.IsStatus(err, http.StatusConflict) && !client.IsStatus(err, http.StatusBadRequest) {
+		return err
+	}
+	if err := s.storage.DeleteImages(r.Context(), id); err != nil {
+		return fmt.Errorf("delete the images of task %d: %w", id, err)
+	}
+	if err := s.db.DeleteTask(r.Context(), id); err != nil {
+		return err
+	}
+	s.changes.finished(id)
+	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
 // handleSource serves the uploaded image of a task as stored, whatever its state.
@@ -422,7 +470,17 @@ func (s *server) forward(databasePath string) httpapi.HandlerFunc {
 func (s *server) handleRegisterTaskFinished() httpapi.HandlerFunc {
 	forward := s.forward("/finishTask")
 	return func(w http.ResponseWriter, r *http.Request) error {
-		if err := forward(w, r); err != nil {
+		err := forward(w, r)
+		if client.IsStatus(err, http.StatusGone) {
+			// The task was cancelled or deleted while the worker made its result: the result it stored
+			// is nobody's, and a delete may already have swept the task's images before it landed.
+			if id, perr := strconv.ParseInt(r.URL.Query().Get("id"), 10, 64); perr == nil {
+				if derr := s.storage.DeleteResult(r.Context(), id); derr != nil {
+					httpapi.LoggerFrom(r.Context()).WarnContext(r.Context(), "removing a cancelled task's result failed", "task", id, "err", derr)
+				}
+			}
+		}
+		if err != nil {
 			return err
 		}
 		if id, err := strconv.ParseInt(r.URL.Query().Get("id"), 10, 64); err == nil {

@@ -471,7 +471,7 @@ func TestStatsPassesThrough(t *testing.T) {
 	s.uploadOK(t, servicetest.PatternPNG(t, 8, 30))
 	direct := s.call(t, http.MethodGet, s.DatabaseURL+"/stats", nil)
 	if r := s.call(t, http.MethodGet, s.MasterURL+"/stats", nil); r.Status != 200 || r.Body != direct.Body ||
-		r.Body != `{"queued":1,"pending":0,"processing":0,"finished":0,"failed":0}` {
+		r.Body != `{"queued":1,"pending":0,"processing":0,"finished":0,"failed":0,"cancelled":0}` {
 		t.Errorf("GET /stats = %d %q, want the database's %q", r.Status, r.Body, direct.Body)
 	}
 }

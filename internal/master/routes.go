@@ -15,6 +15,8 @@ func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("GET /source", httpapi.HandlerFunc(s.handleSource))
 	mux.Handle("GET /stats", httpapi.HandlerFunc(s.handleStats))
 	mux.Handle("POST /statuses", httpapi.HandlerFunc(s.handleStatuses))
+	mux.Handle("POST /cancel", httpapi.HandlerFunc(s.handleCancel))
+	mux.Handle("DELETE /task", httpapi.HandlerFunc(s.handleDelete))
 	// worker side
 	mux.Handle("POST /getNewTask", httpapi.HandlerFunc(s.handleGetNewTask))
 	mux.Handle("POST /registerTaskFinished", s.handleRegisterTaskFinished())

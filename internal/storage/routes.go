@@ -9,6 +9,7 @@ import (
 func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("POST /sendImage", httpapi.HandlerFunc(s.handleSendImage))
 	mux.Handle("GET /getImage", httpapi.HandlerFunc(s.handleGetImage))
+	mux.Handle("DELETE /images", httpapi.HandlerFunc(s.handleDeleteImages))
 	mux.Handle("GET /healthz", httpapi.Healthz(s.blobs.Ping))
 	mux.Handle("GET /livez", httpapi.Livez())
 }

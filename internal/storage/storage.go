@@ -102,6 +102,31 @@ func (s *server) handleGetImage(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// handleDeleteImages removes both images of a task, the upload and the result (additive), or only the one
+// its optional state parameter names, and answers 204 once they are gone from the blob store; images that
+// are not there are no error, so a repeated delete answers 204 too.
+func (s *server) handleDeleteImages(w http.ResponseWriter, r *http.Request) error {
+	states := []string{wire.WorkingImage, wire.FinishedImage}
+	var id int64
+	var err error
+	if r.URL.Query().Has("state") {
+		if id, _, err = imageKey(r); err != nil {
+			return err
+		}
+		states = []string{r.URL.Query().Get("state")}
+	} else if id, err = httpapi.QueryID(r, "id"); err != nil {
+		return err
+	}
+	for _, state := range states {
+		key := state + "/" + strconv.FormatInt(id, 10)
+		if err := s.blobs.Delete(r.Context(), key); err != nil {
+			return fmt.Errorf("delete %s: %w", key, err)
+		}
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
 // errEmptyBody fails an upload whose body (chunked, so of unknown length) turns out empty, so that Put
 // discards it instead of replacing a stored image with nothing.
 var errEmptyBody = errors.New("empty image body")

@@ -623,3 +623,37 @@ func TestClientMalformedTokenHeader(t *testing.T) {
 		}
 	}
 }
+
+func TestDeleteImages(t *testing.T) {
+	s := newStorage(t)
+	pic := testPNG(t)
+	for _, id := range []string{"4", "5"} {
+		s.expectText(s.send(id, "working", pic), 200, "success")
+		s.expectText(s.send(id, "finished", pic), 200, "success")
+	}
+	del := func(q url.Values) servicetest.Reply {
+		return s.do(s.request(http.MethodDelete, "/images", q, nil, 0))
+	}
+	// One state only: the result goes, the upload stays.
+	if r := del(imageQuery("4", "finished")); r.Status != http.StatusNoContent {
+		t.Fatalf("DELETE /images of a result = %d %q, want 204", r.Status, r.Body)
+	}
+	s.expectMissing("4", "finished")
+	s.expectImage("4", "working", pic)
+	// Both states, twice: the second finds nothing and is no error.
+	for range 2 {
+		if r := del(url.Values{"id": {"4"}}); r.Status != http.StatusNoContent {
+			t.Fatalf("DELETE /images = %d %q, want 204", r.Status, r.Body)
+		}
+		s.expectMissing("4", "working")
+		s.expectMissing("4", "finished")
+	}
+	s.expectImage("5", "working", pic) // other tasks keep theirs
+	s.expectImage("5", "finished", pic)
+	for _, q := range []url.Values{{}, {"id": {"-1"}}, imageQuery("5", "other")} {
+		if r := del(q); r.Status != http.StatusBadRequest || !strings.HasPrefix(r.Body, "Error:") {
+			t.Errorf("DELETE /images?%s = %d %q, want 400 Error:", q.Encode(), r.Status, r.Body)
+		}
+	}
+	s.expectImage("5", "working", pic)
+}

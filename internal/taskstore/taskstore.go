@@ -59,7 +59,25 @@ var (
 	// ErrNotPending refuses activating a pending task that expired (failed) before its upload completed,
 	// and abandoning the upload of a task that was activated.
 	ErrNotPending = errors.New("task is no longer pending")
+	// ErrCancelled refuses a worker's Extend, Finish, Fail, Release or Retry of a task that was cancelled
+	// or deleted while it held it: the work is no longer wanted.
+	ErrCancelled = errors.New("task was cancelled")
+	// ErrSettled refuses cancelling a task that already finished or failed.
+	ErrSettled = errors.New("task already finished")
 )
+
+// Deleted is the stored state of a deleted task's tombstone (see Store.Delete). No reader ever reports
+// it: to them the task does not exist.
+const Deleted wire.State = 5
+
+// RefusalIn is Refusal for a task whose stored state is known: a cancelled or deleted task refuses
+// every holder with ErrCancelled, whatever its token.
+func RefusalIn(state wire.State, token, current int64) error {
+	if state == wire.Cancelled || state == Deleted {
+		return ErrCancelled
+	}
+	return Refusal(token, current)
+}
 
 // Transient failures (see Retry) wait before the task can be claimed again: the n-th (n from 1) a
 // random time in [d/2, d] with d = min(Max, Min << (n-1)).
@@ -122,6 +140,7 @@ type Counts struct {
 	Processing int64 // InProgress with a live lease
 	Finished   int64
 	Failed     int64
+	Cancelled  int64
 }
 
 // Of returns the count of tasks in state s (0 for an unknown state); NotStarted counts Queued and
@@ -136,12 +155,16 @@ func (c Counts) Of(s wire.State) int64 {
 		return c.Finished
 	case wire.Failed:
 		return c.Failed
+	case wire.Cancelled:
+		return c.Cancelled
 	}
 	return 0
 }
 
 // Total is the number of tasks.
-func (c Counts) Total() int64 { return c.Queued + c.Pending + c.Processing + c.Finished + c.Failed }
+func (c Counts) Total() int64 {
+	return c.Queued + c.Pending + c.Processing + c.Finished + c.Failed + c.Cancelled
+}
 
 // CreateParams describes a new task.
 type CreateParams struct {
@@ -214,6 +237,17 @@ type Store interface {
 	// length and issues a new token; any state clears RetryAt (NotStarted is claimable at once).
 	// ErrNotFound for an unknown id, ErrInvalidState for an unknown state.
 	Set(ctx context.Context, id int64, state wire.State, lease time.Duration) error
+	// Cancel stops a task that has not settled and returns it, Cancelled with wire.CancelledError as its
+	// Error: a queued or pending task is never claimed, and the holder of an in-progress one is refused
+	// with ErrCancelled at its next Extend, Finish, Fail, Release or Retry. Cancelling a cancelled task
+	// returns it unchanged. ErrSettled for a finished or failed task (as Get reports it), ErrNotFound for
+	// an unknown or deleted id. Durable when it returns.
+	Cancel(ctx context.Context, id int64) (Task, error)
+	// Delete removes a task's record, leaving a tombstone (state Deleted, its op and error cleared):
+	// Get, List, Counts and Claim no longer see it, Set and Cancel answer ErrNotFound, a holder's
+	// guarded updates are refused with ErrCancelled, and deleting it again is a no-op. ErrNotFound for
+	// an id that never existed. Durable when it returns.
+	Delete(ctx context.Context, id int64) error
 	// ExpirePending fails pending tasks created more than olderThan ago (uploads that never completed,
 	// say because the master died mid-upload) and returns how many.
 	ExpirePending(ctx context.Context, olderThan time.Duration) (int, error)

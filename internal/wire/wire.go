@@ -10,7 +10,7 @@ import (
 )
 
 // State is a task's lifecycle state, a number on the reference wire (the task JSON's "state"). 0 to 2
-// are the reference's values; Failed is additive.
+// are the reference's values; Failed and Cancelled are additive.
 type State int
 
 // Task states.
@@ -19,9 +19,12 @@ const (
 	InProgress State = 1
 	Finished   State = 2
 	Failed     State = 3
+	// Cancelled: a client cancelled the task before it finished; it never runs (again).
+	Cancelled State = 4
 )
 
-// Valid reports whether s is one of the four states.
+// Valid reports whether s is one of the four states an operator may set (setById): every state but
+// Cancelled, which only a cancel reaches.
 func (s State) Valid() bool { return s >= NotStarted && s <= Failed }
 
 // Word is the state as the status API spells it.
@@ -35,6 +38,8 @@ func (s State) Word() Word {
 		return FinishedWord
 	case Failed:
 		return FailedWord
+	case Cancelled:
+		return CancelledWord
 	}
 	return "unknown"
 }
@@ -50,10 +55,14 @@ const (
 	ProcessingWord Word = "processing"
 	FinishedWord   Word = "finished"
 	FailedWord     Word = "failed"
+	CancelledWord  Word = "cancelled"
 )
 
-// Settled reports whether a task in this state will not change any more (finished or failed).
-func (w Word) Settled() bool { return w == FinishedWord || w == FailedWord }
+// CancelledError is the error a cancelled task reports.
+const CancelledError = "cancelled"
+
+// Settled reports whether a task in this state will not change any more (finished, failed or cancelled).
+func (w Word) Settled() bool { return w == FinishedWord || w == FailedWord || w == CancelledWord }
 
 // Task is the task JSON of the wire API. id and state are the reference fields; the rest are additive.
 type Task struct {
@@ -86,6 +95,7 @@ type Stats struct {
 	Processing int64 `json:"processing"`
 	Finished   int64 `json:"finished"`
 	Failed     int64 `json:"failed"`
+	Cancelled  int64 `json:"cancelled"` // additive
 }
 
 // Status is the master's /status answer.

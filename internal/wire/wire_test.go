@@ -22,8 +22,12 @@ func TestStatesOnTheWire(t *testing.T) {
 			t.Errorf("state %d: valid %v, word %q (settled %v), want %q (settled %v)", tc.s, tc.s.Valid(), tc.s.Word(), tc.s.Word().Settled(), tc.word, tc.settled)
 		}
 	}
-	if wire.State(4).Valid() || wire.State(-1).Valid() || wire.State(4).Word() != "unknown" {
-		t.Error("states beyond the four are valid or have a word")
+	// Cancelled has a word but only a cancel reaches it: an operator cannot set it.
+	if wire.Cancelled.Valid() || wire.Cancelled.Word() != "cancelled" || !wire.CancelledWord.Settled() {
+		t.Errorf("cancelled: valid %v, word %q, settled %v", wire.Cancelled.Valid(), wire.Cancelled.Word(), wire.CancelledWord.Settled())
+	}
+	if wire.State(5).Valid() || wire.State(-1).Valid() || wire.State(5).Word() != "unknown" {
+		t.Error("states beyond the five are valid or have a word")
 	}
 	task, _ := json.Marshal(wire.Task{ID: 7, State: wire.Finished})
 	if string(task) != `{"id":7,"state":2}` {

@@ -240,6 +240,8 @@ func retryAfter(err error) time.Duration {
 // Why a task's work was cut short.
 var (
 	errLeaseLost = errors.New("lease lost: the task was claimed again")
+	// errCancelled: the task was cancelled or deleted (the heartbeat's answer is 410 Gone).
+	errCancelled = errors.New("task cancelled")
 	errDrained   = errors.New("worker stopping: task handed back")
 	// errOvertime is wrapped by overtimeError.
 	errOvertime = errors.New("task deadline passed")
@@ -301,8 +303,14 @@ func (l *loop) handle(stop context.Context, task wire.Task) {
 	defer cancelReport()
 	cause := context.Cause(work)
 	switch {
+	case errors.Is(cause, errCancelled) || client.IsStatus(err, http.StatusGone):
+		logger.InfoContext(ctx, "stopped: the task was cancelled", "duration", time.Since(start))
 	case err == nil:
-		if err := l.cfg.Master.FinishTask(ctx, task.ID, task.Token); err != nil {
+		if err := l.cfg.Master.FinishTask(ctx, task.ID, task.Token); client.IsStatus(err, http.StatusGone) {
+			// Cancelled after the last heartbeat: the master removes the result it refuses.
+			logger.InfoContext(ctx, "result refused: the task was cancelled", "duration", time.Since(start))
+			return
+		} else if err != nil {
 			logger.WarnContext(ctx, "register finished failed", "err", err)
 			return
 		}
@@ -358,7 +366,8 @@ func (l *loop) reportContext(stop context.Context) (context.Context, context.Can
 	}
 }
 
-// keepLease renews the lease while work runs; it cuts the work short when the lease is lost, or when
+// keepLease renews the lease while work runs; it cuts the work short when the lease is lost or the task
+// was cancelled, or when
 // the worker has been stopping for longer than Drain. Once the image work's deadline (plus
 // deadlineGrace) has passed it renews no more, so that work stuck past its deadline lets the lease
 // lapse rather than hold the task for ever.
@@ -397,6 +406,8 @@ func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseF
 			switch {
 			case err == nil:
 				leaseUntil = t.LeaseUntil
+			case client.IsStatus(err, http.StatusGone):
+				cancel(errCancelled)
 			case client.IsStatus(err, http.StatusConflict) || client.IsStatus(err, http.StatusBadRequest):
 				cancel(errLeaseLost)
 			case client.IsStatus(err, http.StatusNotFound) || client.IsStatus(err, http.StatusMethodNotAllowed):

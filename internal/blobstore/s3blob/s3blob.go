@@ -35,8 +35,8 @@
 // # Open blobs
 //
 // An open Blob reads the version it was opened with. Buckets that Open creates get versioning, so that
-// an open Blob keeps reading its version after an overwrite or a Delete, like an open file, and a
-// lifecycle rule that removes replaced and deleted versions after a day. In a bucket without
+// an open Blob keeps reading its version after an overwrite, like an open file, and a lifecycle rule
+// that removes replaced versions after a day. Delete removes every version at once (see Delete). In a bucket without
 // versioning, reading an open Blob after its object was replaced fails (If-Match on the ETag) rather
 // than mixing two contents. Reads use the context given to Open.
 //
@@ -719,7 +719,9 @@ func (r *objectReader) fail(err error) error {
 }
 
 // Delete implements blobstore.Store. S3 deletes are idempotent: a missing key is no error. In a
-// versioned bucket the object's versions stay for open Blobs until the lifecycle rule removes them.
+// versioned bucket it removes every version of the object (and the delete markers), so that the bytes
+// are gone when it returns, not when the lifecycle rule would take them: a delete is someone asking for
+// their image to be removed. An open Blob of the object fails its next read.
 func (s *Store) Delete(ctx context.Context, key string) error {
 	name, err := s.name(key)
 	if err != nil {
@@ -732,10 +734,40 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 		return fmt.Errorf("s3blob: delete %s: %w", key, err)
 	}
 	err = s.do(ctx, func(ctx context.Context) error {
-		return s.core.RemoveObject(ctx, s.bucket, name, minio.RemoveObjectOptions{})
+		if err := s.core.RemoveObject(ctx, s.bucket, name, minio.RemoveObjectOptions{}); err != nil {
+			return err
+		}
+		return s.removeVersions(ctx, name)
 	})
 	if err != nil {
 		return fmt.Errorf("s3blob: delete %s: %w", key, withCtx(ctx, err))
+	}
+	return nil
+}
+
+// removeVersions removes every version of object name and every delete marker; in a bucket without
+// versioning there are none left after the plain delete. Versions are listed in key order, those of name
+// first among the keys it prefixes, so the listing stops at the first other key.
+func (s *Store) removeVersions(ctx context.Context, name string) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the listing when it stops early
+	var versions []string
+	for obj := range s.core.Client.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: name, WithVersions: true}) {
+		if obj.Err != nil {
+			return obj.Err
+		}
+		if obj.Key != name {
+			break
+		}
+		versions = append(versions, obj.VersionID)
+	}
+	for _, v := range versions {
+		if v == "" {
+			continue // an unversioned object, removed already
+		}
+		if err := s.core.RemoveObject(ctx, s.bucket, name, minio.RemoveObjectOptions{VersionID: v}); err != nil {
+			return err
+		}
 	}
 	return nil
 }

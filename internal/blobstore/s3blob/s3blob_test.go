@@ -52,6 +52,7 @@ func TestS3(t *testing.T) {
 		{"BucketCreated", testBucketCreated},
 		{"ConcurrentOpenCreatesBucket", testConcurrentOpen},
 		{"UnversionedBucket", testUnversionedBucket},
+		{"DeleteEveryVersion", testDeleteEveryVersion},
 		{"UnreachableEndpoint", testUnreachable},
 		{"WrongCredentials", testWrongCredentials},
 		{"PingRemovedBucket", testPingRemovedBucket},
@@ -499,6 +500,37 @@ func testBucketCreated(t *testing.T, m *enginetest.MinIO) {
 	put(t, s, "k", []byte("v"), 1)
 	again := open(t, cfg)
 	wantBlob(t, again, "k", []byte("v"), 1)
+}
+
+// testDeleteEveryVersion: in a versioned bucket (one Open created), Delete leaves no version of the object
+// and no delete marker, and leaves the objects its name prefixes alone.
+func testDeleteEveryVersion(t *testing.T, m *enginetest.MinIO) {
+	cfg := config(t, m)
+	s := open(t, cfg)
+	ctx := context.Background()
+	put(t, s, "finished/1", []byte("v1"), 1)
+	put(t, s, "finished/1", []byte("v2"), 2)
+	put(t, s, "finished/10", []byte("other"), 1)
+	if err := s.Delete(ctx, "finished/1"); err != nil {
+		t.Fatal(err)
+	}
+	name, err := s.name("finished/1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for obj := range s.core.Client.ListObjects(ctx, cfg.Bucket, minio.ListObjectsOptions{Prefix: name, WithVersions: true}) {
+		if obj.Err != nil {
+			t.Fatal(obj.Err)
+		}
+		if obj.Key == name {
+			left = append(left, fmt.Sprintf("%s (delete marker %v)", obj.VersionID, obj.IsDeleteMarker))
+		}
+	}
+	if len(left) != 0 {
+		t.Errorf("versions left after Delete: %v", left)
+	}
+	wantBlob(t, s, "finished/10", []byte("other"), 1)
 }
 
 // testConcurrentOpen has several processes' worth of stores create the same bucket at once.

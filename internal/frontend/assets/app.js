@@ -9,7 +9,7 @@
   const PARALLEL_UPLOADS = 3;
 
   const $ = (sel, root = document) => root.querySelector(sel);
-  const isTerminal = (state) => state === 'finished' || state === 'failed';
+  const isTerminal = (state) => state === 'finished' || state === 'failed' || state === 'cancelled';
 
   const els = {
     opPick: $('#op-pick'),
@@ -72,7 +72,7 @@
 
   const stateWords = {
     uploading: 'Uploading', queued: 'Queued', processing: 'Processing',
-    finished: 'Finished', failed: 'Failed', refused: 'Refused', error: 'Error', waiting: 'Waiting to retry',
+    finished: 'Finished', failed: 'Failed', cancelled: 'Cancelled', refused: 'Refused', error: 'Error', waiting: 'Waiting to retry',
   };
 
   // ---- history (localStorage) ----------------------------------------------------------------------
@@ -555,6 +555,9 @@
     } else if (st.state === 'failed') {
       v.progress.hidden = true;
       setMessage(v, 'Processing failed: ' + (st.error || 'unknown reason') + (attempts ? ' (' + attempts + ')' : '') + '.', 'error');
+    } else if (st.state === 'cancelled') {
+      v.progress.hidden = true;
+      setMessage(v, 'Cancelled.');
     }
     if (before !== st.state) {
       announce(v.name + ': ' + (stateWords[st.state] || st.state).toLowerCase() +

@@ -223,15 +223,16 @@ const (
 	// claimable, if it is; the notification goes out at commit.
 	wakeIfClaimable = `tasks_wake(state = 0 AND NOT pending AND retry_at IS NULL, '` + channel + `', @origin::text)`
 
-	// activateSQL writes only a pending task that did not fail (expire) before its upload completed;
+	// activateSQL writes only a pending task that did not fail (expire), and was not cancelled or
+	// deleted, before its upload completed;
 	// activating an active task is a no-op, told apart by the probe.
-	activateSQL = `UPDATE tasks SET pending = false WHERE id = @id::bigint AND pending AND state <> 3
+	activateSQL = `UPDATE tasks SET pending = false WHERE id = @id::bigint AND pending AND state NOT IN (3, 4, 5)
 		RETURNING ` + wakeIfClaimable
 
 	// abandonSQL fails a pending task that has not failed yet, as readers see it.
 	abandonSQL = `UPDATE tasks SET state = 3, finished_at = @now::timestamptz, lease_until = NULL, retry_at = NULL,
 		error = @reason::text
-		WHERE id = @id::bigint AND pending AND state <> 3 AND NOT (` + lapsedOut + `)`
+		WHERE id = @id::bigint AND pending AND state NOT IN (3, 4, 5) AND NOT (` + lapsedOut + `)`
 
 	// sweepSQL settles lapsed leases so that claimSQL finds the retries through the claimable index,
 	// in id order with the never-started tasks. It keeps lease_until: the claim stays open. It skips
@@ -313,8 +314,21 @@ const (
 		error       = CASE @state::smallint WHEN 2 THEN ''
 			WHEN 3 THEN CASE WHEN error = '' THEN '` + setFailedError + `' ELSE error END
 			ELSE error END
-		WHERE id = @id::bigint
+		WHERE id = @id::bigint AND state <> 5
 		RETURNING ` + wakeIfClaimable
+
+	// cancelSQL cancels a task that has not settled as readers see it: not started, or in progress and
+	// not lapsed out of attempts. Closing the claim (lease_until NULL) refuses its holder.
+	cancelSQL = `UPDATE tasks SET state = 4, finished_at = @now::timestamptz, lease_until = NULL, retry_at = NULL,
+		error = '` + wire.CancelledError + `'
+		WHERE id = @id::bigint AND (state = 0 OR state = 1 AND NOT (` + lapsedOut + `))
+		RETURNING ` + returnColumns
+
+	// deleteSQL leaves a tombstone: the row keeps its id and its token, and loses what the client gave.
+	// The idempotency key goes, so a retry with it creates a new task.
+	deleteSQL = `UPDATE tasks SET state = 5, op = '', error = '', lease_until = NULL, retry_at = NULL,
+		idem_key = NULL, finished_at = @now::timestamptz
+		WHERE id = @id::bigint`
 
 	// expireSQL fails pending tasks that are still waiting (not started, or set in progress by hand
 	// and lapsed); the partial index holds only those. Rows another transaction holds are left for the
@@ -327,13 +341,14 @@ const (
 	// probeSQL explains why a guarded update matched no row.
 	probeSQL = `SELECT state, token, pending FROM tasks WHERE id = @id::bigint`
 
-	getSQL = `SELECT ` + taskColumns + ` FROM tasks WHERE id = @id::bigint`
+	getSQL = `SELECT ` + taskColumns + ` FROM tasks WHERE id = @id::bigint AND state <> 5`
 	// listSQL reads one page; List walks the primary key page by page.
-	listSQL = `SELECT ` + taskColumns + ` FROM tasks WHERE id >= @from::bigint ORDER BY id LIMIT @limit::integer`
+	listSQL = `SELECT ` + taskColumns + ` FROM tasks WHERE id >= @from::bigint AND state <> 5
+		ORDER BY id LIMIT @limit::integer`
 
 	// countsSQL reads, in one snapshot (one statement), the parts Counts adds up; each part walks a
 	// partial index, never the table: the total is the id counter because ids are consecutive from 0
-	// and tasks are never deleted, and finished is what remains. Lapsed leases are split as taskColumns
+	// and deleted tasks leave tombstones, and finished is what remains. Lapsed leases are split as taskColumns
 	// does: attempts left, queued (or pending) again; none left, failed.
 	countsSQL = `SELECT
 		(SELECT next_id FROM task_ids),
@@ -346,7 +361,9 @@ const (
 		(SELECT count(*) FROM tasks WHERE state = 1 AND lease_until <= @now::timestamptz AND attempts < max_attempts
 			AND pending),
 		(SELECT count(*) FROM tasks WHERE ` + lapsedOut + `),
-		(SELECT count(*) FROM tasks WHERE state = 3)`
+		(SELECT count(*) FROM tasks WHERE state = 3),
+		(SELECT count(*) FROM tasks WHERE state = 4),
+		(SELECT count(*) FROM tasks WHERE state = 5)`
 )
 
 // Open connects to the PostgreSQL database at dsn (a postgres:// URL or key=value string, as pgx
@@ -666,7 +683,7 @@ func (s *Store) Activate(ctx context.Context, id int64) error {
 			return fmt.Errorf("pgstore: activate %d: %w", id, classify(ctx, err))
 		case !pending:
 			return nil // already active
-		case state == wire.Failed:
+		case state == wire.Failed || state == wire.Cancelled || state == taskstore.Deleted:
 			return fmt.Errorf("pgstore: activate %d: %w", id, taskstore.ErrNotPending)
 		}
 	}
@@ -713,7 +730,7 @@ func (s *Store) abandonOnce(ctx context.Context, id int64, reason string) (bool,
 	case !t.Pending:
 		return false, taskstore.ErrNotPending
 	}
-	return t.State == wire.Failed, nil
+	return t.State == wire.Failed || t.State == wire.Cancelled, nil
 }
 
 // Get returns one task.
@@ -862,11 +879,11 @@ func (s *Store) refusal(ctx context.Context, id, token int64) (wire.State, error
 	if err != nil {
 		return 0, err
 	}
-	return state, taskstore.Refusal(token, current)
+	return state, taskstore.RefusalIn(state, token, current)
 }
 
-// probeRow reads a task's stored state, token and pending flag; ErrNotFound for an unknown id. Tasks
-// are never deleted, so existence cannot change between a failed update and the probe.
+// probeRow reads a task's stored state, token and pending flag; ErrNotFound for an unknown id. A
+// deleted task leaves a tombstone, so existence cannot change between a failed update and the probe.
 func (s *Store) probeRow(ctx context.Context, id int64) (wire.State, int64, bool, error) {
 	var (
 		state   int16
@@ -909,6 +926,51 @@ func (s *Store) Set(ctx context.Context, id int64, state wire.State, lease time.
 	return nil
 }
 
+// Cancel stops a task that has not settled; see taskstore.Store. PostgreSQL commits (and syncs) the
+// statement before answering.
+func (s *Store) Cancel(ctx context.Context, id int64) (taskstore.Task, error) {
+	if err := s.usable(); err != nil {
+		return taskstore.Task{}, fmt.Errorf("pgstore: cancel %d: %w", id, err)
+	}
+	// The update matches only a task that has not settled; a read tells the other cases apart. A
+	// holder's Release between the two can make the read see a task the update would now match: then
+	// update again.
+	for range 3 {
+		t, err := scanTask(s.pool.QueryRow(ctx, cancelSQL, pgx.NamedArgs{"id": id, "now": s.now()}))
+		if err == nil {
+			return t, nil
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return taskstore.Task{}, fmt.Errorf("pgstore: cancel %d: %w", id, classify(ctx, err))
+		}
+		if t, err = s.Get(ctx, id); err != nil {
+			return taskstore.Task{}, err
+		}
+		switch t.State {
+		case wire.Cancelled:
+			return t, nil
+		case wire.Finished, wire.Failed:
+			return taskstore.Task{}, fmt.Errorf("pgstore: cancel %d: %w", id, taskstore.ErrSettled)
+		}
+	}
+	return taskstore.Task{}, fmt.Errorf("pgstore: cancel %d: the task kept changing under the update", id)
+}
+
+// Delete leaves a tombstone of the task; see taskstore.Store.
+func (s *Store) Delete(ctx context.Context, id int64) error {
+	if err := s.usable(); err != nil {
+		return fmt.Errorf("pgstore: delete %d: %w", id, err)
+	}
+	tag, err := s.pool.Exec(ctx, deleteSQL, pgx.NamedArgs{"id": id, "now": s.now()})
+	if err != nil {
+		return fmt.Errorf("pgstore: delete %d: %w", id, classify(ctx, err))
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("pgstore: delete %d: %w", id, taskstore.ErrNotFound)
+	}
+	return nil
+}
+
 // ExpirePending fails the pending tasks created olderThan or longer ago and returns how many.
 func (s *Store) ExpirePending(ctx context.Context, olderThan time.Duration) (int, error) {
 	if olderThan < 0 {
@@ -927,8 +989,8 @@ func (s *Store) ExpirePending(ctx context.Context, olderThan time.Duration) (int
 
 // List yields every task in id order. It reads a page at a time along the primary key, holding a
 // connection (and a snapshot, which would hold back vacuum) only for one page, however slowly the
-// caller consumes; each page reflects the moment it was read. Tasks are never deleted and ids never
-// reused, so every task is yielded exactly once.
+// caller consumes; each page reflects the moment it was read. Ids are never reused (a deleted task
+// leaves a tombstone), so every task is yielded at most once.
 func (s *Store) List(ctx context.Context) iter.Seq2[taskstore.Task, error] {
 	return func(yield func(taskstore.Task, error) bool) {
 		if err := s.usable(); err != nil {
@@ -977,9 +1039,11 @@ func (s *Store) Counts(ctx context.Context) (taskstore.Counts, error) {
 	if err := s.usable(); err != nil {
 		return taskstore.Counts{}, fmt.Errorf("pgstore: counts: %w", err)
 	}
-	var total, claimable, delayed, pending, inProgress, lapsedQueued, lapsedPending, lapsedFailed, failed int64
+	var total, claimable, delayed, pending, inProgress, lapsedQueued, lapsedPending, lapsedFailed, failed,
+		cancelled, deleted int64
 	err := s.pool.QueryRow(ctx, countsSQL, pgx.NamedArgs{"now": s.now()}).Scan(
-		&total, &claimable, &delayed, &pending, &inProgress, &lapsedQueued, &lapsedPending, &lapsedFailed, &failed)
+		&total, &claimable, &delayed, &pending, &inProgress, &lapsedQueued, &lapsedPending, &lapsedFailed, &failed,
+		&cancelled, &deleted)
 	if err != nil {
 		return taskstore.Counts{}, fmt.Errorf("pgstore: counts: %w", classify(ctx, err))
 	}
@@ -988,8 +1052,9 @@ func (s *Store) Counts(ctx context.Context) (taskstore.Counts, error) {
 		Pending:    pending + lapsedPending,
 		Processing: inProgress - lapsedQueued - lapsedPending - lapsedFailed,
 		Failed:     failed + lapsedFailed,
+		Cancelled:  cancelled,
 	}
-	c.Finished = total - c.Queued - c.Pending - c.Processing - c.Failed
+	c.Finished = total - deleted - c.Queued - c.Pending - c.Processing - c.Failed - c.Cancelled
 	return c, nil
 }
 

@@ -54,7 +54,7 @@ type Store struct {
 	// Prepared statements for the hot paths. Those on w stay prepared on its one connection, so
 	// a transaction's tx.StmtContext reuses them rather than re-preparing.
 	create, activate, sweep, settle, claim, extend, finish, fail, release, retry, set, expire, probe *sql.Stmt // on w
-	findKey, clearKey, createKeyed, abandon                                                          *sql.Stmt // on w
+	findKey, clearKey, createKeyed, abandon, cancel, del                                             *sql.Stmt // on w
 	get, counts, ping                                                                                *sql.Stmt // on r
 }
 
@@ -69,6 +69,7 @@ const (
 	retryIndex     = "tasks_retry"
 	keyIndex       = "tasks_idem"
 	turnIndex      = "owners_turn"
+	goneIndex      = "tasks_gone"
 )
 
 // what names the task database in transient errors (fault).
@@ -164,6 +165,10 @@ func migrations() []string {
 				served = IIF(NEW.state = 1, (SELECT MAX(served) FROM owners) + 1, served)
 				WHERE owner = NEW.owner;
 		END;`,
+
+		// 7. Cancelled tasks (state 4) and deleted tasks' tombstones (state 5): few, so an index of
+		// them lets Counts leave them out of the finished without reading the table.
+		`CREATE INDEX ` + goneIndex + ` ON tasks (state) WHERE state >= 4;`,
 	}
 }
 
@@ -234,12 +239,13 @@ const (
 	// clearKeySQL takes the key from a task that no longer answers for it, so that a new one can.
 	clearKeySQL = `UPDATE tasks SET idem_key = NULL WHERE id = :id`
 
-	// activateSQL refuses a pending task that failed (expired) before its upload completed.
-	activateSQL = `UPDATE tasks SET pending = 0 WHERE id = :id AND (pending = 0 OR state <> 3)`
+	// activateSQL refuses a pending task that failed (expired) before its upload completed, or was
+	// cancelled or deleted meanwhile.
+	activateSQL = `UPDATE tasks SET pending = 0 WHERE id = :id AND state < 4 AND (pending = 0 OR state <> 3)`
 
 	// abandonSQL fails a pending task that has not failed yet, as readers see it.
 	abandonSQL = `UPDATE tasks SET state = 3, finished_at = :now, lease_until = NULL, retry_at = NULL, error = :reason
-		WHERE id = :id AND pending = 1 AND state <> 3 AND NOT (` + lapsedOut + `)`
+		WHERE id = :id AND pending = 1 AND state NOT IN (3, 4, 5) AND NOT (` + lapsedOut + `)`
 
 	// sweepSQL settles lapsed leases so that claimSQL finds the retries through the claimable
 	// index, in id order with the never-started tasks. It keeps lease_until: the claim stays open.
@@ -310,7 +316,22 @@ const (
 		finished_at = CASE WHEN :state IN (2, 3) THEN :now END,
 		retry_at    = NULL,
 		error       = CASE :state WHEN 2 THEN '' WHEN 3 THEN IIF(error = '', '` + setFailedError + `', error) ELSE error END
-		WHERE id = :id`
+		WHERE id = :id AND state <> 5`
+
+	// cancelSQL cancels a task that has not settled as readers see it: not started, or in progress and
+	// not lapsed out of attempts. Closing the claim (lease_until NULL) refuses its holder.
+	cancelSQL = `UPDATE tasks SET state = 4, finished_at = :now, lease_until = NULL, retry_at = NULL,
+		error = '` + wire.CancelledError + `'
+		WHERE id = :id AND (state = 0 OR state = 1 AND NOT (` + lapsedOut + `))
+		RETURNING ` + returnColumns
+
+	// deleteSQL leaves a tombstone: the row keeps its id (ids stay consecutive, Counts' total stays
+	// MAX(id)+1) and its token, and loses what the client gave. The idempotency key goes, so a retry
+	// with it creates a new task.
+	deleteSQL = `UPDATE tasks SET state = 5, op = '', error = '', lease_until = NULL, retry_at = NULL,
+		idem_key = NULL, finished_at = :now
+		WHERE id = :id
+		RETURNING id`
 
 	// expireSQL fails pending tasks that are still waiting (not started, or set in progress by hand
 	// and lapsed); the partial index holds only those.
@@ -321,15 +342,15 @@ const (
 	// probeSQL explains why a guarded update matched no row.
 	probeSQL = `SELECT state, token FROM tasks WHERE id = :id`
 
-	getSQL  = `SELECT ` + taskColumns + ` FROM tasks WHERE id = :id`
-	listSQL = `SELECT ` + taskColumns + ` FROM tasks ORDER BY id`
+	getSQL  = `SELECT ` + taskColumns + ` FROM tasks WHERE id = :id AND state <> 5`
+	listSQL = `SELECT ` + taskColumns + ` FROM tasks WHERE state <> 5 ORDER BY id`
 
 	// pingSQL reads the primary key's edge: a read of the file, as cheap as one gets.
 	pingSQL = `SELECT IFNULL(MAX(id), -1) FROM tasks`
 
 	// countsSQL reads, in one snapshot, the parts Counts adds up; each part walks a partial index (or
 	// the primary key's edge), never the table: the total is MAX(id)+1 because ids are consecutive
-	// from 0 and tasks are never deleted, and finished is what remains. Lapsed leases are split as
+	// from 0 and deleted tasks leave tombstones, and finished is what remains. Lapsed leases are split as
 	// taskColumns does: attempts left, queued (or pending) again; none left, failed.
 	countsSQL = `SELECT
 		(SELECT IFNULL(MAX(id) + 1, 0) FROM tasks),
@@ -340,7 +361,9 @@ const (
 		(SELECT COUNT(*) FROM tasks WHERE state = 1 AND lease_until <= :now AND attempts < max_attempts AND pending = 0),
 		(SELECT COUNT(*) FROM tasks WHERE state = 1 AND lease_until <= :now AND attempts < max_attempts AND pending = 1),
 		(SELECT COUNT(*) FROM tasks WHERE ` + lapsedOut + `),
-		(SELECT COUNT(*) FROM tasks WHERE state = 3)`
+		(SELECT COUNT(*) FROM tasks WHERE state = 3),
+		(SELECT COUNT(*) FROM tasks WHERE state >= 4 AND state = 4),
+		(SELECT COUNT(*) FROM tasks WHERE state >= 4 AND state = 5)`
 )
 
 // Open opens (creating if needed) the task database at path and migrates its schema.
@@ -433,6 +456,8 @@ func (s *Store) init(ctx context.Context, path string) error {
 		{s.w, &s.set, setSQL},
 		{s.w, &s.expire, expireSQL},
 		{s.w, &s.probe, probeSQL},
+		{s.w, &s.cancel, cancelSQL},
+		{s.w, &s.del, deleteSQL},
 		{s.w, &s.findKey, findKeySQL},
 		{s.w, &s.clearKey, clearKeySQL},
 		{s.w, &s.createKeyed, createKeyedSQL},
@@ -642,7 +667,7 @@ func (s *Store) abandonOnce(ctx context.Context, id int64, reason string) (bool,
 	case !t.Pending:
 		return false, taskstore.ErrNotPending
 	}
-	return t.State == wire.Failed, nil
+	return t.State == wire.Failed || t.State == wire.Cancelled, nil
 }
 
 // Get returns one task.
@@ -794,11 +819,11 @@ func (s *Store) refusal(ctx context.Context, id, token int64) (wire.State, error
 	if err != nil {
 		return 0, err
 	}
-	return state, taskstore.Refusal(token, current)
+	return state, taskstore.RefusalIn(state, token, current)
 }
 
-// probeRow reads a task's stored state and token; ErrNotFound for an unknown id. Tasks are never
-// deleted, so existence cannot change between a failed update and the probe.
+// probeRow reads a task's stored state and token; ErrNotFound for an unknown id. A deleted task
+// leaves a tombstone, so existence cannot change between a failed update and the probe.
 func (s *Store) probeRow(ctx context.Context, id int64) (wire.State, int64, error) {
 	var state, token int64
 	err := s.probe.QueryRowContext(ctx, sql.Named("id", id)).Scan(&state, &token)
@@ -834,6 +859,53 @@ func (s *Store) Set(ctx context.Context, id int64, state wire.State, lease time.
 	}
 	if err := s.durable.sync(); err != nil {
 		return fmt.Errorf("sqlitestore: set %d: %w", id, s.classify(err))
+	}
+	return nil
+}
+
+// Cancel stops a task that has not settled; see taskstore.Store.
+func (s *Store) Cancel(ctx context.Context, id int64) (taskstore.Task, error) {
+	// The update matches only a task that has not settled; a read tells the other cases apart. A
+	// holder's Release between the two can make the read see a task the update would now match: then
+	// update again.
+	for range 3 {
+		now := s.now()
+		t, err := scanTask(s.cancel.QueryRowContext(ctx, sql.Named("id", id), sql.Named("now", nanos(now))))
+		if err == nil {
+			if err := s.durable.sync(); err != nil {
+				return taskstore.Task{}, fmt.Errorf("sqlitestore: cancel %d: %w", id, s.classify(err))
+			}
+			return t, nil
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return taskstore.Task{}, fmt.Errorf("sqlitestore: cancel %d: %w", id, s.classify(err))
+		}
+		t, err = s.Get(ctx, id)
+		if err != nil {
+			return taskstore.Task{}, err
+		}
+		switch t.State {
+		case wire.Cancelled:
+			return t, nil
+		case wire.Finished, wire.Failed:
+			return taskstore.Task{}, fmt.Errorf("sqlitestore: cancel %d: %w", id, taskstore.ErrSettled)
+		}
+	}
+	return taskstore.Task{}, fmt.Errorf("sqlitestore: cancel %d: the task kept changing under the update", id)
+}
+
+// Delete leaves a tombstone of the task; see taskstore.Store.
+func (s *Store) Delete(ctx context.Context, id int64) error {
+	var got int64
+	err := s.del.QueryRowContext(ctx, sql.Named("id", id), sql.Named("now", nanos(s.now()))).Scan(&got)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("sqlitestore: delete %d: %w", id, taskstore.ErrNotFound)
+	}
+	if err == nil {
+		err = s.durable.sync()
+	}
+	if err != nil {
+		return fmt.Errorf("sqlitestore: delete %d: %w", id, s.classify(err))
 	}
 	return nil
 }
@@ -883,9 +955,11 @@ func (s *Store) List(ctx context.Context) iter.Seq2[taskstore.Task, error] {
 
 // Counts returns how many tasks are in each state, read from one snapshot through the partial indexes.
 func (s *Store) Counts(ctx context.Context) (taskstore.Counts, error) {
-	var total, claimable, delayed, pending, inProgress, lapsedQueued, lapsedPending, lapsedFailed, failed int64
+	var total, claimable, delayed, pending, inProgress, lapsedQueued, lapsedPending, lapsedFailed, failed,
+		cancelled, deleted int64
 	err := s.counts.QueryRowContext(ctx, sql.Named("now", nanos(s.now()))).Scan(
-		&total, &claimable, &delayed, &pending, &inProgress, &lapsedQueued, &lapsedPending, &lapsedFailed, &failed)
+		&total, &claimable, &delayed, &pending, &inProgress, &lapsedQueued, &lapsedPending, &lapsedFailed, &failed,
+		&cancelled, &deleted)
 	if err != nil {
 		return taskstore.Counts{}, fmt.Errorf("sqlitestore: counts: %w", s.classify(err))
 	}
@@ -894,8 +968,9 @@ func (s *Store) Counts(ctx context.Context) (taskstore.Counts, error) {
 		Pending:    pending + lapsedPending,
 		Processing: inProgress - lapsedQueued - lapsedPending - lapsedFailed,
 		Failed:     failed + lapsedFailed,
+		Cancelled:  cancelled,
 	}
-	c.Finished = total - c.Queued - c.Pending - c.Processing - c.Failed
+	c.Finished = total - deleted - c.Queued - c.Pending - c.Processing - c.Failed - c.Cancelled
 	return c, nil
 }
 
@@ -942,7 +1017,7 @@ func (s *Store) Close() error {
 	var errs []error
 	for _, st := range []*sql.Stmt{
 		s.create, s.activate, s.sweep, s.settle, s.claim, s.extend, s.finish, s.fail, s.release, s.retry, s.set,
-		s.expire, s.probe, s.findKey, s.clearKey, s.createKeyed, s.abandon, s.get, s.counts, s.ping,
+		s.expire, s.probe, s.cancel, s.del, s.findKey, s.clearKey, s.createKeyed, s.abandon, s.get, s.counts, s.ping,
 	} {
 		if st != nil {
 			errs = append(errs, st.Close())

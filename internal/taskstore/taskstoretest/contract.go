@@ -74,6 +74,10 @@ func Run(t *testing.T, open OpenFunc) {
 		{"FairNoOwner", testFairNoOwner},
 		{"FairRequeued", testFairRequeued},
 		{"FairConcurrent", testFairConcurrent},
+		{"CancelStates", testCancelStates},
+		{"CancelHolder", testCancelHolder},
+		{"DeleteStates", testDeleteStates},
+		{"DeleteHolder", testDeleteHolder},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

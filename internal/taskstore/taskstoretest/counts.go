@@ -25,6 +25,8 @@ func countsOf(tasks []taskstore.Task) taskstore.Counts {
 			c.Finished++
 		case wire.Failed:
 			c.Failed++
+		case wire.Cancelled:
+			c.Cancelled++
 		}
 	}
 	return c

@@ -1,0 +1,127 @@
+package master_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"testing"
+
+	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/wire"
+)
+
+func (s stack) cancel(t *testing.T, id int64) servicetest.Reply {
+	t.Helper()
+	return s.call(t, http.MethodPost, fmt.Sprintf("%s/cancel?id=%d", s.MasterURL, id), nil)
+}
+
+func (s stack) delete(t *testing.T, id int64) servicetest.Reply {
+	t.Helper()
+	return s.call(t, http.MethodDelete, fmt.Sprintf("%s/task?id=%d", s.MasterURL, id), nil)
+}
+
+func expectReply(t *testing.T, what string, r servicetest.Reply, status int, body string) {
+	t.Helper()
+	if r.Status != status || r.Body != body {
+		t.Errorf("%s: %d %q, want %d %q", what, r.Status, r.Body, status, body)
+	}
+}
+
+func TestCancel(t *testing.T) {
+	s := newStack(t, servicetest.Options{})
+	id := s.uploadOK(t, servicetest.PatternPNG(t, 16, 30))
+	for range 2 { // cancelling a cancelled task answers its status again
+		r := s.cancel(t, id)
+		var st wire.Status
+		if r.Status != http.StatusOK || json.Unmarshal([]byte(r.Body), &st) != nil || st.State != wire.CancelledWord || st.ID != id {
+			t.Fatalf("POST /cancel: %d %q, want 200 with state cancelled", r.Status, r.Body)
+		}
+	}
+	s.ExpectNoClaimable(t) // a queued task, cancelled, never starts
+	expectReply(t, "get of a cancelled task", s.call(t, http.MethodGet, fmt.Sprintf("%s/get?id=%d", s.MasterURL, id), nil),
+		http.StatusNotFound, fmt.Sprintf("Error: task %d was cancelled", id))
+	expectReply(t, "isReady of a cancelled task", s.call(t, http.MethodGet, fmt.Sprintf("%s/isReady?id=%d&wait=5s", s.MasterURL, id), nil),
+		http.StatusOK, "0")
+	if _, ok := s.StoredImage(t, id, wire.WorkingImage); !ok {
+		t.Error("cancel removed the upload: only a delete does")
+	}
+
+	done := s.uploadOK(t, servicetest.PatternPNG(t, 16, 31))
+	task := s.claim(t, done)
+	if err := s.Database.FinishTask(t.Context(), done, task.Token); err != nil {
+		t.Fatal(err)
+	}
+	expectReply(t, "cancel of a finished task", s.cancel(t, done), http.StatusConflict, fmt.Sprintf("Error: task %d already finished", done))
+	expectReply(t, "cancel of an unknown task", s.cancel(t, 999), http.StatusNotFound, "Error: no task with id 999")
+}
+
+func TestDelete(t *testing.T) {
+	s := newStack(t, servicetest.Options{})
+	ctx := t.Context()
+	finished := s.uploadOK(t, servicetest.PatternPNG(t, 16, 32))
+	queued := s.uploadOK(t, servicetest.PatternPNG(t, 16, 33))
+	task := s.claim(t, finished)
+	result := servicetest.PatternPNG(t, 16, 34)
+	if err := s.Storage.SendResult(ctx, finished, task.Token, bytes.NewReader(result), int64(len(result))); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Database.FinishTask(ctx, finished, task.Token); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []int64{finished, queued} {
+		for range 2 { // a repeated delete answers the same
+			expectReply(t, "DELETE /task", s.delete(t, id), http.StatusNoContent, "")
+		}
+		for _, state := range []string{wire.WorkingImage, wire.FinishedImage} {
+			if _, ok := s.StoredImage(t, id, state); ok {
+				t.Errorf("task %d's %s image is still stored after the delete", id, state)
+			}
+		}
+		expectReply(t, "get of a deleted task", s.call(t, http.MethodGet, fmt.Sprintf("%s/get?id=%d", s.MasterURL, id), nil),
+			http.StatusNotFound, fmt.Sprintf("Error: no task with id %d", id))
+	}
+	if ids := s.listIDs(t); len(ids) != 0 {
+		t.Errorf("database lists %v after deleting every task", ids)
+	}
+	s.ExpectNoClaimable(t)
+	expectReply(t, "delete of an unknown task", s.delete(t, 999), http.StatusNotFound, "Error: no task with id 999")
+}
+
+// TestDeleteProcessing: a task deleted while a worker processes it refuses the worker (410), and the
+// result the worker stored after the delete swept the images is removed when it reports it.
+func TestDeleteProcessing(t *testing.T) {
+	s := newStack(t, servicetest.Options{})
+	id := s.uploadOK(t, servicetest.PatternPNG(t, 16, 35))
+	task := s.claim(t, id)
+	expectReply(t, "DELETE /task", s.delete(t, id), http.StatusNoContent, "")
+	gone := fmt.Sprintf("Error: task %d was cancelled", id)
+	expectReply(t, "heartbeat of a deleted task", s.post(t, s.MasterURL, "/extendLease", tokenQuery(id, task.Token)), http.StatusGone, gone)
+	result := servicetest.PatternPNG(t, 16, 36)
+	if err := s.Storage.SendResult(t.Context(), id, task.Token, bytes.NewReader(result), int64(len(result))); err != nil {
+		t.Fatal(err)
+	}
+	expectReply(t, "finish of a deleted task", s.post(t, s.MasterURL, "/registerTaskFinished", tokenQuery(id, task.Token)),
+		http.StatusGone, gone)
+	if _, ok := s.StoredImage(t, id, wire.FinishedImage); ok {
+		t.Error("the late result of a deleted task is still stored")
+	}
+}
+
+// TestDeleteStorageDown: with storage away the delete answers 503 with Retry-After and the task stays,
+// cancelled, for a retry to complete.
+func TestDeleteStorageDown(t *testing.T) {
+	s := newStack(t, servicetest.Options{MasterStorageAddr: deadAddr()})
+	id, err := s.Database.NewTask(t.Context(), client.NewTaskParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := s.delete(t, id)
+	if r.Status != http.StatusServiceUnavailable || r.Header.Get("Retry-After") == "" {
+		t.Errorf("DELETE /task with storage down: %d %q Retry-After %q, want 503 with Retry-After", r.Status, r.Body, r.Header.Get("Retry-After"))
+	}
+	if task := s.task(t, id); task.State != wire.Cancelled {
+		t.Errorf("task after the failed delete = %+v, want it kept, cancelled", task)
+	}
+}

@@ -1,0 +1,43 @@
+package worker_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/testimage"
+	"github.com/imgmill/imgmill/internal/wire"
+	"github.com/imgmill/imgmill/internal/worker"
+)
+
+// TestWorkerStopsOnCancel: a task cancelled while a worker processes it is refused (410) at the worker's
+// next heartbeat, which cuts the work short: the worker reports nothing, stores no result, and goes on to
+// claim other work.
+func TestWorkerStopsOnCancel(t *testing.T) {
+	hook := newWorkingHook(time.Minute) // the task would take a minute
+	r := newRig(t, rigOptions{wrapStorage: hook.wrap})
+	id := r.upload(t, testimage.Pattern(8, 13))
+	stop := startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1, Wait: time.Second,
+		Heartbeat: 50 * time.Millisecond, Logger: servicetest.Discard})
+	hook.waitArrived(t) // the worker claimed the task and is fetching its image
+
+	st, err := r.master.Cancel(t.Context(), id)
+	if err != nil || st.State != wire.CancelledWord {
+		t.Fatalf("cancel: %+v, %v; want cancelled", st, err)
+	}
+	poll(t, "the worker to abandon fetching the cancelled task's input", func() bool { return hook.abandoned.Load() == 1 })
+	poll(t, "the worker to claim again", func() bool { return r.calls.count("/getNewTask") >= 2 })
+	stop()
+
+	for _, path := range []string{"/registerTaskFinished", "/failTask", "/releaseTask"} {
+		if n := r.calls.count(path); n != 0 {
+			t.Errorf("%d calls of %s for a cancelled task, want none", n, path)
+		}
+	}
+	if _, _, ok := finishedImage(t, r.storage, id); ok {
+		t.Error("a result was stored for a cancelled task")
+	}
+	if task := r.task(t, id); task.State != wire.Cancelled || task.Attempts != 1 {
+		t.Errorf("task = %+v, want cancelled after 1 attempt", task)
+	}
+}
