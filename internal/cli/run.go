@@ -46,6 +46,7 @@ func commands() []command {
 		submitCommand(),
 		statusCommand(),
 		getCommand(),
+		backupCommand(),
 	}
 }
 
