@@ -44,6 +44,10 @@ func (f *flags) dataDir(p *string) {
 	f.StringVar(p, "data", "./data", "data directory: the embedded stores, and the frontend's public id secret ("+frontend.SecretFile+"; back it up)")
 }
 
+func (f *flags) backupTo(p *string) {
+	f.StringVar(p, "to", "", "the backup's directory, which must not exist yet: a data directory the services can run on")
+}
+
 func (f *flags) advertise(o *service.Options) {
 	f.StringVar(&o.Advertise, "advertise", "", "address registered in the kv store for others to dial (default: the listen address, loopback for :port)")
 }

@@ -48,6 +48,7 @@ func commands() []command {
 		getCommand(),
 		deleteCommand(),
 		cancelCommand(),
+		backupCommand(),
 	}
 }
 

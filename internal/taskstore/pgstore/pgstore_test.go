@@ -77,6 +77,7 @@ func TestStore(t *testing.T) {
 		{"NewerSchema", testNewerSchema},
 		{"FailedMigrationIsAtomic", testFailedMigrationIsAtomic},
 		{"MigrateFromV1", testMigrateFromV1},
+		{"OpenReleasedDatabase", testOpenReleasedDatabase},
 		{"OpenPermanentErrors", testOpenPermanentErrors},
 		{"MaxConns", testMaxConns},
 		{"QueryPlansUseIndexes", testQueryPlansUseIndexes},
