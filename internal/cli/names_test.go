@@ -8,6 +8,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/imgmill/imgmill/internal/publicid"
 )
 
 // defineAll defines every command's flags, each on its own flag set, as Run would.
@@ -187,5 +189,35 @@ func TestAllowedOriginsFlag(t *testing.T) {
 	}
 	if _, _, err := runCLI(t, nil, "frontend", "--allowed-origins", "a.example/path"); !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "allowed-origins") {
 		t.Errorf("a bad origin: %v, want a usage error naming the flag", err)
+	}
+}
+
+// A public id may start with a dash (one in 64 do): it is an id wherever it stands, never a flag, and the
+// flags around it still parse.
+func TestPublicIDStartingWithDash(t *testing.T) {
+	id := "-" + strings.Repeat("aB3_", 10) + "xy" // publicid.Len characters
+	if len(id) != publicid.Len {
+		t.Fatalf("test id has %d characters", len(id))
+	}
+	for _, name := range []string{"status", "get", "delete", "cancel"} {
+		e, _ := quietEnv(nil)
+		c := commandNamed(t, name)
+		f := newFlags(e, c)
+		c.define(f)
+		pos, err := f.parseInterspersed([]string{id, "--server", "http://127.0.0.1:1", id[:10] + "-" + id[11:]})
+		if err != nil || len(pos) != 2 || pos[0] != id {
+			t.Errorf("imgmill %s %s --server URL ID2: positionals %q, %v; want both ids", name, id, pos, err)
+		}
+		if got := f.Lookup("server").Value.String(); got != "http://127.0.0.1:1" {
+			t.Errorf("imgmill %s: --server = %q", name, got)
+		}
+	}
+	// What is not an id's shape is still a flag.
+	e, _ := quietEnv(nil)
+	c := commandNamed(t, "status")
+	f := newFlags(e, c)
+	c.define(f)
+	if _, err := f.parseInterspersed([]string{"-not-a-flag"}); err == nil {
+		t.Error("an unknown short flag was taken for an id")
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+
+	"github.com/imgmill/imgmill/internal/publicid"
 )
 
 // command is one subcommand. define registers its flags and returns what runs it once they are parsed;
@@ -198,28 +200,64 @@ func (f *flags) parse(args []string) error {
 
 // parseInterspersed parses flags that may come before, between or after the positional arguments
 // ("status ID --server URL"), applies the IMGMILL_* variables like parse, and returns the positionals.
-// Everything after "--" is positional.
+// Everything after "--" is positional, and so is a public id that starts with a dash (one in 64 do).
 func (f *flags) parseInterspersed(args []string) ([]string, error) {
 	var pos []string
-	for {
-		if err := f.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, err
+	for len(args) > 0 {
+		a := args[0]
+		switch {
+		case a == "--":
+			pos = append(pos, args[1:]...)
+			args = nil
+		case strings.HasPrefix(a, "-") && a != "-" && !looksLikePublicID(a):
+			// A flag, parsed with its value when it takes one.
+			n := 1
+			if f.takesValue(a) && len(args) > 1 {
+				n = 2
 			}
-			return nil, fmt.Errorf("%w: %v", errUsage, err)
+			if err := f.Parse(args[:n]); err != nil {
+				if errors.Is(err, flag.ErrHelp) {
+					return nil, err
+				}
+				return nil, fmt.Errorf("%w: %v", errUsage, err)
+			}
+			args = args[n:]
+		default:
+			pos = append(pos, a)
+			args = args[1:]
 		}
-		rest := f.Args()
-		if len(rest) == 0 {
-			break
-		}
-		if consumed := args[:len(args)-len(rest)]; len(consumed) > 0 && consumed[len(consumed)-1] == "--" {
-			pos = append(pos, rest...)
-			break
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
 	}
 	return pos, f.parse(nil)
+}
+
+// takesValue reports whether arg is a flag that takes the next argument as its value.
+func (f *flags) takesValue(arg string) bool {
+	name := strings.TrimLeft(arg, "-")
+	if name == arg || strings.Contains(name, "=") {
+		return false
+	}
+	fl := f.Lookup(name)
+	if fl == nil {
+		return false
+	}
+	b, ok := fl.Value.(interface{ IsBoolFlag() bool })
+	return !ok || !b.IsBoolFlag()
+}
+
+// looksLikePublicID reports whether arg has the shape of a public id: publicid.Len characters of the
+// URL-safe base64 alphabet. No flag name is that long, so it is never taken for one.
+func looksLikePublicID(arg string) bool {
+	if len(arg) != publicid.Len {
+		return false
+	}
+	for i := 0; i < len(arg); i++ {
+		switch c := arg[i]; {
+		case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func (f *flags) logger(service string) *slog.Logger {
