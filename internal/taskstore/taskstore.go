@@ -251,6 +251,13 @@ type Store interface {
 	// ExpirePending fails pending tasks created more than olderThan ago (uploads that never completed,
 	// say because the master died mid-upload) and returns how many.
 	ExpirePending(ctx context.Context, olderThan time.Duration) (int, error)
+	// ClaimExpired takes up to limit settled tasks (finished, failed or cancelled) that settled at or
+	// before olderThan ago and that no sweeper holds, holds them for hold, and returns their ids, the
+	// longest settled first. Holding lets several sweepers share the work: another ClaimExpired skips
+	// the held tasks until hold passes, and the caller removes them (their images, then Delete) within
+	// it. A task whose lease lapsed out of attempts is taken once a Claim recorded its failure. The
+	// query walks an index of settled tasks and touches only the batch, so it never holds up claims.
+	ClaimExpired(ctx context.Context, olderThan time.Duration, limit int, hold time.Duration) ([]int64, error)
 	// List yields every task in id order.
 	List(ctx context.Context) iter.Seq2[Task, error]
 	// Counts returns how many tasks are in each state, from one consistent view (it agrees with a List

@@ -30,6 +30,7 @@
 package pgstore
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"embed"
@@ -41,6 +42,7 @@ import (
 	"log/slog"
 	"net"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -337,6 +339,16 @@ const (
 		error = '` + expiredError + `'
 		WHERE id IN (SELECT id FROM tasks WHERE pending AND state < 2 AND created_at <= @cutoff::timestamptz
 			AND (state = 0 OR lease_until <= @now::timestamptz) FOR UPDATE SKIP LOCKED)`
+
+	// claimExpiredSQL holds a batch of the longest settled tasks that no sweeper holds. Rows another
+	// transaction holds (a concurrent sweeper's batch, a claim's sweep) are skipped, so sweepers on
+	// several instances take disjoint batches and never wait on each other or on claims.
+	claimExpiredSQL = `UPDATE tasks SET sweep_until = @until::timestamptz
+		WHERE id IN (SELECT id FROM tasks
+			WHERE state IN (2, 3, 4) AND finished_at <= @cutoff::timestamptz
+				AND (sweep_until IS NULL OR sweep_until <= @now::timestamptz)
+			ORDER BY finished_at, id LIMIT @limit::integer FOR UPDATE SKIP LOCKED)
+		RETURNING id, finished_at`
 
 	// probeSQL explains why a guarded update matched no row.
 	probeSQL = `SELECT state, token, pending FROM tasks WHERE id = @id::bigint`
@@ -985,6 +997,41 @@ func (s *Store) ExpirePending(ctx context.Context, olderThan time.Duration) (int
 		return 0, fmt.Errorf("pgstore: expire pending: %w", classify(ctx, err))
 	}
 	return int(tag.RowsAffected()), nil
+}
+
+// ClaimExpired holds and returns a batch of settled tasks past olderThan; see taskstore.Store.
+func (s *Store) ClaimExpired(ctx context.Context, olderThan time.Duration, limit int, hold time.Duration) ([]int64, error) {
+	if olderThan < 0 || limit <= 0 || hold <= 0 {
+		return nil, fmt.Errorf("pgstore: claim expired: age %v, limit %d and hold %v must be positive", olderThan, limit, hold)
+	}
+	if err := s.usable(); err != nil {
+		return nil, fmt.Errorf("pgstore: claim expired: %w", err)
+	}
+	now := s.now()
+	rows, err := s.pool.Query(ctx, claimExpiredSQL, pgx.NamedArgs{
+		"now": now, "until": now.Add(hold), "cutoff": now.Add(-olderThan), "limit": limit})
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: claim expired: %w", classify(ctx, err))
+	}
+	type settled struct {
+		id int64
+		at time.Time
+	}
+	batch, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (settled, error) {
+		var t settled
+		err := row.Scan(&t.id, &t.at)
+		return t, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: claim expired: %w", classify(ctx, err))
+	}
+	// RETURNING has no order of its own.
+	slices.SortFunc(batch, func(a, b settled) int { return cmp.Or(a.at.Compare(b.at), cmp.Compare(a.id, b.id)) })
+	ids := make([]int64, len(batch))
+	for i, t := range batch {
+		ids[i] = t.id
+	}
+	return ids, nil
 }
 
 // List yields every task in id order. It reads a page at a time along the primary key, holding a

@@ -17,12 +17,14 @@
 package sqlitestore
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
 	"iter"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -54,7 +56,7 @@ type Store struct {
 	// Prepared statements for the hot paths. Those on w stay prepared on its one connection, so
 	// a transaction's tx.StmtContext reuses them rather than re-preparing.
 	create, activate, sweep, settle, claim, extend, finish, fail, release, retry, set, expire, probe *sql.Stmt // on w
-	findKey, clearKey, createKeyed, abandon, cancel, del                                             *sql.Stmt // on w
+	findKey, clearKey, createKeyed, abandon, cancel, del, claimExpired                               *sql.Stmt // on w
 	get, counts, ping                                                                                *sql.Stmt // on r
 }
 
@@ -70,6 +72,7 @@ const (
 	keyIndex       = "tasks_idem"
 	turnIndex      = "owners_turn"
 	goneIndex      = "tasks_gone"
+	settledIndex   = "tasks_settled"
 )
 
 // what names the task database in transient errors (fault).
@@ -169,6 +172,11 @@ func migrations() []string {
 		// 7. Cancelled tasks (state 4) and deleted tasks' tombstones (state 5): few, so an index of
 		// them lets Counts leave them out of the finished without reading the table.
 		`CREATE INDEX ` + goneIndex + ` ON tasks (state) WHERE state >= 4;`,
+
+		// 8. Retention: ClaimExpired walks the settled tasks by when they settled, and holds a batch
+		// for a sweeper until sweep_until so that other sweepers skip it.
+		`ALTER TABLE tasks ADD COLUMN sweep_until INTEGER;
+		CREATE INDEX ` + settledIndex + ` ON tasks (finished_at) WHERE state IN (2, 3, 4);`,
 	}
 }
 
@@ -339,6 +347,14 @@ const (
 		error = '` + expiredError + `'
 		WHERE pending = 1 AND state < 2 AND created_at <= :cutoff AND (state = 0 OR lease_until <= :now)`
 
+	// claimExpiredSQL holds a batch of the longest settled tasks that no sweeper holds. The writer is
+	// one connection, so two sweepers' statements run one after the other and take disjoint batches.
+	claimExpiredSQL = `UPDATE tasks SET sweep_until = :until
+		WHERE id IN (SELECT id FROM tasks
+			WHERE state IN (2, 3, 4) AND finished_at <= :cutoff AND (sweep_until IS NULL OR sweep_until <= :now)
+			ORDER BY finished_at, id LIMIT :limit)
+		RETURNING id, finished_at`
+
 	// probeSQL explains why a guarded update matched no row.
 	probeSQL = `SELECT state, token FROM tasks WHERE id = :id`
 
@@ -458,6 +474,7 @@ func (s *Store) init(ctx context.Context, path string) error {
 		{s.w, &s.probe, probeSQL},
 		{s.w, &s.cancel, cancelSQL},
 		{s.w, &s.del, deleteSQL},
+		{s.w, &s.claimExpired, claimExpiredSQL},
 		{s.w, &s.findKey, findKeySQL},
 		{s.w, &s.clearKey, clearKeySQL},
 		{s.w, &s.createKeyed, createKeyedSQL},
@@ -927,6 +944,39 @@ func (s *Store) ExpirePending(ctx context.Context, olderThan time.Duration) (int
 	return int(n), nil
 }
 
+// ClaimExpired holds and returns a batch of settled tasks past olderThan; see taskstore.Store.
+func (s *Store) ClaimExpired(ctx context.Context, olderThan time.Duration, limit int, hold time.Duration) ([]int64, error) {
+	if olderThan < 0 || limit <= 0 || hold <= 0 {
+		return nil, fmt.Errorf("sqlitestore: claim expired: age %v, limit %d and hold %v must be positive", olderThan, limit, hold)
+	}
+	now := s.now()
+	rows, err := s.claimExpired.QueryContext(ctx, sql.Named("now", nanos(now)), sql.Named("until", nanos(now.Add(hold))),
+		sql.Named("cutoff", nanos(now.Add(-olderThan))), sql.Named("limit", limit))
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: claim expired: %w", s.classify(err))
+	}
+	defer rows.Close()
+	type settled struct{ id, at int64 }
+	var batch []settled
+	for rows.Next() {
+		var t settled
+		if err := rows.Scan(&t.id, &t.at); err != nil {
+			return nil, fmt.Errorf("sqlitestore: claim expired: %w", s.classify(err))
+		}
+		batch = append(batch, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlitestore: claim expired: %w", s.classify(err))
+	}
+	// RETURNING has no order of its own.
+	slices.SortFunc(batch, func(a, b settled) int { return cmp.Or(cmp.Compare(a.at, b.at), cmp.Compare(a.id, b.id)) })
+	ids := make([]int64, len(batch))
+	for i, t := range batch {
+		ids[i] = t.id
+	}
+	return ids, nil
+}
+
 // List yields every task in id order. It streams from one read snapshot; stopping early closes
 // the rows and returns the connection to the pool.
 func (s *Store) List(ctx context.Context) iter.Seq2[taskstore.Task, error] {
@@ -1017,7 +1067,7 @@ func (s *Store) Close() error {
 	var errs []error
 	for _, st := range []*sql.Stmt{
 		s.create, s.activate, s.sweep, s.settle, s.claim, s.extend, s.finish, s.fail, s.release, s.retry, s.set,
-		s.expire, s.probe, s.cancel, s.del, s.findKey, s.clearKey, s.createKeyed, s.abandon, s.get, s.counts, s.ping,
+		s.expire, s.probe, s.cancel, s.del, s.claimExpired, s.findKey, s.clearKey, s.createKeyed, s.abandon, s.get, s.counts, s.ping,
 	} {
 		if st != nil {
 			errs = append(errs, st.Close())

@@ -78,6 +78,8 @@ func Run(t *testing.T, open OpenFunc) {
 		{"CancelHolder", testCancelHolder},
 		{"DeleteStates", testDeleteStates},
 		{"DeleteHolder", testDeleteHolder},
+		{"ClaimExpired", testClaimExpired},
+		{"ClaimExpiredConcurrent", testClaimExpiredConcurrent},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
