@@ -125,13 +125,14 @@ func (f *flags) policy(c *database.Config) {
 	f.DurationVar(&c.Policy.Retry.Min, "retry-min", taskstore.DefaultRetryMin, "after a task's first transient failure, it waits about this long before it is claimed again; the wait doubles with each one")
 	f.DurationVar(&c.Policy.Retry.Max, "retry-max", taskstore.DefaultRetryMax, "the longest wait before a task is claimed again after a transient failure")
 	f.DurationVar(&c.PendingTimeout, "pending-timeout", database.DefaultPendingTimeout, "how long an upload may take before its unfinished task is given up")
+	f.DurationVar(&c.Policy.Retention, "retention", database.DefaultRetention, "how long a finished, failed or cancelled task is kept before the master removes its images and record; 0 keeps tasks forever")
 }
 
 // checkPolicy refuses lifecycle settings the database cannot keep.
 func checkPolicy(c *database.Config) error {
 	p := c.Policy
-	if p.Lease <= 0 || p.MaxAttempts < 1 || p.Retry.Min <= 0 || p.Retry.Max < p.Retry.Min || c.PendingTimeout <= 0 {
-		return fmt.Errorf("%w: --lease, --retry-min and --pending-timeout must be > 0, --max-attempts >= 1 and --retry-max >= --retry-min", errUsage)
+	if p.Lease <= 0 || p.MaxAttempts < 1 || p.Retry.Min <= 0 || p.Retry.Max < p.Retry.Min || c.PendingTimeout <= 0 || p.Retention < 0 {
+		return fmt.Errorf("%w: --lease, --retry-min and --pending-timeout must be > 0, --retention >= 0, --max-attempts >= 1 and --retry-max >= --retry-min", errUsage)
 	}
 	return nil
 }

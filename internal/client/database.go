@@ -112,6 +112,15 @@ func (c *Database) DeleteTask(ctx context.Context, id int64) error {
 	return err
 }
 
+// ClaimExpired returns up to limit tasks whose retention ran out, held for this caller for a while
+// (database.ExpiredHold) so that other sweepers get other ones; none when the database keeps tasks forever.
+func (c *Database) ClaimExpired(ctx context.Context, limit int) ([]int64, error) {
+	reply, err := c.p.sendText(ctx, call{method: http.MethodPost, path: "/claimExpired",
+		query: url.Values{"limit": {strconv.Itoa(limit)}}})
+	ids, err := jsonReply[wire.TaskIDs]("expired tasks", reply, err)
+	return ids.IDs, err
+}
+
 func (c *Database) GetByID(ctx context.Context, id int64) (wire.Task, error) {
 	return taskReply(c.p.sendText(ctx, call{method: http.MethodGet, path: "/getById", query: idQuery(id), idempotent: true}))
 }

@@ -42,6 +42,9 @@ type Policy struct {
 	// Retry is the wait before a task handed back after a transient failure is claimed again; zero
 	// fields take taskstore.DefaultRetryMin and DefaultRetryMax.
 	Retry taskstore.RetryBackoff
+	// Retention is how long a finished, failed or cancelled task is kept before the sweep (see POST
+	// /claimExpired) removes it; 0 keeps tasks forever.
+	Retention time.Duration
 }
 
 // NewServer returns the database service's handler. done ends pending long polls (service shutdown).
@@ -64,7 +67,7 @@ func newServer(store taskstore.Store, policy Policy, done <-chan struct{}, opts 
 	if policy.Retry.Max <= 0 {
 		policy.Retry.Max = taskstore.DefaultRetryMax
 	}
-	s := &server{store: store, lease: policy.Lease, maxAttempts: policy.MaxAttempts, retry: policy.Retry, done: done}
+	s := &server{store: store, lease: policy.Lease, maxAttempts: policy.MaxAttempts, retry: policy.Retry, retention: policy.Retention, done: done}
 	for _, opt := range opts {
 		opt(s)
 	}
@@ -76,6 +79,7 @@ type server struct {
 	lease       time.Duration
 	maxAttempts int
 	retry       taskstore.RetryBackoff
+	retention   time.Duration // 0: keep forever
 	done        <-chan struct{}
 	news        signal
 	latency     prometheus.Histogram // nil: no metrics (see WithMetrics)
@@ -151,7 +155,7 @@ func (s *server) handleGetByID(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return storeError(id, err)
 	}
-	return writeTask(w, t)
+	return s.writeTask(w, t)
 }
 
 // handleGetByIDs answers many tasks in one call (additive): the master's POST /statuses asks for every
@@ -173,7 +177,7 @@ func (s *server) handleGetByIDs(w http.ResponseWriter, r *http.Request) error {
 		case err != nil:
 			return storeError(id, err)
 		default:
-			out.Tasks = append(out.Tasks, wireTask(t))
+			out.Tasks = append(out.Tasks, s.wireTask(t))
 		}
 	}
 	return httpapi.WriteJSON(w, http.StatusOK, out)
@@ -190,7 +194,7 @@ func (s *server) handleGetNewTask(w http.ResponseWriter, r *http.Request) error 
 		woken := s.news.wait()
 		t, err := s.store.Claim(r.Context(), s.lease)
 		if err == nil {
-			return writeTask(w, t)
+			return s.writeTask(w, t)
 		}
 		if !errors.Is(err, taskstore.ErrNoTask) {
 			return fmt.Errorf("claim: %w", err)
@@ -247,7 +251,7 @@ func (s *server) handleList(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return fmt.Errorf("list tasks: %w", err)
 		}
-		line, err := json.Marshal(wireTask(t))
+		line, err := json.Marshal(s.wireTask(t))
 		if err != nil {
 			return err
 		}
@@ -267,12 +271,17 @@ func (s *server) handleStats(w http.ResponseWriter, r *http.Request) error {
 		Finished: c.Finished, Failed: c.Failed, Cancelled: c.Cancelled})
 }
 
-func writeTask(w http.ResponseWriter, t taskstore.Task) error {
-	return httpapi.WriteJSON(w, http.StatusOK, wireTask(t))
+func (s *server) writeTask(w http.ResponseWriter, t taskstore.Task) error {
+	return httpapi.WriteJSON(w, http.StatusOK, s.wireTask(t))
 }
 
-func wireTask(t taskstore.Task) wire.Task {
-	return wire.Task{ID: t.ID, State: t.State, Token: t.Token, Attempts: t.Attempts, MaxAttempts: t.MaxAttempts,
+// wireTask is t as the wire carries it, with when retention removes it once it settled.
+func (s *server) wireTask(t taskstore.Task) wire.Task {
+	var expires time.Time
+	if s.retention > 0 && (t.State == wire.Finished || t.State == wire.Failed || t.State == wire.Cancelled) {
+		expires = t.FinishedAt.Add(s.retention)
+	}
+	return wire.Task{ExpiresAt: expires, ID: t.ID, State: t.State, Token: t.Token, Attempts: t.Attempts, MaxAttempts: t.MaxAttempts,
 		Error: t.Error, CreatedAt: t.CreatedAt, StartedAt: t.StartedAt, FinishedAt: t.FinishedAt, LeaseUntil: t.LeaseUntil,
 		Op: t.Op, RetryAt: t.RetryAt, Retries: t.Retries, Pending: t.Pending && t.State == wire.NotStarted, Owner: t.Owner}
 }
@@ -308,7 +317,7 @@ func (s *server) handleExtendLease(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return storeError(id, err)
 	}
-	return writeTask(w, t)
+	return s.writeTask(w, t)
 }
 
 func (s *server) handleFailTask(w http.ResponseWriter, r *http.Request) error {
@@ -345,7 +354,7 @@ func (s *server) handleFailTask(w http.ResponseWriter, r *http.Request) error {
 	if t.State == wire.NotStarted {
 		s.news.broadcast()
 	}
-	return writeTask(w, t)
+	return s.writeTask(w, t)
 }
 
 // handleCancelTask cancels a task that has not finished (additive) and answers it, state Cancelled: a
@@ -360,7 +369,7 @@ func (s *server) handleCancelTask(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return storeError(id, err)
 	}
-	return writeTask(w, t)
+	return s.writeTask(w, t)
 }
 
 // handleDeleteTask removes a task's record (additive), leaving a tombstone, and answers 204, again for
@@ -379,6 +388,40 @@ func (s *server) handleDeleteTask(w http.ResponseWriter, r *http.Request) error 
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// DefaultRetention is how long the command line keeps a settled task (--retention).
+const DefaultRetention = 7 * 24 * time.Hour
+
+// MaxExpiredBatch caps the limit of one POST /claimExpired; ExpiredHold is how long the sweeper that
+// took a batch has to remove it before another sweeper may take it again.
+const (
+	MaxExpiredBatch = 1000
+	ExpiredHold     = 10 * time.Minute
+)
+
+// handleClaimExpired answers the ids of up to limit tasks (default 100) that settled longer than the
+// retention ago (additive), oldest first, and holds them for ExpiredHold so that a concurrent caller,
+// through this or another database service, gets other ones. The caller (the master's sweeper) removes
+// each as DELETE does. With no retention it answers none.
+func (s *server) handleClaimExpired(w http.ResponseWriter, r *http.Request) error {
+	limit := 100
+	if raw := r.URL.Query().Get("limit"); raw != "" {
+		n, err := strconv.Atoi(raw)
+		if err != nil || n < 1 || n > MaxExpiredBatch {
+			return httpapi.Errorf(http.StatusBadRequest, "limit must be a whole number from 1 to %d, got %q", MaxExpiredBatch, raw)
+		}
+		limit = n
+	}
+	out := wire.TaskIDs{IDs: []int64{}}
+	if s.retention > 0 {
+		ids, err := s.store.ClaimExpired(r.Context(), s.retention, limit, ExpiredHold)
+		if err != nil {
+			return fmt.Errorf("claim expired tasks: %w", err)
+		}
+		out.IDs = append(out.IDs, ids...)
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, out)
 }
 
 // queryReason reads the required reason parameter, cut to 1000 bytes.

@@ -1,8 +1,15 @@
 package database_test
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/url"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/imgmill/imgmill/internal/database"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 func TestCancelTask(t *testing.T) {
@@ -65,4 +72,43 @@ func TestDeleteTask(t *testing.T) {
 	if id := db.newTask(false); id != 3 {
 		t.Errorf("new task after deletes got id %d, want 3", id)
 	}
+}
+
+// TestClaimExpired: settled tasks carry expiresAt and, once past the retention, are handed out in held
+// batches; unsettled ones are never. With no retention nothing is handed out.
+func TestClaimExpired(t *testing.T) {
+	const retention = time.Millisecond
+	db := newDBPolicy(t, database.Policy{Lease: longLease, Retention: retention})
+	finished := db.newTask(false)
+	failed := db.newTask(false)
+	queued := db.newTask(false)
+	done := db.claim(finished)
+	db.expect("POST", "/finishTask", tokenQuery(finished, done.Token), "", 200, "success")
+	db.expect("POST", "/setById", nil, fmt.Sprintf(`{"id":%d,"state":3}`, failed), 200, "success")
+	for _, id := range []int64{finished, failed} {
+		var tk wire.Task
+		if r := db.call("GET", "/getById", idQuery(id), ""); json.Unmarshal([]byte(r.Body), &tk) != nil ||
+			tk.FinishedAt.IsZero() || !tk.ExpiresAt.Equal(tk.FinishedAt.Add(retention)) {
+			t.Errorf("settled task %d: %q, want expiresAt = finishedAt + %v", id, r.Body, retention)
+		}
+	}
+	if r := db.call("GET", "/getById", idQuery(queued), ""); strings.Contains(r.Body, "expiresAt") {
+		t.Errorf("queued task: %q has expiresAt", r.Body)
+	}
+	time.Sleep(2 * retention) // the real clock must pass the retention: a wait that cannot be too short
+	first := fmt.Sprintf(`{"ids":[%d]}`, finished)
+	db.expect("POST", "/claimExpired", url.Values{"limit": {"1"}}, "", 200, first)
+	db.expect("POST", "/claimExpired", nil, "", 200, fmt.Sprintf(`{"ids":[%d]}`, failed))
+	db.expect("POST", "/claimExpired", nil, "", 200, `{"ids":[]}`) // held
+	for _, bad := range []string{"0", "x", "1001"} {
+		r := db.call("POST", "/claimExpired", url.Values{"limit": {bad}}, "")
+		if r.Status != 400 || !strings.HasPrefix(r.Body, "Error: limit must be") {
+			t.Errorf("limit=%s: %d %q, want 400", bad, r.Status, r.Body)
+		}
+	}
+
+	forever := newDB(t, longLease)
+	id := forever.newTask(false)
+	forever.expect("POST", "/setById", nil, fmt.Sprintf(`{"id":%d,"state":3}`, id), 200, "success")
+	forever.expect("POST", "/claimExpired", nil, "", 200, `{"ids":[]}`)
 }

@@ -20,6 +20,7 @@ func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("POST /setById", httpapi.HandlerFunc(s.handleSetByID))
 	mux.Handle("POST /cancelTask", httpapi.HandlerFunc(s.handleCancelTask))
 	mux.Handle("DELETE /task", httpapi.HandlerFunc(s.handleDeleteTask))
+	mux.Handle("POST /claimExpired", httpapi.HandlerFunc(s.handleClaimExpired))
 	mux.Handle("GET /list", httpapi.HandlerFunc(s.handleList))
 	mux.Handle("GET /stats", httpapi.HandlerFunc(s.handleStats))
 	mux.Handle("GET /healthz", httpapi.Healthz(s.store.Ping))

@@ -327,7 +327,7 @@ func (s *server) watchChanges(ids []int64, wait bool) (<-chan struct{}, func()) 
 func statusOf(t wire.Task) wire.Status {
 	return wire.Status{ID: t.ID, State: t.State.Word(), Op: cmp.Or(t.Op, imageop.Chain{}.String()), Attempts: t.Attempts,
 		MaxAttempts: t.MaxAttempts, Error: t.Error, CreatedAt: t.CreatedAt, StartedAt: t.StartedAt, FinishedAt: t.FinishedAt,
-		RetryAt: t.RetryAt}
+		RetryAt: t.RetryAt, ExpiresAt: t.ExpiresAt}
 }
 
 // handleGet serves the finished image, but only of a finished task: a stale worker's result stored for a
@@ -397,21 +397,27 @@ func (s *server) handleDelete(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	// A finished or failed task (409) needs no cancel; an unknown or deleted one (400) is told apart by
-	// the database's delete below.
-	if _, err := s.db.CancelTask(r.Context(), id); err != nil &&
-		!client.IsStatus(err, http.StatusConflict) && !client.IsStatus(err, http.StatusBadRequest) {
-		return err
-	}
-	if err := s.storage.DeleteImages(r.Context(), id); err != nil {
-		return fmt.Errorf("delete the images of task %d: %w", id, err)
-	}
-	if err := s.db.DeleteTask(r.Context(), id); err != nil {
+	if err := removeTask(r.Context(), s.db, s.storage, id); err != nil {
 		return err
 	}
 	s.changes.finished(id)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// removeTask is a delete (see handleDelete) and the retention sweep's removal of an expired task: cancel,
+// then the images, then the record. An error leaves the task cancelled for a repeat to complete.
+func removeTask(ctx context.Context, db *client.Database, storage *client.Storage, id int64) error {
+	// A finished or failed task (409) needs no cancel; an unknown or deleted one (400) is told apart by
+	// the database's delete below.
+	if _, err := db.CancelTask(ctx, id); err != nil &&
+		!client.IsStatus(err, http.StatusConflict) && !client.IsStatus(err, http.StatusBadRequest) {
+		return err
+	}
+	if err := storage.DeleteImages(ctx, id); err != nil {
+		return fmt.Errorf("delete the images of task %d: %w", id, err)
+	}
+	return db.DeleteTask(ctx, id)
 }
 
 // handleSource serves the uploaded image of a task as stored, whatever its state.
@@ -547,6 +553,9 @@ type Config struct {
 	KV     *client.KV // where the service registers and finds database and storage
 	HTTP   *http.Client
 	Limits Limits // zero fields take the defaults
+	// SweepEvery is how often the master removes the tasks past the database's retention; default
+	// DefaultSweepEvery.
+	SweepEvery time.Duration
 }
 
 // Run serves the master until ctx ends, registered in the kv store as masterAddress.
@@ -557,6 +566,12 @@ func Run(ctx context.Context, cfg Config) error {
 	// Without a token the master listens on loopback only (service.Run refuses otherwise), so every caller
 	// is a process of this machine, as trusted as the frontend; --insecure opens it to anyone.
 	limits.TrustOwner = cfg.Token != "" || !cfg.Insecure
+	every := cmp.Or(cfg.SweepEvery, DefaultSweepEvery)
+	sweep := func(ctx context.Context) error {
+		NewSweeper(db, storage).Run(ctx, every, cfg.Logger)
+		return nil
+	}
 	return service.Run(ctx, cfg.Spec(service.Spec{Handler: NewServer(db, storage, limits),
-		RegisterAs: wire.MasterKey, KV: cfg.KV, Internal: true, Metrics: metrics.New("master")}))
+		RegisterAs: wire.MasterKey, KV: cfg.KV, Internal: true, Metrics: metrics.New("master"),
+		Background: []func(context.Context) error{sweep}}))
 }

@@ -70,6 +70,8 @@ type Options struct {
 	// MasterDatabaseAddr and MasterStorageAddr, when set, are where the master looks for the database
 	// and storage instead of the stack's own (the Stack's clients still reach the real ones).
 	MasterDatabaseAddr, MasterStorageAddr string
+	// Retention is the database's retention (0 keeps tasks forever).
+	Retention time.Duration
 }
 
 // Stack is a real database and storage service (their stores under t.TempDir()), a master in front of
@@ -96,7 +98,7 @@ func NewStack(t testing.TB, opts Options) *Stack {
 	if opts.WrapDatabase != nil {
 		wrapDatabase = append(wrapDatabase, opts.WrapDatabase)
 	}
-	s.DatabaseURL, stopDatabase = ServeDatabase(t, filepath.Join(dir, "tasks.db"), database.Policy{Lease: StackLease}, wrapDatabase...)
+	s.DatabaseURL, stopDatabase = ServeDatabase(t, filepath.Join(dir, "tasks.db"), database.Policy{Lease: StackLease, Retention: opts.Retention}, wrapDatabase...)
 	s.StorageURL = ServeStorage(t, filepath.Join(dir, "images"), opts.WrapStorage)
 	s.Database = client.NewDatabase(s.HTTP, client.Static(Addr(s.DatabaseURL)))
 	s.Storage = client.NewStorage(s.HTTP, client.Static(Addr(s.StorageURL)))

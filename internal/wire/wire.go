@@ -86,6 +86,9 @@ type Task struct {
 	Pending bool `json:"pending,omitempty"`
 	// Owner is who queued the task (additive; internal services only, never shown to other clients).
 	Owner string `json:"owner,omitempty"`
+	// ExpiresAt is when the retention sweep removes a settled task, its images and record (additive;
+	// absent while the task has not settled, or when the database keeps tasks forever).
+	ExpiresAt time.Time `json:"expiresAt,omitzero"`
 }
 
 // Stats is the database's (and the master's) GET /stats answer: how many tasks are in each state.
@@ -112,6 +115,8 @@ type Status struct {
 	// RetryAt is set while a queued task waits after a transient failure (Error says which) before it
 	// can be claimed again (additive).
 	RetryAt time.Time `json:"retryAt,omitzero"`
+	// ExpiresAt is when the task, its images and its record are removed (additive; see Task.ExpiresAt).
+	ExpiresAt time.Time `json:"expiresAt,omitzero"`
 }
 
 // MaxStatusIDs caps how many tasks one POST /statuses (master) or POST /getByIds (database) asks about.
@@ -137,7 +142,8 @@ func (s Status) Differs(known Status) bool {
 		s.Error != known.Error || !s.RetryAt.Equal(known.RetryAt)
 }
 
-// TaskIDs is the body of the database's POST /getByIds (additive).
+// TaskIDs is the body of the database's POST /getByIds and the answer to its POST /claimExpired
+// (additive).
 type TaskIDs struct {
 	IDs []int64 `json:"ids"`
 }

@@ -478,7 +478,8 @@
   }
 
   function renderMeta(v) {
-    v.meta.replaceChildren(el('code', { class: 'op', title: 'Operations', text: v.op }), v.extra ? ' · ' + v.extra : '');
+    v.meta.replaceChildren(el('code', { class: 'op', title: 'Operations', text: v.op }), v.extra ? ' · ' + v.extra : '',
+      v.expires ? ' · kept until ' + fmtTime(v.expires) : '');
   }
 
   function setState(v, state, detail) {
@@ -536,6 +537,11 @@
       v.op = st.op;
       renderMeta(v);
       if (v.id) updateRemembered(v.id, { op: st.op });
+    }
+    if (st.expiresAt && st.expiresAt !== v.expires) {
+      // When retention removes the task, its images and record (absent while it runs, or kept forever).
+      v.expires = st.expiresAt;
+      renderMeta(v);
     }
     const before = v.state;
     setState(v, st.state);

@@ -1,0 +1,65 @@
+package master
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/imgmill/imgmill/internal/backoff"
+	"github.com/imgmill/imgmill/internal/client"
+)
+
+// DefaultSweepEvery is how often the master sweeps the tasks past their retention.
+const DefaultSweepEvery = time.Minute
+
+// sweepBatch is how many expired tasks one sweep asks the database for at a time: small, so that each
+// query is short, and so that a sweeper that dies leaves little for the hold to delay.
+const sweepBatch = 100
+
+// Sweeper removes the tasks whose retention ran out: the database (which knows the retention) hands out
+// batches of them, each held for one sweeper, so several masters share the work without doubling it;
+// each task is removed as DELETE /task removes it, images first, then the record.
+type Sweeper struct {
+	db      *client.Database
+	storage *client.Storage
+}
+
+// NewSweeper returns a sweeper that removes expired tasks through db and storage.
+func NewSweeper(db *client.Database, storage *client.Storage) *Sweeper {
+	return &Sweeper{db: db, storage: storage}
+}
+
+// Sweep removes expired tasks until the database has none left to hand out, and returns how many it
+// removed. It stops at the first task it cannot remove (storage or the database away): the tasks of
+// that batch are handed out again once their hold lapses.
+func (w *Sweeper) Sweep(ctx context.Context) (int, error) {
+	removed := 0
+	for {
+		ids, err := w.db.ClaimExpired(ctx, sweepBatch)
+		if err != nil {
+			return removed, fmt.Errorf("ask for expired tasks: %w", err)
+		}
+		for _, id := range ids {
+			if err := removeTask(ctx, w.db, w.storage, id); err != nil {
+				return removed, fmt.Errorf("remove expired task %d: %w", id, err)
+			}
+			removed++
+		}
+		if len(ids) < sweepBatch {
+			return removed, nil
+		}
+	}
+}
+
+// Run sweeps every interval until ctx ends.
+func (w *Sweeper) Run(ctx context.Context, every time.Duration, logger *slog.Logger) {
+	for backoff.Sleep(ctx, every) {
+		n, err := w.Sweep(ctx)
+		if err != nil && ctx.Err() == nil {
+			logger.WarnContext(ctx, "sweeping expired tasks failed", "err", err, "removed", n)
+		} else if n > 0 {
+			logger.InfoContext(ctx, "removed expired tasks", "count", n)
+		}
+	}
+}
