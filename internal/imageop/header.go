@@ -115,7 +115,9 @@ func ReadHeader(r io.Reader, limit int) (h Header, prefix []byte, err error) {
 			n, rerr := io.ReadFull(r, buf[len(buf):cap(buf)])
 			buf = buf[:len(buf)+n]
 			switch {
-			case errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF):
+			// ReadFull's own end-of-input values, compared as such: a source whose read failed with
+			// an error that wraps io.ErrUnexpectedEOF (a stream cut off mid-way) failed, it did not end.
+			case rerr == io.EOF || rerr == io.ErrUnexpectedEOF:
 				eof = true
 			case rerr != nil:
 				return Header{}, buf, rerr

@@ -3,6 +3,7 @@ package imageop
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"image"
 	"image/gif"
 	"image/jpeg"
@@ -246,6 +247,30 @@ func TestReadHeaderOrientation(t *testing.T) {
 		h, _, err := ReadHeader(bytes.NewReader(tc.in), 0)
 		if err != nil || h.Orientation != tc.want || h.Width != 17 && h.Format == "jpeg" {
 			t.Errorf("ReadHeader = %+v, %v; want orientation %d, the stored 17x9", h, err, tc.want)
+		}
+	}
+}
+
+// cutStream is a source whose read fails as a stream cut off mid-way does, wrapped by its caller.
+type cutStream struct{ data []byte }
+
+func (c *cutStream) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, fmt.Errorf("image storage unavailable: %w", io.ErrUnexpectedEOF)
+	}
+	n := copy(p, c.data)
+	c.data = c.data[n:]
+	return n, nil
+}
+
+// A source that fails is a read error, not an image that ended: neither "empty image" nor a truncated
+// header (both permanent), whether it failed before the first byte or within the header.
+func TestReadHeaderSourceCutOff(t *testing.T) {
+	full := testimage.PNGHeader(64, 64)
+	for _, n := range []int{0, 10} {
+		_, _, err := ReadHeader(&cutStream{data: full[:n]}, 0)
+		if err == nil || errors.Is(err, ErrDecode) || !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Errorf("source cut after %d bytes: %v, want its read error, not ErrDecode", n, err)
 		}
 	}
 }
