@@ -194,21 +194,9 @@ func (c *Client) do(req *http.Request) (*http.Response, error) {
 
 // getJSON GETs path and returns the raw JSON body, decoded into v.
 func (c *Client) getJSON(ctx context.Context, path string, v any) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, callTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
+	raw, err := c.send(ctx, http.MethodGet, path)
 	if err != nil {
 		return nil, err
-	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := c.do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return nil, fmt.Errorf("GET %s: %w", path, err)
 	}
 	if err := json.Unmarshal(raw, v); err != nil {
 		return nil, fmt.Errorf("GET %s: answer is not the expected JSON: %w", path, err)
