@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"regexp"
 	"time"
 )
@@ -55,11 +56,24 @@ type Store interface {
 	Open(ctx context.Context, key string) (*Blob, error)
 	// Delete removes the blob under key; deleting a missing blob is not an error.
 	Delete(ctx context.Context, key string) error
+	// List yields the blobs whose keys start with prefix (any string; "working/" for the uploads) and sort
+	// after after ("" from the first), in key order (byte-wise), reading the engine a page at a time
+	// rather than holding the whole listing. It stops at the first error, which it yields. A listing
+	// runs beside Puts and Deletes: a blob written or removed meanwhile may or may not be yielded. To go
+	// on from where a listing stopped, list again with after set to the last key yielded.
+	List(ctx context.Context, prefix, after string) iter.Seq2[Entry, error]
 	// Ping reports whether the store's engine answers now: nil, or the transient error (fault) that its
 	// methods would meet. Health checks call it; it is cheap.
 	Ping(ctx context.Context) error
 	// Close releases the store's resources.
 	Close() error
+}
+
+// Entry is one blob a listing yields.
+type Entry struct {
+	Key     string
+	Size    int64
+	ModTime time.Time // when it was last written
 }
 
 // Errors of the engine behind a store (it cannot be reached, timed out, or is out of space) are

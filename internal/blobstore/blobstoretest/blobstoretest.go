@@ -9,9 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"math"
 	"math/rand/v2"
 	"runtime/metrics"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -67,6 +69,11 @@ func Run(t *testing.T, open func(t *testing.T) blobstore.Store) {
 		{"ConcurrentFences", testConcurrentFences},
 		{"DeleteClearsFence", testDeleteClearsFence},
 		{"SizeMismatch", testSizeMismatch},
+		{"List", testList},
+		{"ListPrefixAndAfter", testListPrefixAndAfter},
+		{"ListStopsEarly", testListStopsEarly},
+		{"ListManyPages", testListManyPages},
+		{"ListCancelled", testListCancelled},
 	}
 	// Large measures the process's heap, which the buffers of parallel subtests would inflate: it runs
 	// alone, as parallel subtests wait until the test that called Run returns.
@@ -1020,4 +1027,169 @@ func testSizeMismatch(t *testing.T, s blobstore.Store) {
 	}
 	wantBlob(t, s, "k", old, 3)
 	wantNotFound(t, s, "fresh")
+}
+
+// listKeys collects a listing, failing the test on its error.
+func listKeys(t *testing.T, seq iter.Seq2[blobstore.Entry, error]) []blobstore.Entry {
+	t.Helper()
+	var got []blobstore.Entry
+	for e, err := range seq {
+		if err != nil {
+			t.Fatalf("List: %v", err)
+		}
+		got = append(got, e)
+	}
+	return got
+}
+
+func keysOf(entries []blobstore.Entry) []string {
+	keys := make([]string, len(entries))
+	for i, e := range entries {
+		keys[i] = e.Key
+	}
+	return keys
+}
+
+func wantKeys(t *testing.T, what string, got []blobstore.Entry, want ...string) {
+	t.Helper()
+	if g := keysOf(got); fmt.Sprint(g) != fmt.Sprint(want) {
+		t.Errorf("%s listed %q, want %q", what, g, want)
+	}
+}
+
+// testList: every blob, in byte order of keys (which is not the order of a directory walk: "a-b" sorts
+// before "a/b"), with its size and a modification time around the Put.
+func testList(t *testing.T, s blobstore.Store) {
+	ctx := context.Background()
+	wantKeys(t, "an empty store", listKeys(t, s.List(ctx, "", "")))
+	before := time.Now().Add(-time.Minute) // engines' clocks may differ a little from ours
+	keys := []string{"working/10", "working/2", "working/1", "finished/1", "working-x", "w/a", "a/b", "a-b", "a_b/c/d"}
+	for i, k := range keys {
+		put(t, s, k, payload(uint64(i), 10+i))
+	}
+	after := time.Now().Add(time.Minute)
+	got := listKeys(t, s.List(ctx, "", ""))
+	wantKeys(t, "List", got, "a-b", "a/b", "a_b/c/d", "finished/1", "w/a", "working-x", "working/1", "working/10", "working/2")
+	for _, e := range got {
+		i := slices.Index(keys, e.Key)
+		if e.Size != int64(10+i) {
+			t.Errorf("%s: size %d, want %d", e.Key, e.Size, 10+i)
+		}
+		if e.ModTime.Before(before) || e.ModTime.After(after) {
+			t.Errorf("%s: modification time %v, want between %v and %v", e.Key, e.ModTime, before, after)
+		}
+	}
+	// Deleted blobs are gone from listings; overwritten ones are listed once, with their new size.
+	if err := s.Delete(ctx, "working/10"); err != nil {
+		t.Fatal(err)
+	}
+	put(t, s, "working/2", payload(99, 3))
+	got = listKeys(t, s.List(ctx, "working/", ""))
+	wantKeys(t, "List after a delete", got, "working/1", "working/2")
+	if len(got) == 2 && got[1].Size != 3 {
+		t.Errorf("overwritten blob listed with size %d, want 3", got[1].Size)
+	}
+}
+
+// testListPrefixAndAfter: the prefix is a string prefix of keys, after a cursor that need not be a key.
+func testListPrefixAndAfter(t *testing.T, s blobstore.Store) {
+	ctx := context.Background()
+	for _, k := range []string{"working/1", "working/12", "working/2", "working/3", "workingx", "finished/1", "finished/2"} {
+		put(t, s, k, []byte(k))
+	}
+	for _, tc := range []struct {
+		prefix, after string
+		want          []string
+	}{
+		{"working/", "", []string{"working/1", "working/12", "working/2", "working/3"}},
+		{"working", "", []string{"working/1", "working/12", "working/2", "working/3", "workingx"}},
+		{"working/", "working/12", []string{"working/2", "working/3"}},
+		{"working/", "working/15", []string{"working/2", "working/3"}},
+		{"working/", "working/", []string{"working/1", "working/12", "working/2", "working/3"}},
+		{"working/1", "", []string{"working/1", "working/12"}},
+		{"", "finished/2", []string{"working/1", "working/12", "working/2", "working/3", "workingx"}},
+		{"", "finished/", []string{"finished/1", "finished/2", "working/1", "working/12", "working/2", "working/3", "workingx"}},
+		{"", "working/3", []string{"workingx"}},
+		{"finished/", "working/", nil},
+		{"nothing/", "", nil},
+	} {
+		wantKeys(t, fmt.Sprintf("List(%q, %q)", tc.prefix, tc.after), listKeys(t, s.List(ctx, tc.prefix, tc.after)), tc.want...)
+	}
+}
+
+// testListStopsEarly: a consumer that stops gets no more entries, and a listing resumed after the last
+// key it saw yields the rest.
+func testListStopsEarly(t *testing.T, s blobstore.Store) {
+	ctx := context.Background()
+	for i := range 5 {
+		put(t, s, fmt.Sprintf("working/%d", i), []byte("x"))
+	}
+	var first []string
+	for e, err := range s.List(ctx, "working/", "") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		first = append(first, e.Key)
+		if len(first) == 2 {
+			break
+		}
+	}
+	rest := keysOf(listKeys(t, s.List(ctx, "working/", first[len(first)-1])))
+	if all := append(first, rest...); fmt.Sprint(all) != fmt.Sprint([]string{"working/0", "working/1", "working/2", "working/3", "working/4"}) {
+		t.Errorf("listing stopped after 2 and resumed = %q", all)
+	}
+}
+
+// testListManyPages: more blobs than an engine answers in one page (S3: 1000), each listed once, in order.
+func testListManyPages(t *testing.T, s blobstore.Store) {
+	ctx := context.Background()
+	const n = 1050
+	var want []string
+	var wg sync.WaitGroup
+	keys := make(chan string)
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range keys {
+				if _, err := s.Put(ctx, k, strings.NewReader("x"), 1, 0); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	for i := range n {
+		k := fmt.Sprintf("working/%d", i)
+		want = append(want, k)
+		keys <- k
+	}
+	close(keys)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("Put: %v", err)
+	}
+	slices.Sort(want)
+	got := keysOf(listKeys(t, s.List(ctx, "working/", "")))
+	if !slices.Equal(got, want) {
+		t.Errorf("listed %d keys, want %d in byte order", len(got), len(want))
+	}
+}
+
+// testListCancelled: a listing under an ended context yields its error.
+func testListCancelled(t *testing.T, s blobstore.Store) {
+	put(t, s, "working/1", []byte("x"))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var err error
+	for _, err = range s.List(ctx, "", "") {
+		if err != nil {
+			break
+		}
+	}
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("List with a cancelled context ended with %v, want context.Canceled", err)
+	}
 }

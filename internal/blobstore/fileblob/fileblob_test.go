@@ -378,3 +378,29 @@ func TestFreeSpace(t *testing.T) {
 		t.Errorf("FreeSpace of a full disk = %d, %v; want 0", free, err)
 	}
 }
+
+// TestListSkipsTemporaryFiles: the temporary file of a Put in progress, and files whose names are no
+// keys, are not blobs.
+func TestListSkipsTemporaryFiles(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	ctx := context.Background()
+	if _, err := s.Put(ctx, "working/1", strings.NewReader("one"), 3, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{".2.tmp-123", "UPPER", "notes.txt"} {
+		if err := os.WriteFile(filepath.Join(dir, "working", name), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var keys []string
+	for e, err := range s.List(ctx, "", "") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, e.Key)
+	}
+	if strings.Join(keys, ",") != "working/1" {
+		t.Errorf("List = %q, want only working/1", keys)
+	}
+}
