@@ -72,6 +72,24 @@ func (c *Storage) DeleteResult(ctx context.Context, id int64) error {
 	return err
 }
 
+// ListBlobs returns one page of the blobs in storage whose keys start with prefix, in key order, from
+// the first after the cursor after ("" from the start); limit <= 0 takes storage's default page. Pass the
+// page's Next as after for the following one; an empty Next ends the listing.
+func (c *Storage) ListBlobs(ctx context.Context, prefix, after string, limit int) (wire.BlobPage, error) {
+	q := url.Values{}
+	if prefix != "" {
+		q.Set("prefix", prefix)
+	}
+	if after != "" {
+		q.Set("after", after)
+	}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	reply, err := c.p.sendText(ctx, call{method: http.MethodGet, path: "/list", query: q, idempotent: true})
+	return jsonReply[wire.BlobPage]("a page of blobs", reply, err)
+}
+
 // Image is a streamed image reply; the caller must Close it.
 type Image struct {
 	io.ReadCloser

@@ -127,6 +127,35 @@ func (s *server) handleDeleteImages(w http.ResponseWriter, r *http.Request) erro
 	return nil
 }
 
+// handleList answers a page of the stored blobs (additive), in key order, for the consistency checks
+// (the master's orphan sweep, imgmill fsck): prefix (optional) keeps the keys that start with it, after
+// (optional) is the previous page's next cursor, limit (default and at most wire.MaxBlobPage) the most blobs in
+// the page. Next is set when more blobs may follow.
+func (s *server) handleList(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	limit := wire.MaxBlobPage
+	if raw := q.Get("limit"); raw != "" {
+		n, err := strconv.Atoi(raw)
+		if err != nil || n < 1 || n > wire.MaxBlobPage {
+			return httpapi.Errorf(http.StatusBadRequest, "limit must be a whole number from 1 to %d, got %q", wire.MaxBlobPage, raw)
+		}
+		limit = n
+	}
+	page := wire.BlobPage{Blobs: make([]wire.BlobInfo, 0, min(limit, 64))}
+	for e, err := range s.blobs.List(r.Context(), q.Get("prefix"), q.Get("after")) {
+		if err != nil {
+			return fmt.Errorf("list blobs: %w", err)
+		}
+		if len(page.Blobs) == limit {
+			// One more exists: the page is full and the listing goes on after its last key.
+			page.Next = page.Blobs[limit-1].Key
+			break
+		}
+		page.Blobs = append(page.Blobs, wire.BlobInfo{Key: e.Key, Size: e.Size, ModTime: e.ModTime.UTC()})
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, page)
+}
+
 // errEmptyBody fails an upload whose body (chunked, so of unknown length) turns out empty, so that Put
 // discards it instead of replacing a stored image with nothing.
 var errEmptyBody = errors.New("empty image body")

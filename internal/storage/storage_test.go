@@ -657,3 +657,60 @@ func TestDeleteImages(t *testing.T) {
 	}
 	s.expectImage("5", "working", pic)
 }
+
+// TestListBlobs: GET /list answers the blobs in key order, a page at a time with a cursor to the next,
+// filtered by prefix, with sizes and modification times; bad limits are refused.
+func TestListBlobs(t *testing.T) {
+	s := newStorage(t)
+	before := time.Now().Add(-time.Minute)
+	for i, id := range []string{"3", "12", "1"} {
+		s.expectText(s.send(id, "working", bytes.Repeat([]byte("w"), 10+i)), 200, "success")
+	}
+	s.expectText(s.send("12", "finished", []byte("result")), 200, "success")
+	st := client.NewStorage(s.c, client.Static(servicetest.Addr(s.url)))
+	ctx := t.Context()
+
+	page, err := st.ListBlobs(ctx, "", "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, b := range page.Blobs {
+		keys = append(keys, b.Key)
+		if b.ModTime.Before(before) || b.ModTime.After(time.Now().Add(time.Minute)) {
+			t.Errorf("%s: modTime %v, want about now", b.Key, b.ModTime)
+		}
+	}
+	if strings.Join(keys, " ") != "finished/12 working/1 working/12 working/3" || page.Next != "" {
+		t.Errorf("GET /list = %q next %q, want finished/12 working/1 working/12 working/3 and no next", keys, page.Next)
+	}
+	if len(page.Blobs) == 4 && (page.Blobs[0].Size != 6 || page.Blobs[1].Size != 12) {
+		t.Errorf("sizes %d and %d, want 6 and 12", page.Blobs[0].Size, page.Blobs[1].Size)
+	}
+
+	// Pages of two, under a prefix.
+	var paged []string
+	after := ""
+	for range 5 {
+		page, err := st.ListBlobs(ctx, "working/", after, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range page.Blobs {
+			paged = append(paged, b.Key)
+		}
+		if after = page.Next; after == "" {
+			break
+		}
+	}
+	if strings.Join(paged, " ") != "working/1 working/12 working/3" || after != "" {
+		t.Errorf("paged listing = %q (next %q), want working/1 working/12 working/3", paged, after)
+	}
+
+	for _, limit := range []string{"0", "-1", "x", strconv.Itoa(wire.MaxBlobPage + 1)} {
+		r := s.do(s.request(http.MethodGet, "/list", url.Values{"limit": {limit}}, nil, 0))
+		if r.Status != http.StatusBadRequest || !strings.HasPrefix(r.Body, "Error: limit must be") {
+			t.Errorf("GET /list?limit=%s = %d %q, want 400 Error: limit must be ...", limit, r.Status, r.Body)
+		}
+	}
+}

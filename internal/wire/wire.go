@@ -301,3 +301,22 @@ func CheckIdempotencyKey(key string) error {
 	}
 	return nil
 }
+
+// MaxBlobPage caps the blobs in one page of storage's GET /list (additive), and is its default: a
+// page of the longest keys stays well under a megabyte of JSON, what clients read of a reply.
+const MaxBlobPage = 1000
+
+// BlobPage is the answer to storage's GET /list: blobs in key order, and Next, the cursor to pass as
+// the after parameter for the following page; empty when the listing is complete.
+type BlobPage struct {
+	Blobs []BlobInfo `json:"blobs"`
+	Next  string     `json:"next,omitempty"`
+}
+
+// BlobInfo is one blob of a BlobPage: its key ("working/42", "finished/42"), size in bytes and the time
+// it was last written.
+type BlobInfo struct {
+	Key     string    `json:"key"`
+	Size    int64     `json:"size"`
+	ModTime time.Time `json:"modTime"`
+}
