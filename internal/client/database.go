@@ -1,10 +1,12 @@
 package client
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"iter"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -153,6 +155,35 @@ func (c *Database) SetByID(ctx context.Context, t wire.Task) error {
 func (c *Database) Stats(ctx context.Context) (wire.Stats, error) {
 	reply, err := c.p.sendText(ctx, call{method: http.MethodGet, path: "/stats", idempotent: true})
 	return jsonReply[wire.Stats]("task counts", reply, err)
+}
+
+// Tasks streams every task the database holds, in id order (its GET /list, one JSON task per line),
+// without holding the listing: for walks of the whole database such as imgmill fsck. The stream stops
+// at the first error, which it yields.
+func (c *Database) Tasks(ctx context.Context) iter.Seq2[wire.Task, error] {
+	return func(yield func(wire.Task, error) bool) {
+		r, err := c.p.send(ctx, call{method: http.MethodGet, path: "/list", idempotent: true, headerTimeout: CallTimeout})
+		if err != nil {
+			yield(wire.Task{}, err)
+			return
+		}
+		defer r.stream.Body.Close()
+		sc := bufio.NewScanner(r.stream.Body)
+		sc.Buffer(make([]byte, 0, 4096), maxTextReply)
+		for sc.Scan() {
+			var t wire.Task
+			if err := json.Unmarshal(sc.Bytes(), &t); err != nil {
+				yield(wire.Task{}, fmt.Errorf("task list line %q is not a task: %w", truncate(sc.Text()), err))
+				return
+			}
+			if !yield(t, nil) {
+				return
+			}
+		}
+		if err := sc.Err(); err != nil {
+			yield(wire.Task{}, fmt.Errorf("read the task list: %w", err))
+		}
+	}
 }
 
 // List returns the reference listing, one task per line.

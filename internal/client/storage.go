@@ -67,8 +67,13 @@ func (c *Storage) DeleteImages(ctx context.Context, id int64) error {
 
 // DeleteResult removes the result of task id, if any.
 func (c *Storage) DeleteResult(ctx context.Context, id int64) error {
+	return c.DeleteImage(ctx, id, wire.FinishedImage)
+}
+
+// DeleteImage removes the image of task id in state (wire.WorkingImage or wire.FinishedImage), if any.
+func (c *Storage) DeleteImage(ctx context.Context, id int64, state string) error {
 	_, err := c.p.sendText(ctx, call{method: http.MethodDelete, path: "/images",
-		query: imageQuery(id, wire.FinishedImage), idempotent: true})
+		query: imageQuery(id, state), idempotent: true})
 	return err
 }
 
