@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/imgmill/imgmill/internal/consistency"
 	"github.com/imgmill/imgmill/internal/database"
 	"github.com/imgmill/imgmill/internal/engines"
 	"github.com/imgmill/imgmill/internal/frontend"
@@ -161,6 +162,40 @@ func (f *flags) masterLimits(l *master.Limits) {
 		"to take more CPU time than this on one core (0: no limit)")
 	f.Var(limitValue[int64]{&l.MaxTaskMemory}, "max-task-memory", "refuse uploads (413) whose task is estimated from the image's header and operations "+
 		"to hold more bytes of memory than this at once (0: no limit)")
+}
+
+// orphanSweep defines the master's sweep of images that no task wants.
+func (f *flags) orphanSweep(c *master.Config) {
+	f.DurationVar(&c.OrphanSweepEvery, "orphan-sweep-every", master.DefaultOrphanSweepEvery, "how often the master walks storage's images and removes those "+
+		"whose task is unknown or deleted, and the results of failed or cancelled tasks, once older than --orphan-grace (0: never)")
+	f.orphanGrace(&c.OrphanGrace)
+}
+
+// orphanGrace defines how long the master's orphan sweep and fsck leave a new image alone.
+func (f *flags) orphanGrace(p *time.Duration) {
+	f.DurationVar(p, "orphan-grace", consistency.DefaultGrace, "how long an image is left alone after it was written, whatever its task: "+
+		"an upload whose task is not created yet, or a result whose task is not reported finished yet, is never an orphan")
+}
+
+func checkOrphanGrace(d time.Duration) error {
+	if d <= 0 {
+		return fmt.Errorf("%w: --orphan-grace must be > 0", errUsage)
+	}
+	return nil
+}
+
+func checkOrphanSweep(c *master.Config) error {
+	if c.OrphanSweepEvery < 0 {
+		return fmt.Errorf("%w: --orphan-sweep-every must be >= 0", errUsage)
+	}
+	return checkOrphanGrace(c.OrphanGrace)
+}
+
+// fsck defines fsck's --repair and --json.
+func (f *flags) fsck(repair, asJSON *bool) {
+	f.BoolVar(repair, "repair", false, "fix what can be fixed: remove the images no task wants, queue again the finished tasks whose result is missing, "+
+		"and fail the tasks whose upload is lost")
+	f.BoolVar(asJSON, "json", false, "print the findings and the summary as JSON lines instead of text")
 }
 
 // worker defines the worker's flags but --max-pixels.

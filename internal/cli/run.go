@@ -51,6 +51,7 @@ func commands() []command {
 		deleteCommand(),
 		cancelCommand(),
 		backupCommand(),
+		fsckCommand(),
 	}
 }
 

@@ -27,26 +27,41 @@ const (
 	ResultMissing
 )
 
+func (p Problem) String() string {
+	if p == SourceMissing {
+		return "source missing"
+	}
+	return "result missing"
+}
+
+// MarshalText writes the problem in words, for JSON reports.
+func (p Problem) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
 // TaskFinding is a task with a missing image, and what the repair did about it.
 type TaskFinding struct {
-	Task    wire.Task
-	Problem Problem
-	// Repair is what a repair did ("failed: ...", "queued again") or, when it could not or was not asked
-	// to, why not; "" without a repair.
-	Repair   string
-	Repaired bool
+	Task    wire.Task `json:"task"`
+	Problem Problem   `json:"problem"`
+	// Repair is what a repair did ("failed: ...", "queued again") or, when it could not, why not; ""
+	// without a repair.
+	Repair   string `json:"repair,omitempty"`
+	Repaired bool   `json:"repaired"`
 }
 
 // Summary counts what a check found.
 type Summary struct {
-	Tasks  int64 // tasks the database holds
-	Images int64 // images storage holds
+	Tasks  int64 `json:"tasks"`  // tasks the database holds
+	Images int64 `json:"images"` // images storage holds
 	// Images by kind (see Kind), and how many of them were removed.
-	Orphans, StrayResults, Ahead, Recent, Unrecognised int64
-	Removed                                            int64
+	Orphans      int64 `json:"orphans"`
+	StrayResults int64 `json:"strayResults"`
+	Ahead        int64 `json:"ahead"`
+	Recent       int64 `json:"recent"`
+	Unrecognised int64 `json:"unrecognised"`
+	Removed      int64 `json:"removed"`
 	// Tasks by problem, and how many a repair fixed.
-	SourceMissing, ResultMissing int64
-	Repaired                     int64
+	SourceMissing int64 `json:"sourceMissing"`
+	ResultMissing int64 `json:"resultMissing"`
+	Repaired      int64 `json:"repaired"`
 }
 
 // Problems counts the inconsistencies found: images that are nobody's (past the grace) and tasks
@@ -54,6 +69,9 @@ type Summary struct {
 func (s Summary) Problems() int64 {
 	return s.Orphans + s.StrayResults + s.Ahead + s.SourceMissing + s.ResultMissing
 }
+
+// Unresolved counts the problems that remain: those found less those removed or repaired.
+func (s Summary) Unresolved() int64 { return s.Problems() - s.Removed - s.Repaired }
 
 // Check walks every image and every task and reports, through image and task (either may be nil),
 // what is wrong: images no task wants (see ScanImages) and tasks whose images are missing. With repair

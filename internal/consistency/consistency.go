@@ -95,16 +95,19 @@ func (k Kind) String() string {
 	return "unknown"
 }
 
+// MarshalText writes the kind in words, for JSON reports.
+func (k Kind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+
 // Image is one stored blob as a scan saw it.
 type Image struct {
 	wire.BlobInfo
-	ID    int64  // its task's id (-1 when Unrecognised)
-	State string // wire.WorkingImage or wire.FinishedImage ("" when Unrecognised)
-	Kind  Kind
+	ID    int64  `json:"id"`    // its task's id (-1 when Unrecognised)
+	State string `json:"state"` // wire.WorkingImage or wire.FinishedImage ("" when Unrecognised)
+	Kind  Kind   `json:"kind"`
 	// Old: written longer than the grace ago.
-	Old bool
+	Old bool `json:"old"`
 	// Removed: the scan deleted it.
-	Removed bool
+	Removed bool `json:"removed"`
 }
 
 // Removal says which images a scan deletes.

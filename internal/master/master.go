@@ -556,6 +556,12 @@ type Config struct {
 	// SweepEvery is how often the master removes the tasks past the database's retention; default
 	// DefaultSweepEvery.
 	SweepEvery time.Duration
+	// OrphanSweepEvery is how often the master removes the images no task wants (see OrphanSweeper);
+	// 0: never.
+	OrphanSweepEvery time.Duration
+	// OrphanGrace is how long an image is left alone after it was written, whatever its task; default
+	// consistency.DefaultGrace.
+	OrphanGrace time.Duration
 }
 
 // Run serves the master until ctx ends, registered in the kv store as masterAddress.
@@ -571,7 +577,15 @@ func Run(ctx context.Context, cfg Config) error {
 		NewSweeper(db, storage).Run(ctx, every, cfg.Logger)
 		return nil
 	}
+	reg := metrics.New("master")
+	background := []func(context.Context) error{sweep}
+	if cfg.OrphanSweepEvery > 0 {
+		orphans := NewOrphanSweeper(db, storage, cfg.OrphanGrace, reg)
+		background = append(background, func(ctx context.Context) error {
+			orphans.Run(ctx, cfg.OrphanSweepEvery, cfg.Logger)
+			return nil
+		})
+	}
 	return service.Run(ctx, cfg.Spec(service.Spec{Handler: NewServer(db, storage, limits),
-		RegisterAs: wire.MasterKey, KV: cfg.KV, Internal: true, Metrics: metrics.New("master"),
-		Background: []func(context.Context) error{sweep}}))
+		RegisterAs: wire.MasterKey, KV: cfg.KV, Internal: true, Metrics: reg, Background: background}))
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/imgmill/imgmill/internal/master"
+	"github.com/imgmill/imgmill/internal/metrics"
+	"github.com/imgmill/imgmill/internal/metrics/metricstest"
 	"github.com/imgmill/imgmill/internal/servicetest"
 	"github.com/imgmill/imgmill/internal/wire"
 )
@@ -114,5 +116,38 @@ func TestSweepKeepsForever(t *testing.T) {
 	}
 	if _, ok := s.StoredImage(t, id, wire.WorkingImage); !ok {
 		t.Error("the upload of a failed task is gone without retention")
+	}
+}
+
+// TestOrphanSweep: the orphan sweep removes the image of a task whose record is gone (deleted behind
+// the master's back), counts it, leaves the images of live tasks, and a second sweep (another master's)
+// removes nothing more.
+func TestOrphanSweep(t *testing.T) {
+	s := newStack(t, servicetest.Options{})
+	ctx := t.Context()
+	orphaned := s.uploadOK(t, servicetest.PatternPNG(t, 16, 50))
+	kept := s.uploadOK(t, servicetest.PatternPNG(t, 16, 51))
+	if err := s.Database.DeleteTask(ctx, orphaned); err != nil {
+		t.Fatal(err)
+	}
+	reg := metrics.New("master")
+	sweeper := master.NewOrphanSweeper(s.Database, s.Storage, time.Nanosecond, reg)
+	counted := func() float64 {
+		return metricstest.Gather(t, reg.Gatherer()).Value("imgmill_master_orphans_removed_total", "service", "master", "kind", "orphan")
+	}
+	for i, want := range []int{1, 0} {
+		n, err := sweeper.Sweep(ctx)
+		if err != nil || n != want {
+			t.Errorf("sweep %d = %d, %v; want %d removed", i+1, n, err, want)
+		}
+	}
+	if got := counted(); got != 1 {
+		t.Errorf("orphans_removed_total{kind=orphan} = %v, want 1", got)
+	}
+	if _, ok := s.StoredImage(t, orphaned, wire.WorkingImage); ok {
+		t.Errorf("the deleted task's upload is still stored")
+	}
+	if _, ok := s.StoredImage(t, kept, wire.WorkingImage); !ok {
+		t.Errorf("the live task's upload was removed")
 	}
 }
