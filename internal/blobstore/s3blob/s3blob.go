@@ -35,8 +35,16 @@
 // # Open blobs
 //
 // An open Blob reads the version it was opened with. Buckets that Open creates get versioning, so that
-// an open Blob keeps reading its version after an overwrite, like an open file, and a lifecycle rule
-// that removes replaced versions after a day. Delete removes every version at once (see Delete). In a bucket without
+// an open Blob keeps reading its version after an overwrite, like an open file.
+//
+// # Lifecycle
+//
+// Open sets the bucket's lifecycle rules, scoped to Config.Prefix (see ensureLifecycle): incomplete
+// multipart uploads are aborted after a day and, in a versioned bucket, replaced versions and leftover
+// delete markers expire after a day. They are merged by rule id into the rules the bucket already has,
+// which stay. An engine that refuses the abort rule (MinIO, which removes stale uploads itself) gets the
+// version rule alone; one without lifecycle support, or credentials without the permission, only make
+// Open log a warning. Delete removes every version at once (see Delete). In a bucket without
 // versioning, reading an open Blob after its object was replaced fails (If-Match on the ETag) rather
 // than mixing two contents. Reads use the context given to Open.
 //
@@ -50,8 +58,7 @@
 // same and becomes usable once it answers (see Open).
 //
 // A failed Put aborts its multipart upload; when even that fails (the process dies), the parts stay
-// until the bucket's lifecycle rule (for buckets Open created) or the server (MinIO drops stale
-// uploads after 24 hours) removes them.
+// until the bucket's lifecycle rule or the server (MinIO drops stale uploads after 24 hours) removes them.
 package s3blob
 
 import (
@@ -70,7 +77,6 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
-	"github.com/minio/minio-go/v7/pkg/lifecycle"
 
 	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/blobstore"
@@ -104,7 +110,7 @@ const (
 	// waitLogEvery spaces out the log lines of a store waiting for a service that did not answer at
 	// Open, and bounds the pause between its checks.
 	waitLogEvery = 5 * time.Second
-	// lifecycleRuleID names the rule Open sets on buckets it creates.
+	// lifecycleRuleID names the lifecycle rule that expires replaced versions (see ensureLifecycle).
 	lifecycleRuleID = "imgmill-s3blob-expire-old-versions"
 )
 
@@ -287,6 +293,7 @@ func (s *Store) ensureBucket(ctx context.Context) error {
 		return s.describeStartError(ctx, err)
 	}
 	if exists && !s.setUp {
+		s.setLifecycle(ctx)
 		return nil
 	}
 	if !exists {
@@ -303,22 +310,19 @@ func (s *Store) ensureBucket(ctx context.Context) error {
 	if err := s.do(ctx, func(ctx context.Context) error { return s.core.EnableVersioning(ctx, s.bucket) }); err != nil {
 		return fmt.Errorf("s3blob: enable versioning of new bucket %s: %w", s.bucket, withCtx(ctx, err))
 	}
-	rule := lifecycle.Rule{
-		ID:     lifecycleRuleID,
-		Status: "Enabled",
-		// Versions replaced by a Put or hidden by a Delete serve only Blobs open at the time.
-		NoncurrentVersionExpiration: lifecycle.NoncurrentVersionExpiration{NoncurrentDays: 1},
-		// A Delete leaves a delete marker; once the versions below it are gone, so can it go.
-		Expiration: lifecycle.Expiration{DeleteMarker: true},
-	}
-	err = s.do(ctx, func(ctx context.Context) error {
-		return s.core.SetBucketLifecycle(ctx, s.bucket, &lifecycle.Configuration{Rules: []lifecycle.Rule{rule}})
-	})
-	if err != nil {
-		return fmt.Errorf("s3blob: set the lifecycle of new bucket %s: %w", s.bucket, withCtx(ctx, err))
-	}
 	s.setUp = false
+	s.setLifecycle(ctx)
 	return nil
+}
+
+// setLifecycle sets the bucket's lifecycle rules (see ensureLifecycle) and logs, once per Open, why it
+// could not: an engine without lifecycle support or credentials without the permission leave the store
+// working, only without the rules' clean-up.
+func (s *Store) setLifecycle(ctx context.Context) {
+	if err := s.ensureLifecycle(ctx); err != nil {
+		s.logger.Warn("s3blob: the bucket's lifecycle rules (abort incomplete uploads, expire replaced versions after a day) are not set; "+
+			"incomplete uploads and old versions stay until removed otherwise", "bucket", s.bucket, "code", s3Code(err), "err", err)
+	}
 }
 
 // describeStartError turns the failure of the first request into an error that says what to fix. A

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/lifecycle"
 	"go.uber.org/goleak"
 
 	"github.com/imgmill/imgmill/internal/blobstore"
@@ -52,6 +53,8 @@ func TestS3(t *testing.T) {
 		{"BucketCreated", testBucketCreated},
 		{"ConcurrentOpenCreatesBucket", testConcurrentOpen},
 		{"UnversionedBucket", testUnversionedBucket},
+		{"LifecycleMerged", testLifecycleMerged},
+		{"LifecycleUnversioned", testLifecycleUnversioned},
 		{"DeleteEveryVersion", testDeleteEveryVersion},
 		{"UnreachableEndpoint", testUnreachable},
 		{"WrongCredentials", testWrongCredentials},
@@ -494,7 +497,9 @@ func testBucketCreated(t *testing.T, m *enginetest.MinIO) {
 		t.Fatalf("versioning of the new bucket: %+v, %v", v, err)
 	}
 	lc, err := s.core.GetBucketLifecycle(ctx, cfg.Bucket)
-	if err != nil || len(lc.Rules) != 1 || lc.Rules[0].ID != lifecycleRuleID {
+	// MinIO refuses the rule that aborts incomplete uploads (it removes them itself), so only the
+	// version rule is set.
+	if err != nil || len(lc.Rules) != 1 || lc.Rules[0].ID != lifecycleRuleID || lc.Rules[0].NoncurrentVersionExpiration.NoncurrentDays != 1 {
 		t.Fatalf("lifecycle of the new bucket: %+v, %v", lc, err)
 	}
 	put(t, s, "k", []byte("v"), 1)
@@ -816,4 +821,66 @@ func TestOutage(t *testing.T) {
 			})
 		})
 	}
+}
+
+// testLifecycleMerged: on an existing versioned bucket with a rule of its owner's, Open adds the rule
+// that expires replaced versions, scoped to the store's prefix, and keeps the owner's rule as it was;
+// opening again replaces the store's rule rather than adding a second one. (MinIO refuses the rule
+// aborting incomplete uploads, which Open then does without.)
+func testLifecycleMerged(t *testing.T, m *enginetest.MinIO) {
+	ctx := context.Background()
+	cfg := config(t, m)
+	cfg.Prefix = "imgmill/"
+	setup := open(t, config(t, m)) // any store, for its client
+	if err := setup.core.MakeBucket(ctx, cfg.Bucket, minio.MakeBucketOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := setup.core.EnableVersioning(ctx, cfg.Bucket); err != nil {
+		t.Fatal(err)
+	}
+	theirs := lifecycle.Rule{ID: "owner-expire-logs", Status: "Enabled", RuleFilter: lifecycle.Filter{Prefix: "logs/"},
+		Expiration: lifecycle.Expiration{Days: 30}}
+	if err := setup.core.SetBucketLifecycle(ctx, cfg.Bucket, &lifecycle.Configuration{Rules: []lifecycle.Rule{theirs}}); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		s := open(t, cfg)
+		lc, err := s.core.GetBucketLifecycle(ctx, cfg.Bucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids := []string{}
+		for _, r := range lc.Rules {
+			ids = append(ids, r.ID)
+			switch r.ID {
+			case theirs.ID:
+				if r.Expiration.Days != 30 || r.RuleFilter.Prefix != "logs/" {
+					t.Errorf("the owner's rule changed: %+v", r)
+				}
+			case lifecycleRuleID:
+				if r.NoncurrentVersionExpiration.NoncurrentDays != 1 || r.RuleFilter.Prefix != "imgmill/" {
+					t.Errorf("the store's rule: %+v, want replaced versions under imgmill/ expired after a day", r)
+				}
+			}
+		}
+		if fmt.Sprint(ids) != fmt.Sprint([]string{theirs.ID, lifecycleRuleID}) {
+			t.Errorf("lifecycle rules %q, want the owner's and the store's version rule", ids)
+		}
+	}
+}
+
+// testLifecycleUnversioned: on an existing unversioned bucket Open leaves the lifecycle alone on MinIO
+// (no version rule to set, and the abort rule refused), and opens all the same.
+func testLifecycleUnversioned(t *testing.T, m *enginetest.MinIO) {
+	ctx := context.Background()
+	cfg := config(t, m)
+	setup := open(t, config(t, m))
+	if err := setup.core.MakeBucket(ctx, cfg.Bucket, minio.MakeBucketOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	s := open(t, cfg)
+	if lc, err := s.core.GetBucketLifecycle(ctx, cfg.Bucket); err == nil && len(lc.Rules) != 0 {
+		t.Errorf("lifecycle of an unversioned bucket on MinIO: %+v, want none", lc.Rules)
+	}
+	put(t, s, "k", []byte("v"), 1)
 }
