@@ -354,3 +354,37 @@ func TestSweepStorageAway(t *testing.T) {
 		t.Fatal("ScanImages with storage away succeeded")
 	}
 }
+
+// BenchmarkScanImages measures a sweep that finds nothing to remove over 3000 images of 2000 tasks (on
+// SQLite and files): the cost of the master's hourly walk, per image.
+func BenchmarkScanImages(b *testing.B) {
+	s := servicetest.NewStack(b, servicetest.Options{})
+	ctx := b.Context()
+	for i := range 2000 {
+		id, err := s.Database.NewTask(ctx, client.NewTaskParams{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		states := []string{wire.WorkingImage}
+		if i%2 == 0 {
+			states = append(states, wire.FinishedImage)
+		}
+		for _, state := range states {
+			if err := s.Storage.SendImage(ctx, id, state, strings.NewReader("image"), 5); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	checker := &consistency.Checker{DB: s.Database, Storage: s.Storage}
+	images := 0
+	for b.Loop() {
+		images = 0
+		if err := checker.ScanImages(ctx, consistency.RemoveOrphans, func(consistency.Image) { images++ }); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if images != 3000 {
+		b.Fatalf("scanned %d images, want 3000", images)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(images), "ns/image")
+}
