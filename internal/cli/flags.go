@@ -163,6 +163,19 @@ func (f *flags) masterLimits(l *master.Limits) {
 		"to hold more bytes of memory than this at once (0: no limit)")
 }
 
+// sweepEvery defines --sweep-every, how often the master removes the tasks past the database's
+// --retention.
+func (f *flags) sweepEvery(p *time.Duration) {
+	f.DurationVar(p, "sweep-every", master.DefaultSweepEvery, "how often the master removes the tasks past the database's --retention (their images, then their records)")
+}
+
+func checkSweepEvery(every time.Duration) error {
+	if every <= 0 {
+		return fmt.Errorf("%w: --sweep-every must be > 0", errUsage)
+	}
+	return nil
+}
+
 // worker defines the worker's flags but --max-pixels.
 func (f *flags) worker(c *worker.Config) {
 	f.IntVar(&c.Concurrency, "concurrency", 0, "images a worker processes at once (0: one per CPU)")

@@ -55,10 +55,11 @@ func serveCommand() command {
 			f.maxUpload(&cfg.Master.Limits.MaxUpload, master.DefaultMaxUpload)
 			f.maxPixels(&cfg.Master.Limits.MaxPixels)
 			f.masterLimits(&cfg.Master.Limits)
+			f.sweepEvery(&cfg.Master.SweepEvery)
 			f.worker(&cfg.Worker)
 			f.frontend(&cfg.Frontend)
 			return func(ctx context.Context, _ []string) error {
-				if err := firstError(checkPolicy(&cfg.Database), checkWorker(&cfg.Worker), checkFrontend(&cfg.Frontend.Limits)); err != nil {
+				if err := firstError(checkPolicy(&cfg.Database), checkSweepEvery(cfg.Master.SweepEvery), checkWorker(&cfg.Worker), checkFrontend(&cfg.Frontend.Limits)); err != nil {
 					return err
 				}
 				// One limit each for what the services check alike: the frontend refuses what the master
@@ -165,8 +166,12 @@ func masterCommand() command {
 			f.maxUpload(&cfg.Limits.MaxUpload, master.DefaultMaxUpload)
 			f.maxPixels(&cfg.Limits.MaxPixels)
 			f.masterLimits(&cfg.Limits)
+			f.sweepEvery(&cfg.SweepEvery)
 			f.sharedOptions(&cfg.Options)
 			return func(ctx context.Context, _ []string) error {
+				if err := checkSweepEvery(cfg.SweepEvery); err != nil {
+					return err
+				}
 				cfg.Logger = f.logger("master")
 				cfg.HTTP = httpapi.NewClient(httpapi.WithToken(cfg.Token))
 				cfg.KV = client.NewKV(cfg.HTTP, *kv)
