@@ -141,8 +141,11 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err := s.db.ActivateTask(ctx, id); err != nil {
 		if client.IsStatus(err, http.StatusConflict) {
-			// Given up meanwhile: another request with the same key failed and abandoned it. A retry
-			// with the key makes a new task.
+			// Given up meanwhile: another request with the same key failed and abandoned it, or the
+			// task was cancelled or deleted while its upload streamed in. The image just stored is
+			// nobody's (a delete may have swept the task's images before it landed). A retry with the
+			// key makes a new task.
+			s.discardUpload(ctx, id)
 			return &httpapi.Error{Status: http.StatusServiceUnavailable, RetryAfter: httpapi.UnavailableRetryAfter,
 				Msg: "the upload was given up meanwhile, retry it"}
 		}
@@ -166,6 +169,16 @@ func (s *server) abandon(ctx context.Context, id int64, err error) {
 	reason := wire.AbandonedError + ": " + httpapi.ErrorMessage(err)
 	if aerr := s.db.AbandonTask(ctx, id, reason); aerr != nil {
 		httpapi.LoggerFrom(ctx).WarnContext(ctx, "cannot give up the pending task of a failed upload; it expires by itself", "task", id, "err", aerr)
+	}
+}
+
+// discardUpload removes the image stored for task id by an upload whose task can no longer become
+// active. When storage cannot be reached, the image stays until the task's retention runs out.
+func (s *server) discardUpload(ctx context.Context, id int64) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abandonTimeout)
+	defer cancel()
+	if err := s.storage.DeleteImages(ctx, id); err != nil {
+		httpapi.LoggerFrom(ctx).WarnContext(ctx, "cannot remove the upload of a task given up meanwhile", "task", id, "err", err)
 	}
 }
 
