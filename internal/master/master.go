@@ -510,6 +510,51 @@ func (s *server) handleRegisterTaskFinished() httpapi.HandlerFunc {
 	}
 }
 
+// handleExtendLease passes a worker's heartbeat through to the database. With wait (additive, at most
+// wire.MaxLeaseWait) the renewed lease is answered only when the wait ends, or at once with the database's
+// 410 when the task is cancelled or deleted through this master meanwhile: a worker that heartbeats
+// this way learns of a cancel within moments rather than at its next heartbeat. A cancel through
+// another master is heard at the next heartbeat, as without wait.
+func (s *server) handleExtendLease() httpapi.HandlerFunc {
+	forward := s.forward("/extendLease")
+	return func(w http.ResponseWriter, r *http.Request) error {
+		wait, err := httpapi.QueryDuration(r, "wait", wire.MaxLeaseWait)
+		if err != nil {
+			return err
+		}
+		id, err := httpapi.QueryID(r, "id")
+		if err != nil || wait <= 0 {
+			return forward(w, r)
+		}
+		// Registered before the renewal, so that a cancel between the two is not missed.
+		woken, withdraw := s.changes.wait(id)
+		defer withdraw()
+		query := r.URL.Query()
+		query.Del("wait")
+		reply, err := s.db.Forward(r.Context(), "/extendLease", query)
+		if err != nil {
+			return err
+		}
+		timer := time.NewTimer(wait)
+		defer timer.Stop()
+		select {
+		case <-woken:
+			// Changed through this master: cancelled or deleted, as a rule. The database's answer to
+			// renewing it again says which (410), or renews the lease once more.
+			if reply, err = s.db.Forward(r.Context(), "/extendLease", query); err != nil {
+				return err
+			}
+		case <-timer.C:
+		case <-r.Context().Done():
+			return r.Context().Err()
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, err = io.WriteString(w, reply)
+		return err
+	}
+}
+
 // forwardChange is forward for a worker-side call that changes the task's state (a failure, a
 // release): it wakes the POST /statuses polls watching that task.
 func (s *server) forwardChange(databasePath string) httpapi.HandlerFunc {
