@@ -8,6 +8,7 @@ import (
 	"image"
 	"image/png"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -40,7 +41,8 @@ func TestSoak(t *testing.T) {
 	soak(t, soakRun{images: n, retention: time.Minute, sweepEvery: 5 * time.Second, judgeMemory: true})
 }
 
-// TestSoakRetention is the soak in small, for every run: a few thousand tiny images with a retention of
+// TestSoakRetention is the soak in small, for every run: tiny images for 40 seconds (as many as the
+// machine processes meanwhile: a few hundred under -race, a few thousand without) with a retention of 5
 // seconds, the data directory, the database file and the file descriptors judged as TestSoak judges
 // them. Memory is left to TestSoak: a run this short (and the race detector's shadow memory) does not
 // settle.
@@ -48,12 +50,15 @@ func TestSoakRetention(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the soak test is not run with -short")
 	}
-	soak(t, soakRun{images: 2000, retention: 8 * time.Second, sweepEvery: time.Second})
+	soak(t, soakRun{duration: 40 * time.Second, retention: 5 * time.Second, sweepEvery: time.Second})
 }
 
 // soakRun is what one soak does.
 type soakRun struct {
+	// images is how many images go through, sampled every 25th of them; or, when duration is set,
+	// images go through for that long, sampled every 25th of it.
 	images     int
+	duration   time.Duration
 	retention  time.Duration // the database's --retention
 	sweepEvery time.Duration // the master's --sweep-every
 	// judgeMemory judges the services' RSS too, not only their file descriptors and the disk.
@@ -66,6 +71,9 @@ func soak(t *testing.T, run soakRun) {
 	const clients = 16
 	n := run.images
 	every := max(n/25, 40)
+	if run.duration > 0 {
+		n, every = math.MaxInt32, math.MaxInt32
+	}
 	d := deploytest.New(t)
 	d.DBArgs = []string{"--retention", run.retention.String()}
 	d.MasterArgs = []string{"--sweep-every", run.sweepEvery.String()}
@@ -129,9 +137,26 @@ func soak(t *testing.T, run soakRun) {
 	var sampleMu sync.Mutex
 	var wg sync.WaitGroup
 	m := d.Master()
+	running := func() bool { return ctx.Err() == nil && (run.duration == 0 || time.Since(start) < run.duration) }
+	if run.duration > 0 {
+		wg.Go(func() {
+			tick := time.NewTicker(run.duration / 25)
+			defer tick.Stop()
+			for running() {
+				select {
+				case <-tick.C:
+				case <-ctx.Done():
+					return
+				}
+				sampleMu.Lock()
+				sample(int(done.Load()))
+				sampleMu.Unlock()
+			}
+		})
+	}
 	for c := range clients {
 		wg.Go(func() {
-			for ctx.Err() == nil {
+			for running() {
 				i := int(next.Add(1) - 1)
 				if i >= n {
 					return
@@ -202,7 +227,7 @@ func soak(t *testing.T, run soakRun) {
 		return
 	}
 	elapsed := time.Since(start)
-	t.Logf("%d images in %s (%.1f img/s)", n, elapsed.Round(time.Second), float64(n)/elapsed.Seconds())
+	t.Logf("%d images in %s (%.1f img/s)", done.Load(), elapsed.Round(time.Second), float64(done.Load())/elapsed.Seconds())
 	judgeProcesses(t, services, samples, run.judgeMemory)
 	judgeDisk(t, samples, run.retention+2*run.sweepEvery)
 	// The live tasks are as many at the end as after warm-up, so what the database's files grew by
