@@ -378,7 +378,9 @@ func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseF
 	var drain <-chan time.Time
 	stopping := stop.Done()
 	var beat chan heartbeat // the heartbeat under way, or nil
-	next := time.Now()      // when the next heartbeat is due
+	// When the next heartbeat is due: the first one soon, so that a cancel is heard early, but not at
+	// once, so that a task done in a moment costs no heartbeat.
+	next := time.Now().Add(min(firstHeartbeat, l.heartbeatInterval(leaseUntil)))
 	defer func() {
 		if beat != nil {
 			<-beat // ends at once: work is done, and the call with it
@@ -386,12 +388,7 @@ func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseF
 	}()
 	for {
 		if beating && beat == nil && !time.Now().Before(next) {
-			interval := l.cfg.Heartbeat
-			if !leaseUntil.IsZero() {
-				interval = min(interval, time.Until(leaseUntil)/3)
-			}
-			// At most what the master holds a heartbeat for: a cancel is heard early only while one is held.
-			interval = max(min(interval, wire.MaxLeaseWait), 10*time.Millisecond)
+			interval := l.heartbeatInterval(leaseUntil)
 			// A master that ignores the wait answers at once: the next heartbeat still waits its turn.
 			next = time.Now().Add(interval)
 			beat = make(chan heartbeat, 1)
@@ -441,6 +438,21 @@ func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseF
 			cancel(errOvertime)
 		}
 	}
+}
+
+// firstHeartbeat is how soon after its claim a task's first heartbeat is sent (unless the lease asks
+// for sooner).
+const firstHeartbeat = 500 * time.Millisecond
+
+// heartbeatInterval is how long a heartbeat is held, and the time between two: Heartbeat, but at most a
+// third of the lease left, and at most what the master holds a heartbeat for (a cancel is heard early
+// only while one is held).
+func (l *loop) heartbeatInterval(leaseUntil time.Time) time.Duration {
+	interval := min(l.cfg.Heartbeat, wire.MaxLeaseWait)
+	if !leaseUntil.IsZero() {
+		interval = min(interval, time.Until(leaseUntil)/3)
+	}
+	return max(interval, 10*time.Millisecond)
 }
 
 // heartbeat is the answer to one heartbeat.
