@@ -164,8 +164,9 @@ func (f *flags) masterLimits(l *master.Limits) {
 		"to hold more bytes of memory than this at once (0: no limit)")
 }
 
-// orphanSweep defines the master's sweep of images that no task wants.
-func (f *flags) orphanSweep(c *master.Config) {
+// sweeps defines the master's sweeps: of the tasks past their retention, and of the images no task wants.
+func (f *flags) sweeps(c *master.Config) {
+	f.DurationVar(&c.SweepEvery, "sweep-every", master.DefaultSweepEvery, "how often the master removes the tasks past the database's --retention (their images, then their records)")
 	f.DurationVar(&c.OrphanSweepEvery, "orphan-sweep-every", master.DefaultOrphanSweepEvery, "how often the master walks storage's images and removes those "+
 		"whose task is unknown or deleted, and the results of failed or cancelled tasks, once older than --orphan-grace (0: never)")
 	f.orphanGrace(&c.OrphanGrace)
@@ -184,7 +185,10 @@ func checkOrphanGrace(d time.Duration) error {
 	return nil
 }
 
-func checkOrphanSweep(c *master.Config) error {
+func checkSweeps(c *master.Config) error {
+	if c.SweepEvery <= 0 {
+		return fmt.Errorf("%w: --sweep-every must be > 0", errUsage)
+	}
 	if c.OrphanSweepEvery < 0 {
 		return fmt.Errorf("%w: --orphan-sweep-every must be >= 0", errUsage)
 	}

@@ -55,11 +55,11 @@ func serveCommand() command {
 			f.maxUpload(&cfg.Master.Limits.MaxUpload, master.DefaultMaxUpload)
 			f.maxPixels(&cfg.Master.Limits.MaxPixels)
 			f.masterLimits(&cfg.Master.Limits)
-			f.orphanSweep(&cfg.Master)
+			f.sweeps(&cfg.Master)
 			f.worker(&cfg.Worker)
 			f.frontend(&cfg.Frontend)
 			return func(ctx context.Context, _ []string) error {
-				if err := firstError(checkPolicy(&cfg.Database), checkWorker(&cfg.Worker), checkFrontend(&cfg.Frontend.Limits), checkOrphanSweep(&cfg.Master)); err != nil {
+				if err := firstError(checkPolicy(&cfg.Database), checkWorker(&cfg.Worker), checkFrontend(&cfg.Frontend.Limits), checkSweeps(&cfg.Master)); err != nil {
 					return err
 				}
 				// One limit each for what the services check alike: the frontend refuses what the master
@@ -166,10 +166,10 @@ func masterCommand() command {
 			f.maxUpload(&cfg.Limits.MaxUpload, master.DefaultMaxUpload)
 			f.maxPixels(&cfg.Limits.MaxPixels)
 			f.masterLimits(&cfg.Limits)
-			f.orphanSweep(&cfg)
+			f.sweeps(&cfg)
 			f.sharedOptions(&cfg.Options)
 			return func(ctx context.Context, _ []string) error {
-				if err := checkOrphanSweep(&cfg); err != nil {
+				if err := checkSweeps(&cfg); err != nil {
 					return err
 				}
 				cfg.Logger = f.logger("master")

@@ -223,6 +223,18 @@ func (a LeaseAPI) ExtendLease(ctx context.Context, id, token int64) (wire.Task, 
 	return taskReply(a.p.sendText(ctx, call{method: http.MethodPost, path: "/extendLease", query: tokenQuery(id, token), idempotent: true}))
 }
 
+// WatchLease is ExtendLease held by the master (additive) for up to wait (at most wire.MaxLeaseWait)
+// after it renewed the lease, and answered early, 410, when the task is cancelled or deleted
+// meanwhile: a heartbeat that doubles as a long poll for a cancel. A master or database that ignores
+// wait answers at once.
+func (a LeaseAPI) WatchLease(ctx context.Context, id, token int64, wait time.Duration) (wire.Task, error) {
+	q := tokenQuery(id, token)
+	q.Set("wait", wait.String())
+	r, err := a.p.sendLong(ctx, call{method: http.MethodPost, path: "/extendLease", query: q, idempotent: true,
+		headerTimeout: wait + CallTimeout})
+	return taskReply(r.body, err)
+}
+
 // FailTask records a failed attempt; permanent failures (input that can never work) are not retried.
 // It returns the task afterwards.
 func (a LeaseAPI) FailTask(ctx context.Context, id, token int64, reason string, permanent bool) (wire.Task, error) {

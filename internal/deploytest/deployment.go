@@ -62,6 +62,8 @@ type Deployment struct {
 	HC *http.Client
 	// DBArgs are extra flags for the database (lease, attempts, ...).
 	DBArgs []string
+	// MasterArgs are extra flags for the master (--sweep-every, limits, ...).
+	MasterArgs []string
 	// Token, when set, is the shared secret every service gets through IMGMILL_TOKEN (and that HC must
 	// then send).
 	Token string
@@ -246,7 +248,7 @@ func (d *Deployment) StartBackends() {
 	}
 	d.MustStart("database", append([]string{"database", "--addr", "127.0.0.1:0", "--kv", d.KVAddr, "--data", filepath.Join(d.Dir, "db")}, d.DBArgs...)...)
 	d.MustStart("storage", "storage", "--addr", "127.0.0.1:0", "--kv", d.KVAddr, "--data", filepath.Join(d.Dir, "storage"))
-	d.MustStart("master", "master", "--addr", "127.0.0.1:0", "--kv", d.KVAddr)
+	d.MustStart("master", append([]string{"master", "--addr", "127.0.0.1:0", "--kv", d.KVAddr}, d.MasterArgs...)...)
 	d.WaitReady()
 }
 

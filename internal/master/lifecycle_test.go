@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/servicetest"
@@ -124,4 +126,49 @@ func TestDeleteStorageDown(t *testing.T) {
 	if task := s.task(t, id); task.State != wire.Cancelled {
 		t.Errorf("task after the failed delete = %+v, want it kept, cancelled", task)
 	}
+}
+
+// TestExtendLeaseWaitHearsCancel: a heartbeat with wait renews the lease at once and is held; a cancel
+// (or a delete) through the master answers it early with the database's 410, where it would otherwise
+// answer the renewed task when the wait ends.
+func TestExtendLeaseWaitHearsCancel(t *testing.T) {
+	s := newStack(t, servicetest.Options{})
+	for _, act := range []struct {
+		name string
+		do   func(*testing.T, int64) servicetest.Reply
+		want int
+	}{{"cancel", s.cancel, http.StatusOK}, {"delete", s.delete, http.StatusNoContent}} {
+		t.Run(act.name, func(t *testing.T) {
+			id := s.uploadOK(t, servicetest.PatternPNG(t, 16, 37))
+			claimed := s.claim(t, id)
+			beat := make(chan servicetest.Reply, 1)
+			go func() {
+				// Far longer than the test: only a wake answers it in time, with 410.
+				beat <- s.call(t, http.MethodPost, fmt.Sprintf("%s/extendLease?id=%d&token=%d&wait=%s", s.MasterURL, id,
+					claimed.Token, wire.MaxLeaseWait), nil)
+			}()
+			// Once the lease was renewed, the heartbeat is held: the cancel comes after it.
+			if !servicetest.PollFor(time.Minute, func() bool { return s.task(t, id).LeaseUntil.After(claimed.LeaseUntil) }) {
+				t.Fatal("the heartbeat did not renew the lease")
+			}
+			if r := act.do(t, id); r.Status != act.want {
+				t.Fatalf("%s: %d %q", act.name, r.Status, r.Body)
+			}
+			r := <-beat
+			if r.Status != http.StatusGone || !strings.HasPrefix(r.Body, "Error: ") {
+				t.Errorf("held heartbeat of a task cancelled meanwhile: %d %q, want 410", r.Status, r.Body)
+			}
+		})
+	}
+
+	// Nothing happens: the renewed task when the wait ends.
+	id := s.uploadOK(t, servicetest.PatternPNG(t, 16, 38))
+	claimed := s.claim(t, id)
+	r := s.call(t, http.MethodPost, fmt.Sprintf("%s/extendLease?id=%d&token=%d&wait=50ms", s.MasterURL, id, claimed.Token), nil)
+	var task wire.Task
+	if r.Status != http.StatusOK || json.Unmarshal([]byte(r.Body), &task) != nil || !task.LeaseUntil.After(claimed.LeaseUntil) {
+		t.Errorf("held heartbeat: %d %q, want the task with a renewed lease", r.Status, r.Body)
+	}
+	expectReply(t, "heartbeat with a bad wait", s.call(t, http.MethodPost, fmt.Sprintf("%s/extendLease?id=%d&token=%d&wait=1h", s.MasterURL, id, claimed.Token), nil),
+		http.StatusBadRequest, "Error: wait must be between 0 and 10s")
 }

@@ -141,8 +141,11 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err := s.db.ActivateTask(ctx, id); err != nil {
 		if client.IsStatus(err, http.StatusConflict) {
-			// Given up meanwhile: another request with the same key failed and abandoned it. A retry
-			// with the key makes a new task.
+			// Given up meanwhile: another request with the same key failed and abandoned it, or the
+			// task was cancelled or deleted while its upload streamed in. The image just stored is
+			// nobody's (a delete may have swept the task's images before it landed). A retry with the
+			// key makes a new task.
+			s.discardUpload(ctx, id)
 			return &httpapi.Error{Status: http.StatusServiceUnavailable, RetryAfter: httpapi.UnavailableRetryAfter,
 				Msg: "the upload was given up meanwhile, retry it"}
 		}
@@ -166,6 +169,16 @@ func (s *server) abandon(ctx context.Context, id int64, err error) {
 	reason := wire.AbandonedError + ": " + httpapi.ErrorMessage(err)
 	if aerr := s.db.AbandonTask(ctx, id, reason); aerr != nil {
 		httpapi.LoggerFrom(ctx).WarnContext(ctx, "cannot give up the pending task of a failed upload; it expires by itself", "task", id, "err", aerr)
+	}
+}
+
+// discardUpload removes the image stored for task id by an upload whose task can no longer become
+// active. When storage cannot be reached, the image stays until the task's retention runs out.
+func (s *server) discardUpload(ctx context.Context, id int64) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abandonTimeout)
+	defer cancel()
+	if err := s.storage.DeleteImages(ctx, id); err != nil {
+		httpapi.LoggerFrom(ctx).WarnContext(ctx, "cannot remove the upload of a task given up meanwhile", "task", id, "err", err)
 	}
 }
 
@@ -494,6 +507,51 @@ func (s *server) handleRegisterTaskFinished() httpapi.HandlerFunc {
 			s.changes.finished(id)
 		}
 		return nil
+	}
+}
+
+// handleExtendLease passes a worker's heartbeat through to the database. With wait (additive, at most
+// wire.MaxLeaseWait) the renewed lease is answered only when the wait ends, or at once with the database's
+// 410 when the task is cancelled or deleted through this master meanwhile: a worker that heartbeats
+// this way learns of a cancel within moments rather than at its next heartbeat. A cancel through
+// another master is heard at the next heartbeat, as without wait.
+func (s *server) handleExtendLease() httpapi.HandlerFunc {
+	forward := s.forward("/extendLease")
+	return func(w http.ResponseWriter, r *http.Request) error {
+		wait, err := httpapi.QueryDuration(r, "wait", wire.MaxLeaseWait)
+		if err != nil {
+			return err
+		}
+		id, err := httpapi.QueryID(r, "id")
+		if err != nil || wait <= 0 {
+			return forward(w, r)
+		}
+		// Registered before the renewal, so that a cancel between the two is not missed.
+		woken, withdraw := s.changes.wait(id)
+		defer withdraw()
+		query := r.URL.Query()
+		query.Del("wait")
+		reply, err := s.db.Forward(r.Context(), "/extendLease", query)
+		if err != nil {
+			return err
+		}
+		timer := time.NewTimer(wait)
+		defer timer.Stop()
+		select {
+		case <-woken:
+			// Changed through this master: cancelled or deleted, as a rule. The database's answer to
+			// renewing it again says which (410), or renews the lease once more.
+			if reply, err = s.db.Forward(r.Context(), "/extendLease", query); err != nil {
+				return err
+			}
+		case <-timer.C:
+		case <-r.Context().Done():
+			return r.Context().Err()
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, err = io.WriteString(w, reply)
+		return err
 	}
 }
 

@@ -20,7 +20,7 @@ func addRoutes(mux *http.ServeMux, s *server) {
 	// worker side
 	mux.Handle("POST /getNewTask", httpapi.HandlerFunc(s.handleGetNewTask))
 	mux.Handle("POST /registerTaskFinished", s.handleRegisterTaskFinished())
-	mux.Handle("POST /extendLease", s.forward("/extendLease"))
+	mux.Handle("POST /extendLease", s.handleExtendLease())
 	mux.Handle("POST /failTask", s.forwardChange("/failTask"))
 	mux.Handle("POST /releaseTask", s.forwardChange("/releaseTask"))
 	mux.Handle("GET /healthz", httpapi.Healthz(nil))

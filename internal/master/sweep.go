@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/client"
@@ -16,6 +19,12 @@ const DefaultSweepEvery = time.Minute
 // sweepBatch is how many expired tasks one sweep asks the database for at a time: small, so that each
 // query is short, and so that a sweeper that dies leaves little for the hold to delay.
 const sweepBatch = 100
+
+// sweepParallel is how many tasks of a batch a sweep removes at once. Each removal waits for two
+// durable writes (the images' directory, the database's tombstone), which the stores share between
+// concurrent callers (group commit): one at a time, a sweep removes fewer tasks per second than a busy
+// deployment finishes, and the retention would never catch up.
+const sweepParallel = 8
 
 // Sweeper removes the tasks whose retention ran out: the database (which knows the retention) hands out
 // batches of them, each held for one sweeper, so several masters share the work without doubling it;
@@ -31,23 +40,32 @@ func NewSweeper(db *client.Database, storage *client.Storage) *Sweeper {
 }
 
 // Sweep removes expired tasks until the database has none left to hand out, and returns how many it
-// removed. It stops at the first task it cannot remove (storage or the database away): the tasks of
-// that batch are handed out again once their hold lapses.
+// removed. It removes up to sweepParallel tasks of a batch at once and stops at the first task it
+// cannot remove (storage or the database away): the tasks of that batch are handed out again once
+// their hold lapses.
 func (w *Sweeper) Sweep(ctx context.Context) (int, error) {
-	removed := 0
+	var removed atomic.Int64
 	for {
 		ids, err := w.db.ClaimExpired(ctx, sweepBatch)
 		if err != nil {
-			return removed, fmt.Errorf("ask for expired tasks: %w", err)
+			return int(removed.Load()), fmt.Errorf("ask for expired tasks: %w", err)
 		}
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(sweepParallel)
 		for _, id := range ids {
-			if err := removeTask(ctx, w.db, w.storage, id); err != nil {
-				return removed, fmt.Errorf("remove expired task %d: %w", id, err)
-			}
-			removed++
+			g.Go(func() error {
+				if err := removeTask(gctx, w.db, w.storage, id); err != nil {
+					return fmt.Errorf("remove expired task %d: %w", id, err)
+				}
+				removed.Add(1)
+				return nil
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return int(removed.Load()), err
 		}
 		if len(ids) < sweepBatch {
-			return removed, nil
+			return int(removed.Load()), nil
 		}
 	}
 }

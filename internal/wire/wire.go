@@ -250,6 +250,9 @@ const LeaseTokenHeader = "X-Lease-Token"
 // NoTaskMessage is the reference reply when no task can be claimed.
 const NoTaskMessage = "No non-started task."
 
+// MaxLeaseWait caps the wait of a heartbeat held as a long poll (POST /extendLease?wait=, additive).
+const MaxLeaseWait = 10 * time.Second
+
 // MaxWait caps a long poll on /getNewTask.
 const MaxWait = 60 * time.Second
 

@@ -38,7 +38,7 @@ const (
 	// DefaultWait is how long a claim waits at the master for work to appear (long poll).
 	DefaultWait = 10 * time.Second
 	// DefaultHeartbeat is how often a worker renews its lease; it never waits more than a third of the
-	// lease that is left.
+	// lease that is left, nor more than wire.MaxLeaseWait.
 	DefaultHeartbeat = 10 * time.Second
 	// DefaultDrain is how long a stopping worker may finish its current task before it hands it back.
 	DefaultDrain = 30 * time.Second
@@ -367,21 +367,43 @@ func (l *loop) reportContext(stop context.Context) (context.Context, context.Can
 }
 
 // keepLease renews the lease while work runs; it cuts the work short when the lease is lost or the task
-// was cancelled, or when
-// the worker has been stopping for longer than Drain. Once the image work's deadline (plus
-// deadlineGrace) has passed it renews no more, so that work stuck past its deadline lets the lease
-// lapse rather than hold the task for ever.
+// was cancelled, or when the worker has been stopping for longer than Drain. Each heartbeat is a long
+// poll (Master.WatchLease): it renews the lease at once and is held by the master until the next one is
+// due, or answered early when the task is cancelled or deleted through that master, so the work stops
+// within moments of a cancel. Once the image work's deadline (plus deadlineGrace) has passed it renews no
+// more, so that work stuck past its deadline lets the lease lapse rather than hold the task for ever.
 func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseFunc, task wire.Task, deadline *atomic.Int64, logger *slog.Logger) {
 	leaseUntil := task.LeaseUntil
 	beating := task.Token != 0 // a master that issues no tokens (the reference) has no heartbeat either
 	var drain <-chan time.Time
 	stopping := stop.Done()
-	for {
-		interval := l.cfg.Heartbeat
-		if !leaseUntil.IsZero() {
-			interval = min(interval, time.Until(leaseUntil)/3)
+	var beat chan heartbeat // the heartbeat under way, or nil
+	// When the next heartbeat is due: the first one soon, so that a cancel is heard early, but not at
+	// once, so that a task done in a moment costs no heartbeat.
+	next := time.Now().Add(min(firstHeartbeat, l.heartbeatInterval(leaseUntil)))
+	defer func() {
+		if beat != nil {
+			<-beat // ends at once: work is done, and the call with it
 		}
-		timer := time.NewTimer(max(interval, 10*time.Millisecond))
+	}()
+	for {
+		if beating && beat == nil && !time.Now().Before(next) {
+			interval := l.heartbeatInterval(leaseUntil)
+			// A master that ignores the wait answers at once: the next heartbeat still waits its turn.
+			next = time.Now().Add(interval)
+			beat = make(chan heartbeat, 1)
+			go func(ch chan<- heartbeat) {
+				t, err := l.cfg.Master.WatchLease(work, task.ID, task.Token, interval)
+				ch <- heartbeat{t, err}
+			}(beat)
+		}
+		// Wake when the next heartbeat is due, or while one is under way, now and again to look at the
+		// deadline.
+		wake := time.Until(next)
+		if beat != nil || !beating {
+			wake = max(wake, l.cfg.Heartbeat)
+		}
+		timer := time.NewTimer(max(wake, 10*time.Millisecond))
 		select {
 		case <-work.Done():
 			timer.Stop()
@@ -391,21 +413,11 @@ func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseF
 			drain = time.After(l.cfg.Drain)
 		case <-drain:
 			cancel(errDrained)
-		case <-timer.C:
-			if d := deadline.Load(); d != 0 && time.Now().UnixNano() > d {
-				if beating {
-					logger.WarnContext(work, "image work past its deadline: the lease is no longer renewed")
-				}
-				beating = false
-				cancel(errOvertime)
-			}
-			if !beating {
-				continue
-			}
-			t, err := l.cfg.Master.ExtendLease(work, task.ID, task.Token)
-			switch {
+		case hb := <-beat:
+			beat = nil
+			switch err := hb.err; {
 			case err == nil:
-				leaseUntil = t.LeaseUntil
+				leaseUntil = hb.task.LeaseUntil
 			case client.IsStatus(err, http.StatusGone):
 				cancel(errCancelled)
 			case client.IsStatus(err, http.StatusConflict) || client.IsStatus(err, http.StatusBadRequest):
@@ -415,9 +427,38 @@ func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseF
 			case work.Err() == nil:
 				logger.WarnContext(work, "heartbeat failed, retrying", "err", err)
 			}
+		case <-timer.C:
 		}
 		timer.Stop()
+		if d := deadline.Load(); d != 0 && time.Now().UnixNano() > d {
+			if beating {
+				logger.WarnContext(work, "image work past its deadline: the lease is no longer renewed")
+			}
+			beating = false
+			cancel(errOvertime)
+		}
 	}
+}
+
+// firstHeartbeat is how soon after its claim a task's first heartbeat is sent (unless the lease asks
+// for sooner).
+const firstHeartbeat = 500 * time.Millisecond
+
+// heartbeatInterval is how long a heartbeat is held, and the time between two: Heartbeat, but at most a
+// third of the lease left, and at most what the master holds a heartbeat for (a cancel is heard early
+// only while one is held).
+func (l *loop) heartbeatInterval(leaseUntil time.Time) time.Duration {
+	interval := min(l.cfg.Heartbeat, wire.MaxLeaseWait)
+	if !leaseUntil.IsZero() {
+		interval = min(interval, time.Until(leaseUntil)/3)
+	}
+	return max(interval, 10*time.Millisecond)
+}
+
+// heartbeat is the answer to one heartbeat.
+type heartbeat struct {
+	task wire.Task
+	err  error
 }
 
 func (l *loop) process(ctx context.Context, task wire.Task, deadline *atomic.Int64) error {
