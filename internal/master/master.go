@@ -23,17 +23,30 @@ import (
 )
 
 // NewServer returns the master's handler; limits bound what it accepts (zero fields take the defaults).
-func NewServer(db *client.Database, storage *client.Storage, limits Limits) http.Handler {
+func NewServer(db *client.Database, storage *client.Storage, limits Limits, opts ...Option) http.Handler {
 	mux := httpapi.NewMux()
-	addRoutes(mux, &server{db: db, storage: storage, limits: limits.WithDefaults(),
-		queue: &queueGauge{db: db, ttl: queueCacheTTL}})
+	s := &server{db: db, storage: storage, limits: limits.WithDefaults(),
+		queue: &queueGauge{db: db, ttl: queueCacheTTL}}
+	for _, o := range opts {
+		o(s)
+	}
+	addRoutes(mux, s)
 	return mux
+}
+
+// Option adjusts the server NewServer builds.
+type Option func(*server)
+
+// WithMetrics counts the deletes, cancels and quota refusals of the server in m.
+func WithMetrics(m *Metrics) Option {
+	return func(s *server) { s.metrics = m }
 }
 
 type server struct {
 	db       *client.Database
 	storage  *client.Storage
 	limits   Limits
+	metrics  *Metrics // nil: none
 	queue    *queueGauge
 	finishes finishWaiters
 	// changes wakes the long polls of POST /statuses: every change of a task's state that passes
@@ -92,6 +105,14 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 	if err := s.checkQueue(w, r); err != nil {
 		return err
 	}
+	// An upload with an idempotency key may be the retry of one that was stored: its quota is checked
+	// once its task is known to be new.
+	var limit func(io.Reader) io.Reader
+	if key == "" {
+		if limit, err = s.checkQuota(r.Context(), owner, r.ContentLength, false); err != nil {
+			return err
+		}
+	}
 	var body io.Reader = r.Body
 	if maxUpload > 0 {
 		body = http.MaxBytesReader(w, r.Body, maxUpload)
@@ -131,15 +152,30 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 			return nil
 		}
 	}
+	if limit == nil {
+		// Keyed: the new task (or the pending one this request completes) counts already. A refused one
+		// is deleted, so that it neither counts nor answers for its key.
+		if limit, err = s.checkQuota(ctx, owner, r.ContentLength, true); err != nil {
+			s.remove(ctx, id)
+			return err
+		}
+	}
 	// The image's structure is checked as it streams to storage: an image over a decoding budget (a
-	// progressive JPEG of too many scans) fails the upload before storage keeps anything.
-	image := imageop.CheckStructure(header.Format, io.MultiReader(bytes.NewReader(head), body))
+	// progressive JPEG of too many scans) fails the upload before storage keeps anything. Its bytes are
+	// counted for its owner's usage.
+	image := &counting{r: imageop.CheckStructure(header.Format, limit(io.MultiReader(bytes.NewReader(head), body)))}
 	if err := s.storage.SendImage(ctx, id, wire.WorkingImage, image, r.ContentLength); err != nil {
+		if refusal, ok := overQuota(err); ok {
+			s.metrics.countQuotaRefusal("bytes")
+			// Nothing was stored: the task goes, rather than count against the quota as a failed upload.
+			s.remove(ctx, id)
+			return refusal
+		}
 		err = uploadError(err)
 		s.abandon(ctx, id, err)
 		return err
 	}
-	if err := s.db.ActivateTask(ctx, id); err != nil {
+	if err := s.db.ActivateTask(ctx, id, image.n); err != nil {
 		if client.IsStatus(err, http.StatusConflict) {
 			// Given up meanwhile: another request with the same key failed and abandoned it. A retry
 			// with the key makes a new task.
@@ -166,6 +202,16 @@ func (s *server) abandon(ctx context.Context, id int64, err error) {
 	reason := wire.AbandonedError + ": " + httpapi.ErrorMessage(err)
 	if aerr := s.db.AbandonTask(ctx, id, reason); aerr != nil {
 		httpapi.LoggerFrom(ctx).WarnContext(ctx, "cannot give up the pending task of a failed upload; it expires by itself", "task", id, "err", aerr)
+	}
+}
+
+// remove deletes the task of an upload refused for its owner's quota, before any of its image was
+// stored. When the database cannot be reached, the pending task expires by itself later.
+func (s *server) remove(ctx context.Context, id int64) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abandonTimeout)
+	defer cancel()
+	if err := s.db.DeleteTask(ctx, id); err != nil {
+		httpapi.LoggerFrom(ctx).WarnContext(ctx, "cannot remove the task of an upload refused for its quota", "task", id, "err", err)
 	}
 }
 
@@ -376,12 +422,17 @@ func (s *server) handleCancel(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	start := time.Now()
 	t, err := s.db.CancelTask(r.Context(), id)
 	if client.IsStatus(err, http.StatusBadRequest) {
 		return httpapi.Errorf(http.StatusNotFound, "no task with id %d", id)
 	}
 	if err != nil {
 		return err
+	}
+	// A repeat answers the task as the first cancel left it; the database may keep microseconds only.
+	if !t.FinishedAt.Before(start.Add(-time.Millisecond)) {
+		s.metrics.countCancelled()
 	}
 	s.changes.finished(id)
 	return httpapi.WriteJSON(w, http.StatusOK, statusOf(t))
@@ -400,6 +451,7 @@ func (s *server) handleDelete(w http.ResponseWriter, r *http.Request) error {
 	if err := removeTask(r.Context(), s.db, s.storage, id); err != nil {
 		return err
 	}
+	s.metrics.countDeleted()
 	s.changes.finished(id)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
@@ -567,11 +619,13 @@ func Run(ctx context.Context, cfg Config) error {
 	// is a process of this machine, as trusted as the frontend; --insecure opens it to anyone.
 	limits.TrustOwner = cfg.Token != "" || !cfg.Insecure
 	every := cmp.Or(cfg.SweepEvery, DefaultSweepEvery)
+	reg := metrics.New("master")
+	m := NewMetrics(reg)
 	sweep := func(ctx context.Context) error {
-		NewSweeper(db, storage).Run(ctx, every, cfg.Logger)
+		NewSweeper(db, storage).WithMetrics(m).Run(ctx, every, cfg.Logger)
 		return nil
 	}
-	return service.Run(ctx, cfg.Spec(service.Spec{Handler: NewServer(db, storage, limits),
-		RegisterAs: wire.MasterKey, KV: cfg.KV, Internal: true, Metrics: metrics.New("master"),
+	return service.Run(ctx, cfg.Spec(service.Spec{Handler: NewServer(db, storage, limits, WithMetrics(m)),
+		RegisterAs: wire.MasterKey, KV: cfg.KV, Internal: true, Metrics: reg,
 		Background: []func(context.Context) error{sweep}}))
 }

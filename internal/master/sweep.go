@@ -23,11 +23,18 @@ const sweepBatch = 100
 type Sweeper struct {
 	db      *client.Database
 	storage *client.Storage
+	metrics *Metrics // nil: none
 }
 
 // NewSweeper returns a sweeper that removes expired tasks through db and storage.
 func NewSweeper(db *client.Database, storage *client.Storage) *Sweeper {
 	return &Sweeper{db: db, storage: storage}
+}
+
+// WithMetrics counts the tasks w removes in m, and returns w.
+func (w *Sweeper) WithMetrics(m *Metrics) *Sweeper {
+	w.metrics = m
+	return w
 }
 
 // Sweep removes expired tasks until the database has none left to hand out, and returns how many it
@@ -45,6 +52,7 @@ func (w *Sweeper) Sweep(ctx context.Context) (int, error) {
 				return removed, fmt.Errorf("remove expired task %d: %w", id, err)
 			}
 			removed++
+			w.metrics.countExpired()
 		}
 		if len(ids) < sweepBatch {
 			return removed, nil

@@ -85,6 +85,8 @@ func TestStore(t *testing.T) {
 		{"ErrorsWrapped", testErrorsWrapped},
 		{"ListPages", testListPages},
 		{"Fill", testFill},
+		{"TombstoneKeepsNothingPersonal", testTombstoneKeepsNothingPersonal},
+		{"SharedUsage", testSharedUsage},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -334,9 +336,9 @@ func testWatch(t *testing.T, pg *enginetest.Postgres) {
 	_, err = b.Create(ctx, taskstore.CreateParams{Pending: true}) // 2
 	must(err)
 	w.quiet(t, "Create of a pending task")
-	must(b.Activate(ctx, 2))
+	must(b.Activate(ctx, 2, 0))
 	w.expect(t, "Activate")
-	must(b.Activate(ctx, 2))
+	must(b.Activate(ctx, 2, 0))
 	w.quiet(t, "Activate of an active task")
 
 	c := claim() // 0
@@ -1265,5 +1267,90 @@ func BenchmarkCounts(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// testTombstoneKeepsNothingPersonal: a tombstone keeps nothing of who asked for what (owner, operation,
+// error, idempotency key, size), and its owner's rows (usage, and the turn) go once it keeps nothing.
+func testTombstoneKeepsNothingPersonal(t *testing.T, pg *enginetest.Postgres) {
+	ctx := t.Context()
+	s := openStore(t, pg.NewDatabase(t), Options{})
+	task, _, err := s.CreateOnce(ctx, taskstore.CreateParams{Pending: true, Op: "grayscale", Owner: "203.0.113.9"}, "fe-secret", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Activate(ctx, task.ID, 4096); err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.Claim(ctx, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Fail(ctx, c.ID, c.Token, "cannot decode photo-of-alice.jpg", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, task.ID); err != nil {
+		t.Fatal(err)
+	}
+	var state, size int64
+	var owner, op, reason string
+	var key *string
+	if err := s.pool.QueryRow(ctx, `SELECT state, owner, op, error, idem_key, size FROM tasks WHERE id = $1`, task.ID).
+		Scan(&state, &owner, &op, &reason, &key, &size); err != nil {
+		t.Fatal(err)
+	}
+	if state != 5 || owner != "" || op != "" || reason != "" || key != nil || size != 0 {
+		t.Errorf("tombstone row = state %d, owner %q, op %q, error %q, key %v, size %d; want state 5 and nothing else",
+			state, owner, op, reason, key, size)
+	}
+	for _, table := range []string{"usage", "owners"} {
+		var n int
+		if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM `+table+` WHERE owner = $1`, "203.0.113.9").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n != 0 {
+			t.Errorf("%s still names the owner of the deleted task", table)
+		}
+	}
+}
+
+// testSharedUsage: two Stores creating, activating and deleting one owner's tasks at once keep its
+// usage exact.
+func testSharedUsage(t *testing.T, pg *enginetest.Postgres) {
+	ctx := t.Context()
+	stores := sharedPair(t, pg, nil)
+	const perStore = 40
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	for i, s := range stores {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range perStore {
+				id, err := s.Create(ctx, taskstore.CreateParams{Pending: true, Owner: "shared"})
+				if err == nil {
+					err = s.Activate(ctx, id, 10)
+				}
+				if err == nil && j%2 == i%2 {
+					err = s.Delete(ctx, id)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	u, err := stores[0].Usage(ctx, "shared")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (taskstore.Usage{Tasks: perStore, Bytes: perStore * 10}); u != want {
+		t.Errorf("Usage = %+v, want %+v", u, want)
 	}
 }

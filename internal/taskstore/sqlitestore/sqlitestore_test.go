@@ -391,7 +391,7 @@ func TestQueryPlansUseIndexes(t *testing.T) {
 		{"fail", failSQL, byRowid, failArgs},
 		{"release", releaseSQL, byRowid, tokenArgs},
 		{"set", setSQL, byRowid, setArgs},
-		{"activate", activateSQL, byRowid, []any{id}},
+		{"activate", activateSQL, byRowid, []any{id, sql.Named("size", int64(1))}},
 		{"probe", probeSQL, byRowid, []any{id}},
 		{"get", getSQL, byRowid, []any{id, now}},
 	} {
@@ -594,7 +594,7 @@ func TestMigrateFromV1(t *testing.T) {
 	if n, err := s.ExpirePending(ctx, time.Hour); err != nil || n != 1 {
 		t.Fatalf("ExpirePending of the v1 pending task = %d, %v; want 1", n, err)
 	}
-	if err := s.Activate(ctx, 1); !errors.Is(err, taskstore.ErrNotPending) {
+	if err := s.Activate(ctx, 1, 0); !errors.Is(err, taskstore.ErrNotPending) {
 		t.Fatalf("Activate of the expired v1 pending task: %v, want ErrNotPending", err)
 	}
 }
@@ -784,5 +784,50 @@ func BenchmarkClaim(b *testing.B) {
 				left--
 			}
 		})
+	}
+}
+
+// A tombstone keeps nothing of who asked for what: not the owner, the operation, the error, the
+// idempotency key nor the size; and its owner's rows (usage, and the turn) go once it keeps nothing.
+func TestTombstoneKeepsNothingPersonal(t *testing.T) {
+	ctx := t.Context()
+	s, _ := openTemp(t, nil)
+	defer closeStore(t, s)
+	task, _, err := s.CreateOnce(ctx, taskstore.CreateParams{Pending: true, Op: "grayscale", Owner: "203.0.113.9"}, "fe-secret", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Activate(ctx, task.ID, 4096); err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.Claim(ctx, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Fail(ctx, c.ID, c.Token, "cannot decode photo-of-alice.jpg", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, task.ID); err != nil {
+		t.Fatal(err)
+	}
+	var state, size int64
+	var owner, op, reason string
+	var key sql.NullString
+	if err := s.w.QueryRowContext(ctx, `SELECT state, owner, op, error, idem_key, size FROM tasks WHERE id = ?`, task.ID).
+		Scan(&state, &owner, &op, &reason, &key, &size); err != nil {
+		t.Fatal(err)
+	}
+	if state != 5 || owner != "" || op != "" || reason != "" || key.Valid || size != 0 {
+		t.Errorf("tombstone row = state %d, owner %q, op %q, error %q, key %v, size %d; want state 5 and nothing else",
+			state, owner, op, reason, key, size)
+	}
+	for _, table := range []string{"usage", "owners"} {
+		var n int
+		if err := s.w.QueryRowContext(ctx, `SELECT COUNT(*) FROM `+table+` WHERE owner = ?`, "203.0.113.9").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n != 0 {
+			t.Errorf("%s still names the owner of the deleted task", table)
+		}
 	}
 }
