@@ -1303,13 +1303,23 @@ func testTombstoneKeepsNothingPersonal(t *testing.T, pg *enginetest.Postgres) {
 		t.Errorf("tombstone row = state %d, owner %q, op %q, error %q, key %v, size %d; want state 5 and nothing else",
 			state, owner, op, reason, key, size)
 	}
-	for _, table := range []string{"usage", "owners"} {
-		var n int
-		if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM `+table+` WHERE owner = $1`, "203.0.113.9").Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		if n != 0 {
-			t.Errorf("%s still names the owner of the deleted task", table)
+	// The last task of another owner, queued (so counted in the turn) when deleted.
+	queued, err := s.Create(ctx, taskstore.CreateParams{Owner: "key:bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, queued); err != nil {
+		t.Fatal(err)
+	}
+	for _, owner := range []string{"203.0.113.9", "key:bob"} {
+		for _, table := range []string{"usage", "owners"} {
+			var n int
+			if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM `+table+` WHERE owner = $1`, owner).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			if n != 0 {
+				t.Errorf("%s still names %s, whose tasks are all deleted", table, owner)
+			}
 		}
 	}
 }

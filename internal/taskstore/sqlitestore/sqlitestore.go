@@ -183,7 +183,8 @@ func migrations() []string {
 		// the statement that changes a task, and its row goes once the owner keeps nothing. It is
 		// not the owners table: owners are written by every claim and join the turn when their first
 		// task becomes claimable, usage changes only when a task is created, activated or deleted. An
-		// owner that keeps nothing any more is forgotten in both (it joins the turn as new if it comes back).
+		// owner that keeps nothing any more is forgotten in both (it joins the turn as new if it comes
+		// back); the two triggers a delete runs (in an order SQLite does not promise) both check it.
 		// A tombstone keeps no owner (delete sets it to ''), so the turn trigger only counts a task
 		// whose owner stays, and a move of owner takes the task's claimable count along. Tombstones
 		// of the past lose their owner here; tasks stored before have size 0 (their size was never
@@ -197,6 +198,7 @@ func migrations() []string {
 		) STRICT, WITHOUT ROWID;
 		INSERT INTO usage (owner, tasks, bytes)
 			SELECT owner, COUNT(*), 0 FROM tasks WHERE state <> 5 GROUP BY owner;
+		DELETE FROM owners WHERE queued = 0 AND owner NOT IN (SELECT owner FROM usage);
 		DROP TRIGGER tasks_owner_update;
 		CREATE TRIGGER tasks_owner_update AFTER UPDATE OF state, pending, retry_at ON tasks
 		WHEN OLD.owner = NEW.owner
@@ -218,6 +220,8 @@ func migrations() []string {
 				WHERE NEW.state = 0 AND NEW.pending = 0 AND NEW.retry_at IS NULL;
 			UPDATE owners SET queued = queued + 1
 				WHERE owner = NEW.owner AND NEW.state = 0 AND NEW.pending = 0 AND NEW.retry_at IS NULL;
+			DELETE FROM owners WHERE owner = OLD.owner AND queued = 0
+				AND NOT EXISTS (SELECT 1 FROM usage WHERE owner = OLD.owner);
 		END;
 		CREATE TRIGGER tasks_usage_insert AFTER INSERT ON tasks
 		WHEN NEW.state <> 5

@@ -3,9 +3,10 @@
 -- size is the bytes of a task's source image (Activate). usage holds, per owner, its tasks that are not
 -- deleted and their sizes, for the master's quotas; its row goes once the owner keeps nothing. It is not
 -- the owners table: owners are written by every claim and join the turn when their first task becomes
--- claimable, usage changes only when a task is created, activated or deleted. Its triggers are row
--- triggers whose WHEN leaves out every update but those (claims, sweeps and reports never call them):
--- creates and deletes change one task at a time, so there is no pile of row versions to avoid.
+-- claimable, usage changes only when a task is created, activated or deleted. Creates are counted by the
+-- turn's insert trigger; updates by a row trigger whose WHEN leaves out every update but an activation, a
+-- delete or a change of owner (claims, sweeps and reports never call it): those change one task a
+-- statement, so there is no pile of row versions to avoid.
 --
 -- A tombstone keeps no owner (delete sets it to ''): the turn trigger counts only tasks whose owner stays,
 -- and the usage trigger moves a task's claimable count when its owner changes. Tombstones of the past lose
@@ -20,6 +21,7 @@ CREATE TABLE usage (
 );
 INSERT INTO usage (owner, tasks, bytes)
     SELECT owner, count(*), 0 FROM tasks WHERE state <> 5 GROUP BY owner;
+DELETE FROM owners WHERE queued = 0 AND owner NOT IN (SELECT owner FROM usage);
 
 CREATE OR REPLACE FUNCTION tasks_count_updated() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -48,11 +50,21 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION tasks_usage_inserted() RETURNS trigger
+-- A create counts its task in its owner's usage in the statement trigger that counts it in the turn,
+-- usage first (see below); over the transition table, so that a statement inserting many tasks of one
+-- owner writes its usage row once.
+CREATE OR REPLACE FUNCTION tasks_count_inserted() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO usage AS u (owner, tasks, bytes) VALUES (NEW.owner, 1, NEW.size)
-    ON CONFLICT (owner) DO UPDATE SET tasks = u.tasks + 1, bytes = u.bytes + EXCLUDED.bytes;
+    INSERT INTO usage AS u (owner, tasks, bytes)
+        SELECT owner, count(*), sum(size) FROM new_tasks WHERE state <> 5
+        GROUP BY owner ORDER BY owner
+    ON CONFLICT (owner) DO UPDATE SET tasks = u.tasks + EXCLUDED.tasks, bytes = u.bytes + EXCLUDED.bytes;
+    INSERT INTO owners AS o (owner, queued, served)
+        SELECT owner, count(*), nextval('owners_served') FROM new_tasks
+        WHERE state = 0 AND NOT pending AND retry_at IS NULL
+        GROUP BY owner ORDER BY owner
+    ON CONFLICT (owner) DO UPDATE SET queued = o.queued + EXCLUDED.queued;
     RETURN NULL;
 END
 $$;
@@ -93,8 +105,6 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER tasks_usage_inserted AFTER INSERT ON tasks
-    FOR EACH ROW WHEN (NEW.state <> 5) EXECUTE FUNCTION tasks_usage_inserted();
 CREATE TRIGGER tasks_usage_updated AFTER UPDATE OF state, owner, size ON tasks
     FOR EACH ROW WHEN (OLD.owner <> NEW.owner OR (OLD.state = 5) <> (NEW.state = 5) OR OLD.size <> NEW.size)
     EXECUTE FUNCTION tasks_usage_updated();
