@@ -152,9 +152,15 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 			return nil
 		}
 	}
-	if limit == nil {
-		// Keyed: the new task (or the pending one this request completes) counts already. A refused one
-		// is deleted, so that it neither counts nor answers for its key.
+	switch {
+	case limit != nil:
+	case created.Replayed:
+		// Completing the pending task of an earlier request with the key, which passed the quota: a
+		// request refused for it deleted its task, and with it the key.
+		limit = func(r io.Reader) io.Reader { return r }
+	default:
+		// Keyed and new: the task counts already. A refused one is deleted, so that it neither counts
+		// nor answers for its key.
 		if limit, err = s.checkQuota(ctx, owner, r.ContentLength, true); err != nil {
 			s.remove(ctx, id)
 			return err
