@@ -87,6 +87,7 @@ func TestStore(t *testing.T) {
 		{"Fill", testFill},
 		{"TombstoneKeepsNothingPersonal", testTombstoneKeepsNothingPersonal},
 		{"SharedUsage", testSharedUsage},
+		{"MigrateFromV5", testMigrateFromV5},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -1362,5 +1363,67 @@ func testSharedUsage(t *testing.T, pg *enginetest.Postgres) {
 	}
 	if want := (taskstore.Usage{Tasks: perStore, Bytes: perStore * 10}); u != want {
 		t.Errorf("Usage = %+v, want %+v", u, want)
+	}
+}
+
+// testMigrateFromV5: a database of schema version 5 (before usage) upgrades with every owner's tasks
+// counted, tombstones stripped of their owner, and owners that keep nothing forgotten.
+func testMigrateFromV5(t *testing.T, pg *enginetest.Postgres) {
+	ctx := t.Context()
+	dsn := pg.NewDatabase(t)
+	fsys := fstest.MapFS{}
+	for _, name := range []string{"0001_tasks.sql", "0002_retries.sql", "0003_owners.sql", "0004_cancel_delete.sql", "0005_retention.sql"} {
+		b, err := migrationFiles.ReadFile("migrations/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fsys["migrations/"+name] = &fstest.MapFile{Data: b}
+	}
+	old, err := open(ctx, dsn, Options{}, fsys)
+	if err != nil {
+		t.Fatalf("open at version 5: %v", err)
+	}
+	// Version 5's own triggers keep owners as the rows go in: alice has a queued and a finished task,
+	// bob a queued one, carol only a tombstone (queued once, then deleted).
+	for _, q := range []string{
+		`INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, owner) VALUES
+			(0, 0, false, 0, 3, now(), 'alice'), (1, 2, false, 1, 3, now(), 'alice'),
+			(2, 0, false, 0, 3, now(), 'bob'), (3, 0, false, 0, 3, now(), 'carol')`,
+		`UPDATE tasks SET state = 5, op = '', error = '', finished_at = now() WHERE id = 3`,
+		`UPDATE task_ids SET next_id = 4`,
+	} {
+		if _, err := old.pool.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s := openStore(t, dsn, Options{})
+	for owner, want := range map[string]taskstore.Usage{"alice": {Tasks: 2}, "bob": {Tasks: 1}, "carol": {}, "": {}} {
+		if got, err := s.Usage(ctx, owner); err != nil || got != want {
+			t.Errorf("Usage(%q) after the upgrade = %+v, %v; want %+v", owner, got, err, want)
+		}
+	}
+	var tombOwner string
+	var carol int
+	if err := s.pool.QueryRow(ctx, `SELECT owner, (SELECT count(*) FROM owners WHERE owner = 'carol') FROM tasks WHERE id = 3`).
+		Scan(&tombOwner, &carol); err != nil {
+		t.Fatal(err)
+	}
+	if tombOwner != "" || carol != 0 {
+		t.Errorf("after the upgrade the tombstone's owner is %q and owners has %d rows of carol; want none", tombOwner, carol)
+	}
+	for range 2 {
+		if _, err := s.Claim(ctx, time.Hour); err != nil {
+			t.Fatalf("Claim after the upgrade: %v", err)
+		}
+	}
+	if err := s.Delete(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Usage(ctx, "bob"); err != nil || got != (taskstore.Usage{}) {
+		t.Errorf("Usage(bob) after deleting his task = %+v, %v; want none", got, err)
 	}
 }

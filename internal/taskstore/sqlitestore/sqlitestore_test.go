@@ -841,3 +841,67 @@ func TestTombstoneKeepsNothingPersonal(t *testing.T) {
 		}
 	}
 }
+
+// TestMigrateFromV8: a database of schema version 8 (before usage) upgrades with every owner's tasks
+// counted, tombstones stripped of their owner, and owners that keep nothing forgotten.
+func TestMigrateFromV8(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "v8.db")
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for v, step := range migrations()[:8] {
+		if _, err := db.ExecContext(ctx, step); err != nil {
+			t.Fatalf("schema step %d: %v", v+1, err)
+		}
+	}
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC).UnixNano()
+	// Version 8's own triggers keep owners as the rows go in: alice has a queued and a finished task,
+	// bob a queued one, carol only a tombstone (queued once, then deleted).
+	for _, q := range []string{
+		`INSERT INTO tasks (id, state, pending, created_at, owner) VALUES (0, 0, 0, :now, 'alice'), (1, 2, 0, :now, 'alice'),
+			(2, 0, 0, :now, 'bob'), (3, 0, 0, :now, 'carol')`,
+		`UPDATE tasks SET state = 5, op = '', error = '', finished_at = :now WHERE id = 3`,
+		`PRAGMA user_version = 8`,
+	} {
+		if _, err := db.ExecContext(ctx, q, sql.Named("now", now)); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err := Open(ctx, path, Options{})
+	if err != nil {
+		t.Fatalf("Open of a v8 database: %v", err)
+	}
+	defer closeStore(t, s)
+	for owner, want := range map[string]taskstore.Usage{"alice": {Tasks: 2}, "bob": {Tasks: 1}, "carol": {}, "": {}} {
+		if got, err := s.Usage(ctx, owner); err != nil || got != want {
+			t.Errorf("Usage(%q) after the upgrade = %+v, %v; want %+v", owner, got, err, want)
+		}
+	}
+	var tombOwner string
+	var carol int
+	if err := s.w.QueryRowContext(ctx, `SELECT owner, (SELECT COUNT(*) FROM owners WHERE owner = 'carol') FROM tasks WHERE id = 3`).
+		Scan(&tombOwner, &carol); err != nil {
+		t.Fatal(err)
+	}
+	if tombOwner != "" || carol != 0 {
+		t.Errorf("after the upgrade the tombstone's owner is %q and owners has %d rows of carol; want none", tombOwner, carol)
+	}
+	// The turn goes on: both queued tasks are claimed, and deleting one frees its owner's usage.
+	for range 2 {
+		if _, err := s.Claim(ctx, time.Hour); err != nil {
+			t.Fatalf("Claim after the upgrade: %v", err)
+		}
+	}
+	if err := s.Delete(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Usage(ctx, "bob"); err != nil || got != (taskstore.Usage{}) {
+		t.Errorf("Usage(bob) after deleting his task = %+v, %v; want none", got, err)
+	}
+}
