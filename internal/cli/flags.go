@@ -162,6 +162,10 @@ func (f *flags) masterLimits(l *master.Limits) {
 		"to take more CPU time than this on one core (0: no limit)")
 	f.Var(limitValue[int64]{&l.MaxTaskMemory}, "max-task-memory", "refuse uploads (413) whose task is estimated from the image's header and operations "+
 		"to hold more bytes of memory than this at once (0: no limit)")
+	f.Var(limitValue[int64]{&l.QuotaTasks}, "quota-tasks", "the most tasks one owner (an API key, or a client address) may keep at once, whatever their state, until deleted or expired (--retention): "+
+		"more uploads are refused (429, Retry-After) (0: no quota)")
+	f.Var(bytesValue{&l.QuotaBytes}, "quota-bytes", "the most bytes of uploaded images one owner may keep at once (or with kB, MB, GB, KiB, MiB, GiB): "+
+		"an upload that would pass it is refused before it is stored (507, Retry-After); results are not counted (0: no quota)")
 }
 
 // sweeps defines the master's sweeps: of the tasks past their retention, and of the images no task wants.

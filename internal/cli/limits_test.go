@@ -11,8 +11,8 @@ import (
 
 func TestLimitFlagsInHelp(t *testing.T) {
 	for cmd, flags := range map[string][]string{
-		"master": {"max-upload", "max-dimension", "max-pixels", "max-queued", "max-task-cost", "max-task-memory"},
-		"serve":  {"max-upload", "max-dimension", "max-pixels", "max-queued", "max-task-cost", "max-task-memory"},
+		"master": {"max-upload", "max-dimension", "max-pixels", "max-queued", "max-task-cost", "max-task-memory", "quota-tasks", "quota-bytes"},
+		"serve":  {"max-upload", "max-dimension", "max-pixels", "max-queued", "max-task-cost", "max-task-memory", "quota-tasks", "quota-bytes"},
 		"worker": {"max-pixels"},
 	} {
 		checkHelpLists(t, cmd, flags...)
@@ -54,7 +54,12 @@ func TestLimitFlags(t *testing.T) {
 		MaxTaskCost: master.NoLimit, MaxTaskMemory: master.NoLimit}); err != nil || l != want {
 		t.Errorf("limits from flags over the environment = %+v, %v; want %+v (0: no limit)", l, err, want)
 	}
-	for _, args := range [][]string{{"--max-queued", "-1"}, {"--max-pixels", "-5"}, {"--max-dimension", "many"},
+	// Quotas are off by default (above), and take a count and a size.
+	l, err = parseLimits(t, map[string]string{"IMGMILL_QUOTA_TASKS": "100"}, "--quota-bytes", "2GiB")
+	if err != nil || l.QuotaTasks != 100 || l.QuotaBytes != 2<<30 {
+		t.Errorf("quotas = %d tasks, %d bytes, %v; want 100 tasks and 2 GiB", l.QuotaTasks, l.QuotaBytes, err)
+	}
+	for _, args := range [][]string{{"--quota-tasks", "-1"}, {"--quota-bytes", "-1"}, {"--quota-bytes", "lots"}, {"--max-queued", "-1"}, {"--max-pixels", "-5"}, {"--max-dimension", "many"},
 		{"--max-task-cost", "-1s"}, {"--max-task-cost", "30"}, {"--max-task-memory", "-1"}, {"--max-task-memory", "1GB"}} {
 		if _, err := parseLimits(t, nil, args...); !errors.Is(err, errUsage) {
 			t.Errorf("%v: err %v, want a usage error", args, err)

@@ -95,9 +95,18 @@ func (c *Database) AbandonTask(ctx context.Context, id int64, reason string) err
 	return expectSuccess(c.p.sendText(ctx, call{method: http.MethodPost, path: "/abandonTask", query: q, idempotent: true}))
 }
 
-// ActivateTask makes a pending task claimable.
-func (c *Database) ActivateTask(ctx context.Context, id int64) error {
-	return expectSuccess(c.p.sendText(ctx, call{method: http.MethodPost, path: "/activateTask", query: idQuery(id), idempotent: true}))
+// ActivateTask makes a pending task claimable; size is the bytes of its stored image, counted in its
+// owner's usage.
+func (c *Database) ActivateTask(ctx context.Context, id, size int64) error {
+	q := idQuery(id)
+	q.Set("size", strconv.FormatInt(size, 10))
+	return expectSuccess(c.p.sendText(ctx, call{method: http.MethodPost, path: "/activateTask", query: q, idempotent: true}))
+}
+
+// Usage returns what owner keeps stored: its tasks not deleted and their images' bytes.
+func (c *Database) Usage(ctx context.Context, owner string) (wire.Usage, error) {
+	reply, err := c.p.sendText(ctx, call{method: http.MethodGet, path: "/usage", query: url.Values{"owner": {owner}}, idempotent: true})
+	return jsonReply[wire.Usage]("usage", reply, err)
 }
 
 // CancelTask cancels a task that has not finished and returns it (state Cancelled); cancelling a

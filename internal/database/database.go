@@ -286,12 +286,36 @@ func (s *server) wireTask(t taskstore.Task) wire.Task {
 		Op: t.Op, RetryAt: t.RetryAt, Retries: t.Retries, Pending: t.Pending && t.State == wire.NotStarted, Owner: t.Owner}
 }
 
-func (s *server) activateTask(ctx context.Context, id int64) error {
-	if err := s.store.Activate(ctx, id); err != nil {
+// handleActivateTask makes a pending task claimable. The additive size parameter is the bytes of its
+// stored image, counted in its owner's usage (0 when absent: a reference master tells none).
+func (s *server) handleActivateTask(w http.ResponseWriter, r *http.Request) error {
+	id, err := httpapi.QueryID(r, "id")
+	if err != nil {
+		return err
+	}
+	var size int64
+	if v := r.URL.Query().Get("size"); v != "" {
+		if size, err = strconv.ParseInt(v, 10, 64); err != nil || size < 0 {
+			return httpapi.Errorf(http.StatusBadRequest, "size: want a number of bytes, got %q", v)
+		}
+	}
+	if err := s.store.Activate(r.Context(), id, size); err != nil {
 		return storeError(id, err)
 	}
 	s.news.broadcast()
+	httpapi.WriteText(w, http.StatusOK, "success")
 	return nil
+}
+
+// handleUsage answers what the owner named by the owner parameter keeps stored (additive; "" is the
+// owner of tasks that name none), for the master's quotas.
+func (s *server) handleUsage(w http.ResponseWriter, r *http.Request) error {
+	owner := r.URL.Query().Get("owner")
+	u, err := s.store.Usage(r.Context(), owner)
+	if err != nil {
+		return fmt.Errorf("read usage: %w", err)
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, wire.Usage{Tasks: u.Tasks, Bytes: u.Bytes})
 }
 
 func (s *server) handleFinishTask(w http.ResponseWriter, r *http.Request) error {

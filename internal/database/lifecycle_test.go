@@ -112,3 +112,21 @@ func TestClaimExpired(t *testing.T) {
 	forever.expect("POST", "/setById", nil, fmt.Sprintf(`{"id":%d,"state":3}`, id), 200, "success")
 	forever.expect("POST", "/claimExpired", nil, "", 200, `{"ids":[]}`)
 }
+
+// TestUsage: GET /usage counts an owner's tasks from their creation and the size activateTask was told,
+// until they are deleted; a bad size is refused.
+func TestUsage(t *testing.T) {
+	db := newDB(t, longLease)
+	db.expect("GET", "/usage", url.Values{"owner": {""}}, "", 200, `{"tasks":0,"bytes":0}`)
+	a := db.newTask(true)
+	b := db.newTask(true)
+	db.expect("GET", "/usage", nil, "", 200, `{"tasks":2,"bytes":0}`)
+	db.expect("POST", "/activateTask", url.Values{"id": {fmt.Sprint(a)}, "size": {"1000"}}, "", 200, "success")
+	db.expect("POST", "/activateTask", url.Values{"id": {fmt.Sprint(b)}, "size": {"-1"}}, "", 400,
+		`Error: size: want a number of bytes, got "-1"`)
+	db.expect("POST", "/activateTask", idQuery(b), "", 200, "success") // a reference master tells no size
+	db.expect("GET", "/usage", url.Values{"owner": {""}}, "", 200, `{"tasks":2,"bytes":1000}`)
+	db.expect("GET", "/usage", url.Values{"owner": {"someone else"}}, "", 200, `{"tasks":0,"bytes":0}`)
+	db.expect("DELETE", "/task", idQuery(a), "", 204, "")
+	db.expect("GET", "/usage", nil, "", 200, `{"tasks":1,"bytes":0}`)
+}

@@ -8,7 +8,7 @@ import (
 
 func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("POST /newTask", httpapi.HandlerFunc(s.handleNewTask))
-	mux.Handle("POST /activateTask", httpapi.IDCommand(s.activateTask))
+	mux.Handle("POST /activateTask", httpapi.HandlerFunc(s.handleActivateTask))
 	mux.Handle("GET /getById", httpapi.HandlerFunc(s.handleGetByID))
 	mux.Handle("POST /getByIds", httpapi.HandlerFunc(s.handleGetByIDs))
 	mux.Handle("POST /getNewTask", httpapi.HandlerFunc(s.handleGetNewTask))
@@ -23,6 +23,7 @@ func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("POST /claimExpired", httpapi.HandlerFunc(s.handleClaimExpired))
 	mux.Handle("GET /list", httpapi.HandlerFunc(s.handleList))
 	mux.Handle("GET /stats", httpapi.HandlerFunc(s.handleStats))
+	mux.Handle("GET /usage", httpapi.HandlerFunc(s.handleUsage))
 	mux.Handle("GET /healthz", httpapi.Healthz(s.store.Ping))
 	mux.Handle("GET /livez", httpapi.Livez())
 }

@@ -76,11 +76,17 @@ func newStack(t *testing.T) *stack {
 
 func newStackWith(t *testing.T, opts frontend.Limits) *stack {
 	t.Helper()
+	return newStackOver(t, servicetest.Options{MaxUpload: maxUpload}, opts)
+}
+
+// newStackOver is newStackWith over a stack started with stackOpts.
+func newStackOver(t *testing.T, stackOpts servicetest.Options, opts frontend.Limits) *stack {
+	t.Helper()
 	ids, err := publicid.New(testSecret)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &stack{Stack: servicetest.NewStack(t, servicetest.Options{MaxUpload: maxUpload}), ids: ids}
+	s := &stack{Stack: servicetest.NewStack(t, stackOpts), ids: ids}
 	s.master = &countingEndpoint{Static: client.Static(servicetest.Addr(s.MasterURL))}
 	s.frontendURL = servicetest.Serve(t, frontend.NewServer(client.NewMaster(s.HTTP, s.master), ids, opts)).URL
 	return s

@@ -67,6 +67,14 @@ type Limits struct {
 	// MaxTaskMemory is the most bytes a task may be estimated to hold at once (413); default
 	// DefaultMaxTaskMemory.
 	MaxTaskMemory int64
+	// QuotaTasks is the most tasks one owner may keep at once, whatever their state, until they are
+	// deleted or expire: more uploads are refused with 429 and Retry-After. Zero or NoLimit is none
+	// (the default).
+	QuotaTasks int64
+	// QuotaBytes is the most bytes of uploaded images one owner may keep at once: an upload that would
+	// pass it is refused with 507 and Retry-After, before any of it is stored. Zero or NoLimit is none
+	// (the default).
+	QuotaBytes int64
 }
 
 // WithDefaults returns l with its zero fields set to the defaults.

@@ -23,17 +23,30 @@ import (
 )
 
 // NewServer returns the master's handler; limits bound what it accepts (zero fields take the defaults).
-func NewServer(db *client.Database, storage *client.Storage, limits Limits) http.Handler {
+func NewServer(db *client.Database, storage *client.Storage, limits Limits, opts ...Option) http.Handler {
 	mux := httpapi.NewMux()
-	addRoutes(mux, &server{db: db, storage: storage, limits: limits.WithDefaults(),
-		queue: &queueGauge{db: db, ttl: queueCacheTTL}})
+	s := &server{db: db, storage: storage, limits: limits.WithDefaults(),
+		queue: &queueGauge{db: db, ttl: queueCacheTTL}}
+	for _, o := range opts {
+		o(s)
+	}
+	addRoutes(mux, s)
 	return mux
+}
+
+// Option adjusts the server NewServer builds.
+type Option func(*server)
+
+// WithMetrics counts the deletes, cancels and quota refusals of the server in m.
+func WithMetrics(m *Metrics) Option {
+	return func(s *server) { s.metrics = m }
 }
 
 type server struct {
 	db       *client.Database
 	storage  *client.Storage
 	limits   Limits
+	metrics  *Metrics // nil: none
 	queue    *queueGauge
 	finishes finishWaiters
 	// changes wakes the long polls of POST /statuses: every change of a task's state that passes
@@ -92,6 +105,14 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 	if err := s.checkQueue(w, r); err != nil {
 		return err
 	}
+	// An upload with an idempotency key may be the retry of one that was stored: its quota is checked
+	// once its task is known to be new.
+	var limit func(io.Reader) io.Reader
+	if key == "" {
+		if limit, err = s.checkQuota(r.Context(), owner, r.ContentLength, false); err != nil {
+			return err
+		}
+	}
 	var body io.Reader = r.Body
 	if maxUpload > 0 {
 		body = http.MaxBytesReader(w, r.Body, maxUpload)
@@ -131,15 +152,36 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 			return nil
 		}
 	}
+	switch {
+	case limit != nil:
+	case created.Replayed:
+		// Completing the pending task of an earlier request with the key, which passed the quota: a
+		// request refused for it deleted its task, and with it the key.
+		limit = func(r io.Reader) io.Reader { return r }
+	default:
+		// Keyed and new: the task counts already. A refused one is deleted, so that it neither counts
+		// nor answers for its key.
+		if limit, err = s.checkQuota(ctx, owner, r.ContentLength, true); err != nil {
+			s.remove(ctx, id)
+			return err
+		}
+	}
 	// The image's structure is checked as it streams to storage: an image over a decoding budget (a
-	// progressive JPEG of too many scans) fails the upload before storage keeps anything.
-	image := imageop.CheckStructure(header.Format, io.MultiReader(bytes.NewReader(head), body))
+	// progressive JPEG of too many scans) fails the upload before storage keeps anything. Its bytes are
+	// counted for its owner's usage.
+	image := &counting{r: imageop.CheckStructure(header.Format, limit(io.MultiReader(bytes.NewReader(head), body)))}
 	if err := s.storage.SendImage(ctx, id, wire.WorkingImage, image, r.ContentLength); err != nil {
+		if refusal, ok := overQuota(err); ok {
+			s.metrics.countQuotaRefusal("bytes")
+			// Nothing was stored: the task goes, rather than count against the quota as a failed upload.
+			s.remove(ctx, id)
+			return refusal
+		}
 		err = uploadError(err)
 		s.abandon(ctx, id, err)
 		return err
 	}
-	if err := s.db.ActivateTask(ctx, id); err != nil {
+	if err := s.db.ActivateTask(ctx, id, image.n); err != nil {
 		if client.IsStatus(err, http.StatusConflict) {
 			// Given up meanwhile: another request with the same key failed and abandoned it, or the
 			// task was cancelled or deleted while its upload streamed in. The image just stored is
@@ -179,6 +221,16 @@ func (s *server) discardUpload(ctx context.Context, id int64) {
 	defer cancel()
 	if err := s.storage.DeleteImages(ctx, id); err != nil {
 		httpapi.LoggerFrom(ctx).WarnContext(ctx, "cannot remove the upload of a task given up meanwhile", "task", id, "err", err)
+	}
+}
+
+// remove deletes the task of an upload refused for its owner's quota, before any of its image was
+// stored. When the database cannot be reached, the pending task expires by itself later.
+func (s *server) remove(ctx context.Context, id int64) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abandonTimeout)
+	defer cancel()
+	if err := s.db.DeleteTask(ctx, id); err != nil {
+		httpapi.LoggerFrom(ctx).WarnContext(ctx, "cannot remove the task of an upload refused for its quota", "task", id, "err", err)
 	}
 }
 
@@ -389,12 +441,22 @@ func (s *server) handleCancel(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	// A repeat is not counted: whether the task was cancelled already is asked first (cancels are rare;
+	// the task's cancel time would depend on the clocks of master and database agreeing).
+	repeat := false
+	if s.metrics != nil {
+		before, err := s.db.GetByID(r.Context(), id)
+		repeat = err == nil && before.State == wire.Cancelled
+	}
 	t, err := s.db.CancelTask(r.Context(), id)
 	if client.IsStatus(err, http.StatusBadRequest) {
 		return httpapi.Errorf(http.StatusNotFound, "no task with id %d", id)
 	}
 	if err != nil {
 		return err
+	}
+	if !repeat {
+		s.metrics.countCancelled()
 	}
 	s.changes.finished(id)
 	return httpapi.WriteJSON(w, http.StatusOK, statusOf(t))
@@ -413,6 +475,7 @@ func (s *server) handleDelete(w http.ResponseWriter, r *http.Request) error {
 	if err := removeTask(r.Context(), s.db, s.storage, id); err != nil {
 		return err
 	}
+	s.metrics.countDeleted()
 	s.changes.finished(id)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
@@ -631,11 +694,12 @@ func Run(ctx context.Context, cfg Config) error {
 	// is a process of this machine, as trusted as the frontend; --insecure opens it to anyone.
 	limits.TrustOwner = cfg.Token != "" || !cfg.Insecure
 	every := cmp.Or(cfg.SweepEvery, DefaultSweepEvery)
+	reg := metrics.New("master")
+	m := NewMetrics(reg)
 	sweep := func(ctx context.Context) error {
-		NewSweeper(db, storage).Run(ctx, every, cfg.Logger)
+		NewSweeper(db, storage).WithMetrics(m).Run(ctx, every, cfg.Logger)
 		return nil
 	}
-	reg := metrics.New("master")
 	background := []func(context.Context) error{sweep}
 	if cfg.OrphanSweepEvery > 0 {
 		orphans := NewOrphanSweeper(db, storage, cfg.OrphanGrace, reg)
@@ -644,6 +708,6 @@ func Run(ctx context.Context, cfg Config) error {
 			return nil
 		})
 	}
-	return service.Run(ctx, cfg.Spec(service.Spec{Handler: NewServer(db, storage, limits),
+	return service.Run(ctx, cfg.Spec(service.Spec{Handler: NewServer(db, storage, limits, WithMetrics(m)),
 		RegisterAs: wire.MasterKey, KV: cfg.KV, Internal: true, Metrics: reg, Background: background}))
 }

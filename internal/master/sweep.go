@@ -32,11 +32,18 @@ const sweepParallel = 8
 type Sweeper struct {
 	db      *client.Database
 	storage *client.Storage
+	metrics *Metrics // nil: none
 }
 
 // NewSweeper returns a sweeper that removes expired tasks through db and storage.
 func NewSweeper(db *client.Database, storage *client.Storage) *Sweeper {
 	return &Sweeper{db: db, storage: storage}
+}
+
+// WithMetrics counts the tasks w removes in m, and returns w.
+func (w *Sweeper) WithMetrics(m *Metrics) *Sweeper {
+	w.metrics = m
+	return w
 }
 
 // Sweep removes expired tasks until the database has none left to hand out, and returns how many it
@@ -58,6 +65,7 @@ func (w *Sweeper) Sweep(ctx context.Context) (int, error) {
 					return fmt.Errorf("remove expired task %d: %w", id, err)
 				}
 				removed.Add(1)
+				w.metrics.countExpired()
 				return nil
 			})
 		}

@@ -72,6 +72,8 @@ type Options struct {
 	MasterDatabaseAddr, MasterStorageAddr string
 	// Retention is the database's retention (0 keeps tasks forever).
 	Retention time.Duration
+	// MasterOptions adjust the master (say, master.WithMetrics).
+	MasterOptions []master.Option
 }
 
 // Stack is a real database and storage service (their stores under t.TempDir()), a master in front of
@@ -114,7 +116,7 @@ func NewStack(t testing.TB, opts Options) *Stack {
 	if opts.MaxUpload != 0 {
 		limits.MaxUpload = opts.MaxUpload
 	}
-	s.MasterURL = Serve(t, master.NewServer(db, st, limits)).URL
+	s.MasterURL = Serve(t, master.NewServer(db, st, limits, opts.MasterOptions...)).URL
 	t.Cleanup(stopDatabase) // end long polls before the master's server waits for the requests holding them
 	s.Master = client.NewMaster(s.HTTP, client.Static(Addr(s.MasterURL)))
 	return s

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"path/filepath"
 	"testing"
 
@@ -78,6 +79,16 @@ func TestStorageMetrics(t *testing.T) {
 	check("after a range", "imgmill_storage_bytes_served_total", "finished", 100)
 	s.get("9", "finished") // 404: nothing served
 	check("after a miss", "imgmill_storage_bytes_served_total", "finished", 100)
+
+	// What is held now, by state, follows the writes and the deletes.
+	check("before a delete", "imgmill_storage_stored_bytes", "working", float64(len(upload)))
+	check("before a delete", "imgmill_storage_stored_objects", "working", 1)
+	check("before a delete", "imgmill_storage_stored_bytes", "finished", float64(len(result)))
+	s.expectText(s.do(s.request("DELETE", "/images", url.Values{"id": {"7"}}, nil, 0)), 204, "")
+	for _, state := range []string{"working", "finished"} {
+		check("after a delete", "imgmill_storage_stored_bytes", state, 0)
+		check("after a delete", "imgmill_storage_stored_objects", state, 0)
+	}
 
 	if got := value("imgmill_http_requests_total", "route", "GET /getImage", "code", "200"); got != 2 {
 		t.Errorf("GET /getImage 200 counted %v times, want 2", got)

@@ -166,6 +166,12 @@ func (c Counts) Total() int64 {
 	return c.Queued + c.Pending + c.Processing + c.Finished + c.Failed + c.Cancelled
 }
 
+// Usage is what one owner keeps stored (see Store.Usage).
+type Usage struct {
+	Tasks int64 // tasks not deleted, pending ones included
+	Bytes int64 // the sizes of their source images, as Activate recorded them
+}
+
 // CreateParams describes a new task.
 type CreateParams struct {
 	Pending     bool
@@ -199,9 +205,10 @@ type Store interface {
 	// Otherwise it creates a task as Create does, keeping the key with it, and returns it. Concurrent
 	// calls with one key create one task.
 	CreateOnce(ctx context.Context, p CreateParams, key string, window time.Duration) (t Task, replayed bool, err error)
-	// Activate makes a pending task claimable; activating an active task is a no-op. ErrNotFound,
-	// ErrNotPending for a pending task that expired.
-	Activate(ctx context.Context, id int64) error
+	// Activate makes a pending task claimable and records size, the bytes of its stored image, in its
+	// owner's Usage; activating an active task is a no-op (its size stays). ErrNotFound, ErrNotPending
+	// for a pending task that expired.
+	Activate(ctx context.Context, id, size int64) error
 	// Get returns one task, or ErrNotFound.
 	Get(ctx context.Context, id int64) (Task, error)
 	// Claim takes a claimable task (not started and not pending, with no RetryAt in the future; or in
@@ -243,7 +250,9 @@ type Store interface {
 	// returns it unchanged. ErrSettled for a finished or failed task (as Get reports it), ErrNotFound for
 	// an unknown or deleted id. Durable when it returns.
 	Cancel(ctx context.Context, id int64) (Task, error)
-	// Delete removes a task's record, leaving a tombstone (state Deleted, its op and error cleared):
+	// Delete removes a task's record, leaving a tombstone (state Deleted, its op, error, owner, size
+	// and idempotency key cleared: nothing of who asked for what stays), and takes it out of its
+	// owner's Usage:
 	// Get, List, Counts and Claim no longer see it, Set and Cancel answer ErrNotFound, a holder's
 	// guarded updates are refused with ErrCancelled, and deleting it again is a no-op. ErrNotFound for
 	// an id that never existed. Durable when it returns.
@@ -258,6 +267,10 @@ type Store interface {
 	// it. A task whose lease lapsed out of attempts is taken once a Claim recorded its failure. The
 	// query walks an index of settled tasks and touches only the batch, so it never holds up claims.
 	ClaimExpired(ctx context.Context, olderThan time.Duration, limit int, hold time.Duration) ([]int64, error)
+	// Usage returns what owner keeps stored: its tasks that are not deleted, whatever their state, and
+	// the sizes Activate recorded for them. It reads one row kept by the statements that change tasks,
+	// so it is exact and cheap; the master checks it before accepting each upload (quotas).
+	Usage(ctx context.Context, owner string) (Usage, error)
 	// List yields every task in id order.
 	List(ctx context.Context) iter.Seq2[Task, error]
 	// Counts returns how many tasks are in each state, from one consistent view (it agrees with a List

@@ -101,6 +101,13 @@ type Stats struct {
 	Cancelled  int64 `json:"cancelled"` // additive
 }
 
+// Usage is the database's GET /usage answer (additive): what one owner keeps stored, counted for the
+// master's quotas.
+type Usage struct {
+	Tasks int64 `json:"tasks"` // tasks not deleted, whatever their state
+	Bytes int64 `json:"bytes"` // their source images' sizes, as told at activation
+}
+
 // Status is the master's /status answer.
 type Status struct {
 	ID          int64     `json:"id"`

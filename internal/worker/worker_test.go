@@ -1051,7 +1051,7 @@ func queueDirectlyWithOp(ctx context.Context, t *testing.T, s *servicetest.Stack
 	if err := s.Storage.SendImage(ctx, id, wire.WorkingImage, bytes.NewReader(data), int64(len(data))); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Database.ActivateTask(ctx, id); err != nil {
+	if err := s.Database.ActivateTask(ctx, id, int64(len(data))); err != nil {
 		t.Fatal(err)
 	}
 	return id

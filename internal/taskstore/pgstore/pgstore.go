@@ -228,7 +228,7 @@ const (
 	// activateSQL writes only a pending task that did not fail (expire), and was not cancelled or
 	// deleted, before its upload completed;
 	// activating an active task is a no-op, told apart by the probe.
-	activateSQL = `UPDATE tasks SET pending = false WHERE id = @id::bigint AND pending AND state NOT IN (3, 4, 5)
+	activateSQL = `UPDATE tasks SET pending = false, size = @size::bigint WHERE id = @id::bigint AND pending AND state NOT IN (3, 4, 5)
 		RETURNING ` + wakeIfClaimable
 
 	// abandonSQL fails a pending task that has not failed yet, as readers see it.
@@ -326,10 +326,11 @@ const (
 		WHERE id = @id::bigint AND (state = 0 OR state = 1 AND NOT (` + lapsedOut + `))
 		RETURNING ` + returnColumns
 
-	// deleteSQL leaves a tombstone: the row keeps its id and its token, and loses what the client gave.
+	// deleteSQL leaves a tombstone: the row keeps its id and its token, and loses what the client gave
+	// and who the client was.
 	// The idempotency key goes, so a retry with it creates a new task.
 	deleteSQL = `UPDATE tasks SET state = 5, op = '', error = '', lease_until = NULL, retry_at = NULL,
-		idem_key = NULL, finished_at = @now::timestamptz
+		idem_key = NULL, owner = '', size = 0, finished_at = @now::timestamptz
 		WHERE id = @id::bigint`
 
 	// expireSQL fails pending tasks that are still waiting (not started, or set in progress by hand
@@ -673,7 +674,7 @@ func keyTaken(err error) bool {
 }
 
 // Activate makes a pending task claimable.
-func (s *Store) Activate(ctx context.Context, id int64) error {
+func (s *Store) Activate(ctx context.Context, id, size int64) error {
 	if err := s.usable(); err != nil {
 		return fmt.Errorf("pgstore: activate %d: %w", id, err)
 	}
@@ -682,7 +683,7 @@ func (s *Store) Activate(ctx context.Context, id int64) error {
 	// update would now match: then update again.
 	for range 3 {
 		var woke bool
-		err := s.pool.QueryRow(ctx, activateSQL, pgx.NamedArgs{"id": id, "origin": s.origin}).Scan(&woke)
+		err := s.pool.QueryRow(ctx, activateSQL, pgx.NamedArgs{"id": id, "size": size, "origin": s.origin}).Scan(&woke)
 		if err == nil {
 			return nil
 		}
@@ -1103,6 +1104,21 @@ func (s *Store) Counts(ctx context.Context) (taskstore.Counts, error) {
 	}
 	c.Finished = total - deleted - c.Queued - c.Pending - c.Processing - c.Failed - c.Cancelled
 	return c, nil
+}
+
+// usageSQL reads one owner's row of the usage table; an owner without one keeps nothing.
+const usageSQL = `SELECT coalesce(sum(tasks), 0)::bigint, coalesce(sum(bytes), 0)::bigint FROM usage WHERE owner = @owner::text`
+
+// Usage returns what owner keeps stored.
+func (s *Store) Usage(ctx context.Context, owner string) (taskstore.Usage, error) {
+	if err := s.usable(); err != nil {
+		return taskstore.Usage{}, fmt.Errorf("pgstore: usage: %w", err)
+	}
+	var u taskstore.Usage
+	if err := s.pool.QueryRow(ctx, usageSQL, pgx.NamedArgs{"owner": owner}).Scan(&u.Tasks, &u.Bytes); err != nil {
+		return taskstore.Usage{}, fmt.Errorf("pgstore: usage: %w", classify(ctx, err))
+	}
+	return u, nil
 }
 
 // Ping checks that the server answers within pingTimeout (and that the store has connected).

@@ -85,6 +85,9 @@ func TestStore(t *testing.T) {
 		{"ErrorsWrapped", testErrorsWrapped},
 		{"ListPages", testListPages},
 		{"Fill", testFill},
+		{"TombstoneKeepsNothingPersonal", testTombstoneKeepsNothingPersonal},
+		{"SharedUsage", testSharedUsage},
+		{"MigrateFromV5", testMigrateFromV5},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -334,9 +337,9 @@ func testWatch(t *testing.T, pg *enginetest.Postgres) {
 	_, err = b.Create(ctx, taskstore.CreateParams{Pending: true}) // 2
 	must(err)
 	w.quiet(t, "Create of a pending task")
-	must(b.Activate(ctx, 2))
+	must(b.Activate(ctx, 2, 0))
 	w.expect(t, "Activate")
-	must(b.Activate(ctx, 2))
+	must(b.Activate(ctx, 2, 0))
 	w.quiet(t, "Activate of an active task")
 
 	c := claim() // 0
@@ -1265,5 +1268,162 @@ func BenchmarkCounts(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// testTombstoneKeepsNothingPersonal: a tombstone keeps nothing of who asked for what (owner, operation,
+// error, idempotency key, size), and its owner's rows (usage, and the turn) go once it keeps nothing.
+func testTombstoneKeepsNothingPersonal(t *testing.T, pg *enginetest.Postgres) {
+	ctx := t.Context()
+	s := openStore(t, pg.NewDatabase(t), Options{})
+	task, _, err := s.CreateOnce(ctx, taskstore.CreateParams{Pending: true, Op: "grayscale", Owner: "203.0.113.9"}, "fe-secret", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Activate(ctx, task.ID, 4096); err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.Claim(ctx, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Fail(ctx, c.ID, c.Token, "cannot decode photo-of-alice.jpg", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, task.ID); err != nil {
+		t.Fatal(err)
+	}
+	var state, size int64
+	var owner, op, reason string
+	var key *string
+	if err := s.pool.QueryRow(ctx, `SELECT state, owner, op, error, idem_key, size FROM tasks WHERE id = $1`, task.ID).
+		Scan(&state, &owner, &op, &reason, &key, &size); err != nil {
+		t.Fatal(err)
+	}
+	if state != 5 || owner != "" || op != "" || reason != "" || key != nil || size != 0 {
+		t.Errorf("tombstone row = state %d, owner %q, op %q, error %q, key %v, size %d; want state 5 and nothing else",
+			state, owner, op, reason, key, size)
+	}
+	// The last task of another owner, queued (so counted in the turn) when deleted.
+	queued, err := s.Create(ctx, taskstore.CreateParams{Owner: "key:bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, queued); err != nil {
+		t.Fatal(err)
+	}
+	for _, owner := range []string{"203.0.113.9", "key:bob"} {
+		for _, table := range []string{"usage", "owners"} {
+			var n int
+			if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM `+table+` WHERE owner = $1`, owner).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			if n != 0 {
+				t.Errorf("%s still names %s, whose tasks are all deleted", table, owner)
+			}
+		}
+	}
+}
+
+// testSharedUsage: two Stores creating, activating and deleting one owner's tasks at once keep its
+// usage exact.
+func testSharedUsage(t *testing.T, pg *enginetest.Postgres) {
+	ctx := t.Context()
+	stores := sharedPair(t, pg, nil)
+	const perStore = 40
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	for i, s := range stores {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range perStore {
+				id, err := s.Create(ctx, taskstore.CreateParams{Pending: true, Owner: "shared"})
+				if err == nil {
+					err = s.Activate(ctx, id, 10)
+				}
+				if err == nil && j%2 == i%2 {
+					err = s.Delete(ctx, id)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	u, err := stores[0].Usage(ctx, "shared")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (taskstore.Usage{Tasks: perStore, Bytes: perStore * 10}); u != want {
+		t.Errorf("Usage = %+v, want %+v", u, want)
+	}
+}
+
+// testMigrateFromV5: a database of schema version 5 (before usage) upgrades with every owner's tasks
+// counted, tombstones stripped of their owner, and owners that keep nothing forgotten.
+func testMigrateFromV5(t *testing.T, pg *enginetest.Postgres) {
+	ctx := t.Context()
+	dsn := pg.NewDatabase(t)
+	fsys := fstest.MapFS{}
+	for _, name := range []string{"0001_tasks.sql", "0002_retries.sql", "0003_owners.sql", "0004_cancel_delete.sql", "0005_retention.sql"} {
+		b, err := migrationFiles.ReadFile("migrations/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fsys["migrations/"+name] = &fstest.MapFile{Data: b}
+	}
+	old, err := open(ctx, dsn, Options{}, fsys)
+	if err != nil {
+		t.Fatalf("open at version 5: %v", err)
+	}
+	// Version 5's own triggers keep owners as the rows go in: alice has a queued and a finished task,
+	// bob a queued one, carol only a tombstone (queued once, then deleted).
+	for _, q := range []string{
+		`INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, owner) VALUES
+			(0, 0, false, 0, 3, now(), 'alice'), (1, 2, false, 1, 3, now(), 'alice'),
+			(2, 0, false, 0, 3, now(), 'bob'), (3, 0, false, 0, 3, now(), 'carol')`,
+		`UPDATE tasks SET state = 5, op = '', error = '', finished_at = now() WHERE id = 3`,
+		`UPDATE task_ids SET next_id = 4`,
+	} {
+		if _, err := old.pool.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s := openStore(t, dsn, Options{})
+	for owner, want := range map[string]taskstore.Usage{"alice": {Tasks: 2}, "bob": {Tasks: 1}, "carol": {}, "": {}} {
+		if got, err := s.Usage(ctx, owner); err != nil || got != want {
+			t.Errorf("Usage(%q) after the upgrade = %+v, %v; want %+v", owner, got, err, want)
+		}
+	}
+	var tombOwner string
+	var carol int
+	if err := s.pool.QueryRow(ctx, `SELECT owner, (SELECT count(*) FROM owners WHERE owner = 'carol') FROM tasks WHERE id = 3`).
+		Scan(&tombOwner, &carol); err != nil {
+		t.Fatal(err)
+	}
+	if tombOwner != "" || carol != 0 {
+		t.Errorf("after the upgrade the tombstone's owner is %q and owners has %d rows of carol; want none", tombOwner, carol)
+	}
+	for range 2 {
+		if _, err := s.Claim(ctx, time.Hour); err != nil {
+			t.Fatalf("Claim after the upgrade: %v", err)
+		}
+	}
+	if err := s.Delete(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Usage(ctx, "bob"); err != nil || got != (taskstore.Usage{}) {
+		t.Errorf("Usage(bob) after deleting his task = %+v, %v; want none", got, err)
 	}
 }

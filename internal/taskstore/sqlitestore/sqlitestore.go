@@ -57,7 +57,7 @@ type Store struct {
 	// a transaction's tx.StmtContext reuses them rather than re-preparing.
 	create, activate, sweep, settle, claim, extend, finish, fail, release, retry, set, expire, probe *sql.Stmt // on w
 	findKey, clearKey, createKeyed, abandon, cancel, del, claimExpired                               *sql.Stmt // on w
-	get, counts, ping                                                                                *sql.Stmt // on r
+	get, counts, ping, usage                                                                         *sql.Stmt // on r
 }
 
 var _ taskstore.Store = (*Store)(nil)
@@ -177,6 +177,70 @@ func migrations() []string {
 		// for a sweeper until sweep_until so that other sweepers skip it.
 		`ALTER TABLE tasks ADD COLUMN sweep_until INTEGER;
 		CREATE INDEX ` + settledIndex + ` ON tasks (finished_at) WHERE state IN (2, 3, 4);`,
+
+		// 9. Quotas and tombstone privacy. size is the bytes of a task's source image (Activate);
+		// usage holds, per owner, its tasks that are not deleted and their sizes, kept by triggers in
+		// the statement that changes a task, and its row goes once the owner keeps nothing. It is
+		// not the owners table: owners are written by every claim and join the turn when their first
+		// task becomes claimable, usage changes only when a task is created, activated or deleted. An
+		// owner that keeps nothing any more is forgotten in both (it joins the turn as new if it comes
+		// back); the two triggers a delete runs (in an order SQLite does not promise) both check it.
+		// A tombstone keeps no owner (delete sets it to ''), so the turn trigger only counts a task
+		// whose owner stays, and a move of owner takes the task's claimable count along. Tombstones
+		// of the past lose their owner here; tasks stored before have size 0 (their size was never
+		// told to the database).
+		`ALTER TABLE tasks ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+		UPDATE tasks SET owner = '' WHERE state = 5;
+		CREATE TABLE usage (
+			owner TEXT PRIMARY KEY,
+			tasks INTEGER NOT NULL,
+			bytes INTEGER NOT NULL
+		) STRICT, WITHOUT ROWID;
+		INSERT INTO usage (owner, tasks, bytes)
+			SELECT owner, COUNT(*), 0 FROM tasks WHERE state <> 5 GROUP BY owner;
+		DELETE FROM owners WHERE queued = 0 AND owner NOT IN (SELECT owner FROM usage);
+		DROP TRIGGER tasks_owner_update;
+		CREATE TRIGGER tasks_owner_update AFTER UPDATE OF state, pending, retry_at ON tasks
+		WHEN OLD.owner = NEW.owner
+			AND (OLD.state = 0 AND OLD.pending = 0 AND OLD.retry_at IS NULL) <> (NEW.state = 0 AND NEW.pending = 0 AND NEW.retry_at IS NULL)
+		BEGIN
+			INSERT OR IGNORE INTO owners (owner, queued, served) VALUES (NEW.owner, 0, (SELECT IFNULL(MAX(served), 0) + 1 FROM owners));
+			UPDATE owners SET
+				queued = queued + IIF(NEW.state = 0 AND NEW.pending = 0 AND NEW.retry_at IS NULL, 1, -1),
+				served = IIF(NEW.state = 1, (SELECT MAX(served) FROM owners) + 1, served)
+				WHERE owner = NEW.owner;
+		END;
+		CREATE TRIGGER tasks_owner_move AFTER UPDATE OF owner ON tasks
+		WHEN OLD.owner <> NEW.owner
+		BEGIN
+			UPDATE owners SET queued = queued - 1
+				WHERE owner = OLD.owner AND OLD.state = 0 AND OLD.pending = 0 AND OLD.retry_at IS NULL;
+			INSERT OR IGNORE INTO owners (owner, queued, served)
+				SELECT NEW.owner, 0, (SELECT IFNULL(MAX(served), 0) + 1 FROM owners)
+				WHERE NEW.state = 0 AND NEW.pending = 0 AND NEW.retry_at IS NULL;
+			UPDATE owners SET queued = queued + 1
+				WHERE owner = NEW.owner AND NEW.state = 0 AND NEW.pending = 0 AND NEW.retry_at IS NULL;
+			DELETE FROM owners WHERE owner = OLD.owner AND queued = 0
+				AND NOT EXISTS (SELECT 1 FROM usage WHERE owner = OLD.owner);
+		END;
+		CREATE TRIGGER tasks_usage_insert AFTER INSERT ON tasks
+		WHEN NEW.state <> 5
+		BEGIN
+			INSERT OR IGNORE INTO usage (owner, tasks, bytes) VALUES (NEW.owner, 0, 0);
+			UPDATE usage SET tasks = tasks + 1, bytes = bytes + NEW.size WHERE owner = NEW.owner;
+		END;
+		CREATE TRIGGER tasks_usage_update AFTER UPDATE OF state, owner, size ON tasks
+		WHEN OLD.owner <> NEW.owner OR (OLD.state = 5) <> (NEW.state = 5) OR OLD.size <> NEW.size
+		BEGIN
+			UPDATE usage SET tasks = tasks - 1, bytes = bytes - OLD.size
+				WHERE owner = OLD.owner AND OLD.state <> 5;
+			DELETE FROM usage WHERE owner = OLD.owner AND tasks <= 0;
+			DELETE FROM owners WHERE owner = OLD.owner AND queued = 0
+				AND NOT EXISTS (SELECT 1 FROM usage WHERE owner = OLD.owner);
+			INSERT OR IGNORE INTO usage (owner, tasks, bytes) SELECT NEW.owner, 0, 0 WHERE NEW.state <> 5;
+			UPDATE usage SET tasks = tasks + 1, bytes = bytes + NEW.size
+				WHERE owner = NEW.owner AND NEW.state <> 5;
+		END;`,
 	}
 }
 
@@ -249,7 +313,8 @@ const (
 
 	// activateSQL refuses a pending task that failed (expired) before its upload completed, or was
 	// cancelled or deleted meanwhile.
-	activateSQL = `UPDATE tasks SET pending = 0 WHERE id = :id AND state < 4 AND (pending = 0 OR state <> 3)`
+	activateSQL = `UPDATE tasks SET pending = 0, size = IIF(pending = 1, :size, size)
+		WHERE id = :id AND state < 4 AND (pending = 0 OR state <> 3)`
 
 	// abandonSQL fails a pending task that has not failed yet, as readers see it.
 	abandonSQL = `UPDATE tasks SET state = 3, finished_at = :now, lease_until = NULL, retry_at = NULL, error = :reason
@@ -334,10 +399,10 @@ const (
 		RETURNING ` + returnColumns
 
 	// deleteSQL leaves a tombstone: the row keeps its id (ids stay consecutive, Counts' total stays
-	// MAX(id)+1) and its token, and loses what the client gave. The idempotency key goes, so a retry
-	// with it creates a new task.
+	// MAX(id)+1) and its token, and loses what the client gave and who the client was. The
+	// idempotency key goes, so a retry with it creates a new task.
 	deleteSQL = `UPDATE tasks SET state = 5, op = '', error = '', lease_until = NULL, retry_at = NULL,
-		idem_key = NULL, finished_at = :now
+		idem_key = NULL, owner = '', size = 0, finished_at = :now
 		WHERE id = :id
 		RETURNING id`
 
@@ -354,6 +419,9 @@ const (
 			WHERE state IN (2, 3, 4) AND finished_at <= :cutoff AND (sweep_until IS NULL OR sweep_until <= :now)
 			ORDER BY finished_at, id LIMIT :limit)
 		RETURNING id, finished_at`
+
+	// usageSQL reads one owner's row of the usage table; an owner without one keeps nothing.
+	usageSQL = `SELECT IFNULL((SELECT tasks FROM usage WHERE owner = :owner), 0), IFNULL((SELECT bytes FROM usage WHERE owner = :owner), 0)`
 
 	// probeSQL explains why a guarded update matched no row.
 	probeSQL = `SELECT state, token FROM tasks WHERE id = :id`
@@ -482,6 +550,7 @@ func (s *Store) init(ctx context.Context, path string) error {
 		{s.r, &s.get, getSQL},
 		{s.r, &s.counts, countsSQL},
 		{s.r, &s.ping, pingSQL},
+		{s.r, &s.usage, usageSQL},
 	} {
 		if *p.stmt, err = p.db.PrepareContext(ctx, p.query); err != nil {
 			return fmt.Errorf("prepare %q: %w", firstLine(p.query), err)
@@ -621,8 +690,8 @@ func replays(old taskstore.Task, now time.Time, window time.Duration) bool {
 }
 
 // Activate makes a pending task claimable.
-func (s *Store) Activate(ctx context.Context, id int64) error {
-	res, err := s.activate.ExecContext(ctx, sql.Named("id", id))
+func (s *Store) Activate(ctx context.Context, id, size int64) error {
+	res, err := s.activate.ExecContext(ctx, sql.Named("id", id), sql.Named("size", size))
 	if err != nil {
 		return fmt.Errorf("sqlitestore: activate %d: %w", id, s.classify(err))
 	}
@@ -1022,6 +1091,15 @@ func (s *Store) Counts(ctx context.Context) (taskstore.Counts, error) {
 	}
 	c.Finished = total - deleted - c.Queued - c.Pending - c.Processing - c.Failed - c.Cancelled
 	return c, nil
+}
+
+// Usage returns what owner keeps stored.
+func (s *Store) Usage(ctx context.Context, owner string) (taskstore.Usage, error) {
+	var u taskstore.Usage
+	if err := s.usage.QueryRowContext(ctx, sql.Named("owner", owner)).Scan(&u.Tasks, &u.Bytes); err != nil {
+		return taskstore.Usage{}, fmt.Errorf("sqlitestore: usage: %w", s.classify(err))
+	}
+	return u, nil
 }
 
 // Ping reads from the database file. A full disk does not fail it: reads still work then.

@@ -391,7 +391,7 @@ func TestQueryPlansUseIndexes(t *testing.T) {
 		{"fail", failSQL, byRowid, failArgs},
 		{"release", releaseSQL, byRowid, tokenArgs},
 		{"set", setSQL, byRowid, setArgs},
-		{"activate", activateSQL, byRowid, []any{id}},
+		{"activate", activateSQL, byRowid, []any{id, sql.Named("size", int64(1))}},
 		{"probe", probeSQL, byRowid, []any{id}},
 		{"get", getSQL, byRowid, []any{id, now}},
 	} {
@@ -594,7 +594,7 @@ func TestMigrateFromV1(t *testing.T) {
 	if n, err := s.ExpirePending(ctx, time.Hour); err != nil || n != 1 {
 		t.Fatalf("ExpirePending of the v1 pending task = %d, %v; want 1", n, err)
 	}
-	if err := s.Activate(ctx, 1); !errors.Is(err, taskstore.ErrNotPending) {
+	if err := s.Activate(ctx, 1, 0); !errors.Is(err, taskstore.ErrNotPending) {
 		t.Fatalf("Activate of the expired v1 pending task: %v, want ErrNotPending", err)
 	}
 }
@@ -784,5 +784,124 @@ func BenchmarkClaim(b *testing.B) {
 				left--
 			}
 		})
+	}
+}
+
+// A tombstone keeps nothing of who asked for what: not the owner, the operation, the error, the
+// idempotency key nor the size; and its owner's rows (usage, and the turn) go once it keeps nothing.
+func TestTombstoneKeepsNothingPersonal(t *testing.T) {
+	ctx := t.Context()
+	s, _ := openTemp(t, nil)
+	defer closeStore(t, s)
+	task, _, err := s.CreateOnce(ctx, taskstore.CreateParams{Pending: true, Op: "grayscale", Owner: "203.0.113.9"}, "fe-secret", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Activate(ctx, task.ID, 4096); err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.Claim(ctx, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Fail(ctx, c.ID, c.Token, "cannot decode photo-of-alice.jpg", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, task.ID); err != nil {
+		t.Fatal(err)
+	}
+	var state, size int64
+	var owner, op, reason string
+	var key sql.NullString
+	if err := s.w.QueryRowContext(ctx, `SELECT state, owner, op, error, idem_key, size FROM tasks WHERE id = ?`, task.ID).
+		Scan(&state, &owner, &op, &reason, &key, &size); err != nil {
+		t.Fatal(err)
+	}
+	if state != 5 || owner != "" || op != "" || reason != "" || key.Valid || size != 0 {
+		t.Errorf("tombstone row = state %d, owner %q, op %q, error %q, key %v, size %d; want state 5 and nothing else",
+			state, owner, op, reason, key, size)
+	}
+	// The last task of another owner, queued (so counted in the turn) when deleted.
+	queued, err := s.Create(ctx, taskstore.CreateParams{Owner: "key:bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, queued); err != nil {
+		t.Fatal(err)
+	}
+	for _, owner := range []string{"203.0.113.9", "key:bob"} {
+		for _, table := range []string{"usage", "owners"} {
+			var n int
+			if err := s.w.QueryRowContext(ctx, `SELECT COUNT(*) FROM `+table+` WHERE owner = ?`, owner).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			if n != 0 {
+				t.Errorf("%s still names %s, whose tasks are all deleted", table, owner)
+			}
+		}
+	}
+}
+
+// TestMigrateFromV8: a database of schema version 8 (before usage) upgrades with every owner's tasks
+// counted, tombstones stripped of their owner, and owners that keep nothing forgotten.
+func TestMigrateFromV8(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "v8.db")
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for v, step := range migrations()[:8] {
+		if _, err := db.ExecContext(ctx, step); err != nil {
+			t.Fatalf("schema step %d: %v", v+1, err)
+		}
+	}
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC).UnixNano()
+	// Version 8's own triggers keep owners as the rows go in: alice has a queued and a finished task,
+	// bob a queued one, carol only a tombstone (queued once, then deleted).
+	for _, q := range []string{
+		`INSERT INTO tasks (id, state, pending, created_at, owner) VALUES (0, 0, 0, :now, 'alice'), (1, 2, 0, :now, 'alice'),
+			(2, 0, 0, :now, 'bob'), (3, 0, 0, :now, 'carol')`,
+		`UPDATE tasks SET state = 5, op = '', error = '', finished_at = :now WHERE id = 3`,
+		`PRAGMA user_version = 8`,
+	} {
+		if _, err := db.ExecContext(ctx, q, sql.Named("now", now)); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err := Open(ctx, path, Options{})
+	if err != nil {
+		t.Fatalf("Open of a v8 database: %v", err)
+	}
+	defer closeStore(t, s)
+	for owner, want := range map[string]taskstore.Usage{"alice": {Tasks: 2}, "bob": {Tasks: 1}, "carol": {}, "": {}} {
+		if got, err := s.Usage(ctx, owner); err != nil || got != want {
+			t.Errorf("Usage(%q) after the upgrade = %+v, %v; want %+v", owner, got, err, want)
+		}
+	}
+	var tombOwner string
+	var carol int
+	if err := s.w.QueryRowContext(ctx, `SELECT owner, (SELECT COUNT(*) FROM owners WHERE owner = 'carol') FROM tasks WHERE id = 3`).
+		Scan(&tombOwner, &carol); err != nil {
+		t.Fatal(err)
+	}
+	if tombOwner != "" || carol != 0 {
+		t.Errorf("after the upgrade the tombstone's owner is %q and owners has %d rows of carol; want none", tombOwner, carol)
+	}
+	// The turn goes on: both queued tasks are claimed, and deleting one frees its owner's usage.
+	for range 2 {
+		if _, err := s.Claim(ctx, time.Hour); err != nil {
+			t.Fatalf("Claim after the upgrade: %v", err)
+		}
+	}
+	if err := s.Delete(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Usage(ctx, "bob"); err != nil || got != (taskstore.Usage{}) {
+		t.Errorf("Usage(bob) after deleting his task = %+v, %v; want none", got, err)
 	}
 }

@@ -29,11 +29,11 @@ func testAbandon(t *testing.T, h *harness) {
 	h.clk.Advance(time.Second)
 	noErr(t, "Abandon(0) again", h.s.Abandon(h.ctx, 0, "again"))
 	checkTask(t, "after Abandon again", h.get(t, 0), want)
-	wantErr(t, "Activate of an abandoned task", h.s.Activate(h.ctx, 0), taskstore.ErrNotPending)
+	wantErr(t, "Activate of an abandoned task", h.s.Activate(h.ctx, 0, 0), taskstore.ErrNotPending)
 
 	wantErr(t, "Abandon of an active task", h.s.Abandon(h.ctx, 1, "x"), taskstore.ErrNotPending)
 	wantErr(t, "Abandon of an unknown task", h.s.Abandon(h.ctx, 99, "x"), taskstore.ErrNotFound)
-	noErr(t, "Activate(2)", h.s.Activate(h.ctx, 2))
+	noErr(t, "Activate(2)", h.s.Activate(h.ctx, 2, 0))
 	wantErr(t, "Abandon of an activated task", h.s.Abandon(h.ctx, 2, "x"), taskstore.ErrNotPending)
 	for _, id := range []int64{1, 2} {
 		if got := h.get(t, id); got.State != wire.NotStarted || got.Pending || got.Error != "" {

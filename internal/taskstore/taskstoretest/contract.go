@@ -80,6 +80,8 @@ func Run(t *testing.T, open OpenFunc) {
 		{"DeleteHolder", testDeleteHolder},
 		{"ClaimExpired", testClaimExpired},
 		{"ClaimExpiredConcurrent", testClaimExpiredConcurrent},
+		{"Usage", testUsage},
+		{"UsageDeleteQueued", testUsageDeleteQueued},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

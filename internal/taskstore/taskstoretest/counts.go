@@ -87,7 +87,7 @@ func testCounts(t *testing.T, h *harness) {
 	h.claimID(t, 1)
 	h.checkCounts(t, "after a claim", taskstore.Counts{Queued: 1, Pending: 1, Processing: 2, Finished: 1, Failed: 2})
 
-	noErr(t, "Activate(4)", h.s.Activate(h.ctx, 4))
+	noErr(t, "Activate(4)", h.s.Activate(h.ctx, 4, 0))
 	h.checkCounts(t, "activated", taskstore.Counts{Queued: 2, Processing: 2, Finished: 1, Failed: 2})
 
 	// Everything in progress lapses: 1 on its last attempt (failed), 5 with attempts left (queued).

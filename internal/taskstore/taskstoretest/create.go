@@ -39,7 +39,7 @@ func testOp(t *testing.T, h *harness) {
 			t.Fatalf("Get(%d).Op = %q, want %q", id, got, op)
 		}
 		if i%2 == 1 {
-			noErr(t, "Activate", h.s.Activate(h.ctx, id))
+			noErr(t, "Activate", h.s.Activate(h.ctx, id, 0))
 		}
 	}
 	for i := range ops {

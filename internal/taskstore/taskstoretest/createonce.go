@@ -121,7 +121,7 @@ func testCreateOncePending(t *testing.T, h *harness) {
 	}
 	checkTask(t, "the abandoned task", h.get(t, 0), abandoned)
 	h.createOnce(t, p, "a", window, true)
-	noErr(t, "Activate(1)", h.s.Activate(h.ctx, 1))
+	noErr(t, "Activate(1)", h.s.Activate(h.ctx, 1, 0))
 	if got := h.createOnce(t, p, "a", window, true); got.ID != 1 || got.Pending {
 		t.Fatalf("replay of an activated upload: %s", format(got))
 	}

@@ -57,7 +57,7 @@ func testCancelStates(t *testing.T, h *harness) {
 	// upload cannot be activated.
 	h.clk.Advance(10 * past)
 	h.noTask(t, "only cancelled and settled tasks")
-	wantErr(t, "Activate of a cancelled pending task", h.s.Activate(h.ctx, 5), taskstore.ErrNotPending)
+	wantErr(t, "Activate of a cancelled pending task", h.s.Activate(h.ctx, 5, 0), taskstore.ErrNotPending)
 	noErr(t, "Abandon of a cancelled pending task", h.s.Abandon(h.ctx, 5, "gone"))
 	if got := h.get(t, 5); got.State != wire.Cancelled {
 		t.Fatalf("Abandon changed a cancelled task: %s", format(got))
@@ -111,7 +111,7 @@ func testDeleteStates(t *testing.T, h *harness) {
 		h.checkCounts(t, "after a Delete", countsOf(before[id+1:]))
 	}
 	wantErr(t, "Delete of an unknown id", h.s.Delete(h.ctx, 7), taskstore.ErrNotFound)
-	wantErr(t, "Activate of a deleted pending task", h.s.Activate(h.ctx, 5), taskstore.ErrNotPending)
+	wantErr(t, "Activate of a deleted pending task", h.s.Activate(h.ctx, 5, 0), taskstore.ErrNotPending)
 	h.clk.Advance(10 * past)
 	h.noTask(t, "every task deleted")
 	if n, err := h.s.ExpirePending(h.ctx, 0); err != nil || n != 0 {

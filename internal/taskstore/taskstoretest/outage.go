@@ -79,7 +79,7 @@ func everyCall(s taskstore.Store, f fixture) []call {
 			}
 			return err
 		}},
-		{"Activate", false, func(ctx context.Context) error { return s.Activate(ctx, f.pending) }},
+		{"Activate", false, func(ctx context.Context) error { return s.Activate(ctx, f.pending, 0) }},
 		{"Abandon", false, func(ctx context.Context) error { return s.Abandon(ctx, f.pending, "") }},
 		{"Claim", false, func(ctx context.Context) error {
 			_, err := s.Claim(ctx, lease)
@@ -186,7 +186,7 @@ func RunOutage(t *testing.T, o Outage) {
 		t.Fatalf("Extend of the claim held through the outage: %v", err)
 	}
 	noErr(t, "Finish of the claim held through the outage", h.s.Finish(h.ctx, f.held.ID, f.held.Token))
-	noErr(t, "Activate after the outage", h.s.Activate(h.ctx, f.pending))
+	noErr(t, "Activate after the outage", h.s.Activate(h.ctx, f.pending, 0))
 	h.claimID(t, f.pending) // the oldest claimable task
 	h.claimID(t, f.once.ID)
 }

@@ -21,10 +21,10 @@ func testPendingAndActivate(t *testing.T, h *harness) {
 		t.Fatalf("pending task reads %s", format(got))
 	}
 
-	wantErr(t, "Activate(99)", h.s.Activate(h.ctx, 99), taskstore.ErrNotFound)
-	noErr(t, "Activate(2)", h.s.Activate(h.ctx, 2))
-	noErr(t, "Activate(2) again", h.s.Activate(h.ctx, 2))
-	noErr(t, "Activate(1) on an active in-progress task", h.s.Activate(h.ctx, 1))
+	wantErr(t, "Activate(99)", h.s.Activate(h.ctx, 99, 0), taskstore.ErrNotFound)
+	noErr(t, "Activate(2)", h.s.Activate(h.ctx, 2, 0))
+	noErr(t, "Activate(2) again", h.s.Activate(h.ctx, 2, 0))
+	noErr(t, "Activate(1) on an active in-progress task", h.s.Activate(h.ctx, 1, 0))
 	if got := h.get(t, 1); got.State != wire.InProgress || got.Pending {
 		t.Fatalf("Activate changed an in-progress task: %s", format(got))
 	}
@@ -34,7 +34,7 @@ func testPendingAndActivate(t *testing.T, h *harness) {
 	h.claimID(t, 2)
 	h.noTask(t, "task 0 still pending")
 
-	noErr(t, "Activate(0)", h.s.Activate(h.ctx, 0))
+	noErr(t, "Activate(0)", h.s.Activate(h.ctx, 0, 0))
 	got := h.claimID(t, 0)
 	if got.Pending || got.Attempts != 1 {
 		t.Fatalf("claimed formerly pending task: %s", format(got))
@@ -47,7 +47,7 @@ func testExpirePending(t *testing.T, h *harness) {
 	h.create(t, false) // 1, active
 	h.create(t, true)  // 2, pending, created 10 minutes later
 	h.create(t, true)  // 3, activated below
-	noErr(t, "Activate(3)", h.s.Activate(h.ctx, 3))
+	noErr(t, "Activate(3)", h.s.Activate(h.ctx, 3, 0))
 	h.create(t, true) // 4, pending, set in progress by hand below
 	noErr(t, "Set(4, InProgress)", h.s.Set(h.ctx, 4, wire.InProgress, 2*time.Hour))
 	before := h.list(t)
@@ -66,7 +66,7 @@ func testExpirePending(t *testing.T, h *harness) {
 	for _, id := range []int64{1, 2, 3, 4} {
 		checkTask(t, "task not due for expiry", h.get(t, id), before[id])
 	}
-	wantErr(t, "Activate of an expired task", h.s.Activate(h.ctx, 0), taskstore.ErrNotPending)
+	wantErr(t, "Activate of an expired task", h.s.Activate(h.ctx, 0, 0), taskstore.ErrNotPending)
 	checkTask(t, "after refused Activate", h.get(t, 0), want0)
 	if n, err := h.s.ExpirePending(h.ctx, 20*time.Minute); err != nil || n != 0 {
 		t.Fatalf("ExpirePending again = %d, %v; want 0", n, err)
@@ -93,7 +93,7 @@ func testExpirePending(t *testing.T, h *harness) {
 	for _, id := range []int64{0, 1, 3, 4} {
 		checkTask(t, "after the later ExpirePending", h.get(t, id), before[id])
 	}
-	wantErr(t, "Activate(2) after expiry", h.s.Activate(h.ctx, 2), taskstore.ErrNotPending)
+	wantErr(t, "Activate(2) after expiry", h.s.Activate(h.ctx, 2, 0), taskstore.ErrNotPending)
 
 	// A new pending task is safe until it is old enough, and can be activated in time.
 	h.create(t, true) // 5
@@ -101,7 +101,7 @@ func testExpirePending(t *testing.T, h *harness) {
 	if n, err := h.s.ExpirePending(h.ctx, 20*time.Minute); err != nil || n != 0 {
 		t.Fatalf("ExpirePending of a young pending task = %d, %v; want 0", n, err)
 	}
-	noErr(t, "Activate(5)", h.s.Activate(h.ctx, 5))
+	noErr(t, "Activate(5)", h.s.Activate(h.ctx, 5, 0))
 
 	// Once the lease on pending task 4 lapses, nobody works on it any more, and it expires too.
 	expiredAt = h.clk.Advance(time.Hour)

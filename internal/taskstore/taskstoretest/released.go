@@ -85,6 +85,11 @@ func CheckReleased(t *testing.T, s taskstore.Store, r Released, advance func(tim
 		t.Fatalf("Counts = %+v, want %+v", counts, c)
 	}
 
+	// The upgrade counted every task as kept by its owner "", with no bytes (their sizes were never told).
+	if u, err := s.Usage(ctx, ""); err != nil || u != (taskstore.Usage{Tasks: int64(len(r.Tasks))}) {
+		t.Fatalf("Usage(\"\") after the upgrade = %+v, %v; want %d tasks and no bytes", u, err, len(r.Tasks))
+	}
+
 	// The queued task is claimed and finished; the others wait: one for its retry, one for its upload,
 	// one for the worker that holds it.
 	claimed, err := s.Claim(ctx, time.Hour)
@@ -110,7 +115,7 @@ func CheckReleased(t *testing.T, s taskstore.Store, r Released, advance func(tim
 		t.Fatalf("CreateOnce with the released key = %+v, %v, %v; want task 5 replayed", again, replayed, err)
 	}
 	// The pending upload completes, and the retry comes due: both are claimed, in id order.
-	if err := s.Activate(ctx, 6); err != nil {
+	if err := s.Activate(ctx, 6, 0); err != nil {
 		t.Fatalf("Activate of the released pending task: %v", err)
 	}
 	advance(2 * time.Hour)
@@ -130,6 +135,16 @@ func CheckReleased(t *testing.T, s taskstore.Store, r Released, advance func(tim
 	}
 	if got, err := s.Get(ctx, id); err != nil || got.Owner != "key:new" || got.State != wire.NotStarted {
 		t.Fatalf("Get(%d) = %+v, %v; want a queued task of owner key:new", id, got, err)
+	}
+	// Deleting a released task frees its place in the usage of its owner.
+	if err := s.Delete(ctx, 0); err != nil {
+		t.Fatalf("Delete(0): %v", err)
+	}
+	if u, err := s.Usage(ctx, ""); err != nil || u != (taskstore.Usage{Tasks: int64(len(r.Tasks)) - 1}) {
+		t.Fatalf("Usage(\"\") after a delete = %+v, %v; want %d tasks", u, err, len(r.Tasks)-1)
+	}
+	if u, err := s.Usage(ctx, "key:new"); err != nil || u != (taskstore.Usage{Tasks: 1}) {
+		t.Fatalf("Usage(key:new) = %+v, %v; want 1 task", u, err)
 	}
 }
 

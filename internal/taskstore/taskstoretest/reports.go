@@ -84,7 +84,7 @@ func testFinishTokens(t *testing.T, h *harness) {
 	h.createN(t, 1)   // 3
 	c = h.claimID(t, 3)
 	h.clk.Advance(past)
-	noErr(t, "Activate(2)", h.s.Activate(h.ctx, 2))
+	noErr(t, "Activate(2)", h.s.Activate(h.ctx, 2, 0))
 	c2 := h.claimID(t, 2) // sweeps task 3 back to not started
 	if got := h.get(t, 3); got.State != wire.NotStarted || got.Token != c.Token {
 		t.Fatalf("swept task 3: %s", format(got))

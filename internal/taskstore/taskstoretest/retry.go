@@ -123,7 +123,7 @@ func testRetryWho(t *testing.T, h *harness) {
 	// still reports.
 	c = h.claimID(t, 3)
 	h.clk.Advance(past)
-	noErr(t, "Activate(2)", h.s.Activate(h.ctx, 2))
+	noErr(t, "Activate(2)", h.s.Activate(h.ctx, 2, 0))
 	h.claimID(t, 2)
 	if got := h.get(t, 3); got.State != wire.NotStarted || got.Token != c.Token {
 		t.Fatalf("swept task 3: %s", format(got))
@@ -254,7 +254,7 @@ func testCountsRetryAndPending(t *testing.T, h *harness) {
 	h.retry(t, 0, c.Token, "transient", b)
 	h.claimID(t, 1)
 	h.checkCounts(t, "one waiting, one processing", taskstore.Counts{Queued: 2, Pending: 2, Processing: 1})
-	noErr(t, "Activate(3)", h.s.Activate(h.ctx, 3))
+	noErr(t, "Activate(3)", h.s.Activate(h.ctx, 3, 0))
 	h.checkCounts(t, "activated", taskstore.Counts{Queued: 3, Pending: 1, Processing: 1})
 
 	// Task 0's wait ends and task 1's lease lapses; nothing has settled them in the store yet.

@@ -1,0 +1,102 @@
+package taskstoretest
+
+import (
+	"testing"
+
+	"github.com/imgmill/imgmill/internal/taskstore"
+	"github.com/imgmill/imgmill/internal/wire"
+)
+
+// wantUsage checks what owner keeps stored.
+func (h *harness) wantUsage(t *testing.T, owner string, want taskstore.Usage) {
+	t.Helper()
+	got, err := h.s.Usage(h.ctx, owner)
+	if err != nil {
+		t.Fatalf("Usage(%q): %v", owner, err)
+	}
+	if got != want {
+		t.Errorf("Usage(%q) = %+v, want %+v", owner, got, want)
+	}
+}
+
+// Usage counts an owner's tasks from their creation, whatever their state, and the sizes Activate
+// records, until they are deleted; owners do not see each other's.
+func testUsage(t *testing.T, h *harness) {
+	h.wantUsage(t, "alice", taskstore.Usage{})
+	a := h.createWith(t, taskstore.CreateParams{Pending: true, Owner: "alice"})
+	h.wantUsage(t, "alice", taskstore.Usage{Tasks: 1})
+	noErr(t, "Activate", h.s.Activate(h.ctx, a, 1000))
+	noErr(t, "Activate again", h.s.Activate(h.ctx, a, 5)) // a no-op: the size stays
+	h.wantUsage(t, "alice", taskstore.Usage{Tasks: 1, Bytes: 1000})
+
+	b := h.createWith(t, taskstore.CreateParams{Pending: true, Owner: "alice"})
+	noErr(t, "Activate", h.s.Activate(h.ctx, b, 24))
+	c := h.createWith(t, taskstore.CreateParams{Pending: true, Owner: "bob"})
+	noErr(t, "Activate", h.s.Activate(h.ctx, c, 7))
+	h.wantUsage(t, "alice", taskstore.Usage{Tasks: 2, Bytes: 1024})
+	h.wantUsage(t, "bob", taskstore.Usage{Tasks: 1, Bytes: 7})
+
+	// Claims, finishes, failures, cancels and retention's hold change nothing: a settled task is kept.
+	claimed := h.claim(t)
+	noErr(t, "Finish", h.s.Finish(h.ctx, claimed.ID, claimed.Token))
+	claimed = h.claim(t)
+	if _, err := h.s.Fail(h.ctx, claimed.ID, claimed.Token, "bad", true); err != nil {
+		t.Fatalf("Fail: %v", err)
+	}
+	if _, err := h.s.Cancel(h.ctx, b); err != nil && claimed.ID != b {
+		t.Fatalf("Cancel(%d): %v", b, err)
+	}
+	h.wantUsage(t, "alice", taskstore.Usage{Tasks: 2, Bytes: 1024})
+	h.wantUsage(t, "bob", taskstore.Usage{Tasks: 1, Bytes: 7})
+
+	// Deleting frees the task and its bytes, once.
+	noErr(t, "Delete", h.s.Delete(h.ctx, a))
+	noErr(t, "Delete again", h.s.Delete(h.ctx, a))
+	h.wantUsage(t, "alice", taskstore.Usage{Tasks: 1, Bytes: 24})
+	noErr(t, "Delete", h.s.Delete(h.ctx, b))
+	h.wantUsage(t, "alice", taskstore.Usage{})
+	h.wantUsage(t, "bob", taskstore.Usage{Tasks: 1, Bytes: 7})
+	// Tombstones belong to nobody: the owner "" counts none of them.
+	h.wantUsage(t, "", taskstore.Usage{})
+
+	// A failed upload (abandoned, or expired) stays counted until deleted; its size was never recorded.
+	p := h.createWith(t, taskstore.CreateParams{Pending: true, Owner: "alice"})
+	noErr(t, "Abandon", h.s.Abandon(h.ctx, p, "broke off"))
+	h.wantUsage(t, "alice", taskstore.Usage{Tasks: 1})
+	noErr(t, "Delete", h.s.Delete(h.ctx, p))
+	h.wantUsage(t, "alice", taskstore.Usage{})
+}
+
+// Deleting a queued task takes it out of its owner's turn as well as its usage: the owner's other
+// tasks, and other owners', are still claimed, and nothing claims the deleted one.
+func testUsageDeleteQueued(t *testing.T, h *harness) {
+	a0 := h.createWith(t, taskstore.CreateParams{Owner: "alice"})
+	a1 := h.createWith(t, taskstore.CreateParams{Owner: "alice"})
+	b0 := h.createWith(t, taskstore.CreateParams{Owner: "bob"})
+	noErr(t, "Delete", h.s.Delete(h.ctx, a0))
+	counts, err := h.s.Counts(h.ctx)
+	noErr(t, "Counts", err)
+	if counts.Queued != 2 {
+		t.Errorf("Counts().Queued = %d after deleting one of three queued tasks, want 2", counts.Queued)
+	}
+	got := map[int64]bool{}
+	for range 2 {
+		task := h.claim(t)
+		got[task.ID] = true
+	}
+	if !got[a1] || !got[b0] {
+		t.Errorf("claimed %v, want tasks %d and %d", got, a1, b0)
+	}
+	if task, err := h.s.Claim(h.ctx, lease); err == nil {
+		t.Errorf("Claim after the live tasks = task %d, want ErrNoTask", task.ID)
+	}
+	// Alice comes back after keeping nothing: her new task is claimed.
+	h.wantUsage(t, "alice", taskstore.Usage{Tasks: 1})
+	noErr(t, "Delete", h.s.Delete(h.ctx, a1))
+	h.wantUsage(t, "alice", taskstore.Usage{})
+	a2 := h.createWith(t, taskstore.CreateParams{Owner: "alice"})
+	if task := h.claim(t); task.ID != a2 || task.State != wire.InProgress {
+		t.Errorf("Claim = task %d (%v), want %d in progress", task.ID, task.State, a2)
+	}
+	h.wantUsage(t, "alice", taskstore.Usage{Tasks: 1})
+}
