@@ -614,6 +614,10 @@ func Run(ctx context.Context, cfg Config) error {
 		expirePending(ctx, store, pendingTimeout, cfg.Logger)
 		return nil
 	}}
+	background = append(background, func(ctx context.Context) error {
+		purgeDeleted(ctx, store, time.Minute, TombstoneKeep, purgeBatch, cfg.Logger)
+		return nil
+	})
 	if w, ok := store.(taskstore.Watcher); ok {
 		// Other database services share the store: wake our long polls for the work they make claimable.
 		background = append(background, func(ctx context.Context) error {
@@ -640,6 +644,39 @@ func expirePending(ctx context.Context, store taskstore.Store, olderThan time.Du
 			logger.WarnContext(ctx, "expiring pending tasks failed", "err", err)
 		case n > 0:
 			logger.InfoContext(ctx, "expired pending tasks", "count", n, "older_than", olderThan)
+		}
+	}
+}
+
+// TombstoneKeep is how long a deleted task's tombstone stays before purgeDeleted removes it: longer
+// than a sweeper holds a batch of tasks it removes and than any lease, though nothing depends on it
+// (a removed tombstone answers as the tombstone did; see taskstore.Store.PurgeDeleted).
+const TombstoneKeep = 10 * time.Minute
+
+// purgeBatch is how many tombstones one statement removes: a short write, so that claims do not wait.
+const purgeBatch = 1000
+
+// purgeDeleted removes the tombstones of tasks deleted more than keep ago, every interval, batch at a
+// time, so that a store that deletes as much as it creates (under retention) stays the same size.
+// Several database instances may purge one store at once: each removes what the others did not.
+func purgeDeleted(ctx context.Context, store taskstore.Store, every, keep time.Duration, batch int, logger *slog.Logger) {
+	for backoff.Sleep(ctx, every) {
+		removed := 0
+		for {
+			n, err := store.PurgeDeleted(ctx, keep, batch)
+			removed += n
+			if err != nil {
+				if ctx.Err() == nil {
+					logger.WarnContext(ctx, "removing old tombstones failed", "err", err, "removed", removed)
+				}
+				break
+			}
+			if n < batch {
+				break
+			}
+		}
+		if removed > 0 {
+			logger.DebugContext(ctx, "removed old tombstones", "count", removed)
 		}
 	}
 }

@@ -271,6 +271,13 @@ type Store interface {
 	// the sizes Activate recorded for them. It reads one row kept by the statements that change tasks,
 	// so it is exact and cheap; the master checks it before accepting each upload (quotas).
 	Usage(ctx context.Context, owner string) (Usage, error)
+	// PurgeDeleted removes up to limit tombstones of tasks deleted at or before olderThan ago, the
+	// longest deleted first, and returns how many it removed; the tombstone of the highest id stays.
+	// Nothing else can tell a removed tombstone from one still there: its id answers every method as
+	// the tombstone did (ErrNotFound, ErrCancelled, a no-op Delete), ids are never handed out again and
+	// Counts do not change. Tombstones end so that a store that deletes as much as it creates (under
+	// retention) stays the same size.
+	PurgeDeleted(ctx context.Context, olderThan time.Duration, limit int) (int, error)
 	// List yields every task in id order.
 	List(ctx context.Context) iter.Seq2[Task, error]
 	// Counts returns how many tasks are in each state, from one consistent view (it agrees with a List

@@ -351,8 +351,23 @@ const (
 			ORDER BY finished_at, id LIMIT @limit::integer FOR UPDATE SKIP LOCKED)
 		RETURNING id, finished_at`
 
-	// probeSQL explains why a guarded update matched no row.
-	probeSQL = `SELECT state, token, pending FROM tasks WHERE id = @id::bigint`
+	// probeSQL explains why a guarded update matched no row. A missing id below the counter is a
+	// tombstone that PurgeDeleted removed, and reads as one (of a pending task: it cannot be activated).
+	probeSQL = `SELECT state, token, pending FROM tasks WHERE id = @id::bigint
+		UNION ALL
+		SELECT 5::smallint, 0::bigint, true WHERE @id::bigint >= 0 AND @id::bigint < (SELECT next_id FROM task_ids)
+			AND NOT EXISTS (SELECT 1 FROM tasks WHERE id = @id::bigint)`
+
+	// purgeSQL removes a batch of the longest deleted tombstones (rows another instance's purge holds
+	// are left to it) and counts them in the counter row, in one statement. It keeps the highest id's,
+	// as SQLite must, so that both stores keep the same rows.
+	purgeSQL = `WITH gone AS (
+			DELETE FROM tasks WHERE id IN (SELECT id FROM tasks
+				WHERE state = 5 AND finished_at <= @cutoff::timestamptz AND id < (SELECT next_id - 1 FROM task_ids)
+				ORDER BY finished_at LIMIT @limit::integer FOR UPDATE SKIP LOCKED)
+			RETURNING id)
+		UPDATE task_ids SET purged = purged + (SELECT count(*) FROM gone)
+		RETURNING (SELECT count(*) FROM gone)`
 
 	getSQL = `SELECT ` + taskColumns + ` FROM tasks WHERE id = @id::bigint AND state <> 5`
 	// listSQL reads one page; List walks the primary key page by page.
@@ -376,7 +391,7 @@ const (
 		(SELECT count(*) FROM tasks WHERE ` + lapsedOut + `),
 		(SELECT count(*) FROM tasks WHERE state = 3),
 		(SELECT count(*) FROM tasks WHERE state = 4),
-		(SELECT count(*) FROM tasks WHERE state = 5)`
+		(SELECT count(*) FROM tasks WHERE state = 5) + (SELECT purged FROM task_ids)`
 )
 
 // Open connects to the PostgreSQL database at dsn (a postgres:// URL or key=value string, as pgx
@@ -694,6 +709,8 @@ func (s *Store) Activate(ctx context.Context, id, size int64) error {
 		switch {
 		case err != nil:
 			return fmt.Errorf("pgstore: activate %d: %w", id, classify(ctx, err))
+		case state == taskstore.Deleted:
+			return fmt.Errorf("pgstore: activate %d: %w", id, taskstore.ErrNotPending)
 		case !pending:
 			return nil // already active
 		case state == wire.Failed || state == wire.Cancelled || state == taskstore.Deleted:
@@ -979,9 +996,28 @@ func (s *Store) Delete(ctx context.Context, id int64) error {
 		return fmt.Errorf("pgstore: delete %d: %w", id, classify(ctx, err))
 	}
 	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("pgstore: delete %d: %w", id, taskstore.ErrNotFound)
+		// No row: an id never handed out, or a tombstone PurgeDeleted removed (deleted already).
+		if _, _, _, err := s.probeRow(ctx, id); err != nil {
+			return fmt.Errorf("pgstore: delete %d: %w", id, classify(ctx, err))
+		}
 	}
 	return nil
+}
+
+// PurgeDeleted removes a batch of old tombstones; see taskstore.Store.
+func (s *Store) PurgeDeleted(ctx context.Context, olderThan time.Duration, limit int) (int, error) {
+	if olderThan < 0 || limit <= 0 {
+		return 0, fmt.Errorf("pgstore: purge deleted: age %v must not be negative and limit %d must be positive", olderThan, limit)
+	}
+	if err := s.usable(); err != nil {
+		return 0, fmt.Errorf("pgstore: purge deleted: %w", err)
+	}
+	var n int64
+	err := s.pool.QueryRow(ctx, purgeSQL, pgx.NamedArgs{"cutoff": s.now().Add(-olderThan), "limit": limit}).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("pgstore: purge deleted: %w", classify(ctx, err))
+	}
+	return int(n), nil
 }
 
 // ExpirePending fails the pending tasks created olderThan or longer ago and returns how many.

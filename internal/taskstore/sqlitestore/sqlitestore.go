@@ -56,7 +56,7 @@ type Store struct {
 	// Prepared statements for the hot paths. Those on w stay prepared on its one connection, so
 	// a transaction's tx.StmtContext reuses them rather than re-preparing.
 	create, activate, sweep, settle, claim, extend, finish, fail, release, retry, set, expire, probe *sql.Stmt // on w
-	findKey, clearKey, createKeyed, abandon, cancel, del, claimExpired                               *sql.Stmt // on w
+	findKey, clearKey, createKeyed, abandon, cancel, del, claimExpired, purge                        *sql.Stmt // on w
 	get, counts, ping, usage                                                                         *sql.Stmt // on r
 }
 
@@ -73,6 +73,7 @@ const (
 	turnIndex      = "owners_turn"
 	goneIndex      = "tasks_gone"
 	settledIndex   = "tasks_settled"
+	deletedIndex   = "tasks_deleted"
 )
 
 // what names the task database in transient errors (fault).
@@ -240,6 +241,21 @@ func migrations() []string {
 			INSERT OR IGNORE INTO usage (owner, tasks, bytes) SELECT NEW.owner, 0, 0 WHERE NEW.state <> 5;
 			UPDATE usage SET tasks = tasks + 1, bytes = bytes + NEW.size
 				WHERE owner = NEW.owner AND NEW.state <> 5;
+		END;`,
+
+		// 10. Tombstones end: PurgeDeleted removes those deleted long enough ago, walking the index of
+		// them by when they were deleted, but never the highest id's (the next id is MAX(id) + 1), so a
+		// missing id below the highest is a removed tombstone. The trigger counts them in purged, in
+		// the delete's own statement, so that Counts' total stays the number of ids handed out.
+		`CREATE TABLE purged (
+			singleton  INTEGER PRIMARY KEY CHECK (singleton = 1),
+			tombstones INTEGER NOT NULL
+		) STRICT;
+		INSERT INTO purged (singleton, tombstones) VALUES (1, 0);
+		CREATE INDEX ` + deletedIndex + ` ON tasks (finished_at) WHERE state = 5;
+		CREATE TRIGGER tasks_purged AFTER DELETE ON tasks WHEN OLD.state = 5
+		BEGIN
+			UPDATE purged SET tombstones = tombstones + 1;
 		END;`,
 	}
 }
@@ -423,8 +439,16 @@ const (
 	// usageSQL reads one owner's row of the usage table; an owner without one keeps nothing.
 	usageSQL = `SELECT IFNULL((SELECT tasks FROM usage WHERE owner = :owner), 0), IFNULL((SELECT bytes FROM usage WHERE owner = :owner), 0)`
 
-	// probeSQL explains why a guarded update matched no row.
-	probeSQL = `SELECT state, token FROM tasks WHERE id = :id`
+	// probeSQL explains why a guarded update matched no row. A missing id below the highest is a
+	// tombstone that PurgeDeleted removed, and reads as one.
+	probeSQL = `SELECT state, token FROM tasks WHERE id = :id
+		UNION ALL
+		SELECT 5, 0 WHERE :id >= 0 AND :id < (SELECT MAX(id) FROM tasks) AND NOT EXISTS (SELECT 1 FROM tasks WHERE id = :id)`
+
+	// purgeSQL removes a batch of the longest deleted tombstones but the highest id's (see step 10).
+	purgeSQL = `DELETE FROM tasks WHERE id IN (SELECT id FROM tasks
+		WHERE state = 5 AND finished_at <= :cutoff AND id < (SELECT MAX(id) FROM tasks)
+		ORDER BY finished_at LIMIT :limit)`
 
 	getSQL  = `SELECT ` + taskColumns + ` FROM tasks WHERE id = :id AND state <> 5`
 	listSQL = `SELECT ` + taskColumns + ` FROM tasks WHERE state <> 5 ORDER BY id`
@@ -447,7 +471,7 @@ const (
 		(SELECT COUNT(*) FROM tasks WHERE ` + lapsedOut + `),
 		(SELECT COUNT(*) FROM tasks WHERE state = 3),
 		(SELECT COUNT(*) FROM tasks WHERE state >= 4 AND state = 4),
-		(SELECT COUNT(*) FROM tasks WHERE state >= 4 AND state = 5)`
+		(SELECT COUNT(*) FROM tasks WHERE state >= 4 AND state = 5) + (SELECT tombstones FROM purged)`
 )
 
 // Open opens (creating if needed) the task database at path and migrates its schema.
@@ -543,6 +567,7 @@ func (s *Store) init(ctx context.Context, path string) error {
 		{s.w, &s.cancel, cancelSQL},
 		{s.w, &s.del, deleteSQL},
 		{s.w, &s.claimExpired, claimExpiredSQL},
+		{s.w, &s.purge, purgeSQL},
 		{s.w, &s.findKey, findKeySQL},
 		{s.w, &s.clearKey, clearKeySQL},
 		{s.w, &s.createKeyed, createKeyedSQL},
@@ -985,7 +1010,11 @@ func (s *Store) Delete(ctx context.Context, id int64) error {
 	var got int64
 	err := s.del.QueryRowContext(ctx, sql.Named("id", id), sql.Named("now", nanos(s.now()))).Scan(&got)
 	if errors.Is(err, sql.ErrNoRows) {
-		return fmt.Errorf("sqlitestore: delete %d: %w", id, taskstore.ErrNotFound)
+		// No row: an id never handed out, or a tombstone PurgeDeleted removed (deleted already).
+		if _, _, err := s.probeRow(ctx, id); err != nil {
+			return fmt.Errorf("sqlitestore: delete %d: %w", id, s.classify(err))
+		}
+		return nil
 	}
 	if err == nil {
 		err = s.durable.sync()
@@ -994,6 +1023,22 @@ func (s *Store) Delete(ctx context.Context, id int64) error {
 		return fmt.Errorf("sqlitestore: delete %d: %w", id, s.classify(err))
 	}
 	return nil
+}
+
+// PurgeDeleted removes a batch of old tombstones; see taskstore.Store.
+func (s *Store) PurgeDeleted(ctx context.Context, olderThan time.Duration, limit int) (int, error) {
+	if olderThan < 0 || limit <= 0 {
+		return 0, fmt.Errorf("sqlitestore: purge deleted: age %v must not be negative and limit %d must be positive", olderThan, limit)
+	}
+	res, err := s.purge.ExecContext(ctx, sql.Named("cutoff", nanos(s.now().Add(-olderThan))), sql.Named("limit", limit))
+	if err != nil {
+		return 0, fmt.Errorf("sqlitestore: purge deleted: %w", s.classify(err))
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("sqlitestore: purge deleted: %w", s.classify(err))
+	}
+	return int(n), nil
 }
 
 // ExpirePending fails the pending tasks created olderThan or longer ago and returns how many.
@@ -1145,7 +1190,7 @@ func (s *Store) Close() error {
 	var errs []error
 	for _, st := range []*sql.Stmt{
 		s.create, s.activate, s.sweep, s.settle, s.claim, s.extend, s.finish, s.fail, s.release, s.retry, s.set,
-		s.expire, s.probe, s.cancel, s.del, s.claimExpired, s.findKey, s.clearKey, s.createKeyed, s.abandon, s.get, s.counts, s.ping,
+		s.expire, s.probe, s.cancel, s.del, s.claimExpired, s.purge, s.findKey, s.clearKey, s.createKeyed, s.abandon, s.get, s.counts, s.ping,
 	} {
 		if st != nil {
 			errs = append(errs, st.Close())

@@ -78,6 +78,7 @@ func Run(t *testing.T, open OpenFunc) {
 		{"CancelHolder", testCancelHolder},
 		{"DeleteStates", testDeleteStates},
 		{"DeleteHolder", testDeleteHolder},
+		{"PurgeDeleted", testPurgeDeleted},
 		{"ClaimExpired", testClaimExpired},
 		{"ClaimExpiredConcurrent", testClaimExpiredConcurrent},
 		{"Usage", testUsage},
