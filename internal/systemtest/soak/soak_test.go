@@ -123,10 +123,10 @@ func soak(t *testing.T, run soakRun) {
 			t.Fatalf("database stats: %v", err)
 		}
 		s.live = stats.Queued + stats.Pending + stats.Processing + stats.Finished + stats.Failed + stats.Cancelled
-		// Every upload made one task; those not counted are tombstones (give or take the uploads
-		// under way as the two were read).
+		// Every upload made one task; those not counted were deleted (give or take the uploads under
+		// way as the two were read).
 		s.tombstones = max(created-s.live, 0)
-		line += fmt.Sprintf(" | storage %5d files %7.1f MiB | db %6.2f MiB | %5d live %6d tombstones",
+		line += fmt.Sprintf(" | storage %5d files %7.1f MiB | db %6.2f MiB | %5d live %6d deleted",
 			s.storage.files, mib(s.storage.bytes), mib(s.db.bytes), s.live, s.tombstones)
 		samples = append(samples, s)
 		t.Log(line)
@@ -231,7 +231,8 @@ func soak(t *testing.T, run soakRun) {
 	judgeProcesses(t, services, samples, run.judgeMemory)
 	judgeDisk(t, samples, run.retention+2*run.sweepEvery)
 	// The live tasks are as many at the end as after warm-up, so what the database's files grew by
-	// meanwhile is the deleted tasks' tombstones (one small row each, kept for ever).
+	// meanwhile is the deleted tasks' tombstones (one small row each, removed ten minutes after the
+	// delete: from then on the files stay level).
 	warm, last := samples[len(samples)/2], samples[len(samples)-1]
 	if added := last.tombstones - warm.tombstones; added > 0 {
 		t.Logf("tombstones: %d, the database's files %.2f MiB; from the middle of the run on, %.0f bytes more per tombstone",
