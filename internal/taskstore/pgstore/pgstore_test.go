@@ -1401,29 +1401,9 @@ func testMigrateFromV5(t *testing.T, pg *enginetest.Postgres) {
 	}
 
 	s := openStore(t, dsn, Options{})
-	for owner, want := range map[string]taskstore.Usage{"alice": {Tasks: 2}, "bob": {Tasks: 1}, "carol": {}, "": {}} {
-		if got, err := s.Usage(ctx, owner); err != nil || got != want {
-			t.Errorf("Usage(%q) after the upgrade = %+v, %v; want %+v", owner, got, err, want)
-		}
-	}
-	var tombOwner string
-	var carol int
-	if err := s.pool.QueryRow(ctx, `SELECT owner, (SELECT count(*) FROM owners WHERE owner = 'carol') FROM tasks WHERE id = 3`).
-		Scan(&tombOwner, &carol); err != nil {
-		t.Fatal(err)
-	}
-	if tombOwner != "" || carol != 0 {
-		t.Errorf("after the upgrade the tombstone's owner is %q and owners has %d rows of carol; want none", tombOwner, carol)
-	}
-	for range 2 {
-		if _, err := s.Claim(ctx, time.Hour); err != nil {
-			t.Fatalf("Claim after the upgrade: %v", err)
-		}
-	}
-	if err := s.Delete(ctx, 2); err != nil {
-		t.Fatal(err)
-	}
-	if got, err := s.Usage(ctx, "bob"); err != nil || got != (taskstore.Usage{}) {
-		t.Errorf("Usage(bob) after deleting his task = %+v, %v; want none", got, err)
-	}
+	taskstoretest.CheckUsageUpgraded(t, s, func() (owner string, carol int, err error) {
+		err = s.pool.QueryRow(ctx, `SELECT owner, (SELECT count(*) FROM owners WHERE owner = 'carol') FROM tasks WHERE id = 3`).
+			Scan(&owner, &carol)
+		return owner, carol, err
+	})
 }

@@ -2,6 +2,7 @@ package taskstoretest
 
 import (
 	"testing"
+	"time"
 
 	"github.com/imgmill/imgmill/internal/taskstore"
 	"github.com/imgmill/imgmill/internal/wire"
@@ -99,4 +100,36 @@ func testUsageDeleteQueued(t *testing.T, h *harness) {
 		t.Errorf("Claim = task %d (%v), want %d in progress", task.ID, task.State, a2)
 	}
 	h.wantUsage(t, "alice", taskstore.Usage{Tasks: 1})
+}
+
+// CheckUsageUpgraded checks a store upgraded from the schema before usage, whose tasks were: alice's 0
+// and 1 queued, bob's 2 queued, carol's 3 deleted (a tombstone, her only task). readTombstone reads,
+// through the engine, task 3's owner and how many rows of carol's the owners table holds.
+func CheckUsageUpgraded(t *testing.T, s taskstore.Store, readTombstone func() (owner string, carolOwners int, err error)) {
+	t.Helper()
+	ctx := t.Context()
+	for owner, want := range map[string]taskstore.Usage{"alice": {Tasks: 2}, "bob": {Tasks: 1}, "carol": {}, "": {}} {
+		if got, err := s.Usage(ctx, owner); err != nil || got != want {
+			t.Errorf("Usage(%q) after the upgrade = %+v, %v; want %+v", owner, got, err, want)
+		}
+	}
+	tombOwner, carol, err := readTombstone()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tombOwner != "" || carol != 0 {
+		t.Errorf("after the upgrade the tombstone's owner is %q and owners has %d rows of carol; want none", tombOwner, carol)
+	}
+	// The turn goes on: both queued tasks are claimed, and deleting one frees its owner's usage.
+	for range 2 {
+		if _, err := s.Claim(ctx, time.Hour); err != nil {
+			t.Fatalf("Claim after the upgrade: %v", err)
+		}
+	}
+	if err := s.Delete(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Usage(ctx, "bob"); err != nil || got != (taskstore.Usage{}) {
+		t.Errorf("Usage(bob) after deleting his task = %+v, %v; want none", got, err)
+	}
 }
