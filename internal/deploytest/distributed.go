@@ -25,8 +25,9 @@ type Distributed struct {
 // Options says how many instances of each service StartDistributed runs, and with which lifecycle.
 type Options struct {
 	KVs, Databases, Storages, Masters, Frontends, Workers int
-	// DBArgs and WorkerArgs are the database's and the workers' lifecycle flags (none: the defaults).
-	DBArgs, WorkerArgs []string
+	// DBArgs, MasterArgs and WorkerArgs are the database's, the masters' and the workers' extra flags
+	// (none: the defaults).
+	DBArgs, MasterArgs, WorkerArgs []string
 	// Killing puts the lifecycle of the tests that kill services first: KillingDBArgs with a
 	// KillingLease scaled from how long the first kv instance took to start, and KillingWorkerArgs.
 	Killing bool
@@ -91,7 +92,7 @@ func StartDistributed(t testing.TB, opts Options) *Distributed {
 		d.MustStart(fmt.Sprintf("storage-%d", i+1), "storage", "--addr", a, "--kv", d.KVAddr, "--blobs", blobs)
 	}
 	for i, a := range masterAddrs {
-		d.MustStart(fmt.Sprintf("master-%d", i+1), "master", "--addr", a, "--kv", d.KVAddr)
+		d.MustStart(fmt.Sprintf("master-%d", i+1), append([]string{"master", "--addr", a, "--kv", d.KVAddr}, opts.MasterArgs...)...)
 	}
 	d.WaitReady()
 	for i := range opts.Workers {
