@@ -446,7 +446,7 @@ func fakeAPIKeys(t *testing.T, busy int) (string, *atomic.Int32, func() []string
 			return
 		}
 		w.WriteHeader(http.StatusCreated)
-		io.WriteString(w, `{"id":"Q1","status":"queued"}`)
+		io.WriteString(w, `{"id":"Q1","state":"queued"}`)
 	})
 	mux.HandleFunc("GET /api/tasks/{id}", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, `{"id":%q,"state":"queued","op":"swap","attempts":0,"maxAttempts":3}`, r.PathValue("id"))

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"mime"
+	"mime/multipart"
 	"net/http"
 	"strings"
 	"time"
@@ -55,32 +56,109 @@ func (s *server) handleCreateTask(w http.ResponseWriter, r *http.Request) error 
 	public := u.ids.Encode(id)
 	base := "/api/tasks/" + public
 	w.Header().Set("Location", base)
-	return httpapi.WriteJSON(w, http.StatusCreated, wire.TaskCreated{ID: public, Status: wire.QueuedWord, StatusURL: base,
+	return httpapi.WriteJSON(w, http.StatusCreated, wire.TaskCreated{ID: public, State: wire.QueuedWord, StatusURL: base,
 		ResultURL: base + "/result", EventsURL: base + "/events", SourceURL: base + "/source"})
 }
 
-// createFromForm streams the file field of a multipart upload, taking an op field before it.
+// createFromForm streams the file field of a multipart upload, taking an op field before it. Unlike
+// /submitTask (the reference's, lenient for its clients), it refuses what it would otherwise ignore or
+// guess: an unknown field, a second op, an op that contradicts the query's, and, once the file has
+// streamed, any field after it (see restChecked).
 func (s *server) createFromForm(w http.ResponseWriter, r *http.Request, u *upload) (int64, error) {
 	mr, err := r.MultipartReader()
 	if err != nil {
 		return 0, httpapi.Errorf(http.StatusBadRequest, "malformed multipart body: %v", err)
 	}
+	queryOp, formOp := u.op, false
 	for {
 		part, err := mr.NextPart()
 		if err := u.partError(err, FileField); err != nil {
 			return 0, err
 		}
-		switch part.FormName() {
+		switch name := part.FormName(); name {
 		case FileField:
-			return u.send(r.Context(), w, part)
+			rest := &restChecked{r: part, check: func() error { return u.checkRest(mr) }}
+			id, err := u.send(r.Context(), w, rest)
+			if rest.err != nil { // the master gave up the task of the broken-off body: nothing is queued
+				return 0, rest.err
+			}
+			return id, err
 		case OpField:
-			if err := u.readOp(part); err != nil {
+			if formOp {
+				return 0, httpapi.Errorf(http.StatusBadRequest, "the %q field is given twice: give the operation chain once", OpField)
+			}
+			formOp = true
+			spec, err := u.readField(part, OpField)
+			if err != nil {
 				return 0, err
+			}
+			if spec == "" { // an empty field is no chain, as an empty query op is
+				continue
+			}
+			if err := u.setOp(spec); err != nil {
+				return 0, err
+			}
+			if queryOp != "" && u.op != queryOp {
+				return 0, httpapi.Errorf(http.StatusBadRequest,
+					"op is given twice and differently: %q in the query, %q in the form: give the chain once, in the query or in the form", queryOp, u.op)
 			}
 		default:
 			part.Close()
+			return 0, unknownField(name)
 		}
 	}
+}
+
+// unknownField refuses a form field POST /api/tasks does not take (a typo such as "ops" would
+// otherwise be ignored).
+func unknownField(name string) error {
+	return httpapi.Errorf(http.StatusBadRequest, "unknown form field %q: POST /api/tasks takes the fields %q (the operation chain, before the file) and %q (the image)",
+		name, OpField, FileField)
+}
+
+// checkRest reads what follows the file part of a form: its closing boundary (nil), or a refusal of
+// the field found there, which would otherwise go unread.
+func (u *upload) checkRest(mr *multipart.Reader) error {
+	part, err := mr.NextPart()
+	switch {
+	case errors.Is(err, io.EOF):
+		return nil
+	case err != nil:
+		return u.partError(err, FileField)
+	}
+	defer part.Close()
+	switch name := part.FormName(); name {
+	case OpField:
+		return httpapi.Errorf(http.StatusBadRequest, "the %q field comes after the file, where it would be ignored: send %q before %q, or give the chain in the query (?op=...)",
+			OpField, OpField, FileField)
+	case FileField:
+		return httpapi.Errorf(http.StatusBadRequest, "a second %q field: send one image per request", FileField)
+	default:
+		return unknownField(name)
+	}
+}
+
+// restChecked reads the file part r and, at its end, runs check on the rest of the form before it
+// answers EOF: a refusal then fails the read instead, so the upload to the master breaks off before its
+// end and nothing is queued, though the file has already streamed. err is the refusal; it is read
+// only after the upload call returned (lentReader orders the two).
+type restChecked struct {
+	r     io.Reader
+	check func() error
+	err   error
+}
+
+func (c *restChecked) Read(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	n, err := c.r.Read(p)
+	if errors.Is(err, io.EOF) {
+		if c.err = c.check(); c.err != nil {
+			return n, c.err
+		}
+	}
+	return n, err
 }
 
 // apiTask decodes the public id in the path.

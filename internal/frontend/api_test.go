@@ -48,7 +48,7 @@ func (s *stack) created(t *testing.T, r servicetest.Reply) string {
 	}
 	pub := s.parsePublicID(t, c.ID)
 	base := "/api/tasks/" + pub
-	want := fmt.Sprintf(`{"id":%q,"status":"queued","statusUrl":%q,"resultUrl":%q,"eventsUrl":%q,"sourceUrl":%q}`,
+	want := fmt.Sprintf(`{"id":%q,"state":"queued","statusUrl":%q,"resultUrl":%q,"eventsUrl":%q,"sourceUrl":%q}`,
 		pub, base, base+"/result", base+"/events", base+"/source")
 	if r.Body != want {
 		t.Errorf("POST /api/tasks body %s, want %s", r.Body, want)
@@ -88,12 +88,20 @@ func TestAPICreateTask(t *testing.T) {
 		{"multipart", func(img []byte) servicetest.Reply {
 			return s.createForm(t, "", part{field: frontend.FileField, filename: "a.png", data: img})
 		}},
-		{"multipart with op and other fields", func(img []byte) servicetest.Reply {
-			return s.createForm(t, "", part{field: "note", data: []byte("hi")}, part{field: frontend.OpField, data: []byte("swap")},
+		{"multipart with op", func(img []byte) servicetest.Reply {
+			return s.createForm(t, "", part{field: frontend.OpField, data: []byte("swap")},
 				part{field: frontend.FileField, filename: "a.png", data: img})
 		}},
 		{"multipart, op in the query", func(img []byte) servicetest.Reply {
 			return s.createForm(t, "?op=swap", part{field: frontend.FileField, filename: "a.png", data: img})
+		}},
+		{"multipart, the same op in the query and the form", func(img []byte) servicetest.Reply {
+			return s.createForm(t, "?op=swap", part{field: frontend.OpField, data: []byte("swap")},
+				part{field: frontend.FileField, filename: "a.png", data: img})
+		}},
+		{"multipart, an empty op field and the query's", func(img []byte) servicetest.Reply {
+			return s.createForm(t, "?op=swap", part{field: frontend.OpField},
+				part{field: frontend.FileField, filename: "a.png", data: img})
 		}},
 	} {
 		img := servicetest.PatternPNG(t, 10, int64(len(c.what)))
@@ -117,7 +125,7 @@ func TestAPICreateTaskRefusals(t *testing.T) {
 		`op: unknown operation "x"; known: swap, grayscale, invert, brightness, contrast, gamma, blur, sharpen, resize, thumbnail, crop, rotate, flip, convert`)
 	expectJSONError(t, "op too long in the form", s.createForm(t, "", part{field: frontend.OpField, data: []byte(strings.Repeat("gray,", 300))},
 		part{field: frontend.FileField, filename: "a.png", data: img}), http.StatusBadRequest, `op: longer than 1024 bytes`)
-	expectJSONError(t, "form without file", s.createForm(t, "", part{field: "uploadfile", filename: "a.png", data: img}),
+	expectJSONError(t, "form without file", s.createForm(t, "", part{field: frontend.OpField, data: []byte("swap")}),
 		http.StatusBadRequest, `no file in field "file"`)
 	if n := s.master.calls.Load() - before; n != 0 {
 		t.Errorf("refused uploads made %d master calls", n)
@@ -139,6 +147,62 @@ func TestAPICreateTaskRefusals(t *testing.T) {
 	// The reference paths keep their text answers.
 	servicetest.ExpectError(t, "GET /nothing", s.call(t, http.MethodGet, "/nothing", "", nil), http.StatusNotFound)
 	servicetest.ExpectError(t, "DELETE /submitTask", s.call(t, http.MethodDelete, "/submitTask", "", nil), http.StatusMethodNotAllowed)
+}
+
+// TestAPIFormTraps: a form field POST /api/tasks would ignore or have to guess about is refused with
+// 400 saying what to do, and nothing is queued: before the file, without a call to the master; after
+// it, by breaking off the upload, whose task the master gives up. /submitTask stays lenient.
+func TestAPIFormTraps(t *testing.T) {
+	s := newStack(t)
+	img := servicetest.PatternPNG(t, 8, 5)
+	file := part{field: frontend.FileField, filename: "a.png", data: img}
+	op := func(spec string) part { return part{field: frontend.OpField, data: []byte(spec)} }
+	unknown := func(name string) string {
+		return fmt.Sprintf(`unknown form field %q: POST /api/tasks takes the fields "op" (the operation chain, before the file) and "file" (the image)`, name)
+	}
+	before := s.master.calls.Load()
+	for _, c := range []struct {
+		what, query string
+		parts       []part
+		msg         string
+	}{
+		{"misspelled op", "", []part{{field: "ops", data: []byte("grayscale")}, file}, unknown("ops")},
+		{"the reference's field", "", []part{{field: frontend.UploadField, filename: "a.png", data: img}, file}, unknown("uploadfile")},
+		{"op twice", "", []part{op("grayscale"), op("grayscale"), file}, `the "op" field is given twice: give the operation chain once`},
+		{"query and form disagree", "?op=grayscale", []part{op("blur:2"), file},
+			`op is given twice and differently: "grayscale" in the query, "blur:2" in the form: give the chain once, in the query or in the form`},
+	} {
+		expectJSONError(t, c.what, s.createForm(t, c.query, c.parts...), http.StatusBadRequest, c.msg)
+	}
+	if n := s.master.calls.Load() - before; n != 0 {
+		t.Errorf("fields refused before the file made %d master calls", n)
+	}
+	// Big enough that the master has created the task before the form's end is read.
+	file.data = paddedPNG(t, 64<<10)
+	var givenUp int64
+	for _, c := range []struct {
+		what  string
+		parts []part
+		msg   string
+	}{
+		{"op after the file", []part{file, op("grayscale")},
+			`the "op" field comes after the file, where it would be ignored: send "op" before "file", or give the chain in the query (?op=...)`},
+		{"a field after the file", []part{op("swap"), file, {field: "note", data: []byte("hi")}}, unknown("note")},
+		{"a second file", []part{file, file}, `a second "file" field: send one image per request`},
+	} {
+		expectJSONError(t, c.what, s.createForm(t, "", c.parts...), http.StatusBadRequest, c.msg)
+		givenUp++
+		s.expectGivenUp(t, c.what, givenUp)
+	}
+	s.ExpectNoClaimable(t)
+
+	// The reference path ignores what it does not know, as reference clients expect.
+	id := s.parsePublicID(t, s.submit(t, part{field: "note", data: []byte("hi")},
+		part{field: frontend.UploadField, filename: "a.png", data: img}, op("grayscale")).Body)
+	var st wire.PublicStatus
+	if r := s.call(t, http.MethodGet, "/api/tasks/"+id, "", nil); r.Status != http.StatusOK || json.Unmarshal([]byte(r.Body), &st) != nil || st.Op != "swap" {
+		t.Errorf("/submitTask with an op after the file: %d %q, want the default chain, swap", r.Status, r.Body)
+	}
 }
 
 func TestAPIRateLimit(t *testing.T) {

@@ -245,15 +245,24 @@ func (u *upload) setOp(spec string) error {
 
 // readOp reads the op field of a multipart form into the upload.
 func (u *upload) readOp(part io.ReadCloser) error {
-	b, err := io.ReadAll(io.LimitReader(part, imageop.MaxChainLen+1))
-	part.Close()
-	if err := u.partError(err, OpField); err != nil {
+	spec, err := u.readField(part, OpField)
+	if err != nil {
 		return err
 	}
-	if len(b) > imageop.MaxChainLen {
-		return httpapi.Errorf(http.StatusBadRequest, "op: longer than %d bytes", imageop.MaxChainLen)
+	return u.setOp(spec)
+}
+
+// readField reads a small field of a multipart form (at most imageop.MaxChainLen bytes), and closes it.
+func (u *upload) readField(part io.ReadCloser, name string) (string, error) {
+	b, err := io.ReadAll(io.LimitReader(part, imageop.MaxChainLen+1))
+	part.Close()
+	if err := u.partError(err, name); err != nil {
+		return "", err
 	}
-	return u.setOp(string(b))
+	if len(b) > imageop.MaxChainLen {
+		return "", httpapi.Errorf(http.StatusBadRequest, "%s: longer than %d bytes", name, imageop.MaxChainLen)
+	}
+	return string(b), nil
 }
 
 // receive admits the upload in r, for every upload path alike: the client's rate limit first (429 with

@@ -168,10 +168,11 @@ type PublicStatus struct {
 	Status
 }
 
-// TaskCreated is the JSON API's answer to an upload (POST /api/tasks).
+// TaskCreated is the JSON API's answer to an upload (POST /api/tasks). State is the word of the
+// status answers (PublicStatus.State), queued.
 type TaskCreated struct {
 	ID        string `json:"id"`
-	Status    Word   `json:"status"`
+	State     Word   `json:"state"`
 	StatusURL string `json:"statusUrl"`
 	ResultURL string `json:"resultUrl"`
 	EventsURL string `json:"eventsUrl"`

@@ -774,7 +774,7 @@
     bindId(v, body.id, urlsOf(body));
     v.file = null;
     remember({ id: body.id, name: v.name, op: v.op, type: v.inputType, created: Date.now(), state: 'queued', ...v.urls });
-    applyStatus(v, { state: body.status || 'queued' });
+    applyStatus(v, { state: body.state || 'queued' });
     watch(v);
   }
 
