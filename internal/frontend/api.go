@@ -2,6 +2,7 @@ package frontend
 
 import (
 	"context"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,6 +28,20 @@ const (
 	FileField = "file"
 	OpField   = "op"
 )
+
+// openAPIDoc is the OpenAPI 3.1 document of the public API (every route of routes.go but the catch-all),
+// kept by hand; TestOpenAPIDocument holds it to the routes and to real answers.
+//
+//go:embed openapi.json
+var openAPIDoc []byte
+
+func (s *server) handleOpenAPI(w http.ResponseWriter, r *http.Request) error {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-cache")
+	_, err := w.Write(openAPIDoc)
+	return err
+}
 
 // handleOperations lists every operation with its parameters: the page's picker and imgmill submit
 // build chains from it.
