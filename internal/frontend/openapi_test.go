@@ -276,11 +276,41 @@ func TestOpenAPIRoutes(t *testing.T) {
 	}
 	routes := registeredRoutes(t)
 	var documented []string
+	operationIDs := map[string]bool{}
 	for path, item := range asMap(o.doc["paths"]) {
 		for method, op := range asMap(item) {
-			documented = append(documented, strings.ToUpper(method)+" "+path)
-			if len(asMap(asMap(op)["responses"])) == 0 {
-				t.Errorf("%s %s: no responses", method, path)
+			what := strings.ToUpper(method) + " " + path
+			documented = append(documented, what)
+			op := asMap(op)
+			if id, _ := op["operationId"].(string); id == "" || operationIDs[id] {
+				t.Errorf("%s: operationId %q missing or not unique", what, id)
+			} else {
+				operationIDs[id] = true
+			}
+			responses := asMap(op["responses"])
+			if len(responses) == 0 {
+				t.Errorf("%s: no responses", what)
+			}
+			for code, r := range responses {
+				if d, _ := asMap(r)["description"].(string); d == "" {
+					t.Errorf("%s: answer %s has no description (OpenAPI requires one)", what, code)
+				}
+			}
+			// Every {param} of the path is a path parameter of the operation, and the other way round.
+			var inPath, params []string
+			for _, m := range regexp.MustCompile(`\{(\w+)\}`).FindAllStringSubmatch(path, -1) {
+				inPath = append(inPath, m[1])
+			}
+			for _, p := range asSlice(op["parameters"]) {
+				if p := asMap(p); p["in"] == "path" {
+					params = append(params, p["name"].(string))
+					if p["required"] != true {
+						t.Errorf("%s: path parameter %v not required", what, p["name"])
+					}
+				}
+			}
+			if !slices.Equal(inPath, params) {
+				t.Errorf("%s: path parameters %v, want %v", what, params, inPath)
 			}
 		}
 	}
