@@ -195,6 +195,14 @@ func TestAPIFormTraps(t *testing.T) {
 		s.expectGivenUp(t, c.what, givenUp)
 	}
 	s.ExpectNoClaimable(t)
+	for id := range givenUp { // the refusals before the file created no task: these are ids 0 to 2
+		if task, err := s.Database.GetByID(t.Context(), id); err != nil || task.State != wire.Failed || !strings.HasPrefix(task.Error, wire.AbandonedError) {
+			t.Errorf("task %d: %+v, %v; want failed, %q", id, task, err, wire.AbandonedError)
+		}
+		if b, ok := s.StoredImage(t, id, wire.WorkingImage); ok {
+			t.Errorf("task %d, refused after its file, left %d bytes in storage", id, len(b))
+		}
+	}
 
 	// The reference path ignores what it does not know, as reference clients expect.
 	id := s.parsePublicID(t, s.submit(t, part{field: "note", data: []byte("hi")},
