@@ -53,6 +53,7 @@ func commands() []command {
 		cancelCommand(),
 		backupCommand(),
 		fsckCommand(),
+		versionCommand(),
 	}
 }
 
