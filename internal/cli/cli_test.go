@@ -23,6 +23,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -83,6 +84,30 @@ func readPNG(t *testing.T, path string) image.Image {
 	return img
 }
 
+// waitLines parses what submit --wait prints on stdout, FILE<tab>ID<tab>RESULT per line, into
+// FILE: {ID, RESULT}.
+func waitLines(t *testing.T, stdout string) map[string][2]string {
+	t.Helper()
+	lines := map[string][2]string{}
+	for l := range strings.Lines(stdout) {
+		f := strings.Split(strings.TrimSuffix(l, "\n"), "\t")
+		if len(f) != 3 {
+			t.Errorf("stdout line %q is not FILE<tab>ID<tab>RESULT", l)
+			continue
+		}
+		lines[f[0]] = [2]string{f[1], f[2]}
+	}
+	return lines
+}
+
+// umask is the process's umask, read by setting it and back.
+func umask(t *testing.T) os.FileMode {
+	t.Helper()
+	m := syscall.Umask(0o022)
+	syscall.Umask(m)
+	return os.FileMode(m)
+}
+
 // submitOne submits file without --wait and returns its task id.
 func submitOne(t *testing.T, server, file string) string {
 	t.Helper()
@@ -108,13 +133,25 @@ func TestCLIEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatalf("submit --wait: %v\nstderr:\n%s", err, stderr)
 		}
-		if !regexp.MustCompile(`^5 submitted, 5 finished, 0 failed in \d+\.\ds\n$`).MatchString(stdout) {
-			t.Errorf("summary %q", stdout)
+		if !regexp.MustCompile(`(?m)^5 submitted, 5 finished, 0 failed in \d+\.\ds$`).MatchString(stderr) {
+			t.Errorf("summary not on stderr:\n%s", stderr)
+		}
+		// stdout: FILE<tab>ID<tab>RESULT per file, and nothing else.
+		lines := waitLines(t, stdout)
+		if len(lines) != 5 {
+			t.Fatalf("stdout has %d lines, want 5:\n%s", len(lines), stdout)
 		}
 		for i, f := range files {
 			out := filepath.Join(outDir, strings.TrimSuffix(filepath.Base(f), ".png")+".imgmill.png")
+			if l, ok := lines[f]; !ok || l[1] != out || len(l[0]) < 40 {
+				t.Errorf("%s: stdout line %q, want its id and %s", f, l, out)
+			}
 			if err := testimage.CheckSwapped(imgs[i], readPNG(t, out)); err != nil {
 				t.Errorf("%s: %v", out, err)
+			}
+			// 0666 less the umask (022 under go test here): readable by all, as a user's own tools write.
+			if fi, err := os.Stat(out); err != nil || fi.Mode().Perm() != 0o666&^umask(t) {
+				t.Errorf("%s: mode %v (%v), want %v", out, fi.Mode().Perm(), err, 0o666&^umask(t))
 			}
 		}
 	})
@@ -138,8 +175,18 @@ func TestCLIEndToEnd(t *testing.T) {
 		if !strings.Contains(stderr, undecodable+": task ") || !strings.Contains(stderr, "failed: ") {
 			t.Errorf("stderr does not say %s failed processing:\n%s", undecodable, stderr)
 		}
-		if !strings.HasPrefix(stdout, "4 submitted, 2 finished, 2 failed (1 refused at upload) in ") {
-			t.Errorf("summary %q", stdout)
+		if !strings.Contains(stderr, "\n4 submitted, 2 finished, 2 failed (1 refused at upload) in ") {
+			t.Errorf("summary not on stderr:\n%s", stderr)
+		}
+		lines := waitLines(t, stdout)
+		if l := lines[notImage]; l[0] != "-" || !strings.HasPrefix(l[1], "refused at upload: ") || !strings.Contains(l[1], "HTTP 415") {
+			t.Errorf("stdout line of %s: %q", notImage, l)
+		}
+		if l := lines[undecodable]; l[0] == "-" || !strings.HasPrefix(l[1], "task failed: ") {
+			t.Errorf("stdout line of %s: %q", undecodable, l)
+		}
+		if len(lines) != 4 {
+			t.Errorf("stdout has %d lines, want 4:\n%s", len(lines), stdout)
 		}
 		for i, f := range files {
 			out := filepath.Join(outDir, strings.TrimSuffix(filepath.Base(f), ".png")+".imgmill.png")
@@ -194,8 +241,11 @@ func TestCLIEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatalf("submit --op grayscale,rotate:90: %v\n%s", err, stderr)
 		}
-		if !strings.HasPrefix(stdout, "1 submitted, 1 finished, 0 failed in ") {
-			t.Errorf("summary %q", stdout)
+		if !strings.Contains(stderr, "\n1 submitted, 1 finished, 0 failed in ") {
+			t.Errorf("summary not on stderr:\n%s", stderr)
+		}
+		if l := waitLines(t, stdout)[file]; l[1] != filepath.Join(outDir, "wide.imgmill.png") {
+			t.Errorf("stdout %q, want %s's result", stdout, file)
 		}
 		got := readPNG(t, filepath.Join(outDir, "wide.imgmill.png"))
 		if size := got.Bounds().Size(); size != image.Pt(24, 40) {
@@ -513,7 +563,7 @@ func TestCLISubmitWaitsForAServerThatIsDown(t *testing.T) {
 	if err != nil || stdout != files[0]+"\tQ1\n" {
 		t.Fatalf("submit: %v, stdout %q, stderr %q", err, stdout, stderr)
 	}
-	if !strings.Contains(stderr, "server busy or unavailable") {
+	if !strings.Contains(stderr, "server unavailable (connection refused: is imgmill serve running at http://"+addr+"?), retrying in") {
 		t.Errorf("stderr %q does not say it waited for the server", stderr)
 	}
 }

@@ -33,6 +33,7 @@ type runner func(ctx context.Context, args []string) error
 // env is what a subcommand gets from the outside world.
 type env struct {
 	getenv         func(string) string
+	stdin          io.Reader // nil: none (submit - is refused)
 	stdout, stderr io.Writer
 }
 
@@ -60,18 +61,28 @@ func commands() []command {
 // errUsage marks a command-line mistake (exit status 2).
 var errUsage = errors.New("usage")
 
-// ExitCode is the process exit status for an error Run returned: 2 for a command-line mistake, 1 otherwise.
+// ExitCode is the process exit status for an error Run returned: 2 for a command-line mistake, 130
+// (the shell's 128+SIGINT) for a submit interrupted with tasks left running, 1 otherwise.
 func ExitCode(err error) int {
-	if errors.Is(err, errUsage) {
+	var intr *interruptedError
+	switch {
+	case errors.Is(err, errUsage):
 		return 2
+	case errors.As(err, &intr):
+		return 130
 	}
 	return 1
 }
 
 // Run runs the imgmill command line args (args[0] is the program name) until ctx ends or the command
-// is done; main only calls it.
+// is done, without standard input.
 func Run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	e := &env{getenv: getenv, stdout: stdout, stderr: stderr}
+	return RunIO(ctx, args, getenv, nil, stdout, stderr)
+}
+
+// RunIO is Run with standard input (nil: none), which `submit -` reads; main only calls it.
+func RunIO(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
+	e := &env{getenv: getenv, stdin: stdin, stdout: stdout, stderr: stderr}
 	if len(args) < 2 || args[1] == "-h" || args[1] == "--help" || args[1] == "help" {
 		usage(stdout)
 		if len(args) < 2 {
