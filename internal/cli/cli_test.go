@@ -605,3 +605,119 @@ func opaqueRect(w, h int, seed int64) *image.NRGBA {
 	}
 	return out
 }
+
+// cancelOnWrite is a stderr that cancels the command's context the moment it is told something
+// containing when: Ctrl-C at a chosen point, delivered the way Run receives it.
+type cancelOnWrite struct {
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	when   string
+	cancel context.CancelFunc
+}
+
+func (w *cancelOnWrite) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if strings.Contains(string(p), w.when) {
+		w.cancel()
+	}
+	return w.buf.Write(p)
+}
+
+// TestCLISubmitInterrupted: Ctrl-C while submit --wait waits names the tasks that keep running, says
+// which files were not sent, exits 130 and reports no task as failed; the task finishes on the server.
+func TestCLISubmitInterrupted(t *testing.T) {
+	server := startApp(t)
+	files, imgs := writePatterns(t, t.TempDir(), 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	runCtx, interrupt := context.WithCancel(ctx)
+	defer interrupt()
+	// --parallel 1: the first file is uploaded, then the interrupt comes before anything else starts.
+	stderr := &cancelOnWrite{when: "submitted as task", cancel: interrupt}
+	var stdout bytes.Buffer
+	err := cli.Run(runCtx, []string{"imgmill", "submit", "--server", server, "--wait", "--out", t.TempDir(), "--parallel", "1", files[0], files[1], files[2]},
+		func(string) string { return "" }, &stdout, stderr)
+	if cli.ExitCode(err) != 130 {
+		t.Fatalf("interrupted submit: %v (exit %d), want exit 130\nstderr:\n%s", err, cli.ExitCode(err), stderr.buf.String())
+	}
+	lines := waitLines(t, stdout.String())
+	id := lines[files[0]][0]
+	if len(id) < 40 || lines[files[0]][1] != "interrupted: the task keeps running on the server" {
+		t.Fatalf("stdout line of %s: %q\n%s", files[0], lines[files[0]], stdout.String())
+	}
+	for _, f := range files[1:] {
+		if lines[f] != [2]string{"-", "not sent: interrupted"} {
+			t.Errorf("stdout line of %s: %q", f, lines[f])
+		}
+	}
+	if want := "interrupted: 1 task keeps running on the server: " + id + "; 2 files not sent"; !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("error %q, want it to start %q", err, want)
+	}
+	if s := stderr.buf.String(); strings.Contains(s, "failed") || strings.Contains(s, "context canceled") {
+		t.Errorf("stderr tells of failures:\n%s", s)
+	}
+	// The task was left running, not cancelled: it finishes, and its result can be fetched.
+	out := filepath.Join(t.TempDir(), "later.png")
+	if _, errOut, err := imgmill(t, "get", "--wait", "--server", server, id, "-o", out); err != nil {
+		t.Fatalf("get --wait %s after the interrupt: %v\n%s", id, err, errOut)
+	}
+	if err := testimage.CheckSwapped(imgs[0], readPNG(t, out)); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestCLISubmitNotSent: a file that cannot be read is "not sent", with the reason, not "refused at
+// upload"; the others go through.
+func TestCLISubmitNotSent(t *testing.T) {
+	server := startApp(t)
+	files, _ := writePatterns(t, t.TempDir(), 1)
+	missing := filepath.Join(t.TempDir(), "nonexist.png")
+	stdout, stderr, err := imgmill(t, "submit", "--server", server, "--wait", "--out", t.TempDir(), missing, files[0])
+	if cli.ExitCode(err) != 1 || err.Error() != "1 of 2 files failed" {
+		t.Errorf("submit of a missing file: %v (exit %d)", err, cli.ExitCode(err))
+	}
+	if !strings.Contains(stderr, missing+": not sent: cannot read it: no such file or directory\n") || strings.Contains(stderr, "refused") {
+		t.Errorf("stderr does not say %s was not sent, and why:\n%s", missing, stderr)
+	}
+	if !strings.Contains(stderr, "2 submitted, 1 finished, 1 failed (1 not sent) in ") {
+		t.Errorf("summary:\n%s", stderr)
+	}
+	lines := waitLines(t, stdout)
+	if lines[missing] != [2]string{"-", "not sent: cannot read it: no such file or directory"} || !strings.HasSuffix(lines[files[0]][1], ".imgmill.png") {
+		t.Errorf("stdout:\n%s", stdout)
+	}
+}
+
+// TestCLISubmitStdin: submit - uploads standard input; with --wait its result is stdin.imgmill.EXT.
+func TestCLISubmitStdin(t *testing.T) {
+	server := startApp(t)
+	img := testimage.Pattern(30, 9)
+	data, err := testimage.EncodePNG(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	outDir := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	err = cli.RunIO(t.Context(), []string{"imgmill", "submit", "--server", server, "--wait", "--out", outDir, "-"},
+		func(string) string { return "" }, bytes.NewReader(data), &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("submit -: %v\n%s", err, stderr.String())
+	}
+	want := filepath.Join(outDir, "stdin.imgmill.png")
+	if l := waitLines(t, stdout.String())["-"]; l[1] != want {
+		t.Errorf("stdout %q, want - and %s", stdout.String(), want)
+	}
+	if err := testimage.CheckSwapped(img, readPNG(t, want)); err != nil {
+		t.Error(err)
+	}
+	// Without standard input, or twice, - is a usage mistake.
+	if _, _, err := imgmill(t, "submit", "--server", server, "-"); cli.ExitCode(err) != 2 {
+		t.Errorf("submit - without standard input: %v, want exit 2", err)
+	}
+	err = cli.RunIO(t.Context(), []string{"imgmill", "submit", "--server", server, "-", "-"}, func(string) string { return "" },
+		bytes.NewReader(data), io.Discard, io.Discard)
+	if cli.ExitCode(err) != 2 {
+		t.Errorf("submit - -: %v, want exit 2", err)
+	}
+}
