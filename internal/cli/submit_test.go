@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
 )
 
 // TestNotSentReason: why a file was not sent reads as a reason, not as the error chain of the HTTP
