@@ -372,7 +372,8 @@ func (c *Client) uploadOnce(ctx context.Context, path, op, key string, onBytes f
 }
 
 // Download GETs the task's result, waiting out an outage before the answer begins. dest chooses where
-// it goes from the result's Content-Type: a path, written atomically, or "-" for w. It returns the path
+// it goes from the result's Content-Type: a path, written atomically with mode 0666 less the umask,
+// or "-" for w. It returns the path
 // written.
 func (c *Client) Download(ctx context.Context, id string, w io.Writer, dest func(contentType string) string) (string, error) {
 	resp, err := retrying(ctx, func() (*http.Response, error) {
@@ -390,7 +391,9 @@ func (c *Client) Download(ctx context.Context, id string, w io.Writer, dest func
 	if path == "-" {
 		_, err = io.Copy(w, resp.Body)
 	} else {
-		_, err = atomicfile.Write(ctx, path, resp.Body)
+		// 0666 less the umask, as the user's other tools create files (os.CreateTemp's 0600 would hide
+		// results from the rest of the group).
+		_, err = atomicfile.WritePerm(ctx, path, resp.Body, 0o666)
 	}
 	if err != nil {
 		return "", fmt.Errorf("download result of task %s: %w", id, err)

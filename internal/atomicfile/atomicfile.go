@@ -13,14 +13,23 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 )
 
 // Write streams r into path atomically and durably and returns the number of bytes written. The
 // directory must exist. When r fails or ctx ends, the target is left untouched.
 func Write(ctx context.Context, path string, r io.Reader) (int64, error) {
-	t, err := Create(path)
+	return WritePerm(ctx, path, r, 0o600)
+}
+
+// WritePerm is Write for a file created with perm, less the umask (0o666: what a user's own tools
+// would create, 0644 under the usual umask).
+func WritePerm(ctx context.Context, path string, r io.Reader, perm os.FileMode) (int64, error) {
+	t, err := CreatePerm(path, perm)
 	if err != nil {
 		return 0, err
 	}
@@ -47,17 +56,29 @@ type Temp struct {
 	finished bool   // renamed over path, or removed: the temporary name is no longer ours
 }
 
-// Create creates an empty temporary file in path's directory, which must exist.
-func Create(path string) (*Temp, error) {
+// Create creates an empty temporary file in path's directory, which must exist, readable by its owner
+// only.
+func Create(path string) (*Temp, error) { return CreatePerm(path, 0o600) }
+
+// CreatePerm is Create with the file's permissions perm, less the umask: the kernel applies it when
+// the file is created, so no process-wide umask is read or changed.
+func CreatePerm(path string, perm os.FileMode) (*Temp, error) {
 	dir, base := filepath.Split(path)
 	if dir == "" {
 		dir = "."
 	}
-	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
-	if err != nil {
-		return nil, fmt.Errorf("create temporary file: %w", err)
+	for range 100 {
+		name := filepath.Join(dir, "."+base+".tmp-"+strconv.FormatUint(uint64(rand.Uint32()), 10))
+		f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, perm)
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("create temporary file: %w", err)
+		}
+		return &Temp{f: f, path: path, dir: dir}, nil
 	}
-	return &Temp{f: f, path: path, dir: dir}, nil
+	return nil, fmt.Errorf("create temporary file in %s: too many names taken", dir)
 }
 
 // File returns the open temporary file, to set attributes on before Sync. Writes should go through Fill;

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"testing/iotest"
 )
@@ -347,5 +348,31 @@ func TestCommitFlush(t *testing.T) {
 	entries, _ := os.ReadDir(dir)
 	if len(entries) != 1 {
 		t.Errorf("directory holds %d entries, want only the target", len(entries))
+	}
+}
+
+// TestWritePermHonoursUmask: WritePerm's file has perm less the umask, and Write's stays private.
+func TestWritePermHonoursUmask(t *testing.T) {
+	old := syscall.Umask(0o027)
+	defer syscall.Umask(old)
+	dir := t.TempDir()
+	for _, c := range []struct {
+		write func(path string) error
+		want  os.FileMode
+	}{
+		{func(p string) error { _, err := WritePerm(t.Context(), p, strings.NewReader("x"), 0o666); return err }, 0o640},
+		{func(p string) error { _, err := Write(t.Context(), p, strings.NewReader("x")); return err }, 0o600},
+	} {
+		path := filepath.Join(dir, "f"+c.want.String())
+		if err := c.write(path); err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != c.want {
+			t.Errorf("%s: mode %v, want %v", path, fi.Mode().Perm(), c.want)
+		}
 	}
 }

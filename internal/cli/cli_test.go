@@ -23,6 +23,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -83,6 +84,30 @@ func readPNG(t *testing.T, path string) image.Image {
 	return img
 }
 
+// waitLines parses what submit --wait prints on stdout, FILE<tab>ID<tab>RESULT per line, into
+// FILE: {ID, RESULT}.
+func waitLines(t *testing.T, stdout string) map[string][2]string {
+	t.Helper()
+	lines := map[string][2]string{}
+	for l := range strings.Lines(stdout) {
+		f := strings.Split(strings.TrimSuffix(l, "\n"), "\t")
+		if len(f) != 3 {
+			t.Errorf("stdout line %q is not FILE<tab>ID<tab>RESULT", l)
+			continue
+		}
+		lines[f[0]] = [2]string{f[1], f[2]}
+	}
+	return lines
+}
+
+// umask is the process's umask, read by setting it and back.
+func umask(t *testing.T) os.FileMode {
+	t.Helper()
+	m := syscall.Umask(0o022)
+	syscall.Umask(m)
+	return os.FileMode(m)
+}
+
 // submitOne submits file without --wait and returns its task id.
 func submitOne(t *testing.T, server, file string) string {
 	t.Helper()
@@ -108,13 +133,25 @@ func TestCLIEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatalf("submit --wait: %v\nstderr:\n%s", err, stderr)
 		}
-		if !regexp.MustCompile(`^5 submitted, 5 finished, 0 failed in \d+\.\ds\n$`).MatchString(stdout) {
-			t.Errorf("summary %q", stdout)
+		if !regexp.MustCompile(`(?m)^5 submitted, 5 finished, 0 failed in \d+\.\ds$`).MatchString(stderr) {
+			t.Errorf("summary not on stderr:\n%s", stderr)
+		}
+		// stdout: FILE<tab>ID<tab>RESULT per file, and nothing else.
+		lines := waitLines(t, stdout)
+		if len(lines) != 5 {
+			t.Fatalf("stdout has %d lines, want 5:\n%s", len(lines), stdout)
 		}
 		for i, f := range files {
 			out := filepath.Join(outDir, strings.TrimSuffix(filepath.Base(f), ".png")+".imgmill.png")
+			if l, ok := lines[f]; !ok || l[1] != out || len(l[0]) < 40 {
+				t.Errorf("%s: stdout line %q, want its id and %s", f, l, out)
+			}
 			if err := testimage.CheckSwapped(imgs[i], readPNG(t, out)); err != nil {
 				t.Errorf("%s: %v", out, err)
+			}
+			// 0666 less the umask (022 under go test here): readable by all, as a user's own tools write.
+			if fi, err := os.Stat(out); err != nil || fi.Mode().Perm() != 0o666&^umask(t) {
+				t.Errorf("%s: mode %v (%v), want %v", out, fi.Mode().Perm(), err, 0o666&^umask(t))
 			}
 		}
 	})
@@ -138,8 +175,18 @@ func TestCLIEndToEnd(t *testing.T) {
 		if !strings.Contains(stderr, undecodable+": task ") || !strings.Contains(stderr, "failed: ") {
 			t.Errorf("stderr does not say %s failed processing:\n%s", undecodable, stderr)
 		}
-		if !strings.HasPrefix(stdout, "4 submitted, 2 finished, 2 failed (1 refused at upload) in ") {
-			t.Errorf("summary %q", stdout)
+		if !strings.Contains(stderr, "\n4 submitted, 2 finished, 2 failed (1 refused at upload) in ") {
+			t.Errorf("summary not on stderr:\n%s", stderr)
+		}
+		lines := waitLines(t, stdout)
+		if l := lines[notImage]; l[0] != "-" || !strings.HasPrefix(l[1], "refused at upload: ") || !strings.Contains(l[1], "HTTP 415") {
+			t.Errorf("stdout line of %s: %q", notImage, l)
+		}
+		if l := lines[undecodable]; l[0] == "-" || !strings.HasPrefix(l[1], "task failed: ") {
+			t.Errorf("stdout line of %s: %q", undecodable, l)
+		}
+		if len(lines) != 4 {
+			t.Errorf("stdout has %d lines, want 4:\n%s", len(lines), stdout)
 		}
 		for i, f := range files {
 			out := filepath.Join(outDir, strings.TrimSuffix(filepath.Base(f), ".png")+".imgmill.png")
@@ -194,8 +241,11 @@ func TestCLIEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatalf("submit --op grayscale,rotate:90: %v\n%s", err, stderr)
 		}
-		if !strings.HasPrefix(stdout, "1 submitted, 1 finished, 0 failed in ") {
-			t.Errorf("summary %q", stdout)
+		if !strings.Contains(stderr, "\n1 submitted, 1 finished, 0 failed in ") {
+			t.Errorf("summary not on stderr:\n%s", stderr)
+		}
+		if l := waitLines(t, stdout)[file]; l[1] != filepath.Join(outDir, "wide.imgmill.png") {
+			t.Errorf("stdout %q, want %s's result", stdout, file)
 		}
 		got := readPNG(t, filepath.Join(outDir, "wide.imgmill.png"))
 		if size := got.Bounds().Size(); size != image.Pt(24, 40) {
@@ -513,7 +563,7 @@ func TestCLISubmitWaitsForAServerThatIsDown(t *testing.T) {
 	if err != nil || stdout != files[0]+"\tQ1\n" {
 		t.Fatalf("submit: %v, stdout %q, stderr %q", err, stdout, stderr)
 	}
-	if !strings.Contains(stderr, "server busy or unavailable") {
+	if !strings.Contains(stderr, "server unavailable (connection refused: is imgmill serve running at http://"+addr+"?), retrying in") {
 		t.Errorf("stderr %q does not say it waited for the server", stderr)
 	}
 }
@@ -554,4 +604,120 @@ func opaqueRect(w, h int, seed int64) *image.NRGBA {
 		copy(out.Pix[y*out.Stride:y*out.Stride+4*w], p.Pix[y*p.Stride:])
 	}
 	return out
+}
+
+// cancelOnWrite is a stderr that cancels the command's context the moment it is told something
+// containing when: Ctrl-C at a chosen point, delivered the way Run receives it.
+type cancelOnWrite struct {
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	when   string
+	cancel context.CancelFunc
+}
+
+func (w *cancelOnWrite) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if strings.Contains(string(p), w.when) {
+		w.cancel()
+	}
+	return w.buf.Write(p)
+}
+
+// TestCLISubmitInterrupted: Ctrl-C while submit --wait waits names the tasks that keep running, says
+// which files were not sent, exits 130 and reports no task as failed; the task finishes on the server.
+func TestCLISubmitInterrupted(t *testing.T) {
+	server := startApp(t)
+	files, imgs := writePatterns(t, t.TempDir(), 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	runCtx, interrupt := context.WithCancel(ctx)
+	defer interrupt()
+	// --parallel 1: the first file is uploaded, then the interrupt comes before anything else starts.
+	stderr := &cancelOnWrite{when: "submitted as task", cancel: interrupt}
+	var stdout bytes.Buffer
+	err := cli.Run(runCtx, []string{"imgmill", "submit", "--server", server, "--wait", "--out", t.TempDir(), "--parallel", "1", files[0], files[1], files[2]},
+		func(string) string { return "" }, &stdout, stderr)
+	if cli.ExitCode(err) != 130 {
+		t.Fatalf("interrupted submit: %v (exit %d), want exit 130\nstderr:\n%s", err, cli.ExitCode(err), stderr.buf.String())
+	}
+	lines := waitLines(t, stdout.String())
+	id := lines[files[0]][0]
+	if len(id) < 40 || lines[files[0]][1] != "interrupted: the task keeps running on the server" {
+		t.Fatalf("stdout line of %s: %q\n%s", files[0], lines[files[0]], stdout.String())
+	}
+	for _, f := range files[1:] {
+		if lines[f] != [2]string{"-", "not sent: interrupted"} {
+			t.Errorf("stdout line of %s: %q", f, lines[f])
+		}
+	}
+	if want := "interrupted: 1 task keeps running on the server: " + id + "; 2 files not sent"; !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("error %q, want it to start %q", err, want)
+	}
+	if s := stderr.buf.String(); strings.Contains(s, "failed") || strings.Contains(s, "context canceled") {
+		t.Errorf("stderr tells of failures:\n%s", s)
+	}
+	// The task was left running, not cancelled: it finishes, and its result can be fetched.
+	out := filepath.Join(t.TempDir(), "later.png")
+	if _, errOut, err := imgmill(t, "get", "--wait", "--server", server, id, "-o", out); err != nil {
+		t.Fatalf("get --wait %s after the interrupt: %v\n%s", id, err, errOut)
+	}
+	if err := testimage.CheckSwapped(imgs[0], readPNG(t, out)); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestCLISubmitNotSent: a file that cannot be read is "not sent", with the reason, not "refused at
+// upload"; the others go through.
+func TestCLISubmitNotSent(t *testing.T) {
+	server := startApp(t)
+	files, _ := writePatterns(t, t.TempDir(), 1)
+	missing := filepath.Join(t.TempDir(), "nonexist.png")
+	stdout, stderr, err := imgmill(t, "submit", "--server", server, "--wait", "--out", t.TempDir(), missing, files[0])
+	if cli.ExitCode(err) != 1 || err.Error() != "1 of 2 files failed" {
+		t.Errorf("submit of a missing file: %v (exit %d)", err, cli.ExitCode(err))
+	}
+	if !strings.Contains(stderr, missing+": not sent: cannot read it: no such file or directory\n") || strings.Contains(stderr, "refused") {
+		t.Errorf("stderr does not say %s was not sent, and why:\n%s", missing, stderr)
+	}
+	if !strings.Contains(stderr, "2 submitted, 1 finished, 1 failed (1 not sent) in ") {
+		t.Errorf("summary:\n%s", stderr)
+	}
+	lines := waitLines(t, stdout)
+	if lines[missing] != [2]string{"-", "not sent: cannot read it: no such file or directory"} || !strings.HasSuffix(lines[files[0]][1], ".imgmill.png") {
+		t.Errorf("stdout:\n%s", stdout)
+	}
+}
+
+// TestCLISubmitStdin: submit - uploads standard input; with --wait its result is stdin.imgmill.EXT.
+func TestCLISubmitStdin(t *testing.T) {
+	server := startApp(t)
+	img := testimage.Pattern(30, 9)
+	data, err := testimage.EncodePNG(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	outDir := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	err = cli.RunIO(t.Context(), []string{"imgmill", "submit", "--server", server, "--wait", "--out", outDir, "-"},
+		func(string) string { return "" }, bytes.NewReader(data), &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("submit -: %v\n%s", err, stderr.String())
+	}
+	want := filepath.Join(outDir, "stdin.imgmill.png")
+	if l := waitLines(t, stdout.String())["-"]; l[1] != want {
+		t.Errorf("stdout %q, want - and %s", stdout.String(), want)
+	}
+	if err := testimage.CheckSwapped(img, readPNG(t, want)); err != nil {
+		t.Error(err)
+	}
+	// Without standard input, or twice, - is a usage mistake.
+	if _, _, err := imgmill(t, "submit", "--server", server, "-"); cli.ExitCode(err) != 2 {
+		t.Errorf("submit - without standard input: %v, want exit 2", err)
+	}
+	err = cli.RunIO(t.Context(), []string{"imgmill", "submit", "--server", server, "-", "-"}, func(string) string { return "" },
+		bytes.NewReader(data), io.Discard, io.Discard)
+	if cli.ExitCode(err) != 2 {
+		t.Errorf("submit - -: %v, want exit 2", err)
+	}
 }

@@ -22,7 +22,7 @@ func reference() string {
 	b.WriteString("Every flag can also be set by its environment variable, `IMGMILL_` and the flag's name in upper case with\n" +
 		"dashes as underscores (`--max-upload` is `IMGMILL_MAX_UPLOAD`); a flag on the command line wins. A name\n" +
 		"means the same on every command that has it. Limits take 0 for no limit; durations are Go durations\n" +
-		"(`500ms`, `2m`, `1h30m`). Deprecated spellings still work on the command line, with a warning, and are\n" +
+		"(`500ms`, `2m`, `1h30m`). One-letter flags (`-o`, `-n`) have no variable. Deprecated spellings still work on the command line, with a warning, and are\n" +
 		"never read from the environment.\n\n")
 	e, _ := quietEnv(nil)
 	for _, c := range commands() {
@@ -40,7 +40,11 @@ func reference() string {
 			if fl.DefValue == "" {
 				def = "none"
 			}
-			fmt.Fprintf(&b, "| `--%s` | `%s` | %s | %s |\n", fl.Name, envName(fl.Name), def, strings.ReplaceAll(fl.Usage, "|", `\|`))
+			env := "none"
+			if v := envName(fl.Name); v != "" {
+				env = "`" + v + "`"
+			}
+			fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", flagSpelling(fl.Name), env, def, strings.ReplaceAll(fl.Usage, "|", `\|`))
 		})
 		if len(deprecated) > 0 {
 			fmt.Fprintf(&b, "\nDeprecated: %s.\n", strings.Join(deprecated, ", "))

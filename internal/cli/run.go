@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"strings"
 
 	"github.com/imgmill/imgmill/internal/publicid"
@@ -32,6 +33,7 @@ type runner func(ctx context.Context, args []string) error
 // env is what a subcommand gets from the outside world.
 type env struct {
 	getenv         func(string) string
+	stdin          io.Reader // nil: none (submit - is refused)
 	stdout, stderr io.Writer
 }
 
@@ -52,24 +54,35 @@ func commands() []command {
 		cancelCommand(),
 		backupCommand(),
 		fsckCommand(),
+		versionCommand(),
 	}
 }
 
 // errUsage marks a command-line mistake (exit status 2).
 var errUsage = errors.New("usage")
 
-// ExitCode is the process exit status for an error Run returned: 2 for a command-line mistake, 1 otherwise.
+// ExitCode is the process exit status for an error Run returned: 2 for a command-line mistake, 130
+// (the shell's 128+SIGINT) for a submit interrupted with tasks left running, 1 otherwise.
 func ExitCode(err error) int {
-	if errors.Is(err, errUsage) {
+	var intr *interruptedError
+	switch {
+	case errors.Is(err, errUsage):
 		return 2
+	case errors.As(err, &intr):
+		return 130
 	}
 	return 1
 }
 
 // Run runs the imgmill command line args (args[0] is the program name) until ctx ends or the command
-// is done; main only calls it.
+// is done, without standard input.
 func Run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	e := &env{getenv: getenv, stdout: stdout, stderr: stderr}
+	return RunIO(ctx, args, getenv, nil, stdout, stderr)
+}
+
+// RunIO is Run with standard input (nil: none), which `submit -` reads; main only calls it.
+func RunIO(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
+	e := &env{getenv: getenv, stdin: stdin, stdout: stdout, stderr: stderr}
 	if len(args) < 2 || args[1] == "-h" || args[1] == "--help" || args[1] == "help" {
 		usage(stdout)
 		if len(args) < 2 {
@@ -117,6 +130,7 @@ type flags struct {
 	*flag.FlagSet
 	env      *env
 	cmd      string
+	about    string // the command's description, for its help
 	logLevel slog.Level
 	// deprecated maps an old spelling to the flag's name now: accepted on the command line, with a
 	// warning, but never read from the environment, where its variable may mean something else.
@@ -125,27 +139,75 @@ type flags struct {
 
 func newFlags(e *env, c command) *flags {
 	fs := flag.NewFlagSet("imgmill "+c.name, flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	f := &flags{FlagSet: fs, env: e, cmd: c.name, deprecated: map[string]string{}}
-	fs.Usage = func() {
-		fmt.Fprintf(e.stderr, "Usage: imgmill %s [flags]\n\n%s\n\nFlags (each also settable by the environment variable shown):\n", c.name, c.about)
-		fs.VisitAll(func(fl *flag.Flag) {
-			if now, ok := f.deprecated[fl.Name]; ok {
-				fmt.Fprintf(e.stderr, "  --%s\n    \tdeprecated: use --%s\n", fl.Name, now)
-				return
-			}
-			fmt.Fprintf(e.stderr, "  --%s (%s)\n    \t%s", fl.Name, envName(fl.Name), fl.Usage)
-			if fl.DefValue != "" {
-				fmt.Fprintf(e.stderr, " (default %q)", fl.DefValue)
-			}
-			fmt.Fprintln(e.stderr)
-		})
-	}
+	// The flag package would print its error and the whole help on a mistake; Run's caller prints the
+	// error once, and the help is printed for --help only (printHelp).
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	f := &flags{FlagSet: fs, env: e, cmd: c.name, about: c.about, deprecated: map[string]string{}}
 	fs.TextVar(&f.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	return f
 }
 
+// printHelp prints the command's help to stderr: its description, then each flag as it is spelled on
+// the command line, with its variable and its default.
+func (f *flags) printHelp() {
+	w := f.env.stderr
+	fmt.Fprintf(w, "Usage: imgmill %s [flags]\n\n%s\n\nFlags (each also settable by the environment variable shown):\n", f.cmd, f.about)
+	f.VisitAll(func(fl *flag.Flag) {
+		if now, ok := f.deprecated[fl.Name]; ok {
+			fmt.Fprintf(w, "  %s\n    \tdeprecated: use %s\n", flagSpelling(fl.Name), flagSpelling(now))
+			return
+		}
+		fmt.Fprintf(w, "  %s", flagSpelling(fl.Name))
+		if v := envName(fl.Name); v != "" {
+			fmt.Fprintf(w, " (%s)", v)
+		}
+		fmt.Fprintf(w, "\n    \t%s", fl.Usage)
+		if d := defaultText(fl); d != "" {
+			fmt.Fprintf(w, " (default %s)", d)
+		}
+		fmt.Fprintln(w)
+	})
+}
+
+// flagSpelling is how the help shows a flag: -o for a one-letter name, --name otherwise.
+func flagSpelling(name string) string {
+	if len(name) == 1 {
+		return "-" + name
+	}
+	return "--" + name
+}
+
+// defaultText is the default a flag's help shows: none for an empty value or a boolean that is off
+// (a flag's absence says that), the value as it would be typed otherwise.
+func defaultText(fl *flag.Flag) string {
+	if b, ok := fl.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() && fl.DefValue == "false" {
+		return ""
+	}
+	if fl.DefValue == "" {
+		return ""
+	}
+	if strings.ContainsAny(fl.DefValue, " \t\"") {
+		return strconv.Quote(fl.DefValue)
+	}
+	return fl.DefValue
+}
+
+// parseError turns the flag package's error into a usage error that names the command's help.
+func (f *flags) parseError(err error) error {
+	if errors.Is(err, flag.ErrHelp) {
+		f.printHelp()
+		return err
+	}
+	return fmt.Errorf("%w: %v (imgmill %s --help lists its flags)", errUsage, err, f.cmd)
+}
+
+// envName is the environment variable of a flag, or "" for a one-letter flag (-o, -n), which the
+// environment does not set: IMGMILL_O would be a trap.
 func envName(flagName string) string {
+	if len(flagName) == 1 {
+		return ""
+	}
 	return "IMGMILL_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
@@ -172,10 +234,7 @@ func (a *aliasValue) Set(s string) error {
 
 func (f *flags) parse(args []string) error {
 	if err := f.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return f.parseError(err)
 	}
 	if f.NArg() > 0 {
 		return fmt.Errorf("%w: unexpected argument %q", errUsage, f.Arg(0))
@@ -190,9 +249,13 @@ func (f *flags) parse(args []string) error {
 		if _, old := f.deprecated[fl.Name]; old || set[fl.Name] {
 			return
 		}
-		if v := f.env.getenv(envName(fl.Name)); v != "" {
+		name := envName(fl.Name)
+		if name == "" {
+			return
+		}
+		if v := f.env.getenv(name); v != "" {
 			if err := fl.Value.Set(v); err != nil {
-				errs = append(errs, fmt.Errorf("%w: %s=%q: %v", errUsage, envName(fl.Name), v, err))
+				errs = append(errs, fmt.Errorf("%w: %s=%q: %v", errUsage, name, v, err))
 			}
 		}
 	})
@@ -217,10 +280,7 @@ func (f *flags) parseInterspersed(args []string) ([]string, error) {
 				n = 2
 			}
 			if err := f.Parse(args[:n]); err != nil {
-				if errors.Is(err, flag.ErrHelp) {
-					return nil, err
-				}
-				return nil, fmt.Errorf("%w: %v", errUsage, err)
+				return nil, f.parseError(err)
 			}
 			args = args[n:]
 		default:

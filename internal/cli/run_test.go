@@ -43,7 +43,7 @@ func TestSubcommandHelpListsFlagsAndEnv(t *testing.T) {
 		"worker":   {"kv", "concurrency"},
 		"frontend": {"addr", "kv"},
 		"serve":    {"data"},
-		"bench":    {"master", "size", "n", "clients"},
+		"bench":    {"master", "size", "clients"},
 	} {
 		checkHelpLists(t, cmd, flags...)
 	}
@@ -104,5 +104,43 @@ func TestFlagsFromEnvironment(t *testing.T) {
 	}
 	if _, _, err := runCLI(t, nil, "kv", "extra"); !errors.Is(err, errUsage) {
 		t.Errorf("stray argument: %v", err)
+	}
+}
+
+// TestHelpShowsFlagsAsTyped: a one-letter flag reads -o, without a variable; a boolean that is off has no
+// default; a string default is shown as typed.
+func TestHelpShowsFlagsAsTyped(t *testing.T) {
+	_, help, err := runCLI(t, nil, "get", "--help")
+	if err != nil {
+		t.Fatalf("get --help: %v", err)
+	}
+	if !strings.Contains(help, "\n  -o\n") || strings.Contains(help, "--o") || strings.Contains(help, "IMGMILL_O") {
+		t.Errorf("get --help does not show -o as typed, without a variable:\n%s", help)
+	}
+	if strings.Contains(help, `"false"`) || strings.Contains(help, "(default false)") {
+		t.Errorf("get --help shows a boolean's default:\n%s", help)
+	}
+	if !strings.Contains(help, "(default http://localhost:8080)") {
+		t.Errorf("get --help does not show --server's default as typed:\n%s", help)
+	}
+	// -o is not read from the environment.
+	if _, _, err := runCLI(t, map[string]string{"IMGMILL_O": "x.png"}, "get", "ID"); ExitCode(err) != 2 || !strings.Contains(err.Error(), "-o FILE is required") {
+		t.Errorf("get with IMGMILL_O set and no -o: %v, want -o required", err)
+	}
+}
+
+// TestFlagErrorOnce: a mistake in the flags is said once, in the error Run returns (its caller prints it),
+// with no help dumped after it.
+func TestFlagErrorOnce(t *testing.T) {
+	stdout, stderr, err := runCLI(t, nil, "submit", "--no-such-flag", "x.png")
+	if ExitCode(err) != 2 || !strings.Contains(err.Error(), "flag provided but not defined: -no-such-flag") || !strings.Contains(err.Error(), "imgmill submit --help") {
+		t.Errorf("unknown flag: %v (exit %d)", err, ExitCode(err))
+	}
+	if stdout != "" || stderr != "" {
+		t.Errorf("unknown flag: stdout %q, stderr %q; want the error only once, from the caller", stdout, stderr)
+	}
+	_, stderr, err = runCLI(t, nil, "kv", "--addr")
+	if ExitCode(err) != 2 || stderr != "" {
+		t.Errorf("flag without its value: %v, stderr %q", err, stderr)
 	}
 }

@@ -8,12 +8,17 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/imgmill/imgmill/internal/apiclient"
@@ -45,10 +50,13 @@ func newAPIClient(server string) (*apiclient.Client, error) {
 
 func submitCommand() command {
 	return command{name: "submit", summary: "upload images to a running imgmill (--wait: and download the results)", positional: true,
-		about: "Uploads images (FILE...) to the frontend's /api/tasks and prints \"FILE<tab>ID\" per file.\n" +
+		about: "Uploads images (FILE...; - for standard input) to the frontend's /api/tasks and prints \"FILE<tab>ID\" per file.\n" +
 			"--op applies a chain of operations, comma-separated, in order (e.g. resize:800x600,grayscale,sharpen:1.5);\n" +
 			"the server checks it, and a chain it refuses exits 2 with its reason. --list-ops prints the operations.\n" +
-			"With --wait, waits for every task and downloads each result into --out as NAME.imgmill.EXT.\n" +
+			"With --wait, waits for every task, downloads each result into --out as NAME.imgmill.EXT (stdin.imgmill.EXT\n" +
+			"for -) and prints \"FILE<tab>ID<tab>RESULT\" per file as it is done, or the reason in place of RESULT\n" +
+			"(ID - when the file was not sent), and the summary on stderr. Ctrl-C stops waiting, names the tasks\n" +
+			"that keep running on the server and exits 130.\n" +
 			"Usage: imgmill submit [flags] FILE...\n       imgmill submit --list-ops",
 		define: defineSubmit}
 }
@@ -88,6 +96,10 @@ func defineSubmit(f *flags) runner {
 			return fmt.Errorf("%w: --parallel must be >= 1", errUsage)
 		case outSet && !*wait:
 			return fmt.Errorf("%w: --out needs --wait", errUsage)
+		case countOf(files, "-") > 1:
+			return fmt.Errorf("%w: standard input (-) can be submitted once", errUsage)
+		case slices.Contains(files, "-") && e.stdin == nil:
+			return fmt.Errorf("%w: no standard input to submit (-)", errUsage)
 		}
 		if *wait {
 			if err := checkOutputNames(files, *out); err != nil {
@@ -106,6 +118,14 @@ func defineSubmit(f *flags) runner {
 			}
 		}
 		b := &batch{c: c, e: e, op: *op, wait: *wait, out: *out, conc: *conc, files: files}
+		if slices.Contains(files, "-") {
+			path, err := spoolStdin(e.stdin)
+			if err != nil {
+				return err
+			}
+			defer os.Remove(path)
+			b.stdin = path
+		}
 		return b.run(ctx)
 
 	}
@@ -257,8 +277,42 @@ func wrapText(text, indent string, width int) string {
 	return sb.String()
 }
 
+func countOf(list []string, s string) int {
+	n := 0
+	for _, v := range list {
+		if v == s {
+			n++
+		}
+	}
+	return n
+}
+
+// spoolStdin copies standard input to a temporary file, which an upload can send again when the server
+// asks it to come back later, and returns its path; the caller removes it.
+func spoolStdin(stdin io.Reader) (string, error) {
+	f, err := os.CreateTemp("", "imgmill-stdin-*")
+	if err != nil {
+		return "", fmt.Errorf("copy standard input: %w", err)
+	}
+	_, err = io.Copy(f, stdin)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", fmt.Errorf("copy standard input: %w", err)
+	}
+	return f.Name(), nil
+}
+
+// stdinName is the name standard input's result is written under with --wait: stdin.imgmill.EXT.
+const stdinName = "stdin"
+
 // outputStem is the name of a result without its extension: photo.png -> photo.imgmill.
 func outputStem(file string) string {
+	if file == "-" {
+		file = stdinName
+	}
 	base := filepath.Base(file)
 	return strings.TrimSuffix(base, filepath.Ext(base)) + ".imgmill"
 }
@@ -295,6 +349,7 @@ type batch struct {
 	out   string
 	conc  int
 	files []string
+	stdin string // the file standard input was copied to, uploaded for the FILE "-"
 
 	mu       sync.Mutex       // guards what follows and the writes to stdout and stderr
 	opErr    *apiclient.Error // the server refused the op (400): the batch stops
@@ -308,9 +363,21 @@ type batch struct {
 type item struct {
 	file    string
 	id      string
-	refused error  // not submitted: the server refused it, or it could not be read or sent (errNotSent: skipped)
+	refused error  // the server refused the upload (an *apiclient.Error)
+	notSent error  // not uploaded: the file could not be read, the server not reached, or errOpRefused
 	failed  string // submitted, but did not produce a result: the task's reason, or why waiting failed
 	result  string // the result's path
+	// interrupted: the batch was interrupted before this file's upload ended, or (with an id) before its
+	// task was done; the task keeps running on the server.
+	interrupted bool
+}
+
+// path is the file to upload: standard input's copy for "-".
+func (b *batch) path(it *item) string {
+	if it.file == "-" {
+		return b.stdin
+	}
+	return it.file
 }
 
 func (b *batch) run(ctx context.Context) error {
@@ -319,7 +386,7 @@ func (b *batch) run(ctx context.Context) error {
 	var total int64
 	for i, file := range b.files {
 		items[i].file = file
-		if fi, err := os.Stat(file); err == nil {
+		if fi, err := os.Stat(b.path(&items[i])); err == nil {
 			total += fi.Size()
 		}
 	}
@@ -337,10 +404,10 @@ func (b *batch) run(ctx context.Context) error {
 		upWG.Go(func() {
 			for i := range uploads {
 				b.upload(ctx, &items[i])
-				if b.wait && items[i].refused == nil {
+				if b.wait && items[i].id != "" {
 					waits <- i
 				} else if b.wait {
-					b.taskDone()
+					b.taskDone(&items[i])
 				}
 			}
 		})
@@ -348,7 +415,7 @@ func (b *batch) run(ctx context.Context) error {
 			waitWG.Go(func() {
 				for i := range waits {
 					b.await(ctx, &items[i])
-					b.taskDone()
+					b.taskDone(&items[i])
 				}
 			})
 		}
@@ -367,8 +434,8 @@ func (b *batch) run(ctx context.Context) error {
 	return b.report(ctx, items, time.Since(start))
 }
 
-// errNotSent marks a file not uploaded because the server had refused the op.
-var errNotSent = errors.New("not sent: the server refused the op")
+// errOpRefused marks a file not uploaded because the server had refused the op.
+var errOpRefused = errors.New("the server refused the op")
 
 // upload submits one file. A 400 is the server refusing the op, which it would for every file: the
 // batch stops uploading.
@@ -376,23 +443,36 @@ func (b *batch) upload(ctx context.Context, it *item) {
 	b.mu.Lock()
 	stopped := b.opErr != nil
 	b.mu.Unlock()
-	if stopped {
-		it.refused = errNotSent
+	switch {
+	case stopped:
+		it.notSent = errOpRefused
+		return
+	case ctx.Err() != nil:
+		it.interrupted = true
 		return
 	}
-	id, err := b.c.Upload(ctx, it.file, b.op, b.addBytes, func(wait time.Duration, err error) {
-		b.plainf("%s: server busy or unavailable (%v), retrying in %s\n", it.file, err, wait.Round(100*time.Millisecond))
+	id, err := b.c.Upload(ctx, b.path(it), b.op, b.addBytes, func(wait time.Duration, err error) {
+		b.plainf("%s: %s, retrying in %s\n", it.file, outageReason(err, b.c.Base()), wait.Round(100*time.Millisecond))
 	})
-	if err != nil {
-		it.refused = err
-		var ae *apiclient.Error
-		if errors.As(err, &ae) && ae.Status == http.StatusBadRequest {
+	var ae *apiclient.Error
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		// Whether the server made the task is unknown: the answer was not awaited.
+		it.interrupted = true
+		return
+	case errors.As(err, &ae):
+		it.refused = ae
+		if ae.Status == http.StatusBadRequest {
 			b.mu.Lock()
 			if b.opErr == nil {
 				b.opErr = ae
 			}
 			b.mu.Unlock()
 		}
+		return
+	default:
+		it.notSent = err
 		return
 	}
 	it.id = id
@@ -409,6 +489,9 @@ func (b *batch) upload(ctx context.Context, it *item) {
 func (b *batch) await(ctx context.Context, it *item) {
 	st, err := b.c.WaitTask(ctx, it.id)
 	switch {
+	case ctx.Err() != nil:
+		it.interrupted = true
+		return
 	case err != nil:
 		it.failed = err.Error()
 		return
@@ -418,23 +501,120 @@ func (b *batch) await(ctx context.Context, it *item) {
 			it.failed = "failed without a reason"
 		}
 		return
-	}
-	path, err := b.c.Download(ctx, it.id, nil, func(ct string) string { return outputPath(b.out, it.file, ct) })
-	if err != nil {
-		it.failed = err.Error()
+	case st.State == wire.CancelledWord:
+		it.failed = "cancelled"
 		return
 	}
-	it.result = path
-	b.plainf("%s: finished -> %s\n", it.file, path)
+	path, err := b.c.Download(ctx, it.id, nil, func(ct string) string { return outputPath(b.out, it.file, ct) })
+	switch {
+	case ctx.Err() != nil:
+		// Finished on the server: only the download was cut short, and imgmill get can do it again.
+		it.interrupted = true
+	case err != nil:
+		it.failed = err.Error()
+	default:
+		it.result = path
+	}
+}
+
+// problem is what went wrong with the file, "" when nothing did (or the batch was interrupted).
+func (b *batch) problem(it *item) string {
+	switch {
+	case it.refused != nil:
+		return "refused at upload: " + it.refused.Error()
+	case it.notSent != nil:
+		return "not sent: " + notSentReason(it.notSent, b.c.Base())
+	case it.failed != "":
+		return "task failed: " + it.failed
+	}
+	return ""
+}
+
+// resultLine is the line --wait prints on stdout for a file once it is done: FILE, the task's id ("-"
+// when none) and the result's path or what went wrong, separated by tabs. Nothing here has a tab or a
+// newline but a file name that has one.
+func (b *batch) resultLine(it *item) string {
+	id, what := it.id, it.result
+	if id == "" {
+		id = "-"
+	}
+	switch {
+	case it.interrupted && it.id != "":
+		what = "interrupted: the task keeps running on the server"
+	case it.interrupted:
+		what = "not sent: interrupted"
+	case what == "":
+		what = b.problem(it)
+	}
+	return it.file + "\t" + id + "\t" + strings.NewReplacer("\t", " ", "\n", " ").Replace(what)
+}
+
+// notSentReason says why a file was not sent: the file could not be read, or the server could not be
+// reached (for a refused connection, whether imgmill runs there).
+func notSentReason(err error, server string) string {
+	var pe *fs.PathError
+	var dns *net.DNSError
+	var ue *url.Error
+	switch {
+	case errors.Is(err, errOpRefused):
+		return err.Error()
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Sprintf("connection refused: is imgmill serve running at %s?", server)
+	case errors.As(err, &dns):
+		return fmt.Sprintf("cannot resolve %s: %s", dns.Name, dns.Err)
+	case errors.As(err, &ue):
+		return fmt.Sprintf("cannot reach %s: %v", server, ue.Err)
+	case errors.As(err, &pe):
+		return fmt.Sprintf("cannot read it: %v", pe.Err)
+	}
+	return err.Error()
+}
+
+// outageReason is why an upload waits for the server: its answer, or why it could not be reached.
+func outageReason(err error, server string) string {
+	var ae *apiclient.Error
+	if errors.As(err, &ae) {
+		return fmt.Sprintf("server busy or unavailable (%v)", ae)
+	}
+	return "server unavailable (" + notSentReason(err, server) + ")"
+}
+
+// interruptedError is a batch stopped by Ctrl-C (or SIGTERM): exit status 130, and the tasks it leaves
+// running on the server named, so that they can be fetched later.
+type interruptedError struct {
+	running []string // ids of tasks uploaded and not known to be done
+	notSent int      // files whose upload did not end
+}
+
+func (e *interruptedError) Error() string {
+	s := fmt.Sprintf("interrupted: %d %s on the server", len(e.running), plural(len(e.running), "task keeps running", "tasks keep running"))
+	if len(e.running) > 0 {
+		s += ": " + strings.Join(e.running, " ")
+	}
+	if e.notSent > 0 {
+		s += fmt.Sprintf("; %d %s not sent", e.notSent, plural(e.notSent, "file", "files"))
+	}
+	if len(e.running) > 0 {
+		s += " (imgmill get --wait ID -o FILE fetches a result)"
+	}
+	return s
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 // report prints the summary and every failure, and returns an error when any file failed: an
-// *opRefusedError (exit 2) when the server refused the op.
+// *opRefusedError (exit 2) when the server refused the op, an *interruptedError (exit 130) when ctx
+// ended first.
 func (b *batch) report(ctx context.Context, items []item, took time.Duration) error {
 	if b.opErr != nil {
-		for _, it := range items {
-			if it.refused != nil && !errors.Is(it.refused, errNotSent) && apiclient.StatusOf(it.refused) != http.StatusBadRequest {
-				fmt.Fprintf(b.e.stderr, "%s: refused at upload: %v\n", it.file, it.refused)
+		for i := range items {
+			if p := b.problem(&items[i]); p != "" && !errors.Is(items[i].notSent, errOpRefused) && apiclient.StatusOf(items[i].refused) != http.StatusBadRequest {
+				fmt.Fprintf(b.e.stderr, "%s: %s\n", items[i].file, p)
 			}
 		}
 		e := &opRefusedError{op: b.op, server: b.c.Base(), err: b.opErr}
@@ -445,31 +625,53 @@ func (b *batch) report(ctx context.Context, items []item, took time.Duration) er
 		}
 		return e
 	}
-	var failed, refused, finished int
-	var msgs []string
-	for _, it := range items {
+	var failed, refused, notSent, finished int
+	var intr interruptedError
+	for i := range items {
+		it := &items[i]
 		switch {
+		case it.interrupted && it.id != "":
+			intr.running = append(intr.running, it.id)
+		case it.interrupted:
+			intr.notSent++
 		case it.refused != nil:
 			refused++
-			msgs = append(msgs, fmt.Sprintf("%s: refused at upload: %v", it.file, it.refused))
+		case it.notSent != nil:
+			notSent++
 		case it.failed != "":
 			failed++
-			msgs = append(msgs, fmt.Sprintf("%s: task %s failed: %s", it.file, it.id, it.failed))
 		case it.result != "":
 			finished++
 		}
+		if !it.interrupted {
+			if p := b.problem(it); p != "" {
+				fmt.Fprintf(b.e.stderr, "%s: %s\n", it.file, p)
+			}
+		}
 	}
-	for _, m := range msgs {
-		fmt.Fprintln(b.e.stderr, m)
+	if intr.notSent > 0 || len(intr.running) > 0 {
+		if !b.wait {
+			// Without --wait every task uploaded keeps running; their ids are on stdout already.
+			intr.running = nil
+			for _, it := range items {
+				if it.id != "" {
+					intr.running = append(intr.running, it.id)
+				}
+			}
+		}
+		return &intr
 	}
 	if b.wait {
-		line := fmt.Sprintf("%d submitted, %d finished, %d failed", len(items), finished, failed+refused)
+		line := fmt.Sprintf("%d submitted, %d finished, %d failed", len(items), finished, failed+refused+notSent)
 		if refused > 0 {
 			line += fmt.Sprintf(" (%d refused at upload)", refused)
 		}
-		fmt.Fprintf(b.e.stdout, "%s in %.1fs\n", line, took.Seconds())
+		if notSent > 0 {
+			line += fmt.Sprintf(" (%d not sent)", notSent)
+		}
+		fmt.Fprintf(b.e.stderr, "%s in %.1fs\n", line, took.Seconds())
 	}
-	if n := failed + refused; n > 0 {
+	if n := failed + refused + notSent; n > 0 {
 		return fmt.Errorf("%d of %d files failed", n, len(items))
 	}
 	return nil
@@ -488,9 +690,14 @@ func (b *batch) addBytes(n int64) {
 	}
 }
 
-func (b *batch) taskDone() {
+// taskDone counts a file done and, with --wait, prints its line on stdout (none for the files not sent
+// because the server refused the op: the error says it for all).
+func (b *batch) taskDone(it *item) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.opErr == nil || it.id != "" {
+		fmt.Fprintln(b.e.stdout, b.resultLine(it))
+	}
 	b.finished++
 	if b.tasksBar {
 		b.bar.Add(1)
