@@ -10,6 +10,7 @@ import (
 	"mime"
 	"mime/multipart"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -196,12 +197,59 @@ func (s *server) handleTask(w http.ResponseWriter, r *http.Request) error {
 	return httpapi.WriteJSON(w, http.StatusOK, st)
 }
 
+// DownloadParam is the query parameter of GET /api/tasks/{id}/result that, as 0, serves the image
+// inline (to open in a tab) rather than as an attachment.
+const DownloadParam = "download"
+
+// resultCSP is the Content-Security-Policy of an image served by the API: shown in a tab, it runs no
+// script and loads nothing, whatever a browser would make of its bytes.
+const resultCSP = "sandbox; default-src 'none'"
+
+// handleTaskResult serves the finished image, as an attachment or (?download=0) inline. Once the task
+// is finished it is cacheable for good under an ETag made from its status (cache.go), and a request
+// naming that ETag is answered 304 without reading the image.
 func (s *server) handleTaskResult(w http.ResponseWriter, r *http.Request) error {
 	id, public, err := s.apiTask(r)
 	if err != nil {
 		return err
 	}
-	return s.serveResult(w, r, id, public)
+	download := true
+	if v := r.URL.Query().Get(DownloadParam); v != "" {
+		if download, err = strconv.ParseBool(v); err != nil {
+			return httpapi.Errorf(http.StatusBadRequest, "%s=%q: give %s=0 to show the image, %s=1 (the default) to download it",
+				DownloadParam, v, DownloadParam, DownloadParam)
+		}
+	}
+	h := w.Header()
+	h.Set("Cache-Control", "no-store") // "not finished" must not be kept: it changes
+	st, err := s.master.Status(r.Context(), id)
+	if err != nil {
+		return publicError(err, id)
+	}
+	etag := ""
+	if st.State == wire.FinishedWord && !st.FinishedAt.IsZero() {
+		etag = imageETag("result", public, st.FinishedAt)
+		if noneMatch(r, etag) {
+			notModified(w, etag)
+			return nil
+		}
+	}
+	// Not finished: the master's Get refuses it, in the same words as /getImage.
+	img, err := s.master.Get(r.Context(), id)
+	if err != nil {
+		return publicError(err, id)
+	}
+	defer img.Close()
+	disposition := "attachment"
+	if !download {
+		disposition = "inline"
+	}
+	h.Set("Content-Disposition", fmt.Sprintf("%s; filename=%q", disposition, DownloadName(public, img.ContentType)))
+	h.Set("Content-Security-Policy", resultCSP)
+	if etag != "" {
+		cacheable(h, etag)
+	}
+	return master.CopyImage(w, img)
 }
 
 // handleDeleteTask removes the task, its upload, its result and its record, and answers 204 (again for
@@ -243,10 +291,24 @@ func SourceName(public, contentType string) string {
 	return "imgmill-" + public[:min(len(public), 12)] + "-source" + ext
 }
 
+// handleTaskSource serves the upload inline; it is cacheable for good under an ETag made from the
+// task's creation time (cache.go), and a request naming that ETag is answered 304 without reading it.
 func (s *server) handleTaskSource(w http.ResponseWriter, r *http.Request) error {
 	id, public, err := s.apiTask(r)
 	if err != nil {
 		return err
+	}
+	st, err := s.master.Status(r.Context(), id)
+	if err != nil {
+		return publicError(err, id)
+	}
+	etag := ""
+	if !st.CreatedAt.IsZero() {
+		etag = imageETag("source", public, st.CreatedAt)
+		if noneMatch(r, etag) {
+			notModified(w, etag)
+			return nil
+		}
 	}
 	img, err := s.master.Source(r.Context(), id)
 	if err != nil {
@@ -255,7 +317,10 @@ func (s *server) handleTaskSource(w http.ResponseWriter, r *http.Request) error 
 	defer img.Close()
 	h := w.Header()
 	h.Set("Content-Disposition", fmt.Sprintf("inline; filename=%q", SourceName(public, img.ContentType)))
-	h.Set("Content-Security-Policy", "default-src 'none'; sandbox")
+	h.Set("Content-Security-Policy", resultCSP)
+	if etag != "" {
+		cacheable(h, etag)
+	}
 	return master.CopyImage(w, img)
 }
 
