@@ -392,6 +392,17 @@ func TestOpenAPIAnswers(t *testing.T) {
 	s.finish(t, s.internal(t, pub), img)
 	o.expectAnswer(t, "GET", "/api/tasks/{id}", s.call(t, http.MethodGet, "/api/tasks/"+pub, "", nil))
 	o.expectAnswer(t, "GET", "/api/tasks/{id}/result", s.call(t, http.MethodGet, "/api/tasks/"+pub+"/result", "", nil))
+	o.expectAnswer(t, "GET", "/api/tasks/{id}/result", s.call(t, http.MethodGet, "/api/tasks/"+pub+"/result?download=0", "", nil))
+	o.expectAnswer(t, "GET", "/api/tasks/{id}/result", s.call(t, http.MethodGet, "/api/tasks/"+pub+"/result?download=no", "", nil))
+	for _, suffix := range []string{"/result", "/source"} { // 304 to a client holding the image
+		path := "/api/tasks/" + pub + suffix
+		etag := s.call(t, http.MethodGet, path, "", nil).Header.Get("ETag")
+		r := s.callWith(t, http.MethodGet, path, "", nil, http.Header{"If-None-Match": {etag}})
+		if r.Status != http.StatusNotModified {
+			t.Errorf("GET %s with If-None-Match %q: %d, want 304", path, etag, r.Status)
+		}
+		o.expectAnswer(t, "GET", "/api/tasks/{id}"+suffix, r)
+	}
 	o.expectAnswer(t, "GET", "/getImage", s.call(t, http.MethodGet, "/getImage?id="+pub, "", nil))
 	o.expectAnswer(t, "POST", "/api/tasks/{id}/cancel", s.call(t, http.MethodPost, "/api/tasks/"+pub+"/cancel", "", nil))
 
