@@ -629,7 +629,7 @@
     v.body.replaceChildren(
       el('div', { class: 'compare' }, original, result),
       el('div', { class: 'actions' }, download,
-        el('a', { class: 'button secondary', href: v.urls.resultUrl, target: '_blank', rel: 'noopener', text: 'Open in new tab' })));
+        el('a', { class: 'button secondary', href: v.urls.resultUrl + '?download=0', target: '_blank', rel: 'noopener', text: 'Open in new tab' })));
     // The result's Content-Type says its format (and so the download's extension) for sure.
     fetch(v.urls.resultUrl, { method: 'HEAD', cache: 'no-store' }).then((r) => {
       const type = (r.ok && (r.headers.get('Content-Type') || '').split(';')[0].trim().toLowerCase()) || '';
