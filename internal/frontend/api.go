@@ -222,17 +222,14 @@ func (s *server) handleTaskResult(w http.ResponseWriter, r *http.Request) error 
 	}
 	h := w.Header()
 	h.Set("Cache-Control", "no-store") // "not finished" must not be kept: it changes
-	st, err := s.master.Status(r.Context(), id)
-	if err != nil {
-		return publicError(err, id)
-	}
-	etag := ""
-	if st.State == wire.FinishedWord && !st.FinishedAt.IsZero() {
-		etag = imageETag("result", public, st.FinishedAt)
-		if noneMatch(r, etag) {
-			notModified(w, etag)
-			return nil
+	etag, answered, err := s.checkImageETag(w, r, id, "result", public, func(st wire.Status) time.Time {
+		if st.State != wire.FinishedWord {
+			return time.Time{}
 		}
+		return st.FinishedAt
+	})
+	if err != nil || answered {
+		return err
 	}
 	// Not finished: the master's Get refuses it, in the same words as /getImage.
 	img, err := s.master.Get(r.Context(), id)
@@ -298,17 +295,9 @@ func (s *server) handleTaskSource(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
-	st, err := s.master.Status(r.Context(), id)
-	if err != nil {
-		return publicError(err, id)
-	}
-	etag := ""
-	if !st.CreatedAt.IsZero() {
-		etag = imageETag("source", public, st.CreatedAt)
-		if noneMatch(r, etag) {
-			notModified(w, etag)
-			return nil
-		}
+	etag, answered, err := s.checkImageETag(w, r, id, "source", public, func(st wire.Status) time.Time { return st.CreatedAt })
+	if err != nil || answered {
+		return err
 	}
 	img, err := s.master.Source(r.Context(), id)
 	if err != nil {

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // Caching of a task's images (/api/tasks/{id}/result and /source). Both are written once: the upload
@@ -51,4 +53,26 @@ func cacheable(h http.Header, etag string) {
 func notModified(w http.ResponseWriter, etag string) {
 	cacheable(w.Header(), etag)
 	w.WriteHeader(http.StatusNotModified)
+}
+
+// checkImageETag asks the master for task id's status and, when written finds the time its image of
+// kind was written (zero: not written yet), returns the image's ETag; answered is true when the request
+// named that ETag and has been answered 304.
+func (s *server) checkImageETag(w http.ResponseWriter, r *http.Request, id int64, kind, public string,
+	written func(wire.Status) time.Time,
+) (etag string, answered bool, err error) {
+	st, err := s.master.Status(r.Context(), id)
+	if err != nil {
+		return "", false, publicError(err, id)
+	}
+	at := written(st)
+	if at.IsZero() {
+		return "", false, nil
+	}
+	etag = imageETag(kind, public, at)
+	if noneMatch(r, etag) {
+		notModified(w, etag)
+		return etag, true, nil
+	}
+	return etag, false, nil
 }
