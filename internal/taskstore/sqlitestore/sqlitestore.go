@@ -1030,13 +1030,22 @@ func (s *Store) PurgeDeleted(ctx context.Context, olderThan time.Duration, limit
 	if olderThan < 0 || limit <= 0 {
 		return 0, fmt.Errorf("sqlitestore: purge deleted: age %v must not be negative and limit %d must be positive", olderThan, limit)
 	}
-	res, err := s.purge.ExecContext(ctx, sql.Named("cutoff", nanos(s.now().Add(-olderThan))), sql.Named("limit", limit))
+	n, err := s.execCount(ctx, s.purge, sql.Named("cutoff", nanos(s.now().Add(-olderThan))), sql.Named("limit", limit))
 	if err != nil {
-		return 0, fmt.Errorf("sqlitestore: purge deleted: %w", s.classify(err))
+		return 0, fmt.Errorf("sqlitestore: purge deleted: %w", err)
+	}
+	return n, nil
+}
+
+// execCount runs a write and returns how many rows it changed.
+func (s *Store) execCount(ctx context.Context, stmt *sql.Stmt, args ...any) (int, error) {
+	res, err := stmt.ExecContext(ctx, args...)
+	if err != nil {
+		return 0, s.classify(err)
 	}
 	n, err := res.RowsAffected()
 	if err != nil {
-		return 0, fmt.Errorf("sqlitestore: purge deleted: %w", s.classify(err))
+		return 0, s.classify(err)
 	}
 	return int(n), nil
 }
@@ -1047,15 +1056,11 @@ func (s *Store) ExpirePending(ctx context.Context, olderThan time.Duration) (int
 		return 0, fmt.Errorf("sqlitestore: expire pending: age %v is negative", olderThan)
 	}
 	now := s.now()
-	res, err := s.expire.ExecContext(ctx, sql.Named("now", nanos(now)), sql.Named("cutoff", nanos(now.Add(-olderThan))))
+	n, err := s.execCount(ctx, s.expire, sql.Named("now", nanos(now)), sql.Named("cutoff", nanos(now.Add(-olderThan))))
 	if err != nil {
-		return 0, fmt.Errorf("sqlitestore: expire pending: %w", s.classify(err))
+		return 0, fmt.Errorf("sqlitestore: expire pending: %w", err)
 	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return 0, fmt.Errorf("sqlitestore: expire pending: %w", s.classify(err))
-	}
-	return int(n), nil
+	return n, nil
 }
 
 // ClaimExpired holds and returns a batch of settled tasks past olderThan; see taskstore.Store.
