@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/imgmill/imgmill/internal/deploytest"
-	"github.com/imgmill/imgmill/internal/enginetest"
 )
 
 // TestSubmitInterruptedBySIGINT: Ctrl-C during submit --wait exits 130 and says once which task keeps
@@ -36,15 +35,7 @@ func TestSubmitInterruptedBySIGINT(t *testing.T) {
 	}
 
 	var out deploytest.SyncBuffer
-	cmd := imgmill(t, &out, "submit", "--wait", "--server", srv.URL, "--out", t.TempDir(), file)
-	exited, err := enginetest.StartTied(cmd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
+	cmd, exited := start(t, &out, "submit", "--wait", "--server", srv.URL, "--out", t.TempDir(), file)
 	deadline := time.Now().Add(time.Minute)
 	for !strings.Contains(out.String(), "submitted as task Q1") {
 		if time.Now().After(deadline) {

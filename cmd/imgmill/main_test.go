@@ -39,6 +39,21 @@ func imgmill(t *testing.T, out *deploytest.SyncBuffer, args ...string) *exec.Cmd
 	return cmd
 }
 
+// start starts main with args, killed at the end of the test if it still runs; exited closes when it ends.
+func start(t *testing.T, out *deploytest.SyncBuffer, args ...string) (cmd *exec.Cmd, exited <-chan struct{}) {
+	t.Helper()
+	cmd = imgmill(t, out, args...)
+	exited, err := enginetest.StartTied(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	return cmd, exited
+}
+
 // run runs main with args to its end and returns its exit code and output.
 func run(t *testing.T, args ...string) (int, string) {
 	t.Helper()
@@ -80,15 +95,7 @@ func TestExitCodes(t *testing.T) {
 func TestStopsOnSIGTERM(t *testing.T) {
 	addr := enginetest.FreeAddr(t)
 	var out deploytest.SyncBuffer
-	cmd := imgmill(t, &out, "kv", "--addr", addr, "--data", filepath.Join(t.TempDir(), "kv"))
-	exited, err := enginetest.StartTied(cmd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
+	cmd, exited := start(t, &out, "kv", "--addr", addr, "--data", filepath.Join(t.TempDir(), "kv"))
 	deadline := time.Now().Add(time.Minute)
 	for {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
