@@ -1276,53 +1276,18 @@ func BenchmarkCounts(b *testing.B) {
 func testTombstoneKeepsNothingPersonal(t *testing.T, pg *enginetest.Postgres) {
 	ctx := t.Context()
 	s := openStore(t, pg.NewDatabase(t), Options{})
-	task, _, err := s.CreateOnce(ctx, taskstore.CreateParams{Pending: true, Op: "grayscale", Owner: "203.0.113.9"}, "fe-secret", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Activate(ctx, task.ID, 4096); err != nil {
-		t.Fatal(err)
-	}
-	c, err := s.Claim(ctx, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Fail(ctx, c.ID, c.Token, "cannot decode photo-of-alice.jpg", true); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Delete(ctx, task.ID); err != nil {
-		t.Fatal(err)
-	}
-	var state, size int64
-	var owner, op, reason string
-	var key *string
-	if err := s.pool.QueryRow(ctx, `SELECT state, owner, op, error, idem_key, size FROM tasks WHERE id = $1`, task.ID).
-		Scan(&state, &owner, &op, &reason, &key, &size); err != nil {
-		t.Fatal(err)
-	}
-	if state != 5 || owner != "" || op != "" || reason != "" || key != nil || size != 0 {
-		t.Errorf("tombstone row = state %d, owner %q, op %q, error %q, key %v, size %d; want state 5 and nothing else",
-			state, owner, op, reason, key, size)
-	}
-	// The last task of another owner, queued (so counted in the turn) when deleted.
-	queued, err := s.Create(ctx, taskstore.CreateParams{Owner: "key:bob"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Delete(ctx, queued); err != nil {
-		t.Fatal(err)
-	}
-	for _, owner := range []string{"203.0.113.9", "key:bob"} {
-		for _, table := range []string{"usage", "owners"} {
-			var n int
-			if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM `+table+` WHERE owner = $1`, owner).Scan(&n); err != nil {
-				t.Fatal(err)
-			}
-			if n != 0 {
-				t.Errorf("%s still names %s, whose tasks are all deleted", table, owner)
-			}
-		}
-	}
+	taskstoretest.CheckTombstoneKeepsNothing(t, s, func(id int64) (taskstoretest.TombstoneRow, error) {
+		var r taskstoretest.TombstoneRow
+		var key *string
+		err := s.pool.QueryRow(ctx, `SELECT state, owner, op, error, idem_key, size FROM tasks WHERE id = $1`, id).
+			Scan(&r.State, &r.Owner, &r.Op, &r.Error, &key, &r.Size)
+		r.KeyKept = key != nil
+		return r, err
+	}, func(table, owner string) (int, error) {
+		var n int
+		err := s.pool.QueryRow(ctx, `SELECT count(*) FROM `+table+` WHERE owner = $1`, owner).Scan(&n)
+		return n, err
+	})
 }
 
 // testSharedUsage: two Stores creating, activating and deleting one owner's tasks at once keep its

@@ -133,3 +133,63 @@ func CheckUsageUpgraded(t *testing.T, s taskstore.Store, readTombstone func() (o
 		t.Errorf("Usage(bob) after deleting his task = %+v, %v; want none", got, err)
 	}
 }
+
+// TombstoneRow is what a deleted task's row holds, read through the engine.
+type TombstoneRow struct {
+	State, Size      int64
+	Owner, Op, Error string
+	KeyKept          bool // idem_key is not NULL
+}
+
+// CheckTombstoneKeepsNothing checks that a tombstone keeps nothing of who asked for what (owner,
+// operation, error, idempotency key, size), and that an owner's rows (usage, and the turn) go once it
+// keeps nothing. row reads task id's row through the engine; ownerRows counts owner's rows in table.
+func CheckTombstoneKeepsNothing(t *testing.T, s taskstore.Store, row func(id int64) (TombstoneRow, error),
+	ownerRows func(table, owner string) (int, error),
+) {
+	t.Helper()
+	ctx := t.Context()
+	task, _, err := s.CreateOnce(ctx, taskstore.CreateParams{Pending: true, Op: "grayscale", Owner: "203.0.113.9"}, "fe-secret", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Activate(ctx, task.ID, 4096); err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.Claim(ctx, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Fail(ctx, c.ID, c.Token, "cannot decode photo-of-alice.jpg", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, task.ID); err != nil {
+		t.Fatal(err)
+	}
+	got, err := row(task.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != (TombstoneRow{State: int64(taskstore.Deleted)}) {
+		t.Errorf("tombstone row = %+v; want state 5 and nothing else", got)
+	}
+	// The last task of another owner, queued (so counted in the turn) when deleted.
+	queued, err := s.Create(ctx, taskstore.CreateParams{Owner: "key:bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, queued); err != nil {
+		t.Fatal(err)
+	}
+	for _, owner := range []string{"203.0.113.9", "key:bob"} {
+		for _, table := range []string{"usage", "owners"} {
+			n, err := ownerRows(table, owner)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n != 0 {
+				t.Errorf("%s still names %s, whose tasks are all deleted", table, owner)
+			}
+		}
+	}
+}
