@@ -160,9 +160,10 @@ func securityHeaders(next http.Handler) http.Handler {
 }
 
 // indexCSP is the upload page's Content-Security-Policy: scripts, styles, images and requests from this
-// site only (the files under /assets/; nothing inline, no eval), forms posting only to this site, no
-// plugins, no framing.
-const indexCSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; " +
+// site only (the files under /assets/; nothing inline, no eval), images also from blob: URLs (the
+// page's previews of the files the user picked, and of the thumbnails it fetched), forms posting only
+// to this site, no plugins, no framing.
+const indexCSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; " +
 	"object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 
 func (s *server) handleIndex() http.Handler {

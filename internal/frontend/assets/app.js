@@ -1,12 +1,16 @@
 // imgmill upload page: plain JavaScript, no build step, no dependencies. It speaks the frontend's JSON
-// API (/api/operations, /api/tasks, /api/tasks/{id}[/events|/result|/source]) and remembers this
-// browser's tasks in localStorage. Served from /assets/ under a strict CSP: no inline code anywhere.
+// API (/api/operations, /api/limits, /api/tasks, /api/events, /api/tasks/{id}[/result|/source|/cancel|
+// /retry], /api/tasks.zip) and remembers this browser's tasks in localStorage. Served from /assets/
+// under a strict CSP: no inline code anywhere.
 'use strict';
 
 (() => {
   const HISTORY_KEY = 'imgmill.tasks.v1';
   const MAX_HISTORY = 50;
-  const PARALLEL_UPLOADS = 3;
+  const PARALLEL_UPLOADS = 3; // with the one status stream, under the browser's 6 connections a site
+  const MAX_IDS = 200; // ids one /api/events or /api/tasks.zip takes
+  const REOPEN_DELAY = 200; // ms: a batch of accepted uploads reopens the status stream once
+  const THUMB_WIDTH = 480;
 
   const $ = (sel, root = document) => root.querySelector(sel);
   const isTerminal = (state) => state === 'finished' || state === 'failed' || state === 'cancelled';
@@ -33,6 +37,22 @@
     historySection: $('#history-section'),
     historyClear: $('#history-clear'),
     announce: $('#announce'),
+    builder: $('#builder'),
+    chainSummary: $('#chain-summary'),
+    limits: $('#limits'),
+    uploadError: $('#upload-error'),
+    tasksStatus: $('#tasks-status'),
+    downloadAll: $('#download-all'),
+    cmp: $('#compare'),
+    cmpTitle: $('#compare-title'),
+    cmpStage: $('#compare-stage'),
+    cmpLayer: $('#compare-layer'),
+    cmpBefore: $('#compare-before'),
+    cmpAfter: $('#compare-after'),
+    cmpDivide: $('#compare-divide'),
+    cmpPos: $('#compare-pos'),
+    cmpZoom: $('#compare-zoom'),
+    cmpClose: $('#compare-close'),
   };
 
   // ---- small helpers -------------------------------------------------------------------------------
@@ -143,6 +163,7 @@
     syntax: 'swap', params: [], example: 'swap',
   }];
   let steps = []; // the spec's items, trimmed, as written
+  let operationsLoaded = false; // names are checked (and a chain blocked) only against the server's list
 
   function findOp(name) {
     const n = String(name || '').trim().toLowerCase();
@@ -200,7 +221,7 @@
   function showSpecNote(problems) {
     els.specNote.hidden = !problems.length;
     els.specNote.textContent = problems.length
-      ? 'Check the list: ' + problems.join('; ') + '. The server will say what it refuses.' : '';
+      ? 'Check the list: ' + problems.join('; ') + '. Images are not sent until it is fixed.' : '';
   }
 
   function showSpecError(spec, msg) {
@@ -217,6 +238,8 @@
   }
 
   function renderChain() {
+    els.chainSummary.textContent = steps.length ? steps.join(',') : 'swap';
+    if (!chainProblem()) showUploadError('');
     els.chainClear.disabled = steps.length === 0;
     els.chainEmpty.hidden = steps.length > 0;
     els.chain.hidden = steps.length === 0;
@@ -434,7 +457,10 @@
       const r = await fetch('/api/operations', { headers: { Accept: 'application/json' } });
       if (!r.ok) throw new Error('HTTP ' + r.status);
       const body = await r.json();
-      if (Array.isArray(body.operations) && body.operations.length) operations = body.operations;
+      if (Array.isArray(body.operations) && body.operations.length) {
+        operations = body.operations;
+        operationsLoaded = true;
+      }
     } catch {
       // Keep the default operation.
     }
@@ -458,7 +484,7 @@
   function newView(name, op, extra) {
     const key = 'local-' + ++localSeq;
     const titleId = 'task-title-' + localSeq;
-    const v = { key, name, op, extra, id: null, urls: null, state: null, stopWatch: null, inputType: '' };
+    const v = { key, name, op, extra, id: null, urls: null, state: null, inputType: '', blobUrls: [] };
     v.badge = el('span', { class: 'badge' });
     v.title = el('h3', { class: 'task-name', id: titleId, text: name, tabindex: '-1' });
     v.meta = el('p', { class: 'task-meta' });
@@ -466,9 +492,10 @@
     v.progress = el('progress', { class: 'progress', max: '100', 'aria-label': 'Upload progress of ' + name });
     v.message = el('p', { class: 'message', hidden: true });
     v.body = el('div', { class: 'task-body' });
+    v.actions = el('div', { class: 'task-actions' });
     v.li = el('li', { class: 'task', 'aria-labelledby': titleId },
       el('div', { class: 'task-head' }, el('div', {}, v.title, v.meta), v.badge),
-      v.progress, v.message, v.body);
+      v.progress, v.message, v.body, v.actions);
     v.focusTarget = v.title;
     views.set(key, v);
     els.tasks.prepend(v.li);
@@ -483,11 +510,14 @@
   }
 
   function setState(v, state, detail) {
+    const changed = v.state !== state;
     v.state = state;
     v.li.dataset.state = state;
     v.badge.className = 'badge ' + state;
     v.badge.textContent = stateWords[state] || state;
     if (detail !== undefined) setMessage(v, detail.text, detail.kind);
+    if (changed && state !== 'waiting' && state !== 'refused') renderActions(v);
+    summarize();
   }
 
   function setMessage(v, text, kind) {
@@ -514,7 +544,7 @@
     setState(v, t.state && !isTerminal(t.state) ? t.state : 'queued');
     v.progress.removeAttribute('value');
     v.progress.setAttribute('aria-label', 'Progress of ' + v.name);
-    watch(v);
+    follow(v);
     renderHistory();
     return v;
   }
@@ -524,9 +554,26 @@
     return {
       statusUrl: t.statusUrl || base,
       resultUrl: t.resultUrl || base + '/result',
-      eventsUrl: t.eventsUrl || base + '/events',
       sourceUrl: t.sourceUrl || base + '/source',
     };
+  }
+
+  // summarize writes the list's status line and points "Download all" at the finished tasks.
+  function summarize() {
+    const counts = {};
+    const finished = [];
+    for (const v of views.values()) {
+      counts[v.state] = (counts[v.state] || 0) + 1;
+      if (v.state === 'finished' && v.id) finished.push(v.id);
+    }
+    const order = ['uploading', 'waiting', 'queued', 'processing', 'finished', 'failed', 'cancelled', 'refused', 'error'];
+    const parts = order.filter((s) => counts[s]).map((s) => counts[s] + ' ' + (stateWords[s] || s).toLowerCase());
+    els.tasksStatus.textContent = views.size ? views.size + (views.size === 1 ? ' task: ' : ' tasks: ') + parts.join(', ') + '.' : '';
+    const zipIds = finished.slice(0, MAX_IDS);
+    els.downloadAll.hidden = zipIds.length === 0;
+    els.downloadAll.href = '/api/tasks.zip?ids=' + zipIds.map(encodeURIComponent).join(',');
+    els.downloadAll.textContent = 'Download all (' + zipIds.length + ')';
+    els.tasksEmpty.hidden = views.size > 0;
   }
 
   // applyStatus shows one status answer of the API.
@@ -545,11 +592,12 @@
     }
     const before = v.state;
     setState(v, st.state);
-    const attempts = st.maxAttempts > 1 && st.attempts > 0 ? 'attempt ' + st.attempts + ' of ' + st.maxAttempts : '';
+    // Attempts count only while a task is retried after a transient failure; a failure is final.
+    const attempts = st.maxAttempts > 1 && st.attempts > 1 ? 'attempt ' + st.attempts + ' of ' + st.maxAttempts : '';
     if (st.state === 'queued') {
       v.progress.hidden = false;
       v.progress.removeAttribute('value');
-      setMessage(v, 'Waiting for a worker…');
+      setMessage(v, st.retryAt && st.error ? 'Waiting to run again: ' + st.error + '.' : 'Waiting for a worker…');
     } else if (st.state === 'processing') {
       v.progress.hidden = false;
       v.progress.removeAttribute('value');
@@ -560,16 +608,32 @@
       showResult(v);
     } else if (st.state === 'failed') {
       v.progress.hidden = true;
-      setMessage(v, 'Processing failed: ' + (st.error || 'unknown reason') + (attempts ? ' (' + attempts + ')' : '') + '.', 'error');
+      setMessage(v, sentence(st.error || 'processing failed') + ' Retry it, or change the operations and upload the image again.', 'error');
     } else if (st.state === 'cancelled') {
       v.progress.hidden = true;
-      setMessage(v, 'Cancelled.');
+      setMessage(v, 'Cancelled: it will not run. Retry runs it again.');
     }
     if (before !== st.state) {
       announce(v.name + ': ' + (stateWords[st.state] || st.state).toLowerCase() +
         (st.state === 'failed' && st.error ? ', ' + st.error : ''));
       if (v.id) updateRemembered(v.id, { state: st.state });
     }
+  }
+
+  // gone marks a task the server no longer knows (deleted, or removed after its retention).
+  function gone(v, why) {
+    unfollow(v.id);
+    v.progress.hidden = true;
+    setState(v, 'error', { text: 'The server no longer has this task' + (why ? ' (' + why + ')' : '') + ': it was deleted or expired. Remove it from this list.', kind: 'error' });
+    if (v.id) updateRemembered(v.id, { state: 'error' });
+  }
+
+  // sentence turns a server's message into one: no "Error:" prefix, a capital, a full stop.
+  function sentence(msg) {
+    let s = String(msg || '').replace(/^error:\s*/i, '').trim();
+    if (!s) return '';
+    s = s.charAt(0).toUpperCase() + s.slice(1);
+    return /[.!?…]$/.test(s) ? s : s + '.';
   }
 
   const extOfType = {
@@ -585,141 +649,504 @@
       bmp: 'image/bmp', tif: 'image/tiff', tiff: 'image/tiff' }[ext] || '';
   }
 
-  // guessExt is the result's extension before the server says: convert's format, else a JPEG stays
-  // JPEG and everything else becomes PNG.
-  function guessExt(op, inputType) {
-    const m = /(?:^|,)\s*convert\s*:\s*(png|jpe?g)\b/i.exec(op || '');
-    if (m) return m[1].toLowerCase() === 'png' ? '.png' : '.jpg';
-    return inputType === 'image/jpeg' ? '.jpg' : '.png';
+  // ---- per-task actions
+
+  function actionButton(text, label, onClick, cls = 'secondary small') {
+    const b = el('button', { type: 'button', class: cls, text, 'aria-label': label });
+    b.addEventListener('click', () => onClick(b));
+    return b;
   }
 
-  // fileSlug turns a spec into something fit for a file name: resize:800x600,grayscale ->
-  // resize-800x600_grayscale.
-  function fileSlug(op) {
-    return String(op || 'swap').replace(/\s+/g, '').replace(/,/g, '_').replace(/:/g, '-')
-      .replace(/[^A-Za-z0-9._+-]+/g, '').slice(0, 80) || 'swap';
+  // renderActions offers what can be done to a task in its state.
+  function renderActions(v) {
+    const items = [];
+    const s = v.state;
+    if (s === 'finished' && v.urls) {
+      // The server names the download after the upload and the chain (Content-Disposition).
+      items.push(el('a', { class: 'button small download', href: v.urls.resultUrl, 'aria-label': 'Download the result of ' + v.name, text: 'Download' }));
+      items.push(el('a', { class: 'button secondary small open', href: v.urls.resultUrl + '?download=0', target: '_blank', rel: 'noopener', text: 'Open in new tab', 'aria-label': 'Open the result of ' + v.name + ' in a new tab' }));
+      items.push(actionButton('Compare', 'Compare the original and the result of ' + v.name, (b) => openCompare(v, b), 'secondary small compare-open'));
+    }
+    if ((s === 'queued' || s === 'processing') && v.id) items.push(actionButton('Cancel', 'Cancel ' + v.name, () => cancelTask(v), 'secondary small cancel'));
+    if ((s === 'failed' || s === 'cancelled') && v.id) items.push(actionButton('Retry', 'Retry ' + v.name, () => retryTask(v), 'secondary small retry'));
+    if (v.id && s !== 'uploading' && s !== 'error') items.push(deleteButton(v));
+    if (s !== 'uploading') items.push(actionButton('Remove', 'Remove ' + v.name + ' from this list (it stays on the server)', () => removeView(v, true), 'secondary small remove'));
+    v.actions.replaceChildren(...items);
   }
 
+  // deleteButton asks once more in place (no dialog): the first press arms it for a few seconds.
+  function deleteButton(v) {
+    const b = el('button', { type: 'button', class: 'secondary small delete', text: 'Delete', 'aria-label': 'Delete ' + v.name + ' from the server' });
+    let armed = null;
+    b.addEventListener('click', async () => {
+      if (!armed) {
+        b.textContent = 'Really delete?';
+        b.classList.add('danger');
+        b.setAttribute('aria-label', 'Really delete ' + v.name + ' from the server? Press again to delete');
+        announce('Press again to delete ' + v.name + ' from the server');
+        armed = setTimeout(() => {
+          armed = null;
+          b.textContent = 'Delete';
+          b.classList.remove('danger');
+          b.setAttribute('aria-label', 'Delete ' + v.name + ' from the server');
+        }, 4000);
+        return;
+      }
+      clearTimeout(armed);
+      b.disabled = true;
+      const r = await send('DELETE', v.urls.statusUrl);
+      if (r.ok || r.status === 404) {
+        announce(v.name + ' deleted from the server');
+        removeView(v, false);
+      } else {
+        b.disabled = false;
+        setMessage(v, 'Not deleted: ' + sentence(r.error) + (r.retryAfter ? ' Try again in ' + r.retryAfter + ' s.' : ' Try again shortly.'), 'error');
+      }
+    });
+    return b;
+  }
+
+  // send makes an API call and answers { ok, status, body, error, retryAfter }.
+  async function send(method, url) {
+    try {
+      const r = await fetch(url, { method, headers: { Accept: 'application/json' }, cache: 'no-store' });
+      let body = {};
+      try { body = r.status === 204 ? {} : await r.json(); } catch { body = {}; }
+      return { ok: r.ok, status: r.status, body, error: body.error || r.statusText, retryAfter: r.headers.get('Retry-After') };
+    } catch (err) {
+      return { ok: false, status: 0, body: {}, error: 'the server could not be reached (' + err.message + ')' };
+    }
+  }
+
+  async function cancelTask(v) {
+    const r = await send('POST', v.urls.statusUrl + '/cancel');
+    if (r.ok) {
+      applyStatus(v, r.body);
+      unfollow(v.id);
+    } else {
+      setMessage(v, 'Not cancelled: ' + sentence(r.error), 'error');
+    }
+  }
+
+  async function retryTask(v) {
+    const r = await send('POST', v.urls.statusUrl + '/retry');
+    if (r.ok) {
+      v.shown = false;
+      v.body.replaceChildren();
+      applyStatus(v, r.body.state ? r.body : { state: 'queued' });
+      follow(v);
+      v.focusTarget.focus();
+    } else if (r.status === 410) {
+      setMessage(v, 'Not retried: the server no longer has the upload. Upload the image again.', 'error');
+    } else {
+      setMessage(v, 'Not retried: ' + sentence(r.error), 'error');
+    }
+  }
+
+  // removeView takes a card off the page; forget also takes it off this browser's list.
+  function removeView(v, forget) {
+    const next = v.li.nextElementSibling || v.li.previousElementSibling;
+    if (v.id) unfollow(v.id);
+    if (v.xhr) v.xhr.abort();
+    const qi = queue.indexOf(v);
+    if (qi >= 0) queue.splice(qi, 1);
+    for (const u of v.blobUrls) URL.revokeObjectURL(u);
+    v.blobUrls = [];
+    v.li.remove();
+    views.delete(v.key);
+    if (v.id) saveHistory(loadHistory().filter((t) => t.id !== v.id));
+    if (forget) announce(v.name + ' removed from this list');
+    renderHistory();
+    summarize();
+    // Keep the keyboard in the list: the next card, else the list's status line.
+    const target = next && next.querySelector('.task-name');
+    (target || els.tasksStatus).focus();
+  }
+
+  // ---- results: thumbnails with sizes, and the comparison
+
+  // fetchImage gets a (thumbnail) image as a blob URL with the full image's size, from the
+  // X-Image-* headers, or from the image itself when the server sends the full one.
+  async function fetchImage(url) {
+    const r = await fetch(url);
+    if (!r.ok) throw new Error('HTTP ' + r.status);
+    const blob = await r.blob();
+    const num = (h) => { const n = parseInt(r.headers.get(h), 10); return Number.isFinite(n) ? n : undefined; };
+    const width = num('X-Image-Width');
+    // Without the headers the server sent the full image: its bytes are the blob's.
+    const bytes = num('X-Image-Bytes') ?? (width === undefined ? blob.size : undefined);
+    return { url: URL.createObjectURL(blob), width, height: num('X-Image-Height'), bytes };
+  }
+
+  const browserShows = (type) => ['image/png', 'image/jpeg', 'image/gif', 'image/webp', 'image/bmp'].includes(type);
+
+  function fmtPixels(w, h) { return w && h ? w + '×' + h : ''; }
+
+  function changeText(from, to) {
+    if (!from || !to) return '';
+    const pct = Math.round(((to - from) / from) * 100);
+    return (pct > 0 ? '+' : pct < 0 ? '−' : '±') + Math.abs(pct) + ' %';
+  }
+
+  // showResult shows the finished task's images small, with the pixel size and bytes of both and the
+  // change: the original from the local file when this page uploaded it, else a server thumbnail.
   function showResult(v) {
     if (v.shown) return;
     v.shown = true;
-    const base = v.name.replace(/\.[A-Za-z0-9]+$/, '') || 'image';
-    const download = el('a', { class: 'button download', href: v.urls.resultUrl, text: 'Download result' });
-    const setExt = (ext) => { download.setAttribute('download', base + '-' + fileSlug(v.op) + ext); };
-    setExt(guessExt(v.op, v.inputType));
-    const fig = (caption, src, alt) => {
-      const cap = el('figcaption', { text: caption });
-      const img = el('img', { src, alt, decoding: 'async' });
-      const f = el('figure', {}, cap, img);
+    const figure = (caption, alt) => {
+      const img = el('img', { alt, decoding: 'async' });
+      const cap = el('figcaption', {}, el('strong', { text: caption }));
+      const f = el('figure', {}, img, cap);
       f.dataset.caption = caption;
-      img.addEventListener('load', () => {
-        f.dataset.width = String(img.naturalWidth);
-        f.dataset.height = String(img.naturalHeight);
-        f.dataset.size = img.naturalWidth + '×' + img.naturalHeight;
-        cap.textContent = [caption, f.dataset.size, f.dataset.format].filter(Boolean).join(' · ');
-      });
       img.addEventListener('error', () => {
         // A TIFF original, say: not every browser shows every format the server reads.
         img.replaceWith(el('p', { class: 'no-preview hint', text: 'No preview of this image in this browser.' }));
       });
-      return f;
+      return { f, img, cap };
     };
-    const original = fig('Original', v.urls.sourceUrl, 'Original: ' + v.name);
-    const result = fig('Result', v.urls.resultUrl, 'Result of ' + v.op + ': ' + v.name);
-    v.body.replaceChildren(
-      el('div', { class: 'compare' }, original, result),
-      el('div', { class: 'actions' }, download,
-        el('a', { class: 'button secondary', href: v.urls.resultUrl + '?download=0', target: '_blank', rel: 'noopener', text: 'Open in new tab' })));
-    // The result's Content-Type says its format (and so the download's extension) for sure.
-    fetch(v.urls.resultUrl, { method: 'HEAD', cache: 'no-store' }).then((r) => {
-      const type = (r.ok && (r.headers.get('Content-Type') || '').split(';')[0].trim().toLowerCase()) || '';
-      const ext = extOfType[type];
-      if (!ext) return;
-      setExt(ext);
-      download.dataset.type = type;
-      result.dataset.format = formatOfExt[ext];
-      const cap = result.querySelector('figcaption');
-      cap.textContent = [result.dataset.caption, result.dataset.size, result.dataset.format].filter(Boolean).join(' · ');
-    }).catch(() => { /* keep the guess */ });
+    const orig = figure('Original', 'Original: ' + v.name);
+    const res = figure('Result', 'Result of ' + v.op + ': ' + v.name);
+    orig.f.classList.add('original');
+    res.f.classList.add('result');
+    v.body.replaceChildren(el('div', { class: 'thumbs' }, orig.f, res.f));
+    v.orig = { bytes: v.original ? v.original.size : undefined };
+    v.res = {};
+    const caption = () => {
+      const o = v.orig;
+      const r = v.res;
+      orig.cap.replaceChildren(el('strong', { text: 'Original' }), ' ' + [fmtPixels(o.width, o.height), fmtSize(o.bytes)].filter(Boolean).join(' · '));
+      const change = changeText(o.bytes, r.bytes);
+      res.cap.replaceChildren(el('strong', { text: 'Result' }), ' ' + [fmtPixels(r.width, r.height), r.format, fmtSize(r.bytes)].filter(Boolean).join(' · '),
+        change ? el('span', { class: 'change', text: ', ' + change }) : '');
+      res.f.dataset.size = fmtPixels(r.width, r.height);
+      res.f.dataset.format = r.format || '';
+      res.f.dataset.bytes = r.bytes === undefined ? '' : String(r.bytes);
+      orig.f.dataset.size = fmtPixels(o.width, o.height);
+      orig.f.dataset.bytes = o.bytes === undefined ? '' : String(o.bytes);
+    };
+    const natural = (img, into, onlyIfUnknown) => img.addEventListener('load', () => {
+      if (onlyIfUnknown && into.width) return;
+      into.width = img.naturalWidth;
+      into.height = img.naturalHeight;
+      caption();
+    });
+    if (v.original && browserShows(v.inputType)) {
+      v.localUrl = v.localUrl || URL.createObjectURL(v.original);
+      if (!v.blobUrls.includes(v.localUrl)) v.blobUrls.push(v.localUrl);
+      natural(orig.img, v.orig, false);
+      orig.img.src = v.localUrl;
+    } else {
+      fetchImage(v.urls.sourceUrl + '?w=' + THUMB_WIDTH).then((t) => {
+        v.blobUrls.push(t.url);
+        Object.assign(v.orig, { width: t.width, height: t.height, bytes: v.orig.bytes ?? t.bytes });
+        natural(orig.img, v.orig, true);
+        orig.img.src = t.url;
+        caption();
+      }).catch(() => orig.img.replaceWith(el('p', { class: 'no-preview hint', text: 'No preview of the original.' })));
+    }
+    fetchImage(v.urls.resultUrl + '?w=' + THUMB_WIDTH).then((t) => {
+      v.blobUrls.push(t.url);
+      Object.assign(v.res, { width: t.width, height: t.height, bytes: v.res.bytes ?? t.bytes });
+      natural(res.img, v.res, true);
+      res.img.src = t.url;
+      caption();
+    }).catch(() => res.img.replaceWith(el('p', { class: 'no-preview hint', text: 'No preview of the result.' })));
+    // The result's own Content-Type and length: its format, and its bytes if the thumbnail did not say.
+    fetch(v.urls.resultUrl, { method: 'HEAD' }).then((r) => {
+      if (!r.ok) return;
+      const type = (r.headers.get('Content-Type') || '').split(';')[0].trim().toLowerCase();
+      if (extOfType[type]) v.res.format = formatOfExt[extOfType[type]];
+      const n = parseInt(r.headers.get('Content-Length'), 10);
+      if (Number.isFinite(n) && v.res.bytes === undefined) v.res.bytes = n;
+      caption();
+    }).catch(() => { /* the caption does without */ });
+    caption();
   }
 
-  // ---- status: EventSource, polling as the fallback ------------------------------------------------
+  // The comparison dialog: original and result in one box, at the result's pixel size (the original
+  // stretched to it when a resize or crop changed it), the result clipped at a divide the slider moves.
+  const cmp = { v: null, opener: null, zoomed: false };
 
-  function watch(v) {
-    if (v.stopWatch) v.stopWatch();
-    if (!('EventSource' in window)) {
-      poll(v);
+  function openCompare(v, opener) {
+    cmp.v = v;
+    cmp.opener = opener;
+    const before = els.cmpBefore;
+    const after = els.cmpAfter;
+    before.src = v.localUrl && browserShows(v.inputType) ? v.localUrl : v.urls.sourceUrl;
+    after.src = v.urls.resultUrl;
+    before.alt = 'Original: ' + v.name;
+    after.alt = 'Result of ' + v.op + ': ' + v.name;
+    els.cmpTitle.textContent = 'Compare: ' + v.name;
+    setZoom(false);
+    els.cmpPos.value = '50';
+    setDivide();
+    const size = () => {
+      cmp.w = v.res.width || after.naturalWidth || 1;
+      cmp.h = v.res.height || after.naturalHeight || 1;
+      layout();
+    };
+    size();
+    after.addEventListener('load', size, { once: true });
+    els.cmp.showModal();
+    els.cmpPos.focus();
+  }
+
+  function layout() {
+    const layer = els.cmpLayer;
+    layer.style.aspectRatio = cmp.w + ' / ' + cmp.h;
+    if (cmp.zoomed) {
+      layer.style.width = cmp.w + 'px';
+      layer.style.height = cmp.h + 'px';
+    } else {
+      layer.style.height = '';
+      layer.style.width = 'min(100%, ' + cmp.w + 'px, calc(66vh * ' + (cmp.w / cmp.h).toFixed(4) + '))';
+    }
+  }
+
+  function setZoom(on) {
+    cmp.zoomed = on;
+    els.cmpStage.classList.toggle('zoomed', on);
+    els.cmpZoom.setAttribute('aria-pressed', String(on));
+    els.cmpZoom.textContent = on ? 'Fit to window' : 'Zoom to 100 %';
+    if (cmp.w) layout();
+    if (on) {
+      // Start at the middle of the image, where the divide is.
+      const s = els.cmpStage;
+      s.scrollLeft = (s.scrollWidth - s.clientWidth) / 2;
+      s.scrollTop = (s.scrollHeight - s.clientHeight) / 2;
+    }
+  }
+
+  function setDivide() {
+    const pos = Number(els.cmpPos.value);
+    els.cmpAfter.style.clipPath = 'inset(0 0 0 ' + pos + '%)';
+    els.cmpDivide.style.left = pos + '%';
+    els.cmpPos.setAttribute('aria-valuetext', pos + ' % original, ' + (100 - pos) + ' % result');
+  }
+
+  function initCompare() {
+    els.cmpPos.addEventListener('input', setDivide);
+    els.cmpZoom.addEventListener('click', () => setZoom(!cmp.zoomed));
+    els.cmpClose.addEventListener('click', () => els.cmp.close());
+    els.cmp.addEventListener('close', () => {
+      els.cmpBefore.removeAttribute('src');
+      els.cmpAfter.removeAttribute('src');
+      if (cmp.opener && cmp.opener.isConnected) cmp.opener.focus();
+      cmp.v = null;
+    });
+    // Pan at 100 %: drag with a pointer; the stage scrolls by itself with the arrow keys and the wheel.
+    const stage = els.cmpStage;
+    let drag = null;
+    stage.addEventListener('pointerdown', (e) => {
+      if (!cmp.zoomed) return;
+      drag = { x: e.clientX, y: e.clientY, left: stage.scrollLeft, top: stage.scrollTop };
+      stage.setPointerCapture(e.pointerId);
+      stage.classList.add('dragging');
+    });
+    stage.addEventListener('pointermove', (e) => {
+      if (!drag) return;
+      stage.scrollLeft = drag.left - (e.clientX - drag.x);
+      stage.scrollTop = drag.top - (e.clientY - drag.y);
+    });
+    const end = () => { drag = null; stage.classList.remove('dragging'); };
+    stage.addEventListener('pointerup', end);
+    stage.addEventListener('pointercancel', end);
+    stage.addEventListener('keydown', (e) => {
+      if (!cmp.zoomed) return;
+      const step = e.shiftKey ? 200 : 40;
+      const d = { ArrowLeft: [-step, 0], ArrowRight: [step, 0], ArrowUp: [0, -step], ArrowDown: [0, step] }[e.key];
+      if (!d) return;
+      e.preventDefault();
+      stage.scrollBy(d[0], d[1]);
+    });
+  }
+
+  // ---- status: one event stream for every task the page follows, polling as the fallback ----------
+  //
+  // Browsers open at most 6 HTTP/1.1 connections to a site: a stream per task would hold them all and
+  // make uploads wait. The page opens one stream, GET /api/events?ids=..., and opens it again (a
+  // moment later, so that a batch of uploads makes one reopen) when it follows more tasks. Where there
+  // is no such endpoint, or it keeps failing, it polls the tasks one after another: one connection too.
+
+  const hub = { ids: new Set(), es: null, timer: null, mode: 'EventSource' in window ? 'stream' : 'poll', failures: 0, polling: false };
+
+  function follow(v) {
+    if (!v.id || isTerminal(v.state)) return;
+    hub.ids.add(v.id);
+    schedule(REOPEN_DELAY);
+  }
+
+  // unfollow stops following id; the stream is reopened without it only when nothing else changes it.
+  function unfollow(id) {
+    if (!hub.ids.delete(id)) return;
+    if (!hub.ids.size) stopStream();
+  }
+
+  function stopStream() {
+    clearTimeout(hub.timer);
+    if (hub.es) hub.es.close();
+    hub.es = null;
+  }
+
+  function schedule(delay) {
+    clearTimeout(hub.timer);
+    hub.timer = setTimeout(openStream, delay);
+  }
+
+  function openStream() {
+    if (hub.es) hub.es.close();
+    hub.es = null;
+    if (!hub.ids.size) return;
+    if (hub.mode === 'poll') {
+      startPolling();
       return;
     }
-    const es = new EventSource(v.urls.eventsUrl);
-    let stopped = false;
-    v.stopWatch = () => { stopped = true; es.close(); };
+    const url = '/api/events?ids=' + Array.from(hub.ids).slice(0, MAX_IDS).map(encodeURIComponent).join(',');
+    const es = new EventSource(url);
+    hub.es = es;
+    let opened = false;
+    es.addEventListener('open', () => { opened = true; hub.failures = 0; });
     es.addEventListener('status', (e) => {
       let st;
       try { st = JSON.parse(e.data); } catch { return; }
+      const v = st && views.get(st.id);
+      if (!v) return;
       applyStatus(v, st);
-      if (isTerminal(st.state)) v.stopWatch();
+      if (isTerminal(st.state)) hub.ids.delete(st.id);
     });
-    es.addEventListener('error', () => {
-      // The stream broke (or was never there): close it, so that it does not reconnect forever, and poll.
-      if (stopped) return;
-      v.stopWatch();
-      if (!isTerminal(v.state)) poll(v);
+    es.addEventListener('error', (e) => {
+      if (hub.es !== es) return;
+      if (e.data) {
+        // The server's word on one task: unknown or deleted. The stream goes on without it.
+        let d = {};
+        try { d = JSON.parse(e.data); } catch { /* keep {} */ }
+        const v = d.id && views.get(d.id);
+        if (v) gone(v, d.error);
+        else if (d.id) hub.ids.delete(d.id);
+        return;
+      }
+      // The stream ended (every task settled, or the server's time limit) or never opened.
+      es.close();
+      hub.es = null;
+      if (!hub.ids.size) return;
+      if (opened) {
+        schedule(1000);
+        return;
+      }
+      hub.failures++;
+      probe(url).then((status) => {
+        // No such endpoint (an older server), or it keeps failing (429: too many streams): poll.
+        if (status === 404 || status === 405 || hub.failures >= 3) hub.mode = 'poll';
+        schedule(hub.mode === 'poll' ? 0 : 1000 * 2 ** hub.failures);
+      });
     });
   }
 
-  function poll(v) {
+  // probe answers the HTTP status of url (0 when unreachable), without waiting for its body.
+  async function probe(url) {
+    const ac = new AbortController();
+    try {
+      const r = await fetch(url, { signal: ac.signal, cache: 'no-store' });
+      ac.abort();
+      return r.status;
+    } catch {
+      return 0;
+    }
+  }
+
+  async function startPolling() {
+    if (hub.polling) return;
+    hub.polling = true;
     let delay = 500;
-    let timer = null;
-    let stopped = false;
-    v.stopWatch = () => { stopped = true; clearTimeout(timer); };
-    const tick = async () => {
-      if (stopped) return;
-      try {
-        const r = await fetch(v.urls.statusUrl, { headers: { Accept: 'application/json' }, cache: 'no-store' });
-        if (r.status === 404) {
-          setState(v, 'error', { text: 'This task is not known (any more) to the server.', kind: 'error' });
-          v.progress.hidden = true;
-          if (v.id) updateRemembered(v.id, { state: 'error' });
-          return;
+    while (hub.ids.size) {
+      let failed = false;
+      for (const id of Array.from(hub.ids)) {
+        const v = views.get(id);
+        if (!v) { hub.ids.delete(id); continue; }
+        try {
+          const r = await fetch(v.urls.statusUrl, { headers: { Accept: 'application/json' }, cache: 'no-store' });
+          if (r.status === 404) {
+            gone(v);
+          } else if (r.ok) {
+            const st = await r.json();
+            if (hub.ids.has(id)) applyStatus(v, st);
+            if (isTerminal(st.state)) hub.ids.delete(id);
+          } else {
+            failed = true;
+          }
+        } catch {
+          failed = true;
         }
-        if (r.ok) {
-          const st = await r.json();
-          applyStatus(v, st);
-          if (isTerminal(st.state)) return;
-          delay = 1000;
-        } else {
-          delay = Math.min(delay * 2, 10000);
-        }
-      } catch {
-        delay = Math.min(delay * 2, 10000);
       }
-      if (!stopped) timer = setTimeout(tick, delay);
-    };
-    tick();
+      delay = failed ? Math.min(delay * 2, 10000) : 1000;
+      await new Promise((r) => setTimeout(r, delay));
+    }
+    hub.polling = false;
   }
 
   // ---- uploads -------------------------------------------------------------------------------------
 
   const queue = [];
   let active = 0;
+  let limits = {};
+
+  function showUploadError(text) {
+    els.uploadError.textContent = text;
+    els.uploadError.hidden = !text;
+  }
+
+  // chainProblem says why the chain must not be sent, or ''.
+  function chainProblem() {
+    const { items, problems } = splitSpec(els.spec.value);
+    if (operationsLoaded && problems.length) return 'Not uploaded: ' + problems.join('; ') + '. Fix the operation list (see All operations), then choose the images again.';
+    if (limits.maxChainLength && items.length > limits.maxChainLength) {
+      return 'Not uploaded: the chain has ' + items.length + ' steps, the server takes up to ' + limits.maxChainLength + '. Remove some steps, then choose the images again.';
+    }
+    return '';
+  }
 
   function addFiles(fileList) {
     const files = Array.from(fileList || []);
     if (!files.length) return;
+    const problem = chainProblem();
+    if (problem) {
+      showUploadError(problem);
+      announce(problem);
+      els.builder.open = true;
+      els.spec.setAttribute('aria-invalid', 'true');
+      return;
+    }
+    showUploadError('');
     const op = currentSpec() || 'swap';
+    let first = null;
+    let sending = 0;
     for (const file of files) {
       const v = newView(file.name || 'image', op, fmtSize(file.size));
-      v.file = file;
-      // One key for every attempt of this upload: a retry whose first answer was lost creates nothing.
-      v.key = randomKey();
-      v.retries = 0;
+      first = v;
+      v.original = file;
       v.inputType = file.type || typeFromName(file.name || '');
+      if (limits.maxUploadBytes && file.size > limits.maxUploadBytes) {
+        v.progress.hidden = true;
+        setState(v, 'refused', { text: 'Too big: ' + fmtSize(file.size) + ', the server takes up to ' + fmtSize(limits.maxUploadBytes) +
+          '. Scale it down or choose a smaller image. Not sent.', kind: 'error' });
+        renderActions(v);
+        continue;
+      }
+      // One key for every attempt of this upload: a retry whose first answer was lost creates nothing.
+      v.idemKey = randomKey();
+      v.retries = 0;
       setState(v, 'uploading');
       v.progress.value = 0;
       queue.push(v);
+      sending++;
     }
-    announce(files.length === 1 ? 'Uploading ' + files[0].name : 'Uploading ' + files.length + ' images');
+    // The newest cards are first in the list: show them, and take the keyboard there.
+    const reduce = window.matchMedia('(prefers-reduced-motion: reduce)').matches;
+    first.li.scrollIntoView({ behavior: reduce ? 'auto' : 'smooth', block: 'nearest' });
+    els.tasksStatus.focus({ preventScroll: true });
+    announce(sending === files.length
+      ? (files.length === 1 ? 'Uploading ' + files[0].name : files.length + ' images uploading')
+      : sending + ' of ' + files.length + ' images uploading; the others are too big');
     pump();
   }
 
@@ -737,15 +1164,17 @@
       v.progress.hidden = false;
       v.progress.value = 0;
       const form = new FormData();
-      form.append('file', v.file, v.file.name); // the spec goes in the query
+      form.append('file', v.original, v.original.name); // the spec goes in the query
       const xhr = new XMLHttpRequest();
-      xhr.open('POST', '/api/tasks?op=' + encodeURIComponent(v.op));
+      v.xhr = xhr;
+      xhr.open('POST', '/api/tasks?op=' + encodeURIComponent(v.op) + (v.original.name ? '&name=' + encodeURIComponent(v.original.name) : ''));
       xhr.setRequestHeader('Accept', 'application/json');
-      xhr.setRequestHeader('Idempotency-Key', v.key);
+      xhr.setRequestHeader('Idempotency-Key', v.idemKey);
       xhr.upload.addEventListener('progress', (e) => {
         if (e.lengthComputable) v.progress.value = Math.round((e.loaded / e.total) * 100);
       });
       xhr.addEventListener('load', () => {
+        v.xhr = null;
         let body = {};
         try { body = JSON.parse(xhr.responseText || '{}'); } catch { body = {}; }
         if (xhr.status === 201 || (xhr.status === 200 && body.id)) {
@@ -756,12 +1185,13 @@
         resolve();
       });
       xhr.addEventListener('error', () => {
+        v.xhr = null;
         refused(v, 0, 'the network request failed');
         resolve();
       });
       xhr.addEventListener('abort', () => {
+        v.xhr = null;
         v.aborted = true;
-        refused(v, 0, 'the upload was cancelled');
         resolve();
       });
       xhr.send(form);
@@ -772,10 +1202,9 @@
     v.progress.value = 100;
     v.progress.setAttribute('aria-label', 'Progress of ' + v.name);
     bindId(v, body.id, urlsOf(body));
-    v.file = null;
     remember({ id: body.id, name: v.name, op: v.op, type: v.inputType, created: Date.now(), state: 'queued', ...v.urls });
-    applyStatus(v, { state: body.state || 'queued' });
-    watch(v);
+    applyStatus(v, { state: body.state || body.status || 'queued' });
+    follow(v);
   }
 
   // randomKey is 128 random bits in hex, an upload's Idempotency-Key.
@@ -790,45 +1219,47 @@
   const AUTO_RETRIES = 10;
   const transientStatus = (status) => status === 0 || status === 429 || status === 502 || status === 503 || status === 504 || status === 507;
 
+  // refused says why an upload was not taken (the reason first, then what to do) and, when it is
+  // worth it, sends it again.
   function refused(v, status, msg, retryAfter) {
     v.progress.hidden = true;
+    const reason = sentence(msg);
     let text;
     let retryIn = 0;
     switch (status) {
       case 400:
         // The spec, most likely: the server names what it refuses.
-        text = 'Refused: ' + (msg || 'bad request') + '.';
+        text = (reason || 'The server refused the upload.') + ' Fix the operation list, then choose the image again.';
         showSpecError(v.op, msg || 'bad request');
         break;
       case 413:
-        text = 'Too big: ' + v.name + ' is ' + fmtSize(v.file.size) + ', more than the server accepts' + (msg ? ' (' + msg + ')' : '') + '.';
+        text = 'Too big: ' + (reason || v.name + ' is over the server\'s limit.') + ' Scale it down or choose a smaller image.';
         break;
       case 415:
-        text = 'Not an image the server can read: use PNG, JPEG, GIF, WebP, BMP or TIFF' + (msg ? ' (' + msg + ')' : '') + '.';
+        text = (reason || 'Not an image the server reads.') + ' Save it as PNG or JPEG in an image editor, then choose it again.';
         break;
-      case 429: {
+      case 422:
+        text = (reason || 'The image is too costly to decode.') + ' Save it again (as PNG, say), then choose it again.';
+        break;
+      case 429:
         retryIn = Math.max(1, parseInt(retryAfter, 10) || 1);
-        text = 'Too many uploads right now: wait ' + retryIn + ' s, then retry.';
+        text = (reason || 'Too many uploads right now.') + ' Wait ' + retryIn + ' s, then retry.';
         break;
-      }
       case 502:
       case 503:
       case 504:
-        retryIn = parseInt(retryAfter, 10) || 0;
-        text = 'The service is busy or unavailable' + (msg ? ' (' + msg + ')' : '') + '.';
-        break;
       case 507:
         retryIn = parseInt(retryAfter, 10) || 0;
-        text = 'The server is out of space for now' + (msg ? ' (' + msg + ')' : '') + '.';
+        text = (reason || 'The service is busy or unavailable.');
         break;
       case 0:
-        text = 'Upload failed: ' + msg + '.';
+        text = 'The upload did not reach the server (' + msg + '). Check the connection, then retry.';
         break;
       default:
-        text = 'Refused (' + status + '): ' + (msg || 'unknown error') + '.';
+        text = (reason || 'The server refused the upload (' + status + ').');
     }
     const transient = transientStatus(status);
-    if (transient && status !== 429 && !v.aborted && v.retries < AUTO_RETRIES) {
+    if (transient && status !== 429 && status !== 0 && !v.aborted && v.retries < AUTO_RETRIES) {
       // Wait as the server asked, and at least 1, 2, 4 ... 30 s, then send it again by itself.
       v.retries++;
       const wait = Math.min(60, Math.max(retryIn, Math.min(30, 2 ** (v.retries - 1))));
@@ -837,10 +1268,11 @@
       offerRetry(v, wait, true);
       return;
     }
-    if (transient && status !== 429) text += ' Please try again' + (retryIn ? ' in ' + retryIn + ' s' : ' shortly') + '.';
+    if (transient && status !== 429 && status !== 0) text += ' Retry' + (retryIn ? ' in ' + retryIn + ' s.' : ' shortly.');
     setState(v, 'refused', { text, kind: transient ? 'warn' : 'error' });
     announce(v.name + ': ' + text);
     if (transient) offerRetry(v, retryIn, false);
+    else renderActions(v);
   }
 
   // offerRetry adds a Retry button. Without auto, it is disabled (with a countdown) while the server
@@ -851,7 +1283,7 @@
     let left = wait;
     let sent = false;
     const send = () => {
-      if (sent) return;
+      if (sent || !v.li.isConnected) return;
       sent = true;
       queue.push(v);
       v.body.replaceChildren();
@@ -877,7 +1309,24 @@
     };
     tick();
     btn.addEventListener('click', send);
-    v.body.replaceChildren(el('div', { class: 'actions' }, btn));
+    v.actions.replaceChildren(btn, actionButton('Remove', 'Remove ' + v.name + ' from this list', () => removeView(v, true), 'secondary small remove'));
+  }
+
+  // loadLimits shows what the server takes, before anything is sent (nothing, from a server that
+  // does not say).
+  async function loadLimits() {
+    try {
+      const r = await fetch('/api/limits', { headers: { Accept: 'application/json' } });
+      if (!r.ok) return;
+      limits = await r.json();
+    } catch {
+      return;
+    }
+    const parts = [];
+    if (limits.maxUploadBytes) parts.push('up to ' + fmtSize(limits.maxUploadBytes) + ' a file');
+    if (limits.maxPixels) parts.push(+(limits.maxPixels / 1e6).toFixed(1) + ' megapixels');
+    if (limits.maxChainLength) parts.push(limits.maxChainLength + ' steps a chain');
+    els.limits.textContent = parts.length ? 'The server takes images ' + parts.join(', ') + '.' : '';
   }
 
   // ---- wiring --------------------------------------------------------------------------------------
@@ -886,6 +1335,8 @@
     for (const e of document.querySelectorAll('.js-only')) e.hidden = false;
     for (const e of document.querySelectorAll('.origin')) e.textContent = location.origin;
     els.tasksSection.hidden = true;
+    // On a phone the drop zone comes first and the builder is folded below it.
+    if (!window.matchMedia('(min-width: 900px)').matches) els.builder.open = false;
 
     els.opPick.addEventListener('change', renderParams);
     els.stepForm.addEventListener('submit', addStep);
@@ -929,6 +1380,13 @@
       els.drop.classList.remove('over');
       addFiles(e.dataTransfer.files);
     });
+    // A pasted image (a screenshot, say) uploads as a dropped one; pasted text stays text.
+    document.addEventListener('paste', (e) => {
+      const files = Array.from((e.clipboardData && e.clipboardData.files) || []).filter((f) => f.type.startsWith('image/'));
+      if (!files.length) return;
+      e.preventDefault();
+      addFiles(files);
+    });
 
     els.historyClear.addEventListener('click', () => {
       saveHistory([]);
@@ -938,8 +1396,10 @@
     });
     window.addEventListener('storage', (e) => { if (e.key === HISTORY_KEY) renderHistory(); });
 
+    initCompare();
     renderHistory();
     loadOperations();
+    loadLimits();
   }
 
   init();

@@ -7,6 +7,7 @@ import (
 	"image"
 	"image/color"
 	"io"
+	"mime"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -69,8 +70,8 @@ type pageTask struct {
 	Op       string `json:"op"`
 	Message  string `json:"message"`
 	Result   string `json:"result"`
-	Download string `json:"download"` // the download link's file name
-	Source   string `json:"source"`
+	Download string `json:"download"` // the download link's download attribute: none, so that the server names the file
+	Source   string `json:"source"`   // the original's preview
 }
 
 const readTasksJS = `Array.from(document.querySelectorAll('#tasks > li')).map(li => ({
@@ -80,13 +81,13 @@ const readTasksJS = `Array.from(document.querySelectorAll('#tasks > li')).map(li
 	message: li.querySelector('.message').textContent,
 	result: (li.querySelector('a.download') || {}).href || '',
 	download: (li.querySelector('a.download') || { getAttribute: () => '' }).getAttribute('download') || '',
-	source: (li.querySelector('.compare figure:first-child img') || {}).src || '',
+	source: (li.querySelector('.thumbs figure.original img') || {}).src || '',
 }))`
 
 // imagesLoadedJS waits for every image of the page and answers whether they all decoded.
-const imagesLoadedJS = `Promise.all(Array.from(document.images).map(i => i.complete ? 0 :
-	new Promise(r => { i.addEventListener('load', r); i.addEventListener('error', r); })))
-	.then(() => Array.from(document.images).every(i => i.naturalWidth > 0))`
+const imagesLoadedJS = `(() => { const imgs = Array.from(document.images).filter(i => i.getAttribute('src'));
+	return Promise.all(imgs.map(i => i.complete ? 0 : new Promise(r => { i.addEventListener('load', r); i.addEventListener('error', r); })))
+		.then(() => imgs.every(i => i.naturalWidth > 0)); })()`
 
 // The chain the test builds in the picker: a crop, then a quarter turn clockwise.
 const (
@@ -137,9 +138,9 @@ func TestBrowserUploadPage(t *testing.T) {
 		t.Fatalf("open the page and pick a file: %v", err)
 	}
 	tasks := waitTasks(t, bctx, 1)
-	if task := tasks[0]; task.State != "finished" || task.Op != "swap" || !strings.HasSuffix(task.Download, ".png") {
-		t.Fatalf("default task: %+v, want finished, op swap, a .png download", task)
-	} else if !strings.HasPrefix(task.Result, base+"/api/tasks/") || !strings.HasPrefix(task.Source, base+"/api/tasks/") {
+	if task := tasks[0]; task.State != "finished" || task.Op != "swap" || task.Download != "" {
+		t.Fatalf("default task: %+v, want finished, op swap, a download named by the server", task)
+	} else if !strings.HasPrefix(task.Result, base+"/api/tasks/") || !strings.HasPrefix(task.Source, "blob:") {
 		t.Fatalf("task %s links to result %q, source %q", task.Name, task.Result, task.Source)
 	} else if img, ct := fetchImage(t, ctx, hc, task.Result); ct != "image/png" {
 		t.Errorf("default result is %s, want image/png", ct)
@@ -174,8 +175,8 @@ func TestBrowserUploadPage(t *testing.T) {
 		if task.Op != browserChain {
 			t.Errorf("task %s shows op %q, want %q", task.Name, task.Op, browserChain)
 		}
-		if !strings.HasSuffix(task.Download, wantExt) {
-			t.Errorf("task %s downloads as %q, want the extension %s", task.Name, task.Download, wantExt)
+		if name := downloadName(t, ctx, hc, task.Result); task.Download != "" || !strings.HasSuffix(name, wantExt) {
+			t.Errorf("task %s downloads as %q (link's download attribute %q), want the server's name with the extension %s", task.Name, name, task.Download, wantExt)
 		}
 		img, ct := fetchImage(t, ctx, hc, task.Result)
 		if ct != wantType {
@@ -199,10 +200,10 @@ func TestBrowserUploadPage(t *testing.T) {
 	}
 	// The page shows each result's size and format, from the image and its Content-Type.
 	for name, format := range map[string]string{"pattern-2.png": "PNG", "photo-3.jpg": "JPEG"} {
-		want := fmt.Sprintf("Result · %d×%d · %s", chainCropH, chainCropW, format)
+		want := fmt.Sprintf("Result %d×%d · %s · ", chainCropH, chainCropW, format)
 		waitPage(t, bctx, "the result caption of "+name+" to say "+want, fmt.Sprintf(`Array.from(document.querySelectorAll('#tasks > li')).some(li =>
 			li.querySelector('.task-name').textContent === %q &&
-			(li.querySelector('.compare figure:last-child figcaption') || {}).textContent === %q)`, name, want))
+			((li.querySelector('.thumbs figure.result figcaption') || {}).textContent || '').startsWith(%q))`, name, want))
 	}
 	if ok, err := chromedp.Run(bctx, chromedp.Evaluate[bool](imagesLoadedJS, chromedp.EvalAwaitPromise)); err != nil || !ok {
 		t.Errorf("page shows images that do not load (%v)", err)
@@ -581,6 +582,25 @@ func fetchImage(t *testing.T, ctx context.Context, hc *http.Client, url string) 
 		t.Fatalf("decode %s (%s): %v", url, ct, err)
 	}
 	return img, ct
+}
+
+// downloadName is the file name the server gives the image at url (Content-Disposition).
+func downloadName(t *testing.T, ctx context.Context, hc *http.Client, url string) string {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatalf("HEAD %s: %v", url, err)
+	}
+	resp.Body.Close()
+	_, params, err := mime.ParseMediaType(resp.Header.Get("Content-Disposition"))
+	if err != nil {
+		t.Fatalf("HEAD %s: Content-Disposition %q: %v", url, resp.Header.Get("Content-Disposition"), err)
+	}
+	return params["filename"]
 }
 
 // cropRotate90 returns the r part of img turned a quarter clockwise.
