@@ -614,8 +614,11 @@
       setMessage(v, 'Cancelled: it will not run. Retry runs it again.');
     }
     if (before !== st.state) {
-      announce(v.name + ': ' + (stateWords[st.state] || st.state).toLowerCase() +
-        (st.state === 'failed' && st.error ? ', ' + st.error : ''));
+      // Only outcomes are read out: a batch's queued and processing steps would drown them.
+      if (isTerminal(st.state)) {
+        announce(v.name + ': ' + (stateWords[st.state] || st.state).toLowerCase() +
+          (st.state === 'failed' && st.error ? ', ' + st.error : ''));
+      }
       if (v.id) updateRemembered(v.id, { state: st.state });
     }
   }
@@ -973,6 +976,10 @@
   function follow(v) {
     if (!v.id || isTerminal(v.state)) return;
     hub.ids.add(v.id);
+    // Close the old stream now, not when the new one opens: the server has seen it go by then, so the
+    // page never holds two. The new one starts with every task's status, so nothing is missed.
+    if (hub.es) hub.es.close();
+    hub.es = null;
     schedule(REOPEN_DELAY);
   }
 

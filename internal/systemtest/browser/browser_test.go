@@ -450,7 +450,13 @@ func buildChain(t *testing.T, ctx context.Context) {
 // waitPage waits until the JavaScript expression js is true on the page.
 func waitPage(t *testing.T, ctx context.Context, what, js string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	waitPageFor(t, ctx, 15*time.Second, what, js)
+}
+
+// waitPageFor is waitPage waiting at most d.
+func waitPageFor(t *testing.T, ctx context.Context, d time.Duration, what, js string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	for {
 		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](js))
