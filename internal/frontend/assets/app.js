@@ -667,7 +667,7 @@
     if (s === 'finished' && v.urls) {
       // The server names the download after the upload and the chain (Content-Disposition).
       items.push(el('a', { class: 'button small download', href: v.urls.resultUrl, 'aria-label': 'Download the result of ' + v.name, text: 'Download' }));
-      items.push(el('a', { class: 'button secondary small open', href: v.urls.resultUrl + '?download=0', target: '_blank', rel: 'noopener', text: 'Open in new tab', 'aria-label': 'Open the result of ' + v.name + ' in a new tab' }));
+      items.push(el('a', { class: 'button secondary small open', href: v.urls.resultUrl + '?download=0', target: '_blank', rel: 'noopener', text: 'Open in new tab', 'aria-label': 'Open in new tab: the result of ' + v.name }));
       items.push(actionButton('Compare', 'Compare the original and the result of ' + v.name, (b) => openCompare(v, b), 'secondary small compare-open'));
     }
     if ((s === 'queued' || s === 'processing') && v.id) items.push(actionButton('Cancel', 'Cancel ' + v.name, () => cancelTask(v), 'secondary small cancel'));
@@ -685,7 +685,7 @@
       if (!armed) {
         b.textContent = 'Really delete?';
         b.classList.add('danger');
-        b.setAttribute('aria-label', 'Really delete ' + v.name + ' from the server? Press again to delete');
+        b.setAttribute('aria-label', 'Really delete? Press again to delete ' + v.name + ' from the server');
         announce('Press again to delete ' + v.name + ' from the server');
         armed = setTimeout(() => {
           armed = null;
@@ -1104,10 +1104,12 @@
 
   // chainProblem says why the chain must not be sent, or ''.
   function chainProblem() {
-    const { items, problems } = splitSpec(els.spec.value);
+    const { problems } = splitSpec(els.spec.value);
     if (operationsLoaded && problems.length) return 'Not uploaded: ' + problems.join('; ') + '. Fix the operation list (see All operations), then choose the images again.';
-    if (limits.maxChainLength && items.length > limits.maxChainLength) {
-      return 'Not uploaded: the chain has ' + items.length + ' steps, the server takes up to ' + limits.maxChainLength + '. Remove some steps, then choose the images again.';
+    const bytes = new TextEncoder().encode(currentSpec()).length;
+    if (limits.maxChainLength && bytes > limits.maxChainLength) {
+      return 'Not uploaded: the operation list is ' + bytes + ' bytes long, the server takes up to ' + limits.maxChainLength +
+        '. Remove some steps, then choose the images again.';
     }
     return '';
   }
@@ -1174,7 +1176,7 @@
       form.append('file', v.original, v.original.name); // the spec goes in the query
       const xhr = new XMLHttpRequest();
       v.xhr = xhr;
-      xhr.open('POST', '/api/tasks?op=' + encodeURIComponent(v.op) + (v.original.name ? '&name=' + encodeURIComponent(v.original.name) : ''));
+      xhr.open('POST', '/api/tasks?op=' + encodeURIComponent(v.op)); // the name is the file part's
       xhr.setRequestHeader('Accept', 'application/json');
       xhr.setRequestHeader('Idempotency-Key', v.idemKey);
       xhr.upload.addEventListener('progress', (e) => {
@@ -1330,10 +1332,9 @@
       return;
     }
     const parts = [];
-    if (limits.maxUploadBytes) parts.push('up to ' + fmtSize(limits.maxUploadBytes) + ' a file');
+    if (limits.maxUploadBytes) parts.push('up to ' + fmtSize(limits.maxUploadBytes));
     if (limits.maxPixels) parts.push(+(limits.maxPixels / 1e6).toFixed(1) + ' megapixels');
-    if (limits.maxChainLength) parts.push(limits.maxChainLength + ' steps a chain');
-    els.limits.textContent = parts.length ? 'The server takes images ' + parts.join(', ') + '.' : '';
+    els.limits.textContent = parts.length ? 'Images of ' + parts.join(' and ') + '.' : '';
   }
 
   // ---- wiring --------------------------------------------------------------------------------------

@@ -201,7 +201,9 @@ func TestBrowserBatch(t *testing.T) {
 	defer hc.CloseIdleConnections()
 	backend := "http://" + addrs[0]
 
-	const batch = 12
+	// 12 images, over the thumbnails' 480 px and taller than the comparison's box at 800 px, so that
+	// zoom to 100 % scrolls.
+	const batch, side = 12, 640
 	target, _ := url.Parse(backend)
 	rec := &recorder{batch: batch, proxy: httputil.NewSingleHostReverseProxy(target), arrived: make(chan struct{})}
 	front := httptest.NewServer(rec)
@@ -210,7 +212,7 @@ func TestBrowserBatch(t *testing.T) {
 	dir := t.TempDir()
 	var files []string
 	for i := range batch {
-		files = append(files, testimage.WriteFile(t, dir, fmt.Sprintf("photo-%02d.png", i+1), testimage.Opaque(testimage.Pattern(1024, int64(30+i)))))
+		files = append(files, testimage.WriteFile(t, dir, fmt.Sprintf("photo-%02d.png", i+1), testimage.Opaque(testimage.Pattern(side, int64(30+i)))))
 	}
 	broken := filepath.Join(dir, "broken.png") // a PNG header and nothing else: accepted, then fails to decode
 	if err := os.WriteFile(broken, testimage.PNGHeader(64, 64), 0o644); err != nil {
@@ -301,9 +303,10 @@ func TestBrowserBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	fi, _ := os.Stat(files[0])
-	if judged.OrigSize != "1024×1024" || judged.OrigBytes != fmt.Sprint(fi.Size()) || judged.ResSize != "1024×1024" || judged.ResBytes == "" ||
+	full := fmt.Sprintf("%d×%d", side, side)
+	if judged.OrigSize != full || judged.OrigBytes != fmt.Sprint(fi.Size()) || judged.ResSize != full || judged.ResBytes == "" ||
 		!regexp.MustCompile(`[+−±]\d+ %`).MatchString(judged.Caption) {
-		t.Errorf("photo-01.png shows %+v; want both 1024×1024, the original's %d bytes, the result's bytes and the change in per cent", judged, fi.Size())
+		t.Errorf("photo-01.png shows %+v; want both %s, the original's %d bytes, the result's bytes and the change in per cent", judged, full, fi.Size())
 	}
 	rec.mu.Lock()
 	requests := slices.Clone(rec.requests)
@@ -357,8 +360,8 @@ func TestBrowserBatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if zoom.Width != 1024 || zoom.Pressed != "true" || zoom.ScrollHeight <= zoom.ClientHeight {
-		t.Errorf("zoomed to 100 %%: %+v; want the image 1024 px wide, the button pressed and the stage scrolling", zoom)
+	if zoom.Width != side || zoom.Pressed != "true" || zoom.ScrollHeight <= zoom.ClientHeight {
+		t.Errorf("zoomed to 100 %%: %+v; want the image %d px wide, the button pressed and the stage scrolling", zoom, side)
 	}
 	top0, _ := chromedp.Run(bctx, chromedp.Evaluate[float64](`document.querySelector('#compare-stage').scrollTop`))
 	if err := chromedp.Do(bctx, chromedp.Focus(chromedp.CSS("#compare-stage")), chromedp.KeyEvent(kb.ArrowDown)); err != nil {
@@ -432,6 +435,8 @@ func TestBrowserBatch(t *testing.T) {
 		}
 	}
 	darkMode(true)
+	// The drop zone's colours ease over (a transition): wait for its dark background before checking contrast.
+	waitPage(t, bctx, "the drop zone's dark background", `getComputedStyle(document.querySelector('#drop')).backgroundColor === 'rgb(33, 43, 74)'`)
 	if bg, err := chromedp.Run(bctx, chromedp.Evaluate[string](`getComputedStyle(document.body).backgroundColor`)); err != nil || bg != "rgb(16, 20, 29)" {
 		t.Errorf("dark mode: the page's background is %q (%v), want rgb(16, 20, 29)", bg, err)
 	}
