@@ -608,7 +608,7 @@
       showResult(v);
     } else if (st.state === 'failed') {
       v.progress.hidden = true;
-      setMessage(v, sentence(st.error || 'processing failed') + ' Retry it, or change the operations and upload the image again.', 'error');
+      setMessage(v, sentence(st.error) || 'Processing failed. Retry it, or change the operations and upload the image again.', 'error');
     } else if (st.state === 'cancelled') {
       v.progress.hidden = true;
       setMessage(v, 'Cancelled: it will not run. Retry runs it again.');
@@ -1235,20 +1235,21 @@
     const reason = sentence(msg);
     let text;
     let retryIn = 0;
+    // The server's messages say the reason and then what to do: they are shown as they are, and the
+    // page adds its own advice only when the server said nothing.
     switch (status) {
       case 400:
-        // The spec, most likely: the server names what it refuses.
-        text = (reason || 'The server refused the upload.') + ' Fix the operation list, then choose the image again.';
+        text = reason || 'The server refused the upload. Check the operation list, then choose the image again.';
         showSpecError(v.op, msg || 'bad request');
         break;
       case 413:
-        text = 'Too big: ' + (reason || v.name + ' is over the server\'s limit.') + ' Scale it down or choose a smaller image.';
+        text = reason || 'Too big for the server. Make it smaller (fewer pixels, or saved as JPEG) and choose it again.';
         break;
       case 415:
-        text = (reason || 'Not an image the server reads.') + ' Save it as PNG or JPEG in an image editor, then choose it again.';
+        text = reason || 'Not an image the server reads. Save it as PNG or JPEG, then choose it again.';
         break;
       case 422:
-        text = (reason || 'The image is too costly to decode.') + ' Save it again (as PNG, say), then choose it again.';
+        text = reason || 'The image is too costly to decode. Save it again as PNG or JPEG, then choose it again.';
         break;
       case 429:
         retryIn = Math.max(1, parseInt(retryAfter, 10) || 1);
@@ -1262,13 +1263,13 @@
         text = (reason || 'The service is busy or unavailable.');
         break;
       case 0:
-        text = 'The upload did not reach the server (' + msg + '). Check the connection, then retry.';
+        text = 'The upload did not reach the server (' + msg + ').';
         break;
       default:
         text = (reason || 'The server refused the upload (' + status + ').');
     }
     const transient = transientStatus(status);
-    if (transient && status !== 429 && status !== 0 && !v.aborted && v.retries < AUTO_RETRIES) {
+    if (transient && status !== 429 && !v.aborted && v.retries < AUTO_RETRIES) {
       // Wait as the server asked, and at least 1, 2, 4 ... 30 s, then send it again by itself.
       v.retries++;
       const wait = Math.min(60, Math.max(retryIn, Math.min(30, 2 ** (v.retries - 1))));
@@ -1277,7 +1278,7 @@
       offerRetry(v, wait, true);
       return;
     }
-    if (transient && status !== 429 && status !== 0) text += ' Retry' + (retryIn ? ' in ' + retryIn + ' s.' : ' shortly.');
+    if (transient && status !== 429) text += ' Retry' + (retryIn ? ' in ' + retryIn + ' s.' : ' shortly.');
     setState(v, 'refused', { text, kind: transient ? 'warn' : 'error' });
     announce(v.name + ': ' + text);
     if (transient) offerRetry(v, retryIn, false);
