@@ -1,9 +1,7 @@
 package frontend
 
 import (
-	"context"
 	_ "embed"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -311,109 +309,4 @@ func (s *server) handleTaskSource(w http.ResponseWriter, r *http.Request) error 
 		cacheable(h, etag)
 	}
 	return master.CopyImage(w, img)
-}
-
-// Event stream timing; variables so tests can shorten them.
-var (
-	// keepAliveEvery is how often an event stream without news sends a comment, so proxies keep it open.
-	keepAliveEvery = 15 * time.Second
-	// maxEventStream bounds an event stream's life (the server's write timeout is lifted for it).
-	maxEventStream = 30 * time.Minute
-)
-
-// retryAfterOf is the wait a transient refusal asked for (Retry-After), or 0.
-func retryAfterOf(err error) time.Duration {
-	var e *httpapi.Error
-	if errors.As(err, &e) {
-		return e.RetryAfter
-	}
-	return 0
-}
-
-// changed reports whether b is news after a.
-func changed(a, b wire.PublicStatus) bool {
-	return a.State != b.State || a.Attempts != b.Attempts || a.MaxAttempts != b.MaxAttempts || a.Error != b.Error
-}
-
-// handleTaskEvents streams the task's status as Server-Sent Events: "status" at once and on every
-// change, until the task is finished or failed, the client goes away, or maxEventStream passes. A
-// refusal before the stream starts (no such task, too many streams) is a JSON error; a failure to get
-// the status later ends the stream with an "error" event. The stream does not poll: the frontend's one
-// watcher (watch.go) wakes it when its task changes.
-func (s *server) handleTaskEvents(w http.ResponseWriter, r *http.Request) error {
-	id, public, err := s.apiTask(r)
-	if err != nil {
-		return err
-	}
-	release, err := s.streams.acquire(httpapi.ClientAddr(r, s.opts.TrustProxy))
-	if err != nil {
-		return err
-	}
-	defer release()
-	raw, err := s.master.Status(r.Context(), id)
-	if err != nil {
-		return publicError(err, id)
-	}
-	st := publicStatus(raw, public)
-	var wake <-chan struct{}
-	current := func() (wire.Status, error) { return raw, nil }
-	if !st.State.Settled() {
-		var stop func()
-		if wake, current, stop, err = s.watcher.watch(r.Context(), id, raw); err != nil {
-			return err
-		}
-		defer stop()
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), maxEventStream)
-	defer cancel()
-	rc := http.NewResponseController(w)
-	// The server's read and write timeouts would cut the stream (the read one by ending the request's
-	// context); maxEventStream bounds it instead. Servers that cannot lift them just end it earlier.
-	_ = rc.SetWriteDeadline(time.Time{})
-	_ = rc.SetReadDeadline(time.Time{})
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-
-	send := func(event string, v any) bool {
-		b, err := json.Marshal(v) // one line: newlines in strings are escaped
-		if err == nil {
-			_, err = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b)
-		}
-		return err == nil && rc.Flush() == nil
-	}
-	if !send("status", st) {
-		return nil
-	}
-	keepAlive := time.NewTicker(keepAliveEvery)
-	defer keepAlive.Stop()
-	for !st.State.Settled() {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-keepAlive.C:
-			if _, err := io.WriteString(w, ": keep-alive\n\n"); err != nil || rc.Flush() != nil {
-				return nil
-			}
-		case <-wake:
-			raw, err := current()
-			if err != nil {
-				httpapi.LoggerFrom(ctx).WarnContext(ctx, "event stream: status", "err", err)
-				if !errors.Is(err, errNoSuchTask) {
-					err = publicError(err, id)
-				}
-				send("error", httpapi.JSONError{Error: httpapi.ErrorMessage(err)})
-				return nil
-			}
-			if next := publicStatus(raw, public); changed(st, next) {
-				if !send("status", next) {
-					return nil
-				}
-				st = next
-			}
-		}
-	}
-	return nil
 }

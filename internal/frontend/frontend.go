@@ -73,7 +73,8 @@ type Limits struct {
 	// browser; uploads from any other site's page are refused (see sameSite), those without the
 	// browser's headers (curl, scripts) are not.
 	AllowedOrigins []string
-	// MaxStreams caps the open event streams (GET /api/tasks/{id}/events; 503 with Retry-After beyond)
+	// MaxStreams caps the open event streams (GET /api/tasks/{id}/events and GET /api/events, one place
+	// each however many tasks it follows; 503 with Retry-After beyond)
 	// and MaxStreamsPerClient those of one client address (429); 0 means the default, a negative
 	// value no cap (master.NoLimit). However many streams are open, the frontend watches at most
 	// wire.MaxStatusIDs tasks at once.
