@@ -8,3 +8,6 @@ func SetKeepAliveEvery(d time.Duration) (restore func()) {
 	keepAliveEvery = d
 	return func() { keepAliveEvery = old }
 }
+
+// UniqueName is uniqueName, for tests.
+var UniqueName = uniqueName

@@ -421,6 +421,8 @@ func TestOpenAPIAnswers(t *testing.T) {
 	o.expectAnswer(t, "GET", "/isReady", s.call(t, http.MethodGet, "/isReady", "", nil))
 	o.expectAnswer(t, "GET", "/status", s.call(t, http.MethodGet, "/status?id="+strings.Repeat("A", 43), "", nil))
 	o.expectAnswer(t, "GET", "/api/tasks/{id}/events", s.call(t, http.MethodGet, "/api/tasks/nope/events", "", nil))
+	o.expectAnswer(t, "GET", "/api/tasks.zip", s.call(t, http.MethodGet, "/api/tasks.zip?ids="+pub+",nope", "", nil))
+	o.expectAnswer(t, "GET", "/api/tasks.zip", s.call(t, http.MethodGet, "/api/tasks.zip", "", nil))
 	o.expectAnswer(t, "GET", "/api/events", s.call(t, http.MethodGet, "/api/events", "", nil))
 	o.expectAnswer(t, "GET", "/api/events", s.call(t, http.MethodGet, "/api/events?ids="+pub+",nope", "", nil))
 	o.expectAnswer(t, "GET", "/healthz", s.call(t, http.MethodGet, "/healthz", "", nil))

@@ -22,6 +22,7 @@ func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("GET /api/tasks/{id}/result", httpapi.JSONHandlerFunc(s.handleTaskResult))
 	mux.Handle("GET /api/tasks/{id}/source", httpapi.JSONHandlerFunc(s.handleTaskSource))
 	mux.Handle("GET /api/tasks/{id}/events", httpapi.JSONHandlerFunc(s.handleTaskEvents))
+	mux.Handle("GET /api/tasks.zip", httpapi.JSONHandlerFunc(s.handleTasksZip))
 	mux.Handle("GET /api/events", httpapi.JSONHandlerFunc(s.handleEvents))
 	mux.Handle("DELETE /api/tasks/{id}", httpapi.JSONHandlerFunc(s.handleDeleteTask))
 	mux.Handle("POST /api/tasks/{id}/cancel", httpapi.JSONHandlerFunc(s.handleCancelTask))
