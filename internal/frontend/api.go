@@ -203,7 +203,8 @@ const DownloadParam = "download"
 // script and loads nothing, whatever a browser would make of its bytes.
 const resultCSP = "sandbox; default-src 'none'"
 
-// handleTaskResult serves the finished image, as an attachment or (?download=0) inline. Once the task
+// handleTaskResult serves the finished image, as an attachment or (?download=0) inline, or with ?w=N
+// a thumbnail of it (thumb.go). Once the task
 // is finished it is cacheable for good under an ETag made from its status (cache.go), and a request
 // naming that ETag is answered 304 without reading the image.
 func (s *server) handleTaskResult(w http.ResponseWriter, r *http.Request) error {
@@ -218,9 +219,13 @@ func (s *server) handleTaskResult(w http.ResponseWriter, r *http.Request) error 
 				DownloadParam, v, DownloadParam, DownloadParam)
 		}
 	}
+	width, err := thumbWidth(r)
+	if err != nil {
+		return err
+	}
 	h := w.Header()
 	h.Set("Cache-Control", "no-store") // "not finished" must not be kept: it changes
-	etag, answered, err := s.checkImageETag(w, r, id, "result", public, func(st wire.Status) time.Time {
+	etag, answered, err := s.checkImageETag(w, r, id, "result", public, width, func(st wire.Status) time.Time {
 		if st.State != wire.FinishedWord {
 			return time.Time{}
 		}
@@ -228,6 +233,10 @@ func (s *server) handleTaskResult(w http.ResponseWriter, r *http.Request) error 
 	})
 	if err != nil || answered {
 		return err
+	}
+	if width > 0 {
+		// Not finished: the master's Get refuses it, as below.
+		return s.serveThumb(w, r, id, "result", etag, width, s.master.Get)
 	}
 	// Not finished: the master's Get refuses it, in the same words as /getImage.
 	img, err := s.master.Get(r.Context(), id)
@@ -243,6 +252,9 @@ func (s *server) handleTaskResult(w http.ResponseWriter, r *http.Request) error 
 	h.Set("Content-Security-Policy", resultCSP)
 	if etag != "" {
 		cacheable(h, etag)
+	}
+	if img.Size >= 0 {
+		h.Set(ImageBytesHeader, strconv.FormatInt(img.Size, 10))
 	}
 	return master.CopyImage(w, img)
 }
@@ -286,16 +298,23 @@ func SourceName(public, contentType string) string {
 	return "imgmill-" + public[:min(len(public), 12)] + "-source" + ext
 }
 
-// handleTaskSource serves the upload inline; it is cacheable for good under an ETag made from the
+// handleTaskSource serves the upload inline (with ?w=N a thumbnail of it, thumb.go); it is cacheable for good under an ETag made from the
 // task's creation time (cache.go), and a request naming that ETag is answered 304 without reading it.
 func (s *server) handleTaskSource(w http.ResponseWriter, r *http.Request) error {
 	id, public, err := s.apiTask(r)
 	if err != nil {
 		return err
 	}
-	etag, answered, err := s.checkImageETag(w, r, id, "source", public, func(st wire.Status) time.Time { return st.CreatedAt })
+	width, err := thumbWidth(r)
+	if err != nil {
+		return err
+	}
+	etag, answered, err := s.checkImageETag(w, r, id, "source", public, width, func(st wire.Status) time.Time { return st.CreatedAt })
 	if err != nil || answered {
 		return err
+	}
+	if width > 0 {
+		return s.serveThumb(w, r, id, "source", etag, width, s.master.Source)
 	}
 	img, err := s.master.Source(r.Context(), id)
 	if err != nil {
@@ -307,6 +326,9 @@ func (s *server) handleTaskSource(w http.ResponseWriter, r *http.Request) error 
 	h.Set("Content-Security-Policy", resultCSP)
 	if etag != "" {
 		cacheable(h, etag)
+	}
+	if img.Size >= 0 {
+		h.Set(ImageBytesHeader, strconv.FormatInt(img.Size, 10))
 	}
 	return master.CopyImage(w, img)
 }

@@ -11,3 +11,22 @@ func SetKeepAliveEvery(d time.Duration) (restore func()) {
 
 // UniqueName is uniqueName, for tests.
 var UniqueName = uniqueName
+
+// ThumbCacheBound puts thumbnails of the given sizes, in order, into a cache bounded to max bytes, and
+// returns the indexes of those it still holds and their total size.
+func ThumbCacheBound(max int64, sizes []int) (kept []int, total int64) {
+	c := newThumbCache(max)
+	for i, n := range sizes {
+		c.put(thumbKey{id: int64(i)}, &thumb{body: make([]byte, n)})
+	}
+	for i := range sizes {
+		if th, ok := c.get(thumbKey{id: int64(i)}); ok {
+			kept = append(kept, i)
+			total += int64(len(th.body))
+		}
+	}
+	if total != c.bytes {
+		panic("the cache's count of bytes is off")
+	}
+	return kept, total
+}

@@ -105,7 +105,8 @@ func newServer(m *client.Master, opts Limits) *server {
 		opts.MaxStreamsPerClient = DefaultMaxStreamsPerClient
 	}
 	s := &server{master: m, opts: opts, crossSite: newCrossSite(opts.AllowedOrigins),
-		streams: newStreamGate(opts.MaxStreams, opts.MaxStreamsPerClient), watcher: newWatcher(m)}
+		streams: newStreamGate(opts.MaxStreams, opts.MaxStreamsPerClient), watcher: newWatcher(m),
+		thumbs: newThumbnailer()}
 	if opts.UploadRate > 0 {
 		s.limiter = httpapi.NewKeyedLimiter(opts.UploadRate, opts.UploadBurst, httpapi.MaxLimiterKeys, time.Now)
 	}
@@ -128,6 +129,7 @@ type server struct {
 	crossSite crossSite
 	streams   *streamGate // open event streams
 	watcher   *watcher    // the tasks of the open event streams
+	thumbs    *thumbnailer
 }
 
 // errNoSecretYet answers what needs public ids while the secret is being resolved.

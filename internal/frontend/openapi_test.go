@@ -43,7 +43,7 @@ func loadOpenAPI(t *testing.T) openAPI {
 // annotations it may ignore. Another keyword would be silently unchecked, so the test refuses it.
 var schemaKeywords = map[string]bool{
 	"$ref": true, "type": true, "properties": true, "required": true, "additionalProperties": true, "items": true,
-	"enum": true, "const": true, "format": true, "pattern": true, "minimum": true, "minLength": true, "maxLength": true,
+	"enum": true, "const": true, "format": true, "pattern": true, "minimum": true, "maximum": true, "minLength": true, "maxLength": true,
 	"description": true, "contentMediaType": true,
 }
 
@@ -116,6 +116,9 @@ func (o openAPI) check(s map[string]any, v any, at string) error {
 	if n, ok := v.(float64); ok {
 		if min, ok := s["minimum"].(float64); ok && n < min {
 			return fmt.Errorf("%s: %v is below %v", at, n, min)
+		}
+		if max, ok := s["maximum"].(float64); ok && n > max {
+			return fmt.Errorf("%s: %v is above %v", at, n, max)
 		}
 	}
 	if obj, ok := v.(map[string]any); ok {
@@ -402,6 +405,10 @@ func TestOpenAPIAnswers(t *testing.T) {
 			t.Errorf("GET %s with If-None-Match %q: %d, want 304", path, etag, r.Status)
 		}
 		o.expectAnswer(t, "GET", "/api/tasks/{id}"+suffix, r)
+	}
+	for _, suffix := range []string{"/result", "/source"} { // thumbnails, and a bad width
+		o.expectAnswer(t, "GET", "/api/tasks/{id}"+suffix, s.call(t, http.MethodGet, "/api/tasks/"+pub+suffix+"?w=16", "", nil))
+		o.expectAnswer(t, "GET", "/api/tasks/{id}"+suffix, s.call(t, http.MethodGet, "/api/tasks/"+pub+suffix+"?w=8", "", nil))
 	}
 	o.expectAnswer(t, "GET", "/getImage", s.call(t, http.MethodGet, "/getImage?id="+pub, "", nil))
 	o.expectAnswer(t, "POST", "/api/tasks/{id}/cancel", s.call(t, http.MethodPost, "/api/tasks/"+pub+"/cancel", "", nil))

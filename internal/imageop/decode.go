@@ -52,6 +52,11 @@ func Decode(r io.Reader, maxPixels int64) (image.Image, string, error) {
 	return decode(context.Background(), r, pixelLimit(maxPixels), nil)
 }
 
+// DecodeContext is Decode that stops once ctx ends (reading r fails, and the error wraps ctx's).
+func DecodeContext(ctx context.Context, r io.Reader, maxPixels int64) (image.Image, string, error) {
+	return decode(ctx, r, pixelLimit(maxPixels), nil)
+}
+
 // decode is Decode with the limit already resolved (0: none). check, if not nil, is called with the
 // upright width and height once they are known and before the pixels are decoded; its error is
 // returned as is. Once ctx ends, reading src fails, and so decoding stops (an error wrapping
