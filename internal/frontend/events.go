@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/wire"
 )
@@ -79,6 +81,43 @@ func permanent(err error) bool {
 	return errors.As(err, &e) && e.Status < 500
 }
 
+// statusLookups is how many statuses the frontend asks the master for at once when a request names
+// many tasks: a page re-opens its stream with every task it follows, so this is on its path.
+const statusLookups = 8
+
+// named is a task a request names by public id: its status, or why it has none (a permanent refusal
+// such as no such task).
+type named struct {
+	id     int64
+	public string
+	st     wire.Status
+	err    error
+}
+
+// statuses looks up the tasks publics name, a few at once. A refusal about a task is kept with it; a
+// failure of the master (it is away) is returned, to refuse the whole request.
+func (s *server) statuses(ctx context.Context, publics []string) ([]named, error) {
+	out := make([]named, len(publics))
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(statusLookups)
+	for i, public := range publics {
+		g.Go(func() error {
+			n := &out[i]
+			n.public = public
+			if n.id, n.err = s.decode(public); n.err == nil {
+				if n.st, n.err = s.master.Status(ctx, n.id); n.err != nil {
+					n.err = publicError(n.err, n.id)
+				}
+			}
+			if n.err != nil && !permanent(n.err) {
+				return n.err
+			}
+			return nil
+		})
+	}
+	return out, g.Wait()
+}
+
 // streamed is one task of an event stream.
 type streamed struct {
 	id      int64
@@ -131,23 +170,17 @@ func (s *server) handleEvents(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer release()
+	found, err := s.statuses(r.Context(), publics)
+	if err != nil { // the master is away: the whole stream is refused, to be retried
+		return err
+	}
 	var tasks []*streamed
 	var dropped []eventError
-	for _, public := range publics {
-		id, err := s.decode(public)
-		var raw wire.Status
-		if err == nil {
-			if raw, err = s.master.Status(r.Context(), id); err != nil {
-				err = publicError(err, id)
-			}
-		}
-		switch {
-		case err == nil:
-			tasks = append(tasks, &streamed{id: id, public: public, raw: raw})
-		case permanent(err):
-			dropped = append(dropped, eventError{ID: public, Error: httpapi.ErrorMessage(err)})
-		default: // the master is away: the whole stream is refused, to be retried
-			return err
+	for _, n := range found {
+		if n.err != nil {
+			dropped = append(dropped, eventError{ID: n.public, Error: httpapi.ErrorMessage(n.err)})
+		} else {
+			tasks = append(tasks, &streamed{id: n.id, public: n.public, raw: n.st})
 		}
 	}
 	return s.streamEvents(w, r, tasks, dropped, true)

@@ -20,13 +20,6 @@ const (
 	MissingName = "MISSING.txt"
 )
 
-// zipped is a task asked for in GET /api/tasks.zip.
-type zipped struct {
-	id     int64
-	public string
-	st     wire.Status
-}
-
 // handleTasksZip streams the finished results among the tasks of ?ids=... as one zip, entry by entry
 // as storage sends them, never holding the archive nor a whole image: entries are stored, not
 // compressed (the images are compressed already), and named as their downloads are. The tasks not
@@ -39,25 +32,20 @@ func (s *server) handleTasksZip(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	ctx := r.Context()
-	var tasks []zipped
+	found, err := s.statuses(ctx, publics)
+	if err != nil {
+		return err
+	}
+	var tasks []named
 	var missing []string
-	for _, public := range publics {
-		id, err := s.decode(public)
-		var st wire.Status
-		if err == nil {
-			if st, err = s.master.Status(ctx, id); err != nil {
-				err = publicError(err, id)
-			}
-		}
+	for _, n := range found {
 		switch {
-		case err == nil && st.State == wire.FinishedWord:
-			tasks = append(tasks, zipped{id: id, public: public, st: st})
-		case err == nil:
-			missing = append(missing, public+"\t"+string(st.State))
-		case permanent(err):
-			missing = append(missing, public+"\t"+httpapi.ErrorMessage(err))
+		case n.err != nil:
+			missing = append(missing, n.public+"\t"+httpapi.ErrorMessage(n.err))
+		case n.st.State != wire.FinishedWord:
+			missing = append(missing, n.public+"\t"+string(n.st.State))
 		default:
-			return err
+			tasks = append(tasks, n)
 		}
 	}
 

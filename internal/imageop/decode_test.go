@@ -2,6 +2,7 @@ package imageop
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"image"
@@ -227,5 +228,24 @@ func TestContentType(t *testing.T) {
 	}
 	if ContentType("png") != "image/png" || ContentType("jpeg") != "image/jpeg" || ContentType("xcf") != "" {
 		t.Error("ContentType")
+	}
+}
+
+// TestDecodeContext: DecodeContext decodes as Decode does, and stops once its context ends, with an
+// error wrapping the context's and not ErrDecode (the image is not at fault).
+func TestDecodeContext(t *testing.T) {
+	img := testimage.Pattern(32, 1)
+	b, err := testimage.EncodePNG(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, format, err := DecodeContext(t.Context(), bytes.NewReader(b), 0)
+	if err != nil || format != "png" || got.Bounds() != img.Bounds() {
+		t.Fatalf("DecodeContext: %v %q %v", got.Bounds(), format, err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, _, err := DecodeContext(ctx, bytes.NewReader(b), 0); !errors.Is(err, context.Canceled) || errors.Is(err, ErrDecode) {
+		t.Errorf("DecodeContext after its context ended: %v, want context.Canceled and not ErrDecode", err)
 	}
 }
