@@ -116,8 +116,7 @@ func (t *thumbnailer) make(ctx context.Context, r io.Reader, width int) (*thumb,
 	}
 	b := src.Bounds()
 	out := &thumb{width: b.Dx(), height: b.Dy()}
-	dst := image.NewRGBA(scaledRect(b, width))
-	draw.ApproxBiLinear.Scale(dst, dst.Rect, src, b, draw.Src, nil)
+	dst := scale(src, width)
 	var buf bytes.Buffer
 	if opaque(src) {
 		out.contentType = "image/jpeg"
@@ -131,6 +130,21 @@ func (t *thumbnailer) make(ctx context.Context, r io.Reader, width int) (*thumb,
 	}
 	out.body = buf.Bytes()
 	return out, nil
+}
+
+// scale returns img scaled to at most width wide. CatmullRom alone takes about as long as the decode
+// (120 ms for 2048 px to 480 px), ApproxBiLinear a twentieth of it but aliases when it shrinks much: so
+// ApproxBiLinear shrinks to twice the width, and CatmullRom the rest (BenchmarkThumbnailScale).
+func scale(img image.Image, width int) *image.RGBA {
+	b := img.Bounds()
+	if b.Dx() > 2*width {
+		mid := image.NewRGBA(scaledRect(b, 2*width))
+		draw.ApproxBiLinear.Scale(mid, mid.Rect, img, b, draw.Src, nil)
+		img, b = mid, mid.Rect
+	}
+	dst := image.NewRGBA(scaledRect(b, width))
+	draw.CatmullRom.Scale(dst, dst.Rect, img, b, draw.Src, nil)
+	return dst
 }
 
 // scaledRect is the rectangle of b scaled to at most width wide, its aspect kept, never enlarged.

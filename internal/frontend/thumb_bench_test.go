@@ -55,7 +55,7 @@ func BenchmarkThumbnail(b *testing.B) {
 }
 
 // BenchmarkThumbnailScale: the scaling step alone, 2048×1536 to 480×360, by the kernels that could
-// do it (thumb.go uses ApproxBiLinear).
+// do it, and scale (thumb.go), which uses two of them.
 func BenchmarkThumbnailScale(b *testing.B) {
 	var jpegBytes bytes.Buffer
 	if err := jpeg.Encode(&jpegBytes, photo(2048, 1536), &jpeg.Options{Quality: 90}); err != nil {
@@ -80,5 +80,15 @@ func BenchmarkThumbnailScale(b *testing.B) {
 				}
 			})
 		}
+	}
+	for _, src := range []struct {
+		name string
+		img  image.Image
+	}{{"nrgba", photo(2048, 1536)}, {"ycbcr", ycc}} {
+		b.Run("scale/"+src.name, func(b *testing.B) {
+			for b.Loop() {
+				scale(src.img, 480)
+			}
+		})
 	}
 }
