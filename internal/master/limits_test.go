@@ -148,7 +148,7 @@ func TestNewMeasuresJPEGAfterMetadata(t *testing.T) {
 	// The search has an end: no size within the first 256 KiB is refused.
 	lost := testimage.InsertJPEGMetadata(encodeJPEG(t, 8, 8), imageop.MaxHeaderLen)
 	s.expectRefused(t, "JPEG after 256 KiB of metadata", s.upload, lost, http.StatusUnsupportedMediaType,
-		"Error: JPEG header too long: no image size within the first 262144 bytes")
+		"Error: cannot read this JPEG: no image size within its first 262144 bytes (too much metadata before it): save it as PNG or JPEG and upload it again")
 }
 
 func TestNewRefusesBadHeaders(t *testing.T) {
@@ -160,13 +160,13 @@ func TestNewRefusesBadHeaders(t *testing.T) {
 	for _, tc := range []struct {
 		name, body, want string
 	}{
-		{"text", "hello, this is not an image at all", "Error: not a PNG, JPEG, GIF, WebP, BMP or TIFF image"},
-		{"png magic only", pngMagic, "Error: truncated PNG header: the image ends after 8 bytes, before its size (unexpected EOF)"},
-		{"png cut in IHDR", string(png[:20]), "Error: truncated PNG header: the image ends after 20 bytes, before its size (unexpected EOF)"},
-		{"jpeg cut before its size", string(jpg[:100]), "Error: truncated JPEG header: the image ends after 100 bytes, before its size (unexpected EOF)"},
-		{"gif cut", "GIF89a\x10\x00\x10", "Error: truncated GIF header: the image ends after 9 bytes, before its size (gif: reading header: unexpected EOF)"},
-		{"png bad IHDR checksum", string(badCRC), "Error: not a PNG, JPEG, GIF, WebP, BMP or TIFF image: malformed PNG header (png: invalid format: invalid checksum)"},
-		{"png zero width", string(servicetest.PaddedPNG(0, 9, 100)), "Error: not a PNG, JPEG, GIF, WebP, BMP or TIFF image: malformed PNG header (png: invalid format: non-positive dimension)"},
+		{"text", "hello, this is not an image at all", "Error: " + imageop.NotImageMessage},
+		{"png magic only", pngMagic, "Error: cannot read this PNG: the file is cut short: it ends after 8 bytes, before the image size (unexpected EOF): save it as PNG or JPEG and upload it again"},
+		{"png cut in IHDR", string(png[:20]), "Error: cannot read this PNG: the file is cut short: it ends after 20 bytes, before the image size (unexpected EOF): save it as PNG or JPEG and upload it again"},
+		{"jpeg cut before its size", string(jpg[:100]), "Error: cannot read this JPEG: the file is cut short: it ends after 100 bytes, before the image size (unexpected EOF): save it as PNG or JPEG and upload it again"},
+		{"gif cut", "GIF89a\x10\x00\x10", "Error: cannot read this GIF: the file is cut short: it ends after 9 bytes, before the image size (gif: reading header: unexpected EOF): save it as PNG or JPEG and upload it again"},
+		{"png bad IHDR checksum", string(badCRC), "Error: cannot read this PNG: its header is malformed (png: invalid format: invalid checksum): save it as PNG or JPEG and upload it again"},
+		{"png zero width", string(servicetest.PaddedPNG(0, 9, 100)), "Error: cannot read this PNG: its header is malformed (png: invalid format: non-positive dimension): save it as PNG or JPEG and upload it again"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s.expectRefused(t, tc.name, s.upload, []byte(tc.body), http.StatusUnsupportedMediaType, tc.want)
@@ -201,9 +201,9 @@ func TestNewTypeFromBytes(t *testing.T) {
 	}
 	s.claim(t, id)
 	s.expectRefused(t, "HTML labelled image/png", labelled("image/png"), []byte("<html><script>alert(1)</script></html>"),
-		http.StatusUnsupportedMediaType, "Error: not a PNG, JPEG, GIF, WebP, BMP or TIFF image")
+		http.StatusUnsupportedMediaType, "Error: "+imageop.NotImageMessage)
 	s.expectRefused(t, "HTML labelled image/jpeg", labelled("image/jpeg"), []byte("<html>hello</html>"),
-		http.StatusUnsupportedMediaType, "Error: not a PNG, JPEG, GIF, WebP, BMP or TIFF image")
+		http.StatusUnsupportedMediaType, "Error: "+imageop.NotImageMessage)
 }
 
 // statsCounter is a proxy in front of the database that counts GET /stats; with refuse set it answers
