@@ -228,8 +228,7 @@ func (s *server) submitTask(w http.ResponseWriter, r *http.Request, a *submitAns
 		}
 		public := u.ids.Encode(id)
 		if a.html {
-			w.Header().Set("Cache-Control", "no-store")
-			http.Redirect(w, r, "/tasks/"+public, http.StatusSeeOther)
+			seeTaskPage(w, public)
 			return nil
 		}
 		httpapi.WriteText(w, http.StatusOK, public)
@@ -572,8 +571,7 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if r.URL.Query().Get(UIField) == UIHTML { // for people: the task's page
-		w.Header().Set("Cache-Control", "no-store")
-		http.Redirect(w, r, "/tasks/"+public, http.StatusSeeOther)
+		seeTaskPage(w, public)
 		return nil
 	}
 	st, err := s.status(r.Context(), id, public)

@@ -152,6 +152,14 @@ func (f htmlHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// seeTaskPage answers 303 See Other to the page of the task with public id public.
+func seeTaskPage(w http.ResponseWriter, public string) {
+	h := w.Header()
+	h.Set("Location", "/tasks/"+public)
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusSeeOther)
+}
+
 // handleTaskPage serves GET /tasks/{id}: the task's page, for people.
 func (s *server) handleTaskPage(w http.ResponseWriter, r *http.Request) error {
 	id, public, err := s.apiTask(r)
