@@ -491,9 +491,11 @@ func publicError(err error, id int64) error {
 const waitingReason = "a service it needs was unavailable: it will be retried"
 
 // publicReasons are the prefixes of the failure reasons shown to the public as they are: imageop's
-// words about the image itself, which already say what to do. Any other reason (a worker's error text
-// may name internal ids, addresses, paths) is shown as "processing failed".
-var publicReasons = []string{imageop.ErrDecode.Error(), imageop.UnreadablePrefix, imageop.NotImageMessage, "upload never completed"}
+// words about the image itself and the worker's about a task over its time or memory, which say what
+// to do. Any other reason (a worker's error text may name internal ids, addresses, paths) is shown as
+// "processing failed".
+var publicReasons = []string{imageop.ErrDecode.Error(), imageop.UnreadablePrefix, imageop.NotImageMessage, "upload never completed",
+	"image is ", "took longer than ", "needs about "}
 
 // lapsedFormat is the database's reason for a task whose worker stopped renewing its lease.
 const lapsedFormat = "lease lapsed on attempt %d of %d"
