@@ -98,7 +98,7 @@ func newTaskPage(st wire.PublicStatus) taskPage {
 	case wire.QueuedWord:
 		p.Title, p.Say = "Queued", "Your image is waiting for a worker."
 		if st.Error != "" {
-			p.Say = "Your image is waiting to be tried again: " + st.Error + "."
+			p.Say = "Your image is waiting: " + st.Error + "."
 		}
 	case wire.ProcessingWord:
 		p.Title, p.Say = "Processing", "Your image is being processed."
@@ -173,8 +173,8 @@ func (s *server) handleTaskPage(w http.ResponseWriter, r *http.Request) error {
 	return writePage(w, http.StatusOK, newTaskPage(st))
 }
 
-// acceptsHTML reports whether the request is a browser's navigation, which asks for text/html first;
-// scripts (curl, fetch, HTTP libraries) ask for */* or for something else.
+// acceptsHTML reports whether the request names text/html among the types it accepts, as a browser's
+// navigation does; scripts (curl, fetch, HTTP libraries) ask for */* or for something else.
 func acceptsHTML(r *http.Request) bool {
 	for part := range strings.SplitSeq(r.Header.Get("Accept"), ",") {
 		mt, _, _ := strings.Cut(part, ";")
