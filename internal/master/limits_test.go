@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/master"
 	"github.com/imgmill/imgmill/internal/servicetest"
@@ -399,5 +400,27 @@ func TestLimitsWithDefaults(t *testing.T) {
 	}
 	if got := (master.Limits{MaxQueued: 7}).WithDefaults().MaxQueued; got != 7 {
 		t.Errorf("MaxQueued 7 became %d", got)
+	}
+}
+
+// TestTooLargeError: the size refusal in units a person reads, the reason first and then what to do.
+func TestTooLargeError(t *testing.T) {
+	const mb = 1 << 20
+	const advice = ": make it smaller (fewer pixels, or saved as JPEG) and upload it again"
+	for _, c := range []struct {
+		size, limit int64
+		want        string
+	}{
+		{54_000_000, 20 * mb, "the image is 51.5 MB; the largest upload is 20 MB" + advice},
+		{-1, 20 * mb, "the image is larger than 20 MB, the largest upload" + advice},
+		{20*mb + 1, 20 * mb, "the image is larger than 20 MB, the largest upload" + advice}, // the same when rounded
+		{100_000, 4000, "the image is 97.7 KB; the largest upload is 3.9 KB" + advice},
+		{1001, 1000, "the image is 1001 bytes; the largest upload is 1000 bytes" + advice},
+		{3 << 30, 256 * mb, "the image is 3 GB; the largest upload is 256 MB" + advice},
+	} {
+		err := master.TooLargeError(c.size, c.limit)
+		if httpapi.StatusOf(err) != http.StatusRequestEntityTooLarge || httpapi.ErrorMessage(err) != c.want {
+			t.Errorf("TooLargeError(%d, %d) = %d %q, want 413 %q", c.size, c.limit, httpapi.StatusOf(err), httpapi.ErrorMessage(err), c.want)
+		}
 	}
 }
