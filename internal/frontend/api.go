@@ -42,6 +42,17 @@ func (s *server) handleOpenAPI(w http.ResponseWriter, r *http.Request) error {
 	return err
 }
 
+// limitsMaxAge is how long a client may keep GET /api/limits: briefly, since an operator may change them.
+const limitsMaxAge = "max-age=300"
+
+// handleLimits answers the limits an upload must keep, for the page to show them before an upload and
+// to refuse a file over maxUploadBytes before sending it.
+func (s *server) handleLimits(w http.ResponseWriter, r *http.Request) error {
+	w.Header().Set("Cache-Control", "public, "+limitsMaxAge)
+	return httpapi.WriteJSON(w, http.StatusOK, wire.Limits{
+		MaxUploadBytes: max(s.opts.MaxUpload, 0), MaxPixels: max(s.opts.MaxPixels, 0), MaxChainLength: imageop.MaxChainLen})
+}
+
 // handleOperations lists every operation with its parameters: the page's picker and imgmill submit
 // build chains from it.
 func (s *server) handleOperations(w http.ResponseWriter, r *http.Request) error {

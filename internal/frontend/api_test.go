@@ -237,8 +237,9 @@ func TestAPIUploadTooLarge(t *testing.T) {
 	const limit = 4000
 	s := newStackWith(t, frontend.Limits{MaxUpload: limit})
 	big := paddedPNG(t, 100_000)
-	msg := fmt.Sprintf("image larger than %d bytes", limit)
-	expectJSONError(t, "raw, known length", s.createRaw(t, "", big), http.StatusRequestEntityTooLarge, msg)
+	msg := "the image is larger than 3.9 KB, the largest upload: make it smaller (fewer pixels, or saved as JPEG) and upload it again"
+	expectJSONError(t, "raw, known length", s.createRaw(t, "", big), http.StatusRequestEntityTooLarge,
+		"the image is 97.7 KB; the largest upload is 3.9 KB: make it smaller (fewer pixels, or saved as JPEG) and upload it again")
 	expectJSONError(t, "raw, one byte over", s.createRaw(t, "", big[:limit+1]), http.StatusRequestEntityTooLarge, msg)
 	expectJSONError(t, "multipart", s.createForm(t, "", part{field: frontend.FileField, filename: "b.png", data: big[:limit+1]}),
 		http.StatusRequestEntityTooLarge, msg)

@@ -1,6 +1,10 @@
 package frontend
 
-import "time"
+import (
+	"bytes"
+	"testing"
+	"time"
+)
 
 // SetKeepAliveEvery changes how often event streams send a keep-alive comment, until restore.
 func SetKeepAliveEvery(d time.Duration) (restore func()) {
@@ -29,4 +33,13 @@ func ThumbCacheBound(max int64, sizes []int) (kept []int, total int64) {
 		panic("the cache's count of bytes is off")
 	}
 	return kept, total
+}
+
+// RenderTaskPage renders the page of a finished task whose upload was named name.
+func RenderTaskPage(t testing.TB, name string) string {
+	var b bytes.Buffer
+	if err := pages.Execute(&b, taskPage{Title: "Finished", ID: "abc", Name: name, Say: "Your image is ready.", Finished: true}); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
 }

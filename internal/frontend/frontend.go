@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -62,6 +63,10 @@ type Limits struct {
 	// MaxUpload is the largest image accepted, in bytes; 0 means DefaultMaxUpload, a negative value no
 	// limit (master.NoLimit). The master enforces its own limit as well.
 	MaxUpload int64
+	// MaxPixels is the largest image in pixels (width × height) that the master behind accepts, which
+	// the frontend shows (GET /api/limits) but leaves to the master to enforce: 0 means
+	// imageop.DefaultMaxPixels, the master's default, a negative value no limit.
+	MaxPixels int64
 	// TrustProxy takes the client address from the last X-Forwarded-For entry, the one added by a
 	// reverse proxy in front, instead of from the connection. Only for a frontend that is reachable
 	// through that proxy alone: otherwise anyone can pick their address.
@@ -97,6 +102,9 @@ func NewServer(m *client.Master, ids *publicid.Codec, opts Limits) http.Handler 
 func newServer(m *client.Master, opts Limits) *server {
 	if opts.MaxUpload == 0 {
 		opts.MaxUpload = DefaultMaxUpload
+	}
+	if opts.MaxPixels == 0 {
+		opts.MaxPixels = imageop.DefaultMaxPixels
 	}
 	if opts.MaxStreams == 0 {
 		opts.MaxStreams = DefaultMaxStreams
@@ -178,13 +186,15 @@ func (s *server) handleIndex() http.Handler {
 	})
 }
 
-// handleSubmitTask streams the uploadfile part of a multipart form to the master, never holding the
-// whole file, and answers the task's public id.
-func (s *server) handleSubmitTask(w http.ResponseWriter, r *http.Request) error {
+// submitTask streams the uploadfile part of a multipart form to the master, never holding the whole
+// file, and answers the task's public id; to the page's own form (UIField before the file), 303 See
+// Other to the task's page instead (html.go). a learns which answer the form asked for.
+func (s *server) submitTask(w http.ResponseWriter, r *http.Request, a *submitAnswer) error {
 	u, err := s.receive(w, r)
 	if err != nil {
 		return err
 	}
+	a.read = true
 	if err := u.setOp(r.URL.Query().Get(OpField)); err != nil {
 		return err
 	}
@@ -203,6 +213,13 @@ func (s *server) handleSubmitTask(w http.ResponseWriter, r *http.Request) error 
 				return err
 			}
 			continue
+		case UIField: // additive: the page's form, before the file
+			ui, err := u.readField(part, UIField)
+			if err != nil {
+				return err
+			}
+			a.html = ui == UIHTML
+			continue
 		case UploadField:
 		default:
 			part.Close()
@@ -212,7 +229,12 @@ func (s *server) handleSubmitTask(w http.ResponseWriter, r *http.Request) error 
 		if err != nil {
 			return err
 		}
-		httpapi.WriteText(w, http.StatusOK, u.ids.Encode(id))
+		public := u.ids.Encode(id)
+		if a.html {
+			seeTaskPage(w, public)
+			return nil
+		}
+		httpapi.WriteText(w, http.StatusOK, public)
 		return nil
 	}
 }
@@ -298,10 +320,16 @@ func (s *server) receive(w http.ResponseWriter, r *http.Request) (*upload, error
 	}
 	limit := s.opts.MaxUpload // < 0: none
 	u := &upload{master: s.master, ids: ids, key: key, owner: from, body: &cappedReader{r: r.Body, limit: -1}, limit: limit,
-		tooLarge: httpapi.Errorf(http.StatusRequestEntityTooLarge, "image larger than %d bytes", limit)}
+		tooLarge: master.TooLargeError(-1, limit)}
 	if limit >= 0 {
-		if r.ContentLength > limit+formOverhead {
-			return nil, u.tooLarge
+		// A body whose declared length is already over is refused before any of it is read, so that
+		// the client hears it at once rather than after sending it all.
+		slack := int64(0)
+		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "multipart/form-data" {
+			slack = formOverhead
+		}
+		if r.ContentLength > limit+slack {
+			return nil, master.TooLargeError(r.ContentLength, limit)
 		}
 		u.body.r = http.MaxBytesReader(w, r.Body, limit+formOverhead)
 	}
@@ -457,7 +485,7 @@ func publicError(err error, id int64) error {
 	case e.Msg == fmt.Sprintf("task %d already finished", id):
 		return httpapi.Errorf(http.StatusConflict, "task already finished")
 	case strings.HasPrefix(e.Msg, fmt.Sprintf("task %d failed: ", id)):
-		return httpapi.Errorf(http.StatusNotFound, "task failed: %s", publicReason(strings.TrimPrefix(e.Msg, fmt.Sprintf("task %d failed: ", id))))
+		return httpapi.Errorf(http.StatusNotFound, "task failed: %s", publicReason(wire.FailedWord, strings.TrimPrefix(e.Msg, fmt.Sprintf("task %d failed: ", id))))
 	}
 	return &httpapi.Error{Status: e.Status, Msg: "the task's image is not available"}
 }
@@ -465,15 +493,38 @@ func publicError(err error, id int64) error {
 // waitingReason is the public error of a queued task waiting to be retried after a transient failure.
 const waitingReason = "a service it needs was unavailable: it will be retried"
 
-// publicReasons are the failure reasons shown to the public as they are; any other reason (a worker's
-// error text may name internal ids, addresses, paths) is shown as "processing failed".
-var publicReasons = []string{imageop.ErrDecode.Error(), "upload never completed", "lease lapsed on attempt "}
+// publicReasons are the prefixes of the failure reasons shown to the public as they are: imageop's
+// words about the image itself and the worker's about a task over its time or memory, which say what
+// to do. Any other reason (a worker's error text may name internal ids, addresses, paths) is shown as
+// "processing failed".
+var publicReasons = []string{imageop.ErrDecode.Error(), imageop.UnreadablePrefix, imageop.NotImageMessage, "upload never completed",
+	"image is ", "took longer than ", "needs about "}
 
-func publicReason(reason string) string {
-	for _, p := range publicReasons {
-		if strings.HasPrefix(reason, p) {
-			return reason
+// lapsedFormat is the database's reason for a task whose worker stopped renewing its lease.
+const lapsedFormat = "lease lapsed on attempt %d of %d"
+
+// publicReason is the public error of a task in state whose reason is reason: the reason first, then
+// what to do. Only a task that will be retried mentions attempts.
+func publicReason(state wire.Word, reason string) string {
+	if state == wire.CancelledWord {
+		return wire.CancelledError
+	}
+	var n, of int
+	if _, err := fmt.Sscanf(reason, lapsedFormat, &n, &of); err == nil {
+		if state == wire.FailedWord {
+			return "processing stopped before it finished, every time it was tried: the image may be too large for the chain; try a smaller image or fewer steps"
 		}
+		return fmt.Sprintf("processing stopped before it finished (attempt %d of %d): it will be retried", n, of)
+	}
+	for _, p := range publicReasons {
+		if !strings.HasPrefix(reason, p) {
+			continue
+		}
+		if strings.HasPrefix(reason, imageop.ErrDecode.Error()) && !strings.HasSuffix(reason, imageop.ResaveAdvice) {
+			// A decoder's own words (an older worker's, or a failure past the header) say only what is wrong.
+			return reason + ": " + imageop.ResaveAdvice
+		}
+		return reason
 	}
 	return "processing failed"
 }
@@ -514,7 +565,7 @@ func publicStatus(st wire.Status, public string) wire.PublicStatus {
 		// The worker's reason names services and addresses; the public hears what it means.
 		out.Error = waitingReason
 	case st.Error != "":
-		out.Error = publicReason(st.Error)
+		out.Error = publicReason(st.State, st.Error)
 	}
 	return out
 }
@@ -523,6 +574,10 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) error {
 	id, public, err := s.task(r)
 	if err != nil {
 		return err
+	}
+	if r.URL.Query().Get(UIField) == UIHTML { // for people: the task's page
+		seeTaskPage(w, public)
+		return nil
 	}
 	st, err := s.status(r.Context(), id, public)
 	if err != nil {

@@ -435,6 +435,13 @@ func TestOpenAPIAnswers(t *testing.T) {
 	o.expectAnswer(t, "GET", "/healthz", s.call(t, http.MethodGet, "/healthz", "", nil))
 	o.expectAnswer(t, "GET", "/livez", s.call(t, http.MethodGet, "/livez", "", nil))
 	o.expectAnswer(t, "GET", "/", s.call(t, http.MethodGet, "/", "", nil))
+	o.expectAnswer(t, "GET", "/api/limits", s.call(t, http.MethodGet, "/api/limits", "", nil))
+	o.expectAnswer(t, "GET", "/tasks/{id}", s.call(t, http.MethodGet, "/tasks/"+pub, "", nil))
+	o.expectAnswer(t, "GET", "/tasks/{id}", s.call(t, http.MethodGet, "/tasks/"+strings.Repeat("A", 43), "", nil))
+	ct, body := form(t, pageForm, part{field: frontend.UploadField, filename: "a.png", data: img})
+	o.expectAnswer(t, "POST", "/submitTask", s.noRedirect(t, http.MethodPost, "/submitTask", ct, body, nil))
+	o.expectAnswer(t, "GET", "/status", s.noRedirect(t, http.MethodGet, "/status?ui=html&id="+pub, "", nil, nil))
+	o.expectAnswer(t, "POST", "/submitTask", s.submit(t, pageForm, part{field: frontend.UploadField, filename: "a.txt", data: []byte("text")}))
 	if b := []byte(s.call(t, http.MethodGet, "/api/tasks/"+pub+"/events", "", nil).Body); !bytes.HasPrefix(b, []byte("event: status\n")) {
 		t.Errorf("events of a finished task: %q", b)
 	}

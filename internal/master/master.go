@@ -100,7 +100,7 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 	}
 	maxUpload := s.limits.MaxUpload
 	if maxUpload > 0 && r.ContentLength > maxUpload {
-		return httpapi.Errorf(http.StatusRequestEntityTooLarge, "image larger than %d bytes", maxUpload)
+		return TooLargeError(r.ContentLength, maxUpload)
 	}
 	if err := s.checkQueue(w, r); err != nil {
 		return err
@@ -244,7 +244,7 @@ func uploadError(err error) error {
 	}
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
-		return httpapi.Errorf(http.StatusRequestEntityTooLarge, "image larger than %d bytes", tooBig.Limit)
+		return TooLargeError(-1, tooBig.Limit)
 	}
 	if client.IsBodyError(err) {
 		return fmt.Errorf("%w: %w", httpapi.Errorf(http.StatusBadRequest, "the upload broke off before its end"), err)

@@ -126,6 +126,14 @@ type Status struct {
 	ExpiresAt time.Time `json:"expiresAt,omitzero"`
 }
 
+// Limits is the frontend's GET /api/limits answer (additive): the limits an upload must keep. A limit
+// that is off is absent.
+type Limits struct {
+	MaxUploadBytes int64 `json:"maxUploadBytes,omitempty"` // the largest image, in bytes
+	MaxPixels      int64 `json:"maxPixels,omitempty"`      // the largest image, width × height
+	MaxChainLength int   `json:"maxChainLength"`           // the longest operation chain (op), in bytes
+}
+
 // MaxStatusIDs caps how many tasks one POST /statuses (master) or POST /getByIds (database) asks about.
 const MaxStatusIDs = 2000
 
