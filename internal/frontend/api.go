@@ -11,7 +11,6 @@ import (
 	"mime/multipart"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/imgmill/imgmill/internal/httpapi"
@@ -28,6 +27,9 @@ import (
 const (
 	FileField = "file"
 	OpField   = "op"
+	// NameParam is the query parameter that names an upload (the file's name, to name the downloads):
+	// the way to name a raw body; it wins over a multipart part's filename.
+	NameParam = "name"
 )
 
 // openAPIDoc is the OpenAPI 3.1 document of the public API (every route of routes.go but the catch-all),
@@ -61,6 +63,7 @@ func (s *server) handleCreateTask(w http.ResponseWriter, r *http.Request) error 
 	if err := u.setOp(r.URL.Query().Get(OpField)); err != nil {
 		return err
 	}
+	u.setName(r.URL.Query().Get(NameParam))
 	var id int64
 	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "multipart/form-data" {
 		if id, err = u.send(r.Context(), w, u.body); err != nil {
@@ -93,6 +96,7 @@ func (s *server) createFromForm(w http.ResponseWriter, r *http.Request, u *uploa
 		}
 		switch name := part.FormName(); name {
 		case FileField:
+			u.setName(part.FileName())
 			rest := &restChecked{r: part, check: func() error { return u.checkRest(mr) }}
 			id, err := u.send(r.Context(), w, rest)
 			if rest.err != nil { // the master gave up the task of the broken-off body: nothing is queued
@@ -222,7 +226,7 @@ func (s *server) handleTaskResult(w http.ResponseWriter, r *http.Request) error 
 	}
 	h := w.Header()
 	h.Set("Cache-Control", "no-store") // "not finished" must not be kept: it changes
-	etag, answered, err := s.checkImageETag(w, r, id, "result", public, func(st wire.Status) time.Time {
+	st, etag, answered, err := s.checkImageETag(w, r, id, "result", public, func(st wire.Status) time.Time {
 		if st.State != wire.FinishedWord {
 			return time.Time{}
 		}
@@ -241,7 +245,7 @@ func (s *server) handleTaskResult(w http.ResponseWriter, r *http.Request) error 
 	if !download {
 		disposition = "inline"
 	}
-	h.Set("Content-Disposition", fmt.Sprintf("%s; filename=%q", disposition, DownloadName(public, img.ContentType)))
+	h.Set("Content-Disposition", ContentDisposition(disposition, DownloadName(st, public, img.ContentType)))
 	h.Set("Content-Security-Policy", resultCSP)
 	if etag != "" {
 		cacheable(h, etag)
@@ -263,6 +267,21 @@ func (s *server) handleDeleteTask(w http.ResponseWriter, r *http.Request) error 
 	return nil
 }
 
+// handleRetryTask queues a failed or cancelled task again with the image it was uploaded with, and
+// answers its status, "queued"; another state is 409, a task whose upload is gone 410.
+func (s *server) handleRetryTask(w http.ResponseWriter, r *http.Request) error {
+	id, public, err := s.apiTask(r)
+	if err != nil {
+		return err
+	}
+	st, err := s.master.Retry(r.Context(), id)
+	if err != nil {
+		return publicError(err, id)
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	return httpapi.WriteJSON(w, http.StatusOK, publicStatus(st, public))
+}
+
 // handleCancelTask cancels a task that has not finished and answers its status, "cancelled" (again for
 // a task cancelled before); a finished or failed task is 409.
 func (s *server) handleCancelTask(w http.ResponseWriter, r *http.Request) error {
@@ -278,16 +297,6 @@ func (s *server) handleCancelTask(w http.ResponseWriter, r *http.Request) error 
 	return httpapi.WriteJSON(w, http.StatusOK, publicStatus(st, public))
 }
 
-// SourceName is the file name /api/tasks/{id}/source offers for the upload of the task with public id
-// public, of type contentType.
-func SourceName(public, contentType string) string {
-	ext := ""
-	if strings.HasPrefix(contentType, "image/") { // never offer a page or a script by its name
-		ext = imageop.Extension(contentType)
-	}
-	return "imgmill-" + public[:min(len(public), 12)] + "-source" + ext
-}
-
 // handleTaskSource serves the upload inline; it is cacheable for good under an ETag made from the
 // task's creation time (cache.go), and a request naming that ETag is answered 304 without reading it.
 func (s *server) handleTaskSource(w http.ResponseWriter, r *http.Request) error {
@@ -295,7 +304,7 @@ func (s *server) handleTaskSource(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
-	etag, answered, err := s.checkImageETag(w, r, id, "source", public, func(st wire.Status) time.Time { return st.CreatedAt })
+	st, etag, answered, err := s.checkImageETag(w, r, id, "source", public, func(st wire.Status) time.Time { return st.CreatedAt })
 	if err != nil || answered {
 		return err
 	}
@@ -305,7 +314,7 @@ func (s *server) handleTaskSource(w http.ResponseWriter, r *http.Request) error 
 	}
 	defer img.Close()
 	h := w.Header()
-	h.Set("Content-Disposition", fmt.Sprintf("inline; filename=%q", SourceName(public, img.ContentType)))
+	h.Set("Content-Disposition", ContentDisposition("inline", SourceName(st, public, img.ContentType)))
 	h.Set("Content-Security-Policy", resultCSP)
 	if etag != "" {
 		cacheable(h, etag)

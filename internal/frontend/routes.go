@@ -24,6 +24,7 @@ func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("GET /api/tasks/{id}/events", httpapi.JSONHandlerFunc(s.handleTaskEvents))
 	mux.Handle("DELETE /api/tasks/{id}", httpapi.JSONHandlerFunc(s.handleDeleteTask))
 	mux.Handle("POST /api/tasks/{id}/cancel", httpapi.JSONHandlerFunc(s.handleCancelTask))
+	mux.Handle("POST /api/tasks/{id}/retry", httpapi.JSONHandlerFunc(s.handleRetryTask))
 	mux.Handle("GET /api/operations", httpapi.JSONHandlerFunc(s.handleOperations))
 	mux.Handle("GET /api/openapi.json", httpapi.JSONHandlerFunc(s.handleOpenAPI))
 	mux.Handle("/api/", httpapi.JSONHandlerFunc(httpapi.Unmatched(mux, "/", "/api/")))
