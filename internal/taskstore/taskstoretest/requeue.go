@@ -17,6 +17,8 @@ func testRequeueStates(t *testing.T, h *harness) {
 	_, err = h.s.Cancel(h.ctx, 7)
 	noErr(t, "Cancel", err)
 	h.clk.Advance(time.Second)
+	usage, err := h.s.Usage(h.ctx, "")
+	noErr(t, "Usage", err)
 
 	for _, id := range []int64{0, 2, 6} { // lapsed out of attempts, failed, cancelled
 		before := h.get(t, id)
@@ -33,6 +35,10 @@ func testRequeueStates(t *testing.T, h *harness) {
 		_, err := h.s.Requeue(h.ctx, id)
 		wantErr(t, "Requeue of a task neither failed nor cancelled", err, taskstore.ErrNotRetryable)
 		checkTask(t, "task after a refused Requeue", h.get(t, id), before)
+	}
+	// A requeued task was never deleted: its owner's usage counts it already.
+	if got, err := h.s.Usage(h.ctx, ""); err != nil || got != usage {
+		t.Errorf("Usage after requeues = %+v, %v; want %+v as before", got, err, usage)
 	}
 	_, err = h.s.Requeue(h.ctx, 5)
 	wantErr(t, "Requeue of a pending task", err, taskstore.ErrNotRetryable)
