@@ -406,11 +406,18 @@ func (s *server) handleCancelTask(w http.ResponseWriter, r *http.Request) error 
 // state NotStarted with attempts and error cleared; it keeps its op, name and image. 409 for a task in
 // any other state, 410 for one whose upload never completed, 400 for an unknown or deleted id (as
 // every reference call). A worker that still held it is refused at its next report. The master checks
-// that the task's image is still stored before it asks.
+// that the task's image is still stored before it asks. A task past the retention is 410 too: a sweep
+// may hold it already (POST /claimExpired) and would remove it, queued or not.
 func (s *server) handleRequeueTask(w http.ResponseWriter, r *http.Request) error {
 	id, err := httpapi.QueryID(r, "id")
 	if err != nil {
 		return err
+	}
+	if s.retention > 0 {
+		if t, err := s.store.Get(r.Context(), id); err == nil && (t.State == wire.Failed || t.State == wire.Cancelled) &&
+			!time.Now().Before(t.FinishedAt.Add(s.retention)) {
+			return httpapi.Errorf(http.StatusGone, "task %d expired: it is being removed", id)
+		}
 	}
 	t, err := s.store.Requeue(r.Context(), id)
 	switch {

@@ -100,6 +100,8 @@ func TestClaimExpired(t *testing.T) {
 	db.expect("POST", "/claimExpired", url.Values{"limit": {"1"}}, "", 200, first)
 	db.expect("POST", "/claimExpired", nil, "", 200, fmt.Sprintf(`{"ids":[%d]}`, failed))
 	db.expect("POST", "/claimExpired", nil, "", 200, `{"ids":[]}`) // held
+	// A sweep removes it, so it is not queued again.
+	db.expect("POST", "/requeueTask", idQuery(failed), "", 410, fmt.Sprintf("Error: task %d expired: it is being removed", failed))
 	for _, bad := range []string{"0", "x", "1001"} {
 		r := db.call("POST", "/claimExpired", url.Values{"limit": {bad}}, "")
 		if r.Status != 400 || !strings.HasPrefix(r.Body, "Error: limit must be") {
