@@ -268,11 +268,23 @@ func (s *server) handleDeleteTask(w http.ResponseWriter, r *http.Request) error 
 }
 
 // handleRetryTask queues a failed or cancelled task again with the image it was uploaded with, and
-// answers its status, "queued"; another state is 409, a task whose upload is gone 410.
+// answers its status, "queued"; another state is 409, a task whose upload is gone 410. A retry queues
+// work as an upload does, so it counts in the client's upload rate limit (429).
 func (s *server) handleRetryTask(w http.ResponseWriter, r *http.Request) error {
 	id, public, err := s.apiTask(r)
 	if err != nil {
 		return err
+	}
+	if s.limiter != nil {
+		from, err := s.opts.APIKeys.owner(r, s.opts.TrustProxy)
+		if err != nil {
+			w.Header().Set("WWW-Authenticate", "Bearer")
+			return err
+		}
+		if wait, ok := s.limiter.Allow(from); !ok {
+			return &httpapi.Error{Status: http.StatusTooManyRequests, RetryAfter: wait,
+				Msg: fmt.Sprintf("too many uploads and retries, retry in %ds", httpapi.RetryAfterSeconds(wait))}
+		}
 	}
 	st, err := s.master.Retry(r.Context(), id)
 	if err != nil {

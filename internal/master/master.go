@@ -471,7 +471,8 @@ func (s *server) handleCancel(w http.ResponseWriter, r *http.Request) error {
 // handleRetry queues a failed or cancelled task again with the image it was uploaded with (additive)
 // and answers its status, state "queued" with a full set of attempts. A task in any other state is
 // 409, one whose upload is no longer stored (it never completed, or was removed) 410, an unknown one
-// 404. A result an earlier attempt left is removed first, so that only the new attempt's is served.
+// 404, and while --max-queued tasks are queued 503 as an upload. A result an earlier attempt left is
+// removed first, so that only the new attempt's is served.
 func (s *server) handleRetry(w http.ResponseWriter, r *http.Request) error {
 	id, t, err := s.existing(r)
 	if err != nil {
@@ -479,6 +480,10 @@ func (s *server) handleRetry(w http.ResponseWriter, r *http.Request) error {
 	}
 	if t.State != wire.Failed && t.State != wire.Cancelled {
 		return retryConflict(id, t.State)
+	}
+	// Queued again, it is work waiting like a new upload: the same cap.
+	if err := s.checkQueue(w, r); err != nil {
+		return err
 	}
 	ctx := r.Context()
 	img, err := s.storage.GetImage(ctx, id, wire.WorkingImage)
