@@ -9,7 +9,6 @@ import (
 	"mime/multipart"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/imgmill/imgmill/internal/httpapi"
@@ -26,6 +25,9 @@ import (
 const (
 	FileField = "file"
 	OpField   = "op"
+	// NameParam is the query parameter that names an upload (the file's name, to name the downloads):
+	// the way to name a raw body; it wins over a multipart part's filename.
+	NameParam = "name"
 )
 
 // openAPIDoc is the OpenAPI 3.1 document of the public API (every route of routes.go but the catch-all),
@@ -70,6 +72,7 @@ func (s *server) handleCreateTask(w http.ResponseWriter, r *http.Request) error 
 	if err := u.setOp(r.URL.Query().Get(OpField)); err != nil {
 		return err
 	}
+	u.setName(r.URL.Query().Get(NameParam))
 	var id int64
 	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "multipart/form-data" {
 		if id, err = u.send(r.Context(), w, u.body); err != nil {
@@ -102,6 +105,7 @@ func (s *server) createFromForm(w http.ResponseWriter, r *http.Request, u *uploa
 		}
 		switch name := part.FormName(); name {
 		case FileField:
+			u.setName(part.FileName())
 			rest := &restChecked{r: part, check: func() error { return u.checkRest(mr) }}
 			id, err := u.send(r.Context(), w, rest)
 			if rest.err != nil { // the master gave up the task of the broken-off body: nothing is queued
@@ -236,7 +240,7 @@ func (s *server) handleTaskResult(w http.ResponseWriter, r *http.Request) error 
 	}
 	h := w.Header()
 	h.Set("Cache-Control", "no-store") // "not finished" must not be kept: it changes
-	etag, answered, err := s.checkImageETag(w, r, id, "result", public, width, func(st wire.Status) time.Time {
+	st, etag, answered, err := s.checkImageETag(w, r, id, "result", public, width, func(st wire.Status) time.Time {
 		if st.State != wire.FinishedWord {
 			return time.Time{}
 		}
@@ -259,7 +263,7 @@ func (s *server) handleTaskResult(w http.ResponseWriter, r *http.Request) error 
 	if !download {
 		disposition = "inline"
 	}
-	h.Set("Content-Disposition", fmt.Sprintf("%s; filename=%q", disposition, DownloadName(public, img.ContentType)))
+	h.Set("Content-Disposition", ContentDisposition(disposition, DownloadName(st, public, img.ContentType)))
 	h.Set("Content-Security-Policy", resultCSP)
 	if etag != "" {
 		cacheable(h, etag)
@@ -284,6 +288,33 @@ func (s *server) handleDeleteTask(w http.ResponseWriter, r *http.Request) error 
 	return nil
 }
 
+// handleRetryTask queues a failed or cancelled task again with the image it was uploaded with, and
+// answers its status, "queued"; another state is 409, a task whose upload is gone 410. A retry queues
+// work as an upload does, so it counts in the client's upload rate limit (429).
+func (s *server) handleRetryTask(w http.ResponseWriter, r *http.Request) error {
+	id, public, err := s.apiTask(r)
+	if err != nil {
+		return err
+	}
+	if s.limiter != nil {
+		from, err := s.opts.APIKeys.owner(r, s.opts.TrustProxy)
+		if err != nil {
+			w.Header().Set("WWW-Authenticate", "Bearer")
+			return err
+		}
+		if wait, ok := s.limiter.Allow(from); !ok {
+			return &httpapi.Error{Status: http.StatusTooManyRequests, RetryAfter: wait,
+				Msg: fmt.Sprintf("too many uploads and retries, retry in %ds", httpapi.RetryAfterSeconds(wait))}
+		}
+	}
+	st, err := s.master.Retry(r.Context(), id)
+	if err != nil {
+		return publicError(err, id)
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	return httpapi.WriteJSON(w, http.StatusOK, publicStatus(st, public))
+}
+
 // handleCancelTask cancels a task that has not finished and answers its status, "cancelled" (again for
 // a task cancelled before); a finished or failed task is 409.
 func (s *server) handleCancelTask(w http.ResponseWriter, r *http.Request) error {
@@ -299,16 +330,6 @@ func (s *server) handleCancelTask(w http.ResponseWriter, r *http.Request) error 
 	return httpapi.WriteJSON(w, http.StatusOK, publicStatus(st, public))
 }
 
-// SourceName is the file name /api/tasks/{id}/source offers for the upload of the task with public id
-// public, of type contentType.
-func SourceName(public, contentType string) string {
-	ext := ""
-	if strings.HasPrefix(contentType, "image/") { // never offer a page or a script by its name
-		ext = imageop.Extension(contentType)
-	}
-	return "imgmill-" + public[:min(len(public), 12)] + "-source" + ext
-}
-
 // handleTaskSource serves the upload inline (with ?w=N a thumbnail of it, thumb.go); it is cacheable for good under an ETag made from the
 // task's creation time (cache.go), and a request naming that ETag is answered 304 without reading it.
 func (s *server) handleTaskSource(w http.ResponseWriter, r *http.Request) error {
@@ -320,7 +341,7 @@ func (s *server) handleTaskSource(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
-	etag, answered, err := s.checkImageETag(w, r, id, "source", public, width, func(st wire.Status) time.Time { return st.CreatedAt })
+	st, etag, answered, err := s.checkImageETag(w, r, id, "source", public, width, func(st wire.Status) time.Time { return st.CreatedAt })
 	if err != nil || answered {
 		return err
 	}
@@ -333,7 +354,7 @@ func (s *server) handleTaskSource(w http.ResponseWriter, r *http.Request) error 
 	}
 	defer img.Close()
 	h := w.Header()
-	h.Set("Content-Disposition", fmt.Sprintf("inline; filename=%q", SourceName(public, img.ContentType)))
+	h.Set("Content-Disposition", ContentDisposition("inline", SourceName(st, public, img.ContentType)))
 	h.Set("Content-Security-Policy", resultCSP)
 	if etag != "" {
 		cacheable(h, etag)

@@ -216,7 +216,7 @@ func TestAPIFormTraps(t *testing.T) {
 func TestAPIRateLimit(t *testing.T) {
 	s := newStackWith(t, frontend.Limits{UploadRate: 0.5, UploadBurst: 1})
 	img := servicetest.PatternPNG(t, 8, 4)
-	s.created(t, s.createRaw(t, "", img))
+	first := s.created(t, s.createRaw(t, "", img))
 	before := s.master.calls.Load()
 	r := s.createRaw(t, "", img)
 	expectJSONError(t, "API upload over the limit", r, http.StatusTooManyRequests, "too many uploads, retry in 2s")
@@ -228,6 +228,9 @@ func TestAPIRateLimit(t *testing.T) {
 	if r.Status != http.StatusTooManyRequests || r.Body != "Error: too many uploads, retry in 2s" {
 		t.Errorf("/submitTask after the API used the bucket: %d %q, want 429", r.Status, r.Body)
 	}
+	// A retry queues work again: the same bucket.
+	expectJSONError(t, "retry over the limit", s.call(t, http.MethodPost, "/api/tasks/"+first+"/retry", "", nil),
+		http.StatusTooManyRequests, "too many uploads and retries, retry in 2s")
 	if n := s.master.calls.Load() - before; n != 0 {
 		t.Errorf("refused uploads made %d master calls", n)
 	}
@@ -323,14 +326,13 @@ func TestAPIStatusAndResult(t *testing.T) {
 	expect("finished")
 	r := s.call(t, http.MethodGet, "/api/tasks/"+pub+"/result", "", nil)
 	servicetest.ExpectPNGReply(t, "GET /api/tasks/P/result", r, result)
-	if cd, want := r.Header.Get("Content-Disposition"), fmt.Sprintf("attachment; filename=%q", frontend.DownloadName(pub, "image/png")); cd != want {
+	if cd, want := r.Header.Get("Content-Disposition"), `attachment; filename="imgmill-`+pub[:12]+`-swap.png"`; cd != want {
 		t.Errorf("Content-Disposition %q, want %q", cd, want)
 	}
 	// The source is still the upload.
 	r = s.call(t, http.MethodGet, "/api/tasks/"+pub+"/source", "", nil)
 	servicetest.ExpectPNGReply(t, "GET /api/tasks/P/source", r, img)
-	if cd, want := r.Header.Get("Content-Disposition"), fmt.Sprintf("inline; filename=%q", frontend.SourceName(pub, "image/png")); cd != want ||
-		!strings.HasSuffix(want, "-source.png\"") {
+	if cd, want := r.Header.Get("Content-Disposition"), `inline; filename="imgmill-`+pub[:12]+`-source.png"`; cd != want {
 		t.Errorf("Content-Disposition %q, want %q", cd, want)
 	}
 

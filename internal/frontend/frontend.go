@@ -8,7 +8,6 @@
 package frontend
 
 import (
-	"cmp"
 	"context"
 	_ "embed"
 	"errors"
@@ -198,6 +197,7 @@ func (s *server) submitTask(w http.ResponseWriter, r *http.Request, a *submitAns
 	if err := u.setOp(r.URL.Query().Get(OpField)); err != nil {
 		return err
 	}
+	u.setName(r.URL.Query().Get(NameParam))
 	mr, err := r.MultipartReader()
 	if err != nil {
 		return httpapi.Errorf(http.StatusBadRequest, "expected a multipart/form-data upload with the file in field %q", UploadField)
@@ -221,6 +221,7 @@ func (s *server) submitTask(w http.ResponseWriter, r *http.Request, a *submitAns
 			a.html = ui == UIHTML
 			continue
 		case UploadField:
+			u.setName(part.FileName())
 		default:
 			part.Close()
 			continue
@@ -252,6 +253,17 @@ type upload struct {
 	key string
 	// owner is who makes the upload: "key:NAME" for a client with an API key, else its address.
 	owner string
+	// name is the upload's file name, cleaned (wire.CleanName); "" for none.
+	name string
+}
+
+// setName names the upload after raw, a file name as the client gave it, unless it is named already
+// (the query's name wins over a part's filename). Whatever the client sent is cleaned, never refused:
+// the name only names the downloads.
+func (u *upload) setName(raw string) {
+	if u.name == "" {
+		u.name = wire.CleanName(raw)
+	}
 }
 
 // setOp validates an operation chain for the upload ("" keeps the default), so that a bad one is
@@ -366,7 +378,7 @@ func (u *upload) partError(err error, field string) error {
 func (u *upload) send(ctx context.Context, w http.ResponseWriter, src io.Reader) (int64, error) {
 	file := &cappedReader{r: src, limit: u.limit}
 	lent := &lentReader{r: file}
-	up, err := u.master.Upload(ctx, lent, -1, client.UploadParams{Op: u.op, IdempotencyKey: u.key, Owner: u.owner})
+	up, err := u.master.Upload(ctx, lent, -1, client.UploadParams{Op: u.op, IdempotencyKey: u.key, Owner: u.owner, Name: u.name})
 	lent.takeBack()
 	switch {
 	case file.hit.Load() || u.body.hit.Load():
@@ -484,6 +496,11 @@ func publicError(err error, id int64) error {
 		return httpapi.Errorf(http.StatusNotFound, "task was cancelled")
 	case e.Msg == fmt.Sprintf("task %d already finished", id):
 		return httpapi.Errorf(http.StatusConflict, "task already finished")
+	case e.Status == http.StatusConflict && strings.HasPrefix(e.Msg, fmt.Sprintf("task %d is ", id)):
+		// A retry refused (master's retryConflict): the state and what can be retried.
+		return httpapi.Errorf(http.StatusConflict, "task %s", strings.TrimPrefix(e.Msg, fmt.Sprintf("task %d ", id)))
+	case e.Msg == fmt.Sprintf("the upload of task %d is gone: upload the image again", id):
+		return httpapi.Errorf(http.StatusGone, "the upload is gone: upload the image again")
 	case strings.HasPrefix(e.Msg, fmt.Sprintf("task %d failed: ", id)):
 		return httpapi.Errorf(http.StatusNotFound, "task failed: %s", publicReason(wire.FailedWord, strings.TrimPrefix(e.Msg, fmt.Sprintf("task %d failed: ", id))))
 	}
@@ -587,12 +604,6 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) error {
 	return httpapi.WriteJSON(w, http.StatusOK, st)
 }
 
-// DownloadName is the file name /getImage offers for the result, of type contentType, of the task with
-// public id public: .png or .jpg as the result is (a chain may convert it).
-func DownloadName(public, contentType string) string {
-	return "imgmill-" + public[:min(len(public), 12)] + cmp.Or(imageop.Extension(contentType), ".png")
-}
-
 func (s *server) handleGetImage(w http.ResponseWriter, r *http.Request) error {
 	id, public, err := s.task(r)
 	if err != nil {
@@ -601,14 +612,21 @@ func (s *server) handleGetImage(w http.ResponseWriter, r *http.Request) error {
 	return s.serveResult(w, r, id, public)
 }
 
-// serveResult sends the finished image of task id as an attachment named for its public id.
+// serveResult sends the finished image of task id as an attachment named after the upload and its chain
+// (DownloadName).
 func (s *server) serveResult(w http.ResponseWriter, r *http.Request, id int64, public string) error {
 	img, err := s.master.Get(r.Context(), id)
 	if err != nil {
 		return publicError(err, id)
 	}
 	defer img.Close()
-	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", DownloadName(public, img.ContentType)))
+	// The name and the chain are the status's; a task finished once stays so, so asking after the
+	// image cannot name another task's state.
+	st, err := s.master.Status(r.Context(), id)
+	if err != nil {
+		return publicError(err, id)
+	}
+	w.Header().Set("Content-Disposition", ContentDisposition("attachment", DownloadName(st, public, img.ContentType)))
 	return master.CopyImage(w, img)
 }
 

@@ -398,11 +398,12 @@ func TestSubmitProcessAndGet(t *testing.T) {
 	}
 	r = getImage()
 	servicetest.ExpectPNGReply(t, "getImage", r, result)
-	wantCD := `attachment; filename="imgmill-` + pub[:12] + `.png"`
+	wantCD := `attachment; filename="x-swap.png"` // named after the upload (x.png) and the chain
 	if cd := r.Header.Get("Content-Disposition"); cd != wantCD {
 		t.Errorf("getImage Content-Disposition %q, want %q", cd, wantCD)
 	}
-	if name := frontend.DownloadName(pub, "image/png"); name != "imgmill-"+pub[:12]+".png" || strings.Contains(name, strconv.FormatInt(id, 10)+".") {
+	if name := frontend.DownloadName(wire.Status{ID: id}, pub, "image/png"); name != "imgmill-"+pub[:12]+"-swap.png" ||
+		strings.Contains(name, strconv.FormatInt(id, 10)+".") {
 		t.Errorf("DownloadName(%q) = %q", pub, name)
 	}
 

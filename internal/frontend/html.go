@@ -93,7 +93,7 @@ type taskPage struct {
 
 // newTaskPage is the page of the task whose public status is st.
 func newTaskPage(st wire.PublicStatus) taskPage {
-	p := taskPage{ID: st.ID, Op: st.Op, Refresh: refreshSeconds}
+	p := taskPage{ID: st.ID, Name: st.Name, Op: st.Op, Refresh: refreshSeconds}
 	switch st.State {
 	case wire.QueuedWord:
 		p.Title, p.Say = "Queued", "Your image is waiting for a worker."

@@ -28,6 +28,7 @@ func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("DELETE /api/tasks/{id}", httpapi.JSONHandlerFunc(s.handleDeleteTask))
 	mux.Handle("POST /api/tasks/{id}/cancel", httpapi.JSONHandlerFunc(s.handleCancelTask))
 	mux.Handle("GET /api/limits", httpapi.JSONHandlerFunc(s.handleLimits))
+	mux.Handle("POST /api/tasks/{id}/retry", httpapi.JSONHandlerFunc(s.handleRetryTask))
 	mux.Handle("GET /api/operations", httpapi.JSONHandlerFunc(s.handleOperations))
 	mux.Handle("GET /api/openapi.json", httpapi.JSONHandlerFunc(s.handleOpenAPI))
 	mux.Handle("/api/", httpapi.JSONHandlerFunc(httpapi.Unmatched(mux, "/", "/api/")))

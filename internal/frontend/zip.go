@@ -77,7 +77,7 @@ func (s *server) handleTasksZip(w http.ResponseWriter, r *http.Request) error {
 		if zw == nil {
 			zw = start()
 		}
-		f, err := zw.CreateHeader(&zip.FileHeader{Name: uniqueName(DownloadName(t.public, img.ContentType), names),
+		f, err := zw.CreateHeader(&zip.FileHeader{Name: uniqueName(DownloadName(t.st, t.public, img.ContentType), names),
 			Method: zip.Store, Modified: t.st.FinishedAt})
 		if err == nil {
 			_, err = io.Copy(f, img)

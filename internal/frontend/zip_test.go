@@ -11,6 +11,7 @@ import (
 
 	"github.com/imgmill/imgmill/internal/frontend"
 	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // TestTasksZip: the zip holds each finished result byte for byte, stored, under its download name,
@@ -54,7 +55,7 @@ func TestTasksZip(t *testing.T) {
 		}
 		var pub string
 		for _, p := range pubs {
-			if f.Name == frontend.DownloadName(p, "image/png") {
+			if f.Name == frontend.DownloadName(wire.Status{Op: "swap"}, p, "image/png") {
 				pub = p
 			}
 		}

@@ -424,3 +424,22 @@ func TestTooLargeError(t *testing.T) {
 		}
 	}
 }
+
+// TestRetryQueueCap: a retry queues work as an upload does, so with MaxQueued tasks queued it is
+// refused as one, and the task stays as it was.
+func TestRetryQueueCap(t *testing.T) {
+	s, _ := newCountedStack(t, master.Limits{MaxQueued: 1})
+	cancelled := s.uploadOK(t, servicetest.PatternPNG(t, 8, 60))
+	if r := s.cancel(t, cancelled); r.Status != http.StatusOK {
+		t.Fatalf("cancel: %d %q", r.Status, r.Body)
+	}
+	waitCache() // the master counted its own upload as queued until it reads the count again
+	s.uploadOK(t, servicetest.PatternPNG(t, 8, 61))
+	r := s.retry(t, cancelled)
+	if r.Status != http.StatusServiceUnavailable || r.Body != "Error: too many queued tasks (1), retry later" || r.Header.Get("Retry-After") == "" {
+		t.Errorf("retry with the queue full: %d %q, want 503 with Retry-After", r.Status, r.Body)
+	}
+	if task := s.task(t, cancelled); task.State != wire.Cancelled {
+		t.Errorf("task after the refused retry: %+v, want it cancelled still", task)
+	}
+}
