@@ -266,6 +266,27 @@ func (c *Client) Cancel(ctx context.Context, id string) (wire.PublicStatus, erro
 	return st, err
 }
 
+// Retry queues the failed or cancelled task with public id id again, with the image it was uploaded
+// with, and returns its status (state queued): POST /api/tasks/{id}/retry. A task in another state is an
+// *Error with status 409, one whose upload is gone 410. An outage is waited out as Status waits (the
+// server answers 503 without queueing anything).
+func (c *Client) Retry(ctx context.Context, id string) (wire.PublicStatus, error) {
+	st, err := retrying(ctx, func() (wire.PublicStatus, error) {
+		var st wire.PublicStatus
+		raw, err := c.send(ctx, http.MethodPost, taskPath(id)+"/retry")
+		if err == nil {
+			if err = json.Unmarshal(raw, &st); err != nil {
+				err = fmt.Errorf("retry %s: answer is not a task status: %w", id, err)
+			}
+		}
+		return st, err
+	}, c.OnOutage)
+	if StatusOf(err) == http.StatusNotFound {
+		return st, fmt.Errorf("no such task %s: %w", id, err)
+	}
+	return st, err
+}
+
 // send makes a bodiless request of path and returns its answer's body (at most 1 MiB).
 func (c *Client) send(ctx context.Context, method, path string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)

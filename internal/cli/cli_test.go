@@ -415,6 +415,34 @@ func TestCLIEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("Retry", func(t *testing.T) {
+		p := filepath.Join(t.TempDir(), "broken.png")
+		os.WriteFile(p, testimage.PaddedPNG(8, 8, 100), 0o644)
+		bad := submitOne(t, server, p)
+		out := filepath.Join(t.TempDir(), "out.png")
+		if _, _, err := imgmill(t, "get", bad, "-o", out, "--server", server, "--wait"); err == nil {
+			t.Fatal("get --wait of a broken image succeeded")
+		}
+		files, _ := writePatterns(t, t.TempDir(), 1)
+		done := submitOne(t, server, files[0])
+		if _, stderr, err := imgmill(t, "get", done, "-o", out, "--server", server, "--wait"); err != nil {
+			t.Fatalf("get --wait: %v\n%s", err, stderr)
+		}
+		stdout, stderr, err := imgmill(t, "retry", "--server", server, bad, done)
+		if err == nil || cli.ExitCode(err) != 1 || stdout != bad+"\tqueued\n" ||
+			!strings.Contains(stderr, done+": task is finished: only a failed or cancelled task can be retried") {
+			t.Errorf("retry of a failed and a finished task: %v, printed %q and %q; want the failed one queued, the finished one refused, exit 1",
+				err, stdout, stderr)
+		}
+		// The image is as broken as before: the retry fails again, for the same reason.
+		if _, _, err := imgmill(t, "get", bad, "-o", out, "--server", server, "--wait"); err == nil || !strings.Contains(err.Error(), "task "+bad+" failed: ") {
+			t.Errorf("get --wait of the retried broken image: %v, want it failed again", err)
+		}
+		if _, _, err := imgmill(t, "retry"); cli.ExitCode(err) != 2 {
+			t.Errorf("retry without an ID: %v, want exit 2", err)
+		}
+	})
+
 	t.Run("DeleteAndCancel", func(t *testing.T) {
 		files, _ := writePatterns(t, t.TempDir(), 1)
 		done := submitOne(t, server, files[0])

@@ -52,6 +52,7 @@ func commands() []command {
 		getCommand(),
 		deleteCommand(),
 		cancelCommand(),
+		retryCommand(),
 		backupCommand(),
 		fsckCommand(),
 		versionCommand(),

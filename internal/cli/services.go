@@ -65,6 +65,7 @@ func serveCommand() command {
 				// One limit each for what the services check alike: the frontend refuses what the master
 				// would, and the worker decodes what the master accepted.
 				cfg.Frontend.Limits.MaxUpload = cfg.Master.Limits.MaxUpload
+				cfg.Frontend.Limits.MaxPixels = cfg.Master.Limits.MaxPixels
 				cfg.Worker.MaxPixels = cfg.Master.Limits.MaxPixels
 				cfg.Shared.Logger = f.logger("")
 				// --max-memory is the whole process's: allinone gives the worker what the rest leaves.
@@ -226,7 +227,8 @@ func frontendCommand() command {
 			f.dataDir(&cfg.DataDir)
 			f.frontend(&cfg)
 			f.maxUpload(&cfg.Limits.MaxUpload, frontend.DefaultMaxUpload)
-			f.token(&cfg.Token) // sent to kv and master, and guards /metrics here
+			f.maxPixels(&cfg.Limits.MaxPixels) // shown to the public (/api/limits): set it as the master's
+			f.token(&cfg.Token)                // sent to kv and master, and guards /metrics here
 			f.pprof(&cfg.Pprof)
 			return func(ctx context.Context, _ []string) error {
 				if err := checkFrontend(&cfg.Limits); err != nil {

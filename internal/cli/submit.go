@@ -819,6 +819,29 @@ func defineCancel(f *flags) runner {
 	}
 }
 
+func retryCommand() command {
+	return command{name: "retry", summary: "queue failed or cancelled tasks again", positional: true,
+		about: "Queues each task ID, failed or cancelled, again with the image it was uploaded with and a full set\n" +
+			"of attempts. A task in another state, or whose upload is gone (upload it again), is an error. Prints\n" +
+			"\"ID<tab>STATE\" per task; exits 1 when any ID could not be retried.\nUsage: imgmill retry [flags] ID...",
+		define: defineRetry}
+}
+
+func defineRetry(f *flags) runner {
+	e := f.env
+	server := f.server()
+	return func(ctx context.Context, pos []string) error {
+		return eachTask(ctx, e, *server, pos, "imgmill retry [flags] ID...", func(c *apiclient.Client, id string) error {
+			st, err := c.Retry(ctx, id)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "%s\t%s\n", id, st.State)
+			return nil
+		})
+	}
+}
+
 // eachTask runs do for every task id in ids, in order, telling each failure on stderr and going on with
 // the others; it fails when any failed.
 func eachTask(ctx context.Context, e *env, server string, ids []string, usage string,

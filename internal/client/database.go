@@ -27,6 +27,8 @@ type NewTaskParams struct {
 	IdempotencyKey string
 	// Owner is who queues the task, whom claims serve in turn (see wire.OwnerHeader); "": none.
 	Owner string
+	// Name is the upload's file name (wire.CheckName); "": none.
+	Name string
 }
 
 // NewTaskResult is the database's answer to a new task.
@@ -68,6 +70,9 @@ func (c *Database) CreateTask(ctx context.Context, p NewTaskParams) (NewTaskResu
 	}
 	if p.Op != "" {
 		q.Set("op", p.Op)
+	}
+	if p.Name != "" {
+		q.Set("name", p.Name)
 	}
 	cl := call{method: http.MethodPost, path: "/newTask", query: q, header: http.Header{}}
 	if p.IdempotencyKey != "" {
@@ -114,6 +119,14 @@ func (c *Database) Usage(ctx context.Context, owner string) (wire.Usage, error) 
 // one with 400.
 func (c *Database) CancelTask(ctx context.Context, id int64) (wire.Task, error) {
 	return taskReply(c.p.sendText(ctx, call{method: http.MethodPost, path: "/cancelTask", query: idQuery(id), idempotent: true}))
+}
+
+// RequeueTask queues a failed or cancelled task again (a client's retry) and returns it, not started
+// with attempts and error cleared. A task in any other state is refused with status 409, one whose
+// upload never completed with 410, an unknown or deleted one with 400. It is not retried: a repeat
+// after a lost answer would be refused (409) for the task it queued.
+func (c *Database) RequeueTask(ctx context.Context, id int64) (wire.Task, error) {
+	return taskReply(c.p.sendText(ctx, call{method: http.MethodPost, path: "/requeueTask", query: idQuery(id)}))
 }
 
 // DeleteTask removes a task's record; deleting a deleted task again succeeds, an id that never named a

@@ -45,6 +45,9 @@ type UploadParams struct {
 	// sets it to an API key's name or the client's address. The master believes it only when it
 	// requires its token; otherwise the owner is the caller's address.
 	Owner string
+	// Name is the upload's file name (wire.CheckName; the master refuses another with 400), kept to
+	// name the downloads; "": none.
+	Name string
 }
 
 // Uploaded is what the master answered an upload.
@@ -57,9 +60,12 @@ type Uploaded struct {
 
 // Upload is New with options.
 func (c *Master) Upload(ctx context.Context, r io.Reader, size int64, p UploadParams) (Uploaded, error) {
-	var q url.Values
+	q := url.Values{}
 	if p.Op != "" {
-		q = url.Values{"op": {p.Op}}
+		q.Set("op", p.Op)
+	}
+	if p.Name != "" {
+		q.Set("name", p.Name)
 	}
 	cl := call{method: http.MethodPost, path: "/new", query: q, body: r, size: size, header: http.Header{}}
 	if p.IdempotencyKey != "" {
@@ -145,6 +151,14 @@ func (c *Master) Status(ctx context.Context, id int64) (wire.Status, error) {
 // cancelled task answers it again. A finished or failed task is refused with 409, an unknown one with 404.
 func (c *Master) Cancel(ctx context.Context, id int64) (wire.Status, error) {
 	reply, err := c.p.sendText(ctx, call{method: http.MethodPost, path: "/cancel", query: idQuery(id), idempotent: true})
+	return jsonReply[wire.Status]("a task status", reply, err)
+}
+
+// Retry queues task id again, failed or cancelled, with the image it was uploaded with, and returns its
+// status (state "queued"). Another state is refused with 409, a task whose upload is gone with 410, an
+// unknown one with 404. It is not retried: a repeat after a lost answer would be refused (409).
+func (c *Master) Retry(ctx context.Context, id int64) (wire.Status, error) {
+	reply, err := c.p.sendText(ctx, call{method: http.MethodPost, path: "/retry", query: idQuery(id)})
 	return jsonReply[wire.Status]("a task status", reply, err)
 }
 

@@ -109,7 +109,12 @@ func (s *server) handleNewTask(w http.ResponseWriter, r *http.Request) error {
 	if err := wire.CheckOwner(owner); err != nil {
 		return httpapi.Errorf(http.StatusBadRequest, "%v", err)
 	}
-	p := taskstore.CreateParams{Pending: pending, MaxAttempts: maxAttempts, Op: op, Owner: owner}
+	// Additive: the upload's file name, kept to name the downloads. The frontend cleans it (wire.CleanName).
+	name := r.URL.Query().Get("name")
+	if err := wire.CheckName(name); err != nil {
+		return httpapi.Errorf(http.StatusBadRequest, "name: %v", err)
+	}
+	p := taskstore.CreateParams{Pending: pending, MaxAttempts: maxAttempts, Op: op, Owner: owner, Name: name}
 	if key := r.Header.Get(wire.IdempotencyKeyHeader); key != "" {
 		return s.createOnce(w, r, p, key)
 	}
@@ -283,7 +288,8 @@ func (s *server) wireTask(t taskstore.Task) wire.Task {
 	}
 	return wire.Task{ExpiresAt: expires, ID: t.ID, State: t.State, Token: t.Token, Attempts: t.Attempts, MaxAttempts: t.MaxAttempts,
 		Error: t.Error, CreatedAt: t.CreatedAt, StartedAt: t.StartedAt, FinishedAt: t.FinishedAt, LeaseUntil: t.LeaseUntil,
-		Op: t.Op, RetryAt: t.RetryAt, Retries: t.Retries, Pending: t.Pending && t.State == wire.NotStarted, Owner: t.Owner}
+		Op: t.Op, RetryAt: t.RetryAt, Retries: t.Retries, Pending: t.Pending && t.State == wire.NotStarted, Owner: t.Owner,
+		Name: t.Name}
 }
 
 // handleActivateTask makes a pending task claimable. The additive size parameter is the bytes of its
@@ -393,6 +399,36 @@ func (s *server) handleCancelTask(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return storeError(id, err)
 	}
+	return s.writeTask(w, t)
+}
+
+// handleRequeueTask queues a failed or cancelled task again (additive: a client's retry) and answers it,
+// state NotStarted with attempts and error cleared; it keeps its op, name and image. 409 for a task in
+// any other state, 410 for one whose upload never completed, 400 for an unknown or deleted id (as
+// every reference call). A worker that still held it is refused at its next report. The master checks
+// that the task's image is still stored before it asks. A task past the retention is 410 too: a sweep
+// may hold it already (POST /claimExpired) and would remove it, queued or not.
+func (s *server) handleRequeueTask(w http.ResponseWriter, r *http.Request) error {
+	id, err := httpapi.QueryID(r, "id")
+	if err != nil {
+		return err
+	}
+	if s.retention > 0 {
+		if t, err := s.store.Get(r.Context(), id); err == nil && (t.State == wire.Failed || t.State == wire.Cancelled) &&
+			!time.Now().Before(t.FinishedAt.Add(s.retention)) {
+			return httpapi.Errorf(http.StatusGone, "task %d expired: it is being removed", id)
+		}
+	}
+	t, err := s.store.Requeue(r.Context(), id)
+	switch {
+	case errors.Is(err, taskstore.ErrNotRetryable):
+		return httpapi.Errorf(http.StatusConflict, "task %d is neither failed nor cancelled", id)
+	case errors.Is(err, taskstore.ErrNoUpload):
+		return httpapi.Errorf(http.StatusGone, "task %d has no image: its upload never completed", id)
+	case err != nil:
+		return storeError(id, err)
+	}
+	s.news.broadcast()
 	return s.writeTask(w, t)
 }
 

@@ -132,6 +132,7 @@ type task struct {
 	RetryAt     *time.Time `json:"retryAt"`
 	Retries     int        `json:"retries"`
 	Pending     bool       `json:"pending"`
+	Name        string     `json:"name"`
 }
 
 func parseTask(t *testing.T, body string) task {

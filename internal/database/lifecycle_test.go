@@ -100,6 +100,8 @@ func TestClaimExpired(t *testing.T) {
 	db.expect("POST", "/claimExpired", url.Values{"limit": {"1"}}, "", 200, first)
 	db.expect("POST", "/claimExpired", nil, "", 200, fmt.Sprintf(`{"ids":[%d]}`, failed))
 	db.expect("POST", "/claimExpired", nil, "", 200, `{"ids":[]}`) // held
+	// A sweep removes it, so it is not queued again.
+	db.expect("POST", "/requeueTask", idQuery(failed), "", 410, fmt.Sprintf("Error: task %d expired: it is being removed", failed))
 	for _, bad := range []string{"0", "x", "1001"} {
 		r := db.call("POST", "/claimExpired", url.Values{"limit": {bad}}, "")
 		if r.Status != 400 || !strings.HasPrefix(r.Body, "Error: limit must be") {
@@ -129,4 +131,60 @@ func TestUsage(t *testing.T) {
 	db.expect("GET", "/usage", url.Values{"owner": {"someone else"}}, "", 200, `{"tasks":0,"bytes":0}`)
 	db.expect("DELETE", "/task", idQuery(a), "", 204, "")
 	db.expect("GET", "/usage", nil, "", 200, `{"tasks":1,"bytes":0}`)
+}
+
+// TestRequeueTask: a failed or cancelled task is queued again with a full set of attempts and no error,
+// and the holder of its earlier claim is refused; other states are 409, a cancelled upload 410.
+func TestRequeueTask(t *testing.T) {
+	db := newDB(t, longLease)
+	failed := db.newTask(false)
+	cancelled := db.newTask(false)
+	finished := db.newTask(false)
+	upload := db.newTask(true) // pending, cancelled before its upload completed
+	holder := db.claim(failed)
+	wantTask(t, db.call("POST", "/failTask", failQuery(holder, "cannot decode", true), ""), failed, 3)
+	wantTask(t, db.call("POST", "/cancelTask", idQuery(cancelled), ""), cancelled, 4)
+	done := db.claim(finished)
+	db.expect("POST", "/finishTask", tokenQuery(finished, done.Token), "", 200, "success")
+	wantTask(t, db.call("POST", "/cancelTask", idQuery(upload), ""), upload, 4)
+
+	for _, id := range []int64{failed, cancelled} {
+		tk := wantTask(t, db.call("POST", "/requeueTask", idQuery(id), ""), id, 0)
+		if tk.Error != "" || tk.Attempts != 0 || tk.FinishedAt != nil || tk.Pending {
+			t.Errorf("requeued task %d: %+v, want queued with no error, attempts nor finish time", id, tk)
+		}
+		db.expect("POST", "/requeueTask", idQuery(id), "", 409, fmt.Sprintf("Error: task %d is neither failed nor cancelled", id))
+	}
+	db.expect("POST", "/finishTask", tokenQuery(failed, holder.Token), "", 400, fmt.Sprintf("Error: task %d is not in progress", failed))
+	db.expect("POST", "/requeueTask", idQuery(finished), "", 409, fmt.Sprintf("Error: task %d is neither failed nor cancelled", finished))
+	db.expect("POST", "/requeueTask", idQuery(upload), "", 410,
+		fmt.Sprintf("Error: task %d has no image: its upload never completed", upload))
+	db.expect("POST", "/requeueTask", idQuery(42), "", 400, "Error: no task with id 42")
+	db.expect("POST", "/requeueTask", nil, "", 400, "Error: missing id parameter")
+	again := db.claim(failed)
+	if again.Token <= holder.Token || again.Attempts != 1 {
+		t.Errorf("claim of the requeued task: token %d (before %d), attempts %d; want a larger token, attempt 1",
+			again.Token, holder.Token, again.Attempts)
+	}
+	db.claim(cancelled)
+	db.expectNoTask()
+}
+
+// TestNewTaskName: the upload's name is kept and answered with the task; one with a directory part or
+// a control character is refused.
+func TestNewTaskName(t *testing.T) {
+	db := newDB(t, longLease)
+	r := db.call("POST", "/newTask", url.Values{"name": {"ğüş leaf.jpg"}}, "")
+	if r.Status != 200 {
+		t.Fatalf("POST /newTask with a name: %d %q", r.Status, r.Body)
+	}
+	if tk := db.getByID(0, 0); tk.Name != "ğüş leaf.jpg" {
+		t.Errorf("name = %q, want ğüş leaf.jpg", tk.Name)
+	}
+	for _, bad := range []string{"../etc/passwd", "a\\b.png", "x\ny.png", strings.Repeat("a", 201)} {
+		r := db.call("POST", "/newTask", url.Values{"name": {bad}}, "")
+		if r.Status != 400 || !strings.HasPrefix(r.Body, "Error: name: ") {
+			t.Errorf("POST /newTask name=%q: %d %q, want 400 Error: name: ...", bad, r.Status, r.Body)
+		}
+	}
 }

@@ -19,6 +19,7 @@ func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("POST /abandonTask", httpapi.HandlerFunc(s.handleAbandonTask))
 	mux.Handle("POST /setById", httpapi.HandlerFunc(s.handleSetByID))
 	mux.Handle("POST /cancelTask", httpapi.HandlerFunc(s.handleCancelTask))
+	mux.Handle("POST /requeueTask", httpapi.HandlerFunc(s.handleRequeueTask))
 	mux.Handle("DELETE /task", httpapi.HandlerFunc(s.handleDeleteTask))
 	mux.Handle("POST /claimExpired", httpapi.HandlerFunc(s.handleClaimExpired))
 	mux.Handle("GET /list", httpapi.HandlerFunc(s.handleList))

@@ -1,9 +1,7 @@
 package frontend
 
 import (
-	"context"
 	_ "embed"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,7 +9,6 @@ import (
 	"mime/multipart"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/imgmill/imgmill/internal/httpapi"
@@ -28,6 +25,9 @@ import (
 const (
 	FileField = "file"
 	OpField   = "op"
+	// NameParam is the query parameter that names an upload (the file's name, to name the downloads):
+	// the way to name a raw body; it wins over a multipart part's filename.
+	NameParam = "name"
 )
 
 // openAPIDoc is the OpenAPI 3.1 document of the public API (every route of routes.go but the catch-all),
@@ -42,6 +42,17 @@ func (s *server) handleOpenAPI(w http.ResponseWriter, r *http.Request) error {
 	h.Set("Cache-Control", "no-cache")
 	_, err := w.Write(openAPIDoc)
 	return err
+}
+
+// limitsMaxAge is how long a client may keep GET /api/limits: briefly, since an operator may change them.
+const limitsMaxAge = "max-age=300"
+
+// handleLimits answers the limits an upload must keep, for the page to show them before an upload and
+// to refuse a file over maxUploadBytes before sending it.
+func (s *server) handleLimits(w http.ResponseWriter, r *http.Request) error {
+	w.Header().Set("Cache-Control", "public, "+limitsMaxAge)
+	return httpapi.WriteJSON(w, http.StatusOK, wire.Limits{
+		MaxUploadBytes: max(s.opts.MaxUpload, 0), MaxPixels: max(s.opts.MaxPixels, 0), MaxChainLength: imageop.MaxChainLen})
 }
 
 // handleOperations lists every operation with its parameters: the page's picker and imgmill submit
@@ -61,6 +72,7 @@ func (s *server) handleCreateTask(w http.ResponseWriter, r *http.Request) error 
 	if err := u.setOp(r.URL.Query().Get(OpField)); err != nil {
 		return err
 	}
+	u.setName(r.URL.Query().Get(NameParam))
 	var id int64
 	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "multipart/form-data" {
 		if id, err = u.send(r.Context(), w, u.body); err != nil {
@@ -93,6 +105,7 @@ func (s *server) createFromForm(w http.ResponseWriter, r *http.Request, u *uploa
 		}
 		switch name := part.FormName(); name {
 		case FileField:
+			u.setName(part.FileName())
 			rest := &restChecked{r: part, check: func() error { return u.checkRest(mr) }}
 			id, err := u.send(r.Context(), w, rest)
 			if rest.err != nil { // the master gave up the task of the broken-off body: nothing is queued
@@ -205,7 +218,8 @@ const DownloadParam = "download"
 // script and loads nothing, whatever a browser would make of its bytes.
 const resultCSP = "sandbox; default-src 'none'"
 
-// handleTaskResult serves the finished image, as an attachment or (?download=0) inline. Once the task
+// handleTaskResult serves the finished image, as an attachment or (?download=0) inline, or with ?w=N
+// a thumbnail of it (thumb.go). Once the task
 // is finished it is cacheable for good under an ETag made from its status (cache.go), and a request
 // naming that ETag is answered 304 without reading the image.
 func (s *server) handleTaskResult(w http.ResponseWriter, r *http.Request) error {
@@ -220,9 +234,13 @@ func (s *server) handleTaskResult(w http.ResponseWriter, r *http.Request) error 
 				DownloadParam, v, DownloadParam, DownloadParam)
 		}
 	}
+	width, err := thumbWidth(r)
+	if err != nil {
+		return err
+	}
 	h := w.Header()
 	h.Set("Cache-Control", "no-store") // "not finished" must not be kept: it changes
-	etag, answered, err := s.checkImageETag(w, r, id, "result", public, func(st wire.Status) time.Time {
+	st, etag, answered, err := s.checkImageETag(w, r, id, "result", public, width, func(st wire.Status) time.Time {
 		if st.State != wire.FinishedWord {
 			return time.Time{}
 		}
@@ -230,6 +248,10 @@ func (s *server) handleTaskResult(w http.ResponseWriter, r *http.Request) error 
 	})
 	if err != nil || answered {
 		return err
+	}
+	if width > 0 {
+		// Not finished: the master's Get refuses it, as below.
+		return s.serveThumb(w, r, id, "result", etag, width, s.master.Get)
 	}
 	// Not finished: the master's Get refuses it, in the same words as /getImage.
 	img, err := s.master.Get(r.Context(), id)
@@ -241,10 +263,13 @@ func (s *server) handleTaskResult(w http.ResponseWriter, r *http.Request) error 
 	if !download {
 		disposition = "inline"
 	}
-	h.Set("Content-Disposition", fmt.Sprintf("%s; filename=%q", disposition, DownloadName(public, img.ContentType)))
+	h.Set("Content-Disposition", ContentDisposition(disposition, DownloadName(st, public, img.ContentType)))
 	h.Set("Content-Security-Policy", resultCSP)
 	if etag != "" {
 		cacheable(h, etag)
+	}
+	if img.Size >= 0 {
+		h.Set(ImageBytesHeader, strconv.FormatInt(img.Size, 10))
 	}
 	return master.CopyImage(w, img)
 }
@@ -263,6 +288,33 @@ func (s *server) handleDeleteTask(w http.ResponseWriter, r *http.Request) error 
 	return nil
 }
 
+// handleRetryTask queues a failed or cancelled task again with the image it was uploaded with, and
+// answers its status, "queued"; another state is 409, a task whose upload is gone 410. A retry queues
+// work as an upload does, so it counts in the client's upload rate limit (429).
+func (s *server) handleRetryTask(w http.ResponseWriter, r *http.Request) error {
+	id, public, err := s.apiTask(r)
+	if err != nil {
+		return err
+	}
+	if s.limiter != nil {
+		from, err := s.opts.APIKeys.owner(r, s.opts.TrustProxy)
+		if err != nil {
+			w.Header().Set("WWW-Authenticate", "Bearer")
+			return err
+		}
+		if wait, ok := s.limiter.Allow(from); !ok {
+			return &httpapi.Error{Status: http.StatusTooManyRequests, RetryAfter: wait,
+				Msg: fmt.Sprintf("too many uploads and retries, retry in %ds", httpapi.RetryAfterSeconds(wait))}
+		}
+	}
+	st, err := s.master.Retry(r.Context(), id)
+	if err != nil {
+		return publicError(err, id)
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	return httpapi.WriteJSON(w, http.StatusOK, publicStatus(st, public))
+}
+
 // handleCancelTask cancels a task that has not finished and answers its status, "cancelled" (again for
 // a task cancelled before); a finished or failed task is 409.
 func (s *server) handleCancelTask(w http.ResponseWriter, r *http.Request) error {
@@ -278,26 +330,23 @@ func (s *server) handleCancelTask(w http.ResponseWriter, r *http.Request) error 
 	return httpapi.WriteJSON(w, http.StatusOK, publicStatus(st, public))
 }
 
-// SourceName is the file name /api/tasks/{id}/source offers for the upload of the task with public id
-// public, of type contentType.
-func SourceName(public, contentType string) string {
-	ext := ""
-	if strings.HasPrefix(contentType, "image/") { // never offer a page or a script by its name
-		ext = imageop.Extension(contentType)
-	}
-	return "imgmill-" + public[:min(len(public), 12)] + "-source" + ext
-}
-
-// handleTaskSource serves the upload inline; it is cacheable for good under an ETag made from the
+// handleTaskSource serves the upload inline (with ?w=N a thumbnail of it, thumb.go); it is cacheable for good under an ETag made from the
 // task's creation time (cache.go), and a request naming that ETag is answered 304 without reading it.
 func (s *server) handleTaskSource(w http.ResponseWriter, r *http.Request) error {
 	id, public, err := s.apiTask(r)
 	if err != nil {
 		return err
 	}
-	etag, answered, err := s.checkImageETag(w, r, id, "source", public, func(st wire.Status) time.Time { return st.CreatedAt })
+	width, err := thumbWidth(r)
+	if err != nil {
+		return err
+	}
+	st, etag, answered, err := s.checkImageETag(w, r, id, "source", public, width, func(st wire.Status) time.Time { return st.CreatedAt })
 	if err != nil || answered {
 		return err
+	}
+	if width > 0 {
+		return s.serveThumb(w, r, id, "source", etag, width, s.master.Source)
 	}
 	img, err := s.master.Source(r.Context(), id)
 	if err != nil {
@@ -305,115 +354,13 @@ func (s *server) handleTaskSource(w http.ResponseWriter, r *http.Request) error 
 	}
 	defer img.Close()
 	h := w.Header()
-	h.Set("Content-Disposition", fmt.Sprintf("inline; filename=%q", SourceName(public, img.ContentType)))
+	h.Set("Content-Disposition", ContentDisposition("inline", SourceName(st, public, img.ContentType)))
 	h.Set("Content-Security-Policy", resultCSP)
 	if etag != "" {
 		cacheable(h, etag)
 	}
+	if img.Size >= 0 {
+		h.Set(ImageBytesHeader, strconv.FormatInt(img.Size, 10))
+	}
 	return master.CopyImage(w, img)
-}
-
-// Event stream timing; variables so tests can shorten them.
-var (
-	// keepAliveEvery is how often an event stream without news sends a comment, so proxies keep it open.
-	keepAliveEvery = 15 * time.Second
-	// maxEventStream bounds an event stream's life (the server's write timeout is lifted for it).
-	maxEventStream = 30 * time.Minute
-)
-
-// retryAfterOf is the wait a transient refusal asked for (Retry-After), or 0.
-func retryAfterOf(err error) time.Duration {
-	var e *httpapi.Error
-	if errors.As(err, &e) {
-		return e.RetryAfter
-	}
-	return 0
-}
-
-// changed reports whether b is news after a.
-func changed(a, b wire.PublicStatus) bool {
-	return a.State != b.State || a.Attempts != b.Attempts || a.MaxAttempts != b.MaxAttempts || a.Error != b.Error
-}
-
-// handleTaskEvents streams the task's status as Server-Sent Events: "status" at once and on every
-// change, until the task is finished or failed, the client goes away, or maxEventStream passes. A
-// refusal before the stream starts (no such task, too many streams) is a JSON error; a failure to get
-// the status later ends the stream with an "error" event. The stream does not poll: the frontend's one
-// watcher (watch.go) wakes it when its task changes.
-func (s *server) handleTaskEvents(w http.ResponseWriter, r *http.Request) error {
-	id, public, err := s.apiTask(r)
-	if err != nil {
-		return err
-	}
-	release, err := s.streams.acquire(httpapi.ClientAddr(r, s.opts.TrustProxy))
-	if err != nil {
-		return err
-	}
-	defer release()
-	raw, err := s.master.Status(r.Context(), id)
-	if err != nil {
-		return publicError(err, id)
-	}
-	st := publicStatus(raw, public)
-	var wake <-chan struct{}
-	current := func() (wire.Status, error) { return raw, nil }
-	if !st.State.Settled() {
-		var stop func()
-		if wake, current, stop, err = s.watcher.watch(r.Context(), id, raw); err != nil {
-			return err
-		}
-		defer stop()
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), maxEventStream)
-	defer cancel()
-	rc := http.NewResponseController(w)
-	// The server's read and write timeouts would cut the stream (the read one by ending the request's
-	// context); maxEventStream bounds it instead. Servers that cannot lift them just end it earlier.
-	_ = rc.SetWriteDeadline(time.Time{})
-	_ = rc.SetReadDeadline(time.Time{})
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-
-	send := func(event string, v any) bool {
-		b, err := json.Marshal(v) // one line: newlines in strings are escaped
-		if err == nil {
-			_, err = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b)
-		}
-		return err == nil && rc.Flush() == nil
-	}
-	if !send("status", st) {
-		return nil
-	}
-	keepAlive := time.NewTicker(keepAliveEvery)
-	defer keepAlive.Stop()
-	for !st.State.Settled() {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-keepAlive.C:
-			if _, err := io.WriteString(w, ": keep-alive\n\n"); err != nil || rc.Flush() != nil {
-				return nil
-			}
-		case <-wake:
-			raw, err := current()
-			if err != nil {
-				httpapi.LoggerFrom(ctx).WarnContext(ctx, "event stream: status", "err", err)
-				if !errors.Is(err, errNoSuchTask) {
-					err = publicError(err, id)
-				}
-				send("error", httpapi.JSONError{Error: httpapi.ErrorMessage(err)})
-				return nil
-			}
-			if next := publicStatus(raw, public); changed(st, next) {
-				if !send("status", next) {
-					return nil
-				}
-				st = next
-			}
-		}
-	}
-	return nil
 }

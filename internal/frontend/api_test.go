@@ -216,7 +216,7 @@ func TestAPIFormTraps(t *testing.T) {
 func TestAPIRateLimit(t *testing.T) {
 	s := newStackWith(t, frontend.Limits{UploadRate: 0.5, UploadBurst: 1})
 	img := servicetest.PatternPNG(t, 8, 4)
-	s.created(t, s.createRaw(t, "", img))
+	first := s.created(t, s.createRaw(t, "", img))
 	before := s.master.calls.Load()
 	r := s.createRaw(t, "", img)
 	expectJSONError(t, "API upload over the limit", r, http.StatusTooManyRequests, "too many uploads, retry in 2s")
@@ -228,6 +228,9 @@ func TestAPIRateLimit(t *testing.T) {
 	if r.Status != http.StatusTooManyRequests || r.Body != "Error: too many uploads, retry in 2s" {
 		t.Errorf("/submitTask after the API used the bucket: %d %q, want 429", r.Status, r.Body)
 	}
+	// A retry queues work again: the same bucket.
+	expectJSONError(t, "retry over the limit", s.call(t, http.MethodPost, "/api/tasks/"+first+"/retry", "", nil),
+		http.StatusTooManyRequests, "too many uploads and retries, retry in 2s")
 	if n := s.master.calls.Load() - before; n != 0 {
 		t.Errorf("refused uploads made %d master calls", n)
 	}
@@ -237,8 +240,9 @@ func TestAPIUploadTooLarge(t *testing.T) {
 	const limit = 4000
 	s := newStackWith(t, frontend.Limits{MaxUpload: limit})
 	big := paddedPNG(t, 100_000)
-	msg := fmt.Sprintf("image larger than %d bytes", limit)
-	expectJSONError(t, "raw, known length", s.createRaw(t, "", big), http.StatusRequestEntityTooLarge, msg)
+	msg := "the image is larger than 3.9 KB, the largest upload: make it smaller (fewer pixels, or saved as JPEG) and upload it again"
+	expectJSONError(t, "raw, known length", s.createRaw(t, "", big), http.StatusRequestEntityTooLarge,
+		"the image is 97.7 KB; the largest upload is 3.9 KB: make it smaller (fewer pixels, or saved as JPEG) and upload it again")
 	expectJSONError(t, "raw, one byte over", s.createRaw(t, "", big[:limit+1]), http.StatusRequestEntityTooLarge, msg)
 	expectJSONError(t, "multipart", s.createForm(t, "", part{field: frontend.FileField, filename: "b.png", data: big[:limit+1]}),
 		http.StatusRequestEntityTooLarge, msg)
@@ -322,14 +326,13 @@ func TestAPIStatusAndResult(t *testing.T) {
 	expect("finished")
 	r := s.call(t, http.MethodGet, "/api/tasks/"+pub+"/result", "", nil)
 	servicetest.ExpectPNGReply(t, "GET /api/tasks/P/result", r, result)
-	if cd, want := r.Header.Get("Content-Disposition"), fmt.Sprintf("attachment; filename=%q", frontend.DownloadName(pub, "image/png")); cd != want {
+	if cd, want := r.Header.Get("Content-Disposition"), `attachment; filename="imgmill-`+pub[:12]+`-swap.png"`; cd != want {
 		t.Errorf("Content-Disposition %q, want %q", cd, want)
 	}
 	// The source is still the upload.
 	r = s.call(t, http.MethodGet, "/api/tasks/"+pub+"/source", "", nil)
 	servicetest.ExpectPNGReply(t, "GET /api/tasks/P/source", r, img)
-	if cd, want := r.Header.Get("Content-Disposition"), fmt.Sprintf("inline; filename=%q", frontend.SourceName(pub, "image/png")); cd != want ||
-		!strings.HasSuffix(want, "-source.png\"") {
+	if cd, want := r.Header.Get("Content-Disposition"), `inline; filename="imgmill-`+pub[:12]+`-source.png"`; cd != want {
 		t.Errorf("Content-Disposition %q, want %q", cd, want)
 	}
 

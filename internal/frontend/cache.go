@@ -56,23 +56,27 @@ func notModified(w http.ResponseWriter, etag string) {
 }
 
 // checkImageETag asks the master for task id's status and, when written finds the time its image of
-// kind was written (zero: not written yet), returns the image's ETag; answered is true when the request
-// named that ETag and has been answered 304.
-func (s *server) checkImageETag(w http.ResponseWriter, r *http.Request, id int64, kind, public string,
+// kind was written (zero: not written yet), returns the image's ETag, or its thumbnail's when width > 0;
+// answered is true when the request named that ETag and has been answered 304. It returns the status
+// too (the download's name is made from it).
+func (s *server) checkImageETag(w http.ResponseWriter, r *http.Request, id int64, kind, public string, width int,
 	written func(wire.Status) time.Time,
-) (etag string, answered bool, err error) {
-	st, err := s.master.Status(r.Context(), id)
+) (st wire.Status, etag string, answered bool, err error) {
+	st, err = s.master.Status(r.Context(), id)
 	if err != nil {
-		return "", false, publicError(err, id)
+		return st, "", false, publicError(err, id)
 	}
 	at := written(st)
 	if at.IsZero() {
-		return "", false, nil
+		return st, "", false, nil
 	}
 	etag = imageETag(kind, public, at)
+	if width > 0 {
+		etag = thumbETag(etag, width)
+	}
 	if noneMatch(r, etag) {
 		notModified(w, etag)
-		return etag, true, nil
+		return st, etag, true, nil
 	}
-	return etag, false, nil
+	return st, etag, false, nil
 }

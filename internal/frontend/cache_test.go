@@ -207,7 +207,7 @@ func TestAPIResultInline(t *testing.T) {
 	pub := s.created(t, s.createRaw(t, "", img))
 	result := servicetest.PatternPNG(t, 9, 8)
 	s.finish(t, s.internal(t, pub), result)
-	name := frontend.DownloadName(pub, "image/png")
+	name := frontend.DownloadName(wire.Status{}, pub, "image/png")
 	for query, disposition := range map[string]string{"": "attachment", "?download=1": "attachment",
 		"?download=0": "inline", "?download=false": "inline"} {
 		what := "GET result" + query

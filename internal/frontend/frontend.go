@@ -8,12 +8,12 @@
 package frontend
 
 import (
-	"cmp"
 	"context"
 	_ "embed"
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -62,6 +62,10 @@ type Limits struct {
 	// MaxUpload is the largest image accepted, in bytes; 0 means DefaultMaxUpload, a negative value no
 	// limit (master.NoLimit). The master enforces its own limit as well.
 	MaxUpload int64
+	// MaxPixels is the largest image in pixels (width × height) that the master behind accepts, which
+	// the frontend shows (GET /api/limits) but leaves to the master to enforce: 0 means
+	// imageop.DefaultMaxPixels, the master's default, a negative value no limit.
+	MaxPixels int64
 	// TrustProxy takes the client address from the last X-Forwarded-For entry, the one added by a
 	// reverse proxy in front, instead of from the connection. Only for a frontend that is reachable
 	// through that proxy alone: otherwise anyone can pick their address.
@@ -73,7 +77,8 @@ type Limits struct {
 	// browser; uploads from any other site's page are refused (see sameSite), those without the
 	// browser's headers (curl, scripts) are not.
 	AllowedOrigins []string
-	// MaxStreams caps the open event streams (GET /api/tasks/{id}/events; 503 with Retry-After beyond)
+	// MaxStreams caps the open event streams (GET /api/tasks/{id}/events and GET /api/events, one place
+	// each however many tasks it follows; 503 with Retry-After beyond)
 	// and MaxStreamsPerClient those of one client address (429); 0 means the default, a negative
 	// value no cap (master.NoLimit). However many streams are open, the frontend watches at most
 	// wire.MaxStatusIDs tasks at once.
@@ -97,6 +102,9 @@ func newServer(m *client.Master, opts Limits) *server {
 	if opts.MaxUpload == 0 {
 		opts.MaxUpload = DefaultMaxUpload
 	}
+	if opts.MaxPixels == 0 {
+		opts.MaxPixels = imageop.DefaultMaxPixels
+	}
 	if opts.MaxStreams == 0 {
 		opts.MaxStreams = DefaultMaxStreams
 	}
@@ -104,7 +112,8 @@ func newServer(m *client.Master, opts Limits) *server {
 		opts.MaxStreamsPerClient = DefaultMaxStreamsPerClient
 	}
 	s := &server{master: m, opts: opts, crossSite: newCrossSite(opts.AllowedOrigins),
-		streams: newStreamGate(opts.MaxStreams, opts.MaxStreamsPerClient), watcher: newWatcher(m)}
+		streams: newStreamGate(opts.MaxStreams, opts.MaxStreamsPerClient), watcher: newWatcher(m),
+		thumbs: newThumbnailer()}
 	if opts.UploadRate > 0 {
 		s.limiter = httpapi.NewKeyedLimiter(opts.UploadRate, opts.UploadBurst, httpapi.MaxLimiterKeys, time.Now)
 	}
@@ -127,6 +136,7 @@ type server struct {
 	crossSite crossSite
 	streams   *streamGate // open event streams
 	watcher   *watcher    // the tasks of the open event streams
+	thumbs    *thumbnailer
 }
 
 // errNoSecretYet answers what needs public ids while the secret is being resolved.
@@ -176,16 +186,19 @@ func (s *server) handleIndex() http.Handler {
 	})
 }
 
-// handleSubmitTask streams the uploadfile part of a multipart form to the master, never holding the
-// whole file, and answers the task's public id.
-func (s *server) handleSubmitTask(w http.ResponseWriter, r *http.Request) error {
+// submitTask streams the uploadfile part of a multipart form to the master, never holding the whole
+// file, and answers the task's public id; to the page's own form (UIField before the file), 303 See
+// Other to the task's page instead (html.go). a learns which answer the form asked for.
+func (s *server) submitTask(w http.ResponseWriter, r *http.Request, a *submitAnswer) error {
 	u, err := s.receive(w, r)
 	if err != nil {
 		return err
 	}
+	a.read = true
 	if err := u.setOp(r.URL.Query().Get(OpField)); err != nil {
 		return err
 	}
+	u.setName(r.URL.Query().Get(NameParam))
 	mr, err := r.MultipartReader()
 	if err != nil {
 		return httpapi.Errorf(http.StatusBadRequest, "expected a multipart/form-data upload with the file in field %q", UploadField)
@@ -201,7 +214,15 @@ func (s *server) handleSubmitTask(w http.ResponseWriter, r *http.Request) error 
 				return err
 			}
 			continue
+		case UIField: // additive: the page's form, before the file
+			ui, err := u.readField(part, UIField)
+			if err != nil {
+				return err
+			}
+			a.html = ui == UIHTML
+			continue
 		case UploadField:
+			u.setName(part.FileName())
 		default:
 			part.Close()
 			continue
@@ -210,7 +231,12 @@ func (s *server) handleSubmitTask(w http.ResponseWriter, r *http.Request) error 
 		if err != nil {
 			return err
 		}
-		httpapi.WriteText(w, http.StatusOK, u.ids.Encode(id))
+		public := u.ids.Encode(id)
+		if a.html {
+			seeTaskPage(w, public)
+			return nil
+		}
+		httpapi.WriteText(w, http.StatusOK, public)
 		return nil
 	}
 }
@@ -228,6 +254,17 @@ type upload struct {
 	key string
 	// owner is who makes the upload: "key:NAME" for a client with an API key, else its address.
 	owner string
+	// name is the upload's file name, cleaned (wire.CleanName); "" for none.
+	name string
+}
+
+// setName names the upload after raw, a file name as the client gave it, unless it is named already
+// (the query's name wins over a part's filename). Whatever the client sent is cleaned, never refused:
+// the name only names the downloads.
+func (u *upload) setName(raw string) {
+	if u.name == "" {
+		u.name = wire.CleanName(raw)
+	}
 }
 
 // setOp validates an operation chain for the upload ("" keeps the default), so that a bad one is
@@ -296,10 +333,16 @@ func (s *server) receive(w http.ResponseWriter, r *http.Request) (*upload, error
 	}
 	limit := s.opts.MaxUpload // < 0: none
 	u := &upload{master: s.master, ids: ids, key: key, owner: from, body: &cappedReader{r: r.Body, limit: -1}, limit: limit,
-		tooLarge: httpapi.Errorf(http.StatusRequestEntityTooLarge, "image larger than %d bytes", limit)}
+		tooLarge: master.TooLargeError(-1, limit)}
 	if limit >= 0 {
-		if r.ContentLength > limit+formOverhead {
-			return nil, u.tooLarge
+		// A body whose declared length is already over is refused before any of it is read, so that
+		// the client hears it at once rather than after sending it all.
+		slack := int64(0)
+		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "multipart/form-data" {
+			slack = formOverhead
+		}
+		if r.ContentLength > limit+slack {
+			return nil, master.TooLargeError(r.ContentLength, limit)
 		}
 		u.body.r = http.MaxBytesReader(w, r.Body, limit+formOverhead)
 	}
@@ -336,7 +379,7 @@ func (u *upload) partError(err error, field string) error {
 func (u *upload) send(ctx context.Context, w http.ResponseWriter, src io.Reader) (int64, error) {
 	file := &cappedReader{r: src, limit: u.limit}
 	lent := &lentReader{r: file}
-	up, err := u.master.Upload(ctx, lent, -1, client.UploadParams{Op: u.op, IdempotencyKey: u.key, Owner: u.owner})
+	up, err := u.master.Upload(ctx, lent, -1, client.UploadParams{Op: u.op, IdempotencyKey: u.key, Owner: u.owner, Name: u.name})
 	lent.takeBack()
 	switch {
 	case file.hit.Load() || u.body.hit.Load():
@@ -454,8 +497,13 @@ func publicError(err error, id int64) error {
 		return httpapi.Errorf(http.StatusNotFound, "task was cancelled")
 	case e.Msg == fmt.Sprintf("task %d already finished", id):
 		return httpapi.Errorf(http.StatusConflict, "task already finished")
+	case e.Status == http.StatusConflict && strings.HasPrefix(e.Msg, fmt.Sprintf("task %d is ", id)):
+		// A retry refused (master's retryConflict): the state and what can be retried.
+		return httpapi.Errorf(http.StatusConflict, "task %s", strings.TrimPrefix(e.Msg, fmt.Sprintf("task %d ", id)))
+	case e.Msg == fmt.Sprintf("the upload of task %d is gone: upload the image again", id):
+		return httpapi.Errorf(http.StatusGone, "the upload is gone: upload the image again")
 	case strings.HasPrefix(e.Msg, fmt.Sprintf("task %d failed: ", id)):
-		return httpapi.Errorf(http.StatusNotFound, "task failed: %s", publicReason(strings.TrimPrefix(e.Msg, fmt.Sprintf("task %d failed: ", id))))
+		return httpapi.Errorf(http.StatusNotFound, "task failed: %s", publicReason(wire.FailedWord, strings.TrimPrefix(e.Msg, fmt.Sprintf("task %d failed: ", id))))
 	}
 	return &httpapi.Error{Status: e.Status, Msg: "the task's image is not available"}
 }
@@ -463,15 +511,38 @@ func publicError(err error, id int64) error {
 // waitingReason is the public error of a queued task waiting to be retried after a transient failure.
 const waitingReason = "a service it needs was unavailable: it will be retried"
 
-// publicReasons are the failure reasons shown to the public as they are; any other reason (a worker's
-// error text may name internal ids, addresses, paths) is shown as "processing failed".
-var publicReasons = []string{imageop.ErrDecode.Error(), "upload never completed", "lease lapsed on attempt "}
+// publicReasons are the prefixes of the failure reasons shown to the public as they are: imageop's
+// words about the image itself and the worker's about a task over its time or memory, which say what
+// to do. Any other reason (a worker's error text may name internal ids, addresses, paths) is shown as
+// "processing failed".
+var publicReasons = []string{imageop.ErrDecode.Error(), imageop.UnreadablePrefix, imageop.NotImageMessage, "upload never completed",
+	"image is ", "took longer than ", "needs about "}
 
-func publicReason(reason string) string {
-	for _, p := range publicReasons {
-		if strings.HasPrefix(reason, p) {
-			return reason
+// lapsedFormat is the database's reason for a task whose worker stopped renewing its lease.
+const lapsedFormat = "lease lapsed on attempt %d of %d"
+
+// publicReason is the public error of a task in state whose reason is reason: the reason first, then
+// what to do. Only a task that will be retried mentions attempts.
+func publicReason(state wire.Word, reason string) string {
+	if state == wire.CancelledWord {
+		return wire.CancelledError
+	}
+	var n, of int
+	if _, err := fmt.Sscanf(reason, lapsedFormat, &n, &of); err == nil {
+		if state == wire.FailedWord {
+			return "processing stopped before it finished, every time it was tried: the image may be too large for the chain; try a smaller image or fewer steps"
 		}
+		return fmt.Sprintf("processing stopped before it finished (attempt %d of %d): it will be retried", n, of)
+	}
+	for _, p := range publicReasons {
+		if !strings.HasPrefix(reason, p) {
+			continue
+		}
+		if strings.HasPrefix(reason, imageop.ErrDecode.Error()) && !strings.HasSuffix(reason, imageop.ResaveAdvice) {
+			// A decoder's own words (an older worker's, or a failure past the header) say only what is wrong.
+			return reason + ": " + imageop.ResaveAdvice
+		}
+		return reason
 	}
 	return "processing failed"
 }
@@ -512,7 +583,7 @@ func publicStatus(st wire.Status, public string) wire.PublicStatus {
 		// The worker's reason names services and addresses; the public hears what it means.
 		out.Error = waitingReason
 	case st.Error != "":
-		out.Error = publicReason(st.Error)
+		out.Error = publicReason(st.State, st.Error)
 	}
 	return out
 }
@@ -522,18 +593,16 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if r.URL.Query().Get(UIField) == UIHTML { // for people: the task's page
+		seeTaskPage(w, public)
+		return nil
+	}
 	st, err := s.status(r.Context(), id, public)
 	if err != nil {
 		return err
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	return httpapi.WriteJSON(w, http.StatusOK, st)
-}
-
-// DownloadName is the file name /getImage offers for the result, of type contentType, of the task with
-// public id public: .png or .jpg as the result is (a chain may convert it).
-func DownloadName(public, contentType string) string {
-	return "imgmill-" + public[:min(len(public), 12)] + cmp.Or(imageop.Extension(contentType), ".png")
 }
 
 func (s *server) handleGetImage(w http.ResponseWriter, r *http.Request) error {
@@ -544,14 +613,21 @@ func (s *server) handleGetImage(w http.ResponseWriter, r *http.Request) error {
 	return s.serveResult(w, r, id, public)
 }
 
-// serveResult sends the finished image of task id as an attachment named for its public id.
+// serveResult sends the finished image of task id as an attachment named after the upload and its chain
+// (DownloadName).
 func (s *server) serveResult(w http.ResponseWriter, r *http.Request, id int64, public string) error {
 	img, err := s.master.Get(r.Context(), id)
 	if err != nil {
 		return publicError(err, id)
 	}
 	defer img.Close()
-	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", DownloadName(public, img.ContentType)))
+	// The name and the chain are the status's; a task finished once stays so, so asking after the
+	// image cannot name another task's state.
+	st, err := s.master.Status(r.Context(), id)
+	if err != nil {
+		return publicError(err, id)
+	}
+	w.Header().Set("Content-Disposition", ContentDisposition("attachment", DownloadName(st, public, img.ContentType)))
 	return master.CopyImage(w, img)
 }
 

@@ -398,11 +398,12 @@ func TestSubmitProcessAndGet(t *testing.T) {
 	}
 	r = getImage()
 	servicetest.ExpectPNGReply(t, "getImage", r, result)
-	wantCD := `attachment; filename="imgmill-` + pub[:12] + `.png"`
+	wantCD := `attachment; filename="x-swap.png"` // named after the upload (x.png) and the chain
 	if cd := r.Header.Get("Content-Disposition"); cd != wantCD {
 		t.Errorf("getImage Content-Disposition %q, want %q", cd, wantCD)
 	}
-	if name := frontend.DownloadName(pub, "image/png"); name != "imgmill-"+pub[:12]+".png" || strings.Contains(name, strconv.FormatInt(id, 10)+".") {
+	if name := frontend.DownloadName(wire.Status{ID: id}, pub, "image/png"); name != "imgmill-"+pub[:12]+"-swap.png" ||
+		strings.Contains(name, strconv.FormatInt(id, 10)+".") {
 		t.Errorf("DownloadName(%q) = %q", pub, name)
 	}
 
@@ -591,15 +592,15 @@ func TestStatus(t *testing.T) {
 		t.Fatalf("claim: %+v, %v; want task %d", task, err, id)
 	}
 	expect("processing")
-	if _, err := s.Master.FailTask(ctx, id, task.Token, "cannot decode image: no such colour", true); err != nil {
+	if _, err := s.Master.FailTask(ctx, id, task.Token, "cannot read this PNG: no such colour: save it as PNG or JPEG and upload it again", true); err != nil {
 		t.Fatal(err)
 	}
-	if st := expect("failed"); st.Error != "cannot decode image: no such colour" {
+	if st := expect("failed"); st.Error != "cannot read this PNG: no such colour: save it as PNG or JPEG and upload it again" {
 		t.Errorf("status error %q, want the decoding failure", st.Error)
 	}
 	// The failure also explains why there is no image, without the internal id.
 	if r := s.call(t, http.MethodGet, "/getImage?id="+pub, "", nil); r.Status != http.StatusNotFound ||
-		r.Body != "Error: task failed: cannot decode image: no such colour" {
+		r.Body != "Error: task failed: cannot read this PNG: no such colour: save it as PNG or JPEG and upload it again" {
 		t.Errorf("getImage of a failed task: %d %q, want 404 with the reason", r.Status, r.Body)
 	}
 	servicetest.ExpectError(t, "POST /status", s.call(t, http.MethodPost, "/status?id="+pub, "", nil), http.StatusMethodNotAllowed)
@@ -827,7 +828,7 @@ func TestUploadTooLargeAtFrontend(t *testing.T) {
 	before := s.master.calls.Load()
 	// Known length: refused before reading, without asking the master.
 	r := s.submit(t, part{field: frontend.UploadField, filename: "big.png", data: big})
-	if r.Status != http.StatusRequestEntityTooLarge || r.Body != fmt.Sprintf("Error: image larger than %d bytes", limit) {
+	if r.Status != http.StatusRequestEntityTooLarge || r.Body != "Error: the image is 97.9 KB; the largest upload is 3.9 KB: make it smaller (fewer pixels, or saved as JPEG) and upload it again" {
 		t.Errorf("oversized upload: %d %q, want 413", r.Status, r.Body)
 	}
 	if n := s.master.calls.Load() - before; n != 0 {
@@ -853,7 +854,7 @@ func TestUploadTooLargeAtFrontend(t *testing.T) {
 	// No limit at the frontend (master.NoLimit): the master's own 413 still answers.
 	s = newStackWith(t, frontend.Limits{MaxUpload: -1})
 	r = s.submit(t, part{field: frontend.UploadField, filename: "big.png", data: paddedPNG(t, maxUpload+1)})
-	if r.Status != http.StatusRequestEntityTooLarge || r.Body != fmt.Sprintf("Error: image larger than %d bytes", maxUpload) {
+	if r.Status != http.StatusRequestEntityTooLarge || r.Body != "Error: the image is larger than 1 MB, the largest upload: make it smaller (fewer pixels, or saved as JPEG) and upload it again" {
 		t.Errorf("upload over the master's limit, none at the frontend: %d %q, want the master's 413", r.Status, r.Body)
 	}
 }

@@ -72,3 +72,42 @@ func TestAPIDelete(t *testing.T) {
 		t.Error("a refused cross-site delete removed the upload")
 	}
 }
+
+// TestAPIRetry: a cancelled task retried is queued again and finishes; a task in another state is 409,
+// one whose upload is gone 410, an id that names none 404.
+func TestAPIRetry(t *testing.T) {
+	s := newStack(t)
+	ctx := t.Context()
+	pub := s.created(t, s.createRaw(t, "?name=leaf.png", servicetest.PatternPNG(t, 12, 50)))
+	retry := func(pub string) servicetest.Reply {
+		return s.call(t, http.MethodPost, "/api/tasks/"+escapePath(pub)+"/retry", "", nil)
+	}
+	expectJSONError(t, "retry of a queued task", retry(pub), http.StatusConflict,
+		"task is queued: only a failed or cancelled task can be retried")
+	if r := s.call(t, http.MethodPost, "/api/tasks/"+pub+"/cancel", "", nil); r.Status != http.StatusOK {
+		t.Fatalf("cancel: %d %q", r.Status, r.Body)
+	}
+	r := retry(pub)
+	var st wire.PublicStatus
+	if r.Status != http.StatusOK || json.Unmarshal([]byte(r.Body), &st) != nil || st.ID != pub || st.State != wire.QueuedWord ||
+		st.Error != "" || st.Name != "leaf.png" || r.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("POST /api/tasks/P/retry: %d %q, want 200 with the queued status and the name", r.Status, r.Body)
+	}
+	result := servicetest.PatternPNG(t, 12, 51)
+	s.finish(t, s.internal(t, pub), result)
+	servicetest.ExpectPNGReply(t, "result of the retried task", s.call(t, http.MethodGet, "/api/tasks/"+pub+"/result", "", nil), result)
+	expectJSONError(t, "retry of a finished task", retry(pub), http.StatusConflict,
+		"task is finished: only a failed or cancelled task can be retried")
+
+	gone := s.created(t, s.createRaw(t, "", servicetest.PatternPNG(t, 12, 52)))
+	if r := s.call(t, http.MethodPost, "/api/tasks/"+gone+"/cancel", "", nil); r.Status != http.StatusOK {
+		t.Fatalf("cancel: %d %q", r.Status, r.Body)
+	}
+	if err := s.Storage.DeleteImage(ctx, s.internal(t, gone), wire.WorkingImage); err != nil {
+		t.Fatal(err)
+	}
+	expectJSONError(t, "retry of a task whose upload is gone", retry(gone), http.StatusGone, "the upload is gone: upload the image again")
+	for _, bad := range append(badIDs(t, pub), s.ids.Encode(12345)) {
+		expectJSONError(t, "retry of "+bad, retry(bad), http.StatusNotFound, "no such task")
+	}
+}

@@ -43,7 +43,7 @@ func loadOpenAPI(t *testing.T) openAPI {
 // annotations it may ignore. Another keyword would be silently unchecked, so the test refuses it.
 var schemaKeywords = map[string]bool{
 	"$ref": true, "type": true, "properties": true, "required": true, "additionalProperties": true, "items": true,
-	"enum": true, "const": true, "format": true, "pattern": true, "minimum": true, "minLength": true, "maxLength": true,
+	"enum": true, "const": true, "format": true, "pattern": true, "minimum": true, "maximum": true, "minLength": true, "maxLength": true,
 	"description": true, "contentMediaType": true,
 }
 
@@ -116,6 +116,9 @@ func (o openAPI) check(s map[string]any, v any, at string) error {
 	if n, ok := v.(float64); ok {
 		if min, ok := s["minimum"].(float64); ok && n < min {
 			return fmt.Errorf("%s: %v is below %v", at, n, min)
+		}
+		if max, ok := s["maximum"].(float64); ok && n > max {
+			return fmt.Errorf("%s: %v is above %v", at, n, max)
 		}
 	}
 	if obj, ok := v.(map[string]any); ok {
@@ -403,6 +406,10 @@ func TestOpenAPIAnswers(t *testing.T) {
 		}
 		o.expectAnswer(t, "GET", "/api/tasks/{id}"+suffix, r)
 	}
+	for _, suffix := range []string{"/result", "/source"} { // thumbnails, and a bad width
+		o.expectAnswer(t, "GET", "/api/tasks/{id}"+suffix, s.call(t, http.MethodGet, "/api/tasks/"+pub+suffix+"?w=16", "", nil))
+		o.expectAnswer(t, "GET", "/api/tasks/{id}"+suffix, s.call(t, http.MethodGet, "/api/tasks/"+pub+suffix+"?w=8", "", nil))
+	}
 	o.expectAnswer(t, "GET", "/getImage", s.call(t, http.MethodGet, "/getImage?id="+pub, "", nil))
 	o.expectAnswer(t, "POST", "/api/tasks/{id}/cancel", s.call(t, http.MethodPost, "/api/tasks/"+pub+"/cancel", "", nil))
 
@@ -421,9 +428,20 @@ func TestOpenAPIAnswers(t *testing.T) {
 	o.expectAnswer(t, "GET", "/isReady", s.call(t, http.MethodGet, "/isReady", "", nil))
 	o.expectAnswer(t, "GET", "/status", s.call(t, http.MethodGet, "/status?id="+strings.Repeat("A", 43), "", nil))
 	o.expectAnswer(t, "GET", "/api/tasks/{id}/events", s.call(t, http.MethodGet, "/api/tasks/nope/events", "", nil))
+	o.expectAnswer(t, "GET", "/api/tasks.zip", s.call(t, http.MethodGet, "/api/tasks.zip?ids="+pub+",nope", "", nil))
+	o.expectAnswer(t, "GET", "/api/tasks.zip", s.call(t, http.MethodGet, "/api/tasks.zip", "", nil))
+	o.expectAnswer(t, "GET", "/api/events", s.call(t, http.MethodGet, "/api/events", "", nil))
+	o.expectAnswer(t, "GET", "/api/events", s.call(t, http.MethodGet, "/api/events?ids="+pub+",nope", "", nil))
 	o.expectAnswer(t, "GET", "/healthz", s.call(t, http.MethodGet, "/healthz", "", nil))
 	o.expectAnswer(t, "GET", "/livez", s.call(t, http.MethodGet, "/livez", "", nil))
 	o.expectAnswer(t, "GET", "/", s.call(t, http.MethodGet, "/", "", nil))
+	o.expectAnswer(t, "GET", "/api/limits", s.call(t, http.MethodGet, "/api/limits", "", nil))
+	o.expectAnswer(t, "GET", "/tasks/{id}", s.call(t, http.MethodGet, "/tasks/"+pub, "", nil))
+	o.expectAnswer(t, "GET", "/tasks/{id}", s.call(t, http.MethodGet, "/tasks/"+strings.Repeat("A", 43), "", nil))
+	ct, body := form(t, pageForm, part{field: frontend.UploadField, filename: "a.png", data: img})
+	o.expectAnswer(t, "POST", "/submitTask", s.noRedirect(t, http.MethodPost, "/submitTask", ct, body, nil))
+	o.expectAnswer(t, "GET", "/status", s.noRedirect(t, http.MethodGet, "/status?ui=html&id="+pub, "", nil, nil))
+	o.expectAnswer(t, "POST", "/submitTask", s.submit(t, pageForm, part{field: frontend.UploadField, filename: "a.txt", data: []byte("text")}))
 	if b := []byte(s.call(t, http.MethodGet, "/api/tasks/"+pub+"/events", "", nil).Body); !bytes.HasPrefix(b, []byte("event: status\n")) {
 		t.Errorf("events of a finished task: %q", b)
 	}

@@ -58,18 +58,17 @@ func newWatcher(m *client.Master) *watcher {
 	return &watcher{master: m, tasks: map[int64]*watched{}, idle: make(chan struct{}, 1)}
 }
 
-// watch registers a stream for task id, whose status the stream has just shown as known. It returns a
-// channel signalled when the status changes, a function returning the latest status (or the permanent
-// error that ends the stream), and one that unregisters the stream. The watcher, when this starts it,
-// logs with ctx's logger.
-func (w *watcher) watch(ctx context.Context, id int64, known wire.Status) (<-chan struct{}, func() (wire.Status, error), func(), error) {
-	wake := make(chan struct{}, 1)
+// watch registers a stream for task id, whose status the stream has just shown as known: wake (buffered,
+// and shared by all the tasks of one stream) is signalled when the status changes. It returns a function
+// returning the latest status (or the permanent error that ends the task's part of the stream), and one
+// that unregisters the stream. The watcher, when this starts it, logs with ctx's logger.
+func (w *watcher) watch(ctx context.Context, id int64, known wire.Status, wake chan struct{}) (func() (wire.Status, error), func(), error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	t := w.tasks[id]
 	if t == nil {
 		if len(w.tasks) >= wire.MaxStatusIDs {
-			return nil, nil, nil, errTooManyWatched
+			return nil, nil, errTooManyWatched
 		}
 		t = &watched{known: known, subs: map[chan struct{}]struct{}{}}
 		w.tasks[id] = t
@@ -79,7 +78,7 @@ func (w *watcher) watch(ctx context.Context, id int64, known wire.Status) (<-cha
 	} else if t.err != nil || known.Differs(t.known) {
 		// The stream saw news the watcher has not seen yet (or the other way round): wake it to
 		// compare once the watcher has looked.
-		wake <- struct{}{}
+		signal(wake)
 	}
 	t.subs[wake] = struct{}{}
 	if !w.running {
@@ -108,7 +107,15 @@ func (w *watcher) watch(ctx context.Context, id int64, known wire.Status) (<-cha
 			}
 		}
 	}
-	return wake, current, stop, nil
+	return current, stop, nil
+}
+
+// signal wakes a stream without waiting: a wake-up already pending covers this one.
+func signal(wake chan struct{}) {
+	select {
+	case wake <- struct{}{}:
+	default:
+	}
 }
 
 // run asks the master about every watched task until none is watched.
@@ -184,10 +191,7 @@ func (w *watcher) apply(got wire.Statuses, failed []wire.Status, err error) {
 	defer w.mu.Unlock()
 	wake := func(t *watched) {
 		for ch := range t.subs {
-			select {
-			case ch <- struct{}{}:
-			default:
-			}
+			signal(ch)
 		}
 	}
 	for _, st := range got.Statuses {

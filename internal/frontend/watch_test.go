@@ -175,10 +175,10 @@ func TestStreamsAgainstMasterWithoutStatuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectState(t, events, pub, "processing")
-	if _, err := s.Master.FailTask(t.Context(), task.ID, task.Token, "cannot decode image: bad", true); err != nil {
+	if _, err := s.Master.FailTask(t.Context(), task.ID, task.Token, "cannot read this PNG: bad: save it as PNG or JPEG and upload it again", true); err != nil {
 		t.Fatal(err)
 	}
-	if got := expectState(t, events, pub, "failed"); got.Error != "cannot decode image: bad" {
+	if got := expectState(t, events, pub, "failed"); got.Error != "cannot read this PNG: bad: save it as PNG or JPEG and upload it again" {
 		t.Errorf("failed with %q", got.Error)
 	}
 	if refused.Load() == 0 {

@@ -112,6 +112,15 @@ func (f JSONHandlerFunc) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// ReplyError answers err as HandlerFunc does (its status, Retry-After and logging), with reply writing
+// the body; nil writes the "Error: ..." text. For handlers that choose the form of their refusals.
+func ReplyError(w http.ResponseWriter, r *http.Request, err error, reply func(w http.ResponseWriter, status int, err error)) {
+	if reply == nil {
+		reply = writeTextError
+	}
+	writeError(w, r, err, reply)
+}
+
 // JSONError is the body of a JSON API's error reply.
 type JSONError struct {
 	Error string `json:"error"`

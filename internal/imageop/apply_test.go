@@ -195,6 +195,13 @@ func TestApplyErrors(t *testing.T) {
 	if _, err := p.Apply(io.Discard, bytes.NewReader([]byte("hello")), Chain{}); !errors.Is(err, ErrDecode) || err.Error() != NotImageMessage {
 		t.Errorf("not an image: %v", err)
 	}
+	// Pixels that do not decode behind a good header: the format first, then what to do, as a worker
+	// reports it for the task's public error.
+	broken := append(bytes.Clone(valid[:33]), make([]byte, 64)...)
+	want := "cannot read this PNG: png: invalid format: invalid checksum: " + ResaveAdvice
+	if _, err := p.Apply(io.Discard, bytes.NewReader(broken), Chain{}); !errors.Is(err, ErrDecode) || err.Error() != want {
+		t.Errorf("broken pixels: %v, want %q", err, want)
+	}
 }
 
 // TestApplyChains runs chains that mix every kind of operation on every input format, checking

@@ -52,6 +52,11 @@ func Decode(r io.Reader, maxPixels int64) (image.Image, string, error) {
 	return decode(context.Background(), r, pixelLimit(maxPixels), nil)
 }
 
+// DecodeContext is Decode that stops once ctx ends (reading r fails, and the error wraps ctx's).
+func DecodeContext(ctx context.Context, r io.Reader, maxPixels int64) (image.Image, string, error) {
+	return decode(ctx, r, pixelLimit(maxPixels), nil)
+}
+
 // decode is Decode with the limit already resolved (0: none). check, if not nil, is called with the
 // upright width and height once they are known and before the pixels are decoded; its error is
 // returned as is. Once ctx ends, reading src fails, and so decoding stops (an error wrapping
@@ -97,7 +102,7 @@ func decode(ctx context.Context, src io.Reader, maxPixels int64, check func(w, h
 		if serr := sr.Err(); serr != nil {
 			return nil, "", fmt.Errorf("%w: %w", ErrDecode, serr)
 		}
-		return nil, "", fmt.Errorf("%w: %v", ErrDecode, err)
+		return nil, "", unreadable(formatName(h.Format), "%v", err)
 	}
 	if img, err = orient(ctx, img, o); err != nil {
 		return nil, "", err
@@ -145,7 +150,7 @@ func decodeWholeTIFF(ctx context.Context, r io.Reader, er *errReader, maxPixels 
 	}
 	cfg, err := tiff.DecodeConfig(bytes.NewReader(data))
 	if err != nil {
-		return nil, "", fmt.Errorf("%w: %v", ErrDecode, err)
+		return nil, "", unreadable("TIFF", "%v", err)
 	}
 	h := Header{Format: "tiff", Width: cfg.Width, Height: cfg.Height, Depth: depth(cfg.ColorModel)}
 	if err := h.CheckSize(0, maxPixels); err != nil {
@@ -163,7 +168,7 @@ func decodeWholeTIFF(ctx context.Context, r io.Reader, er *errReader, maxPixels 
 		if serr := stopped(ctx); serr != nil {
 			return nil, "", fmt.Errorf("imageop: reading image: %w", serr)
 		}
-		return nil, "", fmt.Errorf("%w: %v", ErrDecode, err)
+		return nil, "", unreadable("TIFF", "%v", err)
 	}
 	return img, "tiff", nil
 }

@@ -2,6 +2,7 @@ package imageop
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"image"
@@ -57,7 +58,7 @@ func TestDecodeTIFFDirectoryPastHeader(t *testing.T) {
 	data := tiffWithLateDirectory(t, 300) // the directory at about 360 KB
 	at := binary.LittleEndian.Uint32(data[4:8])
 	_, prefix, err := ReadHeader(bytes.NewReader(data), 0)
-	want := "TIFF header too long: its image directory starts at byte 360008, past the first 262144 bytes"
+	want := "cannot read this TIFF: its image directory starts at byte 360008, past the first 262144 bytes: save it as PNG or JPEG and upload it again"
 	if !errors.Is(err, ErrDecode) || err.Error() != want || at != 360008 {
 		t.Errorf("ReadHeader: %v, want %q", err, want)
 	}
@@ -199,11 +200,11 @@ func TestReadHeaderFormats(t *testing.T) {
 		in   []byte
 		msg  string
 	}{
-		{"webp cut", fx["pattern.webp"][:16], "truncated WebP header: the image ends after 16 bytes, before its size ..."},
-		{"bmp cut", fx["pattern.bmp"][:20], "truncated BMP header: the image ends after 20 bytes, before its size ..."},
-		{"tiff cut", fx["pattern.tiff"][:100], "truncated TIFF header: the image ends after 100 bytes, before its size ..."},
-		{"tiff empty directory", []byte("II*\x00\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00"), NotImageMessage + ": malformed TIFF header ..."},
-		{"bmp unsupported", append(dibHeader(64), make([]byte, 64)...), NotImageMessage + ": malformed BMP header (bmp: unsupported BMP image)"},
+		{"webp cut", fx["pattern.webp"][:16], "cannot read this WebP: the file is cut short: it ends after 16 bytes, before the image size ..."},
+		{"bmp cut", fx["pattern.bmp"][:20], "cannot read this BMP: the file is cut short: it ends after 20 bytes, before the image size ..."},
+		{"tiff cut", fx["pattern.tiff"][:100], "cannot read this TIFF: the file is cut short: it ends after 100 bytes, before the image size ..."},
+		{"tiff empty directory", []byte("II*\x00\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00"), "cannot read this TIFF: its header is malformed ..."},
+		{"bmp unsupported", append(dibHeader(64), make([]byte, 64)...), "cannot read this BMP: its header is malformed (bmp: unsupported BMP image): " + ResaveAdvice},
 	} {
 		_, _, err := readHeader(t, tc.in, 0, nil)
 		if start, ok := strings.CutSuffix(tc.msg, "..."); !errors.Is(err, ErrDecode) ||
@@ -227,5 +228,24 @@ func TestContentType(t *testing.T) {
 	}
 	if ContentType("png") != "image/png" || ContentType("jpeg") != "image/jpeg" || ContentType("xcf") != "" {
 		t.Error("ContentType")
+	}
+}
+
+// TestDecodeContext: DecodeContext decodes as Decode does, and stops once its context ends, with an
+// error wrapping the context's and not ErrDecode (the image is not at fault).
+func TestDecodeContext(t *testing.T) {
+	img := testimage.Pattern(32, 1)
+	b, err := testimage.EncodePNG(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, format, err := DecodeContext(t.Context(), bytes.NewReader(b), 0)
+	if err != nil || format != "png" || got.Bounds() != img.Bounds() {
+		t.Fatalf("DecodeContext: %v %q %v", got.Bounds(), format, err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, _, err := DecodeContext(ctx, bytes.NewReader(b), 0); !errors.Is(err, context.Canceled) || errors.Is(err, ErrDecode) {
+		t.Errorf("DecodeContext after its context ended: %v, want context.Canceled and not ErrDecode", err)
 	}
 }

@@ -83,9 +83,21 @@ type imageError struct {
 func (e *imageError) Error() string { return e.msg }
 func (e *imageError) Unwrap() error { return e.kind }
 
-// NotImageMessage is the text of ReadHeader's error for bytes that are not an image of a format
-// Decode reads at all.
-const NotImageMessage = "not a PNG, JPEG, GIF, WebP, BMP or TIFF image"
+// The words of the errors about an image that cannot be read: the reason first, then what to do.
+// NotImageMessage is the whole text of ReadHeader's error for bytes that are not an image of a format
+// Decode reads at all. Every other such error says which format it is about, after UnreadablePrefix,
+// and ends with ResaveAdvice.
+const (
+	NotImageMessage  = "this file is not an image imgmill reads (PNG, JPEG, GIF, WebP, BMP, TIFF): choose an image file"
+	UnreadablePrefix = "cannot read this "
+	ResaveAdvice     = "save it as PNG or JPEG and upload it again"
+)
+
+// unreadable is the error for an image of format name (as formatName spells it) that cannot be read,
+// for the reason why.
+func unreadable(name, why string, args ...any) *imageError {
+	return &imageError{kind: ErrDecode, msg: UnreadablePrefix + name + ": " + fmt.Sprintf(why, args...) + ": " + ResaveAdvice}
+}
 
 // ReadHeader reads from r the first bytes of a PNG, JPEG, GIF, WebP, BMP or TIFF, as many as it
 // takes to learn the image's format and size (at most limit; <= 0 means MaxHeaderLen), without
@@ -138,15 +150,16 @@ func ReadHeader(r io.Reader, limit int) (h Header, prefix []byte, err error) {
 			// Bytes 4-8 say where the directory holding the size starts: do not read up to the
 			// limit for one that lies past it.
 			if at := tiffDirectory(buf); at+2 > int64(limit) {
-				return Header{}, buf, &imageError{kind: ErrDecode, tooLong: true, msg: fmt.Sprintf(
-					"TIFF header too long: its image directory starts at byte %d, past the first %d bytes", at, limit)}
+				e := unreadable(name, "its image directory starts at byte %d, past the first %d bytes", at, limit)
+				e.tooLong = true
+				return Header{}, buf, e
 			}
 		}
 		pr := &prefixReader{b: buf}
 		cfg, derr := decodeConfig(format, pr)
 		switch {
 		case derr == nil && (cfg.Width <= 0 || cfg.Height <= 0):
-			return Header{}, buf, &imageError{kind: ErrDecode, msg: fmt.Sprintf("%s image has no pixels (%dx%d)", name, cfg.Width, cfg.Height)}
+			return Header{}, buf, unreadable(name, "it has no pixels (%dx%d)", cfg.Width, cfg.Height)
 		case derr == nil:
 			h := Header{Format: format, Width: cfg.Width, Height: cfg.Height, Depth: depth(cfg.ColorModel)}
 			if format == "jpeg" {
@@ -156,13 +169,13 @@ func ReadHeader(r io.Reader, limit int) (h Header, prefix []byte, err error) {
 			}
 			return h, buf, nil
 		case !pr.hitEnd:
-			return Header{}, buf, &imageError{kind: ErrDecode, msg: fmt.Sprintf("%s: malformed %s header (%v)", NotImageMessage, name, derr)}
+			return Header{}, buf, unreadable(name, "its header is malformed (%v)", derr)
 		case eof:
-			return Header{}, buf, &imageError{kind: ErrDecode, msg: fmt.Sprintf(
-				"truncated %s header: the image ends after %d bytes, before its size (%v)", name, len(buf), derr)}
+			return Header{}, buf, unreadable(name, "the file is cut short: it ends after %d bytes, before the image size (%v)", len(buf), derr)
 		case len(buf) >= limit:
-			return Header{}, buf, &imageError{kind: ErrDecode, tooLong: true, msg: fmt.Sprintf(
-				"%s header too long: no image size within the first %d bytes", name, limit)}
+			e := unreadable(name, "no image size within its first %d bytes (too much metadata before it)", limit)
+			e.tooLong = true
+			return Header{}, buf, e
 		}
 		// The decoder wants more than has been read so far: read on and try again.
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -171,4 +172,69 @@ func TestExtendLeaseWaitHearsCancel(t *testing.T) {
 	}
 	expectReply(t, "heartbeat with a bad wait", s.call(t, http.MethodPost, fmt.Sprintf("%s/extendLease?id=%d&token=%d&wait=1h", s.MasterURL, id, claimed.Token), nil),
 		http.StatusBadRequest, "Error: wait must be between 0 and 10s")
+}
+
+func (s stack) retry(t *testing.T, id int64) servicetest.Reply {
+	t.Helper()
+	return s.call(t, http.MethodPost, fmt.Sprintf("%s/retry?id=%d", s.MasterURL, id), nil)
+}
+
+// TestRetry: a failed or a cancelled task is queued again with its upload, its name and op kept and an
+// earlier attempt's result removed; a task in another state is 409, one whose upload is gone 410.
+func TestRetry(t *testing.T) {
+	s := newStack(t, servicetest.Options{})
+	ctx := t.Context()
+	r := s.call(t, http.MethodPost, s.MasterURL+"/new?op=grayscale&name=leaf.png", bytes.NewReader(servicetest.PatternPNG(t, 16, 40)))
+	if r.Status != http.StatusOK {
+		t.Fatalf("POST /new with a name: %d %q", r.Status, r.Body)
+	}
+	failed := servicetest.ParseID(t, r.Body)
+	cancelled := s.uploadOK(t, servicetest.PatternPNG(t, 16, 41))
+	gone := s.uploadOK(t, servicetest.PatternPNG(t, 16, 42))
+	holder := s.claim(t, failed)
+	stale := servicetest.PatternPNG(t, 16, 43)
+	if err := s.Storage.SendResult(ctx, failed, holder.Token, bytes.NewReader(stale), int64(len(stale))); err != nil {
+		t.Fatal(err)
+	}
+	fail := url.Values{"id": {fmt.Sprint(failed)}, "token": {fmt.Sprint(holder.Token)}, "reason": {"cannot decode"}, "permanent": {"true"}}
+	if r := s.post(t, s.MasterURL, "/failTask", fail); r.Status != http.StatusOK {
+		t.Fatalf("failTask: %d %q", r.Status, r.Body)
+	}
+	if r := s.cancel(t, cancelled); r.Status != http.StatusOK {
+		t.Fatalf("cancel: %d %q", r.Status, r.Body)
+	}
+
+	for _, id := range []int64{failed, cancelled} {
+		r := s.retry(t, id)
+		var st wire.Status
+		if r.Status != http.StatusOK || json.Unmarshal([]byte(r.Body), &st) != nil || st.State != wire.QueuedWord || st.ID != id ||
+			st.Error != "" || st.Attempts != 0 {
+			t.Fatalf("POST /retry of task %d: %d %q, want 200 with state queued, no error, no attempts", id, r.Status, r.Body)
+		}
+		if id == failed && (st.Name != "leaf.png" || st.Op != "grayscale") {
+			t.Errorf("retried status %+v lost the name or the op", st)
+		}
+		expectReply(t, "retry of a queued task", s.retry(t, id), http.StatusConflict,
+			fmt.Sprintf("Error: task %d is queued: only a failed or cancelled task can be retried", id))
+	}
+	if _, ok := s.StoredImage(t, failed, wire.FinishedImage); ok {
+		t.Error("the failed attempt's result is still stored after the retry")
+	}
+	if again := s.claim(t, failed); again.Token <= holder.Token || again.Attempts != 1 {
+		t.Errorf("claim after the retry: %+v, want a token above %d and attempt 1", again, holder.Token)
+	}
+	s.claim(t, cancelled)
+
+	if _, err := s.Database.CancelTask(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Storage.DeleteImage(ctx, gone, wire.WorkingImage); err != nil {
+		t.Fatal(err)
+	}
+	expectReply(t, "retry of a task whose upload is gone", s.retry(t, gone), http.StatusGone,
+		fmt.Sprintf("Error: the upload of task %d is gone: upload the image again", gone))
+	expectReply(t, "retry of an unknown task", s.retry(t, 999), http.StatusNotFound, "Error: no task with id 999")
+	expectReply(t, "upload with a directory in its name",
+		s.call(t, http.MethodPost, s.MasterURL+"/new?name=..%2Fx.png", bytes.NewReader(servicetest.PatternPNG(t, 16, 44))),
+		http.StatusBadRequest, "Error: name: name has a directory part")
 }

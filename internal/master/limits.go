@@ -132,6 +132,29 @@ func seconds(d time.Duration) string { return roughly(d.Seconds()) + " s" }
 // megabytes spells n bytes in megabytes (10⁶) for a message: "800 MB", "1.2 MB".
 func megabytes(n int64) string { return roughly(float64(n)/1e6) + " MB" }
 
+// TooLargeError refuses an upload of size bytes (< 0: not known, only that it passed the limit) that is
+// over limit: both in units a person reads, then what to do.
+func TooLargeError(size, limit int64) error {
+	what := fmt.Sprintf("the image is larger than %s, the largest upload", uploadSize(limit))
+	if s := uploadSize(size); size >= 0 && s != uploadSize(limit) {
+		what = fmt.Sprintf("the image is %s; the largest upload is %s", s, uploadSize(limit))
+	}
+	return httpapi.Errorf(http.StatusRequestEntityTooLarge, "%s: make it smaller (fewer pixels, or saved as JPEG) and upload it again", what)
+}
+
+// uploadSize spells n bytes as people see file sizes: in binary units, to a tenth ("51.5 MB", "20 MB",
+// "800 KB", "12 bytes").
+func uploadSize(n int64) string {
+	v, unit := float64(n), " bytes"
+	for _, u := range []string{" KB", " MB", " GB", " TB"} {
+		if v < 1<<10 {
+			break
+		}
+		v, unit = v/(1<<10), u
+	}
+	return strconv.FormatFloat(math.Round(v*10)/10, 'f', -1, 64) + unit
+}
+
 // roughly spells v to two significant digits, or as a whole number from 10 on.
 func roughly(v float64) string {
 	if v >= 10 {

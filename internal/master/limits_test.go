@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/master"
 	"github.com/imgmill/imgmill/internal/servicetest"
@@ -148,7 +149,7 @@ func TestNewMeasuresJPEGAfterMetadata(t *testing.T) {
 	// The search has an end: no size within the first 256 KiB is refused.
 	lost := testimage.InsertJPEGMetadata(encodeJPEG(t, 8, 8), imageop.MaxHeaderLen)
 	s.expectRefused(t, "JPEG after 256 KiB of metadata", s.upload, lost, http.StatusUnsupportedMediaType,
-		"Error: JPEG header too long: no image size within the first 262144 bytes")
+		"Error: cannot read this JPEG: no image size within its first 262144 bytes (too much metadata before it): save it as PNG or JPEG and upload it again")
 }
 
 func TestNewRefusesBadHeaders(t *testing.T) {
@@ -160,13 +161,13 @@ func TestNewRefusesBadHeaders(t *testing.T) {
 	for _, tc := range []struct {
 		name, body, want string
 	}{
-		{"text", "hello, this is not an image at all", "Error: not a PNG, JPEG, GIF, WebP, BMP or TIFF image"},
-		{"png magic only", pngMagic, "Error: truncated PNG header: the image ends after 8 bytes, before its size (unexpected EOF)"},
-		{"png cut in IHDR", string(png[:20]), "Error: truncated PNG header: the image ends after 20 bytes, before its size (unexpected EOF)"},
-		{"jpeg cut before its size", string(jpg[:100]), "Error: truncated JPEG header: the image ends after 100 bytes, before its size (unexpected EOF)"},
-		{"gif cut", "GIF89a\x10\x00\x10", "Error: truncated GIF header: the image ends after 9 bytes, before its size (gif: reading header: unexpected EOF)"},
-		{"png bad IHDR checksum", string(badCRC), "Error: not a PNG, JPEG, GIF, WebP, BMP or TIFF image: malformed PNG header (png: invalid format: invalid checksum)"},
-		{"png zero width", string(servicetest.PaddedPNG(0, 9, 100)), "Error: not a PNG, JPEG, GIF, WebP, BMP or TIFF image: malformed PNG header (png: invalid format: non-positive dimension)"},
+		{"text", "hello, this is not an image at all", "Error: " + imageop.NotImageMessage},
+		{"png magic only", pngMagic, "Error: cannot read this PNG: the file is cut short: it ends after 8 bytes, before the image size (unexpected EOF): save it as PNG or JPEG and upload it again"},
+		{"png cut in IHDR", string(png[:20]), "Error: cannot read this PNG: the file is cut short: it ends after 20 bytes, before the image size (unexpected EOF): save it as PNG or JPEG and upload it again"},
+		{"jpeg cut before its size", string(jpg[:100]), "Error: cannot read this JPEG: the file is cut short: it ends after 100 bytes, before the image size (unexpected EOF): save it as PNG or JPEG and upload it again"},
+		{"gif cut", "GIF89a\x10\x00\x10", "Error: cannot read this GIF: the file is cut short: it ends after 9 bytes, before the image size (gif: reading header: unexpected EOF): save it as PNG or JPEG and upload it again"},
+		{"png bad IHDR checksum", string(badCRC), "Error: cannot read this PNG: its header is malformed (png: invalid format: invalid checksum): save it as PNG or JPEG and upload it again"},
+		{"png zero width", string(servicetest.PaddedPNG(0, 9, 100)), "Error: cannot read this PNG: its header is malformed (png: invalid format: non-positive dimension): save it as PNG or JPEG and upload it again"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s.expectRefused(t, tc.name, s.upload, []byte(tc.body), http.StatusUnsupportedMediaType, tc.want)
@@ -201,9 +202,9 @@ func TestNewTypeFromBytes(t *testing.T) {
 	}
 	s.claim(t, id)
 	s.expectRefused(t, "HTML labelled image/png", labelled("image/png"), []byte("<html><script>alert(1)</script></html>"),
-		http.StatusUnsupportedMediaType, "Error: not a PNG, JPEG, GIF, WebP, BMP or TIFF image")
+		http.StatusUnsupportedMediaType, "Error: "+imageop.NotImageMessage)
 	s.expectRefused(t, "HTML labelled image/jpeg", labelled("image/jpeg"), []byte("<html>hello</html>"),
-		http.StatusUnsupportedMediaType, "Error: not a PNG, JPEG, GIF, WebP, BMP or TIFF image")
+		http.StatusUnsupportedMediaType, "Error: "+imageop.NotImageMessage)
 }
 
 // statsCounter is a proxy in front of the database that counts GET /stats; with refuse set it answers
@@ -399,5 +400,46 @@ func TestLimitsWithDefaults(t *testing.T) {
 	}
 	if got := (master.Limits{MaxQueued: 7}).WithDefaults().MaxQueued; got != 7 {
 		t.Errorf("MaxQueued 7 became %d", got)
+	}
+}
+
+// TestTooLargeError: the size refusal in units a person reads, the reason first and then what to do.
+func TestTooLargeError(t *testing.T) {
+	const mb = 1 << 20
+	const advice = ": make it smaller (fewer pixels, or saved as JPEG) and upload it again"
+	for _, c := range []struct {
+		size, limit int64
+		want        string
+	}{
+		{54_000_000, 20 * mb, "the image is 51.5 MB; the largest upload is 20 MB" + advice},
+		{-1, 20 * mb, "the image is larger than 20 MB, the largest upload" + advice},
+		{20*mb + 1, 20 * mb, "the image is larger than 20 MB, the largest upload" + advice}, // the same when rounded
+		{100_000, 4000, "the image is 97.7 KB; the largest upload is 3.9 KB" + advice},
+		{1001, 1000, "the image is 1001 bytes; the largest upload is 1000 bytes" + advice},
+		{3 << 30, 256 * mb, "the image is 3 GB; the largest upload is 256 MB" + advice},
+	} {
+		err := master.TooLargeError(c.size, c.limit)
+		if httpapi.StatusOf(err) != http.StatusRequestEntityTooLarge || httpapi.ErrorMessage(err) != c.want {
+			t.Errorf("TooLargeError(%d, %d) = %d %q, want 413 %q", c.size, c.limit, httpapi.StatusOf(err), httpapi.ErrorMessage(err), c.want)
+		}
+	}
+}
+
+// TestRetryQueueCap: a retry queues work as an upload does, so with MaxQueued tasks queued it is
+// refused as one, and the task stays as it was.
+func TestRetryQueueCap(t *testing.T) {
+	s, _ := newCountedStack(t, master.Limits{MaxQueued: 1})
+	cancelled := s.uploadOK(t, servicetest.PatternPNG(t, 8, 60))
+	if r := s.cancel(t, cancelled); r.Status != http.StatusOK {
+		t.Fatalf("cancel: %d %q", r.Status, r.Body)
+	}
+	waitCache() // the master counted its own upload as queued until it reads the count again
+	s.uploadOK(t, servicetest.PatternPNG(t, 8, 61))
+	r := s.retry(t, cancelled)
+	if r.Status != http.StatusServiceUnavailable || r.Body != "Error: too many queued tasks (1), retry later" || r.Header.Get("Retry-After") == "" {
+		t.Errorf("retry with the queue full: %d %q, want 503 with Retry-After", r.Status, r.Body)
+	}
+	if task := s.task(t, cancelled); task.State != wire.Cancelled {
+		t.Errorf("task after the refused retry: %+v, want it cancelled still", task)
 	}
 }

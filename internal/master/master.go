@@ -88,6 +88,11 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return httpapi.Errorf(http.StatusBadRequest, "op: %v", err)
 	}
+	// Additive: the upload's file name, kept to name the downloads.
+	name := r.URL.Query().Get("name")
+	if err := wire.CheckName(name); err != nil {
+		return httpapi.Errorf(http.StatusBadRequest, "name: %v", err)
+	}
 	key := r.Header.Get(wire.IdempotencyKeyHeader)
 	if key != "" {
 		if err := wire.CheckIdempotencyKey(key); err != nil {
@@ -100,7 +105,7 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 	}
 	maxUpload := s.limits.MaxUpload
 	if maxUpload > 0 && r.ContentLength > maxUpload {
-		return httpapi.Errorf(http.StatusRequestEntityTooLarge, "image larger than %d bytes", maxUpload)
+		return TooLargeError(r.ContentLength, maxUpload)
 	}
 	if err := s.checkQueue(w, r); err != nil {
 		return err
@@ -139,7 +144,8 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	ctx := r.Context()
-	created, err := s.db.CreateTask(ctx, client.NewTaskParams{Pending: true, Op: chain.String(), IdempotencyKey: key, Owner: owner})
+	created, err := s.db.CreateTask(ctx, client.NewTaskParams{Pending: true, Op: chain.String(), IdempotencyKey: key, Owner: owner,
+		Name: name})
 	if err != nil {
 		return fmt.Errorf("create task: %w", err)
 	}
@@ -244,7 +250,7 @@ func uploadError(err error) error {
 	}
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
-		return httpapi.Errorf(http.StatusRequestEntityTooLarge, "image larger than %d bytes", tooBig.Limit)
+		return TooLargeError(-1, tooBig.Limit)
 	}
 	if client.IsBodyError(err) {
 		return fmt.Errorf("%w: %w", httpapi.Errorf(http.StatusBadRequest, "the upload broke off before its end"), err)
@@ -390,7 +396,7 @@ func (s *server) watchChanges(ids []int64, wait bool) (<-chan struct{}, func()) 
 
 // statusOf is a task's status as /status answers it.
 func statusOf(t wire.Task) wire.Status {
-	return wire.Status{ID: t.ID, State: t.State.Word(), Op: cmp.Or(t.Op, imageop.Chain{}.String()), Attempts: t.Attempts,
+	return wire.Status{ID: t.ID, State: t.State.Word(), Op: cmp.Or(t.Op, imageop.Chain{}.String()), Name: t.Name, Attempts: t.Attempts,
 		MaxAttempts: t.MaxAttempts, Error: t.Error, CreatedAt: t.CreatedAt, StartedAt: t.StartedAt, FinishedAt: t.FinishedAt,
 		RetryAt: t.RetryAt, ExpiresAt: t.ExpiresAt}
 }
@@ -460,6 +466,60 @@ func (s *server) handleCancel(w http.ResponseWriter, r *http.Request) error {
 	}
 	s.changes.finished(id)
 	return httpapi.WriteJSON(w, http.StatusOK, statusOf(t))
+}
+
+// handleRetry queues a failed or cancelled task again with the image it was uploaded with (additive)
+// and answers its status, state "queued" with a full set of attempts. A task in any other state is
+// 409, one whose upload is no longer stored (it never completed, or was removed) 410, an unknown one
+// 404, and while --max-queued tasks are queued 503 as an upload. A result an earlier attempt left is
+// removed first, so that only the new attempt's is served.
+func (s *server) handleRetry(w http.ResponseWriter, r *http.Request) error {
+	id, t, err := s.existing(r)
+	if err != nil {
+		return err
+	}
+	if t.State != wire.Failed && t.State != wire.Cancelled {
+		return retryConflict(id, t.State)
+	}
+	// Queued again, it is work waiting like a new upload: the same cap.
+	if err := s.checkQueue(w, r); err != nil {
+		return err
+	}
+	ctx := r.Context()
+	img, err := s.storage.GetImage(ctx, id, wire.WorkingImage)
+	if client.IsStatus(err, http.StatusNotFound) || t.Pending {
+		return httpapi.Errorf(http.StatusGone, "the upload of task %d is gone: upload the image again", id)
+	}
+	if err != nil {
+		return fmt.Errorf("find the upload of task %d: %w", id, err)
+	}
+	img.Close() // only its existence was asked
+	if err := s.storage.DeleteResult(ctx, id); err != nil {
+		return fmt.Errorf("remove the earlier result of task %d: %w", id, err)
+	}
+	t, err = s.db.RequeueTask(ctx, id)
+	switch {
+	case client.IsStatus(err, http.StatusBadRequest):
+		return httpapi.Errorf(http.StatusNotFound, "no task with id %d", id)
+	case client.IsStatus(err, http.StatusConflict):
+		// Retried or set by someone else meanwhile.
+		if now, gerr := s.db.GetByID(ctx, id); gerr == nil {
+			return retryConflict(id, now.State)
+		}
+		return httpapi.Errorf(http.StatusConflict, "task %d is neither failed nor cancelled: only those can be retried", id)
+	case client.IsStatus(err, http.StatusGone):
+		return httpapi.Errorf(http.StatusGone, "the upload of task %d is gone: upload the image again", id)
+	case err != nil:
+		return err
+	}
+	s.queue.add(1)
+	s.changes.finished(id) // wakes the status waiters: the task changed
+	return httpapi.WriteJSON(w, http.StatusOK, statusOf(t))
+}
+
+// retryConflict refuses the retry of a task in state, which is neither failed nor cancelled.
+func retryConflict(id int64, state wire.State) error {
+	return httpapi.Errorf(http.StatusConflict, "task %d is %s: only a failed or cancelled task can be retried", id, state.Word())
 }
 
 // handleDelete removes a task (additive): it cancels it, so that a worker holding it stops and its result

@@ -16,6 +16,7 @@ func addRoutes(mux *http.ServeMux, s *server) {
 	mux.Handle("GET /stats", httpapi.HandlerFunc(s.handleStats))
 	mux.Handle("POST /statuses", httpapi.HandlerFunc(s.handleStatuses))
 	mux.Handle("POST /cancel", httpapi.HandlerFunc(s.handleCancel))
+	mux.Handle("POST /retry", httpapi.HandlerFunc(s.handleRetry))
 	mux.Handle("DELETE /task", httpapi.HandlerFunc(s.handleDelete))
 	// worker side
 	mux.Handle("POST /getNewTask", httpapi.HandlerFunc(s.handleGetNewTask))

@@ -47,6 +47,8 @@ type Task struct {
 	Retries int
 	// Owner is who queued the task (see CreateParams.Owner).
 	Owner string
+	// Name is the upload's file name as the client gave it (see CreateParams.Name); "" when none.
+	Name string
 }
 
 var (
@@ -64,7 +66,22 @@ var (
 	ErrCancelled = errors.New("task was cancelled")
 	// ErrSettled refuses cancelling a task that already finished or failed.
 	ErrSettled = errors.New("task already finished")
+	// ErrNotRetryable refuses requeueing a task that is neither failed nor cancelled.
+	ErrNotRetryable = errors.New("task is neither failed nor cancelled")
+	// ErrNoUpload refuses requeueing a task whose upload never completed: there is nothing to process.
+	ErrNoUpload = errors.New("the task's upload never completed")
 )
+
+// RequeueRefusal is why Requeue refuses t, as Get reports it, or nil when t may be requeued.
+func RequeueRefusal(t Task) error {
+	switch {
+	case t.State != wire.Failed && t.State != wire.Cancelled:
+		return ErrNotRetryable
+	case t.Pending:
+		return ErrNoUpload
+	}
+	return nil
+}
 
 // Deleted is the stored state of a deleted task's tombstone (see Store.Delete). No reader ever reports
 // it: to them the task does not exist.
@@ -181,6 +198,9 @@ type CreateParams struct {
 	// Claim serves owners in turn, so that one owner's backlog does not starve the others. "" is an
 	// owner like any other (tasks of clients that name none).
 	Owner string
+	// Name is the upload's file name, a base name of at most wire.MaxNameLen bytes (wire.CheckName),
+	// kept to name the downloads; "" when the client gave none. A delete clears it.
+	Name string
 }
 
 // Attempts is how many attempts a task created with p gets.
@@ -250,7 +270,14 @@ type Store interface {
 	// returns it unchanged. ErrSettled for a finished or failed task (as Get reports it), ErrNotFound for
 	// an unknown or deleted id. Durable when it returns.
 	Cancel(ctx context.Context, id int64) (Task, error)
-	// Delete removes a task's record, leaving a tombstone (state Deleted, its op, error, owner, size
+	// Requeue queues a failed or cancelled task again (a client's retry), with the same upload and
+	// op, and returns it: NotStarted and claimable at once, with attempts, retries and error cleared;
+	// its token is kept, so the next claim's is larger than any earlier holder's, and the holder of
+	// a cancelled claim stays refused. ErrNotRetryable for a task in any other state (as Get reports
+	// it), ErrNoUpload for a pending task (its upload never completed), ErrNotFound for an unknown or
+	// deleted id. Durable when it returns.
+	Requeue(ctx context.Context, id int64) (Task, error)
+	// Delete removes a task's record, leaving a tombstone (state Deleted, its op, error, owner, name, size
 	// and idempotency key cleared: nothing of who asked for what stays), and takes it out of its
 	// owner's Usage:
 	// Get, List, Counts and Claim no longer see it, Set and Cancel answer ErrNotFound, a holder's

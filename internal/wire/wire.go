@@ -4,9 +4,12 @@
 package wire
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // State is a task's lifecycle state, a number on the reference wire (the task JSON's "state"). 0 to 2
@@ -86,6 +89,9 @@ type Task struct {
 	Pending bool `json:"pending,omitempty"`
 	// Owner is who queued the task (additive; internal services only, never shown to other clients).
 	Owner string `json:"owner,omitempty"`
+	// Name is the upload's file name as the client gave it, a base name (CheckName); absent when none
+	// (additive).
+	Name string `json:"name,omitempty"`
 	// ExpiresAt is when the retention sweep removes a settled task, its images and record (additive;
 	// absent while the task has not settled, or when the database keeps tasks forever).
 	ExpiresAt time.Time `json:"expiresAt,omitzero"`
@@ -110,9 +116,12 @@ type Usage struct {
 
 // Status is the master's /status answer.
 type Status struct {
-	ID          int64     `json:"id"`
-	State       Word      `json:"state"`
-	Op          string    `json:"op,omitempty"` // the operation chain, canonical (additive)
+	ID    int64  `json:"id"`
+	State Word   `json:"state"`
+	Op    string `json:"op,omitempty"` // the operation chain, canonical (additive)
+	// Name is the upload's file name as the client gave it, a base name (CheckName); absent when none
+	// (additive). Downloads are named after it.
+	Name        string    `json:"name,omitempty"`
 	Attempts    int       `json:"attempts"`
 	MaxAttempts int       `json:"maxAttempts"`
 	Error       string    `json:"error,omitempty"`
@@ -124,6 +133,14 @@ type Status struct {
 	RetryAt time.Time `json:"retryAt,omitzero"`
 	// ExpiresAt is when the task, its images and its record are removed (additive; see Task.ExpiresAt).
 	ExpiresAt time.Time `json:"expiresAt,omitzero"`
+}
+
+// Limits is the frontend's GET /api/limits answer (additive): the limits an upload must keep. A limit
+// that is off is absent.
+type Limits struct {
+	MaxUploadBytes int64 `json:"maxUploadBytes,omitempty"` // the largest image, in bytes
+	MaxPixels      int64 `json:"maxPixels,omitempty"`      // the largest image, width × height
+	MaxChainLength int   `json:"maxChainLength"`           // the longest operation chain (op), in bytes
 }
 
 // MaxStatusIDs caps how many tasks one POST /statuses (master) or POST /getByIds (database) asks about.
@@ -229,6 +246,53 @@ func CheckOp(op string) error {
 // notPrintable is the index of the first byte of s that is not printable ASCII, or -1.
 func notPrintable(s string) int {
 	return strings.IndexFunc(s, func(r rune) bool { return r < 0x20 || r > 0x7e })
+}
+
+// MaxNameLen caps an upload's name (Task.Name), in bytes.
+const MaxNameLen = 200
+
+// CheckName refuses an upload's name no service should store: longer than MaxNameLen, not valid
+// UTF-8, with a control character, or with a directory part (a slash or backslash). "" is allowed
+// (no name). CleanName makes any name pass.
+func CheckName(name string) error {
+	switch {
+	case len(name) > MaxNameLen:
+		return fmt.Errorf("name too long: %d bytes, at most %d", len(name), MaxNameLen)
+	case !utf8.ValidString(name):
+		return errors.New("name is not valid UTF-8")
+	case strings.ContainsFunc(name, unicode.IsControl):
+		return errors.New("name has a control character")
+	case strings.ContainsAny(name, `/\`):
+		return errors.New("name has a directory part")
+	case name == "." || name == "..":
+		return fmt.Errorf("name %q is not a file name", name)
+	}
+	return nil
+}
+
+// CleanName reduces the file name a client gave (a multipart part's filename, say) to what CheckName
+// admits: the base name after the last slash or backslash, invalid UTF-8 and control characters
+// dropped, spaces trimmed, cut to at most MaxNameLen bytes on a character boundary; "" for a name
+// with nothing left ("." and ".." included).
+func CleanName(raw string) string {
+	if i := strings.LastIndexAny(raw, `/\`); i >= 0 {
+		raw = raw[i+1:]
+	}
+	name := strings.Map(func(r rune) rune {
+		if r == utf8.RuneError || unicode.IsControl(r) {
+			return -1
+		}
+		return r
+	}, strings.ToValidUTF8(raw, ""))
+	name = strings.TrimSpace(name)
+	for len(name) > MaxNameLen {
+		_, size := utf8.DecodeLastRuneInString(name)
+		name = name[:len(name)-size]
+	}
+	if name = strings.TrimSpace(name); name == "." || name == ".." {
+		return ""
+	}
+	return name
 }
 
 // Discovery keys under which services register their host:port in the kv store (reference names).

@@ -67,3 +67,31 @@ func TestCheckIdempotencyKey(t *testing.T) {
 		t.Errorf("InstancePrefix = %q", wire.InstancePrefix(wire.DatabaseKey))
 	}
 }
+
+func TestCleanName(t *testing.T) {
+	for _, c := range []struct{ raw, want string }{
+		{"leaf.jpg", "leaf.jpg"},
+		{"../../etc/passwd", "passwd"},
+		{`C:\photos\ğüş.jpg`, "ğüş.jpg"},
+		{"x\r\ny.png", "xy.png"},
+		{" a b.png ", "a b.png"},
+		{"bad\xffutf8.png", "badutf8.png"},
+		{"..", ""},
+		{"dir/", ""},
+		{"", ""},
+		{strings.Repeat("ğ", 150) + ".jpg", strings.Repeat("ğ", 100)}, // cut at 200 bytes, on a character
+	} {
+		got := wire.CleanName(c.raw)
+		if got != c.want {
+			t.Errorf("CleanName(%q) = %q, want %q", c.raw, got, c.want)
+		}
+		if err := wire.CheckName(got); err != nil {
+			t.Errorf("CheckName(CleanName(%q)) = %v", c.raw, err)
+		}
+	}
+	for _, bad := range []string{"a/b", `a\b`, "a\nb", "a\x7fb", "\xff", "..", strings.Repeat("a", 201)} {
+		if wire.CheckName(bad) == nil {
+			t.Errorf("CheckName(%q) = nil, want an error", bad)
+		}
+	}
+}

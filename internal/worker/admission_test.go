@@ -69,7 +69,7 @@ func TestWorkerFailsTaskPastDeadline(t *testing.T) {
 	})
 	startWorker(t, cfg)
 	task := r.waitSettled(t, id)
-	if want := "took longer than 0.3 s (the limit for this image and chain)"; task.State != wire.Failed || task.Attempts != 1 || task.Error != want {
+	if want := "took longer than 0.3 s (the limit for this image and chain): try a smaller image or fewer steps"; task.State != wire.Failed || task.Attempts != 1 || task.Error != want {
 		t.Errorf("task = %+v, want failed on its first attempt with %q", task, want)
 	}
 	if !gotDeadline.Load() {
@@ -116,7 +116,7 @@ func TestWorkerDeadlineEndsStalledInput(t *testing.T) {
 	startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1, Wait: time.Second,
 		TaskTimeout: 500 * time.Millisecond, Logger: servicetest.Discard})
 	task := r.waitSettled(t, id)
-	if want := "took longer than 0.5 s (the limit for this image and chain)"; task.State != wire.Failed || task.Attempts != 1 || task.Error != want {
+	if want := "took longer than 0.5 s (the limit for this image and chain): try a smaller image or fewer steps"; task.State != wire.Failed || task.Attempts != 1 || task.Error != want {
 		t.Errorf("task = %+v, want failed on its first attempt with %q", task, want)
 	}
 	if n := stalled.Load(); n != 1 {

@@ -252,8 +252,11 @@ var (
 // overtimeError is the failure of a task whose image work went past its deadline.
 type overtimeError struct{ limit time.Duration }
 
+// fewerSteps is what to do about a task over a worker's time or memory: its failure is permanent.
+const fewerSteps = "try a smaller image or fewer steps"
+
 func (e *overtimeError) Error() string {
-	return fmt.Sprintf("took longer than %s s (the limit for this image and chain)", seconds(e.limit))
+	return fmt.Sprintf("took longer than %s s (the limit for this image and chain): %s", seconds(e.limit), fewerSteps)
 }
 func (e *overtimeError) Unwrap() error { return errOvertime }
 
@@ -261,8 +264,8 @@ func (e *overtimeError) Unwrap() error { return errOvertime }
 type overBudgetError struct{ need, budget int64 }
 
 func (e *overBudgetError) Error() string {
-	return fmt.Sprintf("needs about %s of memory for this image and chain, more than the worker's budget of %s",
-		megabytes(e.need), megabytes(e.budget))
+	return fmt.Sprintf("needs about %s of memory for this image and chain, more than the worker's budget of %s: %s",
+		megabytes(e.need), megabytes(e.budget), fewerSteps)
 }
 func (e *overBudgetError) Unwrap() error { return errOverBudget }
 

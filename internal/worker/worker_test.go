@@ -289,8 +289,8 @@ func TestWorkerProcessesUploads(t *testing.T) {
 
 	// The undecodable image fails at once, for good: no retry can decode it. It never gets a result.
 	task := waitTask(ctx, t, s.Database, badID, "failed", func(t wire.Task) bool { return t.State != wire.InProgress })
-	if task.State != wire.Failed || task.Attempts != 1 || !strings.Contains(task.Error, "decode") {
-		t.Errorf("undecodable task = %+v, want failed after 1 attempt with an error about decoding", task)
+	if task.State != wire.Failed || task.Attempts != 1 || !strings.HasPrefix(task.Error, "cannot read this PNG: ") || !strings.HasSuffix(task.Error, imageop.ResaveAdvice) {
+		t.Errorf("undecodable task = %+v, want failed after 1 attempt with an error about reading the PNG, then what to do", task)
 	}
 	if _, ok := s.StoredImage(t, badID, wire.FinishedImage); ok {
 		t.Errorf("undecodable task %d has a finished image", badID)

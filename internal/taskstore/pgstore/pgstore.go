@@ -182,7 +182,7 @@ const (
 	// returnColumns are a row's fields as scanTask expects them, for RETURNING after a write that
 	// leaves the row consistent (no lapsed lease to compute).
 	returnColumns = `id, state, pending, attempts, max_attempts, token, error, created_at, started_at, finished_at,
-		CASE WHEN state = 1 THEN lease_until END, op, ` + retryAt + `, retries, owner`
+		CASE WHEN state = 1 THEN lease_until END, op, ` + retryAt + `, retries, owner, name`
 
 	// taskColumns computes a lapsed lease's outcome without writing, so reads stay reads; the next
 	// Claim makes it so in the table, with the same values.
@@ -195,23 +195,24 @@ const (
 		created_at, started_at,
 		CASE WHEN ` + lapsedOut + ` THEN lease_until ELSE finished_at END,
 		CASE WHEN state = 1 AND lease_until > @now::timestamptz THEN lease_until END,
-		op, ` + retryAt + `, retries, owner`
+		op, ` + retryAt + `, retries, owner, name`
 
 	// nextID takes the next id from the counter row, whose lock queues concurrent Creates until each
 	// commits, so ids are consecutive and a failed Create leaves no gap.
 	nextID = `WITH next AS (UPDATE task_ids SET next_id = next_id + 1 RETURNING next_id - 1 AS id)`
 
 	createSQL = nextID + `
-		INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, op, owner)
-		SELECT id, 0, @pending::boolean, 0, @max_attempts::integer, @now::timestamptz, @op::text, @owner::text FROM next
+		INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, op, owner, name)
+		SELECT id, 0, @pending::boolean, 0, @max_attempts::integer, @now::timestamptz, @op::text, @owner::text,
+			@name::text FROM next
 		RETURNING id, ` + wakeIfClaimable
 
 	// createKeyedSQL is createSQL keeping the idempotency key with the task. A concurrent create with
 	// the same key that committed first makes it fail on the unique index, and roll back with its id.
 	createKeyedSQL = nextID + `
-		INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, op, idem_key, owner)
+		INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, op, idem_key, owner, name)
 		SELECT id, 0, @pending::boolean, 0, @max_attempts::integer, @now::timestamptz, @op::text, @key::text,
-			@owner::text FROM next
+			@owner::text, @name::text FROM next
 		RETURNING ` + returnColumns + `, ` + wakeIfClaimable
 
 	// findKeySQL reads the task created with an idempotency key, through the unique index.
@@ -326,11 +327,19 @@ const (
 		WHERE id = @id::bigint AND (state = 0 OR state = 1 AND NOT (` + lapsedOut + `))
 		RETURNING ` + returnColumns
 
+	// requeueSQL queues a failed or cancelled task (as readers see it) whose upload completed again, as
+	// if new, and wakes the claimers. Closing the claim (lease_until NULL) and keeping the token refuses
+	// an earlier holder; sweep_until goes with the task's settling.
+	requeueSQL = `UPDATE tasks SET state = 0, attempts = 0, retries = 0, error = '', started_at = NULL,
+		finished_at = NULL, lease_until = NULL, retry_at = NULL, sweep_until = NULL
+		WHERE id = @id::bigint AND NOT pending AND (state IN (3, 4) OR ` + lapsedOut + `)
+		RETURNING ` + returnColumns + `, ` + wakeIfClaimable
+
 	// deleteSQL leaves a tombstone: the row keeps its id and its token, and loses what the client gave
 	// and who the client was.
 	// The idempotency key goes, so a retry with it creates a new task.
 	deleteSQL = `UPDATE tasks SET state = 5, op = '', error = '', lease_until = NULL, retry_at = NULL,
-		idem_key = NULL, owner = '', size = 0, finished_at = @now::timestamptz
+		idem_key = NULL, owner = '', name = '', size = 0, finished_at = @now::timestamptz
 		WHERE id = @id::bigint`
 
 	// expireSQL fails pending tasks that are still waiting (not started, or set in progress by hand
@@ -603,7 +612,7 @@ func (s *Store) Create(ctx context.Context, p taskstore.CreateParams) (int64, er
 	var id int64
 	var woke bool
 	err := s.pool.QueryRow(ctx, createSQL, pgx.NamedArgs{"pending": p.Pending, "max_attempts": p.Attempts(),
-		"now": s.now(), "op": p.Op, "owner": p.Owner, "origin": s.origin}).Scan(&id, &woke)
+		"now": s.now(), "op": p.Op, "owner": p.Owner, "name": p.Name, "origin": s.origin}).Scan(&id, &woke)
 	if err != nil {
 		return 0, fmt.Errorf("pgstore: create: %w", classify(ctx, err))
 	}
@@ -652,7 +661,7 @@ func (s *Store) createOnce(ctx context.Context, p taskstore.CreateParams, key st
 		return taskstore.Task{}, false, err
 	}
 	args := pgx.NamedArgs{"pending": p.Pending, "max_attempts": p.Attempts(), "now": now, "op": p.Op, "owner": p.Owner,
-		"key": key, "origin": s.origin, "stale": old.ID}
+		"name": p.Name, "key": key, "origin": s.origin, "stale": old.ID}
 	b := &pgx.Batch{}
 	if found {
 		b.Queue(clearKeySQL, args)
@@ -986,6 +995,33 @@ func (s *Store) Cancel(ctx context.Context, id int64) (taskstore.Task, error) {
 	return taskstore.Task{}, fmt.Errorf("pgstore: cancel %d: the task kept changing under the update", id)
 }
 
+// Requeue queues a failed or cancelled task again; see taskstore.Store. PostgreSQL commits (and
+// syncs) the statement before answering.
+func (s *Store) Requeue(ctx context.Context, id int64) (taskstore.Task, error) {
+	if err := s.usable(); err != nil {
+		return taskstore.Task{}, fmt.Errorf("pgstore: requeue %d: %w", id, err)
+	}
+	// As in Cancel: the update matches only a task that may be requeued, and a read tells the other
+	// cases apart; a task that changed in between (a holder's Fail) is updated again.
+	for range 3 {
+		var woke bool
+		t, err := scanTask(s.pool.QueryRow(ctx, requeueSQL, pgx.NamedArgs{"id": id, "now": s.now(), "origin": s.origin}), &woke)
+		if err == nil {
+			return t, nil
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return taskstore.Task{}, fmt.Errorf("pgstore: requeue %d: %w", id, classify(ctx, err))
+		}
+		if t, err = s.Get(ctx, id); err != nil {
+			return taskstore.Task{}, err
+		}
+		if err := taskstore.RequeueRefusal(t); err != nil {
+			return taskstore.Task{}, fmt.Errorf("pgstore: requeue %d: %w", id, err)
+		}
+	}
+	return taskstore.Task{}, fmt.Errorf("pgstore: requeue %d: the task kept changing under the update", id)
+}
+
 // Delete leaves a tombstone of the task; see taskstore.Store.
 func (s *Store) Delete(ctx context.Context, id int64) error {
 	if err := s.usable(); err != nil {
@@ -1282,7 +1318,7 @@ func scanTask(row pgx.Row, extra ...any) (taskstore.Task, error) {
 		created, started, finished, leaseTo, retryAt pgtype.Timestamptz
 	)
 	dest := append([]any{&t.ID, &state, &t.Pending, &t.Attempts, &t.MaxAttempts, &t.Token, &t.Error,
-		&created, &started, &finished, &leaseTo, &t.Op, &retryAt, &t.Retries, &t.Owner}, extra...)
+		&created, &started, &finished, &leaseTo, &t.Op, &retryAt, &t.Retries, &t.Owner, &t.Name}, extra...)
 	if err := row.Scan(dest...); err != nil {
 		return taskstore.Task{}, err
 	}

@@ -1279,8 +1279,8 @@ func testTombstoneKeepsNothingPersonal(t *testing.T, pg *enginetest.Postgres) {
 	taskstoretest.CheckTombstoneKeepsNothing(t, s, func(id int64) (taskstoretest.TombstoneRow, error) {
 		var r taskstoretest.TombstoneRow
 		var key *string
-		err := s.pool.QueryRow(ctx, `SELECT state, owner, op, error, idem_key, size FROM tasks WHERE id = $1`, id).
-			Scan(&r.State, &r.Owner, &r.Op, &r.Error, &key, &r.Size)
+		err := s.pool.QueryRow(ctx, `SELECT state, owner, op, error, name, idem_key, size FROM tasks WHERE id = $1`, id).
+			Scan(&r.State, &r.Owner, &r.Op, &r.Error, &r.Name, &key, &r.Size)
 		r.KeyKept = key != nil
 		return r, err
 	}, func(table, owner string) (int, error) {

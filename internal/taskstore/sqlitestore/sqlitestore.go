@@ -56,7 +56,7 @@ type Store struct {
 	// Prepared statements for the hot paths. Those on w stay prepared on its one connection, so
 	// a transaction's tx.StmtContext reuses them rather than re-preparing.
 	create, activate, sweep, settle, claim, extend, finish, fail, release, retry, set, expire, probe *sql.Stmt // on w
-	findKey, clearKey, createKeyed, abandon, cancel, del, claimExpired, purge                        *sql.Stmt // on w
+	findKey, clearKey, createKeyed, abandon, cancel, requeue, del, claimExpired, purge               *sql.Stmt // on w
 	get, counts, ping, usage                                                                         *sql.Stmt // on r
 }
 
@@ -257,6 +257,9 @@ func migrations() []string {
 		BEGIN
 			UPDATE purged SET tombstones = tombstones + 1;
 		END;`,
+
+		// 11. The upload's file name, to name the downloads ('' when the client gave none).
+		`ALTER TABLE tasks ADD COLUMN name TEXT NOT NULL DEFAULT '';`,
 	}
 }
 
@@ -297,7 +300,7 @@ const (
 	// returnColumns are a row's fields as the scanner expects them, for RETURNING after a write
 	// that leaves the row consistent (no lapsed lease to compute).
 	returnColumns = `id, state, pending, attempts, max_attempts, token, error, created_at, started_at, finished_at,
-		CASE WHEN state = 1 THEN lease_until END, op, ` + retryAt + `, retries, owner`
+		CASE WHEN state = 1 THEN lease_until END, op, ` + retryAt + `, retries, owner, name`
 
 	// taskColumns computes a lapsed lease's outcome without writing, so readers stay on the
 	// read-only pool; the next Claim makes it so in the table, with the same values.
@@ -310,15 +313,15 @@ const (
 		created_at, started_at,
 		CASE WHEN ` + lapsedOut + ` THEN lease_until ELSE finished_at END,
 		CASE WHEN state = 1 AND lease_until > :now THEN lease_until END,
-		op, ` + retryAt + `, retries, owner`
+		op, ` + retryAt + `, retries, owner, name`
 
-	createSQL = `INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, op, owner)
-		SELECT IFNULL(MAX(id), -1) + 1, 0, :pending, 0, :max_attempts, :now, :op, :owner FROM tasks
+	createSQL = `INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, op, owner, name)
+		SELECT IFNULL(MAX(id), -1) + 1, 0, :pending, 0, :max_attempts, :now, :op, :owner, :name FROM tasks
 		RETURNING id`
 
 	// createKeyedSQL is createSQL keeping the idempotency key with the task.
-	createKeyedSQL = `INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, op, idem_key, owner)
-		SELECT IFNULL(MAX(id), -1) + 1, 0, :pending, 0, :max_attempts, :now, :op, :key, :owner FROM tasks
+	createKeyedSQL = `INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, op, idem_key, owner, name)
+		SELECT IFNULL(MAX(id), -1) + 1, 0, :pending, 0, :max_attempts, :now, :op, :key, :owner, :name FROM tasks
 		RETURNING ` + returnColumns
 
 	// findKeySQL reads the task created with an idempotency key, through the unique index.
@@ -414,11 +417,19 @@ const (
 		WHERE id = :id AND (state = 0 OR state = 1 AND NOT (` + lapsedOut + `))
 		RETURNING ` + returnColumns
 
+	// requeueSQL queues a failed or cancelled task (as readers see it) whose upload completed again, as
+	// if new: the trigger counts it claimable. Closing the claim (lease_until NULL) and keeping the token
+	// refuses an earlier holder; sweep_until goes with the task's settling.
+	requeueSQL = `UPDATE tasks SET state = 0, attempts = 0, retries = 0, error = '', started_at = NULL,
+		finished_at = NULL, lease_until = NULL, retry_at = NULL, sweep_until = NULL
+		WHERE id = :id AND pending = 0 AND (state IN (3, 4) OR ` + lapsedOut + `)
+		RETURNING ` + returnColumns
+
 	// deleteSQL leaves a tombstone: the row keeps its id (ids stay consecutive, Counts' total stays
 	// MAX(id)+1) and its token, and loses what the client gave and who the client was. The
 	// idempotency key goes, so a retry with it creates a new task.
 	deleteSQL = `UPDATE tasks SET state = 5, op = '', error = '', lease_until = NULL, retry_at = NULL,
-		idem_key = NULL, owner = '', size = 0, finished_at = :now
+		idem_key = NULL, owner = '', name = '', size = 0, finished_at = :now
 		WHERE id = :id
 		RETURNING id`
 
@@ -565,6 +576,7 @@ func (s *Store) init(ctx context.Context, path string) error {
 		{s.w, &s.expire, expireSQL},
 		{s.w, &s.probe, probeSQL},
 		{s.w, &s.cancel, cancelSQL},
+		{s.w, &s.requeue, requeueSQL},
 		{s.w, &s.del, deleteSQL},
 		{s.w, &s.claimExpired, claimExpiredSQL},
 		{s.w, &s.purge, purgeSQL},
@@ -641,7 +653,8 @@ func (s *Store) Create(ctx context.Context, p taskstore.CreateParams) (int64, er
 	// One writer connection serializes inserts, so MAX(id)+1 yields consecutive ids.
 	var id int64
 	err := s.create.QueryRowContext(ctx, sql.Named("pending", p.Pending), sql.Named("max_attempts", p.Attempts()),
-		sql.Named("now", nanos(s.now())), sql.Named("op", p.Op), sql.Named("owner", p.Owner)).Scan(&id)
+		sql.Named("now", nanos(s.now())), sql.Named("op", p.Op), sql.Named("owner", p.Owner),
+		sql.Named("name", p.Name)).Scan(&id)
 	if err != nil {
 		return 0, fmt.Errorf("sqlitestore: create: %w", s.classify(err))
 	}
@@ -700,7 +713,7 @@ func (s *Store) createOnce(ctx context.Context, p taskstore.CreateParams, key st
 	}
 	t, err = scanTask(tx.StmtContext(ctx, s.createKeyed).QueryRowContext(ctx, sql.Named("pending", p.Pending),
 		sql.Named("max_attempts", p.Attempts()), sql.Named("now", nanos(now)), sql.Named("op", p.Op), sql.Named("owner", p.Owner),
-		sql.Named("key", key)))
+		sql.Named("name", p.Name), sql.Named("key", key)))
 	if err != nil {
 		return taskstore.Task{}, false, err
 	}
@@ -1005,6 +1018,32 @@ func (s *Store) Cancel(ctx context.Context, id int64) (taskstore.Task, error) {
 	return taskstore.Task{}, fmt.Errorf("sqlitestore: cancel %d: the task kept changing under the update", id)
 }
 
+// Requeue queues a failed or cancelled task again; see taskstore.Store.
+func (s *Store) Requeue(ctx context.Context, id int64) (taskstore.Task, error) {
+	// As in Cancel: the update matches only a task that may be requeued, and a read tells the other
+	// cases apart; a task that changed in between (a holder's Fail) is updated again.
+	for range 3 {
+		t, err := scanTask(s.requeue.QueryRowContext(ctx, sql.Named("id", id), sql.Named("now", nanos(s.now()))))
+		if err == nil {
+			if err := s.durable.sync(); err != nil {
+				return taskstore.Task{}, fmt.Errorf("sqlitestore: requeue %d: %w", id, s.classify(err))
+			}
+			return t, nil
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return taskstore.Task{}, fmt.Errorf("sqlitestore: requeue %d: %w", id, s.classify(err))
+		}
+		t, err = s.Get(ctx, id)
+		if err != nil {
+			return taskstore.Task{}, err
+		}
+		if err := taskstore.RequeueRefusal(t); err != nil {
+			return taskstore.Task{}, fmt.Errorf("sqlitestore: requeue %d: %w", id, err)
+		}
+	}
+	return taskstore.Task{}, fmt.Errorf("sqlitestore: requeue %d: the task kept changing under the update", id)
+}
+
 // Delete leaves a tombstone of the task; see taskstore.Store.
 func (s *Store) Delete(ctx context.Context, id int64) error {
 	var got int64
@@ -1195,7 +1234,7 @@ func (s *Store) Close() error {
 	var errs []error
 	for _, st := range []*sql.Stmt{
 		s.create, s.activate, s.sweep, s.settle, s.claim, s.extend, s.finish, s.fail, s.release, s.retry, s.set,
-		s.expire, s.probe, s.cancel, s.del, s.claimExpired, s.purge, s.findKey, s.clearKey, s.createKeyed, s.abandon, s.get, s.counts, s.ping,
+		s.expire, s.probe, s.cancel, s.requeue, s.del, s.claimExpired, s.purge, s.findKey, s.clearKey, s.createKeyed, s.abandon, s.get, s.counts, s.ping,
 	} {
 		if st != nil {
 			errs = append(errs, st.Close())
@@ -1229,7 +1268,7 @@ func scanTask(sc scanner) (taskstore.Task, error) {
 		started, finished, leaseTo, retryAt sql.NullInt64
 	)
 	if err := sc.Scan(&t.ID, &state, &t.Pending, &t.Attempts, &t.MaxAttempts, &t.Token, &t.Error,
-		&created, &started, &finished, &leaseTo, &t.Op, &retryAt, &t.Retries, &t.Owner); err != nil {
+		&created, &started, &finished, &leaseTo, &t.Op, &retryAt, &t.Retries, &t.Owner, &t.Name); err != nil {
 		return taskstore.Task{}, err
 	}
 	t.State = wire.State(state)

@@ -787,7 +787,7 @@ func BenchmarkClaim(b *testing.B) {
 	}
 }
 
-// A tombstone keeps nothing of who asked for what: not the owner, the operation, the error, the
+// A tombstone keeps nothing of who asked for what: not the owner, the operation, the error, the name, the
 // idempotency key nor the size; and its owner's rows (usage, and the turn) go once it keeps nothing.
 func TestTombstoneKeepsNothingPersonal(t *testing.T) {
 	ctx := t.Context()
@@ -796,8 +796,8 @@ func TestTombstoneKeepsNothingPersonal(t *testing.T) {
 	taskstoretest.CheckTombstoneKeepsNothing(t, s, func(id int64) (taskstoretest.TombstoneRow, error) {
 		var r taskstoretest.TombstoneRow
 		var key sql.NullString
-		err := s.w.QueryRowContext(ctx, `SELECT state, owner, op, error, idem_key, size FROM tasks WHERE id = ?`, id).
-			Scan(&r.State, &r.Owner, &r.Op, &r.Error, &key, &r.Size)
+		err := s.w.QueryRowContext(ctx, `SELECT state, owner, op, error, name, idem_key, size FROM tasks WHERE id = ?`, id).
+			Scan(&r.State, &r.Owner, &r.Op, &r.Error, &r.Name, &key, &r.Size)
 		r.KeyKept = key.Valid
 		return r, err
 	}, func(table, owner string) (int, error) {

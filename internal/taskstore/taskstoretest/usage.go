@@ -136,20 +136,20 @@ func CheckUsageUpgraded(t *testing.T, s taskstore.Store, readTombstone func() (o
 
 // TombstoneRow is what a deleted task's row holds, read through the engine.
 type TombstoneRow struct {
-	State, Size      int64
-	Owner, Op, Error string
-	KeyKept          bool // idem_key is not NULL
+	State, Size            int64
+	Owner, Op, Error, Name string
+	KeyKept                bool // idem_key is not NULL
 }
 
 // CheckTombstoneKeepsNothing checks that a tombstone keeps nothing of who asked for what (owner,
-// operation, error, idempotency key, size), and that an owner's rows (usage, and the turn) go once it
+// operation, error, upload's name, idempotency key, size), and that an owner's rows (usage, and the turn) go once it
 // keeps nothing. row reads task id's row through the engine; ownerRows counts owner's rows in table.
 func CheckTombstoneKeepsNothing(t *testing.T, s taskstore.Store, row func(id int64) (TombstoneRow, error),
 	ownerRows func(table, owner string) (int, error),
 ) {
 	t.Helper()
 	ctx := t.Context()
-	task, _, err := s.CreateOnce(ctx, taskstore.CreateParams{Pending: true, Op: "grayscale", Owner: "203.0.113.9"}, "fe-secret", time.Hour)
+	task, _, err := s.CreateOnce(ctx, taskstore.CreateParams{Pending: true, Op: "grayscale", Owner: "203.0.113.9", Name: "alice.jpg"}, "fe-secret", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
