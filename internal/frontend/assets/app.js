@@ -1136,7 +1136,10 @@
       v.inputType = file.type || typeFromName(file.name || '');
       if (limits.maxUploadBytes && file.size > limits.maxUploadBytes) {
         v.progress.hidden = true;
-        setState(v, 'refused', { text: 'Too big: ' + fmtSize(file.size) + ', the server takes up to ' + fmtSize(limits.maxUploadBytes) +
+        // Rounded alike ("6.0 MB, up to 6.0 MB"), the sizes say nothing: then in bytes.
+        const same = fmtSize(file.size) === fmtSize(limits.maxUploadBytes);
+        const size = (n) => (same ? n.toLocaleString() + ' bytes' : fmtSize(n));
+        setState(v, 'refused', { text: 'Too big: ' + size(file.size) + ', the server takes up to ' + size(limits.maxUploadBytes) +
           '. Scale it down or choose a smaller image. Not sent.', kind: 'error' });
         renderActions(v);
         continue;

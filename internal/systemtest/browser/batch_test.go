@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/chromedp/cdproto/emulation"
+	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 
@@ -319,7 +320,7 @@ func TestBrowserBatch(t *testing.T) {
 			t.Errorf("the page fetched %s, though it has the uploaded files", r)
 		}
 	}
-	screenshot(t, bctx, filepath.Join(artifacts, "screenshot-desktop.png"))
+	screenshot(t, bctx, filepath.Join(artifacts, "batch-desktop.png"))
 
 	// 4. Download all: a zip of the finished results, named after the uploads and the chain.
 	href, err := chromedp.Run(bctx, chromedp.Evaluate[string](`document.querySelector('#download-all').href`))
@@ -441,9 +442,19 @@ func TestBrowserBatch(t *testing.T) {
 		t.Errorf("dark mode: the page's background is %q (%v), want rgb(16, 20, 29)", bg, err)
 	}
 	checkAxe(t, bctx, axe, "dark mode")
-	screenshot(t, bctx, filepath.Join(artifacts, "screenshot-desktop-dark.png"))
-	if err := chromedp.Do(bctx, chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile), chromedp.Reload(), chromedp.WaitVisible(chromedp.CSS("#drop"))); err != nil {
+	screenshot(t, bctx, filepath.Join(artifacts, "batch-desktop-dark.png"))
+	if err := chromedp.Do(bctx, chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile, chromedp.EmulateTouch), chromedp.Reload(), chromedp.WaitVisible(chromedp.CSS("#drop"))); err != nil {
 		t.Fatal(err)
+	}
+	// With a touch screen (where the emulation gives one) the drop zone says what can be done there.
+	if coarse, err := chromedp.Run(bctx, chromedp.Evaluate[bool](`matchMedia('(pointer: coarse)').matches`)); err != nil {
+		t.Fatal(err)
+	} else if title, err := chromedp.Run(bctx, chromedp.Evaluate[string](`document.querySelector('#drop-title').innerText.trim()`)); err != nil {
+		t.Fatal(err)
+	} else if coarse && title != "Choose images" {
+		t.Errorf("on a touch screen the drop zone says %q, want Choose images", title)
+	} else if !coarse {
+		t.Logf("no touch screen emulated: the drop zone says %q", title)
 	}
 	if bottom, err := chromedp.Run(bctx, chromedp.Evaluate[float64](`document.querySelector('#drop').getBoundingClientRect().bottom`)); err != nil || bottom > 844 {
 		t.Errorf("phone: the drop zone ends at y=%v (%v), want on the first screen (844)", bottom, err)
@@ -451,10 +462,18 @@ func TestBrowserBatch(t *testing.T) {
 	if wide, err := chromedp.Run(bctx, chromedp.Evaluate[bool](`document.documentElement.scrollWidth > window.innerWidth + 1`)); err != nil || wide {
 		t.Errorf("page scrolls sideways at phone width (%v)", err)
 	}
+	// Two tasks shown again from this browser's history: their original from a server thumbnail now.
+	for _, name := range []string{"photo-01.png", "photo-04.png"} {
+		js := fmt.Sprintf(`Array.from(document.querySelectorAll('#history li')).find(li => li.querySelector('.h-name').textContent === %q).querySelector('button').click()`, name)
+		if _, err := chromedp.Run(bctx, chromedp.Evaluate[*runtime.RemoteObject](js)); err != nil {
+			t.Fatalf("show %s from the history: %v", name, err)
+		}
+	}
+	waitPage(t, bctx, "two reopened tasks with their images", `document.querySelectorAll('#tasks > li[data-state=finished] .thumbs figure.original[data-size]').length === 2`)
 	checkAxe(t, bctx, axe, "phone, dark")
-	screenshot(t, bctx, filepath.Join(artifacts, "screenshot-phone-dark.png"))
+	screenshot(t, bctx, filepath.Join(artifacts, "batch-phone-dark.png"))
 	darkMode(false)
-	screenshot(t, bctx, filepath.Join(artifacts, "screenshot-phone.png"))
+	screenshot(t, bctx, filepath.Join(artifacts, "batch-phone.png"))
 }
 
 // expectPage waits until the JavaScript expression js is true on the page, as waitPage does, but lets

@@ -547,9 +547,11 @@ func waitTasks(t *testing.T, ctx context.Context, n int) []pageTask {
 // screenshot saves a full-page PNG screenshot at path.
 func screenshot(t *testing.T, ctx context.Context, path string) {
 	t.Helper()
-	// Two animation frames: what the last step changed (a viewport, a message) is painted before the
+	// Every image decoded first, those out of view too, or the full-page capture shows them blank; then
+	// two animation frames: what the last step changed (a viewport, a message) is painted before the
 	// capture, or the capture can show a stale, blank region.
-	if _, err := chromedp.Run(ctx, chromedp.Evaluate[int](`new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(0))))`, chromedp.EvalAwaitPromise)); err != nil {
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[int](`Promise.all(Array.from(document.images).filter(i => i.getAttribute('src')).map(i => i.decode().catch(() => 0)))
+		.then(() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(0)))))`, chromedp.EvalAwaitPromise)); err != nil {
 		t.Errorf("screenshot: waiting for a paint: %v", err)
 	}
 	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
