@@ -582,3 +582,57 @@ func checkZip(t *testing.T, ctx context.Context, hc *http.Client, url string, n 
 		t.Errorf("the zip holds %d entries, want %d: %v", len(zr.File), n, names)
 	}
 }
+
+// TestBrowserPollsWithoutEventStream: before a server that has no GET /api/events (an older one) the
+// page falls back to asking for its tasks' statuses one after another, and they finish all the same.
+func TestBrowserPollsWithoutEventStream(t *testing.T) {
+	chromium := findChromium(t)
+	addrs := deploytest.ServeApp(t, nil, "--concurrency", "1")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	target, _ := url.Parse("http://" + addrs[0])
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var mu sync.Mutex
+	var streams, polls int
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		isStream := r.URL.Path == "/api/events"
+		mu.Lock()
+		if isStream {
+			streams++
+		} else if r.Method == http.MethodGet && statusPath.MatchString(r.URL.Path) {
+			polls++
+		}
+		mu.Unlock()
+		if isStream {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusNotFound)
+			io.WriteString(w, `{"error":"no endpoint /api/events"}`)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	defer front.Close()
+
+	dir := t.TempDir()
+	files := []string{
+		testimage.WriteFile(t, dir, "first.png", testimage.Pattern(64, 41)),
+		testimage.WriteFile(t, dir, "second.png", testimage.Pattern(64, 42)),
+	}
+	bctx := startBrowser(t, ctx, chromium, func(m chromedp.ConsoleMessage) bool {
+		return strings.Contains(m.URL, "/api/events") || strings.Contains(m.Text, "/api/events") || strings.Contains(m.Text, "text/event-stream")
+	})
+	if err := chromedp.Do(bctx,
+		chromedp.Navigate(front.URL+"/"),
+		chromedp.WaitVisible(chromedp.CSS("#drop")),
+		chromedp.SetUploadFiles(chromedp.CSS("#files"), files),
+	); err != nil {
+		t.Fatal(err)
+	}
+	waitPageFor(t, bctx, 2*time.Minute, "both tasks to finish", `document.querySelectorAll('#tasks > li[data-state=finished]').length === 2`)
+	mu.Lock()
+	defer mu.Unlock()
+	if streams == 0 || polls == 0 {
+		t.Errorf("the page tried the event stream %d times and polled %d times; want it to try, then poll", streams, polls)
+	}
+}
