@@ -82,7 +82,7 @@ func TestPageFormAnswersHTML(t *testing.T) {
 	s.finish(t, s.internal(t, pub), img)
 	finished := s.call(t, http.MethodGet, loc, "", nil)
 	expectPage(t, "finished", finished, http.StatusOK, "<h1>Finished</h1>",
-		`src="/api/tasks/`+pub+`/result?download=0" alt="The result"`, `<a href="/api/tasks/`+pub+`/result" download>`)
+		`src="/api/tasks/`+pub+`/result?download=0" alt="The result of leaf.png"`, `<p class="lead">leaf.png</p>`, `<a href="/api/tasks/`+pub+`/result" download>`)
 	if strings.Contains(finished.Body, `http-equiv="refresh"`) {
 		t.Errorf("the page of a finished task still refreshes itself")
 	}

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/wire"
@@ -91,7 +92,7 @@ func (s *server) handleTasksZip(w http.ResponseWriter, r *http.Request) error {
 		zw = start()
 	}
 	if len(missing) > 0 {
-		f, err := zw.CreateHeader(&zip.FileHeader{Name: uniqueName(MissingName, names), Method: zip.Deflate})
+		f, err := zw.CreateHeader(&zip.FileHeader{Name: uniqueName(MissingName, names), Method: zip.Deflate, Modified: time.Now()})
 		if err == nil {
 			_, err = io.WriteString(f, "Tasks asked for whose result this archive does not hold (id, then state or reason):\n"+
 				strings.Join(missing, "\n")+"\n")
