@@ -271,7 +271,7 @@ func (s *server) handleTaskResult(w http.ResponseWriter, r *http.Request) error 
 	if img.Size >= 0 {
 		h.Set(ImageBytesHeader, strconv.FormatInt(img.Size, 10))
 	}
-	return master.CopyImage(w, img)
+	return master.CopyImage(w, r, img)
 }
 
 // handleDeleteTask removes the task, its upload, its result and its record, and answers 204 (again for
@@ -362,5 +362,5 @@ func (s *server) handleTaskSource(w http.ResponseWriter, r *http.Request) error 
 	if img.Size >= 0 {
 		h.Set(ImageBytesHeader, strconv.FormatInt(img.Size, 10))
 	}
-	return master.CopyImage(w, img)
+	return master.CopyImage(w, r, img)
 }

@@ -628,7 +628,7 @@ func (s *server) serveResult(w http.ResponseWriter, r *http.Request, id int64, p
 		return publicError(err, id)
 	}
 	w.Header().Set("Content-Disposition", ContentDisposition("attachment", DownloadName(st, public, img.ContentType)))
-	return master.CopyImage(w, img)
+	return master.CopyImage(w, r, img)
 }
 
 // DefaultAddr is the frontend's listen address unless told otherwise: every interface, since it is

@@ -83,6 +83,13 @@ func TestThumbnails(t *testing.T) {
 	if full.Header.Get(frontend.ImageBytesHeader) != strconv.Itoa(len(result)) {
 		t.Errorf("full result: %s %q, want %d", frontend.ImageBytesHeader, full.Header.Get(frontend.ImageBytesHeader), len(result))
 	}
+	// HEAD answers the full image's type and length with no body (the page asks it for the format).
+	head := s.call(t, http.MethodHead, base+"/result", "", nil)
+	if head.Status != http.StatusOK || head.Body != "" || head.Header.Get("Content-Length") != strconv.Itoa(len(result)) ||
+		head.Header.Get("Content-Type") != "image/png" {
+		t.Errorf("HEAD result: %d, %d bytes of body, Content-Length %q, type %q; want 200, none, %d, image/png",
+			head.Status, len(head.Body), head.Header.Get("Content-Length"), head.Header.Get("Content-Type"), len(result))
+	}
 	r, asked := getCached(t, s, rec, base+"/result?w=200", "")
 	etag := expectThumb(t, "result?w=200", r, "image/jpeg", 200, 100, image.Pt(600, 300), len(result))
 	if etag == full.Header.Get("ETag") || !strings.HasSuffix(etag, `-w200"`) {

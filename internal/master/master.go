@@ -422,7 +422,7 @@ func (s *server) handleGet(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer img.Close()
-	return CopyImage(w, img)
+	return CopyImage(w, r, img)
 }
 
 // existing reads the task named by the id parameter for a reply about its images: a task that does not
@@ -567,7 +567,7 @@ func (s *server) handleSource(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer img.Close()
-	return CopyImage(w, img)
+	return CopyImage(w, r, img)
 }
 
 func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) error {
@@ -693,13 +693,17 @@ func (s *server) forwardChange(databasePath string) httpapi.HandlerFunc {
 	}
 }
 
-// CopyImage streams a peer's image reply to w with its type and length.
-func CopyImage(w http.ResponseWriter, img *client.Image) error {
+// CopyImage streams a peer's image reply to w with its type and length. A HEAD request whose length is
+// known is answered without reading the image (net/http would read it all only to drop it).
+func CopyImage(w http.ResponseWriter, r *http.Request, img *client.Image) error {
 	if img.ContentType != "" {
 		w.Header().Set("Content-Type", img.ContentType)
 	}
 	if img.Size >= 0 {
 		w.Header().Set("Content-Length", strconv.FormatInt(img.Size, 10))
+		if r.Method == http.MethodHead {
+			return nil
+		}
 	}
 	if _, err := io.Copy(w, img); err != nil {
 		return fmt.Errorf("stream image: %w", err)
