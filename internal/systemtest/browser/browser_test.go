@@ -550,7 +550,10 @@ func screenshot(t *testing.T, ctx context.Context, path string) {
 	// Every image decoded first, those out of view too, or the full-page capture shows them blank; then
 	// two animation frames: what the last step changed (a viewport, a message) is painted before the
 	// capture, or the capture can show a stale, blank region.
-	if _, err := chromedp.Run(ctx, chromedp.Evaluate[int](`Promise.all(Array.from(document.images).filter(i => i.getAttribute('src')).map(i => i.decode().catch(() => 0)))
+	// Previews still on their way (a thumbnail's fetch) are waited for too, up to 20 s.
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[int](`new Promise(r => { const t0 = Date.now();
+		const wait = () => (!document.querySelector('.thumbs img:not([src])') || Date.now() - t0 > 20000) ? r(0) : setTimeout(wait, 100); wait(); })
+		.then(() => Promise.all(Array.from(document.images).filter(i => i.getAttribute('src')).map(i => i.decode().catch(() => 0))))
 		.then(() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(0)))))`, chromedp.EvalAwaitPromise)); err != nil {
 		t.Errorf("screenshot: waiting for a paint: %v", err)
 	}
