@@ -1,0 +1,80 @@
+package referencetest
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"testing"
+
+	"github.com/imgmill/imgmill/internal/wire"
+)
+
+// maxForm is what the frontend reads of a form into memory; the rest goes to temporary files.
+const maxForm = 32 << 20
+
+// Frontend is the reference frontend: /submitTask takes a multipart form's "uploadfile" and answers the
+// master's id as text, which is also the id /isReady and /getImage take (the reference has no public
+// ids); each passes the master's answer on.
+type Frontend struct {
+	peers peers
+	mux   *http.ServeMux
+}
+
+// NewFrontend returns a frontend finding the master through the kv store at kvAddr.
+func NewFrontend(kvAddr string) *Frontend {
+	f := &Frontend{peers: newPeers(kvAddr), mux: http.NewServeMux()}
+	f.mux.HandleFunc("/submitTask", f.submitTask)
+	f.mux.HandleFunc("/isReady", f.passOn("/isReady"))
+	f.mux.HandleFunc("/getImage", f.passOn("/get"))
+	return f
+}
+
+func (f *Frontend) ServeHTTP(w http.ResponseWriter, r *http.Request) { f.mux.ServeHTTP(w, r) }
+
+// Start serves the frontend on a free loopback port until the test ends and returns its host:port.
+func (f *Frontend) Start(t testing.TB) string {
+	t.Helper()
+	return serve(t, f)
+}
+
+func (f *Frontend) submitTask(w http.ResponseWriter, r *http.Request) {
+	if err := r.ParseMultipartForm(maxForm); err != nil {
+		fail(w, http.StatusBadRequest, err)
+		return
+	}
+	file, _, err := r.FormFile("uploadfile")
+	if err != nil {
+		fail(w, http.StatusBadRequest, err)
+		return
+	}
+	defer file.Close()
+	img, err := io.ReadAll(file)
+	if err != nil {
+		fail(w, http.StatusBadRequest, err)
+		return
+	}
+	a, err := f.peers.to(r.Context(), wire.MasterKey, http.MethodPost, "/new", nil, bytes.NewReader(img))
+	if err != nil {
+		fail(w, http.StatusInternalServerError, fmt.Errorf("master: %w", err))
+		return
+	}
+	text(w, a.status, string(a.body))
+}
+
+// passOn answers the master's answer to path with the request's id.
+func (f *Frontend) passOn(path string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		a, err := f.peers.to(r.Context(), wire.MasterKey, http.MethodGet, path, url.Values{"id": {r.URL.Query().Get("id")}}, nil)
+		if err != nil {
+			fail(w, http.StatusInternalServerError, fmt.Errorf("master: %w", err))
+			return
+		}
+		if ct := a.header.Get("Content-Type"); ct != "" {
+			w.Header().Set("Content-Type", ct)
+		}
+		w.WriteHeader(a.status)
+		w.Write(a.body)
+	}
+}
