@@ -16,7 +16,8 @@ const maxForm = 32 << 20
 
 // Frontend is the reference frontend: /submitTask takes a multipart form's "uploadfile" and answers the
 // master's id as text, which is also the id /isReady and /getImage take (the reference has no public
-// ids); each passes the master's answer on.
+// ids). /isReady answers in words ("Your image is ready." when the master's says 1, else "Your image is
+// not ready yet."), /getImage passes the master's /get on.
 type Frontend struct {
 	peers peers
 	mux   *http.ServeMux
@@ -26,8 +27,8 @@ type Frontend struct {
 func NewFrontend(kvAddr string) *Frontend {
 	f := &Frontend{peers: newPeers(kvAddr), mux: http.NewServeMux()}
 	f.mux.HandleFunc("/submitTask", f.submitTask)
-	f.mux.HandleFunc("/isReady", f.passOn("/isReady"))
-	f.mux.HandleFunc("/getImage", f.passOn("/get"))
+	f.mux.HandleFunc("/isReady", f.isReady)
+	f.mux.HandleFunc("/getImage", f.getImage)
 	return f
 }
 
@@ -63,18 +64,43 @@ func (f *Frontend) submitTask(w http.ResponseWriter, r *http.Request) {
 	text(w, a.status, string(a.body))
 }
 
-// passOn answers the master's answer to path with the request's id.
-func (f *Frontend) passOn(path string) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		a, err := f.peers.to(r.Context(), wire.MasterKey, http.MethodGet, path, url.Values{"id": {r.URL.Query().Get("id")}}, nil)
-		if err != nil {
-			fail(w, http.StatusInternalServerError, fmt.Errorf("master: %w", err))
-			return
-		}
-		if ct := a.header.Get("Content-Type"); ct != "" {
-			w.Header().Set("Content-Type", ct)
-		}
-		w.WriteHeader(a.status)
-		w.Write(a.body)
+// The frontend's answers to /isReady.
+const (
+	Ready    = "Your image is ready."
+	NotReady = "Your image is not ready yet."
+)
+
+func (f *Frontend) isReady(w http.ResponseWriter, r *http.Request) {
+	a, err := f.askMaster(r, "/isReady")
+	if err != nil {
+		fail(w, http.StatusInternalServerError, fmt.Errorf("master: %w", err))
+		return
 	}
+	if a.status != http.StatusOK {
+		text(w, a.status, string(a.body))
+		return
+	}
+	if string(a.body) == "1" {
+		text(w, http.StatusOK, Ready)
+		return
+	}
+	text(w, http.StatusOK, NotReady)
+}
+
+func (f *Frontend) getImage(w http.ResponseWriter, r *http.Request) {
+	a, err := f.askMaster(r, "/get")
+	if err != nil {
+		fail(w, http.StatusInternalServerError, fmt.Errorf("master: %w", err))
+		return
+	}
+	if ct := a.header.Get("Content-Type"); ct != "" {
+		w.Header().Set("Content-Type", ct)
+	}
+	w.WriteHeader(a.status)
+	w.Write(a.body)
+}
+
+// askMaster calls the master's path with the request's id.
+func (f *Frontend) askMaster(r *http.Request, path string) (answer, error) {
+	return f.peers.to(r.Context(), wire.MasterKey, http.MethodGet, path, url.Values{"id": {r.URL.Query().Get("id")}}, nil)
 }

@@ -155,7 +155,7 @@ func TestStack(t *testing.T) {
 		t.Fatalf("/submitTask: %d %q, want 200 \"0\"", resp.StatusCode, id)
 	}
 	deadline := time.Now().Add(time.Minute)
-	for call(t, "GET", fe, "/isReady?id=0", nil).body != "1" {
+	for call(t, "GET", fe, "/isReady?id=0", nil).body != referencetest.Ready {
 		if time.Now().After(deadline) {
 			t.Fatal("task 0 not finished within a minute")
 		}
