@@ -37,6 +37,7 @@ func (f *Frontend) ServeHTTP(w http.ResponseWriter, r *http.Request) { f.mux.Ser
 // Start serves the frontend on a free loopback port until the test ends and returns its host:port.
 func (f *Frontend) Start(t testing.TB) string {
 	t.Helper()
+	t.Cleanup(f.peers.closeIdle) // after the server's close, which runs first
 	return serve(t, f)
 }
 

@@ -43,6 +43,7 @@ func (m *Master) ServeHTTP(w http.ResponseWriter, r *http.Request) { m.mux.Serve
 // under wire.MasterKey, and returns its host:port.
 func (m *Master) Start(t testing.TB) string {
 	t.Helper()
+	t.Cleanup(m.peers.closeIdle) // after the server's close, which runs first
 	addr := serve(t, m)
 	register(t, m.peers.kv, wire.MasterKey, addr)
 	return addr

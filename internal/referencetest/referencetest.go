@@ -54,9 +54,12 @@ type peers struct {
 	kv string // host:port
 }
 
+// newPeers returns peers with a client of their own, whose idle connections closeIdle closes.
 func newPeers(kvAddr string) peers {
-	return peers{hc: &http.Client{Timeout: callTimeout}, kv: kvAddr}
+	return peers{hc: &http.Client{Timeout: callTimeout, Transport: http.DefaultTransport.(*http.Transport).Clone()}, kv: kvAddr}
 }
+
+func (p peers) closeIdle() { p.hc.CloseIdleConnections() }
 
 // answer is a peer's whole reply.
 type answer struct {
@@ -112,6 +115,7 @@ func (p peers) to(ctx context.Context, key, method, path string, q url.Values, b
 func register(t testing.TB, kvAddr, key, addr string) {
 	t.Helper()
 	p := newPeers(kvAddr)
+	defer p.closeIdle()
 	ctx, cancel := context.WithTimeout(context.Background(), registerTimeout)
 	defer cancel()
 	var err error

@@ -54,6 +54,7 @@ func (wk *Worker) Start(t testing.TB) {
 	t.Cleanup(func() {
 		cancel()
 		<-stopped
+		wk.peers.closeIdle()
 	})
 }
 

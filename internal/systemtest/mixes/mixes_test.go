@@ -112,7 +112,7 @@ func runMix(t *testing.T, k kinds) outcome {
 	s := startStack(t, k)
 	ctx, cancel := deploytest.Within(t, mixTimeout)
 	defer cancel()
-	hc := &http.Client{Timeout: time.Minute}
+	hc := &http.Client{Timeout: time.Minute, Transport: http.DefaultTransport.(*http.Transport).Clone()}
 	t.Cleanup(hc.CloseIdleConnections)
 	c := refClient{hc: hc, master: "http://" + s.masterAddr, frontend: "http://" + s.frontendAddr}
 
