@@ -151,10 +151,10 @@ func (s *secretStore) try(ctx context.Context) ([]byte, error) {
 	}
 	// Looked again just before the write: with a kv store whose set replaces, the time between the read
 	// that found nothing and the write is what another frontend's confirmation must outwait.
-	if text, found, err := s.get(ctx); err != nil || found {
-		if err != nil {
-			return nil, err
-		}
+	switch text, found, err = s.get(ctx); {
+	case err != nil:
+		return nil, err
+	case found:
 		return s.adopt(ctx, text)
 	}
 	fresh := make([]byte, publicid.MinSecretLen)
