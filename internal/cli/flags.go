@@ -237,7 +237,7 @@ func checkWorker(c *worker.Config) error {
 
 // frontend defines the public frontend's flags but --max-upload.
 func (f *flags) frontend(c *frontend.Config) {
-	f.Var(&secretValue{&c.Secret}, "secret", "public id secret: base64 of at least 32 random bytes (openssl rand -base64 32), the same on every frontend; "+
+	f.Var(&secretValue{&c.Secret}, "secret", "public id secret: base64 of at least 32 random bytes (openssl rand -base64 32), the same on every frontend; given, it is used alone (the kv store's is neither read nor written); "+
 		"default: the one kept in --data ("+frontend.SecretFile+") and shared in the kv store under "+frontend.SecretKey+", made by the first frontend when no task exists yet (prefer the variable: a command line is visible to other users)")
 	f.Float64Var(&c.Limits.UploadRate, "upload-rate", frontend.DefaultUploadRate, "uploads per second allowed per client address, sustained (0: no limit)")
 	f.IntVar(&c.Limits.UploadBurst, "upload-burst", frontend.DefaultUploadBurst, "uploads a client address may make at once")

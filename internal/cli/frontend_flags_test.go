@@ -29,9 +29,10 @@ func TestFrontendFlags(t *testing.T) {
 		env  map[string]string
 		want string // in the error
 	}{
-		{[]string{"--secret", "c2hvcnQ="}, nil, "secret"},
-		{[]string{"--secret", "not base64!"}, nil, "secret"},
+		{[]string{"--secret", "c2hvcnQ="}, nil, "openssl rand -base64 32"},
+		{[]string{"--secret", "not base64!"}, nil, "openssl rand -base64 32"},
 		{nil, map[string]string{"IMGMILL_SECRET": "c2hvcnQ="}, "IMGMILL_SECRET"},
+		{nil, map[string]string{"IMGMILL_SECRET": "c2hvcnQ="}, "openssl rand -base64 32"},
 		{[]string{"--secret", secret, "--upload-burst", "0"}, nil, "--upload-burst"},
 		{[]string{"--secret", secret, "--upload-rate", "-1"}, nil, "--upload-rate"},
 	} {

@@ -2,11 +2,14 @@ package client
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
+	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/kvstore"
 	"github.com/imgmill/imgmill/internal/wire"
 )
@@ -39,8 +42,40 @@ func (c *KV) SetTTL(ctx context.Context, key, value string, ttl time.Duration) e
 	return expectSuccess(c.p.sendText(ctx, call{method: http.MethodPost, path: "/set", query: q, idempotent: true}))
 }
 
+// ErrEmptyValue is in the error of Get for a key that reads as empty: the reference design's kv store
+// answers a missing key with 200 and an empty body, where imgmill's answers 404.
+var ErrEmptyValue = errors.New("empty value (the reference design's kv store answers a missing key so)")
+
+// ErrNoSetIfAbsent is the error of SetIfAbsent when the kv store ignored ifAbsent (the reference
+// design's answers "success" and sets the value whether or not the key held one).
+var ErrNoSetIfAbsent = errors.New("the kv store has no set-if-absent (the reference design's): it set the value unconditionally")
+
+// Get returns the value under key. A missing key is an error for which IsStatus(err, 404) holds, also
+// when the kv store answers it with an empty value, as the reference design's does (errors.Is(err,
+// ErrEmptyValue) then holds too): no kv store holds an empty value, since /set refuses one.
 func (c *KV) Get(ctx context.Context, key string) (string, error) {
-	return c.p.sendText(ctx, call{method: http.MethodGet, path: "/get", query: url.Values{"key": {key}}, idempotent: true})
+	v, err := c.p.sendText(ctx, call{method: http.MethodGet, path: "/get", query: url.Values{"key": {key}}, idempotent: true})
+	if err == nil && v == "" {
+		return "", fmt.Errorf("%w: %w", &httpapi.Error{Status: http.StatusNotFound, Msg: "no value under " + key}, ErrEmptyValue)
+	}
+	return v, err
+}
+
+// absentProbeKey is a key no one sets, read by AnswersLikeReference.
+const absentProbeKey = "imgmill.absentKeyProbe"
+
+// AnswersLikeReference reports whether the kv store answers like the reference design's: a missing key
+// with an empty value, and so (the two come together) /set without set-if-absent. It reads a key no
+// one sets.
+func (c *KV) AnswersLikeReference(ctx context.Context) (bool, error) {
+	_, err := c.Get(ctx, absentProbeKey)
+	switch {
+	case errors.Is(err, ErrEmptyValue):
+		return true, nil
+	case err == nil || IsStatus(err, http.StatusNotFound):
+		return false, nil
+	}
+	return false, err
 }
 
 func (c *KV) Remove(ctx context.Context, key string) error {
@@ -92,8 +127,15 @@ func (c *KV) Instances(ctx context.Context, key string) ([]string, error) {
 }
 
 // SetIfAbsent stores value under key only when the key is absent and returns the value the key holds
-// afterwards, so concurrent callers agree on the first writer's value.
+// afterwards, so concurrent callers agree on the first writer's value. A kv store without
+// set-if-absent (the reference design's) sets value whether or not the key held one and answers
+// "success": that is ErrNoSetIfAbsent, after which the key holds value or a later writer's, and only a
+// read (after the other writers are done) tells which.
 func (c *KV) SetIfAbsent(ctx context.Context, key, value string) (string, error) {
 	q := url.Values{"key": {key}, "value": {value}, "ifAbsent": {"true"}}
-	return c.p.sendText(ctx, call{method: http.MethodPost, path: "/set", query: q, idempotent: true})
+	stored, err := c.p.sendText(ctx, call{method: http.MethodPost, path: "/set", query: q, idempotent: true})
+	if err == nil && stored == "success" && value != "success" {
+		return "", ErrNoSetIfAbsent
+	}
+	return stored, err
 }

@@ -2,8 +2,12 @@ package frontend
 
 import (
 	"bytes"
+	"context"
+	"log/slog"
 	"testing"
 	"time"
+
+	"github.com/imgmill/imgmill/internal/client"
 )
 
 // SetKeepAliveEvery changes how often event streams send a keep-alive comment, until restore.
@@ -42,4 +46,10 @@ func RenderTaskPage(t testing.TB, name string) string {
 		t.Fatal(err)
 	}
 	return b.String()
+}
+
+// ResolveSecretSettling is ResolveSecret with settle in place of ReferenceKVSettle.
+func ResolveSecretSettling(ctx context.Context, file string, kv *client.KV, m *client.Master, logger *slog.Logger, settle time.Duration) ([]byte, error) {
+	s := &secretStore{file: file, kv: kv, master: m, logger: logger, settle: settle}
+	return s.resolve(ctx)
 }

@@ -113,7 +113,7 @@ func newServer(m *client.Master, opts Limits) *server {
 	}
 	s := &server{master: m, opts: opts, crossSite: newCrossSite(opts.AllowedOrigins),
 		streams: newStreamGate(opts.MaxStreams, opts.MaxStreamsPerClient), watcher: newWatcher(m),
-		thumbs: newThumbnailer()}
+		thumbs: newThumbnailer(opts.MaxPixels)}
 	if opts.UploadRate > 0 {
 		s.limiter = httpapi.NewKeyedLimiter(opts.UploadRate, opts.UploadBurst, httpapi.MaxLimiterKeys, time.Now)
 	}

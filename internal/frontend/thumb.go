@@ -83,16 +83,22 @@ type thumbKey struct {
 // thumbnailer makes thumbnails, at most GOMAXPROCS at once (each decodes a full image, up to the
 // pixel limit), and keeps the latest in a cache bounded in bytes.
 type thumbnailer struct {
-	slots chan struct{}
-	png   pngenc.Encoder
-	cache *thumbCache
+	maxPixels int64 // the largest image decoded, as the master allows (never unlimited: a thumbnail's memory is bounded)
+	slots     chan struct{}
+	png       pngenc.Encoder
+	cache     *thumbCache
 }
 
-func newThumbnailer() *thumbnailer {
-	return &thumbnailer{slots: make(chan struct{}, runtime.GOMAXPROCS(0)), cache: newThumbCache(thumbCacheBytes)}
+// newThumbnailer makes thumbnails of images of up to maxPixels pixels (the master's limit; 0 or less: the
+// default one).
+func newThumbnailer(maxPixels int64) *thumbnailer {
+	if maxPixels <= 0 {
+		maxPixels = imageop.DefaultMaxPixels
+	}
+	return &thumbnailer{maxPixels: maxPixels, slots: make(chan struct{}, runtime.GOMAXPROCS(0)), cache: newThumbCache(thumbCacheBytes)}
 }
 
-// make decodes the image in r, under the default pixel limit, and scales it to at most width pixels
+// make decodes the image in r, under the master's pixel limit, and scales it to at most width pixels
 // wide, never enlarging it: a JPEG when it is opaque, else a PNG. It waits for a free slot, or for ctx
 // to end.
 func (t *thumbnailer) make(ctx context.Context, r io.Reader, width int) (*thumb, error) {
@@ -102,7 +108,7 @@ func (t *thumbnailer) make(ctx context.Context, r io.Reader, width int) (*thumb,
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	src, _, err := imageop.DecodeContext(ctx, r, 0)
+	src, _, err := imageop.DecodeContext(ctx, r, t.maxPixels)
 	switch {
 	case errors.Is(err, imageop.ErrTooLarge):
 		return nil, httpapi.Errorf(http.StatusRequestEntityTooLarge, "no thumbnail: %v", err)

@@ -42,7 +42,7 @@ func BenchmarkThumbnail(b *testing.B) {
 		data []byte
 	}{{"png", pngBytes.Bytes()}, {"jpeg", jpegBytes.Bytes()}} {
 		b.Run(c.name, func(b *testing.B) {
-			t := newThumbnailer()
+			t := newThumbnailer(0)
 			b.SetBytes(int64(len(c.data)))
 			for b.Loop() {
 				th, err := t.make(b.Context(), bytes.NewReader(c.data), 480)

@@ -130,6 +130,14 @@ func TestThumbnailRefusals(t *testing.T) {
 			t.Errorf("task %d: %d %q (Cache-Control %q), want %d, a JSON error, no-store", i, r.Status, r.Body, r.Header.Get("Cache-Control"), want)
 		}
 	}
+
+	// The limit is the master's (as the frontend is told it), not the default one.
+	small := newStackWith(t, frontend.Limits{MaxPixels: 1000})
+	pub := small.newTasks(t, 1)[0]
+	small.finish(t, small.internal(t, pub), gradient(t, 40, 30, false)) // 1200 pixels
+	if r := small.call(t, http.MethodGet, "/api/tasks/"+pub+"/result?w=20", "", nil); r.Status != http.StatusRequestEntityTooLarge {
+		t.Errorf("a 40x30 result under a 1000-pixel limit: %d %q, want 413", r.Status, r.Body)
+	}
 }
 
 // TestThumbCacheBound: the cache keeps the latest thumbnails up to its bound in bytes, and none

@@ -161,7 +161,7 @@ func ParseSecret(text string) ([]byte, error) {
 			continue
 		}
 		if len(b) < MinSecretLen {
-			return nil, fmt.Errorf("secret decodes to %d bytes, want at least %d", len(b), MinSecretLen)
+			return nil, fmt.Errorf("secret decodes to %d bytes, want at least %d (make one with: openssl rand -base64 32)", len(b), MinSecretLen)
 		}
 		return b, nil
 	}

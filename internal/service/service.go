@@ -251,7 +251,8 @@ type registration struct {
 // calling at once, and the rest expires by itself. A failed write (the kv store may start after us, or
 // be restarting) is retried with capped, jittered backoff. While the service is not ready (its engine
 // is away) it does not renew, so the entry lapses and clients go to other instances; it registers again
-// as soon as it is ready.
+// as soon as it is ready, and removes its instance key when it stops being ready (a kv store without
+// expiry would list it forever).
 func register(ctx context.Context, reg registration, logger *slog.Logger) {
 	renew := max(reg.ttl/3, time.Millisecond)
 	retry := backoff.Backoff{Min: min(registerRetryMin, renew), Max: min(registerRetryMax, renew)}
@@ -291,7 +292,14 @@ func register(ctx context.Context, reg registration, logger *slog.Logger) {
 			retry.Reset()
 			wait = renew
 		case !ready:
-			// watchReady says why; the entry lapses meanwhile.
+			// watchReady says why. The entries lapse meanwhile; the instance key is also removed at
+			// once, for a kv store without expiry (the reference design's), which would keep it listed.
+			// The reference key stays: another instance may have renewed it since.
+			if registered {
+				if err := reg.kv.Remove(ctx, instanceKey); err != nil && ctx.Err() == nil {
+					logger.InfoContext(ctx, "removing the registration while not ready failed; it expires by itself", "key", instanceKey, "err", err)
+				}
+			}
 			registered = false
 			wait = retry.Next()
 		default:

@@ -22,6 +22,8 @@ import (
 	"github.com/imgmill/imgmill/internal/kvservice"
 	"github.com/imgmill/imgmill/internal/kvstore/filekv"
 	"github.com/imgmill/imgmill/internal/service"
+	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 func TestMain(m *testing.M) {
@@ -268,6 +270,48 @@ func TestRegisteredOnlyWhileReady(t *testing.T) {
 	t.Logf("dropped out %v after it stopped being ready (TTL %v)", took, testTTL)
 	ready.Store(true)
 	ks.waitFor(t, addr, heal)
+}
+
+// On a kv store without expiry (the reference design's ignores ttl), a service that stops being ready
+// removes its instance key, so that clients stop listing it; the reference key, which another instance
+// may hold, stays.
+func TestNotReadyOnKVWithoutExpiry(t *testing.T) {
+	const addr = "10.9.8.7:6547"
+	ks := startKV(t)
+	inner := *ks.h.Load()
+	noExpiry := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		q.Del("ttl")
+		r.URL.RawQuery = q.Encode()
+		inner.ServeHTTP(w, r)
+	}))
+	ks.h.Store(&noExpiry)
+	var ready atomic.Bool
+	ready.Store(true)
+	runServiceReady(t, ks, addr, func(context.Context) error {
+		if ready.Load() {
+			return nil
+		}
+		return errors.New("engine unreachable")
+	})
+	instanceKey := wire.InstancePrefix(testKey) + addr
+	listed := func() bool {
+		v, err := ks.kv.Get(t.Context(), instanceKey)
+		return err == nil && v == addr
+	}
+	if !servicetest.PollFor(heal, listed) {
+		t.Fatal("the instance key was not registered")
+	}
+	ready.Store(false)
+	if !servicetest.PollFor(heal, func() bool { return !listed() }) {
+		t.Fatalf("the instance key is still listed %v after the service stopped being ready", heal)
+	}
+	time.Sleep(testTTL + testRenew) // past any expiry: the kv store has none
+	ks.waitFor(t, addr, 0)
+	ready.Store(true)
+	if !servicetest.PollFor(heal, listed) {
+		t.Error("the instance key did not come back once the service was ready again")
+	}
 }
 
 func TestRegistrationTTLConstant(t *testing.T) {
