@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/imgmill/imgmill/internal/wire"
 )
@@ -20,17 +21,24 @@ type Task struct {
 
 // Database is the reference task database, in memory: /newTask, /getById, /getNewTask, /finishTask,
 // /setById and /list, nothing else. A new task is claimable at once (the reference has no pending
-// uploads), a claim has no lease and no token, and a task in progress stays so until it is finished or
-// set.
+// uploads), a claim has no token and no heartbeat: a task in progress for StuckAfter is handed out again.
 type Database struct {
-	mu    sync.Mutex
-	tasks []Task // tasks[i].ID == i
-	mux   *http.ServeMux
+	// StuckAfter is how long a task stays in progress before a claim may take it again; set it before
+	// Start.
+	StuckAfter time.Duration
+
+	mu      sync.Mutex
+	tasks   []Task      // tasks[i].ID == i
+	started []time.Time // when tasks[i] was last claimed
+	mux     *http.ServeMux
 }
+
+// DefaultStuckAfter is the reference's: a task in progress for 120 s is handed out again.
+const DefaultStuckAfter = 120 * time.Second
 
 // NewDatabase returns an empty database; ids count from 0.
 func NewDatabase() *Database {
-	d := &Database{mux: http.NewServeMux()}
+	d := &Database{StuckAfter: DefaultStuckAfter, mux: http.NewServeMux()}
 	d.mux.HandleFunc("/newTask", d.newTask)
 	d.mux.HandleFunc("/getById", d.getByID)
 	d.mux.HandleFunc("/getNewTask", d.getNewTask)
@@ -62,6 +70,7 @@ func (d *Database) newTask(w http.ResponseWriter, r *http.Request) {
 	d.mu.Lock()
 	id := int64(len(d.tasks))
 	d.tasks = append(d.tasks, Task{ID: id, State: wire.NotStarted})
+	d.started = append(d.started, time.Time{})
 	d.mu.Unlock()
 	text(w, http.StatusOK, strconv.FormatInt(id, 10))
 }
@@ -91,13 +100,17 @@ func (d *Database) getByID(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, task)
 }
 
-// getNewTask claims the first task not started; none: 400 "Error: No non-started task.".
+// getNewTask claims the first task not started, or in progress for StuckAfter; none: 400 "Error: No
+// non-started task.".
 func (d *Database) getNewTask(w http.ResponseWriter, r *http.Request) {
 	d.mu.Lock()
 	var claimed *Task
+	now := time.Now()
 	for i := range d.tasks {
-		if d.tasks[i].State == wire.NotStarted {
+		stuck := d.tasks[i].State == wire.InProgress && now.Sub(d.started[i]) >= d.StuckAfter
+		if d.tasks[i].State == wire.NotStarted || stuck {
 			d.tasks[i].State = wire.InProgress
+			d.started[i] = now
 			claimed = &Task{ID: d.tasks[i].ID, State: wire.InProgress}
 			break
 		}

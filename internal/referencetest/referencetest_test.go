@@ -85,6 +85,18 @@ func TestDatabase(t *testing.T) {
 	}
 }
 
+// TestDatabaseHandsOutStuckTasks: a task in progress for StuckAfter is claimed again.
+func TestDatabaseHandsOutStuckTasks(t *testing.T) {
+	d := referencetest.NewDatabase()
+	d.StuckAfter = time.Nanosecond
+	db := d.Start(t, referencetest.NewKV().Start(t))
+	expect(t, call(t, "POST", db, "/newTask", nil), 200, "0")
+	expect(t, call(t, "POST", db, "/getNewTask", nil), 200, `{"id":0,"state":1}`)
+	expect(t, call(t, "POST", db, "/getNewTask", nil), 200, `{"id":0,"state":1}`)
+	expect(t, call(t, "POST", db, "/finishTask?id=0", nil), 200, "success")
+	expect(t, call(t, "POST", db, "/getNewTask", nil), 400, "Error: No non-started task.")
+}
+
 func TestStorage(t *testing.T) {
 	dir := t.TempDir()
 	st := referencetest.NewStorage(dir).Start(t, referencetest.NewKV().Start(t))
