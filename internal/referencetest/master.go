@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/imgmill/imgmill/internal/wire"
 )
@@ -22,6 +23,11 @@ import (
 // pass the database's answer on with status 200, errors included ("Error: No non-started task."); /get of
 // a task without a result answers 200 "Error:" and storage's words ("Error:open ...").
 type Master struct {
+	// StoreDelay is a pause between creating a task and storing its image (0: none, as the reference):
+	// it widens the reference's race, so that a test sees what a worker does with a task whose image is
+	// not stored yet. Set it before Start.
+	StoreDelay time.Duration
+
 	peers peers
 	mux   *http.ServeMux
 }
@@ -74,6 +80,14 @@ func (m *Master) new(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// The task is claimable from here on, and its image not stored yet: the reference's race.
+	if m.StoreDelay > 0 {
+		select {
+		case <-ctx.Done():
+			fail(w, http.StatusServiceUnavailable, ctx.Err())
+			return
+		case <-time.After(m.StoreDelay):
+		}
+	}
 	a, err = m.peers.to(ctx, wire.StorageKey, http.MethodPost, "/sendImage", imageQuery(id, wire.WorkingImage), bytes.NewReader(img))
 	if err == nil && a.status != http.StatusOK {
 		err = fmt.Errorf("storage: %d %s", a.status, a.body)

@@ -2,6 +2,7 @@ package referencetest_test
 
 import (
 	"bytes"
+	"context"
 	"image/png"
 	"io"
 	"mime/multipart"
@@ -128,6 +129,48 @@ func TestMasterAnswersErrorsWith200(t *testing.T) {
 	expect(t, call(t, "POST", m, "/registerTaskFinished?id=0", nil), 200, "success") // no result stored: finished all the same
 	expect(t, call(t, "GET", m, "/isReady?id=0", nil), 200, "1")
 	expect(t, call(t, "POST", m, "/failTask?id=0&reason=x", nil), 404, notFound)
+}
+
+// TestMasterRace: the master creates the task before it stores the image, so a worker may claim a task
+// whose image is not there; StoreDelay holds the master in between.
+func TestMasterRace(t *testing.T) {
+	kv := referencetest.NewKV().Start(t)
+	referencetest.NewDatabase().Start(t, kv)
+	st := referencetest.NewStorage(t.TempDir()).Start(t, kv)
+	master := referencetest.NewMaster(kv)
+	master.StoreDelay = time.Hour // until the upload is given up below
+	m := master.Start(t)
+
+	ctx, cancel := context.WithCancel(t.Context())
+	uploaded := make(chan error, 1)
+	go func() {
+		req, err := http.NewRequestWithContext(ctx, "POST", "http://"+m+"/new", strings.NewReader("img"))
+		if err == nil {
+			var resp *http.Response
+			if resp, err = http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}
+		uploaded <- err
+	}()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		got := call(t, "POST", m, "/getNewTask", nil)
+		if got.body == `{"id":0,"state":1}` {
+			break
+		}
+		if got.status != 200 || got.body != "Error: No non-started task." || time.Now().After(deadline) {
+			t.Fatalf("claim while the upload is held: %d %q", got.status, got.body)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := call(t, "GET", st, "/getImage?id=0&state=working", nil); got.status != 400 || !strings.HasPrefix(got.body, "Error: open ") {
+		t.Errorf("image of the claimed task: %d %q, want 400 Error: open ...", got.status, got.body)
+	}
+	cancel()
+	if err := <-uploaded; err == nil {
+		t.Error("the held upload was answered, want it given up")
+	}
 }
 
 // TestStack runs one image through the six stand-ins, uploaded through the frontend's form.

@@ -59,6 +59,10 @@ func (k kinds) String() string {
 	return fmt.Sprintf("reference %v, imgmill %v", ref, own)
 }
 
+// raceWindow is how long the reference master waits between creating a task and storing its image when
+// imgmill's worker faces it.
+const raceWindow = 50 * time.Millisecond
+
 // startTimeout bounds how long a stack takes to come up: every service listening and registered.
 const startTimeout = time.Minute
 
@@ -131,7 +135,13 @@ func startStack(t *testing.T, k kinds) stack {
 	}
 
 	if k[ma] {
-		referencetest.NewMaster(s.kvAddr).Start(t)
+		m := referencetest.NewMaster(s.kvAddr)
+		if !k[wk] {
+			// imgmill's worker claims at once, long polling: most tasks are claimed before their image
+			// is stored, and must be asked for again rather than lost.
+			m.StoreDelay = raceWindow
+		}
+		m.Start(t)
 	} else {
 		run(t, "master", func(ctx context.Context) error {
 			return master.Run(ctx, master.Config{Options: options("127.0.0.1:0", "master"), KV: kvc, HTTP: hc})
