@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -30,7 +31,9 @@ type Worker struct {
 	PollEvery time.Duration
 	logger    *slog.Logger
 	done      atomic.Int64 // tasks reported finished
-	dropped   atomic.Int64 // tasks claimed and never finished
+
+	mu      sync.Mutex
+	dropped []int64 // tasks claimed and never finished
 }
 
 // NewWorker returns a worker finding master and storage through the kv store at kvAddr; logger may be
@@ -58,9 +61,16 @@ func (wk *Worker) Start(t testing.TB) {
 	})
 }
 
-// Done is how many tasks the worker reported finished; Dropped how many it claimed and gave up on.
-func (wk *Worker) Done() int64    { return wk.done.Load() }
-func (wk *Worker) Dropped() int64 { return wk.dropped.Load() }
+// Done is how many tasks the worker reported finished.
+func (wk *Worker) Done() int64 { return wk.done.Load() }
+
+// Dropped returns the ids of the tasks the worker claimed and gave up on (say, their image was not
+// stored yet), in the order it did.
+func (wk *Worker) Dropped() []int64 {
+	wk.mu.Lock()
+	defer wk.mu.Unlock()
+	return append([]int64(nil), wk.dropped...)
+}
 
 // Run works until ctx ends.
 func (wk *Worker) Run(ctx context.Context) {
@@ -74,7 +84,9 @@ func (wk *Worker) Run(ctx context.Context) {
 			continue
 		}
 		if err := wk.process(ctx, task.ID); err != nil && ctx.Err() == nil {
-			wk.dropped.Add(1)
+			wk.mu.Lock()
+			wk.dropped = append(wk.dropped, task.ID)
+			wk.mu.Unlock()
 			wk.logger.WarnContext(ctx, "reference worker: task dropped", "id", task.ID, "err", err)
 		}
 	}

@@ -69,6 +69,8 @@ const startTimeout = time.Minute
 // stack is a running deployment of six services, some imgmill's and some stand-ins.
 type stack struct {
 	kvAddr, frontendAddr, masterAddr string
+	// refWorker is the reference worker, when the stack runs it.
+	refWorker *referencetest.Worker
 }
 
 // startStack starts the services k names in this process, each stopped when the test ends (in the
@@ -149,7 +151,8 @@ func startStack(t *testing.T, k kinds) stack {
 	}
 
 	if k[wk] {
-		referencetest.NewWorker(s.kvAddr, logger.With("service", "reference worker")).Start(t)
+		s.refWorker = referencetest.NewWorker(s.kvAddr, logger.With("service", "reference worker"))
+		s.refWorker.Start(t)
 	} else {
 		m, st := worker.NewClients(hc, kvc)
 		run(t, "worker", func(ctx context.Context) error {
