@@ -86,6 +86,21 @@ func (k *databaseKinds) lookup(addr string) (reference, known bool) {
 	return reference, known
 }
 
+// verdict says whether any of addrs is a reference database, settled when every one of them is known
+// (and there is at least one).
+func (k *databaseKinds) verdict(addrs []string) (reference, settled bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, addr := range addrs {
+		ref, known := k.reference[addr]
+		if !known {
+			return false, false
+		}
+		reference = reference || ref
+	}
+	return reference, len(addrs) > 0
+}
+
 // answered records that the database at addr served an endpoint only imgmill has.
 func (k *databaseKinds) answered(addr string) {
 	k.mu.Lock()
@@ -93,11 +108,17 @@ func (k *databaseKinds) answered(addr string) {
 	k.reference[addr] = false
 }
 
-// Reference reports whether the database the next call reaches is the reference design's, which has
-// none of imgmill's additive endpoints: its /newTask makes a task claimable at once, and there are no
-// pending tasks, leases, failures or counts. The first call for an address asks it (GET /healthz, which
-// only imgmill's database serves) and the answer is kept; an error is the database being away.
+// Reference reports whether the database is the reference design's, which has none of imgmill's
+// additive endpoints: its /newTask makes a task claimable at once, and there are no pending tasks,
+// leases, failures or counts. Each address is asked once (GET /healthz, which only imgmill's database
+// serves) and the answer kept; while every address the endpoint knows has its answer, Reference asks
+// nobody, and says whether any of them is a reference one. An error is the database being away.
 func (c *Database) Reference(ctx context.Context) (bool, error) {
+	if lister, ok := c.p.ep.(knownAddrs); ok {
+		if reference, settled := c.kinds.verdict(lister.KnownAddrs()); settled {
+			return reference, nil
+		}
+	}
 	addr, err := c.p.ep.Addr(ctx)
 	if err != nil {
 		return false, c.p.unavailable("database not found", err)
