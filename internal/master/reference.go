@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
@@ -95,16 +96,29 @@ func (s *server) unleased(w http.ResponseWriter, r *http.Request) error {
 }
 
 // handBackOnReference is a worker's /failTask or /releaseTask over a database without them: the task
-// goes back to not started, to be claimed again, or with a permanent failure to failed (the reference's
-// state numbers leave room for it; it keeps no attempts or error). It answers as the database would.
+// goes back to not started, to be claimed again, or with a permanent failure, or when storage holds no
+// upload for it, to failed (the reference's state numbers leave room for it; it keeps no attempts or
+// error). It answers as the database would.
 func (s *server) handBackOnReference(w http.ResponseWriter, r *http.Request, databasePath string) error {
 	id, err := httpapi.QueryID(r, "id")
 	if err != nil {
 		return err
 	}
 	state := wire.NotStarted
-	if databasePath == "/failTask" && r.URL.Query().Get("permanent") == "true" {
-		state = wire.Failed
+	if databasePath == "/failTask" {
+		permanent := r.URL.Query().Get("permanent") == "true"
+		if !permanent {
+			// With no attempts to run out, a task without an upload (its creation's answer was lost, or
+			// storage refused the image) would be handed back and forth for ever.
+			held, err := s.uploadHeld(r.Context(), id)
+			if err != nil {
+				return err
+			}
+			permanent = !held
+		}
+		if permanent {
+			state = wire.Failed
+		}
 	}
 	if err := s.db.SetByID(r.Context(), wire.Task{ID: id, State: state}); err != nil {
 		return fmt.Errorf("hand task %d back: %w", id, err)
@@ -115,6 +129,23 @@ func (s *server) handBackOnReference(w http.ResponseWriter, r *http.Request, dat
 		return nil
 	}
 	return s.unleased(w, r)
+}
+
+// uploadGrace is how long a task's upload may be missing before it counts as lost: over a reference
+// database the master stores it right after creating the task, so a worker may claim the task first.
+const uploadGrace = 2 * time.Second
+
+// uploadHeld reports whether storage holds the upload of task id, asking again after uploadGrace when
+// it does not at first.
+func (s *server) uploadHeld(ctx context.Context, id int64) (bool, error) {
+	held, err := s.storage.HasImage(ctx, id, wire.WorkingImage)
+	if err != nil || held {
+		return held, err
+	}
+	if !backoff.Sleep(ctx, uploadGrace) {
+		return false, ctx.Err()
+	}
+	return s.storage.HasImage(ctx, id, wire.WorkingImage)
 }
 
 // withoutResult refuses a worker's finish of task id when storage holds no result for it (a worker that

@@ -169,6 +169,7 @@ func (h *records) matching(level slog.Level, s string) []string {
 // referenceRig is an imgmill master and storage in front of a reference database.
 type referenceRig struct {
 	db        *referenceDatabase
+	dbURL     string
 	logs      *records
 	hc        *http.Client
 	masterURL string
@@ -178,7 +179,7 @@ type referenceRig struct {
 
 func newReferenceRig(t *testing.T) *referenceRig {
 	db, dbURL := serveReferenceDatabase(t)
-	rig := &referenceRig{db: db, logs: &records{}, hc: servicetest.NewHTTPClient(t)}
+	rig := &referenceRig{db: db, dbURL: dbURL, logs: &records{}, hc: servicetest.NewHTTPClient(t)}
 	storageURL := servicetest.ServeStorage(t, filepath.Join(t.TempDir(), "images"), nil)
 	rig.storage = client.NewStorage(rig.hc, client.Static(servicetest.Addr(storageURL)))
 	h := master.NewServer(client.NewDatabase(rig.hc, client.Static(servicetest.Addr(dbURL))), rig.storage, master.Limits{})
@@ -418,6 +419,20 @@ func TestWorkerCallsOverReferenceDatabase(t *testing.T) {
 		t.Errorf("permanent failure = %+v, %v; want the task failed", task, err)
 	}
 	expectState("a permanent failure", wire.Failed)
+
+	// A task without an upload fails rather than go round for ever.
+	if r := servicetest.Call(t, rig.hc, http.MethodPost, rig.dbURL+"/newTask", nil); r.Status != http.StatusOK {
+		t.Fatalf("newTask at the database: %d %q", r.Status, r.Body)
+	}
+	task, err := rig.master.GetNewTask(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id = task.ID
+	if task, err := rig.master.FailTask(ctx, id, 0, "fetch working image: 404", false); err != nil || task.State != wire.Failed {
+		t.Errorf("failure of a task without an upload = %+v, %v; want the task failed", task, err)
+	}
+	expectState("a failure without an upload", wire.Failed)
 }
 
 // TestFinishWithoutResult: over imgmill's database too, a finish without a stored result is refused and
