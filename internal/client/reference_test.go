@@ -77,3 +77,33 @@ func TestDatabaseReferenceUnreachable(t *testing.T) {
 		t.Errorf("Reference of an unreachable database: %v, want 503", err)
 	}
 }
+
+// TestStorageHasImage: present, missing in imgmill's words (404) or the reference's (400), and asked
+// again with GET of a storage that refuses HEAD.
+func TestStorageHasImage(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		status int // of the answer to HEAD; 0: like GET
+		want   bool
+	}{{"held", 200, true}, {"imgmill missing", 404, false}, {"reference missing", 400, false}, {"GET only", 405, true}} {
+		t.Run(c.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path != "/getImage" || r.URL.Query().Get("id") != "7" || r.URL.Query().Get("state") != "finished" {
+					http.NotFound(w, r)
+					return
+				}
+				if r.Method == http.MethodHead && c.status != 200 {
+					http.Error(w, "Error: no", c.status)
+					return
+				}
+				w.Write([]byte("image"))
+			}))
+			defer srv.Close()
+			st := client.NewStorage(servicetest.NewHTTPClient(t), client.Static(servicetest.Addr(srv.URL)))
+			held, err := st.HasImage(t.Context(), 7, "finished")
+			if err != nil || held != c.want {
+				t.Errorf("HasImage = %v, %v; want %v", held, err, c.want)
+			}
+		})
+	}
+}

@@ -114,6 +114,11 @@ func (c *Storage) GetImage(ctx context.Context, id int64, state string) (*Image,
 func (c *Storage) HasImage(ctx context.Context, id int64, state string) (bool, error) {
 	r, err := c.p.send(ctx, call{method: http.MethodHead, path: "/getImage", query: imageQuery(id, state), idempotent: true,
 		headerTimeout: CallTimeout})
+	if IsStatus(err, http.StatusMethodNotAllowed) || IsStatus(err, http.StatusNotImplemented) {
+		// A storage that serves GET only: the image is opened, and closed unread.
+		r, err = c.p.send(ctx, call{method: http.MethodGet, path: "/getImage", query: imageQuery(id, state), idempotent: true,
+			headerTimeout: imageHeaderTimeout})
+	}
 	switch {
 	case IsStatus(err, http.StatusNotFound) || IsStatus(err, http.StatusBadRequest):
 		return false, nil
