@@ -81,6 +81,8 @@ func (s *server) owner(r *http.Request) (string, error) {
 // With an Idempotency-Key (additive), a retry of an upload whose answer was lost answers the same id and
 // creates nothing: the task the key names is answered as it is, or, when its upload never completed,
 // completed with this request's image.
+//
+// Over a reference database, which has no pending tasks, the upload takes newOnReference instead.
 func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 	// The operation chain is refused before any of the image is read: an unknown operation or a bad
 	// parameter is the client's mistake, never a worker's surprise.
@@ -617,8 +619,8 @@ func (s *server) forward(databasePath string) httpapi.HandlerFunc {
 	}
 }
 
-// handleRegisterTaskFinished passes a worker's finish through to the database and then wakes the
-// /isReady polls waiting for that task.
+// handleRegisterTaskFinished passes a worker's finish through to the database, once storage holds the
+// task's result (see withoutResult), and then wakes the /isReady polls waiting for that task.
 func (s *server) handleRegisterTaskFinished() httpapi.HandlerFunc {
 	forward := s.forward("/finishTask")
 	return func(w http.ResponseWriter, r *http.Request) error {
