@@ -67,6 +67,8 @@ type peer struct {
 	name string
 	http *http.Client
 	ep   Endpoint
+	// missing, when set, hears of every endpoint the peer turned out not to have (see NoEndpointError).
+	missing func(ctx context.Context, addr, path string)
 }
 
 // call is one request to a peer.
@@ -259,7 +261,7 @@ func (p peer) once(ctx context.Context, c call) (reply, advice, error) {
 		var r reply
 		if r, err = p.read(resp, c); err == nil || resp.StatusCode/100 != 2 {
 			cancel()
-			return p.outcome(addr, resp, r, err, c)
+			return p.outcome(ctx, addr, resp, r, err, c)
 		}
 	}
 	if err == nil && !c.small {
@@ -288,7 +290,7 @@ func (p peer) once(ctx context.Context, c call) (reply, advice, error) {
 		defer cancel()
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return p.outcome(addr, resp, reply{body: string(b)}, nil, c)
+		return p.outcome(ctx, addr, resp, reply{body: string(b)}, nil, c)
 	}
 	// The stream outlives this function: the attempt's context ends when its body is closed.
 	p.ep.Answered(addr)
@@ -308,7 +310,7 @@ func (p peer) read(resp *http.Response, c call) (reply, error) {
 
 // outcome turns an answer read whole into the attempt's outcome: a 2xx reply, or the peer's refusal as
 // an *httpapi.Error, retried when it is transient and the call idempotent.
-func (p peer) outcome(addr string, resp *http.Response, r reply, err error, c call) (reply, advice, error) {
+func (p peer) outcome(ctx context.Context, addr string, resp *http.Response, r reply, err error, c call) (reply, advice, error) {
 	p.ep.Answered(addr)
 	if err != nil {
 		return reply{}, advice{retry: c.idempotent}, err
@@ -317,7 +319,37 @@ func (p peer) outcome(addr string, resp *http.Response, r reply, err error, c ca
 		return r, advice{}, nil
 	}
 	e := httpapi.ReadErrorBody(resp.StatusCode, resp.Header, []byte(r.body))
+	if resp.StatusCode == http.StatusNotFound && strings.TrimSpace(r.body) == goNotFound {
+		if p.missing != nil {
+			p.missing(ctx, addr, c.path)
+		}
+		return reply{}, advice{}, &NoEndpointError{Addr: addr, Path: c.path, err: e}
+	}
 	return reply{}, advice{retry: c.idempotent && e.Transient(), after: e.RetryAfter}, e
+}
+
+// goNotFound is the whole body of Go's default ServeMux for a path it does not serve: how the reference
+// design's services answer the endpoints only imgmill has. imgmill's own services answer an unknown
+// path "Error: no endpoint ...", and a missing task or image with an "Error: ..." 404 of their own.
+const goNotFound = "404 page not found"
+
+// NoEndpointError is a peer's answer that it has no such endpoint at all (a 404 with the body of Go's
+// default mux): a peer of the reference design asked for something only imgmill has. It unwraps to the
+// peer's 404 as an *httpapi.Error.
+type NoEndpointError struct {
+	Addr, Path string
+	err        *httpapi.Error
+}
+
+func (e *NoEndpointError) Error() string {
+	return fmt.Sprintf("the peer at %s has no %s: %v", e.Addr, e.Path, e.err)
+}
+func (e *NoEndpointError) Unwrap() error { return e.err }
+
+// IsNoEndpoint reports whether err is a peer's answer that it has no such endpoint (see NoEndpointError).
+func IsNoEndpoint(err error) bool {
+	var e *NoEndpointError
+	return errors.As(err, &e)
 }
 
 // cancelOnClose ends an attempt's context when its streamed body is closed.

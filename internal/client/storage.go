@@ -109,6 +109,26 @@ func (c *Storage) GetImage(ctx context.Context, id int64, state string) (*Image,
 	return openImage(ctx, c.p, "/getImage", imageQuery(id, state))
 }
 
+// HasImage reports whether storage holds the image of task id in state, asking for its headers only
+// (HEAD). A missing image is 404 from imgmill's storage and 400 from the reference design's.
+func (c *Storage) HasImage(ctx context.Context, id int64, state string) (bool, error) {
+	r, err := c.p.send(ctx, call{method: http.MethodHead, path: "/getImage", query: imageQuery(id, state), idempotent: true,
+		headerTimeout: CallTimeout})
+	if IsStatus(err, http.StatusMethodNotAllowed) || IsStatus(err, http.StatusNotImplemented) {
+		// A storage that serves GET only: the image is opened, and closed unread.
+		r, err = c.p.send(ctx, call{method: http.MethodGet, path: "/getImage", query: imageQuery(id, state), idempotent: true,
+			headerTimeout: imageHeaderTimeout})
+	}
+	switch {
+	case IsStatus(err, http.StatusNotFound) || IsStatus(err, http.StatusBadRequest):
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	r.stream.Body.Close()
+	return true, nil
+}
+
 func imageQuery(id int64, state string) url.Values {
 	return url.Values{"id": {strconv.FormatInt(id, 10)}, "state": {state}}
 }

@@ -81,6 +81,8 @@ func (s *server) owner(r *http.Request) (string, error) {
 // With an Idempotency-Key (additive), a retry of an upload whose answer was lost answers the same id and
 // creates nothing: the task the key names is answered as it is, or, when its upload never completed,
 // completed with this request's image.
+//
+// Over a reference database, which has no pending tasks, the upload takes newOnReference instead.
 func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 	// The operation chain is refused before any of the image is read: an unknown operation or a bad
 	// parameter is the client's mistake, never a worker's surprise.
@@ -107,13 +109,20 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 	if maxUpload > 0 && r.ContentLength > maxUpload {
 		return TooLargeError(r.ContentLength, maxUpload)
 	}
+	// A reference database has no pending tasks, usage or keys: its uploads take newOnReference.
+	reference, err := s.db.Reference(r.Context())
+	if err != nil {
+		return fmt.Errorf("reach the task database: %w", err)
+	}
 	if err := s.checkQueue(w, r); err != nil {
 		return err
 	}
 	// An upload with an idempotency key may be the retry of one that was stored: its quota is checked
 	// once its task is known to be new.
 	var limit func(io.Reader) io.Reader
-	if key == "" {
+	if reference {
+		limit = func(r io.Reader) io.Reader { return r }
+	} else if key == "" {
 		if limit, err = s.checkQuota(r.Context(), owner, r.ContentLength, false); err != nil {
 			return err
 		}
@@ -142,6 +151,9 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err := s.limits.checkCost(chain, header); err != nil {
 		return err
+	}
+	if reference {
+		return s.newOnReference(w, r, chain, imageop.CheckStructure(header.Format, io.MultiReader(bytes.NewReader(head), body)))
 	}
 	ctx := r.Context()
 	created, err := s.db.CreateTask(ctx, client.NewTaskParams{Pending: true, Op: chain.String(), IdempotencyKey: key, Owner: owner,
@@ -607,12 +619,25 @@ func (s *server) forward(databasePath string) httpapi.HandlerFunc {
 	}
 }
 
-// handleRegisterTaskFinished passes a worker's finish through to the database and then wakes the
-// /isReady polls waiting for that task.
+// handleRegisterTaskFinished passes a worker's finish through to the database, once storage holds the
+// task's result (see withoutResult), and then wakes the /isReady polls waiting for that task.
 func (s *server) handleRegisterTaskFinished() httpapi.HandlerFunc {
 	forward := s.forward("/finishTask")
 	return func(w http.ResponseWriter, r *http.Request) error {
-		err := forward(w, r)
+		id, err := httpapi.QueryID(r, "id")
+		if err != nil {
+			return err
+		}
+		// A worker may register a task finished without having stored its result (a reference worker
+		// whose store failed does): the task would be finished with nothing to serve.
+		held, err := s.storage.HasImage(r.Context(), id, wire.FinishedImage)
+		if err != nil {
+			return fmt.Errorf("look for the result of task %d: %w", id, err)
+		}
+		if !held {
+			return s.withoutResult(r.Context(), id, r.URL.Query())
+		}
+		err = forward(w, r)
 		if client.IsStatus(err, http.StatusGone) {
 			// The task was cancelled or deleted while the worker made its result: the result it stored
 			// is nobody's, and a delete may already have swept the task's images before it landed.
@@ -639,6 +664,19 @@ func (s *server) handleRegisterTaskFinished() httpapi.HandlerFunc {
 // this way learns of a cancel within moments rather than at its next heartbeat. A cancel through
 // another master is heard at the next heartbeat, as without wait.
 func (s *server) handleExtendLease() httpapi.HandlerFunc {
+	extend := s.extendLease()
+	return func(w http.ResponseWriter, r *http.Request) error {
+		err := extend(w, r)
+		if client.IsNoEndpoint(err) {
+			// A database without leases (the reference's) never takes a claim back.
+			return s.unleased(w, r)
+		}
+		return err
+	}
+}
+
+// extendLease is handleExtendLease over a database with leases.
+func (s *server) extendLease() httpapi.HandlerFunc {
 	forward := s.forward("/extendLease")
 	return func(w http.ResponseWriter, r *http.Request) error {
 		wait, err := httpapi.QueryDuration(r, "wait", wire.MaxLeaseWait)
@@ -683,7 +721,11 @@ func (s *server) handleExtendLease() httpapi.HandlerFunc {
 func (s *server) forwardChange(databasePath string) httpapi.HandlerFunc {
 	forward := s.forward(databasePath)
 	return func(w http.ResponseWriter, r *http.Request) error {
-		if err := forward(w, r); err != nil {
+		err := forward(w, r)
+		if client.IsNoEndpoint(err) {
+			return s.handBackOnReference(w, r, databasePath)
+		}
+		if err != nil {
 			return err
 		}
 		if id, err := strconv.ParseInt(r.URL.Query().Get("id"), 10, 64); err == nil {
