@@ -84,6 +84,9 @@ type call struct {
 	// attempt waits for the answer to begin (0: as long as ctx allows).
 	small         bool
 	headerTimeout time.Duration
+	// errorIn200: the peer may answer a refusal with status 200 and an "Error: ..." body, as the
+	// reference design's master passes on its database's errors; such a reply is the error it says.
+	errorIn200 bool
 }
 
 // reply is a peer's 2xx answer. For a small call body holds the reply text and stream is nil; otherwise
@@ -314,6 +317,9 @@ func (p peer) outcome(addr string, resp *http.Response, r reply, err error, c ca
 		return reply{}, advice{retry: c.idempotent}, err
 	}
 	if resp.StatusCode/100 == 2 {
+		if e := refusalIn200(c, r.body); e != nil {
+			return reply{}, advice{retry: c.idempotent && e.Err.Transient()}, e
+		}
 		return r, advice{}, nil
 	}
 	e := httpapi.ReadErrorBody(resp.StatusCode, resp.Header, []byte(r.body))
@@ -356,7 +362,66 @@ func (p peer) sendLong(ctx context.Context, c call) (reply, error) {
 	if err != nil {
 		return reply{}, fmt.Errorf("read %s reply: %w", c.path, err)
 	}
+	if e := refusalIn200(c, string(b)); e != nil {
+		return reply{}, e
+	}
 	return reply{body: string(b), header: r.header}, nil
+}
+
+// RefusedIn200 is a refusal a peer answered with status 200 and an "Error: ..." body (the reference
+// design's master passing on its database's or storage's error), read as the error it is. It unwraps to
+// an *httpapi.Error with the status imgmill's own service would have answered (refusalStatus).
+type RefusedIn200 struct{ Err *httpapi.Error }
+
+func (e *RefusedIn200) Error() string { return e.Err.Error() }
+func (e *RefusedIn200) Unwrap() error { return e.Err }
+
+// refusalIn200 is the error a 200 reply of c with body stands for, or nil when it is a plain answer.
+func refusalIn200(c call, body string) *RefusedIn200 {
+	if !c.errorIn200 {
+		return nil
+	}
+	e := refusal(body)
+	if e == nil {
+		return nil
+	}
+	return &RefusedIn200{Err: e}
+}
+
+// refusal reads an "Error: ..." body answered with status 200, or nil for any other body.
+func refusal(body string) *httpapi.Error {
+	msg, ok := strings.CutPrefix(strings.TrimSpace(body), "Error:")
+	if !ok {
+		return nil
+	}
+	msg = strings.TrimSpace(msg)
+	return &httpapi.Error{Status: refusalStatus(msg), Msg: msg}
+}
+
+// refusalStatus is the status of a refusal known only by its text: no task to claim is the database's
+// 400, a missing file or task a 404, and anything else a 502, transient (a peer behind the one that
+// answered failed, and the text cannot tell whether trying again helps), so that it never costs a task
+// an attempt.
+func refusalStatus(msg string) int {
+	switch {
+	case msg == wire.NoTaskMessage:
+		return http.StatusBadRequest
+	case SaysNotFound(msg):
+		return http.StatusNotFound
+	}
+	return http.StatusBadGateway
+}
+
+// SaysNotFound reports whether a peer's error text says that what was asked for is not there: a file
+// the reference design's storage or master could not open, or a task its database does not know.
+func SaysNotFound(msg string) bool {
+	m := strings.ToLower(msg)
+	for _, s := range []string{"no such file", "not found", "no such task", "does not exist", "cannot find", "no rows in result set"} {
+		if strings.Contains(m, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // expectSuccess checks a reference "success" answer.
@@ -383,10 +448,29 @@ func IsStatus(err error, status int) bool {
 	return errors.As(err, &e) && e.Status == status
 }
 
-// IsNoTask reports whether err is the reference "no task to claim" answer.
+// IsNoTask reports whether err is the reference "no task to claim" answer: the database's 400, or the
+// same words with status 200 from the reference design's master (RefusedIn200).
 func IsNoTask(err error) bool {
 	var e *httpapi.Error
 	return errors.As(err, &e) && e.Status == http.StatusBadRequest && strings.TrimSpace(e.Msg) == wire.NoTaskMessage
+}
+
+// IsNoEndpoint reports whether err is a peer's answer that it has no such endpoint: a 404 or 405 whose
+// body is the Go mux's own ("404 page not found"), as from a service of the reference design asked for
+// one of imgmill's additive endpoints. imgmill's own services answer an unknown task with their own
+// words, so the two are told apart.
+func IsNoEndpoint(err error) bool {
+	var e *httpapi.Error
+	if !errors.As(err, &e) {
+		return false
+	}
+	switch {
+	case e.Status == http.StatusNotFound:
+		return e.Msg == "404 page not found"
+	case e.Status == http.StatusMethodNotAllowed:
+		return e.Msg == "Method Not Allowed" || e.Msg == "405 method not allowed"
+	}
+	return false
 }
 
 // ResolveTTL is how long a peer's address looked up in the kv store is reused.
