@@ -18,6 +18,10 @@ import (
 // stored with a larger lease token: the task was claimed again since, and the newer result stays.
 var ErrStaleToken = errors.New("stale lease token")
 
+// ErrNoDeletes is wrapped by the error of a delete when storage has no DELETE /images: the reference
+// design's storage, which keeps every image. The images stay; callers go on without removing them.
+var ErrNoDeletes = errors.New("storage cannot delete images (the reference design's storage keeps them)")
+
 // Storage is a client of the storage service.
 type Storage struct{ p peer }
 
@@ -63,8 +67,19 @@ func (c *Storage) sendImage(ctx context.Context, q url.Values, r io.Reader, size
 // no error.
 func (c *Storage) DeleteImages(ctx context.Context, id int64) error {
 	_, err := c.p.sendText(ctx, call{method: http.MethodDelete, path: "/images", query: idQuery(id), idempotent: true})
+	return noDeletes(err)
+}
+
+// noDeletes marks a delete's err with ErrNoDeletes when storage has no such endpoint.
+func noDeletes(err error) error {
+	if IsNoEndpoint(err) {
+		return fmt.Errorf("%w: %w", ErrNoDeletes, err)
+	}
 	return err
 }
+
+// Addr is the address of the storage instance calls go to now, to name it in logs.
+func (c *Storage) Addr(ctx context.Context) (string, error) { return c.p.ep.Addr(ctx) }
 
 // DeleteResult removes the result of task id, if any.
 func (c *Storage) DeleteResult(ctx context.Context, id int64) error {
@@ -75,7 +90,7 @@ func (c *Storage) DeleteResult(ctx context.Context, id int64) error {
 func (c *Storage) DeleteImage(ctx context.Context, id int64, state string) error {
 	_, err := c.p.sendText(ctx, call{method: http.MethodDelete, path: "/images",
 		query: imageQuery(id, state), idempotent: true})
-	return err
+	return noDeletes(err)
 }
 
 // ListBlobs returns one page of the blobs in storage whose keys start with prefix, in key order, from

@@ -190,25 +190,19 @@ type loop struct {
 	logger  *slog.Logger
 }
 
-// missingEndpoints remembers the masters found without one of imgmill's additive worker endpoints
-// (/failTask, /releaseTask: the reference design's master), so that each is logged once, not at every
-// task.
+// missingEndpoints logs, once per master, that it has no /failTask or /releaseTask (the reference
+// design's master).
 type missingEndpoints struct {
 	logger *slog.Logger
-	seen   sync.Map // "address path" -> struct{}
+	seen   client.Missing
 }
 
-// note logs, once per master address and path, that the master lacks the endpoint path, and what the
-// worker does instead.
 func (m *missingEndpoints) note(ctx context.Context, master *client.Master, path, instead string) {
 	addr, err := master.Addr(ctx)
 	if err != nil {
 		addr = "unknown"
 	}
-	if _, dup := m.seen.LoadOrStore(addr+" "+path, struct{}{}); dup {
-		return
-	}
-	m.logger.InfoContext(ctx, fmt.Sprintf("peer at http://%s has no %s: the reference design's master; %s", addr, path, instead))
+	m.seen.Note(ctx, m.logger, "master", addr, path, instead)
 }
 
 func (l *loop) run(stop context.Context) {
