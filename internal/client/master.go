@@ -20,12 +20,15 @@ import (
 type Master struct {
 	p peer
 	LeaseAPI
+	// missing remembers the masters found without /status (the reference design's), which are asked
+	// /isReady instead at once.
+	missing *Missing
 }
 
 // NewMaster returns a master client reaching the service through ep.
 func NewMaster(hc *http.Client, ep Endpoint) *Master {
 	p := peer{name: "master", http: hc, ep: ep}
-	return &Master{p: p, LeaseAPI: LeaseAPI{p: p, finishPath: "/registerTaskFinished", errorIn200: true}}
+	return &Master{p: p, LeaseAPI: LeaseAPI{p: p, finishPath: "/registerTaskFinished", errorIn200: true}, missing: &Missing{}}
 }
 
 // Addr is the address of the master instance calls go to now, to name it in logs.
@@ -171,8 +174,22 @@ func (c *Master) Stats(ctx context.Context) (wire.Stats, error) {
 // /status (the reference design's) is asked /isReady instead, and the status says only "finished" or
 // "queued": that master knows no other state, and keeps no attempts, errors, times, chain or name.
 func (c *Master) Status(ctx context.Context, id int64) (wire.Status, error) {
-	reply, err := c.p.sendText(ctx, call{method: http.MethodGet, path: "/status", query: idQuery(id), idempotent: true})
-	if IsNoEndpoint(err) {
+	known := false // the master is known to have no /status
+	if c.missing.any.Load() {
+		addr, _ := c.p.ep.Addr(ctx)
+		known = c.missing.has(addr, "/status")
+	}
+	var reply string
+	var err error
+	if !known {
+		reply, err = c.p.sendText(ctx, call{method: http.MethodGet, path: "/status", query: idQuery(id), idempotent: true})
+	}
+	if known || IsNoEndpoint(err) {
+		if !known {
+			addr, _ := c.p.ep.Addr(ctx)
+			c.missing.Note(ctx, httpapi.LoggerFrom(ctx), "master", addr, "/status",
+				"a task's status is asked of /isReady: finished, or queued for anything else")
+		}
 		ready, err := c.IsReady(ctx, id)
 		if err != nil {
 			return wire.Status{}, err

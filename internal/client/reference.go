@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/wire"
@@ -111,13 +112,29 @@ func IsNoEndpoint(err error) bool {
 // Missing remembers, per peer address and path, the additive endpoints peers were found without (the
 // reference design's services), so that each is logged once, not at every call. The zero value is
 // ready.
-type Missing struct{ seen sync.Map }
+type Missing struct {
+	seen sync.Map
+	any  atomic.Bool // something was noted: seen is worth looking at
+}
 
 // Note logs at INFO, the first time for the peer at addr and path, that the peer (its kind: "master",
 // "storage") has no path and what is done instead.
 func (m *Missing) Note(ctx context.Context, logger *slog.Logger, kind, addr, path, instead string) {
+	if m.has(addr, path) {
+		return
+	}
 	if _, dup := m.seen.LoadOrStore(addr+" "+path, struct{}{}); dup {
 		return
 	}
+	m.any.Store(true)
 	logger.InfoContext(ctx, fmt.Sprintf("peer at http://%s has no %s: the reference design's %s; %s", addr, path, kind, instead))
+}
+
+// has reports whether the peer at addr was found without path.
+func (m *Missing) has(addr, path string) bool {
+	if !m.any.Load() {
+		return false
+	}
+	_, ok := m.seen.Load(addr + " " + path)
+	return ok
 }

@@ -39,8 +39,12 @@ func wantMsg(t *testing.T, what string, err error, status int, msg string) {
 // "Error: ..." body; the client reads each as the error it is.
 func TestReferenceMasterRefusalsIn200(t *testing.T) {
 	const image = "\x89PNG\r\n\x1a\nnot really, but an image's first bytes"
-	var finishes atomic.Int64
+	var finishes, statuses atomic.Int64
 	mux := http.NewServeMux()
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
+		statuses.Add(1)
+		http.NotFound(w, r) // as the reference's mux answers a path it lacks
+	})
 	mux.HandleFunc("/getNewTask", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, "Error: "+wire.NoTaskMessage)
 	})
@@ -120,6 +124,9 @@ func TestReferenceMasterRefusalsIn200(t *testing.T) {
 	}
 	_, err = m.Status(ctx, 99)
 	wantMsg(t, "Status of an unknown task", err, http.StatusNotFound, "no task with id 99")
+	if n := statuses.Load(); n != 1 {
+		t.Errorf("/status asked %d times for 3 statuses, want once: the master is known to lack it", n)
+	}
 
 	// A missing additive endpoint is told from a refusal of imgmill's own.
 	_, err = m.FailTask(ctx, 1, 0, "broken", false)
