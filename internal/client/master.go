@@ -93,8 +93,8 @@ func (c *Master) Upload(ctx context.Context, r io.Reader, size int64, p UploadPa
 }
 
 // IsReady reports whether task id is finished. The reference design's master answers an id its
-// database does not know with 200 and the database's error: that is the 404 "no task with id N" of
-// imgmill's.
+// database does not know with its database's error, with status 200 or 400: that is imgmill's "no task
+// with id N".
 func (c *Master) IsReady(ctx context.Context, id int64) (bool, error) {
 	reply, err := c.p.sendText(ctx, call{method: http.MethodGet, path: "/isReady", query: idQuery(id), idempotent: true,
 		errorIn200: true})
@@ -104,12 +104,15 @@ func (c *Master) IsReady(ctx context.Context, id int64) (bool, error) {
 	return reply == "1", nil
 }
 
-// unknownTask turns a not-found refusal answered with 200 (RefusedIn200) into imgmill's "no task with
-// id N"; other errors pass unchanged.
+// unknownTask turns a reference master's refusal that says task id is not found (with status 200, or its
+// database's 400 passed on, in the database's words) into imgmill's "no task with id N"; other errors,
+// imgmill's own words included, pass unchanged.
 func unknownTask(err error, id int64) error {
-	var r *RefusedIn200
-	if errors.As(err, &r) && r.Err.Status == http.StatusNotFound {
-		return fmt.Errorf("%w (%s)", httpapi.Errorf(http.StatusNotFound, "no task with id %d", id), r.Err.Msg)
+	var e *httpapi.Error
+	own := fmt.Sprintf("no task with id %d", id)
+	if errors.As(err, &e) && (e.Status == http.StatusNotFound || e.Status == http.StatusBadRequest) &&
+		SaysNotFound(e.Msg) && e.Msg != own {
+		return fmt.Errorf("%w (%s)", httpapi.Errorf(e.Status, "%s", own), e.Msg)
 	}
 	return err
 }

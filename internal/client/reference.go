@@ -65,7 +65,7 @@ func refusalStatus(msg string) int {
 // the reference design's storage or master could not open, or a task its database does not know.
 func SaysNotFound(msg string) bool {
 	m := strings.ToLower(msg)
-	for _, s := range []string{"no such file", "not found", "no such task", "does not exist", "cannot find", "no rows in result set"} {
+	for _, s := range []string{"no such file", "not found", "no such task", "does not exist", "cannot find", "no rows in result set", "no task with id"} {
 		if strings.Contains(m, s) {
 			return true
 		}

@@ -65,6 +65,10 @@ func TestReferenceMasterRefusalsIn200(t *testing.T) {
 			fmt.Fprint(w, "1")
 		case "8":
 			fmt.Fprint(w, "0")
+		case "98":
+			// The database's refusal passed on with its status.
+			w.WriteHeader(http.StatusBadRequest)
+			fmt.Fprint(w, `Error: No task with id "98".`)
 		default:
 			fmt.Fprint(w, "Error: sql: no rows in result set")
 		}
@@ -102,6 +106,8 @@ func TestReferenceMasterRefusalsIn200(t *testing.T) {
 	}
 	_, err = m.IsReady(ctx, 99)
 	wantMsg(t, "IsReady of an unknown task", err, http.StatusNotFound, "no task with id 99")
+	_, err = m.IsReady(ctx, 98)
+	wantMsg(t, "IsReady of an unknown task, refused with 400", err, http.StatusBadRequest, "no task with id 98")
 
 	img, err := m.Get(ctx, 7)
 	if err != nil {
