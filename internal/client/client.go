@@ -86,6 +86,9 @@ type call struct {
 	// attempt waits for the answer to begin (0: as long as ctx allows).
 	small         bool
 	headerTimeout time.Duration
+	// errorIn200: the peer may answer a refusal with status 200 and an "Error: ..." body, as the
+	// reference design's master passes on its database's errors; such a reply is the error it says.
+	errorIn200 bool
 }
 
 // reply is a peer's 2xx answer. For a small call body holds the reply text and stream is nil; otherwise
@@ -316,6 +319,9 @@ func (p peer) outcome(ctx context.Context, addr string, resp *http.Response, r r
 		return reply{}, advice{retry: c.idempotent}, err
 	}
 	if resp.StatusCode/100 == 2 {
+		if e := refusalIn200(c, r.body); e != nil {
+			return reply{}, advice{retry: c.idempotent && e.Err.Transient()}, e
+		}
 		return r, advice{}, nil
 	}
 	e := httpapi.ReadErrorBody(resp.StatusCode, resp.Header, []byte(r.body))
@@ -346,10 +352,24 @@ func (e *NoEndpointError) Error() string {
 }
 func (e *NoEndpointError) Unwrap() error { return e.err }
 
-// IsNoEndpoint reports whether err is a peer's answer that it has no such endpoint (see NoEndpointError).
+// IsNoEndpoint reports whether err is a peer's answer that it has no such endpoint (see
+// NoEndpointError), or no such method for it (a 405 in the words of Go's mux).
 func IsNoEndpoint(err error) bool {
 	var e *NoEndpointError
-	return errors.As(err, &e)
+	if errors.As(err, &e) {
+		return true
+	}
+	var h *httpapi.Error
+	if !errors.As(err, &h) {
+		return false
+	}
+	switch h.Status {
+	case http.StatusNotFound:
+		return h.Msg == goNotFound
+	case http.StatusMethodNotAllowed:
+		return h.Msg == "Method Not Allowed" || h.Msg == "405 method not allowed"
+	}
+	return false
 }
 
 // cancelOnClose ends an attempt's context when its streamed body is closed.
@@ -388,25 +408,10 @@ func (p peer) sendLong(ctx context.Context, c call) (reply, error) {
 	if err != nil {
 		return reply{}, fmt.Errorf("read %s reply: %w", c.path, err)
 	}
+	if e := refusalIn200(c, string(b)); e != nil {
+		return reply{}, e
+	}
 	return reply{body: string(b), header: r.header}, nil
-}
-
-// expectSuccess checks a reference "success" answer.
-func expectSuccess(reply string, err error) error {
-	if err != nil {
-		return err
-	}
-	if reply != "success" {
-		return fmt.Errorf("unexpected reply %q", truncate(reply))
-	}
-	return nil
-}
-
-func truncate(s string) string {
-	if len(s) > 80 {
-		return s[:80] + "..."
-	}
-	return s
 }
 
 // IsStatus reports whether err carries the given HTTP status from a peer.
@@ -415,7 +420,8 @@ func IsStatus(err error, status int) bool {
 	return errors.As(err, &e) && e.Status == status
 }
 
-// IsNoTask reports whether err is the reference "no task to claim" answer.
+// IsNoTask reports whether err is the reference "no task to claim" answer: the database's 400, or the
+// same words with status 200 from the reference design's master (RefusedIn200).
 func IsNoTask(err error) bool {
 	var e *httpapi.Error
 	return errors.As(err, &e) && e.Status == http.StatusBadRequest && strings.TrimSpace(e.Msg) == wire.NoTaskMessage

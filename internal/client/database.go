@@ -357,6 +357,8 @@ func (c *Database) List(ctx context.Context) (string, error) {
 type LeaseAPI struct {
 	p          peer
 	finishPath string
+	// errorIn200: refusals may come as 200 "Error: ..." (the reference design's master).
+	errorIn200 bool
 }
 
 // GetNewTask claims a task. With wait > 0 the request is held up to wait for a task to appear;
@@ -369,18 +371,18 @@ func (a LeaseAPI) GetNewTask(ctx context.Context, wait time.Duration) (wire.Task
 		timeout += wait
 	}
 	// Not idempotent: a retried claim whose first answer was lost would hold a second task.
-	r, err := a.p.sendLong(ctx, call{method: http.MethodPost, path: "/getNewTask", query: q, headerTimeout: timeout})
+	r, err := a.p.sendLong(ctx, call{method: http.MethodPost, path: "/getNewTask", query: q, headerTimeout: timeout, errorIn200: a.errorIn200})
 	return taskReply(r.body, err)
 }
 
 // FinishTask marks the claimed task finished.
 func (a LeaseAPI) FinishTask(ctx context.Context, id, token int64) error {
-	return expectSuccess(a.p.sendText(ctx, call{method: http.MethodPost, path: a.finishPath, query: tokenQuery(id, token), idempotent: true}))
+	return expectSuccess(a.p.sendText(ctx, call{method: http.MethodPost, path: a.finishPath, query: tokenQuery(id, token), idempotent: true, errorIn200: a.errorIn200}))
 }
 
 // ExtendLease renews the claim's lease (a heartbeat) and returns the task with its new lease.
 func (a LeaseAPI) ExtendLease(ctx context.Context, id, token int64) (wire.Task, error) {
-	return taskReply(a.p.sendText(ctx, call{method: http.MethodPost, path: "/extendLease", query: tokenQuery(id, token), idempotent: true}))
+	return taskReply(a.p.sendText(ctx, call{method: http.MethodPost, path: "/extendLease", query: tokenQuery(id, token), idempotent: true, errorIn200: a.errorIn200}))
 }
 
 // WatchLease is ExtendLease held by the master (additive) for up to wait (at most wire.MaxLeaseWait)
@@ -391,7 +393,7 @@ func (a LeaseAPI) WatchLease(ctx context.Context, id, token int64, wait time.Dur
 	q := tokenQuery(id, token)
 	q.Set("wait", wait.String())
 	r, err := a.p.sendLong(ctx, call{method: http.MethodPost, path: "/extendLease", query: q, idempotent: true,
-		headerTimeout: wait + CallTimeout})
+		headerTimeout: wait + CallTimeout, errorIn200: a.errorIn200})
 	return taskReply(r.body, err)
 }
 
@@ -403,7 +405,7 @@ func (a LeaseAPI) FailTask(ctx context.Context, id, token int64, reason string, 
 	if permanent {
 		q.Set("permanent", "true")
 	}
-	return taskReply(a.p.sendText(ctx, call{method: http.MethodPost, path: "/failTask", query: q, idempotent: true}))
+	return taskReply(a.p.sendText(ctx, call{method: http.MethodPost, path: "/failTask", query: q, idempotent: true, errorIn200: a.errorIn200}))
 }
 
 // RetryTask hands a claimed task back after a transient failure (something the work needed was
@@ -413,12 +415,12 @@ func (a LeaseAPI) RetryTask(ctx context.Context, id, token int64, reason string)
 	q := tokenQuery(id, token)
 	q.Set("reason", reason)
 	q.Set("transient", "true")
-	return taskReply(a.p.sendText(ctx, call{method: http.MethodPost, path: "/failTask", query: q, idempotent: true}))
+	return taskReply(a.p.sendText(ctx, call{method: http.MethodPost, path: "/failTask", query: q, idempotent: true, errorIn200: a.errorIn200}))
 }
 
 // ReleaseTask hands a claimed task back without counting the attempt.
 func (a LeaseAPI) ReleaseTask(ctx context.Context, id, token int64) error {
-	return expectSuccess(a.p.sendText(ctx, call{method: http.MethodPost, path: "/releaseTask", query: tokenQuery(id, token), idempotent: true}))
+	return expectSuccess(a.p.sendText(ctx, call{method: http.MethodPost, path: "/releaseTask", query: tokenQuery(id, token), idempotent: true, errorIn200: a.errorIn200}))
 }
 
 func idQuery(id int64) url.Values { return url.Values{"id": {strconv.FormatInt(id, 10)}} }

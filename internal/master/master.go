@@ -26,7 +26,7 @@ import (
 func NewServer(db *client.Database, storage *client.Storage, limits Limits, opts ...Option) http.Handler {
 	mux := httpapi.NewMux()
 	s := &server{db: db, storage: storage, limits: limits.WithDefaults(),
-		queue: &queueGauge{db: db, ttl: queueCacheTTL}}
+		queue: &queueGauge{db: db, ttl: queueCacheTTL}, missing: &client.Missing{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -52,6 +52,8 @@ type server struct {
 	// changes wakes the long polls of POST /statuses: every change of a task's state that passes
 	// through this master (a claim, finish, failure or release).
 	changes finishWaiters
+	// missing remembers a storage found without deletes (keptImages).
+	missing *client.Missing
 }
 
 // owner names who queues the task of upload r, whom claims serve in turn: the frontend's word for it
@@ -237,7 +239,7 @@ func (s *server) abandon(ctx context.Context, id int64, err error) {
 func (s *server) discardUpload(ctx context.Context, id int64) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abandonTimeout)
 	defer cancel()
-	if err := s.storage.DeleteImages(ctx, id); err != nil {
+	if err := keptImages(ctx, s.missing, s.storage, s.storage.DeleteImages(ctx, id)); err != nil {
 		httpapi.LoggerFrom(ctx).WarnContext(ctx, "cannot remove the upload of a task given up meanwhile", "task", id, "err", err)
 	}
 }
@@ -506,7 +508,7 @@ func (s *server) handleRetry(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("find the upload of task %d: %w", id, err)
 	}
 	img.Close() // only its existence was asked
-	if err := s.storage.DeleteResult(ctx, id); err != nil {
+	if err := keptImages(ctx, s.missing, s.storage, s.storage.DeleteResult(ctx, id)); err != nil {
 		return fmt.Errorf("remove the earlier result of task %d: %w", id, err)
 	}
 	t, err = s.db.RequeueTask(ctx, id)
@@ -544,7 +546,7 @@ func (s *server) handleDelete(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := removeTask(r.Context(), s.db, s.storage, id); err != nil {
+	if err := removeTask(r.Context(), s.db, s.storage, s.missing, id); err != nil {
 		return err
 	}
 	s.metrics.countDeleted()
@@ -555,17 +557,33 @@ func (s *server) handleDelete(w http.ResponseWriter, r *http.Request) error {
 
 // removeTask is a delete (see handleDelete) and the retention sweep's removal of an expired task: cancel,
 // then the images, then the record. An error leaves the task cancelled for a repeat to complete.
-func removeTask(ctx context.Context, db *client.Database, storage *client.Storage, id int64) error {
+func removeTask(ctx context.Context, db *client.Database, storage *client.Storage, missing *client.Missing, id int64) error {
 	// A finished or failed task (409) needs no cancel; an unknown or deleted one (400) is told apart by
 	// the database's delete below.
 	if _, err := db.CancelTask(ctx, id); err != nil &&
 		!client.IsStatus(err, http.StatusConflict) && !client.IsStatus(err, http.StatusBadRequest) {
 		return err
 	}
-	if err := storage.DeleteImages(ctx, id); err != nil {
+	if err := keptImages(ctx, missing, storage, storage.DeleteImages(ctx, id)); err != nil {
 		return fmt.Errorf("delete the images of task %d: %w", id, err)
 	}
 	return db.DeleteTask(ctx, id)
+}
+
+// keptImages is err of a delete in storage, but nil when storage cannot delete (client.ErrNoDeletes:
+// the reference design's storage, which keeps every image): the images stay, logged once per storage,
+// and the delete goes on without them rather than fail for good.
+func keptImages(ctx context.Context, missing *client.Missing, storage *client.Storage, err error) error {
+	if !errors.Is(err, client.ErrNoDeletes) {
+		return err
+	}
+	addr, aerr := storage.Addr(ctx)
+	if aerr != nil {
+		addr = "unknown"
+	}
+	missing.Note(ctx, httpapi.LoggerFrom(ctx), "storage", addr, "DELETE /images",
+		"images of deleted, expired or retried tasks stay in storage")
+	return nil
 }
 
 // handleSource serves the uploaded image of a task as stored, whatever its state.
@@ -642,7 +660,7 @@ func (s *server) handleRegisterTaskFinished() httpapi.HandlerFunc {
 			// The task was cancelled or deleted while the worker made its result: the result it stored
 			// is nobody's, and a delete may already have swept the task's images before it landed.
 			if id, perr := strconv.ParseInt(r.URL.Query().Get("id"), 10, 64); perr == nil {
-				if derr := s.storage.DeleteResult(r.Context(), id); derr != nil {
+				if derr := keptImages(r.Context(), s.missing, s.storage, s.storage.DeleteResult(r.Context(), id)); derr != nil {
 					httpapi.LoggerFrom(r.Context()).WarnContext(r.Context(), "removing a cancelled task's result failed", "task", id, "err", derr)
 				}
 			}

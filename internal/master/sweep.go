@@ -32,6 +32,7 @@ const sweepParallel = 8
 type Sweeper struct {
 	db      *client.Database
 	storage *client.Storage
+	missing client.Missing
 	metrics *Metrics // nil: none
 }
 
@@ -64,7 +65,7 @@ func (w *Sweeper) Sweep(ctx context.Context) (int, error) {
 		g.SetLimit(sweepParallel)
 		for _, id := range ids {
 			g.Go(func() error {
-				if err := removeTask(gctx, w.db, w.storage, id); err != nil {
+				if err := removeTask(gctx, w.db, w.storage, &w.missing, id); err != nil {
 					return fmt.Errorf("remove expired task %d: %w", id, err)
 				}
 				removed.Add(1)
