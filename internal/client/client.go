@@ -352,24 +352,10 @@ func (e *NoEndpointError) Error() string {
 }
 func (e *NoEndpointError) Unwrap() error { return e.err }
 
-// IsNoEndpoint reports whether err is a peer's answer that it has no such endpoint (see
-// NoEndpointError), or no such method for it (a 405 in the words of Go's mux).
+// IsNoEndpoint reports whether err is a peer's answer that it has no such endpoint (see NoEndpointError).
 func IsNoEndpoint(err error) bool {
 	var e *NoEndpointError
-	if errors.As(err, &e) {
-		return true
-	}
-	var h *httpapi.Error
-	if !errors.As(err, &h) {
-		return false
-	}
-	switch h.Status {
-	case http.StatusNotFound:
-		return h.Msg == goNotFound
-	case http.StatusMethodNotAllowed:
-		return h.Msg == "Method Not Allowed" || h.Msg == "405 method not allowed"
-	}
-	return false
+	return errors.As(err, &e)
 }
 
 // cancelOnClose ends an attempt's context when its streamed body is closed.
