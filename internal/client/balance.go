@@ -49,6 +49,15 @@ func NewResolver(kv *KV, key string, ttl time.Duration) *Resolver {
 	}}}
 }
 
+// knownAddrs is an Endpoint that can say which instances it knows without picking one (and so without
+// moving its round-robin on).
+type knownAddrs interface {
+	KnownAddrs() []string
+}
+
+func (s Static) KnownAddrs() []string { return []string{string(s)} }
+
+func (r *Resolver) KnownAddrs() []string                     { return r.b.known() }
 func (r *Resolver) Addr(ctx context.Context) (string, error) { return r.b.addr(ctx) }
 func (r *Resolver) Failed(addr string)                       { r.b.failed(addr) }
 func (r *Resolver) Answered(addr string)                     { r.b.answered(addr) }
@@ -65,6 +74,7 @@ func NewAddrs(addrs []string) *Addrs {
 	}}}
 }
 
+func (a *Addrs) KnownAddrs() []string                     { return a.b.known() }
 func (a *Addrs) Addr(ctx context.Context) (string, error) { return a.b.addr(ctx) }
 func (a *Addrs) Failed(addr string)                       { a.b.failed(addr) }
 func (a *Addrs) Answered(addr string)                     { a.b.answered(addr) }
@@ -189,6 +199,13 @@ func (b *balancer) pickLocked(now time.Time) (addr string, healthy, known bool) 
 	}
 	b.next = (b.next + 1) % n
 	return b.addrs[b.next], false, true
+}
+
+// known returns the addresses of the last lookup (none before the first).
+func (b *balancer) known() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.addrs)
 }
 
 func (b *balancer) failed(addr string) {

@@ -67,6 +67,8 @@ type peer struct {
 	name string
 	http *http.Client
 	ep   Endpoint
+	// missing, when set, hears of every endpoint the peer turned out not to have (see NoEndpointError).
+	missing func(ctx context.Context, addr, path string)
 }
 
 // call is one request to a peer.
@@ -84,6 +86,9 @@ type call struct {
 	// attempt waits for the answer to begin (0: as long as ctx allows).
 	small         bool
 	headerTimeout time.Duration
+	// errorIn200: the peer may answer a refusal with status 200 and an "Error: ..." body, as the
+	// reference design's master passes on its database's errors; such a reply is the error it says.
+	errorIn200 bool
 }
 
 // reply is a peer's 2xx answer. For a small call body holds the reply text and stream is nil; otherwise
@@ -259,7 +264,7 @@ func (p peer) once(ctx context.Context, c call) (reply, advice, error) {
 		var r reply
 		if r, err = p.read(resp, c); err == nil || resp.StatusCode/100 != 2 {
 			cancel()
-			return p.outcome(addr, resp, r, err, c)
+			return p.outcome(ctx, addr, resp, r, err, c)
 		}
 	}
 	if err == nil && !c.small {
@@ -288,7 +293,7 @@ func (p peer) once(ctx context.Context, c call) (reply, advice, error) {
 		defer cancel()
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return p.outcome(addr, resp, reply{body: string(b)}, nil, c)
+		return p.outcome(ctx, addr, resp, reply{body: string(b)}, nil, c)
 	}
 	// The stream outlives this function: the attempt's context ends when its body is closed.
 	p.ep.Answered(addr)
@@ -308,16 +313,49 @@ func (p peer) read(resp *http.Response, c call) (reply, error) {
 
 // outcome turns an answer read whole into the attempt's outcome: a 2xx reply, or the peer's refusal as
 // an *httpapi.Error, retried when it is transient and the call idempotent.
-func (p peer) outcome(addr string, resp *http.Response, r reply, err error, c call) (reply, advice, error) {
+func (p peer) outcome(ctx context.Context, addr string, resp *http.Response, r reply, err error, c call) (reply, advice, error) {
 	p.ep.Answered(addr)
 	if err != nil {
 		return reply{}, advice{retry: c.idempotent}, err
 	}
 	if resp.StatusCode/100 == 2 {
+		if e := refusalIn200(c, r.body); e != nil {
+			return reply{}, advice{retry: c.idempotent && e.Err.Transient()}, e
+		}
 		return r, advice{}, nil
 	}
 	e := httpapi.ReadErrorBody(resp.StatusCode, resp.Header, []byte(r.body))
+	if resp.StatusCode == http.StatusNotFound && strings.TrimSpace(r.body) == goNotFound {
+		if p.missing != nil {
+			p.missing(ctx, addr, c.path)
+		}
+		return reply{}, advice{}, &NoEndpointError{Addr: addr, Path: c.path, err: e}
+	}
 	return reply{}, advice{retry: c.idempotent && e.Transient(), after: e.RetryAfter}, e
+}
+
+// goNotFound is the whole body of Go's default ServeMux for a path it does not serve: how the reference
+// design's services answer the endpoints only imgmill has. imgmill's own services answer an unknown
+// path "Error: no endpoint ...", and a missing task or image with an "Error: ..." 404 of their own.
+const goNotFound = "404 page not found"
+
+// NoEndpointError is a peer's answer that it has no such endpoint at all (a 404 with the body of Go's
+// default mux): a peer of the reference design asked for something only imgmill has. It unwraps to the
+// peer's 404 as an *httpapi.Error.
+type NoEndpointError struct {
+	Addr, Path string
+	err        *httpapi.Error
+}
+
+func (e *NoEndpointError) Error() string {
+	return fmt.Sprintf("the peer at %s has no %s: %v", e.Addr, e.Path, e.err)
+}
+func (e *NoEndpointError) Unwrap() error { return e.err }
+
+// IsNoEndpoint reports whether err is a peer's answer that it has no such endpoint (see NoEndpointError).
+func IsNoEndpoint(err error) bool {
+	var e *NoEndpointError
+	return errors.As(err, &e)
 }
 
 // cancelOnClose ends an attempt's context when its streamed body is closed.
@@ -356,25 +394,10 @@ func (p peer) sendLong(ctx context.Context, c call) (reply, error) {
 	if err != nil {
 		return reply{}, fmt.Errorf("read %s reply: %w", c.path, err)
 	}
+	if e := refusalIn200(c, string(b)); e != nil {
+		return reply{}, e
+	}
 	return reply{body: string(b), header: r.header}, nil
-}
-
-// expectSuccess checks a reference "success" answer.
-func expectSuccess(reply string, err error) error {
-	if err != nil {
-		return err
-	}
-	if reply != "success" {
-		return fmt.Errorf("unexpected reply %q", truncate(reply))
-	}
-	return nil
-}
-
-func truncate(s string) string {
-	if len(s) > 80 {
-		return s[:80] + "..."
-	}
-	return s
 }
 
 // IsStatus reports whether err carries the given HTTP status from a peer.
@@ -383,7 +406,8 @@ func IsStatus(err error, status int) bool {
 	return errors.As(err, &e) && e.Status == status
 }
 
-// IsNoTask reports whether err is the reference "no task to claim" answer.
+// IsNoTask reports whether err is the reference "no task to claim" answer: the database's 400, or the
+// same words with status 200 from the reference design's master (RefusedIn200).
 func IsNoTask(err error) bool {
 	var e *httpapi.Error
 	return errors.As(err, &e) && e.Status == http.StatusBadRequest && strings.TrimSpace(e.Msg) == wire.NoTaskMessage

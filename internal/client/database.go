@@ -5,14 +5,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"iter"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/wire"
 )
 
@@ -44,12 +47,99 @@ type NewTaskResult struct {
 type Database struct {
 	p peer
 	LeaseAPI
+	kinds *databaseKinds
 }
 
 // NewDatabase returns a database client reaching the service through ep.
 func NewDatabase(hc *http.Client, ep Endpoint) *Database {
-	p := peer{name: "database", http: hc, ep: ep}
-	return &Database{p: p, LeaseAPI: LeaseAPI{p: p, finishPath: "/finishTask"}}
+	kinds := &databaseKinds{reference: map[string]bool{}}
+	p := peer{name: "database", http: hc, ep: ep, missing: kinds.missing}
+	return &Database{p: p, LeaseAPI: LeaseAPI{p: p, finishPath: "/finishTask"}, kinds: kinds}
+}
+
+// databaseKinds remembers, per address, whether the database there is the reference design's (it
+// lacks the endpoints only imgmill has) or imgmill's, so that each address is found out once.
+type databaseKinds struct {
+	mu        sync.Mutex
+	reference map[string]bool // by address; absent: not known yet
+}
+
+// missing records that the database at addr lacks path, which makes it a reference one; the first time
+// for an address it says so at INFO.
+func (k *databaseKinds) missing(ctx context.Context, addr, path string) {
+	k.mu.Lock()
+	known := k.reference[addr]
+	k.reference[addr] = true
+	k.mu.Unlock()
+	if !known {
+		httpapi.LoggerFrom(ctx).InfoContext(ctx, fmt.Sprintf("peer at http://%s has no %s: the reference design's database; "+
+			"falling back to its endpoints (uploads stored before their task is created; no leases, failed state, "+
+			"quotas, idempotency keys, cancel, retry or delete)", addr, path), "addr", addr, "endpoint", path)
+	}
+}
+
+// lookup says what is known of the database at addr.
+func (k *databaseKinds) lookup(addr string) (reference, known bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	reference, known = k.reference[addr]
+	return reference, known
+}
+
+// verdict says whether any of addrs is a reference database, settled when every one of them is known
+// (and there is at least one).
+func (k *databaseKinds) verdict(addrs []string) (reference, settled bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, addr := range addrs {
+		ref, known := k.reference[addr]
+		if !known {
+			return false, false
+		}
+		reference = reference || ref
+	}
+	return reference, len(addrs) > 0
+}
+
+// answered records that the database at addr served an endpoint only imgmill has.
+func (k *databaseKinds) answered(addr string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.reference[addr] = false
+}
+
+// Reference reports whether the database is the reference design's, which has none of imgmill's
+// additive endpoints: its /newTask makes a task claimable at once, and there are no pending tasks,
+// leases, failures or counts. Each address is asked once (GET /healthz, which only imgmill's database
+// serves) and the answer kept; while every address the endpoint knows has its answer, Reference asks
+// nobody, and says whether any of them is a reference one. An error is the database being away.
+func (c *Database) Reference(ctx context.Context) (bool, error) {
+	if lister, ok := c.p.ep.(knownAddrs); ok {
+		if reference, settled := c.kinds.verdict(lister.KnownAddrs()); settled {
+			return reference, nil
+		}
+	}
+	addr, err := c.p.ep.Addr(ctx)
+	if err != nil {
+		return false, c.p.unavailable("database not found", err)
+	}
+	if reference, known := c.kinds.lookup(addr); known {
+		return reference, nil
+	}
+	probe := c.p
+	probe.ep = Static(addr)
+	_, err = probe.sendText(ctx, call{method: http.MethodGet, path: "/healthz", idempotent: true})
+	var refusal *httpapi.Error
+	switch {
+	case IsNoEndpoint(err):
+		return true, nil // recorded and logged by the call
+	case errors.As(err, &refusal) && !refusal.Transient():
+		// Refused (say, 401 without the token), but in imgmill's words.
+	case err != nil:
+		return false, err
+	}
+	c.kinds.answered(addr)
+	return false, nil
 }
 
 // NewTask creates a task and returns its id. A pending task is not claimable until ActivateTask;
@@ -158,7 +248,28 @@ func (c *Database) GetByIDs(ctx context.Context, ids []int64) (wire.Tasks, error
 	}
 	reply, err := c.p.sendText(ctx, call{method: http.MethodPost, path: "/getByIds",
 		body: bytes.NewReader(body), size: int64(len(body)), idempotent: true})
+	if IsNoEndpoint(err) {
+		return c.getOneByOne(ctx, ids)
+	}
 	return jsonReply[wire.Tasks]("tasks", reply, err)
+}
+
+// getOneByOne is GetByIDs of a reference database, which has only /getById: an id it refuses (400)
+// names no task.
+func (c *Database) getOneByOne(ctx context.Context, ids []int64) (wire.Tasks, error) {
+	var out wire.Tasks
+	for _, id := range ids {
+		t, err := c.GetByID(ctx, id)
+		switch {
+		case IsStatus(err, http.StatusBadRequest):
+			out.Missing = append(out.Missing, id)
+		case err != nil:
+			return wire.Tasks{}, err
+		default:
+			out.Tasks = append(out.Tasks, t)
+		}
+	}
+	return out, nil
 }
 
 func (c *Database) SetByID(ctx context.Context, t wire.Task) error {
@@ -173,10 +284,37 @@ func (c *Database) SetByID(ctx context.Context, t wire.Task) error {
 		body: bytes.NewReader(body), size: int64(len(body)), idempotent: true}))
 }
 
-// Stats returns how many tasks are in each state.
+// Stats returns how many tasks are in each state. A reference database, which does not count, has
+// them counted from its /list.
 func (c *Database) Stats(ctx context.Context) (wire.Stats, error) {
 	reply, err := c.p.sendText(ctx, call{method: http.MethodGet, path: "/stats", idempotent: true})
+	if IsNoEndpoint(err) {
+		return c.countTasks(ctx)
+	}
 	return jsonReply[wire.Stats]("task counts", reply, err)
+}
+
+// countTasks counts the tasks of the whole listing by state.
+func (c *Database) countTasks(ctx context.Context) (wire.Stats, error) {
+	var st wire.Stats
+	for t, err := range c.Tasks(ctx) {
+		if err != nil {
+			return wire.Stats{}, fmt.Errorf("count the tasks: %w", err)
+		}
+		switch t.State {
+		case wire.NotStarted:
+			st.Queued++
+		case wire.InProgress:
+			st.Processing++
+		case wire.Finished:
+			st.Finished++
+		case wire.Failed:
+			st.Failed++
+		case wire.Cancelled:
+			st.Cancelled++
+		}
+	}
+	return st, nil
 }
 
 // Tasks streams every task the database holds, in id order (its GET /list, one JSON task per line),
@@ -219,6 +357,8 @@ func (c *Database) List(ctx context.Context) (string, error) {
 type LeaseAPI struct {
 	p          peer
 	finishPath string
+	// errorIn200: refusals may come as 200 "Error: ..." (the reference design's master).
+	errorIn200 bool
 }
 
 // GetNewTask claims a task. With wait > 0 the request is held up to wait for a task to appear;
@@ -231,18 +371,18 @@ func (a LeaseAPI) GetNewTask(ctx context.Context, wait time.Duration) (wire.Task
 		timeout += wait
 	}
 	// Not idempotent: a retried claim whose first answer was lost would hold a second task.
-	r, err := a.p.sendLong(ctx, call{method: http.MethodPost, path: "/getNewTask", query: q, headerTimeout: timeout})
+	r, err := a.p.sendLong(ctx, call{method: http.MethodPost, path: "/getNewTask", query: q, headerTimeout: timeout, errorIn200: a.errorIn200})
 	return taskReply(r.body, err)
 }
 
 // FinishTask marks the claimed task finished.
 func (a LeaseAPI) FinishTask(ctx context.Context, id, token int64) error {
-	return expectSuccess(a.p.sendText(ctx, call{method: http.MethodPost, path: a.finishPath, query: tokenQuery(id, token), idempotent: true}))
+	return expectSuccess(a.p.sendText(ctx, call{method: http.MethodPost, path: a.finishPath, query: tokenQuery(id, token), idempotent: true, errorIn200: a.errorIn200}))
 }
 
 // ExtendLease renews the claim's lease (a heartbeat) and returns the task with its new lease.
 func (a LeaseAPI) ExtendLease(ctx context.Context, id, token int64) (wire.Task, error) {
-	return taskReply(a.p.sendText(ctx, call{method: http.MethodPost, path: "/extendLease", query: tokenQuery(id, token), idempotent: true}))
+	return taskReply(a.p.sendText(ctx, call{method: http.MethodPost, path: "/extendLease", query: tokenQuery(id, token), idempotent: true, errorIn200: a.errorIn200}))
 }
 
 // WatchLease is ExtendLease held by the master (additive) for up to wait (at most wire.MaxLeaseWait)
@@ -253,7 +393,7 @@ func (a LeaseAPI) WatchLease(ctx context.Context, id, token int64, wait time.Dur
 	q := tokenQuery(id, token)
 	q.Set("wait", wait.String())
 	r, err := a.p.sendLong(ctx, call{method: http.MethodPost, path: "/extendLease", query: q, idempotent: true,
-		headerTimeout: wait + CallTimeout})
+		headerTimeout: wait + CallTimeout, errorIn200: a.errorIn200})
 	return taskReply(r.body, err)
 }
 
@@ -265,7 +405,7 @@ func (a LeaseAPI) FailTask(ctx context.Context, id, token int64, reason string, 
 	if permanent {
 		q.Set("permanent", "true")
 	}
-	return taskReply(a.p.sendText(ctx, call{method: http.MethodPost, path: "/failTask", query: q, idempotent: true}))
+	return taskReply(a.p.sendText(ctx, call{method: http.MethodPost, path: "/failTask", query: q, idempotent: true, errorIn200: a.errorIn200}))
 }
 
 // RetryTask hands a claimed task back after a transient failure (something the work needed was
@@ -275,12 +415,12 @@ func (a LeaseAPI) RetryTask(ctx context.Context, id, token int64, reason string)
 	q := tokenQuery(id, token)
 	q.Set("reason", reason)
 	q.Set("transient", "true")
-	return taskReply(a.p.sendText(ctx, call{method: http.MethodPost, path: "/failTask", query: q, idempotent: true}))
+	return taskReply(a.p.sendText(ctx, call{method: http.MethodPost, path: "/failTask", query: q, idempotent: true, errorIn200: a.errorIn200}))
 }
 
 // ReleaseTask hands a claimed task back without counting the attempt.
 func (a LeaseAPI) ReleaseTask(ctx context.Context, id, token int64) error {
-	return expectSuccess(a.p.sendText(ctx, call{method: http.MethodPost, path: "/releaseTask", query: tokenQuery(id, token), idempotent: true}))
+	return expectSuccess(a.p.sendText(ctx, call{method: http.MethodPost, path: "/releaseTask", query: tokenQuery(id, token), idempotent: true, errorIn200: a.errorIn200}))
 }
 
 func idQuery(id int64) url.Values { return url.Values{"id": {strconv.FormatInt(id, 10)}} }

@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"time"
 
+	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/wire"
 )
 
@@ -17,13 +20,19 @@ import (
 type Master struct {
 	p peer
 	LeaseAPI
+	// missing remembers the masters found without /status (the reference design's), which are asked
+	// /isReady instead at once.
+	missing *Missing
 }
 
 // NewMaster returns a master client reaching the service through ep.
 func NewMaster(hc *http.Client, ep Endpoint) *Master {
 	p := peer{name: "master", http: hc, ep: ep}
-	return &Master{p: p, LeaseAPI: LeaseAPI{p: p, finishPath: "/registerTaskFinished"}}
+	return &Master{p: p, LeaseAPI: LeaseAPI{p: p, finishPath: "/registerTaskFinished", errorIn200: true}, missing: &Missing{}}
 }
+
+// Addr is the address of the master instance calls go to now, to name it in logs.
+func (c *Master) Addr(ctx context.Context) (string, error) { return c.p.ep.Addr(ctx) }
 
 // New uploads an image (size bytes, or -1 when unknown) and returns the task id. It is retried when the
 // master could not be reached (nothing was sent).
@@ -83,13 +92,29 @@ func (c *Master) Upload(ctx context.Context, r io.Reader, size int64, p UploadPa
 	return Uploaded{ID: id, Replayed: reply.header.Get(wire.ReplayedHeader) == "true"}, err
 }
 
-// IsReady reports whether task id is finished.
+// IsReady reports whether task id is finished. The reference design's master answers an id its
+// database does not know with its database's error, with status 200 or 400: that is imgmill's "no task
+// with id N".
 func (c *Master) IsReady(ctx context.Context, id int64) (bool, error) {
-	reply, err := c.p.sendText(ctx, call{method: http.MethodGet, path: "/isReady", query: idQuery(id), idempotent: true})
+	reply, err := c.p.sendText(ctx, call{method: http.MethodGet, path: "/isReady", query: idQuery(id), idempotent: true,
+		errorIn200: true})
 	if err != nil {
-		return false, err
+		return false, unknownTask(err, id)
 	}
 	return reply == "1", nil
+}
+
+// unknownTask turns a reference master's refusal that says task id is not found (with status 200, or its
+// database's 400 passed on, in the database's words) into imgmill's "no task with id N"; other errors,
+// imgmill's own words included, pass unchanged.
+func unknownTask(err error, id int64) error {
+	var e *httpapi.Error
+	own := fmt.Sprintf("no task with id %d", id)
+	if errors.As(err, &e) && (e.Status == http.StatusNotFound || e.Status == http.StatusBadRequest) &&
+		SaysNotFound(e.Msg) && e.Msg != own {
+		return fmt.Errorf("%w (%s)", httpapi.Errorf(e.Status, "%s", own), e.Msg)
+	}
+	return err
 }
 
 // WaitReady is IsReady held by the master until the task finishes or wait (at most 10s) ends: one
@@ -98,9 +123,9 @@ func (c *Master) WaitReady(ctx context.Context, id int64, wait time.Duration) (b
 	q := idQuery(id)
 	q.Set("wait", wait.String())
 	reply, err := c.p.sendLong(ctx, call{method: http.MethodGet, path: "/isReady", query: q, idempotent: true,
-		headerTimeout: wait + CallTimeout})
+		headerTimeout: wait + CallTimeout, errorIn200: true})
 	if err != nil {
-		return false, err
+		return false, unknownTask(err, id)
 	}
 	return reply.body == "1", nil
 }
@@ -125,14 +150,21 @@ func (c *Master) Statuses(ctx context.Context, known []wire.Status, wait time.Du
 	return jsonReply[wire.Statuses]("task statuses", reply.body, nil)
 }
 
-// Get opens the finished image of task id.
+// Get opens the finished image of task id. The reference design's master answers a task without a
+// result (unfinished, or unknown) with 200 and its storage's error ("Error:open data/finished/7: no
+// such file or directory"): that is the 404 "task N is not finished" of imgmill's master.
 func (c *Master) Get(ctx context.Context, id int64) (*Image, error) {
-	return openImage(ctx, c.p, "/get", idQuery(id))
+	img, err := openImage(ctx, c.p, call{method: http.MethodGet, path: "/get", query: idQuery(id), errorIn200: true})
+	var r *RefusedIn200
+	if errors.As(err, &r) && r.Err.Status == http.StatusNotFound {
+		return nil, fmt.Errorf("%w (%s)", httpapi.Errorf(http.StatusNotFound, "task %d is not finished", id), r.Err.Msg)
+	}
+	return img, err
 }
 
 // Source opens the uploaded image of task id, as stored.
 func (c *Master) Source(ctx context.Context, id int64) (*Image, error) {
-	return openImage(ctx, c.p, "/source", idQuery(id))
+	return openImage(ctx, c.p, call{method: http.MethodGet, path: "/source", query: idQuery(id)})
 }
 
 // Stats returns how many tasks are in each state (the database's count, passed through).
@@ -141,9 +173,36 @@ func (c *Master) Stats(ctx context.Context) (wire.Stats, error) {
 	return jsonReply[wire.Stats]("task counts", reply, err)
 }
 
-// Status returns the state of task id in words, with attempts, error and times.
+// Status returns the state of task id in words, with attempts, error and times. A master without
+// /status (the reference design's) is asked /isReady instead, and the status says only "finished" or
+// "queued": that master knows no other state, and keeps no attempts, errors, times, chain or name.
 func (c *Master) Status(ctx context.Context, id int64) (wire.Status, error) {
-	reply, err := c.p.sendText(ctx, call{method: http.MethodGet, path: "/status", query: idQuery(id), idempotent: true})
+	known := false // the master is known to have no /status
+	if c.missing.any.Load() {
+		addr, _ := c.p.ep.Addr(ctx)
+		known = c.missing.has(addr, "/status")
+	}
+	var reply string
+	var err error
+	if !known {
+		reply, err = c.p.sendText(ctx, call{method: http.MethodGet, path: "/status", query: idQuery(id), idempotent: true})
+	}
+	if known || IsNoEndpoint(err) {
+		if !known {
+			addr, _ := c.p.ep.Addr(ctx)
+			c.missing.Note(ctx, httpapi.LoggerFrom(ctx), "master", addr, "/status",
+				"a task's status is asked of /isReady: finished, or queued for anything else")
+		}
+		ready, err := c.IsReady(ctx, id)
+		if err != nil {
+			return wire.Status{}, err
+		}
+		st := wire.Status{ID: id, State: wire.QueuedWord}
+		if ready {
+			st.State = wire.FinishedWord
+		}
+		return st, nil
+	}
 	return jsonReply[wire.Status]("a task status", reply, err)
 }
 

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +17,10 @@ import (
 // ErrStaleToken is wrapped by SendResult's error when storage refused the result because it holds one
 // stored with a larger lease token: the task was claimed again since, and the newer result stays.
 var ErrStaleToken = errors.New("stale lease token")
+
+// ErrNoDeletes is wrapped by the error of a delete when storage has no DELETE /images: the reference
+// design's storage, which keeps every image. The images stay; callers go on without removing them.
+var ErrNoDeletes = errors.New("storage cannot delete images (the reference design's storage keeps them)")
 
 // Storage is a client of the storage service.
 type Storage struct{ p peer }
@@ -62,8 +67,19 @@ func (c *Storage) sendImage(ctx context.Context, q url.Values, r io.Reader, size
 // no error.
 func (c *Storage) DeleteImages(ctx context.Context, id int64) error {
 	_, err := c.p.sendText(ctx, call{method: http.MethodDelete, path: "/images", query: idQuery(id), idempotent: true})
+	return noDeletes(err)
+}
+
+// noDeletes marks a delete's err with ErrNoDeletes when storage has no such endpoint.
+func noDeletes(err error) error {
+	if IsNoEndpoint(err) {
+		return fmt.Errorf("%w: %w", ErrNoDeletes, err)
+	}
 	return err
 }
+
+// Addr is the address of the storage instance calls go to now, to name it in logs.
+func (c *Storage) Addr(ctx context.Context) (string, error) { return c.p.ep.Addr(ctx) }
 
 // DeleteResult removes the result of task id, if any.
 func (c *Storage) DeleteResult(ctx context.Context, id int64) error {
@@ -74,7 +90,7 @@ func (c *Storage) DeleteResult(ctx context.Context, id int64) error {
 func (c *Storage) DeleteImage(ctx context.Context, id int64, state string) error {
 	_, err := c.p.sendText(ctx, call{method: http.MethodDelete, path: "/images",
 		query: imageQuery(id, state), idempotent: true})
-	return err
+	return noDeletes(err)
 }
 
 // ListBlobs returns one page of the blobs in storage whose keys start with prefix, in key order, from
@@ -104,21 +120,64 @@ type Image struct {
 	Token int64
 }
 
-// GetImage opens the image stored under id and state.
+// GetImage opens the image stored under id and state. The reference design's storage answers a missing
+// image with 400 and the error of the file it could not open ("Error: open data/working/7: no such
+// file or directory"): that is imgmill's 404, while its own 400s (a bad id or state) say nothing of
+// the kind and stay 400.
 func (c *Storage) GetImage(ctx context.Context, id int64, state string) (*Image, error) {
-	return openImage(ctx, c.p, "/getImage", imageQuery(id, state))
+	img, err := openImage(ctx, c.p, call{method: http.MethodGet, path: "/getImage", query: imageQuery(id, state)})
+	var e *httpapi.Error
+	if errors.As(err, &e) && e.Status == http.StatusBadRequest && SaysNotFound(e.Msg) {
+		return nil, fmt.Errorf("%w (%s answered 400)", httpapi.Errorf(http.StatusNotFound, "%s", e.Msg), c.p.name)
+	}
+	return img, err
+}
+
+// HasImage reports whether storage holds the image of task id in state, asking for its headers only
+// (HEAD). A missing image is 404 from imgmill's storage and 400 from the reference design's.
+func (c *Storage) HasImage(ctx context.Context, id int64, state string) (bool, error) {
+	r, err := c.p.send(ctx, call{method: http.MethodHead, path: "/getImage", query: imageQuery(id, state), idempotent: true,
+		headerTimeout: CallTimeout})
+	if IsStatus(err, http.StatusMethodNotAllowed) || IsStatus(err, http.StatusNotImplemented) {
+		// A storage that serves GET only: the image is opened, and closed unread.
+		r, err = c.p.send(ctx, call{method: http.MethodGet, path: "/getImage", query: imageQuery(id, state), idempotent: true,
+			headerTimeout: imageHeaderTimeout})
+	}
+	switch {
+	case IsStatus(err, http.StatusNotFound) || IsStatus(err, http.StatusBadRequest):
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	r.stream.Body.Close()
+	return true, nil
 }
 
 func imageQuery(id int64, state string) url.Values {
 	return url.Values{"id": {strconv.FormatInt(id, 10)}, "state": {state}}
 }
 
-func openImage(ctx context.Context, p peer, path string, q url.Values) (*Image, error) {
-	r, err := p.send(ctx, call{method: http.MethodGet, path: path, query: q, idempotent: true, headerTimeout: imageHeaderTimeout})
+// openImage sends c, a GET of an image, and opens the image it answers. With c.errorIn200, a 200 whose
+// body begins "Error:" is the refusal it says (RefusedIn200), not an image: no image format begins so.
+func openImage(ctx context.Context, p peer, c call) (*Image, error) {
+	c.idempotent, c.headerTimeout = true, imageHeaderTimeout
+	r, err := p.send(ctx, c)
 	if err != nil {
 		return nil, err
 	}
 	resp := r.stream
+	if c.errorIn200 {
+		br := bufio.NewReader(resp.Body)
+		if head, _ := br.Peek(len("Error:")); string(head) == "Error:" {
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(io.LimitReader(br, 4096))
+			return nil, refusalIn200(c, string(b))
+		}
+		resp.Body = struct {
+			io.Reader
+			io.Closer
+		}{br, resp.Body}
+	}
 	var token int64
 	if raw := resp.Header.Get(wire.LeaseTokenHeader); raw != "" {
 		token, err = strconv.ParseInt(raw, 10, 64)

@@ -251,7 +251,7 @@ func TestResolveSecretWithReferenceMaster(t *testing.T) {
 	if v, err := kv.Get(t.Context(), frontend.SecretKey); err != nil || v != publicid.FormatSecret(got) {
 		t.Errorf("the kv store holds %q, %v; want the secret made", v, err)
 	}
-	if log.count("has no /stats") != 1 {
+	if log.count("the master has no /stats") != 1 {
 		t.Errorf("the master without /stats was not logged once")
 	}
 }

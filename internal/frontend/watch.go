@@ -157,7 +157,9 @@ func (w *watcher) run(logger *slog.Logger) {
 		switch {
 		case restarted:
 		case client.IsStatus(err, http.StatusNotFound) || client.IsStatus(err, http.StatusMethodNotAllowed):
-			logger.Warn("the master has no POST /statuses: event streams poll each task", "err", err)
+			// Once per watcher: legacy stays set. An older imgmill master, or the reference design's,
+			// whose /status is then its /isReady (client.Master.Status).
+			logger.Info("the master has no POST /statuses: event streams poll each task", "err", err)
 			w.mu.Lock()
 			w.legacy = true
 			w.mu.Unlock()

@@ -26,7 +26,7 @@ import (
 func NewServer(db *client.Database, storage *client.Storage, limits Limits, opts ...Option) http.Handler {
 	mux := httpapi.NewMux()
 	s := &server{db: db, storage: storage, limits: limits.WithDefaults(),
-		queue: &queueGauge{db: db, ttl: queueCacheTTL}}
+		queue: &queueGauge{db: db, ttl: queueCacheTTL}, missing: &client.Missing{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -52,6 +52,8 @@ type server struct {
 	// changes wakes the long polls of POST /statuses: every change of a task's state that passes
 	// through this master (a claim, finish, failure or release).
 	changes finishWaiters
+	// missing remembers a storage found without deletes (keptImages).
+	missing *client.Missing
 }
 
 // owner names who queues the task of upload r, whom claims serve in turn: the frontend's word for it
@@ -81,6 +83,8 @@ func (s *server) owner(r *http.Request) (string, error) {
 // With an Idempotency-Key (additive), a retry of an upload whose answer was lost answers the same id and
 // creates nothing: the task the key names is answered as it is, or, when its upload never completed,
 // completed with this request's image.
+//
+// Over a reference database, which has no pending tasks, the upload takes newOnReference instead.
 func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 	// The operation chain is refused before any of the image is read: an unknown operation or a bad
 	// parameter is the client's mistake, never a worker's surprise.
@@ -107,13 +111,20 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 	if maxUpload > 0 && r.ContentLength > maxUpload {
 		return TooLargeError(r.ContentLength, maxUpload)
 	}
+	// A reference database has no pending tasks, usage or keys: its uploads take newOnReference.
+	reference, err := s.db.Reference(r.Context())
+	if err != nil {
+		return fmt.Errorf("reach the task database: %w", err)
+	}
 	if err := s.checkQueue(w, r); err != nil {
 		return err
 	}
 	// An upload with an idempotency key may be the retry of one that was stored: its quota is checked
 	// once its task is known to be new.
 	var limit func(io.Reader) io.Reader
-	if key == "" {
+	if reference {
+		limit = func(r io.Reader) io.Reader { return r }
+	} else if key == "" {
 		if limit, err = s.checkQuota(r.Context(), owner, r.ContentLength, false); err != nil {
 			return err
 		}
@@ -142,6 +153,9 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err := s.limits.checkCost(chain, header); err != nil {
 		return err
+	}
+	if reference {
+		return s.newOnReference(w, r, chain, imageop.CheckStructure(header.Format, io.MultiReader(bytes.NewReader(head), body)))
 	}
 	ctx := r.Context()
 	created, err := s.db.CreateTask(ctx, client.NewTaskParams{Pending: true, Op: chain.String(), IdempotencyKey: key, Owner: owner,
@@ -225,7 +239,7 @@ func (s *server) abandon(ctx context.Context, id int64, err error) {
 func (s *server) discardUpload(ctx context.Context, id int64) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abandonTimeout)
 	defer cancel()
-	if err := s.storage.DeleteImages(ctx, id); err != nil {
+	if err := keptImages(ctx, s.missing, s.storage, s.storage.DeleteImages(ctx, id)); err != nil {
 		httpapi.LoggerFrom(ctx).WarnContext(ctx, "cannot remove the upload of a task given up meanwhile", "task", id, "err", err)
 	}
 }
@@ -494,7 +508,7 @@ func (s *server) handleRetry(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("find the upload of task %d: %w", id, err)
 	}
 	img.Close() // only its existence was asked
-	if err := s.storage.DeleteResult(ctx, id); err != nil {
+	if err := keptImages(ctx, s.missing, s.storage, s.storage.DeleteResult(ctx, id)); err != nil {
 		return fmt.Errorf("remove the earlier result of task %d: %w", id, err)
 	}
 	t, err = s.db.RequeueTask(ctx, id)
@@ -532,7 +546,7 @@ func (s *server) handleDelete(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := removeTask(r.Context(), s.db, s.storage, id); err != nil {
+	if err := removeTask(r.Context(), s.db, s.storage, s.missing, id); err != nil {
 		return err
 	}
 	s.metrics.countDeleted()
@@ -543,17 +557,33 @@ func (s *server) handleDelete(w http.ResponseWriter, r *http.Request) error {
 
 // removeTask is a delete (see handleDelete) and the retention sweep's removal of an expired task: cancel,
 // then the images, then the record. An error leaves the task cancelled for a repeat to complete.
-func removeTask(ctx context.Context, db *client.Database, storage *client.Storage, id int64) error {
+func removeTask(ctx context.Context, db *client.Database, storage *client.Storage, missing *client.Missing, id int64) error {
 	// A finished or failed task (409) needs no cancel; an unknown or deleted one (400) is told apart by
 	// the database's delete below.
 	if _, err := db.CancelTask(ctx, id); err != nil &&
 		!client.IsStatus(err, http.StatusConflict) && !client.IsStatus(err, http.StatusBadRequest) {
 		return err
 	}
-	if err := storage.DeleteImages(ctx, id); err != nil {
+	if err := keptImages(ctx, missing, storage, storage.DeleteImages(ctx, id)); err != nil {
 		return fmt.Errorf("delete the images of task %d: %w", id, err)
 	}
 	return db.DeleteTask(ctx, id)
+}
+
+// keptImages is err of a delete in storage, but nil when storage cannot delete (client.ErrNoDeletes:
+// the reference design's storage, which keeps every image): the images stay, logged once per storage,
+// and the delete goes on without them rather than fail for good.
+func keptImages(ctx context.Context, missing *client.Missing, storage *client.Storage, err error) error {
+	if !errors.Is(err, client.ErrNoDeletes) {
+		return err
+	}
+	addr, aerr := storage.Addr(ctx)
+	if aerr != nil {
+		addr = "unknown"
+	}
+	missing.Note(ctx, httpapi.LoggerFrom(ctx), "storage", addr, "DELETE /images",
+		"images of deleted, expired or retried tasks stay in storage")
+	return nil
 }
 
 // handleSource serves the uploaded image of a task as stored, whatever its state.
@@ -607,17 +637,30 @@ func (s *server) forward(databasePath string) httpapi.HandlerFunc {
 	}
 }
 
-// handleRegisterTaskFinished passes a worker's finish through to the database and then wakes the
-// /isReady polls waiting for that task.
+// handleRegisterTaskFinished passes a worker's finish through to the database, once storage holds the
+// task's result (see withoutResult), and then wakes the /isReady polls waiting for that task.
 func (s *server) handleRegisterTaskFinished() httpapi.HandlerFunc {
 	forward := s.forward("/finishTask")
 	return func(w http.ResponseWriter, r *http.Request) error {
-		err := forward(w, r)
+		id, err := httpapi.QueryID(r, "id")
+		if err != nil {
+			return err
+		}
+		// A worker may register a task finished without having stored its result (a reference worker
+		// whose store failed does): the task would be finished with nothing to serve.
+		held, err := s.storage.HasImage(r.Context(), id, wire.FinishedImage)
+		if err != nil {
+			return fmt.Errorf("look for the result of task %d: %w", id, err)
+		}
+		if !held {
+			return s.withoutResult(r.Context(), id, r.URL.Query())
+		}
+		err = forward(w, r)
 		if client.IsStatus(err, http.StatusGone) {
 			// The task was cancelled or deleted while the worker made its result: the result it stored
 			// is nobody's, and a delete may already have swept the task's images before it landed.
 			if id, perr := strconv.ParseInt(r.URL.Query().Get("id"), 10, 64); perr == nil {
-				if derr := s.storage.DeleteResult(r.Context(), id); derr != nil {
+				if derr := keptImages(r.Context(), s.missing, s.storage, s.storage.DeleteResult(r.Context(), id)); derr != nil {
 					httpapi.LoggerFrom(r.Context()).WarnContext(r.Context(), "removing a cancelled task's result failed", "task", id, "err", derr)
 				}
 			}
@@ -639,6 +682,19 @@ func (s *server) handleRegisterTaskFinished() httpapi.HandlerFunc {
 // this way learns of a cancel within moments rather than at its next heartbeat. A cancel through
 // another master is heard at the next heartbeat, as without wait.
 func (s *server) handleExtendLease() httpapi.HandlerFunc {
+	extend := s.extendLease()
+	return func(w http.ResponseWriter, r *http.Request) error {
+		err := extend(w, r)
+		if client.IsNoEndpoint(err) {
+			// A database without leases (the reference's) never takes a claim back.
+			return s.unleased(w, r)
+		}
+		return err
+	}
+}
+
+// extendLease is handleExtendLease over a database with leases.
+func (s *server) extendLease() httpapi.HandlerFunc {
 	forward := s.forward("/extendLease")
 	return func(w http.ResponseWriter, r *http.Request) error {
 		wait, err := httpapi.QueryDuration(r, "wait", wire.MaxLeaseWait)
@@ -683,7 +739,11 @@ func (s *server) handleExtendLease() httpapi.HandlerFunc {
 func (s *server) forwardChange(databasePath string) httpapi.HandlerFunc {
 	forward := s.forward(databasePath)
 	return func(w http.ResponseWriter, r *http.Request) error {
-		if err := forward(w, r); err != nil {
+		err := forward(w, r)
+		if client.IsNoEndpoint(err) {
+			return s.handBackOnReference(w, r, databasePath)
+		}
+		if err != nil {
 			return err
 		}
 		if id, err := strconv.ParseInt(r.URL.Query().Get("id"), 10, 64); err == nil {

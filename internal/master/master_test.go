@@ -66,6 +66,16 @@ func (s stack) uploadOK(t *testing.T, body []byte) int64 {
 	return servicetest.ParseID(t, r.Body)
 }
 
+// storeResult stores a result for task id under token, as a worker does before it registers the task
+// finished (the master refuses a finish without one).
+func (s stack) storeResult(t *testing.T, id, token int64) {
+	t.Helper()
+	result := servicetest.PatternPNG(t, 4, id)
+	if err := s.Storage.SendResult(t.Context(), id, token, bytes.NewReader(result), int64(len(result))); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // postChunked POSTs body to the master's /new with no length (sent chunked).
 func (s stack) postChunked(t *testing.T, body []byte) servicetest.Reply {
 	t.Helper()
@@ -842,9 +852,11 @@ func TestRegisterTaskFinishedPassesThrough(t *testing.T) {
 	ids := strconv.FormatInt(id, 10)
 	compare("task not started", ids)
 
-	if _, err := s.Database.GetNewTask(ctx, 0); err != nil {
+	claimed, err := s.Database.GetNewTask(ctx, 0)
+	if err != nil {
 		t.Fatal(err)
 	}
+	s.storeResult(t, id, claimed.Token)
 	if r := register(ids); r.Status != http.StatusOK || r.Body != "success" {
 		t.Errorf("register an in-progress task: %d %q, want 200 \"success\"", r.Status, r.Body)
 	}
@@ -1117,6 +1129,7 @@ func TestRegisterTaskFinishedFenced(t *testing.T) {
 	staleMsg := fmt.Sprintf("Error: stale lease token for task %d", id)
 
 	s.expectRefusalPassedThrough(t, "stale token", "/registerTaskFinished", "/finishTask", tokenQuery(id, stale.Token), http.StatusConflict, staleMsg)
+	s.storeResult(t, id, current.Token)
 	for range 2 { // the second time is a retry, which succeeds too
 		r := s.post(t, s.MasterURL, "/registerTaskFinished", tokenQuery(id, current.Token))
 		if r.Status != http.StatusOK || r.Body != "success" || r.Header.Get("Content-Type") != "text/plain; charset=utf-8" {
@@ -1151,6 +1164,7 @@ func TestExtendLeasePassesThrough(t *testing.T) {
 	current := s.reclaim(t, id, claimed)
 	s.expectRefusalPassedThrough(t, "stale token", "/extendLease", "/extendLease", tokenQuery(id, claimed.Token), http.StatusConflict,
 		fmt.Sprintf("Error: stale lease token for task %d", id))
+	s.storeResult(t, id, current.Token)
 	if err := s.Master.FinishTask(ctx, id, current.Token); err != nil {
 		t.Fatal(err)
 	}
@@ -1330,6 +1344,7 @@ func TestIsReadyWait(t *testing.T) {
 	task := s.claim(t, id)
 	answer := make(chan servicetest.Reply, 1)
 	go func() { answer <- isReady("9s") }()
+	s.storeResult(t, id, task.Token)
 	time.Sleep(50 * time.Millisecond) // let the poll start waiting
 	r := s.call(t, http.MethodPost, fmt.Sprintf("%s/registerTaskFinished?id=%d&token=%d", s.MasterURL, id, task.Token), nil)
 	if r.Status != http.StatusOK || r.Body != "success" {

@@ -25,6 +25,7 @@ const DefaultOrphanSweepEvery = time.Hour
 type OrphanSweeper struct {
 	checker consistency.Checker
 	removed *prometheus.CounterVec // by kind; nil: not counted
+	missing client.Missing
 }
 
 // NewOrphanSweeper returns a sweeper of the images in storage that db has no use for, leaving alone
@@ -71,6 +72,15 @@ func (w *OrphanSweeper) Sweep(ctx context.Context) (int, error) {
 func (w *OrphanSweeper) Run(ctx context.Context, every time.Duration, logger *slog.Logger) {
 	for backoff.Sleep(ctx, every) {
 		n, err := w.Sweep(ctx)
+		if client.IsNoEndpoint(err) {
+			// The reference design's storage lists nothing and removes nothing: there is nothing to sweep.
+			addr, aerr := w.checker.Storage.Addr(ctx)
+			if aerr != nil {
+				addr = "unknown"
+			}
+			w.missing.Note(ctx, logger, "storage", addr, "GET /list", "orphaned images are not swept")
+			continue
+		}
 		if err != nil && ctx.Err() == nil {
 			logger.WarnContext(ctx, "sweeping orphaned images failed", "err", err, "removed", n)
 		} else if n > 0 {

@@ -7,23 +7,25 @@ import (
 )
 
 func addRoutes(mux *http.ServeMux, s *server) {
+	// An endpoint the database lacks (a reference one) is never passed on as the master's own 404.
+	handle := func(pattern string, h httpapi.HandlerFunc) { mux.Handle(pattern, noPeerEndpoint(h)) }
 	// client side
-	mux.Handle("POST /new", httpapi.HandlerFunc(s.handleNew))
-	mux.Handle("GET /isReady", httpapi.HandlerFunc(s.handleIsReady))
-	mux.Handle("GET /get", httpapi.HandlerFunc(s.handleGet))
-	mux.Handle("GET /status", httpapi.HandlerFunc(s.handleStatus))
-	mux.Handle("GET /source", httpapi.HandlerFunc(s.handleSource))
-	mux.Handle("GET /stats", httpapi.HandlerFunc(s.handleStats))
-	mux.Handle("POST /statuses", httpapi.HandlerFunc(s.handleStatuses))
-	mux.Handle("POST /cancel", httpapi.HandlerFunc(s.handleCancel))
-	mux.Handle("POST /retry", httpapi.HandlerFunc(s.handleRetry))
-	mux.Handle("DELETE /task", httpapi.HandlerFunc(s.handleDelete))
+	handle("POST /new", s.handleNew)
+	handle("GET /isReady", s.handleIsReady)
+	handle("GET /get", s.handleGet)
+	handle("GET /status", s.handleStatus)
+	handle("GET /source", s.handleSource)
+	handle("GET /stats", s.handleStats)
+	handle("POST /statuses", s.handleStatuses)
+	handle("POST /cancel", s.handleCancel)
+	handle("POST /retry", s.handleRetry)
+	handle("DELETE /task", s.handleDelete)
 	// worker side
-	mux.Handle("POST /getNewTask", httpapi.HandlerFunc(s.handleGetNewTask))
-	mux.Handle("POST /registerTaskFinished", s.handleRegisterTaskFinished())
-	mux.Handle("POST /extendLease", s.handleExtendLease())
-	mux.Handle("POST /failTask", s.forwardChange("/failTask"))
-	mux.Handle("POST /releaseTask", s.forwardChange("/releaseTask"))
+	handle("POST /getNewTask", s.handleGetNewTask)
+	handle("POST /registerTaskFinished", s.handleRegisterTaskFinished())
+	handle("POST /extendLease", s.handleExtendLease())
+	handle("POST /failTask", s.forwardChange("/failTask"))
+	handle("POST /releaseTask", s.forwardChange("/releaseTask"))
 	mux.Handle("GET /healthz", httpapi.Healthz(nil))
 	mux.Handle("GET /livez", httpapi.Livez())
 }

@@ -8,6 +8,7 @@
 package worker
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -166,9 +167,10 @@ func Run(ctx context.Context, cfg Config) error {
 		"task_timeout", cfg.TaskTimeoutFor(imageop.Estimate{CPU: math.MaxInt64}), "max_memory", cfg.MaxMemory)
 	cpus := make(chan struct{}, n)
 	var wg sync.WaitGroup
+	missing := &missingEndpoints{logger: cfg.Logger}
 	for i := range n + extra {
 		wg.Go(func() {
-			l := &loop{cfg: cfg, proc: proc, cpus: cpus, mem: mem, logger: cfg.Logger.With("loop", i)}
+			l := &loop{cfg: cfg, proc: proc, cpus: cpus, mem: mem, missing: missing, logger: cfg.Logger.With("loop", i)}
 			l.run(ctx)
 		})
 	}
@@ -183,15 +185,33 @@ type loop struct {
 	cpus chan struct{}
 	// mem holds the bytes of MaxMemory that the tasks being processed are estimated to need; nil
 	// without a budget. It is first come, first served: a large task waiting is not overtaken.
-	mem    *semaphore.Weighted
+	mem     *semaphore.Weighted
+	missing *missingEndpoints
+	logger  *slog.Logger
+}
+
+// missingEndpoints logs, once per master, that it has no /failTask or /releaseTask (the reference
+// design's master).
+type missingEndpoints struct {
 	logger *slog.Logger
+	seen   client.Missing
+}
+
+func (m *missingEndpoints) note(ctx context.Context, master *client.Master, path, instead string) {
+	addr, err := master.Addr(ctx)
+	if err != nil {
+		addr = "unknown"
+	}
+	m.seen.Note(ctx, m.logger, "master", addr, path, instead)
 }
 
 func (l *loop) run(stop context.Context) {
 	ended := l.cfg.Metrics.Loop() // idle, but for the tasks it handles
 	defer ended()
 	failures := backoff.Backoff{Min: 50 * time.Millisecond, Max: 5 * time.Second}
-	idle := backoff.Backoff{Min: 50 * time.Millisecond, Max: 2 * time.Second}
+	// A master without long polls (the reference one) is asked again within a second: new work is
+	// noticed about as soon as it would be with a long poll, for a few small requests a second.
+	idle := backoff.Backoff{Min: 100 * time.Millisecond, Max: time.Second}
 	failed := 0 // claims in a row that failed
 	for stop.Err() == nil {
 		start := time.Now()
@@ -321,7 +341,11 @@ func (l *loop) handle(stop context.Context, task wire.Task) {
 	case errors.Is(cause, errLeaseLost) || client.IsStatus(err, http.StatusConflict):
 		logger.WarnContext(ctx, "gave up task: another worker holds it now", "err", err)
 	case errors.Is(cause, errDrained):
-		if err := l.cfg.Master.ReleaseTask(ctx, task.ID, task.Token); err != nil {
+		if err := l.cfg.Master.ReleaseTask(ctx, task.ID, task.Token); client.IsNoEndpoint(err) {
+			l.missing.note(ctx, l.cfg.Master, "/releaseTask", leftToLease)
+			logger.InfoContext(ctx, "task left to its lease on shutdown: the master cannot take it back")
+			return
+		} else if err != nil {
 			logger.WarnContext(ctx, "release failed; the lease will lapse", "err", err)
 			return
 		}
@@ -330,6 +354,11 @@ func (l *loop) handle(stop context.Context, task wire.Task) {
 		// Something the work needed was away or full for longer than OutageWait: not the task's
 		// fault. It goes back to the queue without using an attempt, to be claimed after a backoff.
 		t, rerr := l.cfg.Master.RetryTask(ctx, task.ID, task.Token, err.Error())
+		if client.IsNoEndpoint(rerr) {
+			l.missing.note(ctx, l.cfg.Master, "/failTask", leftToLease)
+			logger.WarnContext(ctx, "task left to its lease after a transient failure: the master cannot be told", "err", err)
+			return
+		}
 		if rerr != nil {
 			logger.WarnContext(ctx, "handing the task back failed; the lease will lapse", "err", err, "report_err", rerr)
 			return
@@ -342,6 +371,11 @@ func (l *loop) handle(stop context.Context, task wire.Task) {
 		permanent := errors.Is(err, imageop.ErrDecode) || errors.Is(err, imageop.ErrTooLarge) || errors.Is(err, imageop.ErrBadOp) ||
 			errors.Is(err, errOvertime) || errors.Is(err, errOverBudget)
 		t, ferr := l.cfg.Master.FailTask(ctx, task.ID, task.Token, err.Error(), permanent)
+		if client.IsNoEndpoint(ferr) {
+			l.missing.note(ctx, l.cfg.Master, "/failTask", leftToLease)
+			logger.WarnContext(ctx, "task attempt failed; left to its lease: the master cannot be told", "err", err, "permanent", permanent)
+			return
+		}
 		if ferr != nil {
 			logger.WarnContext(ctx, "reporting failure failed; the lease will lapse", "err", err, "report_err", ferr)
 			return
@@ -349,6 +383,11 @@ func (l *loop) handle(stop context.Context, task wire.Task) {
 		logger.WarnContext(ctx, "task attempt failed", "err", err, "permanent", permanent, "state", t.State)
 	}
 }
+
+// leftToLease is what a worker does with a task it cannot report to a master without /failTask or
+// /releaseTask: nothing, so that the master hands it out again once its lease lapses (the reference's
+// 120 s), as it does for a worker that stopped.
+const leftToLease = "a task that fails or is handed back is left to its lease, to be handed out again when it lapses"
 
 // reportContext is the context of the calls that report a task's outcome: they retry while the master
 // or the database is unavailable, for reportRetryFor, or for Drain once the worker is stopping.
@@ -477,7 +516,7 @@ func (l *loop) process(ctx context.Context, task wire.Task, deadline *atomic.Int
 	calls := client.RetryFor(ctx, l.cfg.OutageWait)
 	streaming, endStream := context.WithCancel(ctx)
 	defer endStream()
-	img, err := l.cfg.Storage.GetImage(client.RetryFor(streaming, l.cfg.OutageWait), task.ID, wire.WorkingImage)
+	img, err := l.fetchWorking(client.RetryFor(streaming, l.cfg.OutageWait), task.ID)
 	if err != nil {
 		return fmt.Errorf("fetch working image: %w", err)
 	}
@@ -533,6 +572,60 @@ func (l *loop) process(ctx context.Context, task wire.Task, deadline *atomic.Int
 	if err := l.cfg.Storage.SendResult(calls, task.ID, task.Token, out.reader(), out.size); err != nil {
 		return fmt.Errorf("store finished image: %w", err)
 	}
+	return nil
+}
+
+// Retries of a working image that is not there (yet).
+const (
+	missingImageTries = 5
+	missingImageFirst = 500 * time.Millisecond
+	missingImageMax   = 2 * time.Second
+)
+
+// errEmptyImage is a working image stored with no bytes.
+var errEmptyImage = errors.New("the working image is empty")
+
+// fetchWorking opens the working image of task id. One that is missing or empty is asked for again,
+// missingImageTries times over about five seconds: the reference design's master creates a task before
+// it stores the task's image, so a task claimed at once can find nothing there yet. imgmill's master
+// stores the image first, and a task whose image is gone for good fails after the tries.
+func (l *loop) fetchWorking(ctx context.Context, id int64) (*client.Image, error) {
+	wait := backoff.Backoff{Min: missingImageFirst, Max: missingImageMax}
+	for try := 1; ; try++ {
+		img, err := l.cfg.Storage.GetImage(ctx, id, wire.WorkingImage)
+		if err == nil {
+			if err = nonEmpty(img); err == nil {
+				return img, nil
+			}
+			img.Close()
+		}
+		if !client.IsStatus(err, http.StatusNotFound) && !errors.Is(err, errEmptyImage) || try == missingImageTries {
+			return nil, err
+		}
+		d := wait.Next()
+		l.logger.DebugContext(ctx, "working image not there yet, asking again", "task", id, "err", err, "retry_in", d, "try", try)
+		if !backoff.Sleep(ctx, d) {
+			return nil, context.Cause(ctx)
+		}
+	}
+}
+
+// nonEmpty returns errEmptyImage for an image with no bytes, peeking at one of unknown length.
+func nonEmpty(img *client.Image) error {
+	switch {
+	case img.Size == 0:
+		return errEmptyImage
+	case img.Size > 0:
+		return nil
+	}
+	br := bufio.NewReader(img.ReadCloser)
+	if _, err := br.Peek(1); err == io.EOF {
+		return errEmptyImage
+	}
+	img.ReadCloser = struct {
+		io.Reader
+		io.Closer
+	}{br, img.ReadCloser}
 	return nil
 }
 
