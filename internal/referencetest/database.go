@@ -80,7 +80,7 @@ func (d *Database) task(r *http.Request) (*Task, error) {
 	raw := r.URL.Query().Get("id")
 	id, err := strconv.ParseInt(raw, 10, 64)
 	if err != nil || id < 0 || id >= int64(len(d.tasks)) {
-		return nil, fmt.Errorf("No task with id %q.", raw)
+		return nil, refusal(fmt.Sprintf("No task with id %q.", raw))
 	}
 	return &d.tasks[id], nil
 }
@@ -127,7 +127,7 @@ func (d *Database) finishTask(w http.ResponseWriter, r *http.Request) {
 	d.mu.Lock()
 	t, err := d.task(r)
 	if err == nil && t.State != wire.InProgress {
-		err = fmt.Errorf("Task %d is not in progress.", t.ID)
+		err = refusal(fmt.Sprintf("Task %d is not in progress.", t.ID))
 	}
 	if err == nil {
 		t.State = wire.Finished
@@ -178,3 +178,9 @@ func writeJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Write(b)
 }
+
+// refusal is an error in the reference database's own words (a capital, a full stop), which answers
+// carry as they are.
+type refusal string
+
+func (r refusal) Error() string { return string(r) }
