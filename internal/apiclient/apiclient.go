@@ -335,23 +335,23 @@ func (c *Client) WaitTask(ctx context.Context, id string) (wire.PublicStatus, er
 	}
 }
 
-// Upload streams the file at path to POST /api/tasks?op=OP (no op: the default) as the raw body and
-// returns the task id. Every attempt carries the same random Idempotency-Key, so an upload whose answer
+// Upload streams the file at path to POST /api/tasks?op=OP&name=NAME (no op: the default; name, the
+// file name the result is downloaded under, may be empty) as the raw body and returns the task id. Every attempt carries the same random Idempotency-Key, so an upload whose answer
 // was lost (the connection broke) is retried without creating a second task. A busy or unavailable
 // server (429, 502-504, 507) or no answer at all is retried after the server's Retry-After, for up to
 // maxOutage (each retry is told to onRetry). onBytes learns the bytes sent, negative when a retry starts
 // over.
-func (c *Client) Upload(ctx context.Context, path, op string, onBytes func(int64), onRetry func(wait time.Duration, err error)) (string, error) {
+func (c *Client) Upload(ctx context.Context, path, name, op string, onBytes func(int64), onRetry func(wait time.Duration, err error)) (string, error) {
 	key := rand.Text() // 26 characters of base32: 130 random bits
 	var sent int64
 	return retrying(ctx, func() (string, error) {
 		onBytes(-sent)
 		sent = 0
-		return c.uploadOnce(ctx, path, op, key, func(n int64) { sent += n; onBytes(n) })
+		return c.uploadOnce(ctx, path, name, op, key, func(n int64) { sent += n; onBytes(n) })
 	}, onRetry)
 }
 
-func (c *Client) uploadOnce(ctx context.Context, path, op, key string, onBytes func(int64)) (string, error) {
+func (c *Client) uploadOnce(ctx context.Context, path, name, op, key string, onBytes func(int64)) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err
@@ -368,9 +368,16 @@ func (c *Client) uploadOnce(ctx context.Context, path, op, key string, onBytes f
 	if fi.Size() > 0 {
 		body = &countingReader{r: f, add: onBytes}
 	}
-	target := c.base + "/api/tasks"
+	q := url.Values{}
 	if op != "" {
-		target += "?op=" + url.QueryEscape(op)
+		q.Set("op", op)
+	}
+	if name != "" {
+		q.Set("name", name)
+	}
+	target := c.base + "/api/tasks"
+	if len(q) > 0 {
+		target += "?" + q.Encode()
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, body)
 	if err != nil {

@@ -210,8 +210,16 @@ func TestCLIEndToEnd(t *testing.T) {
 			t.Fatalf("stdout %q, want 3 lines", stdout)
 		}
 		for _, l := range lines {
-			if f, id, ok := strings.Cut(l, "\t"); !ok || id == "" || !strings.HasPrefix(f, filepath.Dir(files[0])) {
+			f, id, ok := strings.Cut(l, "\t")
+			if !ok || id == "" || !strings.HasPrefix(f, filepath.Dir(files[0])) {
 				t.Errorf("line %q, want FILE<tab>ID", l)
+				continue
+			}
+			// The task carries the file's name, which its download is named after.
+			stdout, _, err := imgmill(t, "status", id, "--server", server)
+			var st map[string]any
+			if err != nil || json.Unmarshal([]byte(stdout), &st) != nil || st["name"] != filepath.Base(f) {
+				t.Errorf("status of %s: %q (%v), want the name %q", id, stdout, err, filepath.Base(f))
 			}
 		}
 	})

@@ -451,7 +451,11 @@ func (b *batch) upload(ctx context.Context, it *item) {
 		it.interrupted = true
 		return
 	}
-	id, err := b.c.Upload(ctx, b.path(it), b.op, b.addBytes, func(wait time.Duration, err error) {
+	name := filepath.Base(it.file) // downloads are named after it, on the page too
+	if it.file == "-" {
+		name = ""
+	}
+	id, err := b.c.Upload(ctx, b.path(it), name, b.op, b.addBytes, func(wait time.Duration, err error) {
 		b.plainf("%s: %s, retrying in %s\n", it.file, outageReason(err, b.c.Base()), wait.Round(100*time.Millisecond))
 	})
 	var ae *apiclient.Error
