@@ -10,6 +10,7 @@ import (
 
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/wire"
+	"golang.org/x/text/unicode/norm"
 )
 
 // Download names: the upload's own name without its extension, then the operation chain, then the
@@ -108,12 +109,17 @@ func truncate(s string, n int) string {
 // client (characters outside it become "_"), and, when name is not plain ASCII, RFC 6266's
 // filename*=UTF-8”<percent-encoded> with the name itself, which clients that know it prefer.
 func ContentDisposition(disposition, name string) string {
+	// The plain name for old clients: letters with accents lose them (ç becomes c), anything else
+	// outside printable ASCII becomes _.
 	ascii := strings.Map(func(r rune) rune {
-		if r < 0x20 || r > 0x7e || r == '"' || r == '\\' {
+		switch {
+		case unicode.Is(unicode.Mn, r):
+			return -1
+		case r < 0x20 || r > 0x7e || r == '"' || r == '\\':
 			return '_'
 		}
 		return r
-	}, name)
+	}, norm.NFD.String(name))
 	h := fmt.Sprintf("%s; filename=\"%s\"", disposition, ascii)
 	if ascii != name {
 		h += "; filename*=UTF-8''" + percentEncode(name)

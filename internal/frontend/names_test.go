@@ -65,9 +65,10 @@ func TestContentDisposition(t *testing.T) {
 	for _, c := range []struct{ name, want string }{
 		{"leaf-swap.png", `attachment; filename="leaf-swap.png"`},
 		{"my leaf (1)-swap.png", `attachment; filename="my leaf (1)-swap.png"`},
-		{"ğüş-swap.png", `attachment; filename="___-swap.png"; filename*=UTF-8''%C4%9F%C3%BC%C5%9F-swap.png`},
+		{"ğüş-swap.png", `attachment; filename="gus-swap.png"; filename*=UTF-8''%C4%9F%C3%BC%C5%9F-swap.png`},
 		{"a b;c%-swap.png", `attachment; filename="a b;c%-swap.png"`},
-		{"ü a'b;c%.png", `attachment; filename="_ a'b;c%.png"; filename*=UTF-8''%C3%BC%20a%27b%3Bc%25.png`},
+		{"ü a'b;c%.png", `attachment; filename="u a'b;c%.png"; filename*=UTF-8''%C3%BC%20a%27b%3Bc%25.png`},
+		{"ağacı 日本.png", `attachment; filename="agac_ __.png"; filename*=UTF-8''a%C4%9Fac%C4%B1%20%E6%97%A5%E6%9C%AC.png`}, // no plain form: _
 	} {
 		got := frontend.ContentDisposition("attachment", c.name)
 		if got != c.want {
@@ -89,8 +90,8 @@ func TestDownloadNamesServed(t *testing.T) {
 		what, wantName, wantResult, wantSource string
 		create                                 func() string
 	}{
-		{"multipart", "ğüş leaf.png", `attachment; filename="___ leaf-grayscale.png"; filename*=UTF-8''%C4%9F%C3%BC%C5%9F%20leaf-grayscale.png`,
-			`inline; filename="___ leaf.png"; filename*=UTF-8''%C4%9F%C3%BC%C5%9F%20leaf.png`,
+		{"multipart", "ğüş leaf.png", `attachment; filename="gus leaf-grayscale.png"; filename*=UTF-8''%C4%9F%C3%BC%C5%9F%20leaf-grayscale.png`,
+			`inline; filename="gus leaf.png"; filename*=UTF-8''%C4%9F%C3%BC%C5%9F%20leaf.png`,
 			func() string {
 				return s.created(t, s.createForm(t, "?op=grayscale", part{field: frontend.FileField, filename: "C:\\photos\\ğüş leaf.png", data: img}))
 			}},
