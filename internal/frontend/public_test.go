@@ -46,7 +46,7 @@ func TestPublicReason(t *testing.T) {
 		{wire.FailedWord, "cannot read this TIFF: its header is malformed (x)" + advice, "cannot read this TIFF: its header is malformed (x)" + advice},
 		{wire.FailedWord, imageop.NotImageMessage, imageop.NotImageMessage},
 		{wire.FailedWord, "upload never completed", "upload never completed"},
-		{wire.FailedWord, "image is 9000x9000 pixels, over the limit of 50000000 pixels (50 MP) in all", "image is 9000x9000 pixels, over the limit of 50000000 pixels (50 MP) in all"},
+		{wire.FailedWord, "image is 9000x9000 pixels, over the limit of 50000000 pixels (50 MP) in all: scale it down and upload it again", "image is 9000x9000 pixels, over the limit of 50000000 pixels (50 MP) in all: scale it down and upload it again"},
 		{wire.FailedWord, "took longer than 30 s (the limit for this image and chain): try a smaller image or fewer steps",
 			"took longer than 30 s (the limit for this image and chain): try a smaller image or fewer steps"},
 		{wire.FailedWord, "lease lapsed on attempt 3 of 3",

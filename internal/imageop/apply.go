@@ -87,7 +87,7 @@ func planSizes(steps []op, w, h int, maxPixels int64) (int, int, error) {
 		}
 		if maxPixels > 0 && int64(nw)*int64(nh) > maxPixels {
 			return 0, 0, &imageError{kind: ErrTooLarge, msg: fmt.Sprintf(
-				"%s would make the %dx%d image %dx%d pixels, over the limit of %d pixels%s in all",
+				"%s would make the %dx%d image %dx%d pixels, over the limit of %d pixels%s in all: choose a smaller size",
 				o, w, h, nw, nh, maxPixels, megapixels(maxPixels))}
 		}
 		w, h = nw, nh

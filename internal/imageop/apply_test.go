@@ -78,9 +78,9 @@ func TestApplyMaxPixels(t *testing.T) {
 		max  int64
 		msg  string
 	}{
-		{"resize:101x100:exact", 10_000, "resize:101x100:exact would make the 100x100 image 101x100 pixels, over the limit of 10000 pixels in all"},
-		{"resize:16384x16384", 0, "resize:16384x16384 would make the 100x100 image 16384x16384 pixels, over the limit of 50000000 pixels (50 MP) in all"},
-		{"crop:10x10+5+5,resize:8000x8000,thumbnail:10", 0, "resize:8000x8000 would make the 10x10 image 8000x8000 pixels, over the limit of 50000000 pixels (50 MP) in all"},
+		{"resize:101x100:exact", 10_000, "resize:101x100:exact would make the 100x100 image 101x100 pixels, over the limit of 10000 pixels in all: choose a smaller size"},
+		{"resize:16384x16384", 0, "resize:16384x16384 would make the 100x100 image 16384x16384 pixels, over the limit of 50000000 pixels (50 MP) in all: choose a smaller size"},
+		{"crop:10x10+5+5,resize:8000x8000,thumbnail:10", 0, "resize:8000x8000 would make the 10x10 image 8000x8000 pixels, over the limit of 50000000 pixels (50 MP) in all: choose a smaller size"},
 		{"crop:10x10+100+0", 0, "crop:10x10+100+0 lies outside the 100x100 image"},
 	} {
 		p := &Processor{MaxPixels: tc.max}
@@ -121,7 +121,7 @@ func TestApplyOrientedSizes(t *testing.T) {
 		t.Fatalf("crop of the upright image: %v", img.Bounds())
 	}
 	_, err := (&Processor{MaxPixels: 383}).Apply(io.Discard, bytes.NewReader(in), Chain{})
-	if !errors.Is(err, ErrTooLarge) || err.Error() != "image is 16x24 pixels, over the limit of 383 pixels in all" {
+	if !errors.Is(err, ErrTooLarge) || err.Error() != "image is 16x24 pixels, over the limit of 383 pixels in all: scale it down and upload it again" {
 		t.Errorf("%v", err)
 	}
 }

@@ -38,7 +38,7 @@ func TestDecodeFormats(t *testing.T) {
 		}
 		// Over the limit: refused from the header.
 		_, _, err := Decode(bytes.NewReader(data), 32*24-1)
-		if !errors.Is(err, ErrTooLarge) || err.Error() != "image is 32x24 pixels, over the limit of 767 pixels in all" {
+		if !errors.Is(err, ErrTooLarge) || err.Error() != "image is 32x24 pixels, over the limit of 767 pixels in all: scale it down and upload it again" {
 			t.Errorf("%s over the limit: %v", name, err)
 		}
 	}

@@ -47,15 +47,18 @@ type Header struct {
 // Pixels is the image's pixel count, width × height.
 func (h Header) Pixels() int64 { return int64(h.Width) * int64(h.Height) }
 
+// ShrinkAdvice ends a refusal of an image over the pixel limits: what to do about it.
+const ShrinkAdvice = "scale it down and upload it again"
+
 // CheckSize returns an error wrapping ErrTooLarge when the image is wider or taller than maxSide or
 // has more than maxPixels pixels; a limit <= 0 is not checked.
 func (h Header) CheckSize(maxSide int, maxPixels int64) error {
 	if maxSide > 0 && (h.Width > maxSide || h.Height > maxSide) {
-		return &imageError{kind: ErrTooLarge, msg: fmt.Sprintf("image is %dx%d pixels, over the limit of %d pixels per side",
+		return &imageError{kind: ErrTooLarge, msg: fmt.Sprintf("image is %dx%d pixels, over the limit of %d pixels per side: "+ShrinkAdvice,
 			h.Width, h.Height, maxSide)}
 	}
 	if maxPixels > 0 && h.Pixels() > maxPixels {
-		return &imageError{kind: ErrTooLarge, msg: fmt.Sprintf("image is %dx%d pixels, over the limit of %d pixels%s in all",
+		return &imageError{kind: ErrTooLarge, msg: fmt.Sprintf("image is %dx%d pixels, over the limit of %d pixels%s in all: "+ShrinkAdvice,
 			h.Width, h.Height, maxPixels, megapixels(maxPixels))}
 	}
 	return nil

@@ -169,13 +169,13 @@ func TestCheckSize(t *testing.T) {
 		msg      string
 		tooLarge bool
 	}{
-		{Header{Format: "png", Width: 100_000, Height: 100_000, Depth: 8}, 16384, 50_000_000, "image is 100000x100000 pixels, over the limit of 16384 pixels per side", true},
+		{Header{Format: "png", Width: 100_000, Height: 100_000, Depth: 8}, 16384, 50_000_000, "image is 100000x100000 pixels, over the limit of 16384 pixels per side: scale it down and upload it again", true},
 		{Header{Format: "png", Width: 16384, Height: 1, Depth: 8}, 16384, 50_000_000, "", false},
-		{Header{Format: "png", Width: 16385, Height: 1, Depth: 8}, 16384, 50_000_000, "image is 16385x1 pixels, over the limit of 16384 pixels per side", true},
-		{Header{Format: "jpeg", Width: 1, Height: 16385, Depth: 8}, 16384, 0, "image is 1x16385 pixels, over the limit of 16384 pixels per side", true},
-		{Header{Format: "gif", Width: 8000, Height: 7000, Depth: 8}, 16384, 50_000_000, "image is 8000x7000 pixels, over the limit of 50000000 pixels (50 MP) in all", true},
+		{Header{Format: "png", Width: 16385, Height: 1, Depth: 8}, 16384, 50_000_000, "image is 16385x1 pixels, over the limit of 16384 pixels per side: scale it down and upload it again", true},
+		{Header{Format: "jpeg", Width: 1, Height: 16385, Depth: 8}, 16384, 0, "image is 1x16385 pixels, over the limit of 16384 pixels per side: scale it down and upload it again", true},
+		{Header{Format: "gif", Width: 8000, Height: 7000, Depth: 8}, 16384, 50_000_000, "image is 8000x7000 pixels, over the limit of 50000000 pixels (50 MP) in all: scale it down and upload it again", true},
 		{Header{Format: "gif", Width: 5000, Height: 10_000, Depth: 8}, 16384, 50_000_000, "", false},
-		{Header{Format: "png", Width: 2000, Height: 1251, Depth: 8}, 0, 2_500_000, "image is 2000x1251 pixels, over the limit of 2500000 pixels (2.5 MP) in all", true},
+		{Header{Format: "png", Width: 2000, Height: 1251, Depth: 8}, 0, 2_500_000, "image is 2000x1251 pixels, over the limit of 2500000 pixels (2.5 MP) in all: scale it down and upload it again", true},
 		{Header{Format: "png", Width: 1 << 30, Height: 1 << 30, Depth: 8}, 0, 0, "", false},
 		{Header{Format: "png", Width: 1 << 30, Height: 1 << 30, Depth: 8}, -1, -1, "", false},
 	} {
@@ -201,7 +201,7 @@ func TestProcessMaxPixels(t *testing.T) {
 			t.Errorf("MaxPixels %d, 64x64 image: err = %v, want ok %v", tc.max, err, tc.ok)
 		}
 		if !tc.ok && (errors.Is(err, ErrDecode) || err.Error() != "image is 64x64 pixels, over the limit of "+
-			map[int64]string{4095: "4095 pixels in all", 1: "1 pixels in all"}[tc.max]) {
+			map[int64]string{4095: "4095 pixels in all", 1: "1 pixels in all"}[tc.max]+": "+ShrinkAdvice) {
 			t.Errorf("MaxPixels %d: err = %q", tc.max, err)
 		}
 	}
@@ -214,7 +214,7 @@ func TestProcessMaxPixels(t *testing.T) {
 		runtime.ReadMemStats(&before)
 		err := p.Process(io.Discard, bytes.NewReader(huge))
 		runtime.ReadMemStats(&after)
-		if !errors.Is(err, ErrTooLarge) || err.Error() != "image is 100000x100000 pixels, over the limit of 50000000 pixels (50 MP) in all" {
+		if !errors.Is(err, ErrTooLarge) || err.Error() != "image is 100000x100000 pixels, over the limit of 50000000 pixels (50 MP) in all: scale it down and upload it again" {
 			t.Errorf("Process of a 100000x100000 PNG: %v, want ErrTooLarge", err)
 		}
 		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 1<<20 {

@@ -56,7 +56,7 @@ func TestNewRefusesHugeImageFromItsHeader(t *testing.T) {
 	s := newStack(t, servicetest.Options{})
 	// 300 bytes that claim 100000x100000 pixels: 40 GB as RGBA, were anyone to decode it.
 	huge := servicetest.PaddedPNG(100_000, 100_000, 300)
-	const want = "Error: image is 100000x100000 pixels, over the limit of 16384 pixels per side"
+	const want = "Error: image is 100000x100000 pixels, over the limit of 16384 pixels per side: scale it down and upload it again"
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	s.expectRefused(t, "100000x100000 PNG", s.upload, huge, http.StatusRequestEntityTooLarge, want)
@@ -83,7 +83,7 @@ func TestNewRefusesHugeImageFromItsHeader(t *testing.T) {
 	}
 	// Over the default pixel limit with both sides within theirs.
 	s.expectRefused(t, "10000x5001 PNG", s.upload, servicetest.PaddedPNG(10_000, 5001, 300), http.StatusRequestEntityTooLarge,
-		"Error: image is 10000x5001 pixels, over the limit of 50000000 pixels (50 MP) in all")
+		"Error: image is 10000x5001 pixels, over the limit of 50000000 pixels (50 MP) in all: scale it down and upload it again")
 }
 
 func TestNewMaxDimension(t *testing.T) {
@@ -94,13 +94,13 @@ func TestNewMaxDimension(t *testing.T) {
 		want string // "" for accepted
 	}{
 		{"png 100x100", servicetest.PatternPNG(t, 100, 1), ""},
-		{"png 101x1", servicetest.PaddedPNG(101, 1, 200), "image is 101x1 pixels, over the limit of 100 pixels per side"},
-		{"png 1x101", servicetest.PaddedPNG(1, 101, 200), "image is 1x101 pixels, over the limit of 100 pixels per side"},
-		{"png 101x101", servicetest.PatternPNG(t, 101, 2), "image is 101x101 pixels, over the limit of 100 pixels per side"},
+		{"png 101x1", servicetest.PaddedPNG(101, 1, 200), "image is 101x1 pixels, over the limit of 100 pixels per side: scale it down and upload it again"},
+		{"png 1x101", servicetest.PaddedPNG(1, 101, 200), "image is 1x101 pixels, over the limit of 100 pixels per side: scale it down and upload it again"},
+		{"png 101x101", servicetest.PatternPNG(t, 101, 2), "image is 101x101 pixels, over the limit of 100 pixels per side: scale it down and upload it again"},
 		{"jpeg 100x7", encodeJPEG(t, 100, 7), ""},
-		{"jpeg 7x101", encodeJPEG(t, 7, 101), "image is 7x101 pixels, over the limit of 100 pixels per side"},
+		{"jpeg 7x101", encodeJPEG(t, 7, 101), "image is 7x101 pixels, over the limit of 100 pixels per side: scale it down and upload it again"},
 		{"gif 100x3", encodeGIF(t, 100, 3), ""},
-		{"gif 101x3", encodeGIF(t, 101, 3), "image is 101x3 pixels, over the limit of 100 pixels per side"},
+		{"gif 101x3", encodeGIF(t, 101, 3), "image is 101x3 pixels, over the limit of 100 pixels per side: scale it down and upload it again"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.want == "" {
@@ -126,7 +126,7 @@ func TestNewMaxPixels(t *testing.T) {
 			continue
 		}
 		s.expectRefused(t, name, s.upload, body, http.StatusRequestEntityTooLarge,
-			fmt.Sprintf("Error: image is %dx%d pixels, over the limit of 10000 pixels in all", tc.w, tc.h))
+			fmt.Sprintf("Error: image is %dx%d pixels, over the limit of 10000 pixels in all: scale it down and upload it again", tc.w, tc.h))
 	}
 }
 
@@ -144,7 +144,7 @@ func TestNewMeasuresJPEGAfterMetadata(t *testing.T) {
 		what := fmt.Sprintf("chunked %v", chunked)
 		s.claim(t, s.expectStored(t, "80x50 JPEG after 200 KiB of metadata, "+what, post(t, small), small))
 		s.expectRefused(t, "200x50 JPEG after 200 KiB of metadata, "+what, post, big, http.StatusRequestEntityTooLarge,
-			"Error: image is 200x50 pixels, over the limit of 100 pixels per side")
+			"Error: image is 200x50 pixels, over the limit of 100 pixels per side: scale it down and upload it again")
 	}
 	// The search has an end: no size within the first 256 KiB is refused.
 	lost := testimage.InsertJPEGMetadata(encodeJPEG(t, 8, 8), imageop.MaxHeaderLen)

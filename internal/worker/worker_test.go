@@ -1077,8 +1077,8 @@ func TestWorkerFailsOversizedImage(t *testing.T) {
 		id     int64
 		reason string
 	}{
-		{huge, "image is 100000x100000 pixels, over the limit of 300 pixels in all"},
-		{small, "image is 20x20 pixels, over the limit of 300 pixels in all"},
+		{huge, "image is 100000x100000 pixels, over the limit of 300 pixels in all: scale it down and upload it again"},
+		{small, "image is 20x20 pixels, over the limit of 300 pixels in all: scale it down and upload it again"},
 	} {
 		task := waitTask(ctx, t, s.Database, tc.id, "failed", func(t wire.Task) bool { return t.State == wire.Failed })
 		if task.Attempts != 1 || task.Error != tc.reason {
@@ -1099,7 +1099,7 @@ func TestWorkerFailsOversizedImage(t *testing.T) {
 	huge2 := queueDirectly(ctx, t, s, servicetest.PaddedPNG(100_000, 100_000, 300))
 	startWorker(t, worker.Config{Master: s.Master, Storage: s.Storage, Concurrency: 1, Wait: time.Second, Logger: servicetest.Discard})
 	task := waitTask(ctx, t, s.Database, huge2, "failed", func(t wire.Task) bool { return t.State == wire.Failed })
-	if want := "image is 100000x100000 pixels, over the limit of 50000000 pixels (50 MP) in all"; task.Attempts != 1 || task.Error != want {
+	if want := "image is 100000x100000 pixels, over the limit of 50000000 pixels (50 MP) in all: scale it down and upload it again"; task.Attempts != 1 || task.Error != want {
 		t.Errorf("oversized task = %+v, want failed on its first attempt with %q", task, want)
 	}
 }

@@ -576,7 +576,7 @@ func TestWorkerMemory(t *testing.T) {
 		watch := watchRSS(t, d, "worker-limited")
 		st := memWaitSettled(ctx, t, m, upload(big))
 		growth := watch.finish(t)["worker-limited"]
-		want := "image is 4000x4000 pixels, over the limit of 10000000 pixels (10 MP) in all"
+		want := "image is 4000x4000 pixels, over the limit of 10000000 pixels (10 MP) in all: scale it down and upload it again"
 		if st.State != "failed" || st.Attempts != 1 || st.Error != want {
 			t.Errorf("task = %+v, want failed on its first attempt with %q", st, want)
 		}
