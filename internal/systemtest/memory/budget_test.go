@@ -53,6 +53,9 @@ func TestWorkerMemoryBudget(t *testing.T) {
 	t.Logf("each task is estimated to need %s; --max-memory %s", memMiB(need), memMiB(budget))
 
 	d := deploytest.New(t)
+	// The master admits the task (its own per-task bound is not what is tested here): the worker's
+	// budget must hold two such tasks to one at a time.
+	d.MasterArgs = []string{"--max-task-memory", strconv.FormatInt(need*2, 10)}
 	d.StartBackends()
 	m := d.Master()
 	d.StartWorker("worker", "--concurrency", "2", "--max-memory", strconv.FormatInt(budget, 10), "--log-level", "debug")
