@@ -1,0 +1,93 @@
+package master_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/master"
+	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/wire"
+)
+
+// BenchmarkHopMasterNew is one upload over HTTP on loopback, as a client of imgmill makes it for every
+// image: POST /new of a 64 px PNG (9-10 KiB) with an idempotency key, which the master turns into a
+// pending task, the image sent to storage and the task activated (three more exchanges, with the
+// database over SQLite and storage over files). Every service and the client run in this process, so
+// cpu-ns/op and allocs/op count all of them. No worker runs: the tasks stay queued (no queue cap).
+func BenchmarkHopMasterNew(b *testing.B) {
+	s := servicetest.NewStack(b, servicetest.Options{Limits: master.Limits{MaxQueued: master.NoLimit}})
+	img := servicetest.PatternPNG(b, 64, 1)
+	ctx := context.Background()
+	last := int64(-1)
+	b.SetBytes(int64(len(img)))
+	b.ReportAllocs()
+	cpu := servicetest.StartCPU()
+	for i := 0; b.Loop(); i++ {
+		up, err := s.Master.Upload(ctx, bytes.NewReader(img), int64(len(img)), client.UploadParams{IdempotencyKey: fmt.Sprintf("hop-%d", i)})
+		if err != nil {
+			b.Fatalf("upload %d: %v", i, err)
+		}
+		if up.Replayed || up.ID <= last {
+			b.Fatalf("upload %d answered task %d (replayed %t) after %d: want a new task each", i, up.ID, up.Replayed, last)
+		}
+		last = up.ID
+	}
+	cpu.Report(b)
+}
+
+// BenchmarkHopWorkerRound is the worker's side of one image over HTTP on loopback, without the image
+// work: claim a task through the master (POST /getNewTask, which the master passes to the database),
+// read its upload from storage, store a 64 px result under the claim's lease token, and finish the task
+// through the master (POST /registerTaskFinished, which checks the result is stored and passes the
+// finish to the database). Uploads are queued 200 at a time with the timer stopped.
+func BenchmarkHopWorkerRound(b *testing.B) {
+	s := servicetest.NewStack(b, servicetest.Options{})
+	img := servicetest.PatternPNG(b, 64, 1)
+	ctx := context.Background()
+	queue := func() {
+		for range 200 {
+			if _, err := s.Master.Upload(ctx, bytes.NewReader(img), int64(len(img)), client.UploadParams{}); err != nil {
+				b.Fatalf("queue an upload: %v", err)
+			}
+		}
+	}
+	left := 0
+	var got bytes.Buffer
+	b.ReportAllocs()
+	cpu := servicetest.StartCPU()
+	for b.Loop() {
+		if left == 0 {
+			b.StopTimer()
+			cpu.Pause()
+			queue()
+			left = 200
+			cpu.Resume()
+			b.StartTimer()
+		}
+		task, err := s.Master.GetNewTask(ctx, 0)
+		if err != nil {
+			b.Fatalf("claim: %v", err)
+		}
+		upload, err := s.Storage.GetImage(ctx, task.ID, wire.WorkingImage)
+		if err != nil {
+			b.Fatalf("get the upload of task %d: %v", task.ID, err)
+		}
+		got.Reset()
+		_, err = got.ReadFrom(upload)
+		upload.Close()
+		if err != nil || !bytes.Equal(got.Bytes(), img) {
+			b.Fatalf("upload of task %d read as %d bytes (%v), want the %d sent", task.ID, got.Len(), err, len(img))
+		}
+		if err := s.Storage.SendResult(ctx, task.ID, task.Token, bytes.NewReader(img), int64(len(img))); err != nil {
+			b.Fatalf("store the result of task %d: %v", task.ID, err)
+		}
+		if err := s.Master.FinishTask(ctx, task.ID, task.Token); err != nil {
+			b.Fatalf("finish task %d: %v", task.ID, err)
+		}
+		left--
+	}
+	cpu.Report(b)
+}
