@@ -267,6 +267,10 @@ const (
 			LIMIT 1)
 		RETURNING ` + returnColumns
 
+	// claimBatchLockSQL makes concurrent batch claims (ClaimN) take turns: a transaction-level advisory
+	// lock, released by the batch's commit. The key is arbitrary and fixed: "imgmbatc" in ASCII.
+	claimBatchLockSQL = `SELECT pg_advisory_xact_lock(7596841865943544931)`
+
 	extendSQL = `UPDATE tasks SET lease_until = @until::timestamptz
 		WHERE id = @id::bigint AND ` + liveHeldBy + `
 		RETURNING ` + returnColumns
@@ -811,9 +815,9 @@ func (s *Store) ClaimN(ctx context.Context, n int, lease time.Duration) ([]tasks
 	}
 	for attempt := 1; ; attempt++ {
 		ts, err := s.claim(ctx, n, lease)
-		// A batch marks its owners served one after the other, holding each owner's row to its commit;
-		// two concurrent batches over the same owners can take them in different orders, and
-		// PostgreSQL then aborts one, which claimed nothing: it may take its batch again.
+		// Batches take turns (claimBatchLock), but a batch may still meet a concurrent Claim's sweep
+		// over the same owners' rows, which PostgreSQL resolves by aborting one; an aborted batch
+		// claimed nothing and may take its batch again.
 		var pgErr *pgconn.PgError
 		if attempt < 3 && errors.As(err, &pgErr) && pgErr.Code == "40P01" {
 			continue
@@ -832,13 +836,22 @@ func (s *Store) claim(ctx context.Context, n int, lease time.Duration) ([]taskst
 	}
 	now := s.now()
 	b := &pgx.Batch{}
+	steps := []string{"settle lapsed leases", "settle due retries"}
+	if n > 1 {
+		// A batch marks its owners served one after the other, holding each owner's row to its commit:
+		// two concurrent batches would take the same owners in different orders and deadlock (measured:
+		// often, each costing the server's deadlock_timeout). Batches take turns instead, across all
+		// instances; a single Claim holds one owner's row and needs no turn.
+		b.Queue(claimBatchLockSQL)
+		steps = append([]string{"wait for the batch turn"}, steps...)
+	}
 	b.Queue(sweepSQL, pgx.NamedArgs{"now": now})
 	b.Queue(settleSQL, pgx.NamedArgs{"now": now})
 	for range n {
 		b.Queue(claimSQL, pgx.NamedArgs{"now": now, "until": now.Add(lease)})
 	}
 	br := s.pool.SendBatch(ctx, b)
-	for _, step := range []string{"settle lapsed leases", "settle due retries"} {
+	for _, step := range steps {
 		if _, err := br.Exec(); err != nil {
 			br.Close() // reports the same failure
 			return nil, fmt.Errorf("pgstore: claim: %s: %w", step, classify(ctx, err))

@@ -119,8 +119,24 @@ func testClaimNFair(t *testing.T, h *harness) {
 
 // testClaimNConcurrent: concurrent batch claimers never take the same task, and together take all.
 func testClaimNConcurrent(t *testing.T, h *harness) {
-	const workers, tasks, batch = 6, 200, 7
-	h.createN(t, tasks)
+	h.createN(t, 200)
+	claimConcurrently(t, h, 200)
+}
+
+// testClaimNConcurrentOwners is testClaimNConcurrent over tasks of several owners, whose turns each
+// batch takes in an order of its own.
+func testClaimNConcurrentOwners(t *testing.T, h *harness) {
+	for i := range 200 {
+		h.createWith(t, taskstore.CreateParams{Owner: fmt.Sprintf("owner-%d", i%5)})
+	}
+	claimConcurrently(t, h, 200)
+}
+
+// claimConcurrently drains the queue of tasks (ids 0 to tasks-1) with concurrent batch claimers and
+// checks that each task was claimed once.
+func claimConcurrently(t *testing.T, h *harness, tasks int) {
+	t.Helper()
+	const workers, batch = 6, 7
 	claimed := make([][]taskstore.Task, workers)
 	var wg sync.WaitGroup
 	for w := range workers {
@@ -150,7 +166,7 @@ func testClaimNConcurrent(t *testing.T, h *harness) {
 	tokens := make([]int64, tasks)
 	for _, got := range claimed {
 		for _, task := range got {
-			if task.ID < 0 || task.ID >= tasks {
+			if task.ID < 0 || task.ID >= int64(tasks) {
 				t.Fatalf("claimed unknown id %d", task.ID)
 			}
 			seen[task.ID]++

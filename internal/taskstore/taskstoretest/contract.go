@@ -38,6 +38,7 @@ func Run(t *testing.T, open OpenFunc) {
 		{"ClaimNLapsed", testClaimNLapsed},
 		{"ClaimNFair", testClaimNFair},
 		{"ClaimNConcurrent", testClaimNConcurrent},
+		{"ClaimNConcurrentOwners", testClaimNConcurrentOwners},
 		{"PendingAndActivate", testPendingAndActivate},
 		{"TokensGrow", testTokensGrow},
 		{"Finish", testFinish},
