@@ -375,6 +375,56 @@ func (a LeaseAPI) GetNewTask(ctx context.Context, wait time.Duration) (wire.Task
 	return taskReply(r.body, err)
 }
 
+// GetNewTasks claims up to n tasks (at most wire.MaxTasksPerClaim) in one call, waiting as GetNewTask
+// does: the additive /getNewTask?max=. A peer that knows no max parameter (the reference design's)
+// answers one task JSON; batched tells the answers apart, by their shape, so that a caller can stop
+// asking such a peer for more than one. With n of 1 it is GetNewTask. IsNoTask(err) tells that none
+// came.
+func (a LeaseAPI) GetNewTasks(ctx context.Context, wait time.Duration, n int) (tasks []wire.Task, batched bool, err error) {
+	n = min(n, wire.MaxTasksPerClaim)
+	if n <= 1 {
+		t, err := a.GetNewTask(ctx, wait)
+		if err != nil {
+			return nil, false, err
+		}
+		return []wire.Task{t}, false, nil
+	}
+	q := url.Values{wire.MaxTasksParam: {strconv.Itoa(n)}}
+	timeout := CallTimeout
+	if wait > 0 {
+		q.Set("wait", wait.String())
+		timeout += wait
+	}
+	// Not idempotent, as GetNewTask.
+	r, err := a.p.sendLong(ctx, call{method: http.MethodPost, path: "/getNewTask", query: q, headerTimeout: timeout, errorIn200: a.errorIn200})
+	if err != nil {
+		return nil, false, err
+	}
+	return tasksReply(r.body, n)
+}
+
+// tasksReply decodes a claim's answer of either shape: {"tasks":[...]} or one task.
+func tasksReply(reply string, n int) ([]wire.Task, bool, error) {
+	var v struct {
+		Tasks []wire.Task `json:"tasks"`
+		ID    *int64      `json:"id"`
+	}
+	if err := json.Unmarshal([]byte(reply), &v); err != nil {
+		return nil, false, fmt.Errorf("reply %q is not tasks: %w", truncate(reply), err)
+	}
+	switch {
+	case v.ID != nil:
+		t, err := taskReply(reply, nil)
+		if err != nil {
+			return nil, false, err
+		}
+		return []wire.Task{t}, false, nil
+	case len(v.Tasks) == 0 || len(v.Tasks) > n:
+		return nil, true, fmt.Errorf("reply holds %d tasks, want 1 to %d", len(v.Tasks), n)
+	}
+	return v.Tasks, true, nil
+}
+
 // FinishTask marks the claimed task finished.
 func (a LeaseAPI) FinishTask(ctx context.Context, id, token int64) error {
 	return expectSuccess(a.p.sendText(ctx, call{method: http.MethodPost, path: a.finishPath, query: tokenQuery(id, token), idempotent: true, errorIn200: a.errorIn200}))

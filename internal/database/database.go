@@ -188,8 +188,15 @@ func (s *server) handleGetByIDs(w http.ResponseWriter, r *http.Request) error {
 	return httpapi.WriteJSON(w, http.StatusOK, out)
 }
 
+// handleGetNewTask claims a task, or with max (additive, 2 to taskstore.MaxClaimBatch) up to max tasks
+// in one transaction, answered as {"tasks":[...]}; without max, or with max=1, the answer is the
+// reference's task JSON. A long poll (wait) answers as soon as at least one task is claimable.
 func (s *server) handleGetNewTask(w http.ResponseWriter, r *http.Request) error {
 	wait, err := httpapi.QueryDuration(r, "wait", wire.MaxWait)
+	if err != nil {
+		return err
+	}
+	n, err := claimBatch(r)
 	if err != nil {
 		return err
 	}
@@ -197,9 +204,16 @@ func (s *server) handleGetNewTask(w http.ResponseWriter, r *http.Request) error 
 	for {
 		// Take the wake-up channel before looking, so a task created in between is not missed.
 		woken := s.news.wait()
-		t, err := s.store.Claim(r.Context(), s.lease)
+		ts, err := s.claim(r.Context(), n)
 		if err == nil {
-			return s.writeTask(w, t)
+			if n == 1 {
+				return s.writeTask(w, ts[0])
+			}
+			out := wire.Tasks{Tasks: make([]wire.Task, len(ts))}
+			for i, t := range ts {
+				out.Tasks[i] = s.wireTask(t)
+			}
+			return httpapi.WriteJSON(w, http.StatusOK, out)
 		}
 		if !errors.Is(err, taskstore.ErrNoTask) {
 			return fmt.Errorf("claim: %w", err)
@@ -220,6 +234,32 @@ func (s *server) handleGetNewTask(w http.ResponseWriter, r *http.Request) error 
 			return httpapi.Errorf(http.StatusBadRequest, wire.NoTaskMessage)
 		}
 	}
+}
+
+// claimBatch reads /getNewTask's max parameter: 1 when absent.
+func claimBatch(r *http.Request) (int, error) {
+	raw := r.URL.Query().Get(wire.MaxTasksParam)
+	if raw == "" {
+		return 1, nil
+	}
+	n, err := strconv.Atoi(raw)
+	if err != nil || taskstore.CheckClaimBatch(n) != nil {
+		return 0, httpapi.Errorf(http.StatusBadRequest, "%s must be a whole number from 1 to %d, got %q",
+			wire.MaxTasksParam, taskstore.MaxClaimBatch, raw)
+	}
+	return n, nil
+}
+
+// claim takes one task (Claim, as always) or a batch of up to n (ClaimN).
+func (s *server) claim(ctx context.Context, n int) ([]taskstore.Task, error) {
+	if n == 1 {
+		t, err := s.store.Claim(ctx, s.lease)
+		if err != nil {
+			return nil, err
+		}
+		return []taskstore.Task{t}, nil
+	}
+	return s.store.ClaimN(ctx, n, s.lease)
 }
 
 func (s *server) handleSetByID(w http.ResponseWriter, r *http.Request) error {

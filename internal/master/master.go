@@ -771,22 +771,51 @@ func CopyImage(w http.ResponseWriter, r *http.Request, img *client.Image) error 
 	return nil
 }
 
+// handleGetNewTask passes a worker's claim on to the database. With max (additive, up to
+// wire.MaxTasksPerClaim) it asks for that many at once and answers {"tasks":[...]}, whatever shape the
+// database answered (a reference database knows no max and claims one); without max, or with max=1,
+// the answer is the reference's task JSON.
 func (s *server) handleGetNewTask(w http.ResponseWriter, r *http.Request) error {
 	wait, err := httpapi.QueryDuration(r, "wait", wire.MaxWait)
 	if err != nil {
 		return err
 	}
-	t, err := s.db.GetNewTask(r.Context(), wait)
+	n := 1
+	if raw := r.URL.Query().Get(wire.MaxTasksParam); raw != "" {
+		if n, err = strconv.Atoi(raw); err != nil || n < 1 || n > wire.MaxTasksPerClaim {
+			return httpapi.Errorf(http.StatusBadRequest, "%s must be a whole number from 1 to %d, got %q",
+				wire.MaxTasksParam, wire.MaxTasksPerClaim, raw)
+		}
+	}
+	if n == 1 {
+		t, err := s.db.GetNewTask(r.Context(), wait)
+		if err != nil {
+			return err
+		}
+		if err := httpapi.WriteJSON(w, http.StatusOK, t); err != nil {
+			return err
+		}
+		s.claimed(t)
+		return nil
+	}
+	ts, _, err := s.db.GetNewTasks(r.Context(), wait, n)
 	if err != nil {
 		return err
 	}
-	if err := httpapi.WriteJSON(w, http.StatusOK, t); err != nil {
+	if err := httpapi.WriteJSON(w, http.StatusOK, wire.Tasks{Tasks: ts}); err != nil {
 		return err
 	}
-	if t.State == wire.InProgress {
-		s.changes.finished(t.ID) // claimed: processing now
+	for _, t := range ts {
+		s.claimed(t)
 	}
 	return nil
+}
+
+// claimed tells the event streams that a task a worker claimed is processing now.
+func (s *server) claimed(t wire.Task) {
+	if t.State == wire.InProgress {
+		s.changes.finished(t.ID)
+	}
 }
 
 // DefaultAddr is the master's listen address unless told otherwise (the reference's port).

@@ -824,6 +824,48 @@ func TestGetNewTaskPassesThrough(t *testing.T) {
 	servicetest.ExpectError(t, "GET /getNewTask", s.call(t, http.MethodGet, s.MasterURL+"/getNewTask", nil), http.StatusMethodNotAllowed)
 }
 
+// TestGetNewTaskBatch: with max the master passes a batch claim on and answers {"tasks":[...]}, each
+// task as the database records it; a bad max is refused before the database is asked.
+func TestGetNewTaskBatch(t *testing.T) {
+	s := newStack(t, servicetest.Options{})
+	ctx := t.Context()
+	var ids []int64
+	for range 3 {
+		id, err := s.Database.NewTask(ctx, client.NewTaskParams{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	for _, q := range []string{"?max=0", "?max=65", "?max=two"} {
+		servicetest.ExpectError(t, "getNewTask"+q, s.call(t, http.MethodPost, s.MasterURL+"/getNewTask"+q, nil), http.StatusBadRequest)
+	}
+	via := s.call(t, http.MethodPost, s.MasterURL+"/getNewTask?max=2", nil)
+	if via.Status != http.StatusOK {
+		t.Fatalf("master /getNewTask?max=2: %d %q", via.Status, via.Body)
+	}
+	var got wire.Tasks
+	if err := json.Unmarshal([]byte(via.Body), &got); err != nil || len(got.Tasks) != 2 {
+		t.Fatalf("master /getNewTask?max=2 answered %q, want {\"tasks\":[two tasks]} (%v)", via.Body, err)
+	}
+	for i, task := range got.Tasks {
+		if task.ID != ids[i] || task.State != wire.InProgress || task.Token <= 0 {
+			t.Errorf("batch task %d: %+v, want task %d in progress with a token", i, task, ids[i])
+		}
+		record, err := s.Database.GetByID(ctx, task.ID)
+		if err != nil || record.Token != task.Token {
+			t.Errorf("task %d: token %d in the batch, record %+v, %v", task.ID, task.Token, record, err)
+		}
+	}
+	// max=1: the reference's task JSON.
+	via = s.call(t, http.MethodPost, s.MasterURL+"/getNewTask?max=1", nil)
+	var one wire.Task
+	if err := json.Unmarshal([]byte(via.Body), &one); via.Status != http.StatusOK || err != nil || one.ID != ids[2] {
+		t.Errorf("master /getNewTask?max=1: %d %q, want task %d as task JSON", via.Status, via.Body, ids[2])
+	}
+	s.ExpectNoClaimable(t)
+}
+
 func TestRegisterTaskFinishedPassesThrough(t *testing.T) {
 	s := newStack(t, servicetest.Options{})
 	ctx := t.Context()

@@ -6,6 +6,7 @@ package taskstore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"iter"
 	"math/rand/v2"
 	"time"
@@ -15,6 +16,18 @@ import (
 
 // DefaultMaxAttempts is how many claims a task gets before it fails.
 const DefaultMaxAttempts = 3
+
+// MaxClaimBatch is the most tasks one ClaimN takes (a /getNewTask?max=): a worker asks for its free
+// slots, a few dozen at most, and a bound keeps one transaction (and the leases it starts at once) small.
+const MaxClaimBatch = wire.MaxTasksPerClaim
+
+// CheckClaimBatch refuses a batch size ClaimN does not take.
+func CheckClaimBatch(n int) error {
+	if n < 1 || n > MaxClaimBatch {
+		return fmt.Errorf("claim batch of %d: want 1 to %d", n, MaxClaimBatch)
+	}
+	return nil
+}
 
 // Task is one task record.
 //
@@ -238,6 +251,11 @@ type Store interface {
 	// claimable one of the owner with claimable tasks that was served least recently (an owner seen
 	// for the first time counts as just served), so with one owner claims go in id order.
 	Claim(ctx context.Context, lease time.Duration) (Task, error)
+	// ClaimN is up to n Claims (n from 1 to MaxClaimBatch) in one transaction: the tasks n Claims in a
+	// row would take, in the order they would take them, each with its own lease, attempt and token, so
+	// owners take turns within a batch as across batches. It returns fewer when fewer are claimable and
+	// ErrNoTask when none is. One commit for the batch is what makes it cheaper than n Claims.
+	ClaimN(ctx context.Context, n int, lease time.Duration) ([]Task, error)
 	// Extend renews the lease of an in-progress task (a worker's heartbeat) and returns the task.
 	// ErrNotInProgress when it is not in progress or its lease already lapsed, ErrStaleToken as above.
 	Extend(ctx context.Context, id, token int64, lease time.Duration) (Task, error)

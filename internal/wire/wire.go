@@ -172,7 +172,8 @@ type TaskIDs struct {
 	IDs []int64 `json:"ids"`
 }
 
-// Tasks is the answer to POST /getByIds: the tasks that exist, and the ids of those that do not.
+// Tasks is the answer to POST /getByIds: the tasks that exist, and the ids of those that do not; and
+// to /getNewTask?max= (database and master): the tasks claimed, never Missing.
 type Tasks struct {
 	Tasks   []Task  `json:"tasks"`
 	Missing []int64 `json:"missing,omitempty"`
@@ -327,6 +328,14 @@ const MaxLeaseWait = 10 * time.Second
 
 // MaxWait caps a long poll on /getNewTask.
 const MaxWait = 60 * time.Second
+
+// MaxTasksParam is /getNewTask's additive parameter asking for up to that many tasks in one claim,
+// answered as Tasks (without it, or with 1, the answer is one task as in the reference). A peer that
+// ignores it answers one task: callers tell the answers apart by their shape.
+const MaxTasksParam = "max"
+
+// MaxTasksPerClaim caps MaxTasksParam.
+const MaxTasksPerClaim = 64
 
 // OwnerHeader names who queues a task, on the master's POST /new and the database's /newTask: the
 // frontend sets it to an API key's name ("key:NAME") or the client's address; the master believes it

@@ -136,8 +136,9 @@ func (c Config) TaskTimeoutFor(e imageop.Estimate) time.Duration {
 	return max(floor, TaskTimeoutFactor*e.CPU)
 }
 
-// Run runs Concurrency worker loops until ctx ends. A loop then claims nothing more and finishes its
-// current task within Drain, or releases it so another worker can take it at once.
+// Run runs Concurrency (plus Prefetch) worker loops until ctx ends; the loops waiting for a task share
+// one claim of up to that many tasks (see claimer). Once ctx ends a loop claims nothing more and
+// finishes its current task within Drain, or releases it so another worker can take it at once.
 func Run(ctx context.Context, cfg Config) error {
 	n := cfg.Slots()
 	extra := max(cfg.Prefetch, 0)
@@ -168,13 +169,15 @@ func Run(ctx context.Context, cfg Config) error {
 	cpus := make(chan struct{}, n)
 	var wg sync.WaitGroup
 	missing := &missingEndpoints{logger: cfg.Logger}
+	claims := &claimer{master: cfg.Master, wait: cfg.Wait, logger: cfg.Logger}
 	for i := range n + extra {
 		wg.Go(func() {
-			l := &loop{cfg: cfg, proc: proc, cpus: cpus, mem: mem, missing: missing, logger: cfg.Logger.With("loop", i)}
+			l := &loop{cfg: cfg, proc: proc, cpus: cpus, mem: mem, missing: missing, claims: claims, logger: cfg.Logger.With("loop", i)}
 			l.run(ctx)
 		})
 	}
 	wg.Wait()
+	claims.handBack(ctx)
 	return nil
 }
 
@@ -187,6 +190,7 @@ type loop struct {
 	// without a budget. It is first come, first served: a large task waiting is not overtaken.
 	mem     *semaphore.Weighted
 	missing *missingEndpoints
+	claims  *claimer // shared by the loops
 	logger  *slog.Logger
 }
 
@@ -215,7 +219,7 @@ func (l *loop) run(stop context.Context) {
 	failed := 0 // claims in a row that failed
 	for stop.Err() == nil {
 		start := time.Now()
-		task, err := l.cfg.Master.GetNewTask(stop, l.cfg.Wait)
+		task, err := l.claims.next(stop)
 		switch {
 		case err == nil:
 			failures.Reset()

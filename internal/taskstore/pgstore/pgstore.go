@@ -2,7 +2,7 @@
 // same semantics as sqlitestore (the embedded store), with claims that are safe across instances.
 //
 // Concurrency design: every write is one statement in its own transaction, except Claim's three
-// (settle lapsed leases, settle due retries, then claim) and CreateOnce's two (take the key from a
+// (settle lapsed leases, settle due retries, then claim; ClaimN repeats the claim) and CreateOnce's two (take the key from a
 // stale task, create), which go together in one batch: one round trip. Claim picks the lowest
 // claimable id through a partial index with FOR UPDATE SKIP LOCKED, so concurrent claimers, in one
 // process or many, each take a different task without waiting for each other; the settling skips
@@ -266,6 +266,10 @@ const (
 				ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) AS c
 			LIMIT 1)
 		RETURNING ` + returnColumns
+
+	// claimBatchLockSQL makes concurrent batch claims (ClaimN) take turns: a transaction-level advisory
+	// lock, released by the batch's commit. The key is arbitrary and fixed: "imgmbatc" in ASCII.
+	claimBatchLockSQL = `SELECT pg_advisory_xact_lock(7596841865943544931)`
 
 	extendSQL = `UPDATE tasks SET lease_until = @until::timestamptz
 		WHERE id = @id::bigint AND ` + liveHeldBy + `
@@ -794,33 +798,85 @@ func (s *Store) Claim(ctx context.Context, lease time.Duration) (taskstore.Task,
 		// A non-positive lease would hand out a task that is already lapsed.
 		return taskstore.Task{}, fmt.Errorf("pgstore: claim: lease %v is not positive", lease)
 	}
+	ts, err := s.claim(ctx, 1, lease)
+	if err != nil {
+		return taskstore.Task{}, err
+	}
+	return ts[0], nil
+}
+
+// ClaimN is up to n Claims in one transaction; see taskstore.Store.
+func (s *Store) ClaimN(ctx context.Context, n int, lease time.Duration) ([]taskstore.Task, error) {
+	if lease <= 0 {
+		return nil, fmt.Errorf("pgstore: claim %d: lease %v is not positive", n, lease)
+	}
+	if err := taskstore.CheckClaimBatch(n); err != nil {
+		return nil, fmt.Errorf("pgstore: %w", err)
+	}
+	for attempt := 1; ; attempt++ {
+		ts, err := s.claim(ctx, n, lease)
+		// Batches take turns (claimBatchLock), but a batch may still meet a concurrent Claim's sweep
+		// over the same owners' rows, which PostgreSQL resolves by aborting one; an aborted batch
+		// claimed nothing and may take its batch again.
+		var pgErr *pgconn.PgError
+		if attempt < 3 && errors.As(err, &pgErr) && pgErr.Code == "40P01" {
+			continue
+		}
+		return ts, err
+	}
+}
+
+// claim queues the settling and n claim statements in one batch: one round trip, one implicit
+// transaction. Under READ COMMITTED each claim statement sees the rows the ones before it claimed
+// (and the owner they marked served), and its own transaction's locks do not make it skip them, so
+// the batch takes what n Claims in a row would; other transactions' locked rows it skips as Claim does.
+func (s *Store) claim(ctx context.Context, n int, lease time.Duration) ([]taskstore.Task, error) {
 	if err := s.usable(); err != nil {
-		return taskstore.Task{}, fmt.Errorf("pgstore: claim: %w", err)
+		return nil, fmt.Errorf("pgstore: claim: %w", err)
 	}
 	now := s.now()
 	b := &pgx.Batch{}
+	steps := []string{"settle lapsed leases", "settle due retries"}
+	if n > 1 {
+		// A batch marks its owners served one after the other, holding each owner's row to its commit:
+		// two concurrent batches would take the same owners in different orders and deadlock (measured:
+		// often, each costing the server's deadlock_timeout). Batches take turns instead, across all
+		// instances; a single Claim holds one owner's row and needs no turn.
+		b.Queue(claimBatchLockSQL)
+		steps = append([]string{"wait for the batch turn"}, steps...)
+	}
 	b.Queue(sweepSQL, pgx.NamedArgs{"now": now})
 	b.Queue(settleSQL, pgx.NamedArgs{"now": now})
-	b.Queue(claimSQL, pgx.NamedArgs{"now": now, "until": now.Add(lease)})
+	for range n {
+		b.Queue(claimSQL, pgx.NamedArgs{"now": now, "until": now.Add(lease)})
+	}
 	br := s.pool.SendBatch(ctx, b)
-	for _, step := range []string{"settle lapsed leases", "settle due retries"} {
+	for _, step := range steps {
 		if _, err := br.Exec(); err != nil {
 			br.Close() // reports the same failure
-			return taskstore.Task{}, fmt.Errorf("pgstore: claim: %s: %w", step, classify(ctx, err))
+			return nil, fmt.Errorf("pgstore: claim: %s: %w", step, classify(ctx, err))
 		}
 	}
-	t, err := scanTask(br.QueryRow())
+	var ts []taskstore.Task
+	var err error
+	for range n {
+		var t taskstore.Task
+		if t, err = scanTask(br.QueryRow()); err != nil {
+			break
+		}
+		ts = append(ts, t)
+	}
 	// The batch commits when its results are closed: only then is the claim (or the sweep) made.
 	if cerr := br.Close(); cerr != nil && (err == nil || errors.Is(err, pgx.ErrNoRows)) {
-		return taskstore.Task{}, fmt.Errorf("pgstore: claim: commit: %w", classify(ctx, cerr))
+		return nil, fmt.Errorf("pgstore: claim: commit: %w", classify(ctx, cerr))
 	}
-	if errors.Is(err, pgx.ErrNoRows) {
-		return taskstore.Task{}, taskstore.ErrNoTask
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("pgstore: claim: %w", classify(ctx, err))
 	}
-	if err != nil {
-		return taskstore.Task{}, fmt.Errorf("pgstore: claim: %w", classify(ctx, err))
+	if len(ts) == 0 {
+		return nil, taskstore.ErrNoTask
 	}
-	return t, nil
+	return ts, nil
 }
 
 // Extend renews the live lease of an in-progress task to lease from now.

@@ -813,44 +813,68 @@ func (s *Store) Claim(ctx context.Context, lease time.Duration) (taskstore.Task,
 		// A non-positive lease would hand out a task that is already lapsed.
 		return taskstore.Task{}, fmt.Errorf("sqlitestore: claim: lease %v is not positive", lease)
 	}
-	t, err := s.claimTx(ctx, s.now(), lease)
+	ts, err := s.claimTx(ctx, s.now(), 1, lease)
 	if errors.Is(err, taskstore.ErrNoTask) {
 		return taskstore.Task{}, taskstore.ErrNoTask
 	}
 	if err != nil {
 		return taskstore.Task{}, fmt.Errorf("sqlitestore: claim: %w", s.classify(err))
 	}
-	return t, nil
+	return ts[0], nil
 }
 
-func (s *Store) claimTx(ctx context.Context, now time.Time, lease time.Duration) (t taskstore.Task, err error) {
+// ClaimN is up to n Claims in one transaction; see taskstore.Store.
+func (s *Store) ClaimN(ctx context.Context, n int, lease time.Duration) ([]taskstore.Task, error) {
+	if lease <= 0 {
+		return nil, fmt.Errorf("sqlitestore: claim %d: lease %v is not positive", n, lease)
+	}
+	if err := taskstore.CheckClaimBatch(n); err != nil {
+		return nil, fmt.Errorf("sqlitestore: %w", err)
+	}
+	ts, err := s.claimTx(ctx, s.now(), n, lease)
+	if errors.Is(err, taskstore.ErrNoTask) {
+		return nil, taskstore.ErrNoTask
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: claim %d: %w", n, s.classify(err))
+	}
+	return ts, nil
+}
+
+// claimTx settles, then runs the claim statement up to n times: each run sees the previous one's
+// claim and the owner it marked served, so the batch is exactly n Claims in a row, for one commit.
+func (s *Store) claimTx(ctx context.Context, now time.Time, n int, lease time.Duration) (ts []taskstore.Task, err error) {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return taskstore.Task{}, err
+		return nil, err
 	}
 	defer rollback(tx, &err)
 	if _, err := tx.StmtContext(ctx, s.sweep).ExecContext(ctx, sql.Named("now", nanos(now))); err != nil {
-		return taskstore.Task{}, fmt.Errorf("settle lapsed leases: %w", err)
+		return nil, fmt.Errorf("settle lapsed leases: %w", err)
 	}
 	if _, err := tx.StmtContext(ctx, s.settle).ExecContext(ctx, sql.Named("now", nanos(now))); err != nil {
-		return taskstore.Task{}, fmt.Errorf("settle due retries: %w", err)
+		return nil, fmt.Errorf("settle due retries: %w", err)
 	}
-	t, err = scanTask(tx.StmtContext(ctx, s.claim).QueryRowContext(ctx,
-		sql.Named("now", nanos(now)), sql.Named("until", nanos(now.Add(lease)))))
-	if errors.Is(err, sql.ErrNoRows) {
-		// Commit anyway: the sweep is correct on its own and saves the next caller the work.
-		if err := tx.Commit(); err != nil {
-			return taskstore.Task{}, fmt.Errorf("commit: %w", err)
+	claim := tx.StmtContext(ctx, s.claim)
+	for range n {
+		t, err := scanTask(claim.QueryRowContext(ctx, sql.Named("now", nanos(now)), sql.Named("until", nanos(now.Add(lease)))))
+		if errors.Is(err, sql.ErrNoRows) {
+			break
 		}
-		return taskstore.Task{}, taskstore.ErrNoTask
+		if err != nil {
+			return nil, err
+		}
+		ts = append(ts, t)
 	}
-	if err != nil {
-		return taskstore.Task{}, err
-	}
+	// Commit even when nothing was claimed: the sweep is correct on its own and saves the next caller
+	// the work.
 	if err := tx.Commit(); err != nil {
-		return taskstore.Task{}, fmt.Errorf("commit: %w", err)
+		return nil, fmt.Errorf("commit: %w", err)
 	}
-	return t, nil
+	if len(ts) == 0 {
+		return nil, taskstore.ErrNoTask
+	}
+	return ts, nil
 }
 
 // Extend renews the live lease of an in-progress task to lease from now.
