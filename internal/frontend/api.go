@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
 	"github.com/imgmill/imgmill/internal/master"
@@ -263,7 +264,14 @@ func (s *server) handleTaskResult(w http.ResponseWriter, r *http.Request) error 
 	if !download {
 		disposition = "inline"
 	}
-	h.Set("Content-Disposition", ContentDisposition(disposition, DownloadName(st, public, img.ContentType)))
+	return serveImage(w, r, img, ContentDisposition(disposition, DownloadName(st, public, img.ContentType)), etag)
+}
+
+// serveImage answers a task's image img under the Content-Disposition disposition: sandboxed,
+// cacheable for good under etag when it has one, and with its size in bytes.
+func serveImage(w http.ResponseWriter, r *http.Request, img *client.Image, disposition, etag string) error {
+	h := w.Header()
+	h.Set("Content-Disposition", disposition)
 	h.Set("Content-Security-Policy", resultCSP)
 	if etag != "" {
 		cacheable(h, etag)
@@ -353,14 +361,5 @@ func (s *server) handleTaskSource(w http.ResponseWriter, r *http.Request) error 
 		return publicError(err, id)
 	}
 	defer img.Close()
-	h := w.Header()
-	h.Set("Content-Disposition", ContentDisposition("inline", SourceName(st, public, img.ContentType)))
-	h.Set("Content-Security-Policy", resultCSP)
-	if etag != "" {
-		cacheable(h, etag)
-	}
-	if img.Size >= 0 {
-		h.Set(ImageBytesHeader, strconv.FormatInt(img.Size, 10))
-	}
-	return master.CopyImage(w, r, img)
+	return serveImage(w, r, img, ContentDisposition("inline", SourceName(st, public, img.ContentType)), etag)
 }

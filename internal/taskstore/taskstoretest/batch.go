@@ -162,25 +162,5 @@ func claimConcurrently(t *testing.T, h *harness, tasks int) {
 	if t.Failed() {
 		t.FailNow()
 	}
-	seen := make([]int, tasks)
-	tokens := make([]int64, tasks)
-	for _, got := range claimed {
-		for _, task := range got {
-			if task.ID < 0 || task.ID >= int64(tasks) {
-				t.Fatalf("claimed unknown id %d", task.ID)
-			}
-			seen[task.ID]++
-			tokens[task.ID] = task.Token
-		}
-	}
-	for id, n := range seen {
-		if n != 1 {
-			t.Errorf("task %d claimed %d times, want once", id, n)
-		}
-	}
-	for _, task := range h.list(t) {
-		if task.State != wire.InProgress || task.Attempts != 1 || task.Token != tokens[task.ID] {
-			t.Fatalf("after concurrent batch claims: %s, claimed with token %d", format(task), tokens[task.ID])
-		}
-	}
+	checkClaimedOnce(t, h, claimed, tasks, "concurrent batch claims")
 }

@@ -76,15 +76,25 @@ func testConcurrentClaim(t *testing.T, h *harness) {
 	if t.Failed() {
 		t.FailNow()
 	}
-	seen := make([]int, tasks)
-	tokens := make([]int64, tasks)
 	for w, got := range claimed {
 		// Each worker sees ids increasing: the queue is FIFO even under contention.
 		if !slices.IsSortedFunc(got, func(a, b taskstore.Task) int { return cmp.Compare(a.ID, b.ID) }) {
 			t.Errorf("worker %d claimed ids out of order", w)
 		}
+	}
+	checkClaimedOnce(t, h, claimed, tasks, "concurrent claims")
+}
+
+// checkClaimedOnce checks that concurrent claimers, whose claims are claimed, took each of the tasks
+// (ids 0 to tasks-1) exactly once, and that each is now in progress after one attempt under the token
+// it was claimed with.
+func checkClaimedOnce(t *testing.T, h *harness, claimed [][]taskstore.Task, tasks int, what string) {
+	t.Helper()
+	seen := make([]int, tasks)
+	tokens := make([]int64, tasks)
+	for _, got := range claimed {
 		for _, task := range got {
-			if task.ID < 0 || task.ID >= tasks {
+			if task.ID < 0 || task.ID >= int64(tasks) {
 				t.Fatalf("claimed unknown id %d", task.ID)
 			}
 			seen[task.ID]++
@@ -98,7 +108,7 @@ func testConcurrentClaim(t *testing.T, h *harness) {
 	}
 	for _, task := range h.list(t) {
 		if task.State != wire.InProgress || task.Attempts != 1 || task.Token != tokens[task.ID] {
-			t.Fatalf("after concurrent claims: %s, claimed with token %d", format(task), tokens[task.ID])
+			t.Fatalf("after %s: %s, claimed with token %d", what, format(task), tokens[task.ID])
 		}
 	}
 }
