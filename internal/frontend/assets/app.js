@@ -833,27 +833,23 @@
       into.height = img.naturalHeight;
       caption();
     });
+    // A server thumbnail into fig, with the full image's sizes into sizes.
+    const thumbnail = (url, fig, sizes, what) => fetchImage(url + '?w=' + THUMB_WIDTH).then((t) => {
+      v.blobUrls.push(t.url);
+      Object.assign(sizes, { width: t.width, height: t.height, bytes: sizes.bytes ?? t.bytes });
+      natural(fig.img, sizes, true);
+      fig.img.src = t.url;
+      caption();
+    }).catch(() => fig.img.replaceWith(el('p', { class: 'no-preview hint', text: 'No preview of the ' + what + '.' })));
     if (v.original && browserShows(v.inputType)) {
       v.localUrl = v.localUrl || URL.createObjectURL(v.original);
       if (!v.blobUrls.includes(v.localUrl)) v.blobUrls.push(v.localUrl);
       natural(orig.img, v.orig, false);
       orig.img.src = v.localUrl;
     } else {
-      fetchImage(v.urls.sourceUrl + '?w=' + THUMB_WIDTH).then((t) => {
-        v.blobUrls.push(t.url);
-        Object.assign(v.orig, { width: t.width, height: t.height, bytes: v.orig.bytes ?? t.bytes });
-        natural(orig.img, v.orig, true);
-        orig.img.src = t.url;
-        caption();
-      }).catch(() => orig.img.replaceWith(el('p', { class: 'no-preview hint', text: 'No preview of the original.' })));
+      thumbnail(v.urls.sourceUrl, orig, v.orig, 'original');
     }
-    fetchImage(v.urls.resultUrl + '?w=' + THUMB_WIDTH).then((t) => {
-      v.blobUrls.push(t.url);
-      Object.assign(v.res, { width: t.width, height: t.height, bytes: v.res.bytes ?? t.bytes });
-      natural(res.img, v.res, true);
-      res.img.src = t.url;
-      caption();
-    }).catch(() => res.img.replaceWith(el('p', { class: 'no-preview hint', text: 'No preview of the result.' })));
+    thumbnail(v.urls.resultUrl, res, v.res, 'result');
     // The result's own Content-Type and length: its format, and its bytes if the thumbnail did not say.
     fetch(v.urls.resultUrl, { method: 'HEAD' }).then((r) => {
       if (!r.ok) return;
