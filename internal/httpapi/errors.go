@@ -64,6 +64,15 @@ func asError(err error) *Error {
 	return nil
 }
 
+// Answer is the *Error a handler's failure err answers with: see asError; any other failure is a 500
+// "internal error".
+func Answer(err error) *Error {
+	if e := asError(err); e != nil {
+		return e
+	}
+	return &Error{Status: http.StatusInternalServerError, Msg: "internal error"}
+}
+
 // Errorf builds an *Error.
 func Errorf(status int, format string, args ...any) error {
 	return &Error{Status: status, Msg: fmt.Sprintf(format, args...)}
