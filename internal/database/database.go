@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -67,7 +68,8 @@ func newServer(store taskstore.Store, policy Policy, done <-chan struct{}, opts 
 	if policy.Retry.Max <= 0 {
 		policy.Retry.Max = taskstore.DefaultRetryMax
 	}
-	s := &server{store: store, lease: policy.Lease, maxAttempts: policy.MaxAttempts, retry: policy.Retry, retention: policy.Retention, done: done}
+	s := &server{store: store, lease: policy.Lease, maxAttempts: policy.MaxAttempts, retry: policy.Retry, retention: policy.Retention,
+		done: done, recheck: recheckEvery}
 	for _, opt := range opts {
 		opt(s)
 	}
@@ -81,74 +83,96 @@ type server struct {
 	retry       taskstore.RetryBackoff
 	retention   time.Duration // 0: keep forever
 	done        <-chan struct{}
-	news        signal
+	news        signal               // wakes the long polls when a task becomes claimable here
+	recheck     time.Duration        // recheckEvery; tests lengthen it
 	latency     prometheus.Histogram // nil: no metrics (see WithMetrics)
 }
+
+// Every endpoint is a handler, which reads the request, and a core method, which does the work and
+// refuses what the endpoint refuses: the handler writes the core's answer, and Local (the in-process
+// API) returns it. A core method checks the values it is given as the handler's parsing would, since
+// Local's callers give them in Go.
 
 func (s *server) handleNewTask(w http.ResponseWriter, r *http.Request) error {
 	pending, err := queryBool(r, "pending")
 	if err != nil {
 		return err
 	}
-	maxAttempts := s.maxAttempts
+	p := client.NewTaskParams{Pending: pending, Op: r.URL.Query().Get("op"), Name: r.URL.Query().Get("name"),
+		Owner: r.Header.Get(wire.OwnerHeader), IdempotencyKey: r.Header.Get(wire.IdempotencyKeyHeader)}
 	if raw := r.URL.Query().Get("maxAttempts"); raw != "" {
-		maxAttempts, err = strconv.Atoi(raw)
-		if err != nil || maxAttempts < 1 || maxAttempts > 100 {
-			return httpapi.Errorf(http.StatusBadRequest, "maxAttempts must be a whole number from 1 to 100, got %q", raw)
+		p.MaxAttempts, err = strconv.Atoi(raw)
+		if err != nil || p.MaxAttempts < 1 {
+			return httpapi.Errorf(http.StatusBadRequest, "maxAttempts must be a whole number from 1 to %d, got %q", maxMaxAttempts, raw)
 		}
+	}
+	created, err := s.createTask(r.Context(), p)
+	if err != nil {
+		return err
+	}
+	if created.Replayed {
+		w.Header().Set(wire.ReplayedHeader, "true")
+		w.Header().Set(wire.PendingHeader, strconv.FormatBool(created.Pending))
+	}
+	httpapi.WriteText(w, http.StatusOK, strconv.FormatInt(created.ID, 10))
+	return nil
+}
+
+// maxMaxAttempts caps a task's claims (the maxAttempts parameter).
+const maxMaxAttempts = 100
+
+// createTask creates a task; p.MaxAttempts <= 0 takes the policy's. With an idempotency key
+// (additive) it answers the task a request with the same key created within wire.IdempotencyWindow
+// instead, if any: a client whose answer was lost retries without creating a second task. A replay
+// says so, and whether the task is still pending, so that the master can finish a broken-off upload.
+func (s *server) createTask(ctx context.Context, p client.NewTaskParams) (client.NewTaskResult, error) {
+	maxAttempts := p.MaxAttempts
+	if maxAttempts <= 0 {
+		maxAttempts = s.maxAttempts
+	}
+	if maxAttempts > maxMaxAttempts {
+		return client.NewTaskResult{}, httpapi.Errorf(http.StatusBadRequest, "maxAttempts must be a whole number from 1 to %d, got %q",
+			maxMaxAttempts, strconv.Itoa(maxAttempts))
 	}
 	// Additive: the operation chain, kept as given. The master checks it before it gets here and the
 	// worker before it processes, so a new operation needs new masters and workers, not a new database;
 	// here it is only bounded.
-	op := r.URL.Query().Get("op")
-	if err := wire.CheckOp(op); err != nil {
-		return httpapi.Errorf(http.StatusBadRequest, "op: %v", err)
+	if err := wire.CheckOp(p.Op); err != nil {
+		return client.NewTaskResult{}, httpapi.Errorf(http.StatusBadRequest, "op: %v", err)
 	}
 	// Additive: who queues the task, whom claims serve in turn. The master sets it; "" when absent.
-	owner := r.Header.Get(wire.OwnerHeader)
-	if err := wire.CheckOwner(owner); err != nil {
-		return httpapi.Errorf(http.StatusBadRequest, "%v", err)
+	if err := wire.CheckOwner(p.Owner); err != nil {
+		return client.NewTaskResult{}, httpapi.Errorf(http.StatusBadRequest, "%v", err)
 	}
 	// Additive: the upload's file name, kept to name the downloads. The frontend cleans it (wire.CleanName).
-	name := r.URL.Query().Get("name")
-	if err := wire.CheckName(name); err != nil {
-		return httpapi.Errorf(http.StatusBadRequest, "name: %v", err)
+	if err := wire.CheckName(p.Name); err != nil {
+		return client.NewTaskResult{}, httpapi.Errorf(http.StatusBadRequest, "name: %v", err)
 	}
-	p := taskstore.CreateParams{Pending: pending, MaxAttempts: maxAttempts, Op: op, Owner: owner, Name: name}
-	if key := r.Header.Get(wire.IdempotencyKeyHeader); key != "" {
-		return s.createOnce(w, r, p, key)
+	cp := taskstore.CreateParams{Pending: p.Pending, MaxAttempts: maxAttempts, Op: p.Op, Owner: p.Owner, Name: p.Name}
+	if p.IdempotencyKey == "" {
+		id, err := s.store.Create(ctx, cp)
+		if err != nil {
+			return client.NewTaskResult{}, fmt.Errorf("create task: %w", err)
+		}
+		if !p.Pending {
+			s.news.broadcast()
+		}
+		return client.NewTaskResult{ID: id}, nil
 	}
-	id, err := s.store.Create(r.Context(), p)
+	if err := wire.CheckIdempotencyKey(p.IdempotencyKey); err != nil {
+		return client.NewTaskResult{}, httpapi.Errorf(http.StatusBadRequest, "%v", err)
+	}
+	t, replayed, err := s.store.CreateOnce(ctx, cp, p.IdempotencyKey, wire.IdempotencyWindow)
 	if err != nil {
-		return fmt.Errorf("create task: %w", err)
-	}
-	if !pending {
-		s.news.broadcast()
-	}
-	httpapi.WriteText(w, http.StatusOK, strconv.FormatInt(id, 10))
-	return nil
-}
-
-// createOnce creates the task of a request that carries an idempotency key (additive), or answers the
-// task a request with the same key created within wire.IdempotencyWindow: a client whose answer was
-// lost retries without creating a second task. A replay says so (wire.ReplayedHeader), and whether
-// the task is still pending (wire.PendingHeader), so that the master can finish a broken-off upload.
-func (s *server) createOnce(w http.ResponseWriter, r *http.Request, p taskstore.CreateParams, key string) error {
-	if err := wire.CheckIdempotencyKey(key); err != nil {
-		return httpapi.Errorf(http.StatusBadRequest, "%v", err)
-	}
-	t, replayed, err := s.store.CreateOnce(r.Context(), p, key, wire.IdempotencyWindow)
-	if err != nil {
-		return fmt.Errorf("create task: %w", err)
+		return client.NewTaskResult{}, fmt.Errorf("create task: %w", err)
 	}
 	if replayed {
-		w.Header().Set(wire.ReplayedHeader, "true")
-		w.Header().Set(wire.PendingHeader, strconv.FormatBool(t.Pending && t.State == wire.NotStarted))
-	} else if !p.Pending {
+		return client.NewTaskResult{ID: t.ID, Replayed: true, Pending: t.Pending && t.State == wire.NotStarted}, nil
+	}
+	if !p.Pending {
 		s.news.broadcast()
 	}
-	httpapi.WriteText(w, http.StatusOK, strconv.FormatInt(t.ID, 10))
-	return nil
+	return client.NewTaskResult{ID: t.ID}, nil
 }
 
 func (s *server) handleGetByID(w http.ResponseWriter, r *http.Request) error {
@@ -156,11 +180,18 @@ func (s *server) handleGetByID(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	t, err := s.store.Get(r.Context(), id)
-	if err != nil {
-		return storeError(id, err)
+	return writeTask(s.getByID(r.Context(), id))(w)
+}
+
+func (s *server) getByID(ctx context.Context, id int64) (wire.Task, error) {
+	if err := checkID("id", id); err != nil {
+		return wire.Task{}, err
 	}
-	return s.writeTask(w, t)
+	t, err := s.store.Get(ctx, id)
+	if err != nil {
+		return wire.Task{}, storeError(id, err)
+	}
+	return s.wireTask(t), nil
 }
 
 // handleGetByIDs answers many tasks in one call (additive): the master's POST /statuses asks for every
@@ -170,27 +201,35 @@ func (s *server) handleGetByIDs(w http.ResponseWriter, r *http.Request) error {
 	if err := httpapi.DecodeStrict(r.Body, int64(wire.MaxStatusIDs)*21+64, &q); err != nil {
 		return err
 	}
-	if len(q.IDs) > wire.MaxStatusIDs {
-		return httpapi.Errorf(http.StatusBadRequest, "at most %d ids at once, got %d", wire.MaxStatusIDs, len(q.IDs))
-	}
-	out := wire.Tasks{Tasks: make([]wire.Task, 0, len(q.IDs))}
-	for _, id := range q.IDs {
-		t, err := s.store.Get(r.Context(), id)
-		switch {
-		case errors.Is(err, taskstore.ErrNotFound):
-			out.Missing = append(out.Missing, id)
-		case err != nil:
-			return storeError(id, err)
-		default:
-			out.Tasks = append(out.Tasks, s.wireTask(t))
-		}
+	out, err := s.getByIDs(r.Context(), q.IDs)
+	if err != nil {
+		return err
 	}
 	return httpapi.WriteJSON(w, http.StatusOK, out)
 }
 
+func (s *server) getByIDs(ctx context.Context, ids []int64) (wire.Tasks, error) {
+	if len(ids) > wire.MaxStatusIDs {
+		return wire.Tasks{}, httpapi.Errorf(http.StatusBadRequest, "at most %d ids at once, got %d", wire.MaxStatusIDs, len(ids))
+	}
+	out := wire.Tasks{Tasks: make([]wire.Task, 0, len(ids))}
+	for _, id := range ids {
+		t, err := s.store.Get(ctx, id)
+		switch {
+		case errors.Is(err, taskstore.ErrNotFound):
+			out.Missing = append(out.Missing, id)
+		case err != nil:
+			return wire.Tasks{}, storeError(id, err)
+		default:
+			out.Tasks = append(out.Tasks, s.wireTask(t))
+		}
+	}
+	return out, nil
+}
+
 // handleGetNewTask claims a task, or with max (additive, 2 to taskstore.MaxClaimBatch) up to max tasks
 // in one transaction, answered as {"tasks":[...]}; without max, or with max=1, the answer is the
-// reference's task JSON. A long poll (wait) answers as soon as at least one task is claimable.
+// reference's task JSON.
 func (s *server) handleGetNewTask(w http.ResponseWriter, r *http.Request) error {
 	wait, err := httpapi.QueryDuration(r, "wait", wire.MaxWait)
 	if err != nil {
@@ -200,40 +239,14 @@ func (s *server) handleGetNewTask(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
-	deadline := time.Now().Add(wait)
-	for {
-		// Take the wake-up channel before looking, so a task created in between is not missed.
-		woken := s.news.wait()
-		ts, err := s.claim(r.Context(), n)
-		if err == nil {
-			if n == 1 {
-				return s.writeTask(w, ts[0])
-			}
-			out := wire.Tasks{Tasks: make([]wire.Task, len(ts))}
-			for i, t := range ts {
-				out.Tasks[i] = s.wireTask(t)
-			}
-			return httpapi.WriteJSON(w, http.StatusOK, out)
-		}
-		if !errors.Is(err, taskstore.ErrNoTask) {
-			return fmt.Errorf("claim: %w", err)
-		}
-		remaining := time.Until(deadline)
-		if remaining <= 0 {
-			return httpapi.Errorf(http.StatusBadRequest, wire.NoTaskMessage)
-		}
-		timer := time.NewTimer(min(remaining, recheckEvery))
-		select {
-		case <-woken:
-		case <-timer.C:
-		case <-r.Context().Done():
-		case <-s.done:
-		}
-		timer.Stop()
-		if r.Context().Err() != nil || isClosed(s.done) {
-			return httpapi.Errorf(http.StatusBadRequest, wire.NoTaskMessage)
-		}
+	ts, err := s.claimWait(r.Context(), n, wait)
+	if err != nil {
+		return err
 	}
+	if n == 1 {
+		return httpapi.WriteJSON(w, http.StatusOK, ts[0])
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, wire.Tasks{Tasks: ts})
 }
 
 // claimBatch reads /getNewTask's max parameter: 1 when absent.
@@ -244,10 +257,59 @@ func claimBatch(r *http.Request) (int, error) {
 	}
 	n, err := strconv.Atoi(raw)
 	if err != nil || taskstore.CheckClaimBatch(n) != nil {
-		return 0, httpapi.Errorf(http.StatusBadRequest, "%s must be a whole number from 1 to %d, got %q",
-			wire.MaxTasksParam, taskstore.MaxClaimBatch, raw)
+		return 0, claimBatchError(raw)
 	}
 	return n, nil
+}
+
+func claimBatchError(raw string) error {
+	return httpapi.Errorf(http.StatusBadRequest, "%s must be a whole number from 1 to %d, got %q",
+		wire.MaxTasksParam, taskstore.MaxClaimBatch, raw)
+}
+
+// claimWait claims one task, or up to n in one transaction. A long poll (wait > 0) answers as soon as
+// at least one task is claimable: the news signal wakes it when this server queued one (through
+// either transport), and it looks again every s.recheck for what signals nobody (a lapsed lease, a
+// retry's wait). It answers the reference's "no task" refusal when none came in time, when ctx ends
+// or when the service stops.
+func (s *server) claimWait(ctx context.Context, n int, wait time.Duration) ([]wire.Task, error) {
+	if wait < 0 || wait > wire.MaxWait {
+		return nil, httpapi.Errorf(http.StatusBadRequest, "wait must be between 0 and %s", wire.MaxWait)
+	}
+	if taskstore.CheckClaimBatch(n) != nil {
+		return nil, claimBatchError(strconv.Itoa(n))
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		// Take the wake-up channel before looking, so a task created in between is not missed.
+		woken := s.news.wait()
+		ts, err := s.claim(ctx, n)
+		if err == nil {
+			out := make([]wire.Task, len(ts))
+			for i, t := range ts {
+				out[i] = s.wireTask(t)
+			}
+			return out, nil
+		}
+		if !errors.Is(err, taskstore.ErrNoTask) {
+			return nil, fmt.Errorf("claim: %w", err)
+		}
+		remaining := time.Until(deadline)
+		if remaining <= 0 {
+			return nil, httpapi.Errorf(http.StatusBadRequest, wire.NoTaskMessage)
+		}
+		timer := time.NewTimer(min(remaining, s.recheck))
+		select {
+		case <-woken:
+		case <-timer.C:
+		case <-ctx.Done():
+		case <-s.done:
+		}
+		timer.Stop()
+		if ctx.Err() != nil || isClosed(s.done) {
+			return nil, httpapi.Errorf(http.StatusBadRequest, wire.NoTaskMessage)
+		}
+	}
 }
 
 // claim takes one task (Claim, as always) or a batch of up to n (ClaimN).
@@ -273,19 +335,29 @@ func (s *server) handleSetByID(w http.ResponseWriter, r *http.Request) error {
 	if err := httpapi.DecodeStrict(r.Body, 64<<10, &body); err != nil {
 		return httpapi.Errorf(httpapi.StatusOf(err), "body must be task JSON like {\"id\":0,\"state\":1}: %s", httpapi.ErrorMessage(err))
 	}
-	if body.ID == nil || *body.ID < 0 {
+	if body.ID == nil {
 		return httpapi.Errorf(http.StatusBadRequest, "task JSON needs a non-negative id")
 	}
-	if body.State == nil || !wire.State(*body.State).Valid() {
+	if body.State == nil {
 		return httpapi.Errorf(http.StatusBadRequest, "task JSON needs a state of 0, 1, 2 or 3")
 	}
-	if err := s.store.Set(r.Context(), *body.ID, wire.State(*body.State), s.lease); err != nil {
-		return storeError(*body.ID, err)
+	return writeSuccess(s.setByID(r.Context(), *body.ID, wire.State(*body.State)))(w)
+}
+
+// setByID sets a task's state, the reference's way of moving a task along.
+func (s *server) setByID(ctx context.Context, id int64, state wire.State) error {
+	if id < 0 {
+		return httpapi.Errorf(http.StatusBadRequest, "task JSON needs a non-negative id")
 	}
-	if *body.State == int(wire.NotStarted) {
+	if !state.Valid() {
+		return httpapi.Errorf(http.StatusBadRequest, "task JSON needs a state of 0, 1, 2 or 3")
+	}
+	if err := s.store.Set(ctx, id, state, s.lease); err != nil {
+		return storeError(id, err)
+	}
+	if state == wire.NotStarted {
 		s.news.broadcast()
 	}
-	httpapi.WriteText(w, http.StatusOK, "success")
 	return nil
 }
 
@@ -308,16 +380,41 @@ func (s *server) handleList(w http.ResponseWriter, r *http.Request) error {
 
 // handleStats answers how many tasks are in each state, as JSON with the states in words.
 func (s *server) handleStats(w http.ResponseWriter, r *http.Request) error {
-	c, err := s.store.Counts(r.Context())
-	if err != nil {
-		return fmt.Errorf("count tasks: %w", err)
-	}
-	return httpapi.WriteJSON(w, http.StatusOK, wire.Stats{Queued: c.Queued, Pending: c.Pending, Processing: c.Processing,
-		Finished: c.Finished, Failed: c.Failed, Cancelled: c.Cancelled})
+	return writeJSON(s.stats(r.Context()))(w)
 }
 
-func (s *server) writeTask(w http.ResponseWriter, t taskstore.Task) error {
-	return httpapi.WriteJSON(w, http.StatusOK, s.wireTask(t))
+func (s *server) stats(ctx context.Context) (wire.Stats, error) {
+	c, err := s.store.Counts(ctx)
+	if err != nil {
+		return wire.Stats{}, fmt.Errorf("count tasks: %w", err)
+	}
+	return wire.Stats{Queued: c.Queued, Pending: c.Pending, Processing: c.Processing,
+		Finished: c.Finished, Failed: c.Failed, Cancelled: c.Cancelled}, nil
+}
+
+// writeTask, writeJSON and writeSuccess write a core method's answer: its value, or the refusal the
+// handler returns.
+func writeTask(t wire.Task, err error) func(http.ResponseWriter) error {
+	return writeJSON(t, err)
+}
+
+func writeJSON[T any](v T, err error) func(http.ResponseWriter) error {
+	return func(w http.ResponseWriter) error {
+		if err != nil {
+			return err
+		}
+		return httpapi.WriteJSON(w, http.StatusOK, v)
+	}
+}
+
+func writeSuccess(err error) func(http.ResponseWriter) error {
+	return func(w http.ResponseWriter) error {
+		if err != nil {
+			return err
+		}
+		httpapi.WriteText(w, http.StatusOK, "success")
+		return nil
+	}
 }
 
 // wireTask is t as the wire carries it, with when retention removes it once it settled.
@@ -341,27 +438,43 @@ func (s *server) handleActivateTask(w http.ResponseWriter, r *http.Request) erro
 	}
 	var size int64
 	if v := r.URL.Query().Get("size"); v != "" {
-		if size, err = strconv.ParseInt(v, 10, 64); err != nil || size < 0 {
-			return httpapi.Errorf(http.StatusBadRequest, "size: want a number of bytes, got %q", v)
+		if size, err = strconv.ParseInt(v, 10, 64); err != nil {
+			return sizeError(v)
 		}
 	}
-	if err := s.store.Activate(r.Context(), id, size); err != nil {
+	return writeSuccess(s.activate(r.Context(), id, size))(w)
+}
+
+func sizeError(raw string) error {
+	return httpapi.Errorf(http.StatusBadRequest, "size: want a number of bytes, got %q", raw)
+}
+
+func (s *server) activate(ctx context.Context, id, size int64) error {
+	if err := checkID("id", id); err != nil {
+		return err
+	}
+	if size < 0 {
+		return sizeError(strconv.FormatInt(size, 10))
+	}
+	if err := s.store.Activate(ctx, id, size); err != nil {
 		return storeError(id, err)
 	}
 	s.news.broadcast()
-	httpapi.WriteText(w, http.StatusOK, "success")
 	return nil
 }
 
 // handleUsage answers what the owner named by the owner parameter keeps stored (additive; "" is the
 // owner of tasks that name none), for the master's quotas.
 func (s *server) handleUsage(w http.ResponseWriter, r *http.Request) error {
-	owner := r.URL.Query().Get("owner")
-	u, err := s.store.Usage(r.Context(), owner)
+	return writeJSON(s.usage(r.Context(), r.URL.Query().Get("owner")))(w)
+}
+
+func (s *server) usage(ctx context.Context, owner string) (wire.Usage, error) {
+	u, err := s.store.Usage(ctx, owner)
 	if err != nil {
-		return fmt.Errorf("read usage: %w", err)
+		return wire.Usage{}, fmt.Errorf("read usage: %w", err)
 	}
-	return httpapi.WriteJSON(w, http.StatusOK, wire.Usage{Tasks: u.Tasks, Bytes: u.Bytes})
+	return wire.Usage{Tasks: u.Tasks, Bytes: u.Bytes}, nil
 }
 
 func (s *server) handleFinishTask(w http.ResponseWriter, r *http.Request) error {
@@ -369,12 +482,18 @@ func (s *server) handleFinishTask(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
+	return writeSuccess(s.finish(r.Context(), id, token))(w)
+}
+
+func (s *server) finish(ctx context.Context, id, token int64) error {
+	if err := checkIDAndToken(id, token); err != nil {
+		return err
+	}
 	start := time.Now()
-	if err := s.store.Finish(r.Context(), id, token); err != nil {
+	if err := s.store.Finish(ctx, id, token); err != nil {
 		return storeError(id, err)
 	}
-	s.observeFinished(r.Context(), id, start)
-	httpapi.WriteText(w, http.StatusOK, "success")
+	s.observeFinished(ctx, id, start)
 	return nil
 }
 
@@ -383,19 +502,24 @@ func (s *server) handleExtendLease(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return err
 	}
-	t, err := s.store.Extend(r.Context(), id, token, s.lease)
-	if err != nil {
-		return storeError(id, err)
+	return writeTask(s.extend(r.Context(), id, token))(w)
+}
+
+// extend renews a claim's lease. The database answers at once, whatever wait a caller asks for (the
+// master holds the call; see client.LeaseAPI.WatchLease).
+func (s *server) extend(ctx context.Context, id, token int64) (wire.Task, error) {
+	if err := checkIDAndToken(id, token); err != nil {
+		return wire.Task{}, err
 	}
-	return s.writeTask(w, t)
+	t, err := s.store.Extend(ctx, id, token, s.lease)
+	if err != nil {
+		return wire.Task{}, storeError(id, err)
+	}
+	return s.wireTask(t), nil
 }
 
 func (s *server) handleFailTask(w http.ResponseWriter, r *http.Request) error {
 	id, token, err := idAndToken(r)
-	if err != nil {
-		return err
-	}
-	reason, err := queryReason(r)
 	if err != nil {
 		return err
 	}
@@ -409,22 +533,35 @@ func (s *server) handleFailTask(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	return writeTask(s.fail(r.Context(), id, token, r.URL.Query().Get("reason"), permanent, transient))(w)
+}
+
+// fail records a failed attempt (permanent: not to be claimed again), or with transient hands the task
+// back for a later claim without counting the attempt.
+func (s *server) fail(ctx context.Context, id, token int64, reason string, permanent, transient bool) (wire.Task, error) {
+	if err := checkIDAndToken(id, token); err != nil {
+		return wire.Task{}, err
+	}
+	reason, err := checkReason(reason)
+	if err != nil {
+		return wire.Task{}, err
+	}
 	var t taskstore.Task
 	switch {
 	case permanent && transient:
-		return httpapi.Errorf(http.StatusBadRequest, "a failure cannot be both permanent and transient")
+		return wire.Task{}, httpapi.Errorf(http.StatusBadRequest, "a failure cannot be both permanent and transient")
 	case transient:
-		t, err = s.store.Retry(r.Context(), id, token, reason, s.retry)
+		t, err = s.store.Retry(ctx, id, token, reason, s.retry)
 	default:
-		t, err = s.store.Fail(r.Context(), id, token, reason, permanent)
+		t, err = s.store.Fail(ctx, id, token, reason, permanent)
 	}
 	if err != nil {
-		return storeError(id, err)
+		return wire.Task{}, storeError(id, err)
 	}
 	if t.State == wire.NotStarted {
 		s.news.broadcast()
 	}
-	return s.writeTask(w, t)
+	return s.wireTask(t), nil
 }
 
 // handleCancelTask cancels a task that has not finished (additive) and answers it, state Cancelled: a
@@ -435,11 +572,18 @@ func (s *server) handleCancelTask(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
-	t, err := s.store.Cancel(r.Context(), id)
-	if err != nil {
-		return storeError(id, err)
+	return writeTask(s.cancel(r.Context(), id))(w)
+}
+
+func (s *server) cancel(ctx context.Context, id int64) (wire.Task, error) {
+	if err := checkID("id", id); err != nil {
+		return wire.Task{}, err
 	}
-	return s.writeTask(w, t)
+	t, err := s.store.Cancel(ctx, id)
+	if err != nil {
+		return wire.Task{}, storeError(id, err)
+	}
+	return s.wireTask(t), nil
 }
 
 // handleRequeueTask queues a failed or cancelled task again (additive: a client's retry) and answers it,
@@ -453,23 +597,30 @@ func (s *server) handleRequeueTask(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return err
 	}
+	return writeTask(s.requeue(r.Context(), id))(w)
+}
+
+func (s *server) requeue(ctx context.Context, id int64) (wire.Task, error) {
+	if err := checkID("id", id); err != nil {
+		return wire.Task{}, err
+	}
 	if s.retention > 0 {
-		if t, err := s.store.Get(r.Context(), id); err == nil && (t.State == wire.Failed || t.State == wire.Cancelled) &&
+		if t, err := s.store.Get(ctx, id); err == nil && (t.State == wire.Failed || t.State == wire.Cancelled) &&
 			!time.Now().Before(t.FinishedAt.Add(s.retention)) {
-			return httpapi.Errorf(http.StatusGone, "task %d expired: it is being removed", id)
+			return wire.Task{}, httpapi.Errorf(http.StatusGone, "task %d expired: it is being removed", id)
 		}
 	}
-	t, err := s.store.Requeue(r.Context(), id)
+	t, err := s.store.Requeue(ctx, id)
 	switch {
 	case errors.Is(err, taskstore.ErrNotRetryable):
-		return httpapi.Errorf(http.StatusConflict, "task %d is neither failed nor cancelled", id)
+		return wire.Task{}, httpapi.Errorf(http.StatusConflict, "task %d is neither failed nor cancelled", id)
 	case errors.Is(err, taskstore.ErrNoUpload):
-		return httpapi.Errorf(http.StatusGone, "task %d has no image: its upload never completed", id)
+		return wire.Task{}, httpapi.Errorf(http.StatusGone, "task %d has no image: its upload never completed", id)
 	case err != nil:
-		return storeError(id, err)
+		return wire.Task{}, storeError(id, err)
 	}
 	s.news.broadcast()
-	return s.writeTask(w, t)
+	return s.wireTask(t), nil
 }
 
 // handleDeleteTask removes a task's record (additive), leaving a tombstone, and answers 204, again for
@@ -480,13 +631,23 @@ func (s *server) handleDeleteTask(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
-	if err := s.store.Delete(r.Context(), id); err != nil {
+	if err := s.delete(r.Context(), id); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *server) delete(ctx context.Context, id int64) error {
+	if err := checkID("id", id); err != nil {
+		return err
+	}
+	if err := s.store.Delete(ctx, id); err != nil {
 		if errors.Is(err, taskstore.ErrNotFound) {
 			return httpapi.Errorf(http.StatusNotFound, "no task with id %d", id)
 		}
 		return storeError(id, err)
 	}
-	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 
@@ -508,25 +669,40 @@ func (s *server) handleClaimExpired(w http.ResponseWriter, r *http.Request) erro
 	limit := 100
 	if raw := r.URL.Query().Get("limit"); raw != "" {
 		n, err := strconv.Atoi(raw)
-		if err != nil || n < 1 || n > MaxExpiredBatch {
-			return httpapi.Errorf(http.StatusBadRequest, "limit must be a whole number from 1 to %d, got %q", MaxExpiredBatch, raw)
+		if err != nil {
+			return limitError(raw)
 		}
 		limit = n
 	}
-	out := wire.TaskIDs{IDs: []int64{}}
-	if s.retention > 0 {
-		ids, err := s.store.ClaimExpired(r.Context(), s.retention, limit, ExpiredHold)
-		if err != nil {
-			return fmt.Errorf("claim expired tasks: %w", err)
-		}
-		out.IDs = append(out.IDs, ids...)
+	ids, err := s.claimExpired(r.Context(), limit)
+	if err != nil {
+		return err
 	}
-	return httpapi.WriteJSON(w, http.StatusOK, out)
+	return httpapi.WriteJSON(w, http.StatusOK, wire.TaskIDs{IDs: ids})
 }
 
-// queryReason reads the required reason parameter, cut to 1000 bytes.
-func queryReason(r *http.Request) (string, error) {
-	reason := strings.TrimSpace(r.URL.Query().Get("reason"))
+func limitError(raw string) error {
+	return httpapi.Errorf(http.StatusBadRequest, "limit must be a whole number from 1 to %d, got %q", MaxExpiredBatch, raw)
+}
+
+func (s *server) claimExpired(ctx context.Context, limit int) ([]int64, error) {
+	if limit < 1 || limit > MaxExpiredBatch {
+		return nil, limitError(strconv.Itoa(limit))
+	}
+	out := []int64{}
+	if s.retention > 0 {
+		ids, err := s.store.ClaimExpired(ctx, s.retention, limit, ExpiredHold)
+		if err != nil {
+			return nil, fmt.Errorf("claim expired tasks: %w", err)
+		}
+		out = append(out, ids...)
+	}
+	return out, nil
+}
+
+// checkReason checks a failure's reason, required, and cuts it to 1000 bytes.
+func checkReason(reason string) (string, error) {
+	reason = strings.TrimSpace(reason)
 	if reason == "" {
 		return "", httpapi.Errorf(http.StatusBadRequest, "missing reason parameter")
 	}
@@ -550,17 +726,25 @@ func (s *server) handleAbandonTask(w http.ResponseWriter, r *http.Request) error
 	}
 	reason := wire.AbandonedError
 	if r.URL.Query().Has("reason") {
-		if reason, err = queryReason(r); err != nil {
-			return err
-		}
+		reason = r.URL.Query().Get("reason")
 	}
-	if err := s.store.Abandon(r.Context(), id, reason); err != nil {
+	return writeSuccess(s.abandon(r.Context(), id, reason))(w)
+}
+
+func (s *server) abandon(ctx context.Context, id int64, reason string) error {
+	if err := checkID("id", id); err != nil {
+		return err
+	}
+	reason, err := checkReason(reason)
+	if err != nil {
+		return err
+	}
+	if err := s.store.Abandon(ctx, id, reason); err != nil {
 		if errors.Is(err, taskstore.ErrNotPending) {
 			return httpapi.Errorf(http.StatusConflict, "task %d is not pending: its upload completed", id)
 		}
 		return storeError(id, err)
 	}
-	httpapi.WriteText(w, http.StatusOK, "success")
 	return nil
 }
 
@@ -569,11 +753,17 @@ func (s *server) handleReleaseTask(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return err
 	}
-	if err := s.store.Release(r.Context(), id, token); err != nil {
+	return writeSuccess(s.release(r.Context(), id, token))(w)
+}
+
+func (s *server) release(ctx context.Context, id, token int64) error {
+	if err := checkIDAndToken(id, token); err != nil {
+		return err
+	}
+	if err := s.store.Release(ctx, id, token); err != nil {
 		return storeError(id, err)
 	}
 	s.news.broadcast()
-	httpapi.WriteText(w, http.StatusOK, "success")
 	return nil
 }
 
@@ -588,6 +778,21 @@ func idAndToken(r *http.Request) (id, token int64, err error) {
 		}
 	}
 	return id, token, nil
+}
+
+// checkID refuses a negative id as httpapi.QueryID does the parameter name.
+func checkID(name string, id int64) error {
+	if id < 0 {
+		return httpapi.Errorf(http.StatusBadRequest, "%s must be a non-negative decimal integer, got %q", name, strconv.FormatInt(id, 10))
+	}
+	return nil
+}
+
+func checkIDAndToken(id, token int64) error {
+	if err := checkID("id", id); err != nil {
+		return err
+	}
+	return checkID("token", token)
 }
 
 // storeError maps the store's errors to the reference's 400 answers, and imgmill's fencing refusals to 409.
@@ -664,7 +869,7 @@ const DefaultAddr = "127.0.0.1:3001"
 // DefaultPendingTimeout is how long an upload may take before its pending task is given up.
 const DefaultPendingTimeout = 15 * time.Minute
 
-// Config configures Run.
+// Config configures Run and NewService.
 type Config struct {
 	service.Options
 	KV *client.KV // where the service registers
@@ -677,17 +882,55 @@ type Config struct {
 // Run serves the database service on cfg.Store until ctx ends, registered in the kv store as
 // databaseAddress.
 func Run(ctx context.Context, cfg Config) error {
-	store := cfg.Store
-	pendingTimeout := cfg.PendingTimeout
-	if pendingTimeout <= 0 {
-		pendingTimeout = DefaultPendingTimeout
+	s, err := NewService(cfg)
+	if err != nil {
+		return err
 	}
+	return s.Run(ctx)
+}
+
+// Service is one database service: the server that Run serves over HTTP and Local serves in this
+// process, so that both share its long polls' wake-ups and its metrics.
+type Service struct {
+	cfg  Config
+	srv  *server
+	reg  *metrics.Registry
+	stop func() // closes srv.done, ending the long polls
+	ran  atomic.Bool
+}
+
+// NewService builds the database service on cfg.Store; Run serves it, Local calls it in this process.
+func NewService(cfg Config) (*Service, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("database service: no task store")
+	}
+	if cfg.PendingTimeout <= 0 {
+		cfg.PendingTimeout = DefaultPendingTimeout
+	}
+	done := make(chan struct{})
 	reg := metrics.New("database")
-	srv := newServer(store, cfg.Policy, ctx.Done(), WithMetrics(reg))
+	return &Service{cfg: cfg, srv: newServer(cfg.Store, cfg.Policy, done, WithMetrics(reg)), reg: reg,
+		stop: sync.OnceFunc(func() { close(done) })}, nil
+}
+
+// Local returns the in-process API of the service: it works on the same server as Run, before, while
+// and after Run serves it (once Run returned, its long polls answer at once).
+func (s *Service) Local() *Local { return &Local{s: s.srv} }
+
+// Run serves the service until ctx ends, registered in the kv store as databaseAddress. A Service
+// runs once.
+func (s *Service) Run(ctx context.Context) error {
+	if s.ran.Swap(true) {
+		return errors.New("database service: already run")
+	}
+	// The long polls end when ctx does, so that shutdown does not wait for them, and stay ended.
+	defer context.AfterFunc(ctx, s.stop)()
+	defer s.stop()
+	cfg, store, srv := s.cfg, s.cfg.Store, s.srv
 	mux := httpapi.NewMux()
 	addRoutes(mux, srv)
 	background := []func(context.Context) error{func(ctx context.Context) error {
-		expirePending(ctx, store, pendingTimeout, cfg.Logger)
+		expirePending(ctx, store, cfg.PendingTimeout, cfg.Logger)
 		return nil
 	}}
 	background = append(background, func(ctx context.Context) error {
@@ -705,7 +948,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	return service.Run(ctx, cfg.Spec(service.Spec{
 		Handler: mux, Ready: store.Ping, RegisterAs: wire.DatabaseKey, KV: cfg.KV, Internal: true,
-		Background: background, Metrics: reg,
+		Background: background, Metrics: s.reg,
 	}))
 }
 
