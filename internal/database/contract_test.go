@@ -17,6 +17,7 @@ import (
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/metrics/metricstest"
 	"github.com/imgmill/imgmill/internal/taskstore"
 	"github.com/imgmill/imgmill/internal/taskstore/sqlitestore"
 	"github.com/imgmill/imgmill/internal/wire"
@@ -581,6 +582,26 @@ func TestLocalAndHTTPShareLongPolls(t *testing.T) {
 			}
 			mustClaim(t, local, id)
 		})
+	}
+}
+
+// TestLocalAndHTTPShareMetrics: a task finished through either transport is observed in the service's
+// one latency histogram, once.
+func TestLocalAndHTTPShareMetrics(t *testing.T) {
+	ctx := context.Background()
+	svc := newService(t, Policy{Lease: time.Minute}, nil)
+	local, remote := svc.Local(), openHTTP(t, svc)
+	for i, db := range []DB{remote, local} {
+		id := mustCreate(t, db, client.NewTaskParams{})
+		claimed := mustClaim(t, db, id)
+		for range 2 { // a retried finish is not observed again
+			if err := db.FinishTask(ctx, id, claimed.Token); err != nil {
+				t.Fatalf("FinishTask: %v", err)
+			}
+		}
+		if got := metricstest.Gather(t, svc.reg.Gatherer()).Value("imgmill_task_latency_seconds"); got != float64(i+1) {
+			t.Fatalf("latency observations after %d finished tasks: %v", i+1, got)
+		}
 	}
 }
 

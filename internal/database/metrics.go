@@ -73,9 +73,10 @@ func (s *server) observeFinished(ctx context.Context, id int64, start time.Time)
 		httpapi.LoggerFrom(ctx).WarnContext(ctx, "task latency not observed: cannot read the finished task", "task", id, "err", err)
 		return
 	}
-	// A store may keep microseconds only, so a finish during this request can read back as a little
-	// before its start: only an older one is a retry.
-	if t.State != wire.Finished || t.CreatedAt.IsZero() || t.FinishedAt.Before(start.Add(-time.Millisecond)) {
+	// The store takes its times from this process's clock, and may keep microseconds only (rounded), so
+	// a finish during this request reads back no earlier than its start's microsecond: only an older one
+	// is a retry. In process a retry may come well within a millisecond of the first finish.
+	if t.State != wire.Finished || t.CreatedAt.IsZero() || t.FinishedAt.Before(start.Truncate(time.Microsecond)) {
 		return
 	}
 	s.latency.Observe(t.FinishedAt.Sub(t.CreatedAt).Seconds())
