@@ -180,7 +180,11 @@ func (s *server) handleGetByID(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeTask(s.getByID(r.Context(), id))(w)
+	t, err := s.getByID(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, t)
 }
 
 func (s *server) getByID(ctx context.Context, id int64) (wire.Task, error) {
@@ -341,7 +345,11 @@ func (s *server) handleSetByID(w http.ResponseWriter, r *http.Request) error {
 	if body.State == nil {
 		return httpapi.Errorf(http.StatusBadRequest, "task JSON needs a state of 0, 1, 2 or 3")
 	}
-	return writeSuccess(s.setByID(r.Context(), *body.ID, wire.State(*body.State)))(w)
+	if err := s.setByID(r.Context(), *body.ID, wire.State(*body.State)); err != nil {
+		return err
+	}
+	httpapi.WriteText(w, http.StatusOK, "success")
+	return nil
 }
 
 // setByID sets a task's state, the reference's way of moving a task along.
@@ -380,7 +388,11 @@ func (s *server) handleList(w http.ResponseWriter, r *http.Request) error {
 
 // handleStats answers how many tasks are in each state, as JSON with the states in words.
 func (s *server) handleStats(w http.ResponseWriter, r *http.Request) error {
-	return writeJSON(s.stats(r.Context()))(w)
+	st, err := s.stats(r.Context())
+	if err != nil {
+		return err
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, st)
 }
 
 func (s *server) stats(ctx context.Context) (wire.Stats, error) {
@@ -390,31 +402,6 @@ func (s *server) stats(ctx context.Context) (wire.Stats, error) {
 	}
 	return wire.Stats{Queued: c.Queued, Pending: c.Pending, Processing: c.Processing,
 		Finished: c.Finished, Failed: c.Failed, Cancelled: c.Cancelled}, nil
-}
-
-// writeTask, writeJSON and writeSuccess write a core method's answer: its value, or the refusal the
-// handler returns.
-func writeTask(t wire.Task, err error) func(http.ResponseWriter) error {
-	return writeJSON(t, err)
-}
-
-func writeJSON[T any](v T, err error) func(http.ResponseWriter) error {
-	return func(w http.ResponseWriter) error {
-		if err != nil {
-			return err
-		}
-		return httpapi.WriteJSON(w, http.StatusOK, v)
-	}
-}
-
-func writeSuccess(err error) func(http.ResponseWriter) error {
-	return func(w http.ResponseWriter) error {
-		if err != nil {
-			return err
-		}
-		httpapi.WriteText(w, http.StatusOK, "success")
-		return nil
-	}
 }
 
 // wireTask is t as the wire carries it, with when retention removes it once it settled.
@@ -442,7 +429,11 @@ func (s *server) handleActivateTask(w http.ResponseWriter, r *http.Request) erro
 			return sizeError(v)
 		}
 	}
-	return writeSuccess(s.activate(r.Context(), id, size))(w)
+	if err := s.activate(r.Context(), id, size); err != nil {
+		return err
+	}
+	httpapi.WriteText(w, http.StatusOK, "success")
+	return nil
 }
 
 func sizeError(raw string) error {
@@ -466,7 +457,11 @@ func (s *server) activate(ctx context.Context, id, size int64) error {
 // handleUsage answers what the owner named by the owner parameter keeps stored (additive; "" is the
 // owner of tasks that name none), for the master's quotas.
 func (s *server) handleUsage(w http.ResponseWriter, r *http.Request) error {
-	return writeJSON(s.usage(r.Context(), r.URL.Query().Get("owner")))(w)
+	u, err := s.usage(r.Context(), r.URL.Query().Get("owner"))
+	if err != nil {
+		return err
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, u)
 }
 
 func (s *server) usage(ctx context.Context, owner string) (wire.Usage, error) {
@@ -482,7 +477,11 @@ func (s *server) handleFinishTask(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
-	return writeSuccess(s.finish(r.Context(), id, token))(w)
+	if err := s.finish(r.Context(), id, token); err != nil {
+		return err
+	}
+	httpapi.WriteText(w, http.StatusOK, "success")
+	return nil
 }
 
 func (s *server) finish(ctx context.Context, id, token int64) error {
@@ -502,7 +501,11 @@ func (s *server) handleExtendLease(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return err
 	}
-	return writeTask(s.extend(r.Context(), id, token))(w)
+	t, err := s.extend(r.Context(), id, token)
+	if err != nil {
+		return err
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, t)
 }
 
 // extend renews a claim's lease. The database answers at once, whatever wait a caller asks for (the
@@ -533,7 +536,11 @@ func (s *server) handleFailTask(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeTask(s.fail(r.Context(), id, token, r.URL.Query().Get("reason"), permanent, transient))(w)
+	t, err := s.fail(r.Context(), id, token, r.URL.Query().Get("reason"), permanent, transient)
+	if err != nil {
+		return err
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, t)
 }
 
 // fail records a failed attempt (permanent: not to be claimed again), or with transient hands the task
@@ -572,7 +579,11 @@ func (s *server) handleCancelTask(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
-	return writeTask(s.cancel(r.Context(), id))(w)
+	t, err := s.cancel(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, t)
 }
 
 func (s *server) cancel(ctx context.Context, id int64) (wire.Task, error) {
@@ -597,7 +608,11 @@ func (s *server) handleRequeueTask(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return err
 	}
-	return writeTask(s.requeue(r.Context(), id))(w)
+	t, err := s.requeue(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, t)
 }
 
 func (s *server) requeue(ctx context.Context, id int64) (wire.Task, error) {
@@ -728,7 +743,11 @@ func (s *server) handleAbandonTask(w http.ResponseWriter, r *http.Request) error
 	if r.URL.Query().Has("reason") {
 		reason = r.URL.Query().Get("reason")
 	}
-	return writeSuccess(s.abandon(r.Context(), id, reason))(w)
+	if err := s.abandon(r.Context(), id, reason); err != nil {
+		return err
+	}
+	httpapi.WriteText(w, http.StatusOK, "success")
+	return nil
 }
 
 func (s *server) abandon(ctx context.Context, id int64, reason string) error {
@@ -753,7 +772,11 @@ func (s *server) handleReleaseTask(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return err
 	}
-	return writeSuccess(s.release(r.Context(), id, token))(w)
+	if err := s.release(r.Context(), id, token); err != nil {
+		return err
+	}
+	httpapi.WriteText(w, http.StatusOK, "success")
+	return nil
 }
 
 func (s *server) release(ctx context.Context, id, token int64) error {
