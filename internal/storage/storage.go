@@ -50,7 +50,7 @@ type server struct {
 // handleSendImage stores an image (see store). The optional token parameter is the lease token of the
 // worker sending its result.
 func (s *server) handleSendImage(w http.ResponseWriter, r *http.Request) error {
-	id, _, err := imageKey(r)
+	id, err := imageID(r)
 	if err != nil {
 		return err
 	}
@@ -95,7 +95,7 @@ func (s *server) store(ctx context.Context, id int64, state string, token int64,
 	}
 	if errors.Is(err, blobstore.ErrSizeMismatch) {
 		// Only a caller in this process can announce a wrong size: net/http reads exactly Content-Length.
-		return fmt.Errorf("%w: %w", httpapi.Errorf(http.StatusBadRequest, "image body of other than the %d bytes announced", size), err)
+		return fmt.Errorf("%w: %w", httpapi.Errorf(http.StatusBadRequest, "image body is not the %d bytes announced", size), err)
 	}
 	if err != nil {
 		var tooBig *http.MaxBytesError
@@ -110,7 +110,7 @@ func (s *server) store(ctx context.Context, id int64, state string, token int64,
 
 // handleGetImage serves an image, with the lease token it was stored with in LeaseTokenHeader (none for 0).
 func (s *server) handleGetImage(w http.ResponseWriter, r *http.Request) error {
-	id, _, err := imageKey(r)
+	id, err := imageID(r)
 	if err != nil {
 		return err
 	}
@@ -152,7 +152,7 @@ func (s *server) handleDeleteImages(w http.ResponseWriter, r *http.Request) erro
 	var id int64
 	var err error
 	if r.URL.Query().Has("state") {
-		if id, _, err = imageKey(r); err != nil {
+		if id, err = imageID(r); err != nil {
 			return err
 		}
 		states = []string{r.URL.Query().Get("state")}
@@ -246,14 +246,14 @@ func (e *nonEmptyReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// imageKey validates the reference id and state parameters and names the blob.
-func imageKey(r *http.Request) (id int64, key string, err error) {
-	id, err = httpapi.QueryID(r, "id")
+// imageID validates the reference id and state parameters and returns the id.
+func imageID(r *http.Request) (int64, error) {
+	id, err := httpapi.QueryID(r, "id")
 	if err != nil {
-		return 0, "", err
+		return 0, err
 	}
-	key, err = blobKey(id, r.URL.Query().Get("state"))
-	return id, key, err
+	_, err = blobKey(id, r.URL.Query().Get("state"))
+	return id, err
 }
 
 // blobKey names the blob of the image of task id in state, refusing (400) what the wire API would.
