@@ -113,7 +113,7 @@ const (
 func (p peer) send(ctx context.Context, c call) (reply, error) {
 	deadline := retryDeadline(ctx)
 	wait := backoff.Backoff{Min: retryMin, Max: retryMax}
-	replay := replayer(c.body)
+	replay := Replayer(c.body)
 	for attempt := 1; ; attempt++ {
 		a := c
 		if replay != nil {
@@ -168,6 +168,10 @@ type bodyError struct{ err error }
 func (e *bodyError) Error() string { return "read the request body: " + e.err.Error() }
 func (e *bodyError) Unwrap() error { return e.err }
 
+// BodyError returns the error of a call that failed because reading its own request body failed with
+// err: what a service in this process answers then, as the HTTP client would (see IsBodyError).
+func BodyError(err error) error { return &bodyError{err: err} }
+
 // IsBodyError reports whether err is a call that failed because reading its own request body failed
 // (the stream being passed on broke off), rather than because of the peer.
 func IsBodyError(err error) bool {
@@ -175,13 +179,14 @@ func IsBodyError(err error) bool {
 	return errors.As(err, &b)
 }
 
-// replayer returns a function yielding a fresh reader of body's remaining bytes for each attempt, or nil
-// when body cannot be replayed. Attempts must not share one reader: after a peer answers early (a 503
-// before it read the body), the transport may still be reading the abandoned attempt's body while the
-// next attempt starts, so rewinding a shared reader races with it and corrupts the replay. A body that
-// can be read at an offset (bytes.Reader, strings.Reader, os.File) is read through its own section reader
-// by every attempt instead; body itself is left where it was.
-func replayer(body io.Reader) func() io.Reader {
+// Replayer returns a function yielding a fresh reader of body's remaining bytes for each attempt, or nil
+// when body cannot be replayed, and a call with it is not tried again once it was read (in-process
+// services decide alike, see CallLocal). Attempts must not share one reader: after a peer answers early
+// (a 503 before it read the body), the transport may still be reading the abandoned attempt's body
+// while the next attempt starts, so rewinding a shared reader races with it and corrupts the replay. A
+// body that can be read at an offset (bytes.Reader, strings.Reader, os.File) is read through its own
+// section reader by every attempt instead; body itself is left where it was.
+func Replayer(body io.Reader) func() io.Reader {
 	rs, ok := body.(interface {
 		io.ReaderAt
 		io.Seeker

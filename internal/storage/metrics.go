@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"io"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -142,6 +143,25 @@ func (m *storageMetrics) serving(w http.ResponseWriter, state string) http.Respo
 		return w
 	}
 	return &countingWriter{ResponseWriter: w, served: m.bytesServed.WithLabelValues(state)}
+}
+
+// reading returns r counting the bytes read from it as served in state: an image read in this process.
+func (m *storageMetrics) reading(r io.ReadCloser, state string) io.ReadCloser {
+	if m == nil {
+		return r
+	}
+	return &countingReadCloser{ReadCloser: r, served: m.bytesServed.WithLabelValues(state)}
+}
+
+type countingReadCloser struct {
+	io.ReadCloser
+	served prometheus.Counter
+}
+
+func (c *countingReadCloser) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	c.served.Add(float64(n))
+	return n, err
 }
 
 // countingWriter counts the body bytes written through it.

@@ -6,7 +6,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/wire"
 )
 
@@ -18,7 +17,7 @@ const handBackTimeout = 5 * time.Second
 // them while the others wait for its answer. A master that answers a batch claim with one task (the
 // reference design's, which knows no max) is asked as before: each loop claims for itself.
 type claimer struct {
-	master *client.Master
+	master Master
 	wait   time.Duration
 	logger *slog.Logger
 

@@ -75,9 +75,9 @@ const (
 
 // Config configures Run.
 type Config struct {
-	Master      *client.Master
-	Storage     *client.Storage
-	Concurrency int // images processed at once; default the number of CPUs
+	Master      Master  // *client.Master, or the master in this process (master.Local)
+	Storage     Storage // *client.Storage, or the storage in this process (storage.Local)
+	Concurrency int     // images processed at once; default the number of CPUs
 	// Prefetch is how many tasks a worker holds beyond Concurrency: claimed and waiting for a CPU, or
 	// processed and being stored and reported. 0 (or negative) means none: every loop processes as soon
 	// as it has claimed, and its CPU idles while it stores and reports. Worth it when those calls are
@@ -201,7 +201,7 @@ type missingEndpoints struct {
 	seen   client.Missing
 }
 
-func (m *missingEndpoints) note(ctx context.Context, master *client.Master, path, instead string) {
+func (m *missingEndpoints) note(ctx context.Context, master Master, path, instead string) {
 	addr, err := master.Addr(ctx)
 	if err != nil {
 		addr = "unknown"
