@@ -67,11 +67,11 @@ type workerFixture struct {
 // GET /getById of one task with the first answer it gave after the freeze (so that only a wake-up, never
 // a look at the database, can tell a long poll that the task finished); it tells watch of every request.
 type databaseSwitch struct {
-	down     atomic.Bool
-	frozen1  atomic.Int64 // the frozen task's id + 1 (ids start at 0); 0: none
-	mu       sync.Mutex
-	frozen   *httptest.ResponseRecorder
-	watch    func(path string, id string)
+	down    atomic.Bool
+	frozen1 atomic.Int64 // the frozen task's id + 1 (ids start at 0); 0: none
+	mu      sync.Mutex
+	frozen  *httptest.ResponseRecorder
+	watch   func(path string, id string)
 }
 
 func (d *databaseSwitch) wrap(next http.Handler) http.Handler {
