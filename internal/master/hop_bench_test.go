@@ -106,3 +106,40 @@ func benchWorkerRound(b *testing.B, s *servicetest.Stack, worker workerSide) {
 	}
 	cpu.Report(b)
 }
+
+// BenchmarkHopHeartbeat is one worker heartbeat through the master, over HTTP on loopback (http) or
+// in-process through master.Local (local): the master renews the claim's lease at the database (over
+// HTTP either way), so the difference between the two is the master's own hop.
+func BenchmarkHopHeartbeat(b *testing.B) {
+	for _, transport := range []string{"http", "local"} {
+		b.Run(transport, func(b *testing.B) {
+			s := servicetest.NewStack(b, servicetest.Options{})
+			var worker workerSide = s.Master
+			if transport == "local" {
+				svc, err := master.NewService(master.Config{Database: s.Database, Storage: s.Storage})
+				if err != nil {
+					b.Fatal(err)
+				}
+				worker = svc.Local()
+			}
+			ctx := context.Background()
+			img := servicetest.PatternPNG(b, 4, 1)
+			if _, err := s.Master.New(ctx, bytes.NewReader(img), int64(len(img))); err != nil {
+				b.Fatalf("upload: %v", err)
+			}
+			task, err := worker.GetNewTask(ctx, 0)
+			if err != nil {
+				b.Fatalf("claim: %v", err)
+			}
+			b.ReportAllocs()
+			cpu := servicetest.StartCPU()
+			for b.Loop() {
+				renewed, err := worker.ExtendLease(ctx, task.ID, task.Token)
+				if err != nil || renewed.Token != task.Token {
+					b.Fatalf("heartbeat = %+v, %v: want the claim renewed", renewed, err)
+				}
+			}
+			cpu.Report(b)
+		})
+	}
+}
