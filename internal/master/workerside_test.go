@@ -175,6 +175,31 @@ func (f *workerFixture) record(t *testing.T, id int64) wire.Task {
 	return task
 }
 
+// watch starts a WatchLease of the claimed task, of the longest wait, and returns once the master
+// renewed the lease (so it is registered for the task's changes); the channel gets the watch's error.
+func (f *workerFixture) watch(t *testing.T, task wire.Task) <-chan error {
+	t.Helper()
+	renewing := make(chan struct{})
+	var once sync.Once
+	f.db.setWatch(func(path, id string) {
+		if path == "/extendLease" && id == fmt.Sprint(task.ID) {
+			once.Do(func() { close(renewing) })
+		}
+	})
+	defer f.db.setWatch(nil)
+	watched := make(chan error, 1)
+	go func() {
+		_, err := f.Worker.WatchLease(t.Context(), task.ID, task.Token, wire.MaxLeaseWait)
+		watched <- err
+	}()
+	select {
+	case <-renewing:
+	case err := <-watched:
+		t.Fatalf("the watch of task %d ended before it waited: %v", task.ID, err)
+	}
+	return watched
+}
+
 // expectRefusal checks that err is the master's refusal with status whose message starts with msg.
 func expectRefusal(t *testing.T, what string, err error, status int, msg string) {
 	t.Helper()
@@ -365,23 +390,7 @@ func testWorkerSide(t *testing.T, worker func(f *workerFixture, svc *master.Serv
 
 		// A cancel through the master ends a watch at once with 410; without the wake-up, the watch
 		// would answer the renewed lease when its wait ends.
-		renewing := make(chan struct{})
-		var once sync.Once
-		f.db.setWatch(func(path, id string) {
-			if path == "/extendLease" && id == fmt.Sprint(task.ID) {
-				once.Do(func() { close(renewing) })
-			}
-		})
-		watched := make(chan error, 1)
-		go func() {
-			_, err := f.Worker.WatchLease(t.Context(), task.ID, task.Token, wire.MaxLeaseWait)
-			watched <- err
-		}()
-		select {
-		case <-renewing:
-		case err := <-watched:
-			t.Fatalf("the watch ended before it waited: %v", err)
-		}
+		watched := f.watch(t, task)
 		if _, err := f.Master.Cancel(t.Context(), task.ID); err != nil {
 			t.Fatalf("cancel: %v", err)
 		}
@@ -393,6 +402,44 @@ func testWorkerSide(t *testing.T, worker func(f *workerFixture, svc *master.Serv
 			http.StatusGone, fmt.Sprintf("task %d was cancelled", task.ID))
 		if _, held := f.StoredImage(t, task.ID, wire.FinishedImage); held {
 			t.Errorf("the result of cancelled task %d is still stored after its finish was refused", task.ID)
+		}
+	})
+
+	t.Run("ChangesWakeWatches", func(t *testing.T) {
+		// Every change a worker makes through the master wakes the long polls watching the task (POST
+		// /statuses, and a WatchLease of it, which then asks the database again and hears that the
+		// task is no longer in progress); without the wake-up, the watch would answer the renewed lease
+		// when its wait ends.
+		f := newWorkerFixture(t, worker)
+		changes := map[string]func(wire.Task) error{
+			"finish": func(task wire.Task) error {
+				f.storeResult(t, task)
+				return f.Worker.FinishTask(t.Context(), task.ID, task.Token)
+			},
+			"failure": func(task wire.Task) error {
+				_, err := f.Worker.FailTask(t.Context(), task.ID, task.Token, "flaky", false)
+				return err
+			},
+			"transient failure": func(task wire.Task) error {
+				_, err := f.Worker.RetryTask(t.Context(), task.ID, task.Token, "away")
+				return err
+			},
+			"release": func(task wire.Task) error { return f.Worker.ReleaseTask(t.Context(), task.ID, task.Token) },
+		}
+		for what, change := range changes {
+			task := f.claim(t)
+			watched := f.watch(t, task)
+			if err := change(task); err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+			expectRefusal(t, "watch of a task whose "+what+" came meanwhile", <-watched, http.StatusBadRequest,
+				fmt.Sprintf("task %d is not in progress", task.ID))
+			if task.State = f.record(t, task.ID).State; task.State == wire.NotStarted {
+				// Out of the way of the next claim.
+				if _, err := f.Master.Cancel(t.Context(), task.ID); err != nil {
+					t.Fatalf("cancel: %v", err)
+				}
+			}
 		}
 	})
 
