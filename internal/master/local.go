@@ -15,7 +15,8 @@ import (
 // that a worker calls, with the same signatures, answers and refusals, made through Go on the very
 // server that serves the master's HTTP API. A finish wakes the same /isReady and /statuses long polls,
 // a cancel through the HTTP API ends the same WatchLease. Each method takes the arguments as the HTTP
-// client would send them and refuses them as the handler would.
+// client would send them and refuses them as the handler would; a call the deployment's database cannot
+// serve (a reference one) is 501, as over HTTP.
 type Local struct {
 	s    *server
 	addr string
@@ -34,7 +35,7 @@ func (l *Local) GetNewTask(ctx context.Context, wait time.Duration) (wire.Task, 
 		}
 		ts, err := l.s.claim(ctx, wait, 1)
 		if err != nil {
-			return wire.Task{}, l.refusal(err, "/getNewTask")
+			return wire.Task{}, notImplemented(err, "/getNewTask")
 		}
 		return ts[0], nil
 	})
@@ -57,7 +58,7 @@ func (l *Local) GetNewTasks(ctx context.Context, wait time.Duration, n int) (tas
 			return nil, err
 		}
 		ts, err := l.s.claim(ctx, wait, n)
-		return ts, l.refusal(err, "/getNewTask")
+		return ts, notImplemented(err, "/getNewTask")
 	})
 	if err != nil {
 		return nil, false, err
@@ -72,7 +73,7 @@ func (l *Local) FinishTask(ctx context.Context, id, token int64) error {
 		if err := checkIDs(id, token); err != nil {
 			return struct{}{}, err
 		}
-		return struct{}{}, l.refusal(l.s.finish(ctx, id, token), "/registerTaskFinished")
+		return struct{}{}, notImplemented(l.s.finish(ctx, id, token), "/registerTaskFinished")
 	})
 	return err
 }
@@ -85,22 +86,19 @@ func (l *Local) ExtendLease(ctx context.Context, id, token int64) (wire.Task, er
 // WatchLease is ExtendLease held for up to wait (at most wire.MaxLeaseWait) after the renewal, and
 // answered early, 410, when the task is cancelled or deleted through this master meanwhile.
 func (l *Local) WatchLease(ctx context.Context, id, token int64, wait time.Duration) (wire.Task, error) {
-	if wait < 0 || wait > wire.MaxLeaseWait {
-		// Refused as the handler refuses the wait the HTTP client sends.
-		return client.CallLocal(ctx, true, func(context.Context) (wire.Task, error) {
-			return wire.Task{}, durationRange("wait", wire.MaxLeaseWait)
-		})
-	}
 	return l.extendLease(ctx, id, token, wait)
 }
 
 func (l *Local) extendLease(ctx context.Context, id, token int64, wait time.Duration) (wire.Task, error) {
 	return client.CallLocal(ctx, true, func(ctx context.Context) (wire.Task, error) {
+		if wait < 0 || wait > wire.MaxLeaseWait {
+			return wire.Task{}, durationRange("wait", wire.MaxLeaseWait)
+		}
 		if err := checkIDs(id, token); err != nil {
 			return wire.Task{}, err
 		}
 		t, err := l.s.extendLease(ctx, id, token, wait)
-		return t, l.refusal(err, "/extendLease")
+		return t, notImplemented(err, "/extendLease")
 	})
 }
 
@@ -126,7 +124,7 @@ func (l *Local) fail(ctx context.Context, id, token int64, reason string, perman
 			return wire.Task{}, err
 		}
 		t, err := l.s.fail(ctx, id, token, reason, permanent, transient)
-		return t, l.refusal(err, "/failTask")
+		return t, notImplemented(err, "/failTask")
 	})
 }
 
@@ -136,17 +134,9 @@ func (l *Local) ReleaseTask(ctx context.Context, id, token int64) error {
 		if err := checkIDs(id, token); err != nil {
 			return struct{}{}, err
 		}
-		return struct{}{}, l.refusal(l.s.release(ctx, id, token), "/releaseTask")
+		return struct{}{}, notImplemented(l.s.release(ctx, id, token), "/releaseTask")
 	})
 	return err
-}
-
-// refusal is err as the master's endpoint path answers it (see noPeerEndpoint).
-func (l *Local) refusal(err error, path string) error {
-	if err == nil {
-		return nil
-	}
-	return notImplemented(err, path)
 }
 
 // checkIDs refuses a task id or token the HTTP client would send and the handler refuse (a negative

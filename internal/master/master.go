@@ -676,10 +676,8 @@ type Service struct {
 // NewService builds the master cfg describes; Run serves it.
 func NewService(cfg Config) (*Service, error) {
 	db, storage := cfg.Database, cfg.Storage
-	if db == nil || storage == nil {
-		if cfg.KV == nil {
-			return nil, fmt.Errorf("master: no kv store to find the database and storage through")
-		}
+	if (db == nil || storage == nil) && cfg.KV == nil {
+		return nil, errors.New("master: no kv store to find the database and storage through")
 	}
 	if db == nil {
 		db = client.NewDatabase(cfg.HTTP, client.NewResolver(cfg.KV, wire.DatabaseKey, client.ResolveTTL))
