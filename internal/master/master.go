@@ -701,7 +701,8 @@ func NewService(cfg Config) (*Service, error) {
 // Handler is the master's HTTP API (without the plumbing Run adds: token, metrics, pprof).
 func (v *Service) Handler() http.Handler { return v.handler }
 
-// Local is the worker side of this master in-process: the same server as its HTTP API.
+// Local is the worker side of this master in-process: the same server as its HTTP API. It needs
+// nothing of Run: it works before Run serves the master, and after.
 func (v *Service) Local() *Local {
 	return &Local{s: v.srv, addr: cmp.Or(v.cfg.Advertise, v.cfg.Addr, "in-process")}
 }
