@@ -506,9 +506,3 @@ func jsonReply[T any](what, reply string, err error) (T, error) {
 	}
 	return v, nil
 }
-
-// Forward sends a worker-side call (POST path?query) through unchanged, for the master's pass-through
-// endpoints, and returns the database's answer; a refusal is an *httpapi.Error with its status and text.
-func (c *Database) Forward(ctx context.Context, path string, query url.Values) (string, error) {
-	return c.p.sendText(ctx, call{method: http.MethodPost, path: path, query: query, idempotent: true})
-}

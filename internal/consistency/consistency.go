@@ -32,12 +32,12 @@ package consistency
 import (
 	"context"
 	"fmt"
+	"iter"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/wire"
 )
 
@@ -48,10 +48,27 @@ const DefaultGrace = time.Hour
 // ScanImages): beyond it, the rest wait for the next scan.
 const maxDeferred = 100_000
 
+// Database is what a Checker asks of the task database: *client.Database, or the database of this
+// process in-process.
+type Database interface {
+	Tasks(ctx context.Context) iter.Seq2[wire.Task, error]
+	GetByID(ctx context.Context, id int64) (wire.Task, error)
+	GetByIDs(ctx context.Context, ids []int64) (wire.Tasks, error)
+	SetByID(ctx context.Context, t wire.Task) error
+	FailTask(ctx context.Context, id, token int64, reason string, permanent bool) (wire.Task, error)
+}
+
+// Storage is what a Checker asks of image storage: *client.Storage, or the storage of this process
+// in-process.
+type Storage interface {
+	ListBlobs(ctx context.Context, prefix, after string, limit int) (wire.BlobPage, error)
+	DeleteImage(ctx context.Context, id int64, state string) error
+}
+
 // Checker checks storage's images against the database's tasks.
 type Checker struct {
-	DB      *client.Database
-	Storage *client.Storage
+	DB      Database
+	Storage Storage
 	// Grace is how long an image is left alone after it was written; 0 takes DefaultGrace.
 	Grace time.Duration
 	// Now is the clock; nil: time.Now.

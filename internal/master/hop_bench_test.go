@@ -38,13 +38,28 @@ func BenchmarkHopMasterNew(b *testing.B) {
 	cpu.Report(b)
 }
 
-// BenchmarkHopWorkerRound is the worker's side of one image over HTTP on loopback, without the image
-// work: claim a task through the master (POST /getNewTask, which the master passes to the database),
-// read its upload from storage, store a 64 px result under the claim's lease token, and finish the task
-// through the master (POST /registerTaskFinished, which checks the result is stored and passes the
-// finish to the database). Uploads are queued 200 at a time with the timer stopped.
+// BenchmarkHopWorkerRound is the worker's side of one image, without the image work: claim a task
+// through the master (which passes the claim to the database), read its upload from storage, store a
+// 64 px result under the claim's lease token, and finish the task through the master (which checks the
+// result is stored and passes the finish to the database). The master's two hops go over HTTP on
+// loopback (http) or in-process through master.Local (local); the database and storage are reached
+// over HTTP either way. Uploads are queued 200 at a time with the timer stopped.
 func BenchmarkHopWorkerRound(b *testing.B) {
-	s := servicetest.NewStack(b, servicetest.Options{})
+	b.Run("http", func(b *testing.B) {
+		s := servicetest.NewStack(b, servicetest.Options{})
+		benchWorkerRound(b, s, s.Master)
+	})
+	b.Run("local", func(b *testing.B) {
+		s := servicetest.NewStack(b, servicetest.Options{})
+		svc, err := master.NewService(master.Config{Database: s.Database, Storage: s.Storage})
+		if err != nil {
+			b.Fatal(err)
+		}
+		benchWorkerRound(b, s, svc.Local())
+	})
+}
+
+func benchWorkerRound(b *testing.B, s *servicetest.Stack, worker workerSide) {
 	img := servicetest.PatternPNG(b, 64, 1)
 	ctx := context.Background()
 	queue := func() {
@@ -67,7 +82,7 @@ func BenchmarkHopWorkerRound(b *testing.B) {
 			cpu.Resume()
 			b.StartTimer()
 		}
-		task, err := s.Master.GetNewTask(ctx, 0)
+		task, err := worker.GetNewTask(ctx, 0)
 		if err != nil {
 			b.Fatalf("claim: %v", err)
 		}
@@ -84,10 +99,47 @@ func BenchmarkHopWorkerRound(b *testing.B) {
 		if err := s.Storage.SendResult(ctx, task.ID, task.Token, bytes.NewReader(img), int64(len(img))); err != nil {
 			b.Fatalf("store the result of task %d: %v", task.ID, err)
 		}
-		if err := s.Master.FinishTask(ctx, task.ID, task.Token); err != nil {
+		if err := worker.FinishTask(ctx, task.ID, task.Token); err != nil {
 			b.Fatalf("finish task %d: %v", task.ID, err)
 		}
 		left--
 	}
 	cpu.Report(b)
+}
+
+// BenchmarkHopHeartbeat is one worker heartbeat through the master, over HTTP on loopback (http) or
+// in-process through master.Local (local): the master renews the claim's lease at the database (over
+// HTTP either way), so the difference between the two is the master's own hop.
+func BenchmarkHopHeartbeat(b *testing.B) {
+	for _, transport := range []string{"http", "local"} {
+		b.Run(transport, func(b *testing.B) {
+			s := servicetest.NewStack(b, servicetest.Options{})
+			var worker workerSide = s.Master
+			if transport == "local" {
+				svc, err := master.NewService(master.Config{Database: s.Database, Storage: s.Storage})
+				if err != nil {
+					b.Fatal(err)
+				}
+				worker = svc.Local()
+			}
+			ctx := context.Background()
+			img := servicetest.PatternPNG(b, 4, 1)
+			if _, err := s.Master.New(ctx, bytes.NewReader(img), int64(len(img))); err != nil {
+				b.Fatalf("upload: %v", err)
+			}
+			task, err := worker.GetNewTask(ctx, 0)
+			if err != nil {
+				b.Fatalf("claim: %v", err)
+			}
+			b.ReportAllocs()
+			cpu := servicetest.StartCPU()
+			for b.Loop() {
+				renewed, err := worker.ExtendLease(ctx, task.ID, task.Token)
+				if err != nil || renewed.Token != task.Token {
+					b.Fatalf("heartbeat = %+v, %v: want the claim renewed", renewed, err)
+				}
+			}
+			cpu.Report(b)
+		})
+	}
 }

@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/imageop"
 )
@@ -198,7 +197,7 @@ func (s *server) checkQueue(w http.ResponseWriter, r *http.Request) error {
 // queueGauge is the database's count of queued tasks, cached for ttl so that checking the cap costs one
 // database call per ttl however many uploads arrive; uploads that find it stale share one refresh.
 type queueGauge struct {
-	db  *client.Database
+	db  Database
 	ttl time.Duration
 
 	mu      sync.Mutex

@@ -11,7 +11,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/imgmill/imgmill/internal/client"
@@ -23,15 +22,19 @@ import (
 )
 
 // NewServer returns the master's handler; limits bound what it accepts (zero fields take the defaults).
-func NewServer(db *client.Database, storage *client.Storage, limits Limits, opts ...Option) http.Handler {
+func NewServer(db Database, storage Storage, limits Limits, opts ...Option) http.Handler {
 	mux := httpapi.NewMux()
+	addRoutes(mux, newServer(db, storage, limits, opts...))
+	return mux
+}
+
+func newServer(db Database, storage Storage, limits Limits, opts ...Option) *server {
 	s := &server{db: db, storage: storage, limits: limits.WithDefaults(),
 		queue: &queueGauge{db: db, ttl: queueCacheTTL}, missing: &client.Missing{}}
 	for _, o := range opts {
 		o(s)
 	}
-	addRoutes(mux, s)
-	return mux
+	return s
 }
 
 // Option adjusts the server NewServer builds.
@@ -43,8 +46,8 @@ func WithMetrics(m *Metrics) Option {
 }
 
 type server struct {
-	db       *client.Database
-	storage  *client.Storage
+	db       Database
+	storage  Storage
 	limits   Limits
 	metrics  *Metrics // nil: none
 	queue    *queueGauge
@@ -557,7 +560,7 @@ func (s *server) handleDelete(w http.ResponseWriter, r *http.Request) error {
 
 // removeTask is a delete (see handleDelete) and the retention sweep's removal of an expired task: cancel,
 // then the images, then the record. An error leaves the task cancelled for a repeat to complete.
-func removeTask(ctx context.Context, db *client.Database, storage *client.Storage, missing *client.Missing, id int64) error {
+func removeTask(ctx context.Context, db Database, storage Storage, missing *client.Missing, id int64) error {
 	// A finished or failed task (409) needs no cancel; an unknown or deleted one (400) is told apart by
 	// the database's delete below.
 	if _, err := db.CancelTask(ctx, id); err != nil &&
@@ -573,7 +576,7 @@ func removeTask(ctx context.Context, db *client.Database, storage *client.Storag
 // keptImages is err of a delete in storage, but nil when storage cannot delete (client.ErrNoDeletes:
 // the reference design's storage, which keeps every image): the images stay, logged once per storage,
 // and the delete goes on without them rather than fail for good.
-func keptImages(ctx context.Context, missing *client.Missing, storage *client.Storage, err error) error {
+func keptImages(ctx context.Context, missing *client.Missing, storage Storage, err error) error {
 	if !errors.Is(err, client.ErrNoDeletes) {
 		return err
 	}
@@ -618,141 +621,6 @@ func (s *server) handleStats(w http.ResponseWriter, r *http.Request) error {
 	return httpapi.WriteJSON(w, http.StatusOK, stats)
 }
 
-// forward passes a worker-side call through to the database unchanged (finishing is /finishTask there).
-func (s *server) forward(databasePath string) httpapi.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) error {
-		reply, err := s.db.Forward(r.Context(), databasePath, r.URL.Query())
-		if err != nil {
-			return err
-		}
-		if strings.HasPrefix(reply, "{") {
-			// Task JSON keeps the database's type (WriteText would label it text/plain).
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusOK)
-			_, err := io.WriteString(w, reply)
-			return err
-		}
-		httpapi.WriteText(w, http.StatusOK, reply)
-		return nil
-	}
-}
-
-// handleRegisterTaskFinished passes a worker's finish through to the database, once storage holds the
-// task's result (see withoutResult), and then wakes the /isReady polls waiting for that task.
-func (s *server) handleRegisterTaskFinished() httpapi.HandlerFunc {
-	forward := s.forward("/finishTask")
-	return func(w http.ResponseWriter, r *http.Request) error {
-		id, err := httpapi.QueryID(r, "id")
-		if err != nil {
-			return err
-		}
-		// A worker may register a task finished without having stored its result (a reference worker
-		// whose store failed does): the task would be finished with nothing to serve.
-		held, err := s.storage.HasImage(r.Context(), id, wire.FinishedImage)
-		if err != nil {
-			return fmt.Errorf("look for the result of task %d: %w", id, err)
-		}
-		if !held {
-			return s.withoutResult(r.Context(), id, r.URL.Query())
-		}
-		err = forward(w, r)
-		if client.IsStatus(err, http.StatusGone) {
-			// The task was cancelled or deleted while the worker made its result: the result it stored
-			// is nobody's, and a delete may already have swept the task's images before it landed.
-			if id, perr := strconv.ParseInt(r.URL.Query().Get("id"), 10, 64); perr == nil {
-				if derr := keptImages(r.Context(), s.missing, s.storage, s.storage.DeleteResult(r.Context(), id)); derr != nil {
-					httpapi.LoggerFrom(r.Context()).WarnContext(r.Context(), "removing a cancelled task's result failed", "task", id, "err", derr)
-				}
-			}
-		}
-		if err != nil {
-			return err
-		}
-		if id, err := strconv.ParseInt(r.URL.Query().Get("id"), 10, 64); err == nil {
-			s.finishes.finished(id)
-			s.changes.finished(id)
-		}
-		return nil
-	}
-}
-
-// handleExtendLease passes a worker's heartbeat through to the database. With wait (additive, at most
-// wire.MaxLeaseWait) the renewed lease is answered only when the wait ends, or at once with the database's
-// 410 when the task is cancelled or deleted through this master meanwhile: a worker that heartbeats
-// this way learns of a cancel within moments rather than at its next heartbeat. A cancel through
-// another master is heard at the next heartbeat, as without wait.
-func (s *server) handleExtendLease() httpapi.HandlerFunc {
-	extend := s.extendLease()
-	return func(w http.ResponseWriter, r *http.Request) error {
-		err := extend(w, r)
-		if client.IsNoEndpoint(err) {
-			// A database without leases (the reference's) never takes a claim back.
-			return s.unleased(w, r)
-		}
-		return err
-	}
-}
-
-// extendLease is handleExtendLease over a database with leases.
-func (s *server) extendLease() httpapi.HandlerFunc {
-	forward := s.forward("/extendLease")
-	return func(w http.ResponseWriter, r *http.Request) error {
-		wait, err := httpapi.QueryDuration(r, "wait", wire.MaxLeaseWait)
-		if err != nil {
-			return err
-		}
-		id, err := httpapi.QueryID(r, "id")
-		if err != nil || wait <= 0 {
-			return forward(w, r)
-		}
-		// Registered before the renewal, so that a cancel between the two is not missed.
-		woken, withdraw := s.changes.wait(id)
-		defer withdraw()
-		query := r.URL.Query()
-		query.Del("wait")
-		reply, err := s.db.Forward(r.Context(), "/extendLease", query)
-		if err != nil {
-			return err
-		}
-		timer := time.NewTimer(wait)
-		defer timer.Stop()
-		select {
-		case <-woken:
-			// Changed through this master: cancelled or deleted, as a rule. The database's answer to
-			// renewing it again says which (410), or renews the lease once more.
-			if reply, err = s.db.Forward(r.Context(), "/extendLease", query); err != nil {
-				return err
-			}
-		case <-timer.C:
-		case <-r.Context().Done():
-			return r.Context().Err()
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusOK)
-		_, err = io.WriteString(w, reply)
-		return err
-	}
-}
-
-// forwardChange is forward for a worker-side call that changes the task's state (a failure, a
-// release): it wakes the POST /statuses polls watching that task.
-func (s *server) forwardChange(databasePath string) httpapi.HandlerFunc {
-	forward := s.forward(databasePath)
-	return func(w http.ResponseWriter, r *http.Request) error {
-		err := forward(w, r)
-		if client.IsNoEndpoint(err) {
-			return s.handBackOnReference(w, r, databasePath)
-		}
-		if err != nil {
-			return err
-		}
-		if id, err := strconv.ParseInt(r.URL.Query().Get("id"), 10, 64); err == nil {
-			s.changes.finished(id)
-		}
-		return nil
-	}
-}
-
 // CopyImage streams a peer's image reply to w with its type and length. A HEAD request whose length is
 // known is answered without reading the image (net/http would read it all only to drop it).
 func CopyImage(w http.ResponseWriter, r *http.Request, img *client.Image) error {
@@ -771,62 +639,19 @@ func CopyImage(w http.ResponseWriter, r *http.Request, img *client.Image) error 
 	return nil
 }
 
-// handleGetNewTask passes a worker's claim on to the database. With max (additive, up to
-// wire.MaxTasksPerClaim) it asks for that many at once and answers {"tasks":[...]}, whatever shape the
-// database answered (a reference database knows no max and claims one); without max, or with max=1,
-// the answer is the reference's task JSON.
-func (s *server) handleGetNewTask(w http.ResponseWriter, r *http.Request) error {
-	wait, err := httpapi.QueryDuration(r, "wait", wire.MaxWait)
-	if err != nil {
-		return err
-	}
-	n := 1
-	if raw := r.URL.Query().Get(wire.MaxTasksParam); raw != "" {
-		if n, err = strconv.Atoi(raw); err != nil || n < 1 || n > wire.MaxTasksPerClaim {
-			return httpapi.Errorf(http.StatusBadRequest, "%s must be a whole number from 1 to %d, got %q",
-				wire.MaxTasksParam, wire.MaxTasksPerClaim, raw)
-		}
-	}
-	if n == 1 {
-		t, err := s.db.GetNewTask(r.Context(), wait)
-		if err != nil {
-			return err
-		}
-		if err := httpapi.WriteJSON(w, http.StatusOK, t); err != nil {
-			return err
-		}
-		s.claimed(t)
-		return nil
-	}
-	ts, _, err := s.db.GetNewTasks(r.Context(), wait, n)
-	if err != nil {
-		return err
-	}
-	if err := httpapi.WriteJSON(w, http.StatusOK, wire.Tasks{Tasks: ts}); err != nil {
-		return err
-	}
-	for _, t := range ts {
-		s.claimed(t)
-	}
-	return nil
-}
-
-// claimed tells the event streams that a task a worker claimed is processing now.
-func (s *server) claimed(t wire.Task) {
-	if t.State == wire.InProgress {
-		s.changes.finished(t.ID)
-	}
-}
-
 // DefaultAddr is the master's listen address unless told otherwise (the reference's port).
 const DefaultAddr = "127.0.0.1:3003"
 
-// Config configures Run.
+// Config configures a Service.
 type Config struct {
 	service.Options
-	KV     *client.KV // where the service registers and finds database and storage
+	KV     *client.KV // where the service registers, and finds database and storage unless given below
 	HTTP   *http.Client
 	Limits Limits // zero fields take the defaults
+	// Database and Storage, when set, are the task database and image storage the master uses (the
+	// services of this process, in-process); nil: found through KV and called over HTTP.
+	Database Database
+	Storage  Storage
 	// SweepEvery is how often the master removes the tasks past the database's retention; default
 	// DefaultSweepEvery.
 	SweepEvery time.Duration
@@ -838,29 +663,75 @@ type Config struct {
 	OrphanGrace time.Duration
 }
 
-// Run serves the master until ctx ends, registered in the kv store as masterAddress.
-func Run(ctx context.Context, cfg Config) error {
-	db := client.NewDatabase(cfg.HTTP, client.NewResolver(cfg.KV, wire.DatabaseKey, client.ResolveTTL))
-	storage := client.NewStorage(cfg.HTTP, client.NewResolver(cfg.KV, wire.StorageKey, client.ResolveTTL))
+// Service is one master: its HTTP API, its sweeps, and its worker side in-process (Local), all over
+// the same server.
+type Service struct {
+	cfg     Config
+	srv     *server
+	handler http.Handler
+	reg     *metrics.Registry
+	metrics *Metrics
+}
+
+// NewService builds the master cfg describes; Run serves it.
+func NewService(cfg Config) (*Service, error) {
+	db, storage := cfg.Database, cfg.Storage
+	if (db == nil || storage == nil) && cfg.KV == nil {
+		return nil, errors.New("master: no kv store to find the database and storage through")
+	}
+	if db == nil {
+		db = client.NewDatabase(cfg.HTTP, client.NewResolver(cfg.KV, wire.DatabaseKey, client.ResolveTTL))
+	}
+	if storage == nil {
+		storage = client.NewStorage(cfg.HTTP, client.NewResolver(cfg.KV, wire.StorageKey, client.ResolveTTL))
+	}
+	cfg.Database, cfg.Storage = db, storage
 	limits := cfg.Limits
 	// Without a token the master listens on loopback only (service.Run refuses otherwise), so every caller
 	// is a process of this machine, as trusted as the frontend; --insecure opens it to anyone.
 	limits.TrustOwner = cfg.Token != "" || !cfg.Insecure
-	every := cmp.Or(cfg.SweepEvery, DefaultSweepEvery)
 	reg := metrics.New("master")
 	m := NewMetrics(reg)
+	srv := newServer(db, storage, limits, WithMetrics(m))
+	mux := httpapi.NewMux()
+	addRoutes(mux, srv)
+	return &Service{cfg: cfg, srv: srv, handler: mux, reg: reg, metrics: m}, nil
+}
+
+// Handler is the master's HTTP API (without the plumbing Run adds: token, metrics, pprof).
+func (v *Service) Handler() http.Handler { return v.handler }
+
+// Local is the worker side of this master in-process: the same server as its HTTP API. It needs
+// nothing of Run: it works before Run serves the master, and after.
+func (v *Service) Local() *Local {
+	return &Local{s: v.srv, addr: cmp.Or(v.cfg.Advertise, v.cfg.Addr, "in-process")}
+}
+
+// Run serves the master until ctx ends, registered in the kv store as masterAddress.
+func (v *Service) Run(ctx context.Context) error {
+	cfg := v.cfg
+	every := cmp.Or(cfg.SweepEvery, DefaultSweepEvery)
 	sweep := func(ctx context.Context) error {
-		NewSweeper(db, storage).WithMetrics(m).Run(ctx, every, cfg.Logger)
+		NewSweeper(cfg.Database, cfg.Storage).WithMetrics(v.metrics).Run(ctx, every, cfg.Logger)
 		return nil
 	}
 	background := []func(context.Context) error{sweep}
 	if cfg.OrphanSweepEvery > 0 {
-		orphans := NewOrphanSweeper(db, storage, cfg.OrphanGrace, reg)
+		orphans := NewOrphanSweeper(cfg.Database, cfg.Storage, cfg.OrphanGrace, v.reg)
 		background = append(background, func(ctx context.Context) error {
 			orphans.Run(ctx, cfg.OrphanSweepEvery, cfg.Logger)
 			return nil
 		})
 	}
-	return service.Run(ctx, cfg.Spec(service.Spec{Handler: NewServer(db, storage, limits, WithMetrics(m)),
-		RegisterAs: wire.MasterKey, KV: cfg.KV, Internal: true, Metrics: reg, Background: background}))
+	return service.Run(ctx, cfg.Spec(service.Spec{Handler: v.handler,
+		RegisterAs: wire.MasterKey, KV: cfg.KV, Internal: true, Metrics: v.reg, Background: background}))
+}
+
+// Run serves the master cfg describes until ctx ends (NewService, then Run).
+func Run(ctx context.Context, cfg Config) error {
+	v, err := NewService(cfg)
+	if err != nil {
+		return err
+	}
+	return v.Run(ctx)
 }

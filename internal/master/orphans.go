@@ -24,14 +24,15 @@ const DefaultOrphanSweepEvery = time.Hour
 // sweeper only repeats the first's deletes.
 type OrphanSweeper struct {
 	checker consistency.Checker
+	storage Storage                // named in logs
 	removed *prometheus.CounterVec // by kind; nil: not counted
 	missing client.Missing
 }
 
 // NewOrphanSweeper returns a sweeper of the images in storage that db has no use for, leaving alone
 // those written less than grace ago (0: consistency.DefaultGrace). reg, when not nil, gets its counter.
-func NewOrphanSweeper(db *client.Database, storage *client.Storage, grace time.Duration, reg *metrics.Registry) *OrphanSweeper {
-	w := &OrphanSweeper{checker: consistency.Checker{DB: db, Storage: storage, Grace: grace}}
+func NewOrphanSweeper(db Database, storage Storage, grace time.Duration, reg *metrics.Registry) *OrphanSweeper {
+	w := &OrphanSweeper{checker: consistency.Checker{DB: db, Storage: storage, Grace: grace}, storage: storage}
 	if reg != nil {
 		w.removed = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metrics.Namespace, Subsystem: "master", Name: "orphans_removed_total",
@@ -74,7 +75,7 @@ func (w *OrphanSweeper) Run(ctx context.Context, every time.Duration, logger *sl
 		n, err := w.Sweep(ctx)
 		if client.IsNoEndpoint(err) {
 			// The reference design's storage lists nothing and removes nothing: there is nothing to sweep.
-			addr, aerr := w.checker.Storage.Addr(ctx)
+			addr, aerr := w.storage.Addr(ctx)
 			if aerr != nil {
 				addr = "unknown"
 			}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
-	"net/url"
 	"os"
 	"strconv"
 	"time"
@@ -85,32 +84,17 @@ func (s *server) setState(ctx context.Context, id int64, state wire.State) {
 	}
 }
 
-// unleased answers a worker's heartbeat when the database has no leases: the task as it is, as if
-// renewed. A reference database never takes a claim back, so there is nothing to renew.
-func (s *server) unleased(w http.ResponseWriter, r *http.Request) error {
-	t, err := s.task(r)
-	if err != nil {
-		return err
-	}
-	return httpapi.WriteJSON(w, http.StatusOK, t)
-}
-
-// handBackOnReference is a worker's /failTask or /releaseTask over a database without them: the task
-// goes back to not started, to be claimed again, or with a permanent failure, or when storage holds no
-// upload for it, to failed (the reference's state numbers leave room for it; it keeps no attempts or
-// error). It answers as the database would.
-func (s *server) handBackOnReference(w http.ResponseWriter, r *http.Request, databasePath string) error {
-	id, err := httpapi.QueryID(r, "id")
-	if err != nil {
-		return err
-	}
+// handBackOnReference is a worker's failure (failed) or release of task id over a database without them:
+// the task goes back to not started, to be claimed again, or with a permanent failure, or when storage
+// holds no upload for it, to failed (the reference's state numbers leave room for it; it keeps no
+// attempts or error).
+func (s *server) handBackOnReference(ctx context.Context, id int64, failed, permanent bool) error {
 	state := wire.NotStarted
-	if databasePath == "/failTask" {
-		permanent := r.URL.Query().Get("permanent") == "true"
+	if failed {
 		if !permanent {
 			// With no attempts to run out, a task without an upload (its creation's answer was lost, or
 			// storage refused the image) would be handed back and forth for ever.
-			held, err := s.uploadHeld(r.Context(), id)
+			held, err := s.uploadHeld(ctx, id)
 			if err != nil {
 				return err
 			}
@@ -120,15 +104,11 @@ func (s *server) handBackOnReference(w http.ResponseWriter, r *http.Request, dat
 			state = wire.Failed
 		}
 	}
-	if err := s.db.SetByID(r.Context(), wire.Task{ID: id, State: state}); err != nil {
+	if err := s.db.SetByID(ctx, wire.Task{ID: id, State: state}); err != nil {
 		return fmt.Errorf("hand task %d back: %w", id, err)
 	}
 	s.changes.finished(id)
-	if databasePath == "/releaseTask" {
-		httpapi.WriteText(w, http.StatusOK, "success")
-		return nil
-	}
-	return s.unleased(w, r)
+	return nil
 }
 
 // uploadGrace is how long a task's upload may be missing before it counts as lost: over a reference
@@ -152,8 +132,8 @@ func (s *server) uploadHeld(ctx context.Context, id int64) (bool, error) {
 // skipped storing it, or whose store was lost): the client must never see the task finished without an
 // image. The task goes back to the queue: over imgmill's database as a failed attempt, so that a worker
 // that never stores a result does not loop for ever; over the reference's back to not started.
-// query is the worker's (its token fences the failure).
-func (s *server) withoutResult(ctx context.Context, id int64, query url.Values) error {
+// token is the worker's, which fences the failure.
+func (s *server) withoutResult(ctx context.Context, id, token int64) error {
 	reference, err := s.db.Reference(ctx)
 	if err != nil {
 		return fmt.Errorf("hand back task %d, finished without a result: %w", id, err)
@@ -165,13 +145,9 @@ func (s *server) withoutResult(ctx context.Context, id int64, query url.Values) 
 		s.changes.finished(id)
 		return refusal
 	}
-	q := url.Values{"id": {strconv.FormatInt(id, 10)}, "reason": {"the worker registered the task finished without storing a result"}}
-	if token := query.Get("token"); token != "" {
-		q.Set("token", token)
-	}
-	// The database's refusal of the failure (an unknown task, one not in progress, a stale or bad
-	// token, a cancelled one: 410) is the one it would have given the finish.
-	if _, err := s.db.Forward(ctx, "/failTask", q); err != nil {
+	// The database's refusal of the failure (an unknown task, one not in progress, a stale token, a
+	// cancelled one: 410) is the one it would have given the finish.
+	if _, err := s.db.FailTask(ctx, id, token, "the worker registered the task finished without storing a result", false); err != nil {
 		return err
 	}
 	s.changes.finished(id)
@@ -183,13 +159,17 @@ func (s *server) withoutResult(ctx context.Context, id int64, query url.Values) 
 // only the deployment cannot do this.
 func noPeerEndpoint(h httpapi.HandlerFunc) httpapi.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		err := h(w, r)
-		var missing *client.NoEndpointError
-		if errors.As(err, &missing) {
-			return fmt.Errorf("%w: %w", httpapi.Errorf(http.StatusNotImplemented,
-				"the task database of this deployment (the reference design's) has no %s: %s is not available",
-				missing.Path, r.URL.Path), err)
-		}
-		return err
+		return notImplemented(h(w, r), r.URL.Path)
 	}
+}
+
+// notImplemented is err of the master's endpoint path, but 501 when it is a peer's missing endpoint.
+func notImplemented(err error, path string) error {
+	var missing *client.NoEndpointError
+	if errors.As(err, &missing) {
+		return fmt.Errorf("%w: %w", httpapi.Errorf(http.StatusNotImplemented,
+			"the task database of this deployment (the reference design's) has no %s: %s is not available",
+			missing.Path, path), err)
+	}
+	return err
 }

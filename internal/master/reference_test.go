@@ -174,6 +174,7 @@ type referenceRig struct {
 	hc        *http.Client
 	masterURL string
 	master    *client.Master
+	local     *master.Local // the master's worker side in-process
 	storage   *client.Storage
 }
 
@@ -182,9 +183,14 @@ func newReferenceRig(t *testing.T) *referenceRig {
 	rig := &referenceRig{db: db, dbURL: dbURL, logs: &records{}, hc: servicetest.NewHTTPClient(t)}
 	storageURL := servicetest.ServeStorage(t, filepath.Join(t.TempDir(), "images"), nil)
 	rig.storage = client.NewStorage(rig.hc, client.Static(servicetest.Addr(storageURL)))
-	h := master.NewServer(client.NewDatabase(rig.hc, client.Static(servicetest.Addr(dbURL))), rig.storage, master.Limits{})
+	svc, err := master.NewService(master.Config{Database: client.NewDatabase(rig.hc, client.Static(servicetest.Addr(dbURL))),
+		Storage: rig.storage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rig.local = svc.Local()
 	srv := httptest.NewUnstartedServer(nil)
-	srv.Config = httpapi.NewHTTPServer(h, slog.New(rig.logs))
+	srv.Config = httpapi.NewHTTPServer(svc.Handler(), slog.New(rig.logs))
 	srv.Start()
 	t.Cleanup(srv.Close)
 	rig.masterURL = srv.URL
@@ -386,12 +392,24 @@ func TestFinishWithoutResultOverReferenceDatabase(t *testing.T) {
 // work over a database that has none of them: the heartbeat is answered with the task as if renewed,
 // a failure or release sets the task back to not started, a permanent failure to failed.
 func TestWorkerCallsOverReferenceDatabase(t *testing.T) {
-	rig := newReferenceRig(t)
+	t.Run("http", func(t *testing.T) {
+		rig := newReferenceRig(t)
+		testWorkerCallsOverReferenceDatabase(t, rig, rig.master)
+	})
+	t.Run("local", func(t *testing.T) {
+		rig := newReferenceRig(t)
+		testWorkerCallsOverReferenceDatabase(t, rig, rig.local)
+	})
+}
+
+// testWorkerCallsOverReferenceDatabase is TestWorkerCallsOverReferenceDatabase through worker, the
+// worker side of rig's master.
+func testWorkerCallsOverReferenceDatabase(t *testing.T, rig *referenceRig, worker workerSide) {
 	ctx := t.Context()
 	id := servicetest.ParseID(t, rig.call(t, http.MethodPost, "/new", servicetest.PatternPNG(t, 8, 5)).Body)
 	claim := func() {
 		t.Helper()
-		if task, err := rig.master.GetNewTask(ctx, 0); err != nil || task.ID != id {
+		if task, err := worker.GetNewTask(ctx, 0); err != nil || task.ID != id {
 			t.Fatalf("claim = %+v, %v; want task %d", task, err, id)
 		}
 	}
@@ -402,20 +420,20 @@ func TestWorkerCallsOverReferenceDatabase(t *testing.T) {
 		}
 	}
 	claim()
-	if task, err := rig.master.ExtendLease(ctx, id, 0); err != nil || task.ID != id || task.State != wire.InProgress {
+	if task, err := worker.ExtendLease(ctx, id, 0); err != nil || task.ID != id || task.State != wire.InProgress {
 		t.Errorf("heartbeat = %+v, %v; want the task in progress", task, err)
 	}
-	if err := rig.master.ReleaseTask(ctx, id, 0); err != nil {
+	if err := worker.ReleaseTask(ctx, id, 0); err != nil {
 		t.Errorf("release: %v", err)
 	}
 	expectState("a release", wire.NotStarted)
 	claim()
-	if task, err := rig.master.FailTask(ctx, id, 0, "broke", false); err != nil || task.State != wire.NotStarted {
+	if task, err := worker.FailTask(ctx, id, 0, "broke", false); err != nil || task.State != wire.NotStarted {
 		t.Errorf("failure = %+v, %v; want the task not started", task, err)
 	}
 	expectState("a failure", wire.NotStarted)
 	claim()
-	if task, err := rig.master.FailTask(ctx, id, 0, "never decodes", true); err != nil || task.State != wire.Failed {
+	if task, err := worker.FailTask(ctx, id, 0, "never decodes", true); err != nil || task.State != wire.Failed {
 		t.Errorf("permanent failure = %+v, %v; want the task failed", task, err)
 	}
 	expectState("a permanent failure", wire.Failed)
@@ -424,12 +442,12 @@ func TestWorkerCallsOverReferenceDatabase(t *testing.T) {
 	if r := servicetest.Call(t, rig.hc, http.MethodPost, rig.dbURL+"/newTask", nil); r.Status != http.StatusOK {
 		t.Fatalf("newTask at the database: %d %q", r.Status, r.Body)
 	}
-	task, err := rig.master.GetNewTask(ctx, 0)
+	task, err := worker.GetNewTask(ctx, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	id = task.ID
-	if task, err := rig.master.FailTask(ctx, id, 0, "fetch working image: 404", false); err != nil || task.State != wire.Failed {
+	if task, err := worker.FailTask(ctx, id, 0, "fetch working image: 404", false); err != nil || task.State != wire.Failed {
 		t.Errorf("failure of a task without an upload = %+v, %v; want the task failed", task, err)
 	}
 	expectState("a failure without an upload", wire.Failed)

@@ -22,10 +22,10 @@ func addRoutes(mux *http.ServeMux, s *server) {
 	handle("DELETE /task", s.handleDelete)
 	// worker side
 	handle("POST /getNewTask", s.handleGetNewTask)
-	handle("POST /registerTaskFinished", s.handleRegisterTaskFinished())
-	handle("POST /extendLease", s.handleExtendLease())
-	handle("POST /failTask", s.forwardChange("/failTask"))
-	handle("POST /releaseTask", s.forwardChange("/releaseTask"))
+	handle("POST /registerTaskFinished", s.handleRegisterTaskFinished)
+	handle("POST /extendLease", s.handleExtendLease)
+	handle("POST /failTask", s.handleFailTask)
+	handle("POST /releaseTask", s.handleReleaseTask)
 	mux.Handle("GET /healthz", httpapi.Healthz(nil))
 	mux.Handle("GET /livez", httpapi.Livez())
 }

@@ -30,14 +30,14 @@ const sweepParallel = 8
 // batches of them, each held for one sweeper, so several masters share the work without doubling it;
 // each task is removed as DELETE /task removes it, images first, then the record.
 type Sweeper struct {
-	db      *client.Database
-	storage *client.Storage
+	db      Database
+	storage Storage
 	missing client.Missing
 	metrics *Metrics // nil: none
 }
 
 // NewSweeper returns a sweeper that removes expired tasks through db and storage.
-func NewSweeper(db *client.Database, storage *client.Storage) *Sweeper {
+func NewSweeper(db Database, storage Storage) *Sweeper {
 	return &Sweeper{db: db, storage: storage}
 }
 
