@@ -1,5 +1,8 @@
-// Package allinone runs all six services in one process, each on its own listener and still talking
-// HTTP through the kv store, so the all-in-one and the split deployment run the same code paths.
+// Package allinone runs all six services in one process, each on its own listener with its full wire
+// API for clients, workers and services elsewhere. Inside the process the master calls the database and
+// storage, and the worker the master and storage, directly through Go (the services' Local APIs, on the
+// same servers, held to the same contract suites as their HTTP clients); the frontend and kv traffic
+// stays HTTP.
 package allinone
 
 import (
@@ -100,8 +103,23 @@ func Run(ctx context.Context, cfg Config) error {
 	feCfg := cfg.Frontend
 	feCfg.Options = cfg.options(cfg.Frontend.Addr, frontend.DefaultAddr, "frontend")
 	feCfg.KV, feCfg.HTTP, feCfg.DataDir = kv, hc, cfg.DataDir
+	// The master and the worker call the database, storage and master of this process directly,
+	// through Go (each service's Local, on the very server that serves its wire API to everyone else).
+	db, err := database.NewService(dbCfg)
+	if err != nil {
+		return fmt.Errorf("imgmill serve: %w", err)
+	}
+	st, err := storage.NewService(stCfg)
+	if err != nil {
+		return fmt.Errorf("imgmill serve: %w", err)
+	}
+	maCfg.Database, maCfg.Storage = db.Local(), st.Local()
+	ma, err := master.NewService(maCfg)
+	if err != nil {
+		return fmt.Errorf("imgmill serve: %w", err)
+	}
 	wCfg := cfg.Worker
-	wCfg.Master, wCfg.Storage = worker.NewClients(hc, kv)
+	wCfg.Master, wCfg.Storage = ma.Local(), st.Local()
 	if cfg.MaxMemory > 0 {
 		if cfg.MaxMemory <= ServicesMemory+worker.BaseMemory {
 			return fmt.Errorf("imgmill serve: a memory budget of %d bytes leaves nothing for images: the services but the worker's image work take about %d", cfg.MaxMemory, ServicesMemory+worker.BaseMemory)
@@ -128,9 +146,9 @@ func Run(ctx context.Context, cfg Config) error {
 			return nil
 		}
 	})
-	g.Go(func() error { return database.Run(ctx, dbCfg) })
-	g.Go(func() error { return storage.Run(ctx, stCfg) })
-	g.Go(func() error { return master.Run(ctx, maCfg) })
+	g.Go(func() error { return db.Run(ctx) })
+	g.Go(func() error { return st.Run(ctx) })
+	g.Go(func() error { return ma.Run(ctx) })
 	g.Go(func() error { return worker.Run(ctx, wCfg) })
 	g.Go(func() error { return frontend.Run(ctx, feCfg) })
 	err = g.Wait()
@@ -227,3 +245,11 @@ func checkReady(ctx context.Context, hc *http.Client, kv *client.KV) error {
 	}
 	return nil
 }
+
+// The in-process APIs serve where the HTTP clients do.
+var (
+	_ master.Database = (*database.Local)(nil)
+	_ master.Storage  = (*storage.Local)(nil)
+	_ worker.Master   = (*master.Local)(nil)
+	_ worker.Storage  = (*storage.Local)(nil)
+)

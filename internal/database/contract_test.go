@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -48,6 +49,7 @@ type DB interface {
 	FailTask(ctx context.Context, id, token int64, reason string, permanent bool) (wire.Task, error)
 	RetryTask(ctx context.Context, id, token int64, reason string) (wire.Task, error)
 	ReleaseTask(ctx context.Context, id, token int64) error
+	Tasks(ctx context.Context) iter.Seq2[wire.Task, error]
 }
 
 var (
@@ -451,6 +453,22 @@ func runContract(t *testing.T, tr transport) {
 		if st, err := db.Stats(ctx); err != nil || st != want {
 			t.Fatalf("Stats = %+v, %v; want %+v", st, err, want)
 		}
+		var listed []int64
+		var states []wire.State
+		for tk, err := range db.Tasks(ctx) {
+			if err != nil {
+				t.Fatalf("Tasks: %v", err)
+			}
+			if tk.Pending != (tk.ID == pending) {
+				t.Errorf("Tasks: task %d pending %v; want only task %d pending", tk.ID, tk.Pending, pending)
+			}
+			listed, states = append(listed, tk.ID), append(states, tk.State)
+		}
+		if !slices.Equal(listed, []int64{queued, pending, queued + 2}) ||
+			!slices.Equal(states, []wire.State{wire.Cancelled, wire.NotStarted, wire.InProgress}) {
+			t.Fatalf("Tasks listed %v in states %v; want %v cancelled, pending (not started), in progress",
+				listed, states, []int64{queued, pending, queued + 2})
+		}
 	})
 
 	t.Run("claim expired", func(t *testing.T) {
@@ -514,6 +532,17 @@ func runContract(t *testing.T, tr transport) {
 		wantTransient(t, "NewTask with the store away", err)
 		if n := flaky.calls.Load(); n != 2 {
 			t.Errorf("the store was asked %d times for two calls that are not retried; want 2", n)
+		}
+		// A listing that fails ends with the store's transient failure as its one error.
+		var errs int
+		for _, err := range db.Tasks(client.RetryFor(ctx, 200*time.Millisecond)) {
+			if err != nil {
+				errs++
+				wantTransient(t, "Tasks with the store away", err)
+			}
+		}
+		if errs != 1 {
+			t.Errorf("Tasks with the store away yielded %d errors; want 1", errs)
 		}
 		flaky.failures.Store(0)
 		mustClaim(t, db, id)
@@ -674,6 +703,13 @@ func (f *flakyStore) Create(ctx context.Context, p taskstore.CreateParams) (int6
 		return 0, err
 	}
 	return f.Store.Create(ctx, p)
+}
+
+func (f *flakyStore) List(ctx context.Context) iter.Seq2[taskstore.Task, error] {
+	if err := f.fail(); err != nil {
+		return func(yield func(taskstore.Task, error) bool) { yield(taskstore.Task{}, err) }
+	}
+	return f.Store.List(ctx)
 }
 
 func mustCreate(t *testing.T, db DB, p client.NewTaskParams) int64 {

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -372,11 +373,11 @@ func (s *server) setByID(ctx context.Context, id int64, state wire.State) error 
 func (s *server) handleList(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	bw := bufio.NewWriter(w)
-	for t, err := range s.store.List(r.Context()) {
+	for t, err := range s.tasks(r.Context()) {
 		if err != nil {
-			return fmt.Errorf("list tasks: %w", err)
+			return err
 		}
-		line, err := json.Marshal(s.wireTask(t))
+		line, err := json.Marshal(t)
 		if err != nil {
 			return err
 		}
@@ -384,6 +385,22 @@ func (s *server) handleList(w http.ResponseWriter, r *http.Request) error {
 		bw.WriteByte('\n')
 	}
 	return bw.Flush()
+}
+
+// tasks streams every task in id order, as the wire shows them; the stream stops at the first error,
+// which it yields.
+func (s *server) tasks(ctx context.Context) iter.Seq2[wire.Task, error] {
+	return func(yield func(wire.Task, error) bool) {
+		for t, err := range s.store.List(ctx) {
+			if err != nil {
+				yield(wire.Task{}, fmt.Errorf("list tasks: %w", err))
+				return
+			}
+			if !yield(s.wireTask(t), nil) {
+				return
+			}
+		}
+	}
 }
 
 // handleStats answers how many tasks are in each state, as JSON with the states in words.

@@ -2,6 +2,7 @@ package database
 
 import (
 	"context"
+	"iter"
 	"time"
 
 	"github.com/imgmill/imgmill/internal/client"
@@ -113,6 +114,23 @@ func (l *Local) SetByID(ctx context.Context, t wire.Task) error {
 		return noValue{}, l.s.setByID(ctx, t.ID, t.State)
 	})
 	return err
+}
+
+// Tasks streams every task in id order (the database's GET /list), for walks of the whole database. A
+// failure is yielded as the answer GET /list would have given, once, and ends the stream; like a stream
+// over HTTP that broke off, it is not retried.
+func (l *Local) Tasks(ctx context.Context) iter.Seq2[wire.Task, error] {
+	return func(yield func(wire.Task, error) bool) {
+		for t, err := range l.s.tasks(ctx) {
+			if err != nil {
+				yield(wire.Task{}, client.AsAnswer(err))
+				return
+			}
+			if !yield(t, nil) {
+				return
+			}
+		}
+	}
 }
 
 // Stats returns how many tasks are in each state.
