@@ -50,6 +50,9 @@ type Config struct {
 	Tasks   engines.Tasks
 	Blobs   engines.Blobs
 	KVStore engines.KV
+	// CompareImaginary is the base URL of a synchronous libvips server (imaginary) to drive after the
+	// floor with the same images and clients (POST /convert?type=png); empty: none.
+	CompareImaginary string
 }
 
 // backends describes where the in-process pipeline keeps its data.
@@ -74,6 +77,10 @@ type Result struct {
 	Ratio         float64 // pipeline / floor throughput
 	P50, P95, Max time.Duration
 	Verified      int // results checked pixel by pixel
+	// Imaginary is the libvips server's throughput on the same images with the same clients, and
+	// ImaginaryRatio pipeline / Imaginary; zero without Config.CompareImaginary.
+	Imaginary      Throughput
+	ImaginaryRatio float64
 }
 
 // Throughput is images over time.
@@ -89,6 +96,12 @@ func (t Throughput) PerSecond() float64 { return float64(t.Images) / t.Elapsed.S
 func Run(ctx context.Context, cfg Config) (Result, error) {
 	if cfg.Size <= 0 || cfg.N <= 0 || cfg.Clients <= 0 {
 		return Result{}, errors.New("size, n and clients must be positive")
+	}
+	if cfg.CompareImaginary != "" {
+		// A mistyped URL is found before the pipeline's run, not after it.
+		if _, err := imaginaryEndpoint(cfg.CompareImaginary); err != nil {
+			return Result{}, err
+		}
 	}
 	originals, encoded, err := generate(cfg.Size, cfg.N)
 	if err != nil {
@@ -133,6 +146,18 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		floor.Images, floor.Elapsed.Round(time.Millisecond), floor.PerSecond(), runtime.NumCPU())
 	fmt.Fprintf(cfg.Out, "verified: %d/%d results pixel-correct\n", verified, cfg.N)
 	fmt.Fprintf(cfg.Out, "ratio pipeline/floor: %.2f\n", res.Ratio)
+	if cfg.CompareImaginary == "" {
+		return res, nil
+	}
+	// After the pipeline and the floor, so that neither shares the CPUs with it.
+	res.Imaginary, err = runImaginary(ctx, cfg.CompareImaginary, encoded, cfg.Size, cfg.Clients)
+	if err != nil {
+		return res, fmt.Errorf("imaginary at %s: %w", cfg.CompareImaginary, err)
+	}
+	res.ImaginaryRatio = pipe.PerSecond() / res.Imaginary.PerSecond()
+	fmt.Fprintf(cfg.Out, "imaginary: %d images in %s = %.1f img/s (synchronous POST /convert?type=png at %s, %d clients, every answer a %dx%d PNG)\n",
+		res.Imaginary.Images, res.Imaginary.Elapsed.Round(time.Millisecond), res.Imaginary.PerSecond(), cfg.CompareImaginary, cfg.Clients, cfg.Size, cfg.Size)
+	fmt.Fprintf(cfg.Out, "ratio pipeline/imaginary: %.2f\n", res.ImaginaryRatio)
 	return res, nil
 }
 

@@ -199,6 +199,13 @@ func checkSweeps(c *master.Config) error {
 	return checkOrphanGrace(c.OrphanGrace)
 }
 
+// compareImaginary defines bench's --compare-imaginary.
+func (f *flags) compareImaginary(p *string) {
+	f.StringVar(p, "compare-imaginary", "", "after the pipeline and the floor, drive a synchronous libvips server (imaginary, at this URL or host:port) "+
+		"with the same images and clients through its POST /convert?type=png, check every answer is a PNG of the right size, "+
+		"and print its throughput and the ratio pipeline/imaginary")
+}
+
 // fsck defines fsck's --repair and --json.
 func (f *flags) fsck(repair, asJSON *bool) {
 	f.BoolVar(repair, "repair", false, "fix what can be fixed: remove the images no task wants, queue again the finished tasks whose result is missing, "+

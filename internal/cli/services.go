@@ -257,6 +257,7 @@ func benchCommand() command {
 			f.blobs(&cfg.Blobs)
 			f.kvStore(&cfg.KVStore)
 			f.token(&cfg.Token)
+			f.compareImaginary(&cfg.CompareImaginary)
 			timeout := f.Duration("timeout", 30*time.Minute, "give up after this long")
 			cpuProfile := f.String("cpuprofile", "", "write a CPU profile of the whole run to this file (the in-process pipeline's services included; go tool pprof reads it)")
 			return func(ctx context.Context, _ []string) error {
