@@ -143,3 +143,41 @@ func BenchmarkHopHeartbeat(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkHopMasterUpload is BenchmarkHopMasterNew's upload (a 64 px PNG with an idempotency key) with
+// the client's hop to the master over HTTP on loopback (http) or in-process through master.Local
+// (local), as the frontend makes it in imgmill serve; the master reaches the database and storage over
+// HTTP either way, so the difference between the two is the master's own hop.
+func BenchmarkHopMasterUpload(b *testing.B) {
+	for _, transport := range []string{"http", "local"} {
+		b.Run(transport, func(b *testing.B) {
+			s := servicetest.NewStack(b, servicetest.Options{})
+			svc, err := master.NewService(master.Config{Database: s.Database, Storage: s.Storage,
+				Limits: master.Limits{MaxQueued: master.NoLimit}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			var m clientSide = svc.Local()
+			if transport == "http" {
+				m = client.NewMaster(s.HTTP, client.Static(servicetest.Addr(servicetest.Serve(b, svc.Handler()).URL)))
+			}
+			img := servicetest.PatternPNG(b, 64, 1)
+			ctx := context.Background()
+			last := int64(-1)
+			b.SetBytes(int64(len(img)))
+			b.ReportAllocs()
+			cpu := servicetest.StartCPU()
+			for i := 0; b.Loop(); i++ {
+				up, err := m.Upload(ctx, bytes.NewReader(img), int64(len(img)), client.UploadParams{IdempotencyKey: fmt.Sprintf("hop-%d", i)})
+				if err != nil {
+					b.Fatalf("upload %d: %v", i, err)
+				}
+				if up.Replayed || up.ID <= last {
+					b.Fatalf("upload %d answered task %d (replayed %t) after %d: want a new task each", i, up.ID, up.Replayed, last)
+				}
+				last = up.ID
+			}
+			cpu.Report(b)
+		})
+	}
+}
