@@ -3,6 +3,7 @@ package frontend_test
 import (
 	"archive/zip"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -10,11 +11,14 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/enginetest"
 	"github.com/imgmill/imgmill/internal/frontend"
 	"github.com/imgmill/imgmill/internal/master"
 	"github.com/imgmill/imgmill/internal/publicid"
+	"github.com/imgmill/imgmill/internal/service"
 	"github.com/imgmill/imgmill/internal/servicetest"
 	"github.com/imgmill/imgmill/internal/wire"
 )
@@ -188,5 +192,44 @@ func TestMasterTransportsAnswerAlike(t *testing.T) {
 		if !found {
 			t.Errorf("no reply %q in-process:\n%s", want, strings.Join(inProcess, ""))
 		}
+	}
+}
+
+// TestRunWithMasterInProcess: a frontend given its master (Config.Master) calls it, never looking for
+// one in the kv store, which here answers nothing.
+func TestRunWithMasterInProcess(t *testing.T) {
+	s := newTransportStack(t, true)
+	addr := enginetest.FreeAddr(t)
+	hc := servicetest.NewHTTPClient(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- frontend.Run(ctx, frontend.Config{
+			Options: service.Options{Addr: addr, Logger: servicetest.Discard},
+			KV:      client.NewKV(hc, enginetest.FreeAddr(t)), // nothing listens there
+			HTTP:    hc,
+			Secret:  testSecret,
+			DataDir: t.TempDir(),
+			Master:  s.worker, // the master's Local, client side and worker side alike
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("frontend at %s: %v", addr, err)
+		}
+	})
+	s.frontendURL = "http://" + addr
+	var r servicetest.Reply
+	var err error
+	if !servicetest.PollFor(time.Minute, func() bool {
+		r, err = servicetest.Send(t.Context(), hc, http.MethodPost, s.frontendURL+"/api/tasks", bytes.NewReader(servicetest.PatternPNG(t, 8, 1)))
+		return err == nil
+	}) {
+		t.Fatalf("the frontend did not answer: %v", err)
+	}
+	pub := s.created(t, r)
+	if st, err := s.Database.GetByID(t.Context(), s.internal(t, pub)); err != nil || st.State != wire.NotStarted {
+		t.Errorf("task of the upload = %+v, %v: want it queued", st, err)
 	}
 }
