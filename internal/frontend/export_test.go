@@ -49,7 +49,7 @@ func RenderTaskPage(t testing.TB, name string) string {
 }
 
 // ResolveSecretSettling is ResolveSecret with settle in place of ReferenceKVSettle.
-func ResolveSecretSettling(ctx context.Context, file string, kv *client.KV, m *client.Master, logger *slog.Logger, settle time.Duration) ([]byte, error) {
+func ResolveSecretSettling(ctx context.Context, file string, kv *client.KV, m Master, logger *slog.Logger, settle time.Duration) ([]byte, error) {
 	s := &secretStore{file: file, kv: kv, master: m, logger: logger, settle: settle}
 	return s.resolve(ctx)
 }

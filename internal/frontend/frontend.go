@@ -91,14 +91,31 @@ func CheckOrigins(origins []string) error {
 	return newCrossSite(origins).err
 }
 
+// Master is the frontend's view of the master: the methods of *client.Master it calls (over HTTP), which
+// master.Local has too (in-process, when both run in one process, as in imgmill serve).
+type Master interface {
+	Upload(ctx context.Context, r io.Reader, size int64, p client.UploadParams) (client.Uploaded, error)
+	IsReady(ctx context.Context, id int64) (bool, error)
+	Status(ctx context.Context, id int64) (wire.Status, error)
+	Statuses(ctx context.Context, known []wire.Status, wait time.Duration) (wire.Statuses, error)
+	Get(ctx context.Context, id int64) (*client.Image, error)
+	Source(ctx context.Context, id int64) (*client.Image, error)
+	Stats(ctx context.Context) (wire.Stats, error)
+	Cancel(ctx context.Context, id int64) (wire.Status, error)
+	Retry(ctx context.Context, id int64) (wire.Status, error)
+	Delete(ctx context.Context, id int64) error
+}
+
+var _ Master = (*client.Master)(nil)
+
 // NewServer returns the frontend's handler in front of m, showing task ids as ids' public ids.
-func NewServer(m *client.Master, ids *publicid.Codec, opts Limits) http.Handler {
+func NewServer(m Master, ids *publicid.Codec, opts Limits) http.Handler {
 	s := newServer(m, opts)
 	s.codec.Store(ids)
 	return s.handler()
 }
 
-func newServer(m *client.Master, opts Limits) *server {
+func newServer(m Master, opts Limits) *server {
 	if opts.MaxUpload == 0 {
 		opts.MaxUpload = DefaultMaxUpload
 	}
@@ -127,7 +144,7 @@ func (s *server) handler() http.Handler {
 }
 
 type server struct {
-	master *client.Master
+	master Master
 	// codec makes and reads public ids; nil until the public id secret is resolved (see Run), and
 	// until then every route that takes or answers an id answers 503.
 	codec     atomic.Pointer[publicid.Codec]
@@ -243,7 +260,7 @@ func (s *server) submitTask(w http.ResponseWriter, r *http.Request, a *submitAns
 
 // upload is an upload admitted by receive, its body capped.
 type upload struct {
-	master   *client.Master
+	master   Master
 	ids      *publicid.Codec
 	body     *cappedReader // the request body
 	limit    int64         // of the image; < 0: none
@@ -649,14 +666,21 @@ type Config struct {
 	// DataDir is where the frontend keeps the shared public id secret (SecretFile).
 	DataDir string
 	Limits  Limits
+	// Master, when set, is the master the frontend calls (the master of this process, in-process:
+	// master.Local); nil: found through KV and called over HTTP.
+	Master Master
 }
 
-// Run serves the frontend until ctx ends; it finds the master through the kv store. It listens at once:
+// Run serves the frontend until ctx ends; it finds the master through the kv store unless cfg.Master
+// gives it. It listens at once:
 // until the public id secret is resolved (which may wait for the kv store and the master), the page
 // loads and everything that takes or answers a public id answers 503 with Retry-After, and /healthz
 // says it is not ready.
 func Run(ctx context.Context, cfg Config) error {
-	m := client.NewMaster(cfg.HTTP, client.NewResolver(cfg.KV, wire.MasterKey, client.ResolveTTL))
+	m := cfg.Master
+	if m == nil {
+		m = client.NewMaster(cfg.HTTP, client.NewResolver(cfg.KV, wire.MasterKey, client.ResolveTTL))
+	}
 	s := newServer(m, cfg.Limits)
 	if s.crossSite.err != nil {
 		return s.crossSite.err

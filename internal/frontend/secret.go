@@ -46,7 +46,7 @@ func CreateSecretFile(ctx context.Context, dir string) error {
 // ResolveSecret returns the public id secret shared by all frontends, kept in file (the data directory's
 // SecretFile) and in the kv store; m is asked whether any task exists before a new one is made. See
 // secretStore.resolve.
-func ResolveSecret(ctx context.Context, file string, kv *client.KV, m *client.Master, logger *slog.Logger) ([]byte, error) {
+func ResolveSecret(ctx context.Context, file string, kv *client.KV, m Master, logger *slog.Logger) ([]byte, error) {
 	s := &secretStore{file: file, kv: kv, master: m, logger: logger, settle: ReferenceKVSettle}
 	return s.resolve(ctx)
 }
@@ -67,7 +67,7 @@ const maxConfirmReads = 10
 type secretStore struct {
 	file   string // the secret's file in the data directory
 	kv     *client.KV
-	master *client.Master // asked whether tasks exist before a new secret is made
+	master Master // asked whether tasks exist before a new secret is made
 	logger *slog.Logger
 	// settle is ReferenceKVSettle (shorter in tests).
 	settle time.Duration

@@ -37,7 +37,7 @@ var errTooManyWatched = &httpapi.Error{Status: http.StatusServiceUnavailable, Re
 // changed: the master sees one request per frontend (at most one per watchGap) instead of a poll per
 // stream. It runs only while some stream watches.
 type watcher struct {
-	master *client.Master
+	master Master
 
 	mu      sync.Mutex
 	tasks   map[int64]*watched
@@ -54,7 +54,7 @@ type watched struct {
 	subs  map[chan struct{}]struct{}
 }
 
-func newWatcher(m *client.Master) *watcher {
+func newWatcher(m Master) *watcher {
 	return &watcher{master: m, tasks: map[int64]*watched{}, idle: make(chan struct{}, 1)}
 }
 

@@ -4,11 +4,17 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/imgmill/imgmill/internal/blobstore/fileblob"
 	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/database"
 	"github.com/imgmill/imgmill/internal/master"
 	"github.com/imgmill/imgmill/internal/servicetest"
+	"github.com/imgmill/imgmill/internal/storage"
+	"github.com/imgmill/imgmill/internal/taskstore/sqlitestore"
 	"github.com/imgmill/imgmill/internal/wire"
 )
 
@@ -142,4 +148,75 @@ func BenchmarkHopHeartbeat(b *testing.B) {
 			cpu.Report(b)
 		})
 	}
+}
+
+// BenchmarkHopMasterUpload is BenchmarkHopMasterNew's upload (a 64 px PNG with an idempotency key) with
+// the client's hop to the master over HTTP on loopback (http) or in-process through master.Local
+// (local), as the frontend makes it in imgmill serve. The master reaches the database and storage over
+// HTTP (http, local), or in-process through database.Local and storage.Local as in imgmill serve
+// (serve-http, serve-local): there the master's own hop is the only one that differs.
+func BenchmarkHopMasterUpload(b *testing.B) {
+	for _, transport := range []string{"http", "local", "serve-http", "serve-local"} {
+		b.Run(transport, func(b *testing.B) {
+			var db master.Database
+			var st master.Storage
+			hc := servicetest.NewHTTPClient(b)
+			if strings.HasPrefix(transport, "serve-") {
+				db, st = inProcessStores(b)
+			} else {
+				s := servicetest.NewStack(b, servicetest.Options{})
+				db, st, hc = s.Database, s.Storage, s.HTTP
+			}
+			svc, err := master.NewService(master.Config{Database: db, Storage: st, Limits: master.Limits{MaxQueued: master.NoLimit}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			var m clientSide = svc.Local()
+			if strings.HasSuffix(transport, "http") {
+				m = client.NewMaster(hc, client.Static(servicetest.Addr(servicetest.Serve(b, svc.Handler()).URL)))
+			}
+			img := servicetest.PatternPNG(b, 64, 1)
+			ctx := context.Background()
+			last := int64(-1)
+			b.SetBytes(int64(len(img)))
+			b.ReportAllocs()
+			cpu := servicetest.StartCPU()
+			for i := 0; b.Loop(); i++ {
+				up, err := m.Upload(ctx, bytes.NewReader(img), int64(len(img)), client.UploadParams{IdempotencyKey: fmt.Sprintf("hop-%d", i)})
+				if err != nil {
+					b.Fatalf("upload %d: %v", i, err)
+				}
+				if up.Replayed || up.ID <= last {
+					b.Fatalf("upload %d answered task %d (replayed %t) after %d: want a new task each", i, up.ID, up.Replayed, last)
+				}
+				last = up.ID
+			}
+			cpu.Report(b)
+		})
+	}
+}
+
+// inProcessStores are a database service over SQLite and a storage service over files, reached
+// in-process (their Local), as imgmill serve's master reaches them.
+func inProcessStores(b *testing.B) (master.Database, master.Storage) {
+	dir := b.TempDir()
+	store, err := sqlitestore.Open(context.Background(), filepath.Join(dir, "tasks.db"), sqlitestore.Options{})
+	if err != nil {
+		b.Fatalf("sqlitestore.Open: %v", err)
+	}
+	servicetest.CloseAtCleanup(b, "task store", store)
+	dbSvc, err := database.NewService(database.Config{Store: store, Policy: database.Policy{Lease: servicetest.StackLease}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	blobs, err := fileblob.Open(filepath.Join(dir, "images"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	servicetest.CloseAtCleanup(b, "blob store", blobs)
+	stSvc, err := storage.NewService(storage.Config{Blobs: blobs})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return dbSvc.Local(), stSvc.Local()
 }

@@ -182,11 +182,11 @@ const (
 
 // checkQueue refuses an upload while MaxQueued or more tasks are queued. When the count cannot be had,
 // the upload goes ahead: creating its task will tell whether the database works.
-func (s *server) checkQueue(w http.ResponseWriter, r *http.Request) error {
+func (s *server) checkQueue(ctx context.Context) error {
 	if s.limits.MaxQueued < 0 {
 		return nil
 	}
-	n, err := s.queue.queued(r.Context())
+	n, err := s.queue.queued(ctx)
 	if err != nil || n < s.limits.MaxQueued {
 		return nil
 	}

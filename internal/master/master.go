@@ -59,22 +59,57 @@ type server struct {
 	missing *client.Missing
 }
 
-// owner names who queues the task of upload r, whom claims serve in turn: the frontend's word for it
-// (wire.OwnerHeader) when the master trusts it (Limits.TrustOwner), else the client's address (an
-// IPv6 client's /64).
-func (s *server) owner(r *http.Request) (string, error) {
-	if v := r.Header.Get(wire.OwnerHeader); v != "" && s.limits.TrustOwner {
-		if err := wire.CheckOwner(v); err != nil {
+// owner names who queues the task of an upload: the caller's word for it (claimed: wire.OwnerHeader, or
+// the frontend's client.UploadParams.Owner in-process) when the master trusts it (Limits.TrustOwner),
+// else the caller's address addr (an IPv6 client's /64).
+func (s *server) owner(claimed, addr string) (string, error) {
+	if claimed != "" && s.limits.TrustOwner {
+		if err := wire.CheckOwner(claimed); err != nil {
 			return "", httpapi.Errorf(http.StatusBadRequest, "%v", err)
 		}
-		return v, nil
+		return claimed, nil
 	}
-	return httpapi.ClientAddr(r, false), nil
+	return addr, nil
 }
 
-// handleNew stores an upload and answers its id. The task is created pending, the image streamed to
+// newUpload is an upload as the master receives it, over HTTP (handleNew) or in-process (Local.Upload).
+type newUpload struct {
+	op, name, key string // the query's op and name, the Idempotency-Key; unchecked
+	claimedOwner  string // the caller's word for the owner (see owner); unchecked
+	addr          string // the caller's address
+	size          int64  // the declared length; < 0: unknown
+	// body is the image, capped at MaxUpload (capUpload).
+	body io.Reader
+}
+
+// capUpload caps an upload's body at MaxUpload: reading past it fails with *http.MaxBytesError. w, when
+// set, is told to close the connection after the answer.
+func (s *server) capUpload(w http.ResponseWriter, body io.ReadCloser) io.Reader {
+	if s.limits.MaxUpload > 0 {
+		return http.MaxBytesReader(w, body, s.limits.MaxUpload)
+	}
+	return body
+}
+
+// handleNew stores an upload and answers its id (see upload).
+func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	up, err := s.upload(r.Context(), newUpload{op: q.Get("op"), name: q.Get("name"), key: r.Header.Get(wire.IdempotencyKeyHeader),
+		claimedOwner: r.Header.Get(wire.OwnerHeader), addr: httpapi.ClientAddr(r, false), size: r.ContentLength,
+		body: s.capUpload(w, r.Body)})
+	if up.Replayed {
+		w.Header().Set(wire.ReplayedHeader, "true")
+	}
+	if err != nil {
+		return err
+	}
+	httpapi.WriteText(w, http.StatusOK, strconv.FormatInt(up.ID, 10))
+	return nil
+}
+
+// upload stores an upload and returns its task's id. The task is created pending, the image streamed to
 // storage, and only then is the task made claimable, so no worker can claim a task whose image does not
-// exist yet; the id is answered only after both are durable. An upload that fails on the way (refused,
+// exist yet; the id is returned only after both are durable. An upload that fails on the way (refused,
 // broken off, or storage unavailable) gives its pending task up at once.
 //
 // Before any of that, the upload must pass the limits: its length when it is declared, the queue (both
@@ -84,43 +119,42 @@ func (s *server) owner(r *http.Request) (string, error) {
 // (imageop.CheckStructure) on its way to storage.
 //
 // With an Idempotency-Key (additive), a retry of an upload whose answer was lost answers the same id and
-// creates nothing: the task the key names is answered as it is, or, when its upload never completed,
-// completed with this request's image.
+// creates nothing (Replayed): the task the key names is answered as it is, or, when its upload never
+// completed, completed with this request's image. Replayed is set even when completing it fails.
 //
 // Over a reference database, which has no pending tasks, the upload takes newOnReference instead.
-func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
+func (s *server) upload(ctx context.Context, u newUpload) (client.Uploaded, error) {
 	// The operation chain is refused before any of the image is read: an unknown operation or a bad
 	// parameter is the client's mistake, never a worker's surprise.
-	chain, err := imageop.ParseChain(r.URL.Query().Get("op"))
+	chain, err := imageop.ParseChain(u.op)
 	if err != nil {
-		return httpapi.Errorf(http.StatusBadRequest, "op: %v", err)
+		return client.Uploaded{}, httpapi.Errorf(http.StatusBadRequest, "op: %v", err)
 	}
 	// Additive: the upload's file name, kept to name the downloads.
-	name := r.URL.Query().Get("name")
-	if err := wire.CheckName(name); err != nil {
-		return httpapi.Errorf(http.StatusBadRequest, "name: %v", err)
+	if err := wire.CheckName(u.name); err != nil {
+		return client.Uploaded{}, httpapi.Errorf(http.StatusBadRequest, "name: %v", err)
 	}
-	key := r.Header.Get(wire.IdempotencyKeyHeader)
+	key := u.key
 	if key != "" {
 		if err := wire.CheckIdempotencyKey(key); err != nil {
-			return httpapi.Errorf(http.StatusBadRequest, "%v", err)
+			return client.Uploaded{}, httpapi.Errorf(http.StatusBadRequest, "%v", err)
 		}
 	}
-	owner, err := s.owner(r)
+	owner, err := s.owner(u.claimedOwner, u.addr)
 	if err != nil {
-		return err
+		return client.Uploaded{}, err
 	}
 	maxUpload := s.limits.MaxUpload
-	if maxUpload > 0 && r.ContentLength > maxUpload {
-		return TooLargeError(r.ContentLength, maxUpload)
+	if maxUpload > 0 && u.size > maxUpload {
+		return client.Uploaded{}, TooLargeError(u.size, maxUpload)
 	}
 	// A reference database has no pending tasks, usage or keys: its uploads take newOnReference.
-	reference, err := s.db.Reference(r.Context())
+	reference, err := s.db.Reference(ctx)
 	if err != nil {
-		return fmt.Errorf("reach the task database: %w", err)
+		return client.Uploaded{}, fmt.Errorf("reach the task database: %w", err)
 	}
-	if err := s.checkQueue(w, r); err != nil {
-		return err
+	if err := s.checkQueue(ctx); err != nil {
+		return client.Uploaded{}, err
 	}
 	// An upload with an idempotency key may be the retry of one that was stored: its quota is checked
 	// once its task is known to be new.
@@ -128,52 +162,46 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 	if reference {
 		limit = func(r io.Reader) io.Reader { return r }
 	} else if key == "" {
-		if limit, err = s.checkQuota(r.Context(), owner, r.ContentLength, false); err != nil {
-			return err
+		if limit, err = s.checkQuota(ctx, owner, u.size, false); err != nil {
+			return client.Uploaded{}, err
 		}
 	}
-	var body io.Reader = r.Body
-	if maxUpload > 0 {
-		body = http.MaxBytesReader(w, r.Body, maxUpload)
-	}
+	body := u.body
 	header, head, err := imageop.ReadHeader(body, imageop.MaxHeaderLen)
 	switch {
 	case len(head) == 0 && (err == nil || errors.Is(err, imageop.ErrDecode)):
-		return httpapi.Errorf(http.StatusBadRequest, "empty image: send the image bytes as the request body")
+		return client.Uploaded{}, httpapi.Errorf(http.StatusBadRequest, "empty image: send the image bytes as the request body")
 	case errors.Is(err, imageop.ErrDecode):
-		return httpapi.Errorf(http.StatusUnsupportedMediaType, "%v", err)
+		return client.Uploaded{}, httpapi.Errorf(http.StatusUnsupportedMediaType, "%v", err)
 	case err != nil:
-		return uploadError(err)
+		return client.Uploaded{}, uploadError(err)
 	}
 	if err := header.CheckSize(s.limits.MaxDimension, s.limits.MaxPixels); err != nil {
-		return httpapi.Errorf(http.StatusRequestEntityTooLarge, "%v", err)
+		return client.Uploaded{}, httpapi.Errorf(http.StatusRequestEntityTooLarge, "%v", err)
 	}
 	if err := chain.CheckSize(header.Width, header.Height, s.limits.MaxPixels); err != nil {
 		if errors.Is(err, imageop.ErrBadOp) {
-			return httpapi.Errorf(http.StatusBadRequest, "op: %v", err)
+			return client.Uploaded{}, httpapi.Errorf(http.StatusBadRequest, "op: %v", err)
 		}
-		return httpapi.Errorf(http.StatusRequestEntityTooLarge, "op: %v", err)
+		return client.Uploaded{}, httpapi.Errorf(http.StatusRequestEntityTooLarge, "op: %v", err)
 	}
 	if err := s.limits.checkCost(chain, header); err != nil {
-		return err
+		return client.Uploaded{}, err
 	}
 	if reference {
-		return s.newOnReference(w, r, chain, imageop.CheckStructure(header.Format, io.MultiReader(bytes.NewReader(head), body)))
+		id, err := s.newOnReference(ctx, chain, imageop.CheckStructure(header.Format, io.MultiReader(bytes.NewReader(head), body)))
+		return client.Uploaded{ID: id}, err
 	}
-	ctx := r.Context()
 	created, err := s.db.CreateTask(ctx, client.NewTaskParams{Pending: true, Op: chain.String(), IdempotencyKey: key, Owner: owner,
-		Name: name})
+		Name: u.name})
 	if err != nil {
-		return fmt.Errorf("create task: %w", err)
+		return client.Uploaded{}, fmt.Errorf("create task: %w", err)
 	}
 	id := created.ID
-	if created.Replayed {
-		w.Header().Set(wire.ReplayedHeader, "true")
-		if !created.Pending {
-			// The first request stored the image and was answered (or its answer was lost): done.
-			httpapi.WriteText(w, http.StatusOK, strconv.FormatInt(id, 10))
-			return nil
-		}
+	up := client.Uploaded{ID: id, Replayed: created.Replayed}
+	if created.Replayed && !created.Pending {
+		// The first request stored the image and was answered (or its answer was lost): done.
+		return up, nil
 	}
 	switch {
 	case limit != nil:
@@ -184,25 +212,25 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 	default:
 		// Keyed and new: the task counts already. A refused one is deleted, so that it neither counts
 		// nor answers for its key.
-		if limit, err = s.checkQuota(ctx, owner, r.ContentLength, true); err != nil {
+		if limit, err = s.checkQuota(ctx, owner, u.size, true); err != nil {
 			s.remove(ctx, id)
-			return err
+			return up, err
 		}
 	}
 	// The image's structure is checked as it streams to storage: an image over a decoding budget (a
 	// progressive JPEG of too many scans) fails the upload before storage keeps anything. Its bytes are
 	// counted for its owner's usage.
 	image := &counting{r: imageop.CheckStructure(header.Format, limit(io.MultiReader(bytes.NewReader(head), body)))}
-	if err := s.storage.SendImage(ctx, id, wire.WorkingImage, image, r.ContentLength); err != nil {
+	if err := s.storage.SendImage(ctx, id, wire.WorkingImage, image, u.size); err != nil {
 		if refusal, ok := overQuota(err); ok {
 			s.metrics.countQuotaRefusal("bytes")
 			// Nothing was stored: the task goes, rather than count against the quota as a failed upload.
 			s.remove(ctx, id)
-			return refusal
+			return up, refusal
 		}
 		err = uploadError(err)
 		s.abandon(ctx, id, err)
-		return err
+		return up, err
 	}
 	if err := s.db.ActivateTask(ctx, id, image.n); err != nil {
 		if client.IsStatus(err, http.StatusConflict) {
@@ -211,16 +239,15 @@ func (s *server) handleNew(w http.ResponseWriter, r *http.Request) error {
 			// nobody's (a delete may have swept the task's images before it landed). A retry with the
 			// key makes a new task.
 			s.discardUpload(ctx, id)
-			return &httpapi.Error{Status: http.StatusServiceUnavailable, RetryAfter: httpapi.UnavailableRetryAfter,
+			return up, &httpapi.Error{Status: http.StatusServiceUnavailable, RetryAfter: httpapi.UnavailableRetryAfter,
 				Msg: "the upload was given up meanwhile, retry it"}
 		}
 		// The image is stored; a retry with the same key activates the task. Without a key the pending
 		// task expires by itself (--pending-timeout) and counts as nothing meanwhile.
-		return fmt.Errorf("activate task %d: %w", id, err)
+		return up, fmt.Errorf("activate task %d: %w", id, err)
 	}
 	s.queue.add(1)
-	httpapi.WriteText(w, http.StatusOK, strconv.FormatInt(id, 10))
-	return nil
+	return up, nil
 }
 
 // abandonTimeout bounds giving up the pending task of a failed upload.
@@ -275,15 +302,6 @@ func uploadError(err error) error {
 	return fmt.Errorf("store image: %w", err)
 }
 
-// task reads the task named by the id parameter.
-func (s *server) task(r *http.Request) (wire.Task, error) {
-	id, err := httpapi.QueryID(r, "id")
-	if err != nil {
-		return wire.Task{}, err
-	}
-	return s.db.GetByID(r.Context(), id)
-}
-
 // MaxReadyWait caps the additive wait parameter of GET /isReady: short enough that a master shutting
 // down (which lets requests run for httpapi.ShutdownGrace) is not held up by idle polls.
 const MaxReadyWait = 10 * time.Second
@@ -292,9 +310,7 @@ const MaxReadyWait = 10 * time.Second
 // through another master (which wakes only its own waiters).
 const readyRecheck = time.Second
 
-// handleIsReady answers 1 for a finished task, else 0. With wait (additive, at most MaxReadyWait) it
-// holds the answer until the task finishes (or fails, or is cancelled) or the wait ends, so a client needs one request where it
-// would poll many times.
+// handleIsReady answers 1 for a finished task, else 0 (see ready).
 func (s *server) handleIsReady(w http.ResponseWriter, r *http.Request) error {
 	id, err := httpapi.QueryID(r, "id")
 	if err != nil {
@@ -304,6 +320,22 @@ func (s *server) handleIsReady(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	ready, err := s.ready(r.Context(), id, wait)
+	if err != nil {
+		return err
+	}
+	answer := "0"
+	if ready {
+		answer = "1"
+	}
+	httpapi.WriteText(w, http.StatusOK, answer)
+	return nil
+}
+
+// ready reports whether task id is finished. With wait (additive, at most MaxReadyWait) it holds the
+// answer until the task finishes (or fails, or is cancelled) or the wait ends, so a client needs one
+// request where it would poll many times.
+func (s *server) ready(ctx context.Context, id int64, wait time.Duration) (bool, error) {
 	deadline := time.Now().Add(wait)
 	for {
 		// Register before looking, so a finish between the look and the wait is not missed; a plain
@@ -313,43 +345,33 @@ func (s *server) handleIsReady(w http.ResponseWriter, r *http.Request) error {
 		if wait > 0 {
 			woken, withdraw = s.finishes.wait(id)
 		}
-		t, err := s.db.GetByID(r.Context(), id)
+		t, err := s.db.GetByID(ctx, id)
 		remaining := time.Until(deadline)
 		if err != nil || t.State.Word().Settled() || remaining <= 0 {
 			withdraw()
 			if err != nil {
-				return err
+				return false, err
 			}
-			answer := "0"
-			if t.State == wire.Finished {
-				answer = "1"
-			}
-			httpapi.WriteText(w, http.StatusOK, answer)
-			return nil
+			return t.State == wire.Finished, nil
 		}
 		timer := time.NewTimer(min(remaining, readyRecheck))
 		select {
 		case <-woken:
 			// The database just answered this master's forwarded finish: no need to ask it again.
 			timer.Stop()
-			httpapi.WriteText(w, http.StatusOK, "1")
-			return nil
+			return true, nil
 		case <-timer.C:
-		case <-r.Context().Done():
+		case <-ctx.Done():
 		}
 		timer.Stop()
 		withdraw()
-		if r.Context().Err() != nil {
-			return r.Context().Err()
+		if ctx.Err() != nil {
+			return false, ctx.Err()
 		}
 	}
 }
 
-// handleStatuses answers the statuses of many tasks at once (additive), only those that differ from
-// what the caller knows: the frontend watches every task its event streams show with one such request.
-// With wait (at most MaxReadyWait) the answer is held until there is news, woken by the changes that
-// pass through this master and by a look at the database every readyRecheck (for changes made through
-// other masters, or by the database itself: an expired lease).
+// handleStatuses answers the statuses of many tasks at once (additive; see statuses).
 func (s *server) handleStatuses(w http.ResponseWriter, r *http.Request) error {
 	wait, err := httpapi.QueryDuration(r, "wait", MaxReadyWait)
 	if err != nil {
@@ -360,22 +382,35 @@ func (s *server) handleStatuses(w http.ResponseWriter, r *http.Request) error {
 	if err := httpapi.DecodeStrict(r.Body, int64(wire.MaxStatusIDs)*4096, &q); err != nil {
 		return err
 	}
-	if len(q.Known) > wire.MaxStatusIDs {
-		return httpapi.Errorf(http.StatusBadRequest, "at most %d tasks at once, got %d", wire.MaxStatusIDs, len(q.Known))
+	out, err := s.statuses(r.Context(), q.Known, wait)
+	if err != nil {
+		return err
 	}
-	ids := make([]int64, len(q.Known))
-	known := make(map[int64]wire.Status, len(q.Known))
-	for i, k := range q.Known {
+	return httpapi.WriteJSON(w, http.StatusOK, out)
+}
+
+// statuses returns the statuses of the tasks in known that differ from what the caller knows, and the
+// ids of those that do not exist: the frontend watches every task its event streams show with one such
+// call. With wait (at most MaxReadyWait) the answer is held until there is news, woken by the changes
+// that pass through this master and by a look at the database every readyRecheck (for changes made
+// through other masters, or by the database itself: an expired lease).
+func (s *server) statuses(ctx context.Context, knownList []wire.Status, wait time.Duration) (wire.Statuses, error) {
+	if len(knownList) > wire.MaxStatusIDs {
+		return wire.Statuses{}, httpapi.Errorf(http.StatusBadRequest, "at most %d tasks at once, got %d", wire.MaxStatusIDs, len(knownList))
+	}
+	ids := make([]int64, len(knownList))
+	known := make(map[int64]wire.Status, len(knownList))
+	for i, k := range knownList {
 		ids[i] = k.ID
 		known[k.ID] = k
 	}
 	deadline := time.Now().Add(wait)
 	for {
 		woken, withdraw := s.watchChanges(ids, wait > 0)
-		tasks, err := s.db.GetByIDs(r.Context(), ids)
+		tasks, err := s.db.GetByIDs(ctx, ids)
 		if err != nil {
 			withdraw()
-			return err
+			return wire.Statuses{}, err
 		}
 		out := wire.Statuses{Statuses: []wire.Status{}, Missing: tasks.Missing}
 		for _, t := range tasks.Tasks {
@@ -386,18 +421,18 @@ func (s *server) handleStatuses(w http.ResponseWriter, r *http.Request) error {
 		remaining := time.Until(deadline)
 		if len(out.Statuses) > 0 || len(out.Missing) > 0 || remaining <= 0 {
 			withdraw()
-			return httpapi.WriteJSON(w, http.StatusOK, out)
+			return out, nil
 		}
 		timer := time.NewTimer(min(remaining, readyRecheck))
 		select {
 		case <-woken:
 		case <-timer.C:
-		case <-r.Context().Done():
+		case <-ctx.Done():
 		}
 		timer.Stop()
 		withdraw()
-		if r.Context().Err() != nil {
-			return r.Context().Err()
+		if ctx.Err() != nil {
+			return wire.Statuses{}, ctx.Err()
 		}
 	}
 }
@@ -418,23 +453,18 @@ func statusOf(t wire.Task) wire.Status {
 		RetryAt: t.RetryAt, ExpiresAt: t.ExpiresAt}
 }
 
-// handleGet serves the finished image, but only of a finished task: a stale worker's result stored for a
-// task that is still being redone (or that failed) is never served.
+// handleGet serves the finished image of a task (see result).
 func (s *server) handleGet(w http.ResponseWriter, r *http.Request) error {
-	id, t, err := s.existing(r)
+	return s.serveImage(w, r, s.result)
+}
+
+// serveImage serves the image open opens for the task named by the id parameter.
+func (s *server) serveImage(w http.ResponseWriter, r *http.Request, open func(context.Context, int64) (*client.Image, error)) error {
+	id, err := httpapi.QueryID(r, "id")
 	if err != nil {
 		return err
 	}
-	switch t.State {
-	case wire.Finished:
-	case wire.Failed:
-		return httpapi.Errorf(http.StatusNotFound, "task %d failed: %s", id, t.Error)
-	case wire.Cancelled:
-		return httpapi.Errorf(http.StatusNotFound, "task %d was cancelled", id)
-	default:
-		return httpapi.Errorf(http.StatusNotFound, "task %d is not finished", id)
-	}
-	img, err := s.storage.GetImage(r.Context(), id, wire.FinishedImage)
+	img, err := open(r.Context(), id)
 	if err != nil {
 		return err
 	}
@@ -442,96 +472,129 @@ func (s *server) handleGet(w http.ResponseWriter, r *http.Request) error {
 	return CopyImage(w, r, img)
 }
 
-// existing reads the task named by the id parameter for a reply about its images: a task that does not
-// exist is 404, not the database's 400.
-func (s *server) existing(r *http.Request) (int64, wire.Task, error) {
-	id, err := httpapi.QueryID(r, "id")
+// result opens the finished image, but only of a finished task: a stale worker's result stored for a
+// task that is still being redone (or that failed) is never served.
+func (s *server) result(ctx context.Context, id int64) (*client.Image, error) {
+	t, err := s.existing(ctx, id)
 	if err != nil {
-		return 0, wire.Task{}, err
+		return nil, err
 	}
-	t, err := s.db.GetByID(r.Context(), id)
-	if client.IsStatus(err, http.StatusBadRequest) {
-		return id, t, httpapi.Errorf(http.StatusNotFound, "no task with id %d", id)
+	switch t.State {
+	case wire.Finished:
+	case wire.Failed:
+		return nil, httpapi.Errorf(http.StatusNotFound, "task %d failed: %s", id, t.Error)
+	case wire.Cancelled:
+		return nil, httpapi.Errorf(http.StatusNotFound, "task %d was cancelled", id)
+	default:
+		return nil, httpapi.Errorf(http.StatusNotFound, "task %d is not finished", id)
 	}
-	return id, t, err
+	return s.storage.GetImage(ctx, id, wire.FinishedImage)
 }
 
-// handleCancel cancels a task that has not finished (additive) and answers its status, state
-// "cancelled": a queued task never starts, a processing one's worker is refused at its next heartbeat and
-// stops. Cancelling a cancelled task answers its status again; a finished or failed one is 409.
+// existing reads task id for a reply about its images: a task that does not exist is 404, not the
+// database's 400.
+func (s *server) existing(ctx context.Context, id int64) (wire.Task, error) {
+	t, err := s.db.GetByID(ctx, id)
+	if client.IsStatus(err, http.StatusBadRequest) {
+		return t, httpapi.Errorf(http.StatusNotFound, "no task with id %d", id)
+	}
+	return t, err
+}
+
+// handleCancel cancels a task (additive) and answers its status (see cancel).
 func (s *server) handleCancel(w http.ResponseWriter, r *http.Request) error {
+	return s.answerStatus(w, r, s.cancel)
+}
+
+// answerStatus answers the status change makes of the task named by the id parameter.
+func (s *server) answerStatus(w http.ResponseWriter, r *http.Request, change func(context.Context, int64) (wire.Status, error)) error {
 	id, err := httpapi.QueryID(r, "id")
 	if err != nil {
 		return err
 	}
+	st, err := change(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, st)
+}
+
+// cancel cancels task id if it has not finished and returns its status, state "cancelled": a queued
+// task never starts, a processing one's worker is refused at its next heartbeat and stops. Cancelling a
+// cancelled task answers its status again; a finished or failed one is 409.
+func (s *server) cancel(ctx context.Context, id int64) (wire.Status, error) {
 	// A repeat is not counted: whether the task was cancelled already is asked first (cancels are rare;
 	// the task's cancel time would depend on the clocks of master and database agreeing).
 	repeat := false
 	if s.metrics != nil {
-		before, err := s.db.GetByID(r.Context(), id)
+		before, err := s.db.GetByID(ctx, id)
 		repeat = err == nil && before.State == wire.Cancelled
 	}
-	t, err := s.db.CancelTask(r.Context(), id)
+	t, err := s.db.CancelTask(ctx, id)
 	if client.IsStatus(err, http.StatusBadRequest) {
-		return httpapi.Errorf(http.StatusNotFound, "no task with id %d", id)
+		return wire.Status{}, httpapi.Errorf(http.StatusNotFound, "no task with id %d", id)
 	}
 	if err != nil {
-		return err
+		return wire.Status{}, err
 	}
 	if !repeat {
 		s.metrics.countCancelled()
 	}
 	s.changes.finished(id)
-	return httpapi.WriteJSON(w, http.StatusOK, statusOf(t))
+	return statusOf(t), nil
 }
 
-// handleRetry queues a failed or cancelled task again with the image it was uploaded with (additive)
-// and answers its status, state "queued" with a full set of attempts. A task in any other state is
-// 409, one whose upload is no longer stored (it never completed, or was removed) 410, an unknown one
-// 404, and while --max-queued tasks are queued 503 as an upload. A result an earlier attempt left is
-// removed first, so that only the new attempt's is served.
+// handleRetry queues a failed or cancelled task again (additive) and answers its status (see retry).
 func (s *server) handleRetry(w http.ResponseWriter, r *http.Request) error {
-	id, t, err := s.existing(r)
+	return s.answerStatus(w, r, s.retry)
+}
+
+// retry queues a failed or cancelled task again with the image it was uploaded with and returns its
+// status, state "queued" with a full set of attempts. A task in any other state is 409, one whose
+// upload is no longer stored (it never completed, or was removed) 410, an unknown one 404, and while
+// --max-queued tasks are queued 503 as an upload. A result an earlier attempt left is removed first, so
+// that only the new attempt's is served.
+func (s *server) retry(ctx context.Context, id int64) (wire.Status, error) {
+	t, err := s.existing(ctx, id)
 	if err != nil {
-		return err
+		return wire.Status{}, err
 	}
 	if t.State != wire.Failed && t.State != wire.Cancelled {
-		return retryConflict(id, t.State)
+		return wire.Status{}, retryConflict(id, t.State)
 	}
 	// Queued again, it is work waiting like a new upload: the same cap.
-	if err := s.checkQueue(w, r); err != nil {
-		return err
+	if err := s.checkQueue(ctx); err != nil {
+		return wire.Status{}, err
 	}
-	ctx := r.Context()
 	img, err := s.storage.GetImage(ctx, id, wire.WorkingImage)
 	if client.IsStatus(err, http.StatusNotFound) || t.Pending {
-		return httpapi.Errorf(http.StatusGone, "the upload of task %d is gone: upload the image again", id)
+		return wire.Status{}, httpapi.Errorf(http.StatusGone, "the upload of task %d is gone: upload the image again", id)
 	}
 	if err != nil {
-		return fmt.Errorf("find the upload of task %d: %w", id, err)
+		return wire.Status{}, fmt.Errorf("find the upload of task %d: %w", id, err)
 	}
 	img.Close() // only its existence was asked
 	if err := keptImages(ctx, s.missing, s.storage, s.storage.DeleteResult(ctx, id)); err != nil {
-		return fmt.Errorf("remove the earlier result of task %d: %w", id, err)
+		return wire.Status{}, fmt.Errorf("remove the earlier result of task %d: %w", id, err)
 	}
 	t, err = s.db.RequeueTask(ctx, id)
 	switch {
 	case client.IsStatus(err, http.StatusBadRequest):
-		return httpapi.Errorf(http.StatusNotFound, "no task with id %d", id)
+		return wire.Status{}, httpapi.Errorf(http.StatusNotFound, "no task with id %d", id)
 	case client.IsStatus(err, http.StatusConflict):
 		// Retried or set by someone else meanwhile.
 		if now, gerr := s.db.GetByID(ctx, id); gerr == nil {
-			return retryConflict(id, now.State)
+			return wire.Status{}, retryConflict(id, now.State)
 		}
-		return httpapi.Errorf(http.StatusConflict, "task %d is neither failed nor cancelled: only those can be retried", id)
+		return wire.Status{}, httpapi.Errorf(http.StatusConflict, "task %d is neither failed nor cancelled: only those can be retried", id)
 	case client.IsStatus(err, http.StatusGone):
-		return httpapi.Errorf(http.StatusGone, "the upload of task %d is gone: upload the image again", id)
+		return wire.Status{}, httpapi.Errorf(http.StatusGone, "the upload of task %d is gone: upload the image again", id)
 	case err != nil:
-		return err
+		return wire.Status{}, err
 	}
 	s.queue.add(1)
 	s.changes.finished(id) // wakes the status waiters: the task changed
-	return httpapi.WriteJSON(w, http.StatusOK, statusOf(t))
+	return statusOf(t), nil
 }
 
 // retryConflict refuses the retry of a task in state, which is neither failed nor cancelled.
@@ -539,22 +602,30 @@ func retryConflict(id int64, state wire.State) error {
 	return httpapi.Errorf(http.StatusConflict, "task %d is %s: only a failed or cancelled task can be retried", id, state.Word())
 }
 
-// handleDelete removes a task (additive): it cancels it, so that a worker holding it stops and its result
-// is refused, removes both its images from storage, and then its record, leaving a tombstone. It answers
-// 204 once all of that is durable, again for a task deleted before, and 404 for an id that never named a
-// task. Each step may be repeated, so when storage or the database is away (503) a retry completes the
-// delete; until then the task stays, cancelled, with whatever images it had.
+// handleDelete removes a task (additive) and answers 204 (see delete).
 func (s *server) handleDelete(w http.ResponseWriter, r *http.Request) error {
 	id, err := httpapi.QueryID(r, "id")
 	if err != nil {
 		return err
 	}
-	if err := removeTask(r.Context(), s.db, s.storage, s.missing, id); err != nil {
+	if err := s.delete(r.Context(), id); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// delete removes task id: it cancels it, so that a worker holding it stops and its result is refused,
+// removes both its images from storage, and then its record, leaving a tombstone. It succeeds once all
+// of that is durable, again for a task deleted before, and is 404 for an id that never named a task.
+// Each step may be repeated, so when storage or the database is away (503) a retry completes the
+// delete; until then the task stays, cancelled, with whatever images it had.
+func (s *server) delete(ctx context.Context, id int64) error {
+	if err := removeTask(ctx, s.db, s.storage, s.missing, id); err != nil {
 		return err
 	}
 	s.metrics.countDeleted()
 	s.changes.finished(id)
-	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 
@@ -589,26 +660,31 @@ func keptImages(ctx context.Context, missing *client.Missing, storage Storage, e
 	return nil
 }
 
-// handleSource serves the uploaded image of a task as stored, whatever its state.
+// handleSource serves the uploaded image of a task (see source).
 func (s *server) handleSource(w http.ResponseWriter, r *http.Request) error {
-	id, _, err := s.existing(r)
-	if err != nil {
-		return err
-	}
-	img, err := s.storage.GetImage(r.Context(), id, wire.WorkingImage)
-	if err != nil {
-		return err
-	}
-	defer img.Close()
-	return CopyImage(w, r, img)
+	return s.serveImage(w, r, s.source)
 }
 
-func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) error {
-	t, err := s.task(r)
-	if err != nil {
-		return err
+// source opens the uploaded image of task id as stored, whatever its state.
+func (s *server) source(ctx context.Context, id int64) (*client.Image, error) {
+	if _, err := s.existing(ctx, id); err != nil {
+		return nil, err
 	}
-	return httpapi.WriteJSON(w, http.StatusOK, statusOf(t))
+	return s.storage.GetImage(ctx, id, wire.WorkingImage)
+}
+
+// handleStatus answers the status of a task (see status).
+func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) error {
+	return s.answerStatus(w, r, s.status)
+}
+
+// status returns the state of task id in words, with attempts, error, times, chain and name.
+func (s *server) status(ctx context.Context, id int64) (wire.Status, error) {
+	t, err := s.db.GetByID(ctx, id)
+	if err != nil {
+		return wire.Status{}, err
+	}
+	return statusOf(t), nil
 }
 
 // handleStats passes the database's count of tasks by state through (additive): the frontend asks it

@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"net/http"
 	"os"
-	"strconv"
 	"time"
 
 	"github.com/imgmill/imgmill/internal/backoff"
@@ -24,19 +23,19 @@ import (
 // spoolRetryAfter is the Retry-After of an upload refused because the master's temporary space is full.
 const spoolRetryAfter = 30 * time.Second
 
-// newOnReference is handleNew over a reference database, whose /newTask makes a task claimable at once
+// newOnReference is upload over a reference database, whose /newTask makes a task claimable at once
 // (there are no pending tasks): the upload, already checked, is spooled to a temporary file first, and
 // only then is the task created and its image stored from the file, so that a worker claiming the task
 // at once misses its image only for the moment the copy takes (a worker retries a missing upload a few
 // times before it gives the task back). The reference keeps no operation, name, owner or key, so only
 // the default operation can be asked for.
-func (s *server) newOnReference(w http.ResponseWriter, r *http.Request, chain imageop.Chain, image io.Reader) error {
+func (s *server) newOnReference(ctx context.Context, chain imageop.Chain, image io.Reader) (int64, error) {
 	if !chain.IsDefault() {
-		return httpapi.Errorf(http.StatusBadRequest, "op: the task database is the reference design's, which keeps no operation: only the default one can be asked for")
+		return 0, httpapi.Errorf(http.StatusBadRequest, "op: the task database is the reference design's, which keeps no operation: only the default one can be asked for")
 	}
 	f, err := os.CreateTemp("", "imgmill-upload-*")
 	if err != nil {
-		return spoolError(err)
+		return 0, spoolError(err)
 	}
 	defer func() {
 		f.Close()
@@ -45,25 +44,23 @@ func (s *server) newOnReference(w http.ResponseWriter, r *http.Request, chain im
 	n, err := io.Copy(f, image)
 	var pathErr *fs.PathError
 	if errors.As(err, &pathErr) {
-		return spoolError(err) // writing the file failed, not reading the upload
+		return 0, spoolError(err) // writing the file failed, not reading the upload
 	}
 	if err != nil {
-		return uploadError(err)
+		return 0, uploadError(err)
 	}
-	ctx := r.Context()
 	id, err := s.db.NewTask(ctx, client.NewTaskParams{})
 	if err != nil {
-		return fmt.Errorf("create task: %w", err)
+		return 0, fmt.Errorf("create task: %w", err)
 	}
 	if err := s.storage.SendImage(ctx, id, wire.WorkingImage, io.NewSectionReader(f, 0, n), n); err != nil {
 		// The task is claimable and has no image: it fails rather than waits for a worker to find
 		// nothing. A retry of the upload makes a new task.
 		s.setState(ctx, id, wire.Failed)
-		return fmt.Errorf("store image: %w", err)
+		return 0, fmt.Errorf("store image: %w", err)
 	}
 	s.queue.add(1)
-	httpapi.WriteText(w, http.StatusOK, strconv.FormatInt(id, 10))
-	return nil
+	return id, nil
 }
 
 // spoolError refuses an upload the master could not keep in its temporary space: 507, as storage
