@@ -1,8 +1,8 @@
 // Package allinone runs all six services in one process, each on its own listener with its full wire
-// API for clients, workers and services elsewhere. Inside the process the master calls the database and
-// storage, and the worker the master and storage, directly through Go (the services' Local APIs, on the
-// same servers, held to the same contract suites as their HTTP clients); the frontend and kv traffic
-// stays HTTP.
+// API for clients, workers and services elsewhere. Inside the process the frontend calls the master, the
+// master the database and storage, and the worker the master and storage directly through Go (the
+// services' Local APIs, on the same servers, held to the same contract suites as their HTTP clients);
+// only registration and discovery through kv stay HTTP.
 package allinone
 
 import (
@@ -118,6 +118,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("imgmill serve: %w", err)
 	}
+	feCfg.Master = ma.Local()
 	wCfg := cfg.Worker
 	wCfg.Master, wCfg.Storage = ma.Local(), st.Local()
 	if cfg.MaxMemory > 0 {
@@ -252,4 +253,5 @@ var (
 	_ master.Storage  = (*storage.Local)(nil)
 	_ worker.Master   = (*master.Local)(nil)
 	_ worker.Storage  = (*storage.Local)(nil)
+	_ frontend.Master = (*master.Local)(nil)
 )
