@@ -202,11 +202,21 @@ type missingEndpoints struct {
 }
 
 func (m *missingEndpoints) note(ctx context.Context, master Master, path, instead string) {
+	m.seen.Note(ctx, m.logger, "master", masterAddr(ctx, master), path, instead)
+}
+
+// lacks reports whether master was found without path.
+func (m *missingEndpoints) lacks(ctx context.Context, master Master, path string) bool {
+	return m.seen.Has(masterAddr(ctx, master), path)
+}
+
+// masterAddr names master for missingEndpoints.
+func masterAddr(ctx context.Context, master Master) string {
 	addr, err := master.Addr(ctx)
 	if err != nil {
-		addr = "unknown"
+		return "unknown"
 	}
-	m.seen.Note(ctx, m.logger, "master", addr, path, instead)
+	return addr
 }
 
 func (l *loop) run(stop context.Context) {
@@ -321,7 +331,7 @@ func (l *loop) handle(stop context.Context, task wire.Task) {
 	var deadline atomic.Int64 // the image work's deadline plus deadlineGrace, in Unix nanoseconds; 0: none
 	var keeper sync.WaitGroup
 	keeper.Go(func() { l.keepLease(stop, work, cancel, task, &deadline, logger) })
-	err := l.process(work, task, &deadline)
+	finished, err := l.process(work, task, &deadline)
 	l.cfg.Metrics.Processed(time.Since(start), err)
 	cancel(nil)
 	keeper.Wait()
@@ -332,6 +342,8 @@ func (l *loop) handle(stop context.Context, task wire.Task) {
 	switch {
 	case errors.Is(cause, errCancelled) || client.IsStatus(err, http.StatusGone):
 		logger.InfoContext(ctx, "stopped: the task was cancelled", "duration", time.Since(start))
+	case err == nil && finished:
+		logger.InfoContext(ctx, "task finished", "duration", time.Since(start))
 	case err == nil:
 		if err := l.cfg.Master.FinishTask(ctx, task.ID, task.Token); client.IsStatus(err, http.StatusGone) {
 			// Cancelled after the last heartbeat: the master removes the result it refuses.
@@ -507,12 +519,14 @@ type heartbeat struct {
 	err  error
 }
 
-func (l *loop) process(ctx context.Context, task wire.Task, deadline *atomic.Int64) error {
+// process fetches the task's working image, makes its result and delivers it (see deliver); finished
+// says that the master finished the task with it, in the same call.
+func (l *loop) process(ctx context.Context, task wire.Task, deadline *atomic.Int64) (finished bool, err error) {
 	// The master and the database refuse bad chains, so a bad one here comes from elsewhere (a task
 	// created by hand): it fails permanently, as ErrBadOp says in handle.
 	chain, err := imageop.ParseChain(task.Op)
 	if err != nil {
-		return err
+		return false, err
 	}
 	// Storage away or full is waited out in place for OutageWait, by the client's retries; the stream
 	// itself is not bounded by that. It ends with the image work's deadline, so a stalled read does not
@@ -522,7 +536,7 @@ func (l *loop) process(ctx context.Context, task wire.Task, deadline *atomic.Int
 	defer endStream()
 	img, err := l.fetchWorking(client.RetryFor(streaming, l.cfg.OutageWait), task.ID)
 	if err != nil {
-		return fmt.Errorf("fetch working image: %w", err)
+		return false, fmt.Errorf("fetch working image: %w", err)
 	}
 	src := &storageStream{Image: img}
 	defer src.Close()
@@ -530,17 +544,17 @@ func (l *loop) process(ctx context.Context, task wire.Task, deadline *atomic.Int
 	// it waits for.
 	h, prefix, err := imageop.ReadHeader(src, 0)
 	if err != nil {
-		return err
+		return false, err
 	}
 	maxPixels := l.cfg.MaxPixels
 	if maxPixels == 0 {
 		maxPixels = imageop.DefaultMaxPixels
 	}
 	if err := h.CheckSize(0, maxPixels); err != nil {
-		return err
+		return false, err
 	}
 	if err := chain.CheckSize(h.Width, h.Height, maxPixels); err != nil {
-		return err
+		return false, err
 	}
 	cost := l.proc.Estimate(chain, h)
 	timeout := l.cfg.TaskTimeoutFor(cost)
@@ -549,7 +563,7 @@ func (l *loop) process(ctx context.Context, task wire.Task, deadline *atomic.Int
 	var out resultBuffer
 	defer out.Close()
 	if err := out.expect(src.Size); err != nil {
-		return err
+		return false, err
 	}
 	err = l.processing(ctx, cost.Memory, func() error {
 		work, cancel := context.WithTimeoutCause(ctx, timeout, &overtimeError{limit: timeout})
@@ -567,17 +581,46 @@ func (l *loop) process(ctx context.Context, task wire.Task, deadline *atomic.Int
 		return err
 	})
 	if err != nil {
-		return err
+		return false, err
 	}
 	src.Close()
 	if err := ctx.Err(); err != nil {
-		return err
+		return false, err
 	}
-	if err := l.cfg.Storage.SendResult(calls, task.ID, task.Token, out.reader(), out.size); err != nil {
-		return fmt.Errorf("store finished image: %w", err)
-	}
-	return nil
+	return l.deliver(calls, task, &out)
 }
+
+// deliver hands the result over: to the master, which stores it and finishes the task in one call
+// (Master.FinishWithResult); or, to a master without that call (the reference design's, remembered
+// per master), stored at storage, finished is false and the finish is registered afterwards. Storage
+// away is retried in place within ctx's RetryFor (OutageWait) either way.
+func (l *loop) deliver(ctx context.Context, task wire.Task, out *resultBuffer) (finished bool, err error) {
+	if !l.missing.lacks(ctx, l.cfg.Master, finishPath) {
+		err := l.cfg.Master.FinishWithResult(ctx, task.ID, task.Token, out.reader(), out.size)
+		if !noFinishEndpoint(err) {
+			if err != nil {
+				return false, fmt.Errorf("store finished image and finish: %w", err)
+			}
+			return true, nil
+		}
+		l.missing.note(ctx, l.cfg.Master, finishPath, "a result is stored at storage, then registered finished")
+	}
+	if err := l.cfg.Storage.SendResult(ctx, task.ID, task.Token, out.reader(), out.size); err != nil {
+		return false, fmt.Errorf("store finished image: %w", err)
+	}
+	return false, nil
+}
+
+// noFinishEndpoint reports whether err is a master's answer that it has no finishPath: the reference
+// design's bare 404, or an imgmill master of an earlier version's refusal of an unknown path (404, or 405
+// for a path it has under another method). A master with the endpoint never answers either: a task it
+// does not know is the database's 400.
+func noFinishEndpoint(err error) bool {
+	return client.IsNoEndpoint(err) || client.IsStatus(err, http.StatusNotFound) || client.IsStatus(err, http.StatusMethodNotAllowed)
+}
+
+// finishPath is the master's endpoint that stores a result and finishes its task in one call.
+const finishPath = "/finishTask"
 
 // Retries of a working image that is not there (yet).
 const (
