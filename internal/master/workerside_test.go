@@ -61,7 +61,7 @@ func TestWorkerSideLocal(t *testing.T) {
 // over HTTP for its client side (Master), with the worker side under test (Worker) of the same server.
 type workerFixture struct {
 	*servicetest.Stack
-	Master *client.Master // the client side of the master under test, over HTTP
+	Master  *client.Master // the client side of the master under test, over HTTP
 	Worker  workerSide
 	db      *databaseSwitch
 	storage *storageSwitch
