@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -121,6 +122,63 @@ func TestWorkerFinishFallsBack(t *testing.T) {
 	if n := seen.count("/registerTaskFinished"); n != len(ids) {
 		t.Errorf("%d calls of /registerTaskFinished, want %d", n, len(ids))
 	}
+}
+
+// TestWorkerFinishAnswerNotCutShort: the master's finish wakes the task's held heartbeat, which then
+// hears that the task is no longer in progress (400); the finish's own answer, slow to come here, must
+// still be heard: the worker reports the task finished, not lost.
+func TestWorkerFinishAnswerNotCutShort(t *testing.T) {
+	var holding atomic.Bool
+	var refusedMeanwhile atomic.Int64 // heartbeats refused during the finish, its answer held
+	r := newRig(t, rigOptions{wrapMaster: func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			if req.URL.Path == "/extendLease" {
+				rec := httptest.NewRecorder()
+				next.ServeHTTP(rec, req)
+				if holding.Load() && rec.Code == http.StatusBadRequest {
+					refusedMeanwhile.Add(1)
+				}
+				for k, v := range rec.Header() {
+					w.Header()[k] = v
+				}
+				w.WriteHeader(rec.Code)
+				w.Write(rec.Body.Bytes())
+				return
+			}
+			if req.URL.Path != "/finishTask" {
+				next.ServeHTTP(w, req)
+				return
+			}
+			holding.Store(true)
+			defer holding.Store(false)
+			rec := httptest.NewRecorder()
+			next.ServeHTTP(rec, req)
+			// The task is finished at the database, and its held heartbeat woken to hear so.
+			time.Sleep(time.Second)
+			for k, v := range rec.Header() {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(rec.Code)
+			w.Write(rec.Body.Bytes())
+		})
+	}})
+	img := noise(8, 51)
+	id := r.upload(t, img)
+	var log logLines
+	startWorker(t, worker.Config{Master: r.master, Storage: r.storage, Concurrency: 1, Wait: time.Second,
+		Heartbeat: 50 * time.Millisecond, Logger: log.logger()})
+	task := r.waitSettled(t, id)
+	if task.State != wire.Finished {
+		t.Fatalf("task = %+v, want finished", task)
+	}
+	poll(t, "the worker to report the task finished", func() bool { return len(log.matching("task finished")) == 1 })
+	if lost := log.matching("gave up task"); len(lost) != 0 {
+		t.Errorf("the worker gave up a task it finished: %q", lost)
+	}
+	if n := refusedMeanwhile.Load(); n < 1 {
+		t.Errorf("no heartbeat was refused while the finish's answer was held: the test tested nothing")
+	}
+	checkResult(t, r.storage, id, img, task.Token)
 }
 
 // noise is a size×size opaque image of random pixels, which PNG does not compress.

@@ -328,10 +328,10 @@ func (l *loop) handle(stop context.Context, task wire.Task) {
 	logger := l.logger.With("task", task.ID, "token", task.Token, "attempt", task.Attempts)
 	work, cancel := context.WithCancelCause(context.WithoutCancel(stop))
 	defer cancel(nil)
-	var deadline atomic.Int64 // the image work's deadline plus deadlineGrace, in Unix nanoseconds; 0: none
+	var progress progress
 	var keeper sync.WaitGroup
-	keeper.Go(func() { l.keepLease(stop, work, cancel, task, &deadline, logger) })
-	finished, err := l.process(work, task, &deadline)
+	keeper.Go(func() { l.keepLease(stop, work, cancel, task, &progress, logger) })
+	finished, err := l.process(work, task, &progress)
 	l.cfg.Metrics.Processed(time.Since(start), err)
 	cancel(nil)
 	keeper.Wait()
@@ -425,12 +425,13 @@ func (l *loop) reportContext(stop context.Context) (context.Context, context.Can
 }
 
 // keepLease renews the lease while work runs; it cuts the work short when the lease is lost or the task
-// was cancelled, or when the worker has been stopping for longer than Drain. Each heartbeat is a long
+// was cancelled (but not once the result is being handed over: see progress), or when the worker has been
+// stopping for longer than Drain. Each heartbeat is a long
 // poll (Master.WatchLease): it renews the lease at once and is held by the master until the next one is
 // due, or answered early when the task is cancelled or deleted through that master, so the work stops
 // within moments of a cancel. Once the image work's deadline (plus deadlineGrace) has passed it renews no
 // more, so that work stuck past its deadline lets the lease lapse rather than hold the task for ever.
-func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseFunc, task wire.Task, deadline *atomic.Int64, logger *slog.Logger) {
+func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseFunc, task wire.Task, progress *progress, logger *slog.Logger) {
 	leaseUntil := task.LeaseUntil
 	beating := task.Token != 0 // a master that issues no tokens (the reference) has no heartbeat either
 	var drain <-chan time.Time
@@ -476,6 +477,12 @@ func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseF
 			switch err := hb.err; {
 			case err == nil:
 				leaseUntil = hb.task.LeaseUntil
+			case progress.delivering.Load() && (client.IsStatus(err, http.StatusGone) ||
+				client.IsStatus(err, http.StatusConflict) || client.IsStatus(err, http.StatusBadRequest)):
+				// The result is being handed over: that call's own answer says what became of the task
+				// (finished by it, whose held heartbeat the finish wakes, cancelled, or claimed again).
+				// Cutting it short could lose the answer of a finish that went through.
+				beating = false
 			case client.IsStatus(err, http.StatusGone):
 				cancel(errCancelled)
 			case client.IsStatus(err, http.StatusConflict) || client.IsStatus(err, http.StatusBadRequest):
@@ -488,7 +495,7 @@ func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseF
 		case <-timer.C:
 		}
 		timer.Stop()
-		if d := deadline.Load(); d != 0 && time.Now().UnixNano() > d {
+		if d := progress.deadline.Load(); d != 0 && time.Now().UnixNano() > d {
 			if beating {
 				logger.WarnContext(work, "image work past its deadline: the lease is no longer renewed")
 			}
@@ -513,6 +520,15 @@ func (l *loop) heartbeatInterval(leaseUntil time.Time) time.Duration {
 	return max(interval, 10*time.Millisecond)
 }
 
+// progress is what a task's work tells its heartbeat (keepLease).
+type progress struct {
+	// deadline is the image work's deadline plus deadlineGrace, in Unix nanoseconds; 0: none.
+	deadline atomic.Int64
+	// delivering is set once the result is made and being handed over (stored, and finished in the same
+	// call).
+	delivering atomic.Bool
+}
+
 // heartbeat is the answer to one heartbeat.
 type heartbeat struct {
 	task wire.Task
@@ -521,7 +537,7 @@ type heartbeat struct {
 
 // process fetches the task's working image, makes its result and delivers it (see deliver); finished
 // says that the master finished the task with it, in the same call.
-func (l *loop) process(ctx context.Context, task wire.Task, deadline *atomic.Int64) (finished bool, err error) {
+func (l *loop) process(ctx context.Context, task wire.Task, progress *progress) (finished bool, err error) {
 	// The master and the database refuse bad chains, so a bad one here comes from elsewhere (a task
 	// created by hand): it fails permanently, as ErrBadOp says in handle.
 	chain, err := imageop.ParseChain(task.Op)
@@ -568,10 +584,10 @@ func (l *loop) process(ctx context.Context, task wire.Task, deadline *atomic.Int
 	err = l.processing(ctx, cost.Memory, func() error {
 		work, cancel := context.WithTimeoutCause(ctx, timeout, &overtimeError{limit: timeout})
 		defer cancel()
-		deadline.Store(time.Now().Add(timeout + deadlineGrace).UnixNano())
+		progress.deadline.Store(time.Now().Add(timeout + deadlineGrace).UnixNano())
 		l.logger.DebugContext(ctx, "image work started", "task", task.ID, "estimated_cpu", cost.CPU,
 			"estimated_memory", cost.Memory, "deadline", timeout)
-		defer deadline.Store(0)
+		defer progress.deadline.Store(0)
 		defer context.AfterFunc(work, endStream)()
 		_, err := l.cfg.apply(work, &out, io.MultiReader(bytes.NewReader(prefix), src), chain)
 		l.logger.DebugContext(ctx, "image work ended", "task", task.ID, "err", err)
@@ -587,6 +603,7 @@ func (l *loop) process(ctx context.Context, task wire.Task, deadline *atomic.Int
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
+	progress.delivering.Store(true)
 	return l.deliver(calls, task, &out)
 }
 
