@@ -43,9 +43,6 @@ func (c *Master) Addr(ctx context.Context) (string, error) { return c.p.ep.Addr(
 // continueAbove bytes waits for the master's go-ahead (Expect: 100-continue), so that such a master
 // refuses it before it is sent.
 func (c *Master) FinishWithResult(ctx context.Context, id, token int64, r io.Reader, size int64) error {
-	if token < 0 {
-		return fmt.Errorf("finish task %d: negative lease token %d", id, token)
-	}
 	cl := call{method: http.MethodPost, path: "/finishTask", query: tokenQuery(id, token), body: r, size: size, idempotent: true}
 	if size < 0 || size > continueAbove {
 		cl.header = http.Header{"Expect": {"100-continue"}}

@@ -461,6 +461,8 @@ func testWorkerSide(t *testing.T, worker func(f *workerFixture, svc *master.Serv
 		result := servicetest.PatternPNG(t, 4, task.ID)
 		expectRefusal(t, "finish with result of a negative id", f.Worker.FinishWithResult(t.Context(), -1, task.Token, bytes.NewReader(result), int64(len(result))),
 			http.StatusBadRequest, `id must be a non-negative decimal integer, got "-1"`)
+		expectRefusal(t, "finish with result under a negative token", f.Worker.FinishWithResult(t.Context(), task.ID, -2, bytes.NewReader(result), int64(len(result))),
+			http.StatusBadRequest, `token must be a non-negative decimal integer, got "-2"`)
 		expectRefusal(t, "finish with an empty result", f.Worker.FinishWithResult(t.Context(), task.ID, task.Token, bytes.NewReader(nil), 0),
 			http.StatusBadRequest, "empty")
 		huge := make([]byte, 2<<20)
