@@ -110,7 +110,8 @@ func (s *server) handleFinishTask(w http.ResponseWriter, r *http.Request) error 
 		return err
 	}
 	var body io.Reader = r.Body
-	if limit := s.maxResult(); limit > 0 {
+	if limit := s.maxResult(); limit > 0 && r.ContentLength < 0 {
+		// A body of known length is checked by finishWithResult, and read no further than it.
 		body = http.MaxBytesReader(w, r.Body, limit)
 	}
 	if err := s.finishWithResult(r.Context(), id, token, body, r.ContentLength); err != nil {
