@@ -606,6 +606,10 @@ func testWorkerSide(t *testing.T, worker func(f *workerFixture, svc *master.Serv
 				f.storeResult(t, task)
 				return f.Worker.FinishTask(t.Context(), task.ID, task.Token)
 			},
+			"finish with result": func(task wire.Task) error {
+				img := servicetest.PatternPNG(t, 4, task.ID)
+				return f.Worker.FinishWithResult(t.Context(), task.ID, task.Token, bytes.NewReader(img), int64(len(img)))
+			},
 			"failure": func(task wire.Task) error {
 				_, err := f.Worker.FailTask(t.Context(), task.ID, task.Token, "flaky", false)
 				return err
