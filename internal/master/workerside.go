@@ -121,10 +121,13 @@ func (s *server) handleFinishTask(w http.ResponseWriter, r *http.Request) error 
 	return nil
 }
 
-// resultBytesPerPixel bounds the bytes per pixel of a result as the workers encode it: a 16-bit RGBA
-// PNG that does not compress takes 8, plus a filter byte per row (a row may be one pixel) and the
-// framing of deflate and of PNG's chunks.
-const resultBytesPerPixel = 10
+// A result as the workers encode it takes at most resultBytesPerPixel bytes a pixel, plus resultSlack: a
+// 16-bit RGBA PNG that does not compress takes 8, plus a filter byte per row (a row may be one pixel) and
+// the framing of deflate and of PNG's chunks, and its header and metadata.
+const (
+	resultBytesPerPixel = 10
+	resultSlack         = 1 << 20
+)
 
 // maxResult is the most bytes a worker's result may take (0: no bound): what an image of the largest
 // pixel count the workers make (the pixel limit, which bounds every image of a chain) takes at worst,
@@ -132,10 +135,10 @@ const resultBytesPerPixel = 10
 // master from streaming an unbounded body into it.
 func (s *server) maxResult() int64 {
 	pixels, upload := s.limits.MaxPixels, s.limits.MaxUpload
-	if pixels <= 0 || upload <= 0 || pixels > math.MaxInt64/resultBytesPerPixel-(1<<20) {
+	if pixels <= 0 || upload <= 0 || pixels > (math.MaxInt64-resultSlack)/resultBytesPerPixel {
 		return 0
 	}
-	return max(pixels*resultBytesPerPixel+1<<20, upload)
+	return max(pixels*resultBytesPerPixel+resultSlack, upload)
 }
 
 // finishWithResult stores body, size bytes (-1: unknown), as the result of task id under the claim's

@@ -425,12 +425,12 @@ func (l *loop) reportContext(stop context.Context) (context.Context, context.Can
 }
 
 // keepLease renews the lease while work runs; it cuts the work short when the lease is lost or the task
-// was cancelled (but not once the result is being handed over: see progress), or when the worker has been
-// stopping for longer than Drain. Each heartbeat is a long
-// poll (Master.WatchLease): it renews the lease at once and is held by the master until the next one is
-// due, or answered early when the task is cancelled or deleted through that master, so the work stops
-// within moments of a cancel. Once the image work's deadline (plus deadlineGrace) has passed it renews no
-// more, so that work stuck past its deadline lets the lease lapse rather than hold the task for ever.
+// was cancelled (but not once the result is being handed over: see progress), or when the worker has
+// been stopping for longer than Drain. Each heartbeat is a long poll (Master.WatchLease): it renews the
+// lease at once and is held by the master until the next one is due, or answered early when the task is
+// cancelled or deleted through that master, so the work stops within moments of a cancel. Once the
+// image work's deadline (plus deadlineGrace) has passed it renews no more, so that work stuck past its
+// deadline lets the lease lapse rather than hold the task for ever.
 func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseFunc, task wire.Task, progress *progress, logger *slog.Logger) {
 	leaseUntil := task.LeaseUntil
 	beating := task.Token != 0 // a master that issues no tokens (the reference) has no heartbeat either
