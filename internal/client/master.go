@@ -34,6 +34,28 @@ func NewMaster(hc *http.Client, ep Endpoint) *Master {
 // Addr is the address of the master instance calls go to now, to name it in logs.
 func (c *Master) Addr(ctx context.Context) (string, error) { return c.p.ep.Addr(ctx) }
 
+// FinishWithResult stores a worker's result, size bytes of r (-1: unknown), and registers the claimed
+// task finished in one call (POST /finishTask, additive): what SendResult at storage and then
+// FinishTask do in two. Refused as they are: 409 for a stale claim (a newer claim's result stays), 410
+// for a task cancelled meanwhile (its result removed). It is retried after a transient failure when the
+// body can be read again (a bytes.Reader, a file). A master without the endpoint (the reference
+// design's) answers IsNoEndpoint: store and finish in two calls instead. A body past
+// continueAbove bytes waits for the master's go-ahead (Expect: 100-continue), so that such a master
+// refuses it before it is sent.
+func (c *Master) FinishWithResult(ctx context.Context, id, token int64, r io.Reader, size int64) error {
+	cl := call{method: http.MethodPost, path: "/finishTask", query: tokenQuery(id, token), body: r, size: size, idempotent: true}
+	if size < 0 || size > continueAbove {
+		cl.header = http.Header{"Expect": {"100-continue"}}
+	}
+	reply, err := c.p.sendLong(ctx, cl)
+	return expectSuccess(reply.body, err)
+}
+
+// continueAbove is the size of a result beyond which FinishWithResult asks the master before it sends
+// it: a Go server that refuses a request without reading its body reads (and drops) up to 256 KB of it
+// before it answers, and closes the connection on a longer one, which can lose its answer.
+const continueAbove = 256 << 10
+
 // New uploads an image (size bytes, or -1 when unknown) and returns the task id. It is retried when the
 // master could not be reached (nothing was sent).
 func (c *Master) New(ctx context.Context, r io.Reader, size int64) (int64, error) {

@@ -111,6 +111,9 @@ func (m *Missing) Note(ctx context.Context, logger *slog.Logger, kind, addr, pat
 	logger.InfoContext(ctx, fmt.Sprintf("peer at http://%s has no %s: the reference design's %s; %s", addr, path, kind, instead))
 }
 
+// Has reports whether the peer at addr was found without path (see Note).
+func (m *Missing) Has(addr, path string) bool { return m.has(addr, path) }
+
 // has reports whether the peer at addr was found without path.
 func (m *Missing) has(addr, path string) bool {
 	if !m.any.Load() {

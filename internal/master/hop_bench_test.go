@@ -45,27 +45,39 @@ func BenchmarkHopMasterNew(b *testing.B) {
 }
 
 // BenchmarkHopWorkerRound is the worker's side of one image, without the image work: claim a task
-// through the master (which passes the claim to the database), read its upload from storage, store a
-// 64 px result under the claim's lease token, and finish the task through the master (which checks the
-// result is stored and passes the finish to the database). The master's two hops go over HTTP on
-// loopback (http) or in-process through master.Local (local); the database and storage are reached
+// through the master (which passes the claim to the database), read its upload from storage, and hand a
+// 64 px result over under the claim's lease token. In two calls (http, local) the worker stores the
+// result at storage and then finishes the task through the master, which checks the result is stored
+// and passes the finish to the database; in one (http-one-call, local-one-call) it sends the result to
+// the master's POST /finishTask, which stores it and finishes the task. The master's hops go over HTTP
+// on loopback (http) or in-process through master.Local (local); the database and storage are reached
 // over HTTP either way. Uploads are queued 200 at a time with the timer stopped.
 func BenchmarkHopWorkerRound(b *testing.B) {
-	b.Run("http", func(b *testing.B) {
-		s := servicetest.NewStack(b, servicetest.Options{})
-		benchWorkerRound(b, s, s.Master)
-	})
-	b.Run("local", func(b *testing.B) {
-		s := servicetest.NewStack(b, servicetest.Options{})
-		svc, err := master.NewService(master.Config{Database: s.Database, Storage: s.Storage})
-		if err != nil {
-			b.Fatal(err)
-		}
-		benchWorkerRound(b, s, svc.Local())
-	})
+	for _, tc := range []struct {
+		name           string
+		local, oneCall bool
+	}{
+		{"http", false, false},
+		{"local", true, false},
+		{"http-one-call", false, true},
+		{"local-one-call", true, true},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			s := servicetest.NewStack(b, servicetest.Options{})
+			var worker workerSide = s.Master
+			if tc.local {
+				svc, err := master.NewService(master.Config{Database: s.Database, Storage: s.Storage})
+				if err != nil {
+					b.Fatal(err)
+				}
+				worker = svc.Local()
+			}
+			benchWorkerRound(b, s, worker, tc.oneCall)
+		})
+	}
 }
 
-func benchWorkerRound(b *testing.B, s *servicetest.Stack, worker workerSide) {
+func benchWorkerRound(b *testing.B, s *servicetest.Stack, worker workerSide, oneCall bool) {
 	img := servicetest.PatternPNG(b, 64, 1)
 	ctx := context.Background()
 	queue := func() {
@@ -102,11 +114,17 @@ func benchWorkerRound(b *testing.B, s *servicetest.Stack, worker workerSide) {
 		if err != nil || !bytes.Equal(got.Bytes(), img) {
 			b.Fatalf("upload of task %d read as %d bytes (%v), want the %d sent", task.ID, got.Len(), err, len(img))
 		}
-		if err := s.Storage.SendResult(ctx, task.ID, task.Token, bytes.NewReader(img), int64(len(img))); err != nil {
-			b.Fatalf("store the result of task %d: %v", task.ID, err)
-		}
-		if err := worker.FinishTask(ctx, task.ID, task.Token); err != nil {
-			b.Fatalf("finish task %d: %v", task.ID, err)
+		if oneCall {
+			if err := worker.FinishWithResult(ctx, task.ID, task.Token, bytes.NewReader(img), int64(len(img))); err != nil {
+				b.Fatalf("finish task %d with its result: %v", task.ID, err)
+			}
+		} else {
+			if err := s.Storage.SendResult(ctx, task.ID, task.Token, bytes.NewReader(img), int64(len(img))); err != nil {
+				b.Fatalf("store the result of task %d: %v", task.ID, err)
+			}
+			if err := worker.FinishTask(ctx, task.ID, task.Token); err != nil {
+				b.Fatalf("finish task %d: %v", task.ID, err)
+			}
 		}
 		left--
 	}

@@ -2,6 +2,7 @@ package master
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"strconv"
 	"time"
@@ -76,6 +77,50 @@ func (l *Local) FinishTask(ctx context.Context, id, token int64) error {
 		return struct{}{}, notImplemented(l.s.finish(ctx, id, token), "/registerTaskFinished")
 	})
 	return err
+}
+
+// FinishWithResult stores the result, size bytes of r (-1: unknown), and finishes the claimed task in
+// one call (POST /finishTask): refused as the result's store is (409 for a stale claim, whose result is
+// not stored over a newer one's) and as a finish is (410, and the result removed, for a task cancelled
+// meanwhile). It is retried after a transient failure only when r can be read again from where it
+// started (client.Replayer), as over HTTP.
+func (l *Local) FinishWithResult(ctx context.Context, id, token int64, r io.Reader, size int64) error {
+	if size <= 0 {
+		// As net/http sends a body of length 0 that is not empty: streamed, its end unknown.
+		size = -1
+	}
+	replay := client.Replayer(r)
+	_, err := client.CallLocal(ctx, replay != nil, func(ctx context.Context) (struct{}, error) {
+		if err := checkIDs(id, token); err != nil {
+			return struct{}{}, err
+		}
+		body := r
+		if replay != nil {
+			body = replay()
+		}
+		if limit := l.s.maxResult(); limit > 0 && size < 0 {
+			// A body of known length is checked by finishWithResult, and storage reads no more of it.
+			body = &resultLimit{r: io.LimitReader(body, limit+1), limit: limit}
+		}
+		return struct{}{}, notImplemented(l.s.finishWithResult(ctx, id, token, body, size), "/finishTask")
+	})
+	return err
+}
+
+// resultLimit reads a result as http.MaxBytesReader does in the handler: past limit bytes it fails
+// with *http.MaxBytesError.
+type resultLimit struct {
+	r     io.Reader // limited to limit+1 bytes
+	limit int64
+	n     int64
+}
+
+func (l *resultLimit) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	if l.n += int64(n); l.n > l.limit {
+		return n - int(l.n-l.limit), &http.MaxBytesError{Limit: l.limit}
+	}
+	return n, err
 }
 
 // ExtendLease renews the claim's lease (POST /extendLease) and returns the task with its new lease.

@@ -47,6 +47,8 @@ type Storage interface {
 	// Addr names the storage instance, for logs.
 	Addr(ctx context.Context) (string, error)
 	SendImage(ctx context.Context, id int64, state string, r io.Reader, size int64) error
+	// SendResult stores a worker's result under its claim's fencing token (POST /finishTask).
+	SendResult(ctx context.Context, id int64, token int64, r io.Reader, size int64) error
 	GetImage(ctx context.Context, id int64, state string) (*client.Image, error)
 	HasImage(ctx context.Context, id int64, state string) (bool, error)
 	DeleteImages(ctx context.Context, id int64) error

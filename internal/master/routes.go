@@ -23,6 +23,7 @@ func addRoutes(mux *http.ServeMux, s *server) {
 	// worker side
 	handle("POST /getNewTask", s.handleGetNewTask)
 	handle("POST /registerTaskFinished", s.handleRegisterTaskFinished)
+	handle("POST /finishTask", s.handleFinishTask)
 	handle("POST /extendLease", s.handleExtendLease)
 	handle("POST /failTask", s.handleFailTask)
 	handle("POST /releaseTask", s.handleReleaseTask)

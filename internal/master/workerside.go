@@ -2,7 +2,10 @@ package master
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -96,7 +99,77 @@ func (s *server) finish(ctx context.Context, id, token int64) error {
 	if !held {
 		return s.withoutResult(ctx, id, token)
 	}
-	err = s.db.FinishTask(ctx, id, token)
+	return s.finishStored(ctx, id, token)
+}
+
+// handleFinishTask stores a worker's result, the request body, and finishes its task (see
+// finishWithResult): POST /finishTask?id=N&token=T, additive.
+func (s *server) handleFinishTask(w http.ResponseWriter, r *http.Request) error {
+	id, token, err := idAndToken(r)
+	if err != nil {
+		return err
+	}
+	var body io.Reader = r.Body
+	if limit := s.maxResult(); limit > 0 && r.ContentLength < 0 {
+		// A body of known length is checked by finishWithResult, and read no further than it.
+		body = http.MaxBytesReader(w, r.Body, limit)
+	}
+	if err := s.finishWithResult(r.Context(), id, token, body, r.ContentLength); err != nil {
+		return err
+	}
+	httpapi.WriteText(w, http.StatusOK, "success")
+	return nil
+}
+
+// A result as the workers encode it takes at most resultBytesPerPixel bytes a pixel, plus resultSlack: a
+// 16-bit RGBA PNG that does not compress takes 8, plus a filter byte per row (a row may be one pixel) and
+// the framing of deflate and of PNG's chunks, and its header and metadata.
+const (
+	resultBytesPerPixel = 10
+	resultSlack         = 1 << 20
+)
+
+// maxResult is the most bytes a worker's result may take (0: no bound): what an image of the largest
+// pixel count the workers make (the pixel limit, which bounds every image of a chain) takes at worst,
+// and at least the largest upload. Storage's space guard bounds results otherwise; this keeps the
+// master from streaming an unbounded body into it.
+func (s *server) maxResult() int64 {
+	pixels, upload := s.limits.MaxPixels, s.limits.MaxUpload
+	if pixels <= 0 || upload <= 0 || pixels > (math.MaxInt64-resultSlack)/resultBytesPerPixel {
+		return 0
+	}
+	return max(pixels*resultBytesPerPixel+resultSlack, upload)
+}
+
+// finishWithResult stores body, size bytes (-1: unknown), as the result of task id under the claim's
+// fencing token, and finishes the task as finish does, without asking storage whether it holds the
+// result: a worker's result and finish in one call. Storage refuses the result of a stale claim (409,
+// a newer claim's result stays); a result over maxResult is 413, an empty one 400, storage away 503 or
+// 507 with Retry-After (the task stays in progress, its result unstored or not registered).
+func (s *server) finishWithResult(ctx context.Context, id, token int64, body io.Reader, size int64) error {
+	if size == 0 {
+		return httpapi.Errorf(http.StatusBadRequest, "empty result body")
+	}
+	if limit := s.maxResult(); limit > 0 && size > limit {
+		return httpapi.Errorf(http.StatusRequestEntityTooLarge, "the result is %d bytes, more than the %d a result may take", size, limit)
+	}
+	if err := s.storage.SendResult(ctx, id, token, body, size); err != nil {
+		var tooBig *http.MaxBytesError
+		switch {
+		case errors.As(err, &tooBig):
+			return httpapi.Errorf(http.StatusRequestEntityTooLarge, "the result is more than the %d bytes a result may take", tooBig.Limit)
+		case client.IsBodyError(err):
+			return fmt.Errorf("%w: %w", httpapi.Errorf(http.StatusBadRequest, "the result broke off before its end"), err)
+		}
+		return fmt.Errorf("store the result of task %d: %w", id, err)
+	}
+	return s.finishStored(ctx, id, token)
+}
+
+// finishStored finishes task id, whose result storage holds, at the database, and wakes the polls
+// waiting for it; the result of a task cancelled or deleted meanwhile is removed.
+func (s *server) finishStored(ctx context.Context, id, token int64) error {
+	err := s.db.FinishTask(ctx, id, token)
 	if client.IsStatus(err, http.StatusGone) {
 		// The task was cancelled or deleted while the worker made its result: the result it stored
 		// is nobody's, and a delete may already have swept the task's images before it landed.

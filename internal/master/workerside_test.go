@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -28,6 +30,7 @@ type workerSide interface {
 	GetNewTask(ctx context.Context, wait time.Duration) (wire.Task, error)
 	GetNewTasks(ctx context.Context, wait time.Duration, n int) (tasks []wire.Task, batched bool, err error)
 	FinishTask(ctx context.Context, id, token int64) error
+	FinishWithResult(ctx context.Context, id, token int64, r io.Reader, size int64) error
 	ExtendLease(ctx context.Context, id, token int64) (wire.Task, error)
 	WatchLease(ctx context.Context, id, token int64, wait time.Duration) (wire.Task, error)
 	FailTask(ctx context.Context, id, token int64, reason string, permanent bool) (wire.Task, error)
@@ -58,9 +61,43 @@ func TestWorkerSideLocal(t *testing.T) {
 // over HTTP for its client side (Master), with the worker side under test (Worker) of the same server.
 type workerFixture struct {
 	*servicetest.Stack
-	Master *client.Master // the client side of the master under test, over HTTP
-	Worker workerSide
-	db     *databaseSwitch
+	Master  *client.Master // the client side of the master under test, over HTTP
+	Worker  workerSide
+	db      *databaseSwitch
+	storage *storageSwitch
+}
+
+// storageSwitch wraps the storage's handler: it answers POST /sendImage with 503 while down, and counts
+// the requests of each method and path.
+type storageSwitch struct {
+	down  atomic.Bool
+	mu    sync.Mutex
+	calls map[string]int // "METHOD /path": requests
+}
+
+func (s *storageSwitch) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		if s.calls == nil {
+			s.calls = map[string]int{}
+		}
+		s.calls[r.Method+" "+r.URL.Path]++
+		s.mu.Unlock()
+		if s.down.Load() && r.URL.Path == "/sendImage" {
+			httpapi.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+				return &httpapi.Error{Status: http.StatusServiceUnavailable, RetryAfter: time.Second, Msg: "the blob store is away"}
+			}).ServeHTTP(w, r)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// count returns the requests of method and path so far.
+func (s *storageSwitch) count(method, path string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls[method+" "+path]
 }
 
 // databaseSwitch wraps the database's handler: it answers 503 while down, and, once frozen, answers
@@ -115,9 +152,15 @@ func (d *databaseSwitch) setWatch(f func(path, id string)) {
 
 func newWorkerFixture(t *testing.T, worker func(*workerFixture, *master.Service, string) workerSide) *workerFixture {
 	t.Helper()
-	db := &databaseSwitch{}
-	f := &workerFixture{Stack: servicetest.NewStack(t, servicetest.Options{WrapDatabase: db.wrap}), db: db}
-	svc, err := master.NewService(master.Config{Database: f.Database, Storage: f.Storage})
+	return newWorkerFixtureWith(t, worker, master.Limits{})
+}
+
+// newWorkerFixtureWith is newWorkerFixture with the master's limits.
+func newWorkerFixtureWith(t *testing.T, worker func(*workerFixture, *master.Service, string) workerSide, limits master.Limits) *workerFixture {
+	t.Helper()
+	db, st := &databaseSwitch{}, &storageSwitch{}
+	f := &workerFixture{Stack: servicetest.NewStack(t, servicetest.Options{WrapDatabase: db.wrap, WrapStorage: st.wrap}), db: db, storage: st}
+	svc, err := master.NewService(master.Config{Database: f.Database, Storage: f.Storage, Limits: limits})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,6 +340,153 @@ func testWorkerSide(t *testing.T, worker func(f *workerFixture, svc *master.Serv
 		}
 	})
 
+	t.Run("FinishWithResultWakesReadyPoll", func(t *testing.T) {
+		f := newWorkerFixture(t, worker)
+		task := f.claim(t)
+		result := servicetest.PatternPNG(t, 8, task.ID+100)
+		f.db.frozen1.Store(task.ID + 1)
+		looked := make(chan struct{})
+		var once sync.Once
+		f.db.setWatch(func(path, id string) {
+			if path == "/getById" && id == fmt.Sprint(task.ID) {
+				once.Do(func() { close(looked) })
+			}
+		})
+		ready := make(chan error, 1)
+		go func() {
+			ok, err := f.Master.WaitReady(t.Context(), task.ID, master.MaxReadyWait)
+			if err == nil && !ok {
+				err = errors.New("answered 0: not woken by the finish")
+			}
+			ready <- err
+		}()
+		select {
+		case <-looked:
+		case err := <-ready:
+			t.Fatalf("the ready poll ended before it waited: %v", err)
+		}
+		sends, looks := f.storage.count(http.MethodPost, "/sendImage"), f.storage.count(http.MethodHead, "/getImage")
+		if err := f.Worker.FinishWithResult(t.Context(), task.ID, task.Token, bytes.NewReader(result), int64(len(result))); err != nil {
+			t.Fatalf("finish with result: %v", err)
+		}
+		if err := <-ready; err != nil {
+			t.Errorf("ready poll: %v", err)
+		}
+		f.db.frozen1.Store(0)
+		if got := f.record(t, task.ID); got.State != wire.Finished {
+			t.Errorf("database holds %+v after the finish, want it finished", got)
+		}
+		if got, ok := f.StoredImage(t, task.ID, wire.FinishedImage); !ok || !bytes.Equal(got, result) {
+			t.Errorf("storage holds %d bytes (held %t) as the result, want the %d sent", len(got), ok, len(result))
+		}
+		// One store, and no look at storage for the result just stored.
+		if n := f.storage.count(http.MethodPost, "/sendImage") - sends; n != 1 {
+			t.Errorf("the finish stored at storage %d times, want once", n)
+		}
+		if n := f.storage.count(http.MethodHead, "/getImage") - looks; n != 0 {
+			t.Errorf("the finish looked for the result at storage %d times, want none", n)
+		}
+		// A repeated finish (an answer lost) succeeds again.
+		if err := f.Worker.FinishWithResult(t.Context(), task.ID, task.Token, bytes.NewReader(result), int64(len(result))); err != nil {
+			t.Errorf("finish with result repeated: %v", err)
+		}
+	})
+
+	t.Run("FinishWithResultStaleToken", func(t *testing.T) {
+		f := newWorkerFixture(t, worker)
+		old := f.claim(t)
+		if err := f.Worker.ReleaseTask(t.Context(), old.ID, old.Token); err != nil {
+			t.Fatalf("release: %v", err)
+		}
+		task, err := f.Worker.GetNewTask(t.Context(), 0)
+		if err != nil || task.ID != old.ID || task.Token <= old.Token {
+			t.Fatalf("claim again = %+v, %v: want task %d under a newer token than %d", task, err, old.ID, old.Token)
+		}
+		f.storeResult(t, task)
+		newer, _ := f.StoredImage(t, task.ID, wire.FinishedImage)
+		late := servicetest.PatternPNG(t, 8, 999)
+		err = f.Worker.FinishWithResult(t.Context(), old.ID, old.Token, bytes.NewReader(late), int64(len(late)))
+		expectRefusal(t, "finish with result under a stale token", err, http.StatusConflict, fmt.Sprintf("stale lease token for task %d", task.ID))
+		if got, _ := f.StoredImage(t, task.ID, wire.FinishedImage); !bytes.Equal(got, newer) {
+			t.Errorf("the newer claim's result was replaced by the stale one's")
+		}
+		if got := f.record(t, task.ID); got.State != wire.InProgress || got.Token != task.Token {
+			t.Errorf("database holds %+v after the stale finish, want the newer claim untouched", got)
+		}
+	})
+
+	t.Run("FinishWithResultCancelled", func(t *testing.T) {
+		f := newWorkerFixture(t, worker)
+		task := f.claim(t)
+		if _, err := f.Master.Cancel(t.Context(), task.ID); err != nil {
+			t.Fatalf("cancel: %v", err)
+		}
+		result := servicetest.PatternPNG(t, 8, task.ID)
+		err := f.Worker.FinishWithResult(t.Context(), task.ID, task.Token, bytes.NewReader(result), int64(len(result)))
+		expectRefusal(t, "finish with result of a cancelled task", err, http.StatusGone, fmt.Sprintf("task %d was cancelled", task.ID))
+		if _, held := f.StoredImage(t, task.ID, wire.FinishedImage); held {
+			t.Errorf("the result of cancelled task %d is stored after its finish was refused", task.ID)
+		}
+	})
+
+	t.Run("FinishWithResultStorageAway", func(t *testing.T) {
+		f := newWorkerFixture(t, worker)
+		task := f.claim(t)
+		result := servicetest.PatternPNG(t, 8, task.ID)
+		f.storage.down.Store(true)
+		// Retried for a moment only: the HTTP client tries once, the master's own retries end within
+		// client.DefaultRetryFor (in-process, they end with the caller's).
+		ctx := client.RetryFor(t.Context(), time.Millisecond)
+		err := f.Worker.FinishWithResult(ctx, task.ID, task.Token, bytes.NewReader(result), int64(len(result)))
+		expectRefusal(t, "finish with result with storage away", err, http.StatusServiceUnavailable, "the blob store is away")
+		if !fault.IsTransient(err) {
+			t.Errorf("finish with result with storage away: %v is not transient", err)
+		}
+		if got := f.record(t, task.ID); got.State != wire.InProgress || got.Token != task.Token || got.Attempts != task.Attempts {
+			t.Errorf("database holds %+v after the store failed, want the claim untouched", got)
+		}
+		f.storage.down.Store(false)
+		if err := f.Worker.FinishWithResult(t.Context(), task.ID, task.Token, bytes.NewReader(result), int64(len(result))); err != nil {
+			t.Errorf("finish with result with storage back: %v", err)
+		}
+		if got := f.record(t, task.ID); got.State != wire.Finished {
+			t.Errorf("database holds %+v with storage back, want it finished", got)
+		}
+	})
+
+	t.Run("FinishWithResultBadInput", func(t *testing.T) {
+		// Limits whose largest result (1 MiB over 10 bytes a pixel of the pixel limit) is small.
+		f := newWorkerFixtureWith(t, worker, master.Limits{MaxPixels: 100, MaxUpload: 1000})
+		task := f.claim(t)
+		result := servicetest.PatternPNG(t, 4, task.ID)
+		expectRefusal(t, "finish with result of a negative id", f.Worker.FinishWithResult(t.Context(), -1, task.Token, bytes.NewReader(result), int64(len(result))),
+			http.StatusBadRequest, `id must be a non-negative decimal integer, got "-1"`)
+		expectRefusal(t, "finish with result under a negative token", f.Worker.FinishWithResult(t.Context(), task.ID, -2, bytes.NewReader(result), int64(len(result))),
+			http.StatusBadRequest, `token must be a non-negative decimal integer, got "-2"`)
+		expectRefusal(t, "finish with an empty result", f.Worker.FinishWithResult(t.Context(), task.ID, task.Token, bytes.NewReader(nil), 0),
+			http.StatusBadRequest, "empty")
+		huge := make([]byte, 2<<20)
+		rand.NewChaCha8([32]byte{1}).Read(huge)
+		expectRefusal(t, "finish with a result over the bound", f.Worker.FinishWithResult(t.Context(), task.ID, task.Token, bytes.NewReader(huge), int64(len(huge))),
+			http.StatusRequestEntityTooLarge, "the result is")
+		// Of unknown length: stopped as it passes the bound.
+		expectRefusal(t, "finish with a streamed result over the bound", f.Worker.FinishWithResult(t.Context(), task.ID, task.Token, io.MultiReader(bytes.NewReader(huge)), -1),
+			http.StatusRequestEntityTooLarge, "the result is")
+		if _, held := f.StoredImage(t, task.ID, wire.FinishedImage); held {
+			t.Errorf("a refused result of task %d is stored", task.ID)
+		}
+		if got := f.record(t, task.ID); got.State != wire.InProgress {
+			t.Errorf("database holds %+v after refused finishes, want it in progress", got)
+		}
+		// Within the bound, streamed, it is taken.
+		if err := f.Worker.FinishWithResult(t.Context(), task.ID, task.Token, io.MultiReader(bytes.NewReader(result)), -1); err != nil {
+			t.Errorf("finish with a streamed result: %v", err)
+		}
+		if got, _ := f.StoredImage(t, task.ID, wire.FinishedImage); !bytes.Equal(got, result) {
+			t.Errorf("storage holds %d bytes as the streamed result, want the %d sent", len(got), len(result))
+		}
+	})
+
 	t.Run("FinishWithoutResult", func(t *testing.T) {
 		f := newWorkerFixture(t, worker)
 		task := f.claim(t)
@@ -415,6 +605,10 @@ func testWorkerSide(t *testing.T, worker func(f *workerFixture, svc *master.Serv
 			"finish": func(task wire.Task) error {
 				f.storeResult(t, task)
 				return f.Worker.FinishTask(t.Context(), task.ID, task.Token)
+			},
+			"finish with result": func(task wire.Task) error {
+				img := servicetest.PatternPNG(t, 4, task.ID)
+				return f.Worker.FinishWithResult(t.Context(), task.ID, task.Token, bytes.NewReader(img), int64(len(img)))
 			},
 			"failure": func(task wire.Task) error {
 				_, err := f.Worker.FailTask(t.Context(), task.ID, task.Token, "flaky", false)

@@ -29,7 +29,7 @@ func TestWorkerStopsOnCancel(t *testing.T) {
 	poll(t, "the worker to claim again", func() bool { return r.calls.count("/getNewTask") >= 2 })
 	stop()
 
-	for _, path := range []string{"/registerTaskFinished", "/failTask", "/releaseTask"} {
+	for _, path := range []string{"/finishTask", "/registerTaskFinished", "/failTask", "/releaseTask"} {
 		if n := r.calls.count(path); n != 0 {
 			t.Errorf("%d calls of %s for a cancelled task, want none", n, path)
 		}

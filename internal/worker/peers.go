@@ -18,6 +18,10 @@ type Master interface {
 	GetNewTasks(ctx context.Context, wait time.Duration, n int) (tasks []wire.Task, batched bool, err error)
 	WatchLease(ctx context.Context, id, token int64, wait time.Duration) (wire.Task, error)
 	FinishTask(ctx context.Context, id, token int64) error
+	// FinishWithResult stores the result and finishes the task in one call; a master without it (the
+	// reference design's, or an earlier imgmill's) answers 404, and the worker stores at Storage and
+	// calls FinishTask instead.
+	FinishWithResult(ctx context.Context, id, token int64, r io.Reader, size int64) error
 	FailTask(ctx context.Context, id, token int64, reason string, permanent bool) (wire.Task, error)
 	RetryTask(ctx context.Context, id, token int64, reason string) (wire.Task, error)
 	ReleaseTask(ctx context.Context, id, token int64) error

@@ -202,11 +202,21 @@ type missingEndpoints struct {
 }
 
 func (m *missingEndpoints) note(ctx context.Context, master Master, path, instead string) {
+	m.seen.Note(ctx, m.logger, "master", masterAddr(ctx, master), path, instead)
+}
+
+// lacks reports whether master was found without path.
+func (m *missingEndpoints) lacks(ctx context.Context, master Master, path string) bool {
+	return m.seen.Has(masterAddr(ctx, master), path)
+}
+
+// masterAddr names master for missingEndpoints.
+func masterAddr(ctx context.Context, master Master) string {
 	addr, err := master.Addr(ctx)
 	if err != nil {
-		addr = "unknown"
+		return "unknown"
 	}
-	m.seen.Note(ctx, m.logger, "master", addr, path, instead)
+	return addr
 }
 
 func (l *loop) run(stop context.Context) {
@@ -318,10 +328,10 @@ func (l *loop) handle(stop context.Context, task wire.Task) {
 	logger := l.logger.With("task", task.ID, "token", task.Token, "attempt", task.Attempts)
 	work, cancel := context.WithCancelCause(context.WithoutCancel(stop))
 	defer cancel(nil)
-	var deadline atomic.Int64 // the image work's deadline plus deadlineGrace, in Unix nanoseconds; 0: none
+	var progress progress
 	var keeper sync.WaitGroup
-	keeper.Go(func() { l.keepLease(stop, work, cancel, task, &deadline, logger) })
-	err := l.process(work, task, &deadline)
+	keeper.Go(func() { l.keepLease(stop, work, cancel, task, &progress, logger) })
+	finished, err := l.process(work, task, &progress)
 	l.cfg.Metrics.Processed(time.Since(start), err)
 	cancel(nil)
 	keeper.Wait()
@@ -332,6 +342,8 @@ func (l *loop) handle(stop context.Context, task wire.Task) {
 	switch {
 	case errors.Is(cause, errCancelled) || client.IsStatus(err, http.StatusGone):
 		logger.InfoContext(ctx, "stopped: the task was cancelled", "duration", time.Since(start))
+	case err == nil && finished:
+		logger.InfoContext(ctx, "task finished", "duration", time.Since(start))
 	case err == nil:
 		if err := l.cfg.Master.FinishTask(ctx, task.ID, task.Token); client.IsStatus(err, http.StatusGone) {
 			// Cancelled after the last heartbeat: the master removes the result it refuses.
@@ -413,12 +425,13 @@ func (l *loop) reportContext(stop context.Context) (context.Context, context.Can
 }
 
 // keepLease renews the lease while work runs; it cuts the work short when the lease is lost or the task
-// was cancelled, or when the worker has been stopping for longer than Drain. Each heartbeat is a long
-// poll (Master.WatchLease): it renews the lease at once and is held by the master until the next one is
-// due, or answered early when the task is cancelled or deleted through that master, so the work stops
-// within moments of a cancel. Once the image work's deadline (plus deadlineGrace) has passed it renews no
-// more, so that work stuck past its deadline lets the lease lapse rather than hold the task for ever.
-func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseFunc, task wire.Task, deadline *atomic.Int64, logger *slog.Logger) {
+// was cancelled (but not once the result is being handed over: see progress), or when the worker has
+// been stopping for longer than Drain. Each heartbeat is a long poll (Master.WatchLease): it renews the
+// lease at once and is held by the master until the next one is due, or answered early when the task is
+// cancelled or deleted through that master, so the work stops within moments of a cancel. Once the
+// image work's deadline (plus deadlineGrace) has passed it renews no more, so that work stuck past its
+// deadline lets the lease lapse rather than hold the task for ever.
+func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseFunc, task wire.Task, progress *progress, logger *slog.Logger) {
 	leaseUntil := task.LeaseUntil
 	beating := task.Token != 0 // a master that issues no tokens (the reference) has no heartbeat either
 	var drain <-chan time.Time
@@ -464,6 +477,12 @@ func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseF
 			switch err := hb.err; {
 			case err == nil:
 				leaseUntil = hb.task.LeaseUntil
+			case progress.delivering.Load() && (client.IsStatus(err, http.StatusGone) ||
+				client.IsStatus(err, http.StatusConflict) || client.IsStatus(err, http.StatusBadRequest)):
+				// The result is being handed over: that call's own answer says what became of the task
+				// (finished by it, whose held heartbeat the finish wakes, cancelled, or claimed again).
+				// Cutting it short could lose the answer of a finish that went through.
+				beating = false
 			case client.IsStatus(err, http.StatusGone):
 				cancel(errCancelled)
 			case client.IsStatus(err, http.StatusConflict) || client.IsStatus(err, http.StatusBadRequest):
@@ -476,7 +495,7 @@ func (l *loop) keepLease(stop, work context.Context, cancel context.CancelCauseF
 		case <-timer.C:
 		}
 		timer.Stop()
-		if d := deadline.Load(); d != 0 && time.Now().UnixNano() > d {
+		if d := progress.deadline.Load(); d != 0 && time.Now().UnixNano() > d {
 			if beating {
 				logger.WarnContext(work, "image work past its deadline: the lease is no longer renewed")
 			}
@@ -501,18 +520,29 @@ func (l *loop) heartbeatInterval(leaseUntil time.Time) time.Duration {
 	return max(interval, 10*time.Millisecond)
 }
 
+// progress is what a task's work tells its heartbeat (keepLease).
+type progress struct {
+	// deadline is the image work's deadline plus deadlineGrace, in Unix nanoseconds; 0: none.
+	deadline atomic.Int64
+	// delivering is set once the result is made and being handed over (stored, and finished in the same
+	// call).
+	delivering atomic.Bool
+}
+
 // heartbeat is the answer to one heartbeat.
 type heartbeat struct {
 	task wire.Task
 	err  error
 }
 
-func (l *loop) process(ctx context.Context, task wire.Task, deadline *atomic.Int64) error {
+// process fetches the task's working image, makes its result and delivers it (see deliver); finished
+// says that the master finished the task with it, in the same call.
+func (l *loop) process(ctx context.Context, task wire.Task, progress *progress) (finished bool, err error) {
 	// The master and the database refuse bad chains, so a bad one here comes from elsewhere (a task
 	// created by hand): it fails permanently, as ErrBadOp says in handle.
 	chain, err := imageop.ParseChain(task.Op)
 	if err != nil {
-		return err
+		return false, err
 	}
 	// Storage away or full is waited out in place for OutageWait, by the client's retries; the stream
 	// itself is not bounded by that. It ends with the image work's deadline, so a stalled read does not
@@ -522,7 +552,7 @@ func (l *loop) process(ctx context.Context, task wire.Task, deadline *atomic.Int
 	defer endStream()
 	img, err := l.fetchWorking(client.RetryFor(streaming, l.cfg.OutageWait), task.ID)
 	if err != nil {
-		return fmt.Errorf("fetch working image: %w", err)
+		return false, fmt.Errorf("fetch working image: %w", err)
 	}
 	src := &storageStream{Image: img}
 	defer src.Close()
@@ -530,17 +560,17 @@ func (l *loop) process(ctx context.Context, task wire.Task, deadline *atomic.Int
 	// it waits for.
 	h, prefix, err := imageop.ReadHeader(src, 0)
 	if err != nil {
-		return err
+		return false, err
 	}
 	maxPixels := l.cfg.MaxPixels
 	if maxPixels == 0 {
 		maxPixels = imageop.DefaultMaxPixels
 	}
 	if err := h.CheckSize(0, maxPixels); err != nil {
-		return err
+		return false, err
 	}
 	if err := chain.CheckSize(h.Width, h.Height, maxPixels); err != nil {
-		return err
+		return false, err
 	}
 	cost := l.proc.Estimate(chain, h)
 	timeout := l.cfg.TaskTimeoutFor(cost)
@@ -549,15 +579,15 @@ func (l *loop) process(ctx context.Context, task wire.Task, deadline *atomic.Int
 	var out resultBuffer
 	defer out.Close()
 	if err := out.expect(src.Size); err != nil {
-		return err
+		return false, err
 	}
 	err = l.processing(ctx, cost.Memory, func() error {
 		work, cancel := context.WithTimeoutCause(ctx, timeout, &overtimeError{limit: timeout})
 		defer cancel()
-		deadline.Store(time.Now().Add(timeout + deadlineGrace).UnixNano())
+		progress.deadline.Store(time.Now().Add(timeout + deadlineGrace).UnixNano())
 		l.logger.DebugContext(ctx, "image work started", "task", task.ID, "estimated_cpu", cost.CPU,
 			"estimated_memory", cost.Memory, "deadline", timeout)
-		defer deadline.Store(0)
+		defer progress.deadline.Store(0)
 		defer context.AfterFunc(work, endStream)()
 		_, err := l.cfg.apply(work, &out, io.MultiReader(bytes.NewReader(prefix), src), chain)
 		l.logger.DebugContext(ctx, "image work ended", "task", task.ID, "err", err)
@@ -567,17 +597,47 @@ func (l *loop) process(ctx context.Context, task wire.Task, deadline *atomic.Int
 		return err
 	})
 	if err != nil {
-		return err
+		return false, err
 	}
 	src.Close()
 	if err := ctx.Err(); err != nil {
-		return err
+		return false, err
 	}
-	if err := l.cfg.Storage.SendResult(calls, task.ID, task.Token, out.reader(), out.size); err != nil {
-		return fmt.Errorf("store finished image: %w", err)
-	}
-	return nil
+	progress.delivering.Store(true)
+	return l.deliver(calls, task, &out)
 }
+
+// deliver hands the result over: to the master, which stores it and finishes the task in one call
+// (Master.FinishWithResult); or, to a master without that call (the reference design's, remembered
+// per master), stored at storage, finished is false and the finish is registered afterwards. Storage
+// away is retried in place within ctx's RetryFor (OutageWait) either way.
+func (l *loop) deliver(ctx context.Context, task wire.Task, out *resultBuffer) (finished bool, err error) {
+	if !l.missing.lacks(ctx, l.cfg.Master, finishPath) {
+		err := l.cfg.Master.FinishWithResult(ctx, task.ID, task.Token, out.reader(), out.size)
+		if !noFinishEndpoint(err) {
+			if err != nil {
+				return false, fmt.Errorf("store finished image and finish: %w", err)
+			}
+			return true, nil
+		}
+		l.missing.note(ctx, l.cfg.Master, finishPath, "a result is stored at storage, then registered finished")
+	}
+	if err := l.cfg.Storage.SendResult(ctx, task.ID, task.Token, out.reader(), out.size); err != nil {
+		return false, fmt.Errorf("store finished image: %w", err)
+	}
+	return false, nil
+}
+
+// noFinishEndpoint reports whether err is a master's answer that it has no finishPath: the reference
+// design's bare 404, or an imgmill master of an earlier version's refusal of an unknown path (404, or 405
+// for a path it has under another method). A master with the endpoint never answers either: a task it
+// does not know is the database's 400.
+func noFinishEndpoint(err error) bool {
+	return client.IsNoEndpoint(err) || client.IsStatus(err, http.StatusNotFound) || client.IsStatus(err, http.StatusMethodNotAllowed)
+}
+
+// finishPath is the master's endpoint that stores a result and finishes its task in one call.
+const finishPath = "/finishTask"
 
 // Retries of a working image that is not there (yet).
 const (

@@ -650,8 +650,8 @@ func TestWorkerHeartbeatKeepsLease(t *testing.T) {
 	}
 	// Fencing: the result is stored under the claim's token, and finishing carried it too.
 	checkResult(t, r.storage, id, img, task.Token)
-	if fin := r.calls.queries("/registerTaskFinished"); len(fin) != 1 || fin[0].Get("token") != strconv.FormatInt(task.Token, 10) {
-		t.Errorf("register finished calls %v, want one with token %d", fin, task.Token)
+	if fin := r.calls.queries("/finishTask"); len(fin) != 1 || fin[0].Get("token") != strconv.FormatInt(task.Token, 10) {
+		t.Errorf("finish calls %v, want one with token %d", fin, task.Token)
 	}
 }
 
@@ -699,7 +699,7 @@ func TestWorkerStopsOnLostLease(t *testing.T) {
 	if n := seen.count("/extendLease"); n != 1 {
 		t.Errorf("%d heartbeats, want 1: the first refusal ends the work", n)
 	}
-	for _, path := range []string{"/registerTaskFinished", "/failTask", "/releaseTask"} {
+	for _, path := range []string{"/finishTask", "/registerTaskFinished", "/failTask", "/releaseTask"} {
 		if n := seen.count(path); n != 0 {
 			t.Errorf("%d calls of %s for a task whose lease was lost, want none", n, path)
 		}
@@ -796,15 +796,15 @@ func TestWorkerStoresResultThroughOutage(t *testing.T) {
 }
 
 // TestWorkerFinishSurvivesMasterOutage: the master (or the database behind it) is unavailable when the
-// worker reports the task finished: the report is retried until it gets through, so the task is not
-// redone after its lease.
+// worker reports the task finished: the report is retried in place until it gets through, so the task is
+// not redone after its lease.
 func TestWorkerFinishSurvivesMasterOutage(t *testing.T) {
 	var refused atomic.Int64
 	var down atomic.Bool
 	down.Store(true)
 	r := newRig(t, rigOptions{wrapMaster: func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.Path == "/registerTaskFinished" && down.Load() {
+			if (r.URL.Path == "/finishTask" || r.URL.Path == "/registerTaskFinished") && down.Load() {
 				refused.Add(1)
 				w.Header().Set("Retry-After", "1")
 				httpapi.WriteText(w, http.StatusServiceUnavailable, "Error: the task database is temporarily unavailable, retry later")
@@ -864,7 +864,7 @@ func TestWorkerShutdown(t *testing.T) {
 		if n := r.calls.count("/releaseTask"); n != 1 {
 			t.Errorf("%d releases, want 1", n)
 		}
-		for _, path := range []string{"/registerTaskFinished", "/failTask"} {
+		for _, path := range []string{"/finishTask", "/registerTaskFinished", "/failTask"} {
 			if n := r.calls.count(path); n != 0 {
 				t.Errorf("%d calls of %s for a released task", n, path)
 			}
