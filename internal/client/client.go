@@ -168,9 +168,18 @@ type bodyError struct{ err error }
 func (e *bodyError) Error() string { return "read the request body: " + e.err.Error() }
 func (e *bodyError) Unwrap() error { return e.err }
 
-// BodyError returns the error of a call that failed because reading its own request body failed with
-// err: what a service in this process answers then, as the HTTP client would (see IsBodyError).
-func BodyError(err error) error { return &bodyError{err: err} }
+// ReadingBody runs call with body as a request body, as a service's in-process API does with its
+// caller's stream: when call fails while reading body itself failed (not its end), the failure is the
+// caller's (IsBodyError), as it is over HTTP.
+func ReadingBody[T any](body io.Reader, call func(io.Reader) (T, error)) (T, error) {
+	source := &sourceReader{r: body}
+	v, err := call(source)
+	if err != nil && source.failure() != nil {
+		var zero T
+		return zero, &bodyError{err: source.failure()}
+	}
+	return v, err
+}
 
 // IsBodyError reports whether err is a call that failed because reading its own request body failed
 // (the stream being passed on broke off), rather than because of the peer.

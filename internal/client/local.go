@@ -7,6 +7,7 @@ import (
 
 	"github.com/imgmill/imgmill/internal/backoff"
 	"github.com/imgmill/imgmill/internal/httpapi"
+	"github.com/imgmill/imgmill/internal/wire"
 )
 
 // CallLocal makes a call to a service in this process, directly through Go, as a peer's client would
@@ -38,6 +39,18 @@ func CallLocal[T any](ctx context.Context, idempotent bool, call func(context.Co
 			return zero, e
 		}
 	}
+}
+
+// ClaimLocal makes an in-process claim of up to n tasks (at most wire.MaxTasksPerClaim, at least one)
+// through claim, as a claim over HTTP answers: made once, never retried (a retried claim could hold
+// tasks twice), batched when n > 1, as an imgmill service answers a batch.
+func ClaimLocal(ctx context.Context, n int, claim func(ctx context.Context, n int) ([]wire.Task, error)) (tasks []wire.Task, batched bool, err error) {
+	n = max(1, min(n, wire.MaxTasksPerClaim))
+	tasks, err = CallLocal(ctx, false, func(ctx context.Context) ([]wire.Task, error) { return claim(ctx, n) })
+	if err != nil {
+		return nil, false, err
+	}
+	return tasks, n > 1, nil
 }
 
 // LocalError is a service's failure as its peers see it: the *httpapi.Error it answers with, wrapping

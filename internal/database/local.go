@@ -141,9 +141,7 @@ func (l *Local) Stats(ctx context.Context) (wire.Stats, error) {
 // GetNewTask claims a task, waiting up to wait (at most wire.MaxWait) for one; client.IsNoTask(err)
 // tells that none came. It is not retried: a retried claim would hold a second task.
 func (l *Local) GetNewTask(ctx context.Context, wait time.Duration) (wire.Task, error) {
-	ts, err := client.CallLocal(ctx, false, func(ctx context.Context) ([]wire.Task, error) {
-		return l.s.claimWait(ctx, 1, max(wait, 0))
-	})
+	ts, _, err := client.ClaimLocal(ctx, 1, l.claim(wait))
 	if err != nil {
 		return wire.Task{}, err
 	}
@@ -153,21 +151,12 @@ func (l *Local) GetNewTask(ctx context.Context, wait time.Duration) (wire.Task, 
 // GetNewTasks claims up to n tasks (at most wire.MaxTasksPerClaim) in one call, waiting as GetNewTask
 // does; batched is true when n > 1, as an imgmill database answers over HTTP.
 func (l *Local) GetNewTasks(ctx context.Context, wait time.Duration, n int) (tasks []wire.Task, batched bool, err error) {
-	n = min(n, wire.MaxTasksPerClaim)
-	if n <= 1 {
-		t, err := l.GetNewTask(ctx, wait)
-		if err != nil {
-			return nil, false, err
-		}
-		return []wire.Task{t}, false, nil
-	}
-	ts, err := client.CallLocal(ctx, false, func(ctx context.Context) ([]wire.Task, error) {
-		return l.s.claimWait(ctx, n, max(wait, 0))
-	})
-	if err != nil {
-		return nil, false, err
-	}
-	return ts, true, nil
+	return client.ClaimLocal(ctx, n, l.claim(wait))
+}
+
+// claim is the claim of n tasks, waiting up to wait, that POST /getNewTask makes.
+func (l *Local) claim(wait time.Duration) func(ctx context.Context, n int) ([]wire.Task, error) {
+	return func(ctx context.Context, n int) ([]wire.Task, error) { return l.s.claimWait(ctx, n, max(wait, 0)) }
 }
 
 // FinishTask marks the claimed task finished.

@@ -29,42 +29,29 @@ func (l *Local) Addr(context.Context) (string, error) { return l.addr, nil }
 // GetNewTask claims a task, as POST /getNewTask does; IsNoTask(err) tells that none came within wait.
 // Not retried, as over HTTP: a retried claim could hold a second task.
 func (l *Local) GetNewTask(ctx context.Context, wait time.Duration) (wire.Task, error) {
-	return client.CallLocal(ctx, false, func(ctx context.Context) (wire.Task, error) {
-		wait, err := localWait(wait, wire.MaxWait)
-		if err != nil {
-			return wire.Task{}, err
-		}
-		ts, err := l.s.claim(ctx, wait, 1)
-		if err != nil {
-			return wire.Task{}, notImplemented(err, "/getNewTask")
-		}
-		return ts[0], nil
-	})
+	ts, _, err := client.ClaimLocal(ctx, 1, l.claim(wait))
+	if err != nil {
+		return wire.Task{}, err
+	}
+	return ts[0], nil
 }
 
 // GetNewTasks claims up to n tasks at once (POST /getNewTask?max=n); with n of 1 it is GetNewTask. This
 // master always answers a batch, so batched is true for n > 1.
 func (l *Local) GetNewTasks(ctx context.Context, wait time.Duration, n int) (tasks []wire.Task, batched bool, err error) {
-	n = min(n, wire.MaxTasksPerClaim)
-	if n <= 1 {
-		t, err := l.GetNewTask(ctx, wait)
-		if err != nil {
-			return nil, false, err
-		}
-		return []wire.Task{t}, false, nil
-	}
-	ts, err := client.CallLocal(ctx, false, func(ctx context.Context) ([]wire.Task, error) {
+	return client.ClaimLocal(ctx, n, l.claim(wait))
+}
+
+// claim is the claim of n tasks, waiting up to wait, that POST /getNewTask makes.
+func (l *Local) claim(wait time.Duration) func(ctx context.Context, n int) ([]wire.Task, error) {
+	return func(ctx context.Context, n int) ([]wire.Task, error) {
 		wait, err := localWait(wait, wire.MaxWait)
 		if err != nil {
 			return nil, err
 		}
 		ts, err := l.s.claim(ctx, wait, n)
 		return ts, notImplemented(err, "/getNewTask")
-	})
-	if err != nil {
-		return nil, false, err
 	}
-	return ts, true, nil
 }
 
 // FinishTask registers the claimed task finished (POST /registerTaskFinished): refused, and the task

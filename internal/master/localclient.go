@@ -3,7 +3,6 @@ package master
 import (
 	"context"
 	"io"
-	"sync"
 	"time"
 
 	"github.com/imgmill/imgmill/internal/client"
@@ -45,12 +44,13 @@ func (l *Local) Upload(ctx context.Context, r io.Reader, size int64, p client.Up
 		if size >= 0 {
 			body = io.LimitReader(body, size) // as net/http sends no more than the declared length
 		}
-		source := &sourceReader{r: body}
-		up, err := l.s.upload(ctx, newUpload{op: p.Op, name: p.Name, key: p.IdempotencyKey, claimedOwner: p.Owner,
-			addr: LocalCaller, size: size, body: l.s.capUpload(nil, io.NopCloser(source))})
-		if err != nil && source.failure() != nil {
+		up, err := client.ReadingBody(body, func(body io.Reader) (client.Uploaded, error) {
+			return l.s.upload(ctx, newUpload{op: p.Op, name: p.Name, key: p.IdempotencyKey, claimedOwner: p.Owner,
+				addr: LocalCaller, size: size, body: l.s.capUpload(nil, io.NopCloser(body))})
+		})
+		if client.IsBodyError(err) {
 			// The upload broke off on the caller's side; the pending task is given up already.
-			return client.Uploaded{}, client.BodyError(source.failure())
+			return client.Uploaded{}, err
 		}
 		return up, notImplemented(err, "/new")
 	})
@@ -162,28 +162,4 @@ func (l *Local) Delete(ctx context.Context, id int64) error {
 		return struct{}{}, notImplemented(l.s.delete(ctx, id), "/task")
 	})
 	return err
-}
-
-// sourceReader remembers a failure of the caller's own upload body (not its end), so that an upload
-// that failed because of it is blamed on the body, as the HTTP client does.
-type sourceReader struct {
-	r   io.Reader
-	mu  sync.Mutex
-	err error
-}
-
-func (s *sourceReader) Read(p []byte) (int, error) {
-	n, err := s.r.Read(p)
-	if err != nil && err != io.EOF {
-		s.mu.Lock()
-		s.err = err
-		s.mu.Unlock()
-	}
-	return n, err
-}
-
-func (s *sourceReader) failure() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.err
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"sync"
 
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/wire"
@@ -54,12 +53,9 @@ func (l *Local) send(ctx context.Context, id int64, state string, token int64, r
 		if replay != nil {
 			body = replay()
 		}
-		source := &sourceReader{r: body}
-		err := l.s.store(ctx, id, state, token, source, size)
-		if err != nil && source.failure() != nil {
-			return struct{}{}, client.BodyError(source.failure())
-		}
-		return struct{}{}, err
+		return client.ReadingBody(body, func(body io.Reader) (struct{}, error) {
+			return struct{}{}, l.s.store(ctx, id, state, token, body, size)
+		})
 	})
 	return err
 }
@@ -151,27 +147,3 @@ func (l *Local) ListBlobs(ctx context.Context, prefix, after string, limit int) 
 
 // Addr names the storage in logs: LocalAddr, as it is reached through no address.
 func (l *Local) Addr(context.Context) (string, error) { return LocalAddr, nil }
-
-// sourceReader remembers a failure of the caller's own body (not its end), so that a store that failed
-// because of it is blamed on the body, as the HTTP client does.
-type sourceReader struct {
-	r   io.Reader
-	mu  sync.Mutex
-	err error
-}
-
-func (s *sourceReader) Read(p []byte) (int, error) {
-	n, err := s.r.Read(p)
-	if err != nil && err != io.EOF {
-		s.mu.Lock()
-		s.err = err
-		s.mu.Unlock()
-	}
-	return n, err
-}
-
-func (s *sourceReader) failure() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.err
-}
