@@ -189,7 +189,7 @@ func (s *server) handleGetByID(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *server) getByID(ctx context.Context, id int64) (wire.Task, error) {
-	if err := checkID("id", id); err != nil {
+	if err := httpapi.CheckID("id", id); err != nil {
 		return wire.Task{}, err
 	}
 	t, err := s.store.Get(ctx, id)
@@ -458,7 +458,7 @@ func sizeError(raw string) error {
 }
 
 func (s *server) activate(ctx context.Context, id, size int64) error {
-	if err := checkID("id", id); err != nil {
+	if err := httpapi.CheckID("id", id); err != nil {
 		return err
 	}
 	if size < 0 {
@@ -490,7 +490,7 @@ func (s *server) usage(ctx context.Context, owner string) (wire.Usage, error) {
 }
 
 func (s *server) handleFinishTask(w http.ResponseWriter, r *http.Request) error {
-	id, token, err := idAndToken(r)
+	id, token, err := httpapi.QueryIDAndToken(r)
 	if err != nil {
 		return err
 	}
@@ -502,7 +502,7 @@ func (s *server) handleFinishTask(w http.ResponseWriter, r *http.Request) error 
 }
 
 func (s *server) finish(ctx context.Context, id, token int64) error {
-	if err := checkIDAndToken(id, token); err != nil {
+	if err := httpapi.CheckIDAndToken(id, token); err != nil {
 		return err
 	}
 	start := time.Now()
@@ -514,7 +514,7 @@ func (s *server) finish(ctx context.Context, id, token int64) error {
 }
 
 func (s *server) handleExtendLease(w http.ResponseWriter, r *http.Request) error {
-	id, token, err := idAndToken(r)
+	id, token, err := httpapi.QueryIDAndToken(r)
 	if err != nil {
 		return err
 	}
@@ -528,7 +528,7 @@ func (s *server) handleExtendLease(w http.ResponseWriter, r *http.Request) error
 // extend renews a claim's lease. The database answers at once, whatever wait a caller asks for (the
 // master holds the call; see client.LeaseAPI.WatchLease).
 func (s *server) extend(ctx context.Context, id, token int64) (wire.Task, error) {
-	if err := checkIDAndToken(id, token); err != nil {
+	if err := httpapi.CheckIDAndToken(id, token); err != nil {
 		return wire.Task{}, err
 	}
 	t, err := s.store.Extend(ctx, id, token, s.lease)
@@ -539,7 +539,7 @@ func (s *server) extend(ctx context.Context, id, token int64) (wire.Task, error)
 }
 
 func (s *server) handleFailTask(w http.ResponseWriter, r *http.Request) error {
-	id, token, err := idAndToken(r)
+	id, token, err := httpapi.QueryIDAndToken(r)
 	if err != nil {
 		return err
 	}
@@ -563,7 +563,7 @@ func (s *server) handleFailTask(w http.ResponseWriter, r *http.Request) error {
 // fail records a failed attempt (permanent: not to be claimed again), or with transient hands the task
 // back for a later claim without counting the attempt.
 func (s *server) fail(ctx context.Context, id, token int64, reason string, permanent, transient bool) (wire.Task, error) {
-	if err := checkIDAndToken(id, token); err != nil {
+	if err := httpapi.CheckIDAndToken(id, token); err != nil {
 		return wire.Task{}, err
 	}
 	reason, err := checkReason(reason)
@@ -604,7 +604,7 @@ func (s *server) handleCancelTask(w http.ResponseWriter, r *http.Request) error 
 }
 
 func (s *server) cancel(ctx context.Context, id int64) (wire.Task, error) {
-	if err := checkID("id", id); err != nil {
+	if err := httpapi.CheckID("id", id); err != nil {
 		return wire.Task{}, err
 	}
 	t, err := s.store.Cancel(ctx, id)
@@ -633,7 +633,7 @@ func (s *server) handleRequeueTask(w http.ResponseWriter, r *http.Request) error
 }
 
 func (s *server) requeue(ctx context.Context, id int64) (wire.Task, error) {
-	if err := checkID("id", id); err != nil {
+	if err := httpapi.CheckID("id", id); err != nil {
 		return wire.Task{}, err
 	}
 	if s.retention > 0 {
@@ -671,7 +671,7 @@ func (s *server) handleDeleteTask(w http.ResponseWriter, r *http.Request) error 
 }
 
 func (s *server) delete(ctx context.Context, id int64) error {
-	if err := checkID("id", id); err != nil {
+	if err := httpapi.CheckID("id", id); err != nil {
 		return err
 	}
 	if err := s.store.Delete(ctx, id); err != nil {
@@ -768,7 +768,7 @@ func (s *server) handleAbandonTask(w http.ResponseWriter, r *http.Request) error
 }
 
 func (s *server) abandon(ctx context.Context, id int64, reason string) error {
-	if err := checkID("id", id); err != nil {
+	if err := httpapi.CheckID("id", id); err != nil {
 		return err
 	}
 	reason, err := checkReason(reason)
@@ -785,7 +785,7 @@ func (s *server) abandon(ctx context.Context, id int64, reason string) error {
 }
 
 func (s *server) handleReleaseTask(w http.ResponseWriter, r *http.Request) error {
-	id, token, err := idAndToken(r)
+	id, token, err := httpapi.QueryIDAndToken(r)
 	if err != nil {
 		return err
 	}
@@ -797,7 +797,7 @@ func (s *server) handleReleaseTask(w http.ResponseWriter, r *http.Request) error
 }
 
 func (s *server) release(ctx context.Context, id, token int64) error {
-	if err := checkIDAndToken(id, token); err != nil {
+	if err := httpapi.CheckIDAndToken(id, token); err != nil {
 		return err
 	}
 	if err := s.store.Release(ctx, id, token); err != nil {
@@ -805,34 +805,6 @@ func (s *server) release(ctx context.Context, id, token int64) error {
 	}
 	s.news.broadcast()
 	return nil
-}
-
-// idAndToken reads the id and the optional fencing token (absent: 0, a reference worker).
-func idAndToken(r *http.Request) (id, token int64, err error) {
-	if id, err = httpapi.QueryID(r, "id"); err != nil {
-		return 0, 0, err
-	}
-	if r.URL.Query().Has("token") {
-		if token, err = httpapi.QueryID(r, "token"); err != nil {
-			return 0, 0, err
-		}
-	}
-	return id, token, nil
-}
-
-// checkID refuses a negative id as httpapi.QueryID does the parameter name.
-func checkID(name string, id int64) error {
-	if id < 0 {
-		return httpapi.Errorf(http.StatusBadRequest, "%s must be a non-negative decimal integer, got %q", name, strconv.FormatInt(id, 10))
-	}
-	return nil
-}
-
-func checkIDAndToken(id, token int64) error {
-	if err := checkID("id", id); err != nil {
-		return err
-	}
-	return checkID("token", token)
 }
 
 // storeError maps the store's errors to the reference's 400 answers, and imgmill's fencing refusals to 409.

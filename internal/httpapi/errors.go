@@ -230,6 +230,37 @@ func QueryID(r *http.Request, name string) (int64, error) {
 	return id, nil
 }
 
+// QueryIDAndToken reads a leased task's call: its id and its optional lease token (0 when absent), each a
+// non-negative decimal integer.
+func QueryIDAndToken(r *http.Request) (id, token int64, err error) {
+	if id, err = QueryID(r, "id"); err != nil {
+		return 0, 0, err
+	}
+	if r.URL.Query().Has("token") {
+		if token, err = QueryID(r, "token"); err != nil {
+			return 0, 0, err
+		}
+	}
+	return id, token, nil
+}
+
+// CheckID refuses a negative value v of the parameter name with QueryID's answer: for a service's
+// in-process API, handed the value rather than a query.
+func CheckID(name string, v int64) error {
+	if v < 0 {
+		return Errorf(http.StatusBadRequest, "%s must be a non-negative decimal integer, got %q", name, strconv.FormatInt(v, 10))
+	}
+	return nil
+}
+
+// CheckIDAndToken is CheckID of a leased task's id and token.
+func CheckIDAndToken(id, token int64) error {
+	if err := CheckID("id", id); err != nil {
+		return err
+	}
+	return CheckID("token", token)
+}
+
 // QueryRequired returns the non-empty parameter name.
 func QueryRequired(r *http.Request, name string) (string, error) {
 	v := r.URL.Query().Get(name)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/imgmill/imgmill/internal/client"
@@ -58,7 +57,7 @@ func (l *Local) claim(wait time.Duration) func(ctx context.Context, n int) ([]wi
 // handed back, when storage holds no result for it.
 func (l *Local) FinishTask(ctx context.Context, id, token int64) error {
 	_, err := client.CallLocal(ctx, true, func(ctx context.Context) (struct{}, error) {
-		if err := checkIDs(id, token); err != nil {
+		if err := httpapi.CheckIDAndToken(id, token); err != nil {
 			return struct{}{}, err
 		}
 		return struct{}{}, notImplemented(l.s.finish(ctx, id, token), "/registerTaskFinished")
@@ -78,7 +77,7 @@ func (l *Local) FinishWithResult(ctx context.Context, id, token int64, r io.Read
 	}
 	replay := client.Replayer(r)
 	_, err := client.CallLocal(ctx, replay != nil, func(ctx context.Context) (struct{}, error) {
-		if err := checkIDs(id, token); err != nil {
+		if err := httpapi.CheckIDAndToken(id, token); err != nil {
 			return struct{}{}, err
 		}
 		body := r
@@ -126,7 +125,7 @@ func (l *Local) extendLease(ctx context.Context, id, token int64, wait time.Dura
 		if wait < 0 || wait > wire.MaxLeaseWait {
 			return wire.Task{}, durationRange("wait", wire.MaxLeaseWait)
 		}
-		if err := checkIDs(id, token); err != nil {
+		if err := httpapi.CheckIDAndToken(id, token); err != nil {
 			return wire.Task{}, err
 		}
 		t, err := l.s.extendLease(ctx, id, token, wait)
@@ -148,7 +147,7 @@ func (l *Local) RetryTask(ctx context.Context, id, token int64, reason string) (
 
 func (l *Local) fail(ctx context.Context, id, token int64, reason string, permanent, transient bool) (wire.Task, error) {
 	return client.CallLocal(ctx, true, func(ctx context.Context) (wire.Task, error) {
-		if err := checkIDs(id, token); err != nil {
+		if err := httpapi.CheckIDAndToken(id, token); err != nil {
 			return wire.Task{}, err
 		}
 		reason, err := checkReason(reason)
@@ -163,29 +162,12 @@ func (l *Local) fail(ctx context.Context, id, token int64, reason string, perman
 // ReleaseTask hands a claimed task back without counting the attempt (POST /releaseTask).
 func (l *Local) ReleaseTask(ctx context.Context, id, token int64) error {
 	_, err := client.CallLocal(ctx, true, func(ctx context.Context) (struct{}, error) {
-		if err := checkIDs(id, token); err != nil {
+		if err := httpapi.CheckIDAndToken(id, token); err != nil {
 			return struct{}{}, err
 		}
 		return struct{}{}, notImplemented(l.s.release(ctx, id, token), "/releaseTask")
 	})
 	return err
-}
-
-// checkIDs refuses a task id or token the HTTP client would send and the handler refuse (a negative
-// one); a token of 0 is none, which the HTTP client leaves out.
-func checkIDs(id, token int64) error {
-	if id < 0 {
-		return negativeID("id", id)
-	}
-	if token < 0 {
-		return negativeID("token", token)
-	}
-	return nil
-}
-
-// negativeID is httpapi.QueryID's refusal of a negative value of parameter name.
-func negativeID(name string, v int64) error {
-	return httpapi.Errorf(http.StatusBadRequest, "%s must be a non-negative decimal integer, got %q", name, strconv.FormatInt(v, 10))
 }
 
 // localWait is a claim's wait as the HTTP client sends it (none when not positive) and the handler

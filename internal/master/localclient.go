@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/imgmill/imgmill/internal/client"
+	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/wire"
 )
 
@@ -65,7 +66,7 @@ func (l *Local) IsReady(ctx context.Context, id int64) (bool, error) {
 // /isReady?wait=): woken by a finish through this master, HTTP or in-process.
 func (l *Local) WaitReady(ctx context.Context, id int64, wait time.Duration) (bool, error) {
 	return client.CallLocal(ctx, true, func(ctx context.Context) (bool, error) {
-		if err := checkIDs(id, 0); err != nil {
+		if err := httpapi.CheckID("id", id); err != nil {
 			return false, err
 		}
 		// The HTTP client sends every wait, a negative one too, which the handler refuses.
@@ -103,7 +104,7 @@ func (l *Local) Source(ctx context.Context, id int64) (*client.Image, error) {
 
 func (l *Local) image(ctx context.Context, id int64, open func(context.Context, int64) (*client.Image, error), path string) (*client.Image, error) {
 	return client.CallLocal(ctx, true, func(ctx context.Context) (*client.Image, error) {
-		if err := checkIDs(id, 0); err != nil {
+		if err := httpapi.CheckID("id", id); err != nil {
 			return nil, err
 		}
 		img, err := open(ctx, id)
@@ -144,7 +145,7 @@ func (l *Local) Retry(ctx context.Context, id int64) (wire.Status, error) {
 // change is a call about task id that answers its status.
 func (l *Local) change(ctx context.Context, id int64, idempotent bool, call func(context.Context, int64) (wire.Status, error), path string) (wire.Status, error) {
 	return client.CallLocal(ctx, idempotent, func(ctx context.Context) (wire.Status, error) {
-		if err := checkIDs(id, 0); err != nil {
+		if err := httpapi.CheckID("id", id); err != nil {
 			return wire.Status{}, err
 		}
 		st, err := call(ctx, id)
@@ -156,7 +157,7 @@ func (l *Local) change(ctx context.Context, id int64, idempotent bool, call func
 // that never named a task is 404.
 func (l *Local) Delete(ctx context.Context, id int64) error {
 	_, err := client.CallLocal(ctx, true, func(ctx context.Context) (struct{}, error) {
-		if err := checkIDs(id, 0); err != nil {
+		if err := httpapi.CheckID("id", id); err != nil {
 			return struct{}{}, err
 		}
 		return struct{}{}, notImplemented(l.s.delete(ctx, id), "/task")

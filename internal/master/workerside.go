@@ -76,7 +76,7 @@ func (s *server) claimed(t wire.Task) {
 
 // handleRegisterTaskFinished passes a worker's finish through to the database (see finish).
 func (s *server) handleRegisterTaskFinished(w http.ResponseWriter, r *http.Request) error {
-	id, token, err := idAndToken(r)
+	id, token, err := httpapi.QueryIDAndToken(r)
 	if err != nil {
 		return err
 	}
@@ -105,7 +105,7 @@ func (s *server) finish(ctx context.Context, id, token int64) error {
 // handleFinishTask stores a worker's result, the request body, and finishes its task (see
 // finishWithResult): POST /finishTask?id=N&token=T, additive.
 func (s *server) handleFinishTask(w http.ResponseWriter, r *http.Request) error {
-	id, token, err := idAndToken(r)
+	id, token, err := httpapi.QueryIDAndToken(r)
 	if err != nil {
 		return err
 	}
@@ -191,7 +191,7 @@ func (s *server) handleExtendLease(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return err
 	}
-	id, token, err := idAndToken(r)
+	id, token, err := httpapi.QueryIDAndToken(r)
 	if err != nil {
 		return err
 	}
@@ -239,7 +239,7 @@ func (s *server) extendLease(ctx context.Context, id, token int64, wait time.Dur
 
 // handleFailTask passes a worker's failed attempt through to the database (see fail).
 func (s *server) handleFailTask(w http.ResponseWriter, r *http.Request) error {
-	id, token, err := idAndToken(r)
+	id, token, err := httpapi.QueryIDAndToken(r)
 	if err != nil {
 		return err
 	}
@@ -293,7 +293,7 @@ func (s *server) fail(ctx context.Context, id, token int64, reason string, perma
 
 // handleReleaseTask passes a worker's release of its claim through to the database (see release).
 func (s *server) handleReleaseTask(w http.ResponseWriter, r *http.Request) error {
-	id, token, err := idAndToken(r)
+	id, token, err := httpapi.QueryIDAndToken(r)
 	if err != nil {
 		return err
 	}
@@ -316,20 +316,6 @@ func (s *server) release(ctx context.Context, id, token int64) error {
 	}
 	s.changes.finished(id)
 	return nil
-}
-
-// idAndToken reads the id and the optional fencing token (absent: 0, a reference worker), refusing them
-// as the database does.
-func idAndToken(r *http.Request) (id, token int64, err error) {
-	if id, err = httpapi.QueryID(r, "id"); err != nil {
-		return 0, 0, err
-	}
-	if r.URL.Query().Has("token") {
-		if token, err = httpapi.QueryID(r, "token"); err != nil {
-			return 0, 0, err
-		}
-	}
-	return id, token, nil
 }
 
 // checkReason refuses a failure without a reason, as the database does.
