@@ -3,6 +3,7 @@ package cli_test
 import (
 	"bytes"
 	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -10,14 +11,11 @@ import (
 	"strings"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/imgmill/imgmill/internal/blobstore"
+	"github.com/imgmill/imgmill/internal/blobstore/fileblob"
 	"github.com/imgmill/imgmill/internal/cli"
 	"github.com/imgmill/imgmill/internal/deploytest"
 )
-
-// fenceAttr is the extended attribute in which the file blob store keeps each image's fence.
-const fenceAttr = "user.imgmill.fence"
 
 // TestBackupRestore: imgmill backup copies a running serve's data directory; a serve started on the copy
 // answers every task the original had, with the same results, under the same public ids, and goes on
@@ -96,51 +94,60 @@ func getResult(t *testing.T, server, id, out string, wait bool) (stdout, stderr 
 }
 
 // checkImagesCopied checks that every image of the copy is the original's, bytes and fence, and that
-// every finished result was copied with a fence.
+// every finished result was copied with a fence. The original is in use by a running serve, so it is
+// read through a second copy taken now: an image only changes by being deleted.
 func checkImagesCopied(t *testing.T, orig, copied string) {
 	t.Helper()
-	var fenced int
-	err := filepath.WalkDir(copied, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		rel, _ := filepath.Rel(copied, path)
-		got, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		want, err := os.ReadFile(filepath.Join(orig, rel))
-		if err != nil {
-			return err
-		}
-		if !bytes.Equal(got, want) {
-			t.Errorf("image %s: the copy differs from the original", rel)
-		}
-		if f, g := fence(t, filepath.Join(orig, rel)), fence(t, path); f != g {
-			t.Errorf("image %s: fence %q in the copy, %q in the original", rel, g, f)
-		} else if f != "" {
-			fenced++
-		}
-		return nil
-	})
-	if err != nil {
+	ctx := t.Context()
+	now := filepath.Join(t.TempDir(), "now")
+	if _, _, err := fileblob.Copy(ctx, orig, now); err != nil {
 		t.Fatal(err)
 	}
+	open := func(dir string) *fileblob.Store {
+		s, err := fileblob.Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	copyStore, nowStore := open(copied), open(now)
+	read := func(s *fileblob.Store, key string) ([]byte, int64, error) {
+		b, err := s.Open(ctx, key)
+		if err != nil {
+			return nil, 0, err
+		}
+		defer b.Close()
+		data, err := io.ReadAll(b)
+		return data, b.Fence, err
+	}
+	var fenced, images int
+	for e, err := range copyStore.List(ctx, "", "") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		images++
+		got, gotFence, err := read(copyStore, e.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, wantFence, err := read(nowStore, e.Key)
+		if errors.Is(err, blobstore.ErrNotFound) {
+			continue // deleted since the backup
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("image %s: the copy differs from the original", e.Key)
+		}
+		if gotFence != wantFence {
+			t.Errorf("image %s: fence %d in the copy, %d in the original", e.Key, gotFence, wantFence)
+		} else if gotFence != 0 {
+			fenced++
+		}
+	}
 	if fenced < 3 {
-		t.Fatalf("%d fenced images copied, want at least the 3 results", fenced)
+		t.Fatalf("%d fenced images copied (of %d), want at least the 3 results", fenced, images)
 	}
-}
-
-// fence is the fence attribute of the file at path, "" when it has none.
-func fence(t *testing.T, path string) string {
-	t.Helper()
-	buf := make([]byte, 64)
-	n, err := unix.Getxattr(path, fenceAttr, buf)
-	if errors.Is(err, unix.ENODATA) {
-		return ""
-	}
-	if err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-	return string(buf[:n])
 }

@@ -82,6 +82,9 @@ func (f *flags) tasks(t *engines.Tasks) {
 func (f *flags) blobs(b *engines.Blobs) {
 	f.StringVar(&b.URL, "blobs", "", "blob store: empty for files under --data, or 's3://BUCKET?endpoint=http://HOST:PORT&access_key=K&secret_key=S' "+
 		"(keys also from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; the bucket is created when missing; shared by several storage services)")
+	b.SmallMax = engines.DefaultSmallMax
+	f.Var(bytesValue{&b.SmallMax}, "small-blobs", "with the file store: images of at most this many bytes (or with kB, MB, KiB, MiB) are appended to shared segment files "+
+		"under --data, made durable by one flush for many and compacted in the background, instead of a file each; 0: a file each (segments already written are still read)")
 }
 
 // minFree defines --min-free, storage's floor of free space (serve's too: its database shares the disk).

@@ -32,7 +32,7 @@ import (
 // Where the embedded stores live in the data directory.
 const (
 	TasksFile = "tasks.db" // the task store (SQLite)
-	ImagesDir = "images"   // the blob store (one file per image)
+	ImagesDir = "images"   // the blob store (a file per large image, segment files for small ones)
 	KVFile    = "kv.json"  // the kv store
 )
 
@@ -82,16 +82,29 @@ type Blobs struct {
 	// Getenv supplies AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY when the URL has no keys (nil: none).
 	Getenv func(string) string
 	Logger *slog.Logger
+	// SmallMax: with files, blobs of at most this many bytes are appended to shared segment files
+	// instead of a file each (fileblob.Options.SmallMax); 0: a file each.
+	SmallMax int64
 }
+
+// DefaultSmallMax is --small-blobs: a 256x256 PNG fits (most are 30-60 KiB), and a segment holds
+// hundreds of them.
+const DefaultSmallMax = 64 << 10
+
+// MaxSmallMax bounds SmallMax: a small blob is held whole in memory while it is stored.
+const MaxSmallMax = 4 << 20
 
 // Open opens the blob store.
 func (b Blobs) Open(ctx context.Context) (blobstore.Store, error) {
 	if b.URL == "" {
+		if b.SmallMax < 0 || b.SmallMax > MaxSmallMax {
+			return nil, fmt.Errorf("small blobs: %d bytes; at most %d (4MiB), 0 for a file each", b.SmallMax, MaxSmallMax)
+		}
 		dir := filepath.Join(b.DataDir, ImagesDir)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, fmt.Errorf("blob store data dir: %w", err)
 		}
-		store, err := fileblob.Open(dir)
+		store, err := fileblob.OpenWith(dir, fileblob.Options{SmallMax: b.SmallMax, Logger: b.Logger})
 		if err != nil {
 			return nil, fmt.Errorf("open blob store: %w", err)
 		}

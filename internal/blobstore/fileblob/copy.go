@@ -1,6 +1,7 @@
 package fileblob
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +18,10 @@ import (
 // that owns it may go on serving and writing meanwhile: a blob replaced during the copy is copied whole,
 // old or new, with the fence of the version copied (both read from one open file), and the temporary
 // files of writes in progress are left out. It returns how many blobs and bytes it copied.
+//
+// The blob files are copied first and the segment files (segment.go) after, record by whole record,
+// under a shared lock that holds the store's compactor off, so that no segment is compacted away before
+// it is copied, and a blob that switched forms during the copy is found in one or the other.
 func Copy(ctx context.Context, dir, dst string) (blobs, size int64, err error) {
 	if _, err := os.Lstat(dst); !errors.Is(err, fs.ErrNotExist) {
 		return 0, 0, fmt.Errorf("fileblob: copy to %s: the directory exists, or cannot be checked (%v)", dst, err)
@@ -35,6 +40,8 @@ func Copy(ctx context.Context, dir, dst string) (blobs, size int64, err error) {
 		}
 		target := filepath.Join(dst, rel)
 		switch {
+		case d.IsDir() && path == filepath.Join(dir, segmentsDir):
+			return filepath.SkipDir // copied below
 		case d.IsDir():
 			dirs = append(dirs, target)
 			return os.Mkdir(target, 0o755)
@@ -57,12 +64,121 @@ func Copy(ctx context.Context, dir, dst string) (blobs, size int64, err error) {
 	if err != nil {
 		return 0, 0, fmt.Errorf("fileblob: copy %s to %s: %w", dir, dst, err)
 	}
+	small, smallBytes, err := copySegments(ctx, filepath.Join(dir, segmentsDir), dst)
+	if err != nil {
+		return 0, 0, fmt.Errorf("fileblob: copy %s to %s: %w", dir, dst, err)
+	}
+	blobs, size = blobs+small, size+smallBytes
 	for _, d := range dirs {
 		if err := atomicfile.SyncDir(d); err != nil {
 			return 0, 0, fmt.Errorf("fileblob: copy to %s: %w", dst, err)
 		}
 	}
 	return blobs, size, nil
+}
+
+// copySegments copies the whole records of the segments in dir into dst's segments directory, and
+// returns how many blobs and bytes they hold that dst has no file for.
+func copySegments(ctx context.Context, dir, dst string) (blobs, size int64, err error) {
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		return 0, 0, nil // a store that never kept blobs in segments
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, lockName), os.O_RDONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer lock.Close()
+	if err := lockShared(lock); err != nil {
+		return 0, 0, fmt.Errorf("lock segments: %w", err)
+	}
+	defer unlockFile(lock)
+	out := filepath.Join(dst, segmentsDir)
+	if err := os.Mkdir(out, 0o755); err != nil {
+		return 0, 0, err
+	}
+	// What the copied records hold, replayed as Open would: key -> size, or -1-size for a moved key.
+	held := make(map[string]int64)
+	last := 0
+	for {
+		nums, err := segmentFiles(dir)
+		if err != nil {
+			return 0, 0, err
+		}
+		copied := false
+		for _, n := range nums {
+			if n <= last {
+				continue
+			}
+			if err := copySegment(ctx, filepath.Join(dir, segmentName(n)), filepath.Join(out, segmentName(n)), held); err != nil {
+				return 0, 0, err
+			}
+			last, copied = n, true
+		}
+		// The active segment may have rolled over while it was copied: go on with the new ones.
+		if !copied {
+			break
+		}
+	}
+	if err := atomicfile.SyncDir(out); err != nil {
+		return 0, 0, err
+	}
+	for key, n := range held {
+		if _, err := os.Lstat(filepath.Join(dst, filepath.FromSlash(key))); err == nil {
+			continue // the file wins, and was counted
+		}
+		if n < 0 {
+			n = -1 - n // moved, and the file was not there: Open brings the record back
+		}
+		blobs, size = blobs+1, size+n
+	}
+	return blobs, size, nil
+}
+
+// copySegment copies the whole, valid records of the segment src to the new file dst, and fsyncs it.
+func copySegment(ctx context.Context, src, dst string, held map[string]int64) (err error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := out.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	w := bufio.NewWriterSize(out, 1<<20)
+	_, err = scanRecords(in, fi.Size(), func(rec *record, _ int64) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		switch rec.op {
+		case opPut:
+			held[rec.key] = int64(len(rec.data))
+		case opDelete:
+			delete(held, rec.key)
+		case opMoved:
+			if n, ok := held[rec.key]; ok && n >= 0 {
+				held[rec.key] = -1 - n
+			}
+		}
+		_, err := w.Write(encodeRecord(rec.op, rec.key, rec.fence, rec.mod, rec.data))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("copy %s: %w", src, err)
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	return out.Sync()
 }
 
 // copyBlob copies the blob file src, with its fence, to the new file dst, and fsyncs it.

@@ -13,15 +13,30 @@ import (
 
 // TestCopy: a copy of a store in use opens as a store with the same blobs and fences, without the
 // temporary files of writes in progress, and is never made over an existing directory.
+// With small blobs in segments, the copy holds both forms: the small blobs and a large one, and a key
+// that a large blob replaced.
 func TestCopy(t *testing.T) {
+	for mode, o := range storeModes {
+		t.Run(mode, func(t *testing.T) { testCopy(t, o) })
+	}
+}
+
+func testCopy(t *testing.T, o Options) {
 	ctx := t.Context()
 	dir := filepath.Join(t.TempDir(), "images")
-	s := openStore(t, dir)
+	s, err := OpenWith(dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer s.Close()
+	big := strings.Repeat("large", 20<<10)
+	if _, err := s.Put(ctx, "finished/4", strings.NewReader("small first"), 11, 2); err != nil {
+		t.Fatal(err)
+	}
 	blobs := map[string]struct {
 		data  string
 		fence int64
-	}{"working/1": {"upload", 0}, "finished/1": {"result", 7}, "finished/2": {"other result", 1 << 40}}
+	}{"working/1": {"upload", 0}, "finished/1": {"result", 7}, "finished/2": {"other result", 1 << 40}, "finished/3": {big, 3}, "finished/4": {big, 4}}
 	for key, b := range blobs {
 		if _, err := s.Put(ctx, key, strings.NewReader(b.data), int64(len(b.data)), b.fence); err != nil {
 			t.Fatal(err)
@@ -34,13 +49,16 @@ func TestCopy(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Copy: %v", err)
 	}
-	if n != 3 || size != int64(len("upload")+len("result")+len("other result")) {
-		t.Errorf("Copy = %d blobs, %d bytes; want 3 and the sum of their sizes", n, size)
+	if n != 5 || size != int64(len("upload")+len("result")+len("other result")+2*len(big)) {
+		t.Errorf("Copy = %d blobs, %d bytes; want 5 and the sum of their sizes", n, size)
 	}
 	if _, err := os.Stat(filepath.Join(dst, "finished", ".3.tmp-123")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the temporary file was copied: %v", err)
 	}
-	c := openStore(t, dst)
+	c, err := OpenWith(dst, o)
+	if err != nil {
+		t.Fatalf("open the copy: %v", err)
+	}
 	defer c.Close()
 	for key, want := range blobs {
 		b, err := c.Open(ctx, key)

@@ -37,11 +37,13 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/imgmill/imgmill/internal/atomicfile"
 	"github.com/imgmill/imgmill/internal/blobstore"
@@ -71,6 +73,19 @@ type Store struct {
 	root  io.Closer // what flush holds open
 	// usage counts the blobs under each prefix: walked at Open, then kept by every Put and Delete.
 	usage usageCounts
+	// seg holds the small blobs (segment.go); nil when every blob is a file.
+	seg *segments
+}
+
+// Options are the choices of OpenWith.
+type Options struct {
+	// SmallMax: blobs of at most this many bytes are kept in segment files (segment.go) instead of a
+	// file each; 0 keeps every new blob in a file of its own (segments written before are still read).
+	SmallMax int64
+	// SegmentSize is the size past which a new segment file is started (0: DefaultSegmentSize).
+	SegmentSize int64
+	// Logger hears of failed segment flushes and compactions (nil: nobody).
+	Logger *slog.Logger
 }
 
 var (
@@ -82,7 +97,10 @@ var (
 // Open opens the store rooted at dir, creating dir if needed. It removes the temporary files left by writes
 // that a crash interrupted and fsyncs every directory, so that after Open an existing directory is durable.
 // A full disk does not keep it from opening; Puts then fail with fault.NoSpace errors until there is room.
-func Open(dir string) (*Store, error) {
+func Open(dir string) (*Store, error) { return OpenWith(dir, Options{}) }
+
+// OpenWith is Open with options.
+func OpenWith(dir string, o Options) (*Store, error) {
 	if dir == "" {
 		return nil, errors.New("fileblob: empty directory")
 	}
@@ -96,7 +114,13 @@ func Open(dir string) (*Store, error) {
 			return err
 		}
 		if d.IsDir() {
-			return atomicfile.SyncDir(path)
+			if err := atomicfile.SyncDir(path); err != nil {
+				return err
+			}
+			if d.Name() == segmentsDir && filepath.Dir(path) == dir {
+				return filepath.SkipDir // read by openSegments
+			}
+			return nil
 		}
 		if ok, _ := filepath.Match(tempPattern, d.Name()); ok && d.Type().IsRegular() {
 			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -129,6 +153,13 @@ func Open(dir string) (*Store, error) {
 	if s.flush, s.root, err = fileSystemFlush(dir); err != nil {
 		return nil, fmt.Errorf("fileblob: open %s: %w", dir, err)
 	}
+	// Segments written with SmallMax are read without it too (nothing new is written to them then).
+	if nums, _ := segmentFiles(filepath.Join(dir, segmentsDir)); o.SmallMax > 0 || len(nums) > 0 {
+		if s.seg, err = openSegments(s, o); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("fileblob: open %s: %w", dir, err)
+		}
+	}
 	return s, nil
 }
 
@@ -156,6 +187,24 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, fe
 	}
 	if err := ctx.Err(); err != nil {
 		return 0, fmt.Errorf("fileblob: put %s: %w", key, err)
+	}
+	if s.seg != nil && s.seg.max > 0 {
+		data, rest, small, err := readSmall(r, size, s.seg.max)
+		if err != nil {
+			return 0, putError(key, err)
+		}
+		if small {
+			if err := s.putSmall(ctx, key, path, data, fence); err != nil {
+				return 0, putError(key, err)
+			}
+			return int64(len(data)), nil
+		}
+		r = rest
+	}
+	if s.seg != nil {
+		if s.seg.conflict(key) {
+			return 0, fmt.Errorf("fileblob: put %s: the key is a prefix of other keys, or extends a blob's key: %w", key, fs.ErrExist)
+		}
 	}
 	if err := s.mkdirAll(filepath.Dir(path)); err != nil {
 		return 0, putError(key, err)
@@ -213,10 +262,17 @@ func (s *Store) replace(ctx context.Context, key string, tmp *atomicfile.Temp, p
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	var small *segEntry // the key's segment blob, which this file replaces
+	if s.seg != nil {
+		small, _ = s.seg.lookup(key)
+	}
 	if fence != 0 {
 		stored, err := pathFence(path)
 		if err != nil {
 			return err
+		}
+		if small != nil {
+			stored = small.fence
 		}
 		if stored > fence {
 			return fmt.Errorf("%w (stored blob has fence %d, this write %d)", blobstore.ErrStaleFence, stored, fence)
@@ -226,6 +282,9 @@ func (s *Store) replace(ctx context.Context, key string, tmp *atomicfile.Temp, p
 	var objects, old int64 = 1, 0
 	if fi, err := os.Lstat(path); err == nil && fi.Mode().IsRegular() {
 		objects, old = 0, fi.Size()
+	}
+	if small != nil {
+		objects, old = 0, small.size
 	}
 	// The rename and its flush, under the lock so that a Put that saw this blob's fence saw a durable
 	// one. The shared flush covers the content, the fence and the rename of every Put in flight.
@@ -237,6 +296,13 @@ func (s *Store) replace(ctx context.Context, key string, tmp *atomicfile.Temp, p
 		return err
 	}
 	s.usage.add(key, objects, n-old)
+	if small != nil {
+		// The file is in place and durable: the segment blob is superseded (see segment.go).
+		if err := s.seg.appendDurable(opMoved, key, 0, time.Time{}, nil, true); err != nil {
+			return err
+		}
+		s.seg.forget(key, true)
+	}
 	return nil
 }
 
@@ -249,9 +315,16 @@ func (s *Store) Open(ctx context.Context, key string) (*blobstore.Blob, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("fileblob: open %s: %w", key, err)
 	}
+	// Index, file, index: see segment.go for why a concurrent switch of forms cannot hide the blob.
+	if b, ok := s.openSegment(key); ok {
+		return b, nil
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		if isMissing(err) {
+			if b, ok := s.openSegment(key); ok {
+				return b, nil
+			}
 			return nil, fmt.Errorf("fileblob: open %s: %w", key, blobstore.ErrNotFound)
 		}
 		return nil, fmt.Errorf("fileblob: open %s: %w", key, err)
@@ -288,6 +361,18 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	}
 	unlock := s.keys.lock(key)
 	defer unlock()
+	if s.seg != nil {
+		// A tombstone before the file goes: a moved key's older segment blob must not come back.
+		if e, ok := s.seg.entry(key); ok {
+			if err := s.seg.appendDurable(opDelete, key, 0, time.Time{}, nil, true); err != nil {
+				return fmt.Errorf("fileblob: delete %s: %w", key, fault.Disk(what, err))
+			}
+			s.seg.forget(key, false)
+			if !e.moved {
+				s.usage.add(key, -1, -e.size)
+			}
+		}
+	}
 	fi, err := os.Lstat(path)
 	if err != nil {
 		if isMissing(err) {
@@ -353,6 +438,11 @@ func (s *Store) Usage(prefix string) blobstore.Usage { return s.usage.get(prefix
 
 // Close implements blobstore.Store. Open Blobs stay readable.
 func (s *Store) Close() error {
+	if s.seg != nil {
+		if err := s.seg.close(); err != nil {
+			return fmt.Errorf("fileblob: close: %w", err)
+		}
+	}
 	if s.root == nil {
 		return nil
 	}

@@ -26,3 +26,9 @@ func fileSystemFlush(dir string) (*groupsync.Syncer, io.Closer, error) {
 		return nil
 	}), root, nil
 }
+
+// datasync makes f's content and size durable (fdatasync(2)), without its other metadata.
+func datasync(f *os.File) error { return unix.Fdatasync(int(f.Fd())) }
+
+// allocate gives f size bytes of disk space (fallocate(2)), so that removing it frees them.
+func allocate(f *os.File, size int64) error { return unix.Fallocate(int(f.Fd()), 0, 0, size) }

@@ -21,12 +21,78 @@ import (
 // files of Puts in progress, and any name that is not a valid key, are skipped.
 func (s *Store) List(ctx context.Context, prefix, after string) iter.Seq2[blobstore.Entry, error] {
 	return func(yield func(blobstore.Entry, error) bool) {
-		l := lister{ctx: ctx, root: s.dir, prefix: prefix, after: after, yield: yield}
-		if err := l.walk(""); err != nil && err != errStopped {
-			yield(blobstore.Entry{}, fmt.Errorf("fileblob: list %q: %w", prefix, err))
+		if s.seg == nil {
+			l := lister{ctx: ctx, root: s.dir, prefix: prefix, after: after, yield: yield}
+			if err := l.walk(""); err != nil && err != errStopped {
+				yield(blobstore.Entry{}, fmt.Errorf("fileblob: list %q: %w", prefix, err))
+			}
+			return
+		}
+		// The segment blobs, read from the index a page at a time, merged into the walk's files. A key in
+		// both (a switch of forms in progress) is yielded once.
+		small := segmentPager{g: s.seg, prefix: prefix, after: after}
+		merged := func(e blobstore.Entry, err error) bool {
+			for err == nil {
+				next, ok := small.peek()
+				if !ok || next.Key > e.Key {
+					break
+				}
+				small.pop()
+				if next.Key < e.Key && !yield(next, nil) {
+					return false
+				}
+			}
+			return yield(e, err)
+		}
+		l := lister{ctx: ctx, root: s.dir, prefix: prefix, after: after, yield: merged}
+		if err := l.walk(""); err != nil {
+			if err != errStopped {
+				yield(blobstore.Entry{}, fmt.Errorf("fileblob: list %q: %w", prefix, err))
+			}
+			return
+		}
+		for {
+			next, ok := small.peek()
+			if !ok {
+				return
+			}
+			small.pop()
+			if err := ctx.Err(); err != nil {
+				yield(blobstore.Entry{}, fmt.Errorf("fileblob: list %q: %w", prefix, err))
+				return
+			}
+			if !yield(next, nil) {
+				return
+			}
 		}
 	}
 }
+
+// segmentPager reads the segment blobs of a listing from the index a page at a time.
+type segmentPager struct {
+	g             *segments
+	prefix, after string
+	page          []blobstore.Entry
+	done          bool
+}
+
+func (p *segmentPager) peek() (blobstore.Entry, bool) {
+	if len(p.page) == 0 && !p.done {
+		p.page = p.g.ascend(p.prefix, p.after, 256)
+		if len(p.page) < 256 {
+			p.done = true
+		}
+		if len(p.page) > 0 {
+			p.after = p.page[len(p.page)-1].Key
+		}
+	}
+	if len(p.page) == 0 {
+		return blobstore.Entry{}, false
+	}
+	return p.page[0], true
+}
+
+func (p *segmentPager) pop() { p.page = p.page[1:] }
 
 // errStopped ends a walk whose consumer stopped asking.
 var errStopped = errors.New("listing stopped")

@@ -10,7 +10,6 @@ import (
 	"image/color"
 	"image/png"
 	"io"
-	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -20,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgmill/imgmill/internal/blobstore/fileblob"
 	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/deploytest"
 	"github.com/imgmill/imgmill/internal/servicetest"
@@ -428,8 +428,8 @@ func stoppedAt(log string, id int64) time.Time {
 	return time.Time{}
 }
 
-// snapshot is what the deployment holds: every task's record, and every stored file's digest by its
-// path under the storage's data directory ("working/12").
+// snapshot is what the deployment holds: every task's record, and every stored image's digest by its
+// key ("working/12").
 type snapshot struct {
 	tasks map[int64]wire.Task
 	files map[string][sha256.Size]byte
@@ -445,20 +445,31 @@ func (r *rig) snapshot() snapshot {
 	for _, task := range tasks {
 		s.tasks[task.ID] = task
 	}
-	err = filepath.WalkDir(r.storage, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() || strings.HasPrefix(d.Name(), ".") {
-			return err // a temporary file of a write in flight is not stored yet
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(r.storage, path)
-		s.files[filepath.ToSlash(rel)] = sha256.Sum256(b)
-		return nil
-	})
+	// The storage serving the directory owns it: its blobs (files and segments) are read from a copy.
+	copied := filepath.Join(r.t.TempDir(), "blobs")
+	if _, _, err := fileblob.Copy(r.ctx, r.storage, copied); err != nil {
+		r.t.Fatal(err)
+	}
+	store, err := fileblob.Open(copied)
 	if err != nil {
 		r.t.Fatal(err)
+	}
+	defer store.Close()
+	for e, err := range store.List(r.ctx, "", "") {
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		b, err := store.Open(r.ctx, e.Key)
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		h := sha256.New()
+		_, err = io.Copy(h, b)
+		b.Close()
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		s.files[e.Key] = [sha256.Size]byte(h.Sum(nil))
 	}
 	return s
 }
