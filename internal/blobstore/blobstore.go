@@ -120,3 +120,16 @@ type Inventory interface {
 	// "working/42").
 	Usage(prefix string) Usage
 }
+
+// Compaction is what a store that keeps small blobs in shared segment files holds there.
+type Compaction struct {
+	Bytes     int64 // of the segment files
+	LiveBytes int64 // of the records the store still serves; the rest waits for a compaction
+	Rounds    int64 // compactions that removed segments since the store was opened
+}
+
+// Compacting is implemented by stores whose deleted and replaced blobs keep their bytes until a
+// compaction (fileblob's segment files), for metrics.
+type Compacting interface {
+	Compaction() Compaction
+}

@@ -78,6 +78,22 @@ func (m *storageMetrics) watch(blobs blobstore.Store, space *spaceGuard) {
 				"Images held now, by state (file store only).", []string{"state"}, nil),
 		})
 	}
+	if c, ok := blobs.(blobstore.Compacting); ok {
+		m.reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Namespace: metrics.Namespace, Subsystem: "storage", Name: "segment_bytes",
+				Help: "Bytes of the segment files that hold the small images (file store only); what is not live waits for a compaction.",
+			}, func() float64 { return float64(c.Compaction().Bytes) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Namespace: metrics.Namespace, Subsystem: "storage", Name: "segment_live_bytes",
+				Help: "Bytes of the segment files' records still served (file store only).",
+			}, func() float64 { return float64(c.Compaction().LiveBytes) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Namespace: metrics.Namespace, Subsystem: "storage", Name: "compactions_total",
+				Help: "Compactions that removed segment files since the storage started (file store only).",
+			}, func() float64 { return float64(c.Compaction().Rounds) }),
+		)
+	}
 	if space == nil {
 		return
 	}

@@ -20,7 +20,7 @@ import (
 // observes them.
 func newMeteredStorage(t *testing.T, reg *metrics.Registry) *storageServer {
 	t.Helper()
-	blobs, err := fileblob.Open(filepath.Join(t.TempDir(), "images"))
+	blobs, err := fileblob.OpenWith(filepath.Join(t.TempDir(), "images"), fileblob.Options{SmallMax: 4 << 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,6 +88,12 @@ func TestStorageMetrics(t *testing.T) {
 	for _, state := range []string{"working", "finished"} {
 		check("after a delete", "imgmill_storage_stored_bytes", state, 0)
 		check("after a delete", "imgmill_storage_stored_objects", state, 0)
+	}
+
+	// The result (1234 bytes) was a segment record, the upload (7000) a file; the deleted record is dead.
+	record := float64(fileblob.RecordSize("finished/7", len(result)))
+	if total, live := value("imgmill_storage_segment_bytes"), value("imgmill_storage_segment_live_bytes"); total < record || live != 0 {
+		t.Errorf("segment bytes %v, live %v; want at least the result's record (%v), none live", total, live, record)
 	}
 
 	if got := value("imgmill_http_requests_total", "route", "GET /getImage", "code", "200"); got != 2 {

@@ -92,6 +92,7 @@ var (
 	_ blobstore.Store      = (*Store)(nil)
 	_ blobstore.FreeSpacer = (*Store)(nil)
 	_ blobstore.Inventory  = (*Store)(nil)
+	_ blobstore.Compacting = (*Store)(nil)
 )
 
 // Open opens the store rooted at dir, creating dir if needed. It removes the temporary files left by writes

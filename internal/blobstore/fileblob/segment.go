@@ -146,6 +146,9 @@ type segEntry struct {
 }
 
 func (e *segEntry) recordLen() int64 { return recordHeader + int64(len(e.key)) + e.size }
+
+// RecordSize is the bytes a blob of size bytes under key takes in a segment file.
+func RecordSize(key string, size int) int64 { return recordHeader + int64(len(key)+size) }
 func (e *segEntry) dataOff() int64   { return e.off + recordHeader + int64(len(e.key)) }
 
 func lessEntry(a, b *segEntry) bool { return a.key < b.key }
@@ -216,6 +219,12 @@ func (s *Store) SegmentStats() SegmentStats {
 	_, err := os.Stat(filepath.Join(g.dir, reserveName))
 	st.Reserve = err == nil
 	return st
+}
+
+// Compaction implements blobstore.Compacting.
+func (s *Store) Compaction() blobstore.Compaction {
+	st := s.SegmentStats()
+	return blobstore.Compaction{Bytes: st.Bytes, LiveBytes: st.LiveBytes, Rounds: st.Compactions}
 }
 
 func segmentName(n int) string { return fmt.Sprintf("seg-%08d", n) }
