@@ -146,10 +146,10 @@ type segEntry struct {
 }
 
 func (e *segEntry) recordLen() int64 { return recordHeader + int64(len(e.key)) + e.size }
+func (e *segEntry) dataOff() int64   { return e.off + recordHeader + int64(len(e.key)) }
 
 // RecordSize is the bytes a blob of size bytes under key takes in a segment file.
 func RecordSize(key string, size int) int64 { return recordHeader + int64(len(key)+size) }
-func (e *segEntry) dataOff() int64          { return e.off + recordHeader + int64(len(e.key)) }
 
 func lessEntry(a, b *segEntry) bool { return a.key < b.key }
 
