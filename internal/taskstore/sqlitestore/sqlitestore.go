@@ -368,7 +368,7 @@ const (
 	// finishSQL clears the last attempt's error: a finished task has none.
 	finishSQL = `UPDATE tasks SET state = 2, finished_at = :now, lease_until = NULL, retry_at = NULL, error = ''
 		WHERE id = :id AND ` + heldBy + `
-		RETURNING id`
+		RETURNING ` + returnColumns
 
 	failSQL = `UPDATE tasks SET
 		state       = CASE WHEN :permanent OR attempts >= max_attempts THEN 3 ELSE 0 END,
@@ -894,21 +894,25 @@ func (s *Store) Extend(ctx context.Context, id, token int64, lease time.Duration
 	return t, nil
 }
 
-// Finish marks the task finished; see taskstore.Store for who may.
-func (s *Store) Finish(ctx context.Context, id, token int64) error {
-	var got int64
-	err := s.finish.QueryRowContext(ctx, sql.Named("id", id), sql.Named("token", token),
-		sql.Named("now", nanos(s.now()))).Scan(&got)
+// Finish marks the task finished and returns it; see taskstore.Store for who may.
+func (s *Store) Finish(ctx context.Context, id, token int64) (taskstore.Task, error) {
+	now := s.now()
+	t, err := scanTask(s.finish.QueryRowContext(ctx, sql.Named("id", id), sql.Named("token", token),
+		sql.Named("now", nanos(now))))
 	if errors.Is(err, sql.ErrNoRows) {
 		var state wire.State
 		if state, err = s.refusal(ctx, id, token); taskstore.IsFinishRetry(token, state, err) {
-			return nil
+			// A retry: the task as the first finish left it, read as Get reads it.
+			t, err = scanTask(s.get.QueryRowContext(ctx, sql.Named("id", id), sql.Named("now", nanos(now))))
+			if errors.Is(err, sql.ErrNoRows) {
+				return taskstore.Task{ID: id, State: wire.Finished}, nil // deleted since the probe
+			}
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("sqlitestore: finish %d: %w", id, s.classify(err))
+		return taskstore.Task{}, fmt.Errorf("sqlitestore: finish %d: %w", id, s.classify(err))
 	}
-	return nil
+	return t, nil
 }
 
 // Fail records a failed attempt and returns the task afterwards.

@@ -138,7 +138,7 @@ func testFairRequeued(t *testing.T, h *harness) {
 	_, err := h.s.Retry(h.ctx, a[2], got[a[2]].Token, "busy", taskstore.RetryBackoff{Min: 10 * lease, Max: 10 * lease})
 	noErr(t, "Retry", err)
 	noErr(t, "Set NotStarted", h.s.Set(h.ctx, a[3], wire.NotStarted, 0))
-	noErr(t, "Finish", h.s.Finish(h.ctx, a[5], got[a[5]].Token))
+	noErr(t, "Finish", h.finish(t, a[5], got[a[5]].Token))
 	noErr(t, "Activate", h.s.Activate(h.ctx, pend, 0))
 	// Claimable: a0, a1, a3 (a's) and b's; a2 waits for its retry; a4 holds its lease.
 	order := h.drain(t)
