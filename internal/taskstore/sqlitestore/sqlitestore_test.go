@@ -383,6 +383,8 @@ func TestQueryPlansUseIndexes(t *testing.T) {
 		{"settle", settleSQL, retryIndex, []any{now}},
 		{"find key", findKeySQL, keyIndex, []any{sql.Named("key", "k"), now}},
 		{"clear key", clearKeySQL, byRowid, []any{id}},
+		{"create with a key", createKeyedSQL, keyIndex, []any{sql.Named("pending", true), sql.Named("max_attempts", 3), now,
+			sql.Named("op", ""), sql.Named("owner", ""), sql.Named("name", ""), sql.Named("key", "k")}},
 		{"retry", retrySQL, byRowid, retryArgs},
 		{"abandon", abandonSQL, byRowid, []any{id, now, sql.Named("reason", "x")}},
 		{"expire", expireSQL, pendingIndex, []any{now, sql.Named("cutoff", int64(0))}},
