@@ -506,10 +506,11 @@ func (s *server) finish(ctx context.Context, id, token int64) error {
 		return err
 	}
 	start := time.Now()
-	if err := s.store.Finish(ctx, id, token); err != nil {
+	t, err := s.store.Finish(ctx, id, token)
+	if err != nil {
 		return storeError(id, err)
 	}
-	s.observeFinished(ctx, id, start)
+	s.observeFinished(t, start)
 	return nil
 }
 

@@ -3,6 +3,8 @@ package database
 import (
 	"net/http"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/imgmill/imgmill/internal/httpapi"
 )
 
@@ -13,3 +15,6 @@ func (s *Service) Handler() http.Handler {
 	addRoutes(mux, s.srv)
 	return mux
 }
+
+// Gatherer is the registry of the service's metrics, for tests that read them.
+func (s *Service) Gatherer() prometheus.Gatherer { return s.reg.Gatherer() }

@@ -7,7 +7,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/metrics"
 	"github.com/imgmill/imgmill/internal/taskstore"
 	"github.com/imgmill/imgmill/internal/wire"
@@ -61,16 +60,11 @@ func (c *taskCounts) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// observeFinished observes the latency of task id, which this request (begun at start) just finished.
-// The store's Finish does not return the task, so it is read back: one lookup by primary key. A retried
-// finish of a task that had finished before the request began is not observed a second time.
-func (s *server) observeFinished(ctx context.Context, id int64, start time.Time) {
+// observeFinished observes the latency of t, the task as the store's Finish returned it after this
+// request (begun at start) finished it. A retried finish of a task that had finished before the request
+// began returns the first finish's time, and is not observed a second time.
+func (s *server) observeFinished(t taskstore.Task, start time.Time) {
 	if s.latency == nil {
-		return
-	}
-	t, err := s.store.Get(ctx, id)
-	if err != nil {
-		httpapi.LoggerFrom(ctx).WarnContext(ctx, "task latency not observed: cannot read the finished task", "task", id, "err", err)
 		return
 	}
 	// The store takes its times from this process's clock, and may keep microseconds only (rounded), so

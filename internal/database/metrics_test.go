@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgmill/imgmill/internal/client"
 	"github.com/imgmill/imgmill/internal/database"
 	"github.com/imgmill/imgmill/internal/httpapi"
 	"github.com/imgmill/imgmill/internal/metrics"
@@ -104,5 +105,51 @@ func TestDatabaseMetrics(t *testing.T) {
 	checkTasks("failed")
 	if got := latency(); got != 1 {
 		t.Errorf("latency observations after a failure: %v, want 1", got)
+	}
+}
+
+// In process a finish and its retry come microseconds apart: the latency is observed from what the
+// store's Finish returns, once for the finish and not again for the retry, whose task carries the first
+// finish's time.
+func TestFinishLatencyInProcess(t *testing.T) {
+	ctx := t.Context()
+	store, err := sqlitestore.Open(ctx, filepath.Join(t.TempDir(), "tasks.db"), sqlitestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	servicetest.CloseAtCleanup(t, "task store", store)
+	svc, err := database.NewService(database.Config{Store: store, Policy: database.Policy{Lease: longLease}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := svc.Local()
+	latency := func() (count, sum float64) {
+		f := metricstest.Gather(t, svc.Gatherer())
+		return f.Value("imgmill_task_latency_seconds"), f.Sum("imgmill_task_latency_seconds")
+	}
+	id, err := db.NewTask(ctx, client.NewTaskParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := db.GetNewTask(ctx, 0)
+	if err != nil || task.ID != id {
+		t.Fatalf("GetNewTask = %+v, %v; want task %d", task, err, id)
+	}
+	time.Sleep(10 * time.Millisecond) // a latency the histogram's sum can see
+	for i := range 3 {
+		if err := db.FinishTask(ctx, id, task.Token); err != nil {
+			t.Fatalf("FinishTask %d: %v", i, err)
+		}
+		if count, sum := latency(); count != 1 || sum < 0.01 || sum > 60 {
+			t.Fatalf("after finish %d (a retry after the first): %v observations summing to %vs; want 1, of the task's age (at least 10ms)",
+				i, count, sum)
+		}
+	}
+	// A finish refused observes nothing either.
+	if err := db.FinishTask(ctx, id, task.Token+1); err == nil {
+		t.Fatal("FinishTask with a token never issued succeeded")
+	}
+	if count, _ := latency(); count != 1 {
+		t.Fatalf("after a refused finish: %v observations, want 1", count)
 	}
 }

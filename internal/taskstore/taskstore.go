@@ -259,10 +259,13 @@ type Store interface {
 	// Extend renews the lease of an in-progress task (a worker's heartbeat) and returns the task.
 	// ErrNotInProgress when it is not in progress or its lease already lapsed, ErrStaleToken as above.
 	Extend(ctx context.Context, id, token int64, lease time.Duration) (Task, error)
-	// Finish marks the task finished. With the current token it also succeeds when the lease lapsed but
-	// nobody claimed the task since (the result is still the newest), and finishing a task finished with
-	// the same token again is a no-op. With token 0 the task must be in progress with a live lease.
-	Finish(ctx context.Context, id, token int64) error
+	// Finish marks the task finished and returns it (the statement that finishes it returns the row,
+	// so a caller needs no read to learn its times). With the current token it also succeeds when the
+	// lease lapsed but nobody claimed the task since (the result is still the newest), and finishing a
+	// task finished with the same token again is a no-op that returns the task as the first finish left
+	// it (its FinishedAt is that finish's, which tells a caller the retry from the finish), or only its
+	// ID and State when it was deleted since. With token 0 the task must be in progress with a live lease.
+	Finish(ctx context.Context, id, token int64) (Task, error)
 	// Fail records a failed attempt with its reason and returns the task afterwards: Failed when
 	// permanent (the input can never work) or out of attempts, else NotStarted for a retry.
 	Fail(ctx context.Context, id, token int64, reason string, permanent bool) (Task, error)

@@ -278,7 +278,8 @@ const (
 	// finishSQL clears the last attempt's error: a finished task has none.
 	finishSQL = `UPDATE tasks SET state = 2, finished_at = @now::timestamptz, lease_until = NULL, retry_at = NULL,
 		error = ''
-		WHERE id = @id::bigint AND ` + heldBy
+		WHERE id = @id::bigint AND ` + heldBy + `
+		RETURNING ` + returnColumns
 
 	failSQL = `UPDATE tasks SET
 		state       = CASE WHEN @permanent::boolean OR attempts >= max_attempts THEN 3 ELSE 0 END,
@@ -899,22 +900,27 @@ func (s *Store) Extend(ctx context.Context, id, token int64, lease time.Duration
 	return t, nil
 }
 
-// Finish marks the task finished; see taskstore.Store for who may.
-func (s *Store) Finish(ctx context.Context, id, token int64) error {
+// Finish marks the task finished and returns it; see taskstore.Store for who may.
+func (s *Store) Finish(ctx context.Context, id, token int64) (taskstore.Task, error) {
 	if err := s.usable(); err != nil {
-		return fmt.Errorf("pgstore: finish %d: %w", id, err)
+		return taskstore.Task{}, fmt.Errorf("pgstore: finish %d: %w", id, err)
 	}
-	tag, err := s.pool.Exec(ctx, finishSQL, pgx.NamedArgs{"id": id, "token": token, "now": s.now()})
-	if err == nil && tag.RowsAffected() == 0 {
+	now := s.now()
+	t, err := scanTask(s.pool.QueryRow(ctx, finishSQL, pgx.NamedArgs{"id": id, "token": token, "now": now}))
+	if errors.Is(err, pgx.ErrNoRows) {
 		var state wire.State
 		if state, err = s.refusal(ctx, id, token); taskstore.IsFinishRetry(token, state, err) {
-			return nil
+			// A retry: the task as the first finish left it, read as Get reads it.
+			t, err = scanTask(s.pool.QueryRow(ctx, getSQL, pgx.NamedArgs{"id": id, "now": now}))
+			if errors.Is(err, pgx.ErrNoRows) {
+				return taskstore.Task{ID: id, State: wire.Finished}, nil // deleted since the probe
+			}
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("pgstore: finish %d: %w", id, classify(ctx, err))
+		return taskstore.Task{}, fmt.Errorf("pgstore: finish %d: %w", id, classify(ctx, err))
 	}
-	return nil
+	return t, nil
 }
 
 // Fail records a failed attempt and returns the task afterwards.

@@ -452,7 +452,7 @@ func testReopen(t *testing.T, pg *enginetest.Postgres) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Finish(ctx, c.ID, c.Token); err != nil {
+	if _, err := s.Finish(ctx, c.ID, c.Token); err != nil {
 		t.Fatal(err)
 	}
 	before := listAll(t, s)
@@ -938,7 +938,7 @@ func TestDurableAcrossKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Finish(ctx, c.ID, c.Token); err != nil {
+	if _, err := s.Finish(ctx, c.ID, c.Token); err != nil {
 		t.Fatal(err)
 	}
 	before := listAll(t, s)
@@ -1229,7 +1229,7 @@ func BenchmarkClaim(b *testing.B) {
 				if tc.owners > 1 && task.Owner == owner {
 					b.Fatalf("claimed two tasks of %s in a row: owners must take turns", owner)
 				}
-				if err := s.Finish(ctx, task.ID, task.Token); err != nil {
+				if _, err := s.Finish(ctx, task.ID, task.Token); err != nil {
 					b.Fatal(err)
 				}
 				left--

@@ -20,7 +20,7 @@ func TestBackup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Finish(ctx, claimed.ID, claimed.Token); err != nil {
+	if _, err := s.Finish(ctx, claimed.ID, claimed.Token); err != nil {
 		t.Fatal(err)
 	}
 	keyed, _, err := s.CreateOnce(ctx, taskstore.CreateParams{Owner: "key:a"}, "k", time.Minute)

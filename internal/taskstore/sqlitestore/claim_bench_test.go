@@ -90,7 +90,7 @@ func BenchmarkClaimFinish(b *testing.B) {
 				if tc.owners > 1 && task.Owner == owner {
 					b.Fatalf("claimed two tasks of %s in a row: owners must take turns", owner)
 				}
-				if err := s.Finish(ctx, task.ID, task.Token); err != nil {
+				if _, err := s.Finish(ctx, task.ID, task.Token); err != nil {
 					b.Fatal(err)
 				}
 				left--

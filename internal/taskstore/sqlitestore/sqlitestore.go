@@ -260,6 +260,45 @@ func migrations() []string {
 
 		// 11. The upload's file name, to name the downloads ('' when the client gave none).
 		`ALTER TABLE tasks ADD COLUMN name TEXT NOT NULL DEFAULT '';`,
+
+		// 12. Bookkeeping that writes only what changes. The turn trigger wrote served back unchanged
+		// when a task became claimable (an activate), which rewrote its entry in owners_served, one
+		// page more in the commit; it now sets served only on a claim, and creates an owner's row only
+		// when a task becomes claimable (a claimable task's owner has one). A task's size changing
+		// alone (an activate) moves its owner's bytes in one statement, instead of taking the task out
+		// of usage and putting it back, which on the way could forget the owner of a sole task for a
+		// moment, and with it its turn.
+		`DROP TRIGGER tasks_owner_update;
+		CREATE TRIGGER tasks_owner_update AFTER UPDATE OF state, pending, retry_at ON tasks
+		WHEN OLD.owner = NEW.owner
+			AND (OLD.state = 0 AND OLD.pending = 0 AND OLD.retry_at IS NULL) <> (NEW.state = 0 AND NEW.pending = 0 AND NEW.retry_at IS NULL)
+		BEGIN
+			INSERT OR IGNORE INTO owners (owner, queued, served)
+				SELECT NEW.owner, 0, (SELECT IFNULL(MAX(served), 0) + 1 FROM owners)
+				WHERE NEW.state = 0 AND NEW.pending = 0 AND NEW.retry_at IS NULL;
+			UPDATE owners SET queued = queued + IIF(NEW.state = 0 AND NEW.pending = 0 AND NEW.retry_at IS NULL, 1, -1)
+				WHERE owner = NEW.owner AND NEW.state <> 1;
+			UPDATE owners SET queued = queued - 1, served = (SELECT MAX(served) FROM owners) + 1
+				WHERE owner = NEW.owner AND NEW.state = 1;
+		END;
+		DROP TRIGGER tasks_usage_update;
+		CREATE TRIGGER tasks_usage_update AFTER UPDATE OF state, owner ON tasks
+		WHEN OLD.owner <> NEW.owner OR (OLD.state = 5) <> (NEW.state = 5)
+		BEGIN
+			UPDATE usage SET tasks = tasks - 1, bytes = bytes - OLD.size
+				WHERE owner = OLD.owner AND OLD.state <> 5;
+			DELETE FROM usage WHERE owner = OLD.owner AND tasks <= 0;
+			DELETE FROM owners WHERE owner = OLD.owner AND queued = 0
+				AND NOT EXISTS (SELECT 1 FROM usage WHERE owner = OLD.owner);
+			INSERT OR IGNORE INTO usage (owner, tasks, bytes) SELECT NEW.owner, 0, 0 WHERE NEW.state <> 5;
+			UPDATE usage SET tasks = tasks + 1, bytes = bytes + NEW.size
+				WHERE owner = NEW.owner AND NEW.state <> 5;
+		END;
+		CREATE TRIGGER tasks_usage_size AFTER UPDATE OF size ON tasks
+		WHEN OLD.size <> NEW.size AND OLD.owner = NEW.owner AND OLD.state <> 5 AND NEW.state <> 5
+		BEGIN
+			UPDATE usage SET bytes = bytes + NEW.size - OLD.size WHERE owner = NEW.owner;
+		END;`,
 	}
 }
 
@@ -319,9 +358,12 @@ const (
 		SELECT IFNULL(MAX(id), -1) + 1, 0, :pending, 0, :max_attempts, :now, :op, :owner, :name FROM tasks
 		RETURNING id`
 
-	// createKeyedSQL is createSQL keeping the idempotency key with the task.
+	// createKeyedSQL is createSQL keeping the idempotency key with the task, when no task holds the key:
+	// otherwise it inserts nothing and returns no row. A key seen for the first time, the common case,
+	// so costs one statement and no transaction around it.
 	createKeyedSQL = `INSERT INTO tasks (id, state, pending, attempts, max_attempts, created_at, op, idem_key, owner, name)
-		SELECT IFNULL(MAX(id), -1) + 1, 0, :pending, 0, :max_attempts, :now, :op, :key, :owner, :name FROM tasks
+		SELECT (SELECT IFNULL(MAX(id), -1) + 1 FROM tasks), 0, :pending, 0, :max_attempts, :now, :op, :key, :owner, :name
+		WHERE NOT EXISTS (SELECT 1 FROM tasks WHERE idem_key = :key)
 		RETURNING ` + returnColumns
 
 	// findKeySQL reads the task created with an idempotency key, through the unique index.
@@ -368,7 +410,7 @@ const (
 	// finishSQL clears the last attempt's error: a finished task has none.
 	finishSQL = `UPDATE tasks SET state = 2, finished_at = :now, lease_until = NULL, retry_at = NULL, error = ''
 		WHERE id = :id AND ` + heldBy + `
-		RETURNING id`
+		RETURNING ` + returnColumns
 
 	failSQL = `UPDATE tasks SET
 		state       = CASE WHEN :permanent OR attempts >= max_attempts THEN 3 ELSE 0 END,
@@ -687,12 +729,17 @@ func (s *Store) CreateOnce(ctx context.Context, p taskstore.CreateParams, key st
 	return t, replayed, nil
 }
 
-// createOnce looks the key up and creates the task in one transaction on the single writer, so that
-// calls with one key take turns: the second finds what the first created.
+// createOnce creates the task when no task holds the key, in one statement; otherwise it looks the key
+// up and replays or creates in one transaction on the single writer, so that calls with one key take
+// turns: the second finds what the first created.
 func (s *Store) createOnce(ctx context.Context, p taskstore.CreateParams, key string, window time.Duration) (
 	t taskstore.Task, replayed bool, err error,
 ) {
 	now := s.now()
+	t, err = scanTask(s.createKeyed.QueryRowContext(ctx, createKeyedArgs(p, key, now)...))
+	if !errors.Is(err, sql.ErrNoRows) {
+		return t, false, err
+	}
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return taskstore.Task{}, false, err
@@ -711,13 +758,18 @@ func (s *Store) createOnce(ctx context.Context, p taskstore.CreateParams, key st
 	case !errors.Is(err, sql.ErrNoRows):
 		return taskstore.Task{}, false, err
 	}
-	t, err = scanTask(tx.StmtContext(ctx, s.createKeyed).QueryRowContext(ctx, sql.Named("pending", p.Pending),
-		sql.Named("max_attempts", p.Attempts()), sql.Named("now", nanos(now)), sql.Named("op", p.Op), sql.Named("owner", p.Owner),
-		sql.Named("name", p.Name), sql.Named("key", key)))
+	// The key is free now (no task had it, or it was just cleared), so the insert returns the task.
+	t, err = scanTask(tx.StmtContext(ctx, s.createKeyed).QueryRowContext(ctx, createKeyedArgs(p, key, now)...))
 	if err != nil {
 		return taskstore.Task{}, false, err
 	}
 	return t, false, tx.Commit()
+}
+
+// createKeyedArgs are createKeyedSQL's arguments.
+func createKeyedArgs(p taskstore.CreateParams, key string, now time.Time) []any {
+	return []any{sql.Named("pending", p.Pending), sql.Named("max_attempts", p.Attempts()), sql.Named("now", nanos(now)),
+		sql.Named("op", p.Op), sql.Named("owner", p.Owner), sql.Named("name", p.Name), sql.Named("key", key)}
 }
 
 // replays reports whether CreateOnce answers with old, the task created with the same key: it was
@@ -894,21 +946,25 @@ func (s *Store) Extend(ctx context.Context, id, token int64, lease time.Duration
 	return t, nil
 }
 
-// Finish marks the task finished; see taskstore.Store for who may.
-func (s *Store) Finish(ctx context.Context, id, token int64) error {
-	var got int64
-	err := s.finish.QueryRowContext(ctx, sql.Named("id", id), sql.Named("token", token),
-		sql.Named("now", nanos(s.now()))).Scan(&got)
+// Finish marks the task finished and returns it; see taskstore.Store for who may.
+func (s *Store) Finish(ctx context.Context, id, token int64) (taskstore.Task, error) {
+	now := s.now()
+	t, err := scanTask(s.finish.QueryRowContext(ctx, sql.Named("id", id), sql.Named("token", token),
+		sql.Named("now", nanos(now))))
 	if errors.Is(err, sql.ErrNoRows) {
 		var state wire.State
 		if state, err = s.refusal(ctx, id, token); taskstore.IsFinishRetry(token, state, err) {
-			return nil
+			// A retry: the task as the first finish left it, read as Get reads it.
+			t, err = scanTask(s.get.QueryRowContext(ctx, sql.Named("id", id), sql.Named("now", nanos(now))))
+			if errors.Is(err, sql.ErrNoRows) {
+				return taskstore.Task{ID: id, State: wire.Finished}, nil // deleted since the probe
+			}
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("sqlitestore: finish %d: %w", id, s.classify(err))
+		return taskstore.Task{}, fmt.Errorf("sqlitestore: finish %d: %w", id, s.classify(err))
 	}
-	return nil
+	return t, nil
 }
 
 // Fail records a failed attempt and returns the task afterwards.

@@ -140,7 +140,7 @@ func TestReopenKeepsTasks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Finish(ctx, 0, c.Token); err != nil {
+	if _, err := s.Finish(ctx, 0, c.Token); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Claim(ctx, time.Hour); err != nil {
@@ -383,6 +383,8 @@ func TestQueryPlansUseIndexes(t *testing.T) {
 		{"settle", settleSQL, retryIndex, []any{now}},
 		{"find key", findKeySQL, keyIndex, []any{sql.Named("key", "k"), now}},
 		{"clear key", clearKeySQL, byRowid, []any{id}},
+		{"create with a key", createKeyedSQL, keyIndex, []any{sql.Named("pending", true), sql.Named("max_attempts", 3), now,
+			sql.Named("op", ""), sql.Named("owner", ""), sql.Named("name", ""), sql.Named("key", "k")}},
 		{"retry", retrySQL, byRowid, retryArgs},
 		{"abandon", abandonSQL, byRowid, []any{id, now, sql.Named("reason", "x")}},
 		{"expire", expireSQL, pendingIndex, []any{now, sql.Named("cutoff", int64(0))}},
@@ -564,13 +566,13 @@ func TestMigrateFromV1(t *testing.T) {
 
 	// The migrated store works on: a reference worker holding task 2 from before the upgrade finishes
 	// it without a token, and the token the migration gave it is current.
-	if err := s.Finish(ctx, 2, 0); err != nil {
+	if _, err := s.Finish(ctx, 2, 0); err != nil {
 		t.Fatalf("Finish of a v1 claim without a token: %v", err)
 	}
-	if err := s.Finish(ctx, 2, 2); err != nil {
+	if _, err := s.Finish(ctx, 2, 2); err != nil {
 		t.Fatalf("Finish of a v1 claim with its migrated token: %v", err)
 	}
-	if err := s.Finish(ctx, 2, 1); !errors.Is(err, taskstore.ErrStaleToken) {
+	if _, err := s.Finish(ctx, 2, 1); !errors.Is(err, taskstore.ErrStaleToken) {
 		t.Fatalf("Finish of a v1 claim with a lower token: %v, want ErrStaleToken", err)
 	}
 	for _, w := range []struct {

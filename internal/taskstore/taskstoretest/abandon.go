@@ -50,7 +50,7 @@ func testAbandon(t *testing.T, h *harness) {
 	want3.State, want3.Error, want3.FinishedAt, want3.LeaseUntil = wire.Failed, wire.AbandonedError,
 		abandonedAt, time.Time{}
 	checkTask(t, "after Abandon of a task in progress", h.get(t, 3), want3)
-	wantErr(t, "Finish by the holder of an abandoned task", h.s.Finish(h.ctx, 3, holder.Token), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish by the holder of an abandoned task", h.finish(t, 3, holder.Token), taskstore.ErrNotInProgress)
 
 	// Expired already: nothing to do.
 	h.clk.Advance(time.Hour)

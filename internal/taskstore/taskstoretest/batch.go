@@ -62,7 +62,7 @@ func testClaimNDistinct(t *testing.T, h *harness) {
 	}
 
 	// Each task of a batch is a claim of its own: finishing one leaves the others held.
-	noErr(t, "Finish(1)", h.s.Finish(h.ctx, 1, first[1].Token))
+	noErr(t, "Finish(1)", h.finish(t, 1, first[1].Token))
 	if got := h.get(t, 2); got.State != wire.InProgress {
 		t.Fatalf("after finishing task 1 of a batch, task 2 is %s", format(got))
 	}

@@ -35,7 +35,7 @@ func testClaimEmpty(t *testing.T, h *harness) {
 
 	h.create(t, false)
 	c := h.claimID(t, 0)
-	noErr(t, "Finish(0)", h.s.Finish(h.ctx, 0, c.Token))
+	noErr(t, "Finish(0)", h.finish(t, 0, c.Token))
 	h.clk.Advance(10 * lease) // a finished task never comes back, lease or not
 	h.noTask(t, "only finished tasks")
 }
@@ -83,7 +83,7 @@ func testTokensGrow(t *testing.T, h *harness) {
 	same("Set NotStarted")
 	noErr(t, "Set InProgress", h.s.Set(h.ctx, 0, wire.InProgress, lease))
 	grew("Set InProgress on a not-started task")
-	noErr(t, "Finish", h.s.Finish(h.ctx, 0, tokens[len(tokens)-1]))
+	noErr(t, "Finish", h.finish(t, 0, tokens[len(tokens)-1]))
 	same("Finish")
 	noErr(t, "Set Failed", h.s.Set(h.ctx, 0, wire.Failed, 0))
 	same("Set Failed")
@@ -92,9 +92,9 @@ func testTokensGrow(t *testing.T, h *harness) {
 
 	// Only the most recent token is current.
 	for _, old := range tokens[:len(tokens)-1] {
-		wantErr(t, fmt.Sprintf("Finish with old token %d", old), h.s.Finish(h.ctx, 0, old), taskstore.ErrStaleToken)
+		wantErr(t, fmt.Sprintf("Finish with old token %d", old), h.finish(t, 0, old), taskstore.ErrStaleToken)
 	}
-	noErr(t, "Finish with the newest token", h.s.Finish(h.ctx, 0, tokens[len(tokens)-1]))
+	noErr(t, "Finish with the newest token", h.finish(t, 0, tokens[len(tokens)-1]))
 
 	// Task 1 was never touched.
 	if got := h.get(t, 1); got.Token != 0 || got.Attempts != 0 {

@@ -128,7 +128,7 @@ func testConcurrentFinishVsReclaim(t *testing.T, h *harness) {
 	reclaimed := make([][]taskstore.Task, claimers)
 	var wg sync.WaitGroup
 	for i := range tasks {
-		wg.Go(func() { finishErr[i] = h.s.Finish(h.ctx, int64(i), old[i]) })
+		wg.Go(func() { _, finishErr[i] = h.s.Finish(h.ctx, int64(i), old[i]) })
 	}
 	for w := range claimers {
 		wg.Go(func() {

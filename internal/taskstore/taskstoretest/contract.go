@@ -78,6 +78,7 @@ func Run(t *testing.T, open OpenFunc) {
 		{"FairInterleave", testFairInterleave},
 		{"FairNoOwner", testFairNoOwner},
 		{"FairRequeued", testFairRequeued},
+		{"FairPendingKeepsTurn", testFairPendingKeepsTurn},
 		{"FairConcurrent", testFairConcurrent},
 		{"CancelStates", testCancelStates},
 		{"CancelHolder", testCancelHolder},

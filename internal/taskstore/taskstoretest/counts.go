@@ -75,7 +75,7 @@ func testCounts(t *testing.T, h *harness) {
 	c3 := h.claimID(t, 3)
 	h.claimID(t, 5) // 4 is pending
 	h.checkCounts(t, "claimed", taskstore.Counts{Queued: 1, Pending: 1, Processing: 5})
-	noErr(t, "Finish(2)", h.s.Finish(h.ctx, 2, c2.Token))
+	noErr(t, "Finish(2)", h.finish(t, 2, c2.Token))
 	h.fail(t, 3, c3.Token, "cannot decode", true)
 	h.checkCounts(t, "finished and failed", taskstore.Counts{Queued: 1, Pending: 1, Processing: 3, Finished: 1, Failed: 1})
 

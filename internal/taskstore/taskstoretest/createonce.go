@@ -58,7 +58,7 @@ func testCreateOnce(t *testing.T, h *harness) {
 	}
 	// A replay reports the task as it is now: finished, or failed for good (it was no pending upload).
 	c := h.claimID(t, 0)
-	noErr(t, "Finish(0)", h.s.Finish(h.ctx, 0, c.Token))
+	noErr(t, "Finish(0)", h.finish(t, 0, c.Token))
 	if got := h.createOnce(t, p, "upload-a", window, true); got.ID != 0 || got.State != wire.Finished {
 		t.Fatalf("replay of a finished task: %s", format(got))
 	}

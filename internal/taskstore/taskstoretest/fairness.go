@@ -124,6 +124,33 @@ func testFairNoOwner(t *testing.T, h *harness) {
 // testFairRequeued: tasks that become claimable again (released, failed with attempts left, lapsed,
 // due after a retry wait, set not started, activated) are served as their owner's, and tasks that are
 // not claimable (waiting for a retry, pending) never hold a turn.
+// testFairPendingKeepsTurn: an owner whose only task left is a pending upload still keeps something, so
+// it keeps its place in the turn: when that upload is activated, the owner served longer ago goes first.
+func testFairPendingKeepsTurn(t *testing.T, h *harness) {
+	a1 := h.createWith(t, taskstore.CreateParams{Owner: "a"})
+	b := h.createOwned(t, "b", 2)
+	a2 := h.createWith(t, taskstore.CreateParams{Owner: "a", Pending: true})
+	first, second := h.claim(t), h.claim(t)
+	if first.ID != a1 || second.ID != b[0] {
+		t.Fatalf("claimed %d then %d, want a's %d then b's %d", first.ID, second.ID, a1, b[0])
+	}
+	// a keeps only its pending upload; b, served after a, has a task queued.
+	noErr(t, "Finish", h.finish(t, a1, first.Token))
+	noErr(t, "Delete", h.s.Delete(h.ctx, a1))
+	noErr(t, "Activate", h.s.Activate(h.ctx, a2, 100))
+	if got := h.claim(t); got.ID != a2 {
+		t.Fatalf("claimed %s, want a's %d: a was served before b", format(got), a2)
+	}
+	if got := h.claim(t); got.ID != b[1] {
+		t.Fatalf("claimed %s, want b's %d", format(got), b[1])
+	}
+	u, err := h.s.Usage(h.ctx, "a")
+	noErr(t, "Usage", err)
+	if u != (taskstore.Usage{Tasks: 1, Bytes: 100}) {
+		t.Fatalf("a's usage = %+v, want its one task of 100 bytes", u)
+	}
+}
+
 func testFairRequeued(t *testing.T, h *harness) {
 	a := h.createOwned(t, "a", 6)
 	pend := h.createWith(t, taskstore.CreateParams{Owner: "b", Pending: true})
@@ -138,7 +165,7 @@ func testFairRequeued(t *testing.T, h *harness) {
 	_, err := h.s.Retry(h.ctx, a[2], got[a[2]].Token, "busy", taskstore.RetryBackoff{Min: 10 * lease, Max: 10 * lease})
 	noErr(t, "Retry", err)
 	noErr(t, "Set NotStarted", h.s.Set(h.ctx, a[3], wire.NotStarted, 0))
-	noErr(t, "Finish", h.s.Finish(h.ctx, a[5], got[a[5]].Token))
+	noErr(t, "Finish", h.finish(t, a[5], got[a[5]].Token))
 	noErr(t, "Activate", h.s.Activate(h.ctx, pend, 0))
 	// Claimable: a0, a1, a3 (a's) and b's; a2 waits for its retry; a4 holds its lease.
 	order := h.drain(t)

@@ -98,6 +98,18 @@ func (h *harness) fail(t *testing.T, id, token int64, reason string, permanent b
 	return task
 }
 
+// finish calls Finish and, when it succeeds, checks that the task it returns is the task Get reads
+// now: the finish's own result, or on a retry the task as the first finish left it.
+func (h *harness) finish(t *testing.T, id, token int64) error {
+	t.Helper()
+	task, err := h.s.Finish(h.ctx, id, token)
+	if err != nil {
+		return err
+	}
+	checkTask(t, fmt.Sprintf("Get after Finish(%d, token %d) vs Finish's result", id, token), h.get(t, id), task)
+	return nil
+}
+
 func (h *harness) list(t *testing.T) []taskstore.Task {
 	t.Helper()
 	var out []taskstore.Task

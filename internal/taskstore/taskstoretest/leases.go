@@ -65,7 +65,7 @@ func testExtend(t *testing.T, h *harness) {
 	if !got.LeaseUntil.Equal(now.Add(lease)) || got.Token != c2.Token || got.Attempts != 2 {
 		t.Fatalf("Extend by the new holder: %s", format(got))
 	}
-	noErr(t, "Finish", h.s.Finish(h.ctx, 0, c2.Token))
+	noErr(t, "Finish", h.finish(t, 0, c2.Token))
 	_, err = h.s.Extend(h.ctx, 0, c2.Token, lease)
 	wantErr(t, "Extend of a finished task", err, taskstore.ErrNotInProgress)
 }
@@ -98,7 +98,7 @@ func testLeaseExpiry(t *testing.T, h *harness) {
 	if want := []wire.State{wire.NotStarted, wire.InProgress, wire.NotStarted}; !slices.Equal(states, want) {
 		t.Fatalf("List states after lapse = %v, want %v", states, want)
 	}
-	wantErr(t, "Finish of lapsed task with token 0", h.s.Finish(h.ctx, 0, 0), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish of lapsed task with token 0", h.finish(t, 0, 0), taskstore.ErrNotInProgress)
 
 	// The lapsed task is handed out again, before never-claimed task 2 because its id is lower, and
 	// keeps the lapse as its last error while it runs.
@@ -112,8 +112,8 @@ func testLeaseExpiry(t *testing.T, h *harness) {
 	h.noTask(t, "all leases live")
 
 	// The second holder can finish; the first one's claim is gone for good.
-	wantErr(t, "Finish(0) by the first holder", h.s.Finish(h.ctx, 0, c.Token), taskstore.ErrStaleToken)
-	noErr(t, "Finish(0) by the second holder", h.s.Finish(h.ctx, 0, c2.Token))
+	wantErr(t, "Finish(0) by the first holder", h.finish(t, 0, c.Token), taskstore.ErrStaleToken)
+	noErr(t, "Finish(0) by the second holder", h.finish(t, 0, c2.Token))
 	if got := h.get(t, 0); got.State != wire.Finished || got.Error != "" {
 		t.Fatalf("Finish must clear the last error: %s", format(got))
 	}
@@ -156,9 +156,9 @@ func testLapseExhausted(t *testing.T, h *harness) {
 	checkTask(t, "Get later", h.get(t, 0), want)
 
 	// The holder of the last claim delivers late: nobody claimed since, so the result counts.
-	wantErr(t, "Finish by the first holder", h.s.Finish(h.ctx, 0, c1.Token), taskstore.ErrStaleToken)
+	wantErr(t, "Finish by the first holder", h.finish(t, 0, c1.Token), taskstore.ErrStaleToken)
 	finishedAt := h.clk.Advance(time.Second)
-	noErr(t, "Finish by the last holder", h.s.Finish(h.ctx, 0, c2.Token))
+	noErr(t, "Finish by the last holder", h.finish(t, 0, c2.Token))
 	checkTask(t, "after a late Finish", h.get(t, 0), taskstore.Task{
 		ID: 0, State: wire.Finished, Attempts: 2, MaxAttempts: 2, Token: c2.Token,
 		CreatedAt: start, StartedAt: c2.StartedAt, FinishedAt: finishedAt,

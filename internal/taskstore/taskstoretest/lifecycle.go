@@ -20,7 +20,7 @@ func (h *harness) lifecycleTasks(t *testing.T) (processing taskstore.Task) {
 		t.Fatalf("lapsed task out of attempts: %s", format(got))
 	}
 	fin := h.claimID(t, 1)
-	noErr(t, "Finish", h.s.Finish(h.ctx, 1, fin.Token))
+	noErr(t, "Finish", h.finish(t, 1, fin.Token))
 	failed := h.claimID(t, 2)
 	h.fail(t, 2, failed.Token, "bad input", true)
 	processing = h.claimID(t, 3)
@@ -77,7 +77,7 @@ func testCancelHolder(t *testing.T, h *harness) {
 	for _, token := range []int64{c.Token, 0} {
 		_, err = h.s.Extend(h.ctx, 0, token, lease)
 		wantErr(t, "Extend of a cancelled task", err, taskstore.ErrCancelled)
-		wantErr(t, "Finish of a cancelled task", h.s.Finish(h.ctx, 0, token), taskstore.ErrCancelled)
+		wantErr(t, "Finish of a cancelled task", h.finish(t, 0, token), taskstore.ErrCancelled)
 		_, err = h.s.Fail(h.ctx, 0, token, "boom", false)
 		wantErr(t, "Fail of a cancelled task", err, taskstore.ErrCancelled)
 		_, err = h.s.Retry(h.ctx, 0, token, "away", taskstore.RetryBackoff{Min: time.Second, Max: time.Second})
@@ -133,7 +133,7 @@ func testDeleteHolder(t *testing.T, h *harness) {
 	for _, token := range []int64{c.Token, 0} {
 		_, err := h.s.Extend(h.ctx, 0, token, lease)
 		wantErr(t, "Extend of a deleted task", err, taskstore.ErrCancelled)
-		wantErr(t, "Finish of a deleted task", h.s.Finish(h.ctx, 0, token), taskstore.ErrCancelled)
+		wantErr(t, "Finish of a deleted task", h.finish(t, 0, token), taskstore.ErrCancelled)
 		_, err = h.s.Fail(h.ctx, 0, token, "boom", true)
 		wantErr(t, "Fail of a deleted task", err, taskstore.ErrCancelled)
 	}

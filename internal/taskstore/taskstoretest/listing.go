@@ -19,7 +19,7 @@ func testList(t *testing.T, h *harness) {
 	h.createWith(t, taskstore.CreateParams{MaxAttempts: 1})
 	h.claimID(t, 0)
 	c := h.claimID(t, 1)
-	noErr(t, "Finish(1)", h.s.Finish(h.ctx, 1, c.Token))
+	noErr(t, "Finish(1)", h.finish(t, 1, c.Token))
 	noErr(t, "Set(4, Failed)", h.s.Set(h.ctx, 4, wire.Failed, 0))
 	noErr(t, "Set(5, InProgress)", h.s.Set(h.ctx, 5, wire.InProgress, lease/2))
 	h.clk.Advance(lease/2 + time.Second) // task 5 lapses on its only attempt

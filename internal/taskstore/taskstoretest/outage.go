@@ -39,7 +39,7 @@ const onceKey = "kept"
 func (h *harness) fixture(t *testing.T) fixture {
 	t.Helper()
 	h.createN(t, 1)
-	noErr(t, "Finish(0)", h.s.Finish(h.ctx, 0, h.claimID(t, 0).Token))
+	noErr(t, "Finish(0)", h.finish(t, 0, h.claimID(t, 0).Token))
 	h.createN(t, 1)
 	var f fixture
 	f.held = h.claimID(t, 1)
@@ -89,7 +89,10 @@ func everyCall(s taskstore.Store, f fixture) []call {
 			_, err := s.Extend(ctx, held.ID, held.Token, lease)
 			return err
 		}},
-		{"Finish", false, func(ctx context.Context) error { return s.Finish(ctx, held.ID, held.Token) }},
+		{"Finish", false, func(ctx context.Context) error {
+			_, err := s.Finish(ctx, held.ID, held.Token)
+			return err
+		}},
 		{"Fail", false, func(ctx context.Context) error {
 			_, err := s.Fail(ctx, held.ID, held.Token, "x", false)
 			return err
@@ -185,7 +188,7 @@ func RunOutage(t *testing.T, o Outage) {
 	if _, err := h.s.Extend(h.ctx, f.held.ID, f.held.Token, lease); err != nil {
 		t.Fatalf("Extend of the claim held through the outage: %v", err)
 	}
-	noErr(t, "Finish of the claim held through the outage", h.s.Finish(h.ctx, f.held.ID, f.held.Token))
+	noErr(t, "Finish of the claim held through the outage", h.finish(t, f.held.ID, f.held.Token))
 	noErr(t, "Activate after the outage", h.s.Activate(h.ctx, f.pending, 0))
 	h.claimID(t, f.pending) // the oldest claimable task
 	h.claimID(t, f.once.ID)

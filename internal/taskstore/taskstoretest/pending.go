@@ -113,7 +113,7 @@ func testExpirePending(t *testing.T, h *harness) {
 	}
 	want4.State, want4.Error, want4.FinishedAt, want4.LeaseUntil = wire.Failed, expired, expiredAt, time.Time{}
 	checkTask(t, "expired lapsed pending task 4", h.get(t, 4), want4)
-	wantErr(t, "Finish of expired task 4 by its holder", h.s.Finish(h.ctx, 4, want4.Token), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish of expired task 4 by its holder", h.finish(t, 4, want4.Token), taskstore.ErrNotInProgress)
 	if got := h.get(t, 5); got.State != wire.NotStarted || got.Pending {
 		t.Fatalf("activated task after ExpirePending: %s", format(got))
 	}

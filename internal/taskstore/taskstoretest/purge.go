@@ -32,10 +32,11 @@ func (h *harness) answers(id, token int64) []string {
 	_, extendErr := h.s.Extend(h.ctx, id, token, lease)
 	_, failErr := h.s.Fail(h.ctx, id, token, "boom", true)
 	_, retryErr := h.s.Retry(h.ctx, id, token, "away", taskstore.RetryBackoff{Min: time.Second, Max: time.Second})
+	_, finishErr := h.s.Finish(h.ctx, id, token)
 	var got []string
 	for _, err := range []error{
 		getErr, cancelErr, extendErr, failErr, retryErr,
-		h.s.Finish(h.ctx, id, token), h.s.Release(h.ctx, id, token),
+		finishErr, h.s.Release(h.ctx, id, token),
 		h.s.Set(h.ctx, id, wire.NotStarted, lease), h.s.Activate(h.ctx, id, 0), h.s.Abandon(h.ctx, id, "gone"),
 		h.s.Delete(h.ctx, id),
 	} {
@@ -56,7 +57,7 @@ func testPurgeDeleted(t *testing.T, h *harness) {
 	h.createN(t, 3)
 	held := h.claimID(t, 0) // 0: deleted while in progress
 	done := h.claimID(t, 1) // 1: deleted finished
-	noErr(t, "Finish", h.s.Finish(h.ctx, 1, done.Token))
+	noErr(t, "Finish", h.finish(t, 1, done.Token))
 	// 2: deleted queued; 3: deleted pending; 4: kept; 5: deleted, the highest id.
 	for _, pending := range []bool{true, false, false} {
 		h.create(t, pending)

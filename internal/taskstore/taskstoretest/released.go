@@ -99,14 +99,14 @@ func CheckReleased(t *testing.T, s taskstore.Store, r Released, advance func(tim
 	if claimed.ID != 7 || claimed.Op != "invert" || claimed.MaxAttempts != 5 || claimed.Attempts != 1 || claimed.Token != 1 {
 		t.Fatalf("Claim = %+v, want the queued task 7 on its first attempt", claimed)
 	}
-	if err := s.Finish(ctx, claimed.ID, claimed.Token); err != nil {
+	if _, err := s.Finish(ctx, claimed.ID, claimed.Token); err != nil {
 		t.Fatalf("Finish: %v", err)
 	}
 	if _, err := s.Claim(ctx, time.Hour); !errors.Is(err, taskstore.ErrNoTask) {
 		t.Fatalf("second Claim: %v, want ErrNoTask", err)
 	}
 	// The worker that held task 4 across the upgrade reports it with the token it was given.
-	if err := s.Finish(ctx, 4, 1); err != nil {
+	if _, err := s.Finish(ctx, 4, 1); err != nil {
 		t.Fatalf("Finish of the task in progress across the upgrade: %v", err)
 	}
 	// The idempotency key still answers for its task.
@@ -124,7 +124,7 @@ func CheckReleased(t *testing.T, s taskstore.Store, r Released, advance func(tim
 		if err != nil || c.ID != id {
 			t.Fatalf("Claim = %+v, %v; want task %d", c, err, id)
 		}
-		if err := s.Finish(ctx, c.ID, c.Token); err != nil {
+		if _, err := s.Finish(ctx, c.ID, c.Token); err != nil {
 			t.Fatal(err)
 		}
 	}

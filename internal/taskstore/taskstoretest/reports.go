@@ -10,25 +10,25 @@ import (
 
 func testFinish(t *testing.T, h *harness) {
 	h.createN(t, 2)
-	wantErr(t, "Finish of not-started task", h.s.Finish(h.ctx, 0, 0), taskstore.ErrNotInProgress)
-	wantErr(t, "Finish of unknown task", h.s.Finish(h.ctx, 42, 0), taskstore.ErrNotFound)
-	wantErr(t, "Finish of unknown task with a token", h.s.Finish(h.ctx, 42, 1), taskstore.ErrNotFound)
-	wantErr(t, "Finish of negative id", h.s.Finish(h.ctx, -1, 0), taskstore.ErrNotFound)
+	wantErr(t, "Finish of not-started task", h.finish(t, 0, 0), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish of unknown task", h.finish(t, 42, 0), taskstore.ErrNotFound)
+	wantErr(t, "Finish of unknown task with a token", h.finish(t, 42, 1), taskstore.ErrNotFound)
+	wantErr(t, "Finish of negative id", h.finish(t, -1, 0), taskstore.ErrNotFound)
 
 	claimedAt := h.clk.Advance(time.Second)
 	c := h.claimID(t, 0)
 	finishedAt := h.clk.Advance(lease / 2)
-	noErr(t, "Finish(0)", h.s.Finish(h.ctx, 0, c.Token))
+	noErr(t, "Finish(0)", h.finish(t, 0, c.Token))
 	checkTask(t, "Get after Finish", h.get(t, 0), taskstore.Task{
 		ID: 0, State: wire.Finished, Attempts: 1, MaxAttempts: defMax, Token: c.Token,
 		CreatedAt: start, StartedAt: claimedAt, FinishedAt: finishedAt,
 	})
-	wantErr(t, "Finish of finished task without a token", h.s.Finish(h.ctx, 0, 0), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish of finished task without a token", h.finish(t, 0, 0), taskstore.ErrNotInProgress)
 
 	h.claimID(t, 1) // finished task 0 is not handed out again
 	h.noTask(t, "all claimed")
 	h.clk.Advance(lease / 2)
-	noErr(t, "Finish(1) by a reference worker (token 0)", h.s.Finish(h.ctx, 1, 0))
+	noErr(t, "Finish(1) by a reference worker (token 0)", h.finish(t, 1, 0))
 	if got := h.get(t, 1); got.State != wire.Finished {
 		t.Fatalf("Finish with token 0 did not finish: %s", format(got))
 	}
@@ -41,24 +41,29 @@ func testFinish(t *testing.T, h *harness) {
 func testFinishTokens(t *testing.T, h *harness) {
 	// Task 0: the plain cases.
 	h.createN(t, 1)
-	wantErr(t, "Finish of a never-claimed task with a token", h.s.Finish(h.ctx, 0, 1), taskstore.ErrStaleToken)
+	wantErr(t, "Finish of a never-claimed task with a token", h.finish(t, 0, 1), taskstore.ErrStaleToken)
 	c := h.claimID(t, 0)
-	wantErr(t, "Finish with a token that was never issued", h.s.Finish(h.ctx, 0, c.Token+1000), taskstore.ErrStaleToken)
+	wantErr(t, "Finish with a token that was never issued", h.finish(t, 0, c.Token+1000), taskstore.ErrStaleToken)
 	if got := h.get(t, 0); got.State != wire.InProgress {
 		t.Fatalf("refused Finish changed the task: %s", format(got))
 	}
 	finishedAt := h.clk.Advance(time.Second)
-	noErr(t, "Finish with the current token", h.s.Finish(h.ctx, 0, c.Token))
+	finished, err := h.s.Finish(h.ctx, 0, c.Token)
+	noErr(t, "Finish with the current token", err)
 	want := taskstore.Task{
 		ID: 0, State: wire.Finished, Attempts: 1, MaxAttempts: defMax, Token: c.Token,
 		CreatedAt: start, StartedAt: c.StartedAt, FinishedAt: finishedAt,
 	}
+	checkTask(t, "Finish's result", finished, want)
 	checkTask(t, "after Finish", h.get(t, 0), want)
 	h.clk.Advance(time.Second)
-	noErr(t, "Finish again with the same token", h.s.Finish(h.ctx, 0, c.Token))
+	// A retry returns the task as the first finish left it: its FinishedAt tells the caller it is one.
+	again, err := h.s.Finish(h.ctx, 0, c.Token)
+	noErr(t, "Finish again with the same token", err)
+	checkTask(t, "a repeated Finish's result (the first finish's time)", again, want)
 	checkTask(t, "after a repeated Finish (FinishedAt must not move)", h.get(t, 0), want)
-	wantErr(t, "Finish of a finished task with token 0", h.s.Finish(h.ctx, 0, 0), taskstore.ErrNotInProgress)
-	wantErr(t, "Finish of a finished task with another token", h.s.Finish(h.ctx, 0, c.Token+1000), taskstore.ErrStaleToken)
+	wantErr(t, "Finish of a finished task with token 0", h.finish(t, 0, 0), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish of a finished task with another token", h.finish(t, 0, c.Token+1000), taskstore.ErrStaleToken)
 
 	// Task 1: the lease lapsed, nobody claimed it since: the holder's result still counts.
 	created := h.clk.Now()
@@ -68,9 +73,9 @@ func testFinishTokens(t *testing.T, h *harness) {
 	if got := h.get(t, 1); got.State != wire.NotStarted {
 		t.Fatalf("lapsed task reads %s", format(got))
 	}
-	wantErr(t, "Finish of a lapsed task with token 0", h.s.Finish(h.ctx, 1, 0), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish of a lapsed task with token 0", h.finish(t, 1, 0), taskstore.ErrNotInProgress)
 	finishedAt = h.clk.Advance(time.Second)
-	noErr(t, "Finish of a lapsed, unclaimed task with its token", h.s.Finish(h.ctx, 1, c.Token))
+	noErr(t, "Finish of a lapsed, unclaimed task with its token", h.finish(t, 1, c.Token))
 	checkTask(t, "after Finish past the lease", h.get(t, 1), taskstore.Task{
 		ID: 1, State: wire.Finished, Attempts: 1, MaxAttempts: defMax, Token: c.Token,
 		CreatedAt: created, StartedAt: c.StartedAt, FinishedAt: finishedAt,
@@ -90,25 +95,25 @@ func testFinishTokens(t *testing.T, h *harness) {
 		t.Fatalf("swept task 3: %s", format(got))
 	}
 	finishedAt = h.clk.Advance(time.Second)
-	noErr(t, "Finish of a lapsed, swept, unclaimed task with its token", h.s.Finish(h.ctx, 3, c.Token))
+	noErr(t, "Finish of a lapsed, swept, unclaimed task with its token", h.finish(t, 3, c.Token))
 	checkTask(t, "after Finish of a swept task", h.get(t, 3), taskstore.Task{
 		ID: 3, State: wire.Finished, Attempts: 1, MaxAttempts: defMax, Token: c.Token,
 		CreatedAt: created, StartedAt: c.StartedAt, FinishedAt: finishedAt,
 	})
 	h.noTask(t, "the swept, finished task must not be handed out")
-	noErr(t, "Finish(2)", h.s.Finish(h.ctx, 2, c2.Token))
+	noErr(t, "Finish(2)", h.finish(t, 2, c2.Token))
 
 	// Task 4: lapsed and claimed again: the first holder is stale, whatever happens next.
 	h.createN(t, 1)
 	c1 := h.claimID(t, 4)
 	h.clk.Advance(past)
 	c2 = h.claimID(t, 4)
-	wantErr(t, "Finish by the superseded holder", h.s.Finish(h.ctx, 4, c1.Token), taskstore.ErrStaleToken)
+	wantErr(t, "Finish by the superseded holder", h.finish(t, 4, c1.Token), taskstore.ErrStaleToken)
 	if got := h.get(t, 4); got.State != wire.InProgress || got.Token != c2.Token {
 		t.Fatalf("stale Finish changed the task: %s", format(got))
 	}
-	noErr(t, "Finish by the current holder", h.s.Finish(h.ctx, 4, c2.Token))
-	wantErr(t, "Finish by the superseded holder after the current one", h.s.Finish(h.ctx, 4, c1.Token), taskstore.ErrStaleToken)
+	noErr(t, "Finish by the current holder", h.finish(t, 4, c2.Token))
+	wantErr(t, "Finish by the superseded holder after the current one", h.finish(t, 4, c1.Token), taskstore.ErrStaleToken)
 }
 
 func testFailTransient(t *testing.T, h *harness) {
@@ -120,7 +125,7 @@ func testFailTransient(t *testing.T, h *harness) {
 		ID: 0, State: wire.NotStarted, Attempts: 1, MaxAttempts: defMax, Token: c1.Token,
 		Error: "decode: unexpected EOF", CreatedAt: start, StartedAt: c1.StartedAt,
 	})
-	wantErr(t, "Finish after the holder failed the attempt", h.s.Finish(h.ctx, 0, c1.Token), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish after the holder failed the attempt", h.finish(t, 0, c1.Token), taskstore.ErrNotInProgress)
 	_, err := h.s.Fail(h.ctx, 0, c1.Token, "again", false)
 	wantErr(t, "Fail twice", err, taskstore.ErrNotInProgress)
 
@@ -150,7 +155,7 @@ func testFailTransient(t *testing.T, h *harness) {
 	h.noTask(t, "the only task failed")
 	h.clk.Advance(10 * lease)
 	checkTask(t, "failed task later", h.get(t, 0), want)
-	wantErr(t, "Finish of a failed task", h.s.Finish(h.ctx, 0, c3.Token), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish of a failed task", h.finish(t, 0, c3.Token), taskstore.ErrNotInProgress)
 	_, err = h.s.Fail(h.ctx, 0, c3.Token, "fourth", false)
 	wantErr(t, "Fail of a failed task", err, taskstore.ErrNotInProgress)
 	checkTask(t, "after refused calls", h.get(t, 0), want)
@@ -232,7 +237,7 @@ func testRelease(t *testing.T, h *harness) {
 		CreatedAt: start, StartedAt: c.StartedAt,
 	})
 	wantErr(t, "Release twice", h.s.Release(h.ctx, 0, c.Token), taskstore.ErrNotInProgress)
-	wantErr(t, "Finish after Release", h.s.Finish(h.ctx, 0, c.Token), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish after Release", h.finish(t, 0, c.Token), taskstore.ErrNotInProgress)
 
 	// Claimable at once, and the released attempt did not count: with a limit of 1 it is still the
 	// first attempt.
@@ -257,7 +262,7 @@ func testRelease(t *testing.T, h *harness) {
 	wantErr(t, "Release of unknown id", h.s.Release(h.ctx, 5, 0), taskstore.ErrNotFound)
 	wantErr(t, "Release of a not-started task", h.s.Release(h.ctx, 1, 0), taskstore.ErrNotInProgress)
 	c = h.claimID(t, 1)
-	noErr(t, "Finish(1)", h.s.Finish(h.ctx, 1, c.Token))
+	noErr(t, "Finish(1)", h.finish(t, 1, c.Token))
 	wantErr(t, "Release of a finished task", h.s.Release(h.ctx, 1, c.Token), taskstore.ErrNotInProgress)
 	if got := h.get(t, 1); got.State != wire.Finished || got.Attempts != 1 {
 		t.Fatalf("refused Release changed a finished task: %s", format(got))

@@ -71,7 +71,7 @@ func testRequeueHolder(t *testing.T, h *harness) {
 	_, err = h.s.Requeue(h.ctx, 0)
 	noErr(t, "Requeue", err)
 	for _, token := range []int64{old.Token, 0} {
-		wantErr(t, "Finish by the holder before the requeue", h.s.Finish(h.ctx, 0, token), taskstore.ErrNotInProgress)
+		wantErr(t, "Finish by the holder before the requeue", h.finish(t, 0, token), taskstore.ErrNotInProgress)
 		_, err = h.s.Fail(h.ctx, 0, token, "late", true)
 		wantErr(t, "Fail by the holder before the requeue", err, taskstore.ErrNotInProgress)
 	}
@@ -79,8 +79,8 @@ func testRequeueHolder(t *testing.T, h *harness) {
 	if c.Token <= old.Token {
 		t.Fatalf("token after requeue %d, before %d: want it larger", c.Token, old.Token)
 	}
-	wantErr(t, "Finish by the holder before the requeue", h.s.Finish(h.ctx, 0, old.Token), taskstore.ErrStaleToken)
-	noErr(t, "Finish", h.s.Finish(h.ctx, 0, c.Token))
+	wantErr(t, "Finish by the holder before the requeue", h.finish(t, 0, old.Token), taskstore.ErrStaleToken)
+	noErr(t, "Finish", h.finish(t, 0, c.Token))
 	if got := h.get(t, 0); got.State != wire.Finished {
 		t.Fatalf("requeued task after Finish: %s", format(got))
 	}

@@ -49,7 +49,7 @@ func testRetry(t *testing.T, h *harness) {
 	}
 	checkTask(t, "after Retry", got, want)
 	h.checkCounts(t, "one task waiting to be retried", taskstore.Counts{Queued: 4})
-	wantErr(t, "Finish after Retry", h.s.Finish(h.ctx, 0, c.Token), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish after Retry", h.finish(t, 0, c.Token), taskstore.ErrNotInProgress)
 
 	// Before RetryAt younger tasks go first, and Claim's sweep leaves the waiting task alone.
 	h.claimID(t, 1)
@@ -143,7 +143,7 @@ func testRetryWho(t *testing.T, h *harness) {
 
 	// Finished: refused.
 	c = h.claimID(t, 5)
-	noErr(t, "Finish(5)", h.s.Finish(h.ctx, 5, c.Token))
+	noErr(t, "Finish(5)", h.finish(t, 5, c.Token))
 	_, err = h.s.Retry(h.ctx, 5, c.Token, "x", b)
 	wantErr(t, "Retry of a finished task", err, taskstore.ErrNotInProgress)
 	if got := h.get(t, 5); got.State != wire.Finished || got.Retries != 0 {
@@ -210,7 +210,7 @@ func testRetryCleared(t *testing.T, h *harness) {
 	noErr(t, "Set NotStarted", h.s.Set(h.ctx, 0, wire.NotStarted, 0))
 	noWait("after Set NotStarted", 0)
 	c := h.claimID(t, 0)
-	noErr(t, "Finish(0)", h.s.Finish(h.ctx, 0, c.Token))
+	noErr(t, "Finish(0)", h.finish(t, 0, c.Token))
 
 	for id, state := range map[int64]wire.State{1: wire.Finished, 2: wire.Failed} {
 		noErr(t, "Set "+state.String(), h.s.Set(h.ctx, id, state, 0))
@@ -225,7 +225,7 @@ func testRetryCleared(t *testing.T, h *harness) {
 	c = h.claimID(t, 3)
 	h.fail(t, 3, c.Token, "flaky", false)
 	c = h.claimID(t, 3)
-	noErr(t, "Finish(3)", h.s.Finish(h.ctx, 3, c.Token))
+	noErr(t, "Finish(3)", h.finish(t, 3, c.Token))
 	noWait("after Finish", 3)
 
 	// A zero backoff: handed back and claimable at once, before task 5.

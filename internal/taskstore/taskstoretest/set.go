@@ -27,14 +27,14 @@ func testSet(t *testing.T, h *harness) {
 	checkTask(t, "after Set InProgress", got, want)
 	h.claimID(t, 1) // task 0 is in progress, so not claimable
 	h.noTask(t, "both in progress")
-	noErr(t, "Finish with the token Set issued", h.s.Finish(h.ctx, 0, want.Token))
+	noErr(t, "Finish with the token Set issued", h.finish(t, 0, want.Token))
 
 	// Finished -> NotStarted makes it claimable again and clears FinishedAt; the holder's claim is
 	// over.
 	noErr(t, "Set NotStarted", h.s.Set(h.ctx, 0, wire.NotStarted, 0))
 	want.State, want.LeaseUntil = wire.NotStarted, time.Time{}
 	checkTask(t, "after Set NotStarted", h.get(t, 0), want)
-	wantErr(t, "Finish after Set NotStarted", h.s.Finish(h.ctx, 0, want.Token), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish after Set NotStarted", h.finish(t, 0, want.Token), taskstore.ErrNotInProgress)
 	c := h.claimID(t, 0)
 
 	// InProgress -> Finished sets FinishedAt and ends the lease.
@@ -45,9 +45,9 @@ func testSet(t *testing.T, h *harness) {
 	checkTask(t, "after Set Finished", h.get(t, 0), want)
 	h.clk.Advance(10 * lease)
 	checkTask(t, "finished task later", h.get(t, 0), want)
-	wantErr(t, "Finish with token 0 after Set Finished", h.s.Finish(h.ctx, 0, 0), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish with token 0 after Set Finished", h.finish(t, 0, 0), taskstore.ErrNotInProgress)
 	// Finished while the holder's token was current: its Finish is a repeat.
-	noErr(t, "Finish by the holder after Set Finished", h.s.Finish(h.ctx, 0, c.Token))
+	noErr(t, "Finish by the holder after Set Finished", h.finish(t, 0, c.Token))
 	checkTask(t, "after the holder's Finish", h.get(t, 0), want)
 
 	// InProgress -> NotStarted releases the lease at once.
@@ -56,8 +56,8 @@ func testSet(t *testing.T, h *harness) {
 	if got := h.get(t, 1); got.State != wire.NotStarted || !got.LeaseUntil.IsZero() || got.Attempts != 2 {
 		t.Fatalf("after Set NotStarted on in-progress: %s", format(got))
 	}
-	wantErr(t, "Finish with token 0 after Set NotStarted", h.s.Finish(h.ctx, 1, 0), taskstore.ErrNotInProgress)
-	wantErr(t, "Finish by the holder after Set NotStarted", h.s.Finish(h.ctx, 1, c.Token), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish with token 0 after Set NotStarted", h.finish(t, 1, 0), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish by the holder after Set NotStarted", h.finish(t, 1, c.Token), taskstore.ErrNotInProgress)
 
 	// A lease started by Set lapses like a claimed one, and counted as the third attempt.
 	now = h.clk.Now()
@@ -101,8 +101,8 @@ func testSetFailed(t *testing.T, h *harness) {
 	want.State, want.FinishedAt, want.LeaseUntil, want.Error = wire.Failed, failedAt, time.Time{}, got.Error
 	checkTask(t, "after Set Failed", got, want)
 	h.claimID(t, 1) // task 0 is not claimable
-	wantErr(t, "Finish by the holder after Set Failed", h.s.Finish(h.ctx, 0, c.Token), taskstore.ErrNotInProgress)
-	wantErr(t, "Finish with token 0 after Set Failed", h.s.Finish(h.ctx, 0, 0), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish by the holder after Set Failed", h.finish(t, 0, c.Token), taskstore.ErrNotInProgress)
+	wantErr(t, "Finish with token 0 after Set Failed", h.finish(t, 0, 0), taskstore.ErrNotInProgress)
 	h.clk.Advance(10 * lease)
 	checkTask(t, "failed task later", h.get(t, 0), want)
 

@@ -39,7 +39,7 @@ func testUsage(t *testing.T, h *harness) {
 
 	// Claims, finishes, failures, cancels and retention's hold change nothing: a settled task is kept.
 	claimed := h.claim(t)
-	noErr(t, "Finish", h.s.Finish(h.ctx, claimed.ID, claimed.Token))
+	noErr(t, "Finish", h.finish(t, claimed.ID, claimed.Token))
 	claimed = h.claim(t)
 	if _, err := h.s.Fail(h.ctx, claimed.ID, claimed.Token, "bad", true); err != nil {
 		t.Fatalf("Fail: %v", err)
