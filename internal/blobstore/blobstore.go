@@ -41,10 +41,11 @@ type Blob struct {
 // The check and the replacement are one atomic step with respect to other Puts and Deletes of the same
 // key in the store, and once Put has returned a crash never leaves a blob claiming a fence lower than
 // the one it was written with. fileblob locks the key and keeps the fence in the blob file's own metadata (see there); s3blob
-// keeps the fence in the object's user metadata and makes the step a conditional write: read the
-// current object's ETag and fence (HEAD), refuse when the fence is larger, then commit the write with
-// If-Match on that ETag (If-None-Match: * when there was no object), starting over when S3 answers
-// 412 Precondition Failed because another writer got in between.
+// keeps the fence in the object's user metadata and makes the step a conditional write: first with
+// If-None-Match: * (no object yet, the usual case); else read the current object's ETag and fence
+// (HEAD), refuse when the fence is larger, then commit the write with If-Match on that ETag
+// (If-None-Match: * when there was no object), starting over when S3 answers 412 Precondition Failed
+// because another writer got in between.
 type Store interface {
 	// Put stores all of r under key, streaming it (never holding it whole in memory), written with fence
 	// (>= 0; see Store). size is the length when known, -1 otherwise. Put is atomic: a reader sees the

@@ -8,10 +8,11 @@
 // (decimal; absent for fence 0), which S3 writes together with the content: an object appears whole,
 // with its fence, or not at all. A fenced Put first streams the body (one PUT for a body that fits one
 // part, else the parts of a multipart upload, which stay invisible), then commits it with a conditional
-// write: HEAD the current object for its ETag and fence, refuse when the fence is larger, and send the
-// PUT, or the CompleteMultipartUpload, with If-Match on that ETag (If-None-Match: * when there was no
-// object). When another writer got in between, S3 answers 412 Precondition Failed and the commit starts
-// over from the HEAD; the parts already uploaded are kept, so only the commit is repeated. The check
+// write: first blind, with If-None-Match: * (most fenced writes are a key's first); when an object is
+// there (412), HEAD it for its ETag and fence, refuse when the fence is larger, and send the PUT, or the
+// CompleteMultipartUpload, with If-Match on that ETag (If-None-Match: * when there was no object). When
+// another writer got in between, S3 answers 412 Precondition Failed and the commit starts over from the
+// HEAD; the parts already uploaded are kept, so only the commit is repeated. The check
 // and the replacement are thus one atomic step on the server, whatever the number of stores sharing
 // the bucket. An unfenced Put (fence 0) is never refused and writes unconditionally.
 //
@@ -141,8 +142,9 @@ type Store struct {
 	waitDone  chan struct{}
 	closeOnce sync.Once
 
-	// beforeWrite, when set (by tests), runs between a commit's HEAD and its conditional write, to let
-	// another writer in deterministically.
+	// beforeWrite, when set (by tests), runs before each conditional write of a fenced commit: with
+	// attempt 0 before the first one, blind (If-None-Match, no HEAD), then with 1, 2, ... between each
+	// HEAD and its write, to let another writer in.
 	beforeWrite func(attempt int)
 }
 
@@ -552,6 +554,15 @@ func (c condition) apply(opts *minio.PutObjectOptions) {
 func (s *Store) commit(ctx context.Context, name string, fence int64, write func(condition) error) error {
 	if fence == 0 {
 		return write(condition{})
+	}
+	// Most fenced writes are a task's first result, under a key that holds nothing yet: try that first,
+	// without the HEAD (one request instead of two). An object already there fails it with 412, and the
+	// loop below reads its fence.
+	if s.beforeWrite != nil {
+		s.beforeWrite(0)
+	}
+	if err := write(condition{ifNoneMatch: true}); err == nil || !lostRace(err) {
+		return err
 	}
 	wait := backoff.Backoff{Min: time.Millisecond, Max: 100 * time.Millisecond}
 	for attempt := 1; ; attempt++ {
