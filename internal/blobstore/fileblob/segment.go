@@ -172,6 +172,8 @@ type segments struct {
 	flush *groupsync.Syncer
 	// failSyncs makes that many of the next flushes fail (tests of a failing disk).
 	failSyncs atomic.Int32
+	// beforeIndex, when set (by tests), runs in a small Put between its flush and its index update.
+	beforeIndex func(key string)
 
 	lockFile  atomic.Pointer[os.File] // held open for flock
 	compactMu sync.Mutex              // one compaction at a time (flock does not exclude within a process)
@@ -900,6 +902,9 @@ func (s *Store) putSmall(ctx context.Context, key, path string, data []byte, fen
 	defer g.settle(sf)
 	if err := g.confirm(sf, off+int64(len(rec))); err != nil {
 		return err
+	}
+	if g.beforeIndex != nil {
+		g.beforeIndex(key)
 	}
 	g.put(&segEntry{key: key, file: sf, off: off, size: int64(len(data)), fence: fence, mod: mod})
 	switch {
