@@ -186,14 +186,8 @@ func TestSegmentCompaction(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for {
-		removed, err := s.seg.compact()
-		if err != nil {
-			t.Fatalf("compact: %v", err)
-		}
-		if !removed {
-			break
-		}
+	if err := compactAll(s); err != nil {
+		t.Fatal(err)
 	}
 	after := s.SegmentStats()
 	if after.Compactions == 0 || after.Segments >= before.Segments || after.Bytes >= before.Bytes/2 || segmentCount(t, dir) >= files {
@@ -382,14 +376,8 @@ func TestSegmentFullDisk(t *testing.T) {
 			t.Fatalf("Delete on a full disk: %v", err)
 		}
 	}
-	for {
-		removed, err := s.seg.compact()
-		if err != nil {
-			t.Fatalf("compaction on a full disk: %v", err)
-		}
-		if !removed {
-			break
-		}
+	if err := compactAll(s); err != nil {
+		t.Fatalf("on a full disk: %v", err)
 	}
 	if st := s.SegmentStats(); st.Bytes > 2<<20 {
 		t.Errorf("after compaction on a full disk the segments hold %d bytes", st.Bytes)
