@@ -3,6 +3,7 @@ package fileblob
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -122,6 +123,9 @@ func (g *segments) compact() (bool, error) {
 	var errs []error
 	for _, sf := range prefix {
 		if err := os.Remove(sf.path); err != nil {
+			errs = append(errs, err)
+		}
+		if err := os.Remove(hintPath(sf.path)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}
 		sf.release()

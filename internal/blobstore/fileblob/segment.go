@@ -123,6 +123,9 @@ type segFile struct {
 	// pending counts records appended whose writer has not yet updated the index (or given up): the
 	// compactor leaves the segment alone until they are settled, or it would miss them.
 	pending int
+	// heads lists the records of the active segment, for its hint file (hint.go); guarded by
+	// segments.appendMu.
+	heads []recordHead
 	// live is the bytes of the records the index points to; guarded by segments.mu.
 	live int64
 }
@@ -410,14 +413,27 @@ func openSegments(s *Store, o Options) (*segments, error) {
 		if !sealed {
 			limit = fi.Size()
 		}
-		end, err := scanRecords(sf.f, limit, func(rec *record, off int64) error {
-			g.apply(sf, rec, off)
-			return nil
-		})
-		if err != nil {
-			return nil, err
-		}
 		last := i == len(g.files)-1
+		var end int64
+		if heads, err := readHint(sf.path, limit); sealed && err == nil {
+			// A sealed segment with its hint: its headers, without reading its data.
+			for _, h := range heads {
+				g.apply(sf, h)
+			}
+			end = limit
+		} else {
+			end, err = scanRecords(sf.f, limit, func(rec *record, off int64) error {
+				h := recordHead{op: rec.op, key: rec.key, fence: rec.fence, mod: rec.mod, off: off, size: int64(len(rec.data))}
+				g.apply(sf, h)
+				if last {
+					sf.heads = append(sf.heads, h)
+				}
+				return nil
+			})
+			if err != nil {
+				return nil, err
+			}
+		}
 		if end < limit && !last {
 			return nil, fmt.Errorf("segment %s: corrupt record at offset %d of %d", sf.path, end, limit)
 		}
@@ -461,14 +477,14 @@ func (g *segments) openLock() error {
 }
 
 // apply updates the index with one record read at open.
-func (g *segments) apply(sf *segFile, rec *record, off int64) {
+func (g *segments) apply(sf *segFile, rec recordHead) {
 	old, had := g.index.Get(&segEntry{key: rec.key})
 	if had && !old.moved && old.file != nil {
 		old.file.live -= old.recordLen()
 	}
 	switch rec.op {
 	case opPut:
-		e := &segEntry{key: rec.key, file: sf, off: off, size: int64(len(rec.data)), fence: rec.fence, mod: rec.mod}
+		e := &segEntry{key: rec.key, file: sf, off: rec.off, size: rec.size, fence: rec.fence, mod: rec.mod}
 		sf.live += e.recordLen()
 		g.index.ReplaceOrInsert(e)
 	case opDelete:
@@ -585,6 +601,16 @@ func (g *segments) rollLocked() error {
 			end = old.sealed
 		}
 		seal = encodeRecord(opSeal, "", 0, time.Time{}, sealData(old.num, end))
+		defer func() {
+			// Once the seal is durable, the old segment's records are final: list them for the next
+			// Open. Without the hint (a write that failed), Open reads the segment instead.
+			if g.active != old {
+				if err := writeHint(old.path, end, old.heads); err != nil {
+					g.log.Warn("image storage: cannot write a segment's hint file; it is read whole at the next start", "segment", old.path, "err", err)
+				}
+				old.heads = nil
+			}
+		}()
 	}
 	if err := g.s.mkdirAll(g.dir); err != nil {
 		return err
@@ -650,6 +676,7 @@ func (g *segments) appendRecord(rec []byte) (*segFile, int64, error) {
 	}
 	sf.size += int64(len(rec))
 	sf.pending++
+	sf.heads = append(sf.heads, headOf(rec, off))
 	return sf, off, nil
 }
 
