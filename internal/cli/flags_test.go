@@ -2,10 +2,12 @@ package cli
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/imgmill/imgmill/internal/storage"
+	"github.com/imgmill/imgmill/internal/worker"
 )
 
 // The token of the tests here; never printed.
@@ -114,5 +116,24 @@ func TestMinFreeFlag(t *testing.T) {
 	}
 	if _, _, err := runCLI(t, nil, "storage", "--min-free", "lots", "--kv", "127.0.0.1:1"); err == nil || !strings.Contains(err.Error(), "min-free") {
 		t.Errorf("storage --min-free lots: %v, want a refusal", err)
+	}
+}
+
+// A worker that calls master and storage over HTTP holds tasks ahead by default; one that calls them
+// in-process (serve, bench) does not.
+func TestPrefetchDefault(t *testing.T) {
+	e, _ := quietEnv(nil)
+	all := defineAll(e)
+	for cmd, want := range map[string]string{"worker": strconv.Itoa(worker.RemotePrefetch), "serve": "0", "bench": "0"} {
+		fl := all[cmd].Lookup("prefetch")
+		if fl == nil {
+			t.Fatalf("%s has no --prefetch", cmd)
+		}
+		if fl.DefValue != want {
+			t.Errorf("%s --prefetch defaults to %s, want %s", cmd, fl.DefValue, want)
+		}
+	}
+	if worker.RemotePrefetch <= 0 {
+		t.Errorf("worker.RemotePrefetch = %d, want > 0", worker.RemotePrefetch)
 	}
 }

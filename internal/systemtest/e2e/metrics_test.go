@@ -71,7 +71,7 @@ func TestMetricsAndRequestIDAcrossServices(t *testing.T) {
 		p.start(ctx, name, append([]string{"--addr", "127.0.0.1:0", "--kv", kvAddr, "--data", filepath.Join(dir, name)}, common...)...)
 	}
 	p.start(ctx, "master", append([]string{"--addr", "127.0.0.1:0", "--kv", kvAddr}, common...)...)
-	p.start(ctx, "worker", append([]string{"--kv", kvAddr, "--concurrency", "1", "--metrics-addr", workerAddr}, common...)...)
+	p.start(ctx, "worker", append([]string{"--kv", kvAddr, "--concurrency", "1", "--prefetch", "0", "--metrics-addr", workerAddr}, common...)...)
 	p.start(ctx, "frontend", append([]string{"--addr", feAddr, "--kv", kvAddr, "--upload-rate", "0",
 		"--data", filepath.Join(dir, "frontend")}, common...)...)
 
@@ -190,7 +190,7 @@ func TestMetricsAndRequestIDAcrossServices(t *testing.T) {
 		want{"imgmill_storage_objects_written_total", []string{"state", "working"}, 1},
 		want{"imgmill_storage_objects_written_total", []string{"state", "finished"}, 1},
 		want{"imgmill_storage_bytes_served_total", []string{"state", "working"}, float64(len(data))})
-	// The worker's loop is idle once the master acknowledged the finish, a moment after the task reads as
+	// The worker's one loop (one slot, no prefetch) is idle once the master acknowledged the finish, a moment after the task reads as
 	// finished.
 	deploytest.WaitFor(t, readyCtx, "the worker idle", func() bool {
 		f := scrape("worker")

@@ -48,7 +48,8 @@ func TestCancelAndDeleteInEveryState(t *testing.T) {
 	d := deploytest.New(t)
 	d.StartBackends()
 	// The default heartbeat, every 10 s, held by the master meanwhile. Info logs say when it stops a task.
-	d.StartWorker("worker", "--log-level", "info")
+	// No prefetch: with both slots busy, the next tasks must stay queued, not be claimed ahead.
+	d.StartWorker("worker", "--log-level", "info", "--prefetch", "0")
 	d.StartFrontend()
 	d.WaitServing(d.FEAddr)
 	ctx, cancel := deploytest.Within(t, 8*time.Minute)
