@@ -110,6 +110,9 @@ func OpenWith(dir string, o Options) (*Store, error) {
 	if err := s.mkdirAll(dir); err != nil {
 		return nil, fmt.Errorf("fileblob: create %s: %w", dir, err)
 	}
+	// The blob files the walk finds: the keys that have a file, for openSegments to settle with its
+	// records without a stat per record.
+	files := make(map[string]bool)
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -139,6 +142,7 @@ func OpenWith(dir string, o Options) (*Store, error) {
 				return err
 			}
 			s.usage.add(filepath.ToSlash(rel), 1, fi.Size())
+			files[filepath.ToSlash(rel)] = true
 		}
 		return nil
 	})
@@ -156,7 +160,7 @@ func OpenWith(dir string, o Options) (*Store, error) {
 	}
 	// Segments written with SmallMax are read without it too (nothing new is written to them then).
 	if nums, _ := segmentFiles(filepath.Join(dir, segmentsDir)); o.SmallMax > 0 || len(nums) > 0 {
-		if s.seg, err = openSegments(s, o); err != nil {
+		if s.seg, err = openSegments(s, o, files); err != nil {
 			s.Close()
 			return nil, fmt.Errorf("fileblob: open %s: %w", dir, err)
 		}

@@ -348,7 +348,7 @@ func firstSeal(f io.ReaderAt) (num int, end int64, ok bool) {
 
 // openSegments reads the segments of s's directory into the index, opens the last for appends, settles
 // what a crash left between a key's two forms, and starts the compactor.
-func openSegments(s *Store, o Options) (*segments, error) {
+func openSegments(s *Store, o Options, files map[string]bool) (*segments, error) {
 	g := &segments{
 		s: s, dir: filepath.Join(s.dir, segmentsDir), max: o.SmallMax, roll: o.SegmentSize, log: o.Logger,
 		index: btree.NewG(32, lessEntry),
@@ -451,7 +451,7 @@ func openSegments(s *Store, o Options) (*segments, error) {
 		g.active = g.files[len(g.files)-1]
 	}
 	g.flush = groupsync.New(g.flushActive)
-	if err := g.settleForms(); err != nil {
+	if err := g.settleForms(files); err != nil {
 		return nil, err
 	}
 	g.index.Ascend(func(e *segEntry) bool {
@@ -502,11 +502,10 @@ func (g *segments) apply(sf *segFile, rec recordHead) {
 // settleForms resolves, at open, keys that are both a file and a segment entry (a crash between the
 // two steps of a switch: the file is the newer) and moved keys without a file (a backup copied before
 // the file was in place: the segment record is the blob).
-func (g *segments) settleForms() error {
+func (g *segments) settleForms(files map[string]bool) error {
 	var toMove, toRestore, toDrop []*segEntry
 	g.index.Ascend(func(e *segEntry) bool {
-		fi, err := os.Lstat(filepath.Join(g.s.dir, filepath.FromSlash(e.key)))
-		isFile := err == nil && fi.Mode().IsRegular()
+		isFile := files[e.key]
 		switch {
 		case isFile && !e.moved:
 			toMove = append(toMove, e)
