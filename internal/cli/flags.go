@@ -217,13 +217,10 @@ func (f *flags) fsck(repair, asJSON *bool) {
 }
 
 // worker defines the worker's flags but --max-pixels.
-//
-// prefetch is --prefetch's default: worker.RemotePrefetch for a worker that calls master and storage over
-// HTTP (imgmill worker), where each image waits ~10 ms for its calls, 0 where they are in-process.
-func (f *flags) worker(c *worker.Config, prefetch int) {
+func (f *flags) worker(c *worker.Config) {
 	f.IntVar(&c.Concurrency, "concurrency", 0, "images a worker processes at once (0: one per CPU)")
-	f.IntVar(&c.Prefetch, "prefetch", prefetch, fmt.Sprintf("tasks a worker holds beyond --concurrency: claimed ahead, or being stored and reported, while others use the CPUs; "+
-		"for a worker whose calls to master and storage are slow against the image work (default %d on worker, which calls them over HTTP; 0 on serve and bench, whose worker calls them in-process)", worker.RemotePrefetch))
+	f.IntVar(&c.Prefetch, "prefetch", worker.DefaultPrefetch, "tasks a worker holds beyond --concurrency: claimed ahead, or being stored and reported, while others use the CPUs, "+
+		"so that the CPUs need not wait for the calls, flushes and commits around small images; 0: none (with many workers and a short queue, spreads the work wider)")
 	f.DurationVar(&c.Wait, "claim-wait", worker.DefaultWait, "how long one claim waits at the master for work (long poll)")
 	f.alias("wait", "claim-wait")
 	f.DurationVar(&c.Heartbeat, "heartbeat", worker.DefaultHeartbeat, "how often a worker renews its task's lease (at most a third of the lease)")

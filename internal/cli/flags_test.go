@@ -119,21 +119,20 @@ func TestMinFreeFlag(t *testing.T) {
 	}
 }
 
-// A worker that calls master and storage over HTTP holds tasks ahead by default; one that calls them
-// in-process (serve, bench) does not.
+// Every worker holds tasks ahead by default, in-process (serve, bench) or not.
 func TestPrefetchDefault(t *testing.T) {
 	e, _ := quietEnv(nil)
 	all := defineAll(e)
-	for cmd, want := range map[string]string{"worker": strconv.Itoa(worker.RemotePrefetch), "serve": "0", "bench": "0"} {
+	if worker.DefaultPrefetch <= 0 {
+		t.Fatalf("worker.DefaultPrefetch = %d, want > 0", worker.DefaultPrefetch)
+	}
+	for _, cmd := range []string{"worker", "serve", "bench"} {
 		fl := all[cmd].Lookup("prefetch")
 		if fl == nil {
 			t.Fatalf("%s has no --prefetch", cmd)
 		}
-		if fl.DefValue != want {
+		if want := strconv.Itoa(worker.DefaultPrefetch); fl.DefValue != want {
 			t.Errorf("%s --prefetch defaults to %s, want %s", cmd, fl.DefValue, want)
 		}
-	}
-	if worker.RemotePrefetch <= 0 {
-		t.Errorf("worker.RemotePrefetch = %d, want > 0", worker.RemotePrefetch)
 	}
 }

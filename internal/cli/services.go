@@ -56,7 +56,7 @@ func serveCommand() command {
 			f.maxPixels(&cfg.Master.Limits.MaxPixels)
 			f.masterLimits(&cfg.Master.Limits)
 			f.sweeps(&cfg.Master)
-			f.worker(&cfg.Worker, 0)
+			f.worker(&cfg.Worker)
 			f.frontend(&cfg.Frontend)
 			return func(ctx context.Context, _ []string) error {
 				if err := firstError(checkPolicy(&cfg.Database), checkWorker(&cfg.Worker), checkFrontend(&cfg.Frontend.Limits), checkSweeps(&cfg.Master)); err != nil {
@@ -188,7 +188,7 @@ func workerCommand() command {
 			var cfg worker.Config
 			var opts service.Options
 			kv := f.kvAddrs()
-			f.worker(&cfg, worker.RemotePrefetch)
+			f.worker(&cfg)
 			f.maxPixels(&cfg.MaxPixels)
 			f.StringVar(&opts.Addr, "metrics-addr", "", "serve /metrics (and /debug/pprof/ with --pprof) on this address (host:port), behind --token; default: no listener")
 			f.sharedOptions(&opts)
@@ -252,7 +252,7 @@ func benchCommand() command {
 			f.IntVar(&cfg.Size, "size", 64, "image width and height in pixels")
 			f.IntVar(&cfg.N, "n", 500, "number of images")
 			f.IntVar(&cfg.Clients, "clients", 16, "concurrent clients")
-			f.worker(&cfg.Worker, 0) // the in-process pipeline's worker
+			f.worker(&cfg.Worker) // the in-process pipeline's worker
 			f.tasks(&cfg.Tasks)
 			f.blobs(&cfg.Blobs)
 			f.kvStore(&cfg.KVStore)

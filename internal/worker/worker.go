@@ -67,13 +67,14 @@ const (
 	// Past it, work that did not stop lets its lease lapse.
 	deadlineGrace = 2 * time.Second
 
-	// RemotePrefetch is the Prefetch of a worker that calls master and storage over HTTP (imgmill
-	// worker). There a small image's claim, fetch and finish take ~10 ms of calls, several times its image
-	// work: measured on one 2-core machine (the split deployment, two slots), 0 to 2, 4 and 8 took 64 px
-	// images from 106 to 130, 154 and 164 img/s, and 256 px from 50 to 65, 68 and 59. The extra tasks are
-	// held under a lease, each with at most one result buffer (BaseMemory); the image work itself stays
-	// within MaxMemory.
-	RemotePrefetch = 4
+	// DefaultPrefetch is --prefetch's default. A small image's claim, fetch and finish take several
+	// times its image work, most of it waiting for a disk flush or a commit: with the calls over HTTP
+	// (the split deployment on one 2-core machine, two slots), 0, 2, 4 and 8 took 64 px images from 106
+	// to 130, 154 and 164 img/s, and 256 px from 50 to 65, 68 and 59; with them in-process (imgmill
+	// serve), 0, 2, 4 and 8 took 64 px from 571 to 595, 627 and 648 img/s, and left 256 px as it was
+	// (137 img/s). The extra tasks are held under a lease, each with at most one result buffer
+	// (BaseMemory); the image work itself stays within MaxMemory.
+	DefaultPrefetch = 4
 
 	// BaseMemory is what a worker process holds beside its image work: the Go runtime, connections,
 	// result buffers (up to 8 MB each before they spill to disk) and the collector's slack. A worker
@@ -89,8 +90,7 @@ type Config struct {
 	// Prefetch is how many tasks a worker holds beyond Concurrency: claimed and waiting for a CPU, or
 	// processed and being stored and reported. 0 (or negative) means none: every loop processes as soon
 	// as it has claimed, and its CPU idles while it stores and reports. Worth it when those calls are
-	// slow against the image work: over HTTP (RemotePrefetch), even on one machine; in-process, measured,
-	// it gains nothing.
+	// slow against the image work: small images, whose finish waits for flushes (DefaultPrefetch).
 	Prefetch  int
 	Wait      time.Duration // long-poll wait per claim; default DefaultWait
 	Heartbeat time.Duration // lease renewal interval; default DefaultHeartbeat
