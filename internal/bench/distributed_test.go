@@ -12,6 +12,7 @@ import (
 
 	"github.com/imgmill/imgmill/internal/engines"
 	"github.com/imgmill/imgmill/internal/enginetest"
+	"github.com/imgmill/imgmill/internal/worker"
 )
 
 // TestRunOnDistributedBackends runs the bench's pipeline on PostgreSQL, MinIO and etcd (started for the
@@ -52,6 +53,8 @@ func TestRunOnDistributedBackends(t *testing.T) {
 				cfg = distributed(t)
 			}
 			cfg.Size, cfg.N, cfg.Clients = r.size, r.n, r.clients
+			// What `imgmill bench` runs with by default.
+			cfg.Blobs.SmallMax, cfg.Worker.Prefetch = engines.DefaultSmallMax, worker.DefaultPrefetch
 			var out bytes.Buffer
 			cfg.Out = &out
 			res, err := Run(t.Context(), cfg)
