@@ -885,6 +885,11 @@ func testMaxConns(t *testing.T, pg *enginetest.Postgres) {
 				}
 				if err == nil {
 					_, err = s.Claim(ctx, time.Minute)
+					// A claim whose snapshot predates another caller's newest task may find the older
+					// ones locked by concurrent claims and none free (SKIP LOCKED): load, not a failure.
+					if errors.Is(err, taskstore.ErrNoTask) {
+						err = nil
+					}
 				}
 				if err != nil && ctx.Err() == nil {
 					t.Errorf("load: %v", err)
