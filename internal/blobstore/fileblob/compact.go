@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/imgmill/imgmill/internal/atomicfile"
@@ -20,7 +19,7 @@ const compactEvery = time.Minute
 // of the disk and the CPUs from the Puts it runs beside.
 const compactPause = 5 * time.Millisecond
 
-// kickCompactor wakes the compactor when the dead bytes may be worth a round; mu held.
+// kickCompactor wakes the compactor when the dead bytes may be worth a round; it never blocks.
 func (g *segments) kickCompactor() {
 	select {
 	case g.kick <- struct{}{}:
@@ -188,10 +187,7 @@ func (g *segments) copyLive(sf *segFile) error {
 			return nil
 		}
 		b := encodeRecord(opPut, rec.key, rec.fence, rec.mod, rec.data)
-		to, at, err := g.appendRecord(b)
-		if err != nil && (errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)) && g.releaseReserve() {
-			to, at, err = g.appendRecord(b)
-		}
+		to, at, err := g.appendSpending(b)
 		if err != nil {
 			return err
 		}
@@ -208,11 +204,12 @@ func (g *segments) copyLive(sf *segFile) error {
 	if len(done) == 0 {
 		return nil
 	}
+	// One flush covers every copy.
 	if err := g.flush.Sync(); err != nil {
 		return fmt.Errorf("copy the live records of %s: %w", sf.path, fault.Disk(what, err))
 	}
 	for _, c := range done {
-		if err := g.confirm(c.file, c.end); err != nil {
+		if err := g.flushed(c.file, c.end); err != nil {
 			return fmt.Errorf("copy the live records of %s: %w", sf.path, err)
 		}
 	}

@@ -159,8 +159,12 @@ func OpenWith(dir string, o Options) (*Store, error) {
 		return nil, fmt.Errorf("fileblob: open %s: %w", dir, err)
 	}
 	// Segments written with SmallMax are read without it too (nothing new is written to them then).
-	if nums, _ := segmentFiles(filepath.Join(dir, segmentsDir)); o.SmallMax > 0 || len(nums) > 0 {
-		if s.seg, err = openSegments(s, o, files); err != nil {
+	nums, err := segmentFiles(filepath.Join(dir, segmentsDir))
+	if err != nil {
+		return nil, fmt.Errorf("fileblob: open %s: %w", dir, err)
+	}
+	if o.SmallMax > 0 || len(nums) > 0 {
+		if s.seg, err = openSegments(s, o, nums, files); err != nil {
 			s.Close()
 			return nil, fmt.Errorf("fileblob: open %s: %w", dir, err)
 		}

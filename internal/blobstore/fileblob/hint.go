@@ -58,7 +58,6 @@ func hintPath(segment string) string { return segment + ".hint" }
 // writeHint writes the hint file of a segment whose valid records end at end, from the heads of its
 // records (those past end are left out: a failed write's).
 func writeHint(segment string, end int64, heads []recordHead) error {
-	var buf bytes.Buffer
 	var n uint32
 	for _, h := range heads {
 		if h.end() <= end {
@@ -89,8 +88,7 @@ func writeHint(segment string, end int64, heads []recordHead) error {
 		b = append(b, h.key...)
 	}
 	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
-	buf.Write(b)
-	_, err := atomicfile.Write(context.Background(), hintPath(segment), &buf)
+	_, err := atomicfile.Write(context.Background(), hintPath(segment), bytes.NewReader(b))
 	return err
 }
 

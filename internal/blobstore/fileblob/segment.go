@@ -346,9 +346,10 @@ func firstSeal(f io.ReaderAt) (num int, end int64, ok bool) {
 	return num, end, found
 }
 
-// openSegments reads the segments of s's directory into the index, opens the last for appends, settles
-// what a crash left between a key's two forms, and starts the compactor.
-func openSegments(s *Store, o Options, files map[string]bool) (*segments, error) {
+// openSegments reads the segments of s's directory (nums: their numbers, from segmentFiles) into the
+// index, opens the last for appends, settles what a crash left between a key's two forms (files: the
+// keys that have a blob file), and starts the compactor.
+func openSegments(s *Store, o Options, nums []int, files map[string]bool) (*segments, error) {
 	g := &segments{
 		s: s, dir: filepath.Join(s.dir, segmentsDir), max: o.SmallMax, roll: o.SegmentSize, log: o.Logger,
 		index: btree.NewG(32, lessEntry),
@@ -372,10 +373,6 @@ func openSegments(s *Store, o Options, files map[string]bool) (*segments, error)
 		}
 	}()
 	if err := g.openLock(); err != nil && !fault.IsTransient(fault.Disk(what, err)) {
-		return nil, err
-	}
-	nums, err := segmentFiles(g.dir)
-	if err != nil {
 		return nil, err
 	}
 	for i, n := range nums {
@@ -668,7 +665,7 @@ func (g *segments) appendRecord(rec []byte) (*segFile, int64, error) {
 	if _, err := sf.f.WriteAt(rec, off); err != nil {
 		// A short write leaves garbage past size, which the next append overwrites (or Open cuts off).
 		// Only a full disk is expected to go away; anything else may have hurt what the page cache holds.
-		if !errors.Is(err, syscall.ENOSPC) && !errors.Is(err, syscall.EDQUOT) {
+		if !isNoSpace(err) {
 			g.sealLocked(sf)
 		}
 		return nil, 0, err
@@ -686,12 +683,33 @@ func (g *segments) settle(sf *segFile) {
 	g.appendMu.Unlock()
 }
 
+// appendSpending is appendRecord for the writes that free space (tombstones, moved records,
+// compaction's copies): one that meets a full disk gives up the reserve and tries once more.
+func (g *segments) appendSpending(rec []byte) (*segFile, int64, error) {
+	sf, off, err := g.appendRecord(rec)
+	if err != nil && isNoSpace(err) && g.releaseReserve() {
+		sf, off, err = g.appendRecord(rec)
+	}
+	return sf, off, err
+}
+
+// isNoSpace reports whether err is a full disk or quota, which goes away by itself.
+func isNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
+
 // confirm waits for a shared flush covering a record appended at off..end of sf, and reports whether it
 // made it durable.
 func (g *segments) confirm(sf *segFile, end int64) error {
 	if err := g.flush.Sync(); err != nil {
 		return err
 	}
+	return g.flushed(sf, end)
+}
+
+// flushed reports whether a flush that succeeded after a record ending at end of sf was appended made
+// the record durable: not when a failed write or flush sealed sf before end.
+func (g *segments) flushed(sf *segFile, end int64) error {
 	g.appendMu.Lock()
 	defer g.appendMu.Unlock()
 	if sf.sealed >= 0 && end > sf.sealed {
@@ -704,10 +722,11 @@ func (g *segments) confirm(sf *segFile, end int64) error {
 // that meets a full disk gives up the reserve and tries once more.
 func (g *segments) appendDurable(op byte, key string, fence int64, mod time.Time, data []byte, spend bool) error {
 	rec := encodeRecord(op, key, fence, mod, data)
-	sf, off, err := g.appendRecord(rec)
-	if err != nil && spend && (errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)) && g.releaseReserve() {
-		sf, off, err = g.appendRecord(rec)
+	appendRec := g.appendRecord
+	if spend {
+		appendRec = g.appendSpending
 	}
+	sf, off, err := appendRec(rec)
 	if err != nil {
 		return err
 	}
@@ -719,9 +738,7 @@ func (g *segments) appendDurable(op byte, key string, fence int64, mod time.Time
 
 // lookup returns key's live segment entry.
 func (g *segments) lookup(key string) (*segEntry, bool) {
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	e, ok := g.index.Get(&segEntry{key: key})
+	e, ok := g.entry(key)
 	if !ok || e.moved {
 		return nil, false
 	}
