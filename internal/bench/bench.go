@@ -244,36 +244,49 @@ const outageRetryFor = 2 * time.Minute
 func runPipeline(ctx context.Context, m *client.Master, encoded [][]byte, clients int) ([]int64, []time.Duration, Throughput, error) {
 	ids := make([]int64, len(encoded))
 	latencies := make([]time.Duration, len(encoded))
-	var next atomic.Int64
-	g, ctx := errgroup.WithContext(ctx)
 	// Like any client of imgmill, the bench rides out an outage: transient refusals are retried
 	// (honouring Retry-After), and every upload carries an idempotency key, so a retry whose first
 	// answer was lost creates nothing.
 	ctx = client.RetryFor(ctx, outageRetryFor)
 	run := rand.Text()
 	start := time.Now()
-	for range clients {
+	err := eachImage(ctx, clients, len(encoded), func(ctx context.Context, i int) error {
+		t0 := time.Now()
+		up, err := m.Upload(ctx, bytes.NewReader(encoded[i]), int64(len(encoded[i])),
+			client.UploadParams{IdempotencyKey: fmt.Sprintf("bench-%s-%d", run, i)})
+		if err != nil {
+			return fmt.Errorf("upload image %d: %w", i, err)
+		}
+		if err := waitReady(ctx, m, up.ID); err != nil {
+			return err
+		}
+		ids[i], latencies[i] = up.ID, time.Since(t0)
+		return nil
+	})
+	return ids, latencies, Throughput{Images: len(encoded), Elapsed: time.Since(start)}, err
+}
+
+// eachImage calls do with every index from 0 to n-1 on workers goroutines, each taking the next index
+// when it is done with one, as a client of the pipeline takes its next image. The first error stops them
+// all and is returned.
+func eachImage(ctx context.Context, workers, n int, do func(ctx context.Context, i int) error) error {
+	var next atomic.Int64
+	g, ctx := errgroup.WithContext(ctx)
+	for range workers {
 		g.Go(func() error {
-			for {
+			for ctx.Err() == nil {
 				i := int(next.Add(1) - 1)
-				if i >= len(encoded) {
+				if i >= n {
 					return nil
 				}
-				t0 := time.Now()
-				up, err := m.Upload(ctx, bytes.NewReader(encoded[i]), int64(len(encoded[i])),
-					client.UploadParams{IdempotencyKey: fmt.Sprintf("bench-%s-%d", run, i)})
-				if err != nil {
-					return fmt.Errorf("upload image %d: %w", i, err)
-				}
-				if err := waitReady(ctx, m, up.ID); err != nil {
+				if err := do(ctx, i); err != nil {
 					return err
 				}
-				ids[i], latencies[i] = up.ID, time.Since(t0)
 			}
+			return ctx.Err()
 		})
 	}
-	err := g.Wait()
-	return ids, latencies, Throughput{Images: len(encoded), Elapsed: time.Since(start)}, err
+	return g.Wait()
 }
 
 // waitReady polls isReady, quickly at first so a fast result is seen fast, then backing off.
@@ -334,31 +347,20 @@ func verify(ctx context.Context, m *client.Master, ids []int64, originals []*ima
 func runFloor(ctx context.Context, encoded [][]byte, level png.CompressionLevel) (Throughput, error) {
 	proc := imageop.NewProcessor()
 	proc.PNGCompression = level
-	var next atomic.Int64
 	var bufs sync.Pool
-	g, ctx := errgroup.WithContext(ctx)
 	start := time.Now()
-	for range runtime.NumCPU() {
-		g.Go(func() error {
-			for ctx.Err() == nil {
-				i := int(next.Add(1) - 1)
-				if i >= len(encoded) {
-					return nil
-				}
-				buf, _ := bufs.Get().(*bytes.Buffer)
-				if buf == nil {
-					buf = new(bytes.Buffer)
-				}
-				buf.Reset()
-				if err := proc.Process(buf, bytes.NewReader(encoded[i])); err != nil {
-					return fmt.Errorf("floor image %d: %w", i, err)
-				}
-				bufs.Put(buf)
-			}
-			return ctx.Err()
-		})
-	}
-	err := g.Wait()
+	err := eachImage(ctx, runtime.NumCPU(), len(encoded), func(_ context.Context, i int) error {
+		buf, _ := bufs.Get().(*bytes.Buffer)
+		if buf == nil {
+			buf = new(bytes.Buffer)
+		}
+		buf.Reset()
+		if err := proc.Process(buf, bytes.NewReader(encoded[i])); err != nil {
+			return fmt.Errorf("floor image %d: %w", i, err)
+		}
+		bufs.Put(buf)
+		return nil
+	})
 	return Throughput{Images: len(encoded), Elapsed: time.Since(start)}, err
 }
 

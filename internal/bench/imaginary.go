@@ -10,7 +10,6 @@ import (
 	"net/url"
 	"runtime"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -49,25 +48,15 @@ func runImaginary(ctx context.Context, base string, encoded [][]byte, size, clie
 	hc := httpapi.NewClient()
 	defer hc.CloseIdleConnections()
 	answers := make([][]byte, len(encoded))
-	var next atomic.Int64
-	g, gctx := errgroup.WithContext(ctx)
 	start := time.Now()
-	for range clients {
-		g.Go(func() error {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(encoded) {
-					return nil
-				}
-				answer, err := convert(gctx, hc, endpoint, encoded[i])
-				if err != nil {
-					return fmt.Errorf("image %d: %w", i, err)
-				}
-				answers[i] = answer
-			}
-		})
-	}
-	err = g.Wait()
+	err = eachImage(ctx, clients, len(encoded), func(ctx context.Context, i int) error {
+		answer, err := convert(ctx, hc, endpoint, encoded[i])
+		if err != nil {
+			return fmt.Errorf("image %d: %w", i, err)
+		}
+		answers[i] = answer
+		return nil
+	})
 	elapsed := time.Since(start)
 	if err != nil {
 		return Throughput{}, err
