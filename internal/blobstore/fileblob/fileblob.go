@@ -110,10 +110,18 @@ func OpenWith(dir string, o Options) (*Store, error) {
 	if err := s.mkdirAll(dir); err != nil {
 		return nil, fmt.Errorf("fileblob: create %s: %w", dir, err)
 	}
-	// The blob files the walk finds: the keys that have a file, for openSegments to settle with its
-	// records without a stat per record.
-	files := make(map[string]bool)
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+	nums, err := segmentFiles(filepath.Join(dir, segmentsDir))
+	if err != nil {
+		return nil, fmt.Errorf("fileblob: open %s: %w", dir, err)
+	}
+	useSegments := o.SmallMax > 0 || len(nums) > 0
+	// With segments, the blob files the walk finds: the keys that have a file, for openSegments to
+	// settle with its records without a stat per record.
+	var files map[string]bool
+	if useSegments {
+		files = make(map[string]bool)
+	}
+	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -142,7 +150,9 @@ func OpenWith(dir string, o Options) (*Store, error) {
 				return err
 			}
 			s.usage.add(filepath.ToSlash(rel), 1, fi.Size())
-			files[filepath.ToSlash(rel)] = true
+			if files != nil {
+				files[filepath.ToSlash(rel)] = true
+			}
 		}
 		return nil
 	})
@@ -159,11 +169,7 @@ func OpenWith(dir string, o Options) (*Store, error) {
 		return nil, fmt.Errorf("fileblob: open %s: %w", dir, err)
 	}
 	// Segments written with SmallMax are read without it too (nothing new is written to them then).
-	nums, err := segmentFiles(filepath.Join(dir, segmentsDir))
-	if err != nil {
-		return nil, fmt.Errorf("fileblob: open %s: %w", dir, err)
-	}
-	if o.SmallMax > 0 || len(nums) > 0 {
+	if useSegments {
 		if s.seg, err = openSegments(s, o, nums, files); err != nil {
 			s.Close()
 			return nil, fmt.Errorf("fileblob: open %s: %w", dir, err)
