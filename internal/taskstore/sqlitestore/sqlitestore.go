@@ -46,17 +46,19 @@ type Options struct {
 
 // Store is a taskstore.Store backed by a SQLite file. It is safe for concurrent use.
 type Store struct {
-	w   *sql.DB // the single writer connection
-	r   *sql.DB // query-only readers
-	dir string  // the database's directory, whose free space tells a full disk (see classify)
-	now func() time.Time
+	w *sql.DB // the single writer connection
+	// writes runs the writes on w, those of concurrent callers sharing a transaction.
+	writes *batcher
+	r      *sql.DB // query-only readers
+	dir    string  // the database's directory, whose free space tells a full disk (see classify)
+	now    func() time.Time
 	// durable fsyncs the WAL for the commits that must survive power loss.
 	durable *walSync
 
 	// Prepared statements for the hot paths. Those on w stay prepared on its one connection, so
 	// a transaction's tx.StmtContext reuses them rather than re-preparing.
 	create, activate, sweep, settle, claim, extend, finish, fail, release, retry, set, expire, probe *sql.Stmt // on w
-	findKey, clearKey, createKeyed, abandon, cancel, requeue, del, claimExpired, purge               *sql.Stmt // on w
+	findKey, clearKey, createKeyed, abandon, cancel, requeue, del, claimExpired, purge, getW         *sql.Stmt // on w
 	get, counts, ping, usage                                                                         *sql.Stmt // on r
 }
 
@@ -557,6 +559,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	s.w.SetMaxOpenConns(1)
 	s.w.SetMaxIdleConns(1)
 	s.w.SetConnMaxIdleTime(0) // keep the one connection, and the statements prepared on it
+	s.writes = newBatcher(s.w)
 
 	if err := s.init(ctx, path); err != nil {
 		return nil, errors.Join(fmt.Errorf("sqlitestore: open %q: %w", path, s.classify(err)), s.Close())
@@ -626,6 +629,7 @@ func (s *Store) init(ctx context.Context, path string) error {
 		{s.w, &s.clearKey, clearKeySQL},
 		{s.w, &s.createKeyed, createKeyedSQL},
 		{s.w, &s.abandon, abandonSQL},
+		{s.w, &s.getW, getSQL}, // a write's reads see the transaction it is part of
 		{s.r, &s.get, getSQL},
 		{s.r, &s.counts, countsSQL},
 		{s.r, &s.ping, pingSQL},
@@ -690,13 +694,19 @@ func firstLine(s string) string {
 	return s
 }
 
+// stmt is st (prepared on the writer) inside tx.
+func stmt(ctx context.Context, tx *sql.Tx, st *sql.Stmt) *sql.Stmt { return tx.StmtContext(ctx, st) }
+
 // Create adds a not-started task and returns its id.
 func (s *Store) Create(ctx context.Context, p taskstore.CreateParams) (int64, error) {
-	// One writer connection serializes inserts, so MAX(id)+1 yields consecutive ids.
+	// One writer serializes inserts, so MAX(id)+1 yields consecutive ids.
 	var id int64
-	err := s.create.QueryRowContext(ctx, sql.Named("pending", p.Pending), sql.Named("max_attempts", p.Attempts()),
-		sql.Named("now", nanos(s.now())), sql.Named("op", p.Op), sql.Named("owner", p.Owner),
-		sql.Named("name", p.Name)).Scan(&id)
+	now := s.now()
+	err := s.writes.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		return stmt(ctx, tx, s.create).QueryRowContext(ctx, sql.Named("pending", p.Pending),
+			sql.Named("max_attempts", p.Attempts()), sql.Named("now", nanos(now)), sql.Named("op", p.Op),
+			sql.Named("owner", p.Owner), sql.Named("name", p.Name)).Scan(&id)
+	})
 	if err != nil {
 		return 0, fmt.Errorf("sqlitestore: create: %w", s.classify(err))
 	}
@@ -716,7 +726,14 @@ func (s *Store) CreateOnce(ctx context.Context, p taskstore.CreateParams, key st
 	if key == "" {
 		return taskstore.Task{}, false, errors.New("sqlitestore: create once: empty idempotency key")
 	}
-	t, replayed, err := s.createOnce(ctx, p, key, window)
+	var (
+		t        taskstore.Task
+		replayed bool
+	)
+	err := s.writes.do(ctx, func(ctx context.Context, tx *sql.Tx) (err error) {
+		t, replayed, err = s.createOnce(ctx, tx, p, key, window)
+		return err
+	})
 	if err != nil {
 		return taskstore.Task{}, false, fmt.Errorf("sqlitestore: create once: %w", s.classify(err))
 	}
@@ -730,40 +747,31 @@ func (s *Store) CreateOnce(ctx context.Context, p taskstore.CreateParams, key st
 }
 
 // createOnce creates the task when no task holds the key, in one statement; otherwise it looks the key
-// up and replays or creates in one transaction on the single writer, so that calls with one key take
-// turns: the second finds what the first created.
-func (s *Store) createOnce(ctx context.Context, p taskstore.CreateParams, key string, window time.Duration) (
-	t taskstore.Task, replayed bool, err error,
+// up and replays, or moves the key to a new task. It runs on the single writer, so calls with one key
+// take turns: the second finds what the first created.
+func (s *Store) createOnce(ctx context.Context, tx *sql.Tx, p taskstore.CreateParams, key string, window time.Duration) (
+	taskstore.Task, bool, error,
 ) {
 	now := s.now()
-	t, err = scanTask(s.createKeyed.QueryRowContext(ctx, createKeyedArgs(p, key, now)...))
+	t, err := scanTask(stmt(ctx, tx, s.createKeyed).QueryRowContext(ctx, createKeyedArgs(p, key, now)...))
 	if !errors.Is(err, sql.ErrNoRows) {
 		return t, false, err
 	}
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return taskstore.Task{}, false, err
-	}
-	defer rollback(tx, &err)
-	old, err := scanTask(tx.StmtContext(ctx, s.findKey).QueryRowContext(ctx,
-		sql.Named("key", key), sql.Named("now", nanos(now))))
+	old, err := scanTask(stmt(ctx, tx, s.findKey).QueryRowContext(ctx, sql.Named("key", key), sql.Named("now", nanos(now))))
 	switch {
 	case err == nil && replays(old, now, window):
-		return old, true, tx.Commit() // a read: the commit writes nothing
+		return old, true, nil
 	case err == nil:
 		// The key moves to the new task: the unique index keeps one task per key.
-		if _, err := tx.StmtContext(ctx, s.clearKey).ExecContext(ctx, sql.Named("id", old.ID)); err != nil {
+		if _, err := stmt(ctx, tx, s.clearKey).ExecContext(ctx, sql.Named("id", old.ID)); err != nil {
 			return taskstore.Task{}, false, err
 		}
 	case !errors.Is(err, sql.ErrNoRows):
 		return taskstore.Task{}, false, err
 	}
 	// The key is free now (no task had it, or it was just cleared), so the insert returns the task.
-	t, err = scanTask(tx.StmtContext(ctx, s.createKeyed).QueryRowContext(ctx, createKeyedArgs(p, key, now)...))
-	if err != nil {
-		return taskstore.Task{}, false, err
-	}
-	return t, false, tx.Commit()
+	t, err = scanTask(stmt(ctx, tx, s.createKeyed).QueryRowContext(ctx, createKeyedArgs(p, key, now)...))
+	return t, false, err
 }
 
 // createKeyedArgs are createKeyedSQL's arguments.
@@ -781,22 +789,25 @@ func replays(old taskstore.Task, now time.Time, window time.Duration) bool {
 
 // Activate makes a pending task claimable.
 func (s *Store) Activate(ctx context.Context, id, size int64) error {
-	res, err := s.activate.ExecContext(ctx, sql.Named("id", id), sql.Named("size", size))
-	if err != nil {
-		return fmt.Errorf("sqlitestore: activate %d: %w", id, s.classify(err))
-	}
-	// SQLite counts matched rows, so an already active task still reports 1.
-	if n, err := res.RowsAffected(); err != nil {
-		return fmt.Errorf("sqlitestore: activate %d: %w", id, s.classify(err))
-	} else if n == 0 {
-		// Only an unknown id or a failed pending task match nothing; expiry is final, so the probe
-		// cannot misread a later change.
-		if _, _, err := s.probeRow(ctx, id); err != nil {
-			return fmt.Errorf("sqlitestore: activate %d: %w", id, s.classify(err))
+	err := s.writes.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		res, err := stmt(ctx, tx, s.activate).ExecContext(ctx, sql.Named("id", id), sql.Named("size", size))
+		if err != nil {
+			return err
 		}
-		return fmt.Errorf("sqlitestore: activate %d: %w", id, taskstore.ErrNotPending)
+		// SQLite counts matched rows, so an already active task still reports 1.
+		if n, err := res.RowsAffected(); err != nil || n > 0 {
+			return err
+		}
+		// Only an unknown id or a failed pending task match nothing.
+		if _, _, err := s.probeRow(ctx, tx, id); err != nil {
+			return err
+		}
+		return taskstore.ErrNotPending
+	})
+	if err == nil {
+		err = s.durable.sync()
 	}
-	if err := s.durable.sync(); err != nil {
+	if err != nil {
 		return fmt.Errorf("sqlitestore: activate %d: %w", id, s.classify(err))
 	}
 	return nil
@@ -808,42 +819,33 @@ func (s *Store) Abandon(ctx context.Context, id int64, reason string) error {
 		reason = wire.AbandonedError
 	}
 	// No fsync: an abandon lost to a power cut leaves a pending task, which ExpirePending fails later.
-	// The update matches only a pending task that has not failed; a read tells the other cases apart.
-	// It runs after the update, so an operator's Set in between can make it see a task that the
-	// update would now match: then update again.
-	for range 3 {
-		done, err := s.abandonOnce(ctx, id, reason)
-		if err != nil {
-			return fmt.Errorf("sqlitestore: abandon %d: %w", id, s.classify(err))
-		}
-		if done {
-			return nil
-		}
-	}
-	return fmt.Errorf("sqlitestore: abandon %d: the task kept changing under the update", id)
-}
-
-// abandonOnce tries Abandon's update once, and reports whether the call is settled: the task failed
-// now or before, or it cannot be abandoned (the error says why).
-func (s *Store) abandonOnce(ctx context.Context, id int64, reason string) (bool, error) {
+	// The update matches only a pending task that has not failed; a read in the same transaction
+	// tells the other cases apart.
 	now := s.now()
-	res, err := s.abandon.ExecContext(ctx, sql.Named("id", id), sql.Named("now", nanos(now)), sql.Named("reason", reason))
+	err := s.writes.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		res, err := stmt(ctx, tx, s.abandon).ExecContext(ctx, sql.Named("id", id), sql.Named("now", nanos(now)),
+			sql.Named("reason", reason))
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil || n > 0 {
+			return err
+		}
+		t, err := s.getIn(ctx, tx, id, now)
+		switch {
+		case err != nil:
+			return err
+		case !t.Pending:
+			return taskstore.ErrNotPending
+		case t.State != wire.Failed && t.State != wire.Cancelled:
+			return fmt.Errorf("a pending task in state %v cannot be abandoned", t.State)
+		}
+		return nil // failed or cancelled already
+	})
 	if err != nil {
-		return false, err
+		return fmt.Errorf("sqlitestore: abandon %d: %w", id, s.classify(err))
 	}
-	if n, err := res.RowsAffected(); err != nil || n > 0 {
-		return err == nil, err
-	}
-	t, err := scanTask(s.get.QueryRowContext(ctx, sql.Named("id", id), sql.Named("now", nanos(now))))
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-		return false, taskstore.ErrNotFound
-	case err != nil:
-		return false, err
-	case !t.Pending:
-		return false, taskstore.ErrNotPending
-	}
-	return t.State == wire.Failed || t.State == wire.Cancelled, nil
+	return nil
 }
 
 // Get returns one task.
@@ -858,6 +860,15 @@ func (s *Store) Get(ctx context.Context, id int64) (taskstore.Task, error) {
 	return t, nil
 }
 
+// getIn is Get inside a write's transaction: it sees the writes before it.
+func (s *Store) getIn(ctx context.Context, tx *sql.Tx, id int64, now time.Time) (taskstore.Task, error) {
+	t, err := scanTask(stmt(ctx, tx, s.getW).QueryRowContext(ctx, sql.Named("id", id), sql.Named("now", nanos(now))))
+	if errors.Is(err, sql.ErrNoRows) {
+		return taskstore.Task{}, taskstore.ErrNotFound
+	}
+	return t, err
+}
+
 // Claim settles lapsed leases and due retries, then takes the lowest-id claimable task and leases it
 // for lease.
 func (s *Store) Claim(ctx context.Context, lease time.Duration) (taskstore.Task, error) {
@@ -865,7 +876,7 @@ func (s *Store) Claim(ctx context.Context, lease time.Duration) (taskstore.Task,
 		// A non-positive lease would hand out a task that is already lapsed.
 		return taskstore.Task{}, fmt.Errorf("sqlitestore: claim: lease %v is not positive", lease)
 	}
-	ts, err := s.claimTx(ctx, s.now(), 1, lease)
+	ts, err := s.claimN(ctx, 1, lease)
 	if errors.Is(err, taskstore.ErrNoTask) {
 		return taskstore.Task{}, taskstore.ErrNoTask
 	}
@@ -883,7 +894,7 @@ func (s *Store) ClaimN(ctx context.Context, n int, lease time.Duration) ([]tasks
 	if err := taskstore.CheckClaimBatch(n); err != nil {
 		return nil, fmt.Errorf("sqlitestore: %w", err)
 	}
-	ts, err := s.claimTx(ctx, s.now(), n, lease)
+	ts, err := s.claimN(ctx, n, lease)
 	if errors.Is(err, taskstore.ErrNoTask) {
 		return nil, taskstore.ErrNoTask
 	}
@@ -893,40 +904,50 @@ func (s *Store) ClaimN(ctx context.Context, n int, lease time.Duration) ([]tasks
 	return ts, nil
 }
 
-// claimTx settles, then runs the claim statement up to n times: each run sees the previous one's
-// claim and the owner it marked served, so the batch is exactly n Claims in a row, for one commit.
-func (s *Store) claimTx(ctx context.Context, now time.Time, n int, lease time.Duration) (ts []taskstore.Task, err error) {
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return nil, err
+// claimN settles, then runs the claim statement up to n times: each run sees the previous one's
+// claim and the owner it marked served, so the batch is exactly n Claims in a row.
+func (s *Store) claimN(ctx context.Context, n int, lease time.Duration) (ts []taskstore.Task, err error) {
+	now := s.now()
+	err = s.writes.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		ts = ts[:0]
+		if _, err := stmt(ctx, tx, s.sweep).ExecContext(ctx, sql.Named("now", nanos(now))); err != nil {
+			return fmt.Errorf("settle lapsed leases: %w", err)
+		}
+		if _, err := stmt(ctx, tx, s.settle).ExecContext(ctx, sql.Named("now", nanos(now))); err != nil {
+			return fmt.Errorf("settle due retries: %w", err)
+		}
+		claim := stmt(ctx, tx, s.claim)
+		for range n {
+			t, err := scanTask(claim.QueryRowContext(ctx, sql.Named("now", nanos(now)), sql.Named("until", nanos(now.Add(lease)))))
+			if errors.Is(err, sql.ErrNoRows) {
+				break
+			}
+			if err != nil {
+				return err
+			}
+			ts = append(ts, t)
+		}
+		// Commit even when nothing was claimed: the sweep is correct on its own and saves the next
+		// caller the work.
+		return nil
+	})
+	if err == nil && len(ts) == 0 {
+		err = taskstore.ErrNoTask
 	}
-	defer rollback(tx, &err)
-	if _, err := tx.StmtContext(ctx, s.sweep).ExecContext(ctx, sql.Named("now", nanos(now))); err != nil {
-		return nil, fmt.Errorf("settle lapsed leases: %w", err)
-	}
-	if _, err := tx.StmtContext(ctx, s.settle).ExecContext(ctx, sql.Named("now", nanos(now))); err != nil {
-		return nil, fmt.Errorf("settle due retries: %w", err)
-	}
-	claim := tx.StmtContext(ctx, s.claim)
-	for range n {
-		t, err := scanTask(claim.QueryRowContext(ctx, sql.Named("now", nanos(now)), sql.Named("until", nanos(now.Add(lease)))))
+	return ts, err
+}
+
+// guarded runs a write of task id on behalf of token whose statement returns the task, and explains
+// a statement that matched no row (refusal).
+func (s *Store) guarded(ctx context.Context, id, token int64, st *sql.Stmt, args ...any) (t taskstore.Task, err error) {
+	err = s.writes.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		t, err = scanTask(stmt(ctx, tx, st).QueryRowContext(ctx, args...))
 		if errors.Is(err, sql.ErrNoRows) {
-			break
+			_, err = s.refusal(ctx, tx, id, token)
 		}
-		if err != nil {
-			return nil, err
-		}
-		ts = append(ts, t)
-	}
-	// Commit even when nothing was claimed: the sweep is correct on its own and saves the next caller
-	// the work.
-	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("commit: %w", err)
-	}
-	if len(ts) == 0 {
-		return nil, taskstore.ErrNoTask
-	}
-	return ts, nil
+		return err
+	})
+	return t, err
 }
 
 // Extend renews the live lease of an in-progress task to lease from now.
@@ -935,11 +956,8 @@ func (s *Store) Extend(ctx context.Context, id, token int64, lease time.Duration
 		return taskstore.Task{}, fmt.Errorf("sqlitestore: extend %d: lease %v is not positive", id, lease)
 	}
 	now := s.now()
-	t, err := scanTask(s.extend.QueryRowContext(ctx, sql.Named("id", id), sql.Named("token", token),
-		sql.Named("now", nanos(now)), sql.Named("until", nanos(now.Add(lease)))))
-	if errors.Is(err, sql.ErrNoRows) {
-		_, err = s.refusal(ctx, id, token)
-	}
+	t, err := s.guarded(ctx, id, token, s.extend, sql.Named("id", id), sql.Named("token", token),
+		sql.Named("now", nanos(now)), sql.Named("until", nanos(now.Add(lease))))
 	if err != nil {
 		return taskstore.Task{}, fmt.Errorf("sqlitestore: extend %d: %w", id, s.classify(err))
 	}
@@ -949,18 +967,24 @@ func (s *Store) Extend(ctx context.Context, id, token int64, lease time.Duration
 // Finish marks the task finished and returns it; see taskstore.Store for who may.
 func (s *Store) Finish(ctx context.Context, id, token int64) (taskstore.Task, error) {
 	now := s.now()
-	t, err := scanTask(s.finish.QueryRowContext(ctx, sql.Named("id", id), sql.Named("token", token),
-		sql.Named("now", nanos(now))))
-	if errors.Is(err, sql.ErrNoRows) {
-		var state wire.State
-		if state, err = s.refusal(ctx, id, token); taskstore.IsFinishRetry(token, state, err) {
-			// A retry: the task as the first finish left it, read as Get reads it.
-			t, err = scanTask(s.get.QueryRowContext(ctx, sql.Named("id", id), sql.Named("now", nanos(now))))
-			if errors.Is(err, sql.ErrNoRows) {
-				return taskstore.Task{ID: id, State: wire.Finished}, nil // deleted since the probe
-			}
+	var t taskstore.Task
+	err := s.writes.do(ctx, func(ctx context.Context, tx *sql.Tx) (err error) {
+		t, err = scanTask(stmt(ctx, tx, s.finish).QueryRowContext(ctx, sql.Named("id", id), sql.Named("token", token),
+			sql.Named("now", nanos(now))))
+		if !errors.Is(err, sql.ErrNoRows) {
+			return err
 		}
-	}
+		state, err := s.refusal(ctx, tx, id, token)
+		if !taskstore.IsFinishRetry(token, state, err) {
+			return err
+		}
+		// A retry: the task as the first finish left it, read as Get reads it.
+		t, err = s.getIn(ctx, tx, id, now)
+		if errors.Is(err, taskstore.ErrNotFound) {
+			t, err = taskstore.Task{ID: id, State: wire.Finished}, nil // deleted since the first finish
+		}
+		return err
+	})
 	if err != nil {
 		return taskstore.Task{}, fmt.Errorf("sqlitestore: finish %d: %w", id, s.classify(err))
 	}
@@ -969,11 +993,8 @@ func (s *Store) Finish(ctx context.Context, id, token int64) (taskstore.Task, er
 
 // Fail records a failed attempt and returns the task afterwards.
 func (s *Store) Fail(ctx context.Context, id, token int64, reason string, permanent bool) (taskstore.Task, error) {
-	t, err := scanTask(s.fail.QueryRowContext(ctx, sql.Named("id", id), sql.Named("token", token),
-		sql.Named("now", nanos(s.now())), sql.Named("reason", reason), sql.Named("permanent", permanent)))
-	if errors.Is(err, sql.ErrNoRows) {
-		_, err = s.refusal(ctx, id, token)
-	}
+	t, err := s.guarded(ctx, id, token, s.fail, sql.Named("id", id), sql.Named("token", token),
+		sql.Named("now", nanos(s.now())), sql.Named("reason", reason), sql.Named("permanent", permanent))
 	if err != nil {
 		return taskstore.Task{}, fmt.Errorf("sqlitestore: fail %d: %w", id, s.classify(err))
 	}
@@ -982,12 +1003,15 @@ func (s *Store) Fail(ctx context.Context, id, token int64, reason string, perman
 
 // Release hands an in-progress task back without counting the attempt.
 func (s *Store) Release(ctx context.Context, id, token int64) error {
-	var got int64
-	err := s.release.QueryRowContext(ctx, sql.Named("id", id), sql.Named("token", token),
-		sql.Named("now", nanos(s.now()))).Scan(&got)
-	if errors.Is(err, sql.ErrNoRows) {
-		_, err = s.refusal(ctx, id, token)
-	}
+	err := s.writes.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		var got int64
+		err := stmt(ctx, tx, s.release).QueryRowContext(ctx, sql.Named("id", id), sql.Named("token", token),
+			sql.Named("now", nanos(s.now()))).Scan(&got)
+		if errors.Is(err, sql.ErrNoRows) {
+			_, err = s.refusal(ctx, tx, id, token)
+		}
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("sqlitestore: release %d: %w", id, s.classify(err))
 	}
@@ -996,11 +1020,8 @@ func (s *Store) Release(ctx context.Context, id, token int64) error {
 
 // Retry hands an in-progress task back after a transient failure, to be claimed again after a wait.
 func (s *Store) Retry(ctx context.Context, id, token int64, reason string, b taskstore.RetryBackoff) (taskstore.Task, error) {
-	t, err := scanTask(s.retry.QueryRowContext(ctx, sql.Named("id", id), sql.Named("token", token),
-		sql.Named("now", nanos(s.now())), sql.Named("reason", reason), sql.Named("waits", retryWaitsJSON(b))))
-	if errors.Is(err, sql.ErrNoRows) {
-		_, err = s.refusal(ctx, id, token)
-	}
+	t, err := s.guarded(ctx, id, token, s.retry, sql.Named("id", id), sql.Named("token", token),
+		sql.Named("now", nanos(s.now())), sql.Named("reason", reason), sql.Named("waits", retryWaitsJSON(b)))
 	if err != nil {
 		return taskstore.Task{}, fmt.Errorf("sqlitestore: retry %d: %w", id, s.classify(err))
 	}
@@ -1018,8 +1039,8 @@ func retryWaitsJSON(b taskstore.RetryBackoff) string {
 
 // refusal explains why a guarded update of task id on behalf of token matched no row: ErrNotFound, or
 // taskstore.Refusal's answer (or the probe's own failure), with the task's stored state.
-func (s *Store) refusal(ctx context.Context, id, token int64) (wire.State, error) {
-	state, current, err := s.probeRow(ctx, id)
+func (s *Store) refusal(ctx context.Context, tx *sql.Tx, id, token int64) (wire.State, error) {
+	state, current, err := s.probeRow(ctx, tx, id)
 	if err != nil {
 		return 0, err
 	}
@@ -1027,10 +1048,10 @@ func (s *Store) refusal(ctx context.Context, id, token int64) (wire.State, error
 }
 
 // probeRow reads a task's stored state and token; ErrNotFound for an unknown id. A deleted task
-// leaves a tombstone, so existence cannot change between a failed update and the probe.
-func (s *Store) probeRow(ctx context.Context, id int64) (wire.State, int64, error) {
+// leaves a tombstone, so an id that existed keeps a row.
+func (s *Store) probeRow(ctx context.Context, tx *sql.Tx, id int64) (wire.State, int64, error) {
 	var state, token int64
-	err := s.probe.QueryRowContext(ctx, sql.Named("id", id)).Scan(&state, &token)
+	err := stmt(ctx, tx, s.probe).QueryRowContext(ctx, sql.Named("id", id)).Scan(&state, &token)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, 0, taskstore.ErrNotFound
 	}
@@ -1050,18 +1071,21 @@ func (s *Store) Set(ctx context.Context, id int64, state wire.State, lease time.
 		}
 		until = nanos(now.Add(lease))
 	}
-	res, err := s.set.ExecContext(ctx,
-		sql.Named("id", id), sql.Named("state", int64(state)),
-		sql.Named("now", nanos(now)), sql.Named("until", until))
+	err := s.writes.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		res, err := stmt(ctx, tx, s.set).ExecContext(ctx, sql.Named("id", id), sql.Named("state", int64(state)),
+			sql.Named("now", nanos(now)), sql.Named("until", until))
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil || n > 0 {
+			return err
+		}
+		return taskstore.ErrNotFound
+	})
+	if err == nil {
+		err = s.durable.sync()
+	}
 	if err != nil {
-		return fmt.Errorf("sqlitestore: set %d: %w", id, s.classify(err))
-	}
-	if n, err := res.RowsAffected(); err != nil {
-		return fmt.Errorf("sqlitestore: set %d: %w", id, s.classify(err))
-	} else if n == 0 {
-		return fmt.Errorf("sqlitestore: set %d: %w", id, taskstore.ErrNotFound)
-	}
-	if err := s.durable.sync(); err != nil {
 		return fmt.Errorf("sqlitestore: set %d: %w", id, s.classify(err))
 	}
 	return nil
@@ -1069,73 +1093,78 @@ func (s *Store) Set(ctx context.Context, id int64, state wire.State, lease time.
 
 // Cancel stops a task that has not settled; see taskstore.Store.
 func (s *Store) Cancel(ctx context.Context, id int64) (taskstore.Task, error) {
-	// The update matches only a task that has not settled; a read tells the other cases apart. A
-	// holder's Release between the two can make the read see a task the update would now match: then
-	// update again.
-	for range 3 {
-		now := s.now()
-		t, err := scanTask(s.cancel.QueryRowContext(ctx, sql.Named("id", id), sql.Named("now", nanos(now))))
-		if err == nil {
-			if err := s.durable.sync(); err != nil {
-				return taskstore.Task{}, fmt.Errorf("sqlitestore: cancel %d: %w", id, s.classify(err))
-			}
-			return t, nil
+	now := s.now()
+	var (
+		t       taskstore.Task
+		changed bool
+	)
+	err := s.writes.do(ctx, func(ctx context.Context, tx *sql.Tx) (err error) {
+		// The update matches only a task that has not settled; a read in the same transaction tells
+		// the other cases apart.
+		t, err = scanTask(stmt(ctx, tx, s.cancel).QueryRowContext(ctx, sql.Named("id", id), sql.Named("now", nanos(now))))
+		if changed = err == nil; !errors.Is(err, sql.ErrNoRows) {
+			return err
 		}
-		if !errors.Is(err, sql.ErrNoRows) {
-			return taskstore.Task{}, fmt.Errorf("sqlitestore: cancel %d: %w", id, s.classify(err))
+		if t, err = s.getIn(ctx, tx, id, now); err != nil {
+			return err
 		}
-		t, err = s.Get(ctx, id)
-		if err != nil {
-			return taskstore.Task{}, err
+		if t.State != wire.Cancelled {
+			return taskstore.ErrSettled
 		}
-		switch t.State {
-		case wire.Cancelled:
-			return t, nil
-		case wire.Finished, wire.Failed:
-			return taskstore.Task{}, fmt.Errorf("sqlitestore: cancel %d: %w", id, taskstore.ErrSettled)
-		}
+		return nil // cancelled already
+	})
+	if changed && err == nil {
+		err = s.durable.sync()
 	}
-	return taskstore.Task{}, fmt.Errorf("sqlitestore: cancel %d: the task kept changing under the update", id)
+	if err != nil {
+		return taskstore.Task{}, fmt.Errorf("sqlitestore: cancel %d: %w", id, s.classify(err))
+	}
+	return t, nil
 }
 
 // Requeue queues a failed or cancelled task again; see taskstore.Store.
 func (s *Store) Requeue(ctx context.Context, id int64) (taskstore.Task, error) {
-	// As in Cancel: the update matches only a task that may be requeued, and a read tells the other
-	// cases apart; a task that changed in between (a holder's Fail) is updated again.
-	for range 3 {
-		t, err := scanTask(s.requeue.QueryRowContext(ctx, sql.Named("id", id), sql.Named("now", nanos(s.now()))))
-		if err == nil {
-			if err := s.durable.sync(); err != nil {
-				return taskstore.Task{}, fmt.Errorf("sqlitestore: requeue %d: %w", id, s.classify(err))
-			}
-			return t, nil
-		}
+	now := s.now()
+	var t taskstore.Task
+	err := s.writes.do(ctx, func(ctx context.Context, tx *sql.Tx) (err error) {
+		// As in Cancel: the update matches only a task that may be requeued, and a read in the same
+		// transaction tells the other cases apart.
+		t, err = scanTask(stmt(ctx, tx, s.requeue).QueryRowContext(ctx, sql.Named("id", id), sql.Named("now", nanos(now))))
 		if !errors.Is(err, sql.ErrNoRows) {
-			return taskstore.Task{}, fmt.Errorf("sqlitestore: requeue %d: %w", id, s.classify(err))
+			return err
 		}
-		t, err = s.Get(ctx, id)
-		if err != nil {
-			return taskstore.Task{}, err
+		if t, err = s.getIn(ctx, tx, id, now); err != nil {
+			return err
 		}
 		if err := taskstore.RequeueRefusal(t); err != nil {
-			return taskstore.Task{}, fmt.Errorf("sqlitestore: requeue %d: %w", id, err)
+			return err
 		}
+		return fmt.Errorf("the task in state %v was not requeued", t.State) // the update and the read disagree
+	})
+	if err == nil {
+		err = s.durable.sync()
 	}
-	return taskstore.Task{}, fmt.Errorf("sqlitestore: requeue %d: the task kept changing under the update", id)
+	if err != nil {
+		return taskstore.Task{}, fmt.Errorf("sqlitestore: requeue %d: %w", id, s.classify(err))
+	}
+	return t, nil
 }
 
 // Delete leaves a tombstone of the task; see taskstore.Store.
 func (s *Store) Delete(ctx context.Context, id int64) error {
-	var got int64
-	err := s.del.QueryRowContext(ctx, sql.Named("id", id), sql.Named("now", nanos(s.now()))).Scan(&got)
-	if errors.Is(err, sql.ErrNoRows) {
-		// No row: an id never handed out, or a tombstone PurgeDeleted removed (deleted already).
-		if _, _, err := s.probeRow(ctx, id); err != nil {
-			return fmt.Errorf("sqlitestore: delete %d: %w", id, s.classify(err))
+	deleted := false
+	err := s.writes.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		var got int64
+		err := stmt(ctx, tx, s.del).QueryRowContext(ctx, sql.Named("id", id), sql.Named("now", nanos(s.now()))).Scan(&got)
+		if errors.Is(err, sql.ErrNoRows) {
+			// No row: an id never handed out, or a tombstone PurgeDeleted removed (deleted already).
+			_, _, err = s.probeRow(ctx, tx, id)
+			return err
 		}
-		return nil
-	}
-	if err == nil {
+		deleted = err == nil
+		return err
+	})
+	if deleted {
 		err = s.durable.sync()
 	}
 	if err != nil {
@@ -1157,12 +1186,16 @@ func (s *Store) PurgeDeleted(ctx context.Context, olderThan time.Duration, limit
 }
 
 // execCount runs a write and returns how many rows it changed.
-func (s *Store) execCount(ctx context.Context, stmt *sql.Stmt, args ...any) (int, error) {
-	res, err := stmt.ExecContext(ctx, args...)
-	if err != nil {
-		return 0, s.classify(err)
-	}
-	n, err := res.RowsAffected()
+func (s *Store) execCount(ctx context.Context, st *sql.Stmt, args ...any) (int, error) {
+	var n int64
+	err := s.writes.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		res, err := stmt(ctx, tx, st).ExecContext(ctx, args...)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
 	if err != nil {
 		return 0, s.classify(err)
 	}
@@ -1188,22 +1221,26 @@ func (s *Store) ClaimExpired(ctx context.Context, olderThan time.Duration, limit
 		return nil, fmt.Errorf("sqlitestore: claim expired: age %v, limit %d and hold %v must be positive", olderThan, limit, hold)
 	}
 	now := s.now()
-	rows, err := s.claimExpired.QueryContext(ctx, sql.Named("now", nanos(now)), sql.Named("until", nanos(now.Add(hold))),
-		sql.Named("cutoff", nanos(now.Add(-olderThan))), sql.Named("limit", limit))
-	if err != nil {
-		return nil, fmt.Errorf("sqlitestore: claim expired: %w", s.classify(err))
-	}
-	defer rows.Close()
 	type settled struct{ id, at int64 }
 	var batch []settled
-	for rows.Next() {
-		var t settled
-		if err := rows.Scan(&t.id, &t.at); err != nil {
-			return nil, fmt.Errorf("sqlitestore: claim expired: %w", s.classify(err))
+	err := s.writes.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		batch = batch[:0]
+		rows, err := stmt(ctx, tx, s.claimExpired).QueryContext(ctx, sql.Named("now", nanos(now)),
+			sql.Named("until", nanos(now.Add(hold))), sql.Named("cutoff", nanos(now.Add(-olderThan))), sql.Named("limit", limit))
+		if err != nil {
+			return err
 		}
-		batch = append(batch, t)
-	}
-	if err := rows.Err(); err != nil {
+		defer rows.Close()
+		for rows.Next() {
+			var t settled
+			if err := rows.Scan(&t.id, &t.at); err != nil {
+				return err
+			}
+			batch = append(batch, t)
+		}
+		return rows.Err()
+	})
+	if err != nil {
 		return nil, fmt.Errorf("sqlitestore: claim expired: %w", s.classify(err))
 	}
 	// RETURNING has no order of its own.
@@ -1311,10 +1348,14 @@ func (s *Store) classify(err error) error {
 
 // Close closes the statements and both pools.
 func (s *Store) Close() error {
+	if s.writes != nil {
+		s.writes.close()
+	}
 	var errs []error
 	for _, st := range []*sql.Stmt{
 		s.create, s.activate, s.sweep, s.settle, s.claim, s.extend, s.finish, s.fail, s.release, s.retry, s.set,
-		s.expire, s.probe, s.cancel, s.requeue, s.del, s.claimExpired, s.purge, s.findKey, s.clearKey, s.createKeyed, s.abandon, s.get, s.counts, s.ping,
+		s.expire, s.probe, s.cancel, s.requeue, s.del, s.claimExpired, s.purge, s.findKey, s.clearKey, s.createKeyed, s.abandon, s.getW,
+		s.get, s.counts, s.ping,
 	} {
 		if st != nil {
 			errs = append(errs, st.Close())
