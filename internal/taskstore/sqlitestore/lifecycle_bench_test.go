@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -108,4 +109,49 @@ func benchLifecycle(b *testing.B, frames bool) {
 			b.ReportMetric(float64(st.cpu.Microseconds())/float64(b.N), "cpu-us/"+st.name)
 		}
 	}
+}
+
+// BenchmarkLifecycleParallel runs BenchmarkLifecycle's writes (CreateOnce, Activate, Claim, Finish) from
+// 16 goroutines per CPU, as the services of one process do under load. The writes that queue while a
+// transaction runs share the next one: it reports the process's CPU time per image (cpu-us/image) and
+// the writes per transaction (writes/txn).
+func BenchmarkLifecycleParallel(b *testing.B) {
+	s, _ := openTemp(b, nil)
+	defer closeStore(b, s)
+	ctx := context.Background()
+	fillOwned(b, s, 10_000, 0)
+	if _, err := s.w.ExecContext(ctx, `UPDATE tasks SET state = 2, finished_at = created_at`); err != nil {
+		b.Fatal(err)
+	}
+	settle(b, s)
+	var keys atomic.Int64
+	batches, written := s.writes.batches.Load(), s.writes.written.Load()
+	c0, _ := processCPU()
+	b.SetParallelism(16)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			t, _, err := s.CreateOnce(ctx, taskstore.CreateParams{Pending: true, Owner: "u"},
+				"key-"+strconv.FormatInt(keys.Add(1), 10), time.Hour)
+			if err == nil {
+				err = s.Activate(ctx, t.ID, 10_000)
+			}
+			var c taskstore.Task
+			if err == nil {
+				// Another goroutine's task, maybe: each claims one and finishes it.
+				c, err = s.Claim(ctx, time.Hour)
+			}
+			if err == nil {
+				_, err = s.Finish(ctx, c.ID, c.Token)
+			}
+			if err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	c1, _ := processCPU()
+	b.ReportMetric(float64((c1-c0).Microseconds())/float64(b.N), "cpu-us/image")
+	txns := s.writes.batches.Load() - batches
+	b.ReportMetric(float64(s.writes.written.Load()-written)/float64(max(txns, 1)), "writes/txn")
 }
