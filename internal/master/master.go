@@ -709,7 +709,12 @@ func CopyImage(w http.ResponseWriter, r *http.Request, img *client.Image) error 
 			return nil
 		}
 	}
-	if _, err := io.Copy(w, img); err != nil {
+	// io.Copy would allocate 32 KiB for every reply; most images are smaller.
+	var buf []byte
+	if img.Size >= 0 {
+		buf = make([]byte, min(max(img.Size, 512), 32<<10))
+	}
+	if _, err := io.CopyBuffer(w, img, buf); err != nil {
 		return fmt.Errorf("stream image: %w", err)
 	}
 	return nil

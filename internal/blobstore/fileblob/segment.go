@@ -886,21 +886,30 @@ func readSmall(r io.Reader, size, max int64) ([]byte, io.Reader, bool, error) {
 	if size > max {
 		return nil, r, false, nil
 	}
-	limit := max + 1
+	var data []byte
 	if size >= 0 {
-		limit = size + 1 // ExactSize reports a longer stream when probed past size
+		// One byte past size tells a longer stream (ExactSize reports one when probed past size); read
+		// into a slice of that length, since a bytes.Buffer with one byte to spare doubles to look for EOF.
+		buf := make([]byte, size+1)
+		n, err := io.ReadFull(r, buf)
+		if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+			return nil, nil, false, err
+		}
+		data = buf[:n]
+	} else {
+		b := bytes.NewBuffer(make([]byte, 0, 64<<10))
+		if _, err := b.ReadFrom(io.LimitReader(r, max+1)); err != nil {
+			return nil, nil, false, err
+		}
+		data = b.Bytes()
 	}
-	b := bytes.NewBuffer(make([]byte, 0, min(limit, 64<<10)))
-	if _, err := b.ReadFrom(io.LimitReader(r, limit)); err != nil {
-		return nil, nil, false, err
+	if int64(len(data)) > max {
+		return nil, io.MultiReader(bytes.NewReader(data), r), false, nil
 	}
-	if int64(b.Len()) > max {
-		return nil, io.MultiReader(bytes.NewReader(b.Bytes()), r), false, nil
+	if size >= 0 && int64(len(data)) != size {
+		return nil, nil, false, fmt.Errorf("%w: %d bytes, %d announced", blobstore.ErrSizeMismatch, len(data), size)
 	}
-	if size >= 0 && int64(b.Len()) != size {
-		return nil, nil, false, fmt.Errorf("%w: %d bytes, %d announced", blobstore.ErrSizeMismatch, b.Len(), size)
-	}
-	return b.Bytes(), nil, true, nil
+	return data, nil, true, nil
 }
 
 // putSmall stores data under key in the active segment: fence check, append, shared flush, index, and
