@@ -16,7 +16,8 @@ import (
 type Option func(*server)
 
 // WithMetrics records the database's metrics in reg: the tasks in each state, counted by the store at
-// every scrape, and the latency of every task a worker finishes, from upload to finished.
+// every scrape, the latency of every task a worker finishes, from upload to finished, and, for a store
+// whose writes share transactions, how many of each.
 func WithMetrics(reg *metrics.Registry) Option {
 	return func(s *server) {
 		s.latency = prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -28,6 +29,18 @@ func WithMetrics(reg *metrics.Registry) Option {
 			prometheus.BuildFQName(metrics.Namespace, "", "tasks"),
 			"Tasks by state, as the task store counts them at the scrape: queued (claimable now or after a transient failure's wait), pending (uploads not complete), processing, finished, failed, cancelled.",
 			[]string{"state"}, nil)})
+		if b, ok := s.store.(taskstore.Batching); ok {
+			reg.MustRegister(
+				prometheus.NewCounterFunc(prometheus.CounterOpts{
+					Namespace: metrics.Namespace, Subsystem: "taskstore", Name: "transactions_total",
+					Help: "Write transactions of the task store's single writer since it opened (embedded SQLite only).",
+				}, func() float64 { return float64(b.Batching().Transactions) }),
+				prometheus.NewCounterFunc(prometheus.CounterOpts{
+					Namespace: metrics.Namespace, Subsystem: "taskstore", Name: "writes_total",
+					Help: "Writes run in those transactions (embedded SQLite only): writes that queue for the writer share its next transaction, so writes per transaction tells how busy it is.",
+				}, func() float64 { return float64(b.Batching().Writes) }),
+			)
+		}
 	}
 }
 

@@ -62,6 +62,16 @@ func TestDatabaseMetrics(t *testing.T) {
 	latency := func() float64 { return gather().Value("imgmill_task_latency_seconds") }
 
 	checkTasks("empty")
+	// The store's writes and their transactions: these calls come one at a time, so each write has a
+	// transaction of its own.
+	checkWrites := func(what string, want float64) {
+		t.Helper()
+		f := gather()
+		if w, tx := f.Value("imgmill_taskstore_writes_total"), f.Value("imgmill_taskstore_transactions_total"); w != want || tx != want {
+			t.Errorf("%s: %v writes in %v transactions, want %v in %v", what, w, tx, want, want)
+		}
+	}
+	checkWrites("empty", 0)
 	first := s.newTask(false)
 	for range 2 {
 		s.newTask(false)
@@ -74,9 +84,11 @@ func TestDatabaseMetrics(t *testing.T) {
 	if got := gather().Value("imgmill_http_requests_total", "route", "POST /newTask", "method", "POST", "code", "200"); got != 4 {
 		t.Errorf("POST /newTask counted %v times, want 4", got)
 	}
+	checkWrites("created", 4)
 	claimed := s.claim(first)
 	second := s.claim(first + 1)
 	checkTasks("claimed")
+	checkWrites("claimed", 6)
 	if latency() != 0 {
 		t.Fatalf("latency observed before any finish")
 	}

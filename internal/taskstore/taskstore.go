@@ -96,6 +96,18 @@ func RequeueRefusal(t Task) error {
 	return nil
 }
 
+// Batching is implemented by stores whose concurrent writes share transactions (the embedded SQLite
+// store, whose single writer runs the writes queued for it together): how many of each so far.
+type Batching interface {
+	Batching() Batches
+}
+
+// Batches counts a store's write transactions and the writes in them since it opened; Writes per
+// Transaction tells how many callers shared each one.
+type Batches struct {
+	Transactions, Writes int64
+}
+
 // Deleted is the stored state of a deleted task's tombstone (see Store.Delete). No reader ever reports
 // it: to them the task does not exist.
 const Deleted wire.State = 5

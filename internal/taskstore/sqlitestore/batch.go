@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/imgmill/imgmill/internal/taskstore"
 )
 
 // batcher runs the writes of concurrent callers on the single writer connection, several to a
@@ -203,4 +205,9 @@ func (b *batcher) close() {
 	b.closed = true
 	b.mu.Unlock()
 	b.leaders.Wait()
+}
+
+// Batching implements taskstore.Batching.
+func (s *Store) Batching() taskstore.Batches {
+	return taskstore.Batches{Transactions: s.writes.batches.Load(), Writes: s.writes.written.Load()}
 }

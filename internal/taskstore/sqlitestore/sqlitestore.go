@@ -62,7 +62,10 @@ type Store struct {
 	get, counts, ping, usage                                                                         *sql.Stmt // on r
 }
 
-var _ taskstore.Store = (*Store)(nil)
+var (
+	_ taskstore.Store    = (*Store)(nil)
+	_ taskstore.Batching = (*Store)(nil)
+)
 
 // Index names are referenced by the query-plan test.
 const (
