@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/taskstore"
 )
 
@@ -144,11 +145,12 @@ func (b *batcher) run(batch []*write) {
 	defer cancel()
 	errs, err := b.transact(ctx, ws)
 	for i, w := range ws {
+		answer := err
 		if errs[i] != nil {
-			w.done <- errs[i]
-		} else {
-			w.done <- err
+			answer = errs[i]
 		}
+		// A transaction past its own deadline is the database's failure, not the caller's: transient.
+		w.done <- fault.Timeout(w.ctx, what, answer)
 	}
 }
 

@@ -5,10 +5,12 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/imgmill/imgmill/internal/fault"
 	"github.com/imgmill/imgmill/internal/taskstore"
 	"github.com/imgmill/imgmill/internal/wire"
 )
@@ -73,16 +75,19 @@ func createNamed(s *Store, name string) func(ctx context.Context, tx *sql.Tx) er
 	}
 }
 
-func names(t *testing.T, s *Store) []string {
+// wantTasks checks that the store holds tasks named want, in id order.
+func wantTasks(t *testing.T, s *Store, want ...string) {
 	t.Helper()
-	var ns []string
+	var got []string
 	for task, err := range s.List(t.Context()) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ns = append(ns, task.Name)
+		got = append(got, task.Name)
 	}
-	return ns
+	if !slices.Equal(got, want) {
+		t.Fatalf("tasks %q, want %q", got, want)
+	}
 }
 
 // Writes that queue while a transaction runs share the next one, and each gets its own answer.
@@ -144,9 +149,7 @@ func TestBatchFailedWriteRollsBackAlone(t *testing.T) {
 	if err := <-c; err != nil {
 		t.Fatalf("c: %v", err)
 	}
-	if got := fmt.Sprint(names(t, s)); got != "[a c]" {
-		t.Fatalf("tasks %s, want [a c]", got)
-	}
+	wantTasks(t, s, "a", "c")
 }
 
 // A write that ends the transaction itself (as SQLite does on some failures) fails the whole batch:
@@ -169,15 +172,11 @@ func TestBatchLostTransactionFailsEveryWrite(t *testing.T) {
 			t.Errorf("%s: no error, though its transaction was rolled back", name)
 		}
 	}
-	if got := names(t, s); len(got) != 0 {
-		t.Fatalf("tasks %v after a rolled back batch, want none", got)
-	}
+	wantTasks(t, s) // none: the batch was rolled back
 	if _, err := s.Create(t.Context(), taskstore.CreateParams{Name: "d"}); err != nil {
 		t.Fatalf("create after a lost transaction: %v", err)
 	}
-	if got := fmt.Sprint(names(t, s)); got != "[d]" {
-		t.Fatalf("tasks %s, want [d]", got)
-	}
+	wantTasks(t, s, "d")
 }
 
 // A caller that gives up while its write waits takes the write back: it never runs.
@@ -196,9 +195,7 @@ func TestBatchCancelledWriteNeverRuns(t *testing.T) {
 	if err := <-b; err != nil {
 		t.Fatalf("b: %v", err)
 	}
-	if got := fmt.Sprint(names(t, s)); got != "[b]" {
-		t.Fatalf("tasks %s, want [b]", got)
-	}
+	wantTasks(t, s, "b")
 }
 
 // The reads a write makes see the writes before it in the same transaction: a retried Finish queued
@@ -239,5 +236,23 @@ func TestBatchRefusesWritesAfterClose(t *testing.T) {
 	}
 	if _, err := s.Create(t.Context(), taskstore.CreateParams{}); err == nil {
 		t.Fatal("create after Close succeeded")
+	}
+}
+
+// A transaction that outlives its own deadline (a disk that stopped answering) fails its writes as the
+// database's transient failure, not as their callers' deadline: their contexts are still live.
+func TestBatchPastItsDeadlineIsTransient(t *testing.T) {
+	s, _ := openTemp(t, nil)
+	defer closeStore(t, s)
+	s.writes.timeout = 50 * time.Millisecond
+	err := s.writes.do(t.Context(), func(ctx context.Context, _ *sql.Tx) error {
+		<-ctx.Done() // the transaction's deadline, as a stuck statement would meet it
+		return ctx.Err()
+	})
+	if !errors.Is(err, context.DeadlineExceeded) || !fault.IsTransient(err) {
+		t.Fatalf("a transaction past its deadline: %v (transient %v), want a transient deadline", err, fault.IsTransient(err))
+	}
+	if _, err := s.Create(t.Context(), taskstore.CreateParams{}); err != nil {
+		t.Fatalf("create after a transaction past its deadline: %v", err)
 	}
 }
