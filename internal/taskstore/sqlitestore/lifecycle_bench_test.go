@@ -61,15 +61,22 @@ func BenchmarkLifecycle(b *testing.B) {
 	}
 }
 
-func benchLifecycle(b *testing.B, frames bool) {
+// openSettled opens a store behind 10,000 settled tasks, as the lifecycle benchmarks run.
+func openSettled(b *testing.B) (*Store, string) {
+	b.Helper()
 	s, path := openTemp(b, nil)
-	defer closeStore(b, s)
-	ctx := context.Background()
 	fillOwned(b, s, 10_000, 0)
-	if _, err := s.w.ExecContext(ctx, `UPDATE tasks SET state = 2, finished_at = created_at`); err != nil {
+	if _, err := s.w.ExecContext(context.Background(), `UPDATE tasks SET state = 2, finished_at = created_at`); err != nil {
 		b.Fatal(err)
 	}
 	settle(b, s)
+	return s, path
+}
+
+func benchLifecycle(b *testing.B, frames bool) {
+	s, path := openSettled(b)
+	defer closeStore(b, s)
+	ctx := context.Background()
 	if frames {
 		if _, err := s.w.ExecContext(ctx, `PRAGMA wal_autocheckpoint = 0`); err != nil {
 			b.Fatal(err)
@@ -116,14 +123,9 @@ func benchLifecycle(b *testing.B, frames bool) {
 // transaction runs share the next one: it reports the process's CPU time per image (cpu-us/image) and
 // the writes per transaction (writes/txn).
 func BenchmarkLifecycleParallel(b *testing.B) {
-	s, _ := openTemp(b, nil)
+	s, _ := openSettled(b)
 	defer closeStore(b, s)
 	ctx := context.Background()
-	fillOwned(b, s, 10_000, 0)
-	if _, err := s.w.ExecContext(ctx, `UPDATE tasks SET state = 2, finished_at = created_at`); err != nil {
-		b.Fatal(err)
-	}
-	settle(b, s)
 	var keys atomic.Int64
 	batches, written := s.writes.batches.Load(), s.writes.written.Load()
 	c0, _ := processCPU()

@@ -912,7 +912,6 @@ func (s *Store) ClaimN(ctx context.Context, n int, lease time.Duration) ([]tasks
 func (s *Store) claimN(ctx context.Context, n int, lease time.Duration) (ts []taskstore.Task, err error) {
 	now := s.now()
 	err = s.writes.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		ts = ts[:0]
 		if _, err := stmt(ctx, tx, s.sweep).ExecContext(ctx, sql.Named("now", nanos(now))); err != nil {
 			return fmt.Errorf("settle lapsed leases: %w", err)
 		}
@@ -1227,7 +1226,6 @@ func (s *Store) ClaimExpired(ctx context.Context, olderThan time.Duration, limit
 	type settled struct{ id, at int64 }
 	var batch []settled
 	err := s.writes.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		batch = batch[:0]
 		rows, err := stmt(ctx, tx, s.claimExpired).QueryContext(ctx, sql.Named("now", nanos(now)),
 			sql.Named("until", nanos(now.Add(hold))), sql.Named("cutoff", nanos(now.Add(-olderThan))), sql.Named("limit", limit))
 		if err != nil {
